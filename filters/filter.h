@@ -1,0 +1,139 @@
+// filters/filter.h — the one interface every filter implements (DESIGN.md, decision 3).
+//
+// A Filter is built once per policy snapshot from the config (bad policy is rejected at
+// load time with FILE:LINE through policy::Errors), is immutable and thread-safe, and runs
+// per message through run(). Filters run in a stage (connect, helo, mail, rcpt, data) and
+// end with one closed Result. DNS goes through env.resolver on the loop thread; CPU-heavy
+// work (DKIM crypto, antivirus, big regex scans, MIME decoding) goes to the thread pool
+// through env.offload. A filter never includes the SMTP session (DESIGN.md, Structure).
+//
+// Lookups have three outcomes — found, not found, temporary error — and a temporary error
+// becomes a TempFail or a temperror result, never a silent accept and never a 5xx.
+#pragma once
+#include <uv.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mta/dns/resolver.h"
+#include "mta/runtime/ip.h"
+#include "mta/runtime/json.h"
+#include "mta/runtime/uv.h"
+
+namespace moat::filters {
+
+namespace mime {
+struct Message;  // filters/mime/mime.h
+}
+
+enum class Stage { Connect, Helo, Mail, Rcpt, Data };
+std::string_view stageName(Stage stage);
+
+enum class Verdict { Continue, Tag, Quarantine, Reject, TempFail, Disconnect };
+std::string_view verdictName(Verdict verdict);
+
+struct Header {
+  std::string name;
+  std::string value;  // unfolded; the writer folds long values
+};
+
+struct Result {
+  Verdict verdict = Verdict::Continue;
+  // Reject / TempFail / Disconnect: the SMTP reply, e.g. 550 "5.7.1" "Message rejected ...".
+  int code = 0;
+  std::string enhanced;
+  std::string text;
+  double score = 0;              // spam-score contribution (rules); shown in the log
+  std::vector<Header> headers;   // to prepend at delivery (DESIGN.md, decision 6)
+  std::vector<std::string> authResults;  // RFC 8601 resinfo, e.g. "spf=pass smtp.mailfrom=example.test"
+  std::string summary;           // short result for the log: "pass", "clean", "FOUND Eicar" ...
+  std::string quarantineReason;  // Quarantine: why, kept with the message
+  mta::JsonObject detail;        // more log fields for the `filter` event
+
+  static Result pass(std::string summary = "pass");
+  static Result reject(int code, std::string enhanced, std::string text, std::string summary = "reject");
+  static Result tempFail(int code, std::string enhanced, std::string text, std::string summary = "temperror");
+  static Result quarantine(std::string reason, std::string summary = "quarantine");
+};
+
+// What the authentication filters found; later filters (DMARC) read earlier ones.
+struct SpfOutcome {
+  bool checked = false;
+  std::string result;       // none neutral pass fail softfail temperror permerror
+  std::string identity;     // "mailfrom" or "helo"
+  std::string domain;       // the domain checked
+  std::string explanation;  // exp= text or the default, for fail
+};
+
+struct DkimOutcome {
+  std::string result;     // pass fail neutral temperror permerror (policy = RFC 8601 names)
+  std::string domain;     // d=
+  std::string selector;   // s=
+  std::string bPrefix;    // the first characters of b= (header.b)
+  std::string algorithm;  // a=
+  std::string reason;     // for fail/permerror
+};
+
+struct DmarcOutcome {
+  bool checked = false;
+  std::string result;   // none pass fail temperror permerror
+  std::string fromDomain;
+  std::string policy;   // none quarantine reject (p= or sp= as applied)
+  std::string applied;  // what Moat did: none, quarantine, reject, tag, override
+};
+
+// Everything known about one message (or, before MAIL, one session). Owned by a
+// shared_ptr so an in-flight filter keeps it alive if the client disconnects.
+struct MessageContext {
+  // Session
+  std::string sessionId;
+  mta::IpAddress clientIp;
+  std::string clientName;   // verified reverse DNS, or empty
+  std::string helo;
+  bool tls = false;
+  bool authenticated = false;
+  std::string authUser;
+  bool fromRelayNetwork = false;  // client is in relay.networks: outbound mail
+  // Envelope
+  std::string mailFrom;  // without <>; empty for the null sender
+  std::vector<std::string> rcpts;
+  std::string currentRcpt;  // during the Rcpt stage
+  std::string queueId;
+  // The message as received: CRLF line endings, dot-unstuffed, without the gateway's own
+  // headers. Valid during the Data stage; backed by memory the caller owns.
+  std::string_view message;
+  std::shared_ptr<const mime::Message> mime;  // set by the MIME filter, first at Data
+  // Results so far
+  SpfOutcome spfMailFrom;
+  SpfOutcome spfHelo;
+  std::vector<DkimOutcome> dkim;
+  DmarcOutcome dmarc;
+  double spamScore = 0;
+};
+
+struct Env {
+  uv_loop_t* loop = nullptr;
+  mta::dns::Resolver* resolver = nullptr;
+  std::string hostname;  // the gateway's own name (Authentication-Results authserv-id)
+
+  // Runs `work` on the thread pool, then `after` on the loop thread.
+  void offload(std::function<void()> work, std::function<void()> after) const {
+    mta::uv::queueWork(loop, std::move(work), std::move(after));
+  }
+};
+
+class Filter {
+ public:
+  using Done = std::function<void(Result)>;
+  virtual ~Filter() = default;
+  virtual std::string_view name() const = 0;
+  virtual Stage stage() const = 0;
+  // Called on the loop thread. Must call `done` exactly once, on the loop thread (it may
+  // be called before run() returns).
+  virtual void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const = 0;
+};
+
+}  // namespace moat::filters

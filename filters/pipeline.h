@@ -1,0 +1,55 @@
+// filters/pipeline.h — runs the filters of one stage in order and folds their results into
+// one outcome: the first Reject / TempFail / Disconnect ends the stage; Tag scores add up;
+// a Quarantine is remembered and lets later filters still reject. Every filter's result is
+// kept for the `filter` log event and Authentication-Results.
+#pragma once
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "filters/filter.h"
+#include "policy/config.h"
+
+namespace moat::filters {
+
+struct FilterReport {
+  std::string name;
+  Result result;
+  int64_t elapsedUs = 0;
+};
+
+struct StageOutcome {
+  Verdict verdict = Verdict::Continue;  // Continue, Tag, Quarantine, Reject, TempFail, Disconnect
+  int code = 0;
+  std::string enhanced, text;  // the reply for Reject / TempFail / Disconnect
+  double score = 0;
+  std::string quarantineReason;
+  std::vector<Header> headers;
+  std::vector<std::string> authResults;
+  std::vector<FilterReport> reports;
+  // The `filters` field of log events: {"spf":"pass","dkim":"pass",...}
+  std::string logJson() const;
+};
+
+class Pipeline {
+ public:
+  explicit Pipeline(std::vector<std::shared_ptr<const Filter>> filters) : filters_(std::move(filters)) {}
+  // Builds every configured filter; problems go to `errors` with FILE:LINE.
+  static std::shared_ptr<const Pipeline> build(const policy::Config& config, policy::Errors& errors);
+
+  bool hasStage(Stage stage) const;
+  const std::vector<std::shared_ptr<const Filter>>& filters() const { return filters_; }
+  void run(Stage stage, std::shared_ptr<MessageContext> ctx, const Env& env,
+           std::function<void(StageOutcome)> done) const;
+
+ private:
+  std::vector<std::shared_ptr<const Filter>> filters_;
+};
+
+// "Authentication-Results" value per RFC 8601: "host; spf=pass ...; dkim=..." or
+// "host; none" when nothing was checked.
+std::string authenticationResults(const std::string& authservId, const std::vector<std::string>& resinfo);
+
+}  // namespace moat::filters

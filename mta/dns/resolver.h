@@ -1,0 +1,59 @@
+// mta/dns/resolver.h — the asynchronous DNS interface every lookup in Moat goes through
+// (SPF, DKIM keys, DMARC records, MX routing, DNSBLs, reverse DNS). The daemon's
+// implementation is CaresResolver (c-ares driven by the libuv loop, with a TTL cache);
+// tests may implement this interface over in-memory zones.
+//
+// Lookups have three kinds of outcome and callers must keep them apart (DESIGN.md,
+// decision 3): found (Ok), not found (NxDomain, NoData), and temporary failure
+// (TempFail: timeout, SERVFAIL, refused, network error). A temporary failure never turns
+// into "not found".
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mta/runtime/ip.h"
+
+namespace moat::mta::dns {
+
+enum class RrType : uint16_t { A = 1, CNAME = 5, PTR = 12, MX = 15, TXT = 16, AAAA = 28 };
+
+enum class Status {
+  Ok,        // the name has records of this type (answer non-empty)
+  NxDomain,  // the name does not exist (RCODE 3)
+  NoData,    // the name exists but has no records of this type
+  TempFail,  // timeout, SERVFAIL, REFUSED, network or resolver error
+  Malformed  // the query name is not a valid domain name (e.g. a label over 63 octets)
+};
+
+std::string_view statusName(Status status);
+
+struct MxRecord {
+  uint16_t preference = 0;
+  std::string exchange;  // lower-case, no trailing dot; "" for a null MX (RFC 7505, ".")
+};
+
+struct Answer {
+  Status status = Status::TempFail;
+  std::vector<IpAddress> addresses;  // A or AAAA
+  std::vector<MxRecord> mx;          // sorted by preference
+  std::vector<std::string> txt;      // one entry per TXT record, its strings joined with no separator
+  std::vector<std::string> names;    // PTR targets (lower-case, no trailing dot)
+  uint32_t ttl = 0;                  // the smallest TTL in the answer (or the negative TTL)
+  std::string error;                 // for TempFail/Malformed: a short reason for logs
+};
+
+class Resolver {
+ public:
+  using Callback = std::function<void(const Answer&)>;
+  virtual ~Resolver() = default;
+
+  // Looks up `name` (with or without a trailing dot, any case) and calls `cb` exactly once
+  // on the loop thread. `cb` may run before query() returns (cache hit), so callers must not
+  // rely on the order. CNAME chains are followed by the resolver.
+  virtual void query(std::string_view name, RrType type, Callback cb) = 0;
+};
+
+}  // namespace moat::mta::dns

@@ -1,0 +1,81 @@
+// mta/net/connection.h — a TCP stream on the libuv loop with optional TLS (STARTTLS or
+// implicit), used by the SMTP server and client alike. Reading is flow-controlled: the
+// owner stops reading while it waits on the spool or a filter, so a fast peer cannot make
+// a session buffer without bound.
+//
+// Lifetime: a Connection is owned through std::shared_ptr; while libuv holds the socket
+// (reads, writes, connect, close) it keeps a reference to itself, so the owner may drop its
+// pointer at any time after close(). Callbacks are never invoked after close().
+#pragma once
+#include <uv.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "mta/runtime/ip.h"
+#include "mta/tls/tls.h"
+
+namespace moat::mta::net {
+
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  struct Callbacks {
+    // Plaintext bytes (decrypted when TLS is on). The view is valid during the call only.
+    std::function<void(std::string_view)> onData;
+    // The peer closed, an I/O or TLS error happened, or close() finished. Called once.
+    // `error` is empty for an orderly close.
+    std::function<void(const std::string& error)> onClose;
+  };
+
+  virtual ~Connection() = default;
+
+  virtual void setCallbacks(Callbacks cb) = 0;
+  virtual void startReading() = 0;
+  virtual void stopReading() = 0;
+  // Queues plaintext for the peer (encrypted when TLS is on). Writes keep their order.
+  virtual void write(std::string data) = 0;
+  // Bytes queued to libuv but not yet written (for back-pressure).
+  virtual size_t pendingWriteBytes() const = 0;
+  // Starts TLS on this stream now (server: after "220 Ready to start TLS" was queued;
+  // the queued plaintext is flushed first). Bytes the peer sent before the handshake and
+  // not yet delivered are DISCARDED (RFC 3207 §4.2, the STARTTLS injection defence).
+  // `done(ok, error)` runs once the handshake finished or failed.
+  virtual void startTls(std::shared_ptr<tls::TlsContext> ctx, const std::string& sni,
+                        std::function<void(bool ok, const std::string& error)> done) = 0;
+  virtual bool tlsActive() const = 0;
+  virtual const tls::TlsSession* tls() const = 0;
+  // Flushes queued writes, then closes. Idempotent.
+  virtual void close() = 0;
+  // Closes at once, dropping queued writes (timeouts, protocol abuse).
+  virtual void abort() = 0;
+
+  virtual const IpAddress& peerAddress() const = 0;
+  virtual uint16_t peerPort() const = 0;
+  virtual const IpAddress& localAddress() const = 0;
+  virtual uint16_t localPort() const = 0;
+};
+
+// Listens on host:port (SO_REUSEPORT when `reusePort`), calls `onAccept` with each new
+// connection (already accepted, not yet reading). For implicit TLS, pass `tlsCtx` and the
+// connection starts its handshake before onAccept data flows.
+class Listener {
+ public:
+  using AcceptFn = std::function<void(std::shared_ptr<Connection>)>;
+  virtual ~Listener() = default;
+  virtual uint16_t port() const = 0;  // the bound port (useful with port 0)
+  virtual void close() = 0;
+};
+
+// Returns nullptr and sets `error` if the address cannot be bound.
+std::unique_ptr<Listener> listen(uv_loop_t* loop, const std::string& host, uint16_t port, bool reusePort,
+                                 std::shared_ptr<tls::TlsContext> implicitTls, Listener::AcceptFn onAccept,
+                                 std::string& error);
+
+// Connects to ip:port with a timeout; `done(conn, error)` runs once: conn is null on failure.
+void connect(uv_loop_t* loop, const IpAddress& ip, uint16_t port, uint64_t timeoutMs,
+             std::function<void(std::shared_ptr<Connection>, const std::string& error)> done);
+
+}  // namespace moat::mta::net

@@ -1,0 +1,147 @@
+// mta/runtime/ip.cc — see ip.h.
+#include "mta/runtime/ip.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <charconv>
+#include <cstring>
+
+namespace moat::mta {
+
+IpAddress IpAddress::v4(const uint8_t bytes[4]) {
+  IpAddress ip;
+  ip.v4_ = true;
+  std::memcpy(ip.bytes_.data(), bytes, 4);
+  return ip;
+}
+
+IpAddress IpAddress::v6(const uint8_t bytes[16]) {
+  static const uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (std::memcmp(bytes, kMapped, 12) == 0) return v4(bytes + 12);
+  IpAddress ip;
+  ip.v4_ = false;
+  std::memcpy(ip.bytes_.data(), bytes, 16);
+  return ip;
+}
+
+std::optional<IpAddress> IpAddress::parse(std::string_view text) {
+  if (text.empty() || text.size() > 45) return std::nullopt;
+  char buf[64];
+  std::memcpy(buf, text.data(), text.size());
+  buf[text.size()] = 0;
+  uint8_t bytes[16];
+  if (text.find(':') == std::string_view::npos) {
+    if (inet_pton(AF_INET, buf, bytes) == 1) return v4(bytes);
+    return std::nullopt;
+  }
+  if (inet_pton(AF_INET6, buf, bytes) == 1) return v6(bytes);
+  return std::nullopt;
+}
+
+std::optional<IpAddress> IpAddress::fromSockaddr(const sockaddr* sa) {
+  if (!sa) return std::nullopt;
+  if (sa->sa_family == AF_INET) {
+    auto* in = reinterpret_cast<const sockaddr_in*>(sa);
+    return v4(reinterpret_cast<const uint8_t*>(&in->sin_addr));
+  }
+  if (sa->sa_family == AF_INET6) {
+    auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
+    return v6(reinterpret_cast<const uint8_t*>(&in6->sin6_addr));
+  }
+  return std::nullopt;
+}
+
+std::string IpAddress::str() const {
+  char buf[INET6_ADDRSTRLEN];
+  inet_ntop(v4_ ? AF_INET : AF_INET6, bytes_.data(), buf, sizeof buf);
+  return buf;
+}
+
+std::string IpAddress::reverseName() const {
+  std::string out;
+  static const char* hex = "0123456789abcdef";
+  if (v4_) {
+    for (int i = 3; i >= 0; --i) out += std::to_string(bytes_[i]) + ".";
+    return out + "in-addr.arpa";
+  }
+  for (int i = 15; i >= 0; --i) {
+    out.push_back(hex[bytes_[i] & 0xF]);
+    out.push_back('.');
+    out.push_back(hex[bytes_[i] >> 4]);
+    out.push_back('.');
+  }
+  return out + "ip6.arpa";
+}
+
+bool IpAddress::isLoopback() const {
+  if (v4_) return bytes_[0] == 127;
+  static const uint8_t kLoop[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+  return std::memcmp(bytes_.data(), kLoop, 16) == 0;
+}
+
+bool prefixMatch(const uint8_t* a, const uint8_t* b, int bits) {
+  int full = bits / 8;
+  if (std::memcmp(a, b, static_cast<size_t>(full)) != 0) return false;
+  int rest = bits % 8;
+  if (rest == 0) return true;
+  uint8_t mask = static_cast<uint8_t>(0xFF << (8 - rest));
+  return (a[full] & mask) == (b[full] & mask);
+}
+
+std::optional<Network> Network::parse(std::string_view text) {
+  auto slash = text.find('/');
+  auto ip = IpAddress::parse(text.substr(0, slash));
+  if (!ip) return std::nullopt;
+  int max = ip->isV4() ? 32 : 128;
+  int prefix = max;
+  if (slash != std::string_view::npos) {
+    auto digits = text.substr(slash + 1);
+    if (digits.empty() || digits.size() > 3) return std::nullopt;
+    auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), prefix);
+    if (ec != std::errc() || p != digits.data() + digits.size() || prefix < 0 || prefix > max) return std::nullopt;
+  }
+  return Network(*ip, prefix);
+}
+
+bool Network::contains(const IpAddress& ip) const {
+  if (ip.isV4() != addr_.isV4()) return false;
+  return prefixMatch(ip.bytes(), addr_.bytes(), prefix_);
+}
+
+std::string Network::str() const { return addr_.str() + "/" + std::to_string(prefix_); }
+
+std::optional<HostPort> parseHostPort(std::string_view text, uint16_t defaultPort) {
+  HostPort hp;
+  std::string_view rest;
+  if (!text.empty() && text[0] == '[') {
+    auto close = text.find(']');
+    if (close == std::string_view::npos) return std::nullopt;
+    hp.host = std::string(text.substr(1, close - 1));
+    rest = text.substr(close + 1);
+    if (!rest.empty() && rest[0] != ':') return std::nullopt;
+  } else {
+    auto colon = text.rfind(':');
+    if (colon != std::string_view::npos && text.find(':') != colon) {
+      // a bare IPv6 address without brackets: no port
+      hp.host = std::string(text);
+    } else {
+      hp.host = std::string(text.substr(0, colon));
+      if (colon != std::string_view::npos) rest = text.substr(colon);
+    }
+  }
+  if (hp.host.empty()) return std::nullopt;
+  if (rest.empty()) {
+    if (defaultPort == 0) return std::nullopt;
+    hp.port = defaultPort;
+    return hp;
+  }
+  auto digits = rest.substr(1);
+  unsigned port = 0;
+  auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), port);
+  if (digits.empty() || ec != std::errc() || p != digits.data() + digits.size() || port > 65535) return std::nullopt;
+  hp.port = static_cast<uint16_t>(port);
+  return hp;
+}
+
+}  // namespace moat::mta

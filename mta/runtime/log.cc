@@ -1,0 +1,175 @@
+// mta/runtime/log.cc — see log.h. One writer thread per process; callers only take a
+// mutex long enough to append to a string.
+#include "mta/runtime/log.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <ctime>
+#include <mutex>
+#include <thread>
+
+namespace moat::mta::log {
+namespace {
+
+constexpr size_t kMaxBuffered = 64 * 1024 * 1024;
+
+class Writer {
+ public:
+  Writer() : thread_([this] { run(); }) {}
+  ~Writer() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+    if (fd_ > 2) ::close(fd_);
+  }
+
+  bool open(const std::string& path) {
+    int fd = 1;
+    if (path != "-") {
+      fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+      if (fd < 0) return false;
+    }
+    std::lock_guard lock(mu_);
+    if (fd_ > 2) ::close(fd_);
+    fd_ = fd;
+    path_ = path;
+    return true;
+  }
+
+  void reopen() {
+    std::string path;
+    {
+      std::lock_guard lock(mu_);
+      path = path_;
+    }
+    if (path != "-" && !path.empty()) open(path);
+  }
+
+  void write(std::string line) {
+    {
+      std::lock_guard lock(mu_);
+      if (pending_.size() + line.size() > kMaxBuffered) {
+        ++dropped_;
+        return;
+      }
+      pending_ += line;
+      ++seq_;
+    }
+    cv_.notify_one();
+  }
+
+  void flush() {
+    std::unique_lock lock(mu_);
+    uint64_t target = seq_;
+    cv_.notify_all();
+    done_cv_.wait(lock, [&] { return written_ >= target; });
+  }
+
+ private:
+  void run() {
+    std::unique_lock lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || !pending_.empty(); });
+      if (pending_.empty() && stop_) return;
+      std::string out;
+      out.swap(pending_);
+      uint64_t seq = seq_;
+      uint64_t dropped = dropped_;
+      dropped_ = 0;
+      int fd = fd_;
+      lock.unlock();
+      if (dropped) {
+        out += "{\"ts\":\"" + timestamp() + "\",\"level\":\"error\",\"event\":\"log_dropped\",\"lines\":" +
+               std::to_string(dropped) + "}\n";
+      }
+      writeAll(fd, out);
+      lock.lock();
+      written_ = seq;
+      done_cv_.notify_all();
+    }
+  }
+
+  static void writeAll(int fd, const std::string& s) {
+    size_t off = 0;
+    while (off < s.size()) {
+      ssize_t n = ::write(fd, s.data() + off, s.size() - off);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return;  // nowhere to report a failing log; the daemon keeps running
+      }
+      off += static_cast<size_t>(n);
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_, done_cv_;
+  std::string pending_;
+  std::string path_ = "-";
+  int fd_ = 1;
+  uint64_t seq_ = 0, written_ = 0, dropped_ = 0;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+Writer& writer() {
+  static Writer w;
+  return w;
+}
+
+std::atomic<int> g_min_level{static_cast<int>(Level::Info)};
+
+}  // namespace
+
+std::string_view levelName(Level level) {
+  switch (level) {
+    case Level::Debug: return "debug";
+    case Level::Info: return "info";
+    case Level::Warn: return "warn";
+    case Level::Error: return "error";
+  }
+  return "info";
+}
+
+bool open(const std::string& path) { return writer().open(path); }
+void reopen() { writer().reopen(); }
+void setMinLevel(Level level) { g_min_level = static_cast<int>(level); }
+void flush() { writer().flush(); }
+
+std::string timestamp() {
+  auto now = std::chrono::system_clock::now();
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
+  std::time_t secs = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[80];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
+  return buf;
+}
+
+Line::Line(Level level, std::string_view event)
+    : level_(level), enabled_(static_cast<int>(level) >= g_min_level.load(std::memory_order_relaxed)),
+      event_(event) {}
+
+Line::~Line() {
+  if (!enabled_) return;
+  std::string line = "{\"ts\":\"" + timestamp() + "\",\"level\":\"" + std::string(levelName(level_)) +
+                     "\",\"event\":";
+  appendJsonString(line, event_);
+  if (!fields_.empty()) {
+    line.push_back(',');
+    line += fields_.members();
+  }
+  line += "}\n";
+  writer().write(std::move(line));
+}
+
+}  // namespace moat::mta::log

@@ -1,0 +1,83 @@
+// mta/tls/tls.h — TLS for the SMTP server (STARTTLS, implicit TLS) and client, on OpenSSL
+// memory BIOs so the transport stays libuv's. TLS 1.2 or newer only.
+//
+// A TlsSession is a pure byte engine: the owner feeds it ciphertext from the network and
+// plaintext from the application, and moves what it produces to the other side. It never
+// touches a socket, which is what lets Connection (mta/net) run it on the event loop.
+#pragma once
+#include <openssl/ssl.h>
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace moat::mta::tls {
+
+struct SslCtxDeleter { void operator()(SSL_CTX* c) const { SSL_CTX_free(c); } };
+struct SslDeleter { void operator()(SSL* s) const { SSL_free(s); } };
+using SslCtxPtr = std::unique_ptr<SSL_CTX, SslCtxDeleter>;
+using SslPtr = std::unique_ptr<SSL, SslDeleter>;
+
+// Shared, immutable after creation; one per listener (server) or one per process (client).
+class TlsContext {
+ public:
+  // A server context from PEM certificate chain and key files. Returns nullptr and sets
+  // `error` (naming the file and OpenSSL's reason) when they cannot be loaded or do not match.
+  static std::shared_ptr<TlsContext> server(const std::string& certFile, const std::string& keyFile,
+                                            std::string& error);
+  // A client context. `verifyPeer`: check the chain against the system store (and
+  // `caFile` if not empty) and the host name; off for opportunistic TLS (tls = "may").
+  static std::shared_ptr<TlsContext> client(bool verifyPeer, const std::string& caFile, std::string& error);
+
+  SSL_CTX* get() const { return ctx_.get(); }
+  bool isServer() const { return server_; }
+  bool verifiesPeer() const { return verify_; }
+
+ private:
+  SslCtxPtr ctx_;
+  bool server_ = false;
+  bool verify_ = false;
+};
+
+class TlsSession {
+ public:
+  // `sni` (client only): the server name sent and, when the context verifies, checked.
+  TlsSession(std::shared_ptr<TlsContext> ctx, const std::string& sni = "");
+  ~TlsSession();
+  TlsSession(const TlsSession&) = delete;
+  TlsSession& operator=(const TlsSession&) = delete;
+
+  enum class State { Handshaking, Open, Closed, Failed };
+  State state() const { return state_; }
+
+  // Feeds bytes received from the network. Returns false on a fatal TLS error (see error()).
+  bool feedCiphertext(std::string_view data);
+  // Queues application bytes for encryption (valid once Open; queued until then).
+  bool writePlaintext(std::string_view data);
+  // Moves decrypted application bytes into `out` (appends). Returns false on fatal error.
+  bool readPlaintext(std::string& out);
+  // Moves bytes to send on the network into `out` (appends).
+  void takeCiphertext(std::string& out);
+  // Starts a clean shutdown (close_notify); its bytes come out of takeCiphertext().
+  void shutdown();
+
+  const std::string& error() const { return error_; }
+  // After the handshake: "TLSv1.3", "TLS_AES_256_GCM_SHA384", bits, and whether the peer's
+  // certificate verified (client side).
+  std::string protocol() const;
+  std::string cipher() const;
+  int cipherBits() const;
+  bool peerVerified() const;
+
+ private:
+  bool advance();
+  std::shared_ptr<TlsContext> ctx_;
+  SslPtr ssl_;
+  BIO* rbio_ = nullptr;  // owned by ssl_
+  BIO* wbio_ = nullptr;  // owned by ssl_
+  std::string pendingPlain_;
+  State state_ = State::Handshaking;
+  std::string error_;
+};
+
+}  // namespace moat::mta::tls

@@ -1,0 +1,116 @@
+// policy/config.h — moat.toml parsed and validated into one immutable snapshot
+// (DESIGN.md, decision 2). CONTRACT.md fixes the key names; every key has one name, one
+// default and one line of documentation in deploy/moat.toml.
+//
+// Sections that belong to one part of Moat (a filter's [spf], [antivirus], [rules]...) are
+// read by that part through section(): the config keeps the parsed TOML for that.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <toml++/toml.h>
+
+#include "mta/runtime/ip.h"
+#include "policy/errors.h"
+#include "policy/section.h"
+
+namespace moat::policy {
+
+using Millis = std::chrono::milliseconds;
+
+enum class ListenerMode { Smtp, Submission, Smtps };
+enum class TlsPolicy { None, May, Require };
+
+struct Listener {
+  std::string address;  // as written, "127.0.0.1:2525"
+  std::string host;
+  uint16_t port = 0;
+  ListenerMode mode = ListenerMode::Smtp;
+  std::string tlsCert, tlsKey;  // absolute paths, or empty
+  int line = 0;
+};
+
+struct RouteTarget {
+  enum class Kind { Smtp, Mx, Maildir } kind = Kind::Smtp;
+  std::string host;  // Smtp
+  uint16_t port = 25;
+  std::string dir;   // Maildir: absolute path
+  std::string str() const;
+};
+
+struct Route {
+  std::vector<std::string> domains;  // lower-case; empty = every domain
+  std::vector<RouteTarget> to;
+  TlsPolicy tls = TlsPolicy::May;
+  int line = 0;
+  bool matches(const std::string& domain) const;
+};
+
+struct Config {
+  std::string path;  // absolute path of the file
+  std::string dir;   // its folder
+
+  // [server]
+  std::string hostname;
+  std::string spoolDir;
+  std::string controlSocket;
+  std::string logFile = "-";
+  std::string logLevel = "info";
+  std::string metricsListen;  // empty = off
+  uint64_t minFreeDisk = 100ull << 20;  // refuse mail (452 4.3.1) below this much free space
+  unsigned workers = 1;  // event-loop threads accepting SMTP (SO_REUSEPORT)
+
+  std::vector<Listener> listeners;
+
+  // [dns]
+  std::vector<std::string> nameservers;  // "127.0.0.1:5353"; empty = /etc/resolv.conf
+  Millis dnsTimeout{5000};
+
+  // [relay]
+  std::vector<std::string> relayDomains;  // lower-case
+  std::vector<mta::Network> relayNetworks;
+
+  // [limits]
+  uint64_t maxMessageSize = 35ull << 20;
+  unsigned maxRecipients = 200;
+  unsigned maxConnections = 1000;
+  unsigned maxConnectionsPerIp = 50;
+  unsigned maxErrors = 10;  // protocol errors before the session is dropped
+  Millis commandTimeout{std::chrono::minutes(5)};
+  Millis dataTimeout{std::chrono::minutes(10)};
+  unsigned maxReceivedHeaders = 100;  // more: 554 5.4.6 (mail loop)
+
+  // [[route]]
+  std::vector<Route> routes;
+
+  // [queue]
+  std::vector<Millis> retry;  // waits between attempts; the last repeats
+  Millis maxLifetime{std::chrono::hours(48)};
+  Millis delayWarning{std::chrono::hours(4)};
+  unsigned maxPerDestination = 20;  // concurrent connections to one next hop
+  unsigned maxDeliveries = 100;     // concurrent deliveries in total
+  Millis connectTimeout{std::chrono::seconds(30)};
+  Millis replyTimeout{std::chrono::minutes(5)};
+
+  // The parsed file, for the sections other parts read.
+  std::shared_ptr<const toml::table> toml;
+
+  // A reader for [name] (or [a.b] with name "a.b"); absent sections read as defaults.
+  Section section(const std::string& name, Errors& errors) const;
+  // The tables of [[name]] arrays.
+  std::vector<Section> sectionArray(const std::string& name, Errors& errors) const;
+
+  bool isRelayDomain(const std::string& domain) const;
+  bool isRelayClient(const mta::IpAddress& ip) const;
+  // The first route that matches, or nullptr.
+  const Route* routeFor(const std::string& domain) const;
+};
+
+// Parses and validates `path`. On any error returns nullptr; `errors` holds every problem
+// found (not only the first), each as FILE:LINE: message.
+std::shared_ptr<const Config> loadConfig(const std::string& path, Errors& errors);
+
+}  // namespace moat::policy

@@ -1,0 +1,154 @@
+// policy/section.cc — see section.h.
+#include "policy/section.h"
+
+#include "policy/values.h"
+
+namespace moat::policy {
+
+std::string resolvePath(const std::string& baseDir, const std::string& path) {
+  if (path.empty() || path[0] == '/' || path == "-") return path;
+  return baseDir + "/" + path;
+}
+
+Section::Section(const toml::table* table, std::string name, std::string file, std::string baseDir, Errors& errors)
+    : table_(table), name_(std::move(name)), file_(std::move(file)), baseDir_(std::move(baseDir)), errors_(errors) {}
+
+const toml::node* Section::node(const std::string& key) {
+  seen_.insert(key);
+  if (!table_) return nullptr;
+  return table_->get(key);
+}
+
+bool Section::has(const std::string& key) const { return table_ && table_->contains(key); }
+
+int Section::lineOf(const std::string& key) const {
+  if (table_) {
+    if (auto* n = table_->get(key)) return static_cast<int>(n->source().begin.line);
+    return static_cast<int>(table_->source().begin.line);
+  }
+  return 0;
+}
+
+void Section::error(const std::string& key, const std::string& message) {
+  std::string where = name_.empty() ? key : name_ + "." + key;
+  errors_.error(file_, lineOf(key), where + ": " + message);
+}
+
+void Section::warning(const std::string& key, const std::string& message) {
+  std::string where = name_.empty() ? key : name_ + "." + key;
+  errors_.warning(file_, lineOf(key), where + ": " + message);
+}
+
+std::string Section::getString(const std::string& key, const std::string& def) {
+  auto* n = node(key);
+  if (!n) return def;
+  if (auto v = n->value<std::string>()) return *v;
+  error(key, "expected a string");
+  return def;
+}
+
+bool Section::getBool(const std::string& key, bool def) {
+  auto* n = node(key);
+  if (!n) return def;
+  if (auto v = n->value<bool>()) return *v;
+  error(key, "expected true or false");
+  return def;
+}
+
+int64_t Section::getInt(const std::string& key, int64_t def, int64_t min, int64_t max) {
+  auto* n = node(key);
+  if (!n) return def;
+  if (!n->is_integer()) {
+    error(key, "expected an integer");
+    return def;
+  }
+  int64_t v = *n->value<int64_t>();
+  if (v < min || v > max) {
+    error(key, "must be between " + std::to_string(min) + " and " + std::to_string(max));
+    return def;
+  }
+  return v;
+}
+
+double Section::getDouble(const std::string& key, double def) {
+  auto* n = node(key);
+  if (!n) return def;
+  if (n->is_number()) return *n->value<double>();
+  error(key, "expected a number");
+  return def;
+}
+
+std::chrono::milliseconds Section::getDuration(const std::string& key, std::chrono::milliseconds def) {
+  auto* n = node(key);
+  if (!n) return def;
+  if (auto s = n->value<std::string>()) {
+    if (auto d = parseDuration(*s)) return *d;
+  }
+  error(key, "expected a duration such as \"30s\", \"5m\", \"4h\" or \"2d\"");
+  return def;
+}
+
+uint64_t Section::getSize(const std::string& key, uint64_t def) {
+  auto* n = node(key);
+  if (!n) return def;
+  if (n->is_integer() && *n->value<int64_t>() >= 0) return static_cast<uint64_t>(*n->value<int64_t>());
+  if (auto s = n->value<std::string>()) {
+    if (auto v = parseSize(*s)) return *v;
+  }
+  error(key, "expected a size such as \"35M\", \"512K\" or a number of bytes");
+  return def;
+}
+
+std::vector<std::string> Section::getStringArray(const std::string& key, const std::vector<std::string>& def) {
+  auto* n = node(key);
+  if (!n) return def;
+  auto* arr = n->as_array();
+  if (!arr) {
+    error(key, "expected an array of strings");
+    return def;
+  }
+  std::vector<std::string> out;
+  for (const auto& el : *arr) {
+    if (auto v = el.value<std::string>()) {
+      out.push_back(*v);
+    } else {
+      errors_.error(file_, static_cast<int>(el.source().begin.line),
+                    (name_.empty() ? key : name_ + "." + key) + ": expected only strings");
+    }
+  }
+  return out;
+}
+
+std::string Section::getPath(const std::string& key, const std::string& def) {
+  std::string p = getString(key, def);
+  return resolvePath(baseDir_, p);
+}
+
+std::vector<std::string> Section::getPathArray(const std::string& key) {
+  auto v = getStringArray(key);
+  for (auto& p : v) p = resolvePath(baseDir_, p);
+  return v;
+}
+
+std::string Section::getEnum(const std::string& key, const std::string& def, const std::vector<std::string>& allowed) {
+  std::string v = getString(key, def);
+  for (const auto& a : allowed)
+    if (a == v) return v;
+  std::string list;
+  for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+  error(key, "\"" + v + "\" is not one of: " + list);
+  return def;
+}
+
+void Section::rejectUnknownKeys() {
+  if (!table_) return;
+  for (const auto& [k, v] : *table_) {
+    std::string key(k.str());
+    if (!seen_.count(key)) {
+      errors_.error(file_, static_cast<int>(v.source().begin.line),
+                    (name_.empty() ? key : name_ + "." + key) + ": unknown key");
+    }
+  }
+}
+
+}  // namespace moat::policy

@@ -1,0 +1,54 @@
+// Tests for mta/runtime/ip: address parsing, CIDR matching, host:port parsing.
+#include <catch2/catch.hpp>
+
+#include "mta/runtime/ip.h"
+
+using namespace moat::mta;
+
+TEST_CASE("ip addresses parse strictly and print canonically") {
+  REQUIRE(IpAddress::parse("192.0.2.1")->str() == "192.0.2.1");
+  REQUIRE(IpAddress::parse("2001:DB8::1")->str() == "2001:db8::1");
+  REQUIRE_FALSE(IpAddress::parse("192.0.2"));
+  REQUIRE_FALSE(IpAddress::parse("192.0.2.1 "));
+  REQUIRE_FALSE(IpAddress::parse("256.0.0.1"));
+  REQUIRE_FALSE(IpAddress::parse(""));
+}
+
+TEST_CASE("IPv4-mapped IPv6 addresses count as IPv4") {
+  auto ip = IpAddress::parse("::ffff:10.1.2.3");
+  REQUIRE(ip->isV4());
+  REQUIRE(Network::parse("10.0.0.0/8")->contains(*ip));
+}
+
+TEST_CASE("CIDR networks match by prefix and family") {
+  auto n = Network::parse("10.1.0.0/16");
+  REQUIRE(n->contains(*IpAddress::parse("10.1.255.1")));
+  REQUIRE_FALSE(n->contains(*IpAddress::parse("10.2.0.1")));
+  REQUIRE_FALSE(n->contains(*IpAddress::parse("::1")));
+  auto v6 = Network::parse("2001:db8::/33");
+  REQUIRE(v6->contains(*IpAddress::parse("2001:db8:7fff::1")));
+  REQUIRE_FALSE(v6->contains(*IpAddress::parse("2001:db8:8000::1")));
+  REQUIRE(Network::parse("0.0.0.0/0")->contains(*IpAddress::parse("203.0.113.9")));
+  REQUIRE_FALSE(Network::parse("10.0.0.0/33"));
+  REQUIRE_FALSE(Network::parse("10.0.0.0/"));
+  REQUIRE(Network::parse("192.0.2.7")->prefix() == 32);
+}
+
+TEST_CASE("reverse names") {
+  REQUIRE(IpAddress::parse("192.0.2.1")->reverseName() == "1.2.0.192.in-addr.arpa");
+  REQUIRE(IpAddress::parse("2001:db8::1")->reverseName() ==
+          "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa");
+}
+
+TEST_CASE("host:port parsing") {
+  auto a = parseHostPort("127.0.0.1:2525");
+  REQUIRE(a->host == "127.0.0.1");
+  REQUIRE(a->port == 2525);
+  auto b = parseHostPort("[::1]:25");
+  REQUIRE(b->host == "::1");
+  REQUIRE(b->port == 25);
+  REQUIRE(parseHostPort("mx.example.test", 25)->port == 25);
+  REQUIRE_FALSE(parseHostPort("mx.example.test"));
+  REQUIRE_FALSE(parseHostPort("host:99999"));
+  REQUIRE_FALSE(parseHostPort("host:"));
+}

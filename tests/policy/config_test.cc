@@ -1,0 +1,115 @@
+// Tests for policy/config: the keys CONTRACT.md fixes, and errors reported as FILE:LINE.
+#include <catch2/catch.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <unistd.h>
+
+#include "policy/config.h"
+#include "policy/values.h"
+
+using namespace moat::policy;
+
+namespace {
+std::string writeTemp(const std::string& text) {
+  char path[] = "/tmp/moat-config-XXXXXX.toml";
+  int fd = mkstemps(path, 5);
+  REQUIRE(fd >= 0);
+  REQUIRE(write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
+  close(fd);
+  return path;
+}
+}  // namespace
+
+TEST_CASE("durations and sizes") {
+  REQUIRE(parseDuration("30s")->count() == 30000);
+  REQUIRE(parseDuration("5m")->count() == 300000);
+  REQUIRE(parseDuration("2d")->count() == 172800000);
+  REQUIRE_FALSE(parseDuration("5"));
+  REQUIRE_FALSE(parseDuration("5 m"));
+  REQUIRE(*parseSize("35M") == 35u << 20);
+  REQUIRE(*parseSize("512K") == 512u << 10);
+  REQUIRE(*parseSize("100") == 100u);
+  REQUIRE_FALSE(parseSize("3X"));
+}
+
+TEST_CASE("the CONTRACT example config loads") {
+  auto path = writeTemp(R"(
+[server]
+hostname = "mx.example.test"
+spool_dir = "var/spool"
+control_socket = "var/moat.sock"
+log_file = "-"
+metrics_listen = "127.0.0.1:9025"
+
+[[listener]]
+address = "127.0.0.1:2525"
+mode = "smtp"
+
+[dns]
+nameservers = ["127.0.0.1:5353"]
+
+[relay]
+domains = ["example.test"]
+networks = ["10.0.0.0/8"]
+
+[limits]
+max_message_size = "35M"
+max_recipients = 200
+
+[[route]]
+domains = ["example.test"]
+to = ["smtp:127.0.0.1:2626", "maildir:var/mail"]
+tls = "may"
+
+[[route]]
+to = ["mx"]
+
+[queue]
+retry = ["1m", "5m", "15m", "30m", "1h"]
+max_lifetime = "2d"
+delay_warning = "4h"
+)");
+  Errors errors;
+  auto c = loadConfig(path, errors);
+  INFO(errors.str());
+  REQUIRE(c);
+  REQUIRE(c->hostname == "mx.example.test");
+  REQUIRE(c->listeners.size() == 1);
+  REQUIRE(c->listeners[0].port == 2525);
+  REQUIRE(c->maxMessageSize == 35u << 20);
+  REQUIRE(c->isRelayDomain("EXAMPLE.test"));
+  REQUIRE_FALSE(c->isRelayDomain("other.test"));
+  REQUIRE(c->isRelayClient(*moat::mta::IpAddress::parse("10.9.8.7")));
+  REQUIRE(c->routeFor("example.test")->to.size() == 2);
+  REQUIRE(c->routeFor("example.test")->to[1].dir.front() == '/');
+  REQUIRE(c->routeFor("elsewhere.test")->to[0].kind == RouteTarget::Kind::Mx);
+  REQUIRE(c->retry.size() == 5);
+  REQUIRE(c->maxLifetime.count() == 48LL * 3600 * 1000);
+  unlink(path.c_str());
+}
+
+TEST_CASE("every mistake is reported with FILE:LINE, not only the first") {
+  auto path = writeTemp("[server]\nhostname = \"mx\"\nbogus = 1\n\n[[listener]]\naddress = \"nope\"\n\n"
+                        "[limits]\nmax_message_size = \"35X\"\n\n[[route]]\nto = [\"ftp:x\"]\n");
+  Errors errors;
+  auto c = loadConfig(path, errors);
+  REQUIRE_FALSE(c);
+  std::string all = errors.str();
+  INFO(all);
+  REQUIRE(all.find(path + ":3: server.bogus: unknown key") != std::string::npos);
+  REQUIRE(all.find(path + ":6: [[listener]].address") != std::string::npos);
+  REQUIRE(all.find(path + ":9: limits.max_message_size") != std::string::npos);
+  REQUIRE(all.find(path + ":12: [[route]].to") != std::string::npos);
+  unlink(path.c_str());
+}
+
+TEST_CASE("a TOML syntax error names the line") {
+  auto path = writeTemp("[server]\nhostname = \"mx\"\n[[listener]\n");
+  Errors errors;
+  REQUIRE_FALSE(loadConfig(path, errors));
+  REQUIRE(errors.all().size() == 1);
+  REQUIRE(errors.all()[0].line == 3);
+  unlink(path.c_str());
+}
