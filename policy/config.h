@@ -61,7 +61,6 @@ struct Config {
   std::string logLevel = "info";
   std::string metricsListen;  // empty = off
   uint64_t minFreeDisk = 100ull << 20;  // refuse mail (452 4.3.1) below this much free space
-  unsigned workers = 1;  // event-loop threads accepting SMTP (SO_REUSEPORT)
 
   std::vector<Listener> listeners;
 

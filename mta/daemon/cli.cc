@@ -1,0 +1,198 @@
+// mta/daemon/cli.cc — see cli.h. Every subcommand takes -c FILE; unknown options and
+// missing arguments are usage errors (exit 2) with the usage text on stderr.
+#include "mta/daemon/cli.h"
+
+#include <cstdio>
+#include <ctime>
+#include <map>
+#include <sstream>
+
+#include "mta/daemon/control.h"
+#include "mta/daemon/daemon.h"
+#include "mta/daemon/tiny_json.h"
+#include "mta/server/snapshot.h"
+#include "policy/config.h"
+
+namespace moat::mta::daemon {
+namespace {
+
+const char* kUsage =
+    "usage: moat serve  -c FILE\n"
+    "       moat check  -c FILE\n"
+    "       moat queue  -c FILE list [--json] [--quarantine|--hold|--all]\n"
+    "       moat queue  -c FILE show ID | flush [ID] | hold ID | release ID | delete ID | bounce ID\n"
+    "       moat version\n";
+
+int usage(const std::string& why = "") {
+  if (!why.empty()) std::fprintf(stderr, "moat: %s\n", why.c_str());
+  std::fputs(kUsage, stderr);
+  return 2;
+}
+
+struct Parsed {
+  std::string config;
+  std::vector<std::string> rest;
+  std::map<std::string, std::vector<std::string>> opts;  // --name value
+  std::vector<std::string> flags;                        // --name
+};
+
+// Options that take a value; everything else starting with "--" is a flag.
+bool parseArgs(const std::vector<std::string>& args, size_t from, const std::vector<std::string>& valued,
+               Parsed& p, std::string& error) {
+  for (size_t i = from; i < args.size(); ++i) {
+    const auto& a = args[i];
+    if (a == "-c" || a == "--config") {
+      if (i + 1 >= args.size()) {
+        error = a + " needs a file";
+        return false;
+      }
+      p.config = args[++i];
+    } else if (a.rfind("--", 0) == 0) {
+      bool takes = false;
+      for (const auto& v : valued) takes |= v == a;
+      if (takes) {
+        if (i + 1 >= args.size()) {
+          error = a + " needs a value";
+          return false;
+        }
+        p.opts[a].push_back(args[++i]);
+      } else {
+        p.flags.push_back(a);
+      }
+    } else {
+      p.rest.push_back(a);
+    }
+  }
+  return true;
+}
+
+bool hasFlag(const Parsed& p, const std::string& f) {
+  for (const auto& x : p.flags)
+    if (x == f) return true;
+  return false;
+}
+
+int cmdCheck(const Parsed& p) {
+  policy::Errors errors;
+  auto snap = server::Snapshot::load(p.config, errors);
+  for (const auto& e : errors.all()) std::fprintf(stderr, "%s\n", e.str().c_str());
+  if (!snap) return 1;
+  std::printf("%s: ok\n", snap->config->path.c_str());
+  return 0;
+}
+
+int cmdQueue(const Parsed& p) {
+  if (p.rest.empty()) return usage("queue needs a subcommand");
+  const std::string& sub = p.rest[0];
+  static const std::map<std::string, int> kArgs = {{"list", 0}, {"show", 1}, {"flush", -1}, {"hold", 1},
+                                                   {"release", 1}, {"delete", 1}, {"bounce", 1}};
+  auto it = kArgs.find(sub);
+  if (it == kArgs.end()) return usage("unknown queue subcommand: " + sub);
+  size_t nargs = p.rest.size() - 1;
+  if ((it->second == 1 && nargs != 1) || (it->second == 0 && nargs != 0) || (it->second == -1 && nargs > 1))
+    return usage("wrong number of arguments for queue " + sub);
+  for (const auto& f : p.flags) {
+    if (f != "--json" && f != "--quarantine" && f != "--hold" && f != "--all") return usage("unknown option " + f);
+  }
+  policy::Errors errors;
+  auto cfg = policy::loadConfig(p.config, errors);
+  if (!cfg) {
+    for (const auto& e : errors.all()) std::fprintf(stderr, "%s\n", e.str().c_str());
+    return 1;
+  }
+  std::string request = sub;
+  if (sub == "list") {
+    if (hasFlag(p, "--quarantine")) request += " quarantine";
+    else if (hasFlag(p, "--hold")) request += " hold";
+    else if (hasFlag(p, "--all")) request += " all";
+  } else if (nargs == 1) {
+    request += " " + p.rest[1];
+  }
+  std::string reply, error;
+  if (!controlRequest(cfg->controlSocket, request, reply, error)) {
+    std::fprintf(stderr, "moat: %s\n", error.c_str());
+    return 1;
+  }
+  auto parsed = json::parse(reply);
+  bool ok = parsed && parsed->get("ok") && parsed->get("ok")->boolean;
+  if (!ok) {
+    std::string msg = parsed && parsed->get("error") ? parsed->get("error")->str : reply;
+    std::fprintf(stderr, "moat: %s\n", msg.c_str());
+    return 1;
+  }
+  if (sub == "list" && !hasFlag(p, "--json")) {
+    std::fputs(formatQueueTable(reply).c_str(), stdout);
+  } else {
+    std::printf("%s\n", reply.c_str());
+  }
+  return 0;
+}
+
+std::string humanTime(int64_t ms) {
+  std::time_t t = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
+}
+
+}  // namespace
+
+std::string formatQueueTable(const std::string& reply) {
+  auto root = json::parse(reply);
+  std::ostringstream out;
+  const json::Value* msgs = root ? root->get("messages") : nullptr;
+  if (!msgs || msgs->array.empty()) return "Queue is empty\n";
+  char line[512];
+  std::snprintf(line, sizeof line, "%-16s %-10s %8s  %-19s  %s\n", "Queue ID", "State", "Size", "Arrival (UTC)", "Sender/Recipient");
+  out << line;
+  size_t total = 0;
+  for (const auto& m : msgs->array) {
+    auto s = [&](const char* k) { auto* v = m.get(k); return v ? v->str : std::string(); };
+    auto n = [&](const char* k) { auto* v = m.get(k); return v ? static_cast<int64_t>(v->number) : 0; };
+    std::string from = s("from").empty() ? "<>" : s("from");
+    std::snprintf(line, sizeof line, "%-16s %-10s %8lld  %-19s  %s\n", s("id").c_str(), s("area").c_str(),
+                  static_cast<long long>(n("size")), humanTime(n("arrival_ms")).c_str(), from.c_str());
+    out << line;
+    if (!s("last_reply").empty()) out << std::string(58, ' ') << "(" << s("last_reply") << ")\n";
+    if (!s("reason").empty()) out << std::string(58, ' ') << "[" << s("reason") << "]\n";
+    if (auto* to = m.get("to"))
+      for (const auto& r : to->array) out << std::string(58, ' ') << r.str << "\n";
+    total += static_cast<size_t>(n("size"));
+  }
+  out << "-- " << (total + 1023) / 1024 << " Kbytes in " << msgs->array.size() << " message"
+      << (msgs->array.size() == 1 ? "" : "s") << ".\n";
+  return out.str();
+}
+
+int runCli(const std::vector<std::string>& args) {
+  if (args.empty()) return usage();
+  const std::string& cmd = args[0];
+  if (cmd == "version" || cmd == "--version") {
+    std::printf("moat %s\n", MOAT_VERSION);
+    return 0;
+  }
+  if (cmd == "help" || cmd == "--help" || cmd == "-h") {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  Parsed p;
+  std::string error;
+  if (!parseArgs(args, 1, {}, p, error)) return usage(error);
+  if (cmd == "serve" || cmd == "check" || cmd == "queue") {
+    if (p.config.empty()) return usage(cmd + " needs -c FILE");
+  }
+  if (cmd == "serve") {
+    if (!p.rest.empty() || !p.flags.empty()) return usage("serve takes only -c FILE");
+    return serve(p.config);
+  }
+  if (cmd == "check") {
+    if (!p.rest.empty() || !p.flags.empty()) return usage("check takes only -c FILE");
+    return cmdCheck(p);
+  }
+  if (cmd == "queue") return cmdQueue(p);
+  return usage("unknown command: " + cmd);
+}
+
+}  // namespace moat::mta::daemon

@@ -1,0 +1,201 @@
+// mta/daemon/control.cc — see control.h.
+#include "mta/daemon/control.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <map>
+
+#include "mta/daemon/queue_manager.h"
+#include "mta/runtime/json.h"
+#include "mta/runtime/log.h"
+#include "mta/runtime/uv.h"
+
+namespace moat::mta::daemon {
+namespace {
+
+constexpr size_t kMaxRequest = 4096;
+
+struct WriteReq {
+  uv_write_t req{};
+  std::string data;
+};
+
+}  // namespace
+
+struct ControlServer::Impl {
+  struct Client {
+    Impl* owner = nullptr;
+    uv::Handle<uv_pipe_t> pipe;
+    std::string in;
+    bool answered = false;
+  };
+
+  uv_loop_t* loop;
+  QueueManager& qm;
+  uv::Handle<uv_pipe_t> server;
+  std::string path;
+  std::map<Client*, std::unique_ptr<Client>> clients;
+  std::shared_ptr<bool> alive = std::make_shared<bool>(true);
+
+  Impl(uv_loop_t* l, QueueManager& q) : loop(l), qm(q) {}
+
+  static uv_stream_t* stream(Client* c) { return reinterpret_cast<uv_stream_t*>(c->pipe.get()); }
+
+  void answer(Client* c, const std::string& json) {
+    if (c->answered) return;
+    c->answered = true;
+    auto w = std::make_unique<WriteReq>();
+    w->data = json + "\n";
+    w->req.data = w.get();
+    uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
+    uv_read_stop(stream(c));
+    int rc = uv_write(&w->req, stream(c), &buf, 1, [](uv_write_t* req, int) {
+      std::unique_ptr<WriteReq> done(static_cast<WriteReq*>(req->data));
+    });
+    if (rc == 0) w.release();  // libuv owns it until the write callback
+    // Closing after uv_write: libuv finishes (or cancels) the queued write before the close.
+    clients.erase(c);
+  }
+
+  void handle(Client* c, const std::string& line) {
+    std::string verb = line, arg;
+    auto sp = line.find(' ');
+    if (sp != std::string::npos) {
+      verb = line.substr(0, sp);
+      arg = line.substr(sp + 1);
+    }
+    auto stillAlive = alive;
+    auto reply = [this, c, stillAlive](std::string json) {
+      if (!*stillAlive || !clients.count(c)) return;
+      answer(c, json);
+    };
+    auto needId = [&]() {
+      if (!arg.empty()) return true;
+      reply(JsonObject().add("ok", false).add("error", verb + " needs a queue id").str());
+      return false;
+    };
+    log::info("control").add("verb", verb).add("arg", arg);
+    if (verb == "list") reply(qm.list(arg));
+    else if (verb == "show") { if (needId()) reply(qm.show(arg)); }
+    else if (verb == "flush") reply(qm.flush(arg));
+    else if (verb == "hold") { if (needId()) qm.hold(arg, reply); }
+    else if (verb == "release") { if (needId()) qm.release(arg, reply); }
+    else if (verb == "delete") { if (needId()) qm.remove(arg, reply); }
+    else if (verb == "bounce") { if (needId()) qm.bounce(arg, reply); }
+    else reply(JsonObject().add("ok", false).add("error", "unknown request: " + verb).str());
+  }
+
+  void onRead(Client* c, ssize_t n, const uv_buf_t* buf) {
+    if (n < 0) {
+      clients.erase(c);
+      return;
+    }
+    c->in.append(buf->base, static_cast<size_t>(n));
+    auto nl = c->in.find('\n');
+    if (nl == std::string::npos) {
+      if (c->in.size() > kMaxRequest) answer(c, JsonObject().add("ok", false).add("error", "request too long").str());
+      return;
+    }
+    std::string line = c->in.substr(0, nl);
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    uv_read_stop(stream(c));
+    handle(c, line);
+  }
+
+  void onConnection() {
+    auto c = std::make_unique<Client>();
+    c->owner = this;
+    uv_pipe_init(loop, c->pipe.get(), 0);
+    c->pipe.markInitialized();
+    if (uv_accept(reinterpret_cast<uv_stream_t*>(server.get()), stream(c.get())) != 0) return;
+    Client* raw = c.get();
+    raw->pipe.get()->data = raw;  // cleared by uv::Handle when the client goes away
+    clients[raw] = std::move(c);
+    uv_read_start(
+        stream(raw),
+        [](uv_handle_t*, size_t, uv_buf_t* b) {
+          static thread_local char buf[4096];
+          *b = uv_buf_init(buf, sizeof buf);
+        },
+        [](uv_stream_t* s, ssize_t n, const uv_buf_t* b) {
+          if (auto* c = static_cast<Client*>(s->data)) c->owner->onRead(c, n, b);
+        });
+  }
+};
+
+ControlServer::ControlServer(uv_loop_t* loop, QueueManager& qm) : impl_(std::make_unique<Impl>(loop, qm)) {}
+ControlServer::~ControlServer() { stop(); }
+
+bool ControlServer::start(const std::string& path, std::string& error) {
+  impl_->path = path;
+  ::unlink(path.c_str());  // a stale socket from an earlier run
+  uv_pipe_init(impl_->loop, impl_->server.get(), 0);
+  impl_->server.markInitialized();
+  impl_->server.get()->data = impl_.get();
+  int rc = uv_pipe_bind(impl_->server.get(), path.c_str());
+  if (rc == 0) {
+    ::chmod(path.c_str(), 0660);
+    rc = uv_listen(reinterpret_cast<uv_stream_t*>(impl_->server.get()), 16, [](uv_stream_t* s, int status) {
+      if (status == 0 && s->data) static_cast<Impl*>(s->data)->onConnection();
+    });
+  }
+  if (rc != 0) {
+    error = "control socket " + path + ": " + uv_strerror(rc);
+    return false;
+  }
+  return true;
+}
+
+void ControlServer::stop() {
+  if (!impl_ || impl_->path.empty()) return;
+  *impl_->alive = false;
+  impl_->server.close();
+  impl_->clients.clear();
+  ::unlink(impl_->path.c_str());
+  impl_->path.clear();
+}
+
+bool controlRequest(const std::string& path, const std::string& request, std::string& reply, std::string& error) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    error = std::strerror(errno);
+    return false;
+  }
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) {
+    ::close(fd);
+    error = "socket path too long: " + path;
+    return false;
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    error = "cannot reach the daemon at " + path + ": " + std::strerror(errno) + " (is `moat serve` running?)";
+    ::close(fd);
+    return false;
+  }
+  timeval tv{30, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::string req = request + "\n";
+  if (::write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
+    error = std::strerror(errno);
+    ::close(fd);
+    return false;
+  }
+  char buf[65536];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0) reply.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  while (!reply.empty() && (reply.back() == '\n' || reply.back() == '\r')) reply.pop_back();
+  if (reply.empty()) {
+    error = "no answer from the daemon";
+    return false;
+  }
+  return true;
+}
+
+}  // namespace moat::mta::daemon

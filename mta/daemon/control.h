@@ -1,0 +1,32 @@
+// mta/daemon/control.h — the control socket (a Unix-domain stream socket, mode 0660) that
+// `moat queue ...` talks to. Protocol: the client sends one line "VERB [ARG]\n"; the daemon
+// answers with one JSON object on one line and closes. Verbs: list [active|hold|quarantine|all],
+// show ID, flush [ID], hold ID, release ID, delete ID, bounce ID. Requests are bounded
+// (4 KiB); anything else gets {"ok":false,"error":...}.
+#pragma once
+#include <uv.h>
+
+#include <memory>
+#include <string>
+
+namespace moat::mta::daemon {
+
+class QueueManager;
+
+class ControlServer {
+ public:
+  ControlServer(uv_loop_t* loop, QueueManager& qm);
+  ~ControlServer();
+  bool start(const std::string& path, std::string& error);
+  void stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Client side, for the CLI: sends one request and returns the JSON reply (blocking; not for
+// the daemon). Returns false with `error` when the daemon cannot be reached.
+bool controlRequest(const std::string& path, const std::string& request, std::string& reply, std::string& error);
+
+}  // namespace moat::mta::daemon

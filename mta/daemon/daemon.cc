@@ -1,0 +1,140 @@
+// mta/daemon/daemon.cc — see daemon.h.
+#include "mta/daemon/daemon.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <memory>
+
+#include "mta/daemon/control.h"
+#include "mta/daemon/metrics_http.h"
+#include "mta/daemon/queue_manager.h"
+#include "mta/dns/cares_resolver.h"
+#include "mta/runtime/log.h"
+#include "mta/runtime/uv.h"
+#include "mta/server/smtp_server.h"
+#include "mta/server/snapshot.h"
+
+namespace moat::mta::daemon {
+namespace {
+
+void applyLogConfig(const policy::Config& cfg) {
+  if (!log::open(cfg.logFile)) std::fprintf(stderr, "moat: cannot open log file %s\n", cfg.logFile.c_str());
+  log::Level level = cfg.logLevel == "debug" ? log::Level::Debug
+                     : cfg.logLevel == "warn" ? log::Level::Warn
+                     : cfg.logLevel == "error" ? log::Level::Error
+                                               : log::Level::Info;
+  log::setMinLevel(level);
+}
+
+std::vector<std::string> listenerKeys(const policy::Config& c) {
+  std::vector<std::string> out;
+  for (const auto& l : c.listeners) out.push_back(l.address + "/" + std::to_string(static_cast<int>(l.mode)));
+  return out;
+}
+
+}  // namespace
+
+int serve(const std::string& configPath) {
+  policy::Errors errors;
+  auto snap = server::Snapshot::load(configPath, errors);
+  for (const auto& e : errors.all()) std::fprintf(stderr, "%s\n", e.str().c_str());
+  if (!snap) return 1;
+  const auto& cfg = *snap->config;
+  applyLogConfig(cfg);
+  ::signal(SIGPIPE, SIG_IGN);
+  uv::configureThreadPool(8);  // fsyncs and filters run there: more than the cores is right
+
+  uv::Loop loop;
+  auto resolver = std::make_unique<dns::CaresResolver>(loop.get(), cfg.nameservers, cfg.dnsTimeout);
+
+  std::string error;
+  auto spool = queue::Spool::open(loop.get(), cfg.spoolDir, error);
+  if (!spool) {
+    std::fprintf(stderr, "moat: spool %s: %s\n", cfg.spoolDir.c_str(), error.c_str());
+    return 1;
+  }
+  queue::RecoveryReport report;
+  auto recovered = spool->recover(report);
+  log::info("spool_recovered")
+      .add("messages", static_cast<uint64_t>(report.recovered))
+      .add("removed_partial", static_cast<uint64_t>(report.removedPartial))
+      .add("moved_corrupt", static_cast<uint64_t>(report.movedCorrupt));
+
+  QueueManager qm(loop.get(), spool, resolver.get(), snap);
+  qm.start(std::move(recovered));
+
+  server::SmtpServer smtp(loop.get(), spool, resolver.get(), [&qm](const queue::Envelope& env) { qm.enqueue(env); });
+  if (!smtp.start(snap, error)) {
+    std::fprintf(stderr, "moat: %s\n", error.c_str());
+    log::error("start_failed").add("error", error);
+    log::flush();
+    return 1;
+  }
+
+  ControlServer control(loop.get(), qm);
+  if (!control.start(cfg.controlSocket, error)) {
+    std::fprintf(stderr, "moat: %s\n", error.c_str());
+    log::error("start_failed").add("error", error);
+    log::flush();
+    return 1;
+  }
+  bool stopping = false;
+  MetricsHttp metrics(loop.get(), [&stopping] { return !stopping; });
+  if (!cfg.metricsListen.empty() && !metrics.start(cfg.metricsListen, error)) {
+    std::fprintf(stderr, "moat: metrics: %s\n", error.c_str());
+    log::error("start_failed").add("error", error);
+    log::flush();
+    return 1;
+  }
+
+  log::info("start").add("version", MOAT_VERSION).add("config", cfg.path).add("hostname", cfg.hostname)
+      .add("queued", static_cast<uint64_t>(report.recovered));
+
+  std::unique_ptr<uv::Signal> sigterm, sigint, sighup;
+  auto stop = [&](const char* why) {
+    if (stopping) return;
+    stopping = true;
+    log::info("stopping").add("signal", why).add("sessions", static_cast<uint64_t>(smtp.sessionCount()))
+        .add("deliveries", static_cast<uint64_t>(qm.inFlight()));
+    smtp.drain([&] {
+      qm.drain([&] {
+        control.stop();
+        metrics.stop();
+        log::info("stop");
+        sigterm.reset();
+        sigint.reset();
+        sighup.reset();
+        uv_stop(loop.get());
+      });
+    });
+  };
+  sigterm = std::make_unique<uv::Signal>(loop.get(), SIGTERM, [&] { stop("SIGTERM"); });
+  sigint = std::make_unique<uv::Signal>(loop.get(), SIGINT, [&] { stop("SIGINT"); });
+  sighup = std::make_unique<uv::Signal>(loop.get(), SIGHUP, [&] {
+    log::reopen();
+    policy::Errors errs;
+    auto next = server::Snapshot::load(configPath, errs);
+    if (!next) {
+      std::vector<std::string> msgs;
+      for (const auto& e : errs.all()) msgs.push_back(e.str());
+      log::error("reload").add("ok", false).add("errors", msgs).add("config", configPath);
+      return;
+    }
+    bool listenersChanged = listenerKeys(*next->config) != listenerKeys(*snap->config);
+    snap = next;
+    applyLogConfig(*snap->config);
+    smtp.reload(snap);
+    qm.reload(snap);
+    auto line = log::info("reload");
+    line.add("ok", true).add("config", configPath);
+    if (listenersChanged) line.add("note", "listener changes take effect at the next restart");
+  });
+
+  loop.run();
+  log::flush();
+  return 0;
+}
+
+}  // namespace moat::mta::daemon

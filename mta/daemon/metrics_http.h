@@ -1,0 +1,29 @@
+// mta/daemon/metrics_http.h — GET /metrics (Prometheus text format 0.0.4) and GET /healthz
+// on [server] metrics_listen. Minimal HTTP/1.0: one request per connection, request head
+// bounded to 8 KiB, anything else answered 400/404/405. Untrusted input: the request.
+#pragma once
+#include <uv.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "mta/net/connection.h"
+
+namespace moat::mta::daemon {
+
+class MetricsHttp {
+ public:
+  // `healthy()` decides /healthz (200 "ok" or 503).
+  MetricsHttp(uv_loop_t* loop, std::function<bool()> healthy);
+  bool start(const std::string& hostPort, std::string& error);
+  void stop();
+  uint16_t port() const;
+
+ private:
+  uv_loop_t* loop_;
+  std::function<bool()> healthy_;
+  std::unique_ptr<net::Listener> listener_;
+};
+
+}  // namespace moat::mta::daemon

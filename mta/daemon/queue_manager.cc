@@ -1,0 +1,961 @@
+// mta/daemon/queue_manager.cc — see queue_manager.h.
+#include "mta/daemon/queue_manager.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <random>
+
+#include "mta/runtime/json.h"
+#include "mta/runtime/log.h"
+#include "mta/server/metrics.h"
+#include "queue/dsn.h"
+
+namespace moat::mta::daemon {
+namespace {
+
+int64_t nowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  return s;
+}
+
+std::string domainOf(const std::string& address) {
+  auto at = address.rfind('@');
+  return at == std::string::npos ? "" : lower(address.substr(at + 1));
+}
+
+// "550 5.1.1 text" -> "5.1.1"; without an enhanced code, the class of the basic code.
+std::string statusOf(const std::string& reply) {
+  if (reply.size() >= 9 && std::isdigit(static_cast<unsigned char>(reply[4])) && reply[5] == '.') {
+    auto sp = reply.find(' ', 4);
+    return reply.substr(4, sp == std::string::npos ? std::string::npos : sp - 4);
+  }
+  if (reply.size() >= 5 && std::isdigit(static_cast<unsigned char>(reply[0])) && reply[1] == '.') {
+    auto sp = reply.find(' ');
+    return reply.substr(0, sp);
+  }
+  if (!reply.empty() && (reply[0] == '5' || reply[0] == '4')) return std::string(1, reply[0]) + ".0.0";
+  return "4.0.0";
+}
+
+std::string oneLine(const std::string& s) {
+  std::string out = s;
+  std::replace(out.begin(), out.end(), '\n', ' ');
+  std::replace(out.begin(), out.end(), '\r', ' ');
+  return out.substr(0, 900);
+}
+
+std::string replyText(const client::Reply& r) { return oneLine(r.text.empty() ? std::to_string(r.code) : r.text); }
+
+std::string serializeHeaders(const std::vector<std::pair<std::string, std::string>>& headers) {
+  std::string out;
+  for (const auto& [name, value] : headers) out += name + ": " + value + "\r\n";
+  return out;
+}
+
+std::string areaName(queue::Area a) {
+  switch (a) {
+    case queue::Area::Active: return "active";
+    case queue::Area::Hold: return "hold";
+    case queue::Area::Quarantine: return "quarantine";
+  }
+  return "active";
+}
+
+std::string statusName(queue::RcptStatus s) {
+  switch (s) {
+    case queue::RcptStatus::Pending: return "pending";
+    case queue::RcptStatus::Delivered: return "delivered";
+    case queue::RcptStatus::Failed: return "failed";
+  }
+  return "pending";
+}
+
+// The wait before attempt `attempts` + 1: the configured list, the last repeating, ±10%.
+int64_t retryWaitMs(const std::vector<policy::Millis>& retry, int attempts) {
+  static std::mt19937_64 rng{std::random_device{}()};
+  if (retry.empty()) return 60'000;
+  size_t i = std::min<size_t>(static_cast<size_t>(std::max(attempts, 1) - 1), retry.size() - 1);
+  int64_t base = retry[i].count();
+  std::uniform_real_distribution<double> jitter(0.9, 1.1);
+  return static_cast<int64_t>(static_cast<double>(base) * jitter(rng));
+}
+
+std::string safeMailboxName(const std::string& local) {
+  std::string out;
+  for (char c : lower(local)) out.push_back(c == '/' || c == '\0' ? '_' : c);
+  if (out.empty() || out[0] == '.') out.insert(out.begin(), '_');
+  return out.substr(0, 200);
+}
+
+bool mkdirs(const std::string& path) {
+  std::string cur;
+  for (size_t i = 0; i <= path.size(); ++i) {
+    if (i == path.size() || path[i] == '/') {
+      if (!cur.empty() && ::mkdir(cur.c_str(), 0750) != 0 && errno != EEXIST) return false;
+    }
+    if (i < path.size()) cur.push_back(path[i]);
+  }
+  return true;
+}
+
+bool fsyncDir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool ok = ::fsync(fd) == 0;
+  ::close(fd);
+  return ok;
+}
+
+}  // namespace
+
+std::string writeMaildir(const std::string& dir, const std::string& rcpt, const std::string& returnPath,
+                         const std::string& prefix, std::string_view body) {
+  auto at = rcpt.rfind('@');
+  std::string local = at == std::string::npos ? rcpt : rcpt.substr(0, at);
+  std::string domain = at == std::string::npos ? "localhost" : lower(rcpt.substr(at + 1));
+  std::string box = dir + "/" + safeMailboxName(domain) + "/" + safeMailboxName(local);
+  for (const char* sub : {"/tmp", "/new", "/cur"})
+    if (!mkdirs(box + sub)) return "cannot create " + box + sub + ": " + std::strerror(errno);
+  static std::atomic<uint64_t> counter{0};
+  char host[256] = "localhost";
+  gethostname(host, sizeof host - 1);
+  auto now = std::chrono::system_clock::now().time_since_epoch();
+  auto us = std::chrono::duration_cast<std::chrono::microseconds>(now).count();
+  std::string name = std::to_string(us / 1000000) + ".M" + std::to_string(us % 1000000) + "P" +
+                     std::to_string(getpid()) + "Q" + std::to_string(++counter) + "." + host;
+  std::string tmp = box + "/tmp/" + name, fin = box + "/new/" + name;
+  // Maildir files use the local convention, LF line ends.
+  std::string content = "Return-Path: <" + returnPath + ">\nDelivered-To: " + rcpt + "\n";
+  content.reserve(content.size() + prefix.size() + body.size());
+  auto appendLf = [&content](std::string_view s) {
+    for (size_t i = 0; i < s.size(); ++i) {
+      if (s[i] == '\r' && i + 1 < s.size() && s[i + 1] == '\n') continue;
+      content.push_back(s[i]);
+    }
+  };
+  appendLf(prefix);
+  appendLf(body);
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+  if (fd < 0) return "cannot create " + tmp + ": " + std::strerror(errno);
+  size_t off = 0;
+  while (off < content.size()) {
+    ssize_t n = ::write(fd, content.data() + off, content.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      std::string err = std::strerror(errno);
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return "write " + tmp + ": " + err;
+    }
+    off += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    std::string err = std::strerror(errno);
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return "fsync " + tmp + ": " + err;
+  }
+  ::close(fd);
+  if (::rename(tmp.c_str(), fin.c_str()) != 0) {
+    std::string err = std::strerror(errno);
+    ::unlink(tmp.c_str());
+    return "rename " + fin + ": " + err;
+  }
+  if (!fsyncDir(box + "/new")) return "fsync " + box + "/new: " + std::strerror(errno);
+  return "";
+}
+
+struct QueueManager::Attempt {
+  std::string id;
+  queue::Envelope env;
+  std::shared_ptr<const queue::MessageData> data;
+  std::string prefix;
+  std::map<size_t, RcptOutcome> outcomes;
+  int pendingGroups = 0;
+};
+
+struct Hop {
+  IpAddress ip;
+  uint16_t port = 25;
+  std::string name;  // for SNI and logs
+};
+
+struct QueueManager::Job {
+  std::shared_ptr<Attempt> attempt;
+  std::vector<size_t> rcpts;
+  std::vector<Hop> hops;
+  client::TlsMode tls = client::TlsMode::May;
+  std::function<void(const client::TransactionResult&, const std::string& relay, const std::string& tls)> done;
+};
+
+struct QueueManager::Destination {
+  std::string key;
+  std::deque<std::shared_ptr<Job>> waiting;
+  unsigned active = 0;  // connections open or opening, idle ones included
+  std::vector<Pooled> idle;
+  std::unique_ptr<uv::Timer> idleTimer;
+};
+
+QueueManager::QueueManager(uv_loop_t* loop, std::shared_ptr<queue::Spool> spool, dns::Resolver* resolver,
+                           std::shared_ptr<const server::Snapshot> snapshot)
+    : loop_(loop), spool_(std::move(spool)), resolver_(resolver), snap_(std::move(snapshot)), timer_(loop) {}
+
+QueueManager::~QueueManager() { *alive_ = false; }
+
+void QueueManager::start(std::vector<queue::Envelope> recovered) {
+  for (auto& env : recovered) {
+    std::string id = env.id;
+    auto area = env.area;
+    int64_t due = env.nextAttemptMs;
+    entries_[id] = Entry{std::move(env), false};
+    if (area == queue::Area::Active) schedule(id, due);
+  }
+  updateGauges();
+  armTimer();
+}
+
+void QueueManager::enqueue(const queue::Envelope& env) {
+  entries_[env.id] = Entry{env, false};
+  if (env.area == queue::Area::Active) schedule(env.id, 0);
+  updateGauges();
+  armTimer();
+}
+
+void QueueManager::updateGauges() {
+  auto& m = server::metrics();
+  m.queueActive = m.queueHold = m.queueQuarantine = 0;
+  for (const auto& [id, e] : entries_) {
+    switch (e.env.area) {
+      case queue::Area::Active: ++m.queueActive; break;
+      case queue::Area::Hold: ++m.queueHold; break;
+      case queue::Area::Quarantine: ++m.queueQuarantine; break;
+    }
+  }
+}
+
+void QueueManager::schedule(const std::string& id, int64_t dueMs) {
+  sched_.remove(id);
+  sched_.add(id, dueMs);
+}
+
+void QueueManager::armTimer() {
+  if (draining_) return;
+  auto next = sched_.nextDue();
+  if (!next) {
+    timer_.stop();
+    return;
+  }
+  int64_t wait = std::max<int64_t>(0, *next - nowMs());
+  timer_.start(static_cast<uint64_t>(std::min<int64_t>(wait, 60'000)), [this] { tick(); });
+}
+
+void QueueManager::tick() {
+  if (draining_) return;
+  const auto& cfg = *snap_->config;
+  size_t room = cfg.maxDeliveries > busy_.size() ? cfg.maxDeliveries - busy_.size() : 0;
+  if (room > 0) {
+    for (const auto& id : sched_.popDue(nowMs(), room)) {
+      auto it = entries_.find(id);
+      if (it == entries_.end() || it->second.busy || it->second.env.area != queue::Area::Active) continue;
+      deliver(it->second);
+    }
+  }
+  armTimer();
+}
+
+void QueueManager::deliver(Entry& entry) {
+  entry.busy = true;
+  busy_.insert(entry.env.id);
+  auto attempt = std::make_shared<Attempt>();
+  attempt->id = entry.env.id;
+  attempt->env = entry.env;
+  std::string error;
+  attempt->data = spool_->openData(entry.env.id, error);
+  if (!attempt->data) {
+    log::error("spool_error").add("queue_id", entry.env.id).add("error", error);
+    for (size_t i = 0; i < attempt->env.rcpts.size(); ++i)
+      if (attempt->env.rcpts[i].status == queue::RcptStatus::Pending)
+        attempt->outcomes[i] = {RcptOutcome::Kind::Deferred, "451 4.3.0 queue file unreadable: " + error, "", ""};
+    finishAttempt(attempt);
+    return;
+  }
+  attempt->prefix = serializeHeaders(entry.env.headers);
+  const auto& cfg = *snap_->config;
+  // Group the pending recipients by route, and by domain for MX routes.
+  std::map<std::pair<int, std::string>, std::vector<size_t>> groups;
+  for (size_t i = 0; i < attempt->env.rcpts.size(); ++i) {
+    const auto& r = attempt->env.rcpts[i];
+    if (r.status != queue::RcptStatus::Pending) continue;
+    std::string domain = domainOf(r.address);
+    const policy::Route* route = cfg.routeFor(domain);
+    int idx = route ? static_cast<int>(route - cfg.routes.data()) : -1;
+    bool byDomain = !route || route->to.empty() || route->to.front().kind == policy::RouteTarget::Kind::Mx;
+    groups[{idx, byDomain ? domain : ""}].push_back(i);
+  }
+  if (groups.empty()) {
+    finishAttempt(attempt);
+    return;
+  }
+  attempt->pendingGroups = static_cast<int>(groups.size());
+  for (auto& [key, rcpts] : groups) {
+    const policy::Route* route = key.first >= 0 ? &cfg.routes[static_cast<size_t>(key.first)] : nullptr;
+    std::string domain = key.second.empty() ? domainOf(attempt->env.rcpts[rcpts.front()].address) : key.second;
+    deliverGroup(attempt, route, domain, std::move(rcpts));
+  }
+}
+
+void QueueManager::deliverGroup(std::shared_ptr<Attempt> attempt, const policy::Route* route,
+                                const std::string& domain, std::vector<size_t> rcpts) {
+  static const policy::Route kMxRoute = [] {
+    policy::Route r;
+    r.to.push_back(policy::RouteTarget{policy::RouteTarget::Kind::Mx, "", 25, ""});
+    return r;
+  }();
+  if (!route || route->to.empty()) route = &kMxRoute;
+  if (route->to.front().kind == policy::RouteTarget::Kind::Maildir) {
+    deliverMaildir(attempt, route->to.front().dir, std::move(rcpts));
+  } else {
+    deliverSmtp(attempt, *route, domain, std::move(rcpts));
+  }
+}
+
+void QueueManager::deliverMaildir(std::shared_ptr<Attempt> attempt, const std::string& dir,
+                                  std::vector<size_t> rcpts) {
+  auto results = std::make_shared<std::vector<std::string>>(rcpts.size());
+  std::vector<std::string> addresses;
+  for (size_t i : rcpts) addresses.push_back(attempt->env.rcpts[i].address);
+  std::string from = attempt->env.mailFrom;
+  std::string prefix = attempt->prefix;
+  auto data = attempt->data;
+  auto alive = alive_;
+  uv::queueWork(
+      loop_,
+      [results, addresses, dir, from, prefix, data] {
+        for (size_t k = 0; k < addresses.size(); ++k)
+          (*results)[k] = writeMaildir(dir, addresses[k], from, prefix, data->view());
+      },
+      [this, alive, attempt, rcpts, results, dir] {
+        if (!*alive) return;
+        for (size_t k = 0; k < rcpts.size(); ++k) {
+          const auto& err = (*results)[k];
+          attempt->outcomes[rcpts[k]] =
+              err.empty() ? RcptOutcome{RcptOutcome::Kind::Delivered, "250 2.0.0 delivered to maildir", "maildir:" + dir, ""}
+                          : RcptOutcome{RcptOutcome::Kind::Deferred, "451 4.3.0 maildir: " + err, "maildir:" + dir, ""};
+        }
+        groupDone(attempt);
+      });
+}
+
+namespace {
+
+// Resolves each (host, port) to addresses in order: IP literals as they are, names by AAAA
+// and A. `done(hops, tempfail, error)`: tempfail when some lookup failed temporarily and
+// nothing was found.
+void resolveHops(dns::Resolver* resolver, std::vector<std::pair<std::string, uint16_t>> targets,
+                 std::function<void(std::vector<Hop>, bool tempfail, std::string error)> done) {
+  struct State {
+    std::vector<std::pair<std::string, uint16_t>> targets;
+    std::vector<Hop> hops;
+    size_t next = 0;
+    bool tempfail = false;
+    std::string error;
+    std::function<void(std::vector<Hop>, bool, std::string)> done;
+    dns::Resolver* resolver;
+    std::function<void()> step;
+  };
+  auto st = std::make_shared<State>();
+  st->targets = std::move(targets);
+  st->done = std::move(done);
+  st->resolver = resolver;
+  std::weak_ptr<State> weak = st;
+  st->step = [weak] {
+    auto s = weak.lock();
+    if (!s) return;
+    if (s->next == s->targets.size()) {
+      auto d = std::move(s->done);
+      bool tf = s->tempfail && s->hops.empty();
+      d(std::move(s->hops), tf, s->error);
+      s->step = nullptr;  // breaks the cycle
+      return;
+    }
+    auto [host, port] = s->targets[s->next++];
+    if (auto ip = IpAddress::parse(host)) {
+      s->hops.push_back({*ip, port, ""});
+      s->step();
+      return;
+    }
+    auto collect = [s, host = host, port = port](const dns::Answer& a) {
+      if (a.status == dns::Status::Ok) {
+        for (const auto& ip : a.addresses) s->hops.push_back({ip, port, host});
+      } else if (a.status == dns::Status::TempFail) {
+        s->tempfail = true;
+        s->error = "DNS lookup of " + host + " failed: " + (a.error.empty() ? "temporary failure" : a.error);
+      } else if (s->error.empty()) {
+        s->error = "host " + host + " not found";
+      }
+    };
+    s->resolver->query(host, dns::RrType::A, [s, collect, host = host](const dns::Answer& a4) {
+      collect(a4);
+      s->resolver->query(host, dns::RrType::AAAA, [s, collect](const dns::Answer& a6) {
+        collect(a6);
+        if (s->step) s->step();
+      });
+    });
+  };
+  st->step();
+}
+
+}  // namespace
+
+void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::Route& route,
+                               const std::string& domain, std::vector<size_t> rcpts) {
+  auto job = std::make_shared<Job>();
+  job->attempt = attempt;
+  job->rcpts = rcpts;
+  job->tls = route.tls == policy::TlsPolicy::None      ? client::TlsMode::None
+             : route.tls == policy::TlsPolicy::Require ? client::TlsMode::Require
+                                                       : client::TlsMode::May;
+  auto alive = alive_;
+  job->done = [this, alive, attempt, rcpts](const client::TransactionResult& r, const std::string& relay,
+                                            const std::string& tls) {
+    if (!*alive) return;
+    for (size_t k = 0; k < rcpts.size(); ++k) {
+      RcptOutcome o;
+      o.relay = relay;
+      o.tls = tls;
+      auto classify = [&o](int code, const std::string& text) {
+        o.reply = text;
+        o.kind = code >= 200 && code < 300   ? RcptOutcome::Kind::Delivered
+                 : code >= 500 && code < 600 ? RcptOutcome::Kind::Failed
+                                             : RcptOutcome::Kind::Deferred;
+      };
+      if (!r.error.empty()) {
+        o.kind = RcptOutcome::Kind::Deferred;
+        o.reply = r.error.rfind("5", 0) == 0 || r.error.rfind("4", 0) == 0 ? oneLine(r.error) : "451 4.4.1 " + oneLine(r.error);
+      } else if (r.mail.code < 200 || r.mail.code >= 300) {
+        classify(r.mail.code, replyText(r.mail));
+      } else if (k < r.rcpts.size() && (r.rcpts[k].code < 200 || r.rcpts[k].code >= 300)) {
+        classify(r.rcpts[k].code, replyText(r.rcpts[k]));
+      } else {
+        classify(r.data.code, replyText(r.data));
+      }
+      attempt->outcomes[rcpts[k]] = o;
+    }
+    groupDone(attempt);
+  };
+  auto failAll = [job](const std::string& reply) {
+    client::TransactionResult r;
+    r.error = reply;
+    job->done(r, "", "");
+  };
+  auto permFailAll = [this, alive, attempt, rcpts](const std::string& reply) {
+    if (!*alive) return;
+    for (size_t i : rcpts) attempt->outcomes[i] = {RcptOutcome::Kind::Failed, reply, "", ""};
+    groupDone(attempt);
+  };
+
+  std::string key;
+  if (route.to.front().kind == policy::RouteTarget::Kind::Smtp) {
+    std::vector<std::pair<std::string, uint16_t>> targets;
+    for (const auto& t : route.to) {
+      if (t.kind != policy::RouteTarget::Kind::Smtp) continue;
+      targets.emplace_back(t.host, t.port);
+      key += t.str() + ",";
+    }
+    key += "tls=" + std::to_string(static_cast<int>(job->tls));
+    resolveHops(resolver_, std::move(targets), [this, alive, job, key, failAll](std::vector<Hop> hops, bool tempfail, std::string error) {
+      if (!*alive) return;
+      if (hops.empty()) return failAll("451 4.4.3 " + (error.empty() ? "no address for next hop" : error));
+      job->hops = std::move(hops);
+      submit(key, job);
+    });
+    return;
+  }
+  // MX (RFC 5321 §5.1)
+  key = "mx:" + domain + ",tls=" + std::to_string(static_cast<int>(job->tls));
+  resolver_->query(domain, dns::RrType::MX, [this, alive, job, key, domain, failAll, permFailAll](const dns::Answer& a) {
+    if (!*alive) return;
+    std::vector<std::pair<std::string, uint16_t>> targets;
+    if (a.status == dns::Status::TempFail) return failAll("451 4.4.3 MX lookup for " + domain + " failed: " + a.error);
+    if (a.status == dns::Status::NxDomain || a.status == dns::Status::Malformed)
+      return permFailAll("550 5.1.2 Domain " + domain + " does not exist");
+    if (a.status == dns::Status::Ok) {
+      if (a.mx.size() == 1 && a.mx[0].exchange.empty())  // RFC 7505 null MX
+        return permFailAll("556 5.1.10 Domain " + domain + " does not accept mail (null MX)");
+      for (const auto& mx : a.mx)
+        if (!mx.exchange.empty()) targets.emplace_back(mx.exchange, 25);
+    } else {
+      targets.emplace_back(domain, 25);  // no MX: the implicit MX is the domain itself
+    }
+    resolveHops(resolver_, std::move(targets), [this, alive, job, key, failAll](std::vector<Hop> hops, bool, std::string error) {
+      if (!*alive) return;
+      if (hops.empty()) return failAll("451 4.4.3 " + (error.empty() ? "no address for the MX hosts" : error));
+      job->hops = std::move(hops);
+      submit(key, job);
+    });
+  });
+}
+
+void QueueManager::submit(const std::string& key, std::shared_ptr<Job> job) {
+  auto& d = destinations_[key];
+  if (!d) {
+    d = std::make_unique<Destination>();
+    d->key = key;
+  }
+  d->waiting.push_back(std::move(job));
+  pump(*d);
+}
+
+void QueueManager::pump(Destination& d) {
+  const auto& cfg = *snap_->config;
+  while (!d.waiting.empty()) {
+    if (!d.idle.empty()) {
+      auto c = d.idle.back();
+      d.idle.pop_back();
+      if (!c.client->usable()) {
+        --d.active;
+        continue;
+      }
+      auto job = d.waiting.front();
+      d.waiting.pop_front();
+      runJob(d, c, job);
+      continue;
+    }
+    if (d.active >= cfg.maxPerDestination) return;
+    openConnection(d);
+  }
+}
+
+void QueueManager::openConnection(Destination& d) {
+  auto job = d.waiting.front();
+  d.waiting.pop_front();
+  ++d.active;
+  const auto& cfg = *snap_->config;
+  client::Options opts;
+  opts.heloName = cfg.hostname;
+  opts.tls = job->tls;
+  opts.tlsCtx = job->tls == client::TlsMode::None ? nullptr : snap_->clientTls;
+  opts.connectTimeoutMs = static_cast<uint64_t>(cfg.connectTimeout.count());
+  opts.greetingTimeoutMs = opts.commandTimeoutMs = static_cast<uint64_t>(cfg.replyTimeout.count());
+
+  struct Try {
+    size_t next = 0;
+    std::string lastError;
+  };
+  auto tr = std::make_shared<Try>();
+  auto alive = alive_;
+  std::string key = d.key;
+  auto attemptHop = std::make_shared<std::function<void()>>();
+  *attemptHop = [this, alive, tr, job, opts, key, attemptHop]() mutable {
+    if (!*alive) return;
+    auto it = destinations_.find(key);
+    if (it == destinations_.end()) return;
+    if (tr->next >= job->hops.size()) {
+      --it->second->active;
+      client::TransactionResult r;
+      r.error = "451 4.4.1 " + (tr->lastError.empty() ? "connection failed" : tr->lastError);
+      std::string relay = job->hops.empty() ? "" : job->hops.back().ip.str();
+      *attemptHop = nullptr;
+      job->done(r, relay, "");
+      pump(*it->second);
+      return;
+    }
+    const Hop& hop = job->hops[tr->next++];
+    client::Options o = opts;
+    o.sni = hop.name;
+    std::string relay = (hop.name.empty() ? hop.ip.str() : hop.name + "[" + hop.ip.str() + "]") + ":" + std::to_string(hop.port);
+    client::SmtpClient::connect(loop_, hop.ip, hop.port, o,
+                                [this, alive, tr, job, key, attemptHop, relay](std::shared_ptr<client::SmtpClient> c,
+                                                                              const std::string& error, const client::Reply& greeting) {
+                                  if (!*alive) return;
+                                  auto it = destinations_.find(key);
+                                  if (it == destinations_.end()) return;
+                                  if (!c) {
+                                    tr->lastError = relay + ": " + oneLine(error.empty() ? greeting.text : error);
+                                    (*attemptHop)();
+                                    return;
+                                  }
+                                  *attemptHop = nullptr;
+                                  runJob(*it->second, Pooled{c, relay}, job);
+                                });
+  };
+  (*attemptHop)();
+}
+
+void QueueManager::runJob(Destination& d, Pooled c, std::shared_ptr<Job> job) {
+  client::Transaction tx;
+  const auto& env = job->attempt->env;
+  tx.mailFrom = env.mailFrom;
+  for (size_t i : job->rcpts) tx.rcpts.push_back(env.rcpts[i].address);
+  tx.eightBit = env.eightBit;
+  tx.smtputf8 = env.smtputf8;
+  tx.prefix = job->attempt->prefix;
+  tx.body = job->attempt->data->view();
+  tx.keepAlive = job->attempt->data;
+  tx.size = tx.prefix.size() + tx.body.size();
+  auto alive = alive_;
+  std::string key = d.key;
+  auto client = c.client;
+  client->send(std::move(tx), [this, alive, key, c, job](client::TransactionResult r) {
+    if (!*alive) return;
+    job->done(r, c.relay, c.client->tlsActive() ? c.client->tlsSummary() : "");
+    auto it = destinations_.find(key);
+    if (it == destinations_.end()) return;
+    if (c.client->usable()) {
+      clientIdle(*it->second, c);
+    } else {
+      --it->second->active;
+      pump(*it->second);
+    }
+  });
+}
+
+void QueueManager::clientIdle(Destination& d, Pooled c) {
+  if (!d.waiting.empty() && !draining_) {
+    auto job = d.waiting.front();
+    d.waiting.pop_front();
+    runJob(d, c, job);
+    return;
+  }
+  d.idle.push_back(c);
+  if (!d.idleTimer) d.idleTimer = std::make_unique<uv::Timer>(loop_);
+  std::string key = d.key;
+  d.idleTimer->start(draining_ ? 0 : 5000, [this, key] {
+    auto it = destinations_.find(key);
+    if (it == destinations_.end()) return;
+    auto& dest = *it->second;
+    for (auto& idle : dest.idle) {
+      idle.client->quit();
+      --dest.active;
+    }
+    dest.idle.clear();
+  });
+}
+
+void QueueManager::groupDone(std::shared_ptr<Attempt> attempt) {
+  if (--attempt->pendingGroups <= 0) finishAttempt(attempt);
+}
+
+void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
+  auto it = entries_.find(attempt->id);
+  if (it == entries_.end()) {
+    busy_.erase(attempt->id);
+    return;
+  }
+  auto& env = it->second.env;
+  const auto& cfg = *snap_->config;
+  int64_t now = nowMs();
+  env.attempts++;
+  std::vector<size_t> failed;
+  for (auto& [i, o] : attempt->outcomes) {
+    auto& r = env.rcpts[i];
+    r.attempts++;
+    r.lastReply = o.reply;
+    r.relay = o.relay;
+    switch (o.kind) {
+      case RcptOutcome::Kind::Delivered: {
+        r.status = queue::RcptStatus::Delivered;
+        auto line = log::info("deliver");
+        line.add("queue_id", env.id).add("message_id", env.messageId).add("from", env.mailFrom).add("to", r.address)
+            .add("relay", o.relay).add("reply", o.reply).add("attempt", env.attempts).add("delay_ms", now - env.arrivalMs);
+        if (!o.tls.empty()) line.add("tls", o.tls);
+        ++server::metrics().recipientsDelivered;
+        server::metrics().observeLatency(static_cast<double>(now - env.arrivalMs) / 1000.0);
+        break;
+      }
+      case RcptOutcome::Kind::Failed:
+        r.status = queue::RcptStatus::Failed;
+        log::info("bounce").add("queue_id", env.id).add("message_id", env.messageId).add("from", env.mailFrom)
+            .add("to", r.address).add("relay", o.relay).add("reply", o.reply).add("attempt", env.attempts)
+            .add("delay_ms", now - env.arrivalMs);
+        ++server::metrics().recipientsBounced;
+        failed.push_back(i);
+        break;
+      case RcptOutcome::Kind::Deferred:
+        log::info("defer").add("queue_id", env.id).add("message_id", env.messageId).add("from", env.mailFrom)
+            .add("to", r.address).add("relay", o.relay).add("reply", o.reply).add("attempt", env.attempts)
+            .add("delay_ms", now - env.arrivalMs);
+        ++server::metrics().recipientsDeferred;
+        break;
+    }
+  }
+  if (!failed.empty()) sendDsn(env, failed, false, attempt->data);
+
+  bool pending = std::any_of(env.rcpts.begin(), env.rcpts.end(),
+                             [](const queue::Recipient& r) { return r.status == queue::RcptStatus::Pending; });
+  it->second.busy = false;
+  busy_.erase(attempt->id);
+  if (!pending) {
+    retire(env.id, false);
+  } else if (now >= env.arrivalMs + cfg.maxLifetime.count()) {
+    std::vector<size_t> expired;
+    for (size_t i = 0; i < env.rcpts.size(); ++i) {
+      auto& r = env.rcpts[i];
+      if (r.status != queue::RcptStatus::Pending) continue;
+      r.status = queue::RcptStatus::Failed;
+      r.lastReply = "4.4.7 message expired after " + std::to_string((now - env.arrivalMs) / 1000) + "s; last error: " + r.lastReply;
+      expired.push_back(i);
+    }
+    log::info("expire").add("queue_id", env.id).add("message_id", env.messageId).add("from", env.mailFrom)
+        .add("attempt", env.attempts).add("delay_ms", now - env.arrivalMs);
+    ++server::metrics().messagesExpired;
+    sendDsn(env, expired, false, attempt->data);
+    retire(env.id, true);
+  } else {
+    if (!env.delayWarned && now >= env.arrivalMs + cfg.delayWarning.count()) {
+      std::vector<size_t> delayed;
+      for (size_t i = 0; i < env.rcpts.size(); ++i)
+        if (env.rcpts[i].status == queue::RcptStatus::Pending) delayed.push_back(i);
+      sendDsn(env, delayed, true, attempt->data);
+      env.delayWarned = true;
+    }
+    env.nextAttemptMs = now + retryWaitMs(cfg.retry, env.attempts);
+    std::string id = env.id;
+    int64_t due = env.nextAttemptMs;
+    spool_->update(env, [id](bool ok, std::string error) {
+      if (!ok) log::error("spool_error").add("queue_id", id).add("error", error);
+    });
+    schedule(id, due);
+  }
+  updateGauges();
+  if (draining_ && busy_.empty() && drained_) {
+    auto d = std::move(drained_);
+    drained_ = nullptr;
+    d();
+  }
+  armTimer();
+}
+
+void QueueManager::retire(const std::string& id, bool) {
+  sched_.remove(id);
+  entries_.erase(id);
+  spool_->remove(id, [id](bool ok, std::string error) {
+    if (!ok) log::error("spool_error").add("queue_id", id).add("error", error);
+  });
+}
+
+void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>& rcpts, bool delay,
+                           std::shared_ptr<const queue::MessageData> data) {
+  if (rcpts.empty()) return;
+  if (env.mailFrom.empty() || env.isBounce) {
+    // RFC 5321 §6.1 / RFC 3464: never to the null sender; our own DSNs are not bounced again.
+    log::info("dsn_dropped").add("queue_id", env.id).add("reason", env.isBounce ? "undeliverable DSN" : "null sender");
+    return;
+  }
+  const auto& cfg = *snap_->config;
+  queue::DsnInput in;
+  in.reportingMta = cfg.hostname;
+  in.sender = env.mailFrom;
+  in.envid = env.envid;
+  in.originalMessageId = env.messageId;
+  in.arrivalMs = env.arrivalMs;
+  in.headersOnly = env.ret == "HDRS";
+  for (size_t i : rcpts) {
+    const auto& r = env.rcpts[i];
+    queue::DsnRecipient d;
+    d.address = r.address;
+    d.orcpt = r.orcpt;
+    d.action = delay ? "delayed" : "failed";
+    d.status = statusOf(r.lastReply);
+    d.diagnostic = "smtp; " + r.lastReply;
+    d.remoteMta = r.relay;
+    d.lastAttemptMs = nowMs();
+    in.rcpts.push_back(std::move(d));
+  }
+  std::string original = serializeHeaders(env.headers);
+  if (data) original += std::string(data->view());
+  std::string text = queue::buildDsn(in, original);
+
+  queue::Envelope dsn;
+  dsn.id = spool_->newId();
+  dsn.mailFrom = "";
+  queue::Recipient rc;
+  rc.address = env.mailFrom;
+  dsn.rcpts.push_back(rc);
+  dsn.arrivalMs = nowMs();
+  dsn.nextAttemptMs = dsn.arrivalMs;
+  dsn.isBounce = true;
+  dsn.protocol = "local";
+  dsn.size = text.size();
+  dsn.headers.emplace_back("Received", "by " + cfg.hostname + " (Moat) id " + dsn.id + "; DSN for " + env.id);
+  auto incoming = spool_->create();
+  incoming->append(text);
+  auto alive = alive_;
+  std::string origId = env.id;
+  incoming->finish([this, alive, incoming, dsn, origId, delay](bool ok, std::string error) mutable {
+    if (!*alive) return;
+    if (!ok) {
+      log::error("spool_error").add("queue_id", dsn.id).add("error", error);
+      return;
+    }
+    incoming->commit(dsn, [this, alive, incoming, dsn, origId, delay](bool ok2, std::string error2) {
+      if (!*alive) return;
+      if (!ok2) {
+        log::error("spool_error").add("queue_id", dsn.id).add("error", error2);
+        return;
+      }
+      ++server::metrics().dsnsGenerated;
+      log::info("dsn").add("queue_id", dsn.id).add("original_queue_id", origId).add("to", dsn.rcpts[0].address)
+          .add("action", delay ? "delayed" : "failed");
+      enqueue(dsn);
+    });
+  });
+}
+
+void QueueManager::drain(std::function<void()> done) {
+  draining_ = true;
+  timer_.stop();
+  for (auto& [key, d] : destinations_) {
+    for (auto& c : d->idle) c.client->quit();
+    d->active -= static_cast<unsigned>(d->idle.size());
+    d->idle.clear();
+  }
+  if (busy_.empty()) {
+    done();
+    return;
+  }
+  drained_ = std::move(done);
+}
+
+std::string QueueManager::list(const std::string& area) const {
+  mta::JsonArray arr;
+  for (const auto& [id, e] : entries_) {
+    const auto& env = e.env;
+    bool want = area == "all" || (area.empty() && env.area != queue::Area::Quarantine) ||
+                (area == "quarantine" && env.area == queue::Area::Quarantine) ||
+                (area == "hold" && env.area == queue::Area::Hold) || (area == "active" && env.area == queue::Area::Active);
+    if (!want) continue;
+    mta::JsonObject o;
+    std::vector<std::string> to;
+    std::string lastReply;
+    for (const auto& r : env.rcpts) {
+      if (r.status != queue::RcptStatus::Pending) continue;
+      to.push_back(r.address);
+      if (!r.lastReply.empty()) lastReply = r.lastReply;
+    }
+    o.add("id", id).add("area", areaName(env.area)).add("from", env.mailFrom).add("to", to).add("size", env.size)
+        .add("arrival_ms", env.arrivalMs).add("attempts", env.attempts).add("next_attempt_ms", env.nextAttemptMs)
+        .add("last_reply", lastReply).add("busy", e.busy);
+    if (!env.quarantineReason.empty()) o.add("reason", env.quarantineReason);
+    arr.addRaw(o.str());
+  }
+  mta::JsonObject out;
+  out.add("ok", true).addRaw("messages", arr.str());
+  return out.str();
+}
+
+std::string QueueManager::show(const std::string& id) const {
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return mta::JsonObject().add("ok", false).add("error", "no such message: " + id).str();
+  const auto& env = it->second.env;
+  mta::JsonArray rcpts;
+  for (const auto& r : env.rcpts) {
+    mta::JsonObject o;
+    o.add("address", r.address).add("status", statusName(r.status)).add("attempts", r.attempts)
+        .add("last_reply", r.lastReply).add("relay", r.relay);
+    rcpts.addRaw(o.str());
+  }
+  mta::JsonArray headers;
+  for (const auto& [n, v] : env.headers) headers.add(n + ": " + v);
+  mta::JsonObject o;
+  o.add("ok", true).add("id", env.id).add("area", areaName(env.area)).add("from", env.mailFrom)
+      .add("message_id", env.messageId).add("client_ip", env.clientIp).add("helo", env.helo)
+      .add("protocol", env.protocol).add("size", env.size).add("arrival_ms", env.arrivalMs)
+      .add("attempts", env.attempts).add("next_attempt_ms", env.nextAttemptMs).add("is_bounce", env.isBounce)
+      .add("reason", env.quarantineReason).addRaw("recipients", rcpts.str()).addRaw("headers", headers.str());
+  return o.str();
+}
+
+std::string QueueManager::flush(const std::string& id) {
+  size_t n = 0;
+  for (auto& [mid, e] : entries_) {
+    if (!id.empty() && mid != id) continue;
+    if (e.env.area != queue::Area::Active || e.busy) continue;
+    schedule(mid, 0);
+    ++n;
+  }
+  if (!id.empty() && n == 0 && !entries_.count(id))
+    return mta::JsonObject().add("ok", false).add("error", "no such message: " + id).str();
+  armTimer();
+  return mta::JsonObject().add("ok", true).add("flushed", static_cast<uint64_t>(n)).str();
+}
+
+void QueueManager::hold(const std::string& id, std::function<void(std::string)> reply) {
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return reply(mta::JsonObject().add("ok", false).add("error", "no such message: " + id).str());
+  if (it->second.busy) return reply(mta::JsonObject().add("ok", false).add("error", "message is being delivered").str());
+  auto env = it->second.env;
+  env.area = queue::Area::Hold;
+  spool_->move(env, queue::Area::Hold, [this, id, env, reply](bool ok, std::string error) {
+    if (!ok) return reply(mta::JsonObject().add("ok", false).add("error", error).str());
+    auto it2 = entries_.find(id);
+    if (it2 != entries_.end()) it2->second.env.area = queue::Area::Hold;
+    sched_.remove(id);
+    updateGauges();
+    log::info("hold").add("queue_id", id);
+    reply(mta::JsonObject().add("ok", true).add("id", id).str());
+  });
+}
+
+void QueueManager::release(const std::string& id, std::function<void(std::string)> reply) {
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return reply(mta::JsonObject().add("ok", false).add("error", "no such message: " + id).str());
+  auto env = it->second.env;
+  if (env.area == queue::Area::Active) return reply(mta::JsonObject().add("ok", false).add("error", "message is not held").str());
+  std::string from = areaName(env.area);
+  env.area = queue::Area::Active;
+  env.nextAttemptMs = nowMs();
+  spool_->move(env, queue::Area::Active, [this, id, env, reply, from](bool ok, std::string error) {
+    if (!ok) return reply(mta::JsonObject().add("ok", false).add("error", error).str());
+    auto it2 = entries_.find(id);
+    if (it2 != entries_.end()) it2->second.env = env;
+    log::info("release").add("queue_id", id).add("from_area", from);
+    schedule(id, 0);
+    updateGauges();
+    armTimer();
+    reply(mta::JsonObject().add("ok", true).add("id", id).str());
+  });
+}
+
+void QueueManager::remove(const std::string& id, std::function<void(std::string)> reply) {
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return reply(mta::JsonObject().add("ok", false).add("error", "no such message: " + id).str());
+  if (it->second.busy) return reply(mta::JsonObject().add("ok", false).add("error", "message is being delivered").str());
+  log::info("delete").add("queue_id", id);
+  retire(id, false);
+  updateGauges();
+  reply(mta::JsonObject().add("ok", true).add("id", id).str());
+}
+
+void QueueManager::bounce(const std::string& id, std::function<void(std::string)> reply) {
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return reply(mta::JsonObject().add("ok", false).add("error", "no such message: " + id).str());
+  if (it->second.busy) return reply(mta::JsonObject().add("ok", false).add("error", "message is being delivered").str());
+  auto& env = it->second.env;
+  std::vector<size_t> failed;
+  for (size_t i = 0; i < env.rcpts.size(); ++i) {
+    auto& r = env.rcpts[i];
+    if (r.status != queue::RcptStatus::Pending) continue;
+    r.status = queue::RcptStatus::Failed;
+    r.lastReply = "5.0.0 returned to sender by the administrator" + (r.lastReply.empty() ? "" : "; last error: " + r.lastReply);
+    failed.push_back(i);
+    log::info("bounce").add("queue_id", id).add("to", r.address).add("reply", r.lastReply);
+  }
+  std::string error;
+  auto data = spool_->openData(id, error);
+  sendDsn(env, failed, false, data);
+  retire(id, false);
+  updateGauges();
+  reply(mta::JsonObject().add("ok", true).add("id", id).add("bounced", static_cast<uint64_t>(failed.size())).str());
+}
+
+}  // namespace moat::mta::daemon

@@ -1,0 +1,117 @@
+// mta/daemon/queue_manager.h — the delivery side (DESIGN.md, decisions 4-6): an in-memory
+// schedule over the spool, rebuilt from it at start-up; per-destination queues with a
+// concurrency limit and connection reuse; next hop by [[route]] (smtp:HOST:PORT in order,
+// "mx" per RFC 5321 §5.1 with the implicit-MX fallback and RFC 7505 null MX, maildir:DIR);
+// per-recipient results; retries from [queue] retry with jitter; DSNs (RFC 3464) for
+// permanent failures, expiry and one delay warning; never a DSN to the null sender, and a
+// DSN of Moat's own that cannot be delivered is dropped with a log line, not bounced.
+//
+// Untrusted input: replies from remote servers (bounded by the SMTP client), DNS answers.
+// Logs: deliver, defer, bounce, expire, dsn (each with queue_id).
+#pragma once
+#include <uv.h>
+
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "mta/client/smtp_client.h"
+#include "mta/dns/resolver.h"
+#include "mta/runtime/uv.h"
+#include "mta/server/snapshot.h"
+#include "queue/scheduler.h"
+#include "queue/spool.h"
+
+namespace moat::mta::daemon {
+
+class QueueManager {
+ public:
+  QueueManager(uv_loop_t* loop, std::shared_ptr<queue::Spool> spool, dns::Resolver* resolver,
+               std::shared_ptr<const server::Snapshot> snapshot);
+  ~QueueManager();
+
+  // Takes the envelopes recovered from the spool and starts scheduling.
+  void start(std::vector<queue::Envelope> recovered);
+  void reload(std::shared_ptr<const server::Snapshot> snapshot) { snap_ = std::move(snapshot); }
+  // A message the server just made durable.
+  void enqueue(const queue::Envelope& env);
+  // Stops starting deliveries; `done` runs when none is in flight.
+  void drain(std::function<void()> done);
+
+  // Control-socket operations. Each returns a JSON object ({"ok":true,...} or {"ok":false,"error":...}).
+  std::string list(const std::string& area) const;  // "" = active+hold, "quarantine", "all"
+  std::string show(const std::string& id) const;
+  std::string flush(const std::string& id);  // "" = everything due now
+  void hold(const std::string& id, std::function<void(std::string)> reply);
+  void release(const std::string& id, std::function<void(std::string)> reply);
+  void remove(const std::string& id, std::function<void(std::string)> reply);
+  void bounce(const std::string& id, std::function<void(std::string)> reply);
+
+  size_t inFlight() const { return busy_.size(); }
+
+ private:
+  struct Entry {
+    queue::Envelope env;
+    bool busy = false;
+  };
+  struct RcptOutcome {
+    enum class Kind { Delivered, Deferred, Failed } kind = Kind::Deferred;
+    std::string reply;  // "250 2.0.0 Ok" / "550 5.1.1 ..." / "4.4.1 connect failed ..."
+    std::string relay;
+    std::string tls;
+  };
+  struct Attempt;
+  struct Destination;
+  struct Job;
+
+  void schedule(const std::string& id, int64_t dueMs);
+  void armTimer();
+  void tick();
+  void deliver(Entry& entry);
+  void deliverGroup(std::shared_ptr<Attempt> attempt, const policy::Route* route, const std::string& domain,
+                    std::vector<size_t> rcpts);
+  void deliverMaildir(std::shared_ptr<Attempt> attempt, const std::string& dir, std::vector<size_t> rcpts);
+  void deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::Route& route, const std::string& domain,
+                   std::vector<size_t> rcpts);
+  void groupDone(std::shared_ptr<Attempt> attempt);
+  void finishAttempt(std::shared_ptr<Attempt> attempt);
+  void retire(const std::string& id, bool expired);
+  void sendDsn(const queue::Envelope& env, const std::vector<size_t>& rcpts, bool delay,
+               std::shared_ptr<const queue::MessageData> data);
+  void updateGauges();
+
+  // Destinations (connection pools)
+  void submit(const std::string& key, std::shared_ptr<Job> job);
+  void pump(Destination& d);
+  void openConnection(Destination& d);
+  struct Pooled {
+    std::shared_ptr<client::SmtpClient> client;
+    std::string relay;  // "mx.example.test[192.0.2.1]:25", for logs
+  };
+  void runJob(Destination& d, Pooled c, std::shared_ptr<Job> job);
+  void clientIdle(Destination& d, Pooled c);
+
+  uv_loop_t* loop_;
+  std::shared_ptr<queue::Spool> spool_;
+  dns::Resolver* resolver_;
+  std::shared_ptr<const server::Snapshot> snap_;
+  queue::Scheduler sched_;
+  uv::Timer timer_;
+  std::map<std::string, Entry> entries_;
+  std::set<std::string> busy_;
+  std::map<std::string, std::unique_ptr<Destination>> destinations_;
+  bool draining_ = false;
+  std::function<void()> drained_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+// Writes one Maildir message (tmp/ then new/, fsynced) for `rcpt` under `dir`
+// (DIR/<domain>/<local-part>/). Blocking: call on the thread pool. Returns "" or an error.
+std::string writeMaildir(const std::string& dir, const std::string& rcpt, const std::string& returnPath,
+                         const std::string& prefix, std::string_view body);
+
+}  // namespace moat::mta::daemon

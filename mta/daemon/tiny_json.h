@@ -1,0 +1,30 @@
+// mta/daemon/tiny_json.h — a small JSON reader for the CLI (the daemon's control replies)
+// and tests. Strict RFC 8259 subset: depth-limited, \u escapes decoded to UTF-8.
+#pragma once
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace moat::mta::daemon::json {
+
+struct Value {
+  enum class Type { Null, Bool, Number, String, Array, Object } type = Type::Null;
+  bool boolean = false;
+  double number = 0;
+  std::string str;
+  std::vector<Value> array;
+  std::vector<std::pair<std::string, Value>> object;
+
+  const Value* get(std::string_view key) const {
+    for (const auto& [k, v] : object)
+      if (k == key) return &v;
+    return nullptr;
+  }
+};
+
+std::optional<Value> parse(std::string_view text);
+
+}  // namespace moat::mta::daemon::json

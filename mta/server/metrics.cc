@@ -1,0 +1,58 @@
+// mta/server/metrics.cc — see metrics.h.
+#include "mta/server/metrics.h"
+
+#include <cstdio>
+
+namespace moat::mta::server {
+
+Metrics& metrics() {
+  static Metrics m;
+  return m;
+}
+
+void Metrics::observeLatency(double seconds) {
+  for (size_t i = 0; i < kBuckets.size(); ++i)
+    if (seconds <= kBuckets[i]) ++latencyBuckets[i];
+  ++latencyCount;
+  latencySum += seconds;
+}
+
+std::string Metrics::prometheus() const {
+  std::string out;
+  auto counter = [&](const char* name, const char* help, uint64_t v, const char* type = "counter") {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " +
+           std::to_string(v) + "\n";
+  };
+  counter("moat_sessions_total", "SMTP sessions accepted.", sessionsTotal);
+  counter("moat_sessions_active", "SMTP sessions open now.", sessionsActive, "gauge");
+  counter("moat_sessions_refused_total", "Connections refused by limits or shutdown.", sessionsRefused);
+  counter("moat_messages_accepted_total", "Messages queued (250 after DATA).", messagesAccepted);
+  counter("moat_messages_rejected_total", "Messages refused with a 5xx.", messagesRejected);
+  counter("moat_messages_tempfailed_total", "Messages refused with a 4xx.", messagesTempFailed);
+  counter("moat_messages_quarantined_total", "Messages put in quarantine.", messagesQuarantined);
+  counter("moat_recipients_delivered_total", "Recipients delivered.", recipientsDelivered);
+  counter("moat_recipients_deferred_total", "Recipient delivery attempts deferred (4xx, network).", recipientsDeferred);
+  counter("moat_recipients_bounced_total", "Recipients failed permanently (DSN sent).", recipientsBounced);
+  counter("moat_messages_expired_total", "Messages that reached max_lifetime.", messagesExpired);
+  counter("moat_dsns_total", "Delivery status notifications generated.", dsnsGenerated);
+  out += "# HELP moat_queue_messages Messages in the queue by state.\n# TYPE moat_queue_messages gauge\n";
+  out += "moat_queue_messages{state=\"active\"} " + std::to_string(queueActive) + "\n";
+  out += "moat_queue_messages{state=\"hold\"} " + std::to_string(queueHold) + "\n";
+  out += "moat_queue_messages{state=\"quarantine\"} " + std::to_string(queueQuarantine) + "\n";
+  out += "# HELP moat_delivery_latency_seconds From arrival to delivery, per recipient.\n"
+         "# TYPE moat_delivery_latency_seconds histogram\n";
+  for (size_t i = 0; i < kBuckets.size(); ++i) {
+    char le[32];
+    std::snprintf(le, sizeof le, "%g", kBuckets[i]);
+    out += std::string("moat_delivery_latency_seconds_bucket{le=\"") + le + "\"} " +
+           std::to_string(latencyBuckets[i]) + "\n";
+  }
+  out += "moat_delivery_latency_seconds_bucket{le=\"+Inf\"} " + std::to_string(latencyCount) + "\n";
+  char sum[64];
+  std::snprintf(sum, sizeof sum, "%.6f", latencySum);
+  out += std::string("moat_delivery_latency_seconds_sum ") + sum + "\n";
+  out += "moat_delivery_latency_seconds_count " + std::to_string(latencyCount) + "\n";
+  return out;
+}
+
+}  // namespace moat::mta::server

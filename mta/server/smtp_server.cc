@@ -1,0 +1,115 @@
+// mta/server/smtp_server.cc — see smtp_server.h.
+#include "mta/server/smtp_server.h"
+
+#include "mta/runtime/log.h"
+#include "mta/server/metrics.h"
+#include "mta/server/smtp_session.h"
+#include "mta/smtp/protocol.h"
+
+namespace moat::mta::server {
+
+uint64_t ServerShared::freeDisk() {
+  uint64_t now = uv_now(loop);
+  if (freeDiskCheckedMs_ == 0 || now - freeDiskCheckedMs_ >= 1000) {
+    freeDiskCached_ = spool->freeBytes();
+    freeDiskCheckedMs_ = now == 0 ? 1 : now;
+  }
+  return freeDiskCached_;
+}
+
+SmtpServer::SmtpServer(uv_loop_t* loop, std::shared_ptr<queue::Spool> spool, dns::Resolver* resolver,
+                       std::function<void(const queue::Envelope&)> onQueued)
+    : reaper_(loop) {
+  shared_.loop = loop;
+  shared_.spool = std::move(spool);
+  shared_.resolver = resolver;
+  shared_.onQueued = std::move(onQueued);
+}
+
+SmtpServer::~SmtpServer() {
+  for (auto& l : listeners_) l->close();
+}
+
+bool SmtpServer::start(std::shared_ptr<const Snapshot> snapshot, std::string& error) {
+  shared_.snapshot = std::move(snapshot);
+  const auto& cfg = *shared_.snapshot->config;
+  listenerConfigs_ = cfg.listeners;
+  for (size_t i = 0; i < listenerConfigs_.size(); ++i) {
+    const auto& l = listenerConfigs_[i];
+    std::shared_ptr<tls::TlsContext> implicit;
+    if (l.mode == policy::ListenerMode::Smtps) {
+      auto it = shared_.snapshot->serverTls.find(l.address);
+      if (it != shared_.snapshot->serverTls.end()) implicit = it->second;
+    }
+    std::string err;
+    auto listener = net::listen(
+        shared_.loop, l.host, l.port, false, implicit,
+        [this, i](std::shared_ptr<net::Connection> conn) { accept(listenerConfigs_[i], std::move(conn)); }, err);
+    if (!listener) {
+      error = "cannot listen on " + l.address + ": " + err;
+      return false;
+    }
+    log::info("listen").add("address", l.address).add("port", static_cast<unsigned>(listener->port()));
+    listeners_.push_back(std::move(listener));
+  }
+  return true;
+}
+
+void SmtpServer::reload(std::shared_ptr<const Snapshot> snapshot) { shared_.snapshot = std::move(snapshot); }
+
+std::vector<uint16_t> SmtpServer::boundPorts() const {
+  std::vector<uint16_t> out;
+  for (const auto& l : listeners_) out.push_back(l->port());
+  return out;
+}
+
+void SmtpServer::accept(const policy::Listener& listener, std::shared_ptr<net::Connection> conn) {
+  const auto& cfg = *shared_.snapshot->config;
+  std::string ip = conn->peerAddress().str();
+  auto refuse = [&](const std::string& why) {
+    ++metrics().sessionsRefused;
+    log::info("reject").add("client_ip", ip).add("reply", "421 4.7.0 " + why).add("stage", "connect");
+    conn->write(smtp::formatReply(421, "4.7.0", cfg.hostname + " " + why));
+    conn->close();
+  };
+  if (shared_.draining) return refuse("Service shutting down, try again later");
+  if (sessions_.size() >= cfg.maxConnections) return refuse("Too many connections, try again later");
+  if (perIp_[ip] >= cfg.maxConnectionsPerIp) return refuse("Too many connections from your address");
+  ++perIp_[ip];
+  auto session = std::make_shared<SmtpSession>(shared_, shared_.snapshot, listener, conn,
+                                               [this, ip](SmtpSession* s) { sessionEnded(s, ip); });
+  sessions_[session.get()] = session;
+  session->start();
+}
+
+void SmtpServer::sessionEnded(SmtpSession* session, const std::string& ip) {
+  auto it = perIp_.find(ip);
+  if (it != perIp_.end() && --it->second == 0) perIp_.erase(it);
+  // Keep the session alive until this call stack unwinds: it is the caller.
+  auto node = sessions_.extract(session);
+  if (!node.empty()) {
+    graveyard_.push_back(std::move(node.mapped()));
+    reaper_.start(0, [this] { graveyard_.clear(); });
+  }
+  if (shared_.draining && sessions_.empty() && drained_) {
+    auto done = std::move(drained_);
+    drained_ = nullptr;
+    done();
+  }
+}
+
+void SmtpServer::drain(std::function<void()> done) {
+  shared_.draining = true;
+  for (auto& l : listeners_) l->close();
+  drained_ = std::move(done);
+  std::vector<std::shared_ptr<SmtpSession>> all;
+  for (auto& [k, v] : sessions_) all.push_back(v);
+  for (auto& s : all) s->drain();
+  if (sessions_.empty() && drained_) {
+    auto d = std::move(drained_);
+    drained_ = nullptr;
+    d();
+  }
+}
+
+}  // namespace moat::mta::server

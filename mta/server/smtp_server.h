@@ -1,0 +1,71 @@
+// mta/server/smtp_server.h — the inbound side: listeners from the config, connection limits
+// (in total and per client IP), the sessions, and graceful draining on SIGTERM.
+#pragma once
+#include <uv.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "mta/dns/resolver.h"
+#include "mta/net/connection.h"
+#include "mta/runtime/uv.h"
+#include "mta/server/snapshot.h"
+#include "queue/spool.h"
+
+namespace moat::mta::server {
+
+class SmtpSession;
+
+// What every session of one server shares. Loop thread only.
+struct ServerShared {
+  uv_loop_t* loop = nullptr;
+  std::shared_ptr<const Snapshot> snapshot;  // the current one; sessions copy it at start
+  std::shared_ptr<queue::Spool> spool;
+  dns::Resolver* resolver = nullptr;
+  std::function<void(const queue::Envelope&)> onQueued;  // a message is durable: schedule it
+  bool draining = false;
+
+  // Free disk space, refreshed at most once a second (statvfs is cheap but not free).
+  uint64_t freeDisk();
+  uint64_t freeDiskCached_ = UINT64_MAX;
+  uint64_t freeDiskCheckedMs_ = 0;
+};
+
+class SmtpServer {
+ public:
+  SmtpServer(uv_loop_t* loop, std::shared_ptr<queue::Spool> spool, dns::Resolver* resolver,
+             std::function<void(const queue::Envelope&)> onQueued);
+  ~SmtpServer();
+
+  // Opens every [[listener]] of the snapshot; false with `error` if one cannot be bound.
+  bool start(std::shared_ptr<const Snapshot> snapshot, std::string& error);
+  // New sessions use the new snapshot; listeners stay as they are (a changed listener list
+  // needs a restart, which reload() reports).
+  void reload(std::shared_ptr<const Snapshot> snapshot);
+  // Stops accepting; sessions finish their current transaction and close. `done` runs when
+  // the last session is gone.
+  void drain(std::function<void()> done);
+  // Ports actually bound, in listener order (for tests with port 0).
+  std::vector<uint16_t> boundPorts() const;
+  size_t sessionCount() const { return sessions_.size(); }
+
+ private:
+  void accept(const policy::Listener& listener, std::shared_ptr<net::Connection> conn);
+  void sessionEnded(SmtpSession* session, const std::string& ip);
+
+  ServerShared shared_;
+  std::vector<std::unique_ptr<net::Listener>> listeners_;
+  std::vector<policy::Listener> listenerConfigs_;
+  std::map<SmtpSession*, std::shared_ptr<SmtpSession>> sessions_;
+  std::map<std::string, unsigned> perIp_;
+  std::function<void()> drained_;
+  // Sessions that ended are released on the next loop turn, not inside their own callback.
+  std::vector<std::shared_ptr<SmtpSession>> graveyard_;
+  uv::Timer reaper_;
+};
+
+}  // namespace moat::mta::server

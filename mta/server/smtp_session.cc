@@ -1,0 +1,806 @@
+// mta/server/smtp_session.cc — see smtp_session.h.
+#include "mta/server/smtp_session.h"
+
+#include <algorithm>
+#include <cstring>
+#include <ctime>
+#include <random>
+
+#include "mta/runtime/log.h"
+#include "mta/server/metrics.h"
+
+namespace moat::mta::server {
+namespace {
+
+constexpr size_t kReadCompactAt = 64 * 1024;
+
+std::string newSessionId() {
+  static std::mt19937_64 rng{std::random_device{}()};
+  static const char* kAlphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+  uint64_t v = rng();
+  std::string id;
+  for (int i = 0; i < 12; ++i) {
+    id.push_back(kAlphabet[v & 31]);
+    v >>= 5;
+  }
+  return id;
+}
+
+std::string rfc5322Date() {
+  std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S +0000", &tm);
+  return buf;
+}
+
+bool iequalsPrefix(std::string_view s, std::string_view prefix) {
+  if (s.size() < prefix.size()) return false;
+  for (size_t i = 0; i < prefix.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(s[i])) != std::tolower(static_cast<unsigned char>(prefix[i])))
+      return false;
+  return true;
+}
+
+// The Message-ID of a message, for logs: searched in the header section only, bounded.
+std::string findMessageId(std::string_view msg) {
+  size_t pos = 0;
+  const size_t limit = std::min<size_t>(msg.size(), 256 * 1024);
+  while (pos < limit) {
+    size_t eol = msg.find("\r\n", pos);
+    if (eol == std::string_view::npos || eol >= limit) break;
+    std::string_view line = msg.substr(pos, eol - pos);
+    if (line.empty()) break;  // end of the header section
+    if (iequalsPrefix(line, "message-id:")) {
+      std::string_view v = line.substr(11);
+      // a folded value continues on the next line
+      size_t next = eol + 2;
+      std::string value(v);
+      while (next < limit && (msg[next] == ' ' || msg[next] == '\t')) {
+        size_t e2 = msg.find("\r\n", next);
+        if (e2 == std::string_view::npos) break;
+        value += msg.substr(next, e2 - next);
+        next = e2 + 2;
+      }
+      auto b = value.find_first_not_of(" \t");
+      auto e = value.find_last_not_of(" \t");
+      return b == std::string::npos ? "" : value.substr(b, e - b + 1).substr(0, 998);
+    }
+    pos = eol + 2;
+  }
+  return "";
+}
+
+bool isPostmaster(std::string_view address) {
+  return address.size() == 10 && iequalsPrefix(address, "postmaster");
+}
+
+}  // namespace
+
+SmtpSession::SmtpSession(ServerShared& shared, std::shared_ptr<const Snapshot> snapshot,
+                         const policy::Listener& listener, std::shared_ptr<net::Connection> conn,
+                         std::function<void(SmtpSession*)> onEnd)
+    : shared_(shared),
+      snap_(std::move(snapshot)),
+      cfg_(*snap_->config),
+      listener_(listener),
+      conn_(std::move(conn)),
+      onEnd_(std::move(onEnd)),
+      id_(newSessionId()),
+      timer_(shared.loop),
+      started_(std::chrono::steady_clock::now()) {
+  ctx_ = std::make_shared<filters::MessageContext>();
+  ctx_->sessionId = id_;
+  ctx_->clientIp = conn_->peerAddress();
+  ctx_->fromRelayNetwork = cfg_.isRelayClient(ctx_->clientIp);
+  ctx_->tls = listener_.mode == policy::ListenerMode::Smtps;
+}
+
+SmtpSession::~SmtpSession() {
+  if (incoming_) incoming_->abort();
+}
+
+void SmtpSession::start() {
+  auto self = shared_from_this();
+  std::weak_ptr<SmtpSession> weak = self;
+  conn_->setCallbacks({
+      [weak](std::string_view data) {
+        if (auto s = weak.lock()) s->onData(data);
+      },
+      [weak](const std::string& error) {
+        if (auto s = weak.lock()) s->onClosed(error);
+      },
+  });
+  log::info("connect")
+      .add("session", id_)
+      .add("client_ip", ctx_->clientIp.str())
+      .add("client_port", static_cast<unsigned>(conn_->peerPort()))
+      .add("listener", listener_.address);
+  ++metrics().sessionsTotal;
+  ++metrics().sessionsActive;
+  reply(220, "", cfg_.hostname + " ESMTP Moat");
+  flush();
+  armTimer();
+  conn_->startReading();
+}
+
+void SmtpSession::drain() {
+  draining_ = true;
+  if (!inTransaction_ && !paused_ && mode_ == Mode::Command) closeWith(421, "4.3.2", cfg_.hostname + " Service shutting down, try again later");
+}
+
+void SmtpSession::armTimer() {
+  auto ms = mode_ == Mode::Data || mode_ == Mode::Bdat ? cfg_.dataTimeout : cfg_.commandTimeout;
+  std::weak_ptr<SmtpSession> weak = weak_from_this();
+  timer_.start(static_cast<uint64_t>(ms.count()), [weak] {
+    auto s = weak.lock();
+    if (!s || s->closed_) return;
+    if (s->paused_) {  // waiting on our own work, not on the client: keep waiting
+      s->armTimer();
+      return;
+    }
+    log::info("timeout").add("session", s->id_).add("client_ip", s->ctx_->clientIp.str());
+    s->closeWith(421, "4.4.2", s->cfg_.hostname + " Error: timeout exceeded");
+  });
+}
+
+void SmtpSession::onData(std::string_view data) {
+  if (closed_) return;
+  if (inPos_ >= kReadCompactAt || inPos_ == in_.size()) {
+    in_.erase(0, inPos_);
+    inPos_ = 0;
+  }
+  in_.append(data);
+  armTimer();
+  processInput();
+}
+
+void SmtpSession::processInput() {
+  while (!paused_ && !closed_ && inPos_ < in_.size()) {
+    if (mode_ == Mode::Data) {
+      feedData();
+      continue;
+    }
+    if (mode_ == Mode::Bdat) {
+      feedBdat();
+      continue;
+    }
+    std::string_view rest(in_.data() + inPos_, in_.size() - inPos_);
+    size_t nl = rest.find('\n');
+    if (nl == std::string_view::npos) {
+      reader_.feed(rest);
+      inPos_ = in_.size();
+    } else {
+      reader_.feed(rest.substr(0, nl + 1));
+      inPos_ += nl + 1;
+    }
+    std::string line;
+    for (;;) {
+      auto st = reader_.next(line);
+      if (st == smtp::LineReader::Status::NeedMore) break;
+      if (st == smtp::LineReader::Status::TooLong) {
+        reply(500, "5.5.2", "Line too long");
+        protocolError();
+        break;
+      }
+      handleLine(line);
+      if (paused_ || closed_ || mode_ != Mode::Command) break;
+    }
+  }
+  if (inPos_ == in_.size()) {
+    in_.clear();
+    inPos_ = 0;
+  }
+  flush();
+}
+
+void SmtpSession::handleLine(const std::string& line) {
+  auto parsed = smtp::parseCommand(line, smtputf8_);
+  if (auto* err = std::get_if<smtp::Reply>(&parsed)) {
+    reply(err->code, err->enhanced, err->text);
+    protocolError();
+    return;
+  }
+  const auto& c = std::get<smtp::Command>(parsed);
+  using V = smtp::Verb;
+  // RFC 3207 §4: on a listener that requires TLS nothing but EHLO/STARTTLS/QUIT/NOOP/RSET before it.
+  switch (c.verb) {
+    case V::Helo: cmdHelo(c, false); break;
+    case V::Ehlo: cmdHelo(c, true); break;
+    case V::Mail: cmdMail(c); break;
+    case V::Rcpt: cmdRcpt(c); break;
+    case V::Data: cmdData(); break;
+    case V::Bdat: cmdBdat(c); break;
+    case V::Rset: cmdRset(); break;
+    case V::Noop: reply(250, "2.0.0", "Ok"); break;
+    case V::Quit:
+      reply(221, "2.0.0", cfg_.hostname + " closing connection");
+      flush();
+      closed_ = true;
+      conn_->close();
+      break;
+    case V::Vrfy: reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"); break;
+    case V::Expn: reply(502, "5.5.1", "EXPN not available"); break;
+    case V::Help: reply(214, "2.0.0", "See RFC 5321 (https://www.rfc-editor.org/rfc/rfc5321)"); break;
+    case V::StartTls: cmdStartTls(c); break;
+    case V::Auth: reply(502, "5.5.1", "AUTH not available on this listener"); protocolError(); break;
+    case V::Unknown:
+    default:
+      reply(500, "5.5.2", "Command unrecognized");
+      protocolError();
+      break;
+  }
+}
+
+void SmtpSession::cmdHelo(const smtp::Command& c, bool extended) {
+  std::string name = c.arg;
+  auto sp = name.find_first_of(" \t");
+  if (sp != std::string::npos) name.resize(sp);
+  if (name.empty()) {
+    reply(501, "5.5.4", std::string(extended ? "EHLO" : "HELO") + " requires a domain or address literal");
+    protocolError();
+    return;
+  }
+  if (inTransaction_) resetTransaction();
+  greeted_ = true;
+  esmtp_ = extended;
+  helo_ = name.substr(0, 255);
+  ctx_->helo = helo_;
+  if (!extended) {
+    reply(250, "", cfg_.hostname);
+    return;
+  }
+  std::string text = cfg_.hostname + " Hello " + helo_ + " [" + ctx_->clientIp.str() + "]\n";
+  text += "PIPELINING\nSIZE " + std::to_string(cfg_.maxMessageSize) + "\n";
+  text += "8BITMIME\nENHANCEDSTATUSCODES\nSMTPUTF8\nCHUNKING\n";
+  if (!conn_->tlsActive() && snap_->serverTls.count(listener_.address)) text += "STARTTLS\n";
+  text += "HELP";
+  // ENHANCEDSTATUSCODES is not in force for the EHLO reply itself (RFC 2034 §3).
+  reply(250, "", text);
+}
+
+void SmtpSession::cmdMail(const smtp::Command& c) {
+  if (!greeted_) {
+    reply(503, "5.5.1", "Error: send HELO/EHLO first");
+    protocolError();
+    return;
+  }
+  if (inTransaction_) {
+    reply(503, "5.5.1", "Error: nested MAIL command");
+    protocolError();
+    return;
+  }
+  if (draining_) {
+    closeWith(421, "4.3.2", cfg_.hostname + " Service shutting down, try again later");
+    return;
+  }
+  bool eightBit = false, utf8 = false;
+  uint64_t size = 0;
+  for (const auto& p : c.params) {
+    if (p.key == "SIZE") {
+      char* end = nullptr;
+      errno = 0;
+      unsigned long long v = std::strtoull(p.value.c_str(), &end, 10);
+      if (p.value.empty() || *end || errno) {
+        reply(501, "5.5.4", "Bad SIZE parameter");
+        return;
+      }
+      size = v;
+    } else if (p.key == "BODY") {
+      std::string v = p.value;
+      std::transform(v.begin(), v.end(), v.begin(), ::toupper);
+      if (v == "8BITMIME") eightBit = true;
+      else if (v != "7BIT") {
+        reply(555, "5.5.4", "Unsupported BODY type");
+        return;
+      }
+    } else if (p.key == "SMTPUTF8" && esmtp_ && p.value.empty()) {
+      utf8 = true;
+      eightBit = true;
+    } else {
+      reply(555, "5.5.4", "Unsupported parameter " + p.key);
+      return;
+    }
+  }
+  if (!esmtp_ && !c.params.empty()) {
+    reply(555, "5.5.4", "Parameters need EHLO");
+    return;
+  }
+  if (size > cfg_.maxMessageSize) {
+    reply(552, "5.3.4", "Message size exceeds fixed limit");
+    return;
+  }
+  if (shared_.freeDisk() < cfg_.minFreeDisk) {
+    log::warn("reject").add("session", id_).add("client_ip", ctx_->clientIp.str()).add("reply", "452 4.3.1").add("reason", "low disk space");
+    reply(452, "4.3.1", "Insufficient system storage");
+    return;
+  }
+  if (!c.address.empty() && !utf8) {
+    // 8-bit addresses need SMTPUTF8 (RFC 6531 §3.5); the parser enforced it with utf8 == false.
+  }
+  inTransaction_ = true;
+  eightBit_ = eightBit;
+  smtputf8_ = utf8;
+  declaredSize_ = size;
+  ctx_->mailFrom = c.address;
+  ctx_->rcpts.clear();
+  ctx_->spfMailFrom = {};
+  ctx_->dkim.clear();
+  ctx_->dmarc = {};
+  ctx_->spamScore = 0;
+  txAuthResults_.clear();
+  txHeaders_.clear();
+  txReports_.clear();
+  txScore_ = 0;
+
+  if (!snap_->pipeline->hasStage(filters::Stage::Mail)) {
+    reply(250, "2.1.0", "Ok");
+    return;
+  }
+  pause();
+  auto self = shared_from_this();
+  filters::Env env{shared_.loop, shared_.resolver, cfg_.hostname};
+  snap_->pipeline->run(filters::Stage::Mail, ctx_, env, [self](filters::StageOutcome out) {
+    if (self->closed_) return;
+    for (auto& a : out.authResults) self->txAuthResults_.push_back(a);
+    for (auto& h : out.headers) self->txHeaders_.push_back(h);
+    for (auto& r : out.reports) self->txReports_.push_back(std::move(r));
+    self->txScore_ += out.score;
+    if (out.verdict == filters::Verdict::Reject || out.verdict == filters::Verdict::TempFail ||
+        out.verdict == filters::Verdict::Disconnect) {
+      log::info("reject")
+          .add("session", self->id_)
+          .add("client_ip", self->ctx_->clientIp.str())
+          .add("helo", self->helo_)
+          .add("from", self->ctx_->mailFrom)
+          .add("reply", std::to_string(out.code) + " " + out.enhanced + " " + out.text)
+          .add("stage", "mail")
+          .addRaw("filters", out.logJson());
+      self->inTransaction_ = false;
+      if (out.verdict == filters::Verdict::Disconnect) {
+        self->closeWith(out.code, out.enhanced, out.text);
+        return;
+      }
+      self->reply(out.code, out.enhanced, out.text);
+    } else {
+      self->reply(250, "2.1.0", "Ok");
+    }
+    self->resume();
+  });
+}
+
+void SmtpSession::cmdRcpt(const smtp::Command& c) {
+  if (!inTransaction_) {
+    reply(503, "5.5.1", "Error: need MAIL command");
+    protocolError();
+    return;
+  }
+  for (const auto& p : c.params) {
+    reply(555, "5.5.4", "Unsupported parameter " + p.key);
+    return;
+  }
+  if (ctx_->rcpts.size() >= cfg_.maxRecipients) {
+    reply(452, "4.5.3", "Error: too many recipients");
+    return;
+  }
+  std::string address = c.address;
+  if (isPostmaster(address)) {
+    // RFC 5321 §4.5.1: "Postmaster" without a domain must be accepted.
+    address = "postmaster@" + (cfg_.relayDomains.empty() ? cfg_.hostname : cfg_.relayDomains.front());
+  }
+  std::string domain = smtp::domainOf(address);
+  bool ok = cfg_.isRelayDomain(domain) || ctx_->fromRelayNetwork || ctx_->authenticated;
+  if (!ok) {
+    log::info("reject")
+        .add("session", id_)
+        .add("client_ip", ctx_->clientIp.str())
+        .add("helo", helo_)
+        .add("from", ctx_->mailFrom)
+        .add("to", address)
+        .add("reply", "554 5.7.1 Relay access denied")
+        .add("stage", "rcpt");
+    reply(554, "5.7.1", "<" + address + ">: Relay access denied");
+    return;
+  }
+  ctx_->rcpts.push_back(address);
+  reply(250, "2.1.5", "Ok");
+}
+
+bool SmtpSession::startTransactionData() {
+  incoming_ = shared_.spool->create();
+  if (!incoming_) {
+    reply(451, "4.3.0", "Error: queue file write error");
+    return false;
+  }
+  std::weak_ptr<SmtpSession> weak = weak_from_this();
+  incoming_->setOnDrain([weak] {
+    auto s = weak.lock();
+    if (s && !s->closed_ && !s->paused_) s->conn_->startReading();
+  });
+  return true;
+}
+
+void SmtpSession::cmdData() {
+  if (!inTransaction_) {
+    reply(503, "5.5.1", "Error: need MAIL command");
+    protocolError();
+    return;
+  }
+  if (ctx_->rcpts.empty()) {
+    reply(554, "5.5.1", "Error: no valid recipients");
+    return;
+  }
+  if (bdatUsed_) {
+    reply(503, "5.5.1", "Error: DATA after BDAT");
+    return;
+  }
+  if (!startTransactionData()) return;
+  decoder_.emplace(smtp::BareLinePolicy::Normalize, cfg_.maxMessageSize);
+  mode_ = Mode::Data;
+  reply(354, "", "End data with <CR><LF>.<CR><LF>");
+  flush();
+  armTimer();
+}
+
+void SmtpSession::feedData() {
+  std::string_view rest(in_.data() + inPos_, in_.size() - inPos_);
+  decoded_.clear();
+  size_t used = decoder_->feed(rest, decoded_);
+  inPos_ += used;
+  if (!decoded_.empty()) incoming_->append(decoded_);
+  if (decoder_->done()) {
+    mode_ = Mode::Command;
+    endOfData();
+    return;
+  }
+  if (incoming_->overHighWater()) conn_->stopReading();
+}
+
+void SmtpSession::cmdBdat(const smtp::Command& c) {
+  if (!inTransaction_) {
+    // The chunk still has to be read and thrown away, or it would be taken for commands.
+    bdatRemaining_ = c.chunkSize;
+    bdatLast_ = false;
+    mode_ = Mode::Bdat;
+    bdatTooBig_ = true;
+    reply(503, "5.5.1", "Error: need MAIL command");
+    return;
+  }
+  if (ctx_->rcpts.empty()) {
+    bdatRemaining_ = c.chunkSize;
+    mode_ = Mode::Bdat;
+    bdatTooBig_ = true;
+    reply(554, "5.5.1", "Error: no valid recipients");
+    return;
+  }
+  if (!bdatUsed_) {
+    if (!startTransactionData()) return;
+    bdatUsed_ = true;
+    bdatSize_ = 0;
+    bdatTooBig_ = false;
+  }
+  bdatRemaining_ = c.chunkSize;
+  bdatLast_ = c.last;
+  mode_ = Mode::Bdat;
+  armTimer();
+}
+
+void SmtpSession::feedBdat() {
+  size_t avail = in_.size() - inPos_;
+  size_t take = static_cast<size_t>(std::min<uint64_t>(avail, bdatRemaining_));
+  std::string_view chunk(in_.data() + inPos_, take);
+  inPos_ += take;
+  bdatRemaining_ -= take;
+  if (incoming_ && inTransaction_) {
+    if (bdatSize_ + take > cfg_.maxMessageSize) bdatTooBig_ = true;
+    if (!bdatTooBig_) incoming_->append(chunk);
+    bdatSize_ += take;
+    if (incoming_->overHighWater()) conn_->stopReading();
+  }
+  if (bdatRemaining_ > 0) return;
+  mode_ = Mode::Command;
+  if (!inTransaction_ || !incoming_) {  // a refused chunk was skipped
+    bdatTooBig_ = false;
+    return;
+  }
+  if (!bdatLast_) {
+    if (bdatTooBig_) {
+      reply(552, "5.3.4", "Message size exceeds fixed limit");
+      resetTransaction();
+    } else {
+      reply(250, "2.0.0", std::to_string(take) + " octets received");
+    }
+    return;
+  }
+  endOfData();
+}
+
+void SmtpSession::endOfData() {
+  auto fail = [&](int code, const char* enh, const std::string& text) {
+    log::info("reject")
+        .add("session", id_)
+        .add("client_ip", ctx_->clientIp.str())
+        .add("helo", helo_)
+        .add("from", ctx_->mailFrom)
+        .add("to", ctx_->rcpts)
+        .add("reply", std::to_string(code) + " " + enh + " " + text)
+        .add("stage", "data");
+    code >= 500 ? ++metrics().messagesRejected : ++metrics().messagesTempFailed;
+    reply(code, enh, text);
+    resetTransaction();
+  };
+  bool tooBig = bdatUsed_ ? bdatTooBig_ : decoder_->sizeExceeded();
+  if (tooBig) return fail(552, "5.3.4", "Message size exceeds fixed limit");
+  if (!bdatUsed_ && decoder_->rejected()) return fail(550, "5.5.2", "Bare CR or LF not allowed (RFC 5321 2.3.8)");
+  if (!bdatUsed_ && decoder_->receivedCount() > cfg_.maxReceivedHeaders)
+    return fail(554, "5.4.6", "Too many Received headers: mail loop detected");
+
+  pause();
+  auto self = shared_from_this();
+  incoming_->finish([self](bool ok, std::string error) {
+    if (self->closed_) return;
+    if (!ok) {
+      log::error("spool_error").add("session", self->id_).add("error", error);
+      self->reply(451, "4.3.0", "Error: queue file write error");
+      self->resetTransaction();
+      self->resume();
+      return;
+    }
+    self->runDataFilters();
+  });
+}
+
+void SmtpSession::runDataFilters() {
+  auto data = incoming_->data();
+  ctx_->message = data ? data->view() : std::string_view();
+  auto self = shared_from_this();
+  filters::Env env{shared_.loop, shared_.resolver, cfg_.hostname};
+  snap_->pipeline->run(filters::Stage::Data, ctx_, env, [self, data](filters::StageOutcome out) {
+    self->ctx_->message = {};
+    if (self->closed_) return;
+    self->commitMessage(std::move(out));
+  });
+}
+
+std::vector<filters::Header> SmtpSession::gatewayHeaders(const filters::StageOutcome& outcome) const {
+  std::vector<filters::Header> h;
+  std::string proto = smtputf8_ ? "UTF8SMTP" : esmtp_ ? "ESMTP" : "SMTP";
+  if (conn_->tlsActive()) proto += "S";
+  std::string from = helo_ + " (";
+  if (!ctx_->clientName.empty()) from += ctx_->clientName + " ";
+  from += "[" + ctx_->clientIp.str() + "])";
+  std::string received = "from " + from;
+  if (const auto* t = conn_->tls()) {
+    received += "\r\n\t(using " + t->protocol() + " with cipher " + t->cipher() + " (" +
+                std::to_string(t->cipherBits()) + "/" + std::to_string(t->cipherBits()) + " bits))";
+  }
+  received += "\r\n\tby " + cfg_.hostname + " (Moat) with " + proto + " id " + ctx_->queueId;
+  if (ctx_->rcpts.size() == 1) received += "\r\n\tfor <" + ctx_->rcpts[0] + ">";
+  received += "; " + rfc5322Date();
+  h.push_back({"Received", received});
+  std::vector<std::string> res = sessionAuthResults_;
+  for (const auto& a : txAuthResults_) res.push_back(a);
+  for (const auto& a : outcome.authResults) res.push_back(a);
+  h.push_back({"Authentication-Results", filters::authenticationResults(cfg_.hostname, res)});
+  for (const auto& x : txHeaders_) h.push_back(x);
+  for (const auto& x : outcome.headers) h.push_back(x);
+  return h;
+}
+
+void SmtpSession::commitMessage(filters::StageOutcome outcome) {
+  for (auto& r : outcome.reports) txReports_.insert(txReports_.end(), std::move(r));
+  outcome.reports.clear();
+  filters::StageOutcome all = outcome;
+  all.reports = txReports_;
+  std::string filtersJson = all.logJson();
+
+  if (outcome.verdict == filters::Verdict::Reject || outcome.verdict == filters::Verdict::TempFail ||
+      outcome.verdict == filters::Verdict::Disconnect) {
+    log::info("reject")
+        .add("session", id_)
+        .add("client_ip", ctx_->clientIp.str())
+        .add("helo", helo_)
+        .add("from", ctx_->mailFrom)
+        .add("to", ctx_->rcpts)
+        .add("size", incoming_->size())
+        .add("reply", std::to_string(outcome.code) + " " + outcome.enhanced + " " + outcome.text)
+        .add("stage", "data")
+        .add("verdict", std::string(filters::verdictName(outcome.verdict)))
+        .addRaw("filters", filtersJson);
+    outcome.code >= 500 ? ++metrics().messagesRejected : ++metrics().messagesTempFailed;
+    resetTransaction();
+    if (outcome.verdict == filters::Verdict::Disconnect) {
+      closeWith(outcome.code, outcome.enhanced, outcome.text);
+      return;
+    }
+    reply(outcome.code, outcome.enhanced, outcome.text);
+    resume();
+    return;
+  }
+
+  queue::Envelope env;
+  env.id = shared_.spool->newId();
+  ctx_->queueId = env.id;
+  env.mailFrom = ctx_->mailFrom;
+  for (const auto& r : ctx_->rcpts) {
+    queue::Recipient rc;
+    rc.address = r;
+    env.rcpts.push_back(std::move(rc));
+  }
+  env.arrivalMs = static_cast<int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                           std::chrono::system_clock::now().time_since_epoch())
+                                           .count());
+  env.clientIp = ctx_->clientIp.str();
+  env.clientName = ctx_->clientName;
+  env.helo = helo_;
+  env.protocol = std::string(esmtp_ ? "ESMTP" : "SMTP") + (conn_->tlsActive() ? "S" : "");
+  auto data = incoming_->data();
+  env.messageId = data ? findMessageId(data->view()) : "";
+  for (const auto& h : gatewayHeaders(outcome)) env.headers.emplace_back(h.name, h.value);
+  env.eightBit = eightBit_;
+  env.smtputf8 = smtputf8_;
+  env.size = incoming_->size();
+  env.nextAttemptMs = env.arrivalMs;
+  bool quarantine = outcome.verdict == filters::Verdict::Quarantine;
+  if (quarantine) {
+    env.area = queue::Area::Quarantine;
+    env.quarantineReason = outcome.quarantineReason;
+  }
+
+  auto self = shared_from_this();
+  auto incoming = incoming_;
+  incoming->commit(env, [self, env, filtersJson, quarantine, verdict = outcome.verdict](bool ok, std::string error) {
+    if (!ok) {
+      bool full = error.find("disk full") != std::string::npos || error.find("space") != std::string::npos;
+      log::error("spool_error").add("session", self->id_).add("queue_id", env.id).add("error", error);
+      if (!self->closed_) {
+        full ? self->reply(452, "4.3.1", "Insufficient system storage")
+             : self->reply(451, "4.3.0", "Error: queue file write error");
+      }
+      ++metrics().messagesTempFailed;
+    } else {
+      log::info("accept")
+          .add("session", self->id_)
+          .add("queue_id", env.id)
+          .add("message_id", env.messageId)
+          .add("client_ip", env.clientIp)
+          .add("helo", env.helo)
+          .add("from", env.mailFrom)
+          .add("to", self->ctx_->rcpts)
+          .add("size", env.size)
+          .add("verdict", std::string(filters::verdictName(verdict)))
+          .addRaw("filters", filtersJson);
+      ++metrics().messagesAccepted;
+      if (quarantine) ++metrics().messagesQuarantined;
+      ++self->messages_;
+      if (self->shared_.onQueued) self->shared_.onQueued(env);
+      if (!self->closed_) self->reply(250, "2.0.0", "Ok: queued as " + env.id);
+    }
+    self->incoming_.reset();
+    self->resetTransaction();
+    if (self->closed_) return;
+    if (self->draining_) {
+      self->closeWith(421, "4.3.2", self->cfg_.hostname + " Service shutting down, try again later");
+      return;
+    }
+    self->resume();
+  });
+}
+
+void SmtpSession::resetTransaction() {
+  if (incoming_) {
+    incoming_->abort();
+    incoming_.reset();
+  }
+  decoder_.reset();
+  inTransaction_ = false;
+  bdatUsed_ = false;
+  bdatTooBig_ = false;
+  bdatSize_ = 0;
+  eightBit_ = false;
+  smtputf8_ = false;
+  ctx_->rcpts.clear();
+  ctx_->mailFrom.clear();
+  ctx_->queueId.clear();
+  txAuthResults_.clear();
+  txHeaders_.clear();
+  txReports_.clear();
+}
+
+void SmtpSession::cmdRset() {
+  resetTransaction();
+  reply(250, "2.0.0", "Ok");
+}
+
+void SmtpSession::cmdStartTls(const smtp::Command& c) {
+  auto it = snap_->serverTls.find(listener_.address);
+  if (it == snap_->serverTls.end() || conn_->tlsActive()) {
+    reply(502, "5.5.1", "STARTTLS not available");
+    return;
+  }
+  if (!c.arg.empty()) {
+    reply(501, "5.5.4", "Syntax: STARTTLS");
+    return;
+  }
+  reply(220, "2.0.0", "Ready to start TLS");
+  flush();
+  // RFC 3207 §4.2: forget everything learned before TLS, and anything pipelined after STARTTLS.
+  in_.clear();
+  inPos_ = 0;
+  reader_ = smtp::LineReader();
+  resetTransaction();
+  greeted_ = false;
+  esmtp_ = false;
+  helo_.clear();
+  ctx_->helo.clear();
+  pause();
+  auto self = shared_from_this();
+  conn_->startTls(it->second, "", [self](bool ok, const std::string& error) {
+    if (self->closed_) return;
+    if (!ok) {
+      log::info("tls_failed").add("session", self->id_).add("client_ip", self->ctx_->clientIp.str()).add("error", error);
+      self->closed_ = true;
+      self->conn_->abort();
+      return;
+    }
+    self->ctx_->tls = true;
+    log::info("tls").add("session", self->id_).add("protocol", self->conn_->tls()->protocol()).add("cipher", self->conn_->tls()->cipher());
+    self->resume();
+  });
+}
+
+void SmtpSession::reply(int code, std::string_view enhanced, std::string_view text) {
+  out_ += smtp::formatReply(code, enhanced, text);
+}
+
+void SmtpSession::flush() {
+  if (out_.empty() || closed_) return;
+  conn_->write(std::move(out_));
+  out_.clear();
+}
+
+void SmtpSession::pause() {
+  paused_ = true;
+  conn_->stopReading();
+}
+
+void SmtpSession::resume() {
+  paused_ = false;
+  if (closed_) return;
+  armTimer();
+  if (!incoming_ || !incoming_->overHighWater()) conn_->startReading();
+  processInput();
+}
+
+void SmtpSession::protocolError() {
+  if (++errors_ >= cfg_.maxErrors) closeWith(421, "4.7.0", cfg_.hostname + " Error: too many errors");
+}
+
+void SmtpSession::closeWith(int code, std::string_view enhanced, std::string_view text) {
+  if (closed_) return;
+  reply(code, enhanced, text);
+  flush();
+  closed_ = true;
+  conn_->close();
+}
+
+void SmtpSession::onClosed(const std::string& error) {
+  if (mode_ == Mode::Closed) return;
+  mode_ = Mode::Closed;
+  closed_ = true;
+  timer_.stop();
+  if (incoming_ && !paused_) {
+    incoming_->abort();
+    incoming_.reset();
+  }
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started_).count();
+  auto line = log::info("disconnect");
+  line.add("session", id_).add("client_ip", ctx_->clientIp.str()).add("messages", messages_).add("duration_ms", static_cast<int64_t>(ms));
+  if (!error.empty()) line.add("error", error);
+  --metrics().sessionsActive;
+  auto onEnd = onEnd_;
+  if (onEnd) onEnd(this);
+}
+
+}  // namespace moat::mta::server

@@ -1,0 +1,126 @@
+// mta/server/smtp_session.h — one inbound SMTP session: the RFC 5321 state machine with
+// PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152), ENHANCEDSTATUSCODES
+// (RFC 2034/3463), SMTPUTF8 (RFC 6531), STARTTLS (RFC 3207), CHUNKING (RFC 3030).
+//
+// Untrusted input: everything the peer sends. Command lines are bounded (LineReader), the
+// message streams to the spool as it arrives (memory per session stays bounded whatever
+// the message size: reading stops while the spool's buffer is over its high-water mark),
+// and every async step (filters, spool commit) stops reading so pipelined input cannot pile
+// up. A 250 to the end of DATA goes out only after the spool reports the message durable.
+//
+// Logs: connect, disconnect, reject (with the reply sent), accept (queued, with queue_id),
+// filter (each filter's result at the data stage).
+#pragma once
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "filters/filter.h"
+#include "filters/pipeline.h"
+#include "mta/net/connection.h"
+#include "mta/runtime/uv.h"
+#include "mta/server/smtp_server.h"
+#include "mta/smtp/data_decoder.h"
+#include "mta/smtp/protocol.h"
+#include "queue/spool.h"
+
+namespace moat::mta::server {
+
+class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
+ public:
+  SmtpSession(ServerShared& shared, std::shared_ptr<const Snapshot> snapshot, const policy::Listener& listener,
+              std::shared_ptr<net::Connection> conn, std::function<void(SmtpSession*)> onEnd);
+  ~SmtpSession();
+  SmtpSession(const SmtpSession&) = delete;
+  SmtpSession& operator=(const SmtpSession&) = delete;
+
+  void start();
+  // Graceful stop: an idle session gets 421 now; a busy one after its transaction.
+  void drain();
+  const std::string& id() const { return id_; }
+
+ private:
+  enum class Mode { Command, Data, Bdat, Closed };
+
+  // Input
+  void onData(std::string_view data);
+  void processInput();
+  void handleLine(const std::string& line);
+  void feedData();
+  void feedBdat();
+
+  // Commands
+  void cmdHelo(const smtp::Command& c, bool extended);
+  void cmdMail(const smtp::Command& c);
+  void cmdRcpt(const smtp::Command& c);
+  void cmdData();
+  void cmdBdat(const smtp::Command& c);
+  void cmdRset();
+  void cmdStartTls(const smtp::Command& c);
+
+  // Transaction
+  bool startTransactionData();
+  void endOfData();
+  void runDataFilters();
+  void commitMessage(filters::StageOutcome outcome);
+  void resetTransaction();
+  std::vector<filters::Header> gatewayHeaders(const filters::StageOutcome& outcome) const;
+
+  // Output and flow
+  void reply(int code, std::string_view enhanced, std::string_view text);
+  void flush();
+  void pause();
+  void resume();
+  void protocolError();
+  void closeWith(int code, std::string_view enhanced, std::string_view text);
+  void armTimer();
+  void onClosed(const std::string& error);
+
+  ServerShared& shared_;
+  std::shared_ptr<const Snapshot> snap_;
+  const policy::Config& cfg_;
+  policy::Listener listener_;
+  std::shared_ptr<net::Connection> conn_;
+  std::function<void(SmtpSession*)> onEnd_;
+  std::string id_;
+  uv::Timer timer_;
+  std::chrono::steady_clock::time_point started_;
+
+  Mode mode_ = Mode::Command;
+  std::string in_;         // bytes received and not yet consumed
+  size_t inPos_ = 0;       // consumed prefix of in_
+  std::string out_;        // replies not yet written (batched, RFC 2920)
+  smtp::LineReader reader_;
+  bool paused_ = false;    // an async step is running: do not process input
+  bool draining_ = false;
+  bool closed_ = false;
+  unsigned errors_ = 0;
+  unsigned messages_ = 0;
+
+  // Session state
+  bool greeted_ = false;   // HELO/EHLO seen
+  bool esmtp_ = false;
+  std::string helo_;
+  std::shared_ptr<filters::MessageContext> ctx_;  // session facts + current transaction
+  std::vector<std::string> sessionAuthResults_;
+
+  // Transaction state
+  bool inTransaction_ = false;
+  bool eightBit_ = false, smtputf8_ = false, bdatUsed_ = false;
+  uint64_t declaredSize_ = 0;
+  std::vector<std::string> txAuthResults_;
+  std::vector<filters::Header> txHeaders_;
+  double txScore_ = 0;
+  std::vector<filters::FilterReport> txReports_;
+  std::shared_ptr<queue::IncomingMessage> incoming_;
+  std::optional<smtp::DataDecoder> decoder_;
+  std::string decoded_;
+  uint64_t bdatRemaining_ = 0;
+  bool bdatLast_ = false;
+  uint64_t bdatSize_ = 0;
+  bool bdatTooBig_ = false;
+};
+
+}  // namespace moat::mta::server

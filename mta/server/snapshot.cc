@@ -1,0 +1,29 @@
+// mta/server/snapshot.cc — see snapshot.h.
+#include "mta/server/snapshot.h"
+
+namespace moat::mta::server {
+
+std::shared_ptr<const Snapshot> Snapshot::load(const std::string& configPath, policy::Errors& errors) {
+  auto config = policy::loadConfig(configPath, errors);
+  if (!config) return nullptr;
+  auto snap = std::make_shared<Snapshot>();
+  snap->config = config;
+  snap->pipeline = filters::Pipeline::build(*config, errors);
+  for (const auto& l : config->listeners) {
+    if (l.tlsCert.empty()) continue;
+    std::string error;
+    auto ctx = tls::TlsContext::server(l.tlsCert, l.tlsKey, error);
+    if (!ctx) {
+      errors.error(config->path, l.line, "[[listener]] " + l.address + ": " + error);
+      continue;
+    }
+    snap->serverTls[l.address] = ctx;
+  }
+  std::string error;
+  snap->clientTls = tls::TlsContext::client(false, "", error);
+  if (!snap->clientTls) errors.error(config->path, 0, "TLS client context: " + error);
+  if (errors.hasErrors()) return nullptr;
+  return snap;
+}
+
+}  // namespace moat::mta::server

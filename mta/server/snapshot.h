@@ -1,0 +1,28 @@
+// mta/server/snapshot.h — one immutable policy snapshot (DESIGN.md, decision 2): the config,
+// the filter pipeline built from it and the TLS contexts of its listeners. A session keeps
+// the snapshot it started with; SIGHUP builds a new one and swaps it only if it validates.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+
+#include "filters/pipeline.h"
+#include "mta/tls/tls.h"
+#include "policy/config.h"
+
+namespace moat::mta::server {
+
+struct Snapshot {
+  std::shared_ptr<const policy::Config> config;
+  std::shared_ptr<const filters::Pipeline> pipeline;
+  // By listener address as written in the config ("127.0.0.1:2525"); absent = no TLS.
+  std::map<std::string, std::shared_ptr<tls::TlsContext>> serverTls;
+  // Outbound TLS: tls = "may" and "require" both encrypt without verifying the peer's
+  // certificate (Postfix's "may" and "encrypt" levels); verification is a later level.
+  std::shared_ptr<tls::TlsContext> clientTls;
+
+  // Builds and validates everything; nullptr with `errors` filled on failure.
+  static std::shared_ptr<const Snapshot> load(const std::string& configPath, policy::Errors& errors);
+};
+
+}  // namespace moat::mta::server

@@ -1,0 +1,39 @@
+#!/bin/bash
+# Starts Moat for ../../../shared/bench/relay-bench.sh: listens on 127.0.0.1:$MTA_PORT and
+# relays everything to 127.0.0.1:$SINK_PORT, with the same durability as the peers (the
+# 250 after DATA only once the message is fsynced). Fresh spool on every start.
+# Knobs: MOAT_BIN (default build/moat of this checkout), MOAT_BENCH_DIR, MOAT_BENCH_EXTRA
+# (extra TOML appended, e.g. filter sections).
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+BIN=${MOAT_BIN:-$HERE/../../build/moat}
+DIR=${MOAT_BENCH_DIR:-/tmp/bench-moat}
+case "$DIR" in /tmp/bench-*) ;; *) echo "MOAT_BENCH_DIR must be under /tmp/bench-*" >&2; exit 2;; esac
+rm -rf "$DIR"; mkdir -p "$DIR"
+cat > "$DIR/moat.toml" <<CF
+[server]
+hostname = "moat.bench.example"
+spool_dir = "spool"
+control_socket = "moat.sock"
+log_file = "moat.log"
+min_free_disk = "1M"
+
+[[listener]]
+address = "127.0.0.1:${MTA_PORT:-2525}"
+
+[relay]
+networks = ["127.0.0.0/8"]
+
+[limits]
+max_connections_per_ip = 1000
+
+[[route]]
+to = ["smtp:127.0.0.1:${SINK_PORT:-2626}"]
+tls = "none"
+
+[queue]
+max_per_destination = 50
+max_deliveries = 1000
+${MOAT_BENCH_EXTRA:-}
+CF
+exec "$BIN" serve -c "$DIR/moat.toml"

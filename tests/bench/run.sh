@@ -1,0 +1,35 @@
+#!/bin/bash
+# tests/bench/run.sh — Moat beside its peers in ONE run, with the shared harness
+# (../../../shared/bench/relay-bench.sh): smtp-source -> MTA -> smtp-sink on loopback.
+# Not part of the test suite's pass/fail: it prints RESULT lines and a table of ratios.
+#
+#   tests/bench/run.sh [quick|full]
+#     quick: 5,000 x 4 KB at 20 sessions (a few minutes)
+#     full:  the standard matrix: 20,000 x 4 KB at 20 and 100 sessions, 2,000 x 256 KB at 20
+# Needs root for the private Postfix (it runs as the postfix user). Build Moat first
+# (deploy/run.sh or cmake --build build).
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+BENCH=${MOAT_SHARED_BENCH:-$HERE/../../../shared/bench}
+MODE=${1:-quick}
+OUT=${BENCH_OUT:-/tmp/bench-moat-results-$(date +%s).txt}
+: > "$OUT"
+if [ "$MODE" = full ]; then
+  MATRIX=("20000 20 4" "20000 100 4" "2000 20 256")
+else
+  MATRIX=("5000 20 4")
+fi
+for m in "${MATRIX[@]}"; do
+  read -r count conc size <<<"$m"
+  for peer in raw postfix moat; do
+    case $peer in
+      raw)     start=-; stop=- ;;
+      postfix) start="$BENCH/peers/postfix-start.sh"; stop="$BENCH/peers/postfix-stop.sh" ;;
+      moat)    start="$HERE/moat-start.sh"; stop=- ;;
+    esac
+    echo "== $peer $count x ${size}KB at $conc sessions" >&2
+    "$BENCH/relay-bench.sh" "$peer-$count-$conc-$size" "$start" "$stop" "$count" "$conc" "$size" \
+      | tee -a "$OUT" | grep '^RESULT' || echo "RESULT name=$peer-$count-$conc-$size FAILED" >> "$OUT"
+  done
+done
+/usr/bin/python3 "$HERE/ratios.py" "$OUT"

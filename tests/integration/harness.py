@@ -1,0 +1,338 @@
+"""Integration-test harness for Moat: the real daemon on loopback, a real SMTP sink the
+tests own, and helpers to read the JSON log. Only 127.0.0.1 is ever used; every wait is
+bounded.
+
+    sink = Sink()                       # an SMTP server on 127.0.0.1:<free port>
+    moat = Moat(routes=[...])           # writes a config, starts `moat serve`, finds its port
+    moat.send(...)                      # smtplib
+    moat.wait_log(event="deliver")      # JSON log lines
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import socketserver
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+
+MOAT_BIN = os.environ.get("MOAT_BIN", "build/moat")
+SOURCE_DIR = os.environ.get("MOAT_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def wait_for(predicate, timeout=20.0, interval=0.05, what="condition"):
+    """Polls predicate() until it returns a truthy value or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def make_cert(directory, cn="localhost"):
+    """A self-signed certificate and key made at test time with openssl."""
+    cert = os.path.join(directory, "cert.pem")
+    key = os.path.join(directory, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-subj", f"/CN={cn}", "-days", "2", "-addext", f"subjectAltName=DNS:{cn},IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+class _SinkHandler(socketserver.StreamRequestHandler):
+    timeout = 30
+
+    def reply(self, line):
+        self.wfile.write(line.encode() + b"\r\n")
+        self.wfile.flush()
+
+    def handle(self):
+        sink = self.server.sink
+        sink.connections += 1
+        self.reply("220 sink.test ESMTP test sink")
+        mail_from, rcpts, tls = None, [], False
+        while True:
+            raw = self.rfile.readline(65536)
+            if not raw:
+                return
+            line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+            verb = line.split(" ", 1)[0].upper()
+            sink.commands.append(line)
+            if verb == "EHLO":
+                ext = ["PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 104857600"]
+                if sink.tls_context and not tls:
+                    ext.append("STARTTLS")
+                lines = ["sink.test"] + ext
+                for i, e in enumerate(lines):
+                    self.reply(("250 " if i == len(lines) - 1 else "250-") + e)
+            elif verb == "HELO":
+                self.reply("250 sink.test")
+            elif verb == "STARTTLS" and sink.tls_context and not tls:
+                self.reply("220 2.0.0 go ahead")
+                self.request = sink.tls_context.wrap_socket(self.request, server_side=True)
+                self.rfile = self.request.makefile("rb")
+                self.wfile = self.request.makefile("wb")
+                tls = True
+                sink.tls_sessions += 1
+            elif verb == "MAIL":
+                mail_from = line[line.index(":") + 1:].strip().split(" ")[0].strip("<>")
+                rcpts = []
+                code = sink.mail_reply(mail_from)
+                self.reply(code)
+                if not code.startswith("2"):
+                    mail_from = None
+            elif verb == "RCPT":
+                addr = line[line.index(":") + 1:].strip().split(" ")[0].strip("<>")
+                code = sink.rcpt_reply(addr)
+                if code.startswith("2"):
+                    rcpts.append(addr)
+                self.reply(code)
+            elif verb == "DATA":
+                if mail_from is None or not rcpts:
+                    self.reply("554 5.5.1 no valid recipients")
+                    continue
+                self.reply("354 go ahead")
+                data = bytearray()
+                while True:
+                    l = self.rfile.readline(1 << 20)
+                    if not l:
+                        return
+                    if l == b".\r\n":
+                        break
+                    if l.startswith(b"."):
+                        l = l[1:]
+                    data += l
+                code = sink.data_reply(mail_from, rcpts, bytes(data))
+                if code.startswith("2"):
+                    with sink.lock:
+                        sink.messages.append({"from": mail_from, "rcpts": list(rcpts), "data": bytes(data), "tls": tls})
+                self.reply(code)
+                mail_from, rcpts = None, []
+            elif verb == "RSET":
+                mail_from, rcpts = None, []
+                self.reply("250 2.0.0 ok")
+            elif verb == "NOOP":
+                self.reply("250 2.0.0 ok")
+            elif verb == "QUIT":
+                self.reply("221 2.0.0 bye")
+                return
+            else:
+                self.reply("502 5.5.2 unknown")
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class Sink:
+    """A real SMTP server on 127.0.0.1 that records what it is sent. The reply hooks can be
+    replaced to refuse particular recipients or to fail temporarily."""
+
+    def __init__(self, port=0, tls_cert=None):
+        self.messages = []
+        self.commands = []
+        self.connections = 0
+        self.tls_sessions = 0
+        self.lock = threading.Lock()
+        self.tls_context = None
+        if tls_cert:
+            self.tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.tls_context.load_cert_chain(*tls_cert)
+        self.mail_reply = lambda sender: "250 2.1.0 ok"
+        self.rcpt_reply = lambda addr: "250 2.1.5 ok"
+        self.data_reply = lambda sender, rcpts, data: "250 2.0.0 queued"
+        self._port = port
+        self.server = None
+        self.start()
+
+    def start(self):
+        self.server = _Server(("127.0.0.1", self._port), _SinkHandler)
+        self.server.sink = self
+        self._port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    @property
+    def port(self):
+        return self._port
+
+    def wait_messages(self, n, timeout=30):
+        wait_for(lambda: len(self.messages) >= n, timeout, what=f"{n} messages at the sink (have {len(self.messages)})")
+        return self.messages
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Moat:
+    """Writes a config into a temp dir, runs `moat serve` on it and follows its JSON log."""
+
+    def __init__(self, extra="", routes=None, relay_domains=("example.test",), networks=("127.0.0.0/8",),
+                 listener_extra="", retry='["1s"]', delay_warning="4h", max_lifetime="2d", start=True,
+                 workdir=None):
+        self.dir = workdir or tempfile.mkdtemp(prefix="moat-it-")
+        self.log_path = os.path.join(self.dir, "moat.log")
+        self.config_path = os.path.join(self.dir, "moat.toml")
+        self.maildir = os.path.join(self.dir, "mail")
+        routes = routes if routes is not None else [("example.test", "maildir:mail")]
+        text = f"""
+[server]
+hostname = "mx.moat.test"
+spool_dir = "spool"
+control_socket = "moat.sock"
+log_file = "moat.log"
+log_level = "debug"
+min_free_disk = "1M"
+
+[[listener]]
+address = "127.0.0.1:0"
+{listener_extra}
+
+[relay]
+domains = {json.dumps(list(relay_domains))}
+networks = {json.dumps(list(networks))}
+
+[queue]
+retry = {retry}
+delay_warning = "{delay_warning}"
+max_lifetime = "{max_lifetime}"
+"""
+        for domains, to in routes:
+            text += "\n[[route]]\n"
+            if domains:
+                text += f"domains = {json.dumps(domains if isinstance(domains, list) else [domains])}\n"
+            text += f"to = {json.dumps(to if isinstance(to, list) else [to])}\n"
+        text += extra
+        with open(self.config_path, "w") as f:
+            f.write(text)
+        self.proc = None
+        self.port = None
+        self._log_offset = 0
+        if start:
+            self.start()
+
+    def start(self, expect_port=None):
+        self._log_offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+        self.proc = subprocess.Popen([MOAT_BIN, "serve", "-c", self.config_path], cwd=self.dir,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        ev = self.wait_log(event="listen", timeout=30, since_start=True)
+        self.port = ev["port"]
+        self.wait_log(event="start", timeout=10, since_start=True)
+        return self
+
+    def logs(self, since_start=False):
+        if not os.path.exists(self.log_path):
+            return []
+        with open(self.log_path, "rb") as f:
+            if since_start:
+                f.seek(self._log_offset)
+            out = []
+            for raw in f.read().splitlines():
+                try:
+                    out.append(json.loads(raw))
+                except ValueError:
+                    raise AssertionError(f"log line is not JSON: {raw[:200]!r}")
+            return out
+
+    def find_logs(self, since_start=False, **match):
+        return [l for l in self.logs(since_start) if all(l.get(k) == v for k, v in match.items())]
+
+    def wait_log(self, timeout=30, since_start=False, count=1, **match):
+        def check():
+            if self.proc and self.proc.poll() is not None and not self.find_logs(since_start, **match):
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise AssertionError(f"moat exited with {self.proc.returncode}: {err}")
+            found = self.find_logs(since_start, **match)
+            return found if len(found) >= count else None
+        return wait_for(check, timeout, what=f"log {match} x{count}")[-1] if count == 1 else \
+            wait_for(check, timeout, what=f"log {match} x{count}")
+
+    def smtp(self, **kw):
+        import smtplib
+        return smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test", timeout=30, **kw)
+
+    def cli(self, *args, check=True):
+        r = subprocess.run([MOAT_BIN, *args[:1], "-c", self.config_path, *args[1:]], capture_output=True,
+                           text=True, timeout=60)
+        if check and r.returncode != 0:
+            raise AssertionError(f"moat {' '.join(args)} failed ({r.returncode}): {r.stderr}")
+        return r
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout=30):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                raise AssertionError("moat did not stop within %ss of SIGTERM" % timeout)
+        return self.proc.returncode if self.proc else None
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def maildir_files(self, address):
+        local, domain = address.rsplit("@", 1)
+        new = os.path.join(self.maildir, domain.lower(), local.lower(), "new")
+        if not os.path.isdir(new):
+            return []
+        return sorted(os.path.join(new, f) for f in os.listdir(new))
+
+    def cleanup(self):
+        try:
+            self.stop()
+        finally:
+            if os.environ.get("MOAT_KEEP_TEST_DIRS") is None:
+                shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RawClient:
+    """A plain socket for what smtplib will not send (pipelined bursts, bare LF, garbage)."""
+
+    def __init__(self, port, timeout=15):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, data):
+        self.sock.sendall(data if isinstance(data, bytes) else data.encode())
+
+    def read_reply(self):
+        """One complete (possibly multi-line) reply: [(code, text), ...]."""
+        lines = []
+        while True:
+            while b"\r\n" not in self.buf:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed; got %r" % (lines,))
+                self.buf += chunk
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            text = line.decode("utf-8", "replace")
+            lines.append((int(text[:3]), text[4:]))
+            if len(text) < 4 or text[3] == " ":
+                return lines
+
+    def code(self):
+        return self.read_reply()[-1][0]
+
+    def close(self):
+        self.sock.close()

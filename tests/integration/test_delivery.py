@@ -1,0 +1,230 @@
+"""Delivery through the real daemon: byte-exact relay, retries when the next hop is down,
+per-recipient failures with DSNs (never to <>), the delay DSN, Maildir delivery, the queue
+commands, and one message's life followed by its queue_id in the log."""
+
+import email
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import Moat, Sink, free_port, wait_for  # noqa: E402
+
+BODY = (b"From: Alice <alice@sender.test>\r\nTo: bob@example.test\r\nSubject: byte exact\r\n"
+        b"Message-ID: <byte-exact-1@sender.test>\r\n\r\n"
+        b"line one\r\n.leading dot\r\n..two dots\r\n\r\n  indented \t\r\n" + "caf\u00e9 8-bit\r\n".encode() +
+        b"last line without trailing newline")
+
+
+def strip_gateway_headers(data):
+    """The message as the sender sent it: Moat prepends Received and Authentication-Results."""
+    lines = data.split(b"\r\n")
+    i = 0
+    while i < len(lines) and (lines[i].startswith(b"Received:") or lines[i].startswith(b"Authentication-Results:")
+                              or lines[i].startswith((b"\t", b" "))):
+        i += 1
+    return b"\r\n".join(lines[i:])
+
+
+class DeliveryTest(unittest.TestCase):
+    def setUp(self):
+        self.sink = Sink()
+        self.moat = None
+
+    def tearDown(self):
+        if self.moat:
+            self.moat.cleanup()
+        self.sink.stop()
+
+    def start(self, **kw):
+        kw.setdefault("routes", [("example.test", f"smtp:127.0.0.1:{self.sink.port}"),
+                                 ("sender.test", "maildir:mail")])
+        self.moat = Moat(**kw)
+        return self.moat
+
+    def test_relay_is_byte_exact_and_logged_by_queue_id(self):
+        m = self.start()
+        s = m.smtp()
+        s.ehlo()
+        s.mail("alice@sender.test", ["BODY=8BITMIME"])
+        s.rcpt("bob@example.test")
+        code, reply = s.data(BODY)
+        s.quit()
+        self.assertEqual(code, 250)
+        qid = reply.decode().rsplit(" ", 1)[-1]
+        msgs = self.sink.wait_messages(1)
+        self.assertEqual(msgs[0]["from"], "alice@sender.test")
+        self.assertEqual(msgs[0]["rcpts"], ["bob@example.test"])
+        got = msgs[0]["data"]
+        # smtplib adds the final CRLF the message lacked; everything else is untouched
+        self.assertEqual(strip_gateway_headers(got), BODY + b"\r\n")
+        self.assertTrue(got.startswith(b"Received: from client.test"))
+        self.assertIn(b"Authentication-Results: mx.moat.test", got)
+        self.assertIn(("id " + qid).encode(), got)
+        # the message's life, followed by its queue_id alone
+        deliver = m.wait_log(event="deliver", queue_id=qid)
+        life = m.find_logs(queue_id=qid)
+        events = [l["event"] for l in life]
+        self.assertEqual(events[0], "accept")
+        self.assertIn("deliver", events)
+        accept = life[0]
+        for field in ("ts", "level", "session", "client_ip", "helo", "from", "to", "size", "message_id"):
+            self.assertIn(field, accept)
+        self.assertEqual(accept["message_id"], "<byte-exact-1@sender.test>")
+        for field in ("relay", "reply", "attempt", "delay_ms", "to"):
+            self.assertIn(field, deliver)
+        self.assertTrue(deliver["reply"].startswith("250"))
+        # the session that carried it is in the connect/disconnect lines
+        sess = accept["session"]
+        self.assertTrue(m.find_logs(event="connect", session=sess))
+
+    def test_next_hop_down_then_up(self):
+        port = free_port()
+        self.sink.stop()
+        m = self.start(routes=[("example.test", f"smtp:127.0.0.1:{port}")], retry='["1s"]')
+        s = m.smtp()
+        for i in range(5):
+            s.sendmail("a@sender.test", [f"user{i}@example.test"], f"Subject: retry {i}\r\n\r\nbody {i}\r\n")
+        s.quit()
+        m.wait_log(event="defer", count=5)
+        listing = json.loads(m.cli("queue", "list", "--json").stdout)
+        self.assertEqual(len(listing["messages"]), 5)
+        self.sink = Sink(port=port)
+        self.sink.wait_messages(5, timeout=40)
+        wait_for(lambda: not json.loads(m.cli("queue", "list", "--json").stdout)["messages"], 20,
+                 what="an empty queue")
+        self.assertEqual(sorted(r for msg in self.sink.messages for r in msg["rcpts"]),
+                         [f"user{i}@example.test" for i in range(5)])
+
+    def test_per_recipient_failure_makes_one_dsn(self):
+        self.sink.rcpt_reply = lambda a: "550 5.1.1 no such user" if a.startswith("nobody") else "250 2.1.5 ok"
+        m = self.start()
+        s = m.smtp()
+        s.sendmail("alice@sender.test", ["bob@example.test", "nobody@example.test"],
+                   b"Subject: half\r\nMessage-ID: <half@sender.test>\r\n\r\nbody\r\n")
+        s.quit()
+        self.sink.wait_messages(1)
+        self.assertEqual(self.sink.messages[0]["rcpts"], ["bob@example.test"])
+        m.wait_log(event="bounce", to="nobody@example.test")
+        files = wait_for(lambda: m.maildir_files("alice@sender.test"), 20, what="the DSN in the sender's maildir")
+        with open(files[0], "rb") as f:
+            dsn = email.message_from_bytes(f.read())
+        self.assertEqual(dsn.get_content_type(), "multipart/report")
+        self.assertEqual(dsn.get_param("report-type"), "delivery-status")
+        status = [p for p in dsn.walk() if p.get_content_type() == "message/delivery-status"]
+        self.assertEqual(len(status), 1)
+        text = status[0].as_string()
+        self.assertIn("nobody@example.test", text)
+        self.assertIn("5.1.1", text)
+        self.assertIn("failed", text.lower())
+        self.assertNotIn("bob@example.test", text)
+
+    def test_no_dsn_to_the_null_sender(self):
+        self.sink.rcpt_reply = lambda a: "550 5.1.1 no such user"
+        m = self.start()
+        s = m.smtp()
+        s.ehlo()
+        s.mail("<>")
+        s.rcpt("nobody@example.test")
+        code, reply = s.data(b"Subject: bounce of a bounce\r\n\r\nbody\r\n")
+        s.quit()
+        self.assertEqual(code, 250)
+        qid = reply.decode().rsplit(" ", 1)[-1]
+        m.wait_log(event="bounce", queue_id=qid)
+        m.wait_log(event="dsn_dropped", queue_id=qid)
+        self.assertEqual(m.find_logs(event="dsn"), [])
+
+    def test_delay_dsn_once(self):
+        port = free_port()
+        self.sink.stop()
+        m = self.start(routes=[("example.test", f"smtp:127.0.0.1:{port}"), ("sender.test", "maildir:mail")],
+                       retry='["1s"]', delay_warning="2s")
+        s = m.smtp()
+        s.sendmail("alice@sender.test", ["late@example.test"], b"Subject: slow\r\n\r\nbody\r\n")
+        s.quit()
+        files = wait_for(lambda: m.maildir_files("alice@sender.test"), 30, what="a delay DSN")
+        with open(files[0], "rb") as f:
+            dsn = email.message_from_bytes(f.read())
+        self.assertIn("delayed", dsn.as_string().lower())
+        time.sleep(3)  # more retries happen; no second warning
+        self.assertEqual(len(m.maildir_files("alice@sender.test")), 1)
+        self.assertEqual(len(m.find_logs(event="dsn")), 1)
+        self.sink = Sink(port=port)
+        self.sink.wait_messages(1, timeout=30)
+
+    def test_expiry_bounces(self):
+        port = free_port()
+        self.sink.stop()
+        m = self.start(routes=[("example.test", f"smtp:127.0.0.1:{port}"), ("sender.test", "maildir:mail")],
+                       retry='["1s"]', max_lifetime="2s")
+        s = m.smtp()
+        s.sendmail("alice@sender.test", ["gone@example.test"], b"Subject: expire\r\n\r\nbody\r\n")
+        s.quit()
+        m.wait_log(event="expire", timeout=30)
+        files = wait_for(lambda: m.maildir_files("alice@sender.test"), 20, what="the expiry DSN")
+        with open(files[0], "rb") as f:
+            self.assertIn(b"4.4.7", f.read())
+
+    def test_maildir_delivery_and_queue_commands(self):
+        m = self.start(routes=[("example.test", "maildir:mail")])
+        s = m.smtp()
+        s.sendmail("a@sender.test", ["User@Example.test"], b"Subject: to maildir\r\n\r\nhello\r\n")
+        s.quit()
+        files = wait_for(lambda: m.maildir_files("user@example.test"), 20, what="a maildir file")
+        with open(files[0], "rb") as f:
+            content = f.read()
+        self.assertTrue(content.startswith(b"Return-Path: <a@sender.test>\nDelivered-To: User@Example.test\n"))
+        self.assertIn(b"\nSubject: to maildir\n\nhello\n", content)
+        self.assertNotIn(b"\r\n", content)
+        out = m.cli("queue", "list").stdout
+        self.assertIn("Queue is empty", out)
+        r = m.cli("queue", "show", "NOSUCHID", check=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no such message", r.stderr)
+        r = m.cli("queue", "bogus", check=False)
+        self.assertEqual(r.returncode, 2)
+
+    def test_hold_release_delete(self):
+        port = free_port()
+        self.sink.stop()
+        m = self.start(routes=[("example.test", f"smtp:127.0.0.1:{port}")], retry='["1h"]')
+        s = m.smtp()
+        ids = []
+        for i in range(2):
+            s.ehlo()
+            s.mail("a@sender.test")
+            s.rcpt(f"h{i}@example.test")
+            ids.append(s.data(b"Subject: hold\r\n\r\nbody\r\n")[1].decode().rsplit(" ", 1)[-1])
+        s.quit()
+        m.wait_log(event="defer", count=2)
+        m.cli("queue", "hold", ids[0])
+        listing = json.loads(m.cli("queue", "list", "--json", "--all").stdout)["messages"]
+        self.assertEqual({x["id"]: x["area"] for x in listing}, {ids[0]: "hold", ids[1]: "active"})
+        table = m.cli("queue", "list", "--all").stdout
+        self.assertIn(ids[0], table)
+        self.assertIn("h1@example.test", table)
+        m.cli("queue", "delete", ids[1])
+        self.sink = Sink(port=port)
+        m.cli("queue", "release", ids[0])
+        msgs = self.sink.wait_messages(1, timeout=20)
+        self.assertEqual(msgs[0]["rcpts"], ["h0@example.test"])
+        time.sleep(0.5)
+        self.assertEqual(len(self.sink.messages), 1)
+        self.assertTrue(m.find_logs(event="delete", queue_id=ids[1]))
+
+    def test_swaks_default_style(self):
+        m = self.start(routes=[("example.test", "maildir:mail")])
+        r = subprocess.run(["swaks", "--server", f"127.0.0.1:{m.port}", "--to", "user@example.test",
+                            "--from", "someone@sender.test", "--helo", "swaks.test"],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("250 2.0.0 Ok: queued as", r.stdout)
+        wait_for(lambda: m.maildir_files("user@example.test"), 20, what="swaks' message in the maildir")
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,154 @@
+"""Operating the daemon: `moat check` with FILE:LINE errors, SIGHUP reload (a broken file
+is refused and the running config stays), SIGTERM finishing in-flight work, /metrics and
+/healthz, the default config of deploy/moat.toml, and the CLI's exit codes."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import unittest
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import MOAT_BIN, SOURCE_DIR, Moat, Sink, free_port, wait_for  # noqa: E402
+
+
+def run(*args):
+    return subprocess.run([MOAT_BIN, *args], capture_output=True, text=True, timeout=60)
+
+
+class OperationsTest(unittest.TestCase):
+    def test_version_and_usage(self):
+        r = run("version")
+        self.assertEqual(r.returncode, 0)
+        self.assertRegex(r.stdout, r"^moat \d+\.\d+\.\d+")
+        self.assertEqual(run().returncode, 2)
+        self.assertEqual(run("serve").returncode, 2)
+        self.assertEqual(run("frobnicate").returncode, 2)
+        self.assertEqual(run("check", "-c").returncode, 2)
+
+    def test_check_reports_file_and_line(self):
+        d = tempfile.mkdtemp()
+        path = os.path.join(d, "bad.toml")
+        with open(path, "w") as f:
+            f.write('[server]\nhostname = "mx"\n\n[[listener]]\naddress = "127.0.0.1:2525"\n\n'
+                    '[limits]\nmax_message_size = "lots"\n')
+        r = run("check", "-c", path)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(f"{path}:8: limits.max_message_size", r.stderr)
+        r = run("check", "-c", os.path.join(SOURCE_DIR, "deploy", "moat.toml"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        shutil.rmtree(d)
+
+    def test_sighup_broken_config_keeps_running_config(self):
+        sink = Sink()
+        m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{sink.port}")])
+        with open(m.config_path) as f:
+            good = f.read()
+        with open(m.config_path, "w") as f:
+            f.write(good + "\n[limits]\nmax_recipients = \"many\"\n")
+        m.signal(signal.SIGHUP)
+        ev = m.wait_log(event="reload", ok=False)
+        self.assertTrue(any(":" in e and "max_recipients" in e for e in ev["errors"]), ev)
+        # still serving with the old config
+        s = m.smtp()
+        s.sendmail("a@sender.test", ["u@example.test"], b"Subject: after bad reload\r\n\r\nx\r\n")
+        s.quit()
+        sink.wait_messages(1)
+        # a good change is taken
+        with open(m.config_path, "w") as f:
+            f.write(good.replace('domains = ["example.test"]', 'domains = ["example.test", "other.test"]', 1))
+        m.signal(signal.SIGHUP)
+        m.wait_log(event="reload", ok=True)
+        s = m.smtp()
+        s.ehlo()
+        s.mail("a@sender.test")
+        self.assertEqual(s.rcpt("x@other.test")[0], 250)
+        s.quit()
+        m.cleanup()
+        sink.stop()
+
+    def test_sigterm_finishes_in_flight_transaction(self):
+        sink = Sink()
+        m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{sink.port}")])
+        s = m.smtp()
+        s.ehlo()
+        s.mail("a@sender.test")
+        s.rcpt("u@example.test")
+        m.signal(signal.SIGTERM)
+        m.wait_log(event="stopping")
+        code, _ = s.data(b"Subject: during shutdown\r\n\r\nx\r\n")
+        self.assertEqual(code, 250)
+        self.assertEqual(m.proc.wait(30), 0)
+        # a new connection is refused now that it has stopped
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", m.port), timeout=2)
+        # the message is on disk and goes out at the next start
+        m.start()
+        sink.wait_messages(1)
+        m.cleanup()
+        sink.stop()
+
+    def test_metrics_and_health(self):
+        port = free_port()
+        sink = Sink()
+        m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{sink.port}")],
+                 extra="")
+        m.stop()
+        with open(m.config_path) as f:
+            text = f.read()
+        with open(m.config_path, "w") as f:
+            f.write(text.replace('min_free_disk = "1M"', f'min_free_disk = "1M"\nmetrics_listen = "127.0.0.1:{port}"'))
+        m.start()
+        s = m.smtp()
+        s.sendmail("a@sender.test", ["u@example.test"], b"Subject: m\r\n\r\nx\r\n")
+        s.quit()
+        sink.wait_messages(1)
+        m.wait_log(event="deliver")
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        self.assertIn("moat_messages_accepted_total 1", body)
+        self.assertIn("moat_recipients_delivered_total 1", body)
+        self.assertIn('moat_queue_messages{state="active"} 0', body)
+        self.assertIn("moat_delivery_latency_seconds_count 1", body)
+        health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        self.assertEqual(health.status, 200)
+        m.cleanup()
+        sink.stop()
+
+    def test_default_config_delivers_to_var_mail(self):
+        # deploy/moat.toml as shipped, but on a free port and in a scratch copy of deploy/
+        d = tempfile.mkdtemp(prefix="moat-default-")
+        os.makedirs(os.path.join(d, "deploy"))
+        port = free_port()
+        with open(os.path.join(SOURCE_DIR, "deploy", "moat.toml")) as f:
+            text = f.read()
+        self.assertIn('address = "127.0.0.1:2525"', text)
+        text = text.replace('address = "127.0.0.1:2525"', f'address = "127.0.0.1:{port}"')
+        text = text.replace('metrics_listen = "127.0.0.1:9025"', 'metrics_listen = ""')
+        text = text.replace('log_file = "-"', 'log_file = "../var/moat.log"')
+        cfg = os.path.join(d, "deploy", "moat.toml")
+        with open(cfg, "w") as f:
+            f.write(text)
+        os.makedirs(os.path.join(d, "var"))
+        p = subprocess.Popen([MOAT_BIN, "serve", "-c", cfg], cwd=d)
+        try:
+            wait_for(lambda: os.path.exists(os.path.join(d, "var", "moat.log")) and
+                     b'"event":"start"' in open(os.path.join(d, "var", "moat.log"), "rb").read(), 20,
+                     what="the daemon to start")
+            r = subprocess.run(["swaks", "--server", f"127.0.0.1:{port}", "--to", "user@example.test"],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stdout)
+            new = os.path.join(d, "var", "mail", "example.test", "user", "new")
+            wait_for(lambda: os.path.isdir(new) and os.listdir(new), 20, what="var/mail/example.test/user/new/")
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.wait(30)
+            shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,247 @@
+"""The inbound SMTP session over real sockets: RFC 5321 replies, extensions, relay control,
+limits, bad input (garbage, long lines, bare LF, SMTP smuggling), PIPELINING, STARTTLS."""
+
+import os
+import smtplib
+import ssl
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import Moat, RawClient, Sink, make_cert, wait_for  # noqa: E402
+
+SHARED = os.environ.get("MOAT_SHARED_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared"))
+
+
+def smuggling_sequences():
+    """The fake end-of-DATA sequences from the public SMTP-smuggling list (YAML, read with
+    Debian's python3-yaml)."""
+    import yaml
+    with open(os.path.join(SHARED, "conformance", "smtp", "smtp-smuggling-eod-sequences.yml")) as f:
+        doc = yaml.safe_load(f)
+    seqs = []
+    for key in ("inbound_eod_sequences", "outbound_eod_sequences"):
+        for seq in doc[key]:
+            if seq not in seqs:
+                seqs.append(seq)
+    return seqs
+
+
+class SessionTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="moat-tls-")
+        cls.cert = make_cert(cls.tmp)
+        cls.sink = Sink()
+        cls.moat = Moat(routes=[("example.test", f"smtp:127.0.0.1:{cls.sink.port}")],
+                        networks=["10.255.255.0/24"],  # loopback is NOT a relay client here
+                        listener_extra=f'tls_cert = "{cls.cert[0]}"\ntls_key = "{cls.cert[1]}"',
+                        extra='\n[limits]\nmax_message_size = "64K"\nmax_recipients = 3\nmax_errors = 5\n')
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.moat.cleanup()
+        cls.sink.stop()
+
+    def client(self):
+        c = RawClient(self.moat.port)
+        self.assertEqual(c.code(), 220)
+        return c
+
+    def test_greeting_and_ehlo_extensions(self):
+        s = self.moat.smtp()
+        code, _ = s.ehlo()
+        self.assertEqual(code, 250)
+        for ext in ("pipelining", "size", "8bitmime", "enhancedstatuscodes", "smtputf8", "chunking", "starttls"):
+            self.assertTrue(s.has_extn(ext), ext)
+        self.assertEqual(s.esmtp_features["size"], str(64 * 1024))
+        s.quit()
+
+    def test_command_sequence_errors(self):
+        c = self.client()
+        c.send("MAIL FROM:<a@b.test>\r\n")
+        self.assertEqual(c.read_reply()[-1][0], 503)
+        c.send("EHLO client.test\r\n")
+        self.assertEqual(c.code(), 250)
+        c.send("RCPT TO:<x@example.test>\r\n")
+        self.assertEqual(c.code(), 503)
+        c.send("DATA\r\n")
+        self.assertEqual(c.code(), 503)
+        c.send("NOOP\r\nVRFY someone\r\nHELP\r\nQUIT\r\n")
+        self.assertEqual(c.code(), 250)
+        self.assertEqual(c.code(), 252)
+        self.assertEqual(c.code(), 214)
+        self.assertEqual(c.code(), 221)
+
+    def test_relay_denied(self):
+        s = self.moat.smtp()
+        s.ehlo()
+        s.mail("sender@elsewhere.test")
+        code, msg = s.rcpt("victim@not-ours.test")
+        self.assertEqual(code, 554)
+        self.assertIn(b"5.7.1", msg)
+        code, _ = s.rcpt("user@example.test")
+        self.assertEqual(code, 250)
+        s.rset()
+        s.quit()
+        self.moat.wait_log(event="reject", to="victim@not-ours.test")
+
+    def test_too_many_recipients(self):
+        s = self.moat.smtp()
+        s.ehlo()
+        s.mail("a@b.test")
+        for i in range(3):
+            self.assertEqual(s.rcpt(f"u{i}@example.test")[0], 250)
+        code, msg = s.rcpt("u4@example.test")
+        self.assertEqual(code, 452)
+        self.assertIn(b"4.5.3", msg)
+        s.quit()
+
+    def test_size_declared_and_actual(self):
+        s = self.moat.smtp()
+        s.ehlo()
+        code, msg = s.mail("a@b.test", ["SIZE=999999999"])
+        self.assertEqual(code, 552)
+        self.assertIn(b"5.3.4", msg)
+        s.rset()
+        s.mail("a@b.test")
+        s.rcpt("user@example.test")
+        body = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 100
+        code, msg = s.data(body)
+        self.assertEqual(code, 552)
+        self.assertIn(b"5.3.4", msg)
+        # the session lives on
+        self.assertEqual(s.noop()[0], 250)
+        s.quit()
+
+    def test_garbage_and_long_lines_keep_the_session(self):
+        c = self.client()
+        c.send("EHLO client.test\r\n")
+        c.code()
+        c.send(b"\x00\xff\xfe garbage\r\n")
+        self.assertIn(c.code(), (500, 501))
+        c.send("X" * 10240 + "\r\n")
+        reply = c.read_reply()[-1]
+        self.assertEqual(reply[0], 500)
+        self.assertIn("5.5.2", reply[1])
+        c.send("NOOP\r\n")
+        self.assertEqual(c.code(), 250)
+        c.close()
+
+    def test_too_many_errors_disconnects(self):
+        c = self.client()
+        codes = []
+        for _ in range(5):
+            c.send("BOGUS\r\n")
+            codes.append(c.code())
+        self.assertEqual(codes[-1], 421)
+        with self.assertRaises(ConnectionError):
+            c.send("NOOP\r\n")
+            c.read_reply()
+
+    def test_pipelining_burst(self):
+        before = len(self.sink.messages)
+        c = self.client()
+        c.send("EHLO client.test\r\n")
+        c.read_reply()
+        c.send("MAIL FROM:<p@b.test>\r\nRCPT TO:<one@example.test>\r\nRCPT TO:<bad@not-ours.test>\r\n"
+               "RCPT TO:<two@example.test>\r\nDATA\r\n")
+        self.assertEqual([c.code() for _ in range(4)], [250, 250, 554, 250])
+        self.assertEqual(c.code(), 354)
+        c.send("Subject: pipelined\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        self.assertEqual(c.code(), 250)
+        self.assertEqual(c.code(), 221)
+        msgs = self.sink.wait_messages(before + 1)
+        self.assertEqual(sorted(msgs[-1]["rcpts"]), ["one@example.test", "two@example.test"])
+
+    def test_bare_lf_and_smuggling_do_not_end_data(self):
+        seqs = smuggling_sequences()
+        self.assertGreaterEqual(len(seqs), 7)
+        for seq in seqs:
+            before = len(self.sink.messages)
+            c = self.client()
+            c.send("EHLO client.test\r\nMAIL FROM:<s@b.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\n")
+            c.read_reply()
+            c.code()
+            c.code()
+            self.assertEqual(c.code(), 354)
+            smuggled = ("MAIL FROM:<evil@b.test>\r\nRCPT TO:<evil@example.test>\r\nDATA\r\n"
+                        "Subject: smuggled\r\n\r\nsmuggled\r\n.\r\n")
+            c.send("Subject: outer\r\n\r\nfirst" + seq + smuggled + "\r\n.\r\n")
+            # exactly one message results, and it holds the smuggled text as content
+            self.assertEqual(c.code(), 250, repr(seq))
+            c.send("QUIT\r\n")
+            self.assertEqual(c.code(), 221)
+            c.close()
+            msgs = self.sink.wait_messages(before + 1)
+            self.assertEqual(msgs[-1]["rcpts"], ["victim@example.test"], repr(seq))
+            self.assertIn(b"smuggled", msgs[-1]["data"])
+        evil = [m for m in self.sink.messages if "evil@example.test" in m["rcpts"]]
+        self.assertEqual(evil, [])
+
+    def test_starttls_and_injection_defence(self):
+        c = self.client()
+        c.send("EHLO client.test\r\n")
+        c.read_reply()
+        # CVE-2011-0411: a command pipelined after STARTTLS must not run after the handshake
+        c.send("STARTTLS\r\nRSET\r\n")
+        self.assertEqual(c.code(), 220)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        tls = ctx.wrap_socket(c.sock, server_hostname="localhost")
+        c.sock = tls
+        c.buf = b""
+        c.send("EHLO client.test\r\n")
+        reply = c.read_reply()
+        self.assertEqual(reply[0][0], 250, "the first reply after TLS answers EHLO, not the injected RSET")
+        self.assertNotIn("STARTTLS", [t for _, t in reply])
+        c.send("QUIT\r\n")
+        self.assertEqual(c.code(), 221)
+
+    def test_starttls_with_smtplib_delivers(self):
+        before = len(self.sink.messages)
+        s = self.moat.smtp()
+        s.ehlo()
+        ctx = ssl.create_default_context(cafile=self.cert[0])
+        s.starttls(context=ctx)
+        s.ehlo()
+        s.sendmail("tls@b.test", ["tls@example.test"], b"Subject: over tls\r\n\r\nsecret\r\n")
+        s.quit()
+        msgs = self.sink.wait_messages(before + 1)
+        data = msgs[-1]["data"]
+        self.assertIn(b"with ESMTPS", data)
+
+    def test_bdat_chunking(self):
+        before = len(self.sink.messages)
+        c = self.client()
+        c.send("EHLO client.test\r\n")
+        c.read_reply()
+        part1 = b"Subject: chunked\r\n\r\nline one\r\n"
+        part2 = b".leading dot stays\r\n"
+        c.send(b"MAIL FROM:<c@b.test>\r\nRCPT TO:<chunk@example.test>\r\n")
+        self.assertEqual(c.code(), 250)
+        self.assertEqual(c.code(), 250)
+        c.send(b"BDAT %d\r\n" % len(part1) + part1 + b"BDAT %d LAST\r\n" % len(part2) + part2)
+        self.assertEqual(c.code(), 250)
+        self.assertEqual(c.code(), 250)
+        c.send("QUIT\r\n")
+        c.code()
+        msgs = self.sink.wait_messages(before + 1)
+        self.assertTrue(msgs[-1]["data"].endswith(part1 + part2))
+
+    def test_loop_detection(self):
+        s = self.moat.smtp()
+        s.ehlo()
+        s.mail("loop@b.test")
+        s.rcpt("user@example.test")
+        hdrs = b"".join(b"Received: from hop%d by hop%d; Sun, 22 Nov 2026 10:00:00 +0000\r\n" % (i, i) for i in range(101))
+        code, msg = s.data(hdrs + b"Subject: loop\r\n\r\nbody\r\n")
+        self.assertEqual(code, 554)
+        self.assertIn(b"5.4.6", msg)
+        s.quit()
+
+
+if __name__ == "__main__":
+    unittest.main()
