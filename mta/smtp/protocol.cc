@@ -23,6 +23,8 @@ constexpr size_t kMaxLabel = 63;       // RFC 1035 §2.3.4
 constexpr size_t kMaxSizeDigits = 20;  // RFC 1870: 1*20DIGIT
 constexpr size_t kMaxEnvid = 100;      // RFC 3461 §4.4
 constexpr size_t kMaxOrcpt = 500;      // RFC 3461 §4.2
+// More parameters than any known set holds; bounds the duplicate check on a hostile line.
+constexpr size_t kMaxParams = 16;
 
 bool isAlpha(unsigned char c) { return (c | 0x20) >= 'a' && (c | 0x20) <= 'z'; }
 bool isDigit(unsigned char c) { return c >= '0' && c <= '9'; }
@@ -301,6 +303,7 @@ std::optional<Reply> splitParams(std::string_view text, std::vector<Param>& out)
     i = end == std::string_view::npos ? text.size() : end;
     size_t eq = tok.find('=');
     std::string_view key = tok.substr(0, eq);
+    if (out.size() == kMaxParams) return makeReply(501, "5.5.4", "Too many parameters");
     if (!isEsmtpKeyword(key)) return makeReply(501, "5.5.4", "Bad parameter syntax");
     Param p{upper(key), ""};
     if (eq != std::string_view::npos) {

@@ -123,6 +123,9 @@ TEST_CASE("MAIL parameters: SIZE, BODY, SMTPUTF8, AUTH, RET, ENVID") {
   REQUIRE(unknown.code == 555);
   REQUIRE(unknown.enhanced == "5.5.4");
   REQUIRE(bad("MAIL FROM:<a@example.test> NOTIFY=NEVER").code == 555);  // an RCPT parameter
+  std::string many = "MAIL FROM:<a@example.test>";
+  for (int i = 0; i < 17; ++i) many += " P" + std::to_string(i);
+  REQUIRE(bad(many).text == "Too many parameters");
 }
 
 TEST_CASE("RCPT parameters: NOTIFY and ORCPT") {
