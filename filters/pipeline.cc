@@ -1,64 +1,9 @@
 // filters/pipeline.cc — see pipeline.h.
 #include "filters/pipeline.h"
 
+#include "filters/spf/spf.h"
+
 namespace moat::filters {
-
-std::string_view stageName(Stage stage) {
-  switch (stage) {
-    case Stage::Connect: return "connect";
-    case Stage::Helo: return "helo";
-    case Stage::Mail: return "mail";
-    case Stage::Rcpt: return "rcpt";
-    case Stage::Data: return "data";
-  }
-  return "?";
-}
-
-std::string_view verdictName(Verdict v) {
-  switch (v) {
-    case Verdict::Continue: return "continue";
-    case Verdict::Tag: return "tag";
-    case Verdict::Quarantine: return "quarantine";
-    case Verdict::Reject: return "reject";
-    case Verdict::TempFail: return "tempfail";
-    case Verdict::Disconnect: return "disconnect";
-  }
-  return "?";
-}
-
-Result Result::pass(std::string summary) {
-  Result r;
-  r.summary = std::move(summary);
-  return r;
-}
-
-Result Result::reject(int code, std::string enhanced, std::string text, std::string summary) {
-  Result r;
-  r.verdict = Verdict::Reject;
-  r.code = code;
-  r.enhanced = std::move(enhanced);
-  r.text = std::move(text);
-  r.summary = std::move(summary);
-  return r;
-}
-
-Result Result::tempFail(int code, std::string enhanced, std::string text, std::string summary) {
-  Result r;
-  r.verdict = Verdict::TempFail;
-  r.code = code;
-  r.enhanced = std::move(enhanced);
-  r.text = std::move(text);
-  r.summary = std::move(summary);
-  return r;
-}
-
-Result Result::quarantine(std::string reason, std::string summary) {
-  Result r;
-  r.verdict = Verdict::Quarantine;
-  r.quarantineReason = std::move(reason);
-  r.summary = std::move(summary);
-  return r;
-}
 
 std::string StageOutcome::logJson() const {
   mta::JsonObject o;
@@ -149,9 +94,12 @@ void Pipeline::run(Stage stage, std::shared_ptr<MessageContext> ctx, const Env& 
 
 std::shared_ptr<const Pipeline> Pipeline::build(const policy::Config& config, policy::Errors& errors) {
   std::vector<std::shared_ptr<const Filter>> filters;
-  // Filters are added here in pipeline order (DESIGN.md, The flow of one message) as they land.
-  (void)config;
-  (void)errors;
+  // Pipeline order (DESIGN.md, The flow of one message); each factory returns null when
+  // its filter is turned off.
+  auto add = [&filters](std::shared_ptr<const Filter> f) {
+    if (f) filters.push_back(std::move(f));
+  };
+  add(spf::makeSpfFilter(config, errors));
   return std::make_shared<Pipeline>(std::move(filters));
 }
 

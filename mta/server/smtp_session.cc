@@ -275,27 +275,14 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
     closeWith(421, "4.3.2", cfg_.hostname + " Service shutting down, try again later");
     return;
   }
+  // The parser has checked the syntax and values of every parameter; here: what this
+  // server offers. RET/ENVID/AUTH need extensions Moat does not advertise (RFC 5321 §4.1.1.11).
   bool eightBit = false, utf8 = false;
-  uint64_t size = 0;
   for (const auto& p : c.params) {
-    if (p.key == "SIZE") {
-      char* end = nullptr;
-      errno = 0;
-      unsigned long long v = std::strtoull(p.value.c_str(), &end, 10);
-      if (p.value.empty() || *end || errno) {
-        reply(501, "5.5.4", "Bad SIZE parameter");
-        return;
-      }
-      size = v;
-    } else if (p.key == "BODY") {
-      std::string v = p.value;
-      std::transform(v.begin(), v.end(), v.begin(), ::toupper);
-      if (v == "8BITMIME") eightBit = true;
-      else if (v != "7BIT") {
-        reply(555, "5.5.4", "Unsupported BODY type");
-        return;
-      }
-    } else if (p.key == "SMTPUTF8" && esmtp_ && p.value.empty()) {
+    if (p.key == "SIZE") continue;
+    if (p.key == "BODY" && (p.value == "8BITMIME" || p.value == "7BIT")) {
+      eightBit = p.value == "8BITMIME";
+    } else if (p.key == "SMTPUTF8" && esmtp_) {
       utf8 = true;
       eightBit = true;
     } else {
@@ -303,6 +290,7 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
       return;
     }
   }
+  uint64_t size = smtp::declaredSize(c).value_or(0);
   if (!esmtp_ && !c.params.empty()) {
     reply(555, "5.5.4", "Parameters need EHLO");
     return;
@@ -315,9 +303,6 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
     log::warn("reject").add("session", id_).add("client_ip", ctx_->clientIp.str()).add("reply", "452 4.3.1").add("reason", "low disk space");
     reply(452, "4.3.1", "Insufficient system storage");
     return;
-  }
-  if (!c.address.empty() && !utf8) {
-    // 8-bit addresses need SMTPUTF8 (RFC 6531 §3.5); the parser enforced it with utf8 == false.
   }
   inTransaction_ = true;
   eightBit_ = eightBit;
