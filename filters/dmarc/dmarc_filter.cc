@@ -27,6 +27,18 @@ std::string commentText(const std::string& text) {
   return out;
 }
 
+// Results are built here rather than with Result::pass()/reject() (defined in pipeline.cc,
+// part of moat_filters, which links this library): moat_filter_dmarc links on its own.
+Result makeResult(Verdict verdict, std::string summary, int code = 0, std::string enhanced = "", std::string text = "") {
+  Result r;
+  r.verdict = verdict;
+  r.summary = std::move(summary);
+  r.code = code;
+  r.enhanced = std::move(enhanced);
+  r.text = std::move(text);
+  return r;
+}
+
 std::string replyDomain(const Evaluation& e) { return e.fromDomain.empty() ? "the From domain" : e.fromDomain; }
 
 class DmarcFilter : public Filter, public std::enable_shared_from_this<DmarcFilter> {
@@ -38,7 +50,7 @@ class DmarcFilter : public Filter, public std::enable_shared_from_this<DmarcFilt
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
     if (ctx->authenticated || ctx->fromRelayNetwork) {
       ctx->dmarc = {};
-      return done(Result::pass("skipped"));
+      return done(makeResult(Verdict::Continue, "skipped"));
     }
     if (!env.resolver) {
       Evaluation e;
@@ -146,14 +158,15 @@ Result act(const FilterConfig& config, MessageContext& ctx, const Evaluation& e)
 
   Result r;
   if (applied == "reject") {
-    r = Result::reject(550, "5.7.1", "Message rejected: DMARC policy of " + replyDomain(e) + " (p=reject)", e.result);
+    r = makeResult(Verdict::Reject, e.result, 550, "5.7.1", "Message rejected: DMARC policy of " + replyDomain(e) + " (p=reject)");
   } else if (applied == "quarantine") {
-    r = Result::quarantine("DMARC " + e.result + " for " + replyDomain(e) + " (policy " + e.disposition + ")", e.result);
+    r = makeResult(Verdict::Quarantine, e.result);
+    r.quarantineReason = "DMARC " + e.result + " for " + replyDomain(e) + " (policy " + e.disposition + ")";
   } else if (applied == "tempfail") {
-    r = Result::tempFail(451, "4.4.3", "Temporary DNS failure looking up the DMARC policy of " + replyDomain(e) + "; try again later", e.result);
+    r = makeResult(Verdict::TempFail, e.result, 451, "4.4.3",
+                   "Temporary DNS failure looking up the DMARC policy of " + replyDomain(e) + "; try again later");
   } else {
-    r = Result::pass(e.result);
-    if (applied == "tag") r.verdict = Verdict::Tag;
+    r = makeResult(applied == "tag" ? Verdict::Tag : Verdict::Continue, e.result);
   }
   std::string dis = (applied == "reject" || applied == "quarantine") ? applied : "none";
   r.authResults.push_back(authResult(e, dis, reason));

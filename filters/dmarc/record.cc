@@ -155,6 +155,7 @@ ParseStatus parseRecord(std::string_view txt, Record& out, std::string& error) {
 
 ParseStatus parseRecord(std::string_view txt, Record& out, std::string& error, ParseDetail& detail) {
   detail = {};
+  out = Record{};
   auto body = trim(txt);
   if (body.empty()) {
     error = "empty record";

@@ -37,7 +37,7 @@ enum class ParseStatus {
 };
 std::string_view parseStatusName(ParseStatus status);
 
-// Parses `txt` into `out` (which starts from the defaults). On anything but Ok, `error`
+// Parses `txt` into `out` (reset to the defaults first). On anything but Ok, `error`
 // says what is wrong; `out` still holds every tag that parsed (rua in particular, which
 // §6.6.3 needs to decide what a record with a bad p= means).
 ParseStatus parseRecord(std::string_view txt, Record& out, std::string& error);
