@@ -19,9 +19,21 @@ bool iequalsPrefix(std::string_view line, std::string_view name) {
   return true;
 }
 
-// The header section as unfolded fields: each entry is one "Name: value" without CRLF.
-std::vector<std::string> headerFields(std::string_view message) {
+// The value of a From field (after the colon); false if `field` is another field.
+bool fromValue(std::string_view field, std::string_view& value) {
+  if (!iequalsPrefix(field, "from")) return false;
+  auto rest = field.substr(4);
+  while (!rest.empty() && (rest[0] == ' ' || rest[0] == '\t')) rest.remove_prefix(1);
+  if (rest.empty() || rest[0] != ':') return false;
+  value = rest.substr(1);
+  return true;
+}
+
+// The From fields of the header section, unfolded (RFC 5322 §2.2.3), as "From: value"
+// without CRLF. Only From fields are copied: the rest of the header is just scanned.
+std::vector<std::string> fromFields(std::string_view message) {
   std::vector<std::string> fields;
+  bool inFrom = false;
   size_t pos = 0;
   while (pos < message.size()) {
     auto eol = message.find('\n', pos);
@@ -30,23 +42,16 @@ std::vector<std::string> headerFields(std::string_view message) {
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     pos = eol + 1;
     if (line.empty()) break;  // end of the header section
-    if ((line[0] == ' ' || line[0] == '\t') && !fields.empty()) {
-      fields.back().append(line);  // a continuation: unfold (RFC 5322 §2.2.3)
-    } else {
-      fields.emplace_back(line);
+    bool continuation = line[0] == ' ' || line[0] == '\t';
+    if (!continuation) {
+      std::string_view value;
+      inFrom = fromValue(line, value);
+      if (inFrom) fields.emplace_back(line);
+    } else if (inFrom) {
+      fields.back().append(line);
     }
   }
   return fields;
-}
-
-// The value of a From field, or nullopt-like false if `field` is not one.
-bool fromValue(std::string_view field, std::string_view& value) {
-  if (!iequalsPrefix(field, "from")) return false;
-  auto rest = field.substr(4);
-  while (!rest.empty() && (rest[0] == ' ' || rest[0] == '\t')) rest.remove_prefix(1);
-  if (rest.empty() || rest[0] != ':') return false;
-  value = rest.substr(1);
-  return true;
 }
 
 // Blanks out quoted strings and (nested) comments, so their commas and "@"s do not count.
@@ -122,7 +127,7 @@ std::vector<std::string> fromDomains(std::string_view message, std::string& erro
   error.clear();
   std::vector<std::string> out;
   bool found = false;
-  for (const auto& field : headerFields(message)) {
+  for (const auto& field : fromFields(message)) {
     std::string_view value;
     if (!fromValue(field, value)) continue;
     found = true;
