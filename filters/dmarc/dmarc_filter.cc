@@ -1,0 +1,187 @@
+// filters/dmarc/dmarc_filter.cc — see dmarc_filter.h.
+#include "filters/dmarc/dmarc_filter.h"
+
+#include "filters/dmarc/org_domain.h"
+
+namespace moat::filters::dmarc {
+
+namespace {
+
+bool withinDomain(const std::string& name, const std::string& domain) {
+  auto n = normalizeDomain(name);
+  if (n.empty()) return false;
+  if (n == domain) return true;
+  return n.size() > domain.size() && n.compare(n.size() - domain.size(), domain.size(), domain) == 0 &&
+         n[n.size() - domain.size() - 1] == '.';
+}
+
+// An A-R comment from untrusted text: no parentheses, backslashes or control characters.
+std::string commentText(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    if (out.size() >= 120) break;
+    auto u = static_cast<unsigned char>(c);
+    if (c == '(' || c == ')' || c == '\\' || u < 0x20 || u == 0x7f) out += ' ';
+    else out += c;
+  }
+  return out;
+}
+
+// Results are built here rather than with Result::pass()/reject() (defined in pipeline.cc,
+// part of moat_filters, which links this library): moat_filter_dmarc links on its own.
+Result makeResult(Verdict verdict, std::string summary, int code = 0, std::string enhanced = "", std::string text = "") {
+  Result r;
+  r.verdict = verdict;
+  r.summary = std::move(summary);
+  r.code = code;
+  r.enhanced = std::move(enhanced);
+  r.text = std::move(text);
+  return r;
+}
+
+std::string replyDomain(const Evaluation& e) { return e.fromDomain.empty() ? "the From domain" : e.fromDomain; }
+
+class DmarcFilter : public Filter, public std::enable_shared_from_this<DmarcFilter> {
+ public:
+  DmarcFilter(FilterConfig config, PctDraw draw) : config_(std::move(config)), draw_(std::move(draw)) {}
+  std::string_view name() const override { return "dmarc"; }
+  Stage stage() const override { return Stage::Data; }
+
+  void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
+    if (ctx->authenticated || ctx->fromRelayNetwork) {
+      ctx->dmarc = {};
+      return done(makeResult(Verdict::Continue, "skipped"));
+    }
+    if (!env.resolver) {
+      Evaluation e;
+      e.result = "temperror";
+      e.reason = "no resolver";
+      e.disposition = "none";
+      return done(act(config_, *ctx, e));
+    }
+    // The filter may be dropped by a reload while a lookup is in flight: keep it alive.
+    auto self = shared_from_this();
+    evaluate(*env.resolver, ctx->message, ctx->spfMailFrom, ctx->dkim,
+             [self, ctx, done](Evaluation e) { done(act(self->config_, *ctx, e)); }, draw_);
+  }
+
+ private:
+  FilterConfig config_;
+  PctDraw draw_;
+};
+
+}  // namespace
+
+FilterConfig readConfig(const policy::Config& config, policy::Errors& errors) {
+  FilterConfig c;
+  auto s = config.section("dmarc", errors);
+  c.enabled = s.getBool("enabled", true);
+  c.rejectAction = s.getEnum("reject_action", "reject", {"reject", "quarantine", "tag"});
+  c.quarantineAction = s.getEnum("quarantine_action", "quarantine", {"quarantine", "tag"});
+  c.temperror = s.getEnum("temperror", "tempfail", {"tempfail", "tag"});
+  for (const auto& entry : s.getStringArray("trusted_forwarders")) {
+    if (auto net = mta::Network::parse(entry)) {
+      c.forwarderNetworks.push_back(*net);
+      continue;
+    }
+    auto domain = normalizeDomain(entry);
+    if (validDomain(domain) && domain.find(':') == std::string::npos) {
+      c.forwarderDomains.push_back(domain);
+      continue;
+    }
+    s.error("trusted_forwarders", "\"" + entry + "\" is neither an IP network nor a domain name");
+  }
+  s.rejectUnknownKeys();
+  return c;
+}
+
+std::shared_ptr<const Filter> makeDmarcFilter(const policy::Config& config, policy::Errors& errors) {
+  return makeDmarcFilter(config, errors, {});
+}
+
+std::shared_ptr<const Filter> makeDmarcFilter(const policy::Config& config, policy::Errors& errors, PctDraw draw) {
+  policy::Errors mine;
+  auto c = readConfig(config, mine);
+  for (const auto& e : mine.all()) {
+    if (e.warning) errors.warning(e.file, e.line, e.message);
+    else errors.error(e.file, e.line, e.message);
+  }
+  if (mine.hasErrors() || !c.enabled) return nullptr;
+  return makeDmarcFilter(std::move(c), std::move(draw));
+}
+
+std::shared_ptr<const Filter> makeDmarcFilter(FilterConfig config, PctDraw draw) {
+  return std::make_shared<DmarcFilter>(std::move(config), std::move(draw));
+}
+
+bool isTrustedForwarder(const FilterConfig& config, const MessageContext& ctx) {
+  for (const auto& net : config.forwarderNetworks)
+    if (net.contains(ctx.clientIp)) return true;
+  for (const auto& d : config.forwarderDomains) {
+    if (withinDomain(ctx.clientName, d)) return true;
+    if (ctx.spfMailFrom.result == "pass" && withinDomain(ctx.spfMailFrom.domain, d)) return true;
+    if (ctx.spfHelo.result == "pass" && withinDomain(ctx.spfHelo.domain, d)) return true;
+  }
+  return false;
+}
+
+std::string authResult(const Evaluation& e, const std::string& dis, const std::string& reason) {
+  std::string out = "dmarc=" + e.result;
+  std::string comment;
+  if (!e.policy.empty()) {
+    comment = "p=" + e.record.p;
+    if (!e.record.sp.empty()) comment += " sp=" + e.record.sp;
+    comment += " dis=" + dis;
+    if (e.pctSampledOut) comment += " pct=" + std::to_string(e.record.pct);
+    if (!reason.empty()) comment += " reason=" + reason;
+  } else if (!e.reason.empty()) {
+    comment = commentText(e.reason);
+  }
+  if (!comment.empty()) out += " (" + comment + ")";
+  if (!e.fromDomain.empty()) out += " header.from=" + e.fromDomain;
+  if (!e.policy.empty()) out += " policy.dmarc=" + e.policy;
+  return out;
+}
+
+Result act(const FilterConfig& config, MessageContext& ctx, const Evaluation& e) {
+  std::string applied = "none";
+  std::string reason;
+  bool enforce = e.result == "fail" && e.disposition != "none";
+  if (enforce && isTrustedForwarder(config, ctx)) {
+    applied = "override";
+    reason = "trusted_forwarder";
+  } else if (enforce) {
+    applied = e.disposition == "reject" ? config.rejectAction : config.quarantineAction;
+  } else if (e.result == "temperror") {
+    applied = config.temperror;
+  }
+
+  Result r;
+  if (applied == "reject") {
+    r = makeResult(Verdict::Reject, e.result, 550, "5.7.1", "Message rejected: DMARC policy of " + replyDomain(e) + " (p=reject)");
+  } else if (applied == "quarantine") {
+    r = makeResult(Verdict::Quarantine, e.result);
+    r.quarantineReason = "DMARC " + e.result + " for " + replyDomain(e) + " (policy " + e.disposition + ")";
+  } else if (applied == "tempfail") {
+    r = makeResult(Verdict::TempFail, e.result, 451, "4.4.3",
+                   "Temporary DNS failure looking up the DMARC policy of " + replyDomain(e) + "; try again later");
+  } else {
+    r = makeResult(applied == "tag" ? Verdict::Tag : Verdict::Continue, e.result);
+  }
+  std::string dis = (applied == "reject" || applied == "quarantine") ? applied : "none";
+  r.authResults.push_back(authResult(e, dis, reason));
+  r.detail.add("from", e.fromDomain);
+  if (!e.policy.empty()) r.detail.add("policy", e.policy);
+  r.detail.add("applied", applied);
+  if (!e.reason.empty()) r.detail.add("reason", e.reason);
+  if (e.pctSampledOut) r.detail.add("pct_sampled_out", true);
+
+  ctx.dmarc.checked = true;
+  ctx.dmarc.result = e.result;
+  ctx.dmarc.fromDomain = e.fromDomain;
+  ctx.dmarc.policy = e.policy;
+  ctx.dmarc.applied = applied;
+  return r;
+}
+
+}  // namespace moat::filters::dmarc
