@@ -1,6 +1,7 @@
 // filters/pipeline.cc — see pipeline.h.
 #include "filters/pipeline.h"
 
+#include "filters/dmarc/dmarc.h"
 #include "filters/spf/spf.h"
 
 namespace moat::filters {
@@ -99,7 +100,8 @@ std::shared_ptr<const Pipeline> Pipeline::build(const policy::Config& config, po
   auto add = [&filters](std::shared_ptr<const Filter> f) {
     if (f) filters.push_back(std::move(f));
   };
-  add(spf::makeSpfFilter(config, errors));
+  add(spf::makeSpfFilter(config, errors));             // mail
+  add(dmarc::makeDmarcFilter(config, errors));         // data, after DKIM verify
   return std::make_shared<Pipeline>(std::move(filters));
 }
 
