@@ -306,9 +306,16 @@ HeaderLookup headerValue(const Rule& r, const Input& in) {
     out.found = !in.envelopeFrom.empty();
     return out;
   }
-  bool toCc = name == "ToCc";
+  // Pseudo-headers: ToCc is To and Cc; MESSAGEID is every message-id header there is.
+  auto wanted = [&](const std::string& n) {
+    if (name == "ToCc") return mime::iequals(n, "To") || mime::iequals(n, "Cc");
+    if (name == "MESSAGEID")
+      return mime::iequals(n, "Message-Id") || mime::iequals(n, "Resent-Message-Id") ||
+             mime::iequals(n, "X-Message-Id") || mime::iequals(n, "X-Original-Message-ID");
+    return mime::iequals(n, name);
+  };
   for (const auto& h : headers) {
-    bool match = toCc ? (mime::iequals(h.name, "To") || mime::iequals(h.name, "Cc")) : mime::iequals(h.name, name);
+    bool match = wanted(h.name);
     if (!match) continue;
     if (out.found) out.value += "\n";
     out.value += valueOf(h);

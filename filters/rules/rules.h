@@ -1,7 +1,7 @@
 // filters/rules/rules.h — SpamAssassin rule files (CONTRACT.md, "Regex spam rules") loaded
 // into an immutable RuleSet and evaluated on one message.
 //
-// Syntax read: header (Header, Header:raw, :addr, :name, ALL, ToCc, EnvelopeFrom,
+// Syntax read: header (Header, Header:raw, :addr, :name, ALL, ToCc, MESSAGEID, EnvelopeFrom,
 // exists:Header, =~ and !~, [if-unset: X]), body, rawbody, uri, full, meta, score (the
 // first of four scores: SpamAssassin's set for no Bayes and no network tests), describe,
 // tflags (accepted, ignored), `#` comments (`\#` is a literal #), if / ifplugin / else /

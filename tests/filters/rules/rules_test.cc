@@ -444,3 +444,27 @@ TEST_CASE("stock SpamAssassin rules load", "[.stock]") {
     REQUIRE(errs == 0);
   }
 }
+
+TEST_CASE("stock-style rule lines: tabs, escapes, pseudo-headers, version lines") {
+  Fixture f("require_version 4.000000\n"
+            "header\tNO_NAME\t\tFrom =~ /^[\"\\s]*\\<?\\S+\\@\\S+\\>?\\s*$/\n"
+            "describe NO_NAME\t\tFrom: has no real name\n"
+            "header MID_DOLLARS\tMESSAGEID =~ /^<?(?:\\d+\\$){3}\\d+\\@/m\n"
+            "header RCVD_SEMI\tReceived =~ /with\\s+ESMTP\\s+id\\s+[A-Z]{6}\\;/\n"
+            "header MISSING_DATE\tDate =~ /^UNSET$/ [if-unset: UNSET]\n"
+            "header __ORDER\t\tALL =~ /\\nMessage-Id:.*\\nReceived:/si\n"
+            "header LOOKBEHIND\tTo =~ /(?<!re)public\\.example/i\n"
+            "header EVAL_RULE\teval:check_for_from_to_same()\n"
+            "tflags EVAL_RULE\tnet\n"
+            "meta ORDER_META\t(__ORDER && NO_NAME)\n");
+  INFO(f.errors.str());
+  REQUIRE_FALSE(f.errors.hasErrors());
+  REQUIRE(f.rules->stats().skipReasons.at("look-behind") == 1);
+  REQUIRE(f.rules->stats().skipReasons.at("eval") == 1);
+  REQUIRE(f.rules->stats().ignoredByDirective.at("require_version") == 1);
+  auto ev = f.on("From: bulk@example.test\nMessage-Id: <1$2$3$4@example.test>\n"
+                 "Received: from x by y with ESMTP id ABCDEF;\n\nbody\n");
+  REQUIRE(ev.hits == std::vector<std::string>{"MID_DOLLARS", "MISSING_DATE", "NO_NAME", "ORDER_META", "RCVD_SEMI"});
+  auto named = f.on("From: \"Real Name\" <a@example.test>\nSubject: s\n\nbody\n");
+  REQUIRE(named.hits == std::vector<std::string>{"MISSING_DATE"});
+}
