@@ -300,3 +300,23 @@ TEST_CASE("bad [mime] config is reported") {
   unlink(path.c_str());
   rmdir(dir);
 }
+
+TEST_CASE("truncated and random input never breaks the parser") {
+  std::string full = crlf(kNested);
+  for (size_t n = 0; n <= full.size(); ++n) {
+    auto msg = parse(std::string_view(full).substr(0, n), Limits{});
+    REQUIRE(msg->partCount >= 1);
+  }
+  uint32_t seed = 12345;
+  auto next = [&] { return seed = seed * 1103515245u + 12345u; };
+  const std::string alphabet = "=?-\r\n:;\"\\<>/&#bB qQ*'%ab09";
+  for (int round = 0; round < 300; ++round) {
+    std::string junk = "Content-Type: multipart/mixed; boundary=\"b\"\r\nSubject: =?utf-8?q?x?=\r\n\r\n--b\r\n";
+    size_t len = next() % 400;
+    for (size_t i = 0; i < len; ++i)
+      junk += (next() % 4 == 0) ? static_cast<char>(next() % 256) : alphabet[next() % alphabet.size()];
+    auto msg = parse(junk, Limits{});
+    REQUIRE(msg->partCount >= 1);
+    htmlToText(junk, nullptr);
+  }
+}
