@@ -1,0 +1,252 @@
+// filters/antivirus/antivirus.cc — see antivirus.h.
+#include "filters/antivirus/antivirus.h"
+
+#include <clamav.h>
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "mta/runtime/log.h"
+
+namespace moat::filters::antivirus {
+
+namespace mlog = moat::mta::log;
+
+namespace {
+
+bool isDatabaseName(const std::string& n) {
+  static const char* kExt[] = {".cvd", ".cld", ".cud", ".ndb", ".ndu", ".hdb", ".hsb", ".hdu", ".hsu", ".mdb",
+                               ".mdu", ".msb", ".msu", ".ldb", ".ldu", ".idb", ".cdb", ".ndb", ".fp",  ".sfp",
+                               ".db",  ".ign", ".ign2", ".crb", ".pdb", ".gdb", ".wdb", ".ftm", ".cbc", ".yar",
+                               ".yara", ".pwdb", ".cat", ".info", ".cfg"};
+  if (n.empty() || n[0] == '.') return false;
+  for (const char* e : kExt) {
+    size_t len = std::char_traits<char>::length(e);
+    if (n.size() > len && n.compare(n.size() - len, len, e) == 0) return true;
+  }
+  return false;
+}
+
+// libclamav's own messages go to the debug log instead of stderr.
+void clamavMessage(enum cl_msg severity, const char* fullmsg, const char* msg, void* context) {
+  (void)fullmsg;
+  (void)context;
+  std::string text = msg ? msg : "";
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  if (severity == CL_MSG_ERROR) mlog::debug("clamav_message").add("level", "error").add("message", text);
+}
+
+cl_error_t initOnce() {
+  static std::once_flag once;
+  static cl_error_t rc = CL_SUCCESS;
+  std::call_once(once, [] {
+    cl_set_clcb_msg(clamavMessage);
+    rc = cl_init(CL_INIT_DEFAULT);
+  });
+  return rc;
+}
+
+int64_t nowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+struct FmapClose {
+  void operator()(cl_fmap_t* m) const { cl_fmap_close(m); }
+};
+
+}  // namespace
+
+void Engine::Free::operator()(cl_engine* e) const { cl_engine_free(e); }
+
+bool hasDatabaseFiles(const std::string& dir) {
+  DIR* d = opendir(dir.c_str());
+  if (!d) return false;
+  bool found = false;
+  while (dirent* e = readdir(d)) {
+    if (isDatabaseName(e->d_name)) {
+      found = true;
+      break;
+    }
+  }
+  closedir(d);
+  return found;
+}
+
+std::shared_ptr<const Engine> Engine::load(const std::string& dir, const ScanLimits& limits, std::string& error) {
+  cl_error_t rc = initOnce();
+  if (rc != CL_SUCCESS) {
+    error = std::string("cl_init: ") + cl_strerror(rc);
+    return nullptr;
+  }
+  auto engine = std::shared_ptr<Engine>(new Engine());
+  engine->engine_.reset(cl_engine_new());
+  cl_engine* e = engine->engine_.get();
+  if (!e) {
+    error = "cl_engine_new failed";
+    return nullptr;
+  }
+  cl_engine_set_num(e, CL_ENGINE_MAX_SCANSIZE, static_cast<long long>(limits.maxScanSize));
+  cl_engine_set_num(e, CL_ENGINE_MAX_FILESIZE, static_cast<long long>(limits.maxFileSize));
+  cl_engine_set_num(e, CL_ENGINE_MAX_RECURSION, limits.maxRecursion);
+  cl_engine_set_num(e, CL_ENGINE_MAX_FILES, limits.maxFiles);
+  cl_engine_set_num(e, CL_ENGINE_MAX_SCANTIME, limits.maxScanTimeMs);
+  unsigned sigs = 0;
+  rc = cl_load(dir.c_str(), e, &sigs, CL_DB_STDOPT);
+  if (rc != CL_SUCCESS) {
+    error = std::string("cl_load ") + dir + ": " + cl_strerror(rc);
+    return nullptr;
+  }
+  if (sigs == 0) {
+    error = "no signatures in " + dir;
+    return nullptr;
+  }
+  rc = cl_engine_compile(e);
+  if (rc != CL_SUCCESS) {
+    error = std::string("cl_engine_compile: ") + cl_strerror(rc);
+    return nullptr;
+  }
+  engine->signatures_ = sigs;
+  return engine;
+}
+
+ScanResult Engine::scan(std::string_view data, const char* name) const {
+  ScanResult r;
+  r.scans = 1;
+  if (data.empty()) return r;
+  std::unique_ptr<cl_fmap_t, FmapClose> map(cl_fmap_open_memory(data.data(), data.size()));
+  if (!map) {
+    r.status = ScanResult::Status::Error;
+    r.error = "cl_fmap_open_memory failed";
+    return r;
+  }
+  cl_scan_options options{};
+  options.general = CL_SCAN_GENERAL_HEURISTICS;
+  options.parse = ~0u;  // every parser: mail, archives, documents, executables
+  const char* virname = nullptr;
+  unsigned long scanned = 0;
+  cl_error_t rc = cl_scanmap_callback(map.get(), name, &virname, &scanned, engine_.get(), &options, nullptr);
+  if (rc == CL_VIRUS) {
+    r.status = ScanResult::Status::Found;
+    r.signature = virname ? virname : "unknown";
+  } else if (rc != CL_CLEAN) {
+    r.status = ScanResult::Status::Error;
+    r.error = cl_strerror(rc);
+  }
+  return r;
+}
+
+Scanner::Scanner(std::string databaseDir, ScanLimits limits) : dir_(std::move(databaseDir)), limits_(limits) {}
+
+Scanner::~Scanner() { waitIdle(); }
+
+std::string Scanner::fingerprint() const {
+  std::vector<std::string> entries;
+  if (DIR* d = opendir(dir_.c_str())) {
+    while (dirent* e = readdir(d)) {
+      std::string n = e->d_name;
+      if (!isDatabaseName(n)) continue;
+      struct stat st {};
+      if (stat((dir_ + "/" + n).c_str(), &st) != 0) continue;
+      entries.push_back(n + ":" + std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) +
+                        ":" + std::to_string(st.st_size));
+    }
+    closedir(d);
+  }
+  std::sort(entries.begin(), entries.end());
+  std::string fp;
+  for (const auto& e : entries) fp += e + "\n";
+  return fp;
+}
+
+Scanner::Reload Scanner::reloadIfChanged(std::string* error) {
+  std::unique_lock<std::mutex> one(loadMu_, std::try_to_lock);
+  if (!one.owns_lock()) return Reload::Unchanged;
+  std::string fp = fingerprint();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (attempted_ && fp == loadedFingerprint_) return Reload::Unchanged;
+  }
+  std::string err;
+  auto fresh = Engine::load(dir_, limits_, err);
+  std::lock_guard<std::mutex> lock(mu_);
+  // Remember what was tried, so a broken database is not reloaded again until it changes.
+  loadedFingerprint_ = fp;
+  attempted_ = true;
+  if (!fresh) {
+    mlog::error("antivirus_load_failed").add("database_dir", dir_).add("error", err).add("kept_old", engine_ != nullptr);
+    if (error) *error = err;
+    return Reload::Failed;
+  }
+  engine_ = std::move(fresh);
+  mlog::info("reload").add("component", "antivirus").add("database_dir", dir_).add("signatures", engine_->signatures());
+  return Reload::Reloaded;
+}
+
+void Scanner::reloadInBackground() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (loading_.exchange(true)) return;
+  if (thread_.joinable()) thread_.join();  // the previous load has finished (loading_ was false)
+  thread_ = std::thread([this] {
+    reloadIfChanged();
+    loading_ = false;
+  });
+}
+
+void Scanner::maybeCheck(std::chrono::milliseconds interval) {
+  int64_t now = nowMs(), last = lastCheckMs_.load();
+  if (now - last < interval.count()) return;
+  if (!lastCheckMs_.compare_exchange_strong(last, now)) return;  // another thread checks
+  reloadInBackground();
+}
+
+void Scanner::waitIdle() {
+  std::thread t;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    t = std::move(thread_);
+  }
+  if (t.joinable()) t.join();
+}
+
+std::shared_ptr<const Engine> Scanner::engine() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return engine_;
+}
+
+namespace {
+void scanLeaves(const Engine& engine, const mime::Part& part, uint64_t& budget, ScanResult& out) {
+  for (const auto& c : part.children) {
+    if (out.status != ScanResult::Status::Clean) return;
+    scanLeaves(engine, c, budget, out);
+  }
+  if (!part.children.empty() || part.body.empty() || out.status != ScanResult::Status::Clean) return;
+  if (part.isText() && part.filename.empty()) return;  // message text: seen in the whole-message scan
+  if (part.body.size() > budget) return;
+  budget -= part.body.size();
+  ScanResult r = engine.scan(part.body, part.filename.empty() ? nullptr : part.filename.c_str());
+  out.scans += r.scans;
+  if (r.status != ScanResult::Status::Clean) {
+    r.scans = out.scans;
+    out = r;
+  }
+}
+}  // namespace
+
+ScanResult Scanner::scan(std::string_view raw, const mime::Message* mime) const {
+  auto engine = this->engine();
+  if (!engine) {
+    ScanResult r;
+    r.status = ScanResult::Status::Error;
+    r.error = "no antivirus engine loaded";
+    return r;
+  }
+  ScanResult r = engine->scan(raw, nullptr);
+  if (r.status != ScanResult::Status::Clean || !mime) return r;
+  uint64_t budget = limits_.maxScanSize;
+  scanLeaves(*engine, mime->root, budget, r);
+  return r;
+}
+
+}  // namespace moat::filters::antivirus

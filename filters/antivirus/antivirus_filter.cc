@@ -1,0 +1,78 @@
+// filters/antivirus/antivirus_filter.cc — see antivirus_filter.h.
+#include "filters/antivirus/antivirus_filter.h"
+
+#include "mta/runtime/log.h"
+
+namespace moat::filters::antivirus {
+
+FilterConfig readConfig(const policy::Config& config, policy::Errors& errors) {
+  FilterConfig fc;
+  auto s = config.section("antivirus", errors);
+  fc.databaseDir = s.getPath("database_dir", "clamav");
+  fc.quarantine = s.getEnum("action", "reject", {"reject", "quarantine"}) == "quarantine";
+  s.getEnum("backend", "libclamav", {"libclamav"});
+  fc.limits.maxScanSize = s.getSize("max_scan_size", 100ull << 20);
+  fc.limits.maxFileSize = s.getSize("max_file_size", 25ull << 20);
+  fc.limits.maxRecursion = static_cast<uint32_t>(s.getInt("max_recursion", 16, 1, 64));
+  fc.limits.maxFiles = static_cast<uint32_t>(s.getInt("max_files", 10000, 1, 1000000));
+  fc.limits.maxScanTimeMs = static_cast<uint32_t>(s.getDuration("scan_timeout", std::chrono::minutes(2)).count());
+  fc.reloadCheck = s.getDuration("reload_check", std::chrono::minutes(5));
+  fc.scanParts = s.getBool("scan_parts", true);
+  s.rejectUnknownKeys();
+  return fc;
+}
+
+Result resultFor(const ScanResult& scan, const FilterConfig& config) {
+  Result r;
+  switch (scan.status) {
+    case ScanResult::Status::Clean:
+      r = Result::pass("clean");
+      break;
+    case ScanResult::Status::Found:
+      if (config.quarantine) {
+        r = Result::quarantine("virus " + scan.signature, "FOUND " + scan.signature);
+      } else {
+        r = Result::reject(554, "5.7.1", "Virus found: " + scan.signature, "FOUND " + scan.signature);
+      }
+      r.detail.add("signature", scan.signature);
+      break;
+    case ScanResult::Status::Error:
+      r = Result::tempFail(451, "4.7.1", "Virus scan failed, try again later", "error");
+      r.detail.add("error", scan.error);
+      break;
+  }
+  r.detail.add("scans", scan.scans);
+  return r;
+}
+
+AntivirusFilter::AntivirusFilter(FilterConfig config)
+    : config_(std::move(config)), scanner_(std::make_shared<Scanner>(config_.databaseDir, config_.limits)) {
+  scanner_->reloadInBackground();
+}
+
+void AntivirusFilter::run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const {
+  auto result = std::make_shared<ScanResult>();
+  auto scanner = scanner_;
+  auto mime = config_.scanParts ? ctx->mime : nullptr;
+  std::string_view raw = ctx->message;  // valid for the Data stage
+  auto interval = config_.reloadCheck;
+  env.offload(
+      [result, scanner, mime, raw, interval] {
+        scanner->maybeCheck(interval);
+        *result = scanner->scan(raw, mime.get());
+      },
+      [ctx, result, done = std::move(done), config = config_] { done(resultFor(*result, config)); });
+}
+
+std::shared_ptr<const AntivirusFilter> makeAntivirusFilter(const policy::Config& config, policy::Errors& errors) {
+  FilterConfig fc = readConfig(config, errors);
+  if (!hasDatabaseFiles(fc.databaseDir)) {
+    mta::log::warn("antivirus_disabled")
+        .add("database_dir", fc.databaseDir)
+        .add("reason", "no signature databases: messages are NOT scanned for viruses");
+    return nullptr;
+  }
+  return std::make_shared<AntivirusFilter>(std::move(fc));
+}
+
+}  // namespace moat::filters::antivirus

@@ -1,0 +1,63 @@
+// filters/antivirus/antivirus_filter.h — the antivirus filter (Data stage, thread pool).
+//
+// Config [antivirus]:
+//   database_dir = "clamav"    libclamav databases (.cvd .cld .ndb .hdb ...), relative to
+//                              the config file; reloaded when its files change
+//   action = "reject"          reject (554 5.7.1 naming the signature) | quarantine
+//   backend = "libclamav"      libclamav (in process); clamd is not implemented
+//   max_scan_size = "100M"     bytes scanned per message
+//   max_file_size = "25M"      largest file or part scanned
+//   max_recursion = 16         archive / message nesting
+//   max_files = 10000          files inside archives
+//   scan_timeout = "2m"        per scan call
+//   reload_check = "5m"        how often the database directory is checked for changes
+//   scan_parts = true          also scan each decoded MIME leaf (needs the MIME filter)
+// A scan error or timeout, or no engine loaded yet, is 451 4.7.1 (never a silent pass).
+// With no database files the filter is off: makeAntivirusFilter returns nullptr and logs
+// `antivirus_disabled` at warn level.
+// Untrusted input: the message. Logs through the pipeline's `filter` event (summary
+// "clean", "FOUND <sig>", "error"), plus the Scanner's events (antivirus.h).
+#pragma once
+#include <chrono>
+#include <memory>
+
+#include "filters/antivirus/antivirus.h"
+#include "filters/filter.h"
+#include "policy/config.h"
+
+namespace moat::filters::antivirus {
+
+struct FilterConfig {
+  std::string databaseDir;
+  bool quarantine = false;  // action = "quarantine"
+  ScanLimits limits;
+  std::chrono::milliseconds reloadCheck{std::chrono::minutes(5)};
+  bool scanParts = true;
+};
+
+FilterConfig readConfig(const policy::Config& config, policy::Errors& errors);
+
+// The verdict for a scan result (exposed for tests).
+Result resultFor(const ScanResult& scan, const FilterConfig& config);
+
+class AntivirusFilter final : public Filter {
+ public:
+  // Starts loading the engine on a background thread.
+  explicit AntivirusFilter(FilterConfig config);
+  std::string_view name() const override { return "antivirus"; }
+  Stage stage() const override { return Stage::Data; }
+  void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override;
+
+  // For SIGHUP and tests: check the database now (on a background thread).
+  void reloadIfChanged() const { scanner_->reloadInBackground(); }
+  Scanner& scanner() const { return *scanner_; }
+
+ private:
+  FilterConfig config_;
+  std::shared_ptr<Scanner> scanner_;
+};
+
+// nullptr (and a warning log) when the database directory has no databases.
+std::shared_ptr<const AntivirusFilter> makeAntivirusFilter(const policy::Config& config, policy::Errors& errors);
+
+}  // namespace moat::filters::antivirus

@@ -1,0 +1,103 @@
+// filters/mime/mime.h — the MIME structure of one message (RFC 2045-2049), with RFC 2047
+// encoded words and RFC 2231 parameter continuations/charsets decoded, leaves decoded
+// (base64, quoted-printable) and text converted to UTF-8 (glibc iconv).
+//
+// Untrusted input: the whole message. The parser never throws on bad input and never uses
+// unbounded memory: nesting depth, part count and total decoded size are bounded by
+// Limits; going past one sets Message::limitExceeded (with a reason) and parsing stops
+// descending or decoding there. Broken structure (missing boundary parameter, missing
+// final boundary, bad encodings) is tolerated the way mail clients tolerate it.
+// Logs nothing; the MIME filter (mime_filter.h) logs its summary through the pipeline.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace moat::filters::mime {
+
+struct Limits {
+  unsigned maxDepth = 20;                  // nesting of multipart and message/rfc822
+  unsigned maxParts = 500;                 // parts in the whole tree, the root included
+  uint64_t maxDecodedSize = 100ull << 20;  // bytes of decoded leaf bodies in total
+};
+
+struct HeaderField {
+  std::string name;     // as written (compare case-insensitively)
+  std::string raw;      // unfolded value, leading blanks removed
+  std::string decoded;  // RFC 2047 encoded words decoded, as UTF-8
+};
+
+struct Part {
+  std::vector<HeaderField> headers;
+  std::string contentType = "text/plain";    // lower-case type/subtype
+  std::map<std::string, std::string> params;  // lower-case names; values RFC 2231-decoded (UTF-8)
+  std::string charset;                        // lower-case, from params, "" if none
+  std::string disposition;                    // lower-case: "attachment", "inline" or ""
+  std::string filename;                       // UTF-8; disposition filename= or type name=
+  std::string transferEncoding = "7bit";      // lower-case
+  unsigned depth = 0;
+  // Leaves: the decoded bytes (capped by Limits::maxDecodedSize).
+  std::string body;
+  // Text leaves (text/*): the body as UTF-8. charsetUnknown: iconv did not know the
+  // charset and `text` holds the bytes unchanged.
+  std::string text;
+  bool charsetUnknown = false;
+  bool truncated = false;  // body cut by the decoded-size limit
+  std::vector<Part> children;  // multipart: the body parts; message/rfc822: one, the message
+
+  bool isMultipart() const { return contentType.rfind("multipart/", 0) == 0; }
+  bool isMessage() const { return contentType == "message/rfc822" || contentType == "message/global"; }
+  bool isText() const { return contentType.rfind("text/", 0) == 0; }
+  // The first header with this name (case-insensitive), or nullptr.
+  const HeaderField* header(std::string_view name) const;
+};
+
+struct Attachment {
+  std::string name;  // UTF-8 file name, may be empty
+  std::string type;  // content type
+  uint64_t size = 0; // decoded size
+};
+
+struct Message {
+  Part root;
+  // The body text rules run on (SpamAssassin's rendered body): the decoded text parts as
+  // UTF-8, HTML rendered to text; in multipart/alternative the text/plain part is used
+  // when there is one. Parts are separated by a blank line. Without the Subject.
+  std::string bodyText;
+  // URIs in text and HTML parts (http, https, ftp, mailto, schemeless www. as http://)
+  // and href/src targets, in order of appearance, without duplicates.
+  std::vector<std::string> uris;
+  std::vector<Attachment> attachments;
+  unsigned partCount = 0;
+  uint64_t decodedSize = 0;
+  bool limitExceeded = false;
+  std::string limitReason;  // "max_depth", "max_parts" or "max_decoded_size"
+
+  // The decoded value of the first top-level header with this name, or "".
+  std::string header(std::string_view name) const;
+};
+
+// Parses `raw` (CRLF line endings; bare LF tolerated). Never fails: a message that is not
+// MIME is one text/plain part.
+std::shared_ptr<const Message> parse(std::string_view raw, const Limits& limits);
+
+// Building blocks, exposed for the rules and antivirus filters and for tests.
+std::string decodeBase64(std::string_view in);
+std::string decodeQuotedPrintable(std::string_view in);
+// Converts `bytes` in `charset` to UTF-8. Returns false if iconv does not know the
+// charset (out then holds the bytes unchanged). Invalid sequences become U+FFFD.
+bool toUtf8(std::string_view bytes, std::string_view charset, std::string& out);
+// Decodes RFC 2047 encoded words in a header value; adjacent words joined.
+std::string decodeHeaderWords(std::string_view value);
+// HTML to text: tags removed, script/style dropped, entities decoded; href/src targets
+// appended to `links` when not null.
+std::string htmlToText(std::string_view html, std::vector<std::string>* links);
+// Appends the URIs found in plain text to `out`.
+void extractUris(std::string_view text, std::vector<std::string>& out);
+bool iequals(std::string_view a, std::string_view b);
+std::string toLower(std::string_view s);
+
+}  // namespace moat::filters::mime

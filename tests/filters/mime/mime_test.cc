@@ -1,0 +1,322 @@
+// Tests for filters/mime: structure (RFC 2046), encodings (RFC 2045), encoded words
+// (RFC 2047), parameter continuations (RFC 2231), broken input, limits, HTML and URIs,
+// and the filter itself on a real libuv loop and thread pool.
+#include <catch2/catch.hpp>
+
+#include <fstream>
+#include <string>
+#include <unistd.h>
+
+#include "filters/mime/mime.h"
+#include "filters/mime/mime_filter.h"
+#include "mta/runtime/uv.h"
+
+using namespace moat::filters;
+using namespace moat::filters::mime;
+
+namespace {
+// Test messages are written with \n and sent with CRLF, as on the wire.
+std::string crlf(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '\n') out += '\r';
+    out += c;
+  }
+  return out;
+}
+
+const char* kNested = R"(From: a@example.test
+To: b@example.test
+Subject: nested
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="outer"
+
+preamble is ignored
+--outer
+Content-Type: multipart/alternative; boundary=inner
+
+--inner
+Content-Type: text/plain; charset=iso-8859-1
+Content-Transfer-Encoding: quoted-printable
+
+Caf=E9 au lait, soft=
+ break and =3D sign
+--inner
+Content-Type: text/html; charset=utf-8
+
+<html><body><p>Hello <b>HTML</b></p></body></html>
+--inner--
+--outer
+Content-Type: application/octet-stream; name="data.bin"
+Content-Disposition: attachment; filename="data.bin"
+Content-Transfer-Encoding: base64
+
+SGVsbG8gd29y
+bGQh
+--outer--
+epilogue
+)";
+}  // namespace
+
+TEST_CASE("nested multipart/mixed with multipart/alternative") {
+  auto msg = parse(crlf(kNested), Limits{});
+  REQUIRE_FALSE(msg->limitExceeded);
+  REQUIRE(msg->root.contentType == "multipart/mixed");
+  REQUIRE(msg->root.children.size() == 2);
+  const Part& alt = msg->root.children[0];
+  REQUIRE(alt.contentType == "multipart/alternative");
+  REQUIRE(alt.children.size() == 2);
+  REQUIRE(alt.children[0].text == "Caf\xC3\xA9 au lait, soft break and = sign");
+  REQUIRE(alt.children[1].contentType == "text/html");
+  REQUIRE(msg->partCount == 5);
+  REQUIRE(msg->attachments.size() == 1);
+  REQUIRE(msg->attachments[0].name == "data.bin");
+  REQUIRE(msg->attachments[0].type == "application/octet-stream");
+  REQUIRE(msg->attachments[0].size == 12);
+  REQUIRE(msg->root.children[1].body == "Hello world!");
+  // The plain alternative is the body text; the HTML one is not repeated.
+  REQUIRE(msg->bodyText == "Caf\xC3\xA9 au lait, soft break and = sign");
+  REQUIRE(msg->header("subject") == "nested");
+}
+
+TEST_CASE("base64 and quoted-printable decoding") {
+  REQUIRE(decodeBase64("SGVsbG8=") == "Hello");
+  REQUIRE(decodeBase64("SGVs\r\nbG8h") == "Hello!");
+  REQUIRE(decodeBase64("S G V s b G 8 = junk") == "Hello");
+  REQUIRE(decodeQuotedPrintable("a=3Db=\r\nc   \r\nd") == "a=bc\r\nd");
+  REQUIRE(decodeQuotedPrintable("bad =ZZ and =4") == "bad =ZZ and =4");
+  REQUIRE(decodeQuotedPrintable("=C3=A9") == "\xC3\xA9");
+}
+
+TEST_CASE("RFC 2231 filename continuation with charset") {
+  auto msg = parse(crlf(R"(Content-Type: multipart/mixed; boundary=b
+
+--b
+Content-Type: application/pdf;
+ name*0*=utf-8''R%C3%A9sum;
+ name*1*=%C3%A9;
+ name*2=".pdf"
+Content-Disposition: attachment;
+ filename*0*=iso-8859-1'fr'Caf%E9;
+ filename*1="_menu.pdf"
+Content-Transfer-Encoding: base64
+
+JVBERi0=
+--b--
+)"),
+                   Limits{});
+  REQUIRE(msg->root.children.size() == 1);
+  const Part& p = msg->root.children[0];
+  REQUIRE(p.params.at("name") == "R\xC3\xA9sum\xC3\xA9.pdf");
+  REQUIRE(p.filename == "Caf\xC3\xA9_menu.pdf");
+  REQUIRE(p.body == "%PDF-");
+  REQUIRE(msg->attachments.at(0).name == "Caf\xC3\xA9_menu.pdf");
+}
+
+TEST_CASE("RFC 2047 Q and B encoded words, adjacent words joined") {
+  REQUIRE(decodeHeaderWords("=?utf-8?B?SGVsbG8=?=") == "Hello");
+  REQUIRE(decodeHeaderWords("=?iso-8859-1?Q?Caf=E9_cr=E8me?=") == "Caf\xC3\xA9 cr\xC3\xA8me");
+  // Blanks between encoded words vanish; plain text around them stays.
+  REQUIRE(decodeHeaderWords("a =?utf-8?q?b?= =?utf-8?q?c?=  d") == "a bc  d");
+  // A multibyte character split over two words survives.
+  REQUIRE(decodeHeaderWords("=?utf-8?B?w6k=?= =?utf-8?Q?=C3?= =?utf-8?Q?=A9?=") == "\xC3\xA9\xC3\xA9");
+  REQUIRE(decodeHeaderWords("=?UTF-8*en?Q?x?=") == "x");
+  REQUIRE(decodeHeaderWords("=?bogus?Q?a?= not") == "a not");
+  REQUIRE(decodeHeaderWords("=?utf-8?X?a?=") == "=?utf-8?X?a?=");
+  auto msg = parse(crlf("Subject: =?utf-8?B?U3BhbQ==?=\n =?utf-8?Q?_offer?=\n\nbody\n"), Limits{});
+  REQUIRE(msg->header("Subject") == "Spam offer");
+  REQUIRE(msg->root.header("subject")->raw == "=?utf-8?B?U3BhbQ==?= =?utf-8?Q?_offer?=");
+  // RFC 2047 inside a quoted filename, as common mailers write it.
+  auto m2 = parse(crlf("Content-Type: application/zip; name=\"=?utf-8?Q?r=C3=A9sum=C3=A9.zip?=\"\n\nx\n"), Limits{});
+  REQUIRE(m2->root.filename == "r\xC3\xA9sum\xC3\xA9.zip");
+}
+
+TEST_CASE("unknown charset keeps the bytes and is marked") {
+  auto msg = parse(crlf("Content-Type: text/plain; charset=x-moat-unknown\n\nab\xE9\n"), Limits{});
+  REQUIRE(msg->root.charsetUnknown);
+  REQUIRE(msg->root.text == "ab\xE9\r\n");
+  auto ok = parse(crlf("Content-Type: text/plain; charset=windows-1252\n\n\x80 5\n"), Limits{});
+  REQUIRE_FALSE(ok->root.charsetUnknown);
+  REQUIRE(ok->root.text == "\xE2\x82\xAC 5\r\n");
+}
+
+TEST_CASE("broken boundaries and a missing final boundary") {
+  SECTION("missing final boundary: the last part runs to the end") {
+    auto msg = parse(crlf("Content-Type: multipart/mixed; boundary=b\n\n--b\n\none\n--b\n\ntwo\nlast line\n"), Limits{});
+    REQUIRE(msg->root.children.size() == 2);
+    REQUIRE(msg->root.children[0].text == "one");
+    REQUIRE(msg->root.children[1].text == "two\r\nlast line\r\n");
+  }
+  SECTION("boundary never appears: the body is text") {
+    auto msg = parse(crlf("Content-Type: multipart/mixed; boundary=nothere\n\nhello there\n"), Limits{});
+    REQUIRE(msg->root.children.empty());
+    REQUIRE(msg->bodyText == "hello there\r\n");
+  }
+  SECTION("no boundary parameter") {
+    auto msg = parse(crlf("Content-Type: multipart/mixed\n\nplain\n"), Limits{});
+    REQUIRE(msg->root.contentType == "text/plain");
+    REQUIRE(msg->bodyText == "plain\r\n");
+  }
+  SECTION("a longer boundary that starts with the real one is not a delimiter") {
+    auto msg = parse(crlf("Content-Type: multipart/mixed; boundary=b\n\n--b\n\none\n--bx\nstill one\n--b--\n"), Limits{});
+    REQUIRE(msg->root.children.size() == 1);
+    REQUIRE(msg->root.children[0].text == "one\r\n--bx\r\nstill one");
+  }
+  SECTION("no headers, bare LF, garbage") {
+    auto msg = parse("just text\nno headers\n", Limits{});
+    REQUIRE(msg->bodyText == "just text\nno headers\n");
+    auto empty = parse("", Limits{});
+    REQUIRE(empty->partCount == 1);
+  }
+}
+
+TEST_CASE("message/rfc822 is parsed as a nested message") {
+  auto msg = parse(crlf(R"(Content-Type: multipart/mixed; boundary=b
+
+--b
+Content-Type: message/rfc822
+
+Subject: inner
+Content-Type: text/plain
+
+inner body http://inner.example.test/x
+--b--
+)"),
+                   Limits{});
+  const Part& m = msg->root.children.at(0);
+  REQUIRE(m.isMessage());
+  REQUIRE(m.children.size() == 1);
+  REQUIRE(m.children[0].header("Subject")->decoded == "inner");
+  REQUIRE(msg->uris == std::vector<std::string>{"http://inner.example.test/x"});
+}
+
+TEST_CASE("depth and part-count limits set the flag, never crash") {
+  std::string deep;
+  for (int i = 0; i < 50; ++i) deep += "Content-Type: multipart/mixed; boundary=b" + std::to_string(i) + "\n\n--b" + std::to_string(i) + "\n";
+  deep += "\nleaf\n";
+  Limits limits;
+  auto msg = parse(crlf(deep), limits);
+  REQUIRE(msg->limitExceeded);
+  REQUIRE(msg->limitReason == "max_depth");
+
+  limits.maxDepth = 60;
+  auto ok = parse(crlf(deep), limits);
+  REQUIRE_FALSE(ok->limitExceeded);
+  REQUIRE(ok->partCount == 51);
+
+  std::string many = "Content-Type: multipart/mixed; boundary=b\n\n";
+  for (int i = 0; i < 1000; ++i) many += "--b\n\npart\n";
+  many += "--b--\n";
+  auto m2 = parse(crlf(many), Limits{});
+  REQUIRE(m2->limitExceeded);
+  REQUIRE(m2->limitReason == "max_parts");
+  REQUIRE(m2->partCount == 500);
+
+  Limits small;
+  small.maxDecodedSize = 10;
+  auto m3 = parse(crlf("Content-Transfer-Encoding: base64\n\nSGVsbG8gd29ybGQhIEhlbGxvIHdvcmxkIQ==\n"), small);
+  REQUIRE(m3->limitExceeded);
+  REQUIRE(m3->limitReason == "max_decoded_size");
+  REQUIRE(m3->root.body == "Hello worl");
+  REQUIRE(m3->root.truncated);
+}
+
+TEST_CASE("HTML to text and URI extraction") {
+  std::vector<std::string> links;
+  std::string text = htmlToText(
+      "<html><head><title>T</title><style>p{color:red}</style><script>var x='<p>';</script></head>"
+      "<body><p>Caf&eacute; &amp; cr&#232;me &#x263A; &lt;tag&gt;</p><!-- hidden -->"
+      "<a href=\"http://click.example.test/?a=1&amp;b=2\">click&nbsp;here</a><br>"
+      "<img src='http://img.example.test/p.gif'></body></html>",
+      &links);
+  REQUIRE(text == "\nT\n\nCaf\xC3\xA9 & cr\xC3\xA8me \xE2\x98\xBA <tag>\nclick here\n");
+  REQUIRE(links == std::vector<std::string>{"http://click.example.test/?a=1&b=2", "http://img.example.test/p.gif"});
+
+  std::vector<std::string> uris;
+  extractUris("see https://a.example.test/x?y=1, or www.b.example.test. Mail mailto:c@example.test "
+              "ftp://f.example.test/file (http://d.example.test/) notwww.x",
+              uris);
+  REQUIRE(uris == std::vector<std::string>{"https://a.example.test/x?y=1", "http://www.b.example.test",
+                                           "mailto:c@example.test", "ftp://f.example.test/file",
+                                           "http://d.example.test/"});
+
+  auto msg = parse(crlf("Content-Type: text/html\n\n<p>Buy <a href=\"http://spam.example.test/\">now</a> "
+                        "at http://spam.example.test/ or http://other.example.test</p>\n"),
+                   Limits{});
+  REQUIRE(msg->bodyText == "\nBuy now at http://spam.example.test/ or http://other.example.test\n");
+  REQUIRE(msg->uris == std::vector<std::string>{"http://spam.example.test/", "http://other.example.test"});
+}
+
+TEST_CASE("the MIME filter parses on the thread pool and sets ctx->mime") {
+  char dir[] = "/tmp/moat-mime-XXXXXX";
+  REQUIRE(mkdtemp(dir));
+  std::string path = std::string(dir) + "/moat.toml";
+  std::ofstream(path) << "[[listener]]\naddress = \"127.0.0.1:2525\"\n[mime]\nmax_parts = 3\non_limit = \"reject\"\n";
+  moat::policy::Errors errors;
+  auto config = moat::policy::loadConfig(path, errors);
+  REQUIRE(config);
+  auto filter = makeMimeFilter(*config, errors);
+  REQUIRE_FALSE(errors.hasErrors());
+  REQUIRE(filter->stage() == Stage::Data);
+
+  moat::mta::uv::Loop loop;
+  Env env;
+  env.loop = loop.get();
+  auto runOn = [&](const std::string& raw) {
+    auto ctx = std::make_shared<MessageContext>();
+    ctx->message = raw;
+    std::optional<Result> result;
+    filter->run(ctx, env, [&](Result r) { result = std::move(r); });
+    REQUIRE(loop.runUntil([&] { return result.has_value(); }, 10000));
+    REQUIRE(ctx->mime);
+    return *result;
+  };
+  std::string five = crlf(kNested);  // 5 parts: over max_parts = 3
+  auto small = crlf("Content-Type: multipart/mixed; boundary=b\n\n--b\n\none\n--b\nContent-Disposition: attachment; filename=a.txt\n\ntwo\n--b--\n");
+  Result r = runOn(small);
+  REQUIRE(r.verdict == Verdict::Continue);
+  REQUIRE(r.summary == "parts=3 attachments=1");
+  Result over = runOn(five);
+  REQUIRE(over.verdict == Verdict::Reject);
+  REQUIRE(over.code == 554);
+  REQUIRE(over.enhanced == "5.6.0");
+  REQUIRE(over.summary.find("limit=max_parts") != std::string::npos);
+  unlink(path.c_str());
+  rmdir(dir);
+}
+
+TEST_CASE("bad [mime] config is reported") {
+  char dir[] = "/tmp/moat-mime-XXXXXX";
+  REQUIRE(mkdtemp(dir));
+  std::string path = std::string(dir) + "/moat.toml";
+  std::ofstream(path) << "[[listener]]\naddress = \"127.0.0.1:2525\"\n[mime]\non_limit = \"maybe\"\nmax_depht = 3\n";
+  moat::policy::Errors errors;
+  auto config = moat::policy::loadConfig(path, errors);
+  REQUIRE(config);
+  makeMimeFilter(*config, errors);
+  REQUIRE(errors.hasErrors());
+  REQUIRE(errors.str().find(":4:") != std::string::npos);
+  REQUIRE(errors.str().find(":5:") != std::string::npos);
+  unlink(path.c_str());
+  rmdir(dir);
+}
+
+TEST_CASE("truncated and random input never breaks the parser") {
+  std::string full = crlf(kNested);
+  for (size_t n = 0; n <= full.size(); ++n) {
+    auto msg = parse(std::string_view(full).substr(0, n), Limits{});
+    REQUIRE(msg->partCount >= 1);
+  }
+  uint32_t seed = 12345;
+  auto next = [&] { return seed = seed * 1103515245u + 12345u; };
+  const std::string alphabet = "=?-\r\n:;\"\\<>/&#bB qQ*'%ab09";
+  for (int round = 0; round < 300; ++round) {
+    std::string junk = "Content-Type: multipart/mixed; boundary=\"b\"\r\nSubject: =?utf-8?q?x?=\r\n\r\n--b\r\n";
+    size_t len = next() % 400;
+    for (size_t i = 0; i < len; ++i)
+      junk += (next() % 4 == 0) ? static_cast<char>(next() % 256) : alphabet[next() % alphabet.size()];
+    auto msg = parse(junk, Limits{});
+    REQUIRE(msg->partCount >= 1);
+    htmlToText(junk, nullptr);
+  }
+}
