@@ -1,7 +1,10 @@
 // filters/pipeline.cc — see pipeline.h.
 #include "filters/pipeline.h"
 
+#include "filters/antivirus/antivirus_filter.h"
 #include "filters/dmarc/dmarc.h"
+#include "filters/mime/mime_filter.h"
+#include "filters/rules/rules_filter.h"
 #include "filters/spf/spf.h"
 
 namespace moat::filters {
@@ -100,8 +103,11 @@ std::shared_ptr<const Pipeline> Pipeline::build(const policy::Config& config, po
   auto add = [&filters](std::shared_ptr<const Filter> f) {
     if (f) filters.push_back(std::move(f));
   };
-  add(spf::makeSpfFilter(config, errors));             // mail
-  add(dmarc::makeDmarcFilter(config, errors));         // data, after DKIM verify
+  add(spf::makeSpfFilter(config, errors));              // mail
+  add(mime::makeMimeFilter(config, errors));            // data: first, the others read ctx->mime
+  add(dmarc::makeDmarcFilter(config, errors));          // data, after DKIM verify
+  add(antivirus::makeAntivirusFilter(config, errors));  // data
+  add(rules::makeRulesFilter(config, errors));          // data: last, it scores what the others found
   return std::make_shared<Pipeline>(std::move(filters));
 }
 
