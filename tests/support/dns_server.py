@@ -433,7 +433,8 @@ def main(argv=None):
     server = Server(zone, default_ttl, log)
 
     def stop(signum, frame):
-        server.stopping = True
+        # Leave select() at once instead of waiting for its timeout.
+        raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
