@@ -45,6 +45,10 @@ const char* kZone = R"(zonedata:
     - TIMEOUT
   broken.example.test:
     - SERVFAIL: true
+  loop1.example.test:
+    - CNAME: loop2.example.test
+  loop2.example.test:
+    - CNAME: loop1.example.test
   short.example.test:
     - TTL: 1
     - A: 192.0.2.77
@@ -126,6 +130,7 @@ TEST_CASE("resolver: CNAME chains are followed, and CNAME itself can be asked") 
   REQUIRE(c.names == std::vector<std::string>{"alias2.example.test"});
   REQUIRE(f.ask("dangling.example.test", RrType::A).status == Status::NxDomain);
   REQUIRE(f.ask("nullmx.example.test", RrType::CNAME).status == Status::NoData);
+  REQUIRE(f.ask("loop1.example.test", RrType::A).status == Status::TempFail);
 }
 
 TEST_CASE("resolver: NXDOMAIN and NoData are told apart, with the SOA's negative TTL") {
@@ -281,4 +286,25 @@ TEST_CASE("resolveHost: AAAA and A together") {
   REQUIRE(strs(v4.second) == std::vector<std::string>{"192.0.2.9"});
   REQUIRE(host("nope.example.test").first == Status::NxDomain);
   REQUIRE(host("nullmx.example.test").first == Status::NoData);
+}
+
+TEST_CASE("resolver: a CNAME answered without its target is followed by the resolver") {
+  moat::test::TestDnsServerOptions o;
+  o.zoneText = kZone;
+  o.chaseCnames = false;
+  TestDnsServer server(o);
+  REQUIRE(server.ok());
+  uv::Loop loop;
+  CaresResolver r(loop.get(), optionsFor(server.nameserver()));
+  auto a = ask(loop, r, "alias.example.test", RrType::A);
+  REQUIRE(a.status == Status::Ok);
+  REQUIRE(strs(a.addresses) == std::vector<std::string>{"192.0.2.1", "192.0.2.2"});
+  REQUIRE(server.queryCount("alias2.example.test", "A") == 1);
+  REQUIRE(server.queryCount("example.test", "A") == 1);
+  REQUIRE(ask(loop, r, "dangling.example.test", RrType::TXT).status == Status::NxDomain);
+  REQUIRE(ask(loop, r, "alias.example.test", RrType::AAAA).status == Status::Ok);
+  REQUIRE(ask(loop, r, "alias.example.test", RrType::PTR).status == Status::NoData);
+  auto loopAnswer = ask(loop, r, "loop1.example.test", RrType::A);
+  REQUIRE(loopAnswer.status == Status::TempFail);
+  REQUIRE(loopAnswer.error == "CNAME chain too long");
 }

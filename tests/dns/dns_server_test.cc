@@ -36,7 +36,7 @@ TEST_CASE("dns_server: SPF entries are also TXT unless the name has explicit TXT
   REQUIRE(ask(loop, r, "none.example.net", RrType::TXT).status == Status::NoData);
 }
 
-TEST_CASE("dns_server: TIMEOUT answers only the types listed before it; SERVFAIL forms") {
+TEST_CASE("dns_server: TIMEOUT answers only the types listed before it, and SERVFAIL forms") {
   TestDnsServer server(R"(zonedata:
   partial.example.net:
     - TXT: v=spf1 -all

@@ -217,7 +217,7 @@ def records_for(entry, qtype_name):
     return seen, False, False
 
 
-def resolve(zone, default_ttl, qname, qtype):
+def resolve(zone, default_ttl, qname, qtype, chase=True):
     res = Lookup()
     qtype_name = QTYPE.get(qtype, str(qtype))
     name = qname
@@ -245,6 +245,8 @@ def resolve(zone, default_ttl, qname, qtype):
             if cnames and not timeout and not servfail:
                 rt, rd = make_rdata("CNAME", cnames[0])
                 res.answers.append(RR(name, rt, rdata=rd, ttl=entry.ttl))
+                if not chase:  # as a server not authoritative for the target would
+                    return res
                 name = norm_name(cnames[0])
                 continue
         res.negative_owner, res.negative_ttl = name, entry.ttl
@@ -264,8 +266,9 @@ def soa_for(owner, ttl):
 
 
 class Server:
-    def __init__(self, zone, default_ttl, querylog):
+    def __init__(self, zone, default_ttl, querylog, chase=True):
         self.zone = zone
+        self.chase = chase
         self.default_ttl = default_ttl
         self.querylog = querylog
         self.sel = selectors.DefaultSelector()
@@ -312,7 +315,7 @@ class Server:
         reply = DNSRecord(DNSHeader(id=query.header.id, qr=1, aa=1, ra=1, rd=query.header.rd),
                           q=q)
         try:
-            res = resolve(self.zone, self.default_ttl, qname, q.qtype)
+            res = resolve(self.zone, self.default_ttl, qname, q.qtype, self.chase)
             if res.drop:
                 return None
             reply.header.rcode = res.rcode
@@ -423,6 +426,8 @@ def main(argv=None):
     ap.add_argument("--port", type=int, default=0, help="UDP+TCP port; 0 picks a free one")
     ap.add_argument("--portfile", help="write the port here once listening")
     ap.add_argument("--querylog", help="append 'NAME TYPE' per query received")
+    ap.add_argument("--no-chase", action="store_true",
+                    help="answer a CNAME alone, without the target's records")
     args = ap.parse_args(argv)
     try:
         zone, default_ttl = load_zone(args.zone, args.scenario)
@@ -430,7 +435,7 @@ def main(argv=None):
         sys.stderr.write("dns_server.py: %s\n" % e)
         return 2
     log = open(args.querylog, "a") if args.querylog else None
-    server = Server(zone, default_ttl, log)
+    server = Server(zone, default_ttl, log, chase=not args.no_chase)
 
     def stop(signum, frame):
         # Leave select() at once instead of waiting for its timeout.

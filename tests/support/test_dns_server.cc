@@ -86,6 +86,7 @@ bool TestDnsServer::start(uint16_t port) {
   std::vector<std::string> args = {python, std::string(MOAT_SOURCE_DIR) + "/tests/support/dns_server.py",
                                    "--zone", zonePath_, "--port", std::to_string(port),
                                    "--portfile", portfile, "--querylog", dir_ + "/queries.log"};
+  if (!options_.chaseCnames) args.push_back("--no-chase");
   if (options_.scenario >= 0) {
     args.push_back("--scenario");
     args.push_back(std::to_string(options_.scenario));

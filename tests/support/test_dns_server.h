@@ -21,6 +21,7 @@ struct TestDnsServerOptions {
   std::string zoneFile;      // a zone file on disk (e.g. a conformance suite file)
   int scenario = -1;         // document index of a multi-document file; -1 = the only one
   uint16_t port = 0;         // 0 = any free port
+  bool chaseCnames = true;   // false: answer a CNAME without its target's records
   unsigned startTimeoutMs = 10000;
 };
 
