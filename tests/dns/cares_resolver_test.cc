@@ -180,6 +180,8 @@ TEST_CASE("resolver: a cached answer needs no server and arrives synchronously")
   REQUIRE(got.ttl <= 300);
   REQUIRE(f.ask("nope.example.test", RrType::A).status == Status::NxDomain);
   REQUIRE(f.r->stats().cacheHits == 2);
+  // Not cached, and nobody answers: a temporary failure, never "not found".
+  REQUIRE(f.ask("v4only.example.test", RrType::A).status == Status::TempFail);
 }
 
 TEST_CASE("resolver: an answer is asked again once its TTL has run out") {
@@ -268,6 +270,8 @@ TEST_CASE("resolver: invalid nameserver config fails every query temporarily") {
     REQUIRE(a.status == Status::TempFail);
   });
   REQUIRE(called);
+  CaresResolver v6(loop.get(), std::vector<std::string>{"[::1]:5353", "127.0.0.1"});
+  REQUIRE(v6.ok());
 }
 
 TEST_CASE("resolveHost: AAAA and A together") {
