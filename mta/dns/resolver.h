@@ -28,7 +28,8 @@ enum class Status {
   Malformed  // the query name is not a valid domain name (e.g. a label over 63 octets)
 };
 
-std::string_view statusName(Status status);
+std::string_view statusName(Status status);  // "ok", "nxdomain", "nodata", "tempfail", "malformed"
+std::string_view rrTypeName(RrType type);    // "A", "AAAA", "MX", ...
 
 struct MxRecord {
   uint16_t preference = 0;

@@ -1,0 +1,112 @@
+// mta/dns/cares_resolver.h — the daemon's Resolver: c-ares (1.18) driven by the libuv
+// loop, never blocking. c-ares tells us which sockets to watch (sock_state_cb): each gets a
+// uv_poll_t; one uv timer fires at c-ares' next deadline (ares_timeout) so retries and
+// timeouts run. Answers go through a TTL cache (dns_cache.h) and identical queries in
+// flight share one network query. CNAME chains are followed (the server's chain first;
+// if it stops at a name the reply has no data for, we ask again, at most 8 times).
+// Follows RFC 1035 (messages), RFC 2308 (negative caching), RFC 2181 (TTLs).
+//
+// Untrusted input: query names (from peers, via SPF/DKIM/DMARC/MX) and every reply.
+// Logs: `dns_error` (warn) when c-ares cannot start or a nameserver is invalid.
+//
+// Threading: one resolver per loop; every call on the loop thread.
+// Lifetime: destroy the resolver before its loop. The destructor calls every callback
+// still pending exactly once, with TempFail and error "resolver shut down" (answers
+// already received but not yet delivered are delivered as they are), before it returns;
+// a query() made from such a callback fails at once the same way.
+#pragma once
+#include <ares.h>
+#include <uv.h>
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "mta/dns/dns_answer.h"
+#include "mta/dns/dns_cache.h"
+#include "mta/dns/resolver.h"
+#include "mta/runtime/uv.h"
+
+namespace moat::mta::dns {
+
+struct CaresOptions {
+  // "IP", "IP:PORT" or "[IPv6]:PORT"; empty = the servers of /etc/resolv.conf.
+  std::vector<std::string> nameservers;
+  unsigned timeoutMs = 2000;  // per try (c-ares doubles it on each round of retries)
+  unsigned tries = 2;
+  size_t cacheEntries = 10000;  // 0 disables the cache
+  TtlPolicy ttl;
+};
+
+struct ResolverStats {
+  uint64_t queries = 0;      // query() calls
+  uint64_t cacheHits = 0;
+  uint64_t coalesced = 0;    // calls that joined a query already in flight
+  uint64_t sent = 0;         // queries handed to c-ares (incl. CNAME follow-ups)
+};
+
+class CaresResolver final : public Resolver {
+ public:
+  CaresResolver(uv_loop_t* loop, CaresOptions options);
+  CaresResolver(uv_loop_t* loop, std::vector<std::string> nameservers, unsigned timeoutMs = 2000,
+                unsigned tries = 2);
+  ~CaresResolver() override;
+  CaresResolver(const CaresResolver&) = delete;
+  CaresResolver& operator=(const CaresResolver&) = delete;
+
+  // False if c-ares could not start or a nameserver was invalid; every query then fails
+  // with TempFail and initError() as the reason.
+  bool ok() const { return channel_ != nullptr; }
+  const std::string& initError() const { return initError_; }
+
+  void query(std::string_view name, RrType type, Callback cb) override;
+
+  const ResolverStats& stats() const { return stats_; }
+  size_t cacheSize() const { return cache_.size(); }
+  void clearCache() { cache_.clear(); }
+
+ private:
+  struct Inflight {
+    std::string name;  // canonical query name
+    RrType type;
+    std::vector<Callback> waiters;
+  };
+  struct Delivery {
+    std::shared_ptr<const Answer> answer;
+    Callback cb;
+  };
+  struct Call;         // one c-ares query (the arg of its callback)
+  struct SocketWatch;  // one uv_poll_t for one c-ares socket
+
+  bool init(uv_loop_t* loop);
+  bool setServers();
+  void send(const std::string& key, const std::string& qname, RrType type, int depth,
+            uint32_t chainTtl);
+  void onReply(const Call& call, int status, const unsigned char* abuf, int alen);
+  void finish(const std::string& key, Answer answer);
+  void process(ares_socket_t readFd, ares_socket_t writeFd);
+  void rearmTimer();
+  void deliver();
+  void onSocketState(ares_socket_t fd, bool readable, bool writable);
+
+  static void sockStateCb(void* data, ares_socket_t fd, int readable, int writable);
+  static void aresCallback(void* arg, int status, int timeouts, unsigned char* abuf, int alen);
+
+  uv_loop_t* loop_;
+  CaresOptions options_;
+  ares_channel channel_ = nullptr;
+  std::string initError_;
+  bool shuttingDown_ = false;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  uv::Timer timer_;
+  std::unordered_map<ares_socket_t, std::unique_ptr<SocketWatch>> sockets_;
+  std::unordered_map<std::string, Inflight> inflight_;
+  std::deque<Delivery> completed_;
+  AnswerCache cache_;
+  ResolverStats stats_;
+};
+
+}  // namespace moat::mta::dns

@@ -1,0 +1,48 @@
+// mta/dns/resolve_host.cc — see resolve_host.h.
+#include "mta/dns/resolve_host.h"
+
+#include <memory>
+#include <string>
+
+namespace moat::mta::dns {
+namespace {
+
+struct Pair {
+  HostCallback cb;
+  int left = 2;
+  Answer v6, v4;
+};
+
+Status combine(const Answer& v6, const Answer& v4) {
+  if (v6.status == Status::Ok || v4.status == Status::Ok) return Status::Ok;
+  for (Status s : {Status::TempFail, Status::Malformed, Status::NxDomain})
+    if (v6.status == s || v4.status == s) return s;
+  return Status::NoData;
+}
+
+void finishOne(const std::shared_ptr<Pair>& p) {
+  if (--p->left > 0) return;
+  std::vector<IpAddress> all = p->v6.addresses;
+  all.insert(all.end(), p->v4.addresses.begin(), p->v4.addresses.end());
+  Status s = combine(p->v6, p->v4);
+  auto cb = std::move(p->cb);
+  cb(s, std::move(all));
+}
+
+}  // namespace
+
+void resolveHost(Resolver& resolver, std::string_view name, HostCallback cb) {
+  auto p = std::make_shared<Pair>();
+  p->cb = std::move(cb);
+  const std::string host(name);  // `name` may not outlive the first callback
+  resolver.query(host, RrType::AAAA, [p](const Answer& a) {
+    p->v6 = a;
+    finishOne(p);
+  });
+  resolver.query(host, RrType::A, [p](const Answer& a) {
+    p->v4 = a;
+    finishOne(p);
+  });
+}
+
+}  // namespace moat::mta::dns

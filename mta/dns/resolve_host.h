@@ -1,0 +1,22 @@
+// mta/dns/resolve_host.h — the addresses of one host name (an MX target, a smtp: route
+// host): AAAA and A asked together (RFC 5321 5.1). Untrusted input: the name (from DNS
+// or config). Logs: nothing.
+#pragma once
+#include <functional>
+#include <string_view>
+#include <vector>
+
+#include "mta/dns/resolver.h"
+
+namespace moat::mta::dns {
+
+// Calls `cb` exactly once, after both lookups finished (possibly before this returns, on
+// cache hits). The addresses are the IPv6 ones first, then the IPv4 ones, each in the
+// order the server gave. Status: Ok if either lookup found addresses (a TempFail of the
+// other is then ignored: the host is reachable on what was found); otherwise TempFail if
+// either failed temporarily, Malformed for a bad name, NxDomain if the name does not
+// exist, else NoData.
+using HostCallback = std::function<void(Status, std::vector<IpAddress>)>;
+void resolveHost(Resolver& resolver, std::string_view name, HostCallback cb);
+
+}  // namespace moat::mta::dns

@@ -1,0 +1,314 @@
+// Tests for mta/dns/cares_resolver and resolve_host against a real authoritative server
+// on loopback (tests/support/dns_server.py) and a real libuv loop: record types, the
+// three kinds of outcome, caching by TTL, coalescing, bad names, safe destruction.
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <memory>
+
+#include "mta/dns/resolve_host.h"
+#include "tests/dns/dns_test_util.h"
+#include "tests/support/test_dns_server.h"
+
+using namespace moat::mta;
+using namespace moat::mta::dns;
+using moat::test::ask;
+using moat::test::optionsFor;
+using moat::test::runFor;
+using moat::test::TestDnsServer;
+
+namespace {
+
+const char* kZone = R"(zonedata:
+  example.test:
+    - A: 192.0.2.1
+    - A: 192.0.2.2
+    - AAAA: 2001:db8::1
+    - MX: [20, MX2.example.test.]
+    - MX: [10, mx1.example.test]
+    - TXT: ["v=spf1 ", "ip4:192.0.2.0/24 ", "-all"]
+    - TXT: second record
+  nullmx.example.test:
+    - MX: [0, "."]
+  v4only.example.test:
+    - A: 192.0.2.9
+  alias.example.test:
+    - CNAME: alias2.example.test
+  alias2.example.test:
+    - CNAME: example.test
+  dangling.example.test:
+    - CNAME: nowhere.example.test
+  1.2.0.192.in-addr.arpa:
+    - PTR: host.example.test
+    - PTR: other.example.test
+  slow.example.test:
+    - TIMEOUT
+  broken.example.test:
+    - SERVFAIL: true
+  loop1.example.test:
+    - CNAME: loop2.example.test
+  loop2.example.test:
+    - CNAME: loop1.example.test
+  short.example.test:
+    - TTL: 1
+    - A: 192.0.2.77
+)";
+
+struct Fixture {
+  TestDnsServer server{kZone};
+  uv::Loop loop;
+  std::unique_ptr<CaresResolver> r;
+  explicit Fixture(unsigned timeoutMs = 1000, unsigned tries = 2) {
+    REQUIRE(server.ok());
+    r = std::make_unique<CaresResolver>(loop.get(), optionsFor(server.nameserver(), timeoutMs, tries));
+    REQUIRE(r->ok());
+  }
+  ~Fixture() { r.reset(); }  // before the loop
+  Answer ask(const std::string& name, RrType t) { return moat::test::ask(loop, *r, name, t); }
+};
+
+std::vector<std::string> strs(const std::vector<IpAddress>& v) {
+  std::vector<std::string> out;
+  for (const auto& ip : v) out.push_back(ip.str());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("resolver: A and AAAA records with their TTL") {
+  Fixture f;
+  auto a = f.ask("example.test", RrType::A);
+  REQUIRE(a.status == Status::Ok);
+  REQUIRE(strs(a.addresses) == std::vector<std::string>{"192.0.2.1", "192.0.2.2"});
+  REQUIRE(a.ttl == 300);
+  auto aaaa = f.ask("Example.TEST.", RrType::AAAA);
+  REQUIRE(aaaa.status == Status::Ok);
+  REQUIRE(strs(aaaa.addresses) == std::vector<std::string>{"2001:db8::1"});
+}
+
+TEST_CASE("resolver: MX records sorted by preference, lower-case, null MX") {
+  Fixture f;
+  auto mx = f.ask("example.test", RrType::MX);
+  REQUIRE(mx.status == Status::Ok);
+  REQUIRE(mx.mx.size() == 2);
+  REQUIRE(mx.mx[0].preference == 10);
+  REQUIRE(mx.mx[0].exchange == "mx1.example.test");
+  REQUIRE(mx.mx[1].exchange == "mx2.example.test");
+  REQUIRE(mx.ttl == 300);
+  auto null = f.ask("nullmx.example.test", RrType::MX);
+  REQUIRE(null.status == Status::Ok);
+  REQUIRE(null.mx.size() == 1);
+  REQUIRE(null.mx[0].exchange.empty());
+}
+
+TEST_CASE("resolver: TXT strings of one record are joined, records stay apart") {
+  Fixture f;
+  auto t = f.ask("example.test", RrType::TXT);
+  REQUIRE(t.status == Status::Ok);
+  std::sort(t.txt.begin(), t.txt.end());
+  REQUIRE(t.txt == std::vector<std::string>{"second record", "v=spf1 ip4:192.0.2.0/24 -all"});
+  REQUIRE(t.ttl == 300);
+}
+
+TEST_CASE("resolver: PTR records") {
+  Fixture f;
+  auto p = f.ask(IpAddress::parse("192.0.2.1")->reverseName(), RrType::PTR);
+  REQUIRE(p.status == Status::Ok);
+  std::sort(p.names.begin(), p.names.end());
+  REQUIRE(p.names == std::vector<std::string>{"host.example.test", "other.example.test"});
+}
+
+TEST_CASE("resolver: CNAME chains are followed, and CNAME itself can be asked") {
+  Fixture f;
+  auto a = f.ask("alias.example.test", RrType::A);
+  REQUIRE(a.status == Status::Ok);
+  REQUIRE(strs(a.addresses) == std::vector<std::string>{"192.0.2.1", "192.0.2.2"});
+  auto mx = f.ask("alias.example.test", RrType::MX);
+  REQUIRE(mx.mx.at(0).exchange == "mx1.example.test");
+  auto c = f.ask("alias.example.test", RrType::CNAME);
+  REQUIRE(c.status == Status::Ok);
+  REQUIRE(c.names == std::vector<std::string>{"alias2.example.test"});
+  REQUIRE(f.ask("dangling.example.test", RrType::A).status == Status::NxDomain);
+  REQUIRE(f.ask("nullmx.example.test", RrType::CNAME).status == Status::NoData);
+  REQUIRE(f.ask("loop1.example.test", RrType::A).status == Status::TempFail);
+}
+
+TEST_CASE("resolver: NXDOMAIN and NoData are told apart, with the SOA's negative TTL") {
+  Fixture f;
+  auto nx = f.ask("nope.example.test", RrType::A);
+  REQUIRE(nx.status == Status::NxDomain);
+  REQUIRE(nx.ttl == 300);
+  auto nd = f.ask("v4only.example.test", RrType::AAAA);
+  REQUIRE(nd.status == Status::NoData);
+  REQUIRE(nd.ttl == 300);
+  REQUIRE(f.ask("v4only.example.test", RrType::TXT).status == Status::NoData);
+}
+
+TEST_CASE("resolver: a timeout is TempFail within the configured time, and not cached") {
+  Fixture f(300, 1);
+  auto t0 = std::chrono::steady_clock::now();
+  auto a = f.ask("slow.example.test", RrType::A);
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  REQUIRE(a.status == Status::TempFail);
+  REQUIRE_FALSE(a.error.empty());
+  REQUIRE(ms >= 250);
+  REQUIRE(ms < 2000);
+  REQUIRE(f.ask("slow.example.test", RrType::A).status == Status::TempFail);
+  REQUIRE(f.server.queryCount("slow.example.test", "A") == 2);
+}
+
+TEST_CASE("resolver: SERVFAIL is TempFail") {
+  Fixture f;
+  auto a = f.ask("broken.example.test", RrType::TXT);
+  REQUIRE(a.status == Status::TempFail);
+}
+
+TEST_CASE("resolver: a cached answer needs no server and arrives synchronously") {
+  Fixture f;
+  REQUIRE(f.ask("example.test", RrType::MX).status == Status::Ok);
+  REQUIRE(f.ask("nope.example.test", RrType::A).status == Status::NxDomain);
+  f.server.stop();
+  bool called = false;
+  Answer got;
+  f.r->query("EXAMPLE.test.", RrType::MX, [&](const Answer& a) {
+    called = true;
+    got = a;
+  });
+  REQUIRE(called);
+  REQUIRE(got.status == Status::Ok);
+  REQUIRE(got.mx.size() == 2);
+  REQUIRE(got.ttl <= 300);
+  REQUIRE(f.ask("nope.example.test", RrType::A).status == Status::NxDomain);
+  REQUIRE(f.r->stats().cacheHits == 2);
+  // Not cached, and nobody answers: a temporary failure, never "not found".
+  REQUIRE(f.ask("v4only.example.test", RrType::A).status == Status::TempFail);
+}
+
+TEST_CASE("resolver: an answer is asked again once its TTL has run out") {
+  Fixture f;
+  REQUIRE(f.ask("short.example.test", RrType::A).ttl == 1);
+  REQUIRE(f.ask("short.example.test", RrType::A).status == Status::Ok);
+  REQUIRE(f.server.queryCount("short.example.test", "A") == 1);
+  runFor(f.loop, 1500);
+  auto again = f.ask("short.example.test", RrType::A);
+  REQUIRE(again.status == Status::Ok);
+  REQUIRE(f.server.queryCount("short.example.test", "A") == 2);
+}
+
+TEST_CASE("resolver: identical queries in flight share one network query") {
+  Fixture f;
+  int done = 0;
+  for (int i = 0; i < 5; ++i)
+    f.r->query("example.test", RrType::TXT, [&](const Answer& a) {
+      if (a.status == Status::Ok && a.txt.size() == 2) ++done;
+    });
+  REQUIRE(f.loop.runUntil([&] { return done == 5; }, 5000));
+  REQUIRE(f.server.queryCount("example.test", "TXT") == 1);
+  REQUIRE(f.r->stats().coalesced == 4);
+}
+
+TEST_CASE("resolver: malformed names fail at once without a query") {
+  Fixture f;
+  for (std::string bad : {std::string(64, 'a') + ".example.test", std::string("a..example.test"), std::string("")}) {
+    bool called = false;
+    f.r->query(bad, RrType::TXT, [&](const Answer& a) {
+      called = true;
+      REQUIRE(a.status == Status::Malformed);
+    });
+    REQUIRE(called);
+  }
+  REQUIRE(f.server.queries().empty());
+  REQUIRE(f.ask(std::string(63, 'a') + ".example.test", RrType::TXT).status == Status::NxDomain);
+}
+
+TEST_CASE("resolver: destroyed with queries in flight, every callback gets TempFail once") {
+  TestDnsServer server(kZone);
+  REQUIRE(server.ok());
+  uv::Loop loop;
+  auto r = std::make_unique<CaresResolver>(loop.get(), optionsFor(server.nameserver(), 5000, 3));
+  int calls = 0;
+  int shutdownCalls = 0;
+  for (const char* name : {"slow.example.test", "slow.example.test", "example.test"})
+    r->query(name, RrType::A, [&](const Answer& a) {
+      ++calls;
+      if (a.status == Status::TempFail && a.error == "resolver shut down") ++shutdownCalls;
+    });
+  runFor(loop, 50);
+  r.reset();
+  REQUIRE(calls == 3);
+  REQUIRE(shutdownCalls >= 2);
+  runFor(loop, 100);  // the loop closes the resolver's handles cleanly
+  REQUIRE(calls == 3);
+}
+
+TEST_CASE("resolver: a callback may destroy the resolver") {
+  TestDnsServer server(kZone);
+  REQUIRE(server.ok());
+  uv::Loop loop;
+  auto r = std::make_unique<CaresResolver>(loop.get(), optionsFor(server.nameserver(), 5000, 3));
+  int calls = 0;
+  Status second = Status::Ok;
+  r->query("example.test", RrType::A, [&](const Answer& a) {
+    ++calls;
+    r.reset();  // another query is still in flight
+  });
+  r->query("slow.example.test", RrType::A, [&](const Answer& a) {
+    ++calls;
+    second = a.status;
+  });
+  REQUIRE(loop.runUntil([&] { return calls == 2; }, 5000));
+  REQUIRE(second == Status::TempFail);
+}
+
+TEST_CASE("resolver: invalid nameserver config fails every query temporarily") {
+  uv::Loop loop;
+  CaresResolver r(loop.get(), std::vector<std::string>{"not-an-ip:53"});
+  REQUIRE_FALSE(r.ok());
+  bool called = false;
+  r.query("example.test", RrType::A, [&](const Answer& a) {
+    called = true;
+    REQUIRE(a.status == Status::TempFail);
+  });
+  REQUIRE(called);
+  CaresResolver v6(loop.get(), std::vector<std::string>{"[::1]:5353", "127.0.0.1"});
+  REQUIRE(v6.ok());
+}
+
+TEST_CASE("resolveHost: AAAA and A together") {
+  Fixture f;
+  auto host = [&](const std::string& name) {
+    std::optional<std::pair<Status, std::vector<IpAddress>>> got;
+    resolveHost(*f.r, name, [&](Status s, std::vector<IpAddress> ips) { got.emplace(s, std::move(ips)); });
+    REQUIRE(f.loop.runUntil([&] { return got.has_value(); }, 5000));
+    return *got;
+  };
+  auto both = host("example.test");
+  REQUIRE(both.first == Status::Ok);
+  REQUIRE(strs(both.second) == std::vector<std::string>{"2001:db8::1", "192.0.2.1", "192.0.2.2"});
+  auto v4 = host("v4only.example.test");
+  REQUIRE(v4.first == Status::Ok);
+  REQUIRE(strs(v4.second) == std::vector<std::string>{"192.0.2.9"});
+  REQUIRE(host("nope.example.test").first == Status::NxDomain);
+  REQUIRE(host("nullmx.example.test").first == Status::NoData);
+}
+
+TEST_CASE("resolver: a CNAME answered without its target is followed by the resolver") {
+  moat::test::TestDnsServerOptions o;
+  o.zoneText = kZone;
+  o.chaseCnames = false;
+  TestDnsServer server(o);
+  REQUIRE(server.ok());
+  uv::Loop loop;
+  CaresResolver r(loop.get(), optionsFor(server.nameserver()));
+  auto a = ask(loop, r, "alias.example.test", RrType::A);
+  REQUIRE(a.status == Status::Ok);
+  REQUIRE(strs(a.addresses) == std::vector<std::string>{"192.0.2.1", "192.0.2.2"});
+  REQUIRE(server.queryCount("alias2.example.test", "A") == 1);
+  REQUIRE(server.queryCount("example.test", "A") == 1);
+  REQUIRE(ask(loop, r, "dangling.example.test", RrType::TXT).status == Status::NxDomain);
+  REQUIRE(ask(loop, r, "alias.example.test", RrType::AAAA).status == Status::Ok);
+  REQUIRE(ask(loop, r, "alias.example.test", RrType::PTR).status == Status::NoData);
+  auto loopAnswer = ask(loop, r, "loop1.example.test", RrType::A);
+  REQUIRE(loopAnswer.status == Status::TempFail);
+  REQUIRE(loopAnswer.error == "CNAME chain too long");
+}

@@ -1,0 +1,157 @@
+// Tests for mta/dns/dns_answer: replies built byte by byte (RFC 1035 4.1), including
+// every truncation of a valid reply (a peer controls these bytes), TTL rules (RFC 2181 8,
+// RFC 2308 5) and the c-ares status mapping.
+#include <ares.h>
+
+#include <catch2/catch.hpp>
+
+#include "mta/dns/dns_answer.h"
+
+using namespace moat::mta::dns;
+
+namespace {
+
+using Bytes = std::vector<unsigned char>;
+
+void name(Bytes& b, const std::string& n) {
+  size_t start = 0;
+  while (start < n.size()) {
+    size_t dot = n.find('.', start);
+    if (dot == std::string::npos) dot = n.size();
+    b.push_back(static_cast<unsigned char>(dot - start));
+    b.insert(b.end(), n.begin() + start, n.begin() + dot);
+    start = dot + 1;
+  }
+  b.push_back(0);
+}
+void u16(Bytes& b, unsigned v) {
+  b.push_back(v >> 8 & 0xff);
+  b.push_back(v & 0xff);
+}
+void u32(Bytes& b, uint32_t v) {
+  u16(b, v >> 16);
+  u16(b, v & 0xffff);
+}
+
+struct Rr {
+  std::string owner;
+  unsigned type;
+  uint32_t ttl;
+  Bytes rdata;
+};
+
+Bytes message(const std::string& q, unsigned qtype, unsigned rcode, const std::vector<Rr>& an,
+              const std::vector<Rr>& ns = {}) {
+  Bytes b;
+  u16(b, 0x1234);
+  u16(b, 0x8180 | rcode);
+  u16(b, 1);
+  u16(b, an.size());
+  u16(b, ns.size());
+  u16(b, 0);
+  name(b, q);
+  u16(b, qtype);
+  u16(b, 1);
+  for (const auto* list : {&an, &ns})
+    for (const Rr& rr : *list) {
+      name(b, rr.owner);
+      u16(b, rr.type);
+      u16(b, 1);
+      u32(b, rr.ttl);
+      u16(b, rr.rdata.size());
+      b.insert(b.end(), rr.rdata.begin(), rr.rdata.end());
+    }
+  return b;
+}
+
+Bytes nameBytes(const std::string& n) {
+  Bytes b;
+  name(b, n);
+  return b;
+}
+Bytes txt(std::initializer_list<std::string> strings) {
+  Bytes b;
+  for (const auto& s : strings) {
+    b.push_back(static_cast<unsigned char>(s.size()));
+    b.insert(b.end(), s.begin(), s.end());
+  }
+  return b;
+}
+Bytes soa(uint32_t minimum) {
+  Bytes b = nameBytes("ns.example.test");
+  Bytes r = nameBytes("hostmaster.example.test");
+  b.insert(b.end(), r.begin(), r.end());
+  for (uint32_t v : {1u, 3600u, 600u, 86400u, minimum}) u32(b, v);
+  return b;
+}
+
+ParsedReply parse(const Bytes& b, const std::string& q, RrType t, int rc = ARES_SUCCESS) {
+  return parseReply(rc, b.data(), static_cast<int>(b.size()), q, t, TtlPolicy{});
+}
+
+}  // namespace
+
+TEST_CASE("answer: TXT TTL is the smallest of the records and capped") {
+  auto m = message("t.test", 16, 0,
+                   {{"t.test", 16, 500, txt({"a", "b"})}, {"t.test", 16, 200, txt({"c"})}});
+  auto r = parse(m, "t.test", RrType::TXT);
+  REQUIRE(r.answer.status == Status::Ok);
+  REQUIRE(r.answer.txt == std::vector<std::string>{"ab", "c"});
+  REQUIRE(r.answer.ttl == 200);
+  auto big = message("t.test", 16, 0, {{"t.test", 16, 999999, txt({"x"})}});
+  REQUIRE(parse(big, "t.test", RrType::TXT).answer.ttl == 3600);
+  auto top = message("t.test", 16, 0, {{"t.test", 16, 0x80000001u, txt({"x"})}});
+  REQUIRE(parse(top, "t.test", RrType::TXT).answer.ttl == 0);  // RFC 2181 8
+}
+
+TEST_CASE("answer: negative TTL is min(SOA TTL, SOA MINIMUM), else a short default") {
+  auto nx = message("n.test", 1, 3, {}, {{"test", 6, 900, soa(120)}});
+  auto r = parse(nx, "n.test", RrType::A, ARES_ENOTFOUND);
+  REQUIRE(r.answer.status == Status::NxDomain);
+  REQUIRE(r.answer.ttl == 120);
+  auto nd = message("n.test", 1, 0, {}, {{"test", 6, 60, soa(120)}});
+  REQUIRE(parse(nd, "n.test", RrType::A, ARES_ENODATA).answer.ttl == 60);
+  auto bare = message("n.test", 1, 3, {});
+  REQUIRE(parse(bare, "n.test", RrType::A, ARES_ENOTFOUND).answer.ttl == TtlPolicy{}.defaultNegativeTtl);
+}
+
+TEST_CASE("answer: a CNAME without target data and without SOA asks to follow") {
+  auto m = message("a.test", 15, 0, {{"a.test", 5, 100, nameBytes("b.other")}});
+  auto r = parse(m, "A.TEST", RrType::MX);
+  REQUIRE(r.follow == std::optional<std::string>("b.other"));
+  REQUIRE(r.chainTtl == 100);
+  auto withSoa = message("a.test", 15, 0, {{"a.test", 5, 100, nameBytes("b.other")}},
+                         {{"other", 6, 50, soa(50)}});
+  auto nd = parse(withSoa, "a.test", RrType::MX);
+  REQUIRE_FALSE(nd.follow);
+  REQUIRE(nd.answer.status == Status::NoData);
+  REQUIRE(nd.answer.ttl == 50);
+}
+
+TEST_CASE("answer: c-ares statuses map to the three kinds of outcome") {
+  REQUIRE(statusFromAres(ARES_ENOTFOUND) == Status::NxDomain);
+  REQUIRE(statusFromAres(ARES_ENODATA) == Status::NoData);
+  for (int rc : {ARES_ETIMEOUT, ARES_ESERVFAIL, ARES_EREFUSED, ARES_ECONNREFUSED, ARES_EBADRESP})
+    REQUIRE(statusFromAres(rc) == Status::TempFail);
+  REQUIRE(statusFromAres(ARES_EBADNAME) == Status::Malformed);
+  REQUIRE(parseReply(ARES_ETIMEOUT, nullptr, 0, "x.test", RrType::A, TtlPolicy{}).answer.status ==
+          Status::TempFail);
+}
+
+TEST_CASE("answer: every truncation of a reply is handled without reading past it") {
+  auto m = message("t.test", 15, 0,
+                   {{"t.test", 5, 100, nameBytes("u.test")},
+                    {"u.test", 15, 100, [] {
+                       Bytes b;
+                       u16(b, 10);
+                       name(b, "mx.u.test");
+                       return b;
+                     }()}},
+                   {{"test", 6, 60, soa(60)}});
+  REQUIRE(parse(m, "t.test", RrType::MX).answer.mx.at(0).exchange == "mx.u.test");
+  for (size_t len = 0; len < m.size(); ++len) {
+    Bytes cut(m.begin(), m.begin() + len);  // exact size: ASan sees any over-read
+    auto r = parse(cut, "t.test", RrType::MX);
+    REQUIRE(r.answer.status != Status::Ok);
+  }
+}
