@@ -47,7 +47,8 @@ int serve(const std::string& configPath) {
   uv::configureThreadPool(8);  // fsyncs and filters run there: more than the cores is right
 
   uv::Loop loop;
-  auto resolver = std::make_unique<dns::CaresResolver>(loop.get(), cfg.nameservers, cfg.dnsTimeout);
+  auto resolver = std::make_unique<dns::CaresResolver>(loop.get(), cfg.nameservers,
+                                                       static_cast<unsigned>(cfg.dnsTimeout.count()));
 
   std::string error;
   auto spool = queue::Spool::open(loop.get(), cfg.spoolDir, error);

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <random>
 
+#include "mta/dns/resolve_host.h"
 #include "mta/runtime/json.h"
 #include "mta/runtime/log.h"
 #include "mta/server/metrics.h"
@@ -393,22 +394,16 @@ void resolveHops(dns::Resolver* resolver, std::vector<std::pair<std::string, uin
       s->step();
       return;
     }
-    auto collect = [s, host = host, port = port](const dns::Answer& a) {
-      if (a.status == dns::Status::Ok) {
-        for (const auto& ip : a.addresses) s->hops.push_back({ip, port, host});
-      } else if (a.status == dns::Status::TempFail) {
+    dns::resolveHost(*s->resolver, host, [s, host = host, port = port](dns::Status status, std::vector<IpAddress> ips) {
+      if (status == dns::Status::Ok) {
+        for (const auto& ip : ips) s->hops.push_back({ip, port, host});
+      } else if (status == dns::Status::TempFail) {
         s->tempfail = true;
-        s->error = "DNS lookup of " + host + " failed: " + (a.error.empty() ? "temporary failure" : a.error);
+        s->error = "DNS lookup of " + host + " failed temporarily";
       } else if (s->error.empty()) {
         s->error = "host " + host + " not found";
       }
-    };
-    s->resolver->query(host, dns::RrType::A, [s, collect, host = host](const dns::Answer& a4) {
-      collect(a4);
-      s->resolver->query(host, dns::RrType::AAAA, [s, collect](const dns::Answer& a6) {
-        collect(a6);
-        if (s->step) s->step();
-      });
+      if (s->step) s->step();
     });
   };
   st->step();
