@@ -11,6 +11,8 @@
 //   key_file, algorithm (default: from the key type). Keys are read and checked at load time.
 // Untrusted: the message. Logs: `dkim_sign_error` (warn) when signing fails; the results
 //   themselves go to the pipeline's `filter` event.
+#include <algorithm>
+#include <cctype>
 #include <fstream>
 #include <set>
 #include <sstream>

@@ -61,7 +61,7 @@ SplitMessage splitMessage(std::string_view m) {
   size_t pos = 0;
   while (pos < m.size()) {
     if (blankLine(m, pos)) {
-      out.body = m.substr(lineEnd(m, pos) + 1 <= m.size() ? lineEnd(m, pos) + 1 : m.size());
+      out.body = m.substr(lineEnd(m, pos) + 1);  // blankLine() saw the '\n'
       return out;
     }
     size_t start = pos;

@@ -51,8 +51,11 @@ std::vector<Entry> readSignatures(std::string_view message, const VerifyOptions&
     if (!iequals(h.name, "DKIM-Signature")) continue;
     Entry e;
     if (out.size() >= options.maxSignatures) {
-      decide(e, "neutral", "more than " + std::to_string(options.maxSignatures) + " signatures; not checked");
-      out.push_back(std::move(e));
+      // One marker for all the rest keeps the output bounded too.
+      if (out.size() == options.maxSignatures) {
+        decide(e, "neutral", "more than " + std::to_string(options.maxSignatures) + " signatures; the rest not checked");
+        out.push_back(std::move(e));
+      }
       continue;
     }
     auto tags = parseTagList(h.raw.substr(h.raw.find(':') + 1));
@@ -149,7 +152,16 @@ DKIM_CBSTAT keyLookup(DKIM* dkim, DKIM_SIGINFO* sig, u_char* buf, size_t buflen)
   // Temporary failures were decided (temperror) before libopendkim ran; anything
   // unexpected here is "no key" rather than a silent pass.
   if (!answer || answer->status != mta::dns::Status::Ok || answer->txt.empty()) return DKIM_CBSTAT_NOTFOUND;
-  std::string record = normalizeKeyRecord(answer->txt.front());
+  // Several TXT records at one name: use the first that carries a key (RFC 6376 3.6.2.2).
+  const std::string* chosen = &answer->txt.front();
+  for (const auto& t : answer->txt) {
+    auto tags = parseTagList(t);
+    if (tags && findTag(*tags, "p")) {
+      chosen = &t;
+      break;
+    }
+  }
+  std::string record = normalizeKeyRecord(*chosen);
   if (record.size() + 1 > buflen) return DKIM_CBSTAT_ERROR;
   std::memcpy(buf, record.data(), record.size());
   buf[record.size()] = '\0';
