@@ -70,4 +70,10 @@ std::optional<std::string> base64Decode(std::string_view text);
 PkeyPtr loadPrivateKey(std::string_view text, std::string& error);
 std::string privateKeyPem(EVP_PKEY* key);
 
+// ed25519-sha256 signing done by Moat (ed25519_sign.cc explains why): relaxed/relaxed, h=
+// the `sign` names present in message order plus one more of each `oversign` name.
+std::optional<std::string> signEd25519(EVP_PKEY* key, const std::string& domain, const std::string& selector,
+                                       const SplitMessage& message, const std::vector<std::string>& sign,
+                                       const std::vector<std::string>& oversign, std::string& error);
+
 }  // namespace moat::filters::dkim::detail

@@ -1,5 +1,6 @@
-// filters/dkim/sign.cc — DKIM signing (RFC 6376 section 5) with libopendkim, rsa-sha256 and
-// ed25519-sha256 (RFC 8463), relaxed/relaxed, and `moat dkim keygen`.
+// filters/dkim/sign.cc — DKIM signing (RFC 6376 section 5), relaxed/relaxed: rsa-sha256 with
+// libopendkim, ed25519-sha256 (RFC 8463) with Moat's own signer (ed25519_sign.cc); and
+// `moat dkim keygen`.
 //
 // The message to sign comes from our own users but is still bounded and untrusted in form;
 // keys come from the config (checked at load time). The signature is returned unfolded:
@@ -74,11 +75,17 @@ bool checkSignKey(const SignKey& key, std::string& error) {
 std::optional<std::string> signMessage(const SignKey& key, std::string_view message, std::string& error) {
   PkeyPtr pkey = loadPrivateKey(key.privateKeyPem_or_seed, error);
   if (!pkey) return std::nullopt;
-  // libopendkim reads PEM; a bare ed25519 seed is re-encoded as PKCS#8 first.
-  std::string pem = privateKeyPem(pkey.get());
   auto split = splitMessage(message);
   if (!hasFrom(split)) return error = "message has no From header (RFC 6376 5.4)", std::nullopt;
-  dkim_alg_t alg = key.algorithm == "ed25519-sha256" ? DKIM_SIGN_ED25519SHA256 : DKIM_SIGN_RSASHA256;
+  if (key.algorithm == "ed25519-sha256") {
+    if (EVP_PKEY_get_base_id(pkey.get()) != EVP_PKEY_ED25519) return error = "not an ed25519 key", std::nullopt;
+    std::vector<std::string> sign, oversign;
+    for (const char* const* h = kSignHeaders; *h; ++h) sign.emplace_back(*h);
+    for (const char* const* h = kOversign; *h; ++h) oversign.emplace_back(*h);
+    return signEd25519(pkey.get(), key.domain, key.selector, split, sign, oversign, error);
+  }
+  dkim_alg_t alg = DKIM_SIGN_RSASHA256;
+  std::string pem = privateKeyPem(pkey.get());  // libopendkim reads PEM
   DKIM_STAT st = DKIM_STAT_OK;
   HandlePtr dkim(dkim_sign(signLib(), reinterpret_cast<const u_char*>("moat"), nullptr,
                            reinterpret_cast<dkim_sigkey_t>(pem.data()),
