@@ -79,6 +79,12 @@ SplitMessage splitMessage(std::string_view m) {
   return out;
 }
 
+std::string completeBody(std::string_view body) {
+  std::string out(body);
+  if (!out.empty() && out.back() != '\n') out += out.back() == '\r' ? "\n" : "\r\n";
+  return out;
+}
+
 bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
            return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));

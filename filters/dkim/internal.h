@@ -47,6 +47,11 @@ struct SplitMessage {
 };
 SplitMessage splitMessage(std::string_view message);
 
+// The body as handed to libopendkim: a last line without CRLF gets one. Both
+// canonicalizations add it anyway (RFC 6376 3.4.4, and 3.4.3 with erratum 3964), but
+// libopendkim reports a syntax error for a body that ends mid-line.
+std::string completeBody(std::string_view body);
+
 bool iequals(std::string_view a, std::string_view b);
 std::string lower(std::string_view s);
 

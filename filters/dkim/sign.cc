@@ -100,7 +100,7 @@ std::optional<std::string> signMessage(const SignKey& key, std::string_view mess
       return error = "a header could not be processed", std::nullopt;
   }
   if ((st = dkim_eoh(dkim.get())) != DKIM_STAT_OK) return error = std::string("dkim_eoh: ") + dkim_getresultstr(st), std::nullopt;
-  std::string body(split.body);
+  std::string body = completeBody(split.body);
   if (!body.empty() && (st = dkim_body(dkim.get(), reinterpret_cast<u_char*>(body.data()), body.size())) != DKIM_STAT_OK)
     return error = std::string("dkim_body: ") + dkim_getresultstr(st), std::nullopt;
   if ((st = dkim_eom(dkim.get(), nullptr)) != DKIM_STAT_OK) return error = std::string("dkim_eom: ") + dkim_getresultstr(st), std::nullopt;

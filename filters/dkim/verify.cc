@@ -242,7 +242,7 @@ void runLibrary(DKIM_LIB* lib, std::string_view message, Job& job) {
     dkim_header(dkim.get(), reinterpret_cast<u_char*>(raw.data()), raw.size());
   }
   if (dkim_eoh(dkim.get()) != DKIM_STAT_OK) return;
-  std::string body(split.body);
+  std::string body = completeBody(split.body);
   if (!body.empty()) dkim_body(dkim.get(), reinterpret_cast<u_char*>(body.data()), body.size());
   dkim_eom(dkim.get(), nullptr);
   for (auto& e : *job.entries)

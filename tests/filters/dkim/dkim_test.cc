@@ -42,6 +42,21 @@ const std::string kMessage =
     "\r\n"
     "\r\n";
 
+// Folding, repeated and oddly spaced headers, WSP at line ends, trailing blank lines: the
+// canonicalization corners (RFC 6376 3.4.2, 3.4.4).
+const std::string kTricky =
+    "Received: from a by b; Sun, 22 Nov 2026 11:00:00 +0000\r\n"
+    "from:\t Alice \r\n <alice@example.test>  \r\n"
+    "To: one@example.org\r\n"
+    "Subject: a\r\n\tfolded   subject\r\n"
+    "To: two@example.org\r\n"
+    "Cc:\r\n"
+    "Date: Sun, 22 Nov 2026 12:00:00 +0000\r\n"
+    "\r\n"
+    " leading space\t and \t tabs \t\r\n"
+    "\t\r\n"
+    "line without end";
+
 struct TempDir {
   std::string path;
   TempDir() {
@@ -175,6 +190,26 @@ TEST_CASE("Moat signs rsa-sha256 and ed25519-sha256 and dkimpy and Moat both ver
     REQUIRE(r.size() == 1);
     CHECK(r[0].result == "pass");
     CHECK(r[0].algorithm == k.key.algorithm);
+  }
+}
+
+TEST_CASE("canonicalization corners sign and verify with dkimpy and Moat for both algorithms") {
+  TempDir dir;
+  for (std::string type : {"rsa", "ed25519"}) {
+    auto k = makeKey(dir, type, "c" + type);
+    std::string msg = signedWith(k.key, kTricky);
+    std::string out = runPython(dir, "verify '" + dir.file("m.eml", msg) + "' '" + dir.file("k.txt", k.txt) + "'");
+    INFO(type << " dkimpy: " << out << "\n" << msg);
+    CHECK(out == "pass\n");
+    auto r = verifyMoat(msg, {{{"c" + type + "._domainkey.example.test", k.txt}}, {}});
+    REQUIRE(r.size() == 1);
+    CHECK(r[0].result == "pass");
+    // Whitespace changes that relaxed canonicalization absorbs still verify.
+    std::string respaced = msg;
+    respaced.replace(respaced.find("Subject: a"), 10, "Subject:    a");
+    r = verifyMoat(respaced + "\r\n\r\n", {{{"c" + type + "._domainkey.example.test", k.txt}}, {}});
+    REQUIRE(r.size() == 1);
+    CHECK(r[0].result == "pass");
   }
 }
 
