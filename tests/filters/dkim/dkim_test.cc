@@ -373,6 +373,35 @@ TEST_CASE("at most 8 signatures are checked and unsigned mail has none and no Fr
   CHECK(error.find("From") != std::string::npos);
 }
 
+TEST_CASE("malformed signatures are permerror without a DNS lookup") {
+  const std::string body = "From: a@example.test\r\n\r\nhi\r\n";
+  const char* bad[] = {
+      "DKIM-Signature: garbage without tags\r\n",
+      "DKIM-Signature: v=1; v=1; a=rsa-sha256; d=example.test; s=s; b=AAAA; bh=AAAA; h=from\r\n",
+      "DKIM-Signature: v=1; a=rsa-sha256; d=legitimate.com(.attacker.com; s=s; b=AAAA; bh=AAAA; h=from\r\n",
+      "DKIM-Signature: v=1; a=rsa-sha256; d=example.test; s=bad selector!; b=AAAA; bh=AAAA; h=from\r\n",
+      "DKIM-Signature: v=1; a=rsa-md5; d=example.test; s=s; b=AAAA; bh=AAAA; h=from\r\n",
+      "DKIM-Signature: v=1; a=rsa-sha256; d=example.test; s=s; bh=AAAA; h=from\r\n",
+      "DKIM-Signature: a=rsa-sha256; d=example.test; s=s; b=AAAA; bh=AAAA; h=from\r\n",
+      "DKIM-Signature: v=1; a=rsa-sha256; d=example.test; s=s; x=1; b=AAAA; bh=AAAA; h=from\r\n",
+  };
+  for (const char* h : bad) {
+    int queries = -1;
+    auto r = verifyMoat(std::string(h) + body, {}, &queries);
+    INFO(h);
+    REQUIRE(r.size() == 1);
+    CHECK(r[0].result == "permerror");
+    CHECK_FALSE(r[0].reason.empty());
+    CHECK(queries == 0);
+  }
+  // Well-formed but with nonsense crypto values: looked up, then rejected by libopendkim.
+  auto r = verifyMoat("DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.test; s=s; b=AAAA; "
+                      "bh=AAAA; h=from\r\n" + body,
+                      {{{"s._domainkey.example.test", "v=DKIM1; k=rsa; p=AAAA"}}, {}});
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].result != "pass");
+}
+
 namespace {
 
 std::string baseConfig(const std::string& extra) {
