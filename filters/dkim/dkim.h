@@ -1,0 +1,81 @@
+// filters/dkim/dkim.h — DKIM verification and signing (RFC 6376, RFC 8301, RFC 8463 ed25519)
+// built on libopendkim, with every key fetched by Moat's own asynchronous resolver first.
+//
+// Untrusted inputs: the message (its DKIM-Signature headers and body) and the key records
+// served by DNS. libopendkim's own DNS code never runs: keys are prefetched on the loop and
+// handed to the library through its key-lookup hook; the crypto runs on the thread pool.
+// Logs: the `filter` event (through the pipeline) carries each signature's result; key load
+// problems are reported at config load time as FILE:LINE errors.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "filters/filter.h"
+#include "policy/config.h"
+
+namespace moat::filters::dkim {
+
+struct SigResult {
+  std::string result;  // pass fail neutral temperror permerror policy (RFC 8601 names)
+  std::string domain;     // d=
+  std::string selector;   // s=
+  std::string bPrefix;    // the first 8+ characters of b= (header.b, RFC 6008)
+  std::string algorithm;  // a=
+  std::string reason;     // why it is not pass
+};
+
+struct VerifyOptions {
+  size_t maxSignatures = 8;  // signatures beyond this are reported as neutral, not checked
+  int64_t fixedTime = 0;     // verify "as of" this Unix time (tests of x=); 0 = now
+};
+
+// Verifies every signature (up to a limit) of a raw message (CRLF). Async: DNS on the loop,
+// crypto on the pool. `message` must stay valid until `done` runs; `keepAlive` is held
+// until then for that purpose. `done` runs on the loop thread.
+void verifyMessage(const filters::Env& env, std::string_view message, std::shared_ptr<const void> keepAlive,
+                   std::function<void(std::vector<SigResult>)> done);
+void verifyMessage(const filters::Env& env, std::string_view message, std::shared_ptr<const void> keepAlive,
+                   const VerifyOptions& options, std::function<void(std::vector<SigResult>)> done);
+
+// The synchronous core (thread pool side): verifies with keys already fetched. `keys` maps
+// "selector._domainkey.domain" (lower-case) to the DNS answer for it.
+struct KeyAnswer {
+  mta::dns::Status status = mta::dns::Status::NxDomain;
+  std::vector<std::string> txt;
+};
+using KeyMap = std::vector<std::pair<std::string, KeyAnswer>>;
+
+// The d= / s= pairs of the message's DKIM-Signature headers that need a key lookup,
+// as "selector._domainkey.domain" names (deduplicated, at most options.maxSignatures).
+std::vector<std::string> keyNamesToFetch(std::string_view message, const VerifyOptions& options);
+std::vector<SigResult> verifyWithKeys(std::string_view message, const KeyMap& keys, const VerifyOptions& options);
+
+struct SignKey {
+  std::string domain, selector;
+  std::string algorithm;  // "rsa-sha256" | "ed25519-sha256"
+  std::string privateKeyPem_or_seed;  // PEM (PKCS#1/PKCS#8), or base64 of a 32-byte ed25519 seed
+};
+
+// Checks that the key parses and suits the algorithm (RSA >= 1024 bits, or ed25519).
+bool checkSignKey(const SignKey& key, std::string& error);
+
+// Returns the DKIM-Signature header VALUE (without "DKIM-Signature: ", unfolded) or nullopt
+// with `error` set. relaxed/relaxed, a fixed list of headers with From oversigned, t= set.
+std::optional<std::string> signMessage(const SignKey& key, std::string_view message, std::string& error);
+
+// `moat dkim keygen`: writes the private key (PEM, mode 0600) and returns the TXT record
+// text "v=DKIM1; k=rsa; p=...". type: "rsa" (2048 bits) or "ed25519".
+bool keygen(const std::string& type, const std::string& outFile, std::string& txtRecord, std::string& error);
+
+// Filters (Stage::Data). Config: [dkim] verify = true, max_signatures = 8;
+// [[dkim.sign]] domain, selector, key_file, algorithm ("rsa-sha256" default | "ed25519-sha256").
+std::shared_ptr<const Filter> makeDkimVerifyFilter(const policy::Config& config, policy::Errors& errors);
+std::shared_ptr<const Filter> makeDkimSignFilter(const policy::Config& config, policy::Errors& errors);
+
+}  // namespace moat::filters::dkim

@@ -1,0 +1,214 @@
+// filters/dkim/internal.cc — see internal.h. Message splitting follows RFC 5322 section 2.2
+// (fields end at a CRLF not followed by WSP); tag-lists follow RFC 6376 section 3.2. Inputs
+// are untrusted: every loop is bounded by the input's length.
+#include "filters/dkim/internal.h"
+
+#include <openssl/bio.h>
+#include <openssl/pem.h>
+
+#include <algorithm>
+#include <cctype>
+
+namespace moat::filters::dkim::detail {
+
+namespace {
+
+bool isWsp(char c) { return c == ' ' || c == '\t'; }
+
+// End of the line starting at `pos`: the index of its '\n' (or size()).
+size_t lineEnd(std::string_view m, size_t pos) {
+  size_t nl = m.find('\n', pos);
+  return nl == std::string_view::npos ? m.size() : nl;
+}
+
+bool blankLine(std::string_view m, size_t pos) {
+  return pos < m.size() && (m[pos] == '\n' || (m[pos] == '\r' && pos + 1 < m.size() && m[pos + 1] == '\n'));
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  return s;
+}
+
+bool validLabel(std::string_view l, bool allowUnderscore) {
+  if (l.empty() || l.size() > 63) return false;
+  for (char c : l) {
+    bool ok = std::isalnum(static_cast<unsigned char>(c)) || c == '-' || (allowUnderscore && c == '_');
+    if (!ok) return false;
+  }
+  return l.front() != '-' && l.back() != '-';
+}
+
+bool validDotted(std::string_view s, size_t minLabels, bool allowUnderscore) {
+  if (s.empty() || s.size() > 253) return false;
+  size_t labels = 0, start = 0;
+  while (true) {
+    size_t dot = s.find('.', start);
+    std::string_view label = s.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start);
+    if (!validLabel(label, allowUnderscore)) return false;
+    ++labels;
+    if (dot == std::string_view::npos) break;
+    start = dot + 1;
+  }
+  return labels >= minLabels;
+}
+
+}  // namespace
+
+SplitMessage splitMessage(std::string_view m) {
+  SplitMessage out;
+  size_t pos = 0;
+  while (pos < m.size()) {
+    if (blankLine(m, pos)) {
+      out.body = m.substr(lineEnd(m, pos) + 1);  // blankLine() saw the '\n'
+      return out;
+    }
+    size_t start = pos;
+    size_t end = lineEnd(m, pos);
+    // A field continues while the next line starts with WSP.
+    while (end < m.size() && end + 1 < m.size() && isWsp(m[end + 1])) end = lineEnd(m, end + 1);
+    size_t rawEnd = end;
+    if (rawEnd > start && rawEnd <= m.size() && m[rawEnd - 1] == '\r') --rawEnd;
+    std::string_view raw = m.substr(start, rawEnd - start);
+    size_t colon = raw.find(':');
+    std::string_view name = colon == std::string_view::npos ? std::string_view() : trim(raw.substr(0, colon));
+    out.headers.push_back({name, raw});
+    pos = end < m.size() ? end + 1 : m.size();
+  }
+  return out;
+}
+
+std::string completeBody(std::string_view body) {
+  std::string out(body);
+  if (!out.empty() && out.back() != '\n') out += out.back() == '\r' ? "\n" : "\r\n";
+  return out;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::optional<TagList> parseTagList(std::string_view text) {
+  TagList tags;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t semi = text.find(';', start);
+    std::string_view spec = text.substr(start, semi == std::string_view::npos ? std::string_view::npos : semi - start);
+    start = semi == std::string_view::npos ? text.size() + 1 : semi + 1;
+    if (trim(spec).empty()) continue;  // a trailing ';' is allowed
+    size_t eq = spec.find('=');
+    if (eq == std::string_view::npos) return std::nullopt;
+    std::string name(trim(spec.substr(0, eq)));
+    if (name.empty() || findTag(tags, name)) return std::nullopt;
+    tags.emplace_back(std::move(name), std::string(trim(spec.substr(eq + 1))));
+  }
+  return tags;
+}
+
+const std::string* findTag(const TagList& tags, std::string_view name) {
+  for (const auto& [k, v] : tags)
+    if (k == name) return &v;
+  return nullptr;
+}
+
+std::string stripWhitespace(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (char c : s)
+    if (!std::isspace(static_cast<unsigned char>(c))) out.push_back(c);
+  return out;
+}
+
+bool validDomain(std::string_view d) { return validDotted(d, 2, false); }
+bool validSelector(std::string_view s) { return validDotted(s, 1, true); }
+
+std::string base64Encode(std::string_view bytes) {
+  static const char* kAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  size_t i = 0;
+  for (; i + 2 < bytes.size(); i += 3) {
+    uint32_t n = (uint8_t(bytes[i]) << 16) | (uint8_t(bytes[i + 1]) << 8) | uint8_t(bytes[i + 2]);
+    for (int s = 18; s >= 0; s -= 6) out.push_back(kAlphabet[(n >> s) & 63]);
+  }
+  if (i < bytes.size()) {
+    uint32_t n = uint8_t(bytes[i]) << 16;
+    if (i + 1 < bytes.size()) n |= uint8_t(bytes[i + 1]) << 8;
+    out.push_back(kAlphabet[(n >> 18) & 63]);
+    out.push_back(kAlphabet[(n >> 12) & 63]);
+    out.push_back(i + 1 < bytes.size() ? kAlphabet[(n >> 6) & 63] : '=');
+    out.push_back('=');
+  }
+  return out;
+}
+
+std::optional<std::string> base64Decode(std::string_view text) {
+  std::string out;
+  uint32_t acc = 0;
+  int bits = 0, pad = 0;
+  for (char c : text) {
+    if (std::isspace(static_cast<unsigned char>(c))) continue;
+    int v;
+    if (c >= 'A' && c <= 'Z') v = c - 'A';
+    else if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
+    else if (c >= '0' && c <= '9') v = c - '0' + 52;
+    else if (c == '+') v = 62;
+    else if (c == '/') v = 63;
+    else if (c == '=') {
+      if (++pad > 2) return std::nullopt;
+      continue;
+    } else {
+      return std::nullopt;
+    }
+    if (pad) return std::nullopt;  // data after padding
+    acc = (acc << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<char>((acc >> bits) & 0xFF));
+    }
+  }
+  return out;
+}
+
+PkeyPtr loadPrivateKey(std::string_view text, std::string& error) {
+  if (text.find("-----BEGIN") != std::string_view::npos) {
+    std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_mem_buf(text.data(), static_cast<int>(text.size())), BIO_free);
+    PkeyPtr key(bio ? PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr) : nullptr);
+    if (!key) error = "not a readable PEM private key";
+    return key;
+  }
+  auto der = base64Decode(text);
+  if (!der) {
+    error = "neither PEM nor base64";
+    return nullptr;
+  }
+  auto* p = reinterpret_cast<const unsigned char*>(der->data());
+  if (der->size() == 32) {
+    PkeyPtr key(EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, nullptr, p, der->size()));
+    if (!key) error = "bad ed25519 seed";
+    return key;
+  }
+  PkeyPtr key(d2i_AutoPrivateKey(nullptr, &p, static_cast<long>(der->size())));
+  if (!key) error = "not a DER private key";
+  return key;
+}
+
+std::string privateKeyPem(EVP_PKEY* key) {
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new(BIO_s_mem()), BIO_free);
+  if (!bio || PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1) return {};
+  char* data = nullptr;
+  long len = BIO_get_mem_data(bio.get(), &data);
+  return len > 0 ? std::string(data, static_cast<size_t>(len)) : std::string();
+}
+
+}  // namespace moat::filters::dkim::detail

@@ -1,0 +1,84 @@
+// filters/dkim/internal.h — pieces shared by the DKIM verifier, signer and filters: RAII for
+// libopendkim handles, the header-field splitter, the DKIM-Signature tag reader (RFC 6376
+// section 3.2 tag-lists) and base64. Everything here reads untrusted message bytes and is
+// bounded by the input it is given. Nothing here logs.
+#pragma once
+#include <openssl/evp.h>
+#include <sys/types.h>
+
+// dkim.h is a C header that spells its boolean type _Bool, which C++ does not have.
+#define _Bool bool
+#include <opendkim/dkim.h>
+#undef _Bool
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace moat::filters::dkim::detail {
+
+struct LibDeleter {
+  void operator()(DKIM_LIB* lib) const {
+    if (lib) dkim_close(lib);
+  }
+};
+struct HandleDeleter {
+  void operator()(DKIM* d) const {
+    if (d) dkim_free(d);
+  }
+};
+struct PkeyDeleter {
+  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
+};
+using LibPtr = std::unique_ptr<DKIM_LIB, LibDeleter>;
+using HandlePtr = std::unique_ptr<DKIM, HandleDeleter>;
+using PkeyPtr = std::unique_ptr<EVP_PKEY, PkeyDeleter>;
+
+// One header field of the message: its raw text (with folding, without the final CRLF).
+struct HeaderField {
+  std::string_view name;
+  std::string_view raw;
+};
+struct SplitMessage {
+  std::vector<HeaderField> headers;
+  std::string_view body;  // after the empty line; empty when there is none
+};
+SplitMessage splitMessage(std::string_view message);
+
+// The body as handed to libopendkim: a last line without CRLF gets one. Both
+// canonicalizations add it anyway (RFC 6376 3.4.4, and 3.4.3 with erratum 3964), but
+// libopendkim reports a syntax error for a body that ends mid-line.
+std::string completeBody(std::string_view body);
+
+bool iequals(std::string_view a, std::string_view b);
+std::string lower(std::string_view s);
+
+// tag=value pairs of a tag-list; values with surrounding whitespace trimmed. Returns
+// nullopt for a tag-list that is not well formed (duplicate tag, missing '=').
+using TagList = std::vector<std::pair<std::string, std::string>>;
+std::optional<TagList> parseTagList(std::string_view text);
+const std::string* findTag(const TagList& tags, std::string_view name);
+std::string stripWhitespace(std::string_view s);
+
+// RFC 6376 3.5: d= is a domain-name, s= a selector (dot-separated sub-domains).
+bool validDomain(std::string_view d);
+bool validSelector(std::string_view s);
+
+std::string base64Encode(std::string_view bytes);
+// Ignores whitespace; nullopt for anything else that is not base64.
+std::optional<std::string> base64Decode(std::string_view text);
+
+// Parses a private key: PEM (any OpenSSL form), base64 DER, or base64 of a 32-byte ed25519
+// seed. Returns nullptr with `error` set.
+PkeyPtr loadPrivateKey(std::string_view text, std::string& error);
+std::string privateKeyPem(EVP_PKEY* key);
+
+// ed25519-sha256 signing done by Moat (ed25519_sign.cc explains why): relaxed/relaxed, h=
+// the `sign` names present in message order plus one more of each `oversign` name.
+std::optional<std::string> signEd25519(EVP_PKEY* key, const std::string& domain, const std::string& selector,
+                                       const SplitMessage& message, const std::vector<std::string>& sign,
+                                       const std::vector<std::string>& oversign, std::string& error);
+
+}  // namespace moat::filters::dkim::detail

@@ -1,0 +1,159 @@
+// filters/dkim/sign.cc — DKIM signing (RFC 6376 section 5), relaxed/relaxed: rsa-sha256 with
+// libopendkim, ed25519-sha256 (RFC 8463) with Moat's own signer (ed25519_sign.cc); and
+// `moat dkim keygen`.
+//
+// The message to sign comes from our own users but is still bounded and untrusted in form;
+// keys come from the config (checked at load time). The signature is returned unfolded:
+// relaxed header canonicalization makes any folding at whitespace harmless. Nothing is
+// logged here.
+#include <fcntl.h>
+#include <openssl/x509.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "filters/dkim/dkim.h"
+#include "filters/dkim/internal.h"
+
+namespace moat::filters::dkim {
+
+using namespace detail;
+
+namespace {
+
+// RFC 6376 5.4.1: the fields a verifier and a reader care about; From is also oversigned so
+// no second From can be added after signing.
+const char* const kSignHeaders[] = {"from", "sender", "reply-to", "subject", "date", "message-id", "to", "cc",
+                                    "mime-version", "content-type", "content-transfer-encoding",
+                                    "content-id", "content-description", "resent-date", "resent-from",
+                                    "resent-sender", "resent-to", "resent-cc", "resent-message-id",
+                                    "in-reply-to", "references", "list-id", "list-help", "list-unsubscribe",
+                                    "list-subscribe", "list-post", "list-owner", "list-archive", nullptr};
+const char* const kOversign[] = {"from", nullptr};
+
+LibPtr makeSignLib() {
+  LibPtr lib(dkim_init(nullptr, nullptr));
+  if (!lib) return lib;
+  dkim_options(lib.get(), DKIM_OP_SETOPT, DKIM_OPTS_SIGNHDRS, const_cast<char**>(kSignHeaders), sizeof(char**));
+  dkim_options(lib.get(), DKIM_OP_SETOPT, DKIM_OPTS_OVERSIGNHDRS, const_cast<char**>(kOversign), sizeof(char**));
+  return lib;
+}
+
+DKIM_LIB* signLib() {
+  static LibPtr lib = makeSignLib();
+  return lib.get();
+}
+
+bool hasFrom(const SplitMessage& split) {
+  for (const auto& h : split.headers)
+    if (iequals(h.name, "From")) return true;
+  return false;
+}
+
+}  // namespace
+
+bool checkSignKey(const SignKey& key, std::string& error) {
+  if (!validDomain(key.domain)) return error = "invalid domain \"" + key.domain + "\"", false;
+  if (!validSelector(key.selector)) return error = "invalid selector \"" + key.selector + "\"", false;
+  PkeyPtr pkey = loadPrivateKey(key.privateKeyPem_or_seed, error);
+  if (!pkey) return false;
+  int id = EVP_PKEY_get_base_id(pkey.get());
+  if (key.algorithm == "rsa-sha256") {
+    if (id != EVP_PKEY_RSA) return error = "rsa-sha256 needs an RSA key", false;
+    if (EVP_PKEY_get_bits(pkey.get()) < 1024) return error = "RSA key under 1024 bits (RFC 8301)", false;
+    return true;
+  }
+  if (key.algorithm == "ed25519-sha256") {
+    if (id != EVP_PKEY_ED25519) return error = "ed25519-sha256 needs an ed25519 key", false;
+    return true;
+  }
+  error = "unknown algorithm \"" + key.algorithm + "\" (rsa-sha256 or ed25519-sha256)";
+  return false;
+}
+
+std::optional<std::string> signMessage(const SignKey& key, std::string_view message, std::string& error) {
+  PkeyPtr pkey = loadPrivateKey(key.privateKeyPem_or_seed, error);
+  if (!pkey) return std::nullopt;
+  auto split = splitMessage(message);
+  if (!hasFrom(split)) return error = "message has no From header (RFC 6376 5.4)", std::nullopt;
+  if (key.algorithm == "ed25519-sha256") {
+    if (EVP_PKEY_get_base_id(pkey.get()) != EVP_PKEY_ED25519) return error = "not an ed25519 key", std::nullopt;
+    std::vector<std::string> sign, oversign;
+    for (const char* const* h = kSignHeaders; *h; ++h) sign.emplace_back(*h);
+    for (const char* const* h = kOversign; *h; ++h) oversign.emplace_back(*h);
+    return signEd25519(pkey.get(), key.domain, key.selector, split, sign, oversign, error);
+  }
+  dkim_alg_t alg = DKIM_SIGN_RSASHA256;
+  std::string pem = privateKeyPem(pkey.get());  // libopendkim reads PEM
+  DKIM_STAT st = DKIM_STAT_OK;
+  HandlePtr dkim(dkim_sign(signLib(), reinterpret_cast<const u_char*>("moat"), nullptr,
+                           reinterpret_cast<dkim_sigkey_t>(pem.data()),
+                           reinterpret_cast<const u_char*>(key.selector.c_str()),
+                           reinterpret_cast<const u_char*>(key.domain.c_str()), DKIM_CANON_RELAXED,
+                           DKIM_CANON_RELAXED, alg, -1, &st));
+  if (!dkim) return error = std::string("dkim_sign: ") + dkim_getresultstr(st), std::nullopt;
+  dkim_set_margin(dkim.get(), 0);
+  for (const auto& h : split.headers) {
+    std::string raw(h.raw);
+    if (dkim_header(dkim.get(), reinterpret_cast<u_char*>(raw.data()), raw.size()) != DKIM_STAT_OK)
+      return error = "a header could not be processed", std::nullopt;
+  }
+  if ((st = dkim_eoh(dkim.get())) != DKIM_STAT_OK) return error = std::string("dkim_eoh: ") + dkim_getresultstr(st), std::nullopt;
+  std::string body = completeBody(split.body);
+  if (!body.empty() && (st = dkim_body(dkim.get(), reinterpret_cast<u_char*>(body.data()), body.size())) != DKIM_STAT_OK)
+    return error = std::string("dkim_body: ") + dkim_getresultstr(st), std::nullopt;
+  if ((st = dkim_eom(dkim.get(), nullptr)) != DKIM_STAT_OK) return error = std::string("dkim_eom: ") + dkim_getresultstr(st), std::nullopt;
+  u_char* buf = nullptr;
+  size_t len = 0;
+  if ((st = dkim_getsighdr_d(dkim.get(), sizeof(DKIM_SIGNHEADER) + 1, &buf, &len)) != DKIM_STAT_OK || !buf)
+    return error = std::string("dkim_getsighdr: ") + dkim_getresultstr(st), std::nullopt;
+  return std::string(reinterpret_cast<const char*>(buf), len);
+}
+
+namespace {
+
+bool writeKeyFile(const std::string& path, const std::string& pem, std::string& error) {
+  std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return error = "cannot create " + tmp, false;
+  ::fchmod(fd, 0600);  // an existing file keeps its mode through O_TRUNC
+  bool ok = ::write(fd, pem.data(), pem.size()) == static_cast<ssize_t>(pem.size()) && ::fsync(fd) == 0;
+  ok = ::close(fd) == 0 && ok;
+  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    return error = "cannot write " + path, false;
+  }
+  return true;
+}
+
+std::string publicKeyRecord(EVP_PKEY* key, bool ed25519) {
+  if (ed25519) {
+    unsigned char raw[32];
+    size_t len = sizeof raw;
+    if (EVP_PKEY_get_raw_public_key(key, raw, &len) != 1) return {};
+    return "v=DKIM1; k=ed25519; p=" + base64Encode(std::string_view(reinterpret_cast<char*>(raw), len));
+  }
+  unsigned char* der = nullptr;
+  int len = i2d_PUBKEY(key, &der);
+  if (len <= 0) return {};
+  std::string p = base64Encode(std::string_view(reinterpret_cast<char*>(der), static_cast<size_t>(len)));
+  OPENSSL_free(der);
+  return "v=DKIM1; k=rsa; p=" + p;
+}
+
+}  // namespace
+
+bool keygen(const std::string& type, const std::string& outFile, std::string& txtRecord, std::string& error) {
+  bool ed = type == "ed25519";
+  if (!ed && type != "rsa") return error = "unknown key type \"" + type + "\" (rsa or ed25519)", false;
+  PkeyPtr key(ed ? EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519")
+                 : EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", static_cast<size_t>(2048)));
+  if (!key) return error = "key generation failed", false;
+  std::string pem = privateKeyPem(key.get());
+  txtRecord = publicKeyRecord(key.get(), ed);
+  if (pem.empty() || txtRecord.empty()) return error = "key encoding failed", false;
+  return writeKeyFile(outFile, pem, error);
+}
+
+}  // namespace moat::filters::dkim

@@ -1,0 +1,550 @@
+// tests/filters/dkim — DKIM verify/sign (RFC 6376, RFC 8301, RFC 8463) against a second,
+// independent implementation: dkimpy (Debian python3-dkim) verifies what Moat signs and
+// Moat verifies what dkimpy signs, for rsa-sha256 and ed25519-sha256. Also: keygen round
+// trip, tampering, DNS temporary failure, RFC 8301 weak keys and rsa-sha1, the two filters
+// and their config errors (FILE:LINE). Keys are made by the test; DNS is in memory.
+#include <catch2/catch.hpp>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "filters/dkim/dkim.h"
+#include "filters/dkim/internal.h"
+#include "mta/runtime/uv.h"
+#include "policy/config.h"
+#include "tests/filters/dkim/memory_resolver.h"
+
+using namespace moat;
+using filters::dkim::SigResult;
+using filters::dkim::SignKey;
+
+namespace {
+
+const std::string kMessage =
+    "From: Alice Example <alice@example.test>\r\n"
+    "To: bob@example.org\r\n"
+    "Subject: quarterly  report\r\n"
+    "Date: Sun, 22 Nov 2026 12:00:00 +0000\r\n"
+    "Message-ID: <r1@example.test>\r\n"
+    "MIME-Version: 1.0\r\n"
+    "Content-Type: text/plain; charset=utf-8\r\n"
+    "\r\n"
+    "Hello Bob,\r\n"
+    "  the numbers  are \t in.\r\n"
+    "\r\n"
+    "\r\n";
+
+// Folding, repeated and oddly spaced headers, WSP at line ends, trailing blank lines: the
+// canonicalization corners (RFC 6376 3.4.2, 3.4.4).
+const std::string kTricky =
+    "Received: from a by b; Sun, 22 Nov 2026 11:00:00 +0000\r\n"
+    "from:\t Alice \r\n <alice@example.test>  \r\n"
+    "To: one@example.org\r\n"
+    "Subject: a\r\n\tfolded   subject\r\n"
+    "To: two@example.org\r\n"
+    "Cc:\r\n"
+    "Date: Sun, 22 Nov 2026 12:00:00 +0000\r\n"
+    "\r\n"
+    " leading space\t and \t tabs \t\r\n"
+    "\t\r\n"
+    "line without end";
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char tmpl[] = "/tmp/moat-dkim-XXXXXX";
+    REQUIRE(mkdtemp(tmpl) != nullptr);
+    path = tmpl;
+  }
+  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
+  std::string file(const std::string& name, const std::string& content) const {
+    std::string p = path + "/" + name;
+    std::ofstream(p, std::ios::binary) << content;
+    return p;
+  }
+};
+
+std::string readFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// dkimpy as the independent implementation; the script is written by the test.
+const char* kScript = R"PY(
+import sys, dkim
+mode, msgfile = sys.argv[1], sys.argv[2]
+msg = open(msgfile, 'rb').read()
+if mode == 'verify':
+    txt = open(sys.argv[3], 'rb').read().strip()
+    ok = dkim.verify(msg, dnsfunc=lambda name, timeout=5: txt, minkey=int(sys.argv[4]) if len(sys.argv) > 4 else 1024)
+    print('pass' if ok else 'fail')
+else:
+    key = open(sys.argv[3], 'rb').read().strip()
+    sel, dom, alg = sys.argv[4].encode(), sys.argv[5].encode(), sys.argv[6].encode()
+    sig = dkim.sign(msg, sel, dom, key, canonicalize=(b'relaxed', b'relaxed'), signature_algorithm=alg,
+                    include_headers=[b'from', b'to', b'subject', b'date', b'message-id'])
+    sys.stdout.buffer.write(sig)
+)PY";
+
+std::string runPython(const TempDir& dir, const std::string& args) {
+  std::string script = dir.file("dkimpy_helper.py", kScript);
+  std::string cmd = "timeout 60 /usr/bin/python3 '" + script + "' " + args + " 2>&1";
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  pclose(p);
+  return out;
+}
+
+struct Dns {
+  std::map<std::string, std::string> txt;
+  std::map<std::string, mta::dns::Status> status;
+};
+
+std::vector<SigResult> verifyMoat(const std::string& message, const Dns& dns, int* queries = nullptr) {
+  mta::uv::Loop loop;
+  std::vector<SigResult> results;
+  bool done = false;
+  {
+    test::MemoryResolver resolver(loop.get());
+    for (const auto& [n, t] : dns.txt) resolver.addTxt(n, t);
+    for (const auto& [n, s] : dns.status) resolver.setStatus(n, s);
+    filters::Env env;
+    env.loop = loop.get();
+    env.resolver = &resolver;
+    auto keep = std::make_shared<std::string>(message);
+    filters::dkim::verifyMessage(env, *keep, keep, [&](std::vector<SigResult> r) {
+      results = std::move(r);
+      done = true;
+    });
+    REQUIRE(loop.runUntil([&] { return done; }, 20000));
+    if (queries) *queries = resolver.queries;
+  }
+  return results;
+}
+
+struct KeyPair {
+  SignKey key;
+  std::string txt;
+};
+
+KeyPair makeKey(const TempDir& dir, const std::string& type, const std::string& selector) {
+  std::string txt, error;
+  std::string file = dir.path + "/" + selector + ".key";
+  REQUIRE(filters::dkim::keygen(type, file, txt, error));
+  KeyPair k;
+  k.key = {"example.test", selector, type == "rsa" ? "rsa-sha256" : "ed25519-sha256", readFile(file)};
+  k.txt = txt;
+  return k;
+}
+
+std::string signedWith(const SignKey& key, const std::string& message) {
+  std::string error;
+  auto value = filters::dkim::signMessage(key, message, error);
+  INFO(error);
+  REQUIRE(value);
+  return "DKIM-Signature: " + *value + "\r\n" + message;
+}
+
+// An RSA key of `bits` (below what Moat's keygen makes), as PEM, and its TXT record.
+std::pair<std::string, std::string> rsaKey(unsigned bits) {
+  filters::dkim::detail::PkeyPtr key(EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", static_cast<size_t>(bits)));
+  REQUIRE(key);
+  std::string pem = filters::dkim::detail::privateKeyPem(key.get());
+  unsigned char* der = nullptr;
+  int len = i2d_PUBKEY(key.get(), &der);
+  REQUIRE(len > 0);
+  std::string p = filters::dkim::detail::base64Encode(std::string_view(reinterpret_cast<char*>(der), len));
+  OPENSSL_free(der);
+  return {pem, "v=DKIM1; k=rsa; p=" + p};
+}
+
+}  // namespace
+
+TEST_CASE("Moat signs rsa-sha256 and ed25519-sha256 and dkimpy and Moat both verify") {
+  TempDir dir;
+  for (std::string type : {"rsa", "ed25519"}) {
+    auto k = makeKey(dir, type, "s" + type);
+    std::string msg = signedWith(k.key, kMessage);
+    CHECK(msg.find("a=" + k.key.algorithm) != std::string::npos);
+    CHECK(msg.find("c=relaxed/relaxed") != std::string::npos);
+    CHECK(msg.find("t=") != std::string::npos);
+    CHECK(msg.find("h=") != std::string::npos);
+    std::string out = runPython(dir, "verify '" + dir.file("m.eml", msg) + "' '" + dir.file("k.txt", k.txt) + "'");
+    INFO(type << " dkimpy: " << out);
+    CHECK(out == "pass\n");
+    auto r = verifyMoat(msg, {{{"s" + type + "._domainkey.example.test", k.txt}}, {}});
+    REQUIRE(r.size() == 1);
+    CHECK(r[0].result == "pass");
+    CHECK(r[0].algorithm == k.key.algorithm);
+  }
+}
+
+TEST_CASE("canonicalization corners sign and verify with dkimpy and Moat for both algorithms") {
+  TempDir dir;
+  for (std::string type : {"rsa", "ed25519"}) {
+    auto k = makeKey(dir, type, "c" + type);
+    std::string msg = signedWith(k.key, kTricky);
+    std::string out = runPython(dir, "verify '" + dir.file("m.eml", msg) + "' '" + dir.file("k.txt", k.txt) + "'");
+    INFO(type << " dkimpy: " << out << "\n" << msg);
+    CHECK(out == "pass\n");
+    auto r = verifyMoat(msg, {{{"c" + type + "._domainkey.example.test", k.txt}}, {}});
+    REQUIRE(r.size() == 1);
+    CHECK(r[0].result == "pass");
+    // Whitespace changes that relaxed canonicalization absorbs still verify.
+    std::string respaced = msg;
+    respaced.replace(respaced.find("Subject: a"), 10, "Subject:    a");
+    r = verifyMoat(respaced + "\r\n\r\n", {{{"c" + type + "._domainkey.example.test", k.txt}}, {}});
+    REQUIRE(r.size() == 1);
+    CHECK(r[0].result == "pass");
+  }
+}
+
+TEST_CASE("From is oversigned: a second From added after signing fails") {
+  TempDir dir;
+  auto k = makeKey(dir, "rsa", "over");
+  std::string msg = signedWith(k.key, kMessage);
+  std::string value = msg.substr(0, msg.find("\r\n"));
+  std::string h = value.substr(value.find(" h=") + 3);
+  h = filters::dkim::detail::lower(h.substr(0, h.find(';')));
+  CHECK(h.find("from:") != std::string::npos);
+  size_t first = h.find("from"), second = h.find("from", first + 1);
+  CHECK(second != std::string::npos);
+  std::string forged = "From: mallory@evil.example\r\n" + msg;
+  auto r = verifyMoat(forged, {{{"over._domainkey.example.test", k.txt}}, {}});
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].result == "fail");
+}
+
+TEST_CASE("dkimpy signs rsa-sha256 and ed25519-sha256 and Moat verifies") {
+  TempDir dir;
+  auto rsa = makeKey(dir, "rsa", "py1");
+  std::string sig = runPython(dir, "sign '" + dir.file("m.eml", kMessage) + "' '" + dir.path +
+                                       "/py1.key' py1 example.test rsa-sha256");
+  REQUIRE(sig.rfind("DKIM-Signature:", 0) == 0);
+  auto r = verifyMoat(sig + kMessage, {{{"py1._domainkey.example.test", rsa.txt}}, {}});
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].result == "pass");
+  CHECK(r[0].domain == "example.test");
+  CHECK(r[0].selector == "py1");
+
+  // dkimpy's ed25519 private key format: the base64 seed (RFC 8463 section 4).
+  unsigned char seed[32];
+  REQUIRE(RAND_bytes(seed, sizeof seed) == 1);
+  std::string seedB64 = filters::dkim::detail::base64Encode(std::string_view(reinterpret_cast<char*>(seed), 32));
+  filters::dkim::detail::PkeyPtr ed(EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, nullptr, seed, 32));
+  unsigned char pub[32];
+  size_t publen = 32;
+  REQUIRE(EVP_PKEY_get_raw_public_key(ed.get(), pub, &publen) == 1);
+  std::string edTxt =
+      "v=DKIM1; k=ed25519; p=" + filters::dkim::detail::base64Encode(std::string_view(reinterpret_cast<char*>(pub), 32));
+  sig = runPython(dir, "sign '" + dir.path + "/m.eml' '" + dir.file("ed.seed", seedB64) +
+                           "' py2 example.test ed25519-sha256");
+  REQUIRE(sig.rfind("DKIM-Signature:", 0) == 0);
+  r = verifyMoat(sig + kMessage, {{{"py2._domainkey.example.test", edTxt}}, {}});
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].result == "pass");
+  CHECK(r[0].algorithm == "ed25519-sha256");
+
+  // The same seed works as a Moat signing key, and dkimpy verifies the result.
+  SignKey seedKey{"example.test", "py2", "ed25519-sha256", seedB64};
+  std::string msg = signedWith(seedKey, kMessage);
+  CHECK(runPython(dir, "verify '" + dir.file("m2.eml", msg) + "' '" + dir.file("ed.txt", edTxt) + "'") == "pass\n");
+}
+
+TEST_CASE("keygen writes a 0600 key and a TXT record that verify what the key signs") {
+  TempDir dir;
+  for (std::string type : {"rsa", "ed25519"}) {
+    std::string txt, error;
+    std::string file = dir.path + "/kg-" + type + ".private";
+    REQUIRE(filters::dkim::keygen(type, file, txt, error));
+    struct stat st {};
+    REQUIRE(stat(file.c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == 0600);
+    CHECK(txt.rfind("v=DKIM1; k=" + type + "; p=", 0) == 0);
+    SignKey key{"example.test", "kg", type == "rsa" ? "rsa-sha256" : "ed25519-sha256", readFile(file)};
+    CHECK(filters::dkim::checkSignKey(key, error));
+    auto r = verifyMoat(signedWith(key, kMessage), {{{"kg._domainkey.example.test", txt}}, {}});
+    REQUIRE(r.size() == 1);
+    CHECK(r[0].result == "pass");
+  }
+  std::string txt, error;
+  CHECK_FALSE(filters::dkim::keygen("dsa", dir.path + "/x", txt, error));
+  CHECK_FALSE(error.empty());
+}
+
+TEST_CASE("a tampered body fails with a body hash reason and a changed header fails") {
+  TempDir dir;
+  auto k = makeKey(dir, "rsa", "t1");
+  std::string msg = signedWith(k.key, kMessage);
+  Dns dns{{{"t1._domainkey.example.test", k.txt}}, {}};
+  auto r = verifyMoat(msg + "P.S. send money\r\n", dns);
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].result == "fail");
+  CHECK(r[0].reason.find("body hash") != std::string::npos);
+
+  std::string changed = msg;
+  changed.replace(changed.find("quarterly"), 9, "Quarterly");
+  r = verifyMoat(changed, dns);
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].result == "fail");
+
+  auto e = makeKey(dir, "ed25519", "t2");
+  r = verifyMoat(signedWith(e.key, kMessage) + "x\r\n", {{{"t2._domainkey.example.test", e.txt}}, {}});
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].result == "fail");
+  CHECK(r[0].reason.find("body hash") != std::string::npos);
+}
+
+TEST_CASE("DNS temporary failure is temperror and a missing key is permerror per signature") {
+  TempDir dir;
+  auto a = makeKey(dir, "rsa", "ok");
+  auto b = makeKey(dir, "ed25519", "down");
+  std::string msg = signedWith(a.key, kMessage);
+  msg = signedWith(b.key, msg);  // the ed25519 signature is on top
+  Dns dns{{{"ok._domainkey.example.test", a.txt}}, {{"down._domainkey.example.test", mta::dns::Status::TempFail}}};
+  auto r = verifyMoat(msg, dns);
+  REQUIRE(r.size() == 2);
+  CHECK(r[0].result == "temperror");
+  CHECK(r[1].result == "pass");
+  r = verifyMoat(msg, {{{"ok._domainkey.example.test", a.txt}}, {}});
+  REQUIRE(r.size() == 2);
+  CHECK(r[0].result == "permerror");
+  CHECK(r[1].result == "pass");
+}
+
+TEST_CASE("RFC 8301: a 512-bit RSA key and rsa-sha1 are not accepted") {
+  TempDir dir;
+  auto [pem, txt] = rsaKey(512);
+  std::string keyFile = dir.file("weak.pem", pem);
+  std::string msgFile = dir.file("m.eml", kMessage);
+  std::string sig = runPython(dir, "sign '" + msgFile + "' '" + keyFile + "' weak example.test rsa-sha256");
+  REQUIRE(sig.rfind("DKIM-Signature:", 0) == 0);
+  // dkimpy with its minimum lowered accepts it: the signature itself is good.
+  CHECK(runPython(dir, "verify '" + dir.file("w.eml", sig + kMessage) + "' '" + dir.file("w.txt", txt) + "' 512") ==
+        "pass\n");
+  auto r = verifyMoat(sig + kMessage, {{{"weak._domainkey.example.test", txt}}, {}});
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].result == "permerror");
+  CHECK(r[0].reason.find("1024") != std::string::npos);
+
+  auto k = makeKey(dir, "rsa", "sha1");
+  sig = runPython(dir, "sign '" + msgFile + "' '" + dir.path + "/sha1.key' sha1 example.test rsa-sha1");
+  REQUIRE(sig.rfind("DKIM-Signature:", 0) == 0);
+  r = verifyMoat(sig + kMessage, {{{"sha1._domainkey.example.test", k.txt}}, {}});
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].result == "permerror");
+  CHECK(r[0].reason.find("rsa-sha1") != std::string::npos);
+
+  std::string error;
+  SignKey weak{"example.test", "weak", "rsa-sha256", pem};
+  CHECK_FALSE(filters::dkim::checkSignKey(weak, error));
+}
+
+TEST_CASE("at most 8 signatures are checked and unsigned mail has none and no From refuses to sign") {
+  TempDir dir;
+  auto k = makeKey(dir, "ed25519", "many");
+  std::string msg = kMessage;
+  for (int i = 0; i < 10; ++i) msg = signedWith(k.key, msg);
+  int queries = 0;
+  auto r = verifyMoat(msg, {{{"many._domainkey.example.test", k.txt}}, {}}, &queries);
+  REQUIRE(r.size() == 9);  // 8 checked and one marker for the rest
+  CHECK(queries == 1);     // one name, fetched once
+  CHECK(r[0].result == "pass");
+  CHECK(r[7].result == "pass");
+  CHECK(r[8].result == "neutral");
+  CHECK(r[8].reason.find("not checked") != std::string::npos);
+  CHECK(verifyMoat(kMessage, {}).empty());
+  std::string error;
+  CHECK_FALSE(filters::dkim::signMessage(k.key, "Subject: x\r\n\r\nbody\r\n", error));
+  CHECK(error.find("From") != std::string::npos);
+}
+
+TEST_CASE("malformed signatures are permerror without a DNS lookup") {
+  const std::string body = "From: a@example.test\r\n\r\nhi\r\n";
+  const char* bad[] = {
+      "DKIM-Signature: garbage without tags\r\n",
+      "DKIM-Signature: v=1; v=1; a=rsa-sha256; d=example.test; s=s; b=AAAA; bh=AAAA; h=from\r\n",
+      "DKIM-Signature: v=1; a=rsa-sha256; d=legitimate.com(.attacker.com; s=s; b=AAAA; bh=AAAA; h=from\r\n",
+      "DKIM-Signature: v=1; a=rsa-sha256; d=example.test; s=bad selector!; b=AAAA; bh=AAAA; h=from\r\n",
+      "DKIM-Signature: v=1; a=rsa-md5; d=example.test; s=s; b=AAAA; bh=AAAA; h=from\r\n",
+      "DKIM-Signature: v=1; a=rsa-sha256; d=example.test; s=s; bh=AAAA; h=from\r\n",
+      "DKIM-Signature: a=rsa-sha256; d=example.test; s=s; b=AAAA; bh=AAAA; h=from\r\n",
+      "DKIM-Signature: v=1; a=rsa-sha256; d=example.test; s=s; x=1; b=AAAA; bh=AAAA; h=from\r\n",
+  };
+  for (const char* h : bad) {
+    int queries = -1;
+    auto r = verifyMoat(std::string(h) + body, {}, &queries);
+    INFO(h);
+    REQUIRE(r.size() == 1);
+    CHECK(r[0].result == "permerror");
+    CHECK_FALSE(r[0].reason.empty());
+    CHECK(queries == 0);
+  }
+  // Well-formed but with nonsense crypto values: looked up, then rejected by libopendkim.
+  auto r = verifyMoat("DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.test; s=s; b=AAAA; "
+                      "bh=AAAA; h=from\r\n" + body,
+                      {{{"s._domainkey.example.test", "v=DKIM1; k=rsa; p=AAAA"}}, {}});
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].result != "pass");
+}
+
+namespace {
+
+std::string baseConfig(const std::string& extra) {
+  return "[server]\nhostname = \"mx.example.test\"\nspool_dir = \"spool\"\n\n[[listener]]\naddress = "
+         "\"127.0.0.1:2525\"\n\n" +
+         extra;
+}
+
+filters::Result runFilter(const filters::Filter& f, std::shared_ptr<filters::MessageContext> ctx,
+                          mta::dns::Resolver* resolver, uv_loop_t* loop) {
+  filters::Env env;
+  env.loop = loop;
+  env.resolver = resolver;
+  env.hostname = "mx.example.test";
+  filters::Result out;
+  bool done = false;
+  f.run(ctx, env, [&](filters::Result r) {
+    out = std::move(r);
+    done = true;
+  });
+  uint64_t deadline = uv_now(loop) + 20000;
+  while (!done && uv_now(loop) < deadline) {
+    uv_run(loop, UV_RUN_ONCE);
+    uv_update_time(loop);
+  }
+  REQUIRE(done);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("sign filter signs outbound mail with both keys and verify filter reports each") {
+  TempDir dir;
+  auto rsa = makeKey(dir, "rsa", "r1");
+  auto ed = makeKey(dir, "ed25519", "e1");
+  std::string cfgFile = dir.file("moat.toml", baseConfig(R"(
+[dkim]
+verify = true
+max_signatures = 4
+
+[[dkim.sign]]
+domain = "example.test"
+selector = "r1"
+key_file = "r1.key"
+
+[[dkim.sign]]
+domain = "Example.Test"
+selector = "e1"
+key_file = "e1.key"
+algorithm = "ed25519-sha256"
+)"));
+  policy::Errors errors;
+  auto config = policy::loadConfig(cfgFile, errors);
+  INFO(errors.str());
+  REQUIRE(config);
+  auto sign = filters::dkim::makeDkimSignFilter(*config, errors);
+  auto verify = filters::dkim::makeDkimVerifyFilter(*config, errors);
+  REQUIRE_FALSE(errors.hasErrors());
+  CHECK(sign->stage() == filters::Stage::Data);
+  CHECK(verify->stage() == filters::Stage::Data);
+
+  mta::uv::Loop loop;
+  test::MemoryResolver resolver(loop.get());
+  resolver.addTxt("r1._domainkey.example.test", rsa.txt);
+  resolver.addTxt("e1._domainkey.example.test", ed.txt);
+
+  auto msg = std::make_shared<std::string>(kMessage);
+  auto ctx = std::make_shared<filters::MessageContext>();
+  ctx->message = *msg;
+  auto inbound = runFilter(*sign, ctx, &resolver, loop.get());
+  CHECK(inbound.headers.empty());  // neither relay network nor authenticated
+
+  ctx->fromRelayNetwork = true;
+  auto out = runFilter(*sign, ctx, &resolver, loop.get());
+  REQUIRE(out.headers.size() == 2);
+  std::string delivered = *msg;
+  for (const auto& h : out.headers) {
+    CHECK(h.name == "DKIM-Signature");
+    delivered = h.name + ": " + h.value + "\r\n" + delivered;
+  }
+
+  auto vctx = std::make_shared<filters::MessageContext>();
+  vctx->message = delivered;
+  auto vr = runFilter(*verify, vctx, &resolver, loop.get());
+  REQUIRE(vr.authResults.size() == 2);
+  REQUIRE(vctx->dkim.size() == 2);
+  for (size_t i = 0; i < 2; ++i) {
+    CHECK(vctx->dkim[i].result == "pass");
+    CHECK(vr.authResults[i].rfind("dkim=pass header.d=example.test header.s=", 0) == 0);
+    CHECK(vr.authResults[i].find(" header.b=") != std::string::npos);
+  }
+  CHECK(vr.summary == "pass");
+
+  auto uctx = std::make_shared<filters::MessageContext>();
+  uctx->message = *msg;
+  auto ur = runFilter(*verify, uctx, &resolver, loop.get());
+  REQUIRE(ur.authResults.size() == 1);
+  CHECK(ur.authResults[0] == "dkim=none");
+  CHECK(uctx->dkim.empty());
+
+  // Another From domain: no key, no signature.
+  auto octx = std::make_shared<filters::MessageContext>();
+  std::string other = "From: x@other.example\r\n\r\nhi\r\n";
+  octx->message = other;
+  octx->authenticated = true;
+  CHECK(runFilter(*sign, octx, &resolver, loop.get()).headers.empty());
+}
+
+TEST_CASE("config: unreadable or invalid keys and unknown keys are FILE:LINE errors") {
+  TempDir dir;
+  dir.file("bad.key", "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n");
+  auto ed = makeKey(dir, "ed25519", "ed");
+  std::string cfgFile = dir.file("moat.toml", baseConfig(R"([dkim]
+verfy = true
+
+[[dkim.sign]]
+domain = "example.test"
+selector = "a"
+key_file = "missing.key"
+
+[[dkim.sign]]
+domain = "example.test"
+selector = "b"
+key_file = "bad.key"
+
+[[dkim.sign]]
+domain = "example.test"
+selector = "c"
+key_file = "ed.key"
+algorithm = "rsa-sha256"
+)"));
+  policy::Errors errors;
+  auto config = policy::loadConfig(cfgFile, errors);
+  INFO(errors.str());
+  REQUIRE(config);
+  filters::dkim::makeDkimVerifyFilter(*config, errors);
+  filters::dkim::makeDkimSignFilter(*config, errors);
+  std::string all = errors.str();
+  INFO(all);
+  CHECK(all.find("moat.toml:9:") != std::string::npos);   // verfy
+  CHECK(all.find("verfy") != std::string::npos);
+  CHECK(all.find("moat.toml:14:") != std::string::npos);  // missing.key
+  CHECK(all.find("moat.toml:19:") != std::string::npos);  // bad.key
+  CHECK(all.find("moat.toml:24:") != std::string::npos);  // ed25519 key for rsa-sha256
+  CHECK(errors.all().size() == 4);
+}
