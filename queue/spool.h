@@ -171,6 +171,7 @@ class IncomingMessage : public std::enable_shared_from_this<IncomingMessage> {
   // Loop thread. Appends message bytes (CRLF) for a write on the pool; never blocks.
   void append(std::string_view data);
   bool overHighWater() const { return buffered() > kHighWater; }
+  size_t bufferedBytes() const { return buffered(); }
   void setOnDrain(std::function<void()> fn) { onDrain_ = std::move(fn); }
   // All data appended: flush (no fsync yet). After ok, data() gives a view for the filters.
   void finish(Done cb);
