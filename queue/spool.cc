@@ -240,40 +240,117 @@ std::shared_ptr<const MessageData> Spool::openData(const std::string& id, std::s
   return MessageData::map(path("data", id), error);
 }
 
-// ---- group commit ----------------------------------------------------------------------
-
-void Spool::commitFilesDone(Area area, std::string error, Done cb) {
-  if (!error.empty() || !groupCommit_) {
-    if (!error.empty()) log::error("spool_error").add("op", "commit").add("error", error);
-    cb(error.empty(), std::move(error));
-    return;
+struct SpoolFile {
+  std::mutex mu;
+  int fd = -1;
+  bool dropped = false;  // aborted: never (re)create the file
+  std::string path;
+  ~SpoolFile() {
+    if (fd >= 0) ::close(fd);
   }
-  pendingSync_.push_back({area, std::move(cb), {}});
-  if (!syncRunning_) startDirSync();
+  int ensureOpen() {
+    std::lock_guard<std::mutex> lock(mu);
+    if (dropped) return ECANCELED;
+    if (fd >= 0) return 0;
+    fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    return fd < 0 ? errno : 0;
+  }
+  void drop() {
+    std::lock_guard<std::mutex> lock(mu);
+    dropped = true;
+    ::unlink(path.c_str());
+  }
+};
+
+// ---- commit ---------------------------------------------------------------------------
+
+// One message on its way into the queue. Shared between the loop and pool work; the pool
+// only touches it inside work items, the loop only in after-callbacks.
+struct CommitJob {
+  std::shared_ptr<SpoolFile> data;
+  int envFd = -1;
+  std::string envText, envTmp, dataDst, envDst;
+  Area area = Area::Active;
+  Spool::Done cb;
+  std::string error;
+  bool dataMoved = false, envMoved = false;
+  ~CommitJob() {
+    if (envFd >= 0) ::close(envFd);
+  }
+  // The per-message part, in parallel on the pool: both files durable, then renamed.
+  void prepare() {
+    if (::fsync(data->fd) != 0) return fail(errnoError(errno, "fsync " + data->path));
+    envFd = ::open(envTmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (envFd < 0) return fail(errnoError(errno, "create " + envTmp));
+    if (int err = writeAll(envFd, envText, 0)) return fail(errnoError(err, "write " + envTmp));
+    if (::fsync(envFd) != 0) return fail(errnoError(errno, "fsync " + envTmp));
+    renameBoth();
+  }
+  void renameBoth() {
+    if (!error.empty()) return;
+    std::string e = renameFile(data->path, dataDst);
+    dataMoved = e.empty();
+    if (e.empty()) e = renameFile(envTmp, envDst);
+    envMoved = e.empty();
+    if (!e.empty()) fail(e);
+  }
+  // Not acknowledged: leave nothing that recovery would keep.
+  void fail(std::string e) {
+    if (error.empty()) error = std::move(e);
+    ::unlink(envTmp.c_str());
+    if (envMoved) ::unlink(envDst.c_str());
+    if (dataMoved) ::unlink(dataDst.c_str());
+    data->drop();
+  }
+};
+
+void Spool::startCommit(std::shared_ptr<CommitJob> job) {
+  auto self = shared_from_this();
+  CommitMode mode = commitMode_;
+  std::string dataDir = path("data", ""), areaDir = path(areaName(job->area), "");
+  mta::uv::queueWork(
+      loop_,
+      [job, mode, dataDir, areaDir] {
+        job->prepare();
+        if (mode != CommitMode::PerMessage || !job->error.empty()) return;
+        std::string e = syncDir(dataDir);
+        if (e.empty()) e = syncDir(areaDir);
+        if (!e.empty()) job->fail(e);
+      },
+      [self, job, mode] {
+        if (mode == CommitMode::PerMessage || !job->error.empty()) return self->commitDone(*job);
+        self->pendingSync_.push_back(job);
+        if (!self->syncRunning_) self->startSyncRound();
+      });
 }
 
-void Spool::startDirSync() {
-  auto batch = std::make_shared<std::vector<PendingSync>>(std::move(pendingSync_));
+void Spool::commitDone(CommitJob& job) {
+  if (!job.error.empty()) log::error("spool_error").add("op", "commit").add("error", job.error);
+  Done cb = std::move(job.cb);
+  cb(job.error.empty(), job.error);
+}
+
+void Spool::startSyncRound() {
+  auto batch = std::make_shared<std::vector<std::shared_ptr<CommitJob>>>(std::move(pendingSync_));
   pendingSync_.clear();
   syncRunning_ = true;
   std::set<std::string> dirs{path("data", "")};
-  for (auto& p : *batch) dirs.insert(path(areaName(p.area), ""));
-  auto result = std::make_shared<std::string>();
+  for (auto& j : *batch) dirs.insert(path(areaName(j->area), ""));
   auto self = shared_from_this();
   mta::uv::queueWork(
       loop_,
-      [dirs, result] {
-        for (auto& d : dirs) {
-          std::string e = syncDir(d);
-          if (!e.empty() && result->empty()) *result = e;
-        }
+      [batch, dirs] {
+        std::string e;
+        for (auto& d : dirs)
+          if (e.empty()) e = syncDir(d);
+        if (!e.empty())
+          for (auto& j : *batch) j->fail(e);
       },
-      [self, batch, result] {
+      [self, batch] {
         self->dirSyncRounds_++;
         self->syncRunning_ = false;
-        if (!self->pendingSync_.empty()) self->startDirSync();
-        if (!result->empty()) log::error("spool_error").add("op", "dir_sync").add("error", *result);
-        for (auto& p : *batch) p.cb(result->empty(), *result);
+        if (!self->pendingSync_.empty()) self->startSyncRound();
+        for (auto& j : *batch) self->commitDone(*j);
       });
 }
 
@@ -462,30 +539,8 @@ std::vector<Envelope> Spool::recover(RecoveryReport& report) {
 
 // ---- IncomingMessage -------------------------------------------------------------------
 
-struct IncomingMessage::File {
-  std::mutex mu;
-  int fd = -1;
-  bool dropped = false;  // aborted: never (re)create the file
-  std::string path;
-  ~File() {
-    if (fd >= 0) ::close(fd);
-  }
-  int ensureOpen() {
-    std::lock_guard<std::mutex> lock(mu);
-    if (dropped) return ECANCELED;
-    if (fd >= 0) return 0;
-    fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    return fd < 0 ? errno : 0;
-  }
-  void drop() {
-    std::lock_guard<std::mutex> lock(mu);
-    dropped = true;
-    ::unlink(path.c_str());
-  }
-};
-
 IncomingMessage::IncomingMessage(std::shared_ptr<Spool> spool, std::string id)
-    : spool_(std::move(spool)), id_(std::move(id)), file_(std::make_shared<File>()) {
+    : spool_(std::move(spool)), id_(std::move(id)), file_(std::make_shared<SpoolFile>()) {
   file_->path = spool_->path("tmp", id_ + ".data");
 }
 
@@ -563,41 +618,19 @@ void IncomingMessage::maybeFinish() {
 
 void IncomingMessage::commit(Envelope env, Done cb) {
   if (!finished_ || committed_ || aborted_) return cb(false, "I/O error: commit before finish");
-  committed_ = true;  // from here the files belong to the spool (or the failure path below)
+  committed_ = true;  // from here the files belong to the commit job
   env.id = id_;
   env.size = size_;
   env.generation = spool_->nextGeneration(id_);
-  auto text = std::make_shared<std::string>(serializeEnvelope(env));
-  auto file = file_;
-  std::string envTmp = spool_->path("tmp", id_ + "." + std::to_string(env.generation) + ".env");
-  std::string dataDst = spool_->path("data", id_);
-  std::string envDst = spool_->path(areaName(env.area), id_);
-  bool perMessageSync = !spool_->groupCommit_;
-  std::string dataDir = spool_->path("data", ""), areaDir = spool_->path(areaName(env.area), "");
-  auto result = std::make_shared<std::string>();
-  auto self = shared_from_this();
-  mta::uv::queueWork(
-      spool_->loop(),
-      [=] {
-        std::string& e = *result;
-        if (::fsync(file->fd) != 0) e = errnoError(errno, "fsync " + file->path);
-        if (e.empty()) e = writeDurable(envTmp, *text);
-        if (e.empty()) e = renameFile(file->path, dataDst);
-        bool dataMoved = e.empty();
-        if (e.empty()) e = renameFile(envTmp, envDst);
-        if (e.empty() && perMessageSync) e = syncDir(dataDir);
-        if (e.empty() && perMessageSync) e = syncDir(areaDir);
-        if (!e.empty()) {  // not acknowledged: leave nothing that recovery would keep
-          ::unlink(envTmp.c_str());
-          ::unlink(envDst.c_str());
-          if (dataMoved) ::unlink(dataDst.c_str());
-          file->drop();
-        }
-      },
-      [self, result, area = env.area, cb] {
-        if (!result->empty()) self->aborted_ = true;
-        self->spool_->commitFilesDone(area, *result, cb);
-      });
+  auto job = std::make_shared<CommitJob>();
+  job->data = file_;
+  job->envText = serializeEnvelope(env);
+  job->envTmp = spool_->path("tmp", id_ + "." + std::to_string(env.generation) + ".env");
+  job->dataDst = spool_->path("data", id_);
+  job->envDst = spool_->path(areaName(env.area), id_);
+  job->area = env.area;
+  job->cb = std::move(cb);
+  spool_->startCommit(std::move(job));
 }
 
 void IncomingMessage::abort() {

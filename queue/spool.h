@@ -13,9 +13,9 @@
 // Commit (IncomingMessage::commit): fsync tmp/<id>.data; write and fsync tmp/<id>.<gen>.env;
 // rename the data into data/, then the envelope into its area; fsync data/ and the area
 // directory. Only after the directory fsyncs does the callback run (the server's 250).
-// GROUP COMMIT: the per-message part runs in parallel on the thread pool, and the directory
-// fsyncs are shared by every message whose renames finished before the sync started — while
-// one sync runs, the next batch gathers.
+// GROUP COMMIT (CommitMode below): the per-message part runs in parallel on the thread pool,
+// and the directory fsyncs are shared by every message whose renames finished before the
+// sync started — while one sync runs, the next batch gathers.
 //
 // Envelope rewrites (update/move) write a new envelope with a higher generation to tmp/,
 // fsync, rename over the old one (or into the new area, then unlink the old area's copy);
@@ -83,6 +83,17 @@ struct RecoveryReport {
 };
 
 class IncomingMessage;
+struct SpoolFile;  // spool.cc: a temp file shared between the loop and pool work
+struct CommitJob;  // spool.cc: one message on its way into the queue
+
+// How commits reach the disk (spool_bench compares them):
+//  PerMessage  each message fsyncs its data, its envelope and both directories on its own.
+//  Group       GROUP COMMIT (default): the per-message file fsyncs and renames run in
+//              parallel on the pool; the directory fsyncs are shared by every message whose
+//              renames finished before the round started, while the next batch gathers.
+//              (A syncfs(2)-per-batch variant was measured and dropped: on a file system
+//              shared with other writers it flushes their data too and ran 4x slower.)
+enum class CommitMode { PerMessage, Group };
 
 class Spool : public std::enable_shared_from_this<Spool> {
  public:
@@ -106,9 +117,10 @@ class Spool : public std::enable_shared_from_this<Spool> {
   uint64_t freeBytes() const;
   std::string newId();
 
-  // Group commit is on by default; off makes every commit fsync the directories itself
-  // (for the benchmark, and as a fallback should a filesystem misbehave).
-  void setGroupCommit(bool on) { groupCommit_ = on; }
+  // Group commit is on by default; off = CommitMode::PerMessage.
+  void setGroupCommit(bool on) { commitMode_ = on ? CommitMode::Group : CommitMode::PerMessage; }
+  void setCommitMode(CommitMode m) { commitMode_ = m; }
+  CommitMode commitMode() const { return commitMode_; }
   // Number of directory-sync rounds so far (tests check that batching happened).
   uint64_t dirSyncRounds() const { return dirSyncRounds_; }
 
@@ -118,16 +130,10 @@ class Spool : public std::enable_shared_from_this<Spool> {
 
  private:
   friend class IncomingMessage;
-  struct PendingSync {
-    Area area;
-    Done cb;
-    std::string error;
-  };
-
   Spool(uv_loop_t* loop, std::string dir);
-  // Per-message commit part done; queue for the next directory sync.
-  void commitFilesDone(Area area, std::string error, Done cb);
-  void startDirSync();
+  void startCommit(std::shared_ptr<CommitJob> job);
+  void startSyncRound();
+  void commitDone(CommitJob& job);
   uint64_t nextGeneration(const std::string& id);
   // Runs `op` (pool work returning an error string) after earlier ops on the same id.
   void serialize(const std::string& id, std::function<std::string()> work, Done cb);
@@ -139,9 +145,9 @@ class Spool : public std::enable_shared_from_this<Spool> {
 
   uv_loop_t* loop_;
   std::string dir_;
-  bool groupCommit_ = true;
+  CommitMode commitMode_ = CommitMode::Group;
   bool syncRunning_ = false;
-  std::vector<PendingSync> pendingSync_;
+  std::vector<std::shared_ptr<CommitJob>> pendingSync_;
   uint64_t dirSyncRounds_ = 0;
   std::map<std::string, uint64_t> generations_;
   struct Op {
@@ -183,7 +189,6 @@ class IncomingMessage : public std::enable_shared_from_this<IncomingMessage> {
   void abort();
 
  private:
-  struct File;  // the fd, shared with pool work so it outlives this object if need be
   size_t buffered() const { return pending_.size() + inFlight_; }
   void pump();
   void writeDone(size_t n, int err);
@@ -191,7 +196,7 @@ class IncomingMessage : public std::enable_shared_from_this<IncomingMessage> {
 
   std::shared_ptr<Spool> spool_;
   std::string id_;
-  std::shared_ptr<File> file_;
+  std::shared_ptr<SpoolFile> file_;
   std::string pending_;
   size_t inFlight_ = 0;
   uint64_t written_ = 0, size_ = 0;
