@@ -396,6 +396,11 @@ void Spool::move(const Envelope& envIn, Area to, Done cb) {
     if (a != to) stale.push_back(path(areaName(a), env.id));
   std::string targetDir = path(areaName(to), ""), base = dir_;
   auto work = [text, tmp, target, stale, targetDir, base]() -> std::string {
+    // Never create an envelope for a message that is not in the spool (removed, or never
+    // committed): it would have no data and end in corrupt/ at the next start.
+    bool exists = ::access(target.c_str(), F_OK) == 0;
+    for (auto& s : stale) exists = exists || ::access(s.c_str(), F_OK) == 0;
+    if (!exists) return "not found: " + target;
     std::string e = writeDurable(tmp, text);
     if (e.empty()) e = renameFile(tmp, target);
     if (e.empty()) e = syncDir(targetDir);

@@ -275,6 +275,9 @@ TEST_CASE("spool: update, move and remove are durable") {
   std::string error;
   REQUIRE_FALSE(f.waitOp([&](Spool::Done cb) { f.spool->remove(id, cb); }, &error));
   REQUIRE(errorKind(error) == ErrorKind::NotFound);
+  REQUIRE_FALSE(f.waitOp([&](Spool::Done cb) { f.spool->update(e, cb); }, &error));
+  REQUIRE(errorKind(error) == ErrorKind::NotFound);
+  REQUIRE(countFiles(f.p("queue")) + countFiles(f.p("tmp")) == 0);
 }
 
 TEST_CASE("spool: group commit batches concurrent commits, all call back ok and recover") {
