@@ -161,8 +161,8 @@ std::string originalPart(const DsnInput& in, std::string_view original) {
   }
   std::string part = full ? "Content-Type: message/rfc822\r\n" : "Content-Type: text/rfc822-headers\r\n";
   part += hasEightBit(body) ? "Content-Transfer-Encoding: 8bit\r\n" : "Content-Transfer-Encoding: 7bit\r\n";
-  part += "Content-Description: " + std::string(full ? "Undelivered Message" : "Undelivered Message Headers") +
-          "\r\n\r\n";
+  part +=
+      "Content-Description: " + std::string(full ? "Undelivered Message" : "Undelivered Message Headers") + "\r\n\r\n";
   return part + body;
 }
 

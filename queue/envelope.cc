@@ -88,9 +88,12 @@ class Writer {
 
 std::string_view statusName(RcptStatus s) {
   switch (s) {
-    case RcptStatus::Pending: return "pending";
-    case RcptStatus::Delivered: return "delivered";
-    case RcptStatus::Failed: return "failed";
+    case RcptStatus::Pending:
+      return "pending";
+    case RcptStatus::Delivered:
+      return "delivered";
+    case RcptStatus::Failed:
+      return "failed";
   }
   return "pending";
 }
@@ -220,9 +223,12 @@ uint32_t crc32(std::string_view data, uint32_t crc) {
 
 std::string_view areaName(Area a) {
   switch (a) {
-    case Area::Active: return "queue";
-    case Area::Hold: return "hold";
-    case Area::Quarantine: return "quarantine";
+    case Area::Active:
+      return "queue";
+    case Area::Hold:
+      return "hold";
+    case Area::Quarantine:
+      return "quarantine";
   }
   return "queue";
 }
@@ -252,8 +258,8 @@ std::string serializeEnvelope(const Envelope& e) {
   w.flag("warned", e.delayWarned);
   for (auto& [name, value] : e.headers) w.record("hdr", {name, value});
   for (auto& r : e.rcpts)
-    w.record("rcpt", {statusName(r.status), std::to_string(r.attempts), r.address, r.orcpt, r.notify, r.relay,
-                      r.lastReply});
+    w.record("rcpt",
+             {statusName(r.status), std::to_string(r.attempts), r.address, r.orcpt, r.notify, r.relay, r.lastReply});
   return w.finish();
 }
 
@@ -282,8 +288,7 @@ bool checkVersion(std::string_view line, std::string& error) {
   int version = 0;
   if (parts.size() != 2 || parts[0] != kMagic || !parseInt(parts[1], version))
     return error = "not a Moat envelope", false;
-  if (version != kEnvelopeVersion)
-    return error = "unsupported envelope version " + std::to_string(version), false;
+  if (version != kEnvelopeVersion) return error = "unsupported envelope version " + std::to_string(version), false;
   return true;
 }
 

@@ -44,8 +44,8 @@ struct Envelope {
   std::string mailFrom;  // "" = null sender
   std::vector<Recipient> rcpts;
   int64_t arrivalMs = 0;
-  std::string clientIp, clientName, helo, protocol;  // protocol: "ESMTP", "ESMTPS", "ESMTPSA"...
-  std::string messageId;                             // Message-ID header value, for logs
+  std::string clientIp, clientName, helo, protocol;          // protocol: "ESMTP", "ESMTPS", "ESMTPSA"...
+  std::string messageId;                                     // Message-ID header value, for logs
   std::vector<std::pair<std::string, std::string>> headers;  // prepended at delivery
   bool eightBit = false, smtputf8 = false;
   std::string envid, ret;

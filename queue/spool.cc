@@ -123,11 +123,16 @@ std::vector<std::string> listDir(const std::string& path) {
 std::string errnoError(int err, std::string_view what) {
   std::string w(what);
   switch (err) {
-    case ENOSPC: return "disk full (ENOSPC): " + w;
-    case EDQUOT: return "disk full (quota exceeded, EDQUOT): " + w;
-    case EFBIG: return "disk full (file size limit, EFBIG): " + w;
-    case ENOENT: return "not found: " + w;
-    default: return "I/O error (" + std::string(std::strerror(err)) + "): " + w;
+    case ENOSPC:
+      return "disk full (ENOSPC): " + w;
+    case EDQUOT:
+      return "disk full (quota exceeded, EDQUOT): " + w;
+    case EFBIG:
+      return "disk full (file size limit, EFBIG): " + w;
+    case ENOENT:
+      return "not found: " + w;
+    default:
+      return "I/O error (" + std::string(std::strerror(err)) + "): " + w;
   }
 }
 
@@ -374,8 +379,10 @@ void Spool::runNext(const std::string& id) {
         auto it = self->ops_.find(id);
         Done cb = std::move(it->second.front().cb);
         it->second.pop_front();
-        if (it->second.empty()) self->ops_.erase(it);
-        else self->runNext(id);
+        if (it->second.empty())
+          self->ops_.erase(it);
+        else
+          self->runNext(id);
         if (!result->empty()) log::error("spool_error").add("queue_id", id).add("error", *result);
         if (cb) cb(result->empty(), *result);
       });
@@ -467,10 +474,13 @@ void Spool::recoverArea(Area area, std::map<std::string, Envelope>& found, std::
     std::string text, error;
     int err = 0;
     std::optional<Envelope> env;
-    if (!validId(name)) error = "bad file name";
-    else if (!readFile(path(sub, name), text, err)) error = errnoError(err, "read");
+    if (!validId(name))
+      error = "bad file name";
+    else if (!readFile(path(sub, name), text, err))
+      error = errnoError(err, "read");
     else if (!(env = parseEnvelope(text, error))) {
-    } else if (env->id != name) error = "envelope id " + env->id + " does not match its file name";
+    } else if (env->id != name)
+      error = "envelope id " + env->id + " does not match its file name";
     if (!error.empty()) {
       moveToCorrupt(sub, name, "corrupt envelope: " + error, report);
       corruptIds.insert(name);
@@ -507,10 +517,10 @@ std::vector<Envelope> Spool::recover(RecoveryReport& report) {
     struct stat st {};
     std::string why;
     bool dataExists = ::stat(path("data", it->first).c_str(), &st) == 0;
-    if (!dataExists) why = "data file missing";
+    if (!dataExists)
+      why = "data file missing";
     else if (static_cast<uint64_t>(st.st_size) != it->second.size)
-      why = "data file has " + std::to_string(st.st_size) + " bytes, envelope says " +
-            std::to_string(it->second.size);
+      why = "data file has " + std::to_string(st.st_size) + " bytes, envelope says " + std::to_string(it->second.size);
     if (!why.empty()) {
       moveToCorrupt(std::string(areaName(it->second.area)), it->first, why, report);
       if (dataExists) moveToCorrupt("data", it->first, why, report);
@@ -611,8 +621,10 @@ void IncomingMessage::maybeFinish() {
       spool_->loop(),
       [file, result] {
         int e = file->ensureOpen();  // an empty message still gets its file
-        if (e != 0) result->second = errnoError(e, "create " + file->path);
-        else result->first = MessageData::map(file->path, result->second);
+        if (e != 0)
+          result->second = errnoError(e, "create " + file->path);
+        else
+          result->first = MessageData::map(file->path, result->second);
       },
       [self, result, cb] {
         self->data_ = result->first;
@@ -643,7 +655,8 @@ void IncomingMessage::abort() {
   aborted_ = true;
   pending_.clear();
   auto file = file_;
-  mta::uv::queueWork(spool_->loop(), [file] { file->drop(); }, nullptr);
+  mta::uv::queueWork(
+      spool_->loop(), [file] { file->drop(); }, nullptr);
 }
 
 }  // namespace moat::queue

@@ -140,8 +140,7 @@ class Spool : public std::enable_shared_from_this<Spool> {
   void runNext(const std::string& id);
   void recoverArea(Area area, std::map<std::string, Envelope>& found, std::set<std::string>& corruptIds,
                    RecoveryReport& report);
-  void moveToCorrupt(const std::string& from, const std::string& name, const std::string& why,
-                     RecoveryReport& report);
+  void moveToCorrupt(const std::string& from, const std::string& name, const std::string& why, RecoveryReport& report);
 
   uv_loop_t* loop_;
   std::string dir_;
@@ -166,7 +165,7 @@ class IncomingMessage : public std::enable_shared_from_this<IncomingMessage> {
   using Done = Spool::Done;
   static constexpr size_t kHighWater = 1 << 20;  // bytes buffered or in flight
   static constexpr size_t kLowWater = 256 << 10;
-  static constexpr size_t kChunk = 64 << 10;     // one pool write
+  static constexpr size_t kChunk = 64 << 10;  // one pool write
 
   IncomingMessage(std::shared_ptr<Spool> spool, std::string id);
   ~IncomingMessage();

@@ -3,11 +3,10 @@
 // parts, the per-message and per-recipient fields, the original as message/rfc822 or, for
 // RET=HDRS and oversized originals, text/rfc822-headers; CRLF only, lines ≤ 998, and no
 // header injection through peer-supplied text.
-#include <catch2/catch.hpp>
-
-#include <map>
-
 #include "queue/dsn.h"
+
+#include <catch2/catch.hpp>
+#include <map>
 
 using namespace moat::queue;
 

@@ -1,9 +1,9 @@
 // Tests for queue/envelope: the typed-record format round-trips every field (including
 // peer-controlled bytes that would break a line-based format), and every single-byte
 // corruption, truncation, newer version or unknown record is rejected.
-#include <catch2/catch.hpp>
-
 #include "queue/envelope.h"
+
+#include <catch2/catch.hpp>
 
 using namespace moat::queue;
 
@@ -30,7 +30,8 @@ Envelope sample() {
   e.area = Area::Quarantine;
   e.quarantineReason = "virus: Eicar-Test-Signature";
   e.generation = 7;
-  Recipient a{"a@example.test", "rfc822;a@example.test", "FAILURE,DELAY", RcptStatus::Pending, 2, "451 4.7.1 later", "mx1"};
+  Recipient a{
+      "a@example.test", "rfc822;a@example.test", "FAILURE,DELAY", RcptStatus::Pending, 2, "451 4.7.1 later", "mx1"};
   Recipient b{"b@example.test", "", "", RcptStatus::Failed, 1, "550 5.1.1\nno such user", "mx2"};
   Recipient c{"c@example.test", "", "NEVER", RcptStatus::Delivered, 1, "250 ok", ""};
   e.rcpts = {a, b, c};

@@ -1,8 +1,8 @@
 // Tests for queue/scheduler: due-order index, retry waits (the last repeats) with bounded
 // jitter from an injected RNG, expiry and the one-time delay warning.
-#include <catch2/catch.hpp>
-
 #include "queue/scheduler.h"
+
+#include <catch2/catch.hpp>
 
 using namespace moat::queue;
 

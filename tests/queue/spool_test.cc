@@ -3,19 +3,20 @@
 // receiving, and the disk-full path. Disk full is simulated with RLIMIT_FSIZE (SIGXFSZ
 // ignored): writes past the limit fail with EFBIG, which the spool reports as "disk full",
 // the same ErrorKind::NoSpace as ENOSPC — no root or tmpfs needed.
-#include <catch2/catch.hpp>
+#include "queue/spool.h"
+
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "mta/runtime/uv.h"
-#include "queue/spool.h"
 
 using namespace moat::queue;
 namespace fs = std::filesystem;
@@ -191,7 +192,11 @@ TEST_CASE("spool: recovery handles every state a crash can leave") {
   auto envs = f.recover(r);
   std::set<std::string> ids;
   for (auto& e : envs) ids.insert(e.id);
-  INFO([&] { std::string s; for (auto& n : r.notes) s += n + "\n"; return s; }());
+  INFO([&] {
+    std::string s;
+    for (auto& n : r.notes) s += n + "\n";
+    return s;
+  }());
   REQUIRE(ids == std::set<std::string>{kept, "AAAA000000000005"});
   REQUIRE(r.recovered == 2);
   REQUIRE(r.removedPartial == 6);  // 5 tmp files + the orphan data of state 4
