@@ -45,7 +45,8 @@ Result run(const std::string& base, int n, int m, size_t size, CommitMode mode) 
   for (size_t i = 76; i < body.size(); i += 78) body[i] = '\r', body[i + 1] = '\n';
   Envelope env;
   env.mailFrom = "bench@example.test";
-  env.rcpts = {Recipient{"r@example.test"}};
+  env.rcpts.resize(1);
+  env.rcpts[0].address = "r@example.test";
   int started = 0, done = 0;
   Result r;
   std::function<void()> next = [&] {

@@ -59,7 +59,9 @@ Envelope makeEnv(std::string from = "s@example.test") {
   e.mailFrom = std::move(from);
   e.arrivalMs = 1'700'000'000'000;
   e.protocol = "ESMTP";
-  e.rcpts = {Recipient{"r1@example.test"}, Recipient{"r2@example.test"}};
+  e.rcpts.resize(2);
+  e.rcpts[0].address = "r1@example.test";
+  e.rcpts[1].address = "r2@example.test";
   e.headers = {{"Received", "from test"}};
   return e;
 }
