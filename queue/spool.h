@@ -165,7 +165,6 @@ class IncomingMessage : public std::enable_shared_from_this<IncomingMessage> {
   using Done = Spool::Done;
   static constexpr size_t kHighWater = 1 << 20;  // bytes buffered or in flight
   static constexpr size_t kLowWater = 256 << 10;
-  static constexpr size_t kChunk = 64 << 10;  // one pool write
 
   IncomingMessage(std::shared_ptr<Spool> spool, std::string id);
   ~IncomingMessage();
