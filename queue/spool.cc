@@ -1,0 +1,662 @@
+// queue/spool.cc — the crash-atomic spool described in spool.h. Every blocking file system
+// call runs on the libuv thread pool, except recover() (start-up) and openData() (one
+// open+mmap). Untrusted input: message bytes and every file found at recovery. Logs:
+// spool_recover, spool_corrupt, spool_removed_partial, spool_error.
+#include "queue/spool.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <random>
+#include <set>
+
+#include "mta/runtime/log.h"
+#include "mta/runtime/uv.h"
+
+namespace moat::queue {
+namespace log = moat::mta::log;
+namespace {
+
+constexpr Area kAreas[] = {Area::Active, Area::Hold, Area::Quarantine};
+
+int64_t nowMs() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+bool validId(std::string_view s) {
+  if (s.empty() || s.size() > 64) return false;
+  for (char c : s)
+    if (!((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'))) return false;
+  return true;
+}
+
+// Blocking helpers: pool threads and recovery only.
+std::string syncDir(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return errnoError(errno, "open " + path);
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  return rc == 0 ? std::string() : errnoError(err, "fsync " + path);
+}
+
+int writeAll(int fd, std::string_view data, uint64_t offset) {
+  while (!data.empty()) {
+    ssize_t n = ::pwrite(fd, data.data(), data.size(), static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    data.remove_prefix(static_cast<size_t>(n));
+    offset += static_cast<uint64_t>(n);
+  }
+  return 0;
+}
+
+// Writes `content` to a new file and fsyncs it.
+std::string writeDurable(const std::string& path, std::string_view content) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return errnoError(errno, "create " + path);
+  int err = writeAll(fd, content, 0);
+  if (err == 0 && ::fsync(fd) != 0) err = errno;
+  ::close(fd);
+  if (err != 0) {
+    ::unlink(path.c_str());
+    return errnoError(err, "write " + path);
+  }
+  return {};
+}
+
+std::string renameFile(const std::string& from, const std::string& to) {
+  if (::rename(from.c_str(), to.c_str()) != 0) return errnoError(errno, "rename " + from + " " + to);
+  return {};
+}
+
+bool readFile(const std::string& path, std::string& out, int& err) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return err = errno, false;
+  out.clear();
+  char buf[16384];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      err = errno;
+      ::close(fd);
+      return false;
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+    if (out.size() > (64u << 20)) {  // no sane envelope is this big
+      ::close(fd);
+      return err = EFBIG, false;
+    }
+  }
+  ::close(fd);
+  return true;
+}
+
+std::vector<std::string> listDir(const std::string& path) {
+  std::vector<std::string> names;
+  DIR* d = ::opendir(path.c_str());
+  if (!d) return names;
+  while (dirent* e = ::readdir(d)) {
+    std::string n = e->d_name;
+    if (n != "." && n != "..") names.push_back(std::move(n));
+  }
+  ::closedir(d);
+  return names;
+}
+
+}  // namespace
+
+// ---- errors ----------------------------------------------------------------------------
+
+std::string errnoError(int err, std::string_view what) {
+  std::string w(what);
+  switch (err) {
+    case ENOSPC:
+      return "disk full (ENOSPC): " + w;
+    case EDQUOT:
+      return "disk full (quota exceeded, EDQUOT): " + w;
+    case EFBIG:
+      return "disk full (file size limit, EFBIG): " + w;
+    case ENOENT:
+      return "not found: " + w;
+    default:
+      return "I/O error (" + std::string(std::strerror(err)) + "): " + w;
+  }
+}
+
+ErrorKind errorKind(std::string_view error) {
+  if (error.empty()) return ErrorKind::None;
+  if (error.starts_with("disk full")) return ErrorKind::NoSpace;
+  if (error.starts_with("not found")) return ErrorKind::NotFound;
+  if (error.starts_with("corrupt")) return ErrorKind::Corrupt;
+  return ErrorKind::Io;
+}
+
+// ---- MessageData -----------------------------------------------------------------------
+
+std::shared_ptr<const MessageData> MessageData::map(const std::string& path, std::string& error) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return error = errnoError(errno, "open " + path), nullptr;
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    error = errnoError(errno, "stat " + path);
+    ::close(fd);
+    return nullptr;
+  }
+  std::shared_ptr<MessageData> m(new MessageData());
+  m->size_ = static_cast<size_t>(st.st_size);
+  if (m->size_ > 0) {
+    void* a = ::mmap(nullptr, m->size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (a == MAP_FAILED) {
+      error = errnoError(errno, "mmap " + path);
+      ::close(fd);
+      return nullptr;
+    }
+    m->addr_ = a;
+  }
+  ::close(fd);
+  return m;
+}
+
+MessageData::~MessageData() {
+  if (addr_) ::munmap(addr_, size_);
+}
+
+// ---- Spool -----------------------------------------------------------------------------
+
+Spool::Spool(uv_loop_t* loop, std::string dir) : loop_(loop), dir_(std::move(dir)) {
+  std::random_device rd;
+  idSalt_ = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+}
+
+Spool::~Spool() = default;
+
+std::shared_ptr<Spool> Spool::open(uv_loop_t* loop, const std::string& dir, std::string& error) {
+  for (const char* sub : {"", "/tmp", "/data", "/queue", "/hold", "/quarantine", "/corrupt"}) {
+    std::string p = dir + sub;
+    if (::mkdir(p.c_str(), 0700) != 0 && errno != EEXIST) {
+      error = errnoError(errno, "mkdir " + p);
+      return nullptr;
+    }
+  }
+  if (::access((dir + "/tmp").c_str(), W_OK) != 0) {
+    error = errnoError(errno, "access " + dir);
+    return nullptr;
+  }
+  return std::shared_ptr<Spool>(new Spool(loop, dir));
+}
+
+std::string Spool::path(std::string_view sub, std::string_view name) const {
+  std::string p = dir_;
+  p += '/';
+  p += sub;
+  if (!name.empty()) {
+    p += '/';
+    p += name;
+  }
+  return p;
+}
+
+std::string Spool::newId() {
+  // 9 chars of milliseconds (45 bits), 3 of a counter, 4 of randomness: 16 chars of
+  // Crockford base32 — digits sort before letters, so ids sort by arrival time.
+  static const char* alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+  std::lock_guard<std::mutex> lock(idMutex_);
+  int64_t ms = nowMs();
+  if (ms < lastIdMs_) ms = lastIdMs_;  // clock stepped back: keep the order
+  lastIdMs_ = ms;
+  uint64_t counter = idCounter_++ & 0x7fff;
+  idSalt_ = idSalt_ * 6364136223846793005ULL + 1442695040888963407ULL;
+  uint64_t rnd = (idSalt_ >> 33) & 0xfffff;
+  std::string id(16, '0');
+  uint64_t t = static_cast<uint64_t>(ms);
+  for (int i = 8; i >= 0; --i, t >>= 5) id[static_cast<size_t>(i)] = alphabet[t & 31];
+  for (int i = 11; i >= 9; --i, counter >>= 5) id[static_cast<size_t>(i)] = alphabet[counter & 31];
+  for (int i = 15; i >= 12; --i, rnd >>= 5) id[static_cast<size_t>(i)] = alphabet[rnd & 31];
+  return id;
+}
+
+uint64_t Spool::freeBytes() const {
+  struct statvfs v {};
+  if (::statvfs(dir_.c_str(), &v) != 0) return 0;
+  return static_cast<uint64_t>(v.f_bavail) * v.f_frsize;
+}
+
+uint64_t Spool::nextGeneration(const std::string& id) { return ++generations_[id]; }
+
+std::shared_ptr<IncomingMessage> Spool::create() {
+  return std::make_shared<IncomingMessage>(shared_from_this(), newId());
+}
+
+std::shared_ptr<const MessageData> Spool::openData(const std::string& id, std::string& error) const {
+  if (!validId(id)) return error = "not found: bad queue id", nullptr;
+  return MessageData::map(path("data", id), error);
+}
+
+struct SpoolFile {
+  std::mutex mu;
+  int fd = -1;
+  bool dropped = false;  // aborted: never (re)create the file
+  std::string path;
+  ~SpoolFile() {
+    if (fd >= 0) ::close(fd);
+  }
+  int ensureOpen() {
+    std::lock_guard<std::mutex> lock(mu);
+    if (dropped) return ECANCELED;
+    if (fd >= 0) return 0;
+    fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    return fd < 0 ? errno : 0;
+  }
+  void drop() {
+    std::lock_guard<std::mutex> lock(mu);
+    dropped = true;
+    ::unlink(path.c_str());
+  }
+};
+
+// ---- commit ---------------------------------------------------------------------------
+
+// One message on its way into the queue. Shared between the loop and pool work; the pool
+// only touches it inside work items, the loop only in after-callbacks.
+struct CommitJob {
+  std::shared_ptr<SpoolFile> data;
+  int envFd = -1;
+  std::string envText, envTmp, dataDst, envDst;
+  Area area = Area::Active;
+  Spool::Done cb;
+  std::string error;
+  bool dataMoved = false, envMoved = false;
+  ~CommitJob() {
+    if (envFd >= 0) ::close(envFd);
+  }
+  // The per-message part, in parallel on the pool: both files durable, then renamed.
+  void prepare() {
+    if (::fsync(data->fd) != 0) return fail(errnoError(errno, "fsync " + data->path));
+    envFd = ::open(envTmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (envFd < 0) return fail(errnoError(errno, "create " + envTmp));
+    if (int err = writeAll(envFd, envText, 0)) return fail(errnoError(err, "write " + envTmp));
+    if (::fsync(envFd) != 0) return fail(errnoError(errno, "fsync " + envTmp));
+    renameBoth();
+  }
+  void renameBoth() {
+    if (!error.empty()) return;
+    std::string e = renameFile(data->path, dataDst);
+    dataMoved = e.empty();
+    if (e.empty()) e = renameFile(envTmp, envDst);
+    envMoved = e.empty();
+    if (!e.empty()) fail(e);
+  }
+  // Not acknowledged: leave nothing that recovery would keep.
+  void fail(std::string e) {
+    if (error.empty()) error = std::move(e);
+    ::unlink(envTmp.c_str());
+    if (envMoved) ::unlink(envDst.c_str());
+    if (dataMoved) ::unlink(dataDst.c_str());
+    data->drop();
+  }
+};
+
+void Spool::startCommit(std::shared_ptr<CommitJob> job) {
+  auto self = shared_from_this();
+  CommitMode mode = commitMode_;
+  std::string dataDir = path("data", ""), areaDir = path(areaName(job->area), "");
+  mta::uv::queueWork(
+      loop_,
+      [job, mode, dataDir, areaDir] {
+        job->prepare();
+        if (mode != CommitMode::PerMessage || !job->error.empty()) return;
+        std::string e = syncDir(dataDir);
+        if (e.empty()) e = syncDir(areaDir);
+        if (!e.empty()) job->fail(e);
+      },
+      [self, job, mode] {
+        if (mode == CommitMode::PerMessage || !job->error.empty()) return self->commitDone(*job);
+        self->pendingSync_.push_back(job);
+        if (!self->syncRunning_) self->startSyncRound();
+      });
+}
+
+void Spool::commitDone(CommitJob& job) {
+  if (!job.error.empty()) log::error("spool_error").add("op", "commit").add("error", job.error);
+  Done cb = std::move(job.cb);
+  cb(job.error.empty(), job.error);
+}
+
+void Spool::startSyncRound() {
+  auto batch = std::make_shared<std::vector<std::shared_ptr<CommitJob>>>(std::move(pendingSync_));
+  pendingSync_.clear();
+  syncRunning_ = true;
+  std::set<std::string> dirs{path("data", "")};
+  for (auto& j : *batch) dirs.insert(path(areaName(j->area), ""));
+  auto self = shared_from_this();
+  mta::uv::queueWork(
+      loop_,
+      [batch, dirs] {
+        std::string e;
+        for (auto& d : dirs)
+          if (e.empty()) e = syncDir(d);
+        if (!e.empty())
+          for (auto& j : *batch) j->fail(e);
+      },
+      [self, batch] {
+        self->dirSyncRounds_++;
+        self->syncRunning_ = false;
+        if (!self->pendingSync_.empty()) self->startSyncRound();
+        for (auto& j : *batch) self->commitDone(*j);
+      });
+}
+
+// ---- per-id serialized operations ------------------------------------------------------
+
+void Spool::serialize(const std::string& id, std::function<std::string()> work, Done cb) {
+  auto& q = ops_[id];
+  q.push_back({std::move(work), std::move(cb)});
+  if (q.size() == 1) runNext(id);
+}
+
+void Spool::runNext(const std::string& id) {
+  auto it = ops_.find(id);
+  if (it == ops_.end() || it->second.empty()) return;
+  auto result = std::make_shared<std::string>();
+  auto work = it->second.front().work;
+  auto self = shared_from_this();
+  mta::uv::queueWork(
+      loop_, [work, result] { *result = work(); },
+      [self, id, result] {
+        auto it = self->ops_.find(id);
+        Done cb = std::move(it->second.front().cb);
+        it->second.pop_front();
+        if (it->second.empty())
+          self->ops_.erase(it);
+        else
+          self->runNext(id);
+        if (!result->empty()) log::error("spool_error").add("queue_id", id).add("error", *result);
+        if (cb) cb(result->empty(), *result);
+      });
+}
+
+void Spool::update(const Envelope& envIn, Done cb) { move(envIn, envIn.area, std::move(cb)); }
+
+void Spool::move(const Envelope& envIn, Area to, Done cb) {
+  if (!validId(envIn.id)) return cb(false, "not found: bad queue id");
+  Envelope env = envIn;
+  env.area = to;
+  env.generation = nextGeneration(env.id);
+  std::string text = serializeEnvelope(env);
+  std::string tmp = path("tmp", env.id + "." + std::to_string(env.generation) + ".env");
+  std::string target = path(areaName(to), env.id);
+  std::vector<std::string> stale;
+  for (Area a : kAreas)
+    if (a != to) stale.push_back(path(areaName(a), env.id));
+  std::string targetDir = path(areaName(to), ""), base = dir_;
+  auto work = [text, tmp, target, stale, targetDir, base]() -> std::string {
+    // Never create an envelope for a message that is not in the spool (removed, or never
+    // committed): it would have no data and end in corrupt/ at the next start.
+    bool exists = ::access(target.c_str(), F_OK) == 0;
+    for (auto& s : stale) exists = exists || ::access(s.c_str(), F_OK) == 0;
+    if (!exists) return "not found: " + target;
+    std::string e = writeDurable(tmp, text);
+    if (e.empty()) e = renameFile(tmp, target);
+    if (e.empty()) e = syncDir(targetDir);
+    if (!e.empty()) {
+      ::unlink(tmp.c_str());
+      return e;
+    }
+    // Only now is the new copy durable; a stale copy left by a crash loses on generation.
+    for (auto& s : stale) {
+      if (::unlink(s.c_str()) == 0) e = syncDir(s.substr(0, s.rfind('/')));
+    }
+    return e;
+  };
+  serialize(env.id, std::move(work), std::move(cb));
+}
+
+void Spool::remove(const std::string& id, Done cb) {
+  if (!validId(id)) return cb(false, "not found: bad queue id");
+  std::vector<std::string> envs;
+  for (Area a : kAreas) envs.push_back(path(areaName(a), id));
+  std::string data = path("data", id);
+  auto self = shared_from_this();
+  auto work = [envs, data]() -> std::string {
+    bool found = false;
+    for (auto& e : envs) {
+      if (::unlink(e.c_str()) == 0) {
+        found = true;
+        std::string err = syncDir(e.substr(0, e.rfind('/')));
+        if (!err.empty()) return err;
+      } else if (errno != ENOENT) {
+        return errnoError(errno, "unlink " + e);
+      }
+    }
+    // The envelope is gone for good: a data file left by a crash here is an orphan that
+    // recovery deletes.
+    if (::unlink(data.c_str()) != 0 && errno != ENOENT) return errnoError(errno, "unlink " + data);
+    return found ? std::string() : "not found: " + envs[0];
+  };
+  serialize(id, std::move(work), [self, id, cb = std::move(cb)](bool ok, std::string e) {
+    if (!self->ops_.count(id)) self->generations_.erase(id);
+    cb(ok, std::move(e));
+  });
+}
+
+// ---- recovery --------------------------------------------------------------------------
+
+void Spool::moveToCorrupt(const std::string& from, const std::string& name, const std::string& why,
+                          RecoveryReport& report) {
+  std::string src = path(from, name);
+  std::string dst = path("corrupt", from + "-" + name);
+  if (::access(dst.c_str(), F_OK) == 0) dst += "." + std::to_string(nowMs());
+  if (::rename(src.c_str(), dst.c_str()) != 0) {
+    report.notes.push_back("cannot move " + src + " to corrupt/: " + std::strerror(errno));
+    return;
+  }
+  report.notes.push_back("moved " + from + "/" + name + " to corrupt/: " + why);
+  log::warn("spool_corrupt").add("file", from + "/" + name).add("reason", why);
+}
+
+void Spool::recoverArea(Area area, std::map<std::string, Envelope>& found, std::set<std::string>& corruptIds,
+                        RecoveryReport& report) {
+  std::string sub(areaName(area));
+  for (auto& name : listDir(path(sub, ""))) {
+    std::string text, error;
+    int err = 0;
+    std::optional<Envelope> env;
+    if (!validId(name))
+      error = "bad file name";
+    else if (!readFile(path(sub, name), text, err))
+      error = errnoError(err, "read");
+    else if (!(env = parseEnvelope(text, error))) {
+    } else if (env->id != name)
+      error = "envelope id " + env->id + " does not match its file name";
+    if (!error.empty()) {
+      moveToCorrupt(sub, name, "corrupt envelope: " + error, report);
+      corruptIds.insert(name);
+      report.movedCorrupt++;
+      continue;
+    }
+    env->area = area;
+    auto it = found.find(name);
+    if (it == found.end()) {
+      found.emplace(name, std::move(*env));
+      continue;
+    }
+    // A crash during a move left two copies: the newer generation wins.
+    bool newer = env->generation > it->second.generation;
+    std::string loser = newer ? path(areaName(it->second.area), name) : path(sub, name);
+    ::unlink(loser.c_str());
+    report.notes.push_back("removed stale copy " + loser);
+    if (newer) it->second = std::move(*env);
+  }
+}
+
+std::vector<Envelope> Spool::recover(RecoveryReport& report) {
+  for (auto& name : listDir(path("tmp", ""))) {
+    ::unlink(path("tmp", name).c_str());
+    report.removedPartial++;
+    report.notes.push_back("removed half-written tmp/" + name);
+    log::info("spool_removed_partial").add("file", "tmp/" + name);
+  }
+  std::map<std::string, Envelope> found;
+  std::set<std::string> corruptIds;
+  for (Area a : kAreas) recoverArea(a, found, corruptIds, report);
+  std::vector<Envelope> out;
+  for (auto it = found.begin(); it != found.end();) {
+    struct stat st {};
+    std::string why;
+    bool dataExists = ::stat(path("data", it->first).c_str(), &st) == 0;
+    if (!dataExists)
+      why = "data file missing";
+    else if (static_cast<uint64_t>(st.st_size) != it->second.size)
+      why = "data file has " + std::to_string(st.st_size) + " bytes, envelope says " + std::to_string(it->second.size);
+    if (!why.empty()) {
+      moveToCorrupt(std::string(areaName(it->second.area)), it->first, why, report);
+      if (dataExists) moveToCorrupt("data", it->first, why, report);
+      report.movedCorrupt++;
+      it = found.erase(it);
+      continue;
+    }
+    generations_[it->first] = it->second.generation;
+    out.push_back(it->second);
+    ++it;
+  }
+  for (auto& name : listDir(path("data", ""))) {
+    if (found.count(name)) continue;
+    if (corruptIds.count(name)) {  // keep the bytes beside their broken envelope
+      moveToCorrupt("data", name, "its envelope is corrupt", report);
+      continue;
+    }
+    ::unlink(path("data", name).c_str());
+    report.removedPartial++;
+    report.notes.push_back("removed data/" + name + " without an envelope");
+    log::info("spool_removed_partial").add("file", "data/" + name);
+  }
+  for (const char* d : {"tmp", "data", "queue", "hold", "quarantine", "corrupt"}) syncDir(path(d, ""));
+  report.recovered = out.size();
+  log::info("spool_recover")
+      .add("recovered", static_cast<uint64_t>(report.recovered))
+      .add("removed_partial", static_cast<uint64_t>(report.removedPartial))
+      .add("moved_corrupt", static_cast<uint64_t>(report.movedCorrupt));
+  return out;
+}
+
+// ---- IncomingMessage -------------------------------------------------------------------
+
+IncomingMessage::IncomingMessage(std::shared_ptr<Spool> spool, std::string id)
+    : spool_(std::move(spool)), id_(std::move(id)), file_(std::make_shared<SpoolFile>()) {
+  file_->path = spool_->path("tmp", id_ + ".data");
+}
+
+IncomingMessage::~IncomingMessage() { abort(); }
+
+void IncomingMessage::append(std::string_view data) {
+  if (aborted_ || finishing_ || committed_) return;
+  size_ += data.size();
+  if (error_ != 0) return;  // reported by finish()
+  pending_.append(data);
+  if (overHighWater()) overSignalled_ = true;
+  pump();
+}
+
+void IncomingMessage::pump() {
+  if (inFlight_ != 0 || pending_.empty() || aborted_) return;
+  if (error_ != 0) return pending_.clear();
+  auto chunk = std::make_shared<std::string>(std::move(pending_));
+  pending_.clear();
+  inFlight_ = chunk->size();
+  auto file = file_;
+  uint64_t offset = written_;
+  auto err = std::make_shared<int>(0);
+  auto self = shared_from_this();
+  mta::uv::queueWork(
+      spool_->loop(),
+      [file, chunk, offset, err] {
+        *err = file->ensureOpen();
+        if (*err == 0) *err = writeAll(file->fd, *chunk, offset);
+      },
+      [self, chunk, err] { self->writeDone(chunk->size(), *err); });
+}
+
+void IncomingMessage::writeDone(size_t n, int err) {
+  inFlight_ = 0;
+  if (err != 0 && error_ == 0) error_ = err;
+  if (err == 0) written_ += n;
+  pump();
+  if (overSignalled_ && buffered() <= kLowWater) {
+    overSignalled_ = false;
+    if (onDrain_) onDrain_();
+  }
+  maybeFinish();
+}
+
+void IncomingMessage::finish(Done cb) {
+  if (finishing_ || aborted_) return cb(false, "I/O error: message already finished or aborted");
+  finishing_ = true;
+  finishCb_ = std::move(cb);
+  pump();
+  maybeFinish();
+}
+
+void IncomingMessage::maybeFinish() {
+  if (!finishing_ || !finishCb_ || inFlight_ != 0 || !pending_.empty()) return;
+  Done cb = std::move(finishCb_);
+  finishCb_ = nullptr;
+  if (error_ != 0) return cb(false, errnoError(error_, "write " + id_));
+  auto file = file_;
+  auto result = std::make_shared<std::pair<std::shared_ptr<const MessageData>, std::string>>();
+  auto self = shared_from_this();
+  mta::uv::queueWork(
+      spool_->loop(),
+      [file, result] {
+        int e = file->ensureOpen();  // an empty message still gets its file
+        if (e != 0)
+          result->second = errnoError(e, "create " + file->path);
+        else
+          result->first = MessageData::map(file->path, result->second);
+      },
+      [self, result, cb] {
+        self->data_ = result->first;
+        self->finished_ = result->first != nullptr;
+        cb(self->finished_, result->second);
+      });
+}
+
+void IncomingMessage::commit(Envelope env, Done cb) {
+  if (!finished_ || committed_ || aborted_) return cb(false, "I/O error: commit before finish");
+  committed_ = true;  // from here the files belong to the commit job
+  env.id = id_;
+  env.size = size_;
+  env.generation = spool_->nextGeneration(id_);
+  auto job = std::make_shared<CommitJob>();
+  job->data = file_;
+  job->envText = serializeEnvelope(env);
+  job->envTmp = spool_->path("tmp", id_ + "." + std::to_string(env.generation) + ".env");
+  job->dataDst = spool_->path("data", id_);
+  job->envDst = spool_->path(areaName(env.area), id_);
+  job->area = env.area;
+  job->cb = std::move(cb);
+  spool_->startCommit(std::move(job));
+}
+
+void IncomingMessage::abort() {
+  if (committed_ || aborted_) return;
+  aborted_ = true;
+  pending_.clear();
+  auto file = file_;
+  mta::uv::queueWork(
+      spool_->loop(), [file] { file->drop(); }, nullptr);
+}
+
+}  // namespace moat::queue

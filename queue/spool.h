@@ -1,0 +1,208 @@
+// queue/spool.h — the durable, crash-atomic message store (DESIGN.md decision 4). Storage
+// only: when to try what is the Scheduler's business (decision 5).
+//
+// On-disk layout under the spool directory:
+//   tmp/<id>.data        message bytes while DATA is received (half-written by definition)
+//   tmp/<id>.<gen>.env   an envelope being written, before its rename
+//   data/<id>            committed message bytes, written once, never rewritten
+//   queue/<id>           envelope of an active message     } the envelope's presence in one
+//   hold/<id>            envelope of a held message        } of these is the commit point;
+//   quarantine/<id>      envelope of a quarantined message } its area is where it sits
+//   corrupt/             damaged files moved aside at start-up, for an admin to look at
+//
+// Commit (IncomingMessage::commit): fsync tmp/<id>.data; write and fsync tmp/<id>.<gen>.env;
+// rename the data into data/, then the envelope into its area; fsync data/ and the area
+// directory. Only after the directory fsyncs does the callback run (the server's 250).
+// GROUP COMMIT (CommitMode below): the per-message part runs in parallel on the thread pool,
+// and the directory fsyncs are shared by every message whose renames finished before the
+// sync started — while one sync runs, the next batch gathers.
+//
+// Envelope rewrites (update/move) write a new envelope with a higher generation to tmp/,
+// fsync, rename over the old one (or into the new area, then unlink the old area's copy);
+// operations on one id run one at a time, in order. Remove unlinks the envelope first, then
+// the data.
+//
+// Recovery (start-up, before the loop serves): tmp/ is emptied (nothing there was
+// acknowledged); each envelope is parsed (checksum, version) and its data file checked
+// against the recorded size; a broken one is moved with its data to corrupt/; an id in two
+// areas (crash during a move) keeps the higher generation; data/ files with no envelope
+// (crash between the two renames, or during a remove) are deleted — neither was ever
+// acknowledged as queued, or both were already done with. A message whose commit callback
+// ran always has a valid envelope and data, so recovery never deletes it.
+//
+// Untrusted input: message bytes (stored verbatim), envelope fields (escaped by the
+// envelope format) and, at recovery, every file in the spool. Logs: spool_recover,
+// spool_corrupt, spool_removed_partial, spool_error (warn/error level, with queue_id).
+#pragma once
+#include <uv.h>
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "queue/envelope.h"
+
+namespace moat::queue {
+
+// Typed spool errors. The callbacks carry a string whose prefix names the kind, so a
+// caller can map it without parsing the rest: NoSpace (ENOSPC, EDQUOT, EFBIG) → 452 4.3.1.
+enum class ErrorKind { None, NoSpace, Io, Corrupt, NotFound };
+ErrorKind errorKind(std::string_view error);
+// "disk full (ENOSPC): write tmp/ABC.data" and the like.
+std::string errnoError(int err, std::string_view what);
+
+// A read-only view of a spooled message's bytes (mmap). Thread-safe to read; the mapping
+// outlives a rename or an unlink of the file.
+class MessageData {
+ public:
+  static std::shared_ptr<const MessageData> map(const std::string& path, std::string& error);
+  ~MessageData();
+  MessageData(const MessageData&) = delete;
+  MessageData& operator=(const MessageData&) = delete;
+  std::string_view bytes() const { return {static_cast<const char*>(addr_), size_}; }
+  uint64_t size() const { return size_; }
+
+ private:
+  MessageData() = default;
+  void* addr_ = nullptr;
+  size_t size_ = 0;
+};
+
+struct RecoveryReport {
+  size_t recovered = 0, removedPartial = 0, movedCorrupt = 0;
+  std::vector<std::string> notes;
+};
+
+class IncomingMessage;
+struct SpoolFile;  // spool.cc: a temp file shared between the loop and pool work
+struct CommitJob;  // spool.cc: one message on its way into the queue
+
+// How commits reach the disk (spool_bench compares them):
+//  PerMessage  each message fsyncs its data, its envelope and both directories on its own.
+//  Group       GROUP COMMIT (default): the per-message file fsyncs and renames run in
+//              parallel on the pool; the directory fsyncs are shared by every message whose
+//              renames finished before the round started, while the next batch gathers.
+//              (A syncfs(2)-per-batch variant was measured and dropped: on a file system
+//              shared with other writers it flushes their data too and ran 4x slower.)
+enum class CommitMode { PerMessage, Group };
+
+class Spool : public std::enable_shared_from_this<Spool> {
+ public:
+  using Done = std::function<void(bool ok, std::string error)>;
+
+  // Creates the layout under dir. Returns null + error.
+  static std::shared_ptr<Spool> open(uv_loop_t* loop, const std::string& dir, std::string& error);
+  ~Spool();
+
+  // Start-up: see the header comment. Blocking (runs before the loop serves mail).
+  std::vector<Envelope> recover(RecoveryReport& report);
+  // A new message being received (loop thread).
+  std::shared_ptr<IncomingMessage> create();
+  std::shared_ptr<const MessageData> openData(const std::string& id, std::string& error) const;
+
+  // Durable state changes, done on the thread pool, cb on the loop thread.
+  void update(const Envelope& env, Done cb);
+  void remove(const std::string& id, Done cb);
+  void move(const Envelope& env, Area to, Done cb);
+
+  uint64_t freeBytes() const;
+  std::string newId();
+
+  // Group commit is on by default; off = CommitMode::PerMessage.
+  void setGroupCommit(bool on) { commitMode_ = on ? CommitMode::Group : CommitMode::PerMessage; }
+  void setCommitMode(CommitMode m) { commitMode_ = m; }
+  CommitMode commitMode() const { return commitMode_; }
+  // Number of directory-sync rounds so far (tests check that batching happened).
+  uint64_t dirSyncRounds() const { return dirSyncRounds_; }
+
+  const std::string& dir() const { return dir_; }
+  uv_loop_t* loop() const { return loop_; }
+  std::string path(std::string_view sub, std::string_view name) const;
+
+ private:
+  friend class IncomingMessage;
+  Spool(uv_loop_t* loop, std::string dir);
+  void startCommit(std::shared_ptr<CommitJob> job);
+  void startSyncRound();
+  void commitDone(CommitJob& job);
+  uint64_t nextGeneration(const std::string& id);
+  // Runs `op` (pool work returning an error string) after earlier ops on the same id.
+  void serialize(const std::string& id, std::function<std::string()> work, Done cb);
+  void runNext(const std::string& id);
+  void recoverArea(Area area, std::map<std::string, Envelope>& found, std::set<std::string>& corruptIds,
+                   RecoveryReport& report);
+  void moveToCorrupt(const std::string& from, const std::string& name, const std::string& why, RecoveryReport& report);
+
+  uv_loop_t* loop_;
+  std::string dir_;
+  CommitMode commitMode_ = CommitMode::Group;
+  bool syncRunning_ = false;
+  std::vector<std::shared_ptr<CommitJob>> pendingSync_;
+  uint64_t dirSyncRounds_ = 0;
+  std::map<std::string, uint64_t> generations_;
+  struct Op {
+    std::function<std::string()> work;
+    Done cb;
+  };
+  std::map<std::string, std::deque<Op>> ops_;
+  std::mutex idMutex_;
+  uint64_t idCounter_ = 0;
+  uint64_t idSalt_ = 0;
+  int64_t lastIdMs_ = 0;
+};
+
+class IncomingMessage : public std::enable_shared_from_this<IncomingMessage> {
+ public:
+  using Done = Spool::Done;
+  static constexpr size_t kHighWater = 1 << 20;  // bytes buffered or in flight
+  static constexpr size_t kLowWater = 256 << 10;
+
+  IncomingMessage(std::shared_ptr<Spool> spool, std::string id);
+  ~IncomingMessage();
+  IncomingMessage(const IncomingMessage&) = delete;
+  IncomingMessage& operator=(const IncomingMessage&) = delete;
+
+  const std::string& id() const { return id_; }
+  // Loop thread. Appends message bytes (CRLF) for a write on the pool; never blocks.
+  void append(std::string_view data);
+  bool overHighWater() const { return buffered() > kHighWater; }
+  size_t bufferedBytes() const { return buffered(); }
+  void setOnDrain(std::function<void()> fn) { onDrain_ = std::move(fn); }
+  // All data appended: flush (no fsync yet). After ok, data() gives a view for the filters.
+  void finish(Done cb);
+  std::shared_ptr<const MessageData> data() const { return data_; }
+  uint64_t size() const { return size_; }
+  // Durable + queued (see Spool). env.id and env.size are set from this message.
+  void commit(Envelope env, Done cb);
+  // Drops the temp file (rejected message, client gone). Also done by the destructor.
+  void abort();
+
+ private:
+  size_t buffered() const { return pending_.size() + inFlight_; }
+  void pump();
+  void writeDone(size_t n, int err);
+  void maybeFinish();
+
+  std::shared_ptr<Spool> spool_;
+  std::string id_;
+  std::shared_ptr<SpoolFile> file_;
+  std::string pending_;
+  size_t inFlight_ = 0;
+  uint64_t written_ = 0, size_ = 0;
+  int error_ = 0;
+  bool overSignalled_ = false, finishing_ = false, finished_ = false, committed_ = false, aborted_ = false;
+  std::function<void()> onDrain_;
+  Done finishCb_;
+  std::shared_ptr<const MessageData> data_;
+};
+
+}  // namespace moat::queue

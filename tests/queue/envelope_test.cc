@@ -1,0 +1,135 @@
+// Tests for queue/envelope: the typed-record format round-trips every field (including
+// peer-controlled bytes that would break a line-based format), and every single-byte
+// corruption, truncation, newer version or unknown record is rejected.
+#include "queue/envelope.h"
+
+#include <catch2/catch.hpp>
+
+using namespace moat::queue;
+
+namespace {
+
+Envelope sample() {
+  Envelope e;
+  e.id = "0ABCDEFGH1230000";
+  e.mailFrom = "sender@example.test";
+  e.arrivalMs = 1'700'000'000'123;
+  e.clientIp = "192.0.2.7";
+  e.clientName = "mail.example.test";
+  e.helo = "evil\thelo\r\nX-Injected: yes %41";
+  e.protocol = "ESMTPS";
+  e.messageId = "<abc@example.test>";
+  e.headers = {{"Received", "from x\r\n\tby y"}, {"Authentication-Results", "mx; spf=pass"}};
+  e.eightBit = true;
+  e.envid = "ENV1";
+  e.ret = "HDRS";
+  e.size = 4096;
+  e.attempts = 3;
+  e.nextAttemptMs = 1'700'000'600'000;
+  e.delayWarned = true;
+  e.area = Area::Quarantine;
+  e.quarantineReason = "virus: Eicar-Test-Signature";
+  e.generation = 7;
+  Recipient a{
+      "a@example.test", "rfc822;a@example.test", "FAILURE,DELAY", RcptStatus::Pending, 2, "451 4.7.1 later", "mx1"};
+  Recipient b{"b@example.test", "", "", RcptStatus::Failed, 1, "550 5.1.1\nno such user", "mx2"};
+  Recipient c{"c@example.test", "", "NEVER", RcptStatus::Delivered, 1, "250 ok", ""};
+  e.rcpts = {a, b, c};
+  return e;
+}
+
+}  // namespace
+
+TEST_CASE("envelope round trip keeps every field, including control bytes") {
+  Envelope e = sample();
+  std::string text = serializeEnvelope(e);
+  std::string error;
+  auto back = parseEnvelope(text, error);
+  REQUIRE(back.has_value());
+  REQUIRE(error.empty());
+  REQUIRE(*back == e);
+  // Peer bytes never break the line structure: one record per line.
+  REQUIRE(text.find("X-Injected") != std::string::npos);
+  REQUIRE(text.find("\nX-Injected") == std::string::npos);
+}
+
+TEST_CASE("envelope with the null sender and no optional fields round-trips") {
+  Envelope e;
+  e.id = "ID1";
+  e.size = 0;
+  std::string error;
+  auto back = parseEnvelope(serializeEnvelope(e), error);
+  REQUIRE(back.has_value());
+  REQUIRE(back->mailFrom.empty());
+  REQUIRE(*back == e);
+}
+
+TEST_CASE("envelope: every single-byte corruption is detected") {
+  std::string text = serializeEnvelope(sample());
+  size_t undetected = 0, tried = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    for (int v = 0; v < 256; ++v) {
+      if (static_cast<char>(v) == text[i]) continue;
+      std::string bad = text;
+      bad[i] = static_cast<char>(v);
+      std::string error;
+      ++tried;
+      if (parseEnvelope(bad, error).has_value()) ++undetected;
+    }
+  }
+  REQUIRE(tried > 100000);
+  REQUIRE(undetected == 0);
+}
+
+TEST_CASE("envelope: every truncation and any trailing byte is rejected") {
+  std::string text = serializeEnvelope(sample());
+  for (size_t n = 0; n < text.size(); ++n) {
+    std::string error;
+    REQUIRE_FALSE(parseEnvelope(std::string_view(text).substr(0, n), error).has_value());
+    REQUIRE_FALSE(error.empty());
+  }
+  std::string error;
+  REQUIRE_FALSE(parseEnvelope(text + "x", error).has_value());
+  REQUIRE_FALSE(parseEnvelope(text + "\n", error).has_value());
+}
+
+namespace {
+// Re-signs an edited body so that only the content check can reject it.
+std::string resign(const std::string& body) {
+  char buf[16];
+  snprintf(buf, sizeof buf, "%08x", crc32(body));
+  return body + "end\t" + buf + "\n";
+}
+std::string bodyOf(const std::string& text) { return text.substr(0, text.rfind("end\t")); }
+}  // namespace
+
+TEST_CASE("envelope: a newer version or an unknown record is an error, not dropped") {
+  std::string body = bodyOf(serializeEnvelope(sample()));
+  std::string error;
+  REQUIRE(parseEnvelope(resign(body), error).has_value());
+
+  std::string v2 = body;
+  v2.replace(0, v2.find('\n'), "moat-envelope\t2");
+  REQUIRE_FALSE(parseEnvelope(resign(v2), error).has_value());
+  REQUIRE(error.find("version 2") != std::string::npos);
+
+  REQUIRE_FALSE(parseEnvelope(resign(body + "dsn_state\tx\n"), error).has_value());
+  REQUIRE(error.find("unknown record type 'dsn_state'") != std::string::npos);
+
+  REQUIRE_FALSE(parseEnvelope(resign(body + "size\t1\n"), error).has_value());  // duplicate
+  REQUIRE(error.find("duplicate") != std::string::npos);
+
+  std::string noSize = body;
+  size_t p = noSize.find("\nsize\t");
+  noSize.erase(p + 1, noSize.find('\n', p + 1) - p);
+  REQUIRE_FALSE(parseEnvelope(resign(noSize), error).has_value());
+  REQUIRE(error.find("missing record 'size'") != std::string::npos);
+
+  REQUIRE_FALSE(parseEnvelope(resign(body + "attempts\t-1\n"), error).has_value());
+  REQUIRE_FALSE(parseEnvelope(resign("moat-envelope\t1\nid\tX\nfrom\t\narrival\t01\nsize\t0\n"), error).has_value());
+}
+
+TEST_CASE("crc32 matches the IEEE check value") {
+  REQUIRE(crc32("123456789") == 0xCBF43926u);
+  REQUIRE(crc32("") == 0u);
+}

@@ -1,0 +1,413 @@
+// Tests for queue/spool: commit and recovery on a real file system (a fresh directory per
+// test), recovery from each state a crash can leave, group commit, bounded memory while
+// receiving, and the disk-full path. Disk full is simulated with RLIMIT_FSIZE (SIGXFSZ
+// ignored): writes past the limit fail with EFBIG, which the spool reports as "disk full",
+// the same ErrorKind::NoSpace as ENOSPC — no root or tmpfs needed.
+#include "queue/spool.h"
+
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "mta/runtime/uv.h"
+
+using namespace moat::queue;
+namespace fs = std::filesystem;
+using moat::mta::uv::Loop;
+
+namespace {
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char tmpl[] = "/tmp/moat-spool-test-XXXXXX";
+    path = ::mkdtemp(tmpl);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+std::string readAll(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+void writeAll(const std::string& p, std::string_view s) {
+  std::ofstream f(p, std::ios::binary | std::ios::trunc);
+  f.write(s.data(), static_cast<std::streamsize>(s.size()));
+}
+
+size_t countFiles(const std::string& dir) {
+  size_t n = 0;
+  for (auto& e : fs::directory_iterator(dir)) n += e.is_regular_file();
+  return n;
+}
+
+Envelope makeEnv(std::string from = "s@example.test") {
+  Envelope e;
+  e.mailFrom = std::move(from);
+  e.arrivalMs = 1'700'000'000'000;
+  e.protocol = "ESMTP";
+  e.rcpts.resize(2);
+  e.rcpts[0].address = "r1@example.test";
+  e.rcpts[1].address = "r2@example.test";
+  e.headers = {{"Received", "from test"}};
+  return e;
+}
+
+struct Fixture {
+  TempDir dir;
+  Loop loop;
+  std::shared_ptr<Spool> spool;
+  Fixture() { reopen(); }
+  void reopen() {
+    std::string error;
+    spool = Spool::open(loop.get(), dir.path, error);
+    REQUIRE(spool);
+  }
+  std::string p(const std::string& sub) const { return dir.path + "/" + sub; }
+
+  // Receives, finishes and commits `body`; returns the queue id.
+  std::string commit(std::string_view body, Envelope env = makeEnv()) {
+    auto msg = spool->create();
+    msg->append(body);
+    bool done = false, ok = false;
+    std::string err;
+    msg->finish([&](bool k, std::string e) { done = true, ok = k, err = e; });
+    REQUIRE(loop.runUntil([&] { return done; }, 10000));
+    REQUIRE(ok);
+    REQUIRE(msg->data()->bytes() == body);
+    done = false;
+    msg->commit(env, [&](bool k, std::string e) { done = true, ok = k, err = e; });
+    REQUIRE(loop.runUntil([&] { return done; }, 10000));
+    INFO(err);
+    REQUIRE(ok);
+    return msg->id();
+  }
+
+  bool waitOp(std::function<void(Spool::Done)> op, std::string* error = nullptr) {
+    bool done = false, ok = false;
+    op([&](bool k, std::string e) {
+      done = true, ok = k;
+      if (error) *error = e;
+    });
+    REQUIRE(loop.runUntil([&] { return done; }, 10000));
+    return ok;
+  }
+
+  std::vector<Envelope> recover(RecoveryReport& r) {
+    reopen();  // a fresh Spool object, as after a restart
+    return spool->recover(r);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("spool: commit makes the message durable, a restart recovers it") {
+  Fixture f;
+  std::string body = "Subject: hi\r\n\r\nhello\r\n";
+  std::string id = f.commit(body);
+  REQUIRE(id.size() >= 12);
+  REQUIRE(fs::exists(f.p("queue/" + id)));
+  REQUIRE(readAll(f.p("data/" + id)) == body);
+  REQUIRE(countFiles(f.p("tmp")) == 0);
+
+  RecoveryReport r;
+  auto envs = f.recover(r);
+  REQUIRE(envs.size() == 1);
+  REQUIRE(r.recovered == 1);
+  REQUIRE(r.removedPartial == 0);
+  REQUIRE(r.movedCorrupt == 0);
+  REQUIRE(envs[0].id == id);
+  REQUIRE(envs[0].size == body.size());
+  REQUIRE(envs[0].rcpts.size() == 2);
+  REQUIRE(envs[0].headers == makeEnv().headers);
+  std::string error;
+  auto data = f.spool->openData(id, error);
+  REQUIRE(data);
+  REQUIRE(data->bytes() == body);
+}
+
+TEST_CASE("spool: queue ids are unique, sortable and filename-safe") {
+  Fixture f;
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5000; ++i) ids.push_back(f.spool->newId());
+  for (size_t i = 1; i < ids.size(); ++i) REQUIRE(ids[i - 1] < ids[i]);
+  for (auto c : ids[0]) REQUIRE(std::isalnum(static_cast<unsigned char>(c)));
+  REQUIRE(ids[0].size() == 16);
+}
+
+TEST_CASE("spool: recovery handles every state a crash can leave") {
+  Fixture f;
+  std::string body = "Subject: t\r\n\r\nbody\r\n";
+  std::string kept = f.commit(body);  // acknowledged: must survive everything below
+  std::string envText = readAll(f.p("queue/" + kept));
+  auto makeEnvText = [&](const std::string& id) {
+    std::string err;
+    Envelope e = *parseEnvelope(envText, err);
+    e.id = id;
+    return serializeEnvelope(e);
+  };
+  // 1. temp data only (crash while receiving).
+  writeAll(f.p("tmp/AAAA000000000001.data"), "partial");
+  // 2. temp data + a partial envelope (crash while writing the envelope).
+  writeAll(f.p("tmp/AAAA000000000002.data"), body);
+  writeAll(f.p("tmp/AAAA000000000002.1.env"), makeEnvText("AAAA000000000002").substr(0, 40));
+  // 3. both complete, not yet renamed.
+  writeAll(f.p("tmp/AAAA000000000003.data"), body);
+  writeAll(f.p("tmp/AAAA000000000003.1.env"), makeEnvText("AAAA000000000003"));
+  // 4. data renamed, envelope not yet (the envelope is the commit point).
+  writeAll(f.p("data/AAAA000000000004"), body);
+  // 5. both renamed, directory not synced yet: complete and valid.
+  writeAll(f.p("data/AAAA000000000005"), body);
+  writeAll(f.p("queue/AAAA000000000005"), makeEnvText("AAAA000000000005"));
+  // 6. truncated final envelope.
+  writeAll(f.p("data/AAAA000000000006"), body);
+  std::string t6 = makeEnvText("AAAA000000000006");
+  writeAll(f.p("queue/AAAA000000000006"), t6.substr(0, t6.size() / 2));
+  // 7. truncated data file (size disagrees with the envelope).
+  writeAll(f.p("data/AAAA000000000007"), body.substr(0, 5));
+  writeAll(f.p("queue/AAAA000000000007"), makeEnvText("AAAA000000000007"));
+  // 8. garbage file in queue/, and one with a name that is no queue id.
+  writeAll(f.p("queue/AAAA000000000008"), "\x01\x02garbage");
+  writeAll(f.p("queue/not-an-id.swp"), "x");
+  // 9. corrupt envelope (one flipped byte) with its data.
+  std::string t9 = makeEnvText("AAAA000000000009");
+  t9[t9.size() / 3] ^= 0x04;
+  writeAll(f.p("data/AAAA000000000009"), body);
+  writeAll(f.p("queue/AAAA000000000009"), t9);
+  // 10. envelope whose data file is missing.
+  writeAll(f.p("queue/AAAA00000000000A"), makeEnvText("AAAA00000000000A"));
+
+  RecoveryReport r;
+  auto envs = f.recover(r);
+  std::set<std::string> ids;
+  for (auto& e : envs) ids.insert(e.id);
+  INFO([&] {
+    std::string s;
+    for (auto& n : r.notes) s += n + "\n";
+    return s;
+  }());
+  REQUIRE(ids == std::set<std::string>{kept, "AAAA000000000005"});
+  REQUIRE(r.recovered == 2);
+  REQUIRE(r.removedPartial == 6);  // 5 tmp files + the orphan data of state 4
+  REQUIRE(r.movedCorrupt == 6);    // 6, 7, 8, the bad name, 9, 10
+  REQUIRE(countFiles(f.p("tmp")) == 0);
+  REQUIRE_FALSE(fs::exists(f.p("data/AAAA000000000004")));
+  REQUIRE(fs::exists(f.p("corrupt/queue-AAAA000000000009")));
+  REQUIRE(fs::exists(f.p("corrupt/data-AAAA000000000009")));  // kept beside its envelope
+  REQUIRE(fs::exists(f.p("corrupt/data-AAAA000000000007")));
+  REQUIRE(fs::exists(f.p("corrupt/queue-not-an-id.swp")));
+  REQUIRE(countFiles(f.p("queue")) == 2);
+  REQUIRE(readAll(f.p("data/" + kept)) == body);
+
+  // A second recovery finds a clean spool.
+  RecoveryReport r2;
+  REQUIRE(f.recover(r2).size() == 2);
+  REQUIRE(r2.removedPartial == 0);
+  REQUIRE(r2.movedCorrupt == 0);
+}
+
+TEST_CASE("spool: a crash during a move leaves two copies, the newer generation wins") {
+  Fixture f;
+  std::string id = f.commit("x\r\n");
+  std::string err;
+  Envelope e = *parseEnvelope(readAll(f.p("queue/" + id)), err);
+  e.area = Area::Hold;
+  e.generation += 1;
+  writeAll(f.p("hold/" + id), serializeEnvelope(e));  // new copy written, old not yet unlinked
+  RecoveryReport r;
+  auto envs = f.recover(r);
+  REQUIRE(envs.size() == 1);
+  REQUIRE(envs[0].area == Area::Hold);
+  REQUIRE_FALSE(fs::exists(f.p("queue/" + id)));
+}
+
+TEST_CASE("spool: update, move and remove are durable") {
+  Fixture f;
+  std::string id = f.commit("Subject: u\r\n\r\nx\r\n");
+  RecoveryReport r;
+  Envelope e = f.recover(r).at(0);
+
+  e.rcpts[0].status = RcptStatus::Delivered;
+  e.rcpts[0].lastReply = "250 2.0.0 ok";
+  e.rcpts[1].attempts = 1;
+  e.attempts = 1;
+  e.nextAttemptMs = 123456;
+  REQUIRE(f.waitOp([&](Spool::Done cb) { f.spool->update(e, cb); }));
+  auto envs = f.recover(r);
+  REQUIRE(envs.at(0).rcpts[0].status == RcptStatus::Delivered);
+  REQUIRE(envs.at(0).rcpts[0].lastReply == "250 2.0.0 ok");
+  REQUIRE(envs.at(0).nextAttemptMs == 123456);
+
+  // Several updates issued at once land in order: the last one wins.
+  e = envs.at(0);
+  int done = 0;
+  for (int i = 1; i <= 10; ++i) {
+    e.attempts = i;
+    f.spool->update(e, [&](bool ok, std::string) { done += ok; });
+  }
+  REQUIRE(f.loop.runUntil([&] { return done == 10; }, 10000));
+  envs = f.recover(r);
+  REQUIRE(envs.at(0).attempts == 10);
+
+  e = envs.at(0);
+  e.quarantineReason = "spam";
+  REQUIRE(f.waitOp([&](Spool::Done cb) { f.spool->move(e, Area::Quarantine, cb); }));
+  REQUIRE(fs::exists(f.p("quarantine/" + id)));
+  REQUIRE_FALSE(fs::exists(f.p("queue/" + id)));
+  envs = f.recover(r);
+  REQUIRE(envs.at(0).area == Area::Quarantine);
+  REQUIRE(envs.at(0).quarantineReason == "spam");
+  REQUIRE(f.waitOp([&](Spool::Done cb) { f.spool->move(envs[0], Area::Hold, cb); }));
+  REQUIRE(f.waitOp([&](Spool::Done cb) { f.spool->move(envs[0], Area::Active, cb); }));
+  envs = f.recover(r);
+  REQUIRE(envs.at(0).area == Area::Active);
+  REQUIRE(countFiles(f.p("hold")) + countFiles(f.p("quarantine")) == 0);
+
+  REQUIRE(f.waitOp([&](Spool::Done cb) { f.spool->remove(id, cb); }));
+  REQUIRE_FALSE(fs::exists(f.p("data/" + id)));
+  REQUIRE(f.recover(r).empty());
+  std::string error;
+  REQUIRE_FALSE(f.waitOp([&](Spool::Done cb) { f.spool->remove(id, cb); }, &error));
+  REQUIRE(errorKind(error) == ErrorKind::NotFound);
+  REQUIRE_FALSE(f.waitOp([&](Spool::Done cb) { f.spool->update(e, cb); }, &error));
+  REQUIRE(errorKind(error) == ErrorKind::NotFound);
+  REQUIRE(countFiles(f.p("queue")) + countFiles(f.p("tmp")) == 0);
+}
+
+TEST_CASE("spool: group commit batches concurrent commits, all call back ok and recover") {
+  Fixture f;
+  const int n = 200;
+  std::vector<std::shared_ptr<IncomingMessage>> msgs;
+  int finished = 0, committed = 0, failed = 0;
+  for (int i = 0; i < n; ++i) {
+    auto m = f.spool->create();
+    m->append("Subject: " + std::to_string(i) + "\r\n\r\n" + std::string(4000, 'a' + i % 26) + "\r\n");
+    msgs.push_back(m);
+    m->finish([&, m](bool ok, std::string) {
+      ++finished;
+      if (!ok) return void(++failed);
+      m->commit(makeEnv(), [&](bool ok2, std::string) { ok2 ? ++committed : ++failed; });
+    });
+  }
+  REQUIRE(f.loop.runUntil([&] { return committed + failed == n; }, 60000));
+  REQUIRE(failed == 0);
+  REQUIRE(committed == n);
+  REQUIRE(f.spool->dirSyncRounds() < static_cast<uint64_t>(n));  // shared syncs
+  RecoveryReport r;
+  auto envs = f.recover(r);
+  REQUIRE(envs.size() == static_cast<size_t>(n));
+  REQUIRE(r.movedCorrupt == 0);
+  for (int i = 0; i < n; ++i) {
+    std::string err;
+    auto d = f.spool->openData(msgs[i]->id(), err);
+    REQUIRE(d);
+    REQUIRE(d->bytes().starts_with("Subject: " + std::to_string(i) + "\r\n"));
+  }
+}
+
+TEST_CASE("spool: receiving keeps memory bounded and the file byte-exact") {
+  Fixture f;
+  auto m = f.spool->create();
+  bool drained = false;
+  m->setOnDrain([&] { drained = true; });
+  const size_t chunk = 64 << 10, total = 50u << 20;
+  std::string buf(chunk, '\0');
+  size_t sent = 0, pauses = 0, maxBuffered = 0;
+  uint32_t x = 12345;
+  auto fill = [&] {
+    for (auto& c : buf) c = static_cast<char>((x = x * 1103515245 + 12345) >> 16);
+  };
+  while (sent < total) {
+    if (m->overHighWater()) {
+      ++pauses;
+      drained = false;
+      REQUIRE(f.loop.runUntil([&] { return drained; }, 30000));
+      REQUIRE_FALSE(m->overHighWater());
+      continue;
+    }
+    fill();
+    m->append(buf);
+    sent += chunk;
+    maxBuffered = std::max(maxBuffered, m->bufferedBytes());
+  }
+  REQUIRE(pauses > 0);
+  REQUIRE(maxBuffered <= IncomingMessage::kHighWater + chunk);
+  bool done = false, ok = false;
+  m->finish([&](bool k, std::string) { done = true, ok = k; });
+  REQUIRE(f.loop.runUntil([&] { return done; }, 60000));
+  REQUIRE(ok);
+  REQUIRE(m->size() == total);
+  auto d = m->data();
+  REQUIRE(d->size() == total);
+  x = 12345;
+  bool same = true;
+  for (size_t off = 0; off < total && same; off += chunk) {
+    fill();
+    same = d->bytes().substr(off, chunk) == buf;
+  }
+  REQUIRE(same);
+  m->abort();
+  m.reset();
+  REQUIRE(f.loop.runUntil([&] { return countFiles(f.p("tmp")) == 0; }, 10000));
+}
+
+TEST_CASE("spool: an aborted or dropped message leaves no file") {
+  Fixture f;
+  {
+    auto m = f.spool->create();
+    m->append("abc");
+    bool done = false;
+    m->finish([&](bool, std::string) { done = true; });
+    REQUIRE(f.loop.runUntil([&] { return done; }, 10000));
+    REQUIRE(countFiles(f.p("tmp")) == 1);
+  }  // dropped without commit
+  REQUIRE(f.loop.runUntil([&] { return countFiles(f.p("tmp")) == 0; }, 10000));
+  auto m = f.spool->create();
+  m->append("abc");
+  m->abort();  // while the write may still be in flight
+  f.loop.runUntil([] { return false; }, 200);
+  REQUIRE(countFiles(f.p("tmp")) == 0);
+}
+
+TEST_CASE("spool: a full disk is a clean, typed error (RLIMIT_FSIZE → EFBIG)") {
+  Fixture f;
+  struct rlimit old {};
+  REQUIRE(::getrlimit(RLIMIT_FSIZE, &old) == 0);
+  auto oldHandler = ::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit lim = old;
+  lim.rlim_cur = 256 << 10;
+  REQUIRE(::setrlimit(RLIMIT_FSIZE, &lim) == 0);
+
+  auto m = f.spool->create();
+  std::string chunk(64 << 10, 'x');
+  for (int i = 0; i < 8; ++i) m->append(chunk);  // 512 KiB > limit
+  bool done = false, ok = true;
+  std::string error;
+  m->finish([&](bool k, std::string e) { done = true, ok = k, error = e; });
+  bool finished = f.loop.runUntil([&] { return done; }, 10000);
+
+  ::setrlimit(RLIMIT_FSIZE, &old);
+  ::signal(SIGXFSZ, oldHandler);
+  REQUIRE(finished);
+  REQUIRE_FALSE(ok);
+  REQUIRE(errorKind(error) == ErrorKind::NoSpace);
+  REQUIRE(error.find("EFBIG") != std::string::npos);
+  REQUIRE(errorKind(errnoError(ENOSPC, "x")) == ErrorKind::NoSpace);
+  REQUIRE(errorKind(errnoError(EIO, "x")) == ErrorKind::Io);
+  m->abort();
+  REQUIRE(f.loop.runUntil([&] { return countFiles(f.p("tmp")) == 0; }, 10000));
+  REQUIRE(f.spool->freeBytes() > 0);
+}
