@@ -59,6 +59,8 @@ class Scheduler {
   bool delayWarningDue(const Envelope& env, int64_t nowMs) const;
 
   const RetryPolicy& policy() const { return policy_; }
+  // A reloaded config: later waits and checks use the new policy; due times already set stay.
+  void setPolicy(RetryPolicy policy) { policy_ = std::move(policy); }
 
  private:
   RetryPolicy policy_;

@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <random>
 
 #include "mta/dns/resolve_host.h"
 #include "mta/runtime/json.h"
@@ -80,14 +79,13 @@ std::string statusName(queue::RcptStatus s) {
   return "pending";
 }
 
-// The wait before attempt `attempts` + 1: the configured list, the last repeating, ±10%.
-int64_t retryWaitMs(const std::vector<policy::Millis>& retry, int attempts) {
-  static std::mt19937_64 rng{std::random_device{}()};
-  if (retry.empty()) return 60'000;
-  size_t i = std::min<size_t>(static_cast<size_t>(std::max(attempts, 1) - 1), retry.size() - 1);
-  int64_t base = retry[i].count();
-  std::uniform_real_distribution<double> jitter(0.9, 1.1);
-  return static_cast<int64_t>(static_cast<double>(base) * jitter(rng));
+queue::RetryPolicy retryPolicy(const policy::Config& cfg) {
+  queue::RetryPolicy p;
+  p.waitsMs.clear();
+  for (const auto& w : cfg.retry) p.waitsMs.push_back(w.count());
+  p.maxLifetimeMs = cfg.maxLifetime.count();
+  p.delayWarningMs = cfg.delayWarning.count();
+  return p;
 }
 
 std::string safeMailboxName(const std::string& local) {
@@ -208,7 +206,17 @@ struct QueueManager::Destination {
 
 QueueManager::QueueManager(uv_loop_t* loop, std::shared_ptr<queue::Spool> spool, dns::Resolver* resolver,
                            std::shared_ptr<const server::Snapshot> snapshot)
-    : loop_(loop), spool_(std::move(spool)), resolver_(resolver), snap_(std::move(snapshot)), timer_(loop) {}
+    : loop_(loop),
+      spool_(std::move(spool)),
+      resolver_(resolver),
+      snap_(std::move(snapshot)),
+      sched_(retryPolicy(*snap_->config)),
+      timer_(loop) {}
+
+void QueueManager::reload(std::shared_ptr<const server::Snapshot> snapshot) {
+  snap_ = std::move(snapshot);
+  sched_.setPolicy(retryPolicy(*snap_->config));
+}
 
 QueueManager::~QueueManager() { *alive_ = false; }
 
@@ -342,7 +350,7 @@ void QueueManager::deliverMaildir(std::shared_ptr<Attempt> attempt, const std::s
       loop_,
       [results, addresses, dir, from, prefix, data] {
         for (size_t k = 0; k < addresses.size(); ++k)
-          (*results)[k] = writeMaildir(dir, addresses[k], from, prefix, data->view());
+          (*results)[k] = writeMaildir(dir, addresses[k], from, prefix, data->bytes());
       },
       [this, alive, attempt, rcpts, results, dir] {
         if (!*alive) return;
@@ -594,7 +602,7 @@ void QueueManager::runJob(Destination& d, Pooled c, std::shared_ptr<Job> job) {
   tx.eightBit = env.eightBit;
   tx.smtputf8 = env.smtputf8;
   tx.prefix = job->attempt->prefix;
-  tx.body = job->attempt->data->view();
+  tx.body = job->attempt->data->bytes();
   tx.keepAlive = job->attempt->data;
   tx.size = tx.prefix.size() + tx.body.size();
   auto alive = alive_;
@@ -647,7 +655,6 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
     return;
   }
   auto& env = it->second.env;
-  const auto& cfg = *snap_->config;
   int64_t now = nowMs();
   env.attempts++;
   std::vector<size_t> failed;
@@ -691,7 +698,7 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
   busy_.erase(attempt->id);
   if (!pending) {
     retire(env.id, false);
-  } else if (now >= env.arrivalMs + cfg.maxLifetime.count()) {
+  } else if (sched_.expired(env, now)) {
     std::vector<size_t> expired;
     for (size_t i = 0; i < env.rcpts.size(); ++i) {
       auto& r = env.rcpts[i];
@@ -706,14 +713,14 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
     sendDsn(env, expired, false, attempt->data);
     retire(env.id, true);
   } else {
-    if (!env.delayWarned && now >= env.arrivalMs + cfg.delayWarning.count()) {
+    if (sched_.delayWarningDue(env, now)) {
       std::vector<size_t> delayed;
       for (size_t i = 0; i < env.rcpts.size(); ++i)
         if (env.rcpts[i].status == queue::RcptStatus::Pending) delayed.push_back(i);
       sendDsn(env, delayed, true, attempt->data);
       env.delayWarned = true;
     }
-    env.nextAttemptMs = now + retryWaitMs(cfg.retry, env.attempts);
+    env.nextAttemptMs = sched_.nextAttemptAt(now, env.attempts);
     std::string id = env.id;
     int64_t due = env.nextAttemptMs;
     spool_->update(env, [id](bool ok, std::string error) {
@@ -767,7 +774,7 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
     in.rcpts.push_back(std::move(d));
   }
   std::string original = serializeHeaders(env.headers);
-  if (data) original += std::string(data->view());
+  if (data) original += std::string(data->bytes());
   std::string text = queue::buildDsn(in, original);
 
   queue::Envelope dsn;

@@ -36,7 +36,7 @@ class QueueManager {
 
   // Takes the envelopes recovered from the spool and starts scheduling.
   void start(std::vector<queue::Envelope> recovered);
-  void reload(std::shared_ptr<const server::Snapshot> snapshot) { snap_ = std::move(snapshot); }
+  void reload(std::shared_ptr<const server::Snapshot> snapshot);
   // A message the server just made durable.
   void enqueue(const queue::Envelope& env);
   // Stops starting deliveries; `done` runs when none is in flight.

@@ -538,7 +538,7 @@ void SmtpSession::endOfData() {
 
 void SmtpSession::runDataFilters() {
   auto data = incoming_->data();
-  ctx_->message = data ? data->view() : std::string_view();
+  ctx_->message = data ? data->bytes() : std::string_view();
   auto self = shared_from_this();
   filters::Env env{shared_.loop, shared_.resolver, cfg_.hostname};
   snap_->pipeline->run(filters::Stage::Data, ctx_, env, [self, data](filters::StageOutcome out) {
@@ -621,7 +621,7 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
   env.helo = helo_;
   env.protocol = std::string(esmtp_ ? "ESMTP" : "SMTP") + (conn_->tlsActive() ? "S" : "");
   auto data = incoming_->data();
-  env.messageId = data ? findMessageId(data->view()) : "";
+  env.messageId = data ? findMessageId(data->bytes()) : "";
   for (const auto& h : gatewayHeaders(outcome)) env.headers.emplace_back(h.name, h.value);
   env.eightBit = eightBit_;
   env.smtputf8 = smtputf8_;
