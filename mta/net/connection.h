@@ -33,8 +33,18 @@ class Connection : public std::enable_shared_from_this<Connection> {
   virtual ~Connection() = default;
 
   virtual void setCallbacks(Callbacks cb) = 0;
+  // Reading on/off. stopReading() takes effect at once, even inside onData: bytes not yet
+  // delivered stay buffered (at most one read) and are delivered after startReading(),
+  // from the loop, never from inside the startReading() call.
   virtual void startReading() = 0;
   virtual void stopReading() = 0;
+  // Line mode (off by default): onData receives one line at a time, ending with its LF (the
+  // last piece before EOF may lack it). With line mode, a command handler that calls
+  // stopReading(), startTls() or close() inside onData stops the rest of the read from being
+  // delivered: held for startReading(), or discarded for startTls (the STARTTLS injection
+  // defence needs no help from the owner). Without line mode, onData receives whole reads
+  // and the owner must drop its own unparsed input when it calls startTls().
+  virtual void setLineMode(bool on) = 0;
   // Queues plaintext for the peer (encrypted when TLS is on). Writes keep their order.
   virtual void write(std::string data) = 0;
   // Bytes queued to libuv but not yet written (for back-pressure).
@@ -43,6 +53,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // the queued plaintext is flushed first). Bytes the peer sent before the handshake and
   // not yet delivered are DISCARDED (RFC 3207 §4.2, the STARTTLS injection defence).
   // `done(ok, error)` runs once the handshake finished or failed.
+  // On failure, done(false, error) runs and then the connection closes with onClose(error).
+  // Bytes arriving after the call are TLS records: plaintext sent early fails the handshake.
   virtual void startTls(std::shared_ptr<tls::TlsContext> ctx, const std::string& sni,
                         std::function<void(bool ok, const std::string& error)> done) = 0;
   virtual bool tlsActive() const = 0;
