@@ -326,7 +326,12 @@ class TcpConnection final : public Connection {
     --pendingWrites_;
     if (handleClosed_) return;
     if (status < 0) return fail(uvError("write", status));
-    if (closing_ && pendingWrites_ == 0) closeHandle("");
+    if (pendingWrites_ != 0) return;
+    if (closing_) return closeHandle("");
+    if (cb_.onDrain) {
+      auto keep = self_;
+      cb_.onDrain();
+    }
   }
 
   void closeHandle(const std::string& error) {
@@ -496,6 +501,7 @@ void connect(uv_loop_t* loop, const IpAddress& ip, uint16_t port, uint64_t timeo
     return op->done(nullptr, uvError("connect", rc));
   }
   ConnectOp* raw = op.release();
+  uv_update_time(loop);  // the caller may have been busy since the loop last woke
   raw->timer.start(timeoutMs, [raw] {
     raw->finish(nullptr, "connect timeout");
     raw->conn->abort();  // the connect callback then frees `raw`

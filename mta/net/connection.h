@@ -28,6 +28,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
     // The peer closed, an I/O or TLS error happened, or close() finished. Called once.
     // `error` is empty for an orderly close.
     std::function<void(const std::string& error)> onClose;
+    // Optional: every queued write has reached the kernel (pendingWriteBytes() is 0). Lets a
+    // writer of a large body queue the next chunk only once the previous ones left.
+    std::function<void()> onDrain;
   };
 
   virtual ~Connection() = default;
