@@ -31,6 +31,11 @@ bool hasControl(std::string_view s) {
   return std::any_of(s.begin(), s.end(), [](char c) { return c == '\r' || c == '\n' || c == '\0'; });
 }
 
+// ENVID (xtext) and RET values: printable, no space, so they cannot add parameters.
+bool badParam(std::string_view s) {
+  return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) <= ' ' || c == 0x7f; });
+}
+
 }  // namespace
 
 // Streams prefix + body with dot-stuffing and line-ending repair, carrying state across
@@ -282,7 +287,7 @@ void SmtpClient::connected() {
 bool SmtpClient::usable() const { return state_ == State::Idle && conn_ != nullptr; }
 
 bool SmtpClient::envelopeSafe(const Transaction& t) const {
-  if (hasControl(t.mailFrom) || hasControl(t.envid) || hasControl(t.ret)) return false;
+  if (hasControl(t.mailFrom) || badParam(t.envid) || badParam(t.ret)) return false;
   return std::none_of(t.rcpts.begin(), t.rcpts.end(), [](const std::string& r) { return hasControl(r); });
 }
 

@@ -3,6 +3,8 @@
 #include <catch2/catch.hpp>
 
 #include <signal.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -363,4 +365,88 @@ TEST_CASE("client: greeting and end-of-data timeouts, overlong replies, refused 
   auto c = connectTo(loop, closedPort, plainOptions());
   REQUIRE_FALSE(c.client);
   REQUIRE(c.error.find("connect") != std::string::npos);
+}
+
+namespace {
+
+// A port that was free a moment ago (smtp-sink cannot report the port it bound).
+uint16_t freePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+// Postfix's smtp-sink; dumps each transaction into DIR/msg.<random>.
+struct Sink {
+  explicit Sink(std::vector<std::string> extra) : dir(makeTempDir()), port(freePort()) {
+    std::vector<std::string> argv{"/usr/sbin/smtp-sink"};
+    if (getuid() == 0) argv.insert(argv.end(), {"-u", "root"});
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    argv.insert(argv.end(), {"-d", dir + "/msg.", "127.0.0.1:" + std::to_string(port), "10"});
+    child = std::make_unique<Child>(argv);
+  }
+  ~Sink() {
+    child.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+  std::vector<std::string> dumps() const {
+    std::vector<std::string> out;
+    for (auto& e : std::filesystem::directory_iterator(dir)) out.push_back(readFile(e.path()));
+    return out;
+  }
+  std::string dir;
+  uint16_t port;
+  std::unique_ptr<Child> child;
+};
+
+Connected connectRetrying(uv::Loop& loop, uint16_t port) {
+  Connected c;
+  for (int i = 0; i < 50 && !c.client; ++i) {  // until smtp-sink listens
+    c = connectTo(loop, port, plainOptions());
+    if (!c.client) loop.runUntil([] { return false; }, 50);
+  }
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("client: delivers through Postfix smtp-sink with pipelining, and handles its rejects") {
+  uv::Loop loop;
+  {
+    Sink sink({});
+    auto c = connectRetrying(loop, sink.port);
+    REQUIRE(c.client);
+    REQUIRE(c.client->supports("PIPELINING"));
+    for (int i = 0; i < 2; ++i) {
+      auto r = sendTx(loop, *c.client, simpleTx({"x@example.test", "y@example.test"},
+                                                "Subject: sink\r\n\r\n..dotted\r\n.\r\nend"));
+      REQUIRE(r.error.empty());
+      REQUIRE(r.rcpts[1].code == 250);
+      REQUIRE(r.data.text == "250 2.0.0 Ok");
+    }
+    c.client->quit();
+    REQUIRE(loop.runUntil([&] { return sink.dumps().size() == 2; }, 5000));
+    for (auto& d : sink.dumps()) {
+      REQUIRE(d.find("X-Rcpt-Args: <y@example.test>") != std::string::npos);
+      INFO(d);
+      REQUIRE(d.find("\n\n..dotted\n.\nend\n") != std::string::npos);  // the sink un-stuffs
+    }
+  }
+  {
+    Sink sink({"-r", "RCPT"});  // every RCPT gets a 4xx
+    auto c = connectRetrying(loop, sink.port);
+    REQUIRE(c.client);
+    auto r = sendTx(loop, *c.client, simpleTx({"x@example.test"}));
+    REQUIRE(r.mail.code == 250);
+    REQUIRE(r.rcpts[0].code / 100 == 4);
+    REQUIRE(r.data.code != 250);
+    REQUIRE(c.client->usable());
+  }
 }

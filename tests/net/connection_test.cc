@@ -88,14 +88,14 @@ TEST_CASE("net: echo over plain TCP, close flushes and reports once") {
 TEST_CASE("net: listening twice on a port works only with SO_REUSEPORT") {
   uv::Loop loop;
   std::string error;
-  auto a = net::listen(loop.get(), "127.0.0.1", 0, true, nullptr, [](auto) {}, error);
+  auto a = net::listen(loop.get(), "127.0.0.1", 0, true, nullptr, [](auto c) { c->abort(); }, error);
   REQUIRE(a);
-  auto b = net::listen(loop.get(), "127.0.0.1", a->port(), true, nullptr, [](auto) {}, error);
+  auto b = net::listen(loop.get(), "127.0.0.1", a->port(), true, nullptr, [](auto c) { c->abort(); }, error);
   REQUIRE(b);
-  auto c = net::listen(loop.get(), "127.0.0.1", a->port(), false, nullptr, [](auto) {}, error);
+  auto c = net::listen(loop.get(), "127.0.0.1", a->port(), false, nullptr, [](auto c) { c->abort(); }, error);
   REQUIRE_FALSE(c);
   REQUIRE(error.find("listen") != std::string::npos);
-  auto v6 = net::listen(loop.get(), "::1", 0, false, nullptr, [](auto) {}, error);
+  auto v6 = net::listen(loop.get(), "::1", 0, false, nullptr, [](auto c) { c->abort(); }, error);
   REQUIRE(v6);
   REQUIRE(v6->port() != 0);
 }
@@ -172,6 +172,9 @@ TEST_CASE("net: implicit TLS listener hands plaintext to onData") {
   REQUIRE(ok);
   REQUIRE(server.received == "ping\r\n");
   REQUIRE(server.conn->tlsActive());
+  client.conn->abort();
+  server.conn->abort();
+  REQUIRE(loop.runUntil([&] { return client.closes == 1 && server.closes == 1; }, 3000));
 
   // A plaintext client gets nowhere: the handshake fails and the server closes.
   Peer plain;
@@ -179,6 +182,7 @@ TEST_CASE("net: implicit TLS listener hands plaintext to onData") {
   plain.conn->write("EHLO plain\r\n");
   REQUIRE(loop.runUntil([&] { return plain.closes == 1; }, 5000));
   REQUIRE(server.received == "ping\r\n");
+  REQUIRE(loop.runUntil([&] { return server.closes == 2; }, 3000));
 }
 
 TEST_CASE("net: stopReading stops onData until startReading") {
@@ -233,7 +237,7 @@ TEST_CASE("net: connect to a closed port fails, and the timeout fires") {
   std::string error;
   uint16_t port;
   {
-    auto l = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr, [](auto) {}, error);
+    auto l = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr, [](auto c) { c->abort(); }, error);
     port = l->port();
   }
   loop.runUntil([] { return false; }, 20);
@@ -241,7 +245,7 @@ TEST_CASE("net: connect to a closed port fails, and the timeout fires") {
   REQUIRE_FALSE(c);
   REQUIRE(error.find("connect") != std::string::npos);
 
-  auto l = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr, [](auto) {}, error);
+  auto l = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr, [](auto c) { c->abort(); }, error);
   c = connectSync(loop, l->port(), &error, 0);  // due before the connect can complete
   REQUIRE_FALSE(c);
   REQUIRE(error == "connect timeout");
