@@ -66,8 +66,17 @@ class TcpConnection final : public Connection {
   void attach(std::unique_ptr<uv_tcp_t> tcp) {
     tcp_ = tcp.release();
     tcp_->data = this;
-    self_ = std::static_pointer_cast<TcpConnection>(shared_from_this());
   }
+
+  // Dropping the last reference without close() aborts: the socket is closed, no callback
+  // runs (the owner is gone), and libuv frees the handle later.
+  ~TcpConnection() override {
+    if (!tcp_ || handleClosed_) return;
+    tcp_->data = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t*>(tcp_), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+  }
+
+  std::shared_ptr<TcpConnection> ref() { return std::static_pointer_cast<TcpConnection>(shared_from_this()); }
 
   uv_tcp_t* handle() { return tcp_; }
 
@@ -188,6 +197,10 @@ class TcpConnection final : public Connection {
         reinterpret_cast<uv_stream_t*>(tcp_),
         [](uv_handle_t* h, size_t, uv_buf_t* buf) {
           auto* self = static_cast<TcpConnection*>(h->data);
+          if (!self) {
+            *buf = uv_buf_init(nullptr, 0);
+            return;
+          }
           if (self->readBuf_.empty()) self->readBuf_.resize(kReadBufSize);
           *buf = uv_buf_init(self->readBuf_.data(), static_cast<unsigned>(self->readBuf_.size()));
         },
@@ -199,7 +212,7 @@ class TcpConnection final : public Connection {
 
   void onRead(ssize_t n, const uv_buf_t* buf) {
     if (closing_) return;
-    auto keep = self_;  // callbacks below may drop the owner's last reference
+    auto keep = ref();  // callbacks below may drop the owner's last reference
     if (n == UV_EOF) return onEof();
     if (n < 0) return fail(uvError("read", static_cast<int>(n)));
     if (n == 0) return;
@@ -272,7 +285,7 @@ class TcpConnection final : public Connection {
   void deliver() {
     if (delivering_) return;
     delivering_ = true;
-    auto keep = self_;
+    auto keep = ref();
     uint64_t epoch = tlsEpoch_;
     while (reading_ && !closing_ && !inbuf_.empty() && epoch == tlsEpoch_ && cb_.onData) {
       size_t len = inbuf_.size();
@@ -307,7 +320,7 @@ class TcpConnection final : public Connection {
     if (handleClosed_) return;
     auto w = std::make_unique<WriteReq>();
     w->data = std::move(data);
-    w->conn = self_;
+    w->conn = ref();
     w->req.data = w.get();
     uv_buf_t b = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
     size_t size = w->data.size();
@@ -329,7 +342,7 @@ class TcpConnection final : public Connection {
     if (pendingWrites_ != 0) return;
     if (closing_) return closeHandle("");
     if (cb_.onDrain) {
-      auto keep = self_;
+      auto keep = ref();
       cb_.onDrain();
     }
   }
@@ -338,6 +351,7 @@ class TcpConnection final : public Connection {
     if (handleClosed_ || !tcp_) return;
     handleClosed_ = true;
     closeError_ = error;
+    self_ = ref();  // alive until libuv's close callback, whoever else lets go
     deliverTimer_.reset();  // closed with the socket, never after the loop
     uv_close(reinterpret_cast<uv_handle_t*>(tcp_), [](uv_handle_t* h) {
       auto* self = static_cast<TcpConnection*>(h->data);
@@ -352,7 +366,7 @@ class TcpConnection final : public Connection {
 
   uv_loop_t* loop_;
   uv_tcp_t* tcp_ = nullptr;  // owned by libuv from init until its close callback
-  std::shared_ptr<TcpConnection> self_;
+  std::shared_ptr<TcpConnection> self_;  // set from close until the close callback
   Callbacks cb_;
   std::vector<char> readBuf_;
   std::string inbuf_;

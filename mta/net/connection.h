@@ -4,8 +4,10 @@
 // a session buffer without bound.
 //
 // Lifetime: a Connection is owned through std::shared_ptr; while libuv holds the socket
-// (reads, writes, connect, close) it keeps a reference to itself, so the owner may drop its
-// pointer at any time after close(). Callbacks are never invoked after close().
+// (writes, connect, close) it keeps a reference to itself, so the owner may drop its
+// pointer at any time after close(). Dropping the last reference without close() aborts
+// the connection without any callback. Callbacks are never invoked after close(), except
+// the one onClose that reports the end.
 #pragma once
 #include <uv.h>
 

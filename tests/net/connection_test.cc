@@ -284,3 +284,16 @@ TEST_CASE("net: client TLS verification fails against an untrusted certificate")
   good.conn->close();
   REQUIRE(loop.runUntil([&] { return good.closes == 1; }, 3000));
 }
+
+TEST_CASE("net: dropping the last reference closes the socket") {
+  uv::Loop loop;
+  std::string error;
+  int accepted = 0;
+  auto l = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr, [&](auto) { ++accepted; }, error);
+  REQUIRE(l);
+  Peer client;
+  client.attach(connectSync(loop, l->port()));
+  REQUIRE(loop.runUntil([&] { return client.closes == 1; }, 3000));
+  REQUIRE(accepted == 1);
+  REQUIRE(client.closeError.empty());
+}
