@@ -4,8 +4,10 @@
 // a session buffer without bound.
 //
 // Lifetime: a Connection is owned through std::shared_ptr; while libuv holds the socket
-// (reads, writes, connect, close) it keeps a reference to itself, so the owner may drop its
-// pointer at any time after close(). Callbacks are never invoked after close().
+// (writes, connect, close) it keeps a reference to itself, so the owner may drop its
+// pointer at any time after close(). Dropping the last reference without close() aborts
+// the connection without any callback. Callbacks are never invoked after close(), except
+// the one onClose that reports the end.
 #pragma once
 #include <uv.h>
 
@@ -28,13 +30,26 @@ class Connection : public std::enable_shared_from_this<Connection> {
     // The peer closed, an I/O or TLS error happened, or close() finished. Called once.
     // `error` is empty for an orderly close.
     std::function<void(const std::string& error)> onClose;
+    // Optional: every queued write has reached the kernel (pendingWriteBytes() is 0). Lets a
+    // writer of a large body queue the next chunk only once the previous ones left.
+    std::function<void()> onDrain;
   };
 
   virtual ~Connection() = default;
 
   virtual void setCallbacks(Callbacks cb) = 0;
+  // Reading on/off. stopReading() takes effect at once, even inside onData: bytes not yet
+  // delivered stay buffered (at most one read) and are delivered after startReading(),
+  // from the loop, never from inside the startReading() call.
   virtual void startReading() = 0;
   virtual void stopReading() = 0;
+  // Line mode (off by default): onData receives one line at a time, ending with its LF (the
+  // last piece before EOF may lack it). With line mode, a command handler that calls
+  // stopReading(), startTls() or close() inside onData stops the rest of the read from being
+  // delivered: held for startReading(), or discarded for startTls (the STARTTLS injection
+  // defence needs no help from the owner). Without line mode, onData receives whole reads
+  // and the owner must drop its own unparsed input when it calls startTls().
+  virtual void setLineMode(bool on) = 0;
   // Queues plaintext for the peer (encrypted when TLS is on). Writes keep their order.
   virtual void write(std::string data) = 0;
   // Bytes queued to libuv but not yet written (for back-pressure).
@@ -43,6 +58,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // the queued plaintext is flushed first). Bytes the peer sent before the handshake and
   // not yet delivered are DISCARDED (RFC 3207 §4.2, the STARTTLS injection defence).
   // `done(ok, error)` runs once the handshake finished or failed.
+  // On failure, done(false, error) runs and then the connection closes with onClose(error).
+  // Bytes arriving after the call are TLS records: plaintext sent early fails the handshake.
   virtual void startTls(std::shared_ptr<tls::TlsContext> ctx, const std::string& sni,
                         std::function<void(bool ok, const std::string& error)> done) = 0;
   virtual bool tlsActive() const = 0;

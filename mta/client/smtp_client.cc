@@ -1,0 +1,462 @@
+// mta/client/smtp_client.cc — see smtp_client.h. RFC 5321 §4.1 (commands), §4.2 (replies),
+// §4.5.2 (dot-stuffing), §4.5.3.2 (timeouts); RFC 2920 (pipelining); RFC 3207 (STARTTLS).
+//
+// Untrusted input: server replies, parsed line by line with hard limits. The body is sent
+// with bare CR and bare LF turned into CRLF, so a "\n.\n" in a stored message can never end
+// DATA early on a lenient next hop (SMTP smuggling), and it is streamed in 64 KiB pieces
+// with at most ~1 MiB queued to the socket.
+#include "mta/client/smtp_client.h"
+
+#include <algorithm>
+#include <cctype>
+
+namespace moat::mta::client {
+
+namespace {
+
+constexpr size_t kMaxReplyLine = 4096;
+constexpr size_t kMaxReplyLines = 100;
+constexpr size_t kBodyPiece = 64 * 1024;
+constexpr size_t kBodyHighWater = 1024 * 1024;
+
+bool isPositive(const Reply& r) { return r.code >= 200 && r.code < 300; }
+
+std::string upper(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return out;
+}
+
+bool hasControl(std::string_view s) {
+  return std::any_of(s.begin(), s.end(), [](char c) { return c == '\r' || c == '\n' || c == '\0'; });
+}
+
+// ENVID (xtext) and RET values: printable, no space, so they cannot add parameters.
+bool badParam(std::string_view s) {
+  return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) <= ' ' || c == 0x7f; });
+}
+
+}  // namespace
+
+// Streams prefix + body with dot-stuffing and line-ending repair, carrying state across
+// pieces so a line split between two pieces is handled like any other.
+struct SmtpClient::Body {
+  std::string_view parts[2];
+  size_t part = 0, pos = 0;
+  bool lineStart = true, prevCr = false, done = false;
+
+  // Appends up to `limit` input bytes' worth of wire bytes to `out`; true when finished
+  // (the terminating ".\r\n" is then included).
+  bool next(std::string& out, size_t limit) {
+    size_t taken = 0;
+    while (part < 2 && taken < limit) {
+      std::string_view p = parts[part];
+      size_t n = std::min(p.size() - pos, limit - taken);
+      for (size_t i = 0; i < n; ++i) put(out, p[pos + i]);
+      pos += n;
+      taken += n;
+      if (pos == p.size()) {
+        ++part;
+        pos = 0;
+      }
+    }
+    if (part < 2) return false;
+    if (prevCr)
+      out += '\n';
+    else if (!lineStart)
+      out += "\r\n";
+    out += ".\r\n";
+    done = true;
+    return true;
+  }
+
+  void put(std::string& out, char c) {
+    bool wasCr = prevCr;
+    prevCr = false;
+    if (wasCr && c != '\n') {  // a bare CR ends the line
+      out += '\n';
+      lineStart = true;
+    }
+    if (c == '\r') {
+      out += '\r';
+      prevCr = true;
+      return;
+    }
+    if (c == '\n') {
+      if (!wasCr) out += '\r';
+      out += '\n';
+      lineStart = true;
+      return;
+    }
+    if (lineStart && c == '.') out += '.';
+    out += c;
+    lineStart = false;
+  }
+};
+
+SmtpClient::SmtpClient(uv_loop_t* loop, Options opts) : loop_(loop), opts_(std::move(opts)), timer_(loop) {}
+
+SmtpClient::~SmtpClient() {
+  if (conn_) conn_->abort();
+}
+
+void SmtpClient::connect(uv_loop_t* loop, const IpAddress& ip, uint16_t port, Options opts, ConnectDone done) {
+  auto client = std::make_shared<SmtpClient>(loop, std::move(opts));
+  client->connectDone_ = std::move(done);
+  client->self_ = client;
+  net::connect(loop, ip, port, client->opts_.connectTimeoutMs,
+               [client](std::shared_ptr<net::Connection> conn, const std::string& error) {
+                 if (!conn) return client->fail(error);
+                 client->start(std::move(conn));
+               });
+}
+
+void SmtpClient::start(std::shared_ptr<net::Connection> conn) {
+  conn_ = std::move(conn);
+  std::weak_ptr<SmtpClient> weak = shared_from_this();
+  net::Connection::Callbacks cb;
+  cb.onData = [weak](std::string_view d) {
+    if (auto self = weak.lock()) self->onData(d);
+  };
+  cb.onClose = [weak](const std::string& error) {
+    if (auto self = weak.lock()) self->fail(error.empty() ? "connection closed by peer" : error);
+  };
+  cb.onDrain = [weak] {
+    if (auto self = weak.lock(); self && self->body_ && !self->body_->done) self->pumpBody();
+  };
+  conn_->setCallbacks(std::move(cb));
+  conn_->setLineMode(true);
+  conn_->startReading();
+  expect(opts_.greetingTimeoutMs, [this](const Reply& r) { onGreeting(r); });
+}
+
+// ---- replies -------------------------------------------------------------------------
+
+void SmtpClient::onData(std::string_view piece) {
+  if (partial_.size() + piece.size() > kMaxReplyLine + 2) return fail("reply line too long");
+  partial_.append(piece);
+  if (partial_.back() != '\n') return;  // the connection caps pieces; wait for the LF
+  std::string line;
+  line.swap(partial_);
+  line.pop_back();
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  onLine(line);
+}
+
+void SmtpClient::onLine(std::string_view line) {
+  bool wellFormed = line.size() >= 3 && std::isdigit(static_cast<unsigned char>(line[0])) &&
+                    std::isdigit(static_cast<unsigned char>(line[1])) &&
+                    std::isdigit(static_cast<unsigned char>(line[2])) &&
+                    (line.size() == 3 || line[3] == ' ' || line[3] == '-');
+  if (!wellFormed) return fail("malformed reply line: " + std::string(line.substr(0, 80)));
+  if (!replyLines_.empty() && line.substr(0, 3) != std::string_view(replyLines_.front()).substr(0, 3))
+    return fail("reply code changed within a multi-line reply");
+  if (replyLines_.size() >= kMaxReplyLines) return fail("reply has too many lines");
+  replyLines_.emplace_back(line);
+  if (line.size() > 3 && line[3] == '-') return;
+  Reply r;
+  r.code = std::stoi(std::string(line.substr(0, 3)));
+  for (auto& l : replyLines_) {
+    if (!r.text.empty()) r.text += '\n';
+    r.text += l;
+  }
+  replyLines_.clear();
+  if (expects_.empty()) return fail("unexpected reply: " + r.text.substr(0, 200), r);
+  auto fn = std::move(expects_.front().fn);
+  expects_.pop_front();
+  armTimer();
+  auto keep = shared_from_this();
+  fn(r);
+}
+
+void SmtpClient::expect(uint64_t timeoutMs, std::function<void(const Reply&)> fn) {
+  expects_.push_back({std::move(fn), timeoutMs});
+  if (expects_.size() == 1) armTimer();
+}
+
+void SmtpClient::armTimer() {
+  if (expects_.empty()) return timer_.stop();
+  timer_.start(expects_.front().timeoutMs, [this] { fail("timeout waiting for the server's reply"); });
+}
+
+void SmtpClient::command(const std::string& line, uint64_t timeoutMs, std::function<void(const Reply&)> fn) {
+  conn_->write(line + "\r\n");
+  expect(timeoutMs, std::move(fn));
+}
+
+void SmtpClient::fail(const std::string& error, const Reply& reply) {
+  if (state_ == State::Closed) return;
+  bool quitting = state_ == State::Quitting;
+  state_ = State::Closed;
+  timer_.stop();
+  expects_.clear();
+  body_.reset();
+  if (conn_) conn_->abort();
+  auto keep = std::move(self_);
+  if (auto done = std::move(connectDone_)) {
+    connectDone_ = nullptr;
+    done(nullptr, error, reply);
+  }
+  if (auto done = std::move(txDone_)) {
+    txDone_ = nullptr;
+    result_.error = error;
+    done(std::move(result_));
+  }
+  (void)quitting;
+}
+
+// ---- connection set-up -------------------------------------------------------------------
+
+void SmtpClient::onGreeting(const Reply& r) {
+  greeting_ = r;
+  if (r.code != 220) return fail("greeting refused", r);
+  std::string_view first(r.text);
+  first = first.substr(0, first.find('\n'));
+  first.remove_prefix(std::min<size_t>(4, first.size()));
+  peerName_ = std::string(first.substr(0, first.find(' ')));
+  sendEhlo();
+}
+
+void SmtpClient::sendEhlo() {
+  ext_.clear();
+  command("EHLO " + opts_.heloName, opts_.commandTimeoutMs, [this](const Reply& r) { onEhlo(r); });
+}
+
+void SmtpClient::onEhlo(const Reply& r) {
+  if (r.code >= 500 && !tlsTried_)  // an old server: RFC 5321 §3.2 HELO fallback
+    return command("HELO " + opts_.heloName, opts_.commandTimeoutMs, [this](const Reply& h) { onHelo(h); });
+  if (!isPositive(r)) return fail("EHLO refused", r);
+  std::string_view rest(r.text);
+  size_t nl = rest.find('\n');
+  while (nl != std::string_view::npos) {
+    rest.remove_prefix(nl + 1);
+    nl = rest.find('\n');
+    std::string_view line = rest.substr(0, nl);
+    if (line.size() <= 4) continue;
+    line.remove_prefix(4);
+    size_t sp = line.find(' ');
+    ext_[upper(line.substr(0, sp))] = sp == std::string_view::npos ? "" : std::string(line.substr(sp + 1));
+  }
+  afterHello();
+}
+
+void SmtpClient::onHelo(const Reply& r) {
+  if (!isPositive(r)) return fail("HELO refused", r);
+  afterHello();
+}
+
+void SmtpClient::afterHello() {
+  if (opts_.tls == TlsMode::None || tlsTried_) return connected();
+  if (!supports("STARTTLS")) {
+    if (opts_.tls == TlsMode::Require) return fail("STARTTLS not offered by the server");
+    return connected();
+  }
+  if (!opts_.tlsCtx) return fail("no TLS client context configured");
+  tlsTried_ = true;
+  command("STARTTLS", opts_.commandTimeoutMs, [this](const Reply& r) { onStartTls(r); });
+}
+
+void SmtpClient::onStartTls(const Reply& r) {
+  if (r.code != 220) {
+    if (opts_.tls == TlsMode::Require) return fail("STARTTLS refused", r);
+    return connected();  // RFC 3207 §4: go on without TLS when opportunistic
+  }
+  // Anything the server sent after its 220 is discarded by the connection (RFC 3207 §4.2).
+  partial_.clear();
+  timer_.start(opts_.commandTimeoutMs, [this] { fail("timeout in TLS handshake"); });
+  std::weak_ptr<SmtpClient> weak = shared_from_this();
+  conn_->startTls(opts_.tlsCtx, opts_.sni, [weak](bool ok, const std::string& error) {
+    auto self = weak.lock();
+    if (!self) return;
+    self->timer_.stop();
+    if (!ok) return self->fail(error);
+    self->sendEhlo();  // RFC 3207 §4.2: forget what the server said before TLS
+  });
+}
+
+void SmtpClient::connected() {
+  state_ = State::Idle;
+  auto keep = std::move(self_);
+  auto done = std::move(connectDone_);
+  connectDone_ = nullptr;
+  if (done) done(keep, "", greeting_);
+}
+
+// ---- transactions ------------------------------------------------------------------------
+
+bool SmtpClient::usable() const { return state_ == State::Idle && conn_ != nullptr; }
+
+bool SmtpClient::envelopeSafe(const Transaction& t) const {
+  if (hasControl(t.mailFrom) || badParam(t.envid) || badParam(t.ret)) return false;
+  return std::none_of(t.rcpts.begin(), t.rcpts.end(), [](const std::string& r) { return hasControl(r); });
+}
+
+void SmtpClient::send(Transaction t, std::function<void(TransactionResult)> done) {
+  TransactionResult res;
+  res.rcpts.resize(t.rcpts.size());
+  if (!usable() || t.rcpts.empty()) {
+    res.error = usable() ? "no recipients" : "connection not usable";
+    return done(std::move(res));
+  }
+  if (!envelopeSafe(t)) {
+    res.mail = {501, "501 5.5.4 Invalid character in envelope (not sent)"};
+    std::fill(res.rcpts.begin(), res.rcpts.end(), res.mail);
+    res.data = res.mail;
+    return done(std::move(res));
+  }
+  state_ = State::Busy;
+  self_ = shared_from_this();
+  tx_ = std::move(t);
+  result_ = std::move(res);
+  txDone_ = std::move(done);
+  mailOk_ = false;
+  accepted_ = 0;
+  pipelining_ = supports("PIPELINING");
+  std::string batch = mailCommand() + "\r\n";
+  expect(opts_.commandTimeoutMs, [this](const Reply& r) { onMail(r); });
+  if (!pipelining_) return conn_->write(std::move(batch));
+  // RFC 2920 §3.1: MAIL, every RCPT and DATA in one write; replies come back in order.
+  for (size_t i = 0; i < tx_.rcpts.size(); ++i) {
+    batch += "RCPT TO:<" + tx_.rcpts[i] + ">\r\n";
+    expect(opts_.commandTimeoutMs, [this, i](const Reply& r) { onRcpt(i, r); });
+  }
+  batch += "DATA\r\n";
+  expect(opts_.commandTimeoutMs, [this](const Reply& r) { onDataReply(r); });
+  conn_->write(std::move(batch));
+}
+
+std::string SmtpClient::mailCommand() const {
+  std::string cmd = "MAIL FROM:<" + tx_.mailFrom + ">";
+  if (tx_.size && supports("SIZE")) cmd += " SIZE=" + std::to_string(tx_.size);
+  if (tx_.eightBit && supports("8BITMIME")) cmd += " BODY=8BITMIME";
+  if (tx_.smtputf8 && supports("SMTPUTF8")) cmd += " SMTPUTF8";
+  if (supports("DSN")) {
+    if (!tx_.ret.empty()) cmd += " RET=" + tx_.ret;
+    if (!tx_.envid.empty()) cmd += " ENVID=" + tx_.envid;
+  }
+  return cmd;
+}
+
+void SmtpClient::onMail(const Reply& r) {
+  result_.mail = r;
+  mailOk_ = isPositive(r);
+  if (pipelining_) return;  // the RCPT and DATA replies are already on their way
+  if (!mailOk_) return finish();
+  sendRcpt(0);
+}
+
+void SmtpClient::sendRcpt(size_t i) {
+  command("RCPT TO:<" + tx_.rcpts[i] + ">", opts_.commandTimeoutMs, [this, i](const Reply& r) { onRcpt(i, r); });
+}
+
+void SmtpClient::onRcpt(size_t i, const Reply& r) {
+  result_.rcpts[i] = r;
+  if (isPositive(r)) ++accepted_;
+  if (pipelining_) return;
+  if (i + 1 < tx_.rcpts.size()) return sendRcpt(i + 1);
+  if (accepted_ == 0) return resetThenFinish();  // no DATA without a recipient
+  command("DATA", opts_.commandTimeoutMs, [this](const Reply& d) { onDataReply(d); });
+}
+
+void SmtpClient::onDataReply(const Reply& r) {
+  result_.data = r;
+  if (r.code != 354) {
+    if (mailOk_) return resetThenFinish();  // MAIL and maybe RCPTs are still open server-side
+    return finish();
+  }
+  if (!mailOk_ || accepted_ == 0) {
+    // RFC 2920 §3.1: a server that answers a pipelined DATA with 354 although no recipient
+    // was accepted gets an empty message ended at once, which it must then refuse.
+    conn_->write(".\r\n");
+    return expect(opts_.dataDoneTimeoutMs, [this](const Reply& d) {
+      result_.data = d;
+      resetThenFinish();
+    });
+  }
+  body_ = std::make_unique<Body>();
+  body_->parts[0] = tx_.prefix;
+  body_->parts[1] = tx_.body;
+  pumpBody();
+}
+
+void SmtpClient::pumpBody() {
+  if (state_ != State::Busy || !body_) return;
+  timer_.start(opts_.dataBlockTimeoutMs, [this] { fail("timeout sending the message"); });
+  while (conn_->pendingWriteBytes() < kBodyHighWater) {
+    std::string piece;
+    piece.reserve(kBodyPiece + kBodyPiece / 8);
+    bool last = body_->next(piece, kBodyPiece);
+    conn_->write(std::move(piece));
+    if (state_ != State::Busy) return;  // the write failed and closed the connection
+    if (last) {
+      body_.reset();
+      timer_.stop();
+      return expect(opts_.dataDoneTimeoutMs, [this](const Reply& r) { onDataDone(r); });
+    }
+  }
+  // Wait for onDrain; the block timer stays armed meanwhile.
+}
+
+void SmtpClient::onDataDone(const Reply& r) {
+  result_.data = r;
+  finish();
+}
+
+void SmtpClient::resetThenFinish() {
+  command("RSET", opts_.commandTimeoutMs, [this](const Reply& r) {
+    if (!isPositive(r)) {
+      finish();
+      return fail("RSET refused", r);  // no clean state to reuse; the result is already out
+    }
+    finish();
+  });
+}
+
+void SmtpClient::finish() {
+  if (!mailOk_) {
+    std::fill(result_.rcpts.begin(), result_.rcpts.end(), result_.mail);
+    result_.data = result_.mail;
+  }
+  state_ = State::Idle;
+  timer_.stop();
+  auto keep = std::move(self_);
+  auto done = std::move(txDone_);
+  txDone_ = nullptr;
+  tx_ = Transaction{};  // releases keepAlive
+  if (done) done(std::move(result_));
+}
+
+// ---- ending --------------------------------------------------------------------------------
+
+void SmtpClient::quit() {
+  if (state_ == State::Closed || state_ == State::Quitting) return;
+  if (state_ != State::Idle) return abort();
+  state_ = State::Quitting;
+  self_ = shared_from_this();
+  command("QUIT", opts_.commandTimeoutMs, [this](const Reply&) {
+    state_ = State::Closed;
+    timer_.stop();
+    conn_->close();
+    self_.reset();
+  });
+}
+
+void SmtpClient::abort() { fail("connection aborted"); }
+
+bool SmtpClient::tlsActive() const { return conn_ && conn_->tlsActive(); }
+
+std::string SmtpClient::tlsSummary() const {
+  if (!tlsActive()) return "";
+  return conn_->tls()->protocol() + " " + conn_->tls()->cipher();
+}
+
+bool SmtpClient::tlsVerified() const { return tlsActive() && conn_->tls()->peerVerified(); }
+
+bool SmtpClient::supports(std::string_view ext) const { return ext_.find(ext) != ext_.end(); }
+
+std::string SmtpClient::extensionParam(std::string_view ext) const {
+  auto it = ext_.find(ext);
+  return it == ext_.end() ? "" : it->second;
+}
+
+}  // namespace moat::mta::client

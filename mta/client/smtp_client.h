@@ -1,0 +1,157 @@
+// mta/client/smtp_client.h — one outbound SMTP connection that carries one transaction at a
+// time, several in a row (RFC 5321 client side; RFC 2920 PIPELINING; RFC 3207 STARTTLS;
+// RFC 1652 8BITMIME, RFC 1870 SIZE, RFC 6531 SMTPUTF8, RFC 3461 DSN parameters).
+//
+// Untrusted input: every reply from the server (bounded: 4096 bytes a line, 100 lines a
+// reply; more is a protocol error that ends the connection). Logs nothing: the queue manager
+// logs `deliver`/`defer` with the replies this returns.
+#pragma once
+#include <uv.h>
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mta/net/connection.h"
+#include "mta/runtime/ip.h"
+#include "mta/runtime/uv.h"
+#include "mta/tls/tls.h"
+
+namespace moat::mta::client {
+
+enum class TlsMode { None, May, Require };  // route tls = "none" | "may" | "require"
+
+struct Options {
+  std::string heloName;                      // our host name for EHLO/HELO
+  TlsMode tls = TlsMode::May;
+  std::shared_ptr<tls::TlsContext> tlsCtx;   // client context (null with TlsMode::None)
+  std::string sni;                           // next-hop host name, for SNI / verification
+  uint64_t connectTimeoutMs = 30000, greetingTimeoutMs = 300000, commandTimeoutMs = 300000,
+           dataBlockTimeoutMs = 180000, dataDoneTimeoutMs = 600000;  // RFC 5321 §4.5.3.2
+};
+
+struct Transaction {
+  std::string mailFrom;                      // "" = null sender
+  std::vector<std::string> rcpts;
+  bool eightBit = false, smtputf8 = false;   // BODY=8BITMIME / SMTPUTF8 when offered
+  uint64_t size = 0;                         // SIZE= when offered (0: not sent)
+  std::string envid, ret;                    // DSN ENVID= (xtext) and RET=FULL|HDRS when offered
+  std::string prefix;                        // headers prepended by the gateway, CRLF lines
+  std::string_view body;                     // the message (CRLF, NOT dot-stuffed)
+  std::shared_ptr<const void> keepAlive;     // keeps `body` valid until done runs
+};
+
+struct Reply {
+  int code = 0;       // 0: no reply (command not sent)
+  std::string text;   // every reply line without CRLF, joined with "\n": "250 2.0.0 Ok"
+};
+
+// Outcome per recipient i: if mail.code is not 2xx → mail; else if rcpts[i] is not 2xx →
+// rcpts[i]; else data. When MAIL was refused, rcpts[] and data are copies of `mail`, so a
+// 4xx at MAIL never turns into a 5xx for a recipient. An envelope with CR, LF or NUL is not
+// sent: every reply is a local "501 5.5.4 ..." and the connection stays usable.
+struct TransactionResult {
+  std::string error;          // non-empty: the connection failed mid-transaction (4xx for all)
+  Reply mail;
+  std::vector<Reply> rcpts;   // one per rcpt, same order
+  Reply data;                 // final reply after the message (or to DATA if refused)
+};
+
+class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
+ public:
+  using ConnectDone = std::function<void(std::shared_ptr<SmtpClient>, const std::string& error, const Reply& reply)>;
+
+  // Connects, reads the greeting, EHLO (HELO if EHLO gets a 5xx), STARTTLS per Options
+  // (Require: fail if not offered or the handshake fails; May: use it when offered, stay in
+  // plain text if not offered or refused; EHLO again after TLS). done(client, error, reply)
+  // runs once: client is null on failure, and `reply` is the greeting on success or the
+  // reply that made it fail (code 0 for network/TLS/timeouts).
+  static void connect(uv_loop_t* loop, const IpAddress& ip, uint16_t port, Options opts, ConnectDone done);
+
+  explicit SmtpClient(uv_loop_t* loop, Options opts);  // use connect()
+  ~SmtpClient();
+  SmtpClient(const SmtpClient&) = delete;
+  SmtpClient& operator=(const SmtpClient&) = delete;
+
+  // One transaction at a time (usable() must be true, else done gets an error at once).
+  // `done` runs exactly once, from the loop; the client keeps itself alive until then.
+  void send(Transaction t, std::function<void(TransactionResult)> done);
+  bool usable() const;        // connected, greeted and idle
+  void quit();                // QUIT, wait for the reply (bounded), close; idempotent
+  void abort();               // close now; a running transaction gets an error
+
+  bool tlsActive() const;
+  std::string tlsSummary() const;  // "TLSv1.3 TLS_AES_256_GCM_SHA384", "" without TLS
+  bool tlsVerified() const;        // the peer's certificate verified (client context verifying)
+  const std::string& peerName() const { return peerName_; }  // from the greeting
+  bool supports(std::string_view ext) const;                 // EHLO keyword, upper-case
+  // The EHLO parameter of a keyword ("35882577" for SIZE), "" if none or not offered.
+  std::string extensionParam(std::string_view ext) const;
+
+ private:
+  enum class State { Connecting, Idle, Busy, Quitting, Closed };
+  struct Expect {
+    std::function<void(const Reply&)> fn;
+    uint64_t timeoutMs;
+  };
+  struct Body;  // the dot-stuffing writer
+
+  void start(std::shared_ptr<net::Connection> conn);
+  void onData(std::string_view piece);
+  void onLine(std::string_view line);
+  void expect(uint64_t timeoutMs, std::function<void(const Reply&)> fn);
+  void armTimer();
+  void command(const std::string& line, uint64_t timeoutMs, std::function<void(const Reply&)> fn);
+  void fail(const std::string& error, const Reply& reply = {});
+
+  void onGreeting(const Reply& r);
+  void sendEhlo();
+  void onEhlo(const Reply& r);
+  void onHelo(const Reply& r);
+  void afterHello();
+  void onStartTls(const Reply& r);
+  void connected();
+
+  bool envelopeSafe(const Transaction& t) const;
+  std::string mailCommand() const;
+  void onMail(const Reply& r);
+  void sendRcpt(size_t i);
+  void onRcpt(size_t i, const Reply& r);
+  void onDataReply(const Reply& r);
+  void pumpBody();
+  void onDataDone(const Reply& r);
+  void resetThenFinish();
+  void finish();
+
+  uv_loop_t* loop_;
+  Options opts_;
+  std::shared_ptr<net::Connection> conn_;
+  std::shared_ptr<SmtpClient> self_;  // set while an operation runs, so it can finish
+  uv::Timer timer_;
+  State state_ = State::Connecting;
+  ConnectDone connectDone_;
+  Reply greeting_;
+  std::string peerName_;
+  std::map<std::string, std::string, std::less<>> ext_;
+  bool tlsTried_ = false;
+
+  // Reply parsing.
+  std::string partial_;
+  std::vector<std::string> replyLines_;
+  std::deque<Expect> expects_;  // in order; front is answered next
+
+  // The running transaction.
+  Transaction tx_;
+  TransactionResult result_;
+  std::function<void(TransactionResult)> txDone_;
+  bool pipelining_ = false, mailOk_ = false;
+  size_t accepted_ = 0;
+  std::unique_ptr<Body> body_;
+};
+
+}  // namespace moat::mta::client

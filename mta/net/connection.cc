@@ -1,0 +1,525 @@
+// mta/net/connection.cc — TCP connections, listeners and outbound connects on libuv, with
+// STARTTLS (RFC 3207) and implicit TLS (RFC 8314) through mta/tls.
+//
+// Untrusted input: every byte read from the socket. Memory per connection is bounded: one
+// 64 KiB read buffer, and undelivered input is at most one read (plus one TLS record) since
+// the socket stops reading as soon as the owner does. RFC 3207 §4.2: input received before
+// the TLS handshake began and not yet delivered is discarded, never handed over as if it had
+// come through TLS (the STARTTLS command-injection attack). Logs nothing; owners log.
+#include "mta/net/connection.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <cstring>
+
+#include "mta/runtime/uv.h"
+
+namespace moat::mta::net {
+
+namespace {
+
+constexpr size_t kReadBufSize = 64 * 1024;
+
+std::string uvError(const char* what, int code) { return std::string(what) + ": " + uv_strerror(code); }
+
+bool toSockaddr(const IpAddress& ip, uint16_t port, sockaddr_storage& ss) {
+  std::memset(&ss, 0, sizeof ss);
+  if (ip.isV4()) {
+    auto* in = reinterpret_cast<sockaddr_in*>(&ss);
+    in->sin_family = AF_INET;
+    in->sin_port = htons(port);
+    std::memcpy(&in->sin_addr, ip.bytes(), 4);
+  } else {
+    auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons(port);
+    std::memcpy(&in6->sin6_addr, ip.bytes(), 16);
+  }
+  return true;
+}
+
+uint16_t portOf(const sockaddr_storage& ss) {
+  if (ss.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&ss)->sin_port);
+  if (ss.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_port);
+  return 0;
+}
+
+class TcpConnection final : public Connection {
+ public:
+  explicit TcpConnection(uv_loop_t* loop) : loop_(loop) {}
+
+  // Creates the uv handle; the connection then keeps itself alive until libuv closes it.
+  static std::shared_ptr<TcpConnection> create(uv_loop_t* loop, std::string& error) {
+    auto c = std::make_shared<TcpConnection>(loop);
+    auto tcp = std::make_unique<uv_tcp_t>();
+    int rc = uv_tcp_init(loop, tcp.get());
+    if (rc < 0) {
+      error = uvError("uv_tcp_init", rc);
+      return nullptr;
+    }
+    c->attach(std::move(tcp));
+    return c;
+  }
+
+  void attach(std::unique_ptr<uv_tcp_t> tcp) {
+    tcp_ = tcp.release();
+    tcp_->data = this;
+  }
+
+  // Dropping the last reference without close() aborts: the socket is closed, no callback
+  // runs (the owner is gone), and libuv frees the handle later.
+  ~TcpConnection() override {
+    if (!tcp_ || handleClosed_) return;
+    tcp_->data = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t*>(tcp_), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+  }
+
+  std::shared_ptr<TcpConnection> ref() { return std::static_pointer_cast<TcpConnection>(shared_from_this()); }
+
+  uv_tcp_t* handle() { return tcp_; }
+
+  // After accept or connect: addresses, Nagle off.
+  void established() {
+    uv_tcp_nodelay(tcp_, 1);
+    sockaddr_storage ss{};
+    int len = sizeof ss;
+    if (uv_tcp_getpeername(tcp_, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
+      if (auto ip = IpAddress::fromSockaddr(reinterpret_cast<sockaddr*>(&ss))) peer_ = *ip;
+      peerPort_ = portOf(ss);
+    }
+    len = sizeof ss;
+    if (uv_tcp_getsockname(tcp_, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
+      if (auto ip = IpAddress::fromSockaddr(reinterpret_cast<sockaddr*>(&ss))) local_ = *ip;
+      localPort_ = portOf(ss);
+    }
+  }
+
+  void setCallbacks(Callbacks cb) override { cb_ = std::move(cb); }
+
+  void startReading() override {
+    if (closing_) return;
+    reading_ = true;
+    updateSocketReading();
+    // Input held back by stopReading() is delivered from the loop, not from this call.
+    if (!inbuf_.empty() && !delivering_) {
+      if (!deliverTimer_) deliverTimer_ = std::make_unique<uv::Timer>(loop_);
+      auto weak = weak_from_this();
+      deliverTimer_->start(0, [weak] {
+        if (auto self = weak.lock()) static_cast<TcpConnection*>(self.get())->deliver();
+      });
+    }
+  }
+
+  void stopReading() override {
+    reading_ = false;
+    updateSocketReading();
+  }
+
+  void setLineMode(bool on) override { lineMode_ = on; }
+
+  void write(std::string data) override {
+    if (closing_ || data.empty()) return;
+    if (tls_) {
+      if (!tls_->writePlaintext(data)) return fail(tls_->error());
+      flushTls();
+      return;
+    }
+    writeRaw(std::move(data));
+  }
+
+  size_t pendingWriteBytes() const override { return pendingBytes_; }
+
+  void startTls(std::shared_ptr<tls::TlsContext> ctx, const std::string& sni,
+                std::function<void(bool, const std::string&)> done) override {
+    if (closing_) return;
+    if (tls_) {
+      if (done) done(false, "TLS already active");
+      return;
+    }
+    // RFC 3207 §4.2: whatever the peer sent before this point is not trusted input.
+    inbuf_.clear();
+    ++tlsEpoch_;
+    tls_ = std::make_unique<tls::TlsSession>(std::move(ctx), sni);
+    tlsDone_ = std::move(done);
+    if (tls_->state() == tls::TlsSession::State::Failed) return handshakeFailed();
+    flushTls();  // the client's ClientHello; the queued plaintext already precedes it
+    updateSocketReading();
+  }
+
+  bool tlsActive() const override { return tls_ && tls_->state() == tls::TlsSession::State::Open; }
+  const tls::TlsSession* tls() const override { return tls_.get(); }
+
+  void close() override {
+    if (closing_) return;
+    closing_ = true;
+    reading_ = false;
+    updateSocketReading();
+    if (tls_ && tls_->state() == tls::TlsSession::State::Open) {
+      tls_->shutdown();
+      flushTls();
+    }
+    if (pendingWrites_ == 0) closeHandle("");
+  }
+
+  void abort() override { fail(""); }
+
+  const IpAddress& peerAddress() const override { return peer_; }
+  uint16_t peerPort() const override { return peerPort_; }
+  const IpAddress& localAddress() const override { return local_; }
+  uint16_t localPort() const override { return localPort_; }
+
+  // Closes the handle now; onClose(error) runs from libuv's close callback.
+  void fail(const std::string& error) {
+    closing_ = true;
+    reading_ = false;
+    closeHandle(error);
+  }
+
+ private:
+  struct WriteReq {
+    uv_write_t req{};
+    std::string data;
+    std::shared_ptr<TcpConnection> conn;
+  };
+
+  void updateSocketReading() {
+    if (!tcp_ || handleClosed_) return;
+    bool want = !closing_ && (reading_ || (tls_ && tls_->state() == tls::TlsSession::State::Handshaking));
+    if (want == socketReading_) return;
+    socketReading_ = want;
+    if (!want) {
+      uv_read_stop(reinterpret_cast<uv_stream_t*>(tcp_));
+      return;
+    }
+    int rc = uv_read_start(
+        reinterpret_cast<uv_stream_t*>(tcp_),
+        [](uv_handle_t* h, size_t, uv_buf_t* buf) {
+          auto* self = static_cast<TcpConnection*>(h->data);
+          if (!self) {
+            *buf = uv_buf_init(nullptr, 0);
+            return;
+          }
+          if (self->readBuf_.empty()) self->readBuf_.resize(kReadBufSize);
+          *buf = uv_buf_init(self->readBuf_.data(), static_cast<unsigned>(self->readBuf_.size()));
+        },
+        [](uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
+          if (auto* self = static_cast<TcpConnection*>(s->data)) self->onRead(n, buf);
+        });
+    if (rc < 0) fail(uvError("read", rc));
+  }
+
+  void onRead(ssize_t n, const uv_buf_t* buf) {
+    if (closing_) return;
+    auto keep = ref();  // callbacks below may drop the owner's last reference
+    if (n == UV_EOF) return onEof();
+    if (n < 0) return fail(uvError("read", static_cast<int>(n)));
+    if (n == 0) return;
+    std::string_view data(buf->base, static_cast<size_t>(n));
+    if (!tls_) {
+      inbuf_.append(data);
+      return deliver();
+    }
+    onCiphertext(data);
+  }
+
+  void onCiphertext(std::string_view data) {
+    bool wasHandshaking = tls_->state() == tls::TlsSession::State::Handshaking;
+    bool ok = tls_->feedCiphertext(data);
+    flushTls();
+    if (!ok) return handshakeOrTlsFailure();
+    if (wasHandshaking && tls_->state() == tls::TlsSession::State::Open) {
+      auto done = std::move(tlsDone_);
+      tlsDone_ = nullptr;
+      uint64_t epoch = tlsEpoch_;
+      if (done) done(true, "");
+      if (closing_ || epoch != tlsEpoch_) return;
+      updateSocketReading();
+    }
+    if (!tls_->readPlaintext(inbuf_)) {
+      flushTls();
+      return fail(tls_->error());
+    }
+    flushTls();  // TLS 1.3 may answer a key update
+    if (tls_->state() == tls::TlsSession::State::Closed) {
+      deliver();
+      if (!closing_) fail("");
+      return;
+    }
+    deliver();
+  }
+
+  void handshakeOrTlsFailure() {
+    if (tlsDone_) return handshakeFailed();
+    fail(tls_->error());
+  }
+
+  void handshakeFailed() {
+    std::string err = tls_->error();
+    auto done = std::move(tlsDone_);
+    tlsDone_ = nullptr;
+    if (done) done(false, err);
+    fail(err);
+  }
+
+  void onEof() {
+    if (tls_ && tlsDone_) {
+      std::string err = "connection closed during TLS handshake";
+      auto done = std::move(tlsDone_);
+      tlsDone_ = nullptr;
+      if (done) done(false, err);
+      return fail(err);
+    }
+    // A final line without LF still reaches the owner before onClose.
+    if (lineMode_ && !inbuf_.empty() && reading_ && cb_.onData) {
+      std::string rest;
+      rest.swap(inbuf_);
+      cb_.onData(rest);
+    }
+    if (!closing_) fail("");
+  }
+
+  // Hands buffered plaintext to the owner while it wants it. The checks after each call are
+  // what make stopReading(), startTls() and close() take effect inside onData.
+  void deliver() {
+    if (delivering_) return;
+    delivering_ = true;
+    auto keep = ref();
+    uint64_t epoch = tlsEpoch_;
+    while (reading_ && !closing_ && !inbuf_.empty() && epoch == tlsEpoch_ && cb_.onData) {
+      size_t len = inbuf_.size();
+      if (lineMode_) {
+        size_t lf = inbuf_.find('\n');
+        if (lf == std::string::npos) break;  // wait for the rest of the line
+        len = lf + 1;
+      }
+      std::string piece = inbuf_.substr(0, len);
+      inbuf_.erase(0, len);
+      cb_.onData(piece);
+    }
+    if (epoch != tlsEpoch_) inbuf_.clear();  // startTls from inside onData: RFC 3207 §4.2
+    delivering_ = false;
+    // Line mode holds a partial line; a peer sending an endless line is the owner's to bound
+    // (it sees nothing), so cap it here and deliver it as is.
+    if (lineMode_ && inbuf_.size() > kReadBufSize && reading_ && !closing_ && cb_.onData) {
+      std::string piece;
+      piece.swap(inbuf_);
+      cb_.onData(piece);
+    }
+  }
+
+  void flushTls() {
+    if (!tls_) return;
+    std::string out;
+    tls_->takeCiphertext(out);
+    if (!out.empty()) writeRaw(std::move(out));
+  }
+
+  void writeRaw(std::string data) {
+    if (handleClosed_) return;
+    auto w = std::make_unique<WriteReq>();
+    w->data = std::move(data);
+    w->conn = ref();
+    w->req.data = w.get();
+    uv_buf_t b = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
+    size_t size = w->data.size();
+    int rc = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(tcp_), &b, 1, [](uv_write_t* req, int status) {
+      std::unique_ptr<WriteReq> owned(static_cast<WriteReq*>(req->data));
+      owned->conn->onWritten(owned->data.size(), status);
+    });
+    if (rc < 0) return fail(uvError("write", rc));
+    w.release();
+    pendingBytes_ += size;
+    ++pendingWrites_;
+  }
+
+  void onWritten(size_t size, int status) {
+    pendingBytes_ -= size;
+    --pendingWrites_;
+    if (handleClosed_) return;
+    if (status < 0) return fail(uvError("write", status));
+    if (pendingWrites_ != 0) return;
+    if (closing_) return closeHandle("");
+    if (cb_.onDrain) {
+      auto keep = ref();
+      cb_.onDrain();
+    }
+  }
+
+  void closeHandle(const std::string& error) {
+    if (handleClosed_ || !tcp_) return;
+    handleClosed_ = true;
+    closeError_ = error;
+    self_ = ref();  // alive until libuv's close callback, whoever else lets go
+    deliverTimer_.reset();  // closed with the socket, never after the loop
+    uv_close(reinterpret_cast<uv_handle_t*>(tcp_), [](uv_handle_t* h) {
+      auto* self = static_cast<TcpConnection*>(h->data);
+      delete reinterpret_cast<uv_tcp_t*>(h);
+      self->tcp_ = nullptr;
+      auto keep = std::move(self->self_);  // may be the last reference
+      auto onClose = std::move(self->cb_.onClose);
+      self->cb_ = Callbacks{};
+      if (onClose) onClose(self->closeError_);
+    });
+  }
+
+  uv_loop_t* loop_;
+  uv_tcp_t* tcp_ = nullptr;  // owned by libuv from init until its close callback
+  std::shared_ptr<TcpConnection> self_;  // set from close until the close callback
+  Callbacks cb_;
+  std::vector<char> readBuf_;
+  std::string inbuf_;
+  std::unique_ptr<uv::Timer> deliverTimer_;  // deferred delivery after startReading()
+  std::unique_ptr<tls::TlsSession> tls_;
+  std::function<void(bool, const std::string&)> tlsDone_;
+  uint64_t tlsEpoch_ = 0;
+  size_t pendingBytes_ = 0;
+  size_t pendingWrites_ = 0;
+  bool reading_ = false, socketReading_ = false, lineMode_ = false, delivering_ = false;
+  bool closing_ = false, handleClosed_ = false;
+  std::string closeError_;
+  IpAddress peer_, local_;
+  uint16_t peerPort_ = 0, localPort_ = 0;
+};
+
+class TcpListener final : public Listener {
+ public:
+  TcpListener(uv_loop_t* loop, std::shared_ptr<tls::TlsContext> tls, AcceptFn fn)
+      : loop_(loop), tls_(std::move(tls)), onAccept_(std::move(fn)) {}
+
+  bool open(const std::string& host, uint16_t port, bool reusePort, std::string& error) {
+    sockaddr_storage ss{};
+    if (!parseBind(host, port, ss)) {
+      error = "bad listen address " + host;
+      return false;
+    }
+    int rc = uv_tcp_init_ex(loop_, h_.get(), ss.ss_family);
+    if (rc < 0) {
+      error = uvError("socket", rc);
+      return false;
+    }
+    h_.markInitialized();
+    h_.get()->data = this;
+    if (reusePort && !setReusePort(error)) return false;
+    rc = uv_tcp_bind(h_.get(), reinterpret_cast<sockaddr*>(&ss), 0);
+    if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(h_.get()), 511, [](uv_stream_t* s, int status) {
+      if (auto* self = static_cast<TcpListener*>(s->data)) self->onConnection(status);
+    });
+    if (rc < 0) {
+      error = uvError(("listen on " + host + ":" + std::to_string(port)).c_str(), rc);
+      return false;
+    }
+    int len = sizeof ss;
+    if (uv_tcp_getsockname(h_.get(), reinterpret_cast<sockaddr*>(&ss), &len) == 0) port_ = portOf(ss);
+    return true;
+  }
+
+  uint16_t port() const override { return port_; }
+  void close() override { h_.close(); }
+
+ private:
+  static bool parseBind(const std::string& host, uint16_t port, sockaddr_storage& ss) {
+    std::string h = host;
+    if (h.size() > 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+    if (h.empty() || h == "*") h = "0.0.0.0";
+    if (uv_ip4_addr(h.c_str(), port, reinterpret_cast<sockaddr_in*>(&ss)) == 0) return true;
+    return uv_ip6_addr(h.c_str(), port, reinterpret_cast<sockaddr_in6*>(&ss)) == 0;
+  }
+
+  // Must happen before bind, or the kernel will not share the port between workers.
+  bool setReusePort(std::string& error) {
+    uv_os_fd_t fd;
+    int rc = uv_fileno(h_.raw(), &fd);
+    int one = 1;
+    if (rc < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+      error = "SO_REUSEPORT: " + std::string(rc < 0 ? uv_strerror(rc) : std::strerror(errno));
+      return false;
+    }
+    return true;
+  }
+
+  void onConnection(int status) {
+    if (status < 0) return;  // EMFILE and friends: the next accept may work
+    std::string error;
+    auto conn = TcpConnection::create(loop_, error);
+    if (!conn) return;
+    if (uv_accept(reinterpret_cast<uv_stream_t*>(h_.get()), reinterpret_cast<uv_stream_t*>(conn->handle())) < 0) {
+      conn->abort();
+      return;
+    }
+    conn->established();
+    if (tls_) conn->startTls(tls_, "", nullptr);
+    onAccept_(conn);
+  }
+
+  uv_loop_t* loop_;
+  uv::Handle<uv_tcp_t> h_;
+  std::shared_ptr<tls::TlsContext> tls_;
+  AcceptFn onAccept_;
+  uint16_t port_ = 0;
+};
+
+// One outbound connect; owned by libuv through req.data until the connect callback, which
+// always runs (with UV_ECANCELED when the timeout closed the socket first).
+struct ConnectOp {
+  explicit ConnectOp(uv_loop_t* loop) : timer(loop) {}
+  uv_connect_t req{};
+  std::shared_ptr<TcpConnection> conn;
+  uv::Timer timer;
+  std::function<void(std::shared_ptr<Connection>, const std::string&)> done;
+  bool finished = false;
+
+  void finish(std::shared_ptr<Connection> c, const std::string& error) {
+    if (finished) return;
+    finished = true;
+    timer.stop();
+    auto d = std::move(done);
+    d(std::move(c), error);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Listener> listen(uv_loop_t* loop, const std::string& host, uint16_t port, bool reusePort,
+                                 std::shared_ptr<tls::TlsContext> implicitTls, Listener::AcceptFn onAccept,
+                                 std::string& error) {
+  auto l = std::make_unique<TcpListener>(loop, std::move(implicitTls), std::move(onAccept));
+  if (!l->open(host, port, reusePort, error)) return nullptr;
+  return l;
+}
+
+void connect(uv_loop_t* loop, const IpAddress& ip, uint16_t port, uint64_t timeoutMs,
+             std::function<void(std::shared_ptr<Connection>, const std::string& error)> done) {
+  std::string error;
+  auto conn = TcpConnection::create(loop, error);
+  if (!conn) return done(nullptr, error);
+  sockaddr_storage ss{};
+  toSockaddr(ip, port, ss);
+  auto op = std::make_unique<ConnectOp>(loop);
+  op->conn = conn;
+  op->done = std::move(done);
+  op->req.data = op.get();
+  int rc = uv_tcp_connect(&op->req, conn->handle(), reinterpret_cast<sockaddr*>(&ss), [](uv_connect_t* req, int status) {
+    std::unique_ptr<ConnectOp> op(static_cast<ConnectOp*>(req->data));
+    if (op->finished) return;
+    if (status < 0) {
+      op->conn->abort();
+      return op->finish(nullptr, uvError("connect", status));
+    }
+    op->conn->established();
+    op->finish(op->conn, "");
+  });
+  if (rc < 0) {
+    conn->abort();
+    return op->done(nullptr, uvError("connect", rc));
+  }
+  ConnectOp* raw = op.release();
+  uv_update_time(loop);  // the caller may have been busy since the loop last woke
+  raw->timer.start(timeoutMs, [raw] {
+    raw->finish(nullptr, "connect timeout");
+    raw->conn->abort();  // the connect callback then frees `raw`
+  });
+}
+
+}  // namespace moat::mta::net

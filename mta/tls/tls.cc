@@ -1,0 +1,248 @@
+// mta/tls/tls.cc — TLS contexts and sessions on OpenSSL 3 memory BIOs (RFC 8446 / RFC 5246,
+// used for RFC 3207 STARTTLS and RFC 8314 implicit TLS). TLS 1.2 is the minimum; SSLv3,
+// TLS 1.0/1.1, compression and renegotiation are off.
+//
+// Untrusted input: every ciphertext byte fed to a session comes from the peer; OpenSSL
+// parses it, and this file only moves bytes and maps errors to text. Certificate and key
+// files come from the admin's config. Nothing here logs: callers log the error text.
+#include "mta/tls/tls.h"
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+namespace moat::mta::tls {
+
+namespace {
+
+// Everything on OpenSSL's error queue, oldest first, then clears it so that a later
+// failure does not report a stale reason.
+std::string drainErrors() {
+  std::string out;
+  while (unsigned long e = ERR_get_error()) {
+    char buf[256];
+    ERR_error_string_n(e, buf, sizeof buf);
+    if (!out.empty()) out += "; ";
+    out += buf;
+  }
+  return out.empty() ? "unknown TLS error" : out;
+}
+
+// TLS 1.2 suites with forward secrecy and AEAD only; TLS 1.3 keeps OpenSSL's defaults.
+constexpr const char* kCiphers12 =
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:"
+    "ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "DHE-RSA-AES256-GCM-SHA384:DHE-RSA-AES128-GCM-SHA256";
+
+SslCtxPtr baseContext(bool server, std::string& error) {
+  ERR_clear_error();
+  SslCtxPtr ctx(SSL_CTX_new(server ? TLS_server_method() : TLS_client_method()));
+  if (!ctx) {
+    error = "SSL_CTX_new: " + drainErrors();
+    return nullptr;
+  }
+  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
+  SSL_CTX_set_options(ctx.get(), SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                                     (server ? SSL_OP_CIPHER_SERVER_PREFERENCE : 0));
+  SSL_CTX_set_mode(ctx.get(), SSL_MODE_RELEASE_BUFFERS);
+  if (SSL_CTX_set_cipher_list(ctx.get(), kCiphers12) != 1) {
+    error = "cipher list: " + drainErrors();
+    return nullptr;
+  }
+  return ctx;
+}
+
+}  // namespace
+
+std::shared_ptr<TlsContext> TlsContext::server(const std::string& certFile, const std::string& keyFile,
+                                               std::string& error) {
+  auto ctx = baseContext(true, error);
+  if (!ctx) return nullptr;
+  if (SSL_CTX_use_certificate_chain_file(ctx.get(), certFile.c_str()) != 1) {
+    error = "cannot load certificate " + certFile + ": " + drainErrors();
+    return nullptr;
+  }
+  if (SSL_CTX_use_PrivateKey_file(ctx.get(), keyFile.c_str(), SSL_FILETYPE_PEM) != 1) {
+    error = "cannot load private key " + keyFile + ": " + drainErrors();
+    return nullptr;
+  }
+  if (SSL_CTX_check_private_key(ctx.get()) != 1) {
+    error = "private key " + keyFile + " does not match certificate " + certFile + ": " + drainErrors();
+    return nullptr;
+  }
+  auto out = std::make_shared<TlsContext>();
+  out->ctx_ = std::move(ctx);
+  out->server_ = true;
+  return out;
+}
+
+std::shared_ptr<TlsContext> TlsContext::client(bool verifyPeer, const std::string& caFile, std::string& error) {
+  auto ctx = baseContext(false, error);
+  if (!ctx) return nullptr;
+  if (verifyPeer) {
+    // A missing system store is not fatal when a CA file is given; the handshake will
+    // fail verification if neither knows the issuer.
+    SSL_CTX_set_default_verify_paths(ctx.get());
+    ERR_clear_error();
+    if (!caFile.empty() && SSL_CTX_load_verify_locations(ctx.get(), caFile.c_str(), nullptr) != 1) {
+      error = "cannot load CA file " + caFile + ": " + drainErrors();
+      return nullptr;
+    }
+    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
+  } else {
+    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_NONE, nullptr);
+  }
+  auto out = std::make_shared<TlsContext>();
+  out->ctx_ = std::move(ctx);
+  out->verify_ = verifyPeer;
+  return out;
+}
+
+TlsSession::TlsSession(std::shared_ptr<TlsContext> ctx, const std::string& sni) : ctx_(std::move(ctx)) {
+  ERR_clear_error();
+  if (!ctx_ || !ctx_->get()) {
+    state_ = State::Failed;
+    error_ = "no TLS context";
+    return;
+  }
+  ssl_.reset(SSL_new(ctx_->get()));
+  BIO* r = BIO_new(BIO_s_mem());
+  BIO* w = BIO_new(BIO_s_mem());
+  if (!ssl_ || !r || !w) {
+    BIO_free(r);
+    BIO_free(w);
+    state_ = State::Failed;
+    error_ = "SSL_new: " + drainErrors();
+    return;
+  }
+  // An empty read BIO means "retry later", not end of file.
+  BIO_set_mem_eof_return(r, -1);
+  SSL_set_bio(ssl_.get(), r, w);
+  rbio_ = r;
+  wbio_ = w;
+  if (ctx_->isServer()) {
+    SSL_set_accept_state(ssl_.get());
+    return;
+  }
+  SSL_set_connect_state(ssl_.get());
+  if (!sni.empty()) {
+    SSL_set_tlsext_host_name(ssl_.get(), sni.c_str());
+    if (ctx_->verifiesPeer()) {
+      SSL_set_hostflags(ssl_.get(), X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+      SSL_set1_host(ssl_.get(), sni.c_str());
+    }
+  }
+  advance();  // produces the ClientHello for takeCiphertext()
+}
+
+TlsSession::~TlsSession() = default;
+
+bool TlsSession::advance() {
+  if (state_ != State::Handshaking) return state_ != State::Failed;
+  int rc = SSL_do_handshake(ssl_.get());
+  if (rc == 1) {
+    state_ = State::Open;
+    if (!pendingPlain_.empty()) {
+      std::string p;
+      p.swap(pendingPlain_);
+      return writePlaintext(p);
+    }
+    return true;
+  }
+  int err = SSL_get_error(ssl_.get(), rc);
+  if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return true;
+  state_ = State::Failed;
+  std::string reason = drainErrors();
+  long vr = SSL_get_verify_result(ssl_.get());
+  if (vr != X509_V_OK && ctx_->verifiesPeer())
+    reason = std::string("certificate verify failed: ") + X509_verify_cert_error_string(vr);
+  error_ = "TLS handshake failed: " + reason;
+  return false;
+}
+
+bool TlsSession::feedCiphertext(std::string_view data) {
+  if (state_ == State::Failed) return false;
+  if (!rbio_ || state_ == State::Closed) return true;
+  if (!data.empty() && BIO_write(rbio_, data.data(), static_cast<int>(data.size())) != static_cast<int>(data.size())) {
+    state_ = State::Failed;
+    error_ = "BIO_write failed";
+    return false;
+  }
+  return advance();
+}
+
+bool TlsSession::writePlaintext(std::string_view data) {
+  if (state_ == State::Failed || state_ == State::Closed) return false;
+  if (state_ == State::Handshaking) {
+    pendingPlain_.append(data);
+    return true;
+  }
+  ERR_clear_error();
+  while (!data.empty()) {
+    size_t written = 0;
+    int rc = SSL_write_ex(ssl_.get(), data.data(), data.size(), &written);
+    if (rc != 1) {
+      state_ = State::Failed;
+      error_ = "TLS write failed: " + drainErrors();
+      return false;
+    }
+    data.remove_prefix(written);
+  }
+  return true;
+}
+
+bool TlsSession::readPlaintext(std::string& out) {
+  if (state_ != State::Open) return state_ != State::Failed;
+  ERR_clear_error();
+  char buf[16384];
+  for (;;) {
+    size_t got = 0;
+    int rc = SSL_read_ex(ssl_.get(), buf, sizeof buf, &got);
+    if (rc == 1) {
+      out.append(buf, got);
+      continue;
+    }
+    int err = SSL_get_error(ssl_.get(), rc);
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return true;
+    if (err == SSL_ERROR_ZERO_RETURN) {
+      state_ = State::Closed;  // the peer's close_notify
+      return true;
+    }
+    state_ = State::Failed;
+    error_ = "TLS read failed: " + drainErrors();
+    return false;
+  }
+}
+
+void TlsSession::takeCiphertext(std::string& out) {
+  if (!wbio_) return;
+  char* data = nullptr;
+  long n = BIO_get_mem_data(wbio_, &data);
+  if (n > 0) {
+    out.append(data, static_cast<size_t>(n));
+    (void)BIO_reset(wbio_);
+  }
+}
+
+void TlsSession::shutdown() {
+  if (state_ != State::Open) return;
+  ERR_clear_error();
+  SSL_shutdown(ssl_.get());
+  ERR_clear_error();
+  state_ = State::Closed;
+}
+
+std::string TlsSession::protocol() const { return ssl_ ? SSL_get_version(ssl_.get()) : ""; }
+
+std::string TlsSession::cipher() const {
+  const char* c = ssl_ ? SSL_get_cipher_name(ssl_.get()) : nullptr;
+  return c ? c : "";
+}
+
+int TlsSession::cipherBits() const { return ssl_ ? SSL_get_cipher_bits(ssl_.get(), nullptr) : 0; }
+
+bool TlsSession::peerVerified() const {
+  if (!ssl_ || state_ == State::Handshaking || state_ == State::Failed) return false;
+  return SSL_get0_peer_certificate(ssl_.get()) != nullptr && SSL_get_verify_result(ssl_.get()) == X509_V_OK;
+}
+
+}  // namespace moat::mta::tls

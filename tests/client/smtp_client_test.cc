@@ -1,0 +1,452 @@
+// Tests for mta/client: the SMTP client against a scripted Python SMTP server on loopback
+// (tests/client/smtp_server.py, byte-exact bodies, STARTTLS) and Postfix's smtp-sink.
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "mta/client/smtp_client.h"
+#include "mta/runtime/uv.h"
+#include "tests/support/test_cert.h"
+
+using namespace moat::mta;
+using client::Reply;
+using client::SmtpClient;
+using client::TlsMode;
+using client::Transaction;
+using client::TransactionResult;
+
+namespace {
+
+std::string readFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::string makeTempDir() {
+  std::string t = (std::filesystem::temp_directory_path() / "moat-smtp-XXXXXX").string();
+  REQUIRE(mkdtemp(t.data()));
+  return t;
+}
+
+// Runs a child process until destroyed (SIGTERM by PID, then reaped).
+class Child {
+ public:
+  explicit Child(std::vector<std::string> argv) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      std::vector<char*> args;
+      for (auto& a : argv) args.push_back(a.data());
+      args.push_back(nullptr);
+      execvp(args[0], args.data());
+      _exit(127);
+    }
+  }
+  ~Child() {
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+ private:
+  pid_t pid_ = -1;
+};
+
+// The scripted server; `extraJson` holds more members of its config object.
+class ScriptedServer {
+ public:
+  explicit ScriptedServer(const std::string& extraJson = "") : dir_(makeTempDir()) {
+    std::string cfg = "{\"out\": \"" + dir_ + "\"" + (extraJson.empty() ? "" : ", " + extraJson) + "}";
+    child_ = std::make_unique<Child>(
+        std::vector<std::string>{"python3", MOAT_SOURCE_DIR "/tests/client/smtp_server.py", cfg});
+    for (int i = 0; i < 500 && !std::filesystem::exists(dir_ + "/port"); ++i) usleep(10000);
+    port_ = static_cast<uint16_t>(std::stoi("0" + readFile(dir_ + "/port")));
+  }
+  ~ScriptedServer() {
+    child_.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  uint16_t port() const { return port_; }
+  std::string file(const std::string& name) const { return readFile(dir_ + "/" + name); }
+  std::string commands() const { return file("commands.log"); }
+
+ private:
+  std::string dir_;
+  std::unique_ptr<Child> child_;
+  uint16_t port_ = 0;
+};
+
+struct Connected {
+  std::shared_ptr<SmtpClient> client;
+  std::string error;
+  Reply reply;
+};
+
+client::Options plainOptions() {
+  client::Options o;
+  o.heloName = "moat.test";
+  o.tls = TlsMode::None;
+  o.connectTimeoutMs = 2000;
+  o.greetingTimeoutMs = o.commandTimeoutMs = o.dataBlockTimeoutMs = o.dataDoneTimeoutMs = 5000;
+  return o;
+}
+
+Connected connectTo(uv::Loop& loop, uint16_t port, client::Options opts) {
+  Connected c;
+  bool done = false;
+  SmtpClient::connect(loop.get(), *IpAddress::parse("127.0.0.1"), port, std::move(opts),
+                      [&](std::shared_ptr<SmtpClient> cl, const std::string& e, const Reply& r) {
+                        c.client = std::move(cl);
+                        c.error = e;
+                        c.reply = r;
+                        done = true;
+                      });
+  REQUIRE(loop.runUntil([&] { return done; }, 15000));
+  return c;
+}
+
+TransactionResult sendTx(uv::Loop& loop, SmtpClient& cl, Transaction t) {
+  TransactionResult res;
+  bool done = false;
+  cl.send(std::move(t), [&](TransactionResult r) {
+    res = std::move(r);
+    done = true;
+  });
+  REQUIRE(loop.runUntil([&] { return done; }, 30000));
+  return res;
+}
+
+Transaction simpleTx(std::vector<std::string> rcpts, std::string_view body = "Subject: t\r\n\r\nhi\r\n") {
+  Transaction t;
+  t.mailFrom = "sender@example.org";
+  t.rcpts = std::move(rcpts);
+  t.body = body;
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("client: bodies arrive byte-exact, dot-stuffed, over one reused connection") {
+  ScriptedServer server("\"pipelining\": true");
+  REQUIRE(server.port() != 0);
+  uv::Loop loop;
+  auto c = connectTo(loop, server.port(), plainOptions());
+  REQUIRE(c.client);
+  REQUIRE(c.reply.code == 220);
+  REQUIRE(c.client->peerName() == "test.example");
+  REQUIRE(c.client->supports("PIPELINING"));
+  REQUIRE(c.client->extensionParam("SIZE") == "1000000");
+
+  std::string body1 = ".leading dot\r\n..two dots\r\nmid.dot\r\n.\r\n\r\n.\r\nlast line without CRLF";
+  auto t = simpleTx({"a@example.test"}, body1);
+  t.prefix = "Received: by moat\r\n";
+  t.size = 123;
+  t.eightBit = true;
+  auto r1 = sendTx(loop, *c.client, std::move(t));
+  REQUIRE(r1.error.empty());
+  REQUIRE(r1.mail.code == 250);
+  REQUIRE(r1.data.code == 250);
+  REQUIRE(r1.data.text.rfind("250 2.0.0 Ok: queued", 0) == 0);
+  REQUIRE(server.file("msg1.eml") == "Received: by moat\r\n" + body1 + "\r\n");
+  REQUIRE(c.client->usable());
+
+  std::string body2 = "Subject: second\r\n\r\n.\r\n..\r\nend\r\n";
+  auto r2 = sendTx(loop, *c.client, simpleTx({"b@example.test"}, body2));
+  REQUIRE(r2.data.code == 250);
+  REQUIRE(server.file("msg2.eml") == body2);
+  // Same connection id for both messages, no RSET needed between complete transactions.
+  REQUIRE(server.file("msg1.env").substr(0, 2) == "1\n");
+  REQUIRE(server.file("msg2.env").substr(0, 2) == "1\n");
+  REQUIRE(server.commands().find("RSET") == std::string::npos);
+  REQUIRE(server.commands().find("MAIL FROM:<sender@example.org> SIZE=123 BODY=8BITMIME") != std::string::npos);
+  c.client->quit();
+  REQUIRE(loop.runUntil([&] { return server.commands().find("QUIT") != std::string::npos; }, 5000));
+  REQUIRE_FALSE(c.client->usable());
+}
+
+TEST_CASE("client: a large body streams intact and bare line ends become CRLF") {
+  ScriptedServer server("\"pipelining\": true");
+  uv::Loop loop;
+  auto c = connectTo(loop, server.port(), plainOptions());
+  REQUIRE(c.client);
+  auto big = std::make_shared<std::string>();
+  for (int i = 0; big->size() < 6 * 1024 * 1024; ++i) big->append(i % 7 == 0 ? ".dotted line " : "line ").append(std::to_string(i) + "\r\n");
+  auto t = simpleTx({"a@example.test"}, *big);
+  t.keepAlive = big;
+  auto r = sendTx(loop, *c.client, std::move(t));
+  INFO(r.error);
+  REQUIRE(r.data.code == 250);
+  REQUIRE(server.file("msg1.eml") == *big);
+
+  auto r2 = sendTx(loop, *c.client, simpleTx({"a@example.test"}, "a\nb\r.c\r\n"));
+  REQUIRE(r2.data.code == 250);
+  REQUIRE(server.file("msg2.eml") == "a\r\nb\r\n.c\r\n");  // "\r." would end DATA on lax servers
+}
+
+TEST_CASE("client: per-recipient rejects, with and without pipelining") {
+  for (bool pipelining : {true, false}) {
+    ScriptedServer server(std::string("\"pipelining\": ") + (pipelining ? "true" : "false") +
+                          ", \"reject_rcpt\": {\"bad@example.test\": \"550 5.1.1 No such user\","
+                          " \"later@example.test\": \"451 4.3.0 Try later\"}");
+    uv::Loop loop;
+    auto c = connectTo(loop, server.port(), plainOptions());
+    REQUIRE(c.client);
+    REQUIRE(c.client->supports("PIPELINING") == pipelining);
+    auto r = sendTx(loop, *c.client,
+                    simpleTx({"one@example.test", "bad@example.test", "later@example.test", "two@example.test"}));
+    REQUIRE(r.error.empty());
+    REQUIRE(r.rcpts.size() == 4);
+    REQUIRE(r.rcpts[0].code == 250);
+    REQUIRE(r.rcpts[1].code == 550);
+    REQUIRE(r.rcpts[1].text == "550 5.1.1 No such user");
+    REQUIRE(r.rcpts[2].code == 451);
+    REQUIRE(r.rcpts[3].code == 250);
+    REQUIRE(r.data.code == 250);
+    REQUIRE(server.file("msg1.env").find("one@example.test\ntwo@example.test\n") != std::string::npos);
+
+    // Every recipient refused: no message, RSET, and the connection stays usable.
+    auto none = sendTx(loop, *c.client, simpleTx({"bad@example.test"}));
+    REQUIRE(none.rcpts[0].code == 550);
+    REQUIRE(none.data.code != 250);
+    REQUIRE(server.commands().find("RSET") != std::string::npos);
+    REQUIRE(c.client->usable());
+    auto again = sendTx(loop, *c.client, simpleTx({"one@example.test"}));
+    REQUIRE(again.data.code == 250);
+    if (!pipelining) REQUIRE(server.commands().find("1 DATA\n1 RSET") == std::string::npos);
+  }
+}
+
+TEST_CASE("client: a 4xx at MAIL is the answer for every recipient") {
+  for (bool pipelining : {true, false}) {
+    ScriptedServer server(std::string("\"pipelining\": ") + (pipelining ? "true" : "false") +
+                          ", \"mail_reply\": \"451 4.7.1 Greylisted\"");
+    uv::Loop loop;
+    auto c = connectTo(loop, server.port(), plainOptions());
+    REQUIRE(c.client);
+    auto r = sendTx(loop, *c.client, simpleTx({"a@example.test", "b@example.test"}));
+    REQUIRE(r.error.empty());
+    REQUIRE(r.mail.code == 451);
+    REQUIRE(r.rcpts[0].code == 451);  // never the server's 503 to a pipelined RCPT
+    REQUIRE(r.rcpts[1].text == "451 4.7.1 Greylisted");
+    REQUIRE(r.data.code == 451);
+    REQUIRE(c.client->usable());
+  }
+}
+
+TEST_CASE("client: envelope with CR/LF is refused locally, nothing is sent") {
+  ScriptedServer server("\"pipelining\": true");
+  uv::Loop loop;
+  auto c = connectTo(loop, server.port(), plainOptions());
+  REQUIRE(c.client);
+  auto r = sendTx(loop, *c.client, simpleTx({"a@example.test>\r\nRCPT TO:<evil@example.test"}));
+  REQUIRE(r.mail.code == 501);
+  REQUIRE(r.rcpts[0].code == 501);
+  REQUIRE(server.commands().find("MAIL") == std::string::npos);
+  REQUIRE(c.client->usable());
+}
+
+TEST_CASE("client: HELO fallback when EHLO is refused") {
+  ScriptedServer server("\"no_esmtp\": true");
+  uv::Loop loop;
+  auto c = connectTo(loop, server.port(), plainOptions());
+  REQUIRE(c.client);
+  REQUIRE_FALSE(c.client->supports("PIPELINING"));
+  auto t = simpleTx({"a@example.test"});
+  t.eightBit = true;
+  t.size = 99;
+  auto r = sendTx(loop, *c.client, std::move(t));
+  REQUIRE(r.data.code == 250);
+  REQUIRE(server.commands().find("HELO moat.test") != std::string::npos);
+  REQUIRE(server.commands().find("MAIL FROM:<sender@example.org>\n") != std::string::npos);  // no ESMTP params
+}
+
+TEST_CASE("client: STARTTLS with tls=may and tls=require") {
+  moat::test::TestCert cert;
+  REQUIRE(cert.ok());
+  std::string error;
+  auto trusting = tls::TlsContext::client(true, cert.caFile(), error);
+  auto untrusting = tls::TlsContext::client(true, "", error);
+  ScriptedServer tlsServer("\"pipelining\": true, \"cert\": \"" + cert.certFile() + "\", \"key\": \"" +
+                           cert.keyFile() + "\"");
+  ScriptedServer plainServer("\"pipelining\": true");
+  uv::Loop loop;
+
+  for (auto mode : {TlsMode::May, TlsMode::Require}) {
+    auto o = plainOptions();
+    o.tls = mode;
+    o.tlsCtx = trusting;
+    o.sni = "localhost";
+    auto c = connectTo(loop, tlsServer.port(), o);
+    REQUIRE(c.client);
+    REQUIRE(c.client->tlsActive());
+    REQUIRE(c.client->tlsVerified());
+    REQUIRE(c.client->tlsSummary().rfind("TLSv1.", 0) == 0);
+    REQUIRE_FALSE(c.client->supports("STARTTLS"));  // the EHLO after TLS replaced the list
+    auto r = sendTx(loop, *c.client, simpleTx({"a@example.test"}, "Subject: tls\r\n\r\n.secret\r\n"));
+    REQUIRE(r.data.code == 250);
+    c.client->quit();
+  }
+  REQUIRE(tlsServer.file("msg1.env").find("tls=True") != std::string::npos);
+  REQUIRE(tlsServer.file("msg2.eml") == "Subject: tls\r\n\r\n.secret\r\n");
+
+  auto may = plainOptions();
+  may.tls = TlsMode::May;
+  may.tlsCtx = trusting;
+  auto c = connectTo(loop, plainServer.port(), may);
+  REQUIRE(c.client);  // not offered: plain text is fine with "may"
+  REQUIRE_FALSE(c.client->tlsActive());
+  REQUIRE(sendTx(loop, *c.client, simpleTx({"a@example.test"})).data.code == 250);
+
+  auto req = may;
+  req.tls = TlsMode::Require;
+  auto f = connectTo(loop, plainServer.port(), req);
+  REQUIRE_FALSE(f.client);
+  REQUIRE(f.error.find("STARTTLS") != std::string::npos);
+
+  req.tlsCtx = untrusting;
+  req.sni = "localhost";
+  auto v = connectTo(loop, tlsServer.port(), req);
+  REQUIRE_FALSE(v.client);
+  REQUIRE(v.error.find("verify") != std::string::npos);
+}
+
+TEST_CASE("client: greeting and end-of-data timeouts, overlong replies, refused connects") {
+  uv::Loop loop;
+  {
+    ScriptedServer slow("\"greeting_delay\": 3");
+    auto o = plainOptions();
+    o.greetingTimeoutMs = 300;
+    auto c = connectTo(loop, slow.port(), o);
+    REQUIRE_FALSE(c.client);
+    REQUIRE(c.error.find("timeout") != std::string::npos);
+  }
+  {
+    ScriptedServer slow("\"pipelining\": true, \"data_done_delay\": 3");
+    auto o = plainOptions();
+    o.dataDoneTimeoutMs = 300;
+    auto c = connectTo(loop, slow.port(), o);
+    INFO(c.error << " " << c.reply.text);
+    REQUIRE(c.client);
+    auto r = sendTx(loop, *c.client, simpleTx({"a@example.test"}));
+    REQUIRE(r.error.find("timeout") != std::string::npos);
+    REQUIRE(r.rcpts[0].code == 250);
+    REQUIRE_FALSE(c.client->usable());
+  }
+  {
+    ScriptedServer chatty("\"greeting\": \"220 " + std::string(5000, 'x') + "\"");
+    auto c = connectTo(loop, chatty.port(), plainOptions());
+    REQUIRE_FALSE(c.client);
+    REQUIRE(c.error.find("too long") != std::string::npos);
+  }
+  {
+    ScriptedServer busy("\"greeting\": \"421 4.3.2 busy\"");
+    auto c = connectTo(loop, busy.port(), plainOptions());
+    REQUIRE_FALSE(c.client);
+    REQUIRE(c.reply.code == 421);
+  }
+  uint16_t closedPort;
+  {
+    ScriptedServer gone;
+    closedPort = gone.port();
+  }
+  auto c = connectTo(loop, closedPort, plainOptions());
+  REQUIRE_FALSE(c.client);
+  REQUIRE(c.error.find("connect") != std::string::npos);
+}
+
+namespace {
+
+// A port that was free a moment ago (smtp-sink cannot report the port it bound).
+uint16_t freePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+// Postfix's smtp-sink; dumps each transaction into DIR/msg.<random>.
+struct Sink {
+  explicit Sink(std::vector<std::string> extra) : dir(makeTempDir()), port(freePort()) {
+    std::vector<std::string> argv{"/usr/sbin/smtp-sink"};
+    if (getuid() == 0) argv.insert(argv.end(), {"-u", "root"});
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    argv.insert(argv.end(), {"-d", dir + "/msg.", "127.0.0.1:" + std::to_string(port), "10"});
+    child = std::make_unique<Child>(argv);
+  }
+  ~Sink() {
+    child.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+  std::vector<std::string> dumps() const {
+    std::vector<std::string> out;
+    for (auto& e : std::filesystem::directory_iterator(dir)) out.push_back(readFile(e.path()));
+    return out;
+  }
+  std::string dir;
+  uint16_t port;
+  std::unique_ptr<Child> child;
+};
+
+Connected connectRetrying(uv::Loop& loop, uint16_t port) {
+  Connected c;
+  for (int i = 0; i < 50 && !c.client; ++i) {  // until smtp-sink listens
+    c = connectTo(loop, port, plainOptions());
+    if (!c.client) loop.runUntil([] { return false; }, 50);
+  }
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("client: delivers through Postfix smtp-sink with pipelining, and handles its rejects") {
+  uv::Loop loop;
+  {
+    Sink sink({});
+    auto c = connectRetrying(loop, sink.port);
+    REQUIRE(c.client);
+    REQUIRE(c.client->supports("PIPELINING"));
+    for (int i = 0; i < 2; ++i) {
+      auto r = sendTx(loop, *c.client, simpleTx({"x@example.test", "y@example.test"},
+                                                "Subject: sink\r\n\r\n..dotted\r\n.\r\nend"));
+      REQUIRE(r.error.empty());
+      REQUIRE(r.rcpts[1].code == 250);
+      REQUIRE(r.data.text == "250 2.0.0 Ok");
+    }
+    c.client->quit();
+    REQUIRE(loop.runUntil([&] { return sink.dumps().size() == 2; }, 5000));
+    for (auto& d : sink.dumps()) {
+      REQUIRE(d.find("X-Rcpt-Args: <y@example.test>") != std::string::npos);
+      INFO(d);
+      REQUIRE(d.find("\n\n..dotted\n.\nend\n") != std::string::npos);  // the sink un-stuffs
+    }
+  }
+  {
+    Sink sink({"-r", "RCPT"});  // every RCPT gets a 4xx
+    auto c = connectRetrying(loop, sink.port);
+    REQUIRE(c.client);
+    auto r = sendTx(loop, *c.client, simpleTx({"x@example.test"}));
+    REQUIRE(r.mail.code == 250);
+    REQUIRE(r.rcpts[0].code / 100 == 4);
+    REQUIRE(r.data.code != 250);
+    REQUIRE(c.client->usable());
+  }
+}

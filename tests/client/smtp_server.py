@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""tests/client/smtp_server.py - a scripted SMTP server on loopback for the SMTP client tests.
+
+Usage: smtp_server.py CONFIG_JSON
+CONFIG keys: out (dir, required; the port is written to OUT/port), pipelining (bool),
+cert/key (offer STARTTLS), reject_rcpt {addr: reply}, mail_reply, data_reply,
+ehlo_reply, greeting, data_done_delay (s), greeting_delay (s), no_esmtp.
+For each message it writes OUT/msgN.eml (the un-stuffed body, byte-exact) and OUT/msgN.env;
+every command line received goes to OUT/commands.log as "CONN-ID LINE".
+Python standard library only; exits on SIGTERM."""
+import json, os, socket, ssl, sys, threading, time
+
+cfg = json.loads(sys.argv[1])
+out = cfg["out"]
+lock = threading.Lock()
+counter = {"conn": 0, "msg": 0}
+
+
+def log(cid, line):
+    with lock, open(os.path.join(out, "commands.log"), "ab") as f:
+        f.write(b"%d %s\n" % (cid, line))
+
+
+class Conn:
+    def __init__(self, sock, cid):
+        self.sock, self.cid, self.buf, self.tls = sock, cid, b"", False
+
+    def send(self, text):
+        self.sock.sendall(text.encode() + b"\r\n")
+
+    def line(self):
+        while b"\n" not in self.buf:
+            d = self.sock.recv(65536)
+            if not d:
+                return None
+            self.buf += d
+        l, self.buf = self.buf.split(b"\n", 1)
+        return l + b"\n"
+
+    def run(self):
+        time.sleep(cfg.get("greeting_delay", 0))
+        self.send(cfg.get("greeting", "220 test.example ESMTP scripted"))
+        mail, rcpts = None, []
+        while True:
+            l = self.line()
+            if l is None:
+                return
+            cmd = l.rstrip(b"\r\n")
+            log(self.cid, cmd)
+            verb = cmd[:4].upper()
+            if verb == b"EHLO":
+                if cfg.get("no_esmtp") or cfg.get("ehlo_reply"):
+                    self.send(cfg.get("ehlo_reply", "502 5.5.2 no EHLO"))
+                    continue
+                caps = ["SIZE 1000000", "8BITMIME", "DSN", "ENHANCEDSTATUSCODES"]
+                if cfg.get("pipelining"):
+                    caps.append("PIPELINING")
+                if cfg.get("cert") and not self.tls:
+                    caps.append("STARTTLS")
+                lines = ["test.example hello"] + caps
+                for i, c in enumerate(lines):
+                    self.send("250%s%s" % ("-" if i < len(lines) - 1 else " ", c))
+            elif verb == b"HELO":
+                self.send("250 test.example")
+            elif verb == b"STAR" and cfg.get("cert") and not self.tls:
+                self.send("220 2.0.0 Ready to start TLS")
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                ctx.load_cert_chain(cfg["cert"], cfg["key"])
+                self.buf = b""
+                self.sock = ctx.wrap_socket(self.sock, server_side=True)
+                self.tls = True
+                mail, rcpts = None, []
+            elif verb == b"MAIL":
+                r = cfg.get("mail_reply", "250 2.1.0 Ok")
+                if r.startswith("2"):
+                    mail, rcpts = cmd.decode(), []
+                self.send(r)
+            elif verb == b"RCPT":
+                if mail is None:
+                    self.send("503 5.5.1 need MAIL")
+                    continue
+                addr = cmd.decode().split("<", 1)[-1].split(">", 1)[0]
+                r = cfg.get("reject_rcpt", {}).get(addr, "250 2.1.5 Ok")
+                if r.startswith("2"):
+                    rcpts.append(addr)
+                self.send(r)
+            elif verb == b"DATA":
+                if not rcpts:
+                    self.send("554 5.5.1 no valid recipients")
+                    continue
+                self.send("354 End data with <CR><LF>.<CR><LF>")
+                parts = []
+                while True:
+                    l = self.line()
+                    if l is None:
+                        return
+                    if l == b".\r\n":
+                        break
+                    parts.append(l[1:] if l.startswith(b".") else l)
+                body = b"".join(parts)
+                with lock:
+                    counter["msg"] += 1
+                    n = counter["msg"]
+                with open(os.path.join(out, "msg%d.eml" % n), "wb") as f:
+                    f.write(body)
+                with open(os.path.join(out, "msg%d.env" % n), "w") as f:
+                    f.write("%d\n%s\n%s\ntls=%s\n" % (self.cid, mail, "\n".join(rcpts), self.tls))
+                time.sleep(cfg.get("data_done_delay", 0))
+                self.send(cfg.get("data_reply", "250 2.0.0 Ok: queued as M%d" % n))
+                mail, rcpts = None, []
+            elif verb == b"RSET":
+                mail, rcpts = None, []
+                self.send("250 2.0.0 Ok")
+            elif verb == b"QUIT":
+                self.send("221 2.0.0 Bye")
+                return
+            else:
+                self.send("502 5.5.2 unknown command")
+
+
+def serve(sock, cid):
+    try:
+        Conn(sock, cid).run()
+    except (OSError, ssl.SSLError):
+        pass
+    finally:
+        sock.close()
+
+
+def main():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    s.listen(16)
+    tmp = os.path.join(out, "port.tmp")
+    with open(tmp, "w") as f:
+        f.write(str(s.getsockname()[1]))
+    os.rename(tmp, os.path.join(out, "port"))
+    while True:
+        c, _ = s.accept()
+        counter["conn"] += 1
+        threading.Thread(target=serve, args=(c, counter["conn"]), daemon=True).start()
+
+
+main()

@@ -1,0 +1,299 @@
+// Tests for mta/net: real loopback sockets, plain and TLS, STARTTLS injection defence,
+// implicit TLS, flow control and connect failures.
+#include <catch2/catch.hpp>
+
+#include <vector>
+
+#include "mta/net/connection.h"
+#include "mta/runtime/uv.h"
+#include "tests/support/test_cert.h"
+
+using namespace moat::mta;
+
+namespace {
+
+struct Peer {
+  std::shared_ptr<net::Connection> conn;
+  std::string received;
+  std::vector<std::string> pieces;
+  int closes = 0;
+  std::string closeError;
+
+  void attach(std::shared_ptr<net::Connection> c, std::function<void(Peer&, std::string_view)> extra = nullptr) {
+    conn = std::move(c);
+    net::Connection::Callbacks cb;
+    cb.onData = [this, extra](std::string_view d) {
+      received.append(d);
+      pieces.emplace_back(d);
+      if (extra) extra(*this, d);
+    };
+    cb.onClose = [this](const std::string& e) {
+      ++closes;
+      closeError = e;
+    };
+    conn->setCallbacks(std::move(cb));
+    conn->startReading();
+  }
+};
+
+IpAddress loopback() { return *IpAddress::parse("127.0.0.1"); }
+
+std::shared_ptr<net::Connection> connectSync(uv::Loop& loop, uint16_t port, std::string* errOut = nullptr,
+                                             uint64_t timeoutMs = 2000) {
+  std::shared_ptr<net::Connection> out;
+  bool done = false;
+  net::connect(loop.get(), loopback(), port, timeoutMs, [&](std::shared_ptr<net::Connection> c, const std::string& e) {
+    out = std::move(c);
+    if (errOut) *errOut = e;
+    done = true;
+  });
+  loop.runUntil([&] { return done; }, 5000);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("net: echo over plain TCP, close flushes and reports once") {
+  uv::Loop loop;
+  Peer server;
+  std::string error;
+  auto l = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr,
+                       [&](std::shared_ptr<net::Connection> c) {
+                         server.attach(c, [](Peer& p, std::string_view d) { p.conn->write(std::string(d)); });
+                       },
+                       error);
+  REQUIRE(l);
+  REQUIRE(l->port() != 0);
+  Peer client;
+  client.attach(connectSync(loop, l->port()));
+  REQUIRE(client.conn);
+  REQUIRE(client.conn->peerPort() == l->port());
+  REQUIRE(client.conn->peerAddress().str() == "127.0.0.1");
+  client.conn->write("hello ");
+  client.conn->write("world\r\n");
+  REQUIRE(loop.runUntil([&] { return client.received == "hello world\r\n"; }, 3000));
+  REQUIRE(server.conn->peerPort() == client.conn->localPort());
+  client.conn->write("bye\r\n");
+  client.conn->close();
+  client.conn->close();  // idempotent
+  REQUIRE(loop.runUntil([&] { return server.closes == 1 && client.closes == 1; }, 3000));
+  REQUIRE(server.received == "hello world\r\nbye\r\n");
+  REQUIRE(client.closeError.empty());
+  loop.runUntil([] { return false; }, 50);
+  REQUIRE(client.closes == 1);
+  REQUIRE(server.closes == 1);
+  l->close();
+}
+
+TEST_CASE("net: listening twice on a port works only with SO_REUSEPORT") {
+  uv::Loop loop;
+  std::string error;
+  auto a = net::listen(loop.get(), "127.0.0.1", 0, true, nullptr, [](auto c) { c->abort(); }, error);
+  REQUIRE(a);
+  auto b = net::listen(loop.get(), "127.0.0.1", a->port(), true, nullptr, [](auto c) { c->abort(); }, error);
+  REQUIRE(b);
+  auto c = net::listen(loop.get(), "127.0.0.1", a->port(), false, nullptr, [](auto c) { c->abort(); }, error);
+  REQUIRE_FALSE(c);
+  REQUIRE(error.find("listen") != std::string::npos);
+  auto v6 = net::listen(loop.get(), "::1", 0, false, nullptr, [](auto c) { c->abort(); }, error);
+  REQUIRE(v6);
+  REQUIRE(v6->port() != 0);
+}
+
+// The server answers STARTTLS and upgrades from inside onData; the client pipelined a
+// plaintext RSET behind STARTTLS in the same packet, which must never reach the server.
+TEST_CASE("net: STARTTLS upgrade discards plaintext pipelined after the trigger") {
+  moat::test::TestCert cert;
+  REQUIRE(cert.ok());
+  std::string error;
+  auto sctx = tls::TlsContext::server(cert.certFile(), cert.keyFile(), error);
+  auto cctx = tls::TlsContext::client(true, cert.caFile(), error);
+  REQUIRE(sctx);
+  REQUIRE(cctx);
+  uv::Loop loop;
+  Peer server;
+  bool serverTlsOk = false;
+  auto l = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr,
+                       [&](std::shared_ptr<net::Connection> c) {
+                         c->setLineMode(true);
+                         server.attach(c, [&](Peer& p, std::string_view line) {
+                           if (line == "STARTTLS\r\n") {
+                             p.conn->write("220 Ready to start TLS\r\n");
+                             p.conn->startTls(sctx, "", [&](bool ok, const std::string&) { serverTlsOk = ok; });
+                           } else {
+                             p.conn->write("250 got " + std::string(line));
+                           }
+                         });
+                       },
+                       error);
+  REQUIRE(l);
+  Peer client;
+  bool clientTlsOk = false;
+  client.attach(connectSync(loop, l->port()), [&](Peer& p, std::string_view d) {
+    if (d.substr(0, 3) == "220" && !p.conn->tls()) {
+      p.conn->startTls(cctx, "localhost", [&](bool ok, const std::string& e) {
+        clientTlsOk = ok;
+        if (ok) p.conn->write("EHLO client\r\n");
+      });
+    }
+  });
+  client.conn->write("STARTTLS\r\nRSET\r\n");
+  REQUIRE(loop.runUntil([&] { return client.received.find("250 got EHLO") != std::string::npos; }, 5000));
+  REQUIRE(serverTlsOk);
+  REQUIRE(clientTlsOk);
+  REQUIRE(server.pieces == std::vector<std::string>{"STARTTLS\r\n", "EHLO client\r\n"});
+  REQUIRE(client.conn->tlsActive());
+  REQUIRE(client.conn->tls()->peerVerified());
+  REQUIRE(server.conn->tls()->protocol().rfind("TLSv1.", 0) == 0);
+  client.conn->close();
+  REQUIRE(loop.runUntil([&] { return server.closes == 1 && client.closes == 1; }, 3000));
+  REQUIRE(server.closeError.empty());
+}
+
+TEST_CASE("net: implicit TLS listener hands plaintext to onData") {
+  moat::test::TestCert cert;
+  std::string error;
+  auto sctx = tls::TlsContext::server(cert.certFile(), cert.keyFile(), error);
+  auto cctx = tls::TlsContext::client(true, cert.caFile(), error);
+  uv::Loop loop;
+  Peer server;
+  auto l = net::listen(loop.get(), "127.0.0.1", 0, false, sctx,
+                       [&](std::shared_ptr<net::Connection> c) {
+                         server.attach(c, [](Peer& p, std::string_view d) { p.conn->write("echo:" + std::string(d)); });
+                       },
+                       error);
+  REQUIRE(l);
+  Peer client;
+  client.attach(connectSync(loop, l->port()));
+  bool ok = false;
+  client.conn->startTls(cctx, "localhost", [&](bool o, const std::string&) { ok = o; });
+  client.conn->write("ping\r\n");  // queued until the handshake ends
+  REQUIRE(loop.runUntil([&] { return client.received == "echo:ping\r\n"; }, 5000));
+  REQUIRE(ok);
+  REQUIRE(server.received == "ping\r\n");
+  REQUIRE(server.conn->tlsActive());
+  client.conn->abort();
+  server.conn->abort();
+  REQUIRE(loop.runUntil([&] { return client.closes == 1 && server.closes == 1; }, 3000));
+
+  // A plaintext client gets nowhere: the handshake fails and the server closes.
+  Peer plain;
+  plain.attach(connectSync(loop, l->port()));
+  plain.conn->write("EHLO plain\r\n");
+  REQUIRE(loop.runUntil([&] { return plain.closes == 1; }, 5000));
+  REQUIRE(server.received == "ping\r\n");
+  REQUIRE(loop.runUntil([&] { return server.closes == 2; }, 3000));
+}
+
+TEST_CASE("net: stopReading stops onData until startReading") {
+  uv::Loop loop;
+  Peer server;
+  std::string error;
+  auto l = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr,
+                       [&](std::shared_ptr<net::Connection> c) {
+                         c->setLineMode(true);
+                         server.attach(c, [](Peer& p, std::string_view) { p.conn->stopReading(); });
+                       },
+                       error);
+  REQUIRE(l);
+  Peer client;
+  client.attach(connectSync(loop, l->port()));
+  client.conn->write("one\r\ntwo\r\n");
+  REQUIRE(loop.runUntil([&] { return server.pieces.size() == 1; }, 3000));
+  client.conn->write("three\r\n");
+  loop.runUntil([] { return false; }, 200);
+  REQUIRE(server.pieces.size() == 1);  // paused mid-read; "two" stays buffered
+  server.conn->startReading();
+  REQUIRE(server.pieces.size() == 1);  // never delivered from inside startReading
+  REQUIRE(loop.runUntil([&] { return server.pieces.size() == 2; }, 3000));
+  REQUIRE(server.pieces[1] == "two\r\n");
+  server.conn->startReading();
+  REQUIRE(loop.runUntil([&] { return server.pieces.size() == 3; }, 3000));
+  REQUIRE(server.pieces[2] == "three\r\n");
+  client.conn->abort();
+  server.conn->abort();  // not reading, so it would not notice the peer's close
+  REQUIRE(loop.runUntil([&] { return server.closes == 1 && client.closes == 1; }, 3000));
+}
+
+TEST_CASE("net: write-queue accounting grows while the peer does not read") {
+  uv::Loop loop;
+  std::shared_ptr<net::Connection> accepted;
+  std::string error;
+  auto l = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr,
+                       [&](std::shared_ptr<net::Connection> c) { accepted = c; }, error);
+  Peer client;
+  client.attach(connectSync(loop, l->port()));
+  REQUIRE(loop.runUntil([&] { return accepted != nullptr; }, 3000));
+  for (int i = 0; i < 64; ++i) client.conn->write(std::string(1 << 20, 'x'));
+  loop.runUntil([] { return false; }, 100);
+  REQUIRE(client.conn->pendingWriteBytes() > 0);
+  client.conn->abort();  // drops queued writes at once
+  REQUIRE(loop.runUntil([&] { return client.closes == 1; }, 3000));
+  accepted->abort();
+}
+
+TEST_CASE("net: connect to a closed port fails, and the timeout fires") {
+  uv::Loop loop;
+  std::string error;
+  uint16_t port;
+  {
+    auto l = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr, [](auto c) { c->abort(); }, error);
+    port = l->port();
+  }
+  loop.runUntil([] { return false; }, 20);
+  auto c = connectSync(loop, port, &error);
+  REQUIRE_FALSE(c);
+  REQUIRE(error.find("connect") != std::string::npos);
+
+  auto l = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr, [](auto c) { c->abort(); }, error);
+  c = connectSync(loop, l->port(), &error, 0);  // due before the connect can complete
+  REQUIRE_FALSE(c);
+  REQUIRE(error == "connect timeout");
+}
+
+TEST_CASE("net: client TLS verification fails against an untrusted certificate") {
+  moat::test::TestCert cert;
+  std::string error;
+  auto sctx = tls::TlsContext::server(cert.certFile(), cert.keyFile(), error);
+  auto untrusting = tls::TlsContext::client(true, "", error);
+  auto trusting = tls::TlsContext::client(true, cert.caFile(), error);
+  uv::Loop loop;
+  std::vector<std::shared_ptr<net::Connection>> accepted;
+  auto l = net::listen(loop.get(), "127.0.0.1", 0, false, sctx,
+                       [&](std::shared_ptr<net::Connection> c) { accepted.push_back(c); c->startReading(); }, error);
+  Peer bad;
+  bad.attach(connectSync(loop, l->port()));
+  int badDone = 0;
+  std::string badErr;
+  bad.conn->startTls(untrusting, "localhost", [&](bool ok, const std::string& e) {
+    badDone = ok ? 1 : 2;
+    badErr = e;
+  });
+  REQUIRE(loop.runUntil([&] { return badDone != 0 && bad.closes == 1; }, 5000));
+  REQUIRE(badDone == 2);
+  REQUIRE(badErr.find("verify") != std::string::npos);
+  REQUIRE(bad.closeError == badErr);
+
+  Peer good;
+  good.attach(connectSync(loop, l->port()));
+  int goodDone = 0;
+  good.conn->startTls(trusting, "localhost", [&](bool ok, const std::string&) { goodDone = ok ? 1 : 2; });
+  REQUIRE(loop.runUntil([&] { return goodDone != 0; }, 5000));
+  REQUIRE(goodDone == 1);
+  REQUIRE(good.conn->tls()->peerVerified());
+  good.conn->close();
+  REQUIRE(loop.runUntil([&] { return good.closes == 1; }, 3000));
+}
+
+TEST_CASE("net: dropping the last reference closes the socket") {
+  uv::Loop loop;
+  std::string error;
+  int accepted = 0;
+  auto l = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr, [&](auto) { ++accepted; }, error);
+  REQUIRE(l);
+  Peer client;
+  client.attach(connectSync(loop, l->port()));
+  REQUIRE(loop.runUntil([&] { return client.closes == 1; }, 3000));
+  REQUIRE(accepted == 1);
+  REQUIRE(client.closeError.empty());
+}
