@@ -323,6 +323,25 @@ TEST_CASE("client: STARTTLS with tls=may and tls=require") {
   REQUIRE(v.error.find("verify") != std::string::npos);
 }
 
+TEST_CASE("client: a reply injected in plaintext behind the STARTTLS 220 is ignored") {
+  moat::test::TestCert cert;
+  std::string error;
+  ScriptedServer server("\"pipelining\": true, \"starttls_extra\": \"250 2.0.0 injected\\r\\n\", \"cert\": \"" +
+                        cert.certFile() + "\", \"key\": \"" + cert.keyFile() + "\"");
+  uv::Loop loop;
+  auto o = plainOptions();
+  o.tls = TlsMode::Require;
+  o.tlsCtx = tls::TlsContext::client(true, cert.caFile(), error);
+  o.sni = "localhost";
+  auto c = connectTo(loop, server.port(), o);
+  INFO(c.error);
+  REQUIRE(c.client);  // had the injected 250 been read, it would answer the EHLO out of turn
+  REQUIRE(c.client->tlsActive());
+  auto r = sendTx(loop, *c.client, simpleTx({"a@example.test"}));
+  REQUIRE(r.mail.code == 250);
+  REQUIRE(r.data.code == 250);
+}
+
 TEST_CASE("client: greeting and end-of-data timeouts, overlong replies, refused connects") {
   uv::Loop loop;
   {

@@ -4,7 +4,7 @@
 Usage: smtp_server.py CONFIG_JSON
 CONFIG keys: out (dir, required; the port is written to OUT/port), pipelining (bool),
 cert/key (offer STARTTLS), reject_rcpt {addr: reply}, mail_reply, data_reply,
-ehlo_reply, greeting, data_done_delay (s), greeting_delay (s), no_esmtp.
+ehlo_reply, greeting, data_done_delay (s), greeting_delay (s), no_esmtp, starttls_extra.
 For each message it writes OUT/msgN.eml (the un-stuffed body, byte-exact) and OUT/msgN.env;
 every command line received goes to OUT/commands.log as "CONN-ID LINE".
 Python standard library only; exits on SIGTERM."""
@@ -63,7 +63,8 @@ class Conn:
             elif verb == b"HELO":
                 self.send("250 test.example")
             elif verb == b"STAR" and cfg.get("cert") and not self.tls:
-                self.send("220 2.0.0 Ready to start TLS")
+                # starttls_extra: plaintext injected right behind the 220, in the same packet
+                self.sock.sendall(b"220 2.0.0 Ready to start TLS\r\n" + cfg.get("starttls_extra", "").encode())
                 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
                 ctx.load_cert_chain(cfg["cert"], cfg["key"])
                 self.buf = b""
