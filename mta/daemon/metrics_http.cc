@@ -13,6 +13,8 @@ uint16_t MetricsHttp::port() const { return listener_ ? listener_->port() : 0; }
 void MetricsHttp::stop() {
   if (listener_) listener_->close();
   listener_.reset();
+  for (auto& [k, c] : conns_) c->abort();
+  conns_.clear();
 }
 
 bool MetricsHttp::start(const std::string& hostPort, std::string& error) {
@@ -24,7 +26,9 @@ bool MetricsHttp::start(const std::string& hostPort, std::string& error) {
   auto healthy = healthy_;
   listener_ = net::listen(
       loop_, hp->host, hp->port, false, nullptr,
-      [healthy](std::shared_ptr<net::Connection> conn) {
+      [this, healthy](std::shared_ptr<net::Connection> conn) {
+        conns_[conn.get()] = conn;
+        auto* key = conn.get();
         auto buf = std::make_shared<std::string>();
         std::weak_ptr<net::Connection> weak = conn;
         conn->setCallbacks({[weak, buf, healthy](std::string_view data) {
@@ -53,7 +57,7 @@ bool MetricsHttp::start(const std::string& hostPort, std::string& error) {
                                                  : respond("503 Service Unavailable", "text/plain", "unhealthy\n");
                               respond("404 Not Found", "text/plain", "not found\n");
                             },
-                            [buf](const std::string&) {}});
+                            [this, key](const std::string&) { conns_.erase(key); }});
         conn->startReading();
       },
       error);

@@ -5,6 +5,7 @@
 #include <uv.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -24,6 +25,8 @@ class MetricsHttp {
   uv_loop_t* loop_;
   std::function<bool()> healthy_;
   std::unique_ptr<net::Listener> listener_;
+  // Open connections; a Connection lives as long as someone holds it.
+  std::map<net::Connection*, std::shared_ptr<net::Connection>> conns_;
 };
 
 }  // namespace moat::mta::daemon

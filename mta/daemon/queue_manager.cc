@@ -61,15 +61,6 @@ std::string serializeHeaders(const std::vector<std::pair<std::string, std::strin
   return out;
 }
 
-std::string areaName(queue::Area a) {
-  switch (a) {
-    case queue::Area::Active: return "active";
-    case queue::Area::Hold: return "hold";
-    case queue::Area::Quarantine: return "quarantine";
-  }
-  return "active";
-}
-
 std::string statusName(queue::RcptStatus s) {
   switch (s) {
     case queue::RcptStatus::Pending: return "pending";
@@ -844,7 +835,7 @@ std::string QueueManager::list(const std::string& area) const {
       to.push_back(r.address);
       if (!r.lastReply.empty()) lastReply = r.lastReply;
     }
-    o.add("id", id).add("area", areaName(env.area)).add("from", env.mailFrom).add("to", to).add("size", env.size)
+    o.add("id", id).add("area", std::string(queue::areaName(env.area))).add("from", env.mailFrom).add("to", to).add("size", env.size)
         .add("arrival_ms", env.arrivalMs).add("attempts", env.attempts).add("next_attempt_ms", env.nextAttemptMs)
         .add("last_reply", lastReply).add("busy", e.busy);
     if (!env.quarantineReason.empty()) o.add("reason", env.quarantineReason);
@@ -869,7 +860,7 @@ std::string QueueManager::show(const std::string& id) const {
   mta::JsonArray headers;
   for (const auto& [n, v] : env.headers) headers.add(n + ": " + v);
   mta::JsonObject o;
-  o.add("ok", true).add("id", env.id).add("area", areaName(env.area)).add("from", env.mailFrom)
+  o.add("ok", true).add("id", env.id).add("area", std::string(queue::areaName(env.area))).add("from", env.mailFrom)
       .add("message_id", env.messageId).add("client_ip", env.clientIp).add("helo", env.helo)
       .add("protocol", env.protocol).add("size", env.size).add("arrival_ms", env.arrivalMs)
       .add("attempts", env.attempts).add("next_attempt_ms", env.nextAttemptMs).add("is_bounce", env.isBounce)
@@ -913,7 +904,7 @@ void QueueManager::release(const std::string& id, std::function<void(std::string
   if (it == entries_.end()) return reply(mta::JsonObject().add("ok", false).add("error", "no such message: " + id).str());
   auto env = it->second.env;
   if (env.area == queue::Area::Active) return reply(mta::JsonObject().add("ok", false).add("error", "message is not held").str());
-  std::string from = areaName(env.area);
+  std::string from(queue::areaName(env.area));
   env.area = queue::Area::Active;
   env.nextAttemptMs = nowMs();
   spool_->move(env, queue::Area::Active, [this, id, env, reply, from](bool ok, std::string error) {
