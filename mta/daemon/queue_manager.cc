@@ -61,6 +61,9 @@ std::string serializeHeaders(const std::vector<std::pair<std::string, std::strin
   return out;
 }
 
+// What `moat queue` shows (the spool's folder for the active area is "queue").
+std::string areaLabel(queue::Area a) { return a == queue::Area::Active ? "active" : std::string(queue::areaName(a)); }
+
 std::string statusName(queue::RcptStatus s) {
   switch (s) {
     case queue::RcptStatus::Pending: return "pending";
@@ -548,17 +551,20 @@ void QueueManager::openConnection(Destination& d) {
   auto tr = std::make_shared<Try>();
   auto alive = alive_;
   std::string key = d.key;
+  // Tries the hops in order. The closure holds itself only weakly; each pending connect
+  // holds it strongly, so it lives exactly as long as an attempt is under way.
   auto attemptHop = std::make_shared<std::function<void()>>();
-  *attemptHop = [this, alive, tr, job, opts, key, attemptHop]() mutable {
+  std::weak_ptr<std::function<void()>> weakHop = attemptHop;
+  *attemptHop = [this, alive, tr, job, opts, key, weakHop]() {
     if (!*alive) return;
+    auto self = weakHop.lock();
     auto it = destinations_.find(key);
-    if (it == destinations_.end()) return;
+    if (!self || it == destinations_.end()) return;
     if (tr->next >= job->hops.size()) {
       --it->second->active;
       client::TransactionResult r;
       r.error = "451 4.4.1 " + (tr->lastError.empty() ? "connection failed" : tr->lastError);
       std::string relay = job->hops.empty() ? "" : job->hops.back().ip.str();
-      *attemptHop = nullptr;
       job->done(r, relay, "");
       pump(*it->second);
       return;
@@ -566,20 +572,21 @@ void QueueManager::openConnection(Destination& d) {
     const Hop& hop = job->hops[tr->next++];
     client::Options o = opts;
     o.sni = hop.name;
-    std::string relay = (hop.name.empty() ? hop.ip.str() : hop.name + "[" + hop.ip.str() + "]") + ":" + std::to_string(hop.port);
+    std::string relay = (hop.name.empty() ? hop.ip.str() : hop.name + "[" + hop.ip.str() + "]") + ":" +
+                        std::to_string(hop.port);
     client::SmtpClient::connect(loop_, hop.ip, hop.port, o,
-                                [this, alive, tr, job, key, attemptHop, relay](std::shared_ptr<client::SmtpClient> c,
-                                                                              const std::string& error, const client::Reply& greeting) {
+                                [this, alive, tr, job, key, self, relay](std::shared_ptr<client::SmtpClient> c,
+                                                                        const std::string& error,
+                                                                        const client::Reply& greeting) {
                                   if (!*alive) return;
-                                  auto it = destinations_.find(key);
-                                  if (it == destinations_.end()) return;
+                                  auto it2 = destinations_.find(key);
+                                  if (it2 == destinations_.end()) return;
                                   if (!c) {
                                     tr->lastError = relay + ": " + oneLine(error.empty() ? greeting.text : error);
-                                    (*attemptHop)();
+                                    (*self)();
                                     return;
                                   }
-                                  *attemptHop = nullptr;
-                                  runJob(*it->second, Pooled{c, relay}, job);
+                                  runJob(*it2->second, Pooled{c, relay}, job);
                                 });
   };
   (*attemptHop)();
@@ -768,8 +775,9 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
   if (data) original += std::string(data->bytes());
   std::string text = queue::buildDsn(in, original);
 
+  auto incoming = spool_->create();
   queue::Envelope dsn;
-  dsn.id = spool_->newId();
+  dsn.id = incoming->id();
   dsn.mailFrom = "";
   queue::Recipient rc;
   rc.address = env.mailFrom;
@@ -780,7 +788,6 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
   dsn.protocol = "local";
   dsn.size = text.size();
   dsn.headers.emplace_back("Received", "by " + cfg.hostname + " (Moat) id " + dsn.id + "; DSN for " + env.id);
-  auto incoming = spool_->create();
   incoming->append(text);
   auto alive = alive_;
   std::string origId = env.id;
@@ -835,7 +842,7 @@ std::string QueueManager::list(const std::string& area) const {
       to.push_back(r.address);
       if (!r.lastReply.empty()) lastReply = r.lastReply;
     }
-    o.add("id", id).add("area", std::string(queue::areaName(env.area))).add("from", env.mailFrom).add("to", to).add("size", env.size)
+    o.add("id", id).add("area", areaLabel(env.area)).add("from", env.mailFrom).add("to", to).add("size", env.size)
         .add("arrival_ms", env.arrivalMs).add("attempts", env.attempts).add("next_attempt_ms", env.nextAttemptMs)
         .add("last_reply", lastReply).add("busy", e.busy);
     if (!env.quarantineReason.empty()) o.add("reason", env.quarantineReason);
@@ -860,7 +867,7 @@ std::string QueueManager::show(const std::string& id) const {
   mta::JsonArray headers;
   for (const auto& [n, v] : env.headers) headers.add(n + ": " + v);
   mta::JsonObject o;
-  o.add("ok", true).add("id", env.id).add("area", std::string(queue::areaName(env.area))).add("from", env.mailFrom)
+  o.add("ok", true).add("id", env.id).add("area", areaLabel(env.area)).add("from", env.mailFrom)
       .add("message_id", env.messageId).add("client_ip", env.clientIp).add("helo", env.helo)
       .add("protocol", env.protocol).add("size", env.size).add("arrival_ms", env.arrivalMs)
       .add("attempts", env.attempts).add("next_attempt_ms", env.nextAttemptMs).add("is_bounce", env.isBounce)
@@ -904,7 +911,7 @@ void QueueManager::release(const std::string& id, std::function<void(std::string
   if (it == entries_.end()) return reply(mta::JsonObject().add("ok", false).add("error", "no such message: " + id).str());
   auto env = it->second.env;
   if (env.area == queue::Area::Active) return reply(mta::JsonObject().add("ok", false).add("error", "message is not held").str());
-  std::string from(queue::areaName(env.area));
+  std::string from = areaLabel(env.area);
   env.area = queue::Area::Active;
   env.nextAttemptMs = nowMs();
   spool_->move(env, queue::Area::Active, [this, id, env, reply, from](bool ok, std::string error) {

@@ -605,7 +605,7 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
   }
 
   queue::Envelope env;
-  env.id = shared_.spool->newId();
+  env.id = incoming_->id();
   ctx_->queueId = env.id;
   env.mailFrom = ctx_->mailFrom;
   for (const auto& r : ctx_->rcpts) {
