@@ -265,12 +265,13 @@ void QueueManager::tick() {
   if (draining_) return;
   const auto& cfg = *snap_->config;
   size_t room = cfg.maxDeliveries > busy_.size() ? cfg.maxDeliveries - busy_.size() : 0;
-  if (room > 0) {
-    for (const auto& id : sched_.popDue(nowMs(), room)) {
-      auto it = entries_.find(id);
-      if (it == entries_.end() || it->second.busy || it->second.env.area != queue::Area::Active) continue;
-      deliver(it->second);
-    }
+  // With every slot busy, the due messages wait: the next delivery that finishes re-arms
+  // the timer. (Re-arming a 0 ms timer here would spin: libuv runs it again at once.)
+  if (room == 0) return;
+  for (const auto& id : sched_.popDue(nowMs(), room)) {
+    auto it = entries_.find(id);
+    if (it == entries_.end() || it->second.busy || it->second.env.area != queue::Area::Active) continue;
+    deliver(it->second);
   }
   armTimer();
 }
@@ -514,6 +515,8 @@ void QueueManager::submit(const std::string& key, std::shared_ptr<Job> job) {
 
 void QueueManager::pump(Destination& d) {
   const auto& cfg = *snap_->config;
+  log::debug("destination").add("destination", d.key).add("waiting", static_cast<uint64_t>(d.waiting.size()))
+      .add("active", d.active).add("idle", static_cast<uint64_t>(d.idle.size()));
   while (!d.waiting.empty()) {
     if (!d.idle.empty()) {
       auto c = d.idle.back();
@@ -593,6 +596,7 @@ void QueueManager::openConnection(Destination& d) {
 }
 
 void QueueManager::runJob(Destination& d, Pooled c, std::shared_ptr<Job> job) {
+  log::debug("transaction").add("queue_id", job->attempt->id).add("relay", c.relay);
   client::Transaction tx;
   const auto& env = job->attempt->env;
   tx.mailFrom = env.mailFrom;
@@ -735,7 +739,7 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
   armTimer();
 }
 
-void QueueManager::retire(const std::string& id, bool) {
+void QueueManager::retire(std::string id, bool) {
   sched_.remove(id);
   entries_.erase(id);
   spool_->remove(id, [id](bool ok, std::string error) {
@@ -824,6 +828,16 @@ void QueueManager::drain(std::function<void()> done) {
     return;
   }
   drained_ = std::move(done);
+  // A next hop that never answers must not hold the shutdown for its full timeouts. What is
+  // still in flight then stays queued (it is on disk) and is tried again at the next start.
+  graceTimer_ = std::make_unique<uv::Timer>(loop_);
+  graceTimer_->start(kDrainGraceMs, [this] {
+    if (!drained_) return;
+    log::warn("drain_timeout").add("deliveries", static_cast<uint64_t>(busy_.size()));
+    auto d = std::move(drained_);
+    drained_ = nullptr;
+    d();
+  });
 }
 
 std::string QueueManager::list(const std::string& area) const {

@@ -79,7 +79,7 @@ class QueueManager {
                    std::vector<size_t> rcpts);
   void groupDone(std::shared_ptr<Attempt> attempt);
   void finishAttempt(std::shared_ptr<Attempt> attempt);
-  void retire(const std::string& id, bool expired);
+  void retire(std::string id, bool expired);  // by value: callers pass the id of the entry it erases
   void sendDsn(const queue::Envelope& env, const std::vector<size_t>& rcpts, bool delay,
                std::shared_ptr<const queue::MessageData> data);
   void updateGauges();
@@ -106,6 +106,8 @@ class QueueManager {
   std::map<std::string, std::unique_ptr<Destination>> destinations_;
   bool draining_ = false;
   std::function<void()> drained_;
+  static constexpr uint64_t kDrainGraceMs = 20'000;
+  std::unique_ptr<uv::Timer> graceTimer_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 

@@ -129,6 +129,7 @@ class _SinkHandler(socketserver.StreamRequestHandler):
 class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256  # Moat opens many connections at once; the default 5 drops some
 
 
 class Sink:

@@ -20,7 +20,8 @@ SESSIONS = 50
 class DurabilityTest(unittest.TestCase):
     def test_kill9_loses_nothing_that_got_250(self):
         sink = Sink()
-        moat = Moat(routes=[("example.test", f"smtp:127.0.0.1:{sink.port}")], retry='["1s"]')
+        moat = Moat(routes=[("example.test", f"smtp:127.0.0.1:{sink.port}")], retry='["1s"]',
+                    extra="\n[limits]\nmax_connections_per_ip = 1000\n")
         acked = set()
         lock = threading.Lock()
         counter = iter(range(TOTAL))
@@ -66,7 +67,12 @@ class DurabilityTest(unittest.TestCase):
         def all_delivered():
             got = {m["data"].split(b"X-Tag: ", 1)[1].split(b"\r\n", 1)[0].decode() for m in sink.messages}
             return acked_at_kill <= got
-        wait_for(all_delivered, 180, interval=0.5, what="every acknowledged message at the sink")
+        try:
+            wait_for(all_delivered, 60, interval=0.5, what="every acknowledged message at the sink")
+        except AssertionError:
+            got = {m["data"].split(b"X-Tag: ", 1)[1].split(b"\r\n", 1)[0].decode() for m in sink.messages}
+            print("missing:", sorted(acked_at_kill - got)[:20], "log dir:", moat.dir)
+            raise
         counts = collections.Counter(m["data"].split(b"X-Tag: ", 1)[1].split(b"\r\n", 1)[0].decode()
                                      for m in sink.messages)
         duplicates = sum(c - 1 for c in counts.values() if c > 1)
