@@ -1,0 +1,186 @@
+// mta/daemon/offline.cc — see offline.h.
+#include "mta/daemon/offline.h"
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "filters/antivirus/antivirus_filter.h"
+#include "filters/dkim/dkim.h"
+#include "filters/spf/spf.h"
+#include "mta/dns/cares_resolver.h"
+#include "mta/runtime/json.h"
+#include "mta/runtime/uv.h"
+#include "mta/server/snapshot.h"
+
+namespace moat::mta::daemon {
+namespace {
+
+// The wire form of a message: every line ending CRLF (files on disk often use LF).
+std::string toCrlf(const std::string& in) {
+  std::string out;
+  out.reserve(in.size() + in.size() / 32);
+  for (size_t i = 0; i < in.size(); ++i) {
+    char c = in[i];
+    if (c == '\r') {
+      out += "\r\n";
+      if (i + 1 < in.size() && in[i + 1] == '\n') ++i;
+    } else if (c == '\n') {
+      out += "\r\n";
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+std::string reportsJson(const std::vector<filters::FilterReport>& reports) {
+  JsonObject o;
+  for (const auto& r : reports) {
+    JsonObject f;
+    f.add("verdict", std::string(filters::verdictName(r.result.verdict))).add("result", r.result.summary);
+    if (r.result.code) f.add("reply", std::to_string(r.result.code) + " " + r.result.enhanced + " " + r.result.text);
+    if (r.result.score != 0) f.add("score", r.result.score);
+    if (!r.result.authResults.empty()) f.add("auth_results", r.result.authResults);
+    if (!r.result.detail.empty()) f.addRaw("detail", r.result.detail.str());
+    f.add("elapsed_us", static_cast<int64_t>(r.elapsedUs));
+    o.addRaw(r.name, f.str());
+  }
+  return o.str();
+}
+
+}  // namespace
+
+int runScan(const ScanOptions& opts) {
+  policy::Errors errors;
+  auto snap = server::Snapshot::load(opts.config, errors);
+  for (const auto& e : errors.all()) std::fprintf(stderr, "%s\n", e.str().c_str());
+  if (!snap) return 1;
+  std::ifstream in(opts.messageFile, std::ios::binary);
+  if (!in) {
+    std::fprintf(stderr, "moat: cannot read %s\n", opts.messageFile.c_str());
+    return 1;
+  }
+  std::stringstream buf;
+  buf << in.rdbuf();
+  std::string message = toCrlf(buf.str());
+  auto ip = IpAddress::parse(opts.clientIp);
+  if (!ip) {
+    std::fprintf(stderr, "moat: --client-ip %s is not an IP address\n", opts.clientIp.c_str());
+    return 2;
+  }
+  // The antivirus engine loads in the background at start; a scan waits for it.
+  for (const auto& f : snap->pipeline->filters())
+    if (auto* av = dynamic_cast<const filters::antivirus::AntivirusFilter*>(f.get())) av->scanner().waitIdle();
+
+  const auto& cfg = *snap->config;
+  uv::Loop loop;
+  dns::CaresResolver resolver(loop.get(), cfg.nameservers, static_cast<unsigned>(cfg.dnsTimeout.count()));
+  auto ctx = std::make_shared<filters::MessageContext>();
+  ctx->sessionId = "scan";
+  ctx->clientIp = *ip;
+  ctx->helo = opts.helo;
+  ctx->mailFrom = opts.mailFrom;
+  ctx->rcpts = opts.rcpts;
+  ctx->fromRelayNetwork = cfg.isRelayClient(*ip);
+  ctx->message = message;
+  filters::Env env{loop.get(), &resolver, cfg.hostname};
+
+  std::vector<filters::FilterReport> reports;
+  std::vector<std::string> authResults;
+  std::vector<filters::Header> headers;
+  filters::StageOutcome final;
+  bool done = false;
+  auto stages = std::make_shared<std::vector<filters::Stage>>(
+      std::vector<filters::Stage>{filters::Stage::Connect, filters::Stage::Helo, filters::Stage::Mail,
+                                  filters::Stage::Rcpt, filters::Stage::Data});
+  std::function<void(size_t)> runStage = [&](size_t i) {
+    if (i == stages->size()) {
+      done = true;
+      return;
+    }
+    snap->pipeline->run((*stages)[i], ctx, env, [&, i](filters::StageOutcome out) {
+      for (auto& r : out.reports) reports.push_back(r);
+      for (auto& a : out.authResults) authResults.push_back(a);
+      for (auto& h : out.headers) headers.push_back(h);
+      final.score += out.score;
+      if (out.verdict != filters::Verdict::Continue &&
+          (final.verdict == filters::Verdict::Continue || final.verdict == filters::Verdict::Tag)) {
+        final.verdict = out.verdict;
+        final.code = out.code;
+        final.enhanced = out.enhanced;
+        final.text = out.text;
+        final.quarantineReason = out.quarantineReason;
+      }
+      bool decisive = out.verdict == filters::Verdict::Reject || out.verdict == filters::Verdict::TempFail ||
+                      out.verdict == filters::Verdict::Disconnect;
+      if (decisive) {
+        done = true;
+        return;
+      }
+      runStage(i + 1);
+    });
+  };
+  runStage(0);
+  if (!loop.runUntil([&] { return done; }, 120'000)) {
+    std::fprintf(stderr, "moat: the filters did not finish within 120 s\n");
+    return 1;
+  }
+  JsonObject out;
+  out.add("verdict", std::string(filters::verdictName(final.verdict)));
+  if (final.code) out.add("reply", std::to_string(final.code) + " " + final.enhanced + " " + final.text);
+  if (!final.quarantineReason.empty()) out.add("quarantine_reason", final.quarantineReason);
+  out.add("score", final.score);
+  out.add("authentication_results", filters::authenticationResults(cfg.hostname, authResults));
+  JsonArray hs;
+  for (const auto& h : headers) hs.add(h.name + ": " + h.value);
+  out.addRaw("headers", hs.str());
+  out.addRaw("filters", reportsJson(reports));
+  std::printf("%s\n", out.str().c_str());
+  return 0;
+}
+
+int runSpf(const std::string& config, const std::string& ip, const std::string& helo, const std::string& mailFrom) {
+  policy::Errors errors;
+  auto cfg = policy::loadConfig(config, errors);
+  for (const auto& e : errors.all()) std::fprintf(stderr, "%s\n", e.str().c_str());
+  if (!cfg) return 1;
+  auto addr = IpAddress::parse(ip);
+  if (!addr) {
+    std::fprintf(stderr, "moat: --ip %s is not an IP address\n", ip.c_str());
+    return 2;
+  }
+  uv::Loop loop;
+  dns::CaresResolver resolver(loop.get(), cfg->nameservers, static_cast<unsigned>(cfg->dnsTimeout.count()));
+  filters::spf::CheckParams params;
+  params.ip = *addr;
+  params.helo = helo;
+  params.mailFrom = mailFrom;
+  params.receiver = cfg->hostname;
+  std::optional<filters::spf::SpfAnswer> answer;
+  filters::spf::checkHost(resolver, params, [&](filters::spf::SpfAnswer a) { answer = std::move(a); });
+  if (!loop.runUntil([&] { return answer.has_value(); }, 120'000)) {
+    std::fprintf(stderr, "moat: the SPF check did not finish\n");
+    return 1;
+  }
+  std::string text = answer->explanation;
+  if (text.empty()) text = answer->mechanism.empty() ? answer->domain : answer->mechanism;
+  std::printf("%s %s\n", std::string(filters::spf::resultName(answer->result)).c_str(), text.c_str());
+  return 0;
+}
+
+int runDkimKeygen(const std::string& domain, const std::string& selector, const std::string& type,
+                  const std::string& out) {
+  std::string txt, error;
+  if (!filters::dkim::keygen(type, out, txt, error)) {
+    std::fprintf(stderr, "moat: %s\n", error.c_str());
+    return 1;
+  }
+  // A zone-file line; long records are split into 255-octet strings (RFC 1035 §3.3.14).
+  std::string quoted;
+  for (size_t i = 0; i < txt.size(); i += 255) quoted += (i ? " \"" : "\"") + txt.substr(i, 255) + "\"";
+  std::printf("%s._domainkey.%s. IN TXT ( %s )\n", selector.c_str(), domain.c_str(), quoted.c_str());
+  return 0;
+}
+
+}  // namespace moat::mta::daemon

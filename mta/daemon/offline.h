@@ -1,0 +1,26 @@
+// mta/daemon/offline.h — the CLI commands that run parts of the gateway without the daemon:
+// `moat scan` (the inbound filter pipeline on one message file), `moat spf` (one SPF check
+// with the configured resolver) and `moat dkim keygen`. Untrusted input: the message file.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace moat::mta::daemon {
+
+struct ScanOptions {
+  std::string config;
+  std::string clientIp = "127.0.0.1";
+  std::string helo = "localhost";
+  std::string mailFrom;
+  std::vector<std::string> rcpts;
+  std::string messageFile;
+};
+// Prints the verdict and every filter's result as JSON; returns the exit code.
+int runScan(const ScanOptions& opts);
+
+int runSpf(const std::string& config, const std::string& ip, const std::string& helo, const std::string& mailFrom);
+
+int runDkimKeygen(const std::string& domain, const std::string& selector, const std::string& type,
+                  const std::string& out);
+
+}  // namespace moat::mta::daemon
