@@ -15,6 +15,9 @@ FilterConfig readConfig(const policy::Config& config, policy::Errors& errors) {
   fc.reject = s.getDouble("reject", 15.0);
   fc.pcre2Fallback = s.getEnum("fallback", "none", {"none", "pcre2"}) == "pcre2";
   fc.subjectPrefix = s.getString("subject_prefix", "");
+  // Rewriting Subject needs header replacement at delivery, which the filter interface does
+  // not have yet: refuse the key rather than accept it and do nothing.
+  if (!fc.subjectPrefix.empty()) s.error("subject_prefix", "not supported yet (the X-Spam-* headers are added)");
   if (fc.tag > fc.quarantine) s.error("quarantine", "must be at least tag");
   if (fc.quarantine > fc.reject) s.error("reject", "must be at least quarantine");
   s.rejectUnknownKeys();

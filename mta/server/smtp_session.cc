@@ -398,6 +398,7 @@ bool SmtpSession::startTransactionData() {
     reply(451, "4.3.0", "Error: queue file write error");
     return false;
   }
+  scrubber_.emplace(cfg_.hostname);
   std::weak_ptr<SmtpSession> weak = weak_from_this();
   incoming_->setOnDrain([weak] {
     auto s = weak.lock();
@@ -433,7 +434,7 @@ void SmtpSession::feedData() {
   decoded_.clear();
   size_t used = decoder_->feed(rest, decoded_);
   inPos_ += used;
-  if (!decoded_.empty()) incoming_->append(decoded_);
+  if (!decoded_.empty()) appendMessage(decoded_);
   if (decoder_->done()) {
     mode_ = Mode::Command;
     endOfData();
@@ -479,7 +480,7 @@ void SmtpSession::feedBdat() {
   bdatRemaining_ -= take;
   if (incoming_ && inTransaction_) {
     if (bdatSize_ + take > cfg_.maxMessageSize) bdatTooBig_ = true;
-    if (!bdatTooBig_) incoming_->append(chunk);
+    if (!bdatTooBig_) appendMessage(chunk);
     bdatSize_ += take;
     if (incoming_->overHighWater()) conn_->stopReading();
   }
@@ -501,6 +502,12 @@ void SmtpSession::feedBdat() {
   endOfData();
 }
 
+void SmtpSession::appendMessage(std::string_view bytes) {
+  scrubbed_.clear();
+  scrubber_->feed(bytes, scrubbed_);
+  if (!scrubbed_.empty()) incoming_->append(scrubbed_);
+}
+
 void SmtpSession::endOfData() {
   auto fail = [&](int code, const char* enh, const std::string& text) {
     log::info("reject")
@@ -520,6 +527,13 @@ void SmtpSession::endOfData() {
   if (!bdatUsed_ && decoder_->rejected()) return fail(550, "5.5.2", "Bare CR or LF not allowed (RFC 5321 2.3.8)");
   if (!bdatUsed_ && decoder_->receivedCount() > cfg_.maxReceivedHeaders)
     return fail(554, "5.4.6", "Too many Received headers: mail loop detected");
+
+  scrubbed_.clear();
+  scrubber_->finish(scrubbed_);
+  if (!scrubbed_.empty()) incoming_->append(scrubbed_);
+  if (scrubber_->removed() > 0)
+    log::info("header_removed").add("session", id_).add("header", "Authentication-Results")
+        .add("count", scrubber_->removed()).add("reason", "claims this gateway's authserv-id (RFC 8601 5)");
 
   pause();
   auto self = shared_from_this();
@@ -679,6 +693,7 @@ void SmtpSession::resetTransaction() {
     incoming_.reset();
   }
   decoder_.reset();
+  scrubber_.reset();
   inTransaction_ = false;
   bdatUsed_ = false;
   bdatTooBig_ = false;

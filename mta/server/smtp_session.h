@@ -23,6 +23,7 @@
 #include "mta/runtime/uv.h"
 #include "mta/server/smtp_server.h"
 #include "mta/smtp/data_decoder.h"
+#include "mta/smtp/header_scrubber.h"
 #include "mta/smtp/protocol.h"
 #include "queue/spool.h"
 
@@ -116,7 +117,9 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   std::vector<filters::FilterReport> txReports_;
   std::shared_ptr<queue::IncomingMessage> incoming_;
   std::optional<smtp::DataDecoder> decoder_;
-  std::string decoded_;
+  std::optional<smtp::HeaderScrubber> scrubber_;  // drops forged Authentication-Results
+  std::string decoded_, scrubbed_;
+  void appendMessage(std::string_view bytes);
   uint64_t bdatRemaining_ = 0;
   bool bdatLast_ = false;
   uint64_t bdatSize_ = 0;

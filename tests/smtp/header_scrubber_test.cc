@@ -1,0 +1,51 @@
+// Tests for mta/smtp/header_scrubber: forged Authentication-Results claiming our own
+// authserv-id are removed (RFC 8601 §5), in any chunking; everything else is untouched.
+#include <catch2/catch.hpp>
+
+#include "mta/smtp/header_scrubber.h"
+
+using moat::mta::smtp::HeaderScrubber;
+
+namespace {
+std::string scrub(const std::string& msg, size_t chunk, unsigned* removed = nullptr) {
+  HeaderScrubber s("MX.Moat.Test");
+  std::string out;
+  for (size_t i = 0; i < msg.size(); i += chunk) s.feed(std::string_view(msg).substr(i, chunk), out);
+  s.finish(out);
+  if (removed) *removed = s.removed();
+  return out;
+}
+}  // namespace
+
+TEST_CASE("forged Authentication-Results with our authserv-id are removed, others kept") {
+  std::string msg =
+      "Authentication-Results: mx.moat.test; spf=pass smtp.mailfrom=evil.test\r\n"
+      "Authentication-Results: other.example; dkim=pass\r\n"
+      "authentication-results: (comment) MX.MOAT.TEST 1;\r\n\tdmarc=pass header.from=bank.test\r\n"
+      "Subject: hello\r\n"
+      "\r\n"
+      "Authentication-Results: mx.moat.test; in the body stays\r\n";
+  std::string want =
+      "Authentication-Results: other.example; dkim=pass\r\n"
+      "Subject: hello\r\n"
+      "\r\n"
+      "Authentication-Results: mx.moat.test; in the body stays\r\n";
+  for (size_t chunk : {1, 2, 3, 7, 64, 4096}) {
+    unsigned removed = 0;
+    INFO("chunk " << chunk);
+    REQUIRE(scrub(msg, chunk, &removed) == want);
+    REQUIRE(removed == 2);
+  }
+}
+
+TEST_CASE("a name that only starts like ours is not ours") {
+  std::string msg = "Authentication-Results: mx.moat.test.evil.example; spf=pass\r\n\r\nbody\r\n";
+  REQUIRE(scrub(msg, 5) == msg);
+}
+
+TEST_CASE("messages without a header/body separator and over-long fields pass intact") {
+  std::string headersOnly = "Subject: x\r\nAuthentication-Results: mx.moat.test; none\r\n";
+  REQUIRE(scrub(headersOnly, 3) == "Subject: x\r\n");
+  std::string longField = "X-Long: " + std::string(HeaderScrubber::kMaxField + 10, 'a') + "\r\n\r\nbody";
+  REQUIRE(scrub(longField, 1000) == longField);
+}
