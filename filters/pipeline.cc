@@ -2,6 +2,7 @@
 #include "filters/pipeline.h"
 
 #include "filters/antivirus/antivirus_filter.h"
+#include "filters/attachments/attachments.h"
 #include "filters/dkim/dkim.h"
 #include "filters/dmarc/dmarc.h"
 #include "filters/mime/mime_filter.h"
@@ -109,6 +110,7 @@ std::shared_ptr<const Pipeline> Pipeline::build(const policy::Config& config, po
   add(dkim::makeDkimVerifyFilter(config, errors));      // data
   add(dmarc::makeDmarcFilter(config, errors));          // data, reads the SPF and DKIM results
   add(antivirus::makeAntivirusFilter(config, errors));  // data
+  add(attachments::makeAttachmentsFilter(config, errors));  // data, reads ctx->mime
   add(rules::makeRulesFilter(config, errors));          // data: it scores what the others found
   add(dkim::makeDkimSignFilter(config, errors));        // data: last, signs the message as delivered
   return std::make_shared<Pipeline>(std::move(filters));

@@ -1,0 +1,254 @@
+// filters/attachments/attachments.cc — see attachments.h.
+#include "filters/attachments/attachments.h"
+
+#include <re2/re2.h>
+
+#include "filters/attachments/zip.h"
+
+namespace moat::filters::attachments {
+
+namespace {
+
+std::string asciiLower(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return out;
+}
+
+bool endsWith(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+// Windows drops trailing dots and blanks, so "a.exe. " opens as "a.exe".
+std::string_view trimTrailing(std::string_view s) {
+  while (!s.empty() && (s.back() == '.' || s.back() == ' ' || s.back() == '\t' || s.back() == '\0'))
+    s.remove_suffix(1);
+  return s;
+}
+
+// The source line of element `i` of [attachments].key, for FILE:LINE of one bad entry.
+int elementLine(const policy::Config& config, const std::string& key, size_t i, int fallback) {
+  if (!config.toml) return fallback;
+  auto* arr = config.toml->at_path("attachments." + key).as_array();
+  if (!arr || i >= arr->size()) return fallback;
+  int line = static_cast<int>((*arr)[i].source().begin.line);
+  return line > 0 ? line : fallback;
+}
+
+std::vector<std::string> readExtensions(policy::Section& s) {
+  std::vector<std::string> out;
+  for (const auto& raw : s.getStringArray("block_extensions")) {
+    std::string ext = asciiLower(raw);
+    while (!ext.empty() && ext.front() == '.') ext.erase(0, 1);
+    if (ext.empty() || ext.find_first_of("/\\ ") != std::string::npos) {
+      s.error("block_extensions", "\"" + raw + "\" is not a file extension");
+      continue;
+    }
+    out.push_back(ext);
+  }
+  return out;
+}
+
+std::vector<std::string> readTypes(policy::Section& s) {
+  std::vector<std::string> out;
+  for (const auto& raw : s.getStringArray("block_types")) {
+    std::string type = asciiLower(raw);
+    auto slash = type.find('/');
+    if (slash == std::string::npos || slash == 0 || slash + 1 == type.size()) {
+      s.error("block_types", "\"" + raw + "\" is not a content type (type/subtype or type/*)");
+      continue;
+    }
+    out.push_back(type);
+  }
+  return out;
+}
+
+std::vector<NamePattern> readNames(const policy::Config& config, policy::Section& s, policy::Errors& errors) {
+  std::vector<NamePattern> out;
+  auto patterns = s.getStringArray("block_names");
+  for (size_t i = 0; i < patterns.size(); ++i) {
+    RE2::Options options;
+    options.set_log_errors(false);
+    auto re = std::make_shared<const RE2>(patterns[i], options);
+    if (!re->ok()) {
+      errors.error(s.file(), elementLine(config, "block_names", i, s.lineOf("block_names")),
+                   "attachments.block_names: bad pattern \"" + patterns[i] + "\": " + re->error());
+      continue;
+    }
+    out.push_back({patterns[i], std::move(re)});
+  }
+  return out;
+}
+
+bool typeBlocked(const std::string& type, const std::vector<std::string>& blocked) {
+  for (const auto& b : blocked) {
+    if (endsWith(b, "/*") ? type.rfind(b.substr(0, b.size() - 1), 0) == 0 : type == b) return true;
+  }
+  return false;
+}
+
+bool isZip(const mime::Part& part) {
+  static const std::vector<std::string> kTypes = {"application/zip", "application/x-zip-compressed",
+                                                  "application/x-zip", "multipart/x-zip"};
+  for (const auto& t : kTypes)
+    if (part.contentType == t) return true;
+  return endsWith(asciiLower(trimTrailing(part.filename)), ".zip") || looksLikeZip(part.body);
+}
+
+bool isAttachment(const mime::Part& part) {
+  return part.disposition == "attachment" || !part.filename.empty() || (part.depth > 0 && !part.isText());
+}
+
+class Walker {
+ public:
+  explicit Walker(const FilterConfig& config) : config_(config) {}
+
+  CheckResult run(const mime::Part& root) {
+    walk(root);
+    return std::move(out_);
+  }
+
+ private:
+  void walk(const mime::Part& part) {
+    if (out_.blocked) return;
+    if (!part.filename.empty()) block(part.filename, "", blockReason(part.filename, config_));
+    if (part.isMultipart() || part.isMessage()) {
+      for (const auto& c : part.children) walk(c);
+      return;
+    }
+    if (isAttachment(part)) ++out_.attachments;
+    if (typeBlocked(part.contentType, config_.types))
+      block(part.filename.empty() ? "(unnamed " + part.contentType + " part)" : part.filename, "",
+            "type " + part.contentType);
+    if (config_.scanZip && isAttachment(part) && isZip(part)) walkZip(part);
+  }
+
+  void walkZip(const mime::Part& part) {
+    ZipListing zip = listZipNames(part.body, config_.maxZipEntries);
+    out_.archiveEntries += static_cast<unsigned>(zip.names.size());
+    if (zip.malformed || zip.truncated || part.truncated) out_.archiveMalformed = true;
+    std::string archive = part.filename.empty() ? "(unnamed archive)" : part.filename;
+    for (const auto& name : zip.names) {
+      if (out_.blocked) return;
+      block(name, archive, blockReason(name, config_));
+    }
+  }
+
+  void block(const std::string& file, const std::string& archive, std::optional<std::string> reason) {
+    if (out_.blocked || !reason) return;
+    out_.blocked = Finding{file, archive, std::move(*reason)};
+  }
+
+  const FilterConfig& config_;
+  CheckResult out_;
+};
+
+class AttachmentsFilter final : public Filter {
+ public:
+  explicit AttachmentsFilter(FilterConfig config) : config_(std::make_shared<const FilterConfig>(std::move(config))) {}
+  std::string_view name() const override { return "attachments"; }
+  Stage stage() const override { return Stage::Data; }
+
+  // Zip directories can be large: the walk runs on the thread pool.
+  void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
+    auto parsed = ctx->mime;
+    std::string_view raw = ctx->message;  // valid for the Data stage
+    auto config = config_;
+    auto result = std::make_shared<CheckResult>();
+    env.offload(
+        [parsed, raw, config, result] {
+          // Without the MIME filter's tree (it is always first in the pipeline, but a
+          // missing tree must not mean an unchecked message) parse here.
+          auto msg = parsed ? parsed : mime::parse(raw, mime::Limits{});
+          *result = check(*msg, *config);
+        },
+        [ctx, config, result, done = std::move(done)] { done(resultFor(*result, *config)); });
+  }
+
+ private:
+  std::shared_ptr<const FilterConfig> config_;
+};
+
+}  // namespace
+
+FilterConfig readConfig(const policy::Config& config, policy::Errors& errors) {
+  FilterConfig fc;
+  auto s = config.section("attachments", errors);
+  fc.extensions = readExtensions(s);
+  fc.types = readTypes(s);
+  fc.names = readNames(config, s, errors);
+  bool anyList = s.has("block_extensions") || s.has("block_types") || s.has("block_names");
+  fc.enabled = s.getBool("enabled", anyList);
+  fc.scanZip = s.getBool("scan_zip", true);
+  fc.maxZipEntries = static_cast<size_t>(s.getInt("max_zip_entries", 10000, 1, 1000000));
+  std::string action = s.getEnum("action", "reject", {"reject", "quarantine", "strip"});
+  if (action == "quarantine") fc.action = Action::Quarantine;
+  if (action == "strip") {
+    fc.action = Action::Strip;
+    s.error("action",
+            "strip is not supported yet (a filter cannot rewrite the message body); use \"reject\" or \"quarantine\"");
+  }
+  if (fc.enabled && !anyList) s.warning("enabled", "no block_extensions, block_types or block_names: nothing is blocked");
+  s.rejectUnknownKeys();
+  return fc;
+}
+
+std::optional<std::string> blockReason(std::string_view name, const FilterConfig& config) {
+  // A NUL ends the name for some extractors and not for others: check both readings.
+  std::string_view full = name;
+  std::string_view cut = name.substr(0, name.find('\0'));
+  for (std::string_view candidate : {full, cut}) {
+    std::string lower = asciiLower(trimTrailing(candidate));
+    for (const auto& ext : config.extensions)
+      if (lower.size() > ext.size() && endsWith(lower, ext) && lower[lower.size() - ext.size() - 1] == '.')
+        return "extension ." + ext;
+    for (const auto& p : config.names)
+      if (RE2::PartialMatch(re2::StringPiece(candidate.data(), candidate.size()), *p.re))
+        return "name matches /" + p.pattern + "/";
+  }
+  return std::nullopt;
+}
+
+CheckResult check(const mime::Message& msg, const FilterConfig& config) { return Walker(config).run(msg.root); }
+
+std::string replySafe(std::string_view name) {
+  std::string out;
+  for (unsigned char c : name) {
+    if (out.size() >= 100) {
+      out += "...";
+      break;
+    }
+    out += (c >= 0x20 && c < 0x7F) ? static_cast<char>(c) : '?';
+  }
+  return out.empty() ? "(unnamed)" : out;
+}
+
+Result resultFor(const CheckResult& check, const FilterConfig& config) {
+  Result r = Result::pass("clean");
+  if (check.blocked) {
+    const Finding& f = *check.blocked;
+    std::string what = replySafe(f.file) + (f.archive.empty() ? "" : " in " + replySafe(f.archive));
+    if (config.action == Action::Quarantine) {
+      r = Result::quarantine("attachment " + what + ": " + f.reason, "blocked " + what);
+    } else {
+      // Strip never gets here (the config refuses it); rejecting is the safe reading.
+      r = Result::reject(554, "5.7.1", "Attachment blocked: " + what + " (" + replySafe(f.reason) + ")", "blocked " + what);
+    }
+    r.detail.add("file", f.file);
+    if (!f.archive.empty()) r.detail.add("archive", f.archive);
+    r.detail.add("reason", f.reason);
+  }
+  r.detail.add("attachments", check.attachments);
+  if (check.archiveEntries) r.detail.add("archive_entries", check.archiveEntries);
+  if (check.archiveMalformed) r.detail.add("archive_malformed", true);
+  return r;
+}
+
+std::shared_ptr<const Filter> makeAttachmentsFilter(const policy::Config& config, policy::Errors& errors) {
+  FilterConfig fc = readConfig(config, errors);
+  if (!fc.enabled || (fc.extensions.empty() && fc.types.empty() && fc.names.empty())) return nullptr;
+  return std::make_shared<AttachmentsFilter>(std::move(fc));
+}
+
+}  // namespace moat::filters::attachments

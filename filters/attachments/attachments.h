@@ -1,0 +1,90 @@
+// filters/attachments/attachments.h — the attachment filter (Data stage, after the MIME
+// filter): blocks messages carrying files by name extension, declared Content-Type or
+// name pattern, also looking at the names inside zip archives one level deep.
+//
+// Config [attachments] (unknown keys are errors):
+//   enabled = true                 default: true when any block list is set
+//   block_extensions = ["exe"]     case-insensitive, with or without the dot; matched as a
+//                                  suffix of the name, so "invoice.pdf.exe" is caught by
+//                                  "exe" and "tar.gz" entries work. Trailing dots and
+//                                  blanks (ignored by Windows) are removed first.
+//   block_types = ["application/x-msdownload", "application/x-*"...]
+//                                  the declared Content-Type (lower-case); "type/*" matches
+//                                  every subtype
+//   block_names = ["(?i)^invoice.*\\.zip$"]
+//                                  RE2 patterns searched in the file name (UTF-8), compiled
+//                                  at load; a bad pattern is a FILE:LINE error
+//   scan_zip = true                check the names inside zip attachments (zip.h)
+//   max_zip_entries = 10000        names read per archive
+//   action = "reject"              reject: 554 5.7.1 naming the file | quarantine: held
+//                                  with the reason | strip: NOT SUPPORTED YET — a
+//                                  FILE:LINE error, because filters::Result cannot rewrite
+//                                  the body and an admin must never be silently unprotected
+// A part is an attachment when the MIME filter would list it (Message::attachments): a
+// file name, disposition attachment, or a non-text leaf below the top. Attached messages
+// (message/rfc822) are walked like the rest of the tree.
+//
+// Untrusted input: the message's MIME tree (file names, types, zip bytes). Names put in
+// the SMTP reply are reduced to printable ASCII and shortened. Logs through the pipeline's
+// `filter` event: summary "clean" or "blocked NAME", detail {attachments, file, reason}.
+#pragma once
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "filters/filter.h"
+#include "filters/mime/mime.h"
+#include "policy/config.h"
+
+namespace re2 {
+class RE2;
+}
+
+namespace moat::filters::attachments {
+
+enum class Action { Reject, Quarantine, Strip };
+
+struct NamePattern {
+  std::string pattern;
+  std::shared_ptr<const re2::RE2> re;
+};
+
+struct FilterConfig {
+  bool enabled = false;
+  std::vector<std::string> extensions;  // lower-case, without the leading dot
+  std::vector<std::string> types;       // lower-case; "type/*" allowed
+  std::vector<NamePattern> names;
+  bool scanZip = true;
+  size_t maxZipEntries = 10000;
+  Action action = Action::Reject;
+};
+
+// Reads [attachments]; problems go to `errors` as FILE:LINE (a bad regex at the line of
+// its array element, action "strip" at the action line).
+FilterConfig readConfig(const policy::Config& config, policy::Errors& errors);
+
+struct Finding {
+  std::string file;       // the blocked name as written (UTF-8, untrusted)
+  std::string archive;    // the zip it was found in, or ""
+  std::string reason;     // "extension .exe", "type application/x-msdownload", "name /re/"
+};
+
+struct CheckResult {
+  std::optional<Finding> blocked;  // the first blocked file
+  unsigned attachments = 0;        // attachments looked at
+  unsigned archiveEntries = 0;     // names read from zips
+  bool archiveMalformed = false;   // some zip could not be fully read
+};
+
+// Why one name is blocked, or nullopt (exposed for tests).
+std::optional<std::string> blockReason(std::string_view name, const FilterConfig& config);
+CheckResult check(const mime::Message& msg, const FilterConfig& config);
+Result resultFor(const CheckResult& check, const FilterConfig& config);
+// A peer-supplied name made safe for an SMTP reply: printable ASCII, at most 100 bytes.
+std::string replySafe(std::string_view name);
+
+// nullptr when the filter is off (disabled, or no block list set).
+std::shared_ptr<const Filter> makeAttachmentsFilter(const policy::Config& config, policy::Errors& errors);
+
+}  // namespace moat::filters::attachments
