@@ -38,11 +38,13 @@ std::vector<std::string> listenerKeys(const policy::Config& c) {
 
 int serve(const std::string& configPath) {
   policy::Errors errors;
+  // The log first: building the pipeline already logs (e.g. antivirus_disabled).
+  if (auto early = policy::loadConfig(configPath, errors)) applyLogConfig(*early);
+  errors = policy::Errors();
   auto snap = server::Snapshot::load(configPath, errors);
   for (const auto& e : errors.all()) std::fprintf(stderr, "%s\n", e.str().c_str());
   if (!snap) return 1;
   const auto& cfg = *snap->config;
-  applyLogConfig(cfg);
   ::signal(SIGPIPE, SIG_IGN);
   uv::configureThreadPool(8);  // fsyncs and filters run there: more than the cores is right
 

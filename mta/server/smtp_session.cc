@@ -327,6 +327,7 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
   auto self = shared_from_this();
   filters::Env env{shared_.loop, shared_.resolver, cfg_.hostname};
   snap_->pipeline->run(filters::Stage::Mail, ctx_, env, [self](filters::StageOutcome out) {
+    self->logFilters(out.reports, filters::Stage::Mail);
     if (self->closed_) return;
     for (auto& a : out.authResults) self->txAuthResults_.push_back(a);
     for (auto& h : out.headers) self->txHeaders_.push_back(h);
@@ -550,13 +551,27 @@ void SmtpSession::endOfData() {
   });
 }
 
+void SmtpSession::logFilters(const std::vector<filters::FilterReport>& reports, filters::Stage stage) const {
+  for (const auto& r : reports) {
+    auto line = log::info("filter");
+    line.add("session", id_).add("queue_id", ctx_->queueId).add("stage", std::string(filters::stageName(stage)))
+        .add("filter", r.name).add("verdict", std::string(filters::verdictName(r.result.verdict)))
+        .add("result", r.result.summary).add("elapsed_us", static_cast<int64_t>(r.elapsedUs));
+    if (r.result.score != 0) line.add("score", r.result.score);
+    if (r.result.code) line.add("reply", std::to_string(r.result.code) + " " + r.result.enhanced + " " + r.result.text);
+    if (!r.result.detail.empty()) line.addRaw("detail", r.result.detail.str());
+  }
+}
+
 void SmtpSession::runDataFilters() {
+  ctx_->queueId = incoming_->id();
   auto data = incoming_->data();
   ctx_->message = data ? data->bytes() : std::string_view();
   auto self = shared_from_this();
   filters::Env env{shared_.loop, shared_.resolver, cfg_.hostname};
   snap_->pipeline->run(filters::Stage::Data, ctx_, env, [self, data](filters::StageOutcome out) {
     self->ctx_->message = {};
+    self->logFilters(out.reports, filters::Stage::Data);
     if (self->closed_) return;
     self->commitMessage(std::move(out));
   });

@@ -65,6 +65,8 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   bool startTransactionData();
   void endOfData();
   void runDataFilters();
+  // One `filter` log line per filter result.
+  void logFilters(const std::vector<filters::FilterReport>& reports, filters::Stage stage) const;
   void commitMessage(filters::StageOutcome outcome);
   void resetTransaction();
   std::vector<filters::Header> gatewayHeaders(const filters::StageOutcome& outcome) const;

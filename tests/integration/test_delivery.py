@@ -69,9 +69,12 @@ class DeliveryTest(unittest.TestCase):
         deliver = m.wait_log(event="deliver", queue_id=qid)
         life = m.find_logs(queue_id=qid)
         events = [l["event"] for l in life]
-        self.assertEqual(events[0], "accept")
-        self.assertIn("deliver", events)
-        accept = life[0]
+        # filter results first (one line per filter), then accept, then delivery
+        first_accept = events.index("accept")
+        self.assertTrue(first_accept > 0 and set(events[:first_accept]) == {"filter"}, events)
+        self.assertGreater(events.index("deliver"), first_accept)
+        self.assertIn("mime", [l["filter"] for l in life if l["event"] == "filter"])
+        accept = life[first_accept]
         for field in ("ts", "level", "session", "client_ip", "helo", "from", "to", "size", "message_id"):
             self.assertIn(field, accept)
         self.assertEqual(accept["message_id"], "<byte-exact-1@sender.test>")
