@@ -157,7 +157,20 @@ std::shared_ptr<const MessageData> MessageData::map(const std::string& path, std
   }
   std::shared_ptr<MessageData> m(new MessageData());
   m->size_ = static_cast<size_t>(st.st_size);
-  if (m->size_ > 0) {
+  if (m->size_ > 0 && m->size_ <= kReadLimit) {
+    m->copy_.resize(m->size_);
+    size_t off = 0;
+    while (off < m->size_) {
+      ssize_t n = ::pread(fd, m->copy_.data() + off, m->size_ - off, static_cast<off_t>(off));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        error = n < 0 ? errnoError(errno, "read " + path) : "read " + path + ": file shrank";
+        ::close(fd);
+        return nullptr;
+      }
+      off += static_cast<size_t>(n);
+    }
+  } else if (m->size_ > 0) {
     void* a = ::mmap(nullptr, m->size_, PROT_READ, MAP_PRIVATE, fd, 0);
     if (a == MAP_FAILED) {
       error = errnoError(errno, "mmap " + path);
@@ -167,6 +180,13 @@ std::shared_ptr<const MessageData> MessageData::map(const std::string& path, std
     m->addr_ = a;
   }
   ::close(fd);
+  return m;
+}
+
+std::shared_ptr<const MessageData> MessageData::fromMemory(std::string bytes) {
+  std::shared_ptr<MessageData> m(new MessageData());
+  m->size_ = bytes.size();
+  m->copy_ = std::move(bytes);
   return m;
 }
 
@@ -273,6 +293,7 @@ struct SpoolFile {
 // only touches it inside work items, the loop only in after-callbacks.
 struct CommitJob {
   std::shared_ptr<SpoolFile> data;
+  std::shared_ptr<const std::string> memory;  // not yet written (small-message fast path)
   int envFd = -1;
   std::string envText, envTmp, dataDst, envDst;
   Area area = Area::Active;
@@ -284,6 +305,10 @@ struct CommitJob {
   }
   // The per-message part, in parallel on the pool: both files durable, then renamed.
   void prepare() {
+    if (memory) {
+      if (int err = data->ensureOpen()) return fail(errnoError(err, "create " + data->path));
+      if (int err = writeAll(data->fd, *memory, 0)) return fail(errnoError(err, "write " + data->path));
+    }
     if (::fsync(data->fd) != 0) return fail(errnoError(errno, "fsync " + data->path));
     envFd = ::open(envTmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (envFd < 0) return fail(errnoError(errno, "create " + envTmp));
@@ -433,10 +458,11 @@ void Spool::remove(const std::string& id, Done cb) {
   auto work = [envs, data]() -> std::string {
     bool found = false;
     for (auto& e : envs) {
+      // Not followed by a directory fsync: a removal lost in a crash can only bring a
+      // delivered message back for a duplicate delivery, never lose one, and syncing here
+      // would cost one disk flush per delivered message.
       if (::unlink(e.c_str()) == 0) {
         found = true;
-        std::string err = syncDir(e.substr(0, e.rfind('/')));
-        if (!err.empty()) return err;
       } else if (errno != ENOENT) {
         return errnoError(errno, "unlink " + e);
       }
@@ -573,6 +599,10 @@ void IncomingMessage::append(std::string_view data) {
 void IncomingMessage::pump() {
   if (inFlight_ != 0 || pending_.empty() || aborted_) return;
   if (error_ != 0) return pending_.clear();
+  if (pending_.size() < kWriteBatch && !finishing_) return;  // wait for more (or the end)
+  // The whole message fits in memory and nothing went to disk yet: keep it for the commit.
+  if (finishing_ && written_ == 0 && pending_.size() <= MessageData::kReadLimit) return;
+  fileTouched_ = true;
   auto chunk = std::make_shared<std::string>(std::move(pending_));
   pending_.clear();
   inFlight_ = chunk->size();
@@ -610,10 +640,21 @@ void IncomingMessage::finish(Done cb) {
 }
 
 void IncomingMessage::maybeFinish() {
-  if (!finishing_ || !finishCb_ || inFlight_ != 0 || !pending_.empty()) return;
+  if (!finishing_ || !finishCb_ || inFlight_ != 0) return;
+  if (!pending_.empty() && !(written_ == 0 && pending_.size() <= MessageData::kReadLimit)) return;
   Done cb = std::move(finishCb_);
   finishCb_ = nullptr;
   if (error_ != 0) return cb(false, errnoError(error_, "write " + id_));
+  if (written_ == 0) {
+    // Small message: no trip to the pool; the filters read this copy, the commit writes it.
+    auto bytes = std::make_shared<std::string>(std::move(pending_));
+    pending_.clear();
+    memory_ = bytes;
+    data_ = MessageData::fromMemory(*bytes);
+    finished_ = true;
+    return cb(true, "");
+  }
+  fileTouched_ = true;
   auto file = file_;
   auto result = std::make_shared<std::pair<std::shared_ptr<const MessageData>, std::string>>();
   auto self = shared_from_this();
@@ -641,6 +682,7 @@ void IncomingMessage::commit(Envelope env, Done cb) {
   env.generation = spool_->nextGeneration(id_);
   auto job = std::make_shared<CommitJob>();
   job->data = file_;
+  job->memory = std::move(memory_);
   job->envText = serializeEnvelope(env);
   job->envTmp = spool_->path("tmp", id_ + "." + std::to_string(env.generation) + ".env");
   job->dataDst = spool_->path("data", id_);
@@ -654,6 +696,8 @@ void IncomingMessage::abort() {
   if (committed_ || aborted_) return;
   aborted_ = true;
   pending_.clear();
+  memory_.reset();
+  if (!fileTouched_) return;  // nothing was ever written: no file to remove
   auto file = file_;
   mta::uv::queueWork(
       spool_->loop(), [file] { file->drop(); }, nullptr);

@@ -65,16 +65,24 @@ std::string errnoError(int err, std::string_view what);
 class MessageData {
  public:
   static std::shared_ptr<const MessageData> map(const std::string& path, std::string& error);
+  // A message still held in memory (small messages are written by the commit itself).
+  static std::shared_ptr<const MessageData> fromMemory(std::string bytes);
   ~MessageData();
   MessageData(const MessageData&) = delete;
   MessageData& operator=(const MessageData&) = delete;
-  std::string_view bytes() const { return {static_cast<const char*>(addr_), size_}; }
+  std::string_view bytes() const {
+    return addr_ ? std::string_view(static_cast<const char*>(addr_), size_) : std::string_view(copy_);
+  }
   uint64_t size() const { return size_; }
+  // Up to this size a message is read into memory rather than mapped: every munmap in a
+  // threaded process costs a TLB shootdown on the other cores, more than copying 4 KB.
+  static constexpr size_t kReadLimit = 256 * 1024;
 
  private:
   MessageData() = default;
   void* addr_ = nullptr;
   size_t size_ = 0;
+  std::string copy_;
 };
 
 struct RecoveryReport {
@@ -203,6 +211,13 @@ class IncomingMessage : public std::enable_shared_from_this<IncomingMessage> {
   std::function<void()> onDrain_;
   Done finishCb_;
   std::shared_ptr<const MessageData> data_;
+  // Small-message fast path: the whole message stayed in memory (nothing written yet);
+  // the commit job writes and fsyncs it in the same trip to the pool as the envelope.
+  std::shared_ptr<const std::string> memory_;
+  bool fileTouched_ = false;  // some pool job may have created the temp file
+  // Writes wait until this much is buffered (or the message ends), so a small message
+  // costs no separate write.
+  static constexpr size_t kWriteBatch = 64 * 1024;
 };
 
 }  // namespace moat::queue

@@ -315,7 +315,13 @@ void verifyMessage(const filters::Env& env, std::string_view message, std::share
   p->options = options;
   p->keepAlive = std::move(keepAlive);
   p->done = std::move(done);
-  if (names.empty() || !env.resolver) {
+  if (names.empty()) {
+    // No signature needs a key, so no crypto runs: unsigned mail (the common case) and
+    // signatures already refused are decided here without a trip to the thread pool.
+    p->done(verifyWithKeys(p->message, p->keys, p->options));
+    return;
+  }
+  if (!env.resolver) {
     runCrypto(env, p);
     return;
   }

@@ -54,16 +54,20 @@ class Writer {
   }
 
   void write(std::string line) {
+    bool wake;
     {
       std::lock_guard lock(mu_);
       if (pending_.size() + line.size() > kMaxBuffered) {
         ++dropped_;
         return;
       }
+      // The writer sleeps only on an empty buffer: waking it for every line would cost a
+      // futex call (and a thread switch) per line on the event loop.
+      wake = pending_.empty();
       pending_ += line;
       ++seq_;
     }
-    cv_.notify_one();
+    if (wake) cv_.notify_one();
   }
 
   void flush() {

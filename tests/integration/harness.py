@@ -230,10 +230,15 @@ max_lifetime = "{max_lifetime}"
     def start(self, expect_port=None):
         self._log_offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         self.proc = subprocess.Popen([MOAT_BIN, "serve", "-c", self.config_path], cwd=self.dir,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        ev = self.wait_log(event="listen", timeout=30, since_start=True)
-        self.port = ev["port"]
-        self.wait_log(event="start", timeout=10, since_start=True)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            ev = self.wait_log(event="listen", timeout=30, since_start=True)
+            self.port = ev["port"]
+            self.wait_log(event="start", timeout=10, since_start=True)
+        except BaseException:
+            self.proc.kill()  # never leave a daemon behind
+            self.proc.wait(10)
+            raise
         return self
 
     def logs(self, since_start=False):

@@ -20,8 +20,10 @@ SESSIONS = 50
 class DurabilityTest(unittest.TestCase):
     def test_kill9_loses_nothing_that_got_250(self):
         sink = Sink()
+        self.addCleanup(sink.stop)
         moat = Moat(routes=[("example.test", f"smtp:127.0.0.1:{sink.port}")], retry='["1s"]',
                     extra="\n[limits]\nmax_connections_per_ip = 1000\n")
+        self.addCleanup(moat.cleanup)
         acked = set()
         lock = threading.Lock()
         counter = iter(range(TOTAL))
@@ -82,8 +84,6 @@ class DurabilityTest(unittest.TestCase):
               f"partial files removed={report.get('removed_partial')}, corrupt={report.get('moved_corrupt')}, "
               f"not sent after kill={sent_after}")
         self.assertEqual(lost, set())
-        moat.cleanup()
-        sink.stop()
 
 
 if __name__ == "__main__":

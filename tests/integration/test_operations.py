@@ -46,7 +46,9 @@ class OperationsTest(unittest.TestCase):
 
     def test_sighup_broken_config_keeps_running_config(self):
         sink = Sink()
+        self.addCleanup(sink.stop)
         m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{sink.port}")])
+        self.addCleanup(m.cleanup)
         with open(m.config_path) as f:
             good = f.read()
         with open(m.config_path, "w") as f:
@@ -69,12 +71,12 @@ class OperationsTest(unittest.TestCase):
         s.mail("a@sender.test")
         self.assertEqual(s.rcpt("x@other.test")[0], 250)
         s.quit()
-        m.cleanup()
-        sink.stop()
 
     def test_sigterm_finishes_in_flight_transaction(self):
         sink = Sink()
+        self.addCleanup(sink.stop)
         m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{sink.port}")])
+        self.addCleanup(m.cleanup)
         s = m.smtp()
         s.ehlo()
         s.mail("a@sender.test")
@@ -90,14 +92,14 @@ class OperationsTest(unittest.TestCase):
         # the message is on disk and goes out at the next start
         m.start()
         sink.wait_messages(1)
-        m.cleanup()
-        sink.stop()
 
     def test_metrics_and_health(self):
         port = free_port()
         sink = Sink()
+        self.addCleanup(sink.stop)
         m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{sink.port}")],
                  extra="")
+        self.addCleanup(m.cleanup)
         m.stop()
         with open(m.config_path) as f:
             text = f.read()
@@ -116,8 +118,6 @@ class OperationsTest(unittest.TestCase):
         self.assertIn("moat_delivery_latency_seconds_count 1", body)
         health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
         self.assertEqual(health.status, 200)
-        m.cleanup()
-        sink.stop()
 
     def test_default_config_delivers_to_var_mail(self):
         # deploy/moat.toml as shipped, but on a free port and in a scratch copy of deploy/

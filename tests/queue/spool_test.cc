@@ -367,13 +367,26 @@ TEST_CASE("spool: receiving keeps memory bounded and the file byte-exact") {
 TEST_CASE("spool: an aborted or dropped message leaves no file") {
   Fixture f;
   {
+    // Larger than what is held in memory: it is on disk in tmp/ once finished.
     auto m = f.spool->create();
-    m->append("abc");
+    m->append(std::string(MessageData::kReadLimit + 1, 'a'));
     bool done = false;
     m->finish([&](bool, std::string) { done = true; });
     REQUIRE(f.loop.runUntil([&] { return done; }, 10000));
     REQUIRE(countFiles(f.p("tmp")) == 1);
   }  // dropped without commit
+  REQUIRE(f.loop.runUntil([&] { return countFiles(f.p("tmp")) == 0; }, 10000));
+  {
+    // A small message stays in memory until its commit: finished, but nothing on disk yet.
+    auto m = f.spool->create();
+    m->append("abc");
+    bool done = false, ok = false;
+    m->finish([&](bool k, std::string) { done = true; ok = k; });
+    REQUIRE(f.loop.runUntil([&] { return done; }, 10000));
+    REQUIRE(ok);
+    REQUIRE(m->data()->bytes() == "abc");
+    REQUIRE(countFiles(f.p("tmp")) == 0);
+  }
   REQUIRE(f.loop.runUntil([&] { return countFiles(f.p("tmp")) == 0; }, 10000));
   auto m = f.spool->create();
   m->append("abc");
