@@ -1,13 +1,32 @@
 #!/usr/bin/env bash
-# Builds Moat with its tests into build/ (Release, the same objects run.sh uses) and runs
-# the whole suite through ctest: Catch2 unit and conformance tests, then the integration
-# tests that start the real daemon on loopback. Extra arguments go to ctest (-R, -L ...).
+# Builds Moat with its tests and runs the whole suite through ctest:
+#   1. build/ (Release, the same objects run.sh uses): Catch2 unit and conformance tests,
+#      then the integration tests that start the real daemon on loopback;
+#   2. build-asan/ (AddressSanitizer + UndefinedBehaviorSanitizer): the unit and
+#      conformance tests again (MOAT_SKIP_ASAN=1 skips it);
+#   3. the SMTP command and DATA parsers under libFuzzer for FUZZ_SECONDS each (default 60;
+#      0 skips it), from the committed corpus.
+# Extra arguments go to the first ctest run (-R, -L ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/deps.sh
 moat_install_missing "${moat_build_packages[@]}" "${moat_test_packages[@]}"
 jobs=$(nproc)
+root=$(pwd)
+
+echo "== build (Release) and the whole suite"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOAT_TESTS=ON >/dev/null
 cmake --build build -j"$jobs"
-cd build
-ctest --output-on-failure -j"$jobs" "$@"
+(cd build && ctest --output-on-failure -j"$jobs" "$@")
+
+if [ "${MOAT_SKIP_ASAN:-0}" != 1 ]; then
+  echo "== unit and conformance tests under ASan/UBSan"
+  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOAT_TESTS=ON -DMOAT_SANITIZE=ON >/dev/null
+  cmake --build build-asan -j"$jobs"
+  (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j"$jobs" -E '^integration:')
+fi
+
+if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
+  echo "== fuzzing the SMTP parsers, ${FUZZ_SECONDS:-60}s each"
+  JOBS=$jobs "$root/tests/fuzz/run.sh" "${FUZZ_SECONDS:-60}"
+fi

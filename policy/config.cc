@@ -48,6 +48,7 @@ void readServer(Config& c, Section s) {
   c.logLevel = s.getEnum("log_level", "info", {"debug", "info", "warn", "error"});
   c.metricsListen = s.getString("metrics_listen", "");
   c.minFreeDisk = s.getSize("min_free_disk", c.minFreeDisk);
+  c.spoolSync = s.getEnum("spool_sync", "fsync", {"fsync", "syncfs"});
   if (!c.metricsListen.empty() && !mta::parseHostPort(c.metricsListen))
     s.error("metrics_listen", "expected HOST:PORT");
   if (c.hostname.empty() || c.hostname.find_first_of(" \t\r\n") != std::string::npos)

@@ -61,6 +61,7 @@ struct Config {
   std::string logLevel = "info";
   std::string metricsListen;  // empty = off
   uint64_t minFreeDisk = 100ull << 20;  // refuse mail (452 4.3.1) below this much free space
+  std::string spoolSync = "fsync";      // fsync (per file, batched directory syncs) | syncfs
 
   std::vector<Listener> listeners;
 

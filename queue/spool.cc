@@ -61,6 +61,16 @@ int writeAll(int fd, std::string_view data, uint64_t offset) {
   return 0;
 }
 
+// syncfs(2) of the file system holding `dir`: every dirty page and inode on it reaches disk.
+std::string syncFilesystem(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return errnoError(errno, "open " + dir);
+  int rc = ::syncfs(fd);
+  int err = errno;
+  ::close(fd);
+  return rc == 0 ? std::string() : errnoError(err, "syncfs " + dir);
+}
+
 // Writes `content` to a new file and fsyncs it.
 std::string writeDurable(const std::string& path, std::string_view content) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -304,17 +314,17 @@ struct CommitJob {
     if (envFd >= 0) ::close(envFd);
   }
   // The per-message part, in parallel on the pool: both files durable, then renamed.
-  void prepare() {
+  void prepare(bool durable = true) {
     if (memory) {
       if (int err = data->ensureOpen()) return fail(errnoError(err, "create " + data->path));
       if (int err = writeAll(data->fd, *memory, 0)) return fail(errnoError(err, "write " + data->path));
     }
-    if (::fsync(data->fd) != 0) return fail(errnoError(errno, "fsync " + data->path));
+    if (durable && ::fsync(data->fd) != 0) return fail(errnoError(errno, "fsync " + data->path));
     envFd = ::open(envTmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (envFd < 0) return fail(errnoError(errno, "create " + envTmp));
     if (int err = writeAll(envFd, envText, 0)) return fail(errnoError(err, "write " + envTmp));
-    if (::fsync(envFd) != 0) return fail(errnoError(errno, "fsync " + envTmp));
-    renameBoth();
+    if (durable && ::fsync(envFd) != 0) return fail(errnoError(errno, "fsync " + envTmp));
+    if (durable) renameBoth();  // SyncFs: renamed by the sync round, after its first syncfs
   }
   void renameBoth() {
     if (!error.empty()) return;
@@ -341,7 +351,7 @@ void Spool::startCommit(std::shared_ptr<CommitJob> job) {
   mta::uv::queueWork(
       loop_,
       [job, mode, dataDir, areaDir] {
-        job->prepare();
+        job->prepare(mode != CommitMode::SyncFs);
         if (mode != CommitMode::PerMessage || !job->error.empty()) return;
         std::string e = syncDir(dataDir);
         if (e.empty()) e = syncDir(areaDir);
@@ -366,13 +376,23 @@ void Spool::startSyncRound() {
   syncRunning_ = true;
   std::set<std::string> dirs{path("data", "")};
   for (auto& j : *batch) dirs.insert(path(areaName(j->area), ""));
+  bool syncfsMode = commitMode_ == CommitMode::SyncFs;
+  std::string root = dir_;
   auto self = shared_from_this();
   mta::uv::queueWork(
       loop_,
-      [batch, dirs] {
+      [batch, dirs, syncfsMode, root] {
         std::string e;
-        for (auto& d : dirs)
-          if (e.empty()) e = syncDir(d);
+        if (syncfsMode) {
+          // contents durable, then the names
+          e = syncFilesystem(root);
+          if (e.empty())
+            for (auto& j : *batch) j->renameBoth();
+          if (e.empty()) e = syncFilesystem(root);
+        } else {
+          for (auto& d : dirs)
+            if (e.empty()) e = syncDir(d);
+        }
         if (!e.empty())
           for (auto& j : *batch) j->fail(e);
       },

@@ -101,7 +101,13 @@ struct CommitJob;  // spool.cc: one message on its way into the queue
 //              renames finished before the round started, while the next batch gathers.
 //              (A syncfs(2)-per-batch variant was measured and dropped: on a file system
 //              shared with other writers it flushes their data too and ran 4x slower.)
-enum class CommitMode { PerMessage, Group };
+// PerMessage: every commit syncs alone. Group: each message fsyncs its own files in
+// parallel, the directory syncs are shared by the batch. SyncFs: the batch's files are
+// written without fsync, one syncfs(2) makes them durable, they are renamed into place and
+// a second syncfs makes the names durable: two flushes per batch instead of two per
+// message, but syncfs also flushes whatever else is dirty on that file system, so it suits
+// a spool on its own file system ([server] spool_sync = "syncfs").
+enum class CommitMode { PerMessage, Group, SyncFs };
 
 class Spool : public std::enable_shared_from_this<Spool> {
  public:

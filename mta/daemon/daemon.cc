@@ -58,6 +58,7 @@ int serve(const std::string& configPath) {
     std::fprintf(stderr, "moat: spool %s: %s\n", cfg.spoolDir.c_str(), error.c_str());
     return 1;
   }
+  spool->setCommitMode(cfg.spoolSync == "syncfs" ? queue::CommitMode::SyncFs : queue::CommitMode::Group);
   queue::RecoveryReport report;
   auto recovered = spool->recover(report);
   log::info("spool_recovered")

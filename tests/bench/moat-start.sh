@@ -2,7 +2,8 @@
 # Starts Moat for ../../../shared/bench/relay-bench.sh: listens on 127.0.0.1:$MTA_PORT and
 # relays everything to 127.0.0.1:$SINK_PORT, with the same durability as the peers (the
 # 250 after DATA only once the message is fsynced). Fresh spool on every start.
-# Knobs: MOAT_BIN (default build/moat of this checkout), MOAT_BENCH_DIR, MOAT_BENCH_EXTRA
+# Knobs: MOAT_BIN (default build/moat of this checkout), MOAT_BENCH_DIR, MOAT_SPOOL_SYNC (fsync|syncfs),
+# MOAT_BENCH_EXTRA
 # (extra TOML appended, e.g. filter sections).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,6 +18,7 @@ spool_dir = "spool"
 control_socket = "moat.sock"
 log_file = "moat.log"
 min_free_disk = "1M"
+spool_sync = "${MOAT_SPOOL_SYNC:-fsync}"
 
 [[listener]]
 address = "127.0.0.1:${MTA_PORT:-2525}"

@@ -424,3 +424,37 @@ TEST_CASE("spool: a full disk is a clean, typed error (RLIMIT_FSIZE → EFBIG)")
   REQUIRE(f.loop.runUntil([&] { return countFiles(f.p("tmp")) == 0; }, 10000));
   REQUIRE(f.spool->freeBytes() > 0);
 }
+
+TEST_CASE("spool: syncfs group commit makes every message durable and recoverable") {
+  Fixture f;
+  f.spool->setCommitMode(CommitMode::SyncFs);
+  constexpr int kMessages = 40;
+  int ok = 0, done = 0;
+  std::vector<std::shared_ptr<IncomingMessage>> msgs;
+  for (int i = 0; i < kMessages; ++i) {
+    auto m = f.spool->create();
+    m->append("Subject: " + std::to_string(i) + "\r\n\r\nbody\r\n");
+    msgs.push_back(m);
+    m->finish([&, m, i](bool finished, std::string) {
+      REQUIRE(finished);
+      Envelope env;
+      env.mailFrom = "a@b.test";
+      env.rcpts.push_back(Recipient{"r" + std::to_string(i) + "@example.test"});
+      m->commit(env, [&](bool k, std::string) {
+        ok += k;
+        ++done;
+      });
+    });
+  }
+  REQUIRE(f.loop.runUntil([&] { return done == kMessages; }, 20000));
+  REQUIRE(ok == kMessages);
+  REQUIRE(countFiles(f.p("tmp")) == 0);
+  RecoveryReport report;
+  auto envs = f.spool->recover(report);
+  REQUIRE(envs.size() == static_cast<size_t>(kMessages));
+  REQUIRE(report.movedCorrupt == 0);
+  std::string error;
+  auto data = f.spool->openData(envs.front().id, error);
+  REQUIRE(data);
+  REQUIRE(data->bytes().find("body") != std::string_view::npos);
+}
