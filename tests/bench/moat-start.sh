@@ -3,7 +3,8 @@
 # relays everything to 127.0.0.1:$SINK_PORT, with the same durability as the peers (the
 # 250 after DATA only once the message is fsynced). Fresh spool on every start.
 # Knobs: MOAT_BIN (default build/moat of this checkout), MOAT_BENCH_DIR, MOAT_SPOOL_SYNC (fsync|syncfs),
-# MOAT_BENCH_EXTRA
+# MOAT_BENCH_NETWORKS / MOAT_BENCH_DOMAINS (TOML list items for [relay]; an empty networks list
+# makes the load generator an inbound client, so SPF and DMARC apply), MOAT_BENCH_EXTRA
 # (extra TOML appended, e.g. filter sections).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,7 +25,8 @@ spool_sync = "${MOAT_SPOOL_SYNC:-fsync}"
 address = "127.0.0.1:${MTA_PORT:-2525}"
 
 [relay]
-networks = ["127.0.0.0/8"]
+networks = [${MOAT_BENCH_NETWORKS-"127.0.0.0/8"}]
+domains = [${MOAT_BENCH_DOMAINS:-}]
 
 [limits]
 max_connections_per_ip = 1000
