@@ -32,7 +32,7 @@ std::string dirOf(const std::string& path) {
 
 // Sections read by parts of Moat other than this file; anything else at the top is a typo.
 const std::set<std::string> kOtherSections = {"spf", "dkim", "dmarc", "antivirus", "rules", "mime",
-                                              "attachments", "quarantine", "auth", "connection"};
+                                              "attachments", "auth", "connection"};
 
 std::string defaultHostname() {
   char buf[256] = {0};
@@ -157,6 +157,11 @@ void readQueue(Config& c, Section s) {
   s.rejectUnknownKeys();
 }
 
+void readQuarantine(Config& c, Section s) {
+  c.quarantineRetention = s.getDuration("retention", c.quarantineRetention);
+  s.rejectUnknownKeys();
+}
+
 }  // namespace
 
 std::string RouteTarget::str() const {
@@ -237,7 +242,8 @@ std::shared_ptr<const Config> loadConfig(const std::string& path, Errors& errors
   }
   c->toml = std::make_shared<const toml::table>(std::move(table));
 
-  static const std::set<std::string> kCore = {"server", "listener", "dns", "relay", "limits", "route", "queue"};
+  static const std::set<std::string> kCore = {"server", "listener", "dns",   "relay",
+                                              "limits", "route",    "queue", "quarantine"};
   for (const auto& [k, v] : *c->toml) {
     std::string key(k.str());
     if (!kCore.count(key) && !kOtherSections.count(key))
@@ -251,6 +257,7 @@ std::shared_ptr<const Config> loadConfig(const std::string& path, Errors& errors
   readLimits(*c, c->section("limits", errors));
   for (auto& s : c->sectionArray("route", errors)) readRoute(*c, std::move(s));
   readQueue(*c, c->section("queue", errors));
+  readQuarantine(*c, c->section("quarantine", errors));
 
   if (c->listeners.empty()) errors.error(c->path, 0, "no [[listener]]: Moat would accept no mail");
   if (errors.hasErrors()) return nullptr;

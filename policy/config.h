@@ -95,6 +95,9 @@ struct Config {
   Millis connectTimeout{std::chrono::seconds(30)};
   Millis replyTimeout{std::chrono::minutes(5)};
 
+  // [quarantine]
+  Millis quarantineRetention{std::chrono::hours(24 * 30)};  // then removed, with a log line
+
   // The parsed file, for the sections other parts read.
   std::shared_ptr<const toml::table> toml;
 

@@ -1,6 +1,9 @@
 // filters/antivirus/antivirus_filter.cc — see antivirus_filter.h.
 #include "filters/antivirus/antivirus_filter.h"
 
+#include <map>
+#include <mutex>
+
 #include "mta/runtime/log.h"
 
 namespace moat::filters::antivirus {
@@ -45,9 +48,31 @@ Result resultFor(const ScanResult& scan, const FilterConfig& config) {
   return r;
 }
 
-AntivirusFilter::AntivirusFilter(FilterConfig config)
-    : config_(std::move(config)), scanner_(std::make_shared<Scanner>(config_.databaseDir, config_.limits)) {
-  scanner_->reloadInBackground();
+namespace {
+
+// Scanners in use, by database folder and limits. A config reload (SIGHUP) with the same
+// antivirus settings gets the running scanner back, engine loaded, instead of loading a
+// new engine (seconds with the full ClamAV databases, with 451 replies until it is ready);
+// the reload then only re-reads the databases if their files changed.
+std::shared_ptr<Scanner> sharedScanner(const FilterConfig& c) {
+  static std::mutex mu;
+  static std::map<std::string, std::weak_ptr<Scanner>> live;
+  const auto& l = c.limits;
+  std::string key = c.databaseDir + "|" + std::to_string(l.maxScanSize) + "|" + std::to_string(l.maxFileSize) + "|" +
+                    std::to_string(l.maxRecursion) + "|" + std::to_string(l.maxFiles) + "|" +
+                    std::to_string(l.maxScanTimeMs);
+  std::lock_guard<std::mutex> lock(mu);
+  for (auto it = live.begin(); it != live.end();) it = it->second.expired() ? live.erase(it) : std::next(it);
+  if (auto s = live[key].lock()) return s;
+  auto s = std::make_shared<Scanner>(c.databaseDir, c.limits);
+  live[key] = s;
+  return s;
+}
+
+}  // namespace
+
+AntivirusFilter::AntivirusFilter(FilterConfig config) : config_(std::move(config)), scanner_(sharedScanner(config_)) {
+  scanner_->reloadInBackground();  // the first load, or a check for changed database files
 }
 
 void AntivirusFilter::run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const {

@@ -205,7 +205,8 @@ QueueManager::QueueManager(uv_loop_t* loop, std::shared_ptr<queue::Spool> spool,
       resolver_(resolver),
       snap_(std::move(snapshot)),
       sched_(retryPolicy(*snap_->config)),
-      timer_(loop) {}
+      timer_(loop),
+      housekeeping_(loop) {}
 
 void QueueManager::reload(std::shared_ptr<const server::Snapshot> snapshot) {
   snap_ = std::move(snapshot);
@@ -224,6 +225,25 @@ void QueueManager::start(std::vector<queue::Envelope> recovered) {
   }
   updateGauges();
   armTimer();
+  // A quarter of the retention, between 1 s and 1 min: precise enough, and the sweep is cheap.
+  int64_t every = std::clamp<int64_t>(snap_->config->quarantineRetention.count() / 4, 1000, 60'000);
+  housekeeping_.startRepeat(static_cast<uint64_t>(every), [this] { expireQuarantine(); });
+  expireQuarantine();
+}
+
+void QueueManager::expireQuarantine() {
+  int64_t now = nowMs();
+  int64_t retention = snap_->config->quarantineRetention.count();
+  std::vector<std::string> old;
+  for (const auto& [id, e] : entries_)
+    if (e.env.area == queue::Area::Quarantine && !e.busy && now >= e.env.arrivalMs + retention) old.push_back(id);
+  for (const auto& id : old) {
+    const auto& env = entries_.at(id).env;
+    log::info("quarantine_expired").add("queue_id", id).add("message_id", env.messageId).add("from", env.mailFrom)
+        .add("reason", env.quarantineReason).add("delay_ms", now - env.arrivalMs);
+    retire(id, false);
+  }
+  if (!old.empty()) updateGauges();
 }
 
 void QueueManager::enqueue(const queue::Envelope& env) {
@@ -818,6 +838,7 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
 void QueueManager::drain(std::function<void()> done) {
   draining_ = true;
   timer_.stop();
+  housekeeping_.stop();
   for (auto& [key, d] : destinations_) {
     for (auto& c : d->idle) c.client->quit();
     d->active -= static_cast<unsigned>(d->idle.size());

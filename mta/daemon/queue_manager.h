@@ -83,6 +83,8 @@ class QueueManager {
   void sendDsn(const queue::Envelope& env, const std::vector<size_t>& rcpts, bool delay,
                std::shared_ptr<const queue::MessageData> data);
   void updateGauges();
+  // Removes quarantined messages older than [quarantine] retention (log: quarantine_expired).
+  void expireQuarantine();
 
   // Destinations (connection pools)
   void submit(const std::string& key, std::shared_ptr<Job> job);
@@ -108,6 +110,7 @@ class QueueManager {
   std::function<void()> drained_;
   static constexpr uint64_t kDrainGraceMs = 20'000;
   std::unique_ptr<uv::Timer> graceTimer_;
+  uv::Timer housekeeping_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 

@@ -240,6 +240,18 @@ class ContentFiltersTest(unittest.TestCase):
         self.assertIn("invoice.pdf.exe", held[0].get("reason", ""))
         self.assertEqual(self.sink.messages, [])
 
+    def test_quarantine_retention_removes_old_messages(self):
+        m = self.start('\n[attachments]\nblock_extensions = ["exe"]\naction = "quarantine"\n'
+                       '\n[quarantine]\nretention = "2s"\n')
+        code, reply, qid = self.send(with_attachment("kept for a while", "setup.exe", b"MZ"))
+        self.assertEqual(code, 250, reply)
+        wait_for(lambda: [x for x in self.quarantined() if x["id"] == qid], 10, what="the message in the quarantine")
+        ev = m.wait_log(event="quarantine_expired", queue_id=qid, timeout=15)
+        self.assertIn("setup.exe", ev["reason"])
+        self.assertGreaterEqual(ev["delay_ms"], 2000)
+        self.assertEqual(self.quarantined(), [])
+        self.assertEqual(self.sink.messages, [])
+
     def test_strip_is_refused_at_start(self):
         """`strip` is not implemented: the daemon must refuse the config, never run unprotected."""
         self.moat = Moat(extra='\n[attachments]\nblock_extensions = ["exe"]\naction = "strip"\n', start=False)

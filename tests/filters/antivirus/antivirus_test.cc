@@ -295,3 +295,26 @@ TEST_CASE("the antivirus filter: reject, quarantine, clean, no database turns it
   REQUIRE(bad.str().find("moat.toml:5:") != std::string::npos);
   REQUIRE(bad.str().find("moat.toml:6:") != std::string::npos);
 }
+
+TEST_CASE("a config reload with the same antivirus settings keeps the loaded engine") {
+  TempDir dir;
+  mkdir((dir.path + "/clamav").c_str(), 0700);
+  dir.write("clamav/moat-test.ndb", signatureDb());
+  moat::policy::Errors errors;
+  auto first = makeAntivirusFilter(*writeConfig(dir, "[antivirus]\ndatabase_dir = \"clamav\"\n"), errors);
+  REQUIRE(first);
+  first->scanner().waitIdle();
+  auto engine = first->scanner().engine();
+  REQUIRE(engine);
+  // SIGHUP builds a new filter: same settings, so the same scanner and the same engine
+  auto second = makeAntivirusFilter(*writeConfig(dir, "[antivirus]\ndatabase_dir = \"clamav\"\naction = \"quarantine\"\n"), errors);
+  REQUIRE(&second->scanner() == &first->scanner());
+  second->scanner().waitIdle();
+  REQUIRE(second->scanner().engine() == engine);
+  // different limits: a scanner of its own
+  auto third = makeAntivirusFilter(*writeConfig(dir, "[antivirus]\ndatabase_dir = \"clamav\"\nmax_files = 5\n"), errors);
+  REQUIRE(&third->scanner() != &first->scanner());
+  third->scanner().waitIdle();
+  INFO(errors.str());
+  REQUIRE_FALSE(errors.hasErrors());
+}
