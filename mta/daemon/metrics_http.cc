@@ -57,7 +57,7 @@ bool MetricsHttp::start(const std::string& hostPort, std::string& error) {
                                                  : respond("503 Service Unavailable", "text/plain", "unhealthy\n");
                               respond("404 Not Found", "text/plain", "not found\n");
                             },
-                            [this, key](const std::string&) { conns_.erase(key); }});
+                            [this, key](const std::string&) { conns_.erase(key); }, nullptr});
         conn->startReading();
       },
       error);

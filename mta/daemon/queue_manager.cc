@@ -302,17 +302,34 @@ void QueueManager::deliver(Entry& entry) {
   auto attempt = std::make_shared<Attempt>();
   attempt->id = entry.env.id;
   attempt->env = entry.env;
-  std::string error;
-  attempt->data = spool_->openData(entry.env.id, error);
+  loadData(attempt->id, [this, attempt](std::shared_ptr<const queue::MessageData> data, std::string error) {
+    attempt->data = std::move(data);
+    route(attempt, error);
+  });
+}
+
+void QueueManager::loadData(const std::string& id, DataLoaded done) {
+  // Reading the spool file is disk I/O: on the pool, never on the loop.
+  auto result = std::make_shared<std::pair<std::shared_ptr<const queue::MessageData>, std::string>>();
+  auto spool = spool_;
+  auto alive = alive_;
+  uv::queueWork(
+      loop_, [spool, id, result] { result->first = spool->openData(id, result->second); },
+      [alive, result, done = std::move(done)] {
+        if (*alive) done(std::move(result->first), std::move(result->second));
+      });
+}
+
+void QueueManager::route(std::shared_ptr<Attempt> attempt, const std::string& error) {
   if (!attempt->data) {
-    log::error("spool_error").add("queue_id", entry.env.id).add("error", error);
+    log::error("spool_error").add("queue_id", attempt->id).add("error", error);
     for (size_t i = 0; i < attempt->env.rcpts.size(); ++i)
       if (attempt->env.rcpts[i].status == queue::RcptStatus::Pending)
         attempt->outcomes[i] = {RcptOutcome::Kind::Deferred, "451 4.3.0 queue file unreadable: " + error, "", ""};
     finishAttempt(attempt);
     return;
   }
-  attempt->prefix = serializeHeaders(entry.env.headers);
+  attempt->prefix = serializeHeaders(attempt->env.headers);
   const auto& cfg = *snap_->config;
   // Group the pending recipients by route, and by domain for MX routes.
   std::map<std::pair<int, std::string>, std::vector<size_t>> groups;
@@ -975,22 +992,26 @@ void QueueManager::bounce(const std::string& id, std::function<void(std::string)
   auto it = entries_.find(id);
   if (it == entries_.end()) return reply(mta::JsonObject().add("ok", false).add("error", "no such message: " + id).str());
   if (it->second.busy) return reply(mta::JsonObject().add("ok", false).add("error", "message is being delivered").str());
-  auto& env = it->second.env;
-  std::vector<size_t> failed;
-  for (size_t i = 0; i < env.rcpts.size(); ++i) {
-    auto& r = env.rcpts[i];
-    if (r.status != queue::RcptStatus::Pending) continue;
-    r.status = queue::RcptStatus::Failed;
-    r.lastReply = "5.0.0 returned to sender by the administrator" + (r.lastReply.empty() ? "" : "; last error: " + r.lastReply);
-    failed.push_back(i);
-    log::info("bounce").add("queue_id", id).add("to", r.address).add("reply", r.lastReply);
-  }
-  std::string error;
-  auto data = spool_->openData(id, error);
-  sendDsn(env, failed, false, data);
-  retire(id, false);
-  updateGauges();
-  reply(mta::JsonObject().add("ok", true).add("id", id).add("bounced", static_cast<uint64_t>(failed.size())).str());
+  // The DSN quotes the message: read it first (off the loop), then decide.
+  loadData(id, [this, id, reply](std::shared_ptr<const queue::MessageData> data, std::string) {
+    auto it = entries_.find(id);
+    if (it == entries_.end()) return reply(mta::JsonObject().add("ok", false).add("error", "no such message: " + id).str());
+    if (it->second.busy) return reply(mta::JsonObject().add("ok", false).add("error", "message is being delivered").str());
+    auto& env = it->second.env;
+    std::vector<size_t> failed;
+    for (size_t i = 0; i < env.rcpts.size(); ++i) {
+      auto& r = env.rcpts[i];
+      if (r.status != queue::RcptStatus::Pending) continue;
+      r.status = queue::RcptStatus::Failed;
+      r.lastReply = "5.0.0 returned to sender by the administrator" + (r.lastReply.empty() ? "" : "; last error: " + r.lastReply);
+      failed.push_back(i);
+      log::info("bounce").add("queue_id", id).add("to", r.address).add("reply", r.lastReply);
+    }
+    sendDsn(env, failed, false, data);
+    retire(id, false);
+    updateGauges();
+    reply(mta::JsonObject().add("ok", true).add("id", id).add("bounced", static_cast<uint64_t>(failed.size())).str());
+  });
 }
 
 }  // namespace moat::mta::daemon

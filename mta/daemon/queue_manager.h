@@ -72,6 +72,10 @@ class QueueManager {
   void armTimer();
   void tick();
   void deliver(Entry& entry);
+  using DataLoaded = std::function<void(std::shared_ptr<const queue::MessageData>, std::string error)>;
+  void loadData(const std::string& id, DataLoaded done);
+  // Groups the pending recipients by route and starts each group (data loaded, or `error`).
+  void route(std::shared_ptr<Attempt> attempt, const std::string& error);
   void deliverGroup(std::shared_ptr<Attempt> attempt, const policy::Route* route, const std::string& domain,
                     std::vector<size_t> rcpts);
   void deliverMaildir(std::shared_ptr<Attempt> attempt, const std::string& dir, std::vector<size_t> rcpts);

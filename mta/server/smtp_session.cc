@@ -72,6 +72,13 @@ std::string findMessageId(std::string_view msg) {
   return "";
 }
 
+// "550 5.7.1 text", as the `reply` log field shows a reply.
+std::string replyLine(int code, std::string_view enhanced, std::string_view text) {
+  return std::to_string(code) + " " + std::string(enhanced) + " " + std::string(text);
+}
+
+void countRefusal(int code) { code >= 500 ? ++metrics().messagesRejected : ++metrics().messagesTempFailed; }
+
 bool isPostmaster(std::string_view address) {
   return address.size() == 10 && iequalsPrefix(address, "postmaster");
 }
@@ -111,6 +118,7 @@ void SmtpSession::start() {
       [weak](const std::string& error) {
         if (auto s = weak.lock()) s->onClosed(error);
       },
+      nullptr,  // onDrain: replies are small; reading is paused for the spool instead
   });
   log::info("connect")
       .add("session", id_)
@@ -335,14 +343,9 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
     self->txScore_ += out.score;
     if (out.verdict == filters::Verdict::Reject || out.verdict == filters::Verdict::TempFail ||
         out.verdict == filters::Verdict::Disconnect) {
-      log::info("reject")
-          .add("session", self->id_)
-          .add("client_ip", self->ctx_->clientIp.str())
-          .add("helo", self->helo_)
-          .add("from", self->ctx_->mailFrom)
-          .add("reply", std::to_string(out.code) + " " + out.enhanced + " " + out.text)
-          .add("stage", "mail")
-          .addRaw("filters", out.logJson());
+      auto line = log::info("reject");
+      self->rejectFields(line, "mail", replyLine(out.code, out.enhanced, out.text));
+      line.addRaw("filters", out.logJson());
       self->inTransaction_ = false;
       if (out.verdict == filters::Verdict::Disconnect) {
         self->closeWith(out.code, out.enhanced, out.text);
@@ -378,14 +381,9 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
   std::string domain = smtp::domainOf(address);
   bool ok = cfg_.isRelayDomain(domain) || ctx_->fromRelayNetwork || ctx_->authenticated;
   if (!ok) {
-    log::info("reject")
-        .add("session", id_)
-        .add("client_ip", ctx_->clientIp.str())
-        .add("helo", helo_)
-        .add("from", ctx_->mailFrom)
-        .add("to", address)
-        .add("reply", "554 5.7.1 Relay access denied")
-        .add("stage", "rcpt");
+    auto line = log::info("reject");
+    rejectFields(line, "rcpt", "554 5.7.1 Relay access denied");
+    line.add("to", address);
     reply(554, "5.7.1", "<" + address + ">: Relay access denied");
     return;
   }
@@ -503,6 +501,11 @@ void SmtpSession::feedBdat() {
   endOfData();
 }
 
+void SmtpSession::rejectFields(log::Line& line, std::string_view stage, const std::string& reply) const {
+  line.add("session", id_).add("client_ip", ctx_->clientIp.str()).add("helo", helo_).add("from", ctx_->mailFrom)
+      .add("reply", reply).add("stage", std::string(stage));
+}
+
 void SmtpSession::appendMessage(std::string_view bytes) {
   scrubbed_.clear();
   scrubber_->feed(bytes, scrubbed_);
@@ -511,15 +514,12 @@ void SmtpSession::appendMessage(std::string_view bytes) {
 
 void SmtpSession::endOfData() {
   auto fail = [&](int code, const char* enh, const std::string& text) {
-    log::info("reject")
-        .add("session", id_)
-        .add("client_ip", ctx_->clientIp.str())
-        .add("helo", helo_)
-        .add("from", ctx_->mailFrom)
-        .add("to", ctx_->rcpts)
-        .add("reply", std::to_string(code) + " " + enh + " " + text)
-        .add("stage", "data");
-    code >= 500 ? ++metrics().messagesRejected : ++metrics().messagesTempFailed;
+    {
+      auto line = log::info("reject");
+      rejectFields(line, "data", replyLine(code, enh, text));
+      line.add("to", ctx_->rcpts);
+    }
+    countRefusal(code);
     reply(code, enh, text);
     resetTransaction();
   };
@@ -611,18 +611,15 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
 
   if (outcome.verdict == filters::Verdict::Reject || outcome.verdict == filters::Verdict::TempFail ||
       outcome.verdict == filters::Verdict::Disconnect) {
-    log::info("reject")
-        .add("session", id_)
-        .add("client_ip", ctx_->clientIp.str())
-        .add("helo", helo_)
-        .add("from", ctx_->mailFrom)
-        .add("to", ctx_->rcpts)
-        .add("size", incoming_->size())
-        .add("reply", std::to_string(outcome.code) + " " + outcome.enhanced + " " + outcome.text)
-        .add("stage", "data")
-        .add("verdict", std::string(filters::verdictName(outcome.verdict)))
-        .addRaw("filters", filtersJson);
-    outcome.code >= 500 ? ++metrics().messagesRejected : ++metrics().messagesTempFailed;
+    {
+      auto line = log::info("reject");
+      rejectFields(line, "data", replyLine(outcome.code, outcome.enhanced, outcome.text));
+      line.add("to", ctx_->rcpts)
+          .add("size", incoming_->size())
+          .add("verdict", std::string(filters::verdictName(outcome.verdict)))
+          .addRaw("filters", filtersJson);
+    }
+    countRefusal(outcome.code);
     resetTransaction();
     if (outcome.verdict == filters::Verdict::Disconnect) {
       closeWith(outcome.code, outcome.enhanced, outcome.text);

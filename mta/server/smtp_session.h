@@ -20,6 +20,7 @@
 #include "filters/filter.h"
 #include "filters/pipeline.h"
 #include "mta/net/connection.h"
+#include "mta/runtime/log.h"
 #include "mta/runtime/uv.h"
 #include "mta/server/smtp_server.h"
 #include "mta/smtp/data_decoder.h"
@@ -65,6 +66,8 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   bool startTransactionData();
   void endOfData();
   void runDataFilters();
+  // The fields every `reject` log line carries; each refusal adds its own after them.
+  void rejectFields(log::Line& line, std::string_view stage, const std::string& reply) const;
   // One `filter` log line per filter result.
   void logFilters(const std::vector<filters::FilterReport>& reports, filters::Stage stage) const;
   void commitMessage(filters::StageOutcome outcome);
