@@ -12,6 +12,8 @@ BIN=${MOAT_BIN:-$HERE/../../build/moat}
 DIR=${MOAT_BENCH_DIR:-/tmp/bench-moat}
 case "$DIR" in /tmp/bench-*) ;; *) echo "MOAT_BENCH_DIR must be under /tmp/bench-*" >&2; exit 2;; esac
 rm -rf "$DIR"; mkdir -p "$DIR"
+# Outside the here-document: quotes inside ${VAR-word} are removed there.
+NETWORKS=${MOAT_BENCH_NETWORKS-'"127.0.0.0/8"'}
 cat > "$DIR/moat.toml" <<CF
 [server]
 hostname = "moat.bench.example"
@@ -25,7 +27,7 @@ spool_sync = "${MOAT_SPOOL_SYNC:-fsync}"
 address = "127.0.0.1:${MTA_PORT:-2525}"
 
 [relay]
-networks = [${MOAT_BENCH_NETWORKS-"127.0.0.0/8"}]
+networks = [$NETWORKS]
 domains = [${MOAT_BENCH_DOMAINS:-}]
 
 [limits]
