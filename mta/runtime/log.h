@@ -1,8 +1,9 @@
 // mta/runtime/log.h — the JSON-lines log (CONTRACT.md, Logs). Logs are an API: one object a
 // line, every line with `ts` (RFC 3339 UTC, milliseconds), `level` and `event`; the other
 // fields are the ones CONTRACT.md names. Writing never blocks the caller: lines go into a
-// bounded in-memory buffer that a writer thread drains; if the disk stalls long enough for
-// the buffer to fill, lines are dropped and the count of drops is logged once it drains.
+// bounded in-memory buffer that a writer thread drains every 25 ms (sooner for a backlog, or
+// on flush()); if the disk stalls long enough for the buffer to fill, lines are dropped and
+// the count of drops is logged once it drains.
 //
 // Usage:  log::info("connect").add("session", id).add("client_ip", ip);   // written at ';'
 #pragma once
