@@ -348,6 +348,13 @@ void Spool::startCommit(std::shared_ptr<CommitJob> job) {
   auto self = shared_from_this();
   CommitMode mode = commitMode_;
   std::string dataDir = path("data", ""), areaDir = path(areaName(job->area), "");
+  if (mode == CommitMode::SyncFs) {
+    // Nothing per message needs the pool: the sync round writes the whole batch, so a
+    // batch costs one trip to the pool instead of one per message.
+    pendingSync_.push_back(std::move(job));
+    if (!syncRunning_) startSyncRound();
+    return;
+  }
   mta::uv::queueWork(
       loop_,
       [job, mode, dataDir, areaDir] {
@@ -384,7 +391,9 @@ void Spool::startSyncRound() {
       [batch, dirs, syncfsMode, root] {
         std::string e;
         if (syncfsMode) {
-          // contents durable, then the names
+          // written, contents durable, then the names (a job that failed to write has its
+          // error set and is neither renamed nor acknowledged)
+          for (auto& j : *batch) j->prepare(false);
           e = syncFilesystem(root);
           if (e.empty())
             for (auto& j : *batch) j->renameBoth();
@@ -407,6 +416,8 @@ void Spool::startSyncRound() {
 // ---- per-id serialized operations ------------------------------------------------------
 
 void Spool::serialize(const std::string& id, std::function<std::string()> work, Done cb) {
+  // A message in a removal round is gone: nothing may write an envelope for it again.
+  if (removing_.count(id)) return cb(false, "not found: " + id + " is being removed");
   auto& q = ops_[id];
   q.push_back({std::move(work), std::move(cb)});
   if (q.size() == 1) runNext(id);
@@ -469,33 +480,82 @@ void Spool::move(const Envelope& envIn, Area to, Done cb) {
   serialize(env.id, std::move(work), std::move(cb));
 }
 
-void Spool::remove(const std::string& id, Done cb) {
+// Unlinks one message's files: envelope first (the commit point), then the data. `area`,
+// when known, is tried first so a delivered message costs two unlinks, not four.
+static std::string removeFiles(const std::vector<std::string>& envs, const std::string& data, size_t first) {
+  bool found = false;
+  for (size_t k = 0; k < envs.size(); ++k) {
+    const auto& e = envs[(first + k) % envs.size()];
+    // Not followed by a directory fsync: a removal lost in a crash can only bring a
+    // delivered message back for a duplicate delivery, never lose one, and syncing here
+    // would cost one disk flush per delivered message.
+    if (::unlink(e.c_str()) == 0) {
+      found = true;
+      // At run time an envelope is in one area only (move() unlinks the stale copy
+      // before it reports done), so the others need no look.
+      if (first < envs.size()) break;
+    } else if (errno != ENOENT) {
+      return errnoError(errno, "unlink " + e);
+    }
+  }
+  // The envelope is gone for good: a data file left by a crash here is an orphan that
+  // recovery deletes.
+  if (::unlink(data.c_str()) != 0 && errno != ENOENT) return errnoError(errno, "unlink " + data);
+  return found ? std::string() : "not found: " + envs[0];
+}
+
+void Spool::remove(const std::string& id, Done cb, std::optional<Area> area) {
+  if (!cb) cb = [](bool, std::string) {};
   if (!validId(id)) return cb(false, "not found: bad queue id");
   std::vector<std::string> envs;
-  for (Area a : kAreas) envs.push_back(path(areaName(a), id));
+  size_t first = std::size(kAreas);  // "unknown": try every area
+  for (size_t i = 0; i < std::size(kAreas); ++i) {
+    envs.push_back(path(areaName(kAreas[i]), id));
+    if (area && kAreas[i] == *area) first = i;
+  }
   std::string data = path("data", id);
+  if (!ops_.count(id)) {
+    // Nothing else pending on this id: join the next removal round, one trip to the pool
+    // for every message removed meanwhile.
+    removing_.insert(id);
+    pendingRemovals_.push_back(Removal{id, std::move(envs), std::move(data), first, std::move(cb)});
+    if (!removalRunning_) startRemovalRound();
+    return;
+  }
   auto self = shared_from_this();
-  auto work = [envs, data]() -> std::string {
-    bool found = false;
-    for (auto& e : envs) {
-      // Not followed by a directory fsync: a removal lost in a crash can only bring a
-      // delivered message back for a duplicate delivery, never lose one, and syncing here
-      // would cost one disk flush per delivered message.
-      if (::unlink(e.c_str()) == 0) {
-        found = true;
-      } else if (errno != ENOENT) {
-        return errnoError(errno, "unlink " + e);
-      }
-    }
-    // The envelope is gone for good: a data file left by a crash here is an orphan that
-    // recovery deletes.
-    if (::unlink(data.c_str()) != 0 && errno != ENOENT) return errnoError(errno, "unlink " + data);
-    return found ? std::string() : "not found: " + envs[0];
-  };
+  auto work = [envs, data, first]() -> std::string { return removeFiles(envs, data, first); };
   serialize(id, std::move(work), [self, id, cb = std::move(cb)](bool ok, std::string e) {
     if (!self->ops_.count(id)) self->generations_.erase(id);
     cb(ok, std::move(e));
   });
+}
+
+void Spool::startRemovalRound() {
+  auto batch = std::make_shared<std::vector<Removal>>(std::move(pendingRemovals_));
+  pendingRemovals_.clear();
+  removalRunning_ = true;
+  auto results = std::make_shared<std::vector<std::string>>(batch->size());
+  auto self = shared_from_this();
+  mta::uv::queueWork(
+      loop_,
+      [batch, results] {
+        for (size_t i = 0; i < batch->size(); ++i) {
+          auto& r = (*batch)[i];
+          (*results)[i] = removeFiles(r.envs, r.data, r.first);
+        }
+      },
+      [self, batch, results] {
+        self->removalRunning_ = false;
+        if (!self->pendingRemovals_.empty()) self->startRemovalRound();
+        for (size_t i = 0; i < batch->size(); ++i) {
+          auto& r = (*batch)[i];
+          self->removing_.erase(r.id);
+          if (!self->ops_.count(r.id)) self->generations_.erase(r.id);
+          const auto& e = (*results)[i];
+          if (!e.empty()) log::error("spool_error").add("queue_id", r.id).add("error", e);
+          r.cb(e.empty(), e);
+        }
+      });
 }
 
 // ---- recovery --------------------------------------------------------------------------

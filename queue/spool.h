@@ -125,7 +125,9 @@ class Spool : public std::enable_shared_from_this<Spool> {
 
   // Durable state changes, done on the thread pool, cb on the loop thread.
   void update(const Envelope& env, Done cb);
-  void remove(const std::string& id, Done cb);
+  // `area`, when the caller knows it, saves looking in the other areas. Removals of ids with
+  // nothing else pending are batched: one pool trip per round, like the directory syncs.
+  void remove(const std::string& id, Done cb, std::optional<Area> area = std::nullopt);
   void move(const Envelope& env, Area to, Done cb);
 
   uint64_t freeBytes() const;
@@ -147,6 +149,7 @@ class Spool : public std::enable_shared_from_this<Spool> {
   Spool(uv_loop_t* loop, std::string dir);
   void startCommit(std::shared_ptr<CommitJob> job);
   void startSyncRound();
+  void startRemovalRound();
   void commitDone(CommitJob& job);
   uint64_t nextGeneration(const std::string& id);
   // Runs `op` (pool work returning an error string) after earlier ops on the same id.
@@ -168,6 +171,16 @@ class Spool : public std::enable_shared_from_this<Spool> {
     Done cb;
   };
   std::map<std::string, std::deque<Op>> ops_;
+  struct Removal {
+    std::string id;
+    std::vector<std::string> envs;
+    std::string data;
+    size_t first;
+    Done cb;
+  };
+  std::vector<Removal> pendingRemovals_;
+  std::set<std::string> removing_;
+  bool removalRunning_ = false;
   std::mutex idMutex_;
   uint64_t idCounter_ = 0;
   uint64_t idSalt_ = 0;
