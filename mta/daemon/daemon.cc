@@ -69,7 +69,7 @@ int serve(const std::string& configPath) {
   QueueManager qm(loop.get(), spool, resolver.get(), snap);
   qm.start(std::move(recovered));
 
-  server::SmtpServer smtp(loop.get(), spool, resolver.get(), [&qm](const queue::Envelope& env) { qm.enqueue(env); });
+  server::SmtpServer smtp(loop.get(), spool, resolver.get(), [&qm](const queue::Envelope& env, std::shared_ptr<const queue::MessageData> data) { qm.enqueue(env, std::move(data)); });
   if (!smtp.start(snap, error)) {
     std::fprintf(stderr, "moat: %s\n", error.c_str());
     log::error("start_failed").add("error", error);

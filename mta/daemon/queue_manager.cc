@@ -220,7 +220,7 @@ void QueueManager::start(std::vector<queue::Envelope> recovered) {
     std::string id = env.id;
     auto area = env.area;
     int64_t due = env.nextAttemptMs;
-    entries_[id] = Entry{std::move(env), false};
+    putEntry(std::move(env));
     if (area == queue::Area::Active) schedule(id, due);
   }
   updateGauges();
@@ -246,23 +246,62 @@ void QueueManager::expireQuarantine() {
   if (!old.empty()) updateGauges();
 }
 
-void QueueManager::enqueue(const queue::Envelope& env) {
-  entries_[env.id] = Entry{env, false};
+void QueueManager::enqueue(const queue::Envelope& env, std::shared_ptr<const queue::MessageData> data) {
+  putEntry(env);
+  if (data && env.area == queue::Area::Active && cachedBytes_ + data->size() <= kDataCacheBytes) {
+    cachedBytes_ += data->size();
+    entries_.at(env.id).data = std::move(data);
+  }
   if (env.area == queue::Area::Active) schedule(env.id, 0);
   updateGauges();
   armTimer();
 }
 
+static size_t areaIndex(queue::Area area) {
+  switch (area) {
+    case queue::Area::Active: return 0;
+    case queue::Area::Hold: return 1;
+    case queue::Area::Quarantine: return 2;
+  }
+  return 0;
+}
+
+void QueueManager::putEntry(queue::Envelope env) {
+  auto area = env.area;
+  auto [it, inserted] = entries_.try_emplace(env.id);
+  if (!inserted) {
+    --areaCounts_[areaIndex(it->second.env.area)];
+    dropCachedData(it->second);
+  }
+  it->second = Entry{std::move(env), false, nullptr};
+  ++areaCounts_[areaIndex(area)];
+}
+
+void QueueManager::eraseEntry(const std::string& id) {
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return;
+  --areaCounts_[areaIndex(it->second.env.area)];
+  dropCachedData(it->second);
+  entries_.erase(it);
+}
+
+void QueueManager::dropCachedData(Entry& entry) {
+  if (!entry.data) return;
+  cachedBytes_ -= entry.data->size();
+  entry.data.reset();
+}
+
+void QueueManager::setArea(Entry& entry, queue::Area area) {
+  --areaCounts_[areaIndex(entry.env.area)];
+  entry.env.area = area;
+  ++areaCounts_[areaIndex(area)];
+}
+
 void QueueManager::updateGauges() {
   auto& m = server::metrics();
-  m.queueActive = m.queueHold = m.queueQuarantine = 0;
-  for (const auto& [id, e] : entries_) {
-    switch (e.env.area) {
-      case queue::Area::Active: ++m.queueActive; break;
-      case queue::Area::Hold: ++m.queueHold; break;
-      case queue::Area::Quarantine: ++m.queueQuarantine; break;
-    }
-  }
+  m.queueActive = areaCounts_[0];
+  m.queueHold = areaCounts_[1];
+  m.queueQuarantine = areaCounts_[2];
 }
 
 void QueueManager::schedule(const std::string& id, int64_t dueMs) {
@@ -302,6 +341,12 @@ void QueueManager::deliver(Entry& entry) {
   auto attempt = std::make_shared<Attempt>();
   attempt->id = entry.env.id;
   attempt->env = entry.env;
+  if (entry.data) {
+    attempt->data = entry.data;
+    dropCachedData(entry);
+    route(attempt, "");
+    return;
+  }
   loadData(attempt->id, [this, attempt](std::shared_ptr<const queue::MessageData> data, std::string error) {
     attempt->data = std::move(data);
     route(attempt, error);
@@ -778,10 +823,11 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
 
 void QueueManager::retire(std::string id, bool) {
   sched_.remove(id);
-  entries_.erase(id);
-  spool_->remove(id, [id](bool ok, std::string error) {
-    if (!ok) log::error("spool_error").add("queue_id", id).add("error", error);
-  });
+  std::optional<queue::Area> area;
+  if (auto it = entries_.find(id); it != entries_.end()) area = it->second.env.area;
+  eraseEntry(id);
+  // The spool logs a failed removal itself.
+  spool_->remove(id, nullptr, area);
 }
 
 void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>& rcpts, bool delay,
@@ -950,7 +996,7 @@ void QueueManager::hold(const std::string& id, std::function<void(std::string)> 
   spool_->move(env, queue::Area::Hold, [this, id, env, reply](bool ok, std::string error) {
     if (!ok) return reply(mta::JsonObject().add("ok", false).add("error", error).str());
     auto it2 = entries_.find(id);
-    if (it2 != entries_.end()) it2->second.env.area = queue::Area::Hold;
+    if (it2 != entries_.end()) setArea(it2->second, queue::Area::Hold);
     sched_.remove(id);
     updateGauges();
     log::info("hold").add("queue_id", id);
@@ -969,7 +1015,10 @@ void QueueManager::release(const std::string& id, std::function<void(std::string
   spool_->move(env, queue::Area::Active, [this, id, env, reply, from](bool ok, std::string error) {
     if (!ok) return reply(mta::JsonObject().add("ok", false).add("error", error).str());
     auto it2 = entries_.find(id);
-    if (it2 != entries_.end()) it2->second.env = env;
+    if (it2 != entries_.end()) {
+      setArea(it2->second, env.area);
+      it2->second.env = env;
+    }
     log::info("release").add("queue_id", id).add("from_area", from);
     schedule(id, 0);
     updateGauges();

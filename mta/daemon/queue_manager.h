@@ -9,6 +9,7 @@
 // Untrusted input: replies from remote servers (bounded by the SMTP client), DNS answers.
 // Logs: deliver, defer, bounce, expire, dsn (each with queue_id).
 #pragma once
+#include <array>
 #include <uv.h>
 
 #include <deque>
@@ -37,8 +38,11 @@ class QueueManager {
   // Takes the envelopes recovered from the spool and starts scheduling.
   void start(std::vector<queue::Envelope> recovered);
   void reload(std::shared_ptr<const server::Snapshot> snapshot);
-  // A message the server just made durable.
-  void enqueue(const queue::Envelope& env);
+  // A message the server just made durable. `data`, when given, is the bytes just committed:
+  // the first delivery uses them instead of reading the spool file back (a trip to the
+  // thread pool and four syscalls per message), within kDataCacheBytes in all.
+  void enqueue(const queue::Envelope& env, std::shared_ptr<const queue::MessageData> data = nullptr);
+  static constexpr uint64_t kDataCacheBytes = 64ull << 20;
   // Stops starting deliveries; `done` runs when none is in flight.
   void drain(std::function<void()> done);
 
@@ -57,6 +61,7 @@ class QueueManager {
   struct Entry {
     queue::Envelope env;
     bool busy = false;
+    std::shared_ptr<const queue::MessageData> data;  // see enqueue(); dropped once used
   };
   struct RcptOutcome {
     enum class Kind { Delivered, Deferred, Failed } kind = Kind::Deferred;
@@ -86,7 +91,11 @@ class QueueManager {
   void retire(std::string id, bool expired);  // by value: callers pass the id of the entry it erases
   void sendDsn(const queue::Envelope& env, const std::vector<size_t>& rcpts, bool delay,
                std::shared_ptr<const queue::MessageData> data);
-  void updateGauges();
+  void updateGauges();  // publishes areaCounts_ (O(1): called for every message)
+  // Every change to entries_ goes through these, so the per-area counts stay exact.
+  void putEntry(queue::Envelope env);
+  void eraseEntry(const std::string& id);
+  void setArea(Entry& entry, queue::Area area);
   // Removes quarantined messages older than [quarantine] retention (log: quarantine_expired).
   void expireQuarantine();
 
@@ -108,6 +117,9 @@ class QueueManager {
   queue::Scheduler sched_;
   uv::Timer timer_;
   std::map<std::string, Entry> entries_;
+  std::array<uint64_t, 3> areaCounts_{};
+  uint64_t cachedBytes_ = 0;  // sum of Entry::data sizes
+  void dropCachedData(Entry& entry);  // by queue::Area: active, hold, quarantine
   std::set<std::string> busy_;
   std::map<std::string, std::unique_ptr<Destination>> destinations_;
   bool draining_ = false;

@@ -18,7 +18,7 @@ uint64_t ServerShared::freeDisk() {
 }
 
 SmtpServer::SmtpServer(uv_loop_t* loop, std::shared_ptr<queue::Spool> spool, dns::Resolver* resolver,
-                       std::function<void(const queue::Envelope&)> onQueued)
+                       std::function<void(const queue::Envelope&, std::shared_ptr<const queue::MessageData>)> onQueued)
     : reaper_(loop) {
   shared_.loop = loop;
   shared_.spool = std::move(spool);

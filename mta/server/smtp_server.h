@@ -26,7 +26,8 @@ struct ServerShared {
   std::shared_ptr<const Snapshot> snapshot;  // the current one; sessions copy it at start
   std::shared_ptr<queue::Spool> spool;
   dns::Resolver* resolver = nullptr;
-  std::function<void(const queue::Envelope&)> onQueued;  // a message is durable: schedule it
+  // A message is durable: schedule it (with its bytes, which the delivery may reuse).
+  std::function<void(const queue::Envelope&, std::shared_ptr<const queue::MessageData>)> onQueued;
   bool draining = false;
 
   // Free disk space, refreshed at most once a second (statvfs is cheap but not free).
@@ -38,7 +39,7 @@ struct ServerShared {
 class SmtpServer {
  public:
   SmtpServer(uv_loop_t* loop, std::shared_ptr<queue::Spool> spool, dns::Resolver* resolver,
-             std::function<void(const queue::Envelope&)> onQueued);
+             std::function<void(const queue::Envelope&, std::shared_ptr<const queue::MessageData>)> onQueued);
   ~SmtpServer();
 
   // Opens every [[listener]] of the snapshot; false with `error` if one cannot be bound.

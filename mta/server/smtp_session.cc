@@ -685,7 +685,7 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
       ++metrics().messagesAccepted;
       if (quarantine) ++metrics().messagesQuarantined;
       ++self->messages_;
-      if (self->shared_.onQueued) self->shared_.onQueued(env);
+      if (self->shared_.onQueued) self->shared_.onQueued(env, self->incoming_ ? self->incoming_->data() : nullptr);
       if (!self->closed_) self->reply(250, "2.0.0", "Ok: queued as " + env.id);
     }
     self->incoming_.reset();
