@@ -90,30 +90,6 @@ std::string renameFile(const std::string& from, const std::string& to) {
   return {};
 }
 
-bool readFile(const std::string& path, std::string& out, int& err) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return err = errno, false;
-  out.clear();
-  char buf[16384];
-  for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      err = errno;
-      ::close(fd);
-      return false;
-    }
-    if (n == 0) break;
-    out.append(buf, static_cast<size_t>(n));
-    if (out.size() > (64u << 20)) {  // no sane envelope is this big
-      ::close(fd);
-      return err = EFBIG, false;
-    }
-  }
-  ::close(fd);
-  return true;
-}
-
 std::vector<std::string> listDir(const std::string& path) {
   std::vector<std::string> names;
   DIR* d = ::opendir(path.c_str());
@@ -124,6 +100,79 @@ std::vector<std::string> listDir(const std::string& path) {
   }
   ::closedir(d);
   return names;
+}
+
+// A message file ends with its envelope and this trailer (see spool.h): 32 bytes,
+// "\nMOAT-ENVELOPE " and the envelope's length in 16 hex digits, then "\n". A message
+// ends in CRLF or is a BDAT body, and a data file written before this layout has no
+// trailer: a file whose tail does not parse is data only.
+constexpr size_t kTrailerSize = 32;
+constexpr std::string_view kTrailerTag = "\nMOAT-ENVELOPE ";
+
+std::string makeTrailer(size_t envLen) {
+  char buf[kTrailerSize + 1];
+  std::snprintf(buf, sizeof buf, "\nMOAT-ENVELOPE %016zx\n", envLen);
+  return std::string(buf, kTrailerSize);
+}
+
+struct FileLayout {
+  uint64_t fileSize = 0;
+  uint64_t dataLen = 0;  // the message bytes: the whole file, or what precedes the envelope
+  uint64_t envLen = 0;   // 0: no envelope inside
+};
+
+// Reads the layout of an open spool file: one fstat, and a pread of its tail.
+int probeLayout(int fd, FileLayout& out) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return errno;
+  out = FileLayout{static_cast<uint64_t>(st.st_size), static_cast<uint64_t>(st.st_size), 0};
+  if (out.fileSize < kTrailerSize) return 0;
+  char tail[kTrailerSize];
+  ssize_t n = ::pread(fd, tail, kTrailerSize, static_cast<off_t>(out.fileSize - kTrailerSize));
+  if (n < 0) return errno;
+  std::string_view t(tail, static_cast<size_t>(n));
+  if (t.size() != kTrailerSize || !t.starts_with(kTrailerTag) || t.back() != '\n') return 0;
+  uint64_t len = 0;
+  for (char c : t.substr(kTrailerTag.size(), 16)) {
+    int v = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+    if (v < 0) return 0;
+    len = len * 16 + static_cast<uint64_t>(v);
+  }
+  if (len == 0 || len > out.fileSize - kTrailerSize) return 0;
+  out.envLen = len;
+  out.dataLen = out.fileSize - kTrailerSize - len;
+  return 0;
+}
+
+bool preadAll(int fd, char* buf, size_t len, uint64_t offset, int& err) {
+  size_t off = 0;
+  while (off < len) {
+    ssize_t n = ::pread(fd, buf + off, len - off, static_cast<off_t>(offset + off));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return err = n < 0 ? errno : EIO, false;
+    off += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// An area file's envelope text: the tail of a message file, or the whole of an
+// envelope-only file (written by update/move).
+bool readEnvelopeFile(const std::string& path, std::string& out, int& err) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return err = errno, false;
+  FileLayout l;
+  bool ok = true;
+  if ((err = probeLayout(fd, l)) != 0) {
+    ok = false;
+  } else if (l.envLen == 0 && l.fileSize > (64u << 20)) {  // no sane envelope is this big
+    err = EFBIG, ok = false;
+  } else {
+    uint64_t len = l.envLen ? l.envLen : l.fileSize;
+    out.assign(len, '\0');
+    ok = preadAll(fd, out.data(), out.size(), l.envLen ? l.dataLen : 0, err);
+  }
+  ::close(fd);
+  return ok;
 }
 
 }  // namespace
@@ -159,26 +208,21 @@ ErrorKind errorKind(std::string_view error) {
 std::shared_ptr<const MessageData> MessageData::map(const std::string& path, std::string& error) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return error = errnoError(errno, "open " + path), nullptr;
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    error = errnoError(errno, "stat " + path);
+  FileLayout layout;
+  if (int err = probeLayout(fd, layout)) {
+    error = errnoError(err, "stat " + path);
     ::close(fd);
     return nullptr;
   }
   std::shared_ptr<MessageData> m(new MessageData());
-  m->size_ = static_cast<size_t>(st.st_size);
+  m->size_ = static_cast<size_t>(layout.dataLen);
   if (m->size_ > 0 && m->size_ <= kReadLimit) {
     m->copy_.resize(m->size_);
-    size_t off = 0;
-    while (off < m->size_) {
-      ssize_t n = ::pread(fd, m->copy_.data() + off, m->size_ - off, static_cast<off_t>(off));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        error = n < 0 ? errnoError(errno, "read " + path) : "read " + path + ": file shrank";
-        ::close(fd);
-        return nullptr;
-      }
-      off += static_cast<size_t>(n);
+    int err = 0;
+    if (!preadAll(fd, m->copy_.data(), m->size_, 0, err)) {
+      error = err == EIO ? "read " + path + ": file shrank" : errnoError(err, "read " + path);
+      ::close(fd);
+      return nullptr;
     }
   } else if (m->size_ > 0) {
     void* a = ::mmap(nullptr, m->size_, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -272,7 +316,15 @@ std::shared_ptr<IncomingMessage> Spool::create() {
 
 std::shared_ptr<const MessageData> Spool::openData(const std::string& id, std::string& error) const {
   if (!validId(id)) return error = "not found: bad queue id", nullptr;
-  return MessageData::map(path("data", id), error);
+  // A message updated or moved since its commit keeps its bytes under data/; until then
+  // they are in its one file in its area.
+  auto m = MessageData::map(path("data", id), error);
+  if (m || errorKind(error) != ErrorKind::NotFound) return m;
+  for (Area a : kAreas) {
+    std::string e;
+    if ((m = MessageData::map(path(areaName(a), id), e))) return error.clear(), m;
+  }
+  return nullptr;
 }
 
 struct SpoolFile {
@@ -304,42 +356,37 @@ struct SpoolFile {
 struct CommitJob {
   std::shared_ptr<SpoolFile> data;
   std::shared_ptr<const std::string> memory;  // not yet written (small-message fast path)
-  int envFd = -1;
-  std::string envText, envTmp, dataDst, envDst;
+  uint64_t dataSize = 0;
+  std::string envText, dst;
   Area area = Area::Active;
   Spool::Done cb;
   std::string error;
-  bool dataMoved = false, envMoved = false;
-  ~CommitJob() {
-    if (envFd >= 0) ::close(envFd);
-  }
-  // The per-message part, in parallel on the pool: both files durable, then renamed.
+  bool moved = false;
+  // The per-message part: the envelope appended after the message bytes, the file durable
+  // (unless the sync round makes it so), then renamed into its area: one file, one fsync,
+  // one rename per message.
   void prepare(bool durable = true) {
     if (memory) {
       if (int err = data->ensureOpen()) return fail(errnoError(err, "create " + data->path));
       if (int err = writeAll(data->fd, *memory, 0)) return fail(errnoError(err, "write " + data->path));
+    } else if (int err = data->ensureOpen()) {  // an empty message has no file yet
+      return fail(errnoError(err, "create " + data->path));
     }
+    std::string tail = envText + makeTrailer(envText.size());
+    if (int err = writeAll(data->fd, tail, dataSize)) return fail(errnoError(err, "write " + data->path));
     if (durable && ::fsync(data->fd) != 0) return fail(errnoError(errno, "fsync " + data->path));
-    envFd = ::open(envTmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (envFd < 0) return fail(errnoError(errno, "create " + envTmp));
-    if (int err = writeAll(envFd, envText, 0)) return fail(errnoError(err, "write " + envTmp));
-    if (durable && ::fsync(envFd) != 0) return fail(errnoError(errno, "fsync " + envTmp));
-    if (durable) renameBoth();  // SyncFs: renamed by the sync round, after its first syncfs
+    if (durable) rename();  // SyncFs: renamed by the sync round, after its first syncfs
   }
-  void renameBoth() {
+  void rename() {
     if (!error.empty()) return;
-    std::string e = renameFile(data->path, dataDst);
-    dataMoved = e.empty();
-    if (e.empty()) e = renameFile(envTmp, envDst);
-    envMoved = e.empty();
+    std::string e = renameFile(data->path, dst);
+    moved = e.empty();
     if (!e.empty()) fail(e);
   }
   // Not acknowledged: leave nothing that recovery would keep.
   void fail(std::string e) {
     if (error.empty()) error = std::move(e);
-    ::unlink(envTmp.c_str());
-    if (envMoved) ::unlink(envDst.c_str());
-    if (dataMoved) ::unlink(dataDst.c_str());
+    if (moved) ::unlink(dst.c_str());
     data->drop();
   }
 };
@@ -347,7 +394,7 @@ struct CommitJob {
 void Spool::startCommit(std::shared_ptr<CommitJob> job) {
   auto self = shared_from_this();
   CommitMode mode = commitMode_;
-  std::string dataDir = path("data", ""), areaDir = path(areaName(job->area), "");
+  std::string areaDir = path(areaName(job->area), "");
   if (mode == CommitMode::SyncFs) {
     // Nothing per message needs the pool: the sync round writes the whole batch, so a
     // batch costs one trip to the pool instead of one per message.
@@ -357,12 +404,10 @@ void Spool::startCommit(std::shared_ptr<CommitJob> job) {
   }
   mta::uv::queueWork(
       loop_,
-      [job, mode, dataDir, areaDir] {
+      [job, mode, areaDir] {
         job->prepare(mode != CommitMode::SyncFs);
         if (mode != CommitMode::PerMessage || !job->error.empty()) return;
-        std::string e = syncDir(dataDir);
-        if (e.empty()) e = syncDir(areaDir);
-        if (!e.empty()) job->fail(e);
+        if (std::string e = syncDir(areaDir); !e.empty()) job->fail(e);
       },
       [self, job, mode] {
         if (mode == CommitMode::PerMessage || !job->error.empty()) return self->commitDone(*job);
@@ -381,7 +426,7 @@ void Spool::startSyncRound() {
   auto batch = std::make_shared<std::vector<std::shared_ptr<CommitJob>>>(std::move(pendingSync_));
   pendingSync_.clear();
   syncRunning_ = true;
-  std::set<std::string> dirs{path("data", "")};
+  std::set<std::string> dirs;
   for (auto& j : *batch) dirs.insert(path(areaName(j->area), ""));
   bool syncfsMode = commitMode_ == CommitMode::SyncFs;
   std::string root = dir_;
@@ -396,7 +441,7 @@ void Spool::startSyncRound() {
           for (auto& j : *batch) j->prepare(false);
           e = syncFilesystem(root);
           if (e.empty())
-            for (auto& j : *batch) j->renameBoth();
+            for (auto& j : *batch) j->rename();
           if (e.empty()) e = syncFilesystem(root);
         } else {
           for (auto& d : dirs)
@@ -457,14 +502,23 @@ void Spool::move(const Envelope& envIn, Area to, Done cb) {
   std::vector<std::string> stale;
   for (Area a : kAreas)
     if (a != to) stale.push_back(path(areaName(a), env.id));
-  std::string targetDir = path(areaName(to), ""), base = dir_;
-  auto work = [text, tmp, target, stale, targetDir, base]() -> std::string {
+  std::string targetDir = path(areaName(to), ""), dataFile = path("data", env.id), dataDir = path("data", "");
+  auto work = [text, tmp, target, stale, targetDir, dataFile, dataDir]() -> std::string {
     // Never create an envelope for a message that is not in the spool (removed, or never
     // committed): it would have no data and end in corrupt/ at the next start.
-    bool exists = ::access(target.c_str(), F_OK) == 0;
-    for (auto& s : stale) exists = exists || ::access(s.c_str(), F_OK) == 0;
-    if (!exists) return "not found: " + target;
-    std::string e = writeDurable(tmp, text);
+    std::string current;
+    if (::access(target.c_str(), F_OK) == 0) current = target;
+    for (auto& s : stale)
+      if (current.empty() && ::access(s.c_str(), F_OK) == 0) current = s;
+    if (current.empty()) return "not found: " + target;
+    std::string e;
+    // The first rewrite of a message file would replace its bytes too: give them a name
+    // under data/ first (a hard link, durable before the rename below can happen).
+    if (::access(dataFile.c_str(), F_OK) != 0) {
+      if (::link(current.c_str(), dataFile.c_str()) != 0) return errnoError(errno, "link " + current + " " + dataFile);
+      e = syncDir(dataDir);
+    }
+    if (e.empty()) e = writeDurable(tmp, text);
     if (e.empty()) e = renameFile(tmp, target);
     if (e.empty()) e = syncDir(targetDir);
     if (!e.empty()) {
@@ -582,7 +636,7 @@ void Spool::recoverArea(Area area, std::map<std::string, Envelope>& found, std::
     std::optional<Envelope> env;
     if (!validId(name))
       error = "bad file name";
-    else if (!readFile(path(sub, name), text, err))
+    else if (!readEnvelopeFile(path(sub, name), text, err))
       error = errnoError(err, "read");
     else if (!(env = parseEnvelope(text, error))) {
     } else if (env->id != name)
@@ -620,13 +674,21 @@ std::vector<Envelope> Spool::recover(RecoveryReport& report) {
   for (Area a : kAreas) recoverArea(a, found, corruptIds, report);
   std::vector<Envelope> out;
   for (auto it = found.begin(); it != found.end();) {
-    struct stat st {};
+    // The bytes are under data/ (a message updated or moved since its commit), else in
+    // the message file itself.
     std::string why;
-    bool dataExists = ::stat(path("data", it->first).c_str(), &st) == 0;
-    if (!dataExists)
+    bool dataExists = ::access(path("data", it->first).c_str(), F_OK) == 0;
+    std::string dataPath = dataExists ? path("data", it->first) : path(areaName(it->second.area), it->first);
+    FileLayout layout;
+    int fd = ::open(dataPath.c_str(), O_RDONLY | O_CLOEXEC);
+    int err = fd < 0 ? errno : probeLayout(fd, layout);
+    if (fd >= 0) ::close(fd);
+    if (err != 0)
+      why = errnoError(err, "read " + dataPath);
+    else if (!dataExists && layout.envLen == 0)
       why = "data file missing";
-    else if (static_cast<uint64_t>(st.st_size) != it->second.size)
-      why = "data file has " + std::to_string(st.st_size) + " bytes, envelope says " + std::to_string(it->second.size);
+    else if (layout.dataLen != it->second.size)
+      why = "data file has " + std::to_string(layout.dataLen) + " bytes, envelope says " + std::to_string(it->second.size);
     if (!why.empty()) {
       moveToCorrupt(std::string(areaName(it->second.area)), it->first, why, report);
       if (dataExists) moveToCorrupt("data", it->first, why, report);
@@ -764,9 +826,8 @@ void IncomingMessage::commit(Envelope env, Done cb) {
   job->data = file_;
   job->memory = std::move(memory_);
   job->envText = serializeEnvelope(env);
-  job->envTmp = spool_->path("tmp", id_ + "." + std::to_string(env.generation) + ".env");
-  job->dataDst = spool_->path("data", id_);
-  job->envDst = spool_->path(areaName(env.area), id_);
+  job->dataSize = size_;
+  job->dst = spool_->path(areaName(env.area), id_);
   job->area = env.area;
   job->cb = std::move(cb);
   spool_->startCommit(std::move(job));

@@ -2,33 +2,42 @@
 // only: when to try what is the Scheduler's business (decision 5).
 //
 // On-disk layout under the spool directory:
-//   tmp/<id>.data        message bytes while DATA is received (half-written by definition)
-//   tmp/<id>.<gen>.env   an envelope being written, before its rename
-//   data/<id>            committed message bytes, written once, never rewritten
-//   queue/<id>           envelope of an active message     } the envelope's presence in one
-//   hold/<id>            envelope of a held message        } of these is the commit point;
-//   quarantine/<id>      envelope of a quarantined message } its area is where it sits
+//   tmp/<id>.data        a message being received (half-written by definition)
+//   tmp/<id>.<gen>.env   an envelope being rewritten, before its rename
+//   queue/<id>           an active message   } the presence of the id in one of these is
+//   hold/<id>            a held message      } the commit point; its area is where it sits
+//   quarantine/<id>      a quarantined one   }
+//   data/<id>            the bytes of a message whose envelope was rewritten since commit
 //   corrupt/             damaged files moved aside at start-up, for an admin to look at
 //
-// Commit (IncomingMessage::commit): fsync tmp/<id>.data; write and fsync tmp/<id>.<gen>.env;
-// rename the data into data/, then the envelope into its area; fsync data/ and the area
-// directory. Only after the directory fsyncs does the callback run (the server's 250).
-// GROUP COMMIT (CommitMode below): the per-message part runs in parallel on the thread pool,
-// and the directory fsyncs are shared by every message whose renames finished before the
-// sync started — while one sync runs, the next batch gathers.
+// A MESSAGE FILE is the message bytes, then its envelope record, then a 32-byte trailer
+// ("\nMOAT-ENVELOPE " + the envelope's length in 16 hex digits + "\n"). The commit writes
+// one: a message costs one file, one fsync, one rename and, once delivered, one unlink —
+// the file system work per message was most of Moat's CPU per relayed message.
 //
-// Envelope rewrites (update/move) write a new envelope with a higher generation to tmp/,
-// fsync, rename over the old one (or into the new area, then unlink the old area's copy);
-// operations on one id run one at a time, in order. Remove unlinks the envelope first, then
-// the data.
+// Commit (IncomingMessage::commit): append the envelope and trailer to tmp/<id>.data,
+// fsync, rename it into its area, fsync the area directory. Only after the directory fsync
+// does the callback run (the server's 250). GROUP COMMIT (CommitMode below): the
+// per-message part runs in parallel on the thread pool, and the directory fsyncs are
+// shared by every message whose rename finished before the sync started — while one sync
+// runs, the next batch gathers.
+//
+// Envelope rewrites (update/move) write a new envelope-only file with a higher generation
+// to tmp/, fsync, rename over the old one (or into the new area, then unlink the old
+// area's copy). Before the first rewrite replaces a message file, its bytes get a second
+// name, data/<id> (a hard link, with data/ fsynced): from then on readers take the bytes
+// from data/<id>, whose trailing old envelope is ignored. Operations on one id run one at
+// a time, in order. Remove unlinks the envelope first, then data/<id> if there is one.
 //
 // Recovery (start-up, before the loop serves): tmp/ is emptied (nothing there was
-// acknowledged); each envelope is parsed (checksum, version) and its data file checked
-// against the recorded size; a broken one is moved with its data to corrupt/; an id in two
-// areas (crash during a move) keeps the higher generation; data/ files with no envelope
-// (crash between the two renames, or during a remove) are deleted — neither was ever
-// acknowledged as queued, or both were already done with. A message whose commit callback
-// ran always has a valid envelope and data, so recovery never deletes it.
+// acknowledged); each area file's envelope (the tail of a message file, or an
+// envelope-only file) is parsed (checksum, version) and the message bytes (data/<id> if
+// it exists, else the message file) checked against the recorded size; a broken one is
+// moved with its data to corrupt/; an id in two areas (crash during a move) keeps the
+// higher generation; data/ files with no envelope (crash during a remove) are deleted.
+// Spools written before message files (data/<id> + envelope-only area files) recover the
+// same way. A message whose commit callback ran always has a valid envelope and data, so
+// recovery never deletes it.
 //
 // Untrusted input: message bytes (stored verbatim), envelope fields (escaped by the
 // envelope format) and, at recovery, every file in the spool. Logs: spool_recover,

@@ -54,6 +54,24 @@ size_t countFiles(const std::string& dir) {
   return n;
 }
 
+// The envelope at the end of a message file (the 32-byte trailer gives its length).
+std::string envelopeOf(const std::string& p) {
+  std::string f = readAll(p);
+  REQUIRE(f.size() > 32);
+  std::string trailer = f.substr(f.size() - 32);
+  REQUIRE(trailer.rfind("\nMOAT-ENVELOPE ", 0) == 0);
+  size_t len = std::stoul(trailer.substr(15, 16), nullptr, 16);
+  REQUIRE(len + 32 <= f.size());
+  return f.substr(f.size() - 32 - len, len);
+}
+
+// A message file as the commit writes it: bytes, envelope, trailer.
+std::string messageFile(std::string_view body, const std::string& env) {
+  char t[33];
+  std::snprintf(t, sizeof t, "\nMOAT-ENVELOPE %016zx\n", env.size());
+  return std::string(body) + env + std::string(t, 32);
+}
+
 Envelope makeEnv(std::string from = "s@example.test") {
   Envelope e;
   e.mailFrom = std::move(from);
@@ -119,8 +137,12 @@ TEST_CASE("spool: commit makes the message durable, a restart recovers it") {
   std::string body = "Subject: hi\r\n\r\nhello\r\n";
   std::string id = f.commit(body);
   REQUIRE(id.size() >= 12);
+  // One file: the bytes, the envelope, the trailer; nothing under data/ or tmp/.
   REQUIRE(fs::exists(f.p("queue/" + id)));
-  REQUIRE(readAll(f.p("data/" + id)) == body);
+  std::string file = readAll(f.p("queue/" + id));
+  REQUIRE(file.substr(0, body.size()) == body);
+  REQUIRE(file == messageFile(body, envelopeOf(f.p("queue/" + id))));
+  REQUIRE_FALSE(fs::exists(f.p("data/" + id)));
   REQUIRE(countFiles(f.p("tmp")) == 0);
 
   RecoveryReport r;
@@ -152,7 +174,7 @@ TEST_CASE("spool: recovery handles every state a crash can leave") {
   Fixture f;
   std::string body = "Subject: t\r\n\r\nbody\r\n";
   std::string kept = f.commit(body);  // acknowledged: must survive everything below
-  std::string envText = readAll(f.p("queue/" + kept));
+  std::string envText = envelopeOf(f.p("queue/" + kept));
   auto makeEnvText = [&](const std::string& id) {
     std::string err;
     Envelope e = *parseEnvelope(envText, err);
@@ -189,6 +211,22 @@ TEST_CASE("spool: recovery handles every state a crash can leave") {
   writeAll(f.p("queue/AAAA000000000009"), t9);
   // 10. envelope whose data file is missing.
   writeAll(f.p("queue/AAAA00000000000A"), makeEnvText("AAAA00000000000A"));
+  // States 4-10 are the layout of spools written before message files (data/ + an
+  // envelope-only file); the ones below are message files.
+  // 11. message file complete in tmp/, not yet renamed.
+  writeAll(f.p("tmp/AAAA00000000000B.data"), messageFile(body, makeEnvText("AAAA00000000000B")));
+  // 12. message file whose bytes are shorter than its envelope says.
+  writeAll(f.p("queue/AAAA00000000000C"), messageFile(body.substr(0, 5), makeEnvText("AAAA00000000000C")));
+  // 13. message file with a flipped byte in its envelope.
+  std::string t13 = makeEnvText("AAAA00000000000D");
+  t13[t13.size() / 2] ^= 0x01;
+  writeAll(f.p("queue/AAAA00000000000D"), messageFile(body, t13));
+  // 14. crash during the first rewrite: data/ link made, envelope not yet replaced.
+  writeAll(f.p("queue/AAAA00000000000E"), messageFile(body, makeEnvText("AAAA00000000000E")));
+  fs::create_hard_link(f.p("queue/AAAA00000000000E"), f.p("data/AAAA00000000000E"));
+  // 15. ... and after the rename: an envelope-only file, the bytes under data/.
+  writeAll(f.p("data/AAAA00000000000F"), messageFile(body, makeEnvText("AAAA00000000000F")));
+  writeAll(f.p("queue/AAAA00000000000F"), makeEnvText("AAAA00000000000F"));
 
   RecoveryReport r;
   auto envs = f.recover(r);
@@ -199,22 +237,31 @@ TEST_CASE("spool: recovery handles every state a crash can leave") {
     for (auto& n : r.notes) s += n + "\n";
     return s;
   }());
-  REQUIRE(ids == std::set<std::string>{kept, "AAAA000000000005"});
-  REQUIRE(r.recovered == 2);
-  REQUIRE(r.removedPartial == 6);  // 5 tmp files + the orphan data of state 4
-  REQUIRE(r.movedCorrupt == 6);    // 6, 7, 8, the bad name, 9, 10
+  REQUIRE(ids == std::set<std::string>{kept, "AAAA000000000005", "AAAA00000000000E", "AAAA00000000000F"});
+  REQUIRE(r.recovered == 4);
+  REQUIRE(r.removedPartial == 7);  // 6 tmp files + the orphan data of state 4
+  REQUIRE(r.movedCorrupt == 8);    // 6, 7, 8, the bad name, 9, 10, 12, 13
   REQUIRE(countFiles(f.p("tmp")) == 0);
   REQUIRE_FALSE(fs::exists(f.p("data/AAAA000000000004")));
   REQUIRE(fs::exists(f.p("corrupt/queue-AAAA000000000009")));
   REQUIRE(fs::exists(f.p("corrupt/data-AAAA000000000009")));  // kept beside its envelope
   REQUIRE(fs::exists(f.p("corrupt/data-AAAA000000000007")));
   REQUIRE(fs::exists(f.p("corrupt/queue-not-an-id.swp")));
-  REQUIRE(countFiles(f.p("queue")) == 2);
-  REQUIRE(readAll(f.p("data/" + kept)) == body);
+  REQUIRE(fs::exists(f.p("corrupt/queue-AAAA00000000000C")));
+  REQUIRE(fs::exists(f.p("corrupt/queue-AAAA00000000000D")));
+  REQUIRE(countFiles(f.p("queue")) == 4);
+  for (const std::string& id : {kept, std::string("AAAA000000000005"), std::string("AAAA00000000000E"),
+                                std::string("AAAA00000000000F")}) {
+    std::string error;
+    auto data = f.spool->openData(id, error);
+    INFO(id << " " << error);
+    REQUIRE(data);
+    REQUIRE(data->bytes() == body);
+  }
 
   // A second recovery finds a clean spool.
   RecoveryReport r2;
-  REQUIRE(f.recover(r2).size() == 2);
+  REQUIRE(f.recover(r2).size() == 4);
   REQUIRE(r2.removedPartial == 0);
   REQUIRE(r2.movedCorrupt == 0);
 }
@@ -223,15 +270,24 @@ TEST_CASE("spool: a crash during a move leaves two copies, the newer generation 
   Fixture f;
   std::string id = f.commit("x\r\n");
   std::string err;
-  Envelope e = *parseEnvelope(readAll(f.p("queue/" + id)), err);
+  auto parsed = parseEnvelope(envelopeOf(f.p("queue/" + id)), err);
+  REQUIRE(parsed);
+  Envelope e = *parsed;
   e.area = Area::Hold;
   e.generation += 1;
-  writeAll(f.p("hold/" + id), serializeEnvelope(e));  // new copy written, old not yet unlinked
+  // What move() does: the bytes linked under data/, the new copy written, the old one not
+  // yet unlinked.
+  fs::create_hard_link(f.p("queue/" + id), f.p("data/" + id));
+  writeAll(f.p("hold/" + id), serializeEnvelope(e));
   RecoveryReport r;
   auto envs = f.recover(r);
   REQUIRE(envs.size() == 1);
   REQUIRE(envs[0].area == Area::Hold);
   REQUIRE_FALSE(fs::exists(f.p("queue/" + id)));
+  std::string error;
+  auto data = f.spool->openData(id, error);
+  REQUIRE(data);
+  REQUIRE(data->bytes() == "x\r\n");
 }
 
 TEST_CASE("spool: update, move and remove are durable") {
