@@ -17,10 +17,9 @@
 //
 // Commit (IncomingMessage::commit): append the envelope and trailer to tmp/<id>.data,
 // fsync, rename it into its area, fsync the area directory. Only after the directory fsync
-// does the callback run (the server's 250). GROUP COMMIT (CommitMode below): the
-// per-message part runs in parallel on the thread pool, and the directory fsyncs are
-// shared by every message whose rename finished before the sync started — while one sync
-// runs, the next batch gathers.
+// does the callback run (the server's 250). With GROUP COMMIT (CommitMode below) one
+// round on the thread pool does this for every message that finished while the previous
+// round ran, sharing the directory syncs.
 //
 // Envelope rewrites (update/move) write a new envelope-only file with a higher generation
 // to tmp/, fsync, rename over the old one (or into the new area, then unlink the old
@@ -104,18 +103,16 @@ struct SpoolFile;  // spool.cc: a temp file shared between the loop and pool wor
 struct CommitJob;  // spool.cc: one message on its way into the queue
 
 // How commits reach the disk (spool_bench compares them):
-//  PerMessage  each message fsyncs its data, its envelope and both directories on its own.
-//  Group       GROUP COMMIT (default): the per-message file fsyncs and renames run in
-//              parallel on the pool; the directory fsyncs are shared by every message whose
-//              renames finished before the round started, while the next batch gathers.
-//              (A syncfs(2)-per-batch variant was measured and dropped: on a file system
-//              shared with other writers it flushes their data too and ran 4x slower.)
-// PerMessage: every commit syncs alone. Group: each message fsyncs its own files in
-// parallel, the directory syncs are shared by the batch. SyncFs: the batch's files are
-// written without fsync, one syncfs(2) makes them durable, they are renamed into place and
-// a second syncfs makes the names durable: two flushes per batch instead of two per
-// message, but syncfs also flushes whatever else is dirty on that file system, so it suits
-// a spool on its own file system ([server] spool_sync = "syncfs").
+//  PerMessage  each message writes, fsyncs and renames its file and fsyncs its area
+//              directory on its own, one pool trip per message.
+//  Group       GROUP COMMIT (default): one pool trip per batch of the messages that
+//              finished while the previous round ran. The round writes every file,
+//              starts writeback for all of them at once (sync_file_range), fsyncs each,
+//              renames them into place and fsyncs each area directory once.
+//  SyncFs      like Group, but one syncfs(2) makes the batch's files durable and a
+//              second one their names: two flushes per batch. syncfs also flushes
+//              whatever else is dirty on that file system, so it suits a spool on its own
+//              file system ([server] spool_sync = "syncfs").
 enum class CommitMode { PerMessage, Group, SyncFs };
 
 class Spool : public std::enable_shared_from_this<Spool> {
