@@ -247,8 +247,12 @@ max_lifetime = "{max_lifetime}"
         with open(self.log_path, "rb") as f:
             if since_start:
                 f.seek(self._log_offset)
+            data = f.read()
+            # The writer may be mid-write: a last line without its newline is not here yet.
+            if not data.endswith(b"\n"):
+                data = data[:data.rfind(b"\n") + 1]
             out = []
-            for raw in f.read().splitlines():
+            for raw in data.splitlines():
                 try:
                     out.append(json.loads(raw))
                 except ValueError:
