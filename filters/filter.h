@@ -18,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "filters/edit.h"
 #include "mta/dns/resolver.h"
 #include "mta/runtime/ip.h"
 #include "mta/runtime/json.h"
@@ -48,6 +49,9 @@ struct Result {
   std::string text;
   double score = 0;              // spam-score contribution (rules); shown in the log
   std::vector<Header> headers;   // to prepend at delivery (DESIGN.md, decision 6)
+  // Data stage: byte edits of ctx->message (filters/edit.h), applied at delivery. An edit
+  // that collides with an earlier filter's is dropped (the pipeline logs it).
+  std::vector<Edit> edits;
   std::vector<std::string> authResults;  // RFC 8601 resinfo, e.g. "spf=pass smtp.mailfrom=example.test"
   std::string summary;           // short result for the log: "pass", "clean", "FOUND Eicar" ...
   std::string quarantineReason;  // Quarantine: why, kept with the message
@@ -106,6 +110,9 @@ struct MessageContext {
   // headers. Valid during the Data stage; backed by memory the caller owns.
   std::string_view message;
   std::shared_ptr<const mime::Message> mime;  // set by the MIME filter, first at Data
+  // The edits accepted so far in this Data stage, sorted (the pipeline keeps it): a filter
+  // that must see the message as delivered (the DKIM signer) applies them to `message`.
+  std::vector<Edit> edits;
   // Results so far
   SpfOutcome spfMailFrom;
   SpfOutcome spfHelo;

@@ -8,6 +8,7 @@
 #include "filters/mime/mime_filter.h"
 #include "filters/rules/rules_filter.h"
 #include "filters/spf/spf.h"
+#include "mta/runtime/log.h"
 
 namespace moat::filters {
 
@@ -54,9 +55,22 @@ struct Run : std::enable_shared_from_this<Run> {
     f->run(ctx, env, [self, name = std::string(f->name())](Result r) { self->finish(name, std::move(r)); });
   }
 
+  void takeEdits(const std::string& name, Result& r) {
+    for (auto& e : r.edits) {
+      uint64_t offset = e.offset, length = e.length;
+      std::string why = e.why;
+      if (!addEdit(out.edits, std::move(e), ctx->message.size()))
+        mta::log::warn("edit_dropped").add("session", ctx->sessionId).add("queue_id", ctx->queueId)
+            .add("filter", name).add("offset", offset).add("length", length).add("why", why);
+    }
+    r.edits.clear();  // the report keeps the summary; the edits live in `out`
+    ctx->edits = out.edits;
+  }
+
   void finish(const std::string& name, Result r) {
     auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count();
     for (auto& h : r.headers) out.headers.push_back(h);
+    takeEdits(name, r);
     for (auto& a : r.authResults) out.authResults.push_back(a);
     out.score += r.score;
     bool decisive = false;
@@ -92,6 +106,7 @@ void Pipeline::run(Stage stage, std::shared_ptr<MessageContext> ctx, const Env& 
   auto run = std::make_shared<Run>();
   for (const auto& f : filters_)
     if (f->stage() == stage) run->filters.push_back(f);
+  if (stage == Stage::Data) ctx->edits.clear();  // a new message: nothing accepted yet
   run->ctx = std::move(ctx);
   run->env = env;
   run->done = std::move(done);

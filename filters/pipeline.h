@@ -1,7 +1,9 @@
 // filters/pipeline.h — runs the filters of one stage in order and folds their results into
 // one outcome: the first Reject / TempFail / Disconnect ends the stage; Tag scores add up;
 // a Quarantine is remembered and lets later filters still reject. Every filter's result is
-// kept for the `filter` log event and Authentication-Results.
+// kept for the `filter` log event and Authentication-Results. Data-stage edits (edit.h) are
+// collected in filter order; one that collides with an earlier one is dropped and logged
+// (`edit_dropped`, warn); the rest, sorted, are in the outcome and in ctx->edits.
 #pragma once
 #include <chrono>
 #include <functional>
@@ -27,6 +29,7 @@ struct StageOutcome {
   double score = 0;
   std::string quarantineReason;
   std::vector<Header> headers;
+  std::vector<Edit> edits;  // sorted, no collisions (addEdit); dropped with a rejected message
   std::vector<std::string> authResults;
   std::vector<FilterReport> reports;
   // The `filters` field of log events: {"spf":"pass","dkim":"pass",...}

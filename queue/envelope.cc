@@ -141,12 +141,14 @@ std::vector<std::string_view> splitTabs(std::string_view line) {
 // Applies one record to `env`; false + error on anything unexpected.
 class Parser {
  public:
-  explicit Parser(Envelope& env) : env_(env) {}
+  Parser(Envelope& env, int version) : env_(env), version_(version) {}
 
   bool apply(std::string_view type, const std::vector<std::string>& f, std::string& error) {
     error = "bad record '" + std::string(type) + "'";
     if (type == "rcpt") return rcpt(f);
     if (type == "hdr") return f.size() == 2 && (env_.headers.emplace_back(f[0], f[1]), true);
+    if (type == "edit")
+      return version_ >= 2 ? edit(f) : (error = "unknown record type 'edit' in a version 1 envelope", false);
     if (f.size() != 1) return false;
     const std::string& v = f[0];
     if (has(type)) return error = "duplicate record '" + std::string(type) + "'", false;
@@ -179,6 +181,7 @@ class Parser {
     for (auto req : {"id", "arrival", "size", "from"}) {
       if (!has(req)) return error = std::string("missing record '") + req + "'", false;
     }
+    if (!filters::editsValid(env_.edits, env_.size)) return error = "edits overlap or pass the end of the message", false;
     return true;
   }
 
@@ -197,6 +200,15 @@ class Parser {
     env_.rcpts.push_back(std::move(r));
     return true;
   }
+  bool edit(const std::vector<std::string>& f) {
+    if (f.size() != 4) return false;
+    filters::Edit e;
+    if (!parseInt(f[0], e.offset) || !parseInt(f[1], e.length)) return false;
+    e.replacement = f[2];
+    e.why = f[3];
+    env_.edits.push_back(std::move(e));
+    return true;
+  }
   bool setArea(const std::string& v) {
     auto a = parseArea(v);
     if (!a) return false;
@@ -209,6 +221,7 @@ class Parser {
     return false;
   }
   Envelope& env_;
+  int version_;
   std::vector<std::string> seen_;
 };
 
@@ -235,7 +248,7 @@ std::string_view areaName(Area a) {
 
 std::string serializeEnvelope(const Envelope& e) {
   Writer w;
-  w.num(kMagic, kEnvelopeVersion);
+  w.num(kMagic, e.edits.empty() ? kEnvelopeVersionNoEdits : kEnvelopeVersion);
   w.str("id", e.id);
   w.unum("gen", e.generation);
   w.str("area", areaName(e.area));
@@ -257,6 +270,7 @@ std::string serializeEnvelope(const Envelope& e) {
   w.num("next", e.nextAttemptMs);
   w.flag("warned", e.delayWarned);
   for (auto& [name, value] : e.headers) w.record("hdr", {name, value});
+  for (auto& x : e.edits) w.record("edit", {std::to_string(x.offset), std::to_string(x.length), x.replacement, x.why});
   for (auto& r : e.rcpts)
     w.record("rcpt",
              {statusName(r.status), std::to_string(r.attempts), r.address, r.orcpt, r.notify, r.relay, r.lastReply});
@@ -283,12 +297,12 @@ bool checkFrame(std::string_view text, std::string_view& body, std::string& erro
   return true;
 }
 
-bool checkVersion(std::string_view line, std::string& error) {
+bool checkVersion(std::string_view line, int& version, std::string& error) {
   auto parts = splitTabs(line);
-  int version = 0;
   if (parts.size() != 2 || parts[0] != kMagic || !parseInt(parts[1], version))
     return error = "not a Moat envelope", false;
-  if (version != kEnvelopeVersion) return error = "unsupported envelope version " + std::to_string(version), false;
+  if (version < 1 || version > kEnvelopeVersion)
+    return error = "unsupported envelope version " + std::to_string(version), false;
   return true;
 }
 
@@ -298,7 +312,8 @@ std::optional<Envelope> parseEnvelope(std::string_view text, std::string& error)
   std::string_view body;
   if (!checkFrame(text, body, error)) return std::nullopt;
   Envelope env;
-  Parser parser(env);
+  int version = 0;
+  std::optional<Parser> parser;
   bool first = true;
   std::vector<std::string> fields;
   while (!body.empty()) {
@@ -306,7 +321,8 @@ std::optional<Envelope> parseEnvelope(std::string_view text, std::string& error)
     std::string_view line = body.substr(0, nl);
     body.remove_prefix(nl + 1);
     if (first) {
-      if (!checkVersion(line, error)) return std::nullopt;
+      if (!checkVersion(line, version, error)) return std::nullopt;
+      parser.emplace(env, version);
       first = false;
       continue;
     }
@@ -315,10 +331,10 @@ std::optional<Envelope> parseEnvelope(std::string_view text, std::string& error)
     for (size_t i = 1; i < parts.size(); ++i) {
       if (!unescape(parts[i], fields[i - 1])) return error = "bad escape in record", std::nullopt;
     }
-    if (!parser.apply(parts[0], fields, error)) return std::nullopt;
+    if (!parser->apply(parts[0], fields, error)) return std::nullopt;
   }
   if (first) return error = "not a Moat envelope", std::nullopt;
-  if (!parser.complete(error)) return std::nullopt;
+  if (!parser->complete(error)) return std::nullopt;
   error.clear();
   return env;
 }

@@ -3,6 +3,8 @@
 
 #include <re2/re2.h>
 
+#include <algorithm>
+
 #include "filters/attachments/zip.h"
 
 namespace moat::filters::attachments {
@@ -102,7 +104,8 @@ bool isAttachment(const mime::Part& part) {
 
 class Walker {
  public:
-  explicit Walker(const FilterConfig& config) : config_(config) {}
+  // collectAll: keep walking after the first blocked file (strip removes each of them).
+  Walker(const FilterConfig& config, bool collectAll) : config_(config), collectAll_(collectAll) {}
 
   CheckResult run(const mime::Part& root) {
     walk(root);
@@ -111,16 +114,24 @@ class Walker {
 
  private:
   void walk(const mime::Part& part) {
-    if (out_.blocked) return;
-    if (!part.filename.empty()) block(part.filename, "", blockReason(part.filename, config_));
+    if (finished()) return;
+    chain_.push_back(&part);
+    walkPart(part);
+    chain_.pop_back();
+  }
+
+  void walkPart(const mime::Part& part) {
+    // A blocked part is removed whole: nothing below it needs a look.
+    if (!part.filename.empty() && block(part.filename, "", blockReason(part.filename, config_))) return;
     if (part.isMultipart() || part.isMessage()) {
       for (const auto& c : part.children) walk(c);
       return;
     }
     if (isAttachment(part)) ++out_.attachments;
-    if (typeBlocked(part.contentType, config_.types))
-      block(part.filename.empty() ? "(unnamed " + part.contentType + " part)" : part.filename, "",
-            "type " + part.contentType);
+    if (typeBlocked(part.contentType, config_.types) &&
+        block(part.filename.empty() ? "(unnamed " + part.contentType + " part)" : part.filename, "",
+              "type " + part.contentType))
+      return;
     if (config_.scanZip && isAttachment(part) && isZip(part)) walkZip(part);
   }
 
@@ -130,19 +141,85 @@ class Walker {
     if (zip.malformed || zip.truncated || part.truncated) out_.archiveMalformed = true;
     std::string archive = part.filename.empty() ? "(unnamed archive)" : part.filename;
     for (const auto& name : zip.names) {
-      if (out_.blocked) return;
-      block(name, archive, blockReason(name, config_));
+      // One blocked name is enough: the archive goes as a whole.
+      if (finished() || block(name, archive, blockReason(name, config_))) return;
     }
   }
 
-  void block(const std::string& file, const std::string& archive, std::optional<std::string> reason) {
-    if (out_.blocked || !reason) return;
-    out_.blocked = Finding{file, archive, std::move(*reason)};
+  bool finished() const { return out_.blocked && !collectAll_; }
+
+  // Records a finding for the part on top of chain_; false when `reason` is empty.
+  bool block(const std::string& file, const std::string& archive, std::optional<std::string> reason) {
+    if (finished() || !reason) return false;
+    Finding f{file, archive, std::move(*reason)};
+    if (!out_.blocked) out_.blocked = f;
+    // The part to replace: the innermost one whose bytes are in the raw message (a part of
+    // a base64-encoded attached message is not; the attached message is).
+    const mime::Part* target = chain_.front();
+    for (auto it = chain_.rbegin(); it != chain_.rend(); ++it) {
+      if ((*it)->hasOffsets()) {
+        target = *it;
+        break;
+      }
+    }
+    out_.all.push_back({std::move(f), target, target == chain_.front()});
+    return true;
   }
 
   const FilterConfig& config_;
+  bool collectAll_;
+  std::vector<const mime::Part*> chain_;  // root .. current part
   CheckResult out_;
 };
+
+// The text that takes a stripped file's place (printable ASCII only: names are untrusted).
+std::string notice(const Finding& f) {
+  if (f.archive.empty())
+    return "Moat removed the attachment \"" + replySafe(f.file) + "\" (blocked " + replySafe(f.reason) +
+           ") from this message.";
+  return "Moat removed the attachment \"" + replySafe(f.archive) + "\" (it contains \"" + replySafe(f.file) +
+         "\", blocked " + replySafe(f.reason) + ") from this message.";
+}
+
+constexpr std::string_view kNoticeHeaders =
+    "Content-Type: text/plain; charset=us-ascii\r\n"
+    "Content-Disposition: inline\r\n"
+    "Content-Transfer-Encoding: 7bit\r\n";
+
+bool endsWithLineBreak(std::string_view raw, uint64_t end) { return end > 0 && end <= raw.size() && raw[end - 1] == '\n'; }
+
+// A body part: its header block and body become the notice part; the delimiter lines on
+// either side stay as they are, so the multipart stays valid (RFC 2046 5.1.1).
+Edit replacePart(const mime::Part& part, const Finding& f, std::string_view raw) {
+  Edit e;
+  e.offset = part.offset;
+  e.length = part.endOffset - part.offset;
+  e.replacement = std::string(kNoticeHeaders) + "\r\n" + notice(f);
+  if (endsWithLineBreak(raw, part.endOffset)) e.replacement += "\r\n";
+  e.why = "stripped " + replySafe(f.archive.empty() ? f.file : f.archive);
+  return e;
+}
+
+// The message itself is the blocked file (a single-part message, or a blocked name on the
+// top-level part): its content headers are removed and the body becomes the notice, so
+// the message is still delivered, from the same sender with the same Subject.
+std::vector<Edit> replaceRoot(const mime::Part& root, const Finding& f, std::string_view raw) {
+  std::vector<Edit> edits;
+  std::string why = "stripped " + replySafe(f.archive.empty() ? f.file : f.archive);
+  for (const auto& h : root.headers) {
+    if (h.offset == mime::kNoOffset) continue;
+    if (mime::iequals(h.name, "Content-Type") || mime::iequals(h.name, "Content-Transfer-Encoding") ||
+        mime::iequals(h.name, "Content-Disposition") || mime::iequals(h.name, "Content-Description"))
+      edits.push_back({h.offset, h.endOffset - h.offset, "", why});
+  }
+  Edit body;
+  body.offset = root.headerEnd;
+  body.length = root.endOffset - root.headerEnd;
+  body.replacement = std::string(kNoticeHeaders) + "\r\n" + notice(f) + "\r\n";
+  body.why = why;
+  edits.push_back(std::move(body));
+  return edits;
+}
 
 class AttachmentsFilter final : public Filter {
  public:
@@ -162,6 +239,8 @@ class AttachmentsFilter final : public Filter {
           // missing tree must not mean an unchecked message) parse here.
           auto msg = parsed ? parsed : mime::parse(raw, mime::Limits{});
           *result = check(*msg, *config);
+          // The parts the result points at live in `msg`: make the edits while it does.
+          if (config->action == Action::Strip) result->edits = stripEdits(*result, raw);
         },
         [ctx, config, result, done = std::move(done)] { done(resultFor(*result, *config)); });
   }
@@ -184,11 +263,7 @@ FilterConfig readConfig(const policy::Config& config, policy::Errors& errors) {
   fc.maxZipEntries = static_cast<size_t>(s.getInt("max_zip_entries", 10000, 1, 1000000));
   std::string action = s.getEnum("action", "reject", {"reject", "quarantine", "strip"});
   if (action == "quarantine") fc.action = Action::Quarantine;
-  if (action == "strip") {
-    fc.action = Action::Strip;
-    s.error("action",
-            "strip is not supported yet (a filter cannot rewrite the message body); use \"reject\" or \"quarantine\"");
-  }
+  if (action == "strip") fc.action = Action::Strip;
   if (fc.enabled && !anyList) s.warning("enabled", "no block_extensions, block_types or block_names: nothing is blocked");
   s.rejectUnknownKeys();
   return fc;
@@ -210,7 +285,28 @@ std::optional<std::string> blockReason(std::string_view name, const FilterConfig
   return std::nullopt;
 }
 
-CheckResult check(const mime::Message& msg, const FilterConfig& config) { return Walker(config).run(msg.root); }
+CheckResult check(const mime::Message& msg, const FilterConfig& config) {
+  return Walker(config, config.action == Action::Strip).run(msg.root);
+}
+
+std::vector<Edit> stripEdits(const CheckResult& check, std::string_view raw) {
+  std::vector<Edit> edits;
+  for (const auto& b : check.all) {
+    if (!b.part || !b.part->hasOffsets() || b.part->endOffset > raw.size()) continue;
+    // Two findings in one part (an encoded attached message) strip it once: addEdit
+    // refuses the second, identical range.
+    if (b.isRoot) {
+      std::vector<Edit> rootEdits = replaceRoot(*b.part, b.finding, raw);
+      std::vector<Edit> trial = edits;
+      bool ok = true;
+      for (auto& e : rootEdits) ok = ok && addEdit(trial, std::move(e), raw.size());
+      if (ok) edits = std::move(trial);
+    } else {
+      addEdit(edits, replacePart(*b.part, b.finding, raw), raw.size());
+    }
+  }
+  return edits;
+}
 
 std::string replySafe(std::string_view name) {
   std::string out;
@@ -231,8 +327,18 @@ Result resultFor(const CheckResult& check, const FilterConfig& config) {
     std::string what = replySafe(f.file) + (f.archive.empty() ? "" : " in " + replySafe(f.archive));
     if (config.action == Action::Quarantine) {
       r = Result::quarantine("attachment " + what + ": " + f.reason, "blocked " + what);
+    } else if (config.action == Action::Strip && !check.edits.empty()) {
+      r.summary.clear();
+      std::vector<std::string> names;
+      for (const auto& e : check.edits) {
+        std::string name = e.why.substr(std::string_view("stripped ").size());
+        if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
+      }
+      for (const auto& n : names) r.summary += (r.summary.empty() ? "stripped " : ", ") + n;
+      r.edits = check.edits;
+      r.detail.add("stripped", names);
     } else {
-      // Strip never gets here (the config refuses it); rejecting is the safe reading.
+      // Reject, or a strip that found no bytes to replace: refusing is the safe reading.
       r = Result::reject(554, "5.7.1", "Attachment blocked: " + what + " (" + replySafe(f.reason) + ")", "blocked " + what);
     }
     r.detail.add("file", f.file);

@@ -17,20 +17,29 @@
 //   scan_zip = true                check the names inside zip attachments (zip.h)
 //   max_zip_entries = 10000        names read per archive
 //   action = "reject"              reject: 554 5.7.1 naming the file | quarantine: held
-//                                  with the reason | strip: NOT SUPPORTED YET — a
-//                                  FILE:LINE error, because filters::Result cannot rewrite
-//                                  the body and an admin must never be silently unprotected
+//                                  with the reason | strip: the message is accepted and
+//                                  every blocked part is replaced, at delivery, by a
+//                                  text/plain part saying which file Moat removed and why
+//                                  (byte edits, filters/edit.h; the delimiters stay, so the
+//                                  MIME structure stays valid). A zip with a blocked name
+//                                  inside goes whole. A part inside a base64-encoded
+//                                  attached message takes the attached message with it.
+//                                  When the message itself is the blocked file (single
+//                                  part), its Content-* headers and body become the notice:
+//                                  the recipient still learns that mail came, and from whom.
 // A part is an attachment when the MIME filter would list it (Message::attachments): a
 // file name, disposition attachment, or a non-text leaf below the top. Attached messages
 // (message/rfc822) are walked like the rest of the tree.
 //
 // Untrusted input: the message's MIME tree (file names, types, zip bytes). Names put in
 // the SMTP reply are reduced to printable ASCII and shortened. Logs through the pipeline's
-// `filter` event: summary "clean" or "blocked NAME", detail {attachments, file, reason}.
+// `filter` event: summary "clean", "blocked NAME" or "stripped NAME[, NAME]", detail
+// {attachments, file, reason, stripped}.
 #pragma once
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "filters/filter.h"
@@ -70,8 +79,19 @@ struct Finding {
   std::string reason;     // "extension .exe", "type application/x-msdownload", "name /re/"
 };
 
+struct Blocked {
+  Finding finding;
+  // The part to replace when stripping: the blocked part or, inside an encoded attached
+  // message, the nearest enclosing part with offsets. Points into the mime::Message given
+  // to check(); valid while it lives.
+  const mime::Part* part = nullptr;
+  bool isRoot = false;  // the part is the whole message
+};
+
 struct CheckResult {
   std::optional<Finding> blocked;  // the first blocked file
+  std::vector<Blocked> all;        // every blocked file (only the first unless action is strip)
+  std::vector<Edit> edits;         // strip: stripEdits(), set by the filter
   unsigned attachments = 0;        // attachments looked at
   unsigned archiveEntries = 0;     // names read from zips
   bool archiveMalformed = false;   // some zip could not be fully read
@@ -80,6 +100,9 @@ struct CheckResult {
 // Why one name is blocked, or nullopt (exposed for tests).
 std::optional<std::string> blockReason(std::string_view name, const FilterConfig& config);
 CheckResult check(const mime::Message& msg, const FilterConfig& config);
+// Strip: the edits that replace each blocked part of `raw` (the message check() looked at,
+// while its mime::Message lives) by a text/plain notice naming the file and the reason.
+std::vector<Edit> stripEdits(const CheckResult& check, std::string_view raw);
 Result resultFor(const CheckResult& check, const FilterConfig& config);
 // A peer-supplied name made safe for an SMTP reply: printable ASCII, at most 100 bytes.
 std::string replySafe(std::string_view name);

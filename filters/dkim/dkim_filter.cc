@@ -6,7 +6,8 @@
 //   decides what a failure means.
 // sign: for outbound mail (relay network or authenticated client) whose From: domain has a
 //   [[dkim.sign]] entry, adds one DKIM-Signature per configured key (rsa and ed25519 both
-//   when both are set), prepended at delivery.
+//   when both are set), prepended at delivery. It runs last and signs the message with the
+//   edits of the filters before it applied (ctx->edits), as it will be delivered.
 // Config: [dkim] verify = true, max_signatures = 8; [[dkim.sign]] domain, selector,
 //   key_file, algorithm (default: from the key type). Keys are read and checked at load time.
 // Untrusted: the message. Logs: `dkim_sign_error` (warn) when signing fails; the results
@@ -138,10 +139,15 @@ class SignFilter : public Filter {
 
  private:
   static void signAll(const MessageContext& ctx, const std::vector<SignKey>& keys, Result& out) {
+    // Sign what will be delivered: the message with the earlier filters' edits (attachment
+    // strip, Subject prefix), the same bytes every delivery reads (queue/edited.h).
+    std::string edited;
+    std::string_view message = ctx.message;
+    if (!ctx.edits.empty()) message = edited = applyEdits(ctx.message, ctx.edits);
     std::vector<std::string> signedWith;
     for (const auto& k : keys) {
       std::string error;
-      auto value = signMessage(k, ctx.message, error);
+      auto value = signMessage(k, message, error);
       if (!value) {
         mta::log::warn("dkim_sign_error").add("queue_id", ctx.queueId).add("domain", k.domain).add("error", error);
         continue;

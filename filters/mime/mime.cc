@@ -42,25 +42,32 @@ Line lineAt(std::string_view data, size_t pos) {
   return {end, nl + 1};
 }
 
-// Splits the header block off; returns the offset of the body.
-size_t parseHeaders(std::string_view data, std::vector<HeaderField>& out) {
+uint64_t at(uint64_t base, size_t pos) { return base == kNoOffset ? kNoOffset : base + pos; }
+
+// Splits the header block off; returns the offset of the body. `headerEnd`: where the
+// header block ends (the blank line). `base`: the offset of `data` in the raw message.
+size_t parseHeaders(std::string_view data, uint64_t base, std::vector<HeaderField>& out, size_t& headerEnd) {
   size_t pos = 0;
+  headerEnd = 0;
   while (pos < data.size()) {
     Line l = lineAt(data, pos);
     std::string_view line = data.substr(pos, l.contentEnd - pos);
-    if (line.empty()) return l.next;
+    if (line.empty()) return headerEnd = pos, l.next;
     if ((line[0] == ' ' || line[0] == '\t') && !out.empty()) {
       out.back().raw += line;  // unfolding keeps the blank, drops the line break (RFC 5322 2.2.3)
+      out.back().endOffset = at(base, l.next);
     } else {
       size_t colon = line.find(':');
       if (colon != std::string_view::npos && colon > 0 &&
           line.substr(0, colon).find_first_of(" \t") == std::string_view::npos) {
-        out.push_back({std::string(line.substr(0, colon)), std::string(line.substr(colon + 1)), ""});
+        out.push_back({std::string(line.substr(0, colon)), std::string(line.substr(colon + 1)), "", at(base, pos),
+                       at(base, pos + colon + 1), at(base, l.next)});
       } else if (out.empty() && pos == 0 && line.rfind("From ", 0) != 0) {
         return 0;  // not a header at all: the whole thing is body
       }
     }
     pos = l.next;
+    headerEnd = pos;
   }
   return data.size();
 }
@@ -190,10 +197,16 @@ class Parser {
  public:
   Parser(const Limits& limits, Message& msg) : limits_(limits), msg_(msg) {}
 
-  void parsePart(std::string_view data, unsigned depth, const char* defaultType, Part& part) {
+  // `base`: the offset of `data` in the raw message, or kNoOffset.
+  void parsePart(std::string_view data, uint64_t base, unsigned depth, const char* defaultType, Part& part) {
     ++msg_.partCount;
     part.depth = depth;
-    size_t bodyAt = parseHeaders(data, part.headers);
+    size_t headerEnd = 0;
+    size_t bodyAt = parseHeaders(data, base, part.headers, headerEnd);
+    part.offset = at(base, 0);
+    part.headerEnd = at(base, headerEnd);
+    part.bodyOffset = at(base, bodyAt);
+    part.endOffset = at(base, data.size());
     for (auto& h : part.headers) {
       h.raw = std::string(trimView(h.raw));
       h.decoded = decodeHeaderWords(h.raw);
@@ -201,9 +214,9 @@ class Parser {
     readContentHeaders(part, defaultType);
     std::string_view body = data.substr(bodyAt);
     if (part.isMultipart()) {
-      parseMultipart(body, depth, part);
+      parseMultipart(body, part.bodyOffset, depth, part);
     } else if (part.isMessage()) {
-      parseEmbedded(body, depth, part);
+      parseEmbedded(body, part.bodyOffset, depth, part);
     } else {
       decodeLeaf(body, part);
     }
@@ -256,10 +269,10 @@ class Parser {
     return trimView(rest).empty() ? 1 : 0;
   }
 
-  void parseMultipart(std::string_view body, unsigned depth, Part& part) {
+  void parseMultipart(std::string_view body, uint64_t base, unsigned depth, Part& part) {
     std::string boundary = part.params["boundary"];
     const char* childType = part.contentType == "multipart/digest" ? "message/rfc822" : "text/plain";
-    std::vector<std::string_view> pieces;
+    std::vector<std::pair<size_t, std::string_view>> pieces;  // offset in `body`, bytes
     size_t pos = 0, partStart = std::string_view::npos;
     bool closed = false;
     while (pos < body.size() && !closed) {
@@ -270,7 +283,7 @@ class Parser {
           size_t end = pos;
           if (end > partStart && body[end - 1] == '\n') --end;
           if (end > partStart && body[end - 1] == '\r') --end;
-          pieces.push_back(body.substr(partStart, end - partStart));
+          pieces.emplace_back(partStart, body.substr(partStart, end - partStart));
         }
         partStart = l.next;
         closed = kind == 2;
@@ -279,31 +292,32 @@ class Parser {
     }
     // A missing close delimiter: the last part runs to the end of the message.
     if (!closed && partStart != std::string_view::npos && partStart < body.size())
-      pieces.push_back(body.substr(partStart));
+      pieces.emplace_back(partStart, body.substr(partStart));
     if (pieces.empty()) {
       // No delimiter at all: show the body as text so rules and scanners still see it.
       part.contentType = "text/plain";
       decodeLeaf(body, part);
       return;
     }
-    for (auto piece : pieces) {
+    for (auto [offset, piece] : pieces) {
       if (!enter(depth)) return;
       part.children.emplace_back();
-      parsePart(piece, depth + 1, childType, part.children.back());
+      parsePart(piece, at(base, offset), depth + 1, childType, part.children.back());
     }
   }
 
-  void parseEmbedded(std::string_view body, unsigned depth, Part& part) {
+  void parseEmbedded(std::string_view body, uint64_t base, unsigned depth, Part& part) {
     std::string decoded;
     if (part.transferEncoding == "base64" || part.transferEncoding == "quoted-printable") {
       // Not allowed by RFC 2046 5.2.1, but sent; decode so the inner message is seen.
       decoded = part.transferEncoding == "base64" ? decodeBase64(body) : decodeQuotedPrintable(body);
       if (!account(decoded.size())) return;
       body = decoded;
+      base = kNoOffset;  // the inner message's bytes are not in the raw message
     }
     if (!enter(depth)) return;
     part.children.emplace_back();
-    parsePart(body, depth + 1, "text/plain", part.children.back());
+    parsePart(body, base, depth + 1, "text/plain", part.children.back());
   }
 
   bool account(uint64_t n) {
@@ -399,7 +413,7 @@ class Renderer {
 std::shared_ptr<const Message> parse(std::string_view raw, const Limits& limits) {
   auto msg = std::make_shared<Message>();
   Parser parser(limits, *msg);
-  parser.parsePart(raw, 0, "text/plain", msg->root);
+  parser.parsePart(raw, 0, 0, "text/plain", msg->root);
   Renderer(*msg).walk(msg->root, true);
   return msg;
 }

@@ -24,10 +24,18 @@ struct Limits {
   uint64_t maxDecodedSize = 100ull << 20;  // bytes of decoded leaf bodies in total
 };
 
+// Where a header field or a part lies in the raw message given to parse(), for filters
+// that rewrite the message by byte edits (filters/edit.h). kNoOffset when the bytes are not
+// a slice of the raw message (inside a base64/quoted-printable encoded message/rfc822).
+inline constexpr uint64_t kNoOffset = UINT64_MAX;
+
 struct HeaderField {
   std::string name;     // as written (compare case-insensitively)
   std::string raw;      // unfolded value, leading blanks removed
   std::string decoded;  // RFC 2047 encoded words decoded, as UTF-8
+  uint64_t offset = kNoOffset;       // the first byte of the name
+  uint64_t valueOffset = kNoOffset;  // the byte after the colon
+  uint64_t endOffset = kNoOffset;    // after the line break of the field's last line
 };
 
 struct Part {
@@ -47,6 +55,15 @@ struct Part {
   bool charsetUnknown = false;
   bool truncated = false;  // body cut by the decoded-size limit
   std::vector<Part> children;  // multipart: the body parts; message/rfc822: one, the message
+  // Byte offsets in the raw message (kNoOffset: see HeaderField). A body part of a
+  // multipart runs from the line after its delimiter to the line break before the next
+  // delimiter (that line break belongs to the delimiter, RFC 2046 5.1.1), so replacing
+  // [offset, endOffset) keeps the delimiters intact.
+  uint64_t offset = kNoOffset;      // the first byte of the header block
+  uint64_t headerEnd = kNoOffset;   // after the last header field (where the blank line is)
+  uint64_t bodyOffset = kNoOffset;  // the first byte of the body
+  uint64_t endOffset = kNoOffset;   // one past the last byte of the body
+  bool hasOffsets() const { return offset != kNoOffset; }
 
   bool isMultipart() const { return contentType.rfind("multipart/", 0) == 0; }
   bool isMessage() const { return contentType == "message/rfc822" || contentType == "message/global"; }

@@ -15,9 +15,8 @@ FilterConfig readConfig(const policy::Config& config, policy::Errors& errors) {
   fc.reject = s.getDouble("reject", 15.0);
   fc.pcre2Fallback = s.getEnum("fallback", "none", {"none", "pcre2"}) == "pcre2";
   fc.subjectPrefix = s.getString("subject_prefix", "");
-  // Rewriting Subject needs header replacement at delivery, which the filter interface does
-  // not have yet: refuse the key rather than accept it and do nothing.
-  if (!fc.subjectPrefix.empty()) s.error("subject_prefix", "not supported yet (the X-Spam-* headers are added)");
+  // The prefix becomes header bytes: a line break in it would forge a header.
+  if (fc.subjectPrefix.find_first_of("\r\n") != std::string::npos) s.error("subject_prefix", "must be one line");
   if (fc.tag > fc.quarantine) s.error("quarantine", "must be at least tag");
   if (fc.quarantine > fc.reject) s.error("reject", "must be at least quarantine");
   s.rejectUnknownKeys();
@@ -29,6 +28,44 @@ std::string formatScore(double score) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.1f", score);
   return buf;
+}
+
+namespace {
+
+bool isBlank(char c) { return c == ' ' || c == '\t'; }
+
+// The first top-level header field with this name, with offsets, or nullptr.
+const mime::HeaderField* topHeader(const mime::Message& msg, std::string_view name) {
+  for (const auto& h : msg.root.headers)
+    if (mime::iequals(h.name, name)) return &h;
+  return nullptr;
+}
+
+}  // namespace
+
+std::optional<Edit> subjectPrefixEdit(const mime::Message& msg, std::string_view raw, const std::string& prefix) {
+  if (prefix.empty() || !msg.root.hasOffsets()) return std::nullopt;
+  const mime::HeaderField* subject = topHeader(msg, "Subject");
+  std::string why = "Subject prefix " + prefix;
+  if (!subject) {
+    // No Subject: one goes at the end of the header block, where the signer sees it too.
+    uint64_t at = msg.root.headerEnd;
+    if (at > raw.size()) return std::nullopt;
+    bool noHeaderBlock = msg.root.headers.empty() && msg.root.bodyOffset == 0;  // all body
+    return Edit{at, 0, "Subject: " + prefix + "\r\n" + (noHeaderBlock ? "\r\n" : ""), why};
+  }
+  if (subject->valueOffset == mime::kNoOffset || subject->endOffset > raw.size()) return std::nullopt;
+  // Already marked (a second pass, or a sender's own tag): once is enough.
+  if (subject->raw.rfind(prefix, 0) == 0) return std::nullopt;
+  // Insert before the first character of the value on the field's first line: the fold
+  // structure after it is untouched (RFC 5322 2.2.3).
+  uint64_t at = subject->valueOffset;
+  while (at < subject->endOffset && isBlank(raw[at])) ++at;
+  bool lineEnds = at >= subject->endOffset || raw[at] == '\r' || raw[at] == '\n';
+  std::string text = (at == subject->valueOffset ? " " : "") + prefix;
+  if (!lineEnds) text += " ";
+  else if (!subject->raw.empty()) text += " ";  // the value continues on a folded line
+  return Edit{at, 0, std::move(text), why};
 }
 
 Result resultFor(const Evaluation& ev, const FilterConfig& config, const std::string& subject) {
@@ -51,7 +88,6 @@ Result resultFor(const Evaluation& ev, const FilterConfig& config, const std::st
                                             " required=" + formatScore(config.tag) + " tests=" + (tests.empty() ? "none" : tests)});
   r.detail.add("score", ev.score);
   r.detail.add("tests", ev.hits);
-  if (spam && !config.subjectPrefix.empty()) r.detail.add("subject", config.subjectPrefix + " " + subject);
   return r;
 }
 
@@ -67,6 +103,7 @@ class RulesFilter final : public Filter {
     struct Work {
       Evaluation ev;
       std::string subject;
+      std::optional<Edit> prefix;
     };
     auto work = std::make_shared<Work>();
     auto config = config_;
@@ -80,10 +117,19 @@ class RulesFilter final : public Filter {
           Input in{tree.get(), raw, envFrom};
           work->ev = config->rules->evaluate(in);
           work->subject = tree->header("Subject");
+          // Tag and quarantine (not reject): the recipient or the admin who releases it
+          // sees the mark in the Subject.
+          if (work->ev.score >= config->tag && work->ev.score < config->reject)
+            work->prefix = subjectPrefixEdit(*tree, raw, config->subjectPrefix);
         },
         [ctx, work, config, done = std::move(done)] {
           ctx->spamScore += work->ev.score;
-          done(resultFor(work->ev, *config, work->subject));
+          Result r = resultFor(work->ev, *config, work->subject);
+          if (work->prefix) {
+            r.detail.add("subject_prefix", true);
+            r.edits.push_back(std::move(*work->prefix));
+          }
+          done(std::move(r));
         });
   }
 

@@ -9,15 +9,22 @@
 //   reject = 15.0               score >= reject: 550 5.7.1
 //   fallback = "none"           none | pcre2: run rules RE2 cannot (look-around,
 //                               back-references) with PCRE2 (JIT, match limit)
-//   subject_prefix = ""         e.g. "[SPAM]"; at Tag and above, the Subject the delivery
-//                               should write is in the result detail ("subject")
+//   subject_prefix = ""         e.g. "[SPAM]"; at tag and above (not rejected) the
+//                               Subject gets "[SPAM] " in front of its value, once (not
+//                               when it already starts with the prefix), by a byte edit
+//                               applied at delivery (filters/edit.h); a message without a
+//                               Subject gets "Subject: [SPAM]" at the end of its header
+//                               block. Folded Subjects keep their folding; encoded words
+//                               are left as they are.
 // X-Spam-Score and X-Spam-Status (Yes|No, score=S required=T tests=A,B) are added to
 // every message the rules ran on. Without [rules] files the filter is not built.
 // Untrusted input: the message. Logs through the pipeline's `filter` event: summary
-// "score=S", detail {score, tests}.
+// "score=S", detail {score, tests, subject_prefix}.
 #pragma once
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "filters/filter.h"
 #include "filters/rules/rules.h"
@@ -41,6 +48,11 @@ FilterConfig readConfig(const policy::Config& config, policy::Errors& errors);
 
 // The verdict and headers for an evaluation (exposed for tests).
 Result resultFor(const Evaluation& ev, const FilterConfig& config, const std::string& subject);
+
+// The edit that puts `prefix` in front of the top-level Subject of `raw` (parsed as
+// `msg`), or adds a Subject; nullopt when there is nothing to do (empty prefix, already
+// prefixed). Exposed for tests.
+std::optional<Edit> subjectPrefixEdit(const mime::Message& msg, std::string_view raw, const std::string& prefix);
 
 // "5.2" — SpamAssassin's one-decimal score format.
 std::string formatScore(double score);

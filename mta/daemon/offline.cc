@@ -103,6 +103,7 @@ int runScan(const ScanOptions& opts) {
       for (auto& r : out.reports) reports.push_back(r);
       for (auto& a : out.authResults) authResults.push_back(a);
       for (auto& h : out.headers) headers.push_back(h);
+      for (auto& e : out.edits) final.edits.push_back(e);
       final.score += out.score;
       if (out.verdict != filters::Verdict::Continue &&
           (final.verdict == filters::Verdict::Continue || final.verdict == filters::Verdict::Tag)) {
@@ -135,6 +136,12 @@ int runScan(const ScanOptions& opts) {
   JsonArray hs;
   for (const auto& h : headers) hs.add(h.name + ": " + h.value);
   out.addRaw("headers", hs.str());
+  if (!final.edits.empty()) {  // what delivery would rewrite (strip, Subject prefix)
+    JsonArray es;
+    for (const auto& e : final.edits)
+      es.addRaw(JsonObject().add("offset", e.offset).add("length", e.length).add("why", e.why).str());
+    out.addRaw("edits", es.str());
+  }
   out.addRaw("filters", reportsJson(reports));
   std::printf("%s\n", out.str().c_str());
   return 0;

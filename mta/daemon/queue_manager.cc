@@ -13,6 +13,7 @@
 #include "mta/runtime/log.h"
 #include "mta/server/metrics.h"
 #include "queue/dsn.h"
+#include "queue/edited.h"
 
 namespace moat::mta::daemon {
 namespace {
@@ -358,8 +359,14 @@ void QueueManager::loadData(const std::string& id, DataLoaded done) {
   auto result = std::make_shared<std::pair<std::shared_ptr<const queue::MessageData>, std::string>>();
   auto spool = spool_;
   auto alive = alive_;
+  // Every reader gets the message as delivered: with the filters' edits (queue/edited.h).
+  auto entry = entries_.find(id);
+  auto edits = entry != entries_.end() ? entry->second.env.edits : std::vector<filters::Edit>{};
   uv::queueWork(
-      loop_, [spool, id, result] { result->first = spool->openData(id, result->second); },
+      loop_,
+      [spool, id, result, edits = std::move(edits)] {
+        result->first = queue::deliveredData(spool->openData(id, result->second), edits);
+      },
       [alive, result, done = std::move(done)] {
         if (*alive) done(std::move(result->first), std::move(result->second));
       });
@@ -964,12 +971,16 @@ std::string QueueManager::show(const std::string& id) const {
   }
   mta::JsonArray headers;
   for (const auto& [n, v] : env.headers) headers.add(n + ": " + v);
+  mta::JsonArray edits;  // what the content filters rewrite at delivery
+  for (const auto& e : env.edits)
+    edits.addRaw(mta::JsonObject().add("offset", e.offset).add("length", e.length).add("why", e.why).str());
   mta::JsonObject o;
   o.add("ok", true).add("id", env.id).add("area", areaLabel(env.area)).add("from", env.mailFrom)
       .add("message_id", env.messageId).add("client_ip", env.clientIp).add("helo", env.helo)
       .add("protocol", env.protocol).add("size", env.size).add("arrival_ms", env.arrivalMs)
       .add("attempts", env.attempts).add("next_attempt_ms", env.nextAttemptMs).add("is_bounce", env.isBounce)
       .add("reason", env.quarantineReason).addRaw("recipients", rcpts.str()).addRaw("headers", headers.str());
+  if (!edits.empty()) o.addRaw("edits", edits.str());
   return o.str();
 }
 

@@ -649,6 +649,7 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
   auto data = incoming_->data();
   env.messageId = data ? findMessageId(data->bytes()) : "";
   for (const auto& h : gatewayHeaders(outcome)) env.headers.emplace_back(h.name, h.value);
+  env.edits = std::move(outcome.edits);  // content filters' rewrites, applied at delivery
   env.eightBit = eightBit_;
   env.smtputf8 = smtputf8_;
   env.size = incoming_->size();

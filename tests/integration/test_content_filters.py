@@ -1,7 +1,9 @@
 """Content filters through the real daemon: antivirus (real libclamav with an EICAR
 signature database the test writes), regex spam rules at each threshold (tag, quarantine,
-reject; quarantine then `moat queue release`), the attachment filter (reject and
-quarantine), and every filter's result in the accept/reject log lines (`filters`)."""
+reject; quarantine then `moat queue release`; the Subject prefix), the attachment filter
+(reject, quarantine, strip: the part replaced by a notice at delivery, also after a
+release and under a DKIM signature that still verifies), and every filter's result in the
+accept/reject log lines (`filters`)."""
 
 import base64
 import email
@@ -39,12 +41,13 @@ def message(subject, body="Hello.\r\n", sender="alice@sender.test", msgid=None):
             f"\r\n{body}").encode()
 
 
-def with_attachment(subject, filename, payload, ctype="application/octet-stream"):
+def with_attachment(subject, filename, payload, ctype="application/octet-stream", text="see attached",
+                    sender="alice@sender.test"):
     b64 = base64.encodebytes(payload).replace(b"\n", b"\r\n").decode()
-    return (f"From: alice@sender.test\r\nTo: bob@example.test\r\nSubject: {subject}\r\n"
+    return (f"From: {sender}\r\nTo: bob@example.test\r\nSubject: {subject}\r\n"
             f"Message-ID: <{abs(hash(subject + filename))}@sender.test>\r\nMIME-Version: 1.0\r\n"
             f"Content-Type: multipart/mixed; boundary=\"BOUNDARY\"\r\n\r\n"
-            f"--BOUNDARY\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+            f"--BOUNDARY\r\nContent-Type: text/plain\r\n\r\n{text}\r\n"
             f"--BOUNDARY\r\nContent-Type: {ctype}; name=\"{filename}\"\r\n"
             f"Content-Disposition: attachment; filename=\"{filename}\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
             f"{b64}--BOUNDARY--\r\n").encode()
@@ -252,17 +255,106 @@ class ContentFiltersTest(unittest.TestCase):
         self.assertEqual(self.quarantined(), [])
         self.assertEqual(self.sink.messages, [])
 
-    def test_strip_is_refused_at_start(self):
-        """`strip` is not implemented: the daemon must refuse the config, never run unprotected."""
-        self.moat = Moat(extra='\n[attachments]\nblock_extensions = ["exe"]\naction = "strip"\n', start=False)
+    # --- rewriting at delivery (edits kept in the envelope) --------------------------------
+
+    def parts(self, msg):
+        return [(p.get_content_type(), p.get_filename(), p.get_payload(decode=True))
+                for p in msg.walk() if not p.is_multipart()]
+
+    def test_blocked_attachment_is_stripped(self):
+        m = self.start('\n[attachments]\nblock_extensions = ["exe"]\naction = "strip"\n')
+        raw = with_attachment("stripped invoice", "invoice.pdf.exe", b"MZ\x90\x00not really")
+        code, reply, qid = self.send(raw)
+        self.assertEqual(code, 250, reply)
+        acc = m.wait_log(event="accept", queue_id=qid, timeout=10)
+        self.assertEqual(acc["verdict"], "continue")
+        self.assertEqual(filter_result(acc, "attachments"), "stripped invoice.pdf.exe")
+        msg = self.delivered("stripped invoice")
+        parts = self.parts(msg)
+        self.assertEqual(len(parts), 2, parts)
+        self.assertEqual(parts[0], ("text/plain", None, b"see attached"))
+        self.assertEqual(parts[1][0], "text/plain")
+        self.assertIsNone(parts[1][1])
+        self.assertEqual(parts[1][2], b'Moat removed the attachment "invoice.pdf.exe" (blocked extension .exe) '
+                                      b'from this message.')
+        data = self.sink.messages[-1]["data"]
+        self.assertNotIn(b"invoice.pdf.exe\"\r\nContent-Transfer-Encoding: base64", data)
+        # The message as received, up to the stripped part, arrives byte for byte (after
+        # Moat's prepended headers), and so does the closing delimiter.
+        head = raw[:raw.index(b"--BOUNDARY\r\nContent-Type: application/octet-stream")]
+        self.assertTrue(data.endswith(b"from this message.\r\n--BOUNDARY--\r\n"), data[-200:])
+        self.assertIn(head, data)
+        # SIZE= at delivery is the rewritten size.
+        mail = [c for c in self.sink.commands if c.upper().startswith("MAIL FROM") and "SIZE=" in c.upper()]
+        self.assertTrue(mail, self.sink.commands)
+        self.assertEqual(int(mail[-1].upper().split("SIZE=")[1].split()[0]), len(data))
+
+    def test_subject_prefix_at_the_tag_threshold(self):
+        self.start('\n[rules]\nfiles = ["spam.cf"]\ntag = 5\nquarantine = 10\nreject = 15\n'
+                   'subject_prefix = "[SPAM]"\n', files={"spam.cf": SPAM_RULES})
+        code, reply, _ = self.send(message("cheap pills today"))
+        self.assertEqual(code, 250, reply)
+        tagged = self.delivered("[SPAM] cheap pills today")
+        self.assertTrue(tagged["X-Spam-Status"].startswith("Yes, score=6.0"), tagged["X-Spam-Status"])
+        self.assertEqual(tagged["X-Spam-Score"].strip(), "6.0")
+        self.assertEqual(self.sink.messages[-1]["data"].count(b"\r\nSubject: "), 1)
+        # Below the tag threshold the Subject is left alone.
+        code, reply, _ = self.send(message("lunch"))
+        self.assertEqual(code, 250, reply)
+        self.assertTrue(self.delivered("lunch")["X-Spam-Status"].startswith("No"))
+
+    def test_quarantined_message_with_edits_is_released_rewritten(self):
+        m = self.start('\n[attachments]\nblock_extensions = ["exe"]\naction = "strip"\n'
+                       '\n[rules]\nfiles = ["spam.cf"]\ntag = 5\nquarantine = 10\nreject = 15\n'
+                       'subject_prefix = "[SPAM]"\n', files={"spam.cf": SPAM_RULES})
+        raw = with_attachment("prize", "claim.exe", b"MZ evil", text="Congratulations, you are a winner!")
+        code, reply, qid = self.send(raw)
+        self.assertEqual(code, 250, reply)
+        acc = m.wait_log(event="accept", queue_id=qid, timeout=10)
+        self.assertEqual(acc["verdict"], "quarantine")
+        self.assertEqual(filter_result(acc, "attachments"), "stripped claim.exe")
+        wait_for(lambda: [x for x in self.quarantined() if x["id"] == qid], 10, what="the message in the quarantine")
+        shown = json.loads(m.cli("queue", "show", qid).stdout)
+        self.assertEqual(sorted(e["why"] for e in shown["edits"]), ["Subject prefix [SPAM]", "stripped claim.exe"])
+        self.assertEqual(self.sink.messages, [])
+        m.cli("queue", "release", qid)
+        msg = self.delivered("[SPAM] prize")
+        parts = self.parts(msg)
+        self.assertEqual(parts[0][2], b"Congratulations, you are a winner!")
+        self.assertIn(b'Moat removed the attachment "claim.exe"', parts[1][2])
+        self.assertNotIn(b"claim.exe\"\r\nContent-Disposition", self.sink.messages[-1]["data"])
+
+    def test_stripped_message_is_signed_as_delivered(self):
+        import tempfile
+        from authzone import rsa_key, txt_lookup
+        import dkim
+        keydir = tempfile.mkdtemp(prefix="moat-strip-dkim-")
+        txt = rsa_key(os.path.join(keydir, "s1.pem"))
+        m = self.start('\n[attachments]\nblock_extensions = ["exe"]\naction = "strip"\n'
+                       f'\n[[dkim.sign]]\ndomain = "example.test"\nselector = "s1"\n'
+                       f'key_file = "{os.path.join(keydir, "s1.pem")}"\n')
+        # From the relay network (loopback) with an example.test From: outbound, signed.
+        raw = with_attachment("signed and stripped", "tool.exe", b"MZ", sender="carol@example.test")
+        code, reply, qid = self.send(raw, sender="carol@example.test")
+        self.assertEqual(code, 250, reply)
+        acc = m.wait_log(event="accept", queue_id=qid, timeout=10)
+        self.assertEqual(filter_result(acc, "dkim_sign"), "signed")
+        self.delivered("signed and stripped")
+        data = self.sink.messages[-1]["data"]
+        self.assertIn(b"Moat removed the attachment", data)
+        dnsfunc = txt_lookup({"s1._domainkey.example.test": txt})
+        self.assertTrue(dkim.verify(data, dnsfunc=dnsfunc), data[:3000])
+        # Not vacuous: the same signature over the unedited message fails.
+        self.assertFalse(dkim.verify(data.replace(b"Moat removed", b"Moat Removed"), dnsfunc=dnsfunc))
+        subprocess.run(["rm", "-rf", keydir], check=False)
+
+    def test_strip_is_accepted_by_check(self):
+        """`strip` is a valid action: `moat check` accepts it."""
+        self.moat = Moat(extra='\n[attachments]\nblock_extensions = ["exe"]\naction = "strip"\n'
+                         '\n[rules]\nfiles = []\nsubject_prefix = "[SPAM]"\n', start=False)
         r = self.moat.cli("check", check=False)
-        self.assertNotEqual(r.returncode, 0)
-        self.assertIn("strip is not supported yet", r.stderr + r.stdout)
-        self.assertRegex(r.stderr + r.stdout, r"moat\.toml:\d+:")
-        serve = subprocess.run([MOAT_BIN, "serve", "-c", self.moat.config_path], cwd=self.moat.dir,
-                               capture_output=True, text=True, timeout=30)
-        self.assertNotEqual(serve.returncode, 0)
-        self.assertIn("strip is not supported yet", serve.stderr)
+        self.assertEqual(r.returncode, 0, r.stderr + r.stdout)
+        self.assertNotIn("not supported", r.stderr + r.stdout)
 
 
 if __name__ == "__main__":

@@ -108,10 +108,10 @@ TEST_CASE("envelope: a newer version or an unknown record is an error, not dropp
   std::string error;
   REQUIRE(parseEnvelope(resign(body), error).has_value());
 
-  std::string v2 = body;
-  v2.replace(0, v2.find('\n'), "moat-envelope\t2");
-  REQUIRE_FALSE(parseEnvelope(resign(v2), error).has_value());
-  REQUIRE(error.find("version 2") != std::string::npos);
+  std::string v3 = body;
+  v3.replace(0, v3.find('\n'), "moat-envelope\t3");
+  REQUIRE_FALSE(parseEnvelope(resign(v3), error).has_value());
+  REQUIRE(error.find("version 3") != std::string::npos);
 
   REQUIRE_FALSE(parseEnvelope(resign(body + "dsn_state\tx\n"), error).has_value());
   REQUIRE(error.find("unknown record type 'dsn_state'") != std::string::npos);
@@ -132,4 +132,61 @@ TEST_CASE("envelope: a newer version or an unknown record is an error, not dropp
 TEST_CASE("crc32 matches the IEEE check value") {
   REQUIRE(crc32("123456789") == 0xCBF43926u);
   REQUIRE(crc32("") == 0u);
+}
+
+TEST_CASE("envelope with edits round-trips as version 2, arbitrary replacement bytes included") {
+  Envelope e = sample();
+  e.size = 100;
+  e.edits = {{0, 0, "\t[SPAM]%41 ", "Subject prefix [SPAM]"},
+             {40, 30, std::string("Content-Type: text/plain\r\n\r\nMoat removed \"x\x01\x7f\xff.exe\"\n\0z", 54),
+              "stripped x.exe"},
+             {100, 0, "", ""}};
+  std::string text = serializeEnvelope(e);
+  REQUIRE(text.rfind("moat-envelope\t2\n", 0) == 0);
+  std::string error;
+  auto back = parseEnvelope(text, error);
+  REQUIRE(back.has_value());
+  REQUIRE(*back == e);
+  REQUIRE(back->edits[1].replacement.size() == 54);
+  // One record per line: the CRLF and TAB of a replacement are escaped.
+  size_t records = 0;
+  for (size_t p = 0; (p = text.find("\nedit\t", p)) != std::string::npos; ++p) ++records;
+  REQUIRE(records == 3);
+  REQUIRE(text.find("\nMoat removed") == std::string::npos);
+  REQUIRE(text.find("\n\nMoat") == std::string::npos);
+}
+
+TEST_CASE("an envelope without edits is still version 1, and version 1 files parse") {
+  Envelope e = sample();
+  std::string text = serializeEnvelope(e);
+  REQUIRE(text.rfind("moat-envelope\t1\n", 0) == 0);
+  std::string error;
+  auto back = parseEnvelope(text, error);
+  REQUIRE(back.has_value());
+  REQUIRE(back->edits.empty());
+  // A file written by the Moat before edits existed (version 1, no edit record): the
+  // same bytes, since nothing else changed in the format.
+  std::string body = bodyOf(text);
+  REQUIRE(parseEnvelope(resign(body), error).has_value());
+}
+
+TEST_CASE("envelope: edit records are checked (version, order, range, numbers)") {
+  Envelope e = sample();
+  e.size = 50;
+  e.edits = {{10, 5, "x", "a"}};
+  std::string body = bodyOf(serializeEnvelope(e));
+  std::string error;
+  REQUIRE(parseEnvelope(resign(body), error).has_value());
+  // An edit record in a version-1 file is unknown there.
+  std::string v1 = body;
+  v1.replace(0, v1.find('\n'), "moat-envelope\t1");
+  REQUIRE_FALSE(parseEnvelope(resign(v1), error).has_value());
+  REQUIRE(error.find("unknown record type 'edit'") != std::string::npos);
+  // Overlapping, out of range, malformed.
+  REQUIRE_FALSE(parseEnvelope(resign(body + "edit\t12\t1\ty\tb\n"), error).has_value());
+  REQUIRE(error.find("edits overlap") != std::string::npos);
+  REQUIRE_FALSE(parseEnvelope(resign(body + "edit\t45\t6\ty\tb\n"), error).has_value());
+  REQUIRE_FALSE(parseEnvelope(resign(body + "edit\t20\t-1\ty\tb\n"), error).has_value());
+  REQUIRE_FALSE(parseEnvelope(resign(body + "edit\t20\t1\ty\n"), error).has_value());
+  REQUIRE(parseEnvelope(resign(body + "edit\t20\t1\ty\tb\n"), error).has_value());
 }

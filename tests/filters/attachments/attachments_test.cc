@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <functional>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -17,6 +18,7 @@
 
 #include "filters/attachments/attachments.h"
 #include "filters/attachments/zip.h"
+#include "filters/edit.h"
 #include "filters/mime/mime.h"
 #include "mta/runtime/uv.h"
 
@@ -345,7 +347,7 @@ TEST_CASE("malformed zips: every truncation, byte flips and hostile offsets neve
   REQUIRE(resultFor(r, fc).detail.str().find("archive_malformed") != std::string::npos);
 }
 
-TEST_CASE("config errors are FILE:LINE; strip is refused; no list turns the filter off") {
+TEST_CASE("config errors are FILE:LINE, strip is accepted, no list turns the filter off") {
   TempDir dir;
   moat::policy::Errors errors;
   auto config = loadConfig(dir,
@@ -365,7 +367,7 @@ TEST_CASE("config errors are FILE:LINE; strip is refused; no list turns the filt
   REQUIRE(errors.hasErrors());
   REQUIRE(all.find("moat.toml:6: attachments.block_names: bad pattern") != std::string::npos);
   REQUIRE(all.find("moat.toml:8:") != std::string::npos);
-  REQUIRE(all.find("moat.toml:9: attachments.action: strip is not supported yet") != std::string::npos);
+  REQUIRE(all.find("moat.toml:9:") == std::string::npos);  // action = "strip" is valid
   REQUIRE(all.find("moat.toml:10: attachments.colour: unknown key") != std::string::npos);
 
   moat::policy::Errors e2;
@@ -435,4 +437,105 @@ TEST_CASE("the filter on a real loop: reject, quarantine, clean, no MIME tree, a
   REQUIRE(inj.text.find('\r') == std::string::npos);
   REQUIRE(inj.text.find('\n') == std::string::npos);
   REQUIRE(replySafe(std::string(500, 'x')).size() == 103);
+}
+
+namespace {
+
+// The bytes of a part in its message.
+std::string partBytes(const std::string& raw, const mime::Part& p) { return raw.substr(p.offset, p.endOffset - p.offset); }
+
+std::shared_ptr<const Filter> stripFilter(const TempDir& dir) {
+  moat::policy::Errors errors;
+  auto f = makeAttachmentsFilter(*loadConfig(dir, kSection + "action = \"strip\"\n", errors), errors);
+  INFO(errors.str());
+  REQUIRE_FALSE(errors.hasErrors());
+  REQUIRE(f);
+  return f;
+}
+
+}  // namespace
+
+TEST_CASE("strip: the .exe part becomes a notice, the MIME structure and the other parts stay") {
+  TempDir dir;
+  auto strip = stripFilter(dir);
+  // Three parts: text, the .exe, a pdf after it.
+  std::string raw = crlf("From: a@example.test\nTo: b@example.test\nSubject: file\nMIME-Version: 1.0\n"
+                         "Content-Type: multipart/mixed; boundary=XX\n\n"
+                         "preamble\n--XX\nContent-Type: text/plain\n\nsee attached\n"
+                         "--XX\nContent-Type: application/octet-stream; name=\"tool.exe\"\n"
+                         "Content-Disposition: attachment; filename=\"tool.exe\"\nContent-Transfer-Encoding: base64\n\n") +
+                    base64("MZ evil bytes") +
+                    crlf("\n--XX\nContent-Type: application/pdf; name=\"r.pdf\"\nContent-Transfer-Encoding: base64\n\n") +
+                    base64("%PDF-1.4 fine") + crlf("\n--XX--\nepilogue\n");
+  Result r = runFilter(*strip, raw, true);
+  REQUIRE(r.verdict == Verdict::Continue);
+  REQUIRE(r.summary == "stripped tool.exe");
+  REQUIRE(r.edits.size() == 1);
+  std::string out = applyEdits(raw, r.edits);
+  INFO(out);
+
+  auto before = mime::parse(raw, mime::Limits{});
+  auto after = mime::parse(out, mime::Limits{});
+  REQUIRE(after->root.contentType == "multipart/mixed");
+  REQUIRE(after->root.children.size() == 3);
+  const auto& notice = after->root.children[1];
+  REQUIRE(notice.contentType == "text/plain");
+  REQUIRE(notice.text == "Moat removed the attachment \"tool.exe\" (blocked extension .exe) from this message.");
+  REQUIRE(out.find("tool.exe\"\r\nContent-Transfer") == std::string::npos);
+  REQUIRE(out.find(base64("MZ evil bytes")) == std::string::npos);
+  // The other parts, the preamble, the delimiters and the epilogue are byte-identical.
+  REQUIRE(partBytes(out, after->root.children[0]) == partBytes(raw, before->root.children[0]));
+  REQUIRE(partBytes(out, after->root.children[2]) == partBytes(raw, before->root.children[2]));
+  REQUIRE(out.substr(0, before->root.children[1].offset) == raw.substr(0, before->root.children[1].offset));
+  REQUIRE(out.substr(out.size() - 20) == raw.substr(raw.size() - 20));
+  // Nothing blocked is left: a second pass finds the message clean.
+  REQUIRE(runFilter(*strip, out, true).summary == "clean");
+}
+
+TEST_CASE("strip: a zip with a blocked name goes whole, several blocked parts, an encoded attached message") {
+  TempDir dir;
+  auto strip = stripFilter(dir);
+  Result z = runFilter(*strip, zipped("files.zip", storedZip({{"readme.txt", "hi"}, {"tool.exe", "MZ"}})), true);
+  REQUIRE(z.summary == "stripped files.zip");
+  std::string out = applyEdits(zipped("files.zip", storedZip({{"readme.txt", "hi"}, {"tool.exe", "MZ"}})), z.edits);
+  auto m = mime::parse(out, mime::Limits{});
+  REQUIRE(m->root.children.size() == 2);
+  REQUIRE(m->root.children[1].text ==
+          "Moat removed the attachment \"files.zip\" (it contains \"tool.exe\", blocked extension .exe) from this message.");
+
+  // Two blocked files and a base64-encoded attached message holding a third.
+  std::string inner = crlf("Subject: inner\nContent-Type: application/octet-stream; name=\"x.scr\"\n\nMZ\n");
+  std::string raw = crlf("Subject: many\nContent-Type: multipart/mixed; boundary=B\n\n--B\n"
+                         "Content-Type: text/plain\n\nhello\n--B\n"
+                         "Content-Type: application/octet-stream; name=\"a.exe\"\n\nMZ\n--B\n"
+                         "Content-Type: message/rfc822\nContent-Transfer-Encoding: base64\n\n") +
+                    base64(inner) + crlf("\n--B\nContent-Type: application/octet-stream; name=\"b.js\"\n\nx\n--B--\n");
+  Result r = runFilter(*strip, raw, true);
+  REQUIRE(r.edits.size() == 3);
+  REQUIRE(r.summary == "stripped a.exe, x.scr, b.js");
+  auto after = mime::parse(applyEdits(raw, r.edits), mime::Limits{});
+  REQUIRE(after->root.children.size() == 4);
+  REQUIRE(after->root.children[0].text == "hello");
+  for (size_t i = 1; i < 4; ++i) REQUIRE(after->root.children[i].text.rfind("Moat removed the attachment", 0) == 0);
+  REQUIRE(after->attachments.empty());
+}
+
+TEST_CASE("strip: a single-part message that is the blocked file keeps its headers, gets the notice") {
+  TempDir dir;
+  auto strip = stripFilter(dir);
+  std::string raw = crlf("From: a@example.test\nSubject: here\nContent-Type: application/x-msdownload;\n"
+                         " name=\"setup.exe\"\nContent-Transfer-Encoding: base64\nX-Other: kept\n\n") +
+                    base64("MZ evil") + "\r\n";
+  Result r = runFilter(*strip, raw, true);
+  REQUIRE(r.verdict == Verdict::Continue);
+  REQUIRE(r.summary == "stripped setup.exe");
+  std::string out = applyEdits(raw, r.edits);
+  INFO(out);
+  auto m = mime::parse(out, mime::Limits{});
+  REQUIRE(m->root.contentType == "text/plain");
+  REQUIRE(m->header("Subject") == "here");
+  REQUIRE(m->header("X-Other") == "kept");
+  REQUIRE(m->root.text == "Moat removed the attachment \"setup.exe\" (blocked extension .exe) from this message.\r\n");
+  REQUIRE(out.find("x-msdownload") == std::string::npos);
+  REQUIRE(out.find("base64") == std::string::npos);
 }

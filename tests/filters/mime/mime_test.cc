@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <fstream>
+#include <functional>
 #include <string>
 #include <unistd.h>
 
@@ -319,4 +320,47 @@ TEST_CASE("truncated and random input never breaks the parser") {
     REQUIRE(msg->partCount >= 1);
     htmlToText(junk, nullptr);
   }
+}
+
+TEST_CASE("byte offsets of parts and header fields point into the raw message") {
+  std::string raw = crlf(kNested);
+  auto msg = parse(raw, Limits{});
+  const Part& root = msg->root;
+  REQUIRE(root.offset == 0);
+  REQUIRE(root.endOffset == raw.size());
+  REQUIRE(raw.substr(root.headerEnd - 2, 4) == "\r\n\r\n");
+  REQUIRE(raw.substr(root.bodyOffset, 8) == "preamble");
+  const HeaderField* subject = root.header("Subject");
+  REQUIRE(subject);
+  REQUIRE(raw.substr(subject->offset, subject->endOffset - subject->offset) == "Subject: nested\r\n");
+  REQUIRE(raw.substr(subject->valueOffset, 7) == " nested");
+  // Every body part runs from the line after its delimiter to the line break before the
+  // next one: the delimiters are outside every part.
+  std::function<void(const Part&)> check = [&](const Part& p) {
+    REQUIRE(p.hasOffsets());
+    REQUIRE(p.offset <= p.headerEnd);
+    REQUIRE(p.headerEnd <= p.bodyOffset);
+    REQUIRE(p.bodyOffset <= p.endOffset);
+    REQUIRE(p.endOffset <= raw.size());
+    if (p.depth > 0) {
+      REQUIRE(raw.substr(p.offset - 2, 2) == "\r\n");
+      REQUIRE(raw.substr(p.endOffset, 4) == "\r\n--");
+      REQUIRE(raw.substr(p.offset, 13) == "Content-Type:");
+    }
+    for (const auto& h : p.headers) REQUIRE(raw.substr(h.offset, h.name.size()) == h.name);
+    for (const auto& c : p.children) check(c);
+  };
+  check(root);
+  REQUIRE(root.children.size() >= 2);
+
+  // A base64-encoded attached message: the inner parts are not in the raw bytes.
+  std::string encoded = crlf("Subject: outer\nContent-Type: multipart/mixed; boundary=b\n\n--b\n"
+                             "Content-Type: message/rfc822\nContent-Transfer-Encoding: base64\n\n"
+                             "U3ViamVjdDogaW5uZXINCg0KaGVsbG8NCg==\n--b--\n");
+  auto m2 = parse(encoded, Limits{});
+  const Part& attached = m2->root.children.at(0);
+  REQUIRE(attached.hasOffsets());
+  REQUIRE(attached.children.at(0).header("Subject")->raw == "inner");
+  REQUIRE_FALSE(attached.children.at(0).hasOffsets());
+  REQUIRE(attached.children.at(0).header("Subject")->offset == kNoOffset);
 }
