@@ -1,6 +1,7 @@
 // filters/antivirus/antivirus_filter.cc — see antivirus_filter.h.
 #include "filters/antivirus/antivirus_filter.h"
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 
@@ -11,9 +12,17 @@ namespace moat::filters::antivirus {
 FilterConfig readConfig(const policy::Config& config, policy::Errors& errors) {
   FilterConfig fc;
   auto s = config.section("antivirus", errors);
+  fc.backend = s.getEnum("backend", "libclamav", {"libclamav", "clamd"});
   fc.databaseDir = s.getPath("database_dir", "clamav");
+  std::string socket = s.getString("clamd_socket", "/run/clamav/clamd.ctl");
+  if (socket.find('/') != std::string::npos) socket = policy::resolvePath(s.baseDir(), socket);
+  std::string error;
+  if (auto address = parseClamdAddress(socket, error)) {
+    fc.clamd = std::move(*address);
+  } else {
+    s.error("clamd_socket", error);
+  }
   fc.quarantine = s.getEnum("action", "reject", {"reject", "quarantine"}) == "quarantine";
-  s.getEnum("backend", "libclamav", {"libclamav"});
   fc.limits.maxScanSize = s.getSize("max_scan_size", 100ull << 20);
   fc.limits.maxFileSize = s.getSize("max_file_size", 25ull << 20);
   fc.limits.maxRecursion = static_cast<uint32_t>(s.getInt("max_recursion", 16, 1, 64));
@@ -45,6 +54,7 @@ Result resultFor(const ScanResult& scan, const FilterConfig& config) {
       break;
   }
   r.detail.add("scans", scan.scans);
+  r.detail.add("backend", config.backend);
   return r;
 }
 
@@ -54,7 +64,14 @@ namespace {
 // antivirus settings gets the running scanner back, engine loaded, instead of loading a
 // new engine (seconds with the full ClamAV databases, with 451 replies until it is ready);
 // the reload then only re-reads the databases if their files changed.
-std::shared_ptr<Scanner> sharedScanner(const FilterConfig& c) {
+std::shared_ptr<Backend> sharedScanner(const FilterConfig& c) {
+  if (c.backend == "clamd") {
+    // Nothing loaded to keep: a new client per config, its PING logs whether clamd answers.
+    ClamdTimeouts t;
+    t.exchange = std::chrono::milliseconds(c.limits.maxScanTimeMs);
+    t.connect = std::min(t.connect, t.exchange);
+    return std::make_shared<ClamdScanner>(c.clamd, t, c.limits.maxScanSize);
+  }
   static std::mutex mu;
   static std::map<std::string, std::weak_ptr<Scanner>> live;
   const auto& l = c.limits;
@@ -91,7 +108,7 @@ void AntivirusFilter::run(std::shared_ptr<MessageContext> ctx, const Env& env, D
 
 std::shared_ptr<const AntivirusFilter> makeAntivirusFilter(const policy::Config& config, policy::Errors& errors) {
   FilterConfig fc = readConfig(config, errors);
-  if (!hasDatabaseFiles(fc.databaseDir)) {
+  if (fc.backend == "libclamav" && !hasDatabaseFiles(fc.databaseDir)) {
     mta::log::warn("antivirus_disabled")
         .add("database_dir", fc.databaseDir)
         .add("reason", "no signature databases: messages are NOT scanned for viruses");
