@@ -64,14 +64,7 @@ namespace {
 // antivirus settings gets the running scanner back, engine loaded, instead of loading a
 // new engine (seconds with the full ClamAV databases, with 451 replies until it is ready);
 // the reload then only re-reads the databases if their files changed.
-std::shared_ptr<Backend> sharedScanner(const FilterConfig& c) {
-  if (c.backend == "clamd") {
-    // Nothing loaded to keep: a new client per config, its PING logs whether clamd answers.
-    ClamdTimeouts t;
-    t.exchange = std::chrono::milliseconds(c.limits.maxScanTimeMs);
-    t.connect = std::min(t.connect, t.exchange);
-    return std::make_shared<ClamdScanner>(c.clamd, t, c.limits.maxScanSize);
-  }
+std::shared_ptr<Scanner> sharedScanner(const FilterConfig& c) {
   static std::mutex mu;
   static std::map<std::string, std::weak_ptr<Scanner>> live;
   const auto& l = c.limits;
@@ -86,10 +79,19 @@ std::shared_ptr<Backend> sharedScanner(const FilterConfig& c) {
   return s;
 }
 
+// clamd: nothing loaded to keep, so a new client per config; its PING logs whether clamd answers.
+std::shared_ptr<Backend> makeBackend(const FilterConfig& c) {
+  if (c.backend != "clamd") return sharedScanner(c);
+  ClamdTimeouts t;
+  t.exchange = std::chrono::milliseconds(c.limits.maxScanTimeMs);
+  t.connect = std::min(t.connect, t.exchange);
+  return std::make_shared<ClamdScanner>(c.clamd, t, c.limits.maxScanSize);
+}
+
 }  // namespace
 
-AntivirusFilter::AntivirusFilter(FilterConfig config) : config_(std::move(config)), scanner_(sharedScanner(config_)) {
-  scanner_->reloadInBackground();  // the first load, or a check for changed database files
+AntivirusFilter::AntivirusFilter(FilterConfig config) : config_(std::move(config)), scanner_(makeBackend(config_)) {
+  scanner_->reloadInBackground();  // the first load, a check for changed database files, or a clamd PING
 }
 
 void AntivirusFilter::run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const {
