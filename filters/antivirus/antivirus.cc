@@ -180,7 +180,11 @@ Scanner::Reload Scanner::reloadIfChanged(std::string* error) {
     return Reload::Failed;
   }
   engine_ = std::move(fresh);
-  mlog::info("reload").add("component", "antivirus").add("backend", name()).add("database_dir", dir_).add("signatures", engine_->signatures());
+  mlog::info("reload")
+      .add("component", "antivirus")
+      .add("backend", name())
+      .add("database_dir", dir_)
+      .add("signatures", engine_->signatures());
   return Reload::Reloaded;
 }
 
@@ -210,8 +214,8 @@ ScanResult Scanner::scan(std::string_view raw, const mime::Message* mime) const 
     r.error = "no antivirus engine loaded";
     return r;
   }
-  return scanMessage([&engine](std::string_view data, const char* name) { return engine->scan(data, name); }, raw,
-                     mime, limits_.maxScanSize);
+  return scanMessage([&engine](std::string_view data, const char* name) { return engine->scan(data, name); }, raw, mime,
+                     limits_.maxScanSize);
 }
 
 }  // namespace moat::filters::antivirus

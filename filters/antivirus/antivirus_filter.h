@@ -35,7 +35,7 @@ namespace moat::filters::antivirus {
 struct FilterConfig {
   std::string backend = "libclamav";  // libclamav | clamd
   std::string databaseDir;
-  ClamdAddress clamd;                 // backend = clamd
+  ClamdAddress clamd;       // backend = clamd
   bool quarantine = false;  // action = "quarantine"
   ScanLimits limits;
   std::chrono::milliseconds reloadCheck{std::chrono::minutes(5)};

@@ -69,7 +69,8 @@ bool waitFor(int fd, short events, Clock::time_point deadline, const char* what,
   }
 }
 
-bool connectOne(int family, const sockaddr* sa, socklen_t len, Clock::time_point deadline, Fd& out, std::string& error) {
+bool connectOne(int family, const sockaddr* sa, socklen_t len, Clock::time_point deadline, Fd& out,
+                std::string& error) {
   Fd fd(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (fd.get() < 0) {
     error = sysError("socket", errno);
@@ -291,7 +292,8 @@ std::optional<std::string> ClamdClient::command(std::string_view cmd, std::strin
 
 bool ClamdClient::ping(std::string& error) const {
   auto reply = command("PING", error);
-  if (reply && *reply != "PONG") error = "clamd " + address_.text() + ": unexpected PING reply: " + reply->substr(0, 200);
+  if (reply && *reply != "PONG")
+    error = "clamd " + address_.text() + ": unexpected PING reply: " + reply->substr(0, 200);
   return reply && *reply == "PONG";
 }
 

@@ -75,7 +75,8 @@ std::vector<Row> measure(const std::vector<const Backend*>& backends, const Samp
   for (size_t b = 0; b < backends.size(); ++b) {
     msOf(*backends[b], s, last[b]);  // warm-up
     if (last[b].status == ScanResult::Status::Error)
-      std::fprintf(stderr, "%s %s: %s\n", std::string(backends[b]->name()).c_str(), s.label.c_str(), last[b].error.c_str());
+      std::fprintf(stderr, "%s %s: %s\n", std::string(backends[b]->name()).c_str(), s.label.c_str(),
+                   last[b].error.c_str());
   }
   for (int i = 0; i < rounds; ++i)
     for (size_t b = 0; b < backends.size(); ++b) ms[b].push_back(msOf(*backends[b], s, last[b]));
@@ -96,9 +97,12 @@ int main(int argc, char** argv) {
   std::vector<Sample> samples;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--db" && i + 1 < argc) db = argv[++i];
-    else if (a == "--clamd" && i + 1 < argc) clamdSocket = argv[++i];
-    else if (a == "--rounds" && i + 1 < argc) rounds = std::max(1, std::atoi(argv[++i]));
+    if (a == "--db" && i + 1 < argc)
+      db = argv[++i];
+    else if (a == "--clamd" && i + 1 < argc)
+      clamdSocket = argv[++i];
+    else if (a == "--rounds" && i + 1 < argc)
+      rounds = std::max(1, std::atoi(argv[++i]));
     else if (auto eq = a.find('='); eq != std::string::npos) {
       Sample s{a.substr(0, eq), slurpCrlf(a.substr(eq + 1)), nullptr};
       s.tree = mime::parse(s.raw, mime::Limits{});

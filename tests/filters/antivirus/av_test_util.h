@@ -3,11 +3,10 @@
 // database line, MIME messages with attachments (plain, base64, zip made by python3's
 // zipfile), a temporary folder, a config written to it, and running the filter on a loop.
 #pragma once
-#include <catch2/catch.hpp>
-
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -88,8 +87,10 @@ inline std::string signatureDb() { return "Eicar-Test-Moat:0:*:" + hex("EICAR-ST
 inline std::string zipWithEicar(const TempDir& dir) {
   dir.write("payload.bin", eicar());
   std::string zip = dir.path + "/payload.zip";
-  std::string cmd = "python3 -c \"import zipfile,sys; z=zipfile.ZipFile(sys.argv[2],'w',zipfile.ZIP_DEFLATED); "
-                    "z.write(sys.argv[1],'eicar.com'); z.close()\" '" + dir.path + "/payload.bin' '" + zip + "'";
+  std::string cmd =
+      "python3 -c \"import zipfile,sys; z=zipfile.ZipFile(sys.argv[2],'w',zipfile.ZIP_DEFLATED); "
+      "z.write(sys.argv[1],'eicar.com'); z.close()\" '" +
+      dir.path + "/payload.bin' '" + zip + "'";
   REQUIRE(std::system(cmd.c_str()) == 0);
   std::ifstream in(zip, std::ios::binary);
   std::stringstream ss;
@@ -99,12 +100,15 @@ inline std::string zipWithEicar(const TempDir& dir) {
 }
 
 inline std::string withAttachment(const std::string& headers, const std::string& body) {
-  return crlf("From: a@example.test\nTo: b@example.test\nSubject: file\nMIME-Version: 1.0\n"
-              "Content-Type: multipart/mixed; boundary=XX\n\n--XX\nContent-Type: text/plain\n\nsee attached\n--XX\n" +
-              headers + "\n") + body + crlf("\n--XX--\n");
+  return crlf(
+             "From: a@example.test\nTo: b@example.test\nSubject: file\nMIME-Version: 1.0\n"
+             "Content-Type: multipart/mixed; boundary=XX\n\n--XX\nContent-Type: text/plain\n\nsee attached\n--XX\n" +
+             headers + "\n") +
+         body + crlf("\n--XX--\n");
 }
 
-inline const std::string kClean = crlf("From: a@example.test\nTo: b@example.test\nSubject: hi\n\nNothing to see here.\n");
+inline const std::string kClean =
+    crlf("From: a@example.test\nTo: b@example.test\nSubject: hi\n\nNothing to see here.\n");
 
 inline std::shared_ptr<const moat::policy::Config> writeConfig(const TempDir& dir, const std::string& section) {
   dir.write("moat.toml", "[[listener]]\naddress = \"127.0.0.1:2525\"\n" + section);

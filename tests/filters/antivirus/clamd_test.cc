@@ -6,7 +6,7 @@
 // attachment and inside a zip; clean passes; the filter's 554 5.7.1 and clean verdicts;
 // clamd not running, a stalled clamd and StreamMaxLength exceeded are errors (451 4.7.1),
 // never a pass; config values refused with FILE:LINE.
-#include <catch2/catch.hpp>
+#include "filters/antivirus/clamd.h"
 
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <fstream>
 #include <sstream>
@@ -25,7 +26,6 @@
 #include <thread>
 
 #include "filters/antivirus/antivirus_filter.h"
-#include "filters/antivirus/clamd.h"
 #include "tests/filters/antivirus/av_test_util.h"
 
 extern char** environ;
@@ -149,9 +149,9 @@ ClamdClient clientFor(const std::string& socket, std::chrono::milliseconds excha
 }
 
 std::string b64Attachment(const std::string& name, const std::string& payload, const char* type) {
-  return withAttachment(std::string("Content-Type: ") + type + "; name=" + name +
-                            "\nContent-Transfer-Encoding: base64\n",
-                        base64(payload));
+  return withAttachment(
+      std::string("Content-Type: ") + type + "; name=" + name + "\nContent-Transfer-Encoding: base64\n",
+      base64(payload));
 }
 
 }  // namespace
@@ -315,7 +315,8 @@ TEST_CASE("clamd config: backend and clamd_socket values are checked with FILE:L
 
   // A relative path is relative to the config file's folder.
   moat::policy::Errors ok;
-  FilterConfig fc = readConfig(*writeConfig(dir, "[antivirus]\nbackend = \"clamd\"\nclamd_socket = \"run/clamd.sock\"\n"), ok);
+  FilterConfig fc =
+      readConfig(*writeConfig(dir, "[antivirus]\nbackend = \"clamd\"\nclamd_socket = \"run/clamd.sock\"\n"), ok);
   REQUIRE_FALSE(ok.hasErrors());
   REQUIRE(fc.clamd.path == dir.path + "/run/clamd.sock");
   REQUIRE(fc.backend == "clamd");
