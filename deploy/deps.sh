@@ -5,7 +5,7 @@ moat_build_packages=(build-essential cmake ninja-build pkg-config ccache
   libopendkim-dev libpsl-dev publicsuffix libpcre2-dev)
 # Real peers and servers the test suite talks to over loopback.
 moat_test_packages=(catch2 python3 python3-yaml python3-dnslib python3-dkim python3-spf
-  swaks postfix openssl opendkim-tools clang libclang-rt-14-dev spamassassin)
+  swaks postfix openssl opendkim-tools clang libclang-rt-14-dev spamassassin clamav-daemon)
 
 moat_install_missing() {
   local missing=()

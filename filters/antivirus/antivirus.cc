@@ -180,18 +180,16 @@ Scanner::Reload Scanner::reloadIfChanged(std::string* error) {
     return Reload::Failed;
   }
   engine_ = std::move(fresh);
-  mlog::info("reload").add("component", "antivirus").add("database_dir", dir_).add("signatures", engine_->signatures());
+  mlog::info("reload")
+      .add("component", "antivirus")
+      .add("backend", name())
+      .add("database_dir", dir_)
+      .add("signatures", engine_->signatures());
   return Reload::Reloaded;
 }
 
 void Scanner::reloadInBackground() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (loading_.exchange(true)) return;
-  if (thread_.joinable()) thread_.join();  // the previous load has finished (loading_ was false)
-  thread_ = std::thread([this] {
-    reloadIfChanged();
-    loading_ = false;
-  });
+  loader_.start([this] { reloadIfChanged(); });
 }
 
 void Scanner::maybeCheck(std::chrono::milliseconds interval) {
@@ -201,38 +199,12 @@ void Scanner::maybeCheck(std::chrono::milliseconds interval) {
   reloadInBackground();
 }
 
-void Scanner::waitIdle() {
-  std::thread t;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    t = std::move(thread_);
-  }
-  if (t.joinable()) t.join();
-}
+void Scanner::waitIdle() { loader_.wait(); }
 
 std::shared_ptr<const Engine> Scanner::engine() const {
   std::lock_guard<std::mutex> lock(mu_);
   return engine_;
 }
-
-namespace {
-void scanLeaves(const Engine& engine, const mime::Part& part, uint64_t& budget, ScanResult& out) {
-  for (const auto& c : part.children) {
-    if (out.status != ScanResult::Status::Clean) return;
-    scanLeaves(engine, c, budget, out);
-  }
-  if (!part.children.empty() || part.body.empty() || out.status != ScanResult::Status::Clean) return;
-  if (part.isText() && part.filename.empty()) return;  // message text: seen in the whole-message scan
-  if (part.body.size() > budget) return;
-  budget -= part.body.size();
-  ScanResult r = engine.scan(part.body, part.filename.empty() ? nullptr : part.filename.c_str());
-  out.scans += r.scans;
-  if (r.status != ScanResult::Status::Clean) {
-    r.scans = out.scans;
-    out = r;
-  }
-}
-}  // namespace
 
 ScanResult Scanner::scan(std::string_view raw, const mime::Message* mime) const {
   auto engine = this->engine();
@@ -242,11 +214,8 @@ ScanResult Scanner::scan(std::string_view raw, const mime::Message* mime) const 
     r.error = "no antivirus engine loaded";
     return r;
   }
-  ScanResult r = engine->scan(raw, nullptr);
-  if (r.status != ScanResult::Status::Clean || !mime) return r;
-  uint64_t budget = limits_.maxScanSize;
-  scanLeaves(*engine, mime->root, budget, r);
-  return r;
+  return scanMessage([&engine](std::string_view data, const char* name) { return engine->scan(data, name); }, raw, mime,
+                     limits_.maxScanSize);
 }
 
 }  // namespace moat::filters::antivirus

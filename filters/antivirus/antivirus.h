@@ -1,47 +1,32 @@
-// filters/antivirus/antivirus.h — libclamav in process: one compiled engine (Engine) per
+// filters/antivirus/antivirus.h — the libclamav backend (backend.h), in process: one compiled engine (Engine) per
 // signature database load, held by a Scanner that swaps in a new engine when the
 // database directory changes (load in the background, swap under a lock with shared_ptr,
 // keep the old engine when the new load fails). Scans run on any thread: a compiled
 // cl_engine is read-only and thread-safe to scan with.
 //
-// What is scanned: the whole message as one memory map (libclamav decodes MIME, base64,
-// archives and nested messages itself, CL_SCAN_PARSE_MAIL and friends); when that is
-// clean and a MIME tree is given, each decoded non-text leaf as well, so a structure
-// libclamav reads differently from Moat's parser still gets its parts scanned.
+// What is scanned (backend.h, scanMessage): the whole message as one memory map (libclamav
+// decodes MIME, base64, archives and nested messages itself, CL_SCAN_PARSE_MAIL and
+// friends); when that is clean and a MIME tree is given, each decoded non-text leaf as
+// well, so a structure libclamav reads differently from Moat's parser still gets its parts
+// scanned.
 // Untrusted input: the message. Scan limits (size, files, recursion, time) bound the work;
 // a scan error or timeout is an Error, never a clean result.
-// Logs: `reload` (component antivirus, signatures, database_dir) after a (re)load,
+// Logs: `reload` (component antivirus, backend libclamav, signatures, database_dir) after a (re)load,
 // `antivirus_load_failed` (error) when a load fails.
 #pragma once
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
-#include <thread>
-#include <atomic>
 
-#include "filters/mime/mime.h"
+#include "filters/antivirus/backend.h"
 
 struct cl_engine;
 
 namespace moat::filters::antivirus {
-
-struct ScanLimits {
-  uint64_t maxScanSize = 100ull << 20;  // bytes scanned per message (all parts together)
-  uint64_t maxFileSize = 25ull << 20;   // largest single file/part scanned
-  uint32_t maxRecursion = 16;           // archive/message nesting
-  uint32_t maxFiles = 10000;            // files inside archives
-  uint32_t maxScanTimeMs = 120000;      // per scan call
-};
-
-struct ScanResult {
-  enum class Status { Clean, Found, Error } status = Status::Clean;
-  std::string signature;  // Found: the signature name
-  std::string error;      // Error: libclamav's message
-  unsigned scans = 0;     // scan calls made (whole message + parts)
-};
 
 class Engine {
  public:
@@ -62,10 +47,10 @@ class Engine {
 // True if `dir` holds at least one file with a ClamAV database extension.
 bool hasDatabaseFiles(const std::string& dir);
 
-class Scanner {
+class Scanner final : public Backend {
  public:
   Scanner(std::string databaseDir, ScanLimits limits);
-  ~Scanner();  // waits for a background load to end
+  ~Scanner() override;  // waits for a background load to end
   Scanner(const Scanner&) = delete;
   Scanner& operator=(const Scanner&) = delete;
 
@@ -76,14 +61,15 @@ class Scanner {
   // Unchanged).
   Reload reloadIfChanged(std::string* error = nullptr);
   // The same on a background thread (start-up, SIGHUP, the periodic check); returns at once.
-  void reloadInBackground();
+  void reloadInBackground() override;
   // Starts a background check if `interval` passed since the last one.
-  void maybeCheck(std::chrono::milliseconds interval);
+  void maybeCheck(std::chrono::milliseconds interval) override;
   // Waits until no background load runs (tests, shutdown).
-  void waitIdle();
+  void waitIdle() override;
 
+  std::string_view name() const override { return "libclamav"; }
   std::shared_ptr<const Engine> engine() const;
-  ScanResult scan(std::string_view raw, const mime::Message* mime) const;
+  ScanResult scan(std::string_view raw, const mime::Message* mime) const override;
   const std::string& databaseDir() const { return dir_; }
 
  private:
@@ -91,14 +77,13 @@ class Scanner {
 
   std::string dir_;
   ScanLimits limits_;
-  mutable std::mutex mu_;  // guards engine_, loadedFingerprint_, thread_
+  mutable std::mutex mu_;  // guards engine_, loadedFingerprint_
   std::shared_ptr<const Engine> engine_;
   std::string loadedFingerprint_;
   bool attempted_ = false;  // a load was tried (loadedFingerprint_ is meaningful)
   std::mutex loadMu_;  // one load at a time
-  std::thread thread_;
-  std::atomic<bool> loading_{false};
   std::atomic<int64_t> lastCheckMs_{0};
+  BackgroundTask loader_;  // last: joined before the members its job uses go
 };
 
 }  // namespace moat::filters::antivirus

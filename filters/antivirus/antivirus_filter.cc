@@ -1,6 +1,7 @@
 // filters/antivirus/antivirus_filter.cc — see antivirus_filter.h.
 #include "filters/antivirus/antivirus_filter.h"
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 
@@ -11,9 +12,17 @@ namespace moat::filters::antivirus {
 FilterConfig readConfig(const policy::Config& config, policy::Errors& errors) {
   FilterConfig fc;
   auto s = config.section("antivirus", errors);
+  fc.backend = s.getEnum("backend", "libclamav", {"libclamav", "clamd"});
   fc.databaseDir = s.getPath("database_dir", "clamav");
+  std::string socket = s.getString("clamd_socket", "/run/clamav/clamd.ctl");
+  if (socket.find('/') != std::string::npos) socket = policy::resolvePath(s.baseDir(), socket);
+  std::string error;
+  if (auto address = parseClamdAddress(socket, error)) {
+    fc.clamd = std::move(*address);
+  } else {
+    s.error("clamd_socket", error);
+  }
   fc.quarantine = s.getEnum("action", "reject", {"reject", "quarantine"}) == "quarantine";
-  s.getEnum("backend", "libclamav", {"libclamav"});
   fc.limits.maxScanSize = s.getSize("max_scan_size", 100ull << 20);
   fc.limits.maxFileSize = s.getSize("max_file_size", 25ull << 20);
   fc.limits.maxRecursion = static_cast<uint32_t>(s.getInt("max_recursion", 16, 1, 64));
@@ -45,6 +54,7 @@ Result resultFor(const ScanResult& scan, const FilterConfig& config) {
       break;
   }
   r.detail.add("scans", scan.scans);
+  r.detail.add("backend", config.backend);
   return r;
 }
 
@@ -69,10 +79,19 @@ std::shared_ptr<Scanner> sharedScanner(const FilterConfig& c) {
   return s;
 }
 
+// clamd: nothing loaded to keep, so a new client per config; its PING logs whether clamd answers.
+std::shared_ptr<Backend> makeBackend(const FilterConfig& c) {
+  if (c.backend != "clamd") return sharedScanner(c);
+  ClamdTimeouts t;
+  t.exchange = std::chrono::milliseconds(c.limits.maxScanTimeMs);
+  t.connect = std::min(t.connect, t.exchange);
+  return std::make_shared<ClamdScanner>(c.clamd, t, c.limits.maxScanSize);
+}
+
 }  // namespace
 
-AntivirusFilter::AntivirusFilter(FilterConfig config) : config_(std::move(config)), scanner_(sharedScanner(config_)) {
-  scanner_->reloadInBackground();  // the first load, or a check for changed database files
+AntivirusFilter::AntivirusFilter(FilterConfig config) : config_(std::move(config)), scanner_(makeBackend(config_)) {
+  scanner_->reloadInBackground();  // the first load, a check for changed database files, or a clamd PING
 }
 
 void AntivirusFilter::run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const {
@@ -91,7 +110,7 @@ void AntivirusFilter::run(std::shared_ptr<MessageContext> ctx, const Env& env, D
 
 std::shared_ptr<const AntivirusFilter> makeAntivirusFilter(const policy::Config& config, policy::Errors& errors) {
   FilterConfig fc = readConfig(config, errors);
-  if (!hasDatabaseFiles(fc.databaseDir)) {
+  if (fc.backend == "libclamav" && !hasDatabaseFiles(fc.databaseDir)) {
     mta::log::warn("antivirus_disabled")
         .add("database_dir", fc.databaseDir)
         .add("reason", "no signature databases: messages are NOT scanned for viruses");

@@ -1,34 +1,41 @@
 // filters/antivirus/antivirus_filter.h — the antivirus filter (Data stage, thread pool).
 //
 // Config [antivirus]:
+//   backend = "libclamav"      libclamav (in process, antivirus.h) | clamd (a running
+//                              clamd over its socket, INSTREAM, clamd.h)
 //   database_dir = "clamav"    libclamav databases (.cvd .cld .ndb .hdb ...), relative to
-//                              the config file; reloaded when its files change
+//                              the config file; reloaded when its files change (libclamav only)
+//   clamd_socket = "/run/clamav/clamd.ctl"   clamd only: a unix socket path or HOST:PORT
 //   action = "reject"          reject (554 5.7.1 naming the signature) | quarantine
-//   backend = "libclamav"      libclamav (in process); clamd is not implemented
 //   max_scan_size = "100M"     bytes scanned per message
 //   max_file_size = "25M"      largest file or part scanned
 //   max_recursion = 16         archive / message nesting
 //   max_files = 10000          files inside archives
-//   scan_timeout = "2m"        per scan call
+//   scan_timeout = "2m"        per scan call (clamd: the whole exchange; connecting at most 5s of it)
 //   reload_check = "5m"        how often the database directory is checked for changes
 //   scan_parts = true          also scan each decoded MIME leaf (needs the MIME filter)
 // A scan error or timeout, or no engine loaded yet, is 451 4.7.1 (never a silent pass).
-// With no database files the filter is off: makeAntivirusFilter returns nullptr and logs
-// `antivirus_disabled` at warn level.
+// libclamav with no database files turns the filter off: makeAntivirusFilter returns
+// nullptr and logs `antivirus_disabled` at warn level. clamd is always on: an unreachable
+// clamd is logged at start-up and reload (clamd.h) and every scan is then 451 4.7.1.
 // Untrusted input: the message. Logs through the pipeline's `filter` event (summary
-// "clean", "FOUND <sig>", "error"), plus the Scanner's events (antivirus.h).
+// "clean", "FOUND <sig>", "error"; detail `backend`), plus the backends' events
+// (antivirus.h, clamd.h).
 #pragma once
 #include <chrono>
 #include <memory>
 
 #include "filters/antivirus/antivirus.h"
+#include "filters/antivirus/clamd.h"
 #include "filters/filter.h"
 #include "policy/config.h"
 
 namespace moat::filters::antivirus {
 
 struct FilterConfig {
+  std::string backend = "libclamav";  // libclamav | clamd
   std::string databaseDir;
+  ClamdAddress clamd;       // backend = clamd
   bool quarantine = false;  // action = "quarantine"
   ScanLimits limits;
   std::chrono::milliseconds reloadCheck{std::chrono::minutes(5)};
@@ -48,16 +55,16 @@ class AntivirusFilter final : public Filter {
   Stage stage() const override { return Stage::Data; }
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override;
 
-  // For SIGHUP and tests: check the database now (on a background thread).
+  // For SIGHUP and tests: check the database (or PING clamd) now, on a background thread.
   void reloadIfChanged() const { scanner_->reloadInBackground(); }
-  Scanner& scanner() const { return *scanner_; }
+  Backend& scanner() const { return *scanner_; }
 
  private:
   FilterConfig config_;
-  std::shared_ptr<Scanner> scanner_;
+  std::shared_ptr<Backend> scanner_;
 };
 
-// nullptr (and a warning log) when the database directory has no databases.
+// libclamav: nullptr (and a warning log) when the database directory has no databases.
 std::shared_ptr<const AntivirusFilter> makeAntivirusFilter(const policy::Config& config, policy::Errors& errors);
 
 }  // namespace moat::filters::antivirus

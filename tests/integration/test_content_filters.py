@@ -151,6 +151,61 @@ class ContentFiltersTest(unittest.TestCase):
         self.assertEqual(filter_result(acc, "antivirus"), "clean")
         self.assertFalse([x for x in self.sink.messages if b"eicar.com" in x["data"]])  # never relayed
 
+    def test_clamd_backend_refuses_eicar(self):
+        """backend = "clamd": a real clamd (Debian's clamav-daemon, a test dependency) that
+        this test starts on a unix socket in its own folder with the EICAR database."""
+        clamd_bin = "/usr/sbin/clamd"
+        self.assertTrue(os.access(clamd_bin, os.X_OK),
+                        f"{clamd_bin} is missing: install clamav-daemon (deploy/deps.sh installs it)")
+        import shutil
+        import socket
+        import tempfile
+        d = tempfile.mkdtemp(prefix="moat-clamd-")
+        self.addCleanup(shutil.rmtree, d, True)
+        os.makedirs(f"{d}/db")
+        with open(f"{d}/db/moat-test.ndb", "w") as f:
+            f.write(f"{SIGNATURE}:0:*:{b'EICAR-STANDARD-ANTIVIRUS-TEST-FILE'.hex()}\n")
+        with open(f"{d}/clamd.conf", "w") as f:
+            f.write(f"Foreground yes\nLocalSocket {d}/clamd.sock\nDatabaseDirectory {d}/db\n"
+                    f"LogFile {d}/clamd.log\nPidFile {d}/clamd.pid\n")
+        with open(f"{d}/clamd.out", "wb") as out:
+            clamd = subprocess.Popen([clamd_bin, "--foreground", f"--config-file={d}/clamd.conf"],
+                                     stdout=out, stderr=subprocess.STDOUT)
+
+        def stop_clamd():
+            clamd.terminate()
+            try:
+                clamd.wait(10)
+            except subprocess.TimeoutExpired:
+                clamd.kill()
+                clamd.wait()
+        self.addCleanup(stop_clamd)
+
+        def pong():
+            if clamd.poll() is not None:
+                with open(f"{d}/clamd.out") as out:
+                    self.fail("clamd exited: " + out.read())
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(2)
+                    s.connect(f"{d}/clamd.sock")
+                    s.sendall(b"zPING\0")
+                    return s.recv(16) == b"PONG\0"
+            except OSError:
+                return False
+        wait_for(pong, 20, interval=0.05, what="clamd to answer PING")
+
+        m = self.start(f'\n[antivirus]\nbackend = "clamd"\nclamd_socket = "{d}/clamd.sock"\n')
+        code, reply, _ = self.send(with_attachment("virus via clamd", "eicar.com", EICAR))
+        self.assertEqual(code, 554, reply)
+        self.assertTrue(reply.startswith("5.7.1"), reply)
+        self.assertIn(SIGNATURE, reply)
+        rej = m.wait_log(event="reject", timeout=10)
+        self.assertTrue(filter_result(rej, "antivirus").startswith("FOUND " + SIGNATURE), rej)
+        code, reply, _ = self.send(message("clean via clamd"))
+        self.assertEqual(code, 250, reply)
+        self.delivered("clean via clamd")
+
     # --- spam rules ------------------------------------------------------------------------
 
     def test_spam_rules_tag_quarantine_reject_and_release(self):

@@ -19,92 +19,19 @@
 #include "filters/antivirus/antivirus_filter.h"
 #include "filters/mime/mime.h"
 #include "mta/runtime/uv.h"
+#include "tests/filters/antivirus/av_test_util.h"
 
 using namespace moat::filters;
 using namespace moat::filters::antivirus;
+using namespace moat::filters::antivirus::test;
 
 namespace {
 
-// Built from pieces so this source file itself does not look infected to scanners.
-std::string eicar() {
-  return std::string("X5O!P%@AP[4\\PZX54(P^)7CC)7}$") + "EICAR-STANDARD-" + "ANTIVIRUS-TEST-FILE!$H+H*";
+Scanner& libclamav(const AntivirusFilter& f) {
+  auto* s = dynamic_cast<Scanner*>(&f.scanner());
+  REQUIRE(s);
+  return *s;
 }
-
-std::string hex(std::string_view s) {
-  static const char* d = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : s) {
-    out += d[c >> 4];
-    out += d[c & 15];
-  }
-  return out;
-}
-
-std::string base64(std::string_view in) {
-  static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8) | uint8_t(in[i + 2]);
-    for (int k = 18; k >= 0; k -= 6) out += t[(v >> k) & 63];
-    if (out.size() % 78 == 76) out += "\r\n";
-  }
-  if (i < in.size()) {
-    uint32_t v = uint8_t(in[i]) << 16;
-    if (i + 1 < in.size()) v |= uint8_t(in[i + 1]) << 8;
-    out += t[(v >> 18) & 63];
-    out += t[(v >> 12) & 63];
-    out += i + 1 < in.size() ? t[(v >> 6) & 63] : '=';
-    out += '=';
-  }
-  return out;
-}
-
-std::string crlf(std::string_view s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '\n') out += '\r';
-    out += c;
-  }
-  return out;
-}
-
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char p[] = "/tmp/moat-av-XXXXXX";
-    REQUIRE(mkdtemp(p));
-    path = p;
-  }
-  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
-  void write(const std::string& name, const std::string& text) const {
-    std::ofstream(path + "/" + name, std::ios::binary) << text;
-  }
-};
-
-std::string signatureDb() { return "Eicar-Test-Moat:0:*:" + hex("EICAR-STANDARD-ANTIVIRUS-TEST-FILE") + "\n"; }
-
-// A deflated zip holding eicar.com, made by python3's zipfile.
-std::string zipWithEicar(const TempDir& dir) {
-  dir.write("payload.bin", eicar());
-  std::string zip = dir.path + "/payload.zip";
-  std::string cmd = "python3 -c \"import zipfile,sys; z=zipfile.ZipFile(sys.argv[2],'w',zipfile.ZIP_DEFLATED); "
-                    "z.write(sys.argv[1],'eicar.com'); z.close()\" '" + dir.path + "/payload.bin' '" + zip + "'";
-  REQUIRE(std::system(cmd.c_str()) == 0);
-  std::ifstream in(zip, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  unlink((dir.path + "/payload.bin").c_str());
-  return ss.str();
-}
-
-std::string withAttachment(const std::string& headers, const std::string& body) {
-  return crlf("From: a@example.test\nTo: b@example.test\nSubject: file\nMIME-Version: 1.0\n"
-              "Content-Type: multipart/mixed; boundary=XX\n\n--XX\nContent-Type: text/plain\n\nsee attached\n--XX\n" +
-              headers + "\n") + body + crlf("\n--XX--\n");
-}
-
-const std::string kClean = crlf("From: a@example.test\nTo: b@example.test\nSubject: hi\n\nNothing to see here.\n");
 
 std::shared_ptr<const Engine> loadEngine(const TempDir& db) {
   std::string err;
@@ -229,29 +156,6 @@ TEST_CASE("no engine is a scan error, never a clean pass") {
   REQUIRE(r.enhanced == "4.7.1");
 }
 
-namespace {
-std::shared_ptr<const moat::policy::Config> writeConfig(const TempDir& dir, const std::string& section) {
-  dir.write("moat.toml", "[[listener]]\naddress = \"127.0.0.1:2525\"\n" + section);
-  moat::policy::Errors errors;
-  auto config = moat::policy::loadConfig(dir.path + "/moat.toml", errors);
-  INFO(errors.str());
-  REQUIRE(config);
-  return config;
-}
-
-Result runFilter(const AntivirusFilter& filter, const std::string& raw, bool withMime) {
-  moat::mta::uv::Loop loop;
-  Env env;
-  env.loop = loop.get();
-  auto ctx = std::make_shared<MessageContext>();
-  ctx->message = raw;
-  if (withMime) ctx->mime = mime::parse(raw, mime::Limits{});
-  std::optional<Result> result;
-  filter.run(ctx, env, [&](Result r) { result = std::move(r); });
-  REQUIRE(loop.runUntil([&] { return result.has_value(); }, 30000));
-  return *result;
-}
-}  // namespace
 
 TEST_CASE("the antivirus filter: reject, quarantine, clean, no database turns it off") {
   TempDir dir;
@@ -266,7 +170,7 @@ TEST_CASE("the antivirus filter: reject, quarantine, clean, no database turns it
   REQUIRE(filter);
   REQUIRE(filter->stage() == Stage::Data);
   filter->scanner().waitIdle();  // the start-up load runs in the background
-  REQUIRE(filter->scanner().engine());
+  REQUIRE(libclamav(*filter).engine());
   Result r = runFilter(*filter, infected, true);
   REQUIRE(r.verdict == Verdict::Reject);
   REQUIRE(r.code == 554);
@@ -290,7 +194,7 @@ TEST_CASE("the antivirus filter: reject, quarantine, clean, no database turns it
   REQUIRE_FALSE(errors.hasErrors());
 
   moat::policy::Errors bad;
-  makeAntivirusFilter(*writeConfig(dir, "[antivirus]\ndatabase_dir = \"clamav\"\naction = \"delete\"\nbackend = \"clamd\"\n"), bad);
+  makeAntivirusFilter(*writeConfig(dir, "[antivirus]\ndatabase_dir = \"clamav\"\naction = \"delete\"\nbackend = \"clamdscan\"\n"), bad);
   REQUIRE(bad.hasErrors());
   REQUIRE(bad.str().find("moat.toml:5:") != std::string::npos);
   REQUIRE(bad.str().find("moat.toml:6:") != std::string::npos);
@@ -304,13 +208,13 @@ TEST_CASE("a config reload with the same antivirus settings keeps the loaded eng
   auto first = makeAntivirusFilter(*writeConfig(dir, "[antivirus]\ndatabase_dir = \"clamav\"\n"), errors);
   REQUIRE(first);
   first->scanner().waitIdle();
-  auto engine = first->scanner().engine();
+  auto engine = libclamav(*first).engine();
   REQUIRE(engine);
   // SIGHUP builds a new filter: same settings, so the same scanner and the same engine
   auto second = makeAntivirusFilter(*writeConfig(dir, "[antivirus]\ndatabase_dir = \"clamav\"\naction = \"quarantine\"\n"), errors);
   REQUIRE(&second->scanner() == &first->scanner());
   second->scanner().waitIdle();
-  REQUIRE(second->scanner().engine() == engine);
+  REQUIRE(libclamav(*second).engine() == engine);
   // different limits: a scanner of its own
   auto third = makeAntivirusFilter(*writeConfig(dir, "[antivirus]\ndatabase_dir = \"clamav\"\nmax_files = 5\n"), errors);
   REQUIRE(&third->scanner() != &first->scanner());

@@ -1,0 +1,76 @@
+// filters/antivirus/backend.h — what the antivirus filter scans with, whatever does the
+// scanning: libclamav in process (antivirus.h, Scanner) or a clamd over its socket
+// (clamd.h, ClamdScanner). Both share the message walk here, so they scan the same things
+// and count the same way: the whole message first (the scanner decodes MIME, base64,
+// archives and nested messages itself), and when that is clean and a MIME tree is given,
+// each decoded non-text leaf as well, within the per-message byte budget.
+// Untrusted input: the message and its decoded parts (bounded by the budget). A scan
+// error is an Error result, never a clean one. Logs nothing itself.
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+
+#include "filters/mime/mime.h"
+
+namespace moat::filters::antivirus {
+
+struct ScanLimits {
+  uint64_t maxScanSize = 100ull << 20;  // bytes scanned per message (all parts together)
+  uint64_t maxFileSize = 25ull << 20;   // largest single file/part scanned
+  uint32_t maxRecursion = 16;           // archive/message nesting
+  uint32_t maxFiles = 10000;            // files inside archives
+  uint32_t maxScanTimeMs = 120000;      // per scan call
+};
+
+struct ScanResult {
+  enum class Status { Clean, Found, Error } status = Status::Clean;
+  std::string signature;  // Found: the signature name
+  std::string error;      // Error: the scanner's message
+  unsigned scans = 0;     // scan calls made (whole message + parts)
+};
+
+// One scan of one buffer: the whole message, or a decoded part with its file name (or null).
+using ScanOne = std::function<ScanResult(std::string_view data, const char* name)>;
+
+// The whole message, then each decoded non-text leaf of `mime` (if given) while the
+// result stays clean and `budget` bytes last. The first non-clean result wins.
+ScanResult scanMessage(const ScanOne& scanOne, std::string_view raw, const mime::Message* mime, uint64_t budget);
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string_view name() const = 0;  // "libclamav" | "clamd", for logs
+  // Any thread (the thread pool); may block for up to the scan timeout.
+  virtual ScanResult scan(std::string_view raw, const mime::Message* mime) const = 0;
+  // Start-up, SIGHUP: (re)load the database or check the daemon, on a background thread.
+  virtual void reloadInBackground() = 0;
+  // Called before each scan: starts a background check if `interval` passed since the last.
+  virtual void maybeCheck(std::chrono::milliseconds interval) = 0;
+  // Waits until no background work runs (tests, `moat scan`, shutdown).
+  virtual void waitIdle() = 0;
+};
+
+// One background job at a time on a thread of its own (database loads, clamd PINGs).
+class BackgroundTask {
+ public:
+  BackgroundTask() = default;
+  ~BackgroundTask() { wait(); }
+  BackgroundTask(const BackgroundTask&) = delete;
+  BackgroundTask& operator=(const BackgroundTask&) = delete;
+  // Starts `job` unless one still runs (then does nothing and returns false).
+  bool start(std::function<void()> job);
+  void wait();
+
+ private:
+  std::mutex mu_;  // guards thread_
+  std::thread thread_;
+  std::atomic<bool> running_{false};
+};
+
+}  // namespace moat::filters::antivirus
