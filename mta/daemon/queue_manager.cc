@@ -249,7 +249,9 @@ void QueueManager::expireQuarantine() {
 
 void QueueManager::enqueue(const queue::Envelope& env, std::shared_ptr<const queue::MessageData> data) {
   putEntry(env);
-  if (data && env.area == queue::Area::Active && cachedBytes_ + data->size() <= kDataCacheBytes) {
+  // A message with edits is read through loadData, which applies them on the pool.
+  if (data && env.area == queue::Area::Active && env.edits.empty() &&
+      cachedBytes_ + data->size() <= kDataCacheBytes) {
     cachedBytes_ += data->size();
     entries_.at(env.id).data = std::move(data);
   }

@@ -38,9 +38,10 @@ class QueueManager {
   // Takes the envelopes recovered from the spool and starts scheduling.
   void start(std::vector<queue::Envelope> recovered);
   void reload(std::shared_ptr<const server::Snapshot> snapshot);
-  // A message the server just made durable. `data`, when given, is the bytes just committed:
-  // the first delivery uses them instead of reading the spool file back (a trip to the
-  // thread pool and four syscalls per message), within kDataCacheBytes in all.
+  // A message the server just made durable. `data`, when given, is the bytes just
+  // committed: the first delivery of a message without edits uses them instead of reading
+  // the spool file back (a trip to the thread pool and four syscalls per message), within
+  // kDataCacheBytes in all.
   void enqueue(const queue::Envelope& env, std::shared_ptr<const queue::MessageData> data = nullptr);
   static constexpr uint64_t kDataCacheBytes = 64ull << 20;
   // Stops starting deliveries; `done` runs when none is in flight.
