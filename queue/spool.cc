@@ -399,7 +399,7 @@ void Spool::startCommit(std::shared_ptr<CommitJob> job) {
     // Nothing per message needs the pool: the sync round writes the whole batch, so a
     // batch costs one trip to the pool instead of one per message.
     pendingSync_.push_back(std::move(job));
-    if (!syncRunning_) startSyncRound();
+    if (roundsRunning_ < kMaxRounds) startSyncRound();
     return;
   }
   mta::uv::queueWork(
@@ -412,7 +412,7 @@ void Spool::startCommit(std::shared_ptr<CommitJob> job) {
       [self, job, mode] {
         if (mode == CommitMode::PerMessage || !job->error.empty()) return self->commitDone(*job);
         self->pendingSync_.push_back(job);
-        if (!self->syncRunning_) self->startSyncRound();
+        if (self->roundsRunning_ < kMaxRounds) self->startSyncRound();
       });
 }
 
@@ -425,7 +425,7 @@ void Spool::commitDone(CommitJob& job) {
 void Spool::startSyncRound() {
   auto batch = std::make_shared<std::vector<std::shared_ptr<CommitJob>>>(std::move(pendingSync_));
   pendingSync_.clear();
-  syncRunning_ = true;
+  ++roundsRunning_;
   std::set<std::string> dirs;
   for (auto& j : *batch) dirs.insert(path(areaName(j->area), ""));
   bool syncfsMode = commitMode_ == CommitMode::SyncFs;
@@ -462,7 +462,7 @@ void Spool::startSyncRound() {
       },
       [self, batch] {
         self->dirSyncRounds_++;
-        self->syncRunning_ = false;
+        --self->roundsRunning_;
         if (!self->pendingSync_.empty()) self->startSyncRound();
         for (auto& j : *batch) self->commitDone(*j);
       });

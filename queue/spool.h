@@ -168,7 +168,11 @@ class Spool : public std::enable_shared_from_this<Spool> {
   uv_loop_t* loop_;
   std::string dir_;
   CommitMode commitMode_ = CommitMode::Group;
-  bool syncRunning_ = false;
+  // Rounds in flight at once: with one, a message finishing just after a round started
+  // waits for it and then its own (two disk flushes of latency); a second round takes it
+  // at once, and batches still form under load.
+  static constexpr int kMaxRounds = 2;
+  int roundsRunning_ = 0;
   std::vector<std::shared_ptr<CommitJob>> pendingSync_;
   uint64_t dirSyncRounds_ = 0;
   std::map<std::string, uint64_t> generations_;
