@@ -66,6 +66,10 @@ int serve(const std::string& configPath) {
       .add("removed_partial", static_cast<uint64_t>(report.removedPartial))
       .add("moved_corrupt", static_cast<uint64_t>(report.movedCorrupt));
 
+  // Mail waits for the filters: a listener opened before the antivirus database is loaded
+  // would answer 451 to everything until it is (seconds, with Debian's full databases).
+  snap->waitReady();
+
   QueueManager qm(loop.get(), spool, resolver.get(), snap);
   qm.start(std::move(recovered));
 

@@ -5,7 +5,6 @@
 #include <fstream>
 #include <sstream>
 
-#include "filters/antivirus/antivirus_filter.h"
 #include "filters/dkim/dkim.h"
 #include "filters/spf/spf.h"
 #include "mta/dns/cares_resolver.h"
@@ -70,8 +69,7 @@ int runScan(const ScanOptions& opts) {
     return 2;
   }
   // The antivirus engine loads in the background at start; a scan waits for it.
-  for (const auto& f : snap->pipeline->filters())
-    if (auto* av = dynamic_cast<const filters::antivirus::AntivirusFilter*>(f.get())) av->scanner().waitIdle();
+  snap->waitReady();
 
   const auto& cfg = *snap->config;
   uv::Loop loop;

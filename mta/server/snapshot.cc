@@ -1,6 +1,8 @@
 // mta/server/snapshot.cc — see snapshot.h.
 #include "mta/server/snapshot.h"
 
+#include "filters/antivirus/antivirus_filter.h"
+
 namespace moat::mta::server {
 
 std::shared_ptr<const Snapshot> Snapshot::load(const std::string& configPath, policy::Errors& errors) {
@@ -24,6 +26,11 @@ std::shared_ptr<const Snapshot> Snapshot::load(const std::string& configPath, po
   if (!snap->clientTls) errors.error(config->path, 0, "TLS client context: " + error);
   if (errors.hasErrors()) return nullptr;
   return snap;
+}
+
+void Snapshot::waitReady() const {
+  for (const auto& f : pipeline->filters())
+    if (auto* av = dynamic_cast<const filters::antivirus::AntivirusFilter*>(f.get())) av->scanner().waitIdle();
 }
 
 }  // namespace moat::mta::server

@@ -23,6 +23,9 @@ struct Snapshot {
 
   // Builds and validates everything; nullptr with `errors` filled on failure.
   static std::shared_ptr<const Snapshot> load(const std::string& configPath, policy::Errors& errors);
+  // Blocks until the filters that get ready in the background (the antivirus engine's
+  // first database load, the first clamd PING) are: start-up and `moat scan` only.
+  void waitReady() const;
 };
 
 }  // namespace moat::mta::server
