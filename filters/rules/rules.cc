@@ -27,6 +27,28 @@ RE2::Options re2Options() {
   return o;
 }
 
+// True when the pattern names a code point over 0xFF with \x{...}.
+static bool needsUtf(std::string_view p) {
+  for (size_t i = 0; i + 3 < p.size(); ++i) {
+    if (p[i] == '\\' && p[i + 1] == '\\') {
+      ++i;
+      continue;
+    }
+    if (p[i] != '\\' || p[i + 1] != 'x' || p[i + 2] != '{') continue;
+    size_t end = p.find('}', i + 3);
+    if (end == std::string_view::npos) return false;
+    unsigned long v = 0;
+    for (size_t k = i + 3; k < end; ++k) {
+      char c = p[k];
+      int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+      if (d < 0 || v > 0x10FFFF) return false;
+      v = v * 16 + static_cast<unsigned long>(d);
+    }
+    if (v > 0xFF) return true;
+  }
+  return false;
+}
+
 std::unique_ptr<Pcre2Regex> Pcre2Regex::compile(const PerlRegex& regex, std::string& error) {
   uint32_t opts = 0;
   for (char f : regex.flags) {
@@ -35,6 +57,10 @@ std::unique_ptr<Pcre2Regex> Pcre2Regex::compile(const PerlRegex& regex, std::str
     if (f == 's') opts |= PCRE2_DOTALL;
     if (f == 'x') opts |= PCRE2_EXTENDED;
   }
+  // A code point over 255 (\x{0456}) exists only in UTF mode: the pattern then matches
+  // UTF-8 as characters, and PCRE2_MATCH_INVALID_UTF keeps a subject that is not valid
+  // UTF-8 (raw headers, raw bodies) safe to match rather than undefined.
+  if (needsUtf(regex.pattern)) opts |= PCRE2_UTF | PCRE2_MATCH_INVALID_UTF;
   int code = 0;
   PCRE2_SIZE offset = 0;
   std::unique_ptr<Pcre2Regex> re(new Pcre2Regex());
@@ -289,7 +315,7 @@ HeaderLookup headerValue(const Rule& r, const Input& in) {
   const auto& headers = in.mime->root.headers;
   HeaderLookup out;
   const std::string& name = r.def.header;
-  bool raw = r.def.mode == HeaderMode::Raw;
+  bool raw = r.def.raw;
   auto valueOf = [&](const mime::HeaderField& h) -> std::string {
     const std::string& v = raw ? h.raw : h.decoded;
     if (r.def.mode == HeaderMode::Addr) return addrOf(v);

@@ -18,7 +18,9 @@
 namespace moat::filters::rules {
 
 enum class Kind { Header, Body, Rawbody, Uri, Full, Meta };
-enum class HeaderMode { Decoded, Raw, Addr, Name };
+// What of a header a rule matches: its whole value, the address or the display name of its
+// first address. `raw` (the :raw modifier, combinable: From:name:raw) skips RFC 2047 decoding.
+enum class HeaderMode { Decoded, Addr, Name };
 
 // A PCRE2 pattern compiled with JIT and run under a match limit, so a pathological rule
 // costs bounded time. Thread-safe: match data is per call.
@@ -42,6 +44,7 @@ struct RuleDef {
   int line = 0;
   std::string header;  // Header rules: the header name, "ALL", "ToCc", "EnvelopeFrom"
   HeaderMode mode = HeaderMode::Decoded;
+  bool raw = false;
   bool exists = false;  // exists:Header
   bool negate = false;  // !~
   bool hasIfUnset = false;

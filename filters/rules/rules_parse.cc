@@ -171,12 +171,15 @@ class Reader {
     std::string_view target = word(rest);
     size_t colon = target.find(':');
     d.header = std::string(target.substr(0, colon));
-    if (colon != std::string_view::npos) {
-      std::string mod = lower(target.substr(colon + 1));
-      if (mod == "raw") d.mode = HeaderMode::Raw;
+    // Modifiers chain, as in From:name:raw.
+    for (size_t at = colon; at != std::string_view::npos;) {
+      size_t next = target.find(':', at + 1);
+      std::string mod = lower(target.substr(at + 1, next == std::string_view::npos ? next : next - at - 1));
+      if (mod == "raw") d.raw = true;
       else if (mod == "addr") d.mode = HeaderMode::Addr;
       else if (mod == "name") d.mode = HeaderMode::Name;
       else d.unsupported = "header modifier :" + mod;
+      at = next;
     }
     if (!validHeaderName(d.header)) return error(line_, d.name + ": bad header name");
     std::string_view op = word(rest);
