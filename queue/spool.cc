@@ -205,12 +205,17 @@ ErrorKind errorKind(std::string_view error) {
 
 // ---- MessageData -----------------------------------------------------------------------
 
-std::shared_ptr<const MessageData> MessageData::map(const std::string& path, std::string& error) {
+std::shared_ptr<const MessageData> MessageData::map(const std::string& path, std::string& error, bool messageFile) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return error = errnoError(errno, "open " + path), nullptr;
   FileLayout layout;
   if (int err = probeLayout(fd, layout)) {
     error = errnoError(err, "stat " + path);
+    ::close(fd);
+    return nullptr;
+  }
+  if (messageFile && layout.envLen == 0) {
+    error = "not found: " + path + " holds an envelope only and data/ has no bytes for it";
     ::close(fd);
     return nullptr;
   }
@@ -322,7 +327,7 @@ std::shared_ptr<const MessageData> Spool::openData(const std::string& id, std::s
   if (m || errorKind(error) != ErrorKind::NotFound) return m;
   for (Area a : kAreas) {
     std::string e;
-    if ((m = MessageData::map(path(areaName(a), id), e))) return error.clear(), m;
+    if ((m = MessageData::map(path(areaName(a), id), e, true))) return error.clear(), m;
   }
   return nullptr;
 }

@@ -72,7 +72,9 @@ std::string errnoError(int err, std::string_view what);
 // outlives a rename or an unlink of the file.
 class MessageData {
  public:
-  static std::shared_ptr<const MessageData> map(const std::string& path, std::string& error);
+  // The message bytes of a spool file: all of it, or what precedes its envelope. With
+  // `messageFile`, a file without an envelope is an error (it is an envelope-only file).
+  static std::shared_ptr<const MessageData> map(const std::string& path, std::string& error, bool messageFile = false);
   // A message still held in memory (small messages are written by the commit itself).
   static std::shared_ptr<const MessageData> fromMemory(std::string bytes);
   ~MessageData();

@@ -290,6 +290,30 @@ TEST_CASE("spool: a crash during a move leaves two copies, the newer generation 
   REQUIRE(data->bytes() == "x\r\n");
 }
 
+TEST_CASE("spool: openData finds the bytes in the message file, then under data/, never an envelope") {
+  Fixture f;
+  std::string body = "Subject: o\r\n\r\nbytes\r\n";
+  std::string id = f.commit(body);
+  std::string error;
+  auto d1 = f.spool->openData(id, error);
+  REQUIRE(d1);
+  REQUIRE(d1->bytes() == body);  // from queue/<id>, without the envelope and trailer
+  // After an update the bytes live under data/ and queue/<id> is an envelope only.
+  std::string err;
+  auto env = parseEnvelope(envelopeOf(f.p("queue/" + id)), err);
+  REQUIRE(env);
+  env->attempts = 1;
+  REQUIRE(f.waitOp([&](Spool::Done cb) { f.spool->update(*env, cb); }));
+  REQUIRE(fs::exists(f.p("data/" + id)));
+  auto d2 = f.spool->openData(id, error);
+  REQUIRE(d2);
+  REQUIRE(d2->bytes() == body);
+  // An envelope-only file whose data/ copy is gone is an error, not message bytes.
+  fs::remove(f.p("data/" + id));
+  REQUIRE_FALSE(f.spool->openData(id, error));
+  REQUIRE(errorKind(error) == ErrorKind::NotFound);
+}
+
 TEST_CASE("spool: update, move and remove are durable") {
   Fixture f;
   std::string id = f.commit("Subject: u\r\n\r\nx\r\n");
