@@ -17,12 +17,19 @@ def f(kv, k):
     except ValueError:
         return float("nan")
 
-cases = sorted({n.split("-", 1)[1] for n in rows})
-print("| case | moat relayed/s | postfix relayed/s | raw relayed/s | moat/postfix | moat/raw | "
-      "moat CPU ms/msg | postfix CPU ms/msg | moat RSS MB | postfix RSS MB |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+cases = sorted({n.split("-", 1)[1] for n in rows}, key=lambda c: [int(x) for x in c.split("-")])
+variants = [v for v in ("moat", "moatsyncfs") if any(n.startswith(v + "-") for n in rows)]
+print("| case | Moat | Moat relayed/s | Postfix relayed/s | raw relayed/s | Moat/Postfix | Moat/raw | "
+      "Moat CPU ms/msg | Postfix CPU ms/msg | Moat RSS MB | Postfix RSS MB | disk flushes/msg Moat / Postfix |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for c in cases:
-    m, p, r = rows.get("moat-" + c, {}), rows.get("postfix-" + c, {}), rows.get("raw-" + c, {})
-    mr, pr, rr = f(m, "relayed_per_s"), f(p, "relayed_per_s"), f(r, "relayed_per_s")
-    print(f"| {c} | {mr:.0f} | {pr:.0f} | {rr:.0f} | {mr / pr:.2f}x | {mr / rr:.2f} | "
-          f"{f(m, 'cpu_ms_per_msg'):.2f} | {f(p, 'cpu_ms_per_msg'):.2f} | {f(m, 'rss_mb'):.1f} | {f(p, 'rss_mb'):.1f} |")
+    p, r = rows.get("postfix-" + c, {}), rows.get("raw-" + c, {})
+    pr, rr = f(p, "relayed_per_s"), f(r, "relayed_per_s")
+    n = f(p, "count")
+    for v in variants:
+        m = rows.get(v + "-" + c, {})
+        mr = f(m, "relayed_per_s")
+        label = "fsync" if v == "moat" else "syncfs"
+        print(f"| {c} | {label} | {mr:.0f} | {pr:.0f} | {rr:.0f} | {mr / pr:.2f}x | {mr / rr:.2f} | "
+              f"{f(m, 'cpu_ms_per_msg'):.2f} | {f(p, 'cpu_ms_per_msg'):.2f} | {f(m, 'rss_mb'):.1f} | {f(p, 'rss_mb'):.1f} | "
+              f"{f(m, 'disk_flushes') / n:.2f} / {f(p, 'disk_flushes') / n:.2f} |")

@@ -6,12 +6,15 @@
 #   tests/bench/run.sh [quick|full]
 #     quick: 5,000 x 4 KB at 20 sessions (a few minutes)
 #     full:  the standard matrix: 20,000 x 4 KB at 20 and 100 sessions, 2,000 x 256 KB at 20
+#   MOAT_SYNCFS=1 also measures Moat with [server] spool_sync = "syncfs" (row "moatsyncfs").
 # Needs root for the private Postfix (it runs as the postfix user). Build Moat first
 # (deploy/run.sh or cmake --build build).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BENCH=${MOAT_SHARED_BENCH:-$HERE/../../../shared/bench}
 MODE=${1:-quick}
+EXTRA_PEERS=""
+[ "${MOAT_SYNCFS:-0}" = 1 ] && EXTRA_PEERS=moatsyncfs
 OUT=${BENCH_OUT:-/tmp/bench-moat-results-$(date +%s).txt}
 : > "$OUT"
 if [ "$MODE" = full ]; then
@@ -21,14 +24,16 @@ else
 fi
 for m in "${MATRIX[@]}"; do
   read -r count conc size <<<"$m"
-  for peer in raw postfix moat; do
+  for peer in raw postfix moat $EXTRA_PEERS; do
+    sync=fsync
     case $peer in
       raw)     start=-; stop=- ;;
       postfix) start="$BENCH/peers/postfix-start.sh"; stop="$BENCH/peers/postfix-stop.sh" ;;
       moat)    start="$HERE/moat-start.sh"; stop=- ;;
+      moatsyncfs) start="$HERE/moat-start.sh"; stop=-; sync=syncfs ;;
     esac
     echo "== $peer $count x ${size}KB at $conc sessions" >&2
-    "$BENCH/relay-bench.sh" "$peer-$count-$conc-$size" "$start" "$stop" "$count" "$conc" "$size" \
+    MOAT_SPOOL_SYNC=$sync "$BENCH/relay-bench.sh" "$peer-$count-$conc-$size" "$start" "$stop" "$count" "$conc" "$size" \
       | tee -a "$OUT" | grep '^RESULT' || echo "RESULT name=$peer-$count-$conc-$size FAILED" >> "$OUT"
   done
 done
