@@ -203,7 +203,15 @@ std::string htmlToText(std::string_view html, std::vector<std::string>* links) {
 
 void extractUris(std::string_view text, std::vector<std::string>& out) {
   static const char* kSchemes[] = {"http://", "https://", "ftp://", "mailto:", "www."};
-  std::string lower = toLower(text);
+  // A lower-case copy to search in. Each pool thread keeps its buffer for texts up to
+  // 1 MB: a fresh allocation of that size is an mmap, page faults and an munmap per message.
+  constexpr size_t kKeep = 1 << 20;
+  thread_local std::string kept;
+  std::string own;
+  std::string& lower = text.size() <= kKeep ? kept : own;
+  lower.assign(text);
+  for (auto& c : lower)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
   size_t i = 0;
   while (i < lower.size()) {
     size_t best = std::string::npos;

@@ -377,12 +377,9 @@ class Renderer {
     collectAttachment(part);
     if (!part.isText()) return;
     std::vector<std::string> found;
-    std::string text;
-    if (part.contentType == "text/html") {
-      text = htmlToText(part.text, &found);
-    } else {
-      text = part.text;
-    }
+    std::string rendered;  // HTML only: plain text is used where it is, not copied
+    if (part.contentType == "text/html") rendered = htmlToText(part.text, &found);
+    const std::string& text = part.contentType == "text/html" ? rendered : part.text;
     extractUris(text, found);
     addUnique(msg_.uris, found);
     if (inBody && part.disposition != "attachment") {
