@@ -8,6 +8,7 @@
 #include "mta/client/smtp_client.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cctype>
 
 namespace moat::mta::client {
@@ -52,8 +53,22 @@ struct SmtpClient::Body {
     while (part < 2 && taken < limit) {
       std::string_view p = parts[part];
       size_t n = std::min(p.size() - pos, limit - taken);
-      for (size_t i = 0; i < n; ++i) put(out, p[pos + i]);
-      pos += n;
+      size_t end = pos + n;
+      while (pos < end) {
+        // Inside a line, everything up to the next CR or LF goes out as it is: copied in
+        // one piece instead of byte by byte (put() handles line starts and line ends).
+        if (!prevCr && !lineStart) {
+          const char* b = p.data() + pos;
+          size_t len = end - pos;
+          const void* lf = std::memchr(b, '\n', len);
+          size_t k = lf ? static_cast<size_t>(static_cast<const char*>(lf) - b) : len;
+          if (const void* cr = std::memchr(b, '\r', k)) k = static_cast<size_t>(static_cast<const char*>(cr) - b);
+          out.append(b, k);
+          pos += k;
+          if (pos == end) break;
+        }
+        put(out, p[pos++]);
+      }
       taken += n;
       if (pos == p.size()) {
         ++part;
