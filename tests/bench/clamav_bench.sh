@@ -33,19 +33,14 @@ else
   mkdir -p "$DB"
   echo "== database: /var/lib/clamav has no .cvd/.cld (no network for freshclam): generated $HDB HDB + $NDB NDB random signatures"
 fi
-/usr/bin/python3 - "$D" "$DB" "$HDB" "$NDB" <<'PY'
+PYTHONPATH="$HERE" /usr/bin/python3 - "$D" "$DB" "$HDB" "$NDB" <<'PY'
 import base64, io, os, random, sys, zipfile
 d, db, nhdb, nndb = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+import bench_data
 rnd = random.Random(7)
-eicar = ("X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-" + "ANTIVIRUS-TEST-FILE!$H+H*").encode()
+eicar = bench_data.EICAR
 if db.startswith(d):
-    with open(f"{db}/moat-bench.hdb", "w") as f:
-        for i in range(nhdb):
-            f.write(f"{rnd.getrandbits(128):032x}:{rnd.randint(1000, 5000000)}:Moat.Bench.Hash-{i}\n")
-    with open(f"{db}/moat-bench.ndb", "w") as f:
-        f.write(f"Eicar-Test-Moat:0:*:{b'EICAR-STANDARD-ANTIVIRUS-TEST-FILE'.hex()}\n")
-        for i in range(nndb):
-            f.write(f"Moat.Bench.Body-{i}:0:*:{rnd.getrandbits(160):040x}\n")
+    bench_data.clamav_db(db, nhdb, nndb)
 words = ("the of and to in is that for it as was with be by on not this are or from at which report "
          "meeting budget quarter invoice schedule project review").split()
 def text(n):

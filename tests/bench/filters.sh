@@ -12,19 +12,7 @@ COUNT=${1:-10000}; CONC=${2:-20}; KB=${3:-4}
 R=${RSPAMD_BENCH_BASE:-/tmp/bench-rspamd}
 "$BENCH/peers/rspamd-prepare.sh" >/dev/null
 D=$(mktemp -d /tmp/bench-moat-dns-XXXXXX)
-/usr/bin/python3 - "$R" "$D" <<'PY'
-import sys
-r, d = sys.argv[1], sys.argv[2]
-rec = open(f"{r}/dkim.txtrecord").read().strip().replace(",", "")
-open(f"{d}/zone.yaml", "w").write(f"""zonedata:
-  sender.example:
-    - TXT: "v=spf1 ip4:127.0.0.1 -all"
-  _dmarc.sender.example:
-    - TXT: "v=DMARC1; p=reject"
-  bench._domainkey.sender.example:
-    - TXT: "{rec}"
-""")
-PY
+/usr/bin/python3 "$HERE/bench_data.py" auth-zone "$D/zone.yaml" "$R/dkim.txtrecord"
 /usr/bin/python3 "$HERE/../support/dns_server.py" --zone "$D/zone.yaml" --port 0 --portfile "$D/port" &
 DNS_PID=$!
 trap 'kill $DNS_PID 2>/dev/null; rm -rf "$D"' EXIT

@@ -30,27 +30,12 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$D/clamav" "$D/empty"
-/usr/bin/python3 - "$R" "$D" "$HDB" "$NDB" <<'PY'
+/usr/bin/python3 "$HERE/bench_data.py" auth-zone "$D/zone.yaml" "$R/dkim.txtrecord"
+/usr/bin/python3 "$HERE/bench_data.py" clamav-db "$D/clamav" "$HDB" "$NDB"
+/usr/bin/python3 - "$D" <<'PY'
 import base64, random, sys
-r, d, nhdb, nndb = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-rec = open(f"{r}/dkim.txtrecord").read().strip().replace(",", "")
-open(f"{d}/zone.yaml", "w").write(f"""zonedata:
-  sender.example:
-    - TXT: "v=spf1 ip4:127.0.0.1 -all"
-  _dmarc.sender.example:
-    - TXT: "v=DMARC1; p=reject"
-  bench._domainkey.sender.example:
-    - TXT: "{rec}"
-""")
+d = sys.argv[1]
 rnd = random.Random(7)
-with open(f"{d}/clamav/moat-bench.hdb", "w") as f:
-    for i in range(nhdb):
-        f.write(f"{rnd.getrandbits(128):032x}:{rnd.randint(1000, 5000000)}:Moat.Bench.Hash-{i}\n")
-with open(f"{d}/clamav/moat-bench.ndb", "w") as f:
-    eicar = ("X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-" + "ANTIVIRUS-TEST-FILE!$H+H*").encode()
-    f.write("Moat.Test.EICAR:0:*:" + eicar.hex() + "\n")
-    for i in range(nndb):
-        f.write(f"Moat.Bench.Body-{i}:0:*:{rnd.getrandbits(160):040x}\n")
 pdf = b"%PDF-1.4\n" + bytes(rnd.getrandbits(8) for _ in range(72000))
 b64 = base64.encodebytes(pdf).decode().replace("\n", "\r\n")
 text = "Please find the quarterly report attached.\r\n" * 20
