@@ -21,6 +21,7 @@
 #include "filters/mime/mime.h"
 #include "mta/runtime/uv.h"
 #include "policy/config.h"
+#include "tests/support/filter_run.h"
 
 namespace moat::filters::antivirus::test {
 
@@ -119,17 +120,6 @@ inline std::shared_ptr<const moat::policy::Config> writeConfig(const TempDir& di
   return config;
 }
 
-inline Result runFilter(const AntivirusFilter& filter, const std::string& raw, bool withMime) {
-  moat::mta::uv::Loop loop;
-  Env env;
-  env.loop = loop.get();
-  auto ctx = std::make_shared<MessageContext>();
-  ctx->message = raw;
-  if (withMime) ctx->mime = mime::parse(raw, mime::Limits{});
-  std::optional<Result> result;
-  filter.run(ctx, env, [&](Result r) { result = std::move(r); });
-  REQUIRE(loop.runUntil([&] { return result.has_value(); }, 30000));
-  return *result;
-}
+using moat::test::runFilter;
 
 }  // namespace moat::filters::antivirus::test

@@ -21,6 +21,7 @@
 #include "filters/edit.h"
 #include "filters/mime/mime.h"
 #include "mta/runtime/uv.h"
+#include "tests/support/filter_run.h"
 
 using namespace moat::filters;
 using namespace moat::filters::attachments;
@@ -387,20 +388,7 @@ TEST_CASE("config errors are FILE:LINE, strip is accepted, no list turns the fil
   REQUIRE(on->stage() == Stage::Data);
 }
 
-namespace {
-Result runFilter(const Filter& filter, const std::string& raw, bool withMime) {
-  moat::mta::uv::Loop loop;
-  Env env;
-  env.loop = loop.get();
-  auto ctx = std::make_shared<MessageContext>();
-  ctx->message = raw;
-  if (withMime) ctx->mime = mime::parse(raw, mime::Limits{});
-  std::optional<Result> result;
-  filter.run(ctx, env, [&](Result r) { result = std::move(r); });
-  REQUIRE(loop.runUntil([&] { return result.has_value(); }, 30000));
-  return *result;
-}
-}  // namespace
+using moat::test::runFilter;
 
 TEST_CASE("the filter on a real loop: reject, quarantine, clean, no MIME tree, a hostile name in the reply") {
   TempDir dir;
