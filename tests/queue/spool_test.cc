@@ -314,6 +314,34 @@ TEST_CASE("spool: openData finds the bytes in the message file, then under data/
   REQUIRE(errorKind(error) == ErrorKind::NotFound);
 }
 
+TEST_CASE("spool: removals batch, keep order with other operations, and end the id's life") {
+  Fixture f;
+  std::vector<std::string> ids;
+  for (int i = 0; i < 30; ++i) ids.push_back(f.commit("Subject: r" + std::to_string(i) + "\r\n\r\nx\r\n"));
+  // An update still in flight for ids[0]: its removal waits for it (serialized), while the
+  // others join removal rounds.
+  std::string err;
+  auto env0 = parseEnvelope(envelopeOf(f.p("queue/" + ids[0])), err);
+  auto env1 = parseEnvelope(envelopeOf(f.p("queue/" + ids[1])), err);  // before its removal starts
+  REQUIRE(env0);
+  REQUIRE(env1);
+  env0->attempts = 3;
+  int updated = 0, removed = 0, failed = 0;
+  f.spool->update(*env0, [&](bool ok, std::string) { ok ? ++updated : ++failed; });
+  for (size_t i = 0; i < ids.size(); ++i)
+    f.spool->remove(ids[i], [&](bool ok, std::string) { ok ? ++removed : ++failed; }, i % 2 ? std::optional<Area>(Area::Active) : std::nullopt);
+  // Nothing may write an envelope for a message being removed.
+  bool refused = false;
+  f.spool->update(*env1, [&](bool ok, std::string e) { refused = !ok && errorKind(e) == ErrorKind::NotFound; });
+  REQUIRE(f.loop.runUntil([&] { return updated + removed + failed == 31 && refused; }, 10000));
+  REQUIRE(failed == 0);
+  REQUIRE(updated == 1);
+  REQUIRE(removed == 30);
+  REQUIRE(countFiles(f.p("queue")) + countFiles(f.p("data")) + countFiles(f.p("tmp")) == 0);
+  RecoveryReport r;
+  REQUIRE(f.recover(r).empty());
+}
+
 TEST_CASE("spool: update, move and remove are durable") {
   Fixture f;
   std::string id = f.commit("Subject: u\r\n\r\nx\r\n");
