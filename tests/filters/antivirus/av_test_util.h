@@ -21,6 +21,7 @@
 #include "filters/mime/mime.h"
 #include "mta/runtime/uv.h"
 #include "policy/config.h"
+#include "tests/support/crlf.h"
 #include "tests/support/filter_run.h"
 
 namespace moat::filters::antivirus::test {
@@ -60,14 +61,7 @@ inline std::string base64(std::string_view in) {
   return out;
 }
 
-inline std::string crlf(std::string_view s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '\n') out += '\r';
-    out += c;
-  }
-  return out;
-}
+using moat::test::crlf;
 
 struct TempDir {
   std::string path;

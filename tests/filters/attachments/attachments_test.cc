@@ -21,6 +21,7 @@
 #include "filters/edit.h"
 #include "filters/mime/mime.h"
 #include "mta/runtime/uv.h"
+#include "tests/support/crlf.h"
 #include "tests/support/filter_run.h"
 
 using namespace moat::filters;
@@ -28,14 +29,7 @@ using namespace moat::filters::attachments;
 
 namespace {
 
-std::string crlf(std::string_view s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '\n') out += '\r';
-    out += c;
-  }
-  return out;
-}
+using moat::test::crlf;
 
 std::string base64(std::string_view in) {
   static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

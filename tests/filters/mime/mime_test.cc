@@ -11,20 +11,14 @@
 #include "filters/mime/mime.h"
 #include "filters/mime/mime_filter.h"
 #include "mta/runtime/uv.h"
+#include "tests/support/crlf.h"
 
 using namespace moat::filters;
 using namespace moat::filters::mime;
 
 namespace {
 // Test messages are written with \n and sent with CRLF, as on the wire.
-std::string crlf(std::string_view s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '\n') out += '\r';
-    out += c;
-  }
-  return out;
-}
+using moat::test::crlf;
 
 const char* kNested = R"(From: a@example.test
 To: b@example.test

@@ -18,20 +18,14 @@
 #include "filters/rules/rules.h"
 #include "filters/rules/rules_filter.h"
 #include "mta/runtime/uv.h"
+#include "tests/support/crlf.h"
 
 using namespace moat::filters;
 using namespace moat::filters::rules;
 using moat::policy::Errors;
 
 namespace {
-std::string crlf(std::string_view s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '\n') out += '\r';
-    out += c;
-  }
-  return out;
-}
+using moat::test::crlf;
 
 Translation translate(const std::string& text) {
   PerlRegex re;
