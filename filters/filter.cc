@@ -33,9 +33,9 @@ Result Result::pass(std::string summary) {
   return r;
 }
 
-Result Result::reject(int code, std::string enhanced, std::string text, std::string summary) {
+static Result withReply(Verdict verdict, int code, std::string enhanced, std::string text, std::string summary) {
   Result r;
-  r.verdict = Verdict::Reject;
+  r.verdict = verdict;
   r.code = code;
   r.enhanced = std::move(enhanced);
   r.text = std::move(text);
@@ -43,14 +43,12 @@ Result Result::reject(int code, std::string enhanced, std::string text, std::str
   return r;
 }
 
+Result Result::reject(int code, std::string enhanced, std::string text, std::string summary) {
+  return withReply(Verdict::Reject, code, std::move(enhanced), std::move(text), std::move(summary));
+}
+
 Result Result::tempFail(int code, std::string enhanced, std::string text, std::string summary) {
-  Result r;
-  r.verdict = Verdict::TempFail;
-  r.code = code;
-  r.enhanced = std::move(enhanced);
-  r.text = std::move(text);
-  r.summary = std::move(summary);
-  return r;
+  return withReply(Verdict::TempFail, code, std::move(enhanced), std::move(text), std::move(summary));
 }
 
 Result Result::quarantine(std::string reason, std::string summary) {

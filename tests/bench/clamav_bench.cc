@@ -20,6 +20,7 @@
 #include "filters/antivirus/antivirus.h"
 #include "filters/antivirus/clamd.h"
 #include "filters/mime/mime.h"
+#include "tests/bench/bench_util.h"
 
 using namespace moat::filters;
 using namespace moat::filters::antivirus;
@@ -40,17 +41,7 @@ struct Row {
   std::string verdict;
 };
 
-std::string slurpCrlf(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string s = ss.str(), out;
-  for (size_t i = 0; i < s.size(); ++i) {  // wire form: CRLF
-    if (s[i] == '\n' && (i == 0 || s[i - 1] != '\r')) out += '\r';
-    out += s[i];
-  }
-  return out;
-}
+using moat::bench::slurpCrlf;
 
 const char* verdictOf(const ScanResult& r) {
   switch (r.status) {

@@ -14,20 +14,11 @@
 #include "filters/mime/mime.h"
 #include "filters/rules/rules.h"
 #include "policy/errors.h"
+#include "tests/bench/bench_util.h"
 
 using namespace moat::filters;
 
-static std::string slurp(const std::string& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string s = ss.str(), out;
-  for (size_t i = 0; i < s.size(); ++i) {  // wire form: CRLF
-    if (s[i] == '\n' && (i == 0 || s[i - 1] != '\r')) out += '\r';
-    out += s[i];
-  }
-  return out;
-}
+using moat::bench::slurpCrlf;
 
 int main(int argc, char** argv) {
   std::vector<std::string> rules, messages;
@@ -46,7 +37,7 @@ int main(int argc, char** argv) {
   }
   std::fprintf(stderr, "%s\n", set->stats().str().c_str());
   std::vector<std::string> raw;
-  for (const auto& m : messages) raw.push_back(slurp(m));
+  for (const auto& m : messages) raw.push_back(slurpCrlf(m));
   mime::Limits limits;
   double hits = 0;
   auto start = std::chrono::steady_clock::now();

@@ -3,24 +3,10 @@
 
 #include <fstream>
 
+#include "tests/support/unescape.h"
+
 namespace moat::test {
 
-namespace {
-
-std::string unescape(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] != '\\' || i + 1 == s.size()) {
-      out += s[i];
-      continue;
-    }
-    char c = s[++i];
-    out += c == 't' ? '\t' : c == 'r' ? '\r' : c == 'n' ? '\n' : c;
-  }
-  return out;
-}
-
-}  // namespace
 
 std::string Case::get(const std::string& key, const std::string& def) const {
   for (const auto& [k, v] : fields)

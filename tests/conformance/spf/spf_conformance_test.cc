@@ -14,24 +14,14 @@
 
 #include "filters/spf/spf.h"
 #include "tests/filters/spf/zone_resolver.h"
+#include "tests/support/unescape.h"
 
 using namespace moat::filters::spf;
 using moat::testing::ZoneResolver;
 
 namespace {
 
-std::string unescape(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] != '\\' || i + 1 == s.size()) {
-      out += s[i];
-      continue;
-    }
-    char n = s[++i];
-    out += n == 't' ? '\t' : n == 'n' ? '\n' : n == 'r' ? '\r' : n;
-  }
-  return out;
-}
+using moat::test::unescape;
 
 std::vector<std::string> fields(const std::string& line) {
   std::vector<std::string> out;
