@@ -48,6 +48,27 @@ std::string syncDir(const std::string& path) {
   return rc == 0 ? std::string() : errnoError(err, "fsync " + path);
 }
 
+}  // namespace
+
+// The spool's directories, open for as long as the spool: a sync round fsyncs them
+// without an open and a close each time. Read-only once built, shared with pool work.
+struct SpoolDirs {
+  std::map<std::string, int> fds;
+  SpoolDirs() = default;
+  SpoolDirs(const SpoolDirs&) = delete;
+  SpoolDirs& operator=(const SpoolDirs&) = delete;
+  ~SpoolDirs() {
+    for (auto& [path, fd] : fds) ::close(fd);
+  }
+  std::string sync(const std::string& path) const {
+    auto it = fds.find(path);
+    if (it == fds.end()) return syncDir(path);
+    return ::fsync(it->second) == 0 ? std::string() : errnoError(errno, "fsync " + path);
+  }
+};
+
+namespace {
+
 int writeAll(int fd, std::string_view data, uint64_t offset) {
   while (!data.empty()) {
     ssize_t n = ::pwrite(fd, data.data(), data.size(), static_cast<off_t>(offset));
@@ -90,35 +111,68 @@ std::string renameFile(const std::string& from, const std::string& to) {
   return {};
 }
 
-std::vector<std::string> listDir(const std::string& path) {
+// Names in a directory, and with `inodes` their inode numbers (d_ino: no stat needed).
+std::vector<std::string> listDir(const std::string& path, std::set<uint64_t>* inodes = nullptr) {
   std::vector<std::string> names;
   DIR* d = ::opendir(path.c_str());
   if (!d) return names;
   while (dirent* e = ::readdir(d)) {
     std::string n = e->d_name;
-    if (n != "." && n != "..") names.push_back(std::move(n));
+    if (n == "." || n == "..") continue;
+    if (inodes) inodes->insert(static_cast<uint64_t>(e->d_ino));
+    names.push_back(std::move(n));
   }
   ::closedir(d);
   return names;
 }
 
-// A message file ends with its envelope and this trailer (see spool.h): 32 bytes,
-// "\nMOAT-ENVELOPE " and the envelope's length in 16 hex digits, then "\n". A message
-// ends in CRLF or is a BDAT body, and a data file written before this layout has no
-// trailer: a file whose tail does not parse is data only.
+// A message file ends with its envelope and a 32-byte trailer (see spool.h), either
+//   "\nMOAT-ENVELOPE " + the envelope's length in 16 hex digits + "\n", or (padded)
+//   "\nMOAT-ENVELOPE " + 7 hex digits + " pad " + 4 hex digits + "\n",
+// where the second has that many padding bytes between the envelope and the trailer. A
+// message ends in CRLF or is a BDAT body, and a data file written before this layout has
+// no trailer: a file whose tail does not parse is data only.
 constexpr size_t kTrailerSize = 32;
 constexpr std::string_view kTrailerTag = "\nMOAT-ENVELOPE ";
+// Message files are padded to whole blocks, so one written over a spare of the same
+// block count keeps its size and fdatasync has no inode to write.
+constexpr uint64_t kFileBlock = 4096;
+constexpr uint64_t kMaxPaddedEnvelope = 0xfffffff;
 
-std::string makeTrailer(size_t envLen) {
+std::string makeTrailer(size_t envLen, size_t pad) {
   char buf[kTrailerSize + 1];
-  std::snprintf(buf, sizeof buf, "\nMOAT-ENVELOPE %016zx\n", envLen);
+  std::snprintf(buf, sizeof buf, "\nMOAT-ENVELOPE %07zx pad %04zx\n", envLen, pad);
   return std::string(buf, kTrailerSize);
+}
+
+// The envelope, the padding up to a whole block and the trailer: what follows the bytes.
+std::string fileTail(const std::string& envText, uint64_t dataSize) {
+  if (envText.size() > kMaxPaddedEnvelope) return {};  // cannot happen: envelopes are bounded
+  uint64_t used = dataSize + envText.size() + kTrailerSize;
+  size_t pad = static_cast<size_t>((kFileBlock - used % kFileBlock) % kFileBlock);
+  std::string tail;
+  tail.reserve(envText.size() + pad + kTrailerSize);
+  tail += envText;
+  tail.append(pad, '\0');
+  tail += makeTrailer(envText.size(), pad);
+  return tail;
+}
+
+bool parseHex(std::string_view digits, uint64_t& out) {
+  out = 0;
+  for (char c : digits) {
+    int v = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+    if (v < 0) return false;
+    out = out * 16 + static_cast<uint64_t>(v);
+  }
+  return true;
 }
 
 struct FileLayout {
   uint64_t fileSize = 0;
   uint64_t dataLen = 0;  // the message bytes: the whole file, or what precedes the envelope
   uint64_t envLen = 0;   // 0: no envelope inside
+  uint64_t padLen = 0;   // between the envelope and the trailer
 };
 
 // Reads the layout of an open spool file: one fstat, and a pread of its tail.
@@ -132,15 +186,17 @@ int probeLayout(int fd, FileLayout& out) {
   if (n < 0) return errno;
   std::string_view t(tail, static_cast<size_t>(n));
   if (t.size() != kTrailerSize || !t.starts_with(kTrailerTag) || t.back() != '\n') return 0;
-  uint64_t len = 0;
-  for (char c : t.substr(kTrailerTag.size(), 16)) {
-    int v = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
-    if (v < 0) return 0;
-    len = len * 16 + static_cast<uint64_t>(v);
+  std::string_view fields = t.substr(kTrailerTag.size(), 16);
+  uint64_t len = 0, pad = 0;
+  if (fields.substr(7, 5) == " pad ") {
+    if (!parseHex(fields.substr(0, 7), len) || !parseHex(fields.substr(12, 4), pad)) return 0;
+  } else if (!parseHex(fields, len)) {
+    return 0;
   }
-  if (len == 0 || len > out.fileSize - kTrailerSize) return 0;
+  if (len == 0 || len > out.fileSize - kTrailerSize || pad > out.fileSize - kTrailerSize - len) return 0;
   out.envLen = len;
-  out.dataLen = out.fileSize - kTrailerSize - len;
+  out.padLen = pad;
+  out.dataLen = out.fileSize - kTrailerSize - len - pad;
   return 0;
 }
 
@@ -205,11 +261,14 @@ ErrorKind errorKind(std::string_view error) {
 
 // ---- MessageData -----------------------------------------------------------------------
 
-std::shared_ptr<const MessageData> MessageData::map(const std::string& path, std::string& error, bool messageFile) {
+std::shared_ptr<const MessageData> MessageData::map(const std::string& path, std::string& error, bool messageFile,
+                                                    std::optional<uint64_t> length) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return error = errnoError(errno, "open " + path), nullptr;
   FileLayout layout;
-  if (int err = probeLayout(fd, layout)) {
+  if (length) {
+    layout.dataLen = *length;
+  } else if (int err = probeLayout(fd, layout)) {
     error = errnoError(err, "stat " + path);
     ::close(fd);
     return nullptr;
@@ -263,7 +322,7 @@ Spool::Spool(uv_loop_t* loop, std::string dir) : loop_(loop), dir_(std::move(dir
 Spool::~Spool() = default;
 
 std::shared_ptr<Spool> Spool::open(uv_loop_t* loop, const std::string& dir, std::string& error) {
-  for (const char* sub : {"", "/tmp", "/data", "/queue", "/hold", "/quarantine", "/corrupt"}) {
+  for (const char* sub : {"", "/tmp", "/data", "/queue", "/hold", "/quarantine", "/spare", "/corrupt"}) {
     std::string p = dir + sub;
     if (::mkdir(p.c_str(), 0700) != 0 && errno != EEXIST) {
       error = errnoError(errno, "mkdir " + p);
@@ -274,7 +333,19 @@ std::shared_ptr<Spool> Spool::open(uv_loop_t* loop, const std::string& dir, std:
     error = errnoError(errno, "access " + dir);
     return nullptr;
   }
-  return std::shared_ptr<Spool>(new Spool(loop, dir));
+  auto dirs = std::make_shared<SpoolDirs>();
+  for (const char* sub : {"tmp", "data", "queue", "hold", "quarantine", "spare"}) {
+    std::string p = dir + "/" + sub;
+    int fd = ::open(p.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+      error = errnoError(errno, "open " + p);
+      return nullptr;
+    }
+    dirs->fds.emplace(p, fd);
+  }
+  std::shared_ptr<Spool> spool(new Spool(loop, dir));
+  spool->dirs_ = std::move(dirs);
+  return spool;
 }
 
 std::string Spool::path(std::string_view sub, std::string_view name) const {
@@ -337,6 +408,12 @@ struct SpoolFile {
   int fd = -1;
   bool dropped = false;  // aborted: never (re)create the file
   std::string path;
+  std::string tmpPath;  // a spare that vanished is replaced by a new file here
+  bool spare = false;   // path is a reused spare: open it, do not create it
+  // Bytes of an earlier message past what this one wrote so far, cut off at finish or
+  // commit. Set on the loop before any pool job, then only touched by pool jobs, which
+  // the loop runs one after another for a file.
+  uint64_t staleSize = 0;
   ~SpoolFile() {
     if (fd >= 0) ::close(fd);
   }
@@ -344,8 +421,20 @@ struct SpoolFile {
     std::lock_guard<std::mutex> lock(mu);
     if (dropped) return ECANCELED;
     if (fd >= 0) return 0;
+    if (spare) {
+      fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+      if (fd >= 0 || errno != ENOENT) return fd < 0 ? errno : 0;
+      spare = false, staleSize = 0, path = tmpPath;
+    }
     fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     return fd < 0 ? errno : 0;
+  }
+  // Cuts off what an earlier message left past `len` (a reused spare only).
+  int cutStale(uint64_t len) {
+    if (staleSize <= len) return 0;
+    if (::ftruncate(fd, static_cast<off_t>(len)) != 0) return errno;
+    staleSize = 0;
+    return 0;
   }
   void drop() {
     std::lock_guard<std::mutex> lock(mu);
@@ -377,9 +466,13 @@ struct CommitJob {
     } else if (int err = data->ensureOpen()) {  // an empty message has no file yet
       return fail(errnoError(err, "create " + data->path));
     }
-    std::string tail = envText + makeTrailer(envText.size());
+    std::string tail = fileTail(envText, dataSize);
+    if (tail.empty()) return fail("I/O error: envelope too large: " + data->path);
     if (int err = writeAll(data->fd, tail, dataSize)) return fail(errnoError(err, "write " + data->path));
-    if (durable && ::fsync(data->fd) != 0) return fail(errnoError(errno, "fsync " + data->path));
+    if (int err = data->cutStale(dataSize + tail.size())) return fail(errnoError(err, "truncate " + data->path));
+    // fdatasync: the file's size and blocks are what makes its bytes readable, and it
+    // skips the inode write when a spare kept them (its mtime does not matter).
+    if (durable && ::fdatasync(data->fd) != 0) return fail(errnoError(errno, "fdatasync " + data->path));
     if (durable) rename();  // SyncFs: renamed by the sync round, after its first syncfs
   }
   void rename() {
@@ -400,6 +493,7 @@ void Spool::startCommit(std::shared_ptr<CommitJob> job) {
   auto self = shared_from_this();
   CommitMode mode = commitMode_;
   std::string areaDir = path(areaName(job->area), "");
+  auto dirs = dirs_;
   if (mode != CommitMode::PerMessage) {
     // Nothing per message needs the pool: the sync round writes the whole batch, so a
     // batch costs one trip to the pool instead of one per message.
@@ -409,10 +503,10 @@ void Spool::startCommit(std::shared_ptr<CommitJob> job) {
   }
   mta::uv::queueWork(
       loop_,
-      [job, mode, areaDir] {
+      [job, mode, areaDir, dirs] {
         job->prepare(mode != CommitMode::SyncFs);
         if (mode != CommitMode::PerMessage || !job->error.empty()) return;
-        if (std::string e = syncDir(areaDir); !e.empty()) job->fail(e);
+        if (std::string e = dirs->sync(areaDir); !e.empty()) job->fail(e);
       },
       [self, job, mode] {
         if (mode == CommitMode::PerMessage || !job->error.empty()) return self->commitDone(*job);
@@ -431,14 +525,18 @@ void Spool::startSyncRound() {
   auto batch = std::make_shared<std::vector<std::shared_ptr<CommitJob>>>(std::move(pendingSync_));
   pendingSync_.clear();
   ++roundsRunning_;
+  uint64_t seq = ++roundsStarted_;
   std::set<std::string> dirs;
   for (auto& j : *batch) dirs.insert(path(areaName(j->area), ""));
   bool syncfsMode = commitMode_ == CommitMode::SyncFs;
+  bool syncsQueue = syncfsMode || dirs.count(path(areaName(Area::Active), ""));
   std::string root = dir_;
   auto self = shared_from_this();
+  auto synced = std::make_shared<bool>(false);
+  auto handles = dirs_;
   mta::uv::queueWork(
       loop_,
-      [batch, dirs, syncfsMode, root] {
+      [batch, dirs, syncfsMode, root, synced, handles] {
         std::string e;
         if (syncfsMode) {
           // written, contents durable, then the names (a job that failed to write has its
@@ -457,17 +555,23 @@ void Spool::startSyncRound() {
           for (auto& j : *batch)
             if (j->error.empty()) ::sync_file_range(j->data->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
           for (auto& j : *batch)
-            if (j->error.empty() && ::fsync(j->data->fd) != 0) j->fail(errnoError(errno, "fsync " + j->data->path));
+            if (j->error.empty() && ::fdatasync(j->data->fd) != 0)
+              j->fail(errnoError(errno, "fdatasync " + j->data->path));
           for (auto& j : *batch) j->rename();
           for (auto& d : dirs)
-            if (e.empty()) e = syncDir(d);
+            if (e.empty()) e = handles->sync(d);
         }
         if (!e.empty())
           for (auto& j : *batch) j->fail(e);
+        *synced = e.empty();
       },
-      [self, batch] {
+      [self, batch, seq, syncsQueue, synced] {
         self->dirSyncRounds_++;
         --self->roundsRunning_;
+        if (*synced && syncsQueue && seq > self->queueSyncedBy_) {
+          self->queueSyncedBy_ = seq;
+          self->promoteSpares();
+        }
         if (!self->pendingSync_.empty()) self->startSyncRound();
         for (auto& j : *batch) self->commitDone(*j);
       });
@@ -511,6 +615,7 @@ void Spool::move(const Envelope& envIn, Area to, Done cb) {
   Envelope env = envIn;
   env.area = to;
   env.generation = nextGeneration(env.id);
+  withData_.insert(env.id);  // the work below may give its bytes a data/ name
   std::string text = serializeEnvelope(env);
   std::string tmp = path("tmp", env.id + "." + std::to_string(env.generation) + ".env");
   std::string target = path(areaName(to), env.id);
@@ -550,10 +655,22 @@ void Spool::move(const Envelope& envIn, Area to, Done cb) {
 }
 
 // Unlinks one message's files: envelope first (the commit point), then the data. `area`,
-// when known, is tried first so a delivered message costs two unlinks, not four.
-static std::string removeFiles(const std::vector<std::string>& envs, const std::string& data, size_t first) {
+// when known, is tried first so a delivered message costs one unlink, not three. With
+// `spare`, a file of the known area that is a plain file of at most kMaxSpareSize with one
+// name is renamed there instead (its size in *spareSize, else 0).
+static std::string removeFiles(const std::vector<std::string>& envs, const std::string& data, size_t first,
+                               const std::string& spare = {}, uint64_t* spareSize = nullptr) {
   bool found = false;
-  for (size_t k = 0; k < envs.size(); ++k) {
+  if (!spare.empty() && first < envs.size()) {
+    const auto& e = envs[first];
+    struct stat st {};
+    if (::lstat(e.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1 &&
+        static_cast<uint64_t>(st.st_size) <= Spool::kMaxSpareSize && ::rename(e.c_str(), spare.c_str()) == 0) {
+      *spareSize = static_cast<uint64_t>(st.st_size);
+      found = true;
+    }
+  }
+  for (size_t k = 0; k < envs.size() && !found; ++k) {
     const auto& e = envs[(first + k) % envs.size()];
     // Not followed by a directory fsync: a removal lost in a crash can only bring a
     // delivered message back for a duplicate delivery, never lose one, and syncing here
@@ -569,7 +686,7 @@ static std::string removeFiles(const std::vector<std::string>& envs, const std::
   }
   // The envelope is gone for good: a data file left by a crash here is an orphan that
   // recovery deletes.
-  if (::unlink(data.c_str()) != 0 && errno != ENOENT) return errnoError(errno, "unlink " + data);
+  if (!data.empty() && ::unlink(data.c_str()) != 0 && errno != ENOENT) return errnoError(errno, "unlink " + data);
   return found ? std::string() : "not found: " + envs[0];
 }
 
@@ -582,12 +699,21 @@ void Spool::remove(const std::string& id, Done cb, std::optional<Area> area) {
     envs.push_back(path(areaName(kAreas[i]), id));
     if (area && kAreas[i] == *area) first = i;
   }
-  std::string data = path("data", id);
+  std::string data = withData_.erase(id) ? path("data", id) : std::string();
   if (!ops_.count(id)) {
     // Nothing else pending on this id: join the next removal round, one trip to the pool
     // for every message removed meanwhile.
     removing_.insert(id);
-    pendingRemovals_.push_back(Removal{id, std::move(envs), std::move(data), first, std::move(cb)});
+    std::string spare;
+    // Only files leaving queue/: the commit rounds sync that directory all the time, and
+    // a spare waits for one (see promoteSpares).
+    if (area == Area::Active && commitMode_ != CommitMode::PerMessage &&
+        spares_.size() + sparesWaiting_.size() + sparesPromised_ < kMaxSpares && spareBytes_ < kMaxSpareBytes) {
+      spare = path("spare", id);
+      ++sparesPromised_;
+    }
+    pendingRemovals_.push_back(
+        Removal{id, std::move(envs), std::move(data), first, std::move(spare), std::move(cb)});
     if (!removalRunning_) startRemovalRound();
     return;
   }
@@ -604,20 +730,25 @@ void Spool::startRemovalRound() {
   pendingRemovals_.clear();
   removalRunning_ = true;
   auto results = std::make_shared<std::vector<std::string>>(batch->size());
+  auto kept = std::make_shared<std::vector<uint64_t>>(batch->size(), 0);  // spare sizes, 0: none
   auto self = shared_from_this();
   mta::uv::queueWork(
       loop_,
-      [batch, results] {
+      [batch, results, kept] {
         for (size_t i = 0; i < batch->size(); ++i) {
           auto& r = (*batch)[i];
-          (*results)[i] = removeFiles(r.envs, r.data, r.first);
+          (*results)[i] = removeFiles(r.envs, r.data, r.first, r.spare, &(*kept)[i]);
         }
       },
-      [self, batch, results] {
+      [self, batch, results, kept] {
         self->removalRunning_ = false;
         if (!self->pendingRemovals_.empty()) self->startRemovalRound();
         for (size_t i = 0; i < batch->size(); ++i) {
           auto& r = (*batch)[i];
+          if (!r.spare.empty()) --self->sparesPromised_;
+          // Reusable once a sync of queue/ that starts after this rename is done: until
+          // then a crash could bring back its old name, a message holding another's bytes.
+          if ((*kept)[i]) self->sparesWaiting_.push_back({Spare{r.spare, (*kept)[i]}, self->roundsStarted_ + 1});
           self->removing_.erase(r.id);
           if (!self->ops_.count(r.id)) self->generations_.erase(r.id);
           const auto& e = (*results)[i];
@@ -627,7 +758,44 @@ void Spool::startRemovalRound() {
       });
 }
 
+std::optional<Spool::Spare> Spool::takeSpare() {
+  if (spares_.empty()) return std::nullopt;
+  Spare s = std::move(spares_.back());
+  spares_.pop_back();
+  spareBytes_ -= s.size;
+  return s;
+}
+
+void Spool::returnSpare(Spare s) {
+  spareBytes_ += s.size;
+  spares_.push_back(std::move(s));
+}
+
+void Spool::promoteSpares() {
+  auto it = sparesWaiting_.begin();
+  for (; it != sparesWaiting_.end() && it->needRound <= queueSyncedBy_; ++it) returnSpare(std::move(it->spare));
+  sparesWaiting_.erase(sparesWaiting_.begin(), it);
+}
+
 // ---- recovery --------------------------------------------------------------------------
+
+// Keeps the spares no message file shares an inode with (see spool.h), within the bounds.
+void Spool::recoverSpares(const std::set<uint64_t>& liveInodes) {
+  std::set<uint64_t> spareInodes;
+  auto names = listDir(path("spare", ""));
+  for (auto& name : names) {
+    std::string p = path("spare", name);
+    struct stat st {};
+    bool keep = validId(name) && ::lstat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1 &&
+                !liveInodes.count(static_cast<uint64_t>(st.st_ino)) &&
+                static_cast<uint64_t>(st.st_size) <= kMaxSpareSize && spares_.size() < kMaxSpares &&
+                spareBytes_ < kMaxSpareBytes;
+    if (keep)
+      returnSpare(Spare{p, static_cast<uint64_t>(st.st_size)});
+    else
+      ::unlink(p.c_str());
+  }
+}
 
 void Spool::moveToCorrupt(const std::string& from, const std::string& name, const std::string& why,
                           RecoveryReport& report) {
@@ -684,6 +852,11 @@ std::vector<Envelope> Spool::recover(RecoveryReport& report) {
     report.notes.push_back("removed half-written tmp/" + name);
     log::info("spool_removed_partial").add("file", "tmp/" + name);
   }
+  // Spares first: a spare name beside a message that was written over it (its commit's
+  // rename was durable in the area, not yet in spare/) must never be reused.
+  std::set<uint64_t> liveInodes;
+  for (const char* d : {"queue", "hold", "quarantine", "data"}) listDir(path(d, ""), &liveInodes);
+  recoverSpares(liveInodes);
   std::map<std::string, Envelope> found;
   std::set<std::string> corruptIds;
   for (Area a : kAreas) recoverArea(a, found, corruptIds, report);
@@ -712,6 +885,7 @@ std::vector<Envelope> Spool::recover(RecoveryReport& report) {
       continue;
     }
     generations_[it->first] = it->second.generation;
+    if (dataExists) withData_.insert(it->first);
     out.push_back(it->second);
     ++it;
   }
@@ -726,7 +900,7 @@ std::vector<Envelope> Spool::recover(RecoveryReport& report) {
     report.notes.push_back("removed data/" + name + " without an envelope");
     log::info("spool_removed_partial").add("file", "data/" + name);
   }
-  for (const char* d : {"tmp", "data", "queue", "hold", "quarantine", "corrupt"}) syncDir(path(d, ""));
+  for (const char* d : {"tmp", "data", "queue", "hold", "quarantine", "spare", "corrupt"}) syncDir(path(d, ""));
   report.recovered = out.size();
   log::info("spool_recover")
       .add("recovered", static_cast<uint64_t>(report.recovered))
@@ -739,7 +913,12 @@ std::vector<Envelope> Spool::recover(RecoveryReport& report) {
 
 IncomingMessage::IncomingMessage(std::shared_ptr<Spool> spool, std::string id)
     : spool_(std::move(spool)), id_(std::move(id)), file_(std::make_shared<SpoolFile>()) {
-  file_->path = spool_->path("tmp", id_ + ".data");
+  file_->tmpPath = file_->path = spool_->path("tmp", id_ + ".data");
+  if (auto s = spool_->takeSpare()) {
+    file_->path = std::move(s->path);
+    file_->spare = true;
+    file_->staleSize = s->size;
+  }
 }
 
 IncomingMessage::~IncomingMessage() { abort(); }
@@ -815,14 +994,15 @@ void IncomingMessage::maybeFinish() {
   auto file = file_;
   auto result = std::make_shared<std::pair<std::shared_ptr<const MessageData>, std::string>>();
   auto self = shared_from_this();
+  uint64_t written = written_;
   mta::uv::queueWork(
       spool_->loop(),
-      [file, result] {
+      [file, result, written] {
         int e = file->ensureOpen();  // an empty message still gets its file
         if (e != 0)
           result->second = errnoError(e, "create " + file->path);
-        else
-          result->first = MessageData::map(file->path, result->second);
+        else  // a reused spare holds an earlier message's bytes past these
+          result->first = MessageData::map(file->path, result->second, false, written);
       },
       [self, result, cb] {
         self->data_ = result->first;
@@ -853,7 +1033,10 @@ void IncomingMessage::abort() {
   aborted_ = true;
   pending_.clear();
   memory_.reset();
-  if (!fileTouched_) return;  // nothing was ever written: no file to remove
+  if (!fileTouched_) {  // nothing was ever written: no file to remove, a spare to give back
+    if (file_->spare) spool_->returnSpare(Spool::Spare{file_->path, file_->staleSize});
+    return;
+  }
   auto file = file_;
   mta::uv::queueWork(
       spool_->loop(), [file] { file->drop(); }, nullptr);

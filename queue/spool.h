@@ -8,6 +8,7 @@
 //   hold/<id>            a held message      } the commit point; its area is where it sits
 //   quarantine/<id>      a quarantined one   }
 //   data/<id>            the bytes of a message whose envelope was rewritten since commit
+//   spare/<name>         a removed message's file kept for reuse (SPARE FILES below)
 //   corrupt/             damaged files moved aside at start-up, for an admin to look at
 //
 // A MESSAGE FILE is the message bytes, then its envelope record, then a 32-byte trailer
@@ -28,7 +29,7 @@
 // from data/<id>, whose trailing old envelope is ignored. Operations on one id run one at
 // a time, in order. Remove unlinks the envelope first, then data/<id> if there is one.
 //
-// Recovery (start-up, before the loop serves): tmp/ is emptied (nothing there was
+// Recovery (start-up, before the loop serves): tmp/ is emptied, spare/ checked (above) (nothing there was
 // acknowledged); each area file's envelope (the tail of a message file, or an
 // envelope-only file) is parsed (checksum, version) and the message bytes (data/<id> if
 // it exists, else the message file) checked against the recorded size; a broken one is
@@ -37,6 +38,17 @@
 // Spools written before message files (data/<id> + envelope-only area files) recover the
 // same way. A message whose commit callback ran always has a valid envelope and data, so
 // recovery never deletes it.
+//
+// SPARE FILES. Removing a delivered message renames its file to spare/ instead of
+// unlinking it, and a new message is written over a spare (then truncated to its length)
+// before its commit renames it into its area. On a disk mounted with discard, an unlink
+// waits for the freed blocks' discard, and a new inode costs an inode-table search; an
+// overwrite costs neither. Only files leaving queue/ become spares, and a spare is reused
+// only after a commit round that started after its rename has synced queue/, so no stale
+// name of a reused file survives a crash (spare/ itself needs no sync: a rename lost
+// there leaves the delivered message's file in queue/ or orphaned). A spare name that a crash left beside a committed message (the same
+// inode, seen by d_ino) is unlinked at recovery, never reused. Spares are bounded
+// (kMaxSpares files, kMaxSpareBytes in all, none over kMaxSpareSize); the rest are unlinked.
 //
 // Untrusted input: message bytes (stored verbatim), envelope fields (escaped by the
 // envelope format) and, at recovery, every file in the spool. Logs: spool_recover,
@@ -74,7 +86,9 @@ class MessageData {
  public:
   // The message bytes of a spool file: all of it, or what precedes its envelope. With
   // `messageFile`, a file without an envelope is an error (it is an envelope-only file).
-  static std::shared_ptr<const MessageData> map(const std::string& path, std::string& error, bool messageFile = false);
+  // With `length`, the first `length` bytes, whatever follows them.
+  static std::shared_ptr<const MessageData> map(const std::string& path, std::string& error, bool messageFile = false,
+                                                std::optional<uint64_t> length = std::nullopt);
   // A message still held in memory (small messages are written by the commit itself).
   static std::shared_ptr<const MessageData> fromMemory(std::string bytes);
   ~MessageData();
@@ -101,8 +115,9 @@ struct RecoveryReport {
 };
 
 class IncomingMessage;
-struct SpoolFile;  // spool.cc: a temp file shared between the loop and pool work
+struct SpoolFile;  // spool.cc: a temp file (or a reused spare) shared between the loop and pool work
 struct CommitJob;  // spool.cc: one message on its way into the queue
+struct SpoolDirs;  // spool.cc: the spool's directories, held open
 
 // How commits reach the disk (spool_bench compares them):
 //  PerMessage  each message writes, fsyncs and renames its file and fsyncs its area
@@ -148,6 +163,12 @@ class Spool : public std::enable_shared_from_this<Spool> {
   // Number of directory-sync rounds so far (tests check that batching happened).
   uint64_t dirSyncRounds() const { return dirSyncRounds_; }
 
+  // Spare files ready for reuse (tests and metrics).
+  size_t spareCount() const { return spares_.size(); }
+  static constexpr size_t kMaxSpares = 1024;
+  static constexpr uint64_t kMaxSpareBytes = 64ull << 20;
+  static constexpr uint64_t kMaxSpareSize = 256 << 10;
+
   const std::string& dir() const { return dir_; }
   uv_loop_t* loop() const { return loop_; }
   std::string path(std::string_view sub, std::string_view name) const;
@@ -166,9 +187,18 @@ class Spool : public std::enable_shared_from_this<Spool> {
   void recoverArea(Area area, std::map<std::string, Envelope>& found, std::set<std::string>& corruptIds,
                    RecoveryReport& report);
   void moveToCorrupt(const std::string& from, const std::string& name, const std::string& why, RecoveryReport& report);
+  void recoverSpares(const std::set<uint64_t>& liveInodes);
+  struct Spare {
+    std::string path;
+    uint64_t size = 0;  // its length now: a message written over it truncates what is left
+  };
+  std::optional<Spare> takeSpare();
+  void returnSpare(Spare s);
+  void promoteSpares();
 
   uv_loop_t* loop_;
   std::string dir_;
+  std::shared_ptr<const SpoolDirs> dirs_;
   CommitMode commitMode_ = CommitMode::Group;
   // Rounds in flight at once: with one, a message finishing just after a round started
   // waits for it and then its own (two disk flushes of latency); a second round takes it
@@ -186,11 +216,25 @@ class Spool : public std::enable_shared_from_this<Spool> {
   struct Removal {
     std::string id;
     std::vector<std::string> envs;
-    std::string data;
+    std::string data;   // data/<id>, when the message may have one
     size_t first;
+    std::string spare;  // where to keep its file for reuse; empty: unlink it
     Done cb;
   };
   std::vector<Removal> pendingRemovals_;
+  std::vector<Spare> spares_;
+  uint64_t spareBytes_ = 0;
+  size_t sparesPromised_ = 0;  // removals in flight that may add a spare
+  struct WaitingSpare {
+    Spare spare;
+    uint64_t needRound;  // the first commit round whose sync of queue/ makes it reusable
+  };
+  std::vector<WaitingSpare> sparesWaiting_;
+  uint64_t roundsStarted_ = 0;
+  uint64_t queueSyncedBy_ = 0;  // the latest-started round that synced queue/
+  // Ids that may have a data/<id> file (rewritten since commit): the others' removal
+  // skips that unlink.
+  std::set<std::string> withData_;
   std::set<std::string> removing_;
   bool removalRunning_ = false;
   std::mutex idMutex_;
