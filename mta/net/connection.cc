@@ -2,8 +2,12 @@
 // STARTTLS (RFC 3207) and implicit TLS (RFC 8314) through mta/tls.
 //
 // Untrusted input: every byte read from the socket. Memory per connection is bounded: one
-// 64 KiB read buffer, and undelivered input is at most one read (plus one TLS record) since
-// the socket stops reading as soon as the owner does. RFC 3207 §4.2: input received before
+// 64 KiB read buffer, and undelivered input is at most kHoldLimit plus one read (plus one
+// TLS record). stopReading() is lazy: the socket keeps reading into the held input until
+// that passes kHoldLimit, because an SMTP session pauses for every reply that waits on the
+// disk or a lookup, and taking the socket out of epoll and putting it back each time cost
+// two epoll_ctl calls per pause. An end of input met while the owner does not read waits
+// until the owner has read what came before it. RFC 3207 §4.2: input received before
 // the TLS handshake began and not yet delivered is discarded, never handed over as if it had
 // come through TLS (the STARTTLS command-injection attack). Logs nothing; owners log.
 #include "mta/net/connection.h"
@@ -21,6 +25,7 @@ namespace moat::mta::net {
 namespace {
 
 constexpr size_t kReadBufSize = 64 * 1024;
+constexpr size_t kHoldLimit = 64 * 1024;  // undelivered input that stops the socket reading
 
 std::string uvError(const char* what, int code) { return std::string(what) + ": " + uv_strerror(code); }
 
@@ -103,7 +108,7 @@ class TcpConnection final : public Connection {
     reading_ = true;
     updateSocketReading();
     // Input held back by stopReading() is delivered from the loop, not from this call.
-    if (!inbuf_.empty() && !delivering_) {
+    if ((!inbuf_.empty() || eofPending_) && !delivering_) {
       if (!deliverTimer_) deliverTimer_ = std::make_unique<uv::Timer>(loop_);
       auto weak = weak_from_this();
       deliverTimer_->start(0, [weak] {
@@ -141,6 +146,10 @@ class TcpConnection final : public Connection {
     // RFC 3207 §4.2: whatever the peer sent before this point is not trusted input.
     inbuf_.clear();
     ++tlsEpoch_;
+    if (eofPending_) {  // the peer is gone: no handshake can come
+      if (done) done(false, "connection closed before the TLS handshake");
+      return fail("connection closed before the TLS handshake");
+    }
     tls_ = std::make_unique<tls::TlsSession>(std::move(ctx), sni);
     tlsDone_ = std::move(done);
     if (tls_->state() == tls::TlsSession::State::Failed) return handshakeFailed();
@@ -186,7 +195,9 @@ class TcpConnection final : public Connection {
 
   void updateSocketReading() {
     if (!tcp_ || handleClosed_) return;
-    bool want = !closing_ && (reading_ || (tls_ && tls_->state() == tls::TlsSession::State::Handshaking));
+    bool want = !closing_ && !eofPending_ &&
+                (reading_ || inbuf_.size() < kHoldLimit ||
+                 (tls_ && tls_->state() == tls::TlsSession::State::Handshaking));
     if (want == socketReading_) return;
     socketReading_ = want;
     if (!want) {
@@ -219,9 +230,11 @@ class TcpConnection final : public Connection {
     std::string_view data(buf->base, static_cast<size_t>(n));
     if (!tls_) {
       inbuf_.append(data);
-      return deliver();
+      deliver();
+    } else {
+      onCiphertext(data);
     }
-    onCiphertext(data);
+    if (!reading_) updateSocketReading();  // held input past kHoldLimit stops the socket
   }
 
   void onCiphertext(std::string_view data) {
@@ -242,11 +255,7 @@ class TcpConnection final : public Connection {
       return fail(tls_->error());
     }
     flushTls();  // TLS 1.3 may answer a key update
-    if (tls_->state() == tls::TlsSession::State::Closed) {
-      deliver();
-      if (!closing_) fail("");
-      return;
-    }
+    if (tls_->state() == tls::TlsSession::State::Closed) return onEof();
     deliver();
   }
 
@@ -270,6 +279,13 @@ class TcpConnection final : public Connection {
       tlsDone_ = nullptr;
       if (done) done(false, err);
       return fail(err);
+    }
+    // What came before the end is the owner's first, whenever it reads again.
+    if (!eofPending_) {
+      eofPending_ = true;
+      updateSocketReading();
+      deliver();
+      return;
     }
     // A final line without LF still reaches the owner before onClose.
     if (lineMode_ && !inbuf_.empty() && reading_ && cb_.onData) {
@@ -300,6 +316,10 @@ class TcpConnection final : public Connection {
     }
     if (epoch != tlsEpoch_) inbuf_.clear();  // startTls from inside onData: RFC 3207 §4.2
     delivering_ = false;
+    // The end of input, once everything before it (but a partial line) went to the owner.
+    if (eofPending_ && reading_ && !closing_ && epoch == tlsEpoch_ &&
+        (inbuf_.empty() || (lineMode_ && inbuf_.find('\n') == std::string::npos)))
+      return onEof();
     // Line mode holds a partial line; a peer sending an endless line is the owner's to bound
     // (it sees nothing), so cap it here and deliver it as is.
     if (lineMode_ && inbuf_.size() > kReadBufSize && reading_ && !closing_ && cb_.onData) {
@@ -318,6 +338,17 @@ class TcpConnection final : public Connection {
 
   void writeRaw(std::string data) {
     if (handleClosed_) return;
+    // Straight to the socket when nothing is queued: a write request that completes at
+    // once still costs libuv an epoll_ctl when it drains, one per SMTP reply.
+    if (pendingWrites_ == 0) {
+      uv_buf_t b = uv_buf_init(data.data(), static_cast<unsigned>(data.size()));
+      int n = uv_try_write(reinterpret_cast<uv_stream_t*>(tcp_), &b, 1);
+      if (n == static_cast<int>(data.size())) return;
+      if (n > 0)
+        data.erase(0, static_cast<size_t>(n));
+      else if (n != UV_EAGAIN)
+        return fail(uvError("write", n));
+    }
     auto w = std::make_unique<WriteReq>();
     w->data = std::move(data);
     w->conn = ref();
@@ -378,6 +409,7 @@ class TcpConnection final : public Connection {
   size_t pendingWrites_ = 0;
   bool reading_ = false, socketReading_ = false, lineMode_ = false, delivering_ = false;
   bool closing_ = false, handleClosed_ = false;
+  bool eofPending_ = false;  // the peer's end of input, not yet handed over
   std::string closeError_;
   IpAddress peer_, local_;
   uint16_t peerPort_ = 0, localPort_ = 0;

@@ -38,9 +38,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
   virtual ~Connection() = default;
 
   virtual void setCallbacks(Callbacks cb) = 0;
-  // Reading on/off. stopReading() takes effect at once, even inside onData: bytes not yet
-  // delivered stay buffered (at most one read) and are delivered after startReading(),
-  // from the loop, never from inside the startReading() call.
+  // Reading on/off. stopReading() takes effect at once for the owner, even inside onData:
+  // nothing more is delivered until startReading(), and then from the loop, never from
+  // inside the startReading() call. The socket itself goes on reading into a bounded hold
+  // (64 KiB, plus one read) so a short pause costs no system call; the peer's end of input
+  // is reported only after everything it sent before it.
   virtual void startReading() = 0;
   virtual void stopReading() = 0;
   // Line mode (off by default): onData receives one line at a time, ending with its LF (the

@@ -215,6 +215,71 @@ TEST_CASE("net: stopReading stops onData until startReading") {
   REQUIRE(loop.runUntil([&] { return server.closes == 1 && client.closes == 1; }, 3000));
 }
 
+TEST_CASE("net: the peer's close waits behind input held while the owner does not read") {
+  uv::Loop loop;
+  Peer server;
+  std::string error;
+  auto l = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr,
+                       [&](std::shared_ptr<net::Connection> c) {
+                         c->setLineMode(true);
+                         server.attach(c, [](Peer& p, std::string_view) { p.conn->stopReading(); });
+                       },
+                       error);
+  REQUIRE(l);
+  Peer client;
+  client.attach(connectSync(loop, l->port()));
+  client.conn->write("one\r\ntwo\r\nQUIT\r\n");
+  client.conn->close();  // all of it, then the end of input, while the server is paused
+  REQUIRE(loop.runUntil([&] { return server.pieces.size() == 1 && client.closes == 1; }, 3000));
+  loop.runUntil([] { return false; }, 200);
+  REQUIRE(server.pieces.size() == 1);
+  REQUIRE(server.closes == 0);  // the close is not reported before "two" and "QUIT"
+  for (const char* want : {"two\r\n", "QUIT\r\n"}) {
+    server.conn->startReading();
+    size_t n = server.pieces.size() + 1;
+    REQUIRE(loop.runUntil([&] { return server.pieces.size() == n; }, 3000));
+    REQUIRE(server.pieces.back() == want);
+    REQUIRE(server.closes == 0);
+  }
+  server.conn->startReading();
+  REQUIRE(loop.runUntil([&] { return server.closes == 1; }, 3000));
+  REQUIRE(server.closeError.empty());
+}
+
+TEST_CASE("net: input held while the owner does not read is bounded, and none is lost") {
+  uv::Loop loop;
+  Peer server;
+  bool pause = true;
+  std::string error;
+  auto l = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr,
+                       [&](std::shared_ptr<net::Connection> c) {
+                         server.attach(c, [&](Peer& p, std::string_view) {
+                           if (pause) p.conn->stopReading();
+                         });
+                       },
+                       error);
+  REQUIRE(l);
+  Peer client;
+  client.attach(connectSync(loop, l->port()));
+  const size_t chunk = 1 << 20, total = 64 * chunk;
+  auto piece = [&](size_t i) { return std::string(chunk, static_cast<char>('a' + i % 26)); };
+  for (size_t i = 0; i < total / chunk; ++i) client.conn->write(piece(i));
+  loop.runUntil([] { return false; }, 500);
+  // The server stopped taking bytes off the socket: the kernel's buffers filled and most of
+  // the 64 MiB is still queued at the client.
+  REQUIRE(server.received.size() < total);
+  REQUIRE(client.conn->pendingWriteBytes() > total / 2);
+  pause = false;
+  server.conn->startReading();
+  REQUIRE(loop.runUntil([&] { return server.received.size() == total; }, 20000));
+  bool same = true;
+  for (size_t i = 0; i < total / chunk && same; ++i) same = server.received.compare(i * chunk, chunk, piece(i)) == 0;
+  REQUIRE(same);
+  client.conn->abort();
+  server.conn->abort();
+  REQUIRE(loop.runUntil([&] { return server.closes == 1 && client.closes == 1; }, 3000));
+}
+
 TEST_CASE("net: write-queue accounting grows while the peer does not read") {
   uv::Loop loop;
   std::shared_ptr<net::Connection> accepted;
