@@ -2,6 +2,8 @@
 // (moat_filter_api) so every filter can link them without linking the pipeline.
 #include "filters/filter.h"
 
+#include "filters/mime/mime.h"
+
 namespace moat::filters {
 
 std::string_view stageName(Stage stage) {
@@ -58,5 +60,7 @@ Result Result::quarantine(std::string reason, std::string summary) {
   r.summary = std::move(summary);
   return r;
 }
+
+mime::Depth Filter::mimeDepth() const { return mime::Depth::Structure; }
 
 }  // namespace moat::filters

@@ -12,6 +12,7 @@
 #pragma once
 #include <uv.h>
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -27,7 +28,8 @@
 namespace moat::filters {
 
 namespace mime {
-struct Message;  // filters/mime/mime.h
+struct Message;                // filters/mime/mime.h
+enum class Depth : uint8_t;  // filters/mime/mime.h
 }
 
 enum class Stage { Connect, Helo, Mail, Rcpt, Data };
@@ -141,6 +143,9 @@ class Filter {
   // Called on the loop thread. Must call `done` exactly once, on the loop thread (it may
   // be called before run() returns).
   virtual void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const = 0;
+  // How much of ctx->mime this filter reads; the MIME filter parses no deeper than the
+  // pipeline's filters need. Default: the structure only (no filter reads less).
+  virtual mime::Depth mimeDepth() const;
 };
 
 }  // namespace moat::filters

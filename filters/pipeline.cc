@@ -121,13 +121,17 @@ std::shared_ptr<const Pipeline> Pipeline::build(const policy::Config& config, po
     if (f) filters.push_back(std::move(f));
   };
   add(spf::makeSpfFilter(config, errors));              // mail
-  add(mime::makeMimeFilter(config, errors));            // data: first, the others read ctx->mime
+  size_t mimeAt = filters.size();                       // data: first, the others read ctx->mime
   add(dkim::makeDkimVerifyFilter(config, errors));      // data
   add(dmarc::makeDmarcFilter(config, errors));          // data, reads the SPF and DKIM results
   add(antivirus::makeAntivirusFilter(config, errors));  // data
   add(attachments::makeAttachmentsFilter(config, errors));  // data, reads ctx->mime
   add(rules::makeRulesFilter(config, errors));          // data: it scores what the others found
   add(dkim::makeDkimSignFilter(config, errors));        // data: last, signs the message as delivered
+  // Made last, once it is known how deep the others read the tree.
+  mime::Depth depth = mime::Depth::Structure;
+  for (const auto& f : filters) depth = std::max(depth, f->mimeDepth());
+  filters.insert(filters.begin() + static_cast<std::ptrdiff_t>(mimeAt), mime::makeMimeFilter(config, errors, depth));
   return std::make_shared<Pipeline>(std::move(filters));
 }
 

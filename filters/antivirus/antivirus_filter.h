@@ -54,6 +54,7 @@ class AntivirusFilter final : public Filter {
   std::string_view name() const override { return "antivirus"; }
   Stage stage() const override { return Stage::Data; }
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override;
+  mime::Depth mimeDepth() const override { return config_.scanParts ? mime::Depth::Bodies : mime::Depth::Structure; }
 
   // For SIGHUP and tests: check the database (or PING clamd) now, on a background thread.
   void reloadIfChanged() const { scanner_->reloadInBackground(); }

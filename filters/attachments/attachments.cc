@@ -226,6 +226,7 @@ class AttachmentsFilter final : public Filter {
   explicit AttachmentsFilter(FilterConfig config) : config_(std::make_shared<const FilterConfig>(std::move(config))) {}
   std::string_view name() const override { return "attachments"; }
   Stage stage() const override { return Stage::Data; }
+  mime::Depth mimeDepth() const override { return mime::Depth::Bodies; }  // zip directories
 
   // Zip directories can be large: the walk runs on the thread pool.
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {

@@ -195,7 +195,7 @@ std::string parseStructured(std::string_view value, std::map<std::string, std::s
 
 class Parser {
  public:
-  Parser(const Limits& limits, Message& msg) : limits_(limits), msg_(msg) {}
+  Parser(const Limits& limits, Depth depth, Message& msg) : limits_(limits), depth_(depth), msg_(msg) {}
 
   // `base`: the offset of `data` in the raw message, or kNoOffset.
   void parsePart(std::string_view data, uint64_t base, unsigned depth, const char* defaultType, Part& part) {
@@ -334,23 +334,28 @@ class Parser {
     // Decoded base64/qp is never longer than its source, so cutting the source first
     // keeps memory bounded.
     if (body.size() > room * 2 + 8) body = body.substr(0, room * 2 + 8);
-    if (part.transferEncoding == "base64") {
-      part.body = decodeBase64(body);
-    } else if (part.transferEncoding == "quoted-printable") {
-      part.body = decodeQuotedPrintable(body);
+    bool keep = depth_ != Depth::Structure;
+    bool identity = part.transferEncoding != "base64" && part.transferEncoding != "quoted-printable";
+    if (identity) {
+      part.size = body.size();
+      if (keep) part.body = std::string(body.substr(0, std::min<uint64_t>(body.size(), room)));
     } else {
-      part.body = std::string(body);
+      std::string decoded = part.transferEncoding == "base64" ? decodeBase64(body) : decodeQuotedPrintable(body);
+      part.size = decoded.size();
+      if (keep) part.body = std::move(decoded);
     }
-    if (part.body.size() > room) {
-      part.body.resize(room);
+    if (part.size > room) {
+      part.size = room;
+      if (part.body.size() > room) part.body.resize(room);
       part.truncated = true;
       flag("max_decoded_size");
     }
-    msg_.decodedSize += part.body.size();
-    if (part.isText()) part.charsetUnknown = !toUtf8(part.body, part.charset, part.text);
+    msg_.decodedSize += part.size;
+    if (part.isText() && depth_ == Depth::Text) part.charsetUnknown = !toUtf8(part.body, part.charset, part.text);
   }
 
   const Limits& limits_;
+  Depth depth_;
   Message& msg_;
 };
 
@@ -362,7 +367,7 @@ void addUnique(std::vector<std::string>& list, std::vector<std::string>& found) 
 
 class Renderer {
  public:
-  explicit Renderer(Message& msg) : msg_(msg) {}
+  Renderer(Message& msg, bool text) : msg_(msg), text_(text) {}
 
   void walk(const Part& part, bool inBody) {
     if (part.isMultipart()) {
@@ -375,7 +380,7 @@ class Renderer {
       return;
     }
     collectAttachment(part);
-    if (!part.isText()) return;
+    if (!text_ || !part.isText()) return;
     std::vector<std::string> found;
     std::string rendered;  // HTML only: plain text is used where it is, not copied
     if (part.contentType == "text/html") rendered = htmlToText(part.text, &found);
@@ -399,19 +404,20 @@ class Renderer {
   void collectAttachment(const Part& part) {
     bool isAttachment = part.disposition == "attachment" || !part.filename.empty() ||
                         (part.depth > 0 && !part.isText());
-    if (isAttachment) msg_.attachments.push_back({part.filename, part.contentType, part.body.size()});
+    if (isAttachment) msg_.attachments.push_back({part.filename, part.contentType, part.size});
   }
 
   Message& msg_;
+  bool text_;
 };
 
 }  // namespace
 
-std::shared_ptr<const Message> parse(std::string_view raw, const Limits& limits) {
+std::shared_ptr<const Message> parse(std::string_view raw, const Limits& limits, Depth depth) {
   auto msg = std::make_shared<Message>();
-  Parser parser(limits, *msg);
+  Parser parser(limits, depth, *msg);
   parser.parsePart(raw, 0, 0, "text/plain", msg->root);
-  Renderer(*msg).walk(msg->root, true);
+  Renderer(*msg, depth == Depth::Text).walk(msg->root, true);
   return msg;
 }
 

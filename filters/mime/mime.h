@@ -18,6 +18,14 @@
 
 namespace moat::filters::mime {
 
+// How much parse() does. Each filter that reads the tree says what it needs
+// (Filter::mimeDepth), and the MIME filter parses to the deepest of them.
+enum class Depth : uint8_t {
+  Structure,  // parts, headers, types, names, decoded sizes: the limits and attachment list
+  Bodies,     // + each leaf's decoded bytes (Part::body): antivirus, attachments
+  Text,       // + text leaves as UTF-8, Message::bodyText and uris: the rules
+};
+
 struct Limits {
   unsigned maxDepth = 20;                  // nesting of multipart and message/rfc822
   unsigned maxParts = 500;                 // parts in the whole tree, the root included
@@ -47,10 +55,12 @@ struct Part {
   std::string filename;                       // UTF-8; disposition filename= or type name=
   std::string transferEncoding = "7bit";      // lower-case
   unsigned depth = 0;
-  // Leaves: the decoded bytes (capped by Limits::maxDecodedSize).
+  // Leaves: the decoded bytes (capped by Limits::maxDecodedSize), from Depth::Bodies on,
+  // and their number at every depth.
   std::string body;
-  // Text leaves (text/*): the body as UTF-8. charsetUnknown: iconv did not know the
-  // charset and `text` holds the bytes unchanged.
+  uint64_t size = 0;
+  // Text leaves (text/*), at Depth::Text: the body as UTF-8. charsetUnknown: iconv did
+  // not know the charset and `text` holds the bytes unchanged.
   std::string text;
   bool charsetUnknown = false;
   bool truncated = false;  // body cut by the decoded-size limit
@@ -98,8 +108,9 @@ struct Message {
 };
 
 // Parses `raw` (CRLF line endings; bare LF tolerated). Never fails: a message that is not
-// MIME is one text/plain part.
-std::shared_ptr<const Message> parse(std::string_view raw, const Limits& limits);
+// MIME is one text/plain part. Below Depth::Text, bodyText and uris stay empty; below
+// Depth::Bodies, so do the parts' body and text.
+std::shared_ptr<const Message> parse(std::string_view raw, const Limits& limits, Depth depth = Depth::Text);
 
 // Building blocks, exposed for the rules and antivirus filters and for tests.
 std::string decodeBase64(std::string_view in);

@@ -35,21 +35,22 @@ namespace {
 class MimeFilter final : public Filter {
  public:
   static constexpr size_t kInlineParseBytes = 64 * 1024;
-  explicit MimeFilter(FilterConfig config) : config_(config) {}
+  MimeFilter(FilterConfig config, Depth depth) : config_(config), depth_(depth) {}
   std::string_view name() const override { return "mime"; }
   Stage stage() const override { return Stage::Data; }
 
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
     auto parsed = std::make_shared<std::shared_ptr<const Message>>();
     auto limits = config_.limits;
+    auto depth = depth_;
     auto raw = ctx->message;  // the caller keeps the bytes alive for the Data stage
     if (raw.size() <= kInlineParseBytes) {
       // A small message parses in microseconds: cheaper here than two thread switches.
-      ctx->mime = parse(raw, limits);
+      ctx->mime = parse(raw, limits, depth);
       done(resultFor(*ctx->mime, config_));
       return;
     }
-    env.offload([parsed, raw, limits] { *parsed = parse(raw, limits); },
+    env.offload([parsed, raw, limits, depth] { *parsed = parse(raw, limits, depth); },
                 [ctx, parsed, done = std::move(done), config = config_] {
                   ctx->mime = *parsed;
                   done(resultFor(**parsed, config));
@@ -58,12 +59,13 @@ class MimeFilter final : public Filter {
 
  private:
   FilterConfig config_;
+  Depth depth_;
 };
 
 }  // namespace
 
-std::shared_ptr<const Filter> makeMimeFilter(const policy::Config& config, policy::Errors& errors) {
-  return std::make_shared<MimeFilter>(readConfig(config, errors));
+std::shared_ptr<const Filter> makeMimeFilter(const policy::Config& config, policy::Errors& errors, Depth depth) {
+  return std::make_shared<MimeFilter>(readConfig(config, errors), depth);
 }
 
 }  // namespace moat::filters::mime

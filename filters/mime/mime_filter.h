@@ -1,6 +1,7 @@
 // filters/mime/mime_filter.h — the MIME filter: parses the message at the Data stage on the
 // thread pool and publishes the tree as MessageContext::mime for the filters after it
-// (antivirus, rules, attachments).
+// (antivirus, rules, attachments), as deep as they read it (mime::Depth): a gateway with
+// none of them only checks the structure against the limits, copying no body.
 //
 // Config [mime]:
 //   max_depth = 20            nesting of multipart / message/rfc822
@@ -32,6 +33,8 @@ FilterConfig readConfig(const policy::Config& config, policy::Errors& errors);
 // The result a parsed message gives (exposed for tests).
 Result resultFor(const Message& msg, const FilterConfig& config);
 
-std::shared_ptr<const Filter> makeMimeFilter(const policy::Config& config, policy::Errors& errors);
+// `depth`: the deepest Filter::mimeDepth() of the filters after it.
+std::shared_ptr<const Filter> makeMimeFilter(const policy::Config& config, policy::Errors& errors,
+                                             Depth depth = Depth::Text);
 
 }  // namespace moat::filters::mime

@@ -98,6 +98,7 @@ class RulesFilter final : public Filter {
   explicit RulesFilter(FilterConfig config) : config_(std::make_shared<const FilterConfig>(std::move(config))) {}
   std::string_view name() const override { return "rules"; }
   Stage stage() const override { return Stage::Data; }
+  mime::Depth mimeDepth() const override { return mime::Depth::Text; }
 
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
     struct Work {

@@ -10,6 +10,7 @@
 
 #include "filters/mime/mime.h"
 #include "filters/mime/mime_filter.h"
+#include "filters/pipeline.h"
 #include "mta/runtime/uv.h"
 #include "tests/support/crlf.h"
 
@@ -214,6 +215,71 @@ TEST_CASE("depth and part-count limits set the flag, never crash") {
   REQUIRE(m3->limitReason == "max_decoded_size");
   REQUIRE(m3->root.body == "Hello worl");
   REQUIRE(m3->root.truncated);
+}
+
+TEST_CASE("a shallower parse keeps the structure, sizes and limits, and copies no body") {
+  std::string raw = crlf(kNested);
+  auto full = parse(raw, Limits{}, Depth::Text);
+  auto bodies = parse(raw, Limits{}, Depth::Bodies);
+  auto structure = parse(raw, Limits{}, Depth::Structure);
+  for (const auto& m : {bodies, structure}) {
+    REQUIRE(m->partCount == full->partCount);
+    REQUIRE(m->decodedSize == full->decodedSize);
+    REQUIRE(m->attachments.size() == 1);
+    REQUIRE(m->attachments[0].name == "data.bin");
+    REQUIRE(m->attachments[0].size == 12);
+    REQUIRE(m->root.children[0].children[0].size == full->root.children[0].children[0].size);
+    REQUIRE(m->header("subject") == "nested");
+    REQUIRE(m->bodyText.empty());
+    REQUIRE(m->uris.empty());
+    REQUIRE(m->root.children[0].children[0].text.empty());
+  }
+  REQUIRE(bodies->root.children[1].body == "Hello world!");
+  REQUIRE(structure->root.children[1].body.empty());
+  // The decoded-size limit counts the same without keeping the bytes.
+  Limits small;
+  small.maxDecodedSize = 10;
+  auto m = parse(crlf("Content-Transfer-Encoding: base64\n\nSGVsbG8gd29ybGQhIEhlbGxvIHdvcmxkIQ==\n"), small, Depth::Structure);
+  REQUIRE(m->limitExceeded);
+  REQUIRE(m->limitReason == "max_decoded_size");
+  REQUIRE(m->root.size == 10);
+  REQUIRE(m->root.body.empty());
+}
+
+TEST_CASE("the pipeline parses MIME only as deep as its filters read it") {
+  char dir[] = "/tmp/moat-mime-XXXXXX";
+  REQUIRE(mkdtemp(dir));
+  std::string path = std::string(dir) + "/moat.toml";
+  auto mimeOf = [&](const std::string& extra) {
+    std::ofstream(path) << "[[listener]]\naddress = \"127.0.0.1:2525\"\n" << extra;
+    moat::policy::Errors errors;
+    auto config = moat::policy::loadConfig(path, errors);
+    REQUIRE(config);
+    auto pipeline = Pipeline::build(*config, errors);
+    INFO(errors.str());
+    REQUIRE_FALSE(errors.hasErrors());
+    moat::mta::uv::Loop loop;
+    Env env;
+    env.loop = loop.get();
+    auto ctx = std::make_shared<MessageContext>();
+    std::string raw = crlf(kNested);
+    ctx->message = raw;
+    bool done = false;
+    pipeline->run(Stage::Data, ctx, env, [&](StageOutcome) { done = true; });
+    REQUIRE(loop.runUntil([&] { return done; }, 10000));
+    REQUIRE(ctx->mime);
+    return ctx->mime;
+  };
+  // No filter reads bodies: the limits are checked, nothing is copied.
+  auto bare = mimeOf("");
+  REQUIRE(bare->partCount == 5);
+  REQUIRE(bare->root.children[1].body.empty());
+  // The attachments filter reads decoded bodies (zip directories).
+  auto withAttachments = mimeOf("[attachments]\nblock_extensions = [\"exe\"]\n");
+  REQUIRE(withAttachments->root.children[1].body == "Hello world!");
+  REQUIRE(withAttachments->bodyText.empty());
+  unlink(path.c_str());
+  rmdir(dir);
 }
 
 TEST_CASE("HTML to text and URI extraction") {
