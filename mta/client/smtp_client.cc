@@ -55,14 +55,24 @@ struct SmtpClient::Body {
       size_t n = std::min(p.size() - pos, limit - taken);
       size_t end = pos + n;
       while (pos < end) {
-        // Inside a line, everything up to the next CR or LF goes out as it is: copied in
-        // one piece instead of byte by byte (put() handles line starts and line ends).
+        // Inside a line, everything up to the next CR or LF goes out as it is, and so do
+        // the lines after it while each ends in CRLF and the next does not start with '.':
+        // copied in one piece instead of byte by byte (put() handles the rest).
         if (!prevCr && !lineStart) {
           const char* b = p.data() + pos;
-          size_t len = end - pos;
-          const void* lf = std::memchr(b, '\n', len);
-          size_t k = lf ? static_cast<size_t>(static_cast<const char*>(lf) - b) : len;
-          if (const void* cr = std::memchr(b, '\r', k)) k = static_cast<size_t>(static_cast<const char*>(cr) - b);
+          size_t len = end - pos, k = 0;
+          for (;;) {
+            const void* lf = std::memchr(b + k, '\n', len - k);
+            size_t e = lf ? static_cast<size_t>(static_cast<const char*>(lf) - b) : len;
+            const void* cr = std::memchr(b + k, '\r', e - k);
+            size_t stop = cr ? static_cast<size_t>(static_cast<const char*>(cr) - b) : e;
+            if (cr && stop + 1 == e && e + 1 < len && b[e + 1] != '.') {
+              k = e + 1;
+              continue;
+            }
+            k = stop;
+            break;
+          }
           out.append(b, k);
           pos += k;
           if (pos == end) break;

@@ -84,12 +84,24 @@ size_t DataDecoder::feed(std::string_view in, std::string& out) {
         }
         break;
       case State::Mid: {
+        // The rest of the line, and once the header section has ended every following
+        // line too while each ends in CRLF and the next does not start with '.': their
+        // output is their input, so they go out as one run.
         size_t j = i;
-        while (j < in.size() && in[j] != '\r' && in[j] != '\n') ++j;
+        bool crossed = false;
+        for (;;) {
+          while (j < in.size() && in[j] != '\r' && in[j] != '\n') ++j;
+          if (headerState_ != HeaderState::Ended || j + 2 >= in.size() || in[j] != '\r' || in[j + 1] != '\n' ||
+              in[j + 2] == '.')
+            break;
+          j += 2;
+          crossed = true;
+        }
         if (j > i) {
           std::string_view run = in.substr(i, j - i);
-          if (!nul_ && run.find('\0') != std::string_view::npos) nul_ = true;
+          if (!nul_ && std::memchr(run.data(), '\0', run.size())) nul_ = true;
           content(run, out);
+          if (crossed) realStart_ = true;
           i = j;
         } else if (c == '\r') {
           state_ = State::Cr;
