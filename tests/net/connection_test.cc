@@ -51,6 +51,19 @@ std::shared_ptr<net::Connection> connectSync(uv::Loop& loop, uint16_t port, std:
   return out;
 }
 
+// A line-mode server that stops reading after each line it is given.
+std::unique_ptr<net::Listener> pausingLineServer(uv::Loop& loop, Peer& server) {
+  std::string error;
+  auto l = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr,
+                       [&server](std::shared_ptr<net::Connection> c) {
+                         c->setLineMode(true);
+                         server.attach(c, [](Peer& p, std::string_view) { p.conn->stopReading(); });
+                       },
+                       error);
+  REQUIRE(l);
+  return l;
+}
+
 }  // namespace
 
 TEST_CASE("net: echo over plain TCP, close flushes and reports once") {
@@ -188,14 +201,7 @@ TEST_CASE("net: implicit TLS listener hands plaintext to onData") {
 TEST_CASE("net: stopReading stops onData until startReading") {
   uv::Loop loop;
   Peer server;
-  std::string error;
-  auto l = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr,
-                       [&](std::shared_ptr<net::Connection> c) {
-                         c->setLineMode(true);
-                         server.attach(c, [](Peer& p, std::string_view) { p.conn->stopReading(); });
-                       },
-                       error);
-  REQUIRE(l);
+  auto l = pausingLineServer(loop, server);
   Peer client;
   client.attach(connectSync(loop, l->port()));
   client.conn->write("one\r\ntwo\r\n");
@@ -211,21 +217,14 @@ TEST_CASE("net: stopReading stops onData until startReading") {
   REQUIRE(loop.runUntil([&] { return server.pieces.size() == 3; }, 3000));
   REQUIRE(server.pieces[2] == "three\r\n");
   client.conn->abort();
-  server.conn->abort();  // not reading, so it would not notice the peer's close
+  server.conn->abort();  // not reading, so it would not report the peer's close
   REQUIRE(loop.runUntil([&] { return server.closes == 1 && client.closes == 1; }, 3000));
 }
 
 TEST_CASE("net: the peer's close waits behind input held while the owner does not read") {
   uv::Loop loop;
   Peer server;
-  std::string error;
-  auto l = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr,
-                       [&](std::shared_ptr<net::Connection> c) {
-                         c->setLineMode(true);
-                         server.attach(c, [](Peer& p, std::string_view) { p.conn->stopReading(); });
-                       },
-                       error);
-  REQUIRE(l);
+  auto l = pausingLineServer(loop, server);
   Peer client;
   client.attach(connectSync(loop, l->port()));
   client.conn->write("one\r\ntwo\r\nQUIT\r\n");

@@ -141,6 +141,14 @@ struct Fixture {
     return ok;
   }
 
+  // Commits `body`, delivers (removes) it, then commits another message whose round syncs
+  // queue/: the first one's file is then a spare ready for reuse. Returns the second id.
+  std::string leaveSpare(std::string_view body) {
+    std::string a = commit(body);
+    REQUIRE(waitOp([&](Spool::Done cb) { spool->remove(a, cb, Area::Active); }));
+    return commit("Subject: t\r\n\r\nt\r\n");
+  }
+
   std::vector<Envelope> recover(RecoveryReport& r) {
     reopen();  // a fresh Spool object, as after a restart
     return spool->recover(r);
@@ -632,9 +640,7 @@ TEST_CASE("spool: a streamed message over a larger spare reads and stores only i
   Fixture f;
   std::string first = "Subject: 1\r\n\r\n" + std::string(200000, 'x') + "\r\n";
   std::string second = "Subject: 2\r\n\r\n" + std::string(100000, 'y') + "\r\n";  // streamed: over 64 KiB
-  std::string a = f.commit(first);
-  REQUIRE(f.waitOp([&](Spool::Done cb) { f.spool->remove(a, cb, Area::Active); }));
-  f.commit("Subject: t\r\n\r\nt\r\n");  // syncs queue/: the spare is ready
+  f.leaveSpare(first);
   REQUIRE(f.spool->spareCount() == 1);
   std::string b = f.commit(second);  // commit() checks data() == the body before committing
   REQUIRE(f.spool->spareCount() == 0);
@@ -650,9 +656,7 @@ TEST_CASE("spool: a streamed message over a larger spare reads and stores only i
 
 TEST_CASE("spool: an unused spare goes back to the pool; a used one is never returned") {
   Fixture f;
-  std::string a = f.commit("Subject: a\r\n\r\na\r\n");
-  REQUIRE(f.waitOp([&](Spool::Done cb) { f.spool->remove(a, cb, Area::Active); }));
-  f.commit("Subject: t\r\n\r\nt\r\n");
+  f.leaveSpare("Subject: a\r\n\r\na\r\n");
   REQUIRE(f.spool->spareCount() == 1);
   {
     auto m = f.spool->create();  // takes the spare
