@@ -53,7 +53,8 @@ std::string syncDir(const std::string& path) {
 // The spool's directories, open for as long as the spool: a sync round fsyncs them
 // without an open and a close each time. Read-only once built, shared with pool work.
 struct SpoolDirs {
-  std::map<std::string, int> fds;
+  std::string root;
+  std::map<std::string, int> fds;  // its subdirectories (never empty)
   SpoolDirs() = default;
   SpoolDirs(const SpoolDirs&) = delete;
   SpoolDirs& operator=(const SpoolDirs&) = delete;
@@ -64,6 +65,10 @@ struct SpoolDirs {
     auto it = fds.find(path);
     if (it == fds.end()) return syncDir(path);
     return ::fsync(it->second) == 0 ? std::string() : errnoError(errno, "fsync " + path);
+  }
+  // syncfs(2) of the file system holding the spool: every dirty page and inode on it.
+  std::string syncFilesystem() const {
+    return ::syncfs(fds.begin()->second) == 0 ? std::string() : errnoError(errno, "syncfs " + root);
   }
 };
 
@@ -80,16 +85,6 @@ int writeAll(int fd, std::string_view data, uint64_t offset) {
     offset += static_cast<uint64_t>(n);
   }
   return 0;
-}
-
-// syncfs(2) of the file system holding `dir`: every dirty page and inode on it reaches disk.
-std::string syncFilesystem(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return errnoError(errno, "open " + dir);
-  int rc = ::syncfs(fd);
-  int err = errno;
-  ::close(fd);
-  return rc == 0 ? std::string() : errnoError(err, "syncfs " + dir);
 }
 
 // Writes `content` to a new file and fsyncs it.
@@ -334,6 +329,7 @@ std::shared_ptr<Spool> Spool::open(uv_loop_t* loop, const std::string& dir, std:
     return nullptr;
   }
   auto dirs = std::make_shared<SpoolDirs>();
+  dirs->root = dir;
   for (const char* sub : {"tmp", "data", "queue", "hold", "quarantine", "spare"}) {
     std::string p = dir + "/" + sub;
     int fd = ::open(p.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -530,22 +526,21 @@ void Spool::startSyncRound() {
   for (auto& j : *batch) dirs.insert(path(areaName(j->area), ""));
   bool syncfsMode = commitMode_ == CommitMode::SyncFs;
   bool syncsQueue = syncfsMode || dirs.count(path(areaName(Area::Active), ""));
-  std::string root = dir_;
   auto self = shared_from_this();
   auto synced = std::make_shared<bool>(false);
   auto handles = dirs_;
   mta::uv::queueWork(
       loop_,
-      [batch, dirs, syncfsMode, root, synced, handles] {
+      [batch, dirs, syncfsMode, synced, handles] {
         std::string e;
         if (syncfsMode) {
           // written, contents durable, then the names (a job that failed to write has its
           // error set and is neither renamed nor acknowledged)
           for (auto& j : *batch) j->prepare(false);
-          e = syncFilesystem(root);
+          e = handles->syncFilesystem();
           if (e.empty())
             for (auto& j : *batch) j->rename();
-          if (e.empty()) e = syncFilesystem(root);
+          if (e.empty()) e = handles->syncFilesystem();
         } else {
           // Every file written, all their writeback started at once, then fsync each:
           // the device works on the whole batch together, and the inodes of files made
@@ -623,7 +618,8 @@ void Spool::move(const Envelope& envIn, Area to, Done cb) {
   for (Area a : kAreas)
     if (a != to) stale.push_back(path(areaName(a), env.id));
   std::string targetDir = path(areaName(to), ""), dataFile = path("data", env.id), dataDir = path("data", "");
-  auto work = [text, tmp, target, stale, targetDir, dataFile, dataDir]() -> std::string {
+  auto dirs = dirs_;
+  auto work = [text, tmp, target, stale, targetDir, dataFile, dataDir, dirs]() -> std::string {
     // Never create an envelope for a message that is not in the spool (removed, or never
     // committed): it would have no data and end in corrupt/ at the next start.
     std::string current;
@@ -636,18 +632,18 @@ void Spool::move(const Envelope& envIn, Area to, Done cb) {
     // under data/ first (a hard link, durable before the rename below can happen).
     if (::access(dataFile.c_str(), F_OK) != 0) {
       if (::link(current.c_str(), dataFile.c_str()) != 0) return errnoError(errno, "link " + current + " " + dataFile);
-      e = syncDir(dataDir);
+      e = dirs->sync(dataDir);
     }
     if (e.empty()) e = writeDurable(tmp, text);
     if (e.empty()) e = renameFile(tmp, target);
-    if (e.empty()) e = syncDir(targetDir);
+    if (e.empty()) e = dirs->sync(targetDir);
     if (!e.empty()) {
       ::unlink(tmp.c_str());
       return e;
     }
     // Only now is the new copy durable; a stale copy left by a crash loses on generation.
     for (auto& s : stale) {
-      if (::unlink(s.c_str()) == 0) e = syncDir(s.substr(0, s.rfind('/')));
+      if (::unlink(s.c_str()) == 0) e = dirs->sync(s.substr(0, s.rfind('/')));
     }
     return e;
   };
