@@ -41,7 +41,9 @@
 //
 // SPARE FILES. Removing a delivered message renames its file to spare/ instead of
 // unlinking it, and a new message is written over a spare (then truncated to its length)
-// before its commit renames it into its area. On a disk mounted with discard, an unlink
+// before its commit renames it into its area. A message takes its spare when it first
+// needs a file: at its commit if it stayed in memory (then one of its exact padded size
+// when there is one), else at its first write. On a disk mounted with discard, an unlink
 // waits for the freed blocks' discard, and a new inode costs an inode-table search; an
 // overwrite costs neither. Only files leaving queue/ become spares, and a spare is reused
 // only after a commit round that started after its rename has synced queue/, so no stale
@@ -124,8 +126,10 @@ struct SpoolDirs;  // spool.cc: the spool's directories, held open
 //              directory on its own, one pool trip per message.
 //  Group       GROUP COMMIT (default): one pool trip per batch of the messages that
 //              finished while the previous round ran. The round writes every file,
-//              starts writeback for all of them at once (sync_file_range), fsyncs each,
-//              renames them into place and fsyncs each area directory once.
+//              starts writeback for all of them at once (sync_file_range), fdatasyncs
+//              each, renames them into place and fsyncs each area directory once. On ext4
+//              a file written over a spare of its own size waits for its writeback only
+//              and shares the flush of the directory sync (nothing but its data changed).
 //  SyncFs      like Group, but one syncfs(2) makes the batch's files durable and a
 //              second one their names: two flushes per batch. syncfs also flushes
 //              whatever else is dirty on that file system, so it suits a spool on its own
@@ -162,9 +166,13 @@ class Spool : public std::enable_shared_from_this<Spool> {
   CommitMode commitMode() const { return commitMode_; }
   // Number of directory-sync rounds so far (tests check that batching happened).
   uint64_t dirSyncRounds() const { return dirSyncRounds_; }
+  // Whether a message written over a spare of its own size shares its round's flush
+  // (ext4; see startSyncRound), and how many did so far.
+  bool sharesOverwriteFlush() const { return overwriteFlush_; }
+  uint64_t inPlaceCommits() const { return inPlaceCommits_; }
 
   // Spare files ready for reuse (tests and metrics).
-  size_t spareCount() const { return spares_.size(); }
+  size_t spareCount() const { return spareCount_; }
   static constexpr size_t kMaxSpares = 1024;
   static constexpr uint64_t kMaxSpareBytes = 64ull << 20;
   static constexpr uint64_t kMaxSpareSize = 256 << 10;
@@ -192,7 +200,8 @@ class Spool : public std::enable_shared_from_this<Spool> {
     std::string path;
     uint64_t size = 0;  // its length now: a message written over it truncates what is left
   };
-  std::optional<Spare> takeSpare();
+  // One of `size` bytes if there is one, else the largest.
+  std::optional<Spare> takeSpare(std::optional<uint64_t> size);
   void returnSpare(Spare s);
   void promoteSpares();
 
@@ -207,6 +216,8 @@ class Spool : public std::enable_shared_from_this<Spool> {
   int roundsRunning_ = 0;
   std::vector<std::shared_ptr<CommitJob>> pendingSync_;
   uint64_t dirSyncRounds_ = 0;
+  bool overwriteFlush_ = false;
+  uint64_t inPlaceCommits_ = 0;
   std::map<std::string, uint64_t> generations_;
   struct Op {
     std::function<std::string()> work;
@@ -222,7 +233,8 @@ class Spool : public std::enable_shared_from_this<Spool> {
     Done cb;
   };
   std::vector<Removal> pendingRemovals_;
-  std::vector<Spare> spares_;
+  std::map<uint64_t, std::vector<std::string>> spares_;  // paths by file size
+  size_t spareCount_ = 0;
   uint64_t spareBytes_ = 0;
   size_t sparesPromised_ = 0;  // removals in flight that may add a spare
   struct WaitingSpare {
@@ -271,6 +283,7 @@ class IncomingMessage : public std::enable_shared_from_this<IncomingMessage> {
 
  private:
   size_t buffered() const { return pending_.size() + inFlight_; }
+  void touchFile(std::optional<uint64_t> size);
   void pump();
   void writeDone(size_t n, int err);
   void maybeFinish();
