@@ -175,7 +175,7 @@ class Spool : public std::enable_shared_from_this<Spool> {
   size_t spareCount() const { return spareCount_; }
   static constexpr size_t kMaxSpares = 1024;
   static constexpr uint64_t kMaxSpareBytes = 64ull << 20;
-  static constexpr uint64_t kMaxSpareSize = 256 << 10;
+  static constexpr uint64_t kMaxSpareSize = 1 << 20;
 
   const std::string& dir() const { return dir_; }
   uv_loop_t* loop() const { return loop_; }
