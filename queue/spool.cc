@@ -813,8 +813,9 @@ void Spool::startRemovalRound() {
 
 std::optional<Spool::Spare> Spool::takeSpare(std::optional<uint64_t> size) {
   if (spares_.empty()) return std::nullopt;
-  auto it = size ? spares_.find(*size) : spares_.end();
-  if (it == spares_.end()) it = std::prev(spares_.end());  // none that size: the largest
+  // That size, else the nearest larger one (least to cut), else the largest.
+  auto it = size ? spares_.lower_bound(*size) : spares_.end();
+  if (it == spares_.end()) it = std::prev(spares_.end());
   Spare s{std::move(it->second.back()), it->first};
   it->second.pop_back();
   if (it->second.empty()) spares_.erase(it);

@@ -200,7 +200,7 @@ class Spool : public std::enable_shared_from_this<Spool> {
     std::string path;
     uint64_t size = 0;  // its length now: a message written over it truncates what is left
   };
-  // One of `size` bytes if there is one, else the largest.
+  // One of `size` bytes if there is one, else the smallest larger one, else the largest.
   std::optional<Spare> takeSpare(std::optional<uint64_t> size);
   void returnSpare(Spare s);
   void promoteSpares();

@@ -693,6 +693,17 @@ TEST_CASE("spool: a message in memory takes a spare of its own size and is writt
   // The 3-block spare went to the 3-block message; the 1-block one is left.
   auto left = fs::directory_iterator(f.p("spare"))->path();
   REQUIRE(fs::file_size(left) == 4096);
+  // With no spare of its size, a message takes the nearest larger one and cuts it.
+  std::string mid = "Subject: m\r\n\r\n" + std::string(5000, 'm') + "\r\n";  // two blocks
+  std::string bigId = f.commit(big + "x");  // no 3-block spare left: takes the 1-block one and grows it
+  REQUIRE(f.spool->spareCount() == 0);
+  REQUIRE(f.waitOp([&](Spool::Done cb) { f.spool->remove(bigId, cb, Area::Active); }));
+  f.commit("Subject: t\r\n\r\nt\r\n");  // a new file; its round syncs queue/
+  REQUIRE(f.spool->spareCount() == 1);  // the 3-block one
+  std::string midId = f.commit(mid);
+  REQUIRE(f.spool->spareCount() == 0);
+  REQUIRE(fs::file_size(f.p("queue/" + midId)) == 8192);
+  REQUIRE(readAll(f.p("queue/" + midId)) == paddedMessageFile(mid, envelopeOf(f.p("queue/" + midId))));
   REQUIRE(readAll(f.p("queue/" + id)) == paddedMessageFile(big, envelopeOf(f.p("queue/" + id))));
   // On ext4 it shares its round's flush instead of an fdatasync of its own.
   if (f.spool->sharesOverwriteFlush())
