@@ -11,6 +11,8 @@
 #include <cstring>
 #include <cctype>
 
+#include "mta/runtime/scan.h"
+
 namespace moat::mta::client {
 
 namespace {
@@ -62,15 +64,11 @@ struct SmtpClient::Body {
           const char* b = p.data() + pos;
           size_t len = end - pos, k = 0;
           for (;;) {
-            const void* lf = std::memchr(b + k, '\n', len - k);
-            size_t e = lf ? static_cast<size_t>(static_cast<const char*>(lf) - b) : len;
-            const void* cr = std::memchr(b + k, '\r', e - k);
-            size_t stop = cr ? static_cast<size_t>(static_cast<const char*>(cr) - b) : e;
-            if (cr && stop + 1 == e && e + 1 < len && b[e + 1] != '.') {
-              k = e + 1;
+            k += findLineBreak(b + k, len - k);
+            if (k + 2 < len && b[k] == '\r' && b[k + 1] == '\n' && b[k + 2] != '.') {
+              k += 2;
               continue;
             }
-            k = stop;
             break;
           }
           out.append(b, k);

@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "mta/runtime/scan.h"
+
 namespace moat::mta::smtp {
 namespace {
 
@@ -90,7 +92,7 @@ size_t DataDecoder::feed(std::string_view in, std::string& out) {
         size_t j = i;
         bool crossed = false;
         for (;;) {
-          while (j < in.size() && in[j] != '\r' && in[j] != '\n') ++j;
+          j += findLineBreak(in.data() + j, in.size() - j);
           if (headerState_ != HeaderState::Ended || j + 2 >= in.size() || in[j] != '\r' || in[j + 1] != '\n' ||
               in[j + 2] == '.')
             break;

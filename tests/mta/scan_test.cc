@@ -1,0 +1,46 @@
+// Tests for mta/runtime/scan.h: findLineBreak against a plain byte loop, at every position
+// and length around the 16-byte steps, never reading past the end.
+#include <catch2/catch.hpp>
+
+#include <memory>
+#include <string>
+
+#include "mta/runtime/scan.h"
+
+using moat::mta::findLineBreak;
+
+namespace {
+size_t reference(const char* p, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (p[i] == '\r' || p[i] == '\n') return i;
+  return n;
+}
+}  // namespace
+
+TEST_CASE("findLineBreak finds the first CR or LF at every position, or returns the length") {
+  for (size_t n = 0; n <= 70; ++n) {
+    // The bytes sit at the very end of their allocation, so AddressSanitizer reports any
+    // read past n.
+    auto buf = std::make_unique<char[]>(n + 1);
+    char* p = buf.get() + 1;
+    for (size_t i = 0; i < n; ++i) p[i] = static_cast<char>('a' + i % 26);
+    REQUIRE(findLineBreak(p, n) == n);
+    for (size_t at = 0; at < n; ++at) {
+      for (char c : {'\r', '\n'}) {
+        p[at] = c;
+        INFO("n=" << n << " at=" << at);
+        REQUIRE(findLineBreak(p, n) == at);
+        if (at + 3 < n) {
+          p[at + 3] = '\n';  // a later break never wins
+          REQUIRE(findLineBreak(p, n) == reference(p, n));
+          p[at + 3] = 'x';
+        }
+        p[at] = 'y';
+      }
+    }
+  }
+  // Bytes with the high bit set and NULs are ordinary bytes.
+  std::string s("\x80\xff\0\x0b\x0c\x8d\x8a", 7);
+  s += "\n";
+  REQUIRE(findLineBreak(s.data(), s.size()) == 7);
+}
