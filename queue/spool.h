@@ -102,7 +102,7 @@ class MessageData {
   uint64_t size() const { return size_; }
   // Up to this size a message is read into memory rather than mapped: every munmap in a
   // threaded process costs a TLB shootdown on the other cores, more than copying 4 KB.
-  static constexpr size_t kReadLimit = 256 * 1024;
+  static constexpr size_t kReadLimit = 1024 * 1024;
 
  private:
   MessageData() = default;
