@@ -100,8 +100,9 @@ class MessageData {
     return addr_ ? std::string_view(static_cast<const char*>(addr_), size_) : std::string_view(copy_);
   }
   uint64_t size() const { return size_; }
-  // Up to this size a message is read into memory rather than mapped: every munmap in a
-  // threaded process costs a TLB shootdown on the other cores, more than copying 4 KB.
+  // Up to this size a message is read into memory rather than mapped: a mapping costs a
+  // page fault per 4 KB touched and, at munmap in a threaded process, a TLB shootdown on
+  // the other cores, more than copying the bytes (measured with 256 KB messages).
   static constexpr size_t kReadLimit = 1024 * 1024;
 
  private:
