@@ -116,4 +116,19 @@ inline std::shared_ptr<const moat::policy::Config> writeConfig(const TempDir& di
 
 using moat::test::runFilter;
 
+// What every backend with action = "reject" must answer: the test signature refused with
+// 554 5.7.1 naming it, clean mail passed (`cleanWithMime`: with the MIME tree, as in the
+// pipeline, or without).
+inline void requireRejectsInfectedPassesClean(const Filter& filter, const std::string& infected, bool cleanWithMime) {
+  Result r = runFilter(filter, infected, true);
+  REQUIRE(r.verdict == Verdict::Reject);
+  REQUIRE(r.code == 554);
+  REQUIRE(r.enhanced == "5.7.1");
+  REQUIRE(r.text.find("Eicar-Test-Moat") != std::string::npos);
+  REQUIRE(r.summary.find("FOUND Eicar-Test-Moat") == 0);
+  Result c = runFilter(filter, kClean, cleanWithMime);
+  REQUIRE(c.verdict == Verdict::Continue);
+  REQUIRE(c.summary == "clean");
+}
+
 }  // namespace moat::filters::antivirus::test
