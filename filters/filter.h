@@ -28,7 +28,7 @@
 namespace moat::filters {
 
 namespace mime {
-struct Message;                // filters/mime/mime.h
+struct Message;              // filters/mime/mime.h
 enum class Depth : uint8_t;  // filters/mime/mime.h
 }
 

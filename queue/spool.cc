@@ -7,9 +7,9 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -17,8 +17,8 @@
 #include <cstring>
 #include <fstream>
 #include <random>
-#include <sstream>
 #include <set>
+#include <sstream>
 
 #include "mta/runtime/log.h"
 #include "mta/runtime/uv.h"
@@ -441,8 +441,8 @@ struct SpoolFile {
   int fd = -1;
   bool dropped = false;  // aborted: never (re)create the file
   std::string path;
-  std::string tmpPath;  // a spare that vanished is replaced by a new file here
-  bool spare = false;   // path is a reused spare: open it, do not create it
+  std::string tmpPath;     // a spare that vanished is replaced by a new file here
+  bool spare = false;      // path is a reused spare: open it, do not create it
   uint64_t spareSize = 0;  // its size when it was taken
   // Bytes of an earlier message past what this one wrote so far, cut off at finish or
   // commit. Set on the loop before any pool job, then only touched by pool jobs, which
@@ -765,8 +765,7 @@ void Spool::remove(const std::string& id, Done cb, std::optional<Area> area) {
       spare = path("spare", id);
       ++sparesPromised_;
     }
-    pendingRemovals_.push_back(
-        Removal{id, std::move(envs), std::move(data), first, std::move(spare), std::move(cb)});
+    pendingRemovals_.push_back(Removal{id, std::move(envs), std::move(data), first, std::move(spare), std::move(cb)});
     if (!removalRunning_) startRemovalRound();
     return;
   }
@@ -1064,7 +1063,7 @@ void IncomingMessage::maybeFinish() {
   mta::uv::queueWork(
       spool_->loop(),
       [file, result, written] {
-        int e = file->ensureOpen();  // an empty message still gets its file
+        int e = file->ensureOpen();  // open already, unless the first write failed
         if (e != 0)
           result->second = errnoError(e, "create " + file->path);
         else  // a reused spare holds an earlier message's bytes past these

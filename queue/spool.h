@@ -2,35 +2,40 @@
 // only: when to try what is the Scheduler's business (decision 5).
 //
 // On-disk layout under the spool directory:
-//   tmp/<id>.data        a message being received (half-written by definition)
+//   tmp/<id>.data        a message being received when no spare was free (half-written)
 //   tmp/<id>.<gen>.env   an envelope being rewritten, before its rename
 //   queue/<id>           an active message   } the presence of the id in one of these is
 //   hold/<id>            a held message      } the commit point; its area is where it sits
 //   quarantine/<id>      a quarantined one   }
 //   data/<id>            the bytes of a message whose envelope was rewritten since commit
-//   spare/<name>         a removed message's file kept for reuse (SPARE FILES below)
+//   spare/<name>         a removed message's file kept for reuse (SPARE FILES below); a
+//                        message being received is written over one before its commit
 //   corrupt/             damaged files moved aside at start-up, for an admin to look at
 //
-// A MESSAGE FILE is the message bytes, then its envelope record, then a 32-byte trailer
-// ("\nMOAT-ENVELOPE " + the envelope's length in 16 hex digits + "\n"). The commit writes
-// one: a message costs one file, one fsync, one rename and, once delivered, one unlink —
-// the file system work per message was most of Moat's CPU per relayed message.
+// A MESSAGE FILE is the message bytes, then its envelope record, then zeros up to a whole
+// number of 4 KB blocks, then a 32-byte trailer ("\nMOAT-ENVELOPE " + the envelope's length
+// in 7 hex digits + " pad " + the padding's length in 4 hex digits + "\n"). Files written
+// before the padding end in "\nMOAT-ENVELOPE " + 16 hex digits + "\n" and read the same.
+// A message costs one file, one fdatasync (or a share of one, below), one rename and, once
+// delivered, one rename to spare/: the file system work per message was most of Moat's
+// CPU per relayed message.
 //
-// Commit (IncomingMessage::commit): append the envelope and trailer to tmp/<id>.data,
-// fsync, rename it into its area, fsync the area directory. Only after the directory fsync
-// does the callback run (the server's 250). With GROUP COMMIT (CommitMode below) one
-// round on the thread pool does this for every message that finished while the previous
-// round ran, sharing the directory syncs.
+// Commit (IncomingMessage::commit): append the envelope, padding and trailer to the
+// message's file (a spare, else tmp/<id>.data), fdatasync, rename it into its area, fsync
+// the area directory. Only after the directory fsync does the callback run (the server's
+// 250). With GROUP COMMIT (CommitMode below) one round on the thread pool does this for
+// every message that finished while the previous round ran, sharing the directory syncs.
 //
 // Envelope rewrites (update/move) write a new envelope-only file with a higher generation
 // to tmp/, fsync, rename over the old one (or into the new area, then unlink the old
 // area's copy). Before the first rewrite replaces a message file, its bytes get a second
 // name, data/<id> (a hard link, with data/ fsynced): from then on readers take the bytes
 // from data/<id>, whose trailing old envelope is ignored. Operations on one id run one at
-// a time, in order. Remove unlinks the envelope first, then data/<id> if there is one.
+// a time, in order. Remove renames a queue/ file to spare/ (or unlinks it), then unlinks
+// data/<id> if there is one.
 //
-// Recovery (start-up, before the loop serves): tmp/ is emptied, spare/ checked (above) (nothing there was
-// acknowledged); each area file's envelope (the tail of a message file, or an
+// Recovery (start-up, before the loop serves): tmp/ is emptied (nothing there was
+// acknowledged) and spare/ checked (SPARE FILES); each area file's envelope (the tail of a message file, or an
 // envelope-only file) is parsed (checksum, version) and the message bytes (data/<id> if
 // it exists, else the message file) checked against the recorded size; a broken one is
 // moved with its data to corrupt/; an id in two areas (crash during a move) keeps the
@@ -48,9 +53,10 @@
 // overwrite costs neither. Only files leaving queue/ become spares, and a spare is reused
 // only after a commit round that started after its rename has synced queue/, so no stale
 // name of a reused file survives a crash (spare/ itself needs no sync: a rename lost
-// there leaves the delivered message's file in queue/ or orphaned). A spare name that a crash left beside a committed message (the same
-// inode, seen by d_ino) is unlinked at recovery, never reused. Spares are bounded
-// (kMaxSpares files, kMaxSpareBytes in all, none over kMaxSpareSize); the rest are unlinked.
+// there leaves the delivered message's file in queue/ or orphaned). A spare name that a
+// crash left beside a committed message (the same inode, seen by d_ino) is unlinked at
+// recovery, never reused. Spares are bounded (kMaxSpares files, kMaxSpareBytes in all,
+// none over kMaxSpareSize); the rest are unlinked.
 //
 // Untrusted input: message bytes (stored verbatim), envelope fields (escaped by the
 // envelope format) and, at recovery, every file in the spool. Logs: spool_recover,
@@ -228,7 +234,7 @@ class Spool : public std::enable_shared_from_this<Spool> {
   struct Removal {
     std::string id;
     std::vector<std::string> envs;
-    std::string data;   // data/<id>, when the message may have one
+    std::string data;  // data/<id>, when the message may have one
     size_t first;
     std::string spare;  // where to keep its file for reuse; empty: unlink it
     Done cb;

@@ -195,9 +195,9 @@ class TcpConnection final : public Connection {
 
   void updateSocketReading() {
     if (!tcp_ || handleClosed_) return;
-    bool want = !closing_ && !eofPending_ &&
-                (reading_ || inbuf_.size() < kHoldLimit ||
-                 (tls_ && tls_->state() == tls::TlsSession::State::Handshaking));
+    bool want =
+        !closing_ && !eofPending_ &&
+        (reading_ || inbuf_.size() < kHoldLimit || (tls_ && tls_->state() == tls::TlsSession::State::Handshaking));
     if (want == socketReading_) return;
     socketReading_ = want;
     if (!want) {
