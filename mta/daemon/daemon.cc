@@ -1,6 +1,7 @@
 // mta/daemon/daemon.cc — see daemon.h.
 #include "mta/daemon/daemon.h"
 
+#include <malloc.h>
 #include <signal.h>
 #include <sys/stat.h>
 
@@ -28,6 +29,18 @@ void applyLogConfig(const policy::Config& cfg) {
   log::setMinLevel(level);
 }
 
+// glibc's defaults give memory back eagerly: blocks from 128 KB up are fresh mappings, and
+// an arena returns whatever frees up at its top past twice that. A relay allocates and frees
+// message-sized buffers (up to MessageData::kReadLimit, 1 MB) all the time, so each one came
+// back as page faults: with 256 KB messages they were a fifth of Moat's CPU. Blocks up to 2 MB
+// now come from the arenas, and each keeps up to 8 MB free for reuse. Measured with 2,000 x
+// 256 KB at 20 sessions: 1.3-1.75 -> 0.9-1.2 ms of CPU per message, peak RSS +10-30 MB.
+// Before any thread starts: the settings are process-wide.
+void tuneMalloc() {
+  ::mallopt(M_MMAP_THRESHOLD, 2 << 20);
+  ::mallopt(M_TRIM_THRESHOLD, 8 << 20);
+}
+
 std::vector<std::string> listenerKeys(const policy::Config& c) {
   std::vector<std::string> out;
   for (const auto& l : c.listeners) out.push_back(l.address + "/" + std::to_string(static_cast<int>(l.mode)));
@@ -37,6 +50,7 @@ std::vector<std::string> listenerKeys(const policy::Config& c) {
 }  // namespace
 
 int serve(const std::string& configPath) {
+  tuneMalloc();
   policy::Errors errors;
   // The log first: building the pipeline already logs (e.g. antivirus_disabled).
   if (auto early = policy::loadConfig(configPath, errors)) applyLogConfig(*early);
