@@ -312,9 +312,9 @@ std::shared_ptr<const MessageData> MessageData::map(const std::string& path, std
   std::shared_ptr<MessageData> m(new MessageData());
   m->size_ = static_cast<size_t>(layout.dataLen);
   if (m->size_ > 0 && m->size_ <= kReadLimit) {
-    m->copy_.resize(m->size_);
+    m->read_ = std::make_unique_for_overwrite<char[]>(m->size_);
     int err = 0;
-    if (!preadAll(fd, m->copy_.data(), m->size_, 0, err)) {
+    if (!preadAll(fd, m->read_.get(), m->size_, 0, err)) {
       error = err == EIO ? "read " + path + ": file shrank" : errnoError(err, "read " + path);
       ::close(fd);
       return nullptr;
@@ -333,9 +333,13 @@ std::shared_ptr<const MessageData> MessageData::map(const std::string& path, std
 }
 
 std::shared_ptr<const MessageData> MessageData::fromMemory(std::string bytes) {
+  return fromMemory(std::make_shared<const std::string>(std::move(bytes)));
+}
+
+std::shared_ptr<const MessageData> MessageData::fromMemory(std::shared_ptr<const std::string> bytes) {
   std::shared_ptr<MessageData> m(new MessageData());
-  m->size_ = bytes.size();
-  m->copy_ = std::move(bytes);
+  m->size_ = bytes->size();
+  m->memory_ = std::move(bytes);
   return m;
 }
 
@@ -997,12 +1001,30 @@ void IncomingMessage::append(std::string_view data) {
   pump();
 }
 
+bool IncomingMessage::hold() {
+  size_t others = spool_->receiveHeld_ - held_;
+  if (others + pending_.size() > spool_->receiveBudget_) return release(), false;
+  spool_->receiveHeld_ = others + pending_.size();
+  held_ = pending_.size();
+  return true;
+}
+
+void IncomingMessage::release() {
+  spool_->receiveHeld_ -= held_;
+  held_ = 0;
+}
+
 void IncomingMessage::pump() {
   if (inFlight_ != 0 || pending_.empty() || aborted_) return;
-  if (error_ != 0) return pending_.clear();
-  if (pending_.size() < kWriteBatch && !finishing_) return;  // wait for more (or the end)
+  if (error_ != 0) return release(), pending_.clear();
+  bool mayStayInMemory = written_ == 0 && pending_.size() <= MessageData::kReadLimit;
+  if (!finishing_) {
+    if (pending_.size() < kWriteBatch) return;  // wait for more (or the end)
+    if (mayStayInMemory && hold()) return;      // nothing on disk yet: it may never need to be
+  }
   // The whole message fits in memory and nothing went to disk yet: keep it for the commit.
-  if (finishing_ && written_ == 0 && pending_.size() <= MessageData::kReadLimit) return;
+  if (finishing_ && mayStayInMemory) return;
+  release();
   touchFile(std::nullopt);
   auto chunk = std::make_shared<std::string>(std::move(pending_));
   pending_.clear();
@@ -1045,13 +1067,14 @@ void IncomingMessage::maybeFinish() {
   if (!pending_.empty() && !(written_ == 0 && pending_.size() <= MessageData::kReadLimit)) return;
   Done cb = std::move(finishCb_);
   finishCb_ = nullptr;
+  release();  // finished: its bytes stay in memory as any finished message's do (data())
   if (error_ != 0) return cb(false, errnoError(error_, "write " + id_));
   if (written_ == 0) {
-    // Small message: no trip to the pool; the filters read this copy, the commit writes it.
+    // Held whole: no trip to the pool; the filters read this copy, the commit writes it.
     auto bytes = std::make_shared<std::string>(std::move(pending_));
     pending_.clear();
     memory_ = bytes;
-    data_ = MessageData::fromMemory(*bytes);
+    data_ = MessageData::fromMemory(bytes);
     finished_ = true;
     return cb(true, "");
   }
@@ -1097,6 +1120,7 @@ void IncomingMessage::commit(Envelope env, Done cb) {
 void IncomingMessage::abort() {
   if (committed_ || aborted_) return;
   aborted_ = true;
+  release();
   pending_.clear();
   memory_.reset();
   if (!fileTouched_) return;  // nothing was ever written: no file to remove

@@ -498,6 +498,65 @@ TEST_CASE("spool: receiving keeps memory bounded and the file byte-exact") {
   REQUIRE(f.loop.runUntil([&] { return countFiles(f.p("tmp")) == 0; }, 10000));
 }
 
+TEST_CASE("spool: a message is held in memory while the receive budget allows, else streamed") {
+  Fixture f;
+  const size_t piece = 64 << 10;
+  f.spool->setReceiveBudget(5 * piece);
+  auto receive = [&](char c, size_t pieces) {
+    auto m = f.spool->create();
+    for (size_t i = 0; i < pieces; ++i) m->append(std::string(piece, c));
+    return m;
+  };
+  auto finish = [&](const std::shared_ptr<IncomingMessage>& m) {
+    bool done = false, ok = false;
+    m->finish([&](bool k, std::string) { done = true, ok = k; });
+    REQUIRE(f.loop.runUntil([&] { return done; }, 10000));
+    REQUIRE(ok);
+  };
+  auto a = receive('a', 4);  // 256 KiB: within the budget, nothing goes to disk
+  f.loop.runUntil([] { return false; }, 100);
+  REQUIRE(f.spool->receiveHeld() == 4 * piece);
+  REQUIRE(countFiles(f.p("tmp")) == 0);
+  auto b = receive('b', 3);  // would pass the budget: written out as it arrives
+  REQUIRE(f.loop.runUntil([&] { return countFiles(f.p("tmp")) == 1; }, 10000));
+  REQUIRE(f.spool->receiveHeld() == 4 * piece);
+  auto c = receive('c', 1);  // fits beside the first
+  REQUIRE(f.spool->receiveHeld() == 5 * piece);
+  c->abort();  // an aborted message gives its share back
+  REQUIRE(f.spool->receiveHeld() == 4 * piece);
+  finish(a);
+  finish(b);
+  REQUIRE(f.spool->receiveHeld() == 0);  // finished: nothing is held as being received
+  REQUIRE(a->data()->bytes() == std::string(4 * piece, 'a'));
+  REQUIRE(b->data()->bytes() == std::string(3 * piece, 'b'));
+  REQUIRE(countFiles(f.p("tmp")) == 1);  // only the streamed one has a file before its commit
+  // Either way the commit stores the exact bytes, and a restart finds them.
+  std::vector<std::string> ids;
+  for (auto* m : {&a, &b}) {
+    bool done = false, ok = false;
+    (*m)->commit(makeEnv(), [&](bool k, std::string) { done = true, ok = k; });
+    REQUIRE(f.loop.runUntil([&] { return done; }, 10000));
+    REQUIRE(ok);
+    ids.push_back((*m)->id());
+  }
+  RecoveryReport r;
+  REQUIRE(f.recover(r).size() == 2);
+  std::string error;
+  REQUIRE(f.spool->openData(ids[0], error)->bytes() == std::string(4 * piece, 'a'));
+  REQUIRE(f.spool->openData(ids[1], error)->bytes() == std::string(3 * piece, 'b'));
+}
+
+TEST_CASE("spool: a message past the read limit streams even with the budget free") {
+  Fixture f;
+  auto m = f.spool->create();
+  const size_t piece = 64 << 10;
+  for (size_t sent = 0; sent <= MessageData::kReadLimit; sent += piece) m->append(std::string(piece, 'x'));
+  REQUIRE(f.spool->receiveHeld() == 0);  // all of it went to (or is on its way to) disk
+  REQUIRE(f.loop.runUntil([&] { return countFiles(f.p("tmp")) == 1; }, 10000));
+  m->abort();
+  REQUIRE(f.loop.runUntil([&] { return countFiles(f.p("tmp")) == 0; }, 10000));
+}
+
 TEST_CASE("spool: an aborted or dropped message leaves no file") {
   Fixture f;
   {
@@ -538,13 +597,26 @@ TEST_CASE("spool: a full disk is a clean, typed error (RLIMIT_FSIZE → EFBIG)")
   lim.rlim_cur = 256 << 10;
   REQUIRE(::setrlimit(RLIMIT_FSIZE, &lim) == 0);
 
-  auto m = f.spool->create();
   std::string chunk(64 << 10, 'x');
+  // Streamed (no receive budget): the write during DATA fails.
+  f.spool->setReceiveBudget(0);
+  auto m = f.spool->create();
   for (int i = 0; i < 8; ++i) m->append(chunk);  // 512 KiB > limit
   bool done = false, ok = true;
   std::string error;
   m->finish([&](bool k, std::string e) { done = true, ok = k, error = e; });
   bool finished = f.loop.runUntil([&] { return done; }, 10000);
+  // Held in memory: the commit's write fails, and nothing is acknowledged.
+  f.spool->setReceiveBudget(Spool::kReceiveBudget);
+  auto held = f.spool->create();
+  for (int i = 0; i < 8; ++i) held->append(chunk);
+  bool heldDone = false, heldOk = false, commitDone = false, commitOk = true;
+  std::string commitError;
+  held->finish([&](bool k, std::string) { heldDone = true, heldOk = k; });
+  bool heldFinished = f.loop.runUntil([&] { return heldDone; }, 10000);
+  if (heldOk)
+    held->commit(makeEnv(), [&](bool k, std::string e) { commitDone = true, commitOk = k, commitError = e; });
+  bool committed = f.loop.runUntil([&] { return commitDone; }, 10000);
 
   ::setrlimit(RLIMIT_FSIZE, &old);
   ::signal(SIGXFSZ, oldHandler);
@@ -552,6 +624,12 @@ TEST_CASE("spool: a full disk is a clean, typed error (RLIMIT_FSIZE → EFBIG)")
   REQUIRE_FALSE(ok);
   REQUIRE(errorKind(error) == ErrorKind::NoSpace);
   REQUIRE(error.find("EFBIG") != std::string::npos);
+  REQUIRE(heldFinished);
+  REQUIRE(heldOk);
+  REQUIRE(committed);
+  REQUIRE_FALSE(commitOk);
+  REQUIRE(errorKind(commitError) == ErrorKind::NoSpace);
+  REQUIRE(countFiles(f.p("queue")) == 0);
   REQUIRE(errorKind(errnoError(ENOSPC, "x")) == ErrorKind::NoSpace);
   REQUIRE(errorKind(errnoError(EIO, "x")) == ErrorKind::Io);
   m->abort();
@@ -639,8 +717,9 @@ TEST_CASE("spool: a delivered message's file becomes a spare, reused only after 
 TEST_CASE("spool: a streamed message over a larger spare reads and stores only its own bytes") {
   Fixture f;
   std::string first = "Subject: 1\r\n\r\n" + std::string(200000, 'x') + "\r\n";
-  std::string second = "Subject: 2\r\n\r\n" + std::string(100000, 'y') + "\r\n";  // streamed: over 64 KiB
+  std::string second = "Subject: 2\r\n\r\n" + std::string(100000, 'y') + "\r\n";  // over 64 KiB
   f.leaveSpare(first);
+  f.spool->setReceiveBudget(0);  // no memory to hold it in: streamed
   REQUIRE(f.spool->spareCount() == 1);
   std::string b = f.commit(second);  // commit() checks data() == the body before committing
   REQUIRE(f.spool->spareCount() == 0);
