@@ -73,6 +73,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   virtual const IpAddress& peerAddress() const = 0;
   virtual uint16_t peerPort() const = 0;
+  // Looked up at the first call while the socket is open (empty / 0 after it closed).
   virtual const IpAddress& localAddress() const = 0;
   virtual uint16_t localPort() const = 0;
 };

@@ -86,6 +86,9 @@ TEST_CASE("net: echo over plain TCP, close flushes and reports once") {
   client.conn->write("world\r\n");
   REQUIRE(loop.runUntil([&] { return client.received == "hello world\r\n"; }, 3000));
   REQUIRE(server.conn->peerPort() == client.conn->localPort());
+  REQUIRE(server.conn->localPort() == l->port());
+  REQUIRE(server.conn->localAddress().str() == "127.0.0.1");
+  REQUIRE(client.conn->localAddress().str() == "127.0.0.1");
   client.conn->write("bye\r\n");
   client.conn->close();
   client.conn->close();  // idempotent
