@@ -197,6 +197,19 @@ class Parser {
  public:
   Parser(const Limits& limits, Depth depth, Message& msg) : limits_(limits), depth_(depth), msg_(msg) {}
 
+  // Whether parsePart() at this depth, given a part whose header block is `head`, would
+  // decode, copy or scan its body: multipart, message/*, base64 and quoted-printable do,
+  // as does any leaf at Depth::Bodies or Depth::Text; an identity leaf below that does not.
+  bool bodyNeedsWork(std::string_view head) {
+    Part part;
+    size_t headerEnd = 0;
+    parseHeaders(head, 0, part.headers, headerEnd);
+    for (auto& h : part.headers) h.raw = std::string(trimView(h.raw));
+    readContentHeaders(part, "text/plain");
+    bool identity = part.transferEncoding != "base64" && part.transferEncoding != "quoted-printable";
+    return part.isMultipart() || part.isMessage() || !identity || depth_ != Depth::Structure;
+  }
+
   // `base`: the offset of `data` in the raw message, or kNoOffset.
   void parsePart(std::string_view data, uint64_t base, unsigned depth, const char* defaultType, Part& part) {
     ++msg_.partCount;
@@ -412,6 +425,24 @@ class Renderer {
 };
 
 }  // namespace
+
+uint64_t parseWork(std::string_view raw, Depth depth, size_t headerLimit) {
+  // Only the header block is read; one longer than headerLimit counts as all work.
+  std::string_view head = raw.substr(0, headerLimit);
+  size_t end = 0;
+  if (head.rfind("\r\n", 0) == 0 || head.rfind("\n", 0) == 0) {
+    end = head[0] == '\r' ? 2 : 1;  // no header block at all
+  } else {
+    size_t crlf = head.find("\n\r\n"), lf = head.find("\n\n");
+    if (crlf == std::string_view::npos && lf == std::string_view::npos) return raw.size();
+    end = std::min(crlf == std::string_view::npos ? head.size() : crlf + 3,
+                   lf == std::string_view::npos ? head.size() : lf + 2);
+  }
+  Message scratch;
+  Limits limits;
+  Parser parser(limits, depth, scratch);
+  return parser.bodyNeedsWork(raw.substr(0, end)) ? raw.size() - end : 0;
+}
 
 std::shared_ptr<const Message> parse(std::string_view raw, const Limits& limits, Depth depth) {
   auto msg = std::make_shared<Message>();

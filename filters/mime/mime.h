@@ -112,6 +112,12 @@ struct Message {
 // Depth::Bodies, so do the parts' body and text.
 std::shared_ptr<const Message> parse(std::string_view raw, const Limits& limits, Depth depth = Depth::Text);
 
+// How many bytes past its header block parse(raw, limits, depth) would decode, copy or scan:
+// none for a message that is one identity-encoded part (7bit, 8bit, binary) at
+// Depth::Structure, its whole body otherwise. Reads only the header block, and counts one
+// longer than `headerLimit` as all work. Lets a caller parse a cheap message where it is.
+uint64_t parseWork(std::string_view raw, Depth depth, size_t headerLimit = 64 * 1024);
+
 // Building blocks, exposed for the rules and antivirus filters and for tests.
 std::string decodeBase64(std::string_view in);
 std::string decodeQuotedPrintable(std::string_view in);

@@ -346,6 +346,72 @@ TEST_CASE("the MIME filter parses on the thread pool and sets ctx->mime") {
   rmdir(dir);
 }
 
+TEST_CASE("parseWork counts the body only where the parse reads it") {
+  std::string body(200 << 10, 'x');
+  for (size_t i = 76; i < body.size(); i += 78) body.replace(i, 2, "\r\n");
+  std::string plain = "From: a@example.test\r\nSubject: plain\r\n\r\n" + body;
+  size_t bodySize = body.size();
+  REQUIRE(parseWork(plain, Depth::Structure) == 0);
+  REQUIRE(parseWork(plain, Depth::Bodies) == bodySize);  // the body is copied into the part
+  REQUIRE(parseWork(plain, Depth::Text) == bodySize);    // and converted to UTF-8
+  std::string lf = "Subject: bare LF\n\n" + body;
+  REQUIRE(parseWork(lf, Depth::Structure) == 0);
+  REQUIRE(parseWork("\r\n" + body, Depth::Structure) == 0);  // no header block: one text part
+  std::string eightBit = "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n" + body;
+  REQUIRE(parseWork(eightBit, Depth::Structure) == 0);
+  std::string b64 = "Content-Type: application/pdf\r\nContent-Transfer-Encoding: BASE64\r\n\r\n" + body;
+  REQUIRE(parseWork(b64, Depth::Structure) == bodySize);
+  std::string multi = "Content-Type: multipart/mixed;\r\n boundary=\"b\"\r\n\r\n--b\r\n\r\n" + body + "\r\n--b--\r\n";
+  REQUIRE(parseWork(multi, Depth::Structure) == multi.size() - multi.find("\r\n\r\n") - 4);
+  std::string inner = "Content-Type: message/rfc822\r\n\r\n" + plain;
+  REQUIRE(parseWork(inner, Depth::Structure) == plain.size());
+  // A header block longer than the limit is not read to its end: all of it counts.
+  std::string longHead = "Subject: " + std::string(100 << 10, 'h') + "\r\n\r\nbody\r\n";
+  REQUIRE(parseWork(longHead, Depth::Structure) == longHead.size());
+  REQUIRE(parseWork(longHead, Depth::Structure, 200 << 10) == 0);
+  // Where it says 0, the parse copies no body.
+  auto parsed = parse(plain, Limits{}, Depth::Structure);
+  REQUIRE(parsed->root.body.empty());
+  REQUIRE(parsed->root.size == bodySize);
+}
+
+TEST_CASE("the MIME filter parses a large message on the loop only when its body needs no work") {
+  char dir[] = "/tmp/moat-mime-XXXXXX";
+  REQUIRE(mkdtemp(dir));
+  std::string path = std::string(dir) + "/moat.toml";
+  std::ofstream(path) << "[[listener]]\naddress = \"127.0.0.1:2525\"\n";
+  moat::policy::Errors errors;
+  auto config = moat::policy::loadConfig(path, errors);
+  REQUIRE(config);
+  moat::mta::uv::Loop loop;
+  Env env;
+  env.loop = loop.get();
+  std::string body(200 << 10, 'x');
+  for (size_t i = 76; i < body.size(); i += 78) body.replace(i, 2, "\r\n");
+  std::string plain = "Subject: plain\r\n\r\n" + body;
+  std::string b64 = "Content-Transfer-Encoding: base64\r\n\r\n" + body;
+  // Whether `done` ran before run() returned (on the loop) or only later (from the pool).
+  auto inlineRun = [&](const std::shared_ptr<const Filter>& filter, const std::string& raw) {
+    auto ctx = std::make_shared<MessageContext>();
+    ctx->message = raw;
+    bool done = false;
+    filter->run(ctx, env, [&](Result) { done = true; });
+    bool atOnce = done;
+    REQUIRE(loop.runUntil([&] { return done; }, 10000));
+    REQUIRE(ctx->mime);
+    return atOnce;
+  };
+  auto structure = makeMimeFilter(*config, errors, Depth::Structure);
+  auto text = makeMimeFilter(*config, errors, Depth::Text);
+  REQUIRE_FALSE(errors.hasErrors());
+  REQUIRE(inlineRun(structure, plain));
+  REQUIRE_FALSE(inlineRun(structure, b64));
+  REQUIRE_FALSE(inlineRun(text, plain));
+  REQUIRE(inlineRun(text, "Subject: small\r\n\r\nhi\r\n"));
+  unlink(path.c_str());
+  rmdir(dir);
+}
+
 TEST_CASE("bad [mime] config is reported") {
   char dir[] = "/tmp/moat-mime-XXXXXX";
   REQUIRE(mkdtemp(dir));
