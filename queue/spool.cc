@@ -562,6 +562,17 @@ void Spool::commitDone(CommitJob& job) {
   cb(job.error.empty(), job.error);
 }
 
+// A batch of removals: run() on the pool (by a removal round, or along with a commit
+// round), Spool::removalsDone on the loop.
+struct RemovalBatch {
+  std::vector<Spool::Removal> list;
+  std::vector<std::string> results;
+  std::vector<uint64_t> kept;  // spare sizes, 0: none
+  explicit RemovalBatch(std::vector<Spool::Removal> l)
+      : list(std::move(l)), results(list.size()), kept(list.size(), 0) {}
+  void run();
+};
+
 void Spool::startSyncRound() {
   auto batch = std::make_shared<std::vector<std::shared_ptr<CommitJob>>>(std::move(pendingSync_));
   pendingSync_.clear();
@@ -575,9 +586,14 @@ void Spool::startSyncRound() {
   auto synced = std::make_shared<bool>(false);
   auto handles = dirs_;
   bool sharedFlush = overwriteFlush_;
+  // Removals waiting meanwhile go along, before the directory syncs (which then make them
+  // durable too): one pool trip for both.
+  auto removals = std::make_shared<RemovalBatch>(std::move(pendingRemovals_));
+  pendingRemovals_.clear();
   mta::uv::queueWork(
       loop_,
-      [batch, dirs, syncfsMode, synced, handles, sharedFlush] {
+      [batch, dirs, syncfsMode, synced, handles, sharedFlush, removals] {
+        removals->run();
         std::string e;
         if (syncfsMode) {
           // written, contents durable, then the names (a job that failed to write has its
@@ -618,17 +634,19 @@ void Spool::startSyncRound() {
           for (auto& j : *batch) j->fail(e);
         *synced = e.empty();
       },
-      [self, batch, seq, syncsQueue, synced, sharedFlush] {
+      [self, batch, seq, syncsQueue, synced, sharedFlush, removals] {
         self->dirSyncRounds_++;
         if (sharedFlush)
           for (auto& j : *batch)
             if (j->inPlace && j->error.empty()) ++self->inPlaceCommits_;
         --self->roundsRunning_;
-        if (*synced && syncsQueue && seq > self->queueSyncedBy_) {
-          self->queueSyncedBy_ = seq;
-          self->promoteSpares();
-        }
-        if (!self->pendingSync_.empty()) self->startSyncRound();
+        if (*synced && syncsQueue && seq > self->queueSyncedBy_) self->queueSyncedBy_ = seq;
+        // This round's sync of queue/ followed its renames (when it synced queue/ at all).
+        self->removalsDone(*removals, syncsQueue ? seq : self->roundsStarted_ + 1);
+        if (!self->pendingSync_.empty())
+          self->startSyncRound();
+        else if (!self->pendingRemovals_.empty() && !self->removalRunning_ && self->roundsRunning_ == 0)
+          self->startRemovalRound();
         for (auto& j : *batch) self->commitDone(*j);
       });
 }
@@ -770,7 +788,9 @@ void Spool::remove(const std::string& id, Done cb, std::optional<Area> area) {
       ++sparesPromised_;
     }
     pendingRemovals_.push_back(Removal{id, std::move(envs), std::move(data), first, std::move(spare), std::move(cb)});
-    if (!removalRunning_) startRemovalRound();
+    // With a commit round running, the next round takes it along (or this one starts a
+    // removal round when it ends): under load, removals cost no trip to the pool of their own.
+    if (!removalRunning_ && roundsRunning_ == 0) startRemovalRound();
     return;
   }
   auto self = shared_from_this();
@@ -781,37 +801,43 @@ void Spool::remove(const std::string& id, Done cb, std::optional<Area> area) {
   });
 }
 
+void RemovalBatch::run() {
+  for (size_t i = 0; i < list.size(); ++i) {
+    auto& r = list[i];
+    results[i] = removeFiles(r.envs, r.data, r.first, r.spare, &kept[i]);
+  }
+}
+
 void Spool::startRemovalRound() {
-  auto batch = std::make_shared<std::vector<Removal>>(std::move(pendingRemovals_));
+  auto batch = std::make_shared<RemovalBatch>(std::move(pendingRemovals_));
   pendingRemovals_.clear();
   removalRunning_ = true;
-  auto results = std::make_shared<std::vector<std::string>>(batch->size());
-  auto kept = std::make_shared<std::vector<uint64_t>>(batch->size(), 0);  // spare sizes, 0: none
+  ++removalRounds_;
   auto self = shared_from_this();
   mta::uv::queueWork(
-      loop_,
-      [batch, results, kept] {
-        for (size_t i = 0; i < batch->size(); ++i) {
-          auto& r = (*batch)[i];
-          (*results)[i] = removeFiles(r.envs, r.data, r.first, r.spare, &(*kept)[i]);
-        }
-      },
-      [self, batch, results, kept] {
+      loop_, [batch] { batch->run(); },
+      [self, batch] {
         self->removalRunning_ = false;
         if (!self->pendingRemovals_.empty()) self->startRemovalRound();
-        for (size_t i = 0; i < batch->size(); ++i) {
-          auto& r = (*batch)[i];
-          if (!r.spare.empty()) --self->sparesPromised_;
-          // Reusable once a sync of queue/ that starts after this rename is done: until
-          // then a crash could bring back its old name, a message holding another's bytes.
-          if ((*kept)[i]) self->sparesWaiting_.push_back({Spare{r.spare, (*kept)[i]}, self->roundsStarted_ + 1});
-          self->removing_.erase(r.id);
-          if (!self->ops_.count(r.id)) self->generations_.erase(r.id);
-          const auto& e = (*results)[i];
-          if (!e.empty()) log::error("spool_error").add("queue_id", r.id).add("error", e);
-          r.cb(e.empty(), e);
-        }
+        // Reusable once a sync of queue/ that starts after the renames is done.
+        self->removalsDone(*batch, self->roundsStarted_ + 1);
       });
+}
+
+// `spareRound`: the first commit round whose sync of queue/ follows the batch's renames.
+void Spool::removalsDone(RemovalBatch& batch, uint64_t spareRound) {
+  for (size_t i = 0; i < batch.list.size(); ++i) {
+    auto& r = batch.list[i];
+    if (!r.spare.empty()) --sparesPromised_;
+    // Until then a crash could bring back its old name: a message holding another's bytes.
+    if (batch.kept[i]) sparesWaiting_.push_back({Spare{r.spare, batch.kept[i]}, spareRound});
+    removing_.erase(r.id);
+    if (!ops_.count(r.id)) generations_.erase(r.id);
+    const auto& e = batch.results[i];
+    if (!e.empty()) log::error("spool_error").add("queue_id", r.id).add("error", e);
+    r.cb(e.empty(), e);
+  }
+  promoteSpares();
 }
 
 std::optional<Spool::Spare> Spool::takeSpare(std::optional<uint64_t> size) {
@@ -834,9 +860,11 @@ void Spool::returnSpare(Spare s) {
 }
 
 void Spool::promoteSpares() {
-  auto it = sparesWaiting_.begin();
-  for (; it != sparesWaiting_.end() && it->needRound <= queueSyncedBy_; ++it) returnSpare(std::move(it->spare));
-  sparesWaiting_.erase(sparesWaiting_.begin(), it);
+  // Not in round order: a removal that went along with a commit round waits for that round.
+  auto ready = std::stable_partition(sparesWaiting_.begin(), sparesWaiting_.end(),
+                                     [&](const WaitingSpare& w) { return w.needRound <= queueSyncedBy_; });
+  for (auto it = sparesWaiting_.begin(); it != ready; ++it) returnSpare(std::move(it->spare));
+  sparesWaiting_.erase(sparesWaiting_.begin(), ready);
 }
 
 // ---- recovery --------------------------------------------------------------------------

@@ -131,6 +131,7 @@ class IncomingMessage;
 struct SpoolFile;  // spool.cc: a temp file (or a reused spare) shared between the loop and pool work
 struct CommitJob;  // spool.cc: one message on its way into the queue
 struct SpoolDirs;  // spool.cc: the spool's directories, held open
+struct RemovalBatch;  // spool.cc: removals done by one trip to the pool
 
 // How commits reach the disk (spool_bench compares them):
 //  PerMessage  each message writes, fsyncs and renames its file and fsyncs its area
@@ -177,6 +178,8 @@ class Spool : public std::enable_shared_from_this<Spool> {
   CommitMode commitMode() const { return commitMode_; }
   // Number of directory-sync rounds so far (tests check that batching happened).
   uint64_t dirSyncRounds() const { return dirSyncRounds_; }
+  // Pool trips made for removals alone (the others went along with a commit round).
+  uint64_t removalRounds() const { return removalRounds_; }
   // Whether a message written over a spare of its own size shares its round's flush
   // (ext4; see startSyncRound), and how many did so far.
   bool sharesOverwriteFlush() const { return overwriteFlush_; }
@@ -204,10 +207,12 @@ class Spool : public std::enable_shared_from_this<Spool> {
 
  private:
   friend class IncomingMessage;
+  friend struct RemovalBatch;
   Spool(uv_loop_t* loop, std::string dir);
   void startCommit(std::shared_ptr<CommitJob> job);
   void startSyncRound();
   void startRemovalRound();
+  void removalsDone(RemovalBatch& batch, uint64_t spareRound);
   void commitDone(CommitJob& job);
   uint64_t nextGeneration(const std::string& id);
   // Runs `op` (pool work returning an error string) after earlier ops on the same id.
@@ -271,6 +276,7 @@ class Spool : public std::enable_shared_from_this<Spool> {
   std::set<std::string> withData_;
   std::set<std::string> removing_;
   bool removalRunning_ = false;
+  uint64_t removalRounds_ = 0;
   std::mutex idMutex_;
   uint64_t idCounter_ = 0;
   uint64_t idSalt_ = 0;

@@ -714,6 +714,43 @@ TEST_CASE("spool: a delivered message's file becomes a spare, reused only after 
   }
 }
 
+TEST_CASE("spool: a removal made while a commit round runs goes along with the next round") {
+  Fixture f;
+  std::string body = "Subject: r\r\n\r\nremoved\r\n";
+  std::string a = f.commit(body), b0 = f.commit(body);
+  auto received = [&](std::string_view text) {
+    auto m = f.spool->create();
+    m->append(text);
+    bool done = false;
+    m->finish([&](bool, std::string) { done = true; });
+    REQUIRE(f.loop.runUntil([&] { return done; }, 10000));
+    return m;
+  };
+  auto b = received("Subject: b\r\n\r\nb\r\n"), c = received("Subject: c\r\n\r\nc\r\n");
+  int committed = 0, removed = 0;
+  auto count = [](int& n) { return [&n](bool ok, std::string) { n += ok; }; };
+  uint64_t roundsBefore = f.spool->removalRounds();
+  b->commit(makeEnv(), count(committed));    // a round starts
+  f.spool->remove(a, count(removed), Area::Active);  // waits for the next round...
+  c->commit(makeEnv(), count(committed));    // ...which starts here and takes it along
+  REQUIRE(f.loop.runUntil([&] { return committed == 2 && removed == 1; }, 10000));
+  REQUIRE(f.spool->removalRounds() == roundsBefore);
+  REQUIRE_FALSE(fs::exists(f.p("queue/" + a)));
+  REQUIRE(f.spool->spareCount() == 1);  // that round synced queue/ after the rename
+  // With no commit to go along with, the removal gets a round of its own once the
+  // running one ends.
+  auto d = received("Subject: d\r\n\r\nd\r\n");
+  d->commit(makeEnv(), count(committed));
+  f.spool->remove(b0, count(removed), Area::Active);
+  REQUIRE(f.loop.runUntil([&] { return committed == 3 && removed == 2; }, 10000));
+  REQUIRE(f.spool->removalRounds() == roundsBefore + 1);
+  REQUIRE_FALSE(fs::exists(f.p("queue/" + b0)));
+  RecoveryReport r;
+  auto envs = f.recover(r);
+  REQUIRE(envs.size() == 3);  // b, c and d
+  REQUIRE(r.movedCorrupt == 0);
+}
+
 TEST_CASE("spool: a streamed message over a larger spare reads and stores only its own bytes") {
   Fixture f;
   std::string first = "Subject: 1\r\n\r\n" + std::string(200000, 'x') + "\r\n";
