@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/sysmacros.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -88,6 +89,19 @@ int writeAll(int fd, std::string_view data, uint64_t offset) {
     offset += static_cast<uint64_t>(n);
   }
   return 0;
+}
+
+// Two pieces one after the other from `offset`, in one pwritev when it writes them whole.
+int writeAll2(int fd, std::string_view a, std::string_view b, uint64_t offset) {
+  iovec iov[2] = {{const_cast<char*>(a.data()), a.size()}, {const_cast<char*>(b.data()), b.size()}};
+  ssize_t n;
+  do n = ::pwritev(fd, iov, 2, static_cast<off_t>(offset));
+  while (n < 0 && errno == EINTR);
+  if (n < 0) return errno;
+  auto done = static_cast<size_t>(n);
+  if (done >= a.size()) return writeAll(fd, b.substr(done - a.size()), offset + done);
+  if (int err = writeAll(fd, a.substr(done), offset + done)) return err;
+  return writeAll(fd, b, offset + a.size());
 }
 
 // Whether, on the file system holding `dir`, a file written over in place (same size, every
@@ -479,6 +493,13 @@ struct SpoolFile {
     dropped = true;
     ::unlink(path.c_str());
   }
+  // After the commit nothing writes the file again: closed by the pool job that committed
+  // it rather than by whichever thread drops the last reference (mostly the loop).
+  void closeFd() {
+    std::lock_guard<std::mutex> lock(mu);
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+  }
 };
 
 // ---- commit ---------------------------------------------------------------------------
@@ -500,15 +521,12 @@ struct CommitJob {
   // (unless the sync round makes it so), then renamed into its area: one file, one fsync,
   // one rename per message.
   void prepare(bool durable = true) {
-    if (memory) {
-      if (int err = data->ensureOpen()) return fail(errnoError(err, "create " + data->path));
-      if (int err = writeAll(data->fd, *memory, 0)) return fail(errnoError(err, "write " + data->path));
-    } else if (int err = data->ensureOpen()) {  // an empty message has no file yet
-      return fail(errnoError(err, "create " + data->path));
-    }
+    // The message bytes if still in memory, then the envelope and trailer after them.
+    if (int err = data->ensureOpen()) return fail(errnoError(err, "create " + data->path));
     std::string tail = fileTail(envText, dataSize);
     if (tail.empty()) return fail("I/O error: envelope too large: " + data->path);
-    if (int err = writeAll(data->fd, tail, dataSize)) return fail(errnoError(err, "write " + data->path));
+    int werr = memory ? writeAll2(data->fd, *memory, tail, 0) : writeAll(data->fd, tail, dataSize);
+    if (werr) return fail(errnoError(werr, "write " + data->path));
     if (int err = data->cutStale(dataSize + tail.size())) return fail(errnoError(err, "truncate " + data->path));
     inPlace = data->spare && data->spareSize == dataSize + tail.size();
     // fdatasync: the file's size and blocks are what makes its bytes readable, and it
@@ -547,6 +565,7 @@ void Spool::startCommit(std::shared_ptr<CommitJob> job) {
       [job, mode, areaDir, dirs] {
         job->prepare(mode != CommitMode::SyncFs);
         if (mode != CommitMode::PerMessage || !job->error.empty()) return;
+        job->data->closeFd();
         if (std::string e = dirs->sync(areaDir); !e.empty()) job->fail(e);
       },
       [self, job, mode] {
@@ -632,6 +651,7 @@ void Spool::startSyncRound() {
         }
         if (!e.empty())
           for (auto& j : *batch) j->fail(e);
+        for (auto& j : *batch) j->data->closeFd();
         *synced = e.empty();
       },
       [self, batch, seq, syncsQueue, synced, sharedFlush, removals] {
