@@ -85,16 +85,25 @@ class TcpConnection final : public Connection {
 
   uv_tcp_t* handle() { return tcp_; }
 
-  // After accept or connect: the peer's address, Nagle off. The local address is looked up
+  // After accept or connect: the peer's address, Nagle off (unless inherited from the
+  // listening socket). The local address is looked up
   // when asked for (nothing on the path of a relayed message needs it: one syscall less).
-  void established() {
-    uv_tcp_nodelay(tcp_, 1);
+  void established(bool setNoDelay = true) {
+    if (setNoDelay) uv_tcp_nodelay(tcp_, 1);
     sockaddr_storage ss{};
     int len = sizeof ss;
     if (uv_tcp_getpeername(tcp_, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
       if (auto ip = IpAddress::fromSockaddr(reinterpret_cast<sockaddr*>(&ss))) peer_ = *ip;
       peerPort_ = portOf(ss);
     }
+  }
+
+  bool noDelay() const {
+    uv_os_fd_t fd;
+    int on = 0;
+    socklen_t len = sizeof on;
+    return uv_fileno(reinterpret_cast<const uv_handle_t*>(tcp_), &fd) == 0 &&
+           ::getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &len) == 0 && on != 0;
   }
 
   void lookUpLocal() const {
@@ -444,6 +453,9 @@ class TcpListener final : public Listener {
     h_.get()->data = this;
     if (reusePort && !setReusePort(error)) return false;
     rc = uv_tcp_bind(h_.get(), reinterpret_cast<sockaddr*>(&ss), 0);
+    // Accepted sockets inherit TCP_NODELAY on Linux: set once here, not on every accept
+    // (onConnection checks the first one).
+    if (rc == 0) uv_tcp_nodelay(h_.get(), 1);
     if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(h_.get()), 511, [](uv_stream_t* s, int status) {
       if (auto* self = static_cast<TcpListener*>(s->data)) self->onConnection(status);
     });
@@ -489,7 +501,9 @@ class TcpListener final : public Listener {
       conn->abort();
       return;
     }
-    conn->established();
+    conn->established(false);
+    if (noDelayInherited_ < 0) noDelayInherited_ = conn->noDelay() ? 1 : 0;
+    if (noDelayInherited_ == 0) uv_tcp_nodelay(conn->handle(), 1);
     if (tls_) conn->startTls(tls_, "", nullptr);
     onAccept_(conn);
   }
@@ -499,6 +513,7 @@ class TcpListener final : public Listener {
   std::shared_ptr<tls::TlsContext> tls_;
   AcceptFn onAccept_;
   uint16_t port_ = 0;
+  int noDelayInherited_ = -1;  // unknown until the first accept
 };
 
 // One outbound connect; owned by libuv through req.data until the connect callback, which

@@ -2,6 +2,10 @@
 // implicit TLS, flow control and connect failures.
 #include <catch2/catch.hpp>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include <vector>
 
 #include "mta/net/connection.h"
@@ -99,6 +103,54 @@ TEST_CASE("net: echo over plain TCP, close flushes and reports once") {
   REQUIRE(client.closes == 1);
   REQUIRE(server.closes == 1);
   l->close();
+}
+
+// The fd of this process's TCP socket with these local and peer ports, or -1.
+static int socketWithPorts(uint16_t local, uint16_t peer) {
+  for (int fd = 0; fd < 1024; ++fd) {
+    sockaddr_storage a{}, b{};
+    socklen_t la = sizeof a, lb = sizeof b;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &la) != 0 || a.ss_family != AF_INET) continue;
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&b), &lb) != 0) continue;
+    if (ntohs(reinterpret_cast<sockaddr_in*>(&a)->sin_port) == local &&
+        ntohs(reinterpret_cast<sockaddr_in*>(&b)->sin_port) == peer)
+      return fd;
+  }
+  return -1;
+}
+
+static bool noDelay(int fd) {
+  int on = 0;
+  socklen_t len = sizeof on;
+  return ::getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &len) == 0 && on != 0;
+}
+
+TEST_CASE("net: accepted and connected sockets have Nagle off") {
+  uv::Loop loop;
+  std::vector<std::shared_ptr<net::Connection>> accepted;
+  std::string error;
+  auto l = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr,
+                       [&](std::shared_ptr<net::Connection> c) { accepted.push_back(c); }, error);
+  REQUIRE(l);
+  // The listener sets TCP_NODELAY once; accepted sockets inherit it (checked on the first).
+  std::vector<std::shared_ptr<net::Connection>> clients;
+  for (int i = 0; i < 3; ++i) {
+    clients.push_back(connectSync(loop, l->port()));
+    REQUIRE(clients.back());
+  }
+  REQUIRE(loop.runUntil([&] { return accepted.size() == 3; }, 3000));
+  for (auto& c : clients) {
+    int server = socketWithPorts(l->port(), c->localPort());
+    int client = socketWithPorts(c->localPort(), l->port());
+    REQUIRE(server >= 0);
+    REQUIRE(client >= 0);
+    REQUIRE(noDelay(server));
+    REQUIRE(noDelay(client));
+  }
+  for (auto& c : clients) c->abort();
+  for (auto& c : accepted) c->abort();
+  l->close();
+  loop.runUntil([] { return false; }, 50);
 }
 
 TEST_CASE("net: listening twice on a port works only with SO_REUSEPORT") {
