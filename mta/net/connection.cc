@@ -243,7 +243,12 @@ class TcpConnection final : public Connection {
     if (n < 0) return fail(uvError("read", static_cast<int>(n)));
     if (n == 0) return;
     std::string_view data(buf->base, static_cast<size_t>(n));
-    if (!tls_) {
+    if (!tls_ && !lineMode_ && inbuf_.empty() && !delivering_ && reading_ && cb_.onData) {
+      // Nothing held and the owner takes any piece: straight from the read buffer, no copy.
+      delivering_ = true;
+      cb_.onData(data);
+      delivering_ = false;
+    } else if (!tls_) {
       inbuf_.append(data);
       deliver();
     } else {
@@ -325,8 +330,13 @@ class TcpConnection final : public Connection {
         if (lf == std::string::npos) break;  // wait for the rest of the line
         len = lf + 1;
       }
-      std::string piece = inbuf_.substr(0, len);
-      inbuf_.erase(0, len);
+      std::string piece;
+      if (len == inbuf_.size()) {
+        piece.swap(inbuf_);  // all of it: no copy
+      } else {
+        piece = inbuf_.substr(0, len);
+        inbuf_.erase(0, len);
+      }
       cb_.onData(piece);
     }
     if (epoch != tlsEpoch_) inbuf_.clear();  // startTls from inside onData: RFC 3207 §4.2
