@@ -159,8 +159,17 @@ void SmtpSession::onData(std::string_view data) {
     in_.erase(0, inPos_);
     inPos_ = 0;
   }
-  in_.append(data);
   armTimer();
+  if (mode_ == Mode::Data && !paused_ && in_.empty()) {
+    // Message bytes with nothing held before them: decoded straight from the connection's
+    // buffer. What follows the end of data (pipelined commands) is kept like any input.
+    size_t used = decodeData(data);
+    in_.append(data.substr(used));
+    dataStep();
+    processInput();
+    return;
+  }
+  in_.append(data);
   processInput();
 }
 
@@ -429,11 +438,21 @@ void SmtpSession::cmdData() {
 }
 
 void SmtpSession::feedData() {
-  std::string_view rest(in_.data() + inPos_, in_.size() - inPos_);
+  inPos_ += decodeData(std::string_view(in_.data() + inPos_, in_.size() - inPos_));
+  dataStep();
+}
+
+// Decodes message bytes into the incoming message; returns how many it consumed (all of
+// them, or up to the end-of-data mark).
+size_t SmtpSession::decodeData(std::string_view rest) {
   decoded_.clear();
   size_t used = decoder_->feed(rest, decoded_);
-  inPos_ += used;
   if (!decoded_.empty()) appendMessage(decoded_);
+  return used;
+}
+
+// After message bytes were taken: the end of data, or a pause while the spool catches up.
+void SmtpSession::dataStep() {
   if (decoder_->done()) {
     mode_ = Mode::Command;
     endOfData();
@@ -507,6 +526,7 @@ void SmtpSession::rejectFields(log::Line& line, std::string_view stage, const st
 }
 
 void SmtpSession::appendMessage(std::string_view bytes) {
+  if (scrubber_->inBody()) return incoming_->append(bytes);  // the scrubber would copy it as is
   scrubbed_.clear();
   scrubber_->feed(bytes, scrubbed_);
   if (!scrubbed_.empty()) incoming_->append(scrubbed_);

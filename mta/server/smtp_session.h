@@ -51,6 +51,8 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   void processInput();
   void handleLine(const std::string& line);
   void feedData();
+  size_t decodeData(std::string_view rest);
+  void dataStep();
   void feedBdat();
 
   // Commands

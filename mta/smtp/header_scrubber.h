@@ -22,6 +22,9 @@ class HeaderScrubber {
   // At the end of the message: flushes a field still held back.
   void finish(std::string& out);
   unsigned removed() const { return removed_; }
+  // Past the header section: feed() appends its input unchanged, so a caller may use the
+  // input itself instead.
+  bool inBody() const { return !inHeaders_; }
 
  private:
   void endField(std::string& out);

@@ -49,3 +49,29 @@ TEST_CASE("messages without a header/body separator and over-long fields pass in
   std::string longField = "X-Long: " + std::string(HeaderScrubber::kMaxField + 10, 'a') + "\r\n\r\nbody";
   REQUIRE(scrub(longField, 1000) == longField);
 }
+
+TEST_CASE("inBody turns true after the header section; the body may then bypass feed") {
+  std::string head = "Authentication-Results: mx.moat.test; spf=pass\r\nSubject: s\r\n";
+  std::string msg = head + "\r\nAuthentication-Results: mx.moat.test; body\r\n";
+  for (size_t chunk : {1, 2, 5, 64}) {
+    INFO("chunk " << chunk);
+    HeaderScrubber s("mx.moat.test");
+    std::string out;
+    size_t bodyAt = std::string::npos;
+    for (size_t i = 0; i < msg.size(); i += chunk) {
+      std::string_view piece = std::string_view(msg).substr(i, chunk);
+      if (s.inBody()) {
+        if (bodyAt == std::string::npos) bodyAt = i;
+        out.append(piece);  // what the session does once the headers are past
+      } else {
+        s.feed(piece, out);
+      }
+    }
+    s.finish(out);
+    REQUIRE(out == "Subject: s\r\n\r\nAuthentication-Results: mx.moat.test; body\r\n");
+    REQUIRE(bodyAt != std::string::npos);
+    REQUIRE(bodyAt >= head.size());  // never before the blank line was seen
+  }
+  HeaderScrubber fresh("mx.moat.test");
+  REQUIRE_FALSE(fresh.inBody());
+}
