@@ -20,11 +20,17 @@
 // delivered, one rename to spare/: the file system work per message was most of Moat's
 // CPU per relayed message.
 //
+// Receiving (IncomingMessage): a message of up to 1 MB (MessageData::kReadLimit) stays in
+// memory while the spool's receive budget (kReceiveBudget, all sessions together) allows,
+// and its commit writes it whole; any other streams to its file in 64 KB pieces as it
+// arrives and is read back once at the end of DATA for the filters.
+//
 // Commit (IncomingMessage::commit): append the envelope, padding and trailer to the
 // message's file (a spare, else tmp/<id>.data), fdatasync, rename it into its area, fsync
 // the area directory. Only after the directory fsync does the callback run (the server's
 // 250). With GROUP COMMIT (CommitMode below) one round on the thread pool does this for
-// every message that finished while the previous round ran, sharing the directory syncs.
+// every message that finished while the previous round ran, sharing the directory syncs;
+// removals made meanwhile go along, before the syncs.
 //
 // Envelope rewrites (update/move) write a new envelope-only file with a higher generation
 // to tmp/, fsync, rename over the old one (or into the new area, then unlink the old
@@ -51,7 +57,8 @@
 // when there is one), else at its first write. On a disk mounted with discard, an unlink
 // waits for the freed blocks' discard, and a new inode costs an inode-table search; an
 // overwrite costs neither. Only files leaving queue/ become spares, and a spare is reused
-// only after a commit round that started after its rename has synced queue/, so no stale
+// only after a sync of queue/ that followed its rename (a commit round that started after
+// it, or the one that did the rename before its syncs) has completed, so no stale
 // name of a reused file survives a crash (spare/ itself needs no sync: a rename lost
 // there leaves the delivered message's file in queue/ or orphaned). A spare name that a
 // crash left beside a committed message (the same inode, seen by d_ino) is unlinked at
