@@ -52,6 +52,25 @@ bGQh
 --outer--
 epilogue
 )";
+// `toml` after a listener, as a config file in a fresh temp dir (removed once loaded).
+std::shared_ptr<const moat::policy::Config> configFrom(const std::string& toml, moat::policy::Errors& errors) {
+  char dir[] = "/tmp/moat-mime-XXXXXX";
+  REQUIRE(mkdtemp(dir));
+  std::string path = std::string(dir) + "/moat.toml";
+  std::ofstream(path) << "[[listener]]\naddress = \"127.0.0.1:2525\"\n" << toml;
+  auto config = moat::policy::loadConfig(path, errors);
+  unlink(path.c_str());
+  rmdir(dir);
+  REQUIRE(config);
+  return config;
+}
+
+// `bytes` of 76-character lines ending in CRLF.
+std::string longLines(size_t bytes) {
+  std::string body(bytes, 'x');
+  for (size_t i = 76; i + 1 < body.size(); i += 78) body.replace(i, 2, "\r\n");
+  return body;
+}
 }  // namespace
 
 TEST_CASE("nested multipart/mixed with multipart/alternative") {
@@ -309,13 +328,8 @@ TEST_CASE("HTML to text and URI extraction") {
 }
 
 TEST_CASE("the MIME filter parses on the thread pool and sets ctx->mime") {
-  char dir[] = "/tmp/moat-mime-XXXXXX";
-  REQUIRE(mkdtemp(dir));
-  std::string path = std::string(dir) + "/moat.toml";
-  std::ofstream(path) << "[[listener]]\naddress = \"127.0.0.1:2525\"\n[mime]\nmax_parts = 3\non_limit = \"reject\"\n";
   moat::policy::Errors errors;
-  auto config = moat::policy::loadConfig(path, errors);
-  REQUIRE(config);
+  auto config = configFrom("[mime]\nmax_parts = 3\non_limit = \"reject\"\n", errors);
   auto filter = makeMimeFilter(*config, errors);
   REQUIRE_FALSE(errors.hasErrors());
   REQUIRE(filter->stage() == Stage::Data);
@@ -342,13 +356,10 @@ TEST_CASE("the MIME filter parses on the thread pool and sets ctx->mime") {
   REQUIRE(over.code == 554);
   REQUIRE(over.enhanced == "5.6.0");
   REQUIRE(over.summary.find("limit=max_parts") != std::string::npos);
-  unlink(path.c_str());
-  rmdir(dir);
 }
 
 TEST_CASE("parseWork counts the body only where the parse reads it") {
-  std::string body(200 << 10, 'x');
-  for (size_t i = 76; i < body.size(); i += 78) body.replace(i, 2, "\r\n");
+  std::string body = longLines(200 << 10);
   std::string plain = "From: a@example.test\r\nSubject: plain\r\n\r\n" + body;
   size_t bodySize = body.size();
   REQUIRE(parseWork(plain, Depth::Structure) == 0);
@@ -376,18 +387,12 @@ TEST_CASE("parseWork counts the body only where the parse reads it") {
 }
 
 TEST_CASE("the MIME filter parses a large message on the loop only when its body needs no work") {
-  char dir[] = "/tmp/moat-mime-XXXXXX";
-  REQUIRE(mkdtemp(dir));
-  std::string path = std::string(dir) + "/moat.toml";
-  std::ofstream(path) << "[[listener]]\naddress = \"127.0.0.1:2525\"\n";
   moat::policy::Errors errors;
-  auto config = moat::policy::loadConfig(path, errors);
-  REQUIRE(config);
+  auto config = configFrom("", errors);
   moat::mta::uv::Loop loop;
   Env env;
   env.loop = loop.get();
-  std::string body(200 << 10, 'x');
-  for (size_t i = 76; i < body.size(); i += 78) body.replace(i, 2, "\r\n");
+  std::string body = longLines(200 << 10);
   std::string plain = "Subject: plain\r\n\r\n" + body;
   std::string b64 = "Content-Transfer-Encoding: base64\r\n\r\n" + body;
   // Whether `done` ran before run() returned (on the loop) or only later (from the pool).
@@ -408,24 +413,15 @@ TEST_CASE("the MIME filter parses a large message on the loop only when its body
   REQUIRE_FALSE(inlineRun(structure, b64));
   REQUIRE_FALSE(inlineRun(text, plain));
   REQUIRE(inlineRun(text, "Subject: small\r\n\r\nhi\r\n"));
-  unlink(path.c_str());
-  rmdir(dir);
 }
 
 TEST_CASE("bad [mime] config is reported") {
-  char dir[] = "/tmp/moat-mime-XXXXXX";
-  REQUIRE(mkdtemp(dir));
-  std::string path = std::string(dir) + "/moat.toml";
-  std::ofstream(path) << "[[listener]]\naddress = \"127.0.0.1:2525\"\n[mime]\non_limit = \"maybe\"\nmax_depht = 3\n";
   moat::policy::Errors errors;
-  auto config = moat::policy::loadConfig(path, errors);
-  REQUIRE(config);
+  auto config = configFrom("[mime]\non_limit = \"maybe\"\nmax_depht = 3\n", errors);
   makeMimeFilter(*config, errors);
   REQUIRE(errors.hasErrors());
   REQUIRE(errors.str().find(":4:") != std::string::npos);
   REQUIRE(errors.str().find(":5:") != std::string::npos);
-  unlink(path.c_str());
-  rmdir(dir);
 }
 
 TEST_CASE("truncated and random input never breaks the parser") {
