@@ -3,9 +3,10 @@
 # (../../../shared/bench/relay-bench.sh): smtp-source -> MTA -> smtp-sink on loopback.
 # Not part of the test suite's pass/fail: it prints RESULT lines and a table of ratios.
 #
-#   tests/bench/run.sh [quick|full]
+#   tests/bench/run.sh [quick|full|large]
 #     quick: 5,000 x 4 KB at 20 sessions (a few minutes)
 #     full:  the standard matrix: 20,000 x 4 KB at 20 and 100 sessions, 2,000 x 256 KB at 20
+#     large: only its 2,000 x 256 KB case (to repeat it: it varies most with the machine)
 #   MOAT_SYNCFS=1 also measures Moat with [server] spool_sync = "syncfs" (row "moatsyncfs").
 # Needs root for the private Postfix (it runs as the postfix user). Build Moat first
 # (deploy/run.sh or cmake --build build).
@@ -19,6 +20,8 @@ OUT=${BENCH_OUT:-/tmp/bench-moat-results-$(date +%s).txt}
 : > "$OUT"
 if [ "$MODE" = full ]; then
   MATRIX=("20000 20 4" "20000 100 4" "2000 20 256")
+elif [ "$MODE" = large ]; then
+  MATRIX=("2000 20 256")
 else
   MATRIX=("5000 20 4")
 fi
