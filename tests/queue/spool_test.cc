@@ -113,17 +113,23 @@ struct Fixture {
   }
   std::string p(const std::string& sub) const { return dir.path + "/" + sub; }
 
-  // Receives, finishes and commits `body`; returns the queue id.
-  std::string commit(std::string_view body, Envelope env = makeEnv()) {
+  // Receives and finishes `body` (its data() checked), not committed.
+  std::shared_ptr<IncomingMessage> finished(std::string_view body) {
     auto msg = spool->create();
     msg->append(body);
     bool done = false, ok = false;
-    std::string err;
-    msg->finish([&](bool k, std::string e) { done = true, ok = k, err = e; });
+    msg->finish([&](bool k, std::string) { done = true, ok = k; });
     REQUIRE(loop.runUntil([&] { return done; }, 10000));
     REQUIRE(ok);
     REQUIRE(msg->data()->bytes() == body);
-    done = false;
+    return msg;
+  }
+
+  // Receives, finishes and commits `body`; returns the queue id.
+  std::string commit(std::string_view body, Envelope env = makeEnv()) {
+    auto msg = finished(body);
+    bool done = false, ok = false;
+    std::string err;
     msg->commit(env, [&](bool k, std::string e) { done = true, ok = k, err = e; });
     REQUIRE(loop.runUntil([&] { return done; }, 10000));
     INFO(err);
@@ -718,15 +724,7 @@ TEST_CASE("spool: a removal made while a commit round runs goes along with the n
   Fixture f;
   std::string body = "Subject: r\r\n\r\nremoved\r\n";
   std::string a = f.commit(body), b0 = f.commit(body);
-  auto received = [&](std::string_view text) {
-    auto m = f.spool->create();
-    m->append(text);
-    bool done = false;
-    m->finish([&](bool, std::string) { done = true; });
-    REQUIRE(f.loop.runUntil([&] { return done; }, 10000));
-    return m;
-  };
-  auto b = received("Subject: b\r\n\r\nb\r\n"), c = received("Subject: c\r\n\r\nc\r\n");
+  auto b = f.finished("Subject: b\r\n\r\nb\r\n"), c = f.finished("Subject: c\r\n\r\nc\r\n");
   int committed = 0, removed = 0;
   auto count = [](int& n) { return [&n](bool ok, std::string) { n += ok; }; };
   uint64_t roundsBefore = f.spool->removalRounds();
@@ -739,7 +737,7 @@ TEST_CASE("spool: a removal made while a commit round runs goes along with the n
   REQUIRE(f.spool->spareCount() == 1);  // that round synced queue/ after the rename
   // With no commit to go along with, the removal gets a round of its own once the
   // running one ends.
-  auto d = received("Subject: d\r\n\r\nd\r\n");
+  auto d = f.finished("Subject: d\r\n\r\nd\r\n");
   d->commit(makeEnv(), count(committed));
   f.spool->remove(b0, count(removed), Area::Active);
   REQUIRE(f.loop.runUntil([&] { return committed == 3 && removed == 2; }, 10000));
