@@ -126,7 +126,7 @@ class MessageData {
   void* addr_ = nullptr;
   size_t size_ = 0;
   std::shared_ptr<const std::string> memory_;  // fromMemory
-  std::unique_ptr<char[]> read_;  // read from the file: not zeroed first, pread fills it
+  std::unique_ptr<char[]> read_;               // read from the file: not zeroed first, pread fills it
 };
 
 struct RecoveryReport {

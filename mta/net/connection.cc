@@ -86,8 +86,8 @@ class TcpConnection final : public Connection {
   uv_tcp_t* handle() { return tcp_; }
 
   // After accept or connect: the peer's address, Nagle off (unless inherited from the
-  // listening socket). The local address is looked up
-  // when asked for (nothing on the path of a relayed message needs it: one syscall less).
+  // listening socket). The local address is looked up when asked for (nothing on the path
+  // of a relayed message needs it: one syscall less).
   void established(bool setNoDelay = true) {
     if (setNoDelay) uv_tcp_nodelay(tcp_, 1);
     sockaddr_storage ss{};

@@ -129,8 +129,9 @@ TEST_CASE("net: accepted and connected sockets have Nagle off") {
   uv::Loop loop;
   std::vector<std::shared_ptr<net::Connection>> accepted;
   std::string error;
-  auto l = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr,
-                       [&](std::shared_ptr<net::Connection> c) { accepted.push_back(c); }, error);
+  auto l = net::listen(
+      loop.get(), "127.0.0.1", 0, false, nullptr, [&](std::shared_ptr<net::Connection> c) { accepted.push_back(c); },
+      error);
   REQUIRE(l);
   // The listener sets TCP_NODELAY once; accepted sockets inherit it (checked on the first).
   std::vector<std::shared_ptr<net::Connection>> clients;

@@ -620,8 +620,7 @@ TEST_CASE("spool: a full disk is a clean, typed error (RLIMIT_FSIZE → EFBIG)")
   std::string commitError;
   held->finish([&](bool k, std::string) { heldDone = true, heldOk = k; });
   bool heldFinished = f.loop.runUntil([&] { return heldDone; }, 10000);
-  if (heldOk)
-    held->commit(makeEnv(), [&](bool k, std::string e) { commitDone = true, commitOk = k, commitError = e; });
+  if (heldOk) held->commit(makeEnv(), [&](bool k, std::string e) { commitDone = true, commitOk = k, commitError = e; });
   bool committed = f.loop.runUntil([&] { return commitDone; }, 10000);
 
   ::setrlimit(RLIMIT_FSIZE, &old);
@@ -728,9 +727,9 @@ TEST_CASE("spool: a removal made while a commit round runs goes along with the n
   int committed = 0, removed = 0;
   auto count = [](int& n) { return [&n](bool ok, std::string) { n += ok; }; };
   uint64_t roundsBefore = f.spool->removalRounds();
-  b->commit(makeEnv(), count(committed));    // a round starts
+  b->commit(makeEnv(), count(committed));            // a round starts
   f.spool->remove(a, count(removed), Area::Active);  // waits for the next round...
-  c->commit(makeEnv(), count(committed));    // ...which starts here and takes it along
+  c->commit(makeEnv(), count(committed));            // ...which starts here and takes it along
   REQUIRE(f.loop.runUntil([&] { return committed == 2 && removed == 1; }, 10000));
   REQUIRE(f.spool->removalRounds() == roundsBefore);
   REQUIRE_FALSE(fs::exists(f.p("queue/" + a)));
