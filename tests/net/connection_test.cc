@@ -55,18 +55,23 @@ std::shared_ptr<net::Connection> connectSync(uv::Loop& loop, uint16_t port, std:
   return out;
 }
 
-// A line-mode server that stops reading after each line it is given.
-std::unique_ptr<net::Listener> pausingLineServer(uv::Loop& loop, Peer& server) {
-  std::string error;
-  auto l = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr,
-                       [&server](std::shared_ptr<net::Connection> c) {
-                         c->setLineMode(true);
-                         server.attach(c, [](Peer& p, std::string_view) { p.conn->stopReading(); });
-                       },
-                       error);
-  REQUIRE(l);
-  return l;
-}
+// A client connected to a line-mode server that stops reading after each line it is given.
+struct PausingLinePair {
+  uv::Loop loop;
+  Peer server, client;
+  std::unique_ptr<net::Listener> listener;
+  PausingLinePair() {
+    std::string error;
+    listener = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr,
+                           [this](std::shared_ptr<net::Connection> c) {
+                             c->setLineMode(true);
+                             server.attach(c, [](Peer& p, std::string_view) { p.conn->stopReading(); });
+                           },
+                           error);
+    REQUIRE(listener);
+    client.attach(connectSync(loop, listener->port()));
+  }
+};
 
 }  // namespace
 
@@ -255,11 +260,8 @@ TEST_CASE("net: implicit TLS listener hands plaintext to onData") {
 }
 
 TEST_CASE("net: stopReading stops onData until startReading") {
-  uv::Loop loop;
-  Peer server;
-  auto l = pausingLineServer(loop, server);
-  Peer client;
-  client.attach(connectSync(loop, l->port()));
+  PausingLinePair pair;
+  auto& [loop, server, client, listener] = pair;
   client.conn->write("one\r\ntwo\r\n");
   REQUIRE(loop.runUntil([&] { return server.pieces.size() == 1; }, 3000));
   client.conn->write("three\r\n");
@@ -278,11 +280,8 @@ TEST_CASE("net: stopReading stops onData until startReading") {
 }
 
 TEST_CASE("net: the peer's close waits behind input held while the owner does not read") {
-  uv::Loop loop;
-  Peer server;
-  auto l = pausingLineServer(loop, server);
-  Peer client;
-  client.attach(connectSync(loop, l->port()));
+  PausingLinePair pair;
+  auto& [loop, server, client, listener] = pair;
   client.conn->write("one\r\ntwo\r\nQUIT\r\n");
   client.conn->close();  // all of it, then the end of input, while the server is paused
   REQUIRE(loop.runUntil([&] { return server.pieces.size() == 1 && client.closes == 1; }, 3000));

@@ -137,6 +137,15 @@ struct Fixture {
     return msg->id();
   }
 
+  // The stored bytes of `id` (openData must find them).
+  std::string bytesOf(const std::string& id) {
+    std::string error;
+    auto d = spool->openData(id, error);
+    INFO(error);
+    REQUIRE(d);
+    return std::string(d->bytes());
+  }
+
   bool waitOp(std::function<void(Spool::Done)> op, std::string* error = nullptr) {
     bool done = false, ok = false;
     op([&](bool k, std::string e) {
@@ -547,9 +556,8 @@ TEST_CASE("spool: a message is held in memory while the receive budget allows, e
   }
   RecoveryReport r;
   REQUIRE(f.recover(r).size() == 2);
-  std::string error;
-  REQUIRE(f.spool->openData(ids[0], error)->bytes() == std::string(4 * piece, 'a'));
-  REQUIRE(f.spool->openData(ids[1], error)->bytes() == std::string(3 * piece, 'b'));
+  REQUIRE(f.bytesOf(ids[0]) == std::string(4 * piece, 'a'));
+  REQUIRE(f.bytesOf(ids[1]) == std::string(3 * piece, 'b'));
 }
 
 TEST_CASE("spool: a message past the read limit streams even with the budget free") {
@@ -711,12 +719,7 @@ TEST_CASE("spool: a delivered message's file becomes a spare, reused only after 
   auto envs = f.recover(r);
   REQUIRE(envs.size() == 2);
   REQUIRE(r.movedCorrupt == 0);
-  std::string error;
-  for (auto& id : {b, c}) {
-    auto d = f.spool->openData(id, error);
-    REQUIRE(d);
-    REQUIRE(d->bytes() == small);
-  }
+  for (auto& id : {b, c}) REQUIRE(f.bytesOf(id) == small);
 }
 
 TEST_CASE("spool: a removal made while a commit round runs goes along with the next round") {
@@ -761,10 +764,7 @@ TEST_CASE("spool: a streamed message over a larger spare reads and stores only i
   REQUIRE(file == paddedMessageFile(second, envelopeOf(f.p("queue/" + b))));
   RecoveryReport r;
   REQUIRE(f.recover(r).size() == 2);
-  std::string error;
-  auto d = f.spool->openData(b, error);
-  REQUIRE(d);
-  REQUIRE(d->bytes() == second);
+  REQUIRE(f.bytesOf(b) == second);
 }
 
 TEST_CASE("spool: a message takes a spare only when it needs a file; a used one is never returned") {
@@ -826,10 +826,7 @@ TEST_CASE("spool: a message in memory takes a spare of its own size and is writt
   RecoveryReport r;
   auto envs = f.recover(r);
   REQUIRE(r.movedCorrupt == 0);
-  std::string error;
-  auto d = f.spool->openData(id, error);
-  REQUIRE(d);
-  REQUIRE(d->bytes() == big);
+  REQUIRE(f.bytesOf(id) == big);
 }
 
 TEST_CASE("spool: recovery never reuses a spare that shares its inode with a message") {
@@ -853,9 +850,6 @@ TEST_CASE("spool: recovery never reuses a spare that shares its inode with a mes
   std::string n1 = f.commit("Subject: n\r\n\r\n1\r\n");
   std::string n2 = f.commit("Subject: n\r\n\r\n2\r\n");
   REQUIRE(f.spool->spareCount() == 0);
-  std::string error;
-  auto d = f.spool->openData(id, error);
-  REQUIRE(d);
-  REQUIRE(d->bytes() == body);
+  REQUIRE(f.bytesOf(id) == body);
   REQUIRE(f.recover(r).size() == 3);
 }
