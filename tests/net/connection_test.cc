@@ -62,12 +62,13 @@ struct PausingLinePair {
   std::unique_ptr<net::Listener> listener;
   PausingLinePair() {
     std::string error;
-    listener = net::listen(loop.get(), "127.0.0.1", 0, false, nullptr,
-                           [this](std::shared_ptr<net::Connection> c) {
-                             c->setLineMode(true);
-                             server.attach(c, [](Peer& p, std::string_view) { p.conn->stopReading(); });
-                           },
-                           error);
+    listener = net::listen(
+        loop.get(), "127.0.0.1", 0, false, nullptr,
+        [this](std::shared_ptr<net::Connection> c) {
+          c->setLineMode(true);
+          server.attach(c, [](Peer& p, std::string_view) { p.conn->stopReading(); });
+        },
+        error);
     REQUIRE(listener);
     client.attach(connectSync(loop, listener->port()));
   }
