@@ -34,5 +34,5 @@ fail = "reject"'
   fi
   MOAT_BENCH_EXTRA="[dns]
 nameservers = [\"127.0.0.1:$PORT\"]
-$filters" "$BENCH/relay-bench.sh" "moat-filters-$mode-$COUNT-$CONC-$KB" "$HERE/moat-start.sh" - "$COUNT" "$CONC" "$KB" | grep '^RESULT'
+$filters" "$BENCH/relay-bench.sh" "moat-filters-$mode-$COUNT-$CONC-$KB" "$HERE/moat-start.sh" "$HERE/moat-stop.sh" "$COUNT" "$CONC" "$KB" | grep '^RESULT'
 done

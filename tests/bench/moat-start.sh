@@ -42,4 +42,5 @@ max_per_destination = 50
 max_deliveries = 1000
 ${MOAT_BENCH_EXTRA:-}
 CF
+echo $$ > "$DIR/moat.pid"  # exec keeps the PID: moat-stop.sh signals Moat itself
 exec "$BIN" serve -c "$DIR/moat.toml"

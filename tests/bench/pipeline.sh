@@ -91,7 +91,7 @@ fallback = \"pcre2\""
     echo "== pipeline $mode, $n x $msg at $CONC sessions" >&2
     MSG_FILE="$file" MOAT_BENCH_EXTRA="[dns]
 nameservers = [\"127.0.0.1:$PORT\"]
-$filters" "$BENCH/relay-bench.sh" "moat-pipeline-$mode-$msg-$n-$CONC" "$HERE/moat-start.sh" - "$n" "$CONC" "$kb" \
+$filters" "$BENCH/relay-bench.sh" "moat-pipeline-$mode-$msg-$n-$CONC" "$HERE/moat-start.sh" "$HERE/moat-stop.sh" "$n" "$CONC" "$kb" \
       | tee -a "$OUT" | grep '^RESULT' || echo "RESULT name=moat-pipeline-$mode-$msg FAILED" | tee -a "$OUT"
   done
 done

@@ -32,8 +32,8 @@ for m in "${MATRIX[@]}"; do
     case $peer in
       raw)     start=-; stop=- ;;
       postfix) start="$BENCH/peers/postfix-start.sh"; stop="$BENCH/peers/postfix-stop.sh" ;;
-      moat)    start="$HERE/moat-start.sh"; stop=- ;;
-      moatsyncfs) start="$HERE/moat-start.sh"; stop=-; sync=syncfs ;;
+      moat)    start="$HERE/moat-start.sh"; stop="$HERE/moat-stop.sh" ;;
+      moatsyncfs) start="$HERE/moat-start.sh"; stop="$HERE/moat-stop.sh"; sync=syncfs ;;
     esac
     echo "== $peer $count x ${size}KB at $conc sessions" >&2
     MOAT_SPOOL_SYNC=$sync "$BENCH/relay-bench.sh" "$peer-$count-$conc-$size" "$start" "$stop" "$count" "$conc" "$size" \
