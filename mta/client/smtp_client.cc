@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <cctype>
 
 #include "mta/runtime/scan.h"
@@ -225,7 +226,7 @@ void SmtpClient::fail(const std::string& error, const Reply& reply) {
     result_.error = error;
     done(std::move(result_));
   }
-  (void)quitting;
+  if (auto done = std::exchange(quitDone_, nullptr); quitting && done) done();
 }
 
 // ---- connection set-up -------------------------------------------------------------------
@@ -451,16 +452,31 @@ void SmtpClient::finish() {
 
 // ---- ending --------------------------------------------------------------------------------
 
-void SmtpClient::quit() {
-  if (state_ == State::Closed || state_ == State::Quitting) return;
-  if (state_ != State::Idle) return abort();
+void SmtpClient::quit(std::function<void()> done) {
+  if (state_ == State::Quitting) {
+    if (done) {
+      auto first = std::exchange(quitDone_, nullptr);
+      quitDone_ = [first = std::move(first), done = std::move(done)] {
+        if (first) first();
+        done();
+      };
+    }
+    return;
+  }
+  if (state_ != State::Idle) {
+    abort();
+    if (done) done();
+    return;
+  }
   state_ = State::Quitting;
   self_ = shared_from_this();
+  quitDone_ = std::move(done);
   command("QUIT", opts_.commandTimeoutMs, [this](const Reply&) {
     state_ = State::Closed;
     timer_.stop();
     conn_->close();
-    self_.reset();
+    auto keep = std::move(self_);
+    if (auto d = std::exchange(quitDone_, nullptr)) d();
   });
 }
 

@@ -82,7 +82,10 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   // `done` runs exactly once, from the loop; the client keeps itself alive until then.
   void send(Transaction t, std::function<void(TransactionResult)> done);
   bool usable() const;        // connected, greeted and idle
-  void quit();                // QUIT, wait for the reply (bounded), close; idempotent
+  // QUIT, wait for the reply (bounded by the command timeout), close; idempotent. `done`
+  // runs once the connection is closed: at the reply, an error or the timeout, or at once
+  // when there is nothing to close.
+  void quit(std::function<void()> done = nullptr);
   void abort();               // close now; a running transaction gets an error
 
   bool tlsActive() const;
@@ -152,6 +155,7 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   bool pipelining_ = false, mailOk_ = false;
   size_t accepted_ = 0;
   std::unique_ptr<Body> body_;
+  std::function<void()> quitDone_;
 };
 
 }  // namespace moat::mta::client

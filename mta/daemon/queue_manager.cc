@@ -730,7 +730,7 @@ void QueueManager::clientIdle(Destination& d, Pooled c) {
     if (it == destinations_.end()) return;
     auto& dest = *it->second;
     for (auto& idle : dest.idle) {
-      idle.client->quit();
+      sayQuit(idle.client);
       --dest.active;
     }
     dest.idle.clear();
@@ -822,11 +822,7 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
     schedule(id, due);
   }
   updateGauges();
-  if (draining_ && busy_.empty() && drained_) {
-    auto d = std::move(drained_);
-    drained_ = nullptr;
-    d();
-  }
+  finishDrainIfDone();
   armTimer();
 }
 
@@ -912,25 +908,43 @@ void QueueManager::drain(std::function<void()> done) {
   timer_.stop();
   housekeeping_.stop();
   for (auto& [key, d] : destinations_) {
-    for (auto& c : d->idle) c.client->quit();
+    for (auto& c : d->idle) sayQuit(c.client);
     d->active -= static_cast<unsigned>(d->idle.size());
     d->idle.clear();
   }
-  if (busy_.empty()) {
-    done();
-    return;
-  }
   drained_ = std::move(done);
+  if (busy_.empty() && quitting_.empty()) return finishDrainIfDone();
   // A next hop that never answers must not hold the shutdown for its full timeouts. What is
   // still in flight then stays queued (it is on disk) and is tried again at the next start.
   graceTimer_ = std::make_unique<uv::Timer>(loop_);
   graceTimer_->start(kDrainGraceMs, [this] {
     if (!drained_) return;
-    log::warn("drain_timeout").add("deliveries", static_cast<uint64_t>(busy_.size()));
-    auto d = std::move(drained_);
-    drained_ = nullptr;
+    log::warn("drain_timeout").add("deliveries", static_cast<uint64_t>(busy_.size()))
+        .add("closing", static_cast<uint64_t>(quitting_.size()));
+    auto closing = quitting_;  // abort() ends each QUIT, which removes it from quitting_
+    for (auto& [ptr, c] : closing) c->abort();
+    quitting_.clear();
+    auto d = std::exchange(drained_, nullptr);
     d();
   });
+}
+
+void QueueManager::sayQuit(const std::shared_ptr<client::SmtpClient>& c) {
+  const client::SmtpClient* key = c.get();
+  quitting_.emplace(key, c);
+  auto alive = alive_;
+  c->quit([this, alive, key] {
+    if (!*alive) return;
+    quitting_.erase(key);
+    finishDrainIfDone();
+  });
+}
+
+void QueueManager::finishDrainIfDone() {
+  if (!draining_ || !busy_.empty() || !quitting_.empty() || !drained_) return;
+  if (graceTimer_) graceTimer_->stop();
+  auto d = std::exchange(drained_, nullptr);
+  d();
 }
 
 std::string QueueManager::list(const std::string& area) const {

@@ -110,6 +110,9 @@ class QueueManager {
   };
   void runJob(Destination& d, Pooled c, std::shared_ptr<Job> job);
   void clientIdle(Destination& d, Pooled c);
+  // Ends an idle connection with QUIT; a drain waits for the reply (RFC 5321 §4.1.1.10).
+  void sayQuit(const std::shared_ptr<client::SmtpClient>& c);
+  void finishDrainIfDone();
 
   uv_loop_t* loop_;
   std::shared_ptr<queue::Spool> spool_;
@@ -125,6 +128,7 @@ class QueueManager {
   std::map<std::string, std::unique_ptr<Destination>> destinations_;
   bool draining_ = false;
   std::function<void()> drained_;
+  std::map<const client::SmtpClient*, std::shared_ptr<client::SmtpClient>> quitting_;
   static constexpr uint64_t kDrainGraceMs = 20'000;
   std::unique_ptr<uv::Timer> graceTimer_;
   uv::Timer housekeeping_;

@@ -177,6 +177,40 @@ TEST_CASE("client: bodies arrive byte-exact, dot-stuffed, over one reused connec
   REQUIRE_FALSE(c.client->usable());
 }
 
+TEST_CASE("client: quit(done) runs once the QUIT is answered, or when it times out") {
+  uv::Loop loop;
+  {
+    ScriptedServer server;
+    auto c = connectTo(loop, server.port(), plainOptions());
+    REQUIRE(c.client);
+    int first = 0, second = 0, closed = 0;
+    c.client->quit([&] { ++first; });
+    c.client->quit([&] { ++second; });  // while quitting: runs along with the first
+    REQUIRE(loop.runUntil([&] { return first + second == 2; }, 5000));
+    REQUIRE(server.commands().find("QUIT") != std::string::npos);
+    REQUIRE_FALSE(c.client->usable());
+    c.client->quit([&] { ++closed; });  // nothing left to close: at once
+    REQUIRE(closed == 1);
+    REQUIRE(first == 1);
+    REQUIRE(second == 1);
+  }
+  {
+    ScriptedServer server("\"quit_silent\": true");
+    auto o = plainOptions();
+    o.commandTimeoutMs = 300;
+    auto c = connectTo(loop, server.port(), o);
+    REQUIRE(c.client);
+    std::weak_ptr<SmtpClient> weak = c.client;
+    bool done = false;
+    c.client->quit([&] { done = true; });
+    c.client.reset();  // the client keeps itself alive until the QUIT ends
+    REQUIRE_FALSE(weak.expired());
+    REQUIRE(loop.runUntil([&] { return done; }, 5000));
+    REQUIRE(server.commands().find("QUIT") != std::string::npos);
+    REQUIRE(loop.runUntil([&] { return weak.expired(); }, 1000));
+  }
+}
+
 TEST_CASE("client: a large body streams intact and bare line ends become CRLF") {
   ScriptedServer server("\"pipelining\": true");
   uv::Loop loop;

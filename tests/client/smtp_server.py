@@ -113,6 +113,10 @@ class Conn:
                 mail, rcpts = None, []
                 self.send("250 2.0.0 Ok")
             elif verb == b"QUIT":
+                if cfg.get("quit_silent"):  # never answers: waits for the client to close
+                    while self.line() is not None:
+                        pass
+                    return
                 self.send("221 2.0.0 Bye")
                 return
             else:

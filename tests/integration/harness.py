@@ -287,14 +287,19 @@ max_lifetime = "{max_lifetime}"
         self.proc.send_signal(sig)
 
     def stop(self, timeout=30):
+        """SIGTERM, then a graceful stop must end with exit status 0 (under the sanitizers, a
+        leak or an error found on the way out fails the test here)."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout)
+                _, err = self.proc.communicate(timeout=timeout)  # reads stderr: a long report cannot block it
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
                 raise AssertionError("moat did not stop within %ss of SIGTERM" % timeout)
+            if self.proc.returncode != 0:
+                err = (err or b"").decode(errors="replace")
+                raise AssertionError(f"moat exited with {self.proc.returncode} after SIGTERM: {err[-4000:]}")
         return self.proc.returncode if self.proc else None
 
     def kill9(self):

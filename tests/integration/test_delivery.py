@@ -84,6 +84,9 @@ class DeliveryTest(unittest.TestCase):
         # the session that carried it is in the connect/disconnect lines
         sess = accept["session"]
         self.assertTrue(m.find_logs(event="connect", session=sess))
+        # a graceful stop ends the pooled connection with QUIT (RFC 5321 §4.1.1.10) and exits 0
+        self.assertEqual(m.stop(), 0)
+        self.assertEqual(self.sink.commands[-1], "QUIT")
 
     def test_next_hop_down_then_up(self):
         port = free_port()
