@@ -13,6 +13,12 @@ namespace moat::mta::server {
 namespace {
 
 constexpr size_t kReadCompactAt = 64 * 1024;
+// Replies queued to a peer that does not read them: above this, input is no longer read or
+// processed until the connection drains, so a pipelined flood cannot grow the write queue.
+constexpr size_t kMaxPendingOutput = 64 * 1024;
+// A closing session waits this long for its last replies to leave; a peer that does not read
+// them then loses them, and the connection slot is released.
+constexpr uint64_t kCloseGraceMs = 5000;
 
 std::string newSessionId() {
   static std::mt19937_64 rng{std::random_device{}()};
@@ -118,7 +124,9 @@ void SmtpSession::start() {
       [weak](const std::string& error) {
         if (auto s = weak.lock()) s->onClosed(error);
       },
-      nullptr,  // onDrain: replies are small; reading is paused for the spool instead
+      [weak] {
+        if (auto s = weak.lock()) s->onOutputDrained();
+      },
   });
   log::info("connect")
       .add("session", id_)
@@ -135,20 +143,42 @@ void SmtpSession::start() {
 
 void SmtpSession::drain() {
   draining_ = true;
-  if (!inTransaction_ && !paused_ && mode_ == Mode::Command) closeWith(421, "4.3.2", cfg_.hostname + " Service shutting down, try again later");
+  closeIfDraining();
+}
+
+// A draining session ends as soon as it is outside a transaction and waits on nothing of
+// ours: a client must not hold off the shutdown by keeping the session busy with commands.
+bool SmtpSession::closeIfDraining() {
+  if (!draining_ || closed_ || inTransaction_ || paused_ || mode_ != Mode::Command) return false;
+  closeWith(421, "4.3.2", cfg_.hostname + " Service shutting down, try again later");
+  return true;
 }
 
 void SmtpSession::armTimer() {
+  if (closed_) return;
   auto ms = mode_ == Mode::Data || mode_ == Mode::Bdat ? cfg_.dataTimeout : cfg_.commandTimeout;
   std::weak_ptr<SmtpSession> weak = weak_from_this();
   timer_.start(static_cast<uint64_t>(ms.count()), [weak] {
     auto s = weak.lock();
     if (!s || s->closed_) return;
-    if (s->paused_) {  // waiting on our own work, not on the client: keep waiting
+    // Waiting on our own work (spool, filters), not on the client: keep waiting. A TLS
+    // handshake is the client's work, bounded like a command.
+    if (s->paused_ && !s->tlsHandshaking_) {
       s->armTimer();
       return;
     }
-    log::info("timeout").add("session", s->id_).add("client_ip", s->ctx_->clientIp.str());
+    const char* stage = s->tlsHandshaking_                                 ? "starttls"
+                        : s->mode_ == Mode::Data || s->mode_ == Mode::Bdat ? "data"
+                                                                           : "command";
+    log::info("timeout")
+        .add("session", s->id_)
+        .add("client_ip", s->ctx_->clientIp.str())
+        .add("stage", std::string(stage));
+    if (s->tlsHandshaking_) {  // no plaintext reply can go out in the middle of a handshake
+      s->closed_ = true;
+      s->conn_->abort();
+      return;
+    }
     s->closeWith(421, "4.4.2", s->cfg_.hostname + " Error: timeout exceeded");
   });
 }
@@ -160,7 +190,7 @@ void SmtpSession::onData(std::string_view data) {
     inPos_ = 0;
   }
   armTimer();
-  if (mode_ == Mode::Data && !paused_ && in_.empty()) {
+  if (mode_ == Mode::Data && !paused_ && !outputBlocked_ && in_.empty()) {
     // Message bytes with nothing held before them: decoded straight from the connection's
     // buffer. What follows the end of data (pipelined commands) is kept like any input.
     size_t used = decodeData(data);
@@ -174,7 +204,9 @@ void SmtpSession::onData(std::string_view data) {
 }
 
 void SmtpSession::processInput() {
-  while (!paused_ && !closed_ && inPos_ < in_.size()) {
+  while (!paused_ && !closed_ && !outputBlocked_ &&
+         (inPos_ < in_.size() || (mode_ == Mode::Bdat && bdatRemaining_ == 0))) {
+    // (A BDAT chunk of 0 octets is complete without any input: RFC 3030 §2 wants its reply now.)
     if (mode_ == Mode::Data) {
       feedData();
       continue;
@@ -203,6 +235,7 @@ void SmtpSession::processInput() {
       }
       handleLine(line);
       if (paused_ || closed_ || mode_ != Mode::Command) break;
+      if (checkOutputBound()) break;
     }
   }
   if (inPos_ == in_.size()) {
@@ -210,9 +243,38 @@ void SmtpSession::processInput() {
     inPos_ = 0;
   }
   flush();
+  if (!closeIfDraining()) checkOutputBound();
+}
+
+// Replies pile up when the peer does not read them: past the bound, stop reading and
+// processing until every queued write has left (onOutputDrained). Input already read stays
+// in in_, which the connection bounds while it is not read.
+bool SmtpSession::checkOutputBound() {
+  if (closed_ || outputBlocked_) return outputBlocked_;
+  if (out_.size() >= kMaxPendingOutput) flush();
+  if (conn_->pendingWriteBytes() <= kMaxPendingOutput) return false;
+  outputBlocked_ = true;
+  conn_->stopReading();
+  return true;
+}
+
+void SmtpSession::onOutputDrained() {
+  if (!outputBlocked_ || closed_) return;
+  outputBlocked_ = false;
+  if (paused_) return;  // resume() reads on
+  readIfReady();
+  processInput();
+}
+
+// Reading resumes only when nothing holds it: our own work (paused_), the spool's buffer
+// over its high-water mark, or replies the peer has not taken.
+void SmtpSession::readIfReady() {
+  if (closed_ || paused_ || outputBlocked_ || (incoming_ && incoming_->overHighWater())) return;
+  conn_->startReading();
 }
 
 void SmtpSession::handleLine(const std::string& line) {
+  if (closeIfDraining()) return;
   auto parsed = smtp::parseCommand(line, smtputf8_);
   if (auto* err = std::get_if<smtp::Reply>(&parsed)) {
     reply(err->code, err->enhanced, err->text);
@@ -233,9 +295,7 @@ void SmtpSession::handleLine(const std::string& line) {
     case V::Noop: reply(250, "2.0.0", "Ok"); break;
     case V::Quit:
       reply(221, "2.0.0", cfg_.hostname + " closing connection");
-      flush();
-      closed_ = true;
-      conn_->close();
+      closeGracefully();
       break;
     case V::Vrfy: reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"); break;
     case V::Expn: reply(502, "5.5.1", "EXPN not available"); break;
@@ -410,7 +470,7 @@ bool SmtpSession::startTransactionData() {
   std::weak_ptr<SmtpSession> weak = weak_from_this();
   incoming_->setOnDrain([weak] {
     auto s = weak.lock();
-    if (s && !s->closed_ && !s->paused_) s->conn_->startReading();
+    if (s) s->readIfReady();
   });
   return true;
 }
@@ -462,31 +522,27 @@ void SmtpSession::dataStep() {
 }
 
 void SmtpSession::cmdBdat(const smtp::Command& c) {
+  bdatRemaining_ = c.chunkSize;
+  bdatChunkSize_ = c.chunkSize;
+  bdatLast_ = c.last;
+  mode_ = Mode::Bdat;  // the chunk is read even when refused, or it would be taken for commands
+  bdatDiscard_ = true;
   if (!inTransaction_) {
-    // The chunk still has to be read and thrown away, or it would be taken for commands.
-    bdatRemaining_ = c.chunkSize;
-    bdatLast_ = false;
-    mode_ = Mode::Bdat;
-    bdatTooBig_ = true;
     reply(503, "5.5.1", "Error: need MAIL command");
     return;
   }
   if (ctx_->rcpts.empty()) {
-    bdatRemaining_ = c.chunkSize;
-    mode_ = Mode::Bdat;
-    bdatTooBig_ = true;
     reply(554, "5.5.1", "Error: no valid recipients");
     return;
   }
   if (!bdatUsed_) {
-    if (!startTransactionData()) return;
+    if (!startTransactionData()) return;  // 451 sent; the chunk is skipped
     bdatUsed_ = true;
-    bdatSize_ = 0;
-    bdatTooBig_ = false;
+    // The same decoding as DATA but for the framing: bare CR/LF become CRLF before the
+    // header scrubber sees the lines, and Received: fields are counted for loop detection.
+    decoder_.emplace(smtp::BareLinePolicy::Normalize, cfg_.maxMessageSize, smtp::Framing::Chunked);
   }
-  bdatRemaining_ = c.chunkSize;
-  bdatLast_ = c.last;
-  mode_ = Mode::Bdat;
+  bdatDiscard_ = false;
   armTimer();
 }
 
@@ -496,27 +552,25 @@ void SmtpSession::feedBdat() {
   std::string_view chunk(in_.data() + inPos_, take);
   inPos_ += take;
   bdatRemaining_ -= take;
-  if (incoming_ && inTransaction_) {
-    if (bdatSize_ + take > cfg_.maxMessageSize) bdatTooBig_ = true;
-    if (!bdatTooBig_) appendMessage(chunk);
-    bdatSize_ += take;
+  if (!bdatDiscard_) {
+    decodeData(chunk);
     if (incoming_->overHighWater()) conn_->stopReading();
   }
   if (bdatRemaining_ > 0) return;
   mode_ = Mode::Command;
-  if (!inTransaction_ || !incoming_) {  // a refused chunk was skipped
-    bdatTooBig_ = false;
-    return;
-  }
+  if (bdatDiscard_) return;  // the refusal was answered at the command
   if (!bdatLast_) {
-    if (bdatTooBig_) {
+    if (decoder_->sizeExceeded()) {
       reply(552, "5.3.4", "Message size exceeds fixed limit");
       resetTransaction();
     } else {
-      reply(250, "2.0.0", std::to_string(take) + " octets received");
+      reply(250, "2.0.0", std::to_string(bdatChunkSize_) + " octets received");
     }
     return;
   }
+  decoded_.clear();
+  decoder_->finish(decoded_);
+  if (!decoded_.empty()) appendMessage(decoded_);
   endOfData();
 }
 
@@ -543,10 +597,9 @@ void SmtpSession::endOfData() {
     reply(code, enh, text);
     resetTransaction();
   };
-  bool tooBig = bdatUsed_ ? bdatTooBig_ : decoder_->sizeExceeded();
-  if (tooBig) return fail(552, "5.3.4", "Message size exceeds fixed limit");
-  if (!bdatUsed_ && decoder_->rejected()) return fail(550, "5.5.2", "Bare CR or LF not allowed (RFC 5321 2.3.8)");
-  if (!bdatUsed_ && decoder_->receivedCount() > cfg_.maxReceivedHeaders)
+  if (decoder_->sizeExceeded()) return fail(552, "5.3.4", "Message size exceeds fixed limit");
+  if (decoder_->rejected()) return fail(550, "5.5.2", "Bare CR or LF not allowed (RFC 5321 2.3.8)");
+  if (decoder_->receivedCount() > cfg_.maxReceivedHeaders)
     return fail(554, "5.4.6", "Too many Received headers: mail loop detected");
 
   scrubbed_.clear();
@@ -729,8 +782,6 @@ void SmtpSession::resetTransaction() {
   scrubber_.reset();
   inTransaction_ = false;
   bdatUsed_ = false;
-  bdatTooBig_ = false;
-  bdatSize_ = 0;
   eightBit_ = false;
   smtputf8_ = false;
   ctx_->rcpts.clear();
@@ -768,9 +819,14 @@ void SmtpSession::cmdStartTls(const smtp::Command& c) {
   helo_.clear();
   ctx_->helo.clear();
   pause();
-  auto self = shared_from_this();
-  conn_->startTls(it->second, "", [self](bool ok, const std::string& error) {
-    if (self->closed_) return;
+  tlsHandshaking_ = true;
+  armTimer();  // the handshake gets one command timeout
+  // Weak: the connection holds this callback, and the session holds the connection.
+  std::weak_ptr<SmtpSession> weak = weak_from_this();
+  conn_->startTls(it->second, "", [weak](bool ok, const std::string& error) {
+    auto self = weak.lock();
+    if (!self || self->closed_) return;
+    self->tlsHandshaking_ = false;
     if (!ok) {
       log::info("tls_failed").add("session", self->id_).add("client_ip", self->ctx_->clientIp.str()).add("error", error);
       self->closed_ = true;
@@ -802,7 +858,7 @@ void SmtpSession::resume() {
   paused_ = false;
   if (closed_) return;
   armTimer();
-  if (!incoming_ || !incoming_->overHighWater()) conn_->startReading();
+  readIfReady();
   processInput();
 }
 
@@ -813,9 +869,27 @@ void SmtpSession::protocolError() {
 void SmtpSession::closeWith(int code, std::string_view enhanced, std::string_view text) {
   if (closed_) return;
   reply(code, enhanced, text);
+  closeGracefully();
+}
+
+// Flushes the replies and closes, but only waits kCloseGraceMs for them to leave: a peer
+// that does not read must not keep its connection slot (sessions, per-IP count) for good.
+void SmtpSession::closeGracefully() {
+  if (closed_) return;
   flush();
   closed_ = true;
   conn_->close();
+  std::weak_ptr<SmtpSession> weak = weak_from_this();
+  timer_.start(kCloseGraceMs, [weak] {
+    auto s = weak.lock();
+    if (!s || s->mode_ == Mode::Closed) return;
+    log::info("timeout")
+        .add("session", s->id_)
+        .add("client_ip", s->ctx_->clientIp.str())
+        .add("stage", "close")
+        .add("pending_bytes", static_cast<uint64_t>(s->conn_->pendingWriteBytes()));
+    s->conn_->abort();
+  });
 }
 
 void SmtpSession::onClosed(const std::string& error) {

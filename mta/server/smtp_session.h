@@ -49,6 +49,9 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   // Input
   void onData(std::string_view data);
   void processInput();
+  bool checkOutputBound();
+  void onOutputDrained();
+  void readIfReady();
   void handleLine(const std::string& line);
   void feedData();
   size_t decodeData(std::string_view rest);
@@ -82,7 +85,9 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   void pause();
   void resume();
   void protocolError();
+  bool closeIfDraining();
   void closeWith(int code, std::string_view enhanced, std::string_view text);
+  void closeGracefully();
   void armTimer();
   void onClosed(const std::string& error);
 
@@ -102,6 +107,8 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   std::string out_;        // replies not yet written (batched, RFC 2920)
   smtp::LineReader reader_;
   bool paused_ = false;    // an async step is running: do not process input
+  bool outputBlocked_ = false;   // replies queued past kMaxPendingOutput: not reading
+  bool tlsHandshaking_ = false;  // STARTTLS handshake running (paused, but timed)
   bool draining_ = false;
   bool closed_ = false;
   unsigned errors_ = 0;
@@ -128,9 +135,9 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   std::string decoded_, scrubbed_;
   void appendMessage(std::string_view bytes);
   uint64_t bdatRemaining_ = 0;
+  uint64_t bdatChunkSize_ = 0;  // as the BDAT command declared it, for its reply
   bool bdatLast_ = false;
-  uint64_t bdatSize_ = 0;
-  bool bdatTooBig_ = false;
+  bool bdatDiscard_ = false;  // the chunk was refused at its command: read and dropped
 };
 
 }  // namespace moat::mta::server

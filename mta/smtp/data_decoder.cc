@@ -19,7 +19,8 @@ bool isWsp(char c) { return c == ' ' || c == '\t'; }
 
 }  // namespace
 
-DataDecoder::DataDecoder(BareLinePolicy policy, uint64_t maxSize) : policy_(policy), maxSize_(maxSize) {}
+DataDecoder::DataDecoder(BareLinePolicy policy, uint64_t maxSize, Framing framing)
+    : policy_(policy), maxSize_(maxSize), framing_(framing) {}
 
 void DataDecoder::put(std::string_view bytes, std::string& out) {
   if (size_ < maxSize_) out.append(bytes.data(), static_cast<size_t>(std::min<uint64_t>(bytes.size(), maxSize_ - size_)));
@@ -51,7 +52,7 @@ size_t DataDecoder::feed(std::string_view in, std::string& out) {
     const char c = in[i];
     switch (state_) {
       case State::LineStart:
-        if (c == '.') {
+        if (c == '.' && framing_ == Framing::Dotted) {
           state_ = State::Dot;
           ++i;
         } else {
@@ -125,6 +126,12 @@ size_t DataDecoder::feed(std::string_view in, std::string& out) {
     }
   }
   return i;
+}
+
+void DataDecoder::finish(std::string& out) {
+  if (done_) return;
+  if (state_ == State::Cr) bareLineEnd(false, out);
+  done_ = true;
 }
 
 // Tracks header fields as they stream by: a line that starts with white space continues the

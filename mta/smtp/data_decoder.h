@@ -1,7 +1,7 @@
-// mta/smtp/data_decoder.h — the DATA phase as a streaming decoder: finds the end of mail
-// data, removes dot-stuffing (RFC 5321 §4.5.2), handles bare CR / bare LF per policy
-// (RFC 5321 §2.3.8), bounds the output size (RFC 1870) and counts Received: header fields
-// for loop detection (RFC 5321 §6.3).
+// mta/smtp/data_decoder.h — the DATA phase (and BDAT chunks, see Framing) as a streaming
+// decoder: finds the end of mail data, removes dot-stuffing (RFC 5321 §4.5.2), handles bare
+// CR / bare LF per policy (RFC 5321 §2.3.8), bounds the output size (RFC 1870) and counts
+// Received: header fields for loop detection (RFC 5321 §6.3).
 //
 // Only the exact <CRLF>.<CRLF> ends the data (RFC 5321 §4.1.1.4); the CRLF of the DATA
 // command line counts as the first CRLF, so ".\r\n" at once is an empty message. The
@@ -24,15 +24,26 @@ namespace moat::mta::smtp {
 //              real end and the session answers 550 5.5.2.
 enum class BareLinePolicy { Normalize, Reject };
 
+// How the message is framed on the wire:
+//   Dotted:  DATA — ends at <CRLF>.<CRLF>, dot-stuffed (RFC 5321 §4.5.2).
+//   Chunked: BDAT — the session counts the octets (RFC 3030), so there is no end mark and
+//            no stuffing: a leading dot is content. Bare CR/LF, the size bound and the
+//            Received: count work as for DATA, so both paths give the header scrubber and
+//            the loop check the same lines (a bare CR must not hide a header field).
+enum class Framing { Dotted, Chunked };
+
 class DataDecoder {
  public:
-  DataDecoder(BareLinePolicy policy, uint64_t maxSize);
+  DataDecoder(BareLinePolicy policy, uint64_t maxSize, Framing framing = Framing::Dotted);
 
   // Consumes input up to and including the end-of-data mark and appends the decoded bytes
   // to `out`. Returns how many bytes of `in` it consumed: the bytes after the mark are
   // pipelined commands that the caller keeps. After done() it consumes nothing. Decoded
   // bytes past maxSize are counted but not appended.
   size_t feed(std::string_view in, std::string& out);
+  // At the end of a chunked message (BDAT LAST): a CR held back to see whether LF follows
+  // is a bare CR after all. Dotted framing never ends with one held.
+  void finish(std::string& out);
 
   bool done() const { return done_; }
   bool sizeExceeded() const { return size_ > maxSize_; }
@@ -60,6 +71,7 @@ class DataDecoder {
 
   BareLinePolicy policy_;
   uint64_t maxSize_;
+  Framing framing_;
   uint64_t size_ = 0;
   State state_ = State::LineStart;
   bool realStart_ = true;  // the current line follows a real CRLF (or the DATA command)

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <optional>
 
 namespace moat::mta::smtp {
 namespace {
@@ -13,16 +14,29 @@ std::string lower(std::string_view s) {
   return out;
 }
 
+// The field's value when its name is Authentication-Results, with or without white space
+// before the colon (obs-optional, RFC 5322 §4.5.8: a receiver must not treat
+// "Authentication-Results :" as anything else); nullopt for any other field.
+std::optional<std::string_view> authResultsValue(std::string_view field) {
+  static constexpr std::string_view kName = "authentication-results";
+  if (field.size() < kName.size() || lower(field.substr(0, kName.size())) != kName) return std::nullopt;
+  size_t i = kName.size();
+  while (i < field.size() && (field[i] == ' ' || field[i] == '\t')) ++i;
+  if (i == field.size() || field[i] != ':') return std::nullopt;
+  return field.substr(i + 1);
+}
+
 }  // namespace
 
 HeaderScrubber::HeaderScrubber(std::string authservId) : authservId_(lower(authservId)) {}
 
 // "Authentication-Results: host.example; spf=pass" -> true when host.example is ours.
-// The authserv-id may be preceded by CFWS and followed by a version number (RFC 8601 §2.2).
+// The authserv-id may be preceded by CFWS and followed by a version number (RFC 8601 §2.2),
+// and it is a `value` (RFC 2045): a token or a quoted-string, so "host.example" counts too.
 bool HeaderScrubber::claimsUs(std::string_view field) const {
-  static constexpr std::string_view kName = "authentication-results:";
-  if (field.size() < kName.size() || lower(field.substr(0, kName.size())) != kName) return false;
-  std::string_view v = field.substr(kName.size());
+  auto value = authResultsValue(field);
+  if (!value) return false;
+  std::string_view v = *value;
   size_t i = 0;
   // skip folding white space and (comments)
   for (;;) {
@@ -38,9 +52,20 @@ bool HeaderScrubber::claimsUs(std::string_view field) const {
     }
     break;
   }
-  size_t start = i;
-  while (i < v.size() && v[i] != ';' && v[i] != ' ' && v[i] != '\t' && v[i] != '\r' && v[i] != '(') ++i;
-  std::string id = lower(v.substr(start, i - start));
+  std::string id;
+  if (i < v.size() && v[i] == '"') {
+    for (++i; i < v.size() && v[i] != '"'; ++i) {
+      if (v[i] == '\\' && i + 1 < v.size()) ++i;     // quoted-pair
+      if (v[i] != '\r' && v[i] != '\n') id += v[i];  // a fold inside the quotes is not content
+    }
+    // Spaces inside the quotes would not stop a reader from taking it for our name.
+    size_t b = id.find_first_not_of(" \t"), e = id.find_last_not_of(" \t");
+    id = b == std::string::npos ? "" : lower(std::string_view(id).substr(b, e - b + 1));
+  } else {
+    size_t start = i;
+    while (i < v.size() && v[i] != ';' && v[i] != ' ' && v[i] != '\t' && v[i] != '\r' && v[i] != '(') ++i;
+    id = lower(v.substr(start, i - start));
+  }
   if (!id.empty() && id.back() == '.') id.pop_back();
   return id == authservId_;
 }
@@ -65,6 +90,7 @@ void HeaderScrubber::feed(std::string_view in, std::string& out) {
       } else {
         endField(out);
         passThrough_ = false;
+        dropping_ = false;
         if (c == '\r' || c == '\n') {  // the empty line that ends the header section
           inHeaders_ = false;
           break;
@@ -75,11 +101,19 @@ void HeaderScrubber::feed(std::string_view in, std::string& out) {
     size_t end = nl == std::string_view::npos ? in.size() : nl + 1;
     std::string_view piece = in.substr(i, end - i);
     if (passThrough_) {
-      out.append(piece);
+      if (!dropping_) out.append(piece);
     } else {
       field_.append(piece);
-      if (field_.size() > kMaxField) {  // too long to hold: pass it on as it is
-        out += field_;
+      if (field_.size() > kMaxField) {
+        // Too long to hold. Any other field passes on as it is; an Authentication-Results
+        // field this long is no honest one, and the authserv-id could hide past what we
+        // hold (a long comment before it), so it is removed rather than judged.
+        if (authResultsValue(field_)) {
+          ++removed_;
+          dropping_ = true;
+        } else {
+          out += field_;
+        }
         field_.clear();
         passThrough_ = true;
       }

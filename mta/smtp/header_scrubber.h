@@ -4,7 +4,9 @@
 // look verified). Only the header section is examined; the body passes through untouched.
 //
 // Untrusted input: the whole message. Memory is bounded: a header field longer than
-// kMaxField is passed through as it is, without being examined further.
+// kMaxField is passed through as it is, without being examined further, except an
+// Authentication-Results field, which is then removed (it cannot be judged, so it cannot
+// be trusted).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -34,6 +36,7 @@ class HeaderScrubber {
   bool inHeaders_ = true;
   bool atLineStart_ = true;
   bool passThrough_ = false;  // the current field is too long to judge
+  bool dropping_ = false;     // ...and it is an Authentication-Results field: removed
   std::string field_;         // the current (possibly folded) field, held back
   unsigned removed_ = 0;
 };

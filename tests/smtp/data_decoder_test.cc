@@ -291,3 +291,40 @@ TEST_CASE("many Received: fields are counted for loop detection") {
   REQUIRE(r.done);
   REQUIRE(r.received == 150);
 }
+
+// BDAT (RFC 3030): octet-counted, so no end mark and no dot-stuffing; but bare CR/LF and the
+// Received: count are handled as for DATA, or a bare CR could hide a header field.
+TEST_CASE("chunked framing: no end mark, no unstuffing, bare CR/LF normalized, Received counted") {
+  std::string in =
+      "Received: from a\r\nX-A: b\rAuthentication-Results: mx.example.test; dkim=pass\n"
+      "received: from b\r\n\r\n.leading dot\r\n.\r\nmore\r";
+  std::string want =
+      "Received: from a\r\nX-A: b\r\nAuthentication-Results: mx.example.test; dkim=pass\r\n"
+      "received: from b\r\n\r\n.leading dot\r\n.\r\nmore\r\n";
+  for (size_t step : {size_t(1), size_t(2), size_t(7), in.size()}) {
+    INFO("step " << step);
+    DataDecoder d(BareLinePolicy::Normalize, 1 << 20, Framing::Chunked);
+    std::string out;
+    size_t used = 0;
+    for (size_t i = 0; i < in.size(); i += step) used += d.feed(std::string_view(in).substr(i, step), out);
+    REQUIRE(used == in.size());
+    REQUIRE_FALSE(d.done());
+    d.finish(out);  // the trailing CR was bare
+    REQUIRE(d.done());
+    REQUIRE(out == want);
+    REQUIRE(d.receivedCount() == 2);
+    REQUIRE(d.sawBareCr());
+    REQUIRE(d.sawBareLf());
+  }
+}
+
+TEST_CASE("chunked framing: a CRLF split between chunks is one line end; the size bound holds") {
+  DataDecoder d(BareLinePolicy::Normalize, 8, Framing::Chunked);
+  std::string out;
+  d.feed("abc\r", out);
+  d.feed("\ndefghij", out);
+  d.finish(out);
+  REQUIRE(out == "abc\r\ndef");  // 8 octets
+  REQUIRE_FALSE(d.sawBareCr());
+  REQUIRE(d.sizeExceeded());
+}

@@ -75,3 +75,48 @@ TEST_CASE("inBody turns true after the header section; the body may then bypass 
   HeaderScrubber fresh("mx.moat.test");
   REQUIRE_FALSE(fresh.inBody());
 }
+
+// RFC 8601 §2.2: the authserv-id is a `value`, so a quoted-string names us just as well.
+TEST_CASE("a quoted authserv-id naming us is removed") {
+  std::string msg =
+      "Authentication-Results: \"mx.moat.test\"; dkim=pass header.d=bank.test\r\n"
+      "Authentication-Results: (c) \"MX.Moat.Test\" 1; spf=pass\r\n"
+      "Authentication-Results: \"mx\\.moat.test\"; dmarc=pass\r\n"
+      "Authentication-Results: \"other.example\"; dkim=pass\r\n"
+      "Subject: q\r\n\r\nbody\r\n";
+  for (size_t chunk : {1, 3, 4096}) {
+    INFO("chunk " << chunk);
+    unsigned removed = 0;
+    REQUIRE(scrub(msg, chunk, &removed) ==
+            "Authentication-Results: \"other.example\"; dkim=pass\r\nSubject: q\r\n\r\nbody\r\n");
+    REQUIRE(removed == 3);
+  }
+}
+
+// RFC 5322 §4.5.8 (obs-optional): white space before the colon still names the field.
+TEST_CASE("Authentication-Results with white space before the colon is removed") {
+  std::string msg =
+      "Authentication-Results : mx.moat.test; dkim=pass\r\n"
+      "Authentication-Results\t \t: mx.moat.test; spf=pass\r\n"
+      "Authentication-Results-X: mx.moat.test; kept, another field\r\n"
+      "\r\nbody\r\n";
+  unsigned removed = 0;
+  REQUIRE(scrub(msg, 2, &removed) == "Authentication-Results-X: mx.moat.test; kept, another field\r\n\r\nbody\r\n");
+  REQUIRE(removed == 2);
+}
+
+TEST_CASE("an Authentication-Results field too long to judge is removed, other long fields pass") {
+  std::string pad(HeaderScrubber::kMaxField + 10, 'a');
+  // The forged id on the first line, a long fold after it
+  std::string forged = "Authentication-Results: mx.moat.test; dkim=pass\r\n\treason=\"" + pad + "\"\r\n";
+  // ...or hidden after a comment longer than what the scrubber holds
+  std::string hidden = "Authentication-Results: (" + pad + ") mx.moat.test; spf=pass\r\n";
+  std::string other = "X-Long: " + pad + "\r\n";
+  std::string msg = forged + "Subject: a\r\n" + hidden + other + "\r\nbody\r\n";
+  for (size_t chunk : {1000, 70000}) {
+    INFO("chunk " << chunk);
+    unsigned removed = 0;
+    REQUIRE(scrub(msg, chunk, &removed) == "Subject: a\r\n" + other + "\r\nbody\r\n");
+    REQUIRE(removed == 2);
+  }
+}
