@@ -664,7 +664,7 @@ TEST_CASE("spool: syncfs group commit makes every message durable and recoverabl
       REQUIRE(finished);
       Envelope env;
       env.mailFrom = "a@b.test";
-      env.rcpts.push_back(Recipient{.address = "r" + std::to_string(i) + "@example.test"});
+      env.rcpts.emplace_back().address = "r" + std::to_string(i) + "@example.test";
       m->commit(env, [&](bool k, std::string) {
         ok += k;
         ++done;
