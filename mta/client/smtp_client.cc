@@ -428,25 +428,27 @@ void SmtpClient::onDataDone(const Reply& r) {
 
 void SmtpClient::resetThenFinish() {
   command("RSET", opts_.commandTimeoutMs, [this](const Reply& r) {
-    if (!isPositive(r)) {
-      finish();
-      return fail("RSET refused", r);  // no clean state to reuse; the result is already out
-    }
+    // Refused: no clean state to reuse, so the connection is closed before the result goes
+    // out, and the caller never sees it as usable (it would start the next message on it).
+    if (!isPositive(r)) return finish(&r);
     finish();
   });
 }
 
-void SmtpClient::finish() {
+void SmtpClient::finish(const Reply* rsetRefused) {
   if (!mailOk_) {
     std::fill(result_.rcpts.begin(), result_.rcpts.end(), result_.mail);
     result_.data = result_.mail;
   }
-  state_ = State::Idle;
   timer_.stop();
   auto keep = std::move(self_);
   auto done = std::move(txDone_);
   txDone_ = nullptr;
   tx_ = Transaction{};  // releases keepAlive
+  if (rsetRefused)
+    fail("RSET refused", *rsetRefused);  // txDone_ is taken: the transaction's replies stand
+  else
+    state_ = State::Idle;
   if (done) done(std::move(result_));
 }
 

@@ -129,7 +129,8 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   void pumpBody();
   void onDataDone(const Reply& r);
   void resetThenFinish();
-  void finish();
+  // Reports the transaction; with `rsetRefused`, closes the connection first.
+  void finish(const Reply* rsetRefused = nullptr);
 
   uv_loop_t* loop_;
   Options opts_;

@@ -188,7 +188,10 @@ struct QueueManager::Job {
   std::vector<size_t> rcpts;
   std::vector<Hop> hops;
   client::TlsMode tls = client::TlsMode::May;
-  std::function<void(const client::TransactionResult&, const std::string& relay, const std::string& tls)> done;
+  // `remoteMta`: the name (or address) of the server that answered; "" when none did.
+  std::function<void(const client::TransactionResult&, const std::string& relay, const std::string& tls,
+                     const std::string& remoteMta)>
+      done;
 };
 
 struct QueueManager::Destination {
@@ -379,7 +382,7 @@ void QueueManager::route(std::shared_ptr<Attempt> attempt, const std::string& er
     log::error("spool_error").add("queue_id", attempt->id).add("error", error);
     for (size_t i = 0; i < attempt->env.rcpts.size(); ++i)
       if (attempt->env.rcpts[i].status == queue::RcptStatus::Pending)
-        attempt->outcomes[i] = {RcptOutcome::Kind::Deferred, "451 4.3.0 queue file unreadable: " + error, "", ""};
+        attempt->outcomes[i] = {RcptOutcome::Kind::Deferred, "451 4.3.0 queue file unreadable: " + error, "", "", ""};
     finishAttempt(attempt);
     return;
   }
@@ -443,8 +446,10 @@ void QueueManager::deliverMaildir(std::shared_ptr<Attempt> attempt, const std::s
         for (size_t k = 0; k < rcpts.size(); ++k) {
           const auto& err = (*results)[k];
           attempt->outcomes[rcpts[k]] =
-              err.empty() ? RcptOutcome{RcptOutcome::Kind::Delivered, "250 2.0.0 delivered to maildir", "maildir:" + dir, ""}
-                          : RcptOutcome{RcptOutcome::Kind::Deferred, "451 4.3.0 maildir: " + err, "maildir:" + dir, ""};
+              err.empty()
+                  ? RcptOutcome{RcptOutcome::Kind::Delivered, "250 2.0.0 delivered to maildir", "maildir:" + dir, "",
+                                ""}
+                  : RcptOutcome{RcptOutcome::Kind::Deferred, "451 4.3.0 maildir: " + err, "maildir:" + dir, "", ""};
         }
         groupDone(attempt);
       });
@@ -515,12 +520,14 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
                                                        : client::TlsMode::May;
   auto alive = alive_;
   job->done = [this, alive, attempt, rcpts](const client::TransactionResult& r, const std::string& relay,
-                                            const std::string& tls) {
+                                            const std::string& tls, const std::string& remoteMta) {
     if (!*alive) return;
     for (size_t k = 0; k < rcpts.size(); ++k) {
       RcptOutcome o;
       o.relay = relay;
       o.tls = tls;
+      // Only a reply the server sent is its word (RFC 3464 §2.3.5-6); r.error is our text.
+      if (r.error.empty()) o.remoteMta = remoteMta;
       auto classify = [&o](int code, const std::string& text) {
         o.reply = text;
         o.kind = code >= 200 && code < 300   ? RcptOutcome::Kind::Delivered
@@ -544,11 +551,11 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
   auto failAll = [job](const std::string& reply) {
     client::TransactionResult r;
     r.error = reply;
-    job->done(r, "", "");
+    job->done(r, "", "", "");
   };
   auto permFailAll = [this, alive, attempt, rcpts](const std::string& reply) {
     if (!*alive) return;
-    for (size_t i : rcpts) attempt->outcomes[i] = {RcptOutcome::Kind::Failed, reply, "", ""};
+    for (size_t i : rcpts) attempt->outcomes[i] = {RcptOutcome::Kind::Failed, reply, "", "", ""};
     groupDone(attempt);
   };
 
@@ -561,7 +568,9 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
       key += t.str() + ",";
     }
     key += "tls=" + std::to_string(static_cast<int>(job->tls));
-    resolveHops(resolver_, std::move(targets), [this, alive, job, key, failAll](std::vector<Hop> hops, bool tempfail, std::string error) {
+    // A configured next hop whose name does not resolve is the admin's to fix (a typo in a
+    // route, an internal zone down): the mail waits for that, it is not bounced.
+    resolveHops(resolver_, std::move(targets), [this, alive, job, key, failAll](std::vector<Hop> hops, bool, std::string error) {
       if (!*alive) return;
       if (hops.empty()) return failAll("451 4.4.3 " + (error.empty() ? "no address for next hop" : error));
       job->hops = std::move(hops);
@@ -574,23 +583,41 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
   resolver_->query(domain, dns::RrType::MX, [this, alive, job, key, domain, failAll, permFailAll](const dns::Answer& a) {
     if (!*alive) return;
     std::vector<std::pair<std::string, uint16_t>> targets;
+    std::string skipped;
     if (a.status == dns::Status::TempFail) return failAll("451 4.4.3 MX lookup for " + domain + " failed: " + a.error);
     if (a.status == dns::Status::NxDomain || a.status == dns::Status::Malformed)
       return permFailAll("550 5.1.2 Domain " + domain + " does not exist");
     if (a.status == dns::Status::Ok) {
       if (a.mx.size() == 1 && a.mx[0].exchange.empty())  // RFC 7505 null MX
         return permFailAll("556 5.1.10 Domain " + domain + " does not accept mail (null MX)");
-      for (const auto& mx : a.mx)
-        if (!mx.exchange.empty()) targets.emplace_back(mx.exchange, 25);
+      auto mxs = a.mx;
+      dns::shuffleEqualPreference(mxs, rng_);
+      for (const auto& mx : mxs) {
+        if (mx.exchange.empty()) continue;
+        // RFC 5321 §5.1: an MX names a host; an address literal there is not an address to use.
+        if (IpAddress::parse(mx.exchange)) {
+          skipped = "MX host " + mx.exchange + " is an address, not a host name";
+          continue;
+        }
+        targets.emplace_back(mx.exchange, 25);
+      }
+      if (targets.empty()) return permFailAll("550 5.4.4 no usable MX host for " + domain + ": " + skipped);
     } else {
       targets.emplace_back(domain, 25);  // no MX: the implicit MX is the domain itself
     }
-    resolveHops(resolver_, std::move(targets), [this, alive, job, key, failAll](std::vector<Hop> hops, bool, std::string error) {
-      if (!*alive) return;
-      if (hops.empty()) return failAll("451 4.4.3 " + (error.empty() ? "no address for the MX hosts" : error));
-      job->hops = std::move(hops);
-      submit(key, job);
-    });
+    resolveHops(
+        resolver_, std::move(targets),
+        [this, alive, job, key, domain, failAll, permFailAll](std::vector<Hop> hops, bool tempfail, std::string error) {
+          if (!*alive) return;
+          // RFC 5321 §5.1: MX hosts (or the implicit MX) without any address are an error to
+          // report, not to retry until expiry; a temporary DNS failure is retried.
+          if (hops.empty() && !tempfail)
+            return permFailAll("550 5.4.4 no address for the mail hosts of " + domain + ": " +
+                               (error.empty() ? "none found" : error));
+          if (hops.empty()) return failAll("451 4.4.3 " + (error.empty() ? "no address for the MX hosts" : error));
+          job->hops = std::move(hops);
+          submit(key, job);
+        });
   });
 }
 
@@ -659,29 +686,30 @@ void QueueManager::openConnection(Destination& d) {
       client::TransactionResult r;
       r.error = "451 4.4.1 " + (tr->lastError.empty() ? "connection failed" : tr->lastError);
       std::string relay = job->hops.empty() ? "" : job->hops.back().ip.str();
-      job->done(r, relay, "");
+      job->done(r, relay, "", "");  // no server answered: no Remote-MTA
       pump(*it->second);
+      removeIfUnused(key);
       return;
     }
-    const Hop& hop = job->hops[tr->next++];
+    const Hop hop = job->hops[tr->next++];
     client::Options o = opts;
     o.sni = hop.name;
     std::string relay = (hop.name.empty() ? hop.ip.str() : hop.name + "[" + hop.ip.str() + "]") + ":" +
                         std::to_string(hop.port);
-    client::SmtpClient::connect(loop_, hop.ip, hop.port, o,
-                                [this, alive, tr, job, key, self, relay](std::shared_ptr<client::SmtpClient> c,
-                                                                        const std::string& error,
-                                                                        const client::Reply& greeting) {
-                                  if (!*alive) return;
-                                  auto it2 = destinations_.find(key);
-                                  if (it2 == destinations_.end()) return;
-                                  if (!c) {
-                                    tr->lastError = relay + ": " + oneLine(error.empty() ? greeting.text : error);
-                                    (*self)();
-                                    return;
-                                  }
-                                  runJob(*it2->second, Pooled{c, relay}, job);
-                                });
+    client::SmtpClient::connect(
+        loop_, hop.ip, hop.port, o,
+        [this, alive, tr, job, key, self, relay, hop](std::shared_ptr<client::SmtpClient> c, const std::string& error,
+                                                      const client::Reply& greeting) {
+          if (!*alive) return;
+          auto it2 = destinations_.find(key);
+          if (it2 == destinations_.end()) return;
+          if (!c) {
+            tr->lastError = relay + ": " + oneLine(error.empty() ? greeting.text : error);
+            (*self)();
+            return;
+          }
+          runJob(*it2->second, Pooled{c, relay, hop.name.empty() ? hop.ip.str() : hop.name}, job);
+        });
   };
   (*attemptHop)();
 }
@@ -703,7 +731,7 @@ void QueueManager::runJob(Destination& d, Pooled c, std::shared_ptr<Job> job) {
   auto client = c.client;
   client->send(std::move(tx), [this, alive, key, c, job](client::TransactionResult r) {
     if (!*alive) return;
-    job->done(r, c.relay, c.client->tlsActive() ? c.client->tlsSummary() : "");
+    job->done(r, c.relay, c.client->tlsActive() ? c.client->tlsSummary() : "", c.remoteMta);
     auto it = destinations_.find(key);
     if (it == destinations_.end()) return;
     if (c.client->usable()) {
@@ -711,6 +739,7 @@ void QueueManager::runJob(Destination& d, Pooled c, std::shared_ptr<Job> job) {
     } else {
       --it->second->active;
       pump(*it->second);
+      removeIfUnused(key);
     }
   });
 }
@@ -734,7 +763,21 @@ void QueueManager::clientIdle(Destination& d, Pooled c) {
       --dest.active;
     }
     dest.idle.clear();
+    removeIfUnused(key);  // destroys this timer: safe, uv::Timer runs a copy of its callback
   });
+}
+
+void QueueManager::removeIfUnused(const std::string& key) {
+  // Only at the end of a callback, never under a caller holding a Destination&. With no job
+  // waiting and no connection open, opening or idle, no timer or callback can still need the
+  // entry (each looks it up by key and gives up if it is gone), and a later message for the
+  // same next hop simply makes a new one: the map does not grow with every domain ever seen.
+  auto it = destinations_.find(key);
+  if (it == destinations_.end()) return;
+  const auto& d = *it->second;
+  if (!d.waiting.empty() || d.active > 0 || !d.idle.empty()) return;
+  log::debug("destination_removed").add("destination", key);
+  destinations_.erase(it);
 }
 
 void QueueManager::groupDone(std::shared_ptr<Attempt> attempt) {
@@ -783,7 +826,7 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
         break;
     }
   }
-  if (!failed.empty()) sendDsn(env, failed, false, attempt->data);
+  if (!failed.empty()) sendDsn(env, failed, false, attempt->data, &attempt->outcomes);
 
   bool pending = std::any_of(env.rcpts.begin(), env.rcpts.end(),
                              [](const queue::Recipient& r) { return r.status == queue::RcptStatus::Pending; });
@@ -803,14 +846,14 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
     log::info("expire").add("queue_id", env.id).add("message_id", env.messageId).add("from", env.mailFrom)
         .add("attempt", env.attempts).add("delay_ms", now - env.arrivalMs);
     ++server::metrics().messagesExpired;
-    sendDsn(env, expired, false, attempt->data);
+    sendDsn(env, expired, false, attempt->data, nullptr);
     retire(env.id, true);
   } else {
     if (sched_.delayWarningDue(env, now)) {
       std::vector<size_t> delayed;
       for (size_t i = 0; i < env.rcpts.size(); ++i)
         if (env.rcpts[i].status == queue::RcptStatus::Pending) delayed.push_back(i);
-      sendDsn(env, delayed, true, attempt->data);
+      sendDsn(env, delayed, true, attempt->data, &attempt->outcomes);
       env.delayWarned = true;
     }
     env.nextAttemptMs = sched_.nextAttemptAt(now, env.attempts);
@@ -836,7 +879,8 @@ void QueueManager::retire(std::string id, bool) {
 }
 
 void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>& rcpts, bool delay,
-                           std::shared_ptr<const queue::MessageData> data) {
+                           std::shared_ptr<const queue::MessageData> data,
+                           const std::map<size_t, RcptOutcome>* outcomes) {
   if (rcpts.empty()) return;
   if (env.mailFrom.empty() || env.isBounce) {
     // RFC 5321 §6.1 / RFC 3464: never to the null sender; our own DSNs are not bounced again.
@@ -858,9 +902,16 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
     d.orcpt = r.orcpt;
     d.action = delay ? "delayed" : "failed";
     d.status = statusOf(r.lastReply);
-    d.diagnostic = "smtp; " + r.lastReply;
-    d.remoteMta = r.relay;
+    // RFC 3464 §2.3.5-6: "smtp;" and Remote-MTA only for a reply a server sent us; our own
+    // text (expiry, admin bounce, DNS, connection failures) is X-Moat and names no MTA.
+    const RcptOutcome* o = nullptr;
+    if (outcomes)
+      if (auto it = outcomes->find(i); it != outcomes->end()) o = &it->second;
+    bool remote = o && !o->remoteMta.empty();
+    d.diagnostic = (remote ? "smtp; " : "X-Moat; ") + r.lastReply;
+    if (remote) d.remoteMta = o->remoteMta;
     d.lastAttemptMs = nowMs();
+    if (delay) d.willRetryUntilMs = env.arrivalMs + cfg.maxLifetime.count();
     in.rcpts.push_back(std::move(d));
   }
   std::string original = serializeHeaders(env.headers);
@@ -879,28 +930,44 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
   dsn.isBounce = true;
   dsn.protocol = "local";
   dsn.size = text.size();
-  dsn.headers.emplace_back("Received", "by " + cfg.hostname + " (Moat) id " + dsn.id + "; DSN for " + env.id);
+  // RFC 5322 §3.6.7: the trace field ends in "; date-time".
+  dsn.headers.emplace_back("Received", "by " + cfg.hostname + " (Moat) id " + dsn.id + " (DSN for " + env.id + "); " +
+                                           queue::rfc5322Date(dsn.arrivalMs));
+  // What the next hop must be told to carry it: an 8-bit quote of the original needs
+  // BODY=8BITMIME; a UTF-8 address, or the UTF-8 headers of an SMTPUTF8 original, SMTPUTF8.
+  auto nonAscii = [](std::string_view s) {
+    return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
+  };
+  dsn.eightBit = nonAscii(text);
+  dsn.smtputf8 = nonAscii(env.mailFrom) || (env.smtputf8 && dsn.eightBit);
   incoming->append(text);
   auto alive = alive_;
   std::string origId = env.id;
+  ++dsnWrites_;  // every path below ends in dsnWritten()
   incoming->finish([this, alive, incoming, dsn, origId, delay](bool ok, std::string error) mutable {
     if (!*alive) return;
     if (!ok) {
       log::error("spool_error").add("queue_id", dsn.id).add("error", error);
-      return;
+      return dsnWritten();
     }
     incoming->commit(dsn, [this, alive, incoming, dsn, origId, delay](bool ok2, std::string error2) {
       if (!*alive) return;
       if (!ok2) {
         log::error("spool_error").add("queue_id", dsn.id).add("error", error2);
-        return;
+        return dsnWritten();
       }
       ++server::metrics().dsnsGenerated;
       log::info("dsn").add("queue_id", dsn.id).add("original_queue_id", origId).add("to", dsn.rcpts[0].address)
           .add("action", delay ? "delayed" : "failed");
-      enqueue(dsn);
+      enqueue(dsn);  // while draining it is only recorded: the next start delivers it
+      dsnWritten();
     });
   });
+}
+
+void QueueManager::dsnWritten() {
+  --dsnWrites_;
+  finishDrainIfDone();
 }
 
 void QueueManager::drain(std::function<void()> done) {
@@ -913,7 +980,7 @@ void QueueManager::drain(std::function<void()> done) {
     d->idle.clear();
   }
   drained_ = std::move(done);
-  if (busy_.empty() && quitting_.empty()) return finishDrainIfDone();
+  if (busy_.empty() && quitting_.empty() && dsnWrites_ == 0) return finishDrainIfDone();
   // A next hop that never answers must not hold the shutdown for its full timeouts. What is
   // still in flight then stays queued (it is on disk) and is tried again at the next start.
   graceTimer_ = std::make_unique<uv::Timer>(loop_);
@@ -924,8 +991,10 @@ void QueueManager::drain(std::function<void()> done) {
     auto closing = quitting_;  // abort() ends each QUIT, which removes it from quitting_
     for (auto& [ptr, c] : closing) c->abort();
     quitting_.clear();
-    auto d = std::exchange(drained_, nullptr);
-    d();
+    // Deliveries still out are on disk and retried at the next start; DSNs being written
+    // are not (their originals are gone), so those are still waited for: local disk only.
+    graceExpired_ = true;
+    finishDrainIfDone();
   });
 }
 
@@ -941,7 +1010,8 @@ void QueueManager::sayQuit(const std::shared_ptr<client::SmtpClient>& c) {
 }
 
 void QueueManager::finishDrainIfDone() {
-  if (!draining_ || !busy_.empty() || !quitting_.empty() || !drained_) return;
+  if (!draining_ || !drained_ || dsnWrites_ > 0) return;
+  if (!graceExpired_ && (!busy_.empty() || !quitting_.empty())) return;
   if (graceTimer_) graceTimer_->stop();
   auto d = std::exchange(drained_, nullptr);
   d();
@@ -1083,7 +1153,7 @@ void QueueManager::bounce(const std::string& id, std::function<void(std::string)
       failed.push_back(i);
       log::info("bounce").add("queue_id", id).add("to", r.address).add("reply", r.lastReply);
     }
-    sendDsn(env, failed, false, data);
+    sendDsn(env, failed, false, data, nullptr);
     retire(id, false);
     updateGauges();
     reply(mta::JsonObject().add("ok", true).add("id", id).add("bounced", static_cast<uint64_t>(failed.size())).str());

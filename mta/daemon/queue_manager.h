@@ -9,13 +9,14 @@
 // Untrusted input: replies from remote servers (bounded by the SMTP client), DNS answers.
 // Logs: deliver, defer, bounce, expire, dsn (each with queue_id).
 #pragma once
-#include <array>
 #include <uv.h>
 
+#include <array>
 #include <deque>
 #include <functional>
 #include <map>
 #include <memory>
+#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -69,6 +70,7 @@ class QueueManager {
     std::string reply;  // "250 2.0.0 Ok" / "550 5.1.1 ..." / "4.4.1 connect failed ..."
     std::string relay;
     std::string tls;
+    std::string remoteMta;  // the server whose reply this is (DSN Remote-MTA); "" = our own text
   };
   struct Attempt;
   struct Destination;
@@ -90,8 +92,9 @@ class QueueManager {
   void groupDone(std::shared_ptr<Attempt> attempt);
   void finishAttempt(std::shared_ptr<Attempt> attempt);
   void retire(std::string id, bool expired);  // by value: callers pass the id of the entry it erases
+  // `outcomes`: this attempt's results, which say whose reply each one is (null: our text).
   void sendDsn(const queue::Envelope& env, const std::vector<size_t>& rcpts, bool delay,
-               std::shared_ptr<const queue::MessageData> data);
+               std::shared_ptr<const queue::MessageData> data, const std::map<size_t, RcptOutcome>* outcomes);
   void updateGauges();  // publishes areaCounts_ (O(1): called for every message)
   // Every change to entries_ goes through these, so the per-area counts stay exact.
   void putEntry(queue::Envelope env);
@@ -107,9 +110,12 @@ class QueueManager {
   struct Pooled {
     std::shared_ptr<client::SmtpClient> client;
     std::string relay;  // "mx.example.test[192.0.2.1]:25", for logs
+    std::string remoteMta;  // "mx.example.test" (or the address): the DSN's Remote-MTA
   };
   void runJob(Destination& d, Pooled c, std::shared_ptr<Job> job);
   void clientIdle(Destination& d, Pooled c);
+  // Drops the destination `key` once nothing waits for it and it has no connection.
+  void removeIfUnused(const std::string& key);
   // Ends an idle connection with QUIT; a drain waits for the reply (RFC 5321 §4.1.1.10).
   void sayQuit(const std::shared_ptr<client::SmtpClient>& c);
   void finishDrainIfDone();
@@ -129,10 +135,16 @@ class QueueManager {
   bool draining_ = false;
   std::function<void()> drained_;
   std::map<const client::SmtpClient*, std::shared_ptr<client::SmtpClient>> quitting_;
+  // DSNs on their way into the spool. The original is already retired, so a drain waits
+  // for these (the grace timer included): a graceful stop never loses a DSN.
+  unsigned dsnWrites_ = 0;
+  bool graceExpired_ = false;
+  void dsnWritten();
   static constexpr uint64_t kDrainGraceMs = 20'000;
   std::unique_ptr<uv::Timer> graceTimer_;
   uv::Timer housekeeping_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  std::mt19937_64 rng_{std::random_device{}()};  // MX order within a preference
 };
 
 // Writes one Maildir message (tmp/ then new/, fsynced) for `rcpt` under `dir`

@@ -2,6 +2,8 @@
 // Untrusted input: none. Logs: nothing.
 #include "mta/dns/resolver.h"
 
+#include <algorithm>
+
 namespace moat::mta::dns {
 
 std::string_view statusName(Status status) {
@@ -25,6 +27,14 @@ std::string_view rrTypeName(RrType type) {
     case RrType::AAAA: return "AAAA";
   }
   return "?";
+}
+
+void shuffleEqualPreference(std::vector<MxRecord>& mx, std::mt19937_64& rng) {
+  for (auto first = mx.begin(); first != mx.end();) {
+    auto last = std::find_if(first, mx.end(), [&](const MxRecord& r) { return r.preference != first->preference; });
+    std::shuffle(first, last, rng);
+    first = last;
+  }
 }
 
 }  // namespace moat::mta::dns

@@ -10,6 +10,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <random>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -45,6 +46,11 @@ struct Answer {
   uint32_t ttl = 0;                  // the smallest TTL in the answer (or the negative TTL)
   std::string error;                 // for TempFail/Malformed: a short reason for logs
 };
+
+// RFC 5321 §5.1: hosts of equal preference MUST be tried in random order, so load spreads
+// over them. `mx` is sorted by preference (as in Answer); each run of equal preference is
+// shuffled with `rng`, which callers own (tests seed it).
+void shuffleEqualPreference(std::vector<MxRecord>& mx, std::mt19937_64& rng);
 
 class Resolver {
  public:

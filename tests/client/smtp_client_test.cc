@@ -263,6 +263,32 @@ TEST_CASE("client: per-recipient rejects, with and without pipelining") {
   }
 }
 
+// A refused RSET leaves the server in an unknown state: the connection must already be
+// unusable when the result is reported, or the caller starts the next message on it.
+TEST_CASE("client: a refused RSET closes the connection before the result is reported") {
+  for (bool pipelining : {true, false}) {
+    ScriptedServer server(std::string("\"pipelining\": ") + (pipelining ? "true" : "false") +
+                          ", \"rset_reply\": \"500 5.5.1 RSET not implemented\","
+                          " \"reject_rcpt\": {\"bad@example.test\": \"550 5.1.1 No such user\"}");
+    uv::Loop loop;
+    auto c = connectTo(loop, server.port(), plainOptions());
+    REQUIRE(c.client);
+    TransactionResult res;
+    bool done = false, usableInDone = true;
+    c.client->send(simpleTx({"bad@example.test"}), [&](TransactionResult r) {
+      usableInDone = c.client->usable();
+      res = std::move(r);
+      done = true;
+    });
+    REQUIRE(loop.runUntil([&] { return done; }, 30000));
+    REQUIRE(server.commands().find("RSET") != std::string::npos);
+    REQUIRE(res.error.empty());  // the recipient's own reply stands
+    REQUIRE(res.rcpts[0].code == 550);
+    REQUIRE_FALSE(usableInDone);
+    REQUIRE_FALSE(c.client->usable());
+  }
+}
+
 TEST_CASE("client: a 4xx at MAIL is the answer for every recipient") {
   for (bool pipelining : {true, false}) {
     ScriptedServer server(std::string("\"pipelining\": ") + (pipelining ? "true" : "false") +

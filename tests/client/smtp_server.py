@@ -4,7 +4,8 @@
 Usage: smtp_server.py CONFIG_JSON
 CONFIG keys: out (dir, required; the port is written to OUT/port), pipelining (bool),
 cert/key (offer STARTTLS), reject_rcpt {addr: reply}, mail_reply, data_reply,
-ehlo_reply, greeting, data_done_delay (s), greeting_delay (s), no_esmtp, starttls_extra.
+ehlo_reply, rset_reply, greeting, data_done_delay (s), greeting_delay (s), no_esmtp,
+starttls_extra.
 For each message it writes OUT/msgN.eml (the un-stuffed body, byte-exact) and OUT/msgN.env;
 every command line received goes to OUT/commands.log as "CONN-ID LINE".
 Python standard library only; exits on SIGTERM."""
@@ -110,8 +111,10 @@ class Conn:
                 self.send(cfg.get("data_reply", "250 2.0.0 Ok: queued as M%d" % n))
                 mail, rcpts = None, []
             elif verb == b"RSET":
-                mail, rcpts = None, []
-                self.send("250 2.0.0 Ok")
+                r = cfg.get("rset_reply", "250 2.0.0 Ok")
+                if r.startswith("2"):
+                    mail, rcpts = None, []
+                self.send(r)
             elif verb == b"QUIT":
                 if cfg.get("quit_silent"):  # never answers: waits for the client to close
                     while self.line() is not None:

@@ -1,11 +1,12 @@
 // Tests for mta/dns/dns_answer: replies built byte by byte (RFC 1035 4.1), including
 // every truncation of a valid reply (a peer controls these bytes), TTL rules (RFC 2181 8,
 // RFC 2308 5) and the c-ares status mapping.
+#include "mta/dns/dns_answer.h"
+
 #include <ares.h>
 
 #include <catch2/catch.hpp>
-
-#include "mta/dns/dns_answer.h"
+#include <set>
 
 using namespace moat::mta::dns;
 
@@ -154,4 +155,25 @@ TEST_CASE("answer: every truncation of a reply is handled without reading past i
     auto r = parse(cut, "t.test", RrType::MX);
     REQUIRE(r.answer.status != Status::Ok);
   }
+}
+
+// RFC 5321 §5.1: equal-preference MX hosts MUST be tried in random order; preferences stay
+// in order. A seeded source makes the test deterministic.
+TEST_CASE("answer: MX hosts of equal preference are shuffled, preferences kept in order") {
+  std::mt19937_64 rng(42);
+  std::set<std::string> orders;
+  for (int i = 0; i < 200; ++i) {
+    std::vector<MxRecord> mx = {{5, "first"}, {10, "a"}, {10, "b"}, {10, "c"}, {20, "last"}};
+    shuffleEqualPreference(mx, rng);
+    REQUIRE(mx.size() == 5);
+    REQUIRE(mx.front().exchange == "first");
+    REQUIRE(mx.back().exchange == "last");
+    std::string order;
+    for (size_t k = 1; k < 4; ++k) {
+      REQUIRE(mx[k].preference == 10);
+      order += mx[k].exchange;
+    }
+    orders.insert(order);
+  }
+  REQUIRE(orders.size() == 6);  // every order of a, b, c shows up
 }

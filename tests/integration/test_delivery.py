@@ -13,6 +13,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import Moat, Sink, free_port, wait_for  # noqa: E402
+from authzone import DnsServer  # noqa: E402
 
 BODY = (b"From: Alice <alice@sender.test>\r\nTo: bob@example.test\r\nSubject: byte exact\r\n"
         b"Message-ID: <byte-exact-1@sender.test>\r\n\r\n"
@@ -230,6 +231,169 @@ class DeliveryTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("250 2.0.0 Ok: queued as", r.stdout)
         wait_for(lambda: m.maildir_files("user@example.test"), 20, what="swaks' message in the maildir")
+
+    def test_graceful_stop_keeps_the_dsn_being_written(self):
+        # A 5xx arrives while SIGTERM is pending: the original is retired at once and its DSN
+        # is still on its way into the spool (a big one through the pool). The stop must wait
+        # for it, log it, and the next start must deliver it.
+        def slow_refusal(addr):
+            time.sleep(2)
+            return "550 5.1.1 no such user"
+        self.sink.rcpt_reply = slow_refusal
+        for size, label in ((1600, "over 1 MB"), (5, "small")):
+            with self.subTest(label):
+                m = self.start()
+                s = m.smtp()
+                s.sendmail("alice@sender.test", ["nobody@example.test"],
+                           b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * size)
+                s.quit()
+                wait_for(lambda: any(c.startswith("RCPT") for c in self.sink.commands), 20, what="the RCPT")
+                self.sink.commands.clear()
+                m.signal(signal.SIGTERM)
+                self.assertEqual(m.proc.wait(60), 0)
+                self.assertTrue(m.find_logs(event="bounce", to="nobody@example.test"))
+                dsn = m.find_logs(event="dsn")
+                self.assertEqual(len(dsn), 1, [l["event"] for l in m.logs()])
+                self.assertEqual(m.maildir_files("alice@sender.test"), [])
+                m.start()
+                wait_for(lambda: m.maildir_files("alice@sender.test"), 20, what="the DSN after the restart")
+                m.cleanup()
+                self.moat = None
+
+
+    def dsn_status(self, raw):
+        """The message/delivery-status part of a DSN, as text."""
+        dsn = email.message_from_bytes(raw)
+        self.assertEqual(dsn.get_content_type(), "multipart/report")
+        parts = [p for p in dsn.walk() if p.get_content_type() == "message/delivery-status"]
+        self.assertEqual(len(parts), 1)
+        return dsn, parts[0].as_string()
+
+    def test_dsn_for_a_remote_refusal(self):
+        # RFC 3464 §2.3.5-6: Remote-MTA is the answering host's name, no port; "smtp;" for its
+        # reply. RFC 5322 §3.6.7: Received ends in a date. The DSN quotes an 8-bit original and
+        # goes to a UTF-8 sender: BODY=8BITMIME and SMTPUTF8 on its MAIL FROM.
+        self.sink.rcpt_reply = lambda a: "550 5.1.1 <%s>: no such user" % a
+        back = Sink()
+        try:
+            m = self.start(routes=[("example.test", f"smtp:127.0.0.1:{self.sink.port}"),
+                                   ("sender.test", f"smtp:127.0.0.1:{back.port}")])
+            s = m.smtp()
+            s.ehlo()
+            s.mail("j\u00f6rg@sender.test", ["BODY=8BITMIME", "SMTPUTF8"])
+            s.rcpt("nobody@example.test")
+            code, _ = s.data("Subject: caf\u00e9\r\n\r\ncaf\u00e9 8-bit body\r\n".encode())
+            s.quit()
+            self.assertEqual(code, 250)
+            msg = back.wait_messages(1)[0]
+            mail = [c for c in back.commands if c.startswith("MAIL")][0]
+            self.assertIn("BODY=8BITMIME", mail)
+            self.assertIn("SMTPUTF8", mail)
+            raw = msg["data"]
+            received = raw.split(b"\r\n", 1)[0].decode()
+            self.assertTrue(received.startswith("Received: by mx.moat.test (Moat) id "), received)
+            self.assertRegex(received, r"; \w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} \+0000$")
+            _, status = self.dsn_status(raw)
+            self.assertIn("Remote-MTA: dns; 127.0.0.1\n", status)
+            self.assertIn("Diagnostic-Code: smtp; 550 5.1.1", status)
+        finally:
+            back.stop()
+
+    def test_delay_dsn_for_a_refused_connection(self):
+        # Nobody answered: no Remote-MTA, our own text is not "smtp;", and a delay DSN says
+        # until when it is retried (arrival + max_lifetime).
+        port = free_port()
+        self.sink.stop()
+        m = self.start(routes=[("example.test", f"smtp:127.0.0.1:{port}"), ("sender.test", "maildir:mail")],
+                       retry='["1s"]', delay_warning="1s", max_lifetime="2d")
+        s = m.smtp()
+        s.sendmail("alice@sender.test", ["late@example.test"], b"Subject: slow\r\n\r\nbody\r\n")
+        s.quit()
+        files = wait_for(lambda: m.maildir_files("alice@sender.test"), 30, what="a delay DSN")
+        with open(files[0], "rb") as f:
+            _, status = self.dsn_status(f.read())
+        self.assertIn("Action: delayed", status)
+        self.assertNotIn("Remote-MTA", status)
+        self.assertIn("Diagnostic-Code: X-Moat; 451 4.4.1", status)
+        self.assertIn("Will-Retry-Until: ", status)
+        self.sink = Sink(port=port)
+
+    def test_admin_bounce_dsn_is_local_text(self):
+        port = free_port()
+        self.sink.stop()
+        m = self.start(routes=[("example.test", f"smtp:127.0.0.1:{port}"), ("sender.test", "maildir:mail")],
+                       retry='["1h"]')
+        s = m.smtp()
+        s.ehlo()
+        s.mail("alice@sender.test")
+        s.rcpt("gone@example.test")
+        qid = s.data(b"Subject: b\r\n\r\nbody\r\n")[1].decode().rsplit(" ", 1)[-1]
+        s.quit()
+        m.wait_log(event="defer", queue_id=qid)
+        m.cli("queue", "bounce", qid)
+        files = wait_for(lambda: m.maildir_files("alice@sender.test"), 20, what="the DSN")
+        with open(files[0], "rb") as f:
+            _, status = self.dsn_status(f.read())
+        self.assertIn("Diagnostic-Code: X-Moat; 5.0.0 returned to sender", status)
+        self.assertNotIn("Remote-MTA", status)
+        self.sink = Sink(port=port)
+
+    def test_mx_routing_failures_and_equal_preference_order(self):
+        # RFC 5321 §5.1: a domain without MX and without address, MX hosts without address,
+        # and an MX naming an address literal bounce at once (5.4.4); a temporary DNS failure
+        # is retried. Hosts of one preference are tried in random order.
+        zone = {"noaddr.test": [{"TXT": "no mail here"}],
+                "mxnoaddr.test": [{"MX": [10, "h.mxnoaddr.test"]}],
+                "h.mxnoaddr.test": [{"TXT": "no address"}],
+                "mxlit.test": [{"MX": [10, "127.0.0.1"]}],
+                "temp.test": [{"MX": [10, "h.temp.test"]}],
+                "h.temp.test": ["SERVFAIL"]}
+        n = 12
+        for i in range(n):
+            zone[f"eq{i}.test"] = [{"MX": [10, f"a.eq{i}.test"]}, {"MX": [10, f"b.eq{i}.test"]},
+                                   {"MX": [10, f"c.eq{i}.test"]}]
+        dns = DnsServer(zone)
+        try:
+            m = self.start(routes=[("sender.test", "maildir:mail"), ([], "mx")], retry='["1h"]',
+                           extra=f'\n[dns]\nnameservers = ["{dns.nameserver}"]\ntimeout = "1s"\n')
+            s = m.smtp()
+            perm = ["u@noaddr.test", "u@mxnoaddr.test", "u@mxlit.test"] + [f"u@eq{i}.test" for i in range(n)]
+            for rcpt in perm + ["u@temp.test"]:
+                s.sendmail("alice@sender.test", [rcpt], b"Subject: t\r\n\r\nbody\r\n")
+            s.quit()
+            for rcpt in perm:
+                line = m.wait_log(event="bounce", to=rcpt)
+                self.assertTrue(line["reply"].startswith("550 5.4.4"), line)
+            line = m.wait_log(event="defer", to="u@temp.test")
+            self.assertTrue(line["reply"].startswith("451"), line)
+            self.assertEqual(m.find_logs(event="bounce", to="u@temp.test"), [])
+            self.assertFalse([c for c in dns.queries() if c.startswith("127.0.0.1 ")])
+            orders = set()
+            for i in range(n):
+                hosts = [q.split(" ")[0] for q in dns.queries() if q.split(" ")[0].endswith(f".eq{i}.test")]
+                orders.add("".join(dict.fromkeys(h.split(".")[0] for h in hosts)))
+            self.assertGreater(len(orders), 1, orders)
+        finally:
+            dns.stop()
+
+    def test_destinations_are_removed_when_unused(self):
+        # A next hop with nothing waiting and no connection is forgotten (it would otherwise
+        # stay, with its timer, for the life of the process), and comes back when needed.
+        port = free_port()
+        self.sink.stop()
+        m = self.start(routes=[("example.test", f"smtp:127.0.0.1:{port}")], retry='["1s"]')
+        s = m.smtp()
+        s.sendmail("a@sender.test", ["x@example.test"], b"Subject: d\r\n\r\nbody\r\n")
+        m.wait_log(event="defer")
+        dest = m.wait_log(event="destination_removed")["destination"]
+        self.assertIn(f"127.0.0.1:{port}", dest)
+        self.sink = Sink(port=port)
+        self.sink.wait_messages(1, timeout=30)
+        # the pooled connection idles, says QUIT, and the destination goes again
+        m.wait_log(event="destination_removed", count=2, timeout=30)
+        s.sendmail("a@sender.test", ["y@example.test"], b"Subject: d2\r\n\r\nbody\r\n")
+        s.quit()
+        self.sink.wait_messages(2, timeout=30)
 
 
 if __name__ == "__main__":
