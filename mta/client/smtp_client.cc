@@ -40,6 +40,17 @@ bool badParam(std::string_view s) {
   return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) <= ' ' || c == 0x7f; });
 }
 
+bool nonAscii(std::string_view s) {
+  return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
+}
+
+// The message's header section: up to the empty line (the whole message if it has none).
+std::string_view headerSection(std::string_view msg) {
+  if (msg.rfind("\r\n", 0) == 0) return {};
+  size_t end = msg.find("\r\n\r\n");
+  return end == std::string_view::npos ? msg : msg.substr(0, end + 2);
+}
+
 }  // namespace
 
 // Streams prefix + body with dot-stuffing and line-ending repair, carrying state across
@@ -128,6 +139,8 @@ void SmtpClient::connect(uv_loop_t* loop, const IpAddress& ip, uint16_t port, Op
   auto client = std::make_shared<SmtpClient>(loop, std::move(opts));
   client->connectDone_ = std::move(done);
   client->self_ = client;
+  client->ip_ = ip;
+  client->port_ = port;
   net::connect(loop, ip, port, client->opts_.connectTimeoutMs,
                [client](std::shared_ptr<net::Connection> conn, const std::string& error) {
                  if (!conn) return client->fail(error);
@@ -293,9 +306,38 @@ void SmtpClient::onStartTls(const Reply& r) {
     auto self = weak.lock();
     if (!self) return;
     self->timer_.stop();
+    if (!ok && self->opts_.tls == TlsMode::May) return self->reconnectPlain(error);
     if (!ok) return self->fail(error);
     self->sendEhlo();  // RFC 3207 §4.2: forget what the server said before TLS
   });
+}
+
+// RFC 7435 (opportunistic security): a failed handshake leaves nothing to go on with, but
+// plain text is what "may" accepts from a server without TLS, so a new connection delivers
+// without STARTTLS, once. Postfix does the same at its "may" level.
+void SmtpClient::reconnectPlain(const std::string& error) {
+  tlsFallback_ = error.empty() ? "TLS handshake failed" : error;
+  opts_.tls = TlsMode::None;
+  timer_.stop();
+  expects_.clear();
+  partial_.clear();
+  replyLines_.clear();
+  ext_.clear();
+  tlsTried_ = false;
+  conn_->setCallbacks({});  // its close must not end this client
+  conn_->abort();
+  conn_.reset();
+  std::weak_ptr<SmtpClient> weak = shared_from_this();
+  net::connect(loop_, ip_, port_, opts_.connectTimeoutMs,
+               [weak](std::shared_ptr<net::Connection> conn, const std::string& e) {
+                 auto self = weak.lock();
+                 if (!self || self->state_ == State::Closed) {
+                   if (conn) conn->abort();
+                   return;
+                 }
+                 if (!conn) return self->fail("plain-text retry after a failed TLS handshake: " + e);
+                 self->start(std::move(conn));
+               });
 }
 
 void SmtpClient::connected() {
@@ -322,11 +364,22 @@ void SmtpClient::send(Transaction t, std::function<void(TransactionResult)> done
     res.error = usable() ? "no recipients" : "connection not usable";
     return done(std::move(res));
   }
-  if (!envelopeSafe(t)) {
-    res.mail = {501, "501 5.5.4 Invalid character in envelope (not sent)"};
+  auto refuse = [&res, &done](int code, std::string text) {
+    res.local = true;
+    res.mail = {code, std::move(text)};
     std::fill(res.rcpts.begin(), res.rcpts.end(), res.mail);
     res.data = res.mail;
-    return done(std::move(res));
+    done(std::move(res));
+  };
+  if (!envelopeSafe(t)) return refuse(501, "501 5.5.4 Invalid character in envelope (not sent)");
+  // RFC 6531 §3.4: UTF-8 in the envelope, or in the headers of a message sent with
+  // SMTPUTF8, goes only to a server that offers SMTPUTF8; there is no downgrade, so the
+  // message is returned (RFC 6531 §3.6 status codes).
+  if (!supports("SMTPUTF8")) {
+    if (nonAscii(t.mailFrom) || std::any_of(t.rcpts.begin(), t.rcpts.end(), nonAscii))
+      return refuse(553, "553 5.6.7 SMTPUTF8 is required by the addresses, but the next hop does not offer it (not sent)");
+    if (t.smtputf8 && (nonAscii(t.prefix) || nonAscii(headerSection(t.body))))
+      return refuse(554, "554 5.6.9 SMTPUTF8 is required by the headers, but the next hop does not offer it (not sent)");
   }
   state_ = State::Busy;
   self_ = shared_from_this();

@@ -57,6 +57,7 @@ struct Reply {
 // sent: every reply is a local "501 5.5.4 ..." and the connection stays usable.
 struct TransactionResult {
   std::string error;          // non-empty: the connection failed mid-transaction (4xx for all)
+  bool local = false;         // the replies are the client's own: nothing was sent
   Reply mail;
   std::vector<Reply> rcpts;   // one per rcpt, same order
   Reply data;                 // final reply after the message (or to DATA if refused)
@@ -68,7 +69,8 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
 
   // Connects, reads the greeting, EHLO (HELO if EHLO gets a 5xx), STARTTLS per Options
   // (Require: fail if not offered or the handshake fails; May: use it when offered, stay in
-  // plain text if not offered or refused; EHLO again after TLS). done(client, error, reply)
+  // plain text if not offered or refused, and if the handshake fails, go on over a new
+  // plain-text connection, RFC 7435; EHLO again after TLS). done(client, error, reply)
   // runs once: client is null on failure, and `reply` is the greeting on success or the
   // reply that made it fail (code 0 for network/TLS/timeouts).
   static void connect(uv_loop_t* loop, const IpAddress& ip, uint16_t port, Options opts, ConnectDone done);
@@ -92,6 +94,8 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   std::string tlsSummary() const;  // "TLSv1.3 TLS_AES_256_GCM_SHA384", "" without TLS
   bool tlsVerified() const;        // the peer's certificate verified (client context verifying)
   const std::string& peerName() const { return peerName_; }  // from the greeting
+  // Non-empty (the handshake's error) when TlsMode::May fell back to plain text.
+  const std::string& tlsFallback() const { return tlsFallback_; }
   bool supports(std::string_view ext) const;                 // EHLO keyword, upper-case
   // The EHLO parameter of a keyword ("35882577" for SIZE), "" if none or not offered.
   std::string extensionParam(std::string_view ext) const;
@@ -118,6 +122,7 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   void onHelo(const Reply& r);
   void afterHello();
   void onStartTls(const Reply& r);
+  void reconnectPlain(const std::string& error);
   void connected();
 
   bool envelopeSafe(const Transaction& t) const;
@@ -143,6 +148,9 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   std::string peerName_;
   std::map<std::string, std::string, std::less<>> ext_;
   bool tlsTried_ = false;
+  IpAddress ip_;
+  uint16_t port_ = 0;
+  std::string tlsFallback_;
 
   // Reply parsing.
   std::string partial_;

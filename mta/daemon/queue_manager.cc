@@ -527,7 +527,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
       o.relay = relay;
       o.tls = tls;
       // Only a reply the server sent is its word (RFC 3464 §2.3.5-6); r.error is our text.
-      if (r.error.empty()) o.remoteMta = remoteMta;
+      if (r.error.empty() && !r.local) o.remoteMta = remoteMta;
       auto classify = [&o](int code, const std::string& text) {
         o.reply = text;
         o.kind = code >= 200 && code < 300   ? RcptOutcome::Kind::Delivered
@@ -708,6 +708,8 @@ void QueueManager::openConnection(Destination& d) {
             (*self)();
             return;
           }
+          if (!c->tlsFallback().empty())  // tls = "may": the handshake failed, plain text instead
+            log::warn("tls_fallback").add("relay", relay).add("error", c->tlsFallback());
           runJob(*it2->second, Pooled{c, relay, hop.name.empty() ? hop.ip.str() : hop.name}, job);
         });
   };

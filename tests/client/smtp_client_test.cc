@@ -318,6 +318,51 @@ TEST_CASE("client: envelope with CR/LF is refused locally, nothing is sent") {
   REQUIRE(c.client->usable());
 }
 
+TEST_CASE("client: UTF-8 goes only to a next hop offering SMTPUTF8, else it is returned unsent") {
+  const std::string utf8Rcpt = "j\xc3\xb8rn@example.test";
+  const std::string utf8Headers = "Subject: caf\xc3\xa9\r\n\r\nhi\r\n";
+  uv::Loop loop;
+  {
+    ScriptedServer plain("\"pipelining\": true");
+    auto c = connectTo(loop, plain.port(), plainOptions());
+    REQUIRE(c.client);
+    auto t = simpleTx({utf8Rcpt});
+    t.smtputf8 = true;
+    auto r = sendTx(loop, *c.client, std::move(t));
+    REQUIRE(r.local);
+    REQUIRE(r.mail.code == 553);
+    REQUIRE(r.rcpts[0].text.find("5.6.7") != std::string::npos);
+
+    t = simpleTx({"a@example.test"}, utf8Headers);
+    t.smtputf8 = true;
+    r = sendTx(loop, *c.client, std::move(t));
+    REQUIRE(r.local);
+    REQUIRE(r.data.code == 554);
+    REQUIRE(r.data.text.find("5.6.9") != std::string::npos);
+    REQUIRE(plain.commands().find("MAIL") == std::string::npos);
+    REQUIRE(c.client->usable());
+
+    // Declared SMTPUTF8 but all ASCII: nothing needs it, so it goes (without the parameter).
+    t = simpleTx({"a@example.test"});
+    t.smtputf8 = true;
+    r = sendTx(loop, *c.client, std::move(t));
+    REQUIRE_FALSE(r.local);
+    REQUIRE(r.data.code == 250);
+    REQUIRE(plain.commands().find("MAIL FROM:<sender@example.org>\n") != std::string::npos);
+  }
+  {
+    ScriptedServer utf8("\"pipelining\": true, \"smtputf8\": true");
+    auto c = connectTo(loop, utf8.port(), plainOptions());
+    REQUIRE(c.client);
+    auto t = simpleTx({utf8Rcpt}, utf8Headers);
+    t.smtputf8 = true;
+    auto r = sendTx(loop, *c.client, std::move(t));
+    REQUIRE_FALSE(r.local);
+    REQUIRE(r.data.code == 250);
+    REQUIRE(utf8.commands().find("SMTPUTF8") != std::string::npos);
+  }
+}
+
 TEST_CASE("client: HELO fallback when EHLO is refused") {
   ScriptedServer server("\"no_esmtp\": true");
   uv::Loop loop;
@@ -381,6 +426,34 @@ TEST_CASE("client: STARTTLS with tls=may and tls=require") {
   auto v = connectTo(loop, tlsServer.port(), req);
   REQUIRE_FALSE(v.client);
   REQUIRE(v.error.find("verify") != std::string::npos);
+}
+
+TEST_CASE("client: tls=may goes on in plain text over a new connection when the handshake fails") {
+  ScriptedServer server("\"pipelining\": true, \"starttls_break\": true");
+  uv::Loop loop;
+  std::string err;
+  auto ctx = tls::TlsContext::client(false, "", err);  // opportunistic: no verification
+  REQUIRE(ctx);
+
+  auto o = plainOptions();
+  o.tls = TlsMode::May;
+  o.tlsCtx = ctx;
+  auto c = connectTo(loop, server.port(), o);
+  REQUIRE(c.client);
+  REQUIRE_FALSE(c.client->tlsActive());
+  REQUIRE_FALSE(c.client->tlsFallback().empty());
+  auto r = sendTx(loop, *c.client, simpleTx({"a@example.test"}));
+  REQUIRE(r.data.code == 250);
+  // first connection: EHLO, STARTTLS; second: EHLO and the message, no STARTTLS again
+  auto cmds = server.commands();
+  REQUIRE(cmds.find("1 STARTTLS") != std::string::npos);
+  REQUIRE(cmds.find("2 STARTTLS") == std::string::npos);
+  REQUIRE(cmds.find("2 MAIL FROM:<sender@example.org>") != std::string::npos);
+
+  o.tls = TlsMode::Require;  // no fallback when TLS is required
+  auto strict = connectTo(loop, server.port(), o);
+  REQUIRE_FALSE(strict.client);
+  REQUIRE_FALSE(strict.error.empty());
 }
 
 TEST_CASE("client: a reply injected in plaintext behind the STARTTLS 220 is ignored") {

@@ -56,13 +56,21 @@ class Conn:
                 caps = ["SIZE 1000000", "8BITMIME", "DSN", "ENHANCEDSTATUSCODES"]
                 if cfg.get("pipelining"):
                     caps.append("PIPELINING")
-                if cfg.get("cert") and not self.tls:
+                if cfg.get("smtputf8"):
+                    caps.append("SMTPUTF8")
+                if (cfg.get("cert") or cfg.get("starttls_break")) and not self.tls:
                     caps.append("STARTTLS")
                 lines = ["test.example hello"] + caps
                 for i, c in enumerate(lines):
                     self.send("250%s%s" % ("-" if i < len(lines) - 1 else " ", c))
             elif verb == b"HELO":
                 self.send("250 test.example")
+            elif verb == b"STAR" and cfg.get("starttls_break"):
+                # a broken TLS server: it agrees, then answers the ClientHello with garbage
+                self.send("220 2.0.0 Ready to start TLS")
+                self.sock.recv(65536)
+                self.sock.sendall(b"this is not TLS\r\n")
+                return
             elif verb == b"STAR" and cfg.get("cert") and not self.tls:
                 # starttls_extra: plaintext injected right behind the 220, in the same packet
                 self.sock.sendall(b"220 2.0.0 Ready to start TLS\r\n" + cfg.get("starttls_extra", "").encode())

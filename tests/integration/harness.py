@@ -66,13 +66,19 @@ class _SinkHandler(socketserver.StreamRequestHandler):
             sink.commands.append(line)
             if verb == "EHLO":
                 ext = ["PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 104857600"]
-                if sink.tls_context and not tls:
+                if (sink.tls_context or sink.break_tls) and not tls:
                     ext.append("STARTTLS")
                 lines = ["sink.test"] + ext
                 for i, e in enumerate(lines):
                     self.reply(("250 " if i == len(lines) - 1 else "250-") + e)
             elif verb == "HELO":
                 self.reply("250 sink.test")
+            elif verb == "STARTTLS" and sink.break_tls:
+                # a broken TLS server: it agrees, then answers the ClientHello with garbage
+                self.reply("220 2.0.0 go ahead")
+                self.request.recv(65536)
+                self.request.sendall(b"this is not TLS\r\n")
+                return
             elif verb == "STARTTLS" and sink.tls_context and not tls:
                 self.reply("220 2.0.0 go ahead")
                 self.request = sink.tls_context.wrap_socket(self.request, server_side=True)
@@ -136,7 +142,8 @@ class Sink:
     """A real SMTP server on 127.0.0.1 that records what it is sent. The reply hooks can be
     replaced to refuse particular recipients or to fail temporarily."""
 
-    def __init__(self, port=0, tls_cert=None):
+    def __init__(self, port=0, tls_cert=None, break_tls=False):
+        self.break_tls = break_tls  # offers STARTTLS, then fails every handshake
         self.messages = []
         self.commands = []
         self.connections = 0

@@ -89,6 +89,23 @@ class DeliveryTest(unittest.TestCase):
         self.assertEqual(m.stop(), 0)
         self.assertEqual(self.sink.commands[-1], "QUIT")
 
+    def test_tls_may_falls_back_to_plain_text_when_the_handshake_fails(self):
+        # RFC 7435: with tls = "may" (the default) a next hop whose TLS is broken still gets
+        # the mail, over a new plain-text connection, and the operator sees why.
+        self.sink.stop()
+        self.sink = Sink(break_tls=True)
+        m = self.start()
+        s = m.smtp()
+        s.sendmail("alice@sender.test", ["bob@example.test"], b"Subject: fallback\r\n\r\nhi\r\n")
+        s.quit()
+        msgs = self.sink.wait_messages(1)
+        self.assertFalse(msgs[0]["tls"])
+        self.assertIn("STARTTLS", self.sink.commands)
+        warn = m.wait_log(event="tls_fallback")
+        self.assertIn("127.0.0.1", warn["relay"])
+        self.assertTrue(warn["error"])
+        self.assertTrue(m.wait_log(event="deliver", to="bob@example.test")["reply"].startswith("250"))
+
     def test_next_hop_down_then_up(self):
         port = free_port()
         self.sink.stop()
