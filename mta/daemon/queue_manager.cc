@@ -828,15 +828,25 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
         break;
     }
   }
-  if (!failed.empty()) sendDsn(env, failed, false, attempt->data, &attempt->outcomes);
+  // Every DSN is durable before the original it reports on is updated or removed: a crash in
+  // between then leaves the original to be tried (and reported) again, never neither. The
+  // entry stays busy meanwhile.
+  auto dsnsLeft = std::make_shared<int>(1);  // 1: the sends below are still being issued
+  auto persist = std::make_shared<std::function<void()>>();
+  auto alive = alive_;
+  auto dsnDone = [alive, dsnsLeft, persist] {
+    if (*alive && --*dsnsLeft == 0) (*persist)();
+  };
+  auto sendAndWait = [&](const std::vector<size_t>& rcpts, bool delay, const std::map<size_t, RcptOutcome>* outcomes) {
+    ++*dsnsLeft;
+    sendDsn(env, rcpts, delay, attempt->data, outcomes, dsnDone);
+  };
+  if (!failed.empty()) sendAndWait(failed, false, &attempt->outcomes);
 
   bool pending = std::any_of(env.rcpts.begin(), env.rcpts.end(),
                              [](const queue::Recipient& r) { return r.status == queue::RcptStatus::Pending; });
-  it->second.busy = false;
-  busy_.erase(attempt->id);
-  if (!pending) {
-    retire(env.id, false);
-  } else if (sched_.expired(env, now)) {
+  bool remove = !pending;
+  if (pending && sched_.expired(env, now)) {
     std::vector<size_t> expired;
     for (size_t i = 0; i < env.rcpts.size(); ++i) {
       auto& r = env.rcpts[i];
@@ -848,27 +858,39 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
     log::info("expire").add("queue_id", env.id).add("message_id", env.messageId).add("from", env.mailFrom)
         .add("attempt", env.attempts).add("delay_ms", now - env.arrivalMs);
     ++server::metrics().messagesExpired;
-    sendDsn(env, expired, false, attempt->data, nullptr);
-    retire(env.id, true);
-  } else {
+    sendAndWait(expired, false, nullptr);
+    remove = true;
+  } else if (pending) {
     if (sched_.delayWarningDue(env, now)) {
       std::vector<size_t> delayed;
       for (size_t i = 0; i < env.rcpts.size(); ++i)
         if (env.rcpts[i].status == queue::RcptStatus::Pending) delayed.push_back(i);
-      sendDsn(env, delayed, true, attempt->data, &attempt->outcomes);
+      sendAndWait(delayed, true, &attempt->outcomes);
       env.delayWarned = true;
     }
     env.nextAttemptMs = sched_.nextAttemptAt(now, env.attempts);
-    std::string id = env.id;
-    int64_t due = env.nextAttemptMs;
-    spool_->update(env, [id](bool ok, std::string error) {
-      if (!ok) log::error("spool_error").add("queue_id", id).add("error", error);
-    });
-    schedule(id, due);
   }
-  updateGauges();
-  finishDrainIfDone();
-  armTimer();
+  *persist = [this, id = env.id, remove, expired = remove && pending] {
+    busy_.erase(id);
+    auto it = entries_.find(id);
+    if (it != entries_.end()) {
+      it->second.busy = false;
+      if (remove) {
+        retire(id, expired);
+      } else {
+        auto& env = it->second.env;
+        int64_t due = env.nextAttemptMs;
+        spool_->update(env, [id](bool ok, std::string error) {
+          if (!ok) log::error("spool_error").add("queue_id", id).add("error", error);
+        });
+        schedule(id, due);
+      }
+    }
+    updateGauges();
+    finishDrainIfDone();
+    armTimer();
+  };
+  dsnDone();  // the sends are issued: persists now if no DSN is on its way
 }
 
 void QueueManager::retire(std::string id, bool) {
@@ -882,12 +904,13 @@ void QueueManager::retire(std::string id, bool) {
 
 void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>& rcpts, bool delay,
                            std::shared_ptr<const queue::MessageData> data,
-                           const std::map<size_t, RcptOutcome>* outcomes) {
-  if (rcpts.empty()) return;
+                           const std::map<size_t, RcptOutcome>* outcomes, std::function<void()> then) {
+  if (!then) then = [] {};
+  if (rcpts.empty()) return then();
   if (env.mailFrom.empty() || env.isBounce) {
     // RFC 5321 §6.1 / RFC 3464: never to the null sender; our own DSNs are not bounced again.
     log::info("dsn_dropped").add("queue_id", env.id).add("reason", env.isBounce ? "undeliverable DSN" : "null sender");
-    return;
+    return then();
   }
   const auto& cfg = *snap_->config;
   queue::DsnInput in;
@@ -946,22 +969,25 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
   auto alive = alive_;
   std::string origId = env.id;
   ++dsnWrites_;  // every path below ends in dsnWritten()
-  incoming->finish([this, alive, incoming, dsn, origId, delay](bool ok, std::string error) mutable {
+  incoming->finish([this, alive, incoming, dsn, origId, delay, then](bool ok, std::string error) mutable {
     if (!*alive) return;
     if (!ok) {
       log::error("spool_error").add("queue_id", dsn.id).add("error", error);
+      then();
       return dsnWritten();
     }
-    incoming->commit(dsn, [this, alive, incoming, dsn, origId, delay](bool ok2, std::string error2) {
+    incoming->commit(dsn, [this, alive, incoming, dsn, origId, delay, then](bool ok2, std::string error2) {
       if (!*alive) return;
       if (!ok2) {
         log::error("spool_error").add("queue_id", dsn.id).add("error", error2);
+        then();
         return dsnWritten();
       }
       ++server::metrics().dsnsGenerated;
       log::info("dsn").add("queue_id", dsn.id).add("original_queue_id", origId).add("to", dsn.rcpts[0].address)
           .add("action", delay ? "delayed" : "failed");
       enqueue(dsn);  // while draining it is only recorded: the next start delivers it
+      then();
       dsnWritten();
     });
   });
@@ -1155,10 +1181,19 @@ void QueueManager::bounce(const std::string& id, std::function<void(std::string)
       failed.push_back(i);
       log::info("bounce").add("queue_id", id).add("to", r.address).add("reply", r.lastReply);
     }
-    sendDsn(env, failed, false, data, nullptr);
-    retire(id, false);
-    updateGauges();
-    reply(mta::JsonObject().add("ok", true).add("id", id).add("bounced", static_cast<uint64_t>(failed.size())).str());
+    // The original goes only once its DSN is durable (see finishAttempt); busy meanwhile.
+    it->second.busy = true;
+    busy_.insert(id);
+    auto alive = alive_;
+    size_t bounced = failed.size();
+    sendDsn(env, failed, false, data, nullptr, [this, alive, id, bounced, reply] {
+      if (!*alive) return;
+      busy_.erase(id);
+      retire(id, false);
+      updateGauges();
+      finishDrainIfDone();
+      reply(mta::JsonObject().add("ok", true).add("id", id).add("bounced", static_cast<uint64_t>(bounced)).str());
+    });
   });
 }
 

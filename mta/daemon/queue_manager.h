@@ -93,8 +93,11 @@ class QueueManager {
   void finishAttempt(std::shared_ptr<Attempt> attempt);
   void retire(std::string id, bool expired);  // by value: callers pass the id of the entry it erases
   // `outcomes`: this attempt's results, which say whose reply each one is (null: our text).
+  // `then` runs once the DSN is durable in the spool, or at once when none is sent (and
+  // also when writing it failed, after the spool_error line).
   void sendDsn(const queue::Envelope& env, const std::vector<size_t>& rcpts, bool delay,
-               std::shared_ptr<const queue::MessageData> data, const std::map<size_t, RcptOutcome>* outcomes);
+               std::shared_ptr<const queue::MessageData> data, const std::map<size_t, RcptOutcome>* outcomes,
+               std::function<void()> then = nullptr);
   void updateGauges();  // publishes areaCounts_ (O(1): called for every message)
   // Every change to entries_ goes through these, so the per-area counts stay exact.
   void putEntry(queue::Envelope env);

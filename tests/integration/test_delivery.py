@@ -278,6 +278,28 @@ class DeliveryTest(unittest.TestCase):
                 self.moat = None
 
 
+    def test_kill9_as_a_bounced_original_goes_keeps_its_dsn(self):
+        # The original is removed only once its DSN is durable: kill -9 the moment the
+        # original's file leaves queue/, and the restart still delivers the DSN. (A big DSN
+        # takes long to write, which made this window wide when the removal did not wait.)
+        self.sink.rcpt_reply = lambda a: "550 5.1.1 no such user"
+        m = self.start()
+        s = m.smtp()
+        s.ehlo()
+        s.mail("alice@sender.test")
+        s.rcpt("nobody@example.test")
+        code, reply = s.data(b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 4000)
+        s.quit()
+        self.assertEqual(code, 250)
+        qid = reply.decode().rsplit(" ", 1)[-1]
+        queue_dir = os.path.join(m.dir, "spool", "queue")
+        wait_for(lambda: qid in os.listdir(queue_dir), 10, interval=0.001, what="the original in queue/")
+        wait_for(lambda: qid not in os.listdir(queue_dir), 30, interval=0.001, what="the original to leave queue/")
+        m.kill9()
+        self.assertTrue(m.find_logs(event="bounce", queue_id=qid))
+        m.start()
+        wait_for(lambda: m.maildir_files("alice@sender.test"), 20, what="the DSN after the restart")
+
     def dsn_status(self, raw):
         """The message/delivery-status part of a DSN, as text."""
         dsn = email.message_from_bytes(raw)
