@@ -6,6 +6,8 @@
 #include <chrono>
 #include <ctime>
 
+#include "mta/runtime/scan.h"
+
 namespace moat::queue {
 namespace {
 
@@ -43,14 +45,6 @@ void forEachLine(std::string_view text, Fn fn) {
   }
 }
 
-std::string_view headerBlock(std::string_view msg) {
-  size_t end = msg.find("\r\n\r\n");
-  size_t end2 = msg.find("\n\n");
-  if (end == std::string_view::npos && end2 == std::string_view::npos) return msg;
-  if (end == std::string_view::npos || (end2 != std::string_view::npos && end2 < end)) return msg.substr(0, end2 + 1);
-  return msg.substr(0, end + 2);
-}
-
 // Appends `text` with CRLF endings; lines longer than 998 are broken with CRLF SP, which
 // in a header block is a fold (used for headers only).
 void appendLines(std::string& out, std::string_view text, bool breakLong) {
@@ -69,12 +63,6 @@ bool hasLongLine(std::string_view text) {
   bool longLine = false;
   forEachLine(text, [&](std::string_view l) { longLine = longLine || l.size() > kMaxLine; });
   return longLine;
-}
-
-bool hasEightBit(std::string_view text) {
-  for (unsigned char c : text)
-    if (c >= 0x80) return true;
-  return false;
 }
 
 std::string makeBoundary(int64_t now, std::string_view original) {
@@ -155,12 +143,12 @@ std::string originalPart(const DsnInput& in, std::string_view original) {
   if (full) {
     appendLines(body, original, false);
   } else {
-    std::string_view hdrs = headerBlock(original);
+    std::string_view hdrs = mta::headerBlock(original);
     if (hdrs.size() > kMaxHeaderBlock) hdrs = hdrs.substr(0, hdrs.rfind('\n', kMaxHeaderBlock) + 1);
     appendLines(body, hdrs, true);
   }
   std::string part = full ? "Content-Type: message/rfc822\r\n" : "Content-Type: text/rfc822-headers\r\n";
-  part += hasEightBit(body) ? "Content-Transfer-Encoding: 8bit\r\n" : "Content-Transfer-Encoding: 7bit\r\n";
+  part += mta::hasEightBit(body) ? "Content-Transfer-Encoding: 8bit\r\n" : "Content-Transfer-Encoding: 7bit\r\n";
   part +=
       "Content-Description: " + std::string(full ? "Undelivered Message" : "Undelivered Message Headers") + "\r\n\r\n";
   return part + body;
@@ -212,7 +200,7 @@ std::string buildDsn(const DsnInput& in, std::string_view original) {
   std::string host = clean(in.reportingMta);
   std::string boundary = makeBoundary(now, original);
   std::string human = humanPart(in), status = statusPart(in), orig = originalPart(in, original);
-  bool eightBit = hasEightBit(orig);
+  bool eightBit = mta::hasEightBit(orig);
 
   std::string m;
   m += foldHeader("Date", rfc5322Date(now));

@@ -40,17 +40,6 @@ bool badParam(std::string_view s) {
   return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) <= ' ' || c == 0x7f; });
 }
 
-bool nonAscii(std::string_view s) {
-  return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
-}
-
-// The message's header section: up to the empty line (the whole message if it has none).
-std::string_view headerSection(std::string_view msg) {
-  if (msg.rfind("\r\n", 0) == 0) return {};
-  size_t end = msg.find("\r\n\r\n");
-  return end == std::string_view::npos ? msg : msg.substr(0, end + 2);
-}
-
 }  // namespace
 
 // Streams prefix + body with dot-stuffing and line-ending repair, carrying state across
@@ -376,9 +365,9 @@ void SmtpClient::send(Transaction t, std::function<void(TransactionResult)> done
   // SMTPUTF8, goes only to a server that offers SMTPUTF8; there is no downgrade, so the
   // message is returned (RFC 6531 §3.6 status codes).
   if (!supports("SMTPUTF8")) {
-    if (nonAscii(t.mailFrom) || std::any_of(t.rcpts.begin(), t.rcpts.end(), nonAscii))
+    if (hasEightBit(t.mailFrom) || std::any_of(t.rcpts.begin(), t.rcpts.end(), [](const std::string& r) { return hasEightBit(r); }))
       return refuse(553, "553 5.6.7 SMTPUTF8 is required by the addresses, but the next hop does not offer it (not sent)");
-    if (t.smtputf8 && (nonAscii(t.prefix) || nonAscii(headerSection(t.body))))
+    if (t.smtputf8 && (hasEightBit(t.prefix) || hasEightBit(headerBlock(t.body))))
       return refuse(554, "554 5.6.9 SMTPUTF8 is required by the headers, but the next hop does not offer it (not sent)");
   }
   state_ = State::Busy;

@@ -11,6 +11,7 @@
 #include "mta/dns/resolve_host.h"
 #include "mta/runtime/json.h"
 #include "mta/runtime/log.h"
+#include "mta/runtime/scan.h"
 #include "mta/server/metrics.h"
 #include "queue/dsn.h"
 #include "queue/edited.h"
@@ -960,11 +961,8 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
                                            queue::rfc5322Date(dsn.arrivalMs));
   // What the next hop must be told to carry it: an 8-bit quote of the original needs
   // BODY=8BITMIME; a UTF-8 address, or the UTF-8 headers of an SMTPUTF8 original, SMTPUTF8.
-  auto nonAscii = [](std::string_view s) {
-    return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
-  };
-  dsn.eightBit = nonAscii(text);
-  dsn.smtputf8 = nonAscii(env.mailFrom) || (env.smtputf8 && dsn.eightBit);
+  dsn.eightBit = hasEightBit(text);
+  dsn.smtputf8 = hasEightBit(env.mailFrom) || (env.smtputf8 && dsn.eightBit);
   incoming->append(text);
   auto alive = alive_;
   std::string origId = env.id;

@@ -1,10 +1,14 @@
-// mta/runtime/scan.h — finding the next line break in message bytes, 16 bytes at a time.
-// The DATA decoder and the SMTP client's dot-stuffing look for the end of every line of
-// every message; a byte loop or two memchr calls per line were a tenth of the CPU of
-// relaying a 256 KB message. Untrusted input: any bytes; reads only [p, p + n).
+// mta/runtime/scan.h — scans over message bytes. findLineBreak finds the next line break
+// 16 bytes at a time: the DATA decoder and the SMTP client's dot-stuffing look for the end
+// of every line of every message, and a byte loop or two memchr calls per line were a tenth
+// of the CPU of relaying a 256 KB message. hasEightBit and headerBlock are what the SMTP
+// parser, the client and the DSN builder ask of addresses and messages. Untrusted input:
+// any bytes; reads only the range given.
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <string_view>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -26,6 +30,23 @@ inline size_t findLineBreak(const char* p, size_t n) {
   for (; i < n; ++i)
     if (p[i] == '\r' || p[i] == '\n') return i;
   return n;
+}
+
+// Whether any byte is outside US-ASCII: 8-bit data (RFC 6152), or UTF-8 (RFC 6531).
+inline bool hasEightBit(std::string_view s) {
+  return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
+}
+
+// A message's header section (RFC 5322 §2.1): up to and including the line end before the
+// first empty line (CRLF or bare LF); all of it when there is no empty line, nothing when
+// it starts with one.
+inline std::string_view headerBlock(std::string_view msg) {
+  if (msg.rfind("\r\n", 0) == 0 || msg.rfind("\n", 0) == 0) return {};
+  size_t end = msg.find("\r\n\r\n");
+  size_t end2 = msg.find("\n\n");
+  if (end == std::string_view::npos && end2 == std::string_view::npos) return msg;
+  if (end == std::string_view::npos || (end2 != std::string_view::npos && end2 < end)) return msg.substr(0, end2 + 1);
+  return msg.substr(0, end + 2);
 }
 
 }  // namespace moat::mta

@@ -12,6 +12,7 @@
 #include <limits>
 
 #include "mta/runtime/ip.h"
+#include "mta/runtime/scan.h"
 
 namespace moat::mta::smtp {
 namespace {
@@ -80,10 +81,6 @@ size_t utf8Seq(std::string_view s, size_t i) {
     return 4;
   }
   return 0;
-}
-
-bool hasNonAscii(std::string_view s) {
-  return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
 }
 
 // Dot-string = Atom *("." Atom); with utf8, atext also takes UTF-8 (RFC 6531 §3.3).
@@ -373,7 +370,7 @@ bool hasParam(const std::vector<Param>& params, std::string_view key) {
 std::optional<Reply> checkMailbox(Verb verb, std::string_view path, std::string_view mailbox, bool utf8) {
   const char* enh = verb == Verb::Mail ? "5.1.7" : "5.1.3";
   const std::string who = verb == Verb::Mail ? "sender" : "recipient";
-  if (hasNonAscii(mailbox) && !utf8)
+  if (hasEightBit(mailbox) && !utf8)
     return makeReply(553, "5.6.7", "Non-ASCII addresses not permitted without SMTPUTF8");
   if (path.size() > kMaxPath) return makeReply(501, enh, "Path too long");
   size_t at = localPartEnd(mailbox);
