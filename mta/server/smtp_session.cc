@@ -403,7 +403,7 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
   pause();
   auto self = shared_from_this();
   filters::Env env{shared_.loop, shared_.resolver, cfg_.hostname};
-  snap_->pipeline->run(filters::Stage::Mail, ctx_, env, [self](filters::StageOutcome out) {
+  snap_->pipeline->run(filters::Stage::Mail, ctx_, env, [self, w = work()](filters::StageOutcome out) {
     self->logFilters(out.reports, filters::Stage::Mail);
     if (self->closed_) return;
     for (auto& a : out.authResults) self->txAuthResults_.push_back(a);
@@ -611,7 +611,7 @@ void SmtpSession::endOfData() {
 
   pause();
   auto self = shared_from_this();
-  incoming_->finish([self](bool ok, std::string error) {
+  incoming_->finish([self, w = work()](bool ok, std::string error) {
     if (self->closed_) return;
     if (!ok) {
       log::error("spool_error").add("session", self->id_).add("error", error);
@@ -642,7 +642,7 @@ void SmtpSession::runDataFilters() {
   ctx_->message = data ? data->bytes() : std::string_view();
   auto self = shared_from_this();
   filters::Env env{shared_.loop, shared_.resolver, cfg_.hostname};
-  snap_->pipeline->run(filters::Stage::Data, ctx_, env, [self, data](filters::StageOutcome out) {
+  snap_->pipeline->run(filters::Stage::Data, ctx_, env, [self, data, w = work()](filters::StageOutcome out) {
     self->ctx_->message = {};
     self->logFilters(out.reports, filters::Stage::Data);
     if (self->closed_) return;
@@ -735,7 +735,8 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
 
   auto self = shared_from_this();
   auto incoming = incoming_;
-  incoming->commit(env, [self, env, filtersJson, quarantine, verdict = outcome.verdict](bool ok, std::string error) {
+  incoming->commit(env, [self, w = work(), env, filtersJson, quarantine, verdict = outcome.verdict](bool ok,
+                                                                                                    std::string error) {
     if (!ok) {
       bool full = error.find("disk full") != std::string::npos || error.find("space") != std::string::npos;
       log::error("spool_error").add("session", self->id_).add("queue_id", env.id).add("error", error);
@@ -906,6 +907,23 @@ void SmtpSession::onClosed(const std::string& error) {
   line.add("session", id_).add("client_ip", ctx_->clientIp.str()).add("messages", messages_).add("duration_ms", static_cast<int64_t>(ms));
   if (!error.empty()) line.add("error", error);
   --metrics().sessionsActive;
+  if (work_ > 0) {
+    endPending_ = true;  // a commit in flight may still queue the message: see work()
+    return;
+  }
+  auto onEnd = onEnd_;
+  if (onEnd) onEnd(this);
+}
+
+std::shared_ptr<void> SmtpSession::work() {
+  ++work_;
+  auto self = shared_from_this();
+  return std::shared_ptr<void>(nullptr, [self](void*) { self->workDone(); });
+}
+
+void SmtpSession::workDone() {
+  if (--work_ > 0 || !endPending_) return;
+  endPending_ = false;
   auto onEnd = onEnd_;
   if (onEnd) onEnd(this);
 }

@@ -90,6 +90,11 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   void closeGracefully();
   void armTimer();
   void onClosed(const std::string& error);
+  // Our own work in flight (filters, the spool): the token's last copy going away ends it.
+  // A session that closes meanwhile reports its end (onEnd_) only after the work, so the
+  // server's drain, and the daemon's teardown behind it, never overtake a commit.
+  std::shared_ptr<void> work();
+  void workDone();
 
   ServerShared& shared_;
   std::shared_ptr<const Snapshot> snap_;
@@ -111,6 +116,8 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   bool tlsHandshaking_ = false;  // STARTTLS handshake running (paused, but timed)
   bool draining_ = false;
   bool closed_ = false;
+  unsigned work_ = 0;        // tokens from work() alive
+  bool endPending_ = false;  // closed while work_ > 0: onEnd_ waits for the work
   unsigned errors_ = 0;
   unsigned messages_ = 0;
 
