@@ -110,6 +110,11 @@ bool fsyncDir(const std::string& dir) {
   return ok;
 }
 
+// The control commands' answer for a message that a delivery or a hold/release move has.
+std::string busyReply() {
+  return mta::JsonObject().add("ok", false).add("error", "message is busy: a delivery or a move is under way").str();
+}
+
 }  // namespace
 
 std::string writeMaildir(const std::string& dir, const std::string& rcpt, const std::string& returnPath,
@@ -302,6 +307,11 @@ void QueueManager::setArea(Entry& entry, queue::Area area) {
   --areaCounts_[areaIndex(entry.env.area)];
   entry.env.area = area;
   ++areaCounts_[areaIndex(area)];
+}
+
+void QueueManager::setBusyForMove(Entry& entry, bool on) {
+  entry.busy = on;
+  on ? ++moves_ : --moves_;
 }
 
 void QueueManager::updateGauges() {
@@ -1006,7 +1016,7 @@ void QueueManager::drain(std::function<void()> done) {
     d->idle.clear();
   }
   drained_ = std::move(done);
-  if (busy_.empty() && quitting_.empty() && dsnWrites_ == 0) return finishDrainIfDone();
+  if (busy_.empty() && quitting_.empty() && dsnWrites_ == 0 && moves_ == 0) return finishDrainIfDone();
   // A next hop that never answers must not hold the shutdown for its full timeouts. What is
   // still in flight then stays queued (it is on disk) and is tried again at the next start.
   graceTimer_ = std::make_unique<uv::Timer>(loop_);
@@ -1036,7 +1046,7 @@ void QueueManager::sayQuit(const std::shared_ptr<client::SmtpClient>& c) {
 }
 
 void QueueManager::finishDrainIfDone() {
-  if (!draining_ || !drained_ || dsnWrites_ > 0) return;
+  if (!draining_ || !drained_ || dsnWrites_ > 0 || moves_ > 0) return;
   if (!graceExpired_ && (!busy_.empty() || !quitting_.empty())) return;
   if (graceTimer_) graceTimer_->stop();
   auto d = std::exchange(drained_, nullptr);
@@ -1113,16 +1123,28 @@ std::string QueueManager::flush(const std::string& id) {
 void QueueManager::hold(const std::string& id, std::function<void(std::string)> reply) {
   auto it = entries_.find(id);
   if (it == entries_.end()) return reply(mta::JsonObject().add("ok", false).add("error", "no such message: " + id).str());
-  if (it->second.busy) return reply(mta::JsonObject().add("ok", false).add("error", "message is being delivered").str());
+  if (it->second.busy) return reply(busyReply());
   auto env = it->second.env;
   env.area = queue::Area::Hold;
-  spool_->move(env, queue::Area::Hold, [this, id, env, reply](bool ok, std::string error) {
-    if (!ok) return reply(mta::JsonObject().add("ok", false).add("error", error).str());
+  // Busy and off the schedule while the files move: no delivery may start once the admin
+  // asked for the hold, and no other command may act on the message halfway.
+  sched_.remove(id);
+  setBusyForMove(it->second, true);
+  spool_->move(env, queue::Area::Hold, [this, alive = alive_, id, env, reply](bool ok, std::string error) {
+    if (!*alive) return;
     auto it2 = entries_.find(id);
+    if (it2 != entries_.end()) setBusyForMove(it2->second, false);
+    if (!ok) {
+      if (it2 != entries_.end() && it2->second.env.area == queue::Area::Active)
+        schedule(id, it2->second.env.nextAttemptMs);
+      armTimer();
+      finishDrainIfDone();
+      return reply(mta::JsonObject().add("ok", false).add("error", error).str());
+    }
     if (it2 != entries_.end()) setArea(it2->second, queue::Area::Hold);
-    sched_.remove(id);
     updateGauges();
     log::info("hold").add("queue_id", id);
+    finishDrainIfDone();
     reply(mta::JsonObject().add("ok", true).add("id", id).str());
   });
 }
@@ -1130,14 +1152,21 @@ void QueueManager::hold(const std::string& id, std::function<void(std::string)> 
 void QueueManager::release(const std::string& id, std::function<void(std::string)> reply) {
   auto it = entries_.find(id);
   if (it == entries_.end()) return reply(mta::JsonObject().add("ok", false).add("error", "no such message: " + id).str());
+  if (it->second.busy) return reply(busyReply());
   auto env = it->second.env;
   if (env.area == queue::Area::Active) return reply(mta::JsonObject().add("ok", false).add("error", "message is not held").str());
   std::string from = areaLabel(env.area);
   env.area = queue::Area::Active;
   env.nextAttemptMs = nowMs();
-  spool_->move(env, queue::Area::Active, [this, id, env, reply, from](bool ok, std::string error) {
-    if (!ok) return reply(mta::JsonObject().add("ok", false).add("error", error).str());
+  setBusyForMove(it->second, true);
+  spool_->move(env, queue::Area::Active, [this, alive = alive_, id, env, reply, from](bool ok, std::string error) {
+    if (!*alive) return;
     auto it2 = entries_.find(id);
+    if (it2 != entries_.end()) setBusyForMove(it2->second, false);
+    if (!ok) {
+      finishDrainIfDone();
+      return reply(mta::JsonObject().add("ok", false).add("error", error).str());
+    }
     if (it2 != entries_.end()) {
       setArea(it2->second, env.area);
       it2->second.env = env;
@@ -1146,6 +1175,7 @@ void QueueManager::release(const std::string& id, std::function<void(std::string
     schedule(id, 0);
     updateGauges();
     armTimer();
+    finishDrainIfDone();
     reply(mta::JsonObject().add("ok", true).add("id", id).str());
   });
 }
@@ -1153,7 +1183,7 @@ void QueueManager::release(const std::string& id, std::function<void(std::string
 void QueueManager::remove(const std::string& id, std::function<void(std::string)> reply) {
   auto it = entries_.find(id);
   if (it == entries_.end()) return reply(mta::JsonObject().add("ok", false).add("error", "no such message: " + id).str());
-  if (it->second.busy) return reply(mta::JsonObject().add("ok", false).add("error", "message is being delivered").str());
+  if (it->second.busy) return reply(busyReply());
   log::info("delete").add("queue_id", id);
   retire(id, false);
   updateGauges();
@@ -1163,12 +1193,12 @@ void QueueManager::remove(const std::string& id, std::function<void(std::string)
 void QueueManager::bounce(const std::string& id, std::function<void(std::string)> reply) {
   auto it = entries_.find(id);
   if (it == entries_.end()) return reply(mta::JsonObject().add("ok", false).add("error", "no such message: " + id).str());
-  if (it->second.busy) return reply(mta::JsonObject().add("ok", false).add("error", "message is being delivered").str());
+  if (it->second.busy) return reply(busyReply());
   // The DSN quotes the message: read it first (off the loop), then decide.
   loadData(id, [this, id, reply](std::shared_ptr<const queue::MessageData> data, std::string) {
     auto it = entries_.find(id);
     if (it == entries_.end()) return reply(mta::JsonObject().add("ok", false).add("error", "no such message: " + id).str());
-    if (it->second.busy) return reply(mta::JsonObject().add("ok", false).add("error", "message is being delivered").str());
+    if (it->second.busy) return reply(busyReply());
     auto& env = it->second.env;
     std::vector<size_t> failed;
     for (size_t i = 0; i < env.rcpts.size(); ++i) {

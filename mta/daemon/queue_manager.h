@@ -103,6 +103,9 @@ class QueueManager {
   void putEntry(queue::Envelope env);
   void eraseEntry(const std::string& id);
   void setArea(Entry& entry, queue::Area area);
+  // hold/release: the entry is busy while its files move (no delivery, no other command),
+  // and a drain waits for the move (local disk only, like a DSN write).
+  void setBusyForMove(Entry& entry, bool on);
   // Removes quarantined messages older than [quarantine] retention (log: quarantine_expired).
   void expireQuarantine();
 
@@ -141,6 +144,7 @@ class QueueManager {
   // DSNs on their way into the spool. The original is already retired, so a drain waits
   // for these (the grace timer included): a graceful stop never loses a DSN.
   unsigned dsnWrites_ = 0;
+  unsigned moves_ = 0;  // hold/release moves under way (see setBusyForMove)
   bool graceExpired_ = false;
   void dsnWritten();
   static constexpr uint64_t kDrainGraceMs = 20'000;
