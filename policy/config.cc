@@ -152,6 +152,8 @@ void readQueue(Config& c, Section s) {
   c.delayWarning = s.getDuration("delay_warning", c.delayWarning);
   c.maxPerDestination = static_cast<unsigned>(s.getInt("max_per_destination", c.maxPerDestination, 1, 10000));
   c.maxDeliveries = static_cast<unsigned>(s.getInt("max_deliveries", c.maxDeliveries, 1, 100000));
+  c.maxRecipientsPerTransaction =
+      static_cast<unsigned>(s.getInt("max_recipients_per_transaction", c.maxRecipientsPerTransaction, 1, 100000));
   c.connectTimeout = s.getDuration("connect_timeout", c.connectTimeout);
   c.replyTimeout = s.getDuration("reply_timeout", c.replyTimeout);
   s.rejectUnknownKeys();

@@ -92,6 +92,7 @@ struct Config {
   Millis delayWarning{std::chrono::hours(4)};
   unsigned maxPerDestination = 20;  // concurrent connections to one next hop
   unsigned maxDeliveries = 100;     // concurrent deliveries in total
+  unsigned maxRecipientsPerTransaction = 100;  // SMTP next hops: more go in further transactions
   Millis connectTimeout{std::chrono::seconds(30)};
   Millis replyTimeout{std::chrono::minutes(5)};
 

@@ -181,6 +181,10 @@ struct QueueManager::Attempt {
   std::string prefix;
   std::map<size_t, RcptOutcome> outcomes;
   int pendingGroups = 0;
+  // A next hop took part of a transaction's recipients and refused the rest as too many
+  // (RFC 5321 §4.5.3.1.10): those go again at once in a new transaction, not at the next
+  // retry, as Postfix does. Progress is certain: each round delivers at least one.
+  bool moreAtOnce = false;
 };
 
 struct Hop {
@@ -414,12 +418,21 @@ void QueueManager::route(std::shared_ptr<Attempt> attempt, const std::string& er
     finishAttempt(attempt);
     return;
   }
-  attempt->pendingGroups = static_cast<int>(groups.size());
+  // One SMTP transaction carries at most queue.max_recipients_per_transaction of a group:
+  // a server only has to take 100 (RFC 5321 §4.5.3.1.8), and a message may have more.
+  std::vector<std::tuple<const policy::Route*, std::string, std::vector<size_t>>> parts;
   for (auto& [key, rcpts] : groups) {
     const policy::Route* route = key.first >= 0 ? &cfg.routes[static_cast<size_t>(key.first)] : nullptr;
     std::string domain = key.second.empty() ? domainOf(attempt->env.rcpts[rcpts.front()].address) : key.second;
-    deliverGroup(attempt, route, domain, std::move(rcpts));
+    bool maildir = route && !route->to.empty() && route->to.front().kind == policy::RouteTarget::Kind::Maildir;
+    size_t per = maildir ? rcpts.size() : cfg.maxRecipientsPerTransaction;
+    for (size_t from = 0; from < rcpts.size(); from += per) {
+      size_t to = std::min(rcpts.size(), from + per);
+      parts.emplace_back(route, domain, std::vector<size_t>(rcpts.begin() + from, rcpts.begin() + to));
+    }
   }
+  attempt->pendingGroups = static_cast<int>(parts.size());
+  for (auto& [route, domain, rcpts] : parts) deliverGroup(attempt, route, domain, std::move(rcpts));
 }
 
 void QueueManager::deliverGroup(std::shared_ptr<Attempt> attempt, const policy::Route* route,
@@ -519,6 +532,13 @@ void resolveHops(dns::Resolver* resolver, std::vector<std::pair<std::string, uin
   st->step();
 }
 
+// The message went to at least one recipient of the transaction.
+bool dataAccepted(const client::TransactionResult& r) {
+  return r.error.empty() && r.data.code >= 200 && r.data.code < 300 &&
+         std::any_of(r.rcpts.begin(), r.rcpts.end(),
+                     [](const client::Reply& x) { return x.code >= 200 && x.code < 300; });
+}
+
 }  // namespace
 
 void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::Route& route,
@@ -551,7 +571,11 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
       } else if (r.mail.code < 200 || r.mail.code >= 300) {
         classify(r.mail.code, replyText(r.mail));
       } else if (k < r.rcpts.size() && (r.rcpts[k].code < 200 || r.rcpts[k].code >= 300)) {
-        classify(r.rcpts[k].code, replyText(r.rcpts[k]));
+        int code = r.rcpts[k].code;
+        classify(code, replyText(r.rcpts[k]));
+        // RFC 5321 §4.5.3.1.10: 552 to a RCPT means too many recipients: a temporary failure.
+        if (code == 552) o.kind = RcptOutcome::Kind::Deferred;
+        if ((code == 452 || code == 552) && dataAccepted(r)) attempt->moreAtOnce = true;
       } else {
         classify(r.data.code, replyText(r.data));
       }
@@ -879,7 +903,7 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
       sendAndWait(delayed, true, &attempt->outcomes);
       env.delayWarned = true;
     }
-    env.nextAttemptMs = sched_.nextAttemptAt(now, env.attempts);
+    env.nextAttemptMs = attempt->moreAtOnce ? now : sched_.nextAttemptAt(now, env.attempts);
   }
   *persist = [this, id = env.id, remove, expired = remove && pending] {
     busy_.erase(id);

@@ -95,7 +95,8 @@ class _SinkHandler(socketserver.StreamRequestHandler):
                     mail_from = None
             elif verb == "RCPT":
                 addr = line[line.index(":") + 1:].strip().split(" ")[0].strip("<>")
-                code = sink.rcpt_reply(addr)
+                too_many = sink.max_rcpts is not None and len(rcpts) >= sink.max_rcpts
+                code = sink.too_many_reply if too_many else sink.rcpt_reply(addr)
                 if code.startswith("2"):
                     rcpts.append(addr)
                 self.reply(code)
@@ -156,6 +157,8 @@ class Sink:
         self.mail_reply = lambda sender: "250 2.1.0 ok"
         self.rcpt_reply = lambda addr: "250 2.1.5 ok"
         self.data_reply = lambda sender, rcpts, data: "250 2.0.0 queued"
+        self.max_rcpts = None  # recipients one transaction takes; more get too_many_reply
+        self.too_many_reply = "452 4.5.3 too many recipients"
         self._port = port
         self.server = None
         self.start()
@@ -192,7 +195,7 @@ class Moat:
 
     def __init__(self, extra="", routes=None, relay_domains=("example.test",), networks=("127.0.0.0/8",),
                  listener_extra="", retry='["1s"]', delay_warning="4h", max_lifetime="2d", start=True,
-                 workdir=None):
+                 workdir=None, queue_extra=""):
         self.dir = workdir or tempfile.mkdtemp(prefix="moat-it-")
         self.log_path = os.path.join(self.dir, "moat.log")
         self.config_path = os.path.join(self.dir, "moat.toml")
@@ -219,6 +222,7 @@ networks = {json.dumps(list(networks))}
 retry = {retry}
 delay_warning = "{delay_warning}"
 max_lifetime = "{max_lifetime}"
+{queue_extra}
 """
         for domains, to in routes:
             text += "\n[[route]]\n"

@@ -147,6 +147,41 @@ class DeliveryTest(unittest.TestCase):
         self.assertIn("failed", text.lower())
         self.assertNotIn("bob@example.test", text)
 
+    def test_recipients_are_split_per_transaction(self):
+        m = self.start(queue_extra="max_recipients_per_transaction = 4")
+        rcpts = [f"r{i}@example.test" for i in range(10)]
+        s = m.smtp()
+        s.sendmail("alice@sender.test", rcpts, b"Subject: many\r\n\r\nbody\r\n")
+        s.quit()
+        msgs = self.sink.wait_messages(3)
+        time.sleep(0.5)  # nothing more may come
+        self.assertEqual(sorted(len(x["rcpts"]) for x in self.sink.messages), [2, 4, 4])
+        self.assertEqual(sorted(r for x in msgs for r in x["rcpts"]), sorted(rcpts))
+
+    def test_too_many_recipients_go_again_at_once(self):
+        # RFC 5321 §4.5.3.1.10: a server that takes 3 recipients per transaction answers the
+        # rest 452 (or 552, which a client treats as temporary). They go again at once, in
+        # new transactions, although the next retry is an hour away; none bounces.
+        for reply in ("452 4.5.3 too many recipients", "552 5.5.3 too many recipients"):
+            with self.subTest(reply=reply):
+                self.sink.messages.clear()
+                self.sink.max_rcpts = 3
+                self.sink.too_many_reply = reply
+                m = self.start(retry='["1h"]')
+                rcpts = [f"r{i}@example.test" for i in range(10)]
+                s = m.smtp()
+                s.sendmail("alice@sender.test", rcpts, b"Subject: many\r\n\r\nbody\r\n")
+                s.quit()
+                wait_for(lambda: sum(len(x["rcpts"]) for x in self.sink.messages) >= 10, 20,
+                         what="all ten recipients at the sink")
+                got = sorted(r for x in self.sink.messages for r in x["rcpts"])
+                self.assertEqual(got, sorted(rcpts))  # each once
+                self.assertTrue(all(len(x["rcpts"]) <= 3 for x in self.sink.messages))
+                self.assertEqual(m.find_logs(event="bounce"), [])
+                self.assertEqual(len(m.find_logs(event="deliver")), 10)
+                m.cleanup()
+                self.moat = None
+
     def test_no_dsn_to_the_null_sender(self):
         self.sink.rcpt_reply = lambda a: "550 5.1.1 no such user"
         m = self.start()
