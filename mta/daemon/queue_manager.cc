@@ -657,6 +657,11 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
 }
 
 void QueueManager::submit(const std::string& key, std::shared_ptr<Job> job) {
+  if (std::string reply = unreachableReply(key); !reply.empty()) {
+    client::TransactionResult r;
+    r.error = reply;
+    return job->done(r, "", "", "");
+  }
   auto& d = destinations_[key];
   if (!d) {
     d = std::make_unique<Destination>();
@@ -722,7 +727,11 @@ void QueueManager::openConnection(Destination& d) {
       r.error = "451 4.4.1 " + (tr->lastError.empty() ? "connection failed" : tr->lastError);
       std::string relay = job->hops.empty() ? "" : job->hops.back().ip.str();
       job->done(r, relay, "", "");  // no server answered: no Remote-MTA
-      pump(*it->second);
+      if (auto again = destinations_.find(key); again != destinations_.end()) {
+        // The last way in failed: the jobs waiting for this next hop are deferred now.
+        if (again->second->active == 0) markUnreachable(*again->second, r.error);
+        pump(*again->second);
+      }
       removeIfUnused(key);
       return;
     }
@@ -739,7 +748,9 @@ void QueueManager::openConnection(Destination& d) {
           auto it2 = destinations_.find(key);
           if (it2 == destinations_.end()) return;
           if (!c) {
-            tr->lastError = relay + ": " + oneLine(error.empty() ? greeting.text : error);
+            std::string why = error.empty() ? greeting.text : error;
+            if (!error.empty() && greeting.code != 0) why += ": " + greeting.text;  // the server's own words
+            tr->lastError = relay + ": " + oneLine(why);
             (*self)();
             return;
           }
@@ -802,6 +813,41 @@ void QueueManager::clientIdle(Destination& d, Pooled c) {
     dest.idle.clear();
     removeIfUnused(key);  // destroys this timer: safe, uv::Timer runs a copy of its callback
   });
+}
+
+void QueueManager::markUnreachable(Destination& d, const std::string& error) {
+  int64_t now = nowMs();
+  std::erase_if(unreachable_, [now](const auto& kv) { return kv.second.untilMs <= now; });
+  // As long as the first retry wait, within [1 s, 5 min]: a message deferred now comes back
+  // about when the mark ends, and a next hop that comes back up is not ignored for long.
+  const auto& retry = snap_->config->retry;
+  int64_t hold = std::clamp<int64_t>(retry.empty() ? 60'000 : retry.front().count(), 1000, 300'000);
+  unreachable_[d.key] = {now + hold, error};
+  log::warn("destination_unreachable")
+      .add("destination", d.key)
+      .add("error", error)
+      .add("retry_in_ms", hold)
+      .add("deferred", static_cast<uint64_t>(d.waiting.size()));
+  auto waiting = std::move(d.waiting);
+  d.waiting.clear();
+  std::string reply = unreachableReply(d.key);
+  for (auto& job : waiting) {
+    client::TransactionResult r;
+    r.error = reply;
+    job->done(r, "", "", "");
+  }
+}
+
+std::string QueueManager::unreachableReply(const std::string& key) {
+  auto it = unreachable_.find(key);
+  if (it == unreachable_.end()) return "";
+  int64_t left = it->second.untilMs - nowMs();
+  if (left <= 0) {
+    unreachable_.erase(it);
+    return "";
+  }
+  return it->second.error + " (next hop unreachable: no new connection for " + std::to_string((left + 999) / 1000) +
+         "s)";
 }
 
 void QueueManager::removeIfUnused(const std::string& key) {
@@ -1131,6 +1177,7 @@ std::string QueueManager::show(const std::string& id) const {
 }
 
 std::string QueueManager::flush(const std::string& id) {
+  unreachable_.clear();  // the admin says: try now
   size_t n = 0;
   for (auto& [mid, e] : entries_) {
     if (!id.empty() && mid != id) continue;
@@ -1196,6 +1243,7 @@ void QueueManager::release(const std::string& id, std::function<void(std::string
       it2->second.env = env;
     }
     log::info("release").add("queue_id", id).add("from_area", from);
+    unreachable_.clear();  // as for flush: the admin wants it tried now
     schedule(id, 0);
     updateGauges();
     armTimer();

@@ -138,6 +138,18 @@ class QueueManager {
   void dropCachedData(Entry& entry);  // by queue::Area: active, hold, quarantine
   std::set<std::string> busy_;
   std::map<std::string, std::unique_ptr<Destination>> destinations_;
+  // Next hops that could not be reached (every address failed and no connection to them
+  // was open): their messages are deferred without a new connection until `untilMs`, as
+  // Postfix marks a dead destination. Otherwise each queued message would spend up to a
+  // connect timeout on a dead host, holding delivery slots other destinations need.
+  struct Unreachable {
+    int64_t untilMs = 0;
+    std::string error;  // "451 4.4.1 HOST[IP]:PORT: connection refused"
+  };
+  std::map<std::string, Unreachable> unreachable_;
+  void markUnreachable(Destination& d, const std::string& error);
+  // The reply for a job refused because its destination is marked, or "" (then tried).
+  std::string unreachableReply(const std::string& key);
   bool draining_ = false;
   std::function<void()> drained_;
   std::map<const client::SmtpClient*, std::shared_ptr<client::SmtpClient>> quitting_;

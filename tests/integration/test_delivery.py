@@ -6,8 +6,10 @@ import email
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import unittest
 
@@ -181,6 +183,53 @@ class DeliveryTest(unittest.TestCase):
                 self.assertEqual(len(m.find_logs(event="deliver")), 10)
                 m.cleanup()
                 self.moat = None
+
+    def test_an_unreachable_next_hop_is_not_tried_for_every_message(self):
+        # A next hop that answers every connection with 421: after the connections of the
+        # first round fail, the other queued messages are deferred without connecting, until
+        # the mark ends (the first retry wait, here an hour) or the admin flushes the queue.
+        port = free_port()
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(64)
+        listener.settimeout(0.2)
+        accepted = []
+        stop = threading.Event()
+
+        def refuse():
+            while not stop.is_set():
+                try:
+                    c, _ = listener.accept()
+                except socket.timeout:
+                    continue
+                accepted.append(c)
+                c.sendall(b"421 4.3.2 not now\r\n")
+                c.close()
+        t = threading.Thread(target=refuse, daemon=True)
+        t.start()
+        try:
+            m = self.start(routes=[("example.test", f"smtp:127.0.0.1:{port}"), ("sender.test", "maildir:mail")],
+                           retry='["1h"]', queue_extra="max_per_destination = 2")
+            s = m.smtp()
+            for i in range(30):
+                s.sendmail("alice@sender.test", [f"u{i}@example.test"], b"Subject: %d\r\n\r\nbody\r\n" % i)
+            s.quit()
+            defers = m.wait_log(event="defer", count=30, timeout=30)
+            self.assertLessEqual(len(accepted), 4)  # was one connection per message
+            marks = m.find_logs(event="destination_unreachable")
+            self.assertGreaterEqual(len(marks), 1)
+            self.assertIn("421", marks[0]["error"])
+            self.assertTrue(any("next hop unreachable" in d["reply"] for d in defers))
+        finally:
+            stop.set()
+            t.join(5)
+            listener.close()
+        # The next hop is back; the admin flushes: the mark goes and everything is delivered.
+        sink = Sink(port=port)
+        self.addCleanup(sink.stop)
+        m.cli("queue", "flush")
+        sink.wait_messages(30)
 
     def test_no_dsn_to_the_null_sender(self):
         self.sink.rcpt_reply = lambda a: "550 5.1.1 no such user"
