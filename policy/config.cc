@@ -135,8 +135,13 @@ void readRoute(Config& c, Section s) {
     r.to.push_back(std::move(target));
   }
   if (r.to.empty() && s.present()) s.error("to", "a route needs at least one target");
-  std::string tls = s.getEnum("tls", "may", {"none", "may", "require"});
-  r.tls = tls == "none" ? TlsPolicy::None : tls == "require" ? TlsPolicy::Require : TlsPolicy::May;
+  std::string tls = s.getEnum("tls", "may", {"none", "may", "require", "verify"});
+  r.tls = tls == "none"      ? TlsPolicy::None
+          : tls == "require" ? TlsPolicy::Require
+          : tls == "verify"  ? TlsPolicy::Verify
+                             : TlsPolicy::May;
+  r.caFile = s.getPath("ca_file", "");
+  if (!r.caFile.empty() && r.tls != TlsPolicy::Verify) s.error("ca_file", "ca_file needs tls = \"verify\"");
   s.rejectUnknownKeys();
   c.routes.push_back(std::move(r));
 }

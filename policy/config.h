@@ -22,7 +22,7 @@ namespace moat::policy {
 using Millis = std::chrono::milliseconds;
 
 enum class ListenerMode { Smtp, Submission, Smtps };
-enum class TlsPolicy { None, May, Require };
+enum class TlsPolicy { None, May, Require, Verify };
 
 struct Listener {
   std::string address;  // as written, "127.0.0.1:2525"
@@ -45,6 +45,7 @@ struct Route {
   std::vector<std::string> domains;  // lower-case; empty = every domain
   std::vector<RouteTarget> to;
   TlsPolicy tls = TlsPolicy::May;
+  std::string caFile;  // tls = "verify": trust anchors (PEM) beside the system store; absolute
   int line = 0;
   bool matches(const std::string& domain) const;
 };

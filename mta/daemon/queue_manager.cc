@@ -198,6 +198,7 @@ struct QueueManager::Job {
   std::vector<size_t> rcpts;
   std::vector<Hop> hops;
   client::TlsMode tls = client::TlsMode::May;
+  std::shared_ptr<tls::TlsContext> tlsCtx;  // tls = "verify": the route's verifying context
   // `remoteMta`: the name (or address) of the server that answered; "" when none did.
   std::function<void(const client::TransactionResult&, const std::string& relay, const std::string& tls,
                      const std::string& remoteMta)>
@@ -541,14 +542,32 @@ bool dataAccepted(const client::TransactionResult& r) {
 
 }  // namespace
 
+namespace {
+// The TLS part of a destination key: connections are pooled only between jobs that want
+// the same TLS, and the same trust anchors.
+std::string tlsKey(client::TlsMode mode, const policy::Route& route) {
+  std::string k = "tls=" + std::to_string(static_cast<int>(mode));
+  if (route.tls == policy::TlsPolicy::Verify) k += ",verify=" + route.caFile;
+  return k;
+}
+}  // namespace
+
 void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::Route& route,
                                const std::string& domain, std::vector<size_t> rcpts) {
   auto job = std::make_shared<Job>();
   job->attempt = attempt;
   job->rcpts = rcpts;
-  job->tls = route.tls == policy::TlsPolicy::None      ? client::TlsMode::None
-             : route.tls == policy::TlsPolicy::Require ? client::TlsMode::Require
-                                                       : client::TlsMode::May;
+  job->tls = route.tls == policy::TlsPolicy::None ? client::TlsMode::None
+             : route.tls == policy::TlsPolicy::Require || route.tls == policy::TlsPolicy::Verify
+                 ? client::TlsMode::Require
+                 : client::TlsMode::May;
+  if (route.tls == policy::TlsPolicy::Verify) {
+    // Built by the snapshot for every verify route; a route from an older snapshot that
+    // is not there fails closed (deferred), it never goes unverified.
+    auto it = snap_->verifyingClientTls.find(route.caFile);
+    if (it != snap_->verifyingClientTls.end()) job->tlsCtx = it->second;
+  }
+  bool verifyMissing = route.tls == policy::TlsPolicy::Verify && !job->tlsCtx;
   auto alive = alive_;
   job->done = [this, alive, attempt, rcpts](const client::TransactionResult& r, const std::string& relay,
                                             const std::string& tls, const std::string& remoteMta) {
@@ -594,6 +613,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
     groupDone(attempt);
   };
 
+  if (verifyMissing) return failAll("451 4.7.5 no verifying TLS context for this route (not sent)");
   std::string key;
   if (route.to.front().kind == policy::RouteTarget::Kind::Smtp) {
     std::vector<std::pair<std::string, uint16_t>> targets;
@@ -602,7 +622,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
       targets.emplace_back(t.host, t.port);
       key += t.str() + ",";
     }
-    key += "tls=" + std::to_string(static_cast<int>(job->tls));
+    key += tlsKey(job->tls, route);
     // A configured next hop whose name does not resolve is the admin's to fix (a typo in a
     // route, an internal zone down): the mail waits for that, it is not bounced.
     resolveHops(resolver_, std::move(targets), [this, alive, job, key, failAll](std::vector<Hop> hops, bool, std::string error) {
@@ -614,7 +634,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
     return;
   }
   // MX (RFC 5321 §5.1)
-  key = "mx:" + domain + ",tls=" + std::to_string(static_cast<int>(job->tls));
+  key = "mx:" + domain + "," + tlsKey(job->tls, route);
   resolver_->query(domain, dns::RrType::MX, [this, alive, job, key, domain, failAll, permFailAll](const dns::Answer& a) {
     if (!*alive) return;
     std::vector<std::pair<std::string, uint16_t>> targets;
@@ -701,7 +721,7 @@ void QueueManager::openConnection(Destination& d) {
   client::Options opts;
   opts.heloName = cfg.hostname;
   opts.tls = job->tls;
-  opts.tlsCtx = job->tls == client::TlsMode::None ? nullptr : snap_->clientTls;
+  opts.tlsCtx = job->tls == client::TlsMode::None ? nullptr : job->tlsCtx ? job->tlsCtx : snap_->clientTls;
   opts.connectTimeoutMs = static_cast<uint64_t>(cfg.connectTimeout.count());
   opts.greetingTimeoutMs = opts.commandTimeoutMs = static_cast<uint64_t>(cfg.replyTimeout.count());
 
@@ -737,7 +757,9 @@ void QueueManager::openConnection(Destination& d) {
     }
     const Hop hop = job->hops[tr->next++];
     client::Options o = opts;
-    o.sni = hop.name;
+    // The name the certificate must carry with tls = "verify" (and SNI): the route's host or
+    // the MX name; an address when the route names one (checked against IP SANs, no SNI).
+    o.sni = hop.name.empty() ? hop.ip.str() : hop.name;
     std::string relay = (hop.name.empty() ? hop.ip.str() : hop.name + "[" + hop.ip.str() + "]") + ":" +
                         std::to_string(hop.port);
     client::SmtpClient::connect(
@@ -779,7 +801,9 @@ void QueueManager::runJob(Destination& d, Pooled c, std::shared_ptr<Job> job) {
   auto client = c.client;
   client->send(std::move(tx), [this, alive, key, c, job](client::TransactionResult r) {
     if (!*alive) return;
-    job->done(r, c.relay, c.client->tlsActive() ? c.client->tlsSummary() : "", c.remoteMta);
+    std::string tls = c.client->tlsActive() ? c.client->tlsSummary() : "";
+    if (!tls.empty() && job->tlsCtx && c.client->tlsVerified()) tls += " verified";  // tls = "verify"
+    job->done(r, c.relay, tls, c.remoteMta);
     auto it = destinations_.find(key);
     if (it == destinations_.end()) return;
     if (c.client->usable()) {

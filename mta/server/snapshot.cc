@@ -24,6 +24,15 @@ std::shared_ptr<const Snapshot> Snapshot::load(const std::string& configPath, po
   std::string error;
   snap->clientTls = tls::TlsContext::client(false, "", error);
   if (!snap->clientTls) errors.error(config->path, 0, "TLS client context: " + error);
+  for (const auto& r : config->routes) {
+    if (r.tls != policy::TlsPolicy::Verify || snap->verifyingClientTls.count(r.caFile)) continue;
+    auto ctx = tls::TlsContext::client(true, r.caFile, error);
+    if (!ctx) {
+      errors.error(config->path, r.line, "[[route]] ca_file: " + error);
+      continue;
+    }
+    snap->verifyingClientTls[r.caFile] = ctx;
+  }
   if (errors.hasErrors()) return nullptr;
   return snap;
 }

@@ -18,8 +18,11 @@ struct Snapshot {
   // By listener address as written in the config ("127.0.0.1:2525"); absent = no TLS.
   std::map<std::string, std::shared_ptr<tls::TlsContext>> serverTls;
   // Outbound TLS: tls = "may" and "require" both encrypt without verifying the peer's
-  // certificate (Postfix's "may" and "encrypt" levels); verification is a later level.
+  // certificate (Postfix's "may" and "encrypt" levels).
   std::shared_ptr<tls::TlsContext> clientTls;
+  // tls = "verify" (Postfix's "secure"): one verifying context per route ca_file ("" = the
+  // system store alone), built at load so a bad file is refused with its FILE:LINE.
+  std::map<std::string, std::shared_ptr<tls::TlsContext>> verifyingClientTls;
 
   // Builds and validates everything; nullptr with `errors` filled on failure.
   static std::shared_ptr<const Snapshot> load(const std::string& configPath, policy::Errors& errors);

@@ -7,6 +7,7 @@
 // files come from the admin's config. Nothing here logs: callers log the error text.
 #include "mta/tls/tls.h"
 
+#include <arpa/inet.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
@@ -125,10 +126,19 @@ TlsSession::TlsSession(std::shared_ptr<TlsContext> ctx, const std::string& sni) 
   }
   SSL_set_connect_state(ssl_.get());
   if (!sni.empty()) {
-    SSL_set_tlsext_host_name(ssl_.get(), sni.c_str());
+    // An address is checked against the certificate's IP SANs and never sent as SNI
+    // (RFC 6066 §3: literal addresses are not permitted in HostName).
+    unsigned char addr[16];
+    bool literal = inet_pton(AF_INET, sni.c_str(), addr) == 1 || inet_pton(AF_INET6, sni.c_str(), addr) == 1;
+    if (!literal) SSL_set_tlsext_host_name(ssl_.get(), sni.c_str());
     if (ctx_->verifiesPeer()) {
-      SSL_set_hostflags(ssl_.get(), X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-      SSL_set1_host(ssl_.get(), sni.c_str());
+      X509_VERIFY_PARAM* param = SSL_get0_param(ssl_.get());
+      if (literal) {
+        X509_VERIFY_PARAM_set1_ip_asc(param, sni.c_str());
+      } else {
+        SSL_set_hostflags(ssl_.get(), X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        SSL_set1_host(ssl_.get(), sni.c_str());
+      }
     }
   }
   advance();  // produces the ClientHello for takeCiphertext()

@@ -5,16 +5,18 @@ commands, and one message's life followed by its queue_id in the log."""
 import email
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Moat, Sink, free_port, wait_for  # noqa: E402
+from harness import MOAT_BIN, Moat, Sink, free_port, make_cert, wait_for  # noqa: E402
 from authzone import DnsServer  # noqa: E402
 
 BODY = (b"From: Alice <alice@sender.test>\r\nTo: bob@example.test\r\nSubject: byte exact\r\n"
@@ -517,6 +519,110 @@ class DeliveryTest(unittest.TestCase):
         s.sendmail("a@sender.test", ["y@example.test"], b"Subject: d2\r\n\r\nbody\r\n")
         s.quit()
         self.sink.wait_messages(2, timeout=30)
+
+
+def openssl(*args):
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def make_ca(directory):
+    """A certificate authority made at test time: (ca.pem, ca.key)."""
+    ca, key = os.path.join(directory, "ca.pem"), os.path.join(directory, "ca.key")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", ca, "-days", "2",
+            "-subj", "/CN=Moat test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    return ca, key
+
+
+def make_signed_cert(directory, ca, name, san):
+    """A server certificate for `san` (e.g. "IP:127.0.0.1") signed by `ca`: (cert, key)."""
+    cert, key, csr = (os.path.join(directory, f"{name}.{x}") for x in ("pem", "key", "csr"))
+    ext = os.path.join(directory, f"{name}.ext")
+    with open(ext, "w") as f:
+        f.write(f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
+    openssl("x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial", "-out", cert,
+            "-days", "2", "-extfile", ext)
+    return cert, key
+
+
+class OutboundTlsTest(unittest.TestCase):
+    """tls = "verify" on a route: the next hop's certificate must chain to the system store
+    or the route's ca_file and name the host (or the address) of the route; otherwise the
+    message is deferred, never sent in plain text or to an unverified peer."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="moat-tls-out-")
+        cls.ca = make_ca(cls.tmp)
+        cls.good = make_signed_cert(cls.tmp, cls.ca, "good", "IP:127.0.0.1,DNS:localhost")
+        cls.wrong_name = make_signed_cert(cls.tmp, cls.ca, "other", "DNS:other.test")
+        cls.self_signed = make_cert(cls.tmp)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def relay(self, cert, tls, ca_file=True):
+        sink = Sink(tls_cert=cert)
+        self.addCleanup(sink.stop)
+        route = f'\ntls = "{tls}"' + (f'\nca_file = "{self.ca[0]}"' if ca_file else "")
+        m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{sink.port}")], retry='["1h"]')
+        self.addCleanup(m.cleanup)
+        # The route's extra keys go into its own table: rewrite the config and restart.
+        m.stop()
+        with open(m.config_path) as f:
+            text = f.read()
+        with open(m.config_path, "w") as f:
+            f.write(text.replace(f'to = ["smtp:127.0.0.1:{sink.port}"]',
+                                 f'to = ["smtp:127.0.0.1:{sink.port}"]{route}'))
+        m.start()
+        s = m.smtp()
+        s.sendmail("a@sender.test", ["u@example.test"], b"Subject: tls\r\n\r\nbody\r\n")
+        s.quit()
+        return m, sink
+
+    def test_verified_delivery(self):
+        m, sink = self.relay(self.good, "verify")
+        msgs = sink.wait_messages(1)
+        self.assertTrue(msgs[0]["tls"])
+        ev = m.wait_log(event="deliver")
+        self.assertTrue(ev["tls"].endswith(" verified"), ev["tls"])
+
+    def test_untrusted_certificate_is_deferred_not_sent(self):
+        m, sink = self.relay(self.self_signed, "verify")
+        ev = m.wait_log(event="defer")
+        self.assertIn("certificate verify failed", ev["reply"])
+        self.assertEqual(sink.messages, [])
+
+    def test_wrong_name_is_deferred_not_sent(self):
+        m, sink = self.relay(self.wrong_name, "verify")
+        ev = m.wait_log(event="defer")
+        self.assertIn("certificate verify failed", ev["reply"])
+        self.assertEqual(sink.messages, [])
+
+    def test_require_encrypts_without_verifying(self):
+        m, sink = self.relay(self.self_signed, "require", ca_file=False)
+        msgs = sink.wait_messages(1)
+        self.assertTrue(msgs[0]["tls"])
+        ev = m.wait_log(event="deliver")
+        self.assertFalse(ev["tls"].endswith("verified"), ev["tls"])
+
+    def test_bad_ca_file_and_ca_file_without_verify_are_refused_with_file_and_line(self):
+        d = tempfile.mkdtemp(prefix="moat-tls-cfg-", dir=self.tmp)
+        bad = os.path.join(d, "bad.pem")
+        with open(bad, "w") as f:
+            f.write("not a certificate\n")
+        base = '[server]\nhostname = "mx.moat.test"\nspool_dir = "spool"\n\n[[listener]]\naddress = "127.0.0.1:0"\n\n'
+        cases = [(f'[[route]]\nto = ["smtp:127.0.0.1:25"]\ntls = "verify"\nca_file = "{bad}"\n', 9),
+                 (f'[[route]]\nto = ["smtp:127.0.0.1:25"]\ntls = "may"\nca_file = "{self.ca[0]}"\n', 11)]
+        for i, (route, line) in enumerate(cases):
+            path = os.path.join(d, f"moat{i}.toml")
+            with open(path, "w") as f:
+                f.write(base + route)
+            r = subprocess.run([MOAT_BIN, "check", "-c", path], capture_output=True, text=True, timeout=60)
+            self.assertNotEqual(r.returncode, 0, r.stdout)
+            self.assertIn(f"{path}:{line}", r.stderr + r.stdout)
 
 
 if __name__ == "__main__":
