@@ -1,9 +1,11 @@
-// queue/dsn.cc — the RFC 3464 DSN builder (dsn.h). Untrusted input: recipient addresses,
-// remote replies and the original message. Logs nothing.
+// queue/dsn.cc — the RFC 3464 DSN builder, and RFC 6533 global DSNs (dsn.h). Untrusted
+// input: recipient addresses, remote replies and the original message. Logs nothing.
 #include "queue/dsn.h"
 
 #include <atomic>
+#include <cctype>
 #include <chrono>
+#include <cstdio>
 #include <ctime>
 
 #include "mta/runtime/scan.h"
@@ -32,6 +34,188 @@ std::string clean(std::string_view s) {
   return out;
 }
 
+// The code point of the well-formed sequence `seq` (utf8Seq said how long it is).
+uint32_t codePoint(std::string_view seq) {
+  static constexpr unsigned char kLeadMask[] = {0, 0, 0x1F, 0x0F, 0x07};
+  uint32_t cp = static_cast<unsigned char>(seq[0]) & kLeadMask[seq.size()];
+  for (size_t k = 1; k < seq.size(); ++k) cp = cp << 6 | (static_cast<unsigned char>(seq[k]) & 0x3F);
+  return cp;
+}
+
+void appendUtf8(std::string& out, uint32_t cp) {
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    out += static_cast<char>(0xC0 | cp >> 6);
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    out += static_cast<char>(0xE0 | cp >> 12);
+    out += static_cast<char>(0x80 | (cp >> 6 & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else {
+    out += static_cast<char>(0xF0 | cp >> 18);
+    out += static_cast<char>(0x80 | (cp >> 12 & 0x3F));
+    out += static_cast<char>(0x80 | (cp >> 6 & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+}
+
+// A field value safe for a header line of a global DSN (RFC 6532 §3.2: UTF-8 allowed): no
+// CR/LF/controls (C0, DEL and the C1 controls U+0080-U+009F), and non-ASCII only where it is
+// well-formed UTF-8; any other byte becomes U+FFFD, so a peer can neither start a line nor
+// hand malformed UTF-8 to the sender's mail reader.
+std::string cleanUtf8(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      if (c == '\t' || c == '\r' || c == '\n') c = ' ';
+      if (c >= 0x20 && c != 0x7f) out += static_cast<char>(c);
+      ++i;
+      continue;
+    }
+    size_t n = mta::utf8Seq(s, i);
+    if (n == 0) {
+      out += "\xEF\xBF\xBD";  // U+FFFD REPLACEMENT CHARACTER, one for each bad byte
+      ++i;
+      continue;
+    }
+    if (c != 0xC2 || static_cast<unsigned char>(s[i + 1]) >= 0xA0) out.append(s.substr(i, n));
+    i += n;
+  }
+  return out;
+}
+
+// A field value for a global DSN or a plain one.
+std::string field(std::string_view s, bool global) { return global ? cleanUtf8(s) : clean(s); }
+
+// An address in RFC 6533 §3's utf-8-addr-xtext form, which a 7-bit report can carry:
+// QCHARs as they are, any other character (non-ASCII, and backslash, '+', '=', space) as
+// \x{HEXPOINT}, uppercase, no leading zeros. Controls are dropped and bytes that are not
+// UTF-8 taken as U+FFFD first (cleanUtf8). At most 8 octets out for one in; the SMTP parser
+// bounds addresses (RFC 5321 §4.5.3.1) and ORCPTs.
+std::string xtextAddress(std::string_view addr) {
+  std::string in = cleanUtf8(addr), out;
+  for (size_t i = 0; i < in.size();) {
+    auto c = static_cast<unsigned char>(in[i]);
+    size_t n = c < 0x80 ? 1 : mta::utf8Seq(in, i);  // never 0: cleanUtf8 left only whole sequences
+    uint32_t cp = c < 0x80 ? c : codePoint(std::string_view(in).substr(i, n));
+    if (cp > 0x20 && cp < 0x7f && cp != '\\' && cp != '+' && cp != '=') {
+      out += static_cast<char>(cp);
+    } else {
+      char buf[16];
+      snprintf(buf, sizeof buf, "\\x{%X}", static_cast<unsigned>(cp));
+      out += buf;
+    }
+    i += n;
+  }
+  return out;
+}
+
+// An address with its address type (RFC 3464 §2.1.2): "rfc822" when it is ASCII, as a DSN
+// always had it; otherwise RFC 6533 §3's "utf-8", with the address itself in a global DSN
+// (utf-8-address) and its utf-8-addr-xtext form in a plain, 7-bit one.
+std::string typedAddress(std::string_view addr, bool global) {
+  if (!mta::hasEightBit(addr)) return "rfc822; " + clean(addr);
+  return "utf-8; " + (global ? cleanUtf8(addr) : xtextAddress(addr));
+}
+
+// An address as the notification text shows it: UTF-8 in a global DSN; in a plain one the
+// xtext form, which keeps the text 7-bit and still tells the sender which address it was.
+std::string shownAddress(std::string_view addr, bool global) {
+  if (global) return cleanUtf8(addr);
+  return mta::hasEightBit(addr) ? xtextAddress(addr) : clean(addr);
+}
+
+int hexValue(char h) {
+  if (h >= '0' && h <= '9') return h - '0';
+  if (h >= 'A' && h <= 'F') return h - 'A' + 10;
+  if (h >= 'a' && h <= 'f') return h - 'a' + 10;
+  return -1;
+}
+
+// The address a utf-8-addr-xtext or utf-8-addr-unitext stands for (RFC 6533 §3): each
+// EmbeddedUnicodeChar \x{HEX} decoded. An escape that names no Unicode scalar value stays
+// as it is. Never longer than its input.
+std::string decodeEmbedded(std::string_view v) {
+  std::string out;
+  for (size_t i = 0; i < v.size();) {
+    if (v.substr(i, 3) == "\\x{") {
+      size_t close = v.find('}', i + 3);
+      size_t len = close == std::string_view::npos ? 0 : close - i - 3;
+      uint32_t cp = 0;
+      bool ok = len >= 1 && len <= 6;
+      for (size_t k = 0; ok && k < len; ++k) {
+        int d = hexValue(v[i + 3 + k]);
+        ok = d >= 0;
+        cp = cp << 4 | static_cast<uint32_t>(d);
+      }
+      if (ok && cp > 0 && cp <= 0x10FFFF && (cp < 0xD800 || cp > 0xDFFF)) {
+        appendUtf8(out, cp);
+        i = close + 1;
+        continue;
+      }
+    }
+    out += v[i++];
+  }
+  return out;
+}
+
+// xtext (RFC 3461 §4): each "+HH" decoded.
+std::string decodeXtext(std::string_view v) {
+  std::string out;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (v[i] == '+' && i + 2 < v.size() && hexValue(v[i + 1]) >= 0 && hexValue(v[i + 2]) >= 0) {
+      out += static_cast<char>(hexValue(v[i + 1]) << 4 | hexValue(v[i + 2]));
+      i += 2;
+    } else {
+      out += v[i];
+    }
+  }
+  return out;
+}
+
+std::string_view trimSpaces(std::string_view s) {
+  while (!s.empty() && s.front() == ' ') s.remove_prefix(1);
+  while (!s.empty() && s.back() == ' ') s.remove_suffix(1);
+  return s;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
+  return true;
+}
+
+// Original-Recipient (RFC 3464 §2.3.1) from the ORCPT as received (RFC 3461 §4.2). An ASCII
+// one goes as it came, as it always did, except that a global DSN names the address of a
+// "utf-8" one decoded (utf-8-address, RFC 6533 §3). Non-ASCII in an ORCPT (raw UTF-8, which
+// only an SMTPUTF8 client can send) makes it a "utf-8" address like any other.
+std::string originalRecipient(std::string_view orcpt, bool global) {
+  size_t semi = orcpt.find(';');
+  std::string_view type = semi == std::string_view::npos ? "" : trimSpaces(orcpt.substr(0, semi));
+  std::string_view value = semi == std::string_view::npos ? orcpt : trimSpaces(orcpt.substr(semi + 1));
+  bool utf8Type = iequals(type, "utf-8");
+  bool knownType = utf8Type || type.empty() || iequals(type, "rfc822");
+  if (knownType && (mta::hasEightBit(orcpt) || (global && utf8Type))) {
+    std::string addr = utf8Type ? decodeEmbedded(value) : decodeXtext(value);
+    return "utf-8; " + (global ? cleanUtf8(addr) : xtextAddress(addr));
+  }
+  std::string o = field(orcpt, global);
+  return o.find(';') == std::string::npos ? "rfc822; " + o : o;
+}
+
+// Where to break `s` at most `max` octets in: before the UTF-8 sequence `max` falls in, so a
+// break never splits a character (at most 3 octets back: bytes that are not UTF-8 cannot
+// make it go further).
+size_t breakAt(std::string_view s, size_t max) {
+  size_t cut = max;
+  while (cut > 1 && max - cut < 3 && cut < s.size() && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;
+  return cut;
+}
+
 // Splits `text` into lines (CRLF or bare LF), calling fn(line) for each without its ending.
 template <typename Fn>
 void forEachLine(std::string_view text, Fn fn) {
@@ -50,9 +234,10 @@ void forEachLine(std::string_view text, Fn fn) {
 void appendLines(std::string& out, std::string_view text, bool breakLong) {
   forEachLine(text, [&](std::string_view line) {
     while (breakLong && line.size() > kMaxLine) {
-      out.append(line.substr(0, kMaxLine - 1));
+      size_t take = breakAt(line, kMaxLine - 1);
+      out.append(line.substr(0, take));
       out += "\r\n ";
-      line.remove_prefix(kMaxLine - 1);
+      line.remove_prefix(take);
     }
     out.append(line);
     out += "\r\n";
@@ -96,6 +281,7 @@ std::string subjectFor(const DsnInput& in) {
 }
 
 std::string humanPart(const DsnInput& in) {
+  bool global = in.international;
   std::string t;
   std::string host = clean(in.reportingMta);
   t += "This is the mail system at host " + host + ".\r\n\r\n";
@@ -106,29 +292,29 @@ std::string humanPart(const DsnInput& in) {
     t += "Your message could not be delivered yet to one or more recipients.\r\nIt will be retried "
          "until it is too old; you do not need to resend it.\r\n\r\n";
   for (auto& r : in.rcpts) {
-    std::string line = "<" + clean(r.address) + ">: " + clean(r.action);
-    if (!r.diagnostic.empty()) line += ": " + clean(r.diagnostic);
+    std::string line = "<" + shownAddress(r.address, global) + ">: " + clean(r.action);
+    if (!r.diagnostic.empty()) line += ": " + field(r.diagnostic, global);
     appendLines(t, line, true);
   }
   return t;
 }
 
+// The report's fields. In a global DSN (RFC 6533 §6.4) they may hold UTF-8: addresses typed
+// "utf-8" (§3) and the remote reply, which an SMTPUTF8 server may write in UTF-8 (§6.2).
 std::string statusPart(const DsnInput& in) {
+  bool global = in.international;
   std::string s;
   s += foldHeader("Reporting-MTA", "dns; " + clean(in.reportingMta));
-  if (!in.envid.empty()) s += foldHeader("Original-Envelope-Id", clean(in.envid));
+  if (!in.envid.empty()) s += foldHeader("Original-Envelope-Id", field(in.envid, global));
   if (in.arrivalMs > 0) s += foldHeader("Arrival-Date", rfc5322Date(in.arrivalMs));
   for (auto& r : in.rcpts) {
     s += "\r\n";
-    s += foldHeader("Final-Recipient", "rfc822; " + clean(r.address));
-    if (!r.orcpt.empty()) {
-      std::string o = clean(r.orcpt);
-      s += foldHeader("Original-Recipient", o.find(';') == std::string::npos ? "rfc822; " + o : o);
-    }
+    s += foldHeader("Final-Recipient", typedAddress(r.address, global));
+    if (!r.orcpt.empty()) s += foldHeader("Original-Recipient", originalRecipient(r.orcpt, global));
     s += foldHeader("Action", clean(r.action));
     s += foldHeader("Status", clean(r.status));
     if (!r.remoteMta.empty()) s += foldHeader("Remote-MTA", "dns; " + clean(r.remoteMta));
-    if (!r.diagnostic.empty()) s += foldHeader("Diagnostic-Code", clean(r.diagnostic));
+    if (!r.diagnostic.empty()) s += foldHeader("Diagnostic-Code", field(r.diagnostic, global));
     if (r.lastAttemptMs > 0) s += foldHeader("Last-Attempt-Date", rfc5322Date(r.lastAttemptMs));
     if (r.action == "delayed" && r.willRetryUntilMs > 0)
       s += foldHeader("Will-Retry-Until", rfc5322Date(r.willRetryUntilMs));
@@ -147,7 +333,11 @@ std::string originalPart(const DsnInput& in, std::string_view original) {
     if (hdrs.size() > kMaxHeaderBlock) hdrs = hdrs.substr(0, hdrs.rfind('\n', kMaxHeaderBlock) + 1);
     appendLines(body, hdrs, true);
   }
-  std::string part = full ? "Content-Type: message/rfc822\r\n" : "Content-Type: text/rfc822-headers\r\n";
+  // A global DSN returns the original as message/global (RFC 6532 §3.7), its headers as
+  // message/global-headers (RFC 6533 §6.3): the types that may hold UTF-8 header fields.
+  const char* type = in.international ? (full ? "message/global" : "message/global-headers")
+                                      : (full ? "message/rfc822" : "text/rfc822-headers");
+  std::string part = "Content-Type: " + std::string(type) + "\r\n";
   part += mta::hasEightBit(body) ? "Content-Transfer-Encoding: 8bit\r\n" : "Content-Transfer-Encoding: 7bit\r\n";
   part +=
       "Content-Description: " + std::string(full ? "Undelivered Message" : "Undelivered Message Headers") + "\r\n\r\n";
@@ -180,7 +370,7 @@ std::string foldHeader(std::string_view name, std::string_view value) {
       lineLen = 0;
     }
     while (lineLen + 1 + word.size() > kMaxLine) {  // one huge word: hard break
-      size_t take = kMaxLine - lineLen - 1;
+      size_t take = breakAt(word, kMaxLine - lineLen - 1);
       out += ' ';
       out.append(word.substr(0, take));
       out += "\r\n";
@@ -200,26 +390,35 @@ std::string buildDsn(const DsnInput& in, std::string_view original) {
   std::string host = clean(in.reportingMta);
   std::string boundary = makeBoundary(now, original);
   std::string human = humanPart(in), status = statusPart(in), orig = originalPart(in, original);
-  bool eightBit = mta::hasEightBit(orig);
+  bool eightBit = mta::hasEightBit(human) || mta::hasEightBit(status) || mta::hasEightBit(orig);
 
   std::string m;
   m += foldHeader("Date", rfc5322Date(now));
   m += foldHeader("From", "MAILER-DAEMON@" + host + " (Mail Delivery System)");
-  m += foldHeader("To", "<" + clean(in.sender) + ">");
+  m += foldHeader("To", "<" + field(in.sender, in.international) + ">");  // RFC 6532 §3.2: UTF-8 as is
   m += foldHeader("Subject", subjectFor(in));
   m += foldHeader("Message-ID", in.messageId.empty() ? makeMessageId(now, host) : clean(in.messageId));
-  if (!in.originalMessageId.empty()) m += foldHeader("References", clean(in.originalMessageId));
+  if (!in.originalMessageId.empty()) m += foldHeader("References", field(in.originalMessageId, in.international));
   m += foldHeader("Auto-Submitted", "auto-replied");
   m += foldHeader("MIME-Version", "1.0");
+  // A global DSN is still a "delivery-status" report: RFC 6533 changes the types of its
+  // second and third parts (§6.3, §6.4), not the kind of report, and readers that look for
+  // DSNs match on report-type=delivery-status (as Postfix sends global DSNs).
   m += foldHeader("Content-Type", "multipart/report; report-type=delivery-status; boundary=\"" + boundary + "\"");
   m += foldHeader("Content-Transfer-Encoding", eightBit ? "8bit" : "7bit");
   m += "\r\nThis is a MIME-encapsulated message.\r\n\r\n";
 
   m += "--" + boundary + "\r\n";
-  m += "Content-Type: text/plain; charset=us-ascii\r\nContent-Description: Notification\r\n\r\n";
+  // Only a global DSN's parts can hold 8-bit text: the sender's mail reader is then told it.
+  m += mta::hasEightBit(human) ? "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+                               : "Content-Type: text/plain; charset=us-ascii\r\n";
+  m += "Content-Description: Notification\r\n\r\n";
   m += human;
   m += "\r\n--" + boundary + "\r\n";
-  m += "Content-Type: message/delivery-status\r\nContent-Description: Delivery report\r\n\r\n";
+  m += in.international ? "Content-Type: message/global-delivery-status\r\n"
+                        : "Content-Type: message/delivery-status\r\n";
+  if (mta::hasEightBit(status)) m += "Content-Transfer-Encoding: 8bit\r\n";
+  m += "Content-Description: Delivery report\r\n\r\n";
   m += status;
   m += "\r\n--" + boundary + "\r\n";
   m += orig;

@@ -1025,8 +1025,12 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
   in.originalMessageId = env.messageId;
   in.arrivalMs = env.arrivalMs;
   in.headersOnly = env.ret == "HDRS";
+  // RFC 6533: an internationalized original gets a global DSN, which names its UTF-8
+  // addresses as they are rather than as '?'.
+  in.international = env.smtputf8 || hasEightBit(env.mailFrom);
   for (size_t i : rcpts) {
     const auto& r = env.rcpts[i];
+    in.international = in.international || hasEightBit(r.address) || hasEightBit(r.orcpt);
     queue::DsnRecipient d;
     d.address = r.address;
     d.orcpt = r.orcpt;
@@ -1063,10 +1067,11 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
   // RFC 5322 §3.6.7: the trace field ends in "; date-time".
   dsn.headers.emplace_back("Received", "by " + cfg.hostname + " (Moat) id " + dsn.id + " (DSN for " + env.id + "); " +
                                            queue::rfc5322Date(dsn.arrivalMs));
-  // What the next hop must be told to carry it: an 8-bit quote of the original needs
-  // BODY=8BITMIME; a UTF-8 address, or the UTF-8 headers of an SMTPUTF8 original, SMTPUTF8.
+  // What the next hop must be told to carry it: 8-bit text (an 8-bit quote of the original,
+  // UTF-8 in a global DSN's parts) needs BODY=8BITMIME; a UTF-8 address, or a global DSN
+  // with UTF-8 in it (its To:, its report, the original's headers), SMTPUTF8 (RFC 6531 §3.4).
   dsn.eightBit = hasEightBit(text);
-  dsn.smtputf8 = hasEightBit(env.mailFrom) || (env.smtputf8 && dsn.eightBit);
+  dsn.smtputf8 = hasEightBit(env.mailFrom) || (in.international && dsn.eightBit);
   incoming->append(text);
   auto alive = alive_;
   std::string origId = env.id;

@@ -1,8 +1,8 @@
 // mta/runtime/scan.h — scans over message bytes. findLineBreak finds the next line break
 // 16 bytes at a time: the DATA decoder and the SMTP client's dot-stuffing look for the end
 // of every line of every message, and a byte loop or two memchr calls per line were a tenth
-// of the CPU of relaying a 256 KB message. hasEightBit and headerBlock are what the SMTP
-// parser, the client and the DSN builder ask of addresses and messages. Untrusted input:
+// of the CPU of relaying a 256 KB message. hasEightBit, utf8Seq and headerBlock are what the
+// SMTP parser, the client and the DSN builder ask of addresses and messages. Untrusted input:
 // any bytes; reads only the range given.
 #pragma once
 #include <algorithm>
@@ -35,6 +35,28 @@ inline size_t findLineBreak(const char* p, size_t n) {
 // Whether any byte is outside US-ASCII: 8-bit data (RFC 6152), or UTF-8 (RFC 6531).
 inline bool hasEightBit(std::string_view s) {
   return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
+}
+
+// Length of the well-formed UTF-8 sequence for one non-ASCII code point at s[i] (RFC 3629:
+// no overlong forms, no surrogates, nothing above U+10FFFF), 0 if there is none. i < size.
+inline size_t utf8Seq(std::string_view s, size_t i) {
+  auto b = [&](size_t k) { return static_cast<unsigned char>(s[i + k]); };
+  auto cont = [&](size_t k) { return i + k < s.size() && (b(k) & 0xC0) == 0x80; };
+  unsigned char c = b(0);
+  if (c >= 0xC2 && c <= 0xDF) return cont(1) ? 2 : 0;
+  if (c >= 0xE0 && c <= 0xEF) {
+    if (!cont(1) || !cont(2)) return 0;
+    if (c == 0xE0 && b(1) < 0xA0) return 0;  // overlong
+    if (c == 0xED && b(1) > 0x9F) return 0;  // surrogate
+    return 3;
+  }
+  if (c >= 0xF0 && c <= 0xF4) {
+    if (!cont(1) || !cont(2) || !cont(3)) return 0;
+    if (c == 0xF0 && b(1) < 0x90) return 0;  // overlong
+    if (c == 0xF4 && b(1) > 0x8F) return 0;  // above U+10FFFF
+    return 4;
+  }
+  return 0;
 }
 
 // A message's header section (RFC 5322 §2.1): up to and including the line end before the

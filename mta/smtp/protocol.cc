@@ -61,28 +61,6 @@ bool isAtext(unsigned char c) {
   return isAlnum(c) || (c != 0 && std::strchr("!#$%&'*+-/=?^_`{|}~", c) != nullptr);
 }
 
-// Length of the well-formed UTF-8 sequence for one non-ASCII code point at s[i] (RFC 3629:
-// no overlong forms, no surrogates, nothing above U+10FFFF), 0 if there is none.
-size_t utf8Seq(std::string_view s, size_t i) {
-  auto b = [&](size_t k) { return static_cast<unsigned char>(s[i + k]); };
-  auto cont = [&](size_t k) { return i + k < s.size() && (b(k) & 0xC0) == 0x80; };
-  unsigned char c = b(0);
-  if (c >= 0xC2 && c <= 0xDF) return cont(1) ? 2 : 0;
-  if (c >= 0xE0 && c <= 0xEF) {
-    if (!cont(1) || !cont(2)) return 0;
-    if (c == 0xE0 && b(1) < 0xA0) return 0;  // overlong
-    if (c == 0xED && b(1) > 0x9F) return 0;  // surrogate
-    return 3;
-  }
-  if (c >= 0xF0 && c <= 0xF4) {
-    if (!cont(1) || !cont(2) || !cont(3)) return 0;
-    if (c == 0xF0 && b(1) < 0x90) return 0;  // overlong
-    if (c == 0xF4 && b(1) > 0x8F) return 0;  // above U+10FFFF
-    return 4;
-  }
-  return 0;
-}
-
 // Dot-string = Atom *("." Atom); with utf8, atext also takes UTF-8 (RFC 6531 §3.3).
 bool isDotString(std::string_view s, bool utf8) {
   if (s.empty() || s.front() == '.' || s.back() == '.') return false;

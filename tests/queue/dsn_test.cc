@@ -5,6 +5,7 @@
 // header injection through peer-supplied text.
 #include "queue/dsn.h"
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <map>
 
@@ -254,4 +255,294 @@ TEST_CASE("foldHeader folds at spaces near 78 columns") {
     start = nl + 2;
   }
   REQUIRE(lines > 1);
+}
+
+// --- RFC 6533: global DSNs for internationalized originals -------------------------------
+
+namespace {
+
+// UTF-8 text as hex escapes, none of them followed by a hex digit.
+const std::string kJoerg = "j\xC3\xB6rg@example.test";          // jörg@
+const std::string kMueller = "m\xC3\xBCller@b\xC3\xBCro.test";  // müller@büro.
+const std::string kFFFD = "\xEF\xBF\xBD";                       // U+FFFD
+
+const std::string kUtf8Original = "From: " + kJoerg + "\r\nTo: " + kMueller +
+                                  "\r\nSubject: Gr\xC3\xBC\xC3\x9F Gott\r\nMessage-ID: <m2@example.test>\r\n"
+                                  "\r\nDer Text.\r\n";
+
+DsnInput globalInput() {
+  DsnInput in = failedInput();
+  in.international = true;
+  in.sender = kJoerg;
+  in.rcpts[0].address = kMueller;
+  in.rcpts[0].orcpt = "utf-8;m\\x{FC}ller@b\\x{FC}ro.test";  // utf-8-addr-xtext (RFC 6533 §3)
+  in.rcpts[0].diagnostic = "smtp; 550 5.1.1 <" + kMueller + ">: unbekannt";
+  return in;  // rcpts[1] stays q@remote.test: ASCII
+}
+
+// Well-formed UTF-8 (RFC 3629), checked independently of the builder's own code.
+bool validUtf8(std::string_view s) {
+  for (size_t i = 0; i < s.size();) {
+    auto c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    uint32_t cp = n == 1 ? c : c & (0x7F >> n);
+    for (size_t k = 1; k < n; ++k) {
+      auto d = static_cast<unsigned char>(s[i + k]);
+      if ((d & 0xC0) != 0x80) return false;
+      cp = cp << 6 | (d & 0x3F);
+    }
+    static const uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    i += n;
+  }
+  return true;
+}
+
+// Every line on its own must be well-formed: a break inside a sequence leaves two halves
+// that are not.
+void checkUtf8Lines(const std::string& m) {
+  size_t start = 0;
+  while (start < m.size()) {
+    size_t nl = m.find("\r\n", start);
+    INFO("line at offset " << start);
+    REQUIRE(validUtf8(std::string_view(m).substr(start, nl - start)));
+    start = nl + 2;
+  }
+}
+
+bool eightBit(std::string_view s) {
+  for (unsigned char c : s)
+    if (c >= 0x80) return true;
+  return false;
+}
+
+std::string noSpaces(std::string s) {
+  s.erase(std::remove(s.begin(), s.end(), ' '), s.end());
+  return s;
+}
+
+struct Dsn {
+  Part top;
+  std::vector<Part> parts;
+};
+
+Dsn parseDsn(const std::string& m) {
+  Dsn d;
+  d.top = parsePart(m);
+  for (auto p : splitMultipart(d.top.body, param(d.top.get("content-type"), "boundary")))
+    d.parts.push_back(parsePart(p));
+  REQUIRE(d.parts.size() == 3);
+  return d;
+}
+
+}  // namespace
+
+TEST_CASE("global DSN (RFC 6533): global report types, utf-8 addresses, UTF-8 To:") {
+  std::string m = buildDsn(globalInput(), kUtf8Original);
+  checkLines(m);
+  checkUtf8Lines(m);
+  Dsn d = parseDsn(m);
+  // RFC 6532 §3.2: the sender's address as it is, not "j?rg".
+  REQUIRE(d.top.get("to") == "<" + kJoerg + ">");
+  REQUIRE(lower(d.top.get("content-type")).starts_with("multipart/report"));
+  REQUIRE(param(d.top.get("content-type"), "report-type") == "delivery-status");
+  REQUIRE(d.top.get("content-transfer-encoding") == "8bit");
+
+  REQUIRE(d.parts[0].get("content-type") == "text/plain; charset=utf-8");
+  REQUIRE(d.parts[0].get("content-transfer-encoding") == "8bit");
+  REQUIRE(d.parts[0].body.find("<" + kMueller + ">: failed: smtp; 550 5.1.1 <" + kMueller + ">: unbekannt\r\n") !=
+          std::string::npos);
+
+  REQUIRE(d.parts[1].get("content-type") == "message/global-delivery-status");
+  REQUIRE(d.parts[1].get("content-transfer-encoding") == "8bit");
+  auto blocks = statusBlocks(d.parts[1].body);
+  REQUIRE(blocks.size() == 3);
+  REQUIRE(blocks[1].get("final-recipient") == "utf-8; " + kMueller);
+  // The ORCPT's utf-8-addr-xtext decoded: the utf-8-address form (RFC 6533 §3).
+  REQUIRE(blocks[1].get("original-recipient") == "utf-8; " + kMueller);
+  REQUIRE(blocks[1].get("diagnostic-code") == "smtp; 550 5.1.1 <" + kMueller + ">: unbekannt");
+  // An ASCII address keeps the rfc822 type.
+  REQUIRE(blocks[2].get("final-recipient") == "rfc822; q@remote.test");
+
+  REQUIRE(d.parts[2].get("content-type") == "message/global");  // RFC 6532 §3.7
+  REQUIRE(d.parts[2].get("content-transfer-encoding") == "8bit");
+  REQUIRE(d.parts[2].body == kUtf8Original);
+
+  // RET=HDRS, and an original over the size limit: message/global-headers (RFC 6533 §6.3).
+  DsnInput in = globalInput();
+  in.headersOnly = true;
+  for (int round = 0; round < 2; ++round) {
+    Dsn h = parseDsn(buildDsn(in, kUtf8Original));
+    REQUIRE(h.parts[2].get("content-type") == "message/global-headers");
+    REQUIRE(h.parts[2].body.find("Subject: Gr\xC3\xBC\xC3\x9F Gott\r\n") != std::string::npos);
+    REQUIRE(h.parts[2].body.find("Der Text.") == std::string::npos);
+    in.headersOnly = false;
+    in.maxOriginalBytes = 20;
+  }
+}
+
+TEST_CASE("global DSN of an all-ASCII SMTPUTF8 original: global types, 7-bit content") {
+  DsnInput in = failedInput();
+  in.international = true;
+  std::string m = buildDsn(in, kOriginal);
+  REQUIRE_FALSE(eightBit(m));
+  Dsn d = parseDsn(m);
+  REQUIRE(d.top.get("content-transfer-encoding") == "7bit");
+  REQUIRE(d.parts[0].get("content-type") == "text/plain; charset=us-ascii");
+  REQUIRE(d.parts[1].get("content-type") == "message/global-delivery-status");
+  REQUIRE(d.parts[1].headers.count("content-transfer-encoding") == 0);
+  REQUIRE(d.parts[2].get("content-type") == "message/global");
+  auto blocks = statusBlocks(d.parts[1].body);
+  REQUIRE(blocks[1].get("final-recipient") == "rfc822; r@remote.test");
+  REQUIRE(blocks[1].get("original-recipient") == "rfc822;R@remote.test");
+}
+
+TEST_CASE("global DSN: bad UTF-8 and controls from peers are replaced, no line is injected") {
+  DsnInput in = globalInput();
+  // A lone lead byte, 0xFF, an overlong '/', a UTF-16 surrogate, CR LF, and U+0085 (NEL, a
+  // C1 control some readers take for a line break).
+  in.rcpts[0].diagnostic = "smtp; 550 bad \xC3(\xFF\xC0\xAF\xED\xA0\x80 end\r\nX-Evil: 1\r\n\r\n\xC2\x85next";
+  in.rcpts[0].address = "m\xFCller@remote.test\r\nBcc: victim@example.test";  // a Latin-1 byte
+  in.sender = "j\xF6rg@example.test\nX-Injected: 1";
+  in.envid = "ENV\xE2\x82";  // a truncated sequence
+  std::string m = buildDsn(in, kOriginal);
+  checkLines(m);
+  REQUIRE(validUtf8(m));
+  for (const char* injected : {"\r\nX-Evil", "\r\nBcc:", "\r\nX-Injected", "\xC2\x85"})
+    REQUIRE(m.find(injected) == std::string::npos);
+  Dsn d = parseDsn(m);
+  REQUIRE(d.top.get("to") == "<j" + kFFFD + "rg@example.test X-Injected: 1>");
+  auto blocks = statusBlocks(d.parts[1].body);
+  REQUIRE(blocks[0].get("original-envelope-id") == "ENV" + kFFFD + kFFFD);
+  REQUIRE(blocks[1].get("final-recipient") == "utf-8; m" + kFFFD + "ller@remote.test Bcc: victim@example.test");
+  std::string six;
+  for (int i = 0; i < 6; ++i) six += kFFFD;
+  REQUIRE(blocks[1].get("diagnostic-code") == "smtp; 550 bad " + kFFFD + "(" + six + " end X-Evil: 1 next");
+  REQUIRE(d.parts[0].body.find("<m" + kFFFD + "ller@remote.test  Bcc: victim@example.test>: failed") !=
+          std::string::npos);
+}
+
+TEST_CASE("global DSN: folding and line breaks never split a UTF-8 sequence") {
+  DsnInput in = globalInput();
+  // One "word" far over 998 octets of 2-, 3- and 4-byte characters: foldHeader must break it
+  // hard, and the notification line must be broken too.
+  std::string word;
+  for (int i = 0; i < 400; ++i) word += "\xC3\xB6\xE5\xB1\xB1\xF0\x9F\x93\xA7";  // ö 山 📧
+  in.rcpts[0].diagnostic = "smtp; 550 " + word;
+  in.sender = word + "@example.test";
+  // A header line over 998 octets: only the headers are returned, that line folded.
+  std::string original = "Subject: " + word + "\r\n\r\nbody\r\n";
+  for (size_t shift = 0; shift < 4; ++shift) {  // every alignment of the break against the characters
+    in.rcpts[0].diagnostic = "smtp; 550 " + std::string(shift, 'x') + word;
+    std::string m = buildDsn(in, std::string(shift, 'x') + original);
+    checkLines(m);
+    checkUtf8Lines(m);
+    Dsn d = parseDsn(m);
+    auto blocks = statusBlocks(d.parts[1].body);
+    // Nothing is lost: unfolded, a hard break leaves only a space between the pieces.
+    REQUIRE(noSpaces(blocks[1].get("diagnostic-code")) == "smtp;550" + std::string(shift, 'x') + word);
+    REQUIRE(noSpaces(d.top.get("to")) == "<" + word + "@example.test>");
+    REQUIRE(d.parts[2].get("content-type") == "message/global-headers");
+  }
+}
+
+TEST_CASE("plain DSN: a non-ASCII address takes the utf-8-addr-xtext form, not '?'") {
+  DsnInput in = failedInput();  // an ASCII original: not international
+  // Non-ASCII of 2, 3 and 4 octets, and the ASCII that utf-8-addr-xtext escapes too.
+  in.rcpts[0].address = "m\xC3\xBCller+\xE5\xB1\xB1=a\\b\xF0\x9F\x93\xA7@example.test";
+  in.rcpts[0].orcpt = "utf-8;" + kMueller;                          // raw UTF-8: utf-8-addr-unitext
+  in.rcpts[0].diagnostic = "smtp; 550 <" + kMueller + "> unknown";  // not an address field: '?'
+  in.rcpts[1].address = "a+b=c@remote.test";                        // ASCII: as it always was
+  in.rcpts[1].orcpt = "utf-8;j\\x{F6}rg@example.test";              // 7-bit already: as received
+  std::string m = buildDsn(in, kOriginal);
+  checkLines(m);
+  REQUIRE_FALSE(eightBit(m));
+  Dsn d = parseDsn(m);
+  REQUIRE(d.top.get("content-transfer-encoding") == "7bit");
+  REQUIRE(d.parts[0].get("content-type") == "text/plain; charset=us-ascii");
+  REQUIRE(d.parts[1].get("content-type") == "message/delivery-status");
+  REQUIRE(d.parts[2].get("content-type") == "message/rfc822");
+  const std::string xtext = "m\\x{FC}ller\\x{2B}\\x{5C71}\\x{3D}a\\x{5C}b\\x{1F4E7}@example.test";
+  auto blocks = statusBlocks(d.parts[1].body);
+  REQUIRE(blocks[1].get("final-recipient") == "utf-8; " + xtext);
+  REQUIRE(blocks[1].get("original-recipient") == "utf-8; m\\x{FC}ller@b\\x{FC}ro.test");
+  REQUIRE(blocks[1].get("diagnostic-code") == "smtp; 550 <m??ller@b??ro.test> unknown");
+  REQUIRE(blocks[2].get("final-recipient") == "rfc822; a+b=c@remote.test");
+  REQUIRE(blocks[2].get("original-recipient") == "utf-8;j\\x{F6}rg@example.test");
+  REQUIRE(d.parts[0].body.find("<" + xtext + ">: failed") != std::string::npos);
+}
+
+TEST_CASE("an ASCII DSN is byte for byte what it was before global DSNs") {
+  // Built by the DSN builder as it was before RFC 6533 support, with the boundary (which
+  // changes from call to call) written as BOUNDARY.
+  std::string golden = R"(Date: Tue, 14 Nov 2023 22:15:00 +0000
+From: MAILER-DAEMON@mx.example.test (Mail Delivery System)
+To: <s@example.test>
+Subject: Undelivered Mail Returned to Sender
+Message-ID: <dsn-1@mx.example.test>
+References: <m1@example.test>
+Auto-Submitted: auto-replied
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status;
+ boundary="BOUNDARY"
+Content-Transfer-Encoding: 7bit
+
+This is a MIME-encapsulated message.
+
+--BOUNDARY
+Content-Type: text/plain; charset=us-ascii
+Content-Description: Notification
+
+This is the mail system at host mx.example.test.
+
+I'm sorry to have to inform you that your message could not
+be delivered to one or more recipients. It's attached below.
+
+<r@remote.test>: failed: smtp; 550 5.1.1 <r@remote.test>: no such user
+<q@remote.test>: failed
+
+--BOUNDARY
+Content-Type: message/delivery-status
+Content-Description: Delivery report
+
+Reporting-MTA: dns; mx.example.test
+Original-Envelope-Id: ENV-42
+Arrival-Date: Tue, 14 Nov 2023 22:13:20 +0000
+
+Final-Recipient: rfc822; r@remote.test
+Original-Recipient: rfc822;R@remote.test
+Action: failed
+Status: 5.1.1
+Remote-MTA: dns; mx.remote.test
+Diagnostic-Code: smtp; 550 5.1.1 <r@remote.test>: no such user
+Last-Attempt-Date: Tue, 14 Nov 2023 22:14:10 +0000
+
+Final-Recipient: rfc822; q@remote.test
+Action: failed
+Status: 5.4.7
+Last-Attempt-Date: Tue, 14 Nov 2023 22:14:10 +0000
+
+--BOUNDARY
+Content-Type: message/rfc822
+Content-Transfer-Encoding: 7bit
+Content-Description: Undelivered Message
+
+From: Sender <s@example.test>
+To: r@remote.test
+Subject: hello
+Message-ID: <m1@example.test>
+
+The body text.
+
+--BOUNDARY--
+)";
+  std::string crlf;
+  for (char c : golden) crlf += c == '\n' ? std::string("\r\n") : std::string(1, c);
+  DsnInput in = failedInput();
+  in.messageId = "<dsn-1@mx.example.test>";
+  std::string m = buildDsn(in, kOriginal);
+  std::string boundary = param(parsePart(m).get("content-type"), "boundary");
+  for (size_t p; (p = m.find(boundary)) != std::string::npos;) m.replace(p, boundary.size(), "BOUNDARY");
+  REQUIRE(m == crlf);
 }
