@@ -40,6 +40,14 @@ bool badParam(std::string_view s) {
   return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) <= ' ' || c == 0x7f; });
 }
 
+// The caller's reason, made fit for a reply line.
+std::string replyText(std::string_view s) {
+  std::string out(s.substr(0, 200));
+  for (auto& c : out)
+    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e) c = ' ';
+  return out;
+}
+
 }  // namespace
 
 // Streams prefix + body with dot-stuffing and line-ending repair, carrying state across
@@ -370,11 +378,58 @@ void SmtpClient::send(Transaction t, std::function<void(TransactionResult)> done
     if (t.smtputf8 && (hasEightBit(t.prefix) || hasEightBit(headerBlock(t.body))))
       return refuse(554, "554 5.6.9 SMTPUTF8 is required by the headers, but the next hop does not offer it (not sent)");
   }
+  // RFC 6152 §3: to a next hop without 8BITMIME, 8-bit mail goes converted to 7-bit MIME or
+  // is returned (RFC 3463 X.6.3). Declared 8BITMIME but all ASCII: 7-bit already, sent as it is.
+  if (!supports("8BITMIME") && (hasEightBit(t.prefix) || hasEightBit(t.body))) {
+    auto refusal = [](std::string_view reason) {
+      return "554 5.6.3 Conversion required but not supported: " + replyText(reason) +
+             "; the next hop does not offer 8BITMIME (not sent)";
+    };
+    if (!t.downgrade) return refuse(554, refusal("no converter to 7-bit MIME"));
+    // The converter may take its time (the caller runs large messages on the thread pool):
+    // the connection is busy meanwhile, and if it fails, done() gets the error as usual.
+    state_ = State::Busy;
+    self_ = shared_from_this();
+    result_ = std::move(res);
+    txDone_ = std::move(done);
+    std::string whole;
+    whole.reserve(t.prefix.size() + t.body.size());
+    whole.append(t.prefix).append(t.body);
+    auto convert = std::move(t.downgrade);
+    std::weak_ptr<SmtpClient> weak = weak_from_this();
+    convert(std::move(whole),
+            [weak, t = std::move(t), refusal](bool ok, std::string converted, std::string reason) mutable {
+              auto self = weak.lock();
+              if (!self || self->state_ != State::Busy || !self->txDone_) return;  // failed meanwhile
+              if (!ok) {
+                auto& res = self->result_;
+                res.local = true;
+                res.mail = {554, refusal(reason)};
+                std::fill(res.rcpts.begin(), res.rcpts.end(), res.mail);
+                res.data = res.mail;
+                self->mailOk_ = false;
+                return self->finish();
+              }
+              auto bytes = std::make_shared<std::string>(std::move(converted));
+              t.prefix.clear();
+              t.body = *bytes;
+              t.keepAlive = std::move(bytes);  // the original is not read any more
+              if (t.size) t.size = t.body.size();
+              self->result_.downgraded = true;
+              self->begin(std::move(t));
+            });
+    return;
+  }
   state_ = State::Busy;
   self_ = shared_from_this();
-  tx_ = std::move(t);
   result_ = std::move(res);
   txDone_ = std::move(done);
+  begin(std::move(t));
+}
+
+// The transaction on the wire: MAIL, RCPT..., DATA (pipelined when offered), then the body.
+void SmtpClient::begin(Transaction t) {
+  tx_ = std::move(t);
   mailOk_ = false;
   accepted_ = 0;
   pipelining_ = supports("PIPELINING");

@@ -1,6 +1,7 @@
 // mta/client/smtp_client.h — one outbound SMTP connection that carries one transaction at a
 // time, several in a row (RFC 5321 client side; RFC 2920 PIPELINING; RFC 3207 STARTTLS;
-// RFC 1652 8BITMIME, RFC 1870 SIZE, RFC 6531 SMTPUTF8, RFC 3461 DSN parameters).
+// RFC 6152 8BITMIME, RFC 1870 SIZE, RFC 6531 SMTPUTF8, RFC 3461 DSN parameters). 8-bit mail
+// for a next hop without 8BITMIME goes converted by the caller's Transaction::downgrade.
 //
 // Untrusted input: every reply from the server (bounded: 4096 bytes a line, 100 lines a
 // reply; more is a protocol error that ends the connection). Logs nothing: the queue manager
@@ -35,6 +36,13 @@ struct Options {
            dataBlockTimeoutMs = 180000, dataDoneTimeoutMs = 600000;  // RFC 5321 §4.5.3.2
 };
 
+// Converts an 8-bit message (the prefix and body as one) to 7-bit MIME for a next hop without
+// 8BITMIME (RFC 6152 §3), then calls done(true, converted, "") or done(false, "", why not)
+// once, from the loop: at once, or later (a large message converted on the thread pool).
+// Supplied by the caller, which links the MIME code the client must not.
+using DowngradeDone = std::function<void(bool ok, std::string converted, std::string reason)>;
+using Downgrade = std::function<void(std::string message, DowngradeDone done)>;
+
 struct Transaction {
   std::string mailFrom;                      // "" = null sender
   std::vector<std::string> rcpts;
@@ -44,6 +52,9 @@ struct Transaction {
   std::string prefix;                        // headers prepended by the gateway, CRLF lines
   std::string_view body;                     // the message (CRLF, NOT dot-stuffed)
   std::shared_ptr<const void> keepAlive;     // keeps `body` valid until done runs
+  // For a next hop without 8BITMIME, when the prefix or body has a byte over 0x7f; without
+  // it (or when it fails) such a message is refused locally: 554 5.6.3.
+  Downgrade downgrade;
 };
 
 struct Reply {
@@ -54,10 +65,12 @@ struct Reply {
 // Outcome per recipient i: if mail.code is not 2xx → mail; else if rcpts[i] is not 2xx →
 // rcpts[i]; else data. When MAIL was refused, rcpts[] and data are copies of `mail`, so a
 // 4xx at MAIL never turns into a 5xx for a recipient. An envelope with CR, LF or NUL is not
-// sent: every reply is a local "501 5.5.4 ..." and the connection stays usable.
+// sent: every reply is a local "501 5.5.4 ..." and the connection stays usable; so is 8-bit mail
+// that a next hop without 8BITMIME could only take converted, when it cannot be ("554 5.6.3 ...").
 struct TransactionResult {
   std::string error;          // non-empty: the connection failed mid-transaction (4xx for all)
   bool local = false;         // the replies are the client's own: nothing was sent
+  bool downgraded = false;    // the message went converted to 7-bit MIME (Transaction::downgrade)
   Reply mail;
   std::vector<Reply> rcpts;   // one per rcpt, same order
   Reply data;                 // final reply after the message (or to DATA if refused)
@@ -126,6 +139,7 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   void connected();
 
   bool envelopeSafe(const Transaction& t) const;
+  void begin(Transaction t);
   std::string mailCommand() const;
   void onMail(const Reply& r);
   void sendRcpt(size_t i);

@@ -7,7 +7,7 @@
 // DSN of Moat's own that cannot be delivered is dropped with a log line, not bounced.
 //
 // Untrusted input: replies from remote servers (bounded by the SMTP client), DNS answers.
-// Logs: deliver, defer, bounce, expire, dsn (each with queue_id).
+// Logs: deliver, defer, bounce, expire, dsn, downgraded (each with queue_id).
 #pragma once
 #include <uv.h>
 

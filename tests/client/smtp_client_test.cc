@@ -1,18 +1,20 @@
 // Tests for mta/client: the SMTP client against a scripted Python SMTP server on loopback
 // (tests/client/smtp_server.py, byte-exact bodies, STARTTLS) and Postfix's smtp-sink.
-#include <catch2/catch.hpp>
+#include "mta/client/smtp_client.h"
 
-#include <signal.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
-#include "mta/client/smtp_client.h"
+#include "filters/mime/downgrade.h"
+#include "filters/mime/mime.h"
 #include "mta/runtime/uv.h"
 #include "tests/support/test_cert.h"
 
@@ -361,6 +363,158 @@ TEST_CASE("client: UTF-8 goes only to a next hop offering SMTPUTF8, else it is r
     REQUIRE(r.data.code == 250);
     REQUIRE(utf8.commands().find("SMTPUTF8") != std::string::npos);
   }
+}
+
+namespace {
+
+// The converter the daemon supplies (filters/mime/downgrade.h), counting its calls.
+client::Downgrade realDowngrade(int& calls) {
+  return [&calls](std::string message, client::DowngradeDone done) {
+    ++calls;
+    auto d = moat::filters::mime::downgradeTo7Bit(message);
+    done(d.ok, std::move(d.message), std::move(d.reason));
+  };
+}
+
+// The same, answering later from the thread pool, as the daemon does for large messages.
+client::Downgrade pooledDowngrade(uv_loop_t* loop, int& calls) {
+  return [loop, &calls](std::string message, client::DowngradeDone done) {
+    ++calls;
+    auto d = std::make_shared<moat::filters::mime::Downgraded>();
+    uv::queueWork(
+        loop, [d, message = std::move(message)] { *d = moat::filters::mime::downgradeTo7Bit(message); },
+        [d, done = std::move(done)] { done(d->ok, std::move(d->message), std::move(d->reason)); });
+  };
+}
+
+bool sevenBit(std::string_view s) {
+  return std::none_of(s.begin(), s.end(), [](char ch) { return static_cast<unsigned char>(ch) > 0x7f; });
+}
+
+size_t count(std::string_view s, std::string_view what) {
+  size_t n = 0;
+  for (size_t at = s.find(what); at != std::string_view::npos; at = s.find(what, at + 1)) ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("client: 8-bit mail to a next hop without 8BITMIME goes as 7-bit MIME, or is returned unsent") {
+  uv::Loop loop;
+  ScriptedServer server("\"pipelining\": true, \"no_8bitmime\": true");
+  auto c = connectTo(loop, server.port(), plainOptions());
+  REQUIRE(c.client);
+  REQUIRE_FALSE(c.client->supports("8BITMIME"));
+  int calls = 0;
+
+  // Big enough to take several loop turns to write: the converted copy must outlive send().
+  auto body = std::make_shared<std::string>(
+      "From: a@example.org\r\nSubject: plain\r\nMIME-Version: 1.0\r\n"
+      "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n");
+  std::string text;
+  for (int i = 0; text.size() < 3 * 1024 * 1024; ++i)
+    text += (i % 3 ? "caf\xc3\xa9 line " : ".dot line ") + std::to_string(i) + "\r\n";
+  *body += text;
+  auto t = simpleTx({"a@example.test"}, *body);
+  t.keepAlive = body;
+  t.prefix = "Received: by moat\r\n";
+  t.eightBit = true;
+  t.size = t.prefix.size() + body->size();
+  t.downgrade = realDowngrade(calls);
+  auto r = sendTx(loop, *c.client, std::move(t));
+  INFO(r.error);
+  REQUIRE(calls == 1);
+  REQUIRE_FALSE(r.local);
+  REQUIRE(r.downgraded);
+  REQUIRE(r.data.code == 250);
+  std::string got = server.file("msg1.eml");
+  REQUIRE(got.rfind("Received: by moat\r\nFrom: a@example.org\r\n", 0) == 0);
+  REQUIRE(sevenBit(got));
+  REQUIRE(got.find("\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n.dot line 0\r\ncaf=C3=A9 line 1\r\n") !=
+          std::string::npos);
+  REQUIRE(count(got, "Content-Transfer-Encoding") == 1);
+  REQUIRE(moat::filters::mime::decodeQuotedPrintable(got.substr(got.find("\r\n\r\n") + 4)) == text);
+  // No BODY=8BITMIME, and SIZE= is the size of what was sent.
+  REQUIRE(server.commands().find("1 MAIL FROM:<sender@example.org> SIZE=" + std::to_string(got.size()) + "\n") !=
+          std::string::npos);
+
+  // An 8-bit header cannot be converted: returned, nothing sent, the connection still usable.
+  t = simpleTx({"a@example.test", "b@example.test"}, "Subject: caf\xc3\xa9\r\n\r\ncaf\xc3\xa9\r\n");
+  t.eightBit = true;
+  t.downgrade = realDowngrade(calls);
+  r = sendTx(loop, *c.client, std::move(t));
+  REQUIRE(calls == 2);
+  REQUIRE(r.local);
+  REQUIRE_FALSE(r.downgraded);
+  REQUIRE(r.mail.code == 554);
+  REQUIRE(r.rcpts[1].code == 554);
+  REQUIRE(r.data.text ==
+          "554 5.6.3 Conversion required but not supported: 8-bit bytes in a header; the next hop does not offer "
+          "8BITMIME (not sent)");
+  REQUIRE(count(server.commands(), "MAIL FROM") == 1);
+  REQUIRE(c.client->usable());
+
+  // Without a converter, 8-bit mail is returned too (undeclared: the bytes decide).
+  r = sendTx(loop, *c.client, simpleTx({"a@example.test"}, "Subject: t\r\n\r\n\xe9t\xe9\r\n"));
+  REQUIRE(r.local);
+  REQUIRE(r.data.code == 554);
+  REQUIRE(r.data.text.find("5.6.3") != std::string::npos);
+  REQUIRE(count(server.commands(), "MAIL FROM") == 1);
+
+  // Declared 8BITMIME but all ASCII: already 7-bit, sent as it is, without BODY=.
+  t = simpleTx({"a@example.test"}, "Subject: ascii\r\n\r\nhi\r\n");
+  t.eightBit = true;
+  t.downgrade = realDowngrade(calls);
+  r = sendTx(loop, *c.client, std::move(t));
+  REQUIRE(calls == 2);
+  REQUIRE_FALSE(r.downgraded);
+  REQUIRE(r.data.code == 250);
+  REQUIRE(server.file("msg2.eml") == "Subject: ascii\r\n\r\nhi\r\n");
+  REQUIRE(server.commands().find("1 MAIL FROM:<sender@example.org>\n") != std::string::npos);
+}
+
+TEST_CASE("client: a converter that answers later, from the thread pool") {
+  uv::Loop loop;
+  ScriptedServer server("\"pipelining\": true, \"no_8bitmime\": true");
+  auto c = connectTo(loop, server.port(), plainOptions());
+  REQUIRE(c.client);
+  int calls = 0;
+  auto t = simpleTx({"a@example.test"}, "Subject: t\r\n\r\ncaf\xc3\xa9\r\n");
+  t.downgrade = pooledDowngrade(loop.get(), calls);
+  auto r = sendTx(loop, *c.client, std::move(t));
+  REQUIRE(calls == 1);
+  REQUIRE(r.downgraded);
+  REQUIRE(r.data.code == 250);
+  REQUIRE(server.file("msg1.eml") ==
+          "Subject: t\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=unknown-8bit\r\n"
+          "Content-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9\r\n");
+  // Refused from the pool too: a local 554 5.6.3, and the connection stays usable.
+  t = simpleTx({"a@example.test"}, "Subject: caf\xc3\xa9\r\n\r\nx\r\n");
+  t.downgrade = pooledDowngrade(loop.get(), calls);
+  r = sendTx(loop, *c.client, std::move(t));
+  REQUIRE(r.local);
+  REQUIRE(r.data.code == 554);
+  REQUIRE(c.client->usable());
+}
+
+TEST_CASE("client: with 8BITMIME offered, 8-bit mail goes unchanged with BODY=8BITMIME") {
+  uv::Loop loop;
+  ScriptedServer server("\"pipelining\": true");
+  auto c = connectTo(loop, server.port(), plainOptions());
+  REQUIRE(c.client);
+  REQUIRE(c.client->supports("8BITMIME"));
+  int calls = 0;
+  const std::string body = "Subject: t\r\nContent-Transfer-Encoding: 8bit\r\n\r\ncaf\xc3\xa9 \xff\r\n";
+  auto t = simpleTx({"a@example.test"}, body);
+  t.prefix = "Received: by moat\r\n";
+  t.eightBit = true;
+  t.downgrade = realDowngrade(calls);
+  auto r = sendTx(loop, *c.client, std::move(t));
+  REQUIRE(r.data.code == 250);
+  REQUIRE_FALSE(r.downgraded);
+  REQUIRE(calls == 0);
+  REQUIRE(server.file("msg1.eml") == "Received: by moat\r\n" + body);
+  REQUIRE(server.commands().find("MAIL FROM:<sender@example.org> BODY=8BITMIME\n") != std::string::npos);
 }
 
 TEST_CASE("client: HELO fallback when EHLO is refused") {

@@ -5,7 +5,7 @@ Usage: smtp_server.py CONFIG_JSON
 CONFIG keys: out (dir, required; the port is written to OUT/port), pipelining (bool),
 cert/key (offer STARTTLS), reject_rcpt {addr: reply}, mail_reply, data_reply,
 ehlo_reply, rset_reply, greeting, data_done_delay (s), greeting_delay (s), no_esmtp,
-starttls_extra.
+starttls_extra, no_8bitmime (8BITMIME not offered).
 For each message it writes OUT/msgN.eml (the un-stuffed body, byte-exact) and OUT/msgN.env;
 every command line received goes to OUT/commands.log as "CONN-ID LINE".
 Python standard library only; exits on SIGTERM."""
@@ -54,6 +54,8 @@ class Conn:
                     self.send(cfg.get("ehlo_reply", "502 5.5.2 no EHLO"))
                     continue
                 caps = ["SIZE 1000000", "8BITMIME", "DSN", "ENHANCEDSTATUSCODES"]
+                if cfg.get("no_8bitmime"):
+                    caps.remove("8BITMIME")
                 if cfg.get("pipelining"):
                     caps.append("PIPELINING")
                 if cfg.get("smtputf8"):

@@ -65,7 +65,7 @@ class _SinkHandler(socketserver.StreamRequestHandler):
             verb = line.split(" ", 1)[0].upper()
             sink.commands.append(line)
             if verb == "EHLO":
-                ext = ["PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 104857600"]
+                ext = list(sink.extensions)
                 if (sink.tls_context or sink.break_tls) and not tls:
                     ext.append("STARTTLS")
                 lines = ["sink.test"] + ext
@@ -143,8 +143,11 @@ class Sink:
     """A real SMTP server on 127.0.0.1 that records what it is sent. The reply hooks can be
     replaced to refuse particular recipients or to fail temporarily."""
 
-    def __init__(self, port=0, tls_cert=None, break_tls=False):
+    DEFAULT_EXTENSIONS = ("PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 104857600")
+
+    def __init__(self, port=0, tls_cert=None, break_tls=False, extensions=DEFAULT_EXTENSIONS):
         self.break_tls = break_tls  # offers STARTTLS, then fails every handshake
+        self.extensions = tuple(extensions)  # EHLO keywords (STARTTLS is added when TLS is set up)
         self.messages = []
         self.commands = []
         self.connections = 0
