@@ -73,6 +73,10 @@ void readListener(Config& c, Section s) {
   l.tlsKey = s.getPath("tls_key", "");
   if (l.tlsCert.empty() != l.tlsKey.empty()) s.error(l.tlsCert.empty() ? "tls_key" : "tls_cert", "tls_cert and tls_key go together");
   if (l.mode == ListenerMode::Smtps && l.tlsCert.empty()) s.error("mode", "smtps needs tls_cert and tls_key");
+  // A submission listener promises AUTH (CONTRACT.md); until Moat has SMTP AUTH, accepting
+  // the mode would run it as a plain smtp listener without saying so.
+  if (l.mode == ListenerMode::Submission)
+    s.error("mode", "\"submission\" (SMTP AUTH) is not available in this version; use \"smtp\" with relay.networks");
   s.rejectUnknownKeys();
   c.listeners.push_back(std::move(l));
 }

@@ -113,3 +113,13 @@ TEST_CASE("a TOML syntax error names the line") {
   REQUIRE(errors.all()[0].line == 3);
   unlink(path.c_str());
 }
+
+TEST_CASE("a submission listener is refused until Moat has SMTP AUTH, not run without it") {
+  auto path = writeTemp("[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:587\"\nmode = \"submission\"\n");
+  Errors errors;
+  REQUIRE_FALSE(loadConfig(path, errors));
+  std::string all = errors.str();
+  INFO(all);
+  REQUIRE(all.find(path + ":6: [[listener]].mode: \"submission\" (SMTP AUTH) is not available") != std::string::npos);
+  unlink(path.c_str());
+}
