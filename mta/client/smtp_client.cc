@@ -392,12 +392,12 @@ void SmtpClient::send(Transaction t, std::function<void(TransactionResult)> done
     self_ = shared_from_this();
     result_ = std::move(res);
     txDone_ = std::move(done);
-    std::string whole;
-    whole.reserve(t.prefix.size() + t.body.size());
-    whole.append(t.prefix).append(t.body);
     auto convert = std::move(t.downgrade);
     std::weak_ptr<SmtpClient> weak = weak_from_this();
-    convert(std::move(whole),
+    std::string prefix = t.prefix;
+    std::string_view body = t.body;
+    auto keepAlive = t.keepAlive;
+    convert(std::move(prefix), body, std::move(keepAlive),
             [weak, t = std::move(t), refusal](bool ok, std::string converted, std::string reason) mutable {
               auto self = weak.lock();
               if (!self || self->state_ != State::Busy || !self->txDone_) return;  // failed meanwhile

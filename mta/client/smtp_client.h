@@ -36,12 +36,14 @@ struct Options {
            dataBlockTimeoutMs = 180000, dataDoneTimeoutMs = 600000;  // RFC 5321 §4.5.3.2
 };
 
-// Converts an 8-bit message (the prefix and body as one) to 7-bit MIME for a next hop without
-// 8BITMIME (RFC 6152 §3), then calls done(true, converted, "") or done(false, "", why not)
-// once, from the loop: at once, or later (a large message converted on the thread pool).
-// Supplied by the caller, which links the MIME code the client must not.
+// Converts an 8-bit message (prefix + body, the body kept valid by keepAlive) to 7-bit MIME
+// for a next hop without 8BITMIME (RFC 6152 §3), then calls done(true, converted, "") or
+// done(false, "", why not) once, from the loop: at once, or later (a large message is
+// joined and converted on the thread pool). Supplied by the caller, which links the MIME
+// code the client must not.
 using DowngradeDone = std::function<void(bool ok, std::string converted, std::string reason)>;
-using Downgrade = std::function<void(std::string message, DowngradeDone done)>;
+using Downgrade = std::function<void(std::string prefix, std::string_view body, std::shared_ptr<const void> keepAlive,
+                                     DowngradeDone done)>;
 
 struct Transaction {
   std::string mailFrom;                      // "" = null sender

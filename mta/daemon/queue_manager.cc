@@ -803,17 +803,20 @@ void QueueManager::runJob(Destination& d, Pooled c, std::shared_ptr<Job> job) {
   // RFC 6152 §3, for a next hop without 8BITMIME; on the loop, like the rest of the client.
   // RFC 6152 §3, for a next hop without 8BITMIME: about 6 ms per MB of CPU, so a message
   // over 256 KB is converted on the thread pool, never on the loop.
-  tx.downgrade = [loop = loop_, alive = alive_](std::string message, client::DowngradeDone done) {
-    if (message.size() <= kDowngradeOnLoop) {
-      auto r = filters::mime::downgradeTo7Bit(message);
-      return done(r.ok, std::move(r.message), std::move(r.reason));
-    }
+  tx.downgrade = [loop = loop_, alive = alive_](std::string prefix, std::string_view body,
+                                                std::shared_ptr<const void> keepAlive, client::DowngradeDone done) {
+    size_t size = prefix.size() + body.size();
     auto result = std::make_shared<filters::mime::Downgraded>();
-    uv::queueWork(
-        loop, [result, message = std::move(message)] { *result = filters::mime::downgradeTo7Bit(message); },
-        [alive, result, done = std::move(done)] {
-          if (*alive) done(result->ok, std::move(result->message), std::move(result->reason));
-        });
+    auto work = [result, prefix = std::move(prefix), body, keepAlive = std::move(keepAlive)]() mutable {
+      prefix.append(body);  // the message as it goes: the gateway's header lines, then the spooled bytes
+      *result = filters::mime::downgradeTo7Bit(prefix);
+    };
+    auto after = [alive, result, done = std::move(done)] {
+      if (*alive) done(result->ok, std::move(result->message), std::move(result->reason));
+    };
+    if (size > kDowngradeOnLoop) return uv::queueWork(loop, std::move(work), std::move(after));
+    work();
+    after();
   };
   auto alive = alive_;
   std::string key = d.key;

@@ -33,8 +33,18 @@ inline size_t findLineBreak(const char* p, size_t n) {
 }
 
 // Whether any byte is outside US-ASCII: 8-bit data (RFC 6152), or UTF-8 (RFC 6531).
+// 16 bytes at a time: the SMTP client asks it of whole messages for a next hop without
+// 8BITMIME, on the event loop.
 inline bool hasEightBit(std::string_view s) {
-  return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
+  const char* p = s.data();
+  size_t i = 0, n = s.size();
+#if defined(__SSE2__)
+  for (; i + 16 <= n; i += 16)
+    if (_mm_movemask_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i))) != 0) return true;
+#endif
+  for (; i < n; ++i)
+    if (static_cast<unsigned char>(p[i]) >= 0x80) return true;
+  return false;
 }
 
 // Length of the well-formed UTF-8 sequence for one non-ASCII code point at s[i] (RFC 3629:

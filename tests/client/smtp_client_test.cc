@@ -369,20 +369,24 @@ namespace {
 
 // The converter the daemon supplies (filters/mime/downgrade.h), counting its calls.
 client::Downgrade realDowngrade(int& calls) {
-  return [&calls](std::string message, client::DowngradeDone done) {
+  return [&calls](std::string prefix, std::string_view body, std::shared_ptr<const void>, client::DowngradeDone done) {
     ++calls;
-    auto d = moat::filters::mime::downgradeTo7Bit(message);
+    auto d = moat::filters::mime::downgradeTo7Bit(prefix + std::string(body));
     done(d.ok, std::move(d.message), std::move(d.reason));
   };
 }
 
 // The same, answering later from the thread pool, as the daemon does for large messages.
 client::Downgrade pooledDowngrade(uv_loop_t* loop, int& calls) {
-  return [loop, &calls](std::string message, client::DowngradeDone done) {
+  return [loop, &calls](std::string prefix, std::string_view body, std::shared_ptr<const void> keepAlive,
+                        client::DowngradeDone done) {
     ++calls;
     auto d = std::make_shared<moat::filters::mime::Downgraded>();
     uv::queueWork(
-        loop, [d, message = std::move(message)] { *d = moat::filters::mime::downgradeTo7Bit(message); },
+        loop,
+        [d, prefix = std::move(prefix), body, keepAlive] {
+          *d = moat::filters::mime::downgradeTo7Bit(prefix + std::string(body));
+        },
         [d, done = std::move(done)] { done(d->ok, std::move(d->message), std::move(d->reason)); });
   };
 }

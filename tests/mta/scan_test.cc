@@ -1,5 +1,5 @@
-// Tests for mta/runtime/scan.h: findLineBreak against a plain byte loop, at every position
-// and length around the 16-byte steps, never reading past the end.
+// Tests for mta/runtime/scan.h: findLineBreak against a plain byte loop, and hasEightBit, at
+// every position and length around the 16-byte steps, never reading past the end.
 #include <catch2/catch.hpp>
 
 #include <memory>
@@ -43,4 +43,23 @@ TEST_CASE("findLineBreak finds the first CR or LF at every position, or returns 
   std::string s("\x80\xff\0\x0b\x0c\x8d\x8a", 7);
   s += "\n";
   REQUIRE(findLineBreak(s.data(), s.size()) == 7);
+}
+
+TEST_CASE("hasEightBit sees a byte over 0x7f at every position, and none in ASCII") {
+  for (size_t n = 0; n <= 70; ++n) {
+    auto buf = std::make_unique<char[]>(n + 1);  // bytes at the end: ASan sees any over-read
+    char* p = buf.get() + 1;
+    for (size_t i = 0; i < n; ++i) p[i] = static_cast<char>(i % 128);  // all of ASCII, NUL and DEL too
+    REQUIRE_FALSE(moat::mta::hasEightBit(std::string_view(p, n)));
+    for (size_t at = 0; at < n; ++at) {
+      for (unsigned char c : {0x80, 0xC3, 0xFF}) {
+        char keep = p[at];
+        p[at] = static_cast<char>(c);
+        INFO("n=" << n << " at=" << at);
+        REQUIRE(moat::mta::hasEightBit(std::string_view(p, n)));
+        REQUIRE_FALSE(moat::mta::hasEightBit(std::string_view(p, at)));  // not before it
+        p[at] = keep;
+      }
+    }
+  }
 }
