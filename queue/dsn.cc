@@ -3,7 +3,6 @@
 #include "queue/dsn.h"
 
 #include <atomic>
-#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -182,13 +181,6 @@ std::string_view trimSpaces(std::string_view s) {
   return s;
 }
 
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
-  return true;
-}
-
 // Original-Recipient (RFC 3464 §2.3.1) from the ORCPT as received (RFC 3461 §4.2). An ASCII
 // one goes as it came, as it always did, except that a global DSN names the address of a
 // "utf-8" one decoded (utf-8-address, RFC 6533 §3). Non-ASCII in an ORCPT (raw UTF-8, which
@@ -197,8 +189,8 @@ std::string originalRecipient(std::string_view orcpt, bool global) {
   size_t semi = orcpt.find(';');
   std::string_view type = semi == std::string_view::npos ? "" : trimSpaces(orcpt.substr(0, semi));
   std::string_view value = semi == std::string_view::npos ? orcpt : trimSpaces(orcpt.substr(semi + 1));
-  bool utf8Type = iequals(type, "utf-8");
-  bool knownType = utf8Type || type.empty() || iequals(type, "rfc822");
+  bool utf8Type = mta::iequalsAscii(type, "utf-8");
+  bool knownType = utf8Type || type.empty() || mta::iequalsAscii(type, "rfc822");
   if (knownType && (mta::hasEightBit(orcpt) || (global && utf8Type))) {
     std::string addr = utf8Type ? decodeEmbedded(value) : decodeXtext(value);
     return "utf-8; " + (global ? cleanUtf8(addr) : xtextAddress(addr));

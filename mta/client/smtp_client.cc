@@ -40,6 +40,14 @@ bool badParam(std::string_view s) {
   return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) <= ' ' || c == 0x7f; });
 }
 
+// A result for a transaction not sent: every reply is the client's own `text`.
+void refuseLocally(TransactionResult& res, int code, std::string text) {
+  res.local = true;
+  res.mail = {code, std::move(text)};
+  std::fill(res.rcpts.begin(), res.rcpts.end(), res.mail);
+  res.data = res.mail;
+}
+
 // The caller's reason, made fit for a reply line.
 std::string replyText(std::string_view s) {
   std::string out(s.substr(0, 200));
@@ -362,10 +370,7 @@ void SmtpClient::send(Transaction t, std::function<void(TransactionResult)> done
     return done(std::move(res));
   }
   auto refuse = [&res, &done](int code, std::string text) {
-    res.local = true;
-    res.mail = {code, std::move(text)};
-    std::fill(res.rcpts.begin(), res.rcpts.end(), res.mail);
-    res.data = res.mail;
+    refuseLocally(res, code, std::move(text));
     done(std::move(res));
   };
   if (!envelopeSafe(t)) return refuse(501, "501 5.5.4 Invalid character in envelope (not sent)");
@@ -402,11 +407,7 @@ void SmtpClient::send(Transaction t, std::function<void(TransactionResult)> done
               auto self = weak.lock();
               if (!self || self->state_ != State::Busy || !self->txDone_) return;  // failed meanwhile
               if (!ok) {
-                auto& res = self->result_;
-                res.local = true;
-                res.mail = {554, refusal(reason)};
-                std::fill(res.rcpts.begin(), res.rcpts.end(), res.mail);
-                res.data = res.mail;
+                refuseLocally(self->result_, 554, refusal(reason));
                 self->mailOk_ = false;
                 return self->finish();
               }

@@ -69,6 +69,13 @@ inline size_t utf8Seq(std::string_view s, size_t i) {
   return 0;
 }
 
+// ASCII case-insensitive equality (SMTP verbs, parameters, DSN address types).
+inline bool iequalsAscii(std::string_view a, std::string_view b) {
+  auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };
+  return a.size() == b.size() &&
+         std::equal(a.begin(), a.end(), b.begin(), [&](char x, char y) { return lower(x) == lower(y); });
+}
+
 // A message's header section (RFC 5322 §2.1): up to and including the line end before the
 // first empty line (CRLF or bare LF); all of it when there is no empty line, nothing when
 // it starts with one.

@@ -33,15 +33,8 @@ bool isAlnum(unsigned char c) { return isAlpha(c) || isDigit(c); }
 char toLower(char c) { return (c >= 'A' && c <= 'Z') ? char(c + 32) : c; }
 char toUpper(char c) { return (c >= 'a' && c <= 'z') ? char(c - 32) : c; }
 
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (toLower(a[i]) != toLower(b[i])) return false;
-  return true;
-}
-
 bool istartsWith(std::string_view s, std::string_view prefix) {
-  return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
+  return s.size() >= prefix.size() && iequalsAscii(s.substr(0, prefix.size()), prefix);
 }
 
 std::string upper(std::string_view s) {
@@ -196,12 +189,12 @@ bool isXtext(std::string_view v) {
 }
 
 bool isNotify(std::string_view v) {
-  if (iequals(v, "NEVER")) return true;
+  if (iequalsAscii(v, "NEVER")) return true;
   size_t start = 0;
   while (start <= v.size()) {
     size_t comma = v.find(',', start);
     std::string_view item = v.substr(start, comma == std::string_view::npos ? v.npos : comma - start);
-    if (!iequals(item, "SUCCESS") && !iequals(item, "FAILURE") && !iequals(item, "DELAY")) return false;
+    if (!iequalsAscii(item, "SUCCESS") && !iequalsAscii(item, "FAILURE") && !iequalsAscii(item, "DELAY")) return false;
     if (comma == std::string_view::npos) return true;
     start = comma + 1;
   }
@@ -384,7 +377,7 @@ std::optional<Reply> parsePathCommand(Command& cmd, bool utf8) {
     if (mail && path.size() == 2) return std::nullopt;  // the null reverse-path
     return makeReply(501, mail ? "5.1.7" : "5.1.3", "Empty address");
   }
-  if (!mail && iequals(inner, "postmaster")) {  // RFC 5321 §4.5.1
+  if (!mail && iequalsAscii(inner, "postmaster")) {  // RFC 5321 §4.5.1
     cmd.address.assign(inner);
     return std::nullopt;
   }
@@ -404,7 +397,7 @@ std::optional<Reply> parseBdat(Command& cmd) {
     return argSyntax("BDAT size [LAST]");
   auto [ptr, ec] = std::from_chars(size.data(), size.data() + size.size(), cmd.chunkSize);
   if (ec != std::errc() || ptr != size.data() + size.size()) return argSyntax("BDAT size [LAST]");
-  if (!tail.empty() && !iequals(tail, "LAST")) return argSyntax("BDAT size [LAST]");
+  if (!tail.empty() && !iequalsAscii(tail, "LAST")) return argSyntax("BDAT size [LAST]");
   cmd.last = !tail.empty();
   return std::nullopt;
 }
@@ -450,7 +443,7 @@ constexpr std::array<std::pair<Verb, std::string_view>, 14> kVerbs{{
 
 Verb parseVerb(std::string_view word) {
   for (const auto& [verb, name] : kVerbs)
-    if (iequals(word, name)) return verb;
+    if (iequalsAscii(word, name)) return verb;
   return Verb::Unknown;
 }
 
