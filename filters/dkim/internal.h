@@ -17,6 +17,8 @@
 #include <string_view>
 #include <vector>
 
+#include "mta/runtime/base64.h"
+
 namespace moat::filters::dkim::detail {
 
 struct LibDeleter {
@@ -66,9 +68,8 @@ std::string stripWhitespace(std::string_view s);
 bool validDomain(std::string_view d);
 bool validSelector(std::string_view s);
 
-std::string base64Encode(std::string_view bytes);
-// Ignores whitespace; nullopt for anything else that is not base64.
-std::optional<std::string> base64Decode(std::string_view text);
+using mta::base64Decode;  // whitespace ignored, as in key records and key files
+using mta::base64Encode;
 
 // Parses a private key: PEM (any OpenSSL form), base64 DER, or base64 of a 32-byte ed25519
 // seed. Returns nullptr with `error` set.
