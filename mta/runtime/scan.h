@@ -69,6 +69,19 @@ inline size_t utf8Seq(std::string_view s, size_t i) {
   return 0;
 }
 
+// Well-formed UTF-8 with no control characters (C0, DEL): a name a person typed, such as a
+// SASL authentication identity (RFC 4616 §2).
+inline bool isPrintableUtf8(std::string_view s) {
+  for (size_t i = 0; i < s.size();) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f) return false;
+    size_t n = c < 0x80 ? 1 : utf8Seq(s, i);
+    if (n == 0) return false;
+    i += n;
+  }
+  return true;
+}
+
 // ASCII case-insensitive equality (SMTP verbs, parameters, DSN address types).
 inline bool iequalsAscii(std::string_view a, std::string_view b) {
   auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };

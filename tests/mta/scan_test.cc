@@ -63,3 +63,16 @@ TEST_CASE("hasEightBit sees a byte over 0x7f at every position, and none in ASCI
     }
   }
 }
+
+TEST_CASE("isPrintableUtf8 takes UTF-8 text and refuses controls and broken sequences") {
+  using moat::mta::isPrintableUtf8;
+  REQUIRE(isPrintableUtf8(""));
+  REQUIRE(isPrintableUtf8("alice@example.test"));
+  REQUIRE(isPrintableUtf8("j\xc3\xb6rg \xe2\x82\xac \xf0\x9f\x93\xa7"));
+  for (std::string bad : {std::string("a\0b", 3), std::string("tab\there"), std::string("del\x7f"), std::string("nl\n"),
+                          std::string("\xc3"), std::string("\xc0\xaf"), std::string("\xed\xa0\x80"),
+                          std::string("\xf4\x90\x80\x80"), std::string("\xff")}) {
+    CAPTURE(bad);
+    REQUIRE_FALSE(isPrintableUtf8(bad));
+  }
+}

@@ -1,0 +1,153 @@
+// policy/users.cc — see users.h.
+#include "policy/users.h"
+
+#include <crypt.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "mta/runtime/scan.h"
+
+namespace moat::policy {
+
+namespace {
+
+constexpr size_t kMaxName = 255;  // RFC 4616 §2: authcid is at most 255 octets
+constexpr size_t kMaxHash = CRYPT_OUTPUT_SIZE - 1;
+constexpr size_t kMaxFile = 64ull << 20;
+
+// A name as a SASL client can send it (UTF-8 without controls), and no ':' (the separator).
+bool validName(std::string_view name) {
+  return !name.empty() && name.size() <= kMaxName && name.find(':') == std::string_view::npos &&
+         mta::isPrintableUtf8(name);
+}
+
+bool cryptAlphabet(std::string_view s) {
+  for (char c : s)
+    if (!(c == '.' || c == '/' || (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')))
+      return false;
+  return true;
+}
+
+// The shape of a whole crypt(3) output, which crypt_checksalt (it reads only the setting)
+// does not check: "$id$...$" and a non-empty hash in the crypt alphabet after the last '$',
+// or the 13 characters of a traditional DES hash. A truncated hash would never match.
+bool looksLikeHash(std::string_view h) {
+  if (h.size() > kMaxHash) return false;
+  if (h.empty() || h[0] != '$') return h.size() == 13 && cryptAlphabet(h);
+  size_t last = h.rfind('$');
+  return last > 1 && last + 1 < h.size() && cryptAlphabet(h.substr(last + 1));
+}
+
+std::string describeBadHash(int check) {
+  switch (check) {
+    case CRYPT_SALT_METHOD_LEGACY:
+      return "a legacy hash method (DES, md5crypt or sha256crypt) is refused: use yescrypt "
+             "(mkpasswd -m yescrypt) or sha512crypt (openssl passwd -6)";
+    case CRYPT_SALT_METHOD_DISABLED: return "the hash method is disabled in this system's libcrypt";
+    default: return "not a crypt(3) hash (expected e.g. \"$y$...\", \"$2b$...\" or \"$6$...\")";
+  }
+}
+
+// crypt(3) with its scratch space on the heap (struct crypt_data is ~32 KB: too big for a
+// thread-pool stack). "" when libcrypt refuses the setting.
+std::string cryptHash(std::string_view password, const std::string& setting) {
+  auto data = std::make_unique<crypt_data>();
+  std::string pw(password);
+  const char* out = crypt_rn(pw.c_str(), setting.c_str(), data.get(), sizeof *data);
+  OPENSSL_cleanse(pw.data(), pw.size());
+  std::string result = out && out[0] != '*' ? out : "";
+  OPENSSL_cleanse(data.get(), sizeof *data);
+  return result;
+}
+
+// Rank of a method for the dummy hash: the costliest method in the file, so that an
+// unknown name takes at least as long as a known one.
+int strength(const std::string& hash) {
+  if (hash.rfind("$y$", 0) == 0 || hash.rfind("$gy$", 0) == 0 || hash.rfind("$7$", 0) == 0) return 3;
+  if (hash.rfind("$2", 0) == 0) return 2;
+  return 1;
+}
+
+}  // namespace
+
+std::shared_ptr<const UserDb> UserDb::load(const std::string& path, Errors& errors) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    errors.error(path, 0, std::string("cannot read the users file: ") + std::strerror(errno));
+    return nullptr;
+  }
+  auto db = std::make_shared<UserDb>();
+  db->path_ = path;
+  std::string line, strongest;
+  int lineNo = 0;
+  size_t total = 0;
+  bool ok = true;
+  while (std::getline(in, line)) {
+    ++lineNo;
+    total += line.size() + 1;
+    if (total > kMaxFile) {
+      errors.error(path, lineNo, "the users file is larger than 64 MB");
+      return nullptr;
+    }
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    size_t start = line.find_first_not_of(" \t");
+    if (start == std::string::npos || line[start] == '#') continue;
+    size_t colon = line.find(':');
+    if (colon == std::string::npos) {
+      errors.error(path, lineNo, "expected NAME:HASH");
+      ok = false;
+      continue;
+    }
+    std::string name = line.substr(0, colon), hash = line.substr(colon + 1);
+    if (!validName(name)) {
+      errors.error(path, lineNo, "the name must be 1-255 octets of UTF-8 without controls or ':'");
+      ok = false;
+      continue;
+    }
+    int check = looksLikeHash(hash) ? crypt_checksalt(hash.c_str()) : CRYPT_SALT_INVALID;
+    if (check != CRYPT_SALT_OK) {
+      errors.error(path, lineNo, "\"" + name + "\": " + describeBadHash(check));
+      ok = false;
+      continue;
+    }
+    if (!db->hashes_.emplace(name, hash).second) {
+      errors.error(path, lineNo, "\"" + name + "\" is listed twice");
+      ok = false;
+      continue;
+    }
+    if (strongest.empty() || strength(hash) > strength(strongest)) strongest = hash;
+  }
+  if (in.bad()) {
+    errors.error(path, lineNo, std::string("cannot read the users file: ") + std::strerror(errno));
+    return nullptr;
+  }
+  if (!ok) return nullptr;
+  // The dummy: a random password hashed with the setting (method, cost, salt) of the
+  // strongest hash in the file, or libcrypt's default method for an empty file.
+  unsigned char random[16];
+  RAND_bytes(random, sizeof random);
+  std::string setting = strongest;
+  if (setting.empty()) {
+    char buf[CRYPT_GENSALT_OUTPUT_SIZE];
+    if (crypt_gensalt_rn(nullptr, 0, nullptr, 0, buf, sizeof buf)) setting = buf;
+  }
+  db->dummyHash_ = cryptHash(std::string_view(reinterpret_cast<char*>(random), sizeof random), setting);
+  return db;
+}
+
+bool UserDb::verify(std::string_view name, std::string_view password) const {
+  auto it = hashes_.find(name);
+  const std::string& hash = it != hashes_.end() ? it->second : dummyHash_;
+  if (hash.empty()) return false;
+  std::string computed = cryptHash(password, hash);
+  bool match = it != hashes_.end() && computed.size() == hash.size() &&
+               CRYPTO_memcmp(computed.data(), hash.data(), hash.size()) == 0;
+  OPENSSL_cleanse(computed.data(), computed.size());
+  return match;
+}
+
+}  // namespace moat::policy

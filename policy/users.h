@@ -1,0 +1,39 @@
+// policy/users.h — the credentials a submission listener checks SMTP AUTH against
+// ([[listener]] auth_users): a file of `name:hash` lines, the hash in crypt(3) form
+// (yescrypt "$y$", bcrypt "$2b$", sha512crypt "$6$": `mkpasswd -m yescrypt`,
+// `openssl passwd -6`). Blank lines and lines starting with '#' are ignored.
+//
+// Loaded whole into an immutable UserDb per policy snapshot, so SIGHUP rereads it and a
+// broken file is refused with FILE:LINE while the running one stays. Hash methods libcrypt
+// calls legacy (DES, md5crypt, sha256crypt) or disabled are refused at load, not at login.
+//
+// verify() runs crypt(3), which is slow by design: call it on the thread pool, never on the
+// event loop. It costs the same for an unknown name as for a known one (a dummy hash of the
+// file's strongest method stands in), so the timing does not tell which names exist.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "policy/errors.h"
+
+namespace moat::policy {
+
+class UserDb {
+ public:
+  // nullptr with `errors` filled (FILE:LINE) when the file cannot be read or a line is bad.
+  static std::shared_ptr<const UserDb> load(const std::string& path, Errors& errors);
+
+  // Blocking (crypt(3)); thread-safe. Name compared byte for byte, password in constant time.
+  bool verify(std::string_view name, std::string_view password) const;
+  size_t size() const { return hashes_.size(); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::map<std::string, std::string, std::less<>> hashes_;
+  std::string dummyHash_;  // for names not in the file
+};
+
+}  // namespace moat::policy
