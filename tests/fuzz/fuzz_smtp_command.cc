@@ -1,17 +1,21 @@
 // tests/fuzz/fuzz_smtp_command.cc — libFuzzer target for the SMTP command phase: LineReader
 // fed in input-derived chunks, every line through parseCommand (with and without SMTPUTF8)
-// and every reply through formatReply. Input layout: byte 0 = flags (bit 0: utf8, bits 1..7:
+// and every reply through formatReply; the same lines drive AUTH's SASL exchange (each line
+// starts one, or answers the challenge before it). Input layout: byte 0 = flags (bit 0: utf8, bits 1..7:
 // the line limit), byte 1 = chunking seed, the rest = bytes from the peer.
 // Invariants: the lines equal those of a plain reference splitter over the whole input;
 // no line exceeds the limit or holds a LF; memory stays under the limit after draining;
-// accepted MAIL/RCPT addresses are valid mailboxes; replies are well-formed 5xx lines.
+// accepted MAIL/RCPT addresses are valid mailboxes; replies are well-formed 5xx lines; SASL
+// yields only bounded, well-formed credentials and well-formed 5xx refusals.
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "mta/runtime/scan.h"
 #include "mta/smtp/protocol.h"
+#include "mta/smtp/sasl.h"
 #include "tests/fuzz/fuzz_check.h"
 
 using namespace moat::mta::smtp;
@@ -75,6 +79,28 @@ void checkCommand(const Command& c, bool utf8) {
   if (c.verb != Verb::Bdat) FUZZ_CHECK(c.chunkSize == 0 && !c.last);
 }
 
+// One SASL step: a challenge is base64 (or empty), credentials are within RFC 4616's bounds,
+// a refusal is a 5xx with an enhanced code. Returns whether the exchange goes on.
+bool checkSasl(const SaslStep& st) {
+  switch (st.kind) {
+    case SaslStep::Kind::Challenge:
+      FUZZ_CHECK(st.challenge.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") ==
+                 std::string::npos);
+      return true;
+    case SaslStep::Kind::Done:
+      FUZZ_CHECK(!st.credentials.user.empty() && st.credentials.user.size() <= 255);
+      FUZZ_CHECK(moat::mta::isPrintableUtf8(st.credentials.user));
+      FUZZ_CHECK(!st.credentials.password.empty() && st.credentials.password.size() <= 1024);
+      FUZZ_CHECK(st.credentials.password.find('\0') == std::string::npos);
+      return false;
+    case SaslStep::Kind::Refused:
+      FUZZ_CHECK(st.reply.code >= 500 && st.reply.code <= 599);
+      FUZZ_CHECK(!st.reply.enhanced.empty() && st.reply.enhanced[0] == '5');
+      return false;
+  }
+  return false;
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -85,6 +111,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view in(reinterpret_cast<const char*>(data) + 2, size - 2);
 
   LineReader reader(maxLine);
+  SaslServer sasl;
+  bool saslActive = false;
   std::vector<std::string> got;
   std::string line;
   for (size_t i = 0; i < in.size();) {
@@ -111,6 +139,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
       domainOf(line);
       isValidDomain(line, utf8);
+      saslActive = checkSasl(saslActive ? sasl.respond(line) : sasl.start(line));
     }
     FUZZ_CHECK(reader.buffered() < maxLine);
   }
