@@ -73,10 +73,13 @@ void readListener(Config& c, Section s) {
   l.tlsKey = s.getPath("tls_key", "");
   if (l.tlsCert.empty() != l.tlsKey.empty()) s.error(l.tlsCert.empty() ? "tls_key" : "tls_cert", "tls_cert and tls_key go together");
   if (l.mode == ListenerMode::Smtps && l.tlsCert.empty()) s.error("mode", "smtps needs tls_cert and tls_key");
-  // A submission listener promises AUTH (CONTRACT.md); until Moat has SMTP AUTH, accepting
-  // the mode would run it as a plain smtp listener without saying so.
-  if (l.mode == ListenerMode::Submission)
-    s.error("mode", "\"submission\" (SMTP AUTH) is not available in this version; use \"smtp\" with relay.networks");
+  l.authUsers = s.getPath("auth_users", "");
+  // A submission listener takes mail only from clients that AUTH (RFC 6409 §4.3), and AUTH
+  // is offered only over TLS (RFC 4954 §4): passwords never cross the network in clear.
+  if (l.mode == ListenerMode::Submission && l.authUsers.empty())
+    s.error("mode", "submission needs auth_users (the credentials SMTP AUTH checks)");
+  if (!l.authUsers.empty() && l.tlsCert.empty())
+    s.error("auth_users", "AUTH is offered only over TLS: set tls_cert and tls_key on this listener");
   s.rejectUnknownKeys();
   c.listeners.push_back(std::move(l));
 }

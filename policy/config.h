@@ -30,6 +30,7 @@ struct Listener {
   uint16_t port = 0;
   ListenerMode mode = ListenerMode::Smtp;
   std::string tlsCert, tlsKey;  // absolute paths, or empty
+  std::string authUsers;        // SMTP AUTH credentials (policy/users.h); absolute, or empty
   int line = 0;
 };
 

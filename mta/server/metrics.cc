@@ -26,6 +26,9 @@ std::string Metrics::prometheus() const {
   counter("moat_sessions_total", "SMTP sessions accepted.", sessionsTotal);
   counter("moat_sessions_active", "SMTP sessions open now.", sessionsActive, "gauge");
   counter("moat_sessions_refused_total", "Connections refused by limits or shutdown.", sessionsRefused);
+  out += "# HELP moat_auth_total SMTP AUTH attempts by outcome.\n# TYPE moat_auth_total counter\n";
+  out += "moat_auth_total{result=\"pass\"} " + std::to_string(authPassed) + "\n";
+  out += "moat_auth_total{result=\"fail\"} " + std::to_string(authFailed) + "\n";
   counter("moat_messages_accepted_total", "Messages queued (250 after DATA).", messagesAccepted);
   counter("moat_messages_rejected_total", "Messages refused with a 5xx.", messagesRejected);
   counter("moat_messages_tempfailed_total", "Messages refused with a 4xx.", messagesTempFailed);

@@ -11,6 +11,7 @@ struct Metrics {
   uint64_t sessionsTotal = 0;
   uint64_t sessionsActive = 0;
   uint64_t sessionsRefused = 0;  // connection limits, draining
+  uint64_t authPassed = 0, authFailed = 0;  // SMTP AUTH: credentials accepted / refused
   uint64_t messagesAccepted = 0;
   uint64_t messagesRejected = 0;
   uint64_t messagesTempFailed = 0;

@@ -19,6 +19,8 @@ constexpr size_t kMaxPendingOutput = 64 * 1024;
 // A closing session waits this long for its last replies to leave; a peer that does not read
 // them then loses them, and the connection slot is released.
 constexpr uint64_t kCloseGraceMs = 5000;
+// Failed AUTH attempts a session gets before it is closed (each also counts as an error).
+constexpr unsigned kMaxAuthFailures = 3;
 
 std::string newSessionId() {
   static std::mt19937_64 rng{std::random_device{}()};
@@ -108,6 +110,7 @@ SmtpSession::SmtpSession(ServerShared& shared, std::shared_ptr<const Snapshot> s
   ctx_->clientIp = conn_->peerAddress();
   ctx_->fromRelayNetwork = cfg_.isRelayClient(ctx_->clientIp);
   ctx_->tls = listener_.mode == policy::ListenerMode::Smtps;
+  if (auto it = snap_->users.find(listener_.address); it != snap_->users.end()) users_ = it->second;
 }
 
 SmtpSession::~SmtpSession() {
@@ -229,7 +232,12 @@ void SmtpSession::processInput() {
       auto st = reader_.next(line);
       if (st == smtp::LineReader::Status::NeedMore) break;
       if (st == smtp::LineReader::Status::TooLong) {
-        reply(500, "5.5.2", "Line too long");
+        if (saslActive_) {  // RFC 4954 §4: the exchange ends with it
+          saslActive_ = false;
+          reply(500, "5.5.6", "Authentication exchange line is too long");
+        } else {
+          reply(500, "5.5.2", "Line too long");
+        }
         protocolError();
         break;
       }
@@ -275,6 +283,11 @@ void SmtpSession::readIfReady() {
 
 void SmtpSession::handleLine(const std::string& line) {
   if (closeIfDraining()) return;
+  if (saslActive_) {
+    saslActive_ = false;
+    saslStep(sasl_.respond(line));
+    return;
+  }
   auto parsed = smtp::parseCommand(line, smtputf8_);
   if (auto* err = std::get_if<smtp::Reply>(&parsed)) {
     reply(err->code, err->enhanced, err->text);
@@ -301,7 +314,7 @@ void SmtpSession::handleLine(const std::string& line) {
     case V::Expn: reply(502, "5.5.1", "EXPN not available"); break;
     case V::Help: reply(214, "2.0.0", "See RFC 5321 (https://www.rfc-editor.org/rfc/rfc5321)"); break;
     case V::StartTls: cmdStartTls(c); break;
-    case V::Auth: reply(502, "5.5.1", "AUTH not available on this listener"); protocolError(); break;
+    case V::Auth: cmdAuth(c); break;
     case V::Unknown:
     default:
       reply(500, "5.5.2", "Command unrecognized");
@@ -332,6 +345,7 @@ void SmtpSession::cmdHelo(const smtp::Command& c, bool extended) {
   text += "PIPELINING\nSIZE " + std::to_string(cfg_.maxMessageSize) + "\n";
   text += "8BITMIME\nENHANCEDSTATUSCODES\nSMTPUTF8\nCHUNKING\n";
   if (!conn_->tlsActive() && snap_->serverTls.count(listener_.address)) text += "STARTTLS\n";
+  if (authOffered()) text += "AUTH " + std::string(smtp::SaslServer::kMechanisms) + "\n";
   text += "HELP";
   // ENHANCEDSTATUSCODES is not in force for the EHLO reply itself (RFC 2034 §3).
   reply(250, "", text);
@@ -352,11 +366,23 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
     closeWith(421, "4.3.2", cfg_.hostname + " Service shutting down, try again later");
     return;
   }
+  // RFC 6409 §4.3 (and CONTRACT.md): a submission listener takes mail only from a client
+  // that has authenticated.
+  if (listener_.mode == policy::ListenerMode::Submission && !ctx_->authenticated) {
+    auto line = log::info("reject");
+    rejectFields(line, "mail", "530 5.7.0 Authentication required");
+    line.add("from", c.address);
+    reply(530, "5.7.0",
+          conn_->tlsActive() ? "Authentication required" : "Authentication required: STARTTLS, then AUTH");
+    return;
+  }
   // The parser has checked the syntax and values of every parameter; here: what this
-  // server offers. RET/ENVID/AUTH need extensions Moat does not advertise (RFC 5321 §4.1.1.11).
+  // server offers. RET/ENVID need DSN, which Moat does not advertise (RFC 5321 §4.1.1.11).
+  // AUTH= (RFC 4954 §5) is accepted where AUTH is offered, and its value not trusted: the
+  // identity Moat knows is the session's own AUTH.
   bool eightBit = false, utf8 = false;
   for (const auto& p : c.params) {
-    if (p.key == "SIZE") continue;
+    if (p.key == "SIZE" || (p.key == "AUTH" && authOffered())) continue;
     if (p.key == "BODY" && (p.value == "8BITMIME" || p.value == "7BIT")) {
       eightBit = p.value == "8BITMIME";
     } else if (p.key == "SMTPUTF8" && esmtp_) {
@@ -652,8 +678,7 @@ void SmtpSession::runDataFilters() {
 
 std::vector<filters::Header> SmtpSession::gatewayHeaders(const filters::StageOutcome& outcome) const {
   std::vector<filters::Header> h;
-  std::string proto = smtputf8_ ? "UTF8SMTP" : esmtp_ ? "ESMTP" : "SMTP";
-  if (conn_->tlsActive()) proto += "S";
+  std::string proto = protocolName();
   std::string from = helo_ + " (";
   if (!ctx_->clientName.empty()) from += ctx_->clientName + " ";
   from += "[" + ctx_->clientIp.str() + "])";
@@ -718,7 +743,7 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
   env.clientIp = ctx_->clientIp.str();
   env.clientName = ctx_->clientName;
   env.helo = helo_;
-  env.protocol = std::string(esmtp_ ? "ESMTP" : "SMTP") + (conn_->tlsActive() ? "S" : "");
+  env.protocol = protocolName();
   auto data = incoming_->data();
   env.messageId = data ? findMessageId(data->bytes()) : "";
   for (const auto& h : gatewayHeaders(outcome)) env.headers.emplace_back(h.name, h.value);
@@ -819,6 +844,7 @@ void SmtpSession::cmdStartTls(const smtp::Command& c) {
   esmtp_ = false;
   helo_.clear();
   ctx_->helo.clear();
+  saslActive_ = false;
   pause();
   tlsHandshaking_ = true;
   armTimer();  // the handshake gets one command timeout
@@ -838,6 +864,123 @@ void SmtpSession::cmdStartTls(const smtp::Command& c) {
     log::info("tls").add("session", self->id_).add("protocol", self->conn_->tls()->protocol()).add("cipher", self->conn_->tls()->cipher());
     self->resume();
   });
+}
+
+std::string SmtpSession::protocolName() const {
+  std::string proto = smtputf8_ ? "UTF8SMTP" : esmtp_ ? "ESMTP" : "SMTP";
+  if (conn_->tlsActive()) proto += "S";
+  if (ctx_->authenticated) proto += "A";
+  return proto;
+}
+
+void SmtpSession::cmdAuth(const smtp::Command& c) {
+  if (!users_) {
+    reply(502, "5.5.1", "AUTH not available on this listener");
+    protocolError();
+    return;
+  }
+  if (!greeted_ || !esmtp_) {
+    reply(503, "5.5.1", "Error: send EHLO first");
+    protocolError();
+    return;
+  }
+  if (ctx_->authenticated) {  // RFC 4954 §4: once only
+    reply(503, "5.5.1", "Error: already authenticated");
+    protocolError();
+    return;
+  }
+  if (inTransaction_) {
+    reply(503, "5.5.1", "Error: AUTH not permitted during a mail transaction");
+    protocolError();
+    return;
+  }
+  if (!conn_->tlsActive()) {  // never a password in clear: RFC 4954 §4's 538
+    reply(538, "5.7.11", "Encryption required for requested authentication mechanism");
+    protocolError();
+    return;
+  }
+  saslStep(sasl_.start(c.arg));
+}
+
+void SmtpSession::saslStep(smtp::SaslStep step) {
+  using K = smtp::SaslStep::Kind;
+  switch (step.kind) {
+    case K::Challenge:
+      // A 334's text is the bare base64 challenge (RFC 4954 §4): no enhanced code.
+      out_ += "334 " + step.challenge + "\r\n";
+      saslActive_ = true;
+      return;
+    case K::Done: verifyCredentials(std::move(step.credentials)); return;
+    case K::Refused:
+      if (step.reply.code == 535) {  // well-formed, but not acceptable: a failed attempt
+        authFailed(step.credentials.user, step.reply.text, step.reply);
+        return;
+      }
+      log::info("auth")
+          .add("session", id_)
+          .add("client_ip", ctx_->clientIp.str())
+          .add("mechanism", sasl_.mechanism())
+          .add("result", "error")
+          .add("reply", replyLine(step.reply.code, step.reply.enhanced, step.reply.text));
+      reply(step.reply.code, step.reply.enhanced, step.reply.text);
+      protocolError();
+      return;
+  }
+}
+
+// crypt(3) is slow by design: the check runs on the thread pool while the session reads
+// nothing (pipelined commands wait for the 235 or 535, as RFC 4954 §4 expects).
+void SmtpSession::verifyCredentials(smtp::SaslCredentials credentials) {
+  pause();
+  struct Check {
+    smtp::SaslCredentials credentials;
+    bool ok = false;
+  };
+  auto check = std::make_shared<Check>();
+  check->credentials = std::move(credentials);
+  auto self = shared_from_this();
+  uv::queueWork(
+      shared_.loop,
+      [users = users_, check] { check->ok = users->verify(check->credentials.user, check->credentials.password); },
+      [self, check, w = work()] {
+        if (self->closed_) return;
+        if (check->ok) {
+          self->ctx_->authenticated = true;
+          self->ctx_->authUser = check->credentials.user;
+          ++metrics().authPassed;
+          log::info("auth")
+              .add("session", self->id_)
+              .add("client_ip", self->ctx_->clientIp.str())
+              .add("mechanism", self->sasl_.mechanism())
+              .add("user", check->credentials.user)
+              .add("result", "pass");
+          self->reply(235, "2.7.0", "Authentication successful");
+        } else {
+          self->authFailed(check->credentials.user, "wrong user name or password",
+                           {535, "5.7.8", "Authentication credentials invalid"});
+        }
+        self->resume();
+      });
+}
+
+// One line per failed AUTH, with the client's address and the name it tried: what an
+// operator's fail2ban (or the like) watches for guessing. The third failure closes the session.
+void SmtpSession::authFailed(const std::string& user, std::string_view reason, const smtp::Reply& r) {
+  ++authFailures_;
+  ++metrics().authFailed;
+  log::warn("auth")
+      .add("session", id_)
+      .add("client_ip", ctx_->clientIp.str())
+      .add("mechanism", sasl_.mechanism())
+      .add("user", user)
+      .add("result", "fail")
+      .add("reason", std::string(reason));
+  reply(r.code, r.enhanced, r.text);
+  if (authFailures_ >= kMaxAuthFailures) {
+    closeWith(421, "4.7.0", cfg_.hostname + " Error: too many failed authentication attempts");
+    return;
+  }
+  protocolError();
 }
 
 void SmtpSession::reply(int code, std::string_view enhanced, std::string_view text) {

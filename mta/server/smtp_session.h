@@ -1,6 +1,8 @@
 // mta/server/smtp_session.h — one inbound SMTP session: the RFC 5321 state machine with
 // PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152), ENHANCEDSTATUSCODES
-// (RFC 2034/3463), SMTPUTF8 (RFC 6531), STARTTLS (RFC 3207), CHUNKING (RFC 3030).
+// (RFC 2034/3463), SMTPUTF8 (RFC 6531), STARTTLS (RFC 3207), CHUNKING (RFC 3030), and AUTH
+// (RFC 4954: PLAIN and LOGIN, offered only over TLS, on listeners with auth_users; a
+// submission listener takes mail only after it, RFC 6409 §4.3).
 //
 // Untrusted input: everything the peer sends. Command lines are bounded (LineReader), the
 // message streams to the spool as it arrives (memory per session stays bounded whatever
@@ -9,7 +11,8 @@
 // up. A 250 to the end of DATA goes out only after the spool reports the message durable.
 //
 // Logs: connect, disconnect, reject (with the reply sent), accept (queued, with queue_id),
-// filter (each filter's result at the data stage).
+// filter (each filter's result at the data stage), auth (each AUTH's outcome; never the
+// password).
 #pragma once
 #include <chrono>
 #include <memory>
@@ -26,6 +29,7 @@
 #include "mta/smtp/data_decoder.h"
 #include "mta/smtp/header_scrubber.h"
 #include "mta/smtp/protocol.h"
+#include "mta/smtp/sasl.h"
 #include "queue/spool.h"
 
 namespace moat::mta::server {
@@ -66,6 +70,15 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   void cmdBdat(const smtp::Command& c);
   void cmdRset();
   void cmdStartTls(const smtp::Command& c);
+  void cmdAuth(const smtp::Command& c);
+
+  // AUTH (RFC 4954): one SASL step's outcome; the credentials checked on the thread pool.
+  void saslStep(smtp::SaslStep step);
+  void verifyCredentials(smtp::SaslCredentials credentials);
+  void authFailed(const std::string& user, std::string_view reason, const smtp::Reply& reply);
+  bool authOffered() const { return users_ && conn_->tlsActive(); }
+  // "ESMTP", with "S" for TLS and "A" for AUTH (RFC 3848), "UTF8SMTP..." (RFC 6531 §3.7.3).
+  std::string protocolName() const;
 
   // Transaction
   bool startTransactionData();
@@ -127,6 +140,10 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   std::string helo_;
   std::shared_ptr<filters::MessageContext> ctx_;  // session facts + current transaction
   std::vector<std::string> sessionAuthResults_;
+  std::shared_ptr<const policy::UserDb> users_;  // this listener's AUTH credentials, or none
+  smtp::SaslServer sasl_;
+  bool saslActive_ = false;  // a 334 went out: the next line is a SASL response
+  unsigned authFailures_ = 0;
 
   // Transaction state
   bool inTransaction_ = false;

@@ -21,6 +21,13 @@ std::shared_ptr<const Snapshot> Snapshot::load(const std::string& configPath, po
     }
     snap->serverTls[l.address] = ctx;
   }
+  std::map<std::string, std::shared_ptr<const policy::UserDb>> usersByFile;  // listeners may share one
+  for (const auto& l : config->listeners) {
+    if (l.authUsers.empty()) continue;
+    auto it = usersByFile.find(l.authUsers);
+    if (it == usersByFile.end()) it = usersByFile.emplace(l.authUsers, policy::UserDb::load(l.authUsers, errors)).first;
+    if (it->second) snap->users[l.address] = it->second;
+  }
   std::string error;
   snap->clientTls = tls::TlsContext::client(false, "", error);
   if (!snap->clientTls) errors.error(config->path, 0, "TLS client context: " + error);

@@ -1,5 +1,5 @@
 // mta/server/snapshot.h — one immutable policy snapshot (DESIGN.md, decision 2): the config,
-// the filter pipeline built from it and the TLS contexts of its listeners. A session keeps
+// the filter pipeline built from it, the TLS contexts and AUTH users of its listeners. A session keeps
 // the snapshot it started with; SIGHUP builds a new one and swaps it only if it validates.
 #pragma once
 #include <map>
@@ -9,6 +9,7 @@
 #include "filters/pipeline.h"
 #include "mta/tls/tls.h"
 #include "policy/config.h"
+#include "policy/users.h"
 
 namespace moat::mta::server {
 
@@ -23,6 +24,9 @@ struct Snapshot {
   // tls = "verify" (Postfix's "secure"): one verifying context per route ca_file ("" = the
   // system store alone), built at load so a bad file is refused with its FILE:LINE.
   std::map<std::string, std::shared_ptr<tls::TlsContext>> verifyingClientTls;
+  // SMTP AUTH credentials by listener address; absent = no AUTH on that listener. Read at
+  // load, so SIGHUP picks up a changed users file and a broken one keeps the old snapshot.
+  std::map<std::string, std::shared_ptr<const policy::UserDb>> users;
 
   // Builds and validates everything; nullptr with `errors` filled on failure.
   static std::shared_ptr<const Snapshot> load(const std::string& configPath, policy::Errors& errors);

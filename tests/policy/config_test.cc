@@ -114,12 +114,30 @@ TEST_CASE("a TOML syntax error names the line") {
   unlink(path.c_str());
 }
 
-TEST_CASE("a submission listener is refused until Moat has SMTP AUTH, not run without it") {
-  auto path = writeTemp("[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:587\"\nmode = \"submission\"\n");
+TEST_CASE("a submission listener needs auth_users, and AUTH needs TLS on its listener") {
+  const std::string head = "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:587\"\n";
+  auto path = writeTemp(head + "mode = \"submission\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n");
   Errors errors;
   REQUIRE_FALSE(loadConfig(path, errors));
   std::string all = errors.str();
   INFO(all);
-  REQUIRE(all.find(path + ":6: [[listener]].mode: \"submission\" (SMTP AUTH) is not available") != std::string::npos);
+  REQUIRE(all.find(path + ":6: [[listener]].mode: submission needs auth_users") != std::string::npos);
+  unlink(path.c_str());
+
+  path = writeTemp(head + "auth_users = \"users\"\n");
+  Errors errors2;
+  REQUIRE_FALSE(loadConfig(path, errors2));
+  all = errors2.str();
+  INFO(all);
+  REQUIRE(all.find(path + ":6: [[listener]].auth_users: AUTH is offered only over TLS") != std::string::npos);
+  unlink(path.c_str());
+
+  path = writeTemp(head + "mode = \"submission\"\nauth_users = \"users\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n");
+  Errors errors3;
+  auto cfg = loadConfig(path, errors3);
+  INFO(errors3.str());
+  REQUIRE(cfg);
+  REQUIRE(cfg->listeners.at(0).mode == moat::policy::ListenerMode::Submission);
+  REQUIRE(cfg->listeners.at(0).authUsers == cfg->dir + "/users");
   unlink(path.c_str());
 }

@@ -1,0 +1,296 @@
+"""SMTP AUTH (RFC 4954) and the submission listener (RFC 6409): the real daemon on loopback
+with a certificate and a users file the test makes (hashes by `openssl passwd -6`), driven
+by Python's smtplib and swaks, relaying to a sink the test owns. Only 127.0.0.1 is used."""
+
+import base64
+import os
+import signal
+import smtplib
+import ssl
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import Moat, Sink, free_port, make_cert  # noqa: E402
+
+PASSWORDS = {"alice": "correct horse", "bob@example.test": "b0b's password", "jörg": "pässwörd"}
+
+
+def crypt_hash(password):
+    r = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=password.encode(), capture_output=True,
+                       check=True, timeout=30)
+    return r.stdout.decode().strip()
+
+
+def write_users(path, passwords, extra=""):
+    with open(path, "w") as f:
+        f.write("# Moat submission users\n")
+        for name, pw in passwords.items():
+            f.write(f"{name}:{crypt_hash(pw)}\n")
+        f.write(extra)
+
+
+def tls_context():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def b64(s):
+    return base64.b64encode(s.encode() if isinstance(s, str) else s).decode()
+
+
+def auth_plain(s, user, password):
+    """AUTH PLAIN with an initial response, UTF-8 as RFC 4616 wants (smtplib's login() sends
+    only ASCII and tries every mechanism in turn, two failures a call)."""
+    return s.docmd("AUTH", "PLAIN " + b64("\0" + user + "\0" + password))
+
+
+class SubmissionTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="moat-sub-")
+        cls.cert = make_cert(cls.tmp)
+        cls.sink = Sink()
+        cls.moat = Moat(routes=[(None, f"smtp:127.0.0.1:{cls.sink.port}")],
+                        networks=["127.0.0.0/8"],  # a submission listener wants AUTH even from these
+                        listener_extra=f'mode = "submission"\ntls_cert = "{cls.cert[0]}"\n'
+                                       f'tls_key = "{cls.cert[1]}"\nauth_users = "users"',
+                        start=False)
+        cls.users = os.path.join(cls.moat.dir, "users")
+        write_users(cls.users, PASSWORDS)
+        cls.moat.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.moat.cleanup()
+        cls.sink.stop()
+
+    def tls_session(self):
+        s = self.moat.smtp()
+        s.starttls(context=tls_context())
+        s.ehlo()
+        return s
+
+    def test_auth_is_offered_only_over_tls(self):
+        s = self.moat.smtp()
+        s.ehlo()
+        self.assertFalse(s.has_extn("auth"))
+        self.assertTrue(s.has_extn("starttls"))
+        # Asked anyway, before TLS: 538 (RFC 4954 §4), no password read.
+        code, msg = auth_plain(s, "alice", PASSWORDS["alice"])
+        self.assertEqual(code, 538, msg)
+        self.assertIn(b"5.7.11", msg)
+        s.starttls(context=tls_context())
+        s.ehlo()
+        self.assertTrue(s.has_extn("auth"))
+        self.assertEqual(s.esmtp_features["auth"].split(), ["PLAIN", "LOGIN"])
+        s.quit()
+
+    def test_mail_needs_auth_first(self):
+        s = self.moat.smtp()
+        s.ehlo()
+        code, msg = s.mail("a@sender.test")
+        self.assertEqual(code, 530, msg)
+        self.assertIn(b"STARTTLS", msg)
+        s.starttls(context=tls_context())
+        s.ehlo()
+        code, msg = s.mail("a@sender.test")
+        self.assertEqual((code, msg), (530, b"5.7.0 Authentication required"))
+        s.quit()
+        ev = self.moat.wait_log(event="reject", reply="530 5.7.0 Authentication required")
+        self.assertEqual(ev["from"], "a@sender.test")
+
+    def test_plain_then_relay_to_any_domain(self):
+        before = len(self.sink.messages)
+        s = self.tls_session()
+        code, msg = s.login("alice", PASSWORDS["alice"])  # smtplib picks PLAIN
+        self.assertEqual((code, msg), (235, b"2.7.0 Authentication successful"))
+        # AUTH= on MAIL (RFC 4954 §5) is taken where AUTH is offered.
+        code, _ = s.docmd("MAIL", "FROM:<alice@example.test> AUTH=<>")
+        self.assertEqual(code, 250)
+        self.assertEqual(s.rcpt("someone@elsewhere.test")[0], 250)
+        code, _ = s.data(b"Subject: submitted\r\n\r\nhello from alice\r\n")
+        self.assertEqual(code, 250)
+        s.quit()
+        msgs = self.sink.wait_messages(before + 1)
+        got = msgs[before]
+        self.assertEqual(got["rcpts"], ["someone@elsewhere.test"])
+        received = got["data"].split(b"\r\n\r\n", 1)[0]
+        self.assertIn(b"with ESMTPSA id", received)
+        ev = self.moat.wait_log(event="auth", result="pass", user="alice")
+        self.assertEqual(ev["mechanism"], "PLAIN")
+        self.assertEqual(ev["level"], "info")
+        # The password is in no log line, in clear or in base64.
+        with open(self.moat.log_path, "rb") as f:
+            log = f.read()
+        self.assertNotIn(PASSWORDS["alice"].encode(), log)
+        self.assertNotIn(b64("\0alice\0" + PASSWORDS["alice"]).encode(), log)
+
+    def test_login_with_and_without_an_initial_response(self):
+        for initial in (True, False):
+            with self.subTest(initial_response=initial):
+                s = self.tls_session()
+                s.user, s.password = "bob@example.test", PASSWORDS["bob@example.test"]
+                code, msg = s.auth("LOGIN", s.auth_login, initial_response_ok=initial)
+                self.assertEqual(code, 235, msg)
+                s.quit()
+        self.moat.wait_log(event="auth", result="pass", user="bob@example.test", mechanism="LOGIN", count=2)
+
+    def test_a_wrong_password_gets_535_and_the_session_lives_on(self):
+        s = self.tls_session()
+        code, msg = auth_plain(s, "alice", "wrong horse")
+        self.assertEqual((code, msg), (535, b"5.7.8 Authentication credentials invalid"))
+        ev = self.moat.wait_log(event="auth", result="fail", user="alice")
+        self.assertEqual(ev["level"], "warn")
+        self.assertEqual(ev["client_ip"], "127.0.0.1")
+        # An unknown name gets the same answer.
+        self.assertEqual(auth_plain(s, "mallory", "correct horse"), (535, b"5.7.8 Authentication credentials invalid"))
+        self.assertEqual(auth_plain(s, "alice", PASSWORDS["alice"])[0], 235)
+        # Once only (RFC 4954 §4).
+        self.assertEqual(auth_plain(s, "alice", PASSWORDS["alice"])[0], 503)
+        s.quit()
+
+    def test_acting_for_another_identity_is_refused(self):
+        s = self.tls_session()
+        code, msg = s.docmd("AUTH", "PLAIN " + b64("bob@example.test\0alice\0" + PASSWORDS["alice"]))
+        self.assertEqual(code, 535, msg)
+        self.assertIn(b"acting for another identity", msg)
+        s.quit()
+        ev = self.moat.wait_log(event="auth", result="fail", user="alice",
+                                reason="Authentication credentials invalid: acting for another identity is not permitted")
+        self.assertEqual(ev["mechanism"], "PLAIN")
+
+    def test_utf8_names_and_passwords(self):
+        s = self.tls_session()
+        self.assertEqual(auth_plain(s, "jörg", "pässwörd")[0], 235)
+        s.quit()
+        s = self.tls_session()
+        self.assertEqual(auth_plain(s, "jörg", "passwörd")[0], 535)
+        s.quit()
+
+    def test_three_failures_close_the_session(self):
+        s = self.tls_session()
+        for i in range(2):
+            code, msg = auth_plain(s, "alice", f"guess{i}")
+            self.assertEqual(code, 535, msg)
+        code, msg = auth_plain(s, "alice", "guess2")
+        self.assertEqual(code, 535, msg)
+        # The 421 follows the third 535, and the connection closes.
+        code, msg = s.getreply()
+        self.assertEqual(code, 421, msg)
+        self.assertIn(b"too many failed authentication attempts", msg)
+        with self.assertRaises(smtplib.SMTPServerDisconnected):
+            s.noop()
+
+    def test_cancel_unknown_mechanism_and_bad_base64(self):
+        s = self.tls_session()
+        code, msg = s.docmd("AUTH", "LOGIN")
+        self.assertEqual((code, msg), (334, b"VXNlcm5hbWU6"))
+        code, msg = s.docmd("*")
+        self.assertEqual((code, msg), (501, b"5.0.0 Authentication cancelled"))
+        code, _ = s.docmd("AUTH", "CRAM-MD5")
+        self.assertEqual(code, 504)
+        code, msg = s.docmd("AUTH", "PLAIN")
+        self.assertEqual(code, 334)
+        code, msg = s.docmd("not base64!")
+        self.assertEqual(code, 501, msg)
+        self.assertIn(b"5.5.2", msg)
+        # The session is still usable: the line after a refused exchange is a command again.
+        self.assertEqual(s.noop()[0], 250)
+        self.assertEqual(s.login("alice", PASSWORDS["alice"])[0], 235)
+        s.quit()
+
+    def test_swaks_submits_with_auth(self):
+        before = len(self.sink.messages)
+        r = subprocess.run(["swaks", "--server", f"127.0.0.1:{self.moat.port}", "--tls", "--auth", "LOGIN",
+                            "--auth-user", "alice", "--auth-password", PASSWORDS["alice"],
+                            "--from", "alice@example.test", "--to", "friend@elsewhere.test",
+                            "--helo", "laptop.test"],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("235 2.7.0", r.stdout)
+        self.sink.wait_messages(before + 1)
+
+    def test_sighup_rereads_the_users_file_and_refuses_a_broken_one(self):
+        try:
+            write_users(self.users, {**PASSWORDS, "carol": "c4rol"})
+            self.moat.signal(signal.SIGHUP)
+            self.moat.wait_log(event="reload", ok=True)
+            s = self.tls_session()
+            self.assertEqual(s.login("carol", "c4rol")[0], 235)
+            s.quit()
+            # A broken users file: the reload is refused with FILE:LINE, carol stays.
+            write_users(self.users, {"carol": "c4rol"}, extra="dave:$1$saltsalt$abcdefghijklmnopqrstuv\n")
+            self.moat.signal(signal.SIGHUP)
+            ev = self.moat.wait_log(event="reload", ok=False)
+            self.assertTrue(any(e.startswith(self.users + ":3: \"dave\": a legacy hash method") for e in ev["errors"]),
+                            ev)
+            s = self.tls_session()
+            self.assertEqual(s.login("alice", PASSWORDS["alice"])[0], 235)
+            s.quit()
+        finally:
+            write_users(self.users, PASSWORDS)
+            self.moat.signal(signal.SIGHUP)
+            self.moat.wait_log(event="reload", ok=True, count=2)
+
+
+class OptionalAuthTest(unittest.TestCase):
+    """AUTH on an `smtp` listener (the MX port) and on an `smtps` one: mail for the relay
+    domains needs none; relaying anywhere else needs it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="moat-auth-")
+        cls.cert = make_cert(cls.tmp)
+        cls.sink = Sink()
+        cls.smtps_port = free_port()
+        tls = f'tls_cert = "{cls.cert[0]}"\ntls_key = "{cls.cert[1]}"\nauth_users = "users"'
+        cls.moat = Moat(routes=[(None, f"smtp:127.0.0.1:{cls.sink.port}")],
+                        networks=["10.255.255.0/24"],  # loopback is not a relay client here
+                        listener_extra=tls,
+                        extra=f'\n[[listener]]\naddress = "127.0.0.1:{cls.smtps_port}"\nmode = "smtps"\n{tls}\n',
+                        start=False)
+        write_users(os.path.join(cls.moat.dir, "users"), PASSWORDS)
+        cls.moat.start()
+        cls.moat.wait_log(event="listen", address=f"127.0.0.1:{cls.smtps_port}")
+        cls.moat.port = cls.moat.wait_log(event="listen", address="127.0.0.1:0")["port"]  # the smtp listener
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.moat.cleanup()
+        cls.sink.stop()
+
+    def test_relaying_needs_auth_local_mail_does_not(self):
+        s = self.moat.smtp()
+        s.starttls(context=tls_context())
+        s.ehlo()
+        self.assertTrue(s.has_extn("auth"))
+        s.mail("a@sender.test")
+        self.assertEqual(s.rcpt("user@example.test")[0], 250)
+        code, msg = s.rcpt("someone@elsewhere.test")
+        self.assertEqual(code, 554, msg)
+        s.rset()
+        self.assertEqual(s.login("alice", PASSWORDS["alice"])[0], 235)
+        s.mail("alice@example.test")
+        self.assertEqual(s.rcpt("someone@elsewhere.test")[0], 250)
+        s.quit()
+
+    def test_smtps_offers_auth_at_once(self):
+        before = len(self.sink.messages)
+        s = smtplib.SMTP_SSL("127.0.0.1", self.smtps_port, local_hostname="client.test", timeout=30,
+                             context=tls_context())
+        s.ehlo()
+        self.assertTrue(s.has_extn("auth"))
+        self.assertEqual(s.login("alice", PASSWORDS["alice"])[0], 235)
+        s.sendmail("alice@example.test", ["far@elsewhere.test"], b"Subject: over smtps\r\n\r\nx\r\n")
+        s.quit()
+        msg = self.sink.wait_messages(before + 1)[before]
+        self.assertIn(b"with ESMTPSA id", msg["data"].split(b"\r\n\r\n", 1)[0])
+
+
+if __name__ == "__main__":
+    unittest.main()
