@@ -42,6 +42,30 @@ bool looksLikeHash(std::string_view h) {
   return last > 1 && last + 1 < h.size() && cryptAlphabet(h.substr(last + 1));
 }
 
+// SENDERS: comma-separated addresses ("alice@example.test") and domains ("@example.test"),
+// kept lower-case. `bad` names the first entry that is neither.
+bool parseSenders(std::string_view text, std::vector<std::string>& out, std::string& bad) {
+  while (!text.empty()) {
+    size_t comma = text.find(',');
+    std::string_view item = text.substr(0, comma);
+    text = comma == std::string_view::npos ? std::string_view() : text.substr(comma + 1);
+    while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+    while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+    if (item.empty()) continue;
+    size_t at = item.rfind('@');
+    bool ok = at != std::string_view::npos && at + 1 < item.size() && item.size() <= 254 &&
+              item.find_first_of(" \t<>,") == std::string_view::npos && mta::isPrintableUtf8(item);
+    if (!ok) {
+      bad = std::string(item);
+      return false;
+    }
+    std::string lower;
+    for (char c : item) lower.push_back(c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c);
+    out.push_back(std::move(lower));
+  }
+  return true;
+}
+
 std::string describeBadHash(int check) {
   switch (check) {
     case CRYPT_SALT_METHOD_LEGACY:
@@ -98,11 +122,15 @@ std::shared_ptr<const UserDb> UserDb::load(const std::string& path, Errors& erro
     if (start == std::string::npos || line[start] == '#') continue;
     size_t colon = line.find(':');
     if (colon == std::string::npos) {
-      errors.error(path, lineNo, "expected NAME:HASH");
+      errors.error(path, lineNo, "expected NAME:HASH or NAME:HASH:SENDERS");
       ok = false;
       continue;
     }
-    std::string name = line.substr(0, colon), hash = line.substr(colon + 1);
+    std::string name = line.substr(0, colon), hash = line.substr(colon + 1), senders;
+    if (size_t c2 = hash.find(':'); c2 != std::string::npos) {  // no crypt(3) hash has a ':'
+      senders = hash.substr(c2 + 1);
+      hash.resize(c2);
+    }
     if (!validName(name)) {
       errors.error(path, lineNo, "the name must be 1-255 octets of UTF-8 without controls or ':'");
       ok = false;
@@ -114,7 +142,14 @@ std::shared_ptr<const UserDb> UserDb::load(const std::string& path, Errors& erro
       ok = false;
       continue;
     }
-    if (!db->hashes_.emplace(name, hash).second) {
+    User user{hash, {}};
+    std::string badSender;
+    if (!parseSenders(senders, user.senders, badSender)) {
+      errors.error(path, lineNo, "\"" + name + "\": \"" + badSender + "\" is not an address or @domain");
+      ok = false;
+      continue;
+    }
+    if (!db->users_.emplace(name, std::move(user)).second) {
       errors.error(path, lineNo, "\"" + name + "\" is listed twice");
       ok = false;
       continue;
@@ -140,14 +175,28 @@ std::shared_ptr<const UserDb> UserDb::load(const std::string& path, Errors& erro
 }
 
 bool UserDb::verify(std::string_view name, std::string_view password) const {
-  auto it = hashes_.find(name);
-  const std::string& hash = it != hashes_.end() ? it->second : dummyHash_;
+  auto it = users_.find(name);
+  const std::string& hash = it != users_.end() ? it->second.hash : dummyHash_;
   if (hash.empty()) return false;
   std::string computed = cryptHash(password, hash);
-  bool match = it != hashes_.end() && computed.size() == hash.size() &&
+  bool match = it != users_.end() && computed.size() == hash.size() &&
                CRYPTO_memcmp(computed.data(), hash.data(), hash.size()) == 0;
   OPENSSL_cleanse(computed.data(), computed.size());
   return match;
+}
+
+bool UserDb::maySendAs(std::string_view name, std::string_view address) const {
+  auto it = users_.find(name);
+  if (it == users_.end()) return false;
+  const auto& senders = it->second.senders;
+  if (senders.empty()) return true;
+  size_t at = address.rfind('@');
+  for (const auto& s : senders) {
+    if (s.front() == '@' ? at != std::string_view::npos && mta::iequalsAscii(address.substr(at), s)
+                         : mta::iequalsAscii(address, s))
+      return true;
+  }
+  return false;
 }
 
 }  // namespace moat::policy

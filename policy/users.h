@@ -1,7 +1,9 @@
 // policy/users.h — the credentials a submission listener checks SMTP AUTH against
-// ([[listener]] auth_users): a file of `name:hash` lines, the hash in crypt(3) form
+// ([[listener]] auth_users): a file of `NAME:HASH` lines, the hash in crypt(3) form
 // (yescrypt "$y$", bcrypt "$2b$", sha512crypt "$6$": `mkpasswd -m yescrypt`,
-// `openssl passwd -6`). Blank lines and lines starting with '#' are ignored.
+// `openssl passwd -6`), optionally followed by `:SENDERS`, the envelope senders the user
+// may use: comma-separated addresses and `@domain`s (without it, any). Blank lines and
+// lines starting with '#' are ignored.
 //
 // Loaded whole into an immutable UserDb per policy snapshot, so SIGHUP rereads it and a
 // broken file is refused with FILE:LINE while the running one stays. Hash methods libcrypt
@@ -15,6 +17,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "policy/errors.h"
 
@@ -27,12 +30,20 @@ class UserDb {
 
   // Blocking (crypt(3)); thread-safe. Name compared byte for byte, password in constant time.
   bool verify(std::string_view name, std::string_view password) const;
-  size_t size() const { return hashes_.size(); }
+  // Whether `name` (an existing user) may send with envelope sender `address`: always when
+  // the user's line names no senders; else an exact address (ASCII case-insensitive) or
+  // an "@domain" entry of its domain.
+  bool maySendAs(std::string_view name, std::string_view address) const;
+  size_t size() const { return users_.size(); }
   const std::string& path() const { return path_; }
 
  private:
   std::string path_;
-  std::map<std::string, std::string, std::less<>> hashes_;
+  struct User {
+    std::string hash;
+    std::vector<std::string> senders;  // lower-case; empty = any
+  };
+  std::map<std::string, User, std::less<>> users_;
   std::string dummyHash_;  // for names not in the file
 };
 

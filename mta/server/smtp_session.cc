@@ -376,6 +376,16 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
           conn_->tlsActive() ? "Authentication required" : "Authentication required: STARTTLS, then AUTH");
     return;
   }
+  // A user whose line in the users file names senders may use only those (Postfix's
+  // reject_sender_login_mismatch). The null sender stays open: clients send bounces too.
+  if (ctx_->authenticated && !c.address.empty() && !users_->maySendAs(ctx_->authUser, c.address)) {
+    std::string text = "<" + c.address + ">: Sender address rejected: not owned by user " + ctx_->authUser;
+    auto line = log::info("reject");
+    rejectFields(line, "mail", "553 5.7.1 " + text);
+    line.add("from", c.address).add("user", ctx_->authUser);
+    reply(553, "5.7.1", text);
+    return;
+  }
   // The parser has checked the syntax and values of every parameter; here: what this
   // server offers. RET/ENVID need DSN, which Moat does not advertise (RFC 5321 §4.1.1.11).
   // AUTH= (RFC 4954 §5) is accepted where AUTH is offered, and its value not trusted: the

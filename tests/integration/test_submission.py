@@ -4,6 +4,7 @@ by Python's smtplib and swaks, relaying to a sink the test owns. Only 127.0.0.1 
 
 import base64
 import os
+import re
 import signal
 import smtplib
 import ssl
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import Moat, Sink, free_port, make_cert  # noqa: E402
@@ -24,11 +26,14 @@ def crypt_hash(password):
     return r.stdout.decode().strip()
 
 
+SENDERS = {"bob@example.test": "bob@example.test,@bob.test"}  # alice and jörg: any sender
+
+
 def write_users(path, passwords, extra=""):
     with open(path, "w") as f:
         f.write("# Moat submission users\n")
         for name, pw in passwords.items():
-            f.write(f"{name}:{crypt_hash(pw)}\n")
+            f.write(f"{name}:{crypt_hash(pw)}" + (f":{SENDERS[name]}" if name in SENDERS else "") + "\n")
         f.write(extra)
 
 
@@ -62,6 +67,12 @@ class SubmissionTest(unittest.TestCase):
                         start=False)
         cls.users = os.path.join(cls.moat.dir, "users")
         write_users(cls.users, PASSWORDS)
+        cls.metrics_port = free_port()
+        with open(cls.moat.config_path) as f:
+            text = f.read()
+        with open(cls.moat.config_path, "w") as f:
+            f.write(text.replace('min_free_disk = "1M"',
+                                 f'min_free_disk = "1M"\nmetrics_listen = "127.0.0.1:{cls.metrics_port}"'))
         cls.moat.start()
 
     @classmethod
@@ -139,6 +150,36 @@ class SubmissionTest(unittest.TestCase):
                 self.assertEqual(code, 235, msg)
                 s.quit()
         self.moat.wait_log(event="auth", result="pass", user="bob@example.test", mechanism="LOGIN", count=2)
+
+    def auth_metrics(self):
+        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+        return {r: int(re.search(rf'^moat_auth_total{{result="{r}"}} (\d+)$', body, re.M).group(1))
+                for r in ("pass", "fail")}
+
+    def test_metrics_count_auth_attempts(self):
+        before = self.auth_metrics()
+        s = self.tls_session()
+        self.assertEqual(auth_plain(s, "alice", "nope")[0], 535)
+        self.assertEqual(auth_plain(s, "alice", PASSWORDS["alice"])[0], 235)
+        s.quit()
+        after = self.auth_metrics()
+        self.assertEqual(after["pass"], before["pass"] + 1)
+        self.assertEqual(after["fail"], before["fail"] + 1)
+
+    def test_a_user_with_senders_may_use_only_those(self):
+        s = self.tls_session()
+        self.assertEqual(auth_plain(s, "bob@example.test", PASSWORDS["bob@example.test"])[0], 235)
+        code, msg = s.mail("ceo@example.test")
+        self.assertEqual(code, 553, msg)
+        self.assertEqual(msg, b"5.7.1 <ceo@example.test>: Sender address rejected: not owned by user bob@example.test")
+        for sender in ("Bob@Example.TEST", "anyone@bob.test", ""):
+            with self.subTest(sender=sender):
+                self.assertEqual(s.mail(sender)[0], 250)
+                s.rset()
+        s.quit()
+        ev = self.moat.wait_log(event="reject", user="bob@example.test")
+        self.assertEqual(ev["from"], "ceo@example.test")
+        self.assertTrue(ev["reply"].startswith("553 5.7.1 "))
 
     def test_a_wrong_password_gets_535_and_the_session_lives_on(self):
         s = self.tls_session()

@@ -72,7 +72,7 @@ TEST_CASE("a bad users file is refused with FILE:LINE for every bad line") {
   std::string all = errors.str();
   INFO(all);
   REQUIRE(errors.all().size() == 7);
-  REQUIRE(all.find(path + ":2: expected NAME:HASH") != std::string::npos);
+  REQUIRE(all.find(path + ":2: expected NAME:HASH or NAME:HASH:SENDERS") != std::string::npos);
   REQUIRE(all.find(path + ":3: \"bob\": not a crypt(3) hash") != std::string::npos);
   REQUIRE(all.find(path + ":4: \"carol\": a legacy hash method") != std::string::npos);
   REQUIRE(all.find(path + ":5: \"alice\" is listed twice") != std::string::npos);
@@ -95,5 +95,41 @@ TEST_CASE("an empty users file loads and lets nobody in") {
   REQUIRE(db);
   REQUIRE(db->size() == 0);
   REQUIRE_FALSE(db->verify("alice", "anything"));
+  unlink(path.c_str());
+}
+
+TEST_CASE("a user's senders limit the envelope senders that user may use") {
+  std::string h = hashOf("pw", "$6$");
+  auto path = writeTemp("alice:" + h + ":alice@example.test, Sales@Example.TEST\n" + "bob:" + h +
+                        ":@example.test,@bob.test\n" + "carol:" + h + "\n" + "dave:" + h + ":\n");
+  Errors errors;
+  auto db = UserDb::load(path, errors);
+  INFO(errors.str());
+  REQUIRE(db);
+  REQUIRE(db->verify("alice", "pw"));  // the senders are not part of the hash
+  REQUIRE(db->maySendAs("alice", "alice@example.test"));
+  REQUIRE(db->maySendAs("alice", "ALICE@EXAMPLE.test"));
+  REQUIRE(db->maySendAs("alice", "sales@example.test"));
+  REQUIRE_FALSE(db->maySendAs("alice", "ceo@example.test"));
+  REQUIRE_FALSE(db->maySendAs("alice", "alice@example.test.evil"));
+  REQUIRE(db->maySendAs("bob", "anyone@example.test"));
+  REQUIRE(db->maySendAs("bob", "x@BOB.test"));
+  REQUIRE_FALSE(db->maySendAs("bob", "x@sub.example.test"));
+  REQUIRE_FALSE(db->maySendAs("bob", "x@example.test.evil"));
+  REQUIRE(db->maySendAs("carol", "anyone@anywhere.test"));  // no list: any sender
+  REQUIRE(db->maySendAs("dave", "anyone@anywhere.test"));   // an empty list too
+  REQUIRE_FALSE(db->maySendAs("mallory", "anyone@anywhere.test"));
+  unlink(path.c_str());
+}
+
+TEST_CASE("a sender that is neither an address nor @domain is refused with FILE:LINE") {
+  std::string h = hashOf("pw", "$6$");
+  auto path = writeTemp("alice:" + h + ":alice@example.test,not-an-address\nbob:" + h + ":bob@\n");
+  Errors errors;
+  REQUIRE_FALSE(UserDb::load(path, errors));
+  std::string all = errors.str();
+  INFO(all);
+  REQUIRE(all.find(path + ":1: \"alice\": \"not-an-address\" is not an address or @domain") != std::string::npos);
+  REQUIRE(all.find(path + ":2: \"bob\": \"bob@\" is not an address or @domain") != std::string::npos);
   unlink(path.c_str());
 }
