@@ -1,12 +1,15 @@
-// queue/dsn.cc — the RFC 3464 DSN builder, and RFC 6533 global DSNs (dsn.h). Untrusted
-// input: recipient addresses, remote replies and the original message. Logs nothing.
+// queue/dsn.cc — the RFC 3464 DSN builder, RFC 6533 global DSNs, and their 7-bit form for a
+// return path without SMTPUTF8 (dsn.h). Untrusted input: recipient addresses, remote replies
+// and the original message (inside a DSN to downgrade too). Logs nothing.
 #include "queue/dsn.h"
 
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
 
+#include "mta/runtime/qp.h"
 #include "mta/runtime/scan.h"
 
 namespace moat::queue {
@@ -416,6 +419,249 @@ std::string buildDsn(const DsnInput& in, std::string_view original) {
   m += orig;
   m += "\r\n--" + boundary + "--\r\n";
   return m;
+}
+
+// ---- the 7-bit form of a global DSN ------------------------------------------------------
+
+namespace {
+
+// One header field: its lines as they are (folding kept, CRLF included), its name, and its
+// value unfolded (RFC 5322 §2.2.3) without the blanks that start it.
+struct Field {
+  std::string_view raw, name;
+  std::string value;
+};
+
+// The field that starts at text[pos] (its first line and every next one that starts with a
+// blank); pos moves past it. False when there is none: no CRLF, or no "name:" (printable
+// ASCII name, RFC 5322 §3.6.8).
+bool nextField(std::string_view text, size_t& pos, Field& f) {
+  size_t end = pos;
+  do {
+    size_t nl = text.find("\r\n", end);
+    if (nl == std::string_view::npos) return false;
+    end = nl + 2;
+  } while (end < text.size() && (text[end] == ' ' || text[end] == '\t'));
+  f.raw = text.substr(pos, end - pos);
+  size_t colon = f.raw.find(':');
+  if (colon == 0 || colon == std::string_view::npos) return false;
+  f.name = f.raw.substr(0, colon);
+  for (char c : f.name)
+    if (c <= ' ' || c > '~') return false;
+  std::string_view v = f.raw.substr(colon + 1, f.raw.size() - colon - 3);
+  f.value.clear();
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (v[i] == '\r' && i + 1 < v.size() && v[i + 1] == '\n') {
+      ++i;
+      continue;
+    }
+    f.value += v[i];
+  }
+  size_t lead = f.value.find_first_not_of(" \t");
+  f.value.erase(0, lead == std::string::npos ? f.value.size() : lead);
+  pos = end;
+  return true;
+}
+
+// A header section (CRLF lines, no blank line) as fields.
+bool splitFields(std::string_view block, std::vector<Field>& fields) {
+  for (size_t pos = 0; pos < block.size();) {
+    Field f;
+    if (!nextField(block, pos, f)) return false;
+    fields.push_back(std::move(f));
+  }
+  return true;
+}
+
+const Field* findField(const std::vector<Field>& fields, std::string_view name) {
+  for (const auto& f : fields)
+    if (mta::iequalsAscii(f.name, name)) return &f;
+  return nullptr;
+}
+
+// A media type without its parameters, lower case: "message/global".
+std::string mediaType(const std::vector<Field>& fields) {
+  const Field* ct = findField(fields, "Content-Type");
+  std::string t = ct ? std::string(trimSpaces(ct->value.substr(0, ct->value.find(';')))) : "";
+  for (auto& c : t) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return t;
+}
+
+// A body part's header: Content-Type and Content-Transfer-Encoding ("" = none, 7bit) as
+// given, then the part's other fields as they were (Content-Description), which buildDsn
+// writes in ASCII.
+bool partHeader(const std::vector<Field>& fields, std::string_view type, std::string_view cte, std::string& out) {
+  out = "Content-Type: " + std::string(type) + "\r\n";
+  if (!cte.empty()) out += "Content-Transfer-Encoding: " + std::string(cte) + "\r\n";
+  for (const auto& f : fields) {
+    if (mta::iequalsAscii(f.name, "Content-Type") || mta::iequalsAscii(f.name, "Content-Transfer-Encoding")) continue;
+    if (mta::hasEightBit(f.raw)) return false;
+    out.append(f.raw);
+  }
+  out += "\r\n";
+  return true;
+}
+
+// A report field as a plain report has it: a "utf-8" address in its utf-8-addr-xtext form
+// (a global report holds the address itself, utf-8-address: RFC 6533 §3), anything else
+// ASCII ('?' for what is not), as buildDsn writes a plain report.
+std::string plainReportValue(const Field& f) {
+  if (mta::iequalsAscii(f.name, "Final-Recipient") || mta::iequalsAscii(f.name, "Original-Recipient")) {
+    size_t semi = f.value.find(';');
+    if (semi != std::string::npos && mta::iequalsAscii(trimSpaces(std::string_view(f.value).substr(0, semi)), "utf-8"))
+      return "utf-8; " + xtextAddress(trimSpaces(std::string_view(f.value).substr(semi + 1)));
+  }
+  return clean(f.value);
+}
+
+// A body part of a multipart: its header's fields, and what follows the blank line.
+struct BodyPart {
+  std::vector<Field> fields;
+  std::string_view content;
+};
+
+DsnDowngrade refused(std::string why) {
+  DsnDowngrade d;
+  d.reason = std::move(why);
+  return d;
+}
+
+// A name from the DSN for a reason: printable ASCII only, and short.
+std::string printableName(std::string_view s) {
+  std::string out;
+  for (char c : s.substr(0, 40)) out += c > ' ' && c <= '~' ? c : '?';
+  return out;
+}
+
+}  // namespace
+
+DsnDowngrade downgradeGlobalDsn(std::string_view message) {
+  size_t headerEnd = message.find("\r\n\r\n");
+  if (headerEnd == std::string_view::npos) return refused("not a DSN: no header section");
+  std::vector<Field> top;
+  if (!splitFields(message.substr(0, headerEnd + 2), top)) return refused("not a DSN: a header line is not a field");
+  std::string_view body = message.substr(headerEnd + 4);
+
+  // Moat's own multipart/report, by its boundary: buildDsn chose it so that no part holds it.
+  const Field* ct = findField(top, "Content-Type");
+  std::string ctValue = ct ? ct->value : "";
+  for (auto& c : ctValue) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  size_t b = ctValue.find("boundary=\"");
+  if (mediaType(top) != "multipart/report" || b == std::string::npos)
+    return refused("not a DSN: not a multipart/report");
+  std::string_view rest = std::string_view(ct->value).substr(b + 10);
+  std::string boundary(rest.substr(0, rest.find('"')));
+  if (!boundary.starts_with("=_moat_dsn_") || boundary.size() > 70 || rest.find('"') == std::string_view::npos)
+    return refused("not a DSN of Moat's own making");
+
+  // The top-level header: every line as it was, but a 7bit label, and no References in UTF-8.
+  std::string out;
+  for (const auto& f : top) {
+    if (mta::iequalsAscii(f.name, "Content-Transfer-Encoding")) {
+      out += "Content-Transfer-Encoding: 7bit\r\n";
+    } else if (!mta::hasEightBit(f.raw)) {
+      out.append(f.raw);
+    } else if (!mta::iequalsAscii(f.name, "References")) {
+      return refused("UTF-8 in the header field " + printableName(f.name));
+    }
+  }
+  out += "\r\n";
+
+  // The parts (RFC 2046 §5.1.1): a delimiter line starts the first; "CRLF --boundary" ends each.
+  std::string first = "--" + boundary + "\r\n", delimiter = "\r\n--" + boundary;
+  size_t pos = body.starts_with(first) ? 0 : body.find("\r\n" + first);
+  if (pos == std::string_view::npos) return refused("not a DSN: no body part");
+  if (pos > 0) pos += 2;  // the CRLF ends the preamble's last line
+  std::string_view preamble = body.substr(0, pos), epilogue;
+  pos += first.size();
+  std::vector<BodyPart> parts;
+  for (;;) {
+    size_t end = body.find(delimiter, pos);
+    if (end == std::string_view::npos || parts.size() == 3) return refused("not a DSN: not three body parts");
+    std::string_view text = body.substr(pos, end - pos);
+    size_t blank = text.starts_with("\r\n") ? 0 : text.find("\r\n\r\n");
+    if (blank == std::string_view::npos) return refused("not a DSN: a body part without a header");
+    BodyPart p;
+    size_t headerLen = blank == 0 ? 0 : blank + 2;
+    if (!splitFields(text.substr(0, headerLen), p.fields))
+      return refused("not a DSN: a part's header line is not a field");
+    p.content = text.substr(headerLen + 2);
+    parts.push_back(std::move(p));
+    pos = end + delimiter.size();
+    if (body.substr(pos, 2) == "--") {
+      epilogue = body.substr(pos + 2);
+      break;
+    }
+    if (body.substr(pos, 2) != "\r\n") return refused("not a DSN: a bad delimiter line");
+    pos += 2;
+  }
+  if (parts.size() != 3) return refused("not a DSN: not three body parts");
+  if (mta::hasEightBit(preamble) || mta::hasEightBit(epilogue)) return refused("UTF-8 outside the body parts");
+
+  // 1. The notification: quoted-printable when it holds UTF-8.
+  const BodyPart& human = parts[0];
+  std::string humanHeader, humanText;
+  if (mediaType(human.fields) != "text/plain") return refused("not a DSN: the first part is not text/plain");
+  bool humanUtf8 = mta::hasEightBit(human.content);
+  if (!partHeader(human.fields, humanUtf8 ? "text/plain; charset=utf-8" : "text/plain; charset=us-ascii",
+                  humanUtf8 ? "quoted-printable" : "", humanHeader))
+    return refused("UTF-8 in the notification's header");
+  humanText = humanUtf8 ? mta::encodeQuotedPrintable(human.content) : std::string(human.content);
+
+  // 2. The report: message/delivery-status, its fields as a plain report has them.
+  const BodyPart& report = parts[1];
+  std::string reportType = mediaType(report.fields), reportHeader, reportText;
+  if (reportType != "message/global-delivery-status")
+    return refused("not a global DSN: the second part is not message/global-delivery-status");
+  if (!partHeader(report.fields, "message/delivery-status", "", reportHeader))
+    return refused("UTF-8 in the report's header");
+  for (size_t p = 0; p < report.content.size();) {
+    if (report.content.substr(p, 2) == "\r\n") {  // the blank line between groups of fields
+      reportText += "\r\n";
+      p += 2;
+      continue;
+    }
+    Field f;
+    if (!nextField(report.content, p, f)) return refused("not a DSN: a report line is not a field");
+    reportText += foldHeader(f.name, plainReportValue(f));
+  }
+
+  // 3. The original: its header section as text/rfc822-headers, at most as much of it as
+  // buildDsn returns.
+  const BodyPart& original = parts[2];
+  std::string originalType = mediaType(original.fields);
+  std::string_view hdrs = original.content;
+  if (originalType == "message/global") {
+    hdrs = mta::headerBlock(original.content);
+    if (hdrs.size() > kMaxHeaderBlock) hdrs = hdrs.substr(0, hdrs.rfind('\n', kMaxHeaderBlock) + 1);
+  } else if (originalType != "message/global-headers") {
+    return refused("not a global DSN: the third part is not message/global or message/global-headers");
+  }
+  bool originalUtf8 = mta::hasEightBit(hdrs);
+  std::string originalPart = originalUtf8 ? "Content-Type: text/rfc822-headers; charset=utf-8\r\n"
+                                            "Content-Transfer-Encoding: quoted-printable\r\n"
+                                          : "Content-Type: text/rfc822-headers\r\nContent-Transfer-Encoding: 7bit\r\n";
+  originalPart += "Content-Description: Undelivered Message Headers\r\n\r\n";
+  originalPart += originalUtf8 ? mta::encodeQuotedPrintable(hdrs) : std::string(hdrs);
+
+  out += preamble;
+  out += first;
+  out += humanHeader + humanText;
+  out += delimiter + "\r\n" + reportHeader + reportText;
+  out += delimiter + "\r\n" + originalPart;
+  out += delimiter + "--";
+  out.append(epilogue);
+  // Nothing written may hold the boundary: quoted-printable writes '=' as =3D, xtext as
+  // \x{3D}, and the rest was in the DSN, where buildDsn made sure it was not. Checked anyway.
+  size_t delimiters = 0;
+  for (size_t at = out.find("--" + boundary); at != std::string::npos; at = out.find("--" + boundary, at + 1))
+    ++delimiters;
+  if (delimiters != 4) return refused("the boundary occurs inside a part");
+  if (mta::hasEightBit(out)) return refused("8-bit data left after the conversion");
+  DsnDowngrade d;
+  d.ok = true;
+  d.message = std::move(out);
+  return d;
 }
 
 }  // namespace moat::queue

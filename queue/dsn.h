@@ -13,6 +13,9 @@
 // and in a global one kept only as well-formed UTF-8 (U+FFFD otherwise). A non-ASCII address
 // in a plain DSN takes the 7-bit utf-8-addr-xtext form (\x{HHHH}, RFC 6533 §3). Logs nothing.
 // The caller never builds a DSN for the null sender or for a DSN (Envelope::isBounce).
+//
+// downgradeGlobalDsn turns a global DSN that Moat built into a plain, 7-bit one for a next hop
+// without SMTPUTF8 (see there).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -50,6 +53,33 @@ struct DsnInput {
 };
 
 std::string buildDsn(const DsnInput& in, std::string_view originalMessage);
+
+// A global DSN of buildDsn's made fit for a return path without SMTPUTF8: UTF-8 in the DSN's
+// own header fields needs SMTPUTF8 (RFC 6531 §3.4), and a mail system without it cannot be
+// counted on to read RFC 6533's global types; RFC 6533 §3 gives a non-ASCII address a 7-bit
+// form for a plain report (utf-8-addr-xtext). `message`: the DSN as it goes, the gateway's
+// header lines then buildDsn's bytes. The result is a plain DSN, every byte 7-bit:
+//   - message/global-delivery-status becomes message/delivery-status, each "utf-8" address
+//     in its utf-8-addr-xtext form (utf-8; m\x{FC}ller@...) and any other non-ASCII in a
+//     field '?', as buildDsn writes a plain report;
+//   - the original (message/global, or message/global-headers) is returned by its header
+//     section only, as text/rfc822-headers; with UTF-8 in it, charset=utf-8 and
+//     quoted-printable (as RFC 6522's registration of the type allows for headers that
+//     are not 7-bit), so nothing of them is lost;
+//   - a UTF-8 notification is quoted-printable, charset=utf-8;
+//   - a non-ASCII References field (the original's Message-ID) is left out: a message
+//     identifier has no 7-bit form. Every other line stays as it was.
+// Only a DSN whose envelope recipient, and so To:, is ASCII can be downgraded. Anything that
+// is not a DSN as buildDsn writes them (three parts, its boundary), or has UTF-8 in another
+// top-level header field, is refused with a reason. Pure, and linear in the message's size;
+// the output is at most about three times the notification and the original's header
+// section (bounded as in buildDsn) plus the report.
+struct DsnDowngrade {
+  bool ok = false;
+  std::string message;  // ok: the 7-bit DSN (CRLF)
+  std::string reason;   // !ok: one line of printable ASCII
+};
+DsnDowngrade downgradeGlobalDsn(std::string_view message);
 
 // RFC 5322 date-time in UTC, e.g. "Sun, 22 Nov 2026 12:00:00 +0000".
 std::string rfc5322Date(int64_t ms);

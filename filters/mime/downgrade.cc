@@ -15,9 +15,8 @@ namespace moat::filters::mime {
 
 namespace {
 
-constexpr size_t kMaxLine = 76;  // RFC 2045 §6.7 rule 5, §6.8
+constexpr size_t kMaxLine = 76;  // RFC 2045 §6.8
 
-const char kHex[] = "0123456789ABCDEF";
 const char kBase64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 bool isIdentity(std::string_view cte) { return cte == "7bit" || cte == "8bit" || cte == "binary"; }
@@ -27,30 +26,6 @@ std::string printable(std::string_view s) {
   std::string out;
   for (char c : s.substr(0, 40)) out += c >= 0x20 && c < 0x7f ? c : '?';
   return out;
-}
-
-// One line's worth of quoted-printable (RFC 2045 §6.7 rules 1-5), written to `out`.
-void encodeQpLine(std::string_view line, std::string& out) {
-  size_t col = 0;
-  for (size_t i = 0; i < line.size(); ++i) {
-    auto c = static_cast<unsigned char>(line[i]);
-    bool last = i + 1 == line.size();
-    bool literal = (c >= 33 && c <= 126 && c != '=') || ((c == ' ' || c == '\t') && !last);
-    size_t width = literal ? 1 : 3;
-    // A soft break takes a column of its own, except on the line's last piece.
-    if (col + width > (last ? kMaxLine : kMaxLine - 1)) {
-      out += "=\r\n";
-      col = 0;
-    }
-    if (literal) {
-      out += static_cast<char>(c);
-    } else {
-      out += '=';
-      out += kHex[c >> 4];
-      out += kHex[c & 0xf];
-    }
-    col += width;
-  }
 }
 
 // A message being converted: the edits, in the raw message's offsets, that make it 7-bit.
@@ -164,22 +139,6 @@ class Converter {
 };
 
 }  // namespace
-
-std::string encodeQuotedPrintable(std::string_view text) {
-  std::string out;
-  out.reserve(text.size() + text.size() / 4 + 8);
-  size_t pos = 0;
-  while (pos < text.size()) {
-    size_t n = mta::findLineBreak(text.data() + pos, text.size() - pos);
-    encodeQpLine(text.substr(pos, n), out);
-    pos += n;
-    if (pos == text.size()) break;
-    // CRLF, or a bare CR or LF, is one hard break.
-    pos += text[pos] == '\r' && pos + 1 < text.size() && text[pos + 1] == '\n' ? 2 : 1;
-    out += "\r\n";
-  }
-  return out;
-}
 
 std::string encodeBase64(std::string_view bytes) {
   std::string out;

@@ -21,6 +21,7 @@
 #include <string_view>
 
 #include "filters/mime/mime.h"
+#include "mta/runtime/qp.h"
 
 namespace moat::filters::mime {
 
@@ -36,11 +37,9 @@ struct Downgraded {
 // its leaves is labelled binary.
 Downgraded downgradeTo7Bit(std::string_view message, const Limits& limits = {});
 
-// Quoted-printable for text (RFC 2045 §6.7): CRLF, and a bare CR or LF, are hard line breaks
-// (CRLF out); '=', control characters, bytes over 0x7e and a blank that ends a line are
-// escaped; lines are at most 76 characters, soft line breaks ("=" CRLF) included. Input that
-// does not end in a line break gives output that does not either.
-std::string encodeQuotedPrintable(std::string_view text);
+// Quoted-printable for text (RFC 2045 §6.7), in mta/runtime/qp.h so that the DSN builder can
+// use it too.
+using mta::encodeQuotedPrintable;
 
 // Base64 (RFC 2045 §6.8) with '=' padding, in lines of 76 characters joined by CRLF (none
 // after the last).

@@ -48,6 +48,15 @@ void refuseLocally(TransactionResult& res, int code, std::string text) {
   res.data = res.mail;
 }
 
+// The converted message takes the place of the original, which is not read any more.
+void replaceMessage(Transaction& t, std::string converted) {
+  auto bytes = std::make_shared<std::string>(std::move(converted));
+  t.prefix.clear();
+  t.body = *bytes;
+  t.keepAlive = std::move(bytes);
+  if (t.size) t.size = t.body.size();
+}
+
 // The caller's reason, made fit for a reply line.
 std::string replyText(std::string_view s) {
   std::string out(s.substr(0, 200));
@@ -374,58 +383,84 @@ void SmtpClient::send(Transaction t, std::function<void(TransactionResult)> done
     done(std::move(res));
   };
   if (!envelopeSafe(t)) return refuse(501, "501 5.5.4 Invalid character in envelope (not sent)");
-  // RFC 6531 §3.4: UTF-8 in the envelope, or in the headers of a message sent with
-  // SMTPUTF8, goes only to a server that offers SMTPUTF8; there is no downgrade, so the
-  // message is returned (RFC 6531 §3.6 status codes).
-  if (!supports("SMTPUTF8")) {
-    if (hasEightBit(t.mailFrom) || std::any_of(t.rcpts.begin(), t.rcpts.end(), [](const std::string& r) { return hasEightBit(r); }))
-      return refuse(553, "553 5.6.7 SMTPUTF8 is required by the addresses, but the next hop does not offer it (not sent)");
-    if (t.smtputf8 && (hasEightBit(t.prefix) || hasEightBit(headerBlock(t.body))))
-      return refuse(554, "554 5.6.9 SMTPUTF8 is required by the headers, but the next hop does not offer it (not sent)");
-  }
-  // RFC 6152 §3: to a next hop without 8BITMIME, 8-bit mail goes converted to 7-bit MIME or
-  // is returned (RFC 3463 X.6.3). Declared 8BITMIME but all ASCII: 7-bit already, sent as it is.
-  if (!supports("8BITMIME") && (hasEightBit(t.prefix) || hasEightBit(t.body))) {
-    auto refusal = [](std::string_view reason) {
-      return "554 5.6.3 Conversion required but not supported: " + replyText(reason) +
-             "; the next hop does not offer 8BITMIME (not sent)";
-    };
-    if (!t.downgrade) return refuse(554, refusal("no converter to 7-bit MIME"));
-    // The converter may take its time (the caller runs large messages on the thread pool):
-    // the connection is busy meanwhile, and if it fails, done() gets the error as usual.
-    state_ = State::Busy;
-    self_ = shared_from_this();
-    result_ = std::move(res);
-    txDone_ = std::move(done);
-    auto convert = std::move(t.downgrade);
-    std::weak_ptr<SmtpClient> weak = weak_from_this();
-    std::string prefix = t.prefix;
-    std::string_view body = t.body;
-    auto keepAlive = t.keepAlive;
-    convert(std::move(prefix), body, std::move(keepAlive),
-            [weak, t = std::move(t), refusal](bool ok, std::string converted, std::string reason) mutable {
-              auto self = weak.lock();
-              if (!self || self->state_ != State::Busy || !self->txDone_) return;  // failed meanwhile
-              if (!ok) {
-                refuseLocally(self->result_, 554, refusal(reason));
-                self->mailOk_ = false;
-                return self->finish();
-              }
-              auto bytes = std::make_shared<std::string>(std::move(converted));
-              t.prefix.clear();
-              t.body = *bytes;
-              t.keepAlive = std::move(bytes);  // the original is not read any more
-              if (t.size) t.size = t.body.size();
-              self->result_.downgraded = true;
-              self->begin(std::move(t));
-            });
-    return;
-  }
+  // RFC 6531 §3.4: UTF-8 in the envelope goes only to a server that offers SMTPUTF8; there is
+  // no downgrade of an address, so the message is returned (RFC 6531 §3.6 status codes).
+  if (!supports("SMTPUTF8") &&
+      (hasEightBit(t.mailFrom) ||
+       std::any_of(t.rcpts.begin(), t.rcpts.end(), [](const std::string& r) { return hasEightBit(r); })))
+    return refuse(553,
+                  "553 5.6.7 SMTPUTF8 is required by the addresses, but the next hop does not offer it (not sent)");
+  // A converter may take its time (the caller runs large messages on the thread pool): the
+  // connection is busy meanwhile, and if it fails, done() gets the error as usual.
   state_ = State::Busy;
   self_ = shared_from_this();
   result_ = std::move(res);
   txDone_ = std::move(done);
+  prepare(std::move(t));
+}
+
+void SmtpClient::prepare(Transaction t, std::string utf8Failure) {
+  bool eightBit = hasEightBit(t.prefix) || hasEightBit(t.body);
+  if (!supports("SMTPUTF8") && t.smtputf8 && eightBit) {
+    // The caller's conversion first (Moat's own global DSNs), once.
+    if (t.utf8Downgrade) {
+      auto utf8Downgrade = std::move(t.utf8Downgrade);
+      t.utf8Downgrade = nullptr;
+      return convert(utf8Downgrade, std::move(t),
+                     [](SmtpClient& self, Transaction t, bool ok, std::string converted, std::string reason) {
+                       if (!ok) return self.prepare(std::move(t), reason.empty() ? "no reason given" : reason);
+                       replaceMessage(t, std::move(converted));
+                       t.smtputf8 = false;
+                       t.eightBit = hasEightBit(t.body);
+                       self.result_.utf8Downgraded = true;
+                       self.prepare(std::move(t));
+                     });
+    }
+    // RFC 6531 §3.4: UTF-8 in the headers of a message sent with SMTPUTF8 needs it too.
+    if (hasEightBit(t.prefix) || hasEightBit(headerBlock(t.body))) {
+      std::string text = "554 5.6.9 SMTPUTF8 is required by the headers, but the next hop does not offer it";
+      if (!utf8Failure.empty()) text += ", and the message could not be converted: " + replyText(utf8Failure);
+      return refuseNow(554, text + " (not sent)");
+    }
+  }
+  // RFC 6152 §3: to a next hop without 8BITMIME, 8-bit mail goes converted to 7-bit MIME or
+  // is returned (RFC 3463 X.6.3). Declared 8BITMIME but all ASCII: 7-bit already, sent as it is.
+  if (!supports("8BITMIME") && eightBit) {
+    auto refusal = [](std::string_view reason) {
+      return "554 5.6.3 Conversion required but not supported: " + replyText(reason) +
+             "; the next hop does not offer 8BITMIME (not sent)";
+    };
+    if (!t.downgrade) return refuseNow(554, refusal("no converter to 7-bit MIME"));
+    auto downgrade = std::move(t.downgrade);
+    t.downgrade = nullptr;
+    return convert(downgrade, std::move(t),
+                   [refusal](SmtpClient& self, Transaction t, bool ok, std::string converted, std::string reason) {
+                     if (!ok) return self.refuseNow(554, refusal(reason));
+                     replaceMessage(t, std::move(converted));
+                     self.result_.downgraded = true;
+                     self.begin(std::move(t));
+                   });
+  }
   begin(std::move(t));
+}
+
+void SmtpClient::convert(const Downgrade& fn, Transaction t, Converted then) {
+  std::weak_ptr<SmtpClient> weak = weak_from_this();
+  std::string prefix = t.prefix;
+  std::string_view body = t.body;
+  auto keepAlive = t.keepAlive;
+  fn(std::move(prefix), body, std::move(keepAlive),
+     [weak, t = std::move(t), then = std::move(then)](bool ok, std::string converted, std::string reason) mutable {
+       auto self = weak.lock();
+       if (!self || self->state_ != State::Busy || !self->txDone_) return;  // failed meanwhile
+       then(*self, std::move(t), ok, std::move(converted), std::move(reason));
+     });
+}
+
+void SmtpClient::refuseNow(int code, std::string text) {
+  refuseLocally(result_, code, std::move(text));
+  mailOk_ = false;
+  finish();
 }
 
 // The transaction on the wire: MAIL, RCPT..., DATA (pipelined when offered), then the body.

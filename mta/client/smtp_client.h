@@ -1,7 +1,8 @@
 // mta/client/smtp_client.h — one outbound SMTP connection that carries one transaction at a
 // time, several in a row (RFC 5321 client side; RFC 2920 PIPELINING; RFC 3207 STARTTLS;
 // RFC 6152 8BITMIME, RFC 1870 SIZE, RFC 6531 SMTPUTF8, RFC 3461 DSN parameters). 8-bit mail
-// for a next hop without 8BITMIME goes converted by the caller's Transaction::downgrade.
+// for a next hop without 8BITMIME goes converted by the caller's Transaction::downgrade, and
+// UTF-8 mail for one without SMTPUTF8 by Transaction::utf8Downgrade when the caller has one.
 //
 // Untrusted input: every reply from the server (bounded: 4096 bytes a line, 100 lines a
 // reply; more is a protocol error that ends the connection). Logs nothing: the queue manager
@@ -36,11 +37,11 @@ struct Options {
            dataBlockTimeoutMs = 180000, dataDoneTimeoutMs = 600000;  // RFC 5321 §4.5.3.2
 };
 
-// Converts an 8-bit message (prefix + body, the body kept valid by keepAlive) to 7-bit MIME
-// for a next hop without 8BITMIME (RFC 6152 §3), then calls done(true, converted, "") or
-// done(false, "", why not) once, from the loop: at once, or later (a large message is
-// joined and converted on the thread pool). Supplied by the caller, which links the MIME
-// code the client must not.
+// Converts a message (prefix + body, the body kept valid by keepAlive) for a next hop that
+// lacks an extension it needs: to 7-bit MIME without 8BITMIME (RFC 6152 §3), or to a form
+// that needs no SMTPUTF8; then calls done(true, converted, "") or done(false, "", why not)
+// once, from the loop: at once, or later (a large message is joined and converted on the
+// thread pool). Supplied by the caller, which links the MIME and DSN code the client must not.
 using DowngradeDone = std::function<void(bool ok, std::string converted, std::string reason)>;
 using Downgrade = std::function<void(std::string prefix, std::string_view body, std::shared_ptr<const void> keepAlive,
                                      DowngradeDone done)>;
@@ -57,6 +58,13 @@ struct Transaction {
   // For a next hop without 8BITMIME, when the prefix or body has a byte over 0x7f; without
   // it (or when it fails) such a message is refused locally: 554 5.6.3.
   Downgrade downgrade;
+  // For a next hop without SMTPUTF8, when the message was to go with it (smtputf8) and has a
+  // byte over 0x7f: the caller's conversion to a message that needs no SMTPUTF8 (the daemon
+  // has one for its own global DSNs, queue/dsn.h). The converted message then goes like any
+  // other (8BITMIME and `downgrade` as above) without SMTPUTF8. Without it, or when it
+  // fails, the message goes as it is when its headers are ASCII, else it is refused locally:
+  // 554 5.6.9 (with the converter's reason). UTF-8 addresses are refused before: 553 5.6.7.
+  Downgrade utf8Downgrade;
 };
 
 struct Reply {
@@ -73,6 +81,7 @@ struct TransactionResult {
   std::string error;          // non-empty: the connection failed mid-transaction (4xx for all)
   bool local = false;         // the replies are the client's own: nothing was sent
   bool downgraded = false;    // the message went converted to 7-bit MIME (Transaction::downgrade)
+  bool utf8Downgraded = false;  // the message went converted to need no SMTPUTF8 (Transaction::utf8Downgrade)
   Reply mail;
   std::vector<Reply> rcpts;   // one per rcpt, same order
   Reply data;                 // final reply after the message (or to DATA if refused)
@@ -141,6 +150,15 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   void connected();
 
   bool envelopeSafe(const Transaction& t) const;
+  // The message against the next hop's SMTPUTF8 and 8BITMIME: converted where it must be and
+  // can be, refused locally where it cannot; then begin(). Busy, with txDone_ set.
+  // `utf8Failure`: why utf8Downgrade could not convert it ("" when it was not tried).
+  void prepare(Transaction t, std::string utf8Failure = "");
+  // Runs the converter `fn` over t's message; `then` runs with the result unless the
+  // transaction ended meanwhile (the connection failed).
+  using Converted = std::function<void(SmtpClient&, Transaction, bool ok, std::string converted, std::string reason)>;
+  void convert(const Downgrade& fn, Transaction t, Converted then);
+  void refuseNow(int code, std::string text);  // a local refusal while Busy: finish()es
   void begin(Transaction t);
   std::string mailCommand() const;
   void onMail(const Reply& r);

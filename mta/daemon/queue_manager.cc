@@ -114,6 +114,29 @@ bool fsyncDir(const std::string& dir) {
 // Converting to 7-bit MIME costs about 6 ms per MB: above this, on the thread pool.
 constexpr size_t kDowngradeOnLoop = 256 * 1024;
 
+// A converter for the SMTP client (client::Downgrade) that runs `convert` over the message
+// as it goes (the gateway's header lines, then the spooled bytes): on the loop for a message
+// up to kDowngradeOnLoop, on the thread pool above. `convert` takes the message and returns
+// a result with ok, message and reason; it must be safe to run on any thread.
+template <typename Convert>
+client::Downgrade offLoopConverter(uv_loop_t* loop, std::shared_ptr<bool> alive, Convert convert) {
+  return [loop, alive = std::move(alive), convert](std::string prefix, std::string_view body,
+                                                   std::shared_ptr<const void> keepAlive, client::DowngradeDone done) {
+    size_t size = prefix.size() + body.size();
+    auto result = std::make_shared<decltype(convert(std::string_view()))>();
+    auto work = [result, convert, prefix = std::move(prefix), body, keepAlive = std::move(keepAlive)]() mutable {
+      prefix.append(body);
+      *result = convert(prefix);
+    };
+    auto after = [alive, result, done = std::move(done)] {
+      if (*alive) done(result->ok, std::move(result->message), std::move(result->reason));
+    };
+    if (size > kDowngradeOnLoop) return uv::queueWork(loop, std::move(work), std::move(after));
+    work();
+    after();
+  };
+}
+
 // The control commands' answer for a message that a delivery or a hold/release move has.
 std::string busyReply() {
   return mta::JsonObject().add("ok", false).add("error", "message is busy: a delivery or a move is under way").str();
@@ -800,30 +823,25 @@ void QueueManager::runJob(Destination& d, Pooled c, std::shared_ptr<Job> job) {
   tx.body = job->attempt->data->bytes();
   tx.keepAlive = job->attempt->data;
   tx.size = tx.prefix.size() + tx.body.size();
-  // RFC 6152 §3, for a next hop without 8BITMIME; on the loop, like the rest of the client.
   // RFC 6152 §3, for a next hop without 8BITMIME: about 6 ms per MB of CPU, so a message
   // over 256 KB is converted on the thread pool, never on the loop.
-  tx.downgrade = [loop = loop_, alive = alive_](std::string prefix, std::string_view body,
-                                                std::shared_ptr<const void> keepAlive, client::DowngradeDone done) {
-    size_t size = prefix.size() + body.size();
-    auto result = std::make_shared<filters::mime::Downgraded>();
-    auto work = [result, prefix = std::move(prefix), body, keepAlive = std::move(keepAlive)]() mutable {
-      prefix.append(body);  // the message as it goes: the gateway's header lines, then the spooled bytes
-      *result = filters::mime::downgradeTo7Bit(prefix);
-    };
-    auto after = [alive, result, done = std::move(done)] {
-      if (*alive) done(result->ok, std::move(result->message), std::move(result->reason));
-    };
-    if (size > kDowngradeOnLoop) return uv::queueWork(loop, std::move(work), std::move(after));
-    work();
-    after();
-  };
+  tx.downgrade = offLoopConverter(loop_, alive_, [](std::string_view m) { return filters::mime::downgradeTo7Bit(m); });
+  // One of Moat's own global DSNs (RFC 6533) that needs SMTPUTF8, for a next hop without it:
+  // goes as a plain, 7-bit DSN instead of not at all (queue/dsn.h). A DSN to a UTF-8 sender
+  // cannot: the client refuses its address first (553 5.6.7), and it is dropped as before.
+  if (env.isBounce && env.smtputf8)
+    tx.utf8Downgrade = offLoopConverter(loop_, alive_, [](std::string_view m) { return queue::downgradeGlobalDsn(m); });
   auto alive = alive_;
   std::string key = d.key;
   auto client = c.client;
   client->send(std::move(tx), [this, alive, key, c, job](client::TransactionResult r) {
     if (!*alive) return;
-    if (r.downgraded) log::info("downgraded").add("queue_id", job->attempt->id).add("relay", c.relay);
+    // `conversion`: "plain_dsn" (a global DSN as a plain one, for a next hop without
+    // SMTPUTF8), "7bit" (7-bit MIME, for one without 8BITMIME); one line for each.
+    if (r.utf8Downgraded)
+      log::info("downgraded").add("queue_id", job->attempt->id).add("relay", c.relay).add("conversion", "plain_dsn");
+    if (r.downgraded)
+      log::info("downgraded").add("queue_id", job->attempt->id).add("relay", c.relay).add("conversion", "7bit");
     std::string tls = c.client->tlsActive() ? c.client->tlsSummary() : "";
     if (!tls.empty() && job->tlsCtx && c.client->tlsVerified()) tls += " verified";  // tls = "verify"
     job->done(r, c.relay, tls, c.remoteMta);

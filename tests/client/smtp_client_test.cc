@@ -521,6 +521,116 @@ TEST_CASE("client: with 8BITMIME offered, 8-bit mail goes unchanged with BODY=8B
   REQUIRE(server.commands().find("MAIL FROM:<sender@example.org> BODY=8BITMIME\n") != std::string::npos);
 }
 
+namespace {
+
+// A caller's conversion to a message that needs no SMTPUTF8 (the daemon's is for its own
+// global DSNs, queue/dsn.h): `to`, or a refusal when `to` is empty; counting its calls.
+client::Downgrade fakeUtf8Downgrade(int& calls, std::string to) {
+  return [&calls, to](std::string, std::string_view, std::shared_ptr<const void>, client::DowngradeDone done) {
+    ++calls;
+    if (to.empty()) return done(false, "", "not a DSN\r\nof ours");
+    done(true, to, "");
+  };
+}
+
+}  // namespace
+
+TEST_CASE("client: SMTPUTF8 mail goes converted by the caller's utf8Downgrade to a next hop without SMTPUTF8") {
+  const std::string utf8Headers = "Subject: caf\xc3\xa9\r\n\r\ncaf\xc3\xa9\r\n";
+  const std::string asciiHeaders = "Subject: cafe\r\n\r\ncaf\xc3\xa9\r\n";
+  const std::string converted = "Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\ncafe\r\n";
+  uv::Loop loop;
+  int calls = 0;
+  {
+    ScriptedServer plain("\"pipelining\": true");
+    auto c = connectTo(loop, plain.port(), plainOptions());
+    REQUIRE(c.client);
+    REQUIRE_FALSE(c.client->supports("SMTPUTF8"));
+    auto t = simpleTx({"a@example.test"}, utf8Headers);
+    t.prefix = "Received: by moat\r\n";
+    t.smtputf8 = t.eightBit = true;
+    t.size = t.prefix.size() + t.body.size();
+    t.utf8Downgrade = fakeUtf8Downgrade(calls, converted);
+    auto r = sendTx(loop, *c.client, std::move(t));
+    REQUIRE(calls == 1);
+    REQUIRE_FALSE(r.local);
+    REQUIRE(r.utf8Downgraded);
+    REQUIRE_FALSE(r.downgraded);
+    REQUIRE(r.data.code == 250);
+    REQUIRE(plain.file("msg1.eml") == converted);  // the prefix went into the conversion
+    // Neither SMTPUTF8 nor BODY=8BITMIME: the converted copy is 7-bit. SIZE= is its size.
+    REQUIRE(plain.commands().find("1 MAIL FROM:<sender@example.org> SIZE=" + std::to_string(converted.size()) + "\n") !=
+            std::string::npos);
+
+    // The converter refuses: UTF-8 headers are returned unsent (554 5.6.9, with its reason
+    // made one printable line), and the connection stays usable.
+    t = simpleTx({"a@example.test"}, utf8Headers);
+    t.smtputf8 = true;
+    t.utf8Downgrade = fakeUtf8Downgrade(calls, "");
+    r = sendTx(loop, *c.client, std::move(t));
+    REQUIRE(calls == 2);
+    REQUIRE(r.local);
+    REQUIRE_FALSE(r.utf8Downgraded);
+    REQUIRE(r.data.text ==
+            "554 5.6.9 SMTPUTF8 is required by the headers, but the next hop does not offer it, and the message "
+            "could not be converted: not a DSN  of ours (not sent)");
+    REQUIRE(count(plain.commands(), "MAIL FROM") == 1);
+    REQUIRE(c.client->usable());
+
+    // The converter refuses, but only the body has UTF-8: it goes as it is, as before.
+    t = simpleTx({"a@example.test"}, asciiHeaders);
+    t.smtputf8 = t.eightBit = true;
+    t.utf8Downgrade = fakeUtf8Downgrade(calls, "");
+    r = sendTx(loop, *c.client, std::move(t));
+    REQUIRE(calls == 3);
+    REQUIRE_FALSE(r.utf8Downgraded);
+    REQUIRE(r.data.code == 250);
+    REQUIRE(plain.file("msg2.eml") == asciiHeaders);
+    REQUIRE(plain.commands().find("1 MAIL FROM:<sender@example.org> BODY=8BITMIME\n") != std::string::npos);
+
+    // A UTF-8 address has no converted form: 553 5.6.7 before any conversion.
+    t = simpleTx({"j\xc3\xb8rn@example.test"}, utf8Headers);
+    t.smtputf8 = true;
+    t.utf8Downgrade = fakeUtf8Downgrade(calls, converted);
+    r = sendTx(loop, *c.client, std::move(t));
+    REQUIRE(calls == 3);
+    REQUIRE(r.mail.code == 553);
+  }
+  {
+    // A next hop without SMTPUTF8 or 8BITMIME: a converted copy that is still 8-bit goes on
+    // to the 7-bit MIME conversion.
+    ScriptedServer plain("\"pipelining\": true, \"no_8bitmime\": true");
+    auto c = connectTo(loop, plain.port(), plainOptions());
+    REQUIRE(c.client);
+    int mimeCalls = 0;
+    auto t = simpleTx({"a@example.test"}, utf8Headers);
+    t.smtputf8 = t.eightBit = true;
+    t.utf8Downgrade = fakeUtf8Downgrade(calls, asciiHeaders);
+    t.downgrade = realDowngrade(mimeCalls);
+    auto r = sendTx(loop, *c.client, std::move(t));
+    REQUIRE(calls == 4);
+    REQUIRE(mimeCalls == 1);
+    REQUIRE(r.utf8Downgraded);
+    REQUIRE(r.downgraded);
+    REQUIRE(r.data.code == 250);
+    REQUIRE(sevenBit(plain.file("msg1.eml")));
+  }
+  {
+    // With SMTPUTF8 offered, the message goes as it is and the converter is not asked.
+    ScriptedServer utf8("\"pipelining\": true, \"smtputf8\": true");
+    auto c = connectTo(loop, utf8.port(), plainOptions());
+    REQUIRE(c.client);
+    auto t = simpleTx({"a@example.test"}, utf8Headers);
+    t.smtputf8 = true;
+    t.utf8Downgrade = fakeUtf8Downgrade(calls, converted);
+    auto r = sendTx(loop, *c.client, std::move(t));
+    REQUIRE(calls == 4);
+    REQUIRE_FALSE(r.utf8Downgraded);
+    REQUIRE(utf8.file("msg1.eml") == utf8Headers);
+    REQUIRE(utf8.commands().find("SMTPUTF8") != std::string::npos);
+  }
+}
+
 TEST_CASE("client: HELO fallback when EHLO is refused") {
   ScriptedServer server("\"no_esmtp\": true");
   uv::Loop loop;

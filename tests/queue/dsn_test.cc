@@ -546,3 +546,239 @@ The body text.
   for (size_t p; (p = m.find(boundary)) != std::string::npos;) m.replace(p, boundary.size(), "BOUNDARY");
   REQUIRE(m == crlf);
 }
+
+// --- the 7-bit form of a global DSN, for a return path without SMTPUTF8 -------------------
+
+namespace {
+
+// Quoted-printable decoded (RFC 2045 §6.7), independently of the encoder: "=" CRLF is a soft
+// break, "=HH" an octet.
+std::string decodeQp(std::string_view s) {
+  auto hex = [](char c) { return c <= '9' ? c - '0' : c - 'A' + 10; };
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '=') {
+      out += s[i];
+    } else if (s.substr(i + 1, 2) == "\r\n") {
+      i += 2;
+    } else {
+      REQUIRE(i + 2 < s.size());
+      REQUIRE(std::isxdigit(static_cast<unsigned char>(s[i + 1])));
+      REQUIRE(std::isxdigit(static_cast<unsigned char>(s[i + 2])));
+      out += static_cast<char>(hex(s[i + 1]) << 4 | hex(s[i + 2]));
+      i += 2;
+    }
+  }
+  return out;
+}
+
+// What the queue manager sends: its Received line, then the DSN.
+const std::string kDsnPrefix =
+    "Received: by mx.example.test (Moat) id DSN1 (DSN for ORIG1); Tue, 14 Nov 2023 22:15:00 +0000\r\n";
+
+// A global DSN for the ASCII sender s@example.test (so its To: is ASCII), its recipient
+// and ORCPT in UTF-8.
+DsnInput asciiSenderInput() {
+  DsnInput in = globalInput();
+  in.sender = "s@example.test";
+  return in;
+}
+
+std::string headersOf(const std::string& message) { return message.substr(0, message.find("\r\n\r\n") + 2); }
+
+}  // namespace
+
+TEST_CASE("global DSN downgraded for a return path without SMTPUTF8: a plain, 7-bit DSN") {
+  DsnInput in = asciiSenderInput();
+  std::string global = buildDsn(in, kUtf8Original);
+  REQUIRE(eightBit(global));
+  DsnDowngrade d = downgradeGlobalDsn(kDsnPrefix + global);
+  INFO(d.reason);
+  REQUIRE(d.ok);
+  const std::string& m = d.message;
+  REQUIRE_FALSE(eightBit(m));  // no byte over 0x7f anywhere
+  checkLines(m);
+  Dsn g = parseDsn(global), p = parseDsn(m);
+
+  // The top-level header: as it was (Received, Date, From, Subject, Message-ID, References),
+  // labelled 7bit; To: is the ASCII sender.
+  REQUIRE(m.starts_with(kDsnPrefix));
+  REQUIRE(p.top.get("to") == "<s@example.test>");
+  REQUIRE(p.top.get("references") == "<m1@example.test>");
+  for (const char* name : {"date", "from", "subject", "message-id", "auto-submitted", "mime-version", "content-type"})
+    REQUIRE(p.top.get(name) == g.top.get(name));
+  REQUIRE(lower(p.top.get("content-type")).starts_with("multipart/report"));
+  REQUIRE(param(p.top.get("content-type"), "report-type") == "delivery-status");
+  REQUIRE(p.top.get("content-transfer-encoding") == "7bit");
+
+  // The notification: the same text, quoted-printable.
+  REQUIRE(p.parts[0].get("content-type") == "text/plain; charset=utf-8");
+  REQUIRE(p.parts[0].get("content-transfer-encoding") == "quoted-printable");
+  REQUIRE(p.parts[0].get("content-description") == "Notification");
+  REQUIRE(decodeQp(p.parts[0].body) == g.parts[0].body);
+
+  // The report: message/delivery-status, 7bit; the UTF-8 addresses in their
+  // utf-8-addr-xtext form (RFC 6533 §3), UTF-8 elsewhere '?' as in a plain report.
+  REQUIRE(p.parts[1].get("content-type") == "message/delivery-status");
+  REQUIRE(p.parts[1].headers.count("content-transfer-encoding") == 0);
+  REQUIRE(p.parts[1].get("content-description") == "Delivery report");
+  auto blocks = statusBlocks(p.parts[1].body);
+  REQUIRE(blocks.size() == 3);
+  REQUIRE(blocks[0].get("reporting-mta") == "dns; mx.example.test");
+  REQUIRE(blocks[0].get("original-envelope-id") == "ENV-42");
+  REQUIRE(blocks[0].get("arrival-date") == "Tue, 14 Nov 2023 22:13:20 +0000");
+  REQUIRE(blocks[1].get("final-recipient") == "utf-8; m\\x{FC}ller@b\\x{FC}ro.test");
+  REQUIRE(blocks[1].get("original-recipient") == "utf-8; m\\x{FC}ller@b\\x{FC}ro.test");
+  REQUIRE(blocks[1].get("action") == "failed");
+  REQUIRE(blocks[1].get("status") == "5.1.1");
+  REQUIRE(blocks[1].get("remote-mta") == "dns; mx.remote.test");
+  REQUIRE(blocks[1].get("diagnostic-code") == "smtp; 550 5.1.1 <m??ller@b??ro.test>: unbekannt");
+  REQUIRE(blocks[1].get("last-attempt-date") == "Tue, 14 Nov 2023 22:14:10 +0000");
+  REQUIRE(blocks[2].get("final-recipient") == "rfc822; q@remote.test");
+  REQUIRE(blocks[2].get("status") == "5.4.7");
+  // No "utf-8" type holds anything but utf-8-addr-xtext: QCHARs and \x{HEX} only.
+  for (const auto& block : blocks)
+    for (const auto& [name, value] : block.headers)
+      if (value.starts_with("utf-8;"))
+        for (char c : value.substr(7)) REQUIRE((c > ' ' && c < 0x7f && c != '+' && c != '='));
+  // Field for field what buildDsn writes in a plain report of the same recipients, but the
+  // ORCPT, which the plain report returns as received (already xtext, without a space).
+  DsnInput plainIn = in;
+  plainIn.international = false;
+  auto plainBlocks = statusBlocks(parseDsn(buildDsn(plainIn, kUtf8Original)).parts[1].body);
+  REQUIRE(plainBlocks.size() == blocks.size());
+  for (size_t i = 0; i < blocks.size(); ++i)
+    for (const auto& [name, value] : plainBlocks[i].headers)
+      if (name != "original-recipient") REQUIRE(blocks[i].get(name) == value);
+
+  // The original: its header section, text/rfc822-headers, quoted-printable UTF-8; no body.
+  REQUIRE(p.parts[2].get("content-type") == "text/rfc822-headers; charset=utf-8");
+  REQUIRE(p.parts[2].get("content-transfer-encoding") == "quoted-printable");
+  REQUIRE(p.parts[2].get("content-description") == "Undelivered Message Headers");
+  REQUIRE(decodeQp(p.parts[2].body) == headersOf(kUtf8Original));
+  REQUIRE(p.parts[2].body.find("Subject: Gr=C3=BC=C3=9F Gott\r\n") != std::string::npos);
+  REQUIRE(m.find("Der Text.") == std::string::npos);
+}
+
+TEST_CASE("downgraded DSN: RET=HDRS, oversized and all-ASCII originals, a delay DSN") {
+  DsnInput in = asciiSenderInput();
+  in.headersOnly = true;  // message/global-headers
+  for (int round = 0; round < 2; ++round) {
+    DsnDowngrade d = downgradeGlobalDsn(buildDsn(in, kUtf8Original));  // without a prefix too
+    INFO(d.reason);
+    REQUIRE(d.ok);
+    REQUIRE_FALSE(eightBit(d.message));
+    Dsn p = parseDsn(d.message);
+    REQUIRE(p.parts[2].get("content-type") == "text/rfc822-headers; charset=utf-8");
+    REQUIRE(decodeQp(p.parts[2].body) == headersOf(kUtf8Original));
+    in.headersOnly = false;
+    in.maxOriginalBytes = 20;  // second round: too big, message/global-headers as well
+  }
+
+  // An original with ASCII headers: they go 7bit as they are.
+  in = asciiSenderInput();
+  in.rcpts[0].action = "delayed";
+  in.rcpts[0].status = "4.4.1";
+  in.rcpts[0].willRetryUntilMs = 1'700'172'800'000;
+  std::string original = "Subject: plain\r\n\r\nK\xC3\xA4se\r\n";
+  DsnDowngrade d = downgradeGlobalDsn(buildDsn(in, original));
+  REQUIRE(d.ok);
+  REQUIRE_FALSE(eightBit(d.message));
+  Dsn p = parseDsn(d.message);
+  REQUIRE(p.top.get("subject") == "Undelivered Mail Returned to Sender");  // rcpts[1] failed
+  REQUIRE(p.parts[2].get("content-type") == "text/rfc822-headers");
+  REQUIRE(p.parts[2].get("content-transfer-encoding") == "7bit");
+  REQUIRE(p.parts[2].body == "Subject: plain\r\n");
+  auto blocks = statusBlocks(p.parts[1].body);
+  REQUIRE(blocks[1].get("action") == "delayed");
+  REQUIRE(blocks[1].get("will-retry-until") == "Thu, 16 Nov 2023 22:13:20 +0000");
+}
+
+TEST_CASE("downgraded DSN: a UTF-8 References is left out, a UTF-8 To: or another message is refused") {
+  DsnInput in = asciiSenderInput();
+  in.originalMessageId =
+      "<gr\xC3\xBC\xC3\x9F"
+      "e@example.test>";
+  DsnDowngrade d = downgradeGlobalDsn(kDsnPrefix + buildDsn(in, kUtf8Original));
+  REQUIRE(d.ok);
+  REQUIRE_FALSE(eightBit(d.message));
+  REQUIRE(parseDsn(d.message).top.headers.count("references") == 0);
+
+  // A UTF-8 sender: its address is the envelope recipient too, which has no 7-bit form.
+  d = downgradeGlobalDsn(buildDsn(globalInput(), kUtf8Original));
+  REQUIRE_FALSE(d.ok);
+  REQUIRE(d.reason == "UTF-8 in the header field To");
+  REQUIRE(d.message.empty());
+
+  // Not a global DSN of Moat's: a plain one, another multipart/report, a message, nothing.
+  DsnInput plainIn = failedInput();
+  REQUIRE_FALSE(downgradeGlobalDsn(buildDsn(plainIn, kOriginal)).ok);
+  std::string other = buildDsn(asciiSenderInput(), kUtf8Original);
+  size_t b = other.find("=_moat_dsn_");
+  REQUIRE_FALSE(downgradeGlobalDsn(std::string(other).replace(b, 11, "=_other_ds_")).ok);
+  REQUIRE_FALSE(downgradeGlobalDsn(kUtf8Original).ok);
+  REQUIRE_FALSE(downgradeGlobalDsn("").ok);
+  REQUIRE(downgradeGlobalDsn("").reason == "not a DSN: no header section");
+}
+
+TEST_CASE("downgraded DSN: truncated or damaged input is refused or stays 7-bit, never read out of bounds") {
+  DsnInput in = asciiSenderInput();
+  in.originalMessageId =
+      "<gr\xC3\xBC\xC3\x9F"
+      "e@example.test>";
+  std::string global = kDsnPrefix + buildDsn(in, kUtf8Original);
+  size_t ok = 0;
+  for (size_t cut = 0; cut <= global.size(); ++cut) {
+    DsnDowngrade d = downgradeGlobalDsn(std::string_view(global).substr(0, cut));
+    if (d.ok) {
+      ++ok;
+      REQUIRE_FALSE(eightBit(d.message));
+    } else {
+      REQUIRE_FALSE(d.reason.empty());
+    }
+  }
+  REQUIRE(ok >= 1);  // the whole one (a cut in the epilogue still converts)
+  for (size_t at = 0; at < global.size(); ++at) {
+    for (char c : {'\r', '\n', '-', ':', ' ', '\x80'}) {
+      std::string bad = global;
+      bad[at] = c;
+      DsnDowngrade d = downgradeGlobalDsn(bad);
+      if (d.ok) {
+        REQUIRE_FALSE(eightBit(d.message));
+        size_t n = 0;
+        std::string boundary = param(parsePart(d.message).get("content-type"), "boundary");
+        for (size_t p = d.message.find("--" + boundary); p != std::string::npos;
+             p = d.message.find("--" + boundary, p + 1))
+          ++n;
+        REQUIRE(n == 4);
+      }
+    }
+  }
+}
+
+TEST_CASE("downgraded DSN: long UTF-8 fields and header lines stay within line limits") {
+  DsnInput in = asciiSenderInput();
+  std::string word;
+  for (int i = 0; i < 400; ++i) word += "\xC3\xB6\xE5\xB1\xB1\xF0\x9F\x93\xA7";  // ö 山 📧
+  in.rcpts[0].diagnostic = "smtp; 550 " + word;
+  in.rcpts[0].address = std::string(60, 'x') + "\xC3\xB6@example.test";
+  std::string original = "Subject: " + word + "\r\nX-Long: " + std::string(2000, 'h') + "\r\n\r\nbody\r\n";
+  DsnDowngrade d = downgradeGlobalDsn(buildDsn(in, original));
+  REQUIRE(d.ok);
+  REQUIRE_FALSE(eightBit(d.message));
+  checkLines(d.message);
+  Dsn p = parseDsn(d.message);
+  // Quoted-printable lines are at most 76 characters (RFC 2045 §6.7).
+  for (size_t i : {0, 2}) {
+    std::string_view body = p.parts[i].body;
+    for (size_t start = 0, nl; start < body.size(); start = nl + 2) {
+      nl = body.find("\r\n", start);
+      if (nl == std::string_view::npos) nl = body.size();
+      REQUIRE(nl - start <= 76);
+    }
+  }
+  auto blocks = statusBlocks(p.parts[1].body);
+  REQUIRE(blocks[1].get("final-recipient") == "utf-8; " + std::string(60, 'x') + "\\x{F6}@example.test");
+  // As in a plain report: each octet of UTF-8 a '?'; unfolded, a hard break leaves a space.
+  REQUIRE(noSpaces(blocks[1].get("diagnostic-code")) == "smtp;550" + std::string(word.size(), '?'));
+}
