@@ -15,10 +15,6 @@ namespace moat::filters::mime {
 
 namespace {
 
-constexpr size_t kMaxLine = 76;  // RFC 2045 §6.8
-
-const char kBase64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
 bool isIdentity(std::string_view cte) { return cte == "7bit" || cte == "8bit" || cte == "binary"; }
 
 // Peer-supplied text for a reason: printable ASCII only, and short.
@@ -139,28 +135,6 @@ class Converter {
 };
 
 }  // namespace
-
-std::string encodeBase64(std::string_view bytes) {
-  std::string out;
-  out.reserve((bytes.size() + 2) / 3 * 4 + bytes.size() / 57 * 2 + 4);
-  size_t col = 0;
-  for (size_t i = 0; i < bytes.size(); i += 3) {
-    if (col == kMaxLine) {
-      out += "\r\n";
-      col = 0;
-    }
-    size_t n = std::min<size_t>(3, bytes.size() - i);
-    uint32_t v = static_cast<uint32_t>(static_cast<unsigned char>(bytes[i])) << 16;
-    if (n > 1) v |= static_cast<uint32_t>(static_cast<unsigned char>(bytes[i + 1])) << 8;
-    if (n > 2) v |= static_cast<unsigned char>(bytes[i + 2]);
-    out += kBase64[(v >> 18) & 63];
-    out += kBase64[(v >> 12) & 63];
-    out += n > 1 ? kBase64[(v >> 6) & 63] : '=';
-    out += n > 2 ? kBase64[v & 63] : '=';
-    col += 4;
-  }
-  return out;
-}
 
 Downgraded downgradeTo7Bit(std::string_view message, const Limits& limits) {
   Downgraded result;

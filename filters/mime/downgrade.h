@@ -21,6 +21,7 @@
 #include <string_view>
 
 #include "filters/mime/mime.h"
+#include "mta/runtime/base64.h"
 #include "mta/runtime/qp.h"
 
 namespace moat::filters::mime {
@@ -41,8 +42,7 @@ Downgraded downgradeTo7Bit(std::string_view message, const Limits& limits = {});
 // use it too.
 using mta::encodeQuotedPrintable;
 
-// Base64 (RFC 2045 §6.8) with '=' padding, in lines of 76 characters joined by CRLF (none
-// after the last).
-std::string encodeBase64(std::string_view bytes);
+// Base64 (RFC 2045 §6.8) in lines of 76 characters, in mta/runtime/base64.h.
+inline std::string encodeBase64(std::string_view bytes) { return mta::base64EncodeLines(bytes); }
 
 }  // namespace moat::filters::mime

@@ -43,11 +43,7 @@ std::optional<std::string> decode(std::string_view text, bool skipSpace) {
   return out;
 }
 
-}  // namespace
-
-std::string base64Encode(std::string_view bytes) {
-  std::string out;
-  out.reserve((bytes.size() + 2) / 3 * 4);
+void appendBase64(std::string_view bytes, std::string& out) {
   size_t i = 0;
   for (; i + 2 < bytes.size(); i += 3) {
     uint32_t n = (uint8_t(bytes[i]) << 16) | (uint8_t(bytes[i + 1]) << 8) | uint8_t(bytes[i + 2]);
@@ -60,6 +56,25 @@ std::string base64Encode(std::string_view bytes) {
     out.push_back(kAlphabet[(n >> 12) & 63]);
     out.push_back(i + 1 < bytes.size() ? kAlphabet[(n >> 6) & 63] : '=');
     out.push_back('=');
+  }
+}
+
+}  // namespace
+
+std::string base64Encode(std::string_view bytes) {
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  appendBase64(bytes, out);
+  return out;
+}
+
+std::string base64EncodeLines(std::string_view bytes) {
+  constexpr size_t kLineBytes = 57;  // 76 characters
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4 + bytes.size() / kLineBytes * 2 + 4);
+  for (size_t i = 0; i < bytes.size(); i += kLineBytes) {
+    if (i > 0) out += "\r\n";
+    appendBase64(bytes.substr(i, kLineBytes), out);
   }
   return out;
 }

@@ -1,5 +1,5 @@
 // mta/runtime/base64.h — base64 (RFC 4648 §4) for the parts of Moat that speak it: DKIM
-// keys and signatures, SASL exchanges (RFC 4954).
+// keys and signatures, SASL exchanges (RFC 4954), MIME bodies (RFC 2045 §6.8).
 //
 // Decoding reads untrusted text: nothing throws, the output is at most 3/4 of the input.
 #pragma once
@@ -10,6 +10,9 @@
 namespace moat::mta {
 
 std::string base64Encode(std::string_view bytes);
+// The same in lines of 76 characters joined by CRLF, none after the last: the
+// Content-Transfer-Encoding of MIME (RFC 2045 §6.8).
+std::string base64EncodeLines(std::string_view bytes);
 
 // Whitespace (as in DNS TXT records and PEM-like key files) is skipped; nullopt for any
 // other character outside the alphabet, for more than two '=' or for data after '='.

@@ -56,3 +56,23 @@ TEST_CASE("the strict decoder wants whole quanta: padding may not be left out") 
   REQUIRE_FALSE(base64DecodeStrict("Zm9vY"));
   REQUIRE_FALSE(base64DecodeStrict("="));
 }
+
+TEST_CASE("base64EncodeLines wraps at 76 characters with CRLF and decodes back") {
+  using moat::mta::base64EncodeLines;
+  REQUIRE(base64EncodeLines("") == "");
+  REQUIRE(base64EncodeLines("foobar") == "Zm9vYmFy");
+  std::string bytes;
+  for (int i = 0; i < 1000; ++i) bytes.push_back(static_cast<char>(i * 7));
+  for (size_t n : {56, 57, 58, 114, 1000}) {
+    CAPTURE(n);
+    std::string enc = base64EncodeLines(bytes.substr(0, n));
+    size_t start = 0;
+    for (size_t crlf = enc.find("\r\n"); crlf != std::string::npos; crlf = enc.find("\r\n", start)) {
+      REQUIRE(crlf - start == 76);
+      start = crlf + 2;
+    }
+    REQUIRE(enc.size() - start <= 76);
+    REQUIRE(enc.compare(enc.size() >= 2 ? enc.size() - 2 : 0, 2, "\r\n") != 0);
+    REQUIRE(base64Decode(enc) == bytes.substr(0, n));
+  }
+}
