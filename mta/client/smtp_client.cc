@@ -368,6 +368,9 @@ bool SmtpClient::usable() const { return state_ == State::Idle && conn_ != nullp
 
 bool SmtpClient::envelopeSafe(const Transaction& t) const {
   if (hasControl(t.mailFrom) || badParam(t.envid) || badParam(t.ret)) return false;
+  if (std::any_of(t.rcptDsn.begin(), t.rcptDsn.end(),
+                  [](const Transaction::RcptDsn& d) { return badParam(d.notify) || badParam(d.orcpt); }))
+    return false;
   return std::none_of(t.rcpts.begin(), t.rcpts.end(), [](const std::string& r) { return hasControl(r); });
 }
 
@@ -466,6 +469,7 @@ void SmtpClient::refuseNow(int code, std::string text) {
 // The transaction on the wire: MAIL, RCPT..., DATA (pipelined when offered), then the body.
 void SmtpClient::begin(Transaction t) {
   tx_ = std::move(t);
+  result_.dsnOffered = supports("DSN");
   mailOk_ = false;
   accepted_ = 0;
   pipelining_ = supports("PIPELINING");
@@ -474,7 +478,7 @@ void SmtpClient::begin(Transaction t) {
   if (!pipelining_) return conn_->write(std::move(batch));
   // RFC 2920 §3.1: MAIL, every RCPT and DATA in one write; replies come back in order.
   for (size_t i = 0; i < tx_.rcpts.size(); ++i) {
-    batch += "RCPT TO:<" + tx_.rcpts[i] + ">\r\n";
+    batch += rcptCommand(i) + "\r\n";
     expect(opts_.commandTimeoutMs, [this, i](const Reply& r) { onRcpt(i, r); });
   }
   batch += "DATA\r\n";
@@ -489,7 +493,7 @@ std::string SmtpClient::mailCommand() const {
   if (tx_.smtputf8 && supports("SMTPUTF8")) cmd += " SMTPUTF8";
   if (supports("DSN")) {
     if (!tx_.ret.empty()) cmd += " RET=" + tx_.ret;
-    if (!tx_.envid.empty()) cmd += " ENVID=" + tx_.envid;
+    if (!tx_.envid.empty() && dsnValueFits(tx_.envid)) cmd += " ENVID=" + tx_.envid;
   }
   return cmd;
 }
@@ -502,8 +506,22 @@ void SmtpClient::onMail(const Reply& r) {
   sendRcpt(0);
 }
 
+std::string SmtpClient::rcptCommand(size_t i) const {
+  std::string cmd = "RCPT TO:<" + tx_.rcpts[i] + ">";
+  if (i < tx_.rcptDsn.size() && supports("DSN")) {
+    const auto& d = tx_.rcptDsn[i];
+    if (!d.notify.empty()) cmd += " NOTIFY=" + d.notify;
+    if (!d.orcpt.empty() && dsnValueFits(d.orcpt)) cmd += " ORCPT=" + d.orcpt;
+  }
+  return cmd;
+}
+
+bool SmtpClient::dsnValueFits(std::string_view value) const {
+  return !hasEightBit(value) || (tx_.smtputf8 && supports("SMTPUTF8"));
+}
+
 void SmtpClient::sendRcpt(size_t i) {
-  command("RCPT TO:<" + tx_.rcpts[i] + ">", opts_.commandTimeoutMs, [this, i](const Reply& r) { onRcpt(i, r); });
+  command(rcptCommand(i), opts_.commandTimeoutMs, [this, i](const Reply& r) { onRcpt(i, r); });
 }
 
 void SmtpClient::onRcpt(size_t i, const Reply& r) {

@@ -52,6 +52,12 @@ struct Transaction {
   bool eightBit = false, smtputf8 = false;   // BODY=8BITMIME / SMTPUTF8 when offered
   uint64_t size = 0;                         // SIZE= when offered (0: not sent)
   std::string envid, ret;                    // DSN ENVID= (xtext) and RET=FULL|HDRS when offered
+  // RFC 3461 NOTIFY= and ORCPT= per recipient (parallel to rcpts; "" = none), sent when the
+  // next hop offers DSN; a UTF-8 ORCPT or ENVID only with SMTPUTF8 in use.
+  struct RcptDsn {
+    std::string notify, orcpt;
+  };
+  std::vector<RcptDsn> rcptDsn;
   std::string prefix;                        // headers prepended by the gateway, CRLF lines
   std::string_view body;                     // the message (CRLF, NOT dot-stuffed)
   std::shared_ptr<const void> keepAlive;     // keeps `body` valid until done runs
@@ -82,6 +88,10 @@ struct TransactionResult {
   bool local = false;         // the replies are the client's own: nothing was sent
   bool downgraded = false;    // the message went converted to 7-bit MIME (Transaction::downgrade)
   bool utf8Downgraded = false;  // the message went converted to need no SMTPUTF8 (Transaction::utf8Downgrade)
+  // The next hop offers DSN (RFC 3461): the DSN requests went on with the message, and
+  // reporting its delivery is now that hop's (§5.2.1); without it, a relaying MTA reports
+  // success itself ("relayed", §5.2.2).
+  bool dsnOffered = false;
   Reply mail;
   std::vector<Reply> rcpts;   // one per rcpt, same order
   Reply data;                 // final reply after the message (or to DATA if refused)
@@ -161,6 +171,8 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   void refuseNow(int code, std::string text);  // a local refusal while Busy: finish()es
   void begin(Transaction t);
   std::string mailCommand() const;
+  std::string rcptCommand(size_t i) const;
+  bool dsnValueFits(std::string_view value) const;  // ENVID/ORCPT: UTF-8 only with SMTPUTF8 in use
   void onMail(const Reply& r);
   void sendRcpt(size_t i);
   void onRcpt(size_t i, const Reply& r);

@@ -501,6 +501,56 @@ TEST_CASE("client: a converter that answers later, from the thread pool") {
   REQUIRE(c.client->usable());
 }
 
+TEST_CASE("client: DSN requests (RFC 3461) go on to a next hop that offers DSN, and only to one") {
+  for (bool pipelining : {true, false}) {
+    for (bool offered : {true, false}) {
+      CAPTURE(pipelining, offered);
+      uv::Loop loop;
+      std::string cfg = std::string("\"pipelining\": ") + (pipelining ? "true" : "false");
+      if (!offered) cfg += ", \"no_dsn\": true";
+      ScriptedServer server(cfg);
+      auto c = connectTo(loop, server.port(), plainOptions());
+      REQUIRE(c.client);
+      auto t = simpleTx({"a@example.test", "b@example.test", "c@example.test"});
+      t.envid = "QQ+2B314";
+      t.ret = "HDRS";
+      t.rcptDsn = {{"SUCCESS,FAILURE", "rfc822;A+40old.example.test"},
+                   {"NEVER", ""},
+                   {"", "utf-8;c\xc3\xa9@example.test"}};  // UTF-8: only with SMTPUTF8 in use
+      auto r = sendTx(loop, *c.client, std::move(t));
+      REQUIRE(r.data.code == 250);
+      REQUIRE(r.dsnOffered == offered);
+      std::string cmds = server.commands();
+      INFO(cmds);
+      if (offered) {
+        REQUIRE(cmds.find("MAIL FROM:<sender@example.org> RET=HDRS ENVID=QQ+2B314\n") != std::string::npos);
+        REQUIRE(cmds.find("RCPT TO:<a@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;A+40old.example.test\n") !=
+                std::string::npos);
+        REQUIRE(cmds.find("RCPT TO:<b@example.test> NOTIFY=NEVER\n") != std::string::npos);
+        REQUIRE(cmds.find("RCPT TO:<c@example.test>\n") != std::string::npos);
+      } else {
+        REQUIRE(cmds.find("MAIL FROM:<sender@example.org>\n") != std::string::npos);
+        for (const char* rcpt : {"a", "b", "c"})
+          REQUIRE(cmds.find(std::string("RCPT TO:<") + rcpt + "@example.test>\n") != std::string::npos);
+        REQUIRE(cmds.find("NOTIFY") == std::string::npos);
+      }
+    }
+  }
+}
+
+TEST_CASE("client: a DSN request with a control character or space is refused locally") {
+  uv::Loop loop;
+  ScriptedServer server("\"pipelining\": true");
+  auto c = connectTo(loop, server.port(), plainOptions());
+  REQUIRE(c.client);
+  auto t = simpleTx({"a@example.test"});
+  t.rcptDsn = {{"SUCCESS", "rfc822;a@example.test NOTIFY=NEVER"}};
+  auto r = sendTx(loop, *c.client, std::move(t));
+  REQUIRE(r.local);
+  REQUIRE(r.mail.code == 501);
+  REQUIRE(server.commands().find("MAIL") == std::string::npos);
+}
+
 TEST_CASE("client: with 8BITMIME offered, 8-bit mail goes unchanged with BODY=8BITMIME") {
   uv::Loop loop;
   ScriptedServer server("\"pipelining\": true");

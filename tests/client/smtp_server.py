@@ -5,7 +5,7 @@ Usage: smtp_server.py CONFIG_JSON
 CONFIG keys: out (dir, required; the port is written to OUT/port), pipelining (bool),
 cert/key (offer STARTTLS), reject_rcpt {addr: reply}, mail_reply, data_reply,
 ehlo_reply, rset_reply, greeting, data_done_delay (s), greeting_delay (s), no_esmtp,
-starttls_extra, no_8bitmime (8BITMIME not offered).
+starttls_extra, no_8bitmime (8BITMIME not offered), no_dsn (DSN not offered).
 For each message it writes OUT/msgN.eml (the un-stuffed body, byte-exact) and OUT/msgN.env;
 every command line received goes to OUT/commands.log as "CONN-ID LINE".
 Python standard library only; exits on SIGTERM."""
@@ -56,6 +56,8 @@ class Conn:
                 caps = ["SIZE 1000000", "8BITMIME", "DSN", "ENHANCEDSTATUSCODES"]
                 if cfg.get("no_8bitmime"):
                     caps.remove("8BITMIME")
+                if cfg.get("no_dsn"):
+                    caps.remove("DSN")
                 if cfg.get("pipelining"):
                     caps.append("PIPELINING")
                 if cfg.get("smtputf8"):
