@@ -286,6 +286,13 @@ std::string humanPart(const DsnInput& in) {
   if (anyAction(in, "delayed"))
     t += "Your message could not be delivered yet to one or more recipients.\r\nIt will be retried "
          "until it is too old; you do not need to resend it.\r\n\r\n";
+  if (anyAction(in, "delivered"))
+    t += "Your message was delivered to the mailbox of each recipient marked\r\n\"delivered\" below, "
+         "as you asked.\r\n\r\n";
+  if (anyAction(in, "relayed"))
+    t += "Your message was passed on to each recipient marked \"relayed\" below,\r\nto a mail system "
+         "that does not report delivery: you may hear nothing\r\nmore of it unless a later system "
+         "cannot deliver it.\r\n\r\n";
   for (auto& r : in.rcpts) {
     std::string line = "<" + shownAddress(r.address, global) + ">: " + clean(r.action);
     if (!r.diagnostic.empty()) line += ": " + field(r.diagnostic, global);

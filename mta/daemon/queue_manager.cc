@@ -45,8 +45,23 @@ std::string statusOf(const std::string& reply) {
     auto sp = reply.find(' ');
     return reply.substr(0, sp);
   }
-  if (!reply.empty() && (reply[0] == '5' || reply[0] == '4')) return std::string(1, reply[0]) + ".0.0";
+  if (!reply.empty() && (reply[0] == '5' || reply[0] == '4' || reply[0] == '2'))
+    return std::string(1, reply[0]) + ".0.0";
   return "4.0.0";
+}
+
+// RFC 3461 §4.1: whether a recipient's NOTIFY (as received, upper-case) names `word`
+// (SUCCESS, FAILURE, DELAY). Without NOTIFY, failures and delays are reported (§5.2.5,
+// §5.2.6), success is not.
+bool notifyWants(const std::string& notify, std::string_view word) {
+  if (notify.empty()) return word != "SUCCESS";
+  size_t start = 0;
+  for (;;) {
+    size_t comma = notify.find(',', start);
+    if (notify.compare(start, comma == std::string::npos ? std::string::npos : comma - start, word) == 0) return true;
+    if (comma == std::string::npos) return false;
+    start = comma + 1;
+  }
 }
 
 std::string oneLine(const std::string& s) {
@@ -499,8 +514,13 @@ void QueueManager::deliverMaildir(std::shared_ptr<Attempt> attempt, const std::s
           const auto& err = (*results)[k];
           attempt->outcomes[rcpts[k]] =
               err.empty()
-                  ? RcptOutcome{RcptOutcome::Kind::Delivered, "250 2.0.0 delivered to maildir", "maildir:" + dir, "",
-                                ""}
+                  ? RcptOutcome{RcptOutcome::Kind::Delivered,
+                                "250 2.0.0 delivered to maildir",
+                                "maildir:" + dir,
+                                "",
+                                "",
+                                false,
+                                true}
                   : RcptOutcome{RcptOutcome::Kind::Deferred, "451 4.3.0 maildir: " + err, "maildir:" + dir, "", ""};
         }
         groupDone(attempt);
@@ -624,6 +644,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
         if ((code == 452 || code == 552) && dataAccepted(r)) attempt->moreAtOnce = true;
       } else {
         classify(r.data.code, replyText(r.data));
+        o.notifyPassedOn = r.dsnOffered;
       }
       attempt->outcomes[rcpts[k]] = o;
     }
@@ -816,7 +837,12 @@ void QueueManager::runJob(Destination& d, Pooled c, std::shared_ptr<Job> job) {
   client::Transaction tx;
   const auto& env = job->attempt->env;
   tx.mailFrom = env.mailFrom;
-  for (size_t i : job->rcpts) tx.rcpts.push_back(env.rcpts[i].address);
+  for (size_t i : job->rcpts) {
+    tx.rcpts.push_back(env.rcpts[i].address);
+    tx.rcptDsn.push_back({env.rcpts[i].notify, env.rcpts[i].orcpt});  // RFC 3461 §5.2.1: passed on
+  }
+  tx.envid = env.envid;
+  tx.ret = env.ret;
   tx.eightBit = env.eightBit;
   tx.smtputf8 = env.smtputf8;
   tx.prefix = job->attempt->prefix;
@@ -941,7 +967,7 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
   auto& env = it->second.env;
   int64_t now = nowMs();
   env.attempts++;
-  std::vector<size_t> failed;
+  std::vector<size_t> failed, succeeded;
   for (auto& [i, o] : attempt->outcomes) {
     auto& r = env.rcpts[i];
     r.attempts++;
@@ -956,6 +982,8 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
         if (!o.tls.empty()) line.add("tls", o.tls);
         ++server::metrics().recipientsDelivered;
         server::metrics().observeLatency(static_cast<double>(now - env.arrivalMs) / 1000.0);
+        // RFC 3461 §5.2.2-3: NOTIFY=SUCCESS is ours to answer unless the next hop took it on.
+        if (!o.notifyPassedOn && notifyWants(r.notify, "SUCCESS")) succeeded.push_back(i);
         break;
       }
       case RcptOutcome::Kind::Failed:
@@ -983,11 +1011,13 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
   auto dsnDone = [alive, dsnsLeft, persist] {
     if (*alive && --*dsnsLeft == 0) (*persist)();
   };
-  auto sendAndWait = [&](const std::vector<size_t>& rcpts, bool delay, const std::map<size_t, RcptOutcome>* outcomes) {
+  auto sendAndWait = [&](const std::vector<size_t>& rcpts, DsnKind kind,
+                         const std::map<size_t, RcptOutcome>* outcomes) {
     ++*dsnsLeft;
-    sendDsn(env, rcpts, delay, attempt->data, outcomes, dsnDone);
+    sendDsn(env, rcpts, kind, attempt->data, outcomes, dsnDone);
   };
-  if (!failed.empty()) sendAndWait(failed, false, &attempt->outcomes);
+  if (!failed.empty()) sendAndWait(failed, DsnKind::Failure, &attempt->outcomes);
+  if (!succeeded.empty()) sendAndWait(succeeded, DsnKind::Success, &attempt->outcomes);
 
   bool pending = std::any_of(env.rcpts.begin(), env.rcpts.end(),
                              [](const queue::Recipient& r) { return r.status == queue::RcptStatus::Pending; });
@@ -1004,14 +1034,14 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
     log::info("expire").add("queue_id", env.id).add("message_id", env.messageId).add("from", env.mailFrom)
         .add("attempt", env.attempts).add("delay_ms", now - env.arrivalMs);
     ++server::metrics().messagesExpired;
-    sendAndWait(expired, false, nullptr);
+    sendAndWait(expired, DsnKind::Failure, nullptr);
     remove = true;
   } else if (pending) {
     if (sched_.delayWarningDue(env, now)) {
       std::vector<size_t> delayed;
       for (size_t i = 0; i < env.rcpts.size(); ++i)
         if (env.rcpts[i].status == queue::RcptStatus::Pending) delayed.push_back(i);
-      sendAndWait(delayed, true, &attempt->outcomes);
+      sendAndWait(delayed, DsnKind::Delay, &attempt->outcomes);
       env.delayWarned = true;
     }
     env.nextAttemptMs = attempt->moreAtOnce ? now : sched_.nextAttemptAt(now, env.attempts);
@@ -1048,11 +1078,27 @@ void QueueManager::retire(std::string id, bool) {
   spool_->remove(id, nullptr, area);
 }
 
-void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>& rcpts, bool delay,
+void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>& asked, DsnKind kind,
                            std::shared_ptr<const queue::MessageData> data,
                            const std::map<size_t, RcptOutcome>* outcomes, std::function<void()> then) {
   if (!then) then = [] {};
+  std::vector<size_t> rcpts;
+  std::vector<std::string> unwanted;
+  std::string_view word = kind == DsnKind::Failure ? "FAILURE" : kind == DsnKind::Delay ? "DELAY" : "SUCCESS";
+  for (size_t i : asked) {
+    if (notifyWants(env.rcpts[i].notify, word))
+      rcpts.push_back(i);
+    else
+      unwanted.push_back(env.rcpts[i].address);
+  }
+  if (!unwanted.empty() && kind != DsnKind::Success)  // success is reported only on request anyway
+    log::info("dsn_dropped")
+        .add("queue_id", env.id)
+        .add("reason", "NOTIFY")
+        .add("to", unwanted)
+        .add("kind", std::string(kind == DsnKind::Failure ? "failure" : "delay"));
   if (rcpts.empty()) return then();
+  bool delay = kind == DsnKind::Delay;
   if (env.mailFrom.empty() || env.isBounce) {
     // RFC 5321 §6.1 / RFC 3464: never to the null sender; our own DSNs are not bounced again.
     log::info("dsn_dropped").add("queue_id", env.id).add("reason", env.isBounce ? "undeliverable DSN" : "null sender");
@@ -1065,7 +1111,8 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
   in.envid = env.envid;
   in.originalMessageId = env.messageId;
   in.arrivalMs = env.arrivalMs;
-  in.headersOnly = env.ret == "HDRS";
+  // RFC 3461 §4.3: RET applies to failure reports; the others return the headers only.
+  in.headersOnly = env.ret == "HDRS" || kind != DsnKind::Failure;
   // RFC 6533: an internationalized original gets a global DSN, which names its UTF-8
   // addresses as they are rather than as '?'.
   in.international = env.smtputf8 || hasEightBit(env.mailFrom);
@@ -1075,13 +1122,18 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
     queue::DsnRecipient d;
     d.address = r.address;
     d.orcpt = r.orcpt;
-    d.action = delay ? "delayed" : "failed";
+    const RcptOutcome* out = nullptr;
+    if (outcomes)
+      if (auto it = outcomes->find(i); it != outcomes->end()) out = &it->second;
+    d.action = kind == DsnKind::Failure ? "failed"
+               : kind == DsnKind::Delay ? "delayed"
+               : out && out->local      ? "delivered"  // §5.2.3
+                                        : "relayed";        // §5.2.2: to a next hop without DSN
     d.status = statusOf(r.lastReply);
+    if (kind == DsnKind::Success && d.status.front() != '2') d.status = "2.0.0";
     // RFC 3464 §2.3.5-6: "smtp;" and Remote-MTA only for a reply a server sent us; our own
     // text (expiry, admin bounce, DNS, connection failures) is X-Moat and names no MTA.
-    const RcptOutcome* o = nullptr;
-    if (outcomes)
-      if (auto it = outcomes->find(i); it != outcomes->end()) o = &it->second;
+    const RcptOutcome* o = out;
     bool remote = o && !o->remoteMta.empty();
     d.diagnostic = (remote ? "smtp; " : "X-Moat; ") + r.lastReply;
     if (remote) d.remoteMta = o->remoteMta;
@@ -1229,6 +1281,8 @@ std::string QueueManager::show(const std::string& id) const {
     mta::JsonObject o;
     o.add("address", r.address).add("status", statusName(r.status)).add("attempts", r.attempts)
         .add("last_reply", r.lastReply).add("relay", r.relay);
+    if (!r.notify.empty()) o.add("notify", r.notify);  // RFC 3461 requests, as received
+    if (!r.orcpt.empty()) o.add("orcpt", r.orcpt);
     rcpts.addRaw(o.str());
   }
   mta::JsonArray headers;
@@ -1243,6 +1297,8 @@ std::string QueueManager::show(const std::string& id) const {
       .add("attempts", env.attempts).add("next_attempt_ms", env.nextAttemptMs).add("is_bounce", env.isBounce)
       .add("reason", env.quarantineReason).addRaw("recipients", rcpts.str()).addRaw("headers", headers.str());
   if (!edits.empty()) o.addRaw("edits", edits.str());
+  if (!env.envid.empty()) o.add("envid", env.envid);
+  if (!env.ret.empty()) o.add("ret", env.ret);
   return o.str();
 }
 
@@ -1356,7 +1412,7 @@ void QueueManager::bounce(const std::string& id, std::function<void(std::string)
     busy_.insert(id);
     auto alive = alive_;
     size_t bounced = failed.size();
-    sendDsn(env, failed, false, data, nullptr, [this, alive, id, bounced, reply] {
+    sendDsn(env, failed, DsnKind::Failure, data, nullptr, [this, alive, id, bounced, reply] {
       if (!*alive) return;
       busy_.erase(id);
       retire(id, false);

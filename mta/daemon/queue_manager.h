@@ -71,7 +71,13 @@ class QueueManager {
     std::string relay;
     std::string tls;
     std::string remoteMta;  // the server whose reply this is (DSN Remote-MTA); "" = our own text
+    // Delivered: the next hop took the DSN requests on (it offers DSN), so a success report
+    // is its to make (RFC 3461 §5.2.1); `local`: delivered here (maildir), "delivered".
+    bool notifyPassedOn = false;
+    bool local = false;
   };
+  // What a DSN reports (RFC 3461 §5.2): each recipient's NOTIFY decides whether it is named.
+  enum class DsnKind { Failure, Delay, Success };
   struct Attempt;
   struct Destination;
   struct Job;
@@ -93,9 +99,10 @@ class QueueManager {
   void finishAttempt(std::shared_ptr<Attempt> attempt);
   void retire(std::string id, bool expired);  // by value: callers pass the id of the entry it erases
   // `outcomes`: this attempt's results, which say whose reply each one is (null: our text).
-  // `then` runs once the DSN is durable in the spool, or at once when none is sent (and
-  // also when writing it failed, after the spool_error line).
-  void sendDsn(const queue::Envelope& env, const std::vector<size_t>& rcpts, bool delay,
+  // Recipients whose NOTIFY does not ask for this kind of report are left out (none left:
+  // no DSN). `then` runs once the DSN is durable in the spool, or at once when none is sent
+  // (and also when writing it failed, after the spool_error line).
+  void sendDsn(const queue::Envelope& env, const std::vector<size_t>& rcpts, DsnKind kind,
                std::shared_ptr<const queue::MessageData> data, const std::map<size_t, RcptOutcome>* outcomes,
                std::function<void()> then = nullptr);
   void updateGauges();  // publishes areaCounts_ (O(1): called for every message)

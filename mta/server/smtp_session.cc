@@ -343,7 +343,7 @@ void SmtpSession::cmdHelo(const smtp::Command& c, bool extended) {
   }
   std::string text = cfg_.hostname + " Hello " + helo_ + " [" + ctx_->clientIp.str() + "]\n";
   text += "PIPELINING\nSIZE " + std::to_string(cfg_.maxMessageSize) + "\n";
-  text += "8BITMIME\nENHANCEDSTATUSCODES\nSMTPUTF8\nCHUNKING\n";
+  text += "8BITMIME\nENHANCEDSTATUSCODES\nSMTPUTF8\nCHUNKING\nDSN\n";
   if (!conn_->tlsActive() && snap_->serverTls.count(listener_.address)) text += "STARTTLS\n";
   if (authOffered()) text += "AUTH " + std::string(smtp::SaslServer::kMechanisms) + "\n";
   text += "HELP";
@@ -387,13 +387,17 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
     return;
   }
   // The parser has checked the syntax and values of every parameter; here: what this
-  // server offers. RET/ENVID need DSN, which Moat does not advertise (RFC 5321 §4.1.1.11).
-  // AUTH= (RFC 4954 §5) is accepted where AUTH is offered, and its value not trusted: the
-  // identity Moat knows is the session's own AUTH.
+  // server offers (RFC 5321 §4.1.1.11). AUTH= (RFC 4954 §5) is accepted where AUTH is
+  // offered, and its value not trusted: the identity Moat knows is the session's own AUTH.
   bool eightBit = false, utf8 = false;
+  std::string ret, envid;
   for (const auto& p : c.params) {
     if (p.key == "SIZE" || (p.key == "AUTH" && authOffered())) continue;
-    if (p.key == "BODY" && (p.value == "8BITMIME" || p.value == "7BIT")) {
+    if (p.key == "RET") {  // RFC 3461 §4.3, §4.4: kept for the DSNs and passed on
+      ret = p.value;
+    } else if (p.key == "ENVID") {
+      envid = p.value;
+    } else if (p.key == "BODY" && (p.value == "8BITMIME" || p.value == "7BIT")) {
       eightBit = p.value == "8BITMIME";
     } else if (p.key == "SMTPUTF8" && esmtp_) {
       utf8 = true;
@@ -421,6 +425,9 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
   eightBit_ = eightBit;
   smtputf8_ = utf8;
   declaredSize_ = size;
+  txRet_ = ret;
+  txEnvid_ = envid;
+  txRcptDsn_.clear();
   ctx_->mailFrom = c.address;
   ctx_->rcpts.clear();
   ctx_->spfMailFrom = {};
@@ -470,9 +477,17 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
     protocolError();
     return;
   }
+  // RFC 3461 §4.1, §4.2 (the parser has checked both values): kept with the recipient.
+  RcptDsn dsn;
   for (const auto& p : c.params) {
-    reply(555, "5.5.4", "Unsupported parameter " + p.key);
-    return;
+    if (p.key == "NOTIFY") {
+      dsn.notify = p.value;
+    } else if (p.key == "ORCPT") {
+      dsn.orcpt = p.value;
+    } else {
+      reply(555, "5.5.4", "Unsupported parameter " + p.key);
+      return;
+    }
   }
   if (ctx_->rcpts.size() >= cfg_.maxRecipients) {
     reply(452, "4.5.3", "Error: too many recipients");
@@ -493,6 +508,7 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
     return;
   }
   ctx_->rcpts.push_back(address);
+  txRcptDsn_.push_back(std::move(dsn));
   reply(250, "2.1.5", "Ok");
 }
 
@@ -742,11 +758,17 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
   env.id = incoming_->id();
   ctx_->queueId = env.id;
   env.mailFrom = ctx_->mailFrom;
-  for (const auto& r : ctx_->rcpts) {
+  for (size_t i = 0; i < ctx_->rcpts.size(); ++i) {
     queue::Recipient rc;
-    rc.address = r;
+    rc.address = ctx_->rcpts[i];
+    if (i < txRcptDsn_.size()) {
+      rc.notify = txRcptDsn_[i].notify;
+      rc.orcpt = txRcptDsn_[i].orcpt;
+    }
     env.rcpts.push_back(std::move(rc));
   }
+  env.envid = txEnvid_;
+  env.ret = txRet_;
   env.arrivalMs = static_cast<int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                            std::chrono::system_clock::now().time_since_epoch())
                                            .count());
@@ -826,6 +848,9 @@ void SmtpSession::resetTransaction() {
   txAuthResults_.clear();
   txHeaders_.clear();
   txReports_.clear();
+  txRet_.clear();
+  txEnvid_.clear();
+  txRcptDsn_.clear();
 }
 
 void SmtpSession::cmdRset() {

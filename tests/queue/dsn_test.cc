@@ -223,6 +223,36 @@ TEST_CASE("delay DSN names the retry horizon") {
   REQUIRE(blocks[1].get("will-retry-until") == "Thu, 16 Nov 2023 22:13:20 +0000");
 }
 
+TEST_CASE("success DSN (RFC 3461 NOTIFY=SUCCESS): delivered and relayed, 2.0.0, says so to the sender") {
+  DsnInput in = failedInput();
+  in.headersOnly = true;  // the queue manager returns the headers only with a success report
+  in.rcpts[0].action = "relayed";
+  in.rcpts[0].status = "2.0.0";
+  in.rcpts[0].diagnostic = "smtp; 250 2.0.0 queued as 12345";
+  in.rcpts[1].action = "delivered";
+  in.rcpts[1].status = "2.0.0";
+  in.rcpts[1].diagnostic = "X-Moat; 250 2.0.0 delivered to maildir";
+  std::string m = buildDsn(in, kOriginal);
+  checkLines(m);
+  Part top = parsePart(m);
+  REQUIRE(top.get("subject") == "Successful Mail Delivery Report");
+  auto parts = splitMultipart(top.body, param(top.get("content-type"), "boundary"));
+  REQUIRE(parts.size() == 3);
+  Part human = parsePart(parts[0]);
+  REQUIRE(human.body.find("delivered to the mailbox") != std::string::npos);
+  REQUIRE(human.body.find("does not report delivery") != std::string::npos);
+  REQUIRE(human.body.find("could not") == std::string::npos);
+  auto blocks = statusBlocks(parsePart(parts[1]).body);
+  REQUIRE(blocks.size() == 3);
+  REQUIRE(blocks[0].get("original-envelope-id") == "ENV-42");
+  REQUIRE(blocks[1].get("action") == "relayed");
+  REQUIRE(blocks[1].get("status") == "2.0.0");
+  REQUIRE(blocks[1].get("original-recipient") == "rfc822;R@remote.test");
+  REQUIRE(blocks[1].get("remote-mta") == "dns; mx.remote.test");
+  REQUIRE(blocks[2].get("action") == "delivered");
+  REQUIRE(parsePart(parts[2]).get("content-type") == "text/rfc822-headers");
+}
+
 TEST_CASE("DSN: peer text cannot inject lines, long fields are folded under 998") {
   DsnInput in = failedInput();
   in.rcpts[0].diagnostic = "smtp; 550 bad\r\nX-Evil: 1\r\n\r\nboundary" + std::string(2500, 'z') + " end";
