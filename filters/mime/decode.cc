@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "filters/mime/mime.h"
+#include "mta/runtime/base64.h"
 
 namespace moat::filters::mime {
 
@@ -30,15 +31,6 @@ std::string toLower(std::string_view s) {
 }
 
 namespace {
-
-int base64Value(unsigned char c) {
-  if (c >= 'A' && c <= 'Z') return c - 'A';
-  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-  if (c >= '0' && c <= '9') return c - '0' + 52;
-  if (c == '+') return 62;
-  if (c == '/') return 63;
-  return -1;
-}
 
 int hexValue(unsigned char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -100,24 +92,7 @@ void sanitizeUtf8(std::string_view in, std::string& out) {
 
 }  // namespace
 
-std::string decodeBase64(std::string_view in) {
-  std::string out;
-  out.reserve(in.size() / 4 * 3);
-  uint32_t acc = 0;
-  int bits = 0;
-  for (unsigned char c : in) {
-    if (c == '=') break;  // padding: the end of the data
-    int v = base64Value(c);
-    if (v < 0) continue;  // line breaks and junk are skipped (RFC 2045 6.8)
-    acc = (acc << 6) | static_cast<uint32_t>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(static_cast<char>((acc >> bits) & 0xFF));
-    }
-  }
-  return out;
-}
+std::string decodeBase64(std::string_view in) { return mta::base64DecodeMime(in); }
 
 std::string decodeQuotedPrintable(std::string_view in) {
   std::string out;

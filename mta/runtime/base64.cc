@@ -20,18 +20,24 @@ int valueOf(char c) {
 
 bool isSpace(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f'; }
 
-std::optional<std::string> decode(std::string_view text, bool skipSpace) {
+// What a decoder does with what is not base64: refuse it, skip whitespace (and refuse the
+// rest), or skip anything, the first '=' ending the data (RFC 2045 §6.8).
+enum class Junk { Refuse, SkipSpace, SkipAll };
+
+std::optional<std::string> decode(std::string_view text, Junk junk) {
   std::string out;
   out.reserve(text.size() / 4 * 3);
   uint32_t acc = 0;
   int bits = 0, pad = 0;
   for (char c : text) {
-    if (skipSpace && isSpace(c)) continue;
+    if (junk == Junk::SkipSpace && isSpace(c)) continue;
     if (c == '=') {
+      if (junk == Junk::SkipAll) break;
       if (++pad > 2) return std::nullopt;
       continue;
     }
     int v = valueOf(c);
+    if (v < 0 && junk == Junk::SkipAll) continue;
     if (v < 0 || pad) return std::nullopt;  // not base64, or data after padding
     acc = (acc << 6) | static_cast<uint32_t>(v);
     bits += 6;
@@ -79,11 +85,13 @@ std::string base64EncodeLines(std::string_view bytes) {
   return out;
 }
 
-std::optional<std::string> base64Decode(std::string_view text) { return decode(text, true); }
+std::optional<std::string> base64Decode(std::string_view text) { return decode(text, Junk::SkipSpace); }
+
+std::string base64DecodeMime(std::string_view text) { return *decode(text, Junk::SkipAll); }
 
 std::optional<std::string> base64DecodeStrict(std::string_view text) {
   if (text.size() % 4 != 0) return std::nullopt;
-  return decode(text, false);
+  return decode(text, Junk::Refuse);
 }
 
 }  // namespace moat::mta

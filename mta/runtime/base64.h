@@ -18,6 +18,10 @@ std::string base64EncodeLines(std::string_view bytes);
 // other character outside the alphabet, for more than two '=' or for data after '='.
 std::optional<std::string> base64Decode(std::string_view text);
 
+// A MIME body part's base64 (RFC 2045 §6.8): characters outside the alphabet (line breaks,
+// junk) are ignored and the first '=' ends the data. Never fails.
+std::string base64DecodeMime(std::string_view text);
+
 // RFC 4648 §3.3/§3.5 as a protocol line carries it: no whitespace, a length that is a
 // multiple of 4 and '=' only as its last one or two characters. nullopt otherwise.
 std::optional<std::string> base64DecodeStrict(std::string_view text);

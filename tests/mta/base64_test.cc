@@ -76,3 +76,12 @@ TEST_CASE("base64EncodeLines wraps at 76 characters with CRLF and decodes back")
     REQUIRE(base64Decode(enc) == bytes.substr(0, n));
   }
 }
+
+TEST_CASE("base64DecodeMime skips what is not base64 and stops at the first '='") {
+  using moat::mta::base64DecodeMime;
+  REQUIRE(base64DecodeMime("Zm9v\r\nYmFy\r\n") == "foobar");
+  REQUIRE(base64DecodeMime("Zm9v!!YmFy") == "foobar");
+  REQUIRE(base64DecodeMime("Zm8=Zm9v") == "fo");
+  REQUIRE(base64DecodeMime("") == "");
+  REQUIRE(base64DecodeMime("====") == "");
+}
