@@ -514,13 +514,10 @@ void QueueManager::deliverMaildir(std::shared_ptr<Attempt> attempt, const std::s
           const auto& err = (*results)[k];
           attempt->outcomes[rcpts[k]] =
               err.empty()
-                  ? RcptOutcome{RcptOutcome::Kind::Delivered,
-                                "250 2.0.0 delivered to maildir",
-                                "maildir:" + dir,
-                                "",
-                                "",
-                                false,
-                                true}
+                  ? RcptOutcome{.kind = RcptOutcome::Kind::Delivered,
+                                .reply = "250 2.0.0 delivered to maildir",
+                                .relay = "maildir:" + dir,
+                                .local = true}
                   : RcptOutcome{RcptOutcome::Kind::Deferred, "451 4.3.0 maildir: " + err, "maildir:" + dir, "", ""};
         }
         groupDone(attempt);
@@ -1082,6 +1079,12 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
                            std::shared_ptr<const queue::MessageData> data,
                            const std::map<size_t, RcptOutcome>* outcomes, std::function<void()> then) {
   if (!then) then = [] {};
+  if (asked.empty()) return then();
+  if (env.mailFrom.empty() || env.isBounce) {
+    // RFC 5321 §6.1 / RFC 3464: never to the null sender; our own DSNs are not bounced again.
+    log::info("dsn_dropped").add("queue_id", env.id).add("reason", env.isBounce ? "undeliverable DSN" : "null sender");
+    return then();
+  }
   std::vector<size_t> rcpts;
   std::vector<std::string> unwanted;
   std::string_view word = kind == DsnKind::Failure ? "FAILURE" : kind == DsnKind::Delay ? "DELAY" : "SUCCESS";
@@ -1099,11 +1102,6 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
         .add("kind", std::string(kind == DsnKind::Failure ? "failure" : "delay"));
   if (rcpts.empty()) return then();
   bool delay = kind == DsnKind::Delay;
-  if (env.mailFrom.empty() || env.isBounce) {
-    // RFC 5321 §6.1 / RFC 3464: never to the null sender; our own DSNs are not bounced again.
-    log::info("dsn_dropped").add("queue_id", env.id).add("reason", env.isBounce ? "undeliverable DSN" : "null sender");
-    return then();
-  }
   const auto& cfg = *snap_->config;
   queue::DsnInput in;
   in.reportingMta = cfg.hostname;
@@ -1133,10 +1131,9 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
     if (kind == DsnKind::Success && d.status.front() != '2') d.status = "2.0.0";
     // RFC 3464 §2.3.5-6: "smtp;" and Remote-MTA only for a reply a server sent us; our own
     // text (expiry, admin bounce, DNS, connection failures) is X-Moat and names no MTA.
-    const RcptOutcome* o = out;
-    bool remote = o && !o->remoteMta.empty();
+    bool remote = out && !out->remoteMta.empty();
     d.diagnostic = (remote ? "smtp; " : "X-Moat; ") + r.lastReply;
-    if (remote) d.remoteMta = o->remoteMta;
+    if (remote) d.remoteMta = out->remoteMta;
     d.lastAttemptMs = nowMs();
     if (delay) d.willRetryUntilMs = env.arrivalMs + cfg.maxLifetime.count();
     in.rcpts.push_back(std::move(d));
