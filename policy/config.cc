@@ -100,6 +100,8 @@ void readRelay(Config& c, Section s) {
     if (auto net = mta::Network::parse(n)) c.relayNetworks.push_back(*net);
     else s.error("networks", "\"" + n + "\" is not an address or CIDR network");
   }
+  c.relayRecipients = s.getPath("recipients", "");
+  c.relayRecipientsLine = s.lineOf("recipients");
   s.rejectUnknownKeys();
 }
 

@@ -74,6 +74,8 @@ struct Config {
   // [relay]
   std::vector<std::string> relayDomains;  // lower-case
   std::vector<mta::Network> relayNetworks;
+  std::string relayRecipients;  // recipient validation file (policy/recipients.h); absolute, or empty
+  int relayRecipientsLine = 0;
 
   // [limits]
   uint64_t maxMessageSize = 35ull << 20;

@@ -507,6 +507,17 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
     reply(554, "5.7.1", "<" + address + ">: Relay access denied");
     return;
   }
+  // Recipient validation ([relay] recipients): an address of ours that does not exist is
+  // refused now, not bounced later. Postmaster always exists (RFC 5321 §4.5.1).
+  if (snap_->recipients && cfg_.isRelayDomain(domain) && !isPostmaster(address.substr(0, address.rfind('@'))) &&
+      !snap_->recipients->accepts(address)) {
+    std::string text = "<" + address + ">: Recipient address rejected: User unknown in relay recipient table";
+    auto line = log::info("reject");
+    rejectFields(line, "rcpt", "550 5.1.1 " + text);
+    line.add("to", address);
+    reply(550, "5.1.1", text);
+    return;
+  }
   ctx_->rcpts.push_back(address);
   txRcptDsn_.push_back(std::move(dsn));
   reply(250, "2.1.5", "Ok");

@@ -28,6 +28,16 @@ std::shared_ptr<const Snapshot> Snapshot::load(const std::string& configPath, po
     if (it == usersByFile.end()) it = usersByFile.emplace(l.authUsers, policy::UserDb::load(l.authUsers, errors)).first;
     if (it->second) snap->users[l.address] = it->second;
   }
+  if (!config->relayRecipients.empty()) {
+    snap->recipients = policy::RecipientTable::load(config->relayRecipients, errors);
+    // A relay domain the file does not name is not checked: say so, it may be an oversight.
+    if (snap->recipients)
+      for (const auto& d : config->relayDomains)
+        if (!d.empty() && d[0] != '.' && !snap->recipients->covers(d))
+          errors.warning(config->path, config->relayRecipientsLine,
+                         "relay.recipients: the file names no address of \"" + d +
+                             "\": its recipients are not checked (add \"@" + d + "\" to take them all)");
+  }
   std::string error;
   snap->clientTls = tls::TlsContext::client(false, "", error);
   if (!snap->clientTls) errors.error(config->path, 0, "TLS client context: " + error);

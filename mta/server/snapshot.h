@@ -9,6 +9,7 @@
 #include "filters/pipeline.h"
 #include "mta/tls/tls.h"
 #include "policy/config.h"
+#include "policy/recipients.h"
 #include "policy/users.h"
 
 namespace moat::mta::server {
@@ -27,6 +28,8 @@ struct Snapshot {
   // SMTP AUTH credentials by listener address; absent = no AUTH on that listener. Read at
   // load, so SIGHUP picks up a changed users file and a broken one keeps the old snapshot.
   std::map<std::string, std::shared_ptr<const policy::UserDb>> users;
+  // [relay] recipients: the addresses that exist (550 5.1.1 for others); null = no check.
+  std::shared_ptr<const policy::RecipientTable> recipients;
 
   // Builds and validates everything; nullptr with `errors` filled on failure.
   static std::shared_ptr<const Snapshot> load(const std::string& configPath, policy::Errors& errors);
