@@ -5,6 +5,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -88,12 +89,15 @@ std::string cryptHash(std::string_view password, const std::string& setting) {
   return result;
 }
 
-// Rank of a method for the dummy hash: the costliest method in the file, so that an
-// unknown name takes at least as long as a known one.
-int strength(const std::string& hash) {
-  if (hash.rfind("$y$", 0) == 0 || hash.rfind("$gy$", 0) == 0 || hash.rfind("$7$", 0) == 0) return 3;
-  if (hash.rfind("$2", 0) == 0) return 2;
-  return 1;
+// The part of a hash that sets what crypt(3) costs: the method and its parameters, without
+// the salt and the hash ("$6$rounds=5000", "$y$j9T", "$2b$12"). Where the parameters share a
+// field with the salt (scrypt's "$7$", others), the whole setting: each its own class.
+std::string costClass(std::string_view h) {
+  std::string_view setting = h.substr(0, h.rfind('$'));  // bcrypt: salt and hash are one field
+  if (h.rfind("$2", 0) == 0) return std::string(setting);
+  for (std::string_view m : {"$5$", "$6$", "$y$", "$gy$", "$sha1$"})
+    if (h.rfind(m, 0) == 0) return std::string(setting.substr(0, setting.rfind('$')));
+  return std::string(setting);
 }
 
 }  // namespace
@@ -106,7 +110,8 @@ std::shared_ptr<const UserDb> UserDb::load(const std::string& path, Errors& erro
   }
   auto db = std::make_shared<UserDb>();
   db->path_ = path;
-  std::string line, strongest;
+  std::string line;
+  std::map<std::string, std::string> costs;  // cost class -> one hash of it
   int lineNo = 0;
   size_t total = 0;
   bool ok = true;
@@ -154,23 +159,34 @@ std::shared_ptr<const UserDb> UserDb::load(const std::string& path, Errors& erro
       ok = false;
       continue;
     }
-    if (strongest.empty() || strength(hash) > strength(strongest)) strongest = hash;
+    costs.emplace(costClass(hash), hash);
   }
   if (in.bad()) {
     errors.error(path, lineNo, std::string("cannot read the users file: ") + std::strerror(errno));
     return nullptr;
   }
   if (!ok) return nullptr;
-  // The dummy: a random password hashed with the setting (method, cost, salt) of the
-  // strongest hash in the file, or libcrypt's default method for an empty file.
+  // The dummy: a random password hashed with the setting (method, cost, salt) of the costliest
+  // hash in the file, or libcrypt's default method for an empty file. Methods and their cost
+  // parameters do not compare by name (sha512crypt with many rounds can cost more than
+  // yescrypt), so each cost class is timed once, and the slowest one stands in.
   unsigned char random[16];
   RAND_bytes(random, sizeof random);
-  std::string setting = strongest;
-  if (setting.empty()) {
+  std::string_view randomPassword(reinterpret_cast<char*>(random), sizeof random);
+  if (costs.empty()) {
     char buf[CRYPT_GENSALT_OUTPUT_SIZE];
-    if (crypt_gensalt_rn(nullptr, 0, nullptr, 0, buf, sizeof buf)) setting = buf;
+    if (crypt_gensalt_rn(nullptr, 0, nullptr, 0, buf, sizeof buf)) costs.emplace("", buf);
   }
-  db->dummyHash_ = cryptHash(std::string_view(reinterpret_cast<char*>(random), sizeof random), setting);
+  std::chrono::steady_clock::duration slowest{-1};
+  for (const auto& [cls, setting] : costs) {
+    auto t0 = std::chrono::steady_clock::now();
+    std::string h = cryptHash(randomPassword, setting);
+    auto took = std::chrono::steady_clock::now() - t0;
+    if (!h.empty() && took > slowest) {
+      slowest = took;
+      db->dummyHash_ = std::move(h);
+    }
+  }
   return db;
 }
 

@@ -11,7 +11,8 @@
 //
 // verify() runs crypt(3), which is slow by design: call it on the thread pool, never on the
 // event loop. It costs the same for an unknown name as for a known one (a dummy hash of the
-// file's strongest method stands in), so the timing does not tell which names exist.
+// file's costliest hash, timed at load, stands in), so the timing does not tell which names
+// exist. Loading therefore runs crypt(3) once per distinct method and cost in the file.
 #pragma once
 #include <map>
 #include <memory>

@@ -5,7 +5,9 @@
 #include <crypt.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <string>
 
 using moat::policy::Errors;
@@ -132,4 +134,60 @@ TEST_CASE("a sender that is neither an address nor @domain is refused with FILE:
   REQUIRE(all.find(path + ":1: \"alice\": \"not-an-address\" is not an address or @domain") != std::string::npos);
   REQUIRE(all.find(path + ":2: \"bob\": \"bob@\" is not an address or @domain") != std::string::npos);
   unlink(path.c_str());
+}
+
+namespace {
+// A sha512crypt hash with an explicit cost (rounds).
+std::string sha512Of(const std::string& password, unsigned long rounds) {
+  char salt[CRYPT_GENSALT_OUTPUT_SIZE];
+  REQUIRE(crypt_gensalt_rn("$6$", rounds, nullptr, 0, salt, sizeof salt));
+  crypt_data data{};
+  const char* h = crypt_rn(password.c_str(), salt, &data, sizeof data);
+  REQUIRE(h);
+  REQUIRE(h[0] == '$');
+  return h;
+}
+
+// The fastest of three calls to verify(), in seconds: the least disturbed by other load.
+double verifySeconds(const UserDb& db, const std::string& name) {
+  double best = 1e9;
+  for (int i = 0; i < 3; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    REQUIRE_FALSE(db.verify(name, "a wrong password"));
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+}  // namespace
+
+// users.h promises that verify() costs the same for an unknown name as for a known one. With
+// users of different costs (a cheap hash first, an expensive one later, as happens when an
+// admin raises the cost for new users, or mixes methods), the dummy must cost what the most
+// expensive user costs, or a name's existence shows in the time a wrong password takes.
+TEST_CASE("an unknown name costs as much as the most expensive user, whatever the order") {
+  std::string cheap6 = sha512Of("pw", 1000), dear6 = sha512Of("pw", 400000);
+  SECTION("one method, two costs") {
+    auto path = writeTemp("old:" + cheap6 + "\nnew:" + dear6 + "\n");
+    Errors errors;
+    auto db = UserDb::load(path, errors);
+    REQUIRE(db);
+    double known = verifySeconds(*db, "new"), unknown = verifySeconds(*db, "nobody");
+    INFO("known " << known << "s, unknown " << unknown << "s");
+    REQUIRE(unknown > known / 10);  // before the fix: a 500th
+    unlink(path.c_str());
+  }
+  SECTION("a cheap bcrypt and an expensive sha512crypt") {
+    char salt[CRYPT_GENSALT_OUTPUT_SIZE];
+    REQUIRE(crypt_gensalt_rn("$2b$", 4, nullptr, 0, salt, sizeof salt));  // bcrypt's least cost
+    crypt_data data{};
+    std::string cheap2 = crypt_rn("pw", salt, &data, sizeof data);
+    auto path = writeTemp("old:" + dear6 + "\nnew:" + cheap2 + "\n");
+    Errors errors;
+    auto db = UserDb::load(path, errors);
+    REQUIRE(db);
+    double known = verifySeconds(*db, "old"), unknown = verifySeconds(*db, "nobody");
+    INFO("known " << known << "s, unknown " << unknown << "s");
+    REQUIRE(unknown > known / 10);  // before the fix: a 500th
+    unlink(path.c_str());
+  }
 }
