@@ -18,8 +18,11 @@ constexpr size_t kMaxPassword = 1024;  // RFC 4616 asks for at least 255
 constexpr std::string_view kUsernamePrompt = "VXNlcm5hbWU6";
 constexpr std::string_view kPasswordPrompt = "UGFzc3dvcmQ6";
 
+// The whole buffer, not only size(): a moved-from short string (libstdc++ keeps up to 15
+// octets in the object) still holds all but the first octet of what it held.
 void wipe(std::string& s) {
-  if (!s.empty()) explicit_bzero(s.data(), s.size());
+  s.resize(s.capacity());  // within the capacity: no reallocation, the same buffer
+  explicit_bzero(s.data(), s.size());
   s.clear();
 }
 
@@ -146,7 +149,7 @@ SaslStep SaslServer::plain(std::string_view decoded) {
   SaslStep st;
   st.kind = SaslStep::Kind::Done;
   st.credentials.user = std::string(authcid);
-  st.credentials.password = std::string(passwd);
+  st.credentials.password.assign(passwd);  // no temporary copy left unwiped
   return st;
 }
 
@@ -165,7 +168,7 @@ SaslStep SaslServer::loginPassword(std::string_view decoded) {
   SaslStep st;
   st.kind = SaslStep::Kind::Done;
   st.credentials.user = std::move(user_);
-  st.credentials.password = std::string(decoded);
+  st.credentials.password.assign(decoded);
   user_.clear();
   return st;
 }

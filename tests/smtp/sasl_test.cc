@@ -121,3 +121,22 @@ TEST_CASE("a LOGIN name must be a name and a password must not be empty") {
   REQUIRE(s.start("LOGIN " + base64Encode("alice")).kind == Kind::Challenge);
   REQUIRE(s.respond(base64Encode("")).reply.code == 501);
 }
+
+// sasl.h promises that passwords are wiped when the credentials holding them go away. Moving
+// a short password (most are: up to 15 octets, libstdc++'s in-object buffer) copies it and
+// leaves all but its first octet in the moved-from string's buffer, past its size(); the
+// session moves credentials three times on their way to the thread pool. The check reads
+// the moved-from buffer (capacity() octets of a string's own storage).
+TEST_CASE("moving credentials leaves no copy of a short password behind") {
+  using moat::mta::smtp::SaslCredentials;
+  auto leftover = [](const std::string& s) { return std::string(s.data(), s.capacity()); };
+  SaslCredentials a;
+  a.password = "hunter2secret";
+  SaslCredentials b(std::move(a));
+  REQUIRE(b.password == "hunter2secret");
+  REQUIRE(leftover(a.password).find("unter2secret") == std::string::npos);
+  SaslCredentials c;
+  c = std::move(b);
+  REQUIRE(c.password == "hunter2secret");
+  REQUIRE(leftover(b.password).find("unter2secret") == std::string::npos);
+}
