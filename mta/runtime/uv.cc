@@ -99,6 +99,12 @@ void configureThreadPool(unsigned threads) {
   setenv("UV_THREADPOOL_SIZE", std::to_string(threads).c_str(), 0);
 }
 
+unsigned threadPoolSize() {
+  const char* v = getenv("UV_THREADPOOL_SIZE");
+  unsigned long n = v ? strtoul(v, nullptr, 10) : 0;
+  return n == 0 ? 4 : n > 1024 ? 1024 : static_cast<unsigned>(n);
+}
+
 Loop::Loop() { uv_loop_init(&loop_); }
 
 Loop::~Loop() {

@@ -92,6 +92,8 @@ void queueWork(uv_loop_t* loop, std::function<void()> work, std::function<void()
 
 // Sets UV_THREADPOOL_SIZE (unless the environment already does) before the pool starts.
 void configureThreadPool(unsigned threads);
+// The pool's size as libuv reads it: UV_THREADPOOL_SIZE (1-1024), else libuv's default 4.
+unsigned threadPoolSize();
 
 // A loop owned by an object (tests, `moat scan`, CLI tools); closes every handle left and
 // runs the loop until they are gone.

@@ -1,6 +1,8 @@
 // mta/server/smtp_server.cc — see smtp_server.h.
 #include "mta/server/smtp_server.h"
 
+#include <algorithm>
+
 #include "mta/runtime/log.h"
 #include "mta/server/metrics.h"
 #include "mta/server/smtp_session.h"
@@ -15,6 +17,26 @@ uint64_t ServerShared::freeDisk() {
     freeDiskCheckedMs_ = now == 0 ? 1 : now;
   }
   return freeDiskCached_;
+}
+
+void ServerShared::acquireCrypt(std::function<bool()> start) {
+  cryptWaiting_.push_back(std::move(start));
+  startCrypts();
+}
+
+void ServerShared::releaseCrypt() {
+  --cryptRunning_;
+  startCrypts();
+}
+
+void ServerShared::startCrypts() {
+  const unsigned slots = std::max(1u, uv::threadPoolSize() / 2);
+  while (cryptRunning_ < slots && !cryptWaiting_.empty()) {
+    auto start = std::move(cryptWaiting_.front());
+    cryptWaiting_.pop_front();
+    ++cryptRunning_;
+    if (!start()) --cryptRunning_;
+  }
 }
 
 SmtpServer::SmtpServer(uv_loop_t* loop, std::shared_ptr<queue::Spool> spool, dns::Resolver* resolver,

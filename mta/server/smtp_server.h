@@ -3,6 +3,7 @@
 #pragma once
 #include <uv.h>
 
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -29,6 +30,17 @@ struct ServerShared {
   // A message is durable: schedule it (with its bytes, which the delivery may reuse).
   std::function<void(const queue::Envelope&, std::shared_ptr<const queue::MessageData>)> onQueued;
   bool draining = false;
+
+  // SMTP AUTH's crypt(3) checks share the thread pool with the spool's writes and fsyncs and
+  // the filters; clients that merely guess passwords must not hold all of it. At most half
+  // the pool runs checks; the rest wait here, in order. `start` runs when a slot is free and
+  // returns whether it took it (false: its session is gone); a check that took one calls
+  // releaseCrypt() when it is done.
+  void acquireCrypt(std::function<bool()> start);
+  void releaseCrypt();
+  void startCrypts();
+  unsigned cryptRunning_ = 0;
+  std::deque<std::function<bool()>> cryptWaiting_;
 
   // Free disk space, refreshed at most once a second (statvfs is cheap but not free).
   uint64_t freeDisk();

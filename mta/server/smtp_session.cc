@@ -975,7 +975,8 @@ void SmtpSession::saslStep(smtp::SaslStep step) {
 }
 
 // crypt(3) is slow by design: the check runs on the thread pool while the session reads
-// nothing (pipelined commands wait for the 235 or 535, as RFC 4954 §4 expects).
+// nothing (pipelined commands wait for the 235 or 535, as RFC 4954 §4 expects), once the
+// server has a slot for it (ServerShared::acquireCrypt).
 void SmtpSession::verifyCredentials(smtp::SaslCredentials credentials) {
   pause();
   struct Check {
@@ -984,29 +985,37 @@ void SmtpSession::verifyCredentials(smtp::SaslCredentials credentials) {
   };
   auto check = std::make_shared<Check>();
   check->credentials = std::move(credentials);
-  auto self = shared_from_this();
-  uv::queueWork(
-      shared_.loop,
-      [users = users_, check] { check->ok = users->verify(check->credentials.user, check->credentials.password); },
-      [self, check, w = work()] {
-        if (self->closed_) return;
-        if (check->ok) {
-          self->ctx_->authenticated = true;
-          self->ctx_->authUser = check->credentials.user;
-          ++metrics().authPassed;
-          log::info("auth")
-              .add("session", self->id_)
-              .add("client_ip", self->ctx_->clientIp.str())
-              .add("mechanism", self->sasl_.mechanism())
-              .add("user", check->credentials.user)
-              .add("result", "pass");
-          self->reply(235, "2.7.0", "Authentication successful");
-        } else {
-          self->authFailed(check->credentials.user, "wrong user name or password",
-                           {535, "5.7.8", "Authentication credentials invalid"});
-        }
-        self->resume();
-      });
+  std::weak_ptr<SmtpSession> weak = weak_from_this();
+  shared_.acquireCrypt([weak, check] {
+    auto self = weak.lock();
+    if (!self || self->closed_) return false;  // the client left while it waited
+    uv::queueWork(
+        self->shared_.loop,
+        [users = self->users_, check] {
+          check->ok = users->verify(check->credentials.user, check->credentials.password);
+        },
+        [self, check, w = self->work()] {
+          self->shared_.releaseCrypt();
+          if (self->closed_) return;
+          if (check->ok) {
+            self->ctx_->authenticated = true;
+            self->ctx_->authUser = check->credentials.user;
+            ++metrics().authPassed;
+            log::info("auth")
+                .add("session", self->id_)
+                .add("client_ip", self->ctx_->clientIp.str())
+                .add("mechanism", self->sasl_.mechanism())
+                .add("user", check->credentials.user)
+                .add("result", "pass");
+            self->reply(235, "2.7.0", "Authentication successful");
+          } else {
+            self->authFailed(check->credentials.user, "wrong user name or password",
+                             {535, "5.7.8", "Authentication credentials invalid"});
+          }
+          self->resume();
+        });
+    return true;
+  });
 }
 
 // One line per failed AUTH, with the client's address and the name it tried: what an

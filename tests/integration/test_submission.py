@@ -6,11 +6,13 @@ import base64
 import os
 import re
 import signal
+import select
 import smtplib
 import ssl
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 import urllib.request
 
@@ -332,6 +334,67 @@ class OptionalAuthTest(unittest.TestCase):
         msg = self.sink.wait_messages(before + 1)[before]
         self.assertIn(b"with ESMTPSA id", msg["data"].split(b"\r\n\r\n", 1)[0])
 
+
+class ThreadPoolTest(unittest.TestCase):
+    """crypt(3) runs on libuv's thread pool, which the spool's writes and fsyncs share. Clients
+    that only guess passwords (no account needed) must not hold every thread of it, or the
+    250 to other clients' DATA waits on their guesses. Two pool threads here, the daemon's
+    own choice being 8: two guessing sessions would hold them all."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="moat-pool-")
+        cls.cert = make_cert(cls.tmp)
+        cls.sink = Sink()
+        cls.moat = Moat(routes=[(None, f"smtp:127.0.0.1:{cls.sink.port}")],
+                        networks=["10.255.255.0/24"],
+                        listener_extra=f'tls_cert = "{cls.cert[0]}"\ntls_key = "{cls.cert[1]}"\nauth_users = "users"',
+                        start=False)
+        # An expensive hash (sha512crypt, about two seconds) is what each guess costs.
+        r = subprocess.run(["openssl", "passwd", "-6", "-stdin", "-salt", "rounds=10000000$saltsalt"],
+                           input=b"slow password", capture_output=True, check=True, timeout=60)
+        with open(os.path.join(cls.moat.dir, "users"), "w") as f:
+            f.write("slow:" + r.stdout.decode().strip() + "\n")
+        old = os.environ.get("UV_THREADPOOL_SIZE")
+        os.environ["UV_THREADPOOL_SIZE"] = "2"
+        try:
+            cls.moat.start()
+        finally:
+            if old is None:
+                del os.environ["UV_THREADPOOL_SIZE"]
+            else:
+                os.environ["UV_THREADPOOL_SIZE"] = old
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.moat.cleanup()
+        cls.sink.stop()
+
+    def test_password_guessing_does_not_hold_up_mail(self):
+        guessers = []
+        for _ in range(2):
+            g = self.moat.smtp()
+            g.starttls(context=tls_context())
+            g.ehlo()
+            guessers.append(g)
+        for g in guessers:  # a guess each: seconds of crypt(3)
+            g.send(("AUTH PLAIN " + b64("\0slow\0guess") + "\r\n").encode())
+        time.sleep(0.2)  # the guesses are on the pool
+        s = self.moat.smtp()
+        s.ehlo()
+        s.mail("someone@sender.test")
+        self.assertEqual(s.rcpt("user@example.test")[0], 250)
+        code, msg = s.data(b"Subject: inbound\r\n\r\nwhile others guess\r\n")
+        self.assertEqual(code, 250, msg)
+        s.quit()
+        # Order, not time: the 250 came while both guesses were still unanswered. Before,
+        # the spool's sync waited behind them, and the 535s went out first.
+        for g in guessers:
+            readable, _, _ = select.select([g.sock], [], [], 0)
+            self.assertFalse(readable or g.sock.pending(), "a guess was answered before the 250")
+        for g in guessers:
+            self.assertEqual(g.getreply()[0], 535)
+            g.quit()
 
 if __name__ == "__main__":
     unittest.main()
