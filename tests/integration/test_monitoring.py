@@ -1,0 +1,111 @@
+"""The monitoring examples in deploy/monitoring/ against the real thing: the Prometheus rules
+pass `promtool check rules` and their own `promtool test rules` cases, the daemon's /metrics
+passes `promtool check metrics`, and the fail2ban filters, run by `fail2ban-regex` over the
+log of a daemon that just saw failed AUTH and unknown recipients, match exactly those lines
+and the client's address. Loopback only; Debian's prometheus and fail2ban packages."""
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import unittest
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import SOURCE_DIR, Moat, Sink, free_port, make_cert  # noqa: E402
+from test_submission import auth_plain, tls_context, write_users  # noqa: E402
+
+MONITORING = os.path.join(SOURCE_DIR, "deploy", "monitoring")
+
+
+def run(*args):
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=120)
+
+
+class PrometheusRulesTest(unittest.TestCase):
+    def test_rules_are_valid_and_their_cases_pass(self):
+        d = os.path.join(MONITORING, "prometheus")
+        r = run("promtool", "check", "rules", os.path.join(d, "moat-alerts.yml"))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("SUCCESS: 7 rules found", r.stdout)
+        r = subprocess.run(["promtool", "test", "rules", "moat-alerts.test.yml"], cwd=d, capture_output=True,
+                           text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("SUCCESS", r.stdout)
+
+
+class LiveDaemonTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="moat-mon-")
+        cls.cert = make_cert(cls.tmp)
+        cls.sink = Sink()
+        cls.metrics_port = free_port()
+        cls.moat = Moat(routes=[(None, f"smtp:127.0.0.1:{cls.sink.port}")],
+                        listener_extra=f'tls_cert = "{cls.cert[0]}"\ntls_key = "{cls.cert[1]}"\n'
+                                       'auth_users = "users"',
+                        start=False)
+        write_users(os.path.join(cls.moat.dir, "users"), {"alice": "correct horse"})
+        with open(os.path.join(cls.moat.dir, "recipients"), "w") as f:
+            f.write("user@example.test\n")
+        with open(cls.moat.config_path) as f:
+            text = f.read()
+        text = text.replace('min_free_disk = "1M"', f'min_free_disk = "1M"\nmetrics_listen = "127.0.0.1:{cls.metrics_port}"')
+        text = text.replace("[relay]\n", '[relay]\nrecipients = "recipients"\n', 1)
+        with open(cls.moat.config_path, "w") as f:
+            f.write(text)
+        cls.moat.start()
+        # What the filters are for: two wrong passwords, then the right one; two addresses
+        # that do not exist, one that does, and a relay refusal that is no harvest.
+        s = cls.moat.smtp()
+        s.starttls(context=tls_context())
+        s.ehlo()
+        assert auth_plain(s, "alice", "guess one")[0] == 535
+        assert auth_plain(s, "mallory", "guess two")[0] == 535
+        assert auth_plain(s, "alice", "correct horse")[0] == 235
+        s.quit()
+        s = cls.moat.smtp(source_address=("127.0.0.2", 0))
+        s.ehlo()
+        s.mail("a@sender.test")
+        assert s.rcpt("ghost@example.test")[0] == 550
+        assert s.rcpt("phantom@example.test")[0] == 550
+        assert s.rcpt("user@example.test")[0] == 250
+        s.quit()
+        cls.moat.wait_log(event="auth", result="pass")
+        cls.moat.wait_log(event="reject", to="phantom@example.test")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.moat.cleanup()
+        cls.sink.stop()
+
+    def fail2ban(self, name):
+        """fail2ban-regex with filter `name` over the daemon's log: (matched lines, hosts)."""
+        r = run("fail2ban-regex", "--print-all-matched", "-v", self.moat.log_path,
+                os.path.join(MONITORING, "fail2ban", "filter.d", name + ".conf"))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        m = re.search(r"^Lines: \d+ lines, \d+ ignored, (\d+) matched", r.stdout, re.M)
+        self.assertIsNotNone(m, r.stdout)
+        hosts = set(re.findall(r"^\|\s+(\d+\.\d+\.\d+\.\d+)\s", r.stdout, re.M))
+        return int(m.group(1)), hosts, r.stdout
+
+    def test_fail2ban_auth_filter_matches_each_failed_attempt(self):
+        matched, hosts, out = self.fail2ban("moat-auth")
+        self.assertEqual(matched, 2, out)
+        self.assertEqual(hosts, {"127.0.0.1"}, out)
+
+    def test_fail2ban_rcpt_filter_matches_each_unknown_recipient(self):
+        matched, hosts, out = self.fail2ban("moat-rcpt")
+        self.assertEqual(matched, 2, out)
+        self.assertEqual(hosts, {"127.0.0.2"}, out)
+
+    def test_metrics_pass_promtool(self):
+        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read()
+        r = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=60)
+        self.assertEqual(r.returncode, 0, (r.stdout + r.stderr).decode())
+        self.assertIn(b'moat_auth_total{result="fail"} 2', body)
+
+
+if __name__ == "__main__":
+    unittest.main()
