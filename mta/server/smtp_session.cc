@@ -451,13 +451,15 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
     if (self->closed_) return;
     for (auto& a : out.authResults) self->txAuthResults_.push_back(a);
     for (auto& h : out.headers) self->txHeaders_.push_back(h);
+    bool refused = out.verdict == filters::Verdict::Reject || out.verdict == filters::Verdict::TempFail ||
+                   out.verdict == filters::Verdict::Disconnect;
+    std::string filtersJson = refused ? out.logJson() : "";  // before the reports move on
     for (auto& r : out.reports) self->txReports_.push_back(std::move(r));
     self->txScore_ += out.score;
-    if (out.verdict == filters::Verdict::Reject || out.verdict == filters::Verdict::TempFail ||
-        out.verdict == filters::Verdict::Disconnect) {
+    if (refused) {
       auto line = log::info("reject");
       self->rejectFields(line, "mail", replyLine(out.code, out.enhanced, out.text));
-      line.addRaw("filters", out.logJson());
+      line.addRaw("filters", filtersJson);
       self->inTransaction_ = false;
       if (out.verdict == filters::Verdict::Disconnect) {
         self->closeWith(out.code, out.enhanced, out.text);

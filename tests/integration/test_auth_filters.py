@@ -154,6 +154,8 @@ class InboundAuthTest(unittest.TestCase):
         self.assertNotIn("data", steps)
         rej = self.moat.wait_log(event="reject", stage="mail", **{"from": "x@spffail.test"})
         self.assertTrue(rej["reply"].startswith("550 5.7.23"), rej)
+        # The filters that decided, as on every reject line (this one read {"": ""} once).
+        self.assertEqual(rej["filters"]["spf"]["result"], "fail", rej)
 
     def test_spf_dns_timeout_tempfails_mail_by_default(self):
         raw = message("y <y@slow.test>", "spf timeout tempfail")
