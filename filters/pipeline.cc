@@ -5,6 +5,7 @@
 #include "filters/attachments/attachments.h"
 #include "filters/dkim/dkim.h"
 #include "filters/dmarc/dmarc.h"
+#include "filters/dnsbl/dnsbl.h"
 #include "filters/mime/mime_filter.h"
 #include "filters/rules/rules_filter.h"
 #include "filters/spf/spf.h"
@@ -120,6 +121,7 @@ std::shared_ptr<const Pipeline> Pipeline::build(const policy::Config& config, po
   auto add = [&filters](std::shared_ptr<const Filter> f) {
     if (f) filters.push_back(std::move(f));
   };
+  add(dnsbl::makeDnsblFilter(config, errors));          // mail: a listed client goes first
   add(spf::makeSpfFilter(config, errors));              // mail
   size_t mimeAt = filters.size();                       // data: first, the others read ctx->mime
   add(dkim::makeDkimVerifyFilter(config, errors));      // data

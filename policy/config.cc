@@ -31,8 +31,8 @@ std::string dirOf(const std::string& path) {
 }
 
 // Sections read by parts of Moat other than this file; anything else at the top is a typo.
-const std::set<std::string> kOtherSections = {"spf", "dkim", "dmarc", "antivirus", "rules", "mime",
-                                              "attachments", "auth", "connection"};
+const std::set<std::string> kOtherSections = {"spf",   "dkim", "dmarc",       "dnsbl", "antivirus",
+                                              "rules", "mime", "attachments", "auth",  "connection"};
 
 std::string defaultHostname() {
   char buf[256] = {0};

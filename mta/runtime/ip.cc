@@ -58,21 +58,23 @@ std::string IpAddress::str() const {
   return buf;
 }
 
-std::string IpAddress::reverseName() const {
+std::string IpAddress::reversedLabels() const {
   std::string out;
   static const char* hex = "0123456789abcdef";
   if (v4_) {
-    for (int i = 3; i >= 0; --i) out += std::to_string(bytes_[i]) + ".";
-    return out + "in-addr.arpa";
+    for (int i = 3; i >= 0; --i) out += std::to_string(bytes_[i]) + (i ? "." : "");
+    return out;
   }
   for (int i = 15; i >= 0; --i) {
     out.push_back(hex[bytes_[i] & 0xF]);
     out.push_back('.');
     out.push_back(hex[bytes_[i] >> 4]);
-    out.push_back('.');
+    if (i) out.push_back('.');
   }
-  return out + "ip6.arpa";
+  return out;
 }
+
+std::string IpAddress::reverseName() const { return reversedLabels() + (v4_ ? ".in-addr.arpa" : ".ip6.arpa"); }
 
 bool IpAddress::isLoopback() const {
   if (v4_) return bytes_[0] == 127;

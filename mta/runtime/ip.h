@@ -28,6 +28,8 @@ class IpAddress {
   std::string str() const;
   // The reverse-DNS name: "4.3.2.1.in-addr.arpa" or the nibble form under ip6.arpa.
   std::string reverseName() const;
+  // The same labels without the arpa zone ("4.3.2.1"), as DNS blocklists use them (RFC 5782).
+  std::string reversedLabels() const;
   bool isLoopback() const;
 
   bool operator==(const IpAddress& o) const { return v4_ == o.v4_ && bytes_ == o.bytes_; }
