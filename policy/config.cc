@@ -31,8 +31,8 @@ std::string dirOf(const std::string& path) {
 }
 
 // Sections read by parts of Moat other than this file; anything else at the top is a typo.
-const std::set<std::string> kOtherSections = {"spf",   "dkim", "dmarc",       "dnsbl", "antivirus",
-                                              "rules", "mime", "attachments", "auth",  "connection"};
+const std::set<std::string> kOtherSections = {"spf",       "dkim",  "dmarc", "dnsbl",
+                                              "antivirus", "rules", "mime",  "attachments"};
 
 std::string defaultHostname() {
   char buf[256] = {0};
@@ -94,12 +94,20 @@ void readDns(Config& c, Section s) {
   s.rejectUnknownKeys();
 }
 
+std::vector<mta::Network> networks(Section& s, const std::string& key) {
+  std::vector<mta::Network> out;
+  for (const auto& n : s.getStringArray(key)) {
+    if (auto net = mta::Network::parse(n))
+      out.push_back(*net);
+    else
+      s.error(key, "\"" + n + "\" is not an address or CIDR network");
+  }
+  return out;
+}
+
 void readRelay(Config& c, Section s) {
   for (auto& d : s.getStringArray("domains")) c.relayDomains.push_back(lower(d));
-  for (const auto& n : s.getStringArray("networks")) {
-    if (auto net = mta::Network::parse(n)) c.relayNetworks.push_back(*net);
-    else s.error("networks", "\"" + n + "\" is not an address or CIDR network");
-  }
+  c.relayNetworks = networks(s, "networks");
   c.relayRecipients = s.getPath("recipients", "");
   c.relayRecipientsLine = s.lineOf("recipients");
   s.rejectUnknownKeys();
@@ -173,6 +181,13 @@ void readQueue(Config& c, Section s) {
   s.rejectUnknownKeys();
 }
 
+void readConnection(Config& c, Section s) {
+  c.connectionAllow = networks(s, "allow");
+  c.connectionBlock = networks(s, "block");
+  c.maxConnectionRatePerIp = static_cast<unsigned>(s.getInt("max_rate_per_ip", c.maxConnectionRatePerIp, 0, 1000000));
+  s.rejectUnknownKeys();
+}
+
 void readQuarantine(Config& c, Section s) {
   c.quarantineRetention = s.getDuration("retention", c.quarantineRetention);
   s.rejectUnknownKeys();
@@ -233,6 +248,19 @@ bool Config::isRelayDomain(const std::string& domain) const {
   return false;
 }
 
+bool Config::isAllowedClient(const mta::IpAddress& ip) const {
+  for (const auto& n : connectionAllow)
+    if (n.contains(ip)) return true;
+  return false;
+}
+
+bool Config::isBlockedClient(const mta::IpAddress& ip) const {
+  if (isAllowedClient(ip)) return false;
+  for (const auto& n : connectionBlock)
+    if (n.contains(ip)) return true;
+  return false;
+}
+
 bool Config::isRelayClient(const mta::IpAddress& ip) const {
   for (const auto& n : relayNetworks)
     if (n.contains(ip)) return true;
@@ -258,8 +286,8 @@ std::shared_ptr<const Config> loadConfig(const std::string& path, Errors& errors
   }
   c->toml = std::make_shared<const toml::table>(std::move(table));
 
-  static const std::set<std::string> kCore = {"server", "listener", "dns",   "relay",
-                                              "limits", "route",    "queue", "quarantine"};
+  static const std::set<std::string> kCore = {"server", "listener", "dns",        "relay",     "limits",
+                                              "route",  "queue",    "quarantine", "connection"};
   for (const auto& [k, v] : *c->toml) {
     std::string key(k.str());
     if (!kCore.count(key) && !kOtherSections.count(key))
@@ -274,6 +302,7 @@ std::shared_ptr<const Config> loadConfig(const std::string& path, Errors& errors
   for (auto& s : c->sectionArray("route", errors)) readRoute(*c, std::move(s));
   readQueue(*c, c->section("queue", errors));
   readQuarantine(*c, c->section("quarantine", errors));
+  readConnection(*c, c->section("connection", errors));
 
   if (c->listeners.empty()) errors.error(c->path, 0, "no [[listener]]: Moat would accept no mail");
   if (errors.hasErrors()) return nullptr;

@@ -77,6 +77,10 @@ struct Config {
   std::string relayRecipients;  // recipient validation file (policy/recipients.h); absolute, or empty
   int relayRecipientsLine = 0;
 
+  // [connection] (policy at connect: DESIGN.md, "The flow of one message")
+  std::vector<mta::Network> connectionAllow, connectionBlock;
+  unsigned maxConnectionRatePerIp = 0;  // new connections a minute from one address; 0 = no limit
+
   // [limits]
   uint64_t maxMessageSize = 35ull << 20;
   unsigned maxRecipients = 200;
@@ -112,6 +116,10 @@ struct Config {
   std::vector<Section> sectionArray(const std::string& name, Errors& errors) const;
 
   bool isRelayDomain(const std::string& domain) const;
+  // [connection]: allow wins over block; allowed clients are also exempt from the rate
+  // limit and from DNS blocklists.
+  bool isAllowedClient(const mta::IpAddress& ip) const;
+  bool isBlockedClient(const mta::IpAddress& ip) const;
   bool isRelayClient(const mta::IpAddress& ip) const;
   // The first route that matches, or nullptr.
   const Route* routeFor(const std::string& domain) const;

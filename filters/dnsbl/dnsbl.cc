@@ -31,6 +31,7 @@ namespace {
 struct Settings {
   std::vector<std::string> zones;
   bool reject = true;
+  std::vector<mta::Network> allow;  // [connection] allow: never looked up
 };
 
 // Printable ASCII, bounded: a TXT record is the list's text, shown in our reply.
@@ -48,6 +49,8 @@ class DnsblFilter : public Filter, public std::enable_shared_from_this<DnsblFilt
 
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
     if (ctx->fromRelayNetwork || ctx->authenticated) return done(Result::pass("skipped"));
+    for (const auto& n : s_.allow)
+      if (n.contains(ctx->clientIp)) return done(Result::pass("skipped"));
     // Every zone at once; then, for a rejection, the first listing zone's TXT (its words for
     // the reply, RFC 5782 §2.1); then the result, zones named in the configured order.
     struct State {
@@ -127,6 +130,7 @@ std::shared_ptr<const Filter> makeDnsblFilter(const policy::Config& config, poli
   s.reject = sec.getEnum("action", "reject", {"reject", "tag"}) == "reject";
   sec.rejectUnknownKeys();
   if (s.zones.empty() || errors.hasErrors()) return nullptr;
+  s.allow = config.connectionAllow;
   return std::make_shared<DnsblFilter>(std::move(s));
 }
 

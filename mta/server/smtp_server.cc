@@ -2,6 +2,7 @@
 #include "mta/server/smtp_server.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "mta/runtime/log.h"
 #include "mta/server/metrics.h"
@@ -97,11 +98,35 @@ void SmtpServer::accept(const policy::Listener& listener, std::shared_ptr<net::C
   if (shared_.draining) return refuse("Service shutting down, try again later");
   if (sessions_.size() >= cfg.maxConnections) return refuse("Too many connections, try again later");
   if (perIp_[ip] >= cfg.maxConnectionsPerIp) return refuse("Too many connections from your address");
+  // [connection]: the allow list and the relay networks are exempt from the rate limit and
+  // from the block list (allow wins over block).
+  auto peer = conn->peerAddress();
+  bool exempt = cfg.isAllowedClient(peer) || cfg.isRelayClient(peer);
+  if (cfg.maxConnectionRatePerIp > 0 && !exempt && !rateAllows(ip, cfg.maxConnectionRatePerIp))
+    return refuse("Too many connections from your address in the last minute, try again later");
+  bool blocked = !exempt && cfg.isBlockedClient(peer);
+  if (blocked) ++metrics().sessionsRefused;
   ++perIp_[ip];
   auto session = std::make_shared<SmtpSession>(shared_, shared_.snapshot, listener, conn,
                                                [this, ip](SmtpSession* s) { sessionEnded(s, ip); });
   sessions_[session.get()] = session;
-  session->start();
+  session->start(blocked);
+}
+
+bool SmtpServer::rateAllows(const std::string& ip, unsigned perMinute) {
+  int64_t now =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+          .count();
+  while (!rateEvents_.empty() && rateEvents_.front().first <= now - 60'000) {
+    auto it = rateCount_.find(rateEvents_.front().second);
+    if (it != rateCount_.end() && --it->second == 0) rateCount_.erase(it);
+    rateEvents_.pop_front();
+  }
+  auto it = rateCount_.find(ip);
+  if (it != rateCount_.end() && it->second >= perMinute) return false;
+  rateEvents_.emplace_back(now, ip);
+  ++rateCount_[ip];
+  return true;
 }
 
 void SmtpServer::sessionEnded(SmtpSession* session, const std::string& ip) {

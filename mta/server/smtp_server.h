@@ -9,6 +9,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "mta/dns/resolver.h"
@@ -69,12 +70,19 @@ class SmtpServer {
  private:
   void accept(const policy::Listener& listener, std::shared_ptr<net::Connection> conn);
   void sessionEnded(SmtpSession* session, const std::string& ip);
+  // [connection] max_rate_per_ip: whether `ip` may open one more connection this minute
+  // (and counts it if so).
+  bool rateAllows(const std::string& ip, unsigned perMinute);
 
   ServerShared shared_;
   std::vector<std::unique_ptr<net::Listener>> listeners_;
   std::vector<policy::Listener> listenerConfigs_;
   std::map<SmtpSession*, std::shared_ptr<SmtpSession>> sessions_;
   std::map<std::string, unsigned> perIp_;
+  // The connections taken in the last minute, oldest first, and their count by address:
+  // at most max_rate_per_ip entries per address, whatever a client tries.
+  std::deque<std::pair<int64_t, std::string>> rateEvents_;
+  std::unordered_map<std::string, unsigned> rateCount_;
   std::function<void()> drained_;
   // Sessions that ended are released on the next loop turn, not inside their own callback.
   std::vector<std::shared_ptr<SmtpSession>> graveyard_;

@@ -117,7 +117,7 @@ SmtpSession::~SmtpSession() {
   if (incoming_) incoming_->abort();
 }
 
-void SmtpSession::start() {
+void SmtpSession::start(bool blocked) {
   auto self = shared_from_this();
   std::weak_ptr<SmtpSession> weak = self;
   conn_->setCallbacks({
@@ -138,7 +138,17 @@ void SmtpSession::start() {
       .add("listener", listener_.address);
   ++metrics().sessionsTotal;
   ++metrics().sessionsActive;
-  reply(220, "", cfg_.hostname + " ESMTP Moat");
+  blocked_ = blocked;
+  if (blocked_) {
+    log::info("reject")
+        .add("session", id_)
+        .add("client_ip", ctx_->clientIp.str())
+        .add("reply", "554 5.7.1 Access denied")
+        .add("stage", "connect");
+    reply(554, "5.7.1", cfg_.hostname + " Access denied");
+  } else {
+    reply(220, "", cfg_.hostname + " ESMTP Moat");
+  }
   flush();
   armTimer();
   conn_->startReading();
@@ -296,6 +306,11 @@ void SmtpSession::handleLine(const std::string& line) {
   }
   const auto& c = std::get<smtp::Command>(parsed);
   using V = smtp::Verb;
+  if (blocked_ && c.verb != V::Quit) {  // RFC 5321 §3.1: after a 554 greeting, wait for QUIT
+    reply(503, "5.5.1", "Error: access denied, send QUIT");
+    protocolError();
+    return;
+  }
   // RFC 3207 §4: on a listener that requires TLS nothing but EHLO/STARTTLS/QUIT/NOOP/RSET before it.
   switch (c.verb) {
     case V::Helo: cmdHelo(c, false); break;

@@ -43,7 +43,9 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   SmtpSession(const SmtpSession&) = delete;
   SmtpSession& operator=(const SmtpSession&) = delete;
 
-  void start();
+  // `blocked` ([connection] block): the greeting is 554 5.7.1 and every command but QUIT
+  // gets 503 (RFC 5321 §3.1), so the client ends the session itself.
+  void start(bool blocked = false);
   // Graceful stop: an idle session gets 421 now; a busy one after its transaction.
   void drain();
   const std::string& id() const { return id_; }
@@ -136,6 +138,7 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   unsigned messages_ = 0;
 
   // Session state
+  bool blocked_ = false;   // greeted with 554: nothing but QUIT is taken
   bool greeted_ = false;   // HELO/EHLO seen
   bool esmtp_ = false;
   std::string helo_;

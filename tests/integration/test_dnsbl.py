@@ -97,6 +97,16 @@ class DnsblExemptionsAndTagTest(unittest.TestCase):
         m.wait_log(event="filter", filter="dnsbl", result="skipped")
         self.assertNotIn("1.0.0.127.bl.test", " ".join(self.dns.queries()))
 
+    def test_the_connection_allow_list_is_not_looked_up(self):
+        m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{self.sink.port}")], networks=["10.255.255.0/24"],
+                 extra=config(self.dns.nameserver) + '\n[connection]\nallow = ["127.0.0.1"]\n')
+        self.addCleanup(m.cleanup)
+        s = m.smtp(source_address=("127.0.0.1", 0))
+        s.ehlo()
+        self.assertEqual(s.mail("friend@partner.test")[0], 250)
+        s.quit()
+        m.wait_log(event="filter", filter="dnsbl", result="skipped")
+
     def test_tag_marks_the_message_instead(self):
         m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{self.sink.port}")],
                  networks=["10.255.255.0/24"], extra=config(self.dns.nameserver, action="tag"))

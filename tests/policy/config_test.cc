@@ -141,3 +141,33 @@ TEST_CASE("a submission listener needs auth_users, and AUTH needs TLS on its lis
   REQUIRE(cfg->listeners.at(0).authUsers == cfg->dir + "/users");
   unlink(path.c_str());
 }
+
+TEST_CASE("[connection] takes allow and block networks and a rate; mistakes name FILE:LINE") {
+  const std::string head = "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n";
+  auto path = writeTemp(head +
+                        "[connection]\nallow = [\"192.0.2.7\"]\nblock = [\"192.0.2.0/24\", \"2001:db8::/32\"]\n"
+                        "max_rate_per_ip = 30\n");
+  Errors errors;
+  auto c = loadConfig(path, errors);
+  INFO(errors.str());
+  REQUIRE(c);
+  REQUIRE(c->maxConnectionRatePerIp == 30);
+  REQUIRE(c->isBlockedClient(*moat::mta::IpAddress::parse("192.0.2.8")));
+  REQUIRE(c->isBlockedClient(*moat::mta::IpAddress::parse("2001:db8::1")));
+  REQUIRE_FALSE(c->isBlockedClient(*moat::mta::IpAddress::parse("192.0.2.7")));  // allow wins
+  REQUIRE(c->isAllowedClient(*moat::mta::IpAddress::parse("192.0.2.7")));
+  REQUIRE_FALSE(c->isBlockedClient(*moat::mta::IpAddress::parse("198.51.100.1")));
+  unlink(path.c_str());
+
+  path = writeTemp(head + "[connection]\nblock = [\"192.0.2.0/33\"]\nmax_rate = 5\n\n[auth]\nusers = \"x\"\n");
+  Errors bad;
+  REQUIRE_FALSE(loadConfig(path, bad));
+  std::string all = bad.str();
+  INFO(all);
+  REQUIRE(all.find(path + ":8: connection.block: \"192.0.2.0/33\" is not an address or CIDR network") !=
+          std::string::npos);
+  REQUIRE(all.find(path + ":9: connection.max_rate: unknown key") != std::string::npos);
+  // A section nothing reads is a typo, not a silent no-op.
+  REQUIRE(all.find(path + ":11: auth: unknown section") != std::string::npos);
+  unlink(path.c_str());
+}
