@@ -7,10 +7,9 @@
 
 #include <chrono>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include "mta/runtime/scan.h"
+#include "policy/list_file.h"
 
 namespace moat::policy {
 
@@ -53,16 +52,11 @@ bool parseSenders(std::string_view text, std::vector<std::string>& out, std::str
     while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
     while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
     if (item.empty()) continue;
-    size_t at = item.rfind('@');
-    bool ok = at != std::string_view::npos && at + 1 < item.size() && item.size() <= 254 &&
-              item.find_first_of(" \t<>,") == std::string_view::npos && mta::isPrintableUtf8(item);
-    if (!ok) {
+    if (!isAddressOrDomain(item)) {
       bad = std::string(item);
       return false;
     }
-    std::string lower;
-    for (char c : item) lower.push_back(c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c);
-    out.push_back(std::move(lower));
+    out.push_back(lowerAscii(item));
   }
   return true;
 }
@@ -103,68 +97,42 @@ std::string costClass(std::string_view h) {
 }  // namespace
 
 std::shared_ptr<const UserDb> UserDb::load(const std::string& path, Errors& errors) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    errors.error(path, 0, std::string("cannot read the users file: ") + std::strerror(errno));
-    return nullptr;
-  }
   auto db = std::make_shared<UserDb>();
   db->path_ = path;
-  std::string line;
   std::map<std::string, std::string> costs;  // cost class -> one hash of it
-  int lineNo = 0;
-  size_t total = 0;
-  bool ok = true;
-  while (std::getline(in, line)) {
-    ++lineNo;
-    total += line.size() + 1;
-    if (total > kMaxFile) {
-      errors.error(path, lineNo, "the users file is larger than 64 MB");
-      return nullptr;
+  bool ok = readListFile(path, "users", kMaxFile, errors, [&](int line, std::string_view text) {
+    size_t colon = text.find(':');
+    if (colon == std::string_view::npos) {
+      errors.error(path, line, "expected NAME:HASH or NAME:HASH:SENDERS");
+      return false;
     }
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    size_t start = line.find_first_not_of(" \t");
-    if (start == std::string::npos || line[start] == '#') continue;
-    size_t colon = line.find(':');
-    if (colon == std::string::npos) {
-      errors.error(path, lineNo, "expected NAME:HASH or NAME:HASH:SENDERS");
-      ok = false;
-      continue;
-    }
-    std::string name = line.substr(0, colon), hash = line.substr(colon + 1), senders;
+    std::string name(text.substr(0, colon)), hash(text.substr(colon + 1)), senders;
     if (size_t c2 = hash.find(':'); c2 != std::string::npos) {  // no crypt(3) hash has a ':'
       senders = hash.substr(c2 + 1);
       hash.resize(c2);
     }
     if (!validName(name)) {
-      errors.error(path, lineNo, "the name must be 1-255 octets of UTF-8 without controls or ':'");
-      ok = false;
-      continue;
+      errors.error(path, line, "the name must be 1-255 octets of UTF-8 without controls or ':'");
+      return false;
     }
     int check = looksLikeHash(hash) ? crypt_checksalt(hash.c_str()) : CRYPT_SALT_INVALID;
     if (check != CRYPT_SALT_OK) {
-      errors.error(path, lineNo, "\"" + name + "\": " + describeBadHash(check));
-      ok = false;
-      continue;
+      errors.error(path, line, "\"" + name + "\": " + describeBadHash(check));
+      return false;
     }
     User user{hash, {}};
     std::string badSender;
     if (!parseSenders(senders, user.senders, badSender)) {
-      errors.error(path, lineNo, "\"" + name + "\": \"" + badSender + "\" is not an address or @domain");
-      ok = false;
-      continue;
+      errors.error(path, line, "\"" + name + "\": \"" + badSender + "\" is not an address or @domain");
+      return false;
     }
     if (!db->users_.emplace(name, std::move(user)).second) {
-      errors.error(path, lineNo, "\"" + name + "\" is listed twice");
-      ok = false;
-      continue;
+      errors.error(path, line, "\"" + name + "\" is listed twice");
+      return false;
     }
     costs.emplace(costClass(hash), hash);
-  }
-  if (in.bad()) {
-    errors.error(path, lineNo, std::string("cannot read the users file: ") + std::strerror(errno));
-    return nullptr;
-  }
+    return true;
+  });
   if (!ok) return nullptr;
   // The dummy: a random password hashed with the setting (method, cost, salt) of the costliest
   // hash in the file, or libcrypt's default method for an empty file. Methods and their cost

@@ -40,14 +40,16 @@ TEST_CASE("verify accepts the right password for each hash method and nothing el
   text += "alice:" + hashOf("correct horse", "$y$") + "\n";
   text += "bob@example.test:" + hashOf("b0b", "$6$") + "\r\n";  // CRLF files work too
   text += "  # an indented comment\n";
+  text += "\t dave:" + hashOf("d4ve", "$6$") + "  \n";  // blanks around a line are not part of it
   text += "j\xc3\xb6rg:" + hashOf("p\xc3\xa4ss", "$2b$") + "\n";
   auto path = writeTemp(text);
   Errors errors;
   auto db = UserDb::load(path, errors);
   INFO(errors.str());
   REQUIRE(db);
-  REQUIRE(db->size() == 3);
+  REQUIRE(db->size() == 4);
   REQUIRE(db->verify("alice", "correct horse"));
+  REQUIRE(db->verify("dave", "d4ve"));
   REQUIRE(db->verify("bob@example.test", "b0b"));
   REQUIRE(db->verify("j\xc3\xb6rg", "p\xc3\xa4ss"));
   REQUIRE_FALSE(db->verify("alice", "correct horsE"));
