@@ -3,8 +3,6 @@
 
 #include <vector>
 
-#include "mta/runtime/log.h"
-
 namespace moat::filters::dnsbl {
 
 std::string queryName(const mta::IpAddress& ip, std::string_view zone) {
