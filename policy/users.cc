@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <mutex>
 
 #include "mta/runtime/scan.h"
 #include "policy/list_file.h"
@@ -134,33 +135,42 @@ std::shared_ptr<const UserDb> UserDb::load(const std::string& path, Errors& erro
     return true;
   });
   if (!ok) return nullptr;
-  // The dummy: a random password hashed with the setting (method, cost, salt) of the costliest
-  // hash in the file, or libcrypt's default method for an empty file. Methods and their cost
-  // parameters do not compare by name (sha512crypt with many rounds can cost more than
-  // yescrypt), so each cost class is timed once, and the slowest one stands in.
-  unsigned char random[16];
-  RAND_bytes(random, sizeof random);
-  std::string_view randomPassword(reinterpret_cast<char*>(random), sizeof random);
   if (costs.empty()) {
     char buf[CRYPT_GENSALT_OUTPUT_SIZE];
     if (crypt_gensalt_rn(nullptr, 0, nullptr, 0, buf, sizeof buf)) costs.emplace("", buf);
   }
-  std::chrono::steady_clock::duration slowest{-1};
-  for (const auto& [cls, setting] : costs) {
-    auto t0 = std::chrono::steady_clock::now();
-    std::string h = cryptHash(randomPassword, setting);
-    auto took = std::chrono::steady_clock::now() - t0;
-    if (!h.empty() && took > slowest) {
-      slowest = took;
-      db->dummyHash_ = std::move(h);
-    }
-  }
+  for (auto& [cls, setting] : costs) db->costSettings_.push_back(std::move(setting));
   return db;
 }
 
+// The dummy: a random password hashed with the setting (method, cost, salt) of the costliest
+// hash in the file, or libcrypt's default method for an empty file. Methods and their cost
+// parameters do not compare by name (sha512crypt with many rounds can cost more than
+// yescrypt), so each cost class is timed once, and the slowest one stands in. Made by the
+// first verify(), on the thread pool, whatever name it checks: never on the loop at a load.
+const std::string& UserDb::dummyHash() const {
+  std::call_once(dummyOnce_, [this] {
+    unsigned char random[16];
+    RAND_bytes(random, sizeof random);
+    std::string_view randomPassword(reinterpret_cast<char*>(random), sizeof random);
+    std::chrono::steady_clock::duration slowest{-1};
+    for (const auto& setting : costSettings_) {
+      auto t0 = std::chrono::steady_clock::now();
+      std::string h = cryptHash(randomPassword, setting);
+      auto took = std::chrono::steady_clock::now() - t0;
+      if (!h.empty() && took > slowest) {
+        slowest = took;
+        dummyHash_ = std::move(h);
+      }
+    }
+  });
+  return dummyHash_;
+}
+
 bool UserDb::verify(std::string_view name, std::string_view password) const {
+  const std::string& dummy = dummyHash();  // first, whatever the name: the same time for all
   auto it = users_.find(name);
-  const std::string& hash = it != users_.end() ? it->second.hash : dummyHash_;
+  const std::string& hash = it != users_.end() ? it->second.hash : dummy;
   if (hash.empty()) return false;
   std::string computed = cryptHash(password, hash);
   bool match = it != users_.end() && computed.size() == hash.size() &&

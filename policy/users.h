@@ -11,11 +11,13 @@
 //
 // verify() runs crypt(3), which is slow by design: call it on the thread pool, never on the
 // event loop. It costs the same for an unknown name as for a known one (a dummy hash of the
-// file's costliest hash, timed at load, stands in), so the timing does not tell which names
-// exist. Loading therefore runs crypt(3) once per distinct method and cost in the file.
+// file's costliest hash stands in), so the timing does not tell which names exist. The
+// first verify() (on the pool) times crypt(3) once per distinct method and cost in the
+// file to choose it; loading, which runs on the loop at SIGHUP, runs no crypt(3) at all.
 #pragma once
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -45,7 +47,12 @@ class UserDb {
     std::vector<std::string> senders;  // lower-case; empty = any
   };
   std::map<std::string, User, std::less<>> users_;
-  std::string dummyHash_;  // for names not in the file
+  // For names not in the file: one setting per cost class in it; the dummy hash itself is
+  // made by the first verify() (dummyHash()).
+  std::vector<std::string> costSettings_;
+  const std::string& dummyHash() const;
+  mutable std::once_flag dummyOnce_;
+  mutable std::string dummyHash_;
 };
 
 }  // namespace moat::policy
