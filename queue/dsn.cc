@@ -387,6 +387,23 @@ std::string foldHeader(std::string_view name, std::string_view value) {
   return out;
 }
 
+std::string defaultOrcpt(std::string_view address) {
+  if (address.empty() || mta::hasEightBit(address)) return "";
+  static const char kHex[] = "0123456789ABCDEF";
+  std::string out = "rfc822;";
+  for (char ch : address) {
+    auto c = static_cast<unsigned char>(ch);
+    if (c >= 33 && c <= 126 && c != '+' && c != '=') {
+      out += ch;
+    } else {
+      out += '+';
+      out += kHex[c >> 4];
+      out += kHex[c & 0xF];
+    }
+  }
+  return out;
+}
+
 std::string buildDsn(const DsnInput& in, std::string_view original) {
   int64_t now = in.nowMs > 0 ? in.nowMs : nowMs();
   std::string host = clean(in.reportingMta);

@@ -83,6 +83,12 @@ DsnDowngrade downgradeGlobalDsn(std::string_view message);
 
 // RFC 5322 date-time in UTC, e.g. "Sun, 22 Nov 2026 12:00:00 +0000".
 std::string rfc5322Date(int64_t ms);
+
+// The ORCPT a relaying MTA adds for a recipient received without one (RFC 3461 §4.2): the
+// address as received, "rfc822;" and xtext ('+', '=' and what is not printable ASCII as
+// "+HH"). "" for an address with a byte over 0x7f, which needs RFC 6533's utf-8 type and
+// SMTPUTF8: it then goes without.
+std::string defaultOrcpt(std::string_view address);
 // One header field "Name: value" folded at spaces to lines of at most 78 octets where
 // possible (998 always; a longer word is broken between, never inside, UTF-8 sequences),
 // CRLF-terminated.

@@ -836,7 +836,10 @@ void QueueManager::runJob(Destination& d, Pooled c, std::shared_ptr<Job> job) {
   tx.mailFrom = env.mailFrom;
   for (size_t i : job->rcpts) {
     tx.rcpts.push_back(env.rcpts[i].address);
-    tx.rcptDsn.push_back({env.rcpts[i].notify, env.rcpts[i].orcpt});  // RFC 3461 §5.2.1: passed on
+    // RFC 3461 §5.2.1: passed on; §4.2: without an ORCPT, the address as received, so the
+    // next hop's reports name the recipient the sender wrote.
+    const auto& r = env.rcpts[i];
+    tx.rcptDsn.push_back({r.notify, r.orcpt.empty() ? queue::defaultOrcpt(r.address) : r.orcpt});
   }
   tx.envid = env.envid;
   tx.ret = env.ret;

@@ -159,10 +159,12 @@ class DsnNotifyTest(unittest.TestCase):
         self.assertNotIn("message/rfc822", types)
 
     def test_requests_go_on_to_a_next_hop_that_offers_dsn(self):
-        qid = self.send("pass@sender.test", [("y@dsn.test", ["NOTIFY=SUCCESS,DELAY", "ORCPT=rfc822;y+40dsn.test"])],
-                        ["RET=HDRS", "ENVID=E2"])
-        self.moat.wait_log(event="deliver", queue_id=qid)
+        qid = self.send("pass@sender.test", [("y@dsn.test", ["NOTIFY=SUCCESS,DELAY", "ORCPT=rfc822;y+40dsn.test"]),
+                                             ("z+tag@dsn.test", [])], ["RET=HDRS", "ENVID=E2"])
+        self.moat.wait_log(event="deliver", queue_id=qid, count=2)
         self.assertIn("RCPT TO:<y@dsn.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;y+40dsn.test", self.dsn.commands)
+        # RFC 3461 §4.2: received without ORCPT, it goes with the address as received (xtext).
+        self.assertIn("RCPT TO:<z+tag@dsn.test> ORCPT=rfc822;z+2Btag@dsn.test", self.dsn.commands)
         mail = [c for c in self.dsn.commands if c.startswith("MAIL FROM:<pass@sender.test>")]
         self.assertEqual(len(mail), 1)
         self.assertTrue(mail[0].endswith(" RET=HDRS ENVID=E2"), mail[0])

@@ -812,3 +812,12 @@ TEST_CASE("downgraded DSN: long UTF-8 fields and header lines stay within line l
   // As in a plain report: each octet of UTF-8 a '?'; unfolded, a hard break leaves a space.
   REQUIRE(noSpaces(blocks[1].get("diagnostic-code")) == "smtp;550" + std::string(word.size(), '?'));
 }
+
+TEST_CASE("the ORCPT a relay adds is the address as received, in xtext (RFC 3461 §4.2)") {
+  using moat::queue::defaultOrcpt;
+  REQUIRE(defaultOrcpt("user@example.test") == "rfc822;user@example.test");
+  REQUIRE(defaultOrcpt("a+b=c@example.test") == "rfc822;a+2Bb+3Dc@example.test");
+  REQUIRE(defaultOrcpt("\"sp ace\"@example.test") == "rfc822;\"sp+20ace\"@example.test");
+  REQUIRE(defaultOrcpt("j\xc3\xb6rg@example.test").empty());  // UTF-8: goes without
+  REQUIRE(defaultOrcpt("").empty());
+}
