@@ -198,7 +198,7 @@ class Moat:
 
     def __init__(self, extra="", routes=None, relay_domains=("example.test",), networks=("127.0.0.0/8",),
                  listener_extra="", retry='["1s"]', delay_warning="4h", max_lifetime="2d", start=True,
-                 workdir=None, queue_extra=""):
+                 workdir=None, queue_extra="", server_extra="", relay_extra=""):
         self.dir = workdir or tempfile.mkdtemp(prefix="moat-it-")
         self.log_path = os.path.join(self.dir, "moat.log")
         self.config_path = os.path.join(self.dir, "moat.toml")
@@ -212,6 +212,7 @@ control_socket = "moat.sock"
 log_file = "moat.log"
 log_level = "debug"
 min_free_disk = "1M"
+{server_extra}
 
 [[listener]]
 address = "127.0.0.1:0"
@@ -220,6 +221,7 @@ address = "127.0.0.1:0"
 [relay]
 domains = {json.dumps(list(relay_domains))}
 networks = {json.dumps(list(networks))}
+{relay_extra}
 
 [queue]
 retry = {retry}

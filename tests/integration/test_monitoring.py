@@ -45,16 +45,11 @@ class LiveDaemonTest(unittest.TestCase):
         cls.moat = Moat(routes=[(None, f"smtp:127.0.0.1:{cls.sink.port}")],
                         listener_extra=f'tls_cert = "{cls.cert[0]}"\ntls_key = "{cls.cert[1]}"\n'
                                        'auth_users = "users"',
-                        start=False)
+                        server_extra=f'metrics_listen = "127.0.0.1:{cls.metrics_port}"',
+                        relay_extra='recipients = "recipients"', start=False)
         write_users(os.path.join(cls.moat.dir, "users"), {"alice": "correct horse"})
         with open(os.path.join(cls.moat.dir, "recipients"), "w") as f:
             f.write("user@example.test\n")
-        with open(cls.moat.config_path) as f:
-            text = f.read()
-        text = text.replace('min_free_disk = "1M"', f'min_free_disk = "1M"\nmetrics_listen = "127.0.0.1:{cls.metrics_port}"')
-        text = text.replace("[relay]\n", '[relay]\nrecipients = "recipients"\n', 1)
-        with open(cls.moat.config_path, "w") as f:
-            f.write(text)
         cls.moat.start()
         # What the filters are for: two wrong passwords, then the right one; two addresses
         # that do not exist, one that does, and a relay refusal that is no harvest.

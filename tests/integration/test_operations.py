@@ -138,14 +138,8 @@ class OperationsTest(unittest.TestCase):
         sink = Sink()
         self.addCleanup(sink.stop)
         m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{sink.port}")],
-                 extra="")
+                 server_extra=f'metrics_listen = "127.0.0.1:{port}"')
         self.addCleanup(m.cleanup)
-        m.stop()
-        with open(m.config_path) as f:
-            text = f.read()
-        with open(m.config_path, "w") as f:
-            f.write(text.replace('min_free_disk = "1M"', f'min_free_disk = "1M"\nmetrics_listen = "127.0.0.1:{port}"'))
-        m.start()
         s = m.smtp()
         s.sendmail("a@sender.test", ["u@example.test"], b"Subject: m\r\n\r\nx\r\n")
         s.quit()

@@ -21,14 +21,10 @@ class RecipientValidationTest(unittest.TestCase):
         cls.sink = Sink()
         cls.moat = Moat(routes=[(None, f"smtp:127.0.0.1:{cls.sink.port}")],
                         relay_domains=("example.test", "catchall.test", "other.test"),
-                        extra="", start=False)
+                        relay_extra='recipients = "recipients"', start=False)
         cls.table = os.path.join(cls.moat.dir, "recipients")
         with open(cls.table, "w") as f:
             f.write(TABLE)
-        with open(cls.moat.config_path) as f:
-            text = f.read()
-        with open(cls.moat.config_path, "w") as f:
-            f.write(text.replace("[relay]\n", '[relay]\nrecipients = "recipients"\n', 1))
         cls.moat.start()
 
     @classmethod

@@ -62,19 +62,14 @@ class SubmissionTest(unittest.TestCase):
         cls.tmp = tempfile.mkdtemp(prefix="moat-sub-")
         cls.cert = make_cert(cls.tmp)
         cls.sink = Sink()
+        cls.metrics_port = free_port()
         cls.moat = Moat(routes=[(None, f"smtp:127.0.0.1:{cls.sink.port}")],
                         networks=["127.0.0.0/8"],  # a submission listener wants AUTH even from these
                         listener_extra=f'mode = "submission"\ntls_cert = "{cls.cert[0]}"\n'
                                        f'tls_key = "{cls.cert[1]}"\nauth_users = "users"',
-                        start=False)
+                        server_extra=f'metrics_listen = "127.0.0.1:{cls.metrics_port}"', start=False)
         cls.users = os.path.join(cls.moat.dir, "users")
         write_users(cls.users, PASSWORDS)
-        cls.metrics_port = free_port()
-        with open(cls.moat.config_path) as f:
-            text = f.read()
-        with open(cls.moat.config_path, "w") as f:
-            f.write(text.replace('min_free_disk = "1M"',
-                                 f'min_free_disk = "1M"\nmetrics_listen = "127.0.0.1:{cls.metrics_port}"'))
         cls.moat.start()
 
     @classmethod
