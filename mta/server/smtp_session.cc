@@ -659,6 +659,12 @@ void SmtpSession::rejectFields(log::Line& line, std::string_view stage, const st
       .add("reply", reply).add("stage", std::string(stage));
 }
 
+// The fields every `auth` line starts with, in this order (deploy/monitoring's fail2ban
+// filter matches on it).
+void SmtpSession::authFields(log::Line& line) const {
+  line.add("session", id_).add("client_ip", ctx_->clientIp.str()).add("mechanism", sasl_.mechanism());
+}
+
 void SmtpSession::appendMessage(std::string_view bytes) {
   if (scrubber_->inBody()) return incoming_->append(bytes);  // the scrubber would copy it as is
   scrubbed_.clear();
@@ -979,12 +985,11 @@ void SmtpSession::saslStep(smtp::SaslStep step) {
         authFailed(step.credentials.user, step.reply.text, step.reply);
         return;
       }
-      log::info("auth")
-          .add("session", id_)
-          .add("client_ip", ctx_->clientIp.str())
-          .add("mechanism", sasl_.mechanism())
-          .add("result", "error")
-          .add("reply", replyLine(step.reply.code, step.reply.enhanced, step.reply.text));
+      {
+        auto line = log::info("auth");
+        authFields(line);
+        line.add("result", "error").add("reply", replyLine(step.reply.code, step.reply.enhanced, step.reply.text));
+      }
       reply(step.reply.code, step.reply.enhanced, step.reply.text);
       protocolError();
       return;
@@ -1018,12 +1023,11 @@ void SmtpSession::verifyCredentials(smtp::SaslCredentials credentials) {
             self->ctx_->authenticated = true;
             self->ctx_->authUser = check->credentials.user;
             ++metrics().authPassed;
-            log::info("auth")
-                .add("session", self->id_)
-                .add("client_ip", self->ctx_->clientIp.str())
-                .add("mechanism", self->sasl_.mechanism())
-                .add("user", check->credentials.user)
-                .add("result", "pass");
+            {
+              auto line = log::info("auth");
+              self->authFields(line);
+              line.add("user", check->credentials.user).add("result", "pass");
+            }
             self->reply(235, "2.7.0", "Authentication successful");
           } else {
             self->authFailed(check->credentials.user, "wrong user name or password",
@@ -1040,13 +1044,11 @@ void SmtpSession::verifyCredentials(smtp::SaslCredentials credentials) {
 void SmtpSession::authFailed(const std::string& user, std::string_view reason, const smtp::Reply& r) {
   ++authFailures_;
   ++metrics().authFailed;
-  log::warn("auth")
-      .add("session", id_)
-      .add("client_ip", ctx_->clientIp.str())
-      .add("mechanism", sasl_.mechanism())
-      .add("user", user)
-      .add("result", "fail")
-      .add("reason", std::string(reason));
+  {
+    auto line = log::warn("auth");
+    authFields(line);
+    line.add("user", user).add("result", "fail").add("reason", std::string(reason));
+  }
   reply(r.code, r.enhanced, r.text);
   if (authFailures_ >= kMaxAuthFailures) {
     closeWith(421, "4.7.0", cfg_.hostname + " Error: too many failed authentication attempts");

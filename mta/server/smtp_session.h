@@ -89,6 +89,7 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   void runDataFilters();
   // The fields every `reject` log line carries; each refusal adds its own after them.
   void rejectFields(log::Line& line, std::string_view stage, const std::string& reply) const;
+  void authFields(log::Line& line) const;
   // One `filter` log line per filter result.
   void logFilters(const std::vector<filters::FilterReport>& reports, filters::Stage stage) const;
   void commitMessage(filters::StageOutcome outcome);
