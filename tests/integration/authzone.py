@@ -7,6 +7,7 @@ Only 127.0.0.1 is used; the server is stopped by its PID; every wait is bounded.
 
 import base64
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ class DnsServer:
 
     def __init__(self, zone, directory=None):
         import yaml
+        self.own_dir = directory is None  # a directory made here is removed by stop()
         self.dir = directory or tempfile.mkdtemp(prefix="moat-dns-")
         self.zone_path = os.path.join(self.dir, "zone.yaml")
         self.port_path = os.path.join(self.dir, "dns.port")
@@ -66,6 +68,8 @@ class DnsServer:
         if self.proc and self.proc.stderr:
             self.proc.stderr.close()
         self.proc = None
+        if self.own_dir and os.environ.get("MOAT_KEEP_TEST_DIRS") is None:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _openssl(*args, stdin=None):

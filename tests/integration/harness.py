@@ -35,6 +35,15 @@ def wait_for(predicate, timeout=20.0, interval=0.05, what="condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def class_temp_dir(cls, prefix):
+    """A temporary directory for a test class, removed after its last test (kept when
+    MOAT_KEEP_TEST_DIRS is set, as Moat.cleanup keeps its own)."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    if os.environ.get("MOAT_KEEP_TEST_DIRS") is None:
+        cls.addClassCleanup(shutil.rmtree, d, True)
+    return d
+
+
 def make_cert(directory, cn="localhost"):
     """A self-signed certificate and key made at test time with openssl."""
     cert = os.path.join(directory, "cert.pem")

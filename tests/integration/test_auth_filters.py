@@ -209,7 +209,6 @@ class SpfTemperrorTagTest(unittest.TestCase):
         finally:
             self.dns.stop()
             self.sink.stop()
-            shutil.rmtree(self.dns.dir, ignore_errors=True)
 
     def test_temperror_tag_accepts_and_reports_temperror(self):
         self.moat = Moat(routes=[("example.test", f"smtp:127.0.0.1:{self.sink.port}")], networks=INBOUND_NETS,

@@ -16,7 +16,7 @@ import unittest
 import zipfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import MOAT_BIN, Moat, Sink, wait_for  # noqa: E402
+from harness import Moat, Sink, wait_for  # noqa: E402
 
 # Built from pieces so this file itself does not look infected to scanners.
 EICAR = ("X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-" + "ANTIVIRUS-TEST-FILE!$H+H*").encode()

@@ -8,12 +8,11 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import unittest
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import SOURCE_DIR, Moat, Sink, free_port, make_cert  # noqa: E402
+from harness import SOURCE_DIR, Moat, Sink, class_temp_dir, free_port, make_cert  # noqa: E402
 from test_submission import auth_plain, tls_context, write_users  # noqa: E402
 
 MONITORING = os.path.join(SOURCE_DIR, "deploy", "monitoring")
@@ -38,7 +37,7 @@ class PrometheusRulesTest(unittest.TestCase):
 class LiveDaemonTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="moat-mon-")
+        cls.tmp = class_temp_dir(cls, "moat-mon-")
         cls.cert = make_cert(cls.tmp)
         cls.sink = Sink()
         cls.metrics_port = free_port()

@@ -2,7 +2,6 @@
 is refused and the running config stays), SIGTERM finishing in-flight work, /metrics and
 /healthz, the default config of deploy/moat.toml, and the CLI's exit codes."""
 
-import json
 import os
 import shutil
 import signal

@@ -3,16 +3,14 @@ limits, bad input (garbage, long lines, bare LF, SMTP smuggling), PIPELINING, ST
 
 import os
 import signal
-import smtplib
 import socket
 import ssl
 import sys
-import tempfile
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Moat, RawClient, Sink, make_cert, wait_for  # noqa: E402
+from harness import Moat, RawClient, Sink, class_temp_dir, make_cert  # noqa: E402
 
 SHARED = os.environ.get("MOAT_SHARED_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared"))
 
@@ -34,7 +32,7 @@ def smuggling_sequences():
 class SessionTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="moat-tls-")
+        cls.tmp = class_temp_dir(cls, "moat-tls-")
         cls.cert = make_cert(cls.tmp)
         cls.sink = Sink()
         cls.moat = Moat(routes=[("example.test", f"smtp:127.0.0.1:{cls.sink.port}")],
@@ -374,7 +372,7 @@ class TimeoutTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="moat-tls-")
+        cls.tmp = class_temp_dir(cls, "moat-tls-")
         cls.cert = make_cert(cls.tmp)
         cls.moat = Moat(listener_extra=f'tls_cert = "{cls.cert[0]}"\ntls_key = "{cls.cert[1]}"',
                         extra='\n[limits]\ncommand_timeout = "2s"\n')

@@ -11,13 +11,12 @@ import smtplib
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Moat, Sink, free_port, make_cert  # noqa: E402
+from harness import Moat, Sink, class_temp_dir, free_port, make_cert  # noqa: E402
 
 PASSWORDS = {"alice": "correct horse", "bob@example.test": "b0b's password", "jörg": "pässwörd"}
 
@@ -59,7 +58,7 @@ def auth_plain(s, user, password):
 class SubmissionTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="moat-sub-")
+        cls.tmp = class_temp_dir(cls, "moat-sub-")
         cls.cert = make_cert(cls.tmp)
         cls.sink = Sink()
         cls.metrics_port = free_port()
@@ -282,7 +281,7 @@ class OptionalAuthTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="moat-auth-")
+        cls.tmp = class_temp_dir(cls, "moat-auth-")
         cls.cert = make_cert(cls.tmp)
         cls.sink = Sink()
         cls.smtps_port = free_port()
@@ -338,7 +337,7 @@ class ThreadPoolTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="moat-pool-")
+        cls.tmp = class_temp_dir(cls, "moat-pool-")
         cls.cert = make_cert(cls.tmp)
         cls.sink = Sink()
         cls.moat = Moat(routes=[(None, f"smtp:127.0.0.1:{cls.sink.port}")],
