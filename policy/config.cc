@@ -110,6 +110,8 @@ void readRelay(Config& c, Section s) {
   c.relayNetworks = networks(s, "networks");
   c.relayRecipients = s.getPath("recipients", "");
   c.relayRecipientsLine = s.lineOf("recipients");
+  c.relayAliases = s.getPath("aliases", "");
+  c.relayAliasesLine = s.lineOf("aliases");
   s.rejectUnknownKeys();
 }
 

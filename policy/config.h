@@ -76,6 +76,8 @@ struct Config {
   std::vector<mta::Network> relayNetworks;
   std::string relayRecipients;  // recipient validation file (policy/recipients.h); absolute, or empty
   int relayRecipientsLine = 0;
+  std::string relayAliases;  // aliases and lists file (policy/aliases.h); absolute, or empty
+  int relayAliasesLine = 0;
 
   // [connection] (policy at connect: DESIGN.md, "The flow of one message")
   std::vector<mta::Network> connectionAllow, connectionBlock;

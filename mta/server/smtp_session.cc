@@ -7,7 +7,9 @@
 #include <random>
 
 #include "mta/runtime/log.h"
+#include "mta/runtime/scan.h"
 #include "mta/server/metrics.h"
+#include "queue/dsn.h"
 
 namespace moat::mta::server {
 namespace {
@@ -21,6 +23,9 @@ constexpr size_t kMaxPendingOutput = 64 * 1024;
 constexpr uint64_t kCloseGraceMs = 5000;
 // Failed AUTH attempts a session gets before it is closed (each also counts as an error).
 constexpr unsigned kMaxAuthFailures = 3;
+// Recipients in one envelope after aliases and lists are expanded (limits.max_recipients
+// counts RCPT commands): beyond this, 452 4.5.3 as for too many RCPTs.
+constexpr size_t kMaxEnvelopeRecipients = 10000;
 
 std::string newSessionId() {
   static std::mt19937_64 rng{std::random_device{}()};
@@ -443,6 +448,8 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
   txRet_ = ret;
   txEnvid_ = envid;
   txRcptDsn_.clear();
+  txRcptsTaken_ = 0;
+  txFirstRcpt_.clear();
   ctx_->mailFrom = c.address;
   ctx_->rcpts.clear();
   ctx_->spfMailFrom = {};
@@ -506,7 +513,7 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
       return;
     }
   }
-  if (ctx_->rcpts.size() >= cfg_.maxRecipients) {
+  if (txRcptsTaken_ >= cfg_.maxRecipients) {
     reply(452, "4.5.3", "Error: too many recipients");
     return;
   }
@@ -524,19 +531,74 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
     reply(554, "5.7.1", "<" + address + ">: Relay access denied");
     return;
   }
-  // Recipient validation ([relay] recipients): an address of ours that does not exist is
-  // refused now, not bounced later. Postmaster always exists (RFC 5321 §4.5.1).
-  if (snap_->recipients && cfg_.isRelayDomain(domain) && !isPostmaster(address.substr(0, address.rfind('@'))) &&
-      !snap_->recipients->accepts(address)) {
-    std::string text = "<" + address + ">: Recipient address rejected: User unknown in relay recipient table";
-    auto line = log::info("reject");
-    rejectFields(line, "rcpt", "550 5.1.1 " + text);
-    line.add("to", address);
-    reply(550, "5.1.1", text);
+  if (snap_->aliases) {
+    auto expansion = snap_->aliases->expand(address);
+    if (!expansion.error.empty()) {  // a domain alias made it deeper or wider than the table allows
+      log::warn("alias_error").add("session", id_).add("to", address).add("error", expansion.error);
+      reply(451, "4.3.0", "<" + address + ">: Temporary alias expansion failure");
+      return;
+    }
+    if (expansion.aliased) {
+      takeAliasedRecipient(address, std::move(dsn), expansion);
+      return;
+    }
+  }
+  if (!recipientExists(address)) {
+    rejectUnknownRecipient(address);
     return;
   }
+  addRecipient(address, std::move(dsn));
+  if (txRcptsTaken_++ == 0) txFirstRcpt_ = address;
+  reply(250, "2.1.5", "Ok");
+}
+
+// Into the envelope once: a second RCPT for an address (or an alias target met again) is
+// taken, but the first one's DSN parameters stand.
+void SmtpSession::addRecipient(const std::string& address, RcptDsn dsn) {
+  for (const auto& r : ctx_->rcpts)
+    if (iequalsAscii(r, address)) return;
   ctx_->rcpts.push_back(address);
   txRcptDsn_.push_back(std::move(dsn));
+}
+
+// Recipient validation ([relay] recipients): an address of ours that does not exist is
+// refused now, not bounced later. Postmaster always exists (RFC 5321 §4.5.1).
+bool SmtpSession::recipientExists(const std::string& address) const {
+  return !snap_->recipients || !cfg_.isRelayDomain(smtp::domainOf(address)) ||
+         isPostmaster(address.substr(0, address.rfind('@'))) || snap_->recipients->accepts(address);
+}
+
+void SmtpSession::rejectUnknownRecipient(const std::string& address) {
+  std::string text = "<" + address + ">: Recipient address rejected: User unknown in relay recipient table";
+  auto line = log::info("reject");
+  rejectFields(line, "rcpt", "550 5.1.1 " + text);
+  line.add("to", address);
+  reply(550, "5.1.1", text);
+}
+
+// An address of the aliases file: its targets take its place in the envelope. Targets the
+// recipient table refuses are dropped (`moat check` names them); with none left the address
+// is unknown. Each target keeps the recipient's NOTIFY, and its ORCPT names the address the
+// client gave (RFC 3461 §4.2), so DSNs speak of the address the sender knows.
+void SmtpSession::takeAliasedRecipient(const std::string& address, RcptDsn dsn,
+                                       const policy::AliasTable::Expansion& e) {
+  std::vector<std::string> taken, dropped;
+  for (const auto& t : e.targets) (recipientExists(t) ? taken : dropped).push_back(t);
+  if (taken.empty()) {
+    log::warn("expand").add("session", id_).add("to", address).add("targets", taken).add("dropped", dropped);
+    rejectUnknownRecipient(address);
+    return;
+  }
+  if (ctx_->rcpts.size() + taken.size() > kMaxEnvelopeRecipients) {
+    reply(452, "4.5.3", "Error: too many recipients");
+    return;
+  }
+  if (dsn.orcpt.empty()) dsn.orcpt = queue::defaultOrcpt(address);
+  for (const auto& t : taken) addRecipient(t, dsn);
+  auto line = dropped.empty() ? log::info("expand") : log::warn("expand");
+  line.add("session", id_).add("to", address).add("targets", taken);
+  if (!dropped.empty()) line.add("dropped", dropped);
+  if (txRcptsTaken_++ == 0) txFirstRcpt_ = address;
   reply(250, "2.1.5", "Ok");
 }
 
@@ -741,14 +803,14 @@ std::vector<filters::Header> SmtpSession::gatewayHeaders(const filters::StageOut
   std::string proto = protocolName();
   std::string from = helo_ + " (";
   if (!ctx_->clientName.empty()) from += ctx_->clientName + " ";
-  from += "[" + ctx_->clientIp.str() + "])";
+  from.append("[").append(ctx_->clientIp.str()).append("])");  // (GCC 12 -Wrestrict false positive on "[" + s)
   std::string received = "from " + from;
   if (const auto* t = conn_->tls()) {
     received += "\r\n\t(using " + t->protocol() + " with cipher " + t->cipher() + " (" +
                 std::to_string(t->cipherBits()) + "/" + std::to_string(t->cipherBits()) + " bits))";
   }
   received += "\r\n\tby " + cfg_.hostname + " (Moat) with " + proto + " id " + ctx_->queueId;
-  if (ctx_->rcpts.size() == 1) received += "\r\n\tfor <" + ctx_->rcpts[0] + ">";
+  if (txRcptsTaken_ == 1) received.append("\r\n\tfor <").append(txFirstRcpt_).append(">");
   received += "; " + rfc5322Date();
   h.push_back({"Received", received});
   std::vector<std::string> res = sessionAuthResults_;
@@ -877,6 +939,8 @@ void SmtpSession::resetTransaction() {
   eightBit_ = false;
   smtputf8_ = false;
   ctx_->rcpts.clear();
+  txRcptsTaken_ = 0;
+  txFirstRcpt_.clear();
   ctx_->mailFrom.clear();
   ctx_->queueId.clear();
   txAuthResults_.clear();

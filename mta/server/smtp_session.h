@@ -89,6 +89,13 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   void runDataFilters();
   // The fields every `reject` log line carries; each refusal adds its own after them.
   void rejectFields(log::Line& line, std::string_view stage, const std::string& reply) const;
+  struct RcptDsn {  // a recipient's NOTIFY and ORCPT (RFC 3461), as received
+    std::string notify, orcpt;
+  };
+  void addRecipient(const std::string& address, RcptDsn dsn);
+  bool recipientExists(const std::string& address) const;  // relay.recipients
+  void rejectUnknownRecipient(const std::string& address);
+  void takeAliasedRecipient(const std::string& address, RcptDsn dsn, const policy::AliasTable::Expansion& e);
   void authFields(log::Line& line) const;
   // One `filter` log line per filter result.
   void logFilters(const std::vector<filters::FilterReport>& reports, filters::Stage stage) const;
@@ -157,11 +164,12 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   std::vector<std::string> txAuthResults_;
   // DSN requests (RFC 3461): MAIL's RET and ENVID, each RCPT's NOTIFY and ORCPT (as
   // received; parallel to ctx_->rcpts).
-  struct RcptDsn {
-    std::string notify, orcpt;
-  };
   std::string txRet_, txEnvid_;
   std::vector<RcptDsn> txRcptDsn_;
+  // RCPT commands taken (limits.max_recipients counts these, not what aliases expand them
+  // to) and the first one's address, as the client gave it (Received: ... for <...>).
+  size_t txRcptsTaken_ = 0;
+  std::string txFirstRcpt_;
   std::vector<filters::Header> txHeaders_;
   double txScore_ = 0;
   std::vector<filters::FilterReport> txReports_;

@@ -8,6 +8,7 @@
 
 #include "filters/pipeline.h"
 #include "mta/tls/tls.h"
+#include "policy/aliases.h"
 #include "policy/config.h"
 #include "policy/recipients.h"
 #include "policy/users.h"
@@ -30,6 +31,8 @@ struct Snapshot {
   std::map<std::string, std::shared_ptr<const policy::UserDb>> users;
   // [relay] recipients: the addresses that exist (550 5.1.1 for others); null = no check.
   std::shared_ptr<const policy::RecipientTable> recipients;
+  // [relay] aliases: addresses whose mail goes to others instead; null = none.
+  std::shared_ptr<const policy::AliasTable> aliases;
 
   // Builds and validates everything; nullptr with `errors` filled on failure.
   static std::shared_ptr<const Snapshot> load(const std::string& configPath, policy::Errors& errors);
