@@ -512,13 +512,16 @@ void QueueManager::deliverMaildir(std::shared_ptr<Attempt> attempt, const std::s
         if (!*alive) return;
         for (size_t k = 0; k < rcpts.size(); ++k) {
           const auto& err = (*results)[k];
-          attempt->outcomes[rcpts[k]] =
-              err.empty()
-                  ? RcptOutcome{.kind = RcptOutcome::Kind::Delivered,
-                                .reply = "250 2.0.0 delivered to maildir",
-                                .relay = "maildir:" + dir,
-                                .local = true}
-                  : RcptOutcome{RcptOutcome::Kind::Deferred, "451 4.3.0 maildir: " + err, "maildir:" + dir, "", ""};
+          RcptOutcome o;  // (GCC 12 warns about designated initializers that leave fields out)
+          o.relay = "maildir:" + dir;
+          if (err.empty()) {
+            o.kind = RcptOutcome::Kind::Delivered;
+            o.reply = "250 2.0.0 delivered to maildir";
+            o.local = true;
+          } else {
+            o.reply = "451 4.3.0 maildir: " + err;
+          }
+          attempt->outcomes[rcpts[k]] = std::move(o);
         }
         groupDone(attempt);
       });

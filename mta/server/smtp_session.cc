@@ -803,14 +803,14 @@ std::vector<filters::Header> SmtpSession::gatewayHeaders(const filters::StageOut
   std::string proto = protocolName();
   std::string from = helo_ + " (";
   if (!ctx_->clientName.empty()) from += ctx_->clientName + " ";
-  from.append("[").append(ctx_->clientIp.str()).append("])");  // (GCC 12 -Wrestrict false positive on "[" + s)
+  from += "[" + ctx_->clientIp.str() + "])";
   std::string received = "from " + from;
   if (const auto* t = conn_->tls()) {
     received += "\r\n\t(using " + t->protocol() + " with cipher " + t->cipher() + " (" +
                 std::to_string(t->cipherBits()) + "/" + std::to_string(t->cipherBits()) + " bits))";
   }
   received += "\r\n\tby " + cfg_.hostname + " (Moat) with " + proto + " id " + ctx_->queueId;
-  if (txRcptsTaken_ == 1) received.append("\r\n\tfor <").append(txFirstRcpt_).append(">");
+  if (txRcptsTaken_ == 1) received += "\r\n\tfor <" + txFirstRcpt_ + ">";
   received += "; " + rfc5322Date();
   h.push_back({"Received", received});
   std::vector<std::string> res = sessionAuthResults_;
