@@ -7,19 +7,14 @@
 #include <string>
 #include <vector>
 
+#include "tests/support/temp_file.h"
+
 using moat::policy::AliasTable;
 using moat::policy::Errors;
 using Targets = std::vector<std::string>;
 
 namespace {
-std::string writeTemp(const std::string& text) {
-  char path[] = "/tmp/moat-aliases-XXXXXX";
-  int fd = mkstemp(path);
-  REQUIRE(fd >= 0);
-  REQUIRE(write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
-  close(fd);
-  return path;
-}
+std::string writeTemp(const std::string& text) { return moat::test::writeTempFile("aliases", text); }
 
 std::shared_ptr<const AliasTable> load(const std::string& text, Errors& errors) {
   auto path = writeTemp(text);

@@ -1,25 +1,20 @@
 // Tests for policy/config: the keys CONTRACT.md fixes, and errors reported as FILE:LINE.
-#include <catch2/catch.hpp>
+#include "policy/config.h"
 
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
 #include <cstdio>
 #include <fstream>
 #include <string>
-#include <unistd.h>
 
-#include "policy/config.h"
 #include "policy/values.h"
+#include "tests/support/temp_file.h"
 
 using namespace moat::policy;
 
 namespace {
-std::string writeTemp(const std::string& text) {
-  char path[] = "/tmp/moat-config-XXXXXX.toml";
-  int fd = mkstemps(path, 5);
-  REQUIRE(fd >= 0);
-  REQUIRE(write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
-  close(fd);
-  return path;
-}
+std::string writeTemp(const std::string& text) { return moat::test::writeTempFile("config", text, ".toml"); }
 }  // namespace
 
 TEST_CASE("durations and sizes") {

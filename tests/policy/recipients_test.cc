@@ -6,18 +6,13 @@
 #include <catch2/catch.hpp>
 #include <string>
 
+#include "tests/support/temp_file.h"
+
 using moat::policy::Errors;
 using moat::policy::RecipientTable;
 
 namespace {
-std::string writeTemp(const std::string& text) {
-  char path[] = "/tmp/moat-recipients-XXXXXX";
-  int fd = mkstemp(path);
-  REQUIRE(fd >= 0);
-  REQUIRE(write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
-  close(fd);
-  return path;
-}
+std::string writeTemp(const std::string& text) { return moat::test::writeTempFile("recipients", text); }
 }  // namespace
 
 TEST_CASE("the recipient table takes listed addresses, whole domains and subaddresses") {

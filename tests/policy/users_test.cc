@@ -10,18 +10,13 @@
 #include <chrono>
 #include <string>
 
+#include "tests/support/temp_file.h"
+
 using moat::policy::Errors;
 using moat::policy::UserDb;
 
 namespace {
-std::string writeTemp(const std::string& text) {
-  char path[] = "/tmp/moat-users-XXXXXX";
-  int fd = mkstemp(path);
-  REQUIRE(fd >= 0);
-  REQUIRE(write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
-  close(fd);
-  return path;
-}
+std::string writeTemp(const std::string& text) { return moat::test::writeTempFile("users", text); }
 
 // A crypt(3) hash of `password` with a fresh salt of the method `prefix` ("$y$", "$6$").
 std::string hashOf(const std::string& password, const char* prefix) {

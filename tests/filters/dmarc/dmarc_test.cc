@@ -2,16 +2,17 @@
 // strict and relaxed alignment, policy discovery (sp=, np=, several records, TempFail),
 // pct sampling, From-field edge cases, trusted forwarders, the filter's replies and its
 // [dmarc] config errors with FILE:LINE. DNS is an in-memory Resolver (memory_resolver.h).
-#include <catch2/catch.hpp>
+#include "filters/dmarc/dmarc.h"
 
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <optional>
 #include <string>
 
-#include "filters/dmarc/dmarc.h"
 #include "policy/config.h"
 #include "tests/filters/dmarc/memory_resolver.h"
+#include "tests/support/temp_file.h"
 
 using namespace moat;
 using namespace moat::filters;
@@ -49,14 +50,7 @@ Evaluation run(MemoryResolver& dns, const std::string& msg, const SpfOutcome& s,
   return *out;
 }
 
-std::string writeTemp(const std::string& text) {
-  char path[] = "/tmp/moat-dmarc-XXXXXX.toml";
-  int fd = mkstemps(path, 5);
-  REQUIRE(fd >= 0);
-  REQUIRE(write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
-  close(fd);
-  return path;
-}
+std::string writeTemp(const std::string& text) { return moat::test::writeTempFile("dmarc", text, ".toml"); }
 
 std::shared_ptr<const policy::Config> loadWith(const std::string& dmarcSection, policy::Errors& errors,
                                                std::string* pathOut = nullptr) {

@@ -2,16 +2,17 @@
 // examples of §7.4, record syntax and CIDR lengths, the lookup limits of §4.6.4, the
 // re-entrancy of check_host with synchronous and deferred DNS answers, and the [spf]
 // filter's config (FILE:LINE errors) and replies (RFC 7372) over an in-memory resolver.
-#include <catch2/catch.hpp>
+#include "filters/spf/spf.h"
 
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <optional>
 #include <string>
 
 #include "filters/spf/record.h"
-#include "filters/spf/spf.h"
 #include "tests/filters/spf/zone_resolver.h"
+#include "tests/support/temp_file.h"
 
 using namespace moat::filters;
 using namespace moat::filters::spf;
@@ -52,14 +53,7 @@ SpfAnswer check(ZoneResolver& zone, const std::string& ip, const std::string& fr
   return *got;
 }
 
-std::string writeTemp(const std::string& text) {
-  char path[] = "/tmp/moat-spf-XXXXXX.toml";
-  int fd = mkstemps(path, 5);
-  REQUIRE(fd >= 0);
-  REQUIRE(write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
-  close(fd);
-  return path;
-}
+std::string writeTemp(const std::string& text) { return moat::test::writeTempFile("spf", text, ".toml"); }
 
 const char* kBaseConfig = "[server]\nhostname = \"mx.example.test\"\n[[listener]]\naddress = \"127.0.0.1:2525\"\n"
                           "[relay]\nnetworks = [\"10.0.0.0/8\"]\n";
