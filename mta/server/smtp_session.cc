@@ -7,8 +7,8 @@
 #include <random>
 
 #include "mta/runtime/log.h"
-#include "mta/runtime/scan.h"
 #include "mta/server/metrics.h"
+#include "policy/list_file.h"
 #include "queue/dsn.h"
 
 namespace moat::mta::server {
@@ -450,6 +450,7 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
   txRcptDsn_.clear();
   txRcptsTaken_ = 0;
   txFirstRcpt_.clear();
+  txRcptKeys_.clear();
   ctx_->mailFrom = c.address;
   ctx_->rcpts.clear();
   ctx_->spfMailFrom = {};
@@ -555,8 +556,7 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
 // Into the envelope once: a second RCPT for an address (or an alias target met again) is
 // taken, but the first one's DSN parameters stand.
 void SmtpSession::addRecipient(const std::string& address, RcptDsn dsn) {
-  for (const auto& r : ctx_->rcpts)
-    if (iequalsAscii(r, address)) return;
+  if (!txRcptKeys_.insert(policy::lowerAscii(address)).second) return;
   ctx_->rcpts.push_back(address);
   txRcptDsn_.push_back(std::move(dsn));
 }
@@ -941,6 +941,7 @@ void SmtpSession::resetTransaction() {
   ctx_->rcpts.clear();
   txRcptsTaken_ = 0;
   txFirstRcpt_.clear();
+  txRcptKeys_.clear();
   ctx_->mailFrom.clear();
   ctx_->queueId.clear();
   txAuthResults_.clear();
