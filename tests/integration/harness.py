@@ -311,6 +311,19 @@ max_lifetime = "{max_lifetime}"
     def signal(self, sig):
         self.proc.send_signal(sig)
 
+    def reload_with(self, path, text, ok=True):
+        """Writes `text` to `path` (a file the config names), sends SIGHUP and returns the
+        `reload` line it brings, which must say `ok` as expected."""
+        before = len(self.find_logs(event="reload"))
+        with open(path, "w") as f:
+            f.write(text)
+        self.signal(signal.SIGHUP)
+        line = wait_for(lambda: (self.find_logs(event="reload")[before:] or [None])[0], 30,
+                        what="the reload after SIGHUP")
+        if line.get("ok") != ok:
+            raise AssertionError(f"reload ok={line.get('ok')}, expected {ok}: {line}")
+        return line
+
     def stop(self, timeout=30):
         """SIGTERM, then a graceful stop must end with exit status 0 (under the sanitizers, a
         leak or an error found on the way out fails the test here)."""
