@@ -190,6 +190,12 @@ void readConnection(Config& c, Section s) {
   s.rejectUnknownKeys();
 }
 
+void readSenders(Config& c, Section s) {
+  c.blockedSenders = s.getPath("block", "");
+  c.blockedSendersLine = s.lineOf("block");
+  s.rejectUnknownKeys();
+}
+
 void readQuarantine(Config& c, Section s) {
   c.quarantineRetention = s.getDuration("retention", c.quarantineRetention);
   s.rejectUnknownKeys();
@@ -288,8 +294,8 @@ std::shared_ptr<const Config> loadConfig(const std::string& path, Errors& errors
   }
   c->toml = std::make_shared<const toml::table>(std::move(table));
 
-  static const std::set<std::string> kCore = {"server", "listener", "dns",        "relay",     "limits",
-                                              "route",  "queue",    "quarantine", "connection"};
+  static const std::set<std::string> kCore = {"server", "listener", "dns",        "relay",      "limits",
+                                              "route",  "queue",    "quarantine", "connection", "senders"};
   for (const auto& [k, v] : *c->toml) {
     std::string key(k.str());
     if (!kCore.count(key) && !kOtherSections.count(key))
@@ -305,6 +311,7 @@ std::shared_ptr<const Config> loadConfig(const std::string& path, Errors& errors
   readQueue(*c, c->section("queue", errors));
   readQuarantine(*c, c->section("quarantine", errors));
   readConnection(*c, c->section("connection", errors));
+  readSenders(*c, c->section("senders", errors));
 
   if (c->listeners.empty()) errors.error(c->path, 0, "no [[listener]]: Moat would accept no mail");
   if (errors.hasErrors()) return nullptr;

@@ -76,6 +76,8 @@ struct Config {
   std::vector<mta::Network> relayNetworks;
   std::string relayRecipients;  // recipient validation file (policy/recipients.h); absolute, or empty
   int relayRecipientsLine = 0;
+  std::string blockedSenders;  // [senders] block: refused at MAIL (policy/address_list.h); absolute, or empty
+  int blockedSendersLine = 0;
   std::string relayAliases;  // aliases and lists file (policy/aliases.h); absolute, or empty
   int relayAliasesLine = 0;
 

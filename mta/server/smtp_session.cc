@@ -436,6 +436,16 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
     reply(552, "5.3.4", "Message size exceeds fixed limit");
     return;
   }
+  // [senders] block (Postfix's check_sender_access): refused before anything is looked up,
+  // from every client but connection.allow's.
+  if (snap_->blockedSenders && snap_->blockedSenders->contains(c.address) && !cfg_.isAllowedClient(ctx_->clientIp)) {
+    std::string text = "<" + c.address + ">: Sender address rejected: Access denied";
+    auto line = log::info("reject");
+    rejectFields(line, "mail", "554 5.7.1 " + text);
+    line.add("from", c.address);
+    reply(554, "5.7.1", text);
+    return;
+  }
   if (shared_.freeDisk() < cfg_.minFreeDisk) {
     log::warn("reject").add("session", id_).add("client_ip", ctx_->clientIp.str()).add("reply", "452 4.3.1").add("reason", "low disk space");
     reply(452, "4.3.1", "Insufficient system storage");

@@ -55,6 +55,8 @@ std::shared_ptr<const Snapshot> Snapshot::load(const std::string& configPath, po
     if (it == usersByFile.end()) it = usersByFile.emplace(l.authUsers, policy::UserDb::load(l.authUsers, errors)).first;
     if (it->second) snap->users[l.address] = it->second;
   }
+  if (!config->blockedSenders.empty())
+    snap->blockedSenders = policy::AddressList::load(config->blockedSenders, "blocked senders", errors);
   if (!config->relayAliases.empty()) snap->aliases = policy::AliasTable::load(config->relayAliases, errors);
   if (!config->relayRecipients.empty()) {
     snap->recipients = policy::RecipientTable::load(config->relayRecipients, errors);

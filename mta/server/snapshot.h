@@ -8,6 +8,7 @@
 
 #include "filters/pipeline.h"
 #include "mta/tls/tls.h"
+#include "policy/address_list.h"
 #include "policy/aliases.h"
 #include "policy/config.h"
 #include "policy/recipients.h"
@@ -31,6 +32,8 @@ struct Snapshot {
   std::map<std::string, std::shared_ptr<const policy::UserDb>> users;
   // [relay] recipients: the addresses that exist (550 5.1.1 for others); null = no check.
   std::shared_ptr<const policy::RecipientTable> recipients;
+  // [senders] block: envelope senders refused at MAIL; null = none.
+  std::shared_ptr<const policy::AddressList> blockedSenders;
   // [relay] aliases: addresses whose mail goes to others instead; null = none.
   std::shared_ptr<const policy::AliasTable> aliases;
 

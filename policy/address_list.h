@@ -1,0 +1,38 @@
+// policy/address_list.h — a list of addresses and domains an admin keeps in a file beside
+// moat.toml, one a line, '#' comments: `user@example.test`, `@example.test` (that domain),
+// `@.example.test` (its subdomains, as relay.domains' ".example.test"). Used for the
+// senders refused at MAIL ([senders] block).
+//
+// Matching is ASCII case-insensitive on the whole address; "user+tag@domain" (RFC 5233)
+// matches user@domain's entry. Loaded whole into an immutable list per policy snapshot:
+// SIGHUP rereads it, and a broken file is refused with FILE:LINE while the running one stays.
+#pragma once
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_set>
+
+#include "policy/errors.h"
+
+namespace moat::policy {
+
+class AddressList {
+ public:
+  // nullptr with `errors` filled (FILE:LINE) when the file cannot be read or a line is bad;
+  // `what` names the file in messages ("the blocked senders file").
+  static std::shared_ptr<const AddressList> load(const std::string& path, std::string_view what, Errors& errors);
+
+  // Whether `address` is listed, by itself, its user without "+tag", or its domain. The
+  // null sender ("") never is.
+  bool contains(std::string_view address) const;
+  size_t size() const { return addresses_.size() + domains_.size() + subdomainsOf_.size(); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::unordered_set<std::string> addresses_;     // lower-case "user@domain"
+  std::unordered_set<std::string> domains_;       // "domain": every address of it
+  std::unordered_set<std::string> subdomainsOf_;  // "domain": every address of its subdomains
+};
+
+}  // namespace moat::policy
