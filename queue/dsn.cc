@@ -3,6 +3,7 @@
 // and the original message (inside a DSN to downgrade too). Logs nothing.
 #include "queue/dsn.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <chrono>
@@ -293,6 +294,9 @@ std::string humanPart(const DsnInput& in) {
     t += "Your message was passed on to each recipient marked \"relayed\" below,\r\nto a mail system "
          "that does not report delivery: you may hear nothing\r\nmore of it unless a later system "
          "cannot deliver it.\r\n\r\n";
+  if (anyAction(in, "expanded"))
+    t += "Each address marked \"expanded\" below took your message and passes it on\r\nto other "
+         "recipients; you will hear of them only if one cannot be\r\nreached.\r\n\r\n";
   for (auto& r : in.rcpts) {
     std::string line = "<" + shownAddress(r.address, global) + ">: " + clean(r.action);
     if (!r.diagnostic.empty()) line += ": " + field(r.diagnostic, global);
@@ -341,8 +345,11 @@ std::string originalPart(const DsnInput& in, std::string_view original) {
                                       : (full ? "message/rfc822" : "text/rfc822-headers");
   std::string part = "Content-Type: " + std::string(type) + "\r\n";
   part += mta::hasEightBit(body) ? "Content-Transfer-Encoding: 8bit\r\n" : "Content-Transfer-Encoding: 7bit\r\n";
-  part +=
-      "Content-Description: " + std::string(full ? "Undelivered Message" : "Undelivered Message Headers") + "\r\n\r\n";
+  part += "Content-Description: " +
+          std::string(anyAction(in, "failed") || anyAction(in, "delayed")
+                          ? (full ? "Undelivered Message" : "Undelivered Message Headers")
+                          : "Message Headers") +  // a success report: nothing is undelivered
+          "\r\n\r\n";
   return part + body;
 }
 
@@ -385,6 +392,28 @@ std::string foldHeader(std::string_view name, std::string_view value) {
   }
   out += "\r\n";
   return out;
+}
+
+bool notifyWants(std::string_view notify, std::string_view word) {
+  if (notify.empty()) return word != "SUCCESS";
+  for (size_t start = 0;;) {
+    size_t comma = notify.find(',', start);
+    if (notify.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start) == word)
+      return true;
+    if (comma == std::string_view::npos) return false;
+    start = comma + 1;
+  }
+}
+
+std::string notifyWithout(std::string_view notify, std::string_view word) {
+  std::string out;
+  for (size_t start = 0; start <= notify.size();) {
+    size_t comma = std::min(notify.find(',', start), notify.size());
+    std::string_view w = notify.substr(start, comma - start);
+    if (!w.empty() && w != word) out.append(out.empty() ? "" : ",").append(w);
+    start = comma + 1;
+  }
+  return out.empty() ? "NEVER" : out;
 }
 
 std::string defaultOrcpt(std::string_view address) {

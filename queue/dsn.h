@@ -81,6 +81,13 @@ struct DsnDowngrade {
 };
 DsnDowngrade downgradeGlobalDsn(std::string_view message);
 
+// RFC 3461 §4.1: whether a recipient's NOTIFY (as received, upper-case) names `word`
+// (SUCCESS, FAILURE, DELAY). Without NOTIFY, failures and delays are reported (§5.2.5,
+// §5.2.6), success is not.
+bool notifyWants(std::string_view notify, std::string_view word);
+// NOTIFY without `word`; "NEVER" when nothing is left.
+std::string notifyWithout(std::string_view notify, std::string_view word);
+
 // RFC 5322 date-time in UTC, e.g. "Sun, 22 Nov 2026 12:00:00 +0000".
 std::string rfc5322Date(int64_t ms);
 

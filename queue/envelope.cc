@@ -149,6 +149,11 @@ class Parser {
     if (type == "hdr") return f.size() == 2 && (env_.headers.emplace_back(f[0], f[1]), true);
     if (type == "edit")
       return version_ >= 2 ? edit(f) : (error = "unknown record type 'edit' in a version 1 envelope", false);
+    if (type == "expanded") {
+      if (version_ < 3)
+        return error = "unknown record type 'expanded' in a version " + std::to_string(version_) + " envelope", false;
+      return f.size() == 3 && !f[0].empty() && (env_.expanded.push_back({f[0], f[1], f[2]}), true);
+    }
     if (f.size() != 1) return false;
     const std::string& v = f[0];
     if (has(type)) return error = "duplicate record '" + std::string(type) + "'", false;
@@ -248,7 +253,10 @@ std::string_view areaName(Area a) {
 
 std::string serializeEnvelope(const Envelope& e) {
   Writer w;
-  w.num(kMagic, e.edits.empty() ? kEnvelopeVersionNoEdits : kEnvelopeVersion);
+  // The oldest version that holds what this envelope has, so older builds keep reading it.
+  w.num(kMagic, !e.expanded.empty() ? kEnvelopeVersion
+                : !e.edits.empty()  ? kEnvelopeVersionNoExpanded
+                                    : kEnvelopeVersionNoEdits);
   w.str("id", e.id);
   w.unum("gen", e.generation);
   w.str("area", areaName(e.area));
@@ -271,6 +279,7 @@ std::string serializeEnvelope(const Envelope& e) {
   w.flag("warned", e.delayWarned);
   for (auto& [name, value] : e.headers) w.record("hdr", {name, value});
   for (auto& x : e.edits) w.record("edit", {std::to_string(x.offset), std::to_string(x.length), x.replacement, x.why});
+  for (auto& x : e.expanded) w.record("expanded", {x.address, x.orcpt, x.notify});
   for (auto& r : e.rcpts)
     w.record("rcpt",
              {statusName(r.status), std::to_string(r.attempts), r.address, r.orcpt, r.notify, r.relay, r.lastReply});

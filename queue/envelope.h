@@ -46,6 +46,14 @@ struct Recipient {
   bool operator==(const Recipient&) const = default;
 };
 
+// An address the session expanded through [relay] aliases whose NOTIFY asked for SUCCESS:
+// owed an "expanded" report (RFC 3461 §5.2.7.3, §6.2), sent with the first delivery attempt.
+// Its targets went on with NOTIFY minus SUCCESS.
+struct ExpandedRecipient {
+  std::string address, orcpt, notify;
+  bool operator==(const ExpandedRecipient&) const = default;
+};
+
 enum class Area { Active, Hold, Quarantine };
 std::string_view areaName(Area a);  // "queue", "hold", "quarantine": also the directory names
 
@@ -53,6 +61,7 @@ struct Envelope {
   std::string id;        // queue id: unique, sortable, filename-safe (Spool::newId)
   std::string mailFrom;  // "" = null sender
   std::vector<Recipient> rcpts;
+  std::vector<ExpandedRecipient> expanded;  // "expanded" reports still owed
   int64_t arrivalMs = 0;
   std::string clientIp, clientName, helo, protocol;          // protocol: "ESMTP", "ESMTPS", "ESMTPSA"...
   std::string messageId;                                     // Message-ID header value, for logs
@@ -73,8 +82,9 @@ struct Envelope {
   bool operator==(const Envelope&) const = default;
 };
 
-inline constexpr int kEnvelopeVersion = 2;     // the newest version read and written
-inline constexpr int kEnvelopeVersionNoEdits = 1;  // written when there are no edits
+inline constexpr int kEnvelopeVersion = 3;            // the newest version read and written
+inline constexpr int kEnvelopeVersionNoExpanded = 2;  // written when no "expanded" report is owed
+inline constexpr int kEnvelopeVersionNoEdits = 1;     // written when there are no edits either
 
 std::string serializeEnvelope(const Envelope& env);
 std::optional<Envelope> parseEnvelope(std::string_view text, std::string& error);

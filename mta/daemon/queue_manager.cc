@@ -50,20 +50,6 @@ std::string statusOf(const std::string& reply) {
   return "4.0.0";
 }
 
-// RFC 3461 §4.1: whether a recipient's NOTIFY (as received, upper-case) names `word`
-// (SUCCESS, FAILURE, DELAY). Without NOTIFY, failures and delays are reported (§5.2.5,
-// §5.2.6), success is not.
-bool notifyWants(const std::string& notify, std::string_view word) {
-  if (notify.empty()) return word != "SUCCESS";
-  size_t start = 0;
-  for (;;) {
-    size_t comma = notify.find(',', start);
-    if (notify.compare(start, comma == std::string::npos ? std::string::npos : comma - start, word) == 0) return true;
-    if (comma == std::string::npos) return false;
-    start = comma + 1;
-  }
-}
-
 std::string oneLine(const std::string& s) {
   std::string out = s;
   std::replace(out.begin(), out.end(), '\n', ' ');
@@ -986,7 +972,7 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
         ++server::metrics().recipientsDelivered;
         server::metrics().observeLatency(static_cast<double>(now - env.arrivalMs) / 1000.0);
         // RFC 3461 §5.2.2-3: NOTIFY=SUCCESS is ours to answer unless the next hop took it on.
-        if (!o.notifyPassedOn && notifyWants(r.notify, "SUCCESS")) succeeded.push_back(i);
+        if (!o.notifyPassedOn && queue::notifyWants(r.notify, "SUCCESS")) succeeded.push_back(i);
         break;
       }
       case RcptOutcome::Kind::Failed:
@@ -1021,6 +1007,11 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
   };
   if (!failed.empty()) sendAndWait(failed, DsnKind::Failure, &attempt->outcomes);
   if (!succeeded.empty()) sendAndWait(succeeded, DsnKind::Success, &attempt->outcomes);
+  if (!env.expanded.empty()) {  // owed since the RCPT: sent with the first attempt
+    ++*dsnsLeft;
+    sendExpandedDsn(env, attempt->data, dsnDone);
+    env.expanded.clear();  // on disk with the attempt's results, once the report is
+  }
 
   bool pending = std::any_of(env.rcpts.begin(), env.rcpts.end(),
                              [](const queue::Recipient& r) { return r.status == queue::RcptStatus::Pending; });
@@ -1095,7 +1086,7 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
   std::vector<std::string> unwanted;
   std::string_view word = kind == DsnKind::Failure ? "FAILURE" : kind == DsnKind::Delay ? "DELAY" : "SUCCESS";
   for (size_t i : asked) {
-    if (notifyWants(env.rcpts[i].notify, word))
+    if (queue::notifyWants(env.rcpts[i].notify, word))
       rcpts.push_back(i);
     else
       unwanted.push_back(env.rcpts[i].address);
@@ -1144,6 +1135,45 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
     if (delay) d.willRetryUntilMs = env.arrivalMs + cfg.maxLifetime.count();
     in.rcpts.push_back(std::move(d));
   }
+  std::string action;  // the report's actions, for the log: "failed", "relayed,delivered"
+  for (const auto& d : in.rcpts)
+    if (action.find(d.action) == std::string::npos) action += (action.empty() ? "" : ",") + d.action;
+  writeDsn(env, std::move(in), std::move(data), std::move(action), std::move(then));
+}
+
+void QueueManager::sendExpandedDsn(const queue::Envelope& env, std::shared_ptr<const queue::MessageData> data,
+                                   std::function<void()> then) {
+  if (env.expanded.empty()) return then();
+  if (env.mailFrom.empty() || env.isBounce) {
+    log::info("dsn_dropped").add("queue_id", env.id).add("reason", env.isBounce ? "undeliverable DSN" : "null sender");
+    return then();
+  }
+  queue::DsnInput in;
+  in.reportingMta = snap_->config->hostname;
+  in.sender = env.mailFrom;
+  in.envid = env.envid;
+  in.originalMessageId = env.messageId;
+  in.arrivalMs = env.arrivalMs;
+  in.headersOnly = true;  // RFC 3461 §4.3: RET applies to failure reports only
+  in.international = env.smtputf8 || hasEightBit(env.mailFrom);
+  for (const auto& x : env.expanded) {
+    in.international = in.international || hasEightBit(x.address) || hasEightBit(x.orcpt);
+    queue::DsnRecipient d;
+    d.address = x.address;
+    d.orcpt = x.orcpt;
+    d.action = "expanded";  // §6.2: delivered to the address, and forwarded on to others
+    d.status = "2.0.0";
+    d.diagnostic = "X-Moat; 250 2.1.5 alias expanded";
+    d.lastAttemptMs = env.arrivalMs;
+    in.rcpts.push_back(std::move(d));
+  }
+  writeDsn(env, std::move(in), std::move(data), "expanded", std::move(then));
+}
+
+void QueueManager::writeDsn(const queue::Envelope& env, queue::DsnInput in,
+                            std::shared_ptr<const queue::MessageData> data, std::string action,
+                            std::function<void()> then) {
+  const auto& cfg = *snap_->config;
   std::string original = serializeHeaders(env.headers);
   if (data) original += std::string(data->bytes());
   std::string text = queue::buildDsn(in, original);
@@ -1172,14 +1202,14 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
   auto alive = alive_;
   std::string origId = env.id;
   ++dsnWrites_;  // every path below ends in dsnWritten()
-  incoming->finish([this, alive, incoming, dsn, origId, delay, then](bool ok, std::string error) mutable {
+  incoming->finish([this, alive, incoming, dsn, origId, action, then](bool ok, std::string error) mutable {
     if (!*alive) return;
     if (!ok) {
       log::error("spool_error").add("queue_id", dsn.id).add("error", error);
       then();
       return dsnWritten();
     }
-    incoming->commit(dsn, [this, alive, incoming, dsn, origId, delay, then](bool ok2, std::string error2) {
+    incoming->commit(dsn, [this, alive, incoming, dsn, origId, action, then](bool ok2, std::string error2) {
       if (!*alive) return;
       if (!ok2) {
         log::error("spool_error").add("queue_id", dsn.id).add("error", error2);
@@ -1187,8 +1217,11 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
         return dsnWritten();
       }
       ++server::metrics().dsnsGenerated;
-      log::info("dsn").add("queue_id", dsn.id).add("original_queue_id", origId).add("to", dsn.rcpts[0].address)
-          .add("action", delay ? "delayed" : "failed");
+      log::info("dsn")
+          .add("queue_id", dsn.id)
+          .add("original_queue_id", origId)
+          .add("to", dsn.rcpts[0].address)
+          .add("action", action);
       enqueue(dsn);  // while draining it is only recorded: the next start delivers it
       then();
       dsnWritten();

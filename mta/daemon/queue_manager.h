@@ -25,6 +25,7 @@
 #include "mta/dns/resolver.h"
 #include "mta/runtime/uv.h"
 #include "mta/server/snapshot.h"
+#include "queue/dsn.h"
 #include "queue/scheduler.h"
 #include "queue/spool.h"
 
@@ -105,6 +106,13 @@ class QueueManager {
   void sendDsn(const queue::Envelope& env, const std::vector<size_t>& rcpts, DsnKind kind,
                std::shared_ptr<const queue::MessageData> data, const std::map<size_t, RcptOutcome>* outcomes,
                std::function<void()> then = nullptr);
+  // The "expanded" report owed for env.expanded (RFC 3461 §5.2.7.3): same `then` contract.
+  void sendExpandedDsn(const queue::Envelope& env, std::shared_ptr<const queue::MessageData> data,
+                       std::function<void()> then);
+  // Builds the DSN for `in` about `env`, writes it to the spool and queues it; `then` as
+  // sendDsn's. `action` names the report in the `dsn` log line.
+  void writeDsn(const queue::Envelope& env, queue::DsnInput in, std::shared_ptr<const queue::MessageData> data,
+                std::string action, std::function<void()> then);
   void updateGauges();  // publishes areaCounts_ (O(1): called for every message)
   // Every change to entries_ goes through these, so the per-area counts stay exact.
   void putEntry(queue::Envelope env);

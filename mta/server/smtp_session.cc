@@ -461,6 +461,7 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
   txRcptsTaken_ = 0;
   txFirstRcpt_.clear();
   txRcptKeys_.clear();
+  txExpanded_.clear();
   ctx_->mailFrom = c.address;
   ctx_->rcpts.clear();
   ctx_->spfMailFrom = {};
@@ -604,6 +605,12 @@ void SmtpSession::takeAliasedRecipient(const std::string& address, RcptDsn dsn,
     return;
   }
   if (dsn.orcpt.empty()) dsn.orcpt = queue::defaultOrcpt(address);
+  // RFC 3461 §5.2.7.3: NOTIFY=SUCCESS is answered here, by one "expanded" report for the
+  // address the sender gave, and the targets go on without SUCCESS (Postfix does the same).
+  if (queue::notifyWants(dsn.notify, "SUCCESS")) {
+    txExpanded_.push_back({address, dsn.orcpt, dsn.notify});
+    dsn.notify = queue::notifyWithout(dsn.notify, "SUCCESS");
+  }
   for (const auto& t : taken) addRecipient(t, dsn);
   auto line = dropped.empty() ? log::info("expand") : log::warn("expand");
   line.add("session", id_).add("to", address).add("targets", taken);
@@ -873,6 +880,7 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
     }
     env.rcpts.push_back(std::move(rc));
   }
+  env.expanded = txExpanded_;
   env.envid = txEnvid_;
   env.ret = txRet_;
   env.arrivalMs = static_cast<int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -952,6 +960,7 @@ void SmtpSession::resetTransaction() {
   txRcptsTaken_ = 0;
   txFirstRcpt_.clear();
   txRcptKeys_.clear();
+  txExpanded_.clear();
   ctx_->mailFrom.clear();
   ctx_->queueId.clear();
   txAuthResults_.clear();

@@ -171,7 +171,9 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   // to) and the first one's address, as the client gave it (Received: ... for <...>).
   size_t txRcptsTaken_ = 0;
   std::string txFirstRcpt_;
-  std::unordered_set<std::string> txRcptKeys_;  // ctx_->rcpts in lower case: each address once
+  std::unordered_set<std::string> txRcptKeys_;
+  std::vector<queue::ExpandedRecipient>
+      txExpanded_;  // aliases owing an "expanded" report  // ctx_->rcpts in lower case: each address once
   std::vector<filters::Header> txHeaders_;
   double txScore_ = 0;
   std::vector<filters::FilterReport> txReports_;

@@ -111,12 +111,39 @@ class AliasTest(unittest.TestCase):
 
     def test_targets_keep_notify_and_name_the_given_address_in_orcpt(self):
         self.sink.commands.clear()
-        self.send(["team@example.test"], rcpt_options=["NOTIFY=SUCCESS,FAILURE"])
-        self.assertIn("RCPT TO:<alice@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;team@example.test",
+        self.send(["team@example.test"], rcpt_options=["NOTIFY=DELAY,FAILURE"])
+        self.assertIn("RCPT TO:<alice@example.test> NOTIFY=DELAY,FAILURE ORCPT=rfc822;team@example.test",
                       self.sink.commands)
         self.sink.commands.clear()
         self.send(["team@example.test"], rcpt_options=["ORCPT=rfc822;first+40hop.test"])
         self.assertIn("RCPT TO:<alice@example.test> ORCPT=rfc822;first+40hop.test", self.sink.commands)
+
+    def test_notify_success_gets_one_expanded_report_and_the_targets_go_on_without_it(self):
+        # RFC 3461 §5.2.7.3: the list answers SUCCESS itself, once; its members are not asked.
+        self.sink.commands.clear()
+        before = len(self.sink.messages)
+        s = self.moat.smtp()
+        s.sendmail("asker@sender.test", ["sales@example.test"], b"Subject: did it arrive?\r\n\r\nx\r\n",
+                   rcpt_options=["NOTIFY=SUCCESS,FAILURE"])
+        s.quit()
+        for member in ("alice", "bob"):
+            self.assertIn(f"RCPT TO:<{member}@example.test> NOTIFY=FAILURE ORCPT=rfc822;sales@example.test",
+                          self.sink.commands)
+        msgs = self.sink.wait_messages(before + 2)[before:]
+        reports = [m for m in msgs if m["from"] == ""]
+        self.assertEqual(len(reports), 1, msgs)
+        report = reports[0]
+        self.assertEqual(report["rcpts"], ["asker@sender.test"])
+        text = report["data"].decode()
+        self.assertIn("Subject: Successful Mail Delivery Report", text)
+        self.assertIn("Final-Recipient: rfc822; sales@example.test", text)
+        self.assertIn("Original-Recipient: rfc822;sales@example.test", text)
+        self.assertIn("Action: expanded", text)
+        self.assertIn("Status: 2.0.0", text)
+        self.assertIn("Subject: did it arrive?", text)  # the original's headers come back
+        self.assertNotIn("alice@example.test", text)  # who is on the list is not said
+        ev = self.moat.wait_log(event="dsn", to="asker@sender.test")
+        self.assertEqual(ev["action"], "expanded")
 
     def test_max_recipients_counts_rcpt_commands_not_targets(self):
         # limits.max_recipients is 3 here: three lists (4 + 2 + 2 targets) are three RCPTs.

@@ -153,6 +153,7 @@ class DsnNotifyTest(unittest.TestCase):
         self.assertEqual(blocks[1]["original-recipient"], "rfc822;X+40orig.test")
         self.assertEqual(blocks[1]["action"], "relayed")
         self.assertEqual(blocks[1]["status"], "2.0.0")
+        self.assertEqual(self.moat.wait_log(event="dsn", original_queue_id=qid)["action"], "relayed")
         # RFC 3461 §4.3: RET=FULL is for failure reports; a success report has the headers only.
         types = [p.get_content_type() for p in m.walk()]
         self.assertIn("text/rfc822-headers", types)

@@ -251,6 +251,52 @@ TEST_CASE("success DSN (RFC 3461 NOTIFY=SUCCESS): delivered and relayed, 2.0.0, 
   REQUIRE(blocks[1].get("remote-mta") == "dns; mx.remote.test");
   REQUIRE(blocks[2].get("action") == "delivered");
   REQUIRE(parsePart(parts[2]).get("content-type") == "text/rfc822-headers");
+  REQUIRE(parsePart(parts[2]).get("content-description") == "Message Headers");  // nothing undelivered
+}
+
+TEST_CASE("expanded DSN (RFC 3461 §5.2.7.3): an alias passed the message on, 2.0.0") {
+  DsnInput in = failedInput();
+  in.headersOnly = true;
+  in.rcpts.resize(1);
+  in.rcpts[0].address = "sales@example.test";
+  in.rcpts[0].orcpt = "rfc822;sales@example.test";
+  in.rcpts[0].action = "expanded";
+  in.rcpts[0].status = "2.0.0";
+  in.rcpts[0].diagnostic = "X-Moat; 250 2.1.5 alias expanded";
+  in.rcpts[0].remoteMta.clear();
+  std::string m = buildDsn(in, kOriginal);
+  checkLines(m);
+  Part top = parsePart(m);
+  REQUIRE(top.get("subject") == "Successful Mail Delivery Report");
+  auto parts = splitMultipart(top.body, param(top.get("content-type"), "boundary"));
+  REQUIRE(parts.size() == 3);
+  Part human = parsePart(parts[0]);
+  REQUIRE(human.body.find("marked \"expanded\" below took your message and passes it on") != std::string::npos);
+  REQUIRE(human.body.find("could not") == std::string::npos);
+  auto blocks = statusBlocks(parsePart(parts[1]).body);
+  REQUIRE(blocks.size() == 2);
+  REQUIRE(blocks[1].get("final-recipient") == "rfc822; sales@example.test");
+  REQUIRE(blocks[1].get("original-recipient") == "rfc822;sales@example.test");
+  REQUIRE(blocks[1].get("action") == "expanded");
+  REQUIRE(blocks[1].get("status") == "2.0.0");
+  REQUIRE(parsePart(parts[2]).get("content-description") == "Message Headers");
+}
+
+TEST_CASE("NOTIFY: what a recipient asked for, and NOTIFY without SUCCESS") {
+  using moat::queue::notifyWants;
+  using moat::queue::notifyWithout;
+  REQUIRE(notifyWants("", "FAILURE"));  // RFC 3461 §5.2.5-6: the default
+  REQUIRE(notifyWants("", "DELAY"));
+  REQUIRE_FALSE(notifyWants("", "SUCCESS"));
+  REQUIRE(notifyWants("SUCCESS,FAILURE", "FAILURE"));
+  REQUIRE(notifyWants("SUCCESS,FAILURE", "SUCCESS"));
+  REQUIRE_FALSE(notifyWants("SUCCESS,FAILURE", "DELAY"));
+  REQUIRE_FALSE(notifyWants("NEVER", "FAILURE"));
+  REQUIRE_FALSE(notifyWants("SUCCESSFUL", "SUCCESS"));  // whole words only
+  REQUIRE(notifyWithout("SUCCESS,FAILURE", "SUCCESS") == "FAILURE");
+  REQUIRE(notifyWithout("DELAY,SUCCESS,FAILURE", "SUCCESS") == "DELAY,FAILURE");
+  REQUIRE(notifyWithout("SUCCESS", "SUCCESS") == "NEVER");
+  REQUIRE(notifyWithout("FAILURE", "SUCCESS") == "FAILURE");
 }
 
 TEST_CASE("DSN: peer text cannot inject lines, long fields are folded under 998") {

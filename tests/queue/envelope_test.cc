@@ -108,10 +108,10 @@ TEST_CASE("envelope: a newer version or an unknown record is an error, not dropp
   std::string error;
   REQUIRE(parseEnvelope(resign(body), error).has_value());
 
-  std::string v3 = body;
-  v3.replace(0, v3.find('\n'), "moat-envelope\t3");
-  REQUIRE_FALSE(parseEnvelope(resign(v3), error).has_value());
-  REQUIRE(error.find("version 3") != std::string::npos);
+  std::string v4 = body;
+  v4.replace(0, v4.find('\n'), "moat-envelope\t4");
+  REQUIRE_FALSE(parseEnvelope(resign(v4), error).has_value());
+  REQUIRE(error.find("version 4") != std::string::npos);
 
   REQUIRE_FALSE(parseEnvelope(resign(body + "dsn_state\tx\n"), error).has_value());
   REQUIRE(error.find("unknown record type 'dsn_state'") != std::string::npos);
@@ -189,4 +189,30 @@ TEST_CASE("envelope: edit records are checked (version, order, range, numbers)")
   REQUIRE_FALSE(parseEnvelope(resign(body + "edit\t20\t-1\ty\tb\n"), error).has_value());
   REQUIRE_FALSE(parseEnvelope(resign(body + "edit\t20\t1\ty\n"), error).has_value());
   REQUIRE(parseEnvelope(resign(body + "edit\t20\t1\ty\tb\n"), error).has_value());
+}
+
+TEST_CASE("an envelope owing expanded reports round-trips as version 3; older versions refuse the record") {
+  Envelope e = sample();
+  e.expanded = {{"sales@example.test", "rfc822;sales@example.test", "SUCCESS,FAILURE"},
+                {"team\t@example.test", "", "SUCCESS"}};
+  std::string text = serializeEnvelope(e);
+  REQUIRE(text.rfind("moat-envelope\t3\n", 0) == 0);
+  std::string error;
+  auto back = parseEnvelope(text, error);
+  INFO(error);
+  REQUIRE(back.has_value());
+  REQUIRE(*back == e);
+  // Once reported, the envelope goes back to the version older builds read.
+  e.expanded.clear();
+  REQUIRE(serializeEnvelope(e).rfind("moat-envelope\t1\n", 0) == 0);
+
+  std::string body = bodyOf(text);
+  for (const char* older : {"moat-envelope\t1", "moat-envelope\t2"}) {
+    std::string old = body;
+    old.replace(0, old.find('\n'), older);
+    REQUIRE_FALSE(parseEnvelope(resign(old), error).has_value());
+    REQUIRE(error.find("unknown record type 'expanded'") != std::string::npos);
+  }
+  REQUIRE_FALSE(parseEnvelope(resign(body + "expanded\tx@example.test\t\n"), error).has_value());  // two fields
+  REQUIRE_FALSE(parseEnvelope(resign(body + "expanded\t\t\tSUCCESS\n"), error).has_value());       // no address
 }
