@@ -126,10 +126,10 @@ class AliasTest(unittest.TestCase):
         s.sendmail("asker@sender.test", ["sales@example.test"], b"Subject: did it arrive?\r\n\r\nx\r\n",
                    rcpt_options=["NOTIFY=SUCCESS,FAILURE"])
         s.quit()
+        msgs = self.sink.wait_messages(before + 2)[before:]  # the message, and the report (either first)
         for member in ("alice", "bob"):
             self.assertIn(f"RCPT TO:<{member}@example.test> NOTIFY=FAILURE ORCPT=rfc822;sales@example.test",
                           self.sink.commands)
-        msgs = self.sink.wait_messages(before + 2)[before:]
         reports = [m for m in msgs if m["from"] == ""]
         self.assertEqual(len(reports), 1, msgs)
         report = reports[0]
