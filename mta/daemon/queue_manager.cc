@@ -1100,17 +1100,9 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
   if (rcpts.empty()) return then();
   bool delay = kind == DsnKind::Delay;
   const auto& cfg = *snap_->config;
-  queue::DsnInput in;
-  in.reportingMta = cfg.hostname;
-  in.sender = env.mailFrom;
-  in.envid = env.envid;
-  in.originalMessageId = env.messageId;
-  in.arrivalMs = env.arrivalMs;
+  queue::DsnInput in = dsnInputFor(env);
   // RFC 3461 §4.3: RET applies to failure reports; the others return the headers only.
   in.headersOnly = env.ret == "HDRS" || kind != DsnKind::Failure;
-  // RFC 6533: an internationalized original gets a global DSN, which names its UTF-8
-  // addresses as they are rather than as '?'.
-  in.international = env.smtputf8 || hasEightBit(env.mailFrom);
   for (size_t i : rcpts) {
     const auto& r = env.rcpts[i];
     in.international = in.international || hasEightBit(r.address) || hasEightBit(r.orcpt);
@@ -1141,6 +1133,21 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
   writeDsn(env, std::move(in), std::move(data), std::move(action), std::move(then));
 }
 
+// What every report on `env` says of it; the caller adds the recipients (and marks the
+// report international when one of their addresses is).
+queue::DsnInput QueueManager::dsnInputFor(const queue::Envelope& env) const {
+  queue::DsnInput in;
+  in.reportingMta = snap_->config->hostname;
+  in.sender = env.mailFrom;
+  in.envid = env.envid;
+  in.originalMessageId = env.messageId;
+  in.arrivalMs = env.arrivalMs;
+  // RFC 6533: an internationalized original gets a global DSN, which names its UTF-8
+  // addresses as they are rather than as '?'.
+  in.international = env.smtputf8 || hasEightBit(env.mailFrom);
+  return in;
+}
+
 void QueueManager::sendExpandedDsn(const queue::Envelope& env, std::shared_ptr<const queue::MessageData> data,
                                    std::function<void()> then) {
   if (env.expanded.empty()) return then();
@@ -1148,14 +1155,8 @@ void QueueManager::sendExpandedDsn(const queue::Envelope& env, std::shared_ptr<c
     log::info("dsn_dropped").add("queue_id", env.id).add("reason", env.isBounce ? "undeliverable DSN" : "null sender");
     return then();
   }
-  queue::DsnInput in;
-  in.reportingMta = snap_->config->hostname;
-  in.sender = env.mailFrom;
-  in.envid = env.envid;
-  in.originalMessageId = env.messageId;
-  in.arrivalMs = env.arrivalMs;
+  queue::DsnInput in = dsnInputFor(env);
   in.headersOnly = true;  // RFC 3461 §4.3: RET applies to failure reports only
-  in.international = env.smtputf8 || hasEightBit(env.mailFrom);
   for (const auto& x : env.expanded) {
     in.international = in.international || hasEightBit(x.address) || hasEightBit(x.orcpt);
     queue::DsnRecipient d;

@@ -106,6 +106,7 @@ class QueueManager {
   void sendDsn(const queue::Envelope& env, const std::vector<size_t>& rcpts, DsnKind kind,
                std::shared_ptr<const queue::MessageData> data, const std::map<size_t, RcptOutcome>* outcomes,
                std::function<void()> then = nullptr);
+  queue::DsnInput dsnInputFor(const queue::Envelope& env) const;
   // The "expanded" report owed for env.expanded (RFC 3461 §5.2.7.3): same `then` contract.
   void sendExpandedDsn(const queue::Envelope& env, std::shared_ptr<const queue::MessageData> data,
                        std::function<void()> then);
