@@ -30,8 +30,8 @@ bool AddressList::contains(std::string_view address) const {
   if (at == std::string_view::npos || at == 0) return false;
   std::string lower = lowerAscii(address);
   if (addresses_.count(lower)) return true;
-  size_t plus = lower.find('+');  // RFC 5233 subaddress: "user+tag@domain" is user@domain's
-  if (plus < at && addresses_.count(lower.substr(0, plus) + lower.substr(at))) return true;
+  std::string user = withoutSubaddress(lower);
+  if (!user.empty() && addresses_.count(user)) return true;
   std::string_view domain = std::string_view(lower).substr(at + 1);
   if (domains_.count(std::string(domain))) return true;
   for (size_t dot = domain.find('.'); dot != std::string_view::npos; dot = domain.find('.', dot + 1))

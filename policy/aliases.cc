@@ -123,11 +123,10 @@ std::shared_ptr<const AliasTable> AliasTable::load(const std::string& path, Erro
 const AliasTable::Entry* AliasTable::find(const std::string& lowerAddress) const {
   auto it = entries_.find(lowerAddress);
   if (it != entries_.end()) return &it->second;
-  // RFC 5233 subaddress: "user+tag@domain" without an entry of its own is user@domain.
-  size_t at = lowerAddress.rfind('@');
-  size_t plus = lowerAddress.find('+');
-  if (at == std::string::npos || at == 0 || plus == std::string::npos || plus >= at) return nullptr;
-  it = entries_.find(lowerAddress.substr(0, plus) + lowerAddress.substr(at));
+  // "user+tag@domain" without an entry of its own is user@domain's.
+  std::string user = withoutSubaddress(lowerAddress);
+  if (user.empty()) return nullptr;
+  it = entries_.find(user);
   return it != entries_.end() ? &it->second : nullptr;
 }
 

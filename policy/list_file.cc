@@ -52,4 +52,11 @@ std::string lowerAscii(std::string_view s) {
   return out;
 }
 
+std::string withoutSubaddress(std::string_view address) {
+  size_t at = address.rfind('@');
+  size_t plus = address.find('+');
+  if (at == std::string_view::npos || plus == 0 || plus >= at) return "";
+  return std::string(address.substr(0, plus)).append(address.substr(at));
+}
+
 }  // namespace moat::policy

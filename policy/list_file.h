@@ -24,4 +24,8 @@ bool isAddressOrDomain(std::string_view s);
 
 std::string lowerAscii(std::string_view s);
 
+// RFC 5233 subaddress: "user+tag@domain" is user@domain's. The address without its tag, or
+// "" when it has none (nor a user before the '+').
+std::string withoutSubaddress(std::string_view address);
+
 }  // namespace moat::policy

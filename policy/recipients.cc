@@ -34,9 +34,8 @@ bool RecipientTable::accepts(std::string_view address) const {
   std::string lower = lowerAscii(address);
   std::string domain = lower.substr(at + 1);
   if (!domains_.count(domain) || wholeDomains_.count(domain) || addresses_.count(lower)) return true;
-  // RFC 5233 subaddress: "user+tag@domain" is user@domain's.
-  size_t plus = lower.find('+');
-  return plus != std::string::npos && plus < at && addresses_.count(lower.substr(0, plus) + lower.substr(at));
+  std::string user = withoutSubaddress(lower);
+  return !user.empty() && addresses_.count(user);
 }
 
 }  // namespace moat::policy

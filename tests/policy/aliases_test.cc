@@ -52,6 +52,8 @@ TEST_CASE("aliases expand to their targets, through chains, lists and domain ali
   e = t->expand("Dave@OLD.example.test");  // the domain changes, the local part stays
   REQUIRE(e.aliased);
   REQUIRE(e.targets == Targets{"Dave@example.test"});
+  e = t->expand("+x@old.example.test");  // no user before the tag: not the domain's entry itself
+  REQUIRE(e.targets == Targets{"+x@example.test"});
   e = t->expand("sales@old.example.test");  // and the new address expands in turn
   REQUIRE(e.targets == Targets{"alice@example.test", "Bob@corp.example.test"});
 
