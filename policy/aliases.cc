@@ -31,7 +31,8 @@ class Expander {
   void walk(const std::string& address, int depth) {
     if (!out.error.empty()) return;
     std::string lower = lowerAscii(address);
-    bool again = expanding_.count(lower) > 0;
+    if (expanded_.count(lower)) return;     // met before by another way: its targets are in
+    bool again = onPath_.count(lower) > 0;  // a loop back to itself: final here
     const AliasTable::Entry* entry = again ? nullptr : find_(lower);
     std::string viaDomain;  // a domain entry's rewrite: the local part at the other domain
     if (!again && !entry) {
@@ -47,11 +48,13 @@ class Expander {
       return;
     }
     out.aliased = true;
-    expanding_.insert(lower);
+    onPath_.insert(lower);
     if (entry)
       for (const auto& t : entry->targets) walk(t, depth + 1);
     else
       walk(viaDomain, depth + 1);
+    onPath_.erase(lower);
+    expanded_.insert(std::move(lower));
   }
 
   AliasTable::Expansion out;
@@ -67,7 +70,8 @@ class Expander {
   }
 
   const std::function<const AliasTable::Entry*(const std::string&)>& find_;
-  std::unordered_set<std::string> expanding_;  // addresses on the way here: met again, they are final
+  std::unordered_set<std::string> onPath_;    // the aliases being expanded, down to here
+  std::unordered_set<std::string> expanded_;  // the aliases expanded: each once a walk
   std::unordered_set<std::string> emitted_;
 };
 

@@ -6,9 +6,9 @@
 //
 // An address entry sends the recipient's mail to its targets instead (separated by commas
 // or blanks); a domain entry keeps the local part and changes the domain. Targets are
-// expanded again, up to kMaxDepth levels; an address met again while expanding is final,
-// so `a@x: a@x, b@x` keeps a copy for a@x and sends one to b@x. One recipient expands to
-// at most kMaxTargets addresses, duplicates removed.
+// expanded again, up to kMaxDepth levels, each alias once; an alias that leads back to
+// itself is an address there, so `a@x: a@x, b@x` keeps a copy for a@x and sends one to
+// b@x. One recipient expands to at most kMaxTargets addresses, duplicates removed.
 //
 // Lookup is ASCII case-insensitive on the whole address; "user+tag@domain" (RFC 5233)
 // without an entry of its own takes user@domain's. Loaded whole into an immutable table per

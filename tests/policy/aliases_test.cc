@@ -81,6 +81,13 @@ TEST_CASE("alias loops end, duplicates go once, and the limits are refused at lo
   e = t->expand("u@p.test");  // u@p -> u@q -> u@p (final)
   REQUIRE(e.targets == Targets{"u@p.test"});
 
+  // An alias reached a second way is expanded once, not taken for an address the second time.
+  Errors again;
+  auto lists = load("all@x.test: a@x.test, b@x.test\nb@x.test: a@x.test, c@x.test\na@x.test: d@x.test\n", again);
+  INFO(again.str());
+  REQUIRE(lists);
+  REQUIRE(lists->expand("all@x.test").targets == Targets{"d@x.test", "c@x.test"});
+
   // A chain of 17 entries is one level too deep: refused with the entry's line.
   std::string chain;
   for (int i = 0; i <= AliasTable::kMaxDepth; ++i)
