@@ -1,6 +1,7 @@
 // policy/aliases.cc — see aliases.h.
 #include "policy/aliases.h"
 
+#include <algorithm>
 #include <functional>
 #include <unordered_set>
 
@@ -77,7 +78,7 @@ class Expander {
 
 }  // namespace
 
-std::shared_ptr<const AliasTable> AliasTable::load(const std::string& path, Errors& errors) {
+std::shared_ptr<const AliasTable> AliasTable::load(const std::string& path, Errors& errors, const Inspect& inspect) {
   auto t = std::make_shared<AliasTable>();
   t->path_ = path;
   bool ok = readListFile(path, "aliases", 256ull << 20, errors, [&](int line, std::string_view text) {
@@ -112,13 +113,22 @@ std::shared_ptr<const AliasTable> AliasTable::load(const std::string& path, Erro
     return true;
   });
   if (!ok) return nullptr;
-  // An entry that would fail every message for it is refused now, not at RCPT.
-  for (const auto& [source, entry] : t->entries_) {
-    if (source.front() == '@') continue;
-    auto e = t->expand(source);
+  // Each entry once, in the file's order: one that would fail every message for it is
+  // refused now, not at RCPT; the others are shown to `inspect`.
+  std::vector<std::pair<int, const std::string*>> byLine;
+  for (const auto& [source, entry] : t->entries_) byLine.emplace_back(entry.line, &source);
+  std::sort(byLine.begin(), byLine.end());
+  for (const auto& [line, source] : byLine) {
+    if (source->front() == '@') {
+      if (inspect) inspect(*source, line, Expansion{});
+      continue;
+    }
+    auto e = t->expand(*source);
     if (!e.error.empty()) {
-      errors.error(path, entry.line, "\"" + source + "\": " + e.error);
+      errors.error(path, line, "\"" + *source + "\": " + e.error);
       ok = false;
+    } else if (inspect) {
+      inspect(*source, line, e);
     }
   }
   return ok ? t : nullptr;

@@ -15,6 +15,7 @@
 // policy snapshot: SIGHUP rereads it, and a broken file is refused with FILE:LINE (as is an
 // entry whose expansion is deeper or wider than the limits) while the running one stays.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -30,14 +31,18 @@ class AliasTable {
   static constexpr int kMaxDepth = 16;
   static constexpr size_t kMaxTargets = 1000;
 
-  // nullptr with `errors` filled (FILE:LINE) when the file cannot be read or a line is bad.
-  static std::shared_ptr<const AliasTable> load(const std::string& path, Errors& errors);
-
   struct Expansion {
     bool aliased = false;              // an entry matched: `targets` replace the address
     std::vector<std::string> targets;  // the final addresses; the address itself when !aliased
     std::string error;                 // non-empty: deeper than kMaxDepth or wider than kMaxTargets
   };
+
+  // Shown each entry of a file that loads, in the file's order, with the lower-case source,
+  // its line and (for an address) its expansion; empty for a domain entry. For `moat check`.
+  using Inspect = std::function<void(const std::string& source, int line, const Expansion& expansion)>;
+  // nullptr with `errors` filled (FILE:LINE) when the file cannot be read or a line is bad.
+  static std::shared_ptr<const AliasTable> load(const std::string& path, Errors& errors,
+                                                const Inspect& inspect = nullptr);
   Expansion expand(std::string_view address) const;
 
   struct Entry {

@@ -1,36 +1,9 @@
 // mta/server/snapshot.cc — see snapshot.h.
 #include "mta/server/snapshot.h"
 
-#include <algorithm>
-
 #include "filters/antivirus/antivirus_filter.h"
 
 namespace moat::mta::server {
-
-namespace {
-
-// What `moat check` should point out in an aliases file that loads: entries mail from the
-// internet never reaches, and targets the recipient table would refuse (they are dropped).
-void warnAboutAliases(const policy::Config& config, const Snapshot& snap, policy::Errors& errors) {
-  const auto& aliases = *snap.aliases;
-  std::vector<std::pair<int, std::string>> byLine;  // in the file's order
-  for (const auto& [source, entry] : aliases.entries()) byLine.emplace_back(entry.line, source);
-  std::sort(byLine.begin(), byLine.end());
-  for (const auto& [line, source] : byLine) {
-    std::string domain = source.substr(source.rfind('@') + 1);
-    if (!config.isRelayDomain(domain))
-      errors.warning(aliases.path(), line,
-                     "\"" + source + "\" is not in a relay domain: only mail from relay clients reaches it");
-    if (!snap.recipients || source.front() == '@') continue;
-    for (const auto& target : aliases.expand(source).targets)
-      if (config.isRelayDomain(target.substr(target.rfind('@') + 1)) && !snap.recipients->accepts(target))
-        errors.warning(
-            aliases.path(), line,
-            "\"" + source + "\": target \"" + target + "\" is not in relay.recipients: its copy is dropped at RCPT");
-  }
-}
-
-}  // namespace
 
 std::shared_ptr<const Snapshot> Snapshot::load(const std::string& configPath, policy::Errors& errors) {
   auto config = policy::loadConfig(configPath, errors);
@@ -57,20 +30,34 @@ std::shared_ptr<const Snapshot> Snapshot::load(const std::string& configPath, po
   }
   if (!config->blockedSenders.empty())
     snap->blockedSenders = policy::AddressList::load(config->blockedSenders, "blocked senders", errors);
-  if (!config->relayAliases.empty()) snap->aliases = policy::AliasTable::load(config->relayAliases, errors);
-  if (!config->relayRecipients.empty()) {
+  if (!config->relayRecipients.empty())
     snap->recipients = policy::RecipientTable::load(config->relayRecipients, errors);
-    // A relay domain the file does not name is not checked: say so, it may be an oversight.
-    // (A domain alias sends its addresses to another domain, which is checked.)
-    if (snap->recipients)
-      for (const auto& d : config->relayDomains)
-        if (!d.empty() && d[0] != '.' && !snap->recipients->covers(d) &&
-            !(snap->aliases && snap->aliases->entries().count("@" + d)))
-          errors.warning(config->path, config->relayRecipientsLine,
-                         "relay.recipients: the file names no address of \"" + d +
-                             "\": its recipients are not checked (add \"@" + d + "\" to take them all)");
+  if (!config->relayAliases.empty()) {
+    // What `moat check` should point out in an aliases file that loads: entries mail from
+    // the internet never reaches, and targets the recipient table refuses (dropped at RCPT).
+    const std::string& file = config->relayAliases;
+    snap->aliases = policy::AliasTable::load(
+        file, errors, [&](const std::string& source, int line, const policy::AliasTable::Expansion& e) {
+          if (!config->isRelayDomain(source.substr(source.rfind('@') + 1)))
+            errors.warning(file, line,
+                           "\"" + source + "\" is not in a relay domain: only mail from relay clients reaches it");
+          for (const auto& target : e.targets)
+            if (snap->recipients && config->isRelayDomain(target.substr(target.rfind('@') + 1)) &&
+                !snap->recipients->accepts(target))
+              errors.warning(file, line,
+                             "\"" + source + "\": target \"" + target +
+                                 "\" is not in relay.recipients: its copy is dropped at RCPT");
+        });
   }
-  if (snap->aliases) warnAboutAliases(*config, *snap, errors);
+  // A relay domain the recipients file does not name is not checked: say so, it may be an
+  // oversight. (A domain alias sends its addresses to another domain, which is checked.)
+  if (snap->recipients)
+    for (const auto& d : config->relayDomains)
+      if (!d.empty() && d[0] != '.' && !snap->recipients->covers(d) &&
+          !(snap->aliases && snap->aliases->entries().count("@" + d)))
+        errors.warning(config->path, config->relayRecipientsLine,
+                       "relay.recipients: the file names no address of \"" + d +
+                           "\": its recipients are not checked (add \"@" + d + "\" to take them all)");
   std::string error;
   snap->clientTls = tls::TlsContext::client(false, "", error);
   if (!snap->clientTls) errors.error(config->path, 0, "TLS client context: " + error);
