@@ -142,6 +142,23 @@ DsnInput failedInput() {
   return in;
 }
 
+// A report as buildDsn writes it: the message, its three parts, and the status blocks of
+// the second (the per-message block first).
+struct Report {
+  Part top, human, original;
+  std::vector<Part> blocks;
+};
+Report parseReport(const std::string& m) {
+  Report r;
+  r.top = parsePart(m);
+  auto parts = splitMultipart(r.top.body, param(r.top.get("content-type"), "boundary"));
+  REQUIRE(parts.size() == 3);
+  r.human = parsePart(parts[0]);
+  r.blocks = statusBlocks(parsePart(parts[1]).body);
+  r.original = parsePart(parts[2]);
+  return r;
+}
+
 }  // namespace
 
 TEST_CASE("DSN for a failed delivery is an RFC 3464 multipart/report") {
@@ -195,10 +212,7 @@ TEST_CASE("DSN with RET=HDRS or an oversized original returns only the headers")
   for (int round = 0; round < 2; ++round) {
     std::string m = buildDsn(in, kOriginal);
     checkLines(m);
-    Part top = parsePart(m);
-    auto parts = splitMultipart(top.body, param(top.get("content-type"), "boundary"));
-    REQUIRE(parts.size() == 3);
-    Part orig = parsePart(parts[2]);
+    Part orig = parseReport(m).original;
     REQUIRE(orig.get("content-type") == "text/rfc822-headers");
     REQUIRE(orig.body.find("Subject: hello\r\n") != std::string::npos);
     REQUIRE(orig.body.find("The body text.") == std::string::npos);
@@ -213,11 +227,8 @@ TEST_CASE("delay DSN names the retry horizon") {
   in.rcpts[0].action = "delayed";
   in.rcpts[0].status = "4.4.1";
   in.rcpts[0].willRetryUntilMs = 1'700'172'800'000;
-  std::string m = buildDsn(in, kOriginal);
-  Part top = parsePart(m);
+  auto [top, human, original, blocks] = parseReport(buildDsn(in, kOriginal));
   REQUIRE(top.get("subject") == "Delayed Mail (still being retried)");
-  auto parts = splitMultipart(top.body, param(top.get("content-type"), "boundary"));
-  auto blocks = statusBlocks(parsePart(parts[1]).body);
   REQUIRE(blocks.size() == 2);
   REQUIRE(blocks[1].get("action") == "delayed");
   REQUIRE(blocks[1].get("will-retry-until") == "Thu, 16 Nov 2023 22:13:20 +0000");
@@ -234,15 +245,11 @@ TEST_CASE("success DSN (RFC 3461 NOTIFY=SUCCESS): delivered and relayed, 2.0.0, 
   in.rcpts[1].diagnostic = "X-Moat; 250 2.0.0 delivered to maildir";
   std::string m = buildDsn(in, kOriginal);
   checkLines(m);
-  Part top = parsePart(m);
+  auto [top, human, original, blocks] = parseReport(m);
   REQUIRE(top.get("subject") == "Successful Mail Delivery Report");
-  auto parts = splitMultipart(top.body, param(top.get("content-type"), "boundary"));
-  REQUIRE(parts.size() == 3);
-  Part human = parsePart(parts[0]);
   REQUIRE(human.body.find("delivered to the mailbox") != std::string::npos);
   REQUIRE(human.body.find("does not report delivery") != std::string::npos);
   REQUIRE(human.body.find("could not") == std::string::npos);
-  auto blocks = statusBlocks(parsePart(parts[1]).body);
   REQUIRE(blocks.size() == 3);
   REQUIRE(blocks[0].get("original-envelope-id") == "ENV-42");
   REQUIRE(blocks[1].get("action") == "relayed");
@@ -250,8 +257,8 @@ TEST_CASE("success DSN (RFC 3461 NOTIFY=SUCCESS): delivered and relayed, 2.0.0, 
   REQUIRE(blocks[1].get("original-recipient") == "rfc822;R@remote.test");
   REQUIRE(blocks[1].get("remote-mta") == "dns; mx.remote.test");
   REQUIRE(blocks[2].get("action") == "delivered");
-  REQUIRE(parsePart(parts[2]).get("content-type") == "text/rfc822-headers");
-  REQUIRE(parsePart(parts[2]).get("content-description") == "Message Headers");  // nothing undelivered
+  REQUIRE(original.get("content-type") == "text/rfc822-headers");
+  REQUIRE(original.get("content-description") == "Message Headers");  // nothing undelivered
 }
 
 TEST_CASE("expanded DSN (RFC 3461 §5.2.7.3): an alias passed the message on, 2.0.0") {
@@ -266,20 +273,16 @@ TEST_CASE("expanded DSN (RFC 3461 §5.2.7.3): an alias passed the message on, 2.
   in.rcpts[0].remoteMta.clear();
   std::string m = buildDsn(in, kOriginal);
   checkLines(m);
-  Part top = parsePart(m);
+  auto [top, human, original, blocks] = parseReport(m);
   REQUIRE(top.get("subject") == "Successful Mail Delivery Report");
-  auto parts = splitMultipart(top.body, param(top.get("content-type"), "boundary"));
-  REQUIRE(parts.size() == 3);
-  Part human = parsePart(parts[0]);
   REQUIRE(human.body.find("marked \"expanded\" below took your message and passes it on") != std::string::npos);
   REQUIRE(human.body.find("could not") == std::string::npos);
-  auto blocks = statusBlocks(parsePart(parts[1]).body);
   REQUIRE(blocks.size() == 2);
   REQUIRE(blocks[1].get("final-recipient") == "rfc822; sales@example.test");
   REQUIRE(blocks[1].get("original-recipient") == "rfc822;sales@example.test");
   REQUIRE(blocks[1].get("action") == "expanded");
   REQUIRE(blocks[1].get("status") == "2.0.0");
-  REQUIRE(parsePart(parts[2]).get("content-description") == "Message Headers");
+  REQUIRE(original.get("content-description") == "Message Headers");
 }
 
 TEST_CASE("NOTIFY: what a recipient asked for, and NOTIFY without SUCCESS") {
@@ -308,13 +311,10 @@ TEST_CASE("DSN: peer text cannot inject lines, long fields are folded under 998"
   checkLines(m);
   REQUIRE(m.find("\r\nX-Evil") == std::string::npos);
   REQUIRE(m.find("\r\nBcc:") == std::string::npos);
-  Part top = parsePart(m);
-  auto parts = splitMultipart(top.body, param(top.get("content-type"), "boundary"));
-  REQUIRE(parts.size() == 3);
-  auto blocks = statusBlocks(parsePart(parts[1]).body);
-  REQUIRE(blocks[1].get("diagnostic-code").find(std::string(900, 'z')) != std::string::npos);
+  auto report = parseReport(m);
+  REQUIRE(report.blocks[1].get("diagnostic-code").find(std::string(900, 'z')) != std::string::npos);
   // A line over 998 cannot travel as message/rfc822: headers only, folded.
-  REQUIRE(parsePart(parts[2]).get("content-type") == "text/rfc822-headers");
+  REQUIRE(report.original.get("content-type") == "text/rfc822-headers");
 }
 
 TEST_CASE("foldHeader folds at spaces near 78 columns") {
