@@ -619,6 +619,15 @@ void SmtpSession::takeAliasedRecipient(const std::string& address, RcptDsn dsn,
   reply(250, "2.1.5", "Ok");
 }
 
+// A message the spool could not keep: 452 4.3.1 when the disk is full (RFC 3463: mail
+// system full), else 451 4.3.0. Either way the client keeps it and tries again.
+void SmtpSession::replySpoolError(std::string_view error) {
+  if (queue::errorKind(error) == queue::ErrorKind::NoSpace)
+    reply(452, "4.3.1", "Insufficient system storage");
+  else
+    reply(451, "4.3.0", "Error: queue file write error");
+}
+
 bool SmtpSession::startTransactionData() {
   incoming_ = shared_.spool->create();
   if (!incoming_) {
@@ -780,7 +789,7 @@ void SmtpSession::endOfData() {
     if (self->closed_) return;
     if (!ok) {
       log::error("spool_error").add("session", self->id_).add("error", error);
-      self->reply(451, "4.3.0", "Error: queue file write error");
+      self->replySpoolError(error);
       self->resetTransaction();
       self->resume();
       return;
@@ -909,12 +918,8 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
   incoming->commit(env, [self, w = work(), env, filtersJson, quarantine, verdict = outcome.verdict](bool ok,
                                                                                                     std::string error) {
     if (!ok) {
-      bool full = error.find("disk full") != std::string::npos || error.find("space") != std::string::npos;
       log::error("spool_error").add("session", self->id_).add("queue_id", env.id).add("error", error);
-      if (!self->closed_) {
-        full ? self->reply(452, "4.3.1", "Insufficient system storage")
-             : self->reply(451, "4.3.0", "Error: queue file write error");
-      }
+      if (!self->closed_) self->replySpoolError(error);
       ++metrics().messagesTempFailed;
     } else {
       log::info("accept")

@@ -86,6 +86,7 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
 
   // Transaction
   bool startTransactionData();
+  void replySpoolError(std::string_view error);
   void endOfData();
   void runDataFilters();
   // The fields every `reject` log line carries; each refusal adds its own after them.

