@@ -284,7 +284,7 @@ void QueueManager::expireQuarantine() {
     const auto& env = entries_.at(id).env;
     log::info("quarantine_expired").add("queue_id", id).add("message_id", env.messageId).add("from", env.mailFrom)
         .add("reason", env.quarantineReason).add("delay_ms", now - env.arrivalMs);
-    retire(id, false);
+    retire(id);
   }
   if (!old.empty()) updateGauges();
 }
@@ -994,6 +994,8 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
   // Every DSN is durable before the original it reports on is updated or removed: a crash in
   // between then leaves the original to be tried (and reported) again, never neither. The
   // entry stays busy meanwhile.
+  // A report that cannot be written (a full disk) leaves its recipients unsettled instead
+  // (reportNotWritten), so whether the message goes is decided once every report is done.
   auto dsnsLeft = std::make_shared<int>(1);  // 1: the sends below are still being issued
   auto persist = std::make_shared<std::function<void()>>();
   auto alive = alive_;
@@ -1003,19 +1005,33 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
   auto sendAndWait = [&](const std::vector<size_t>& rcpts, DsnKind kind,
                          const std::map<size_t, RcptOutcome>* outcomes) {
     ++*dsnsLeft;
-    sendDsn(env, rcpts, kind, attempt->data, outcomes, dsnDone);
+    sendDsn(env, rcpts, kind, attempt->data, outcomes,
+            [this, alive, id = env.id, rcpts, kind, dsnDone](bool written, const std::string& error) {
+              if (*alive && !written) reportNotWritten(id, rcpts, kind, error);
+              dsnDone();
+            });
   };
   if (!failed.empty()) sendAndWait(failed, DsnKind::Failure, &attempt->outcomes);
   if (!succeeded.empty()) sendAndWait(succeeded, DsnKind::Success, &attempt->outcomes);
   if (!env.expanded.empty()) {  // owed since the RCPT: sent with the first attempt
     ++*dsnsLeft;
-    sendExpandedDsn(env, attempt->data, dsnDone);
+    sendExpandedDsn(env, attempt->data,
+                    [this, alive, id = env.id, owed = env.expanded, dsnDone](bool written, const std::string& error) {
+                      if (*alive && !written) {
+                        if (auto it = entries_.find(id); it != entries_.end()) {
+                          auto& e = it->second.env;
+                          e.expanded = owed;  // owed again: the next attempt sends it
+                          e.nextAttemptMs = std::max(e.nextAttemptMs, sched_.nextAttemptAt(nowMs(), e.attempts));
+                        }
+                        log::warn("dsn_deferred").add("queue_id", id).add("kind", "expanded").add("error", error);
+                      }
+                      dsnDone();
+                    });
     env.expanded.clear();  // on disk with the attempt's results, once the report is
   }
 
   bool pending = std::any_of(env.rcpts.begin(), env.rcpts.end(),
                              [](const queue::Recipient& r) { return r.status == queue::RcptStatus::Pending; });
-  bool remove = !pending;
   if (pending && sched_.expired(env, now)) {
     std::vector<size_t> expired;
     for (size_t i = 0; i < env.rcpts.size(); ++i) {
@@ -1029,7 +1045,6 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
         .add("attempt", env.attempts).add("delay_ms", now - env.arrivalMs);
     ++server::metrics().messagesExpired;
     sendAndWait(expired, DsnKind::Failure, nullptr);
-    remove = true;
   } else if (pending) {
     if (sched_.delayWarningDue(env, now)) {
       std::vector<size_t> delayed;
@@ -1040,15 +1055,18 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
     }
     env.nextAttemptMs = attempt->moreAtOnce ? now : sched_.nextAttemptAt(now, env.attempts);
   }
-  *persist = [this, id = env.id, remove, expired = remove && pending] {
+  *persist = [this, id = env.id] {
     busy_.erase(id);
     auto it = entries_.find(id);
     if (it != entries_.end()) {
       it->second.busy = false;
-      if (remove) {
-        retire(id, expired);
+      auto& env = it->second.env;
+      bool settled = env.expanded.empty() && std::none_of(env.rcpts.begin(), env.rcpts.end(), [](const auto& r) {
+                       return r.status == queue::RcptStatus::Pending;
+                     });
+      if (settled) {
+        retire(id);
       } else {
-        auto& env = it->second.env;
         int64_t due = env.nextAttemptMs;
         spool_->update(env, [id](bool ok, std::string error) {
           if (!ok) log::error("spool_error").add("queue_id", id).add("error", error);
@@ -1063,7 +1081,39 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
   dsnDone();  // the sends are issued: persists now if no DSN is on its way
 }
 
-void QueueManager::retire(std::string id, bool) {
+void QueueManager::reportNotWritten(const std::string& id, const std::vector<size_t>& rcpts, DsnKind kind,
+                                    const std::string& error) {
+  // As Postfix does when its bounce or trace service fails: the recipient is deferred, so
+  // it is tried again and reported then. A success report may so cost a second delivery;
+  // that is the price of never settling a recipient whose report was asked for and lost.
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return;
+  auto& env = it->second.env;
+  std::string_view kindName = kind == DsnKind::Failure ? "failure" : kind == DsnKind::Delay ? "delay" : "success";
+  log::warn("dsn_deferred").add("queue_id", id).add("kind", std::string(kindName)).add("error", error);
+  if (kind == DsnKind::Delay) {
+    env.delayWarned = false;  // the warning is owed again
+    return;
+  }
+  std::string reply = "4.3.0 delivery status notification not written: " + error;
+  for (size_t i : rcpts) {
+    auto& r = env.rcpts[i];
+    r.status = queue::RcptStatus::Pending;
+    r.lastReply = reply;
+    log::info("defer")
+        .add("queue_id", id)
+        .add("message_id", env.messageId)
+        .add("from", env.mailFrom)
+        .add("to", r.address)
+        .add("reply", reply)
+        .add("attempt", env.attempts)
+        .add("delay_ms", nowMs() - env.arrivalMs);
+    ++server::metrics().recipientsDeferred;
+  }
+  env.nextAttemptMs = std::max(env.nextAttemptMs, sched_.nextAttemptAt(nowMs(), env.attempts));
+}
+
+void QueueManager::retire(std::string id) {
   sched_.remove(id);
   std::optional<queue::Area> area;
   if (auto it = entries_.find(id); it != entries_.end()) area = it->second.env.area;
@@ -1074,13 +1124,12 @@ void QueueManager::retire(std::string id, bool) {
 
 void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>& asked, DsnKind kind,
                            std::shared_ptr<const queue::MessageData> data,
-                           const std::map<size_t, RcptOutcome>* outcomes, std::function<void()> then) {
-  if (!then) then = [] {};
-  if (asked.empty()) return then();
+                           const std::map<size_t, RcptOutcome>* outcomes, DsnDone then) {
+  if (asked.empty()) return then(true, "");
   if (env.mailFrom.empty() || env.isBounce) {
     // RFC 5321 §6.1 / RFC 3464: never to the null sender; our own DSNs are not bounced again.
     log::info("dsn_dropped").add("queue_id", env.id).add("reason", env.isBounce ? "undeliverable DSN" : "null sender");
-    return then();
+    return then(true, "");
   }
   std::vector<size_t> rcpts;
   std::vector<std::string> unwanted;
@@ -1097,7 +1146,7 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
         .add("reason", "NOTIFY")
         .add("to", unwanted)
         .add("kind", std::string(kind == DsnKind::Failure ? "failure" : "delay"));
-  if (rcpts.empty()) return then();
+  if (rcpts.empty()) return then(true, "");
   bool delay = kind == DsnKind::Delay;
   const auto& cfg = *snap_->config;
   queue::DsnInput in = dsnInputFor(env);
@@ -1149,11 +1198,11 @@ queue::DsnInput QueueManager::dsnInputFor(const queue::Envelope& env) const {
 }
 
 void QueueManager::sendExpandedDsn(const queue::Envelope& env, std::shared_ptr<const queue::MessageData> data,
-                                   std::function<void()> then) {
-  if (env.expanded.empty()) return then();
+                                   DsnDone then) {
+  if (env.expanded.empty()) return then(true, "");
   if (env.mailFrom.empty() || env.isBounce) {
     log::info("dsn_dropped").add("queue_id", env.id).add("reason", env.isBounce ? "undeliverable DSN" : "null sender");
-    return then();
+    return then(true, "");
   }
   queue::DsnInput in = dsnInputFor(env);
   in.headersOnly = true;  // RFC 3461 §4.3: RET applies to failure reports only
@@ -1172,8 +1221,7 @@ void QueueManager::sendExpandedDsn(const queue::Envelope& env, std::shared_ptr<c
 }
 
 void QueueManager::writeDsn(const queue::Envelope& env, queue::DsnInput in,
-                            std::shared_ptr<const queue::MessageData> data, std::string action,
-                            std::function<void()> then) {
+                            std::shared_ptr<const queue::MessageData> data, std::string action, DsnDone then) {
   const auto& cfg = *snap_->config;
   std::string original = serializeHeaders(env.headers);
   if (data) original += std::string(data->bytes());
@@ -1207,14 +1255,14 @@ void QueueManager::writeDsn(const queue::Envelope& env, queue::DsnInput in,
     if (!*alive) return;
     if (!ok) {
       log::error("spool_error").add("queue_id", dsn.id).add("error", error);
-      then();
+      then(false, error);
       return dsnWritten();
     }
     incoming->commit(dsn, [this, alive, incoming, dsn, origId, action, then](bool ok2, std::string error2) {
       if (!*alive) return;
       if (!ok2) {
         log::error("spool_error").add("queue_id", dsn.id).add("error", error2);
-        then();
+        then(false, error2);
         return dsnWritten();
       }
       ++server::metrics().dsnsGenerated;
@@ -1224,7 +1272,7 @@ void QueueManager::writeDsn(const queue::Envelope& env, queue::DsnInput in,
           .add("to", dsn.rcpts[0].address)
           .add("action", action);
       enqueue(dsn);  // while draining it is only recorded: the next start delivers it
-      then();
+      then(true, "");
       dsnWritten();
     });
   });
@@ -1420,7 +1468,7 @@ void QueueManager::remove(const std::string& id, std::function<void(std::string)
   if (it == entries_.end()) return reply(mta::JsonObject().add("ok", false).add("error", "no such message: " + id).str());
   if (it->second.busy) return reply(busyReply());
   log::info("delete").add("queue_id", id);
-  retire(id, false);
+  retire(id);
   updateGauges();
   reply(mta::JsonObject().add("ok", true).add("id", id).str());
 }
@@ -1436,6 +1484,7 @@ void QueueManager::bounce(const std::string& id, std::function<void(std::string)
     if (it->second.busy) return reply(busyReply());
     auto& env = it->second.env;
     std::vector<size_t> failed;
+    auto before = env.rcpts;
     for (size_t i = 0; i < env.rcpts.size(); ++i) {
       auto& r = env.rcpts[i];
       if (r.status != queue::RcptStatus::Pending) continue;
@@ -1449,14 +1498,25 @@ void QueueManager::bounce(const std::string& id, std::function<void(std::string)
     busy_.insert(id);
     auto alive = alive_;
     size_t bounced = failed.size();
-    sendDsn(env, failed, DsnKind::Failure, data, nullptr, [this, alive, id, bounced, reply] {
-      if (!*alive) return;
-      busy_.erase(id);
-      retire(id, false);
-      updateGauges();
-      finishDrainIfDone();
-      reply(mta::JsonObject().add("ok", true).add("id", id).add("bounced", static_cast<uint64_t>(bounced)).str());
-    });
+    sendDsn(
+        env, failed, DsnKind::Failure, data, nullptr,
+        [this, alive, id, bounced, reply, before](bool written, const std::string& error) {
+          if (!*alive) return;
+          busy_.erase(id);
+          if (!written) {  // the message stays as it was, to be bounced again once there is room
+            if (auto it = entries_.find(id); it != entries_.end()) {
+              it->second.busy = false;
+              it->second.env.rcpts = before;
+            }
+            updateGauges();
+            finishDrainIfDone();
+            return reply(mta::JsonObject().add("ok", false).add("error", "DSN not written: " + error).str());
+          }
+          retire(id);
+          updateGauges();
+          finishDrainIfDone();
+          reply(mta::JsonObject().add("ok", true).add("id", id).add("bounced", static_cast<uint64_t>(bounced)).str());
+        });
   });
 }
 

@@ -98,22 +98,28 @@ class QueueManager {
                    std::vector<size_t> rcpts);
   void groupDone(std::shared_ptr<Attempt> attempt);
   void finishAttempt(std::shared_ptr<Attempt> attempt);
-  void retire(std::string id, bool expired);  // by value: callers pass the id of the entry it erases
+  void retire(std::string id);  // by value: callers pass the id of the entry it erases
+  // Runs once a report is durable in the spool (written = true), or at once when none is
+  // owed; written = false, with the spool's error, when it could not be written (a full
+  // disk): then the caller must leave what it reports on unsettled (see reportNotWritten).
+  using DsnDone = std::function<void(bool written, const std::string& error)>;
   // `outcomes`: this attempt's results, which say whose reply each one is (null: our text).
   // Recipients whose NOTIFY does not ask for this kind of report are left out (none left:
-  // no DSN). `then` runs once the DSN is durable in the spool, or at once when none is sent
-  // (and also when writing it failed, after the spool_error line).
+  // no DSN).
   void sendDsn(const queue::Envelope& env, const std::vector<size_t>& rcpts, DsnKind kind,
                std::shared_ptr<const queue::MessageData> data, const std::map<size_t, RcptOutcome>* outcomes,
-               std::function<void()> then = nullptr);
+               DsnDone then);
   queue::DsnInput dsnInputFor(const queue::Envelope& env) const;
   // The "expanded" report owed for env.expanded (RFC 3461 §5.2.7.3): same `then` contract.
-  void sendExpandedDsn(const queue::Envelope& env, std::shared_ptr<const queue::MessageData> data,
-                       std::function<void()> then);
+  void sendExpandedDsn(const queue::Envelope& env, std::shared_ptr<const queue::MessageData> data, DsnDone then);
   // Builds the DSN for `in` about `env`, writes it to the spool and queues it; `then` as
   // sendDsn's. `action` names the report in the `dsn` log line.
   void writeDsn(const queue::Envelope& env, queue::DsnInput in, std::shared_ptr<const queue::MessageData> data,
-                std::string action, std::function<void()> then);
+                std::string action, DsnDone then);
+  // A report on `rcpts` of message `id` could not be written: they stay queued, to be tried
+  // again with their report, rather than settled without it (a delay warning is owed again).
+  void reportNotWritten(const std::string& id, const std::vector<size_t>& rcpts, DsnKind kind,
+                        const std::string& error);
   void updateGauges();  // publishes areaCounts_ (O(1): called for every message)
   // Every change to entries_ goes through these, so the per-area counts stay exact.
   void putEntry(queue::Envelope env);

@@ -167,6 +167,64 @@ class FullDiskTest(unittest.TestCase):
             self.assertTrue(x["data"].endswith(message(tag, size).split(b"\r\n\r\n", 1)[1]), tag)
         self.assertEqual(refused & set(delivered), set())
 
+    def test_a_dsn_that_cannot_be_written_defers_its_recipient(self):
+        sink = Sink()
+        self.addCleanup(sink.stop)
+        sink.rcpt_reply = lambda a: "451 4.3.0 try later"
+        m = self.start([("example.test", f"smtp:127.0.0.1:{sink.port}"), ("sender.test", "maildir:mail")],
+                       retry='["1s"]')
+        with m.smtp() as s:
+            s.sendmail("alice@sender.test", ["bob@example.test", "nobody@example.test"],
+                       message("half", 4 * KB))
+        m.wait_log(event="defer", to="nobody@example.test")
+
+        # Full to the last block: bob is delivered, nobody refused for good, and the report
+        # on nobody has nowhere to go.
+        self.fill(leave=0)
+        sink.rcpt_reply = lambda a: "550 5.1.1 no such user" if a.startswith("nobody") else "250 2.1.5 ok"
+        sink.wait_messages(1)
+        m.wait_log(event="bounce", to="nobody@example.test")
+        m.wait_log(event="dsn_deferred", kind="failure")
+        wait_for(lambda: [x for x in m.find_logs(event="defer", to="nobody@example.test")
+                          if "notification not written" in x["reply"]], 30, what="nobody deferred for its report")
+        self.assertEqual(m.maildir_files("alice@sender.test"), [])
+
+        # Room again: the next attempt bounces nobody and the report reaches the sender.
+        self.unfill()
+        files = wait_for(lambda: m.maildir_files("alice@sender.test"), 30, what="the DSN in the sender's maildir")
+        with open(files[0], "rb") as f:
+            dsn = f.read()
+        self.assertIn(b"nobody@example.test", dsn)
+        self.assertIn(b"5.1.1", dsn)
+        time.sleep(1.5)
+        self.assertEqual([x["rcpts"] for x in sink.messages], [["bob@example.test"]], "bob delivered once")
+        self.assertEqual(len(m.maildir_files("alice@sender.test")), 1, "one report")
+
+    def test_an_admin_bounce_that_cannot_be_reported_keeps_the_message(self):
+        hop = free_port()  # nothing listens there: the message stays queued
+        m = self.start([("example.test", f"smtp:127.0.0.1:{hop}"), ("sender.test", "maildir:mail")],
+                       retry='["1h"]')
+        with m.smtp() as s:
+            s.ehlo()
+            s.mail("alice@sender.test")
+            s.rcpt("gone@example.test")
+            qid = s.data(message("admin", 4 * KB))[1].decode().rsplit(" ", 1)[-1]
+        m.wait_log(event="defer", queue_id=qid)
+
+        self.fill(leave=0)
+        r = m.cli("queue", "bounce", qid, check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("DSN not written", r.stdout + r.stderr)
+        shown = json.loads(m.cli("queue", "show", qid, "--json").stdout)
+        self.assertEqual([x["status"] for x in shown["recipients"]], ["pending"], shown)
+
+        self.unfill()
+        m.cli("queue", "bounce", qid)
+        files = wait_for(lambda: m.maildir_files("alice@sender.test"), 20, what="the DSN")
+        with open(files[0], "rb") as f:
+            self.assertIn(b"5.0.0 returned to sender", f.read())
+        self.assertNotEqual(m.cli("queue", "show", qid, check=False).returncode, 0)
+
 
 if __name__ == "__main__":
     unittest.main()
