@@ -91,8 +91,9 @@ void SmtpServer::accept(const policy::Listener& listener, std::shared_ptr<net::C
   std::string ip = conn->peerAddress().str();
   auto refuse = [&](const std::string& why) {
     ++metrics().sessionsRefused;
-    log::info("reject").add("client_ip", ip).add("reply", "421 4.7.0 " + why).add("stage", "connect");
-    conn->write(smtp::formatReply(421, "4.7.0", cfg.hostname + " " + why));
+    std::string text = cfg.hostname + " " + why;
+    log::info("reject").add("client_ip", ip).add("reply", "421 4.7.0 " + text).add("stage", "connect");
+    conn->write(smtp::formatReply(421, "4.7.0", text));
     conn->close();
   };
   if (shared_.draining) return refuse("Service shutting down, try again later");

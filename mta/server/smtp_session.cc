@@ -145,12 +145,13 @@ void SmtpSession::start(bool blocked) {
   ++metrics().sessionsActive;
   blocked_ = blocked;
   if (blocked_) {
+    std::string text = cfg_.hostname + " Access denied";
     log::info("reject")
         .add("session", id_)
         .add("client_ip", ctx_->clientIp.str())
-        .add("reply", "554 5.7.1 Access denied")
+        .add("reply", replyLine(554, "5.7.1", text))
         .add("stage", "connect");
-    reply(554, "5.7.1", cfg_.hostname + " Access denied");
+    reply(554, "5.7.1", text);
   } else {
     reply(220, "", cfg_.hostname + " ESMTP Moat");
   }
@@ -389,11 +390,10 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
   // RFC 6409 §4.3 (and CONTRACT.md): a submission listener takes mail only from a client
   // that has authenticated.
   if (listener_.mode == policy::ListenerMode::Submission && !ctx_->authenticated) {
+    std::string text = conn_->tlsActive() ? "Authentication required" : "Authentication required: STARTTLS, then AUTH";
     auto line = log::info("reject");
-    rejectFields(line, "mail", "530 5.7.0 Authentication required");
-    line.add("from", c.address);
-    reply(530, "5.7.0",
-          conn_->tlsActive() ? "Authentication required" : "Authentication required: STARTTLS, then AUTH");
+    rejectFields(line, "mail", replyLine(530, "5.7.0", text), c.address);
+    reply(530, "5.7.0", text);
     return;
   }
   // A user whose line in the users file names senders may use only those (Postfix's
@@ -401,8 +401,8 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
   if (ctx_->authenticated && !c.address.empty() && !users_->maySendAs(ctx_->authUser, c.address)) {
     std::string text = "<" + c.address + ">: Sender address rejected: not owned by user " + ctx_->authUser;
     auto line = log::info("reject");
-    rejectFields(line, "mail", "553 5.7.1 " + text);
-    line.add("from", c.address).add("user", ctx_->authUser);
+    rejectFields(line, "mail", "553 5.7.1 " + text, c.address);
+    line.add("user", ctx_->authUser);
     reply(553, "5.7.1", text);
     return;
   }
@@ -433,6 +433,9 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
     return;
   }
   if (size > cfg_.maxMessageSize) {
+    auto line = log::info("reject");
+    rejectFields(line, "mail", replyLine(552, "5.3.4", "Message size exceeds fixed limit"), c.address);
+    line.add("size", size);
     reply(552, "5.3.4", "Message size exceeds fixed limit");
     return;
   }
@@ -441,13 +444,14 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
   if (snap_->blockedSenders && snap_->blockedSenders->contains(c.address) && !cfg_.isAllowedClient(ctx_->clientIp)) {
     std::string text = "<" + c.address + ">: Sender address rejected: Access denied";
     auto line = log::info("reject");
-    rejectFields(line, "mail", "554 5.7.1 " + text);
-    line.add("from", c.address);
+    rejectFields(line, "mail", "554 5.7.1 " + text, c.address);
     reply(554, "5.7.1", text);
     return;
   }
   if (shared_.freeDisk() < cfg_.minFreeDisk) {
-    log::warn("reject").add("session", id_).add("client_ip", ctx_->clientIp.str()).add("reply", "452 4.3.1").add("reason", "low disk space");
+    auto line = log::warn("reject");
+    rejectFields(line, "mail", replyLine(452, "4.3.1", "Insufficient system storage"), c.address);
+    line.add("reason", "low disk space");
     reply(452, "4.3.1", "Insufficient system storage");
     return;
   }
@@ -526,6 +530,9 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
     }
   }
   if (txRcptsTaken_ >= cfg_.maxRecipients) {
+    auto line = log::info("reject");
+    rejectFields(line, "rcpt", replyLine(452, "4.5.3", "Error: too many recipients"));
+    line.add("to", c.address).add("reason", "limits.max_recipients");
     reply(452, "4.5.3", "Error: too many recipients");
     return;
   }
@@ -537,10 +544,11 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
   std::string domain = smtp::domainOf(address);
   bool ok = cfg_.isRelayDomain(domain) || ctx_->fromRelayNetwork || ctx_->authenticated;
   if (!ok) {
+    std::string text = "<" + address + ">: Relay access denied";
     auto line = log::info("reject");
-    rejectFields(line, "rcpt", "554 5.7.1 Relay access denied");
+    rejectFields(line, "rcpt", replyLine(554, "5.7.1", text));
     line.add("to", address);
-    reply(554, "5.7.1", "<" + address + ">: Relay access denied");
+    reply(554, "5.7.1", text);
     return;
   }
   if (snap_->aliases) {
@@ -601,6 +609,9 @@ void SmtpSession::takeAliasedRecipient(const std::string& address, RcptDsn dsn,
     return;
   }
   if (ctx_->rcpts.size() + taken.size() > kMaxEnvelopeRecipients) {
+    auto line = log::info("reject");
+    rejectFields(line, "rcpt", replyLine(452, "4.5.3", "Error: too many recipients"));
+    line.add("to", address).add("targets", taken).add("reason", "too many addresses after alias expansion");
     reply(452, "4.5.3", "Error: too many recipients");
     return;
   }
@@ -729,6 +740,11 @@ void SmtpSession::feedBdat() {
   if (bdatDiscard_) return;  // the refusal was answered at the command
   if (!bdatLast_) {
     if (decoder_->sizeExceeded()) {
+      {
+        auto line = log::info("reject");
+        rejectFields(line, "data", replyLine(552, "5.3.4", "Message size exceeds fixed limit"));
+        line.add("queue_id", incoming_->id()).add("to", ctx_->rcpts);
+      }
       reply(552, "5.3.4", "Message size exceeds fixed limit");
       resetTransaction();
     } else {
@@ -742,9 +758,14 @@ void SmtpSession::feedBdat() {
   endOfData();
 }
 
-void SmtpSession::rejectFields(log::Line& line, std::string_view stage, const std::string& reply) const {
-  line.add("session", id_).add("client_ip", ctx_->clientIp.str()).add("helo", helo_).add("from", ctx_->mailFrom)
-      .add("reply", reply).add("stage", std::string(stage));
+void SmtpSession::rejectFields(log::Line& line, std::string_view stage, const std::string& reply,
+                               std::optional<std::string_view> from) const {
+  line.add("session", id_)
+      .add("client_ip", ctx_->clientIp.str())
+      .add("helo", helo_)
+      .add("from", from ? std::string(*from) : ctx_->mailFrom)
+      .add("reply", reply)
+      .add("stage", std::string(stage));
 }
 
 // The fields every `auth` line starts with, in this order (deploy/monitoring's fail2ban
@@ -765,7 +786,7 @@ void SmtpSession::endOfData() {
     {
       auto line = log::info("reject");
       rejectFields(line, "data", replyLine(code, enh, text));
-      line.add("to", ctx_->rcpts);
+      line.add("queue_id", incoming_->id()).add("to", ctx_->rcpts);
     }
     countRefusal(code);
     reply(code, enh, text);
@@ -860,7 +881,8 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
     {
       auto line = log::info("reject");
       rejectFields(line, "data", replyLine(outcome.code, outcome.enhanced, outcome.text));
-      line.add("to", ctx_->rcpts)
+      line.add("queue_id", incoming_->id())
+          .add("to", ctx_->rcpts)
           .add("size", incoming_->size())
           .add("verdict", std::string(filters::verdictName(outcome.verdict)))
           .addRaw("filters", filtersJson);

@@ -89,8 +89,10 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   void replySpoolError(std::string_view error);
   void endOfData();
   void runDataFilters();
-  // The fields every `reject` log line carries; each refusal adds its own after them.
-  void rejectFields(log::Line& line, std::string_view stage, const std::string& reply) const;
+  // The fields every `reject` line starts with, in this order (deploy/monitoring's fail2ban
+  // filters match on it); `from`: the sender refused at MAIL, else the transaction's.
+  void rejectFields(log::Line& line, std::string_view stage, const std::string& reply,
+                    std::optional<std::string_view> from = std::nullopt) const;
   struct RcptDsn {  // a recipient's NOTIFY and ORCPT (RFC 3461), as received
     std::string notify, orcpt;
   };

@@ -24,6 +24,15 @@ MOAT_BIN = os.environ.get("MOAT_BIN", "build/moat")
 SOURCE_DIR = os.environ.get("MOAT_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
+def _no_duplicate_keys(pairs):
+    """A log line names each field once (strict JSON consumers refuse or misread repeats)."""
+    keys = [k for k, _ in pairs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ValueError(f"duplicate keys {dup}")
+    return dict(pairs)
+
+
 def wait_for(predicate, timeout=20.0, interval=0.05, what="condition"):
     """Polls predicate() until it returns a truthy value or the timeout passes."""
     deadline = time.monotonic() + timeout
@@ -279,9 +288,9 @@ max_lifetime = "{max_lifetime}"
             out = []
             for raw in data.splitlines():
                 try:
-                    out.append(json.loads(raw))
-                except ValueError:
-                    raise AssertionError(f"log line is not JSON: {raw[:200]!r}")
+                    out.append(json.loads(raw, object_pairs_hook=_no_duplicate_keys))
+                except ValueError as e:
+                    raise AssertionError(f"log line is not JSON ({e}): {raw[:200]!r}")
             return out
 
     def find_logs(self, since_start=False, **match):

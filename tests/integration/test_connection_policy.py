@@ -42,7 +42,7 @@ class ConnectionPolicyTest(unittest.TestCase):
         self.assertEqual(c.sock.recv(10), b"")
         c.close()
         ev = self.moat.wait_log(event="reject", client_ip="127.0.0.2", stage="connect")
-        self.assertEqual(ev["reply"], "554 5.7.1 Access denied")
+        self.assertEqual(ev["reply"], "554 5.7.1 mx.moat.test Access denied")
         self.assertEqual(self.moat.find_logs(event="accept", client_ip="127.0.0.2"), [])
 
     def test_allow_wins_over_block_and_others_are_untouched(self):

@@ -86,7 +86,8 @@ class SessionTest(unittest.TestCase):
         self.assertEqual(code, 250)
         s.rset()
         s.quit()
-        self.moat.wait_log(event="reject", to="victim@not-ours.test")
+        line = self.moat.wait_log(event="reject", to="victim@not-ours.test")
+        self.assertEqual(line["reply"], f"554 {msg.decode()}", "the log names the reply the client was sent")
 
     def test_too_many_recipients(self):
         s = self.moat.smtp()
@@ -98,15 +99,19 @@ class SessionTest(unittest.TestCase):
         self.assertEqual(code, 452)
         self.assertIn(b"4.5.3", msg)
         s.quit()
+        line = self.moat.wait_log(event="reject", to="u4@example.test")
+        self.assertEqual((line["reply"], line["stage"]), (f"452 {msg.decode()}", "rcpt"))
 
     def test_size_declared_and_actual(self):
         s = self.moat.smtp()
         s.ehlo()
-        code, msg = s.mail("a@b.test", ["SIZE=999999999"])
+        code, msg = s.mail("big@b.test", ["SIZE=999999999"])
         self.assertEqual(code, 552)
         self.assertIn(b"5.3.4", msg)
+        line = self.moat.wait_log(event="reject", **{"from": "big@b.test"})
+        self.assertEqual((line["reply"], line["stage"], line["size"]), (f"552 {msg.decode()}", "mail", 999999999))
         s.rset()
-        s.mail("a@b.test")
+        s.mail("actual@b.test")
         s.rcpt("user@example.test")
         body = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 100
         code, msg = s.data(body)
@@ -115,6 +120,9 @@ class SessionTest(unittest.TestCase):
         # the session lives on
         self.assertEqual(s.noop()[0], 250)
         s.quit()
+        # A refusal at the end of the data names the queue id its filter lines carry.
+        line = self.moat.wait_log(event="reject", stage="data", **{"from": "actual@b.test"})
+        self.assertRegex(line.get("queue_id", ""), r"^[0-9A-Za-z]+$")
 
     def test_garbage_and_long_lines_keep_the_session(self):
         c = self.client()
