@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/sysmacros.h>
@@ -59,11 +60,13 @@ std::string syncDir(const std::string& path) {
 struct SpoolDirs {
   std::string root;
   std::map<std::string, int> fds;  // its subdirectories (never empty)
+  int lockFd = -1;                 // `lock`, flock(2)ed while this spool is open
   SpoolDirs() = default;
   SpoolDirs(const SpoolDirs&) = delete;
   SpoolDirs& operator=(const SpoolDirs&) = delete;
   ~SpoolDirs() {
     for (auto& [path, fd] : fds) ::close(fd);
+    if (lockFd >= 0) ::close(lockFd);
   }
   std::string sync(const std::string& path) const {
     auto it = fds.find(path);
@@ -370,6 +373,31 @@ Spool::Spool(uv_loop_t* loop, std::string dir) : loop_(loop), dir_(std::move(dir
 
 Spool::~Spool() = default;
 
+namespace {
+// One process per spool: a second daemon on the same directory would recover it, that is
+// remove the first one's files in flight as half-written and reuse its spares. flock(2)
+// is let go by the kernel when the holder exits, kill -9 included, so a crash leaves no
+// stale lock; the file names the holder's PID for the error.
+std::string lockSpool(const std::string& dir, int& fd) {
+  std::string path = dir + "/lock";
+  fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return errnoError(errno, "open " + path);
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK) return errnoError(errno, "flock " + path);
+    char buf[32] = {};
+    ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+    std::string pid = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
+    while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+    return "in use by another moat process" + (pid.empty() ? std::string() : " (PID " + pid + ")") +
+           ": one daemon per spool directory";
+  }
+  std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size()))
+    return errnoError(errno, "write " + path);
+  return "";
+}
+}  // namespace
+
 std::shared_ptr<Spool> Spool::open(uv_loop_t* loop, const std::string& dir, std::string& error) {
   for (const char* sub : {"", "/tmp", "/data", "/queue", "/hold", "/quarantine", "/spare", "/corrupt"}) {
     std::string p = dir + sub;
@@ -384,6 +412,7 @@ std::shared_ptr<Spool> Spool::open(uv_loop_t* loop, const std::string& dir, std:
   }
   auto dirs = std::make_shared<SpoolDirs>();
   dirs->root = dir;
+  if (error = lockSpool(dir, dirs->lockFd); !error.empty()) return nullptr;
   for (const char* sub : {"tmp", "data", "queue", "hold", "quarantine", "spare"}) {
     std::string p = dir + "/" + sub;
     int fd = ::open(p.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);

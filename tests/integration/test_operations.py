@@ -93,6 +93,27 @@ class OperationsTest(unittest.TestCase):
         m.start()
         sink.wait_messages(1)
 
+    def test_a_second_daemon_on_the_same_spool_is_refused(self):
+        # It would recover the spool under the running one: remove its files in flight as
+        # half-written, take its spares. It must stop before touching anything.
+        hop = free_port()  # nothing listens there yet: the messages stay queued
+        m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{hop}")], retry='["1h"]')
+        self.addCleanup(m.cleanup)
+        with m.smtp() as s:
+            for i in range(3):
+                s.sendmail("a@sender.test", ["u@example.test"], f"Subject: kept {i}\r\n\r\nx\r\n".encode())
+        m.wait_log(event="defer", count=3)
+        second = subprocess.run([MOAT_BIN, "serve", "-c", m.config_path], cwd=m.dir, capture_output=True, text=True,
+                                timeout=60)
+        self.assertEqual(second.returncode, 1, second.stderr)
+        self.assertIn(f"in use by another moat process (PID {m.proc.pid})", second.stderr)
+        self.assertEqual(len(m.find_logs(event="spool_recovered")), 1, "the second one recovered nothing")
+        sink = Sink(port=hop)
+        self.addCleanup(sink.stop)
+        m.cli("queue", "flush")
+        self.assertEqual(sorted(x["data"].split(b"Subject: ")[1][:6] for x in sink.wait_messages(3)),
+                         [b"kept 0", b"kept 1", b"kept 2"])
+
     def test_sigterm_while_a_reset_session_commits(self):
         """A client resets its connection right after the end of the data, while the message
         is being committed, and SIGTERM comes at once. The session must not be counted as

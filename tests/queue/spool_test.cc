@@ -107,8 +107,10 @@ struct Fixture {
   std::shared_ptr<Spool> spool;
   Fixture() { reopen(); }
   void reopen() {
+    spool.reset();  // its lock first: one Spool per directory
     std::string error;
     spool = Spool::open(loop.get(), dir.path, error);
+    INFO(error);
     REQUIRE(spool);
   }
   std::string p(const std::string& sub) const { return dir.path + "/" + sub; }
@@ -436,6 +438,17 @@ TEST_CASE("spool: update, move and remove are durable") {
   REQUIRE(countFiles(f.p("queue")) + countFiles(f.p("tmp")) == 0);
 }
 
+TEST_CASE("spool: one Spool per directory: a second is refused, naming the holder's PID") {
+  Fixture f;
+  std::string error;
+  REQUIRE_FALSE(Spool::open(f.loop.get(), f.dir.path, error));
+  REQUIRE(error.find("in use by another moat process (PID " + std::to_string(::getpid()) + ")") != std::string::npos);
+  f.spool.reset();  // the holder goes (as a process does, kill -9 included): the lock with it
+  error.clear();
+  REQUIRE(Spool::open(f.loop.get(), f.dir.path, error));
+  REQUIRE(error.empty());
+}
+
 TEST_CASE("spool: group commit batches concurrent commits, all call back ok and recover") {
   Fixture f;
   const int n = 200;
@@ -455,13 +468,16 @@ TEST_CASE("spool: group commit batches concurrent commits, all call back ok and 
   REQUIRE(failed == 0);
   REQUIRE(committed == n);
   REQUIRE(f.spool->dirSyncRounds() < static_cast<uint64_t>(n));  // shared syncs
+  std::vector<std::string> ids;
+  for (const auto& m : msgs) ids.push_back(m->id());
+  msgs.clear();  // they hold the spool, and so its lock
   RecoveryReport r;
   auto envs = f.recover(r);
   REQUIRE(envs.size() == static_cast<size_t>(n));
   REQUIRE(r.movedCorrupt == 0);
   for (int i = 0; i < n; ++i) {
     std::string err;
-    auto d = f.spool->openData(msgs[i]->id(), err);
+    auto d = f.spool->openData(ids[i], err);
     REQUIRE(d);
     REQUIRE(d->bytes().starts_with("Subject: " + std::to_string(i) + "\r\n"));
   }
@@ -554,6 +570,7 @@ TEST_CASE("spool: a message is held in memory while the receive budget allows, e
     REQUIRE(ok);
     ids.push_back((*m)->id());
   }
+  a.reset(), b.reset(), c.reset();  // they hold the spool, and so its lock
   RecoveryReport r;
   REQUIRE(f.recover(r).size() == 2);
   REQUIRE(f.bytesOf(ids[0]) == std::string(4 * piece, 'a'));
@@ -745,6 +762,7 @@ TEST_CASE("spool: a removal made while a commit round runs goes along with the n
   REQUIRE(f.loop.runUntil([&] { return committed == 3 && removed == 2; }, 10000));
   REQUIRE(f.spool->removalRounds() == roundsBefore + 1);
   REQUIRE_FALSE(fs::exists(f.p("queue/" + b0)));
+  b.reset(), c.reset(), d.reset();  // they hold the spool, and so its lock
   RecoveryReport r;
   auto envs = f.recover(r);
   REQUIRE(envs.size() == 3);  // b, c and d
