@@ -574,8 +574,13 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
 
 // Into the envelope once: a second RCPT for an address (or an alias target met again) is
 // taken, but the first one's DSN parameters stand.
+// The same address twice in one transaction is taken once. Only the domain is folded:
+// the local part is case-sensitive (RFC 5321 §2.4), so John@ and john@ are two recipients
+// a 250 was given for, and both go on (the mailbox server may know them as one).
 void SmtpSession::addRecipient(const std::string& address, RcptDsn dsn) {
-  if (!txRcptKeys_.insert(policy::lowerAscii(address)).second) return;
+  size_t at = address.rfind('@');
+  std::string key = at == std::string::npos ? address : address.substr(0, at) + policy::lowerAscii(address.substr(at));
+  if (!txRcptKeys_.insert(std::move(key)).second) return;
   ctx_->rcpts.push_back(address);
   txRcptDsn_.push_back(std::move(dsn));
 }

@@ -102,6 +102,22 @@ class SessionTest(unittest.TestCase):
         line = self.moat.wait_log(event="reject", to="u4@example.test")
         self.assertEqual((line["reply"], line["stage"]), (f"452 {msg.decode()}", "rcpt"))
 
+    def test_a_recipient_given_twice_is_taken_once_and_local_parts_keep_their_case(self):
+        # RFC 5321 §2.4: the local part is case-sensitive; only the domain is not. Every
+        # address that got 250 reaches the next hop, the same one once.
+        n = len(self.sink.messages)
+        s = self.moat.smtp()
+        refused = s.sendmail("a@b.test", ["John@example.test", "john@example.test", "JOHN@EXAMPLE.TEST"],
+                             b"Subject: case\r\n\r\nx\r\n")
+        refused.update(s.sendmail("a@b.test", ["john@example.test", "john@Example.Test", "John@example.test"],
+                                  b"Subject: dup\r\n\r\nx\r\n"))
+        s.quit()
+        self.assertEqual(refused, {})
+        msgs = self.sink.wait_messages(n + 2)[n:]
+        got = {m["data"].split(b"Subject: ")[1].split(b"\r\n")[0]: m["rcpts"] for m in msgs}
+        self.assertEqual(got[b"case"], ["John@example.test", "john@example.test", "JOHN@EXAMPLE.TEST"])
+        self.assertEqual(got[b"dup"], ["john@example.test", "John@example.test"])
+
     def test_size_declared_and_actual(self):
         s = self.moat.smtp()
         s.ehlo()
