@@ -26,6 +26,15 @@ std::optional<std::string_view> authResultsValue(std::string_view field) {
   return field.substr(i + 1);
 }
 
+// RFC 5322 §2.2 / §4.5: a field name (printable ASCII but ':'), optional white space, ':'.
+bool looksLikeField(std::string_view line) {
+  size_t k = 0;
+  while (k < line.size() && line[k] > ' ' && line[k] < 0x7f && line[k] != ':') ++k;
+  if (k == 0) return false;
+  while (k < line.size() && (line[k] == ' ' || line[k] == '\t')) ++k;
+  return k < line.size() && line[k] == ':';
+}
+
 }  // namespace
 
 HeaderScrubber::HeaderScrubber(std::string authservId) : authservId_(lower(authservId)) {}
@@ -62,8 +71,13 @@ bool HeaderScrubber::claimsUs(std::string_view field) const {
     size_t b = id.find_first_not_of(" \t"), e = id.find_last_not_of(" \t");
     id = b == std::string::npos ? "" : lower(std::string_view(id).substr(b, e - b + 1));
   } else {
+    // A token (RFC 2045 §5.1) ends at a control character too: "ours\0; dkim=pass" names
+    // us to any reader that drops the NUL.
+    static constexpr std::string_view kEnds = " ;()<>@,:\\\"/[]?=";
     size_t start = i;
-    while (i < v.size() && v[i] != ';' && v[i] != ' ' && v[i] != '\t' && v[i] != '\r' && v[i] != '(') ++i;
+    while (i < v.size() && static_cast<unsigned char>(v[i]) > ' ' && v[i] != 0x7f &&
+           kEnds.find(v[i]) == std::string_view::npos)
+      ++i;
     id = lower(v.substr(start, i - start));
   }
   if (!id.empty() && id.back() == '.') id.pop_back();
@@ -85,12 +99,13 @@ void HeaderScrubber::feed(std::string_view in, std::string& out) {
   while (i < in.size() && inHeaders_) {
     if (atLineStart_) {
       char c = in[i];
-      if (c == ' ' || c == '\t') {
+      if ((c == ' ' || c == '\t') && (!field_.empty() || passThrough_)) {
         // a continuation line belongs to the field held back
       } else {
         endField(out);
         passThrough_ = false;
         dropping_ = false;
+        firstLineChecked_ = false;
         if (c == '\r' || c == '\n') {  // the empty line that ends the header section
           inHeaders_ = false;
           break;
@@ -104,6 +119,21 @@ void HeaderScrubber::feed(std::string_view in, std::string& out) {
       if (!dropping_) out.append(piece);
     } else {
       field_.append(piece);
+      if (!firstLineChecked_ && nl != std::string_view::npos) {
+        firstLineChecked_ = true;
+        if (!looksLikeField(field_)) {
+          // A line that is no header field starts the body (RFC 5322 §2.1): the empty line
+          // that should have come first is supplied, as Postfix's cleanup does, or the
+          // trace fields Moat puts on top would run into the text.
+          out += "\r\n";
+          out += field_;
+          field_.clear();
+          inHeaders_ = false;
+          atLineStart_ = true;
+          i = end;
+          break;
+        }
+      }
       if (field_.size() > kMaxField) {
         // Too long to hold. Any other field passes on as it is; an Authentication-Results
         // field this long is no honest one, and the authserv-id could hide past what we
@@ -125,7 +155,9 @@ void HeaderScrubber::feed(std::string_view in, std::string& out) {
 }
 
 void HeaderScrubber::finish(std::string& out) {
-  if (inHeaders_) endField(out);
+  if (!inHeaders_) return;
+  if (!field_.empty() && !firstLineChecked_ && !looksLikeField(field_)) out += "\r\n";  // as in feed()
+  endField(out);
 }
 
 }  // namespace moat::mta::smtp

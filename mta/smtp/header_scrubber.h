@@ -2,6 +2,8 @@
 // that claim to come from this gateway: Authentication-Results whose authserv-id is our
 // own host name (RFC 8601 §5: a border MTA MUST delete them, or a forger could make mail
 // look verified). Only the header section is examined; the body passes through untouched.
+// A line in the header section that is no header field starts the body: the empty line
+// that should precede it is inserted.
 //
 // Untrusted input: the whole message. Memory is bounded: a header field longer than
 // kMaxField is passed through as it is, without being examined further, except an
@@ -37,6 +39,7 @@ class HeaderScrubber {
   bool atLineStart_ = true;
   bool passThrough_ = false;  // the current field is too long to judge
   bool dropping_ = false;     // ...and it is an Authentication-Results field: removed
+  bool firstLineChecked_ = false;  // the current field's first line was seen whole
   std::string field_;         // the current (possibly folded) field, held back
   unsigned removed_ = 0;
 };

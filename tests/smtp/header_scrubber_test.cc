@@ -120,3 +120,34 @@ TEST_CASE("an Authentication-Results field too long to judge is removed, other l
     REQUIRE(removed == 2);
   }
 }
+
+TEST_CASE("a control character after our authserv-id does not hide it") {
+  // A reader that drops the NUL would see "mx.moat.test; dkim=pass".
+  using namespace std::string_literals;
+  std::string msg = "Authentication-Results: mx.moat.test\0; dkim=pass\r\nSubject: s\r\n\r\nb\r\n"s;
+  unsigned removed = 0;
+  REQUIRE(scrub(msg, 4, &removed) == "Subject: s\r\n\r\nb\r\n");
+  REQUIRE(removed == 1);
+}
+
+TEST_CASE("a line that is no header field starts the body after an inserted empty line") {
+  struct Case {
+    std::string in, want;
+  } cases[] = {
+      {"just body\r\nline two\r\n", "\r\njust body\r\nline two\r\n"},
+      {"Subject: s\r\nno colon here\r\nX-Not: a field now\r\n",
+       "Subject: s\r\n\r\nno colon here\r\nX-Not: a field now\r\n"},
+      {" starts with a space\r\n", "\r\n starts with a space\r\n"},
+      {"From alice@example.test Mon Jan 1\r\nSubject: s\r\n\r\nb\r\n",
+       "\r\nFrom alice@example.test Mon Jan 1\r\nSubject: s\r\n\r\nb\r\n"},
+      {"Subject: s\r\nlast line without its end", "Subject: s\r\n\r\nlast line without its end"},
+      // Not changed: fields with white space before the colon, folded fields, a proper end.
+      {"Subject : s\r\nX-Folded: a\r\n b\r\n\r\nbody\r\n", "Subject : s\r\nX-Folded: a\r\n b\r\n\r\nbody\r\n"},
+  };
+  for (const auto& c : cases) {
+    for (size_t chunk : {1, 2, 3, 7, 64}) {
+      INFO(c.in << " chunk " << chunk);
+      REQUIRE(scrub(c.in, chunk) == c.want);
+    }
+  }
+}
