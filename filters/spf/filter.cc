@@ -6,6 +6,9 @@
 // Untrusted: client IP, HELO, MAIL FROM. Config comes from moat.toml [spf]; unknown keys
 // and bad values are FILE:LINE errors. Logs through the pipeline's `filter` event (the
 // result's summary and detail: result, identity, domain, mechanism, lookups).
+#include <algorithm>
+#include <cctype>
+
 #include "filters/spf/record.h"
 #include "filters/spf/spf.h"
 
@@ -33,12 +36,32 @@ SpfOutcome toOutcome(const SpfAnswer& a, const char* identity) {
   return o;
 }
 
+// A key=value pair's value (RFC 7208 §9.1, RFC 8601 §2.2): a dot-atom as it is, else a
+// quoted-string. What the client chose (its HELO, its sender) cannot end the field or
+// start pairs of its own: quotes and backslashes are escaped, control characters, and
+// 8-bit bytes unless `utf8` (an SMTPUTF8 message, RFC 6532), become '?'.
+std::string pairValue(std::string_view s, bool utf8, bool alwaysQuote = false) {
+  static constexpr std::string_view kAtext = "!#$%&'*+-/=?^_`{|}~.";
+  bool atom = !s.empty() && !alwaysQuote && std::all_of(s.begin(), s.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || kAtext.find(c) != std::string_view::npos;
+  });
+  if (atom) return std::string(s);
+  std::string out = "\"";
+  for (char c : s) {
+    auto u = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') out += '\\';
+    out += u < 0x20 || u == 0x7f || (u >= 0x80 && !utf8) ? '?' : c;
+  }
+  return out + "\"";
+}
+
 // §9.1 Received-SPF: result, a comment, then key=value pairs.
 Header receivedSpf(const SpfAnswer& a, const MessageContext& ctx, const std::string& host, bool helo) {
   std::string v(resultName(a.result));
   v += " (" + host + ": domain of " + a.domain + ") client-ip=" + ctx.clientIp.str() + ";";
-  v += " envelope-from=\"" + (ctx.mailFrom.empty() ? std::string() : ctx.mailFrom) + "\";";
-  v += " helo=" + (ctx.helo.empty() ? std::string("unknown") : ctx.helo) + ";";
+  // 8-bit in the sender is UTF-8 of an SMTPUTF8 transaction (the session refuses it otherwise).
+  v += " envelope-from=" + pairValue(ctx.mailFrom, true, true) + ";";
+  v += " helo=" + (ctx.helo.empty() ? std::string("unknown") : pairValue(ctx.helo, false)) + ";";
   v += std::string(" identity=") + (helo ? "helo" : "mailfrom") + ";";
   if (!host.empty()) v += " receiver=" + host + ";";
   return Header{"Received-SPF", v};
@@ -121,7 +144,7 @@ class SpfFilter : public Filter, public std::enable_shared_from_this<SpfFilter> 
       r = reply(action == "tag" ? Verdict::Tag : Verdict::Continue, 0, "", "", name);
     }
     r.summary = name;
-    std::string prop = helo ? "smtp.helo=" + ctx.helo : "smtp.mailfrom=" + a.domain;
+    std::string prop = helo ? "smtp.helo=" + pairValue(ctx.helo, false) : "smtp.mailfrom=" + a.domain;
     r.authResults.push_back("spf=" + name + " " + prop);
     r.headers.push_back(receivedSpf(a, ctx, host, helo));
     r.detail.add("spf_result", name);

@@ -2,11 +2,13 @@
 #include "mta/server/smtp_session.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <ctime>
 #include <random>
 
 #include "mta/runtime/log.h"
+#include "mta/runtime/scan.h"
 #include "mta/server/metrics.h"
 #include "policy/list_file.h"
 #include "queue/dsn.h"
@@ -306,6 +308,13 @@ void SmtpSession::handleLine(const std::string& line) {
   }
   auto parsed = smtp::parseCommand(line, smtputf8_);
   if (auto* err = std::get_if<smtp::Reply>(&parsed)) {
+    // A BDAT whose size cannot be read is followed by a chunk of unknown length: its bytes
+    // would be taken for commands. Nothing after it can be trusted to be a command.
+    if (line.size() >= 4 && mta::iequalsAscii(std::string_view(line).substr(0, 4), "BDAT") &&
+        (line.size() == 4 || line[4] == ' ' || line[4] == '\t')) {
+      closeWith(421, "4.5.0", cfg_.hostname + " BDAT without a readable size (" + err->text + "), closing connection");
+      return;
+    }
     reply(err->code, err->enhanced, err->text);
     protocolError();
     return;
@@ -362,7 +371,7 @@ void SmtpSession::cmdHelo(const smtp::Command& c, bool extended) {
     reply(250, "", cfg_.hostname);
     return;
   }
-  std::string text = cfg_.hostname + " Hello " + helo_ + " [" + ctx_->clientIp.str() + "]\n";
+  std::string text = cfg_.hostname + " Hello " + printableHelo() + " [" + ctx_->clientIp.str() + "]\n";
   text += "PIPELINING\nSIZE " + std::to_string(cfg_.maxMessageSize) + "\n";
   text += "8BITMIME\nENHANCEDSTATUSCODES\nSMTPUTF8\nCHUNKING\nDSN\n";
   if (!conn_->tlsActive() && snap_->serverTls.count(listener_.address)) text += "STARTTLS\n";
@@ -545,10 +554,13 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
   bool ok = cfg_.isRelayDomain(domain) || ctx_->fromRelayNetwork || ctx_->authenticated;
   if (!ok) {
     std::string text = "<" + address + ">: Relay access denied";
-    auto line = log::info("reject");
-    rejectFields(line, "rcpt", replyLine(554, "5.7.1", text));
-    line.add("to", address);
+    {
+      auto line = log::info("reject");
+      rejectFields(line, "rcpt", replyLine(554, "5.7.1", text));
+      line.add("to", address);
+    }
     reply(554, "5.7.1", text);
+    protocolError();  // counted, as Postfix's error limit does: no endless probing per session
     return;
   }
   if (snap_->aliases) {
@@ -594,10 +606,13 @@ bool SmtpSession::recipientExists(const std::string& address) const {
 
 void SmtpSession::rejectUnknownRecipient(const std::string& address) {
   std::string text = "<" + address + ">: Recipient address rejected: User unknown in relay recipient table";
-  auto line = log::info("reject");
-  rejectFields(line, "rcpt", "550 5.1.1 " + text);
-  line.add("to", address);
+  {
+    auto line = log::info("reject");
+    rejectFields(line, "rcpt", "550 5.1.1 " + text);
+    line.add("to", address);
+  }
   reply(550, "5.1.1", text);
+  protocolError();  // a harvest of addresses ends at limits.max_errors
 }
 
 // An address of the aliases file: its targets take its place in the envelope. Targets the
@@ -642,6 +657,29 @@ void SmtpSession::replySpoolError(std::string_view error) {
     reply(452, "4.3.1", "Insufficient system storage");
   else
     reply(451, "4.3.0", "Error: queue file write error");
+}
+
+// A Domain (letters, digits, '-', '.'; '_' as many clients send it) or an address literal.
+bool SmtpSession::heloIsDomainOrLiteral() const {
+  auto all = [](std::string_view s, std::string_view more) {
+    return std::all_of(s.begin(), s.end(), [more](char c) {
+      return std::isalnum(static_cast<unsigned char>(c)) || more.find(c) != std::string_view::npos;
+    });
+  };
+  std::string_view h = helo_;
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') return all(h.substr(1, h.size() - 2), ".:-");
+  return all(h, ".-_");
+}
+
+// The HELO argument for a reply or a comment: printable ASCII, with '?' for the rest and
+// for the characters a comment gives meaning to.
+std::string SmtpSession::printableHelo() const {
+  std::string out = helo_;
+  for (char& c : out)
+    if (static_cast<unsigned char>(c) < 0x21 || static_cast<unsigned char>(c) > 0x7e || c == '(' || c == ')' ||
+        c == ';' || c == '\\')
+      c = '?';
+  return out;
 }
 
 bool SmtpSession::startTransactionData() {
@@ -853,7 +891,12 @@ void SmtpSession::runDataFilters() {
 std::vector<filters::Header> SmtpSession::gatewayHeaders(const filters::StageOutcome& outcome) const {
   std::vector<filters::Header> h;
   std::string proto = protocolName();
-  std::string from = helo_ + " (";
+  // RFC 5321 §4.4: "from" names a Domain or an address literal. A HELO argument that is
+  // neither (8-bit bytes, ';', parentheses) is not written there as it is: it would make
+  // the header 8-bit, or let the client write trace text of its own. It goes into the
+  // comment, printable and with its specials replaced.
+  std::string from =
+      heloIsDomainOrLiteral() ? helo_ + " (" : "[" + ctx_->clientIp.str() + "] (helo=" + printableHelo() + " ";
   if (!ctx_->clientName.empty()) from += ctx_->clientName + " ";
   from += "[" + ctx_->clientIp.str() + "])";
   std::string received = "from " + from;

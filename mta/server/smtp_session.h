@@ -86,6 +86,8 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
 
   // Transaction
   bool startTransactionData();
+  bool heloIsDomainOrLiteral() const;
+  std::string printableHelo() const;
   void replySpoolError(std::string_view error);
   void endOfData();
   void runDataFilters();

@@ -298,6 +298,62 @@ class SessionTest(unittest.TestCase):
         msgs = self.sink.wait_messages(before + 1)
         self.assertTrue(msgs[-1]["data"].endswith(part))
 
+    def test_bdat_without_a_readable_size_closes_the_session(self):
+        # The chunk's length is unknown, so its bytes cannot be told from commands: without
+        # the close, "X: yNOOP" below would run as a command line.
+        for cmd in (b"BDAT 4\tLAST\r\n", b"BDAT 000000000000000000005 LAST\r\n", b"BDAT four LAST\r\n"):
+            with self.subTest(cmd=cmd):
+                c = self.bdat_client("size@example.test")
+                c.send(cmd + b"X: yNOOP\r\n")
+                code, text = c.read_reply()[-1]
+                self.assertEqual((code, text[:5]), (421, "4.5.0"), text)
+                with self.assertRaises(ConnectionError):
+                    c.read_reply()
+                c.close()
+
+    def test_relay_denials_count_towards_the_error_limit(self):
+        # max_errors = 5 here: a session cannot probe addresses without end.
+        c = self.client()
+        c.send("EHLO client.test\r\nMAIL FROM:<a@b.test>\r\n")
+        c.read_reply()
+        self.assertEqual(c.code(), 250)
+        for i in range(4):
+            c.send(f"RCPT TO:<x{i}@probe{i}.test>\r\n")
+            self.assertEqual(c.code(), 554)
+        c.send("RCPT TO:<x5@probe5.test>\r\n")
+        self.assertEqual(c.code(), 554)
+        self.assertEqual(c.code(), 421)
+        c.close()
+
+    def test_a_helo_that_is_no_domain_stays_out_of_the_trace_field(self):
+        # RFC 5321 §4.4: "from" names a Domain or an address literal; 8-bit bytes there would
+        # make an ASCII message 8-bit, and ';' would let the client write trace text.
+        before = len(self.sink.messages)
+        c = self.client()
+        c.send(b"EHLO \xff\xfex(y);by.evil\r\n")
+        ehlo = c.read_reply()
+        self.assertEqual(ehlo[0], (250, "mx.moat.test Hello ??x?y??by.evil [127.0.0.1]"))
+        c.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<helo@example.test>\r\nDATA\r\n")
+        for want in (250, 250, 354):
+            self.assertEqual(c.code(), want)
+        c.send("Subject: helo\r\n\r\nx\r\n.\r\nQUIT\r\n")
+        self.assertEqual(c.code(), 250)
+        data = self.sink.wait_messages(before + 1)[-1]["data"]
+        received = data.split(b"\r\n", 1)[0]
+        self.assertTrue(received.startswith(b"Received: from [127.0.0.1] (helo=??x?y??by.evil [127.0.0.1])"), received)
+        self.assertIn(b'; helo="??x(y);by.evil"; ', data, "Received-SPF quotes it (RFC 7208 9.1)")
+        self.assertTrue(all(b < 0x80 for b in data))
+        # A domain or an address literal is written as it is.
+        for helo in ("client-1.example_host.test", "[127.0.0.1]", "[IPv6:::1]"):
+            with self.subTest(helo=helo):
+                before = len(self.sink.messages)
+                s = self.moat.smtp()
+                s.ehlo(helo)
+                s.sendmail("a@b.test", ["helo@example.test"], f"Subject: {helo}\r\n\r\nx\r\n".encode())
+                s.quit()
+                data = self.sink.wait_messages(before + 1)[-1]["data"]
+                self.assertTrue(data.startswith(f"Received: from {helo} ([127.0.0.1])".encode()), data[:80])
+
     def test_bdat_reply_counts_the_whole_chunk(self):
         c = self.bdat_client("count@example.test")
         c.send(b"BDAT 12\r\nSubject:")  # 8 octets, then 4 in a later write
