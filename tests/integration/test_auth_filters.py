@@ -289,6 +289,12 @@ class OutboundSigningTest(unittest.TestCase):
         self.assertEqual(sorted(t["a"] for t in tags), ["ed25519-sha256", "rsa-sha256"])
         for t in tags:
             self.assertEqual(t["d"], "example.test")
+        # One Authentication-Results of ours, naming all three results (CONTRACT.md), here
+        # the checks that inbound mail gets and outbound mail does not.
+        ours = [v for v in header_values(data, "Authentication-Results") if v.startswith(HOST)]
+        self.assertEqual(len(ours), 1, ours)
+        for method in ("spf=none (not checked: outbound mail)", "dkim=none", "dmarc=none (not checked: outbound mail)"):
+            self.assertIn(method, ours[0])
         dnsfunc = txt_lookup({"s1._domainkey.example.test": self.rsa_txt,
                               "s2._domainkey.example.test": self.ed_txt})
         d = dkim.DKIM(data)
