@@ -68,10 +68,15 @@ std::string replyText(std::string_view s) {
 }  // namespace
 
 // Streams prefix + body with dot-stuffing and line-ending repair, carrying state across
-// pieces so a line split between two pieces is handled like any other.
+// pieces so a line split between two pieces is handled like any other. A line longer than
+// RFC 5321 §4.5.3.1.6 allows (1,000 octets with its CRLF) is broken with CRLF SPACE, as
+// Postfix's smtp_line_length_limit does: a next hop may refuse it whole, and the space
+// keeps a header field folded and does little harm to MIME bodies.
 struct SmtpClient::Body {
+  static constexpr size_t kMaxLine = 998;  // octets before the CRLF
   std::string_view parts[2];
   size_t part = 0, pos = 0;
+  size_t col = 0;  // octets of the current wire line so far
   bool lineStart = true, prevCr = false, done = false;
 
   // Appends up to `limit` input bytes' worth of wire bytes to `out`; true when finished
@@ -90,9 +95,17 @@ struct SmtpClient::Body {
           const char* b = p.data() + pos;
           size_t len = end - pos, k = 0;
           for (;;) {
-            k += findLineBreak(b + k, len - k);
+            size_t br = findLineBreak(b + k, len - k);
+            if (col + br > kMaxLine) {  // up to the limit; put() breaks the line there
+              k += kMaxLine - col;
+              col = kMaxLine;
+              break;
+            }
+            k += br;
+            col += br;
             if (k + 2 < len && b[k] == '\r' && b[k + 1] == '\n' && b[k + 2] != '.') {
               k += 2;
+              col = 0;
               continue;
             }
             break;
@@ -125,6 +138,7 @@ struct SmtpClient::Body {
     if (wasCr && c != '\n') {  // a bare CR ends the line
       out += '\n';
       lineStart = true;
+      col = 0;
     }
     if (c == '\r') {
       out += '\r';
@@ -135,10 +149,19 @@ struct SmtpClient::Body {
       if (!wasCr) out += '\r';
       out += '\n';
       lineStart = true;
+      col = 0;
       return;
     }
-    if (lineStart && c == '.') out += '.';
+    if (col >= kMaxLine) {
+      out += "\r\n ";
+      col = 1;
+    }
+    if (lineStart && c == '.') {
+      out += '.';
+      ++col;
+    }
     out += c;
+    ++col;
     lineStart = false;
   }
 };

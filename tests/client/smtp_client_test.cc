@@ -141,6 +141,44 @@ Transaction simpleTx(std::vector<std::string> rcpts, std::string_view body = "Su
 
 }  // namespace
 
+TEST_CASE("client: lines longer than 998 octets are broken with CRLF SPACE (RFC 5321 4.5.3.1.6)") {
+  ScriptedServer server("\"pipelining\": true");
+  uv::Loop loop;
+  auto c = connectTo(loop, server.port(), plainOptions());
+  REQUIRE(c.client);
+  // What the next hop stores: each wire line at most 998 octets, a stuffed dot counted.
+  auto folded = [](const std::string& body) {
+    std::string out;
+    for (size_t i = 0; i < body.size();) {
+      size_t e = body.find("\r\n", i);
+      std::string line = body.substr(i, e - i);
+      size_t first = line.starts_with('.') ? 997 : 998;
+      out += line.substr(0, first);
+      for (size_t k = first; k < line.size(); k += 997) out += "\r\n " + line.substr(k, 997);
+      out += "\r\n";
+      i = e + 2;
+    }
+    return out;
+  };
+  auto line = [](char c, size_t n) { return std::string(n, c) + "\r\n"; };
+  std::string body = "Subject: long lines\r\n\r\n" + line('a', 998) + line('b', 999) + line('c', 2500) + "." +
+                     line('d', 999) + line('e', 10);
+  // ...and one that crosses the 64 KiB pieces the body is written in.
+  while (body.size() < 65536 - 300) body += line('f', 70);
+  body += line('g', 3000) + line('h', 5);
+  auto r = sendTx(loop, *c.client, simpleTx({"a@example.test"}, body));
+  INFO(r.error);
+  REQUIRE(r.data.code == 250);
+  std::string got = server.file("msg1.eml");
+  REQUIRE(got == folded(body));
+  REQUIRE(got != body);
+  for (size_t i = 0; i < got.size();) {
+    size_t e = got.find("\r\n", i);
+    REQUIRE(e - i <= 998);
+    i = e + 2;
+  }
+}
+
 TEST_CASE("client: bodies arrive byte-exact, dot-stuffed, over one reused connection") {
   ScriptedServer server("\"pipelining\": true");
   REQUIRE(server.port() != 0);
