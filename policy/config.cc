@@ -74,6 +74,7 @@ void readListener(Config& c, Section s) {
   if (l.tlsCert.empty() != l.tlsKey.empty()) s.error(l.tlsCert.empty() ? "tls_key" : "tls_cert", "tls_cert and tls_key go together");
   if (l.mode == ListenerMode::Smtps && l.tlsCert.empty()) s.error("mode", "smtps needs tls_cert and tls_key");
   l.authUsers = s.getPath("auth_users", "");
+  l.authUsersLine = s.lineOf("auth_users");
   // A submission listener takes mail only from clients that AUTH (RFC 6409 §4.3), and AUTH
   // is offered only over TLS (RFC 4954 §4): passwords never cross the network in clear.
   if (l.mode == ListenerMode::Submission && l.authUsers.empty())
@@ -282,6 +283,12 @@ const Route* Config::routeFor(const std::string& domain) const {
 }
 
 std::shared_ptr<const Config> loadConfig(const std::string& path, Errors& errors) {
+  auto c = readConfig(path, errors);
+  if (errors.hasErrors()) return nullptr;
+  return c;
+}
+
+std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors) {
   auto c = std::make_shared<Config>();
   c->path = absolutePath(path);
   c->dir = dirOf(c->path);
@@ -314,7 +321,6 @@ std::shared_ptr<const Config> loadConfig(const std::string& path, Errors& errors
   readSenders(*c, c->section("senders", errors));
 
   if (c->listeners.empty()) errors.error(c->path, 0, "no [[listener]]: Moat would accept no mail");
-  if (errors.hasErrors()) return nullptr;
   return c;
 }
 

@@ -32,6 +32,7 @@ struct Listener {
   std::string tlsCert, tlsKey;  // absolute paths, or empty
   std::string authUsers;        // SMTP AUTH credentials (policy/users.h); absolute, or empty
   int line = 0;
+  int authUsersLine = 0;  // of auth_users (or of the [[listener]] table)
 };
 
 struct RouteTarget {
@@ -132,5 +133,9 @@ struct Config {
 // Parses and validates `path`. On any error returns nullptr; `errors` holds every problem
 // found (not only the first), each as FILE:LINE: message.
 std::shared_ptr<const Config> loadConfig(const std::string& path, Errors& errors);
+// The same, but what could be read is returned even when `errors` holds errors (nullptr
+// only when the file is not TOML): `moat check` goes on to the policy files and filter
+// sections, so one run lists every independent mistake.
+std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors);
 
 }  // namespace moat::policy

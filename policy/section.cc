@@ -1,6 +1,13 @@
 // policy/section.cc — see section.h.
 #include "policy/section.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
 #include "policy/values.h"
 
 namespace moat::policy {
@@ -138,6 +145,38 @@ std::string Section::getEnum(const std::string& key, const std::string& def, con
   for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
   error(key, "\"" + v + "\" is not one of: " + list);
   return def;
+}
+
+std::string unreadableReason(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return std::strerror(errno);
+  struct stat st {};
+  int err = ::fstat(fd, &st) != 0 ? errno : S_ISDIR(st.st_mode) ? EISDIR : 0;
+  ::close(fd);
+  return err ? std::strerror(err) : "";
+}
+
+void reportUnreadable(Errors& errors, const std::string& file, int line, const std::string& key,
+                      const std::string& path, const std::string& reason) {
+  errors.error(file, line, key + ": cannot read " + path + ": " + reason);
+}
+
+bool Section::readable(const std::string& key, const std::string& path) {
+  std::string reason = unreadableReason(path);
+  if (reason.empty()) return true;
+  int line = lineOf(key);
+  const toml::node* n = table_ ? table_->get(key) : nullptr;
+  if (const toml::array* arr = n ? n->as_array() : nullptr) {
+    for (const auto& el : *arr) {
+      auto v = el.value<std::string>();
+      if (v && resolvePath(baseDir_, *v) == path) {
+        line = static_cast<int>(el.source().begin.line);
+        break;
+      }
+    }
+  }
+  reportUnreadable(errors_, file_, line, name_.empty() ? key : name_ + "." + key, path, reason);
+  return false;
 }
 
 void Section::rejectUnknownKeys() {

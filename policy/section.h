@@ -37,6 +37,13 @@ class Section {
   // One of `allowed`.
   std::string getEnum(const std::string& key, const std::string& def, const std::vector<std::string>& allowed);
 
+  // Whether the file at `path` (as getPath or getPathArray returned it for `key`) can be
+  // opened for reading. If not, reports "SECTION.KEY: cannot read PATH: REASON" at the line
+  // of the config that names it (the array element's own line for a getPathArray key) and
+  // returns false: a policy file that is missing or unreadable is the config's mistake, so
+  // it is reported where the config names it, not as the file's own path without a line.
+  bool readable(const std::string& key, const std::string& path);
+
   // Reports keys of this section that no getter asked for. Call after reading it.
   void rejectUnknownKeys();
 
@@ -57,5 +64,12 @@ class Section {
 };
 
 std::string resolvePath(const std::string& baseDir, const std::string& path);
+
+// The check behind Section::readable, for a file the config named at FILE:LINE under `key`
+// (e.g. "[[listener]].auth_users"): "" if `path` can be opened for reading (and is not a
+// folder), else the reason (strerror).
+std::string unreadableReason(const std::string& path);
+void reportUnreadable(Errors& errors, const std::string& file, int line, const std::string& key,
+                      const std::string& path, const std::string& reason);
 
 }  // namespace moat::policy

@@ -174,6 +174,7 @@ Scanner::Reload Scanner::reloadIfChanged(std::string* error) {
   // Remember what was tried, so a broken database is not reloaded again until it changes.
   loadedFingerprint_ = fp;
   attempted_ = true;
+  lastError_ = fresh ? "" : err;
   if (!fresh) {
     mlog::error("antivirus_load_failed").add("database_dir", dir_).add("error", err).add("kept_old", engine_ != nullptr);
     if (error) *error = err;
@@ -200,6 +201,11 @@ void Scanner::maybeCheck(std::chrono::milliseconds interval) {
 }
 
 void Scanner::waitIdle() { loader_.wait(); }
+
+std::string Scanner::lastError() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return lastError_;
+}
 
 std::shared_ptr<const Engine> Scanner::engine() const {
   std::lock_guard<std::mutex> lock(mu_);

@@ -69,6 +69,7 @@ class Scanner final : public Backend {
 
   std::string_view name() const override { return "libclamav"; }
   std::shared_ptr<const Engine> engine() const;
+  std::string lastError() const override;
   ScanResult scan(std::string_view raw, const mime::Message* mime) const override;
   const std::string& databaseDir() const { return dir_; }
 
@@ -77,10 +78,11 @@ class Scanner final : public Backend {
 
   std::string dir_;
   ScanLimits limits_;
-  mutable std::mutex mu_;  // guards engine_, loadedFingerprint_
+  mutable std::mutex mu_;  // guards engine_, loadedFingerprint_, lastError_
   std::shared_ptr<const Engine> engine_;
   std::string loadedFingerprint_;
   bool attempted_ = false;  // a load was tried (loadedFingerprint_ is meaningful)
+  std::string lastError_;   // of the last load tried; "" = it succeeded
   std::mutex loadMu_;  // one load at a time
   std::atomic<int64_t> lastCheckMs_{0};
   BackgroundTask loader_;  // last: joined before the members its job uses go

@@ -119,4 +119,23 @@ std::shared_ptr<const AntivirusFilter> makeAntivirusFilter(const policy::Config&
   return std::make_shared<AntivirusFilter>(std::move(fc));
 }
 
+void checkReady(const policy::Config& config, const AntivirusFilter* filter, policy::Errors& errors) {
+  policy::Errors again;  // readConfig's own errors are in `errors` already
+  auto s = config.section("antivirus", errors);
+  if (!filter) {
+    FilterConfig fc = readConfig(config, again);
+    if (fc.backend == "libclamav" && !hasDatabaseFiles(fc.databaseDir))
+      s.warning("database_dir",
+                "no signature databases in " + fc.databaseDir + ": messages are NOT scanned for viruses");
+    return;
+  }
+  std::string error = filter->scanner().lastError();
+  if (error.empty()) return;
+  if (filter->config().backend == "clamd")
+    s.warning("clamd_socket",
+              "clamd does not answer (" + error + "): every message is answered 451 4.7.1 until it does");
+  else
+    s.error("database_dir", error);
+}
+
 }  // namespace moat::filters::antivirus

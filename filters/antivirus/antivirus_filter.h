@@ -59,6 +59,7 @@ class AntivirusFilter final : public Filter {
   // For SIGHUP and tests: check the database (or PING clamd) now, on a background thread.
   void reloadIfChanged() const { scanner_->reloadInBackground(); }
   Backend& scanner() const { return *scanner_; }
+  const FilterConfig& config() const { return config_; }
 
  private:
   FilterConfig config_;
@@ -67,5 +68,12 @@ class AntivirusFilter final : public Filter {
 
 // libclamav: nullptr (and a warning log) when the database directory has no databases.
 std::shared_ptr<const AntivirusFilter> makeAntivirusFilter(const policy::Config& config, policy::Errors& errors);
+
+// `moat check`, once `filter`'s first load or PING ended (scanner().waitIdle(); null =
+// makeAntivirusFilter turned the filter off): reports at the [antivirus] key concerned
+// what the daemon would only log. A libclamav load failure is an error at database_dir
+// (the daemon would answer 451 4.7.1 to every message); no database files (the filter is
+// off) and a clamd that does not answer (it may simply not run yet) are warnings.
+void checkReady(const policy::Config& config, const AntivirusFilter* filter, policy::Errors& errors);
 
 }  // namespace moat::filters::antivirus

@@ -54,6 +54,9 @@ class Backend {
   virtual void maybeCheck(std::chrono::milliseconds interval) = 0;
   // Waits until no background work runs (tests, `moat scan`, shutdown).
   virtual void waitIdle() = 0;
+  // Why the last database load (or clamd PING) failed; "" when it succeeded or none ended
+  // yet (`moat check`, after waitIdle).
+  virtual std::string lastError() const = 0;
 };
 
 // One background job at a time on a thread of its own (database loads, clamd PINGs).

@@ -317,9 +317,19 @@ void ClamdScanner::reloadInBackground() {
   pinger_.start([this] { checkNow(); });
 }
 
+std::string ClamdScanner::lastError() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return lastError_;
+}
+
 bool ClamdScanner::checkNow() {
   std::string error;
-  if (!client_.ping(error)) {
+  bool answered = client_.ping(error);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    lastError_ = answered ? "" : error;
+  }
+  if (!answered) {
     mlog::warn("antivirus_clamd_unreachable")
         .add("backend", name())
         .add("clamd_socket", client_.address().text())

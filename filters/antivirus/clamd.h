@@ -23,6 +23,7 @@
 #pragma once
 #include <chrono>
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -76,6 +77,7 @@ class ClamdScanner final : public Backend {
   void reloadInBackground() override;
   void maybeCheck(std::chrono::milliseconds) override {}  // clamd reloads its own databases
   void waitIdle() override { pinger_.wait(); }
+  std::string lastError() const override;
   // The PING itself, on the calling thread (tests).
   bool checkNow();
   const ClamdClient& client() const { return client_; }
@@ -83,6 +85,8 @@ class ClamdScanner final : public Backend {
  private:
   ClamdClient client_;
   uint64_t maxScanSize_;
+  mutable std::mutex mu_;  // guards lastError_
+  std::string lastError_;  // of the last PING; "" = clamd answered
   BackgroundTask pinger_;  // last: joined before client_ goes
 };
 

@@ -181,11 +181,12 @@ std::optional<SignKey> readSignEntry(policy::Section& s) {
   if (key.selector.empty()) s.error("selector", "missing");
   if (file.empty()) s.error("key_file", "missing");
   if (key.domain.empty() || key.selector.empty() || file.empty()) return std::nullopt;
+  if (!s.readable("key_file", file)) return std::nullopt;
   std::ifstream in(file, std::ios::binary);
   std::stringstream buf;
   if (in) buf << in.rdbuf();
   if (!in || buf.str().empty()) {
-    s.error("key_file", "cannot read " + file);
+    s.error("key_file", "cannot read " + file + (in ? ": the file is empty" : ""));
     return std::nullopt;
   }
   key.privateKeyPem_or_seed = buf.str();

@@ -20,7 +20,10 @@ FilterConfig readConfig(const policy::Config& config, policy::Errors& errors) {
   if (fc.tag > fc.quarantine) s.error("quarantine", "must be at least tag");
   if (fc.quarantine > fc.reject) s.error("reject", "must be at least quarantine");
   s.rejectUnknownKeys();
-  if (!fc.files.empty()) fc.rules = RuleSet::load(fc.files, Options{fc.pcre2Fallback}, errors);
+  // A rule file that cannot be read is reported where the config names it.
+  bool readable = true;
+  for (const auto& f : fc.files) readable = s.readable("files", f) && readable;
+  if (!fc.files.empty() && readable) fc.rules = RuleSet::load(fc.files, Options{fc.pcre2Fallback}, errors);
   return fc;
 }
 

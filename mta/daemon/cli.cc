@@ -1,18 +1,20 @@
-// mta/daemon/cli.cc — see cli.h. Every subcommand takes -c FILE; unknown options and
-// missing arguments are usage errors (exit 2) with the usage text on stderr.
+// mta/daemon/cli.cc — see cli.h. Every command takes its own options only (all but dkim
+// and version take -c FILE); any other option, a missing one, a repeated one and missing
+// or extra arguments are usage errors (exit 2) with the usage text on stderr.
 #include "mta/daemon/cli.h"
 
 #include <cstdio>
 #include <ctime>
 #include <map>
+#include <set>
 #include <sstream>
 
-#include "mta/daemon/control.h"
 #include "filters/rules/rules_filter.h"
+#include "mta/daemon/control.h"
 #include "mta/daemon/daemon.h"
 #include "mta/daemon/offline.h"
-#include "mta/runtime/log.h"
 #include "mta/daemon/tiny_json.h"
+#include "mta/runtime/log.h"
 #include "mta/server/snapshot.h"
 #include "policy/config.h"
 
@@ -25,6 +27,8 @@ const char* kUsage =
     "       moat queue  -c FILE list [--json] [--quarantine|--hold|--all]\n"
     "       moat queue  -c FILE show ID | flush [ID] | hold ID | release ID | delete ID | bounce ID\n"
     "       moat scan   -c FILE [--client-ip IP] [--helo NAME] [--mail-from ADDR] [--rcpt ADDR]... MESSAGE.eml\n"
+    "                   (the inbound path: --client-ip defaults to 192.0.2.1, an RFC 5737 documentation\n"
+    "                   address outside any relay network, never contacted; --helo to localhost)\n"
     "       moat spf    -c FILE --ip IP --helo NAME --mail-from ADDR\n"
     "       moat dkim   keygen --domain D --selector S [--type rsa|ed25519] --out KEYFILE\n"
     "       moat version\n";
@@ -42,28 +46,50 @@ struct Parsed {
   std::vector<std::string> flags;                        // --name
 };
 
-// Options that take a value; everything else starting with "--" is a flag.
-bool parseArgs(const std::vector<std::string>& args, size_t from, const std::vector<std::string>& valued,
-               Parsed& p, std::string& error) {
+// The options one command takes; anything else is a usage error.
+struct Spec {
+  bool config = false;             // -c FILE (--config FILE)
+  std::set<std::string> valued;    // --name VALUE, at most once
+  std::set<std::string> repeated;  // --name VALUE, any number of times
+  std::set<std::string> flags;     // --name
+};
+
+bool parseArgs(const std::string& cmd, const std::vector<std::string>& args, size_t from, const Spec& spec, Parsed& p,
+               std::string& error) {
+  bool haveConfig = false;
   for (size_t i = from; i < args.size(); ++i) {
     const auto& a = args[i];
     if (a == "-c" || a == "--config") {
+      if (!spec.config) {
+        error = cmd + " takes no " + a;
+        return false;
+      }
       if (i + 1 >= args.size()) {
         error = a + " needs a file";
         return false;
       }
+      if (haveConfig) {
+        error = a + " given twice";
+        return false;
+      }
+      haveConfig = true;
       p.config = args[++i];
-    } else if (a.rfind("--", 0) == 0) {
-      bool takes = false;
-      for (const auto& v : valued) takes |= v == a;
-      if (takes) {
+    } else if (a.size() > 1 && a[0] == '-') {
+      if (spec.valued.count(a) || spec.repeated.count(a)) {
         if (i + 1 >= args.size()) {
           error = a + " needs a value";
           return false;
         }
+        if (spec.valued.count(a) && p.opts.count(a)) {
+          error = a + " given twice";
+          return false;
+        }
         p.opts[a].push_back(args[++i]);
-      } else {
+      } else if (spec.flags.count(a)) {
         p.flags.push_back(a);
+      } else {
+        error = cmd + ": unknown option " + a;
+        return false;
       }
     } else {
       p.rest.push_back(a);
@@ -79,15 +105,18 @@ bool hasFlag(const Parsed& p, const std::string& f) {
 }
 
 int cmdCheck(const Parsed& p) {
+  // Every independent mistake in one run: the core sections, the policy files, the filter
+  // sections, and the antivirus databases (loaded here as serve would).
   policy::Errors errors;
-  auto snap = server::Snapshot::load(p.config, errors);
+  auto snap = server::Snapshot::check(p.config, errors);
   for (const auto& e : errors.all()) std::fprintf(stderr, "%s\n", e.str().c_str());
   if (!snap) return 1;
+  const auto& config = snap->config;
   // Rule statistics: how many regex rules run on RE2, on the fallback, and what was skipped.
   policy::Errors ruleErrors;
-  std::string rules = filters::rules::checkReport(*snap->config, ruleErrors);
+  std::string rules = filters::rules::checkReport(*config, ruleErrors);
   if (!rules.empty()) std::printf("%s\n", rules.c_str());
-  std::printf("%s: ok\n", snap->config->path.c_str());
+  std::printf("%s: ok\n", config->path.c_str());
   return 0;
 }
 
@@ -106,9 +135,14 @@ int cmdQueue(const Parsed& p) {
   size_t nargs = p.rest.size() - 1;
   if ((it->second == 1 && nargs != 1) || (it->second == 0 && nargs != 0) || (it->second == -1 && nargs > 1))
     return usage("wrong number of arguments for queue " + sub);
+  // --json for any (show and the actions print JSON anyway); which area to list, for list only.
+  int areas = 0;
   for (const auto& f : p.flags) {
-    if (f != "--json" && f != "--quarantine" && f != "--hold" && f != "--all") return usage("unknown option " + f);
+    if (f == "--json") continue;
+    if (sub != "list") return usage("queue " + sub + ": unknown option " + f);
+    ++areas;
   }
+  if (areas > 1) return usage("queue list: --quarantine, --hold and --all go alone");
   policy::Errors errors;
   auto cfg = policy::loadConfig(p.config, errors);
   if (!cfg) {
@@ -185,20 +219,38 @@ int runCli(const std::vector<std::string>& args) {
   if (args.empty()) return usage();
   const std::string& cmd = args[0];
   if (cmd == "version" || cmd == "--version") {
+    if (args.size() > 1) return usage(cmd + " takes no arguments");
     std::printf("moat %s\n", MOAT_VERSION);
     return 0;
   }
   if (cmd == "help" || cmd == "--help" || cmd == "-h") {
+    if (args.size() > 1) return usage(cmd + " takes no arguments");
     std::fputs(kUsage, stdout);
     return 0;
   }
+  // Each command's own options (CONTRACT.md, Command line); nothing else is taken.
+  static const std::map<std::string, Spec> kSpecs = {
+      {"serve", {true, {}, {}, {}}},
+      {"check", {true, {}, {}, {}}},
+      {"queue", {true, {}, {}, {"--json", "--quarantine", "--hold", "--all"}}},
+      {"scan", {true, {"--client-ip", "--helo", "--mail-from"}, {"--rcpt"}, {}}},
+      {"spf", {true, {"--ip", "--helo", "--mail-from"}, {}, {}}},
+      {"dkim", {false, {"--domain", "--selector", "--type", "--out"}, {}, {}}},
+  };
+  auto spec = kSpecs.find(cmd);
+  if (spec == kSpecs.end()) return usage("unknown command: " + cmd);
   Parsed p;
   std::string error;
-  static const std::vector<std::string> kValued = {"--client-ip", "--helo", "--mail-from", "--rcpt", "--ip",
-                                                   "--domain", "--selector", "--type", "--out"};
-  if (!parseArgs(args, 1, kValued, p, error)) return usage(error);
-  // Only the daemon logs to its configured destination; commands keep stdout for their output.
-  if (cmd != "serve") log::open("/dev/stderr");
+  if (!parseArgs(cmd, args, 1, spec->second, p, error)) return usage(error);
+  if (spec->second.config && p.config.empty()) return usage(cmd + " needs -c FILE");
+  // Only the daemon logs to its configured destination, as JSON lines. The other commands
+  // keep stdout for their output, and stderr for what the user must see: `check` reports
+  // everything as FILE:LINE (the antivirus states it would log included), the others show
+  // the warnings and errors their work logs (DNS, antivirus) as plain text.
+  if (cmd == "check")
+    log::disable();
+  else if (cmd != "serve")
+    log::toStderrText(log::Level::Warn);
   if (cmd == "dkim") {
     if (p.rest.size() != 1 || p.rest[0] != "keygen") return usage("dkim: only `dkim keygen` exists");
     std::string type = one(p, "--type").empty() ? "rsa" : one(p, "--type");
@@ -207,20 +259,17 @@ int runCli(const std::vector<std::string>& args) {
     if (type != "rsa" && type != "ed25519") return usage("--type is rsa or ed25519");
     return runDkimKeygen(one(p, "--domain"), one(p, "--selector"), type, one(p, "--out"));
   }
-  if (cmd == "serve" || cmd == "check" || cmd == "queue" || cmd == "scan" || cmd == "spf") {
-    if (p.config.empty()) return usage(cmd + " needs -c FILE");
-  }
   if (cmd == "serve") {
-    if (!p.rest.empty() || !p.flags.empty()) return usage("serve takes only -c FILE");
+    if (!p.rest.empty()) return usage("serve takes only -c FILE");
     return serve(p.config);
   }
   if (cmd == "check") {
-    if (!p.rest.empty() || !p.flags.empty()) return usage("check takes only -c FILE");
+    if (!p.rest.empty()) return usage("check takes only -c FILE");
     return cmdCheck(p);
   }
   if (cmd == "queue") return cmdQueue(p);
   if (cmd == "scan") {
-    if (p.rest.size() != 1 || !p.flags.empty()) return usage("scan takes one MESSAGE file");
+    if (p.rest.size() != 1) return usage("scan takes one MESSAGE file");
     ScanOptions o;
     o.config = p.config;
     o.messageFile = p.rest[0];
@@ -230,12 +279,10 @@ int runCli(const std::vector<std::string>& args) {
     if (p.opts.count("--rcpt")) o.rcpts = p.opts.at("--rcpt");
     return runScan(o);
   }
-  if (cmd == "spf") {
-    if (!p.rest.empty() || !p.flags.empty() || one(p, "--ip").empty() || !p.opts.count("--mail-from"))
-      return usage("spf needs --ip, --helo and --mail-from");
-    return runSpf(p.config, one(p, "--ip"), one(p, "--helo"), one(p, "--mail-from"));
-  }
-  return usage("unknown command: " + cmd);
+  // spf: --mail-from may be "" (the null sender: SPF checks the HELO name then).
+  if (!p.rest.empty() || one(p, "--ip").empty() || !p.opts.count("--helo") || !p.opts.count("--mail-from"))
+    return usage("spf needs --ip, --helo and --mail-from");
+  return runSpf(p.config, one(p, "--ip"), one(p, "--helo"), one(p, "--mail-from"));
 }
 
 }  // namespace moat::mta::daemon

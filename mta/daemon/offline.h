@@ -9,7 +9,7 @@ namespace moat::mta::daemon {
 
 struct ScanOptions {
   std::string config;
-  std::string clientIp = "127.0.0.1";
+  std::string clientIp = "192.0.2.1";  // RFC 5737, outside any relay network: the inbound path
   std::string helo = "localhost";
   std::string mailFrom;
   std::vector<std::string> rcpts;

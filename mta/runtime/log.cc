@@ -144,6 +144,8 @@ Writer& writer() {
 }
 
 std::atomic<int> g_min_level{static_cast<int>(Level::Info)};
+std::atomic<bool> g_text{false};  // toStderrText()
+constexpr int kOff = static_cast<int>(Level::Error) + 1;
 
 }  // namespace
 
@@ -160,7 +162,14 @@ std::string_view levelName(Level level) {
 bool open(const std::string& path) { return writer().open(path); }
 void reopen() { writer().reopen(); }
 void setMinLevel(Level level) { g_min_level = static_cast<int>(level); }
-void flush() { writer().flush(); }
+void flush() {
+  if (!g_text) writer().flush();
+}
+void toStderrText(Level min) {
+  g_text = true;
+  g_min_level = static_cast<int>(min);
+}
+void disable() { g_min_level = kOff; }
 
 std::string timestamp() {
   auto now = std::chrono::system_clock::now();
@@ -175,11 +184,36 @@ std::string timestamp() {
 }
 
 Line::Line(Level level, std::string_view event)
-    : level_(level), enabled_(static_cast<int>(level) >= g_min_level.load(std::memory_order_relaxed)),
+    : level_(level),
+      enabled_(static_cast<int>(level) >= g_min_level.load(std::memory_order_relaxed)),
+      text_(g_text.load(std::memory_order_relaxed)),
       event_(event) {}
+
+void Line::addText(std::string_view key, const std::string& json) {
+  textFields_ += ' ';
+  textFields_.append(key);
+  textFields_ += '=';
+  bool bare = json.size() > 2 && json.front() == '"' && json.find_first_of(" \\\t", 1) == std::string::npos &&
+              json.find('"', 1) == json.size() - 1;
+  textFields_ += bare ? json.substr(1, json.size() - 2) : json;
+}
 
 Line::~Line() {
   if (!enabled_) return;
+  if (text_) {
+    // One write(2), so that lines from threads do not interleave; stderr is not buffered.
+    std::string line = "moat: " + std::string(level_ == Level::Warn ? "warning" : levelName(level_)) + ": ";
+    std::string event;
+    appendJsonString(event, event_);  // escapes what a terminal must not see
+    line += event.substr(1, event.size() - 2) + (textFields_.empty() ? "" : ":") + textFields_ + "\n";
+    for (size_t off = 0; off < line.size();) {
+      ssize_t n = ::write(2, line.data() + off, line.size() - off);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      off += static_cast<size_t>(n);
+    }
+    return;
+  }
   std::string line = "{\"ts\":\"" + timestamp() + "\",\"level\":\"" + std::string(levelName(level_)) +
                      "\",\"event\":";
   appendJsonString(line, event_);

@@ -26,6 +26,13 @@ void reopen();
 void setMinLevel(Level level);
 // Waits until every line written so far has reached the destination (tests, shutdown).
 void flush();
+// The command-line tools (every command but `serve`), whose stdout is their output: lines
+// at `min` and above go straight to stderr as one line of plain text each,
+// "moat: warning: EVENT: key=value key=\"a value\"", and the others nowhere. Before any
+// line is written.
+void toStderrText(Level min);
+// No line is written at all (`moat check`, which reports what matters as FILE:LINE).
+void disable();
 
 // The current time as RFC 3339 UTC with milliseconds, e.g. 2026-11-22T10:00:00.123Z.
 std::string timestamp();
@@ -39,18 +46,35 @@ class Line {
 
   template <typename T>
   Line& add(std::string_view key, const T& value) {
-    if (enabled_) fields_.add(key, value);
+    if (!enabled_) return *this;
+    if (text_) {
+      JsonObject one;  // the value as JSON: "":VALUE
+      one.add("", value);
+      addText(key, one.members().substr(3));
+    } else {
+      fields_.add(key, value);
+    }
     return *this;
   }
   Line& addRaw(std::string_view key, std::string_view json) {
-    if (enabled_) fields_.addRaw(key, json);
+    if (!enabled_) return *this;
+    if (text_)
+      addText(key, std::string(json));
+    else
+      fields_.addRaw(key, json);
     return *this;
   }
 
  private:
+  // Text mode: ` key=VALUE`, from the value as JSON (a string without blanks, quotes or
+  // escapes loses its quotes).
+  void addText(std::string_view key, const std::string& json);
+
   Level level_;
   bool enabled_;
+  bool text_;
   std::string event_;
+  std::string textFields_;
   JsonObject fields_;
 };
 

@@ -4,10 +4,29 @@
 #include "filters/antivirus/antivirus_filter.h"
 
 namespace moat::mta::server {
+namespace {
 
-std::shared_ptr<const Snapshot> Snapshot::load(const std::string& configPath, policy::Errors& errors) {
-  auto config = policy::loadConfig(configPath, errors);
+// A policy file the config names (by `key` at `line`) that cannot be opened is reported
+// there, as [[dkim.sign]] key_file is, and not read further.
+bool readable(const policy::Config& config, int line, const std::string& key, const std::string& path,
+              policy::Errors& errors) {
+  std::string reason = policy::unreadableReason(path);
+  if (reason.empty()) return true;
+  policy::reportUnreadable(errors, config.path, line, key, path, reason);
+  return false;
+}
+
+// Everything a snapshot holds. With `whole` (moat check) it goes on after errors in the
+// core sections and returns what it built whatever `errors` holds; else it returns null
+// when the core sections have errors, before building anything. Null either way when the
+// config is not TOML.
+std::shared_ptr<Snapshot> build(const std::string& configPath, policy::Errors& errors, bool whole) {
+  auto config = policy::readConfig(configPath, errors);
   if (!config) return nullptr;
+  // Checks that read the core sections' values (relay.domains) are left out when those
+  // had errors: their findings would follow from the errors already reported.
+  const bool coreValid = !errors.hasErrors();
+  if (!coreValid && !whole) return nullptr;
   auto snap = std::make_shared<Snapshot>();
   snap->config = config;
   snap->pipeline = filters::Pipeline::build(*config, errors);
@@ -25,19 +44,28 @@ std::shared_ptr<const Snapshot> Snapshot::load(const std::string& configPath, po
   for (const auto& l : config->listeners) {
     if (l.authUsers.empty()) continue;
     auto it = usersByFile.find(l.authUsers);
-    if (it == usersByFile.end()) it = usersByFile.emplace(l.authUsers, policy::UserDb::load(l.authUsers, errors)).first;
+    if (it == usersByFile.end()) {
+      std::shared_ptr<const policy::UserDb> db;
+      if (readable(*config, l.authUsersLine, "[[listener]].auth_users", l.authUsers, errors))
+        db = policy::UserDb::load(l.authUsers, errors);
+      it = usersByFile.emplace(l.authUsers, db).first;
+    }
     if (it->second) snap->users[l.address] = it->second;
   }
-  if (!config->blockedSenders.empty())
+  if (!config->blockedSenders.empty() &&
+      readable(*config, config->blockedSendersLine, "senders.block", config->blockedSenders, errors))
     snap->blockedSenders = policy::AddressList::load(config->blockedSenders, "blocked senders", errors);
-  if (!config->relayRecipients.empty())
+  if (!config->relayRecipients.empty() &&
+      readable(*config, config->relayRecipientsLine, "relay.recipients", config->relayRecipients, errors))
     snap->recipients = policy::RecipientTable::load(config->relayRecipients, errors);
-  if (!config->relayAliases.empty()) {
+  if (!config->relayAliases.empty() &&
+      readable(*config, config->relayAliasesLine, "relay.aliases", config->relayAliases, errors)) {
     // What `moat check` should point out in an aliases file that loads: entries mail from
     // the internet never reaches, and targets the recipient table refuses (dropped at RCPT).
     const std::string& file = config->relayAliases;
     snap->aliases = policy::AliasTable::load(
         file, errors, [&](const std::string& source, int line, const policy::AliasTable::Expansion& e) {
+          if (!coreValid) return;
           if (!config->isRelayDomain(source.substr(source.rfind('@') + 1)))
             errors.warning(file, line,
                            "\"" + source + "\" is not in a relay domain: only mail from relay clients reaches it");
@@ -51,7 +79,7 @@ std::shared_ptr<const Snapshot> Snapshot::load(const std::string& configPath, po
   }
   // A relay domain the recipients file does not name is not checked: say so, it may be an
   // oversight. (A domain alias sends its addresses to another domain, which is checked.)
-  if (snap->recipients)
+  if (snap->recipients && coreValid)
     for (const auto& d : config->relayDomains)
       if (!d.empty() && d[0] != '.' && !snap->recipients->covers(d) &&
           !(snap->aliases && snap->aliases->entries().count("@" + d)))
@@ -70,6 +98,27 @@ std::shared_ptr<const Snapshot> Snapshot::load(const std::string& configPath, po
     }
     snap->verifyingClientTls[r.caFile] = ctx;
   }
+  return snap;
+}
+
+}  // namespace
+
+std::shared_ptr<const Snapshot> Snapshot::load(const std::string& configPath, policy::Errors& errors) {
+  auto snap = build(configPath, errors, false);
+  if (!snap || errors.hasErrors()) return nullptr;
+  return snap;
+}
+
+std::shared_ptr<const Snapshot> Snapshot::check(const std::string& configPath, policy::Errors& errors) {
+  auto snap = build(configPath, errors, true);
+  if (!snap) return nullptr;
+  const filters::antivirus::AntivirusFilter* av = nullptr;
+  if (snap->pipeline) {
+    snap->waitReady();
+    for (const auto& f : snap->pipeline->filters())
+      if (auto* a = dynamic_cast<const filters::antivirus::AntivirusFilter*>(f.get())) av = a;
+  }
+  filters::antivirus::checkReady(*snap->config, av, errors);
   if (errors.hasErrors()) return nullptr;
   return snap;
 }

@@ -39,8 +39,14 @@ struct Snapshot {
 
   // Builds and validates everything; nullptr with `errors` filled on failure.
   static std::shared_ptr<const Snapshot> load(const std::string& configPath, policy::Errors& errors);
+  // `moat check`: what load() validates, without stopping at errors in the core sections
+  // (the policy files and filter sections are read all the same, so one run reports every
+  // independent mistake), and then what load() leaves to the background: it waits for the
+  // antivirus engine's first load and reports its outcome at the [antivirus] key
+  // concerned. As load(): the snapshot if all is valid (warnings aside), else nullptr.
+  static std::shared_ptr<const Snapshot> check(const std::string& configPath, policy::Errors& errors);
   // Blocks until the filters that get ready in the background (the antivirus engine's
-  // first database load, the first clamd PING) are: start-up and `moat scan` only.
+  // first database load, the first clamd PING) are: start-up, `moat scan` and `moat check` only.
   void waitReady() const;
 };
 

@@ -166,3 +166,39 @@ TEST_CASE("[connection] takes allow and block networks and a rate; mistakes name
   REQUIRE(all.find(path + ":11: auth: unknown section") != std::string::npos);
   unlink(path.c_str());
 }
+
+TEST_CASE("readConfig keeps what it read despite errors, loadConfig refuses it") {
+  auto path = writeTemp(
+      "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n"
+      "[relay]\ndomains = [\"example.test\"]\nrecipients = \"users\"\n\n"
+      "[limits]\nmax_message_size = \"lots\"\n");
+  Errors errors;
+  auto c = readConfig(path, errors);
+  REQUIRE(c);
+  REQUIRE(errors.hasErrors());
+  CHECK(c->relayRecipients == c->dir + "/users");
+  CHECK(c->relayRecipientsLine == 9);
+  Errors again;
+  CHECK_FALSE(loadConfig(path, again));
+  CHECK(again.str() == errors.str());
+  unlink(path.c_str());
+}
+
+TEST_CASE("a file the config names that cannot be read is reported at the line naming it") {
+  auto path = writeTemp("[rules]\nfiles = [\n  \"/\",\n  \"/nonexistent/moat-x.cf\",\n]\nkey = \"/nonexistent/k\"\n");
+  Errors errors;
+  auto c = readConfig(path, errors);
+  REQUIRE(c);
+  auto s = c->section("rules", errors);
+  CHECK(s.readable("files", path));  // a readable file
+  CHECK_FALSE(s.readable("files", "/nonexistent/moat-x.cf"));
+  CHECK_FALSE(s.readable("files", "/"));
+  CHECK_FALSE(s.readable("key", "/nonexistent/k"));
+  std::string all = errors.str();
+  INFO(all);
+  CHECK(all.find(path + ":4: rules.files: cannot read /nonexistent/moat-x.cf: No such file or directory") !=
+        std::string::npos);
+  CHECK(all.find(path + ":3: rules.files: cannot read /: Is a directory") != std::string::npos);
+  CHECK(all.find(path + ":6: rules.key: cannot read /nonexistent/k: No such file or directory") != std::string::npos);
+  unlink(path.c_str());
+}

@@ -131,6 +131,7 @@ TEST_CASE("reload: unchanged, a good new database, a corrupt one keeps the old e
   std::string err;
   REQUIRE(scanner.reloadIfChanged(&err) == Scanner::Reload::Failed);
   REQUIRE_FALSE(err.empty());
+  REQUIRE(scanner.lastError() == err);  // what `moat check` reports
   REQUIRE(scanner.engine() == second);
   REQUIRE(scanner.scan(withAttachment("Content-Type: application/octet-stream\n", eicar()), nullptr).status ==
           ScanResult::Status::Found);
@@ -143,6 +144,7 @@ TEST_CASE("reload: unchanged, a good new database, a corrupt one keeps the old e
   scanner.waitIdle();
   REQUIRE(scanner.engine() != second);
   REQUIRE(scanner.engine()->signatures() == 2);
+  REQUIRE(scanner.lastError().empty());
 }
 
 TEST_CASE("no engine is a scan error, never a clean pass") {
@@ -190,6 +192,62 @@ TEST_CASE("the antivirus filter: reject, quarantine, clean, no database turns it
   REQUIRE(bad.hasErrors());
   REQUIRE(bad.str().find("moat.toml:5:") != std::string::npos);
   REQUIRE(bad.str().find("moat.toml:6:") != std::string::npos);
+}
+
+TEST_CASE("checkReady: a database that does not load is an error at database_dir, none a warning") {
+  TempDir dir;
+  mkdir((dir.path + "/broken").c_str(), 0700);
+  dir.write("broken/moat-test.ndb", "this is : not a valid signature line\n");
+  mkdir((dir.path + "/good").c_str(), 0700);
+  dir.write("good/moat-test.ndb", signatureDb());
+  moat::policy::Errors errors;
+
+  // Broken: an error at the database_dir line (4), with libclamav's message.
+  auto config = writeConfig(dir, "[antivirus]\naction = \"reject\"\ndatabase_dir = \"broken\"\n");
+  auto filter = makeAntivirusFilter(*config, errors);
+  REQUIRE(filter);
+  filter->scanner().waitIdle();
+  checkReady(*config, filter.get(), errors);
+  INFO(errors.str());
+  REQUIRE(errors.all().size() == 1);
+  CHECK_FALSE(errors.all()[0].warning);
+  CHECK(errors.all()[0].line == 5);
+  CHECK(errors.all()[0].message.find("antivirus.database_dir: ") == 0);
+  CHECK(errors.all()[0].message.find("Malformed database") != std::string::npos);
+
+  // Without the key: at the [antivirus] line.
+  mkdir((dir.path + "/clamav").c_str(), 0700);
+  dir.write("clamav/moat-test.ndb", "this is : not a valid signature line\n");
+  moat::policy::Errors noKey;
+  config = writeConfig(dir, "[antivirus]\naction = \"reject\"\n");
+  filter = makeAntivirusFilter(*config, noKey);
+  REQUIRE(filter);
+  filter->scanner().waitIdle();
+  checkReady(*config, filter.get(), noKey);
+  INFO(noKey.str());
+  REQUIRE(noKey.hasErrors());
+  CHECK(noKey.all().back().line == 3);
+
+  // Good: nothing to say.
+  moat::policy::Errors good;
+  config = writeConfig(dir, "[antivirus]\ndatabase_dir = \"good\"\n");
+  filter = makeAntivirusFilter(*config, good);
+  REQUIRE(filter);
+  filter->scanner().waitIdle();
+  checkReady(*config, filter.get(), good);
+  CHECK(good.all().empty());
+
+  // No database files: the filter is off, and that is a warning.
+  mkdir((dir.path + "/empty").c_str(), 0700);
+  moat::policy::Errors none;
+  config = writeConfig(dir, "[antivirus]\ndatabase_dir = \"empty\"\n");
+  REQUIRE_FALSE(makeAntivirusFilter(*config, none));
+  checkReady(*config, nullptr, none);
+  INFO(none.str());
+  REQUIRE(none.all().size() == 1);
+  CHECK(none.all()[0].warning);
+  CHECK(none.all()[0].line == 4);
+  CHECK(none.all()[0].message.find("antivirus.database_dir: no signature databases in") == 0);
 }
 
 TEST_CASE("a config reload with the same antivirus settings keeps the loaded engine") {

@@ -249,11 +249,19 @@ TEST_CASE("clamd not running or stalled: an error (451 4.7.1), never a pass") {
 
   // Through the filter: it starts (warns), and the scan is 451 4.7.1.
   moat::policy::Errors errors;
-  auto filter = makeAntivirusFilter(
-      *writeConfig(dir, "[antivirus]\nbackend = \"clamd\"\nclamd_socket = \"" + dir.path + "/clamd.sock\"\n"), errors);
+  auto config = writeConfig(dir, "[antivirus]\nbackend = \"clamd\"\nclamd_socket = \"" + dir.path + "/clamd.sock\"\n");
+  auto filter = makeAntivirusFilter(*config, errors);
   REQUIRE_FALSE(errors.hasErrors());
   REQUIRE(filter);
   filter->scanner().waitIdle();
+  // `moat check` says so, as a warning at clamd_socket (clamd may just not run yet).
+  REQUIRE_FALSE(filter->scanner().lastError().empty());
+  checkReady(*config, filter.get(), errors);
+  INFO(errors.str());
+  REQUIRE_FALSE(errors.hasErrors());
+  REQUIRE(errors.all().size() == 1);
+  REQUIRE(errors.all()[0].line == 5);
+  REQUIRE(errors.all()[0].message.find("antivirus.clamd_socket: clamd does not answer") == 0);
   Result v = runFilter(*filter, infected, true);
   REQUIRE(v.verdict == Verdict::TempFail);
   REQUIRE(v.code == 451);
