@@ -1,7 +1,8 @@
 // queue/spool.cc — the crash-atomic spool described in spool.h. Every blocking file system
 // call runs on the libuv thread pool, except recover() (start-up) and openData() (one
 // open+mmap). Untrusted input: message bytes and every file found at recovery. Logs:
-// spool_recover, spool_corrupt, spool_removed_partial, spool_error.
+// spool_corrupt, spool_removed_partial, spool_error (the caller logs the recovery report as
+// spool_recovered).
 #include "queue/spool.h"
 
 #include <dirent.h>
@@ -1041,10 +1042,7 @@ std::vector<Envelope> Spool::recover(RecoveryReport& report) {
   }
   for (const char* d : {"tmp", "data", "queue", "hold", "quarantine", "spare", "corrupt"}) syncDir(path(d, ""));
   report.recovered = out.size();
-  log::info("spool_recover")
-      .add("recovered", static_cast<uint64_t>(report.recovered))
-      .add("removed_partial", static_cast<uint64_t>(report.removedPartial))
-      .add("moved_corrupt", static_cast<uint64_t>(report.movedCorrupt));
+  // The caller logs the report (spool_recovered).
   return out;
 }
 

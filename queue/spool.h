@@ -66,8 +66,9 @@
 // none over kMaxSpareSize); the rest are unlinked.
 //
 // Untrusted input: message bytes (stored verbatim), envelope fields (escaped by the
-// envelope format) and, at recovery, every file in the spool. Logs: spool_recover,
-// spool_corrupt, spool_removed_partial, spool_error (warn/error level, with queue_id).
+// envelope format) and, at recovery, every file in the spool. Logs: spool_corrupt,
+// spool_removed_partial, spool_error (warn/error level, with queue_id); recover()'s report
+// is the caller's to log (the daemon's spool_recovered).
 #pragma once
 #include <uv.h>
 

@@ -14,6 +14,7 @@
 #include "mta/dns/cares_resolver.h"
 #include "mta/runtime/log.h"
 #include "mta/runtime/uv.h"
+#include "mta/server/metrics.h"
 #include "mta/server/smtp_server.h"
 #include "mta/server/snapshot.h"
 
@@ -78,7 +79,8 @@ int serve(const std::string& configPath) {
   log::info("spool_recovered")
       .add("messages", static_cast<uint64_t>(report.recovered))
       .add("removed_partial", static_cast<uint64_t>(report.removedPartial))
-      .add("moved_corrupt", static_cast<uint64_t>(report.movedCorrupt));
+      .add("moved_corrupt", static_cast<uint64_t>(report.movedCorrupt))
+      .add("spool_dir", cfg.spoolDir);
 
   // Mail waits for the filters: a listener opened before the antivirus database is loaded
   // would answer 451 to everything until it is (seconds, with Debian's full databases).
@@ -103,13 +105,18 @@ int serve(const std::string& configPath) {
     return 1;
   }
   bool stopping = false;
-  MetricsHttp metrics(loop.get(), [&stopping] { return !stopping; });
+  // /healthz: 503 while the daemon cannot take mail (stopping, or the spool under the floor).
+  MetricsHttp metrics(loop.get(),
+                      [&stopping, &smtp]() -> std::string { return stopping ? "stopping" : smtp.whyNoMail(); });
   if (!cfg.metricsListen.empty() && !metrics.start(cfg.metricsListen, error)) {
     std::fprintf(stderr, "moat: metrics: %s\n", error.c_str());
     log::error("start_failed").add("error", error);
     log::flush();
     return 1;
   }
+
+  server::metrics().spoolFreeBytes = [&smtp] { return smtp.freeDisk(); };
+  server::metrics().spoolMinFreeBytes = [&smtp] { return smtp.minFreeDisk(); };
 
   log::info("start").add("version", MOAT_VERSION).add("config", cfg.path).add("hostname", cfg.hostname)
       .add("queued", static_cast<uint64_t>(report.recovered));
@@ -124,6 +131,8 @@ int serve(const std::string& configPath) {
       qm.drain([&] {
         control.stop();
         metrics.stop();
+        server::metrics().spoolFreeBytes = nullptr;  // they name objects of this scope
+        server::metrics().spoolMinFreeBytes = nullptr;
         log::info("stop");
         sigterm.reset();
         sigint.reset();

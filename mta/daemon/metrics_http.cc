@@ -6,7 +6,8 @@
 
 namespace moat::mta::daemon {
 
-MetricsHttp::MetricsHttp(uv_loop_t* loop, std::function<bool()> healthy) : loop_(loop), healthy_(std::move(healthy)) {}
+MetricsHttp::MetricsHttp(uv_loop_t* loop, std::function<std::string()> whyUnhealthy)
+    : loop_(loop), whyUnhealthy_(std::move(whyUnhealthy)) {}
 
 uint16_t MetricsHttp::port() const { return listener_ ? listener_->port() : 0; }
 
@@ -23,15 +24,15 @@ bool MetricsHttp::start(const std::string& hostPort, std::string& error) {
     error = "metrics_listen: expected HOST:PORT";
     return false;
   }
-  auto healthy = healthy_;
+  auto whyUnhealthy = whyUnhealthy_;
   listener_ = net::listen(
       loop_, hp->host, hp->port, false, nullptr,
-      [this, healthy](std::shared_ptr<net::Connection> conn) {
+      [this, whyUnhealthy](std::shared_ptr<net::Connection> conn) {
         conns_[conn.get()] = conn;
         auto* key = conn.get();
         auto buf = std::make_shared<std::string>();
         std::weak_ptr<net::Connection> weak = conn;
-        conn->setCallbacks({[weak, buf, healthy](std::string_view data) {
+        conn->setCallbacks({[weak, buf, whyUnhealthy](std::string_view data) {
                               auto c = weak.lock();
                               if (!c) return;
                               buf->append(data);
@@ -48,13 +49,17 @@ bool MetricsHttp::start(const std::string& hostPort, std::string& error) {
                                          std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body);
                                 c->close();
                               };
-                              if (line.rfind("GET ", 0) != 0) return respond("405 Method Not Allowed", "text/plain", "GET only\n");
+                              if (line.rfind("GET ", 0) != 0)
+                                return respond("405 Method Not Allowed", "text/plain", "GET only\n");
                               std::string path = line.substr(4, line.find(' ', 4) - 4);
                               if (path == "/metrics")
                                 return respond("200 OK", "text/plain; version=0.0.4", server::metrics().prometheus());
-                              if (path == "/healthz")
-                                return healthy() ? respond("200 OK", "text/plain", "ok\n")
-                                                 : respond("503 Service Unavailable", "text/plain", "unhealthy\n");
+                              if (path == "/healthz") {
+                                std::string why = whyUnhealthy();
+                                return why.empty() ? respond("200 OK", "text/plain", "ok\n")
+                                                   : respond("503 Service Unavailable", "text/plain",
+                                                             "unhealthy: " + why + "\n");
+                              }
                               respond("404 Not Found", "text/plain", "not found\n");
                             },
                             [this, key](const std::string&) { conns_.erase(key); }, nullptr});

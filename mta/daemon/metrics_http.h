@@ -15,15 +15,16 @@ namespace moat::mta::daemon {
 
 class MetricsHttp {
  public:
-  // `healthy()` decides /healthz (200 "ok" or 503).
-  MetricsHttp(uv_loop_t* loop, std::function<bool()> healthy);
+  // `whyUnhealthy()` decides /healthz: "" is 200 "ok"; anything else is 503 with
+  // "unhealthy: REASON" (the daemon cannot take mail now).
+  MetricsHttp(uv_loop_t* loop, std::function<std::string()> whyUnhealthy);
   bool start(const std::string& hostPort, std::string& error);
   void stop();
   uint16_t port() const;
 
  private:
   uv_loop_t* loop_;
-  std::function<bool()> healthy_;
+  std::function<std::string()> whyUnhealthy_;
   std::unique_ptr<net::Listener> listener_;
   // Open connections; a Connection lives as long as someone holds it.
   std::map<net::Connection*, std::shared_ptr<net::Connection>> conns_;

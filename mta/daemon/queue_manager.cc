@@ -227,6 +227,9 @@ struct QueueManager::Job {
   std::vector<Hop> hops;
   client::TlsMode tls = client::TlsMode::May;
   std::shared_ptr<tls::TlsContext> tlsCtx;  // tls = "verify": the route's verifying context
+  // For the log: the destination as the route names it ("smtp:HOST:PORT", several joined by
+  // ",", or "mx:DOMAIN") and the route's tls mode; the destination key adds what pools.
+  std::string destination, tlsName;
   // `remoteMta`: the name (or address) of the server that answered; "" when none did.
   std::function<void(const client::TransactionResult&, const std::string& relay, const std::string& tls,
                      const std::string& remoteMta)>
@@ -235,6 +238,7 @@ struct QueueManager::Job {
 
 struct QueueManager::Destination {
   std::string key;
+  std::string name, tlsName;  // for the log: the first job's Job::destination and Job::tlsName
   std::deque<std::shared_ptr<Job>> waiting;
   unsigned active = 0;  // connections open or opening, idle ones included
   std::vector<Pooled> idle;
@@ -583,6 +587,16 @@ std::string tlsKey(client::TlsMode mode, const policy::Route& route) {
   if (route.tls == policy::TlsPolicy::Verify) k += ",verify=" + route.caFile;
   return k;
 }
+
+const char* tlsPolicyName(policy::TlsPolicy p) {
+  switch (p) {
+    case policy::TlsPolicy::None: return "none";
+    case policy::TlsPolicy::May: return "may";
+    case policy::TlsPolicy::Require: return "require";
+    case policy::TlsPolicy::Verify: return "verify";
+  }
+  return "may";
+}
 }  // namespace
 
 void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::Route& route,
@@ -601,6 +615,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
     if (it != snap_->verifyingClientTls.end()) job->tlsCtx = it->second;
   }
   bool verifyMissing = route.tls == policy::TlsPolicy::Verify && !job->tlsCtx;
+  job->tlsName = tlsPolicyName(route.tls);
   auto alive = alive_;
   job->done = [this, alive, attempt, rcpts](const client::TransactionResult& r, const std::string& relay,
                                             const std::string& tls, const std::string& remoteMta) {
@@ -639,7 +654,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
   auto failAll = [job](const std::string& reply) {
     client::TransactionResult r;
     r.error = reply;
-    job->done(r, "", "", "");
+    job->done(r, job->destination, "", "");  // no server answered: no Remote-MTA
   };
   auto permFailAll = [this, alive, attempt, rcpts](const std::string& reply) {
     if (!*alive) return;
@@ -655,6 +670,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
       if (t.kind != policy::RouteTarget::Kind::Smtp) continue;
       targets.emplace_back(t.host, t.port);
       key += t.str() + ",";
+      job->destination += (job->destination.empty() ? "" : ",") + t.str();
     }
     key += tlsKey(job->tls, route);
     // A configured next hop whose name does not resolve is the admin's to fix (a typo in a
@@ -669,6 +685,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
   }
   // MX (RFC 5321 §5.1)
   key = "mx:" + domain + "," + tlsKey(job->tls, route);
+  job->destination = "mx:" + domain;
   resolver_->query(domain, dns::RrType::MX, [this, alive, job, key, domain, failAll, permFailAll](const dns::Answer& a) {
     if (!*alive) return;
     std::vector<std::pair<std::string, uint16_t>> targets;
@@ -714,12 +731,14 @@ void QueueManager::submit(const std::string& key, std::shared_ptr<Job> job) {
   if (std::string reply = unreachableReply(key); !reply.empty()) {
     client::TransactionResult r;
     r.error = reply;
-    return job->done(r, "", "", "");
+    return job->done(r, job->destination, "", "");  // no server answered: no Remote-MTA
   }
   auto& d = destinations_[key];
   if (!d) {
     d = std::make_unique<Destination>();
     d->key = key;
+    d->name = job->destination;
+    d->tlsName = job->tlsName;
   }
   d->waiting.push_back(std::move(job));
   pump(*d);
@@ -727,8 +746,12 @@ void QueueManager::submit(const std::string& key, std::shared_ptr<Job> job) {
 
 void QueueManager::pump(Destination& d) {
   const auto& cfg = *snap_->config;
-  log::debug("destination").add("destination", d.key).add("waiting", static_cast<uint64_t>(d.waiting.size()))
-      .add("active", d.active).add("idle", static_cast<uint64_t>(d.idle.size()));
+  log::debug("destination")
+      .add("destination", d.name)
+      .add("tls", d.tlsName)
+      .add("waiting", static_cast<uint64_t>(d.waiting.size()))
+      .add("active", d.active)
+      .add("idle", static_cast<uint64_t>(d.idle.size()));
   while (!d.waiting.empty()) {
     if (!d.idle.empty()) {
       auto c = d.idle.back();
@@ -904,7 +927,8 @@ void QueueManager::markUnreachable(Destination& d, const std::string& error) {
   int64_t hold = std::clamp<int64_t>(retry.empty() ? 60'000 : retry.front().count(), 1000, 300'000);
   unreachable_[d.key] = {now + hold, error};
   log::warn("destination_unreachable")
-      .add("destination", d.key)
+      .add("destination", d.name)
+      .add("tls", d.tlsName)
       .add("error", error)
       .add("retry_in_ms", hold)
       .add("deferred", static_cast<uint64_t>(d.waiting.size()));
@@ -914,7 +938,7 @@ void QueueManager::markUnreachable(Destination& d, const std::string& error) {
   for (auto& job : waiting) {
     client::TransactionResult r;
     r.error = reply;
-    job->done(r, "", "", "");
+    job->done(r, job->destination, "", "");
   }
 }
 
@@ -939,7 +963,7 @@ void QueueManager::removeIfUnused(const std::string& key) {
   if (it == destinations_.end()) return;
   const auto& d = *it->second;
   if (!d.waiting.empty() || d.active > 0 || !d.idle.empty()) return;
-  log::debug("destination_removed").add("destination", key);
+  log::debug("destination_removed").add("destination", d.name).add("tls", d.tlsName);
   destinations_.erase(it);
 }
 
@@ -980,8 +1004,7 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
         log::info("bounce").add("queue_id", env.id).add("message_id", env.messageId).add("from", env.mailFrom)
             .add("to", r.address).add("relay", o.relay).add("reply", o.reply).add("attempt", env.attempts)
             .add("delay_ms", now - env.arrivalMs);
-        ++server::metrics().recipientsBounced;
-        failed.push_back(i);
+        failed.push_back(i);  // counted in recipients_bounced once its report is settled
         break;
       case RcptOutcome::Kind::Deferred:
         log::info("defer").add("queue_id", env.id).add("message_id", env.messageId).add("from", env.mailFrom)
@@ -1008,6 +1031,9 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
     sendDsn(env, rcpts, kind, attempt->data, outcomes,
             [this, alive, id = env.id, rcpts, kind, dsnDone](bool written, const std::string& error) {
               if (*alive && !written) reportNotWritten(id, rcpts, kind, error);
+              // A failed recipient counts once its failure is settled: its report is written
+              // or none is owed (one not written leaves it deferred, to fail again later).
+              if (*alive && written && kind == DsnKind::Failure) server::metrics().recipientsBounced += rcpts.size();
               dsnDone();
             });
   };
@@ -1041,8 +1067,15 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
       r.lastReply = "4.4.7 message expired after " + std::to_string((now - env.arrivalMs) / 1000) + "s; last error: " + r.lastReply;
       expired.push_back(i);
     }
-    log::info("expire").add("queue_id", env.id).add("message_id", env.messageId).add("from", env.mailFrom)
-        .add("attempt", env.attempts).add("delay_ms", now - env.arrivalMs);
+    std::vector<std::string> expiredTo;
+    for (size_t i : expired) expiredTo.push_back(env.rcpts[i].address);
+    log::info("expire")
+        .add("queue_id", env.id)
+        .add("message_id", env.messageId)
+        .add("from", env.mailFrom)
+        .add("to", expiredTo)
+        .add("attempt", env.attempts)
+        .add("delay_ms", now - env.arrivalMs);
     ++server::metrics().messagesExpired;
     sendAndWait(expired, DsnKind::Failure, nullptr);
   } else if (pending) {
@@ -1512,6 +1545,7 @@ void QueueManager::bounce(const std::string& id, std::function<void(std::string)
             finishDrainIfDone();
             return reply(mta::JsonObject().add("ok", false).add("error", "DSN not written: " + error).str());
           }
+          server::metrics().recipientsBounced += bounced;
           retire(id);
           updateGauges();
           finishDrainIfDone();

@@ -17,6 +17,12 @@ void Metrics::observeLatency(double seconds) {
   latencySum += seconds;
 }
 
+void Metrics::countReject(RejectStage stage, int code) {
+  bool permanent = code >= 500;
+  ++rejects[static_cast<size_t>(stage)][permanent ? 1 : 0];
+  if (stage == RejectStage::Mail || stage == RejectStage::Data) permanent ? ++messagesRejected : ++messagesTempFailed;
+}
+
 std::string Metrics::prometheus() const {
   std::string out;
   auto counter = [&](const char* name, const char* help, uint64_t v, const char* type = "counter") {
@@ -25,23 +31,48 @@ std::string Metrics::prometheus() const {
   };
   counter("moat_sessions_total", "SMTP sessions accepted.", sessionsTotal);
   counter("moat_sessions_active", "SMTP sessions open now.", sessionsActive, "gauge");
-  counter("moat_sessions_refused_total", "Connections refused by limits or shutdown.", sessionsRefused);
+  counter("moat_sessions_refused_total",
+          "Connections refused at connect (421 for limits or shutdown, 554 for connection.block).", sessionsRefused);
   out += "# HELP moat_auth_total SMTP AUTH attempts by outcome.\n# TYPE moat_auth_total counter\n";
   out += "moat_auth_total{result=\"pass\"} " + std::to_string(authPassed) + "\n";
   out += "moat_auth_total{result=\"fail\"} " + std::to_string(authFailed) + "\n";
   counter("moat_messages_accepted_total", "Messages queued (250 after DATA).", messagesAccepted);
-  counter("moat_messages_rejected_total", "Messages refused with a 5xx.", messagesRejected);
-  counter("moat_messages_tempfailed_total", "Messages refused with a 4xx.", messagesTempFailed);
+  counter("moat_messages_rejected_total",
+          "Mail transactions refused with a 5xx at MAIL FROM or at the end of DATA/BDAT (single recipients "
+          "refused at RCPT: moat_rejects_total{stage=\"rcpt\"}).",
+          messagesRejected);
+  counter("moat_messages_tempfailed_total",
+          "Mail transactions refused with a 4xx at MAIL FROM or at the end of DATA/BDAT, spool write failures "
+          "included (single recipients refused at RCPT: moat_rejects_total{stage=\"rcpt\"}).",
+          messagesTempFailed);
+  out +=
+      "# HELP moat_rejects_total Refusals sent to SMTP clients (each reject log line), by stage and reply class.\n"
+      "# TYPE moat_rejects_total counter\n";
+  static constexpr const char* kStages[] = {"connect", "mail", "rcpt", "data"};
+  for (size_t st = 0; st < rejects.size(); ++st)
+    for (size_t cl = 0; cl < 2; ++cl)
+      out += std::string("moat_rejects_total{stage=\"") + kStages[st] + "\",class=\"" + (cl ? "5xx" : "4xx") + "\"} " +
+             std::to_string(rejects[st][cl]) + "\n";
   counter("moat_messages_quarantined_total", "Messages put in quarantine.", messagesQuarantined);
   counter("moat_recipients_delivered_total", "Recipients delivered.", recipientsDelivered);
   counter("moat_recipients_deferred_total", "Recipient delivery attempts deferred (4xx, network).", recipientsDeferred);
-  counter("moat_recipients_bounced_total", "Recipients failed permanently (DSN sent).", recipientsBounced);
-  counter("moat_messages_expired_total", "Messages that reached max_lifetime.", messagesExpired);
+  counter("moat_recipients_bounced_total",
+          "Recipients failed for good, whatever the reason (a next hop's 5xx, DNS, expiry, moat queue bounce), "
+          "counted once their failure DSN is written or none is owed.",
+          recipientsBounced);
+  counter("moat_messages_expired_total",
+          "Messages that reached queue.max_lifetime (their pending recipients count as bounced).", messagesExpired);
   counter("moat_dsns_total", "Delivery status notifications generated.", dsnsGenerated);
   out += "# HELP moat_queue_messages Messages in the queue by state.\n# TYPE moat_queue_messages gauge\n";
   out += "moat_queue_messages{state=\"active\"} " + std::to_string(queueActive) + "\n";
   out += "moat_queue_messages{state=\"hold\"} " + std::to_string(queueHold) + "\n";
   out += "moat_queue_messages{state=\"quarantine\"} " + std::to_string(queueQuarantine) + "\n";
+  if (spoolFreeBytes)
+    counter("moat_spool_free_bytes", "Free space on the spool's file system for unprivileged use (statvfs).",
+            spoolFreeBytes(), "gauge");
+  if (spoolMinFreeBytes)
+    counter("moat_spool_min_free_bytes", "server.min_free_disk: under it MAIL FROM is refused with 452 4.3.1.",
+            spoolMinFreeBytes(), "gauge");
   out += "# HELP moat_delivery_latency_seconds From arrival to delivery, per recipient.\n"
          "# TYPE moat_delivery_latency_seconds histogram\n";
   for (size_t i = 0; i < kBuckets.size(); ++i) {

@@ -3,9 +3,13 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace moat::mta::server {
+
+// Where a refusal happened, for moat_rejects_total{stage}.
+enum class RejectStage { Connect, Mail, Rcpt, Data };
 
 struct Metrics {
   uint64_t sessionsTotal = 0;
@@ -13,8 +17,11 @@ struct Metrics {
   uint64_t sessionsRefused = 0;  // connection limits, draining
   uint64_t authPassed = 0, authFailed = 0;  // SMTP AUTH: credentials accepted / refused
   uint64_t messagesAccepted = 0;
+  // Transactions refused as a whole (at MAIL FROM or at the end of DATA/BDAT), by class.
   uint64_t messagesRejected = 0;
   uint64_t messagesTempFailed = 0;
+  // Every refusal written as a `reject` log line, by stage and reply class (4xx, 5xx).
+  std::array<std::array<uint64_t, 2>, 4> rejects{};
   uint64_t messagesQuarantined = 0;
   uint64_t recipientsDelivered = 0;
   uint64_t recipientsDeferred = 0;
@@ -22,6 +29,10 @@ struct Metrics {
   uint64_t messagesExpired = 0;
   uint64_t dsnsGenerated = 0;
   uint64_t queueActive = 0, queueHold = 0, queueQuarantine = 0;
+  // The spool's free space (the reading the MAIL-time floor check uses) and the floor
+  // (server.min_free_disk); read when /metrics is rendered. Unset: the gauges are left out.
+  std::function<uint64_t()> spoolFreeBytes;
+  std::function<uint64_t()> spoolMinFreeBytes;
   // Delivery latency (arrival to delivery), seconds; cumulative buckets as Prometheus wants.
   static constexpr std::array<double, 10> kBuckets = {0.01, 0.05, 0.1, 0.5, 1, 5, 30, 300, 3600, 86400};
   std::array<uint64_t, kBuckets.size()> latencyBuckets{};
@@ -29,6 +40,9 @@ struct Metrics {
   double latencySum = 0;
 
   void observeLatency(double seconds);
+  // A refusal with reply `code` (4xx or 5xx) at `stage`: moat_rejects_total, and at MAIL or
+  // at the end of DATA also moat_messages_rejected_total / moat_messages_tempfailed_total.
+  void countReject(RejectStage stage, int code);
   std::string prometheus() const;
 };
 

@@ -80,6 +80,19 @@ bool SmtpServer::start(std::shared_ptr<const Snapshot> snapshot, std::string& er
 
 void SmtpServer::reload(std::shared_ptr<const Snapshot> snapshot) { shared_.snapshot = std::move(snapshot); }
 
+uint64_t SmtpServer::freeDisk() { return shared_.freeDisk(); }
+
+uint64_t SmtpServer::minFreeDisk() const { return shared_.snapshot ? shared_.snapshot->config->minFreeDisk : 0; }
+
+std::string SmtpServer::whyNoMail() {
+  if (shared_.draining) return "stopping";
+  uint64_t free = freeDisk(), floor = minFreeDisk();
+  if (free < floor)
+    return "spool free space " + std::to_string(free) + " bytes is under server.min_free_disk (" +
+           std::to_string(floor) + "): MAIL FROM gets 452 4.3.1";
+  return "";
+}
+
 std::vector<uint16_t> SmtpServer::boundPorts() const {
   std::vector<uint16_t> out;
   for (const auto& l : listeners_) out.push_back(l->port());
@@ -93,6 +106,7 @@ void SmtpServer::accept(const policy::Listener& listener, std::shared_ptr<net::C
     ++metrics().sessionsRefused;
     std::string text = cfg.hostname + " " + why;
     log::info("reject").add("client_ip", ip).add("reply", "421 4.7.0 " + text).add("stage", "connect");
+    metrics().countReject(RejectStage::Connect, 421);
     conn->write(smtp::formatReply(421, "4.7.0", text));
     conn->close();
   };

@@ -66,6 +66,12 @@ class SmtpServer {
   // Ports actually bound, in listener order (for tests with port 0).
   std::vector<uint16_t> boundPorts() const;
   size_t sessionCount() const { return sessions_.size(); }
+  // The spool's free space as the MAIL-time floor check sees it (cached for a second), and
+  // the floor (server.min_free_disk of the current snapshot).
+  uint64_t freeDisk();
+  uint64_t minFreeDisk() const;
+  // Why no mail can be taken now ("" when it can): draining, or the spool under the floor.
+  std::string whyNoMail();
 
  private:
   void accept(const policy::Listener& listener, std::shared_ptr<net::Connection> conn);

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <random>
@@ -92,7 +93,12 @@ std::string replyLine(int code, std::string_view enhanced, std::string_view text
   return std::to_string(code) + " " + std::string(enhanced) + " " + std::string(text);
 }
 
-void countRefusal(int code) { code >= 500 ? ++metrics().messagesRejected : ++metrics().messagesTempFailed; }
+RejectStage rejectStage(std::string_view stage) {
+  return stage == "connect" ? RejectStage::Connect
+         : stage == "mail"  ? RejectStage::Mail
+         : stage == "rcpt"  ? RejectStage::Rcpt
+                            : RejectStage::Data;
+}
 
 bool isPostmaster(std::string_view address) {
   return address.size() == 10 && iequalsPrefix(address, "postmaster");
@@ -153,6 +159,7 @@ void SmtpSession::start(bool blocked) {
         .add("client_ip", ctx_->clientIp.str())
         .add("reply", replyLine(554, "5.7.1", text))
         .add("stage", "connect");
+    metrics().countReject(RejectStage::Connect, 554);
     reply(554, "5.7.1", text);
   } else {
     reply(220, "", cfg_.hostname + " ESMTP Moat");
@@ -567,7 +574,11 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
     auto expansion = snap_->aliases->expand(address);
     if (!expansion.error.empty()) {  // a domain alias made it deeper or wider than the table allows
       log::warn("alias_error").add("session", id_).add("to", address).add("error", expansion.error);
-      reply(451, "4.3.0", "<" + address + ">: Temporary alias expansion failure");
+      std::string text = "<" + address + ">: Temporary alias expansion failure";
+      auto line = log::info("reject");
+      rejectFields(line, "rcpt", replyLine(451, "4.3.0", text));
+      line.add("to", address).add("reason", "alias expansion");
+      reply(451, "4.3.0", text);
       return;
     }
     if (expansion.aliased) {
@@ -651,12 +662,19 @@ void SmtpSession::takeAliasedRecipient(const std::string& address, RcptDsn dsn,
 }
 
 // A message the spool could not keep: 452 4.3.1 when the disk is full (RFC 3463: mail
-// system full), else 451 4.3.0. Either way the client keeps it and tries again.
-void SmtpSession::replySpoolError(std::string_view error) {
-  if (queue::errorKind(error) == queue::ErrorKind::NoSpace)
-    reply(452, "4.3.1", "Insufficient system storage");
-  else
-    reply(451, "4.3.0", "Error: queue file write error");
+// system full), else 451 4.3.0. Either way the client keeps it and tries again. The
+// refusal is a `reject` line like any other (the spool_error line before it has the cause).
+void SmtpSession::replySpoolError(std::string_view error, const std::string& queueId) {
+  bool full = queue::errorKind(error) == queue::ErrorKind::NoSpace;
+  int code = full ? 452 : 451;
+  const char* enhanced = full ? "4.3.1" : "4.3.0";
+  const char* text = full ? "Insufficient system storage" : "Error: queue file write error";
+  {
+    auto line = log::warn("reject");
+    rejectFields(line, "data", replyLine(code, enhanced, text));
+    line.add("queue_id", queueId).add("to", ctx_->rcpts).add("reason", full ? "spool full" : "spool write error");
+  }
+  reply(code, enhanced, text);
 }
 
 // A Domain (letters, digits, '-', '.'; '_' as many clients send it) or an address literal.
@@ -809,6 +827,7 @@ void SmtpSession::rejectFields(log::Line& line, std::string_view stage, const st
       .add("from", from ? std::string(*from) : ctx_->mailFrom)
       .add("reply", reply)
       .add("stage", std::string(stage));
+  metrics().countReject(rejectStage(stage), std::atoi(reply.c_str()));
 }
 
 // The fields every `auth` line starts with, in this order (deploy/monitoring's fail2ban
@@ -831,7 +850,6 @@ void SmtpSession::endOfData() {
       rejectFields(line, "data", replyLine(code, enh, text));
       line.add("queue_id", incoming_->id()).add("to", ctx_->rcpts);
     }
-    countRefusal(code);
     reply(code, enh, text);
     resetTransaction();
   };
@@ -852,8 +870,8 @@ void SmtpSession::endOfData() {
   incoming_->finish([self, w = work()](bool ok, std::string error) {
     if (self->closed_) return;
     if (!ok) {
-      log::error("spool_error").add("session", self->id_).add("error", error);
-      self->replySpoolError(error);
+      log::error("spool_error").add("session", self->id_).add("queue_id", self->incoming_->id()).add("error", error);
+      self->replySpoolError(error, self->incoming_->id());
       self->resetTransaction();
       self->resume();
       return;
@@ -865,9 +883,13 @@ void SmtpSession::endOfData() {
 void SmtpSession::logFilters(const std::vector<filters::FilterReport>& reports, filters::Stage stage) const {
   for (const auto& r : reports) {
     auto line = log::info("filter");
-    line.add("session", id_).add("queue_id", ctx_->queueId).add("stage", std::string(filters::stageName(stage)))
-        .add("filter", r.name).add("verdict", std::string(filters::verdictName(r.result.verdict)))
-        .add("result", r.result.summary).add("elapsed_us", static_cast<int64_t>(r.elapsedUs));
+    line.add("session", id_);
+    if (!ctx_->queueId.empty()) line.add("queue_id", ctx_->queueId);  // none before DATA
+    line.add("stage", std::string(filters::stageName(stage)))
+        .add("filter", r.name)
+        .add("verdict", std::string(filters::verdictName(r.result.verdict)))
+        .add("result", r.result.summary)
+        .add("elapsed_us", static_cast<int64_t>(r.elapsedUs));
     if (r.result.score != 0) line.add("score", r.result.score);
     if (r.result.code) line.add("reply", std::to_string(r.result.code) + " " + r.result.enhanced + " " + r.result.text);
     if (!r.result.detail.empty()) line.addRaw("detail", r.result.detail.str());
@@ -942,7 +964,6 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
           .add("verdict", std::string(filters::verdictName(outcome.verdict)))
           .addRaw("filters", filtersJson);
     }
-    countRefusal(outcome.code);
     resetTransaction();
     if (outcome.verdict == filters::Verdict::Disconnect) {
       closeWith(outcome.code, outcome.enhanced, outcome.text);
@@ -996,8 +1017,7 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
                                                                                                     std::string error) {
     if (!ok) {
       log::error("spool_error").add("session", self->id_).add("queue_id", env.id).add("error", error);
-      if (!self->closed_) self->replySpoolError(error);
-      ++metrics().messagesTempFailed;
+      if (!self->closed_) self->replySpoolError(error, env.id);
     } else {
       log::info("accept")
           .add("session", self->id_)

@@ -88,11 +88,12 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   bool startTransactionData();
   bool heloIsDomainOrLiteral() const;
   std::string printableHelo() const;
-  void replySpoolError(std::string_view error);
+  void replySpoolError(std::string_view error, const std::string& queueId);
   void endOfData();
   void runDataFilters();
   // The fields every `reject` line starts with, in this order (deploy/monitoring's fail2ban
-  // filters match on it); `from`: the sender refused at MAIL, else the transaction's.
+  // filters match on it); `from`: the sender refused at MAIL, else the transaction's. Counts
+  // the refusal (moat_rejects_total and, at MAIL and DATA, moat_messages_*_total).
   void rejectFields(log::Line& line, std::string_view stage, const std::string& reply,
                     std::optional<std::string_view> from = std::nullopt) const;
   struct RcptDsn {  // a recipient's NOTIFY and ORCPT (RFC 3461), as received

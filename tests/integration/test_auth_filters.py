@@ -14,10 +14,11 @@ import sys
 import tempfile
 import time
 import unittest
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import DnsServer, ed25519_key, header_values, rsa_key, txt_lookup  # noqa: E402
-from harness import MOAT_BIN, Moat, Sink, wait_for  # noqa: E402
+from harness import MOAT_BIN, Moat, Sink, free_port, wait_for  # noqa: E402
 
 import dkim  # noqa: E402  (python3-dkim, with python3-nacl for ed25519)
 
@@ -81,9 +82,11 @@ class InboundAuthTest(unittest.TestCase):
             "slow.test": ["TIMEOUT"],
         }, directory=cls.tmp)
         cls.sink = Sink()
+        cls.metrics_port = free_port()
         try:
             cls.moat = Moat(routes=[("example.test", f"smtp:127.0.0.1:{cls.sink.port}")], networks=INBOUND_NETS,
-                            extra=dns_config(cls.dns.nameserver, '\n[spf]\nfail = "reject"\n'))
+                            extra=dns_config(cls.dns.nameserver, '\n[spf]\nfail = "reject"\n'),
+                            server_extra=f'metrics_listen = "127.0.0.1:{cls.metrics_port}"')
         except BaseException:
             cls.dns.stop()
             cls.sink.stop()
@@ -156,6 +159,10 @@ class InboundAuthTest(unittest.TestCase):
         self.assertTrue(rej["reply"].startswith("550 5.7.23"), rej)
         # The filters that decided, as on every reject line (this one read {"": ""} once).
         self.assertEqual(rej["filters"]["spf"]["result"], "fail", rej)
+        # Before DATA there is no queue id: the MAIL-stage filter lines have none (not "").
+        lines = self.moat.find_logs(event="filter", session=rej["session"], stage="mail")
+        self.assertTrue(lines)
+        self.assertFalse([x for x in lines if "queue_id" in x], lines)
 
     def test_spf_dns_timeout_tempfails_mail_by_default(self):
         raw = message("y <y@slow.test>", "spf timeout tempfail")
@@ -168,6 +175,11 @@ class InboundAuthTest(unittest.TestCase):
         rej = self.moat.wait_log(event="reject", stage="mail", **{"from": "y@slow.test"})
         self.assertTrue(rej["reply"].startswith("451 4.7.24"), rej)
         self.assertTrue(any(q == "slow.test TXT" for q in self.dns.queries()), self.dns.queries())
+        # A refusal at MAIL is a refused transaction: counted (it stayed 0 once).
+        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+        self.assertGreaterEqual(float(re.search(r'(?m)^moat_rejects_total\{stage="mail",class="4xx"\} (\S+)$',
+                                                body).group(1)), 1, body)
+        self.assertGreaterEqual(float(re.search(r"(?m)^moat_messages_tempfailed_total (\S+)$", body).group(1)), 1)
 
     def test_incoming_auth_results_claiming_our_name_are_removed(self):
         forged = (b"Authentication-Results: " + HOST.encode() + b"; spf=pass smtp.mailfrom=bank.test;\r\n"

@@ -16,6 +16,8 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.error
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import Moat, RawClient, Sink, free_port, wait_for  # noqa: E402
@@ -31,6 +33,24 @@ def message(tag, size):
     line = (tag + " " + "x" * 70)[:70] + "\r\n"
     body = line * max(1, (size - len(head)) // len(line))
     return (head + body).encode()
+
+
+def get(port, path):
+    """(status, body) of GET `path` on the metrics listener."""
+    try:
+        r = urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10)
+        return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metrics(port):
+    out = {}
+    for line in get(port, "/metrics")[1].splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
 
 
 def tag_of(data):
@@ -88,7 +108,10 @@ class FullDiskTest(unittest.TestCase):
 
     def test_full_disk_refuses_with_452_and_loses_nothing_that_got_250(self):
         hop = free_port()  # nothing listens there yet: every message stays queued
-        m = self.start([("example.test", f"smtp:127.0.0.1:{hop}")], retry='["1h"]')
+        mport = free_port()
+        m = self.start([("example.test", f"smtp:127.0.0.1:{hop}")], retry='["1h"]',
+                       server_extra=f'metrics_listen = "127.0.0.1:{mport}"')
+        self.assertEqual(get(mport, "/healthz"), (200, "ok\n"))
         acked, refused = set(), set()
         for i in range(5):
             tag = f"before-{i}"
@@ -115,6 +138,11 @@ class FullDiskTest(unittest.TestCase):
         c.send("QUIT\r\n")
         c.close()
         m.wait_log(event="spool_error")
+        rej = m.wait_log(event="reject", stage="data", reason="spool full")
+        self.assertTrue(rej["reply"].startswith("452 4.3.1"), rej)
+        got = metrics(mport)
+        self.assertEqual(got['moat_rejects_total{stage="data",class="4xx"}'], 1, got)
+        self.assertEqual(got["moat_messages_tempfailed_total"], 1, got)
 
         # ENOSPC as held messages commit: two of 900 KB where one fits. Both pass the floor
         # at MAIL; the one that commits second gets 452.
@@ -146,6 +174,15 @@ class FullDiskTest(unittest.TestCase):
         self.assertEqual(c.read_reply()[-1][0], 250)
         c.close()
         m.wait_log(event="reject", reason="low disk space")
+        # What an operator sees meanwhile: the gauge under the floor, /healthz 503, the count.
+        got = metrics(mport)
+        self.assertLess(got["moat_spool_free_bytes"], got["moat_spool_min_free_bytes"], got)
+        self.assertEqual(got["moat_spool_min_free_bytes"], MB, got)  # the harness's 1M
+        self.assertLess(abs(got["moat_spool_free_bytes"] - self.free()), 256 * KB, got)
+        self.assertEqual(got['moat_rejects_total{stage="mail",class="4xx"}'], 1, got)
+        status, body = get(mport, "/healthz")
+        self.assertEqual(status, 503, body)
+        self.assertIn("min_free_disk", body)
 
         # kill -9 while the disk is full, then room again and the next hop up.
         m.kill9()

@@ -6,9 +6,11 @@ and the client's address. Loopback only; Debian's prometheus and fail2ban packag
 
 import os
 import re
+import smtplib
 import subprocess
 import sys
 import unittest
+import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -22,12 +24,36 @@ def run(*args):
     return subprocess.run(list(args), capture_output=True, text=True, timeout=120)
 
 
+def scrape(port):
+    """/metrics as {'name{labels}': value}."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def healthz(port):
+    """(status, body) of /healthz."""
+    try:
+        r = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def rejects(stage, cls):
+    return f'moat_rejects_total{{stage="{stage}",class="{cls}"}}'
+
+
 class PrometheusRulesTest(unittest.TestCase):
     def test_rules_are_valid_and_their_cases_pass(self):
         d = os.path.join(MONITORING, "prometheus")
         r = run("promtool", "check", "rules", os.path.join(d, "moat-alerts.yml"))
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        self.assertIn("SUCCESS: 7 rules found", r.stdout)
+        self.assertIn("SUCCESS: 8 rules found", r.stdout)
         r = subprocess.run(["promtool", "test", "rules", "moat-alerts.test.yml"], cwd=d, capture_output=True,
                            text=True, timeout=120)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
@@ -99,6 +125,72 @@ class LiveDaemonTest(unittest.TestCase):
         r = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=60)
         self.assertEqual(r.returncode, 0, (r.stdout + r.stderr).decode())
         self.assertIn(b'moat_auth_total{result="fail"} 2', body)
+
+
+class RefusalMetricsTest(unittest.TestCase):
+    """Every refusal a client is sent is one `reject` line and one count in
+    moat_rejects_total{stage,class}; whole transactions refused at MAIL or DATA also count in
+    moat_messages_rejected_total / moat_messages_tempfailed_total."""
+
+    def start(self, **kw):
+        port = free_port()
+        m = Moat(server_extra=f'metrics_listen = "127.0.0.1:{port}"', start=False, **kw)
+        self.addCleanup(m.cleanup)
+        return m, port
+
+    def test_refusals_at_every_stage_are_counted(self):
+        m, port = self.start(networks=["10.255.255.0/24"],  # loopback may not relay here
+                             relay_extra='recipients = "recipients"',
+                             extra='\n[senders]\nblock = "blocked"\n\n[connection]\nblock = ["127.0.0.3/32"]\n')
+        with open(os.path.join(m.dir, "recipients"), "w") as f:
+            f.write("user@example.test\n")
+        with open(os.path.join(m.dir, "blocked"), "w") as f:
+            f.write("spam@bad.test\n")
+        m.start()
+        s = smtplib.SMTP(timeout=15, source_address=("127.0.0.3", 0))  # connection.block: 554
+        self.assertEqual(s.connect("127.0.0.1", m.port)[0], 554)
+        s.close()
+        s = m.smtp()
+        s.ehlo("client.test")
+        self.assertEqual(s.mail("spam@bad.test")[0], 554)  # blocked sender
+        self.assertEqual(s.mail("a@sender.test")[0], 250)
+        self.assertEqual(s.rcpt("someone@elsewhere.test")[0], 554)  # relay denied
+        self.assertEqual(s.rcpt("ghost@example.test")[0], 550)  # unknown recipient
+        self.assertEqual(s.rcpt("user@example.test")[0], 250)
+        s.quit()
+        m.wait_log(event="reject", to="ghost@example.test")
+        got = scrape(port)
+        self.assertEqual(got[rejects("connect", "5xx")], 1, got)
+        self.assertEqual(got[rejects("mail", "5xx")], 1, got)
+        self.assertEqual(got[rejects("rcpt", "5xx")], 2, got)
+        self.assertEqual(got[rejects("data", "5xx")], 0, got)
+        self.assertEqual(got["moat_messages_rejected_total"], 1, got)  # the blocked sender's
+        self.assertEqual(got["moat_messages_tempfailed_total"], 0, got)
+        self.assertEqual(got["moat_sessions_refused_total"], 1, got)
+        counted = sum(v for k, v in got.items() if k.startswith("moat_rejects_total{"))
+        self.assertEqual(counted, len(m.find_logs(event="reject")))
+
+    def test_low_disk_is_counted_shown_and_unhealthy(self):
+        m, port = self.start(min_free_disk="1000000G")  # more than any disk here has
+        m.start()
+        status, body = healthz(port)
+        self.assertEqual(status, 503, body)
+        self.assertIn("min_free_disk", body)
+        s = m.smtp()
+        s.ehlo("client.test")
+        code, text = s.mail("a@sender.test")
+        self.assertEqual(code, 452)
+        self.assertTrue(text.startswith(b"4.3.1"), text)
+        s.quit()
+        m.wait_log(event="reject", reason="low disk space")
+        got = scrape(port)
+        self.assertEqual(got[rejects("mail", "4xx")], 1, got)
+        self.assertEqual(got["moat_messages_tempfailed_total"], 1, got)
+        self.assertEqual(got["moat_spool_min_free_bytes"], 1000000 * 2**30, got)
+        self.assertGreater(got["moat_spool_free_bytes"], 0, got)
+        self.assertLess(got["moat_spool_free_bytes"], got["moat_spool_min_free_bytes"], got)
+        st = os.statvfs(os.path.join(m.dir, "spool"))
+        self.assertLess(abs(got["moat_spool_free_bytes"] - st.f_bavail * st.f_frsize), 2**30, got)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ is refused and the running config stays), SIGTERM finishing in-flight work, /met
 /healthz, the default config of deploy/moat.toml, and the CLI's exit codes."""
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import time
 import unittest
+import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -19,6 +21,21 @@ from harness import MOAT_BIN, SOURCE_DIR, Moat, RawClient, Sink, free_port, wait
 
 def run(*args):
     return subprocess.run([MOAT_BIN, *args], capture_output=True, text=True, timeout=60)
+
+
+def get(port, path):
+    """(status, body) of GET `path` on the metrics listener."""
+    try:
+        r = urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10)
+        return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(port, name):
+    body = get(port, "/metrics")[1]
+    m = re.search(rf"^{re.escape(name)} (\S+)$", body, re.M)
+    return float(m.group(1)) if m else None
 
 
 class OperationsTest(unittest.TestCase):
@@ -172,6 +189,94 @@ class OperationsTest(unittest.TestCase):
         self.assertIn("moat_delivery_latency_seconds_count 1", body)
         health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
         self.assertEqual(health.status, 200)
+        self.assertEqual(health.read(), b"ok\n")
+        self.assertRegex(body, r"(?m)^moat_spool_free_bytes [1-9]\d*$")
+        self.assertIn("moat_spool_min_free_bytes 1048576\n", body)  # the harness's 1M
+
+    def test_healthz_is_503_while_stopping(self):
+        port = free_port()
+        m = Moat(server_extra=f'metrics_listen = "127.0.0.1:{port}"')
+        self.addCleanup(m.cleanup)
+        self.assertEqual(get(port, "/healthz"), (200, "ok\n"))
+        s = m.smtp()  # a transaction in progress holds the stop back
+        s.ehlo("client.test")
+        s.mail("a@sender.test")
+        m.signal(signal.SIGTERM)
+        m.wait_log(event="stopping")
+        self.assertEqual(get(port, "/healthz"), (503, "unhealthy: stopping\n"))
+        s.rset()
+        try:
+            s.quit()
+        except Exception:
+            pass  # the draining daemon may close first
+        self.assertEqual(m.proc.wait(30), 0)  # the SIGTERM above ends it: no second one
+
+    def test_every_failed_recipient_counts_as_bounced(self):
+        # Expiry and `moat queue bounce` fail recipients too: recipients_bounced counts them
+        # (MoatBounceRateHigh reads it), once each failure's report is written.
+        port = free_port()
+        dead = free_port()  # nothing listens there: every attempt is deferred
+        m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{dead}"), ("sender.test", "maildir:mail")],
+                 retry='["1h"]', max_lifetime="2s", server_extra=f'metrics_listen = "127.0.0.1:{port}"')
+        self.addCleanup(m.cleanup)
+        ids = []
+        for rcpt in ("admin@example.test", "late@example.test"):
+            with m.smtp() as s:
+                s.ehlo()
+                s.mail("alice@sender.test")
+                s.rcpt(rcpt)
+                ids.append(s.data(b"Subject: b\r\n\r\nx\r\n")[1].decode().rsplit(" ", 1)[-1])
+            m.wait_log(event="defer", to=rcpt)
+        self.assertEqual(metric(port, "moat_recipients_bounced_total"), 0)
+
+        m.cli("queue", "bounce", ids[0])
+        wait_for(lambda: metric(port, "moat_recipients_bounced_total") == 1, 20, what="the admin bounce counted")
+
+        time.sleep(2.2)  # past max_lifetime: the next attempt expires the other one
+        m.cli("queue", "flush")
+        ev = m.wait_log(event="expire", queue_id=ids[1])
+        self.assertEqual(ev["to"], ["late@example.test"], ev)
+        wait_for(lambda: metric(port, "moat_recipients_bounced_total") == 2, 20, what="the expired recipient counted")
+        self.assertEqual(metric(port, "moat_messages_expired_total"), 1)
+        wait_for(lambda: len(m.maildir_files("alice@sender.test")) == 2, 20, what="both failure DSNs")
+
+    def test_log_names_destinations_and_recovers_once(self):
+        dead = free_port()
+        m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{dead}")], retry='["1h"]')
+        self.addCleanup(m.cleanup)
+        # The spool's recovery is one line, with what both used to say.
+        self.assertEqual(m.find_logs(event="spool_recover"), [])
+        rec = m.wait_log(event="spool_recovered")
+        self.assertEqual((rec["messages"], rec["removed_partial"], rec["moved_corrupt"]), (0, 0, 0), rec)
+        self.assertTrue(rec["spool_dir"].endswith("spool"), rec)
+
+        with m.smtp() as s:
+            s.sendmail("a@sender.test", ["one@example.test"], b"Subject: 1\r\n\r\nx\r\n")
+        ev = m.wait_log(event="destination_unreachable")
+        self.assertEqual(ev["destination"], f"smtp:127.0.0.1:{dead}", ev)
+        self.assertEqual(ev["tls"], "may", ev)
+        # While the next hop is marked, a new message is deferred without a connection, and
+        # its defer line names the destination it waits for.
+        with m.smtp() as s:
+            s.sendmail("a@sender.test", ["two@example.test"], b"Subject: 2\r\n\r\nx\r\n")
+        d = m.wait_log(event="defer", to="two@example.test")
+        self.assertIn("next hop unreachable", d["reply"])
+        self.assertEqual(d["relay"], f"smtp:127.0.0.1:{dead}", d)
+
+    def test_readme_names_every_log_event(self):
+        events = set()
+        for top in ("mta", "queue", "filters", "policy"):
+            for root, _, files in os.walk(os.path.join(SOURCE_DIR, top)):
+                for name in files:
+                    if name.endswith((".cc", ".h")):
+                        with open(os.path.join(root, name), encoding="utf-8") as f:
+                            events |= set(re.findall(r'log::(?:debug|info|warn|error)\("([a-z_]+)"', f.read()))
+        self.assertIn("reject", events)
+        with open(os.path.join(SOURCE_DIR, "README.md"), encoding="utf-8") as f:
+            readme = f.read()
+        section = readme.split("\n## Logs\n", 1)[1].split("\n## ", 1)[0]
+        missing = sorted(e for e in events if f"`{e}`" not in section)
+        self.assertEqual(missing, [], "events the README's log section does not name")
 
     def test_default_config_delivers_to_var_mail(self):
         # deploy/moat.toml as shipped, but on a free port and in a scratch copy of deploy/
