@@ -70,8 +70,10 @@ bool checkSignKey(const SignKey& key, std::string& error);
 std::optional<std::string> signMessage(const SignKey& key, std::string_view message, std::string& error);
 
 // `moat dkim keygen`: writes the private key (PEM, mode 0600) and returns the TXT record
-// text "v=DKIM1; k=rsa; p=...". type: "rsa" (2048 bits) or "ed25519".
-bool keygen(const std::string& type, const std::string& outFile, std::string& txtRecord, std::string& error);
+// text "v=DKIM1; k=rsa; p=...". type: "rsa" (2048 bits) or "ed25519". An existing
+// outFile is an error unless `replace`.
+bool keygen(const std::string& type, const std::string& outFile, bool replace, std::string& txtRecord,
+            std::string& error);
 
 // Filters (Stage::Data). Config: [dkim] verify = true, max_signatures = 8;
 // [[dkim.sign]] domain, selector, key_file, algorithm ("rsa-sha256" default | "ed25519-sha256").

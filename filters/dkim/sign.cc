@@ -11,7 +11,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 #include "filters/dkim/dkim.h"
 #include "filters/dkim/internal.h"
@@ -113,17 +115,32 @@ std::optional<std::string> signMessage(const SignKey& key, std::string_view mess
 
 namespace {
 
-bool writeKeyFile(const std::string& path, const std::string& pem, std::string& error) {
+// Written whole beside `path`, then put in place: by link(2) when an existing key must
+// not be replaced (it fails on an existing name, atomically), else by rename(2).
+bool writeKeyFile(const std::string& path, const std::string& pem, bool replace, std::string& error) {
+  auto fail = [&](const std::string& what) {
+    error = what + ": " + std::strerror(errno);
+    return false;
+  };
   std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return error = "cannot create " + tmp, false;
+  if (fd < 0) return fail("cannot create " + tmp);
   ::fchmod(fd, 0600);  // an existing file keeps its mode through O_TRUNC
   bool ok = ::write(fd, pem.data(), pem.size()) == static_cast<ssize_t>(pem.size()) && ::fsync(fd) == 0;
   ok = ::close(fd) == 0 && ok;
-  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
+  if (!ok) {
+    int e = errno;
     ::unlink(tmp.c_str());
-    return error = "cannot write " + path, false;
+    errno = e;
+    return fail("cannot write " + tmp);
   }
+  bool placed = replace ? ::rename(tmp.c_str(), path.c_str()) == 0 : ::link(tmp.c_str(), path.c_str()) == 0;
+  int e = errno;
+  ::unlink(tmp.c_str());  // after a rename: gone already
+  errno = e;
+  if (!placed && e == EEXIST)
+    return error = path + " exists: a published key would stop matching (--force replaces it)", false;
+  if (!placed) return fail("cannot write " + path);
   return true;
 }
 
@@ -144,7 +161,8 @@ std::string publicKeyRecord(EVP_PKEY* key, bool ed25519) {
 
 }  // namespace
 
-bool keygen(const std::string& type, const std::string& outFile, std::string& txtRecord, std::string& error) {
+bool keygen(const std::string& type, const std::string& outFile, bool replace, std::string& txtRecord,
+            std::string& error) {
   bool ed = type == "ed25519";
   if (!ed && type != "rsa") return error = "unknown key type \"" + type + "\" (rsa or ed25519)", false;
   PkeyPtr key(ed ? EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519")
@@ -153,7 +171,7 @@ bool keygen(const std::string& type, const std::string& outFile, std::string& tx
   std::string pem = privateKeyPem(key.get());
   txtRecord = publicKeyRecord(key.get(), ed);
   if (pem.empty() || txtRecord.empty()) return error = "key encoding failed", false;
-  return writeKeyFile(outFile, pem, error);
+  return writeKeyFile(outFile, pem, replace, error);
 }
 
 }  // namespace moat::filters::dkim

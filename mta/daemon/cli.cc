@@ -30,7 +30,7 @@ const char* kUsage =
     "                   (the inbound path: --client-ip defaults to 192.0.2.1, an RFC 5737 documentation\n"
     "                   address outside any relay network, never contacted; --helo to localhost)\n"
     "       moat spf    -c FILE --ip IP --helo NAME --mail-from ADDR\n"
-    "       moat dkim   keygen --domain D --selector S [--type rsa|ed25519] --out KEYFILE\n"
+    "       moat dkim   keygen --domain D --selector S [--type rsa|ed25519] --out KEYFILE [--force]\n"
     "       moat version\n";
 
 int usage(const std::string& why = "") {
@@ -235,7 +235,7 @@ int runCli(const std::vector<std::string>& args) {
       {"queue", {true, {}, {}, {"--json", "--quarantine", "--hold", "--all"}}},
       {"scan", {true, {"--client-ip", "--helo", "--mail-from"}, {"--rcpt"}, {}}},
       {"spf", {true, {"--ip", "--helo", "--mail-from"}, {}, {}}},
-      {"dkim", {false, {"--domain", "--selector", "--type", "--out"}, {}, {}}},
+      {"dkim", {false, {"--domain", "--selector", "--type", "--out"}, {}, {"--force"}}},
   };
   auto spec = kSpecs.find(cmd);
   if (spec == kSpecs.end()) return usage("unknown command: " + cmd);
@@ -257,7 +257,7 @@ int runCli(const std::vector<std::string>& args) {
     if (one(p, "--domain").empty() || one(p, "--selector").empty() || one(p, "--out").empty())
       return usage("dkim keygen needs --domain, --selector and --out");
     if (type != "rsa" && type != "ed25519") return usage("--type is rsa or ed25519");
-    return runDkimKeygen(one(p, "--domain"), one(p, "--selector"), type, one(p, "--out"));
+    return runDkimKeygen(one(p, "--domain"), one(p, "--selector"), type, one(p, "--out"), hasFlag(p, "--force"));
   }
   if (cmd == "serve") {
     if (!p.rest.empty()) return usage("serve takes only -c FILE");

@@ -175,9 +175,9 @@ int runSpf(const std::string& config, const std::string& ip, const std::string& 
 }
 
 int runDkimKeygen(const std::string& domain, const std::string& selector, const std::string& type,
-                  const std::string& out) {
+                  const std::string& out, bool replace) {
   std::string txt, error;
-  if (!filters::dkim::keygen(type, out, txt, error)) {
+  if (!filters::dkim::keygen(type, out, replace, txt, error)) {
     std::fprintf(stderr, "moat: %s\n", error.c_str());
     return 1;
   }

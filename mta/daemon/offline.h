@@ -20,7 +20,8 @@ int runScan(const ScanOptions& opts);
 
 int runSpf(const std::string& config, const std::string& ip, const std::string& helo, const std::string& mailFrom);
 
+// An existing KEYFILE is refused (its TXT record may be published) unless `replace`.
 int runDkimKeygen(const std::string& domain, const std::string& selector, const std::string& type,
-                  const std::string& out);
+                  const std::string& out, bool replace);
 
 }  // namespace moat::mta::daemon

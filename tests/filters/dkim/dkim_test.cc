@@ -3,7 +3,7 @@
 // Moat verifies what dkimpy signs, for rsa-sha256 and ed25519-sha256. Also: keygen round
 // trip, tampering, DNS temporary failure, RFC 8301 weak keys and rsa-sha1, the two filters
 // and their config errors (FILE:LINE). Keys are made by the test; DNS is in memory.
-#include <catch2/catch.hpp>
+#include "filters/dkim/dkim.h"
 
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -11,12 +11,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
 
-#include "filters/dkim/dkim.h"
 #include "filters/dkim/internal.h"
 #include "mta/runtime/uv.h"
 #include "policy/config.h"
@@ -144,7 +145,7 @@ struct KeyPair {
 KeyPair makeKey(const TempDir& dir, const std::string& type, const std::string& selector) {
   std::string txt, error;
   std::string file = dir.path + "/" + selector + ".key";
-  REQUIRE(filters::dkim::keygen(type, file, txt, error));
+  REQUIRE(filters::dkim::keygen(type, file, false, txt, error));
   KeyPair k;
   k.key = {"example.test", selector, type == "rsa" ? "rsa-sha256" : "ed25519-sha256", readFile(file)};
   k.txt = txt;
@@ -270,7 +271,7 @@ TEST_CASE("keygen writes a 0600 key and a TXT record that verify what the key si
   for (std::string type : {"rsa", "ed25519"}) {
     std::string txt, error;
     std::string file = dir.path + "/kg-" + type + ".private";
-    REQUIRE(filters::dkim::keygen(type, file, txt, error));
+    REQUIRE(filters::dkim::keygen(type, file, false, txt, error));
     struct stat st {};
     REQUIRE(stat(file.c_str(), &st) == 0);
     CHECK((st.st_mode & 0777) == 0600);
@@ -282,8 +283,19 @@ TEST_CASE("keygen writes a 0600 key and a TXT record that verify what the key si
     CHECK(r[0].result == "pass");
   }
   std::string txt, error;
-  CHECK_FALSE(filters::dkim::keygen("dsa", dir.path + "/x", txt, error));
+  CHECK_FALSE(filters::dkim::keygen("dsa", dir.path + "/x", false, txt, error));
   CHECK_FALSE(error.empty());
+  // A key that exists is not replaced unless asked: its TXT record may be published.
+  std::string file = dir.path + "/kg-rsa.private", before = readFile(file);
+  CHECK_FALSE(filters::dkim::keygen("rsa", file, false, txt, error));
+  CHECK(error.find("exists") != std::string::npos);
+  CHECK(readFile(file) == before);
+  CHECK_FALSE(std::filesystem::exists(file + ".tmp"));
+  REQUIRE(filters::dkim::keygen("rsa", file, true, txt, error));
+  CHECK(readFile(file) != before);
+  // A folder that is not there: the reason is told.
+  CHECK_FALSE(filters::dkim::keygen("rsa", dir.path + "/no/such/dir/k.private", false, txt, error));
+  CHECK(error.find("No such file or directory") != std::string::npos);
 }
 
 TEST_CASE("a tampered body fails with a body hash reason and a changed header fails") {
