@@ -1,14 +1,21 @@
 // policy/config.cc — see config.h. Reads the core sections; validates every value; keeps
 // going after the first error so `moat check` can list them all.
 #include "policy/config.h"
-#include "policy/values.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <climits>
 #include <cstdlib>
+#include <cstring>
+#include <optional>
 #include <set>
+#include <string_view>
+
+#include "policy/values.h"
 
 namespace moat::policy {
 namespace {
@@ -40,17 +47,117 @@ std::string defaultHostname() {
   return "localhost";
 }
 
+// A listening address: an IP literal ("*" = 0.0.0.0, as net::listen takes it) and a port.
+// A host name is refused: it would be resolved nowhere, and net::listen refuses it at start.
+std::optional<mta::IpAddress> bindAddress(const std::string& host) {
+  if (host == "*") return mta::IpAddress::parse("0.0.0.0");
+  return mta::IpAddress::parse(host);
+}
+
+// What is wrong with `text` as a listening address ("" when nothing).
+std::string listenProblem(const std::string& text) {
+  auto hp = mta::parseHostPort(text);
+  if (!hp) return "\"" + text + "\": expected IP:PORT, e.g. \"127.0.0.1:2525\", \"0.0.0.0:25\" or \"[::1]:25\"";
+  if (!bindAddress(hp->host))
+    return "\"" + text + "\": \"" + hp->host +
+           "\" is not an IP address (a host name is not resolved for listening): write e.g. \"127.0.0.1:" +
+           std::to_string(hp->port) + "\" or \"[::1]:" + std::to_string(hp->port) + "\"";
+  return "";
+}
+
+bool isAnyAddress(const mta::IpAddress& ip) {
+  for (size_t i = 0; i < ip.size(); ++i)
+    if (ip.bytes()[i] != 0) return false;
+  return true;
+}
+
+// Whether two sockets bound to these could not both listen (Linux): the same address and
+// port, or a wildcard of the other's family; "::" takes IPv4 too (net::listen does not set
+// IPV6_V6ONLY). Port 0 picks a free port each time: never a clash.
+bool clash(const mta::IpAddress& a, uint16_t aPort, const mta::IpAddress& b, uint16_t bPort) {
+  if (aPort != bPort || aPort == 0) return false;
+  if (a == b) return true;
+  for (int i = 0; i < 2; ++i) {
+    const auto& x = i == 0 ? a : b;
+    const auto& y = i == 0 ? b : a;
+    if (isAnyAddress(x) && (!x.isV4() || y.isV4())) return true;
+  }
+  return false;
+}
+
+// What is wrong with `d` (lower-case) as an entry of relay.domains or [[route]] domains,
+// or "" when nothing. Both match a domain exactly, or with a leading "." every subdomain
+// (Config::isRelayDomain, Route::matches); so an entry is a domain name (RFC 1035 §2.3.1,
+// RFC 5321 §4.1.2: dot-separated labels of letters, digits and hyphens, no hyphen first or
+// last, up to 63 octets each and 253 in all) with an optional leading ".". Bytes over 0x7f
+// are let through, for UTF-8 names (RFC 6531).
+std::string domainProblem(const std::string& d) {
+  const std::string quoted = "\"" + d + "\"";
+  if (d.empty()) return "\"\": an empty domain";
+  if (d.rfind("*.", 0) == 0 && d.size() > 2)
+    return quoted + ": wildcards are not supported; write \"." + d.substr(2) + "\" to match every subdomain of " +
+           d.substr(2) + " (and \"" + d.substr(2) + "\" for the domain itself)";
+  if (d.find('*') != std::string::npos)
+    return quoted + ": wildcards are not supported; \".example.test\" matches every subdomain of example.test";
+  auto at = d.rfind('@');
+  if (at == 0) return quoted + ": write the domain without \"@\": \"" + d.substr(1) + "\"";
+  if (at != std::string::npos)
+    return quoted + ": an address, not a domain (the whole domain is \"" + d.substr(at + 1) + "\")";
+  std::string_view name(d);
+  if (name[0] == '.') name.remove_prefix(1);
+  if (name.empty()) return quoted + ": not a domain name";
+  if (name.back() == '.') return quoted + ": write it without the trailing dot: \"" + d.substr(0, d.size() - 1) + "\"";
+  if (name.size() > 253) return quoted + ": longer than 253 characters";
+  size_t start = 0;
+  while (start <= name.size()) {
+    size_t end = name.find('.', start);
+    if (end == std::string_view::npos) end = name.size();
+    std::string_view label = name.substr(start, end - start);
+    if (label.empty()) return quoted + ": an empty label (\"..\")";
+    if (label.size() > 63) return quoted + ": a label longer than 63 characters";
+    for (unsigned char ch : label) {
+      if (std::isalnum(ch) || ch == '-' || ch >= 0x80) continue;
+      std::string shown = ch == ' '          ? "a space"
+                          : std::isprint(ch) ? "\"" + std::string(1, static_cast<char>(ch)) + "\""
+                                             : "a control character";
+      return quoted + ": " + shown +
+             " is not allowed in a domain name (letters, digits, hyphens; \".\" between labels)";
+    }
+    if (label.front() == '-' || label.back() == '-') return quoted + ": a label begins or ends with a hyphen";
+    start = end + 1;
+  }
+  return "";
+}
+
+// The entries of a domain list, lower-case; bad ones are errors at their own line.
+std::vector<std::string> domainList(Section& s, const std::string& key) {
+  std::vector<std::string> out;
+  for (auto& item : s.getStringArrayItems(key)) {
+    std::string d = lower(item.value);
+    std::string problem = domainProblem(d);
+    if (problem.empty())
+      out.push_back(std::move(d));
+    else
+      s.errorAt(item.line, key, problem);
+  }
+  return out;
+}
+
 void readServer(Config& c, Section s) {
   c.hostname = s.getString("hostname", defaultHostname());
   c.spoolDir = s.getPath("spool_dir", "var/spool");
   c.controlSocket = s.getPath("control_socket", "var/moat.sock");
   c.logFile = s.getPath("log_file", "-");
+  c.logFileLine = s.lineOf("log_file");
   c.logLevel = s.getEnum("log_level", "info", {"debug", "info", "warn", "error"});
   c.metricsListen = s.getString("metrics_listen", "");
+  c.metricsListenLine = s.lineOf("metrics_listen");
   c.minFreeDisk = s.getSize("min_free_disk", c.minFreeDisk);
   c.spoolSync = s.getEnum("spool_sync", "fsync", {"fsync", "syncfs"});
-  if (!c.metricsListen.empty() && !mta::parseHostPort(c.metricsListen))
-    s.error("metrics_listen", "expected HOST:PORT");
+  if (!c.metricsListen.empty()) {
+    std::string problem = listenProblem(c.metricsListen);
+    if (!problem.empty()) s.error("metrics_listen", problem);
+  }
   if (c.hostname.empty() || c.hostname.find_first_of(" \t\r\n") != std::string::npos)
     s.error("hostname", "must be a host name");
   s.rejectUnknownKeys();
@@ -61,8 +168,9 @@ void readListener(Config& c, Section s) {
   l.line = s.lineOf("address");
   l.address = s.getString("address", "");
   auto hp = mta::parseHostPort(l.address);
-  if (!hp) {
-    s.error("address", "expected HOST:PORT, e.g. \"127.0.0.1:2525\" or \"[::1]:25\"");
+  std::string problem = listenProblem(l.address);
+  if (!problem.empty()) {
+    s.error("address", problem);
   } else {
     l.host = hp->host;
     l.port = hp->port;
@@ -107,7 +215,7 @@ std::vector<mta::Network> networks(Section& s, const std::string& key) {
 }
 
 void readRelay(Config& c, Section s) {
-  for (auto& d : s.getStringArray("domains")) c.relayDomains.push_back(lower(d));
+  c.relayDomains = domainList(s, "domains");
   c.relayNetworks = networks(s, "networks");
   c.relayRecipients = s.getPath("recipients", "");
   c.relayRecipientsLine = s.lineOf("recipients");
@@ -128,10 +236,36 @@ void readLimits(Config& c, Section s) {
   s.rejectUnknownKeys();
 }
 
+// First match wins: a route after a match-all one, or whose every domain an earlier route
+// already takes, never gets a message. Not an error (the file is still consistent), but
+// almost certainly not what the operator meant.
+void warnIfShadowed(const Config& c, const Route& r, Section& s) {
+  for (const auto& prev : c.routes) {
+    if (!prev.domains.empty()) continue;
+    s.warning(s.has("domains") ? "domains" : "to",
+              "this route never matches: the [[route]] at line " + std::to_string(prev.line) +
+                  " has no domains, so it takes every domain first (first match wins)");
+    return;
+  }
+  if (r.domains.empty() || !s.has("domains")) return;
+  std::string by;
+  for (const auto& d : r.domains) {
+    const Route* first = nullptr;
+    for (const auto& prev : c.routes)
+      if (prev.matches(d)) {
+        first = &prev;
+        break;
+      }
+    if (!first) return;
+    by += (by.empty() ? "" : ", ") + ("\"" + d + "\" by line " + std::to_string(first->line));
+  }
+  s.warning("domains", "this route never matches: earlier routes take every domain it lists (first match wins): " + by);
+}
+
 void readRoute(Config& c, Section s) {
   Route r;
   r.line = s.lineOf("to");
-  for (auto& d : s.getStringArray("domains")) r.domains.push_back(lower(d));
+  r.domains = domainList(s, "domains");
   for (const auto& t : s.getStringArray("to")) {
     RouteTarget target;
     if (t == "mx") {
@@ -163,6 +297,7 @@ void readRoute(Config& c, Section s) {
   r.caFile = s.getPath("ca_file", "");
   if (!r.caFile.empty() && r.tls != TlsPolicy::Verify) s.error("ca_file", "ca_file needs tls = \"verify\"");
   s.rejectUnknownKeys();
+  warnIfShadowed(c, r, s);
   c.routes.push_back(std::move(r));
 }
 
@@ -202,7 +337,94 @@ void readQuarantine(Config& c, Section s) {
   s.rejectUnknownKeys();
 }
 
+// Two listeners, or a listener and metrics_listen, on one socket: serve would fail at start
+// with "address already in use".
+void checkSockets(const Config& c, Errors& errors) {
+  struct Bound {
+    mta::IpAddress ip;
+    uint16_t port;
+    const Listener* listener;
+  };
+  std::vector<Bound> bound;
+  for (const auto& l : c.listeners) {
+    auto ip = bindAddress(l.host);
+    if (!ip) continue;  // already an error
+    for (const auto& b : bound)
+      if (clash(*ip, l.port, b.ip, b.port)) {
+        errors.error(c.path, l.line,
+                     "[[listener]].address: \"" + l.address + "\" takes the same socket as the [[listener]] at line " +
+                         std::to_string(b.listener->line) + " (\"" + b.listener->address +
+                         "\"): only one can listen there");
+        break;
+      }
+    bound.push_back({*ip, l.port, &l});
+  }
+  if (c.metricsListen.empty()) return;
+  auto hp = mta::parseHostPort(c.metricsListen);
+  auto ip = hp ? bindAddress(hp->host) : std::nullopt;
+  if (!ip) return;
+  for (const auto& b : bound)
+    if (clash(*ip, hp->port, b.ip, b.port)) {
+      errors.error(c.path, c.metricsListenLine,
+                   "server.metrics_listen: \"" + c.metricsListen +
+                       "\" takes the same socket as the [[listener]] at line " + std::to_string(b.listener->line) +
+                       " (\"" + b.listener->address + "\")");
+      return;
+    }
+}
+
 }  // namespace
+
+void checkLogFile(const Config& c, Errors& errors) {
+  const std::string& path = c.logFile;
+  if (path.empty() || path == "-") return;
+  auto fail = [&](const std::string& why) {
+    errors.error(c.path, c.logFileLine, "server.log_file: \"" + path + "\": " + why);
+  };
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) {
+    if (S_ISDIR(st.st_mode)) return fail("is a folder");
+    if (::access(path.c_str(), W_OK) != 0)
+      return fail(std::string("cannot be opened for append: ") + std::strerror(errno));
+    return;
+  }
+  if (errno != ENOENT) return fail(std::strerror(errno));
+  std::string dir = dirOf(path);
+  if (::stat(dir.c_str(), &st) != 0) return fail("its folder " + dir + " does not exist");
+  if (!S_ISDIR(st.st_mode)) return fail(dir + " is not a folder");
+  if (::access(dir.c_str(), W_OK | X_OK) != 0) return fail("cannot be created in " + dir + ": " + std::strerror(errno));
+}
+
+std::vector<std::string> restartOnlyChanges(const Config& running, const Config& next) {
+  std::vector<std::string> out;
+  if (running.spoolDir != next.spoolDir) out.push_back("server.spool_dir");
+  if (running.spoolSync != next.spoolSync) out.push_back("server.spool_sync");
+  if (running.controlSocket != next.controlSocket) out.push_back("server.control_socket");
+  if (running.metricsListen != next.metricsListen) out.push_back("server.metrics_listen");
+  if (running.nameservers != next.nameservers) out.push_back("dns.nameservers");
+  if (running.dnsTimeout != next.dnsTimeout) out.push_back("dns.timeout");
+  // A listener is its socket and what it speaks; STARTTLS certificates and auth_users are
+  // looked up by address in each snapshot, an smtps listener's certificate is its socket's.
+  auto same = [](const Listener& a, const Listener& b) {
+    return a.address == b.address && a.mode == b.mode &&
+           (a.mode != ListenerMode::Smtps || (a.tlsCert == b.tlsCert && a.tlsKey == b.tlsKey));
+  };
+  std::set<std::string> named;
+  auto add = [&](const std::string& address) {
+    if (named.insert(address).second) out.push_back("listener " + address);
+  };
+  for (const auto& a : running.listeners) {
+    auto it = std::find_if(next.listeners.begin(), next.listeners.end(),
+                           [&](const Listener& b) { return b.address == a.address; });
+    if (it == next.listeners.end() || !same(a, *it)) add(a.address);
+  }
+  for (const auto& b : next.listeners) {
+    auto it = std::find_if(running.listeners.begin(), running.listeners.end(),
+                           [&](const Listener& a) { return a.address == b.address; });
+    if (it == running.listeners.end()) add(b.address);
+  }
+  return out;
+}
 
 std::string RouteTarget::str() const {
   switch (kind) {
@@ -321,6 +543,7 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
   readSenders(*c, c->section("senders", errors));
 
   if (c->listeners.empty()) errors.error(c->path, 0, "no [[listener]]: Moat would accept no mail");
+  checkSockets(*c, errors);
   return c;
 }
 

@@ -44,7 +44,7 @@ struct RouteTarget {
 };
 
 struct Route {
-  std::vector<std::string> domains;  // lower-case; empty = every domain
+  std::vector<std::string> domains;  // lower-case; empty = every domain; ".example.test" = its subdomains
   std::vector<RouteTarget> to;
   TlsPolicy tls = TlsPolicy::May;
   std::string caFile;  // tls = "verify": trust anchors (PEM) beside the system store; absolute
@@ -61,8 +61,10 @@ struct Config {
   std::string spoolDir;
   std::string controlSocket;
   std::string logFile = "-";
+  int logFileLine = 0;
   std::string logLevel = "info";
-  std::string metricsListen;  // empty = off
+  std::string metricsListen;  // empty = off; an IP address and a port, like a listener's
+  int metricsListenLine = 0;
   uint64_t minFreeDisk = 100ull << 20;  // refuse mail (452 4.3.1) below this much free space
   std::string spoolSync = "fsync";      // fsync (per file, batched directory syncs) | syncfs
 
@@ -130,12 +132,28 @@ struct Config {
   const Route* routeFor(const std::string& domain) const;
 };
 
-// Parses and validates `path`. On any error returns nullptr; `errors` holds every problem
+// Parses and validates `path`. Listener and metrics addresses must be IP literals with a
+// port, no two of them the same socket; relay.domains and [[route]] domains must be domain
+// names (a leading "." for the subdomains); a [[route]] that earlier ones leave nothing to
+// match is a warning. On any error returns nullptr; `errors` holds every problem
 // found (not only the first), each as FILE:LINE: message.
 std::shared_ptr<const Config> loadConfig(const std::string& path, Errors& errors);
 // The same, but what could be read is returned even when `errors` holds errors (nullptr
 // only when the file is not TOML): `moat check` goes on to the policy files and filter
 // sections, so one run lists every independent mistake.
 std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors);
+
+// server.log_file can be opened for append as `moat serve` will: it exists and is writable,
+// or its folder exists and a file can be made there (nothing is created). Not part of
+// loadConfig, so that `moat spf` and `moat queue` run without that right; every snapshot
+// load checks it (mta/server/snapshot.cc: `moat check`, `moat scan`, serve, a reload).
+void checkLogFile(const Config& c, Errors& errors);
+
+// What `moat serve` reads only at start: the keys whose value in `next` differs from the
+// running one, as "server.spool_dir", "server.spool_sync", "server.control_socket",
+// "server.metrics_listen", "dns.nameservers", "dns.timeout" and "listener ADDRESS" (a
+// listener added, removed, with another mode, or an smtps one with another certificate).
+// A reload applies everything else.
+std::vector<std::string> restartOnlyChanges(const Config& running, const Config& next);
 
 }  // namespace moat::policy

@@ -46,6 +46,14 @@ void Section::warning(const std::string& key, const std::string& message) {
   errors_.warning(file_, lineOf(key), where + ": " + message);
 }
 
+void Section::errorAt(int line, const std::string& key, const std::string& message) {
+  errors_.error(file_, line, (name_.empty() ? key : name_ + "." + key) + ": " + message);
+}
+
+void Section::warningAt(int line, const std::string& key, const std::string& message) {
+  errors_.warning(file_, line, (name_.empty() ? key : name_ + "." + key) + ": " + message);
+}
+
 std::string Section::getString(const std::string& key, const std::string& def) {
   auto* n = node(key);
   if (!n) return def;
@@ -109,15 +117,27 @@ uint64_t Section::getSize(const std::string& key, uint64_t def) {
 std::vector<std::string> Section::getStringArray(const std::string& key, const std::vector<std::string>& def) {
   auto* n = node(key);
   if (!n) return def;
-  auto* arr = n->as_array();
-  if (!arr) {
+  if (!n->as_array()) {
     error(key, "expected an array of strings");
     return def;
   }
   std::vector<std::string> out;
+  for (auto& item : getStringArrayItems(key)) out.push_back(std::move(item.value));
+  return out;
+}
+
+std::vector<Section::Item> Section::getStringArrayItems(const std::string& key) {
+  auto* n = node(key);
+  if (!n) return {};
+  auto* arr = n->as_array();
+  if (!arr) {
+    error(key, "expected an array of strings");
+    return {};
+  }
+  std::vector<Item> out;
   for (const auto& el : *arr) {
     if (auto v = el.value<std::string>()) {
-      out.push_back(*v);
+      out.push_back({*v, static_cast<int>(el.source().begin.line)});
     } else {
       errors_.error(file_, static_cast<int>(el.source().begin.line),
                     (name_.empty() ? key : name_ + "." + key) + ": expected only strings");

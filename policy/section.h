@@ -31,6 +31,13 @@ class Section {
   std::chrono::milliseconds getDuration(const std::string& key, std::chrono::milliseconds def);
   uint64_t getSize(const std::string& key, uint64_t def);
   std::vector<std::string> getStringArray(const std::string& key, const std::vector<std::string>& def = {});
+  // The same, each string with its own line (an array may span lines), for FILE:LINE errors
+  // about one element.
+  struct Item {
+    std::string value;
+    int line = 0;
+  };
+  std::vector<Item> getStringArrayItems(const std::string& key);
   // A path; relative paths are made absolute against the config file's folder.
   std::string getPath(const std::string& key, const std::string& def = "");
   std::vector<std::string> getPathArray(const std::string& key);
@@ -50,6 +57,9 @@ class Section {
   // FILE:LINE errors at a key (or the section itself when the key is absent).
   void error(const std::string& key, const std::string& message);
   void warning(const std::string& key, const std::string& message);
+  // The same at a given line (an element of an array: Item::line).
+  void errorAt(int line, const std::string& key, const std::string& message);
+  void warningAt(int line, const std::string& key, const std::string& message);
   int lineOf(const std::string& key) const;
   const std::string& file() const { return file_; }
   const std::string& baseDir() const { return baseDir_; }

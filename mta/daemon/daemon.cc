@@ -5,7 +5,9 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 
 #include "mta/daemon/control.h"
@@ -21,13 +23,20 @@
 namespace moat::mta::daemon {
 namespace {
 
-void applyLogConfig(const policy::Config& cfg) {
-  if (!log::open(cfg.logFile)) std::fprintf(stderr, "moat: cannot open log file %s\n", cfg.logFile.c_str());
+// False when the log file cannot be opened (the log stays where it was, and the reason is on
+// stderr): fail2ban and operators read that file, so `serve` does not start without it.
+bool applyLogConfig(const policy::Config& cfg) {
+  if (!log::open(cfg.logFile)) {
+    int err = errno;
+    std::fprintf(stderr, "moat: cannot open log file %s: %s\n", cfg.logFile.c_str(), std::strerror(err));
+    return false;
+  }
   log::Level level = cfg.logLevel == "debug" ? log::Level::Debug
                      : cfg.logLevel == "warn" ? log::Level::Warn
                      : cfg.logLevel == "error" ? log::Level::Error
                                                : log::Level::Info;
   log::setMinLevel(level);
+  return true;
 }
 
 // glibc's defaults give memory back eagerly: blocks from 128 KB up are fresh mappings, and
@@ -42,24 +51,27 @@ void tuneMalloc() {
   ::mallopt(M_TRIM_THRESHOLD, 8 << 20);
 }
 
-std::vector<std::string> listenerKeys(const policy::Config& c) {
-  std::vector<std::string> out;
-  for (const auto& l : c.listeners) out.push_back(l.address + "/" + std::to_string(static_cast<int>(l.mode)));
-  return out;
-}
-
 }  // namespace
 
 int serve(const std::string& configPath) {
   tuneMalloc();
   policy::Errors errors;
   // The log first: building the pipeline already logs (e.g. antivirus_disabled).
-  if (auto early = policy::loadConfig(configPath, errors)) applyLogConfig(*early);
+  // One that cannot be opened stops the start (stderr, exit 1): no silent fall-back to stdout.
+  if (auto early = policy::loadConfig(configPath, errors)) {
+    policy::Errors logErrors;
+    policy::checkLogFile(*early, logErrors);
+    for (const auto& e : logErrors.all()) std::fprintf(stderr, "%s\n", e.str().c_str());
+    if (logErrors.hasErrors() || !applyLogConfig(*early)) return 1;
+  }
   errors = policy::Errors();
   auto snap = server::Snapshot::load(configPath, errors);
   for (const auto& e : errors.all()) std::fprintf(stderr, "%s\n", e.str().c_str());
   if (!snap) return 1;
   const auto& cfg = *snap->config;
+  // What this process runs with until it stops: what a reload cannot change is compared
+  // with these, not with the last reload's.
+  const std::shared_ptr<const policy::Config> running = snap->config;
   ::signal(SIGPIPE, SIG_IGN);
   uv::configureThreadPool(8);  // fsyncs and filters run there: more than the cores is right
 
@@ -150,17 +162,21 @@ int serve(const std::string& configPath) {
     if (!next) {
       std::vector<std::string> msgs;
       for (const auto& e : errs.all()) msgs.push_back(e.str());
-      log::error("reload").add("ok", false).add("errors", msgs).add("config", configPath);
+      log::error("reload").add("ok", false).add("errors", msgs).add("config", running->path);
       return;
     }
-    bool listenersChanged = listenerKeys(*next->config) != listenerKeys(*snap->config);
+    auto restartOnly = policy::restartOnlyChanges(*running, *next->config);
     snap = next;
     applyLogConfig(*snap->config);
     smtp.reload(snap);
     qm.reload(snap);
     auto line = log::info("reload");
-    line.add("ok", true).add("config", configPath);
-    if (listenersChanged) line.add("note", "listener changes take effect at the next restart");
+    line.add("ok", true).add("config", running->path);
+    if (!restartOnly.empty()) {
+      std::string note = "take effect at the next restart:";
+      for (size_t i = 0; i < restartOnly.size(); ++i) note += (i ? ", " : " ") + restartOnly[i];
+      line.add("note", note);
+    }
   });
 
   loop.run();

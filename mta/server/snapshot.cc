@@ -27,6 +27,8 @@ std::shared_ptr<Snapshot> build(const std::string& configPath, policy::Errors& e
   // had errors: their findings would follow from the errors already reported.
   const bool coreValid = !errors.hasErrors();
   if (!coreValid && !whole) return nullptr;
+  policy::checkLogFile(*config, errors);  // serve opens it before anything else
+  if (!whole && errors.hasErrors()) return nullptr;
   auto snap = std::make_shared<Snapshot>();
   snap->config = config;
   snap->pipeline = filters::Pipeline::build(*config, errors);

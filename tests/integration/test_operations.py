@@ -61,6 +61,108 @@ class OperationsTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         shutil.rmtree(d)
 
+    def _config(self, d, server="", listeners='[[listener]]\naddress = "127.0.0.1:0"\n', rest=""):
+        path = os.path.join(d, "moat.toml")
+        with open(path, "w") as f:
+            f.write(f'[server]\nhostname = "mx"\nspool_dir = "spool"\ncontrol_socket = "moat.sock"\n{server}\n'
+                    f'{listeners}\n{rest}')
+        return path
+
+    def test_check_refuses_what_serve_would_refuse_at_start(self):
+        """`moat check` runs as systemd's ExecStartPre: what makes `moat serve` fail at start
+        must fail it too, with FILE:LINE naming the key."""
+        d = tempfile.mkdtemp(prefix="moat-check-")
+        self.addCleanup(shutil.rmtree, d, True)
+        port = free_port()
+        cases = [
+            # (server keys, listeners, the line and message expected)
+            ("", '[[listener]]\naddress = "localhost:25"\n',
+             ':7: [[listener]].address: "localhost:25": "localhost" is not an IP address'),
+            ('metrics_listen = "localhost:9025"\n', '[[listener]]\naddress = "127.0.0.1:0"\n',
+             ':5: server.metrics_listen: "localhost:9025": "localhost" is not an IP address'),
+            ("", f'[[listener]]\naddress = "127.0.0.1:{port}"\n\n[[listener]]\naddress = "127.0.0.1:{port}"\n',
+             f':10: [[listener]].address: "127.0.0.1:{port}" takes the same socket as the [[listener]] at line 7'),
+            (f'metrics_listen = "127.0.0.1:{port}"\n', f'[[listener]]\naddress = "127.0.0.1:{port}"\n',
+             f':5: server.metrics_listen: "127.0.0.1:{port}" takes the same socket as the [[listener]] at line 8'),
+            ('log_file = "/nonexistent/dir/moat.log"\n', '[[listener]]\naddress = "127.0.0.1:0"\n',
+             ':5: server.log_file: "/nonexistent/dir/moat.log": its folder /nonexistent/dir does not exist'),
+        ]
+        for server, listeners, expected in cases:
+            path = self._config(d, server, listeners)
+            r = run("check", "-c", path)
+            self.assertEqual(r.returncode, 1, (expected, r.stdout, r.stderr))
+            self.assertIn(path + expected, r.stderr)
+        # The log file is only looked at: check creates nothing.
+        path = self._config(d, 'log_file = "logs/moat.log"\n')
+        os.makedirs(os.path.join(d, "logs"))
+        r = run("check", "-c", path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(d, "logs", "moat.log")))
+
+    def test_serve_refuses_to_start_without_its_log_file(self):
+        """fail2ban and operators read the log file: serve must not fall back to stdout."""
+        d = tempfile.mkdtemp(prefix="moat-serve-")
+        self.addCleanup(shutil.rmtree, d, True)
+        path = self._config(d, 'log_file = "/nonexistent/dir/moat.log"\n')
+        r = subprocess.run([MOAT_BIN, "serve", "-c", path], cwd=d, capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn(f'{path}:5: server.log_file: "/nonexistent/dir/moat.log"', r.stderr)
+        self.assertNotIn('"event":"start"', r.stdout)
+
+    def test_check_validates_domains_and_warns_about_dead_routes(self):
+        d = tempfile.mkdtemp(prefix="moat-check-")
+        self.addCleanup(shutil.rmtree, d, True)
+        path = self._config(d, rest='[relay]\ndomains = ["*.example.test", "@example.test", "exa mple",'
+                                    ' "user@example.test"]\n\n[[route]]\ndomains = ["x_y.test"]\nto = ["mx"]\n')
+        r = run("check", "-c", path)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn(f'{path}:10: relay.domains: "*.example.test": wildcards are not supported; write '
+                      f'".example.test" to match every subdomain of example.test', r.stderr)
+        for bad in ("@example.test", "exa mple", "user@example.test"):
+            self.assertIn(f'{path}:10: relay.domains: "{bad}": ', r.stderr)
+        self.assertIn(f'{path}:13: [[route]].domains: "x_y.test": ', r.stderr)
+        path = self._config(d, rest='[relay]\ndomains = ["example.test", ".example.test"]\n\n'
+                                    '[[route]]\nto = ["mx"]\n\n'
+                                    '[[route]]\ndomains = ["example.test"]\nto = ["maildir:mail"]\n')
+        r = run("check", "-c", path)
+        self.assertEqual(r.returncode, 0, r.stderr)  # a warning, not an error
+        self.assertIn(f"{path}:16: warning: [[route]].domains: this route never matches: the [[route]] at line 13 "
+                      "has no domains", r.stderr)
+
+    def test_sighup_notes_restart_only_changes_against_what_runs(self):
+        """A reload names every key it cannot apply whose new value differs from what the
+        daemon runs with since it started; going back to that value needs no restart. The
+        reload line's `config` is absolute, as the start line's, even when serve was given a
+        relative path."""
+        m = Moat(start=False)
+        self.addCleanup(m.cleanup)
+        config = m.config_path
+        m.config_path = "moat.toml"  # relative: serve runs in m.dir
+        m.start()
+        start = m.wait_log(event="start")
+        self.assertEqual(start["config"], config)
+        with open(config) as f:
+            original = f.read()
+        port, metrics = free_port(), free_port()
+        changed = original.replace('spool_dir = "spool"', 'spool_dir = "spool2"') \
+            .replace('control_socket = "moat.sock"', f'control_socket = "moat2.sock"\nmetrics_listen = "127.0.0.1:{metrics}"') \
+            .replace('log_level = "debug"', 'log_level = "info"')
+        changed += f'\n[[listener]]\naddress = "127.0.0.1:{port}"\n\n[dns]\nnameservers = ["127.0.0.1:5353"]\n'
+        line = m.reload_with(config, changed)
+        self.assertEqual(line["config"], config)
+        self.assertEqual(line.get("note"), "take effect at the next restart: server.spool_dir, server.control_socket, "
+                                           f"server.metrics_listen, dns.nameservers, listener 127.0.0.1:{port}")
+        # A key a reload applies: no note.
+        line = m.reload_with(config, original.replace('log_level = "debug"', 'log_level = "info"'))
+        self.assertNotIn("note", line)
+        # Back to what runs: nothing waits for a restart.
+        line = m.reload_with(config, original)
+        self.assertNotIn("note", line)
+        self.assertEqual(line["config"], config)
+        # A refused reload names the file the same way.
+        line = m.reload_with(config, original + '\n[limits]\nmax_recipients = "many"\n', ok=False)
+        self.assertEqual(line["config"], config)
+
     def test_sighup_broken_config_keeps_running_config(self):
         sink = Sink()
         self.addCleanup(sink.stop)

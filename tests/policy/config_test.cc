@@ -1,6 +1,7 @@
 // Tests for policy/config: the keys CONTRACT.md fixes, and errors reported as FILE:LINE.
 #include "policy/config.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -201,4 +202,193 @@ TEST_CASE("a file the config names that cannot be read is reported at the line n
   CHECK(all.find(path + ":3: rules.files: cannot read /: Is a directory") != std::string::npos);
   CHECK(all.find(path + ":6: rules.key: cannot read /nonexistent/k: No such file or directory") != std::string::npos);
   unlink(path.c_str());
+}
+
+namespace {
+// A config with one listener and `rest` after it: errors.str() when it fails.
+std::string loadErrors(const std::string& text, std::string& path, bool& loaded) {
+  path = writeTemp(text);
+  Errors errors;
+  loaded = loadConfig(path, errors) != nullptr;
+  return errors.str();
+}
+bool has(const std::string& all, const std::string& what) { return all.find(what) != std::string::npos; }
+}  // namespace
+
+TEST_CASE("listen addresses are IP addresses with a port, a host name is refused with FILE:LINE") {
+  std::string path;
+  bool loaded = true;
+  std::string all = loadErrors(
+      "[server]\nhostname = \"mx\"\nmetrics_listen = \"localhost:9025\"\n\n"
+      "[[listener]]\naddress = \"localhost:25\"\n\n[[listener]]\naddress = \"::1:25\"\n",
+      path, loaded);
+  INFO(all);
+  REQUIRE_FALSE(loaded);
+  REQUIRE(has(all, path + ":3: server.metrics_listen: \"localhost:9025\": \"localhost\" is not an IP address"));
+  REQUIRE(has(all, path + ":6: [[listener]].address: \"localhost:25\": \"localhost\" is not an IP address"));
+  REQUIRE(has(all, path + ":9: [[listener]].address: \"::1:25\": expected IP:PORT"));
+  unlink(path.c_str());
+
+  all = loadErrors(
+      "[server]\nhostname = \"mx\"\nmetrics_listen = \"[::1]:9025\"\n\n"
+      "[[listener]]\naddress = \"[::1]:25\"\n\n[[listener]]\naddress = \"0.0.0.0:587\"\n"
+      "\n[[listener]]\naddress = \"127.0.0.1:0\"\n\n[[listener]]\naddress = \"127.0.0.1:0\"\n",
+      path, loaded);
+  INFO(all);
+  REQUIRE(loaded);  // and two listeners on port 0 get a free port each
+  unlink(path.c_str());
+}
+
+TEST_CASE("two listeners on one socket, or a listener on metrics_listen, are refused with FILE:LINE") {
+  std::string path;
+  bool loaded = true;
+  std::string all = loadErrors(
+      "[server]\nhostname = \"mx\"\nmetrics_listen = \"127.0.0.1:2525\"\n\n"
+      "[[listener]]\naddress = \"127.0.0.1:2525\"\n\n"
+      "[[listener]]\naddress = \"127.0.0.1:2525\"\nmode = \"smtp\"\n\n"
+      "[[listener]]\naddress = \"0.0.0.0:25\"\n\n[[listener]]\naddress = \"192.0.2.1:25\"\n\n"
+      "[[listener]]\naddress = \"[::]:465\"\n\n[[listener]]\naddress = \"127.0.0.1:465\"\n",
+      path, loaded);
+  INFO(all);
+  REQUIRE_FALSE(loaded);
+  REQUIRE(has(all, path + ":9: [[listener]].address: \"127.0.0.1:2525\" takes the same socket as the [[listener]] at "
+                          "line 6 (\"127.0.0.1:2525\")"));
+  REQUIRE(has(all, path + ":3: server.metrics_listen: \"127.0.0.1:2525\" takes the same socket as the [[listener]] at "
+                          "line 6"));
+  REQUIRE(has(all, path + ":16: [[listener]].address: \"192.0.2.1:25\" takes the same socket as the [[listener]] at "
+                          "line 13 (\"0.0.0.0:25\")"));
+  REQUIRE(has(all, path + ":22: [[listener]].address: \"127.0.0.1:465\" takes the same socket"));  // "::" is dual-stack
+  unlink(path.c_str());
+
+  all = loadErrors(
+      "[server]\nhostname = \"mx\"\nmetrics_listen = \"127.0.0.1:9025\"\n\n"
+      "[[listener]]\naddress = \"127.0.0.1:25\"\n\n[[listener]]\naddress = \"[::1]:25\"\n\n"
+      "[[listener]]\naddress = \"127.0.0.2:25\"\n\n[[listener]]\naddress = \"127.0.0.1:587\"\n",
+      path, loaded);
+  INFO(all);
+  REQUIRE(loaded);
+  unlink(path.c_str());
+}
+
+TEST_CASE("relay.domains and [[route]] domains take domain names, or .domain for its subdomains") {
+  std::string path;
+  bool loaded = true;
+  std::string all = loadErrors(
+      "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n"
+      "[relay]\ndomains = [\n  \"*.example.test\",\n  \"@example.test\",\n  \"exa mple\",\n"
+      "  \"user@example.test\",\n  \"example.test.\",\n  \"-bad.test\",\n  \"a..b\",\n  \"\",\n]\n\n"
+      "[[route]]\ndomains = [\"ok.test\", \"under_score.test\"]\nto = [\"mx\"]\n",
+      path, loaded);
+  INFO(all);
+  REQUIRE_FALSE(loaded);
+  REQUIRE(
+      has(all, path + ":9: relay.domains: \"*.example.test\": wildcards are not supported; write \".example.test\""));
+  REQUIRE(has(all, path + ":10: relay.domains: \"@example.test\": write the domain without \"@\": \"example.test\""));
+  REQUIRE(has(all, path + ":11: relay.domains: \"exa mple\": a space is not allowed in a domain name"));
+  REQUIRE(has(all, path + ":12: relay.domains: \"user@example.test\": an address, not a domain"));
+  REQUIRE(has(all, path + ":13: relay.domains: \"example.test.\": write it without the trailing dot"));
+  REQUIRE(has(all, path + ":14: relay.domains: \"-bad.test\": a label begins or ends with a hyphen"));
+  REQUIRE(has(all, path + ":15: relay.domains: \"a..b\": an empty label"));
+  REQUIRE(has(all, path + ":16: relay.domains: \"\": an empty domain"));
+  REQUIRE(has(all, path + ":20: [[route]].domains: \"under_score.test\": \"_\" is not allowed in a domain name"));
+  REQUIRE_FALSE(has(all, "\"ok.test\""));
+  unlink(path.c_str());
+
+  all = loadErrors(
+      "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n"
+      "[relay]\ndomains = [\"Example.TEST\", \".example.test\", \"localhost\", \"xn--bcher-kva.test\"]\n\n"
+      "[[route]]\ndomains = [\".example.test\"]\nto = [\"mx\"]\n",
+      path, loaded);
+  INFO(all);
+  REQUIRE(loaded);
+  Errors errors;
+  auto c = loadConfig(path, errors);
+  REQUIRE(c->isRelayDomain("example.test"));
+  REQUIRE(c->isRelayDomain("sub.example.test"));
+  REQUIRE(c->routeFor("sub.example.test"));
+  REQUIRE_FALSE(c->routeFor("example.test"));
+  unlink(path.c_str());
+}
+
+TEST_CASE("a [[route]] that can never match is a warning with FILE:LINE") {
+  std::string path;
+  bool loaded = false;
+  std::string all = loadErrors(
+      "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n"
+      "[[route]]\ndomains = [\"a.test\", \".b.test\"]\nto = [\"mx\"]\n\n"   // lines 7-9
+      "[[route]]\ndomains = [\"A.test\", \"x.b.test\"]\nto = [\"mx\"]\n\n"  // 11-13
+      "[[route]]\ndomains = [\"a.test\", \"c.test\"]\nto = [\"mx\"]\n\n"    // 15-17
+      "[[route]]\ndomains = [\"b.test\"]\nto = [\"mx\"]\n\n"                // 19-21
+      "[[route]]\nto = [\"mx\"]\n\n"                                        // 23-24
+      "[[route]]\ndomains = [\"d.test\"]\nto = [\"maildir:mail\"]\n\n"      // 26-28
+      "[[route]]\nto = [\"maildir:mail\"]\n",                               // 30-31
+      path, loaded);
+  INFO(all);
+  REQUIRE(loaded);  // warnings only
+  REQUIRE(has(all, path + ":12: warning: [[route]].domains: this route never matches: earlier routes take every "
+                          "domain it lists (first match wins): \"a.test\" by line 9, \"x.b.test\" by line 9"));
+  REQUIRE_FALSE(has(all, path + ":16:"));  // c.test is its own
+  REQUIRE_FALSE(has(all, path + ":20:"));  // .b.test takes subdomains only, not b.test
+  REQUIRE_FALSE(has(all, path + ":24:"));  // a match-all route last is the usual default
+  REQUIRE(has(all, path + ":27: warning: [[route]].domains: this route never matches: the [[route]] at line 24 has "
+                          "no domains"));
+  REQUIRE(has(all, path + ":31: warning: [[route]].to: this route never matches: the [[route]] at line 24"));
+  unlink(path.c_str());
+}
+
+TEST_CASE("the log file must be writable where serve opens it, and the check creates nothing") {
+  char tmpl[] = "/tmp/moat-logdir-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  auto check = [&](const std::string& logFile) {
+    std::string path = dir + "/moat.toml";
+    std::ofstream(path) << "[server]\nhostname = \"mx\"\nlog_file = \"" << logFile
+                        << "\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n";
+    Errors errors;
+    auto c = loadConfig(path, errors);
+    REQUIRE(c);  // loadConfig alone does not look: `moat spf` need not write the log
+    checkLogFile(*c, errors);
+    return errors.str();
+  };
+  std::string path = dir + "/moat.toml";
+  std::string all = check("/nonexistent/dir/moat.log");
+  REQUIRE(has(all,
+              path + ":3: server.log_file: \"/nonexistent/dir/moat.log\": its folder /nonexistent/dir does not exist"));
+  REQUIRE(mkdir((dir + "/sub").c_str(), 0700) == 0);
+  all = check("sub");  // relative to the config's folder
+  REQUIRE(has(all, path + ":3: server.log_file: \"" + dir + "/sub\": is a folder"));
+  REQUIRE(check("moat.log").empty());
+  REQUIRE(access((dir + "/moat.log").c_str(), F_OK) != 0);  // not created
+  REQUIRE(check("-").empty());
+  rmdir((dir + "/sub").c_str());
+  unlink(path.c_str());
+  rmdir(dir.c_str());
+}
+
+TEST_CASE("restartOnlyChanges names the keys a reload cannot apply that differ from the running ones") {
+  auto load = [](const std::string& server, const std::string& listeners, const std::string& dns) {
+    auto path = writeTemp("[server]\nhostname = \"mx\"\n" + server + "\n" + listeners + "\n[dns]\n" + dns + "\n");
+    Errors errors;
+    auto c = loadConfig(path, errors);
+    INFO(errors.str());
+    REQUIRE(c);
+    unlink(path.c_str());
+    return c;
+  };
+  const std::string l1 = "[[listener]]\naddress = \"127.0.0.1:2525\"\n";
+  const std::string l2 = "[[listener]]\naddress = \"127.0.0.1:2526\"\n";
+  auto running = load("spool_dir = \"s1\"\nlog_level = \"info\"\n", l1, "");
+  REQUIRE(restartOnlyChanges(*running, *running).empty());
+  // log_level, hostname, limits... are applied by a reload
+  REQUIRE(restartOnlyChanges(*running, *load("spool_dir = \"s1\"\nlog_level = \"debug\"\n", l1, "")).empty());
+  auto next = load(
+      "spool_dir = \"s2\"\ncontrol_socket = \"c.sock\"\nmetrics_listen = \"127.0.0.1:9999\"\n"
+      "spool_sync = \"syncfs\"\n",
+      l2, "nameservers = [\"127.0.0.1:5353\"]\ntimeout = \"1s\"\n");
+  std::vector<std::string> expected = {"server.spool_dir",        "server.spool_sync",      "server.control_socket",
+                                       "server.metrics_listen",   "dns.nameservers",        "dns.timeout",
+                                       "listener 127.0.0.1:2525", "listener 127.0.0.1:2526"};
+  REQUIRE(restartOnlyChanges(*running, *next) == expected);
+  // a listener's mode is its socket's
+  auto smtpsLess = load("spool_dir = \"s1\"\n", l1 + "mode = \"smtp\"\n", "");
+  REQUIRE(restartOnlyChanges(*running, *smtpsLess).empty());
 }
