@@ -135,7 +135,7 @@ int cmdQueue(const Parsed& p) {
   size_t nargs = p.rest.size() - 1;
   if ((it->second == 1 && nargs != 1) || (it->second == 0 && nargs != 0) || (it->second == -1 && nargs > 1))
     return usage("wrong number of arguments for queue " + sub);
-  // --json for any (show and the actions print JSON anyway); which area to list, for list only.
+  // --json for any; which area to list, for list only.
   int areas = 0;
   for (const auto& f : p.flags) {
     if (f == "--json") continue;
@@ -143,12 +143,15 @@ int cmdQueue(const Parsed& p) {
     ++areas;
   }
   if (areas > 1) return usage("queue list: --quarantine, --hold and --all go alone");
+  // Only the control socket is needed: an admin halfway through editing the config (a
+  // mistake elsewhere in it) can still look at the queue. Not a config that is no TOML.
   policy::Errors errors;
-  auto cfg = policy::loadConfig(p.config, errors);
-  if (!cfg) {
-    for (const auto& e : errors.all()) std::fprintf(stderr, "%s\n", e.str().c_str());
-    return 1;
-  }
+  auto cfg = policy::readConfig(p.config, errors);
+  for (const auto& e : errors.all()) std::fprintf(stderr, "%s\n", e.str().c_str());
+  if (!cfg) return 1;
+  if (errors.hasErrors())
+    std::fprintf(stderr, "moat: warning: %s has errors; its control socket %s is used anyway\n", cfg->path.c_str(),
+                 cfg->controlSocket.c_str());
   std::string request = sub;
   if (sub == "list") {
     if (hasFlag(p, "--quarantine")) request += " quarantine";
@@ -169,11 +172,15 @@ int cmdQueue(const Parsed& p) {
     std::fprintf(stderr, "moat: %s\n", msg.c_str());
     return 1;
   }
-  if (sub == "list" && !hasFlag(p, "--json")) {
-    std::fputs(formatQueueTable(reply).c_str(), stdout);
-  } else {
+  // JSON for scripts (--json), aligned text for people.
+  if (hasFlag(p, "--json"))
     std::printf("%s\n", reply.c_str());
-  }
+  else if (sub == "list")
+    std::fputs(formatQueueTable(reply).c_str(), stdout);
+  else if (sub == "show")
+    std::fputs(formatQueueShow(reply).c_str(), stdout);
+  else
+    std::fputs(formatQueueAction(sub, reply).c_str(), stdout);
   return 0;
 }
 
@@ -213,6 +220,79 @@ std::string formatQueueTable(const std::string& reply) {
   out << "-- " << (total + 1023) / 1024 << " Kbytes in " << msgs->array.size() << " message"
       << (msgs->array.size() == 1 ? "" : "s") << ".\n";
   return out.str();
+}
+
+// `moat queue show ID` for people: the envelope, then each recipient's state.
+std::string formatQueueShow(const std::string& reply) {
+  auto root = json::parse(reply);
+  if (!root) return reply + "\n";
+  auto s = [](const json::Value& v, const char* k) {
+    auto* x = v.get(k);
+    return x ? x->str : std::string();
+  };
+  auto n = [](const json::Value& v, const char* k) {
+    auto* x = v.get(k);
+    return x ? static_cast<int64_t>(x->number) : 0;
+  };
+  std::ostringstream out;
+  auto row = [&](const char* label, const std::string& value) {
+    if (!value.empty()) out << label << std::string(12 - std::string_view(label).size(), ' ') << value << "\n";
+  };
+  const auto& m = *root;
+  row("Queue ID:", s(m, "id"));
+  row("State:", s(m, "area") + (m.get("is_bounce") && m.get("is_bounce")->boolean ? " (a DSN of this gateway)" : ""));
+  row("Arrival:", humanTime(n(m, "arrival_ms")) + " UTC");
+  row("Size:", std::to_string(n(m, "size")) + " bytes");
+  row("From:", "<" + s(m, "from") + ">");
+  row("Message-ID:", s(m, "message_id"));
+  row("Client:", s(m, "helo") + " [" + s(m, "client_ip") + "] " + s(m, "protocol"));
+  std::string attempts = std::to_string(n(m, "attempts"));
+  if (s(m, "area") == "active") attempts += ", next at " + humanTime(n(m, "next_attempt_ms")) + " UTC";
+  row("Attempts:", attempts);
+  row("Reason:", s(m, "reason"));
+  row("ENVID:", s(m, "envid"));
+  row("RET:", s(m, "ret"));
+  if (auto* owed = m.get("expanded_report_owed")) {
+    std::string who;
+    for (const auto& a : owed->array) who += (who.empty() ? "" : ", ") + a.str;
+    row("Owed:", "an \"expanded\" report (NOTIFY=SUCCESS) for " + who);
+  }
+  out << "Recipients:\n";
+  if (auto* rcpts = m.get("recipients"))
+    for (const auto& r : rcpts->array) {
+      out << "  <" << s(r, "address") << ">  " << s(r, "status") << ", " << n(r, "attempts") << " attempt"
+          << (n(r, "attempts") == 1 ? "" : "s");
+      if (!s(r, "relay").empty()) out << ", " << s(r, "relay");
+      out << "\n";
+      if (!s(r, "last_reply").empty()) out << "      " << s(r, "last_reply") << "\n";
+    }
+  if (auto* h = m.get("headers"); h && !h->array.empty()) {
+    out << "Headers added:\n";
+    for (const auto& x : h->array) {
+      std::string text = x.str;
+      for (size_t i = 0; (i = text.find("\r\n", i)) != std::string::npos;) {  // a fold: CRLF, then WSP
+        size_t n = i + 2 < text.size() && (text[i + 2] == '\t' || text[i + 2] == ' ') ? 3 : 2;
+        text.replace(i, n, "\n    ");
+      }
+      out << "  " << text << "\n";
+    }
+  }
+  return out.str();
+}
+
+// The answer to a queue action, for people.
+std::string formatQueueAction(const std::string& sub, const std::string& reply) {
+  auto root = json::parse(reply);
+  if (!root) return reply + "\n";
+  auto id = root->get("id") ? root->get("id")->str : std::string();
+  auto count = [&](const char* k) { return root->get(k) ? static_cast<long long>(root->get(k)->number) : 0LL; };
+  auto plural = [](long long k, const char* what) { return std::to_string(k) + " " + what + (k == 1 ? "" : "s"); };
+  if (sub == "flush") return "Flushed: " + plural(count("flushed"), "message") + " to be tried now\n";
+  if (sub == "hold") return id + ": held\n";
+  if (sub == "release") return id + ": released, to be tried now\n";
+  if (sub == "delete") return id + ": deleted\n";
+  if (sub == "bounce") return id + ": returned to its sender, " + plural(count("bounced"), "recipient") + " bounced\n";
+  return reply + "\n";
 }
 
 int runCli(const std::vector<std::string>& args) {

@@ -369,7 +369,7 @@ class ContentFiltersTest(unittest.TestCase):
         self.assertEqual(acc["verdict"], "quarantine")
         self.assertEqual(filter_result(acc, "attachments"), "stripped claim.exe")
         wait_for(lambda: [x for x in self.quarantined() if x["id"] == qid], 10, what="the message in the quarantine")
-        shown = json.loads(m.cli("queue", "show", qid).stdout)
+        shown = json.loads(m.cli("queue", "show", qid, "--json").stdout)
         self.assertEqual(sorted(e["why"] for e in shown["edits"]), ["Subject prefix [SPAM]", "stripped claim.exe"])
         self.assertEqual(self.sink.messages, [])
         m.cli("queue", "release", qid)

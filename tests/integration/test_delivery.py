@@ -292,6 +292,18 @@ class DeliveryTest(unittest.TestCase):
         self.assertNotIn(b"\r\n", content)
         out = m.cli("queue", "list").stdout
         self.assertIn("Queue is empty", out)
+        # A mistake elsewhere in the config (an admin halfway through an edit) does not keep
+        # the queue from being looked at: only the control socket is needed.
+        with open(m.config_path) as f:
+            text = f.read()
+        broken = os.path.join(m.dir, "broken.toml")
+        with open(broken, "w") as f:
+            f.write(text + "\n[limitz]\nmax_recipients = 5\n")
+        r = subprocess.run([MOAT_BIN, "queue", "-c", broken, "list"], capture_output=True, text=True, timeout=30)
+        self.assertEqual((r.returncode, r.stdout), (0, "Queue is empty\n"), r.stderr)
+        self.assertIn("broken.toml:", r.stderr)
+        self.assertIn("limitz: unknown section", r.stderr)
+        self.assertIn("its control socket", r.stderr)
         r = m.cli("queue", "show", "NOSUCHID", check=False)
         self.assertEqual(r.returncode, 1)
         self.assertIn("no such message", r.stderr)
@@ -311,15 +323,23 @@ class DeliveryTest(unittest.TestCase):
             ids.append(s.data(b"Subject: hold\r\n\r\nbody\r\n")[1].decode().rsplit(" ", 1)[-1])
         s.quit()
         m.wait_log(event="defer", count=2)
-        m.cli("queue", "hold", ids[0])
+        self.assertEqual(m.cli("queue", "hold", ids[0]).stdout, f"{ids[0]}: held\n")
         listing = json.loads(m.cli("queue", "list", "--json", "--all").stdout)["messages"]
         self.assertEqual({x["id"]: x["area"] for x in listing}, {ids[0]: "hold", ids[1]: "active"})
         table = m.cli("queue", "list", "--all").stdout
         self.assertIn(ids[0], table)
         self.assertIn("h1@example.test", table)
-        m.cli("queue", "delete", ids[1])
+        # show: text for people, JSON with --json.
+        text = m.cli("queue", "show", ids[1]).stdout
+        self.assertIn(f"Queue ID:   {ids[1]}\nState:      active\n", text)
+        self.assertIn("From:       <a@sender.test>\n", text)
+        self.assertRegex(text, r"Recipients:\n  <h1@example.test>  pending, 1 attempt, smtp:127.0.0.1:\d+\n      451 ")
+        self.assertIn("Headers added:\n  Received: from client.test ([127.0.0.1])\n    by mx.moat.test", text)
+        shown = json.loads(m.cli("queue", "show", ids[1], "--json").stdout)
+        self.assertEqual([r["address"] for r in shown["recipients"]], ["h1@example.test"])
+        self.assertEqual(json.loads(m.cli("queue", "delete", ids[1], "--json").stdout), {"ok": True, "id": ids[1]})
         self.sink = Sink(port=port)
-        m.cli("queue", "release", ids[0])
+        self.assertEqual(m.cli("queue", "release", ids[0]).stdout, f"{ids[0]}: released, to be tried now\n")
         msgs = self.sink.wait_messages(1, timeout=20)
         self.assertEqual(msgs[0]["rcpts"], ["h0@example.test"])
         time.sleep(0.5)

@@ -50,7 +50,7 @@ class DsnRequestTest(unittest.TestCase):
         s.quit()
         qid = self.moat.wait_log(event="accept", **{"from": "a@sender.test"})["queue_id"]
         self.moat.wait_log(event="defer", queue_id=qid, count=3)
-        shown = json.loads(self.moat.cli("queue", "show", qid).stdout)
+        shown = json.loads(self.moat.cli("queue", "show", qid, "--json").stdout)
         self.assertEqual(shown["envid"], "QQ+2B314")  # xtext, as received
         self.assertEqual(shown["ret"], "HDRS")
         rcpts = {r["address"]: r for r in shown["recipients"]}
