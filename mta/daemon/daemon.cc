@@ -96,7 +96,19 @@ int serve(const std::string& configPath) {
 
   // Mail waits for the filters: a listener opened before the antivirus database is loaded
   // would answer 451 to everything until it is (seconds, with Debian's full databases).
-  snap->waitReady();
+  // A database that does not load at all stops the start, as `moat check` refuses it:
+  // running on would answer 451 4.7.1 to every message, with nothing but a log line to say
+  // why. (A reload keeps the running databases instead.)
+  {
+    policy::Errors ready;
+    snap->checkReady(ready);
+    for (const auto& e : ready.all()) std::fprintf(stderr, "%s\n", e.str().c_str());
+    if (ready.hasErrors()) {
+      log::error("start_failed").add("error", ready.all().front().str());
+      log::flush();
+      return 1;
+    }
+  }
 
   QueueManager qm(loop.get(), spool, resolver.get(), snap);
   qm.start(std::move(recovered));

@@ -114,15 +114,19 @@ std::shared_ptr<const Snapshot> Snapshot::load(const std::string& configPath, po
 std::shared_ptr<const Snapshot> Snapshot::check(const std::string& configPath, policy::Errors& errors) {
   auto snap = build(configPath, errors, true);
   if (!snap) return nullptr;
-  const filters::antivirus::AntivirusFilter* av = nullptr;
-  if (snap->pipeline) {
-    snap->waitReady();
-    for (const auto& f : snap->pipeline->filters())
-      if (auto* a = dynamic_cast<const filters::antivirus::AntivirusFilter*>(f.get())) av = a;
-  }
-  filters::antivirus::checkReady(*snap->config, av, errors);
+  snap->checkReady(errors);
   if (errors.hasErrors()) return nullptr;
   return snap;
+}
+
+void Snapshot::checkReady(policy::Errors& errors) const {
+  const filters::antivirus::AntivirusFilter* av = nullptr;
+  if (pipeline) {
+    waitReady();
+    for (const auto& f : pipeline->filters())
+      if (auto* a = dynamic_cast<const filters::antivirus::AntivirusFilter*>(f.get())) av = a;
+  }
+  filters::antivirus::checkReady(*config, av, errors);
 }
 
 void Snapshot::waitReady() const {

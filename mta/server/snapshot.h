@@ -48,6 +48,10 @@ struct Snapshot {
   // Blocks until the filters that get ready in the background (the antivirus engine's
   // first database load, the first clamd PING) are: start-up, `moat scan` and `moat check` only.
   void waitReady() const;
+  // waitReady(), then what the background found, at the [antivirus] key concerned: a
+  // database libclamav could not load is an error (every message would get 451), no
+  // databases or a clamd that does not answer are warnings. For `check` and at start-up.
+  void checkReady(policy::Errors& errors) const;
 };
 
 }  // namespace moat::mta::server

@@ -102,6 +102,19 @@ class CliTest(unittest.TestCase):
         self.assertNotIn(": ok", r.stdout)
         self.assertNoJsonLines(r.stderr)  # the daemon's antivirus_load_failed is not repeated
 
+    def test_serve_refuses_to_start_on_a_database_that_does_not_load(self):
+        # Running on would answer 451 4.7.1 to every message with only a log line to say
+        # why: serve stops at start, with the FILE:LINE check gives, and touches no port.
+        path, text = self.config('\n[antivirus]\naction = "reject"\ndatabase_dir = "clamav"\n',
+                                 files={"clamav/moat-test.ndb": BAD_NDB})
+        r = run("serve", "-c", path, timeout=120)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn(f"{path}:{line_of(text, 'database_dir')}: antivirus.database_dir: ", r.stderr)
+        with open(os.path.join(self.dir, "moat.log")) as f:
+            events = [json.loads(line)["event"] for line in f]
+        self.assertIn("start_failed", events)
+        self.assertNotIn("listen", events)
+
     def test_check_reports_a_broken_database_at_the_antivirus_section_without_the_key(self):
         path, text = self.config('\n[antivirus]\naction = "reject"\n', files={"clamav/moat-test.ndb": BAD_NDB})
         r = self.check(path, 1)
