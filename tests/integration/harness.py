@@ -205,6 +205,27 @@ class Sink:
         return self.messages
 
 
+def http_get(port, path):
+    """(status, body) of GET `path` on 127.0.0.1:`port` (the metrics listener), errors included."""
+    import urllib.error
+    import urllib.request
+    try:
+        r = urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10)
+        return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def scrape(port):
+    """/metrics as {'name{labels}': value}."""
+    out = {}
+    for line in http_get(port, "/metrics")[1].splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,11 +16,9 @@ import tempfile
 import threading
 import time
 import unittest
-import urllib.error
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Moat, RawClient, Sink, free_port, wait_for  # noqa: E402
+from harness import Moat, RawClient, Sink, free_port, http_get, scrape, wait_for  # noqa: E402
 
 KB = 1 << 10
 MB = 1 << 20
@@ -33,24 +31,6 @@ def message(tag, size):
     line = (tag + " " + "x" * 70)[:70] + "\r\n"
     body = line * max(1, (size - len(head)) // len(line))
     return (head + body).encode()
-
-
-def get(port, path):
-    """(status, body) of GET `path` on the metrics listener."""
-    try:
-        r = urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10)
-        return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def metrics(port):
-    out = {}
-    for line in get(port, "/metrics")[1].splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
 
 
 def tag_of(data):
@@ -111,7 +91,7 @@ class FullDiskTest(unittest.TestCase):
         mport = free_port()
         m = self.start([("example.test", f"smtp:127.0.0.1:{hop}")], retry='["1h"]',
                        server_extra=f'metrics_listen = "127.0.0.1:{mport}"')
-        self.assertEqual(get(mport, "/healthz"), (200, "ok\n"))
+        self.assertEqual(http_get(mport, "/healthz"), (200, "ok\n"))
         acked, refused = set(), set()
         for i in range(5):
             tag = f"before-{i}"
@@ -140,7 +120,7 @@ class FullDiskTest(unittest.TestCase):
         m.wait_log(event="spool_error")
         rej = m.wait_log(event="reject", stage="data", reason="spool full")
         self.assertTrue(rej["reply"].startswith("452 4.3.1"), rej)
-        got = metrics(mport)
+        got = scrape(mport)
         self.assertEqual(got['moat_rejects_total{stage="data",class="4xx"}'], 1, got)
         self.assertEqual(got["moat_messages_tempfailed_total"], 1, got)
 
@@ -175,12 +155,12 @@ class FullDiskTest(unittest.TestCase):
         c.close()
         m.wait_log(event="reject", reason="low disk space")
         # What an operator sees meanwhile: the gauge under the floor, /healthz 503, the count.
-        got = metrics(mport)
+        got = scrape(mport)
         self.assertLess(got["moat_spool_free_bytes"], got["moat_spool_min_free_bytes"], got)
         self.assertEqual(got["moat_spool_min_free_bytes"], MB, got)  # the harness's 1M
         self.assertLess(abs(got["moat_spool_free_bytes"] - self.free()), 256 * KB, got)
         self.assertEqual(got['moat_rejects_total{stage="mail",class="4xx"}'], 1, got)
-        status, body = get(mport, "/healthz")
+        status, body = http_get(mport, "/healthz")
         self.assertEqual(status, 503, body)
         self.assertIn("min_free_disk", body)
 

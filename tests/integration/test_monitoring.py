@@ -10,11 +10,10 @@ import smtplib
 import subprocess
 import sys
 import unittest
-import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import SOURCE_DIR, Moat, Sink, class_temp_dir, free_port, make_cert  # noqa: E402
+from harness import SOURCE_DIR, Moat, Sink, class_temp_dir, free_port, http_get, make_cert, scrape  # noqa: E402
 from test_submission import auth_plain, tls_context, write_users  # noqa: E402
 
 MONITORING = os.path.join(SOURCE_DIR, "deploy", "monitoring")
@@ -22,26 +21,6 @@ MONITORING = os.path.join(SOURCE_DIR, "deploy", "monitoring")
 
 def run(*args):
     return subprocess.run(list(args), capture_output=True, text=True, timeout=120)
-
-
-def scrape(port):
-    """/metrics as {'name{labels}': value}."""
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    out = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
-
-
-def healthz(port):
-    """(status, body) of /healthz."""
-    try:
-        r = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
-        return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def rejects(stage, cls):
@@ -173,7 +152,7 @@ class RefusalMetricsTest(unittest.TestCase):
     def test_low_disk_is_counted_shown_and_unhealthy(self):
         m, port = self.start(min_free_disk="1000000G")  # more than any disk here has
         m.start()
-        status, body = healthz(port)
+        status, body = http_get(port, "/healthz")
         self.assertEqual(status, 503, body)
         self.assertIn("min_free_disk", body)
         s = m.smtp()

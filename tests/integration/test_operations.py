@@ -12,30 +12,18 @@ import sys
 import tempfile
 import time
 import unittest
-import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import MOAT_BIN, SOURCE_DIR, Moat, RawClient, Sink, free_port, wait_for  # noqa: E402
+from harness import MOAT_BIN, SOURCE_DIR, Moat, RawClient, Sink, free_port, http_get, scrape, wait_for  # noqa: E402
 
 
 def run(*args):
     return subprocess.run([MOAT_BIN, *args], capture_output=True, text=True, timeout=60)
 
 
-def get(port, path):
-    """(status, body) of GET `path` on the metrics listener."""
-    try:
-        r = urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10)
-        return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 def metric(port, name):
-    body = get(port, "/metrics")[1]
-    m = re.search(rf"^{re.escape(name)} (\S+)$", body, re.M)
-    return float(m.group(1)) if m else None
+    return scrape(port).get(name)
 
 
 class OperationsTest(unittest.TestCase):
@@ -299,13 +287,13 @@ class OperationsTest(unittest.TestCase):
         port = free_port()
         m = Moat(server_extra=f'metrics_listen = "127.0.0.1:{port}"')
         self.addCleanup(m.cleanup)
-        self.assertEqual(get(port, "/healthz"), (200, "ok\n"))
+        self.assertEqual(http_get(port, "/healthz"), (200, "ok\n"))
         s = m.smtp()  # a transaction in progress holds the stop back
         s.ehlo("client.test")
         s.mail("a@sender.test")
         m.signal(signal.SIGTERM)
         m.wait_log(event="stopping")
-        self.assertEqual(get(port, "/healthz"), (503, "unhealthy: stopping\n"))
+        self.assertEqual(http_get(port, "/healthz"), (503, "unhealthy: stopping\n"))
         s.rset()
         try:
             s.quit()
