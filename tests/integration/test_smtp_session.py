@@ -145,7 +145,9 @@ class SessionTest(unittest.TestCase):
         c.send("EHLO client.test\r\n")
         c.code()
         c.send(b"\x00\xff\xfe garbage\r\n")
-        self.assertIn(c.code(), (500, 501))
+        code, text = c.read_reply()[-1]
+        self.assertIn(code, (500, 501))
+        self.assertRegex(text, r"^5\.5\.\d ", "CONTRACT.md: syntax error 500/501 5.5.x")
         c.send("X" * 10240 + "\r\n")
         reply = c.read_reply()[-1]
         self.assertEqual(reply[0], 500)
