@@ -108,6 +108,7 @@ struct Config {
   unsigned maxPerDestination = 20;  // concurrent connections to one next hop
   unsigned maxDeliveries = 100;     // concurrent deliveries in total
   unsigned maxRecipientsPerTransaction = 100;  // SMTP next hops: more go in further transactions
+  uint64_t maxQueued = 0;                      // [queue] max_messages: at it, MAIL gets 452 4.3.1 (0: no limit)
   Millis connectTimeout{std::chrono::seconds(30)};
   Millis replyTimeout{std::chrono::minutes(5)};
 

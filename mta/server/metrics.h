@@ -40,6 +40,8 @@ struct Metrics {
   double latencySum = 0;
 
   void observeLatency(double seconds);
+  // Messages waiting in the queue (active and held: what queue.max_messages counts).
+  uint64_t queued() const { return queueActive + queueHold; }
   // A refusal with reply `code` (4xx or 5xx) at `stage`: moat_rejects_total, and at MAIL or
   // at the end of DATA also moat_messages_rejected_total / moat_messages_tempfailed_total.
   void countReject(RejectStage stage, int code);

@@ -90,6 +90,9 @@ std::string SmtpServer::whyNoMail() {
   if (free < floor)
     return "spool free space " + std::to_string(free) + " bytes is under server.min_free_disk (" +
            std::to_string(floor) + "): MAIL FROM gets 452 4.3.1";
+  if (shared_.snapshot && queueFull(*shared_.snapshot->config))
+    return "the queue holds " + std::to_string(metrics().queued()) +
+           " messages, queue.max_messages: MAIL FROM gets 452 4.3.1";
   return "";
 }
 

@@ -15,10 +15,14 @@
 #include "mta/dns/resolver.h"
 #include "mta/net/connection.h"
 #include "mta/runtime/uv.h"
+#include "mta/server/metrics.h"
 #include "mta/server/snapshot.h"
 #include "queue/spool.h"
 
 namespace moat::mta::server {
+
+// queue.max_messages reached (0: no limit): MAIL FROM gets 452 4.3.1 until the queue shrinks.
+inline bool queueFull(const policy::Config& c) { return c.maxQueued > 0 && metrics().queued() >= c.maxQueued; }
 
 class SmtpSession;
 

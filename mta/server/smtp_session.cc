@@ -471,6 +471,15 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
     reply(452, "4.3.1", "Insufficient system storage");
     return;
   }
+  // queue.max_messages: a queue that keeps growing (a next hop down for long, a flood) stops
+  // taking more before memory and disk run short; the clients keep their mail meanwhile.
+  if (queueFull(cfg_)) {
+    auto line = log::warn("reject");
+    rejectFields(line, "mail", replyLine(452, "4.3.1", "Insufficient system storage: queue full"), c.address);
+    line.add("reason", "queue full");
+    reply(452, "4.3.1", "Insufficient system storage: queue full");
+    return;
+  }
   inTransaction_ = true;
   eightBit_ = eightBit;
   smtputf8_ = utf8;

@@ -200,6 +200,33 @@ class OperationsTest(unittest.TestCase):
         m.start()
         sink.wait_messages(1)
 
+    def test_a_full_queue_refuses_mail_with_452_until_it_shrinks(self):
+        # CONTRACT.md: queue or disk under pressure 452 4.3.1. queue.max_messages = 2 here,
+        # and the next hop is down, so the queue only grows.
+        hop, mport = free_port(), free_port()
+        m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{hop}")], retry='["1h"]',
+                 queue_extra="max_messages = 2", server_extra=f'metrics_listen = "127.0.0.1:{mport}"')
+        self.addCleanup(m.cleanup)
+        ids = []
+        with m.smtp() as s:
+            for i in range(2):
+                s.ehlo()
+                s.mail("a@sender.test")
+                s.rcpt("u@example.test")
+                ids.append(s.data(f"Subject: q{i}\r\n\r\nx\r\n".encode())[1].decode().rsplit(" ", 1)[-1])
+            code, text = s.mail("a@sender.test")
+            self.assertEqual((code, text.decode()), (452, "4.3.1 Insufficient system storage: queue full"))
+            self.assertEqual(s.noop()[0], 250)  # the session goes on
+        line = m.wait_log(event="reject", reason="queue full")
+        self.assertEqual((line["stage"], line["from"]), ("mail", "a@sender.test"))
+        status, body = http_get(mport, "/healthz")
+        self.assertEqual(status, 503)
+        self.assertIn("queue.max_messages", body)
+        m.cli("queue", "delete", ids[0])
+        with m.smtp() as s:
+            self.assertEqual(s.sendmail("a@sender.test", ["u@example.test"], b"Subject: room\r\n\r\nx\r\n"), {})
+        self.assertEqual(http_get(mport, "/healthz")[0], 503, "full again: two queued")
+
     def test_a_second_daemon_on_the_same_spool_is_refused(self):
         # It would recover the spool under the running one: remove its files in flight as
         # half-written, take its spares. It must stop before touching anything.
