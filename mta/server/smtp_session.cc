@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cctype>
-#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <random>
@@ -406,20 +405,17 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
   // RFC 6409 §4.3 (and CONTRACT.md): a submission listener takes mail only from a client
   // that has authenticated.
   if (listener_.mode == policy::ListenerMode::Submission && !ctx_->authenticated) {
-    std::string text = conn_->tlsActive() ? "Authentication required" : "Authentication required: STARTTLS, then AUTH";
-    auto line = log::info("reject");
-    rejectFields(line, "mail", replyLine(530, "5.7.0", text), c.address);
-    reply(530, "5.7.0", text);
+    refuse("mail", 530, "5.7.0",
+           conn_->tlsActive() ? "Authentication required" : "Authentication required: STARTTLS, then AUTH", nullptr,
+           c.address);
     return;
   }
   // A user whose line in the users file names senders may use only those (Postfix's
   // reject_sender_login_mismatch). The null sender stays open: clients send bounces too.
   if (ctx_->authenticated && !c.address.empty() && !users_->maySendAs(ctx_->authUser, c.address)) {
     std::string text = "<" + c.address + ">: Sender address rejected: not owned by user " + ctx_->authUser;
-    auto line = log::info("reject");
-    rejectFields(line, "mail", "553 5.7.1 " + text, c.address);
-    line.add("user", ctx_->authUser);
-    reply(553, "5.7.1", text);
+    refuse(
+        "mail", 553, "5.7.1", text, [&](log::Line& l) { l.add("user", ctx_->authUser); }, c.address);
     return;
   }
   // The parser has checked the syntax and values of every parameter; here: what this
@@ -449,35 +445,29 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
     return;
   }
   if (size > cfg_.maxMessageSize) {
-    auto line = log::info("reject");
-    rejectFields(line, "mail", replyLine(552, "5.3.4", "Message size exceeds fixed limit"), c.address);
-    line.add("size", size);
-    reply(552, "5.3.4", "Message size exceeds fixed limit");
+    refuse(
+        "mail", 552, "5.3.4", "Message size exceeds fixed limit", [&](log::Line& l) { l.add("size", size); },
+        c.address);
     return;
   }
   // [senders] block (Postfix's check_sender_access): refused before anything is looked up,
   // from every client but connection.allow's.
   if (snap_->blockedSenders && snap_->blockedSenders->contains(c.address) && !cfg_.isAllowedClient(ctx_->clientIp)) {
-    std::string text = "<" + c.address + ">: Sender address rejected: Access denied";
-    auto line = log::info("reject");
-    rejectFields(line, "mail", "554 5.7.1 " + text, c.address);
-    reply(554, "5.7.1", text);
+    refuse("mail", 554, "5.7.1", "<" + c.address + ">: Sender address rejected: Access denied", nullptr, c.address);
     return;
   }
   if (shared_.freeDisk() < cfg_.minFreeDisk) {
-    auto line = log::warn("reject");
-    rejectFields(line, "mail", replyLine(452, "4.3.1", "Insufficient system storage"), c.address);
-    line.add("reason", "low disk space");
-    reply(452, "4.3.1", "Insufficient system storage");
+    refuse(
+        "mail", 452, "4.3.1", "Insufficient system storage", [](log::Line& l) { l.add("reason", "low disk space"); },
+        c.address, log::Level::Warn);
     return;
   }
   // queue.max_messages: a queue that keeps growing (a next hop down for long, a flood) stops
   // taking more before memory and disk run short; the clients keep their mail meanwhile.
   if (queueFull(cfg_)) {
-    auto line = log::warn("reject");
-    rejectFields(line, "mail", replyLine(452, "4.3.1", "Insufficient system storage: queue full"), c.address);
-    line.add("reason", "queue full");
-    reply(452, "4.3.1", "Insufficient system storage: queue full");
+    refuse(
+        "mail", 452, "4.3.1", "Insufficient system storage: queue full",
+        [](log::Line& l) { l.add("reason", "queue full"); }, c.address, log::Level::Warn);
     return;
   }
   inTransaction_ = true;
@@ -521,7 +511,7 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
     self->txScore_ += out.score;
     if (refused) {
       auto line = log::info("reject");
-      self->rejectFields(line, "mail", replyLine(out.code, out.enhanced, out.text));
+      self->rejectFields(line, "mail", out.code, out.enhanced, out.text);
       line.addRaw("filters", filtersJson);
       self->inTransaction_ = false;
       if (out.verdict == filters::Verdict::Disconnect) {
@@ -555,10 +545,8 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
     }
   }
   if (txRcptsTaken_ >= cfg_.maxRecipients) {
-    auto line = log::info("reject");
-    rejectFields(line, "rcpt", replyLine(452, "4.5.3", "Error: too many recipients"));
-    line.add("to", c.address).add("reason", "limits.max_recipients");
-    reply(452, "4.5.3", "Error: too many recipients");
+    refuse("rcpt", 452, "4.5.3", "Error: too many recipients",
+           [&](log::Line& l) { l.add("to", c.address).add("reason", "limits.max_recipients"); });
     return;
   }
   std::string address = c.address;
@@ -569,13 +557,7 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
   std::string domain = smtp::domainOf(address);
   bool ok = cfg_.isRelayDomain(domain) || ctx_->fromRelayNetwork || ctx_->authenticated;
   if (!ok) {
-    std::string text = "<" + address + ">: Relay access denied";
-    {
-      auto line = log::info("reject");
-      rejectFields(line, "rcpt", replyLine(554, "5.7.1", text));
-      line.add("to", address);
-    }
-    reply(554, "5.7.1", text);
+    refuse("rcpt", 554, "5.7.1", "<" + address + ">: Relay access denied", [&](log::Line& l) { l.add("to", address); });
     protocolError();  // counted, as Postfix's error limit does: no endless probing per session
     return;
   }
@@ -583,11 +565,8 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
     auto expansion = snap_->aliases->expand(address);
     if (!expansion.error.empty()) {  // a domain alias made it deeper or wider than the table allows
       log::warn("alias_error").add("session", id_).add("to", address).add("error", expansion.error);
-      std::string text = "<" + address + ">: Temporary alias expansion failure";
-      auto line = log::info("reject");
-      rejectFields(line, "rcpt", replyLine(451, "4.3.0", text));
-      line.add("to", address).add("reason", "alias expansion");
-      reply(451, "4.3.0", text);
+      refuse("rcpt", 451, "4.3.0", "<" + address + ">: Temporary alias expansion failure",
+             [&](log::Line& l) { l.add("to", address).add("reason", "alias expansion"); });
       return;
     }
     if (expansion.aliased) {
@@ -626,12 +605,7 @@ bool SmtpSession::recipientExists(const std::string& address) const {
 
 void SmtpSession::rejectUnknownRecipient(const std::string& address) {
   std::string text = "<" + address + ">: Recipient address rejected: User unknown in relay recipient table";
-  {
-    auto line = log::info("reject");
-    rejectFields(line, "rcpt", "550 5.1.1 " + text);
-    line.add("to", address);
-  }
-  reply(550, "5.1.1", text);
+  refuse("rcpt", 550, "5.1.1", text, [&](log::Line& l) { l.add("to", address); });
   protocolError();  // a harvest of addresses ends at limits.max_errors
 }
 
@@ -649,10 +623,9 @@ void SmtpSession::takeAliasedRecipient(const std::string& address, RcptDsn dsn,
     return;
   }
   if (ctx_->rcpts.size() + taken.size() > kMaxEnvelopeRecipients) {
-    auto line = log::info("reject");
-    rejectFields(line, "rcpt", replyLine(452, "4.5.3", "Error: too many recipients"));
-    line.add("to", address).add("targets", taken).add("reason", "too many addresses after alias expansion");
-    reply(452, "4.5.3", "Error: too many recipients");
+    refuse("rcpt", 452, "4.5.3", "Error: too many recipients", [&](log::Line& l) {
+      l.add("to", address).add("targets", taken).add("reason", "too many addresses after alias expansion");
+    });
     return;
   }
   if (dsn.orcpt.empty()) dsn.orcpt = queue::defaultOrcpt(address);
@@ -678,12 +651,12 @@ void SmtpSession::replySpoolError(std::string_view error, const std::string& que
   int code = full ? 452 : 451;
   const char* enhanced = full ? "4.3.1" : "4.3.0";
   const char* text = full ? "Insufficient system storage" : "Error: queue file write error";
-  {
-    auto line = log::warn("reject");
-    rejectFields(line, "data", replyLine(code, enhanced, text));
-    line.add("queue_id", queueId).add("to", ctx_->rcpts).add("reason", full ? "spool full" : "spool write error");
-  }
-  reply(code, enhanced, text);
+  refuse(
+      "data", code, enhanced, text,
+      [&](log::Line& l) {
+        l.add("queue_id", queueId).add("to", ctx_->rcpts).add("reason", full ? "spool full" : "spool write error");
+      },
+      std::nullopt, log::Level::Warn);
 }
 
 // A Domain (letters, digits, '-', '.'; '_' as many clients send it) or an address literal.
@@ -810,13 +783,7 @@ void SmtpSession::feedBdat() {
   if (bdatDiscard_) return;  // the refusal was answered at the command
   if (!bdatLast_) {
     if (decoder_->sizeExceeded()) {
-      {
-        auto line = log::info("reject");
-        rejectFields(line, "data", replyLine(552, "5.3.4", "Message size exceeds fixed limit"));
-        line.add("queue_id", incoming_->id()).add("to", ctx_->rcpts);
-      }
-      reply(552, "5.3.4", "Message size exceeds fixed limit");
-      resetTransaction();
+      refuseData(552, "5.3.4", "Message size exceeds fixed limit");
     } else {
       reply(250, "2.0.0", std::to_string(bdatChunkSize_) + " octets received");
     }
@@ -828,15 +795,33 @@ void SmtpSession::feedBdat() {
   endOfData();
 }
 
-void SmtpSession::rejectFields(log::Line& line, std::string_view stage, const std::string& reply,
-                               std::optional<std::string_view> from) const {
+void SmtpSession::rejectFields(log::Line& line, std::string_view stage, int code, std::string_view enhanced,
+                               std::string_view text, std::optional<std::string_view> from) const {
   line.add("session", id_)
       .add("client_ip", ctx_->clientIp.str())
       .add("helo", helo_)
       .add("from", from ? std::string(*from) : ctx_->mailFrom)
-      .add("reply", reply)
+      .add("reply", replyLine(code, enhanced, text))
       .add("stage", std::string(stage));
-  metrics().countReject(rejectStage(stage), std::atoi(reply.c_str()));
+  metrics().countReject(rejectStage(stage), code);
+}
+
+void SmtpSession::refuse(std::string_view stage, int code, std::string_view enhanced, std::string_view text,
+                         const std::function<void(log::Line&)>& more, std::optional<std::string_view> from,
+                         log::Level level) {
+  {
+    log::Line line(level, "reject");
+    rejectFields(line, stage, code, enhanced, text, from);
+    if (more) more(line);
+  }
+  reply(code, enhanced, text);
+}
+
+// A refusal at the end of the data (or of an over-long BDAT chunk): the transaction ends.
+void SmtpSession::refuseData(int code, std::string_view enhanced, std::string_view text) {
+  refuse("data", code, enhanced, text,
+         [&](log::Line& l) { l.add("queue_id", incoming_->id()).add("to", ctx_->rcpts); });
+  resetTransaction();
 }
 
 // The fields every `auth` line starts with, in this order (deploy/monitoring's fail2ban
@@ -853,19 +838,10 @@ void SmtpSession::appendMessage(std::string_view bytes) {
 }
 
 void SmtpSession::endOfData() {
-  auto fail = [&](int code, const char* enh, const std::string& text) {
-    {
-      auto line = log::info("reject");
-      rejectFields(line, "data", replyLine(code, enh, text));
-      line.add("queue_id", incoming_->id()).add("to", ctx_->rcpts);
-    }
-    reply(code, enh, text);
-    resetTransaction();
-  };
-  if (decoder_->sizeExceeded()) return fail(552, "5.3.4", "Message size exceeds fixed limit");
-  if (decoder_->rejected()) return fail(550, "5.5.2", "Bare CR or LF not allowed (RFC 5321 2.3.8)");
+  if (decoder_->sizeExceeded()) return refuseData(552, "5.3.4", "Message size exceeds fixed limit");
+  if (decoder_->rejected()) return refuseData(550, "5.5.2", "Bare CR or LF not allowed (RFC 5321 2.3.8)");
   if (decoder_->receivedCount() > cfg_.maxReceivedHeaders)
-    return fail(554, "5.4.6", "Too many Received headers: mail loop detected");
+    return refuseData(554, "5.4.6", "Too many Received headers: mail loop detected");
 
   scrubbed_.clear();
   scrubber_->finish(scrubbed_);
@@ -966,7 +942,7 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
       outcome.verdict == filters::Verdict::Disconnect) {
     {
       auto line = log::info("reject");
-      rejectFields(line, "data", replyLine(outcome.code, outcome.enhanced, outcome.text));
+      rejectFields(line, "data", outcome.code, outcome.enhanced, outcome.text);
       line.add("queue_id", incoming_->id())
           .add("to", ctx_->rcpts)
           .add("size", incoming_->size())

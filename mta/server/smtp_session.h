@@ -16,6 +16,7 @@
 // password).
 #pragma once
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -92,10 +93,17 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   void endOfData();
   void runDataFilters();
   // The fields every `reject` line starts with, in this order (deploy/monitoring's fail2ban
-  // filters match on it); `from`: the sender refused at MAIL, else the transaction's. Counts
-  // the refusal (moat_rejects_total and, at MAIL and DATA, moat_messages_*_total).
-  void rejectFields(log::Line& line, std::string_view stage, const std::string& reply,
+  // filters match on it): `reply` is replyLine(code, enhanced, text), the reply sent;
+  // `from`: the sender refused at MAIL, else the transaction's. Counts the refusal
+  // (moat_rejects_total and, at MAIL and DATA, moat_messages_*_total).
+  void rejectFields(log::Line& line, std::string_view stage, int code, std::string_view enhanced, std::string_view text,
                     std::optional<std::string_view> from = std::nullopt) const;
+  // Sends reply(code, enhanced, text) after its `reject` line, which says exactly that and
+  // carries the fields `more` adds. Refusals that close the connection use rejectFields.
+  void refuse(std::string_view stage, int code, std::string_view enhanced, std::string_view text,
+              const std::function<void(log::Line&)>& more = nullptr,
+              std::optional<std::string_view> from = std::nullopt, log::Level level = log::Level::Info);
+  void refuseData(int code, std::string_view enhanced, std::string_view text);
   struct RcptDsn {  // a recipient's NOTIFY and ORCPT (RFC 3461), as received
     std::string notify, orcpt;
   };
