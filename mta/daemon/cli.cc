@@ -193,6 +193,16 @@ std::string humanTime(int64_t ms) {
   return buf;
 }
 
+// A field of a control-socket answer: "" or 0 when it is not there.
+std::string str(const json::Value& v, const char* key) {
+  auto* x = v.get(key);
+  return x ? x->str : std::string();
+}
+int64_t num(const json::Value& v, const char* key) {
+  auto* x = v.get(key);
+  return x ? static_cast<int64_t>(x->number) : 0;
+}
+
 }  // namespace
 
 std::string formatQueueTable(const std::string& reply) {
@@ -205,8 +215,8 @@ std::string formatQueueTable(const std::string& reply) {
   out << line;
   size_t total = 0;
   for (const auto& m : msgs->array) {
-    auto s = [&](const char* k) { auto* v = m.get(k); return v ? v->str : std::string(); };
-    auto n = [&](const char* k) { auto* v = m.get(k); return v ? static_cast<int64_t>(v->number) : 0; };
+    auto s = [&](const char* k) { return str(m, k); };
+    auto n = [&](const char* k) { return num(m, k); };
     std::string from = s("from").empty() ? "<>" : s("from");
     std::snprintf(line, sizeof line, "%-16s %-10s %8lld  %-19s  %s\n", s("id").c_str(), s("area").c_str(),
                   static_cast<long long>(n("size")), humanTime(n("arrival_ms")).c_str(), from.c_str());
@@ -226,14 +236,8 @@ std::string formatQueueTable(const std::string& reply) {
 std::string formatQueueShow(const std::string& reply) {
   auto root = json::parse(reply);
   if (!root) return reply + "\n";
-  auto s = [](const json::Value& v, const char* k) {
-    auto* x = v.get(k);
-    return x ? x->str : std::string();
-  };
-  auto n = [](const json::Value& v, const char* k) {
-    auto* x = v.get(k);
-    return x ? static_cast<int64_t>(x->number) : 0;
-  };
+  const auto s = str;
+  const auto n = num;
   std::ostringstream out;
   auto row = [&](const char* label, const std::string& value) {
     if (!value.empty()) out << label << std::string(12 - std::string_view(label).size(), ' ') << value << "\n";
@@ -284,14 +288,14 @@ std::string formatQueueShow(const std::string& reply) {
 std::string formatQueueAction(const std::string& sub, const std::string& reply) {
   auto root = json::parse(reply);
   if (!root) return reply + "\n";
-  auto id = root->get("id") ? root->get("id")->str : std::string();
-  auto count = [&](const char* k) { return root->get(k) ? static_cast<long long>(root->get(k)->number) : 0LL; };
-  auto plural = [](long long k, const char* what) { return std::to_string(k) + " " + what + (k == 1 ? "" : "s"); };
-  if (sub == "flush") return "Flushed: " + plural(count("flushed"), "message") + " to be tried now\n";
+  std::string id = str(*root, "id");
+  auto plural = [](int64_t k, const char* what) { return std::to_string(k) + " " + what + (k == 1 ? "" : "s"); };
+  if (sub == "flush") return "Flushed: " + plural(num(*root, "flushed"), "message") + " to be tried now\n";
   if (sub == "hold") return id + ": held\n";
   if (sub == "release") return id + ": released, to be tried now\n";
   if (sub == "delete") return id + ": deleted\n";
-  if (sub == "bounce") return id + ": returned to its sender, " + plural(count("bounced"), "recipient") + " bounced\n";
+  if (sub == "bounce")
+    return id + ": returned to its sender, " + plural(num(*root, "bounced"), "recipient") + " bounced\n";
   return reply + "\n";
 }
 
