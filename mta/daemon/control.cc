@@ -19,11 +19,6 @@ namespace {
 
 constexpr size_t kMaxRequest = 4096;
 
-struct WriteReq {
-  uv_write_t req{};
-  std::string data;
-};
-
 }  // namespace
 
 struct ControlServer::Impl {
@@ -45,20 +40,36 @@ struct ControlServer::Impl {
 
   static uv_stream_t* stream(Client* c) { return reinterpret_cast<uv_stream_t*>(c->pipe.get()); }
 
+  // One answer per connection, then the connection closes. The close waits for the write's
+  // callback: closing at once cancels whatever the socket buffer has not taken yet, and a
+  // `list` of a long queue (hundreds of KB) reached the CLI cut short.
+  struct WriteReq {
+    uv_write_t req{};
+    std::string data;
+    Impl* owner = nullptr;
+    Client* client = nullptr;
+    std::shared_ptr<bool> alive;
+  };
+
   void answer(Client* c, const std::string& json) {
     if (c->answered) return;
     c->answered = true;
     auto w = std::make_unique<WriteReq>();
     w->data = json + "\n";
     w->req.data = w.get();
+    w->owner = this;
+    w->client = c;
+    w->alive = alive;
     uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
     uv_read_stop(stream(c));
     int rc = uv_write(&w->req, stream(c), &buf, 1, [](uv_write_t* req, int) {
       std::unique_ptr<WriteReq> done(static_cast<WriteReq*>(req->data));
+      if (*done->alive) done->owner->clients.erase(done->client);  // stop() closed it already
     });
-    if (rc == 0) w.release();  // libuv owns it until the write callback
-    // Closing after uv_write: libuv finishes (or cancels) the queued write before the close.
-    clients.erase(c);
+    if (rc == 0)
+      w.release();  // libuv owns it until the write callback
+    else
+      clients.erase(c);
   }
 
   void handle(Client* c, const std::string& line) {

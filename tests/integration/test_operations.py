@@ -2,6 +2,7 @@
 is refused and the running config stays), SIGTERM finishing in-flight work, /metrics and
 /healthz, the default config of deploy/moat.toml, and the CLI's exit codes."""
 
+import json
 import os
 import re
 import shutil
@@ -226,6 +227,25 @@ class OperationsTest(unittest.TestCase):
         with m.smtp() as s:
             self.assertEqual(s.sendmail("a@sender.test", ["u@example.test"], b"Subject: room\r\n\r\nx\r\n"), {})
         self.assertEqual(http_get(mport, "/healthz")[0], 503, "full again: two queued")
+
+    def test_queue_list_of_a_long_queue_arrives_whole(self):
+        # The answer to `list` is one JSON line; with a backed-up queue it is larger than the
+        # socket buffer, and the daemon must not close the connection until it has all gone.
+        hop = free_port()  # nothing listens there: the messages stay queued
+        m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{hop}")], retry='["1h"]')
+        self.addCleanup(m.cleanup)
+        rcpts = [f"recipient-{n:03d}-of-a-long-list-kept-in-the-queue@example.test" for n in range(150)]
+        with m.smtp() as s:
+            for i in range(40):
+                self.assertEqual(s.sendmail("a@sender.test", rcpts, f"Subject: {i}\r\n\r\nx\r\n".encode()), {})
+        r = run("queue", "-c", m.config_path, "list", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr[-200:])
+        self.assertGreater(len(r.stdout), 300_000)  # more than a socket buffer takes at once
+        listing = json.loads(r.stdout)["messages"]
+        self.assertEqual((len(listing), {len(x["to"]) for x in listing}), (40, {150}))
+        r = run("queue", "-c", m.config_path, "list")
+        self.assertEqual(r.returncode, 0, r.stderr[-200:])
+        self.assertEqual(r.stdout.count("recipient-149-"), 40)
 
     def test_a_second_daemon_on_the_same_spool_is_refused(self):
         # It would recover the spool under the running one: remove its files in flight as
