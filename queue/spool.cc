@@ -260,11 +260,37 @@ bool preadAll(int fd, char* buf, size_t len, uint64_t offset, int& err) {
   return true;
 }
 
+// A spool file opened for reading at recovery: only a regular file is one. Anything else
+// under a message's name (a FIFO, a device, a symlink, a directory) is set aside as
+// corrupt, never opened for real: a blocking open of a FIFO would wait for a writer, and
+// the daemon would never get past recovery. -1 with `err` set otherwise (kNotRegular for
+// the wrong kind of file).
+constexpr int kNotRegular = -1;
+
+int openRegular(const std::string& path, int& err) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
+  if (fd < 0) {
+    err = errno == ELOOP ? kNotRegular : errno;
+    return -1;
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    err = kNotRegular;
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+std::string openError(int err, const std::string& what) {
+  return err == kNotRegular ? "not a regular file: " + what : errnoError(err, what);
+}
+
 // An area file's envelope text: the tail of a message file, or the whole of an
 // envelope-only file (written by update/move).
 bool readEnvelopeFile(const std::string& path, std::string& out, int& err) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return err = errno, false;
+  int fd = openRegular(path, err);
+  if (fd < 0) return false;
   FileLayout l;
   bool ok = true;
   if ((err = probeLayout(fd, l)) != 0) {
@@ -960,7 +986,7 @@ void Spool::recoverArea(Area area, std::map<std::string, Envelope>& found, std::
     if (!validId(name))
       error = "bad file name";
     else if (!readEnvelopeFile(path(sub, name), text, err))
-      error = errnoError(err, "read");
+      error = openError(err, "read");
     else if (!(env = parseEnvelope(text, error))) {
     } else if (env->id != name)
       error = "envelope id " + env->id + " does not match its file name";
@@ -987,7 +1013,12 @@ void Spool::recoverArea(Area area, std::map<std::string, Envelope>& found, std::
 
 std::vector<Envelope> Spool::recover(RecoveryReport& report) {
   for (auto& name : listDir(path("tmp", ""))) {
-    ::unlink(path("tmp", name).c_str());
+    // Only Moat's own half-written files go; anything else found there is kept aside.
+    if (::unlink(path("tmp", name).c_str()) != 0) {
+      moveToCorrupt("tmp", name, std::string("cannot remove: ") + std::strerror(errno), report);
+      report.movedCorrupt++;
+      continue;
+    }
     report.removedPartial++;
     report.notes.push_back("removed half-written tmp/" + name);
     log::info("spool_removed_partial").add("file", "tmp/" + name);
@@ -1008,11 +1039,14 @@ std::vector<Envelope> Spool::recover(RecoveryReport& report) {
     bool dataExists = ::access(path("data", it->first).c_str(), F_OK) == 0;
     std::string dataPath = dataExists ? path("data", it->first) : path(areaName(it->second.area), it->first);
     FileLayout layout;
-    int fd = ::open(dataPath.c_str(), O_RDONLY | O_CLOEXEC);
-    int err = fd < 0 ? errno : probeLayout(fd, layout);
-    if (fd >= 0) ::close(fd);
+    int err = 0;
+    int fd = openRegular(dataPath, err);
+    if (fd >= 0) {
+      err = probeLayout(fd, layout);
+      ::close(fd);
+    }
     if (err != 0)
-      why = errnoError(err, "read " + dataPath);
+      why = openError(err, "read " + dataPath);
     else if (!dataExists && layout.envLen == 0)
       why = "data file missing";
     else if (layout.dataLen != it->second.size)
@@ -1035,7 +1069,11 @@ std::vector<Envelope> Spool::recover(RecoveryReport& report) {
       moveToCorrupt("data", name, "its envelope is corrupt", report);
       continue;
     }
-    ::unlink(path("data", name).c_str());
+    if (::unlink(path("data", name).c_str()) != 0) {
+      moveToCorrupt("data", name, std::string("cannot remove: ") + std::strerror(errno), report);
+      report.movedCorrupt++;
+      continue;
+    }
     report.removedPartial++;
     report.notes.push_back("removed data/" + name + " without an envelope");
     log::info("spool_removed_partial").add("file", "data/" + name);

@@ -309,6 +309,48 @@ TEST_CASE("spool: recovery handles every state a crash can leave") {
   REQUIRE(r2.movedCorrupt == 0);
 }
 
+TEST_CASE("spool: recovery sets aside what is not a regular file, and never blocks on it") {
+  // Not a state a crash leaves, but one a person or a restore can: a FIFO under a message's
+  // name used to be opened for reading, which waits for a writer, so the daemon never got
+  // past recovery. A symlink is not followed: the spool holds its own files only.
+  Fixture f;
+  std::string body = "Subject: t\r\n\r\nbody\r\n";
+  std::string kept = f.commit(body);
+  std::string file = readAll(f.p("queue/" + kept));
+  std::string err;
+  Envelope e = *parseEnvelope(envelopeOf(f.p("queue/" + kept)), err);
+  REQUIRE(::mkfifo(f.p("queue/AAAA000000000001").c_str(), 0600) == 0);  // FIFO as a message
+  e.id = "AAAA000000000002";                                            // FIFO as its bytes
+  writeAll(f.p("queue/AAAA000000000002"), serializeEnvelope(e));
+  REQUIRE(::mkfifo(f.p("data/AAAA000000000002").c_str(), 0600) == 0);
+  e.id = "AAAA000000000003";  // a symlink to a good message file elsewhere
+  writeAll(f.p("elsewhere"), messageFile(body, serializeEnvelope(e)));
+  fs::create_symlink(f.p("elsewhere"), f.p("hold/AAAA000000000003"));
+  fs::create_directory(f.p("tmp/AAAA000000000004.data"));  // directories where files go
+  fs::create_directory(f.p("data/AAAA000000000005"));
+
+  RecoveryReport r;
+  auto envs = f.recover(r);
+  INFO([&] {
+    std::string s;
+    for (auto& n : r.notes) s += n + "\n";
+    return s;
+  }());
+  REQUIRE(envs.size() == 1);
+  REQUIRE(envs[0].id == kept);
+  REQUIRE(r.removedPartial == 0);
+  REQUIRE(r.movedCorrupt == 5);  // the FIFO, the envelope with its FIFO, the link, two directories
+  for (const char* name : {"queue-AAAA000000000001", "queue-AAAA000000000002", "data-AAAA000000000002",
+                           "hold-AAAA000000000003", "tmp-AAAA000000000004.data", "data-AAAA000000000005"})
+    CHECK(fs::symlink_status(f.p(std::string("corrupt/") + name)).type() != fs::file_type::not_found);
+  REQUIRE(readAll(f.p("elsewhere")).size() > body.size());  // the link's target is left alone
+  REQUIRE(readAll(f.p("queue/" + kept)) == file);
+
+  RecoveryReport r2;  // and the next start finds a clean spool
+  REQUIRE(f.recover(r2).size() == 1);
+  REQUIRE(r2.removedPartial + r2.movedCorrupt == 0);
+}
+
 TEST_CASE("spool: a crash during a move leaves two copies, the newer generation wins") {
   Fixture f;
   std::string id = f.commit("x\r\n");
