@@ -1146,13 +1146,13 @@ void QueueManager::reportNotWritten(const std::string& id, const std::vector<siz
   env.nextAttemptMs = std::max(env.nextAttemptMs, sched_.nextAttemptAt(nowMs(), env.attempts));
 }
 
-void QueueManager::retire(std::string id) {
+void QueueManager::retire(std::string id, queue::Spool::Done removed) {
   sched_.remove(id);
   std::optional<queue::Area> area;
   if (auto it = entries_.find(id); it != entries_.end()) area = it->second.env.area;
   eraseEntry(id);
   // The spool logs a failed removal itself.
-  spool_->remove(id, nullptr, area);
+  spool_->remove(id, std::move(removed), area);
 }
 
 void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>& asked, DsnKind kind,
@@ -1506,9 +1506,18 @@ void QueueManager::remove(const std::string& id, std::function<void(std::string)
   if (it == entries_.end()) return reply(mta::JsonObject().add("ok", false).add("error", "no such message: " + id).str());
   if (it->second.busy) return reply(busyReply());
   log::info("delete").add("queue_id", id);
-  retire(id);
+  // The answer waits for the files: "ok" to an admin means the message is gone, not that
+  // its removal is queued (a stop or crash meanwhile would bring it back at the next start).
+  auto alive = alive_;
+  retire(id, [alive, id, reply](bool ok, std::string error) {
+    if (!*alive) return;
+    if (ok) return reply(mta::JsonObject().add("ok", true).add("id", id).str());
+    reply(mta::JsonObject()
+              .add("ok", false)
+              .add("error", "removing " + id + " failed: " + error + "; it is back in the queue at the next start")
+              .str());
+  });
   updateGauges();
-  reply(mta::JsonObject().add("ok", true).add("id", id).str());
 }
 
 void QueueManager::bounce(const std::string& id, std::function<void(std::string)> reply) {

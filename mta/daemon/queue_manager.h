@@ -98,7 +98,9 @@ class QueueManager {
                    std::vector<size_t> rcpts);
   void groupDone(std::shared_ptr<Attempt> attempt);
   void finishAttempt(std::shared_ptr<Attempt> attempt);
-  void retire(std::string id);  // by value: callers pass the id of the entry it erases
+  // By value: callers pass the id of the entry it erases. `removed`, if given, is called
+  // once the files are gone (or their removal failed).
+  void retire(std::string id, queue::Spool::Done removed = nullptr);
   // Runs once a report is durable in the spool (written = true), or at once when none is
   // owed; written = false, with the spool's error, when it could not be written (a full
   // disk): then the caller must leave what it reports on unsettled (see reportNotWritten).

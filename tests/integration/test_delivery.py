@@ -338,6 +338,8 @@ class DeliveryTest(unittest.TestCase):
         shown = json.loads(m.cli("queue", "show", ids[1], "--json").stdout)
         self.assertEqual([r["address"] for r in shown["recipients"]], ["h1@example.test"])
         self.assertEqual(json.loads(m.cli("queue", "delete", ids[1], "--json").stdout), {"ok": True, "id": ids[1]})
+        # "ok" comes once the files are gone, not when their removal is queued.
+        self.assertEqual([a for a in ("queue", "hold", "data") if os.path.exists(os.path.join(m.dir, "spool", a, ids[1]))], [])
         self.sink = Sink(port=port)
         self.assertEqual(m.cli("queue", "release", ids[0]).stdout, f"{ids[0]}: released, to be tried now\n")
         msgs = self.sink.wait_messages(1, timeout=20)
