@@ -1,6 +1,8 @@
 // mta/daemon/metrics_http.cc — see metrics_http.h.
 #include "mta/daemon/metrics_http.h"
 
+#include <vector>
+
 #include "mta/runtime/ip.h"
 #include "mta/server/metrics.h"
 
@@ -14,8 +16,22 @@ uint16_t MetricsHttp::port() const { return listener_ ? listener_->port() : 0; }
 void MetricsHttp::stop() {
   if (listener_) listener_->close();
   listener_.reset();
-  for (auto& [k, c] : conns_) c->abort();
+  sweeper_.reset();
+  auto open = std::move(conns_);
   conns_.clear();
+  for (auto& [k, o] : open) o.conn->abort();
+}
+
+// Once a second: a connection past its deadline is closed, whatever it is doing.
+void MetricsHttp::sweep() {
+  uint64_t now = uv_now(loop_);
+  std::vector<std::shared_ptr<net::Connection>> late;
+  for (auto& [k, o] : conns_)
+    if (now - o.acceptedMs >= kDeadlineMs) late.push_back(o.conn);
+  for (auto& c : late) {
+    conns_.erase(c.get());
+    c->abort();
+  }
 }
 
 bool MetricsHttp::start(const std::string& hostPort, std::string& error) {
@@ -25,10 +41,14 @@ bool MetricsHttp::start(const std::string& hostPort, std::string& error) {
     return false;
   }
   auto whyUnhealthy = whyUnhealthy_;
+  sweeper_ = std::make_unique<uv::Timer>(loop_);
+  sweeper_->startRepeat(1000, [this] { sweep(); });
+  sweeper_->unref();  // it must not keep a stopping loop alive
   listener_ = net::listen(
       loop_, hp->host, hp->port, false, nullptr,
       [this, whyUnhealthy](std::shared_ptr<net::Connection> conn) {
-        conns_[conn.get()] = conn;
+        if (conns_.size() >= kMaxConnections) return conn->abort();  // a scraper needs one or two
+        conns_[conn.get()] = Open{conn, uv_now(loop_)};
         auto* key = conn.get();
         auto buf = std::make_shared<std::string>();
         std::weak_ptr<net::Connection> weak = conn;

@@ -7,8 +7,10 @@ and the client's address. Loopback only; Debian's prometheus and fail2ban packag
 import os
 import re
 import smtplib
+import socket
 import subprocess
 import sys
+import time
 import unittest
 import urllib.request
 
@@ -104,6 +106,38 @@ class LiveDaemonTest(unittest.TestCase):
         r = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=60)
         self.assertEqual(r.returncode, 0, (r.stdout + r.stderr).decode())
         self.assertIn(b'moat_auth_total{result="fail"} 2', body)
+
+
+class MetricsListenerLimitsTest(unittest.TestCase):
+    def test_idle_clients_are_capped_and_closed(self):
+        # Clients that connect and never finish a request must not hold file descriptors
+        # or memory: at most 32 at once (more are closed at accept), each closed 10 s after
+        # it was accepted. SMTP goes on meanwhile.
+        sink = Sink()
+        self.addCleanup(sink.stop)
+        port = free_port()
+        m = Moat(routes=[(None, f"smtp:127.0.0.1:{sink.port}")], server_extra=f'metrics_listen = "127.0.0.1:{port}"')
+        self.addCleanup(m.cleanup)
+        fds = lambda: len(os.listdir(f"/proc/{m.proc.pid}/fd"))  # noqa: E731
+        baseline = fds()
+        idle = []
+        self.addCleanup(lambda: [c.close() for c in idle])
+        for _ in range(60):
+            c = socket.create_connection(("127.0.0.1", port), timeout=5)
+            c.sendall(b"G")
+            idle.append(c)
+        time.sleep(0.5)
+        self.assertLessEqual(fds(), baseline + 32 + 2)
+        with m.smtp() as s:
+            self.assertEqual(s.sendmail("a@sender.test", ["u@example.test"], b"Subject: on\r\n\r\nx\r\n"), {})
+        sink.wait_messages(1)
+        for c in idle:  # every one is closed by the daemon, the last about 10 s after accept
+            c.settimeout(15)
+            try:
+                self.assertEqual(c.recv(100), b"")
+            except ConnectionResetError:
+                pass
+        self.assertEqual(http_get(port, "/healthz")[0], 200)
 
 
 class RefusalMetricsTest(unittest.TestCase):
