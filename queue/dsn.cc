@@ -305,6 +305,16 @@ std::string humanPart(const DsnInput& in) {
   return t;
 }
 
+// RFC 3464 §2.3.4 with RFC 3463 §3.1: the Status class matches the Action. A "delayed"
+// recipient is one still being retried, so its status is transient even when the last reply
+// was a 5xx that is retried (a 552 to RCPT, RFC 5321 §4.5.3.1.10): 5.2.2 becomes 4.2.2. The
+// Diagnostic-Code keeps what the server said.
+std::string statusFor(const DsnRecipient& r) {
+  std::string status = clean(r.status);
+  if (r.action != "delayed" || status.rfind("4.", 0) == 0) return status;
+  return status.rfind("5.", 0) == 0 ? "4" + status.substr(1) : "4.0.0";
+}
+
 // The report's fields. In a global DSN (RFC 6533 §6.4) they may hold UTF-8: addresses typed
 // "utf-8" (§3) and the remote reply, which an SMTPUTF8 server may write in UTF-8 (§6.2).
 std::string statusPart(const DsnInput& in) {
@@ -318,7 +328,7 @@ std::string statusPart(const DsnInput& in) {
     s += foldHeader("Final-Recipient", typedAddress(r.address, global));
     if (!r.orcpt.empty()) s += foldHeader("Original-Recipient", originalRecipient(r.orcpt, global));
     s += foldHeader("Action", clean(r.action));
-    s += foldHeader("Status", clean(r.status));
+    s += foldHeader("Status", statusFor(r));
     if (!r.remoteMta.empty()) s += foldHeader("Remote-MTA", "dns; " + clean(r.remoteMta));
     if (!r.diagnostic.empty()) s += foldHeader("Diagnostic-Code", field(r.diagnostic, global));
     if (r.lastAttemptMs > 0) s += foldHeader("Last-Attempt-Date", rfc5322Date(r.lastAttemptMs));

@@ -27,7 +27,7 @@ namespace moat::queue {
 struct DsnRecipient {
   std::string address, orcpt;
   std::string action;      // failed | delayed | delivered | relayed | expanded
-  std::string status;      // "5.1.1"
+  std::string status;      // "5.1.1"; with "delayed", class 5 is written as 4 (RFC 3464 §2.3.4)
   std::string diagnostic;  // "smtp; 550 5.1.1 no such user"
   std::string remoteMta;   // host name or address of the MTA that answered ("" = none)
   int64_t lastAttemptMs = 0;

@@ -8,6 +8,7 @@
 #include "mta/client/smtp_client.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <utility>
 #include <cctype>
@@ -337,11 +338,18 @@ void SmtpClient::onStartTls(const Reply& r) {
   }
   // Anything the server sent after its 220 is discarded by the connection (RFC 3207 §4.2).
   partial_.clear();
-  timer_.start(opts_.commandTimeoutMs, [this] { fail("timeout in TLS handshake"); });
+  // A handshake that never finishes (a server that says 220 and then nothing) is a failed
+  // one: with "may" it falls back to plain text like any other, or the message would wait
+  // for it at every retry until it expires.
+  timer_.start(opts_.commandTimeoutMs, [this] {
+    if (opts_.tls == TlsMode::May) return reconnectPlain("timeout in TLS handshake");
+    fail("timeout in TLS handshake");
+  });
   std::weak_ptr<SmtpClient> weak = shared_from_this();
-  conn_->startTls(opts_.tlsCtx, opts_.sni, [weak](bool ok, const std::string& error) {
+  const net::Connection* conn = conn_.get();
+  conn_->startTls(opts_.tlsCtx, opts_.sni, [weak, conn](bool ok, const std::string& error) {
     auto self = weak.lock();
-    if (!self) return;
+    if (!self || self->conn_.get() != conn) return;  // given up on: the timeout went on without it
     self->timer_.stop();
     if (!ok && self->opts_.tls == TlsMode::May) return self->reconnectPlain(error);
     if (!ok) return self->fail(error);
@@ -491,6 +499,15 @@ void SmtpClient::refuseNow(int code, std::string text) {
 
 // The transaction on the wire: MAIL, RCPT..., DATA (pipelined when offered), then the body.
 void SmtpClient::begin(Transaction t) {
+  // RFC 1870 §6: a message over a next hop's fixed maximum is not sent; the server would
+  // only refuse it (after the whole transfer, or at MAIL if we had no SIZE= to give), and
+  // retrying cannot help: returned to the sender now. The size is the message as it goes
+  // (after any conversion), without the few bytes of dot-stuffing.
+  uint64_t size = t.prefix.size() + t.body.size();
+  if (uint64_t limit = fixedMaxSize(); limit && size > limit)
+    return refuseNow(552, "552 5.3.4 message size " + std::to_string(size) +
+                              " exceeds fixed maximum message size " + std::to_string(limit) +
+                              " of the next hop (not sent)");
   tx_ = std::move(t);
   result_.dsnOffered = supports("DSN");
   mailOk_ = false;
@@ -521,9 +538,19 @@ std::string SmtpClient::mailCommand() const {
   return cmd;
 }
 
+uint64_t SmtpClient::fixedMaxSize() const {
+  std::string param = extensionParam("SIZE");
+  uint64_t limit = 0;
+  auto [end, ec] = std::from_chars(param.data(), param.data() + param.size(), limit);
+  // "SIZE" alone or "SIZE 0": no fixed maximum (RFC 1870 §4); anything else odd: none known.
+  if (ec != std::errc() || end != param.data() + param.size()) return 0;
+  return limit;
+}
+
 void SmtpClient::onMail(const Reply& r) {
   result_.mail = r;
   mailOk_ = isPositive(r);
+  if (closingReply(r)) return;
   if (pipelining_) return;  // the RCPT and DATA replies are already on their way
   if (!mailOk_) return finish();
   sendRcpt(0);
@@ -550,6 +577,7 @@ void SmtpClient::sendRcpt(size_t i) {
 void SmtpClient::onRcpt(size_t i, const Reply& r) {
   result_.rcpts[i] = r;
   if (isPositive(r)) ++accepted_;
+  if (closingReply(r)) return;
   if (pipelining_) return;
   if (i + 1 < tx_.rcpts.size()) return sendRcpt(i + 1);
   if (accepted_ == 0) return resetThenFinish();  // no DATA without a recipient
@@ -557,7 +585,16 @@ void SmtpClient::onRcpt(size_t i, const Reply& r) {
 }
 
 void SmtpClient::onDataReply(const Reply& r) {
+  if (r.code != 354 && (r.code < 400 || r.code >= 600)) {
+    // RFC 5321 §4.3.2: only 354 lets the message go, and only the reply after its final dot
+    // accepts it. A 250 here (a broken server, or replies out of step with the commands) says
+    // nothing about a message it never got: a temporary failure, and the connection, whose
+    // replies can no longer be trusted to match the commands, is not used again.
+    result_.data = {451, "451 4.5.0 unexpected reply to DATA: " + replyText(r.text)};
+    return finish("unexpected reply to DATA: " + replyText(r.text));
+  }
   result_.data = r;
+  if (closingReply(r)) return;
   if (r.code != 354) {
     if (mailOk_) return resetThenFinish();  // MAIL and maybe RCPTs are still open server-side
     return finish();
@@ -568,6 +605,7 @@ void SmtpClient::onDataReply(const Reply& r) {
     conn_->write(".\r\n");
     return expect(opts_.dataDoneTimeoutMs, [this](const Reply& d) {
       result_.data = d;
+      if (closingReply(d)) return;
       resetThenFinish();
     });
   }
@@ -597,6 +635,8 @@ void SmtpClient::pumpBody() {
 
 void SmtpClient::onDataDone(const Reply& r) {
   result_.data = r;
+  result_.bodyAnswered = true;  // the one reply that can accept the message
+  if (closingReply(r)) return;
   finish();
 }
 
@@ -604,12 +644,23 @@ void SmtpClient::resetThenFinish() {
   command("RSET", opts_.commandTimeoutMs, [this](const Reply& r) {
     // Refused: no clean state to reuse, so the connection is closed before the result goes
     // out, and the caller never sees it as usable (it would start the next message on it).
-    if (!isPositive(r)) return finish(&r);
+    if (!isPositive(r)) return finish("RSET refused");
     finish();
   });
 }
 
-void SmtpClient::finish(const Reply* rsetRefused) {
+bool SmtpClient::closingReply(const Reply& r) {
+  if (r.code != 421) return false;
+  // What was answered before stands (a recipient refused with 550 is still refused); the
+  // rest, never answered, gets the 421: deferred, to go over a new connection.
+  for (auto& x : result_.rcpts)
+    if (x.code == 0) x = r;
+  if (result_.data.code == 0) result_.data = r;
+  finish("server closing the connection: " + replyText(r.text));
+  return true;
+}
+
+void SmtpClient::finish(const std::string& closeWhy) {
   if (!mailOk_) {
     std::fill(result_.rcpts.begin(), result_.rcpts.end(), result_.mail);
     result_.data = result_.mail;
@@ -619,8 +670,8 @@ void SmtpClient::finish(const Reply* rsetRefused) {
   auto done = std::move(txDone_);
   txDone_ = nullptr;
   tx_ = Transaction{};  // releases keepAlive
-  if (rsetRefused)
-    fail("RSET refused", *rsetRefused);  // txDone_ is taken: the transaction's replies stand
+  if (!closeWhy.empty())
+    fail(closeWhy);  // txDone_ is taken: the transaction's replies stand
   else
     state_ = State::Idle;
   if (done) done(std::move(result_));

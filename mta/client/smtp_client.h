@@ -79,10 +79,18 @@ struct Reply {
 };
 
 // Outcome per recipient i: if mail.code is not 2xx → mail; else if rcpts[i] is not 2xx →
-// rcpts[i]; else data. When MAIL was refused, rcpts[] and data are copies of `mail`, so a
-// 4xx at MAIL never turns into a 5xx for a recipient. An envelope with CR, LF or NUL is not
-// sent: every reply is a local "501 5.5.4 ..." and the connection stays usable; so is 8-bit mail
-// that a next hop without 8BITMIME could only take converted, when it cannot be ("554 5.6.3 ...").
+// rcpts[i]; else data, which means delivered only with bodyAnswered (a 2xx in `data` without
+// it is never taken for delivery). When MAIL was refused, rcpts[] and data are copies of
+// `mail`, so a 4xx at MAIL never turns into a 5xx for a recipient. An envelope with CR, LF or
+// NUL is not sent: every reply is a local "501 5.5.4 ..." and the connection stays usable; so
+// is 8-bit mail that a next hop without 8BITMIME could only take converted, when it cannot be
+// ("554 5.6.3 ..."), and a message over the next hop's fixed SIZE (RFC 1870: "552 5.3.4 ...").
+//
+// A reply to DATA other than 354, 4xx or 5xx (a 250, say: a broken server, or replies out of
+// step) is a protocol error: the body was not sent, `data` is the client's own "451 4.5.0
+// unexpected reply to DATA: ..." and the connection is closed. So is the connection after any
+// 421 (RFC 5321 §3.8): the transaction ends with that reply for every recipient not yet
+// answered, and the client is no longer usable, so the caller's next message gets a new one.
 struct TransactionResult {
   std::string error;          // non-empty: the connection failed mid-transaction (4xx for all)
   bool local = false;         // the replies are the client's own: nothing was sent
@@ -95,6 +103,10 @@ struct TransactionResult {
   Reply mail;
   std::vector<Reply> rcpts;   // one per rcpt, same order
   Reply data;                 // final reply after the message (or to DATA if refused)
+  // `data` is the server's reply to the final "." of the message: the only reply that can
+  // accept it (RFC 5321 §4.3.2, §3.3). False for a refused DATA, a protocol error, a local
+  // refusal or a failed connection.
+  bool bodyAnswered = false;
 };
 
 class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
@@ -104,7 +116,8 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   // Connects, reads the greeting, EHLO (HELO if EHLO gets a 5xx), STARTTLS per Options
   // (Require: fail if not offered or the handshake fails; May: use it when offered, stay in
   // plain text if not offered or refused, and if the handshake fails, go on over a new
-  // plain-text connection, RFC 7435; EHLO again after TLS). done(client, error, reply)
+  // plain-text connection, RFC 7435, also when the handshake does not finish within the
+  // command timeout; EHLO again after TLS). done(client, error, reply)
   // runs once: client is null on failure, and `reply` is the greeting on success or the
   // reply that made it fail (code 0 for network/TLS/timeouts).
   static void connect(uv_loop_t* loop, const IpAddress& ip, uint16_t port, Options opts, ConnectDone done);
@@ -170,6 +183,7 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   void convert(const Downgrade& fn, Transaction t, Converted then);
   void refuseNow(int code, std::string text);  // a local refusal while Busy: finish()es
   void begin(Transaction t);
+  uint64_t fixedMaxSize() const;  // the next hop's SIZE (RFC 1870), 0: none announced
   std::string mailCommand() const;
   std::string rcptCommand(size_t i) const;
   bool dsnValueFits(std::string_view value) const;  // ENVID/ORCPT: UTF-8 only with SMTPUTF8 in use
@@ -180,8 +194,12 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   void pumpBody();
   void onDataDone(const Reply& r);
   void resetThenFinish();
-  // Reports the transaction; with `rsetRefused`, closes the connection first.
-  void finish(const Reply* rsetRefused = nullptr);
+  // A 421 (RFC 5321 §3.8: the server is closing the channel) ends the transaction at once:
+  // every reply not yet received becomes `r`, and the connection is closed. False otherwise.
+  bool closingReply(const Reply& r);
+  // Reports the transaction; with a non-empty `closeWhy`, closes the connection first, so the
+  // caller never sees it as usable (and never starts the next message on it).
+  void finish(const std::string& closeWhy = "");
 
   uv_loop_t* loop_;
   Options opts_;

@@ -9,6 +9,7 @@
 #include <chrono>
 
 #include "filters/mime/downgrade.h"
+#include "mta/daemon/mx_self.h"
 #include "mta/dns/resolve_host.h"
 #include "mta/runtime/json.h"
 #include "mta/runtime/log.h"
@@ -570,9 +571,18 @@ void resolveHops(dns::Resolver* resolver, std::vector<std::pair<std::string, uin
   st->step();
 }
 
+// RFC 5321 §5.1: the best MX host of `domain` is this gateway, so there is no one to give the
+// mail to. Postfix returns it ("mail for DOMAIN loops back to myself", 5.4.6): the DNS says
+// the mail ends here but no route takes it, a configuration error that retries do not mend
+// and that a sender should hear of at once, rather than after days in the queue (or after
+// 100 hops through itself).
+std::string loopsBack(const std::string& domain) {
+  return "554 5.4.6 mail for " + domain + " loops back to myself";
+}
+
 // The message went to at least one recipient of the transaction.
 bool dataAccepted(const client::TransactionResult& r) {
-  return r.error.empty() && r.data.code >= 200 && r.data.code < 300 &&
+  return r.error.empty() && r.bodyAnswered && r.data.code >= 200 && r.data.code < 300 &&
          std::any_of(r.rcpts.begin(), r.rcpts.end(),
                      [](const client::Reply& x) { return x.code >= 200 && x.code < 300; });
 }
@@ -632,6 +642,19 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
                  : code >= 500 && code < 600 ? RcptOutcome::Kind::Failed
                                              : RcptOutcome::Kind::Deferred;
       };
+      // A success can only come from the reply to the message's final dot (RFC 5321 §4.3.2):
+      // a 2xx anywhere else (the client never reports one, but whatever a later path does)
+      // leaves the recipient deferred, never delivered and removed unsent.
+      auto classifyData = [&o, &r, &classify] {
+        bool success = r.data.code >= 200 && r.data.code < 300;
+        if (success && !r.bodyAnswered) {
+          o.kind = RcptOutcome::Kind::Deferred;
+          o.reply = "451 4.5.0 the message was not confirmed: " + replyText(r.data);
+          return;
+        }
+        classify(r.data.code, replyText(r.data));
+        o.notifyPassedOn = success && r.dsnOffered;
+      };
       if (!r.error.empty()) {
         o.kind = RcptOutcome::Kind::Deferred;
         o.reply = r.error.rfind("5", 0) == 0 || r.error.rfind("4", 0) == 0 ? oneLine(r.error) : "451 4.4.1 " + oneLine(r.error);
@@ -644,8 +667,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
         if (code == 552) o.kind = RcptOutcome::Kind::Deferred;
         if ((code == 452 || code == 552) && dataAccepted(r)) attempt->moreAtOnce = true;
       } else {
-        classify(r.data.code, replyText(r.data));
-        o.notifyPassedOn = r.dsnOffered;
+        classifyData();
       }
       attempt->outcomes[rcpts[k]] = o;
     }
@@ -689,6 +711,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
   resolver_->query(domain, dns::RrType::MX, [this, alive, job, key, domain, failAll, permFailAll](const dns::Answer& a) {
     if (!*alive) return;
     std::vector<std::pair<std::string, uint16_t>> targets;
+    std::vector<uint16_t> prefs;  // each target's MX preference (sorted, best first)
     std::string skipped;
     if (a.status == dns::Status::TempFail) return failAll("451 4.4.3 MX lookup for " + domain + " failed: " + a.error);
     if (a.status == dns::Status::NxDomain || a.status == dns::Status::Malformed)
@@ -706,15 +729,50 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
           continue;
         }
         targets.emplace_back(mx.exchange, 25);
+        prefs.push_back(mx.preference);
       }
       if (targets.empty()) return permFailAll("550 5.4.4 no usable MX host for " + domain + ": " + skipped);
     } else {
       targets.emplace_back(domain, 25);  // no MX: the implicit MX is the domain itself
+      prefs.push_back(0);
     }
+    // RFC 5321 §5.1: this gateway and every MX host at or below its preference are left out:
+    // by name now, by address once the names are resolved.
+    auto self = std::make_shared<const MxSelf>(MxSelf::fromConfig(*snap_->config));
+    const uint16_t best = prefs.front();
+    std::optional<uint16_t> selfPref;
+    for (size_t i = 0; i < targets.size() && !selfPref; ++i)
+      if (self->isSelfName(targets[i].first)) selfPref = prefs[i];
+    if (selfPref) {
+      if (*selfPref == best) return permFailAll(loopsBack(domain));
+      size_t keep = static_cast<size_t>(std::find_if(prefs.begin(), prefs.end(), [&](uint16_t p) { return p >= *selfPref; }) - prefs.begin());
+      targets.resize(keep);
+      prefs.resize(keep);
+    }
+    std::map<std::string, uint16_t> prefOf;  // by host name; a name listed twice counts at its best
+    for (size_t i = 0; i < targets.size(); ++i) prefOf.emplace(targets[i].first, prefs[i]);
     resolveHops(
         resolver_, std::move(targets),
-        [this, alive, job, key, domain, failAll, permFailAll](std::vector<Hop> hops, bool tempfail, std::string error) {
+        [this, alive, job, key, domain, failAll, permFailAll, self, best, selfPref, prefOf = std::move(prefOf)](
+            std::vector<Hop> hops, bool tempfail, std::string error) mutable {
           if (!*alive) return;
+          auto pref = [&prefOf](const Hop& h) {
+            auto it = prefOf.find(h.name);
+            return it == prefOf.end() ? uint16_t{0} : it->second;
+          };
+          auto mine = std::find_if(hops.begin(), hops.end(), [&](const Hop& h) { return self->isSelfAddress(h.ip); });
+          if (mine != hops.end()) {
+            uint16_t cut = pref(*mine);
+            selfPref = selfPref ? std::min(*selfPref, cut) : cut;
+            std::erase_if(hops, [&](const Hop& h) { return pref(h) >= cut; });
+          }
+          if (selfPref && hops.empty()) {
+            if (*selfPref == best) return permFailAll(loopsBack(domain));
+            // A backup MX whose better hosts cannot be found now waits for them (Postfix's
+            // "unable to find primary relay"): it must not deliver to itself, nor bounce.
+            return failAll("451 4.4.4 unable to find primary relay for " + domain +
+                           (error.empty() ? "" : ": " + error));
+          }
           // RFC 5321 §5.1: MX hosts (or the implicit MX) without any address are an error to
           // report, not to retry until expiry; a temporary DNS failure is retried.
           if (hops.empty() && !tempfail)
@@ -1200,6 +1258,8 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
                                         : "relayed";        // §5.2.2: to a next hop without DSN
     d.status = statusOf(r.lastReply);
     if (kind == DsnKind::Success && d.status.front() != '2') d.status = "2.0.0";
+    // A delayed recipient's 5.x.y (a 552 to RCPT is retried, RFC 5321 §4.5.3.1.10) is
+    // reported as 4.x.y by queue::buildDsn; the Diagnostic-Code keeps the server's words.
     // RFC 3464 §2.3.5-6: "smtp;" and Remote-MTA only for a reply a server sent us; our own
     // text (expiry, admin bounce, DNS, connection failures) is X-Moat and names no MTA.
     bool remote = out && !out->remoteMta.empty();

@@ -188,7 +188,7 @@ TEST_CASE("client: bodies arrive byte-exact, dot-stuffed, over one reused connec
   REQUIRE(c.reply.code == 220);
   REQUIRE(c.client->peerName() == "test.example");
   REQUIRE(c.client->supports("PIPELINING"));
-  REQUIRE(c.client->extensionParam("SIZE") == "1000000");
+  REQUIRE(c.client->extensionParam("SIZE") == "104857600");
 
   std::string body1 = ".leading dot\r\n..two dots\r\nmid.dot\r\n.\r\n\r\n.\r\nlast line without CRLF";
   auto t = simpleTx({"a@example.test"}, body1);
@@ -343,6 +343,128 @@ TEST_CASE("client: a 4xx at MAIL is the answer for every recipient") {
     REQUIRE(r.rcpts[1].text == "451 4.7.1 Greylisted");
     REQUIRE(r.data.code == 451);
     REQUIRE(c.client->usable());
+  }
+}
+
+// RFC 5321 §4.3.2: only 354 lets the message go, and only the reply to its final dot can
+// accept it. A 250 (or any other positive reply) to DATA is a protocol error: the message was
+// never sent, so it must not look delivered, and the connection is not used again.
+TEST_CASE("client: a reply to DATA other than 354 is a protocol error, never a delivery") {
+  for (bool pipelining : {true, false}) {
+    for (std::string reply : {"250 2.0.0 ok whatever", "334 go on"}) {
+      INFO("pipelining " << pipelining << ", DATA answered " << reply);
+      ScriptedServer server(std::string("\"pipelining\": ") + (pipelining ? "true" : "false") +
+                            ", \"data_cmd_reply\": \"" + reply + "\"");
+      uv::Loop loop;
+      auto c = connectTo(loop, server.port(), plainOptions());
+      REQUIRE(c.client);
+      auto r = sendTx(loop, *c.client, simpleTx({"a@example.test"}));
+      REQUIRE(r.error.empty());
+      REQUIRE(r.mail.code == 250);
+      REQUIRE(r.rcpts[0].code == 250);
+      REQUIRE(r.data.code == 451);
+      REQUIRE(r.data.text.starts_with("451 4.5.0 unexpected reply to DATA: " + reply));
+      REQUIRE_FALSE(r.bodyAnswered);
+      REQUIRE_FALSE(c.client->usable());  // closed: its replies no longer match the commands
+      REQUIRE(server.file("msg1.eml").empty());
+      REQUIRE(server.commands().find("RSET") == std::string::npos);
+    }
+  }
+  // The reply to the final dot is the one that counts.
+  ScriptedServer good("\"pipelining\": true");
+  uv::Loop loop;
+  auto c = connectTo(loop, good.port(), plainOptions());
+  REQUIRE(c.client);
+  auto r = sendTx(loop, *c.client, simpleTx({"a@example.test"}));
+  REQUIRE(r.data.code == 250);
+  REQUIRE(r.bodyAnswered);
+  REQUIRE(c.client->usable());
+}
+
+// RFC 5321 §3.8: after a 421 the server closes the channel. The transaction ends with that
+// reply for whatever was not answered, and the client is not usable, so the caller's next
+// message goes over a new connection instead of into a closing one.
+TEST_CASE("client: a 421 to MAIL, RCPT, DATA or the final dot ends the transaction and the connection") {
+  struct Case {
+    std::string config;
+    int mail, rcpt0, rcpt1, data;
+    bool bodyAnswered;
+  };
+  std::vector<Case> cases = {
+      {"\"mail_reply\": \"421 4.3.2 shutting down\"", 421, 421, 421, 421, false},
+      {"\"reject_rcpt\": {\"b@example.test\": \"421 4.3.2 shutting down\"}", 250, 250, 421, 421, false},
+      {"\"reject_rcpt\": {\"a@example.test\": \"550 5.1.1 no such user\", \"b@example.test\": \"421 4.3.2 "
+       "shutting down\"}",
+       250, 550, 421, 421, false},
+      {"\"data_cmd_reply\": \"421 4.3.2 shutting down\"", 250, 250, 250, 421, false},
+      {"\"data_reply\": \"421 4.3.2 shutting down\"", 250, 250, 250, 421, true},
+  };
+  for (bool pipelining : {true, false}) {
+    for (const auto& k : cases) {
+      INFO("pipelining " << pipelining << ", " << k.config);
+      ScriptedServer server(std::string("\"pipelining\": ") + (pipelining ? "true" : "false") + ", " + k.config);
+      uv::Loop loop;
+      auto c = connectTo(loop, server.port(), plainOptions());
+      REQUIRE(c.client);
+      TransactionResult r;
+      bool done = false, usableInDone = true;
+      c.client->send(simpleTx({"a@example.test", "b@example.test"}), [&](TransactionResult res) {
+        usableInDone = c.client->usable();
+        r = std::move(res);
+        done = true;
+      });
+      REQUIRE(loop.runUntil([&] { return done; }, 30000));
+      REQUIRE(r.error.empty());  // the server's own replies stand, not "connection closed"
+      REQUIRE(r.mail.code == k.mail);
+      REQUIRE(r.rcpts[0].code == k.rcpt0);
+      REQUIRE(r.rcpts[1].code == k.rcpt1);
+      REQUIRE(r.data.code == k.data);
+      REQUIRE(r.data.text == "421 4.3.2 shutting down");
+      REQUIRE(r.bodyAnswered == k.bodyAnswered);
+      REQUIRE_FALSE(usableInDone);
+      REQUIRE_FALSE(c.client->usable());
+      // A new connection takes the next message.
+      auto again = connectTo(loop, server.port(), plainOptions());
+      REQUIRE(again.client);
+    }
+  }
+}
+
+// RFC 1870: a message over the next hop's fixed maximum is not sent; it is returned now.
+TEST_CASE("client: a message over the next hop's fixed SIZE is refused locally, not sent") {
+  std::string body = "Subject: t\r\n\r\n" + std::string(200, 'x') + "\r\n";  // 216 octets
+  for (bool pipelining : {true, false}) {
+    ScriptedServer server(std::string("\"pipelining\": ") + (pipelining ? "true" : "false") + ", \"size\": \"100\"");
+    uv::Loop loop;
+    auto c = connectTo(loop, server.port(), plainOptions());
+    REQUIRE(c.client);
+    auto t = simpleTx({"a@example.test"}, body);
+    t.prefix = "X-Added: 1\r\n";  // counted too: 228 octets in all
+    t.size = t.prefix.size() + body.size();
+    auto r = sendTx(loop, *c.client, std::move(t));
+    REQUIRE(r.error.empty());
+    REQUIRE(r.local);
+    REQUIRE(r.mail.code == 552);
+    REQUIRE(r.mail.text ==
+            "552 5.3.4 message size 228 exceeds fixed maximum message size 100 of the next hop (not sent)");
+    REQUIRE(r.rcpts[0].code == 552);
+    REQUIRE(r.data.code == 552);
+    REQUIRE_FALSE(r.bodyAnswered);
+    REQUIRE(server.commands().find("MAIL") == std::string::npos);
+    REQUIRE(c.client->usable());  // nothing was said: the connection takes the next message
+    auto small = sendTx(loop, *c.client, simpleTx({"a@example.test"}, "Subject: t\r\n\r\nhi\r\n"));
+    REQUIRE(small.data.code == 250);
+  }
+  // Exactly the maximum goes; "SIZE 0" and a bare "SIZE" announce no fixed maximum.
+  for (std::string size : {"216", "0", ""}) {
+    INFO("SIZE " << size);
+    ScriptedServer server("\"pipelining\": true, \"size\": \"" + size + "\"");
+    uv::Loop loop;
+    auto c = connectTo(loop, server.port(), plainOptions());
+    REQUIRE(c.client);
+    auto r = sendTx(loop, *c.client, simpleTx({"a@example.test"}, body));
+    REQUIRE(r.data.code == 250);
+    REQUIRE(server.file("msg1.eml") == body);
   }
 }
 
@@ -810,6 +932,37 @@ TEST_CASE("client: tls=may goes on in plain text over a new connection when the 
   auto strict = connectTo(loop, server.port(), o);
   REQUIRE_FALSE(strict.client);
   REQUIRE_FALSE(strict.error.empty());
+}
+
+// README, [[route]] tls = "may": a handshake that fails goes on in plain text over a new
+// connection, and one that never finishes is a failed one (RFC 7435), not a deferral.
+TEST_CASE("client: tls=may goes on in plain text when the STARTTLS handshake never finishes") {
+  ScriptedServer server("\"pipelining\": true, \"starttls_hang\": true");
+  uv::Loop loop;
+  std::string err;
+  auto ctx = tls::TlsContext::client(false, "", err);
+  REQUIRE(ctx);
+  auto o = plainOptions();
+  o.tls = TlsMode::May;
+  o.tlsCtx = ctx;
+  o.commandTimeoutMs = 500;
+  auto c = connectTo(loop, server.port(), o);
+  INFO(c.error);
+  REQUIRE(c.client);
+  REQUIRE_FALSE(c.client->tlsActive());
+  REQUIRE(c.client->tlsFallback() == "timeout in TLS handshake");
+  auto r = sendTx(loop, *c.client, simpleTx({"a@example.test"}));
+  REQUIRE(r.data.code == 250);
+  REQUIRE(r.bodyAnswered);
+  auto cmds = server.commands();
+  REQUIRE(cmds.find("1 STARTTLS") != std::string::npos);
+  REQUIRE(cmds.find("2 STARTTLS") == std::string::npos);
+  REQUIRE(cmds.find("2 MAIL FROM:<sender@example.org>") != std::string::npos);
+
+  o.tls = TlsMode::Require;  // required TLS never falls back: the timeout fails the connection
+  auto strict = connectTo(loop, server.port(), o);
+  REQUIRE_FALSE(strict.client);
+  REQUIRE(strict.error == "timeout in TLS handshake");
 }
 
 TEST_CASE("client: a reply injected in plaintext behind the STARTTLS 220 is ignored") {

@@ -5,7 +5,10 @@ Usage: smtp_server.py CONFIG_JSON
 CONFIG keys: out (dir, required; the port is written to OUT/port), pipelining (bool),
 cert/key (offer STARTTLS), reject_rcpt {addr: reply}, mail_reply, data_reply,
 ehlo_reply, rset_reply, greeting, data_done_delay (s), greeting_delay (s), no_esmtp,
-starttls_extra, no_8bitmime (8BITMIME not offered), no_dsn (DSN not offered).
+starttls_extra, no_8bitmime (8BITMIME not offered), no_dsn (DSN not offered), size (the SIZE
+parameter, "104857600" by default), data_cmd_reply (the reply to the DATA command instead of
+354: the message is then not read), starttls_hang (220 to STARTTLS, then silence).
+After any 421 reply the server closes the connection, as RFC 5321 §3.8 has it.
 For each message it writes OUT/msgN.eml (the un-stuffed body, byte-exact) and OUT/msgN.env;
 every command line received goes to OUT/commands.log as "CONN-ID LINE".
 Python standard library only; exits on SIGTERM."""
@@ -28,6 +31,8 @@ class Conn:
 
     def send(self, text):
         self.sock.sendall(text.encode() + b"\r\n")
+        if text.startswith("421"):
+            raise EOFError  # RFC 5321 §3.8: the server closes the channel after a 421
 
     def line(self):
         while b"\n" not in self.buf:
@@ -53,7 +58,7 @@ class Conn:
                 if cfg.get("no_esmtp") or cfg.get("ehlo_reply"):
                     self.send(cfg.get("ehlo_reply", "502 5.5.2 no EHLO"))
                     continue
-                caps = ["SIZE 1000000", "8BITMIME", "DSN", "ENHANCEDSTATUSCODES"]
+                caps = ["SIZE " + cfg.get("size", "104857600"), "8BITMIME", "DSN", "ENHANCEDSTATUSCODES"]
                 if cfg.get("no_8bitmime"):
                     caps.remove("8BITMIME")
                 if cfg.get("no_dsn"):
@@ -62,13 +67,19 @@ class Conn:
                     caps.append("PIPELINING")
                 if cfg.get("smtputf8"):
                     caps.append("SMTPUTF8")
-                if (cfg.get("cert") or cfg.get("starttls_break")) and not self.tls:
+                if (cfg.get("cert") or cfg.get("starttls_break") or cfg.get("starttls_hang")) and not self.tls:
                     caps.append("STARTTLS")
                 lines = ["test.example hello"] + caps
                 for i, c in enumerate(lines):
                     self.send("250%s%s" % ("-" if i < len(lines) - 1 else " ", c))
             elif verb == b"HELO":
                 self.send("250 test.example")
+            elif verb == b"STAR" and cfg.get("starttls_hang"):
+                # agrees, then never takes part in the handshake: waits for the client to go
+                self.send("220 2.0.0 Ready to start TLS")
+                while self.sock.recv(65536):
+                    pass
+                return
             elif verb == b"STAR" and cfg.get("starttls_break"):
                 # a broken TLS server: it agrees, then answers the ClientHello with garbage
                 self.send("220 2.0.0 Ready to start TLS")
@@ -101,6 +112,9 @@ class Conn:
             elif verb == b"DATA":
                 if not rcpts:
                     self.send("554 5.5.1 no valid recipients")
+                    continue
+                if cfg.get("data_cmd_reply"):
+                    self.send(cfg["data_cmd_reply"])
                     continue
                 self.send("354 End data with <CR><LF>.<CR><LF>")
                 parts = []
@@ -141,7 +155,7 @@ class Conn:
 def serve(sock, cid):
     try:
         Conn(sock, cid).run()
-    except (OSError, ssl.SSLError):
+    except (OSError, ssl.SSLError, EOFError):
         pass
     finally:
         sock.close()

@@ -234,6 +234,37 @@ TEST_CASE("delay DSN names the retry horizon") {
   REQUIRE(blocks[1].get("will-retry-until") == "Thu, 16 Nov 2023 22:13:20 +0000");
 }
 
+// RFC 3464 §2.3.4 / RFC 3463 §3.1: a recipient still being retried has a transient status,
+// even when the reply that keeps it queued was a 5xx that is retried (552 to RCPT).
+TEST_CASE("delay DSN: a permanent status class is reported as transient, the diagnostic as said") {
+  DsnInput in = failedInput();
+  in.rcpts.resize(1);
+  in.rcpts[0].action = "delayed";
+  in.rcpts[0].status = "5.2.2";
+  in.rcpts[0].diagnostic = "smtp; 552 5.2.2 mailbox full";
+  in.rcpts[0].willRetryUntilMs = 1'700'172'800'000;
+  DsnRecipient odd = in.rcpts[0];
+  odd.address = "odd@remote.test";
+  odd.status = "2.0.0";  // never right for a delay: the generic transient status
+  DsnRecipient fine = in.rcpts[0];
+  fine.address = "fine@remote.test";
+  fine.status = "4.4.1";
+  in.rcpts.push_back(odd);
+  in.rcpts.push_back(fine);
+  auto [top, human, original, blocks] = parseReport(buildDsn(in, kOriginal));
+  REQUIRE(blocks.size() == 4);
+  REQUIRE(blocks[1].get("action") == "delayed");
+  REQUIRE(blocks[1].get("status") == "4.2.2");
+  REQUIRE(blocks[1].get("diagnostic-code") == "smtp; 552 5.2.2 mailbox full");
+  REQUIRE(blocks[2].get("status") == "4.0.0");
+  REQUIRE(blocks[3].get("status") == "4.4.1");
+
+  in.rcpts.resize(1);  // a failed recipient keeps its 5.x.y
+  in.rcpts[0].action = "failed";
+  auto failed = parseReport(buildDsn(in, kOriginal));
+  REQUIRE(failed.blocks[1].get("status") == "5.2.2");
+}
+
 TEST_CASE("success DSN (RFC 3461 NOTIFY=SUCCESS): delivered and relayed, 2.0.0, says so to the sender") {
   DsnInput in = failedInput();
   in.headersOnly = true;  // the queue manager returns the headers only with a success report

@@ -1,0 +1,393 @@
+"""Delivery to next hops that misbehave, and MX lists that name Moat itself: a DATA command
+answered 250 (the message was never sent: not delivered), a 421 on a pooled connection, a
+STARTTLS handshake that never finishes with tls = "may", a delay DSN after a 552 to RCPT, a
+message over the next hop's SIZE, and RFC 5321 §5.1's "MX is myself" (loops back: 5.4.6; a
+backup MX waits for its primary).
+
+The next hops are scripted servers on loopback (one handler per connection); every wait is
+bounded. The MX cases that need Moat to listen on port 25 (the port MX delivery uses) bind
+loopback aliases 127.0.25.x and are skipped when that is not allowed."""
+
+import os
+import socket
+import socketserver
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import Moat, Sink, _Server, _SinkHandler, wait_for  # noqa: E402
+from authzone import DnsServer  # noqa: E402
+
+SENDER = "alice@sender.test"
+
+
+class Conn:
+    """One connection to the scripted next hop, line by line."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+        self.lines = []
+
+    def reply(self, text):
+        self.sock.sendall(text.encode() + b"\r\n")
+
+    def line(self, timeout=30):
+        self.sock.settimeout(timeout)
+        while b"\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        text = line.rstrip(b"\r").decode("utf-8", "replace")
+        self.lines.append(text)
+        return text
+
+    def data(self):
+        body = []
+        while True:
+            line = self.line()
+            if line == ".":
+                return body
+            body.append(line)
+
+    def greet(self, ext=("PIPELINING", "8BITMIME", "SIZE 100000000")):
+        self.reply("220 hop.test ESMTP")
+        self.line()  # EHLO
+        lines = ["hop.test"] + list(ext)
+        for i, e in enumerate(lines):
+            self.reply(("250 " if i == len(lines) - 1 else "250-") + e)
+
+
+class ScriptedHop:
+    """A TCP server on 127.0.0.1 that runs handler(conn, n) for its n-th connection (0, 1...)
+    and keeps every connection's command lines in `transcripts`."""
+
+    def __init__(self, handler):
+        self.transcripts = []
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                conn = Conn(self.request)
+                n = len(outer.transcripts)
+                outer.transcripts.append(conn.lines)
+                try:
+                    handler(conn, n)
+                except (EOFError, OSError):
+                    pass
+
+        self.server = _Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def serve_commands(conn, data_cmd=None, body_reply="250 2.0.0 queued", rcpt=None):
+    """The rest of a session after the greeting: DATA answered `data_cmd` (instead of 354 and
+    the message) when given, each RCPT by rcpt(line) when given."""
+    while True:
+        line = conn.line()
+        verb = line.split(" ")[0].upper()
+        if verb == "DATA":
+            if data_cmd:
+                conn.reply(data_cmd)
+                continue
+            conn.reply("354 go ahead")
+            conn.data()
+            conn.reply(body_reply)
+        elif verb == "RCPT" and rcpt:
+            conn.reply(rcpt(line))
+        elif verb == "QUIT":
+            conn.reply("221 bye")
+            return
+        else:
+            conn.reply("250 ok")
+
+
+def send(moat, rcpts, body=b"Subject: t\r\n\r\nbody\r\n", sender=SENDER):
+    s = moat.smtp()
+    s.ehlo()
+    s.sendmail(sender, rcpts, body)
+    s.quit()
+
+
+def dsn_texts(moat, addr=SENDER):
+    out = []
+    for path in moat.maildir_files(addr):
+        with open(path, "rb") as f:
+            out.append(f.read().decode("utf-8", "replace"))
+    return out
+
+
+class NextHopTest(unittest.TestCase):
+    def setUp(self):
+        self.hop = None
+        self.moat = None
+
+    def tearDown(self):
+        if self.moat:
+            self.moat.cleanup()
+        if self.hop:
+            self.hop.stop()
+
+    def start(self, handler, **kw):
+        self.hop = ScriptedHop(handler)
+        kw.setdefault("retry", '["1h"]')
+        self.moat = Moat(routes=[("example.test", f"smtp:127.0.0.1:{self.hop.port}"),
+                                 ("sender.test", "maildir:mail")], **kw)
+        return self.moat
+
+    def test_data_answered_250_is_not_a_delivery(self):
+        # RFC 5321 §4.3.2: only 354 lets the message go, only the reply to its final dot
+        # accepts it. A 250 to DATA left the recipient "delivered" and the message removed,
+        # unsent, with no DSN. Now: deferred (451 4.5.0), still queued, connection closed.
+        for ext in (("8BITMIME",), ("PIPELINING", "8BITMIME")):
+            with self.subTest(ext=ext):
+                def handler(conn, n):
+                    conn.greet(ext)
+                    serve_commands(conn, data_cmd="250 2.0.0 ok whatever")
+                m = self.start(handler)
+                send(m, ["bob@example.test", "carol@example.test"])
+                line = m.wait_log(event="defer", to="bob@example.test")
+                self.assertTrue(line["reply"].startswith("451 4.5.0 unexpected reply to DATA: 250 2.0.0 ok whatever"),
+                                line)
+                m.wait_log(event="defer", to="carol@example.test")
+                time.sleep(0.5)
+                self.assertEqual(m.find_logs(event="deliver"), [])
+                self.assertEqual(m.find_logs(event="bounce"), [])
+                listed = m.cli("queue", "list", "--json").stdout
+                self.assertIn("bob@example.test", listed)
+                # the connection was not used again: no RSET, no QUIT on it, no second message
+                self.assertEqual(len(self.hop.transcripts), 1)
+                self.assertFalse([l for l in self.hop.transcripts[0] if l.upper().startswith(("RSET", "QUIT"))],
+                                 self.hop.transcripts[0])
+                self.tearDown()
+                self.hop = self.moat = None
+
+    def test_421_to_mail_on_a_pooled_connection_opens_a_new_one(self):
+        # RFC 5321 §3.8: after a 421 the connection is closed. It went back to the pool, so the
+        # next message went into a closing connection and waited a whole retry interval.
+        def handler(conn, n):
+            conn.greet(("8BITMIME",))
+            while n == 0:
+                line = conn.line()
+                if line.upper().startswith("MAIL"):
+                    time.sleep(1.0)  # the second message is queued behind this one by now
+                    conn.reply("421 4.3.2 shutting down")
+                    return
+                conn.reply("250 ok")
+            serve_commands(conn)
+        m = self.start(handler, queue_extra="max_per_destination = 1")
+        s = m.smtp()
+        s.ehlo()
+        s.sendmail(SENDER, ["a@example.test"], b"Subject: one\r\n\r\nbody\r\n")
+        s.sendmail(SENDER, ["b@example.test"], b"Subject: two\r\n\r\nbody\r\n")
+        s.quit()
+        line = m.wait_log(event="defer", to="a@example.test")
+        self.assertEqual(line["reply"], "421 4.3.2 shutting down")
+        m.wait_log(event="deliver", to="b@example.test", timeout=20)
+        self.assertEqual(m.find_logs(event="defer", to="b@example.test"), [])
+        self.assertEqual(len(self.hop.transcripts), 2)
+
+    def test_starttls_handshake_that_hangs_falls_back_to_plain_text_with_may(self):
+        # README, [[route]] tls = "may": plain text over a new connection if the handshake
+        # fails; one that never finishes (220, then silence) failed too, not a deferral.
+        def handler(conn, n):
+            conn.reply("220 hop.test ESMTP")
+            conn.line()
+            conn.reply("250-hop.test\r\n250-PIPELINING\r\n250 STARTTLS")
+            while True:
+                line = conn.line()
+                verb = line.split(" ")[0].upper()
+                if verb == "STARTTLS":
+                    conn.reply("220 go ahead")
+                    while conn.sock.recv(65536):  # the ClientHello, never answered
+                        pass
+                    return
+                if verb == "DATA":
+                    conn.reply("354 go ahead")
+                    conn.data()
+                    conn.reply("250 2.0.0 queued")
+                elif verb == "QUIT":
+                    conn.reply("221 bye")
+                    return
+                else:
+                    conn.reply("250 ok")
+        self.hop = ScriptedHop(handler)
+        self.moat = m = Moat(routes=[("sender.test", "maildir:mail")], retry='["1h"]',
+                             queue_extra='reply_timeout = "2s"',
+                             extra=f'\n[[route]]\ndomains = ["example.test"]\n'
+                                   f'to = ["smtp:127.0.0.1:{self.hop.port}"]\ntls = "may"\n')
+        send(m, ["a@example.test"])
+        line = m.wait_log(event="deliver", to="a@example.test", timeout=30)
+        self.assertNotIn("tls", line)
+        fallback = m.wait_log(event="tls_fallback")
+        self.assertIn("timeout in TLS handshake", fallback["error"])
+        self.assertEqual(m.find_logs(event="defer"), [])
+
+    def test_delay_dsn_after_552_to_rcpt_has_a_transient_status(self):
+        # RFC 5321 §4.5.3.1.10: a 552 to RCPT is retried; RFC 3464 §2.3.4: "delayed" goes with
+        # a 4.x.x status. The Diagnostic-Code, the log and the queue keep the server's words.
+        def handler(conn, n):
+            conn.greet()
+            serve_commands(conn, rcpt=lambda line: "552 5.2.2 mailbox full", data_cmd="554 5.5.1 no valid recipients")
+        m = self.start(handler, retry='["2s"]', delay_warning="1s")
+        send(m, ["full@example.test"])
+        line = m.wait_log(event="defer", to="full@example.test")
+        self.assertEqual(line["reply"], "552 5.2.2 mailbox full")
+        texts = wait_for(lambda: dsn_texts(m), 30, what="the delay DSN")
+        dsn = texts[0]
+        self.assertIn("Action: delayed", dsn)
+        self.assertIn("Status: 4.2.2", dsn)
+        self.assertNotIn("Status: 5.", dsn)
+        self.assertIn("Diagnostic-Code: smtp; 552 5.2.2 mailbox full", dsn)
+        qid = m.find_logs(event="defer", to="full@example.test")[0]["queue_id"]
+        self.assertIn("552 5.2.2 mailbox full", m.cli("queue", "show", qid).stdout)
+
+    def test_message_over_the_next_hops_size_is_returned_unsent(self):
+        # RFC 1870: a next hop that announces SIZE 1000 gets no larger message: it is refused
+        # locally with 552 5.3.4, and the sender gets a DSN.
+        def handler(conn, n):
+            conn.greet(("PIPELINING", "8BITMIME", "SIZE 1000"))
+            serve_commands(conn)
+        m = self.start(handler)
+        send(m, ["a@example.test"], body=b"Subject: big\r\n\r\n" + (b"z" * 70 + b"\r\n") * 60)
+        line = m.wait_log(event="bounce", to="a@example.test")
+        self.assertRegex(line["reply"],
+                         r"^552 5\.3\.4 message size \d+ exceeds fixed maximum message size 1000 of the next hop "
+                         r"\(not sent\)$")
+        dsn = wait_for(lambda: dsn_texts(m), 30, what="the DSN")[0]
+        self.assertIn("Status: 5.3.4", dsn)
+        self.assertIn("Diagnostic-Code: X-Moat; 552 5.3.4", dsn)
+        self.assertFalse([l for t in self.hop.transcripts for l in t if l.upper().startswith("MAIL")])
+
+
+class AddressSink(Sink):
+    """The harness's sink on another loopback address (MX delivery goes to port 25)."""
+
+    def __init__(self, address, port):
+        self.address = address
+        super().__init__(port=port)
+
+    def start(self):
+        self.server = _Server((self.address, self._port), _SinkHandler)
+        self.server.sink = self
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def can_bind(addr, port):
+    with socket.socket() as s:
+        try:
+            s.bind((addr, port))
+            return True
+        except OSError:
+            return False
+
+
+def refused(addr, port):
+    """Nothing listens there (a host-wide listener on port 25 would take it)."""
+    try:
+        socket.create_connection((addr, port), timeout=2).close()
+        return False
+    except OSError:
+        return True
+
+
+class MxIsMyselfTest(unittest.TestCase):
+    """RFC 5321 §5.1: Moat in a domain's MX list. Moat's hostname (harness) is mx.moat.test."""
+
+    LISTEN = "127.0.25.77"  # Moat listens here on port 25 (the address tests)
+    PRIMARY = "127.0.25.79"  # a sink on port 25
+    DOWN = "127.0.25.78"  # nothing listens: connection refused
+
+    ZONE = {
+        "mx.moat.test": [{"A": "127.0.25.77"}],
+        "alias.moat.test": [{"A": "127.0.25.77"}],  # another name for Moat's listener
+        "down.hop.test": [{"A": "127.0.25.78"}],
+        "up.hop.test": [{"A": "127.0.25.79"}],
+        # Moat is the best MX, by name or by address
+        "byname.test": [{"MX": [10, "mx.moat.test"]}, {"MX": [20, "up.hop.test"]}],
+        "byaddr.test": [{"MX": [10, "alias.moat.test"]}],
+        # Moat is the backup MX (20) and the primary (10) is down or has no address
+        "backup.test": [{"MX": [10, "down.hop.test"]}, {"MX": [20, "mx.moat.test"]}],
+        "backupaddr.test": [{"MX": [10, "down.hop.test"]}, {"MX": [20, "alias.moat.test"]}],
+        "noprimary.test": [{"MX": [10, "gone.hop.test"]}, {"MX": [20, "MX.Moat.Test"]}],
+        # the primary is up: delivered there, never to Moat nor to the MX after it
+        "primaryup.test": [{"MX": [10, "up.hop.test"]}, {"MX": [20, "alias.moat.test"]},
+                           {"MX": [30, "down.hop.test"]}],
+    }
+
+    def setUp(self):
+        if not refused(self.DOWN, 25):
+            self.skipTest(f"something listens on {self.DOWN}:25")
+        self.dns = DnsServer(self.ZONE)
+        self.addCleanup(self.dns.stop)
+
+    def moat(self, listen25):
+        extra = f'\n[dns]\nnameservers = ["{self.dns.nameserver}"]\ntimeout = "1s"\n'
+        if listen25:
+            extra += f'\n[[listener]]\naddress = "{self.LISTEN}:25"\n'
+        m = Moat(routes=[("sender.test", "maildir:mail"), ([], "mx")], retry='["1h"]', start=False, extra=extra)
+        self.addCleanup(m.cleanup)
+        m.start()
+        # the harness reads the first listener's port: make it the loopback one
+        m.port = [l["port"] for l in m.logs() if l.get("event") == "listen" and l["port"] != 25][0]
+        return m
+
+    def assert_no_loop(self, m):
+        accepted = [l for l in m.logs() if l.get("event") == "accept"]
+        self.assertEqual(len(accepted), 1, "the message came back to Moat")
+
+    def test_best_mx_by_name_bounces_as_a_loop_at_once(self):
+        m = self.moat(listen25=False)
+        send(m, ["u@byname.test"])
+        line = m.wait_log(event="bounce", to="u@byname.test", timeout=20)
+        self.assertEqual(line["reply"], "554 5.4.6 mail for byname.test loops back to myself")
+        self.assertEqual(line["attempt"], 1)
+        self.assert_no_loop(m)
+        dsn = wait_for(lambda: dsn_texts(m), 30, what="the DSN")[0]
+        self.assertIn("Status: 5.4.6", dsn)
+        self.assertIn("loops back to myself", dsn)
+
+    def test_backup_mx_by_name_waits_for_the_primary(self):
+        m = self.moat(listen25=False)
+        send(m, ["u@backup.test", "v@noprimary.test"])
+        line = m.wait_log(event="defer", to="u@backup.test", timeout=20)
+        self.assertTrue(line["reply"].startswith("451 4.4.1"), line)
+        self.assertIn(self.DOWN, line["reply"])
+        line = m.wait_log(event="defer", to="v@noprimary.test", timeout=20)
+        self.assertTrue(line["reply"].startswith("451 4.4.4 unable to find primary relay for noprimary.test"), line)
+        time.sleep(0.5)
+        self.assertEqual(m.find_logs(event="bounce"), [])
+        self.assert_no_loop(m)
+
+    def test_mx_by_address_of_a_listener_on_port_25(self):
+        if not can_bind(self.LISTEN, 25) or not can_bind(self.PRIMARY, 25):
+            self.skipTest("cannot bind loopback aliases on port 25 here")
+        primary = AddressSink(self.PRIMARY, 25)
+        self.addCleanup(primary.stop)
+        m = self.moat(listen25=True)
+        send(m, ["u@byaddr.test"])
+        send(m, ["u@backupaddr.test"])
+        send(m, ["u@primaryup.test"])
+        line = m.wait_log(event="bounce", to="u@byaddr.test", timeout=20)
+        self.assertEqual(line["reply"], "554 5.4.6 mail for byaddr.test loops back to myself")
+        line = m.wait_log(event="defer", to="u@backupaddr.test", timeout=20)
+        self.assertTrue(line["reply"].startswith("451 4.4.1"), line)
+        m.wait_log(event="deliver", to="u@primaryup.test", timeout=20)
+        self.assertEqual([x["rcpts"] for x in primary.messages], [["u@primaryup.test"]])
+        time.sleep(0.5)
+        self.assertEqual(m.find_logs(event="bounce", to="u@backupaddr.test"), [])
+        accepted = [l for l in m.logs() if l.get("event") == "accept"]
+        self.assertEqual(len(accepted), 3, "a message came back to Moat")
+
+
+if __name__ == "__main__":
+    unittest.main()
