@@ -1,7 +1,8 @@
 // mta/daemon/queue_manager.h — the delivery side (DESIGN.md, decisions 4-6): an in-memory
 // schedule over the spool, rebuilt from it at start-up; per-destination queues with a
 // concurrency limit and connection reuse; next hop by [[route]] (smtp:HOST:PORT in order,
-// "mx" per RFC 5321 §5.1 with the implicit-MX fallback and RFC 7505 null MX, maildir:DIR);
+// "mx" per RFC 5321 §5.1 with the implicit-MX fallback and RFC 7505 null MX, leaving out
+// this gateway and every MX at or below its preference (mx_self.h), maildir:DIR);
 // per-recipient results; retries from [queue] retry with jitter; DSNs (RFC 3464) for
 // permanent failures, expiry and one delay warning; never a DSN to the null sender, and a
 // DSN of Moat's own that cannot be delivered is dropped with a log line, not bounced.

@@ -284,6 +284,7 @@ class AddressSink(Sink):
 
 def can_bind(addr, port):
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as libuv binds Moat's listener
         try:
             s.bind((addr, port))
             return True
