@@ -127,21 +127,20 @@ def dsn_texts(moat, addr=SENDER):
 
 
 class NextHopTest(unittest.TestCase):
-    def setUp(self):
-        self.hop = None
-        self.moat = None
-
-    def tearDown(self):
-        if self.moat:
-            self.moat.cleanup()
-        if self.hop:
-            self.hop.stop()
-
-    def start(self, handler, **kw):
+    def start(self, handler, tls=None, **kw):
+        """A scripted next hop and a Moat routing example.test to it, with the route's `tls`
+        when given (both stopped by cleanups)."""
         self.hop = ScriptedHop(handler)
+        self.addCleanup(self.hop.stop)
         kw.setdefault("retry", '["1h"]')
-        self.moat = Moat(routes=[("example.test", f"smtp:127.0.0.1:{self.hop.port}"),
-                                 ("sender.test", "maildir:mail")], **kw)
+        to = f"smtp:127.0.0.1:{self.hop.port}"
+        if tls:
+            kw["routes"] = [("sender.test", "maildir:mail")]
+            kw["extra"] = kw.get("extra", "") + f'\n[[route]]\ndomains = ["example.test"]\nto = ["{to}"]\ntls = "{tls}"\n'
+        else:
+            kw["routes"] = [("example.test", to), ("sender.test", "maildir:mail")]
+        self.moat = Moat(**kw)
+        self.addCleanup(self.moat.cleanup)
         return self.moat
 
     def test_data_answered_250_is_not_a_delivery(self):
@@ -168,8 +167,6 @@ class NextHopTest(unittest.TestCase):
                 self.assertEqual(len(self.hop.transcripts), 1)
                 self.assertFalse([l for l in self.hop.transcripts[0] if l.upper().startswith(("RSET", "QUIT"))],
                                  self.hop.transcripts[0])
-                self.tearDown()
-                self.hop = self.moat = None
 
     def test_421_to_mail_on_a_pooled_connection_opens_a_new_one(self):
         # RFC 5321 §3.8: after a 421 the connection is closed. It went back to the pool, so the
@@ -220,11 +217,7 @@ class NextHopTest(unittest.TestCase):
                     return
                 else:
                     conn.reply("250 ok")
-        self.hop = ScriptedHop(handler)
-        self.moat = m = Moat(routes=[("sender.test", "maildir:mail")], retry='["1h"]',
-                             queue_extra='reply_timeout = "2s"',
-                             extra=f'\n[[route]]\ndomains = ["example.test"]\n'
-                                   f'to = ["smtp:127.0.0.1:{self.hop.port}"]\ntls = "may"\n')
+        m = self.start(handler, tls="may", queue_extra='reply_timeout = "2s"')
         send(m, ["a@example.test"])
         line = m.wait_log(event="deliver", to="a@example.test", timeout=30)
         self.assertNotIn("tls", line)
