@@ -31,7 +31,9 @@ struct SigResult {
 };
 
 struct VerifyOptions {
-  size_t maxSignatures = 8;  // signatures beyond this are reported as neutral, not checked
+  // At most this many signatures are checked, those whose d= aligns with a From domain
+  // first; the rest are reported as one neutral result.
+  size_t maxSignatures = 8;
   int64_t fixedTime = 0;     // verify "as of" this Unix time (tests of x=); 0 = now
 };
 
@@ -52,7 +54,7 @@ struct KeyAnswer {
 using KeyMap = std::vector<std::pair<std::string, KeyAnswer>>;
 
 // The d= / s= pairs of the message's DKIM-Signature headers that need a key lookup,
-// as "selector._domainkey.domain" names (deduplicated, at most options.maxSignatures).
+// as "selector._domainkey.domain" names (deduplicated, of the signatures that are checked).
 std::vector<std::string> keyNamesToFetch(std::string_view message, const VerifyOptions& options);
 std::vector<SigResult> verifyWithKeys(std::string_view message, const KeyMap& keys, const VerifyOptions& options);
 
@@ -65,8 +67,10 @@ struct SignKey {
 // Checks that the key parses and suits the algorithm (RSA >= 1024 bits, or ed25519).
 bool checkSignKey(const SignKey& key, std::string& error);
 
-// Returns the DKIM-Signature header VALUE (without "DKIM-Signature: ", unfolded) or nullopt
-// with `error` set. relaxed/relaxed, a fixed list of headers with From oversigned, t= set.
+// Returns the DKIM-Signature header VALUE (without "DKIM-Signature: ", folded with CRLF TAB
+// to lines of at most 78 octets) or nullopt with `error` set. relaxed/relaxed, a fixed list
+// of headers with From oversigned, t= set. `message` is signed as given: the sign filter
+// first gives it the SMTP client's line form (mta/runtime/data_lines.h).
 std::optional<std::string> signMessage(const SignKey& key, std::string_view message, std::string& error);
 
 // `moat dkim keygen`: writes the private key (PEM, mode 0600) and returns the TXT record

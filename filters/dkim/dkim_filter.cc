@@ -7,7 +7,8 @@
 // sign: for outbound mail (relay network or authenticated client) whose From: domain has a
 //   [[dkim.sign]] entry, adds one DKIM-Signature per configured key (rsa and ed25519 both
 //   when both are set), prepended at delivery. It runs last and signs the message with the
-//   edits of the filters before it applied (ctx->edits), as it will be delivered.
+//   edits of the filters before it applied (ctx->edits), in the lines the SMTP client sends
+//   (over-long lines broken, as edits of its own), as it will be delivered.
 // Config: [dkim] verify = true, max_signatures = 8; [[dkim.sign]] domain, selector,
 //   key_file, algorithm (default: from the key type). Keys are read and checked at load time.
 // Untrusted: the message. Logs: `dkim_sign_error` (warn) when signing fails; the results
@@ -20,6 +21,8 @@
 
 #include "filters/dkim/dkim.h"
 #include "filters/dkim/internal.h"
+#include "filters/dmarc/from_header.h"
+#include "mta/runtime/data_lines.h"
 #include "mta/runtime/log.h"
 
 namespace moat::filters::dkim {
@@ -100,23 +103,67 @@ class VerifyFilter : public Filter {
   VerifyOptions options_;
 };
 
-// The address's domain from the first From: field (RFC 5322 mailbox, angle-addr or bare).
-std::string fromDomain(std::string_view message) {
-  for (const auto& h : splitMessage(message).headers) {
-    if (!iequals(h.name, "From")) continue;
-    std::string_view v = h.raw.substr(h.raw.find(':') + 1);
-    size_t lt = v.rfind('<');
-    if (lt != std::string_view::npos) {
-      size_t gt = v.find('>', lt);
-      v = v.substr(lt + 1, gt == std::string_view::npos ? std::string_view::npos : gt - lt - 1);
+// The From domains to sign for: RFC 5322 mailboxes with comments, quoted strings and groups
+// read by the DMARC filter's parser, so "alice@example.test (Alice)" is example.test and the
+// signature is the one a receiver's DMARC check will look for. Several authors: each.
+std::vector<std::string> signingDomains(std::string_view message) {
+  std::string error;
+  return dmarc::fromDomains(message, error);  // what it could read, even with an error
+}
+
+// Where asDelivered() put bytes into `edited` (it only ever inserts: CRLF SP breaks, and CR
+// or LF completing a bare line end), as byte edits of the message as received, so the stored
+// message is the one signed and the SMTP client has nothing left to change. A break inside
+// an earlier filter's replacement, or a message needing more than kMaxLineEdits of them,
+// gets none: the client still breaks those lines the same way at delivery, so the signature
+// holds over SMTP; only a copy delivered to a Maildir keeps the long lines.
+constexpr size_t kMaxLineEdits = 256;
+
+std::vector<Edit> lineEdits(const MessageContext& ctx, std::string_view edited, std::string_view delivered) {
+  // 1. Insertions into `edited`: (offset in edited, bytes).
+  std::vector<std::pair<uint64_t, std::string>> inserts;
+  size_t i = 0;
+  for (size_t j = 0; j < delivered.size(); ++j) {
+    if (i < edited.size() && edited[i] == delivered[j]) {
+      ++i;
+      continue;
     }
-    size_t at = v.rfind('@');
-    if (at == std::string_view::npos) return {};
-    std::string d = stripWhitespace(v.substr(at + 1));
-    while (!d.empty() && (d.back() == '>' || d.back() == ',' || d.back() == ';')) d.pop_back();
-    return lower(d);
+    if (inserts.empty() || inserts.back().first != i) {
+      if (inserts.size() == kMaxLineEdits) return {};
+      inserts.push_back({i, ""});
+    }
+    inserts.back().second.push_back(delivered[j]);
   }
-  return {};
+  if (i != edited.size()) return {};  // not insertions only: leave it to the client
+  // 2. The same places in the message as received: only inside text no edit replaced.
+  std::vector<Edit> out;
+  uint64_t mPos = 0, ePos = 0;
+  size_t k = 0;
+  auto segment = [&](uint64_t mEnd) {  // original bytes [mPos, mEnd) sit at [ePos, ...) in `edited`
+    for (; k < inserts.size() && inserts[k].first <= ePos + (mEnd - mPos); ++k) {
+      Edit e;
+      e.offset = mPos + (inserts[k].first - ePos);
+      e.replacement = inserts[k].second;
+      e.why = e.replacement == "\r\n " ? "line over 998 octets broken (RFC 5321 4.5.3.1.6)"
+                                       : "line end completed to CRLF (RFC 5321 2.3.8)";
+      out.push_back(std::move(e));
+    }
+  };
+  for (const auto& x : ctx.edits) {
+    if (x.offset < mPos) return {};
+    segment(x.offset);
+    ePos += x.offset - mPos + x.replacement.size();
+    mPos = x.end();
+    if (k < inserts.size() && inserts[k].first < ePos) return {};  // inside a replacement
+  }
+  segment(ctx.message.size());
+  if (k != inserts.size()) return {};
+  // 3. Proof: with them the stored message is exactly what was signed.
+  std::vector<Edit> all = ctx.edits;
+  for (const auto& e : out)
+    if (!addEdit(all, e, ctx.message.size())) return {};
+  if (applyEdits(ctx.message, all) != delivered) return {};
+  return out;
 }
 
 class SignFilter : public Filter {
@@ -127,10 +174,11 @@ class SignFilter : public Filter {
 
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
     if (!(ctx->fromRelayNetwork || ctx->authenticated)) return done(continueWith("inbound"));
-    std::string domain = fromDomain(ctx->message);
+    auto domains = signingDomains(ctx->message);
     std::vector<SignKey> mine;
-    for (const auto& k : keys_)
-      if (lower(k.domain) == domain) mine.push_back(k);
+    for (const auto& d : domains)
+      for (const auto& k : keys_)
+        if (lower(k.domain) == d) mine.push_back(k);
     if (mine.empty()) return done(continueWith("none"));
     auto result = std::make_shared<Result>(continueWith("signed"));
     env.offload([ctx, mine = std::move(mine), result] { signAll(*ctx, mine, *result); },
@@ -144,6 +192,14 @@ class SignFilter : public Filter {
     std::string edited;
     std::string_view message = ctx.message;
     if (!ctx.edits.empty()) message = edited = applyEdits(ctx.message, ctx.edits);
+    // ...and in the lines the SMTP client sends (RFC 6376 5.3): a line over 998 octets is
+    // broken with CRLF SP at delivery (mta/runtime/data_lines.h), which would break a
+    // signature over the unbroken line. Signed broken, and stored broken (edits).
+    std::string delivered = mta::asDelivered(message);
+    if (delivered != message) {
+      out.edits = lineEdits(ctx, message, delivered);
+      message = delivered;
+    }
     std::vector<std::string> signedWith;
     for (const auto& k : keys) {
       std::string error;

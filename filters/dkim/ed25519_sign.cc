@@ -19,40 +19,6 @@ namespace {
 
 bool isWsp(char c) { return c == ' ' || c == '\t'; }
 
-// RFC 6376 3.4.4: WSP runs become one SP, WSP at line ends goes, empty lines at the end go.
-std::string relaxedBody(std::string_view body) {
-  std::string out, pendingBlank;
-  size_t pos = 0;
-  while (pos < body.size()) {
-    size_t nl = body.find('\n', pos);
-    size_t end = nl == std::string_view::npos ? body.size() : nl;
-    std::string_view line = body.substr(pos, end - pos);
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    std::string canon;
-    bool space = false;
-    for (char c : line) {
-      if (isWsp(c)) {
-        space = true;
-        continue;
-      }
-      if (space && !canon.empty()) canon.push_back(' ');
-      if (space && canon.empty()) canon.push_back(' ');
-      space = false;
-      canon.push_back(c);
-    }
-    // A line of only WSP reduces to empty (trailing WSP removed).
-    if (canon.empty() || canon == " ") {
-      pendingBlank += "\r\n";
-    } else {
-      out += pendingBlank;
-      pendingBlank.clear();
-      out += canon + "\r\n";
-    }
-    pos = end + 1;
-  }
-  return out;
-}
-
 // RFC 6376 3.4.2: lower-case name, unfolded value with WSP runs as one SP, no WSP at the
 // ends of the value or around the colon.
 std::string relaxedHeader(std::string_view raw) {
@@ -110,11 +76,14 @@ std::pair<std::string, std::string> selectHeaders(const SplitMessage& m, const s
 std::optional<std::string> signEd25519(EVP_PKEY* key, const std::string& domain, const std::string& selector,
                                        const SplitMessage& m, const std::vector<std::string>& sign,
                                        const std::vector<std::string>& oversign, std::string& error) {
-  std::string bh = base64Encode(sha256(relaxedBody(m.body)));
+  std::string bh = base64Encode(sha256(canonicalBody(m.body, true)));
   auto [hList, block] = selectHeaders(m, sign, oversign);
-  std::string value = "v=1; a=ed25519-sha256; c=relaxed/relaxed; d=" + domain + "; s=" + selector +
-                      "; t=" + std::to_string(static_cast<long long>(std::time(nullptr))) + "; bh=" + bh +
-                      "; h=" + hList + "; b=";
+  // Folded before signing (RFC 6376 5.3): relaxed canonicalization keeps the folding's
+  // spaces, so the header the hash covers must be the one that goes out.
+  std::string unfolded = "v=1; a=ed25519-sha256; c=relaxed/relaxed; d=" + domain + "; s=" + selector +
+                         "; t=" + std::to_string(static_cast<long long>(std::time(nullptr))) + "; bh=" + bh +
+                         "; h=" + hList + "; b=";
+  std::string value = foldSignature(unfolded);
   // RFC 8463 section 3: Ed25519 signs the SHA-256 hash of the canonical data.
   std::string digest = sha256(block + relaxedHeader("DKIM-Signature: " + value));
   std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
@@ -125,7 +94,15 @@ std::optional<std::string> signEd25519(EVP_PKEY* key, const std::string& domain,
     error = "ed25519 signing failed";
     return std::nullopt;
   }
-  return value + base64Encode(std::string_view(reinterpret_cast<char*>(sig), sigLen));
+  // The b= value is removed before verification (3.7), so folding it changes nothing signed;
+  // folding the whole value again keeps every line the same up to b= and folds b= itself.
+  std::string b = base64Encode(std::string_view(reinterpret_cast<char*>(sig), sigLen));
+  std::string whole = foldSignature(unfolded + b);
+  if (whole.compare(0, value.size(), value) != 0) {
+    error = "folding the signature changed its signed part";
+    return std::nullopt;
+  }
+  return whole;
 }
 
 }  // namespace moat::filters::dkim::detail

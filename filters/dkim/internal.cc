@@ -85,6 +85,101 @@ std::string completeBody(std::string_view body) {
   return out;
 }
 
+std::string canonicalBody(std::string_view body, bool relaxed) {
+  std::string out, pendingBlank;
+  size_t pos = 0;
+  while (pos < body.size()) {
+    size_t end = lineEnd(body, pos);
+    std::string_view line = body.substr(pos, end - pos);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    std::string canon;
+    if (relaxed) {
+      // 3.4.4: WSP runs become one SP, WSP at the line end goes.
+      bool space = false;
+      for (char c : line) {
+        if (isWsp(c)) {
+          space = true;
+          continue;
+        }
+        if (space) canon.push_back(' ');
+        space = false;
+        canon.push_back(c);
+      }
+    } else {
+      canon = line;
+    }
+    // Empty lines at the end go (both canonicalizations).
+    if (canon.empty()) {
+      pendingBlank += "\r\n";
+    } else {
+      out += pendingBlank;
+      pendingBlank.clear();
+      out += canon + "\r\n";
+    }
+    pos = end + 1;
+  }
+  // 3.4.3: an empty simple body is one CRLF; an empty relaxed body stays empty.
+  if (out.empty() && !relaxed) out = "\r\n";
+  return out;
+}
+
+std::string foldSignature(std::string_view value, size_t width) {
+  std::string out;
+  size_t col = std::string_view("DKIM-Signature: ").size();
+  // Puts one unbreakable piece, after a fold when it would pass `width`; `sep` (a space or
+  // nothing) goes before it when there is no fold. Each decision looks only at what is
+  // already written and the piece itself, so a value with more after it folds the same up
+  // to that point (signEd25519 relies on it).
+  auto put = [&](std::string_view piece, std::string_view sep) {
+    if (!out.empty() && col + sep.size() + piece.size() >= width) {  // room for a ";" after it
+      out += "\r\n\t";
+      col = 1;
+    } else {
+      out += sep;
+      col += sep.size();
+    }
+    out += piece;
+    col += piece.size();
+  };
+  size_t start = 0;
+  bool first = true;
+  while (start < value.size()) {
+    size_t semi = value.find(';', start);
+    std::string_view spec =
+        trim(value.substr(start, semi == std::string_view::npos ? std::string_view::npos : semi - start));
+    start = semi == std::string_view::npos ? value.size() : semi + 1;
+    if (spec.empty()) continue;
+    if (!first) out += ';';
+    if (!first) ++col;
+    std::string_view sep = first ? "" : " ";
+    first = false;
+    size_t eq = spec.find('=');
+    std::string_view name = trim(spec.substr(0, eq == std::string_view::npos ? spec.size() : eq));
+    if (eq == std::string_view::npos || (name != "h" && name != "b" && name != "bh")) {
+      put(spec, sep);
+      continue;
+    }
+    std::string_view data = trim(spec.substr(eq + 1));
+    if (name == "h") {
+      // h=a:b:c breaks after a ':' (3.5: FWS around ':' is allowed).
+      size_t colon = data.find(':');
+      put(std::string("h=") + std::string(data.substr(0, colon == std::string_view::npos ? data.size() : colon + 1)),
+          sep);
+      while (colon != std::string_view::npos) {
+        size_t from = colon + 1;
+        colon = data.find(':', from);
+        put(data.substr(from, colon == std::string_view::npos ? std::string_view::npos : colon + 1 - from), "");
+      }
+      continue;
+    }
+    // base64 (b=, bh=) may be folded anywhere; pieces of 8 keep the lines full.
+    put(std::string(name) + "=", sep);
+    for (size_t i = 0; i < data.size(); i += 8) put(data.substr(i, 8), "");
+  }
+  if (!value.empty() && value.back() == ';') out += ';';
+  return out;
+}
+
 bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
            return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));

@@ -54,6 +54,17 @@ SplitMessage splitMessage(std::string_view message);
 // libopendkim reports a syntax error for a body that ends mid-line.
 std::string completeBody(std::string_view body);
 
+// RFC 6376 3.4.3 and 3.4.4: the canonical form of a body (a last line without CRLF is taken
+// as ended). `relaxed` false: simple.
+std::string canonicalBody(std::string_view body, bool relaxed);
+
+// RFC 6376 5.3: the DKIM-Signature header value folded with CRLF TAB before a tag, and inside
+// the h= list after a ':' and inside base64 values, so no line passes `width` octets (the
+// first line counts the "DKIM-Signature: " in front of it). The tag-list stays valid (FWS
+// is allowed at those places, 3.2 and 3.5) and relaxed canonicalization reads the same
+// header, so it must be folded before its b= is computed; b= itself may be folded after.
+std::string foldSignature(std::string_view value, size_t width = 78);
+
 bool iequals(std::string_view a, std::string_view b);
 std::string lower(std::string_view s);
 

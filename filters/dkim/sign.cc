@@ -3,8 +3,8 @@
 // `moat dkim keygen`.
 //
 // The message to sign comes from our own users but is still bounded and untrusted in form;
-// keys come from the config (checked at load time). The signature is returned unfolded:
-// relaxed header canonicalization makes any folding at whitespace harmless. Nothing is
+// keys come from the config (checked at load time). The signature is returned folded (CRLF
+// TAB) to lines of at most 78 octets, the folding part of what is signed. Nothing is
 // logged here.
 #include <fcntl.h>
 #include <openssl/x509.h>
@@ -33,6 +33,8 @@ const char* const kSignHeaders[] = {"from", "sender", "reply-to", "subject", "da
                                     "in-reply-to", "references", "list-id", "list-help", "list-unsubscribe",
                                     "list-subscribe", "list-post", "list-owner", "list-archive", nullptr};
 const char* const kOversign[] = {"from", nullptr};
+
+constexpr int kSignatureWidth = 78;  // RFC 5322 2.1.1: lines SHOULD be at most 78 octets
 
 LibPtr makeSignLib() {
   LibPtr lib(dkim_init(nullptr, nullptr));
@@ -95,7 +97,10 @@ std::optional<std::string> signMessage(const SignKey& key, std::string_view mess
                            reinterpret_cast<const u_char*>(key.domain.c_str()), DKIM_CANON_RELAXED,
                            DKIM_CANON_RELAXED, alg, -1, &st));
   if (!dkim) return error = std::string("dkim_sign: ") + dkim_getresultstr(st), std::nullopt;
-  dkim_set_margin(dkim.get(), 0);
+  // RFC 6376 5.3: folded (libopendkim folds before it signs, so the signed header is the one
+  // that goes out). Unfolded, a signature with a long h= passes 998 octets and the SMTP
+  // client's line break (mta/runtime/data_lines.h) would then break it in transit.
+  dkim_set_margin(dkim.get(), kSignatureWidth);
   for (const auto& h : split.headers) {
     std::string raw(h.raw);
     if (dkim_header(dkim.get(), reinterpret_cast<u_char*>(raw.data()), raw.size()) != DKIM_STAT_OK)

@@ -4,7 +4,8 @@
 // enough for d= and s= and every "s._domainkey.d" TXT record is fetched through Moat's
 // resolver; on the thread pool, libopendkim verifies with those records, served through its
 // key-lookup hook (its own DNS code never runs). Untrusted: the whole message and every key
-// record. At most VerifyOptions::maxSignatures signatures are looked up and checked.
+// record. At most VerifyOptions::maxSignatures signatures are looked up and checked, those
+// aligned with the From domain first (chooseSignatures).
 // Results use RFC 8601 names; a DNS temporary failure is temperror for that signature only.
 // Nothing is logged here; the filter reports results through the pipeline.
 #include <openssl/x509.h>
@@ -15,6 +16,8 @@
 
 #include "filters/dkim/dkim.h"
 #include "filters/dkim/internal.h"
+#include "filters/dmarc/from_header.h"
+#include "filters/dmarc/org_domain.h"
 
 namespace moat::filters::dkim {
 
@@ -29,6 +32,8 @@ struct Entry {
   std::string keyName;    // s._domainkey.d, lower-case; empty when no lookup is due
   bool decided = false;   // out.result is final without libopendkim
   DKIM_SIGINFO* sig = nullptr;
+  bool relaxedBody = false;  // c= body canonicalization (default simple, RFC 6376 3.5)
+  int64_t bodyLength = -1;   // l=, -1 when absent
 };
 
 void decide(Entry& e, const char* result, std::string reason) {
@@ -45,20 +50,51 @@ bool expired(const std::string& x, const VerifyOptions& options) {
   return std::stoll(x) < now;
 }
 
-std::vector<Entry> readSignatures(std::string_view message, const VerifyOptions& options) {
-  std::vector<Entry> out;
-  for (const auto& h : splitMessage(message).headers) {
-    if (!iequals(h.name, "DKIM-Signature")) continue;
-    Entry e;
-    if (out.size() >= options.maxSignatures) {
-      // One marker for all the rest keeps the output bounded too.
-      if (out.size() == options.maxSignatures) {
-        decide(e, "neutral", "more than " + std::to_string(options.maxSignatures) + " signatures; the rest not checked");
-        out.push_back(std::move(e));
-      }
-      continue;
+// d= of a DKIM-Signature field, lower-case; empty when it cannot be read.
+std::string signatureDomain(std::string_view raw) {
+  auto tags = parseTagList(raw.substr(raw.find(':') + 1));
+  const std::string* d = tags ? findTag(*tags, "d") : nullptr;
+  return d ? lower(stripWhitespace(*d)) : std::string();
+}
+
+// Which signatures are checked when there are more than options.maxSignatures: those whose
+// d= aligns (relaxed, RFC 7489 3.1.1) with a From domain first, then the others, each group
+// top down, up to the limit; returned in message order. The author's own signature is
+// usually the lowest, under those added in transit (lists, forwarders), and it is the one
+// DMARC needs; a message stuffed with aligned junk only hides its own From domain's result.
+std::vector<size_t> chooseSignatures(std::string_view message, const std::vector<std::string_view>& raws,
+                                     size_t limit) {
+  std::vector<size_t> chosen;
+  if (raws.size() <= limit) {
+    for (size_t i = 0; i < raws.size(); ++i) chosen.push_back(i);
+    return chosen;
+  }
+  std::string error;
+  auto from = dmarc::fromDomains(message, error);
+  std::vector<bool> taken(raws.size(), false);
+  for (size_t i = 0; i < raws.size() && chosen.size() < limit; ++i) {
+    std::string d = signatureDomain(raws[i]);
+    if (d.empty() || !validDomain(d)) continue;
+    if (std::any_of(from.begin(), from.end(), [&](const std::string& f) { return dmarc::aligned(d, f, false); })) {
+      taken[i] = true;
+      chosen.push_back(i);
     }
-    auto tags = parseTagList(h.raw.substr(h.raw.find(':') + 1));
+  }
+  for (size_t i = 0; i < raws.size() && chosen.size() < limit; ++i)
+    if (!taken[i]) chosen.push_back(i);
+  std::sort(chosen.begin(), chosen.end());
+  return chosen;
+}
+
+std::vector<Entry> readSignatures(std::string_view message, const VerifyOptions& options) {
+  std::vector<std::string_view> raws;
+  for (const auto& h : splitMessage(message).headers)
+    if (iequals(h.name, "DKIM-Signature")) raws.push_back(h.raw);
+  std::vector<Entry> out;
+  for (size_t i : chooseSignatures(message, raws, options.maxSignatures)) {
+    std::string_view raw = raws[i];
+    Entry e;
+    auto tags = parseTagList(raw.substr(raw.find(':') + 1));
     if (!tags) {
       decide(e, "permerror", "malformed signature tag-list");
       out.push_back(std::move(e));
@@ -70,6 +106,12 @@ std::vector<Entry> readSignatures(std::string_view message, const VerifyOptions&
     e.out.algorithm = lower(tag("a"));
     e.bValue = tag("b");
     e.out.bPrefix = e.bValue.substr(0, 8);
+    std::string canon = lower(tag("c"));  // header/body; no "/": the body is simple
+    size_t slash = canon.find('/');
+    e.relaxedBody = slash != std::string::npos && canon.substr(slash + 1) == "relaxed";
+    std::string length = tag("l");
+    if (!length.empty() && length.size() <= 18 && length.find_first_not_of("0123456789") == std::string::npos)
+      e.bodyLength = std::stoll(length);
     std::string expiry = tag("x");
     if (tag("v") != "1") decide(e, "permerror", "missing or unsupported v= (RFC 6376 requires v=1)");
     else if (!validDomain(e.out.domain)) decide(e, "permerror", "invalid d= domain");
@@ -80,6 +122,12 @@ std::vector<Entry> readSignatures(std::string_view message, const VerifyOptions&
     else if (e.out.algorithm != "rsa-sha256" && e.out.algorithm != "ed25519-sha256")
       decide(e, "permerror", "unsupported algorithm a=" + e.out.algorithm);
     else e.keyName = lower(e.out.selector) + "._domainkey." + lower(e.out.domain);
+    out.push_back(std::move(e));
+  }
+  if (raws.size() > options.maxSignatures) {
+    // One marker for all the rest keeps the output bounded too.
+    Entry e;
+    decide(e, "neutral", "more than " + std::to_string(options.maxSignatures) + " signatures; the rest not checked");
     out.push_back(std::move(e));
   }
   return out;
@@ -117,6 +165,28 @@ std::string normalizeKeyRecord(const std::string& record) {
   return rebuilt;
 }
 
+// Several TXT records at one name: the first that carries a key (RFC 6376 3.6.2.2).
+const std::string& keyRecord(const KeyAnswer& answer) {
+  for (const auto& t : answer.txt) {
+    auto tags = parseTagList(t);
+    if (tags && findTag(*tags, "p")) return t;
+  }
+  return answer.txt.front();
+}
+
+// RFC 6376 6.1.2: a key whose k= (default rsa, 3.6.1) is not the a= algorithm's key type is
+// PERMFAIL "inappropriate key algorithm". libopendkim reads the p= data by a= alone, so an
+// RSA key published as k=ed25519 would verify an rsa-sha256 signature. Empty when suitable.
+std::string keyTypeMismatch(const std::string& algorithm, const std::string& record) {
+  auto tags = parseTagList(record);
+  if (!tags) return {};  // libopendkim reports the syntax error
+  const std::string* k = findTag(*tags, "k");
+  std::string type = k ? lower(stripWhitespace(*k)) : "rsa";
+  std::string wanted = algorithm.substr(0, algorithm.find('-'));  // rsa-sha256 -> rsa
+  if (type == wanted) return {};
+  return "inappropriate key algorithm: key k=" + type + " for a=" + algorithm + " (RFC 6376 6.1.2)";
+}
+
 struct Job {
   const KeyMap* keys = nullptr;
   std::vector<Entry>* entries = nullptr;
@@ -152,16 +222,7 @@ DKIM_CBSTAT keyLookup(DKIM* dkim, DKIM_SIGINFO* sig, u_char* buf, size_t buflen)
   // Temporary failures were decided (temperror) before libopendkim ran; anything
   // unexpected here is "no key" rather than a silent pass.
   if (!answer || answer->status != mta::dns::Status::Ok || answer->txt.empty()) return DKIM_CBSTAT_NOTFOUND;
-  // Several TXT records at one name: use the first that carries a key (RFC 6376 3.6.2.2).
-  const std::string* chosen = &answer->txt.front();
-  for (const auto& t : answer->txt) {
-    auto tags = parseTagList(t);
-    if (tags && findTag(*tags, "p")) {
-      chosen = &t;
-      break;
-    }
-  }
-  std::string record = normalizeKeyRecord(*chosen);
+  std::string record = normalizeKeyRecord(keyRecord(*answer));
   if (record.size() + 1 > buflen) return DKIM_CBSTAT_ERROR;
   std::memcpy(buf, record.data(), record.size());
   buf[record.size()] = '\0';
@@ -208,7 +269,18 @@ const char* sigErrorResult(int err) {
   }
 }
 
-void classify(DKIM* dkim, Entry& e) {
+// Canonical body lengths, computed once per canonicalization for all signatures.
+struct BodyLengths {
+  std::string_view body;
+  int64_t simple = -1, relaxed = -1;
+  int64_t of(bool relaxedCanon) {
+    int64_t& n = relaxedCanon ? relaxed : simple;
+    if (n < 0) n = static_cast<int64_t>(canonicalBody(body, relaxedCanon).size());
+    return n;
+  }
+};
+
+void classify(DKIM* dkim, Entry& e, BodyLengths& lengths) {
   unsigned int flags = dkim_sig_getflags(e.sig);
   if (!(flags & DKIM_SIGFLAG_PROCESSED)) dkim_sig_process(dkim, e.sig);
   flags = dkim_sig_getflags(e.sig);
@@ -221,6 +293,16 @@ void classify(DKIM* dkim, Entry& e) {
     if (alg == DKIM_SIGN_RSASHA1) return decide(e, "permerror", "rsa-sha1 is not accepted (RFC 8301)");
     if (alg == DKIM_SIGN_RSASHA256 && dkim_sig_getkeysize(e.sig, &bits) == DKIM_STAT_OK && bits < 1024)
       return decide(e, "permerror", "RSA key of " + std::to_string(bits) + " bits is under 1024 (RFC 8301)");
+    // RFC 6376 8.2: with l= shorter than the body, anything after it is unsigned and may have
+    // been appended by anyone. The signature is good but not accepted: RFC 8601 2.7.1
+    // "policy", which DMARC does not count as a pass.
+    if (e.bodyLength >= 0) {
+      int64_t total = lengths.of(e.relaxedBody);
+      if (e.bodyLength < total)
+        return decide(
+            e, "policy",
+            "l= covers only " + std::to_string(e.bodyLength) + " of " + std::to_string(total) + " body octets");
+    }
     return decide(e, "pass", "");
   }
   if (bh == DKIM_SIGBH_MISMATCH) return decide(e, "fail", "body hash did not verify");
@@ -245,8 +327,9 @@ void runLibrary(DKIM_LIB* lib, std::string_view message, Job& job) {
   std::string body = completeBody(split.body);
   if (!body.empty()) dkim_body(dkim.get(), reinterpret_cast<u_char*>(body.data()), body.size());
   dkim_eom(dkim.get(), nullptr);
+  BodyLengths lengths{body};
   for (auto& e : *job.entries)
-    if (!e.decided && e.sig) classify(dkim.get(), e);
+    if (!e.decided && e.sig) classify(dkim.get(), e, lengths);
 }
 
 }  // namespace
@@ -268,6 +351,8 @@ std::vector<SigResult> verifyWithKeys(std::string_view message, const KeyMap& ke
     if (!a || a->status == mta::dns::Status::TempFail) decide(e, "temperror", "key lookup failed temporarily");
     else if (a->status != mta::dns::Status::Ok || a->txt.empty())
       decide(e, "permerror", "no key record for " + e.keyName);
+    else if (auto why = keyTypeMismatch(e.out.algorithm, keyRecord(*a)); !why.empty())
+      decide(e, "permerror", why);
   }
   bool any = std::any_of(entries.begin(), entries.end(), [](const Entry& e) { return !e.decided; });
   if (any) {

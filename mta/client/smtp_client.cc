@@ -8,11 +8,12 @@
 #include "mta/client/smtp_client.h"
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cstring>
 #include <utility>
-#include <cctype>
 
+#include "mta/runtime/data_lines.h"
 #include "mta/runtime/scan.h"
 
 namespace moat::mta::client {
@@ -68,104 +69,9 @@ std::string replyText(std::string_view s) {
 
 }  // namespace
 
-// Streams prefix + body with dot-stuffing and line-ending repair, carrying state across
-// pieces so a line split between two pieces is handled like any other. A line longer than
-// RFC 5321 §4.5.3.1.6 allows (1,000 octets with its CRLF) is broken with CRLF SPACE, as
-// Postfix's smtp_line_length_limit does: a next hop may refuse it whole, and the space
-// keeps a header field folded and does little harm to MIME bodies.
-struct SmtpClient::Body {
-  static constexpr size_t kMaxLine = 998;  // octets before the CRLF
-  std::string_view parts[2];
-  size_t part = 0, pos = 0;
-  size_t col = 0;  // octets of the current wire line so far
-  bool lineStart = true, prevCr = false, done = false;
-
-  // Appends up to `limit` input bytes' worth of wire bytes to `out`; true when finished
-  // (the terminating ".\r\n" is then included).
-  bool next(std::string& out, size_t limit) {
-    size_t taken = 0;
-    while (part < 2 && taken < limit) {
-      std::string_view p = parts[part];
-      size_t n = std::min(p.size() - pos, limit - taken);
-      size_t end = pos + n;
-      while (pos < end) {
-        // Inside a line, everything up to the next CR or LF goes out as it is, and so do
-        // the lines after it while each ends in CRLF and the next does not start with '.':
-        // copied in one piece instead of byte by byte (put() handles the rest).
-        if (!prevCr && !lineStart) {
-          const char* b = p.data() + pos;
-          size_t len = end - pos, k = 0;
-          for (;;) {
-            size_t br = findLineBreak(b + k, len - k);
-            if (col + br > kMaxLine) {  // up to the limit; put() breaks the line there
-              k += kMaxLine - col;
-              col = kMaxLine;
-              break;
-            }
-            k += br;
-            col += br;
-            if (k + 2 < len && b[k] == '\r' && b[k + 1] == '\n' && b[k + 2] != '.') {
-              k += 2;
-              col = 0;
-              continue;
-            }
-            break;
-          }
-          out.append(b, k);
-          pos += k;
-          if (pos == end) break;
-        }
-        put(out, p[pos++]);
-      }
-      taken += n;
-      if (pos == p.size()) {
-        ++part;
-        pos = 0;
-      }
-    }
-    if (part < 2) return false;
-    if (prevCr)
-      out += '\n';
-    else if (!lineStart)
-      out += "\r\n";
-    out += ".\r\n";
-    done = true;
-    return true;
-  }
-
-  void put(std::string& out, char c) {
-    bool wasCr = prevCr;
-    prevCr = false;
-    if (wasCr && c != '\n') {  // a bare CR ends the line
-      out += '\n';
-      lineStart = true;
-      col = 0;
-    }
-    if (c == '\r') {
-      out += '\r';
-      prevCr = true;
-      return;
-    }
-    if (c == '\n') {
-      if (!wasCr) out += '\r';
-      out += '\n';
-      lineStart = true;
-      col = 0;
-      return;
-    }
-    if (col >= kMaxLine) {
-      out += "\r\n ";
-      col = 1;
-    }
-    if (lineStart && c == '.') {
-      out += '.';
-      ++col;
-    }
-    out += c;
-    ++col;
-    lineStart = false;
-  }
-};
+// Streams prefix + body with dot-stuffing and line-ending repair (mta/runtime/data_lines.h,
+// shared with the DKIM signer, which signs the lines as this sends them).
+struct SmtpClient::Body : DataLines {};
 
 SmtpClient::SmtpClient(uv_loop_t* loop, Options opts) : loop_(loop), opts_(std::move(opts)), timer_(loop) {}
 

@@ -3,7 +3,9 @@ on loopback (tests/support/dns_server.py) is the daemon's only nameserver, clien
 with smtplib from 127.0.0.1, and the test's own SMTP sink receives what Moat relays, so
 the Authentication-Results Moat prepends and the DKIM-Signature it adds are read from the
 delivered bytes. DKIM keys are made at test time; signatures are made and checked with
-python3-dkim, an implementation independent of Moat's libopendkim."""
+python3-dkim, an implementation independent of Moat's libopendkim. Covered beyond the
+basics: l= (dkim=policy), k= against a=, the signature limit's order, and outbound
+signatures that survive the SMTP client's 998-octet line limit."""
 
 import os
 import re
@@ -74,6 +76,8 @@ class InboundAuthTest(unittest.TestCase):
         cls.dns = DnsServer({
             "sender.test": [{"TXT": "v=spf1 ip4:127.0.0.1 -all"}],
             "sel._domainkey.sender.test": [{"TXT": cls.sender_txt}],
+            # the same RSA key published as k=ed25519 (RFC 6376 6.1.2: unusable for rsa-sha256)
+            "edk._domainkey.sender.test": [{"TXT": cls.sender_txt.replace("k=rsa", "k=ed25519")}],
             "_dmarc.sender.test": [{"TXT": "v=DMARC1; p=reject"}],
             "bank.test": [{"TXT": "v=spf1 -all"}],
             "_dmarc.bank.test": [{"TXT": "v=DMARC1; p=reject"}],
@@ -133,6 +137,49 @@ class InboundAuthTest(unittest.TestCase):
         # the message itself arrives intact behind Moat's headers
         self.assertIn(signed.split(b"\r\n", 1)[0], data)
         self.assertTrue(data.endswith(b"hello\r\n"))
+
+    def sign_sender(self, raw, selector=b"sel", domain=b"sender.test", **kw):
+        with open(self.sender_key, "rb") as f:
+            private = f.read()
+        return dkim.sign(raw, selector, domain, private,
+                         include_headers=[b"from", b"to", b"subject", b"message-id"], **kw)
+
+    def test_l_tag_covering_part_of_the_body_is_policy_not_pass(self):
+        # RFC 6376 8.2: text appended after l= is unsigned; the signature must not make the
+        # forged part pass DMARC. MAIL FROM attacker.test: SPF passes but is not aligned.
+        raw = message("CEO <ceo@sender.test>", "l tag appended")
+        signed = self.sign_sender(raw, length=True) + raw + b"PLEASE WIRE $1M TO ACCOUNT 1234\r\n"
+        steps = transaction(self.moat, "x@attacker.test", "bob@example.test", signed)
+        self.assertEqual(steps["data"][0], 550, steps)
+        # With an aligned SPF pass the message is accepted, and the result says why DKIM did not count.
+        raw = message("CEO <ceo@sender.test>", "l tag shown")
+        signed = self.sign_sender(raw, length=True) + raw + b"appended\r\n"
+        steps = transaction(self.moat, "ceo@sender.test", "bob@example.test", signed)
+        self.assertEqual(steps["data"][0], 250, steps)
+        ar = own_auth_results(self.delivered("l tag shown"))
+        self.assertRegex(ar[0], r'\bdkim=policy reason="l= covers only \d+ of \d+ body octets" header\.d=sender\.test')
+        self.assertNotRegex(ar[0], r"\bdkim=pass\b")
+
+    def test_key_whose_k_is_not_the_signature_algorithm_is_permerror(self):
+        raw = message("CEO <ceo@sender.test>", "k mismatch")
+        steps = transaction(self.moat, "x@attacker.test", "bob@example.test", self.sign_sender(raw, b"edk") + raw)
+        self.assertEqual(steps["data"][0], 550, steps)
+        rej = self.moat.wait_log(event="reject", stage="data", **{"from": "x@attacker.test"})
+        self.assertIn("inappropriate key algorithm", str(rej.get("filters")))
+
+    def test_author_signature_below_the_signature_limit_is_checked(self):
+        # Nine signatures added in transit above the author's (the default limit is 8): the
+        # one aligned with From is checked first, so DMARC passes.
+        raw = message("CEO <ceo@sender.test>", "many signatures")
+        signed = self.sign_sender(raw) + raw
+        for _ in range(9):
+            signed = self.sign_sender(signed, domain=b"attacker.test") + signed
+        steps = transaction(self.moat, "x@attacker.test", "bob@example.test", signed)
+        self.assertEqual(steps["data"][0], 250, steps)
+        ar = own_auth_results(self.delivered("many signatures"))
+        self.assertRegex(ar[0], r"\bdkim=pass header\.d=sender\.test\b")
+        self.assertRegex(ar[0], r'\bdkim=neutral reason="more than 8 signatures')
+        self.assertRegex(ar[0], r"\bdmarc=pass\b")
 
     def test_forged_from_of_p_reject_domain_is_refused_at_data(self):
         raw = message("CEO <ceo@bank.test>", "forged bank")
@@ -288,12 +335,62 @@ class OutboundSigningTest(unittest.TestCase):
             cls.sink.stop()
             shutil.rmtree(cls.tmp, ignore_errors=True)
 
+    def delivered(self, subject):
+        def find():
+            for m in list(self.sink.messages):
+                if ("Subject: " + subject + "\r\n").encode() in m["data"]:
+                    return m
+            return None
+        return wait_for(find, 30, what=f"message {subject!r} at the sink")["data"]
+
+    def assert_both_verify(self, data):
+        sigs = header_values(data, "DKIM-Signature")
+        self.assertEqual(len(sigs), 2, data[:3000])
+        dnsfunc = txt_lookup({"s1._domainkey.example.test": self.rsa_txt,
+                              "s2._domainkey.example.test": self.ed_txt})
+        d = dkim.DKIM(data)
+        for idx in range(2):
+            self.assertTrue(verifies(d, idx, dnsfunc), f"signature {idx} does not verify: {sigs[idx][:200]}")
+
+    def test_from_with_a_comment_is_signed(self):
+        raw = (b"From: someone@example.test (Someone Example)\r\nTo: friend@far.test\r\nSubject: comment from\r\n"
+               b"Message-ID: <comment-1@example.test>\r\n\r\nbody\r\n")
+        steps = transaction(self.moat, "someone@example.test", "friend@far.test", raw)
+        self.assertEqual(steps["data"][0], 250, steps)
+        self.assert_both_verify(self.delivered("comment from"))
+
+    def test_long_body_line_signature_survives_delivery(self):
+        # Generated HTML on one line: the SMTP client breaks it at 998 octets, and the
+        # signature covers the broken form.
+        html = b"<html><body>" + b"".join(b'<td class="c">cell %d</td>' % i for i in range(150)) + b"</body></html>"
+        self.assertGreater(len(html), 998)
+        raw = (b"From: someone@example.test\r\nTo: friend@far.test\r\nSubject: long body line\r\n"
+               b"MIME-Version: 1.0\r\nContent-Type: text/html\r\n\r\n" + html + b"\r\n")
+        steps = transaction(self.moat, "someone@example.test", "friend@far.test", raw)
+        self.assertEqual(steps["data"][0], 250, steps)
+        data = self.delivered("long body line")
+        self.assertLessEqual(max(len(line) for line in data.split(b"\r\n")), 998)
+        self.assert_both_verify(data)
+
+    def test_signature_over_many_header_fields_is_folded(self):
+        cc = b"".join(b"Cc: c%d@far.test\r\n" % i for i in range(305))
+        raw = (b"From: someone@example.test\r\nTo: friend@far.test\r\nSubject: many headers\r\n" + cc +
+               b"\r\nbody\r\n")
+        steps = transaction(self.moat, "someone@example.test", "friend@far.test", raw)
+        self.assertEqual(steps["data"][0], 250, steps)
+        data = self.delivered("many headers")
+        head = data.split(b"\r\n\r\n", 1)[0]
+        start = head.lower().index(b"dkim-signature:")
+        sig_lines = head[start:].split(b"\r\nCc:")[0].split(b"\r\n")
+        self.assertLessEqual(max(len(line) for line in sig_lines), 80, sig_lines[:3])
+        self.assert_both_verify(data)
+
     def test_outbound_message_is_signed_rsa_and_ed25519(self):
         raw = (b"From: Someone <someone@example.test>\r\nTo: friend@far.test\r\nSubject: outbound signed\r\n"
                b"Message-ID: <outbound-1@example.test>\r\n\r\nbody line\r\n\r\n")
         steps = transaction(self.moat, "someone@example.test", "friend@far.test", raw)
         self.assertEqual(steps["data"][0], 250, steps)
-        data = self.sink.wait_messages(1)[0]["data"]
+        data = self.delivered("outbound signed")
         sigs = header_values(data, "DKIM-Signature")
         self.assertEqual(len(sigs), 2, data[:3000])
         tags = [dict((k.strip(), v.strip()) for k, _, v in (t.partition("=") for t in s.split(";") if "=" in t))

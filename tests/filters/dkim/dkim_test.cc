@@ -2,7 +2,9 @@
 // independent implementation: dkimpy (Debian python3-dkim) verifies what Moat signs and
 // Moat verifies what dkimpy signs, for rsa-sha256 and ed25519-sha256. Also: keygen round
 // trip, tampering, DNS temporary failure, RFC 8301 weak keys and rsa-sha1, the two filters
-// and their config errors (FILE:LINE). Keys are made by the test; DNS is in memory.
+// and their config errors (FILE:LINE); signing for the From domain behind comments, over
+// lines the SMTP client breaks, with a long h=; l= (policy), the signature limit's order and
+// k= against a=. Keys are made by the test; DNS is in memory.
 #include "filters/dkim/dkim.h"
 
 #include <openssl/evp.h>
@@ -19,6 +21,7 @@
 #include <sstream>
 
 #include "filters/dkim/internal.h"
+#include "mta/runtime/data_lines.h"
 #include "mta/runtime/uv.h"
 #include "policy/config.h"
 #include "tests/filters/dkim/memory_resolver.h"
@@ -93,7 +96,8 @@ else:
     key = open(sys.argv[3], 'rb').read().strip()
     sel, dom, alg = sys.argv[4].encode(), sys.argv[5].encode(), sys.argv[6].encode()
     sig = dkim.sign(msg, sel, dom, key, canonicalize=(b'relaxed', b'relaxed'), signature_algorithm=alg,
-                    include_headers=[b'from', b'to', b'subject', b'date', b'message-id'])
+                    include_headers=[b'from', b'to', b'subject', b'date', b'message-id'],
+                    length=len(sys.argv) > 7 and sys.argv[7] == 'length')
     sys.stdout.buffer.write(sig)
 )PY";
 
@@ -160,6 +164,21 @@ std::string signedWith(const SignKey& key, const std::string& message) {
   return "DKIM-Signature: " + *value + "\r\n" + message;
 }
 
+// A header field unfolded (RFC 5322 2.2.3): each CRLF and the WSP after it become one space.
+std::string unfolded(std::string_view field) {
+  std::string out;
+  for (size_t i = 0; i < field.size(); ++i) {
+    if (field.compare(i, 2, "\r\n") == 0) {
+      i += 1;
+      while (i + 1 < field.size() && (field[i + 1] == ' ' || field[i + 1] == '\t')) ++i;
+      out.push_back(' ');
+      continue;
+    }
+    out.push_back(field[i]);
+  }
+  return out;
+}
+
 // An RSA key of `bits` (below what Moat's keygen makes), as PEM, and its TXT record.
 std::pair<std::string, std::string> rsaKey(unsigned bits) {
   filters::dkim::detail::PkeyPtr key(EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", static_cast<size_t>(bits)));
@@ -218,7 +237,7 @@ TEST_CASE("From is oversigned: a second From added after signing fails") {
   TempDir dir;
   auto k = makeKey(dir, "rsa", "over");
   std::string msg = signedWith(k.key, kMessage);
-  std::string value = msg.substr(0, msg.find("\r\n"));
+  std::string value = unfolded(msg.substr(0, msg.find("\r\nFrom:")));
   std::string h = value.substr(value.find(" h=") + 3);
   h = filters::dkim::detail::lower(h.substr(0, h.find(';')));
   CHECK(h.find("from:") != std::string::npos);
@@ -559,4 +578,224 @@ algorithm = "rsa-sha256"
   CHECK(all.find("moat.toml:19:") != std::string::npos);  // bad.key
   CHECK(all.find("moat.toml:24:") != std::string::npos);  // ed25519 key for rsa-sha256
   CHECK(errors.all().size() == 4);
+}
+
+namespace {
+
+std::shared_ptr<const filters::Filter> signFilter(const TempDir& dir, const std::string& entries) {
+  std::string cfgFile = dir.file("moat.toml", baseConfig(entries));
+  policy::Errors errors;
+  auto config = policy::loadConfig(cfgFile, errors);
+  INFO(errors.str());
+  REQUIRE(config);
+  auto sign = filters::dkim::makeDkimSignFilter(*config, errors);
+  REQUIRE_FALSE(errors.hasErrors());
+  return sign;
+}
+
+// What the next hop receives: Moat's added headers, then the stored message with its edits,
+// through the SMTP client's line rules (mta/runtime/data_lines.h).
+std::string deliveredBy(const filters::Result& r, std::string_view message, const std::vector<filters::Edit>& earlier) {
+  std::string prefix;
+  for (const auto& h : r.headers) prefix += h.name + ": " + h.value + "\r\n";
+  std::vector<filters::Edit> all = earlier;
+  for (const auto& e : r.edits) REQUIRE(filters::addEdit(all, e, message.size()));
+  return mta::asDelivered(prefix + filters::applyEdits(message, all));
+}
+
+size_t longestLine(std::string_view m) {
+  size_t longest = 0, pos = 0;
+  while (pos <= m.size()) {
+    size_t nl = m.find("\r\n", pos);
+    size_t end = nl == std::string_view::npos ? m.size() : nl;
+    longest = std::max(longest, end - pos);
+    if (nl == std::string_view::npos) break;
+    pos = nl + 2;
+  }
+  return longest;
+}
+
+}  // namespace
+
+TEST_CASE("sign filter signs for the From domain behind a comment, a quoted name or a second author") {
+  TempDir dir;
+  auto ed = makeKey(dir, "ed25519", "e1");
+  auto sign = signFilter(dir, R"(
+[[dkim.sign]]
+domain = "example.test"
+selector = "e1"
+key_file = "e1.key"
+
+[[dkim.sign]]
+domain = "other.test"
+selector = "e1"
+key_file = "e1.key"
+)");
+  mta::uv::Loop loop;
+  test::MemoryResolver resolver(loop.get());
+  resolver.addTxt("e1._domainkey.example.test", ed.txt);
+  resolver.addTxt("e1._domainkey.other.test", ed.txt);
+  struct Case {
+    std::string from;
+    std::vector<std::string> domains;
+  };
+  const Case cases[] = {
+      {"From: alice@example.test (Alice Example)", {"example.test"}},
+      {"From: alice@EXAMPLE.test (Alice)\r\n (folded comment)", {"example.test"}},
+      {"From: \"Doe, John <j@evil.test>\" <alice@example.test>", {"example.test"}},
+      {"From: Team: alice@example.test, bob@other.test;", {"example.test", "other.test"}},
+  };
+  for (const auto& c : cases) {
+    INFO(c.from);
+    auto msg = std::make_shared<std::string>(c.from + "\r\nTo: x@far.test\r\nSubject: s\r\n\r\nbody\r\n");
+    auto ctx = std::make_shared<filters::MessageContext>();
+    ctx->message = *msg;
+    ctx->fromRelayNetwork = true;
+    auto out = runFilter(*sign, ctx, &resolver, loop.get());
+    REQUIRE(out.headers.size() == c.domains.size());
+    std::string delivered = deliveredBy(out, *msg, {});
+    auto r =
+        verifyMoat(delivered, {{{"e1._domainkey.example.test", ed.txt}, {"e1._domainkey.other.test", ed.txt}}, {}});
+    REQUIRE(r.size() == c.domains.size());
+    for (size_t i = 0; i < r.size(); ++i) {
+      CHECK(r[i].result == "pass");
+      CHECK(std::find(c.domains.begin(), c.domains.end(), r[i].domain) != c.domains.end());
+    }
+  }
+}
+
+TEST_CASE("lines over 998 octets are signed as the SMTP client sends them and stored that way") {
+  TempDir dir;
+  auto rsa = makeKey(dir, "rsa", "r1");
+  auto ed = makeKey(dir, "ed25519", "e1");
+  auto sign = signFilter(dir, R"(
+[[dkim.sign]]
+domain = "example.test"
+selector = "r1"
+key_file = "r1.key"
+
+[[dkim.sign]]
+domain = "example.test"
+selector = "e1"
+key_file = "e1.key"
+)");
+  mta::uv::Loop loop;
+  test::MemoryResolver resolver(loop.get());
+  std::string html = "<html><body>";
+  for (int i = 0; i < 150; ++i) html += "<td class=\"c\">cell " + std::to_string(i) + "</td>";
+  html += "</body></html>";
+  auto msg =
+      std::make_shared<std::string>("From: alice@example.test\r\nTo: x@far.test\r\nSubject: " + std::string(1200, 's') +
+                                    "\r\nMIME-Version: 1.0\r\nContent-Type: text/html\r\n\r\n" + html + "\r\n." +
+                                    std::string(997, 'd') + "\r\nshort\r\n" + std::string(998, 'e') + "\r\n");
+  REQUIRE(longestLine(*msg) > 998);
+  // An earlier filter's edit (a Subject prefix): the line breaks are placed around it.
+  filters::Edit prefix;
+  prefix.offset = msg->find("Subject: ") + 9;
+  prefix.replacement = "[SPAM] ";
+  auto ctx = std::make_shared<filters::MessageContext>();
+  ctx->message = *msg;
+  ctx->fromRelayNetwork = true;
+  ctx->edits = {prefix};
+  auto out = runFilter(*sign, ctx, &resolver, loop.get());
+  REQUIRE(out.headers.size() == 2);
+  CHECK_FALSE(out.edits.empty());  // the stored message gets the breaks itself
+  std::vector<filters::Edit> all = ctx->edits;
+  for (const auto& e : out.edits) REQUIRE(filters::addEdit(all, e, msg->size()));
+  std::string stored = filters::applyEdits(*msg, all);
+  CHECK(longestLine(stored) <= 998);
+  CHECK(mta::asDelivered(stored) == stored);  // nothing left for the SMTP client to change
+  CHECK(stored.find("[SPAM] ssss") != std::string::npos);
+  // Each signature as the next hop receives it, checked by dkimpy and by Moat.
+  for (size_t i = 0; i < 2; ++i) {
+    filters::Result one;
+    one.headers = {out.headers[i]};
+    std::string delivered = deliveredBy(one, *msg, all);
+    const auto& txt = out.headers[i].value.find("a=rsa-sha256") != std::string::npos ? rsa.txt : ed.txt;
+    std::string py = runPython(dir, "verify '" + dir.file("m.eml", delivered) + "' '" + dir.file("k.txt", txt) + "'");
+    INFO(out.headers[i].value << "\n" << py);
+    CHECK(py == "pass\n");
+    auto r =
+        verifyMoat(delivered, {{{"r1._domainkey.example.test", rsa.txt}, {"e1._domainkey.example.test", ed.txt}}, {}});
+    REQUIRE(r.size() == 1);
+    CHECK(r[0].result == "pass");
+  }
+}
+
+TEST_CASE("the DKIM-Signature is folded: a long h= list survives the SMTP client's line limit") {
+  TempDir dir;
+  std::string cc;
+  for (int i = 0; i < 320; ++i) cc += "Cc: c" + std::to_string(i) + "@far.test\r\n";
+  std::string msg = "From: alice@example.test\r\nTo: x@far.test\r\nSubject: many\r\n" + cc + "\r\nbody\r\n";
+  for (std::string type : {"rsa", "ed25519"}) {
+    auto k = makeKey(dir, type, "f" + type);
+    std::string signedMsg = signedWith(k.key, msg);
+    std::string header = signedMsg.substr(0, signedMsg.find("\r\nFrom:"));
+    INFO(type << "\n" << header.substr(0, 400));
+    CHECK(header.size() > 998);
+    CHECK(longestLine(header) <= 80);
+    CHECK(mta::asDelivered(signedMsg) == signedMsg);
+    std::string py = runPython(dir, "verify '" + dir.file("m.eml", signedMsg) + "' '" + dir.file("k.txt", k.txt) + "'");
+    CHECK(py == "pass\n");
+    auto r = verifyMoat(signedMsg, {{{"f" + type + "._domainkey.example.test", k.txt}}, {}});
+    REQUIRE(r.size() == 1);
+    CHECK(r[0].result == "pass");
+  }
+}
+
+TEST_CASE("l= shorter than the body is dkim=policy, never pass (RFC 6376 8.2)") {
+  TempDir dir;
+  auto k = makeKey(dir, "rsa", "len");
+  std::string sig = runPython(
+      dir, "sign '" + dir.file("m.eml", kMessage) + "' '" + dir.path + "/len.key' len example.test rsa-sha256 length");
+  REQUIRE(sig.find("l=") != std::string::npos);
+  Dns dns{{{"len._domainkey.example.test", k.txt}}, {}};
+  auto r = verifyMoat(sig + kMessage, dns);  // l= covers the whole body
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].result == "pass");
+  r = verifyMoat(sig + kMessage + "PLEASE WIRE $1M TO ACCOUNT 1234\r\n", dns);
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].result == "policy");
+  CHECK(r[0].reason.find("l= covers only") != std::string::npos);
+  CHECK(r[0].reason.find(" of ") != std::string::npos);
+}
+
+TEST_CASE("more signatures than max_signatures: those aligned with From are checked first") {
+  TempDir dir;
+  auto own = makeKey(dir, "ed25519", "own");
+  auto other = makeKey(dir, "ed25519", "list");
+  other.key.domain = "lists.example.org";
+  std::string msg = signedWith(own.key, kMessage);               // the author's, lowest
+  for (int i = 0; i < 9; ++i) msg = signedWith(other.key, msg);  // added in transit, above it
+  Dns dns{{{"own._domainkey.example.test", own.txt}, {"list._domainkey.lists.example.org", other.txt}}, {}};
+  auto r = verifyMoat(msg, dns);
+  REQUIRE(r.size() == 9);  // 8 checked and one marker
+  CHECK(r[8].result == "neutral");
+  CHECK(std::any_of(r.begin(), r.end(),
+                    [](const SigResult& s) { return s.domain == "example.test" && s.result == "pass"; }));
+  CHECK(std::count_if(r.begin(), r.end(), [](const SigResult& s) { return s.domain == "lists.example.org"; }) == 7);
+}
+
+TEST_CASE("a key whose k= is not the a= key type is permerror (RFC 6376 6.1.2)") {
+  TempDir dir;
+  auto rsa = makeKey(dir, "rsa", "km");
+  std::string txt = rsa.txt;
+  txt.replace(txt.find("k=rsa"), 5, "k=ed25519");
+  auto r = verifyMoat(signedWith(rsa.key, kMessage), {{{"km._domainkey.example.test", txt}}, {}});
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].result == "permerror");
+  CHECK(r[0].reason.find("inappropriate key algorithm") != std::string::npos);
+
+  auto ed = makeKey(dir, "ed25519", "ke");
+  txt = ed.txt;
+  txt.replace(txt.find("k=ed25519"), 9, "k=rsa");
+  r = verifyMoat(signedWith(ed.key, kMessage), {{{"ke._domainkey.example.test", txt}}, {}});
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].result == "permerror");
+  // No k= means rsa (RFC 6376 3.6.1): an RSA key without it still verifies.
+  txt = rsa.txt;
+  txt.replace(txt.find("k=rsa; "), 7, "");
+  r = verifyMoat(signedWith(rsa.key, kMessage), {{{"km._domainkey.example.test", txt}}, {}});
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].result == "pass");
 }
