@@ -15,13 +15,16 @@ bool withinDomain(const std::string& name, const std::string& domain) {
          n[n.size() - domain.size() - 1] == '.';
 }
 
-// An A-R comment from untrusted text: no parentheses, backslashes or control characters.
+// An A-R comment. Evaluation::reason holds only fixed wording and checked domain names;
+// this is the second line of defence: nothing that could end the comment, start a resinfo
+// of its own (";" for readers that split naively), or make the header 8-bit.
 std::string commentText(const std::string& text) {
   std::string out;
   for (char c : text) {
     if (out.size() >= 120) break;
     auto u = static_cast<unsigned char>(c);
-    if (c == '(' || c == ')' || c == '\\' || u < 0x20 || u == 0x7f) out += ' ';
+    if (c == '(' || c == ')' || c == '\\' || c == ';' || c == '"' || u < 0x20 || u >= 0x7f)
+      out += ' ';
     else out += c;
   }
   return out;
@@ -79,6 +82,7 @@ FilterConfig readConfig(const policy::Config& config, policy::Errors& errors) {
   c.rejectAction = s.getEnum("reject_action", "reject", {"reject", "quarantine", "tag"});
   c.quarantineAction = s.getEnum("quarantine_action", "quarantine", {"quarantine", "tag"});
   c.temperror = s.getEnum("temperror", "tempfail", {"tempfail", "tag"});
+  c.malformedFrom = s.getEnum("malformed_from", "reject", {"reject", "quarantine", "tag"});
   for (const auto& entry : s.getStringArray("trusted_forwarders")) {
     if (auto net = mta::Network::parse(entry)) {
       c.forwarderNetworks.push_back(*net);
@@ -136,6 +140,8 @@ std::string authResult(const Evaluation& e, const std::string& dis, const std::s
     if (!reason.empty()) comment += " reason=" + reason;
   } else if (!e.reason.empty()) {
     comment = commentText(e.reason);
+    if (e.malformedFrom && dis != "none") comment += " dis=" + dis;
+    if (e.malformedFrom && !reason.empty()) comment += " reason=" + reason;
   }
   if (!comment.empty()) out += " (" + comment + ")";
   if (!e.fromDomain.empty()) out += " header.from=" + e.fromDomain;
@@ -146,19 +152,31 @@ std::string authResult(const Evaluation& e, const std::string& dis, const std::s
 Result act(const FilterConfig& config, MessageContext& ctx, const Evaluation& e) {
   std::string applied = "none";
   std::string reason;
-  bool enforce = e.result == "fail" && e.disposition != "none";
+  bool malformed = e.malformedFrom && config.malformedFrom != "tag";
+  bool enforce = (e.result == "fail" && e.disposition != "none") || malformed;
   if (enforce && isTrustedForwarder(config, ctx)) {
     applied = "override";
     reason = "trusted_forwarder";
+  } else if (malformed) {
+    applied = config.malformedFrom;
   } else if (enforce) {
     applied = e.disposition == "reject" ? config.rejectAction : config.quarantineAction;
+  } else if (e.malformedFrom) {
+    applied = "tag";
   } else if (e.result == "temperror") {
     applied = config.temperror;
   }
 
   Result r;
-  if (applied == "reject") {
+  if (applied == "reject" && e.malformedFrom) {
+    // e.reason is fixed wording (evaluate.cc): the client's From text is not echoed.
+    r = makeResult(Verdict::Reject, e.result, 550, "5.7.1",
+                   "Message rejected: malformed From header field, " + e.reason + " (RFC 5322 3.6, RFC 7489 6.6.1)");
+  } else if (applied == "reject") {
     r = makeResult(Verdict::Reject, e.result, 550, "5.7.1", "Message rejected: DMARC policy of " + replyDomain(e) + " (p=reject)");
+  } else if (applied == "quarantine" && e.malformedFrom) {
+    r = makeResult(Verdict::Quarantine, e.result);
+    r.quarantineReason = "DMARC " + e.result + ": malformed From header field, " + e.reason;
   } else if (applied == "quarantine") {
     r = makeResult(Verdict::Quarantine, e.result);
     r.quarantineReason = "DMARC " + e.result + " for " + replyDomain(e) + " (policy " + e.disposition + ")";
@@ -174,6 +192,8 @@ Result act(const FilterConfig& config, MessageContext& ctx, const Evaluation& e)
   if (!e.policy.empty()) r.detail.add("policy", e.policy);
   r.detail.add("applied", applied);
   if (!e.reason.empty()) r.detail.add("reason", e.reason);
+  if (!e.problem.empty()) r.detail.add("problem", e.problem);
+  if (e.malformedFrom) r.detail.add("malformed_from", true);
   if (e.pctSampledOut) r.detail.add("pct_sampled_out", true);
 
   ctx.dmarc.checked = true;

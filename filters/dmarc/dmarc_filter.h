@@ -8,6 +8,9 @@
 //   reject_action = "reject"            fail under p=reject: reject (550 5.7.1) | quarantine | tag
 //   quarantine_action = "quarantine"    fail under p=quarantine: quarantine | tag
 //   temperror = "tempfail"              DNS trouble finding the policy: tempfail (451 4.4.3) | tag
+//   malformed_from = "reject"           a From whose addresses have no usable domain, or with more
+//                                       than kMaxFromDomains domains: reject (550 5.7.1)
+//                                       | quarantine | tag
 //   trusted_forwarders = []             IP networks ("192.0.2.0/24") or domain names whose mail
 //                                       is reported but never acted on (mailing lists, forwarders)
 // Reply codes: DMARC reject is 550 5.7.1 (CONTRACT.md; RFC 7489 §6.7 suggests 5.7.1). A
@@ -18,14 +21,25 @@
 // client's verified reverse-DNS name, or an SPF pass for the MAIL FROM or HELO domain (the
 // name or a subdomain of it). A bare HELO never matches: the client picks it freely.
 // An override is reported as "reason=trusted_forwarder" (the RFC 7489 §7.2 override name).
+// Malformed From (evaluate.h): RFC 7489 §6.6.1 lets a receiver reject a From it cannot
+// use as malformed. Treating addresses whose domains cannot be checked (a domain that is
+// not a valid IDN, only literals, more domains than are evaluated) as "no policy" would
+// let a sender hide a forged author from DMARC behind text a mail client still displays,
+// so the default is to reject them; "tag" delivers with dmarc=permerror. A message with no
+// From field or no address in it names no domain to impersonate: dmarc=permerror and
+// delivered, whatever malformed_from says. Trusted forwarders are exempt.
 // Mail from relay.networks or from authenticated clients (outbound) is not checked.
 //
 // Authentication-Results resinfo (the form the conformance suite uses):
 //   dmarc=fail (p=reject dis=reject) header.from=example.test policy.dmarc=reject
+//   dmarc=permerror (no usable author domain in From dis=reject)
 // `dis` is what Moat did (none, quarantine, reject); policy.dmarc the policy that applied
 // to the From domain (p=, sp= or np=), only when a record was found.
-// Untrusted input: the message, the DNS answers. Logs: through the pipeline's `filter`
-// event (summary = the DMARC result; detail: from, policy, applied, reason, pct_sampled_out).
+// Untrusted input: the message, the DNS answers. Neither's text is copied into the
+// Authentication-Results comment or a reply (only fixed wording and checked domain names);
+// the offending text goes to the log. Logs: through the pipeline's `filter` event (summary
+// = the DMARC result; detail: from, policy, applied, reason, problem, malformed_from,
+// pct_sampled_out).
 #pragma once
 #include <memory>
 #include <string>
@@ -43,6 +57,7 @@ struct FilterConfig {
   std::string rejectAction = "reject";          // reject | quarantine | tag
   std::string quarantineAction = "quarantine";  // quarantine | tag
   std::string temperror = "tempfail";           // tempfail | tag
+  std::string malformedFrom = "reject";         // reject | quarantine | tag
   std::vector<mta::Network> forwarderNetworks;
   std::vector<std::string> forwarderDomains;  // normalized
 };

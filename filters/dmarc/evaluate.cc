@@ -69,16 +69,25 @@ class DomainCheck : public std::enable_shared_from_this<DomainCheck> {
     std::string error;
     ParseDetail detail;
     auto status = parseRecord(txt, ev_.record, error, detail);
-    if (status != ParseStatus::Ok) {
-      if (detail.otherTagInvalid) return finish("permerror", "bad DMARC record at _dmarc." + name + ": " + error);
-      if (!hasValidRua(ev_.record)) return finish("none", "DMARC record without a valid p= ignored: " + error);
-      // §6.6.3: act as if the record were "v=DMARC1; p=none" (reporting addresses kept).
+    // `error` quotes the publisher's text: it goes to the log only, never into a header.
+    if (status != ParseStatus::Ok) ev_.problem = "_dmarc." + name + ": " + error;
+    // Text that is not a tag-list at all ("v=DMARC1; p=none; reject"): nothing in it can be
+    // trusted to mean what the publisher intended.
+    if (detail.syntaxError) return finish("permerror", "DMARC record at _dmarc." + name + " is not a valid tag list");
+    if (detail.policyTagInvalid) {
+      // §6.6.3 step 6: a record without a valid p= (or with an invalid sp=) counts as
+      // "v=DMARC1; p=none" when it has a valid rua= URI, else no DMARC processing.
+      if (!hasValidRua(ev_.record)) return finish("none", "DMARC record without a valid p= ignored");
       Record fallback;
       fallback.p = "none";
       fallback.rua = ev_.record.rua;
       fallback.ruf = ev_.record.ruf;
       ev_.record = fallback;
     }
+    // Any other tag with an invalid value (pct=50.5, fo=2, ri=1d) is ignored and keeps its
+    // default, as an unknown tag is: §6.6.3 discards a record only for its p= and sp=, and
+    // DMARCbis says to ignore invalid tags. parseRecord() left those fields at their
+    // defaults; the valid p= still applies.
     if (!isOrg) return decide(ev_.record.p);
     if (ev_.record.np.empty() || ev_.record.np == ev_.record.effectiveSp()) return decide(ev_.record.effectiveSp());
     checkExists(0);
@@ -133,9 +142,15 @@ class DomainCheck : public std::enable_shared_from_this<DomainCheck> {
   Evaluation ev_;
 };
 
-// Several author domains: each evaluated, the strictest outcome kept.
+// Several author domains: each evaluated, the strictest outcome kept. Unusable mailboxes
+// beside them change nothing (they cannot carry a policy; the problem is logged). When
+// there were more domains than were evaluated, only a fail that the policy enforces can
+// stand: anything milder might be hiding a stricter domain among the rest, so the outcome
+// is a permerror with a malformed From instead.
 struct Join {
   std::vector<std::string> domains;
+  bool tooMany = false;
+  std::string problem;
   std::vector<Evaluation> results;
   size_t pending = 0;
   std::function<void(Evaluation)> done;
@@ -147,6 +162,14 @@ struct Join {
     for (size_t k = 1; k < results.size(); ++k)
       if (strictness(results[k]) > strictness(results[best])) best = k;
     Evaluation out = std::move(results[best]);
+    if (tooMany && !(out.result == "fail" && out.disposition != "none")) {
+      out = Evaluation{};
+      out.result = "permerror";
+      out.reason = "more than " + std::to_string(kMaxFromDomains) + " author domains in From";
+      out.malformedFrom = true;
+      out.disposition = "none";
+    }
+    if (!problem.empty()) out.problem = out.problem.empty() ? problem : problem + "; " + out.problem;
     out.fromDomains = domains;
     auto d = std::move(done);
     d(std::move(out));
@@ -180,24 +203,32 @@ void evaluateDomain(mta::dns::Resolver& resolver, std::string_view fromDomain, c
 
 void evaluate(mta::dns::Resolver& resolver, std::string_view message, const SpfOutcome& spf,
               const std::vector<DkimOutcome>& dkim, std::function<void(Evaluation)> done, PctDraw draw) {
-  std::string error;
-  auto domains = fromDomains(message, error);
-  if (!error.empty() || domains.empty()) {
+  auto authors = fromAuthors(message);
+  if (authors.domains.empty()) {
+    // RFC 7489 §6.6.1: no author domain to evaluate. Addresses whose domains are all
+    // unusable are not "no policy" either: a mail client may show a domain there that this
+    // parser cannot use, so the filter applies `malformed_from` (dmarc_filter.h). With no
+    // address at all, no domain is named and none can be impersonated: a plain permerror.
     Evaluation e;
     e.result = "permerror";
-    e.reason = error.empty() ? "no From domain" : error;
+    e.malformedFrom = authors.addressFound;
+    e.reason = !authors.fieldFound ? "no From header field"
+               : e.malformedFrom   ? "no usable author domain in From"
+                                   : "no address in From";
+    e.problem = authors.problem;
     e.disposition = "none";
-    e.fromDomains = domains;
-    if (domains.size() == 1) e.fromDomain = domains[0];
     return done(std::move(e));
   }
   auto join = std::make_shared<Join>();
-  join->domains = domains;
-  join->results.resize(domains.size());
-  join->pending = domains.size();
+  join->domains = authors.domains;
+  join->tooMany = authors.tooMany;
+  join->problem = authors.problem;
+  join->results.resize(authors.domains.size());
+  join->pending = authors.domains.size();
   join->done = std::move(done);
-  for (size_t i = 0; i < domains.size(); ++i)
-    evaluateDomain(resolver, domains[i], spf, dkim, [join, i](Evaluation e) { join->complete(i, std::move(e)); }, draw);
+  for (size_t i = 0; i < authors.domains.size(); ++i)
+    evaluateDomain(
+        resolver, authors.domains[i], spf, dkim, [join, i](Evaluation e) { join->complete(i, std::move(e)); }, draw);
 }
 
 }  // namespace moat::filters::dmarc

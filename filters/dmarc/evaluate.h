@@ -7,16 +7,23 @@
 // included) _dmarc.<organizational-domain>. TXT records not starting with v=DMARC1 are
 // discarded; several DMARC records at the name chosen → result none. A DNS TempFail at any
 // step → temperror (never none: DESIGN.md decision 3); a malformed name → permerror.
-// A record with a syntax error or a bad value → permerror, except a missing or invalid p=
-// (or invalid sp=): then a record with at least one valid rua= URI counts as p=none, and
-// one without is ignored (result none), per §6.6.3.
+// A missing or invalid p= (or invalid sp=): a record with at least one valid rua= URI
+// counts as p=none, one without is ignored (result none), per §6.6.3. Any other tag with
+// an invalid value (pct=50.5, fo=2, ri=1d) is ignored and keeps its default, as unknown
+// tags are (§6.6.3 discards a record only for p/sp; DMARCbis: ignore invalid tags). Text
+// that is not a tag-list at all (a piece without "=") → permerror.
 // Policy: p= when the record is the From domain's own; from the organizational domain's
 // record, np= (RFC 9091) for a From domain that does not exist (A, AAAA and MX all NXDOMAIN
 // or NODATA; a TempFail there counts as "exists"), otherwise sp= (default p=).
 // SPF: the SPF result given is the RFC5321.MailFrom check (for the null sender RFC 7208 §2.4
 // makes that the HELO domain); it counts when it is "pass" and its domain aligns.
 // DKIM: every signature with result "pass" whose d= aligns.
-// Several author domains: see from_header.h — each is evaluated, the strictest kept.
+// Author domains: see from_header.h. Each usable one is evaluated (at most kMaxFromDomains,
+// internationalized ones as A-labels, RFC 8616), and the strictest outcome is kept;
+// unusable mailboxes beside them cannot lower it. A From whose addresses have no usable
+// domain → permerror with `malformedFrom`; so is a From with more than kMaxFromDomains
+// domains, unless a domain evaluated fails with an enforced policy. No From field, or a
+// From without any address → permerror (no domain named: nothing to protect).
 // Nothing is logged here; the filter logs through the pipeline's `filter` event.
 #pragma once
 #include <functional>
@@ -41,8 +48,12 @@ struct Evaluation {
   std::string disposition;   // none quarantine reject: what the policy asks for this message (after pct)
   std::string recordDomain;  // the domain whose _dmarc record was used
   bool orgRecord = false;    // the record came from the Organizational Domain
-  std::string reason;        // why none / temperror / permerror (for logs and the A-R comment)
-  std::vector<std::string> fromDomains;  // every author domain found
+  std::string reason;        // why none / temperror / permerror: fixed text and checked names
+                             // only (it goes into the A-R comment), never the client's text
+  std::string problem;       // for logs only: the From text or record tag that was unusable
+  bool malformedFrom = false;            // permerror because the From field(s) had no usable author
+                                         // domain, or more than could be evaluated (§6.6.1)
+  std::vector<std::string> fromDomains;  // every author domain found (A-labels)
 };
 
 // Returns an integer in [0, 100); a fail is sampled in when the draw is < pct.

@@ -3,14 +3,13 @@
 
 #include <algorithm>
 #include <cctype>
+#include <string>
 
 #include "filters/dmarc/org_domain.h"
 
 namespace moat::filters::dmarc {
 
 namespace {
-
-constexpr size_t kMaxDomains = 16;  // bound on the author domains of one message
 
 bool iequalsPrefix(std::string_view line, std::string_view name) {
   if (line.size() < name.size()) return false;
@@ -55,7 +54,8 @@ std::vector<std::string> fromFields(std::string_view message) {
 }
 
 // Blanks out quoted strings and (nested) comments, so their commas and "@"s do not count.
-std::string blankQuotesAndComments(std::string_view v) {
+// `balanced` is false when a quoted string or comment is still open at the end.
+std::string blankQuotesAndComments(std::string_view v, bool& balanced) {
   std::string out(v);
   bool quoted = false;
   int depth = 0;
@@ -73,6 +73,7 @@ std::string blankQuotesAndComments(std::string_view v) {
     else if (!inside) continue;
     out[i] = ' ';
   }
+  balanced = !quoted && depth == 0;
   return out;
 }
 
@@ -81,61 +82,116 @@ bool domainChar(char c) {
   return std::isalnum(u) || c == '.' || c == '-' || c == '_' || u >= 0x80 || c == '[' || c == ']' || c == ':';
 }
 
-// The domain after the last "@" of one mailbox; "" if the mailbox has no "@".
-std::string mailboxDomain(std::string_view mailbox) {
-  auto at = mailbox.rfind('@');
-  if (at == std::string_view::npos) return "";
-  size_t end = at + 1;
-  while (end < mailbox.size() && domainChar(mailbox[end])) ++end;
-  return normalizeDomain(mailbox.substr(at + 1, end - at - 1));
+void note(FromAuthors& a, std::string problem) {
+  a.unusable = true;
+  if (a.problem.empty()) a.problem = std::move(problem);
 }
 
-}  // namespace
+void addDomain(FromAuthors& a, const std::string& domain) {
+  if (std::find(a.domains.begin(), a.domains.end(), domain) != a.domains.end()) return;
+  if (a.domains.size() == kMaxFromDomains) {
+    a.tooMany = true;
+    if (a.problem.empty()) a.problem = "more than " + std::to_string(kMaxFromDomains) + " From domains";
+    return;
+  }
+  a.domains.push_back(domain);
+}
 
-std::vector<std::string> fromValueDomains(std::string_view value, std::string& error) {
-  std::vector<std::string> out;
-  auto clean = blankQuotesAndComments(value);
+// The domain after the "@" at `at` (after optional whitespace: CFWS is allowed there, and
+// comments are blanked to spaces).
+void takeDomain(std::string_view text, size_t at, FromAuthors& out) {
+  size_t begin = at + 1;
+  while (begin < text.size() && (text[begin] == ' ' || text[begin] == '\t')) ++begin;
+  size_t end = begin;
+  while (end < text.size() && domainChar(text[end])) ++end;
+  auto raw = text.substr(begin, end - begin);
+  auto domain = normalizeDomain(raw);
+  if (validDomain(domain))
+    addDomain(out, domain);
+  else
+    note(out, "unusable From domain \"" + std::string(raw.substr(0, 80)) + "\"");
+}
+
+// A well-formed value: one mailbox per top-level comma piece, its domain after the piece's
+// last "@" (an obsolete route "<@relay:a@b>" has more). Pieces without "@" (an unquoted
+// "Doe, John <j@x>", a group's "name:") are skipped. Returns whether there was any "@".
+bool scanMailboxes(std::string_view clean, FromAuthors& out) {
   bool sawAt = false;
   size_t start = 0;
   for (size_t i = 0; i <= clean.size(); ++i) {
     if (i < clean.size() && clean[i] != ',') continue;
-    std::string_view mailbox(clean.data() + start, i - start);
+    auto piece = clean.substr(start, i - start);
+    auto at = piece.rfind('@');
+    if (at != std::string_view::npos) {
+      sawAt = true;
+      takeDomain(piece, at, out);
+    }
     start = i + 1;
-    if (mailbox.find('@') == std::string_view::npos) continue;
-    sawAt = true;
-    auto domain = mailboxDomain(mailbox);
-    if (!validDomain(domain)) {
-      error = "unusable From domain \"" + domain + "\"";
-      continue;
-    }
-    if (std::find(out.begin(), out.end(), domain) == out.end()) {
-      if (out.size() == kMaxDomains) {
-        error = "too many From domains";
-        break;
-      }
-      out.push_back(domain);
-    }
   }
-  if (!sawAt && error.empty()) {
-    auto shown = std::string(value.substr(0, 80));
-    error = "no address in From:" + shown;
+  return sawAt;
+}
+
+// Text that does not parse: every "@" starts a domain.
+bool scanEveryAt(std::string_view text, FromAuthors& out) {
+  bool sawAt = false;
+  for (size_t at = text.find('@'); at != std::string_view::npos; at = text.find('@', at + 1)) {
+    sawAt = true;
+    takeDomain(text, at, out);
+  }
+  return sawAt;
+}
+
+}  // namespace
+
+FromAuthors fromValueAuthors(std::string_view value) {
+  FromAuthors out;
+  out.fieldFound = true;
+  bool balanced = true;
+  auto clean = blankQuotesAndComments(value, balanced);
+  bool sawAt;
+  if (balanced) {
+    sawAt = scanMailboxes(clean, out);
+  } else {
+    // A mail client may show what follows an unclosed quote or comment as the address:
+    // read the raw text, so no domain in it escapes the check.
+    note(out, "unbalanced quote or comment in From");
+    sawAt = scanEveryAt(value, out);
+  }
+  out.addressFound = sawAt;
+  if (!sawAt) note(out, "no address in From:" + std::string(value.substr(0, 80)));
+  return out;
+}
+
+FromAuthors fromAuthors(std::string_view message) {
+  FromAuthors out;
+  for (const auto& field : fromFields(message)) {
+    std::string_view value;
+    if (!fromValue(field, value)) continue;
+    auto one = fromValueAuthors(value);
+    out.fieldFound = true;
+    out.addressFound = out.addressFound || one.addressFound;
+    out.unusable = out.unusable || one.unusable;
+    out.tooMany = out.tooMany || one.tooMany;
+    if (out.problem.empty()) out.problem = one.problem;
+    for (const auto& d : one.domains) addDomain(out, d);
+  }
+  if (!out.fieldFound) {
+    out.unusable = true;
+    out.problem = "no From header field";
   }
   return out;
 }
 
+std::vector<std::string> fromValueDomains(std::string_view value, std::string& error) {
+  auto a = fromValueAuthors(value);
+  error = a.problem;
+  return a.domains;
+}
+
 std::vector<std::string> fromDomains(std::string_view message, std::string& error) {
-  error.clear();
-  std::vector<std::string> out;
-  bool found = false;
-  for (const auto& field : fromFields(message)) {
-    std::string_view value;
-    if (!fromValue(field, value)) continue;
-    found = true;
-    for (auto& d : fromValueDomains(value, error))
-      if (std::find(out.begin(), out.end(), d) == out.end() && out.size() < kMaxDomains) out.push_back(d);
-  }
-  if (!found) error = "no From header field";
-  return out;
+  auto a = fromAuthors(message);
+  error = a.problem;
+  return a.domains;
 }
 
 }  // namespace moat::filters::dmarc

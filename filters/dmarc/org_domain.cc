@@ -1,9 +1,12 @@
 // filters/dmarc/org_domain.cc — see org_domain.h. RFC 7489 §3.2 via libpsl.
 #include "filters/dmarc/org_domain.h"
 
+#include <idn2.h>
 #include <libpsl.h>
 
+#include <algorithm>
 #include <cctype>
+#include <cstdlib>
 #include <memory>
 
 namespace moat::filters::dmarc {
@@ -24,12 +27,31 @@ const psl_ctx_t* psl() {
   return ctx;
 }
 
+struct IdnFree {
+  void operator()(char* p) const { idn2_free(p); }
+};
+
+// RFC 8616 §4: U-labels to A-labels. Non-transitional UTS #46 processing maps upper-case and
+// compatibility forms the way mail clients and registries do ("BÜCHER" and "bücher" are one
+// name); NFC_INPUT accepts decomposed input. false on anything libidn2 refuses.
+bool toALabels(const std::string& name, std::string& out) {
+  char* raw = nullptr;
+  int rc = idn2_to_ascii_8z(name.c_str(), &raw, IDN2_NONTRANSITIONAL | IDN2_NFC_INPUT);
+  std::unique_ptr<char, IdnFree> owned(raw);
+  if (rc != IDN2_OK || !owned) return false;
+  out = owned.get();
+  return true;
+}
+
 }  // namespace
 
 std::string normalizeDomain(std::string_view domain) {
   while (!domain.empty() && domain.front() == '.') domain.remove_prefix(1);
   while (!domain.empty() && domain.back() == '.') domain.remove_suffix(1);
   std::string out(domain);
+  bool eightBit = std::any_of(out.begin(), out.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
+  // A NUL would cut the C string libidn2 sees: such a name is junk anyway.
+  if (eightBit && (out.find('\0') != std::string::npos || !toALabels(out, out))) return "";
   for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return out;
 }
@@ -61,7 +83,7 @@ bool validDomain(std::string_view domain) {
       label = 0;
       continue;
     }
-    if (!(std::isalnum(c) || c == '-' || c == '_' || c >= 0x80)) return false;
+    if (!(std::isalnum(c) || c == '-' || c == '_')) return false;
     if (++label > 63) return false;
   }
   return label > 0;

@@ -177,8 +177,10 @@ ParseStatus parseRecord(std::string_view txt, Record& out, std::string& error, P
     auto piece = trim(pieces[i]);
     if (piece.empty()) continue;  // a trailing ";" (and, leniently, ";;")
     Tag tag;
-    bool ok = splitTag(piece, tag) && seen.insert(tag.name).second && applyTag(tag, out);
+    bool isTag = splitTag(piece, tag);
+    bool ok = isTag && seen.insert(tag.name).second && applyTag(tag, out);
     if (ok) continue;
+    if (!isTag) detail.syntaxError = true;
     if (tag.name.empty() || !isPolicyTag(tag.name)) detail.otherTagInvalid = true;
     else detail.policyTagInvalid = true;
     if (firstBad.empty()) firstBad = std::string(piece);

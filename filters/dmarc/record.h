@@ -47,6 +47,8 @@ ParseStatus parseRecord(std::string_view txt, Record& out, std::string& error);
 struct ParseDetail {
   bool policyTagInvalid = false;  // p= missing or invalid, or sp= invalid
   bool otherTagInvalid = false;   // any other syntax or value error
+  bool syntaxError = false;       // of those, a piece that is not a tag at all (no "=", a bad
+                                  // tag name): the record is not a tag-list (§6.4)
 };
 ParseStatus parseRecord(std::string_view txt, Record& out, std::string& error, ParseDetail& detail);
 

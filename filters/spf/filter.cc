@@ -55,10 +55,23 @@ std::string pairValue(std::string_view s, bool utf8, bool alwaysQuote = false) {
   return out + "\"";
 }
 
+// Text for a header comment: the checked domain is the client's choice (with a null
+// sender and no usable HELO check it is the raw HELO argument), so nothing in it may end
+// the comment or make the header 8-bit: parentheses, backslashes, control characters and
+// 8-bit bytes become '?'.
+std::string commentText(std::string_view s) {
+  std::string out;
+  for (char c : s.substr(0, 255)) {
+    auto u = static_cast<unsigned char>(c);
+    out += c == '(' || c == ')' || c == '\\' || u < 0x20 || u >= 0x7f ? '?' : c;
+  }
+  return out;
+}
+
 // §9.1 Received-SPF: result, a comment, then key=value pairs.
 Header receivedSpf(const SpfAnswer& a, const MessageContext& ctx, const std::string& host, bool helo) {
   std::string v(resultName(a.result));
-  v += " (" + host + ": domain of " + a.domain + ") client-ip=" + ctx.clientIp.str() + ";";
+  v += " (" + host + ": domain of " + commentText(a.domain) + ") client-ip=" + ctx.clientIp.str() + ";";
   // 8-bit in the sender is UTF-8 of an SMTPUTF8 transaction (the session refuses it otherwise).
   v += " envelope-from=" + pairValue(ctx.mailFrom, true, true) + ";";
   v += " helo=" + (ctx.helo.empty() ? std::string("unknown") : pairValue(ctx.helo, false)) + ";";
@@ -144,7 +157,10 @@ class SpfFilter : public Filter, public std::enable_shared_from_this<SpfFilter> 
       r = reply(action == "tag" ? Verdict::Tag : Verdict::Continue, 0, "", "", name);
     }
     r.summary = name;
-    std::string prop = helo ? "smtp.helo=" + pairValue(ctx.helo, false) : "smtp.mailfrom=" + a.domain;
+    // RFC 8601 §2.7.2 pvalues: a domain is a dot-atom as it is; an address literal
+    // ("[192.0.2.1]": brackets are not token characters) or a name with 8-bit bytes is
+    // quoted (8-bit in MAIL FROM means an SMTPUTF8 transaction, RFC 6532).
+    std::string prop = helo ? "smtp.helo=" + pairValue(ctx.helo, false) : "smtp.mailfrom=" + pairValue(a.domain, true);
     r.authResults.push_back("spf=" + name + " " + prop);
     r.headers.push_back(receivedSpf(a, ctx, host, helo));
     r.detail.add("spf_result", name);

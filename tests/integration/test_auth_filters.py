@@ -84,6 +84,13 @@ class InboundAuthTest(unittest.TestCase):
             "attacker.test": [{"TXT": "v=spf1 ip4:127.0.0.1 -all"}],
             "spffail.test": [{"TXT": "v=spf1 -all"}],
             "slow.test": ["TIMEOUT"],
+            # bücher.test (RFC 8616): DNS holds the A-label form only.
+            "xn--bcher-kva.test": [{"TXT": "v=spf1 -all"}],
+            "_dmarc.xn--bcher-kva.test": [{"TXT": "v=DMARC1; p=reject"}],
+            "sel._domainkey.xn--bcher-kva.test": [{"TXT": cls.sender_txt}],
+            # a bad secondary tag: the p=reject must still apply (RFC 7489 6.6.3)
+            "_dmarc.badtag.test": [{"TXT": "v=DMARC1; p=reject; pct=50.5"}],
+            "_dmarc.badfo.test": [{"TXT": "v=DMARC1; p=reject; fo=2; ri=1d"}],
         }, directory=cls.tmp)
         cls.sink = Sink()
         cls.metrics_port = free_port()
@@ -253,6 +260,154 @@ class InboundAuthTest(unittest.TestCase):
         first = own_auth_results(data)[0]
         self.assertRegex(first, r"\bspf=pass\b[^;]*smtp\.mailfrom=attacker\.test")
         self.assertNotIn("header.from=bank.test", first)
+
+
+    def refused(self, from_field, subject, mail_from="boss@attacker.test", options=()):
+        """Sends a message with this raw From field (bytes, may be several lines): the DATA
+        reply, after checking that nothing reached the sink."""
+        raw = (from_field + b"\r\nTo: bob@example.test\r\nSubject: " + subject.encode() +
+               b"\r\nMessage-ID: <" + subject.replace(" ", "-").encode() + b"@client.test>\r\n\r\nhello\r\n")
+        s = self.moat.smtp()
+        try:
+            s.ehlo()
+            self.assertEqual(s.mail(mail_from, list(options))[0], 250)
+            self.assertEqual(s.rcpt("bob@example.test")[0], 250)
+            try:
+                reply = s.data(raw)
+            except smtplib.SMTPDataError as e:
+                reply = (e.smtp_code, e.smtp_error)
+        finally:
+            s.quit()
+        return reply
+
+    def assert_not_delivered(self, subject):
+        time.sleep(0.3)
+        self.assertFalse([m for m in self.sink.messages if ("Subject: " + subject + "\r\n").encode() in m["data"]])
+
+    def test_junk_beside_a_forged_author_does_not_hide_it(self):
+        """Audit finding 1: one unusable address anywhere in From made DMARC a permerror and
+        the forged p=reject author beside it was delivered."""
+        many = b", ".join(b"a@d%d.attacker.test" % i for i in range(16))
+        variants = {
+            "empty domain": b"From: CEO <ceo@bank.test>, x@",
+            "address literal": b"From: CEO <ceo@bank.test>, postmaster@[127.0.0.1]",
+            "bad domain": b"From: CEO <ceo@bank.test>, x@bad..domain",
+            "second From without address": b"From: CEO <ceo@bank.test>\r\nFrom: undisclosed",
+            "second From empty group": b"From: CEO <ceo@bank.test>\r\nFrom: undisclosed-recipients:;",
+            "unbalanced quote": b'From: "CEO <ceo@bank.test>',
+            "bank first of 17 domains": b"From: ceo@bank.test, " + many,
+        }
+        for name, field in variants.items():
+            with self.subTest(name):
+                code, text = self.refused(field, "junk " + name)
+                self.assertEqual(code, 550, text)
+                self.assertEqual(text.decode(), "5.7.1 Message rejected: DMARC policy of bank.test (p=reject)")
+                self.assert_not_delivered("junk " + name)
+        # The forged author among more domains than are evaluated: malformed, refused too.
+        code, text = self.refused(b"From: " + many + b", ceo@bank.test", "junk bank last of 17")
+        self.assertEqual(code, 550, text)
+        self.assertIn("malformed From", text.decode())
+
+    def test_from_without_usable_author_domain_is_refused_as_malformed(self):
+        for name, field in {"only junk": b"From: x@, postmaster@[127.0.0.1]",
+                            "not an IDN": b"From: CEO <ceo@b\xe4nk.test>"}.items():
+            with self.subTest(name):
+                code, text = self.refused(field, "malformed " + name, options=("BODY=8BITMIME",))
+                self.assertEqual(code, 550, text)
+                self.assertTrue(text.decode().startswith("5.7.1 Message rejected: malformed From header field"), text)
+                self.assert_not_delivered("malformed " + name)
+        rej = self.moat.wait_log(event="reject", stage="data", **{"from": "boss@attacker.test"},
+                                 reply="550 5.7.1 Message rejected: malformed From header field, "
+                                       "no usable author domain in From (RFC 5322 3.6, RFC 7489 6.6.1)")
+        self.assertTrue(rej["filters"]["dmarc"]["malformed_from"], rej)
+
+    def test_from_naming_no_domain_is_delivered_and_its_text_stays_out_of_auth_results(self):
+        """No domain named, none to impersonate: delivered with dmarc=permerror, and the
+        client's From text is not copied into Moat's header (audit finding 9)."""
+        raw = message("undisclosed; dmarc=pass header.from=bank.test", "from text")
+        steps = transaction(self.moat, "x@attacker.test", "bob@example.test", raw)
+        self.assertEqual(steps["data"][0], 250, steps)
+        ar = own_auth_results(self.delivered("from text"))
+        self.assertEqual(len(ar), 1, ar)
+        self.assertIn("dmarc=permerror (no address in From)", ar[0])
+        self.assertNotIn("bank.test", ar[0])
+        self.assertNotIn("undisclosed", ar[0])
+
+    def test_internationalized_from_domain_uses_the_a_label_policy(self):
+        """Audit finding 2 (RFC 8616): ceo@bücher.test is looked up as xn--bcher-kva.test."""
+        u_from = "From: CEO <ceo@b\u00fccher.test>".encode()
+        code, text = self.refused(u_from, "idn forged", options=("SMTPUTF8", "BODY=8BITMIME"))
+        self.assertEqual(code, 550, text)
+        self.assertEqual(text.decode(), "5.7.1 Message rejected: DMARC policy of xn--bcher-kva.test (p=reject)")
+        self.assertIn("_dmarc.xn--bcher-kva.test TXT", self.dns.queries())
+        self.assert_not_delivered("idn forged")
+        # The domain's own mail, signed d=xn--bcher-kva.test, aligns with the U-label From.
+        raw = u_from + (b"\r\nTo: bob@example.test\r\nSubject: idn signed\r\nMessage-ID: <idn-signed@client.test>"
+                        b"\r\n\r\nhello\r\n")
+        with open(self.sender_key, "rb") as f:
+            private = f.read()
+        signed = dkim.sign(raw, b"sel", b"xn--bcher-kva.test", private,
+                           include_headers=[b"from", b"to", b"subject", b"message-id"]) + raw
+        s = self.moat.smtp()
+        try:
+            s.ehlo()
+            s.mail("boss@attacker.test", ["SMTPUTF8", "BODY=8BITMIME"])
+            s.rcpt("bob@example.test")
+            self.assertEqual(s.data(signed)[0], 250)
+        finally:
+            s.quit()
+        ar = own_auth_results(self.delivered("idn signed"))[0]
+        self.assertRegex(ar, r"\bdkim=pass\b[^;]*header\.d=xn--bcher-kva\.test")
+        self.assertRegex(ar, r"\bdmarc=pass\b[^;]*header\.from=xn--bcher-kva\.test")
+
+    def test_record_with_a_bad_secondary_tag_still_applies_p_reject(self):
+        """Audit finding 5: pct=50.5 (or fo=2, ri=1d) made the record a permerror."""
+        for domain in ("badtag.test", "badfo.test"):
+            with self.subTest(domain):
+                code, text = self.refused(f"From: x@{domain}".encode(), "badtag " + domain)
+                self.assertEqual(code, 550, text)
+                self.assertEqual(text.decode(), f"5.7.1 Message rejected: DMARC policy of {domain} (p=reject)")
+
+    def test_mail_from_address_literal_is_quoted_in_auth_results(self):
+        """Audit finding 9: brackets are not token characters (RFC 8601 2.2)."""
+        raw = message("Alice <alice@attacker.test>", "literal mailfrom")
+        steps = transaction(self.moat, "x@[127.0.0.1]", "bob@example.test", raw)
+        self.assertEqual(steps["data"][0], 250, steps)
+        ar = own_auth_results(self.delivered("literal mailfrom"))[0]
+        self.assertIn('spf=none smtp.mailfrom="[127.0.0.1]"', ar)
+
+
+class MalformedFromTagTest(unittest.TestCase):
+    """[dmarc] malformed_from = "tag": delivered, and the client's From text stays out of
+    Moat's Authentication-Results (audit finding 9)."""
+
+    def setUp(self):
+        self.dns = DnsServer({"attacker.test": [{"TXT": "v=spf1 ip4:127.0.0.1 -all"}]})
+        self.sink = Sink()
+        self.moat = None
+
+    def tearDown(self):
+        try:
+            if self.moat:
+                self.moat.cleanup()
+        finally:
+            self.dns.stop()
+            self.sink.stop()
+
+    def test_from_text_is_not_copied_into_auth_results(self):
+        self.moat = Moat(routes=[("example.test", f"smtp:127.0.0.1:{self.sink.port}")], networks=INBOUND_NETS,
+                         extra=dns_config(self.dns.nameserver, '\n[dmarc]\nmalformed_from = "tag"\n'))
+        raw = message("x@(y); dmarc=pass header.from=bank.test", "from text")
+        steps = transaction(self.moat, "x@attacker.test", "bob@example.test", raw)
+        self.assertEqual(steps["data"][0], 250, steps)
+        data = self.sink.wait_messages(1)[0]["data"]
+        ar = own_auth_results(data)
+        self.assertEqual(len(ar), 1, data[:2000])
+        self.assertIn("dmarc=permerror (no usable author domain in From)", ar[0])
+        self.assertNotIn("bank.test", ar[0])
+        line = self.moat.wait_log(event="filter", filter="dmarc")
+        self.assertEqual(line["detail"]["problem"], 'unusable From domain ""', line)  # what was wrong: in the log
+        self.assertTrue(line["detail"]["malformed_from"], line)
 
 
 class SpfTemperrorTagTest(unittest.TestCase):

@@ -225,7 +225,7 @@ TEST_CASE("discovery: several records, foreign TXT, missing p=, bad values") {
   dns.addTxt("_dmarc.mixed.example", "v=DMARC1; p=quarantine");
   dns.addTxt("_dmarc.norua.example", "v=DMARC1; sp=reject");
   dns.addTxt("_dmarc.rua.example", "v=DMARC1; p=bogus; rua=mailto:r@rua.example");
-  dns.addTxt("_dmarc.broken.example", "v=DMARC1; p=reject; adkim=x");
+  dns.addTxt("_dmarc.broken.example", "v=DMARC1; p=reject; adkim=x; fo=2");
   SpfOutcome none = spf("none", "");
 
   auto e = run(dns, message("From: a@two.example\r\n"), none, {});
@@ -238,8 +238,11 @@ TEST_CASE("discovery: several records, foreign TXT, missing p=, bad values") {
   e = run(dns, message("From: a@rua.example\r\n"), none, {});
   REQUIRE(e.result == "fail");
   REQUIRE(e.policy == "none");
+  // An invalid tag other than p/sp is ignored (its default kept): the policy still applies.
   e = run(dns, message("From: a@broken.example\r\n"), none, {});
-  REQUIRE(e.result == "permerror");
+  REQUIRE(e.result == "fail");
+  REQUIRE(e.policy == "reject");
+  REQUIRE(e.record.adkim == "r");
   e = run(dns, message("From: a@nothing.example\r\n"), none, {});
   REQUIRE(e.result == "none");
 }
@@ -465,4 +468,233 @@ TEST_CASE("[dmarc] config: defaults, disabled, and errors with FILE:LINE") {
   REQUIRE(text.find(path + ":10:") != std::string::npos);  // trusted_forwarders
   REQUIRE(text.find(path + ":11:") != std::string::npos);  // the typo
   REQUIRE(text.find("temperor") != std::string::npos);
+}
+
+// The audit's bypass (finding 1): one unusable address anywhere in the From fields made the
+// whole check a permerror, and a forged p=reject author beside it was delivered.
+TEST_CASE("junk in From never hides a usable author domain from the policy") {
+  std::vector<std::string> manyDomains;
+  std::string many = "From: ";
+  for (int i = 0; i < 16; ++i) many += "a@d" + std::to_string(i) + ".attacker.example, ";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"empty domain", "From: CEO <ceo@bank.example>, x@\r\n"},
+      {"address literal", "From: CEO <ceo@bank.example>, postmaster@[127.0.0.1]\r\n"},
+      {"bad domain", "From: CEO <ceo@bank.example>, x@bad..domain\r\n"},
+      {"second From without address", "From: CEO <ceo@bank.example>\r\nFrom: undisclosed\r\n"},
+      {"second From empty group", "From: CEO <ceo@bank.example>\r\nFrom: undisclosed-recipients:;\r\n"},
+      {"junk first", "From: x@\r\nFrom: CEO <ceo@bank.example>\r\n"},
+      {"8-bit junk",
+       "From: CEO <ceo@bank.example>, x@b\xff"
+       "d.example\r\n"},
+      {"unbalanced quote", "From: \"CEO <ceo@bank.example>\r\n"},
+      {"unclosed comment", "From: (CEO <ceo@bank.example>\r\n"},
+      {"bank first of 17", "From: ceo@bank.example, " + many.substr(6) + "\r\n"},
+  };
+  MemoryResolver dns;
+  dns.addTxt("_dmarc.bank.example", "v=DMARC1; p=reject");
+  for (const auto& [name, from] : cases) {
+    INFO(name);
+    std::string err;
+    auto domains = fromDomains(message(from), err);
+    REQUIRE(std::find(domains.begin(), domains.end(), "bank.example") != domains.end());
+    REQUIRE_FALSE(err.empty());
+    auto e = run(dns, message(from), spf("pass", "attacker.example"), {});
+    REQUIRE(e.result == "fail");
+    REQUIRE(e.fromDomain == "bank.example");
+    REQUIRE(e.disposition == "reject");
+    REQUIRE_FALSE(e.malformedFrom);
+    auto ctx = context(message(from));
+    ctx->spfMailFrom = spf("pass", "attacker.example");
+    auto r = runFilter(*makeDmarcFilter(FilterConfig{}), dns, ctx);
+    REQUIRE(r.result.verdict == Verdict::Reject);
+  }
+  // The same junk beside a domain that passes changes nothing.
+  auto e = run(dns, message("From: CEO <ceo@bank.example>, x@\r\n"), spf("pass", "bank.example"), {});
+  REQUIRE(e.result == "pass");
+}
+
+TEST_CASE("a From with no usable author domain is malformed, not 'no policy'") {
+  MemoryResolver dns;
+  dns.addTxt("_dmarc.bank.example", "v=DMARC1; p=reject");
+  // More distinct domains than are evaluated, the forged one last: it cannot escape.
+  std::string many = "From: ";
+  for (int i = 0; i < 16; ++i) many += "a@d" + std::to_string(i) + ".attacker.example, ";
+  many += "ceo@bank.example\r\n";
+  auto authors = fromAuthors(message(many));
+  REQUIRE(authors.tooMany);
+  REQUIRE(authors.domains.size() == kMaxFromDomains);
+
+  for (const auto& from : {std::string("From: x@, y@[192.0.2.1]\r\n"), std::string("From: a@b\xff.example\r\n"),
+                           std::string("From: x@\r\nFrom: undisclosed\r\n"), many}) {
+    INFO(from);
+    auto e = run(dns, message(from), spf("pass", "attacker.example"), {});
+    REQUIRE(e.result == "permerror");
+    REQUIRE(e.malformedFrom);
+    REQUIRE(e.fromDomain.empty());
+
+    auto ctx = context(message(from));
+    ctx->spfMailFrom = spf("pass", "attacker.example");
+    auto r = runFilter(*makeDmarcFilter(FilterConfig{}), dns, ctx);
+    REQUIRE(r.result.verdict == Verdict::Reject);
+    REQUIRE(r.result.code == 550);
+    REQUIRE(r.result.enhanced == "5.7.1");
+    REQUIRE(r.result.text.find("malformed From") != std::string::npos);
+    REQUIRE(ctx->dmarc.applied == "reject");
+  }
+  // No From field, or no address in it: no domain is named, so none can be impersonated.
+  // A permerror, delivered whatever malformed_from says.
+  for (const auto& from :
+       {std::string(""), std::string("From: undisclosed\r\n"), std::string("From: undisclosed-recipients:;\r\n"),
+        std::string("From: \"Only a name\"\r\n")}) {
+    INFO(from);
+    auto e = run(dns, message(from), spf("pass", "attacker.example"), {});
+    REQUIRE(e.result == "permerror");
+    REQUIRE_FALSE(e.malformedFrom);
+    REQUIRE(e.reason == (from.empty() ? "no From header field" : "no address in From"));
+    auto ctx = context(message(from));
+    auto r = runFilter(*makeDmarcFilter(FilterConfig{}), dns, ctx);
+    REQUIRE(r.result.verdict == Verdict::Continue);
+    REQUIRE(r.result.authResults[0] == "dmarc=permerror (" + e.reason + ")");
+  }
+
+  // malformed_from = "quarantine" / "tag"; a trusted forwarder is exempt.
+  FilterConfig q;
+  q.malformedFrom = "quarantine";
+  auto ctx = context(message("From: x@\r\n"));
+  auto r = runFilter(*makeDmarcFilter(q), dns, ctx);
+  REQUIRE(r.result.verdict == Verdict::Quarantine);
+  REQUIRE(r.result.authResults[0] == "dmarc=permerror (no usable author domain in From dis=quarantine)");
+  FilterConfig tag;
+  tag.malformedFrom = "tag";
+  ctx = context(message("From: x@\r\n"));
+  r = runFilter(*makeDmarcFilter(tag), dns, ctx);
+  REQUIRE(r.result.verdict == Verdict::Tag);
+  REQUIRE(r.result.authResults[0] == "dmarc=permerror (no usable author domain in From)");
+  FilterConfig fwd;
+  fwd.forwarderNetworks.push_back(*mta::Network::parse("203.0.113.0/24"));
+  ctx = context(message("From: x@\r\n"));
+  r = runFilter(*makeDmarcFilter(fwd), dns, ctx);
+  REQUIRE(r.result.verdict == Verdict::Continue);
+  REQUIRE(ctx->dmarc.applied == "override");
+
+  policy::Errors errors;
+  auto config = loadWith("[dmarc]\nmalformed_from = \"tag\"\n", errors);
+  REQUIRE(config);
+  REQUIRE(readConfig(*config, errors).malformedFrom == "tag");
+  REQUIRE_FALSE(errors.hasErrors());
+  config = loadWith("[dmarc]\nmalformed_from = \"accept\"\n", errors);
+  REQUIRE(config);
+  REQUIRE(makeDmarcFilter(*config, errors) == nullptr);
+  REQUIRE(errors.hasErrors());
+}
+
+// Finding 2: RFC 8616 §4-5. A U-label From domain is looked up, aligned and matched
+// against the public suffix list as A-labels.
+TEST_CASE("internationalized domains are A-labels for lookup, alignment and the PSL") {
+  REQUIRE(normalizeDomain("b\xc3\xbc"
+                          "cher.test") == "xn--bcher-kva.test");
+  REQUIRE(normalizeDomain("B\xc3\x9c"
+                          "CHER.Test.") == "xn--bcher-kva.test");
+  REQUIRE(normalizeDomain("XN--BCHER-KVA.test") == "xn--bcher-kva.test");
+  REQUIRE(normalizeDomain("b\xfc"
+                          "cher.test")
+              .empty());  // Latin-1, not UTF-8
+  REQUIRE_FALSE(
+      validDomain("b\xc3\xbc"
+                  "cher.test"));  // raw 8-bit is never usable as it is
+  REQUIRE(validDomain("xn--bcher-kva.test"));
+  // 公司.cn is a public suffix: its A-label form must be recognized too.
+  REQUIRE(organizationalDomain("mail.shop.\xe5\x85\xac\xe5\x8f\xb8.cn") == "shop.xn--55qx5d.cn");
+  REQUIRE(organizationalDomain("mail.shop.xn--55qx5d.cn") == "shop.xn--55qx5d.cn");
+  REQUIRE(aligned("mail.xn--bcher-kva.test",
+                  "b\xc3\xbc"
+                  "cher.test",
+                  false));
+  REQUIRE(aligned("xn--bcher-kva.test",
+                  "B\xc3\x9c"
+                  "cher.test",
+                  true));
+
+  MemoryResolver dns;
+  dns.addTxt("_dmarc.xn--bcher-kva.test", "v=DMARC1; p=reject");
+  auto forged = message(
+      "From: CEO <ceo@b\xc3\xbc"
+      "cher.test>\r\n");
+  std::string err;
+  REQUIRE(fromDomains(forged, err) == std::vector<std::string>{"xn--bcher-kva.test"});
+  REQUIRE(err.empty());
+  auto e = run(dns, forged, spf("pass", "attacker.example"), {});
+  REQUIRE(e.result == "fail");
+  REQUIRE(e.policy == "reject");
+  REQUIRE(e.fromDomain == "xn--bcher-kva.test");
+  REQUIRE(dns.queries.front() == "_dmarc.xn--bcher-kva.test");
+  // Signed by the domain (d= in A-labels, as DKIM requires): aligned with the U-label From.
+  e = run(dns, forged, spf("none", ""), {dkimSig("pass", "xn--bcher-kva.test")});
+  REQUIRE(e.result == "pass");
+  REQUIRE(e.dkimAligned);
+  // ...and an SPF pass for a U-label MAIL FROM domain (SMTPUTF8) aligns as well.
+  e = run(dns, forged,
+          spf("pass",
+              "bounce.b\xc3\xbc"
+              "cher.test"),
+          {});
+  REQUIRE(e.result == "pass");
+  REQUIRE(e.spfAligned);
+  // A name that is not a valid IDN is an unusable domain.
+  e = run(dns, message("From: x@\xf0\x9f\x98\x80.test\r\n"), spf("none", ""), {});
+  REQUIRE(e.result == "permerror");
+  REQUIRE(e.malformedFrom);
+}
+
+// Finding 5: RFC 7489 §6.6.3 discards a record only for its p=/sp=.
+TEST_CASE("a record with an invalid secondary tag still applies its policy") {
+  MemoryResolver dns;
+  dns.addTxt("_dmarc.pct.example", "v=DMARC1; p=reject; pct=50.5");
+  dns.addTxt("_dmarc.fo.example", "v=DMARC1; p=reject; fo=2");
+  dns.addTxt("_dmarc.ri.example", "v=DMARC1; p=quarantine; ri=1d");
+  dns.addTxt("_dmarc.junk.example", "v=DMARC1; p=reject; ri=5; ri=x");
+  dns.addTxt("_dmarc.notags.example", "v=DMARC1; p=reject; reject");
+  dns.addTxt("_dmarc.badp.example", "v=DMARC1; p=bogus; pct=50.5; rua=mailto:r@badp.example");
+  dns.addTxt("_dmarc.badsp.example", "v=DMARC1; p=reject; sp=bogus");
+  for (const std::string d : {"pct", "fo", "ri", "junk"}) {
+    INFO(d);
+    auto e = run(dns, message("From: a@" + d + ".example\r\n"), spf("fail", d + ".example"), {});
+    REQUIRE(e.result == "fail");
+    REQUIRE(e.policy == (d == "ri" ? "quarantine" : "reject"));
+    REQUIRE(e.record.pct == 100);
+    REQUIRE(e.record.fo == "0");
+    REQUIRE(e.record.ri == (d == "junk" ? 5u : 86400u));  // a repeated tag: the first counts
+    REQUIRE_FALSE(e.problem.empty());                     // logged
+    REQUIRE_FALSE(e.pctSampledOut);
+  }
+  // Text that is not a tag-list is not a record anyone can rely on.
+  auto e = run(dns, message("From: a@notags.example\r\n"), spf("fail", "notags.example"), {});
+  REQUIRE(e.result == "permerror");
+  // An invalid p= with a valid rua=: p=none (§6.6.3 step 6.1); an invalid sp= without: none.
+  e = run(dns, message("From: a@badp.example\r\n"), spf("fail", "badp.example"), {});
+  REQUIRE(e.result == "fail");
+  REQUIRE(e.policy == "none");
+  e = run(dns, message("From: a@badsp.example\r\n"), spf("fail", "badsp.example"), {});
+  REQUIRE(e.result == "none");
+}
+
+// Finding 9: the client's From text (and a DNS publisher's record text) stays out of the
+// Authentication-Results comment.
+TEST_CASE("the dmarc resinfo never carries the client's or the publisher's text") {
+  MemoryResolver dns;
+  dns.addTxt("_dmarc.rua.example", "v=DMARC1; p=bogus(x; dmarc=pass)");
+  FilterConfig tag;
+  tag.malformedFrom = "tag";
+  auto ctx = context(message("From: undisclosed; dmarc=pass header.from=bank.example\r\n"));
+  auto r = runFilter(*makeDmarcFilter(FilterConfig{}), dns, ctx);
+  REQUIRE(r.result.authResults == std::vector<std::string>{"dmarc=permerror (no address in From)"});
+  REQUIRE(r.result.detail.str().find("undisclosed; dmarc=pass") != std::string::npos);  // logged
+  ctx = context(message("From: x@(y); dmarc=pass header.from=bank.example\r\n"));
+  r = runFilter(*makeDmarcFilter(tag), dns, ctx);
+  REQUIRE(r.result.authResults == std::vector<std::string>{"dmarc=permerror (no usable author domain in From)"});
+
+  ctx = context(message("From: a@rua.example\r\n"));
+  r = runFilter(*makeDmarcFilter(tag), dns, ctx);
+  REQUIRE(r.result.authResults ==
+          std::vector<std::string>{"dmarc=none (DMARC record without a valid p= ignored) header.from=rua.example"});
 }

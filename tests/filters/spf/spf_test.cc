@@ -308,7 +308,7 @@ TEST_CASE("[spf] config errors are reported with FILE:LINE") {
 
 namespace {
 Result runFilter(const std::string& spfSection, ZoneResolver& z, const std::string& ip, const std::string& from,
-                 std::shared_ptr<MessageContext>* ctxOut = nullptr) {
+                 std::shared_ptr<MessageContext>* ctxOut = nullptr, const std::string& helo = "mail.example.org") {
   auto path = writeTemp(std::string(kBaseConfig) + "[spf]\n" + spfSection);
   moat::policy::Errors errors;
   auto config = moat::policy::loadConfig(path, errors);
@@ -319,7 +319,7 @@ Result runFilter(const std::string& spfSection, ZoneResolver& z, const std::stri
   CHECK(filter->stage() == Stage::Mail);
   auto ctx = std::make_shared<MessageContext>();
   ctx->clientIp = *IpAddress::parse(ip);
-  ctx->helo = "mail.example.org";
+  ctx->helo = helo;
   ctx->mailFrom = from;
   Env env;
   env.resolver = &z;
@@ -399,4 +399,23 @@ TEST_CASE("the filter's verdicts and RFC 7372 reply codes") {
   CHECK_FALSE(ctx->spfMailFrom.checked);
   r = runFilter("fail = \"reject\"\nskip_networks = false\n", z, "10.1.2.3", "a@example.test");
   CHECK(r.verdict == Verdict::Reject);
+}
+
+// RFC 8601 §2.2: what the client chose goes into Authentication-Results and Received-SPF
+// only as a token, a quoted-string, or neutralized comment text.
+TEST_CASE("client-chosen identities are quoted in Authentication-Results and Received-SPF") {
+  ZoneResolver z;
+  // An address literal: brackets are not token characters.
+  auto r = runFilter("", z, "198.51.100.1", "x@[127.0.0.1]");
+  REQUIRE(r.authResults.size() == 1);
+  CHECK(r.authResults[0] == "spf=none smtp.mailfrom=\"[127.0.0.1]\"");
+  // A null sender without a HELO check: the checked "domain" is the raw HELO argument.
+  r = runFilter("helo_check = false\n", z, "198.51.100.1", "", nullptr, "x) a=b; (\\y");
+  CHECK(r.authResults[0] == "spf=none smtp.helo=\"x) a=b; (\\\\y\"");
+  REQUIRE(r.headers.size() == 1);
+  const auto& v = r.headers[0].value;
+  auto open = v.find('('), close = v.find(')');
+  REQUIRE(open != std::string::npos);
+  CHECK(v.substr(open, close - open + 1) == "(mx.example.test: domain of x? a=b; ??y)");
+  CHECK(v.find("client-ip=198.51.100.1;") == close + 2);
 }
