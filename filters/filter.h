@@ -23,6 +23,7 @@
 #include "mta/dns/resolver.h"
 #include "mta/runtime/ip.h"
 #include "mta/runtime/json.h"
+#include "mta/runtime/scan.h"
 #include "mta/runtime/uv.h"
 
 namespace moat::filters {
@@ -122,6 +123,15 @@ struct MessageContext {
   DmarcOutcome dmarc;
   double spamScore = 0;
 };
+
+// Filters that read header fields (DKIM's signatures, DMARC's From) do it on the loop while
+// the header section is small, which is nearly always; past this size (only a hostile or
+// broken message has 64 KiB of header fields) the reading goes to the thread pool, so a
+// client cannot stall the loop with tens of megabytes of header fields.
+constexpr size_t kInlineHeaderBytes = 64 * 1024;
+inline bool largeHeaderSection(std::string_view message) {
+  return mta::headerBlock(message).size() > kInlineHeaderBytes;
+}
 
 struct Env {
   uv_loop_t* loop = nullptr;

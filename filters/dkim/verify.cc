@@ -392,17 +392,14 @@ void runCrypto(const filters::Env& env, std::shared_ptr<Pending> p) {
 
 }  // namespace
 
-void verifyMessage(const filters::Env& env, std::string_view message, std::shared_ptr<const void> keepAlive,
-                   const VerifyOptions& options, std::function<void(std::vector<SigResult>)> done) {
-  auto names = keyNamesToFetch(message, options);
-  auto p = std::make_shared<Pending>();
-  p->message = message;
-  p->options = options;
-  p->keepAlive = std::move(keepAlive);
-  p->done = std::move(done);
+namespace {
+
+void fetchKeysThenVerify(const filters::Env& env, std::shared_ptr<Pending> p, std::vector<std::string> names,
+                         bool inline_) {
   if (names.empty()) {
     // No signature needs a key, so no crypto runs: unsigned mail (the common case) and
     // signatures already refused are decided here without a trip to the thread pool.
+    if (!inline_) return runCrypto(env, p);
     p->done(verifyWithKeys(p->message, p->keys, p->options));
     return;
   }
@@ -421,6 +418,24 @@ void verifyMessage(const filters::Env& env, std::string_view message, std::share
       if (--p->outstanding == 0) runCrypto(envCopy, p);
     });
   }
+}
+
+}  // namespace
+
+void verifyMessage(const filters::Env& env, std::string_view message, std::shared_ptr<const void> keepAlive,
+                   const VerifyOptions& options, std::function<void(std::vector<SigResult>)> done) {
+  auto p = std::make_shared<Pending>();
+  p->message = message;
+  p->options = options;
+  p->keepAlive = std::move(keepAlive);
+  p->done = std::move(done);
+  if (!filters::largeHeaderSection(message))
+    return fetchKeysThenVerify(env, p, keyNamesToFetch(message, options), true);
+  // Reading every field of a large header section is work for the pool (filter.h).
+  auto names = std::make_shared<std::vector<std::string>>();
+  filters::Env envCopy = env;
+  env.offload([p, names] { *names = keyNamesToFetch(p->message, p->options); },
+              [envCopy, p, names] { fetchKeysThenVerify(envCopy, p, std::move(*names), false); });
 }
 
 void verifyMessage(const filters::Env& env, std::string_view message, std::shared_ptr<const void> keepAlive,

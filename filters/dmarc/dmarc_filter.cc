@@ -64,8 +64,16 @@ class DmarcFilter : public Filter, public std::enable_shared_from_this<DmarcFilt
     }
     // The filter may be dropped by a reload while a lookup is in flight: keep it alive.
     auto self = shared_from_this();
-    evaluate(*env.resolver, ctx->message, ctx->spfMailFrom, ctx->dkim,
-             [self, ctx, done](Evaluation e) { done(act(self->config_, *ctx, e)); }, draw_);
+    auto finish = [self, ctx, done](Evaluation e) { done(act(self->config_, *ctx, e)); };
+    if (!largeHeaderSection(ctx->message))
+      return evaluate(*env.resolver, ctx->message, ctx->spfMailFrom, ctx->dkim, finish, draw_);
+    // Reading the From fields of a large header section is work for the pool (filter.h).
+    auto authors = std::make_shared<FromAuthors>();
+    mta::dns::Resolver* resolver = env.resolver;
+    env.offload([ctx, authors] { *authors = fromAuthors(ctx->message); },
+                [self, ctx, authors, resolver, finish] {
+                  evaluateAuthors(*resolver, *authors, ctx->spfMailFrom, ctx->dkim, finish, self->draw_);
+                });
   }
 
  private:

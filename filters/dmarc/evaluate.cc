@@ -203,7 +203,11 @@ void evaluateDomain(mta::dns::Resolver& resolver, std::string_view fromDomain, c
 
 void evaluate(mta::dns::Resolver& resolver, std::string_view message, const SpfOutcome& spf,
               const std::vector<DkimOutcome>& dkim, std::function<void(Evaluation)> done, PctDraw draw) {
-  auto authors = fromAuthors(message);
+  evaluateAuthors(resolver, fromAuthors(message), spf, dkim, std::move(done), std::move(draw));
+}
+
+void evaluateAuthors(mta::dns::Resolver& resolver, const FromAuthors& authors, const SpfOutcome& spf,
+                     const std::vector<DkimOutcome>& dkim, std::function<void(Evaluation)> done, PctDraw draw) {
   if (authors.domains.empty()) {
     // RFC 7489 §6.6.1: no author domain to evaluate. Addresses whose domains are all
     // unusable are not "no policy" either: a mail client may show a domain there that this

@@ -31,6 +31,7 @@
 #include <string_view>
 #include <vector>
 
+#include "filters/dmarc/from_header.h"
 #include "filters/dmarc/record.h"
 #include "filters/filter.h"
 #include "mta/dns/resolver.h"
@@ -64,6 +65,10 @@ using PctDraw = std::function<int()>;
 // uses a thread-local random generator.
 void evaluate(mta::dns::Resolver& resolver, std::string_view message, const SpfOutcome& spf,
               const std::vector<DkimOutcome>& dkim, std::function<void(Evaluation)> done, PctDraw draw = {});
+
+// The same for From field(s) already read (fromAuthors(message)).
+void evaluateAuthors(mta::dns::Resolver& resolver, const FromAuthors& authors, const SpfOutcome& spf,
+                     const std::vector<DkimOutcome>& dkim, std::function<void(Evaluation)> done, PctDraw draw = {});
 
 // The same for one author domain (already extracted).
 void evaluateDomain(mta::dns::Resolver& resolver, std::string_view fromDomain, const SpfOutcome& spf,

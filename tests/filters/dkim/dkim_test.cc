@@ -799,3 +799,28 @@ TEST_CASE("a key whose k= is not the a= key type is permerror (RFC 6376 6.1.2)")
   REQUIRE(r.size() == 1);
   CHECK(r[0].result == "pass");
 }
+
+TEST_CASE("a large header section is read for signatures off the loop") {
+  // Past filters::kInlineHeaderBytes the fields are split on the pool, even for unsigned
+  // mail, whose small header sections are decided at once on the loop.
+  std::string pad;
+  while (pad.size() <= filters::kInlineHeaderBytes) pad += "X-Pad: " + std::string(70, 'p') + "\r\n";
+  mta::uv::Loop loop;
+  test::MemoryResolver resolver(loop.get());
+  for (bool large : {false, true}) {
+    INFO("large header section: " << large);
+    auto keep = std::make_shared<std::string>((large ? pad : "") + "From: a@example.test\r\n\r\nbody\r\n");
+    filters::Env env;
+    env.loop = loop.get();
+    env.resolver = &resolver;
+    bool done = false;
+    std::vector<SigResult> results{SigResult{}};
+    filters::dkim::verifyMessage(env, *keep, keep, [&](std::vector<SigResult> r) {
+      results = std::move(r);
+      done = true;
+    });
+    REQUIRE(done == !large);
+    REQUIRE(loop.runUntil([&] { return done; }, 20000));
+    REQUIRE(results.empty());  // unsigned either way
+  }
+}

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 
+#include "mta/runtime/uv.h"
 #include "policy/config.h"
 #include "tests/filters/dmarc/memory_resolver.h"
 #include "tests/support/temp_file.h"
@@ -697,4 +698,32 @@ TEST_CASE("the dmarc resinfo never carries the client's or the publisher's text"
   r = runFilter(*makeDmarcFilter(tag), dns, ctx);
   REQUIRE(r.result.authResults ==
           std::vector<std::string>{"dmarc=none (DMARC record without a valid p= ignored) header.from=rua.example"});
+}
+
+TEST_CASE("the filter reads the From fields of a large header section off the loop") {
+  // A client could otherwise stall every session with tens of megabytes of header fields:
+  // past filters::kInlineHeaderBytes the From fields are read on the pool, and the result
+  // is the one the loop would have given.
+  MemoryResolver dns;
+  dns.addTxt("_dmarc.rej.example", "v=DMARC1; p=reject");
+  auto filter = makeDmarcFilter(FilterConfig{});
+  std::string pad;
+  while (pad.size() <= filters::kInlineHeaderBytes) pad += "X-Pad: " + std::string(70, 'p') + "\r\n";
+  mta::uv::Loop loop;
+  for (bool large : {false, true}) {
+    INFO("large header section: " << large);
+    auto ctx = context(message((large ? pad : "") + "From: a@rej.example\r\n"));
+    ctx->spfMailFrom = spf("fail", "rej.example");
+    Env env;
+    env.loop = loop.get();
+    env.resolver = &dns;
+    env.hostname = "mx.example.test";
+    std::optional<Result> out;
+    filter->run(ctx, env, [&](Result r) { out = std::move(r); });
+    REQUIRE(out.has_value() == !large);  // the resolver answers at once: only the pool defers
+    REQUIRE(loop.runUntil([&] { return out.has_value(); }, 20000));
+    REQUIRE(out->verdict == Verdict::Reject);
+    REQUIRE(out->authResults ==
+            std::vector<std::string>{"dmarc=fail (p=reject dis=reject) header.from=rej.example policy.dmarc=reject"});
+  }
 }
