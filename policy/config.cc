@@ -232,6 +232,7 @@ void readLimits(Config& c, Section s) {
   c.maxErrors = static_cast<unsigned>(s.getInt("max_errors", c.maxErrors, 1, 1000));
   c.commandTimeout = s.getDuration("command_timeout", c.commandTimeout);
   c.dataTimeout = s.getDuration("data_timeout", c.dataTimeout);
+  c.maxDataTime = s.getDuration("max_data_time", c.maxDataTime);
   c.maxReceivedHeaders = static_cast<unsigned>(s.getInt("max_received_headers", c.maxReceivedHeaders, 1, 10000));
   s.rejectUnknownKeys();
 }

@@ -94,8 +94,12 @@ struct Config {
   unsigned maxConnections = 1000;
   unsigned maxConnectionsPerIp = 50;
   unsigned maxErrors = 10;  // protocol errors before the session is dropped
-  Millis commandTimeout{std::chrono::minutes(5)};
-  Millis dataTimeout{std::chrono::minutes(10)};
+  Millis commandTimeout{std::chrono::minutes(5)};  // per command line (RFC 5321 §4.5.3.2)
+  Millis dataTimeout{std::chrono::minutes(10)};    // between data blocks (reads)
+  // The whole message, from the 354 (or the first BDAT) to its end: data_timeout alone lets
+  // a client that sends a byte per data_timeout hold its connection slot for good. An hour
+  // takes a 35 MB message at 10 KB/s.
+  Millis maxDataTime{std::chrono::hours(1)};
   unsigned maxReceivedHeaders = 100;  // more: 554 5.4.6 (mail loop)
 
   // [[route]]

@@ -42,7 +42,7 @@ void ServerShared::startCrypts() {
 
 SmtpServer::SmtpServer(uv_loop_t* loop, std::shared_ptr<queue::Spool> spool, dns::Resolver* resolver,
                        std::function<void(const queue::Envelope&, std::shared_ptr<const queue::MessageData>)> onQueued)
-    : reaper_(loop) {
+    : drainTimer_(loop), reaper_(loop) {
   shared_.loop = loop;
   shared_.spool = std::move(spool);
   shared_.resolver = resolver;
@@ -157,6 +157,7 @@ void SmtpServer::sessionEnded(SmtpSession* session, const std::string& ip) {
     reaper_.start(0, [this] { graveyard_.clear(); });
   }
   if (shared_.draining && sessions_.empty() && drained_) {
+    drainTimer_.stop();
     auto done = std::move(drained_);
     drained_ = nullptr;
     done();
@@ -174,7 +175,16 @@ void SmtpServer::drain(std::function<void()> done) {
     auto d = std::move(drained_);
     drained_ = nullptr;
     d();
+    return;
   }
+  drainTimer_.start(kDrainGraceMs, [this] {
+    if (!drained_) return;
+    std::vector<std::shared_ptr<SmtpSession>> open;
+    for (auto& [k, v] : sessions_) open.push_back(v);
+    uint64_t closing = 0, committing = 0;
+    for (auto& s : open) ++(s->drainExpired() ? committing : closing);
+    log::warn("drain_timeout").add("sessions", closing).add("committing", committing);
+  });
 }
 
 }  // namespace moat::mta::server

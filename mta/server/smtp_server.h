@@ -65,7 +65,9 @@ class SmtpServer {
   // needs a restart, which reload() reports).
   void reload(std::shared_ptr<const Snapshot> snapshot);
   // Stops accepting; sessions finish their current transaction and close. `done` runs when
-  // the last session is gone.
+  // the last session is gone. A client must not hold the stop (and so the restart, while no
+  // listener is open) for long: after kDrainGraceMs every session still open gets 421 and
+  // is closed, but for those whose message is past the end of its data, which are answered.
   void drain(std::function<void()> done);
   // Ports actually bound, in listener order (for tests with port 0).
   std::vector<uint16_t> boundPorts() const;
@@ -94,6 +96,10 @@ class SmtpServer {
   std::deque<std::pair<int64_t, std::string>> rateEvents_;
   std::unordered_map<std::string, unsigned> rateCount_;
   std::function<void()> drained_;
+  // As the queue manager's for deliveries: a stop stays well within systemd's
+  // TimeoutStopSec (deploy/moat.service) with both.
+  static constexpr uint64_t kDrainGraceMs = 20'000;
+  uv::Timer drainTimer_;
   // Sessions that ended are released on the next loop turn, not inside their own callback.
   std::vector<std::shared_ptr<SmtpSession>> graveyard_;
   uv::Timer reaper_;

@@ -181,11 +181,35 @@ bool SmtpSession::closeIfDraining() {
   return true;
 }
 
+bool SmtpSession::drainExpired() {
+  if (closed_) return work_ > 0;  // a commit whose client left: it may still queue the message
+  if (dataEnded_) return true;    // it will be answered: no message that gets 250 is cut off
+  if (tlsHandshaking_) {          // no plaintext reply can go out in the middle of a handshake
+    closed_ = true;
+    conn_->abort();
+    return false;
+  }
+  closeWith(421, "4.3.2", cfg_.hostname + " Service shutting down, try again later");
+  return false;
+}
+
+// RFC 5321 §4.5.3.2 times a command/reply exchange, and a data block: a timer re-armed by
+// every byte would let a client that sends one byte per (timeout - 1 s) keep its connection
+// slot for good. So a command line must be complete within command_timeout of being awaited,
+// a line of the message within data_timeout, and the message within max_data_time, whatever
+// arrives meanwhile.
 void SmtpSession::armTimer() {
   if (closed_) return;
-  auto ms = mode_ == Mode::Data || mode_ == Mode::Bdat ? cfg_.dataTimeout : cfg_.commandTimeout;
+  auto ms = static_cast<uint64_t>(
+      (mode_ == Mode::Data || mode_ == Mode::Bdat ? cfg_.dataTimeout : cfg_.commandTimeout).count());
+  // While our own work runs the deadline waits too: the callback below re-arms then, and a
+  // deadline already past would make that a busy loop.
+  if (dataDeadline_ != 0 && !paused_) {
+    uint64_t now = uv_now(shared_.loop);
+    ms = std::min(ms, dataDeadline_ > now ? dataDeadline_ - now : 0);
+  }
   std::weak_ptr<SmtpSession> weak = weak_from_this();
-  timer_.start(static_cast<uint64_t>(ms.count()), [weak] {
+  timer_.start(ms, [weak] {
     auto s = weak.lock();
     if (!s || s->closed_) return;
     // Waiting on our own work (spool, filters), not on the client: keep waiting. A TLS
@@ -194,13 +218,17 @@ void SmtpSession::armTimer() {
       s->armTimer();
       return;
     }
-    const char* stage = s->tlsHandshaking_                                 ? "starttls"
-                        : s->mode_ == Mode::Data || s->mode_ == Mode::Bdat ? "data"
-                                                                           : "command";
+    const bool data = s->mode_ == Mode::Data || s->mode_ == Mode::Bdat;
+    const char* stage = s->tlsHandshaking_ ? "starttls" : data ? "data" : "command";
+    // The limit that ran out, as named in the config.
+    const char* limit = s->dataDeadline_ != 0 && uv_now(s->shared_.loop) >= s->dataDeadline_ ? "max_data_time"
+                        : data                                                               ? "data_timeout"
+                                                                                             : "command_timeout";
     log::info("timeout")
         .add("session", s->id_)
         .add("client_ip", s->ctx_->clientIp.str())
-        .add("stage", std::string(stage));
+        .add("stage", std::string(stage))
+        .add("limit", std::string(limit));
     if (s->tlsHandshaking_) {  // no plaintext reply can go out in the middle of a handshake
       s->closed_ = true;
       s->conn_->abort();
@@ -216,7 +244,14 @@ void SmtpSession::onData(std::string_view data) {
     in_.erase(0, inPos_);
     inPos_ = 0;
   }
-  armTimer();
+  // The data timeout is per line of the message, as Postfix's smtpd_per_record_deadline:
+  // RFC 5321 §4.5.3.2.6 times a data block, and re-arming on every read would let a byte
+  // per read hold the slot (max_data_time bounds a trickle of whole lines). A refused BDAT
+  // chunk is dropped unread: per read. Part of a command line re-arms nothing: processInput
+  // does, per line.
+  const bool inData = mode_ == Mode::Data || mode_ == Mode::Bdat;
+  const bool unread = mode_ == Mode::Bdat && bdatDiscard_;
+  const uint64_t lines = decoder_ ? decoder_->lineMark() : 0;
   if (mode_ == Mode::Data && !paused_ && !outputBlocked_ && in_.empty()) {
     // Message bytes with nothing held before them: decoded straight from the connection's
     // buffer. What follows the end of data (pipelined commands) is kept like any input.
@@ -224,13 +259,16 @@ void SmtpSession::onData(std::string_view data) {
     in_.append(data.substr(used));
     dataStep();
     processInput();
-    return;
+  } else {
+    in_.append(data);
+    processInput();
   }
-  in_.append(data);
-  processInput();
+  if (inData && (mode_ == Mode::Data || mode_ == Mode::Bdat) && (unread || (decoder_ && decoder_->lineMark() != lines)))
+    armTimer();
 }
 
 void SmtpSession::processInput() {
+  bool awaitCommand = false;  // a command line was taken or a BDAT chunk ended: re-arm once
   while (!paused_ && !closed_ && !outputBlocked_ &&
          (inPos_ < in_.size() || (mode_ == Mode::Bdat && bdatRemaining_ == 0))) {
     // (A BDAT chunk of 0 octets is complete without any input: RFC 3030 §2 wants its reply now.)
@@ -240,6 +278,7 @@ void SmtpSession::processInput() {
     }
     if (mode_ == Mode::Bdat) {
       feedBdat();
+      awaitCommand |= mode_ == Mode::Command;
       continue;
     }
     std::string_view rest(in_.data() + inPos_, in_.size() - inPos_);
@@ -255,6 +294,7 @@ void SmtpSession::processInput() {
     for (;;) {
       auto st = reader_.next(line);
       if (st == smtp::LineReader::Status::NeedMore) break;
+      awaitCommand = true;
       if (st == smtp::LineReader::Status::TooLong) {
         if (saslActive_) {  // RFC 4954 §4: the exchange ends with it
           saslActive_ = false;
@@ -274,6 +314,7 @@ void SmtpSession::processInput() {
     in_.clear();
     inPos_ = 0;
   }
+  if (awaitCommand) armTimer();
   flush();
   if (!closeIfDraining()) checkOutputBound();
 }
@@ -714,6 +755,7 @@ void SmtpSession::cmdData() {
   if (!startTransactionData()) return;
   decoder_.emplace(smtp::BareLinePolicy::Normalize, cfg_.maxMessageSize);
   mode_ = Mode::Data;
+  dataDeadline_ = uv_now(shared_.loop) + static_cast<uint64_t>(cfg_.maxDataTime.count());
   reply(354, "", "End data with <CR><LF>.<CR><LF>");
   flush();
   armTimer();
@@ -744,6 +786,9 @@ void SmtpSession::dataStep() {
 }
 
 void SmtpSession::cmdBdat(const smtp::Command& c) {
+  // One max_data_time for all the chunks of a message and the commands between them; a
+  // refused chunk, read and dropped, gets its own.
+  if (dataDeadline_ == 0) dataDeadline_ = uv_now(shared_.loop) + static_cast<uint64_t>(cfg_.maxDataTime.count());
   bdatRemaining_ = c.chunkSize;
   bdatChunkSize_ = c.chunkSize;
   bdatLast_ = c.last;
@@ -780,7 +825,10 @@ void SmtpSession::feedBdat() {
   }
   if (bdatRemaining_ > 0) return;
   mode_ = Mode::Command;
-  if (bdatDiscard_) return;  // the refusal was answered at the command
+  if (bdatDiscard_) {                   // the refusal was answered at the command
+    if (!bdatUsed_) dataDeadline_ = 0;  // no message is being received
+    return;
+  }
   if (!bdatLast_) {
     if (decoder_->sizeExceeded()) {
       refuseData(552, "5.3.4", "Message size exceeds fixed limit");
@@ -838,6 +886,7 @@ void SmtpSession::appendMessage(std::string_view bytes) {
 }
 
 void SmtpSession::endOfData() {
+  dataDeadline_ = 0;
   if (decoder_->sizeExceeded()) return refuseData(552, "5.3.4", "Message size exceeds fixed limit");
   if (decoder_->rejected()) return refuseData(550, "5.5.2", "Bare CR or LF not allowed (RFC 5321 2.3.8)");
   if (decoder_->receivedCount() > cfg_.maxReceivedHeaders)
@@ -846,6 +895,7 @@ void SmtpSession::endOfData() {
   scrubbed_.clear();
   scrubber_->finish(scrubbed_);
   if (!scrubbed_.empty()) incoming_->append(scrubbed_);
+  dataEnded_ = true;
   if (scrubber_->removed() > 0)
     log::info("header_removed").add("session", id_).add("header", "Authentication-Results")
         .add("count", scrubber_->removed()).add("reason", "claims this gateway's authserv-id (RFC 8601 5)");
@@ -1039,6 +1089,8 @@ void SmtpSession::resetTransaction() {
   }
   decoder_.reset();
   scrubber_.reset();
+  dataDeadline_ = 0;
+  dataEnded_ = false;
   inTransaction_ = false;
   bdatUsed_ = false;
   eightBit_ = false;

@@ -50,6 +50,10 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   void start(bool blocked = false);
   // Graceful stop: an idle session gets 421 now; a busy one after its transaction.
   void drain();
+  // The drain deadline passed: unless its message is past the end of its data (in the
+  // filters or being committed, so it will be answered), the session gets 421 now. Returns
+  // whether it is still waited for.
+  bool drainExpired();
   const std::string& id() const { return id_; }
 
  private:
@@ -127,6 +131,9 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   bool closeIfDraining();
   void closeWith(int code, std::string_view enhanced, std::string_view text);
   void closeGracefully();
+  // The timeout for what the session waits on now: a command line (armed when a command is
+  // awaited, not re-armed by part of a line) or a line of the message, never past the
+  // message's max_data_time deadline. Re-armed per line, never per byte.
   void armTimer();
   void onClosed(const std::string& error);
   // Our own work in flight (filters, the spool): the token's last copy going away ends it.
@@ -196,6 +203,10 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   std::optional<smtp::HeaderScrubber> scrubber_;  // drops forged Authentication-Results
   std::string decoded_, scrubbed_;
   void appendMessage(std::string_view bytes);
+  // Loop time (uv_now) by which the message's data must be in (limits.max_data_time), from
+  // the 354 or the first BDAT to the end of the data; 0 when no data is being received.
+  uint64_t dataDeadline_ = 0;
+  bool dataEnded_ = false;  // past the end of the data: the filters and the commit answer it
   uint64_t bdatRemaining_ = 0;
   uint64_t bdatChunkSize_ = 0;  // as the BDAT command declared it, for its reply
   bool bdatLast_ = false;

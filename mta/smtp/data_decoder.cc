@@ -35,6 +35,7 @@ void DataDecoder::content(std::string_view bytes, std::string& out) {
 void DataDecoder::lineEnd(bool real, std::string_view ending, std::string& out) {
   put(ending, out);
   headerLineEnd();
+  ++lineMark_;
   state_ = State::LineStart;
   realStart_ = real;
 }
@@ -104,7 +105,10 @@ size_t DataDecoder::feed(std::string_view in, std::string& out) {
           std::string_view run = in.substr(i, j - i);
           if (!nul_ && std::memchr(run.data(), '\0', run.size())) nul_ = true;
           content(run, out);
-          if (crossed) realStart_ = true;
+          if (crossed) {
+            realStart_ = true;
+            ++lineMark_;
+          }
           i = j;
         } else if (c == '\r') {
           state_ = State::Cr;

@@ -57,6 +57,9 @@ class DataDecoder {
   unsigned receivedCount() const { return received_; }
   // The header section ended: an empty line, or a line that is no header field.
   bool headersEnded() const { return headerState_ == HeaderState::Ended; }
+  // Changes whenever a line of the message ends (not a count: a run of body lines taken at
+  // once moves it by one). The session's data timeout is per line (RFC 5321 §4.5.3.2.6).
+  uint64_t lineMark() const { return lineMark_; }
 
  private:
   enum class State : uint8_t { LineStart, Dot, DotCr, Mid, Cr };
@@ -84,6 +87,7 @@ class DataDecoder {
   char name_[9] = {};  // the first octets of the current field name, lower-cased
   size_t nameLen_ = 0;
   unsigned received_ = 0;
+  uint64_t lineMark_ = 0;
 };
 
 }  // namespace moat::mta::smtp

@@ -83,6 +83,7 @@ delay_warning = "4h"
   REQUIRE(c->routeFor("elsewhere.test")->to[0].kind == RouteTarget::Kind::Mx);
   REQUIRE(c->retry.size() == 5);
   REQUIRE(c->maxLifetime.count() == 48LL * 3600 * 1000);
+  REQUIRE(c->maxDataTime == std::chrono::hours(1));  // a 35 MB message at 10 KB/s
   unlink(path.c_str());
 }
 

@@ -328,3 +328,27 @@ TEST_CASE("chunked framing: a CRLF split between chunks is one line end; the siz
   REQUIRE_FALSE(d.sawBareCr());
   REQUIRE(d.sizeExceeded());
 }
+
+TEST_CASE("lineMark moves when a line ends, not on part of a line (the session's per-line data timeout)") {
+  for (auto framing : {Framing::Dotted, Framing::Chunked}) {
+    DataDecoder d(BareLinePolicy::Normalize, 1 << 20, framing);
+    std::string out;
+    uint64_t mark = d.lineMark();
+    for (char c : std::string("Subject: trickled")) {  // a byte per read, never a line end
+      d.feed(std::string_view(&c, 1), out);
+      CHECK(d.lineMark() == mark);
+    }
+    d.feed("\r", out);
+    CHECK(d.lineMark() == mark);  // a CR alone may yet be part of CRLF
+    d.feed("\n", out);
+    CHECK(d.lineMark() != mark);
+    mark = d.lineMark();
+    d.feed("\r\nbody line\r\nanother\r\nand a part", out);  // header end, then a run of lines
+    CHECK(d.lineMark() != mark);
+    mark = d.lineMark();
+    d.feed(" of a line", out);
+    CHECK(d.lineMark() == mark);
+    d.feed("\n", out);  // a bare LF ends a line too
+    CHECK(d.lineMark() != mark);
+  }
+}
