@@ -2,9 +2,76 @@
 // (moat_filter_api) so every filter can link them without linking the pipeline.
 #include "filters/filter.h"
 
+#include <deque>
+
 #include "filters/mime/mime.h"
 
 namespace moat::filters {
+
+namespace {
+
+struct WorkJob {
+  uv_loop_t* loop;
+  std::function<void()> work, after;
+  bool heavy;
+};
+
+// The filters' share of the pool (filter.h). Light jobs go first when a slot frees: they
+// are short, and they are the mail the gateway exists for.
+struct WorkGate {
+  unsigned running = 0, heavyRunning = 0;
+  std::deque<WorkJob> light, heavy;
+
+  void pump() {
+    const unsigned slots = filterWorkSlots();
+    const unsigned heavySlots = slots > 1 ? slots - 1 : 1;
+    while (running < slots) {
+      std::deque<WorkJob>* from = !light.empty()                                ? &light
+                                  : !heavy.empty() && heavyRunning < heavySlots ? &heavy
+                                                                                : nullptr;
+      if (!from) return;
+      WorkJob job = std::move(from->front());
+      from->pop_front();
+      start(std::move(job));
+    }
+  }
+
+  void start(WorkJob job) {
+    ++running;
+    if (job.heavy) ++heavyRunning;
+    mta::uv::queueWork(job.loop, std::move(job.work), [this, heavy = job.heavy, after = std::move(job.after)] {
+      --running;
+      if (heavy) --heavyRunning;
+      pump();
+      if (after) after();
+    });
+  }
+};
+
+// Per loop thread: the pool is shared, but a loop's requests are only made on its thread.
+WorkGate& gate() {
+  thread_local WorkGate g;
+  return g;
+}
+
+}  // namespace
+
+unsigned filterWorkSlots() {
+  unsigned pool = mta::uv::threadPoolSize();
+  return pool > 3 ? pool - 2 : 1;
+}
+
+FilterWorkState filterWorkState() {
+  const WorkGate& g = gate();
+  return {g.running, g.heavyRunning, g.light.size() + g.heavy.size()};
+}
+
+void offloadFilterWork(uv_loop_t* loop, std::function<void()> work, std::function<void()> after, uint64_t bytes) {
+  WorkGate& g = gate();
+  bool heavy = bytes > kLightWorkBytes;
+  (heavy ? g.heavy : g.light).push_back({loop, std::move(work), std::move(after), heavy});
+  g.pump();
+}
 
 std::string_view stageName(Stage stage) {
   switch (stage) {

@@ -132,15 +132,35 @@ constexpr size_t kInlineHeaderBytes = 64 * 1024;
 inline bool largeHeaderSection(std::string_view message) {
   return mta::headerBlock(message).size() > kInlineHeaderBytes;
 }
+// Filter work shares the libuv thread pool with the spool's writes and fsyncs (the 250
+// after DATA) and with deliveries. CPU-heavy content (a hostile message, a costly rule set)
+// must not hold all of it, or every client waits for its reply: at most filterWorkSlots()
+// filter jobs run at once, leaving two threads to the rest, and the others wait here in
+// order. One of those slots is kept for light jobs (messages of at most kLightWorkBytes),
+// so ordinary mail is not queued behind big messages. Loop thread only: the counts belong
+// to the calling thread, the one loop thread of the daemon.
+inline constexpr uint64_t kLightWorkBytes = 64 * 1024;
+unsigned filterWorkSlots();  // the pool's size less two, at least 1
+struct FilterWorkState {
+  unsigned running = 0;       // jobs on the pool
+  unsigned heavyRunning = 0;  // of which heavy (more than kLightWorkBytes, or not said)
+  size_t waiting = 0;         // jobs queued for a slot
+};
+FilterWorkState filterWorkState();
+// Runs `work` on the pool once a slot is free, then `after` on the loop thread. `bytes`:
+// the size of the message the job works on (UINT64_MAX: unknown, counted heavy).
+void offloadFilterWork(uv_loop_t* loop, std::function<void()> work, std::function<void()> after,
+                       uint64_t bytes = UINT64_MAX);
 
 struct Env {
   uv_loop_t* loop = nullptr;
   mta::dns::Resolver* resolver = nullptr;
   std::string hostname;  // the gateway's own name (Authentication-Results authserv-id)
 
-  // Runs `work` on the thread pool, then `after` on the loop thread.
-  void offload(std::function<void()> work, std::function<void()> after) const {
-    mta::uv::queueWork(loop, std::move(work), std::move(after));
+  // Runs `work` on the thread pool, then `after` on the loop thread, within the filters'
+  // share of the pool (offloadFilterWork). `bytes`: the message's size, when known.
+  void offload(std::function<void()> work, std::function<void()> after, uint64_t bytes = UINT64_MAX) const {
+    offloadFilterWork(loop, std::move(work), std::move(after), bytes);
   }
 };
 

@@ -105,7 +105,7 @@ void AntivirusFilter::run(std::shared_ptr<MessageContext> ctx, const Env& env, D
         scanner->maybeCheck(interval);
         *result = scanner->scan(raw, mime.get());
       },
-      [ctx, result, done = std::move(done), config = config_] { done(resultFor(*result, config)); });
+      [ctx, result, done = std::move(done), config = config_] { done(resultFor(*result, config)); }, raw.size());
 }
 
 std::shared_ptr<const AntivirusFilter> makeAntivirusFilter(const policy::Config& config, policy::Errors& errors) {

@@ -243,7 +243,7 @@ class AttachmentsFilter final : public Filter {
           // The parts the result points at live in `msg`: make the edits while it does.
           if (config->action == Action::Strip) result->edits = stripEdits(*result, raw);
         },
-        [ctx, config, result, done = std::move(done)] { done(resultFor(*result, *config)); });
+        [ctx, config, result, done = std::move(done)] { done(resultFor(*result, *config)); }, raw.size());
   }
 
  private:

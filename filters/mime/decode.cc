@@ -184,17 +184,45 @@ std::string decodeQWord(std::string_view text) {
   return out;
 }
 
+// The first occurrence of `needle` at or after a position, remembered: while the one found
+// is not behind the position asked about, nothing lies between and it is still the answer.
+// decodeHeaderWords asks at increasing positions, so a value full of "=?" without a "?="
+// is scanned once, not once per "=?" (which was quadratic in the header's length).
+class NextOf {
+ public:
+  NextOf(std::string_view v, std::string_view needle) : v_(v), needle_(needle) {}
+  size_t at(size_t pos) {
+    if (!known_ || pos < from_ || (found_ != std::string_view::npos && found_ < pos)) {
+      found_ = v_.find(needle_, pos);
+      from_ = pos;
+      known_ = true;
+    }
+    return found_;
+  }
+
+ private:
+  std::string_view v_, needle_;
+  size_t from_ = 0, found_ = std::string_view::npos;
+  bool known_ = false;
+};
+
+// Where the encoded words of one header value end: the next "?=" and the next blank.
+struct WordScan {
+  explicit WordScan(std::string_view v) : close(v, "?="), blank(v, " ") {}
+  NextOf close, blank;
+};
+
 // Reads one encoded word =?charset?X?text?= at `pos`.
-bool readEncodedWord(std::string_view v, size_t pos, EncodedWord& w) {
+bool readEncodedWord(std::string_view v, size_t pos, EncodedWord& w, WordScan& scan) {
   if (v.compare(pos, 2, "=?") != 0) return false;
   size_t q1 = v.find('?', pos + 2);
   if (q1 == std::string_view::npos || q1 + 2 >= v.size() || v[q1 + 2] != '?') return false;
   char enc = v[q1 + 1];
-  size_t q3 = v.find("?=", q1 + 3);
+  size_t q3 = scan.close.at(q1 + 3);
   if (q3 == std::string_view::npos) return false;
   std::string_view charset = v.substr(pos + 2, q1 - pos - 2);
   std::string_view text = v.substr(q1 + 3, q3 - q1 - 3);
-  if (charset.empty() || text.find(' ') != std::string_view::npos) return false;
+  if (charset.empty() || scan.blank.at(q1 + 3) < q3) return false;
   if (auto star = charset.find('*'); star != std::string_view::npos) charset = charset.substr(0, star);  // RFC 2231 language
   if (enc == 'B' || enc == 'b') {
     w.bytes = decodeBase64(text);
@@ -218,11 +246,12 @@ std::string decodeHeaderWords(std::string_view v) {
     if (!pendingBytes.empty()) toUtf8(pendingBytes, pendingCharset, out);
     pendingBytes.clear();
   };
+  WordScan scan(v);
   size_t i = 0;
   bool lastWasWord = false;
   while (i < v.size()) {
     EncodedWord w;
-    if (v[i] == '=' && readEncodedWord(v, i, w)) {
+    if (v[i] == '=' && readEncodedWord(v, i, w, scan)) {
       // Blanks between two encoded words are dropped (RFC 2047 section 6.2); bytes of
       // adjacent words in one charset are joined so split multibyte characters survive.
       if (!lastWasWord || w.charset != pendingCharset) flush();
@@ -236,7 +265,7 @@ std::string decodeHeaderWords(std::string_view v) {
       size_t j = i;
       while (j < v.size() && (v[j] == ' ' || v[j] == '\t')) ++j;
       EncodedWord next;
-      if (j < v.size() && readEncodedWord(v, j, next)) {
+      if (j < v.size() && readEncodedWord(v, j, next, scan)) {
         i = j;
         continue;
       }

@@ -47,8 +47,10 @@ constexpr NamedEntity kEntities[] = {
 
 // Decodes one entity at s[i] == '&'; returns the characters consumed (0: not an entity).
 size_t decodeEntity(std::string_view s, size_t i, std::string& out) {
-  size_t semi = s.find(';', i + 1);
-  if (semi == std::string_view::npos || semi - i > 12) return 0;
+  // Only the 12 bytes an entity can span are looked at: "&&&&..." without a ';' would
+  // otherwise scan to the end once per '&'.
+  size_t semi = s.substr(0, i + 13).find(';', i + 1);
+  if (semi == std::string_view::npos) return 0;
   std::string_view name = s.substr(i + 1, semi - i - 1);
   if (name.size() >= 2 && name[0] == '#') {
     uint32_t cp = 0;
@@ -127,6 +129,14 @@ std::string attribute(std::string_view tag, std::string_view attr) {
   return "";
 }
 
+// Where "</name" (any case) starts at or after `from`, or npos. `name` is lower-case.
+size_t findEndTag(std::string_view html, size_t from, std::string_view name) {
+  for (size_t p = html.find("</", from); p != std::string_view::npos; p = html.find("</", p + 2)) {
+    if (iequals(html.substr(p + 2, name.size()), name)) return p;
+  }
+  return std::string_view::npos;
+}
+
 std::string trim(std::string_view s) {
   size_t b = 0, e = s.size();
   while (b < e && static_cast<unsigned char>(s[b]) <= ' ') ++b;
@@ -166,12 +176,13 @@ std::string htmlToText(std::string_view html, std::vector<std::string>* links) {
                                               (tag.size() && tag[0] == '/' ? 1 : 0)));
     bool closing = !tag.empty() && tag[0] == '/';
     if (!closing && (name == "script" || name == "style")) {
-      std::string lower = toLower(html.substr(i));
-      size_t end = lower.find("</" + name);
-      if (end == std::string::npos) {
+      // Searched in place: a lower-case copy of the rest per element made a page of many
+      // short scripts quadratic.
+      size_t end = findEndTag(html, i, name);
+      if (end == std::string_view::npos) {
         i = html.size();
       } else {
-        size_t gt = html.find('>', i + end);
+        size_t gt = html.find('>', end);
         i = gt == std::string_view::npos ? html.size() : gt + 1;
       }
       continue;
@@ -201,8 +212,9 @@ std::string htmlToText(std::string_view html, std::vector<std::string>* links) {
   return collapsed;
 }
 
-void extractUris(std::string_view text, std::vector<std::string>& out) {
+void extractUris(std::string_view text, std::vector<std::string>& out, UriScanStats* stats) {
   static const char* kSchemes[] = {"http://", "https://", "ftp://", "mailto:", "www."};
+  constexpr size_t kCount = sizeof kSchemes / sizeof kSchemes[0];
   // A lower-case copy to search in. Each pool thread keeps its buffer for texts up to
   // 1 MB: a fresh allocation of that size is an mmap, page faults and an munmap per message.
   constexpr size_t kKeep = 1 << 20;
@@ -212,15 +224,29 @@ void extractUris(std::string_view text, std::vector<std::string>& out) {
   lower.assign(text);
   for (auto& c : lower)
     if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  // Each scheme's next occurrence at or after the position it was searched from. It stays
+  // right while it is not behind `i` (nothing lies between), so a scheme is searched for
+  // again only once passed: each byte is searched over once per scheme, and a scheme that
+  // never appears costs one pass, not one pass per URI (the audit's F1: quadratic).
+  size_t next[kCount];
+  bool searched[kCount] = {};
   size_t i = 0;
   while (i < lower.size()) {
     size_t best = std::string::npos;
     const char* scheme = nullptr;
-    for (const char* s : kSchemes) {
-      size_t p = lower.find(s, i);
-      if (p < best) {
-        best = p;
-        scheme = s;
+    for (size_t k = 0; k < kCount; ++k) {
+      if (!searched[k] || (next[k] != std::string::npos && next[k] < i)) {
+        next[k] = lower.find(kSchemes[k], i);
+        searched[k] = true;
+        if (stats) {
+          ++stats->searches;
+          size_t stop = next[k] == std::string::npos ? lower.size() : next[k] + std::strlen(kSchemes[k]);
+          stats->bytesSearched += stop - i;
+        }
+      }
+      if (next[k] < best) {
+        best = next[k];
+        scheme = kSchemes[k];
       }
     }
     if (best == std::string::npos) return;

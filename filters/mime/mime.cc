@@ -2,10 +2,11 @@
 // multipart and message/rfc822, RFC 2231 parameters, RFC 2183 Content-Disposition).
 // Untrusted input: the whole message. Bounded by Limits (depth, parts, decoded bytes);
 // tolerant of broken structure the way mail readers are. Logs nothing.
+#include "filters/mime/mime.h"
+
 #include <algorithm>
 #include <cctype>
-
-#include "filters/mime/mime.h"
+#include <unordered_set>
 
 namespace moat::filters::mime {
 
@@ -372,15 +373,9 @@ class Parser {
   Message& msg_;
 };
 
-void addUnique(std::vector<std::string>& list, std::vector<std::string>& found) {
-  for (auto& u : found)
-    if (std::find(list.begin(), list.end(), u) == list.end()) list.push_back(std::move(u));
-  found.clear();
-}
-
 class Renderer {
  public:
-  Renderer(Message& msg, bool text) : msg_(msg), text_(text) {}
+  Renderer(Message& msg, bool text, unsigned maxUris) : msg_(msg), text_(text), maxUris_(maxUris) {}
 
   void walk(const Part& part, bool inBody) {
     if (part.isMultipart()) {
@@ -399,7 +394,7 @@ class Renderer {
     if (part.contentType == "text/html") rendered = htmlToText(part.text, &found);
     const std::string& text = part.contentType == "text/html" ? rendered : part.text;
     extractUris(text, found);
-    addUnique(msg_.uris, found);
+    addUnique(found);
     if (inBody && part.disposition != "attachment") {
       if (!msg_.bodyText.empty()) msg_.bodyText += "\n\n";
       msg_.bodyText += text;
@@ -420,8 +415,25 @@ class Renderer {
     if (isAttachment) msg_.attachments.push_back({part.filename, part.contentType, part.size});
   }
 
+  // Keeps the URIs not seen before, in order, up to maxUris_. A hash set, not a search of
+  // the list: a body of many distinct URIs would otherwise cost their number squared.
+  void addUnique(std::vector<std::string>& found) {
+    for (auto& u : found) {
+      if (seen_.count(u)) continue;
+      if (msg_.uris.size() >= maxUris_) {
+        msg_.urisTruncated = true;
+        break;
+      }
+      seen_.insert(u);
+      msg_.uris.push_back(std::move(u));
+    }
+    found.clear();
+  }
+
   Message& msg_;
   bool text_;
+  unsigned maxUris_;
+  std::unordered_set<std::string> seen_;
 };
 
 }  // namespace
@@ -448,7 +460,7 @@ std::shared_ptr<const Message> parse(std::string_view raw, const Limits& limits,
   auto msg = std::make_shared<Message>();
   Parser parser(limits, depth, *msg);
   parser.parsePart(raw, 0, 0, "text/plain", msg->root);
-  Renderer(*msg, depth == Depth::Text).walk(msg->root, true);
+  Renderer(*msg, depth == Depth::Text, limits.maxUris).walk(msg->root, true);
   return msg;
 }
 

@@ -30,6 +30,9 @@ struct Limits {
   unsigned maxDepth = 20;                  // nesting of multipart and message/rfc822
   unsigned maxParts = 500;                 // parts in the whole tree, the root included
   uint64_t maxDecodedSize = 100ull << 20;  // bytes of decoded leaf bodies in total
+  // Distinct URIs kept in Message::uris; past it the rest are dropped and urisTruncated
+  // set. Not a limit that rejects: the `uri` rules see the first maxUris.
+  unsigned maxUris = 10000;
 };
 
 // Where a header field or a part lies in the raw message given to parse(), for filters
@@ -95,8 +98,10 @@ struct Message {
   // when there is one. Parts are separated by a blank line. Without the Subject.
   std::string bodyText;
   // URIs in text and HTML parts (http, https, ftp, mailto, schemeless www. as http://)
-  // and href/src targets, in order of appearance, without duplicates.
+  // and href/src targets, in order of appearance, without duplicates; at most
+  // Limits::maxUris of them (urisTruncated: there were more).
   std::vector<std::string> uris;
+  bool urisTruncated = false;
   std::vector<Attachment> attachments;
   unsigned partCount = 0;
   uint64_t decodedSize = 0;
@@ -129,8 +134,15 @@ std::string decodeHeaderWords(std::string_view value);
 // HTML to text: tags removed, script/style dropped, entities decoded; href/src targets
 // appended to `links` when not null.
 std::string htmlToText(std::string_view html, std::vector<std::string>* links);
-// Appends the URIs found in plain text to `out`.
-void extractUris(std::string_view text, std::vector<std::string>& out);
+// What extractUris() did: the scheme searches it started and the bytes they passed over,
+// so tests can check that the work stays linear in the text.
+struct UriScanStats {
+  uint64_t searches = 0;
+  uint64_t bytesSearched = 0;
+};
+// Appends the URIs found in plain text to `out`, in order (duplicates included). Linear in
+// the text: each scheme is searched for again only once the scan has passed its last match.
+void extractUris(std::string_view text, std::vector<std::string>& out, UriScanStats* stats = nullptr);
 bool iequals(std::string_view a, std::string_view b);
 std::string toLower(std::string_view s);
 

@@ -9,6 +9,7 @@ FilterConfig readConfig(const policy::Config& config, policy::Errors& errors) {
   fc.limits.maxDepth = static_cast<unsigned>(s.getInt("max_depth", 20, 1, 1000));
   fc.limits.maxParts = static_cast<unsigned>(s.getInt("max_parts", 500, 1, 1000000));
   fc.limits.maxDecodedSize = s.getSize("max_decoded_size", 100ull << 20);
+  fc.limits.maxUris = static_cast<unsigned>(s.getInt("max_uris", 10000, 1, 1000000));
   fc.rejectOnLimit = s.getEnum("on_limit", "reject", {"reject", "accept"}) == "reject";
   s.rejectUnknownKeys();
   return fc;
@@ -27,6 +28,8 @@ Result resultFor(const Message& msg, const FilterConfig& config) {
   r.detail.add("parts", msg.partCount);
   r.detail.add("attachments", static_cast<uint64_t>(msg.attachments.size()));
   if (msg.limitExceeded) r.detail.add("limit", msg.limitReason);
+  // Not a limit that refuses the message: the rules saw the first max_uris.
+  if (msg.urisTruncated) r.detail.add("uris_truncated", true);
   return r;
 }
 
@@ -56,7 +59,8 @@ class MimeFilter final : public Filter {
                 [ctx, parsed, done = std::move(done), config = config_] {
                   ctx->mime = *parsed;
                   done(resultFor(**parsed, config));
-                });
+                },
+                raw.size());
   }
 
  private:

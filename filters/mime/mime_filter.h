@@ -7,12 +7,14 @@
 //   max_depth = 20            nesting of multipart / message/rfc822
 //   max_parts = 500           parts in the whole message
 //   max_decoded_size = "100M" decoded bytes in total
+//   max_uris = 10000          distinct URIs kept for the `uri` rules; the rest are dropped
+//                             (logged as uris_truncated), the message is not refused
 //   on_limit = "reject"       reject | accept: a message past a limit is refused with
 //                             554 5.6.0 (RFC 3463: "other or undefined media error"), or
 //                             accepted with what could be parsed (later filters see a
 //                             partial tree; the limit is in the log detail).
 // Untrusted input: the message. Logs through the pipeline's `filter` event: summary
-// "parts=N attachments=M" and detail {parts, attachments, limit}.
+// "parts=N attachments=M" and detail {parts, attachments, limit, uris_truncated}.
 #pragma once
 #include <memory>
 

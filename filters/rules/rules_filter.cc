@@ -134,7 +134,8 @@ class RulesFilter final : public Filter {
             r.edits.push_back(std::move(*work->prefix));
           }
           done(std::move(r));
-        });
+        },
+        raw.size());
   }
 
  private:

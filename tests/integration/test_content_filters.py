@@ -12,11 +12,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import unittest
 import zipfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Moat, Sink, wait_for  # noqa: E402
+from harness import Moat, RawClient, Sink, wait_for  # noqa: E402
 
 # Built from pieces so this file itself does not look infected to scanners.
 EICAR = ("X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-" + "ANTIVIRUS-TEST-FILE!$H+H*").encode()
@@ -402,6 +404,64 @@ class ContentFiltersTest(unittest.TestCase):
         # Not vacuous: the same signature over the unedited message fails.
         self.assertFalse(dkim.verify(data.replace(b"Moat removed", b"Moat Removed"), dnsfunc=dnsfunc))
         subprocess.run(["rm", "-rf", keydir], check=False)
+
+    # --- the thread pool under filter load ----------------------------------------------
+
+    def test_other_mail_gets_its_250_while_filter_work_fills_its_share_of_the_pool(self):
+        """Costly content (here a backtracking PCRE2 body rule, each paragraph stopped by the
+        match limit: seconds of CPU per message) on as many connections as the pool has
+        threads: the filters hold at most their share of it, so a small message from another
+        client still has its rules run and its spool commit done, and gets its 250 quickly,
+        while the big ones are still being scanned."""
+        m = self.start('\n[rules]\nfiles = ["slow.cf"]\nfallback = "pcre2"\n',
+                       files={"slow.cf": "body SLOW /^(a+)+(?=[bc])/\nscore SLOW 1\n"})
+        # ~500 KB: 16,000 paragraphs the rule backtracks on, seconds of CPU a message.
+        body = ("a" * 28 + "\r\n\r\n") * 16000
+        big = message("slow", body=body)
+        attackers = 8  # the daemon's pool size
+        sent, replies = [], []
+
+        def attack():
+            try:
+                c = RawClient(m.port, timeout=120)
+                c.read_reply()
+                c.send(b"EHLO big.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+                for _ in range(4):
+                    c.read_reply()
+                c.send(big + b"\r\n.\r\n")
+                sent.append(1)
+                replies.append(c.code())
+                c.close()
+            except OSError as e:
+                replies.append(repr(e))
+
+        threads = [threading.Thread(target=attack, daemon=True) for _ in range(attackers)]
+        for t in threads:
+            t.start()
+        # All are in and their filters started (the filter lines come at the end of the stage):
+        # 5 of the 8 pool threads (8 less 2 kept for the rest, less 1 kept for small
+        # messages) scan, the others wait.
+        try:
+            wait_for(lambda: len(sent) == attackers, 30, what="the big messages sent")
+            time.sleep(1)
+            self.assertEqual(replies, [], "the big messages must be in the filters still for this test to mean anything")
+            start = time.monotonic()
+            s = self.moat.smtp()
+            try:
+                s.ehlo()
+                s.mail("carol@sender.test")
+                s.rcpt("bob@example.test")
+                code, reply = s.data(message("small and quick"))
+            finally:
+                s.close()
+            took = time.monotonic() - start
+            self.assertEqual(code, 250, reply)
+            self.assertLess(took, 10, "the 250 waited on the filters' queue")
+            self.assertLess(len(replies), attackers, "the big messages finished before the probe: no load was measured")
+        finally:
+            m.kill9()  # the big messages would take a while yet; nothing of them is asserted
+            for t in threads:
+                t.join(10)
 
     def test_strip_is_accepted_by_check(self):
         """`strip` is a valid action: `moat check` accepts it."""

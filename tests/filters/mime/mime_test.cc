@@ -327,6 +327,93 @@ TEST_CASE("HTML to text and URI extraction") {
   REQUIRE(msg->uris == std::vector<std::string>{"http://spam.example.test/", "http://other.example.test"});
 }
 
+TEST_CASE("URI extraction does work linear in the text, whatever the URIs") {
+  // The audit's F1 body: short lines with one URI each. Four of the five schemes never
+  // appear; each scheme used to be searched for from every URI to the end of the text.
+  const std::string line = "see http://evil.test/ now\r\n";
+  std::string text;
+  while (text.size() < (1u << 20)) text += line;
+  const size_t lines = text.size() / line.size();
+  std::vector<std::string> uris;
+  UriScanStats stats;
+  extractUris(text, uris, &stats);
+  REQUIRE(uris.size() == lines);  // duplicates are the caller's to drop
+  REQUIRE(uris.front() == "http://evil.test/");
+  // One search per URI found and one per scheme that runs out, each over bytes not
+  // searched before (but the few a match spans): about the text's length per scheme.
+  CHECK(stats.searches <= lines + 5);
+  CHECK(stats.bytesSearched <= 5 * text.size() + 8 * stats.searches);
+
+  // Every scheme in turn, www. inside words, upper case: the same bound, the same URIs.
+  std::string mixed;
+  size_t n = 0;
+  for (; mixed.size() < (1u << 20); ++n)
+    mixed += "a HTTPS://s" + std::to_string(n) + ".test/ xwww.no www.w.test ftp://f/ mailto:m@x <http://h/>\n";
+  uris.clear();
+  stats = {};
+  extractUris(mixed, uris, &stats);
+  REQUIRE(uris.size() == 5 * n);
+  REQUIRE(uris[0] == "HTTPS://s0.test/");
+  REQUIRE(uris[1] == "http://www.w.test");
+  REQUIRE(uris[4] == "http://h/");
+  CHECK(stats.bytesSearched <= 5 * mixed.size() + 8 * stats.searches);
+
+  // Many distinct URIs through the parser: all kept, in order, once each.
+  std::string body;
+  for (int i = 0; i < 5000; ++i) body += "http://h" + std::to_string(i) + ".test/ http://h0.test/\n";
+  auto msg = parse("Subject: many\r\n\r\n" + body, Limits{});
+  REQUIRE(msg->uris.size() == 5000);
+  REQUIRE(msg->uris[4999] == "http://h4999.test/");
+  REQUIRE_FALSE(msg->urisTruncated);
+}
+
+TEST_CASE("past max_uris the first ones are kept, the message is not refused") {
+  Limits limits;
+  limits.maxUris = 3;
+  // Duplicates do not count; the HTML part's links and text count with the plain part's.
+  std::string raw = crlf(
+      "Content-Type: multipart/mixed; boundary=b\n\n--b\n\nhttp://a.test/ http://a.test/ http://b.test/\n"
+      "--b\nContent-Type: text/html\n\n<a href=\"http://c.test/\">http://b.test/</a> http://d.test/ "
+      "http://e.test/\n--b--\n");
+  auto msg = parse(raw, limits);
+  REQUIRE(msg->uris == std::vector<std::string>{"http://a.test/", "http://b.test/", "http://c.test/"});
+  REQUIRE(msg->urisTruncated);
+  REQUIRE_FALSE(msg->limitExceeded);
+  FilterConfig config;
+  Result r = resultFor(*msg, config);
+  REQUIRE(r.verdict == Verdict::Continue);
+  REQUIRE(r.detail.str().find("\"uris_truncated\":true") != std::string::npos);
+
+  // Exactly at the cap, with duplicates after it: nothing was dropped.
+  auto exact = parse("\r\nhttp://a.test/ http://b.test/ http://c.test/ http://a.test/\r\n", limits);
+  REQUIRE(exact->uris.size() == 3);
+  REQUIRE_FALSE(exact->urisTruncated);
+  REQUIRE(resultFor(*exact, config).detail.str().find("uris_truncated") == std::string::npos);
+
+  // The default, and the config key.
+  REQUIRE(Limits{}.maxUris == 10000);
+  moat::policy::Errors errors;
+  auto cfg = configFrom("[mime]\nmax_uris = 7\n", errors);
+  REQUIRE(readConfig(*cfg, errors).limits.maxUris == 7);
+  REQUIRE_FALSE(errors.hasErrors());
+}
+
+TEST_CASE("hostile HTML and header shapes still render as before") {
+  // Many short scripts (each once copied the rest of the page), '&' without ';' (each once
+  // searched to the end), "=?" words that never close (each once searched to the end).
+  std::string scripts, expected;
+  for (int i = 0; i < 200; ++i) scripts += "<SCRIPT>x</sCrIpT>t";
+  REQUIRE(htmlToText(scripts, nullptr) == std::string(200, 't'));
+  REQUIRE(htmlToText("a<style>b</styl</STYLE >c<script>never closed", nullptr) == "ac");
+  // A reference spans at most 12 bytes from '&' to ';': the longer ones stay text.
+  REQUIRE(htmlToText("&&&&amp;&&#65;&#0000000065;&#00000000065;&verylongname;", nullptr) ==
+          "&&&&&AA&#00000000065;&verylongname;");
+  std::string words;
+  for (int i = 0; i < 200; ++i) words += "=?a?b?x ";
+  REQUIRE(decodeHeaderWords(words) == words);
+  REQUIRE(decodeHeaderWords("=?utf-8?q?a?= =?utf-8?q?b?= =?x?q?c d?= =?utf-8?b?w6k=?=") == "ab =?x?q?c d?= \xC3\xA9");
+}
+
 TEST_CASE("the MIME filter parses on the thread pool and sets ctx->mime") {
   moat::policy::Errors errors;
   auto config = configFrom("[mime]\nmax_parts = 3\non_limit = \"reject\"\n", errors);
