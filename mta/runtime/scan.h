@@ -95,7 +95,8 @@ inline bool iequalsAscii(std::string_view a, std::string_view b) {
 inline std::string_view headerBlock(std::string_view msg) {
   if (msg.rfind("\r\n", 0) == 0 || msg.rfind("\n", 0) == 0) return {};
   size_t end = msg.find("\r\n\r\n");
-  size_t end2 = msg.find("\n\n");
+  // A bare-LF empty line counts only before the CRLF one: the body is never scanned.
+  size_t end2 = msg.substr(0, end == std::string_view::npos ? end : end + 3).find("\n\n");
   if (end == std::string_view::npos && end2 == std::string_view::npos) return msg;
   if (end == std::string_view::npos || (end2 != std::string_view::npos && end2 < end)) return msg.substr(0, end2 + 1);
   return msg.substr(0, end + 2);
