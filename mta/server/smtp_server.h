@@ -38,7 +38,8 @@ struct ServerShared {
 
   // SMTP AUTH's crypt(3) checks share the thread pool with the spool's writes and fsyncs and
   // the filters; clients that merely guess passwords must not hold all of it. At most half
-  // the pool runs checks; the rest wait here, in order. `start` runs when a slot is free and
+  // the pool runs checks (and they count in the filters' share, filters::offloadFilterWork);
+  // the rest wait here, in order. `start` runs when a slot is free and
   // returns whether it took it (false: its session is gone); a check that took one calls
   // releaseCrypt() when it is done.
   void acquireCrypt(std::function<bool()> start);

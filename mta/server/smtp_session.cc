@@ -1221,7 +1221,9 @@ void SmtpSession::saslStep(smtp::SaslStep step) {
 
 // crypt(3) is slow by design: the check runs on the thread pool while the session reads
 // nothing (pipelined commands wait for the 235 or 535, as RFC 4954 §4 expects), once the
-// server has a slot for it (ServerShared::acquireCrypt).
+// server has a slot for it (ServerShared::acquireCrypt), and within the filters' share of
+// the pool (offloadFilterWork), so checks and filters together never hold the threads the
+// spool's commits need for their 250s.
 void SmtpSession::verifyCredentials(smtp::SaslCredentials credentials) {
   pause();
   struct Check {
@@ -1234,7 +1236,7 @@ void SmtpSession::verifyCredentials(smtp::SaslCredentials credentials) {
   shared_.acquireCrypt([weak, check] {
     auto self = weak.lock();
     if (!self || self->closed_) return false;  // the client left while it waited
-    uv::queueWork(
+    filters::offloadFilterWork(
         self->shared_.loop,
         [users = self->users_, check] {
           check->ok = users->verify(check->credentials.user, check->credentials.password);
