@@ -230,6 +230,7 @@ void readLimits(Config& c, Section s) {
   c.maxConnections = static_cast<unsigned>(s.getInt("max_connections", c.maxConnections, 1, 1000000));
   c.maxConnectionsPerIp = static_cast<unsigned>(s.getInt("max_connections_per_ip", c.maxConnectionsPerIp, 1, 1000000));
   c.maxErrors = static_cast<unsigned>(s.getInt("max_errors", c.maxErrors, 1, 1000));
+  c.maxJunkCommands = static_cast<unsigned>(s.getInt("max_junk_commands", c.maxJunkCommands, 0, 100000));
   c.commandTimeout = s.getDuration("command_timeout", c.commandTimeout);
   c.dataTimeout = s.getDuration("data_timeout", c.dataTimeout);
   c.maxDataTime = s.getDuration("max_data_time", c.maxDataTime);

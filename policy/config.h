@@ -94,6 +94,10 @@ struct Config {
   unsigned maxConnections = 1000;
   unsigned maxConnectionsPerIp = 50;
   unsigned maxErrors = 10;  // protocol errors before the session is dropped
+  // NOOP, RSET, VRFY and HELP a session may send before each further one counts as an error
+  // (Postfix's smtpd_junk_command_limit): a complete command every command_timeout would
+  // otherwise hold a connection slot for good. Both counts start again after an accepted message.
+  unsigned maxJunkCommands = 100;
   Millis commandTimeout{std::chrono::minutes(5)};  // per command line (RFC 5321 §4.5.3.2)
   Millis dataTimeout{std::chrono::minutes(10)};    // between data blocks (reads)
   // The whole message, from the 354 (or the first BDAT) to its end: data_timeout alone lets

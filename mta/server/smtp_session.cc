@@ -381,15 +381,27 @@ void SmtpSession::handleLine(const std::string& line) {
     case V::Rcpt: cmdRcpt(c); break;
     case V::Data: cmdData(); break;
     case V::Bdat: cmdBdat(c); break;
-    case V::Rset: cmdRset(); break;
-    case V::Noop: reply(250, "2.0.0", "Ok"); break;
+    case V::Rset:
+      cmdRset();
+      junkCommand();
+      break;
+    case V::Noop:
+      reply(250, "2.0.0", "Ok");
+      junkCommand();
+      break;
     case V::Quit:
       reply(221, "2.0.0", cfg_.hostname + " closing connection");
       closeGracefully();
       break;
-    case V::Vrfy: reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"); break;
+    case V::Vrfy:
+      reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery");
+      junkCommand();
+      break;
     case V::Expn: reply(502, "5.5.1", "EXPN not available"); break;
-    case V::Help: reply(214, "2.0.0", "See RFC 5321 (https://www.rfc-editor.org/rfc/rfc5321)"); break;
+    case V::Help:
+      reply(214, "2.0.0", "See RFC 5321 (https://www.rfc-editor.org/rfc/rfc5321)");
+      junkCommand();
+      break;
     case V::StartTls: cmdStartTls(c); break;
     case V::Auth: cmdAuth(c); break;
     case V::Unknown:
@@ -1068,6 +1080,10 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
       ++metrics().messagesAccepted;
       if (quarantine) ++metrics().messagesQuarantined;
       ++self->messages_;
+      // A client that delivers mail is no prober: its earlier slips are forgiven, as
+      // Postfix's smtpd does after each queued message.
+      self->errors_ = 0;
+      self->junkCommands_ = 0;
       if (self->shared_.onQueued) self->shared_.onQueued(env, self->incoming_ ? self->incoming_->data() : nullptr);
       if (!self->closed_) self->reply(250, "2.0.0", "Ok: queued as " + env.id);
     }
@@ -1303,6 +1319,13 @@ void SmtpSession::resume() {
   armTimer();
   readIfReady();
   processInput();
+}
+
+// Commands that move no mail: a few are normal (RSET between messages, a NOOP to keep a
+// connection), an endless stream is a client holding its slot (or probing with VRFY). Past
+// the limit each one is answered as usual and counted as an error, as in Postfix.
+void SmtpSession::junkCommand() {
+  if (!closed_ && ++junkCommands_ > cfg_.maxJunkCommands) protocolError();
 }
 
 void SmtpSession::protocolError() {

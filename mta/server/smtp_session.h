@@ -128,6 +128,7 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   void pause();
   void resume();
   void protocolError();
+  void junkCommand();
   bool closeIfDraining();
   void closeWith(int code, std::string_view enhanced, std::string_view text);
   void closeGracefully();
@@ -165,6 +166,7 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   unsigned work_ = 0;        // tokens from work() alive
   bool endPending_ = false;  // closed while work_ > 0: onEnd_ waits for the work
   unsigned errors_ = 0;
+  unsigned junkCommands_ = 0;  // NOOP, RSET, VRFY, HELP (limits.max_junk_commands)
   unsigned messages_ = 0;
 
   // Session state

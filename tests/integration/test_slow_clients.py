@@ -24,6 +24,7 @@ from harness import Moat, RawClient, wait_for  # noqa: E402
 COMMAND_TIMEOUT = 3
 DATA_TIMEOUT = 3
 MAX_DATA_TIME = 6
+MAX_JUNK = 5
 
 
 def trickle_until_closed(c, data, interval, limit):
@@ -56,7 +57,7 @@ class SlowClientTest(unittest.TestCase):
     def setUpClass(cls):
         cls.moat = Moat(extra=f'\n[limits]\ncommand_timeout = "{COMMAND_TIMEOUT}s"\n'
                         f'data_timeout = "{DATA_TIMEOUT}s"\nmax_data_time = "{MAX_DATA_TIME}s"\n'
-                        'max_errors = 3\n')
+                        f'max_errors = 3\nmax_junk_commands = {MAX_JUNK}\n')
 
     @classmethod
     def tearDownClass(cls):
@@ -82,6 +83,43 @@ class SlowClientTest(unittest.TestCase):
         self.assertIn(b"421 4.4.2 ", got)
         line = self.moat.wait_log(event="timeout", session=session)
         self.assertEqual((line["stage"], line["limit"]), (stage, key))
+
+    def test_commands_that_move_no_mail_end_at_the_junk_limit(self):
+        # A whole NOOP every command_timeout would keep the slot for good: past
+        # limits.max_junk_commands each one still gets its reply, and counts as an error.
+        c, session = self.connect()
+        c.send("EHLO client.test\r\n")
+        self.assertEqual(c.read_reply()[-1][0], 250)
+        junk = ["NOOP", "RSET", "VRFY someone", "HELP", "NOOP"]
+        for cmd in junk:  # within the limit: nothing counted
+            c.send(cmd + "\r\n")
+            self.assertIn(c.code(), (250, 252, 214))
+        for _ in range(2):  # two errors of max_errors = 3
+            c.send("NOOP\r\n")
+            self.assertEqual(c.code(), 250)
+        c.send("NOOP\r\n")
+        self.assertEqual(c.code(), 250)  # answered, then the third error ends the session
+        self.assertEqual(c.read_reply()[-1], (421, "4.7.0 mx.moat.test Error: too many errors"))
+        self.assertEqual(c.sock.recv(100), b"", "closed after the third error")
+
+    def test_an_accepted_message_forgives_earlier_junk_and_errors(self):
+        c, session = self.connect()
+        c.send("EHLO client.test\r\n")
+        self.assertEqual(c.read_reply()[-1][0], 250)
+        for _ in range(MAX_JUNK + 2):  # two errors
+            c.send("NOOP\r\n")
+            self.assertEqual(c.code(), 250)
+        c.send("MAIL FROM:<a@client.test>\r\nRCPT TO:<u@example.test>\r\nDATA\r\n")
+        self.assertEqual([c.code() for _ in range(3)], [250, 250, 354])
+        c.send("Subject: x\r\n\r\nbody\r\n.\r\n")
+        self.assertEqual(c.code(), 250)
+        # As Postfix's smtpd: both counts start again. Without that, the next junk
+        # command would be the third error.
+        for _ in range(MAX_JUNK + 2):
+            c.send("RSET\r\n")
+            self.assertEqual(c.code(), 250)
+        c.send("QUIT\r\n")
+        self.assertEqual(c.code(), 221)
 
     def test_a_command_line_trickled_a_byte_at_a_time_times_out(self):
         c, session = self.connect()
