@@ -23,6 +23,8 @@ constexpr size_t kMaxPendingOutput = 64 * 1024;
 // A closing session waits this long for its last replies to leave; a peer that does not read
 // them then loses them, and the connection slot is released.
 constexpr uint64_t kCloseGraceMs = 5000;
+// Of a refused command line, this much goes into its `reject` line (the line may be 2 KB).
+constexpr size_t kLoggedCommandBytes = 256;
 // Failed AUTH attempts a session gets before it is closed (each also counts as an error).
 constexpr unsigned kMaxAuthFailures = 3;
 // Recipients in one envelope after aliases and lists are expanded (limits.max_recipients
@@ -101,6 +103,15 @@ RejectStage rejectStage(std::string_view stage) {
 
 bool isPostmaster(std::string_view address) {
   return address.size() == 10 && iequalsPrefix(address, "postmaster");
+}
+
+// "mail" or "rcpt" for a line that names that command (the parser refused the rest), else "".
+std::string_view commandStage(std::string_view line) {
+  if (line.size() < 4 || (line.size() > 4 && line[4] != ' ' && line[4] != ':')) return {};
+  std::string_view verb = line.substr(0, 4);
+  if (mta::iequalsAscii(verb, "MAIL")) return "mail";
+  if (mta::iequalsAscii(verb, "RCPT")) return "rcpt";
+  return {};
 }
 
 }  // namespace
@@ -362,7 +373,19 @@ void SmtpSession::handleLine(const std::string& line) {
       closeWith(421, "4.5.0", cfg_.hostname + " BDAT without a readable size (" + err->text + "), closing connection");
       return;
     }
-    reply(err->code, err->enhanced, err->text);
+    // A MAIL or RCPT refused for its syntax is a refused sender or recipient like any
+    // other: the operator asked why a client's mail was turned away finds it in the log,
+    // with what the client sent.
+    std::string_view stage = commandStage(line);
+    if (!stage.empty()) {
+      std::optional<std::string_view> from;
+      if (stage == "mail") from = std::string_view();  // no sender yet: not the last one's
+      refuse(
+          stage, err->code, err->enhanced, err->text,
+          [&](log::Line& l) { l.add("reason", "syntax").add("command", line.substr(0, kLoggedCommandBytes)); }, from);
+    } else {
+      reply(err->code, err->enhanced, err->text);
+    }
     protocolError();
     return;
   }

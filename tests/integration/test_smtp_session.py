@@ -156,6 +156,29 @@ class SessionTest(unittest.TestCase):
         self.assertEqual(c.code(), 250)
         c.close()
 
+    def test_a_mail_or_rcpt_refused_for_its_syntax_has_a_reject_line(self):
+        # Asked why a sender's mail got a 501, the operator finds it, with what was sent.
+        c = self.client()
+        port = c.sock.getsockname()[1]
+        session = self.moat.wait_log(event="connect", client_port=port)["session"]
+        c.send("EHLO client.test\r\nMAIL FROM:<no spaces@client.test>\r\n")
+        c.read_reply()
+        self.assertEqual(c.code(), 501)
+        line = self.moat.wait_log(event="reject", session=session, stage="mail")
+        self.assertEqual((line["reason"], line["command"], line["from"]),
+                         ("syntax", "MAIL FROM:<no spaces@client.test>", ""))
+        self.assertRegex(line["reply"], r"^501 5\.1\.7 ")
+        c.send("MAIL FROM:<a@client.test>\r\nRCPT TO:<@route.test>\r\n")
+        self.assertEqual(c.code(), 250)
+        self.assertEqual(c.code(), 501)
+        line = self.moat.wait_log(event="reject", session=session, stage="rcpt")
+        self.assertEqual((line["reason"], line["command"], line["from"]), ("syntax", "RCPT TO:<@route.test>", "a@client.test"))
+        c.send("BOGUS\r\nQUIT\r\n")  # not a refused sender or recipient: no reject line
+        self.assertEqual(c.code(), 500)
+        self.assertEqual(c.code(), 221)
+        self.moat.wait_log(event="disconnect", session=session)
+        self.assertEqual(len(self.moat.find_logs(event="reject", session=session)), 2)
+
     def test_too_many_errors_disconnects(self):
         c = self.client()
         codes = []
