@@ -84,40 +84,40 @@ class SlowClientTest(unittest.TestCase):
         line = self.moat.wait_log(event="timeout", session=session)
         self.assertEqual((line["stage"], line["limit"]), (stage, key))
 
+    def greeted(self):
+        c, _ = self.connect()
+        c.send("EHLO client.test\r\n")
+        self.assertEqual(c.read_reply()[-1][0], 250)
+        return c
+
+    def send_each(self, c, command, times, code):
+        for _ in range(times):
+            c.send(command + "\r\n")
+            self.assertEqual(c.code(), code, command)
+
     def test_commands_that_move_no_mail_end_at_the_junk_limit(self):
         # A whole NOOP every command_timeout would keep the slot for good: past
         # limits.max_junk_commands each one still gets its reply, and counts as an error.
-        c, session = self.connect()
-        c.send("EHLO client.test\r\n")
-        self.assertEqual(c.read_reply()[-1][0], 250)
-        junk = ["NOOP", "RSET", "VRFY someone", "HELP", "NOOP"]
-        for cmd in junk:  # within the limit: nothing counted
-            c.send(cmd + "\r\n")
-            self.assertIn(c.code(), (250, 252, 214))
-        for _ in range(2):  # two errors of max_errors = 3
-            c.send("NOOP\r\n")
-            self.assertEqual(c.code(), 250)
+        c = self.greeted()
+        # Within the limit nothing counts; then two errors of max_errors = 3.
+        for cmd, code in [("NOOP", 250), ("RSET", 250), ("VRFY someone", 252), ("HELP", 214), ("NOOP", 250)]:
+            self.send_each(c, cmd, 1, code)
+        self.send_each(c, "NOOP", 2, 250)
         c.send("NOOP\r\n")
         self.assertEqual(c.code(), 250)  # answered, then the third error ends the session
         self.assertEqual(c.read_reply()[-1], (421, "4.7.0 mx.moat.test Error: too many errors"))
         self.assertEqual(c.sock.recv(100), b"", "closed after the third error")
 
     def test_an_accepted_message_forgives_earlier_junk_and_errors(self):
-        c, session = self.connect()
-        c.send("EHLO client.test\r\n")
-        self.assertEqual(c.read_reply()[-1][0], 250)
-        for _ in range(MAX_JUNK + 2):  # two errors
-            c.send("NOOP\r\n")
-            self.assertEqual(c.code(), 250)
+        c = self.greeted()
+        self.send_each(c, "NOOP", MAX_JUNK + 2, 250)  # two errors
         c.send("MAIL FROM:<a@client.test>\r\nRCPT TO:<u@example.test>\r\nDATA\r\n")
         self.assertEqual([c.code() for _ in range(3)], [250, 250, 354])
         c.send("Subject: x\r\n\r\nbody\r\n.\r\n")
         self.assertEqual(c.code(), 250)
         # As Postfix's smtpd: both counts start again. Without that, the next junk
         # command would be the third error.
-        for _ in range(MAX_JUNK + 2):
-            c.send("RSET\r\n")
-            self.assertEqual(c.code(), 250)
+        self.send_each(c, "RSET", MAX_JUNK + 2, 250)
         c.send("QUIT\r\n")
         self.assertEqual(c.code(), 221)
 
