@@ -1,16 +1,27 @@
 #!/usr/bin/env python3
 """Turns relay-bench RESULT lines of one run into a table of Moat's figures as ratios to
 Postfix and to the raw smtp-source -> smtp-sink rate measured in the same run. "stop s" is the
-time from the stop command (SIGTERM for Moat, `postfix stop`) until the MTA's processes are gone."""
+time from the stop command (SIGTERM for Moat, `postfix stop`) until the MTA's processes are gone.
+
+With rounds (tests/bench/run.sh, MOAT_BENCH_ROUNDS=N: names end in @ROUND), each round's
+peers ran back to back, so each round's ratios are compared within the round, and a median
+row gives the median of each column over the rounds: one slow stretch of the machine moves
+one round, not the figure reported."""
 import re
+import statistics
 import sys
 
-rows = {}
+NAME = re.compile(r"^(raw|postfix|moat|moatsyncfs)-(\d+-\d+-\d+)(?:@(\d+))?$")
+
+runs = {}  # (case, round) -> {peer: RESULT fields}
 for line in open(sys.argv[1]):
     if not line.startswith("RESULT "):
         continue
     kv = dict(re.findall(r"(\w+)=(\S+)", line))
-    rows[kv["name"]] = kv
+    m = NAME.match(kv.get("name", ""))
+    if m:
+        runs.setdefault((m.group(2), int(m.group(3) or 1)), {})[m.group(1)] = kv
+
 
 def f(kv, k):
     try:
@@ -18,21 +29,34 @@ def f(kv, k):
     except ValueError:
         return float("nan")
 
-cases = sorted({n.split("-", 1)[1] for n in rows}, key=lambda c: [int(x) for x in c.split("-")])
-variants = [v for v in ("moat", "moatsyncfs") if any(n.startswith(v + "-") for n in rows)]
-print("| case | Moat | Moat relayed/s | Postfix relayed/s | raw relayed/s | Moat/Postfix | Moat/raw | "
+
+def row(case, label, rnd, m, p, r):
+    mr, pr, rr, n = f(m, "relayed_per_s"), f(p, "relayed_per_s"), f(r, "relayed_per_s"), f(p, "count")
+    return {"case": case, "label": label, "round": rnd, "mr": mr, "pr": pr, "rr": rr,
+            "mp": mr / pr, "mraw": mr / rr, "mcpu": f(m, "cpu_ms_per_msg"), "pcpu": f(p, "cpu_ms_per_msg"),
+            "mrss": f(m, "rss_mb"), "prss": f(p, "rss_mb"), "mfl": f(m, "disk_flushes") / n,
+            "pfl": f(p, "disk_flushes") / n, "mstop": f(m, "stop_s"), "pstop": f(p, "stop_s")}
+
+
+def show(x):
+    print(f"| {x['case']} | {x['label']} | {x['round']} | {x['mr']:.0f} | {x['pr']:.0f} | {x['rr']:.0f} | "
+          f"{x['mp']:.2f}x | {x['mraw']:.2f} | {x['mcpu']:.2f} | {x['pcpu']:.2f} | {x['mrss']:.1f} | "
+          f"{x['prss']:.1f} | {x['mfl']:.2f} / {x['pfl']:.2f} | {x['mstop']:.1f} / {x['pstop']:.1f} |")
+
+
+cases = sorted({c for c, _ in runs}, key=lambda c: [int(x) for x in c.split("-")])
+rounds = sorted({r for _, r in runs})
+print("| case | Moat | round | Moat relayed/s | Postfix relayed/s | raw relayed/s | Moat/Postfix | Moat/raw | "
       "Moat CPU ms/msg | Postfix CPU ms/msg | Moat RSS MB | Postfix RSS MB | disk flushes/msg Moat / Postfix | "
       "stop s Moat / Postfix |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for c in cases:
-    p, r = rows.get("postfix-" + c, {}), rows.get("raw-" + c, {})
-    pr, rr = f(p, "relayed_per_s"), f(r, "relayed_per_s")
-    n = f(p, "count")
-    for v in variants:
-        m = rows.get(v + "-" + c, {})
-        mr = f(m, "relayed_per_s")
+    for v in ("moat", "moatsyncfs"):
         label = "fsync" if v == "moat" else "syncfs"
-        print(f"| {c} | {label} | {mr:.0f} | {pr:.0f} | {rr:.0f} | {mr / pr:.2f}x | {mr / rr:.2f} | "
-              f"{f(m, 'cpu_ms_per_msg'):.2f} | {f(p, 'cpu_ms_per_msg'):.2f} | {f(m, 'rss_mb'):.1f} | {f(p, 'rss_mb'):.1f} | "
-              f"{f(m, 'disk_flushes') / n:.2f} / {f(p, 'disk_flushes') / n:.2f} | "
-              f"{f(m, 'stop_s'):.1f} / {f(p, 'stop_s'):.1f} |")
+        rows = [row(c, label, rnd, runs[(c, rnd)][v], runs[(c, rnd)].get("postfix", {}), runs[(c, rnd)].get("raw", {}))
+                for rnd in rounds if v in runs.get((c, rnd), {})]
+        for x in rows:
+            show(x)
+        if len(rows) > 1:
+            med = {k: statistics.median(x[k] for x in rows) for k in rows[0] if k not in ("case", "label", "round")}
+            show({"case": c, "label": label, "round": "median", **med})
