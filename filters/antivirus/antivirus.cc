@@ -52,6 +52,14 @@ int64_t nowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// The name libclamav reports, via the per-scan context: for a limit hit on the scanned
+// buffer itself (a part over max_file_size) cl_scanmap_callback's virname can be null.
+void virusFound(int fd, const char* virname, void* context) {
+  (void)fd;
+  auto* name = static_cast<std::string*>(context);
+  if (name && virname && name->empty()) *name = virname;
+}
+
 struct FmapClose {
   void operator()(cl_fmap_t* m) const { cl_fmap_close(m); }
 };
@@ -92,6 +100,7 @@ std::shared_ptr<const Engine> Engine::load(const std::string& dir, const ScanLim
   cl_engine_set_num(e, CL_ENGINE_MAX_RECURSION, limits.maxRecursion);
   cl_engine_set_num(e, CL_ENGINE_MAX_FILES, limits.maxFiles);
   cl_engine_set_num(e, CL_ENGINE_MAX_SCANTIME, limits.maxScanTimeMs);
+  cl_engine_set_clcb_virus_found(e, virusFound);
   unsigned sigs = 0;
   rc = cl_load(dir.c_str(), e, &sigs, CL_DB_STDOPT);
   if (rc != CL_SUCCESS) {
@@ -124,12 +133,19 @@ ScanResult Engine::scan(std::string_view data, const char* name) const {
   cl_scan_options options{};
   options.general = CL_SCAN_GENERAL_HEURISTICS;
   options.parse = ~0u;  // every parser: mail, archives, documents, executables
+  // A limit hit (nesting, file count, sizes) is reported as Heuristics.Limits.Exceeded.X
+  // instead of the default: skipping the rest and calling the message clean. A real
+  // signature found elsewhere in the same scan still takes precedence over it.
+  options.heuristic = CL_SCAN_HEURISTIC_EXCEEDS_MAX;
   const char* virname = nullptr;
   unsigned long scanned = 0;
-  cl_error_t rc = cl_scanmap_callback(map.get(), name, &virname, &scanned, engine_.get(), &options, nullptr);
+  std::string found;
+  cl_error_t rc = cl_scanmap_callback(map.get(), name, &virname, &scanned, engine_.get(), &options, &found);
   if (rc == CL_VIRUS) {
-    r.status = ScanResult::Status::Found;
-    r.signature = virname ? virname : "unknown";
+    if (virname && *virname) found = virname;
+    unsigned scans = r.scans;
+    r = foundResult(found.empty() ? "unknown" : found);
+    r.scans = scans;
   } else if (rc != CL_CLEAN) {
     r.status = ScanResult::Status::Error;
     r.error = cl_strerror(rc);
@@ -221,7 +237,7 @@ ScanResult Scanner::scan(std::string_view raw, const mime::Message* mime) const 
     return r;
   }
   return scanMessage([&engine](std::string_view data, const char* name) { return engine->scan(data, name); }, raw, mime,
-                     limits_.maxScanSize);
+                     limits_.maxScanSize, limits_.maxFileSize);
 }
 
 }  // namespace moat::filters::antivirus

@@ -22,7 +22,12 @@ FilterConfig readConfig(const policy::Config& config, policy::Errors& errors) {
   } else {
     s.error("clamd_socket", error);
   }
-  fc.quarantine = s.getEnum("action", "reject", {"reject", "quarantine"}) == "quarantine";
+  std::string action = s.getEnum("action", "reject", {"reject", "quarantine"});
+  fc.quarantine = action == "quarantine";
+  std::string onLimit = s.getEnum("limits_exceeded", action, {"reject", "quarantine", "tempfail", "pass"});
+  if (onLimit == "quarantine") fc.onLimit = FilterConfig::OnLimit::Quarantine;
+  if (onLimit == "tempfail") fc.onLimit = FilterConfig::OnLimit::TempFail;
+  if (onLimit == "pass") fc.onLimit = FilterConfig::OnLimit::Pass;
   fc.limits.maxScanSize = s.getSize("max_scan_size", 100ull << 20);
   fc.limits.maxFileSize = s.getSize("max_file_size", 25ull << 20);
   fc.limits.maxRecursion = static_cast<uint32_t>(s.getInt("max_recursion", 16, 1, 64));
@@ -48,6 +53,24 @@ Result resultFor(const ScanResult& scan, const FilterConfig& config) {
       }
       r.detail.add("signature", scan.signature);
       break;
+    case ScanResult::Status::Limit: {
+      std::string what = "limit " + scan.signature;
+      switch (config.onLimit) {
+        case FilterConfig::OnLimit::Reject:
+          r = Result::reject(554, "5.7.1", "Message could not be fully scanned for viruses (" + scan.signature + ")",
+                             what);
+          break;
+        case FilterConfig::OnLimit::Quarantine:
+          r = Result::quarantine("not fully scanned for viruses: " + scan.signature, what);
+          break;
+        case FilterConfig::OnLimit::TempFail:
+          r = Result::tempFail(451, "4.7.1", "Message could not be fully scanned for viruses, try again later", what);
+          break;
+        case FilterConfig::OnLimit::Pass: r = Result::pass(what); break;
+      }
+      r.detail.add("limit", scan.signature);
+      break;
+    }
     case ScanResult::Status::Error:
       r = Result::tempFail(451, "4.7.1", "Virus scan failed, try again later", "error");
       r.detail.add("error", scan.error);

@@ -7,6 +7,12 @@
 //                              the config file; reloaded when its files change (libclamav only)
 //   clamd_socket = "/run/clamav/clamd.ctl"   clamd only: a unix socket path or HOST:PORT
 //   action = "reject"          reject (554 5.7.1 naming the signature) | quarantine
+//   limits_exceeded = action   what a message that could not be fully scanned gets (a
+//                              limit below hit: nesting past max_recursion, an archive with
+//                              more than max_files files, a file over max_file_size,
+//                              more than max_scan_size in all): reject (554 5.7.1) |
+//                              quarantine | tempfail (451 4.7.1) | pass (delivered; the
+//                              filter line still says which limit). Default: as `action`.
 //   max_scan_size = "100M"     bytes scanned per message
 //   max_file_size = "25M"      largest file or part scanned
 //   max_recursion = 16         archive / message nesting
@@ -16,7 +22,9 @@
 //   scan_parts = true          also scan each decoded MIME leaf (needs the MIME filter)
 // A scan error or timeout, or no engine loaded yet, is 451 4.7.1 (never a silent pass).
 // libclamav with no database files turns the filter off: makeAntivirusFilter returns
-// nullptr and logs `antivirus_disabled` at warn level. clamd is always on: an unreachable
+// nullptr and logs `antivirus_disabled` at warn level. A limit hit is never reported as
+// clean: summary "limit <Name>" (MaxRecursion, MaxFiles, MaxFileSize, MaxScanSize), detail
+// `limit`, and the verdict `limits_exceeded` says. clamd is always on: an unreachable
 // clamd is logged at start-up and reload (clamd.h) and every scan is then 451 4.7.1.
 // Untrusted input: the message. Logs through the pipeline's `filter` event (summary
 // "clean", "FOUND <sig>", "error"; detail `backend`), plus the backends' events
@@ -37,6 +45,7 @@ struct FilterConfig {
   std::string databaseDir;
   ClamdAddress clamd;       // backend = clamd
   bool quarantine = false;  // action = "quarantine"
+  enum class OnLimit { Reject, Quarantine, TempFail, Pass } onLimit = OnLimit::Reject;
   ScanLimits limits;
   std::chrono::milliseconds reloadCheck{std::chrono::minutes(5)};
   bool scanParts = true;

@@ -3,7 +3,10 @@
 // (clamd.h, ClamdScanner). Both share the message walk here, so they scan the same things
 // and count the same way: the whole message first (the scanner decodes MIME, base64,
 // archives and nested messages itself), and when that is clean and a MIME tree is given,
-// each decoded non-text leaf as well, within the per-message byte budget.
+// each decoded non-text leaf as well, within the per-message byte budget. What the scanner
+// could not fully look at (libclamav's "Heuristics.Limits.Exceeded.*": nesting past
+// max_recursion, more than max_files, over max_file_size/max_scan_size) is a Limit result,
+// not a clean one: the filter's `limits_exceeded` decides what it means.
 // Untrusted input: the message and its decoded parts (bounded by the budget). A scan
 // error is an Error result, never a clean one. Logs nothing itself.
 #pragma once
@@ -29,18 +32,28 @@ struct ScanLimits {
 };
 
 struct ScanResult {
-  enum class Status { Clean, Found, Error } status = Status::Clean;
-  std::string signature;  // Found: the signature name
+  // Limit: nothing found, but part of the message was not scanned (a scan limit was hit).
+  enum class Status { Clean, Found, Limit, Error } status = Status::Clean;
+  std::string signature;  // Found: the signature name; Limit: the limit's name (MaxRecursion...)
   std::string error;      // Error: the scanner's message
   unsigned scans = 0;     // scan calls made (whole message + parts)
 };
 
+// A "FOUND" signature name as a result: libclamav's and clamd's "Heuristics.Limits.Exceeded.X"
+// is a Limit named X (MaxScanTime, the scan running out of time, is an Error as a timeout
+// is), anything else Found.
+ScanResult foundResult(std::string signature);
+
 // One scan of one buffer: the whole message, or a decoded part with its file name (or null).
 using ScanOne = std::function<ScanResult(std::string_view data, const char* name)>;
 
-// The whole message, then each decoded non-text leaf of `mime` (if given) while the
-// result stays clean and `budget` bytes last. The first non-clean result wins.
-ScanResult scanMessage(const ScanOne& scanOne, std::string_view raw, const mime::Message* mime, uint64_t budget);
+// The whole message, then each decoded non-text leaf of `mime` (if given) while nothing is
+// found and `budget` bytes last. The first Found or Error wins; a Limit does not stop the
+// walk (a virus in another part still counts) and is the result if nothing else is. A
+// message over `maxFileSize` is not scanned whole (the scanner skips it: its Limit is
+// dropped) when its parts are.
+ScanResult scanMessage(const ScanOne& scanOne, std::string_view raw, const mime::Message* mime, uint64_t budget,
+                       uint64_t maxFileSize = UINT64_MAX);
 
 class Backend {
  public:

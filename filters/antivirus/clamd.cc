@@ -193,11 +193,8 @@ ScanResult parseInstreamReply(std::string_view reply, size_t sent) {
   if (reply.find("size limit exceeded") != std::string_view::npos)
     return errorResult("clamd StreamMaxLength exceeded after " + std::to_string(sent) +
                        " bytes: raise StreamMaxLength in clamd.conf (at least max_message_size)");
-  if (endsWith(rest, " FOUND")) {
-    r.status = ScanResult::Status::Found;
-    r.signature = safeSignature(rest.substr(0, rest.size() - 6));
-    return r;
-  }
+  // Heuristics.Limits.Exceeded.* (clamd.conf AlertExceedsMax) is a Limit, as with libclamav.
+  if (endsWith(rest, " FOUND")) return foundResult(safeSignature(rest.substr(0, rest.size() - 6)));
   std::string shown(reply.substr(0, 200));
   if (endsWith(reply, "ERROR")) return errorResult("clamd: " + shown);
   return errorResult("unexpected clamd reply: " + shown);

@@ -98,6 +98,80 @@ bool isZip(const mime::Part& part) {
   return endsWith(asciiLower(trimTrailing(part.filename)), ".zip") || looksLikeZip(part.body);
 }
 
+// Every name the part gives its file: clients differ in which they show and save (one
+// takes Content-Disposition filename=, another Content-Type name=), so a harmless name in
+// one cannot hide the other. part.filename is the disposition's, or else the type's.
+// The MIME parser keeps one value per parameter (the RFC 2231 form over a plain one, the
+// last of two plain ones); the plain values it dropped are read here from the header.
+void plainParams(std::string_view value, std::string_view key, std::vector<std::string>& out) {
+  size_t i = value.find(';');
+  while (i != std::string_view::npos && i < value.size() && out.size() < 32) {
+    ++i;
+    while (i < value.size() && (value[i] == ' ' || value[i] == '\t')) ++i;
+    size_t eq = value.find('=', i);
+    size_t semi = value.find(';', i);
+    if (eq == std::string_view::npos || (semi != std::string_view::npos && semi < eq)) {
+      i = semi;
+      continue;
+    }
+    std::string_view k = value.substr(i, eq - i);
+    while (!k.empty() && (k.back() == ' ' || k.back() == '\t')) k.remove_suffix(1);
+    size_t v = eq + 1;
+    while (v < value.size() && (value[v] == ' ' || value[v] == '\t')) ++v;
+    std::string text;
+    if (v < value.size() && value[v] == '"') {
+      for (++v; v < value.size() && value[v] != '"'; ++v) {
+        if (value[v] == '\\' && v + 1 < value.size()) ++v;
+        text += value[v];
+      }
+      i = value.find(';', v);
+    } else {
+      size_t end = value.find(';', v);
+      text = std::string(value.substr(v, end == std::string_view::npos ? std::string_view::npos : end - v));
+      while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) text.pop_back();
+      i = end;
+    }
+    if (mime::iequals(k, key) && !text.empty()) out.push_back(std::move(text));
+  }
+}
+
+std::vector<std::string> namesOf(const mime::Part& part) {
+  std::vector<std::string> found;
+  if (!part.filename.empty()) found.push_back(part.filename);
+  if (auto it = part.params.find("name"); it != part.params.end()) found.push_back(it->second);
+  for (const auto& h : part.headers) {
+    if (mime::iequals(h.name, "Content-Disposition")) plainParams(h.raw, "filename", found);
+    if (mime::iequals(h.name, "Content-Type")) plainParams(h.raw, "name", found);
+  }
+  std::vector<std::string> names;
+  for (auto& name : found) {
+    // Mail clients put RFC 2047 words in quoted names, against RFC 2047 section 5.
+    if (name.find("=?") != std::string::npos) name = mime::decodeHeaderWords(name);
+    if (!name.empty() && std::find(names.begin(), names.end(), name) == names.end()) names.push_back(std::move(name));
+  }
+  return names;
+}
+
+// uuencoded files inside a body ("begin 644 name" then the encoded lines, RFC-less but
+// still decoded by some clients): the names after "begin MODE ". Linear in the body.
+std::vector<std::string> uuencodedNames(std::string_view body) {
+  std::vector<std::string> names;
+  size_t pos = 0;
+  while (pos < body.size() && names.size() < 100) {
+    size_t nl = body.find('\n', pos);
+    std::string_view line = body.substr(pos, nl == std::string_view::npos ? std::string_view::npos : nl - pos);
+    pos = nl == std::string_view::npos ? body.size() : nl + 1;
+    if (line.rfind("begin ", 0) != 0) continue;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    size_t mode = 6, end = line.find(' ', mode);
+    if (end == std::string_view::npos || end - mode < 3 || end - mode > 4) continue;
+    if (line.substr(mode, end - mode).find_first_not_of("01234567") != std::string_view::npos) continue;
+    std::string_view name = line.substr(end + 1);
+    if (!name.empty()) names.emplace_back(name);
+  }
+  return names;
+}
+
 bool isAttachment(const mime::Part& part) {
   return part.disposition == "attachment" || !part.filename.empty() || (part.depth > 0 && !part.isText());
 }
@@ -122,7 +196,8 @@ class Walker {
 
   void walkPart(const mime::Part& part) {
     // A blocked part is removed whole: nothing below it needs a look.
-    if (!part.filename.empty() && block(part.filename, "", blockReason(part.filename, config_))) return;
+    for (const auto& name : namesOf(part))
+      if (block(name, "", blockReason(name, config_))) return;
     if (part.isMultipart() || part.isMessage()) {
       for (const auto& c : part.children) walk(c);
       return;
@@ -132,7 +207,10 @@ class Walker {
         block(part.filename.empty() ? "(unnamed " + part.contentType + " part)" : part.filename, "",
               "type " + part.contentType))
       return;
-    if (config_.scanZip && isAttachment(part) && isZip(part)) walkZip(part);
+    if (config_.scanZip && isAttachment(part) && isZip(part)) return walkZip(part);
+    if (part.isText())
+      for (const auto& name : uuencodedNames(part.body))
+        if (block(name, "", blockReason(name, config_))) return;
   }
 
   void walkZip(const mime::Part& part) {

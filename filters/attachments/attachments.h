@@ -27,6 +27,10 @@
 //                                  When the message itself is the blocked file (single
 //                                  part), its Content-* headers and body become the notice:
 //                                  the recipient still learns that mail came, and from whom.
+// Every name a part gives its file is checked: Content-Disposition filename= and
+// Content-Type name=, the RFC 2231 and plain forms, each of duplicated parameters (clients
+// differ in which they use), and in text bodies the names of uuencoded files ("begin 644
+// NAME" lines).
 // A part is an attachment when the MIME filter would list it (Message::attachments): a
 // file name, disposition attachment, or a non-text leaf below the top. Attached messages
 // (message/rfc822) are walked like the rest of the tree.

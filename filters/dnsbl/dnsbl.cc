@@ -16,7 +16,9 @@ Listing classify(const mta::dns::Answer& a) {
   bool listed = false, refused = false;
   for (const auto& ip : a.addresses) {
     if (!ip.isV4() || ip.bytes()[0] != 127) continue;
-    if (ip.bytes()[1] == 255 && ip.bytes()[2] == 255)
+    // 127.0.0.1 is never a listing (RFC 5782 §5): lists answer it to refuse a query.
+    bool loopback = ip.bytes()[1] == 0 && ip.bytes()[2] == 0 && ip.bytes()[3] == 1;
+    if ((ip.bytes()[1] == 255 && ip.bytes()[2] == 255) || loopback)
       refused = true;
     else
       listed = true;

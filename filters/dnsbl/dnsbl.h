@@ -7,7 +7,8 @@
 // Checked at MAIL rather than at connect so that the relay networks and clients that have
 // authenticated (a user on a dynamic address that a policy list names) are never looked up.
 // Only answers in 127.0.0.0/8 count as listed (RFC 5782 §2.1); 127.255.255.0/24 is what
-// some lists answer to refuse a query (a public resolver, over quota): that and DNS failures
+// some lists answer to refuse a query (a public resolver, over quota), and 127.0.0.1, which
+// a list must never contain (RFC 5782 §5), what others answer for it: those and DNS failures
 // are logged in the filter's detail and never block mail. Untrusted input: DNS answers.
 #pragma once
 #include <memory>
@@ -27,7 +28,7 @@ std::string queryName(const mta::IpAddress& ip, std::string_view zone);
 
 enum class Listing { NotListed, Listed, Refused, TempFail };
 // What an A answer for the query name says: Listed for 127.0.0.0/8 outside
-// 127.255.255.0/24, Refused for that range, NotListed for NXDOMAIN/NODATA or addresses
+// 127.255.255.0/24 and 127.0.0.1, Refused for those, NotListed for NXDOMAIN/NODATA or addresses
 // outside 127/8 (a wildcarding resolver), TempFail for DNS failures.
 Listing classify(const mta::dns::Answer& a);
 

@@ -121,6 +121,7 @@ class Compiler {
     impl_.descriptions = parsed.descriptions;
     for (auto& def : parsed.defs) add(std::move(def), parsed.scores);
     checkMetaNames();
+    orderMetas();
     buildSet(impl_.body, Kind::Body);
     buildSet(impl_.rawbody, Kind::Rawbody);
     buildSet(impl_.uri, Kind::Uri);
@@ -215,6 +216,51 @@ class Compiler {
       for (const auto& n : names) {
         if (!impl_.byName.count(n) && !skippedNames_.count(n))
           errors_.warning(r.def.file, r.def.line, r.def.name + ": meta uses unknown rule " + n + " (counts as 0)");
+      }
+    }
+  }
+
+  // Depth-first, without recursion (a chain of 100,000 metas must not exhaust the stack):
+  // post-order is the evaluation order. A meta reached again while it is still open closes
+  // a cycle: a warning at the meta that uses it, and it counts as 0 there, as at run time
+  // before.
+  void orderMetas() {
+    std::vector<char> state(impl_.rules.size(), 0);  // 0 new, 1 open, 2 done
+    std::vector<std::vector<size_t>> uses(impl_.rules.size());
+    for (size_t i : impl_.metaRules) {
+      std::vector<std::string> names;
+      impl_.rules[i].meta->names(names);
+      for (const auto& n : names) {
+        auto it = impl_.byName.find(n);
+        if (it != impl_.byName.end() && impl_.rules[it->second].def.kind == Kind::Meta) uses[i].push_back(it->second);
+      }
+    }
+    struct Frame {
+      size_t rule, next;
+    };
+    std::vector<Frame> stack;
+    for (size_t root : impl_.metaRules) {
+      if (state[root]) continue;
+      state[root] = 1;
+      stack.push_back({root, 0});
+      while (!stack.empty()) {
+        Frame& f = stack.back();
+        if (f.next < uses[f.rule].size()) {
+          size_t dep = uses[f.rule][f.next++];
+          if (state[dep] == 0) {
+            state[dep] = 1;
+            stack.push_back({dep, 0});
+          } else if (state[dep] == 1) {
+            const Rule& r = impl_.rules[f.rule];
+            errors_.warning(
+                r.def.file, r.def.line,
+                r.def.name + ": meta dependency cycle through " + impl_.rules[dep].def.name + " (counts as 0 here)");
+          }
+          continue;
+        }
+        state[f.rule] = 2;
+        impl_.metaOrder.push_back(f.rule);
+        stack.pop_back();
       }
     }
   }
@@ -446,23 +492,20 @@ Evaluation RuleSet::evaluate(const Input& in) const {
   runKind(impl, impl.uri, uris, hit);
   runKind(impl, impl.full, {in.raw}, hit);
 
-  // Metas in dependency order, with a guard against cycles (a cycle counts as 0).
-  std::vector<char> state(impl.rules.size(), 0);  // 0 new, 1 in progress, 2 done
+  // Metas in dependency order (metaOrder): a meta not evaluated yet when another uses it
+  // is in a cycle with it and counts as 0.
+  std::vector<char> done(impl.rules.size(), 0);
   std::function<double(const std::string&)> resolve = [&](const std::string& name) -> double {
     auto it = impl.byName.find(name);
     if (it == impl.byName.end()) return 0;
     size_t i = it->second;
-    const Rule& r = impl.rules[i];
-    if (r.def.kind != Kind::Meta) return hit[i];
-    if (state[i] == 1) return 0;
-    if (state[i] == 0) {
-      state[i] = 1;
-      hit[i] = r.meta->eval(resolve) != 0 ? 1 : 0;
-      state[i] = 2;
-    }
+    if (impl.rules[i].def.kind == Kind::Meta && !done[i]) return 0;
     return hit[i];
   };
-  for (size_t i : impl.metaRules) resolve(impl.rules[i].def.name);
+  for (size_t i : impl.metaOrder) {
+    hit[i] = impl.rules[i].meta->eval(resolve) != 0 ? 1 : 0;
+    done[i] = 1;
+  }
 
   Evaluation ev;
   for (size_t i = 0; i < impl.rules.size(); ++i) {

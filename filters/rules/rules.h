@@ -10,7 +10,9 @@
 // directives (priority, reuse, test, redirector_pattern, ...) are accepted, ignored, counted.
 //
 // Scoring as SpamAssassin does: a rule without `score` scores 1.0, T_ rules 0.01, __ rules
-// 0 and are never listed; `score X 0` turns a rule off (it still feeds metas).
+// 0 and are never listed; `score X 0` turns a rule off (it still feeds metas). A score is
+// a finite number from -1000 to 1000 (else a FILE:LINE error). A meta in a dependency cycle
+// (itself, or A uses B uses A) gets a FILE:LINE warning and sees the cycle's rule as 0.
 //
 // Matching: Perl regexes are translated to RE2 (perl_regex.h); each kind's rules run in
 // one pass with an RE2::Set (body per paragraph of the rendered text with the Subject as

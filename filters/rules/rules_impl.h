@@ -80,12 +80,17 @@ struct RuleSet::Impl {
   std::map<std::string, std::string> descriptions;
   KindSet body, rawbody, uri, full;
   std::vector<size_t> headerRules, metaRules;
+  // metaRules in evaluation order: each after the metas it uses (a meta in a dependency
+  // cycle sees the one that closes the cycle as 0). Computed at load, so evaluating needs
+  // no recursion however long a chain of metas is.
+  std::vector<size_t> metaOrder;
   Stats stats;
 };
 
 // The reader: fills defs, scores and descriptions from rule files.
 struct ParsedRules {
   std::vector<RuleDef> defs;  // in order of first definition; redefinitions replace
+  std::map<std::string, size_t> defIndex;  // name -> index in defs (a redefinition's lookup)
   std::map<std::string, std::vector<double>> scores;
   std::map<std::string, std::string> descriptions;
   Stats stats;

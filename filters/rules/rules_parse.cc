@@ -3,6 +3,7 @@
 // of the file is still read, so `moat check` shows every problem at once. Logs nothing.
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstdlib>
 #include <regex>
 
@@ -10,6 +11,10 @@
 
 namespace moat::filters::rules {
 namespace {
+
+// Far above any real rule's score (SpamAssassin's own go to 100), and small enough that
+// the sum over any number of rules stays finite.
+constexpr double kMaxScore = 1000;
 
 std::string_view trim(std::string_view s) {
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
@@ -140,8 +145,9 @@ class Reader {
     def.kind = kind;
     def.file = file_;
     def.line = line_;
-    for (auto& d : out_.defs)
-      if (d.name == def.name) return &(d = std::move(def));
+    // By name, not a scan of every rule so far: a file of 100,000 rules loads in linear time.
+    auto [it, added] = out_.defIndex.emplace(def.name, out_.defs.size());
+    if (!added) return &(out_.defs[it->second] = std::move(def));
     out_.defs.push_back(std::move(def));
     return &out_.defs.back();
   }
@@ -218,7 +224,12 @@ class Reader {
       if (w.size() > 2 && w.front() == '(' && w.back() == ')') w = w.substr(1, w.size() - 2);
       char* end = nullptr;
       double v = std::strtod(w.c_str(), &end);
-      if (w.empty() || *end != '\0') return error(line_, "score " + std::string(name) + ": \"" + w + "\" is not a number");
+      // strtod also reads "nan" and "inf": a NaN score makes every threshold comparison
+      // false (a message over `reject` delivered), an infinite one a NaN sum.
+      if (w.empty() || *end != '\0' || !std::isfinite(v))
+        return error(line_, "score " + std::string(name) + ": \"" + w + "\" is not a number");
+      if (std::fabs(v) > kMaxScore)
+        return error(line_, "score " + std::string(name) + ": " + w + " is out of range (-1000 to 1000)");
       values.push_back(v);
     }
     if (values.size() != 1 && values.size() != 4) return error(line_, "score " + std::string(name) + ": expected 1 or 4 numbers");

@@ -47,6 +47,7 @@ const char* verdictOf(const ScanResult& r) {
   switch (r.status) {
     case ScanResult::Status::Clean: return "clean";
     case ScanResult::Status::Found: return "FOUND";
+    case ScanResult::Status::Limit: return "LIMIT";
     case ScanResult::Status::Error: return "ERROR";
   }
   return "?";

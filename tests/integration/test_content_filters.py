@@ -153,6 +153,31 @@ class ContentFiltersTest(unittest.TestCase):
         self.assertEqual(filter_result(acc, "antivirus"), "clean")
         self.assertFalse([x for x in self.sink.messages if b"eicar.com" in x["data"]])  # never relayed
 
+    def test_a_zip_nested_past_max_recursion_is_not_called_clean(self):
+        """EICAR in a zip inside 20 zips: libclamav stops at max_recursion (16) and, by
+        default, said nothing: the message was delivered as clean. It is a limit now, and
+        `limits_exceeded` (default: as `action`) refuses it."""
+        ndb = f"{SIGNATURE}:0:*:{b'EICAR-STANDARD-ANTIVIRUS-TEST-FILE'.hex()}\n"
+        m = self.start('\n[antivirus]\ndatabase_dir = "clamav"\n', files={"clamav/moat-test.ndb": ndb})
+
+        def ready():
+            code, reply, _ = self.send(message("probe"))
+            self.assertIn(code, (250, 451), reply)
+            return code == 250
+        wait_for(ready, 30, interval=0.2, what="the antivirus engine to load")
+        bomb = zip_of({"eicar.com": EICAR})
+        for i in range(20):
+            bomb = zip_of({f"level{i}.zip": bomb})
+        code, reply, _ = self.send(with_attachment("bomb", "bomb.zip", bomb, "application/zip"))
+        self.assertEqual(code, 554, reply)
+        self.assertIn("could not be fully scanned for viruses (MaxRecursion)", reply)
+        rej = m.wait_log(event="reject", timeout=10)
+        self.assertEqual(filter_result(rej, "antivirus"), "limit MaxRecursion")
+        line = m.wait_log(event="filter", filter="antivirus", result="limit MaxRecursion", timeout=10)
+        self.assertEqual(line["detail"]["limit"], "MaxRecursion", line)
+        self.delivered("probe")
+        self.assertFalse([x for x in self.sink.messages if b"bomb.zip" in x["data"]])
+
     def test_clamd_backend_refuses_eicar(self):
         """backend = "clamd": a real clamd (Debian's clamav-daemon, a test dependency) that
         this test starts on a unix socket in its own folder with the EICAR database."""
@@ -287,6 +312,27 @@ class ContentFiltersTest(unittest.TestCase):
         acc = m.wait_log(event="accept", queue_id=qid, timeout=10)
         self.assertEqual(filter_result(acc, "attachments"), "clean")
         self.assertEqual(len(self.sink.messages), 1)
+
+    def test_a_harmless_filename_does_not_hide_a_blocked_name(self):
+        m = self.start('\n[attachments]\nblock_extensions = ["exe"]\naction = "reject"\n')
+        b64 = base64.encodebytes(b"MZ\x90\x00").decode().replace("\n", "\r\n")
+        for subject, headers, name in [
+                ("name", 'Content-Type: application/octet-stream; name="evil.exe"\r\n'
+                         'Content-Disposition: attachment; filename="evil.txt"\r\n', "evil.exe"),
+                ("dup", 'Content-Type: application/octet-stream\r\n'
+                        'Content-Disposition: attachment; filename="a.txt"; filename="run.exe"\r\n', "run.exe")]:
+            data = (f"From: alice@sender.test\r\nTo: bob@example.test\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n"
+                    f"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n{headers}"
+                    f"Content-Transfer-Encoding: base64\r\n\r\n{b64}--B--\r\n").encode()
+            code, reply, _ = self.send(data)
+            self.assertEqual(code, 554, reply)
+            self.assertIn(name, reply)
+        code, reply, _ = self.send(message("uu", "see below\r\n\r\nbegin 644 tool.exe\r\n`\r\nend\r\n"))
+        self.assertEqual(code, 554, reply)
+        self.assertIn("tool.exe", reply)
+        blocked = [filter_result(x, "attachments") for x in m.wait_log(event="reject", count=3, timeout=10)]
+        self.assertEqual(blocked, ["blocked evil.exe", "blocked run.exe", "blocked tool.exe"])
+        self.assertEqual(self.sink.messages, [])
 
     def test_blocked_attachment_is_quarantined(self):
         m = self.start('\n[attachments]\nblock_extensions = ["exe"]\naction = "quarantine"\n')

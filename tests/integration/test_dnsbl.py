@@ -15,6 +15,7 @@ ZONE = {
     "1.0.0.127.bl.test": [{"A": "127.0.0.2"}, {"TXT": "Listed: see https://bl.test/q?127.0.0.1"}],
     "3.0.0.127.bl.test": [{"A": "127.255.255.254"}],  # the list refuses the query
     "4.0.0.127.bl.test": ["SERVFAIL"],
+    "5.0.0.127.bl.test": [{"A": "127.0.0.1"}],  # never a listing (RFC 5782 §5): a refusal
     "1.0.0.127.second.test": [{"A": "127.0.0.4"}],
 }
 
@@ -73,6 +74,9 @@ class DnsblTest(unittest.TestCase):
         self.assertEqual(self.mail_from("127.0.0.4")[0], 250)
         ev = self.moat.wait_log(event="accept", client_ip="127.0.0.4")
         self.assertEqual(ev["filters"]["dnsbl"], {"result": "clean", "tempfail": ["bl.test"]})
+        self.assertEqual(self.mail_from("127.0.0.5")[0], 250)
+        ev = self.moat.wait_log(event="accept", client_ip="127.0.0.5")
+        self.assertEqual(ev["filters"]["dnsbl"], {"result": "clean", "refused": ["bl.test"]})
 
 
 class DnsblExemptionsAndTagTest(unittest.TestCase):

@@ -272,3 +272,117 @@ TEST_CASE("a config reload with the same antivirus settings keeps the loaded eng
   INFO(errors.str());
   REQUIRE_FALSE(errors.hasErrors());
 }
+
+namespace {
+
+// `payload` as eicar.com (or clean.txt) in a zip inside `depth` more zips, deflated by
+// python3's zipfile; `files` extra small files beside it in the innermost one.
+std::string nestedZip(const TempDir& dir, int depth, bool infected, int files = 0) {
+  dir.write("payload.bin", infected ? eicar() : std::string("nothing to see"));
+  std::string zip = dir.path + "/nested.zip";
+  std::string cmd =
+      "python3 -c \"import zipfile,io,sys\n"
+      "d=open(sys.argv[1],'rb').read()\n"
+      "b=io.BytesIO(); z=zipfile.ZipFile(b,'w',zipfile.ZIP_DEFLATED)\n"
+      "[z.writestr('f%d.txt' % i, 'x') for i in range(int(sys.argv[4]))]\n"
+      "z.writestr('eicar.com', d); z.close(); d=b.getvalue()\n"
+      "for i in range(int(sys.argv[3])):\n"
+      "  b=io.BytesIO(); z=zipfile.ZipFile(b,'w',zipfile.ZIP_DEFLATED); z.writestr('l%d.zip' % i, d); z.close(); "
+      "d=b.getvalue()\n"
+      "open(sys.argv[2],'wb').write(d)\" '" +
+      dir.path + "/payload.bin' '" + zip + "' " + std::to_string(depth) + " " + std::to_string(files);
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  std::ifstream in(zip, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string zipMessage(const std::string& zip) {
+  return withAttachment("Content-Type: application/zip; name=files.zip\nContent-Transfer-Encoding: base64\n",
+                        base64(zip));
+}
+
+}  // namespace
+
+TEST_CASE("a scan limit hit is a Limit, never clean: nesting, file count, size, and a virus elsewhere still wins") {
+  TempDir db;
+  db.write("moat-test.ndb", signatureDb());
+  ScanLimits limits;
+  limits.maxRecursion = 8;
+  limits.maxFiles = 50;
+  limits.maxFileSize = 64 << 10;
+  Scanner scanner(db.path, limits);
+  REQUIRE(scanner.reloadIfChanged() == Scanner::Reload::Reloaded);
+  auto scan = [&](const std::string& msg) { return scanner.scan(msg, mime::parse(msg, mime::Limits{}).get()); };
+
+  // EICAR below the recursion limit: found; beyond it, libclamav does not look, and says so.
+  REQUIRE(scan(zipMessage(nestedZip(db, 2, true))).status == ScanResult::Status::Found);
+  ScanResult deep = scan(zipMessage(nestedZip(db, 12, true)));
+  REQUIRE(deep.status == ScanResult::Status::Limit);
+  REQUIRE(deep.signature == "MaxRecursion");
+  REQUIRE(scan(zipMessage(nestedZip(db, 12, false))).status == ScanResult::Status::Limit);
+  ScanResult many = scan(zipMessage(nestedZip(db, 0, true, 200)));
+  REQUIRE(many.status == ScanResult::Status::Limit);
+  REQUIRE(many.signature == "MaxFiles");
+  // A part over max_file_size is not scanned: a Limit.
+  std::string big =
+      withAttachment("Content-Type: application/octet-stream; name=big.bin\n", std::string(100 << 10, 'x') + eicar());
+  ScanResult size = scanner.scan(big, nullptr);
+  REQUIRE(size.status == ScanResult::Status::Limit);
+  REQUIRE(size.signature == "MaxFileSize");
+
+  // A bomb beside a real virus: the virus is the verdict.
+  std::string both = crlf(
+                         "From: a@example.test\nSubject: two\nContent-Type: multipart/mixed; boundary=XX\n\n"
+                         "--XX\nContent-Type: application/zip; name=a.zip\nContent-Transfer-Encoding: base64\n\n") +
+                     base64(nestedZip(db, 12, false)) +
+                     crlf("\n--XX\nContent-Type: application/octet-stream; name=e.com\n\n") + eicar() +
+                     crlf("\n--XX--\n");
+  ScanResult r = scan(both);
+  REQUIRE(r.status == ScanResult::Status::Found);
+  REQUIRE(r.signature.find("Eicar-Test-Moat") == 0);
+  // The same names from clamd (AlertExceedsMax) read the same way; running out of time is
+  // an error (451), as a timeout is.
+  REQUIRE(foundResult("Heuristics.Limits.Exceeded.MaxFiles").status == ScanResult::Status::Limit);
+  REQUIRE(foundResult("Heuristics.Limits.Exceeded.MaxFiles").signature == "MaxFiles");
+  REQUIRE(foundResult("Heuristics.Limits.Exceeded.MaxScanTime").status == ScanResult::Status::Error);
+  REQUIRE(foundResult("Win.Test.EICAR_HDB-1").status == ScanResult::Status::Found);
+  // A message over max_file_size whose parts are each scanned is not a Limit for its size.
+  std::string parts =
+      withAttachment("Content-Type: application/octet-stream; name=a.bin\n", std::string(40 << 10, 'y')) +
+      std::string(40 << 10, ' ');
+  REQUIRE(scan(parts).status == ScanResult::Status::Clean);
+}
+
+TEST_CASE("limits_exceeded decides: as action by default, reject, quarantine, tempfail, pass, never clean") {
+  TempDir dir;
+  mkdir((dir.path + "/clamav").c_str(), 0700);
+  dir.write("clamav/moat-test.ndb", signatureDb());
+  std::string bomb = zipMessage(nestedZip(dir, 20, true));
+  auto verdict = [&](const std::string& keys) {
+    moat::policy::Errors errors;
+    auto f = makeAntivirusFilter(*writeConfig(dir, "[antivirus]\ndatabase_dir = \"clamav\"\n" + keys), errors);
+    INFO(errors.str());
+    REQUIRE_FALSE(errors.hasErrors());
+    REQUIRE(f);
+    f->scanner().waitIdle();
+    return runFilter(*f, bomb, true);
+  };
+  Result def = verdict("");
+  REQUIRE(def.verdict == Verdict::Reject);
+  REQUIRE(def.code == 554);
+  REQUIRE(def.text.find("could not be fully scanned") != std::string::npos);
+  REQUIRE(def.summary == "limit MaxRecursion");
+  REQUIRE(verdict("action = \"quarantine\"\n").verdict == Verdict::Quarantine);
+  Result t = verdict("limits_exceeded = \"tempfail\"\n");
+  REQUIRE(t.verdict == Verdict::TempFail);
+  REQUIRE(t.code == 451);
+  Result p = verdict("limits_exceeded = \"pass\"\n");
+  REQUIRE(p.verdict == Verdict::Continue);
+  REQUIRE(p.summary == "limit MaxRecursion");
+
+  moat::policy::Errors bad;
+  makeAntivirusFilter(*writeConfig(dir, "[antivirus]\ndatabase_dir = \"clamav\"\nlimits_exceeded = \"ignore\"\n"), bad);
+  REQUIRE(bad.str().find("moat.toml:5:") != std::string::npos);
+}

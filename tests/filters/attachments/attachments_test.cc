@@ -194,6 +194,51 @@ TEST_CASE("blocked extensions: case-insensitive, double extensions, trailing dot
   REQUIRE(blockReason(std::string("evil.exe\0.txt", 13), fc));
 }
 
+TEST_CASE("every name a part gives counts: name= against filename=, RFC 2231 against plain, duplicates") {
+  FilterConfig fc = configOf(kSection);
+  auto blocked = [&](const std::string& headers) {
+    CheckResult r = checkRaw(withAttachment(headers + "Content-Transfer-Encoding: base64\n", base64("MZ")), fc);
+    return r.blocked ? r.blocked->file : std::string();
+  };
+  // Content-Type name= is what some clients save the file as, whatever filename= says.
+  REQUIRE(blocked("Content-Type: application/octet-stream; name=\"evil.exe\"\n"
+                  "Content-Disposition: attachment; filename=\"evil.txt\"\n") == "evil.exe");
+  REQUIRE(blocked("Content-Type: application/pdf; name=\"=?utf-8?B?ZXZpbC5leGU=?=\"\n"
+                  "Content-Disposition: attachment; filename=\"a.pdf\"\n") == "evil.exe");
+  // The RFC 2231 form and a plain one: a client without RFC 2231 uses the plain one.
+  REQUIRE(blocked("Content-Type: application/octet-stream\n"
+                  "Content-Disposition: attachment; filename=\"evil.exe\"; filename*=utf-8''a.txt\n") == "evil.exe");
+  REQUIRE(blocked("Content-Type: application/octet-stream\n"
+                  "Content-Disposition: attachment; filename*=utf-8''a.txt; filename = evil.exe\n") == "evil.exe");
+  // Two plain filename= parameters: clients differ in which one they take.
+  REQUIRE(blocked("Content-Type: application/octet-stream\n"
+                  "Content-Disposition: attachment; filename=\"a.txt\"; filename=\"evil.exe\"\n") == "evil.exe");
+  REQUIRE(blocked("Content-Type: application/octet-stream\n"
+                  "Content-Disposition: attachment; filename=\"a;b.txt\"; filename=\"x\\\".exe\"\n") == "x\".exe");
+  // RFC 2231 continuations with an encoded piece.
+  REQUIRE(blocked("Content-Type: application/octet-stream\n"
+                  "Content-Disposition: attachment; filename*0*=utf-8''ev; filename*1=\"il.e\"; filename*2*=%78e\n") ==
+          "evil.exe");
+  // Harmless names everywhere: not blocked.
+  REQUIRE(blocked("Content-Type: application/pdf; name=\"a.pdf\"\n"
+                  "Content-Disposition: attachment; filename=\"a.pdf\"; size=100; x-exe=\"y.exe\"\n")
+              .empty());
+}
+
+TEST_CASE("uuencoded files in a text body are looked at by name") {
+  FilterConfig fc = configOf(kSection);
+  std::string uu = crlf(
+      "From: a@example.test\nSubject: old style\n\nhere it is\n\nbegin 644 evil.exe\n"
+      "M5%J0``,````$````__\\``+@`````````0`````````````````````````\n`\nend\n");
+  CheckResult r = checkRaw(uu, fc);
+  REQUIRE(r.blocked);
+  REQUIRE(r.blocked->file == "evil.exe");
+  REQUIRE(checkRaw(withAttachment("Content-Type: text/plain\n", crlf("begin 0755 run.js\n`\nend\n")), fc).blocked);
+  // Prose that starts a line with "begin", a harmless uuencoded name: clean.
+  REQUIRE_FALSE(
+      checkRaw(crlf("Subject: x\n\nbegin 644 notes.txt\n`\nend\nbegin here.exe\nbegin 99 a.exe\n"), fc).blocked);
+}
+
 TEST_CASE("blocked declared types, wildcards, and name patterns") {
   FilterConfig fc = configOf(kSection);
   CheckResult t = checkRaw(named("harmless.dat", "application/x-msdownload"), fc);

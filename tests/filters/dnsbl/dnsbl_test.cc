@@ -37,6 +37,9 @@ TEST_CASE("a DNSBL answer lists only with an address in 127/8 that is not a refu
   // Some lists answer 127.255.255.x to refuse a query (public resolver, over quota).
   REQUIRE(classify(answer(dns::Status::Ok, {"127.255.255.254"})) == Listing::Refused);
   REQUIRE(classify(answer(dns::Status::Ok, {"127.255.255.254", "127.0.0.2"})) == Listing::Listed);
+  // 127.0.0.1 is never a listing (RFC 5782 §5); lists answer it to refuse a query.
+  REQUIRE(classify(answer(dns::Status::Ok, {"127.0.0.1"})) == Listing::Refused);
+  REQUIRE(classify(answer(dns::Status::Ok, {"127.0.0.1", "127.0.0.3"})) == Listing::Listed);
   // A resolver that wildcards NXDOMAIN to an ad server must not block everyone.
   REQUIRE(classify(answer(dns::Status::Ok, {"192.0.2.1"})) == Listing::NotListed);
   REQUIRE(classify(answer(dns::Status::TempFail)) == Listing::TempFail);

@@ -182,6 +182,50 @@ if (version >= 3)
   REQUIRE(e.find("t.cf:1:") == std::string::npos);
 }
 
+TEST_CASE("scores must be finite numbers in range: nan would stop every threshold") {
+  Fixture f(R"(body BIG /x/
+score BIG 20
+body NAN1 /x/
+score NAN1 nan
+score INF1 inf
+score NEG1 -INF
+score HUGE1 1e308
+score FINE -100.5
+)");
+  std::string e = f.errors.str();
+  INFO(e);
+  for (const char* where : {"t.cf:4:", "t.cf:5:", "t.cf:6:", "t.cf:7:"}) REQUIRE(e.find(where) != std::string::npos);
+  REQUIRE(e.find("t.cf:8:") == std::string::npos);
+  auto ev = f.on("Subject: x\n\nx\n");
+  REQUIRE(ev.score == Approx(21));  // NAN1 keeps the default 1.0
+}
+
+TEST_CASE("meta cycles are FILE:LINE warnings and count as 0, a chain of 100,000 metas and rules") {
+  Fixture f(R"(body C /x/
+meta A B
+meta B A
+meta S S || C
+meta D A || C
+)");
+  std::string e = f.errors.str();
+  INFO(e);
+  REQUIRE_FALSE(f.errors.hasErrors());
+  REQUIRE(e.find("t.cf:3: warning: B: meta dependency cycle through A") != std::string::npos);
+  REQUIRE(e.find("t.cf:4: warning: S: meta dependency cycle through S") != std::string::npos);
+  auto ev = f.on("Subject: x\n\nx\n");
+  REQUIRE(ev.hits == std::vector<std::string>{"C", "D", "S"});
+
+  // Each meta uses the one before: evaluated without recursion, in dependency order.
+  std::string chain = "body R0 /x/\n";
+  for (int i = 1; i <= 100000; ++i) chain += "meta R" + std::to_string(i) + " R" + std::to_string(i - 1) + "\n";
+  chain += "body R0 /y/\n";  // a redefinition replaces the first
+  Fixture big(chain);
+  REQUIRE_FALSE(big.errors.hasErrors());
+  REQUIRE(big.rules->ruleCount() == 100001);
+  REQUIRE(big.on("Subject: y\n\ny\n").hits.size() == 100001);
+  REQUIRE(big.on("Subject: x\n\nx\n").hits.empty());
+}
+
 TEST_CASE("Perl to RE2 translation") {
   REQUIRE(translate("/abc/").re2 == "abc");
   REQUIRE(translate("/abc/ism").re2 == "(?ism)abc");
