@@ -28,8 +28,10 @@ FilterConfig readConfig(const policy::Config& config, policy::Errors& errors) {
   if (onLimit == "quarantine") fc.onLimit = FilterConfig::OnLimit::Quarantine;
   if (onLimit == "tempfail") fc.onLimit = FilterConfig::OnLimit::TempFail;
   if (onLimit == "pass") fc.onLimit = FilterConfig::OnLimit::Pass;
-  fc.limits.maxScanSize = s.getSize("max_scan_size", 100ull << 20);
-  fc.limits.maxFileSize = s.getSize("max_file_size", 25ull << 20);
+  // ClamAV's own defaults: what a scan limit keeps from being scanned is refused (by
+  // limits_exceeded), so lower ones would refuse ordinary mail, e.g. a zip of large logs.
+  fc.limits.maxScanSize = s.getSize("max_scan_size", 400ull << 20);
+  fc.limits.maxFileSize = s.getSize("max_file_size", 100ull << 20);
   fc.limits.maxRecursion = static_cast<uint32_t>(s.getInt("max_recursion", 16, 1, 64));
   fc.limits.maxFiles = static_cast<uint32_t>(s.getInt("max_files", 10000, 1, 1000000));
   fc.limits.maxScanTimeMs = static_cast<uint32_t>(s.getDuration("scan_timeout", std::chrono::minutes(2)).count());

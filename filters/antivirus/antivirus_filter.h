@@ -13,8 +13,8 @@
 //                              more than max_scan_size in all): reject (554 5.7.1) |
 //                              quarantine | tempfail (451 4.7.1) | pass (delivered; the
 //                              filter line still says which limit). Default: as `action`.
-//   max_scan_size = "100M"     bytes scanned per message
-//   max_file_size = "25M"      largest file or part scanned
+//   max_scan_size = "400M"     bytes scanned per message (ClamAV's own default)
+//   max_file_size = "100M"     largest file or part scanned (ClamAV's own default)
 //   max_recursion = 16         archive / message nesting
 //   max_files = 10000          files inside archives
 //   scan_timeout = "2m"        per scan call (clamd: the whole exchange; connecting at most 5s of it)

@@ -24,8 +24,8 @@
 namespace moat::filters::antivirus {
 
 struct ScanLimits {
-  uint64_t maxScanSize = 100ull << 20;  // bytes scanned per message (all parts together)
-  uint64_t maxFileSize = 25ull << 20;   // largest single file/part scanned
+  uint64_t maxScanSize = 400ull << 20;  // bytes scanned per message (all parts together)
+  uint64_t maxFileSize = 100ull << 20;  // largest single file/part scanned
   uint32_t maxRecursion = 16;           // archive/message nesting
   uint32_t maxFiles = 10000;            // files inside archives
   uint32_t maxScanTimeMs = 120000;      // per scan call
