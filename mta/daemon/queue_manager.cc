@@ -21,8 +21,18 @@
 namespace moat::mta::daemon {
 namespace {
 
+// Wall time: the envelope's dates (arrival, next attempt as shown and stored), expiry and
+// the delay warning, which are measured from the arrival.
 int64_t nowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Monotonic time: every wait (the schedule, the unreachable marks). A step of the wall clock
+// (NTP, an admin's `date -s`) must neither make every deferred message due at once nor hold
+// them all back by the size of the step.
+int64_t monoMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
 
@@ -139,6 +149,16 @@ client::Downgrade offLoopConverter(uv_loop_t* loop, std::shared_ptr<bool> alive,
   };
 }
 
+// A route without targets delivers by MX (RFC 5321 §5.1).
+const policy::Route& mxRoute() {
+  static const policy::Route kMxRoute = [] {
+    policy::Route r;
+    r.to.push_back(policy::RouteTarget{policy::RouteTarget::Kind::Mx, "", 25, ""});
+    return r;
+  }();
+  return kMxRoute;
+}
+
 // The control commands' answer for a message that a delivery or a hold/release move has.
 std::string busyReply() {
   return mta::JsonObject().add("ok", false).add("error", "message is busy: a delivery or a move is under way").str();
@@ -212,8 +232,14 @@ struct QueueManager::Attempt {
   int pendingGroups = 0;
   // A next hop took part of a transaction's recipients and refused the rest as too many
   // (RFC 5321 §4.5.3.1.10): those go again at once in a new transaction, not at the next
-  // retry, as Postfix does. Progress is certain: each round delivers at least one.
-  bool moreAtOnce = false;
+  // retry, as Postfix does. Progress is certain: each round delivers at least one. Only
+  // they: the message's other deferred recipients (a 450, a next hop down) keep their
+  // retry wait, and such a round is no new attempt (the retry waits do not grow with it).
+  std::set<size_t> again;
+  std::vector<size_t> only;  // this round is such a one: these recipients alone
+  // Destination keys counted in load_ when the message was taken up, before its groups are
+  // known; route() hands each to a group, and releases those no group took.
+  std::vector<std::string> reserved;
 };
 
 struct Hop {
@@ -323,7 +349,7 @@ void QueueManager::putEntry(queue::Envelope env) {
     --areaCounts_[areaIndex(it->second.env.area)];
     dropCachedData(it->second);
   }
-  it->second = Entry{std::move(env), false, nullptr};
+  it->second = Entry{std::move(env), false, nullptr, {}, 0};
   ++areaCounts_[areaIndex(area)];
 }
 
@@ -360,8 +386,11 @@ void QueueManager::updateGauges() {
 }
 
 void QueueManager::schedule(const std::string& id, int64_t dueMs) {
+  // `dueMs` is wall time (0 = now), as the envelope stores it; the schedule runs on the
+  // monotonic clock, so the wait is converted once, here.
+  int64_t due = dueMs <= 0 ? 0 : monoMs() + (dueMs - nowMs());
   sched_.remove(id);
-  sched_.add(id, dueMs);
+  sched_.add(id, due);
 }
 
 void QueueManager::armTimer() {
@@ -371,7 +400,7 @@ void QueueManager::armTimer() {
     timer_.stop();
     return;
   }
-  int64_t wait = std::max<int64_t>(0, *next - nowMs());
+  int64_t wait = std::max<int64_t>(0, *next - monoMs());
   timer_.start(static_cast<uint64_t>(std::min<int64_t>(wait, 60'000)), [this] { tick(); });
 }
 
@@ -382,10 +411,21 @@ void QueueManager::tick() {
   // With every slot busy, the due messages wait: the next delivery that finishes re-arms
   // the timer. (Re-arming a 0 ms timer here would spin: libuv runs it again at once.)
   if (room == 0) return;
-  for (const auto& id : sched_.popDue(nowMs(), room)) {
-    auto it = entries_.find(id);
+  int64_t now = monoMs();
+  while (room > 0) {
+    auto due = sched_.nextDue();
+    auto ids = sched_.popDue(now, 1);
+    if (ids.empty()) break;
+    auto it = entries_.find(ids.front());
     if (it == entries_.end() || it->second.busy || it->second.env.area != queue::Area::Active) continue;
+    // Set aside without taking a slot: see blocked_. Each message is looked at once until
+    // its destination has room again, so a long queue for one next hop costs no scan.
+    if (std::string key = saturatedDestination(it->second.env); !key.empty()) {
+      blocked_[key].emplace_back(ids.front(), *due);
+      continue;
+    }
     deliver(it->second);
+    --room;
   }
   armTimer();
 }
@@ -396,6 +436,14 @@ void QueueManager::deliver(Entry& entry) {
   auto attempt = std::make_shared<Attempt>();
   attempt->id = entry.env.id;
   attempt->env = entry.env;
+  attempt->only = std::exchange(entry.atOnce, {});
+  // The message counts against its destinations from now: reading it from the spool takes a
+  // trip to the thread pool, and the other messages this tick takes up must see it.
+  for (auto& key : destinationKeys(entry.env)) {
+    if (key.empty()) continue;
+    ++load_[key];
+    attempt->reserved.push_back(std::move(key));
+  }
   if (entry.data) {
     attempt->data = entry.data;
     dropCachedData(entry);
@@ -427,7 +475,11 @@ void QueueManager::loadData(const std::string& id, DataLoaded done) {
 }
 
 void QueueManager::route(std::shared_ptr<Attempt> attempt, const std::string& error) {
+  auto releaseReserved = [this, attempt] {
+    for (const auto& key : std::exchange(attempt->reserved, {})) releaseLoad(key);
+  };
   if (!attempt->data) {
+    releaseReserved();
     log::error("spool_error").add("queue_id", attempt->id).add("error", error);
     for (size_t i = 0; i < attempt->env.rcpts.size(); ++i)
       if (attempt->env.rcpts[i].status == queue::RcptStatus::Pending)
@@ -442,6 +494,8 @@ void QueueManager::route(std::shared_ptr<Attempt> attempt, const std::string& er
   for (size_t i = 0; i < attempt->env.rcpts.size(); ++i) {
     const auto& r = attempt->env.rcpts[i];
     if (r.status != queue::RcptStatus::Pending) continue;
+    if (!attempt->only.empty() && std::find(attempt->only.begin(), attempt->only.end(), i) == attempt->only.end())
+      continue;
     std::string domain = domainOf(r.address);
     const policy::Route* route = cfg.routeFor(domain);
     int idx = route ? static_cast<int>(route - cfg.routes.data()) : -1;
@@ -449,6 +503,7 @@ void QueueManager::route(std::shared_ptr<Attempt> attempt, const std::string& er
     groups[{idx, byDomain ? domain : ""}].push_back(i);
   }
   if (groups.empty()) {
+    releaseReserved();
     finishAttempt(attempt);
     return;
   }
@@ -466,21 +521,82 @@ void QueueManager::route(std::shared_ptr<Attempt> attempt, const std::string& er
     }
   }
   attempt->pendingGroups = static_cast<int>(parts.size());
-  for (auto& [route, domain, rcpts] : parts) deliverGroup(attempt, route, domain, std::move(rcpts));
+  std::vector<std::string> keys;
+  for (auto& [route, domain, rcpts] : parts) {
+    std::string key = destinationKey(route, domain);
+    if (!key.empty()) {
+      auto held = std::find(attempt->reserved.begin(), attempt->reserved.end(), key);
+      if (held != attempt->reserved.end())
+        attempt->reserved.erase(held);  // counted when the message was taken up
+      else
+        ++load_[key];
+    }
+    keys.push_back(std::move(key));
+  }
+  releaseReserved();  // a reload may have changed the routes meanwhile
+  for (size_t k = 0; k < parts.size(); ++k) {
+    auto& [route, domain, rcpts] = parts[k];
+    deliverGroup(attempt, route, domain, std::move(rcpts), std::move(keys[k]));
+  }
 }
 
-void QueueManager::deliverGroup(std::shared_ptr<Attempt> attempt, const policy::Route* route,
-                                const std::string& domain, std::vector<size_t> rcpts) {
-  static const policy::Route kMxRoute = [] {
-    policy::Route r;
-    r.to.push_back(policy::RouteTarget{policy::RouteTarget::Kind::Mx, "", 25, ""});
-    return r;
-  }();
-  if (!route || route->to.empty()) route = &kMxRoute;
+std::vector<std::string> QueueManager::destinationKeys(const queue::Envelope& env) const {
+  const auto& cfg = *snap_->config;
+  std::vector<std::string> keys;
+  for (const auto& r : env.rcpts) {
+    if (r.status != queue::RcptStatus::Pending) continue;
+    std::string domain = domainOf(r.address);
+    std::string key = destinationKey(cfg.routeFor(domain), domain);
+    if (std::find(keys.begin(), keys.end(), key) == keys.end()) keys.push_back(std::move(key));
+  }
+  return keys;
+}
+
+std::string QueueManager::saturatedDestination(const queue::Envelope& env) const {
+  std::string first;
+  for (auto& key : destinationKeys(env)) {
+    if (key.empty()) return "";  // Maildir: no limit
+    auto it = load_.find(key);
+    if (it == load_.end() || it->second < snap_->config->maxPerDestination) return "";
+    if (first.empty()) first = std::move(key);
+  }
+  return first;
+}
+
+void QueueManager::releaseLoad(const std::string& key) {
+  if (key.empty()) return;
+  auto it = load_.find(key);
+  if (it == load_.end()) return;
+  unsigned left = --it->second;
+  if (left == 0) load_.erase(it);
+  auto b = blocked_.find(key);
+  if (b == blocked_.end()) return;
+  // Back on the schedule, at their due times, as many as the destination now has room for:
+  // the next tick takes them up (or sets them aside again if others took the room first).
+  // All of them once nothing is under way for it: then no later release would come.
+  unsigned max = snap_->config->maxPerDestination;
+  size_t room = left == 0 ? b->second.size() : max > left ? max - left : 0;
+  while (room > 0 && !b->second.empty()) {
+    auto [id, due] = std::move(b->second.front());
+    b->second.pop_front();
+    auto e = entries_.find(id);
+    // Deleted, held, or put back already (by flush or release) meanwhile: nothing to do.
+    if (e == entries_.end() || e->second.busy || e->second.env.area != queue::Area::Active || sched_.contains(id))
+      continue;
+    sched_.add(id, due);
+    --room;
+  }
+  if (b->second.empty()) blocked_.erase(b);
+  armTimer();
+}
+
+void QueueManager::deliverGroup(std::shared_ptr<Attempt> attempt, const policy::Route* route, const std::string& domain,
+                                std::vector<size_t> rcpts, std::string loadKey) {
+  if (!route || route->to.empty()) route = &mxRoute();
   if (route->to.front().kind == policy::RouteTarget::Kind::Maildir) {
     deliverMaildir(attempt, route->to.front().dir, std::move(rcpts));
   } else {
-    deliverSmtp(attempt, *route, domain, std::move(rcpts));
+    deliverSmtp(attempt, *route, domain, std::move(rcpts), std::move(loadKey));
   }
 }
 
@@ -609,15 +725,31 @@ const char* tlsPolicyName(policy::TlsPolicy p) {
 }
 }  // namespace
 
-void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::Route& route,
-                               const std::string& domain, std::vector<size_t> rcpts) {
+namespace {
+client::TlsMode clientTlsMode(const policy::Route& route) {
+  return route.tls == policy::TlsPolicy::None                                                ? client::TlsMode::None
+         : route.tls == policy::TlsPolicy::Require || route.tls == policy::TlsPolicy::Verify ? client::TlsMode::Require
+                                                                                             : client::TlsMode::May;
+}
+}  // namespace
+
+std::string QueueManager::destinationKey(const policy::Route* route, const std::string& domain) {
+  if (!route || route->to.empty()) route = &mxRoute();
+  const auto& first = route->to.front();
+  if (first.kind == policy::RouteTarget::Kind::Maildir) return "";
+  if (first.kind == policy::RouteTarget::Kind::Mx) return "mx:" + domain + "," + tlsKey(clientTlsMode(*route), *route);
+  std::string key;
+  for (const auto& t : route->to)
+    if (t.kind == policy::RouteTarget::Kind::Smtp) key += t.str() + ",";
+  return key + tlsKey(clientTlsMode(*route), *route);
+}
+
+void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::Route& route, const std::string& domain,
+                               std::vector<size_t> rcpts, std::string loadKey) {
   auto job = std::make_shared<Job>();
   job->attempt = attempt;
   job->rcpts = rcpts;
-  job->tls = route.tls == policy::TlsPolicy::None ? client::TlsMode::None
-             : route.tls == policy::TlsPolicy::Require || route.tls == policy::TlsPolicy::Verify
-                 ? client::TlsMode::Require
-                 : client::TlsMode::May;
+  job->tls = clientTlsMode(route);
   if (route.tls == policy::TlsPolicy::Verify) {
     // Built by the snapshot for every verify route; a route from an older snapshot that
     // is not there fails closed (deferred), it never goes unverified.
@@ -627,9 +759,10 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
   bool verifyMissing = route.tls == policy::TlsPolicy::Verify && !job->tlsCtx;
   job->tlsName = tlsPolicyName(route.tls);
   auto alive = alive_;
-  job->done = [this, alive, attempt, rcpts](const client::TransactionResult& r, const std::string& relay,
-                                            const std::string& tls, const std::string& remoteMta) {
+  job->done = [this, alive, attempt, rcpts, loadKey](const client::TransactionResult& r, const std::string& relay,
+                                                     const std::string& tls, const std::string& remoteMta) {
     if (!*alive) return;
+    releaseLoad(loadKey);
     for (size_t k = 0; k < rcpts.size(); ++k) {
       RcptOutcome o;
       o.relay = relay;
@@ -665,7 +798,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
         classify(code, replyText(r.rcpts[k]));
         // RFC 5321 §4.5.3.1.10: 552 to a RCPT means too many recipients: a temporary failure.
         if (code == 552) o.kind = RcptOutcome::Kind::Deferred;
-        if ((code == 452 || code == 552) && dataAccepted(r)) attempt->moreAtOnce = true;
+        if ((code == 452 || code == 552) && dataAccepted(r)) attempt->again.insert(rcpts[k]);
       } else {
         classifyData();
       }
@@ -678,8 +811,9 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
     r.error = reply;
     job->done(r, job->destination, "", "");  // no server answered: no Remote-MTA
   };
-  auto permFailAll = [this, alive, attempt, rcpts](const std::string& reply) {
+  auto permFailAll = [this, alive, attempt, rcpts, loadKey](const std::string& reply) {
     if (!*alive) return;
+    releaseLoad(loadKey);
     for (size_t i : rcpts) attempt->outcomes[i] = {RcptOutcome::Kind::Failed, reply, "", "", ""};
     groupDone(attempt);
   };
@@ -977,7 +1111,7 @@ void QueueManager::clientIdle(Destination& d, Pooled c) {
 }
 
 void QueueManager::markUnreachable(Destination& d, const std::string& error) {
-  int64_t now = nowMs();
+  int64_t now = monoMs();
   std::erase_if(unreachable_, [now](const auto& kv) { return kv.second.untilMs <= now; });
   // As long as the first retry wait, within [1 s, 5 min]: a message deferred now comes back
   // about when the mark ends, and a next hop that comes back up is not ignored for long.
@@ -1003,7 +1137,7 @@ void QueueManager::markUnreachable(Destination& d, const std::string& error) {
 std::string QueueManager::unreachableReply(const std::string& key) {
   auto it = unreachable_.find(key);
   if (it == unreachable_.end()) return "";
-  int64_t left = it->second.untilMs - nowMs();
+  int64_t left = it->second.untilMs - monoMs();
   if (left <= 0) {
     unreachable_.erase(it);
     return "";
@@ -1037,7 +1171,8 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
   }
   auto& env = it->second.env;
   int64_t now = nowMs();
-  env.attempts++;
+  bool continued = !attempt->only.empty();  // a round for refused-as-too-many recipients alone
+  if (!continued) env.attempts++;
   std::vector<size_t> failed, succeeded;
   for (auto& [i, o] : attempt->outcomes) {
     auto& r = env.rcpts[i];
@@ -1144,7 +1279,13 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
       sendAndWait(delayed, DsnKind::Delay, &attempt->outcomes);
       env.delayWarned = true;
     }
-    env.nextAttemptMs = attempt->moreAtOnce ? now : sched_.nextAttemptAt(now, env.attempts);
+    auto& entry = it->second;
+    if (!continued) entry.laterMs = sched_.nextAttemptAt(now, env.attempts);
+    // Stored: the others' time (after a crash the refused ones go with them); in memory,
+    // the refused ones at once.
+    env.nextAttemptMs = entry.laterMs;
+    for (size_t i : attempt->again)
+      if (env.rcpts[i].status == queue::RcptStatus::Pending) entry.atOnce.push_back(i);
   }
   *persist = [this, id = env.id] {
     busy_.erase(id);
@@ -1158,7 +1299,7 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
       if (settled) {
         retire(id);
       } else {
-        int64_t due = env.nextAttemptMs;
+        int64_t due = it->second.atOnce.empty() ? env.nextAttemptMs : 0;
         spool_->update(env, [id](bool ok, std::string error) {
           if (!ok) log::error("spool_error").add("queue_id", id).add("error", error);
         });
@@ -1491,6 +1632,7 @@ std::string QueueManager::flush(const std::string& id) {
   for (auto& [mid, e] : entries_) {
     if (!id.empty() && mid != id) continue;
     if (e.env.area != queue::Area::Active || e.busy) continue;
+    e.atOnce.clear();  // every recipient now
     schedule(mid, 0);
     ++n;
   }
@@ -1506,6 +1648,7 @@ void QueueManager::hold(const std::string& id, std::function<void(std::string)> 
   if (it->second.busy) return reply(busyReply());
   auto env = it->second.env;
   env.area = queue::Area::Hold;
+  it->second.atOnce.clear();
   // Busy and off the schedule while the files move: no delivery may start once the admin
   // asked for the hold, and no other command may act on the message halfway.
   sched_.remove(id);

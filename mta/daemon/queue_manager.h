@@ -3,7 +3,9 @@
 // concurrency limit and connection reuse; next hop by [[route]] (smtp:HOST:PORT in order,
 // "mx" per RFC 5321 §5.1 with the implicit-MX fallback and RFC 7505 null MX, leaving out
 // this gateway and every MX at or below its preference (mx_self.h), maildir:DIR);
-// per-recipient results; retries from [queue] retry with jitter; DSNs (RFC 3464) for
+// per-recipient results; retries from [queue] retry with jitter, waited out on the monotonic
+// clock (wall time only for the envelope's dates, expiry and the delay warning); a message
+// whose next hops are all at their limit waits without a delivery slot; DSNs (RFC 3464) for
 // permanent failures, expiry and one delay warning; never a DSN to the null sender, and a
 // DSN of Moat's own that cannot be delivered is dropped with a log line, not bounced.
 //
@@ -66,6 +68,11 @@ class QueueManager {
     queue::Envelope env;
     bool busy = false;
     std::shared_ptr<const queue::MessageData> data;  // see enqueue(); dropped once used
+    // Recipients a next hop refused as too many (452/552 to RCPT) in a transaction it took:
+    // the next round, at once, carries these alone (see Attempt::again). In memory only: after
+    // a restart they go with the others at the stored next attempt.
+    std::vector<size_t> atOnce;
+    int64_t laterMs = 0;  // the others' next attempt (wall time), set by the round that began
   };
   struct RcptOutcome {
     enum class Kind { Delivered, Deferred, Failed } kind = Kind::Deferred;
@@ -84,6 +91,7 @@ class QueueManager {
   struct Destination;
   struct Job;
 
+  // `dueMs`: wall time, as in Envelope::nextAttemptMs (0 = now); kept on the monotonic clock.
   void schedule(const std::string& id, int64_t dueMs);
   void armTimer();
   void tick();
@@ -93,10 +101,11 @@ class QueueManager {
   // Groups the pending recipients by route and starts each group (data loaded, or `error`).
   void route(std::shared_ptr<Attempt> attempt, const std::string& error);
   void deliverGroup(std::shared_ptr<Attempt> attempt, const policy::Route* route, const std::string& domain,
-                    std::vector<size_t> rcpts);
+                    std::vector<size_t> rcpts, std::string loadKey);
   void deliverMaildir(std::shared_ptr<Attempt> attempt, const std::string& dir, std::vector<size_t> rcpts);
+  // `loadKey`: the destination's key in load_, released when the group is done.
   void deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::Route& route, const std::string& domain,
-                   std::vector<size_t> rcpts);
+                   std::vector<size_t> rcpts, std::string loadKey);
   void groupDone(std::shared_ptr<Attempt> attempt);
   void finishAttempt(std::shared_ptr<Attempt> attempt);
   // By value: callers pass the id of the entry it erases. `removed`, if given, is called
@@ -134,6 +143,22 @@ class QueueManager {
   // Removes quarantined messages older than [quarantine] retention (log: quarantine_expired).
   void expireQuarantine();
 
+  // The destination (connection pool) key of a route and recipient domain, known without DNS;
+  // "" for a Maildir route, which has no connection limit.
+  static std::string destinationKey(const policy::Route* route, const std::string& domain);
+  // Fairness: a message counts against queue.max_deliveries from the moment it is taken up,
+  // so one whose every destination already has queue.max_per_destination groups under way
+  // would only wait in that destination's queue, holding a slot that other next hops need
+  // (one slow next hop would take every slot). Such a message is set aside in blocked_
+  // instead, off the schedule, and goes back on it as its destination's groups finish.
+  // Returns the key it waits for, or "" when it can go now.
+  std::string saturatedDestination(const queue::Envelope& env) const;
+  // The keys of the destinations of `env`'s pending recipients ("" for Maildir), each once.
+  std::vector<std::string> destinationKeys(const queue::Envelope& env) const;
+  void releaseLoad(const std::string& key);
+  std::map<std::string, unsigned> load_;  // key -> groups routed to it and not yet done
+  std::map<std::string, std::deque<std::pair<std::string, int64_t>>> blocked_;  // key -> (id, monotonic due)
+
   // Destinations (connection pools)
   void submit(const std::string& key, std::shared_ptr<Job> job);
   void pump(Destination& d);
@@ -168,7 +193,7 @@ class QueueManager {
   // Postfix marks a dead destination. Otherwise each queued message would spend up to a
   // connect timeout on a dead host, holding delivery slots other destinations need.
   struct Unreachable {
-    int64_t untilMs = 0;
+    int64_t untilMs = 0;  // monotonic
     std::string error;  // "451 4.4.1 HOST[IP]:PORT: connection refused"
   };
   std::map<std::string, Unreachable> unreachable_;
