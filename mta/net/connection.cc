@@ -3,11 +3,13 @@
 //
 // Untrusted input: every byte read from the socket. Memory per connection is bounded: one
 // 64 KiB read buffer, and undelivered input is at most kHoldLimit plus one read (plus one
-// TLS record). stopReading() is lazy: the socket keeps reading into the held input until
-// that passes kHoldLimit, because an SMTP session pauses for every reply that waits on the
-// disk or a lookup, and taking the socket out of epoll and putting it back each time cost
-// two epoll_ctl calls per pause. An end of input met while the owner does not read waits
-// until the owner has read what came before it. RFC 3207 §4.2: input received before
+// TLS record). A TLS socket also stops reading while more than kTlsWriteLimit of output
+// waits for the peer (output OpenSSL makes on its own has no other bound). stopReading()
+// is lazy: the socket keeps reading into the held input until that passes kHoldLimit,
+// because an SMTP session pauses for every reply that waits on the disk or a lookup, and
+// taking the socket out of epoll and putting it back each time cost two epoll_ctl calls
+// per pause. An end of input met while the owner does not read waits until the owner has
+// read what came before it. RFC 3207 §4.2: input received before
 // the TLS handshake began and not yet delivered is discarded, never handed over as if it had
 // come through TLS (the STARTTLS command-injection attack). Logs nothing; owners log.
 #include "mta/net/connection.h"
@@ -26,6 +28,12 @@ namespace {
 
 constexpr size_t kReadBufSize = 64 * 1024;
 constexpr size_t kHoldLimit = 64 * 1024;  // undelivered input that stops the socket reading
+// Queued output that stops a TLS socket reading. OpenSSL answers some records on its own
+// (a TLS 1.3 KeyUpdate that requests one back, a refused renegotiation's alert), with no
+// owner to bound it: a peer that sends those and reads nothing would grow the write queue
+// without end. Above the SMTP session's own bound (64 KiB) and the client's body window
+// (1 MiB plus a 64 KiB piece), so neither ever meets it.
+constexpr size_t kTlsWriteLimit = 2 * 1024 * 1024;
 
 std::string uvError(const char* what, int code) { return std::string(what) + ": " + uv_strerror(code); }
 
@@ -211,7 +219,7 @@ class TcpConnection final : public Connection {
   void updateSocketReading() {
     if (!tcp_ || handleClosed_) return;
     bool want =
-        !closing_ && !eofPending_ &&
+        !closing_ && !eofPending_ && !(tls_ && pendingBytes_ > kTlsWriteLimit) &&
         (reading_ || inbuf_.size() < kHoldLimit || (tls_ && tls_->state() == tls::TlsSession::State::Handshaking));
     if (want == socketReading_) return;
     socketReading_ = want;
@@ -277,6 +285,7 @@ class TcpConnection final : public Connection {
     flushTls();  // TLS 1.3 may answer a key update
     if (tls_->state() == tls::TlsSession::State::Closed) return onEof();
     deliver();
+    if (pendingBytes_ > kTlsWriteLimit) updateSocketReading();  // the peer reads nothing
   }
 
   void handshakeOrTlsFailure() {
@@ -395,6 +404,7 @@ class TcpConnection final : public Connection {
     --pendingWrites_;
     if (handleClosed_) return;
     if (status < 0) return fail(uvError("write", status));
+    if (tls_ && !socketReading_) updateSocketReading();  // below kTlsWriteLimit again: read on
     if (pendingWrites_ != 0) return;
     if (closing_) return closeHandle("");
     if (cb_.onDrain) {

@@ -1,14 +1,18 @@
 // Tests for mta/net: real loopback sockets, plain and TLS, STARTTLS injection defence,
 // implicit TLS, flow control and connect failures.
-#include <catch2/catch.hpp>
+#include "mta/net/connection.h"
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/ssl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <thread>
 #include <vector>
 
-#include "mta/net/connection.h"
 #include "mta/runtime/uv.h"
 #include "tests/support/test_cert.h"
 
@@ -350,6 +354,86 @@ TEST_CASE("net: write-queue accounting grows while the peer does not read") {
   client.conn->abort();  // drops queued writes at once
   REQUIRE(loop.runUntil([&] { return client.closes == 1; }, 3000));
   accepted->abort();
+}
+
+// A peer that asks for a TLS 1.3 KeyUpdate back with every record and reads nothing: OpenSSL
+// queues each answer with no owner to bound it, so the connection itself must stop reading.
+TEST_CASE("net: a TLS peer that makes OpenSSL answer and reads nothing cannot grow the write queue") {
+  moat::test::TestCert cert;
+  REQUIRE(cert.ok());
+  std::string error;
+  auto sctx = tls::TlsContext::server(cert.certFile(), cert.keyFile(), error);
+  REQUIRE(sctx);
+  uv::Loop loop;
+  Peer server;
+  auto l = net::listen(
+      loop.get(), "127.0.0.1", 0, false, sctx, [&](std::shared_ptr<net::Connection> c) { server.attach(c); }, error);
+  REQUIRE(l);
+  uint16_t port = l->port();
+  std::atomic<bool> handshaken{false}, finished{false}, stalled{false};
+  std::atomic<size_t> sent{0};
+  std::thread flooder([&] {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    int small = 4096;
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);  // a receive window that fills at once
+    timeval tv{0, 300 * 1000};  // a send that blocks this long means the server stopped reading
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+    SSL* ssl = SSL_new(ctx);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && SSL_set_fd(ssl, fd) == 1 &&
+        SSL_connect(ssl) == 1) {
+      handshaken = true;
+      // KeyUpdates made in memory, sent in batches: far more than the kernel's buffers hold.
+      BIO* mem = BIO_new(BIO_s_mem());
+      SSL_set0_wbio(ssl, mem);
+      for (int batch = 0; batch < 640; ++batch) {  // 27 octets each: 17 MB
+        for (int i = 0; i < 1000; ++i) {
+          if (SSL_key_update(ssl, SSL_KEY_UPDATE_REQUESTED) != 1 || SSL_do_handshake(ssl) != 1) break;
+        }
+        char* data = nullptr;
+        long n = BIO_get_mem_data(mem, &data);
+        bool blocked = false;
+        for (long off = 0; off < n;) {
+          ssize_t w = ::send(fd, data + off, static_cast<size_t>(n - off), MSG_NOSIGNAL);
+          if (w <= 0) {
+            blocked = true;
+            break;
+          }
+          off += w;
+          sent += static_cast<size_t>(w);
+        }
+        (void)BIO_reset(mem);
+        if (blocked) {
+          stalled = true;
+          break;
+        }
+      }
+    }
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    finished = true;
+    ::close(fd);  // after `finished`: the server's pending bytes are looked at before the close
+  });
+  size_t maxPending = 0;
+  loop.runUntil(
+      [&] {
+        if (server.conn) maxPending = std::max(maxPending, server.conn->pendingWriteBytes());
+        return finished.load();
+      },
+      60000);
+  flooder.join();
+  REQUIRE(handshaken);
+  INFO("sent " << sent << " bytes, server write queue peaked at " << maxPending);
+  REQUIRE(sent > 4u * 1024 * 1024);         // the flood was big enough to matter
+  REQUIRE(maxPending <= 3u * 1024 * 1024);  // 2 MiB and at most one read's answers
+  REQUIRE(stalled);                         // the server stopped reading the flood
+  loop.runUntil([&] { return server.closes == 1; }, 5000);
+  if (server.conn) server.conn->abort();
 }
 
 TEST_CASE("net: connect to a closed port fails, and the timeout fires") {
