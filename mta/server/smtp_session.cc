@@ -396,7 +396,6 @@ void SmtpSession::handleLine(const std::string& line) {
     protocolError();
     return;
   }
-  // RFC 3207 §4: on a listener that requires TLS nothing but EHLO/STARTTLS/QUIT/NOOP/RSET before it.
   switch (c.verb) {
     case V::Helo: cmdHelo(c, false); break;
     case V::Ehlo: cmdHelo(c, true); break;
