@@ -50,6 +50,8 @@ bool MxSelf::isSelfName(std::string_view host) const {
 }
 
 bool MxSelf::isSelfAddress(const IpAddress& ip) const {
+  const uint8_t* b = ip.bytes();
+  if (ip.isV4() ? b[0] == 0 : std::all_of(b, b + 16, [](uint8_t x) { return x == 0; })) return true;
   if (std::find(listeners_.begin(), listeners_.end(), ip) != listeners_.end()) return true;
   if (!(ip.isV4() ? anyV4_ : anyV6_)) return false;
   // Every loopback address reaches an unspecified listener, configured on an interface or not.

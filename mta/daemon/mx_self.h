@@ -13,6 +13,11 @@
 // bounce mail that can be delivered. (Behind a port redirect, server.hostname is what names
 // Moat in the MX records.)
 //
+// An unspecified address (0.0.0.0/8, ::) is always this host: it is never a destination
+// (RFC 1122 §3.2.1.3, RFC 4291 §2.5.2), and a connect() to it reaches the host's own
+// loopback, Moat or whatever else listens there. A loopback address is this gateway only as
+// above (Postfix alike): a test or a split setup may have another server there.
+//
 // Untrusted input: MX host names and addresses from DNS (compared only). Logs nothing.
 #pragma once
 #include <string>

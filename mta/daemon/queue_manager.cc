@@ -636,11 +636,17 @@ void QueueManager::deliverMaildir(std::shared_ptr<Attempt> attempt, const std::s
 
 namespace {
 
+// The addresses one delivery attempt to a domain's MX hosts tries at most (Postfix's
+// smtp_mx_address_limit, 5 there): a domain may list 100 MX hosts of 50 addresses each, and
+// each unreachable one costs a connect timeout; the next attempt starts again from the best.
+constexpr size_t kMaxMxAddresses = 10;
+
 // Resolves each (host, port) to addresses in order: IP literals as they are, names by AAAA
-// and A. `done(hops, tempfail, error)`: tempfail when some lookup failed temporarily and
-// nothing was found.
+// and A, stopping once `limit` addresses are found. `done(hops, tempfail, error)`: tempfail
+// when some lookup failed temporarily and nothing was found.
 void resolveHops(dns::Resolver* resolver, std::vector<std::pair<std::string, uint16_t>> targets,
-                 std::function<void(std::vector<Hop>, bool tempfail, std::string error)> done) {
+                 std::function<void(std::vector<Hop>, bool tempfail, std::string error)> done,
+                 size_t limit = SIZE_MAX) {
   struct State {
     std::vector<std::pair<std::string, uint16_t>> targets;
     std::vector<Hop> hops;
@@ -649,17 +655,20 @@ void resolveHops(dns::Resolver* resolver, std::vector<std::pair<std::string, uin
     std::string error;
     std::function<void(std::vector<Hop>, bool, std::string)> done;
     dns::Resolver* resolver;
+    size_t limit;
     std::function<void()> step;
   };
   auto st = std::make_shared<State>();
   st->targets = std::move(targets);
   st->done = std::move(done);
   st->resolver = resolver;
+  st->limit = limit;
   std::weak_ptr<State> weak = st;
   st->step = [weak] {
     auto s = weak.lock();
     if (!s) return;
-    if (s->next == s->targets.size()) {
+    if (s->next == s->targets.size() || s->hops.size() >= s->limit) {
+      if (s->hops.size() > s->limit) s->hops.resize(s->limit);
       auto d = std::move(s->done);
       bool tf = s->tempfail && s->hops.empty();
       d(std::move(s->hops), tf, s->error);
@@ -915,7 +924,8 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
           if (hops.empty()) return failAll("451 4.4.3 " + (error.empty() ? "no address for the MX hosts" : error));
           job->hops = std::move(hops);
           submit(key, job);
-        });
+        },
+        kMaxMxAddresses);
   });
 }
 

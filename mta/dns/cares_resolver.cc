@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 
@@ -60,7 +61,7 @@ struct CaresResolver::SocketWatch {
 };
 
 CaresResolver::CaresResolver(uv_loop_t* loop, CaresOptions options)
-    : loop_(loop), options_(std::move(options)), timer_(loop), cache_(options_.cacheEntries) {
+    : loop_(loop), options_(std::move(options)), timer_(loop), cache_(options_.cacheEntries, options_.cacheBytes) {
   if (!init(loop)) {
     log::warn("dns_error").add("error", initError_);
     if (channel_) {
@@ -84,8 +85,11 @@ bool CaresResolver::init(uv_loop_t*) {
   libraryInit();
   ares_options opts{};
   opts.flags = ARES_FLAG_NOSEARCH | ARES_FLAG_NOALIASES | ARES_FLAG_EDNS;
-  opts.timeout = static_cast<int>(options_.timeoutMs);  // milliseconds with ARES_OPT_TIMEOUTMS
-  opts.tries = static_cast<int>(options_.tries ? options_.tries : 1);
+  // c-ares waits `timeout` on the first round and doubles it on each further one: share the
+  // budget so one nameserver's tries fit in it (the deadline in query() bounds the rest).
+  const unsigned tries = std::clamp(options_.tries, 1u, 8u);
+  opts.timeout = static_cast<int>(std::max(1u, options_.timeoutMs / ((1u << tries) - 1)));  // ms (TIMEOUTMS)
+  opts.tries = static_cast<int>(tries);
   opts.ednspsz = 1232;  // avoids IP fragmentation (DNS flag day 2020)
   opts.sock_state_cb = &CaresResolver::sockStateCb;
   opts.sock_state_cb_data = this;
@@ -165,6 +169,13 @@ void CaresResolver::query(std::string_view name, RrType type, Callback cb) {
   f.name = *canonical;
   f.type = type;
   f.waiters.push_back(std::move(cb));
+  f.deadline = std::make_unique<uv::Timer>(loop_);
+  f.deadline->start(options_.timeoutMs, [this, key] {
+    // c-ares may still answer later: finish() then finds no lookup (or a newer one for the
+    // same question, which the answer serves as well).
+    finish(key, failed(Status::TempFail, "timeout after " + std::to_string(options_.timeoutMs) + " ms"));
+    deliver();
+  });
   send(key, *canonical, type, 0, UINT32_MAX);
   rearmTimer();
   deliver();  // ares_query may fail at once (then the answer is already queued)

@@ -2,8 +2,9 @@
 // loop, never blocking. c-ares tells us which sockets to watch (sock_state_cb): each gets a
 // uv_poll_t; one uv timer fires at c-ares' next deadline (ares_timeout) so retries and
 // timeouts run. Answers go through a TTL cache (dns_cache.h) and identical queries in
-// flight share one network query. CNAME chains are followed (the server's chain first;
-// if it stops at a name the reply has no data for, we ask again, at most 8 times).
+// flight share one network query. Every lookup ends within `timeoutMs` (a deadline of our
+// own: c-ares 1.18 spends tries x nameservers x doubling waits, and CNAME follow-ups start anew). CNAME chains are
+// followed (the server's chain first; if it stops at a name the reply has no data for, we ask again, at most 8 times).
 // Follows RFC 1035 (messages), RFC 2308 (negative caching), RFC 2181 (TTLs).
 //
 // Untrusted input: query names (from peers, via SPF/DKIM/DMARC/MX) and every reply.
@@ -35,9 +36,13 @@ namespace moat::mta::dns {
 struct CaresOptions {
   // "IP", "IP:PORT" or "[IPv6]:PORT"; empty = the servers of /etc/resolv.conf.
   std::vector<std::string> nameservers;
-  unsigned timeoutMs = 2000;  // per try (c-ares doubles it on each round of retries)
+  // The whole lookup's budget (retries, other nameservers and CNAME follow-ups included):
+  // its callback has an answer or a TempFail by then. The tries share it (c-ares doubles
+  // the wait on each round, so with one nameserver the first try gets a third of it).
+  unsigned timeoutMs = 2000;
   unsigned tries = 2;
   size_t cacheEntries = 10000;  // 0 disables the cache
+  size_t cacheBytes = AnswerCache::kDefaultMaxBytes;
   TtlPolicy ttl;
 };
 
@@ -73,6 +78,7 @@ class CaresResolver final : public Resolver {
     std::string name;  // canonical query name
     RrType type;
     std::vector<Callback> waiters;
+    std::unique_ptr<uv::Timer> deadline;  // fails the lookup at timeoutMs, whatever c-ares does
   };
   struct Delivery {
     std::shared_ptr<const Answer> answer;

@@ -64,7 +64,9 @@ struct Fixture {
     REQUIRE(r->ok());
   }
   ~Fixture() { r.reset(); }  // before the loop
-  Answer ask(const std::string& name, RrType t) { return moat::test::ask(loop, *r, name, t); }
+  Answer ask(const std::string& name, RrType t, uint64_t waitMs = 8000) {
+    return moat::test::ask(loop, *r, name, t, waitMs);
+  }
 };
 
 std::vector<std::string> strs(const std::vector<IpAddress>& v) {
@@ -155,6 +157,22 @@ TEST_CASE("resolver: a timeout is TempFail within the configured time, and not c
   REQUIRE(ms < 2000);
   REQUIRE(f.ask("slow.example.test", RrType::A).status == Status::TempFail);
   REQUIRE(f.server.queryCount("slow.example.test", "A") == 2);
+}
+
+TEST_CASE("resolver: with retries, a lookup still ends within dns.timeout (not tries x doubling)") {
+  // c-ares 1.18 waits the per-try timeout, then twice it, then four times: 1 s with three
+  // tries would be 7 s. dns.timeout bounds the whole lookup (and the greeting, MX, SPF waits).
+  Fixture f(1000, 3);
+  auto t0 = std::chrono::steady_clock::now();
+  auto a = f.ask("slow.example.test", RrType::A, 20000);
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  REQUIRE(a.status == Status::TempFail);
+  REQUIRE(ms >= 900);
+  REQUIRE(ms < 3500);                                           // the old code took 7 s
+  REQUIRE(f.server.queryCount("slow.example.test", "A") >= 2);  // the retries still happen
+  // The late c-ares callback of the abandoned query must not disturb a later lookup.
+  runFor(f.loop, 200);
+  REQUIRE(f.ask("example.test", RrType::A).status == Status::Ok);
 }
 
 TEST_CASE("resolver: SERVFAIL is TempFail") {

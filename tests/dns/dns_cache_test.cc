@@ -40,6 +40,34 @@ TEST_CASE("cache is bounded and evicts the least recently used entry") {
   REQUIRE(c.get("c/1", 3));
 }
 
+TEST_CASE("cache is bounded in bytes: big answers for many names cannot fill memory") {
+  // A peer's zone can answer any name with a 60 KB TXT record (over TCP); the entry bound
+  // alone (10,000) would let that hold 600 MB.
+  const size_t budget = size_t{4} << 20;
+  AnswerCache c(10000, budget);
+  const std::string big(60000, 'x');
+  for (int i = 0; i < 1000; ++i) {
+    c.put("big-" + std::to_string(i) + "/16", ok(3600, big), 0);
+    REQUIRE(c.bytes() <= budget);
+  }
+  REQUIRE(c.bytes() >= 60000 * c.size());
+  REQUIRE(c.size() < 70);
+  REQUIRE(c.get("big-999/16", 1));  // the newest stay, the oldest went
+  REQUIRE_FALSE(c.get("big-0/16", 1));
+  // An answer bigger than a sixteenth of the budget is not kept at all (it would evict it all).
+  AnswerCache small(100, 16 * 1024);
+  small.put("a/16", ok(60, "short"), 0);
+  small.put("huge/16", ok(60, std::string(2000, 'y')), 0);
+  REQUIRE(small.size() == 1);
+  REQUIRE(small.get("a/16", 1));
+  // Replacing an entry does not count it twice; clear() returns every byte.
+  const size_t before = c.bytes();
+  c.put("big-999/16", ok(3600, big), 2);
+  REQUIRE(c.bytes() == before);
+  c.clear();
+  REQUIRE(c.bytes() == 0);
+}
+
 TEST_CASE("temporary failures, malformed names and TTL 0 are never cached") {
   AnswerCache c(10);
   Answer tf;

@@ -383,5 +383,58 @@ class MxIsMyselfTest(unittest.TestCase):
         self.assertEqual(len(accepted), 3, "a message came back to Moat")
 
 
+
+class MxAddressTest(unittest.TestCase):
+    """What an MX list's addresses may make Moat do: at most 10 addresses per delivery attempt
+    (100 MX hosts or 50 addresses for one host would each cost a connect timeout), and never
+    a connection to 0.0.0.0 (which reaches this host's own loopback)."""
+
+    ZONE = {
+        "many.test": [{"MX": [i, f"h{i}.hop.test"]} for i in range(1, 13)],
+        "wide.test": [{"MX": [10, "w.hop.test"]}],
+        "w.hop.test": [{"A": f"127.0.28.{i}"} for i in range(1, 13)],
+        "zero.test": [{"MX": [10, "z.hop.test"]}],
+        "z.hop.test": [{"A": "0.0.0.0"}],
+        "zero6.test": [{"MX": [10, "z6.hop.test"]}],
+        "z6.hop.test": [{"AAAA": "::"}],
+    }
+    ZONE.update({f"h{i}.hop.test": [{"A": f"127.0.27.{i}"}] for i in range(1, 13)})
+
+    def setUp(self):
+        self.dns = DnsServer(self.ZONE)
+        self.addCleanup(self.dns.stop)
+        extra = f'\n[dns]\nnameservers = ["{self.dns.nameserver}"]\ntimeout = "1s"\n'
+        self.m = Moat(routes=[("sender.test", "maildir:mail"), ([], "mx")], retry='["1h"]', extra=extra)
+        self.addCleanup(self.m.cleanup)
+
+    def test_an_attempt_tries_at_most_ten_addresses(self):
+        # The 11th and 12th address (a host name each, or one name's) listen; the first ten
+        # refuse. One attempt must stop after ten: deferred, nothing delivered.
+        for a in ("127.0.27.11", "127.0.27.12", "127.0.28.11", "127.0.28.12"):
+            if not refused(a, 25) or not can_bind(a, 25):
+                self.skipTest(f"cannot bind {a}:25 here")
+        for a in ("127.0.27.%d" % i for i in range(1, 11)):
+            if not refused(a, 25):
+                self.skipTest(f"something listens on {a}:25")
+        sinks = [AddressSink(a, 25) for a in ("127.0.27.11", "127.0.27.12", "127.0.28.11", "127.0.28.12")]
+        for s in sinks:
+            self.addCleanup(s.stop)
+        send(self.m, ["u@many.test"])
+        send(self.m, ["u@wide.test"])
+        for to in ("u@many.test", "u@wide.test"):
+            line = self.m.wait_log(event="defer", to=to, timeout=30)
+            self.assertTrue(line["reply"].startswith("451 4.4.1"), line)
+        self.assertEqual([s.connections for s in sinks], [0, 0, 0, 0])
+        self.assertEqual(self.m.find_logs(event="deliver"), [])
+
+    def test_an_mx_at_the_unspecified_address_loops_back(self):
+        send(self.m, ["u@zero.test"])
+        send(self.m, ["u@zero6.test"])
+        for d in ("zero.test", "zero6.test"):
+            line = self.m.wait_log(event="bounce", to="u@" + d, timeout=20)
+            self.assertEqual(line["reply"], f"554 5.4.6 mail for {d} loops back to myself")
+        self.assertEqual(len([l for l in self.m.logs() if l.get("event") == "accept"]), 2)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -66,3 +66,15 @@ TEST_CASE("MX self: from the config, only listeners on port 25 count") {
   for (const auto& local : moat::mta::daemon::localInterfaceAddresses())
     if (local.isV4()) REQUIRE(wildcard.isSelfAddress(local));
 }
+
+TEST_CASE("MX self: an unspecified address (0.0.0.0/8, ::) is always this host") {
+  // connect() to 0.0.0.0 or :: reaches this host's loopback: an MX pointing there must not be
+  // delivered to (a loop, or a relay through whatever listens on the host's port 25).
+  MxSelf self("mx.example.test", {ip("192.0.2.10")}, {});
+  REQUIRE(self.isSelfAddress(ip("0.0.0.0")));
+  REQUIRE(self.isSelfAddress(ip("0.1.2.3")));
+  REQUIRE(self.isSelfAddress(ip("::")));
+  REQUIRE_FALSE(self.isSelfAddress(ip("1.0.0.0")));
+  REQUIRE_FALSE(self.isSelfAddress(ip("::2")));
+  REQUIRE_FALSE(self.isSelfAddress(ip("127.0.0.1")));  // loopback counts only for a 0.0.0.0 listener
+}
