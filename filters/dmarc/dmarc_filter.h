@@ -17,9 +17,11 @@
 // temperror is 451 4.4.3: RFC 3463 X.4.3 "directory server failure" is the code for a DNS
 // lookup that failed for now; RFC 7372 registers only SPF/DKIM-specific codes (X.7.20-X.7.26),
 // none for DMARC, and X.7.5 means a cryptographic failure.
-// A trusted forwarder matches by client IP (a network entry), or for a domain entry by the
-// client's verified reverse-DNS name, or an SPF pass for the MAIL FROM or HELO domain (the
-// name or a subdomain of it). A bare HELO never matches: the client picks it freely.
+// A trusted forwarder matches by client IP (a network entry), or for a domain entry by an
+// SPF pass for the MAIL FROM or HELO domain (the name or a subdomain of it), or by the
+// client's verified reverse-DNS name where the session has one (Moat's sessions do not look
+// it up today: the SPF pass is what a domain entry matches on). A bare HELO never matches:
+// the client picks it freely.
 // An override is reported as "reason=trusted_forwarder" (the RFC 7489 §7.2 override name).
 // Malformed From (evaluate.h): RFC 7489 §6.6.1 lets a receiver reject a From it cannot
 // use as malformed. Treating addresses whose domains cannot be checked (a domain that is
