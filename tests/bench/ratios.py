@@ -35,21 +35,24 @@ def row(case, label, rnd, m, p, r):
     return {"case": case, "label": label, "round": rnd, "mr": mr, "pr": pr, "rr": rr,
             "mp": mr / pr, "mraw": mr / rr, "mcpu": f(m, "cpu_ms_per_msg"), "pcpu": f(p, "cpu_ms_per_msg"),
             "mrss": f(m, "rss_mb"), "prss": f(p, "rss_mb"), "mfl": f(m, "disk_flushes") / n,
-            "pfl": f(p, "disk_flushes") / n, "mstop": f(m, "stop_s"), "pstop": f(p, "stop_s")}
+            "pfl": f(p, "disk_flushes") / n, "mstop": f(m, "stop_s"), "pstop": f(p, "stop_s"),
+            # CPU of processes outside the benchmark while each peer ran (the harness's
+            # other_pct): a round where it is high measured a busy machine, not the peers.
+            "other": max(f(x, "other_pct") for x in (m, p, r))}
 
 
 def show(x):
     print(f"| {x['case']} | {x['label']} | {x['round']} | {x['mr']:.0f} | {x['pr']:.0f} | {x['rr']:.0f} | "
           f"{x['mp']:.2f}x | {x['mraw']:.2f} | {x['mcpu']:.2f} | {x['pcpu']:.2f} | {x['mrss']:.1f} | "
-          f"{x['prss']:.1f} | {x['mfl']:.2f} / {x['pfl']:.2f} | {x['mstop']:.1f} / {x['pstop']:.1f} |")
+          f"{x['prss']:.1f} | {x['mfl']:.2f} / {x['pfl']:.2f} | {x['mstop']:.1f} / {x['pstop']:.1f} | {x['other']:.0f} |")
 
 
 cases = sorted({c for c, _ in runs}, key=lambda c: [int(x) for x in c.split("-")])
 rounds = sorted({r for _, r in runs})
 print("| case | Moat | round | Moat relayed/s | Postfix relayed/s | raw relayed/s | Moat/Postfix | Moat/raw | "
       "Moat CPU ms/msg | Postfix CPU ms/msg | Moat RSS MB | Postfix RSS MB | disk flushes/msg Moat / Postfix | "
-      "stop s Moat / Postfix |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+      "stop s Moat / Postfix | other CPU % |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for c in cases:
     for v in ("moat", "moatsyncfs"):
         label = "fsync" if v == "moat" else "syncfs"
