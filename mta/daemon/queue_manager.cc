@@ -641,59 +641,68 @@ namespace {
 // each unreachable one costs a connect timeout; the next attempt starts again from the best.
 constexpr size_t kMaxMxAddresses = 10;
 
-// Resolves each (host, port) to addresses in order: IP literals as they are, names by AAAA
-// and A, stopping once `limit` addresses are found. `done(hops, tempfail, error)`: tempfail
-// when some lookup failed temporarily and nothing was found.
+// Resolves each (host, port) to addresses, kept in the targets' order: IP literals as they
+// are, names by AAAA and A, all names at once. One after another, a list of MX hosts whose
+// lookups time out cost a dns.timeout each (100 hosts: 100 timeouts) while the attempt held
+// its delivery slot; at once, they cost one. At most `limit` addresses, the first ones.
+// `done(hops, tempfail, error)`: tempfail when some lookup failed temporarily and nothing
+// was found; `error` is the first target's failure, in order.
 void resolveHops(dns::Resolver* resolver, std::vector<std::pair<std::string, uint16_t>> targets,
                  std::function<void(std::vector<Hop>, bool tempfail, std::string error)> done,
                  size_t limit = SIZE_MAX) {
+  struct Found {
+    std::vector<Hop> hops;
+    dns::Status status = dns::Status::Ok;
+  };
   struct State {
     std::vector<std::pair<std::string, uint16_t>> targets;
-    std::vector<Hop> hops;
-    size_t next = 0;
-    bool tempfail = false;
-    std::string error;
+    std::vector<Found> found;
+    size_t waiting = 0;
     std::function<void(std::vector<Hop>, bool, std::string)> done;
-    dns::Resolver* resolver;
     size_t limit;
-    std::function<void()> step;
+
+    void finish() {
+      std::vector<Hop> hops;
+      bool tempfail = false;
+      std::string error;
+      for (size_t i = 0; i < targets.size(); ++i) {
+        const auto& host = targets[i].first;
+        for (auto& h : found[i].hops)
+          if (hops.size() < limit) hops.push_back(std::move(h));
+        if (found[i].status == dns::Status::TempFail) {
+          tempfail = true;
+          if (error.empty()) error = "DNS lookup of " + host + " failed temporarily";
+        } else if (found[i].status != dns::Status::Ok && error.empty()) {
+          error = "host " + host + " not found";
+        }
+      }
+      const bool nothing = tempfail && hops.empty();  // before hops is moved from
+      auto d = std::move(done);
+      d(std::move(hops), nothing, error);
+    }
   };
   auto st = std::make_shared<State>();
   st->targets = std::move(targets);
+  st->found.resize(st->targets.size());
   st->done = std::move(done);
-  st->resolver = resolver;
   st->limit = limit;
-  std::weak_ptr<State> weak = st;
-  st->step = [weak] {
-    auto s = weak.lock();
-    if (!s) return;
-    if (s->next == s->targets.size() || s->hops.size() >= s->limit) {
-      if (s->hops.size() > s->limit) s->hops.resize(s->limit);
-      auto d = std::move(s->done);
-      bool tf = s->tempfail && s->hops.empty();
-      d(std::move(s->hops), tf, s->error);
-      s->step = nullptr;  // breaks the cycle
-      return;
-    }
-    auto [host, port] = s->targets[s->next++];
+  st->waiting = st->targets.size() + 1;  // +1: none finishes before every lookup started
+  for (size_t i = 0; i < st->targets.size(); ++i) {
+    const auto& [host, port] = st->targets[i];
     if (auto ip = IpAddress::parse(host)) {
-      s->hops.push_back({*ip, port, ""});
-      s->step();
-      return;
+      st->found[i].hops.push_back({*ip, port, ""});
+      --st->waiting;
+      continue;
     }
-    dns::resolveHost(*s->resolver, host, [s, host = host, port = port](dns::Status status, std::vector<IpAddress> ips) {
-      if (status == dns::Status::Ok) {
-        for (const auto& ip : ips) s->hops.push_back({ip, port, host});
-      } else if (status == dns::Status::TempFail) {
-        s->tempfail = true;
-        s->error = "DNS lookup of " + host + " failed temporarily";
-      } else if (s->error.empty()) {
-        s->error = "host " + host + " not found";
-      }
-      if (s->step) s->step();
+    dns::resolveHost(*resolver, host, [st, i](dns::Status status, std::vector<IpAddress> ips) {
+      const auto& [name, p] = st->targets[i];
+      st->found[i].status = status;
+      if (status == dns::Status::Ok)
+        for (const auto& ip : ips) st->found[i].hops.push_back({ip, p, name});
+      if (--st->waiting == 0) st->finish();
     });
-  };
-  st->step();
+  }
+  if (--st->waiting == 0) st->finish();
 }
 
 // RFC 5321 §5.1: the best MX host of `domain` is this gateway, so there is no one to give the

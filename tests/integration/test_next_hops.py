@@ -397,8 +397,12 @@ class MxAddressTest(unittest.TestCase):
         "z.hop.test": [{"A": "0.0.0.0"}],
         "zero6.test": [{"MX": [10, "z6.hop.test"]}],
         "z6.hop.test": [{"AAAA": "::"}],
+        # Six better MX hosts whose lookups never get an answer, then one that works.
+        "slow.test": [{"MX": [i, f"t{i}.hop.test"]} for i in range(1, 7)] + [{"MX": [10, "ok.hop.test"]}],
+        "ok.hop.test": [{"A": "127.0.29.1"}],
     }
     ZONE.update({f"h{i}.hop.test": [{"A": f"127.0.27.{i}"}] for i in range(1, 13)})
+    ZONE.update({f"t{i}.hop.test": ["TIMEOUT"] for i in range(1, 7)})
 
     def setUp(self):
         self.dns = DnsServer(self.ZONE)
@@ -426,6 +430,20 @@ class MxAddressTest(unittest.TestCase):
             self.assertTrue(line["reply"].startswith("451 4.4.1"), line)
         self.assertEqual([s.connections for s in sinks], [0, 0, 0, 0])
         self.assertEqual(self.m.find_logs(event="deliver"), [])
+
+    def test_mx_hosts_are_looked_up_at_once(self):
+        # One after another, six lookups that time out (dns.timeout 1s, each name's AAAA and
+        # A together) cost six seconds before the working host was tried; at once, one.
+        if not refused("127.0.29.1", 25) or not can_bind("127.0.29.1", 25):
+            self.skipTest("cannot bind 127.0.29.1:25 here")
+        sink = AddressSink("127.0.29.1", 25)
+        self.addCleanup(sink.stop)
+        send(self.m, ["u@slow.test"])
+        line = self.m.wait_log(event="deliver", to="u@slow.test", timeout=30)
+        self.assertLess(line["delay_ms"], 4000, line)
+        self.assertEqual(len(sink.messages), 1)
+        asked = self.dns.queries()
+        self.assertTrue(all(f"t{i}.hop.test A" in asked for i in range(1, 7)), asked)
 
     def test_an_mx_at_the_unspecified_address_loops_back(self):
         send(self.m, ["u@zero.test"])
