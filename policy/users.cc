@@ -3,9 +3,12 @@
 
 #include <crypt.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 
-#include <chrono>
+#include <array>
+#include <cstdint>
 #include <cstring>
 #include <mutex>
 
@@ -95,12 +98,29 @@ std::string costClass(std::string_view h) {
   return std::string(setting);
 }
 
+// 64 bits of HMAC-SHA256 of `name` under a key drawn once per process: stable per name for
+// the process's life (reloads included), unpredictable from outside it.
+uint64_t keyedHash(std::string_view name) {
+  static const std::array<unsigned char, 32> key = [] {
+    std::array<unsigned char, 32> k{};
+    RAND_bytes(k.data(), static_cast<int>(k.size()));
+    return k;
+  }();
+  unsigned char mac[EVP_MAX_MD_SIZE];
+  unsigned int macLen = 0;
+  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), reinterpret_cast<const unsigned char*>(name.data()),
+       name.size(), mac, &macLen);
+  uint64_t h = 0;
+  for (size_t i = 0; i < sizeof h && i < macLen; ++i) h = h << 8 | mac[i];
+  return h;
+}
+
 }  // namespace
 
 std::shared_ptr<const UserDb> UserDb::load(const std::string& path, Errors& errors) {
   auto db = std::make_shared<UserDb>();
   db->path_ = path;
-  std::map<std::string, std::string> costs;  // cost class -> one hash of it
+  std::map<std::string, size_t> classes;  // cost class -> its index in costSettings_
   bool ok = readListFile(path, "users", kMaxFile, errors, [&](int line, std::string_view text) {
     size_t colon = text.find(':');
     if (colon == std::string_view::npos) {
@@ -121,7 +141,9 @@ std::shared_ptr<const UserDb> UserDb::load(const std::string& path, Errors& erro
       errors.error(path, line, "\"" + name + "\": " + describeBadHash(check));
       return false;
     }
-    User user{hash, {}};
+    auto [cls, added] = classes.emplace(costClass(hash), db->costSettings_.size());
+    if (added) db->costSettings_.push_back(hash);  // one hash of the class stands for it
+    User user{hash, {}, cls->second};
     std::string badSender;
     if (!parseSenders(senders, user.senders, badSender)) {
       errors.error(path, line, "\"" + name + "\": \"" + badSender + "\" is not an address or @domain");
@@ -131,46 +153,49 @@ std::shared_ptr<const UserDb> UserDb::load(const std::string& path, Errors& erro
       errors.error(path, line, "\"" + name + "\" is listed twice");
       return false;
     }
-    costs.emplace(costClass(hash), hash);
+    db->userClasses_.push_back(cls->second);
     return true;
   });
   if (!ok) return nullptr;
-  if (costs.empty()) {
+  if (db->costSettings_.empty()) {
     char buf[CRYPT_GENSALT_OUTPUT_SIZE];
-    if (crypt_gensalt_rn(nullptr, 0, nullptr, 0, buf, sizeof buf)) costs.emplace("", buf);
+    if (crypt_gensalt_rn(nullptr, 0, nullptr, 0, buf, sizeof buf)) db->costSettings_.push_back(buf);
   }
-  for (auto& [cls, setting] : costs) db->costSettings_.push_back(std::move(setting));
   return db;
 }
 
-// The dummy: a random password hashed with the setting (method, cost, salt) of the costliest
-// hash in the file, or libcrypt's default method for an empty file. Methods and their cost
-// parameters do not compare by name (sha512crypt with many rounds can cost more than
-// yescrypt), so each cost class is timed once, and the slowest one stands in. Made by the
-// first verify(), on the thread pool, whatever name it checks: never on the loop at a load.
-const std::string& UserDb::dummyHash() const {
+// The dummies: a random password hashed with the setting (method, cost, salt) of each cost
+// class in the file, or with libcrypt's default method for an empty file. Made by the first
+// verify(), on the thread pool, whatever name it checks: never on the loop at a load.
+const std::vector<std::string>& UserDb::dummyHashes() const {
   std::call_once(dummyOnce_, [this] {
     unsigned char random[16];
     RAND_bytes(random, sizeof random);
     std::string_view randomPassword(reinterpret_cast<char*>(random), sizeof random);
-    std::chrono::steady_clock::duration slowest{-1};
-    for (const auto& setting : costSettings_) {
-      auto t0 = std::chrono::steady_clock::now();
-      std::string h = cryptHash(randomPassword, setting);
-      auto took = std::chrono::steady_clock::now() - t0;
-      if (!h.empty() && took > slowest) {
-        slowest = took;
-        dummyHash_ = std::move(h);
-      }
-    }
+    for (const auto& setting : costSettings_) dummyHashes_.push_back(cryptHash(randomPassword, setting));
   });
-  return dummyHash_;
+  return dummyHashes_;
+}
+
+// A name not in the file takes the cost class of the user at a position its keyed hash
+// picks: over unknown names, the classes come up as often as among the users, so the time
+// of a wrong password has the same spread for both; and a name asked again takes the same
+// class, so repeating it averages nothing out.
+size_t UserDb::drawnClass(std::string_view name) const {
+  return userClasses_.empty() ? 0 : userClasses_[keyedHash(name) % userClasses_.size()];
+}
+
+size_t UserDb::costClassOf(std::string_view name) const {
+  auto it = users_.find(name);
+  return it != users_.end() ? it->second.costClass : drawnClass(name);
 }
 
 bool UserDb::verify(std::string_view name, std::string_view password) const {
-  const std::string& dummy = dummyHash();  // first, whatever the name: the same time for all
+  const auto& dummies = dummyHashes();  // first, whatever the name: the same time for all
+  size_t drawn = drawnClass(name);      // for every name, so the HMAC's time tells nothing either
   auto it = users_.find(name);
-  const std::string& hash = it != users_.end() ? it->second.hash : dummy;
+  if (it == users_.end() && drawn >= dummies.size()) return false;
+  const std::string& hash = it != users_.end() ? it->second.hash : dummies[drawn];
   if (hash.empty()) return false;
   std::string computed = cryptHash(password, hash);
   bool match = it != users_.end() && computed.size() == hash.size() &&

@@ -10,10 +10,12 @@
 // calls legacy (DES, md5crypt, sha256crypt) or disabled are refused at load, not at login.
 //
 // verify() runs crypt(3), which is slow by design: call it on the thread pool, never on the
-// event loop. It costs the same for an unknown name as for a known one (a dummy hash of the
-// file's costliest hash stands in), so the timing does not tell which names exist. The
-// first verify() (on the pool) times crypt(3) once per distinct method and cost in the
-// file to choose it; loading, which runs on the loop at SIGHUP, runs no crypt(3) at all.
+// event loop. An unknown name costs what a known one does, so the timing does not tell
+// which names exist: it is checked against a dummy hash of the cost (method and
+// parameters) of a user picked by an HMAC-SHA256 of the name under a per-process random key,
+// so unknown names spread over the file's costs as its users do, and one name always gets
+// the same. The first verify() (on the pool) makes one dummy per distinct method and cost
+// in the file; loading, which runs on the loop at SIGHUP, runs no crypt(3) at all.
 #pragma once
 #include <map>
 #include <memory>
@@ -38,6 +40,10 @@ class UserDb {
   // an "@domain" entry of its domain.
   bool maySendAs(std::string_view name, std::string_view address) const;
   size_t size() const { return users_.size(); }
+  // The cost class whose crypt(3) verify(name) pays, an index (0..classes-1) in the order the
+  // file first shows each: the user's own, or for an unknown name that of a user picked by
+  // the keyed hash of the name (stable for the process). For tests.
+  size_t costClassOf(std::string_view name) const;
   const std::string& path() const { return path_; }
 
  private:
@@ -45,14 +51,18 @@ class UserDb {
   struct User {
     std::string hash;
     std::vector<std::string> senders;  // lower-case; empty = any
+    size_t costClass = 0;              // index in costSettings_
   };
   std::map<std::string, User, std::less<>> users_;
-  // For names not in the file: one setting per cost class in it; the dummy hash itself is
-  // made by the first verify() (dummyHash()).
+  // For names not in the file: one setting per cost class in it, and each user's class in
+  // file order (what an unknown name draws from); the dummy hashes themselves are made by
+  // the first verify() (dummyHashes()).
   std::vector<std::string> costSettings_;
-  const std::string& dummyHash() const;
+  std::vector<size_t> userClasses_;
+  const std::vector<std::string>& dummyHashes() const;
+  size_t drawnClass(std::string_view name) const;  // the class a name draws when unknown
   mutable std::once_flag dummyOnce_;
-  mutable std::string dummyHash_;
+  mutable std::vector<std::string> dummyHashes_;
 };
 
 }  // namespace moat::policy

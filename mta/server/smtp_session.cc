@@ -27,6 +27,14 @@ constexpr uint64_t kCloseGraceMs = 5000;
 constexpr size_t kLoggedCommandBytes = 256;
 // Failed AUTH attempts a session gets before it is closed (each also counts as an error).
 constexpr unsigned kMaxAuthFailures = 3;
+// RFC 4954 §4: a server must take the longest SASL response its mechanisms make, whatever
+// its command line limit, and names 12288 octets as enough for deployed mechanisms (PLAIN's
+// longest here is 2048). With its CRLF. A SASL response line after a 334 may be this long;
+// so may an AUTH command with an initial response, after "AUTH ", the mechanism (at most 20
+// characters, RFC 4422 §3.1) and a space, though RFC 4954 asks clients to keep it within
+// the command limit (smtplib does not). Every other command line keeps the 2048 octets.
+constexpr size_t kMaxSaslLine = 12288 + 2;
+constexpr size_t kMaxAuthLine = kMaxSaslLine + 26;
 // Recipients in one envelope after aliases and lists are expanded (limits.max_recipients
 // counts RCPT commands): beyond this, 452 4.5.3 as for too many RCPTs.
 constexpr size_t kMaxEnvelopeRecipients = 10000;
@@ -134,6 +142,7 @@ SmtpSession::SmtpSession(ServerShared& shared, std::shared_ptr<const Snapshot> s
   ctx_->fromRelayNetwork = cfg_.isRelayClient(ctx_->clientIp);
   ctx_->tls = listener_.mode == policy::ListenerMode::Smtps;
   if (auto it = snap_->users.find(listener_.address); it != snap_->users.end()) users_ = it->second;
+  if (users_) reader_.allowLongerLines("AUTH ", kMaxAuthLine);
 }
 
 SmtpSession::~SmtpSession() {
@@ -303,6 +312,7 @@ void SmtpSession::processInput() {
     }
     std::string line;
     for (;;) {
+      reader_.setMaxLine(saslActive_ ? kMaxSaslLine : smtp::LineReader::kDefaultMaxLine);
       auto st = reader_.next(line);
       if (st == smtp::LineReader::Status::NeedMore) break;
       awaitCommand = true;
@@ -1169,6 +1179,7 @@ void SmtpSession::cmdStartTls(const smtp::Command& c) {
   in_.clear();
   inPos_ = 0;
   reader_ = smtp::LineReader();
+  if (users_) reader_.allowLongerLines("AUTH ", kMaxAuthLine);
   resetTransaction();
   greeted_ = false;
   esmtp_ = false;

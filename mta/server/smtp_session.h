@@ -5,10 +5,11 @@
 // (RFC 4954: PLAIN and LOGIN, offered only over TLS, on listeners with auth_users; a
 // submission listener takes mail only after it, RFC 6409 §4.3).
 //
-// Untrusted input: everything the peer sends. Command lines are bounded (LineReader), the
-// message streams to the spool as it arrives (memory per session stays bounded whatever
-// the message size: reading stops while the spool's buffer is over its high-water mark),
-// and every async step (filters, spool commit) stops reading so pipelined input cannot pile
+// Untrusted input: everything the peer sends. Command lines are bounded (LineReader: 2048
+// octets; SASL responses and AUTH lines about 12 KB, as RFC 4954 §4 wants), the message
+// streams to the spool as it arrives (memory per session stays bounded whatever the message
+// size: reading stops while the spool's buffer is over its high-water mark), and every
+// async step (filters, spool commit) stops reading so pipelined input cannot pile
 // up. A 250 to the end of DATA goes out only after the spool reports the message durable.
 //
 // Logs: connect, disconnect, reject (with the reply sent), accept (queued, with queue_id),

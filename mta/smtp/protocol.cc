@@ -553,6 +553,21 @@ std::string formatReply(int code, std::string_view enhanced, std::string_view te
 
 LineReader::LineReader(size_t maxLine) : maxLine_(std::max<size_t>(maxLine, 3)) {}
 
+void LineReader::setMaxLine(size_t maxLine) { maxLine_ = std::max<size_t>(maxLine, 3); }
+
+void LineReader::allowLongerLines(std::string_view prefix, size_t maxLine) {
+  longPrefix_ = prefix;
+  longMaxLine_ = maxLine;
+}
+
+// A line too short yet to show its prefix is under maxLine_ anyway (the prefix is short).
+size_t LineReader::limitFor(std::string_view line) const {
+  if (longPrefix_.empty() || line.size() < longPrefix_.size() ||
+      !iequalsAscii(line.substr(0, longPrefix_.size()), longPrefix_))
+    return maxLine_;
+  return std::max(maxLine_, longMaxLine_);
+}
+
 void LineReader::compact() {
   if (pos_ == 0) return;
   if (pos_ == buf_.size()) {
@@ -578,10 +593,11 @@ void LineReader::feed(std::string_view data) {
 LineReader::Status LineReader::next(std::string& line) {
   const size_t avail = buf_.size() - pos_;
   const char* base = buf_.data() + pos_;
+  const size_t maxLine = limitFor(std::string_view(base, avail));
   const void* lfp = std::memchr(base + scanned_, '\n', avail - scanned_);
   if (lfp == nullptr) {
     scanned_ = avail;
-    if (avail < maxLine_) return Status::NeedMore;
+    if (avail < maxLine) return Status::NeedMore;
     // Already maxLine octets and no line end: too long whatever comes; drop it as it arrives.
     buf_.clear();
     pos_ = scanned_ = 0;
@@ -592,7 +608,7 @@ LineReader::Status LineReader::next(std::string& line) {
   const size_t lf = static_cast<const char*>(lfp) - base;
   pos_ += lf + 1;
   scanned_ = 0;
-  if (lf + 1 > maxLine_) {
+  if (lf + 1 > maxLine) {
     ++tooLong_;
     return Status::TooLong;
   }

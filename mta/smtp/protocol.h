@@ -96,14 +96,22 @@ inline std::string formatReply(const Reply& r) { return formatReply(r.code, r.en
 // (tolerated and counted in bareLfLines()); a CR not followed by LF stays in the line (so
 // parseCommand rejects it). Lines are cut only when next() is called, so bytes after a
 // command (BDAT chunks, pipelined input after DATA) stay intact for takeRemainder().
-// Memory: the bytes fed since next() last returned NeedMore plus less than maxLine; once
-// next() has reported a line as too long, the rest of it is dropped as it arrives. The
-// session should call next() until NeedMore after each feed(), or stop reading while
-// buffered() is large.
+// Memory: the bytes fed since next() last returned NeedMore plus less than the largest
+// limit; once next() has reported a line as too long, the rest of it is dropped as it
+// arrives. The session should call next() until NeedMore after each feed(), or stop reading
+// while buffered() is large. The limits may change between lines (RFC 4954 §4: a SASL
+// response after a 334 may be far longer than a command).
 class LineReader {
  public:
-  explicit LineReader(size_t maxLine = 2048);
+  static constexpr size_t kDefaultMaxLine = 2048;
+  explicit LineReader(size_t maxLine = kDefaultMaxLine);
   enum class Status { Line, NeedMore, TooLong };
+
+  // The limit for the lines next() cuts from now on, a partly buffered one included.
+  void setMaxLine(size_t maxLine);
+  // A line starting with `prefix` (ASCII case-insensitive, e.g. "AUTH ") may be up to
+  // `maxLine` octets instead, if that is more: AUTH with an initial response.
+  void allowLongerLines(std::string_view prefix, size_t maxLine);
 
   void feed(std::string_view data);
   Status next(std::string& line);  // line without its CRLF (or LF)
@@ -116,8 +124,11 @@ class LineReader {
 
  private:
   void compact();
+  size_t limitFor(std::string_view line) const;
 
   size_t maxLine_;
+  std::string longPrefix_;  // "" for none
+  size_t longMaxLine_ = 0;
   std::string buf_;
   size_t pos_ = 0;      // start of the unread bytes in buf_
   size_t scanned_ = 0;  // bytes from pos_ already known to hold no LF

@@ -241,6 +241,41 @@ class SubmissionTest(unittest.TestCase):
         self.assertEqual(s.login("alice", PASSWORDS["alice"])[0], 235)
         s.quit()
 
+    def test_long_sasl_lines_are_read_whole_other_lines_keep_their_limit(self):
+        # The longest credentials the SASL code takes (RFC 4616: 255-octet names; passwords
+        # up to 1024 octets): 2048 octets of base64, beyond the 2048-octet command line with
+        # its CRLF. RFC 4954 §4 wants them read whole: a 535 (no such user), not a 500.
+        user = "u" * 255
+        response = b64(user + "\0" + user + "\0" + "p" * 1024)
+        self.assertEqual(len(response), 2048)
+        s = self.tls_session()
+        self.assertEqual(s.docmd("AUTH", "PLAIN")[0], 334)
+        self.assertEqual(s.docmd(response), (535, b"5.7.8 Authentication credentials invalid"))
+        s.quit()
+        ev = self.moat.wait_log(event="auth", user=user, result="fail")
+        self.assertEqual(ev["reason"], "wrong user name or password")
+        # The same as an initial response on the AUTH line, as smtplib sends it.
+        s = self.tls_session()
+        self.assertEqual(s.docmd("AUTH", "PLAIN " + response), (535, b"5.7.8 Authentication credentials invalid"))
+        s.quit()
+        # 12288 octets, the response length RFC 4954 calls enough, reach the mechanism; one
+        # more is refused with 500 5.5.6, and the session reads commands again.
+        s = self.tls_session()
+        self.assertEqual(s.docmd("AUTH", "PLAIN")[0], 334)
+        code, msg = s.docmd("A" * 12288)
+        self.assertEqual(code, 501, msg)
+        self.assertEqual(s.docmd("AUTH", "PLAIN")[0], 334)
+        self.assertEqual(s.docmd("A" * 12289), (500, b"5.5.6 Authentication exchange line is too long"))
+        self.assertEqual(s.noop()[0], 250)
+        s.quit()
+        # Every other command line keeps 2048 octets with its CRLF, before and after an AUTH.
+        s = self.tls_session()
+        self.assertEqual(s.docmd("NOOP", "x" * (2048 - 7))[0], 250)
+        self.assertEqual(s.docmd("NOOP", "x" * (2049 - 7)), (500, b"5.5.2 Line too long"))
+        self.assertEqual(s.login("alice", PASSWORDS["alice"])[0], 235)
+        self.assertEqual(s.docmd("NOOP", "x" * (2049 - 7)), (500, b"5.5.2 Line too long"))
+        s.quit()
+
     def test_swaks_submits_with_auth(self):
         before = len(self.sink.messages)
         r = subprocess.run(["swaks", "--server", f"127.0.0.1:{self.moat.port}", "--tls", "--auth", "LOGIN",

@@ -1,6 +1,6 @@
 // Tests for mta/smtp/protocol's LineReader: CRLF and bare-LF lines, pipelining, the maxLine
-// bound (RFC 5321 §4.5.3.1.4) with recovery after a too-long line, bounded memory, and the
-// remainder handed over after DATA/BDAT/STARTTLS.
+// bound (RFC 5321 §4.5.3.1.4) with recovery after a too-long line, longer lines for SASL
+// (RFC 4954 §4), bounded memory, and the remainder handed over after DATA/BDAT/STARTTLS.
 #include <catch2/catch.hpp>
 
 #include <vector>
@@ -83,6 +83,56 @@ TEST_CASE("the line limit counts the CRLF") {
   REQUIRE(r.buffered() == 0);
   r.feed("yyyy\r\nNOOP\r\n");  // the tail of the long line is dropped
   REQUIRE(drain(r) == std::vector<std::string>{"NOOP"});
+}
+
+// RFC 4954 §4: a SASL response may be far longer than a command line; the session raises
+// the limit for the line after a 334 and lowers it again after.
+TEST_CASE("the limit can change between lines, a partly read line included") {
+  LineReader r(16);
+  r.feed(std::string(20, 'x'));  // no line end yet; raised before next() sees it
+  r.setMaxLine(32);
+  REQUIRE(drain(r).empty());
+  r.feed("\r\n" + std::string(20, 'y') + "\r\n");
+  REQUIRE(drain(r) == std::vector<std::string>{std::string(20, 'x'), std::string(20, 'y')});
+  r.feed(std::string(30, 'z') + "\r\n");  // 32 octets: fits
+  REQUIRE(drain(r).size() == 1);
+  r.setMaxLine(16);
+  r.feed(std::string(20, 'w') + "\r\nNOOP\r\n");
+  REQUIRE(drain(r) == std::vector<std::string>{"<TOO LONG>", "NOOP"});
+}
+
+// AUTH with an initial response: a line with the prefix may be longer, every other keeps the
+// limit, and an endless one under the prefix still keeps memory bounded.
+TEST_CASE("a line starting with the prefix may be longer, any case, others may not") {
+  LineReader r(16);
+  r.allowLongerLines("AUTH ", 40);
+  r.feed("auth " + std::string(33, 'a') + "\r\n");  // 40 octets: fits
+  r.feed("NOOP " + std::string(33, 'n') + "\r\n");
+  r.feed("AUTH " + std::string(34, 'a') + "\r\n");  // 41
+  r.feed("AUTHX" + std::string(20, 'a') + "\r\n");
+  REQUIRE(drain(r) ==
+          std::vector<std::string>{"auth " + std::string(33, 'a'), "<TOO LONG>", "<TOO LONG>", "<TOO LONG>"});
+  SECTION("split so the prefix arrives in pieces") {
+    for (const std::string piece : {"AU", "TH ", "bbbbbbbbbbbbbbbbbbbb", "\r\n"}) {
+      r.feed(piece);
+      auto got = drain(r);
+      if (piece != "\r\n")
+        REQUIRE(got.empty());
+      else
+        REQUIRE(got == std::vector<std::string>{"AUTH " + std::string(20, 'b')});
+    }
+  }
+  SECTION("endless") {
+    size_t tooLong = 0;
+    for (int i = 0; i < 100; ++i) {
+      r.feed(i == 0 ? "AUTH " + std::string(95, 'c') : std::string(100, 'c'));
+      for (auto& l : drain(r)) tooLong += l == "<TOO LONG>";
+      REQUIRE(r.buffered() < 40 + 100);
+    }
+    REQUIRE(tooLong == 1);
+    r.feed("\r\nQUIT\r\n");
+    REQUIRE(drain(r) == std::vector<std::string>{"QUIT"});
+  }
 }
 
 TEST_CASE("an endless line keeps memory bounded") {
