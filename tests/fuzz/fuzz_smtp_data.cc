@@ -16,24 +16,13 @@
 
 #include "mta/smtp/data_decoder.h"
 #include "tests/fuzz/fuzz_check.h"
+#include "tests/support/data_decoder_run.h"
 
 using namespace moat::mta::smtp;
 
 namespace {
 
-struct Run {
-  std::string out;
-  size_t consumed = 0;
-  bool done = false, bareLf = false, bareCr = false, nul = false, rejected = false, exceeded = false;
-  uint64_t size = 0;
-  unsigned received = 0;
-  bool headersEnded = false;
-  bool operator==(const Run& o) const {
-    return out == o.out && consumed == o.consumed && done == o.done && bareLf == o.bareLf && bareCr == o.bareCr &&
-           nul == o.nul && rejected == o.rejected && exceeded == o.exceeded && size == o.size &&
-           received == o.received && headersEnded == o.headersEnded;
-  }
-};
+using Run = moat::test::DataDecoderRun;
 
 template <typename NextChunk>
 Run decode(std::string_view in, BareLinePolicy policy, uint64_t maxSize, NextChunk nextChunk) {
@@ -48,15 +37,7 @@ Run decode(std::string_view in, BareLinePolicy policy, uint64_t maxSize, NextChu
     i += n;
     FUZZ_CHECK(r.out.size() <= maxSize);
   }
-  r.done = d.done();
-  r.bareLf = d.sawBareLf();
-  r.bareCr = d.sawBareCr();
-  r.nul = d.sawNul();
-  r.rejected = d.rejected();
-  r.exceeded = d.sizeExceeded();
-  r.size = d.size();
-  r.received = d.receivedCount();
-  r.headersEnded = d.headersEnded();
+  r.readState(d);
   return r;
 }
 

@@ -14,7 +14,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import SOURCE_DIR, wait_for  # noqa: E402
+from harness import SOURCE_DIR, SinkTestCase, _cleanup_of, wait_for  # noqa: E402
 
 # Debian's python3-yaml and python3-dnslib live with the system interpreter.
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -70,6 +70,24 @@ class DnsServer:
         self.proc = None
         if self.own_dir and os.environ.get("MOAT_KEEP_TEST_DIRS") is None:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def owned_dns(owner, zone, directory=None):
+    """A DnsServer serving `zone` that `owner`, a test class or a test, stops when it is done."""
+    dns = DnsServer(zone, directory=directory)
+    _cleanup_of(owner)(dns.stop)
+    return dns
+
+
+class DnsSinkTestCase(SinkTestCase):
+    """SinkTestCase with a DnsServer serving the class's ZONE for each test, in self.dns;
+    stopped after the daemon and the Sink."""
+
+    ZONE = {}
+
+    def setUp(self):
+        self.dns = owned_dns(self, self.ZONE)
+        super().setUp()
 
 
 def _openssl(*args, stdin=None):

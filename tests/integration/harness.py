@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import unittest
 
 MOAT_BIN = os.environ.get("MOAT_BIN", "build/moat")
 SOURCE_DIR = os.environ.get("MOAT_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -387,6 +388,58 @@ max_lifetime = "{max_lifetime}"
         finally:
             if os.environ.get("MOAT_KEEP_TEST_DIRS") is None:
                 shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _cleanup_of(owner):
+    """Where `owner` registers a cleanup: a test class (setUpClass) runs it after its last
+    test, a test (setUp or the test itself) after that test; either way in reverse order of
+    registration, and also when the set-up that registered it fails later on."""
+    return owner.addClassCleanup if isinstance(owner, type) else owner.addCleanup
+
+
+def owned_sink(owner, **kw):
+    """A Sink (Sink's keywords) that `owner`, a test class or a test, stops when it is done."""
+    sink = Sink(**kw)
+    _cleanup_of(owner)(sink.stop)
+    return sink
+
+
+def owned_moat(owner, **kw):
+    """A Moat (Moat's keywords) that `owner`, a test class or a test, cleans up when it is
+    done; registered after the Sink it relays to, it stops before it."""
+    moat = Moat(**kw)
+    _cleanup_of(owner)(moat.cleanup)
+    return moat
+
+
+class SinkTestCase(unittest.TestCase):
+    """A fresh Sink for each test (`sink_options`: Sink's keywords) and the Moat the test may
+    start in self.moat; after the test the daemon is cleaned up first, then the Sink stops."""
+
+    sink_options = {}
+
+    def setUp(self):
+        self.sink = Sink(**self.sink_options)
+        self.moat = None
+
+    def tearDown(self):
+        try:
+            if self.moat:
+                self.moat.cleanup()
+        finally:
+            self.sink.stop()
+
+    def send_8bit(self, message):
+        """alice@sender.test to bob@example.test through self.moat with BODY=8BITMIME: asserts
+        the 250 to DATA and returns the queue id it names."""
+        s = self.moat.smtp()
+        s.ehlo()
+        s.mail("alice@sender.test", ["BODY=8BITMIME"])
+        s.rcpt("bob@example.test")
+        code, reply = s.data(message)
+        s.quit()
+        self.assertEqual(code, 250)
+        return reply.decode().rsplit(" ", 1)[-1]
 
 
 class RawClient:

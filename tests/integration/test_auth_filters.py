@@ -9,18 +9,16 @@ signatures that survive the SMTP client's 998-octet line limit."""
 
 import os
 import re
-import shutil
 import smtplib
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from authzone import DnsServer, ed25519_key, header_values, rsa_key, txt_lookup  # noqa: E402
-from harness import MOAT_BIN, Moat, Sink, free_port, wait_for  # noqa: E402
+from authzone import DnsSinkTestCase, ed25519_key, header_values, owned_dns, rsa_key, txt_lookup  # noqa: E402
+from harness import MOAT_BIN, Moat, class_temp_dir, free_port, owned_moat, owned_sink, wait_for  # noqa: E402
 
 import dkim  # noqa: E402  (python3-dkim, with python3-nacl for ed25519)
 
@@ -65,15 +63,29 @@ def transaction(moat, mail_from, rcpt, data):
             s.close()
 
 
-class InboundAuthTest(unittest.TestCase):
+class DaemonTest(unittest.TestCase):
+    """One DNS server, Sink and daemon for the whole class (set up with owned_dns, owned_sink
+    and owned_moat, which stop them after its last test)."""
+
+    def delivered(self, subject):
+        """The bytes the sink received for the message with this Subject."""
+        def find():
+            for m in list(self.sink.messages):
+                if ("Subject: " + subject + "\r\n").encode() in m["data"]:
+                    return m
+            return None
+        return wait_for(find, 30, what=f"message {subject!r} at the sink")["data"]
+
+
+class InboundAuthTest(DaemonTest):
     """One daemon with [spf] fail = "reject" and the default temperror = "tempfail"."""
 
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="moat-auth-")
+        cls.tmp = class_temp_dir(cls, "moat-auth-")
         cls.sender_key = os.path.join(cls.tmp, "sel.pem")
         cls.sender_txt = rsa_key(cls.sender_key)
-        cls.dns = DnsServer({
+        cls.dns = owned_dns(cls, {
             "sender.test": [{"TXT": "v=spf1 ip4:127.0.0.1 -all"}],
             "sel._domainkey.sender.test": [{"TXT": cls.sender_txt}],
             # the same RSA key published as k=ed25519 (RFC 6376 6.1.2: unusable for rsa-sha256)
@@ -92,34 +104,12 @@ class InboundAuthTest(unittest.TestCase):
             "_dmarc.badtag.test": [{"TXT": "v=DMARC1; p=reject; pct=50.5"}],
             "_dmarc.badfo.test": [{"TXT": "v=DMARC1; p=reject; fo=2; ri=1d"}],
         }, directory=cls.tmp)
-        cls.sink = Sink()
+        cls.sink = owned_sink(cls)
         cls.metrics_port = free_port()
-        try:
-            cls.moat = Moat(routes=[("example.test", f"smtp:127.0.0.1:{cls.sink.port}")], networks=INBOUND_NETS,
-                            extra=dns_config(cls.dns.nameserver, '\n[spf]\nfail = "reject"\n'),
-                            server_extra=f'metrics_listen = "127.0.0.1:{cls.metrics_port}"')
-        except BaseException:
-            cls.dns.stop()
-            cls.sink.stop()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.moat.cleanup()
-        finally:
-            cls.dns.stop()
-            cls.sink.stop()
-            shutil.rmtree(cls.tmp, ignore_errors=True)
-
-    def delivered(self, subject):
-        """The bytes the sink received for the message with this Subject."""
-        def find():
-            for m in list(self.sink.messages):
-                if ("Subject: " + subject + "\r\n").encode() in m["data"]:
-                    return m
-            return None
-        return wait_for(find, 30, what=f"message {subject!r} at the sink")["data"]
+        cls.moat = owned_moat(cls, routes=[("example.test", f"smtp:127.0.0.1:{cls.sink.port}")],
+                              networks=INBOUND_NETS,
+                              extra=dns_config(cls.dns.nameserver, '\n[spf]\nfail = "reject"\n'),
+                              server_extra=f'metrics_listen = "127.0.0.1:{cls.metrics_port}"')
 
     def test_signed_aligned_message_passes_spf_dkim_dmarc(self):
         raw = message("Alice <alice@sender.test>", "signed pass")
@@ -377,22 +367,11 @@ class InboundAuthTest(unittest.TestCase):
         self.assertIn('spf=none smtp.mailfrom="[127.0.0.1]"', ar)
 
 
-class MalformedFromTagTest(unittest.TestCase):
+class MalformedFromTagTest(DnsSinkTestCase):
     """[dmarc] malformed_from = "tag": delivered, and the client's From text stays out of
     Moat's Authentication-Results (audit finding 9)."""
 
-    def setUp(self):
-        self.dns = DnsServer({"attacker.test": [{"TXT": "v=spf1 ip4:127.0.0.1 -all"}]})
-        self.sink = Sink()
-        self.moat = None
-
-    def tearDown(self):
-        try:
-            if self.moat:
-                self.moat.cleanup()
-        finally:
-            self.dns.stop()
-            self.sink.stop()
+    ZONE = {"attacker.test": [{"TXT": "v=spf1 ip4:127.0.0.1 -all"}]}
 
     def test_from_text_is_not_copied_into_auth_results(self):
         self.moat = Moat(routes=[("example.test", f"smtp:127.0.0.1:{self.sink.port}")], networks=INBOUND_NETS,
@@ -410,19 +389,8 @@ class MalformedFromTagTest(unittest.TestCase):
         self.assertTrue(line["detail"]["malformed_from"], line)
 
 
-class SpfTemperrorTagTest(unittest.TestCase):
-    def setUp(self):
-        self.dns = DnsServer({"slow.test": ["TIMEOUT"]})
-        self.sink = Sink()
-        self.moat = None
-
-    def tearDown(self):
-        try:
-            if self.moat:
-                self.moat.cleanup()
-        finally:
-            self.dns.stop()
-            self.sink.stop()
+class SpfTemperrorTagTest(DnsSinkTestCase):
+    ZONE = {"slow.test": ["TIMEOUT"]}
 
     def test_temperror_tag_accepts_and_reports_temperror(self):
         self.moat = Moat(routes=[("example.test", f"smtp:127.0.0.1:{self.sink.port}")], networks=INBOUND_NETS,
@@ -462,41 +430,19 @@ def verifies(d, idx, dnsfunc):
         return False
 
 
-class OutboundSigningTest(unittest.TestCase):
+class OutboundSigningTest(DaemonTest):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="moat-sign-")
+        cls.tmp = class_temp_dir(cls, "moat-sign-")
         cls.rsa_file, cls.rsa_txt, cls.keygen_tool = make_sign_key(cls.tmp, "example.test", "s1", "rsa")
         cls.ed_file, cls.ed_txt, _ = make_sign_key(cls.tmp, "example.test", "s2", "ed25519")
-        cls.dns = DnsServer({"example.test": [{"TXT": "v=spf1 ip4:127.0.0.1 -all"}]}, directory=cls.tmp)
-        cls.sink = Sink()
+        cls.dns = owned_dns(cls, {"example.test": [{"TXT": "v=spf1 ip4:127.0.0.1 -all"}]}, directory=cls.tmp)
+        cls.sink = owned_sink(cls)
         sign = (f'\n[[dkim.sign]]\ndomain = "example.test"\nselector = "s1"\nkey_file = "{cls.rsa_file}"\n'
                 f'\n[[dkim.sign]]\ndomain = "example.test"\nselector = "s2"\nkey_file = "{cls.ed_file}"\n'
                 f'algorithm = "ed25519-sha256"\n')
-        try:
-            cls.moat = Moat(routes=[("far.test", f"smtp:127.0.0.1:{cls.sink.port}")],
-                            networks=["127.0.0.0/8"], extra=dns_config(cls.dns.nameserver, sign))
-        except BaseException:
-            cls.dns.stop()
-            cls.sink.stop()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.moat.cleanup()
-        finally:
-            cls.dns.stop()
-            cls.sink.stop()
-            shutil.rmtree(cls.tmp, ignore_errors=True)
-
-    def delivered(self, subject):
-        def find():
-            for m in list(self.sink.messages):
-                if ("Subject: " + subject + "\r\n").encode() in m["data"]:
-                    return m
-            return None
-        return wait_for(find, 30, what=f"message {subject!r} at the sink")["data"]
+        cls.moat = owned_moat(cls, routes=[("far.test", f"smtp:127.0.0.1:{cls.sink.port}")],
+                              networks=["127.0.0.0/8"], extra=dns_config(cls.dns.nameserver, sign))
 
     def assert_both_verify(self, data):
         sigs = header_values(data, "DKIM-Signature")

@@ -18,7 +18,7 @@ import unittest
 import zipfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Moat, RawClient, Sink, wait_for  # noqa: E402
+from harness import Moat, RawClient, SinkTestCase, wait_for  # noqa: E402
 
 # Built from pieces so this file itself does not look infected to scanners.
 EICAR = ("X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-" + "ANTIVIRUS-TEST-FILE!$H+H*").encode()
@@ -71,16 +71,7 @@ def filter_result(line, name):
     return f
 
 
-class ContentFiltersTest(unittest.TestCase):
-    def setUp(self):
-        self.sink = Sink()
-        self.moat = None
-
-    def tearDown(self):
-        if self.moat:
-            self.moat.cleanup()
-        self.sink.stop()
-
+class ContentFiltersTest(SinkTestCase):
     def start(self, extra, files=None):
         """A daemon routing example.test to the Sink, with `files` written into its folder
         (databases, rule files) before it starts."""

@@ -16,7 +16,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import MOAT_BIN, Moat, Sink, free_port, make_cert, wait_for  # noqa: E402
+from harness import MOAT_BIN, Moat, Sink, SinkTestCase, free_port, make_cert, wait_for  # noqa: E402
 from authzone import DnsServer  # noqa: E402
 
 BODY = (b"From: Alice <alice@sender.test>\r\nTo: bob@example.test\r\nSubject: byte exact\r\n"
@@ -35,16 +35,7 @@ def strip_gateway_headers(data):
     return b"\r\n".join(lines[i:])
 
 
-class DeliveryTest(unittest.TestCase):
-    def setUp(self):
-        self.sink = Sink()
-        self.moat = None
-
-    def tearDown(self):
-        if self.moat:
-            self.moat.cleanup()
-        self.sink.stop()
-
+class DeliveryTest(SinkTestCase):
     def start(self, **kw):
         kw.setdefault("routes", [("example.test", f"smtp:127.0.0.1:{self.sink.port}"),
                                  ("sender.test", "maildir:mail")])
@@ -53,14 +44,7 @@ class DeliveryTest(unittest.TestCase):
 
     def test_relay_is_byte_exact_and_logged_by_queue_id(self):
         m = self.start()
-        s = m.smtp()
-        s.ehlo()
-        s.mail("alice@sender.test", ["BODY=8BITMIME"])
-        s.rcpt("bob@example.test")
-        code, reply = s.data(BODY)
-        s.quit()
-        self.assertEqual(code, 250)
-        qid = reply.decode().rsplit(" ", 1)[-1]
+        qid = self.send_8bit(BODY)
         msgs = self.sink.wait_messages(1)
         self.assertEqual(msgs[0]["from"], "alice@sender.test")
         self.assertEqual(msgs[0]["rcpts"], ["bob@example.test"])

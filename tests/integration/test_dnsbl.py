@@ -8,8 +8,8 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from authzone import DnsServer  # noqa: E402
-from harness import Moat, Sink  # noqa: E402
+from authzone import owned_dns  # noqa: E402
+from harness import owned_moat, owned_sink  # noqa: E402
 
 ZONE = {
     "1.0.0.127.bl.test": [{"A": "127.0.0.2"}, {"TXT": "Listed: see https://bl.test/q?127.0.0.1"}],
@@ -29,16 +29,10 @@ def config(nameserver, action="reject"):
 class DnsblTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dns = DnsServer(ZONE)
-        cls.sink = Sink()
-        cls.moat = Moat(routes=[("example.test", f"smtp:127.0.0.1:{cls.sink.port}")],
-                        networks=["10.255.255.0/24"], extra=config(cls.dns.nameserver))
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.moat.cleanup()
-        cls.sink.stop()
-        cls.dns.stop()
+        cls.dns = owned_dns(cls, ZONE)
+        cls.sink = owned_sink(cls)
+        cls.moat = owned_moat(cls, routes=[("example.test", f"smtp:127.0.0.1:{cls.sink.port}")],
+                              networks=["10.255.255.0/24"], extra=config(cls.dns.nameserver))
 
     def mail_from(self, client_ip, moat=None):
         s = (moat or self.moat).smtp(source_address=(client_ip, 0))
@@ -82,18 +76,16 @@ class DnsblTest(unittest.TestCase):
 class DnsblExemptionsAndTagTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dns = DnsServer(ZONE)
-        cls.sink = Sink()
+        cls.dns = owned_dns(cls, ZONE)
+        cls.sink = owned_sink(cls)
 
-    @classmethod
-    def tearDownClass(cls):
-        cls.sink.stop()
-        cls.dns.stop()
+    def start(self, networks, extra):
+        """A daemon for this test only, relaying example.test to the class's Sink."""
+        return owned_moat(self, routes=[("example.test", f"smtp:127.0.0.1:{self.sink.port}")], networks=networks,
+                          extra=extra)
 
     def test_relay_networks_are_not_looked_up(self):
-        m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{self.sink.port}")],
-                 networks=["127.0.0.1/32"], extra=config(self.dns.nameserver))
-        self.addCleanup(m.cleanup)
+        m = self.start(["127.0.0.1/32"], config(self.dns.nameserver))
         s = m.smtp(source_address=("127.0.0.1", 0))
         s.ehlo()
         self.assertEqual(s.mail("out@example.test")[0], 250)
@@ -102,9 +94,7 @@ class DnsblExemptionsAndTagTest(unittest.TestCase):
         self.assertNotIn("1.0.0.127.bl.test", " ".join(self.dns.queries()))
 
     def test_the_connection_allow_list_is_not_looked_up(self):
-        m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{self.sink.port}")], networks=["10.255.255.0/24"],
-                 extra=config(self.dns.nameserver) + '\n[connection]\nallow = ["127.0.0.1"]\n')
-        self.addCleanup(m.cleanup)
+        m = self.start(["10.255.255.0/24"], config(self.dns.nameserver) + '\n[connection]\nallow = ["127.0.0.1"]\n')
         s = m.smtp(source_address=("127.0.0.1", 0))
         s.ehlo()
         self.assertEqual(s.mail("friend@partner.test")[0], 250)
@@ -112,9 +102,7 @@ class DnsblExemptionsAndTagTest(unittest.TestCase):
         m.wait_log(event="filter", filter="dnsbl", result="skipped")
 
     def test_tag_marks_the_message_instead(self):
-        m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{self.sink.port}")],
-                 networks=["10.255.255.0/24"], extra=config(self.dns.nameserver, action="tag"))
-        self.addCleanup(m.cleanup)
+        m = self.start(["10.255.255.0/24"], config(self.dns.nameserver, action="tag"))
         before = len(self.sink.messages)
         s = m.smtp(source_address=("127.0.0.1", 0))
         s.sendmail("someone@sender.test", ["user@example.test"], b"Subject: tagged\r\n\r\nx\r\n")

@@ -10,7 +10,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Moat, Sink, wait_for  # noqa: E402
+from harness import Moat, SinkTestCase, wait_for  # noqa: E402
 
 NO_8BITMIME = ("PIPELINING", "SIZE 104857600")  # nor SMTPUTF8, which needs 8BITMIME
 
@@ -20,32 +20,13 @@ TEXT = ("Gr\u00fc\u00dfe aus K\u00f6ln \u2014 caf\u00e9, na\u00efve, \u65e5\u672
         ".a leading dot\r\n" + "\u00e9" * 200 + "\r\n")
 
 
-class EightBitTest(unittest.TestCase):
-    def setUp(self):
-        self.sink = Sink(extensions=NO_8BITMIME)
-        self.moat = None
-
-    def tearDown(self):
-        try:
-            if self.moat:
-                self.moat.cleanup()
-        finally:
-            self.sink.stop()
+class EightBitTest(SinkTestCase):
+    sink_options = {"extensions": NO_8BITMIME}
 
     def start(self):
         self.moat = Moat(routes=[("example.test", f"smtp:127.0.0.1:{self.sink.port}"),
                                  ("sender.test", "maildir:mail")])
         return self.moat
-
-    def send_8bit(self, message):
-        s = self.moat.smtp()
-        s.ehlo()
-        s.mail("alice@sender.test", ["BODY=8BITMIME"])
-        s.rcpt("bob@example.test")
-        code, reply = s.data(message)
-        s.quit()
-        self.assertEqual(code, 250)
-        return reply.decode().rsplit(" ", 1)[-1]
 
     def test_8bit_body_arrives_as_7bit_mime_that_decodes_to_the_original(self):
         self.start()

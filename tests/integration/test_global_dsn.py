@@ -20,7 +20,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Moat, Sink  # noqa: E402
+from harness import Moat, Sink, SinkTestCase, owned_sink  # noqa: E402
 
 SENDER = "j\u00f6rg@sender.test"          # jörg
 REFUSED = "m\u00fcller@example.test"      # müller: the next hop refuses it
@@ -47,31 +47,51 @@ def mime_parts(raw):
     return top, parts
 
 
-class GlobalDsnTest(unittest.TestCase):
+class DsnTestCase(SinkTestCase):
+    """The Sink (example.test) refuses REFUSED at its RCPT; self.back, the sender's domain,
+    is where the DSN goes."""
+
     def setUp(self):
-        self.sink = Sink()
-        self.back = Sink()  # the sender's domain: where the DSN goes
-        self.moat = None
-
-    def tearDown(self):
-        if self.moat:
-            self.moat.cleanup()
-        self.sink.stop()
-        self.back.stop()
-
-    def test_smtputf8_refusal_comes_back_as_a_global_dsn(self):
+        super().setUp()
         self.sink.rcpt_reply = lambda a: "550 5.1.1 no such user" if a == REFUSED else "250 2.1.5 ok"
-        self.moat = m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{self.sink.port}"),
-                                     ("sender.test", f"smtp:127.0.0.1:{self.back.port}")])
-        s = m.smtp()
+        self.back = None
+
+    def start(self, **back_options):
+        """self.back (Sink's keywords) and the daemon routing example.test and sender.test to
+        the two sinks."""
+        self.back = owned_sink(self, **back_options)
+        self.moat = Moat(routes=[("example.test", f"smtp:127.0.0.1:{self.sink.port}"),
+                                 ("sender.test", f"smtp:127.0.0.1:{self.back.port}")])
+        return self.moat
+
+    def send_to_refused_and_accepted(self, sender, data):
+        """One SMTPUTF8 transaction from `sender` to REFUSED and ACCEPTED, both taken by Moat;
+        only ACCEPTED reaches the Sink."""
+        s = self.moat.smtp()
         s.ehlo()
-        s.mail(SENDER, ["SMTPUTF8", "BODY=8BITMIME"])  # smtplib then sends the commands in UTF-8
+        s.mail(sender, ["SMTPUTF8", "BODY=8BITMIME"])  # smtplib then sends the commands in UTF-8
         self.assertEqual(s.rcpt(REFUSED)[0], 250)
         self.assertEqual(s.rcpt(ACCEPTED)[0], 250)
-        code, _ = s.data(f"From: {SENDER}\r\nTo: {REFUSED}\r\nSubject: {SUBJECT}\r\n\r\nHallo.\r\n".encode())
+        code, _ = s.data(data)
         s.quit()
         self.assertEqual(code, 250)
         self.assertEqual(self.sink.wait_messages(1)[0]["rcpts"], [ACCEPTED])
+
+    def assert_refusal_fields(self, fields):
+        """The per-recipient fields of a DSN's status part: REFUSED failed with the Sink's
+        550 5.1.1; ACCEPTED is not named."""
+        self.assertIn("Action: failed\r\n", fields)
+        self.assertIn("Status: 5.1.1\r\n", fields)
+        self.assertIn("Remote-MTA: dns; 127.0.0.1\r\n", fields)
+        self.assertIn("Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n", fields)
+        self.assertNotIn(ACCEPTED, fields)
+
+
+class GlobalDsnTest(DsnTestCase):
+    def test_smtputf8_refusal_comes_back_as_a_global_dsn(self):
+        m = self.start()
+        self.send_to_refused_and_accepted(
+            SENDER, f"From: {SENDER}\r\nTo: {REFUSED}\r\nSubject: {SUBJECT}\r\n\r\nHallo.\r\n".encode())
 
         msg = self.back.wait_messages(1)[0]
         self.assertEqual(msg["from"], "")
@@ -100,49 +120,22 @@ class GlobalDsnTest(unittest.TestCase):
         self.assertIn(b"Content-Type: message/global-delivery-status\r\n", status_head + b"\r\n")
         fields = status.decode("utf-8")  # strict: the report is well-formed UTF-8
         self.assertIn(f"Final-Recipient: utf-8; {REFUSED}\r\n", fields)
-        self.assertIn("Action: failed\r\n", fields)
-        self.assertIn("Status: 5.1.1\r\n", fields)
-        self.assertIn("Remote-MTA: dns; 127.0.0.1\r\n", fields)
-        self.assertIn("Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n", fields)
-        self.assertNotIn(ACCEPTED, fields)
+        self.assert_refusal_fields(fields)
 
         original_head, original = parts[2]
         self.assertIn(b"Content-Type: message/global\r\n", original_head + b"\r\n")
         self.assertIn(f"Subject: {SUBJECT}\r\n".encode(), original)
 
 
-class DowngradedDsnTest(unittest.TestCase):
+class DowngradedDsnTest(DsnTestCase):
     """The DSN's next hop (the sender's domain) without SMTPUTF8."""
-
-    def setUp(self):
-        self.sink = Sink()
-        self.sink.rcpt_reply = lambda a: "550 5.1.1 no such user" if a == REFUSED else "250 2.1.5 ok"
-        self.back = None
-        self.moat = None
-
-    def tearDown(self):
-        if self.moat:
-            self.moat.cleanup()
-        self.sink.stop()
-        if self.back:
-            self.back.stop()
 
     def bounce(self, sender, back_extensions, body="Hallo.\r\n"):
         """Sends an SMTPUTF8 message from `sender` to REFUSED and ACCEPTED; the sender's
         domain routes to a sink offering `back_extensions`."""
-        self.back = Sink(extensions=back_extensions)
-        self.moat = m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{self.sink.port}"),
-                                     ("sender.test", f"smtp:127.0.0.1:{self.back.port}")])
-        s = m.smtp()
-        s.ehlo()
-        s.mail(sender, ["SMTPUTF8", "BODY=8BITMIME"])
-        self.assertEqual(s.rcpt(REFUSED)[0], 250)
-        self.assertEqual(s.rcpt(ACCEPTED)[0], 250)
-        code, _ = s.data(f"From: J\u00f6rg <{sender}>\r\nTo: {REFUSED}\r\nSubject: {SUBJECT}\r\n"
-                         f"Message-ID: {UTF8_MESSAGE_ID}\r\n\r\n{body}".encode())
-        s.quit()
-        self.assertEqual(code, 250)
-        self.assertEqual(self.sink.wait_messages(1)[0]["rcpts"], [ACCEPTED])
+        m = self.start(extensions=back_extensions)
+        self.send_to_refused_and_accepted(sender, f"From: J\u00f6rg <{sender}>\r\nTo: {REFUSED}\r\nSubject: {SUBJECT}\r\n"
+                                          f"Message-ID: {UTF8_MESSAGE_ID}\r\n\r\n{body}".encode())
         m.wait_log(event="dsn", to=sender)
         return m
 
@@ -180,11 +173,7 @@ class DowngradedDsnTest(unittest.TestCase):
         self.assertNotIn(b"Content-Transfer-Encoding", status_head)
         fields = status.decode("ascii")
         self.assertIn("Final-Recipient: utf-8; m\\x{FC}ller@example.test\r\n", fields)  # utf-8-addr-xtext
-        self.assertIn("Action: failed\r\n", fields)
-        self.assertIn("Status: 5.1.1\r\n", fields)
-        self.assertIn("Remote-MTA: dns; 127.0.0.1\r\n", fields)
-        self.assertIn("Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n", fields)
-        self.assertNotIn(ACCEPTED, fields)
+        self.assert_refusal_fields(fields)
 
         original_head, original = parts[2]
         self.assertIn(b"Content-Type: text/rfc822-headers; charset=utf-8\r\n"

@@ -15,8 +15,8 @@ import unittest
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import SOURCE_DIR, Moat, Sink, class_temp_dir, free_port, http_get, make_cert, scrape  # noqa: E402
-from test_submission import auth_plain, tls_context, write_users  # noqa: E402
+from harness import SOURCE_DIR, Moat, Sink, free_port, http_get, scrape  # noqa: E402
+from test_submission import auth_plain, set_up_tls_auth_daemon, tls_context, write_users  # noqa: E402
 
 MONITORING = os.path.join(SOURCE_DIR, "deploy", "monitoring")
 
@@ -44,15 +44,9 @@ class PrometheusRulesTest(unittest.TestCase):
 class LiveDaemonTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = class_temp_dir(cls, "moat-mon-")
-        cls.cert = make_cert(cls.tmp)
-        cls.sink = Sink()
         cls.metrics_port = free_port()
-        cls.moat = Moat(routes=[(None, f"smtp:127.0.0.1:{cls.sink.port}")],
-                        listener_extra=f'tls_cert = "{cls.cert[0]}"\ntls_key = "{cls.cert[1]}"\n'
-                                       'auth_users = "users"',
-                        server_extra=f'metrics_listen = "127.0.0.1:{cls.metrics_port}"',
-                        relay_extra='recipients = "recipients"', start=False)
+        set_up_tls_auth_daemon(cls, "moat-mon-", server_extra=f'metrics_listen = "127.0.0.1:{cls.metrics_port}"',
+                               relay_extra='recipients = "recipients"')
         write_users(os.path.join(cls.moat.dir, "users"), {"alice": "correct horse"})
         with open(os.path.join(cls.moat.dir, "recipients"), "w") as f:
             f.write("user@example.test\n")
@@ -75,11 +69,6 @@ class LiveDaemonTest(unittest.TestCase):
         s.quit()
         cls.moat.wait_log(event="auth", result="pass")
         cls.moat.wait_log(event="reject", to="phantom@example.test")
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.moat.cleanup()
-        cls.sink.stop()
 
     def fail2ban(self, name):
         """fail2ban-regex with filter `name` over the daemon's log: (matched lines, hosts)."""

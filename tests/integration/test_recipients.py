@@ -9,7 +9,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Moat, Sink  # noqa: E402
+from harness import owned_moat, owned_sink  # noqa: E402
 
 TABLE = "# who exists behind the gateway\nalice@example.test\nBob.Smith@Example.TEST\n@catchall.test\n"
 
@@ -17,19 +17,14 @@ TABLE = "# who exists behind the gateway\nalice@example.test\nBob.Smith@Example.
 class RecipientValidationTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.sink = Sink()
-        cls.moat = Moat(routes=[(None, f"smtp:127.0.0.1:{cls.sink.port}")],
-                        relay_domains=("example.test", "catchall.test", "other.test"),
-                        relay_extra='recipients = "recipients"', start=False)
+        cls.sink = owned_sink(cls)
+        cls.moat = owned_moat(cls, routes=[(None, f"smtp:127.0.0.1:{cls.sink.port}")],
+                              relay_domains=("example.test", "catchall.test", "other.test"),
+                              relay_extra='recipients = "recipients"', start=False)
         cls.table = os.path.join(cls.moat.dir, "recipients")
         with open(cls.table, "w") as f:
             f.write(TABLE)
         cls.moat.start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.moat.cleanup()
-        cls.sink.stop()
 
     def rcpt(self, address, s=None):
         own = s is None

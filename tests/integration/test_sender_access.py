@@ -10,7 +10,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Moat, Sink  # noqa: E402
+from harness import owned_moat, owned_sink  # noqa: E402
 
 BLOCKED = "# refused senders\nspammer@sender.test\n@bulk.test\n@.junk.test\n"
 
@@ -18,20 +18,15 @@ BLOCKED = "# refused senders\nspammer@sender.test\n@bulk.test\n@.junk.test\n"
 class SenderAccessTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.sink = Sink()
-        cls.moat = Moat(routes=[(None, f"smtp:127.0.0.1:{cls.sink.port}")],
-                        networks=["10.255.255.0/24"],  # loopback is not a relay client here
-                        extra='\n[senders]\nblock = "blocked-senders"\n\n[connection]\nallow = ["127.0.0.9"]\n',
-                        start=False)
+        cls.sink = owned_sink(cls)
+        cls.moat = owned_moat(cls, routes=[(None, f"smtp:127.0.0.1:{cls.sink.port}")],
+                              networks=["10.255.255.0/24"],  # loopback is not a relay client here
+                              extra='\n[senders]\nblock = "blocked-senders"\n\n[connection]\nallow = ["127.0.0.9"]\n',
+                              start=False)
         cls.list = os.path.join(cls.moat.dir, "blocked-senders")
         with open(cls.list, "w") as f:
             f.write(BLOCKED)
         cls.moat.start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.moat.cleanup()
-        cls.sink.stop()
 
     def mail(self, sender, source="127.0.0.1"):
         s = smtplib.SMTP("127.0.0.1", self.moat.port, timeout=15, source_address=(source, 0))

@@ -16,7 +16,7 @@ import unittest
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Moat, Sink, class_temp_dir, free_port, make_cert  # noqa: E402
+from harness import class_temp_dir, free_port, make_cert, owned_moat, owned_sink  # noqa: E402
 
 PASSWORDS = {"alice": "correct horse", "bob@example.test": "b0b's password", "jörg": "pässwörd"}
 
@@ -36,6 +36,28 @@ def write_users(path, passwords, extra=""):
         for name, pw in passwords.items():
             f.write(f"{name}:{crypt_hash(pw)}" + (f":{SENDERS[name]}" if name in SENDERS else "") + "\n")
         f.write(extra)
+
+
+def tls_auth_settings(cert):
+    """Listener lines: STARTTLS with `cert` (make_cert's pair), AUTH against the "users" file."""
+    return f'tls_cert = "{cert[0]}"\ntls_key = "{cert[1]}"\nauth_users = "users"'
+
+
+def set_up_tls_auth_daemon(cls, prefix, listener_mode="", second_listener=None, **moat_kw):
+    """For a test class: a temporary folder with a certificate (cls.tmp, cls.cert), a Sink
+    (cls.sink) and a daemon, not yet started, that relays everything to it (cls.moat), its
+    listener offering STARTTLS and AUTH (`listener_mode`: lines before those); all stopped
+    and removed after the class's last test. `second_listener`: (port, mode) of another
+    listener with the same TLS and AUTH. `moat_kw`: more of Moat's keywords."""
+    cls.tmp = class_temp_dir(cls, prefix)
+    cls.cert = make_cert(cls.tmp)
+    cls.sink = owned_sink(cls)
+    tls = tls_auth_settings(cls.cert)
+    if second_listener:
+        port, mode = second_listener
+        moat_kw["extra"] = f'\n[[listener]]\naddress = "127.0.0.1:{port}"\nmode = "{mode}"\n{tls}\n'
+    cls.moat = owned_moat(cls, routes=[(None, f"smtp:127.0.0.1:{cls.sink.port}")],
+                          listener_extra=listener_mode + tls, start=False, **moat_kw)
 
 
 def tls_context():
@@ -58,23 +80,13 @@ def auth_plain(s, user, password):
 class SubmissionTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = class_temp_dir(cls, "moat-sub-")
-        cls.cert = make_cert(cls.tmp)
-        cls.sink = Sink()
         cls.metrics_port = free_port()
-        cls.moat = Moat(routes=[(None, f"smtp:127.0.0.1:{cls.sink.port}")],
-                        networks=["127.0.0.0/8"],  # a submission listener wants AUTH even from these
-                        listener_extra=f'mode = "submission"\ntls_cert = "{cls.cert[0]}"\n'
-                                       f'tls_key = "{cls.cert[1]}"\nauth_users = "users"',
-                        server_extra=f'metrics_listen = "127.0.0.1:{cls.metrics_port}"', start=False)
+        set_up_tls_auth_daemon(cls, "moat-sub-", listener_mode='mode = "submission"\n',
+                               networks=["127.0.0.0/8"],  # a submission listener wants AUTH even from these
+                               server_extra=f'metrics_listen = "127.0.0.1:{cls.metrics_port}"')
         cls.users = os.path.join(cls.moat.dir, "users")
         write_users(cls.users, PASSWORDS)
         cls.moat.start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.moat.cleanup()
-        cls.sink.stop()
 
     def tls_session(self):
         s = self.moat.smtp()
@@ -316,25 +328,13 @@ class OptionalAuthTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.tmp = class_temp_dir(cls, "moat-auth-")
-        cls.cert = make_cert(cls.tmp)
-        cls.sink = Sink()
         cls.smtps_port = free_port()
-        tls = f'tls_cert = "{cls.cert[0]}"\ntls_key = "{cls.cert[1]}"\nauth_users = "users"'
-        cls.moat = Moat(routes=[(None, f"smtp:127.0.0.1:{cls.sink.port}")],
-                        networks=["10.255.255.0/24"],  # loopback is not a relay client here
-                        listener_extra=tls,
-                        extra=f'\n[[listener]]\naddress = "127.0.0.1:{cls.smtps_port}"\nmode = "smtps"\n{tls}\n',
-                        start=False)
+        set_up_tls_auth_daemon(cls, "moat-auth-", second_listener=(cls.smtps_port, "smtps"),
+                               networks=["10.255.255.0/24"])  # loopback is not a relay client here
         write_users(os.path.join(cls.moat.dir, "users"), PASSWORDS)
         cls.moat.start()
         cls.moat.wait_log(event="listen", address=f"127.0.0.1:{cls.smtps_port}")
         cls.moat.port = cls.moat.wait_log(event="listen", address="127.0.0.1:0")["port"]  # the smtp listener
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.moat.cleanup()
-        cls.sink.stop()
 
     def test_relaying_needs_auth_local_mail_does_not(self):
         s = self.moat.smtp()
@@ -372,13 +372,7 @@ class ThreadPoolTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.tmp = class_temp_dir(cls, "moat-pool-")
-        cls.cert = make_cert(cls.tmp)
-        cls.sink = Sink()
-        cls.moat = Moat(routes=[(None, f"smtp:127.0.0.1:{cls.sink.port}")],
-                        networks=["10.255.255.0/24"],
-                        listener_extra=f'tls_cert = "{cls.cert[0]}"\ntls_key = "{cls.cert[1]}"\nauth_users = "users"',
-                        start=False)
+        set_up_tls_auth_daemon(cls, "moat-pool-", networks=["10.255.255.0/24"])
         # An expensive hash (sha512crypt, about two seconds) is what each guess costs.
         r = subprocess.run(["openssl", "passwd", "-6", "-stdin", "-salt", "rounds=10000000$saltsalt"],
                            input=b"slow password", capture_output=True, check=True, timeout=60)
@@ -393,11 +387,6 @@ class ThreadPoolTest(unittest.TestCase):
                 del os.environ["UV_THREADPOOL_SIZE"]
             else:
                 os.environ["UV_THREADPOOL_SIZE"] = old
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.moat.cleanup()
-        cls.sink.stop()
 
     def test_password_guessing_does_not_hold_up_mail(self):
         guessers = []

@@ -2,30 +2,20 @@
 // never at the SMTP-smuggling fakes of shared/conformance/smtp/smtp-smuggling-eod-sequences.yml,
 // dot-unstuffing (§4.5.2), bare CR/LF policies (§2.3.8), the size bound, pipelined bytes after
 // the mark, and Received: counting across chunks.
-#include <catch2/catch.hpp>
+#include "mta/smtp/data_decoder.h"
 
+#include <catch2/catch.hpp>
 #include <fstream>
 #include <map>
 #include <sstream>
 
-#include "mta/smtp/data_decoder.h"
+#include "tests/support/data_decoder_run.h"
 
 using namespace moat::mta::smtp;
 
 namespace {
 
-struct Result {
-  std::string out;
-  size_t consumed = 0;
-  bool done = false;
-  bool bareLf = false, bareCr = false, nul = false, rejected = false;
-  unsigned received = 0;
-  uint64_t size = 0;
-  bool operator==(const Result& o) const {
-    return out == o.out && consumed == o.consumed && done == o.done && bareLf == o.bareLf && bareCr == o.bareCr &&
-           nul == o.nul && rejected == o.rejected && received == o.received && size == o.size;
-  }
-};
+using Result = moat::test::DataDecoderRun;
 
 // Feeds `in` in pieces of `step` bytes (0: all at once), as a session reading the socket would.
 Result decode(std::string_view in, BareLinePolicy policy, size_t step = 0, uint64_t maxSize = 1 << 20) {
@@ -33,13 +23,7 @@ Result decode(std::string_view in, BareLinePolicy policy, size_t step = 0, uint6
   Result r;
   if (step == 0) step = in.size() ? in.size() : 1;
   for (size_t i = 0; i < in.size() && !d.done(); i += step) r.consumed += d.feed(in.substr(i, step), r.out);
-  r.done = d.done();
-  r.bareLf = d.sawBareLf();
-  r.bareCr = d.sawBareCr();
-  r.nul = d.sawNul();
-  r.rejected = d.rejected();
-  r.received = d.receivedCount();
-  r.size = d.size();
+  r.readState(d);
   return r;
 }
 

@@ -441,6 +441,15 @@ std::string baseConfig(const std::string& extra) {
          extra;
 }
 
+// dir's moat.toml with baseConfig(entries), loaded: it must load; what it reports stays in `errors`.
+std::shared_ptr<const policy::Config> loadConfigIn(const TempDir& dir, const std::string& entries,
+                                                   policy::Errors& errors) {
+  auto config = policy::loadConfig(dir.file("moat.toml", baseConfig(entries)), errors);
+  INFO(errors.str());
+  REQUIRE(config);
+  return config;
+}
+
 filters::Result runFilter(const filters::Filter& f, std::shared_ptr<filters::MessageContext> ctx,
                           mta::dns::Resolver* resolver, uv_loop_t* loop) {
   filters::Env env;
@@ -468,7 +477,8 @@ TEST_CASE("sign filter signs outbound mail with both keys and verify filter repo
   TempDir dir;
   auto rsa = makeKey(dir, "rsa", "r1");
   auto ed = makeKey(dir, "ed25519", "e1");
-  std::string cfgFile = dir.file("moat.toml", baseConfig(R"(
+  policy::Errors errors;
+  auto config = loadConfigIn(dir, R"(
 [dkim]
 verify = true
 max_signatures = 4
@@ -483,11 +493,9 @@ domain = "Example.Test"
 selector = "e1"
 key_file = "e1.key"
 algorithm = "ed25519-sha256"
-)"));
-  policy::Errors errors;
-  auto config = policy::loadConfig(cfgFile, errors);
+)",
+                             errors);
   INFO(errors.str());
-  REQUIRE(config);
   auto sign = filters::dkim::makeDkimSignFilter(*config, errors);
   auto verify = filters::dkim::makeDkimVerifyFilter(*config, errors);
   REQUIRE_FALSE(errors.hasErrors());
@@ -545,7 +553,8 @@ TEST_CASE("config: unreadable or invalid keys and unknown keys are FILE:LINE err
   TempDir dir;
   dir.file("bad.key", "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n");
   auto ed = makeKey(dir, "ed25519", "ed");
-  std::string cfgFile = dir.file("moat.toml", baseConfig(R"([dkim]
+  policy::Errors errors;
+  auto config = loadConfigIn(dir, R"([dkim]
 verfy = true
 
 [[dkim.sign]]
@@ -563,11 +572,8 @@ domain = "example.test"
 selector = "c"
 key_file = "ed.key"
 algorithm = "rsa-sha256"
-)"));
-  policy::Errors errors;
-  auto config = policy::loadConfig(cfgFile, errors);
-  INFO(errors.str());
-  REQUIRE(config);
+)",
+                             errors);
   filters::dkim::makeDkimVerifyFilter(*config, errors);
   filters::dkim::makeDkimSignFilter(*config, errors);
   std::string all = errors.str();
@@ -583,11 +589,8 @@ algorithm = "rsa-sha256"
 namespace {
 
 std::shared_ptr<const filters::Filter> signFilter(const TempDir& dir, const std::string& entries) {
-  std::string cfgFile = dir.file("moat.toml", baseConfig(entries));
   policy::Errors errors;
-  auto config = policy::loadConfig(cfgFile, errors);
-  INFO(errors.str());
-  REQUIRE(config);
+  auto config = loadConfigIn(dir, entries, errors);
   auto sign = filters::dkim::makeDkimSignFilter(*config, errors);
   REQUIRE_FALSE(errors.hasErrors());
   return sign;
