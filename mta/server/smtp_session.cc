@@ -413,27 +413,15 @@ void SmtpSession::handleLine(const std::string& line) {
     case V::Rcpt: cmdRcpt(c); break;
     case V::Data: cmdData(); break;
     case V::Bdat: cmdBdat(c); break;
-    case V::Rset:
-      cmdRset();
-      junkCommand();
-      break;
-    case V::Noop:
-      reply(250, "2.0.0", "Ok");
-      junkCommand();
-      break;
+    case V::Rset: cmdRset(); break;
+    case V::Noop: reply(250, "2.0.0", "Ok"); break;
     case V::Quit:
       reply(221, "2.0.0", cfg_.hostname + " closing connection");
       closeGracefully();
       break;
-    case V::Vrfy:
-      reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery");
-      junkCommand();
-      break;
+    case V::Vrfy: reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"); break;
     case V::Expn: reply(502, "5.5.1", "EXPN not available"); break;
-    case V::Help:
-      reply(214, "2.0.0", "See RFC 5321 (https://www.rfc-editor.org/rfc/rfc5321)");
-      junkCommand();
-      break;
+    case V::Help: reply(214, "2.0.0", "See RFC 5321 (https://www.rfc-editor.org/rfc/rfc5321)"); break;
     case V::StartTls: cmdStartTls(c); break;
     case V::Auth: cmdAuth(c); break;
     case V::Unknown:
@@ -442,6 +430,7 @@ void SmtpSession::handleLine(const std::string& line) {
       protocolError();
       break;
   }
+  if (c.verb == V::Rset || c.verb == V::Noop || c.verb == V::Vrfy || c.verb == V::Help) junkCommand();
 }
 
 void SmtpSession::cmdHelo(const smtp::Command& c, bool extended) {
