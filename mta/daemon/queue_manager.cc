@@ -420,17 +420,18 @@ void QueueManager::tick() {
     if (it == entries_.end() || it->second.busy || it->second.env.area != queue::Area::Active) continue;
     // Set aside without taking a slot: see blocked_. Each message is looked at once until
     // its destination has room again, so a long queue for one next hop costs no scan.
-    if (std::string key = saturatedDestination(it->second.env); !key.empty()) {
+    auto keys = destinationKeys(it->second.env);
+    if (std::string key = saturatedDestination(keys); !key.empty()) {
       blocked_[key].emplace_back(ids.front(), *due);
       continue;
     }
-    deliver(it->second);
+    deliver(it->second, std::move(keys));
     --room;
   }
   armTimer();
 }
 
-void QueueManager::deliver(Entry& entry) {
+void QueueManager::deliver(Entry& entry, std::vector<std::string> keys) {
   entry.busy = true;
   busy_.insert(entry.env.id);
   auto attempt = std::make_shared<Attempt>();
@@ -439,7 +440,7 @@ void QueueManager::deliver(Entry& entry) {
   attempt->only = std::exchange(entry.atOnce, {});
   // The message counts against its destinations from now: reading it from the spool takes a
   // trip to the thread pool, and the other messages this tick takes up must see it.
-  for (auto& key : destinationKeys(entry.env)) {
+  for (auto& key : keys) {
     if (key.empty()) continue;
     ++load_[key];
     attempt->reserved.push_back(std::move(key));
@@ -552,15 +553,13 @@ std::vector<std::string> QueueManager::destinationKeys(const queue::Envelope& en
   return keys;
 }
 
-std::string QueueManager::saturatedDestination(const queue::Envelope& env) const {
-  std::string first;
-  for (auto& key : destinationKeys(env)) {
+std::string QueueManager::saturatedDestination(const std::vector<std::string>& keys) const {
+  for (const auto& key : keys) {
     if (key.empty()) return "";  // Maildir: no limit
     auto it = load_.find(key);
     if (it == load_.end() || it->second < snap_->config->maxPerDestination) return "";
-    if (first.empty()) first = std::move(key);
   }
-  return first;
+  return keys.empty() ? "" : keys.front();
 }
 
 void QueueManager::releaseLoad(const std::string& key) {

@@ -95,7 +95,8 @@ class QueueManager {
   void schedule(const std::string& id, int64_t dueMs);
   void armTimer();
   void tick();
-  void deliver(Entry& entry);
+  // `keys`: destinationKeys(entry.env), worked out once by tick().
+  void deliver(Entry& entry, std::vector<std::string> keys);
   using DataLoaded = std::function<void(std::shared_ptr<const queue::MessageData>, std::string error)>;
   void loadData(const std::string& id, DataLoaded done);
   // Groups the pending recipients by route and starts each group (data loaded, or `error`).
@@ -152,7 +153,7 @@ class QueueManager {
   // (one slow next hop would take every slot). Such a message is set aside in blocked_
   // instead, off the schedule, and goes back on it as its destination's groups finish.
   // Returns the key it waits for, or "" when it can go now.
-  std::string saturatedDestination(const queue::Envelope& env) const;
+  std::string saturatedDestination(const std::vector<std::string>& keys) const;
   // The keys of the destinations of `env`'s pending recipients ("" for Maildir), each once.
   std::vector<std::string> destinationKeys(const queue::Envelope& env) const;
   void releaseLoad(const std::string& key);

@@ -135,17 +135,19 @@ class SlowClientTest(unittest.TestCase):
         elapsed, got = trickle_until_closed(c, b"x", 0.5, COMMAND_TIMEOUT + 6)
         self.assert_timed_out(elapsed, got, COMMAND_TIMEOUT, session, "command", "command_timeout")
 
-    def test_a_message_line_trickled_a_byte_at_a_time_times_out(self):
+    def in_data(self):
         c, session = self.in_transaction()
         c.send("DATA\r\n")
         self.assertEqual(c.code(), 354)
+        return c, session
+
+    def test_a_message_line_trickled_a_byte_at_a_time_times_out(self):
+        c, session = self.in_data()
         elapsed, got = trickle_until_closed(c, b"Subject: slow", 0.5, DATA_TIMEOUT + 6)
         self.assert_timed_out(elapsed, got, DATA_TIMEOUT, session, "data", "data_timeout")
 
     def test_message_lines_trickled_time_out_at_max_data_time(self):
-        c, session = self.in_transaction()
-        c.send("DATA\r\n")
-        self.assertEqual(c.code(), 354)
+        c, session = self.in_data()
         # Whole lines do not help: the deadline is for the message.
         elapsed, got = trickle_until_closed(c, b"x\r\n", 0.5, MAX_DATA_TIME + 6)
         self.assert_timed_out(elapsed, got, MAX_DATA_TIME, session, "data", "max_data_time")
