@@ -235,8 +235,10 @@ class TcpConnection final : public Connection {
             *buf = uv_buf_init(nullptr, 0);
             return;
           }
-          if (self->readBuf_.empty()) self->readBuf_.resize(kReadBufSize);
-          *buf = uv_buf_init(self->readBuf_.data(), static_cast<unsigned>(self->readBuf_.size()));
+          // Not zero-filled: read(2) writes what is used, and only the pages it touches
+          // become resident (a 4 KB message touches one, not sixteen).
+          if (!self->readBuf_) self->readBuf_ = std::make_unique_for_overwrite<char[]>(kReadBufSize);
+          *buf = uv_buf_init(self->readBuf_.get(), static_cast<unsigned>(kReadBufSize));
         },
         [](uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
           if (auto* self = static_cast<TcpConnection*>(s->data)) self->onRead(n, buf);
@@ -434,7 +436,7 @@ class TcpConnection final : public Connection {
   uv_tcp_t* tcp_ = nullptr;  // owned by libuv from init until its close callback
   std::shared_ptr<TcpConnection> self_;  // set from close until the close callback
   Callbacks cb_;
-  std::vector<char> readBuf_;
+  std::unique_ptr<char[]> readBuf_;  // kReadBufSize bytes, from the first read on
   std::string inbuf_;
   std::unique_ptr<uv::Timer> deliverTimer_;  // deferred delivery after startReading()
   std::unique_ptr<tls::TlsSession> tls_;

@@ -32,8 +32,22 @@ size_t utf8SeqLen(std::string_view s, size_t i) {
 }  // namespace
 
 void appendJsonString(std::string& out, std::string_view s) {
+  out.reserve(out.size() + s.size() + 2);
   out.push_back('"');
   for (size_t i = 0; i < s.size();) {
+    // Printable ASCII but the quote and the backslash goes as it is, a run at a time: most
+    // of what the log writes (ids, addresses, replies) is nothing else.
+    size_t run = i;
+    while (run < s.size()) {
+      unsigned char c = static_cast<unsigned char>(s[run]);
+      if (c < 0x20 || c >= 0x7F || c == '"' || c == '\\') break;
+      ++run;
+    }
+    if (run > i) {
+      out.append(s.data() + i, run - i);
+      i = run;
+      continue;
+    }
     unsigned char c = static_cast<unsigned char>(s[i]);
     if (c < 0x80) {
       switch (c) {
@@ -42,14 +56,11 @@ void appendJsonString(std::string& out, std::string_view s) {
         case '\n': out += "\\n"; break;
         case '\r': out += "\\r"; break;
         case '\t': out += "\\t"; break;
-        default:
-          if (c < 0x20 || c == 0x7F) {
-            char buf[8];
-            std::snprintf(buf, sizeof buf, "\\u%04x", c);
-            out += buf;
-          } else {
-            out.push_back(static_cast<char>(c));
-          }
+        default: {  // the other controls and DEL
+          static constexpr char kHex[] = "0123456789abcdef";
+          const char esc[] = {'\\', 'u', '0', '0', kHex[c >> 4], kHex[c & 0xF]};
+          out.append(esc, sizeof esc);
+        }
       }
       ++i;
       continue;

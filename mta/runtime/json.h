@@ -30,6 +30,8 @@ class JsonObject {
   JsonObject& addRaw(std::string_view key, std::string_view json);
 
   bool empty() const { return body_.empty(); }
+  // Room for `bytes` of members without reallocating (a log line's fields, say).
+  void reserve(size_t bytes) { body_.reserve(bytes); }
   std::string str() const { return "{" + body_ + "}"; }
   // The members without braces, for splicing into another object.
   const std::string& members() const { return body_; }

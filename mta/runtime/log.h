@@ -36,6 +36,8 @@ void disable();
 
 // The current time as RFC 3339 UTC with milliseconds, e.g. 2026-11-22T10:00:00.123Z.
 std::string timestamp();
+// The same, appended to `out`.
+void appendTimestamp(std::string& out);
 
 class Line {
  public:
