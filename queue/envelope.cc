@@ -23,14 +23,21 @@ std::array<uint32_t, 256> makeCrcTable() {
 
 void appendEscaped(std::string& out, std::string_view s) {
   static const char* hex = "0123456789ABCDEF";
-  for (unsigned char c : s) {
-    if (c < 0x20 || c == 0x7f || c == '%') {
-      out += '%';
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    } else {
-      out += static_cast<char>(c);
+  out.reserve(out.size() + s.size());
+  for (size_t i = 0; i < s.size();) {
+    // Bytes kept as they are go a run at a time (most of an envelope: addresses, headers).
+    size_t run = i;
+    while (run < s.size()) {
+      unsigned char c = static_cast<unsigned char>(s[run]);
+      if (c < 0x20 || c == 0x7f || c == '%') break;
+      ++run;
     }
+    out.append(s.data() + i, run - i);
+    if (run == s.size()) break;
+    unsigned char c = static_cast<unsigned char>(s[run]);
+    const char esc[] = {'%', hex[c >> 4], hex[c & 15]};
+    out.append(esc, sizeof esc);
+    i = run + 1;
   }
 }
 

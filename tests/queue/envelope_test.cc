@@ -53,6 +53,29 @@ TEST_CASE("envelope round trip keeps every field, including control bytes") {
   REQUIRE(text.find("\nX-Injected") == std::string::npos);
 }
 
+TEST_CASE("envelope fields holding every byte value, in runs and alone, round-trip in one line each") {
+  std::string all;
+  for (int b = 0; b < 256; ++b) all += static_cast<char>(b);
+  Envelope e = sample();
+  e.helo = all;                                                 // every byte once
+  e.messageId = "<" + std::string(300, 'x') + "%%\x7f%" + ">";  // a long plain run, then escapes
+  e.headers.push_back({"X-Bytes", "%" + all + "\r\n" + all + "%"});
+  std::string text = serializeEnvelope(e);
+  std::string error;
+  auto back = parseEnvelope(text, error);
+  REQUIRE(back.has_value());
+  REQUIRE(*back == e);
+  // The fields' control bytes are all written escaped: the only ones left are the record
+  // format's own line ends and field separators.
+  for (char c : text) {
+    unsigned char u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) REQUIRE((c == '\n' || c == '\t'));
+  }
+  REQUIRE(text.find("%09") != std::string::npos);  // a tab inside a field is escaped
+  // Plain bytes are kept as they are, each escaped byte as %XX in upper case.
+  REQUIRE(text.find(std::string(300, 'x') + "%25%25%7F%25>") != std::string::npos);
+}
+
 TEST_CASE("envelope with the null sender and no optional fields round-trips") {
   Envelope e;
   e.id = "ID1";
