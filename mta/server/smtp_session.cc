@@ -508,6 +508,9 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
     } else if (p.key == "SMTPUTF8" && esmtp_) {
       utf8 = true;
       eightBit = true;
+    } else if (p.key == "BODY") {  // BINARYMIME: RFC 3030 §3, only where it is offered
+      reply(555, "5.5.4", "Unsupported parameter BODY=" + p.value);
+      return;
     } else {
       reply(555, "5.5.4", "Unsupported parameter " + p.key);
       return;
@@ -587,7 +590,8 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
       auto line = log::info("reject");
       self->rejectFields(line, "mail", out.code, out.enhanced, out.text);
       line.addRaw("filters", filtersJson);
-      self->inTransaction_ = false;
+      // Nothing of the refused MAIL (SMTPUTF8, BODY, RET, ENVID) outlives it.
+      self->resetTransaction();
       if (out.verdict == filters::Verdict::Disconnect) {
         self->closeWith(out.code, out.enhanced, out.text);
         return;
@@ -603,6 +607,13 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
 void SmtpSession::cmdRcpt(const smtp::Command& c) {
   if (!inTransaction_) {
     reply(503, "5.5.1", "Error: need MAIL command");
+    protocolError();
+    return;
+  }
+  // RFC 3030 §2: the BDAT chunks follow the MAIL and RCPT commands; once the message is
+  // under way its envelope is closed (Postfix: "503 5.5.1 Error: RCPT after BDAT").
+  if (bdatUsed_) {
+    reply(503, "5.5.1", "Error: RCPT after BDAT");
     protocolError();
     return;
   }

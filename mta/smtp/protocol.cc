@@ -368,7 +368,9 @@ std::optional<Reply> parsePathCommand(Command& cmd, bool utf8) {
   std::string_view after = rest.substr(close + 1);
   if (!after.empty() && after.front() != ' ') return argSyntax(usage);
   if (auto r = splitParams(after, cmd.params)) return r;
-  const bool utf8Path = utf8 || (mail && hasParam(cmd.params, "SMTPUTF8"));
+  // MAIL opens a transaction: only its own SMTPUTF8 counts (RFC 6531 §3.4), never what an
+  // earlier MAIL of the session asked for. RCPT follows the transaction's MAIL.
+  const bool utf8Path = mail ? hasParam(cmd.params, "SMTPUTF8") : utf8;
   if (auto r = checkParams(cmd.verb, cmd.params, utf8Path)) return r;
 
   std::string_view inner = path.substr(1, path.size() - 2);
@@ -463,7 +465,10 @@ std::variant<Command, Reply> parseCommand(std::string_view line, bool utf8) {
   Command cmd;
   cmd.verb = parseVerb(word);
   cmd.verbText.assign(word);
-  if (cmd.verb == Verb::Unknown) return makeReply(500, "5.5.1", "Command unrecognized");
+  // RFC 3463 §3.6: X.5.2 is the code for a command that "could not be interpreted, either
+  // because the syntax was wrong or the command is unrecognized" (X.5.1 is for commands out
+  // of sequence or not implemented, as EXPN's 502). Postfix answers 5.5.2 too.
+  if (cmd.verb == Verb::Unknown) return makeReply(500, "5.5.2", "Command unrecognized");
   if (sp != std::string_view::npos) cmd.arg.assign(trimSpaces(line.substr(sp + 1)));
   if (auto r = parseArguments(cmd, utf8)) return std::move(*r);
   return cmd;

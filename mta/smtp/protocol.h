@@ -48,7 +48,7 @@ struct Reply {
 // Parses one command line given WITHOUT its CRLF. Returns the Command, or the Reply to send
 // for a line that cannot be accepted:
 //   500 5.5.2  empty line, NUL/CR/LF inside the line
-//   500 5.5.1  unknown verb (parseVerb tells which word it was)
+//   500 5.5.2  unknown verb (parseVerb tells which word it was; RFC 3463 §3.6)
 //   501 5.5.4  argument syntax (missing "FROM:"/"TO:", unbalanced <>, text after a verb that
 //              takes none, a bad BDAT size, bad ESMTP parameter syntax or value, a duplicate
 //              parameter)
@@ -59,9 +59,9 @@ struct Reply {
 // Known parameters: MAIL SIZE BODY SMTPUTF8 AUTH RET ENVID; RCPT NOTIFY ORCPT.
 // Tolerated beyond RFC 5321: a space between "FROM:"/"TO:" and the path, several spaces
 // between parameters, trailing spaces. Not tolerated: a path without angle brackets.
-// `utf8` is true once the transaction's MAIL carried SMTPUTF8; for MAIL itself the
-// SMTPUTF8 parameter on the same line also counts. HELO/EHLO names are not validated here
-// (real clients send odd ones); use isValidDomain when policy wants it.
+// `utf8` is true once the transaction's MAIL carried SMTPUTF8, for RCPT; MAIL ignores it
+// (it starts a new transaction): only an SMTPUTF8 parameter on its own line counts. HELO/EHLO names are not validated
+// here (real clients send odd ones); use isValidDomain when policy wants it.
 std::variant<Command, Reply> parseCommand(std::string_view line, bool utf8);
 
 // The verb of a command word, case-insensitive ("mail" -> Mail); Unknown otherwise.

@@ -18,7 +18,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import DnsSinkTestCase, ed25519_key, header_values, owned_dns, rsa_key, txt_lookup  # noqa: E402
-from harness import MOAT_BIN, Moat, class_temp_dir, free_port, owned_moat, owned_sink, wait_for  # noqa: E402
+from harness import MOAT_BIN, Moat, RawClient, class_temp_dir, free_port, owned_moat, owned_sink, wait_for  # noqa: E402
 
 import dkim  # noqa: E402  (python3-dkim, with python3-nacl for ed25519)
 
@@ -207,6 +207,23 @@ class InboundAuthTest(DaemonTest):
         lines = self.moat.find_logs(event="filter", session=rej["session"], stage="mail")
         self.assertTrue(lines)
         self.assertFalse([x for x in lines if "queue_id" in x], lines)
+
+    def test_a_mail_refused_at_its_filters_leaves_no_smtputf8_behind(self):
+        # RFC 6531 3.5: a UTF-8 sender needs SMTPUTF8 on its own MAIL. A MAIL with SMTPUTF8
+        # that SPF refused once let the next MAIL through without it (250, not 553).
+        c = RawClient(self.moat.port)
+        try:
+            self.assertEqual(c.code(), 220)
+            c.send("EHLO client.test\r\n")
+            c.read_reply()
+            c.send("MAIL FROM:<x@spffail.test> SMTPUTF8\r\n")
+            self.assertEqual(c.read_reply()[-1][0], 550)
+            c.send("MAIL FROM:<\u00e9@sender.test>\r\n")
+            self.assertEqual(c.read_reply()[-1], (553, "5.6.7 Non-ASCII addresses not permitted without SMTPUTF8"))
+            c.send("MAIL FROM:<\u00e9@sender.test> SMTPUTF8\r\n")
+            self.assertEqual(c.code(), 250)
+        finally:
+            c.close()
 
     def test_spf_dns_timeout_tempfails_mail_by_default(self):
         raw = message("y <y@slow.test>", "spf timeout tempfail")

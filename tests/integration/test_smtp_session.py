@@ -75,6 +75,109 @@ class SessionTest(unittest.TestCase):
         self.assertEqual(c.code(), 214)
         self.assertEqual(c.code(), 221)
 
+    def test_command_grammar_and_replies(self):
+        """RFC 5321 4.1 command grammar, one command per row after EHLO (and the setup
+        commands before it): the reply code and enhanced code (RFC 3463), and the session
+        still answering afterwards (4.1.4: a refused command leaves the state as it was)."""
+        local64, dom = "l" * 64, ".".join(["d" * 60] * 4) + ".test"  # a Domain of 248 octets
+        fill = "f" * (256 - len("<@>") - len(dom))  # the local part that makes the path 256
+        mail = ["MAIL FROM:<s@b.test>"]
+        cases = [
+            # 4.1.2 paths: quoted local parts, address literals, source routes, null paths
+            ([], 'MAIL FROM:<"a b"@b.test>', 250, "2.1.0"),
+            (mail, 'RCPT TO:<"a\\"b"@example.test>', 250, "2.1.5"),
+            (mail, 'RCPT TO:<"a@b"@example.test>', 250, "2.1.5"),
+            ([], "MAIL FROM:<u@[127.0.0.1]>", 250, "2.1.0"),
+            ([], "MAIL FROM:<u@[IPv6:::1]>", 250, "2.1.0"),
+            ([], "MAIL FROM:<u@[IPv6:127.0.0.1]>", 501, "5.1.7"),
+            ([], "MAIL FROM:<u@[300.1.1.1]>", 501, "5.1.7"),
+            ([], "MAIL FROM:<@a.test,@[192.0.2.1]:u@b.test>", 250, "2.1.0"),
+            (mail, "RCPT TO:<@a.test,@b.test:u@example.test>", 250, "2.1.5"),
+            (mail, "RCPT TO:<postmaster>", 250, "2.1.5"),  # 4.5.1: without a domain too
+            (mail, "RCPT TO:<PostMaster> NOTIFY=NEVER", 250, "2.1.5"),
+            ([], "MAIL FROM:<>", 250, "2.1.0"),
+            (mail, "RCPT TO:<>", 501, "5.1.3"),
+            # 4.5.3.1 limits: local part 64, path 256 (with its <>)
+            ([], f"MAIL FROM:<{local64}@b.test>", 250, "2.1.0"),
+            (mail, f"RCPT TO:<{local64}x@example.test>", 501, "5.1.3"),
+            ([], f"MAIL FROM:<a@{dom}>", 250, "2.1.0"),
+            ([], f"MAIL FROM:<{fill}@{dom}>", 250, "2.1.0"),  # a path of 256 octets
+            ([], f"MAIL FROM:<{fill}x@{dom}>", 501, "5.1.7"),  # 257
+            ([], f"MAIL FROM:<{local64}@{dom}>", 501, "5.1.7"),
+            # spaces and case: "FROM: <" tolerated, "FROM :", no brackets, "< a >" not
+            ([], "mail from: <s@b.test>", 250, "2.1.0"),
+            ([], "MAIL FROM :<s@b.test>", 501, "5.5.4"),
+            ([], "MAIL FROM:s@b.test", 501, "5.5.4"),
+            ([], "MAIL FROM:< s@b.test >", 501, "5.1.7"),
+            # ESMTP parameters: case, duplicates, unknown (4.1.1.11: 555), values
+            ([], "MAIL FROM:<s@b.test> size=100 body=8bitmime", 250, "2.1.0"),
+            ([], "MAIL FROM:<s@b.test> SIZE=1 size=2", 501, "5.5.4"),
+            ([], "MAIL FROM:<s@b.test> X-UNKNOWN=1", 555, "5.5.4"),
+            ([], "MAIL FROM:<s@b.test> SIZE=12x", 501, "5.5.4"),
+            ([], "MAIL FROM:<s@b.test> SIZE=0", 250, "2.1.0"),
+            ([], "MAIL FROM:<s@b.test> SIZE=99999999999999999999", 552, "5.3.4"),  # past 2^64
+            ([], "MAIL FROM:<s@b.test> SIZE=123456789012345678901", 501, "5.5.4"),  # 21 digits
+            ([], "MAIL FROM:<s@b.test> BODY=BINARYMIME", 555, "5.5.4"),  # not offered (RFC 3030)
+            ([], "MAIL FROM:<s@b.test> RET=ALL", 501, "5.5.4"),
+            ([], "MAIL FROM:<s@b.test> ENVID=a+zz", 501, "5.5.4"),
+            (mail, "RCPT TO:<u@example.test> NOTIFY=NEVER,DELAY", 501, "5.5.4"),
+            (mail, "RCPT TO:<u@example.test> ORCPT=rfc822", 501, "5.5.4"),
+            # RFC 6531 3.5: UTF-8 only with SMTPUTF8
+            ([], "MAIL FROM:<\u00e9@b.test>", 553, "5.6.7"),
+            (mail, "RCPT TO:<\u00e9@example.test>", 553, "5.6.7"),
+            ([], "MAIL FROM:<\u00e9@b.test> SMTPUTF8", 250, "2.1.0"),
+            # state machine
+            (mail, "MAIL FROM:<s@b.test>", 503, "5.5.1"),
+            (mail, "DATA", 554, "5.5.1"),  # 3.3: no valid recipients
+            (mail + ["RCPT TO:<u@example.test>", "EHLO again.test"], "RCPT TO:<u@example.test>", 503, "5.5.1"),
+            (mail + ["RCPT TO:<u@example.test>", "RSET"], "DATA", 503, "5.5.1"),
+            (["HELO client.test"], "MAIL FROM:<s@b.test> SIZE=10", 555, "5.5.4"),  # no EHLO, no extensions
+            # other commands; unknown ones are 500 5.5.2 (RFC 3463 3.6: "unrecognized")
+            ([], "VRFY someone", 252, "2.5.0"),
+            ([], "EXPN list", 502, "5.5.1"),
+            ([], "HELP", 214, "2.0.0"),
+            ([], "RSET now", 501, "5.5.4"),
+            ([], "FOO bar", 500, "5.5.2"),
+            ([], "TURN", 500, "5.5.2"),
+            ([], "\u00e9t\u00e9", 500, "5.5.2"),
+            ([], "NOOP \u00e9", 250, "2.0.0"),
+            ([], "NOOP a\x00b", 500, "5.5.2"),
+        ]
+        for setup, line, code, enhanced in cases:
+            with self.subTest(setup=setup, line=line):
+                c = self.client()
+                try:
+                    for cmd in ["EHLO client.test"] + setup:
+                        c.send(cmd + "\r\n")
+                        self.assertLess(c.read_reply()[-1][0], 400, cmd)
+                    c.send(line.encode() + b"\r\n")
+                    got = c.read_reply()[-1]
+                    self.assertEqual((got[0], got[1].split(" ")[0]), (code, enhanced), got)
+                    c.send("NOOP\r\n")
+                    self.assertEqual(c.read_reply()[-1], (250, "2.0.0 Ok"))
+                finally:
+                    c.close()
+
+    def test_rcpt_after_bdat_is_refused(self):
+        # RFC 3030 2: the chunks come after MAIL and RCPT; once one is in, the envelope is
+        # closed (Postfix: 503 5.5.1 Error: RCPT after BDAT). The message goes on.
+        before = len(self.sink.messages)
+        c = self.bdat_client("first@example.test")
+        part = b"Subject: rcpt after bdat\r\n\r\nbody\r\n"
+        c.send(b"BDAT %d\r\n" % len(part) + part)
+        self.assertEqual(c.code(), 250)
+        c.send("RCPT TO:<late@example.test>\r\n")
+        self.assertEqual(c.read_reply()[-1], (503, "5.5.1 Error: RCPT after BDAT"))
+        c.send(b"BDAT 0 LAST\r\n")
+        self.assertIn("queued as", c.read_reply()[-1][1])
+        c.send("QUIT\r\n")
+        self.assertEqual(c.read_reply()[-1], (221, "2.0.0 mx.moat.test closing connection"))
+        with self.assertRaises(ConnectionError):  # and the connection is closed
+            c.read_reply()
+        c.close()
+        msgs = self.sink.wait_messages(before + 1)
+        self.assertEqual(msgs[-1]["rcpts"], ["first@example.test"])
+
     def test_relay_denied(self):
         s = self.moat.smtp()
         s.ehlo()

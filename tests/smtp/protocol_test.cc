@@ -52,7 +52,7 @@ TEST_CASE("every verb parses, case-insensitively") {
 TEST_CASE("unknown verbs, empty lines and control characters are rejected") {
   Reply r = bad("GET / HTTP/1.1");
   REQUIRE(r.code == 500);
-  REQUIRE(r.enhanced == "5.5.1");
+  REQUIRE(r.enhanced == "5.5.2");  // RFC 3463 §3.6: "the command is unrecognized"
   REQUIRE(parseVerb("GET") == Verb::Unknown);
   REQUIRE(bad("").code == 500);
   REQUIRE(bad("   ").enhanced == "5.5.2");
@@ -233,6 +233,11 @@ TEST_CASE("8-bit paths need SMTPUTF8 (RFC 6531 §3.5)") {
   // SMTPUTF8 on the same MAIL line allows it; later RCPTs get utf8=true from the session.
   REQUIRE(ok("MAIL FROM:<" + utf8Addr + "> SMTPUTF8").address == utf8Addr);
   REQUIRE(ok("RCPT TO:<" + utf8Addr + ">", true).address == utf8Addr);
+  // A MAIL starts a new transaction: an earlier MAIL's SMTPUTF8 (say one its filters refused)
+  // does not carry over to it.
+  Reply again = bad("MAIL FROM:<" + utf8Addr + ">", true);
+  REQUIRE(again.code == 553);
+  REQUIRE(again.enhanced == "5.6.7");
   REQUIRE(ok("RCPT TO:<\"\xE5\xB1\xB1 \xE7\x94\xB0\"@example.test>", true).verb == Verb::Rcpt);
   // Even with SMTPUTF8, bytes must be well-formed UTF-8.
   for (const char* badUtf8 : {"\xC3", "\xC0\xAF", "\xED\xA0\x80", "\xF5\x80\x80\x80", "\xFF"}) {
