@@ -60,8 +60,9 @@ struct Reply {
 // Tolerated beyond RFC 5321: a space between "FROM:"/"TO:" and the path, several spaces
 // between parameters, trailing spaces. Not tolerated: a path without angle brackets.
 // `utf8` is true once the transaction's MAIL carried SMTPUTF8, for RCPT; MAIL ignores it
-// (it starts a new transaction): only an SMTPUTF8 parameter on its own line counts. HELO/EHLO names are not validated
-// here (real clients send odd ones); use isValidDomain when policy wants it.
+// (it starts a new transaction): only an SMTPUTF8 parameter on its own line counts.
+// HELO/EHLO names are not validated here (real clients send odd ones); use isValidDomain
+// when policy wants it.
 std::variant<Command, Reply> parseCommand(std::string_view line, bool utf8);
 
 // The verb of a command word, case-insensitive ("mail" -> Mail); Unknown otherwise.
