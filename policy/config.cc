@@ -154,6 +154,7 @@ void readServer(Config& c, Section s) {
   c.metricsListenLine = s.lineOf("metrics_listen");
   c.minFreeDisk = s.getSize("min_free_disk", c.minFreeDisk);
   c.spoolSync = s.getEnum("spool_sync", "fsync", {"fsync", "syncfs"});
+  c.reverseDns = s.getBool("reverse_dns", c.reverseDns);
   if (!c.metricsListen.empty()) {
     std::string problem = listenProblem(c.metricsListen);
     if (!problem.empty()) s.error("metrics_listen", problem);

@@ -67,6 +67,9 @@ struct Config {
   int metricsListenLine = 0;
   uint64_t minFreeDisk = 100ull << 20;  // refuse mail (452 4.3.1) below this much free space
   std::string spoolSync = "fsync";      // fsync (per file, batched directory syncs) | syncfs
+  // Look up each client's forward-confirmed reverse-DNS name (mta/dns/client_name.h) for
+  // Received, the logs and the filters; false: no lookup, every client is "unknown".
+  bool reverseDns = true;
 
   std::vector<Listener> listeners;
 

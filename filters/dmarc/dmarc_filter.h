@@ -19,9 +19,10 @@
 // none for DMARC, and X.7.5 means a cryptographic failure.
 // A trusted forwarder matches by client IP (a network entry), or for a domain entry by an
 // SPF pass for the MAIL FROM or HELO domain (the name or a subdomain of it), or by the
-// client's verified reverse-DNS name where the session has one (Moat's sessions do not look
-// it up today: the SPF pass is what a domain entry matches on). A bare HELO never matches:
-// the client picks it freely.
+// client's verified reverse-DNS name (ctx.clientName: forward-confirmed, mta/dns/client_name.h)
+// where the session has one: with [server] reverse_dns on (the default) and the name
+// verified by the end of the data (the session waits for it until dns.timeout after the
+// connect). A bare HELO never matches: the client picks it freely.
 // An override is reported as "reason=trusted_forwarder" (the RFC 7489 §7.2 override name).
 // Malformed From (evaluate.h): RFC 7489 §6.6.1 lets a receiver reject a From it cannot
 // use as malformed. Treating addresses whose domains cannot be checked (a domain that is

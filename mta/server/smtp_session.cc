@@ -7,6 +7,7 @@
 #include <ctime>
 #include <random>
 
+#include "mta/dns/client_name.h"
 #include "mta/runtime/log.h"
 #include "mta/runtime/scan.h"
 #include "mta/server/metrics.h"
@@ -135,7 +136,8 @@ SmtpSession::SmtpSession(ServerShared& shared, std::shared_ptr<const Snapshot> s
       onEnd_(std::move(onEnd)),
       id_(newSessionId()),
       timer_(shared.loop),
-      started_(std::chrono::steady_clock::now()) {
+      started_(std::chrono::steady_clock::now()),
+      nameTimer_(shared.loop) {
   ctx_ = std::make_shared<filters::MessageContext>();
   ctx_->sessionId = id_;
   ctx_->clientIp = conn_->peerAddress();
@@ -186,7 +188,35 @@ void SmtpSession::start(bool blocked) {
   flush();
   armTimer();
   conn_->startReading();
+  if (!blocked_) startNameLookup();  // a blocked client sends no mail to name
 }
+
+// Postfix's smtpd looks the name up before its greeting; here nothing waits for it but the
+// end of a message's data (runDataFilters), so a slow or dead DNS server costs a client at
+// most dns.timeout from its connect, and only if it gets as far as a message by then.
+void SmtpSession::startNameLookup() {
+  if (!cfg_.reverseDns || !shared_.resolver) return;
+  nameLookup_ = true;
+  nameDeadline_ = uv_now(shared_.loop) + static_cast<uint64_t>(cfg_.dnsTimeout.count());
+  // Weak: a session that ends meanwhile is not kept for its name; the resolver calls back
+  // once whatever happens (on shutdown too), and finds nothing to do.
+  std::weak_ptr<SmtpSession> weak = weak_from_this();
+  dns::verifyClientName(*shared_.resolver, ctx_->clientIp, [weak](std::string name) {
+    if (auto s = weak.lock()) s->nameKnown(std::move(name));
+  });
+}
+
+void SmtpSession::nameKnown(std::string name) {
+  if (!nameLookup_) return;
+  nameLookup_ = false;
+  clientName_ = std::move(name);
+  if (!nameWait_) return;
+  nameWait_ = false;
+  nameTimer_.stop();
+  if (!closed_) runDataFilters();
+}
+
+std::string SmtpSession::clientNameField() const { return clientName_.empty() ? "unknown" : clientName_; }
 
 void SmtpSession::drain() {
   draining_ = true;
@@ -462,6 +492,7 @@ void SmtpSession::cmdHelo(const smtp::Command& c, bool extended) {
 }
 
 void SmtpSession::cmdMail(const smtp::Command& c) {
+  ctx_->clientName = clientName_;  // what is known by now, for the MAIL filters
   if (!greeted_) {
     reply(503, "5.5.1", "Error: send HELO/EHLO first");
     protocolError();
@@ -976,6 +1007,25 @@ void SmtpSession::logFilters(const std::vector<filters::FilterReport>& reports, 
 }
 
 void SmtpSession::runDataFilters() {
+  // The data filters (DMARC's trusted_forwarders) and the Received header want the client's
+  // name: a lookup still running is waited for, until its deadline (then "unknown").
+  if (nameLookup_ && !nameWait_) {
+    uint64_t now = uv_now(shared_.loop);
+    if (now < nameDeadline_) {
+      nameWait_ = true;
+      std::weak_ptr<SmtpSession> weak = weak_from_this();
+      nameTimer_.start(nameDeadline_ - now, [weak] {
+        auto s = weak.lock();
+        if (!s || !s->nameWait_) return;
+        s->nameWait_ = false;
+        s->nameDeadline_ = 0;  // not waited for again: the next message goes on at once
+        if (!s->closed_) s->runDataFilters();
+      });
+      return;
+    }
+  }
+  if (nameWait_) return;  // runs when the name or the deadline comes
+  ctx_->clientName = clientName_;
   ctx_->queueId = incoming_->id();
   auto data = incoming_->data();
   ctx_->message = data ? data->bytes() : std::string_view();
@@ -998,8 +1048,9 @@ std::vector<filters::Header> SmtpSession::gatewayHeaders(const filters::StageOut
   // comment, printable and with its specials replaced.
   std::string from =
       heloIsDomainOrLiteral() ? helo_ + " (" : "[" + ctx_->clientIp.str() + "] (helo=" + printableHelo() + " ";
-  if (!ctx_->clientName.empty()) from += ctx_->clientName + " ";
-  from += "[" + ctx_->clientIp.str() + "])";
+  // Postfix's form: the verified name, or "unknown" when there is none (RFC 5321 §4.4's
+  // TCP-info: an address literal, optionally after the name found for it).
+  from += (ctx_->clientName.empty() ? std::string("unknown") : ctx_->clientName) + " [" + ctx_->clientIp.str() + "])";
   std::string received = "from " + from;
   if (const auto* t = conn_->tls()) {
     received += "\r\n\t(using " + t->protocol() + " with cipher " + t->cipher() + " (" +
@@ -1041,7 +1092,8 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
           .add("to", ctx_->rcpts)
           .add("size", incoming_->size())
           .add("verdict", std::string(filters::verdictName(outcome.verdict)))
-          .addRaw("filters", filtersJson);
+          .addRaw("filters", filtersJson)
+          .add("client_name", ctx_->clientName.empty() ? std::string("unknown") : ctx_->clientName);
     }
     resetTransaction();
     if (outcome.verdict == filters::Verdict::Disconnect) {
@@ -1108,7 +1160,8 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
           .add("to", self->ctx_->rcpts)
           .add("size", env.size)
           .add("verdict", std::string(filters::verdictName(verdict)))
-          .addRaw("filters", filtersJson);
+          .addRaw("filters", filtersJson)
+          .add("client_name", env.clientName.empty() ? std::string("unknown") : env.clientName);
       ++metrics().messagesAccepted;
       if (quarantine) ++metrics().messagesQuarantined;
       ++self->messages_;
@@ -1404,6 +1457,7 @@ void SmtpSession::onClosed(const std::string& error) {
   auto line = log::info("disconnect");
   line.add("session", id_).add("client_ip", ctx_->clientIp.str()).add("messages", messages_).add("duration_ms", static_cast<int64_t>(ms));
   if (!error.empty()) line.add("error", error);
+  line.add("client_name", clientNameField());
   --metrics().sessionsActive;
   if (work_ > 0) {
     endPending_ = true;  // a commit in flight may still queue the message: see work()

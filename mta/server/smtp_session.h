@@ -12,9 +12,14 @@
 // async step (filters, spool commit) stops reading so pipelined input cannot pile
 // up. A 250 to the end of DATA goes out only after the spool reports the message durable.
 //
+// The client's verified name (FCrDNS, mta/dns/client_name.h; [server] reverse_dns) is
+// looked up from the connect on, without delaying the greeting or anything else; only the
+// end of a message's data waits for it, at most until dns.timeout after the connect, to give
+// the data filters (ctx_->clientName) and the Received header the name, else "unknown".
+//
 // Logs: connect, disconnect, reject (with the reply sent), accept (queued, with queue_id),
 // filter (each filter's result at the data stage), auth (each AUTH's outcome; never the
-// password).
+// password). accept, disconnect and a reject at the end of the data carry client_name.
 #pragma once
 #include <chrono>
 #include <functional>
@@ -97,6 +102,11 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   void replySpoolError(std::string_view error, const std::string& queueId);
   void endOfData();
   void runDataFilters();
+  // Client name (FCrDNS): the lookup started at connect, its result, and the data filters'
+  // wait for it (bounded by nameDeadline_).
+  void startNameLookup();
+  void nameKnown(std::string name);
+  std::string clientNameField() const;  // the verified name, or "unknown"
   // The fields every `reject` line starts with, in this order (deploy/monitoring's fail2ban
   // filters match on it): `reply` is replyLine(code, enhanced, text), the reply sent;
   // `from`: the sender refused at MAIL, else the transaction's. Counts the refusal
@@ -153,6 +163,7 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   std::string id_;
   uv::Timer timer_;
   std::chrono::steady_clock::time_point started_;
+  uv::Timer nameTimer_;  // the end of the data waiting for the client name
 
   Mode mode_ = Mode::Command;
   std::string in_;         // bytes received and not yet consumed
@@ -175,6 +186,13 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   bool greeted_ = false;   // HELO/EHLO seen
   bool esmtp_ = false;
   std::string helo_;
+  // The client's verified name ("" until known, and when none verifies). The filters see it
+  // as ctx_->clientName, copied on the loop only while no filter runs (at MAIL and before the
+  // data filters), never from the lookup's callback.
+  std::string clientName_;
+  bool nameLookup_ = false;                       // the FCrDNS lookup is in flight
+  bool nameWait_ = false;                         // the end of the data waits for it (runDataFilters on arrival)
+  uint64_t nameDeadline_ = 0;                     // loop time (uv_now) after which it is not waited for
   std::shared_ptr<filters::MessageContext> ctx_;  // session facts + current transaction
   std::vector<std::string> sessionAuthResults_;
   std::shared_ptr<const policy::UserDb> users_;  // this listener's AUTH credentials, or none

@@ -5,7 +5,10 @@
 # Knobs: MOAT_BIN (default build/moat of this checkout), MOAT_BENCH_DIR, MOAT_SPOOL_SYNC (fsync|syncfs),
 # MOAT_BENCH_NETWORKS / MOAT_BENCH_DOMAINS (TOML list items for [relay]; an empty networks list
 # makes the load generator an inbound client, so SPF and DMARC apply), MOAT_BENCH_EXTRA
-# (extra TOML appended, e.g. filter sections).
+# (extra TOML appended, e.g. filter sections), MOAT_BENCH_REVERSE_DNS (true|false, default
+# false: the client's name would be asked of /etc/resolv.conf's servers, which are off
+# loopback, and the bench talks to nothing off loopback; the peers' smtpd find 127.0.0.1's
+# name in /etc/hosts, without a query).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BIN=${MOAT_BIN:-$HERE/../../build/moat}
@@ -22,6 +25,7 @@ control_socket = "moat.sock"
 log_file = "moat.log"
 min_free_disk = "1M"
 spool_sync = "${MOAT_SPOOL_SYNC:-fsync}"
+reverse_dns = ${MOAT_BENCH_REVERSE_DNS:-false}
 
 [[listener]]
 address = "127.0.0.1:${MTA_PORT:-2525}"

@@ -234,11 +234,17 @@ def free_port():
 
 
 class Moat:
-    """Writes a config into a temp dir, runs `moat serve` on it and follows its JSON log."""
+    """Writes a config into a temp dir, runs `moat serve` on it and follows its JSON log.
+
+    `reverse_dns` is [server] reverse_dns, off unless a test asks for it: the daemon would
+    otherwise ask the host's resolver (/etc/resolv.conf) about every client, and tests talk
+    to no DNS server but their own (a test that wants the lookups sets [dns] nameservers).
+    None leaves the key out (the daemon's default)."""
 
     def __init__(self, extra="", routes=None, relay_domains=("example.test",), networks=("127.0.0.0/8",),
                  listener_extra="", retry='["1s"]', delay_warning="4h", max_lifetime="2d", start=True,
-                 workdir=None, queue_extra="", server_extra="", relay_extra="", min_free_disk="1M"):
+                 workdir=None, queue_extra="", server_extra="", relay_extra="", min_free_disk="1M",
+                 reverse_dns=False):
         self.dir = workdir or tempfile.mkdtemp(prefix="moat-it-")
         self.log_path = os.path.join(self.dir, "moat.log")
         self.config_path = os.path.join(self.dir, "moat.toml")
@@ -252,6 +258,7 @@ control_socket = "moat.sock"
 log_file = "moat.log"
 log_level = "debug"
 min_free_disk = "{min_free_disk}"
+{"" if reverse_dns is None else "reverse_dns = " + ("true" if reverse_dns else "false")}
 {server_extra}
 
 [[listener]]

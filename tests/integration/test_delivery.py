@@ -318,7 +318,7 @@ class DeliveryTest(SinkTestCase):
         self.assertIn(f"Queue ID:   {ids[1]}\nState:      active\n", text)
         self.assertIn("From:       <a@sender.test>\n", text)
         self.assertRegex(text, r"Recipients:\n  <h1@example.test>  pending, 1 attempt, smtp:127.0.0.1:\d+\n      451 ")
-        self.assertIn("Headers added:\n  Received: from client.test ([127.0.0.1])\n    by mx.moat.test", text)
+        self.assertIn("Headers added:\n  Received: from client.test (unknown [127.0.0.1])\n    by mx.moat.test", text)
         shown = json.loads(m.cli("queue", "show", ids[1], "--json").stdout)
         self.assertEqual([r["address"] for r in shown["recipients"]], ["h1@example.test"])
         self.assertEqual(json.loads(m.cli("queue", "delete", ids[1], "--json").stdout), {"ok": True, "id": ids[1]})

@@ -102,6 +102,33 @@ TEST_CASE("every mistake is reported with FILE:LINE, not only the first") {
   unlink(path.c_str());
 }
 
+TEST_CASE("server.reverse_dns is on by default, takes true or false, anything else is FILE:LINE") {
+  const std::string head = "[server]\nhostname = \"mx\"\n";
+  const std::string listener = "\n[[listener]]\naddress = \"127.0.0.1:25\"\n";
+  auto path = writeTemp(head + listener);
+  Errors errors;
+  auto c = loadConfig(path, errors);
+  INFO(errors.str());
+  REQUIRE(c);
+  CHECK(c->reverseDns);
+  unlink(path.c_str());
+
+  path = writeTemp(head + "reverse_dns = false\n" + listener);
+  Errors off;
+  c = loadConfig(path, off);
+  INFO(off.str());
+  REQUIRE(c);
+  CHECK_FALSE(c->reverseDns);
+  unlink(path.c_str());
+
+  path = writeTemp(head + "reverse_dns = \"no\"\n" + listener);
+  Errors bad;
+  REQUIRE_FALSE(loadConfig(path, bad));
+  INFO(bad.str());
+  CHECK(bad.str().find(path + ":3: server.reverse_dns: expected true or false") != std::string::npos);
+  unlink(path.c_str());
+}
+
 TEST_CASE("a TOML syntax error names the line") {
   auto path = writeTemp("[server]\nhostname = \"mx\"\n[[listener]\n");
   Errors errors;
