@@ -3,7 +3,9 @@
 // or extra arguments are usage errors (exit 2) with the usage text on stderr.
 #include "mta/daemon/cli.h"
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <map>
 #include <set>
@@ -172,15 +174,24 @@ int cmdQueue(const Parsed& p) {
     std::fprintf(stderr, "moat: %s\n", msg.c_str());
     return 1;
   }
-  // JSON for scripts (--json), aligned text for people.
-  if (hasFlag(p, "--json"))
-    std::printf("%s\n", reply.c_str());
-  else if (sub == "list")
-    std::fputs(formatQueueTable(reply).c_str(), stdout);
-  else if (sub == "show")
-    std::fputs(formatQueueShow(reply).c_str(), stdout);
-  else
-    std::fputs(formatQueueAction(sub, reply).c_str(), stdout);
+  // JSON for scripts (--json), aligned text for people, from the one parse above: the
+  // answer to `list` on a long queue is megabytes, and parsing it twice cost seconds.
+  std::string text;
+  if (hasFlag(p, "--json")) {
+    reply.push_back('\n');
+    text = std::move(reply);
+  } else if (sub == "list") {
+    text = formatQueueTable(*parsed);
+  } else if (sub == "show") {
+    text = formatQueueShow(*parsed);
+  } else {
+    text = formatQueueAction(sub, *parsed);
+  }
+  // A listing cut short (a full disk under `> file`) must not pass for a whole one.
+  if (std::fwrite(text.data(), 1, text.size(), stdout) != text.size() || std::fflush(stdout) != 0) {
+    std::fprintf(stderr, "moat: cannot write the answer: %s\n", std::strerror(errno));
+    return 1;
+  }
   return 0;
 }
 
@@ -194,9 +205,10 @@ std::string humanTime(int64_t ms) {
 }
 
 // A field of a control-socket answer: "" or 0 when it is not there.
-std::string str(const json::Value& v, const char* key) {
+const std::string& str(const json::Value& v, const char* key) {
+  static const std::string kNone;
   auto* x = v.get(key);
-  return x ? x->str : std::string();
+  return x ? x->str : kNone;
 }
 int64_t num(const json::Value& v, const char* key) {
   auto* x = v.get(key);
@@ -205,44 +217,47 @@ int64_t num(const json::Value& v, const char* key) {
 
 }  // namespace
 
-std::string formatQueueTable(const std::string& reply) {
-  auto root = json::parse(reply);
-  std::ostringstream out;
-  const json::Value* msgs = root ? root->get("messages") : nullptr;
+std::string formatQueueTable(const json::Value& root) {
+  const json::Value* msgs = root.get("messages");
   if (!msgs || msgs->array.empty()) return "Queue is empty\n";
+  std::string out;
+  out.reserve(msgs->array.size() * 160);  // one line and one recipient each, typically
   char line[512];
+  const std::string indent(58, ' ');
   std::snprintf(line, sizeof line, "%-16s %-10s %8s  %-19s  %s\n", "Queue ID", "State", "Size", "Arrival (UTC)", "Sender/Recipient");
-  out << line;
+  out += line;
   size_t total = 0;
   for (const auto& m : msgs->array) {
-    auto s = [&](const char* k) { return str(m, k); };
-    auto n = [&](const char* k) { return num(m, k); };
-    std::string from = s("from").empty() ? "<>" : s("from");
-    std::snprintf(line, sizeof line, "%-16s %-10s %8lld  %-19s  %s\n", s("id").c_str(), s("area").c_str(),
-                  static_cast<long long>(n("size")), humanTime(n("arrival_ms")).c_str(), from.c_str());
-    out << line;
-    if (!s("last_reply").empty()) out << std::string(58, ' ') << "(" << s("last_reply") << ")\n";
-    if (!s("reason").empty()) out << std::string(58, ' ') << "[" << s("reason") << "]\n";
+    const std::string& from = str(m, "from");
+    std::snprintf(line, sizeof line, "%-16s %-10s %8lld  %-19s  %s\n", str(m, "id").c_str(), str(m, "area").c_str(),
+                  static_cast<long long>(num(m, "size")), humanTime(num(m, "arrival_ms")).c_str(),
+                  from.empty() ? "<>" : from.c_str());
+    out += line;
+    if (const std::string& r = str(m, "last_reply"); !r.empty()) out.append(indent).append("(").append(r).append(")\n");
+    if (const std::string& r = str(m, "reason"); !r.empty()) out.append(indent).append("[").append(r).append("]\n");
     if (auto* to = m.get("to"))
-      for (const auto& r : to->array) out << std::string(58, ' ') << r.str << "\n";
-    total += static_cast<size_t>(n("size"));
+      for (const auto& r : to->array) out.append(indent).append(r.str).append("\n");
+    total += static_cast<size_t>(num(m, "size"));
   }
-  out << "-- " << (total + 1023) / 1024 << " Kbytes in " << msgs->array.size() << " message"
-      << (msgs->array.size() == 1 ? "" : "s") << ".\n";
-  return out.str();
+  out += "-- " + std::to_string((total + 1023) / 1024) + " Kbytes in " + std::to_string(msgs->array.size()) +
+         " message" + (msgs->array.size() == 1 ? "" : "s") + ".\n";
+  return out;
+}
+
+std::string formatQueueTable(const std::string& reply) {
+  auto root = json::parse(reply);
+  return root ? formatQueueTable(*root) : std::string("Queue is empty\n");
 }
 
 // `moat queue show ID` for people: the envelope, then each recipient's state.
-std::string formatQueueShow(const std::string& reply) {
-  auto root = json::parse(reply);
-  if (!root) return reply + "\n";
-  const auto s = str;
+std::string formatQueueShow(const json::Value& root) {
+  const auto& s = str;
   const auto n = num;
   std::ostringstream out;
   auto row = [&](const char* label, const std::string& value) {
     if (!value.empty()) out << label << std::string(12 - std::string_view(label).size(), ' ') << value << "\n";
   };
-  const auto& m = *root;
+  const auto& m = root;
   row("Queue ID:", s(m, "id"));
   row("State:", s(m, "area") + (m.get("is_bounce") && m.get("is_bounce")->boolean ? " (a DSN of this gateway)" : ""));
   row("Arrival:", humanTime(n(m, "arrival_ms")) + " UTC");
@@ -285,18 +300,28 @@ std::string formatQueueShow(const std::string& reply) {
 }
 
 // The answer to a queue action, for people.
-std::string formatQueueAction(const std::string& sub, const std::string& reply) {
+std::string formatQueueShow(const std::string& reply) {
   auto root = json::parse(reply);
-  if (!root) return reply + "\n";
-  std::string id = str(*root, "id");
+  return root ? formatQueueShow(*root) : reply + "\n";
+}
+
+// The answer to a queue action, for people.
+std::string formatQueueAction(const std::string& sub, const json::Value& root) {
+  const std::string& id = str(root, "id");
   auto plural = [](int64_t k, const char* what) { return std::to_string(k) + " " + what + (k == 1 ? "" : "s"); };
-  if (sub == "flush") return "Flushed: " + plural(num(*root, "flushed"), "message") + " to be tried now\n";
+  if (sub == "flush") return "Flushed: " + plural(num(root, "flushed"), "message") + " to be tried now\n";
   if (sub == "hold") return id + ": held\n";
   if (sub == "release") return id + ": released, to be tried now\n";
   if (sub == "delete") return id + ": deleted\n";
   if (sub == "bounce")
-    return id + ": returned to its sender, " + plural(num(*root, "bounced"), "recipient") + " bounced\n";
-  return reply + "\n";
+    return id + ": returned to its sender, " + plural(num(root, "bounced"), "recipient") + " bounced\n";
+  return "";  // no other verb reaches here (cmdQueue's kArgs)
+}
+
+std::string formatQueueAction(const std::string& sub, const std::string& reply) {
+  auto root = json::parse(reply);
+  std::string text = root ? formatQueueAction(sub, *root) : "";
+  return text.empty() ? reply + "\n" : text;
 }
 
 int runCli(const std::vector<std::string>& args) {
@@ -323,6 +348,18 @@ int runCli(const std::vector<std::string>& args) {
   };
   auto spec = kSpecs.find(cmd);
   if (spec == kSpecs.end()) return usage("unknown command: " + cmd);
+  // `moat queue --help`, `moat serve -h`...: what an operator types first; the usage on
+  // stdout and 0, as `moat --help`, not an "unknown option" error (a value such as
+  // `--helo -h` is not asking for help).
+  for (size_t i = 1; i < args.size(); ++i) {
+    if (args[i] == "-c" || args[i] == "--config" || spec->second.valued.count(args[i]) ||
+        spec->second.repeated.count(args[i])) {
+      ++i;
+    } else if (args[i] == "--help" || args[i] == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+  }
   Parsed p;
   std::string error;
   if (!parseArgs(cmd, args, 1, spec->second, p, error)) return usage(error);

@@ -51,11 +51,13 @@ struct ControlServer::Impl {
     std::shared_ptr<bool> alive;
   };
 
-  void answer(Client* c, const std::string& json) {
+  // By value, moved along: a `list` answer is megabytes, not to be copied on the loop.
+  void answer(Client* c, std::string json) {
     if (c->answered) return;
     c->answered = true;
     auto w = std::make_unique<WriteReq>();
-    w->data = json + "\n";
+    w->data = std::move(json);
+    w->data.push_back('\n');
     w->req.data = w.get();
     w->owner = this;
     w->client = c;
@@ -82,7 +84,7 @@ struct ControlServer::Impl {
     auto stillAlive = alive;
     auto reply = [this, c, stillAlive](std::string json) {
       if (!*stillAlive || !clients.count(c)) return;
-      answer(c, json);
+      answer(c, std::move(json));
     };
     auto needId = [&]() {
       if (!arg.empty()) return true;

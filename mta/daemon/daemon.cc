@@ -55,17 +55,23 @@ void tuneMalloc() {
 
 int serve(const std::string& configPath) {
   tuneMalloc();
+  // Past RLIMIT_FSIZE (a LimitFSIZE= in the unit, a log or spool on a capped file), a write
+  // fails with EFBIG, which the log writer and the spool handle; the default action of
+  // SIGXFSZ would kill the daemon with every session and delivery in flight.
+  ::signal(SIGXFSZ, SIG_IGN);
   policy::Errors errors;
-  // The log first: building the pipeline already logs (e.g. antivirus_disabled).
-  // One that cannot be opened stops the start (stderr, exit 1): no silent fall-back to stdout.
-  if (auto early = policy::loadConfig(configPath, errors)) {
+  // The log first: building the pipeline already logs (e.g. antivirus_disabled). One that
+  // cannot be opened stops the start (stderr, exit 1): no silent fall-back to stdout. The
+  // file is read once, for the log and then the snapshot: reading it again (as before)
+  // doubled the start-up's parse and could mix two versions of a file being edited.
+  auto config = policy::readConfig(configPath, errors);
+  if (config && !errors.hasErrors()) {
     policy::Errors logErrors;
-    policy::checkLogFile(*early, logErrors);
+    policy::checkLogFile(*config, logErrors);
     for (const auto& e : logErrors.all()) std::fprintf(stderr, "%s\n", e.str().c_str());
-    if (logErrors.hasErrors() || !applyLogConfig(*early)) return 1;
+    if (logErrors.hasErrors() || !applyLogConfig(*config)) return 1;
   }
-  errors = policy::Errors();
-  auto snap = server::Snapshot::load(configPath, errors);
+  auto snap = server::Snapshot::load(std::move(config), errors);
   for (const auto& e : errors.all()) std::fprintf(stderr, "%s\n", e.str().c_str());
   if (!snap) return 1;
   const auto& cfg = *snap->config;

@@ -32,6 +32,8 @@ class JsonObject {
   bool empty() const { return body_.empty(); }
   // Room for `bytes` of members without reallocating (a log line's fields, say).
   void reserve(size_t bytes) { body_.reserve(bytes); }
+  // Empties it, keeping its buffer (for building many objects in a row).
+  void clear() { body_.clear(); }
   std::string str() const { return "{" + body_ + "}"; }
   // The members without braces, for splicing into another object.
   const std::string& members() const { return body_; }

@@ -3,13 +3,16 @@
 #include "mta/runtime/log.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <mutex>
 #include <thread>
@@ -48,13 +51,14 @@ class Writer {
     return true;
   }
 
-  void reopen() {
-    std::string path;
+  // False (errno set) when the file cannot be made again, e.g. its folder became
+  // unwritable: the lines go on to the file as it was, renamed or deleted.
+  bool reopen(std::string& path) {
     {
       std::lock_guard lock(mu_);
       path = path_;
     }
-    if (path != "-" && !path.empty()) open(path);
+    return path == "-" || path.empty() || open(path);
   }
 
   void write(std::string line) {
@@ -106,27 +110,59 @@ class Writer {
       wakeSent_ = false;
       int fd = fd_;
       lock.unlock();
+      // What could not be written (a full disk, the file size limit, an I/O error) is
+      // counted with what the full buffer turned away, and both are reported in the first
+      // batch that reaches the file again.
+      dropped += lost_;
       if (dropped) {
-        out += "{\"ts\":\"" + timestamp() + "\",\"level\":\"error\",\"event\":\"log_dropped\",\"lines\":" +
-               std::to_string(dropped) + "}\n";
+        out += "{\"ts\":\"" + timestamp() +
+               "\",\"level\":\"error\",\"event\":\"log_dropped\",\"lines\":" + std::to_string(dropped);
+        if (lostError_) {
+          out += ",\"error\":";
+          appendJsonString(out, std::strerror(lostError_));
+        }
+        out += "}\n";
       }
-      writeAll(fd, out);
+      int err = 0;
+      size_t done = writeLines(fd, out, err);
+      if (done < out.size()) {
+        // The lines of this batch that did not go are counted, with the earlier ones
+        // the report above stood for, for the report in the next batch.
+        lost_ = dropped +
+                static_cast<uint64_t>(std::count(out.begin() + static_cast<std::ptrdiff_t>(done), out.end(), '\n'));
+        if (dropped) --lost_;  // the report itself, last in the batch, stands for `dropped`
+        lostError_ = err;
+      } else {
+        lost_ = 0;
+        lostError_ = 0;
+      }
       lock.lock();
       written_ = seq;
       done_cv_.notify_all();
     }
   }
 
-  static void writeAll(int fd, const std::string& s) {
+  // Writes `s`, whole lines of it: when a write fails part way (ENOSPC, EFBIG past
+  // RLIMIT_FSIZE, EIO), the piece of a line that went is cut off the file again, so that
+  // the file stays one JSON object a line. Returns how much of `s` is in the file.
+  static size_t writeLines(int fd, const std::string& s, int& err) {
     size_t off = 0;
     while (off < s.size()) {
       ssize_t n = ::write(fd, s.data() + off, s.size() - off);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return;  // nowhere to report a failing log; the daemon keeps running
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        err = n < 0 ? errno : EIO;
+        break;
       }
       off += static_cast<size_t>(n);
     }
+    if (off == s.size()) return off;
+    size_t whole = off == 0 ? 0 : s.rfind('\n', off - 1);
+    whole = whole == std::string::npos || off == 0 ? 0 : whole + 1;
+    struct stat st {};
+    if (whole < off && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size >= static_cast<off_t>(off - whole))
+      (void)::ftruncate(fd, st.st_size - static_cast<off_t>(off - whole));
+    return whole;
   }
 
   std::mutex mu_;
@@ -135,6 +171,8 @@ class Writer {
   std::string path_ = "-";
   int fd_ = 1;
   uint64_t seq_ = 0, written_ = 0, dropped_ = 0;
+  uint64_t lost_ = 0;  // the writer thread's own: lines a failed write lost, not yet reported
+  int lostError_ = 0;
   bool stop_ = false, flushWanted_ = false, wakeSent_ = false;
   std::thread thread_;
 };
@@ -161,7 +199,13 @@ std::string_view levelName(Level level) {
 }
 
 bool open(const std::string& path) { return writer().open(path); }
-void reopen() { writer().reopen(); }
+void reopen() {
+  std::string path;
+  if (!writer().reopen(path)) {
+    int err = errno;
+    log::error("log_reopen").add("ok", false).add("path", path).add("error", std::strerror(err));
+  }
+}
 void setMinLevel(Level level) { g_min_level = static_cast<int>(level); }
 void flush() {
   if (!g_text) writer().flush();

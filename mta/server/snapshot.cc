@@ -20,8 +20,7 @@ bool readable(const policy::Config& config, int line, const std::string& key, co
 // core sections and returns what it built whatever `errors` holds; else it returns null
 // when the core sections have errors, before building anything. Null either way when the
 // config is not TOML.
-std::shared_ptr<Snapshot> build(const std::string& configPath, policy::Errors& errors, bool whole) {
-  auto config = policy::readConfig(configPath, errors);
+std::shared_ptr<Snapshot> build(std::shared_ptr<const policy::Config> config, policy::Errors& errors, bool whole) {
   if (!config) return nullptr;
   // Checks that read the core sections' values (relay.domains) are left out when those
   // had errors: their findings would follow from the errors already reported.
@@ -106,13 +105,17 @@ std::shared_ptr<Snapshot> build(const std::string& configPath, policy::Errors& e
 }  // namespace
 
 std::shared_ptr<const Snapshot> Snapshot::load(const std::string& configPath, policy::Errors& errors) {
-  auto snap = build(configPath, errors, false);
+  return load(policy::readConfig(configPath, errors), errors);
+}
+
+std::shared_ptr<const Snapshot> Snapshot::load(std::shared_ptr<const policy::Config> config, policy::Errors& errors) {
+  auto snap = build(std::move(config), errors, false);
   if (!snap || errors.hasErrors()) return nullptr;
   return snap;
 }
 
 std::shared_ptr<const Snapshot> Snapshot::check(const std::string& configPath, policy::Errors& errors) {
-  auto snap = build(configPath, errors, true);
+  auto snap = build(policy::readConfig(configPath, errors), errors, true);
   if (!snap) return nullptr;
   snap->checkReady(errors);
   if (errors.hasErrors()) return nullptr;

@@ -39,6 +39,10 @@ struct Snapshot {
 
   // Builds and validates everything; nullptr with `errors` filled on failure.
   static std::shared_ptr<const Snapshot> load(const std::string& configPath, policy::Errors& errors);
+  // The same on a config already read (`moat serve` opens the log it names first, before
+  // the filters that log while they are built): the file is read once, so the log and
+  // the snapshot come from the same version of it.
+  static std::shared_ptr<const Snapshot> load(std::shared_ptr<const policy::Config> config, policy::Errors& errors);
   // `moat check`: what load() validates, without stopping at errors in the core sections
   // (the policy files and filter sections are read all the same, so one run reports every
   // independent mistake), and then what load() leaves to the background: it waits for the

@@ -36,6 +36,14 @@ class OperationsTest(unittest.TestCase):
         self.assertEqual(run("serve").returncode, 2)
         self.assertEqual(run("frobnicate").returncode, 2)
         self.assertEqual(run("check", "-c").returncode, 2)
+        # --help after a command: the usage on stdout and 0, as `moat --help`
+        for args in (("queue", "--help"), ("queue", "-c", "x.toml", "list", "-h"), ("serve", "--help"),
+                     ("dkim", "keygen", "--help")):
+            r = run(*args)
+            self.assertEqual((r.returncode, r.stderr), (0, ""), args)
+            self.assertIn("moat queue  -c FILE list", r.stdout)
+        r = run("spf", "-c", "x.toml", "--ip", "192.0.2.1", "--helo", "-h", "--mail-from", "")
+        self.assertNotIn("usage:", r.stdout)  # `-h` as the value of --helo asks for no help
 
     def test_check_reports_file_and_line(self):
         d = tempfile.mkdtemp()
@@ -163,7 +171,8 @@ class OperationsTest(unittest.TestCase):
             f.write(good + "\n[limits]\nmax_recipients = \"many\"\n")
         m.signal(signal.SIGHUP)
         ev = m.wait_log(event="reload", ok=False)
-        self.assertTrue(any(":" in e and "max_recipients" in e for e in ev["errors"]), ev)
+        line = good.count("\n") + 3  # the blank line, [limits], then the key
+        self.assertTrue(any(e.startswith(f"{m.config_path}:{line}: ") and "max_recipients" in e for e in ev["errors"]), ev)
         # still serving with the old config
         s = m.smtp()
         s.sendmail("a@sender.test", ["u@example.test"], b"Subject: after bad reload\r\n\r\nx\r\n")
@@ -246,6 +255,57 @@ class OperationsTest(unittest.TestCase):
         r = run("queue", "-c", m.config_path, "list")
         self.assertEqual(r.returncode, 0, r.stderr[-200:])
         self.assertEqual(r.stdout.count("recipient-149-"), 40)
+
+    def test_queue_list_of_a_large_queue_is_whole_and_a_failed_write_fails(self):
+        # One parse of the answer for the table (the list of 20,000 took seconds when it was
+        # parsed twice); the table has every message. Output that cannot be written (a full
+        # disk under `> file`, here /dev/full) is an error, not a listing cut short with 0.
+        hop = free_port()
+        m = Moat(routes=[("example.test", f"smtp:127.0.0.1:{hop}")], retry='["1h"]')
+        self.addCleanup(m.cleanup)
+        with m.smtp() as s:
+            for i in range(300):
+                self.assertEqual(s.sendmail("a@sender.test", [f"u{i}@example.test"], b"Subject: q\r\n\r\nx\r\n"), {})
+        listing = json.loads(m.cli("queue", "list", "--json").stdout)["messages"]
+        self.assertEqual(len(listing), 300)
+        table = m.cli("queue", "list").stdout.splitlines()
+        self.assertEqual(table[-1], f"-- {(sum(x['size'] for x in listing) + 1023) // 1024} Kbytes in 300 messages.")
+        self.assertEqual(sorted(l.split()[0] for l in table[1:-1] if not l.startswith(" ")),
+                         sorted(x["id"] for x in listing))
+        self.assertEqual(sorted(l.strip() for l in table if l.strip().startswith("u")),
+                         sorted(f"u{i}@example.test" for i in range(300)))
+        for args in (("list",), ("list", "--json"), ("show", listing[0]["id"])):
+            with open("/dev/full", "w") as full:
+                r = subprocess.run([MOAT_BIN, "queue", "-c", m.config_path, *args], stdout=full, stderr=subprocess.PIPE,
+                                   text=True, timeout=60)
+            self.assertEqual(r.returncode, 1, args)
+            self.assertIn("No space left on device", r.stderr)
+
+    def test_serve_reads_its_config_file_once(self):
+        # The log is opened before the filters are built (they log), from the same reading
+        # of the file: a second one doubled the parse and could mix two versions of a file
+        # being edited. inotify counts the opens of the file (IN_OPEN; with IN_CLOSE_NOWRITE
+        # too, as inotify merges an event into an identical one just before it).
+        import ctypes
+        import struct
+        libc = ctypes.CDLL(None, use_errno=True)
+        m = Moat(start=False)
+        self.addCleanup(m.cleanup)
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.assertGreaterEqual(fd, 0)
+        self.addCleanup(os.close, fd)
+        self.assertGreaterEqual(libc.inotify_add_watch(fd, m.config_path.encode(), 0x30), 0)
+        m.start()
+        opens, data = 0, b""
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            pass
+        while data:
+            _, mask, _, length = struct.unpack_from("iIII", data)
+            opens += bool(mask & 0x20)
+            data = data[16 + length:]
+        self.assertEqual(opens, 1)
 
     def test_a_second_daemon_on_the_same_spool_is_refused(self):
         # It would recover the spool under the running one: remove its files in flight as
