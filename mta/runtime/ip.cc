@@ -58,6 +58,12 @@ std::string IpAddress::str() const {
   return buf;
 }
 
+std::string IpAddress::literal() const { return v4_ ? "[" + str() + "]" : "[IPv6:" + str() + "]"; }
+
+std::string IpAddress::withPort(uint16_t port) const {
+  return (v4_ ? str() : "[" + str() + "]") + ":" + std::to_string(port);
+}
+
 std::string IpAddress::reversedLabels() const {
   std::string out;
   static const char* hex = "0123456789abcdef";
@@ -82,6 +88,13 @@ bool IpAddress::isLoopback() const {
   return std::memcmp(bytes_.data(), kLoop, 16) == 0;
 }
 
+std::string clientKey(const IpAddress& ip) {
+  if (ip.isV4()) return ip.str();
+  uint8_t net[16] = {};
+  std::memcpy(net, ip.bytes(), 8);
+  return Network(IpAddress::v6(net), 64).str();
+}
+
 bool prefixMatch(const uint8_t* a, const uint8_t* b, int bits) {
   int full = bits / 8;
   if (std::memcmp(a, b, static_cast<size_t>(full)) != 0) return false;
@@ -95,13 +108,20 @@ std::optional<Network> Network::parse(std::string_view text) {
   auto slash = text.find('/');
   auto ip = IpAddress::parse(text.substr(0, slash));
   if (!ip) return std::nullopt;
-  int max = ip->isV4() ? 32 : 128;
+  // An IPv4-mapped network (::ffff:10.0.0.0/104) is the IPv4 one (10.0.0.0/8), as its
+  // clients are: its prefix counts the 96 bits of the mapping.
+  const bool mapped = ip->isV4() && text.substr(0, slash).find(':') != std::string_view::npos;
+  int max = mapped ? 128 : ip->isV4() ? 32 : 128;
   int prefix = max;
   if (slash != std::string_view::npos) {
     auto digits = text.substr(slash + 1);
     if (digits.empty() || digits.size() > 3) return std::nullopt;
     auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), prefix);
     if (ec != std::errc() || p != digits.data() + digits.size() || prefix < 0 || prefix > max) return std::nullopt;
+  }
+  if (mapped) {
+    if (prefix < 96) return std::nullopt;  // it would take in addresses that are not IPv4
+    prefix -= 96;
   }
   return Network(*ip, prefix);
 }

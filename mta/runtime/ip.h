@@ -26,6 +26,12 @@ class IpAddress {
   const uint8_t* bytes() const { return bytes_.data(); }
   size_t size() const { return v4_ ? 4 : 16; }
   std::string str() const;
+  // The SMTP address literal (RFC 5321 §4.1.3): "[192.0.2.1]", "[IPv6:2001:db8::1]", as the
+  // Received: header's TCP-info (§4.4) and the EHLO greeting name the client.
+  std::string literal() const;
+  // With a port, as a log's `relay` shows a next hop: "192.0.2.1:25", "[2001:db8::1]:25" (a
+  // bare IPv6 address and a port would read as one address).
+  std::string withPort(uint16_t port) const;
   // The reverse-DNS name: "4.3.2.1.in-addr.arpa" or the nibble form under ip6.arpa.
   std::string reverseName() const;
   // The same labels without the arpa zone ("4.3.2.1"), as DNS blocklists use them (RFC 5782).
@@ -53,6 +59,12 @@ class Network {
   IpAddress addr_;
   int prefix_ = 0;
 };
+
+// What the per-client connection limits count by (limits.max_connections_per_ip,
+// connection.max_rate_per_ip): an IPv4 address, or the /64 of an IPv6 one ("2001:db8:1:2::/64").
+// A /64 is one site's subnet (RFC 6177) whose hosts pick their own addresses (RFC 8981):
+// counted by address, one client with a /64 would have 2^64 allowances.
+std::string clientKey(const IpAddress& ip);
 
 // True if the first `bits` bits of two byte strings agree.
 bool prefixMatch(const uint8_t* a, const uint8_t* b, int bits);

@@ -105,6 +105,7 @@ std::vector<uint16_t> SmtpServer::boundPorts() const {
 void SmtpServer::accept(const policy::Listener& listener, std::shared_ptr<net::Connection> conn) {
   const auto& cfg = *shared_.snapshot->config;
   std::string ip = conn->peerAddress().str();
+  const std::string key = clientKey(conn->peerAddress());  // an IPv6 client counts by its /64
   auto refuse = [&](const std::string& why) {
     ++metrics().sessionsRefused;
     std::string text = cfg.hostname + " " + why;
@@ -115,23 +116,23 @@ void SmtpServer::accept(const policy::Listener& listener, std::shared_ptr<net::C
   };
   if (shared_.draining) return refuse("Service shutting down, try again later");
   if (sessions_.size() >= cfg.maxConnections) return refuse("Too many connections, try again later");
-  if (perIp_[ip] >= cfg.maxConnectionsPerIp) return refuse("Too many connections from your address");
+  if (perIp_[key] >= cfg.maxConnectionsPerIp) return refuse("Too many connections from your address");
   // [connection]: the allow list and the relay networks are exempt from the rate limit and
   // from the block list (allow wins over block).
   auto peer = conn->peerAddress();
   bool exempt = cfg.isAllowedClient(peer) || cfg.isRelayClient(peer);
-  if (cfg.maxConnectionRatePerIp > 0 && !exempt && !rateAllows(ip, cfg.maxConnectionRatePerIp))
+  if (cfg.maxConnectionRatePerIp > 0 && !exempt && !rateAllows(key, cfg.maxConnectionRatePerIp))
     return refuse("Too many connections from your address in the last minute, try again later");
   bool blocked = !exempt && cfg.isBlockedClient(peer);
   if (blocked) ++metrics().sessionsRefused;
-  ++perIp_[ip];
+  ++perIp_[key];
   auto session = std::make_shared<SmtpSession>(shared_, shared_.snapshot, listener, conn,
-                                               [this, ip](SmtpSession* s) { sessionEnded(s, ip); });
+                                               [this, key](SmtpSession* s) { sessionEnded(s, key); });
   sessions_[session.get()] = session;
   session->start(blocked);
 }
 
-bool SmtpServer::rateAllows(const std::string& ip, unsigned perMinute) {
+bool SmtpServer::rateAllows(const std::string& key, unsigned perMinute) {
   int64_t now =
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
           .count();
@@ -140,15 +141,15 @@ bool SmtpServer::rateAllows(const std::string& ip, unsigned perMinute) {
     if (it != rateCount_.end() && --it->second == 0) rateCount_.erase(it);
     rateEvents_.pop_front();
   }
-  auto it = rateCount_.find(ip);
+  auto it = rateCount_.find(key);
   if (it != rateCount_.end() && it->second >= perMinute) return false;
-  rateEvents_.emplace_back(now, ip);
-  ++rateCount_[ip];
+  rateEvents_.emplace_back(now, key);
+  ++rateCount_[key];
   return true;
 }
 
-void SmtpServer::sessionEnded(SmtpSession* session, const std::string& ip) {
-  auto it = perIp_.find(ip);
+void SmtpServer::sessionEnded(SmtpSession* session, const std::string& key) {
+  auto it = perIp_.find(key);
   if (it != perIp_.end() && --it->second == 0) perIp_.erase(it);
   // Keep the session alive until this call stack unwinds: it is the caller.
   auto node = sessions_.extract(session);

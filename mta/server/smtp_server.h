@@ -82,18 +82,18 @@ class SmtpServer {
 
  private:
   void accept(const policy::Listener& listener, std::shared_ptr<net::Connection> conn);
-  void sessionEnded(SmtpSession* session, const std::string& ip);
-  // [connection] max_rate_per_ip: whether `ip` may open one more connection this minute
-  // (and counts it if so).
-  bool rateAllows(const std::string& ip, unsigned perMinute);
+  void sessionEnded(SmtpSession* session, const std::string& key);
+  // [connection] max_rate_per_ip: whether the client `key` (runtime/ip.h clientKey: an IPv4
+  // address, an IPv6 /64) may open one more connection this minute (and counts it if so).
+  bool rateAllows(const std::string& key, unsigned perMinute);
 
   ServerShared shared_;
   std::vector<std::unique_ptr<net::Listener>> listeners_;
   std::vector<policy::Listener> listenerConfigs_;
   std::map<SmtpSession*, std::shared_ptr<SmtpSession>> sessions_;
-  std::map<std::string, unsigned> perIp_;
-  // The connections taken in the last minute, oldest first, and their count by address:
-  // at most max_rate_per_ip entries per address, whatever a client tries.
+  std::map<std::string, unsigned> perIp_;  // open sessions by client key
+  // The connections taken in the last minute, oldest first, and their count by client key:
+  // at most max_rate_per_ip entries per key, whatever a client tries.
   std::deque<std::pair<int64_t, std::string>> rateEvents_;
   std::unordered_map<std::string, unsigned> rateCount_;
   std::function<void()> drained_;

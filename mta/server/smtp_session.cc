@@ -481,7 +481,7 @@ void SmtpSession::cmdHelo(const smtp::Command& c, bool extended) {
     reply(250, "", cfg_.hostname);
     return;
   }
-  std::string text = cfg_.hostname + " Hello " + printableHelo() + " [" + ctx_->clientIp.str() + "]\n";
+  std::string text = cfg_.hostname + " Hello " + printableHelo() + " " + ctx_->clientIp.literal() + "\n";
   text += "PIPELINING\nSIZE " + std::to_string(cfg_.maxMessageSize) + "\n";
   text += "8BITMIME\nENHANCEDSTATUSCODES\nSMTPUTF8\nCHUNKING\nDSN\n";
   if (!conn_->tlsActive() && snap_->serverTls.count(listener_.address)) text += "STARTTLS\n";
@@ -1047,10 +1047,10 @@ std::vector<filters::Header> SmtpSession::gatewayHeaders(const filters::StageOut
   // the header 8-bit, or let the client write trace text of its own. It goes into the
   // comment, printable and with its specials replaced.
   std::string from =
-      heloIsDomainOrLiteral() ? helo_ + " (" : "[" + ctx_->clientIp.str() + "] (helo=" + printableHelo() + " ";
+      heloIsDomainOrLiteral() ? helo_ + " (" : ctx_->clientIp.literal() + " (helo=" + printableHelo() + " ";
   // Postfix's form: the verified name, or "unknown" when there is none (RFC 5321 §4.4's
-  // TCP-info: an address literal, optionally after the name found for it).
-  from += (ctx_->clientName.empty() ? std::string("unknown") : ctx_->clientName) + " [" + ctx_->clientIp.str() + "])";
+  // TCP-info: an address literal, [IPv6:...] for IPv6, optionally after the name found for it).
+  from += (ctx_->clientName.empty() ? std::string("unknown") : ctx_->clientName) + " " + ctx_->clientIp.literal() + ")";
   std::string received = "from " + from;
   if (const auto* t = conn_->tls()) {
     received += "\r\n\t(using " + t->protocol() + " with cipher " + t->cipher() + " (" +

@@ -158,13 +158,19 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     request_queue_size = 256  # Moat opens many connections at once; the default 5 drops some
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class Sink:
-    """A real SMTP server on 127.0.0.1 that records what it is sent. The reply hooks can be
-    replaced to refuse particular recipients or to fail temporarily."""
+    """A real SMTP server on 127.0.0.1 (or `host`, "::1" for IPv6) that records what it is
+    sent. The reply hooks can be replaced to refuse particular recipients or to fail
+    temporarily."""
 
     DEFAULT_EXTENSIONS = ("PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 104857600")
 
-    def __init__(self, port=0, tls_cert=None, break_tls=False, extensions=DEFAULT_EXTENSIONS):
+    def __init__(self, port=0, tls_cert=None, break_tls=False, extensions=DEFAULT_EXTENSIONS, host="127.0.0.1"):
+        self.host = host
         self.break_tls = break_tls  # offers STARTTLS, then fails every handshake
         self.extensions = tuple(extensions)  # EHLO keywords (STARTTLS is added when TLS is set up)
         self.messages = []
@@ -186,7 +192,8 @@ class Sink:
         self.start()
 
     def start(self):
-        self.server = _Server(("127.0.0.1", self._port), _SinkHandler)
+        server = _Server6 if ":" in self.host else _Server
+        self.server = server((self.host, self._port), _SinkHandler)
         self.server.sink = self
         self._port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

@@ -52,3 +52,34 @@ TEST_CASE("host:port parsing") {
   REQUIRE_FALSE(parseHostPort("host:99999"));
   REQUIRE_FALSE(parseHostPort("host:"));
 }
+
+TEST_CASE("IPv4-mapped networks are the IPv4 networks") {
+  auto n = Network::parse("::ffff:10.0.0.0/104");
+  REQUIRE(n);
+  REQUIRE(n->str() == "10.0.0.0/8");
+  REQUIRE(n->contains(*IpAddress::parse("10.200.0.1")));
+  REQUIRE(n->contains(*IpAddress::parse("::ffff:10.1.2.3")));
+  REQUIRE_FALSE(n->contains(*IpAddress::parse("11.0.0.1")));
+  REQUIRE(Network::parse("::ffff:192.0.2.1")->str() == "192.0.2.1/32");
+  REQUIRE_FALSE(Network::parse("::ffff:10.0.0.0/95"));  // reaches past the mapped block
+  REQUIRE_FALSE(Network::parse("::ffff:10.0.0.0/129"));
+  REQUIRE(Network::parse("2001:db8::/32")->prefix() == 32);
+}
+
+TEST_CASE("address literals and host:port as SMTP and the logs write them") {
+  // RFC 5321 §4.1.3: IPv6 literals carry the "IPv6:" tag.
+  REQUIRE(IpAddress::parse("192.0.2.1")->literal() == "[192.0.2.1]");
+  REQUIRE(IpAddress::parse("::1")->literal() == "[IPv6:::1]");
+  REQUIRE(IpAddress::parse("::ffff:192.0.2.1")->literal() == "[192.0.2.1]");
+  REQUIRE(IpAddress::parse("192.0.2.1")->withPort(25) == "192.0.2.1:25");
+  REQUIRE(IpAddress::parse("2001:db8::1")->withPort(2525) == "[2001:db8::1]:2525");
+}
+
+TEST_CASE("per-client limits count an IPv6 client by its /64") {
+  REQUIRE(clientKey(*IpAddress::parse("192.0.2.1")) == "192.0.2.1");
+  REQUIRE(clientKey(*IpAddress::parse("::ffff:192.0.2.1")) == "192.0.2.1");
+  REQUIRE(clientKey(*IpAddress::parse("2001:db8:1:2:aaaa::1")) == "2001:db8:1:2::/64");
+  REQUIRE(clientKey(*IpAddress::parse("2001:db8:1:2:ffff:ffff:ffff:fffe")) == "2001:db8:1:2::/64");
+  REQUIRE(clientKey(*IpAddress::parse("2001:db8:1:3::1")) == "2001:db8:1:3::/64");
+  REQUIRE(clientKey(*IpAddress::parse("::1")) == "::/64");
+}
