@@ -705,23 +705,6 @@ void resolveHops(dns::Resolver* resolver, std::vector<std::pair<std::string, uin
   if (--st->waiting == 0) st->finish();
 }
 
-// The address of a domain that is an address literal, "[192.0.2.1]" or "[ipv6:2001:db8::1]"
-// (the tag in any case, RFC 5321 §4.1.3); nullopt for anything else.
-std::optional<IpAddress> literalAddress(std::string_view domain) {
-  if (domain.size() < 3 || domain.front() != '[' || domain.back() != ']') return std::nullopt;
-  std::string_view inner = domain.substr(1, domain.size() - 2);
-  constexpr std::string_view kTag = "ipv6:";
-  const bool v6 = inner.size() > kTag.size() && std::equal(kTag.begin(), kTag.end(), inner.begin(), [](char a, char b) {
-                    return a == std::tolower(static_cast<unsigned char>(b));
-                  });
-  if (v6) inner.remove_prefix(kTag.size());
-  auto ip = IpAddress::parse(inner);
-  // "[IPv6:::ffff:192.0.2.1]" is an IPv4 address, but "[::1]" without its tag is no literal.
-  if (!ip || (!v6 && inner.find(':') != std::string_view::npos) || (v6 && inner.find(':') == std::string_view::npos))
-    return std::nullopt;
-  return ip;
-}
-
 // RFC 5321 §5.1: the best MX host of `domain` is this gateway, so there is no one to give the
 // mail to. Postfix returns it ("mail for DOMAIN loops back to myself", 5.4.6): the DNS says
 // the mail ends here but no route takes it, a configuration error that retries do not mend
@@ -881,7 +864,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
   // host itself: there are no MX records to look up (a query for "[ipv6:...]" would only
   // say it does not exist). The server accepted no other literals (general ones) at RCPT.
   if (!domain.empty() && domain.front() == '[') {
-    auto ip = literalAddress(domain);
+    auto ip = parseAddressLiteral(domain);
     if (!ip) return permFailAll("550 5.1.2 address literal " + domain + " is not an IP address");
     if (MxSelf::fromConfig(*snap_->config).isSelfAddress(*ip)) return permFailAll(loopsBack(domain));
     job->hops = {Hop{*ip, 25, ""}};

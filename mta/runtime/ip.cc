@@ -4,6 +4,8 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cstring>
 
@@ -86,6 +88,20 @@ bool IpAddress::isLoopback() const {
   if (v4_) return bytes_[0] == 127;
   static const uint8_t kLoop[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
   return std::memcmp(bytes_.data(), kLoop, 16) == 0;
+}
+
+std::optional<IpAddress> parseAddressLiteral(std::string_view literal) {
+  if (literal.size() < 3 || literal.front() != '[' || literal.back() != ']') return std::nullopt;
+  std::string_view inner = literal.substr(1, literal.size() - 2);
+  constexpr std::string_view kTag = "ipv6:";
+  const bool v6 = inner.size() > kTag.size() && std::equal(kTag.begin(), kTag.end(), inner.begin(), [](char a, char b) {
+                    return a == std::tolower(static_cast<unsigned char>(b));
+                  });
+  if (v6) inner.remove_prefix(kTag.size());
+  // "[IPv6:::ffff:192.0.2.1]" names an IPv4 address, but "[::1]" without its tag and
+  // "[IPv6:192.0.2.1]" are no literals.
+  if ((inner.find(':') != std::string_view::npos) != v6) return std::nullopt;
+  return IpAddress::parse(inner);
 }
 
 std::string clientKey(const IpAddress& ip) {

@@ -60,6 +60,11 @@ class Network {
   int prefix_ = 0;
 };
 
+// The address an SMTP address literal names (RFC 5321 §4.1.3): "[192.0.2.1]" or
+// "[IPv6:2001:db8::1]" (the tag in any case); nullopt for anything else, general literals
+// ("[tag:content]") and an untagged IPv6 address ("[::1]") included.
+std::optional<IpAddress> parseAddressLiteral(std::string_view literal);
+
 // What the per-client connection limits count by (limits.max_connections_per_ip,
 // connection.max_rate_per_ip): an IPv4 address, or the /64 of an IPv6 one ("2001:db8:1:2::/64").
 // A /64 is one site's subnet (RFC 6177) whose hosts pick their own addresses (RFC 8981):

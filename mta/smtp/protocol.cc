@@ -132,17 +132,7 @@ bool isLabel(std::string_view label, bool utf8) {
 
 // address-literal (RFC 5321 §4.1.3): [IPv4] or [IPv6:...]; general literals are refused
 // because nothing can be delivered to them.
-bool isAddressLiteral(std::string_view lit) {
-  if (lit.size() < 3 || lit.front() != '[' || lit.back() != ']') return false;
-  std::string_view inner = lit.substr(1, lit.size() - 2);
-  if (istartsWith(inner, "IPv6:")) {
-    inner.remove_prefix(5);
-    return inner.find(':') != std::string_view::npos && IpAddress::parse(inner).has_value();
-  }
-  if (inner.find(':') != std::string_view::npos) return false;
-  auto ip = IpAddress::parse(inner);
-  return ip && ip->isV4();
-}
+bool isAddressLiteral(std::string_view lit) { return parseAddressLiteral(lit).has_value(); }
 
 Reply makeReply(int code, const char* enhanced, std::string text) {
   return Reply{code, enhanced, std::move(text)};

@@ -83,3 +83,14 @@ TEST_CASE("per-client limits count an IPv6 client by its /64") {
   REQUIRE(clientKey(*IpAddress::parse("2001:db8:1:3::1")) == "2001:db8:1:3::/64");
   REQUIRE(clientKey(*IpAddress::parse("::1")) == "::/64");
 }
+
+TEST_CASE("address literals name an address only in RFC 5321 §4.1.3's two forms") {
+  using moat::mta::parseAddressLiteral;
+  REQUIRE(parseAddressLiteral("[192.0.2.1]")->str() == "192.0.2.1");
+  REQUIRE(parseAddressLiteral("[IPv6:2001:db8::1]")->str() == "2001:db8::1");
+  REQUIRE(parseAddressLiteral("[ipv6:::1]")->str() == "::1");                     // the tag in any case
+  REQUIRE(parseAddressLiteral("[IPv6:::ffff:192.0.2.1]")->str() == "192.0.2.1");  // mapped: IPv4
+  for (const char* bad : {"[::1]", "[IPv6:192.0.2.1]", "[IPv6:]", "[tag:content]", "[192.0.2.256]", "192.0.2.1",
+                          "[192.0.2.1", "[]", "[ 192.0.2.1]", "[IPv6:2001:db8::1%lo]"})
+    REQUIRE_FALSE(parseAddressLiteral(bad).has_value());
+}
