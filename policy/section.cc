@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "policy/key_catalog.h"
 #include "policy/values.h"
 
 namespace moat::policy {
@@ -16,6 +17,27 @@ std::string resolvePath(const std::string& baseDir, const std::string& path) {
   if (path.empty() || path[0] == '/' || path == "-") return path;
   return baseDir + "/" + path;
 }
+
+namespace {
+thread_local KeyCatalog* currentCatalog = nullptr;
+}  // namespace
+
+KeyCatalog::KeyCatalog() : previous_(currentCatalog) { currentCatalog = this; }
+KeyCatalog::~KeyCatalog() { currentCatalog = previous_; }
+KeyCatalog* KeyCatalog::current() { return currentCatalog; }
+
+void KeyCatalog::note(Key key) {
+  if (seen_.insert({key.section, key.key}).second) keys_.push_back(std::move(key));
+}
+
+namespace {
+// Tells this thread's KeyCatalog, if any, that section `section` reads `key`.
+void note(const std::string& section, const std::string& key, const char* kind, std::string def,
+          std::vector<std::string> defList = {}, std::vector<std::string> allowed = {}) {
+  if (auto* catalog = KeyCatalog::current())
+    catalog->note({section, key, kind, std::move(def), std::move(defList), std::move(allowed)});
+}
+}  // namespace
 
 Section::Section(const toml::table* table, std::string name, std::string file, std::string baseDir, Errors& errors)
     : table_(table), name_(std::move(name)), file_(std::move(file)), baseDir_(std::move(baseDir)), errors_(errors) {}
@@ -55,6 +77,7 @@ void Section::warningAt(int line, const std::string& key, const std::string& mes
 }
 
 std::string Section::getString(const std::string& key, const std::string& def) {
+  note(name_, key, "string", def);
   auto* n = node(key);
   if (!n) return def;
   if (auto v = n->value<std::string>()) return *v;
@@ -63,6 +86,7 @@ std::string Section::getString(const std::string& key, const std::string& def) {
 }
 
 bool Section::getBool(const std::string& key, bool def) {
+  note(name_, key, "bool", def ? "true" : "false");
   auto* n = node(key);
   if (!n) return def;
   if (auto v = n->value<bool>()) return *v;
@@ -71,6 +95,7 @@ bool Section::getBool(const std::string& key, bool def) {
 }
 
 int64_t Section::getInt(const std::string& key, int64_t def, int64_t min, int64_t max) {
+  note(name_, key, "int", std::to_string(def));
   auto* n = node(key);
   if (!n) return def;
   if (!n->is_integer()) {
@@ -86,6 +111,7 @@ int64_t Section::getInt(const std::string& key, int64_t def, int64_t min, int64_
 }
 
 double Section::getDouble(const std::string& key, double def) {
+  note(name_, key, "double", std::to_string(def));
   auto* n = node(key);
   if (!n) return def;
   if (n->is_number()) return *n->value<double>();
@@ -94,6 +120,7 @@ double Section::getDouble(const std::string& key, double def) {
 }
 
 std::chrono::milliseconds Section::getDuration(const std::string& key, std::chrono::milliseconds def) {
+  note(name_, key, "duration", std::to_string(def.count()));
   auto* n = node(key);
   if (!n) return def;
   if (auto s = n->value<std::string>()) {
@@ -104,6 +131,7 @@ std::chrono::milliseconds Section::getDuration(const std::string& key, std::chro
 }
 
 uint64_t Section::getSize(const std::string& key, uint64_t def) {
+  note(name_, key, "size", std::to_string(def));
   auto* n = node(key);
   if (!n) return def;
   if (n->is_integer() && *n->value<int64_t>() >= 0) return static_cast<uint64_t>(*n->value<int64_t>());
@@ -115,6 +143,7 @@ uint64_t Section::getSize(const std::string& key, uint64_t def) {
 }
 
 std::vector<std::string> Section::getStringArray(const std::string& key, const std::vector<std::string>& def) {
+  note(name_, key, "strings", "", def);
   auto* n = node(key);
   if (!n) return def;
   if (!n->as_array()) {
@@ -127,6 +156,7 @@ std::vector<std::string> Section::getStringArray(const std::string& key, const s
 }
 
 std::vector<Section::Item> Section::getStringArrayItems(const std::string& key) {
+  note(name_, key, "strings", "");
   auto* n = node(key);
   if (!n) return {};
   auto* arr = n->as_array();
@@ -147,17 +177,20 @@ std::vector<Section::Item> Section::getStringArrayItems(const std::string& key) 
 }
 
 std::string Section::getPath(const std::string& key, const std::string& def) {
+  note(name_, key, "path", def);
   std::string p = getString(key, def);
   return resolvePath(baseDir_, p);
 }
 
 std::vector<std::string> Section::getPathArray(const std::string& key) {
+  note(name_, key, "paths", "");
   auto v = getStringArray(key);
   for (auto& p : v) p = resolvePath(baseDir_, p);
   return v;
 }
 
 std::string Section::getEnum(const std::string& key, const std::string& def, const std::vector<std::string>& allowed) {
+  note(name_, key, "enum", def, {}, allowed);
   std::string v = getString(key, def);
   for (const auto& a : allowed)
     if (a == v) return v;

@@ -29,13 +29,14 @@ bool isDatabaseName(const std::string& n) {
   return false;
 }
 
-// libclamav's own messages go to the debug log instead of stderr.
+// libclamav's own error messages go to the debug log instead of stderr. (Only errors: a
+// field "level" for libclamav's severity would be the line's own `level` a second time.)
 void clamavMessage(enum cl_msg severity, const char* fullmsg, const char* msg, void* context) {
   (void)fullmsg;
   (void)context;
   std::string text = msg ? msg : "";
   while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
-  if (severity == CL_MSG_ERROR) mlog::debug("clamav_message").add("level", "error").add("message", text);
+  if (severity == CL_MSG_ERROR) mlog::debug("clamav_message").add("message", text);
 }
 
 cl_error_t initOnce() {
