@@ -2,7 +2,7 @@
 # what is missing. Idempotent; needs root (or sudo) only when something is missing.
 moat_build_packages=(build-essential cmake ninja-build pkg-config ccache
   libuv1-dev libssl-dev libc-ares-dev libtomlplusplus-dev libre2-dev libclamav-dev
-  libopendkim-dev libpsl-dev libidn2-dev publicsuffix libpcre2-dev libcrypt-dev)
+  libopendkim-dev libpsl-dev libidn2-dev publicsuffix libpcre2-dev libcrypt-dev zlib1g-dev)
 # Real peers and servers the test suite talks to over loopback; fail2ban and prometheus for
 # fail2ban-regex and promtool, which check deploy/monitoring/ (their services are not run).
 moat_test_packages=(catch2 python3 python3-yaml python3-dnslib python3-dkim python3-spf

@@ -214,50 +214,124 @@ class Walker {
   }
 
   void walkZip(const mime::Part& part) {
-    ZipListing zip = listZipNames(part.body, config_.maxZipEntries);
-    out_.archiveEntries += static_cast<unsigned>(zip.names.size());
-    if (zip.malformed || zip.truncated || part.truncated) out_.archiveMalformed = true;
-    std::string archive = part.filename.empty() ? "(unnamed archive)" : part.filename;
-    for (const auto& name : zip.names) {
-      // One blocked name is enough: the archive goes as a whole.
-      if (finished() || block(name, archive, blockReason(name, config_))) return;
+    std::string archive = pathStep("", part.filename.empty() ? "(unnamed archive)" : part.filename);
+    attachment_ = archive;
+    if (part.truncated) limit(archive, "malformed");  // the body was cut by the MIME limits
+    walkArchive(part.body, archive, 1);
+  }
+
+  // Looks at the names in `data` (the archive at `path`, `depth` levels down) and opens the
+  // members that are archives themselves. True once a blocked name is found: the attached
+  // archive then goes as a whole, nothing more in it needs a look.
+  bool walkArchive(std::string_view data, const std::string& path, unsigned depth) {
+    size_t room = config_.maxZipEntries - std::min<size_t>(config_.maxZipEntries, out_.archiveEntries);
+    if (room == 0) {
+      limit(path, "max_zip_entries");
+      return false;
     }
+    ZipListing zip = listZipNames(data, room);
+    out_.archiveEntries += static_cast<unsigned>(zip.names.size());
+    if (zip.truncated) limit(path, "max_zip_entries");
+    if (zip.malformed) limit(path, "malformed");
+    for (const auto& name : zip.names) {
+      if (finished() || block(name, path, blockReason(name, config_))) return true;
+    }
+    for (const auto& member : zip.members) {
+      if (finished()) return true;
+      if (!opensAsArchive(data, member)) continue;
+      std::string inner = pathStep(path, member.name);
+      if (depth >= config_.maxArchiveDepth) {
+        limit(inner, "max_archive_depth");
+        continue;
+      }
+      Unpacked u =
+          unpackMember(data, member, config_.maxArchiveBytes - std::min(config_.maxArchiveBytes, out_.archiveBytes));
+      out_.archiveBytes += u.cost;
+      switch (u.status) {
+        case Unpacked::Status::Ok:
+          if (walkArchive(u.data, inner, depth + 1)) return true;
+          break;
+        case Unpacked::Status::Budget: limit(inner, "max_archive_bytes"); break;
+        case Unpacked::Status::Malformed: limit(inner, "malformed"); break;
+        case Unpacked::Status::Encrypted: limit(inner, "encrypted"); break;
+        case Unpacked::Status::Unsupported: limit(inner, "compression method " + std::to_string(member.method)); break;
+      }
+    }
+    return false;
+  }
+
+  // A member is looked into when its name says zip (what a mail client or Explorer opens
+  // as one), or when it is stored and its bytes start like a zip (free to check). Deflated
+  // members with other names are not inflated to find out: most are ordinary files.
+  static bool opensAsArchive(std::string_view data, const ZipMember& m) {
+    if (endsWith(asciiLower(trimTrailing(m.name)), ".zip")) return true;
+    if (m.method != 0 || m.encrypted || m.dataOffset >= data.size()) return false;
+    return looksLikeZip(data.substr(m.dataOffset, std::min<uint64_t>(m.compressedSize, 4)));
+  }
+
+  // "outer.zip/inner.zip": each step at most kMaxStep bytes, so a path stays short.
+  static std::string pathStep(const std::string& path, std::string_view name) {
+    constexpr size_t kMaxStep = 100;
+    std::string step(name.substr(0, kMaxStep));
+    if (name.size() > kMaxStep) step += "...";
+    return path.empty() ? step : path + "/" + step;
+  }
+
+  // An archive not fully looked into: the first decides the verdict (limits_exceeded);
+  // with strip, each takes its attachment.
+  void limit(const std::string& archive, const std::string& what) {
+    out_.archiveMalformed = out_.archiveMalformed || what == "malformed";
+    Finding f{archive, "", what, true, attachment_};
+    if (!out_.limit) out_.limit = f;
+    if (config_.onLimit == FilterConfig::OnLimit::Strip)
+      out_.all.push_back({std::move(f), target(), target() == chain_.front()});
   }
 
   bool finished() const { return out_.blocked && !collectAll_; }
 
+  // The part to replace: the innermost one whose bytes are in the raw message (a part of
+  // a base64-encoded attached message is not; the attached message is).
+  const mime::Part* target() const {
+    for (auto it = chain_.rbegin(); it != chain_.rend(); ++it)
+      if ((*it)->hasOffsets()) return *it;
+    return chain_.front();
+  }
+
   // Records a finding for the part on top of chain_; false when `reason` is empty.
   bool block(const std::string& file, const std::string& archive, std::optional<std::string> reason) {
     if (finished() || !reason) return false;
-    Finding f{file, archive, std::move(*reason)};
+    Finding f{file, archive, std::move(*reason), false, archive.empty() ? "" : attachment_};
     if (!out_.blocked) out_.blocked = f;
-    // The part to replace: the innermost one whose bytes are in the raw message (a part of
-    // a base64-encoded attached message is not; the attached message is).
-    const mime::Part* target = chain_.front();
-    for (auto it = chain_.rbegin(); it != chain_.rend(); ++it) {
-      if ((*it)->hasOffsets()) {
-        target = *it;
-        break;
-      }
-    }
-    out_.all.push_back({std::move(f), target, target == chain_.front()});
+    out_.all.push_back({std::move(f), target(), target() == chain_.front()});
     return true;
   }
 
   const FilterConfig& config_;
   bool collectAll_;
+  std::string attachment_;                // the attached archive being walked
   std::vector<const mime::Part*> chain_;  // root .. current part
   CheckResult out_;
 };
 
 // The text that takes a stripped file's place (printable ASCII only: names are untrusted).
 std::string notice(const Finding& f) {
+  if (f.limit) {
+    const std::string& top = f.attachment.empty() ? f.file : f.attachment;
+    return "Moat removed the attachment \"" + replySafe(top) + "\" (" +
+           (top == f.file ? std::string("it") : "\"" + replySafe(f.file) + "\" in it") +
+           " could not be fully checked: " + replySafe(f.reason) + ") from this message.";
+  }
   if (f.archive.empty())
     return "Moat removed the attachment \"" + replySafe(f.file) + "\" (blocked " + replySafe(f.reason) +
            ") from this message.";
-  return "Moat removed the attachment \"" + replySafe(f.archive) + "\" (it contains \"" + replySafe(f.file) +
+  std::string inner =
+      f.archive.size() > f.attachment.size() + 1 ? f.archive.substr(f.attachment.size() + 1) + "/" + f.file : f.file;
+  return "Moat removed the attachment \"" + replySafe(f.attachment) + "\" (it contains \"" + replySafe(inner) +
          "\", blocked " + replySafe(f.reason) + ") from this message.";
 }
+
+// The attached file a finding takes with it: the file, or the outermost archive.
+std::string strippedName(const Finding& f) { return replySafe(f.attachment.empty() ? f.file : f.attachment); }
 
 constexpr std::string_view kNoticeHeaders =
     "Content-Type: text/plain; charset=us-ascii\r\n"
@@ -274,7 +348,7 @@ Edit replacePart(const mime::Part& part, const Finding& f, std::string_view raw)
   e.length = part.endOffset - part.offset;
   e.replacement = std::string(kNoticeHeaders) + "\r\n" + notice(f);
   if (endsWithLineBreak(raw, part.endOffset)) e.replacement += "\r\n";
-  e.why = "stripped " + replySafe(f.archive.empty() ? f.file : f.archive);
+  e.why = "stripped " + strippedName(f);
   return e;
 }
 
@@ -283,7 +357,7 @@ Edit replacePart(const mime::Part& part, const Finding& f, std::string_view raw)
 // the message is still delivered, from the same sender with the same Subject.
 std::vector<Edit> replaceRoot(const mime::Part& root, const Finding& f, std::string_view raw) {
   std::vector<Edit> edits;
-  std::string why = "stripped " + replySafe(f.archive.empty() ? f.file : f.archive);
+  std::string why = "stripped " + strippedName(f);
   for (const auto& h : root.headers) {
     if (h.offset == mime::kNoOffset) continue;
     if (mime::iequals(h.name, "Content-Type") || mime::iequals(h.name, "Content-Transfer-Encoding") ||
@@ -319,7 +393,8 @@ class AttachmentsFilter final : public Filter {
           auto msg = parsed ? parsed : mime::parse(raw, mime::Limits{});
           *result = check(*msg, *config);
           // The parts the result points at live in `msg`: make the edits while it does.
-          if (config->action == Action::Strip) result->edits = stripEdits(*result, raw);
+          if (config->action == Action::Strip || config->onLimit == FilterConfig::OnLimit::Strip)
+            result->edits = stripEdits(*result, raw);
         },
         [ctx, config, result, done = std::move(done)] { done(resultFor(*result, *config)); }, raw.size());
   }
@@ -340,9 +415,16 @@ FilterConfig readConfig(const policy::Config& config, policy::Errors& errors) {
   fc.enabled = s.getBool("enabled", anyList);
   fc.scanZip = s.getBool("scan_zip", true);
   fc.maxZipEntries = static_cast<size_t>(s.getInt("max_zip_entries", 10000, 1, 1000000));
+  fc.maxArchiveDepth = static_cast<unsigned>(s.getInt("max_archive_depth", 5, 1, 32));
+  fc.maxArchiveBytes = s.getSize("max_archive_bytes", 64ull << 20);
   std::string action = s.getEnum("action", "reject", {"reject", "quarantine", "strip"});
   if (action == "quarantine") fc.action = Action::Quarantine;
   if (action == "strip") fc.action = Action::Strip;
+  std::string onLimit = s.getEnum("limits_exceeded", action, {"reject", "quarantine", "strip", "tempfail", "pass"});
+  if (onLimit == "quarantine") fc.onLimit = FilterConfig::OnLimit::Quarantine;
+  if (onLimit == "strip") fc.onLimit = FilterConfig::OnLimit::Strip;
+  if (onLimit == "tempfail") fc.onLimit = FilterConfig::OnLimit::TempFail;
+  if (onLimit == "pass") fc.onLimit = FilterConfig::OnLimit::Pass;
   if (fc.enabled && !anyList) s.warning("enabled", "no block_extensions, block_types or block_names: nothing is blocked");
   s.rejectUnknownKeys();
   return fc;
@@ -399,34 +481,88 @@ std::string replySafe(std::string_view name) {
   return out.empty() ? "(unnamed)" : out;
 }
 
+namespace {
+
+std::string describe(const Finding& f) {
+  return replySafe(f.file) + (f.archive.empty() ? "" : " in " + replySafe(f.archive));
+}
+
+Result blockedResult(const Finding& f, const FilterConfig& config) {
+  std::string what = describe(f);
+  if (config.action == Action::Quarantine)
+    return Result::quarantine("attachment " + what + ": " + f.reason, "blocked " + what);
+  return Result::reject(554, "5.7.1", "Attachment blocked: " + what + " (" + replySafe(f.reason) + ")",
+                        "blocked " + what);
+}
+
+// An archive not fully looked into, as limits_exceeded says (strip and pass are handled by
+// the caller). Like the antivirus filter's limits: never "clean".
+Result limitResult(const Finding& f, const FilterConfig& config) {
+  std::string what = "limit " + replySafe(f.reason);
+  std::string text = "Attachment could not be fully checked: " + replySafe(f.file) + " (" + replySafe(f.reason) + ")";
+  switch (config.onLimit) {
+    case FilterConfig::OnLimit::Quarantine:
+      return Result::quarantine(
+          "attachment could not be fully checked: " + replySafe(f.file) + " (" + replySafe(f.reason) + ")", what);
+    case FilterConfig::OnLimit::TempFail:
+      return Result::tempFail(451, "4.7.1", "Attachment could not be fully checked, try again later", what);
+    default: return Result::reject(554, "5.7.1", text, what);
+  }
+}
+
+bool limitHolds(const CheckResult& check, const FilterConfig& config) {
+  using L = FilterConfig::OnLimit;
+  return check.limit &&
+         (config.onLimit == L::Reject || config.onLimit == L::Quarantine || config.onLimit == L::TempFail);
+}
+
+}  // namespace
+
 Result resultFor(const CheckResult& check, const FilterConfig& config) {
   Result r = Result::pass("clean");
+  bool stripLimit = check.limit && config.onLimit == FilterConfig::OnLimit::Strip;
+  if (check.blocked && config.action != Action::Strip) {
+    r = blockedResult(*check.blocked, config);
+  } else if (limitHolds(check, config)) {
+    // The message is not delivered as it is: blocked parts to strip do not matter.
+    r = limitResult(*check.limit, config);
+  } else if ((check.blocked || stripLimit) && !check.edits.empty()) {
+    r.summary.clear();
+    std::vector<std::string> names;
+    for (const auto& e : check.edits) {
+      std::string name = e.why.substr(std::string_view("stripped ").size());
+      if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
+    }
+    for (const auto& n : names) r.summary += (r.summary.empty() ? "stripped " : ", ") + n;
+    r.edits = check.edits;
+    r.detail.add("stripped", names);
+  } else if (check.blocked) {
+    // A strip that found no bytes to replace: refusing is the safe reading.
+    Finding f = *check.blocked;
+    r = Result::reject(554, "5.7.1", "Attachment blocked: " + describe(f) + " (" + replySafe(f.reason) + ")",
+                       "blocked " + describe(f));
+  } else if (stripLimit) {
+    r = Result::reject(554, "5.7.1",
+                       "Attachment could not be fully checked: " + replySafe(check.limit->file) + " (" +
+                           replySafe(check.limit->reason) + ")",
+                       "limit " + replySafe(check.limit->reason));
+  } else if (check.limit) {
+    r = Result::pass("limit " + replySafe(check.limit->reason));  // limits_exceeded = "pass"
+  }
   if (check.blocked) {
     const Finding& f = *check.blocked;
-    std::string what = replySafe(f.file) + (f.archive.empty() ? "" : " in " + replySafe(f.archive));
-    if (config.action == Action::Quarantine) {
-      r = Result::quarantine("attachment " + what + ": " + f.reason, "blocked " + what);
-    } else if (config.action == Action::Strip && !check.edits.empty()) {
-      r.summary.clear();
-      std::vector<std::string> names;
-      for (const auto& e : check.edits) {
-        std::string name = e.why.substr(std::string_view("stripped ").size());
-        if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
-      }
-      for (const auto& n : names) r.summary += (r.summary.empty() ? "stripped " : ", ") + n;
-      r.edits = check.edits;
-      r.detail.add("stripped", names);
-    } else {
-      // Reject, or a strip that found no bytes to replace: refusing is the safe reading.
-      r = Result::reject(554, "5.7.1", "Attachment blocked: " + what + " (" + replySafe(f.reason) + ")", "blocked " + what);
-    }
     r.detail.add("file", f.file);
     if (!f.archive.empty()) r.detail.add("archive", f.archive);
     r.detail.add("reason", f.reason);
   }
   r.detail.add("attachments", check.attachments);
   if (check.archiveEntries) r.detail.add("archive_entries", check.archiveEntries);
+  if (check.archiveBytes) r.detail.add("archive_bytes", check.archiveBytes);
   if (check.archiveMalformed) r.detail.add("archive_malformed", true);
+  if (check.limit) {
+    r.detail.add("limit", check.limit->reason);
+    r.detail.add("unchecked", check.limit->file);
+  }
   return r;
 }
 

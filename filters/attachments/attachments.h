@@ -1,6 +1,7 @@
 // filters/attachments/attachments.h — the attachment filter (Data stage, after the MIME
 // filter): blocks messages carrying files by name extension, declared Content-Type or
-// name pattern, also looking at the names inside zip archives one level deep.
+// name pattern, also looking at the names inside zip archives and inside the zip archives
+// nested in them, to a bounded depth.
 //
 // Config [attachments] (unknown keys are errors):
 //   enabled = true                 default: true when any block list is set
@@ -15,18 +16,36 @@
 //                                  RE2 patterns searched in the file name (UTF-8), compiled
 //                                  at load; a bad pattern is a FILE:LINE error
 //   scan_zip = true                check the names inside zip attachments (zip.h)
-//   max_zip_entries = 10000        names read per archive
+//   max_archive_depth = 5          levels of archives looked into, the attached one being
+//                                  level 1 (1: only the attached zip's own names). A member
+//                                  is opened as an archive when its name ends in ".zip" or,
+//                                  stored, its bytes start like a zip.
+//   max_zip_entries = 10000        names read per message, all archives and levels together
+//   max_archive_bytes = "64M"      bytes unpacked (inflated, or read stored) from archives
+//                                  inside archives per message; the scan holds at most about
+//                                  twice that in memory, whatever the archive claims
+//   limits_exceeded = action       what a message gets when an archive in it could not be
+//                                  fully looked into: a bound above hit (max_archive_depth,
+//                                  max_zip_entries, max_archive_bytes), or an archive that is
+//                                  malformed or cut short, an inner archive that is encrypted
+//                                  or uses a compression other than stored and deflate:
+//                                  reject (554 5.7.1) | quarantine | strip (the attachment
+//                                  replaced by a note) | tempfail (451 4.7.1) | pass
+//                                  (delivered). Never reported as clean: summary "limit
+//                                  NAME", detail {limit, unchecked}. Default: as `action`.
+//                                  A blocked name found anyway wins over a limit.
 //   action = "reject"              reject: 554 5.7.1 naming the file | quarantine: held
 //                                  with the reason | strip: the message is accepted and
 //                                  every blocked part is replaced, at delivery, by a
 //                                  text/plain part saying which file Moat removed and why
 //                                  (byte edits, filters/edit.h; the delimiters stay, so the
 //                                  MIME structure stays valid). A zip with a blocked name
-//                                  inside goes whole. A part inside a base64-encoded
-//                                  attached message takes the attached message with it.
-//                                  When the message itself is the blocked file (single
-//                                  part), its Content-* headers and body become the notice:
-//                                  the recipient still learns that mail came, and from whom.
+//                                  inside, at any level, goes whole. A part inside a
+//                                  base64-encoded attached message takes the attached
+//                                  message with it. When the message itself is the blocked
+//                                  file (single part), its Content-* headers and body
+//                                  become the notice: the recipient still learns that mail
+//                                  came, and from whom.
 // Every name a part gives its file is checked: Content-Disposition filename= and
 // Content-Type name=, the RFC 2231 and plain forms, each of duplicated parameters (clients
 // differ in which they use), and in text bodies the names of uuencoded files ("begin 644
@@ -36,10 +55,13 @@
 // (message/rfc822) are walked like the rest of the tree.
 //
 // Untrusted input: the message's MIME tree (file names, types, zip bytes). Names put in
-// the SMTP reply are reduced to printable ASCII and shortened. Logs through the pipeline's
-// `filter` event: summary "clean", "blocked NAME" or "stripped NAME[, NAME]", detail
-// {attachments, file, reason, stripped}.
+// the SMTP reply are reduced to printable ASCII and shortened; a nested archive is named by
+// its path ("outer.zip/inner.zip"), each step at most 100 bytes. Logs through the
+// pipeline's `filter` event: summary "clean", "blocked NAME [in PATH]", "stripped NAME[,
+// NAME]" or "limit LIMIT", detail {attachments, file, archive, reason, stripped,
+// archive_entries, archive_bytes, limit, unchecked}.
 #pragma once
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -69,8 +91,11 @@ struct FilterConfig {
   std::vector<std::string> types;       // lower-case; "type/*" allowed
   std::vector<NamePattern> names;
   bool scanZip = true;
-  size_t maxZipEntries = 10000;
+  size_t maxZipEntries = 10000;  // per message, all levels
+  unsigned maxArchiveDepth = 5;
+  uint64_t maxArchiveBytes = 64ull << 20;
   Action action = Action::Reject;
+  enum class OnLimit { Reject, Quarantine, Strip, TempFail, Pass } onLimit = OnLimit::Reject;
 };
 
 // Reads [attachments]; problems go to `errors` as FILE:LINE (a bad regex at the line of
@@ -79,8 +104,11 @@ FilterConfig readConfig(const policy::Config& config, policy::Errors& errors);
 
 struct Finding {
   std::string file;       // the blocked name as written (UTF-8, untrusted)
-  std::string archive;    // the zip it was found in, or ""
-  std::string reason;     // "extension .exe", "type application/x-msdownload", "name /re/"
+  std::string archive;    // the zip it was found in, or "" ("outer.zip/inner.zip" when nested)
+  std::string reason;     // "extension .exe", "type application/x-msdownload", "name /re/";
+                          // for a limit, the limit ("max_archive_depth", "encrypted"...)
+  bool limit = false;     // not a blocked file: `file` is an archive not fully looked into
+  std::string attachment;  // the attached archive it is in (what strip removes), or ""
 };
 
 struct Blocked {
@@ -94,10 +122,13 @@ struct Blocked {
 
 struct CheckResult {
   std::optional<Finding> blocked;  // the first blocked file
-  std::vector<Blocked> all;        // every blocked file (only the first unless action is strip)
+  std::optional<Finding> limit;    // the first archive that could not be fully looked into
+  std::vector<Blocked> all;        // every blocked file (only the first unless action is
+                                   // strip), and every limit when limits_exceeded is strip
   std::vector<Edit> edits;         // strip: stripEdits(), set by the filter
   unsigned attachments = 0;        // attachments looked at
   unsigned archiveEntries = 0;     // names read from zips
+  uint64_t archiveBytes = 0;       // bytes unpacked from nested archives
   bool archiveMalformed = false;   // some zip could not be fully read
 };
 

@@ -2,6 +2,9 @@
 // offset or length that leaves the buffer; nothing here trusts a size the archive states.
 #include "filters/attachments/zip.h"
 
+#include <zlib.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <unordered_set>
@@ -56,13 +59,17 @@ class Lister {
   }
 
  private:
-  // Returns false once the cap is reached.
+  // Returns false once the cap is reached. A name seen already (the directory and the
+  // local headers both list it) does not count towards it.
   bool add(std::string_view name) {
+    std::string key(name);
+    if (seen_.count(key)) return true;
     if (out_.names.size() >= max_) {
       out_.truncated = true;
       return false;
     }
-    if (seen_.insert(std::string(name)).second) out_.names.emplace_back(name);
+    seen_.insert(key);
+    out_.names.push_back(std::move(key));
     return true;
   }
 
@@ -86,8 +93,10 @@ class Lister {
     if (*offset == 0xFFFFFFFF || *size == 0xFFFFFFFF || *entries == 0xFFFF) zip64(end, d);
     // An archive with bytes in front (self-extractors, mail tools) has stated offsets that
     // are off by that prefix; the directory ends where the end record starts.
-    if (!in_.sigAt(d.offset, kCentralSig) && d.size <= end && in_.sigAt(end - d.size, kCentralSig))
+    if (!in_.sigAt(d.offset, kCentralSig) && d.size <= end && in_.sigAt(end - d.size, kCentralSig)) {
+      shift_ = static_cast<int64_t>(end - d.size) - static_cast<int64_t>(d.offset);
       d.offset = end - d.size;
+    }
     return d;
   }
 
@@ -129,8 +138,53 @@ class Lister {
         return;
       }
       if (!add(*name)) return;
+      addMember(pos, *name);
       pos += kCentralSize + n + e + c;
     }
+  }
+
+  // The zip64 extended information extra field (APPNOTE 4.5.3): the 8-byte values that
+  // replace the 0xFFFFFFFF ones, in the order uncompressed, compressed, offset.
+  void zip64Extra(uint64_t extra, uint64_t len, uint64_t usize, uint64_t& csize, uint64_t& offset) const {
+    uint64_t end = extra + len;
+    while (extra + 4 <= end && in_.has(extra, 4)) {
+      uint64_t id = *in_.le(extra, 2), size = *in_.le(extra + 2, 2);
+      if (id == 1) {
+        uint64_t at = extra + 4;
+        if (usize == 0xFFFFFFFF) at += 8;
+        if (csize == 0xFFFFFFFF) {
+          if (auto v = in_.le(at, 8)) csize = *v;
+          at += 8;
+        }
+        if (offset == 0xFFFFFFFF)
+          if (auto v = in_.le(at, 8)) offset = *v;
+        return;
+      }
+      extra += 4 + size;
+    }
+  }
+
+  // The member a central directory entry at `pos` describes, its data found through its
+  // local header (whose own name and extra lengths say where the data starts).
+  void addMember(uint64_t pos, std::string_view name) {
+    if (out_.members.size() >= max_) return;
+    uint64_t flags = *in_.le(pos + 8, 2), method = *in_.le(pos + 10, 2);
+    uint64_t csize = *in_.le(pos + 20, 4), usize = *in_.le(pos + 24, 4), offset = *in_.le(pos + 42, 4);
+    uint64_t n = *in_.le(pos + 28, 2), e = *in_.le(pos + 30, 2);
+    zip64Extra(pos + kCentralSize + n, e, usize, csize, offset);
+    uint64_t local = offset + static_cast<uint64_t>(shift_);
+    if (!in_.sigAt(local, kLocalSig)) local = offset;
+    if (!in_.sigAt(local, kLocalSig) || !in_.has(local, kLocalSize)) {
+      out_.malformed = true;
+      return;
+    }
+    ZipMember m;
+    m.name = std::string(name);
+    m.dataOffset = local + kLocalSize + *in_.le(local + 26, 2) + *in_.le(local + 28, 2);
+    m.compressedSize = csize;
+    m.method = static_cast<uint16_t>(method);
+    m.encrypted = (flags & 0x41) != 0;
+    if (seenLocal_.insert(local).second) out_.members.push_back(std::move(m));
   }
 
   // Walks the local headers by their stated sizes; where a size is unknown (a data
@@ -155,6 +209,17 @@ class Lister {
       if (!add(*name)) return;
       uint64_t dataAt = pos + kLocalSize + n + e;
       bool sizeKnown = !(flags & 0x8) && compressed != 0xFFFFFFFF;
+      // A member the central directory did not list (cut short, or hidden from it).
+      if (out_.members.size() < max_ && seenLocal_.insert(pos).second) {
+        ZipMember m;
+        m.name = std::string(*name);
+        m.dataOffset = dataAt;
+        m.compressedSize = sizeKnown ? compressed : 0;
+        m.sizeKnown = sizeKnown;
+        m.method = static_cast<uint16_t>(*in_.le(pos + 8, 2));
+        m.encrypted = (flags & 0x41) != 0;
+        out_.members.push_back(std::move(m));
+      }
       if (sizeKnown && in_.has(dataAt, compressed) && in_.sigAt(dataAt + compressed, kLocalSig)) {
         pos = dataAt + compressed;
       } else if (sizeKnown && in_.has(dataAt, compressed)) {
@@ -170,8 +235,68 @@ class Lister {
   size_t max_;
   ZipListing out_;
   std::unordered_set<std::string> seen_;
+  std::unordered_set<uint64_t> seenLocal_;  // local header offsets with a member
+  int64_t shift_ = 0;                       // bytes in front of the archive (see directory())
   bool noEnd_ = false;
 };
+
+// zlib's inflate state, ended on every path.
+class Inflater {
+ public:
+  Inflater() { ok_ = inflateInit2(&z_, -MAX_WBITS) == Z_OK; }  // raw deflate, no zlib header
+  ~Inflater() {
+    if (ok_) inflateEnd(&z_);
+  }
+  Inflater(const Inflater&) = delete;
+  Inflater& operator=(const Inflater&) = delete;
+  bool ok() const { return ok_; }
+  z_stream& z() { return z_; }
+
+ private:
+  z_stream z_{};
+  bool ok_ = false;
+};
+
+constexpr uint64_t kInflateStep = 64 * 1024;
+
+void inflateInto(std::string_view in, bool complete, uint64_t budget, Unpacked& u) {
+  Inflater inf;
+  if (!inf.ok()) {
+    u.status = Unpacked::Status::Malformed;
+    return;
+  }
+  z_stream& z = inf.z();
+  uint64_t consumed = 0;
+  for (;;) {
+    uint64_t outRoom = budget - std::min<uint64_t>(budget, u.owned.size());
+    uint64_t inRoom = std::min<uint64_t>(in.size() - consumed, budget - std::min(budget, consumed));
+    if (outRoom == 0 || (inRoom == 0 && consumed < in.size())) {
+      u.status = Unpacked::Status::Budget;
+      break;
+    }
+    size_t old = u.owned.size();
+    size_t step = static_cast<size_t>(std::min(kInflateStep, outRoom));
+    u.owned.resize(old + step);
+    uInt feed = static_cast<uInt>(std::min<uint64_t>(inRoom, 1u << 30));
+    z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data() + consumed));
+    z.avail_in = feed;
+    z.next_out = reinterpret_cast<Bytef*>(u.owned.data() + old);
+    z.avail_out = static_cast<uInt>(step);
+    int rc = inflate(&z, Z_NO_FLUSH);
+    consumed += feed - z.avail_in;
+    u.owned.resize(old + step - z.avail_out);
+    if (rc == Z_STREAM_END) break;
+    // No progress with input left is a broken stream; with none left, one cut short.
+    bool stuck = rc == Z_BUF_ERROR && z.avail_out == step && z.avail_in == feed;
+    if ((rc != Z_OK && rc != Z_BUF_ERROR) || stuck) {
+      u.status = Unpacked::Status::Malformed;
+      break;
+    }
+  }
+  if (u.status == Unpacked::Status::Ok && !complete) u.status = Unpacked::Status::Malformed;
+  u.cost = std::max<uint64_t>(consumed, u.owned.size());
+  u.data = u.owned;
+}
 
 }  // namespace
 
@@ -181,5 +306,39 @@ bool looksLikeZip(std::string_view data) {
 }
 
 ZipListing listZipNames(std::string_view data, size_t maxNames) { return Lister(data, maxNames).run(); }
+
+Unpacked unpackMember(std::string_view archive, const ZipMember& member, uint64_t budget) {
+  Unpacked u;
+  if (member.encrypted) {
+    u.status = Unpacked::Status::Encrypted;
+    return u;
+  }
+  if (member.method != 0 && member.method != 8) {
+    u.status = Unpacked::Status::Unsupported;
+    return u;
+  }
+  if (member.dataOffset > archive.size()) {
+    u.status = Unpacked::Status::Malformed;
+    return u;
+  }
+  std::string_view rest = archive.substr(member.dataOffset);
+  if (member.method == 0) {
+    if (!member.sizeKnown || member.compressedSize > rest.size()) {
+      u.status = Unpacked::Status::Malformed;
+    } else if (member.compressedSize > budget) {
+      u.status = Unpacked::Status::Budget;
+      u.cost = budget;
+    } else {
+      u.data = rest.substr(0, member.compressedSize);
+      u.cost = member.compressedSize;
+    }
+    return u;
+  }
+  // Deflate ends itself: without a known size the stream is read to where it stops.
+  bool complete = !member.sizeKnown || member.compressedSize <= rest.size();
+  inflateInto(member.sizeKnown ? rest.substr(0, member.compressedSize) : rest, complete, budget, u);
+  if (u.status == Unpacked::Status::Budget) u.cost = budget;
+  return u;
+}
 
 }  // namespace moat::filters::attachments

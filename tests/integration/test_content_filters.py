@@ -2,7 +2,8 @@
 signature database the test writes), regex spam rules at each threshold (tag, quarantine,
 reject; quarantine then `moat queue release`; the Subject prefix), the attachment filter
 (reject, quarantine, strip: the part replaced by a notice at delivery, also after a
-release and under a DKIM signature that still verifies), and every filter's result in the
+release and under a DKIM signature that still verifies; names in zips inside zips, and
+the bounds on that: depth, a bomb), and every filter's result in the
 accept/reject log lines (`filters`)."""
 
 import base64
@@ -303,6 +304,63 @@ class ContentFiltersTest(SinkTestCase):
         acc = m.wait_log(event="accept", queue_id=qid, timeout=10)
         self.assertEqual(filter_result(acc, "attachments"), "clean")
         self.assertEqual(len(self.sink.messages), 1)
+
+    def test_a_blocked_name_in_a_zip_inside_a_zip_is_refused(self):
+        """evil.exe in inner.zip in outer.zip: the filter used to list only outer.zip's own
+        names, and the message was delivered as clean."""
+        m = self.start('\n[attachments]\nblock_extensions = ["exe"]\naction = "reject"\n')
+        nested = zip_of({"notes.txt": b"hi", "inner.zip": zip_of({"evil.exe": b"MZ\x90\x00"})})
+        code, reply, _ = self.send(with_attachment("nested", "outer.zip", nested, "application/zip"))
+        self.assertEqual(code, 554, reply)
+        self.assertEqual(reply, "5.7.1 Attachment blocked: evil.exe in outer.zip/inner.zip (extension .exe)")
+        rej = m.wait_log(event="reject", timeout=10)
+        self.assertEqual(filter_result(rej, "attachments"), "blocked evil.exe in outer.zip/inner.zip")
+        line = m.wait_log(event="filter", filter="attachments", timeout=10)
+        self.assertEqual(line["detail"]["archive"], "outer.zip/inner.zip", line)
+
+        # a clean nested archive is delivered, both levels' names read
+        clean = zip_of({"a.txt": b"x", "inner.zip": zip_of({"b.pdf": b"%PDF", "c.txt": b""})})
+        code, reply, qid = self.send(with_attachment("nested clean", "clean.zip", clean, "application/zip"))
+        self.assertEqual(code, 250, reply)
+        self.delivered("nested clean")
+        acc = m.wait_log(event="accept", queue_id=qid, timeout=10)
+        self.assertEqual(filter_result(acc, "attachments"), "clean")
+        self.assertFalse([x for x in self.sink.messages if b"outer.zip" in x["data"]])
+
+    def test_an_archive_past_the_bounds_is_not_called_clean(self):
+        """Past max_archive_depth, and a member that inflates past max_archive_bytes (a bomb):
+        `limits_exceeded` (default: as `action`) refuses the message; "pass" delivers it
+        with the limit in the log."""
+        m = self.start('\n[attachments]\nblock_extensions = ["exe"]\n')
+        deep = zip_of({"fine.txt": b"x"})
+        for i in range(7, 1, -1):
+            deep = zip_of({f"l{i}.zip": deep})
+        code, reply, _ = self.send(with_attachment("deep", "l1.zip", deep, "application/zip"))
+        self.assertEqual(code, 554, reply)
+        self.assertEqual(reply, "5.7.1 Attachment could not be fully checked: "
+                                "l1.zip/l2.zip/l3.zip/l4.zip/l5.zip/l6.zip (max_archive_depth)")
+        rej = m.wait_log(event="reject", timeout=10)
+        self.assertEqual(filter_result(rej, "attachments"), "limit max_archive_depth")
+
+        bomb = zip_of({"big.zip": bytes(200 << 20)})  # 200 MB of zeros, ~200 KB sent
+        start = time.monotonic()
+        code, reply, _ = self.send(with_attachment("bomb", "bomb.zip", bomb, "application/zip"))
+        self.assertLess(time.monotonic() - start, 10)
+        self.assertEqual(code, 554, reply)
+        self.assertIn("(max_archive_bytes)", reply)
+        line = m.wait_log(event="filter", filter="attachments", result="limit max_archive_bytes", timeout=10)
+        self.assertEqual(line["detail"]["archive_bytes"], 64 << 20, line)
+        self.assertEqual(line["detail"]["unchecked"], "bomb.zip/big.zip", line)
+        self.assertEqual(len(self.sink.messages), 0)
+        m.cleanup()
+
+        m = self.start('\n[attachments]\nblock_extensions = ["exe"]\nlimits_exceeded = "pass"\n'
+                       'max_archive_depth = 3\n')
+        code, reply, qid = self.send(with_attachment("deep passed", "l1.zip", deep, "application/zip"))
+        self.assertEqual(code, 250, reply)
+        self.delivered("deep passed")
+        acc = m.wait_log(event="accept", queue_id=qid, timeout=10)
+        self.assertEqual(filter_result(acc, "attachments"), "limit max_archive_depth")
 
     def test_a_harmless_filename_does_not_hide_a_blocked_name(self):
         m = self.start('\n[attachments]\nblock_extensions = ["exe"]\naction = "reject"\n')

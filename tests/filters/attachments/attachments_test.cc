@@ -3,20 +3,21 @@
 // python3's zipfile and stored zips written here), clean mail passing, malformed zips
 // (every truncation, byte flips, hostile offsets) never crashing, config errors as
 // FILE:LINE, and the filter's verdicts on a real loop.
-#include <catch2/catch.hpp>
+#include "filters/attachments/attachments.h"
 
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
+#include <chrono>
 #include <cstdlib>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "filters/attachments/attachments.h"
 #include "filters/attachments/zip.h"
 #include "filters/edit.h"
 #include "filters/mime/mime.h"
@@ -565,4 +566,270 @@ TEST_CASE("strip: a single-part message that is the blocked file keeps its heade
   REQUIRE(m->root.text == "Moat removed the attachment \"setup.exe\" (blocked extension .exe) from this message.\r\n");
   REQUIRE(out.find("x-msdownload") == std::string::npos);
   REQUIRE(out.find("base64") == std::string::npos);
+}
+
+// --- archives inside archives -----------------------------------------------------------
+
+namespace {
+
+// Zips built by python3's zipfile from a script that sets `out` (bytes); `z(files, method)`
+// makes one archive from (name, bytes) pairs, deflated unless told.
+std::string pythonBuild(const std::string& script) {
+  TempDir dir;
+  std::ofstream(dir.path + "/gen.py") << "import io, sys, zipfile\n"
+                                         "def z(files, method=zipfile.ZIP_DEFLATED):\n"
+                                         "    b = io.BytesIO()\n"
+                                         "    with zipfile.ZipFile(b, 'w', method) as f:\n"
+                                         "        for n, d in files: f.writestr(n, d)\n"
+                                         "    return b.getvalue()\n"
+                                      << script << "\nopen(sys.argv[1], 'wb').write(out)\n";
+  std::string cmd = "/usr/bin/python3 '" + dir.path + "/gen.py' '" + dir.path + "/out.zip'";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  std::ifstream in(dir.path + "/out.zip", std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  REQUIRE(ss.str().size() >= 22);
+  return ss.str();
+}
+
+// A chain of `levels` archives, level 1 the attachment: level i holds "l<i+1>.zip", the
+// innermost holds `leaf`.
+std::string chain(int levels, const std::string& leaf = "evil.exe") {
+  return pythonBuild("out = z([('" + leaf + "', b'MZ')])\nfor i in range(" + std::to_string(levels) +
+                     ", 1, -1): out = z([('readme.txt', b'hi'), ('l%d.zip' % i, out)])");
+}
+
+// Sets the general purpose flags and method of every local and central header of a stored zip.
+std::string withFlags(std::string zip, uint16_t flags, uint16_t method) {
+  for (std::string_view sig : {std::string_view("PK\x03\x04", 4), std::string_view("PK\x01\x02", 4)}) {
+    size_t at = sig[2] == 3 ? 6 : 8;
+    for (size_t p = zip.find(sig); p != std::string::npos; p = zip.find(sig, p + 4)) {
+      zip[p + at] = static_cast<char>(flags & 0xFF);
+      zip[p + at + 1] = static_cast<char>(flags >> 8);
+      zip[p + at + 2] = static_cast<char>(method & 0xFF);
+      zip[p + at + 3] = static_cast<char>(method >> 8);
+    }
+  }
+  return zip;
+}
+
+std::string detailOf(const CheckResult& r, const FilterConfig& fc) { return resultFor(r, fc).detail.str(); }
+
+}  // namespace
+
+TEST_CASE("nested archives: a blocked name in a zip inside a zip is found, stored or deflated, named by its path") {
+  FilterConfig fc = configOf(kSection);
+  // Deflated, both levels (python3 zipfile).
+  std::string deflated = pythonBuild("out = z([('notes.txt', b'x'), ('inner.zip', z([('evil.exe', b'MZ')]))])");
+  CheckResult r = checkRaw(zipped("outer.zip", deflated), fc);
+  REQUIRE(r.blocked);
+  REQUIRE(r.blocked->file == "evil.exe");
+  REQUIRE(r.blocked->archive == "outer.zip/inner.zip");
+  Result res = resultFor(r, fc);
+  REQUIRE(res.verdict == Verdict::Reject);
+  REQUIRE(res.code == 554);
+  REQUIRE(res.text == "Attachment blocked: evil.exe in outer.zip/inner.zip (extension .exe)");
+  REQUIRE(res.summary == "blocked evil.exe in outer.zip/inner.zip");
+  REQUIRE(res.detail.str().find("\"archive\":\"outer.zip/inner.zip\"") != std::string::npos);
+
+  // Stored, with the inner archive under a harmless name: found by its bytes.
+  std::string stored = storedZip({{"a.txt", "hello"}, {"data.bin", storedZip({{"run.js", "alert(1)"}})}});
+  CheckResult s = checkRaw(zipped("files.zip", stored), fc);
+  REQUIRE(s.blocked);
+  REQUIRE(s.blocked->file == "run.js");
+  REQUIRE(s.blocked->archive == "files.zip/data.bin");
+
+  // A clean nested archive passes; the names of both levels are counted.
+  std::string clean =
+      pythonBuild("out = z([('a.txt', b'x'), ('sub/inner.zip', z([('b.pdf', b'%PDF'), ('c.txt', b'')]))])");
+  CheckResult c = checkRaw(zipped("clean.zip", clean), fc);
+  REQUIRE_FALSE(c.blocked);
+  REQUIRE(c.archiveEntries == 4);
+  Result cr = resultFor(c, fc);
+  REQUIRE(cr.verdict == Verdict::Continue);
+  REQUIRE(cr.summary == "clean");
+
+  // A hostile inner name is cut and made printable in the reply.
+  std::string longName = std::string(300, 'a') + "\r\n.zip";
+  std::string hostile = storedZip({{longName, storedZip({{"x.exe", "MZ"}})}});
+  Result h = resultFor(checkRaw(zipped("o.zip", hostile), fc), fc);
+  REQUIRE(h.verdict == Verdict::Reject);
+  REQUIRE(h.text.find('\r') == std::string::npos);
+  REQUIRE(h.text.size() < 300);
+}
+
+TEST_CASE("nested archives: max_archive_depth bounds the levels, past it is a limit, never clean") {
+  FilterConfig fc = configOf(kSection);  // max_archive_depth = 5 by default
+  CheckResult five = checkRaw(zipped("l1.zip", chain(5)), fc);
+  REQUIRE(five.blocked);
+  REQUIRE(five.blocked->archive == "l1.zip/l2.zip/l3.zip/l4.zip/l5.zip");
+
+  // A sixth level is not opened: the message could not be fully checked.
+  CheckResult six = checkRaw(zipped("l1.zip", chain(6)), fc);
+  REQUIRE_FALSE(six.blocked);
+  Result r = resultFor(six, fc);
+  REQUIRE(r.verdict == Verdict::Reject);
+  REQUIRE(r.code == 554);
+  REQUIRE(r.enhanced == "5.7.1");
+  REQUIRE(r.text ==
+          "Attachment could not be fully checked: l1.zip/l2.zip/l3.zip/l4.zip/l5.zip/l6.zip (max_archive_depth)");
+  REQUIRE(r.summary == "limit max_archive_depth");
+  REQUIRE(r.detail.str().find("\"limit\":\"max_archive_depth\"") != std::string::npos);
+  // A clean chain past the depth is still a limit: what is below was not seen.
+  REQUIRE(resultFor(checkRaw(zipped("l1.zip", chain(7, "fine.txt")), fc), fc).summary == "limit max_archive_depth");
+  REQUIRE(resultFor(checkRaw(zipped("l1.zip", chain(5, "fine.txt")), fc), fc).summary == "clean");
+
+  // max_archive_depth = 1: only the attached archive's own names (the old reach).
+  FilterConfig one = configOf(kSection + "max_archive_depth = 1\n");
+  REQUIRE(resultFor(checkRaw(zipped("l1.zip", chain(2)), one), one).summary == "limit max_archive_depth");
+  FilterConfig deep = configOf(kSection + "max_archive_depth = 8\n");
+  REQUIRE(checkRaw(zipped("l1.zip", chain(8)), deep).blocked);
+}
+
+TEST_CASE("nested archives: a 42.zip-style bomb made here costs bounded time and bytes and is a limit") {
+  FilterConfig fc = configOf(kSection);
+  // 16 files of 4 MB of zeros, then four levels of 16 copies of the level below: 16^5
+  // files, 4 TB unpacked, a few hundred KB sent.
+  std::string bomb = pythonBuild(
+      "out = z([('%x.bin' % i, bytes(4 << 20)) for i in range(16)])\n"
+      "for level in range(4): out = z([('lib%x.zip' % i, out) for i in range(16)])");
+  REQUIRE(bomb.size() < (2u << 20));
+  auto start = std::chrono::steady_clock::now();
+  CheckResult r = checkRaw(zipped("42.zip", bomb), fc);
+  auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+  INFO(detailOf(r, fc));
+  REQUIRE(took.count() < 5000);
+  REQUIRE_FALSE(r.blocked);
+  REQUIRE(r.archiveEntries <= 10000);
+  Result res = resultFor(r, fc);
+  REQUIRE(res.verdict == Verdict::Reject);
+  REQUIRE(res.summary.rfind("limit ", 0) == 0);
+
+  // One member that inflates past max_archive_bytes: stopped there, never held whole.
+  std::string big = pythonBuild("out = z([('big.zip', bytes(96 << 20))])");
+  REQUIRE(big.size() < (1u << 20));
+  CheckResult b = checkRaw(zipped("big.zip", big), fc);
+  INFO(detailOf(b, fc));
+  Result br = resultFor(b, fc);
+  REQUIRE(br.summary == "limit max_archive_bytes");
+  REQUIRE(br.text == "Attachment could not be fully checked: big.zip/big.zip (max_archive_bytes)");
+  REQUIRE(detailOf(b, fc).find("\"archive_bytes\":67108864") != std::string::npos);
+  FilterConfig small = configOf(kSection + "max_archive_bytes = \"1M\"\n");
+  REQUIRE(detailOf(checkRaw(zipped("big.zip", big), small), small).find("\"archive_bytes\":1048576") !=
+          std::string::npos);
+
+  // Many small entries across levels: max_zip_entries counts them all.
+  FilterConfig few = configOf(kSection + "max_zip_entries = 20\n");
+  std::string wide =
+      pythonBuild("out = z([('in%d.zip' % i, z([('f%d.txt' % j, b'') for j in range(5)])) for i in range(5)])");
+  Result w = resultFor(checkRaw(zipped("wide.zip", wide), few), few);
+  REQUIRE(w.summary == "limit max_zip_entries");
+  REQUIRE(resultFor(checkRaw(zipped("wide.zip", wide), fc), fc).summary == "clean");
+}
+
+TEST_CASE("nested archives: encrypted, cut short or unsupported inner archives are limits, per limits_exceeded") {
+  FilterConfig fc = configOf(kSection);
+  std::string inner = storedZip({{"evil.exe", "MZ"}});
+  // Traditional PKWARE encryption (flag bit 0) on the inner archive.
+  std::string encrypted = storedZip({{"readme.txt", "x"}, {"inner.zip", inner}});
+  size_t at = encrypted.find("inner.zip");  // the local header's name: its flags are 24 bytes before
+  encrypted[at - 24] = 1;
+  at = encrypted.find("inner.zip", encrypted.find(std::string("PK\x01\x02", 4)) + 4);
+  encrypted[at - 38] = 1;
+  Result e = resultFor(checkRaw(zipped("outer.zip", encrypted), fc), fc);
+  REQUIRE(e.summary == "limit encrypted");
+  REQUIRE(e.text == "Attachment could not be fully checked: outer.zip/inner.zip (encrypted)");
+  // An encrypted member that is not an archive is a name like any other (its name is read).
+  REQUIRE(resultFor(checkRaw(zipped("o.zip", withFlags(storedZip({{"notes.txt", "x"}}), 1, 0)), fc), fc).summary ==
+          "clean");
+  REQUIRE(checkRaw(zipped("o.zip", withFlags(storedZip({{"evil.exe", "x"}}), 1, 0)), fc).blocked);
+
+  // The inner archive cut short.
+  std::string whole = pythonBuild("out = z([('a.txt', b'x' * 1000), ('b.exe', b'MZ' * 500)])");
+  std::string cut = storedZip({{"inner.zip", whole.substr(0, whole.size() / 3)}});
+  Result t = resultFor(checkRaw(zipped("outer.zip", cut), fc), fc);
+  REQUIRE(t.summary == "limit malformed");
+  REQUIRE(t.detail.str().find("\"unchecked\":\"outer.zip/inner.zip\"") != std::string::npos);
+  // A deflated inner archive whose stream is cut short: its stated size halved in both headers.
+  std::string deflatedCut = pythonBuild(
+      "import struct\ninner = z([('x.txt', bytes(range(256)) * 64)])\nout = bytearray(z([('inner.zip', inner)]))\n"
+      "cs = struct.unpack_from('<I', out, 18)[0]\nstruct.pack_into('<I', out, 18, cs // 2)\n"
+      "struct.pack_into('<I', out, out.find(b'PK\\x01\\x02') + 20, cs // 2)\nout = bytes(out)");
+  Result dc = resultFor(checkRaw(zipped("outer.zip", deflatedCut), fc), fc);
+  REQUIRE(dc.summary == "limit malformed");
+  REQUIRE(dc.detail.str().find("\"unchecked\":\"outer.zip/inner.zip\"") != std::string::npos);
+
+  // bzip2 (method 12) is not unpacked here.
+  std::string bz = withFlags(storedZip({{"inner.zip", inner}}), 0, 12);
+  REQUIRE(resultFor(checkRaw(zipped("outer.zip", bz), fc), fc).summary == "limit compression method 12");
+
+  // The attached archive itself cut short (before: a clean verdict with archive_malformed).
+  std::string top = pythonZip({"a.txt", "b.txt"});
+  Result m = resultFor(checkRaw(zipped("cut.zip", top.substr(0, top.size() - 30)), fc), fc);
+  REQUIRE(m.verdict == Verdict::Reject);
+  REQUIRE(m.summary == "limit malformed");
+
+  // limits_exceeded decides; a blocked name found anyway still wins.
+  auto verdict = [&](const std::string& extra) {
+    FilterConfig c = configOf(kSection + extra);
+    return resultFor(checkRaw(zipped("outer.zip", encrypted), c), c);
+  };
+  Result p = verdict("limits_exceeded = \"pass\"\n");
+  REQUIRE(p.verdict == Verdict::Continue);
+  REQUIRE(p.summary == "limit encrypted");
+  REQUIRE(p.detail.str().find("\"limit\":\"encrypted\"") != std::string::npos);
+  Result q = verdict("limits_exceeded = \"quarantine\"\n");
+  REQUIRE(q.verdict == Verdict::Quarantine);
+  REQUIRE(q.quarantineReason == "attachment could not be fully checked: outer.zip/inner.zip (encrypted)");
+  Result tf = verdict("limits_exceeded = \"tempfail\"\n");
+  REQUIRE(tf.verdict == Verdict::TempFail);
+  REQUIRE(tf.code == 451);
+  REQUIRE(tf.enhanced == "4.7.1");
+  REQUIRE(verdict("action = \"quarantine\"\n").verdict == Verdict::Quarantine);  // default: as action
+  FilterConfig passing = configOf(kSection + "limits_exceeded = \"pass\"\n");
+  REQUIRE(
+      resultFor(checkRaw(zipped("o.zip", storedZip({{"inner.zip", "PK\x03\x04junk"}, {"tool.scr", "MZ"}})), passing),
+                passing)
+          .verdict == Verdict::Reject);
+}
+
+TEST_CASE("nested archives: strip removes the attached archive, config errors are FILE:LINE") {
+  TempDir dir;
+  moat::policy::Errors errors;
+  auto strip = makeAttachmentsFilter(*loadConfig(dir, kSection + "action = \"strip\"\n", errors), errors);
+  REQUIRE(strip);
+  std::string nested = storedZip({{"readme.txt", "hi"}, {"inner.zip", storedZip({{"tool.exe", "MZ"}})}});
+  std::string raw = zipped("outer.zip", nested);
+  Result r = runFilter(*strip, raw, true);
+  REQUIRE(r.verdict == Verdict::Continue);
+  REQUIRE(r.summary == "stripped outer.zip");
+  auto m = mime::parse(applyEdits(raw, r.edits), mime::Limits{});
+  REQUIRE(m->root.children.size() == 2);
+  REQUIRE(m->root.children[1].text ==
+          "Moat removed the attachment \"outer.zip\" (it contains \"inner.zip/tool.exe\", blocked extension .exe) "
+          "from this message.");
+  // A limit with strip: the archive that could not be looked into goes, the rest stays.
+  std::string deep = chain(7, "fine.txt");
+  std::string rawDeep = zipped("l1.zip", deep);
+  Result d = runFilter(*strip, rawDeep, true);
+  REQUIRE(d.verdict == Verdict::Continue);
+  REQUIRE(d.summary == "stripped l1.zip");
+  REQUIRE(d.detail.str().find("\"limit\":\"max_archive_depth\"") != std::string::npos);
+  auto md = mime::parse(applyEdits(rawDeep, d.edits), mime::Limits{});
+  REQUIRE(md->root.children[1].text.find("could not be fully checked: max_archive_depth") != std::string::npos);
+
+  moat::policy::Errors e2;
+  auto bad = loadConfig(dir,
+                        "[attachments]\n"                  // 3
+                        "block_extensions = [\"exe\"]\n"   // 4
+                        "max_archive_depth = 0\n"          // 5
+                        "limits_exceeded = \"ignore\"\n"   // 6
+                        "max_archive_bytes = \"lots\"\n",  // 7
+                        e2);
+  REQUIRE(bad);
+  readConfig(*bad, e2);
+  INFO(e2.str());
+  REQUIRE(e2.str().find("moat.toml:5:") != std::string::npos);
+  REQUIRE(e2.str().find("moat.toml:6:") != std::string::npos);
+  REQUIRE(e2.str().find("moat.toml:7:") != std::string::npos);
 }
