@@ -55,6 +55,9 @@ struct Result {
   // Data stage: byte edits of ctx->message (filters/edit.h), applied at delivery. An edit
   // that collides with an earlier filter's is dropped (the pipeline logs it).
   std::vector<Edit> edits;
+  // Data stage: with `edits` the message is 7-bit MIME (the DKIM signer converts an 8-bit
+  // body before it signs, RFC 6376 §5.3): it is stored and delivered without BODY=8BITMIME.
+  bool convertedTo7Bit = false;
   std::vector<std::string> authResults;  // RFC 8601 resinfo, e.g. "spf=pass smtp.mailfrom=example.test"
   std::string summary;           // short result for the log: "pass", "clean", "FOUND Eicar" ...
   std::string quarantineReason;  // Quarantine: why, kept with the message

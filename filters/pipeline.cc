@@ -57,13 +57,18 @@ struct Run : std::enable_shared_from_this<Run> {
   }
 
   void takeEdits(const std::string& name, Result& r) {
+    bool allKept = true;
     for (auto& e : r.edits) {
       uint64_t offset = e.offset, length = e.length;
       std::string why = e.why;
-      if (!addEdit(out.edits, std::move(e), ctx->message.size()))
+      if (!addEdit(out.edits, std::move(e), ctx->message.size())) {
+        allKept = false;
         mta::log::warn("edit_dropped").add("session", ctx->sessionId).add("queue_id", ctx->queueId)
             .add("filter", name).add("offset", offset).add("length", length).add("why", why);
+      }
     }
+    // Only the whole set of a conversion's edits makes the message 7-bit.
+    if (r.convertedTo7Bit && allKept) out.convertedTo7Bit = true;
     r.edits.clear();  // the report keeps the summary; the edits live in `out`
     ctx->edits = out.edits;
   }

@@ -30,6 +30,9 @@ struct StageOutcome {
   std::string quarantineReason;
   std::vector<Header> headers;
   std::vector<Edit> edits;  // sorted, no collisions (addEdit); dropped with a rejected message
+  // A filter's edits (all of them kept) made the message 7-bit MIME (Result::convertedTo7Bit):
+  // the envelope's 8-bit flag is cleared.
+  bool convertedTo7Bit = false;
   std::vector<std::string> authResults;
   std::vector<FilterReport> reports;
   // The `filters` field of log events: {"spf":"pass","dkim":"pass",...}

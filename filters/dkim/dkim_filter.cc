@@ -7,8 +7,9 @@
 // sign: for outbound mail (relay network or authenticated client) whose From: domain has a
 //   [[dkim.sign]] entry, adds one DKIM-Signature per configured key (rsa and ed25519 both
 //   when both are set), prepended at delivery. It runs last and signs the message with the
-//   edits of the filters before it applied (ctx->edits), in the lines the SMTP client sends
-//   (over-long lines broken, as edits of its own), as it will be delivered.
+//   edits of the filters before it applied (ctx->edits), an 8-bit body converted to 7-bit
+//   MIME (RFC 6376 §5.3) and in the lines the SMTP client sends (over-long lines broken),
+//   both as edits of its own: as it will be delivered to any next hop.
 // Config: [dkim] verify = true, max_signatures = 8; [[dkim.sign]] domain, selector,
 //   key_file, algorithm (default: from the key type). Keys are read and checked at load time.
 // Untrusted: the message. Logs: `dkim_sign_error` (warn) when signing fails; the results
@@ -22,6 +23,7 @@
 #include "filters/dkim/dkim.h"
 #include "filters/dkim/internal.h"
 #include "filters/dmarc/from_header.h"
+#include "filters/mime/downgrade.h"
 #include "mta/runtime/data_lines.h"
 #include "mta/runtime/log.h"
 
@@ -111,64 +113,148 @@ std::vector<std::string> signingDomains(std::string_view message) {
   return dmarc::fromDomains(message, error);  // what it could read, even with an error
 }
 
+// `over`: edits of `edited`, the message with `applied` (sorted, apart) applied. Returns the
+// same edits as edits of the message as received, placed only in bytes no edit of `applied`
+// replaced (an insert at the edge of a replacement goes before or after it), or nullopt when
+// one reaches into a replacement. Callers prove the result by applying it (order of inserts
+// at one offset).
+std::optional<std::vector<Edit>> toMessageOffsets(uint64_t messageSize, const std::vector<Edit>& applied,
+                                                  const std::vector<Edit>& over) {
+  std::vector<Edit> out;
+  uint64_t mPos = 0, ePos = 0;
+  size_t k = 0;
+  // Original bytes [mPos, mEnd) sit at [ePos, ePos + (mEnd - mPos)) in `edited`.
+  auto run = [&](uint64_t mEnd) {
+    uint64_t eEnd = ePos + (mEnd - mPos);
+    for (; k < over.size(); ++k) {
+      const Edit& e = over[k];
+      if (e.offset > eEnd || (e.offset == eEnd && e.length > 0)) break;  // for a later run
+      if (e.offset < ePos || e.end() > eEnd) return false;               // inside a replacement
+      Edit m = e;
+      m.offset = mPos + (e.offset - ePos);
+      out.push_back(std::move(m));
+    }
+    return true;
+  };
+  for (const auto& x : applied) {
+    if (x.offset < mPos || !run(x.offset)) return std::nullopt;
+    ePos += x.offset - mPos + x.replacement.size();
+    mPos = x.end();
+  }
+  if (!run(messageSize) || k != over.size()) return std::nullopt;
+  return out;
+}
+
 // Where asDelivered() put bytes into `edited` (it only ever inserts: CRLF SP breaks, and CR
-// or LF completing a bare line end), as byte edits of the message as received, so the stored
-// message is the one signed and the SMTP client has nothing left to change. A break inside
-// an earlier filter's replacement, or a message needing more than kMaxLineEdits of them,
-// gets none: the client still breaks those lines the same way at delivery, so the signature
-// holds over SMTP; only a copy delivered to a Maildir keeps the long lines.
+// or LF completing a bare line end), as byte edits of `message` (`edited` is `message` with
+// `applied`), so the stored message is the one signed and the SMTP client has nothing left to
+// change. A break inside an earlier replacement, or a message needing more than kMaxLineEdits
+// of them, gets none: the client still breaks those lines the same way at delivery, so the
+// signature holds over SMTP; only a copy delivered to a Maildir keeps the long lines.
 constexpr size_t kMaxLineEdits = 256;
 
-std::vector<Edit> lineEdits(const MessageContext& ctx, std::string_view edited, std::string_view delivered) {
-  // 1. Insertions into `edited`: (offset in edited, bytes).
-  std::vector<std::pair<uint64_t, std::string>> inserts;
+std::vector<Edit> lineEdits(std::string_view message, const std::vector<Edit>& applied, std::string_view edited,
+                            std::string_view delivered) {
+  // 1. Insertions into `edited`.
+  std::vector<Edit> inserts;
   size_t i = 0;
   for (size_t j = 0; j < delivered.size(); ++j) {
     if (i < edited.size() && edited[i] == delivered[j]) {
       ++i;
       continue;
     }
-    if (inserts.empty() || inserts.back().first != i) {
+    if (inserts.empty() || inserts.back().offset != i) {
       if (inserts.size() == kMaxLineEdits) return {};
-      inserts.push_back({i, ""});
+      inserts.push_back(Edit{i, 0, "", ""});
     }
-    inserts.back().second.push_back(delivered[j]);
+    inserts.back().replacement.push_back(delivered[j]);
   }
   if (i != edited.size()) return {};  // not insertions only: leave it to the client
+  for (auto& e : inserts)
+    e.why = e.replacement == "\r\n " ? "line over 998 octets broken (RFC 5321 4.5.3.1.6)"
+                                     : "line end completed to CRLF (RFC 5321 2.3.8)";
   // 2. The same places in the message as received: only inside text no edit replaced.
-  std::vector<Edit> out;
-  uint64_t mPos = 0, ePos = 0;
-  size_t k = 0;
-  auto segment = [&](uint64_t mEnd) {  // original bytes [mPos, mEnd) sit at [ePos, ...) in `edited`
-    for (; k < inserts.size() && inserts[k].first <= ePos + (mEnd - mPos); ++k) {
-      Edit e;
-      e.offset = mPos + (inserts[k].first - ePos);
-      e.replacement = inserts[k].second;
-      e.why = e.replacement == "\r\n " ? "line over 998 octets broken (RFC 5321 4.5.3.1.6)"
-                                       : "line end completed to CRLF (RFC 5321 2.3.8)";
-      out.push_back(std::move(e));
-    }
-  };
-  for (const auto& x : ctx.edits) {
-    if (x.offset < mPos) return {};
-    segment(x.offset);
-    ePos += x.offset - mPos + x.replacement.size();
-    mPos = x.end();
-    if (k < inserts.size() && inserts[k].first < ePos) return {};  // inside a replacement
-  }
-  segment(ctx.message.size());
-  if (k != inserts.size()) return {};
+  auto out = toMessageOffsets(message.size(), applied, inserts);
+  if (!out) return {};
   // 3. Proof: with them the stored message is exactly what was signed.
+  std::vector<Edit> all = applied;
+  for (const auto& e : *out)
+    if (!addEdit(all, e, message.size())) return {};
+  if (applyEdits(message, all) != delivered) return {};
+  return std::move(*out);
+}
+
+// RFC 6376 §5.3: "signers SHOULD convert the message to a suitable MIME content-transfer
+// encoding such as quoted-printable or base64 ... before signing". An 8-bit message would
+// otherwise be converted after signing by whichever hop lacks 8BITMIME (RFC 6152 §3; Moat's
+// own SMTP client among them), and the signature would break. So a message to be signed
+// whose body is 8-bit goes to 7-bit MIME first, by the converter delivery uses
+// (filters/mime/downgrade.h), and is stored and signed that way. Not converted (signed in its
+// 8-bit form, as before): 8-bit header fields (SMTPUTF8 mail, RFC 6532: no 7-bit form), what
+// the converter refuses, a conversion that reaches into an earlier filter's replacement, and a
+// message the conversion would take over [limits] max_message_size (a next hop with Moat's
+// own limit would refuse it), and one whose converted parts come to over kMaxConversionEdits:
+// the conversion is kept as edits in the envelope, which the queue holds in memory for as
+// long as the message is queued, so it stays small (8-bit text parts; 8-bit binaries that
+// large are rare, and go signed as they are).
+struct Conversion {
+  std::vector<Edit> edits;  // of the message as received; empty: not converted
+  std::string message;      // the message as stored: received, earlier edits and these
+  std::string why;          // not converted although 8-bit: the reason (for the log)
+};
+
+constexpr uint64_t kMaxConversionEdits = 128 * 1024;
+
+constexpr std::string_view kConversionWhy = "8-bit body converted to 7-bit MIME before signing (RFC 6376 5.3)";
+
+Conversion convertBeforeSigning(const MessageContext& ctx, std::string_view edited, uint64_t maxSize) {
+  Conversion c;
+  if (!mta::hasEightBit(edited)) return c;
+  auto converted = mime::downgradeEdits(edited);
+  if (!converted.ok) {
+    c.why = converted.reason;
+    return c;
+  }
+  if (converted.edits.empty()) return c;
+  uint64_t editBytes = 0;
+  for (const auto& e : converted.edits) editBytes += e.replacement.size();
+  if (editBytes > kMaxConversionEdits) {
+    c.why = "the converted parts, " + std::to_string(editBytes) + " bytes, are over " +
+            std::to_string(kMaxConversionEdits / 1024) + " KiB";
+    return c;
+  }
+  auto mapped = toMessageOffsets(ctx.message.size(), ctx.edits, converted.edits);
+  if (!mapped) {
+    c.why = "an earlier filter's rewrite holds 8-bit bytes";
+    return c;
+  }
   std::vector<Edit> all = ctx.edits;
-  for (const auto& e : out)
-    if (!addEdit(all, e, ctx.message.size())) return {};
-  if (applyEdits(ctx.message, all) != delivered) return {};
-  return out;
+  for (auto& e : *mapped) {
+    e.why = kConversionWhy;
+    if (!addEdit(all, e, ctx.message.size())) {
+      c.why = "an earlier filter's rewrite holds 8-bit bytes";
+      return c;
+    }
+  }
+  if (uint64_t size = editedSize(ctx.message.size(), all); size > maxSize) {
+    c.why = "converted, it would be " + std::to_string(size) + " bytes, over max_message_size";
+    return c;
+  }
+  // Proof: the stored message is the converter's output.
+  std::string stored = applyEdits(ctx.message, all);
+  if (stored != applyEdits(edited, converted.edits)) {
+    c.why = "an earlier filter's rewrite holds 8-bit bytes";
+    return c;
+  }
+  c.edits = std::move(*mapped);
+  c.message = std::move(stored);
+  return c;
 }
 
 class SignFilter : public Filter {
  public:
-  explicit SignFilter(std::vector<SignKey> keys) : keys_(std::move(keys)) {}
+  SignFilter(std::vector<SignKey> keys, uint64_t maxMessageSize)
+      : keys_(std::move(keys)), maxMessageSize_(maxMessageSize) {}
   std::string_view name() const override { return "dkim_sign"; }
   Stage stage() const override { return Stage::Data; }
 
@@ -181,23 +267,32 @@ class SignFilter : public Filter {
         if (lower(k.domain) == d) mine.push_back(k);
     if (mine.empty()) return done(continueWith("none"));
     auto result = std::make_shared<Result>(continueWith("signed"));
-    env.offload([ctx, mine = std::move(mine), result] { signAll(*ctx, mine, *result); },
+    // The conversion and the crypto both run here, on the thread pool.
+    env.offload([ctx, mine = std::move(mine), result, max = maxMessageSize_] { signAll(*ctx, mine, max, *result); },
                 [result, done = std::move(done)] { done(std::move(*result)); });
   }
 
  private:
-  static void signAll(const MessageContext& ctx, const std::vector<SignKey>& keys, Result& out) {
+  static void signAll(const MessageContext& ctx, const std::vector<SignKey>& keys, uint64_t maxSize, Result& out) {
     // Sign what will be delivered: the message with the earlier filters' edits (attachment
-    // strip, Subject prefix), the same bytes every delivery reads (queue/edited.h).
+    // strip, Subject prefix), the same bytes every delivery reads (queue/edited.h)...
     std::string edited;
     std::string_view message = ctx.message;
     if (!ctx.edits.empty()) message = edited = applyEdits(ctx.message, ctx.edits);
+    // ...in 7-bit MIME when it is 8-bit (RFC 6376 5.3), so no hop converts it after signing...
+    Conversion conversion = convertBeforeSigning(ctx, message, maxSize);
+    std::vector<Edit> stored = ctx.edits;
+    if (!conversion.edits.empty()) {
+      for (const auto& e : conversion.edits) addEdit(stored, e, ctx.message.size());  // proven to fit
+      message = conversion.message;
+    }
     // ...and in the lines the SMTP client sends (RFC 6376 5.3): a line over 998 octets is
     // broken with CRLF SP at delivery (mta/runtime/data_lines.h), which would break a
     // signature over the unbroken line. Signed broken, and stored broken (edits).
     std::string delivered = mta::asDelivered(message);
+    std::vector<Edit> breaks;
     if (delivered != message) {
-      out.edits = lineEdits(ctx, message, delivered);
+      breaks = lineEdits(ctx.message, stored, message, delivered);
       message = delivered;
     }
     std::vector<std::string> signedWith;
@@ -211,11 +306,23 @@ class SignFilter : public Filter {
       out.headers.push_back({"DKIM-Signature", *value});
       signedWith.push_back(k.algorithm + " d=" + k.domain + " s=" + k.selector);
     }
-    if (signedWith.empty()) out.summary = "error";
-    else out.detail.add("signatures", signedWith);
+    if (signedWith.empty()) {  // no signature to keep valid: the message stays as received
+      out.summary = "error";
+      return;
+    }
+    out.detail.add("signatures", signedWith);
+    // The pipeline adds these after ctx.edits in this order, the order proven above.
+    out.edits = std::move(conversion.edits);
+    for (auto& e : breaks) out.edits.push_back(std::move(e));
+    out.convertedTo7Bit = !conversion.message.empty();
+    if (out.convertedTo7Bit)
+      out.detail.add("conversion", "7bit");
+    else if (!conversion.why.empty())
+      out.detail.add("conversion", "none: " + conversion.why);
   }
 
   std::vector<SignKey> keys_;
+  uint64_t maxMessageSize_;
 };
 
 void rejectUnknownDkimKeys(const policy::Config& config, policy::Section& section) {
@@ -274,7 +381,7 @@ std::shared_ptr<const Filter> makeDkimSignFilter(const policy::Config& config, p
   std::vector<SignKey> keys;
   for (auto& s : config.sectionArray("dkim.sign", errors))
     if (auto k = readSignEntry(s)) keys.push_back(std::move(*k));
-  return std::make_shared<SignFilter>(std::move(keys));
+  return std::make_shared<SignFilter>(std::move(keys), config.maxMessageSize);
 }
 
 }  // namespace moat::filters::dkim

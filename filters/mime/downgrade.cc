@@ -55,7 +55,7 @@ class Converter {
   }
 
   std::string_view reason() const { return reason_; }
-  const std::vector<Edit>& edits() const { return edits_; }
+  std::vector<Edit> takeEdits() { return std::move(edits_); }
 
  private:
   bool leaf(const Part& p, bool needsMimeVersion, bool& changed) {
@@ -136,8 +136,8 @@ class Converter {
 
 }  // namespace
 
-Downgraded downgradeTo7Bit(std::string_view message, const Limits& limits) {
-  Downgraded result;
+DowngradeEdits downgradeEdits(std::string_view message, const Limits& limits) {
+  DowngradeEdits result;
   auto parsed = parse(message, limits, Depth::Structure);
   if (parsed->limitExceeded) {
     result.reason = "the MIME structure is past the parser's limits (" + printable(parsed->limitReason) + ")";
@@ -149,15 +149,34 @@ Downgraded downgradeTo7Bit(std::string_view message, const Limits& limits) {
     result.reason = std::string(converter.reason());
     return result;
   }
-  result.message = changed ? applyEdits(message, converter.edits()) : std::string(message);
-  // What no part holds (a preamble, an epilogue, bytes the parser skipped) was left alone.
-  if (mta::hasEightBit(result.message)) {
-    result.message.clear();
+  if (changed) result.edits = converter.takeEdits();
+  // What no part holds (a preamble, an epilogue, bytes the parser skipped) was left alone:
+  // the bytes between the edits must be 7-bit already (the replacements are).
+  uint64_t pos = 0;
+  bool eightBit = false;
+  for (const auto& e : result.edits) {
+    eightBit = eightBit || mta::hasEightBit(message.substr(pos, e.offset - pos)) || mta::hasEightBit(e.replacement);
+    pos = e.end();
+  }
+  if (eightBit || mta::hasEightBit(message.substr(pos))) {
+    result.edits.clear();
     result.reason = "8-bit bytes outside every MIME part";
     return result;
   }
   result.ok = true;
-  result.changed = changed;
+  return result;
+}
+
+Downgraded downgradeTo7Bit(std::string_view message, const Limits& limits) {
+  Downgraded result;
+  auto converted = downgradeEdits(message, limits);
+  if (!converted.ok) {
+    result.reason = std::move(converted.reason);
+    return result;
+  }
+  result.ok = true;
+  result.changed = !converted.edits.empty();
+  result.message = result.changed ? applyEdits(message, converted.edits) : std::string(message);
   return result;
 }
 

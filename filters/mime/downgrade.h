@@ -19,7 +19,9 @@
 #pragma once
 #include <string>
 #include <string_view>
+#include <vector>
 
+#include "filters/edit.h"
 #include "filters/mime/mime.h"
 #include "mta/runtime/base64.h"
 #include "mta/runtime/qp.h"
@@ -37,6 +39,17 @@ struct Downgraded {
 // spooled message; CRLF). A message without any 8-bit byte comes back unchanged unless one of
 // its leaves is labelled binary.
 Downgraded downgradeTo7Bit(std::string_view message, const Limits& limits = {});
+
+// The same conversion as byte edits of `message` (filters/edit.h; sorted, apart, inside it),
+// for a caller that stores the converted message as edits: the DKIM signer converts before
+// it signs (RFC 6376 §5.3). ok: applyEdits(message, edits) is downgradeTo7Bit's message,
+// byte for byte, and holds no 8-bit byte; no edits when nothing needs converting.
+struct DowngradeEdits {
+  bool ok = false;
+  std::vector<Edit> edits;
+  std::string reason;  // !ok: as Downgraded::reason
+};
+DowngradeEdits downgradeEdits(std::string_view message, const Limits& limits = {});
 
 // Quoted-printable for text (RFC 2045 §6.7), in mta/runtime/qp.h so that the DSN builder can
 // use it too.

@@ -1132,7 +1132,9 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
   env.messageId = data ? findMessageId(data->bytes()) : "";
   for (const auto& h : gatewayHeaders(outcome)) env.headers.emplace_back(h.name, h.value);
   env.edits = std::move(outcome.edits);  // content filters' rewrites, applied at delivery
-  env.eightBit = eightBit_;
+  // Converted to 7-bit MIME at receipt (the DKIM signer, RFC 6376 §5.3): sent without
+  // BODY=8BITMIME, and never converted again at delivery.
+  env.eightBit = eightBit_ && !outcome.convertedTo7Bit;
   env.smtputf8 = smtputf8_;
   env.size = incoming_->size();
   env.nextAttemptMs = env.arrivalMs;

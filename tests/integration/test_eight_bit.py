@@ -1,7 +1,13 @@
 """8-bit mail and a next hop that does not offer 8BITMIME (RFC 6152 §3): through the real
 daemon, a message sent with BODY=8BITMIME reaches the sink as 7-bit MIME that decodes back to
 what was sent, with a `downgraded` log line; one that cannot be converted (an 8-bit Subject)
-is not sent and goes back to its sender in a DSN with status 5.6.3 (RFC 3463)."""
+is not sent and goes back to its sender in a DSN with status 5.6.3 (RFC 3463).
+
+Mail Moat signs (RFC 6376 §5.3): an 8-bit message is converted to 7-bit MIME before it is
+signed and leaves in that form to every next hop, so its DKIM-Signature verifies at one
+without 8BITMIME as at one with it; the key is published on the loopback DNS server
+(tests/support/dns_server.py) and the checks look it up there. Mail Moat does not sign
+goes through byte for byte."""
 
 import email
 import email.policy
@@ -10,7 +16,11 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Moat, SinkTestCase, wait_for  # noqa: E402
+from authzone import header_values, owned_dns, rsa_key  # noqa: E402
+from harness import Moat, SinkTestCase, class_temp_dir, owned_moat, owned_sink, wait_for  # noqa: E402
+
+import dkim  # noqa: E402  (python3-dkim)
+from dnslib import QTYPE, DNSRecord  # noqa: E402  (python3-dnslib, as the DNS server uses)
 
 NO_8BITMIME = ("PIPELINING", "SIZE 104857600")  # nor SMTPUTF8, which needs 8BITMIME
 
@@ -87,6 +97,108 @@ class EightBitTest(SinkTestCase):
         # nothing reached the sink, not even a MAIL command
         self.assertFalse([c for c in self.sink.commands if c.startswith("MAIL")])
         self.assertEqual(m.find_logs(event="downgraded"), [])
+
+
+def loopback_txt(nameserver):
+    """A python3-dkim dnsfunc that asks the test's DNS server (on 127.0.0.1) for TXT records."""
+    host, port = nameserver.rsplit(":", 1)
+
+    def dnsfunc(name, timeout=5):
+        qname = (name.decode() if isinstance(name, bytes) else name).rstrip(".")
+        reply = DNSRecord.parse(DNSRecord.question(qname, "TXT").send(host, int(port), timeout=timeout))
+        txt = [b"".join(rr.rdata.data) for rr in reply.rr if rr.rtype == QTYPE.TXT]
+        return txt[0] if txt else None
+    return dnsfunc
+
+
+def signature_verifies(data, dnsfunc):
+    """python3-dkim returns False for a bad signature, or raises for a body hash mismatch."""
+    try:
+        return dkim.DKIM(data).verify(idx=0, dnsfunc=dnsfunc)
+    except dkim.ValidationError:
+        return False
+
+
+class SignedEightBitTest(unittest.TestCase):
+    """Moat signs for sender.test (relay network 127.0.0.0/8: outbound mail); far7.test goes
+    to a sink without 8BITMIME, far8.test to one with it. One DNS server, two sinks and one
+    daemon for the class."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = class_temp_dir(cls, "moat-8bit-sign-")
+        key_file = os.path.join(cls.tmp, "s1.pem")
+        cls.dns = owned_dns(cls, {"s1._domainkey.sender.test": [{"TXT": rsa_key(key_file)}]}, directory=cls.tmp)
+        cls.sink7 = owned_sink(cls, extensions=NO_8BITMIME)
+        cls.sink8 = owned_sink(cls)
+        extra = (f'\n[dns]\nnameservers = ["{cls.dns.nameserver}"]\ntimeout = "1s"\n'
+                 f'\n[[dkim.sign]]\ndomain = "sender.test"\nselector = "s1"\nkey_file = "{key_file}"\n')
+        cls.moat = owned_moat(cls, routes=[("far7.test", f"smtp:127.0.0.1:{cls.sink7.port}"),
+                                           ("far8.test", f"smtp:127.0.0.1:{cls.sink8.port}")], extra=extra)
+
+    def send(self, sender, rcpt, raw):
+        s = self.moat.smtp()
+        s.ehlo()
+        s.mail(sender, ["BODY=8BITMIME"])
+        s.rcpt(rcpt)
+        code, reply = s.data(raw)
+        s.quit()
+        self.assertEqual(code, 250, reply)
+        return reply.decode().rsplit(" ", 1)[-1]
+
+    def received(self, sink, subject):
+        def find():
+            return next((m for m in list(sink.messages) if b"\r\nSubject: " + subject + b"\r\n" in m["data"]), None)
+        return wait_for(find, 30, what=f"message {subject!r} at the sink")
+
+    @staticmethod
+    def eight_bit(subject, sender="alice@sender.test"):
+        return (f"From: Alice <{sender}>\r\nTo: bob@far.test\r\nSubject: ".encode() + subject +
+                b"\r\nMessage-ID: <" + subject + b"@sender.test>\r\nMIME-Version: 1.0\r\n"
+                b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n" +
+                TEXT.encode())
+
+    def assert_signed_7bit(self, data, qid):
+        self.assertTrue(all(b < 0x80 for b in data), data[:3000])
+        self.assertEqual(len(header_values(data, "DKIM-Signature")), 1, data[:3000])
+        self.assertTrue(signature_verifies(data, loopback_txt(self.dns.nameserver)), "the signature does not verify: " +
+                        header_values(data, "DKIM-Signature")[0][:200])
+        self.assertTrue(any("s1._domainkey.sender.test" in q for q in self.dns.queries()), self.dns.queries())
+        msg = email.message_from_bytes(data, policy=email.policy.default)
+        self.assertEqual(msg["Content-Transfer-Encoding"], "quoted-printable")
+        self.assertEqual(msg.get_content(), TEXT)  # the text the sender wrote
+        # Converted once, at receipt: delivery had nothing to convert.
+        self.moat.wait_log(event="deliver", queue_id=qid)
+        self.assertEqual(self.moat.find_logs(event="downgraded", queue_id=qid), [])
+        sign = self.moat.wait_log(event="filter", queue_id=qid, filter="dkim_sign")
+        self.assertEqual(sign["detail"]["conversion"], "7bit", sign)
+
+    def test_signed_8bit_message_verifies_at_a_next_hop_without_8bitmime(self):
+        qid = self.send("alice@sender.test", "bob@far7.test", self.eight_bit(b"to-seven"))
+        got = self.received(self.sink7, b"to-seven")
+        self.assert_signed_7bit(got["data"], qid)
+
+    def test_signed_8bit_message_leaves_in_7bit_form_to_an_8bitmime_next_hop_and_verifies(self):
+        qid = self.send("alice@sender.test", "bob@far8.test", self.eight_bit(b"to-eight"))
+        got = self.received(self.sink8, b"to-eight")
+        self.assert_signed_7bit(got["data"], qid)
+        # The envelope says 7bit now: no BODY=8BITMIME (RFC 6152) for a 7-bit message.
+        mail = [c for c in self.sink8.commands if c.startswith("MAIL") and "alice@sender.test" in c]
+        self.assertEqual(len(mail), 1, self.sink8.commands)
+        self.assertNotIn("BODY=", mail[0])
+
+    def test_unsigned_8bit_message_reaches_an_8bitmime_next_hop_byte_for_byte(self):
+        raw = self.eight_bit(b"unsigned", sender="carol@unsigned.test")
+        qid = self.send("carol@unsigned.test", "bob@far8.test", raw)
+        data = self.received(self.sink8, b"unsigned")["data"]
+        self.assertTrue(data.endswith(b"\r\n" + raw), data[:2000])
+        self.assertEqual(header_values(data, "DKIM-Signature"), [])
+        head = data[:len(data) - len(raw)]
+        self.assertTrue(head.startswith(b"Received: "), head)  # only Moat's own header fields before it
+        mail = [c for c in self.sink8.commands if c.startswith("MAIL") and "carol@unsigned.test" in c]
+        self.assertEqual(len(mail), 1, self.sink8.commands)
+        self.assertIn("BODY=8BITMIME", mail[0])
+        self.moat.wait_log(event="deliver", queue_id=qid)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <filesystem>
@@ -21,6 +22,7 @@
 #include <sstream>
 
 #include "filters/dkim/internal.h"
+#include "filters/mime/downgrade.h"
 #include "mta/runtime/data_lines.h"
 #include "mta/runtime/uv.h"
 #include "policy/config.h"
@@ -825,5 +827,185 @@ TEST_CASE("a large header section is read for signatures off the loop") {
     REQUIRE(done == !large);
     REQUIRE(loop.runUntil([&] { return done; }, 20000));
     REQUIRE(results.empty());  // unsigned either way
+  }
+}
+
+namespace {
+
+bool hasEightBit(std::string_view s) {
+  return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) > 0x7f; });
+}
+
+// The stored message: as received, with the earlier filters' edits and the signer's.
+std::string storedBy(const filters::Result& r, std::string_view message, const std::vector<filters::Edit>& earlier) {
+  std::vector<filters::Edit> all = earlier;
+  for (const auto& e : r.edits) REQUIRE(filters::addEdit(all, e, message.size()));
+  return filters::applyEdits(message, all);
+}
+
+const std::string kSignEntries = R"(
+[[dkim.sign]]
+domain = "example.test"
+selector = "e1"
+key_file = "e1.key"
+)";
+
+}  // namespace
+
+TEST_CASE("an 8-bit body is converted to 7-bit MIME before signing (RFC 6376 5.3), stored and signed that way") {
+  TempDir dir;
+  auto ed = makeKey(dir, "ed25519", "e1");
+  auto sign = signFilter(dir, kSignEntries);
+  mta::uv::Loop loop;
+  test::MemoryResolver resolver(loop.get());
+  const std::string text =
+      "Gr\xC3\xBC\xC3\x9F"
+      "e aus K\xC3\xB6ln, caf\xC3\xA9 \xE2\x80\x94 " +
+      std::string(300, 'x') + "\r\n.a leading dot\r\n=41 is no escape\r\n";
+  auto msg = std::make_shared<std::string>(
+      "From: Alice <alice@example.test>\r\nTo: bob@far.test\r\nSubject: greetings\r\nMIME-Version: 1.0\r\n"
+      "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n" +
+      text);
+  // An earlier filter's edit (a Subject prefix): the conversion's edits are placed around it.
+  filters::Edit prefix;
+  prefix.offset = msg->find("Subject: ") + 9;
+  prefix.replacement = "[ext] ";
+  auto ctx = std::make_shared<filters::MessageContext>();
+  ctx->message = *msg;
+  ctx->fromRelayNetwork = true;
+  ctx->edits = {prefix};
+  auto out = runFilter(*sign, ctx, &resolver, loop.get());
+  REQUIRE(out.headers.size() == 1);
+  CHECK(out.convertedTo7Bit);
+  CHECK(out.detail.str().find("\"conversion\":\"7bit\"") != std::string::npos);
+  std::string stored = storedBy(out, *msg, ctx->edits);
+  INFO(stored);
+  CHECK_FALSE(hasEightBit(stored));
+  // The converter delivery uses, over the message as the filters left it: the same bytes.
+  auto delivery = filters::mime::downgradeTo7Bit(filters::applyEdits(*msg, ctx->edits));
+  REQUIRE(delivery.ok);
+  CHECK(stored == delivery.message);
+  CHECK(stored.find("Subject: [ext] greetings\r\n") != std::string::npos);
+  CHECK(stored.find("Content-Transfer-Encoding: quoted-printable\r\n") != std::string::npos);
+  CHECK(filters::mime::decodeQuotedPrintable(stored.substr(stored.find("\r\n\r\n") + 4)) == text);
+  // What leaves: nothing left for the SMTP client or a later converter to change.
+  std::string delivered = deliveredBy(out, *msg, ctx->edits);
+  CHECK(delivered.ends_with(stored));
+  auto again = filters::mime::downgradeTo7Bit(delivered);
+  REQUIRE(again.ok);
+  CHECK_FALSE(again.changed);
+  auto r = verifyMoat(delivered, {{{"e1._domainkey.example.test", ed.txt}}, {}});
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].result == "pass");
+  std::string py = runPython(dir, "verify '" + dir.file("m.eml", delivered) + "' '" + dir.file("k.txt", ed.txt) + "'");
+  CHECK(py == "pass\n");
+}
+
+TEST_CASE("conversion before signing: multipart with mixed parts, 8-bit headers, 7-bit, inbound, the size limit") {
+  TempDir dir;
+  auto ed = makeKey(dir, "ed25519", "e1");
+  auto sign = signFilter(dir, kSignEntries);
+  mta::uv::Loop loop;
+  test::MemoryResolver resolver(loop.get());
+  auto run = [&](const filters::Filter& f, const std::string& message, bool outbound = true) {
+    auto ctx = std::make_shared<filters::MessageContext>();
+    ctx->message = message;
+    ctx->fromRelayNetwork = outbound;
+    return runFilter(f, ctx, &resolver, loop.get());
+  };
+  auto verifies = [&](const filters::Result& out, const std::string& message) {
+    auto r = verifyMoat(deliveredBy(out, message, {}), {{{"e1._domainkey.example.test", ed.txt}}, {}});
+    return r.size() == 1 && r[0].result == "pass";
+  };
+
+  SECTION("multipart: only the 8-bit part is encoded; the 7-bit and base64 parts stay byte for byte") {
+    const std::string seven = "--b\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nplain ascii\r\n";
+    const std::string attachment =
+        "--b\r\nContent-Type: application/pdf; name=\"r.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        "JVBERi0xLjQK\r\n--b--\r\n";
+    const std::string message =
+        "From: alice@example.test\r\nTo: bob@far.test\r\nSubject: parts\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: multipart/mixed; boundary=b\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        "--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\ncaf\xC3\xA9\r\n" +
+        seven + attachment;
+    auto out = run(*sign, message);
+    REQUIRE(out.headers.size() == 1);
+    CHECK(out.convertedTo7Bit);
+    std::string stored = storedBy(out, message, {});
+    INFO(stored);
+    CHECK_FALSE(hasEightBit(stored));
+    CHECK(stored.find("Content-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9\r\n") != std::string::npos);
+    CHECK(stored.find("boundary=b\r\nContent-Transfer-Encoding: 7bit\r\n") != std::string::npos);  // RFC 2045 6.4
+    CHECK(stored.ends_with(seven + attachment));
+    CHECK(verifies(out, message));
+  }
+  SECTION("an 8-bit header field: no 7-bit form (RFC 6532), signed as it is") {
+    const std::string message =
+        "From: alice@example.test\r\nTo: bob@far.test\r\nSubject: caf\xC3\xA9\r\n\r\n"
+        "caf\xC3\xA9 au lait\r\n";
+    auto out = run(*sign, message);
+    REQUIRE(out.headers.size() == 1);
+    CHECK_FALSE(out.convertedTo7Bit);
+    CHECK(out.edits.empty());
+    CHECK(out.detail.str().find("\"conversion\":\"none: 8-bit bytes in a header\"") != std::string::npos);
+    CHECK(verifies(out, message));
+  }
+  SECTION("a 7-bit message: nothing to convert") {
+    const std::string message = "From: alice@example.test\r\nTo: bob@far.test\r\nSubject: ascii\r\n\r\nhello\r\n";
+    auto out = run(*sign, message);
+    REQUIRE(out.headers.size() == 1);
+    CHECK_FALSE(out.convertedTo7Bit);
+    CHECK(out.edits.empty());
+    CHECK(out.detail.str().find("conversion") == std::string::npos);
+  }
+  SECTION("a message that is not signed (inbound, or no key for its From) is not converted") {
+    const std::string body =
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: 8bit\r\n\r\ncaf\xC3\xA9\r\n";
+    for (const auto& [from, outbound] :
+         {std::pair{std::string("alice@example.test"), false}, std::pair{std::string("carol@unsigned.test"), true}}) {
+      auto out = run(*sign, "From: " + from + "\r\nTo: bob@far.test\r\nSubject: s\r\n" + body, outbound);
+      CHECK(out.headers.empty());
+      CHECK(out.edits.empty());
+      CHECK_FALSE(out.convertedTo7Bit);
+    }
+  }
+  SECTION("converted over max_message_size: signed in its 8-bit form") {
+    std::string binary;
+    for (int i = 0; i < 1500; ++i) binary.push_back(static_cast<char>(0x80 + i % 0x7f));
+    const std::string message =
+        "From: alice@example.test\r\nTo: bob@far.test\r\nSubject: big\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: 8bit\r\n\r\n" +
+        binary;
+    REQUIRE(message.size() < 2048);  // base64 makes it 2,000 octets and more: over 2K
+    auto tight = signFilter(dir, "[limits]\nmax_message_size = \"2K\"\n" + kSignEntries);
+    auto out = run(*tight, message);
+    REQUIRE(out.headers.size() == 1);
+    CHECK_FALSE(out.convertedTo7Bit);
+    CHECK(out.detail.str().find("over max_message_size") != std::string::npos);
+    CHECK(verifies(out, message));
+    // Under the default limit the same message goes as base64.
+    auto roomy = run(*sign, message);
+    CHECK(roomy.convertedTo7Bit);
+    CHECK(storedBy(roomy, message, {}).find("Content-Transfer-Encoding: base64\r\n") != std::string::npos);
+    CHECK(verifies(roomy, message));
+  }
+  SECTION("converted parts over 128 KiB (kept in the envelope, in memory while queued): signed in 8-bit form") {
+    std::string line = "Gr\xC3\xBC\xC3\x9F" + std::string(60, 'e') + "\r\n";
+    std::string body;
+    while (body.size() < 120 * 1024) body += line;  // under 128 KiB as it is, over once encoded
+    const std::string message =
+        "From: alice@example.test\r\nTo: bob@far.test\r\nSubject: long\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n" +
+        body;
+    auto out = run(*sign, message);
+    REQUIRE(out.headers.size() == 1);
+    CHECK_FALSE(out.convertedTo7Bit);
+    CHECK(out.edits.empty());
+    CHECK(out.detail.str().find("KiB") != std::string::npos);
+    CHECK(verifies(out, message));
+    // A tenth of it is converted.
+    const std::string small = message.substr(0, message.find("\r\n\r\n") + 4) + body.substr(0, 12 * line.size());
+    CHECK(run(*sign, small).convertedTo7Bit);
   }
 }

@@ -327,3 +327,31 @@ TEST_CASE("downgrade: long 8-bit lines and a big body round-trip within the line
   auto d = convert("Subject: big\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=latin1\r\n\r\n" + body);
   REQUIRE(longestLine(d.message) <= 76);
 }
+
+TEST_CASE("downgrade: as edits, for the DKIM signer, the same bytes as the converted message") {
+  // The signer stores the conversion as edits of the message (filters/edit.h): applied, they
+  // must give what delivery's converter gives, byte for byte.
+  const std::string cases[] = {
+      crlf(kMixed),
+      crlf("From: a@example.test\nSubject: plain\n\ncaf\xC3\xA9\n"),  // not MIME: becomes MIME
+      crlf("Subject: hi\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\nhi\n"),
+  };
+  for (const auto& in : cases) {
+    auto whole = downgradeTo7Bit(in);
+    auto edits = downgradeEdits(in);
+    REQUIRE(whole.ok);
+    REQUIRE(edits.ok);
+    REQUIRE(moat::filters::editsValid(edits.edits, in.size()));
+    REQUIRE(edits.edits.empty() == !whole.changed);
+    REQUIRE(moat::filters::applyEdits(in, edits.edits) == whole.message);
+  }
+  // Refused alike, with no edits: 8-bit in a header, 8-bit outside every part.
+  for (const std::string& in : {crlf("Subject: caf\xC3\xA9\n\nbody caf\xC3\xA9\n"),
+                                crlf("MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b\n\npr\xE9\n--b\n\n"
+                                     "x\xE9\n--b--\n")}) {
+    auto edits = downgradeEdits(in);
+    REQUIRE_FALSE(edits.ok);
+    REQUIRE(edits.edits.empty());
+    REQUIRE(edits.reason == downgradeTo7Bit(in).reason);
+  }
+}
