@@ -18,6 +18,12 @@ namespace moat::mta::daemon {
 namespace {
 
 constexpr size_t kMaxRequest = 4096;
+// A `list` answer goes out in slices of about this much, each made once the one before has
+// gone into the socket: a slice is well under a millisecond of the loop's time, and a
+// reader slower than the daemon holds back no more than one slice in the daemon's memory.
+constexpr size_t kSliceBytes = 64 * 1024;
+// Messages looked at per slice at most, however few of them the area asked for matches.
+constexpr size_t kSliceVisits = 2048;
 
 }  // namespace
 
@@ -27,6 +33,8 @@ struct ControlServer::Impl {
     uv::Handle<uv_pipe_t> pipe;
     std::string in;
     bool answered = false;
+    std::unique_ptr<QueueManager::ListCursor> listing;  // a `list` being written
+    std::unique_ptr<uv::Timer> resume;                  // the next slice after one that had nothing to write
   };
 
   uv_loop_t* loop;
@@ -48,30 +56,65 @@ struct ControlServer::Impl {
     std::string data;
     Impl* owner = nullptr;
     Client* client = nullptr;
+    bool last = true;  // the answer's end: the connection closes once it is written
     std::shared_ptr<bool> alive;
   };
 
-  // By value, moved along: a `list` answer is megabytes, not to be copied on the loop.
+  // The whole answer at once (every verb but `list`). By value, moved along, never copied.
   void answer(Client* c, std::string json) {
     if (c->answered) return;
     c->answered = true;
+    uv_read_stop(stream(c));
+    json.push_back('\n');
+    send(c, std::move(json), true);
+  }
+
+  void send(Client* c, std::string data, bool last) {
     auto w = std::make_unique<WriteReq>();
-    w->data = std::move(json);
-    w->data.push_back('\n');
+    w->data = std::move(data);
     w->req.data = w.get();
     w->owner = this;
     w->client = c;
+    w->last = last;
     w->alive = alive;
     uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
-    uv_read_stop(stream(c));
-    int rc = uv_write(&w->req, stream(c), &buf, 1, [](uv_write_t* req, int) {
+    int rc = uv_write(&w->req, stream(c), &buf, 1, [](uv_write_t* req, int status) {
       std::unique_ptr<WriteReq> done(static_cast<WriteReq*>(req->data));
-      if (*done->alive) done->owner->clients.erase(done->client);  // stop() closed it already
+      if (!*done->alive) return;  // stop() closed the connection already
+      if (done->last || status < 0)
+        done->owner->clients.erase(done->client);
+      else
+        done->owner->nextSlice(done->client);
     });
     if (rc == 0)
       w.release();  // libuv owns it until the write callback
     else
       clients.erase(c);
+  }
+
+  // `list`: its answer a slice at a time (QueueManager::listSlice), the next made when the
+  // socket has taken the last, so the loop serves everything else in between.
+  void startList(Client* c, const std::string& area) {
+    if (c->answered) return;
+    c->answered = true;
+    uv_read_stop(stream(c));
+    c->listing = std::make_unique<QueueManager::ListCursor>();
+    c->listing->area = area;
+    nextSlice(c);
+  }
+
+  void nextSlice(Client* c) {
+    std::string out;
+    qm.listSlice(*c->listing, out, kSliceBytes, kSliceVisits);
+    if (c->listing->done) {
+      out.push_back('\n');
+      return send(c, std::move(out), true);
+    }
+    if (!out.empty()) return send(c, std::move(out), false);
+    // Every message looked at was of another area: nothing to write, so no write callback
+    // to go on from. The next turn of the loop goes on instead.
+    if (!c->resume) c->resume = std::make_unique<uv::Timer>(loop);
+    c->resume->start(0, [this, c] { nextSlice(c); });
   }
 
   void handle(Client* c, const std::string& line) {
@@ -92,7 +135,8 @@ struct ControlServer::Impl {
       return false;
     };
     log::info("control").add("verb", verb).add("arg", arg);
-    if (verb == "list") reply(qm.list(arg));
+    if (verb == "list")
+      startList(c, arg);
     else if (verb == "show") { if (needId()) reply(qm.show(arg)); }
     else if (verb == "flush") reply(qm.flush(arg));
     else if (verb == "hold") { if (needId()) qm.hold(arg, reply); }

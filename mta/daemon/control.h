@@ -2,7 +2,9 @@
 // `moat queue ...` talks to. Protocol: the client sends one line "VERB [ARG]\n"; the daemon
 // answers with one JSON object on one line and closes. Verbs: list [active|hold|quarantine|all],
 // show ID, flush [ID], hold ID, release ID, delete ID, bounce ID. Requests are bounded
-// (4 KiB); anything else gets {"ok":false,"error":...}.
+// (4 KiB); anything else gets {"ok":false,"error":...}. The answer to `list` (megabytes for
+// a long queue) is written in slices across turns of the loop, each made once the socket
+// has taken the one before (QueueManager::listSlice), so it never holds the loop up.
 #pragma once
 #include <uv.h>
 

@@ -1594,15 +1594,24 @@ void QueueManager::finishDrainIfDone() {
   d();
 }
 
-std::string QueueManager::list(const std::string& area) const {
-  // One string, appended to in place: with 20,000 messages the answer is 6 MB, and each
-  // copy of it (array, object, reply, write buffer) was a stall of the event loop.
-  std::string out = "{\"ok\":true,\"messages\":[";
-  out.reserve(entries_.size() * 320);
-  bool first = true;
+void QueueManager::listSlice(ListCursor& cursor, std::string& out, size_t maxBytes, size_t maxVisits) const {
+  if (cursor.done) return;
+  auto it = entries_.begin();
+  if (!cursor.begun) {
+    cursor.begun = true;
+    if (!entries_.empty()) cursor.last = entries_.rbegin()->first;
+    out += "{\"ok\":true,\"messages\":[";
+  } else {
+    it = entries_.upper_bound(cursor.after);  // the last one looked at may be gone since
+  }
+  const std::string& area = cursor.area;
+  const size_t start = out.size();
   mta::JsonObject o;
   std::vector<std::string> to;
-  for (const auto& [id, e] : entries_) {
+  for (size_t visits = 0; it != entries_.end() && it->first <= cursor.last; ++it) {
+    if (visits++ == maxVisits || out.size() - start >= maxBytes) break;
+    const auto& [id, e] = *it;
+    cursor.after = id;
     const auto& env = e.env;
     bool want = area == "all" || (area.empty() && env.area != queue::Area::Quarantine) ||
                 (area == "quarantine" && env.area == queue::Area::Quarantine) ||
@@ -1620,14 +1629,16 @@ std::string QueueManager::list(const std::string& area) const {
         .add("arrival_ms", env.arrivalMs).add("attempts", env.attempts).add("next_attempt_ms", env.nextAttemptMs)
         .add("last_reply", lastReply).add("busy", e.busy);
     if (!env.quarantineReason.empty()) o.add("reason", env.quarantineReason);
-    if (!first) out.push_back(',');
-    first = false;
+    if (cursor.any) out.push_back(',');
+    cursor.any = true;
     out.push_back('{');
     out += o.members();
     out.push_back('}');
   }
-  out += "]}";
-  return out;
+  if (it == entries_.end() || it->first > cursor.last) {
+    out += "]}";
+    cursor.done = true;
+  }
 }
 
 std::string QueueManager::show(const std::string& id) const {
