@@ -249,7 +249,7 @@ class Walker {
       out_.archiveBytes += u.cost;
       switch (u.status) {
         case Unpacked::Status::Ok:
-          if (walkArchive(u.data, inner, depth + 1)) return true;
+          if (walkArchive(u.data(), inner, depth + 1)) return true;
           break;
         case Unpacked::Status::Budget: limit(inner, "max_archive_bytes"); break;
         case Unpacked::Status::Malformed: limit(inner, "malformed"); break;

@@ -295,7 +295,7 @@ void inflateInto(std::string_view in, bool complete, uint64_t budget, Unpacked& 
   }
   if (u.status == Unpacked::Status::Ok && !complete) u.status = Unpacked::Status::Malformed;
   u.cost = std::max<uint64_t>(consumed, u.owned.size());
-  u.data = u.owned;
+  u.inflated = true;
 }
 
 }  // namespace
@@ -329,7 +329,7 @@ Unpacked unpackMember(std::string_view archive, const ZipMember& member, uint64_
       u.status = Unpacked::Status::Budget;
       u.cost = budget;
     } else {
-      u.data = rest.substr(0, member.compressedSize);
+      u.stored = rest.substr(0, member.compressedSize);
       u.cost = member.compressedSize;
     }
     return u;

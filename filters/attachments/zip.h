@@ -44,9 +44,13 @@ ZipListing listZipNames(std::string_view data, size_t maxNames = 10000);
 
 struct Unpacked {
   enum class Status { Ok, Budget, Malformed, Encrypted, Unsupported } status = Status::Ok;
-  std::string_view data;  // the member's bytes: into the archive (stored) or into `owned`
-  std::string owned;      // deflated members, inflated
-  uint64_t cost = 0;      // bytes unpacked, to charge against the budget (see unpackMember)
+  std::string_view stored;  // a stored member's bytes, in the archive
+  std::string owned;        // a deflated member, inflated
+  bool inflated = false;
+  uint64_t cost = 0;  // bytes unpacked, to charge against the budget (see unpackMember)
+  // The member's bytes. Made on each call, not kept: a view kept into `owned` would point
+  // into the old object once an Unpacked is moved (a short string lives inside it).
+  std::string_view data() const { return inflated ? std::string_view(owned) : stored; }
 };
 
 // The bytes of one member of `archive`. Stops, with status Budget, before the cost would
