@@ -238,7 +238,7 @@ class Walker {
     }
     for (const auto& member : zip.members) {
       if (finished()) return true;
-      if (!opensAsArchive(data, member)) continue;
+      if (!opensAsArchive(data, member, path)) continue;
       std::string inner = pathStep(path, member.name);
       if (depth >= config_.maxArchiveDepth) {
         limit(inner, "max_archive_depth");
@@ -261,12 +261,25 @@ class Walker {
   }
 
   // A member is looked into when its name says zip (what a mail client or Explorer opens
-  // as one), or when it is stored and its bytes start like a zip (free to check). Deflated
-  // members with other names are not inflated to find out: most are ordinary files.
-  static bool opensAsArchive(std::string_view data, const ZipMember& m) {
+  // as one), or when its bytes start like a zip whatever its name ("data.bin" holding
+  // evil.exe is opened too): a stored member's are read in place, a deflated one's are
+  // inflated only as far as its first bytes (at most kPeekInput of its stream, charged to
+  // max_archive_bytes like any unpacking).
+  bool opensAsArchive(std::string_view data, const ZipMember& m, const std::string& path) {
     if (endsWith(asciiLower(trimTrailing(m.name)), ".zip")) return true;
-    if (m.method != 0 || m.encrypted || m.dataOffset >= data.size()) return false;
-    return looksLikeZip(data.substr(m.dataOffset, std::min<uint64_t>(m.compressedSize, 4)));
+    if (m.encrypted || m.dataOffset >= data.size()) return false;
+    if (m.method == 0) return looksLikeZip(data.substr(m.dataOffset, std::min<uint64_t>(m.compressedSize, 4)));
+    if (m.method != 8) return false;
+    constexpr uint64_t kPeekInput = 64 * 1024;
+    uint64_t room = config_.maxArchiveBytes - std::min(config_.maxArchiveBytes, out_.archiveBytes);
+    if (room == 0) {  // cannot tell without unpacking more than allowed
+      limit(pathStep(path, m.name), "max_archive_bytes");
+      return false;
+    }
+    uint64_t read = 0;
+    std::string head = peekDeflated(data, m, 4, std::min(room, kPeekInput), &read);
+    out_.archiveBytes += read;
+    return looksLikeZip(head);
   }
 
   // "outer.zip/inner.zip": each step at most kMaxStep bytes, so a path stays short.

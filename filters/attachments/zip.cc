@@ -341,4 +341,25 @@ Unpacked unpackMember(std::string_view archive, const ZipMember& member, uint64_
   return u;
 }
 
+std::string peekDeflated(std::string_view archive, const ZipMember& member, size_t n, uint64_t maxInput,
+                         uint64_t* read) {
+  *read = 0;
+  if (member.encrypted || member.method != 8 || member.dataOffset >= archive.size()) return {};
+  std::string_view in = archive.substr(member.dataOffset);
+  if (member.sizeKnown) in = in.substr(0, member.compressedSize);
+  in = in.substr(0, maxInput);
+  Inflater inf;
+  if (!inf.ok() || in.empty()) return {};
+  std::string out(n, '\0');
+  z_stream& z = inf.z();
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+  z.avail_in = static_cast<uInt>(in.size());
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = static_cast<uInt>(n);
+  inflate(&z, Z_NO_FLUSH);  // as far as the output or the input goes; an error keeps what came before
+  out.resize(n - z.avail_out);
+  *read = in.size() - z.avail_in;
+  return out;
+}
+
 }  // namespace moat::filters::attachments

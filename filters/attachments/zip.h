@@ -59,4 +59,11 @@ struct Unpacked {
 // `budget` bytes plus one 64 KB step.
 Unpacked unpackMember(std::string_view archive, const ZipMember& member, uint64_t budget);
 
+// The first `n` bytes of a deflated member, inflating no more of its stream than `maxInput`
+// bytes (*read: how many it read): enough to tell an archive by its signature without
+// unpacking the rest. Fewer (or none) when the stream is shorter, broken, or gives nothing
+// in that much input; none for a member that is not deflated or is encrypted.
+std::string peekDeflated(std::string_view archive, const ZipMember& member, size_t n, uint64_t maxInput,
+                         uint64_t* read);
+
 }  // namespace moat::filters::attachments

@@ -639,6 +639,23 @@ TEST_CASE("nested archives: a blocked name in a zip inside a zip is found, store
   REQUIRE(s.blocked->file == "run.js");
   REQUIRE(s.blocked->archive == "files.zip/data.bin");
 
+  // Deflated, under a harmless name: its first bytes are inflated to tell it is a zip.
+  std::string hidden =
+      pythonBuild("out = z([('a.txt', b'hello ' * 1000), ('data.bin', z([('run.js', b'alert(1)')]))])");
+  CheckResult hd = checkRaw(zipped("files.zip", hidden), fc);
+  REQUIRE(hd.blocked);
+  REQUIRE(hd.blocked->file == "run.js");
+  REQUIRE(hd.blocked->archive == "files.zip/data.bin");
+  // ...and a deflated file that is no zip is only peeked at: clean, no limit, a few bytes charged.
+  std::string plain = pythonBuild("out = z([('a.txt', b'hello ' * 100000), ('b.dat', bytes(range(256)) * 400)])");
+  CheckResult pl = checkRaw(zipped("plain.zip", plain), fc);
+  REQUIRE_FALSE(pl.blocked);
+  Result plr = resultFor(pl, fc);
+  REQUIRE(plr.verdict == Verdict::Continue);
+  REQUIRE(plr.summary == "clean");
+  REQUIRE(plain.size() < 200 * 1024);
+  REQUIRE(pl.archiveBytes <= plain.size());
+
   // A clean nested archive passes; the names of both levels are counted.
   std::string clean =
       pythonBuild("out = z([('a.txt', b'x'), ('sub/inner.zip', z([('b.pdf', b'%PDF'), ('c.txt', b'')]))])");

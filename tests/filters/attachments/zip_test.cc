@@ -110,6 +110,19 @@ TEST_CASE("zip members: stored and deflated bytes back, found with bytes in fron
   REQUIRE(l.malformed);
   REQUIRE(l.members.size() == 2);
   REQUIRE(unpackMember(cut, l.members[1], 100).data() == "BBBB");
+  // The first bytes of a deflated member, inflating no more of it than asked.
+  {
+    std::string big(200000, 'z');
+    std::string zz = makeZip({{"big.txt", rawDeflate(big), 8}, {"s.txt", "stored"}});
+    ZipListing zl = listZipNames(zz);
+    uint64_t read = 0;
+    REQUIRE(peekDeflated(zz, zl.members.at(0), 4, 1 << 16, &read) == "zzzz");
+    REQUIRE(read > 0);
+    REQUIRE(read < 1000);  // a few bytes of the stream, not its whole
+    REQUIRE(peekDeflated(zz, zl.members.at(0), 4, 0, &read).empty());
+    REQUIRE(read == 0);
+    REQUIRE(peekDeflated(zz, zl.members.at(1), 4, 1 << 16, &read).empty());  // stored: not deflated
+  }
   // A short inflated member (its string inside the object) still reads right once moved.
   std::string small = makeZip({{"t.txt", rawDeflate("tiny"), 8}});
   std::vector<Unpacked> kept;
