@@ -320,6 +320,24 @@ void readQueue(Config& c, Section s) {
   c.connectTimeout = s.getDuration("connect_timeout", c.connectTimeout);
   c.replyTimeout = s.getDuration("reply_timeout", c.replyTimeout);
   c.maxQueued = static_cast<uint64_t>(s.getInt("max_messages", 0, 0, 100'000'000));
+  std::string pref = s.getEnum("address_preference", "ipv6", {"ipv6", "ipv4", "any"});
+  c.addressPreference = pref == "ipv4"  ? AddressPreference::Ipv4
+                        : pref == "any" ? AddressPreference::Any
+                                        : AddressPreference::Ipv6;
+  auto versions = s.getStringArray("ip_versions", {"ipv4", "ipv6"});
+  c.useIpv4 = c.useIpv6 = false;
+  for (const auto& v : versions) {
+    if (v == "ipv4")
+      c.useIpv4 = true;
+    else if (v == "ipv6")
+      c.useIpv6 = true;
+    else
+      s.error("ip_versions", "\"" + v + "\" is not one of: ipv4, ipv6");
+  }
+  if (!c.useIpv4 && !c.useIpv6) {
+    if (versions.empty()) s.error("ip_versions", "needs at least one of: ipv4, ipv6");
+    c.useIpv4 = c.useIpv6 = true;  // the file is refused anyway; keep the value sane
+  }
   s.rejectUnknownKeys();
 }
 

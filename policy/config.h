@@ -23,6 +23,8 @@ using Millis = std::chrono::milliseconds;
 
 enum class ListenerMode { Smtp, Submission, Smtps };
 enum class TlsPolicy { None, May, Require, Verify };
+// [queue] address_preference: the family tried first among addresses of equal MX preference.
+enum class AddressPreference { Ipv6, Ipv4, Any };
 
 struct Listener {
   std::string address;  // as written, "127.0.0.1:2525"
@@ -122,6 +124,9 @@ struct Config {
   uint64_t maxQueued = 0;                      // [queue] max_messages: at it, MAIL gets 452 4.3.1 (0: no limit)
   Millis connectTimeout{std::chrono::seconds(30)};
   Millis replyTimeout{std::chrono::minutes(5)};
+  AddressPreference addressPreference = AddressPreference::Ipv6;
+  bool useIpv4 = true;  // [queue] ip_versions: the families delivery looks up and connects to
+  bool useIpv6 = true;
 
   // [quarantine]
   Millis quarantineRetention{std::chrono::hours(24 * 30)};  // then removed, with a log line

@@ -10,6 +10,7 @@
 #include <chrono>
 
 #include "filters/mime/downgrade.h"
+#include "mta/daemon/address_order.h"
 #include "mta/daemon/mx_self.h"
 #include "mta/dns/resolve_host.h"
 #include "mta/runtime/json.h"
@@ -247,6 +248,7 @@ struct Hop {
   IpAddress ip;
   uint16_t port = 25;
   std::string name;  // for SNI and logs
+  uint32_t group = 0;  // MX preference, or the index of the route target: see address_order.h
 };
 
 struct QueueManager::Job {
@@ -636,30 +638,52 @@ void QueueManager::deliverMaildir(std::shared_ptr<Attempt> attempt, const std::s
 
 namespace {
 
+// Why `ip` is not tried: `[queue] ip_versions` leaves its family out (Postfix skips such an
+// address as inet_protocols does; the admin can change that, so the mail waits).
+std::string ipVersionLeftOut(const IpAddress& ip) {
+  return std::string("host ") + ip.literal() + " is " + (ip.isV4() ? "IPv4" : "IPv6") +
+         ", which queue.ip_versions leaves out";
+}
+
+dns::Families familiesOf(const policy::Config& c) { return {c.useIpv4, c.useIpv6}; }
+
+// The hops in the order to try, at most `limit` (see address_order.h).
+std::vector<Hop> orderHops(std::vector<Hop> hops, const policy::Config& c, size_t limit, std::mt19937_64& rng) {
+  std::vector<AddressCandidate> candidates;
+  candidates.reserve(hops.size());
+  for (const auto& h : hops) candidates.push_back({h.ip, h.group});
+  std::vector<Hop> out;
+  for (size_t i : orderAddresses(candidates, c.addressPreference, familiesOf(c), limit, rng))
+    out.push_back(std::move(hops[i]));
+  return out;
+}
+
 // The addresses one delivery attempt to a domain's MX hosts tries at most (Postfix's
 // smtp_mx_address_limit, 5 there): a domain may list 100 MX hosts of 50 addresses each, and
 // each unreachable one costs a connect timeout; the next attempt starts again from the best.
+// When the addresses are of both families, one slot is kept for each (address_order.h).
 constexpr size_t kMaxMxAddresses = 10;
 
-// Resolves each (host, port) to addresses, kept in the targets' order: IP literals as they
-// are, names by AAAA and A, all names at once. One after another, a list of MX hosts whose
+// Resolves each (host, port) to addresses, kept in the targets' order, each hop in its
+// target's group (`groups[i]`): IP literals as they are, names by AAAA and A (only the
+// families in `families`), all names at once. One after another, a list of MX hosts whose
 // lookups time out cost a dns.timeout each (100 hosts: 100 timeouts) while the attempt held
-// its delivery slot; at once, they cost one. At most `limit` addresses, the first ones.
+// its delivery slot; at once, they cost one. An IP literal of a family left out is no hop.
 // `done(hops, tempfail, error)`: tempfail when some lookup failed temporarily and nothing
 // was found; `error` is the first target's failure, in order.
 void resolveHops(dns::Resolver* resolver, std::vector<std::pair<std::string, uint16_t>> targets,
-                 std::function<void(std::vector<Hop>, bool tempfail, std::string error)> done,
-                 size_t limit = SIZE_MAX) {
+                 std::vector<uint32_t> groups, dns::Families families,
+                 std::function<void(std::vector<Hop>, bool tempfail, std::string error)> done) {
   struct Found {
     std::vector<Hop> hops;
     dns::Status status = dns::Status::Ok;
+    std::string error;  // why an IP literal is no hop
   };
   struct State {
     std::vector<std::pair<std::string, uint16_t>> targets;
     std::vector<Found> found;
     size_t waiting = 0;
     std::function<void(std::vector<Hop>, bool, std::string)> done;
-    size_t limit;
 
     void finish() {
       std::vector<Hop> hops;
@@ -667,8 +691,8 @@ void resolveHops(dns::Resolver* resolver, std::vector<std::pair<std::string, uin
       std::string error;
       for (size_t i = 0; i < targets.size(); ++i) {
         const auto& host = targets[i].first;
-        for (auto& h : found[i].hops)
-          if (hops.size() < limit) hops.push_back(std::move(h));
+        for (auto& h : found[i].hops) hops.push_back(std::move(h));
+        if (!found[i].error.empty() && error.empty()) error = found[i].error;
         if (found[i].status == dns::Status::TempFail) {
           tempfail = true;
           if (error.empty()) error = "DNS lookup of " + host + " failed temporarily";
@@ -685,22 +709,28 @@ void resolveHops(dns::Resolver* resolver, std::vector<std::pair<std::string, uin
   st->targets = std::move(targets);
   st->found.resize(st->targets.size());
   st->done = std::move(done);
-  st->limit = limit;
   st->waiting = st->targets.size() + 1;  // +1: none finishes before every lookup started
   for (size_t i = 0; i < st->targets.size(); ++i) {
     const auto& [host, port] = st->targets[i];
+    const uint32_t group = i < groups.size() ? groups[i] : 0;
     if (auto ip = IpAddress::parse(host)) {
-      st->found[i].hops.push_back({*ip, port, ""});
+      if (families.allows(*ip))
+        st->found[i].hops.push_back({*ip, port, "", group});
+      else
+        st->found[i].error = ipVersionLeftOut(*ip);
       --st->waiting;
       continue;
     }
-    dns::resolveHost(*resolver, host, [st, i](dns::Status status, std::vector<IpAddress> ips) {
-      const auto& [name, p] = st->targets[i];
-      st->found[i].status = status;
-      if (status == dns::Status::Ok)
-        for (const auto& ip : ips) st->found[i].hops.push_back({ip, p, name});
-      if (--st->waiting == 0) st->finish();
-    });
+    dns::resolveHost(
+        *resolver, host,
+        [st, i, group](dns::Status status, std::vector<IpAddress> ips) {
+          const auto& [name, p] = st->targets[i];
+          st->found[i].status = status;
+          if (status == dns::Status::Ok)
+            for (const auto& ip : ips) st->found[i].hops.push_back({ip, p, name, group});
+          if (--st->waiting == 0) st->finish();
+        },
+        families);
   }
   if (--st->waiting == 0) st->finish();
 }
@@ -840,8 +870,10 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
   std::string key;
   if (route.to.front().kind == policy::RouteTarget::Kind::Smtp) {
     std::vector<std::pair<std::string, uint16_t>> targets;
+    std::vector<uint32_t> groups;  // each target's own: tried in order, its addresses ordered
     for (const auto& t : route.to) {
       if (t.kind != policy::RouteTarget::Kind::Smtp) continue;
+      groups.push_back(static_cast<uint32_t>(targets.size()));
       targets.emplace_back(t.host, t.port);
       key += t.str() + ",";
       job->destination += (job->destination.empty() ? "" : ",") + t.str();
@@ -849,12 +881,13 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
     key += tlsKey(job->tls, route);
     // A configured next hop whose name does not resolve is the admin's to fix (a typo in a
     // route, an internal zone down): the mail waits for that, it is not bounced.
-    resolveHops(resolver_, std::move(targets), [this, alive, job, key, failAll](std::vector<Hop> hops, bool, std::string error) {
-      if (!*alive) return;
-      if (hops.empty()) return failAll("451 4.4.3 " + (error.empty() ? "no address for next hop" : error));
-      job->hops = std::move(hops);
-      submit(key, job);
-    });
+    resolveHops(resolver_, std::move(targets), std::move(groups), familiesOf(*snap_->config),
+                [this, alive, job, key, failAll](std::vector<Hop> hops, bool, std::string error) {
+                  if (!*alive) return;
+                  if (hops.empty()) return failAll("451 4.4.3 " + (error.empty() ? "no address for next hop" : error));
+                  job->hops = orderHops(std::move(hops), *snap_->config, SIZE_MAX, rng_);
+                  submit(key, job);
+                });
     return;
   }
   // MX (RFC 5321 §5.1)
@@ -867,6 +900,8 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
     auto ip = parseAddressLiteral(domain);
     if (!ip) return permFailAll("550 5.1.2 address literal " + domain + " is not an IP address");
     if (MxSelf::fromConfig(*snap_->config).isSelfAddress(*ip)) return permFailAll(loopsBack(domain));
+    // Not tried, and not bounced: enabling the family in the config delivers it.
+    if (!familiesOf(*snap_->config).allows(*ip)) return failAll("451 4.4.4 " + ipVersionLeftOut(*ip));
     job->hops = {Hop{*ip, 25, ""}};
     return submit(key, job);
   }
@@ -913,8 +948,9 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
     }
     std::map<std::string, uint16_t> prefOf;  // by host name; a name listed twice counts at its best
     for (size_t i = 0; i < targets.size(); ++i) prefOf.emplace(targets[i].first, prefs[i]);
+    std::vector<uint32_t> groups(prefs.begin(), prefs.end());
     resolveHops(
-        resolver_, std::move(targets),
+        resolver_, std::move(targets), std::move(groups), familiesOf(*snap_->config),
         [this, alive, job, key, domain, failAll, permFailAll, self, best, selfPref, prefOf = std::move(prefOf)](
             std::vector<Hop> hops, bool tempfail, std::string error) mutable {
           if (!*alive) return;
@@ -941,10 +977,11 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
             return permFailAll("550 5.4.4 no address for the mail hosts of " + domain + ": " +
                                (error.empty() ? "none found" : error));
           if (hops.empty()) return failAll("451 4.4.3 " + (error.empty() ? "no address for the MX hosts" : error));
-          job->hops = std::move(hops);
+          // After "myself" and the hosts after it are left out, as Postfix balances (a slot
+          // for each family) only what is left.
+          job->hops = orderHops(std::move(hops), *snap_->config, kMaxMxAddresses, rng_);
           submit(key, job);
-        },
-        kMaxMxAddresses);
+        });
   });
 }
 

@@ -31,18 +31,23 @@ void finishOne(const std::shared_ptr<Pair>& p) {
 
 }  // namespace
 
-void resolveHost(Resolver& resolver, std::string_view name, HostCallback cb) {
+void resolveHost(Resolver& resolver, std::string_view name, HostCallback cb, Families families) {
   auto p = std::make_shared<Pair>();
   p->cb = std::move(cb);
+  p->v6.status = p->v4.status = Status::NoData;                 // a family not asked for has nothing
+  p->left = (families.v6 ? 1 : 0) + (families.v4 ? 1 : 0) + 1;  // +1: none finishes before both started
   const std::string host(name);  // `name` may not outlive the first callback
-  resolver.query(host, RrType::AAAA, [p](const Answer& a) {
-    p->v6 = a;
-    finishOne(p);
-  });
-  resolver.query(host, RrType::A, [p](const Answer& a) {
-    p->v4 = a;
-    finishOne(p);
-  });
+  if (families.v6)
+    resolver.query(host, RrType::AAAA, [p](const Answer& a) {
+      p->v6 = a;
+      finishOne(p);
+    });
+  if (families.v4)
+    resolver.query(host, RrType::A, [p](const Answer& a) {
+      p->v4 = a;
+      finishOne(p);
+    });
+  finishOne(p);
 }
 
 }  // namespace moat::mta::dns

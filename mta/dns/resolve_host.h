@@ -1,6 +1,7 @@
 // mta/dns/resolve_host.h — the addresses of one host name (an MX target, a smtp: route
-// host): AAAA and A asked together (RFC 5321 5.1). Untrusted input: the name (from DNS
-// or config). Logs: nothing.
+// host): AAAA and A asked together (RFC 5321 5.1), or only the one of them that
+// `[queue] ip_versions` leaves in. Untrusted input: the name (from DNS or config). Logs:
+// nothing.
 #pragma once
 #include <functional>
 #include <string_view>
@@ -10,13 +11,21 @@
 
 namespace moat::mta::dns {
 
+// The address families delivery uses (`[queue] ip_versions`, Postfix's inet_protocols).
+struct Families {
+  bool v4 = true;
+  bool v6 = true;
+  bool allows(const IpAddress& ip) const { return ip.isV4() ? v4 : v6; }
+};
+
 // Calls `cb` exactly once, after both lookups finished (possibly before this returns, on
-// cache hits). The addresses are the IPv6 ones first, then the IPv4 ones, each in the
+// cache hits). A family `families` leaves out is not asked for: its lookup counts as NoData.
+// The addresses are the IPv6 ones first, then the IPv4 ones, each in the
 // order the server gave. Status: Ok if either lookup found addresses (a TempFail of the
 // other is then ignored: the host is reachable on what was found); otherwise TempFail if
 // either failed temporarily, Malformed for a bad name, NxDomain if the name does not
 // exist, else NoData.
 using HostCallback = std::function<void(Status, std::vector<IpAddress>)>;
-void resolveHost(Resolver& resolver, std::string_view name, HostCallback cb);
+void resolveHost(Resolver& resolver, std::string_view name, HostCallback cb, Families families = {});
 
 }  // namespace moat::mta::dns

@@ -420,3 +420,50 @@ TEST_CASE("restartOnlyChanges names the keys a reload cannot apply that differ f
   auto smtpsLess = load("spool_dir = \"s1\"\n", l1 + "mode = \"smtp\"\n", "");
   REQUIRE(restartOnlyChanges(*running, *smtpsLess).empty());
 }
+
+TEST_CASE("[queue] address_preference and ip_versions: defaults, values, mistakes as FILE:LINE") {
+  const std::string head = "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n[queue]\n";
+  auto path = writeTemp(head);
+  Errors errors;
+  auto c = loadConfig(path, errors);
+  INFO(errors.str());
+  REQUIRE(c);
+  CHECK(c->addressPreference == AddressPreference::Ipv6);  // as before: AAAA first
+  CHECK(c->useIpv4);
+  CHECK(c->useIpv6);
+  unlink(path.c_str());
+
+  path = writeTemp(head + "address_preference = \"ipv4\"\nip_versions = [\"ipv4\"]\n");
+  Errors set;
+  c = loadConfig(path, set);
+  INFO(set.str());
+  REQUIRE(c);
+  CHECK(c->addressPreference == AddressPreference::Ipv4);
+  CHECK(c->useIpv4);
+  CHECK_FALSE(c->useIpv6);
+  unlink(path.c_str());
+
+  path = writeTemp(head + "address_preference = \"any\"\nip_versions = [\"ipv6\", \"ipv4\"]\n");
+  Errors any;
+  c = loadConfig(path, any);
+  INFO(any.str());
+  REQUIRE(c);
+  CHECK(c->addressPreference == AddressPreference::Any);
+  unlink(path.c_str());
+
+  path = writeTemp(head + "address_preference = \"v6\"\nip_versions = []\n");
+  Errors bad;
+  REQUIRE_FALSE(loadConfig(path, bad));
+  INFO(bad.str());
+  CHECK(bad.str().find(path + ":8: queue.address_preference: \"v6\" is not one of: ipv6, ipv4, any") !=
+        std::string::npos);
+  CHECK(bad.str().find(path + ":9: queue.ip_versions: needs at least one of: ipv4, ipv6") != std::string::npos);
+  unlink(path.c_str());
+
+  path = writeTemp(head + "ip_versions = [\"ipv4\", \"inet6\"]\n");
+  Errors unknown;
+  REQUIRE_FALSE(loadConfig(path, unknown));
+  INFO(unknown.str());
+  CHECK(unknown.str().find(path + ":8: queue.ip_versions: \"inet6\" is not one of: ipv4, ipv6") != std::string::npos);
+  unlink(path.c_str());
+}
