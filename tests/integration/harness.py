@@ -240,6 +240,16 @@ def free_port():
         return s.getsockname()[1]
 
 
+def ipv6_loopback():
+    """Whether ::1 can be bound here (tests that need it skip otherwise)."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
 class Moat:
     """Writes a config into a temp dir, runs `moat serve` on it and follows its JSON log.
 

@@ -16,18 +16,9 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import owned_dns  # noqa: E402
-from harness import Sink, owned_moat, wait_for  # noqa: E402
+from harness import Sink, ipv6_loopback, owned_moat  # noqa: E402
 
 TIMEOUT = 3  # queue.connect_timeout and queue.reply_timeout, seconds
-
-
-def ipv6_loopback():
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 class Blackhole:

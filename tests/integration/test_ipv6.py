@@ -13,16 +13,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import owned_dns  # noqa: E402
-from harness import RawClient, free_port, owned_moat, owned_sink  # noqa: E402
-
-
-def ipv6_loopback():
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
+from harness import RawClient, free_port, ipv6_loopback, owned_moat, owned_sink  # noqa: E402
 
 
 def listener_port(moat, address):
