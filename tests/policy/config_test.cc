@@ -423,35 +423,30 @@ TEST_CASE("restartOnlyChanges names the keys a reload cannot apply that differ f
 
 TEST_CASE("[queue] address_preference and ip_versions: defaults, values, mistakes as FILE:LINE") {
   const std::string head = "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n[queue]\n";
-  auto path = writeTemp(head);
-  Errors errors;
-  auto c = loadConfig(path, errors);
-  INFO(errors.str());
-  REQUIRE(c);
+  // head + `extra`, which must load.
+  auto load = [&head](const std::string& extra) {
+    auto path = writeTemp(head + extra);
+    Errors errors;
+    auto c = loadConfig(path, errors);
+    INFO(errors.str());
+    REQUIRE(c);
+    unlink(path.c_str());
+    return c;
+  };
+  auto c = load("");
   CHECK(c->addressPreference == AddressPreference::Ipv6);  // as before: AAAA first
   CHECK(c->useIpv4);
   CHECK(c->useIpv6);
-  unlink(path.c_str());
 
-  path = writeTemp(head + "address_preference = \"ipv4\"\nip_versions = [\"ipv4\"]\n");
-  Errors set;
-  c = loadConfig(path, set);
-  INFO(set.str());
-  REQUIRE(c);
+  c = load("address_preference = \"ipv4\"\nip_versions = [\"ipv4\"]\n");
   CHECK(c->addressPreference == AddressPreference::Ipv4);
   CHECK(c->useIpv4);
   CHECK_FALSE(c->useIpv6);
-  unlink(path.c_str());
 
-  path = writeTemp(head + "address_preference = \"any\"\nip_versions = [\"ipv6\", \"ipv4\"]\n");
-  Errors any;
-  c = loadConfig(path, any);
-  INFO(any.str());
-  REQUIRE(c);
-  CHECK(c->addressPreference == AddressPreference::Any);
-  unlink(path.c_str());
+  CHECK(load("address_preference = \"any\"\nip_versions = [\"ipv6\", \"ipv4\"]\n")->addressPreference ==
+        AddressPreference::Any);
 
-  path = writeTemp(head + "address_preference = \"v6\"\nip_versions = []\n");
+  std::string path = writeTemp(head + "address_preference = \"v6\"\nip_versions = []\n");
   Errors bad;
   REQUIRE_FALSE(loadConfig(path, bad));
   INFO(bad.str());
