@@ -63,3 +63,28 @@ for c in cases:
         if len(rows) > 1:
             med = {k: statistics.median(x[k] for x in rows) for k in rows[0] if k not in ("case", "label", "round")}
             show({"case": c, "label": label, "round": "median", **med})
+
+# The CPU budget of the 4 KB cases: is the gap to half the raw rate waiting or work? For each
+# round: the CPU that smtp-source and smtp-sink spent per message straight into each other (the
+# raw pair), the CPU of the Moat round per relayed message (Moat + smtp-source + smtp-sink), and
+# two rates on this machine's cores: Moat's round with no core ever idle, and a relay that costs
+# no more than one more source/sink pair (an SMTP server as cheap as smtp-sink and a client as
+# cheap as smtp-source, no disk). When the raw run keeps the cores busy, the second is about
+# half the raw rate: the target then asks for a relay as cheap as that.
+NCPU = __import__("os").cpu_count() or 1
+print()
+print("| case | round | raw relayed/s | raw busy % | raw pair CPU ms/msg | Moat relayed/s | Moat round busy % | "
+      "Moat round CPU ms/msg (Moat + pair) | Moat round at 100% busy /s | pair-cost relay /s | half raw /s |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for c in cases:
+    for rnd in rounds:
+        peers = runs.get((c, rnd), {})
+        r, m = peers.get("raw"), peers.get("moat")
+        if not r or not m:
+            continue
+        n = f(r, "count")
+        pair = (f(r, "src_cpu_s") + f(r, "sink_cpu_s")) * 1000 / n
+        total = (f(m, "cpu_s") + f(m, "src_cpu_s") + f(m, "sink_cpu_s")) * 1000 / n
+        print(f"| {c} | {rnd} | {f(r, 'relayed_per_s'):.0f} | {f(r, 'machine_busy_pct'):.0f} | {pair:.3f} | "
+              f"{f(m, 'relayed_per_s'):.0f} | {f(m, 'machine_busy_pct'):.0f} | {total:.3f} | "
+              f"{NCPU * 1000 / total:.0f} | {NCPU * 1000 / (2 * pair):.0f} | {f(r, 'relayed_per_s') / 2:.0f} |")
