@@ -269,7 +269,9 @@ void readRoute(Config& c, Section s) {
   Route r;
   r.line = s.lineOf("to");
   r.domains = domainList(s, "domains");
-  for (const auto& t : s.getStringArray("to")) {
+  size_t smtpTargets = 0, leftOut = 0;  // leftOut: at an address of a family ip_versions leaves out
+  for (const auto& item : s.getStringArrayItems("to")) {
+    const std::string& t = item.value;
     RouteTarget target;
     if (t == "mx") {
       target.kind = RouteTarget::Kind::Mx;
@@ -285,6 +287,17 @@ void readRoute(Config& c, Section s) {
       target.kind = RouteTarget::Kind::Smtp;
       target.host = hp->host;
       target.port = hp->port;
+      ++smtpTargets;
+      // Delivery never connects to such an address (the mail waits, as for a recipient at
+      // an address literal): say so now rather than when mail defers. A host name is not
+      // looked up here; its addresses are the DNS's at delivery time.
+      auto ip = mta::IpAddress::parse(target.host);
+      if (ip && !(ip->isV4() ? c.useIpv4 : c.useIpv6)) {
+        s.warningAt(item.line, "to",
+                    "\"" + t + "\" is an " + (ip->isV4() ? "IPv4" : "IPv6") +
+                        " address, which queue.ip_versions leaves out: this target is never used");
+        ++leftOut;
+      }
     } else {
       s.error("to", "\"" + t + "\": expected smtp:HOST:PORT, \"mx\" or maildir:DIR");
       continue;
@@ -292,6 +305,12 @@ void readRoute(Config& c, Section s) {
     r.to.push_back(std::move(target));
   }
   if (r.to.empty() && s.present()) s.error("to", "a route needs at least one target");
+  // A route whose first target is smtp: delivers to its smtp: targets only (the others are
+  // not tried), so when each of those is left out, nothing is.
+  if (!r.to.empty() && r.to.front().kind == RouteTarget::Kind::Smtp && leftOut == smtpTargets)
+    s.warning("to",
+              "this route can never deliver: queue.ip_versions leaves out the address family of each of its "
+              "smtp: targets, so its mail waits in the queue until queue.max_lifetime");
   std::string tls = s.getEnum("tls", "may", {"none", "may", "require", "verify"});
   r.tls = tls == "none"      ? TlsPolicy::None
           : tls == "require" ? TlsPolicy::Require
@@ -558,8 +577,8 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
   readDns(*c, c->section("dns", errors));
   readRelay(*c, c->section("relay", errors));
   readLimits(*c, c->section("limits", errors));
+  readQueue(*c, c->section("queue", errors));  // before the routes: they are checked against ip_versions
   for (auto& s : c->sectionArray("route", errors)) readRoute(*c, std::move(s));
-  readQueue(*c, c->section("queue", errors));
   readQuarantine(*c, c->section("quarantine", errors));
   readConnection(*c, c->section("connection", errors));
   readSenders(*c, c->section("senders", errors));

@@ -34,18 +34,37 @@ std::vector<size_t> orderAddresses(const std::vector<AddressCandidate>& candidat
     }
   }
   if (order.size() <= limit) return order;
+  // Postfix's smtp_balance_inet_protocols: cut to `limit` as is, a destination that lists
+  // mostly one family can leave the other no slot, and when that family is the one not
+  // routed here every attempt fails although the other would have worked. So each family
+  // keeps up to half the slots (all of its addresses when it has fewer), the other family
+  // takes the rest, and an odd slot goes to the family of the first address.
   auto isV4 = [&](size_t i) { return candidates[i].ip.isV4(); };
-  const bool kept4 = std::any_of(order.begin(), order.begin() + limit, isV4);
-  const bool kept6 = !std::all_of(order.begin(), order.begin() + limit, isV4);
-  auto missing = order.end();
-  if (!kept4)
-    missing = std::find_if(order.begin() + limit, order.end(), isV4);
-  else if (!kept6)
-    missing = std::find_if(order.begin() + limit, order.end(), [&](size_t i) { return !isV4(i); });
-  const size_t best = missing == order.end() ? SIZE_MAX : *missing;
-  order.resize(limit);
-  if (best != SIZE_MAX && limit >= 2) order.back() = best;
-  return order;
+  const size_t v4 = static_cast<size_t>(std::count_if(order.begin(), order.end(), isV4));
+  const size_t v6 = order.size() - v4;
+  if (v4 == 0 || v6 == 0) {
+    order.resize(limit);
+    return order;
+  }
+  const size_t half = limit / 2;
+  size_t keep4 = 0;
+  if (v6 <= half)
+    keep4 = limit - v6;
+  else if (v4 <= half)
+    keep4 = v4;
+  else
+    keep4 = (limit + (isV4(order.front()) ? 1 : 0)) / 2;
+  size_t keep6 = limit - keep4;
+  // The first keep4 IPv4 and keep6 IPv6 addresses, in the order found above.
+  std::vector<size_t> kept;
+  kept.reserve(limit);
+  for (size_t i : order) {
+    size_t& left = isV4(i) ? keep4 : keep6;
+    if (left == 0) continue;
+    kept.push_back(i);
+    --left;
+  }
+  return kept;
 }
 
 }  // namespace moat::mta::daemon

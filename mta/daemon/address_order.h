@@ -29,9 +29,11 @@ struct AddressCandidate {
 //  1. an address of a family `families` leaves out is dropped;
 //  2. within a group, the `preference` family first, each family keeping its order found
 //     (Ipv6, Ipv4), or the group shuffled with `rng` (Any);
-//  3. at most `limit`; when the list holds both families and the first `limit` would hold
-//     only one, the last slot goes to the best address of the other (so an unreachable
-//     family cannot use up every slot).
+//  3. at most `limit`; when the list holds both families and is longer, they are balanced
+//     as Postfix's smtp_balance_inet_protocols does (so an unreachable family cannot use up
+//     every slot): a family with at most limit/2 addresses keeps them all and the other gets
+//     the rest; otherwise each gets limit/2, the odd slot to the first address's family. The
+//     first of each family are kept, in the order of steps 1-2.
 std::vector<size_t> orderAddresses(const std::vector<AddressCandidate>& candidates,
                                    policy::AddressPreference preference, dns::Families families, size_t limit,
                                    std::mt19937_64& rng);

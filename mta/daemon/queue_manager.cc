@@ -661,7 +661,7 @@ std::vector<Hop> orderHops(std::vector<Hop> hops, const policy::Config& c, size_
 // The addresses one delivery attempt to a domain's MX hosts tries at most (Postfix's
 // smtp_mx_address_limit, 5 there): a domain may list 100 MX hosts of 50 addresses each, and
 // each unreachable one costs a connect timeout; the next attempt starts again from the best.
-// When the addresses are of both families, one slot is kept for each (address_order.h).
+// When the addresses are of both families, the two share the slots (address_order.h).
 constexpr size_t kMaxMxAddresses = 10;
 
 // Resolves each (host, port) to addresses, kept in the targets' order, each hop in its

@@ -128,6 +128,22 @@ class OperationsTest(unittest.TestCase):
         self.assertIn(f"{path}:16: warning: [[route]].domains: this route never matches: the [[route]] at line 13 "
                       "has no domains", r.stderr)
 
+    def test_check_warns_about_route_targets_of_a_family_left_out(self):
+        """queue.ip_versions leaves IPv6 out: a route to an IPv6 address can never deliver,
+        which `moat check` says at once (a warning: the config still loads)."""
+        d = tempfile.mkdtemp(prefix="moat-check-")
+        self.addCleanup(shutil.rmtree, d, True)
+        path = self._config(d, rest='[queue]\nip_versions = ["ipv4"]\n\n'
+                                    '[[route]]\ndomains = ["a.test"]\nto = ["smtp:[2001:db8::1]:25"]\n\n'
+                                    '[[route]]\ndomains = ["b.test"]\nto = ["smtp:[2001:db8::2]", "smtp:192.0.2.2"]\n')
+        r = run("check", "-c", path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f'{path}:14: warning: [[route]].to: "smtp:[2001:db8::1]:25" is an IPv6 address, which '
+                      "queue.ip_versions leaves out: this target is never used", r.stderr)
+        self.assertIn(f"{path}:14: warning: [[route]].to: this route can never deliver", r.stderr)
+        self.assertIn(f'{path}:18: warning: [[route]].to: "smtp:[2001:db8::2]" is an IPv6 address', r.stderr)
+        self.assertNotIn(f"{path}:18: warning: [[route]].to: this route", r.stderr)  # 192.0.2.2 delivers
+
     def test_sighup_notes_restart_only_changes_against_what_runs(self):
         """A reload names every key it cannot apply whose new value differs from what the
         daemon runs with since it started; going back to that value needs no restart. The

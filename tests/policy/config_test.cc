@@ -364,6 +364,58 @@ TEST_CASE("a [[route]] that can never match is a warning with FILE:LINE") {
   unlink(path.c_str());
 }
 
+TEST_CASE("a [[route]] target of a family queue.ip_versions leaves out is a warning with FILE:LINE") {
+  std::string path;
+  bool loaded = false;
+  const std::string head = "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n";
+  std::string all = loadErrors(
+      head +
+          "[[route]]\ndomains = [\"a.test\"]\nto = [\"smtp:[2001:db8::1]:25\"]\n\n"  // 7-9
+          "[[route]]\ndomains = [\"b.test\"]\nto = [\n  \"smtp:[2001:db8::2]\",\n"   // 11-14: one target a line
+          "  \"smtp:192.0.2.2:2525\",\n  \"smtp:[2001:db8::3]:25\",\n]\n\n"          // 15-17
+          "[[route]]\ndomains = [\"c.test\"]\nto = [\"smtp:relay.c.test\", "         // 19-21
+          "\"smtp:[2001:db8::4]\"]\n\n"
+          "[[route]]\ndomains = [\"d.test\"]\nto = [\"smtp:[2001:db8::5]\", \"mx\"]\n\n"  // 23-25
+          "[[route]]\ndomains = [\"e.test\"]\nto = [\"smtp:192.0.2.5\"]\n\n"              // 27-29
+          "[queue]\nip_versions = [\"ipv4\"]\n\n"                                         // 31-32
+          "[[route]]\ndomains = [\"f.test\"]\nto = [\"mx\", \"smtp:[2001:db8::6]\"]\n",   // 34-36
+      path, loaded);
+  INFO(all);
+  REQUIRE(loaded);  // warnings only
+  // Each such target at its own line; a route with no other target never delivers.
+  REQUIRE(has(all, path + ":9: warning: [[route]].to: \"smtp:[2001:db8::1]:25\" is an IPv6 address, which "
+                          "queue.ip_versions leaves out: this target is never used"));
+  REQUIRE(has(all, path + ":9: warning: [[route]].to: this route can never deliver: queue.ip_versions leaves out "
+                          "the address family of each of its smtp: targets, so its mail waits in the queue until "
+                          "queue.max_lifetime"));
+  REQUIRE(has(all, path + ":14: warning: [[route]].to: \"smtp:[2001:db8::2]\" is an IPv6 address"));
+  REQUIRE(has(all, path + ":16: warning: [[route]].to: \"smtp:[2001:db8::3]:25\" is an IPv6 address"));
+  REQUIRE_FALSE(has(all, path + ":15:"));  // an IPv4 target still delivers
+  REQUIRE_FALSE(has(all, path + ":13: warning: [[route]].to: this route"));
+  REQUIRE(has(all, path + ":21: warning: [[route]].to: \"smtp:[2001:db8::4]\" is an IPv6 address"));
+  REQUIRE_FALSE(has(all, "relay.c.test"));  // a host name is not looked up
+  REQUIRE_FALSE(has(all, path + ":21: warning: [[route]].to: this route"));
+  REQUIRE(has(all, path + ":25: warning: [[route]].to: \"smtp:[2001:db8::5]\" is an IPv6 address"));
+  // A route whose first target is smtp: delivers to its smtp: targets only.
+  REQUIRE(has(all, path + ":25: warning: [[route]].to: this route can never deliver"));
+  REQUIRE(has(all, path + ":36: warning: [[route]].to: \"smtp:[2001:db8::6]\" is an IPv6 address"));
+  REQUIRE_FALSE(has(all, path + ":36: warning: [[route]].to: this route"));  // delivers by MX
+  REQUIRE_FALSE(has(all, path + ":29:"));
+  unlink(path.c_str());
+
+  // And the other way round; with both families (the default) nothing is said.
+  all = loadErrors(head + "[queue]\nip_versions = [\"ipv6\"]\n\n[[route]]\nto = [\"smtp:192.0.2.1\"]\n", path, loaded);
+  REQUIRE(loaded);
+  REQUIRE(has(all, path + ":11: warning: [[route]].to: \"smtp:192.0.2.1\" is an IPv4 address, which "
+                          "queue.ip_versions leaves out: this target is never used"));
+  REQUIRE(has(all, path + ":11: warning: [[route]].to: this route can never deliver"));
+  unlink(path.c_str());
+  all = loadErrors(head + "[[route]]\nto = [\"smtp:192.0.2.1\", \"smtp:[2001:db8::1]\"]\n", path, loaded);
+  REQUIRE(loaded);
+  REQUIRE(all.empty());
+  unlink(path.c_str());
+}
+
 TEST_CASE("the log file must be writable where serve opens it, and the check creates nothing") {
   char tmpl[] = "/tmp/moat-logdir-XXXXXX";
   std::string dir = mkdtemp(tmpl);
