@@ -164,6 +164,17 @@ void readServer(Config& c, Section s) {
   s.rejectUnknownKeys();
 }
 
+std::vector<mta::Network> networks(Section& s, const std::string& key) {
+  std::vector<mta::Network> out;
+  for (const auto& n : s.getStringArray(key)) {
+    if (auto net = mta::Network::parse(n))
+      out.push_back(*net);
+    else
+      s.error(key, "\"" + n + "\" is not an address or CIDR network");
+  }
+  return out;
+}
+
 void readListener(Config& c, Section s) {
   Listener l;
   l.line = s.lineOf("address");
@@ -190,6 +201,18 @@ void readListener(Config& c, Section s) {
     s.error("mode", "submission needs auth_users (the credentials SMTP AUTH checks)");
   if (!l.authUsers.empty() && l.tlsCert.empty())
     s.error("auth_users", "AUTH is offered only over TLS: set tls_cert and tls_key on this listener");
+  l.proxyProtocol = s.getBool("proxy_protocol", l.proxyProtocol);
+  l.proxyNetworks = networks(s, "proxy_networks");
+  l.proxyTimeout = s.getDuration("proxy_timeout", l.proxyTimeout);
+  // A PROXY header is believed: from just anyone, it would let any client claim any address
+  // (and so relay.networks, the access lists and the limits).
+  if (l.proxyProtocol && l.proxyNetworks.empty() && !s.has("proxy_networks"))
+    s.error("proxy_protocol", "needs proxy_networks: the addresses the load balancers connect from");
+  else if (l.proxyProtocol && l.proxyNetworks.empty())
+    s.error("proxy_networks", "is empty: no load balancer could connect, and proxy_protocol takes no one else");
+  if (!l.proxyProtocol && s.has("proxy_networks"))
+    s.warning("proxy_networks", "has no effect without proxy_protocol = true");
+  if (l.proxyTimeout.count() <= 0) s.error("proxy_timeout", "must be more than 0");
   s.rejectUnknownKeys();
   c.listeners.push_back(std::move(l));
 }
@@ -202,17 +225,6 @@ void readDns(Config& c, Section s) {
   }
   c.dnsTimeout = s.getDuration("timeout", c.dnsTimeout);
   s.rejectUnknownKeys();
-}
-
-std::vector<mta::Network> networks(Section& s, const std::string& key) {
-  std::vector<mta::Network> out;
-  for (const auto& n : s.getStringArray(key)) {
-    if (auto net = mta::Network::parse(n))
-      out.push_back(*net);
-    else
-      s.error(key, "\"" + n + "\" is not an address or CIDR network");
-  }
-  return out;
 }
 
 void readRelay(Config& c, Section s) {
@@ -447,7 +459,7 @@ std::vector<std::string> restartOnlyChanges(const Config& running, const Config&
   // A listener is its socket and what it speaks; STARTTLS certificates and auth_users are
   // looked up by address in each snapshot, an smtps listener's certificate is its socket's.
   auto same = [](const Listener& a, const Listener& b) {
-    return a.address == b.address && a.mode == b.mode &&
+    return a.address == b.address && a.mode == b.mode && a.proxyProtocol == b.proxyProtocol &&
            (a.mode != ListenerMode::Smtps || (a.tlsCert == b.tlsCert && a.tlsKey == b.tlsKey));
   };
   std::set<std::string> named;
@@ -529,6 +541,12 @@ bool Config::isAllowedClient(const mta::IpAddress& ip) const {
 bool Config::isBlockedClient(const mta::IpAddress& ip) const {
   if (isAllowedClient(ip)) return false;
   for (const auto& n : connectionBlock)
+    if (n.contains(ip)) return true;
+  return false;
+}
+
+bool Listener::isProxy(const mta::IpAddress& ip) const {
+  for (const auto& n : proxyNetworks)
     if (n.contains(ip)) return true;
   return false;
 }

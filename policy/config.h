@@ -35,6 +35,13 @@ struct Listener {
   std::string authUsers;        // SMTP AUTH credentials (policy/users.h); absolute, or empty
   int line = 0;
   int authUsersLine = 0;  // of auth_users (or of the [[listener]] table)
+  // Every connection begins with a PROXY protocol header (mta/net/proxy_header.h) naming
+  // the client a load balancer passes on; only peers in proxyNetworks may send one (and so
+  // connect at all), each within proxyTimeout.
+  bool proxyProtocol = false;
+  std::vector<mta::Network> proxyNetworks;
+  Millis proxyTimeout{5000};
+  bool isProxy(const mta::IpAddress& ip) const;
 };
 
 struct RouteTarget {
@@ -169,7 +176,8 @@ void checkLogFile(const Config& c, Errors& errors);
 // What `moat serve` reads only at start: the keys whose value in `next` differs from the
 // running one, as "server.spool_dir", "server.spool_sync", "server.control_socket",
 // "server.metrics_listen", "dns.nameservers", "dns.timeout" and "listener ADDRESS" (a
-// listener added, removed, with another mode, or an smtps one with another certificate).
+// listener added, removed, with another mode or proxy_protocol, or an smtps one with another
+// certificate).
 // A reload applies everything else.
 std::vector<std::string> restartOnlyChanges(const Config& running, const Config& next);
 

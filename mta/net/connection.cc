@@ -180,6 +180,26 @@ class TcpConnection final : public Connection {
     updateSocketReading();
   }
 
+  void startImplicitTls(std::shared_ptr<tls::TlsContext> ctx) override {
+    if (closing_ || tls_) return;
+    std::string early;
+    early.swap(inbuf_);
+    ++tlsEpoch_;
+    tls_ = std::make_unique<tls::TlsSession>(std::move(ctx), "");
+    if (tls_->state() == tls::TlsSession::State::Failed) return fail(tls_->error());
+    if (!early.empty()) {
+      onCiphertext(early);
+      if (closing_) return;
+    }
+    if (eofPending_) return fail("connection closed during TLS handshake");
+    updateSocketReading();
+  }
+
+  void unread(std::string data) override {
+    if (closing_ || data.empty()) return;
+    inbuf_.insert(0, data);
+  }
+
   bool tlsActive() const override { return tls_ && tls_->state() == tls::TlsSession::State::Open; }
   const tls::TlsSession* tls() const override { return tls_.get(); }
 

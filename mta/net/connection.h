@@ -64,6 +64,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Bytes arriving after the call are TLS records: plaintext sent early fails the handshake.
   virtual void startTls(std::shared_ptr<tls::TlsContext> ctx, const std::string& sni,
                         std::function<void(bool ok, const std::string& error)> done) = 0;
+  // Server side, implicit TLS after a plaintext prefix the owner read (a PROXY protocol
+  // header, mta/net/proxy_header.h): unlike startTls, input received and not yet delivered
+  // (what unread() put back, and what came after it) is the start of the handshake, the
+  // client's ClientHello, and is kept. Call it while not reading.
+  virtual void startImplicitTls(std::shared_ptr<tls::TlsContext> ctx) = 0;
+  // Puts `data` back in front of the input not yet delivered, to be delivered (or, with
+  // startImplicitTls, taken as TLS) first: the octets an owner read past the part it took.
+  virtual void unread(std::string data) = 0;
   virtual bool tlsActive() const = 0;
   virtual const tls::TlsSession* tls() const = 0;
   // Flushes queued writes, then closes. Idempotent.

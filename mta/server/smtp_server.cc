@@ -64,10 +64,13 @@ bool SmtpServer::start(std::shared_ptr<const Snapshot> snapshot, std::string& er
       auto it = shared_.snapshot->serverTls.find(l.address);
       if (it != shared_.snapshot->serverTls.end()) implicit = it->second;
     }
+    // Behind a balancer the PROXY header comes first, in plaintext: TLS starts after it.
+    implicitAfterProxy_.push_back(l.proxyProtocol ? implicit : nullptr);
+    if (l.proxyProtocol) implicit = nullptr;
     std::string err;
     auto listener = net::listen(
         shared_.loop, l.host, l.port, false, implicit,
-        [this, i](std::shared_ptr<net::Connection> conn) { accept(listenerConfigs_[i], std::move(conn)); }, err);
+        [this, i](std::shared_ptr<net::Connection> conn) { accept(i, std::move(conn)); }, err);
     if (!listener) {
       error = "cannot listen on " + l.address + ": " + err;
       return false;
@@ -102,14 +105,92 @@ std::vector<uint16_t> SmtpServer::boundPorts() const {
   return out;
 }
 
-void SmtpServer::accept(const policy::Listener& listener, std::shared_ptr<net::Connection> conn) {
+const policy::Listener& SmtpServer::currentListener(size_t i) const {
+  const auto& started = listenerConfigs_[i];
+  for (const auto& l : shared_.snapshot->config->listeners)
+    if (l.address == started.address && l.proxyProtocol == started.proxyProtocol) return l;
+  return started;
+}
+
+void SmtpServer::accept(size_t i, std::shared_ptr<net::Connection> conn) {
+  if (listenerConfigs_[i].proxyProtocol) return acceptFromProxy(i, std::move(conn));
+  SessionPeer peer{conn->peerAddress(), conn->peerPort(), std::nullopt};
+  admit(i, std::move(conn), peer);
+}
+
+namespace {
+
+// A connection on a proxy_protocol listener closed without a greeting: one line, why.
+void proxyRefused(const net::Connection& conn, const std::string& listener, const std::string& reason) {
+  ++metrics().sessionsRefused;
+  log::info("proxy_refused")
+      .add("proxy", conn.peerAddress().str())
+      .add("proxy_port", static_cast<unsigned>(conn.peerPort()))
+      .add("listener", listener)
+      .add("reason", reason);
+}
+
+}  // namespace
+
+void SmtpServer::acceptFromProxy(size_t i, std::shared_ptr<net::Connection> conn) {
   const auto& cfg = *shared_.snapshot->config;
-  std::string ip = conn->peerAddress().str();
-  const std::string key = clientKey(conn->peerAddress());  // an IPv6 client counts by its /64
+  const auto& listener = currentListener(i);
+  // The PROXY header is believed: from anyone but the balancers it would be a forged address.
+  if (!listener.isProxy(conn->peerAddress())) {
+    proxyRefused(*conn, listener.address, "not in proxy_networks");
+    return conn->abort();
+  }
+  // What does not depend on the client is settled before its header is awaited; the per-client
+  // limits, the rate and the access lists wait for its address (admit).
+  if (shared_.draining || sessions_.size() + proxyReaders_.size() >= cfg.maxConnections) {
+    proxyRefused(*conn, listener.address, shared_.draining ? "shutting down" : "limits.max_connections reached");
+    return conn->abort();
+  }
+  auto timeout = static_cast<uint64_t>(listener.proxyTimeout.count());
+  auto reader = std::make_unique<net::ProxyHeaderReader>(shared_.loop, std::move(conn));
+  auto* raw = reader.get();
+  proxyReaders_[raw] = std::move(reader);
+  raw->start(timeout,
+             [this, i, raw](std::shared_ptr<net::Connection> c, std::optional<net::ProxyHeader> header,
+                            const std::string& error) { proxyHeaderRead(i, raw, std::move(c), header, error); });
+}
+
+void SmtpServer::proxyHeaderRead(size_t i, net::ProxyHeaderReader* reader, std::shared_ptr<net::Connection> conn,
+                                 const std::optional<net::ProxyHeader>& header, const std::string& error) {
+  // The reader is the caller: freed on the next loop turn.
+  if (auto node = proxyReaders_.extract(reader); !node.empty()) {
+    proxyGraveyard_.push_back(std::move(node.mapped()));
+    reaper_.start(0, [this] {
+      graveyard_.clear();
+      proxyGraveyard_.clear();
+    });
+  }
+  const auto& listener = listenerConfigs_[i];
+  if (!header) {
+    proxyRefused(*conn, listener.address, "PROXY protocol: " + error);
+    return conn->close();
+  }
+  SessionPeer peer{conn->peerAddress(), conn->peerPort(), conn->peerAddress()};
+  if (header->proxied) {
+    peer.ip = header->source;
+    peer.port = header->sourcePort;
+  }
+  if (implicitAfterProxy_[i]) conn->startImplicitTls(implicitAfterProxy_[i]);
+  admit(i, std::move(conn), peer);
+}
+
+void SmtpServer::admit(size_t i, std::shared_ptr<net::Connection> conn, const SessionPeer& peer) {
+  const auto& listener = listenerConfigs_[i];
+  const auto& cfg = *shared_.snapshot->config;
+  std::string ip = peer.ip.str();
+  const std::string key = clientKey(peer.ip);  // an IPv6 client counts by its /64
   auto refuse = [&](const std::string& why) {
     ++metrics().sessionsRefused;
     std::string text = cfg.hostname + " " + why;
-    log::info("reject").add("client_ip", ip).add("reply", "421 4.7.0 " + text).add("stage", "connect");
+    auto line = log::info("reject");
+    line.add("client_ip", ip);
+    if (peer.proxy) line.add("proxy", peer.proxy->str());
+    line.add("reply", "421 4.7.0 " + text).add("stage", "connect");
     metrics().countReject(RejectStage::Connect, 421);
     conn->write(smtp::formatReply(421, "4.7.0", text));
     conn->close();
@@ -119,14 +200,13 @@ void SmtpServer::accept(const policy::Listener& listener, std::shared_ptr<net::C
   if (perIp_[key] >= cfg.maxConnectionsPerIp) return refuse("Too many connections from your address");
   // [connection]: the allow list and the relay networks are exempt from the rate limit and
   // from the block list (allow wins over block).
-  auto peer = conn->peerAddress();
-  bool exempt = cfg.isAllowedClient(peer) || cfg.isRelayClient(peer);
+  bool exempt = cfg.isAllowedClient(peer.ip) || cfg.isRelayClient(peer.ip);
   if (cfg.maxConnectionRatePerIp > 0 && !exempt && !rateAllows(key, cfg.maxConnectionRatePerIp))
     return refuse("Too many connections from your address in the last minute, try again later");
-  bool blocked = !exempt && cfg.isBlockedClient(peer);
+  bool blocked = !exempt && cfg.isBlockedClient(peer.ip);
   if (blocked) ++metrics().sessionsRefused;
   ++perIp_[key];
-  auto session = std::make_shared<SmtpSession>(shared_, shared_.snapshot, listener, conn,
+  auto session = std::make_shared<SmtpSession>(shared_, shared_.snapshot, listener, conn, peer,
                                                [this, key](SmtpSession* s) { sessionEnded(s, key); });
   sessions_[session.get()] = session;
   session->start(blocked);
@@ -155,7 +235,10 @@ void SmtpServer::sessionEnded(SmtpSession* session, const std::string& key) {
   auto node = sessions_.extract(session);
   if (!node.empty()) {
     graveyard_.push_back(std::move(node.mapped()));
-    reaper_.start(0, [this] { graveyard_.clear(); });
+    reaper_.start(0, [this] {
+      graveyard_.clear();
+      proxyGraveyard_.clear();
+    });
   }
   if (shared_.draining && sessions_.empty() && drained_) {
     drainTimer_.stop();
@@ -168,6 +251,7 @@ void SmtpServer::sessionEnded(SmtpSession* session, const std::string& key) {
 void SmtpServer::drain(std::function<void()> done) {
   shared_.draining = true;
   for (auto& l : listeners_) l->close();
+  proxyReaders_.clear();  // no session yet: their connections are closed
   drained_ = std::move(done);
   std::vector<std::shared_ptr<SmtpSession>> all;
   for (auto& [k, v] : sessions_) all.push_back(v);

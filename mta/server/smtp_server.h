@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -14,6 +15,7 @@
 
 #include "mta/dns/resolver.h"
 #include "mta/net/connection.h"
+#include "mta/net/proxy_header.h"
 #include "mta/runtime/uv.h"
 #include "mta/server/metrics.h"
 #include "mta/server/snapshot.h"
@@ -25,6 +27,14 @@ namespace moat::mta::server {
 inline bool queueFull(const policy::Config& c) { return c.maxQueued > 0 && metrics().queued() >= c.maxQueued; }
 
 class SmtpSession;
+
+// Who a session talks to: the TCP peer, or on a proxy_protocol listener the client its PROXY
+// header names, with the balancer's address in `proxy`.
+struct SessionPeer {
+  IpAddress ip;
+  uint16_t port = 0;
+  std::optional<IpAddress> proxy;
+};
 
 // What every session of one server shares. Loop thread only.
 struct ServerShared {
@@ -81,7 +91,16 @@ class SmtpServer {
   std::string whyNoMail();
 
  private:
-  void accept(const policy::Listener& listener, std::shared_ptr<net::Connection> conn);
+  void accept(size_t listener, std::shared_ptr<net::Connection> conn);
+  // A proxy_protocol listener: the PROXY header first, from a peer in proxy_networks.
+  void acceptFromProxy(size_t listener, std::shared_ptr<net::Connection> conn);
+  void proxyHeaderRead(size_t listener, net::ProxyHeaderReader* reader, std::shared_ptr<net::Connection> conn,
+                       const std::optional<net::ProxyHeader>& header, const std::string& error);
+  // The connection policy for `peer` (limits, rate, allow/block), then the session.
+  void admit(size_t listener, std::shared_ptr<net::Connection> conn, const SessionPeer& peer);
+  // The listener as the current snapshot has it (proxy_networks and proxy_timeout are
+  // reloaded), else as it was started.
+  const policy::Listener& currentListener(size_t listener) const;
   void sessionEnded(SmtpSession* session, const std::string& key);
   // [connection] max_rate_per_ip: whether the client `key` (runtime/ip.h clientKey: an IPv4
   // address, an IPv6 /64) may open one more connection this minute (and counts it if so).
@@ -91,6 +110,11 @@ class SmtpServer {
   std::vector<std::unique_ptr<net::Listener>> listeners_;
   std::vector<policy::Listener> listenerConfigs_;
   std::map<SmtpSession*, std::shared_ptr<SmtpSession>> sessions_;
+  // smtps listeners with proxy_protocol: TLS starts after the PROXY header, not at accept.
+  std::vector<std::shared_ptr<tls::TlsContext>> implicitAfterProxy_;
+  // Connections whose PROXY header is awaited (they count towards limits.max_connections).
+  std::map<net::ProxyHeaderReader*, std::unique_ptr<net::ProxyHeaderReader>> proxyReaders_;
+  std::vector<std::unique_ptr<net::ProxyHeaderReader>> proxyGraveyard_;
   std::map<std::string, unsigned> perIp_;  // open sessions by client key
   // The connections taken in the last minute, oldest first, and their count by client key:
   // at most max_rate_per_ip entries per key, whatever a client tries.

@@ -127,12 +127,13 @@ std::string_view commandStage(std::string_view line) {
 
 SmtpSession::SmtpSession(ServerShared& shared, std::shared_ptr<const Snapshot> snapshot,
                          const policy::Listener& listener, std::shared_ptr<net::Connection> conn,
-                         std::function<void(SmtpSession*)> onEnd)
+                         const SessionPeer& peer, std::function<void(SmtpSession*)> onEnd)
     : shared_(shared),
       snap_(std::move(snapshot)),
       cfg_(*snap_->config),
       listener_(listener),
       conn_(std::move(conn)),
+      peer_(peer),
       onEnd_(std::move(onEnd)),
       id_(newSessionId()),
       timer_(shared.loop),
@@ -140,7 +141,7 @@ SmtpSession::SmtpSession(ServerShared& shared, std::shared_ptr<const Snapshot> s
       nameTimer_(shared.loop) {
   ctx_ = std::make_shared<filters::MessageContext>();
   ctx_->sessionId = id_;
-  ctx_->clientIp = conn_->peerAddress();
+  ctx_->clientIp = peer_.ip;
   ctx_->fromRelayNetwork = cfg_.isRelayClient(ctx_->clientIp);
   ctx_->tls = listener_.mode == policy::ListenerMode::Smtps;
   if (auto it = snap_->users.find(listener_.address); it != snap_->users.end()) users_ = it->second;
@@ -165,11 +166,14 @@ void SmtpSession::start(bool blocked) {
         if (auto s = weak.lock()) s->onOutputDrained();
       },
   });
-  log::info("connect")
-      .add("session", id_)
-      .add("client_ip", ctx_->clientIp.str())
-      .add("client_port", static_cast<unsigned>(conn_->peerPort()))
-      .add("listener", listener_.address);
+  {
+    auto line = log::info("connect");
+    line.add("session", id_)
+        .add("client_ip", ctx_->clientIp.str())
+        .add("client_port", static_cast<unsigned>(peer_.port))
+        .add("listener", listener_.address);
+    if (peer_.proxy) line.add("proxy", peer_.proxy->str());
+  }
   ++metrics().sessionsTotal;
   ++metrics().sessionsActive;
   blocked_ = blocked;

@@ -46,7 +46,7 @@ namespace moat::mta::server {
 class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
  public:
   SmtpSession(ServerShared& shared, std::shared_ptr<const Snapshot> snapshot, const policy::Listener& listener,
-              std::shared_ptr<net::Connection> conn, std::function<void(SmtpSession*)> onEnd);
+              std::shared_ptr<net::Connection> conn, const SessionPeer& peer, std::function<void(SmtpSession*)> onEnd);
   ~SmtpSession();
   SmtpSession(const SmtpSession&) = delete;
   SmtpSession& operator=(const SmtpSession&) = delete;
@@ -159,6 +159,7 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   const policy::Config& cfg_;
   policy::Listener listener_;
   std::shared_ptr<net::Connection> conn_;
+  SessionPeer peer_;  // the client (ctx_->clientIp) and, behind a balancer, the balancer
   std::function<void(SmtpSession*)> onEnd_;
   std::string id_;
   uv::Timer timer_;

@@ -166,6 +166,73 @@ TEST_CASE("a submission listener needs auth_users, and AUTH needs TLS on its lis
   unlink(path.c_str());
 }
 
+TEST_CASE("[[listener]] proxy_protocol needs proxy_networks; mistakes name FILE:LINE") {
+  const std::string head = "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n";
+  auto load = [&head](const std::string& extra, Errors& errors) {
+    auto path = writeTemp(head + extra);
+    auto c = loadConfig(path, errors);
+    unlink(path.c_str());
+    return std::make_pair(c, path);
+  };
+  {
+    Errors errors;
+    auto [c, path] = load("", errors);
+    REQUIRE(c);
+    CHECK_FALSE(c->listeners.at(0).proxyProtocol);
+    CHECK(c->listeners.at(0).proxyNetworks.empty());
+    CHECK(c->listeners.at(0).proxyTimeout.count() == 5000);
+  }
+  {
+    Errors errors;
+    auto [c, path] = load(
+        "proxy_protocol = true\nproxy_networks = [\"127.0.0.1\", \"::1\", \"10.1.0.0/16\"]\n"
+        "proxy_timeout = \"2s\"\n",
+        errors);
+    INFO(errors.str());
+    REQUIRE(c);
+    const auto& l = c->listeners.at(0);
+    CHECK(l.proxyProtocol);
+    CHECK(l.proxyTimeout.count() == 2000);
+    CHECK(l.isProxy(*moat::mta::IpAddress::parse("127.0.0.1")));
+    CHECK(l.isProxy(*moat::mta::IpAddress::parse("::1")));
+    CHECK(l.isProxy(*moat::mta::IpAddress::parse("10.1.2.3")));
+    CHECK_FALSE(l.isProxy(*moat::mta::IpAddress::parse("127.0.0.2")));
+  }
+  {  // open to anyone, any client could claim any address
+    Errors errors;
+    auto [c, path] = load("proxy_protocol = true\n", errors);
+    CHECK_FALSE(c);
+    INFO(errors.str());
+    CHECK(errors.str().find(path + ":6: [[listener]].proxy_protocol: needs proxy_networks") != std::string::npos);
+  }
+  {
+    Errors errors;
+    auto [c, path] = load("proxy_protocol = true\nproxy_networks = []\n", errors);
+    CHECK_FALSE(c);
+    INFO(errors.str());
+    CHECK(errors.str().find(path + ":7: [[listener]].proxy_networks: is empty") != std::string::npos);
+  }
+  {
+    Errors errors;
+    auto [c, path] =
+        load("proxy_protocol = \"yes\"\nproxy_networks = [\"10.0.0.0/33\"]\nproxy_timeout = \"0s\"\n", errors);
+    CHECK_FALSE(c);
+    std::string all = errors.str();
+    INFO(all);
+    CHECK(all.find(path + ":6: [[listener]].proxy_protocol:") != std::string::npos);
+    CHECK(all.find(path + ":7: [[listener]].proxy_networks: \"10.0.0.0/33\" is not an address or CIDR network") !=
+          std::string::npos);
+    CHECK(all.find(path + ":8: [[listener]].proxy_timeout:") != std::string::npos);
+  }
+  {  // harmless, but surely not what was meant
+    Errors errors;
+    auto [c, path] = load("proxy_networks = [\"127.0.0.1\"]\n", errors);
+    REQUIRE(c);
+    CHECK(errors.str().find(path + ":6: warning: [[listener]].proxy_networks: has no effect without proxy_protocol") !=
+          std::string::npos);
+  }
+}
+
 TEST_CASE("[connection] takes allow and block networks and a rate; mistakes name FILE:LINE") {
   const std::string head = "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n";
   auto path = writeTemp(head +
@@ -471,6 +538,12 @@ TEST_CASE("restartOnlyChanges names the keys a reload cannot apply that differ f
   // a listener's mode is its socket's
   auto smtpsLess = load("spool_dir = \"s1\"\n", l1 + "mode = \"smtp\"\n", "");
   REQUIRE(restartOnlyChanges(*running, *smtpsLess).empty());
+  // whether it reads a PROXY header first is too; its proxy_networks and proxy_timeout are not
+  auto proxied = load("spool_dir = \"s1\"\n", l1 + "proxy_protocol = true\nproxy_networks = [\"127.0.0.1\"]\n", "");
+  REQUIRE(restartOnlyChanges(*running, *proxied) == std::vector<std::string>{"listener 127.0.0.1:2525"});
+  auto otherProxies = load("spool_dir = \"s1\"\n",
+                           l1 + "proxy_protocol = true\nproxy_networks = [\"::1\"]\nproxy_timeout = \"1s\"\n", "");
+  REQUIRE(restartOnlyChanges(*proxied, *otherProxies).empty());
 }
 
 TEST_CASE("[queue] address_preference and ip_versions: defaults, values, mistakes as FILE:LINE") {
