@@ -323,11 +323,24 @@ void readRoute(Config& c, Section s) {
     s.warning("to",
               "this route can never deliver: queue.ip_versions leaves out the address family of each of its "
               "smtp: targets, so its mail waits in the queue until queue.max_lifetime");
-  std::string tls = s.getEnum("tls", "may", {"none", "may", "require", "verify"});
+  std::string tls = s.getEnum("tls", "may", {"none", "may", "require", "verify", "dane"});
   r.tls = tls == "none"      ? TlsPolicy::None
           : tls == "require" ? TlsPolicy::Require
           : tls == "verify"  ? TlsPolicy::Verify
+          : tls == "dane"    ? TlsPolicy::Dane
                              : TlsPolicy::May;
+  if (r.tls == TlsPolicy::Dane) {
+    // RFC 7672 §2.1: DANE rests on the AD bit of the nameservers' replies, which Moat does
+    // not check itself; anyone on the path to a remote resolver can set it. Postfix asks
+    // for a local validating resolver the same way (smtp_dns_support_level = dnssec).
+    for (const auto& ns : c.nameservers) {
+      auto hp = mta::parseHostPort(ns, 53);
+      auto ip = hp ? mta::IpAddress::parse(hp->host) : std::nullopt;
+      if (ip && !ip->isLoopback())
+        s.warning("tls", "tls = \"dane\" trusts the DNSSEC (AD) bit of dns.nameservers, but " + ns +
+                             " is not on loopback: use a local validating resolver");
+    }
+  }
   r.caFile = s.getPath("ca_file", "");
   if (!r.caFile.empty() && r.tls != TlsPolicy::Verify) s.error("ca_file", "ca_file needs tls = \"verify\"");
   s.rejectUnknownKeys();

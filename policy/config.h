@@ -22,7 +22,7 @@ namespace moat::policy {
 using Millis = std::chrono::milliseconds;
 
 enum class ListenerMode { Smtp, Submission, Smtps };
-enum class TlsPolicy { None, May, Require, Verify };
+enum class TlsPolicy { None, May, Require, Verify, Dane };
 // [queue] address_preference: the family tried first among addresses of equal MX preference.
 enum class AddressPreference { Ipv6, Ipv4, Any };
 

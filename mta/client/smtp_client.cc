@@ -624,6 +624,8 @@ std::string SmtpClient::tlsSummary() const {
 
 bool SmtpClient::tlsVerified() const { return tlsActive() && conn_->tls()->peerVerified(); }
 
+bool SmtpClient::tlsDane() const { return tlsActive() && conn_->tls()->daneAuthenticated(); }
+
 bool SmtpClient::supports(std::string_view ext) const { return ext_.find(ext) != ext_.end(); }
 
 std::string SmtpClient::extensionParam(std::string_view ext) const {

@@ -31,7 +31,8 @@ enum class TlsMode { None, May, Require };  // route tls = "none" | "may" | "req
 struct Options {
   std::string heloName;                      // our host name for EHLO/HELO
   TlsMode tls = TlsMode::May;
-  std::shared_ptr<tls::TlsContext> tlsCtx;   // client context (null with TlsMode::None)
+  std::shared_ptr<tls::TlsContext> tlsCtx;   // client context (null with TlsMode::None); a
+                                             // TlsContext::withDane one requires DANE (with Require)
   std::string sni;                           // next-hop host name, for SNI / verification
   uint64_t connectTimeoutMs = 30000, greetingTimeoutMs = 300000, commandTimeoutMs = 300000,
            dataBlockTimeoutMs = 180000, dataDoneTimeoutMs = 600000;  // RFC 5321 §4.5.3.2
@@ -140,6 +141,7 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   bool tlsActive() const;
   std::string tlsSummary() const;  // "TLSv1.3 TLS_AES_256_GCM_SHA384", "" without TLS
   bool tlsVerified() const;        // the peer's certificate verified (client context verifying)
+  bool tlsDane() const;            // the peer was authenticated by DANE TLSA records (RFC 7672)
   const std::string& peerName() const { return peerName_; }  // from the greeting
   // Non-empty (the handshake's error) when TlsMode::May fell back to plain text.
   const std::string& tlsFallback() const { return tlsFallback_; }

@@ -12,6 +12,7 @@
 #include "filters/mime/downgrade.h"
 #include "mta/daemon/address_order.h"
 #include "mta/daemon/mx_self.h"
+#include "mta/dns/dane.h"
 #include "mta/dns/resolve_host.h"
 #include "mta/runtime/json.h"
 #include "mta/runtime/log.h"
@@ -249,6 +250,8 @@ struct Hop {
   uint16_t port = 25;
   std::string name;  // for SNI and logs
   uint32_t group = 0;  // MX preference, or the index of the route target: see address_order.h
+  bool secure = false;                        // the host's address records were DNSSEC-authenticated
+  std::shared_ptr<const dns::DaneHost> dane;  // tls = "dane": what RFC 7672 asks of this host
 };
 
 struct QueueManager::Job {
@@ -257,6 +260,7 @@ struct QueueManager::Job {
   std::vector<Hop> hops;
   client::TlsMode tls = client::TlsMode::May;
   std::shared_ptr<tls::TlsContext> tlsCtx;  // tls = "verify": the route's verifying context
+  bool dane = false;                        // tls = "dane": submitHops() looks up each host's TLSA
   // For the log: the destination as the route names it ("smtp:HOST:PORT", several joined by
   // ",", or "mx:DOMAIN") and the route's tls mode; the destination key adds what pools.
   std::string destination, tlsName;
@@ -715,24 +719,90 @@ void resolveHops(dns::Resolver* resolver, std::vector<std::pair<std::string, uin
     const uint32_t group = i < groups.size() ? groups[i] : 0;
     if (auto ip = IpAddress::parse(host)) {
       if (families.allows(*ip))
-        st->found[i].hops.push_back({*ip, port, "", group});
+        st->found[i].hops.push_back({*ip, port, "", group, false, nullptr});
       else
         st->found[i].error = ipVersionLeftOut(*ip);
       --st->waiting;
       continue;
     }
-    dns::resolveHost(
+    dns::resolveHostSecure(
         *resolver, host,
-        [st, i, group](dns::Status status, std::vector<IpAddress> ips) {
+        [st, i, group](dns::Status status, std::vector<IpAddress> ips, bool secure) {
           const auto& [name, p] = st->targets[i];
           st->found[i].status = status;
           if (status == dns::Status::Ok)
-            for (const auto& ip : ips) st->found[i].hops.push_back({ip, p, name, group});
+            for (const auto& ip : ips) st->found[i].hops.push_back({ip, p, name, group, secure, nullptr});
           if (--st->waiting == 0) st->finish();
         },
         families);
   }
   if (--st->waiting == 0) st->finish();
+}
+
+// tls = "dane" (RFC 7672 §2.2): sets each hop's Hop::dane from its host's TLSA RRset at
+// _PORT._tcp.HOST, looked up (all hosts at once) only for hosts named through an
+// authenticated MX RRset (`mxSecure`; true for a route's own hosts) with authenticated
+// addresses: otherwise DANE does not apply and the host gets "may". A hop given by address has
+// no name to look TLSA up at: "may" too. `done` runs once, possibly before this returns.
+void applyDane(dns::Resolver* resolver, std::vector<Hop> hops, bool mxSecure,
+               std::function<void(std::vector<Hop>)> done) {
+  struct State {
+    std::vector<Hop> hops;
+    std::map<std::pair<std::string, uint16_t>, std::shared_ptr<const dns::DaneHost>> hosts;
+    size_t waiting = 1;  // +1: none finishes before every lookup started
+    std::function<void(std::vector<Hop>)> done;
+    void finishOne() {
+      if (--waiting > 0) return;
+      for (auto& h : hops)
+        if (auto it = hosts.find({h.name, h.port}); it != hosts.end()) h.dane = it->second;
+      auto d = std::move(done);
+      d(std::move(hops));
+    }
+  };
+  auto st = std::make_shared<State>();
+  st->hops = std::move(hops);
+  st->done = std::move(done);
+  std::vector<std::pair<std::string, uint16_t>> lookups;
+  for (const auto& h : st->hops) {
+    std::pair<std::string, uint16_t> host{h.name, h.port};
+    if (h.name.empty() || st->hosts.count(host)) continue;
+    if (!mxSecure || !h.secure) {
+      st->hosts[host] =
+          std::make_shared<const dns::DaneHost>(dns::decideDane(h.name, h.port, mxSecure, h.secure, nullptr));
+      continue;
+    }
+    st->hosts[host] = nullptr;  // filled by the lookup
+    lookups.push_back(host);
+  }
+  st->waiting += lookups.size();
+  for (const auto& [name, port] : lookups) {
+    resolver->query(dns::tlsaName(name, port), dns::RrType::TLSA, [st, name, port](const dns::Answer& a) {
+      st->hosts[{name, port}] = std::make_shared<const dns::DaneHost>(dns::decideDane(name, port, true, true, &a));
+      st->finishOne();
+    });
+  }
+  st->finishOne();
+}
+
+// The DANE part of a destination key: connections are pooled only between jobs that see the
+// same DANE requirements for the same hosts, so a connection authenticated by one host's
+// TLSA records never carries mail that another set of records (or "may") was decided for.
+std::string daneKey(const std::vector<Hop>& hops) {
+  std::string k = ",dane=";
+  for (const auto& h : hops) {
+    if (!h.dane) continue;
+    k += h.name + ":" + std::to_string(h.port) + ":" + std::to_string(static_cast<int>(h.dane->level));
+    for (const auto& r : h.dane->records) {
+      k += ":" + std::to_string(r.usage) + "." + std::to_string(r.selector) + "." + std::to_string(r.mtype) + ".";
+      static const char* kHex = "0123456789abcdef";
+      for (unsigned char c : r.data) {
+        k += kHex[c >> 4];
+        k += kHex[c & 15];
+      }
+    }
+    k += ";";
+  }
+  return k;
 }
 
 // RFC 5321 §5.1: the best MX host of `domain` is this gateway, so there is no one to give the
@@ -759,6 +829,7 @@ namespace {
 std::string tlsKey(client::TlsMode mode, const policy::Route& route) {
   std::string k = "tls=" + std::to_string(static_cast<int>(mode));
   if (route.tls == policy::TlsPolicy::Verify) k += ",verify=" + route.caFile;
+  if (route.tls == policy::TlsPolicy::Dane) k += ",dane";  // deliverSmtp adds each host's TLSA
   return k;
 }
 
@@ -768,12 +839,14 @@ const char* tlsPolicyName(policy::TlsPolicy p) {
     case policy::TlsPolicy::May: return "may";
     case policy::TlsPolicy::Require: return "require";
     case policy::TlsPolicy::Verify: return "verify";
+    case policy::TlsPolicy::Dane: return "dane";
   }
   return "may";
 }
 }  // namespace
 
 namespace {
+// tls = "dane" starts from "may": each host's Hop::dane raises it where RFC 7672 says so.
 client::TlsMode clientTlsMode(const policy::Route& route) {
   return route.tls == policy::TlsPolicy::None                                                ? client::TlsMode::None
          : route.tls == policy::TlsPolicy::Require || route.tls == policy::TlsPolicy::Verify ? client::TlsMode::Require
@@ -805,6 +878,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
     if (it != snap_->verifyingClientTls.end()) job->tlsCtx = it->second;
   }
   bool verifyMissing = route.tls == policy::TlsPolicy::Verify && !job->tlsCtx;
+  job->dane = route.tls == policy::TlsPolicy::Dane;
   job->tlsName = tlsPolicyName(route.tls);
   auto alive = alive_;
   job->done = [this, alive, attempt, rcpts, loadKey](const client::TransactionResult& r, const std::string& relay,
@@ -886,7 +960,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
                   if (!*alive) return;
                   if (hops.empty()) return failAll("451 4.4.3 " + (error.empty() ? "no address for next hop" : error));
                   job->hops = orderHops(std::move(hops), *snap_->config, SIZE_MAX, rng_);
-                  submit(key, job);
+                  submitHops(key, job, true);
                 });
     return;
   }
@@ -902,7 +976,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
     if (MxSelf::fromConfig(*snap_->config).isSelfAddress(*ip)) return permFailAll(loopsBack(domain));
     // Not tried, and not bounced: enabling the family in the config delivers it.
     if (!familiesOf(*snap_->config).allows(*ip)) return failAll("451 4.4.4 " + ipVersionLeftOut(*ip));
-    job->hops = {Hop{*ip, 25, ""}};
+    job->hops = {Hop{*ip, 25, "", 0, false, nullptr}};
     return submit(key, job);
   }
   resolver_->query(domain, dns::RrType::MX, [this, alive, job, key, domain, failAll, permFailAll](const dns::Answer& a) {
@@ -951,8 +1025,8 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
     std::vector<uint32_t> groups(prefs.begin(), prefs.end());
     resolveHops(
         resolver_, std::move(targets), std::move(groups), familiesOf(*snap_->config),
-        [this, alive, job, key, domain, failAll, permFailAll, self, best, selfPref, prefOf = std::move(prefOf)](
-            std::vector<Hop> hops, bool tempfail, std::string error) mutable {
+        [this, alive, job, key, domain, failAll, permFailAll, self, best, selfPref, mxSecure = a.authenticated,
+         prefOf = std::move(prefOf)](std::vector<Hop> hops, bool tempfail, std::string error) mutable {
           if (!*alive) return;
           auto pref = [&prefOf](const Hop& h) {
             auto it = prefOf.find(h.name);
@@ -980,8 +1054,19 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
           // After "myself" and the hosts after it are left out, as Postfix balances (a slot
           // for each family) only what is left.
           job->hops = orderHops(std::move(hops), *snap_->config, kMaxMxAddresses, rng_);
-          submit(key, job);
+          submitHops(key, job, mxSecure);
         });
+  });
+}
+
+void QueueManager::submitHops(const std::string& key, std::shared_ptr<Job> job, bool mxSecure) {
+  if (!job->dane) return submit(key, std::move(job));
+  auto alive = alive_;
+  auto hops = std::move(job->hops);
+  applyDane(resolver_, std::move(hops), mxSecure, [this, alive, key, job](std::vector<Hop> hops) {
+    if (!*alive) return;
+    job->hops = std::move(hops);
+    submit(key + daneKey(job->hops), job);
   });
 }
 
@@ -1043,6 +1128,7 @@ void QueueManager::openConnection(Destination& d) {
   struct Try {
     size_t next = 0;
     std::string lastError;
+    bool daneError = false;  // lastError is a failure of what tls = "dane" required
   };
   auto tr = std::make_shared<Try>();
   auto alive = alive_;
@@ -1059,7 +1145,8 @@ void QueueManager::openConnection(Destination& d) {
     if (tr->next >= job->hops.size()) {
       --it->second->active;
       client::TransactionResult r;
-      r.error = "451 4.4.1 " + (tr->lastError.empty() ? "connection failed" : tr->lastError);
+      r.error =
+          (tr->daneError ? "451 4.7.5 " : "451 4.4.1 ") + (tr->lastError.empty() ? "connection failed" : tr->lastError);
       std::string relay = job->hops.empty() ? "" : job->hops.back().ip.str();
       job->done(r, relay, "", "");  // no server answered: no Remote-MTA
       if (auto again = destinations_.find(key); again != destinations_.end()) {
@@ -1078,17 +1165,43 @@ void QueueManager::openConnection(Destination& d) {
     // "192.0.2.1:25", "[2001:db8::1]:25" or "mx.example.test[2001:db8::1]:25" (Postfix's form).
     std::string relay =
         hop.name.empty() ? hop.ip.withPort(hop.port) : hop.name + "[" + hop.ip.str() + "]:" + std::to_string(hop.port);
+    // tls = "dane" (RFC 7672 §2.2): TLS the host's TLSA records authenticate, or TLS at least
+    // (records all unusable); a host whose TLSA lookup failed is not tried (§2.2.1).
+    const dns::DaneLevel daneLevel = hop.dane ? hop.dane->level : dns::DaneLevel::May;
+    if (daneLevel == dns::DaneLevel::Dane) {
+      tls::DanePeer peer{hop.dane->base, {}};
+      for (const auto& r : hop.dane->records) peer.records.push_back({r.usage, r.selector, r.mtype, r.data});
+      o.tls = client::TlsMode::Require;
+      o.tlsCtx = tls::TlsContext::withDane(snap_->clientTls, std::move(peer));
+      o.sni = hop.dane->base;
+    } else if (daneLevel == dns::DaneLevel::Encrypt) {
+      o.tls = client::TlsMode::Require;
+      o.tlsCtx = snap_->clientTls;
+    }
+    if (daneLevel == dns::DaneLevel::Defer || (daneLevel == dns::DaneLevel::Dane && !o.tlsCtx)) {
+      tr->lastError = relay + ": DANE: " +
+                      (o.tlsCtx || daneLevel == dns::DaneLevel::Defer ? hop.dane->reason : "no TLS client context");
+      tr->daneError = true;
+      return (*self)();
+    }
+    const bool daneRequired = daneLevel == dns::DaneLevel::Dane || daneLevel == dns::DaneLevel::Encrypt;
     client::SmtpClient::connect(
         loop_, hop.ip, hop.port, o,
-        [this, alive, tr, job, key, self, relay, hop](std::shared_ptr<client::SmtpClient> c, const std::string& error,
-                                                      const client::Reply& greeting) {
+        [this, alive, tr, job, key, self, relay, hop, daneLevel, daneRequired](
+            std::shared_ptr<client::SmtpClient> c, const std::string& error, const client::Reply& greeting) {
           if (!*alive) return;
           auto it2 = destinations_.find(key);
           if (it2 == destinations_.end()) return;
           if (!c) {
             std::string why = error.empty() ? greeting.text : error;
             if (!error.empty() && greeting.code != 0) why += ": " + greeting.text;  // the server's own words
-            tr->lastError = relay + ": " + oneLine(why);
+            // The client's TLS errors ("STARTTLS not offered ...", "TLS handshake failed: ...")
+            // are what DANE required and did not get; a refused connection is not.
+            tr->daneError = daneRequired && error.find("TLS") != std::string::npos;
+            const char* what = !tr->daneError                      ? ""
+                               : daneLevel == dns::DaneLevel::Dane ? "DANE (TLSA) authentication required: "
+                                                                   : "TLS required by DNSSEC-signed TLSA records: ";
+            tr->lastError = relay + ": " + what + oneLine(why);
             (*self)();
             return;
           }
@@ -1140,7 +1253,10 @@ void QueueManager::runJob(Destination& d, Pooled c, std::shared_ptr<Job> job) {
     if (r.downgraded)
       log::info("downgraded").add("queue_id", job->attempt->id).add("relay", c.relay).add("conversion", "7bit");
     std::string tls = c.client->tlsActive() ? c.client->tlsSummary() : "";
-    if (!tls.empty() && job->tlsCtx && c.client->tlsVerified()) tls += " verified";  // tls = "verify"
+    if (!tls.empty() && c.client->tlsDane())
+      tls += " dane";  // tls = "dane": authenticated by the host's TLSA records
+    else if (!tls.empty() && job->tlsCtx && c.client->tlsVerified())
+      tls += " verified";  // tls = "verify"
     job->done(r, c.relay, tls, c.remoteMta);
     auto it = destinations_.find(key);
     if (it == destinations_.end()) return;

@@ -178,6 +178,9 @@ class QueueManager {
 
   // Destinations (connection pools)
   void submit(const std::string& key, std::shared_ptr<Job> job);
+  // submit(), after the DANE lookups for a tls = "dane" job: `mxSecure` says whether the MX
+  // RRset that named the job's hosts was DNSSEC-authenticated (true for a route's hosts).
+  void submitHops(const std::string& key, std::shared_ptr<Job> job, bool mxSecure);
   void pump(Destination& d);
   void openConnection(Destination& d);
   struct Pooled {

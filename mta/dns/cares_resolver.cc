@@ -20,6 +20,7 @@ namespace moat::mta::dns {
 namespace {
 constexpr int kMaxFollow = 8;
 constexpr int kClassIn = 1;
+constexpr int kEdnsPayload = 1232;  // avoids IP fragmentation (DNS flag day 2020)
 
 void libraryInit() {
   static std::once_flag once;
@@ -52,6 +53,7 @@ struct CaresResolver::Call {
   RrType type;
   int depth;
   uint32_t chainTtl;
+  bool chainAuthenticated;  // every reply of the CNAME chain so far had the AD bit
 };
 
 struct CaresResolver::SocketWatch {
@@ -90,7 +92,7 @@ bool CaresResolver::init(uv_loop_t*) {
   const unsigned tries = std::clamp(options_.tries, 1u, 8u);
   opts.timeout = static_cast<int>(std::max(1u, options_.timeoutMs / ((1u << tries) - 1)));  // ms (TIMEOUTMS)
   opts.tries = static_cast<int>(tries);
-  opts.ednspsz = 1232;  // avoids IP fragmentation (DNS flag day 2020)
+  opts.ednspsz = kEdnsPayload;
   opts.sock_state_cb = &CaresResolver::sockStateCb;
   opts.sock_state_cb_data = this;
   const int mask = ARES_OPT_FLAGS | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES | ARES_OPT_EDNSPSZ |
@@ -176,18 +178,52 @@ void CaresResolver::query(std::string_view name, RrType type, Callback cb) {
     finish(key, failed(Status::TempFail, "timeout after " + std::to_string(options_.timeoutMs) + " ms"));
     deliver();
   });
-  send(key, *canonical, type, 0, UINT32_MAX);
+  send(key, *canonical, type, 0, UINT32_MAX, true);
   rearmTimer();
   deliver();  // ares_query may fail at once (then the answer is already queued)
 }
 
-void CaresResolver::send(const std::string& key, const std::string& qname, RrType type, int depth,
-                         uint32_t chainTtl) {
+void CaresResolver::send(const std::string& key, const std::string& qname, RrType type, int depth, uint32_t chainTtl,
+                         bool chainAuthenticated) {
   ++stats_.sent;
-  auto call = std::make_unique<Call>(Call{this, key, qname, type, depth, chainTtl});
-  // c-ares owns `call` until aresCallback, which it calls exactly once (also on destroy).
-  ares_query(channel_, escapeForAres(qname).c_str(), kClassIn, static_cast<int>(type),
-             &CaresResolver::aresCallback, call.release());
+  auto call = std::make_unique<Call>(Call{this, key, qname, type, depth, chainTtl, chainAuthenticated});
+  // The query is built here rather than by ares_query, which sets neither AD nor DO: a
+  // validating resolver says whether it validated an answer (the AD bit) only when the
+  // query asked with AD or DO (RFC 6840 §5.7). AD is set on every query: it costs nothing,
+  // and non-validating servers ignore it (RFC 6840 §5.7 asks them to clear it in replies).
+  unsigned char* qbuf = nullptr;
+  int qlen = 0;
+  int rc = ares_create_query(escapeForAres(qname).c_str(), kClassIn, static_cast<int>(type), 0, 1, &qbuf, &qlen,
+                             kEdnsPayload);
+  std::unique_ptr<unsigned char, decltype(&ares_free_string)> owned(qbuf, &ares_free_string);
+  if (rc != ARES_SUCCESS || qlen < 12) {
+    // As ares_query reports it: through the callback, so the answer is queued like any other.
+    return aresCallback(call.release(), rc != ARES_SUCCESS ? rc : ARES_EBADQUERY, 0, nullptr, 0);
+  }
+  qbuf[3] |= 0x20;  // AD (RFC 4035 §3.2.3)
+  // c-ares owns `call` until sendCallback, which it calls exactly once (also on destroy);
+  // it copies the query, and sets a fresh random ID in its copy.
+  ares_send(channel_, qbuf, qlen, &CaresResolver::sendCallback, call.release());
+}
+
+// ares_send hands over any reply as ARES_SUCCESS; the RCODE is mapped here as ares_query
+// maps it, so parseReply sees the statuses it always saw.
+void CaresResolver::sendCallback(void* arg, int status, int timeouts, unsigned char* abuf, int alen) {
+  if (status == ARES_SUCCESS && abuf && alen >= 12) {
+    const int ancount = abuf[6] << 8 | abuf[7];
+    switch (abuf[3] & 0x0f) {
+      case 0: status = ancount > 0 ? ARES_SUCCESS : ARES_ENODATA; break;
+      case 1: status = ARES_EFORMERR; break;
+      case 2: status = ARES_ESERVFAIL; break;
+      case 3: status = ARES_ENOTFOUND; break;
+      case 4: status = ARES_ENOTIMP; break;
+      case 5: status = ARES_EREFUSED; break;
+      default: status = ARES_EBADRESP; break;
+    }
+  } else if (status == ARES_SUCCESS) {
+    status = ARES_EBADRESP;
+  }
+  aresCallback(arg, status, timeouts, abuf, alen);
 }
 
 void CaresResolver::aresCallback(void* arg, int status, int, unsigned char* abuf, int alen) {
@@ -199,9 +235,11 @@ void CaresResolver::aresCallback(void* arg, int status, int, unsigned char* abuf
 void CaresResolver::onReply(const Call& call, int status, const unsigned char* abuf, int alen) {
   ParsedReply r = parseReply(status, abuf, alen, call.qname, call.type, options_.ttl);
   const uint32_t chainTtl = std::min(call.chainTtl, r.chainTtl);
+  // An answer reached through a CNAME is only as authenticated as every step to it.
+  r.answer.authenticated = r.answer.authenticated && call.chainAuthenticated;
   if (r.follow) {
     if (call.depth >= kMaxFollow) return finish(call.key, failed(Status::TempFail, "CNAME chain too long"));
-    return send(call.key, *r.follow, call.type, call.depth + 1, chainTtl);
+    return send(call.key, *r.follow, call.type, call.depth + 1, chainTtl, r.answer.authenticated);
   }
   if (r.answer.status == Status::Ok || r.answer.status == Status::NoData ||
       r.answer.status == Status::NxDomain)

@@ -89,8 +89,8 @@ class CaresResolver final : public Resolver {
 
   bool init(uv_loop_t* loop);
   bool setServers();
-  void send(const std::string& key, const std::string& qname, RrType type, int depth,
-            uint32_t chainTtl);
+  void send(const std::string& key, const std::string& qname, RrType type, int depth, uint32_t chainTtl,
+            bool chainAuthenticated);
   void onReply(const Call& call, int status, const unsigned char* abuf, int alen);
   void finish(const std::string& key, Answer answer);
   void process(ares_socket_t readFd, ares_socket_t writeFd);
@@ -100,6 +100,7 @@ class CaresResolver final : public Resolver {
 
   static void sockStateCb(void* data, ares_socket_t fd, int readable, int writable);
   static void aresCallback(void* arg, int status, int timeouts, unsigned char* abuf, int alen);
+  static void sendCallback(void* arg, int status, int timeouts, unsigned char* abuf, int alen);
 
   uv_loop_t* loop_;
   CaresOptions options_;

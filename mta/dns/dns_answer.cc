@@ -134,6 +134,9 @@ std::optional<uint32_t> dataTtl(const Message& m, uint16_t type) {
   return ttl;
 }
 
+// RFC 4035 §3.2.3: the AD bit, bit 5 of the header's fourth octet.
+bool adBit(const Message& m) { return m.len >= 12 && (m.buf[3] & 0x20) != 0; }
+
 bool hasData(const Message& m, uint16_t type, const std::string& owner) {
   return std::any_of(m.rrs.begin(), m.rrs.end(), [&](const Rr& rr) {
     return !rr.authority && rr.type == type && rr.owner == owner;
@@ -210,6 +213,27 @@ int parseCname(const Message& m, const std::string& qname, Answer& a) {
   return a.names.empty() ? ARES_ENODATA : ARES_SUCCESS;
 }
 
+// RFC 6698 §2.1: usage, selector, matching type (one octet each), then the association
+// data. c-ares 1.18 has no TLSA parser, so the walk's spans are read here. A record too
+// short to hold data, or a SHA2-256/512 digest of the wrong length, is left out (RFC 7671
+// §5: such a record cannot match; Postfix drops it too): the others still count.
+int parseTlsa(const Message& m, const std::string& owner, Answer& a) {
+  constexpr uint16_t kTypeTlsa = static_cast<uint16_t>(RrType::TLSA);
+  bool any = false;
+  for (const Rr& rr : m.rrs) {
+    if (rr.authority || rr.type != kTypeTlsa || rr.cls != kClassIn || rr.owner != owner) continue;
+    any = true;
+    if (rr.rdlen < 4) continue;
+    const unsigned char* p = m.buf + rr.rdata;
+    TlsaRecord t{p[0], p[1], p[2], std::string(reinterpret_cast<const char*>(p + 3), rr.rdlen - 3u)};
+    if ((t.mtype == 1 && t.data.size() != 32) || (t.mtype == 2 && t.data.size() != 64)) continue;
+    a.tlsa.push_back(std::move(t));
+  }
+  // Records that are all malformed are an RRset that is there but unusable: Ok, empty
+  // list (the caller sees "no usable record"), not "no data".
+  return any ? ARES_SUCCESS : ARES_ENODATA;
+}
+
 int extract(const Message& m, const std::string& qname, RrType type, Answer& a) {
   const auto* abuf = m.buf;
   const int alen = static_cast<int>(m.len);
@@ -220,6 +244,7 @@ int extract(const Message& m, const std::string& qname, RrType type, Answer& a) 
     case RrType::TXT: return parseTxt(abuf, alen, a);
     case RrType::PTR: return parsePtr(abuf, alen, a);
     case RrType::CNAME: return parseCname(m, qname, a);
+    case RrType::TLSA: return ARES_ENODATA;  // parseReply reads TLSA at the chain's end
   }
   return ARES_ENODATA;
 }
@@ -278,6 +303,7 @@ ParsedReply parseReply(int rc, const unsigned char* abuf, int alen, std::string_
   const bool walked = m.buf && walk(m);
   if (st == Status::NxDomain || st == Status::NoData) {
     out.answer = negative(st, walked ? &m : nullptr, policy);
+    out.answer.authenticated = walked && adBit(m);  // a validated denial (RFC 4035 §5.4)
     return out;
   }
   if (!walked) return {failure(Status::TempFail, "malformed reply"), std::nullopt};
@@ -291,19 +317,22 @@ ParsedReply parseReply(int rc, const unsigned char* abuf, int alen, std::string_
     out.chainTtl = chain.ttl;
     if (chain.target != qname && !hasData(m, wire, chain.target) && !soaNegativeTtl(m)) {
       out.follow = chain.target;
+      out.answer.authenticated = adBit(m);  // this part of the chain; the caller ANDs the rest
       return out;
     }
   }
   Answer& a = out.answer;
-  int xrc = extract(m, qname, type, a);
+  int xrc = type == RrType::TLSA ? parseTlsa(m, chain.target, a) : extract(m, qname, type, a);
   if (xrc == ARES_ENODATA) {
     Answer n = negative(Status::NoData, &m, policy);
     n.ttl = std::min(n.ttl, chain.ttl);
+    n.authenticated = adBit(m);
     out.answer = std::move(n);
     return out;
   }
   if (xrc != ARES_SUCCESS) return {failure(Status::TempFail, ares_strerror(xrc)), std::nullopt};
   a.status = Status::Ok;
+  a.authenticated = adBit(m);
   const uint16_t ttlType = type == RrType::CNAME ? kTypeCname : wire;
   a.ttl = std::min({dataTtl(m, ttlType).value_or(0), chain.ttl, policy.maxTtl});
   return out;

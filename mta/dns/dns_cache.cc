@@ -13,6 +13,7 @@ size_t footprint(const std::string& key, const Answer& a) {
   for (const auto& m : a.mx) n += sizeof(MxRecord) + m.exchange.size() + 16;
   for (const auto& t : a.txt) n += sizeof(std::string) + t.size() + 16;
   for (const auto& s : a.names) n += sizeof(std::string) + s.size() + 16;
+  for (const auto& t : a.tlsa) n += sizeof(TlsaRecord) + t.data.size() + 16;
   return n;
 }
 

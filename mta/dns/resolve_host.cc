@@ -8,7 +8,7 @@ namespace moat::mta::dns {
 namespace {
 
 struct Pair {
-  HostCallback cb;
+  SecureHostCallback cb;
   int left = 2;
   Answer v6, v4;
 };
@@ -25,13 +25,21 @@ void finishOne(const std::shared_ptr<Pair>& p) {
   std::vector<IpAddress> all = p->v6.addresses;
   all.insert(all.end(), p->v4.addresses.begin(), p->v4.addresses.end());
   Status s = combine(p->v6, p->v4);
+  const bool found6 = p->v6.status == Status::Ok, found4 = p->v4.status == Status::Ok;
+  const bool authenticated = (found6 || found4) && (!found6 || p->v6.authenticated) && (!found4 || p->v4.authenticated);
   auto cb = std::move(p->cb);
-  cb(s, std::move(all));
+  cb(s, std::move(all), authenticated);
 }
 
 }  // namespace
 
 void resolveHost(Resolver& resolver, std::string_view name, HostCallback cb, Families families) {
+  resolveHostSecure(
+      resolver, name, [cb = std::move(cb)](Status s, std::vector<IpAddress> ips, bool) { cb(s, std::move(ips)); },
+      families);
+}
+
+void resolveHostSecure(Resolver& resolver, std::string_view name, SecureHostCallback cb, Families families) {
   auto p = std::make_shared<Pair>();
   p->cb = std::move(cb);
   p->v6.status = p->v4.status = Status::NoData;                 // a family not asked for has nothing

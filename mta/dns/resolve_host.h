@@ -28,4 +28,10 @@ struct Families {
 using HostCallback = std::function<void(Status, std::vector<IpAddress>)>;
 void resolveHost(Resolver& resolver, std::string_view name, HostCallback cb, Families families = {});
 
+// The same, also saying whether the addresses found are DNSSEC-authenticated (RFC 7672
+// §2.2: DANE applies to a host only then): every lookup that found addresses had
+// Answer::authenticated. False when nothing was found.
+using SecureHostCallback = std::function<void(Status, std::vector<IpAddress>, bool authenticated)>;
+void resolveHostSecure(Resolver& resolver, std::string_view name, SecureHostCallback cb, Families families = {});
+
 }  // namespace moat::mta::dns

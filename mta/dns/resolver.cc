@@ -25,6 +25,7 @@ std::string_view rrTypeName(RrType type) {
     case RrType::MX: return "MX";
     case RrType::TXT: return "TXT";
     case RrType::AAAA: return "AAAA";
+    case RrType::TLSA: return "TLSA";
   }
   return "?";
 }

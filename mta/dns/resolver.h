@@ -19,7 +19,7 @@
 
 namespace moat::mta::dns {
 
-enum class RrType : uint16_t { A = 1, CNAME = 5, PTR = 12, MX = 15, TXT = 16, AAAA = 28 };
+enum class RrType : uint16_t { A = 1, CNAME = 5, PTR = 12, MX = 15, TXT = 16, AAAA = 28, TLSA = 52 };
 
 enum class Status {
   Ok,        // the name has records of this type (answer non-empty)
@@ -37,14 +37,28 @@ struct MxRecord {
   std::string exchange;  // lower-case, no trailing dot; "" for a null MX (RFC 7505, ".")
 };
 
+// RFC 6698 §2.1: one TLSA record. `data` is the certificate association data (binary).
+struct TlsaRecord {
+  uint8_t usage = 0;     // 0 PKIX-TA, 1 PKIX-EE, 2 DANE-TA, 3 DANE-EE (RFC 7218)
+  uint8_t selector = 0;  // 0 full certificate, 1 SubjectPublicKeyInfo
+  uint8_t mtype = 0;     // 0 exact, 1 SHA2-256, 2 SHA2-512
+  std::string data;
+  bool operator==(const TlsaRecord&) const = default;
+};
+
 struct Answer {
   Status status = Status::TempFail;
   std::vector<IpAddress> addresses;  // A or AAAA
   std::vector<MxRecord> mx;          // sorted by preference
   std::vector<std::string> txt;      // one entry per TXT record, its strings joined with no separator
   std::vector<std::string> names;    // PTR targets (lower-case, no trailing dot)
-  uint32_t ttl = 0;                  // the smallest TTL in the answer (or the negative TTL)
-  std::string error;                 // for TempFail/Malformed: a short reason for logs
+  std::vector<TlsaRecord> tlsa;      // TLSA (malformed records left out)
+  // The nameserver set the AD bit (RFC 4035 §3.2.3) on every reply that made this answer
+  // (the CNAME chain's too): it says it validated them with DNSSEC. Moat does not validate
+  // itself; only a local validating resolver makes this worth trusting (README, dane).
+  bool authenticated = false;
+  uint32_t ttl = 0;   // the smallest TTL in the answer (or the negative TTL)
+  std::string error;  // for TempFail/Malformed: a short reason for logs
 };
 
 // RFC 5321 §5.1: hosts of equal preference MUST be tried in random order, so load spreads

@@ -7,11 +7,26 @@
 #pragma once
 #include <openssl/ssl.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace moat::mta::tls {
+
+// One TLSA record for DANE (RFC 6698 §2.1; RFC 7672 for SMTP: DANE-TA(2) and DANE-EE(3)).
+struct DaneTlsa {
+  uint8_t usage = 0, selector = 0, mtype = 0;
+  std::string data;  // certificate association data (binary)
+};
+
+// What a session's peer must match: the TLSA base domain (SNI and, for DANE-TA, the name the
+// certificate must carry: RFC 7672 §3.2.3, §8.1) and the records.
+struct DanePeer {
+  std::string baseDomain;
+  std::vector<DaneTlsa> records;
+};
 
 struct SslCtxDeleter { void operator()(SSL_CTX* c) const { SSL_CTX_free(c); } };
 struct SslDeleter { void operator()(SSL* s) const { SSL_free(s); } };
@@ -28,13 +43,19 @@ class TlsContext {
   // A client context. `verifyPeer`: check the chain against the system store (and
   // `caFile` if not empty) and the host name; off for opportunistic TLS (tls = "may").
   static std::shared_ptr<TlsContext> client(bool verifyPeer, const std::string& caFile, std::string& error);
+  // A context for one DANE-authenticated connection: `base`'s OpenSSL context (a client one
+  // from client(false, ...), shared, not copied) with `peer`'s records; sessions made from it
+  // require the peer to match them. Null if `base` is null or no client context.
+  static std::shared_ptr<TlsContext> withDane(const std::shared_ptr<TlsContext>& base, DanePeer peer);
 
   SSL_CTX* get() const { return ctx_.get(); }
   bool isServer() const { return server_; }
   bool verifiesPeer() const { return verify_; }
+  const DanePeer* dane() const { return dane_ ? dane_.get() : nullptr; }
 
  private:
   SslCtxPtr ctx_;
+  std::shared_ptr<const DanePeer> dane_;
   bool server_ = false;
   bool verify_ = false;
 };
@@ -68,9 +89,12 @@ class TlsSession {
   std::string cipher() const;
   int cipherBits() const;
   bool peerVerified() const;
+  // The peer was authenticated by a TLSA record (the context had DanePeer records).
+  bool daneAuthenticated() const;
 
  private:
   bool advance();
+  bool enableDane(const DanePeer& dane);
   std::shared_ptr<TlsContext> ctx_;
   SslPtr ssl_;
   BIO* rbio_ = nullptr;  // owned by ssl_

@@ -330,3 +330,67 @@ TEST_CASE("resolver: a CNAME answered without its target is followed by the reso
   REQUIRE(loopAnswer.status == Status::TempFail);
   REQUIRE(loopAnswer.error == "CNAME chain too long");
 }
+
+TEST_CASE("resolver: the AD bit of a validating server's reply is kept, TLSA records are read") {
+  // The test server sets AD, as a validating resolver would, only for names declared
+  // SECURE and only when the query asks (AD or DO): the resolver must ask for it.
+  TestDnsServer server(R"(zonedata:
+  mx.signed.test:
+    - SECURE: true
+    - A: 192.0.2.1
+  _25._tcp.mx.signed.test:
+    - SECURE: true
+    - TLSA: [3, 1, 1, "0c72ac70b745ac19998811b131d662c9ac69dbdbe7cb23e5b514b56664c5d3d6"]
+    - TLSA: [2, 0, 1, "00"]
+  nodata.signed.test:
+    - SECURE: true
+  alias.signed.test:
+    - SECURE: true
+    - CNAME: mx.plain.test
+  mx.plain.test:
+    - A: 192.0.2.2
+  _25._tcp.mx.plain.test:
+    - TLSA: [3, 1, 1, "0c72ac70b745ac19998811b131d662c9ac69dbdbe7cb23e5b514b56664c5d3d6"]
+)");
+  REQUIRE(server.ok());
+  uv::Loop loop;
+  CaresResolver r(loop.get(), optionsFor(server.nameserver()));
+  auto a = ask(loop, r, "mx.signed.test", RrType::A);
+  REQUIRE(a.status == Status::Ok);
+  REQUIRE(a.authenticated);
+  auto t = ask(loop, r, "_25._tcp.mx.signed.test", RrType::TLSA);
+  REQUIRE(t.status == Status::Ok);
+  REQUIRE(t.authenticated);
+  REQUIRE(t.tlsa.size() == 1);  // "2 0 1 00" is a SHA2-256 digest of one octet: left out
+  REQUIRE(t.tlsa[0].usage == 3);
+  REQUIRE(t.tlsa[0].selector == 1);
+  REQUIRE(t.tlsa[0].mtype == 1);
+  REQUIRE(t.tlsa[0].data.size() == 32);
+  REQUIRE(static_cast<unsigned char>(t.tlsa[0].data[0]) == 0x0c);
+  auto cached = ask(loop, r, "_25._tcp.mx.signed.test", RrType::TLSA);  // the cache keeps the flag
+  REQUIRE(cached.authenticated);
+  REQUIRE(server.queryCount("_25._tcp.mx.signed.test", "TLSA") == 1);
+  auto nd = ask(loop, r, "nodata.signed.test", RrType::TLSA);
+  REQUIRE(nd.status == Status::NoData);
+  REQUIRE(nd.authenticated);
+  auto plain = ask(loop, r, "_25._tcp.mx.plain.test", RrType::TLSA);
+  REQUIRE(plain.status == Status::Ok);
+  REQUIRE_FALSE(plain.authenticated);
+  REQUIRE_FALSE(ask(loop, r, "mx.plain.test", RrType::A).authenticated);
+  // A secure alias to an insecure name is not authenticated.
+  auto alias = ask(loop, r, "alias.signed.test", RrType::A);
+  REQUIRE(alias.status == Status::Ok);
+  REQUIRE_FALSE(alias.authenticated);
+  REQUIRE_FALSE(ask(loop, r, "nope.signed.test", RrType::A).authenticated);
+
+  // resolveHostSecure: the addresses found are authenticated only if every lookup that found some was.
+  auto secure = [&](const std::string& name) {
+    std::optional<bool> got;
+    resolveHostSecure(r, name, [&](Status, std::vector<IpAddress>, bool s) { got = s; });
+    REQUIRE(loop.runUntil([&] { return got.has_value(); }, 5000));
+    return *got;
+  };
+  REQUIRE(secure("mx.signed.test"));
+  REQUIRE_FALSE(secure("mx.plain.test"));
+  REQUIRE_FALSE(secure("nope.signed.test"));
+}

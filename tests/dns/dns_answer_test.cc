@@ -177,3 +177,72 @@ TEST_CASE("answer: MX hosts of equal preference are shuffled, preferences kept i
   }
   REQUIRE(orders.size() == 6);  // every order of a, b, c shows up
 }
+
+namespace {
+Bytes tlsaRdata(unsigned usage, unsigned selector, unsigned mtype, size_t len, unsigned char fill = 0xab) {
+  Bytes b(3 + len, fill);
+  b[0] = static_cast<unsigned char>(usage);
+  b[1] = static_cast<unsigned char>(selector);
+  b[2] = static_cast<unsigned char>(mtype);
+  return b;
+}
+Bytes withAd(Bytes m) {
+  m[3] |= 0x20;  // RFC 4035 §3.2.3
+  return m;
+}
+}  // namespace
+
+TEST_CASE("answer: TLSA records are read, malformed ones left out") {
+  const std::string q = "_25._tcp.mx.test";
+  auto m = message(q, 52, 0,
+                   {{q, 52, 600, tlsaRdata(3, 1, 1, 32)},
+                    {q, 52, 300, tlsaRdata(2, 0, 2, 64, 0x01)},
+                    {q, 52, 300, tlsaRdata(3, 1, 1, 31)},  // a SHA2-256 digest of the wrong length
+                    {q, 52, 300, tlsaRdata(3, 1, 2, 32)},  // a SHA2-512 digest of the wrong length
+                    {q, 52, 300, Bytes{3, 1, 0}},          // no association data
+                    {q, 52, 300, tlsaRdata(0, 0, 0, 5)},   // PKIX-TA, exact: parsed (unusable later)
+                    {"other.test", 52, 300, tlsaRdata(3, 1, 1, 32)}});
+  auto r = parse(m, q, RrType::TLSA);
+  REQUIRE(r.answer.status == Status::Ok);
+  REQUIRE(r.answer.tlsa.size() == 3);
+  REQUIRE(r.answer.tlsa[0] == TlsaRecord{3, 1, 1, std::string(32, '\xab')});
+  REQUIRE(r.answer.tlsa[1] == TlsaRecord{2, 0, 2, std::string(64, '\x01')});
+  REQUIRE(r.answer.tlsa[2] == TlsaRecord{0, 0, 0, std::string(5, '\xab')});
+  REQUIRE(r.answer.ttl == 300);
+  REQUIRE_FALSE(r.answer.authenticated);
+
+  // An RRset of malformed records only is there (Ok) but has nothing in it.
+  auto bad = message(q, 52, 0, {{q, 52, 300, Bytes{3, 1}}});
+  auto rb = parse(bad, q, RrType::TLSA);
+  REQUIRE(rb.answer.status == Status::Ok);
+  REQUIRE(rb.answer.tlsa.empty());
+
+  // Reached through a CNAME: the records of the chain's target.
+  auto viaCname =
+      message(q, 52, 0, {{q, 5, 100, nameBytes("tlsa.other")}, {"tlsa.other", 52, 300, tlsaRdata(3, 0, 1, 32)}});
+  auto rc = parse(viaCname, q, RrType::TLSA);
+  REQUIRE(rc.answer.tlsa.size() == 1);
+  REQUIRE(rc.answer.ttl == 100);
+}
+
+TEST_CASE("answer: the AD bit of the header becomes Answer::authenticated") {
+  const std::string q = "_25._tcp.mx.test";
+  auto tlsa = message(q, 52, 0, {{q, 52, 300, tlsaRdata(3, 1, 1, 32)}});
+  REQUIRE_FALSE(parse(tlsa, q, RrType::TLSA).answer.authenticated);
+  REQUIRE(parse(withAd(tlsa), q, RrType::TLSA).answer.authenticated);
+  auto a = message("h.test", 1, 0, {{"h.test", 1, 300, Bytes{192, 0, 2, 1}}});
+  REQUIRE(parse(withAd(a), "h.test", RrType::A).answer.authenticated);
+  REQUIRE_FALSE(parse(a, "h.test", RrType::A).answer.authenticated);
+  // A validated denial: NoData and NXDOMAIN keep the bit too.
+  auto nd = message(q, 52, 0, {}, {{"test", 6, 60, soa(60)}});
+  auto ndr = parse(withAd(nd), q, RrType::TLSA, ARES_ENODATA);
+  REQUIRE(ndr.answer.status == Status::NoData);
+  REQUIRE(ndr.answer.authenticated);
+  REQUIRE_FALSE(parse(nd, q, RrType::TLSA, ARES_ENODATA).answer.authenticated);
+  auto nx = message(q, 52, 3, {}, {{"test", 6, 60, soa(60)}});
+  REQUIRE(parse(withAd(nx), q, RrType::TLSA, ARES_ENOTFOUND).answer.authenticated);
+  // A temporary failure is never authenticated.
+  REQUIRE_FALSE(
+      parseReply(ARES_ESERVFAIL, withAd(tlsa).data(), static_cast<int>(tlsa.size()), q, RrType::TLSA, TtlPolicy{})
+          .answer.authenticated);
+}

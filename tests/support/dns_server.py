@@ -24,7 +24,7 @@ import sys
 
 try:
     import yaml
-    from dnslib import (AAAA, CNAME, MX, PTR, QTYPE, RCODE, RR, SOA, TXT, A, DNSHeader,
+    from dnslib import (AAAA, CNAME, MX, PTR, QTYPE, RCODE, RR, SOA, TLSA, TXT, A, DNSHeader,
                         DNSRecord)
 except ImportError as e:  # pragma: no cover - environment problem, say it plainly
     sys.stderr.write("dns_server.py: needs python3-dnslib and python3-yaml (%s); "
@@ -34,7 +34,7 @@ except ImportError as e:  # pragma: no cover - environment problem, say it plain
 DEFAULT_TTL = 300
 MAX_UDP = 512           # without EDNS (RFC 1035 4.2.1)
 MAX_CNAME_CHAIN = 8     # bounds CNAME chasing inside the zone (loops in test data)
-TYPE_NAMES = ("A", "AAAA", "MX", "TXT", "SPF", "PTR", "CNAME")
+TYPE_NAMES = ("A", "AAAA", "MX", "TXT", "SPF", "PTR", "CNAME", "TLSA")
 
 
 class ZoneError(Exception):
@@ -72,11 +72,14 @@ class Name:
 
     items: list of ("REC", type, value) | ("TIMEOUT", None) | ("TIMEOUT_TYPE", type)
            | ("SERVFAIL", None)
+    secure: answers about this name say "DNSSEC-validated" (the AD bit) to a query that
+            asked for it with AD or DO, as a validating resolver does (RFC 6840 5.7).
     """
 
     def __init__(self):
         self.items = []
         self.ttl = None
+        self.secure = False
 
 
 def parse_name_entries(owner, entries, default_ttl):
@@ -100,6 +103,9 @@ def parse_name_entries(owner, entries, default_ttl):
             rtype = str(rtype).upper()
             if rtype == "TTL":
                 n.ttl = int(value)
+                continue
+            if rtype == "SECURE":
+                n.secure = bool(value)
                 continue
             if rtype in ("TIMEOUT", "SERVFAIL"):
                 if value:
@@ -182,6 +188,10 @@ def make_rdata(rtype, value):
         return QTYPE.PTR, PTR(name_bytes(value))
     if rtype == "CNAME":
         return QTYPE.CNAME, CNAME(name_bytes(value))
+    if rtype == "TLSA":
+        if not isinstance(value, (list, tuple)) or len(value) != 4:
+            raise ZoneError("TLSA wants [usage, selector, matching type, hex data], got %r" % (value,))
+        return QTYPE.TLSA, TLSA(int(value[0]), int(value[1]), int(value[2]), bytes.fromhex(str(value[3])))
     raise ZoneError("unknown type %s" % rtype)
 
 
@@ -194,6 +204,7 @@ class Lookup:
         self.drop = False
         self.negative_owner = None
         self.negative_ttl = DEFAULT_TTL
+        self.names = []  # every name the answer is about (the CNAME chain's too)
 
 
 def records_for(entry, qtype_name):
@@ -222,6 +233,7 @@ def resolve(zone, default_ttl, qname, qtype, chase=True):
     qtype_name = QTYPE.get(qtype, str(qtype))
     name = qname
     for _ in range(MAX_CNAME_CHAIN + 1):
+        res.names.append(name)
         entry = zone.get(name)
         if entry is None:
             # Also at the end of a CNAME chain: the rcode is the last name's (RFC 6604).
@@ -321,6 +333,8 @@ class Server:
             reply.header.rcode = res.rcode
             for rr in res.answers:
                 reply.add_answer(rr)
+            if res.rcode != RCODE.SERVFAIL and self.validated(query, res):
+                reply.header.ad = 1
             if res.rcode == RCODE.NXDOMAIN or (res.rcode == RCODE.NOERROR and not res.answers):
                 reply.add_auth(soa_for(res.negative_owner or qname, res.negative_ttl))
             packed = reply.pack()
@@ -335,6 +349,11 @@ class Server:
                                         rd=query.header.rd, rcode=reply.header.rcode), q=q)
             packed = reply.pack()
         return packed
+
+    def validated(self, query, res):
+        """AD only for a query that asks (AD, or DO in its OPT RR) about secure names only."""
+        asked = query.header.ad or any(ar.rtype == QTYPE.OPT and (ar.ttl & 0x8000) for ar in query.ar)
+        return bool(asked) and all(n in self.zone and self.zone[n].secure for n in res.names)
 
     @staticmethod
     def udp_limit(data):
