@@ -343,6 +343,12 @@ void readRoute(Config& c, Section s) {
   }
   r.caFile = s.getPath("ca_file", "");
   if (!r.caFile.empty() && r.tls != TlsPolicy::Verify) s.error("ca_file", "ca_file needs tls = \"verify\"");
+  r.authFile = s.getPath("auth_file", "");
+  r.authFileLine = s.lineOf("auth_file");
+  // RFC 4954 §4: credentials never cross the network in clear. "may" goes on in plain text
+  // when STARTTLS is not offered or fails, so only the levels that never do qualify.
+  if (!r.authFile.empty() && (r.tls == TlsPolicy::None || r.tls == TlsPolicy::May))
+    s.error("auth_file", "auth_file needs a tls that never falls back to plain text: tls = \"require\" or \"verify\"");
   s.rejectUnknownKeys();
   warnIfShadowed(c, r, s);
   c.routes.push_back(std::move(r));

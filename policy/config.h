@@ -57,6 +57,10 @@ struct Route {
   std::vector<RouteTarget> to;
   TlsPolicy tls = TlsPolicy::May;
   std::string caFile;  // tls = "verify": trust anchors (PEM) beside the system store; absolute
+  // SMTP AUTH credentials for the next hop (policy/client_credentials.h); absolute, or empty.
+  // Only with a tls that never sends them in plain text.
+  std::string authFile;
+  int authFileLine = 0;
   int line = 0;
   bool matches(const std::string& domain) const;
 };

@@ -1,5 +1,6 @@
 // mta/client/smtp_client.cc — see smtp_client.h. RFC 5321 §4.1 (commands), §4.2 (replies),
-// §4.5.2 (dot-stuffing), §4.5.3.2 (timeouts); RFC 2920 (pipelining); RFC 3207 (STARTTLS).
+// §4.5.2 (dot-stuffing), §4.5.3.2 (timeouts); RFC 2920 (pipelining); RFC 3207 (STARTTLS);
+// RFC 4954 (AUTH), RFC 4616 (PLAIN).
 //
 // Untrusted input: server replies, parsed line by line with hard limits. The body is sent
 // with bare CR and bare LF turned into CRLF, so a "\n.\n" in a stored message can never end
@@ -7,12 +8,15 @@
 // with at most ~1 MiB queued to the socket.
 #include "mta/client/smtp_client.h"
 
+#include <openssl/crypto.h>
+
 #include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <cstring>
 #include <utility>
 
+#include "mta/runtime/base64.h"
 #include "mta/runtime/data_lines.h"
 #include "mta/runtime/scan.h"
 
@@ -67,7 +71,47 @@ std::string replyText(std::string_view s) {
   return out;
 }
 
+// The SASL mechanisms an EHLO reply offers, upper-case: "AUTH PLAIN LOGIN", and the
+// "AUTH=PLAIN LOGIN" form some older servers send as well.
+std::vector<std::string> authMechanisms(const std::map<std::string, std::string, std::less<>>& ext) {
+  std::vector<std::string> out;
+  auto add = [&out](std::string_view list) {
+    while (!list.empty()) {
+      size_t sp = list.find(' ');
+      if (sp != 0) out.push_back(upper(list.substr(0, sp)));
+      list = sp == std::string_view::npos ? std::string_view() : list.substr(sp + 1);
+    }
+  };
+  for (const auto& [key, value] : ext) {
+    if (key == "AUTH") add(value);
+    if (key.rfind("AUTH=", 0) == 0) {
+      add(std::string_view(key).substr(5));
+      add(value);
+    }
+  }
+  return out;
+}
+
+// For the strings that held a secret (base64 of a password is no protection).
+void wipe(std::string& s) {
+  if (!s.empty()) OPENSSL_cleanse(s.data(), s.size());
+}
+
 }  // namespace
+
+Credentials::~Credentials() { wipe(password); }
+
+std::string saslPlainResponse(std::string_view username, std::string_view password) {
+  std::string raw;
+  raw.reserve(username.size() + password.size() + 2);
+  raw.push_back('\0');  // no authorization identity: act as the authenticated one
+  raw.append(username);
+  raw.push_back('\0');
+  raw.append(password);
+  std::string out = base64Encode(raw);
+  wipe(raw);
+  return out;
+}
 
 // Streams prefix + body with dot-stuffing and line-ending repair (mta/runtime/data_lines.h,
 // shared with the DKIM signer, which signs the lines as this sends them).
@@ -227,10 +271,10 @@ void SmtpClient::onHelo(const Reply& r) {
 }
 
 void SmtpClient::afterHello() {
-  if (opts_.tls == TlsMode::None || tlsTried_) return connected();
+  if (opts_.tls == TlsMode::None || tlsTried_) return authenticate();
   if (!supports("STARTTLS")) {
     if (opts_.tls == TlsMode::Require) return fail("STARTTLS not offered by the server");
-    return connected();
+    return authenticate();
   }
   if (!opts_.tlsCtx) return fail("no TLS client context configured");
   tlsTried_ = true;
@@ -240,7 +284,7 @@ void SmtpClient::afterHello() {
 void SmtpClient::onStartTls(const Reply& r) {
   if (r.code != 220) {
     if (opts_.tls == TlsMode::Require) return fail("STARTTLS refused", r);
-    return connected();  // RFC 3207 §4: go on without TLS when opportunistic
+    return authenticate();  // RFC 3207 §4: go on without TLS when opportunistic
   }
   // Anything the server sent after its 220 is discarded by the connection (RFC 3207 §4.2).
   partial_.clear();
@@ -291,6 +335,51 @@ void SmtpClient::reconnectPlain(const std::string& error) {
                });
 }
 
+// RFC 4954 after the EHLO that follows STARTTLS. The AUTH exchange is never pipelined
+// (§4: the client waits for each reply); MAIL then pipelines as usual.
+void SmtpClient::authenticate() {
+  if (!opts_.auth) return connected();
+  // RFC 4954 §4: never in clear. The config allows AUTH only with tls = "require" or
+  // stricter; this holds whatever a caller passes.
+  if (!tlsActive()) return fail("4.7.0 credentials are sent only over TLS, and this connection is not encrypted");
+  auto mechs = authMechanisms(ext_);
+  auto offered = [&mechs](std::string_view m) { return std::find(mechs.begin(), mechs.end(), m) != mechs.end(); };
+  if (offered("PLAIN")) {
+    std::string line = "AUTH PLAIN " + saslPlainResponse(opts_.auth->username, opts_.auth->password);
+    command(line, opts_.commandTimeoutMs, [this](const Reply& r) { onAuthDone(r); });
+    wipe(line);
+    return;
+  }
+  if (offered("LOGIN"))
+    return command("AUTH LOGIN", opts_.commandTimeoutMs, [this](const Reply& r) { onAuthLoginStep(r, 0); });
+  std::string offers;  // what it offers instead, for the admin (the server's words: made printable)
+  for (const auto& m : mechs) offers += (offers.empty() ? "" : " ") + m;
+  fail("4.7.0 next hop offers no AUTH mechanism Moat supports (PLAIN, LOGIN); it offers " +
+       (offers.empty() ? std::string("no AUTH") : "AUTH " + replyText(offers)));
+}
+
+// LOGIN (draft-murchison-sasl-login): the server asks for the name, then the password,
+// each with a 334; its challenges say which in base64, but the order is fixed.
+void SmtpClient::onAuthLoginStep(const Reply& r, int step) {
+  if (r.code != 334) return onAuthDone(r);
+  std::string line = base64Encode(step == 0 ? opts_.auth->username : opts_.auth->password);
+  if (step == 0)
+    command(line, opts_.commandTimeoutMs, [this](const Reply& next) { onAuthLoginStep(next, 1); });
+  else
+    command(line, opts_.commandTimeoutMs, [this](const Reply& next) { onAuthDone(next); });
+  wipe(line);
+}
+
+void SmtpClient::onAuthDone(const Reply& r) {
+  if (r.code == 235) {
+    authUser_ = opts_.auth->username;
+    return connected();
+  }
+  // A 334 here (a challenge after the last step) ends the exchange too: the connection is
+  // closed, so nothing of it is left half-done.
+  fail("4.7.0 SASL authentication as \"" + opts_.auth->username + "\" failed", r);
+}
+
 void SmtpClient::connected() {
   state_ = State::Idle;
   auto keep = std::move(self_);
@@ -334,6 +423,7 @@ void SmtpClient::send(Transaction t, std::function<void(TransactionResult)> done
   // connection is busy meanwhile, and if it fails, done() gets the error as usual.
   state_ = State::Busy;
   self_ = shared_from_this();
+  res.authUser = authUser_;
   result_ = std::move(res);
   txDone_ = std::move(done);
   prepare(std::move(t));

@@ -1,12 +1,14 @@
 // mta/client/smtp_client.h — one outbound SMTP connection that carries one transaction at a
 // time, several in a row (RFC 5321 client side; RFC 2920 PIPELINING; RFC 3207 STARTTLS;
-// RFC 6152 8BITMIME, RFC 1870 SIZE, RFC 6531 SMTPUTF8, RFC 3461 DSN parameters). 8-bit mail
+// RFC 6152 8BITMIME, RFC 1870 SIZE, RFC 6531 SMTPUTF8, RFC 3461 DSN parameters; RFC 4954
+// AUTH with PLAIN (RFC 4616) or LOGIN, over TLS only, when the caller gives credentials). 8-bit mail
 // for a next hop without 8BITMIME goes converted by the caller's Transaction::downgrade, and
 // UTF-8 mail for one without SMTPUTF8 by Transaction::utf8Downgrade when the caller has one.
 //
 // Untrusted input: every reply from the server (bounded: 4096 bytes a line, 100 lines a
 // reply; more is a protocol error that ends the connection). Logs nothing: the queue manager
-// logs `deliver`/`defer` with the replies this returns.
+// logs `deliver`/`defer` with the replies this returns; no error or reply it returns holds
+// the password or its base64.
 #pragma once
 #include <uv.h>
 
@@ -28,12 +30,28 @@ namespace moat::mta::client {
 
 enum class TlsMode { None, May, Require };  // route tls = "none" | "may" | "require"
 
+// What the client authenticates as (RFC 4954). The password is wiped when the last
+// holder lets go.
+struct Credentials {
+  std::string username, password;
+  Credentials(std::string u, std::string p) : username(std::move(u)), password(std::move(p)) {}
+  ~Credentials();
+  Credentials(const Credentials&) = delete;
+  Credentials& operator=(const Credentials&) = delete;
+};
+
+// The initial response of AUTH PLAIN (RFC 4616 §2) with no authorization identity:
+// base64("\0" username "\0" password).
+std::string saslPlainResponse(std::string_view username, std::string_view password);
+
 struct Options {
   std::string heloName;                      // our host name for EHLO/HELO
   TlsMode tls = TlsMode::May;
   std::shared_ptr<tls::TlsContext> tlsCtx;   // client context (null with TlsMode::None); a
                                              // TlsContext::withDane one requires DANE (with Require)
   std::string sni;                           // next-hop host name, for SNI / verification
+  // AUTH after the EHLO that follows STARTTLS (never without TLS); null = no AUTH.
+  std::shared_ptr<const Credentials> auth;
   uint64_t connectTimeoutMs = 30000, greetingTimeoutMs = 300000, commandTimeoutMs = 300000,
            dataBlockTimeoutMs = 180000, dataDoneTimeoutMs = 600000;  // RFC 5321 §4.5.3.2
 };
@@ -101,6 +119,7 @@ struct TransactionResult {
   // reporting its delivery is now that hop's (§5.2.1); without it, a relaying MTA reports
   // success itself ("relayed", §5.2.2).
   bool dsnOffered = false;
+  std::string authUser;  // the name the connection authenticated as (RFC 4954), "" = none
   Reply mail;
   std::vector<Reply> rcpts;   // one per rcpt, same order
   Reply data;                 // final reply after the message (or to DATA if refused)
@@ -121,6 +140,12 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   // command timeout; EHLO again after TLS). done(client, error, reply)
   // runs once: client is null on failure, and `reply` is the greeting on success or the
   // reply that made it fail (code 0 for network/TLS/timeouts).
+  //
+  // With Options::auth, AUTH follows that last EHLO: PLAIN (initial response) when offered,
+  // else LOGIN. It fails (client null) when the connection is not encrypted, the server
+  // offers neither, or refuses the credentials (`reply`: its reply to AUTH); the error then
+  // begins with "4.7.0 " (the queue manager defers, never bounces: a wrong password in
+  // Moat's config must not return everyone's mail).
   static void connect(uv_loop_t* loop, const IpAddress& ip, uint16_t port, Options opts, ConnectDone done);
 
   explicit SmtpClient(uv_loop_t* loop, Options opts);  // use connect()
@@ -142,7 +167,8 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   std::string tlsSummary() const;  // "TLSv1.3 TLS_AES_256_GCM_SHA384", "" without TLS
   bool tlsVerified() const;        // the peer's certificate verified (client context verifying)
   bool tlsDane() const;            // the peer was authenticated by DANE TLSA records (RFC 7672)
-  const std::string& peerName() const { return peerName_; }  // from the greeting
+  const std::string& peerName() const { return peerName_; }         // from the greeting
+  const std::string& authenticatedAs() const { return authUser_; }  // "" = no AUTH
   // Non-empty (the handshake's error) when TlsMode::May fell back to plain text.
   const std::string& tlsFallback() const { return tlsFallback_; }
   bool supports(std::string_view ext) const;                 // EHLO keyword, upper-case
@@ -172,6 +198,9 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   void afterHello();
   void onStartTls(const Reply& r);
   void reconnectPlain(const std::string& error);
+  void authenticate();
+  void onAuthLoginStep(const Reply& r, int step);
+  void onAuthDone(const Reply& r);
   void connected();
 
   bool envelopeSafe(const Transaction& t) const;
@@ -217,6 +246,7 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   IpAddress ip_;
   uint16_t port_ = 0;
   std::string tlsFallback_;
+  std::string authUser_;
 
   // Reply parsing.
   std::string partial_;

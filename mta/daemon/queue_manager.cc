@@ -261,6 +261,8 @@ struct QueueManager::Job {
   client::TlsMode tls = client::TlsMode::May;
   std::shared_ptr<tls::TlsContext> tlsCtx;  // tls = "verify": the route's verifying context
   bool dane = false;                        // tls = "dane": submitHops() looks up each host's TLSA
+  // [[route]] auth_file: SMTP AUTH after STARTTLS; null = no AUTH.
+  std::shared_ptr<const client::Credentials> auth;
   // For the log: the destination as the route names it ("smtp:HOST:PORT", several joined by
   // ",", or "mx:DOMAIN") and the route's tls mode; the destination key adds what pools.
   std::string destination, tlsName;
@@ -833,6 +835,11 @@ std::string tlsKey(client::TlsMode mode, const policy::Route& route) {
   return k;
 }
 
+// The AUTH part of a destination key: connections are pooled only between jobs of the
+// same credentials file; deliverSmtp adds the name itself, so a connection authenticated
+// as one user never carries mail meant to go as another (after a reload that changed it).
+std::string authKey(const policy::Route& route) { return route.authFile.empty() ? "" : ",auth=" + route.authFile; }
+
 const char* tlsPolicyName(policy::TlsPolicy p) {
   switch (p) {
     case policy::TlsPolicy::None: return "none";
@@ -858,11 +865,12 @@ std::string QueueManager::destinationKey(const policy::Route* route, const std::
   if (!route || route->to.empty()) route = &mxRoute();
   const auto& first = route->to.front();
   if (first.kind == policy::RouteTarget::Kind::Maildir) return "";
-  if (first.kind == policy::RouteTarget::Kind::Mx) return "mx:" + domain + "," + tlsKey(clientTlsMode(*route), *route);
+  if (first.kind == policy::RouteTarget::Kind::Mx)
+    return "mx:" + domain + "," + tlsKey(clientTlsMode(*route), *route) + authKey(*route);
   std::string key;
   for (const auto& t : route->to)
     if (t.kind == policy::RouteTarget::Kind::Smtp) key += t.str() + ",";
-  return key + tlsKey(clientTlsMode(*route), *route);
+  return key + tlsKey(clientTlsMode(*route), *route) + authKey(*route);
 }
 
 void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::Route& route, const std::string& domain,
@@ -879,6 +887,19 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
   }
   bool verifyMissing = route.tls == policy::TlsPolicy::Verify && !job->tlsCtx;
   job->dane = route.tls == policy::TlsPolicy::Dane;
+  std::string authPart = authKey(route);
+  bool authMissing = false;
+  if (!route.authFile.empty()) {
+    // Loaded by the snapshot for every route that names a file; a route without its
+    // credentials fails closed (deferred), it never goes unauthenticated.
+    auto it = snap_->routeCredentials.find(route.authFile);
+    if (it != snap_->routeCredentials.end()) {
+      job->auth = std::make_shared<const client::Credentials>(it->second->username(), it->second->password());
+      authPart += ",user=" + it->second->username();
+    } else {
+      authMissing = true;
+    }
+  }
   job->tlsName = tlsPolicyName(route.tls);
   auto alive = alive_;
   job->done = [this, alive, attempt, rcpts, loadKey](const client::TransactionResult& r, const std::string& relay,
@@ -889,6 +910,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
       RcptOutcome o;
       o.relay = relay;
       o.tls = tls;
+      o.auth = r.authUser;
       // Only a reply the server sent is its word (RFC 3464 §2.3.5-6); r.error is our text.
       if (r.error.empty() && !r.local) o.remoteMta = remoteMta;
       auto classify = [&o](int code, const std::string& text) {
@@ -941,6 +963,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
   };
 
   if (verifyMissing) return failAll("451 4.7.5 no verifying TLS context for this route (not sent)");
+  if (authMissing) return failAll("451 4.7.0 no credentials loaded for this route's auth_file (not sent)");
   std::string key;
   if (route.to.front().kind == policy::RouteTarget::Kind::Smtp) {
     std::vector<std::pair<std::string, uint16_t>> targets;
@@ -952,7 +975,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
       key += t.str() + ",";
       job->destination += (job->destination.empty() ? "" : ",") + t.str();
     }
-    key += tlsKey(job->tls, route);
+    key += tlsKey(job->tls, route) + authPart;
     // A configured next hop whose name does not resolve is the admin's to fix (a typo in a
     // route, an internal zone down): the mail waits for that, it is not bounced.
     resolveHops(resolver_, std::move(targets), std::move(groups), familiesOf(*snap_->config),
@@ -965,7 +988,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
     return;
   }
   // MX (RFC 5321 §5.1)
-  key = "mx:" + domain + "," + tlsKey(job->tls, route);
+  key = "mx:" + domain + "," + tlsKey(job->tls, route) + authPart;
   job->destination = "mx:" + domain;
   // An address literal (RFC 5321 §4.1.3: user@[192.0.2.1], user@[IPv6:2001:db8::1]) names the
   // host itself: there are no MX records to look up (a query for "[ipv6:...]" would only
@@ -1122,13 +1145,17 @@ void QueueManager::openConnection(Destination& d) {
   opts.heloName = cfg.hostname;
   opts.tls = job->tls;
   opts.tlsCtx = job->tls == client::TlsMode::None ? nullptr : job->tlsCtx ? job->tlsCtx : snap_->clientTls;
+  opts.auth = job->auth;
   opts.connectTimeoutMs = static_cast<uint64_t>(cfg.connectTimeout.count());
   opts.greetingTimeoutMs = opts.commandTimeoutMs = static_cast<uint64_t>(cfg.replyTimeout.count());
 
   struct Try {
     size_t next = 0;
     std::string lastError;
-    bool daneError = false;  // lastError is a failure of what tls = "dane" required
+    // The enhanced status of the last failure: 4.7.0 when the next hop refused our SMTP
+    // AUTH (or offers none we speak), 4.7.5 when it failed what tls = "dane" required, so the
+    // defer reason tells them from a network failure.
+    std::string lastStatus = "4.4.1";
   };
   auto tr = std::make_shared<Try>();
   auto alive = alive_;
@@ -1145,8 +1172,7 @@ void QueueManager::openConnection(Destination& d) {
     if (tr->next >= job->hops.size()) {
       --it->second->active;
       client::TransactionResult r;
-      r.error =
-          (tr->daneError ? "451 4.7.5 " : "451 4.4.1 ") + (tr->lastError.empty() ? "connection failed" : tr->lastError);
+      r.error = "451 " + tr->lastStatus + " " + (tr->lastError.empty() ? "connection failed" : tr->lastError);
       std::string relay = job->hops.empty() ? "" : job->hops.back().ip.str();
       job->done(r, relay, "", "");  // no server answered: no Remote-MTA
       if (auto again = destinations_.find(key); again != destinations_.end()) {
@@ -1181,7 +1207,7 @@ void QueueManager::openConnection(Destination& d) {
     if (daneLevel == dns::DaneLevel::Defer || (daneLevel == dns::DaneLevel::Dane && !o.tlsCtx)) {
       tr->lastError = relay + ": DANE: " +
                       (o.tlsCtx || daneLevel == dns::DaneLevel::Defer ? hop.dane->reason : "no TLS client context");
-      tr->daneError = true;
+      tr->lastStatus = "4.7.5";
       return (*self)();
     }
     const bool daneRequired = daneLevel == dns::DaneLevel::Dane || daneLevel == dns::DaneLevel::Encrypt;
@@ -1193,12 +1219,15 @@ void QueueManager::openConnection(Destination& d) {
           auto it2 = destinations_.find(key);
           if (it2 == destinations_.end()) return;
           if (!c) {
-            std::string why = error.empty() ? greeting.text : error;
+            // The client's AUTH failures begin with their status (smtp_client.h, connect()).
+            bool authFailed = error.rfind("4.7.0 ", 0) == 0;
+            std::string why = error.empty() ? greeting.text : authFailed ? error.substr(6) : error;
             if (!error.empty() && greeting.code != 0) why += ": " + greeting.text;  // the server's own words
             // The client's TLS errors ("STARTTLS not offered ...", "TLS handshake failed: ...")
             // are what DANE required and did not get; a refused connection is not.
-            tr->daneError = daneRequired && error.find("TLS") != std::string::npos;
-            const char* what = !tr->daneError                      ? ""
+            const bool daneFailed = !authFailed && daneRequired && error.find("TLS") != std::string::npos;
+            tr->lastStatus = authFailed ? "4.7.0" : daneFailed ? "4.7.5" : "4.4.1";
+            const char* what = !daneFailed                         ? ""
                                : daneLevel == dns::DaneLevel::Dane ? "DANE (TLSA) authentication required: "
                                                                    : "TLS required by DNSSEC-signed TLSA records: ";
             tr->lastError = relay + ": " + what + oneLine(why);
@@ -1369,6 +1398,7 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
         line.add("queue_id", env.id).add("message_id", env.messageId).add("from", env.mailFrom).add("to", r.address)
             .add("relay", o.relay).add("reply", o.reply).add("attempt", env.attempts).add("delay_ms", now - env.arrivalMs);
         if (!o.tls.empty()) line.add("tls", o.tls);
+        if (!o.auth.empty()) line.add("auth", o.auth);
         ++server::metrics().recipientsDelivered;
         server::metrics().observeLatency(static_cast<double>(now - env.arrivalMs) / 1000.0);
         // RFC 3461 §5.2.2-3: NOTIFY=SUCCESS is ours to answer unless the next hop took it on.

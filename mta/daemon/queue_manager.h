@@ -100,6 +100,7 @@ class QueueManager {
     // is its to make (RFC 3461 §5.2.1); `local`: delivered here (maildir), "delivered".
     bool notifyPassedOn = false;
     bool local = false;
+    std::string auth{};  // the name the connection authenticated as (SMTP AUTH), "" = none
   };
   // What a DSN reports (RFC 3461 §5.2): each recipient's NOTIFY decides whether it is named.
   enum class DsnKind { Failure, Delay, Success };

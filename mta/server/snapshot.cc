@@ -53,6 +53,18 @@ std::shared_ptr<Snapshot> build(std::shared_ptr<const policy::Config> config, po
     }
     if (it->second) snap->users[l.address] = it->second;
   }
+  for (const auto& r : config->routes) {
+    if (r.authFile.empty() || snap->routeCredentials.count(r.authFile)) continue;
+    if (!readable(*config, r.authFileLine, "[[route]].auth_file", r.authFile, errors)) continue;
+    auto creds = policy::ClientCredentials::load(r.authFile, errors);
+    if (!creds) continue;
+    snap->routeCredentials[r.authFile] = creds;
+    // moat.toml is often world-readable; the password file must not be.
+    if (std::string mode = policy::ClientCredentials::worldReadable(r.authFile); !mode.empty())
+      errors.warning(config->path, r.authFileLine,
+                     "[[route]].auth_file: \"" + r.authFile + "\" is readable by every user (mode " + mode +
+                         "): it holds a password; chmod o-r it");
+  }
   if (!config->blockedSenders.empty() &&
       readable(*config, config->blockedSendersLine, "senders.block", config->blockedSenders, errors))
     snap->blockedSenders = policy::AddressList::load(config->blockedSenders, "blocked senders", errors);

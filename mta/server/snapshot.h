@@ -10,6 +10,7 @@
 #include "mta/tls/tls.h"
 #include "policy/address_list.h"
 #include "policy/aliases.h"
+#include "policy/client_credentials.h"
 #include "policy/config.h"
 #include "policy/recipients.h"
 #include "policy/users.h"
@@ -30,6 +31,9 @@ struct Snapshot {
   // SMTP AUTH credentials by listener address; absent = no AUTH on that listener. Read at
   // load, so SIGHUP picks up a changed users file and a broken one keeps the old snapshot.
   std::map<std::string, std::shared_ptr<const policy::UserDb>> users;
+  // [[route]] auth_file: the credentials each file holds, by its absolute path. Read at
+  // load, as the users: SIGHUP picks up a changed file and a broken one keeps the old snapshot.
+  std::map<std::string, std::shared_ptr<const policy::ClientCredentials>> routeCredentials;
   // [relay] recipients: the addresses that exist (550 5.1.1 for others); null = no check.
   std::shared_ptr<const policy::RecipientTable> recipients;
   // [senders] block: envelope senders refused at MAIL; null = none.

@@ -1111,3 +1111,9 @@ TEST_CASE("client: delivers through Postfix smtp-sink with pipelining, and handl
     REQUIRE(c.client->usable());
   }
 }
+
+TEST_CASE("AUTH PLAIN's initial response is base64 of NUL, name, NUL, password (RFC 4616 §2)") {
+  // RFC 4616 §4's example, without an authorization identity.
+  CHECK(client::saslPlainResponse("tim", "tanstaaftanstaaf") == "AHRpbQB0YW5zdGFhZnRhbnN0YWFm");
+  CHECK(client::saslPlainResponse("u@example.test", "p:w") == "AHVAZXhhbXBsZS50ZXN0AHA6dw==");
+}

@@ -8,6 +8,7 @@ bounded.
     moat.wait_log(event="deliver")      # JSON log lines
 """
 
+import base64
 import json
 import os
 import shutil
@@ -71,11 +72,49 @@ class _SinkHandler(socketserver.StreamRequestHandler):
         self.wfile.write(line.encode() + b"\r\n")
         self.wfile.flush()
 
+    def authenticate(self, line, tls, authed):
+        """RFC 4954 AUTH with PLAIN (RFC 4616, initial response or not) or LOGIN, offered
+        only over TLS; returns the name now authenticated (or still, after a refusal)."""
+        sink = self.server.sink
+        parts = line.split(" ")
+        mech = parts[1].upper() if len(parts) > 1 else ""
+        if not sink.auth or not tls or authed is not None:
+            self.reply("503 5.5.1 AUTH not available")
+            return authed
+        if mech not in sink.auth_mechanisms:
+            self.reply("504 5.5.4 mechanism not supported")
+            return authed
+
+        def answer(challenge):
+            self.reply("334 " + challenge)
+            return self.rfile.readline(65536).rstrip(b"\r\n").decode()
+
+        try:
+            if mech == "PLAIN":
+                response = parts[2] if len(parts) > 2 else answer("")
+                _, user, password = base64.b64decode(response, validate=True).split(b"\0")
+            else:
+                user = base64.b64decode(answer("VXNlcm5hbWU6"), validate=True)  # "Username:"
+                password = base64.b64decode(answer("UGFzc3dvcmQ6"), validate=True)  # "Password:"
+            user, password = user.decode(), password.decode()
+        except ValueError:
+            self.reply("501 5.5.2 cannot decode the response")
+            return authed
+        ok = (user, password) == tuple(sink.auth)
+        with sink.lock:
+            sink.auth_attempts.append({"mechanism": mech, "user": user, "ok": ok})
+        if not ok:
+            self.reply("535 5.7.8 Authentication credentials invalid")
+            return authed
+        self.reply("235 2.7.0 Authentication successful")
+        return user
+
     def handle(self):
         sink = self.server.sink
         sink.connections += 1
         self.reply("220 sink.test ESMTP test sink")
         mail_from, rcpts, tls = None, [], False
+        authed = None  # the name this connection authenticated as (AUTH), None = none
         while True:
             raw = self.rfile.readline(65536)
             if not raw:
@@ -87,6 +126,8 @@ class _SinkHandler(socketserver.StreamRequestHandler):
                 ext = list(sink.extensions)
                 if (sink.tls_context or sink.break_tls) and not tls:
                     ext.append("STARTTLS")
+                if sink.auth and tls and sink.auth_mechanisms:
+                    ext.append("AUTH " + " ".join(sink.auth_mechanisms))
                 lines = ["sink.test"] + ext
                 for i, e in enumerate(lines):
                     self.reply(("250 " if i == len(lines) - 1 else "250-") + e)
@@ -105,6 +146,10 @@ class _SinkHandler(socketserver.StreamRequestHandler):
                 self.wfile = self.request.makefile("wb")
                 tls = True
                 sink.tls_sessions += 1
+            elif verb == "AUTH":
+                authed = self.authenticate(line, tls, authed)
+            elif verb == "MAIL" and sink.require_auth and authed is None:
+                self.reply("530 5.7.0 Authentication required")
             elif verb == "MAIL":
                 mail_from = line[line.index(":") + 1:].strip().split(" ")[0].strip("<>")
                 rcpts = []
@@ -137,7 +182,8 @@ class _SinkHandler(socketserver.StreamRequestHandler):
                 code = sink.data_reply(mail_from, rcpts, bytes(data))
                 if code.startswith("2"):
                     with sink.lock:
-                        sink.messages.append({"from": mail_from, "rcpts": list(rcpts), "data": bytes(data), "tls": tls})
+                        sink.messages.append({"from": mail_from, "rcpts": list(rcpts), "data": bytes(data), "tls": tls,
+                                              "auth": authed})
                 self.reply(code)
                 mail_from, rcpts = None, []
             elif verb == "RSET":
@@ -169,8 +215,16 @@ class Sink:
 
     DEFAULT_EXTENSIONS = ("PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 104857600")
 
-    def __init__(self, port=0, tls_cert=None, break_tls=False, extensions=DEFAULT_EXTENSIONS, host="127.0.0.1"):
+    def __init__(self, port=0, tls_cert=None, break_tls=False, extensions=DEFAULT_EXTENSIONS, host="127.0.0.1",
+                 auth=None, auth_mechanisms=("PLAIN", "LOGIN"), require_auth=False):
         self.host = host
+        # SMTP AUTH (RFC 4954), offered after STARTTLS when `auth` is (USERNAME, PASSWORD):
+        # 235 to those, 535 to others; each try is noted in auth_attempts, and each message
+        # records the name its connection authenticated as ("auth", None without).
+        self.auth = auth
+        self.auth_mechanisms = tuple(auth_mechanisms)
+        self.require_auth = require_auth  # MAIL before a successful AUTH gets 530
+        self.auth_attempts = []
         self.break_tls = break_tls  # offers STARTTLS, then fails every handshake
         self.extensions = tuple(extensions)  # EHLO keywords (STARTTLS is added when TLS is set up)
         self.messages = []
