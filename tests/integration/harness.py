@@ -65,6 +65,37 @@ def make_cert(directory, cn="localhost"):
     return cert, key
 
 
+def _openssl(*args):
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def make_ca(directory, cn="Moat test CA"):
+    """A certificate authority made at test time: (ca.pem, ca.key)."""
+    ca, key = os.path.join(directory, "ca.pem"), os.path.join(directory, "ca.key")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", ca, "-days", "2",
+             "-subj", f"/CN={cn}", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    return ca, key
+
+
+def make_signed_cert(directory, ca, name, san, chain=False):
+    """A server certificate for `san` (e.g. "IP:127.0.0.1", "DNS:mx.example.test") signed by
+    `ca`: (cert, key). With `chain`, the cert file holds the leaf and then the CA, as a
+    server whose CA is not in the client's store sends it (DANE-TA, RFC 7671 §5.2.2)."""
+    cert, key, csr, ext = (os.path.join(directory, f"{name}.{x}") for x in ("leaf", "key", "csr", "ext"))
+    with open(ext, "w") as f:
+        f.write(f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
+    _openssl("x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial", "-out", cert,
+             "-days", "2", "-extfile", ext)
+    out_path = os.path.join(directory, f"{name}.pem")
+    with open(out_path, "w") as out:
+        for part in (cert, ca[0]) if chain else (cert,):
+            with open(part) as f:
+                out.write(f.read())
+    return out_path, key
+
+
 class _SinkHandler(socketserver.StreamRequestHandler):
     timeout = 30
 

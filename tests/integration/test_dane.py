@@ -19,7 +19,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import owned_dns  # noqa: E402
-from harness import Sink, make_cert, owned_moat  # noqa: E402
+from harness import Sink, make_ca, make_cert, make_signed_cert, owned_moat  # noqa: E402
 
 HOST = "mx.dane.test"
 
@@ -58,31 +58,6 @@ def make_expired_cert(directory, cn):
     return cert_path, key_path
 
 
-def make_ca(directory):
-    ca, key = os.path.join(directory, "ca.pem"), os.path.join(directory, "ca.key")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", ca, "-days", "2",
-            "-subj", "/CN=Moat DANE test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    return ca, key
-
-
-def make_chain(directory, ca, name, dns_name):
-    """A server certificate for DNS:`dns_name` signed by `ca`; the cert file holds the chain
-    (leaf, then the CA), as a DANE-TA(2) server sends it (RFC 7671 §5.2.2)."""
-    cert, key, csr, ext = (os.path.join(directory, f"{name}.{x}") for x in ("leaf", "key", "csr", "ext"))
-    with open(ext, "w") as f:
-        f.write(f"subjectAltName=DNS:{dns_name}\nextendedKeyUsage=serverAuth\n")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={dns_name}")
-    openssl("x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial", "-out", cert,
-            "-days", "2", "-extfile", ext)
-    chain = os.path.join(directory, f"{name}.pem")
-    with open(chain, "w") as out:
-        for part in (cert, ca[0]):
-            with open(part) as f:
-                out.write(f.read())
-    return chain, key
-
-
 class DaneTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -92,9 +67,9 @@ class DaneTest(unittest.TestCase):
         other_dir = os.path.join(cls.tmp, "other")
         os.mkdir(other_dir)
         cls.other_cert = make_cert(other_dir, cn=HOST)  # another key
-        cls.ca = make_ca(cls.tmp)
-        cls.ta_good = make_chain(cls.tmp, cls.ca, "good", HOST)
-        cls.ta_wrong_name = make_chain(cls.tmp, cls.ca, "wrong", "other.dane.test")
+        cls.ca = make_ca(cls.tmp, cn="Moat DANE test CA")
+        cls.ta_good = make_signed_cert(cls.tmp, cls.ca, "good", f"DNS:{HOST}", chain=True)
+        cls.ta_wrong_name = make_signed_cert(cls.tmp, cls.ca, "wrong", "DNS:other.dane.test", chain=True)
         cls.expired_other_name = make_expired_cert(cls.tmp, "not-the-host.test")
 
     def run_case(self, tlsa, secure=True, tls_cert=None, tlsa_servfail=False, extensions=Sink.DEFAULT_EXTENSIONS):

@@ -16,7 +16,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import MOAT_BIN, Moat, Sink, SinkTestCase, free_port, make_cert, wait_for  # noqa: E402
+from harness import (MOAT_BIN, Moat, Sink, SinkTestCase, free_port, make_ca, make_cert,  # noqa: E402
+                     make_signed_cert, wait_for)
 from authzone import DnsServer  # noqa: E402
 
 BODY = (b"From: Alice <alice@sender.test>\r\nTo: bob@example.test\r\nSubject: byte exact\r\n"
@@ -527,31 +528,6 @@ class DeliveryTest(SinkTestCase):
         s.sendmail("a@sender.test", ["y@example.test"], b"Subject: d2\r\n\r\nbody\r\n")
         s.quit()
         self.sink.wait_messages(2, timeout=30)
-
-
-def openssl(*args):
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-
-def make_ca(directory):
-    """A certificate authority made at test time: (ca.pem, ca.key)."""
-    ca, key = os.path.join(directory, "ca.pem"), os.path.join(directory, "ca.key")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", ca, "-days", "2",
-            "-subj", "/CN=Moat test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    return ca, key
-
-
-def make_signed_cert(directory, ca, name, san):
-    """A server certificate for `san` (e.g. "IP:127.0.0.1") signed by `ca`: (cert, key)."""
-    cert, key, csr = (os.path.join(directory, f"{name}.{x}") for x in ("pem", "key", "csr"))
-    ext = os.path.join(directory, f"{name}.ext")
-    with open(ext, "w") as f:
-        f.write(f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
-    openssl("x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial", "-out", cert,
-            "-days", "2", "-extfile", ext)
-    return cert, key
 
 
 class OutboundTlsTest(unittest.TestCase):
