@@ -349,9 +349,23 @@ void readRoute(Config& c, Section s) {
   // when STARTTLS is not offered or fails, so only the levels that never do qualify.
   if (!r.authFile.empty() && (r.tls == TlsPolicy::None || r.tls == TlsPolicy::May))
     s.error("auth_file", "auth_file needs a tls that never falls back to plain text: tls = \"require\" or \"verify\"");
+  // RFC 8461 §4: a policy names MX hosts, so it applies only to delivery by MX; it raises
+  // "may" (and DANE's hosts without TLSA stay DANE's), never weakens another level.
+  r.mtaSts = s.getBool("mta_sts", false);
+  if (r.mtaSts && (r.to.empty() || r.to.front().kind != RouteTarget::Kind::Mx))
+    s.error("mta_sts", "mta_sts needs an mx route");
+  else if (r.mtaSts && r.tls != TlsPolicy::May && r.tls != TlsPolicy::Dane)
+    s.error("mta_sts", "mta_sts needs tls = \"may\" or \"dane\"");
   s.rejectUnknownKeys();
   warnIfShadowed(c, r, s);
   c.routes.push_back(std::move(r));
+}
+
+void readMtaSts(Config& c, Section s) {
+  c.mtaStsCaFile = s.getPath("ca_file", "");
+  c.mtaStsFetchTimeout = s.getDuration("fetch_timeout", c.mtaStsFetchTimeout);
+  if (c.mtaStsFetchTimeout.count() <= 0) s.error("fetch_timeout", "must be more than 0");
+  s.rejectUnknownKeys();
 }
 
 void readQueue(Config& c, Section s) {
@@ -601,8 +615,8 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
   }
   c->toml = std::make_shared<const toml::table>(std::move(table));
 
-  static const std::set<std::string> kCore = {"server", "listener", "dns",        "relay",      "limits",
-                                              "route",  "queue",    "quarantine", "connection", "senders"};
+  static const std::set<std::string> kCore = {"server", "listener",   "dns",        "relay",   "limits", "route",
+                                              "queue",  "quarantine", "connection", "senders", "mta_sts"};
   for (const auto& [k, v] : *c->toml) {
     std::string key(k.str());
     if (!kCore.count(key) && !kOtherSections.count(key))
@@ -614,6 +628,7 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
   readDns(*c, c->section("dns", errors));
   readRelay(*c, c->section("relay", errors));
   readLimits(*c, c->section("limits", errors));
+  readMtaSts(*c, c->section("mta_sts", errors));
   readQueue(*c, c->section("queue", errors));  // before the routes: they are checked against ip_versions
   for (auto& s : c->sectionArray("route", errors)) readRoute(*c, std::move(s));
   readQuarantine(*c, c->section("quarantine", errors));

@@ -61,6 +61,8 @@ struct Route {
   // Only with a tls that never sends them in plain text.
   std::string authFile;
   int authFileLine = 0;
+  // RFC 8461: honour the destination's MTA-STS policy (mx routes with tls "may" or "dane").
+  bool mtaSts = false;
   int line = 0;
   bool matches(const std::string& domain) const;
 };
@@ -134,6 +136,10 @@ struct Config {
   unsigned maxRecipientsPerTransaction = 100;  // SMTP next hops: more go in further transactions
   uint64_t maxQueued = 0;                      // [queue] max_messages: at it, MAIL gets 452 4.3.1 (0: no limit)
   Millis connectTimeout{std::chrono::seconds(30)};
+  // [mta_sts] (RFC 8461): extra trust anchors for policy hosts and MX hosts (absolute, or
+  // empty: the system store only), and the bound on one policy fetch.
+  std::string mtaStsCaFile;
+  Millis mtaStsFetchTimeout{std::chrono::seconds(10)};
   Millis replyTimeout{std::chrono::minutes(5)};
   AddressPreference addressPreference = AddressPreference::Ipv6;
   bool useIpv4 = true;  // [queue] ip_versions: the families delivery looks up and connects to

@@ -261,6 +261,10 @@ struct QueueManager::Job {
   client::TlsMode tls = client::TlsMode::May;
   std::shared_ptr<tls::TlsContext> tlsCtx;  // tls = "verify": the route's verifying context
   bool dane = false;                        // tls = "dane": submitHops() looks up each host's TLSA
+  // [[route]] mta_sts: the destination domain whose policy submitHops() gets (RFC 8461), and
+  // that policy when it is enforce or testing (null: none applies, delivery as before).
+  std::string stsDomain;
+  std::shared_ptr<const sts::Policy> sts;
   // [[route]] auth_file: SMTP AUTH after STARTTLS; null = no AUTH.
   std::shared_ptr<const client::Credentials> auth;
   // For the log: the destination as the route names it ("smtp:HOST:PORT", several joined by
@@ -286,6 +290,7 @@ QueueManager::QueueManager(uv_loop_t* loop, std::shared_ptr<queue::Spool> spool,
     : loop_(loop),
       spool_(std::move(spool)),
       resolver_(resolver),
+      stsCache_(std::make_unique<sts::PolicyCache>(loop, resolver)),
       snap_(std::move(snapshot)),
       sched_(retryPolicy(*snap_->config)),
       timer_(loop),
@@ -832,6 +837,7 @@ std::string tlsKey(client::TlsMode mode, const policy::Route& route) {
   std::string k = "tls=" + std::to_string(static_cast<int>(mode));
   if (route.tls == policy::TlsPolicy::Verify) k += ",verify=" + route.caFile;
   if (route.tls == policy::TlsPolicy::Dane) k += ",dane";  // deliverSmtp adds each host's TLSA
+  if (route.mtaSts) k += ",sts";                           // submitSts adds the policy's mode and id
   return k;
 }
 
@@ -990,6 +996,8 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
   // MX (RFC 5321 §5.1)
   key = "mx:" + domain + "," + tlsKey(job->tls, route) + authPart;
   job->destination = "mx:" + domain;
+  // RFC 8461 applies to domain names; an address literal has no policy to look up.
+  if (route.mtaSts && !domain.empty() && domain.front() != '[') job->stsDomain = domain;
   // An address literal (RFC 5321 §4.1.3: user@[192.0.2.1], user@[IPv6:2001:db8::1]) names the
   // host itself: there are no MX records to look up (a query for "[ipv6:...]" would only
   // say it does not exist). The server accepted no other literals (general ones) at RCPT.
@@ -1083,14 +1091,55 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
 }
 
 void QueueManager::submitHops(const std::string& key, std::shared_ptr<Job> job, bool mxSecure) {
-  if (!job->dane) return submit(key, std::move(job));
   auto alive = alive_;
-  auto hops = std::move(job->hops);
-  applyDane(resolver_, std::move(hops), mxSecure, [this, alive, key, job](std::vector<Hop> hops) {
-    if (!*alive) return;
-    job->hops = std::move(hops);
-    submit(key + daneKey(job->hops), job);
-  });
+  auto withDane = [this, alive, key, job, mxSecure] {
+    if (!job->dane) return submitSts(key, job);
+    auto hops = std::move(job->hops);
+    applyDane(resolver_, std::move(hops), mxSecure, [this, alive, key, job](std::vector<Hop> hops) {
+      if (!*alive) return;
+      job->hops = std::move(hops);
+      submitSts(key + daneKey(job->hops), job);
+    });
+  };
+  if (job->stsDomain.empty()) return withDane();
+  const auto timeout = static_cast<uint64_t>(snap_->config->mtaStsFetchTimeout.count());
+  stsCache_->get(job->stsDomain, snap_->mtaStsTls, timeout,
+                 [alive, job, withDane](std::shared_ptr<const sts::Policy> p) {
+                   if (!*alive) return;
+                   if (p && p->mode != sts::Mode::None) job->sts = std::move(p);  // §5: "none" changes nothing
+                   withDane();
+                 });
+}
+
+namespace {
+// RFC 8461 §2: a host whose TLSA records DANE acts on is DANE's; MTA-STS leaves it alone.
+bool daneDecides(const Hop& h) { return h.dane && h.dane->level != dns::DaneLevel::May; }
+}  // namespace
+
+void QueueManager::submitSts(const std::string& key, std::shared_ptr<Job> job) {
+  if (!job->sts) return submit(key, std::move(job));
+  const auto& p = *job->sts;
+  std::set<std::string> unnamed;
+  for (const auto& h : job->hops)
+    if (!daneDecides(h) && !p.allows(h.name)) unnamed.insert(h.name);
+  for (const auto& name : unnamed)
+    log::warn("mta_sts")
+        .add("domain", job->stsDomain)
+        .add("host", name)
+        .add("mode", sts::modeName(p.mode))
+        .add("reason", "MX host not named by the policy's mx");
+  if (p.mode == sts::Mode::Enforce) {
+    // §4.1: with enforce, an MX host the policy does not name is not a host to deliver to.
+    std::erase_if(job->hops, [&](const Hop& h) { return !daneDecides(h) && unnamed.count(h.name); });
+    if (job->hops.empty()) {
+      client::TransactionResult r;
+      r.error = "451 4.7.5 MTA-STS: no MX host of " + job->stsDomain + " is named by its policy (id " + p.id + ")";
+      return job->done(r, job->destination, "", "");
+    }
+  }
+  // Pooled only with jobs under the same policy: a connection made under "testing" never
+  // carries mail an "enforce" policy was decided for.
+  submit(key + ",sts=" + std::string(sts::modeName(p.mode)) + ":" + p.id, std::move(job));
 }
 
 void QueueManager::submit(const std::string& key, std::shared_ptr<Job> job) {
@@ -1211,9 +1260,27 @@ void QueueManager::openConnection(Destination& d) {
       return (*self)();
     }
     const bool daneRequired = daneLevel == dns::DaneLevel::Dane || daneLevel == dns::DaneLevel::Encrypt;
+    // MTA-STS (RFC 8461 §4.2, §5): enforce requires TLS with a certificate that verifies and
+    // names the MX host, never plain text; testing checks the same and only reports it.
+    const sts::Policy* stsPolicy =
+        job->sts && daneLevel == dns::DaneLevel::May && !hop.name.empty() ? job->sts.get() : nullptr;
+    const bool stsEnforce = stsPolicy && stsPolicy->mode == sts::Mode::Enforce;
+    if (stsEnforce) {
+      o.tls = client::TlsMode::Require;
+      o.tlsCtx = snap_->mtaStsTls;
+      o.sni = hop.name;
+      if (!o.tlsCtx) {
+        tr->lastError = relay + ": MTA-STS: no verifying TLS context";
+        tr->lastStatus = "4.7.5";
+        return (*self)();
+      }
+    } else if (stsPolicy && snap_->mtaStsCheckTls && o.tls == client::TlsMode::May) {
+      o.tlsCtx = snap_->mtaStsCheckTls;
+      o.sni = hop.name;
+    }
     client::SmtpClient::connect(
         loop_, hop.ip, hop.port, o,
-        [this, alive, tr, job, key, self, relay, hop, daneLevel, daneRequired](
+        [this, alive, tr, job, key, self, relay, hop, daneLevel, daneRequired, stsPolicy, stsEnforce](
             std::shared_ptr<client::SmtpClient> c, const std::string& error, const client::Reply& greeting) {
           if (!*alive) return;
           auto it2 = destinations_.find(key);
@@ -1225,17 +1292,34 @@ void QueueManager::openConnection(Destination& d) {
             if (!error.empty() && greeting.code != 0) why += ": " + greeting.text;  // the server's own words
             // The client's TLS errors ("STARTTLS not offered ...", "TLS handshake failed: ...")
             // are what DANE required and did not get; a refused connection is not.
-            const bool daneFailed = !authFailed && daneRequired && error.find("TLS") != std::string::npos;
-            tr->lastStatus = authFailed ? "4.7.0" : daneFailed ? "4.7.5" : "4.4.1";
-            const char* what = !daneFailed                         ? ""
+            const bool tlsFailed =
+                !authFailed && (daneRequired || stsEnforce) && error.find("TLS") != std::string::npos;
+            tr->lastStatus = authFailed ? "4.7.0" : tlsFailed ? "4.7.5" : "4.4.1";
+            const char* what = !tlsFailed ? ""
+                               : stsEnforce
+                                   ? "MTA-STS (enforce) requires TLS with a valid certificate for the MX host: "
                                : daneLevel == dns::DaneLevel::Dane ? "DANE (TLSA) authentication required: "
                                                                    : "TLS required by DNSSEC-signed TLSA records: ";
+            if (stsPolicy && !stsEnforce && !authFailed && error.find("TLS") != std::string::npos)
+              log::warn("mta_sts")
+                  .add("domain", job->stsDomain)
+                  .add("host", hop.name)
+                  .add("mode", sts::modeName(stsPolicy->mode))
+                  .add("reason", oneLine(error));
             tr->lastError = relay + ": " + what + oneLine(why);
             (*self)();
             return;
           }
           if (!c->tlsFallback().empty())  // tls = "may": the handshake failed, plain text instead
             log::warn("tls_fallback").add("relay", relay).add("error", c->tlsFallback());
+          // MTA-STS testing (RFC 8461 §5): delivered as "may" would, and the failure reported.
+          if (stsPolicy && !stsEnforce && !c->tlsVerified())
+            log::warn("mta_sts")
+                .add("domain", job->stsDomain)
+                .add("host", hop.name)
+                .add("mode", sts::modeName(stsPolicy->mode))
+                .add("reason", !c->tlsActive() ? "no TLS (STARTTLS not offered or failed)"
+                                               : "the certificate does not verify or does not name the MX host");
           runJob(*it2->second, Pooled{c, relay, hop.name.empty() ? hop.ip.str() : hop.name}, job);
         });
   };
@@ -1286,6 +1370,8 @@ void QueueManager::runJob(Destination& d, Pooled c, std::shared_ptr<Job> job) {
       tls += " dane";  // tls = "dane": authenticated by the host's TLSA records
     else if (!tls.empty() && job->tlsCtx && c.client->tlsVerified())
       tls += " verified";  // tls = "verify"
+    else if (!tls.empty() && job->sts && c.client->tlsVerified())
+      tls += " mta-sts";  // [[route]] mta_sts: the certificate verified and named the MX host
     job->done(r, c.relay, tls, c.remoteMta);
     auto it = destinations_.find(key);
     if (it == destinations_.end()) return;

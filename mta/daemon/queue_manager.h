@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "mta/client/smtp_client.h"
+#include "mta/daemon/mta_sts.h"
 #include "mta/dns/resolver.h"
 #include "mta/runtime/uv.h"
 #include "mta/server/snapshot.h"
@@ -182,6 +183,8 @@ class QueueManager {
   // submit(), after the DANE lookups for a tls = "dane" job: `mxSecure` says whether the MX
   // RRset that named the job's hosts was DNSSEC-authenticated (true for a route's hosts).
   void submitHops(const std::string& key, std::shared_ptr<Job> job, bool mxSecure);
+  // MTA-STS enforce (RFC 8461 §4.1): leaves out the MX hosts the policy does not name, then submits.
+  void submitSts(const std::string& key, std::shared_ptr<Job> job);
   void pump(Destination& d);
   void openConnection(Destination& d);
   struct Pooled {
@@ -200,6 +203,7 @@ class QueueManager {
   uv_loop_t* loop_;
   std::shared_ptr<queue::Spool> spool_;
   dns::Resolver* resolver_;
+  std::unique_ptr<sts::PolicyCache> stsCache_;  // MTA-STS policies by domain (RFC 8461 §5.1)
   std::shared_ptr<const server::Snapshot> snap_;
   queue::Scheduler sched_;
   uv::Timer timer_;

@@ -1,6 +1,8 @@
 // mta/server/snapshot.cc — see snapshot.h.
 #include "mta/server/snapshot.h"
 
+#include <algorithm>
+
 #include "filters/antivirus/antivirus_filter.h"
 
 namespace moat::mta::server {
@@ -110,6 +112,17 @@ std::shared_ptr<Snapshot> build(std::shared_ptr<const policy::Config> config, po
       continue;
     }
     snap->verifyingClientTls[r.caFile] = ctx;
+  }
+  if (std::any_of(config->routes.begin(), config->routes.end(), [](const policy::Route& r) { return r.mtaSts; })) {
+    snap->mtaStsTls = tls::TlsContext::client(true, config->mtaStsCaFile, error);
+    snap->mtaStsCheckTls = snap->mtaStsTls ? tls::TlsContext::client(true, config->mtaStsCaFile, error) : nullptr;
+    if (!snap->mtaStsCheckTls) {
+      errors.error(config->path, 0, "[mta_sts] ca_file: " + error);
+    } else {
+      // Same trust and host name check (TlsSession sets the name for a verifying context),
+      // but the handshake does not fail on them: the session's peerVerified() tells.
+      SSL_CTX_set_verify(snap->mtaStsCheckTls->get(), SSL_VERIFY_NONE, nullptr);
+    }
   }
   return snap;
 }

@@ -28,6 +28,10 @@ struct Snapshot {
   // tls = "verify" (Postfix's "secure"): one verifying context per route ca_file ("" = the
   // system store alone), built at load so a bad file is refused with its FILE:LINE.
   std::map<std::string, std::shared_ptr<tls::TlsContext>> verifyingClientTls;
+  // MTA-STS (RFC 8461), built when a route has mta_sts: a verifying context with the system
+  // store and [mta_sts] ca_file (policy fetches, enforce), and one that checks the same way
+  // but lets the handshake go on unverified (testing: deliver as "may", report the failure).
+  std::shared_ptr<tls::TlsContext> mtaStsTls, mtaStsCheckTls;
   // SMTP AUTH credentials by listener address; absent = no AUTH on that listener. Read at
   // load, so SIGHUP picks up a changed users file and a broken one keeps the old snapshot.
   std::map<std::string, std::shared_ptr<const policy::UserDb>> users;

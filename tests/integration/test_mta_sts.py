@@ -1,0 +1,251 @@
+"""End-to-end tests of MTA-STS (RFC 8461) for delivery by MX ([[route]] mta_sts = true): a
+loopback DNS server with the _mta-sts TXT record, the MX and the policy host; an HTTPS
+server on 127.0.0.1:443 serving the policy with a certificate for mta-sts.DOMAIN from a
+CA made at test time ([mta_sts] ca_file); a STARTTLS sink on 127.0.0.1:25 (MX delivery
+always uses port 25). Both ports are bound by these tests: a test is skipped when either is
+taken (after one retry), as other tests may hold port 25 for a moment.
+
+Run: MOAT_BIN=build/moat MOAT_SOURCE_DIR=. /usr/bin/python3 tests/integration/test_mta_sts.py -v
+"""
+
+import http.server
+import os
+import shutil
+import ssl
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from authzone import owned_dns  # noqa: E402
+from harness import Sink, make_ca, make_cert, make_signed_cert, owned_moat  # noqa: E402
+
+DOMAIN = "example.test"
+MX = "mx.example.test"
+POLICY_HOST = f"mta-sts.{DOMAIN}"
+
+
+def policy(mode, mx=(MX,), max_age=86400):
+    lines = ["version: STSv1", f"mode: {mode}"] + [f"mx: {m}" for m in mx] + [f"max_age: {max_age}"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+class _PolicyHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        srv = self.server.owner
+        with srv.lock:
+            srv.requests.append((self.path, self.headers.get("Host")))
+        body = srv.body.encode()
+        if self.path != "/.well-known/mta-sts.txt":
+            self.send_response(404)
+            body = b"not found\n"
+        else:
+            self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class PolicyServer:
+    """HTTPS on 127.0.0.1:443 with `cert`, serving `body` at /.well-known/mta-sts.txt."""
+
+    def __init__(self, cert, body):
+        self.body = body
+        self.requests = []
+        self.lock = threading.Lock()
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(*cert)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 443), _PolicyHandler)
+        self.server.owner = self
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def bind_or_skip(test, make, what):
+    """make() binds a privileged loopback port; one retry (another test may be about to let
+    it go), then the test is skipped."""
+    for attempt in range(2):
+        try:
+            return make()
+        except OSError as e:
+            if attempt == 1:
+                test.skipTest(f"cannot listen on {what}: {e}")
+            time.sleep(1)
+
+
+class MtaStsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="moat-mta-sts-")
+        cls.addClassCleanup(shutil.rmtree, cls.tmp, True)
+        cls.ca = make_ca(cls.tmp, cn="Moat MTA-STS test CA")
+        cls.policy_cert = make_signed_cert(cls.tmp, cls.ca, "policy", f"DNS:{POLICY_HOST}")
+        cls.mx_cert = make_signed_cert(cls.tmp, cls.ca, "mx", f"DNS:{MX}")
+        cls.other_cert = make_signed_cert(cls.tmp, cls.ca, "other", "DNS:other.example.test")
+
+    def run_case(self, body, mx_cert, txt="v=STSv1; id=20261123", https=True, tls="may", zone_extra=None,
+                 secure=False):
+        """The zone, the policy server (unless not `https`), a sink on 127.0.0.1:25 with
+        `mx_cert` (None: no STARTTLS), a daemon with an mx route and mta_sts = true; one
+        message sent. Returns (moat, sink, policy_server)."""
+        sink = bind_or_skip(self, lambda: Sink(port=25, tls_cert=mx_cert), "127.0.0.1:25")
+        self.addCleanup(sink.stop)
+        server = None
+        if https:
+            server = bind_or_skip(self, lambda: PolicyServer(self.policy_cert, body), "127.0.0.1:443")
+            self.addCleanup(server.stop)
+        zone = {DOMAIN: [{"MX": [10, MX]}], MX: [{"A": "127.0.0.1"}], POLICY_HOST: [{"A": "127.0.0.1"}]}
+        if secure:  # DNSSEC-authenticated MX and address records (the AD bit), for DANE
+            zone[DOMAIN].insert(0, {"SECURE": True})
+            zone[MX].insert(0, {"SECURE": True})
+        zone.update(zone_extra or {})
+        if txt:
+            zone[f"_mta-sts.{DOMAIN}"] = [{"TXT": txt}]
+        dns = owned_dns(self, zone)
+        ca_file = self.ca[0]
+        extra = (f'\n[dns]\nnameservers = ["{dns.nameserver}"]\ntimeout = "1s"\n'
+                 f'\n[mta_sts]\nca_file = "{ca_file}"\nfetch_timeout = "5s"\n'
+                 f'\n[[route]]\ndomains = ["{DOMAIN}"]\nto = ["mx"]\ntls = "{tls}"\nmta_sts = true\n')
+        m = owned_moat(self, routes=[], extra=extra, retry='["1h"]')
+        s = m.smtp()
+        s.sendmail("a@sender.test", [f"u@{DOMAIN}"], b"Subject: mta-sts\r\n\r\nbody\r\n")
+        s.quit()
+        return m, sink, server
+
+    def test_enforce_with_a_valid_certificate_is_delivered_and_logged(self):
+        m, sink, server = self.run_case(policy("enforce"), self.mx_cert)
+        msgs = sink.wait_messages(1)
+        self.assertTrue(msgs[0]["tls"])
+        ev = m.wait_log(event="deliver")
+        self.assertTrue(ev["tls"].endswith(" mta-sts"), ev["tls"])
+        self.assertEqual(ev["relay"], f"{MX}[127.0.0.1]:25")
+        self.assertEqual(server.requests, [("/.well-known/mta-sts.txt", POLICY_HOST)])
+
+    def test_enforce_with_a_certificate_for_another_name_is_deferred(self):
+        m, sink, _ = self.run_case(policy("enforce"), self.other_cert)
+        ev = m.wait_log(event="defer")
+        self.assertIn("4.7.5", ev["reply"])
+        self.assertIn("MTA-STS", ev["reply"])
+        self.assertEqual(sink.messages, [])
+
+    def test_enforce_without_starttls_is_deferred_not_sent_in_plain_text(self):
+        m, sink, _ = self.run_case(policy("enforce"), None)
+        ev = m.wait_log(event="defer")
+        self.assertIn("4.7.5", ev["reply"])
+        self.assertIn("STARTTLS", ev["reply"])
+        self.assertEqual(sink.messages, [])
+
+    def test_testing_with_the_same_failure_delivers_and_warns(self):
+        m, sink, _ = self.run_case(policy("testing"), self.other_cert)
+        msgs = sink.wait_messages(1)
+        self.assertTrue(msgs[0]["tls"])  # as "may" would: TLS, unauthenticated
+        warn = m.wait_log(event="mta_sts", host=MX)
+        self.assertEqual(warn["domain"], DOMAIN)
+        self.assertEqual(warn["mode"], "testing")
+        self.assertIn("certificate", warn["reason"])
+        ev = m.wait_log(event="deliver")
+        self.assertFalse(ev["tls"].endswith(" mta-sts"), ev["tls"])
+
+    def test_enforce_leaves_out_mx_hosts_the_policy_does_not_name(self):
+        m, sink, _ = self.run_case(policy("enforce", mx=("*.elsewhere.test",)), self.mx_cert)
+        ev = m.wait_log(event="defer")
+        self.assertIn("4.7.5", ev["reply"])
+        self.assertIn("MTA-STS", ev["reply"])
+        self.assertEqual(sink.connections, 0)  # never tried
+        self.assertEqual(sink.messages, [])
+
+    def test_wildcard_mx_pattern_names_the_host(self):
+        m, sink, _ = self.run_case(policy("enforce", mx=("*.example.test",)), self.mx_cert)
+        sink.wait_messages(1)
+        ev = m.wait_log(event="deliver")
+        self.assertTrue(ev["tls"].endswith(" mta-sts"), ev["tls"])
+
+    def test_without_a_txt_record_delivery_is_as_before(self):
+        m, sink, server = self.run_case(policy("enforce"), self.other_cert, txt=None)
+        sink.wait_messages(1)
+        ev = m.wait_log(event="deliver")
+        self.assertFalse(ev["tls"].endswith(" mta-sts"), ev["tls"])
+        self.assertEqual(server.requests, [])  # no record: no fetch
+
+    def test_a_failed_fetch_with_nothing_cached_delivers_as_before(self):
+        m, sink, _ = self.run_case(policy("enforce"), self.other_cert, https=False)
+        sink.wait_messages(1)
+        warn = m.wait_log(event="mta_sts")
+        self.assertEqual(warn["domain"], DOMAIN)
+        self.assertIn("policy fetch failed", warn["reason"])
+        ev = m.wait_log(event="deliver")
+        self.assertFalse(ev["tls"].endswith(" mta-sts"), ev["tls"])
+
+    def test_a_host_with_dane_records_is_danes_not_mta_stss(self):
+        # RFC 8461 §2: where the MX host has DNSSEC-signed TLSA records, DANE decides: the
+        # enforce policy does not name the host, yet DANE authenticates it and it is used.
+        from test_dane import spki_sha256
+        d = os.path.join(self.tmp, "dane")
+        os.makedirs(d, exist_ok=True)
+        cert = make_cert(d, cn=MX)
+        tlsa = {f"_25._tcp.{MX}": [{"SECURE": True}, {"TLSA": [3, 1, 1, spki_sha256(cert[0])]}]}
+        m, sink, _ = self.run_case(policy("enforce", mx=("*.elsewhere.test",)), cert, tls="dane",
+                                   zone_extra=tlsa, secure=True)
+        sink.wait_messages(1)
+        ev = m.wait_log(event="deliver")
+        self.assertTrue(ev["tls"].endswith(" dane"), ev["tls"])
+
+    def test_a_malformed_policy_is_a_failed_fetch(self):
+        m, sink, _ = self.run_case("version: STSv1\r\nmode: enforce\r\n", self.other_cert)
+        sink.wait_messages(1)
+        warn = m.wait_log(event="mta_sts")
+        self.assertIn("policy fetch failed", warn["reason"])
+
+
+class MtaStsCheckTest(unittest.TestCase):
+    """`moat check` refuses mta_sts where it cannot apply, with FILE:LINE."""
+
+    def check(self, body):
+        import subprocess
+        from harness import MOAT_BIN
+        d = tempfile.mkdtemp(prefix="moat-mta-sts-check-")
+        self.addCleanup(shutil.rmtree, d, True)
+        path = os.path.join(d, "moat.toml")
+        with open(path, "w") as f:
+            f.write('[server]\nhostname = "mx.moat.test"\nspool_dir = "spool"\n\n'
+                    '[[listener]]\naddress = "127.0.0.1:2525"\n\n' + body)
+        r = subprocess.run([MOAT_BIN, "check", "-c", path], capture_output=True, text=True, timeout=60)
+        return path, r.returncode, r.stdout + r.stderr
+
+    def test_mta_sts_on_an_mx_route_with_may_or_dane_is_accepted(self):
+        for tls in ("may", "dane"):
+            _, rc, out = self.check(f'[[route]]\nto = ["mx"]\ntls = "{tls}"\nmta_sts = true\n\n'
+                                    '[mta_sts]\nfetch_timeout = "5s"\n')
+            self.assertEqual(rc, 0, out)
+
+    def test_mta_sts_on_an_smtp_route_is_refused(self):
+        path, rc, out = self.check('[[route]]\nto = ["smtp:192.0.2.1:25"]\nmta_sts = true\n')
+        self.assertNotEqual(rc, 0)
+        self.assertIn(f"{path}:10:", out)  # the mta_sts line
+        self.assertIn("mta_sts needs an mx route", out)
+
+    def test_mta_sts_with_tls_require_is_refused(self):
+        path, rc, out = self.check('[[route]]\nto = ["mx"]\ntls = "require"\nmta_sts = true\n')
+        self.assertNotEqual(rc, 0)
+        self.assertIn(f"{path}:11:", out)  # the mta_sts line
+        self.assertIn("mta_sts needs tls", out)
+
+    def test_an_unloadable_ca_file_is_refused(self):
+        _, rc, out = self.check('[[route]]\nto = ["mx"]\nmta_sts = true\n\n'
+                                '[mta_sts]\nca_file = "/nonexistent/ca.pem"\n')
+        self.assertNotEqual(rc, 0)
+        self.assertIn("ca_file", out)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,141 @@
+// Tests for mta/daemon/mta_sts_policy: the MTA-STS TXT record and policy file (RFC 8461
+// §3.1, §3.2), mx patterns (§4.1), and the bounded HTTP response parser of the policy fetch.
+#include "mta/daemon/mta_sts_policy.h"
+
+#include <catch2/catch.hpp>
+
+using namespace moat::mta::sts;
+
+namespace {
+bool parses(const std::string& body, Policy& p) {
+  std::string error;
+  bool ok = parsePolicy(body, p, error);
+  if (!ok) INFO(error);
+  return ok;
+}
+bool rejects(const std::string& body) {
+  Policy p;
+  std::string error;
+  bool ok = parsePolicy(body, p, error);
+  return !ok && !error.empty();
+}
+}  // namespace
+
+TEST_CASE("MTA-STS policy: every field, LF and CRLF") {
+  Policy p;
+  REQUIRE(parses(
+      "version: STSv1\r\nmode: enforce\r\nmx: MX1.Example.Test.\r\nmx: *.mail.example.test\r\nmax_age: 86400\r\n", p));
+  CHECK(p.mode == Mode::Enforce);
+  CHECK(p.maxAge == 86400);
+  REQUIRE(p.mx.size() == 2);
+  CHECK(p.mx[0] == "mx1.example.test");
+  CHECK(p.mx[1] == "*.mail.example.test");
+  REQUIRE(parses("version: STSv1\nmode: testing\nmx: mx.example.test\nmax_age: 0\nextension_key: whatever\n", p));
+  CHECK(p.mode == Mode::Testing);
+  CHECK(p.maxAge == 0);
+  REQUIRE(parses("version: STSv1\nmode: none\nmax_age: 31557600", p));  // no final newline, no mx with none
+  CHECK(p.mode == Mode::None);
+  CHECK(p.maxAge == 31557600);
+  CHECK(p.mx.empty());
+}
+
+TEST_CASE("MTA-STS policy: malformed ones are fetch failures") {
+  CHECK(rejects(""));
+  CHECK(rejects("mode: enforce\nmx: mx.example.test\nmax_age: 86400\n"));                     // no version
+  CHECK(rejects("version: STSv2\nmode: enforce\nmx: mx.example.test\nmax_age: 86400\n"));     // wrong version
+  CHECK(rejects("version: STSv1\nmx: mx.example.test\nmax_age: 86400\n"));                    // no mode
+  CHECK(rejects("version: STSv1\nmode: strict\nmx: mx.example.test\nmax_age: 86400\n"));      // unknown mode
+  CHECK(rejects("version: STSv1\nmode: enforce\nmode: testing\nmx: a.test\nmax_age: 1\n"));   // two modes
+  CHECK(rejects("version: STSv1\nmode: enforce\nmx: mx.example.test\n"));                     // no max_age
+  CHECK(rejects("version: STSv1\nmode: enforce\nmx: mx.example.test\nmax_age: 31557601\n"));  // over the limit
+  CHECK(rejects("version: STSv1\nmode: enforce\nmx: mx.example.test\nmax_age: -1\n"));
+  CHECK(rejects("version: STSv1\nmode: enforce\nmx: mx.example.test\nmax_age: 1d\n"));
+  CHECK(rejects("version: STSv1\nmode: enforce\nmax_age: 86400\n"));                         // no mx
+  CHECK(rejects("version: STSv1\nmode: enforce\nmx: mx.*.example.test\nmax_age: 86400\n"));  // * not leftmost
+  CHECK(rejects("version: STSv1\nmode: enforce\nmx: mx example\nmax_age: 86400\n"));
+  CHECK(rejects("version: STSv1\nmode: enforce\nmx: \nmax_age: 86400\n"));
+  CHECK(rejects("version: STSv1\nthis is not a key value line\nmode: enforce\nmx: a.test\nmax_age: 1\n"));
+  CHECK(rejects("<html><body>Not Found</body></html>"));
+}
+
+TEST_CASE("MTA-STS mx patterns: a wildcard takes one leftmost label") {
+  CHECK(mxMatches("mx.example.test", "mx.example.test"));
+  CHECK(mxMatches("mx.example.test", "MX.Example.Test."));
+  CHECK_FALSE(mxMatches("mx.example.test", "mx2.example.test"));
+  CHECK_FALSE(mxMatches("mx.example.test", "a.mx.example.test"));
+  CHECK(mxMatches("*.example.test", "mx.example.test"));
+  CHECK(mxMatches("*.example.test", "MX1.EXAMPLE.TEST"));
+  CHECK_FALSE(mxMatches("*.example.test", "a.b.example.test"));
+  CHECK_FALSE(mxMatches("*.example.test", "example.test"));
+  CHECK_FALSE(mxMatches("*.example.test", ".example.test"));
+  CHECK_FALSE(mxMatches("*.example.test", "mxexample.test"));
+  Policy p;
+  p.mx = {"mx1.example.test", "*.backup.example.test"};
+  CHECK(p.allows("mx1.example.test"));
+  CHECK(p.allows("b1.backup.example.test"));
+  CHECK_FALSE(p.allows("mx2.example.test"));
+}
+
+TEST_CASE("MTA-STS TXT record: exactly one v=STSv1 record with an id") {
+  std::string error;
+  CHECK(parseTxt({"v=STSv1; id=20160831085700Z;"}, error) == "20160831085700Z");
+  CHECK(parseTxt({"v=spf1 -all", "v=STSv1;id=abc123"}, error) == "abc123");
+  CHECK(parseTxt({}, error).empty());
+  CHECK(parseTxt({"v=spf1 -all"}, error).empty());
+  CHECK(parseTxt({"v=STSv1; id=a", "v=STSv1; id=b"}, error).empty());  // two records: none
+  CHECK(error.find("more than one") != std::string::npos);
+  CHECK(parseTxt({"v=STSv1;"}, error).empty());  // no id
+  CHECK(parseTxt({"v=STSv1; id=not-alnum"}, error).empty());
+  CHECK(parseTxt({"v=STSv1; id=" + std::string(33, 'a')}, error).empty());
+  CHECK(parseTxt({"v=STSv10; id=abc"}, error).empty());  // another version
+}
+
+TEST_CASE("HTTP response: status, headers, Content-Length, in pieces") {
+  HttpResponse r;
+  std::string raw = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhelloEXTRA";
+  for (char c : raw.substr(0, 20)) REQUIRE(r.feed(std::string_view(&c, 1)) == HttpResponse::State::Incomplete);
+  CHECK(r.feed(raw.substr(20)) == HttpResponse::State::Done);
+  CHECK(r.status() == 200);
+  CHECK(r.header("CONTENT-TYPE") == "text/plain");
+  CHECK(r.body() == "hello");  // bytes past Content-Length are not the body
+}
+
+TEST_CASE("HTTP response: read to close, and other statuses") {
+  HttpResponse r;
+  CHECK(r.feed("HTTP/1.0 200 OK\r\nServer: x\r\n\r\nversion: STSv1\n") == HttpResponse::State::Incomplete);
+  CHECK(r.feed("mode: none\n") == HttpResponse::State::Incomplete);
+  CHECK(r.end() == HttpResponse::State::Done);
+  CHECK(r.body() == "version: STSv1\nmode: none\n");
+  HttpResponse redirect;
+  CHECK(redirect.feed("HTTP/1.1 301 Moved\r\nLocation: https://elsewhere/\r\nContent-Length: 0\r\n\r\n") ==
+        HttpResponse::State::Done);
+  CHECK(redirect.status() == 301);
+}
+
+TEST_CASE("HTTP response: size caps and bad input") {
+  HttpResponse big(16);
+  CHECK(big.feed("HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n") == HttpResponse::State::Error);
+  HttpResponse bigClose(16);
+  CHECK(bigClose.feed("HTTP/1.1 200 OK\r\n\r\n0123456789") == HttpResponse::State::Incomplete);
+  CHECK(bigClose.feed("0123456789") == HttpResponse::State::Error);
+  HttpResponse head;
+  CHECK(head.feed("HTTP/1.1 200 OK\r\nX: " + std::string(HttpResponse::kMaxHead, 'a')) == HttpResponse::State::Error);
+  HttpResponse chunked;
+  CHECK(chunked.feed("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n") ==
+        HttpResponse::State::Error);
+  CHECK(chunked.error().find("Transfer-Encoding") != std::string::npos);
+  HttpResponse notHttp;
+  CHECK(notHttp.feed("220 mail.example.test ESMTP\r\n\r\n") == HttpResponse::State::Error);
+  HttpResponse badStatus;
+  CHECK(badStatus.feed("HTTP/1.1 2x0 OK\r\n\r\n") == HttpResponse::State::Error);
+  HttpResponse badHeader;
+  CHECK(badHeader.feed("HTTP/1.1 200 OK\r\nno colon here\r\n\r\n") == HttpResponse::State::Error);
+  HttpResponse badLength;
+  CHECK(badLength.feed("HTTP/1.1 200 OK\r\nContent-Length: -3\r\n\r\n") == HttpResponse::State::Error);
+  HttpResponse shortBody;
+  CHECK(shortBody.feed("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc") == HttpResponse::State::Incomplete);
+  CHECK(shortBody.end() == HttpResponse::State::Error);
+  HttpResponse noHead;
+  CHECK(noHead.feed("HTTP/1.1 200 OK\r\n") == HttpResponse::State::Incomplete);
+  CHECK(noHead.end() == HttpResponse::State::Error);
+}
