@@ -409,6 +409,14 @@ void readConnection(Config& c, Section s) {
   c.connectionAllow = networks(s, "allow");
   c.connectionBlock = networks(s, "block");
   c.maxConnectionRatePerIp = static_cast<unsigned>(s.getInt("max_rate_per_ip", c.maxConnectionRatePerIp, 0, 1000000));
+  c.pregreetWait = s.getDuration("pregreet_wait", c.pregreetWait);
+  // Postscreen's greet_wait is a few seconds; a wait near command_timeout would look like a
+  // dead server to every client, so the file is refused past a minute.
+  if (c.pregreetWait > std::chrono::minutes(1)) {
+    s.error("pregreet_wait", "must be at most 1m");
+    c.pregreetWait = Millis{0};
+  }
+  c.pregreetReject = s.getEnum("pregreet_action", "reject", {"reject", "log"}) == "reject";
   s.rejectUnknownKeys();
 }
 

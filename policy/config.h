@@ -105,6 +105,10 @@ struct Config {
   // [connection] (policy at connect: DESIGN.md, "The flow of one message")
   std::vector<mta::Network> connectionAllow, connectionBlock;
   unsigned maxConnectionRatePerIp = 0;  // new connections a minute from one address; 0 = no limit
+  // The pregreet test (Postfix postscreen's): the greeting's first line at once, its last
+  // after pregreet_wait; a client that talks before then is a pregreeter. 0 = off.
+  Millis pregreetWait{0};
+  bool pregreetReject = true;  // pregreet_action: "reject" (554, then 503 to all but QUIT) or "log"
 
   // [limits]
   uint64_t maxMessageSize = 35ull << 20;

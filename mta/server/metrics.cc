@@ -33,6 +33,8 @@ std::string Metrics::prometheus() const {
   counter("moat_sessions_active", "SMTP sessions open now.", sessionsActive, "gauge");
   counter("moat_sessions_refused_total",
           "Connections refused at connect (421 for limits or shutdown, 554 for connection.block).", sessionsRefused);
+  counter("moat_pregreet_total", "Clients that talked before the greeting was complete ([connection] pregreet_wait).",
+          pregreets);
   out += "# HELP moat_auth_total SMTP AUTH attempts by outcome.\n# TYPE moat_auth_total counter\n";
   out += "moat_auth_total{result=\"pass\"} " + std::to_string(authPassed) + "\n";
   out += "moat_auth_total{result=\"fail\"} " + std::to_string(authFailed) + "\n";

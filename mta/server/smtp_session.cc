@@ -26,6 +26,8 @@ constexpr size_t kMaxPendingOutput = 64 * 1024;
 constexpr uint64_t kCloseGraceMs = 5000;
 // Of a refused command line, this much goes into its `reject` line (the line may be 2 KB).
 constexpr size_t kLoggedCommandBytes = 256;
+// Of a pregreeter's early bytes, this much goes into its `pregreet` line.
+constexpr size_t kLoggedPregreetBytes = 100;
 // Failed AUTH attempts a session gets before it is closed (each also counts as an error).
 constexpr unsigned kMaxAuthFailures = 3;
 // RFC 4954 §4: a server must take the longest SASL response its mechanisms make, whatever
@@ -98,6 +100,24 @@ std::string findMessageId(std::string_view msg) {
   return "";
 }
 
+// A peer's raw bytes for a log field: printable ASCII as is, the rest (CR, LF, binary) and
+// the backslash as \xNN, so a TLS hello or an HTTP request shows what it was.
+std::string printableBytes(std::string_view bytes) {
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (char ch : bytes) {
+    auto c = static_cast<unsigned char>(ch);
+    if (c >= 0x20 && c <= 0x7e && c != '\\') {
+      out.push_back(ch);
+    } else {
+      out += "\\x";
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 15]);
+    }
+  }
+  return out;
+}
+
 // "550 5.7.1 text", as the `reply` log field shows a reply.
 std::string replyLine(int code, std::string_view enhanced, std::string_view text) {
   return std::to_string(code) + " " + std::string(enhanced) + " " + std::string(text);
@@ -138,7 +158,8 @@ SmtpSession::SmtpSession(ServerShared& shared, std::shared_ptr<const Snapshot> s
       id_(newSessionId()),
       timer_(shared.loop),
       started_(std::chrono::steady_clock::now()),
-      nameTimer_(shared.loop) {
+      nameTimer_(shared.loop),
+      greetTimer_(shared.loop) {
   ctx_ = std::make_shared<filters::MessageContext>();
   ctx_->sessionId = id_;
   ctx_->clientIp = peer_.ip;
@@ -186,13 +207,55 @@ void SmtpSession::start(bool blocked) {
         .add("stage", "connect");
     metrics().countReject(RejectStage::Connect, 554);
     reply(554, "5.7.1", text);
+  } else if (cfg_.pregreetWait.count() > 0 && listener_.mode == policy::ListenerMode::Smtp && !ctx_->fromRelayNetwork &&
+             !cfg_.isAllowedClient(ctx_->clientIp)) {
+    // The pregreet test. Submission and smtps clients are MUAs that authenticate, and the
+    // relay networks and connection.allow are trusted: none of them waits.
+    greetWait_ = true;
+    out_ += "220-" + cfg_.hostname + " ESMTP Moat\r\n";
+    std::weak_ptr<SmtpSession> weak = self;
+    greetTimer_.start(static_cast<uint64_t>(cfg_.pregreetWait.count()), [weak] {
+      auto s = weak.lock();
+      if (!s || s->closed_) return;
+      s->finishGreeting();
+      s->flush();
+      s->armTimer();
+      s->readIfReady();
+      s->processInput();  // the early bytes, if any: after the greeting, as if sent then
+    });
   } else {
     reply(220, "", cfg_.hostname + " ESMTP Moat");
   }
   flush();
-  armTimer();
+  // The command timeout starts with the greeting's last line (the wait is not the client's).
+  if (!greetWait_) armTimer();
   conn_->startReading();
   if (!blocked_) startNameLookup();  // a blocked client sends no mail to name
+}
+
+void SmtpSession::finishGreeting() {
+  if (!greetWait_) return;
+  greetWait_ = false;
+  greetTimer_.stop();
+  reply(220, "", cfg_.hostname + " ESMTP Moat");
+}
+
+// Bytes before the greeting's last line: logged once, with the first of them, and held (in
+// in_, and the connection's bounded hold behind it) until the greeting is complete.
+void SmtpSession::notePregreet(std::string_view early) {
+  if (!pregreeted_) {
+    pregreeted_ = true;
+    pregreetRefuse_ = cfg_.pregreetReject;
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started_);
+    log::info("pregreet")
+        .add("session", id_)
+        .add("client_ip", ctx_->clientIp.str())
+        .add("bytes", printableBytes(early.substr(0, kLoggedPregreetBytes)))
+        .add("after_ms", static_cast<int64_t>(ms.count()))
+        .add("action", cfg_.pregreetReject ? "reject" : "log");
+    ++metrics().pregreets;
+  }
+  conn_->stopReading();
 }
 
 // Postfix's smtpd looks the name up before its greeting; here nothing waits for it but the
@@ -231,6 +294,7 @@ void SmtpSession::drain() {
 // ours: a client must not hold off the shutdown by keeping the session busy with commands.
 bool SmtpSession::closeIfDraining() {
   if (!draining_ || closed_ || inTransaction_ || paused_ || mode_ != Mode::Command) return false;
+  // (closeWith ends a greeting still waiting first: the 421 follows a well-formed 220.)
   closeWith(421, "4.3.2", cfg_.hostname + " Service shutting down, try again later");
   return true;
 }
@@ -297,6 +361,11 @@ void SmtpSession::onData(std::string_view data) {
   if (inPos_ >= kReadCompactAt || inPos_ == in_.size()) {
     in_.erase(0, inPos_);
     inPos_ = 0;
+  }
+  if (greetWait_) {  // nothing is processed before the greeting's last line
+    notePregreet(data);
+    in_.append(data);
+    return;
   }
   // The data timeout is per line of the message, as Postfix's smtpd_per_record_deadline:
   // RFC 5321 §4.5.3.2.6 times a data block, and re-arming on every read would let a byte
@@ -409,6 +478,17 @@ void SmtpSession::handleLine(const std::string& line) {
     return;
   }
   auto parsed = smtp::parseCommand(line, smtputf8_);
+  if (pregreetRefuse_) {  // the first command of a pregreeter: whatever it is, but QUIT
+    pregreetRefuse_ = false;
+    blocked_ = true;
+    auto* cmd = std::get_if<smtp::Command>(&parsed);
+    if (!cmd || cmd->verb != smtp::Verb::Quit) {
+      refuse("connect", 554, "5.5.1", "Error: SMTP protocol violation: talked before the greeting",
+             [](log::Line& l) { l.add("reason", "pregreet"); });
+      protocolError();
+      return;
+    }
+  }
   if (auto* err = std::get_if<smtp::Reply>(&parsed)) {
     // A BDAT whose size cannot be read is followed by a chunk of unknown length: its bytes
     // would be taken for commands. Nothing after it can be trusted to be a command.
@@ -1426,6 +1506,7 @@ void SmtpSession::protocolError() {
 
 void SmtpSession::closeWith(int code, std::string_view enhanced, std::string_view text) {
   if (closed_) return;
+  finishGreeting();  // a reply after a 220- line would break the greeting (RFC 5321 §4.2.1)
   reply(code, enhanced, text);
   closeGracefully();
 }
@@ -1455,6 +1536,7 @@ void SmtpSession::onClosed(const std::string& error) {
   mode_ = Mode::Closed;
   closed_ = true;
   timer_.stop();
+  greetTimer_.stop();
   if (incoming_ && !paused_) {
     incoming_->abort();
     incoming_.reset();

@@ -17,7 +17,14 @@
 // end of a message's data waits for it, at most until dns.timeout after the connect, to give
 // the data filters (ctx_->clientName) and the Received header the name, else "unknown".
 //
-// Logs: connect, disconnect, reject (with the reply sent), accept (queued, with queue_id),
+// The pregreet test ([connection] pregreet_wait, as Postfix postscreen's): the greeting's
+// first line (220-) goes out at once and its last (220) after the wait, on a timer; a client
+// that sends anything before the last line is a pregreeter (RFC 5321 §3.1, §4.3.1: clients
+// wait for the greeting; many bots do not). Its bytes are held, not read past, until the
+// greeting is complete. Relay networks, connection.allow and submission/smtps listeners get
+// the one-line greeting at once.
+//
+// Logs: connect, disconnect, pregreet, reject (with the reply sent), accept (queued, with queue_id),
 // filter (each filter's result at the data stage), auth (each AUTH's outcome; never the
 // password). accept, disconnect and a reject at the end of the data carry client_name.
 #pragma once
@@ -141,6 +148,9 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   void protocolError();
   void junkCommand();
   bool closeIfDraining();
+  // The pregreet test: the greeting's last line, when the wait ends (or the session closes).
+  void finishGreeting();
+  void notePregreet(std::string_view early);
   void closeWith(int code, std::string_view enhanced, std::string_view text);
   void closeGracefully();
   // The timeout for what the session waits on now: a command line (armed when a command is
@@ -165,6 +175,7 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   uv::Timer timer_;
   std::chrono::steady_clock::time_point started_;
   uv::Timer nameTimer_;  // the end of the data waiting for the client name
+  uv::Timer greetTimer_;  // pregreet_wait: the greeting's last line
 
   Mode mode_ = Mode::Command;
   std::string in_;         // bytes received and not yet consumed
@@ -184,6 +195,11 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
 
   // Session state
   bool blocked_ = false;   // greeted with 554: nothing but QUIT is taken
+  bool greetWait_ = false;   // the 220- line is out, the last one not yet: input is held
+  bool pregreeted_ = false;  // the client talked during greetWait_
+  // pregreet_action "reject": the first command after the greeting gets 554 5.5.1 (QUIT
+  // excepted), and then the session is blocked_.
+  bool pregreetRefuse_ = false;
   bool greeted_ = false;   // HELO/EHLO seen
   bool esmtp_ = false;
   std::string helo_;
