@@ -78,6 +78,17 @@ def make_ca(directory, cn="Moat test CA"):
     return ca, key
 
 
+def check_config(test, text, name="moat.toml"):
+    """Writes `text` as a config file in a temporary folder (removed after `test`) and runs
+    `moat check -c` on it: (path, the finished process)."""
+    d = tempfile.mkdtemp(prefix="moat-check-")
+    test.addCleanup(shutil.rmtree, d, True)
+    path = os.path.join(d, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path, subprocess.run([MOAT_BIN, "check", "-c", path], capture_output=True, text=True, timeout=60)
+
+
 def make_signed_cert(directory, ca, name, san, chain=False):
     """A server certificate for `san` (e.g. "IP:127.0.0.1", "DNS:mx.example.test") signed by
     `ca`: (cert, key). With `chain`, the cert file holds the leaf and then the CA, as a

@@ -19,7 +19,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import owned_dns  # noqa: E402
-from harness import Sink, make_ca, make_cert, make_signed_cert, owned_moat  # noqa: E402
+from harness import Sink, check_config, make_ca, make_cert, make_signed_cert, owned_moat  # noqa: E402
 
 HOST = "mx.dane.test"
 
@@ -146,7 +146,7 @@ class DaneTest(unittest.TestCase):
 
     def test_tlsa_servfail_for_a_secure_host_is_deferred(self):
         m, sink, _ = self.run_case([], tlsa_servfail=True, tls_cert=self.cert)
-        ev = self.assert_deferred(m, sink, "TLSA lookup")
+        self.assert_deferred(m, sink, "TLSA lookup")
         self.assertEqual(sink.connections, 0)  # the host was not tried at all
 
     def test_only_unusable_secure_records_require_tls_without_authentication(self):
@@ -189,15 +189,9 @@ class DaneTest(unittest.TestCase):
 
 class DaneCheckTest(unittest.TestCase):
     def test_check_warns_about_a_remote_nameserver(self):
-        d = tempfile.mkdtemp(prefix="moat-dane-check-")
-        self.addCleanup(shutil.rmtree, d, True)
-        path = os.path.join(d, "moat.toml")
-        with open(path, "w") as f:
-            f.write('[server]\nhostname = "mx.moat.test"\nspool_dir = "spool"\n\n'
-                    '[dns]\nnameservers = ["127.0.0.1:53", "192.0.2.53"]\n\n'
-                    '[[route]]\nto = ["mx"]\ntls = "dane"\n')
-        from harness import MOAT_BIN
-        r = subprocess.run([MOAT_BIN, "check", "-c", path], capture_output=True, text=True, timeout=60)
+        path, r = check_config(self, '[server]\nhostname = "mx.moat.test"\nspool_dir = "spool"\n\n'
+                                     '[dns]\nnameservers = ["127.0.0.1:53", "192.0.2.53"]\n\n'
+                                     '[[route]]\nto = ["mx"]\ntls = "dane"\n')
         out = r.stdout + r.stderr
         self.assertIn(f"{path}:10: warning", out)  # the tls line
         self.assertIn("192.0.2.53", out)

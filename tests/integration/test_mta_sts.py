@@ -20,7 +20,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import owned_dns  # noqa: E402
-from harness import Sink, make_ca, make_cert, make_signed_cert, owned_moat  # noqa: E402
+from harness import Sink, check_config, make_ca, make_cert, make_signed_cert, owned_moat  # noqa: E402
 
 DOMAIN = "example.test"
 MX = "mx.example.test"
@@ -211,15 +211,8 @@ class MtaStsCheckTest(unittest.TestCase):
     """`moat check` refuses mta_sts where it cannot apply, with FILE:LINE."""
 
     def check(self, body):
-        import subprocess
-        from harness import MOAT_BIN
-        d = tempfile.mkdtemp(prefix="moat-mta-sts-check-")
-        self.addCleanup(shutil.rmtree, d, True)
-        path = os.path.join(d, "moat.toml")
-        with open(path, "w") as f:
-            f.write('[server]\nhostname = "mx.moat.test"\nspool_dir = "spool"\n\n'
-                    '[[listener]]\naddress = "127.0.0.1:2525"\n\n' + body)
-        r = subprocess.run([MOAT_BIN, "check", "-c", path], capture_output=True, text=True, timeout=60)
+        path, r = check_config(self, '[server]\nhostname = "mx.moat.test"\nspool_dir = "spool"\n\n'
+                                     '[[listener]]\naddress = "127.0.0.1:2525"\n\n' + body)
         return path, r.returncode, r.stdout + r.stderr
 
     def test_mta_sts_on_an_mx_route_with_may_or_dane_is_accepted(self):

@@ -199,7 +199,7 @@ class PregreetExemptionsTest(unittest.TestCase):
         moat.wait_log(event="accept", client_ip="127.0.0.1")
 
     def test_submission_and_smtps_listeners_are_greeted_at_once_with_one_line(self):
-        port, smtps_port, smtp_port = free_port(), free_port(), free_port()
+        smtps_port, smtp_port = free_port(), free_port()
         moat = owned_moat(self, networks=["10.255.255.0/24"], start=False, listener_extra='mode = "submission"\n',
                           extra=f'\n[[listener]]\naddress = "127.0.0.1:{smtps_port}"\nmode = "smtps"\n'
                                 f'\n[[listener]]\naddress = "127.0.0.1:{smtp_port}"\n'

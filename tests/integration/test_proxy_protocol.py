@@ -10,7 +10,6 @@ import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,7 +17,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import header_values, owned_dns  # noqa: E402
-from harness import MOAT_BIN, RawClient, make_cert, owned_moat, wait_for  # noqa: E402
+from harness import RawClient, check_config, make_cert, owned_moat, wait_for  # noqa: E402
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 MESSAGE = b"From: a@sender.test\r\nTo: bob@example.test\r\nSubject: proxied\r\n\r\nHello.\r\n"
@@ -420,13 +419,8 @@ class ProxyProtocolSmtpsTest(unittest.TestCase):
 
 class ProxyProtocolConfigTest(unittest.TestCase):
     def check(self, listener_extra):
-        d = tempfile.mkdtemp(prefix="moat-proxy-check-")
-        self.addCleanup(shutil.rmtree, d, True)
-        path = os.path.join(d, "moat.toml")
-        with open(path, "w") as f:
-            f.write('[server]\nhostname = "mx.moat.test"\nspool_dir = "spool"\nlog_file = "-"\n\n'
-                    '[[listener]]\naddress = "127.0.0.1:0"\n' + listener_extra)
-        r = subprocess.run([MOAT_BIN, "check", "-c", path], capture_output=True, text=True, timeout=60)
+        path, r = check_config(self, '[server]\nhostname = "mx.moat.test"\nspool_dir = "spool"\nlog_file = "-"\n\n'
+                                     '[[listener]]\naddress = "127.0.0.1:0"\n' + listener_extra)
         return r, path
 
     def test_proxy_protocol_without_proxy_networks_is_refused_with_file_line(self):

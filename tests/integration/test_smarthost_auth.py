@@ -13,7 +13,7 @@ import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Moat, make_cert, owned_moat, owned_sink, wait_for  # noqa: E402
+from harness import make_cert, owned_moat, owned_sink  # noqa: E402
 
 USER = "relay-user@example.test"
 PASSWORD = "s3cret:Pa55w0rd"  # with a ':' after the first: the line splits at the first one
