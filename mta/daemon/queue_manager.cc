@@ -1161,6 +1161,7 @@ void QueueManager::submit(const std::string& key, std::shared_ptr<Job> job) {
 
 void QueueManager::pump(Destination& d) {
   const auto& cfg = *snap_->config;
+  const std::string key = d.key;
   log::debug("destination")
       .add("destination", d.name)
       .add("tls", d.tlsName)
@@ -1182,6 +1183,10 @@ void QueueManager::pump(Destination& d) {
     }
     if (d.active >= cfg.maxPerDestination) return;
     openConnection(d);
+    // openConnection can end an attempt at once, when no host is left to try (tls = "dane"
+    // skips a host whose TLSA lookup failed without connecting): that job's end may remove
+    // this destination, and `d` with it.
+    if (auto it = destinations_.find(key); it == destinations_.end() || it->second.get() != &d) return;
   }
 }
 
