@@ -14,6 +14,7 @@
 #include "mta/daemon/mx_self.h"
 #include "mta/dns/dane.h"
 #include "mta/dns/resolve_host.h"
+#include "mta/runtime/hex.h"
 #include "mta/runtime/json.h"
 #include "mta/runtime/log.h"
 #include "mta/runtime/scan.h"
@@ -801,11 +802,7 @@ std::string daneKey(const std::vector<Hop>& hops) {
     k += h.name + ":" + std::to_string(h.port) + ":" + std::to_string(static_cast<int>(h.dane->level));
     for (const auto& r : h.dane->records) {
       k += ":" + std::to_string(r.usage) + "." + std::to_string(r.selector) + "." + std::to_string(r.mtype) + ".";
-      static const char* kHex = "0123456789abcdef";
-      for (unsigned char c : r.data) {
-        k += kHex[c >> 4];
-        k += kHex[c & 15];
-      }
+      for (unsigned char c : r.data) appendHex(k, c);
     }
     k += ";";
   }

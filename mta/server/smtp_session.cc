@@ -8,6 +8,7 @@
 #include <random>
 
 #include "mta/dns/client_name.h"
+#include "mta/runtime/hex.h"
 #include "mta/runtime/log.h"
 #include "mta/runtime/scan.h"
 #include "mta/server/metrics.h"
@@ -103,7 +104,6 @@ std::string findMessageId(std::string_view msg) {
 // A peer's raw bytes for a log field: printable ASCII as is, the rest (CR, LF, binary) and
 // the backslash as \xNN, so a TLS hello or an HTTP request shows what it was.
 std::string printableBytes(std::string_view bytes) {
-  static const char* kHex = "0123456789abcdef";
   std::string out;
   for (char ch : bytes) {
     auto c = static_cast<unsigned char>(ch);
@@ -111,8 +111,7 @@ std::string printableBytes(std::string_view bytes) {
       out.push_back(ch);
     } else {
       out += "\\x";
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
+      appendHex(out, c);
     }
   }
   return out;
