@@ -161,6 +161,10 @@ void ProxyHeaderReader::start(uint64_t timeoutMs, Done done) {
       if (error_.empty()) error_ = why;
       return;
     }
+    if (!heardAnything_) {
+      closedSilently_ = true;
+      why = "closed without sending anything";
+    }
     finish(std::nullopt, why);
   };
   conn_->setCallbacks(std::move(cb));
@@ -177,6 +181,7 @@ ProxyHeaderReader::~ProxyHeaderReader() {
 
 void ProxyHeaderReader::onData(std::string_view data) {
   if (finished_) return;
+  if (!data.empty()) heardAnything_ = true;
   input_.append(data);
   ProxyParse p = parseProxyHeader(input_);
   if (p.status == ProxyParse::Status::NeedMore) return;

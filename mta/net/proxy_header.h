@@ -67,6 +67,10 @@ class ProxyHeaderReader {
   ProxyHeaderReader(uv_loop_t* loop, std::shared_ptr<Connection> conn);
   ~ProxyHeaderReader();
   void start(uint64_t timeoutMs, Done done);
+  // The peer closed (or reset) the connection without sending a single octet: what a load
+  // balancer's plain TCP health check does (an AWS NLB's, HAProxy's `check` without
+  // `check-send-proxy`). Meaningful once `done` ran with an error.
+  bool closedSilently() const { return closedSilently_; }
   ProxyHeaderReader(const ProxyHeaderReader&) = delete;
   ProxyHeaderReader& operator=(const ProxyHeaderReader&) = delete;
 
@@ -82,6 +86,7 @@ class ProxyHeaderReader {
   uv::Timer timer_;
   std::string input_;  // at most the limit plus one read
   bool finished_ = false;
+  bool heardAnything_ = false, closedSilently_ = false;
   std::optional<ProxyHeader> header_;
   std::string error_;
 };

@@ -35,6 +35,10 @@ std::string Metrics::prometheus() const {
           "Connections refused at connect (421 for limits or shutdown, 554 for connection.block).", sessionsRefused);
   counter("moat_pregreet_total", "Clients that talked before the greeting was complete ([connection] pregreet_wait).",
           pregreets);
+  counter(
+      "moat_proxy_health_checks_total",
+      "Connections on proxy_protocol listeners that a balancer closed without sending anything (TCP health checks).",
+      proxyHealthChecks);
   out += "# HELP moat_auth_total SMTP AUTH attempts by outcome.\n# TYPE moat_auth_total counter\n";
   out += "moat_auth_total{result=\"pass\"} " + std::to_string(authPassed) + "\n";
   out += "moat_auth_total{result=\"fail\"} " + std::to_string(authFailed) + "\n";

@@ -16,6 +16,7 @@ struct Metrics {
   uint64_t sessionsActive = 0;
   uint64_t sessionsRefused = 0;  // connection limits, draining
   uint64_t pregreets = 0;        // clients that talked before the greeting ([connection] pregreet_wait)
+  uint64_t proxyHealthChecks = 0;           // proxy_protocol connections closed by a balancer without a byte
   uint64_t authPassed = 0, authFailed = 0;  // SMTP AUTH: credentials accepted / refused
   uint64_t messagesAccepted = 0;
   // Transactions refused as a whole (at MAIL FROM or at the end of DATA/BDAT), by class.

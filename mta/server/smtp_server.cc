@@ -166,6 +166,17 @@ void SmtpServer::proxyHeaderRead(size_t i, net::ProxyHeaderReader* reader, std::
     });
   }
   const auto& listener = listenerConfigs_[i];
+  if (!header && reader->closedSilently()) {
+    // A balancer's TCP health check, every few seconds from each of its nodes: counted, and
+    // logged only at debug, or its lines would bury the refusals that matter.
+    ++metrics().proxyHealthChecks;
+    log::debug("proxy_refused")
+        .add("proxy", conn->peerAddress().str())
+        .add("proxy_port", static_cast<unsigned>(conn->peerPort()))
+        .add("listener", listener.address)
+        .add("reason", "PROXY protocol: " + error);
+    return conn->close();
+  }
   if (!header) {
     proxyRefused(*conn, listener.address, "PROXY protocol: " + error);
     return conn->close();

@@ -17,7 +17,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import header_values, owned_dns  # noqa: E402
-from harness import RawClient, check_config, make_cert, owned_moat, wait_for  # noqa: E402
+from harness import RawClient, check_config, free_port, make_cert, owned_moat, scrape, wait_for  # noqa: E402
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 MESSAGE = b"From: a@sender.test\r\nTo: bob@example.test\r\nSubject: proxied\r\n\r\nHello.\r\n"
@@ -60,8 +60,9 @@ def closed_without_a_word(c):
 class ProxyProtocolTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
+        cls.metrics_port = free_port()
         cls.moat = owned_moat(
-            cls, networks=["127.9.9.0/24"],
+            cls, networks=["127.9.9.0/24"], server_extra=f'metrics_listen = "127.0.0.1:{cls.metrics_port}"',
             listener_extra='proxy_protocol = true\nproxy_networks = ["127.0.0.1", "::1"]\nproxy_timeout = "1s"\n',
             extra='\n[limits]\nmax_connections_per_ip = 2\n\n[connection]\nblock = ["127.6.6.6"]\n'
                   'max_rate_per_ip = 3\n')
@@ -81,14 +82,24 @@ class ProxyProtocolTest(unittest.TestCase):
         c.send(MESSAGE + b".\r\n")
         return c.code()
 
-    def received_of_last_message(self, before):
-        files = self.moat.maildir_files("bob@example.test")
-        self.assertEqual(len(files), before + 1)
-        with open(files[-1], "rb") as f:
-            return f.read().replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].decode()  # Maildir keeps LF
+    def head_of_new_message(self, before, client):
+        """The header of the message from `client` (its Received: names it) delivered since the
+        maildir held the files `before`: Maildir names do not sort by arrival, and another
+        test's message may land meanwhile."""
+        def heads():
+            out = []
+            for path in set(self.moat.maildir_files("bob@example.test")) - before:
+                with open(path, "rb") as f:  # Maildir keeps LF
+                    head = f.read().replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].decode()
+                if f"[{client}])" in head:
+                    out.append(head)
+            return out
+        found = wait_for(heads, 20, what=f"the message from {client}")
+        self.assertEqual(len(found), 1)
+        return found[0]
 
     def test_v1_header_names_the_client_everywhere(self):
-        before = len(self.moat.maildir_files("bob@example.test"))
+        before = set(self.moat.maildir_files("bob@example.test"))
         c = connect(self.moat.port)
         c.send(v1("127.9.9.9", 40001))
         self.assertEqual(c.code(), 220)
@@ -99,10 +110,7 @@ class ProxyProtocolTest(unittest.TestCase):
         ev = self.moat.wait_log(event="connect", client_ip="127.9.9.9", client_port=40001)
         self.assertEqual(ev["proxy"], "127.0.0.1")
         self.moat.wait_log(event="accept", client_ip="127.9.9.9")
-        wait = time.monotonic() + 20
-        while len(self.moat.maildir_files("bob@example.test")) <= before and time.monotonic() < wait:
-            time.sleep(0.05)
-        head = self.received_of_last_message(before)
+        head = self.head_of_new_message(before, "127.9.9.9")
         self.assertIn("(unknown [127.9.9.9])", head)
         self.assertNotIn("[127.0.0.1]", head)
 
@@ -187,7 +195,7 @@ class ProxyProtocolTest(unittest.TestCase):
         c.close()
 
     def test_pipelined_commands_in_the_header_segment_are_kept(self):
-        before = len(self.moat.maildir_files("bob@example.test"))
+        before = set(self.moat.maildir_files("bob@example.test"))
         c = connect(self.moat.port)
         c.send(v2("127.9.9.12", 40004) + b"EHLO client.test\r\nMAIL FROM:<a@sender.test>\r\n"
                b"RCPT TO:<bob@example.test>\r\nDATA\r\n")
@@ -201,10 +209,7 @@ class ProxyProtocolTest(unittest.TestCase):
         self.assertEqual(c.code(), 221)
         c.close()
         self.moat.wait_log(event="accept", client_ip="127.9.9.12")
-        wait = time.monotonic() + 20
-        while len(self.moat.maildir_files("bob@example.test")) <= before and time.monotonic() < wait:
-            time.sleep(0.05)
-        self.assertIn("[127.9.9.12])", self.received_of_last_message(before))
+        self.assertIn("[127.9.9.12])", self.head_of_new_message(before, "127.9.9.12"))
 
     def test_unknown_and_local_keep_the_proxy_address(self):
         for header in (b"PROXY UNKNOWN\r\n", v2(None)):
@@ -253,6 +258,32 @@ class ProxyProtocolTest(unittest.TestCase):
         self.assertLess(time.monotonic() - start, 10)
         self.wait_refused("PROXY protocol: timeout")
         self.assertEqual(self.moat.find_logs(event="connect", client_ip="127.9.9.13"), [])
+
+    def test_a_balancer_health_check_is_counted_not_logged(self):
+        """A plain TCP health check (connect, close, not a byte) from a balancer is counted in
+        moat_proxy_health_checks_total and logged only at debug (not at the default info); a close halfway through a
+        header is still a proxy_refused line."""
+        before = scrape(self.metrics_port).get("moat_proxy_health_checks_total", 0)
+        checks = []
+        for _ in range(3):
+            c = connect(self.moat.port)
+            checks.append(c.sock.getsockname()[1])
+            c.close()
+        wait_for(lambda: scrape(self.metrics_port)["moat_proxy_health_checks_total"] >= before + 3, 20,
+                 what="three health checks counted")
+        c = connect(self.moat.port)
+        half = c.sock.getsockname()[1]
+        c.send("PROXY TCP4 127.9.9.15")
+        c.sock.shutdown(socket.SHUT_WR)
+        self.assertTrue(closed_without_a_word(c))
+        ev = wait_for(lambda: self.moat.find_logs(event="proxy_refused", proxy_port=half), 20, what="half header")[-1]
+        self.assertEqual(ev["reason"], "PROXY protocol: closed before the header ended")
+        self.assertEqual(ev["level"], "info")
+        for port in checks:  # the harness logs at debug
+            lines = self.moat.find_logs(event="proxy_refused", proxy_port=port)
+            self.assertEqual([(l["level"], l["reason"]) for l in lines],
+                             [("debug", "PROXY protocol: closed without sending anything")])
+        self.assertEqual(scrape(self.metrics_port)["moat_proxy_health_checks_total"], before + 3)
 
     def test_a_peer_outside_proxy_networks_is_closed_at_once(self):
         c = connect(self.moat.port, source="127.0.0.2")

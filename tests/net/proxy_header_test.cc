@@ -239,6 +239,7 @@ struct ProxyServer {
   std::optional<net::ProxyHeader> header;
   std::string error;
   bool done = false;
+  bool silent = false;   // the reader's closedSilently() when it finished
   std::string received;  // what the connection delivers after the hand-over
 
   explicit ProxyServer(uint64_t timeoutMs = 2000, std::shared_ptr<tls::TlsContext> tlsAfter = nullptr) {
@@ -252,6 +253,7 @@ struct ProxyServer {
             conn = std::move(c);
             header = h;
             error = e;
+            silent = reader->closedSilently();
             done = true;
             if (!h) return conn->close();
             if (tlsAfter) conn->startImplicitTls(tlsAfter);
@@ -349,7 +351,24 @@ TEST_CASE("proxy reader: garbage, a timeout and an early close are errors", "[pr
     client->close();
     REQUIRE(server.loop.runUntil([&] { return server.done && got == "<closed>"; }, 5000));
     CHECK(!server.header);
-    CHECK(server.error.find("closed") != std::string::npos);
+    CHECK(server.error == "closed before the header ended");
+    CHECK(!server.silent);
+  }
+}
+
+TEST_CASE("proxy reader: a close without a single octet is a health check", "[proxy]") {
+  for (bool reset : {false, true}) {
+    ProxyServer server;
+    std::string got;
+    auto client = server.connect(&got);
+    if (reset)
+      client->abort();  // an RST, as some balancers' checks end
+    else
+      client->close();
+    REQUIRE(server.loop.runUntil([&] { return server.done; }, 5000));
+    CHECK(!server.header);
+    CHECK(server.silent);
+    if (!reset) CHECK(server.error == "closed without sending anything");
   }
 }
 
