@@ -61,7 +61,7 @@ TEST_CASE("dane: anything not authenticated, or no TLSA, is opportunistic TLS") 
     }
 }
 
-TEST_CASE("dane: a failed TLSA lookup for a secure host defers that host; for an insecure one it does not matter") {
+TEST_CASE("dane: a failed TLSA lookup for a secure host defers that host, for an insecure one it does not matter") {
   auto fail = tlsaAnswer(Status::TempFail, false);
   auto d = decideDane("mx.test", 25, true, true, &fail);
   REQUIRE(d.level == DaneLevel::Defer);

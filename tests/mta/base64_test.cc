@@ -36,7 +36,7 @@ TEST_CASE("base64 round-trips every byte value") {
   }
 }
 
-TEST_CASE("the lenient decoder skips whitespace; the strict one refuses it") {
+TEST_CASE("the lenient decoder skips whitespace, the strict one refuses it") {
   REQUIRE(base64Decode(" Zm9v\r\n YmFy\t") == std::string("foobar"));
   REQUIRE_FALSE(base64DecodeStrict("Zm9v YmFy"));
   REQUIRE_FALSE(base64DecodeStrict("Zm9vYmFy\r\n"));

@@ -156,7 +156,7 @@ TEST_CASE("MTA-STS cache: concurrent lookups share one fetch") {
   for (const auto& p : got) CHECK((p && p->mode == sts::Mode::Enforce));
 }
 
-TEST_CASE("MTA-STS cache: a new id refetches; a failed refetch keeps the unexpired policy") {
+TEST_CASE("MTA-STS cache: a new id refetches, a failed refetch keeps the unexpired policy") {
   Fixture f;
   bool answered = false;
   auto first = f.get(answered);

@@ -13,7 +13,7 @@
 using moat::policy::ClientCredentials;
 using moat::policy::Errors;
 
-TEST_CASE("the credentials line splits at the first colon; comments and blank lines are skipped") {
+TEST_CASE("the credentials line splits at the first colon, comments and blank lines are skipped") {
   Errors errors;
   auto c = ClientCredentials::parse("# relay.provider.test\n\n  relay-user@example.test:pa:ss w#rd  \r\n# end\n",
                                     "auth", errors);
@@ -51,7 +51,7 @@ TEST_CASE("a bad credentials file is refused at FILE:LINE without showing the pa
   }
 }
 
-TEST_CASE("load reads the file; worldReadable names a mode others can read") {
+TEST_CASE("load reads the file, worldReadable names a mode others can read") {
   std::string path = moat::test::writeTempFile("auth", "u:p\n");
   Errors errors;
   auto c = ClientCredentials::load(path, errors);

@@ -166,7 +166,7 @@ TEST_CASE("a submission listener needs auth_users, and AUTH needs TLS on its lis
   unlink(path.c_str());
 }
 
-TEST_CASE("[[listener]] proxy_protocol needs proxy_networks; mistakes name FILE:LINE") {
+TEST_CASE("[[listener]] proxy_protocol needs proxy_networks, mistakes name FILE:LINE") {
   const std::string head = "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n";
   auto load = [&head](const std::string& extra, Errors& errors) {
     auto path = writeTemp(head + extra);
@@ -233,7 +233,7 @@ TEST_CASE("[[listener]] proxy_protocol needs proxy_networks; mistakes name FILE:
   }
 }
 
-TEST_CASE("[connection] takes allow and block networks and a rate; mistakes name FILE:LINE") {
+TEST_CASE("[connection] takes allow and block networks and a rate, mistakes name FILE:LINE") {
   const std::string head = "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n";
   auto path = writeTemp(head +
                         "[connection]\nallow = [\"192.0.2.7\"]\nblock = [\"192.0.2.0/24\", \"2001:db8::/32\"]\n"

@@ -214,7 +214,7 @@ TEST_CASE("envelope: edit records are checked (version, order, range, numbers)")
   REQUIRE(parseEnvelope(resign(body + "edit\t20\t1\ty\tb\n"), error).has_value());
 }
 
-TEST_CASE("an envelope owing expanded reports round-trips as version 3; older versions refuse the record") {
+TEST_CASE("an envelope owing expanded reports round-trips as version 3, older versions refuse the record") {
   Envelope e = sample();
   e.expanded = {{"sales@example.test", "rfc822;sales@example.test", "SUCCESS,FAILURE"},
                 {"team\t@example.test", "", "SUCCESS"}};

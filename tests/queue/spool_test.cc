@@ -827,7 +827,7 @@ TEST_CASE("spool: a streamed message over a larger spare reads and stores only i
   REQUIRE(f.bytesOf(b) == second);
 }
 
-TEST_CASE("spool: a message takes a spare only when it needs a file; a used one is never returned") {
+TEST_CASE("spool: a message takes a spare only when it needs a file, a used one is never returned") {
   Fixture f;
   f.leaveSpare("Subject: a\r\n\r\na\r\n");
   REQUIRE(f.spool->spareCount() == 1);

@@ -302,7 +302,7 @@ TEST_CASE("chunked framing: no end mark, no unstuffing, bare CR/LF normalized, R
   }
 }
 
-TEST_CASE("chunked framing: a CRLF split between chunks is one line end; the size bound holds") {
+TEST_CASE("chunked framing: a CRLF split between chunks is one line end, the size bound holds") {
   DataDecoder d(BareLinePolicy::Normalize, 8, Framing::Chunked);
   std::string out;
   d.feed("abc\r", out);

@@ -50,7 +50,7 @@ TEST_CASE("messages without a header/body separator and over-long fields pass in
   REQUIRE(scrub(longField, 1000) == longField);
 }
 
-TEST_CASE("inBody turns true after the header section; the body may then bypass feed") {
+TEST_CASE("inBody turns true after the header section, the body may then bypass feed") {
   std::string head = "Authentication-Results: mx.moat.test; spf=pass\r\nSubject: s\r\n";
   std::string msg = head + "\r\nAuthentication-Results: mx.moat.test; body\r\n";
   for (size_t chunk : {1, 2, 5, 64}) {

@@ -214,7 +214,7 @@ TEST_CASE("temperror from timeouts, none for malformed domains, include result m
   CHECK(check(z, "192.0.2.1", "x@localhost").result == SpfResult::None);
 }
 
-TEST_CASE("exp= text is expanded; the default is used when it cannot be fetched") {
+TEST_CASE("exp= text is expanded, the default is used when it cannot be fetched") {
   ZoneResolver z;
   z.add("exp.example.org", RrType::TXT, "v=spf1 -all exp=why.%{d}");
   z.add("why.exp.example.org", RrType::TXT, "%{l} at %{c} may not send for %{o} (%{r})");
