@@ -356,6 +356,7 @@ void readRoute(Config& c, Section s) {
     s.error("mta_sts", "mta_sts needs an mx route");
   else if (r.mtaSts && r.tls != TlsPolicy::May && r.tls != TlsPolicy::Dane)
     s.error("mta_sts", "mta_sts needs tls = \"may\" or \"dane\"");
+  r.chunking = s.getBool("chunking", true);
   s.rejectUnknownKeys();
   warnIfShadowed(c, r, s);
   c.routes.push_back(std::move(r));

@@ -63,6 +63,8 @@ struct Route {
   int authFileLine = 0;
   // RFC 8461: honour the destination's MTA-STS policy (mx routes with tls "may" or "dane").
   bool mtaSts = false;
+  // RFC 3030 BDAT to a next hop that offers CHUNKING (and PIPELINING); false: always DATA.
+  bool chunking = true;
   int line = 0;
   bool matches(const std::string& domain) const;
 };

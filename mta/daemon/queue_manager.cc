@@ -268,6 +268,7 @@ struct QueueManager::Job {
   std::shared_ptr<const sts::Policy> sts;
   // [[route]] auth_file: SMTP AUTH after STARTTLS; null = no AUTH.
   std::shared_ptr<const client::Credentials> auth;
+  bool chunking = true;  // [[route]] chunking: BDAT when the next hop offers CHUNKING
   // For the log: the destination as the route names it ("smtp:HOST:PORT", several joined by
   // ",", or "mx:DOMAIN") and the route's tls mode; the destination key adds what pools.
   std::string destination, tlsName;
@@ -835,6 +836,7 @@ std::string tlsKey(client::TlsMode mode, const policy::Route& route) {
   if (route.tls == policy::TlsPolicy::Verify) k += ",verify=" + route.caFile;
   if (route.tls == policy::TlsPolicy::Dane) k += ",dane";  // deliverSmtp adds each host's TLSA
   if (route.mtaSts) k += ",sts";                           // submitSts adds the policy's mode and id
+  if (!route.chunking) k += ",nochunking";
   return k;
 }
 
@@ -890,6 +892,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
   }
   bool verifyMissing = route.tls == policy::TlsPolicy::Verify && !job->tlsCtx;
   job->dane = route.tls == policy::TlsPolicy::Dane;
+  job->chunking = route.chunking;
   std::string authPart = authKey(route);
   bool authMissing = false;
   if (!route.authFile.empty()) {
@@ -1197,6 +1200,7 @@ void QueueManager::openConnection(Destination& d) {
   opts.tls = job->tls;
   opts.tlsCtx = job->tls == client::TlsMode::None ? nullptr : job->tlsCtx ? job->tlsCtx : snap_->clientTls;
   opts.auth = job->auth;
+  opts.chunking = job->chunking;
   opts.connectTimeoutMs = static_cast<uint64_t>(cfg.connectTimeout.count());
   opts.greetingTimeoutMs = opts.commandTimeoutMs = static_cast<uint64_t>(cfg.replyTimeout.count());
 

@@ -270,6 +270,116 @@ TEST_CASE("client: a large body streams intact and bare line ends become CRLF") 
   REQUIRE(server.file("msg2.eml") == "a\r\nb\r\n.c\r\n");  // "\r." would end DATA on lax servers
 }
 
+// RFC 3030: with CHUNKING (and PIPELINING) offered the message goes as BDAT chunks: no 354
+// round trip, no dot-stuffing, the same line repair as DATA.
+TEST_CASE("client: BDAT to a next hop offering CHUNKING, byte-exact, in one write or in chunks") {
+  ScriptedServer server("\"pipelining\": true, \"chunking\": true");
+  uv::Loop loop;
+  auto c = connectTo(loop, server.port(), plainOptions());
+  REQUIRE(c.client);
+  REQUIRE(c.client->supports("CHUNKING"));
+  std::string small = ".leading dot\r\n..two\r\n.\r\nbare\nend";
+  auto t = simpleTx({"a@example.test", "b@example.test"}, small);
+  t.prefix = "Received: by moat\r\n";
+  auto r = sendTx(loop, *c.client, std::move(t));
+  INFO(r.error);
+  REQUIRE(r.data.code == 250);
+  REQUIRE(r.bodyAnswered);
+  std::string expected = "Received: by moat\r\n.leading dot\r\n..two\r\n.\r\nbare\r\nend\r\n";
+  REQUIRE(server.file("msg1.eml") == expected);
+  REQUIRE(server.commands().find("1 BDAT " + std::to_string(expected.size()) + " LAST\n") != std::string::npos);
+  REQUIRE(server.commands().find("DATA") == std::string::npos);
+
+  // Over 64 KiB: MAIL and RCPT first, then 64 KiB chunks, the last one LAST.
+  auto big = std::make_shared<std::string>();
+  for (int i = 0; big->size() < 300 * 1024; ++i)
+    big->append(i % 5 == 0 ? ".dot " : "line ").append(std::to_string(i) + "\r\n");
+  auto tb = simpleTx({"a@example.test"}, *big);
+  tb.keepAlive = big;
+  auto rb = sendTx(loop, *c.client, std::move(tb));
+  REQUIRE(rb.data.code == 250);
+  REQUIRE(server.file("msg2.eml") == *big);
+  std::string cmds = server.commands();
+  size_t chunks = 0;
+  for (size_t at = 0; (at = cmds.find("1 BDAT ", at)) != std::string::npos; ++at) ++chunks;
+  REQUIRE(chunks == 1 + (big->size() + 64 * 1024 - 1) / (64 * 1024));
+  REQUIRE(cmds.find(" LAST\n", cmds.find("1 BDAT 65536\n")) != std::string::npos);
+  REQUIRE(c.client->usable());
+}
+
+TEST_CASE("client: BDAT refusals: no recipient, a refused chunk, a refused message, then RSET") {
+  ScriptedServer server(
+      "\"pipelining\": true, \"chunking\": true, \"reject_rcpt\": {\"bad@example.test\": "
+      "\"550 5.1.1 No such user\"}, \"bdat_reply\": {\"2\": \"552 5.3.4 too big here\"}");
+  uv::Loop loop;
+  auto c = connectTo(loop, server.port(), plainOptions());
+  REQUIRE(c.client);
+  // Small: the BDAT went with the RCPT and is refused for want of a recipient.
+  auto none = sendTx(loop, *c.client, simpleTx({"bad@example.test"}));
+  REQUIRE(none.rcpts[0].code == 550);
+  REQUIRE(none.data.code == 503);
+  REQUIRE_FALSE(none.bodyAnswered);
+  REQUIRE(server.commands().find("1 RSET") != std::string::npos);
+  REQUIRE(c.client->usable());
+
+  // Large: no chunk goes before a recipient is accepted.
+  auto big = std::make_shared<std::string>(200 * 1024, 'x');
+  for (size_t i = 78; i < big->size(); i += 80) (*big)[i] = '\r', (*big)[i + 1] = '\n';
+  auto tb = simpleTx({"bad@example.test"}, *big);
+  tb.keepAlive = big;
+  size_t bdatsBefore = 0;
+  for (size_t at = 0; (at = server.commands().find("BDAT", at)) != std::string::npos; ++at) ++bdatsBefore;
+  auto nb = sendTx(loop, *c.client, std::move(tb));
+  REQUIRE(nb.rcpts[0].code == 550);
+  REQUIRE(nb.data.code == 0);
+  size_t bdatsAfter = 0;
+  for (size_t at = 0; (at = server.commands().find("BDAT", at)) != std::string::npos; ++at) ++bdatsAfter;
+  REQUIRE(bdatsAfter == bdatsBefore);
+
+  // The server refuses the second chunk: the message failed with that reply (not an answer
+  // to the message), RSET, and the connection carries the next message.
+  auto tc = simpleTx({"a@example.test"}, *big);
+  tc.keepAlive = big;
+  auto rc = sendTx(loop, *c.client, std::move(tc));
+  REQUIRE(rc.data.code == 552);
+  REQUIRE(rc.data.text == "552 5.3.4 too big here");
+  REQUIRE_FALSE(rc.bodyAnswered);
+  REQUIRE(c.client->usable());
+  auto ok = sendTx(loop, *c.client, simpleTx({"a@example.test"}, "Subject: after\r\n\r\nfine\r\n"));
+  REQUIRE(ok.data.code == 250);
+  REQUIRE(server.file("msg1.eml") == "Subject: after\r\n\r\nfine\r\n");  // the refused one was not stored
+}
+
+TEST_CASE(
+    "client: a refused last chunk is the answer to the message, DATA without CHUNKING, PIPELINING or the option") {
+  {
+    ScriptedServer server("\"pipelining\": true, \"chunking\": true, \"data_reply\": \"554 5.7.1 content refused\"");
+    uv::Loop loop;
+    auto c = connectTo(loop, server.port(), plainOptions());
+    REQUIRE(c.client);
+    auto r = sendTx(loop, *c.client, simpleTx({"a@example.test"}));
+    REQUIRE(r.data.code == 554);
+    REQUIRE(r.bodyAnswered);
+    REQUIRE(server.commands().find("1 BDAT") != std::string::npos);
+    REQUIRE(server.commands().find("1 RSET") != std::string::npos);  // RFC 3030 §2
+    REQUIRE(c.client->usable());
+  }
+  for (std::string cfg : {"\"chunking\": true", "\"pipelining\": true, \"chunking\": true"}) {
+    bool optionOff = cfg.find("pipelining") != std::string::npos;
+    ScriptedServer server(cfg);
+    uv::Loop loop;
+    auto opts = plainOptions();
+    opts.chunking = !optionOff;
+    auto c = connectTo(loop, server.port(), opts);
+    REQUIRE(c.client);
+    auto r = sendTx(loop, *c.client, simpleTx({"a@example.test"}, ".x\r\n"));
+    REQUIRE(r.data.code == 250);
+    REQUIRE(server.file("msg1.eml") == ".x\r\n");
+    REQUIRE(server.commands().find("BDAT") == std::string::npos);
+    REQUIRE(server.commands().find("1 DATA") != std::string::npos);
+  }
+}
+
 TEST_CASE("client: per-recipient rejects, with and without pipelining") {
   for (bool pipelining : {true, false}) {
     ScriptedServer server(std::string("\"pipelining\": ") + (pipelining ? "true" : "false") +

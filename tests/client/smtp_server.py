@@ -7,7 +7,9 @@ cert/key (offer STARTTLS), reject_rcpt {addr: reply}, mail_reply, data_reply,
 ehlo_reply, rset_reply, greeting, data_done_delay (s), greeting_delay (s), no_esmtp,
 starttls_extra, no_8bitmime (8BITMIME not offered), no_dsn (DSN not offered), size (the SIZE
 parameter, "104857600" by default), data_cmd_reply (the reply to the DATA command instead of
-354: the message is then not read), starttls_hang (220 to STARTTLS, then silence).
+354: the message is then not read), starttls_hang (220 to STARTTLS, then silence), chunking
+(CHUNKING offered: BDAT, RFC 3030), bdat_reply {chunk number (from 1, as a string): reply}
+(that chunk's reply instead of 250; its octets are read all the same, as §2 requires).
 After any 421 reply the server closes the connection, as RFC 5321 §3.8 has it.
 For each message it writes OUT/msgN.eml (the un-stuffed body, byte-exact) and OUT/msgN.env;
 every command line received goes to OUT/commands.log as "CONN-ID LINE".
@@ -34,6 +36,26 @@ class Conn:
         if text.startswith("421"):
             raise EOFError  # RFC 5321 §3.8: the server closes the channel after a 421
 
+    def exactly(self, n):
+        while len(self.buf) < n:
+            d = self.sock.recv(65536)
+            if not d:
+                return None
+            self.buf += d
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def store(self, body, mail, rcpts):
+        """Writes msgN.eml / msgN.env for an accepted message; returns N."""
+        with lock:
+            counter["msg"] += 1
+            n = counter["msg"]
+        with open(os.path.join(out, "msg%d.eml" % n), "wb") as f:
+            f.write(body)
+        with open(os.path.join(out, "msg%d.env" % n), "w") as f:
+            f.write("%d\n%s\n%s\ntls=%s\n" % (self.cid, mail, "\n".join(rcpts), self.tls))
+        return n
+
     def line(self):
         while b"\n" not in self.buf:
             d = self.sock.recv(65536)
@@ -47,6 +69,7 @@ class Conn:
         time.sleep(cfg.get("greeting_delay", 0))
         self.send(cfg.get("greeting", "220 test.example ESMTP scripted"))
         mail, rcpts = None, []
+        chunks, failed = [], False  # the BDAT transaction so far
         while True:
             l = self.line()
             if l is None:
@@ -67,6 +90,8 @@ class Conn:
                     caps.append("PIPELINING")
                 if cfg.get("smtputf8"):
                     caps.append("SMTPUTF8")
+                if cfg.get("chunking"):
+                    caps.append("CHUNKING")
                 if (cfg.get("cert") or cfg.get("starttls_break") or cfg.get("starttls_hang")) and not self.tls:
                     caps.append("STARTTLS")
                 lines = ["test.example hello"] + caps
@@ -125,21 +150,35 @@ class Conn:
                     if l == b".\r\n":
                         break
                     parts.append(l[1:] if l.startswith(b".") else l)
-                body = b"".join(parts)
-                with lock:
-                    counter["msg"] += 1
-                    n = counter["msg"]
-                with open(os.path.join(out, "msg%d.eml" % n), "wb") as f:
-                    f.write(body)
-                with open(os.path.join(out, "msg%d.env" % n), "w") as f:
-                    f.write("%d\n%s\n%s\ntls=%s\n" % (self.cid, mail, "\n".join(rcpts), self.tls))
+                n = self.store(b"".join(parts), mail, rcpts)
                 time.sleep(cfg.get("data_done_delay", 0))
                 self.send(cfg.get("data_reply", "250 2.0.0 Ok: queued as M%d" % n))
                 mail, rcpts = None, []
+            elif verb == b"BDAT" and cfg.get("chunking"):
+                args = cmd.decode().split()
+                data = self.exactly(int(args[1]))
+                if data is None:
+                    return
+                last = len(args) > 2 and args[2].upper() == "LAST"
+                chunks.append(data)
+                scripted = cfg.get("bdat_reply", {}).get(str(len(chunks)))
+                if scripted or failed or not rcpts:
+                    failed = True  # RFC 3030 §2: no more chunks count; the client must RSET
+                    self.send(scripted or "503 5.5.1 no valid recipients")
+                    if last:
+                        mail, rcpts, chunks, failed = None, [], [], False
+                    continue
+                if not last:
+                    self.send("250 2.0.0 %d octets received" % len(data))
+                    continue
+                n = self.store(b"".join(chunks), mail, rcpts)
+                time.sleep(cfg.get("data_done_delay", 0))
+                self.send(cfg.get("data_reply", "250 2.0.0 Ok: queued as M%d" % n))
+                mail, rcpts, chunks = None, [], []
             elif verb == b"RSET":
                 r = cfg.get("rset_reply", "250 2.0.0 Ok")
                 if r.startswith("2"):
-                    mail, rcpts = None, []
+                    mail, rcpts, chunks, failed = None, [], [], False
                 self.send(r)
             elif verb == b"QUIT":
                 if cfg.get("quit_silent"):  # never answers: waits for the client to close

@@ -156,6 +156,7 @@ class _SinkHandler(socketserver.StreamRequestHandler):
         sink.connections += 1
         self.reply("220 sink.test ESMTP test sink")
         mail_from, rcpts, tls = None, [], False
+        chunks = bytearray()  # BDAT (RFC 3030), with CHUNKING among the extensions
         authed = None  # the name this connection authenticated as (AUTH), None = none
         while True:
             raw = self.rfile.readline(65536)
@@ -228,8 +229,29 @@ class _SinkHandler(socketserver.StreamRequestHandler):
                                               "auth": authed})
                 self.reply(code)
                 mail_from, rcpts = None, []
-            elif verb == "RSET":
+            elif verb == "BDAT" and "CHUNKING" in sink.extensions:
+                words = line.split()
+                size, last = int(words[1]), len(words) > 2 and words[2].upper() == "LAST"
+                chunk = self.rfile.read(size)  # read even when refused (RFC 3030 §2)
+                if len(chunk) < size:
+                    return
+                if mail_from is None or not rcpts:
+                    self.reply("503 5.5.1 no valid recipients")
+                    continue
+                chunks += chunk
+                if not last:
+                    self.reply(f"250 2.0.0 {size} octets received")
+                    continue
+                data, chunks = bytes(chunks), bytearray()
+                code = sink.data_reply(mail_from, rcpts, data)
+                if code.startswith("2"):
+                    with sink.lock:
+                        sink.messages.append({"from": mail_from, "rcpts": list(rcpts), "data": data, "tls": tls,
+                                              "auth": authed})
+                self.reply(code)
                 mail_from, rcpts = None, []
+            elif verb == "RSET":
+                mail_from, rcpts, chunks = None, [], bytearray()
                 self.reply("250 2.0.0 ok")
             elif verb == "NOOP":
                 self.reply("250 2.0.0 ok")
