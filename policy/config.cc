@@ -364,6 +364,7 @@ void readRoute(Config& c, Section s) {
 
 void readMtaSts(Config& c, Section s) {
   c.mtaStsCaFile = s.getPath("ca_file", "");
+  c.mtaStsCaFileLine = s.lineOf("ca_file");
   c.mtaStsFetchTimeout = s.getDuration("fetch_timeout", c.mtaStsFetchTimeout);
   if (c.mtaStsFetchTimeout.count() <= 0) s.error("fetch_timeout", "must be more than 0");
   s.rejectUnknownKeys();

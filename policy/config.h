@@ -145,6 +145,7 @@ struct Config {
   // [mta_sts] (RFC 8461): extra trust anchors for policy hosts and MX hosts (absolute, or
   // empty: the system store only), and the bound on one policy fetch.
   std::string mtaStsCaFile;
+  int mtaStsCaFileLine = 0;  // of [mta_sts] ca_file, for its errors
   Millis mtaStsFetchTimeout{std::chrono::seconds(10)};
   Millis replyTimeout{std::chrono::minutes(5)};
   AddressPreference addressPreference = AddressPreference::Ipv6;

@@ -1,7 +1,14 @@
 // mta/daemon/mta_sts.cc — see mta_sts.h.
 #include "mta/daemon/mta_sts.h"
 
-#include "mta/dns/resolve_host.h"
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
 #include "mta/net/connection.h"
 #include "mta/runtime/log.h"
 #include "mta/runtime/uv.h"
@@ -11,23 +18,36 @@ namespace moat::mta::sts {
 namespace {
 // One policy fetch: the state every callback shares. `finish` runs `done` once and drops
 // the connection and the timer, which breaks the cycle through the connection's callbacks.
-struct FetchState {
+// `gen` numbers the address being tried: callbacks of a connection given up on are ignored.
+struct FetchState : std::enable_shared_from_this<FetchState> {
+  uv_loop_t* loop = nullptr;
+  std::shared_ptr<tls::TlsContext> tls;
+  uint16_t port = 443;
   std::function<void(std::shared_ptr<Policy>, const std::string&)> done;
   std::shared_ptr<net::Connection> conn;
   std::unique_ptr<uv::Timer> timer;
   HttpResponse response;
   std::string host;
+  std::vector<IpAddress> ips;
+  size_t next = 0;  // the address to try after the current one
+  unsigned gen = 0;
+  uint64_t deadline = 0;  // uv_now() at which the whole fetch has failed
+  std::string errors;     // each address's failure, for the log
   bool finished = false;
+
   void finish(std::shared_ptr<Policy> p, const std::string& error) {
     if (finished) return;
     finished = true;
     if (timer) timer->stop();
+    dropConnection();
+    auto d = std::move(done);
+    d(std::move(p), error);
+  }
+  void dropConnection() {
     if (conn) {
       auto c = std::move(conn);
       c->abort();
     }
-    auto d = std::move(done);
-    d(std::move(p), error);
   }
   void complete() {
     if (response.status() != 200)  // §3.3: only a 200; redirects are not followed
@@ -37,116 +57,336 @@ struct FetchState {
     if (!parsePolicy(response.body(), *p, error)) return finish(nullptr, error);
     finish(std::move(p), "");
   }
+  // The current address failed with `error`. Before any HTTP reply (connect, TLS, a close
+  // before the reply's head) the next address is tried; once the host has answered, its
+  // answer is the fetch's.
+  void addressFailed(const std::string& error) {
+    const IpAddress& ip = ips[next - 1];
+    std::string what = ip.withPort(port) + ": " + error;
+    if (response.headDone()) return finish(nullptr, what);
+    errors += (errors.empty() ? "" : "; ") + what;
+    ++gen;  // this connection's callbacks, from here on, are ignored
+    dropConnection();
+    tryNext();
+  }
+  void tryNext() {
+    if (next >= ips.size()) return finish(nullptr, errors);
+    uint64_t now = uv_now(loop);
+    if (now >= deadline) return finish(nullptr, "policy fetch timed out");
+    const IpAddress ip = ips[next++];
+    const unsigned g = ++gen;
+    response = HttpResponse();
+    auto st = shared_from_this();
+    // Each address within what is left of the fetch's time.
+    net::connect(loop, ip, port, deadline - now,
+                 [st, g](std::shared_ptr<net::Connection> conn, const std::string& error) {
+                   if (st->finished || g != st->gen) {
+                     if (conn) conn->abort();
+                     return;
+                   }
+                   if (!conn) return st->addressFailed(error);
+                   st->conn = conn;
+                   conn->setCallbacks({[st, g](std::string_view data) {
+                                         if (st->finished || g != st->gen) return;
+                                         auto s = st->response.feed(data);
+                                         if (s == HttpResponse::State::Error)
+                                           st->finish(nullptr, st->host + ": " + st->response.error());
+                                         else if (s == HttpResponse::State::Done)
+                                           st->complete();
+                                       },
+                                       [st, g](const std::string& error) {
+                                         if (st->finished || g != st->gen) return;
+                                         st->conn.reset();
+                                         if (!error.empty()) return st->addressFailed(error);
+                                         if (st->response.end() == HttpResponse::State::Error)
+                                           return st->addressFailed(st->response.error());
+                                         st->complete();
+                                       },
+                                       nullptr});
+                   conn->startReading();  // the handshake's records come through the read side
+                   // §3.3: the certificate must verify and name the policy host (SNI too).
+                   conn->startTls(st->tls, st->host, [st, g](bool ok, const std::string& error) {
+                     if (st->finished || g != st->gen) return;
+                     if (!ok) return st->addressFailed("TLS: " + error);
+                     st->conn->write("GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: " + st->host +
+                                     "\r\nUser-Agent: Moat\r\nAccept: text/plain\r\nConnection: close\r\n\r\n");
+                   });
+                 });
+  }
 };
+
+// An open file descriptor, closed when it goes.
+struct Fd {
+  int fd = -1;
+  explicit Fd(int f) : fd(f) {}
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+};
+
+std::string errnoText(int err, const std::string& what) { return what + ": " + std::strerror(err); }
+
+// Thread pool: `text` to `path` crash-atomically, as the spool writes its files: a new file
+// beside it, fsynced, renamed over it, and the directory fsynced so the rename lasts.
+std::string writeAtomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    Fd f(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (f.fd < 0) return errnoText(errno, "create " + tmp);
+    std::string_view rest = text;
+    while (!rest.empty()) {
+      ssize_t n = ::write(f.fd, rest.data(), rest.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        int err = errno;
+        ::unlink(tmp.c_str());
+        return errnoText(err, "write " + tmp);
+      }
+      rest.remove_prefix(static_cast<size_t>(n));
+    }
+    if (::fsync(f.fd) != 0) {
+      int err = errno;
+      ::unlink(tmp.c_str());
+      return errnoText(err, "fsync " + tmp);
+    }
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    return errnoText(err, "rename " + tmp);
+  }
+  size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  Fd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (d.fd < 0) return errnoText(errno, "open " + dir);
+  if (::fsync(d.fd) != 0) return errnoText(errno, "fsync " + dir);
+  return "";
+}
 }  // namespace
 
-void fetchPolicy(uv_loop_t* loop, dns::Resolver& resolver, const std::string& domain,
-                 std::shared_ptr<tls::TlsContext> tls, uint64_t timeoutMs, uint16_t port,
-                 std::function<void(std::shared_ptr<Policy>, const std::string& error)> done) {
+std::function<void()> fetchPolicy(uv_loop_t* loop, dns::Resolver& resolver, const std::string& domain,
+                                  std::shared_ptr<tls::TlsContext> tls, uint64_t timeoutMs, uint16_t port,
+                                  std::function<void(std::shared_ptr<Policy>, const std::string& error)> done,
+                                  dns::Families families) {
   auto st = std::make_shared<FetchState>();
+  st->loop = loop;
+  st->tls = std::move(tls);
+  st->port = port;
   st->done = std::move(done);
   st->host = "mta-sts." + domain;
-  if (!tls) return st->finish(nullptr, "no TLS client context");
-  st->timer = std::make_unique<uv::Timer>(loop);
   std::weak_ptr<FetchState> weak = st;
+  auto cancel = [weak] {
+    if (auto s = weak.lock()) s->finish(nullptr, "cancelled");
+  };
+  if (!st->tls) {
+    st->finish(nullptr, "no TLS client context");
+    return cancel;
+  }
+  st->deadline = uv_now(loop) + timeoutMs;
+  st->timer = std::make_unique<uv::Timer>(loop);
   // The timer holds the state only weakly: the pending lookup or connection holds it.
   st->timer->start(timeoutMs, [weak] {
-    if (auto s = weak.lock()) s->finish(nullptr, "policy fetch timed out");
+    if (auto s = weak.lock())
+      s->finish(nullptr, "policy fetch timed out" + (s->errors.empty() ? "" : " (" + s->errors + ")"));
   });
   dns::resolveHost(
-      resolver, st->host, [loop, st, tls, timeoutMs, port](dns::Status status, std::vector<IpAddress> ips) {
+      resolver, st->host,
+      [st](dns::Status status, std::vector<IpAddress> ips) {
         if (st->finished) return;
         if (ips.empty())
           return st->finish(nullptr, st->host + ": no address (" + std::string(dns::statusName(status)) + ")");
-        // The first address only: the whole fetch has one time limit, and a policy host that
-        // does not answer on it is a failed fetch, retried at the next delivery.
-        net::connect(loop, ips.front(), port, timeoutMs,
-                     [st, tls, port](std::shared_ptr<net::Connection> conn, const std::string& error) {
-                       if (st->finished) {
-                         if (conn) conn->abort();
-                         return;
-                       }
-                       if (!conn) return st->finish(nullptr, st->host + ":" + std::to_string(port) + ": " + error);
-                       st->conn = conn;
-                       conn->setCallbacks({[st](std::string_view data) {
-                                             if (st->finished) return;
-                                             auto s = st->response.feed(data);
-                                             if (s == HttpResponse::State::Error)
-                                               st->finish(nullptr, st->response.error());
-                                             else if (s == HttpResponse::State::Done)
-                                               st->complete();
-                                           },
-                                           [st](const std::string& error) {
-                                             if (st->finished) return;
-                                             st->conn.reset();
-                                             if (!error.empty()) return st->finish(nullptr, error);
-                                             if (st->response.end() == HttpResponse::State::Error)
-                                               return st->finish(nullptr, st->response.error());
-                                             st->complete();
-                                           },
-                                           nullptr});
-                       conn->startReading();  // the handshake's records come through the read side
-                       // §3.3: the certificate must verify and name the policy host (SNI too).
-                       conn->startTls(tls, st->host, [st](bool ok, const std::string& error) {
-                         if (st->finished || !ok) {
-                           if (!ok) st->finish(nullptr, "TLS: " + error);
-                           return;
-                         }
-                         st->conn->write("GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: " + st->host +
-                                         "\r\nUser-Agent: Moat\r\nAccept: text/plain\r\nConnection: close\r\n\r\n");
-                       });
-                     });
-      });
+        // Every address, in the order resolveHost gives (IPv6 first), up to a bound: one dead
+        // address of the policy host must not cost the policy.
+        if (ips.size() > kMaxPolicyAddresses) ips.resize(kMaxPolicyAddresses);
+        st->ips = std::move(ips);
+        st->tryNext();
+      },
+      families);
+  return cancel;
 }
+
+PolicyCache::PolicyCache(uv_loop_t* loop, dns::Resolver* resolver, uint16_t httpsPort, std::string file)
+    : loop_(loop), resolver_(resolver), httpsPort_(httpsPort), file_(std::move(file)) {}
 
 PolicyCache::~PolicyCache() { *alive_ = false; }
 
-std::shared_ptr<const Policy> PolicyCache::cached(const std::string& domain) const {
-  auto it = cache_.find(domain);
-  if (it == cache_.end() || it->second.expires <= std::chrono::steady_clock::now()) return nullptr;
-  return it->second.policy;
+int64_t PolicyCache::wallNow() const {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch() + skew_)
+      .count();
 }
 
-void PolicyCache::finish(const std::string& domain, std::shared_ptr<const Policy> fetched, const std::string& error) {
+size_t PolicyCache::load() {
+  if (file_.empty()) return 0;
+  auto broken = [this](const std::string& why) {
+    log::warn("mta_sts").add("file", file_).add("reason", "cache file ignored: " + why);
+    return size_t{0};
+  };
+  Fd f(::open(file_.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+  if (f.fd < 0) {
+    if (errno == ENOENT) return 0;  // the first start, or no policy was ever fetched
+    return broken(errnoText(errno, "open"));
+  }
+  struct stat st {};
+  if (::fstat(f.fd, &st) != 0) return broken(errnoText(errno, "stat"));
+  if (!S_ISREG(st.st_mode)) return broken("not a regular file");
+  if (static_cast<uint64_t>(st.st_size) > kMaxFileBytes)
+    return broken("over " + std::to_string(kMaxFileBytes) + " octets");
+  std::string text;
+  char buf[16384];
+  for (;;) {
+    ssize_t n = ::read(f.fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return broken(errnoText(errno, "read"));
+    if (n == 0) break;
+    text.append(buf, static_cast<size_t>(n));
+    if (text.size() > kMaxFileBytes) return broken("over " + std::to_string(kMaxFileBytes) + " octets");
+  }
+  std::vector<CachedPolicy> entries;
+  std::string error;
+  const int64_t wall = wallNow();
+  if (!decodeCache(text, wall, kMaxEntries, entries, error)) return broken(error);
+  const auto steady = now();
+  for (auto& e : entries)
+    cache_[e.domain] = {std::make_shared<const Policy>(std::move(e.policy)),
+                        steady + std::chrono::seconds(e.expires - wall)};
+  return entries.size();
+}
+
+const PolicyCache::Entry* PolicyCache::cached(const std::string& domain) const {
+  auto it = cache_.find(domain);
+  if (it == cache_.end() || it->second.expires <= now()) return nullptr;
+  return &it->second;
+}
+
+void PolicyCache::put(const std::string& domain, std::shared_ptr<const Policy> policy) {
+  const auto t = now();
+  if (cache_.size() >= kMaxEntries && !cache_.count(domain)) {
+    // Full: the expired go first, else the one that expires soonest.
+    std::erase_if(cache_, [t](const auto& kv) { return kv.second.expires <= t; });
+    if (cache_.size() >= kMaxEntries)
+      cache_.erase(std::min_element(cache_.begin(), cache_.end(),
+                                    [](const auto& a, const auto& b) { return a.second.expires < b.second.expires; }));
+  }
+  cache_[domain] = {policy, t + std::chrono::seconds(policy->maxAge)};
+  save();
+}
+
+void PolicyCache::save() {
+  if (file_.empty()) return;
+  if (writing_) {
+    dirty_ = true;  // written again when this write is done
+    return;
+  }
+  // The contents are made here, on the loop (at most kMaxFileBytes, after a fetch: rare);
+  // the disk work goes to the pool.
+  const auto t = now();
+  const int64_t wall = wallNow();
+  std::vector<CachedPolicy> entries;
+  entries.reserve(cache_.size());
+  for (const auto& [domain, e] : cache_) {
+    if (e.expires <= t) continue;
+    entries.push_back(
+        {domain, *e.policy, wall + std::chrono::duration_cast<std::chrono::seconds>(e.expires - t).count()});
+  }
+  auto text = std::make_shared<std::string>(encodeCache(std::move(entries), kMaxEntries, kMaxFileBytes));
+  auto error = std::make_shared<std::string>();
+  writing_ = true;
+  dirty_ = false;
+  auto alive = alive_;
+  uv::queueWork(
+      loop_, [path = file_, text, error] { *error = writeAtomically(path, *text); },
+      [this, alive, error] {
+        if (!*alive) return;
+        writing_ = false;
+        if (!error->empty()) log::warn("mta_sts").add("file", file_).add("reason", "cache file not written: " + *error);
+        if (dirty_) save();
+      });
+}
+
+void PolicyCache::finish(const std::string& domain, std::shared_ptr<const Policy> fetched, const std::string& error,
+                         bool refresh) {
   std::shared_ptr<const Policy> result;
   if (fetched) {
-    cache_[domain] = {fetched, std::chrono::steady_clock::now() + std::chrono::seconds(fetched->maxAge)};
+    put(domain, fetched);
     result = fetched;
   } else {
-    result = cached(domain);  // §5.1: a failed refresh leaves an unexpired policy in force
+    const Entry* c = cached(domain);  // §5.1: a failed refresh leaves an unexpired policy in force
+    if (c) result = c->policy;
     log::warn("mta_sts")
         .add("domain", domain)
-        .add("reason", "policy fetch failed: " + error)
+        .add("reason", (refresh ? "policy refresh failed: " : "policy fetch failed: ") + error)
         .add("cached", result ? std::string(modeName(result->mode)) + " id=" + result->id : std::string("none"));
   }
-  auto it = waiting_.find(domain);
-  if (it == waiting_.end()) return;
-  auto waiters = std::move(it->second);
-  waiting_.erase(it);
-  for (auto& w : waiters) w(result);
+  auto it = fetches_.find(domain);
+  if (it == fetches_.end()) return;
+  auto waiters = std::move(it->second.waiters);
+  fetches_.erase(it);
+  for (auto& w : waiters) w(result, false);
 }
 
-void PolicyCache::get(const std::string& domain, std::shared_ptr<tls::TlsContext> tls, uint64_t timeoutMs, Done done) {
+void PolicyCache::startFetch(const std::string& domain, const std::string& id, std::shared_ptr<tls::TlsContext> tls,
+                             uint64_t timeoutMs, dns::Families families) {
   auto alive = alive_;
-  resolver_->query("_mta-sts." + domain, dns::RrType::TXT,
-                   [this, alive, domain, tls, timeoutMs, done = std::move(done)](const dns::Answer& a) mutable {
-                     if (!*alive) return;
-                     std::string error;
-                     std::string id = a.status == dns::Status::Ok ? parseTxt(a.txt, error) : "";
-                     // §3.1/§5.1: no (usable) record, or a DNS failure: a cached policy that has
-                     // not expired still applies; otherwise there is none.
-                     if (id.empty()) return done(cached(domain));
-                     if (auto c = cached(domain); c && c->id == id) return done(c);
-                     auto& w = waiting_[domain];
-                     w.push_back(std::move(done));
-                     if (w.size() > 1) return;  // a fetch is under way: share it
-                     fetchPolicy(loop_, *resolver_, domain, tls, timeoutMs, httpsPort_,
-                                 [this, alive, domain, id](std::shared_ptr<Policy> p, const std::string& err) {
-                                   if (!*alive) return;
-                                   if (p) p->id = id;
-                                   finish(domain, std::move(p), err);
-                                 });
-                   });
+  const bool refresh = fetches_[domain].waiters.empty();  // nobody waits: a background refresh
+  auto cancel = fetchPolicy(
+      loop_, *resolver_, domain, std::move(tls), timeoutMs, httpsPort_,
+      [this, alive, domain, id, refresh](std::shared_ptr<Policy> p, const std::string& err) {
+        if (!*alive || stopped_) return;  // stop() has answered the waiters
+        if (p) p->id = id;
+        finish(domain, std::move(p), err, refresh);
+      },
+      families);
+  // The fetch may have ended already (no TLS context): then its entry is gone.
+  if (auto it = fetches_.find(domain); it != fetches_.end()) it->second.cancel = std::move(cancel);
+}
+
+void PolicyCache::stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  auto fetches = std::move(fetches_);
+  fetches_.clear();
+  for (auto& [domain, f] : fetches) {
+    if (f.cancel) f.cancel();  // closes its connection and timer; its callback sees stopped_
+    log::warn("mta_sts")
+        .add("domain", domain)
+        .add("reason", "policy fetch cancelled: Moat is stopping")
+        .add("waiting", static_cast<uint64_t>(f.waiters.size()));
+    for (auto& w : f.waiters) w(nullptr, true);
+  }
+}
+
+void PolicyCache::get(const std::string& domain, std::shared_ptr<tls::TlsContext> tls, uint64_t timeoutMs,
+                      dns::Families families, Done done) {
+  auto alive = alive_;
+  resolver_->query(
+      "_mta-sts." + domain, dns::RrType::TXT,
+      [this, alive, domain, tls, timeoutMs, families, done = std::move(done)](const dns::Answer& a) mutable {
+        if (!*alive) return;
+        std::string error;
+        std::string id = a.status == dns::Status::Ok ? parseTxt(a.txt, error) : "";
+        const Entry* c = cached(domain);
+        std::shared_ptr<const Policy> policy = c ? c->policy : nullptr;
+        // §5.1: refresh a policy in use before it expires, without making this delivery
+        // wait: when the record names its id, or when the lookup failed (an attacker who
+        // blocks DNS must not let it run out). Not when the record is gone (§8.3).
+        const bool lookupFailed =
+            a.status != dns::Status::Ok && a.status != dns::Status::NxDomain && a.status != dns::Status::NoData;
+        if (c && (id == c->policy->id || (id.empty() && lookupFailed)) && !stopped_ && !fetching(domain) &&
+            c->expires - now() < std::chrono::seconds(c->policy->maxAge / kRefreshDivisor)) {
+          fetches_[domain];
+          startFetch(domain, c->policy->id, tls, timeoutMs, families);
+        }
+        // §3.1/§5.1: no (usable) record, or a DNS failure: a cached policy that has not
+        // expired still applies; otherwise there is none. The same id: the cached one.
+        if (id.empty() || (policy && policy->id == id)) return done(policy, false);
+        if (stopped_) return done(nullptr, true);
+        auto& f = fetches_[domain];
+        f.waiters.push_back(std::move(done));
+        if (f.waiters.size() > 1 || f.cancel) return;  // a fetch is under way: share it
+        startFetch(domain, id, tls, timeoutMs, families);
+      });
 }
 
 }  // namespace moat::mta::sts

@@ -180,6 +180,108 @@ bool mxMatches(std::string_view pattern, std::string_view host) {
   return !p.empty() && p == h;
 }
 
+namespace {
+constexpr std::string_view kCacheMagic = "moat-mta-sts-cache 1";
+
+bool writableDomain(std::string_view d) {
+  return !d.empty() && d.size() <= 253 && std::none_of(d.begin(), d.end(), [](char c) {
+    auto u = static_cast<unsigned char>(c);
+    return u <= 0x20 || u == 0x7f;
+  });
+}
+
+std::string cacheLine(const CachedPolicy& e) {
+  std::string mx;
+  for (const auto& m : e.policy.mx) mx += (mx.empty() ? "" : ",") + m;
+  return e.domain + " " + std::to_string(e.expires) + " " + e.policy.id + " " + std::string(modeName(e.policy.mode)) +
+         " " + std::to_string(e.policy.maxAge) + " " + (mx.empty() ? "-" : mx) + "\n";
+}
+
+bool digitsOnly(std::string_view s, size_t maxLen) {
+  return !s.empty() && s.size() <= maxLen &&
+         std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+}  // namespace
+
+std::string encodeCache(std::vector<CachedPolicy> entries, size_t maxEntries, size_t maxBytes) {
+  std::stable_sort(entries.begin(), entries.end(),
+                   [](const CachedPolicy& a, const CachedPolicy& b) { return a.expires > b.expires; });
+  std::string out = std::string(kCacheMagic) + "\n";
+  size_t count = 0;
+  for (const auto& e : entries) {
+    if (count >= maxEntries) break;
+    if (!writableDomain(e.domain)) continue;
+    std::string line = cacheLine(e);
+    // Room for this line and the last line.
+    if (out.size() + line.size() + 32 > maxBytes) continue;
+    out += line;
+    ++count;
+  }
+  return out + "end " + std::to_string(count) + "\n";
+}
+
+bool decodeCache(std::string_view text, int64_t now, size_t maxEntries, std::vector<CachedPolicy>& out,
+                 std::string& error) {
+  std::vector<CachedPolicy> got;
+  size_t lineNo = 0, count = 0;
+  bool ended = false;
+  auto bad = [&](const std::string& why) {
+    error = "line " + std::to_string(lineNo) + ": " + why;
+    return false;
+  };
+  while (!text.empty()) {
+    ++lineNo;
+    size_t nl = text.find('\n');
+    if (nl == std::string_view::npos) return bad("no newline at the end");
+    std::string_view line = text.substr(0, nl);
+    text.remove_prefix(nl + 1);
+    if (lineNo == 1) {
+      if (line != kCacheMagic) return bad("not a Moat MTA-STS cache file");
+      continue;
+    }
+    if (ended) return bad("text after the end line");
+    std::vector<std::string_view> f;
+    while (!line.empty() && f.size() < 7) {
+      size_t sp = line.find(' ');
+      f.push_back(line.substr(0, sp));
+      line = sp == std::string_view::npos ? std::string_view{} : line.substr(sp + 1);
+    }
+    if (f.size() == 2 && f[0] == "end") {
+      if (!digitsOnly(f[1], 9) || std::stoul(std::string(f[1])) != count) return bad("the count does not match");
+      ended = true;
+      continue;
+    }
+    if (f.size() != 6) return bad("not DOMAIN EXPIRES ID MODE MAX_AGE MX");
+    if (++count > maxEntries) return bad("more than " + std::to_string(maxEntries) + " policies");
+    CachedPolicy e;
+    e.domain = std::string(f[0]);
+    if (!writableDomain(e.domain)) return bad("malformed domain");
+    if (!digitsOnly(f[1], 18)) return bad("malformed expiry");
+    e.expires = std::stoll(std::string(f[1]));
+    std::string idError;
+    if (parseTxt({"v=STSv1; id=" + std::string(f[2])}, idError) != f[2]) return bad("malformed id");
+    // The policy text the line stands for, checked as a fetched one is.
+    std::string body = "version: STSv1\nmode: " + std::string(f[3]) + "\nmax_age: " + std::string(f[4]) + "\n";
+    if (f[5] != "-") {
+      std::string_view mx = f[5];
+      while (!mx.empty()) {
+        size_t comma = mx.find(',');
+        body += "mx: " + std::string(mx.substr(0, comma)) + "\n";
+        mx = comma == std::string_view::npos ? std::string_view{} : mx.substr(comma + 1);
+      }
+    }
+    std::string policyError;
+    if (!parsePolicy(body, e.policy, policyError)) return bad(policyError);
+    e.policy.id = std::string(f[2]);
+    if (e.expires <= now) continue;  // expired: of no use any more
+    e.expires = std::min<int64_t>(e.expires, now + e.policy.maxAge);
+    got.push_back(std::move(e));
+  }
+  if (!ended) return bad("no end line (a file cut short)");
+  out = std::move(got);
+  return true;
+}
+
 HttpResponse::State HttpResponse::fail(std::string why) {
   error_ = std::move(why);
   return state_ = State::Error;
@@ -219,10 +321,21 @@ bool HttpResponse::parseHead(std::string_view head) {
     }
     headers_.emplace_back(lower(trim(line.substr(0, colon))), std::string(trim(line.substr(colon + 1))));
   }
-  std::string te = header("transfer-encoding");
-  if (!te.empty()) {
-    fail("HTTP Transfer-Encoding \"" + te + "\" is not supported");
-    return false;
+  // RFC 9112 §6.1: chunked is the only coding a policy host may use here (the request asks
+  // for none other); §6.3: with Content-Length too, the reply may be a smuggling attempt.
+  size_t codings =
+      std::count_if(headers_.begin(), headers_.end(), [](const auto& h) { return h.first == "transfer-encoding"; });
+  if (codings > 0) {
+    std::string te = lower(header("transfer-encoding"));
+    if (codings > 1 || te != "chunked") {
+      fail("HTTP Transfer-Encoding \"" + te + "\" is not supported");
+      return false;
+    }
+    if (!header("content-length").empty()) {
+      fail("HTTP reply with both Transfer-Encoding and Content-Length");
+      return false;
+    }
+    chunked_ = true;
   }
   std::string cl = header("content-length");
   if (!cl.empty()) {
@@ -258,6 +371,7 @@ HttpResponse::State HttpResponse::feed(std::string_view data) {
     data = data.substr(std::min(used, data.size()));
     buf_.clear();
   }
+  if (chunked_) return feedChunked(data);
   size_t room = (contentLength_ >= 0 ? static_cast<size_t>(contentLength_) : maxBody_) - body_.size();
   if (data.size() > room) {
     if (contentLength_ < 0) return fail("HTTP body over " + std::to_string(maxBody_) + " octets");
@@ -268,9 +382,79 @@ HttpResponse::State HttpResponse::feed(std::string_view data) {
   return state_;
 }
 
+HttpResponse::State HttpResponse::feedChunked(std::string_view data) {
+  const std::string over = "HTTP body over " + std::to_string(maxBody_) + " octets";
+  while (!data.empty() && state_ == State::Incomplete) {
+    if (chunk_ == Chunk::Data) {
+      size_t n = std::min(chunkLeft_, data.size());
+      body_.append(data.substr(0, n));
+      data.remove_prefix(n);
+      chunkLeft_ -= n;
+      if (chunkLeft_ == 0) chunk_ = Chunk::DataEnd;
+      continue;
+    }
+    // A line: chunk-size [chunk-ext] CRLF, the CRLF after chunk data, or a trailer field
+    // line. Bounded before it is complete: a peer that never sends LF gets no further.
+    const size_t limit = chunk_ == Chunk::DataEnd ? 2 : chunk_ == Chunk::Size ? kMaxChunkLine : kMaxHead;
+    size_t nl = data.find('\n');
+    size_t take = nl == std::string_view::npos ? data.size() : nl + 1;
+    if (buf_.size() + take > limit) {
+      if (chunk_ == Chunk::Size) return fail("HTTP chunk-size line over " + std::to_string(kMaxChunkLine) + " octets");
+      if (chunk_ == Chunk::DataEnd) return fail("HTTP chunk data not followed by CRLF");
+      return fail("HTTP trailer over " + std::to_string(kMaxHead) + " octets");
+    }
+    buf_.append(data.substr(0, take));
+    data.remove_prefix(take);
+    if (nl == std::string_view::npos) break;
+    if (buf_.size() < 2 || buf_[buf_.size() - 2] != '\r') return fail("HTTP chunked line without CRLF");
+    std::string_view line = std::string_view(buf_).substr(0, buf_.size() - 2);
+    switch (chunk_) {
+      case Chunk::DataEnd:
+        if (!line.empty()) return fail("HTTP chunk data not followed by CRLF");
+        chunk_ = Chunk::Size;
+        break;
+      case Chunk::Size: {
+        // chunk-size = 1*HEXDIG, then chunk extensions (ignored): BWS ";" ... (RFC 9112 §7.1.1)
+        size_t i = 0, size = 0;
+        for (; i < line.size() && std::isxdigit(static_cast<unsigned char>(line[i])); ++i) {
+          size = size * 16 + static_cast<size_t>(std::isdigit(static_cast<unsigned char>(line[i]))
+                                                     ? line[i] - '0'
+                                                     : std::tolower(static_cast<unsigned char>(line[i])) - 'a' + 10);
+          if (size > maxBody_) return fail(over);  // also keeps `size` from overflowing
+        }
+        if (i == 0) return fail("malformed HTTP chunk size");
+        std::string_view ext = line.substr(i);
+        while (!ext.empty() && (ext.front() == ' ' || ext.front() == '\t')) ext.remove_prefix(1);
+        if (!ext.empty() && ext.front() != ';') return fail("malformed HTTP chunk size");
+        if (std::any_of(ext.begin(), ext.end(),
+                        [](char c) { return (static_cast<unsigned char>(c) < 0x20 && c != '\t') || c == 0x7f; }))
+          return fail("malformed HTTP chunk extension");
+        if (size > maxBody_ - body_.size()) return fail(over);
+        chunkLeft_ = size;
+        chunk_ = size == 0 ? Chunk::Trailer : Chunk::Data;
+        break;
+      }
+      case Chunk::Trailer:
+        if (line.empty()) {
+          state_ = State::Done;  // the last chunk and the trailer section ended
+          break;
+        }
+        trailerBytes_ += buf_.size();
+        if (trailerBytes_ > kMaxHead) return fail("HTTP trailer over " + std::to_string(kMaxHead) + " octets");
+        if (line.find(':') == std::string_view::npos || line.front() == ' ' || line.front() == '\t')
+          return fail("malformed HTTP trailer field");
+        break;  // trailer fields are not used
+      case Chunk::Data: break;
+    }
+    buf_.clear();
+  }
+  return state_;
+}
+
 HttpResponse::State HttpResponse::end() {
   if (state_ != State::Incomplete) return state_;
   if (!headDone_) return fail("the connection closed before the HTTP response head ended");
+  if (chunked_) return fail("the connection closed before the chunked HTTP body ended");
   if (contentLength_ >= 0) return fail("the connection closed before the HTTP body ended");
   return state_ = State::Done;
 }

@@ -36,13 +36,34 @@ bool parsePolicy(std::string_view body, Policy& out, std::string& error);
 // a trailing dot on either side ignored).
 bool mxMatches(std::string_view pattern, std::string_view host);
 
+// The policy cache file (RFC 8461 §5.1: a policy outlives a restart): a first line
+// "moat-mta-sts-cache 1", one line per policy "DOMAIN EXPIRES ID MODE MAX_AGE MX,MX,..." (EXPIRES
+// in Unix seconds, "-" for no mx), and a last line "end COUNT". Read back through
+// parsePolicy, so a policy from the file is held to the same rules as one fetched.
+struct CachedPolicy {
+  std::string domain;
+  Policy policy;
+  int64_t expires = 0;  // Unix seconds
+};
+// At most `maxEntries` lines and `maxBytes` octets: the policies that expire last are kept.
+// A domain that cannot be written on one line (a space or a control character) is left out.
+std::string encodeCache(std::vector<CachedPolicy> entries, size_t maxEntries, size_t maxBytes);
+// False (with `error`) for a file that is not one encodeCache() wrote, or has more than
+// `maxEntries` policies. Policies expired at `now` (Unix seconds) are left out; an expiry
+// further away than the policy's max_age (the clock went back) is brought back to it.
+bool decodeCache(std::string_view text, int64_t now, size_t maxEntries, std::vector<CachedPolicy>& out,
+                 std::string& error);
+
 // A bounded HTTP/1.1 response: feed() the bytes as they come, end() at the peer's close.
-// Headers at most kMaxHead octets, the body at most `maxBody`. A body is delimited by
-// Content-Length or by the close; "Transfer-Encoding: chunked" (or any other coding) is
-// refused as an error: a policy host has no need of it for a file of a few lines.
+// Headers at most kMaxHead octets, the body at most `maxBody` (after chunked decoding). A
+// body is delimited by Content-Length, by "Transfer-Encoding: chunked" (RFC 9112 §7.1: each
+// chunk-size line, extensions included, at most kMaxChunkLine octets, the trailer section at
+// most kMaxHead; malformed chunking is an error) or by the close. Any other transfer coding,
+// or both Transfer-Encoding and Content-Length (RFC 9112 §6.3), is an error.
 class HttpResponse {
  public:
   static constexpr size_t kMaxHead = 8192;
+  static constexpr size_t kMaxChunkLine = 1024;
   explicit HttpResponse(size_t maxBody = 65536) : maxBody_(maxBody) {}
   enum class State { Incomplete, Done, Error };
   State feed(std::string_view data);
@@ -51,19 +72,27 @@ class HttpResponse {
   int status() const { return status_; }
   const std::string& body() const { return body_; }
   const std::string& error() const { return error_; }
+  bool headDone() const { return headDone_; }  // the status line and headers came whole
   // A header's value (first of the name, any case), "" if absent.
   std::string header(std::string_view name) const;
 
  private:
+  // Where chunked decoding is: a chunk-size line, chunk data, the CRLF after it, a trailer line.
+  enum class Chunk { Size, Data, DataEnd, Trailer };
   State fail(std::string why);
   bool parseHead(std::string_view head);
+  State feedChunked(std::string_view data);
   size_t maxBody_;
   State state_ = State::Incomplete;
   bool headDone_ = false;
-  std::string buf_;  // the head until it is complete
+  std::string buf_;  // the head until it is complete; then (chunked) the line being read
   std::string body_;
   int status_ = 0;
   long long contentLength_ = -1;
+  bool chunked_ = false;
+  Chunk chunk_ = Chunk::Size;
+  size_t chunkLeft_ = 0;     // octets of chunk data still to come
+  size_t trailerBytes_ = 0;  // the trailer section so far
   std::vector<std::pair<std::string, std::string>> headers_;
   std::string error_;
 };

@@ -292,7 +292,9 @@ QueueManager::QueueManager(uv_loop_t* loop, std::shared_ptr<queue::Spool> spool,
     : loop_(loop),
       spool_(std::move(spool)),
       resolver_(resolver),
-      stsCache_(std::make_unique<sts::PolicyCache>(loop, resolver)),
+      // In the spool: policies outlive a restart (RFC 8461 §5.1), as the queue does. (Made
+      // before snap_ takes `snapshot`.)
+      stsCache_(std::make_unique<sts::PolicyCache>(loop, resolver, 443, snapshot->config->spoolDir + "/mta-sts.cache")),
       snap_(std::move(snapshot)),
       sched_(retryPolicy(*snap_->config)),
       timer_(loop),
@@ -306,6 +308,7 @@ void QueueManager::reload(std::shared_ptr<const server::Snapshot> snapshot) {
 QueueManager::~QueueManager() { *alive_ = false; }
 
 void QueueManager::start(std::vector<queue::Envelope> recovered) {
+  stsCache_->load();
   for (auto& env : recovered) {
     std::string id = env.id;
     auto area = env.area;
@@ -1103,9 +1106,16 @@ void QueueManager::submitHops(const std::string& key, std::shared_ptr<Job> job, 
   };
   if (job->stsDomain.empty()) return withDane();
   const auto timeout = static_cast<uint64_t>(snap_->config->mtaStsFetchTimeout.count());
-  stsCache_->get(job->stsDomain, snap_->mtaStsTls, timeout,
-                 [alive, job, withDane](std::shared_ptr<const sts::Policy> p) {
+  stsCache_->get(job->stsDomain, snap_->mtaStsTls, timeout, familiesOf(*snap_->config),
+                 [alive, job, withDane](std::shared_ptr<const sts::Policy> p, bool stopped) {
                    if (!*alive) return;
+                   if (stopped) {
+                     // drain() cut the fetch short: nothing was decided, so nothing is sent;
+                     // the recipients wait for the next start.
+                     client::TransactionResult r;
+                     r.error = "451 4.3.2 MTA-STS policy fetch for " + job->stsDomain + " cut short: Moat is stopping";
+                     return job->done(r, job->destination, "", "");
+                   }
                    if (p && p->mode != sts::Mode::None) job->sts = std::move(p);  // §5: "none" changes nothing
                    withDane();
                  });
@@ -1831,6 +1841,9 @@ void QueueManager::drain(std::function<void()> done) {
     d->active -= static_cast<unsigned>(d->idle.size());
     d->idle.clear();
   }
+  // A policy fetch must not hold the stop for up to fetch_timeout: its deliveries are
+  // deferred now, as any other that cannot go on.
+  stsCache_->stop();
   drained_ = std::move(done);
   if (busy_.empty() && quitting_.empty() && dsnWrites_ == 0 && moves_ == 0) return finishDrainIfDone();
   // A next hop that never answers must not hold the shutdown for its full timeouts. What is

@@ -117,7 +117,7 @@ std::shared_ptr<Snapshot> build(std::shared_ptr<const policy::Config> config, po
     snap->mtaStsTls = tls::TlsContext::client(true, config->mtaStsCaFile, error);
     snap->mtaStsCheckTls = snap->mtaStsTls ? tls::TlsContext::client(true, config->mtaStsCaFile, error) : nullptr;
     if (!snap->mtaStsCheckTls) {
-      errors.error(config->path, 0, "[mta_sts] ca_file: " + error);
+      errors.error(config->path, config->mtaStsCaFileLine, "[mta_sts] ca_file: " + error);
     } else {
       // Same trust and host name check (TlsSession sets the name for a verifying context),
       // but the handshake does not fail on them: the session's peerVerified() tells.

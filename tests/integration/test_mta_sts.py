@@ -11,6 +11,8 @@ Run: MOAT_BIN=build/moat MOAT_SOURCE_DIR=. /usr/bin/python3 tests/integration/te
 import http.server
 import os
 import shutil
+import signal
+import socket
 import ssl
 import sys
 import tempfile
@@ -20,7 +22,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import owned_dns  # noqa: E402
-from harness import Sink, check_config, make_ca, make_cert, make_signed_cert, owned_moat  # noqa: E402
+from harness import Sink, check_config, make_ca, make_cert, make_signed_cert, owned_moat, wait_for  # noqa: E402
 
 DOMAIN = "example.test"
 MX = "mx.example.test"
@@ -33,6 +35,8 @@ def policy(mode, mx=(MX,), max_age=86400):
 
 
 class _PolicyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # chunked replies need it
+
     def do_GET(self):  # noqa: N802 (http.server's name)
         srv = self.server.owner
         with srv.lock:
@@ -44,6 +48,14 @@ class _PolicyHandler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         self.send_header("Content-Type", "text/plain")
+        if srv.chunked:  # RFC 9112 §7.1: the body in chunks of 7 octets, with an extension
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(body), 7):
+                part = body[i:i + 7]
+                self.wfile.write(b"%x;n=%d\r\n%s\r\n" % (len(part), i, part))
+            self.wfile.write(b"0\r\n\r\n")
+            return
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -52,11 +64,43 @@ class _PolicyHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class SilentServer:
+    """Takes TCP connections on 127.0.0.1:443 and never answers: a policy fetch that hangs."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 443))
+        self.sock.listen(8)
+        self.accepted = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def stop(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(10)
+        for c in self.accepted:
+            c.close()
+
+
 class PolicyServer:
     """HTTPS on 127.0.0.1:443 with `cert`, serving `body` at /.well-known/mta-sts.txt."""
 
-    def __init__(self, cert, body):
+    def __init__(self, cert, body, chunked=False):
         self.body = body
+        self.chunked = chunked
         self.requests = []
         self.lock = threading.Lock()
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -94,17 +138,19 @@ class MtaStsTest(unittest.TestCase):
         cls.other_cert = make_signed_cert(cls.tmp, cls.ca, "other", "DNS:other.example.test")
 
     def run_case(self, body, mx_cert, txt="v=STSv1; id=20261123", https=True, tls="may", zone_extra=None,
-                 secure=False):
-        """The zone, the policy server (unless not `https`), a sink on 127.0.0.1:25 with
-        `mx_cert` (None: no STARTTLS), a daemon with an mx route and mta_sts = true; one
-        message sent. Returns (moat, sink, policy_server)."""
+                 secure=False, chunked=False, policy_host=({"A": "127.0.0.1"},), fetch_timeout="5s",
+                 make_server=None):
+        """The zone, the policy server (unless not `https`; `make_server` makes another),
+        a sink on 127.0.0.1:25 with `mx_cert` (None: no STARTTLS), a daemon with an mx route
+        and mta_sts = true; one message sent. Returns (moat, sink, policy_server)."""
         sink = bind_or_skip(self, lambda: Sink(port=25, tls_cert=mx_cert), "127.0.0.1:25")
         self.addCleanup(sink.stop)
         server = None
         if https:
-            server = bind_or_skip(self, lambda: PolicyServer(self.policy_cert, body), "127.0.0.1:443")
+            make = make_server or (lambda: PolicyServer(self.policy_cert, body, chunked=chunked))
+            server = bind_or_skip(self, make, "127.0.0.1:443")
             self.addCleanup(server.stop)
-        zone = {DOMAIN: [{"MX": [10, MX]}], MX: [{"A": "127.0.0.1"}], POLICY_HOST: [{"A": "127.0.0.1"}]}
+        zone = {DOMAIN: [{"MX": [10, MX]}], MX: [{"A": "127.0.0.1"}], POLICY_HOST: list(policy_host)}
         if secure:  # DNSSEC-authenticated MX and address records (the AD bit), for DANE
             zone[DOMAIN].insert(0, {"SECURE": True})
             zone[MX].insert(0, {"SECURE": True})
@@ -114,7 +160,7 @@ class MtaStsTest(unittest.TestCase):
         dns = owned_dns(self, zone)
         ca_file = self.ca[0]
         extra = (f'\n[dns]\nnameservers = ["{dns.nameserver}"]\ntimeout = "1s"\n'
-                 f'\n[mta_sts]\nca_file = "{ca_file}"\nfetch_timeout = "5s"\n'
+                 f'\n[mta_sts]\nca_file = "{ca_file}"\nfetch_timeout = "{fetch_timeout}"\n'
                  f'\n[[route]]\ndomains = ["{DOMAIN}"]\nto = ["mx"]\ntls = "{tls}"\nmta_sts = true\n')
         m = owned_moat(self, routes=[], extra=extra, retry='["1h"]')
         s = m.smtp()
@@ -200,6 +246,79 @@ class MtaStsTest(unittest.TestCase):
         ev = m.wait_log(event="deliver")
         self.assertTrue(ev["tls"].endswith(" dane"), ev["tls"])
 
+    def test_a_cached_policy_outlives_a_restart_when_the_fetch_is_blocked(self):
+        # RFC 8461 §5.1: after a restart, an attacker who stops the policy fetch must not
+        # downgrade a domain whose policy is still valid: it comes from spool/mta-sts.cache.
+        m, sink, server = self.run_case(policy("enforce"), self.mx_cert)
+        sink.wait_messages(1)
+        m.wait_log(event="deliver")
+        m.stop()  # a write of the cache file under way finishes before Moat exits
+        server.stop()  # the policy host is unreachable from now on (its cleanup stops it again)
+        m.start()
+        s = m.smtp()
+        s.sendmail("a@sender.test", [f"v@{DOMAIN}"], b"Subject: after restart\r\n\r\nbody\r\n")
+        s.quit()
+        sink.wait_messages(2)
+        ev = m.wait_log(event="deliver", since_start=True)
+        self.assertTrue(ev["tls"].endswith(" mta-sts"), ev["tls"])  # enforce, from the cache
+        self.assertEqual(m.find_logs(since_start=True, event="mta_sts"), [])  # nothing fetched
+        self.assertEqual(len(server.requests), 1)
+        with open(os.path.join(m.dir, "spool", "mta-sts.cache")) as f:
+            self.assertIn(f"\n{DOMAIN} ", f.read())
+
+    def test_a_broken_cache_file_is_logged_and_ignored(self):
+        m, sink, server = self.run_case(policy("enforce"), self.mx_cert)
+        sink.wait_messages(1)
+        m.wait_log(event="deliver")
+        m.stop()
+        cache = os.path.join(m.dir, "spool", "mta-sts.cache")
+        with open(cache, "wb") as f:
+            f.write(b"\x00garbage\n")
+        m.start()
+        warn = m.wait_log(event="mta_sts", since_start=True)
+        self.assertIn("cache file ignored", warn["reason"])
+        self.assertEqual(warn["file"], cache)
+        s = m.smtp()
+        s.sendmail("a@sender.test", [f"v@{DOMAIN}"], b"Subject: again\r\n\r\nbody\r\n")
+        s.quit()
+        sink.wait_messages(2)
+        ev = m.wait_log(event="deliver", since_start=True)
+        self.assertTrue(ev["tls"].endswith(" mta-sts"), ev["tls"])
+        self.assertEqual(len(server.requests), 2)  # fetched anew
+
+    def test_a_chunked_policy_reply_is_decoded(self):
+        m, sink, server = self.run_case(policy("enforce"), self.mx_cert, chunked=True)
+        sink.wait_messages(1)
+        ev = m.wait_log(event="deliver")
+        self.assertTrue(ev["tls"].endswith(" mta-sts"), ev["tls"])
+        self.assertEqual(m.find_logs(event="mta_sts"), [])
+        self.assertEqual(len(server.requests), 1)
+
+    def test_every_address_of_the_policy_host_is_tried(self):
+        # [::1] first (IPv6 before IPv4), where nothing listens on 443; then 127.0.0.1.
+        m, sink, server = self.run_case(policy("enforce"), self.mx_cert,
+                                        policy_host=({"AAAA": "::1"}, {"A": "127.0.0.1"}))
+        sink.wait_messages(1)
+        ev = m.wait_log(event="deliver")
+        self.assertTrue(ev["tls"].endswith(" mta-sts"), ev["tls"])
+        self.assertEqual(m.find_logs(event="mta_sts"), [])
+        self.assertEqual(len(server.requests), 1)
+
+    def test_a_hanging_fetch_does_not_hold_the_stop(self):
+        # fetch_timeout 60s, a policy host that takes the connection and never answers: SIGTERM
+        # cancels the fetch, its delivery is deferred, and Moat stops at once, the mail kept.
+        m, sink, server = self.run_case(policy("enforce"), self.mx_cert, fetch_timeout="60s",
+                                        make_server=SilentServer)
+        wait_for(lambda: server.accepted, 15, what="the policy fetch to connect")
+        m.stop(timeout=10)  # the drain grace is 20 s: only a cancelled fetch stops sooner
+        ev = m.wait_log(event="defer")
+        self.assertIn("4.3.2", ev["reply"])
+        self.assertIn("MTA-STS", ev["reply"])
+        warn = m.wait_log(event="mta_sts")
+        self.assertIn("cancelled", warn["reason"])
+        self.assertEqual(len(os.listdir(os.path.join(m.dir, "spool", "queue"))), 1)  # not lost
+        self.assertEqual(sink.messages, [])
+
     def test_a_malformed_policy_is_a_failed_fetch(self):
         m, sink, _ = self.run_case("version: STSv1\r\nmode: enforce\r\n", self.other_cert)
         sink.wait_messages(1)
@@ -233,10 +352,11 @@ class MtaStsCheckTest(unittest.TestCase):
         self.assertIn(f"{path}:11:", out)  # the mta_sts line
         self.assertIn("mta_sts needs tls", out)
 
-    def test_an_unloadable_ca_file_is_refused(self):
-        _, rc, out = self.check('[[route]]\nto = ["mx"]\nmta_sts = true\n\n'
-                                '[mta_sts]\nca_file = "/nonexistent/ca.pem"\n')
+    def test_an_unloadable_ca_file_is_refused_at_its_line(self):
+        path, rc, out = self.check('[[route]]\nto = ["mx"]\nmta_sts = true\n\n'
+                                   '[mta_sts]\nfetch_timeout = "5s"\nca_file = "/nonexistent/ca.pem"\n')
         self.assertNotEqual(rc, 0)
+        self.assertIn(f"{path}:14: ", out)  # the ca_file line
         self.assertIn("ca_file", out)
 
 

@@ -1,7 +1,11 @@
 // Tests for mta/daemon/mta_sts: the policy cache (RFC 8461 §5.1) and the HTTPS fetch (§3.3),
 // on a real loop, with a TLS server on 127.0.0.1 (a port of its own, not 443) whose
 // certificate a test CA signed, and an in-memory resolver for the TXT and address records.
+#include <sys/stat.h>
+
 #include <catch2/catch.hpp>
+#include <fstream>
+#include <sstream>
 
 #include "mta/daemon/mta_sts.h"
 #include "mta/net/connection.h"
@@ -21,25 +25,30 @@ class ZoneResolver : public dns::Resolver {
  public:
   explicit ZoneResolver(uv_loop_t* loop) : loop_(loop) {}
   std::map<std::string, std::vector<std::string>> txt;
-  std::map<std::string, std::string> a;
-  int txtQueries = 0;
+  std::map<std::string, std::string> a, aaaa;
+  bool txtServfail = false;  // the TXT lookup fails (TempFail)
+  int txtQueries = 0, aaaaQueries = 0;
   void query(std::string_view name, dns::RrType type, Callback cb) override {
     dns::Answer ans;
     ans.status = dns::Status::NxDomain;
     std::string n(name);
     if (type == dns::RrType::TXT) {
       ++txtQueries;
-      if (auto it = txt.find(n); it != txt.end()) {
+      if (txtServfail) {
+        ans.status = dns::Status::TempFail;
+      } else if (auto it = txt.find(n); it != txt.end()) {
         ans.status = dns::Status::Ok;
         ans.txt = it->second;
       }
-    } else if (type == dns::RrType::A) {
-      if (auto it = a.find(n); it != a.end()) {
+    } else {
+      if (type == dns::RrType::AAAA) ++aaaaQueries;
+      const auto& zone = type == dns::RrType::A ? a : aaaa;
+      if (auto it = zone.find(n); it != zone.end()) {
         ans.status = dns::Status::Ok;
         ans.addresses.push_back(*IpAddress::parse(it->second));
+      } else if (a.count(n) || aaaa.count(n)) {
+        ans.status = dns::Status::NoData;
       }
-    } else if (a.count(n)) {
-      ans.status = dns::Status::NoData;
     }
     auto t = std::make_shared<uv::Timer>(loop_);
     timers_.push_back(t);
@@ -111,11 +120,17 @@ struct Fixture {
     resolver.a["mta-sts.example.test"] = "127.0.0.1";
     cache = std::make_unique<sts::PolicyCache>(loop.get(), &resolver, server->port());
   }
+  std::string cacheFile() const { return cert.dir() + "/mta-sts.cache"; }
+  // A cache as after a restart: the same file, nothing in memory.
+  void restart(const std::string& file) {
+    cache = std::make_unique<sts::PolicyCache>(loop.get(), &resolver, server->port(), file);
+  }
   // One get(), run to its answer. `answered` says whether it came in time.
   std::shared_ptr<const sts::Policy> get(bool& answered, uint64_t timeoutMs = 3000) {
     std::shared_ptr<const sts::Policy> out;
     answered = false;
-    cache->get(kDomain, clientTls, timeoutMs, [&](std::shared_ptr<const sts::Policy> p) {
+    cache->get(kDomain, clientTls, timeoutMs, [&](std::shared_ptr<const sts::Policy> p, bool stopped) {
+      CHECK_FALSE(stopped);
       out = std::move(p);
       answered = true;
     });
@@ -150,7 +165,7 @@ TEST_CASE("MTA-STS cache: concurrent lookups share one fetch") {
   Fixture f;
   std::vector<std::shared_ptr<const sts::Policy>> got;
   for (int i = 0; i < 3; ++i)
-    f.cache->get(kDomain, f.clientTls, 3000, [&](std::shared_ptr<const sts::Policy> p) { got.push_back(p); });
+    f.cache->get(kDomain, f.clientTls, 3000, [&](std::shared_ptr<const sts::Policy> p, bool) { got.push_back(p); });
   REQUIRE(f.loop.runUntil([&] { return got.size() == 3; }, 5000));
   CHECK(f.server->requests.size() == 1);
   for (const auto& p : got) CHECK((p && p->mode == sts::Mode::Enforce));
@@ -222,7 +237,7 @@ TEST_CASE("MTA-STS fetch failures give no policy when none is cached") {
     sts::PolicyCache cache(f.loop.get(), &f.resolver, wrong.port());
     std::shared_ptr<const sts::Policy> out;
     answered = false;
-    cache.get(kDomain, client, 3000, [&](std::shared_ptr<const sts::Policy> p) {
+    cache.get(kDomain, client, 3000, [&](std::shared_ptr<const sts::Policy> p, bool) {
       out = p;
       answered = true;
     });
@@ -241,4 +256,256 @@ TEST_CASE("MTA-STS fetch failures give no policy when none is cached") {
     CHECK_FALSE(f.get(answered));
     CHECK(answered);
   }
+}
+
+namespace {
+std::string readFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+void writeFile(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+}
+}  // namespace
+
+TEST_CASE("MTA-STS cache file: a policy outlives a restart, a fetch blocked after it does not downgrade") {
+  Fixture f;
+  f.restart(f.cacheFile());
+  CHECK(f.cache->load() == 0);  // no file yet: the first start
+  bool answered = false;
+  auto p = f.get(answered);
+  REQUIRE(p);
+  // The write goes to the thread pool; wait for it.
+  REQUIRE(f.loop.runUntil([&] { return !f.cache->writing(); }, 5000));
+  std::string text = readFile(f.cacheFile());
+  CHECK(text.rfind("moat-mta-sts-cache 1\n", 0) == 0);
+  CHECK(text.find("example.test ") != std::string::npos);
+  CHECK(text.find(" one enforce 86400 mx.example.test\n") != std::string::npos);
+  // Restart; the policy host is now unreachable (an attacker drops the fetch).
+  f.resolver.a.clear();
+  f.restart(f.cacheFile());
+  CHECK(f.cache->load() == 1);
+  SECTION("the same id: the cached policy, nothing fetched") {
+    auto again = f.get(answered);
+    REQUIRE(answered);
+    REQUIRE(again);
+    CHECK(again->mode == sts::Mode::Enforce);
+    CHECK(again->id == "one");
+    CHECK(again->allows("mx.example.test"));
+    CHECK(f.server->requests.size() == 1);
+  }
+  SECTION("a new id whose fetch fails: the cached policy still applies") {
+    f.resolver.txt["_mta-sts.example.test"] = {"v=STSv1; id=two"};
+    auto again = f.get(answered);
+    REQUIRE(answered);
+    REQUIRE(again);
+    CHECK(again->mode == sts::Mode::Enforce);
+    CHECK(again->id == "one");
+  }
+  SECTION("the TXT lookup fails: the cached policy still applies") {
+    f.resolver.txtServfail = true;
+    auto again = f.get(answered);
+    REQUIRE(answered);
+    REQUIRE(again);
+    CHECK(again->id == "one");
+  }
+  SECTION("expired while Moat was down: dropped at load") {
+    f.restart(f.cacheFile());
+    f.cache->advanceClockForTest(std::chrono::seconds(86401));
+    CHECK(f.cache->load() == 0);
+    CHECK(f.cache->size() == 0);
+    CHECK_FALSE(f.get(answered));
+    CHECK(answered);
+  }
+}
+
+TEST_CASE("MTA-STS cache file: a broken or unreadable file is ignored, never fatal") {
+  Fixture f;
+  const std::string file = f.cacheFile();
+  SECTION("garbage") { writeFile(file, "\x01\x02 not a cache\n"); }
+  SECTION("cut short (no end line)") {
+    writeFile(file, "moat-mta-sts-cache 1\nexample.test 99999999999 one enforce 86400 mx.example.test\n");
+  }
+  SECTION("a count that does not match") {
+    writeFile(file, "moat-mta-sts-cache 1\nexample.test 99999999999 one enforce 86400 mx.example.test\nend 2\n");
+  }
+  SECTION("a policy the policy rules refuse (enforce without mx)") {
+    writeFile(file, "moat-mta-sts-cache 1\nexample.test 99999999999 one enforce 86400 -\nend 1\n");
+  }
+  SECTION("over the size bound") {
+    std::string big = "moat-mta-sts-cache 1\n";
+    while (big.size() <= sts::PolicyCache::kMaxFileBytes) big += "# padding padding padding padding padding\n";
+    writeFile(file, big);
+  }
+  SECTION("a directory, not a file") { REQUIRE(::mkdir(file.c_str(), 0700) == 0); }
+  f.restart(file);
+  CHECK(f.cache->load() == 0);
+  CHECK(f.cache->size() == 0);
+  // The cache works on: the policy is fetched.
+  bool answered = false;
+  auto p = f.get(answered);
+  REQUIRE(p);
+  CHECK(p->id == "one");
+  CHECK(f.server->requests.size() == 1);
+}
+
+TEST_CASE("MTA-STS cache file format: bounded, expired policies dropped, every field checked") {
+  sts::CachedPolicy a{"a.test", {}, 1000}, b{"b.test", {}, 3000}, c{"c.test", {}, 2000}, bad{"bad domain", {}, 5000};
+  for (auto* e : {&a, &b, &c, &bad}) {
+    e->policy.mode = sts::Mode::Testing;
+    e->policy.mx = {"*.mx.test", "mx.other.test"};
+    e->policy.maxAge = 604800;
+    e->policy.id = "id1";
+  }
+  c.policy.mode = sts::Mode::None;
+  c.policy.mx.clear();
+  std::string text = sts::encodeCache({a, b, c, bad}, 10, 1 << 20);
+  CHECK(text ==
+        "moat-mta-sts-cache 1\n"
+        "b.test 3000 id1 testing 604800 *.mx.test,mx.other.test\n"
+        "c.test 2000 id1 none 604800 -\n"
+        "a.test 1000 id1 testing 604800 *.mx.test,mx.other.test\n"
+        "end 3\n");  // the domain with a space is left out
+  std::vector<sts::CachedPolicy> out;
+  std::string error;
+  REQUIRE(sts::decodeCache(text, 1500, 10, out, error));
+  REQUIRE(out.size() == 2);  // a.test expired at 1000
+  CHECK(out[0].domain == "b.test");
+  CHECK(out[0].policy.mode == sts::Mode::Testing);
+  CHECK(out[0].policy.mx == std::vector<std::string>{"*.mx.test", "mx.other.test"});
+  CHECK(out[0].policy.id == "id1");
+  CHECK(out[1].domain == "c.test");
+  CHECK(out[1].policy.mode == sts::Mode::None);
+  // An expiry further off than max_age (the clock went back): no more than max_age from now.
+  REQUIRE(sts::decodeCache("moat-mta-sts-cache 1\nd.test 99999999 x none 60 -\nend 1\n", 1000, 10, out, error));
+  REQUIRE(out.size() == 1);
+  CHECK(out[0].expires == 1060);
+  // Bounds: entries and bytes, the policies that expire last kept.
+  CHECK(sts::encodeCache({a, b, c}, 1, 1 << 20) ==
+        "moat-mta-sts-cache 1\nb.test 3000 id1 testing 604800 *.mx.test,mx.other.test\nend 1\n");
+  CHECK(sts::encodeCache({a, b, c}, 10, 100).size() <= 100);
+  CHECK_FALSE(sts::decodeCache(text, 0, 2, out, error));  // more than maxEntries
+  // Each field.
+  for (const char* line : {"x.test 12a id1 none 60 -", "x.test 100 bad-id none 60 -", "x.test 100 id1 sometimes 60 -",
+                           "x.test 100 id1 none 31557601 -", "x.test 100 id1 testing 60 bad/mx",
+                           "x.test 100 id1 none 60", "x.test 100 id1 none 60 - extra"}) {
+    INFO(line);
+    CHECK_FALSE(sts::decodeCache(std::string("moat-mta-sts-cache 1\n") + line + "\nend 1\n", 0, 10, out, error));
+    CHECK_FALSE(error.empty());
+  }
+}
+
+TEST_CASE("MTA-STS cache: a policy near its expiry is refreshed in the background") {
+  Fixture f;
+  bool answered = false;
+  auto first = f.get(answered);
+  REQUIRE(first);
+  CHECK(first->mode == sts::Mode::Enforce);
+  // More than a quarter of max_age (86400) left: 26400 s. No refresh.
+  f.cache->advanceClockForTest(std::chrono::seconds(60000));
+  CHECK(f.get(answered) == first);
+  CHECK_FALSE(f.cache->fetching(kDomain));
+  SECTION("the record is gone: no refresh (RFC 8461 §8.3), the policy runs out") {
+    f.cache->advanceClockForTest(std::chrono::seconds(20000));
+    f.resolver.txt.clear();
+    CHECK(f.get(answered) == first);
+    CHECK_FALSE(f.cache->fetching(kDomain));
+    CHECK(f.server->requests.size() == 1);
+    f.cache->advanceClockForTest(std::chrono::seconds(6400));
+    CHECK_FALSE(f.get(answered));
+    return;
+  }
+  // The same id, with less than a quarter left: 6400 s.
+  f.cache->advanceClockForTest(std::chrono::seconds(20000));
+  f.server->reply = ok("version: STSv1\r\nmode: testing\r\nmx: *.example.test\r\nmax_age: 604800\r\n");
+  f.server->silent = true;  // the refresh hangs: the delivery must not wait for it
+  auto second = f.get(answered, 3000);
+  REQUIRE(answered);
+  CHECK(second == first);  // answered with the cached policy at once
+  CHECK(f.cache->fetching(kDomain));
+  REQUIRE(f.loop.runUntil([&] { return !f.cache->fetching(kDomain); }, 5000));  // timed out
+  CHECK(f.server->requests.size() == 2);
+  // It failed: the cached policy stays in force. The next use refreshes again, and this time
+  // the host answers.
+  f.server->silent = false;
+  auto third = f.get(answered);
+  CHECK(third == first);
+  REQUIRE(f.loop.runUntil([&] { return !f.cache->fetching(kDomain); }, 5000));
+  CHECK(f.server->requests.size() == 3);
+  auto fourth = f.get(answered);
+  REQUIRE(fourth);
+  CHECK(fourth->mode == sts::Mode::Testing);
+  CHECK(fourth->id == "one");
+  CHECK(fourth->maxAge == 604800);
+  // Fresh again: no further refresh.
+  auto fifth = f.get(answered);
+  CHECK(fifth == fourth);
+  CHECK_FALSE(f.cache->fetching(kDomain));
+  CHECK(f.server->requests.size() == 3);
+}
+
+TEST_CASE("MTA-STS fetch: every address of the policy host is tried in order") {
+  Fixture f;
+  // [::1] first (resolveHost puts IPv6 first); nothing listens there on the server's port.
+  f.resolver.aaaa["mta-sts.example.test"] = "::1";
+  SECTION("the next address answers") {
+    bool answered = false;
+    auto p = f.get(answered);
+    REQUIRE(answered);
+    REQUIRE(p);
+    CHECK(p->mode == sts::Mode::Enforce);
+    CHECK(f.resolver.aaaaQueries == 1);
+  }
+  SECTION("queue.ip_versions leaves IPv6 out: not asked for") {
+    bool answered = false;
+    std::shared_ptr<const sts::Policy> out;
+    f.cache->get(kDomain, f.clientTls, 3000, dns::Families{true, false}, [&](auto p, bool) {
+      out = p;
+      answered = true;
+    });
+    REQUIRE(f.loop.runUntil([&] { return answered; }, 5000));
+    CHECK(out);
+    CHECK(f.resolver.aaaaQueries == 0);
+  }
+  SECTION("all fail: each one's error") {
+    std::string error;
+    bool done = false;
+    sts::fetchPolicy(f.loop.get(), f.resolver, kDomain, f.clientTls, 3000, 1,  // port 1: nothing listens
+                     [&](std::shared_ptr<sts::Policy> p, const std::string& e) {
+                       CHECK_FALSE(p);
+                       error = e;
+                       done = true;
+                     });
+    REQUIRE(f.loop.runUntil([&] { return done; }, 5000));
+    CHECK(error.find("[::1]:1: ") != std::string::npos);
+    CHECK(error.find("127.0.0.1:1: ") != std::string::npos);
+  }
+}
+
+TEST_CASE("MTA-STS cache: stop() cancels a fetch at once, its callers are told") {
+  Fixture f;
+  f.server->silent = true;
+  std::vector<bool> stopped;
+  for (int i = 0; i < 2; ++i)
+    f.cache->get(kDomain, f.clientTls, 60'000, [&](std::shared_ptr<const sts::Policy> p, bool s) {
+      CHECK_FALSE(p);
+      stopped.push_back(s);
+    });
+  REQUIRE(f.loop.runUntil([&] { return f.server->requests.size() == 1; }, 5000));
+  CHECK(stopped.empty());
+  f.cache->stop();
+  CHECK(stopped == std::vector<bool>{true, true});
+  CHECK_FALSE(f.cache->fetching(kDomain));
+  // Nothing more is fetched; what needs a fetch is answered `stopped` too.
+  bool answered = false, wasStopped = false;
+  f.cache->get(kDomain, f.clientTls, 60'000, [&](std::shared_ptr<const sts::Policy>, bool s) {
+    answered = true;
+    wasStopped = s;
+  });
+  REQUIRE(f.loop.runUntil([&] { return answered; }, 5000));
+  CHECK(wasStopped);
+  CHECK(f.server->requests.size() == 1);
 }

@@ -13,6 +13,12 @@ bool parses(const std::string& body, Policy& p) {
   if (!ok) INFO(error);
   return ok;
 }
+// `raw` fed in two pieces, split after `at` octets (then the close when `close`).
+HttpResponse::State feedSplit(HttpResponse& r, std::string_view raw, size_t at, bool close = false) {
+  r.feed(raw.substr(0, at));
+  r.feed(raw.substr(at));
+  return close ? r.end() : r.state();
+}
 bool rejects(const std::string& body) {
   Policy p;
   std::string error;
@@ -120,10 +126,10 @@ TEST_CASE("HTTP response: size caps and bad input") {
   CHECK(bigClose.feed("0123456789") == HttpResponse::State::Error);
   HttpResponse head;
   CHECK(head.feed("HTTP/1.1 200 OK\r\nX: " + std::string(HttpResponse::kMaxHead, 'a')) == HttpResponse::State::Error);
-  HttpResponse chunked;
-  CHECK(chunked.feed("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n") ==
+  HttpResponse gzip;
+  CHECK(gzip.feed("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n") ==
         HttpResponse::State::Error);
-  CHECK(chunked.error().find("Transfer-Encoding") != std::string::npos);
+  CHECK(gzip.error().find("Transfer-Encoding") != std::string::npos);
   HttpResponse notHttp;
   CHECK(notHttp.feed("220 mail.example.test ESMTP\r\n\r\n") == HttpResponse::State::Error);
   HttpResponse badStatus;
@@ -138,4 +144,94 @@ TEST_CASE("HTTP response: size caps and bad input") {
   HttpResponse noHead;
   CHECK(noHead.feed("HTTP/1.1 200 OK\r\n") == HttpResponse::State::Incomplete);
   CHECK(noHead.end() == HttpResponse::State::Error);
+}
+
+TEST_CASE("HTTP response: chunked body decoded, split at every octet boundary") {
+  // Two chunks (one with extensions, upper-case hex, leading zeros), the last chunk with an
+  // extension, a trailer field; then bytes past the message, which are not the body.
+  const std::string raw =
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\nContent-Type: text/plain\r\n\r\n"
+      "0F ; name=\"v a l\" ;x\r\nversion: STSv1\n\r\n"
+      "00e\r\nmode: testing\n\r\n"
+      "1c\r\n\nmx: *.example.test\nmax_age:\r\n"
+      "5\r\n 600\n\r\n"
+      "0;last\r\nExpires: never\r\n\r\n"
+      "HTTP/1.1 400 junk";
+  const std::string body = "version: STSv1\nmode: testing\n\nmx: *.example.test\nmax_age: 600\n";
+  for (size_t at = 0; at <= raw.size(); ++at) {
+    INFO("split at " << at);
+    HttpResponse r;
+    REQUIRE(feedSplit(r, raw, at) == HttpResponse::State::Done);
+    CHECK(r.body() == body);
+    CHECK(r.status() == 200);
+  }
+  HttpResponse bytes;
+  for (char c : raw) bytes.feed(std::string_view(&c, 1));
+  REQUIRE(bytes.state() == HttpResponse::State::Done);
+  CHECK(bytes.body() == body);
+  Policy p;
+  REQUIRE(parses(bytes.body(), p));
+  CHECK(p.mode == Mode::Testing);
+  // An empty body: only the last chunk.
+  HttpResponse empty;
+  CHECK(empty.feed("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n") == HttpResponse::State::Done);
+  CHECK(empty.body().empty());
+}
+
+TEST_CASE("HTTP response: chunked body within 64 KiB, every chunk-size line bounded") {
+  const std::string head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+  // Exactly the cap, in 1 KiB chunks: taken. One octet more, in a further chunk: refused.
+  std::string atCap = head;
+  for (int i = 0; i < 64; ++i) atCap += "400\r\n" + std::string(1024, 'a') + "\r\n";
+  HttpResponse ok;
+  CHECK(ok.feed(atCap + "0\r\n\r\n") == HttpResponse::State::Done);
+  CHECK(ok.body().size() == 65536);
+  HttpResponse over;
+  CHECK(over.feed(atCap + "1\r\nb\r\n0\r\n\r\n") == HttpResponse::State::Error);
+  CHECK(over.error().find("over 65536") != std::string::npos);
+  // A chunk size over the cap is refused at its line, before any of its data; a huge one
+  // does not overflow.
+  for (const char* size : {"10001", "ffffffffffffffffffffffff1"}) {
+    HttpResponse big;
+    CHECK(big.feed(head + size + "\r\n") == HttpResponse::State::Error);
+    CHECK(big.error().find("over 65536") != std::string::npos);
+  }
+  // A chunk-size line (extensions included) longer than kMaxChunkLine, even without its end.
+  HttpResponse longLine;
+  CHECK(longLine.feed(head + "5;" + std::string(HttpResponse::kMaxChunkLine, 'x')) == HttpResponse::State::Error);
+  CHECK(longLine.error().find("chunk-size line") != std::string::npos);
+  HttpResponse longTrailer;
+  CHECK(longTrailer.feed(head + "0\r\nX: " + std::string(HttpResponse::kMaxHead, 'x')) == HttpResponse::State::Error);
+}
+
+TEST_CASE("HTTP response: malformed chunking is an error, however it is split") {
+  const std::string head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+  const std::vector<std::string> bad = {
+      head + "x\r\nhello\r\n0\r\n\r\n",         // not hex
+      head + "\r\nhello\r\n0\r\n\r\n",          // no size
+      head + "-5\r\nhello\r\n0\r\n\r\n",        // a sign
+      head + "5 x\r\nhello\r\n0\r\n\r\n",       // junk after the size
+      head + "5\nhello\r\n0\r\n\r\n",           // a bare LF
+      head + "5\r\nhello!\r\n0\r\n\r\n",        // more data than the size
+      head + "5\r\nhelloXY0\r\n\r\n",           // no CRLF after the data
+      head + "5;a\x01b\r\nhello\r\n0\r\n\r\n",  // a control character in an extension
+      head + "0\r\nno colon\r\n\r\n",           // a malformed trailer field
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+  };
+  for (const auto& raw : bad) {
+    for (size_t at = 0; at <= raw.size(); ++at) {
+      INFO(raw << " split at " << at);
+      HttpResponse r;
+      CHECK(feedSplit(r, raw, at, true) == HttpResponse::State::Error);
+      CHECK_FALSE(r.error().empty());
+    }
+  }
+  // The close before the last chunk (or before the trailer section ended) is an error.
+  for (const std::string& cut : {head + "5\r\nhel", head + "5\r\nhello\r\n", head + "0\r\n", head + "0\r\nA: b\r\n"}) {
+    HttpResponse r;
+    CHECK(r.feed(cut) == HttpResponse::State::Incomplete);
+    CHECK(r.end() == HttpResponse::State::Error);
+    CHECK(r.error().find("chunked") != std::string::npos);
+  }
 }
