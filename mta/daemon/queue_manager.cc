@@ -253,6 +253,7 @@ struct Hop {
   uint32_t group = 0;  // MX preference, or the index of the route target: see address_order.h
   bool secure = false;                        // the host's address records were DNSSEC-authenticated
   std::shared_ptr<const dns::DaneHost> dane;  // tls = "dane": what RFC 7672 asks of this host
+  std::string canonical;                      // the name the addresses are at when `name` is an alias ("" if none)
 };
 
 struct QueueManager::Job {
@@ -739,11 +740,11 @@ void resolveHops(dns::Resolver* resolver, std::vector<std::pair<std::string, uin
     }
     dns::resolveHostSecure(
         *resolver, host,
-        [st, i, group](dns::Status status, std::vector<IpAddress> ips, bool secure) {
+        [st, i, group](dns::Status status, std::vector<IpAddress> ips, bool secure, std::string canonical) {
           const auto& [name, p] = st->targets[i];
           st->found[i].status = status;
           if (status == dns::Status::Ok)
-            for (const auto& ip : ips) st->found[i].hops.push_back({ip, p, name, group, secure, nullptr});
+            for (const auto& ip : ips) st->found[i].hops.push_back({ip, p, name, group, secure, nullptr, canonical});
           if (--st->waiting == 0) st->finish();
         },
         families);
@@ -754,8 +755,11 @@ void resolveHops(dns::Resolver* resolver, std::vector<std::pair<std::string, uin
 // tls = "dane" (RFC 7672 §2.2): sets each hop's Hop::dane from its host's TLSA RRset at
 // _PORT._tcp.HOST, looked up (all hosts at once) only for hosts named through an
 // authenticated MX RRset (`mxSecure`; true for a route's own hosts) with authenticated
-// addresses: otherwise DANE does not apply and the host gets "may". A hop given by address has
-// no name to look TLSA up at: "may" too. `done` runs once, possibly before this returns.
+// addresses: otherwise DANE does not apply and the host gets "may". For an alias (§2.2.2),
+// the records at the expanded name (Hop::canonical) are asked for first, and those at HOST
+// only when there are none there: the addresses' AD bit covers the CNAME chain, so the
+// chain is as secure as they are. A hop given by address has no name to look TLSA up at:
+// "may" too. `done` runs once, possibly before this returns.
 void applyDane(dns::Resolver* resolver, std::vector<Hop> hops, bool mxSecure,
                std::function<void(std::vector<Hop>)> done) {
   struct State {
@@ -774,7 +778,11 @@ void applyDane(dns::Resolver* resolver, std::vector<Hop> hops, bool mxSecure,
   auto st = std::make_shared<State>();
   st->hops = std::move(hops);
   st->done = std::move(done);
-  std::vector<std::pair<std::string, uint16_t>> lookups;
+  struct Lookup {
+    std::string name, expanded;  // `expanded`: "" unless a secure alias, then asked first
+    uint16_t port;
+  };
+  std::vector<Lookup> lookups;
   for (const auto& h : st->hops) {
     std::pair<std::string, uint16_t> host{h.name, h.port};
     if (h.name.empty() || st->hosts.count(host)) continue;
@@ -784,13 +792,31 @@ void applyDane(dns::Resolver* resolver, std::vector<Hop> hops, bool mxSecure,
       continue;
     }
     st->hosts[host] = nullptr;  // filled by the lookup
-    lookups.push_back(host);
+    auto bases = dns::tlsaBaseDomains(h.name, h.canonical, h.secure);
+    lookups.push_back({h.name, bases.size() > 1 ? bases.front() : "", h.port});
   }
   st->waiting += lookups.size();
-  for (const auto& [name, port] : lookups) {
-    resolver->query(dns::tlsaName(name, port), dns::RrType::TLSA, [st, name, port](const dns::Answer& a) {
-      st->hosts[{name, port}] = std::make_shared<const dns::DaneHost>(dns::decideDane(name, port, true, true, &a));
-      st->finishOne();
+  for (const auto& l : lookups) {
+    if (l.expanded.empty()) {
+      resolver->query(dns::tlsaName(l.name, l.port), dns::RrType::TLSA, [st, l](const dns::Answer& a) {
+        st->hosts[{l.name, l.port}] =
+            std::make_shared<const dns::DaneHost>(dns::decideDane(l.name, l.port, true, true, &a));
+        st->finishOne();
+      });
+      continue;
+    }
+    resolver->query(dns::tlsaName(l.expanded, l.port), dns::RrType::TLSA, [st, l, resolver](const dns::Answer& a) {
+      if (!dns::tlsaTryHostName(a)) {
+        st->hosts[{l.name, l.port}] =
+            std::make_shared<const dns::DaneHost>(dns::decideDaneAlias(l.name, l.expanded, l.port, a, nullptr));
+        return st->finishOne();
+      }
+      resolver->query(dns::tlsaName(l.name, l.port), dns::RrType::TLSA,
+                      [st, l, atExpanded = a](const dns::Answer& atHost) {
+                        st->hosts[{l.name, l.port}] = std::make_shared<const dns::DaneHost>(
+                            dns::decideDaneAlias(l.name, l.expanded, l.port, atExpanded, &atHost));
+                        st->finishOne();
+                      });
     });
   }
   st->finishOne();
@@ -804,6 +830,7 @@ std::string daneKey(const std::vector<Hop>& hops) {
   for (const auto& h : hops) {
     if (!h.dane) continue;
     k += h.name + ":" + std::to_string(h.port) + ":" + std::to_string(static_cast<int>(h.dane->level));
+    for (const auto& n : h.dane->names) k += ":" + n;  // the base (SNI) first, then DANE-TA's other names
     for (const auto& r : h.dane->records) {
       k += ":" + std::to_string(r.usage) + "." + std::to_string(r.selector) + "." + std::to_string(r.mtype) + ".";
       for (unsigned char c : r.data) appendHex(k, c);
@@ -1260,8 +1287,10 @@ void QueueManager::openConnection(Destination& d) {
     // (records all unusable); a host whose TLSA lookup failed is not tried (§2.2.1).
     const dns::DaneLevel daneLevel = hop.dane ? hop.dane->level : dns::DaneLevel::May;
     if (daneLevel == dns::DaneLevel::Dane) {
-      tls::DanePeer peer{hop.dane->base, {}};
+      tls::DanePeer peer{hop.dane->base, {}, {}};
       for (const auto& r : hop.dane->records) peer.records.push_back({r.usage, r.selector, r.mtype, r.data});
+      for (const auto& n : hop.dane->names)
+        if (n != hop.dane->base) peer.otherNames.push_back(n);
       o.tls = client::TlsMode::Require;
       o.tlsCtx = tls::TlsContext::withDane(snap_->clientTls, std::move(peer));
       o.sni = hop.dane->base;

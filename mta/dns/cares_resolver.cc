@@ -244,6 +244,8 @@ void CaresResolver::onReply(const Call& call, int status, const unsigned char* a
   if (r.answer.status == Status::Ok || r.answer.status == Status::NoData ||
       r.answer.status == Status::NxDomain)
     r.answer.ttl = std::min(r.answer.ttl, chainTtl);
+  // After a follow-up the records are at the name asked last, unless its reply went on.
+  if (r.answer.status == Status::Ok && call.depth > 0 && r.answer.canonical.empty()) r.answer.canonical = call.qname;
   finish(call.key, std::move(r.answer));
 }
 

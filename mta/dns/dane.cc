@@ -14,6 +14,7 @@ bool tlsaUsable(const TlsaRecord& r) {
 DaneHost decideDane(std::string_view host, uint16_t port, bool mxSecure, bool addressesSecure, const Answer* tlsa) {
   DaneHost d;
   d.base = std::string(host);
+  d.names = {d.base};
   // RFC 7672 §2.2: without an authenticated MX RRset and authenticated addresses, TLSA
   // records (even signed ones) could belong to a host an attacker substituted.
   if (!mxSecure) {
@@ -55,6 +56,30 @@ DaneHost decideDane(std::string_view host, uint16_t port, bool mxSecure, bool ad
   }
   d.level = DaneLevel::Dane;
   d.reason = "TLSA records at " + name;
+  return d;
+}
+
+std::vector<std::string> tlsaBaseDomains(std::string_view host, std::string_view expanded, bool chainSecure) {
+  if (!chainSecure || expanded.empty() || expanded == host) return {std::string(host)};
+  return {std::string(expanded), std::string(host)};
+}
+
+bool tlsaTryHostName(const Answer& atExpanded) {
+  switch (atExpanded.status) {
+    case Status::TempFail: return false;
+    case Status::Ok: return !atExpanded.authenticated;
+    default: return true;  // NxDomain, NoData, Malformed: no TLSA records there
+  }
+}
+
+DaneHost decideDaneAlias(std::string_view host, std::string_view expanded, uint16_t port, const Answer& atExpanded,
+                         const Answer* atHost) {
+  const bool there = !tlsaTryHostName(atExpanded);
+  DaneHost d = there ? decideDane(expanded, port, true, true, &atExpanded) : decideDane(host, port, true, true, atHost);
+  // §3.2.2: the certificate may name either the host name the MX record (or route) gave, or
+  // the name that alias expands to.
+  d.names.push_back(std::string(there ? host : expanded));
+  if (!there) d.reason += " (none usable at " + tlsaName(expanded, port) + ")";
   return d;
 }
 

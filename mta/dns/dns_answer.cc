@@ -333,6 +333,7 @@ ParsedReply parseReply(int rc, const unsigned char* abuf, int alen, std::string_
   if (xrc != ARES_SUCCESS) return {failure(Status::TempFail, ares_strerror(xrc)), std::nullopt};
   a.status = Status::Ok;
   a.authenticated = adBit(m);
+  if (chain.target != qname && type != RrType::CNAME) a.canonical = chain.target;
   const uint16_t ttlType = type == RrType::CNAME ? kTypeCname : wire;
   a.ttl = std::min({dataTtl(m, ttlType).value_or(0), chain.ttl, policy.maxTtl});
   return out;

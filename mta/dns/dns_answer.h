@@ -23,7 +23,8 @@ struct TtlPolicy {
   uint32_t defaultNegativeTtl = 30;   // a negative answer without SOA (RFC 2308 5)
 };
 
-// What one reply says. `follow` is set when the reply ended in a CNAME chain whose target
+// What one reply says. An answer found through a CNAME chain names the chain's end in
+// Answer::canonical. `follow` is set when the reply ended in a CNAME chain whose target
 // has no data in this reply and no SOA says "no data" (an authoritative server that is not
 // authoritative for the target): the caller asks again for that name.
 struct ParsedReply {

@@ -8,7 +8,7 @@ namespace {
 // plus allocator and node overhead.
 size_t footprint(const std::string& key, const Answer& a) {
   constexpr size_t kNode = 64;  // list node, hash node, bucket, allocator headers
-  size_t n = sizeof(Answer) + kNode + key.size() + a.error.size();
+  size_t n = sizeof(Answer) + kNode + key.size() + a.error.size() + a.canonical.size();
   n += a.addresses.size() * sizeof(IpAddress);
   for (const auto& m : a.mx) n += sizeof(MxRecord) + m.exchange.size() + 16;
   for (const auto& t : a.txt) n += sizeof(std::string) + t.size() + 16;

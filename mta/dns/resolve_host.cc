@@ -27,15 +27,18 @@ void finishOne(const std::shared_ptr<Pair>& p) {
   Status s = combine(p->v6, p->v4);
   const bool found6 = p->v6.status == Status::Ok, found4 = p->v4.status == Status::Ok;
   const bool authenticated = (found6 || found4) && (!found6 || p->v6.authenticated) && (!found4 || p->v4.authenticated);
+  std::string canonical = found6 ? p->v6.canonical : p->v4.canonical;
+  if (found6 && found4 && p->v6.canonical != p->v4.canonical) canonical.clear();
   auto cb = std::move(p->cb);
-  cb(s, std::move(all), authenticated);
+  cb(s, std::move(all), authenticated, std::move(canonical));
 }
 
 }  // namespace
 
 void resolveHost(Resolver& resolver, std::string_view name, HostCallback cb, Families families) {
   resolveHostSecure(
-      resolver, name, [cb = std::move(cb)](Status s, std::vector<IpAddress> ips, bool) { cb(s, std::move(ips)); },
+      resolver, name,
+      [cb = std::move(cb)](Status s, std::vector<IpAddress> ips, bool, std::string) { cb(s, std::move(ips)); },
       families);
 }
 

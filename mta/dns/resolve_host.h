@@ -4,6 +4,7 @@
 // nothing.
 #pragma once
 #include <functional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -30,8 +31,12 @@ void resolveHost(Resolver& resolver, std::string_view name, HostCallback cb, Fam
 
 // The same, also saying whether the addresses found are DNSSEC-authenticated (RFC 7672
 // §2.2: DANE applies to a host only then): every lookup that found addresses had
-// Answer::authenticated. False when nothing was found.
-using SecureHostCallback = std::function<void(Status, std::vector<IpAddress>, bool authenticated)>;
+// Answer::authenticated. False when nothing was found. `canonical`: the name the addresses
+// are at when `name` is an alias (Answer::canonical; RFC 7672 §2.2.2 looks TLSA up there
+// first); "" when it is none, or when the AAAA and A chains end at different names (no one
+// expanded name to look up).
+using SecureHostCallback =
+    std::function<void(Status, std::vector<IpAddress>, bool authenticated, std::string canonical)>;
 void resolveHostSecure(Resolver& resolver, std::string_view name, SecureHostCallback cb, Families families = {});
 
 }  // namespace moat::mta::dns

@@ -57,6 +57,10 @@ struct Answer {
   // (the CNAME chain's too): it says it validated them with DNSSEC. Moat does not validate
   // itself; only a local validating resolver makes this worth trusting (README, dane).
   bool authenticated = false;
+  // Ok: the name the records are at when the query name is an alias (the end of its CNAME
+  // chain, lower-case, no trailing dot); "" when it is none. DANE looks TLSA up there first
+  // (RFC 7672 §2.2.2).
+  std::string canonical;
   uint32_t ttl = 0;   // the smallest TTL in the answer (or the negative TTL)
   std::string error;  // for TempFail/Malformed: a short reason for logs
 };

@@ -170,8 +170,9 @@ TlsSession::~TlsSession() = default;
 // RFC 7672: SNI is the TLSA base domain (§8.1); the records go to OpenSSL's DANE verifier
 // (RFC 7671), which matches DANE-EE(3) against the leaf alone, with no name or expiry
 // checks (§3.1.1; DANE_FLAG_NO_DANE_EE_NAMECHECKS), and DANE-TA(2) against the chain, then
-// checks the leaf's names against the base domain without partial wildcards (§3.2.3). A
-// mismatch fails the handshake (SSL_VERIFY_PEER): a DANE peer is never used unauthenticated.
+// checks the leaf's names against the base domain (or DanePeer::otherNames) without partial
+// wildcards (§3.2.3). A mismatch fails the handshake (SSL_VERIFY_PEER): a DANE peer is never
+// used unauthenticated.
 bool TlsSession::enableDane(const DanePeer& dane) {
   SSL* ssl = ssl_.get();
   SSL_set_tlsext_host_name(ssl, dane.baseDomain.c_str());
@@ -181,6 +182,14 @@ bool TlsSession::enableDane(const DanePeer& dane) {
   }
   SSL_dane_set_flags(ssl, DANE_FLAG_NO_DANE_EE_NAMECHECKS);
   SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+  // SSL_dane_enable made the base domain the reference identifier; a certificate naming any
+  // of the others matches as well.
+  for (const auto& name : dane.otherNames) {
+    if (!name.empty() && name != dane.baseDomain && SSL_add1_host(ssl, name.c_str()) != 1) {
+      error_ = "DANE: SSL_add1_host: " + drainErrors();
+      return false;
+    }
+  }
   int usable = 0;
   for (const auto& r : dane.records) {
     const auto* data = reinterpret_cast<const unsigned char*>(r.data.data());

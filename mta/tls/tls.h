@@ -22,10 +22,13 @@ struct DaneTlsa {
 };
 
 // What a session's peer must match: the TLSA base domain (SNI and, for DANE-TA, the name the
-// certificate must carry: RFC 7672 §3.2.3, §8.1) and the records.
+// certificate must carry: RFC 7672 §3.2.3, §8.1) and the records. `otherNames`: further names
+// a DANE-TA certificate may carry instead (for a CNAME'd host, the other of the host name and
+// its expanded name: RFC 7672 §2.2.2, §3.2.2).
 struct DanePeer {
   std::string baseDomain;
   std::vector<DaneTlsa> records;
+  std::vector<std::string> otherNames;
 };
 
 struct SslCtxDeleter { void operator()(SSL_CTX* c) const { SSL_CTX_free(c); } };

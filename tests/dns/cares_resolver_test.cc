@@ -125,6 +125,8 @@ TEST_CASE("resolver: CNAME chains are followed, and CNAME itself can be asked") 
   auto a = f.ask("alias.example.test", RrType::A);
   REQUIRE(a.status == Status::Ok);
   REQUIRE(strs(a.addresses) == std::vector<std::string>{"192.0.2.1", "192.0.2.2"});
+  REQUIRE(a.canonical == "example.test");  // the chain's end (RFC 7672 §2.2.2 needs it)
+  REQUIRE(f.ask("example.test", RrType::A).canonical.empty());
   auto mx = f.ask("alias.example.test", RrType::MX);
   REQUIRE(mx.mx.at(0).exchange == "mx1.example.test");
   auto c = f.ask("alias.example.test", RrType::CNAME);
@@ -323,6 +325,8 @@ TEST_CASE("resolver: a CNAME answered without its target is followed by the reso
   REQUIRE(strs(a.addresses) == std::vector<std::string>{"192.0.2.1", "192.0.2.2"});
   REQUIRE(server.queryCount("alias2.example.test", "A") == 1);
   REQUIRE(server.queryCount("example.test", "A") == 1);
+  REQUIRE(a.canonical == "example.test");  // the name asked last: its reply had the records
+  REQUIRE(ask(loop, r, "alias.example.test", RrType::A).canonical == "example.test");  // cached too
   REQUIRE(ask(loop, r, "dangling.example.test", RrType::TXT).status == Status::NxDomain);
   REQUIRE(ask(loop, r, "alias.example.test", RrType::AAAA).status == Status::Ok);
   REQUIRE(ask(loop, r, "alias.example.test", RrType::PTR).status == Status::NoData);
@@ -384,13 +388,54 @@ TEST_CASE("resolver: the AD bit of a validating server's reply is kept, TLSA rec
   REQUIRE_FALSE(ask(loop, r, "nope.signed.test", RrType::A).authenticated);
 
   // resolveHostSecure: the addresses found are authenticated only if every lookup that found some was.
+  std::string canonical;
   auto secure = [&](const std::string& name) {
     std::optional<bool> got;
-    resolveHostSecure(r, name, [&](Status, std::vector<IpAddress>, bool s) { got = s; });
+    resolveHostSecure(r, name, [&](Status, std::vector<IpAddress>, bool s, std::string c) {
+      got = s;
+      canonical = std::move(c);
+    });
     REQUIRE(loop.runUntil([&] { return got.has_value(); }, 5000));
     return *got;
   };
   REQUIRE(secure("mx.signed.test"));
+  REQUIRE(canonical.empty());
   REQUIRE_FALSE(secure("mx.plain.test"));
   REQUIRE_FALSE(secure("nope.signed.test"));
+  REQUIRE_FALSE(secure("alias.signed.test"));
+  REQUIRE(canonical == "mx.plain.test");  // the expanded name, secure or not
+}
+
+TEST_CASE("resolveHostSecure: the expanded name of an aliased host") {
+  TestDnsServer server(R"(zonedata:
+  mx.alias.test:
+    - SECURE: true
+    - CNAME: mx.target.test
+  mx.target.test:
+    - SECURE: true
+    - A: 192.0.2.1
+    - AAAA: 2001:db8::1
+  mx.v4.test:
+    - SECURE: true
+    - CNAME: mx.v4target.test
+  mx.v4target.test:
+    - SECURE: true
+    - A: 192.0.2.2
+)");
+  REQUIRE(server.ok());
+  uv::Loop loop;
+  CaresResolver r(loop.get(), optionsFor(server.nameserver()));
+  auto host = [&](const std::string& name) {
+    std::optional<std::pair<bool, std::string>> got;
+    resolveHostSecure(r, name, [&](Status s, std::vector<IpAddress> ips, bool secure, std::string c) {
+      REQUIRE(s == Status::Ok);
+      REQUIRE_FALSE(ips.empty());
+      got.emplace(secure, std::move(c));
+    });
+    REQUIRE(loop.runUntil([&] { return got.has_value(); }, 5000));
+    return *got;
+  };
+  REQUIRE(host("mx.alias.test") == std::make_pair(true, std::string("mx.target.test")));
+  REQUIRE(host("mx.v4.test") == std::make_pair(true, std::string("mx.v4target.test")));  // AAAA: no data
+  REQUIRE(host("mx.target.test") == std::make_pair(true, std::string()));
 }

@@ -68,3 +68,63 @@ TEST_CASE("dane: a failed TLSA lookup for a secure host defers that host, for an
   REQUIRE(d.reason.find("_25._tcp.mx.test") != std::string::npos);
   REQUIRE(decideDane("mx.test", 25, true, false, &fail).level == DaneLevel::May);
 }
+
+TEST_CASE("dane: a secure alias looks TLSA up at the expanded name first, an insecure one at the host name only") {
+  // RFC 7672 §2.2.2.
+  REQUIRE(tlsaBaseDomains("mx.alias.test", "mx.target.test", true) ==
+          std::vector<std::string>{"mx.target.test", "mx.alias.test"});
+  REQUIRE(tlsaBaseDomains("mx.alias.test", "mx.target.test", false) == std::vector<std::string>{"mx.alias.test"});
+  REQUIRE(tlsaBaseDomains("mx.test", "", true) == std::vector<std::string>{"mx.test"});
+  REQUIRE(tlsaBaseDomains("mx.test", "mx.test", true) == std::vector<std::string>{"mx.test"});
+}
+
+TEST_CASE("dane: only no records at the expanded name sends the lookup on to the host name") {
+  REQUIRE_FALSE(tlsaTryHostName(tlsaAnswer(Status::Ok, true, {kEe})));
+  REQUIRE_FALSE(tlsaTryHostName(tlsaAnswer(Status::Ok, true, {kPkixEe})));  // there, if unusable
+  REQUIRE_FALSE(tlsaTryHostName(tlsaAnswer(Status::TempFail, false)));      // perhaps withheld (§2.2.1)
+  REQUIRE(tlsaTryHostName(tlsaAnswer(Status::Ok, false, {kEe})));           // not authenticated: as none
+  for (Status s : {Status::NoData, Status::NxDomain, Status::Malformed})
+    for (bool ad : {true, false}) REQUIRE(tlsaTryHostName(tlsaAnswer(s, ad)));
+}
+
+TEST_CASE("dane: records at the expanded name decide, both names are reference identifiers") {
+  auto there = tlsaAnswer(Status::Ok, true, {kEe});
+  auto d = decideDaneAlias("mx.alias.test", "mx.target.test", 25, there, nullptr);
+  REQUIRE(d.level == DaneLevel::Dane);
+  REQUIRE(d.base == "mx.target.test");
+  REQUIRE(d.names == std::vector<std::string>{"mx.target.test", "mx.alias.test"});
+  REQUIRE(d.records == std::vector<TlsaRecord>{kEe});
+  REQUIRE(d.reason.find("_25._tcp.mx.target.test") != std::string::npos);
+
+  auto unusable = tlsaAnswer(Status::Ok, true, {kPkixEe});
+  REQUIRE(decideDaneAlias("mx.alias.test", "mx.target.test", 25, unusable, nullptr).level == DaneLevel::Encrypt);
+  auto fail = tlsaAnswer(Status::TempFail, false);
+  auto df = decideDaneAlias("mx.alias.test", "mx.target.test", 25, fail, nullptr);
+  REQUIRE(df.level == DaneLevel::Defer);
+  REQUIRE(df.reason.find("_25._tcp.mx.target.test") != std::string::npos);
+}
+
+TEST_CASE("dane: no records at the expanded name: the host name's decide, its name the base") {
+  auto none = tlsaAnswer(Status::NoData, true);
+  auto atHost = tlsaAnswer(Status::Ok, true, {kTa});
+  auto d = decideDaneAlias("mx.alias.test", "mx.target.test", 2525, none, &atHost);
+  REQUIRE(d.level == DaneLevel::Dane);
+  REQUIRE(d.base == "mx.alias.test");
+  REQUIRE(d.names == std::vector<std::string>{"mx.alias.test", "mx.target.test"});
+  REQUIRE(d.records == std::vector<TlsaRecord>{kTa});
+
+  auto insecureThere = tlsaAnswer(Status::Ok, false, {kEe});
+  auto nothing = tlsaAnswer(Status::NxDomain, true);
+  auto dn = decideDaneAlias("mx.alias.test", "mx.target.test", 25, insecureThere, &nothing);
+  REQUIRE(dn.level == DaneLevel::May);
+  REQUIRE(dn.reason.find("_25._tcp.mx.alias.test") != std::string::npos);
+  REQUIRE(dn.reason.find("_25._tcp.mx.target.test") != std::string::npos);
+  auto hostFails = tlsaAnswer(Status::TempFail, false);
+  REQUIRE(decideDaneAlias("mx.alias.test", "mx.target.test", 25, none, &hostFails).level == DaneLevel::Defer);
+  REQUIRE(decideDaneAlias("mx.alias.test", "mx.target.test", 25, none, nullptr).level == DaneLevel::Defer);
+}
+
+TEST_CASE("dane: an unaliased host is its own only reference identifier") {
+  auto a = tlsaAnswer(Status::Ok, true, {kTa});
+  REQUIRE(decideDane("mx.test", 25, true, true, &a).names == std::vector<std::string>{"mx.test"});
+}

@@ -246,3 +246,28 @@ TEST_CASE("answer: the AD bit of the header becomes Answer::authenticated") {
       parseReply(ARES_ESERVFAIL, withAd(tlsa).data(), static_cast<int>(tlsa.size()), q, RrType::TLSA, TtlPolicy{})
           .answer.authenticated);
 }
+
+TEST_CASE("answer: an address answer through a CNAME chain names the chain's end") {
+  // RFC 7672 §2.2.2: DANE looks TLSA up at the fully expanded name first, so the answer says it.
+  auto chain = message("mx.alias.test", 1, 0,
+                       {{"mx.alias.test", 5, 300, nameBytes("Step.Other.test")},
+                        {"step.other.test", 5, 300, nameBytes("mx.target.test")},
+                        {"mx.target.test", 1, 300, Bytes{192, 0, 2, 7}}});
+  auto r = parse(withAd(chain), "MX.Alias.test", RrType::A);
+  REQUIRE(r.answer.status == Status::Ok);
+  REQUIRE(r.answer.canonical == "mx.target.test");  // lower-case, however the reply spelled it
+  REQUIRE(r.answer.authenticated);
+  REQUIRE_FALSE(parse(chain, "mx.alias.test", RrType::A).answer.authenticated);
+  REQUIRE(parse(chain, "mx.alias.test", RrType::A).answer.canonical == "mx.target.test");
+  // No alias: no canonical name.
+  auto direct = message("h.test", 1, 0, {{"h.test", 1, 300, Bytes{192, 0, 2, 1}}});
+  REQUIRE(parse(direct, "h.test", RrType::A).answer.canonical.empty());
+  // A CNAME query answers the alias itself: nothing was expanded.
+  auto cname = message("mx.alias.test", 5, 0, {{"mx.alias.test", 5, 300, nameBytes("mx.target.test")}});
+  REQUIRE(parse(cname, "mx.alias.test", RrType::CNAME).answer.canonical.empty());
+  // A chain whose end has no data in the reply is followed; the part seen names nothing yet.
+  auto partial = message("mx.alias.test", 1, 0, {{"mx.alias.test", 5, 300, nameBytes("mx.target.test")}});
+  auto pr = parse(partial, "mx.alias.test", RrType::A);
+  REQUIRE(pr.follow == std::optional<std::string>("mx.target.test"));
+  REQUIRE(pr.answer.canonical.empty());
+}

@@ -297,9 +297,11 @@ class Sink:
         self.tls_sessions = 0
         self.lock = threading.Lock()
         self.tls_context = None
+        self.sni = []  # the server name each TLS client sent (None: none)
         if tls_cert:
             self.tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.tls_context.load_cert_chain(*tls_cert)
+            self.tls_context.sni_callback = lambda sock, name, ctx: self.sni.append(name)
         self.mail_reply = lambda sender: "250 2.1.0 ok"
         self.rcpt_reply = lambda addr: "250 2.1.5 ok"
         self.data_reply = lambda sender, rcpts, data: "250 2.0.0 queued"
