@@ -234,7 +234,36 @@ void readRelay(Config& c, Section s) {
   c.relayRecipientsLine = s.lineOf("recipients");
   c.relayAliases = s.getPath("aliases", "");
   c.relayAliasesLine = s.lineOf("aliases");
+  c.verifyRecipients = s.getBool("verify_recipients", c.verifyRecipients);
+  c.verifyRecipientsLine = s.lineOf("verify_recipients");
+  c.verifyPositiveTtl = s.getDuration("verify_positive_ttl", c.verifyPositiveTtl);
+  c.verifyNegativeTtl = s.getDuration("verify_negative_ttl", c.verifyNegativeTtl);
+  c.verifyTimeout = s.getDuration("verify_timeout", c.verifyTimeout);
+  c.verifyUnknownAccept = s.getEnum("verify_unknown", "defer", {"defer", "accept"}) == "accept";
+  // The client waits for the probe at its RCPT: at least a second to connect and ask, and
+  // well within the 5 minutes a client waits for a reply (RFC 5321 §4.5.3.2).
+  if (c.verifyTimeout < std::chrono::seconds(1) || c.verifyTimeout > std::chrono::minutes(2))
+    s.error("verify_timeout", "must be between 1s and 2m");
+  // An answer is worth keeping for a while, and not for ever: the mailbox server changes.
+  if (c.verifyPositiveTtl < std::chrono::seconds(1) || c.verifyPositiveTtl > std::chrono::hours(24 * 90))
+    s.error("verify_positive_ttl", "must be between 1s and 90d");
+  if (c.verifyNegativeTtl < std::chrono::seconds(1) || c.verifyNegativeTtl > std::chrono::hours(24 * 90))
+    s.error("verify_negative_ttl", "must be between 1s and 90d");
   s.rejectUnknownKeys();
+}
+
+// relay.verify_recipients asks only smtp: next hops: a relay domain delivered by MX or to a
+// Maildir is not verified, which the admin who turned it on should hear of.
+void checkVerify(const Config& c, Errors& errors) {
+  if (!c.verifyRecipients) return;
+  for (const auto& d : c.relayDomains) {
+    if (d.empty() || d[0] == '.') continue;
+    const Route* r = c.routeFor(d);
+    if (!r || r->to.empty() || r->to.front().kind != RouteTarget::Kind::Smtp)
+      errors.warning(c.path, c.verifyRecipientsLine,
+                     "relay.verify_recipients: relay domain " + d +
+                         " is not routed to smtp: next hops, so its recipients are not verified");
+  }
 }
 
 void readLimits(Config& c, Section s) {
@@ -647,6 +676,7 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
 
   if (c->listeners.empty()) errors.error(c->path, 0, "no [[listener]]: Moat would accept no mail");
   checkSockets(*c, errors);
+  checkVerify(*c, errors);
   return c;
 }
 

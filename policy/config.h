@@ -103,6 +103,15 @@ struct Config {
   int blockedSendersLine = 0;
   std::string relayAliases;  // aliases and lists file (policy/aliases.h); absolute, or empty
   int relayAliasesLine = 0;
+  // Recipient verification (mta/server/recipient_verifier.h, Postfix's
+  // reject_unverified_recipient): a RCPT for a relay domain routed to smtp: next hops is
+  // asked of the first of them that answers, and refused at RCPT when it refuses it.
+  bool verifyRecipients = false;
+  int verifyRecipientsLine = 0;
+  Millis verifyPositiveTtl{std::chrono::hours(24 * 7)};  // an address the next hop took
+  Millis verifyNegativeTtl{std::chrono::hours(3)};       // an address it refused (5xx)
+  Millis verifyTimeout{std::chrono::seconds(10)};        // one probe, connect to RSET
+  bool verifyUnknownAccept = false;                      // verify_unknown: "accept", else "defer" (450 4.1.1)
 
   // [connection] (policy at connect: DESIGN.md, "The flow of one message")
   std::vector<mta::Network> connectionAllow, connectionBlock;

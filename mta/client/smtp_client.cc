@@ -510,7 +510,7 @@ void SmtpClient::begin(Transaction t) {
   mailOk_ = false;
   accepted_ = 0;
   pipelining_ = supports("PIPELINING");
-  chunking_ = opts_.chunking && pipelining_ && supports("CHUNKING");
+  chunking_ = opts_.chunking && pipelining_ && supports("CHUNKING") && !tx_.probe;
   chunkFailed_ = chunksAfterRcpts_ = false;
   std::string batch = mailCommand() + "\r\n";
   expect(opts_.commandTimeoutMs, [this](const Reply& r) { onMail(r); });
@@ -520,6 +520,7 @@ void SmtpClient::begin(Transaction t) {
     batch += rcptCommand(i) + "\r\n";
     expect(opts_.commandTimeoutMs, [this, i](const Reply& r) { onRcpt(i, r); });
   }
+  if (tx_.probe) return conn_->write(std::move(batch));  // RSET after the last RCPT's reply
   if (chunking_) {
     // RFC 3030 §2, §4.2: BDAT commands may be pipelined after MAIL and RCPT, so a message
     // that fits in one chunk goes in this very write. The server reads a refused chunk's
@@ -572,7 +573,7 @@ void SmtpClient::onMail(const Reply& r) {
   mailOk_ = isPositive(r);
   if (closingReply(r)) return;
   if (pipelining_) return;  // the RCPT and DATA replies are already on their way
-  if (!mailOk_) return finish();
+  if (!mailOk_) return tx_.probe ? resetThenFinish() : finish();
   sendRcpt(0);
 }
 
@@ -598,6 +599,8 @@ void SmtpClient::onRcpt(size_t i, const Reply& r) {
   result_.rcpts[i] = r;
   if (isPositive(r)) ++accepted_;
   if (closingReply(r)) return;
+  // A probe asks no more than this: the transaction is reset, never given data.
+  if (tx_.probe && i + 1 == tx_.rcpts.size()) return resetThenFinish();
   if (pipelining_) {
     if (chunksAfterRcpts_ && i + 1 == tx_.rcpts.size()) startChunks();
     return;

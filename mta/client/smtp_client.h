@@ -94,6 +94,9 @@ struct Transaction {
   // fails, the message goes as it is when its headers are ASCII, else it is refused locally:
   // 554 5.6.9 (with the converter's reason). UTF-8 addresses are refused before: 553 5.6.7.
   Downgrade utf8Downgrade;
+  // Recipient verification (Postfix's verify(8)): MAIL and RCPT only, then RSET; no DATA and
+  // no message. The result's `data` stays empty (code 0) and bodyAnswered false.
+  bool probe = false;
 };
 
 struct Reply {

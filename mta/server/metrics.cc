@@ -42,6 +42,13 @@ std::string Metrics::prometheus() const {
   out += "# HELP moat_auth_total SMTP AUTH attempts by outcome.\n# TYPE moat_auth_total counter\n";
   out += "moat_auth_total{result=\"pass\"} " + std::to_string(authPassed) + "\n";
   out += "moat_auth_total{result=\"fail\"} " + std::to_string(authFailed) + "\n";
+  out +=
+      "# HELP moat_verify_total RCPTs answered by recipient verification (relay.verify_recipients), by the "
+      "probe's result or from the cache.\n# TYPE moat_verify_total counter\n";
+  out += "moat_verify_total{result=\"valid\"} " + std::to_string(verifyValid) + "\n";
+  out += "moat_verify_total{result=\"invalid\"} " + std::to_string(verifyInvalid) + "\n";
+  out += "moat_verify_total{result=\"unknown\"} " + std::to_string(verifyUnknown) + "\n";
+  out += "moat_verify_total{result=\"cached\"} " + std::to_string(verifyCached) + "\n";
   counter("moat_messages_accepted_total", "Messages queued (250 after DATA).", messagesAccepted);
   counter("moat_messages_rejected_total",
           "Mail transactions refused with a 5xx at MAIL FROM or at the end of DATA/BDAT (single recipients "

@@ -18,6 +18,9 @@ struct Metrics {
   uint64_t pregreets = 0;        // clients that talked before the greeting ([connection] pregreet_wait)
   uint64_t proxyHealthChecks = 0;           // proxy_protocol connections closed by a balancer without a byte
   uint64_t authPassed = 0, authFailed = 0;  // SMTP AUTH: credentials accepted / refused
+  // relay.verify_recipients: RCPTs answered by a probe of the next hop, by its result, or
+  // from the cache.
+  uint64_t verifyValid = 0, verifyInvalid = 0, verifyUnknown = 0, verifyCached = 0;
   uint64_t messagesAccepted = 0;
   // Transactions refused as a whole (at MAIL FROM or at the end of DATA/BDAT), by class.
   uint64_t messagesRejected = 0;

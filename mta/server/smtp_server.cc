@@ -47,6 +47,7 @@ SmtpServer::SmtpServer(uv_loop_t* loop, std::shared_ptr<queue::Spool> spool, dns
   shared_.spool = std::move(spool);
   shared_.resolver = resolver;
   shared_.onQueued = std::move(onQueued);
+  shared_.verifier = std::make_unique<RecipientVerifier>(loop, resolver);
 }
 
 SmtpServer::~SmtpServer() {

@@ -18,6 +18,7 @@
 #include "mta/net/proxy_header.h"
 #include "mta/runtime/uv.h"
 #include "mta/server/metrics.h"
+#include "mta/server/recipient_verifier.h"
 #include "mta/server/snapshot.h"
 #include "queue/spool.h"
 
@@ -45,6 +46,9 @@ struct ServerShared {
   // A message is durable: schedule it (with its bytes, which the delivery may reuse).
   std::function<void(const queue::Envelope&, std::shared_ptr<const queue::MessageData>)> onQueued;
   bool draining = false;
+  // [relay] verify_recipients: the probes and their cache, shared by every session (and
+  // every snapshot: an answer outlives a reload).
+  std::unique_ptr<RecipientVerifier> verifier;
 
   // SMTP AUTH's crypt(3) checks share the thread pool with the spool's writes and fsyncs and
   // the filters; clients that merely guess passwords must not hold all of it. At most half

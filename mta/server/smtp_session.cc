@@ -777,9 +777,63 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
     rejectUnknownRecipient(address);
     return;
   }
+  // relay.verify_recipients, after relay.recipients: the next hop is asked, and the reply
+  // waits for its answer (the session reads nothing meanwhile, so pipelined commands are
+  // answered in order). Postmaster always exists (RFC 5321 §4.5.1).
+  if (!isPostmaster(address.substr(0, address.rfind('@')))) {
+    if (const auto* route = RecipientVerifier::routeToVerify(cfg_, domain)) {
+      verifyRecipient(address, std::move(dsn), *route);
+      return;
+    }
+  }
+  takeRecipient(address, std::move(dsn));
+}
+
+void SmtpSession::takeRecipient(const std::string& address, RcptDsn dsn) {
   addRecipient(address, std::move(dsn));
   if (txRcptsTaken_++ == 0) txFirstRcpt_ = address;
   reply(250, "2.1.5", "Ok");
+}
+
+void SmtpSession::verifyRecipient(const std::string& address, RcptDsn dsn, const policy::Route& route) {
+  std::weak_ptr<SmtpSession> weak = weak_from_this();
+  auto cached = shared_.verifier->verify(snap_, route, address, [weak, address, dsn](const VerifyOutcome& o) {
+    auto self = weak.lock();
+    if (!self || self->closed_) return;  // gone meanwhile: the answer is cached all the same
+    self->recipientVerified(address, dsn, o);
+    self->resume();
+  });
+  if (cached) return recipientVerified(address, std::move(dsn), *cached);
+  pause();
+}
+
+void SmtpSession::recipientVerified(const std::string& address, RcptDsn dsn, const VerifyOutcome& o) {
+  const char* result = o.cached ? "cached" : verifyResultName(o.result);
+  auto& m = metrics();
+  ++(o.cached                            ? m.verifyCached
+     : o.result == VerifyResult::Valid   ? m.verifyValid
+     : o.result == VerifyResult::Invalid ? m.verifyInvalid
+                                         : m.verifyUnknown);
+  {
+    auto line = log::info("verify");
+    line.add("session", id_).add("client_ip", ctx_->clientIp.str()).add("rcpt", address).add("result", result);
+    if (o.cached) line.add("cached_result", verifyResultName(o.result));
+    line.add("reply", o.reply);
+    if (!o.relay.empty()) line.add("relay", o.relay);
+  }
+  switch (o.result) {
+    case VerifyResult::Valid: return takeRecipient(address, std::move(dsn));
+    case VerifyResult::Invalid:
+      refuse("rcpt", 550, "5.1.1", "<" + address + ">: Recipient address rejected: undeliverable address: " + o.reply,
+             [&](log::Line& l) { l.add("to", address).add("reason", "verify"); });
+      protocolError();  // a harvest of addresses ends at limits.max_errors, as with relay.recipients
+      return;
+    case VerifyResult::Unknown:
+      if (cfg_.verifyUnknownAccept) return takeRecipient(address, std::move(dsn));
+      refuse("rcpt", 450, "4.1.1", "<" + address + ">: Recipient address rejected: unverified address: " + o.reply,
+             [&](log::Line& l) { l.add("to", address).add("reason", "verify"); });
+      return;
+  }
 }
 
 // Into the envelope once: a second RCPT for an address (or an alias target met again) is

@@ -26,7 +26,8 @@
 //
 // Logs: connect, disconnect, pregreet, reject (with the reply sent), accept (queued, with queue_id),
 // filter (each filter's result at the data stage), auth (each AUTH's outcome; never the
-// password). accept, disconnect and a reject at the end of the data carry client_name.
+// password), verify (each RCPT answered by recipient verification, recipient_verifier.h).
+// accept, disconnect and a reject at the end of the data carry client_name.
 #pragma once
 #include <chrono>
 #include <functional>
@@ -130,6 +131,11 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
     std::string notify, orcpt;
   };
   void addRecipient(const std::string& address, RcptDsn dsn);
+  void takeRecipient(const std::string& address, RcptDsn dsn);  // into the envelope, and 250
+  // relay.verify_recipients: the RCPT is answered once the next hop has been asked (or the
+  // cache knows), paused meanwhile.
+  void verifyRecipient(const std::string& address, RcptDsn dsn, const policy::Route& route);
+  void recipientVerified(const std::string& address, RcptDsn dsn, const VerifyOutcome& outcome);
   bool recipientExists(const std::string& address) const;  // relay.recipients
   void rejectUnknownRecipient(const std::string& address);
   void takeAliasedRecipient(const std::string& address, RcptDsn dsn, const policy::AliasTable::Expansion& e);

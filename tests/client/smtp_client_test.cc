@@ -413,6 +413,36 @@ TEST_CASE("client: per-recipient rejects, with and without pipelining") {
   }
 }
 
+// Recipient verification (mta/server/recipient_verifier.h): MAIL FROM:<> and RCPT, then RSET;
+// never DATA, whatever the next hop answers, and the connection stays usable.
+TEST_CASE("client: a probe asks MAIL and RCPT, then resets, with and without pipelining") {
+  for (bool pipelining : {true, false}) {
+    ScriptedServer server(std::string("\"pipelining\": ") + (pipelining ? "true" : "false") +
+                          ", \"reject_rcpt\": {\"bad@example.test\": \"550 5.1.1 No such user\"}");
+    uv::Loop loop;
+    auto c = connectTo(loop, server.port(), plainOptions());
+    REQUIRE(c.client);
+    for (const char* rcpt : {"one@example.test", "bad@example.test"}) {
+      Transaction t;
+      t.rcpts = {rcpt};
+      t.probe = true;
+      auto r = sendTx(loop, *c.client, std::move(t));
+      REQUIRE(r.error.empty());
+      REQUIRE(r.mail.code == 250);
+      REQUIRE(r.rcpts.size() == 1);
+      REQUIRE(r.rcpts[0].code == (std::string(rcpt) == "bad@example.test" ? 550 : 250));
+      REQUIRE(r.data.code == 0);
+      REQUIRE_FALSE(r.bodyAnswered);
+      REQUIRE(c.client->usable());
+    }
+    auto cmds = server.commands();
+    INFO(cmds);
+    REQUIRE(cmds.find("1 MAIL FROM:<>\n1 RCPT TO:<one@example.test>\n1 RSET\n1 MAIL FROM:<>\n"
+                      "1 RCPT TO:<bad@example.test>\n1 RSET\n") != std::string::npos);
+    REQUIRE(cmds.find("DATA") == std::string::npos);
+  }
+}
+
 // A refused RSET leaves the server in an unknown state: the connection must already be
 // unusable when the result is reported, or the caller starts the next message on it.
 TEST_CASE("client: a refused RSET closes the connection before the result is reported") {

@@ -587,3 +587,67 @@ TEST_CASE("[queue] address_preference and ip_versions: defaults, values, mistake
   CHECK(unknown.str().find(path + ":8: queue.ip_versions: \"inet6\" is not one of: ipv4, ipv6") != std::string::npos);
   unlink(path.c_str());
 }
+
+TEST_CASE("relay.verify_recipients and its keys: defaults, values, and bad values refused with FILE:LINE") {
+  std::string path;
+  bool loaded = false;
+  std::string base = "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:0\"\n\n";
+  std::string all = loadErrors(base + "[relay]\ndomains = [\"example.test\"]\n", path, loaded);
+  REQUIRE(loaded);
+  {
+    Errors errors;
+    auto c = loadConfig(path, errors);
+    REQUIRE(c);
+    CHECK_FALSE(c->verifyRecipients);
+    CHECK(c->verifyPositiveTtl == std::chrono::hours(24 * 7));  // Postfix's address_verify_positive_expire_time
+    CHECK(c->verifyNegativeTtl == std::chrono::hours(3));
+    CHECK(c->verifyTimeout == std::chrono::seconds(10));
+    CHECK_FALSE(c->verifyUnknownAccept);
+  }
+  unlink(path.c_str());
+
+  path = writeTemp(base +
+                   "[relay]\ndomains = [\"example.test\"]\nverify_recipients = true\nverify_positive_ttl = \"1d\"\n"
+                   "verify_negative_ttl = \"10m\"\nverify_timeout = \"3s\"\nverify_unknown = \"accept\"\n\n"
+                   "[[route]]\ndomains = [\"example.test\"]\nto = [\"smtp:127.0.0.1:2626\"]\n");
+  {
+    Errors errors;
+    auto c = loadConfig(path, errors);
+    INFO(errors.str());
+    REQUIRE(c);
+    CHECK(c->verifyRecipients);
+    CHECK(c->verifyPositiveTtl == std::chrono::hours(24));
+    CHECK(c->verifyNegativeTtl == std::chrono::minutes(10));
+    CHECK(c->verifyTimeout == std::chrono::seconds(3));
+    CHECK(c->verifyUnknownAccept);
+    CHECK_FALSE(has(errors.str(), "not routed"));
+  }
+  unlink(path.c_str());
+
+  all = loadErrors(
+      base +
+          "[relay]\ndomains = [\"example.test\"]\nverify_recipients = \"yes\"\nverify_positive_ttl = \"0s\"\n"
+          "verify_negative_ttl = \"soon\"\nverify_timeout = \"10m\"\nverify_unknown = \"bounce\"\n",
+      path, loaded);
+  INFO(all);
+  CHECK_FALSE(loaded);
+  CHECK(has(all, path + ":9: relay.verify_recipients"));
+  CHECK(has(all, path + ":10: relay.verify_positive_ttl: must be between 1s and 90d"));
+  CHECK(has(all, path + ":11: relay.verify_negative_ttl"));
+  CHECK(has(all, path + ":12: relay.verify_timeout: must be between 1s and 2m"));
+  CHECK(has(all, path + ":13: relay.verify_unknown"));
+  unlink(path.c_str());
+
+  // A relay domain delivered to a Maildir (or by MX) cannot be verified: a warning, not an error.
+  all = loadErrors(base +
+                       "[relay]\ndomains = [\"example.test\", \"other.test\"]\nverify_recipients = true\n\n"
+                       "[[route]]\ndomains = [\"example.test\"]\nto = [\"smtp:127.0.0.1:2626\"]\n\n"
+                       "[[route]]\ndomains = [\"other.test\"]\nto = [\"maildir:mail\"]\n",
+                   path, loaded);
+  INFO(all);
+  CHECK(loaded);
+  CHECK(has(all,
+            path + ":9: warning: relay.verify_recipients: relay domain other.test is not routed to smtp: next hops"));
+  CHECK_FALSE(has(all, "relay domain example.test"));
+  unlink(path.c_str());
+}
