@@ -95,6 +95,12 @@ struct DmarcOutcome {
   std::string applied;  // what Moat did: none, quarantine, reject, tag, override
 };
 
+// One address the address rewriting ([relay] rewrite) changed, for the `accept` line.
+struct AddressRewrite {
+  std::string from, to;
+  std::string where;  // "rcpt", "mail_from", "header:From", "header:To"...
+};
+
 // Everything known about one message (or, before MAIL, one session). Owned by a
 // shared_ptr so an in-flight filter keeps it alive if the client disconnects.
 struct MessageContext {
@@ -111,6 +117,9 @@ struct MessageContext {
   std::string mailFrom;  // without <>; empty for the null sender
   std::vector<std::string> rcpts;
   std::string currentRcpt;  // during the Rcpt stage
+  // A recipient outside relay.domains (as the client gave it, before any rewriting or
+  // alias) was taken: the message leaves for the internet.
+  bool relayed = false;
   std::string queueId;
   // The message as received: CRLF line endings, dot-unstuffed, without the gateway's own
   // headers. Valid during the Data stage; backed by memory the caller owns.
@@ -125,6 +134,9 @@ struct MessageContext {
   std::vector<DkimOutcome> dkim;
   DmarcOutcome dmarc;
   double spamScore = 0;
+  // What [relay] rewrite changed: recipients at RCPT (the session), the envelope sender and
+  // header fields at Data (the address_rewrite filter, which alone changes mailFrom here).
+  std::vector<AddressRewrite> rewrites;
 };
 
 // Filters that read header fields (DKIM's signatures, DMARC's From) do it on the loop while

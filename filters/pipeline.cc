@@ -7,6 +7,7 @@
 #include "filters/dmarc/dmarc.h"
 #include "filters/dnsbl/dnsbl.h"
 #include "filters/mime/mime_filter.h"
+#include "filters/rewrite/address_rewrite.h"
 #include "filters/rules/rules_filter.h"
 #include "filters/spf/spf.h"
 #include "mta/runtime/log.h"
@@ -119,7 +120,8 @@ void Pipeline::run(Stage stage, std::shared_ptr<MessageContext> ctx, const Env& 
   run->step();
 }
 
-std::shared_ptr<const Pipeline> Pipeline::build(const policy::Config& config, policy::Errors& errors) {
+std::shared_ptr<const Pipeline> Pipeline::build(const policy::Config& config, policy::Errors& errors,
+                                                std::shared_ptr<const policy::RewriteMap> rewrite) {
   std::vector<std::shared_ptr<const Filter>> filters;
   // Pipeline order (DESIGN.md, The flow of one message); each factory returns null when
   // its filter is turned off.
@@ -134,6 +136,9 @@ std::shared_ptr<const Pipeline> Pipeline::build(const policy::Config& config, po
   add(antivirus::makeAntivirusFilter(config, errors));  // data
   add(attachments::makeAttachmentsFilter(config, errors));  // data, reads ctx->mime
   add(rules::makeRulesFilter(config, errors));          // data: it scores what the others found
+  // data: after every check has read the message as received, before the signer, whose
+  // signature must cover the rewritten From.
+  add(rewrite::makeRewriteFilter(std::move(rewrite)));
   add(dkim::makeDkimSignFilter(config, errors));        // data: last, signs the message as delivered
   // Made last, once it is known how deep the others read the tree.
   mime::Depth depth = mime::Depth::Structure;

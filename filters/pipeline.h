@@ -13,6 +13,7 @@
 
 #include "filters/filter.h"
 #include "policy/config.h"
+#include "policy/rewrite_map.h"
 
 namespace moat::filters {
 
@@ -42,8 +43,10 @@ struct StageOutcome {
 class Pipeline {
  public:
   explicit Pipeline(std::vector<std::shared_ptr<const Filter>> filters) : filters_(std::move(filters)) {}
-  // Builds every configured filter; problems go to `errors` with FILE:LINE.
-  static std::shared_ptr<const Pipeline> build(const policy::Config& config, policy::Errors& errors);
+  // Builds every configured filter; problems go to `errors` with FILE:LINE. `rewrite`: the
+  // [relay] rewrite map the snapshot loaded (the session rewrites recipients with it too).
+  static std::shared_ptr<const Pipeline> build(const policy::Config& config, policy::Errors& errors,
+                                               std::shared_ptr<const policy::RewriteMap> rewrite = nullptr);
 
   bool hasStage(Stage stage) const;
   const std::vector<std::shared_ptr<const Filter>>& filters() const { return filters_; }

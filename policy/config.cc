@@ -249,6 +249,8 @@ void readRelay(Config& c, Section s) {
     s.error("verify_positive_ttl", "must be between 1s and 90d");
   if (c.verifyNegativeTtl < std::chrono::seconds(1) || c.verifyNegativeTtl > std::chrono::hours(24 * 90))
     s.error("verify_negative_ttl", "must be between 1s and 90d");
+  c.relayRewrite = s.getPath("rewrite", "");
+  c.relayRewriteLine = s.lineOf("rewrite");
   s.rejectUnknownKeys();
 }
 

@@ -112,6 +112,8 @@ struct Config {
   Millis verifyNegativeTtl{std::chrono::hours(3)};       // an address it refused (5xx)
   Millis verifyTimeout{std::chrono::seconds(10)};        // one probe, connect to RSET
   bool verifyUnknownAccept = false;                      // verify_unknown: "accept", else "defer" (450 4.1.1)
+  std::string relayRewrite;  // address rewriting file (policy/rewrite_map.h); absolute, or empty
+  int relayRewriteLine = 0;
 
   // [connection] (policy at connect: DESIGN.md, "The flow of one message")
   std::vector<mta::Network> connectionAllow, connectionBlock;

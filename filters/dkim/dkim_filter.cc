@@ -108,9 +108,17 @@ class VerifyFilter : public Filter {
 // The From domains to sign for: RFC 5322 mailboxes with comments, quoted strings and groups
 // read by the DMARC filter's parser, so "alice@example.test (Alice)" is example.test and the
 // signature is the one a receiver's DMARC check will look for. Several authors: each.
-std::vector<std::string> signingDomains(std::string_view message) {
+// The From read is the one delivered: with the header edits of the filters before (the
+// address rewrite turns an internal From into the external one, which is what gets signed).
+std::vector<std::string> signingDomains(const MessageContext& ctx) {
+  std::string_view header = mta::headerBlock(ctx.message);
+  std::vector<Edit> inHeader;
+  for (const auto& e : ctx.edits)
+    if (e.offset < header.size() && e.end() <= header.size()) inHeader.push_back(e);
+  std::string edited;
+  if (!inHeader.empty()) header = edited = applyEdits(header, inHeader);
   std::string error;
-  return dmarc::fromDomains(message, error);  // what it could read, even with an error
+  return dmarc::fromDomains(header, error);  // what it could read, even with an error
 }
 
 // `over`: edits of `edited`, the message with `applied` (sorted, apart) applied. Returns the
@@ -260,7 +268,7 @@ class SignFilter : public Filter {
 
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
     if (!(ctx->fromRelayNetwork || ctx->authenticated)) return done(continueWith("inbound"));
-    auto domains = signingDomains(ctx->message);
+    auto domains = signingDomains(*ctx);
     std::vector<SignKey> mine;
     for (const auto& d : domains)
       for (const auto& k : keys_)

@@ -81,6 +81,8 @@ int runScan(const ScanOptions& opts) {
   ctx->mailFrom = opts.mailFrom;
   ctx->rcpts = opts.rcpts;
   ctx->fromRelayNetwork = cfg.isRelayClient(*ip);
+  for (const auto& r : opts.rcpts)  // as the session notes it at RCPT: outbound mail
+    if (size_t at = r.rfind('@'); at == std::string::npos || !cfg.isRelayDomain(r.substr(at + 1))) ctx->relayed = true;
   ctx->message = message;
   filters::Env env{loop.get(), &resolver, cfg.hostname};
 

@@ -1811,6 +1811,11 @@ void QueueManager::writeDsn(const queue::Envelope& env, queue::DsnInput in,
   dsn.mailFrom = "";
   queue::Recipient rc;
   rc.address = env.mailFrom;
+  // A sender [relay] rewrite made external (outbound mail) gets its report at the internal
+  // address, as a reply to the external one would be rewritten at RCPT.
+  if (size_t at = env.mailFrom.rfind('@');
+      snap_->rewrite && at != std::string::npos && cfg.isRelayDomain(env.mailFrom.substr(at + 1)))
+    if (std::string internal = snap_->rewrite->inbound(env.mailFrom); !internal.empty()) rc.address = internal;
   dsn.rcpts.push_back(rc);
   dsn.arrivalMs = nowMs();
   dsn.nextAttemptMs = dsn.arrivalMs;

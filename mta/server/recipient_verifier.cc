@@ -140,9 +140,10 @@ RecipientVerifier::~RecipientVerifier() {
   }
 }
 
-const policy::Route* RecipientVerifier::routeToVerify(const policy::Config& c, const std::string& domain) {
+const policy::Route* RecipientVerifier::routeToVerify(const policy::Config& c, const std::string& domain,
+                                                      const std::string& routeDomain) {
   if (!c.verifyRecipients || !c.isRelayDomain(domain)) return nullptr;
-  const policy::Route* r = c.routeFor(policy::lowerAscii(domain));
+  const policy::Route* r = c.routeFor(policy::lowerAscii(routeDomain.empty() ? domain : routeDomain));
   if (!r || r->to.empty() || r->to.front().kind != policy::RouteTarget::Kind::Smtp) return nullptr;
   return r;
 }

@@ -99,8 +99,10 @@ class RecipientVerifier {
   RecipientVerifier& operator=(const RecipientVerifier&) = delete;
 
   // The route whose next hops verify recipients of `domain` under `c`: verify_recipients on,
-  // a relay domain, routed to smtp: next hops; else null (not verified).
-  static const policy::Route* routeToVerify(const policy::Config& c, const std::string& domain);
+  // a relay domain, routed to smtp: next hops; else null (not verified). `routeDomain`, when
+  // not empty, is the domain the address has after [relay] rewrite (its route is asked).
+  static const policy::Route* routeToVerify(const policy::Config& c, const std::string& domain,
+                                            const std::string& routeDomain = "");
 
   using Done = std::function<void(const VerifyOutcome&)>;
   // A cached answer at once (cached = true, `done` not called); else nullopt, and `done`

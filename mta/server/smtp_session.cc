@@ -5,6 +5,7 @@
 #include <cctype>
 #include <cstring>
 #include <ctime>
+#include <optional>
 #include <random>
 
 #include "mta/dns/client_name.h"
@@ -674,6 +675,8 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
   txExpanded_.clear();
   ctx_->mailFrom = c.address;
   ctx_->rcpts.clear();
+  ctx_->rewrites.clear();
+  ctx_->relayed = false;
   ctx_->spfMailFrom = {};
   ctx_->dkim.clear();
   ctx_->dmarc = {};
@@ -760,6 +763,28 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
     protocolError();  // counted, as Postfix's error limit does: no endless probing per session
     return;
   }
+  // [relay] rewrite, inbound: the external address becomes the internal one before the
+  // aliases and relay.recipients see it (they name the mailboxes as the internal servers
+  // know them, as Exchange's recipient filter sees the rewritten address); relay control
+  // above took the address as given. DSNs keep naming the address the sender used (ORCPT).
+  std::optional<filters::AddressRewrite> rewritten;
+  if (snap_->rewrite && cfg_.isRelayDomain(domain)) {
+    std::string internal = snap_->rewrite->inbound(address);
+    if (!internal.empty() && internal != address) {
+      rewritten = filters::AddressRewrite{address, internal, "rcpt"};
+      if (dsn.orcpt.empty()) dsn.orcpt = queue::defaultOrcpt(address);
+      address = std::move(internal);
+    }
+  }
+  // What recipientTaken() needs once the address is taken: at once, or after a probe.
+  rcptGivenDomain_ = domain;
+  rcptRewrite_ = std::move(rewritten);
+  checkRecipient(address, std::move(dsn));
+}
+
+// The recipient after relay control (and inbound rewriting): aliases, validation,
+// verification, then the envelope.
+void SmtpSession::checkRecipient(const std::string& address, RcptDsn dsn) {
   if (snap_->aliases) {
     auto expansion = snap_->aliases->expand(address);
     if (!expansion.error.empty()) {  // a domain alias made it deeper or wider than the table allows
@@ -781,7 +806,7 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
   // waits for its answer (the session reads nothing meanwhile, so pipelined commands are
   // answered in order). Postmaster always exists (RFC 5321 §4.5.1).
   if (!isPostmaster(address.substr(0, address.rfind('@')))) {
-    if (const auto* route = RecipientVerifier::routeToVerify(cfg_, domain)) {
+    if (const auto* route = RecipientVerifier::routeToVerify(cfg_, rcptGivenDomain_, smtp::domainOf(address))) {
       verifyRecipient(address, std::move(dsn), *route);
       return;
     }
@@ -791,8 +816,18 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
 
 void SmtpSession::takeRecipient(const std::string& address, RcptDsn dsn) {
   addRecipient(address, std::move(dsn));
-  if (txRcptsTaken_++ == 0) txFirstRcpt_ = address;
+  recipientTaken(address);
   reply(250, "2.1.5", "Ok");
+}
+
+// A RCPT answered 250 (the address itself, or its alias targets): counted, and what it
+// means for the transaction kept.
+void SmtpSession::recipientTaken(const std::string& address) {
+  if (!cfg_.isRelayDomain(rcptGivenDomain_)) ctx_->relayed = true;
+  // Received: "for" the address the client gave, also when it was rewritten.
+  if (txRcptsTaken_++ == 0) txFirstRcpt_ = rcptRewrite_ ? rcptRewrite_->from : address;
+  if (rcptRewrite_) ctx_->rewrites.push_back(std::move(*rcptRewrite_));
+  rcptRewrite_.reset();
 }
 
 void SmtpSession::verifyRecipient(const std::string& address, RcptDsn dsn, const policy::Route& route) {
@@ -892,7 +927,7 @@ void SmtpSession::takeAliasedRecipient(const std::string& address, RcptDsn dsn,
   auto line = dropped.empty() ? log::info("expand") : log::warn("expand");
   line.add("session", id_).add("to", address).add("targets", taken);
   if (!dropped.empty()) line.add("dropped", dropped);
-  if (txRcptsTaken_++ == 0) txFirstRcpt_ = address;
+  recipientTaken(address);
   reply(250, "2.1.5", "Ok");
 }
 
@@ -1213,6 +1248,18 @@ std::vector<filters::Header> SmtpSession::gatewayHeaders(const filters::StageOut
   return h;
 }
 
+namespace {
+
+// The `rewritten` field of the accept line: [{"from":..,"to":..,"where":..}, ...].
+std::string rewritesJson(const std::vector<filters::AddressRewrite>& rewrites) {
+  mta::JsonArray a;
+  for (const auto& r : rewrites)
+    a.addRaw(mta::JsonObject().add("from", r.from).add("to", r.to).add("where", r.where).str());
+  return a.str();
+}
+
+}  // namespace
+
 void SmtpSession::commitMessage(filters::StageOutcome outcome) {
   for (auto& r : outcome.reports) txReports_.insert(txReports_.end(), std::move(r));
   outcome.reports.clear();
@@ -1289,18 +1336,21 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
       log::error("spool_error").add("session", self->id_).add("queue_id", env.id).add("error", error);
       if (!self->closed_) self->replySpoolError(error, env.id);
     } else {
-      log::info("accept")
-          .add("session", self->id_)
-          .add("queue_id", env.id)
-          .add("message_id", env.messageId)
-          .add("client_ip", env.clientIp)
-          .add("helo", env.helo)
-          .add("from", env.mailFrom)
-          .add("to", self->ctx_->rcpts)
-          .add("size", env.size)
-          .add("verdict", std::string(filters::verdictName(verdict)))
-          .addRaw("filters", filtersJson)
-          .add("client_name", env.clientName.empty() ? std::string("unknown") : env.clientName);
+      {  // written here, before the delivery onQueued may start logs its own lines
+        auto line = log::info("accept");
+        line.add("session", self->id_)
+            .add("queue_id", env.id)
+            .add("message_id", env.messageId)
+            .add("client_ip", env.clientIp)
+            .add("helo", env.helo)
+            .add("from", env.mailFrom)
+            .add("to", self->ctx_->rcpts)
+            .add("size", env.size)
+            .add("verdict", std::string(filters::verdictName(verdict)))
+            .addRaw("filters", filtersJson)
+            .add("client_name", env.clientName.empty() ? std::string("unknown") : env.clientName);
+        if (!self->ctx_->rewrites.empty()) line.addRaw("rewritten", rewritesJson(self->ctx_->rewrites));
+      }
       ++metrics().messagesAccepted;
       if (quarantine) ++metrics().messagesQuarantined;
       ++self->messages_;
@@ -1340,6 +1390,8 @@ void SmtpSession::resetTransaction() {
   txFirstRcpt_.clear();
   txRcptKeys_.clear();
   txExpanded_.clear();
+  ctx_->rewrites.clear();
+  ctx_->relayed = false;
   ctx_->mailFrom.clear();
   ctx_->queueId.clear();
   txAuthResults_.clear();

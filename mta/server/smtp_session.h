@@ -138,6 +138,9 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   void recipientVerified(const std::string& address, RcptDsn dsn, const VerifyOutcome& outcome);
   bool recipientExists(const std::string& address) const;  // relay.recipients
   void rejectUnknownRecipient(const std::string& address);
+  // After relay control and inbound rewriting: aliases, relay.recipients, verification.
+  void checkRecipient(const std::string& address, RcptDsn dsn);
+  void recipientTaken(const std::string& address);  // counts a 250 to RCPT (rcptGivenDomain_, rcptRewrite_)
   void takeAliasedRecipient(const std::string& address, RcptDsn dsn, const policy::AliasTable::Expansion& e);
   void authFields(log::Line& line) const;
   // One `filter` log line per filter result.
@@ -236,6 +239,10 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   // to) and the first one's address, as the client gave it (Received: ... for <...>).
   size_t txRcptsTaken_ = 0;
   std::string txFirstRcpt_;
+  // The RCPT being answered (one at a time: the session pauses for a probe): its domain as
+  // the client gave it, and its inbound rewrite, kept for the accept line once it is taken.
+  std::string rcptGivenDomain_;
+  std::optional<filters::AddressRewrite> rcptRewrite_;
   std::unordered_set<std::string> txRcptKeys_;
   std::vector<queue::ExpandedRecipient>
       txExpanded_;  // aliases owing an "expanded" report  // ctx_->rcpts in lower case: each address once

@@ -32,7 +32,23 @@ std::shared_ptr<Snapshot> build(std::shared_ptr<const policy::Config> config, po
   if (!whole && errors.hasErrors()) return nullptr;
   auto snap = std::make_shared<Snapshot>();
   snap->config = config;
-  snap->pipeline = filters::Pipeline::build(*config, errors);
+  // [relay] rewrite: the session rewrites recipients at RCPT, the pipeline's address_rewrite
+  // filter the sender and the header fields; both use this one table.
+  if (!config->relayRewrite.empty() &&
+      readable(*config, config->relayRewriteLine, "relay.rewrite", config->relayRewrite, errors))
+    snap->rewrite = policy::RewriteMap::load(
+        config->relayRewrite, errors, [&](int line, std::string_view, std::string_view external, bool outboundOnly) {
+          // Inbound rewriting happens at RCPT for relay domains only: mail to another
+          // domain is never taken for it (relay denied), so the entry works one way.
+          if (!coreValid || outboundOnly) return;
+          std::string domain(external.substr(external.rfind('@') + 1));
+          if (!config->isRelayDomain(domain))
+            errors.warning(config->relayRewrite, line,
+                           "\"" + std::string(external) + "\" is not in relay.domains: replies to it are not " +
+                               "rewritten inbound (add \"" + domain + "\" to relay.domains, or mark the line " +
+                               "outbound-only)");
+        });
+  snap->pipeline = filters::Pipeline::build(*config, errors, snap->rewrite);
   for (const auto& l : config->listeners) {
     if (l.tlsCert.empty()) continue;
     std::string error;

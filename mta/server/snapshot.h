@@ -13,6 +13,7 @@
 #include "policy/client_credentials.h"
 #include "policy/config.h"
 #include "policy/recipients.h"
+#include "policy/rewrite_map.h"
 #include "policy/users.h"
 
 namespace moat::mta::server {
@@ -44,6 +45,8 @@ struct Snapshot {
   std::shared_ptr<const policy::AddressList> blockedSenders;
   // [relay] aliases: addresses whose mail goes to others instead; null = none.
   std::shared_ptr<const policy::AliasTable> aliases;
+  // [relay] rewrite: internal addresses and their external forms; null = none.
+  std::shared_ptr<const policy::RewriteMap> rewrite;
 
   // Builds and validates everything; nullptr with `errors` filled on failure.
   static std::shared_ptr<const Snapshot> load(const std::string& configPath, policy::Errors& errors);

@@ -261,5 +261,35 @@ class CheckTest(unittest.TestCase):
         self.assertIn(f"{path}:11: relay.verify_timeout: must be between 1s and 2m", r.stderr)
 
 
+class VerifyRewrittenRecipientTest(unittest.TestCase):
+    """With [relay] rewrite, the next hop is asked about the internal address the external
+    one maps to (the one it knows), on the internal domain's route."""
+
+    def test_the_internal_address_is_asked_about(self):
+        sink = owned_sink(self)
+        probing = ProbingSink(sink)
+        moat = owned_moat(self, routes=[("corp.internal", f"smtp:127.0.0.1:{sink.port}")], relay_extra=VERIFY +
+                          '\nrewrite = "rewrite.map"', start=False)
+        with open(os.path.join(moat.dir, "rewrite.map"), "w") as f:
+            f.write("@corp.internal @example.test\n")
+        moat.start()
+        s = moat.smtp()
+        try:
+            refused = s.sendmail("alice@sender.test", ["valid-7@example.test", "nobody-7@example.test"],
+                                 b"Subject: rewritten\r\n\r\nhello\r\n")
+        finally:
+            s.close()
+        self.assertEqual(list(refused), ["nobody-7@example.test"])
+        self.assertEqual(refused["nobody-7@example.test"][0], 550)
+        self.assertEqual(probing.probes("valid-7@corp.internal"), 1)
+        self.assertEqual(probing.probes("nobody-7@corp.internal"), 1)
+        self.assertEqual(probing.probes("valid-7@example.test"), 0)
+        msg = sink.wait_messages(1)[0]
+        self.assertEqual(msg["rcpts"], ["valid-7@corp.internal"])
+        accept = moat.wait_log(event="accept")
+        self.assertEqual(accept["rewritten"], [{"from": "valid-7@example.test", "to": "valid-7@corp.internal",
+                                                "where": "rcpt"}])
+
+
 if __name__ == "__main__":
     unittest.main()
