@@ -11,7 +11,6 @@ Run: MOAT_BIN=build/moat MOAT_SOURCE_DIR=. /usr/bin/python3 tests/integration/te
 import http.server
 import os
 import shutil
-import signal
 import socket
 import ssl
 import sys
