@@ -16,6 +16,7 @@
 #include "filters/mime/downgrade.h"
 #include "filters/mime/mime.h"
 #include "mta/runtime/uv.h"
+#include "tests/support/temp_file.h"
 #include "tests/support/test_cert.h"
 
 using namespace moat::mta;
@@ -27,12 +28,7 @@ using client::TransactionResult;
 
 namespace {
 
-std::string readFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using moat::test::readFile;
 
 std::string makeTempDir() {
   std::string t = (std::filesystem::temp_directory_path() / "moat-smtp-XXXXXX").string();

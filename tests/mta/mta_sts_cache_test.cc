@@ -10,6 +10,7 @@
 #include "mta/daemon/mta_sts.h"
 #include "mta/net/connection.h"
 #include "mta/runtime/uv.h"
+#include "tests/support/temp_file.h"
 #include "tests/support/test_cert.h"
 
 using namespace moat::mta;
@@ -259,12 +260,7 @@ TEST_CASE("MTA-STS fetch failures give no policy when none is cached") {
 }
 
 namespace {
-std::string readFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
+using moat::test::readFile;
 void writeFile(const std::string& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out << text;

@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "mta/runtime/uv.h"
+#include "tests/support/temp_file.h"
 
 using moat::mta::client::Reply;
 using namespace moat::mta::server;
@@ -112,12 +113,7 @@ TEST_CASE("only relay domains routed to smtp: next hops are verified, and only w
 
 namespace {
 
-std::string readFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using moat::test::readFile;
 
 // tests/client/smtp_server.py in a child process of its own, stopped by its PID.
 class ScriptedServer {

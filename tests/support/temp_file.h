@@ -1,11 +1,13 @@
 // tests/support/temp_file.h — the files unit tests write under /tmp (configs, list files)
-// for the loaders to read. Header-only. Untrusted input: none.
+// for the loaders to read, and the files they read back. Header-only. Untrusted input: none.
 #pragma once
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -30,6 +32,15 @@ inline std::string writeTempFile(std::string_view name, std::string_view text, s
   }
   close(fd);
   return path;
+}
+
+// The whole file, bytes as they are; "" when it cannot be read (the test's own checks then
+// fail on what is missing).
+inline std::string readFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
 }
 
 }  // namespace moat::test

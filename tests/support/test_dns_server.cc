@@ -13,6 +13,8 @@
 #include <sstream>
 #include <thread>
 
+#include "tests/support/temp_file.h"
+
 #ifndef MOAT_SOURCE_DIR
 #error "MOAT_SOURCE_DIR must be defined (the checkout, to find tests/support/dns_server.py)"
 #endif
@@ -20,12 +22,7 @@
 namespace moat::test {
 namespace {
 
-std::string readFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using moat::test::readFile;
 
 bool waitExit(pid_t pid, int ms) {
   for (int waited = 0; waited <= ms; waited += 10) {

@@ -5,7 +5,6 @@
 // by the in-memory resolver on a real libuv loop. The rest of the Mail::DKIM corpus is
 // listed as excluded with its reason (pre-RFC signatures, rsa-sha1, short keys: RFC 8301).
 #include <catch2/catch.hpp>
-
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -14,6 +13,7 @@
 #include "filters/dkim/dkim.h"
 #include "mta/runtime/uv.h"
 #include "tests/filters/dkim/memory_resolver.h"
+#include "tests/support/temp_file.h"
 
 using namespace moat;
 using filters::dkim::SigResult;
@@ -49,12 +49,7 @@ std::vector<Row> readManifest() {
   return rows;
 }
 
-std::string readFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using moat::test::readFile;
 
 std::string toCrlf(const std::string& s) {
   if (s.find("\r\n") != std::string::npos) return s;

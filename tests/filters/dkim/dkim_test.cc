@@ -27,6 +27,7 @@
 #include "mta/runtime/uv.h"
 #include "policy/config.h"
 #include "tests/filters/dkim/memory_resolver.h"
+#include "tests/support/temp_file.h"
 
 using namespace moat;
 using filters::dkim::SigResult;
@@ -78,12 +79,7 @@ struct TempDir {
   }
 };
 
-std::string readFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using moat::test::readFile;
 
 // dkimpy as the independent implementation; the script is written by the test.
 const char* kScript = R"PY(
