@@ -198,8 +198,10 @@ class RewriteFilter : public Filter {
     bool outbound = isOutbound(*ctx);
     auto found = std::make_shared<HeaderRewrites>();
     auto work = [ctx, outbound, found, map = map_] {
+      // Outbound, the internal addresses among the recipients shown (a colleague in Cc:)
+      // would leak as much as the sender's: as Exchange does, every address field.
       if (outbound)
-        *found = rewriteHeaderFields(ctx->message, {"From", "Sender", "Reply-To"},
+        *found = rewriteHeaderFields(ctx->message, {"From", "Sender", "Reply-To", "To", "Cc"},
                                      [&](std::string_view a) { return map->outbound(a); });
       else
         *found = rewriteHeaderFields(ctx->message, {"To", "Cc"}, [&](std::string_view a) { return map->inbound(a); });
@@ -215,12 +217,14 @@ class RewriteFilter : public Filter {
           r.summary = "rewritten";
         }
       }
-      for (const auto& name : found->skipped)
-        mta::log::warn("rewrite_skipped")
-            .add("session", ctx->sessionId)
+      // Inbound, a malformed To: is common in spam: no warning for each one.
+      for (const auto& name : found->skipped) {
+        auto line = outbound ? mta::log::warn("rewrite_skipped") : mta::log::info("rewrite_skipped");
+        line.add("session", ctx->sessionId)
             .add("queue_id", ctx->queueId)
             .add("header", name)
             .add("reason", "cannot parse the address list");
+      }
       if (!found->edits.empty()) r.summary = "rewritten";
       for (auto& x : found->rewrites) ctx->rewrites.push_back(std::move(x));
       r.edits = std::move(found->edits);

@@ -1,7 +1,7 @@
 """Address rewriting ([relay] rewrite), as Exchange Edge Transport's address rewriting and
 Postfix's canonical maps: the real daemon on loopback, a sink the test owns as the next hop.
 Outbound mail (a relay client, a recipient outside relay.domains) leaves with its envelope
-sender and From/Sender/Reply-To addresses in their external form, the rest of the message
+sender and From/Sender/Reply-To/To/Cc addresses in their external form, the rest of the message
 byte for byte as sent, and a DKIM signature over the rewritten From; inbound recipients
 are rewritten at RCPT and in To/Cc, except by outbound-only entries; exact entries win over
 domain entries; the accept line lists what changed; `moat queue show` lists the header edits;
@@ -88,14 +88,16 @@ class AddressRewriteTest(unittest.TestCase):
         self.assertEqual(msg["rcpts"], ["friend@far.test"])
         expected = raw.replace(b"<jsmith@corp.internal> (work)", b"<john.smith@example.com> (work)", 1) \
                       .replace(b"<MARY.Jones@Corp.Internal>", b"<MARY.Jones@example.com>", 1) \
-                      .replace(b"help@desk.corp.internal,", b"help@example.com,", 1)
+                      .replace(b"help@desk.corp.internal,", b"help@example.com,", 1) \
+                      .replace(b"Cc: colleague@corp.internal", b"Cc: colleague@example.com", 1)
         self.assertEqual(self.body_of(msg["data"]), expected)  # byte for byte, the rest as sent
         self.assertEqual(acc["from"], "john.smith@example.com")
         self.assertEqual(acc["rewritten"], [
             {"from": "jsmith@corp.internal", "to": "john.smith@example.com", "where": "mail_from"},
             {"from": "jsmith@corp.internal", "to": "john.smith@example.com", "where": "header:From"},
             {"from": "MARY.Jones@Corp.Internal", "to": "MARY.Jones@example.com", "where": "header:Sender"},
-            {"from": "help@desk.corp.internal", "to": "help@example.com", "where": "header:Reply-To"}])
+            {"from": "help@desk.corp.internal", "to": "help@example.com", "where": "header:Reply-To"},
+            {"from": "colleague@corp.internal", "to": "colleague@example.com", "where": "header:Cc"}])
 
     def test_outbound_message_is_signed_for_the_rewritten_from_domain(self):
         raw = (b"From: John <jsmith@corp.internal>\r\nTo: friend@far.test\r\nSubject: signed after rewriting\r\n"
@@ -165,6 +167,13 @@ class AddressRewriteTest(unittest.TestCase):
         self.assertEqual(ev["header"], "From")
         self.assertEqual(acc["rewritten"], [{"from": "jsmith@corp.internal", "to": "john.smith@example.com",
                                              "where": "mail_from"}])
+        # Inbound, the same is only noted: spam's broken To: lines are everyday.
+        raw = b"From: someone@far.test\r\nTo: \"Team <john.smith@example.com>\r\nSubject: broken to\r\n\r\nx\r\n"
+        acc, msg = self.send("someone@far.test", ["john.smith@example.com"], raw)
+        self.assertEqual(msg["rcpts"], ["jsmith@corp.internal"])
+        self.assertEqual(self.body_of(msg["data"]), raw)
+        ev = self.moat.wait_log(event="rewrite_skipped", queue_id=acc["queue_id"], timeout=10)
+        self.assertEqual((ev["level"], ev["header"]), ("info", "To"))
 
     def test_mail_between_relay_domains_is_not_outbound(self):
         # From the relay network to our own domain only: not leaving, so the sender stays.
