@@ -398,6 +398,11 @@ void readMtaSts(Config& c, Section s) {
   c.mtaStsCaFileLine = s.lineOf("ca_file");
   c.mtaStsFetchTimeout = s.getDuration("fetch_timeout", c.mtaStsFetchTimeout);
   if (c.mtaStsFetchTimeout.count() <= 0) s.error("fetch_timeout", "must be more than 0");
+  c.mtaStsRefreshInterval = s.getDuration("refresh_interval", c.mtaStsRefreshInterval);
+  // Longer than a day and a policy with a short max_age (RFC 8461 §3.2 allows any) could
+  // run out between two sweeps.
+  if (c.mtaStsRefreshInterval < std::chrono::seconds(1) || c.mtaStsRefreshInterval > std::chrono::hours(24))
+    s.error("refresh_interval", "must be from 1s to 1d");
   s.rejectUnknownKeys();
 }
 

@@ -158,6 +158,9 @@ struct Config {
   std::string mtaStsCaFile;
   int mtaStsCaFileLine = 0;  // of [mta_sts] ca_file, for its errors
   Millis mtaStsFetchTimeout{std::chrono::seconds(10)};
+  // How often cached policies near their expiry are refreshed and expired ones dropped
+  // (RFC 8461 §5.1, §10.2), whether or not mail goes to their domains.
+  Millis mtaStsRefreshInterval{std::chrono::hours(1)};
   Millis replyTimeout{std::chrono::minutes(5)};
   AddressPreference addressPreference = AddressPreference::Ipv6;
   bool useIpv4 = true;  // [queue] ip_versions: the families delivery looks up and connects to

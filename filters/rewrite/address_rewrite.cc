@@ -186,6 +186,10 @@ HeaderRewrites rewriteHeaderFields(std::string_view message, const std::vector<s
   return out;
 }
 
+const std::vector<std::string_view> kOutboundFields = {"From",        "Sender",        "Reply-To",  "To",       "Cc",
+                                                       "Resent-From", "Resent-Sender", "Resent-To", "Resent-Cc"};
+const std::vector<std::string_view> kInboundFields = {"To", "Cc", "Resent-To", "Resent-Cc"};
+
 namespace {
 
 class RewriteFilter : public Filter {
@@ -199,12 +203,13 @@ class RewriteFilter : public Filter {
     auto found = std::make_shared<HeaderRewrites>();
     auto work = [ctx, outbound, found, map = map_] {
       // Outbound, the internal addresses among the recipients shown (a colleague in Cc:)
-      // would leak as much as the sender's: as Exchange does, every address field.
+      // would leak as much as the sender's: as Exchange does, every address field, the
+      // resent ones (RFC 5322 §3.6.6: a message forwarded on) as their counterparts.
       if (outbound)
-        *found = rewriteHeaderFields(ctx->message, {"From", "Sender", "Reply-To", "To", "Cc"},
-                                     [&](std::string_view a) { return map->outbound(a); });
+        *found =
+            rewriteHeaderFields(ctx->message, kOutboundFields, [&](std::string_view a) { return map->outbound(a); });
       else
-        *found = rewriteHeaderFields(ctx->message, {"To", "Cc"}, [&](std::string_view a) { return map->inbound(a); });
+        *found = rewriteHeaderFields(ctx->message, kInboundFields, [&](std::string_view a) { return map->inbound(a); });
     };
     auto after = [ctx, outbound, found, map = map_, done = std::move(done)] {
       Result r = Result::pass("none");

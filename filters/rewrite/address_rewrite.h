@@ -3,12 +3,13 @@
 // address rewriting agents and Postfix's canonical maps do.
 //
 // Outbound mail (from relay.networks or an authenticated client, with a recipient outside
-// relay.domains): the envelope sender and the addresses of From, Sender and Reply-To go from
-// their INTERNAL form to the EXTERNAL one. Any other message is inbound: the addresses of To
-// and Cc go from EXTERNAL to INTERNAL (the envelope recipients were rewritten at RCPT, by the
-// session). Header changes are byte edits (filters/edit.h): the spool file keeps the message
-// as received, `moat queue show` lists them, and the DKIM signer, after this filter, signs
-// the rewritten fields.
+// relay.domains): the envelope sender and the addresses of From, Sender, Reply-To, To, Cc,
+// Resent-From, Resent-Sender, Resent-To and Resent-Cc (RFC 5322 §3.6.6) go from their
+// INTERNAL form to the EXTERNAL one. Any other message is inbound: the addresses of To, Cc,
+// Resent-To and Resent-Cc go from EXTERNAL to INTERNAL (the envelope recipients were
+// rewritten at RCPT, by the session, or by `moat scan`). Header changes are byte edits (filters/edit.h): the spool file
+// keeps the message as received, `moat queue show` lists them, and the DKIM signer, after this filter, signs the
+// rewritten fields.
 //
 // RFC 5322 §3.4 address lists: only the addr-spec is replaced; display names, comments,
 // groups and folding around it stay byte for byte. Untrusted input: the header section as
@@ -44,6 +45,10 @@ struct HeaderRewrites {
 // (a non-empty result).
 HeaderRewrites rewriteHeaderFields(std::string_view message, const std::vector<std::string_view>& fields,
                                    const std::function<std::string(std::string_view)>& map);
+
+// The fields the filter rewrites, outbound and inbound (see above).
+extern const std::vector<std::string_view> kOutboundFields;
+extern const std::vector<std::string_view> kInboundFields;
 
 // The filter, or null without a map.
 std::shared_ptr<const Filter> makeRewriteFilter(std::shared_ptr<const policy::RewriteMap> map);

@@ -248,10 +248,11 @@ size_t PolicyCache::load() {
   const int64_t wall = wallNow();
   if (!decodeCache(text, wall, kMaxEntries, entries, error)) return broken(error);
   const auto steady = now();
-  for (auto& e : entries)
-    cache_[e.domain] = {std::make_shared<const Policy>(std::move(e.policy)),
-                        steady + std::chrono::seconds(e.expires - wall)};
-  return entries.size();
+  // The file lists the policies that expire last first: those count as the most recently used.
+  for (auto e = entries.rbegin(); e != entries.rend(); ++e)
+    store(e->domain, std::make_shared<const Policy>(std::move(e->policy)),
+          steady + std::chrono::seconds(e->expires - wall));
+  return cache_.size();
 }
 
 const PolicyCache::Entry* PolicyCache::cached(const std::string& domain) const {
@@ -261,16 +262,49 @@ const PolicyCache::Entry* PolicyCache::cached(const std::string& domain) const {
 }
 
 void PolicyCache::put(const std::string& domain, std::shared_ptr<const Policy> policy) {
-  const auto t = now();
-  if (cache_.size() >= kMaxEntries && !cache_.count(domain)) {
-    // Full: the expired go first, else the one that expires soonest.
-    std::erase_if(cache_, [t](const auto& kv) { return kv.second.expires <= t; });
-    if (cache_.size() >= kMaxEntries)
-      cache_.erase(std::min_element(cache_.begin(), cache_.end(),
-                                    [](const auto& a, const auto& b) { return a.second.expires < b.second.expires; }));
-  }
-  cache_[domain] = {policy, t + std::chrono::seconds(policy->maxAge)};
+  const auto expires = now() + std::chrono::seconds(policy->maxAge);
+  store(domain, std::move(policy), expires);
   save();
+}
+
+void PolicyCache::store(const std::string& domain, std::shared_ptr<const Policy> policy,
+                        std::chrono::steady_clock::time_point expires) {
+  if (auto it = cache_.find(domain); it != cache_.end()) erase(it);
+  const size_t bytes = cacheLineBytes(domain, *policy);
+  if (bytes > kMaxBytes) return;  // parsePolicy's bounds keep a policy far below it
+  if (cache_.size() >= kMaxEntries || bytes_ + bytes > kMaxBytes) {
+    // Full: the expired go first, then the least recently used, until this one fits.
+    dropExpired();
+    while (!lru_.empty() && (cache_.size() >= kMaxEntries || bytes_ + bytes > kMaxBytes))
+      erase(cache_.find(lru_.back()));
+  }
+  lru_.push_front(domain);
+  cache_[domain] = {std::move(policy), expires, bytes, lru_.begin()};
+  bytes_ += bytes;
+}
+
+void PolicyCache::erase(std::map<std::string, Entry>::iterator it) {
+  bytes_ -= it->second.bytes;
+  lru_.erase(it->second.used);
+  cache_.erase(it);
+}
+
+size_t PolicyCache::dropExpired() {
+  const auto t = now();
+  size_t dropped = 0;
+  for (auto it = cache_.begin(); it != cache_.end();) {
+    auto next = std::next(it);
+    if (it->second.expires <= t) {
+      erase(it);
+      ++dropped;
+    }
+    it = next;
+  }
+  return dropped;
+}
+
+void PolicyCache::touch(const std::string& domain) {
+  if (auto it = cache_.find(domain); it != cache_.end()) lru_.splice(lru_.begin(), lru_, it->second.used);
 }
 
 void PolicyCache::save() {
@@ -322,8 +356,10 @@ void PolicyCache::finish(const std::string& domain, std::shared_ptr<const Policy
   auto it = fetches_.find(domain);
   if (it == fetches_.end()) return;
   auto waiters = std::move(it->second.waiters);
+  auto ended = std::move(it->second.ended);
   fetches_.erase(it);
   for (auto& w : waiters) w(result, false);
+  if (ended) ended();
 }
 
 void PolicyCache::startFetch(const std::string& domain, const std::string& id, std::shared_ptr<tls::TlsContext> tls,
@@ -345,6 +381,7 @@ void PolicyCache::startFetch(const std::string& domain, const std::string& id, s
 void PolicyCache::stop() {
   if (stopped_) return;
   stopped_ = true;
+  sweepQueue_.clear();
   auto fetches = std::move(fetches_);
   fetches_.clear();
   for (auto& [domain, f] : fetches) {
@@ -354,7 +391,61 @@ void PolicyCache::stop() {
         .add("reason", "policy fetch cancelled: Moat is stopping")
         .add("waiting", static_cast<uint64_t>(f.waiters.size()));
     for (auto& w : f.waiters) w(nullptr, true);
+    if (f.ended) f.ended();
   }
+}
+
+size_t PolicyCache::sweep(std::shared_ptr<tls::TlsContext> tls, uint64_t timeoutMs, dns::Families families) {
+  if (stopped_) return 0;
+  if (dropExpired() != 0) save();
+  if (!tls) return 0;
+  sweepTls_ = std::move(tls);
+  sweepTimeoutMs_ = timeoutMs;
+  sweepFamilies_ = families;
+  // What the last sweep has not come to yet is looked at again here.
+  sweepQueue_.clear();
+  for (const auto& [domain, e] : cache_)
+    if (due(e) && !fetching(domain)) sweepQueue_.push_back(domain);
+  const size_t found = sweepQueue_.size();
+  pumpSweep();
+  return found;
+}
+
+void PolicyCache::pumpSweep() {
+  // A refresh that ends at once (an answer from the resolver's cache, a fetch that cannot
+  // start) comes back here: the loop below goes on with it instead of recursing.
+  if (pumping_) return;
+  pumping_ = true;
+  while (!stopped_ && sweepActive_ < kMaxSweepFetches && !sweepQueue_.empty()) {
+    std::string domain = std::move(sweepQueue_.front());
+    sweepQueue_.pop_front();
+    const Entry* c = cached(domain);
+    if (!c || !due(*c) || fetching(domain)) continue;  // refreshed or gone meanwhile
+    ++sweepActive_;
+    sweepRefresh(domain);
+  }
+  pumping_ = false;
+}
+
+void PolicyCache::sweepRefresh(const std::string& domain) {
+  auto alive = alive_;
+  resolver_->query("_mta-sts." + domain, dns::RrType::TXT, [this, alive, domain](const dns::Answer& a) {
+    if (!*alive) return;
+    auto turnOver = [this] {
+      --sweepActive_;
+      pumpSweep();
+    };
+    std::string error;
+    std::string id = a.status == dns::Status::Ok ? parseTxt(a.txt, error) : "";
+    const bool lookupFailed =
+        a.status != dns::Status::Ok && a.status != dns::Status::NxDomain && a.status != dns::Status::NoData;
+    const Entry* c = cached(domain);
+    // As get() decides: the record gone (§8.3) lets the policy run out; a delivery's own
+    // refresh may have started meanwhile.
+    if (stopped_ || !c || fetching(domain) || (id.empty() && !lookupFailed)) return turnOver();
+    fetches_[domain].ended = turnOver;
+    startFetch(domain, id.empty() ? c->policy->id : id, sweepTls_, sweepTimeoutMs_, sweepFamilies_);
+  });
 }
 
 void PolicyCache::get(const std::string& domain, std::shared_ptr<tls::TlsContext> tls, uint64_t timeoutMs,
@@ -368,6 +459,7 @@ void PolicyCache::get(const std::string& domain, std::shared_ptr<tls::TlsContext
         std::string id = a.status == dns::Status::Ok ? parseTxt(a.txt, error) : "";
         const Entry* c = cached(domain);
         std::shared_ptr<const Policy> policy = c ? c->policy : nullptr;
+        if (c) touch(domain);  // a delivery uses it: the last to be evicted
         // §5.1: refresh a policy in use before it expires, without making this delivery
         // wait: when the record names its id, or when the lookup failed (an attacker who
         // blocks DNS must not let it run out). Not when the record is gone (§8.3).

@@ -220,6 +220,11 @@ std::string encodeCache(std::vector<CachedPolicy> entries, size_t maxEntries, si
   return out + "end " + std::to_string(count) + "\n";
 }
 
+size_t cacheLineBytes(const std::string& domain, const Policy& policy) {
+  // The widest expiry a line holds (decodeCache takes up to 18 digits).
+  return cacheLine({domain, policy, 999'999'999'999'999'999}).size();
+}
+
 bool decodeCache(std::string_view text, int64_t now, size_t maxEntries, std::vector<CachedPolicy>& out,
                  std::string& error) {
   std::vector<CachedPolicy> got;

@@ -48,6 +48,9 @@ struct CachedPolicy {
 // At most `maxEntries` lines and `maxBytes` octets: the policies that expire last are kept.
 // A domain that cannot be written on one line (a space or a control character) is left out.
 std::string encodeCache(std::vector<CachedPolicy> entries, size_t maxEntries, size_t maxBytes);
+// The most octets `domain`'s line can take in the file, whatever its expiry: what the
+// in-memory cache counts a policy as, so that what it holds fits the file's bound.
+size_t cacheLineBytes(const std::string& domain, const Policy& policy);
 // False (with `error`) for a file that is not one encodeCache() wrote, or has more than
 // `maxEntries` policies. Policies expired at `now` (Unix seconds) are left out; an expiry
 // further away than the policy's max_age (the clock went back) is brought back to it.

@@ -79,10 +79,21 @@ int runScan(const ScanOptions& opts) {
   ctx->clientIp = *ip;
   ctx->helo = opts.helo;
   ctx->mailFrom = opts.mailFrom;
-  ctx->rcpts = opts.rcpts;
   ctx->fromRelayNetwork = cfg.isRelayClient(*ip);
-  for (const auto& r : opts.rcpts)  // as the session notes it at RCPT: outbound mail
-    if (size_t at = r.rfind('@'); at == std::string::npos || !cfg.isRelayDomain(r.substr(at + 1))) ctx->relayed = true;
+  for (const auto& r : opts.rcpts) {
+    size_t at = r.rfind('@');
+    const bool relayDomain = at != std::string::npos && cfg.isRelayDomain(r.substr(at + 1));
+    if (!relayDomain) ctx->relayed = true;  // as the session notes it at RCPT: outbound mail
+    // [relay] rewrite, inbound, as the session does at RCPT: a recipient in relay.domains
+    // is the filters' (and the output's) in its internal form.
+    std::string internal = relayDomain && snap->rewrite ? snap->rewrite->inbound(r) : "";
+    if (!internal.empty() && internal != r) {
+      ctx->rewrites.push_back({r, internal, "rcpt"});
+      ctx->rcpts.push_back(std::move(internal));
+    } else {
+      ctx->rcpts.push_back(r);
+    }
+  }
   ctx->message = message;
   filters::Env env{loop.get(), &resolver, cfg.hostname};
 
@@ -132,6 +143,18 @@ int runScan(const ScanOptions& opts) {
   if (final.code) out.add("reply", std::to_string(final.code) + " " + final.enhanced + " " + final.text);
   if (!final.quarantineReason.empty()) out.add("quarantine_reason", final.quarantineReason);
   out.add("score", final.score);
+  // The envelope as serve's accept line gives it: the recipients after rewriting, and what
+  // [relay] rewrite changed (at RCPT, and in the header fields).
+  out.add("from", ctx->mailFrom);
+  JsonArray to;
+  for (const auto& r : ctx->rcpts) to.add(r);
+  out.addRaw("to", to.str());
+  if (!ctx->rewrites.empty()) {
+    JsonArray rw;
+    for (const auto& r : ctx->rewrites)
+      rw.addRaw(JsonObject().add("from", r.from).add("to", r.to).add("where", r.where).str());
+    out.addRaw("rewritten", rw.str());
+  }
   out.add("authentication_results", filters::authenticationResults(cfg.hostname, authResults));
   JsonArray hs;
   for (const auto& h : headers) hs.add(h.name + ": " + h.value);

@@ -299,11 +299,13 @@ QueueManager::QueueManager(uv_loop_t* loop, std::shared_ptr<queue::Spool> spool,
       snap_(std::move(snapshot)),
       sched_(retryPolicy(*snap_->config)),
       timer_(loop),
-      housekeeping_(loop) {}
+      housekeeping_(loop),
+      stsSweep_(loop) {}
 
 void QueueManager::reload(std::shared_ptr<const server::Snapshot> snapshot) {
   snap_ = std::move(snapshot);
   sched_.setPolicy(retryPolicy(*snap_->config));
+  if (stsSweep_.active() && snap_->config->mtaStsRefreshInterval.count() != stsSweepEveryMs_) startStsSweep();
 }
 
 QueueManager::~QueueManager() { *alive_ = false; }
@@ -323,6 +325,7 @@ void QueueManager::start(std::vector<queue::Envelope> recovered) {
   int64_t every = std::clamp<int64_t>(snap_->config->quarantineRetention.count() / 4, 1000, 60'000);
   housekeeping_.startRepeat(static_cast<uint64_t>(every), [this] { expireQuarantine(); });
   expireQuarantine();
+  startStsSweep();
 }
 
 void QueueManager::expireQuarantine() {
@@ -1120,6 +1123,19 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
   });
 }
 
+// RFC 8461 §5.1, §10.2: policies are refreshed before they expire also for domains mail goes
+// to seldom, so the policy is fresh when it is next needed (a delivery's own refresh only
+// starts once it is under way). With the snapshot of the time: [mta_sts] and ip_versions
+// as reloaded; without an mta_sts route there is no TLS context, and only the expired go.
+void QueueManager::startStsSweep() {
+  stsSweepEveryMs_ = snap_->config->mtaStsRefreshInterval.count();
+  stsSweep_.startRepeat(static_cast<uint64_t>(stsSweepEveryMs_), [this] {
+    if (draining_) return;
+    stsCache_->sweep(snap_->mtaStsTls, static_cast<uint64_t>(snap_->config->mtaStsFetchTimeout.count()),
+                     familiesOf(*snap_->config));
+  });
+}
+
 void QueueManager::submitHops(const std::string& key, std::shared_ptr<Job> job, bool mxSecure) {
   auto alive = alive_;
   auto withDane = [this, alive, key, job, mxSecure] {
@@ -1870,6 +1886,7 @@ void QueueManager::drain(std::function<void()> done) {
   draining_ = true;
   timer_.stop();
   housekeeping_.stop();
+  stsSweep_.stop();
   for (auto& [key, d] : destinations_) {
     for (auto& c : d->idle) sayQuit(c.client);
     d->active -= static_cast<unsigned>(d->idle.size());

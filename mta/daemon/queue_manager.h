@@ -237,6 +237,10 @@ class QueueManager {
   static constexpr uint64_t kDrainGraceMs = 20'000;
   std::unique_ptr<uv::Timer> graceTimer_;
   uv::Timer housekeeping_;
+  // [mta_sts] refresh_interval: the MTA-STS cache's sweep (PolicyCache::sweep), and its period.
+  uv::Timer stsSweep_;
+  int64_t stsSweepEveryMs_ = 0;
+  void startStsSweep();
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   std::mt19937_64 rng_{std::random_device{}()};  // MX order within a preference
 };

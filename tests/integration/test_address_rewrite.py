@@ -1,9 +1,9 @@
 """Address rewriting ([relay] rewrite), as Exchange Edge Transport's address rewriting and
 Postfix's canonical maps: the real daemon on loopback, a sink the test owns as the next hop.
 Outbound mail (a relay client, a recipient outside relay.domains) leaves with its envelope
-sender and From/Sender/Reply-To/To/Cc addresses in their external form, the rest of the message
+sender and From/Sender/Reply-To/To/Cc (and Resent-) addresses in their external form, the rest of the message
 byte for byte as sent, and a DKIM signature over the rewritten From; inbound recipients
-are rewritten at RCPT and in To/Cc, except by outbound-only entries; exact entries win over
+are rewritten at RCPT (by `moat scan` too) and in To/Cc/Resent-To/Resent-Cc, except by outbound-only entries; exact entries win over
 domain entries; the accept line lists what changed; `moat queue show` lists the header edits;
 `moat check` and SIGHUP refuse a broken map as FILE:LINE, SIGHUP keeping the running one."""
 
@@ -98,6 +98,72 @@ class AddressRewriteTest(unittest.TestCase):
             {"from": "MARY.Jones@Corp.Internal", "to": "MARY.Jones@example.com", "where": "header:Sender"},
             {"from": "help@desk.corp.internal", "to": "help@example.com", "where": "header:Reply-To"},
             {"from": "colleague@corp.internal", "to": "colleague@example.com", "where": "header:Cc"}])
+
+    def test_resent_fields_are_rewritten_as_their_counterparts(self):
+        # RFC 5322 §3.6.6: a message passed on (resent) by an internal user names them in the
+        # Resent- fields, which leak the internal address as From/Sender/To/Cc would.
+        raw = (b"Resent-From: \"Smith, John\" <jsmith@corp.internal>\r\n"
+               b"Resent-Sender: mary@corp.internal\r\n"
+               b"Resent-To: friend@far.test\r\n"
+               b"Resent-Cc: colleague@corp.internal\r\n"
+               b"Resent-Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n"
+               b"From: someone@far.test\r\n"
+               b"To: jsmith@corp.internal\r\n"
+               b"Subject: passed on\r\n"
+               b"\r\n"
+               b"Resent-From: jsmith@corp.internal in the body\r\n")
+        acc, msg = self.send("jsmith@corp.internal", ["friend@far.test"], raw)
+        expected = raw.replace(b"<jsmith@corp.internal>", b"<john.smith@example.com>", 1) \
+                      .replace(b"Resent-Sender: mary@corp.internal", b"Resent-Sender: mary@example.com", 1) \
+                      .replace(b"Resent-Cc: colleague@corp.internal", b"Resent-Cc: colleague@example.com", 1) \
+                      .replace(b"To: jsmith@corp.internal", b"To: john.smith@example.com", 1)
+        data = msg["data"]
+        self.assertEqual(data[data.index(b"\r\nResent-From: ") + 2:], expected)
+        self.assertEqual([r["where"] for r in acc["rewritten"]],
+                         ["mail_from", "header:Resent-From", "header:Resent-Sender", "header:Resent-Cc",
+                          "header:To"])
+        # Inbound, the recipients' Resent- fields go back to the internal form; Resent-From
+        # (a sender outside) stays.
+        raw = (b"Resent-From: john.smith@example.com\r\n"
+               b"Resent-To: John <John.Smith@Example.com>\r\n"
+               b"Resent-Cc: mary@example.com\r\n"
+               b"From: someone@far.test\r\n"
+               b"Subject: resent inbound\r\n\r\nx\r\n")
+        acc, msg = self.send("someone@far.test", ["john.smith@example.com"], raw)
+        data = msg["data"]
+        expected = raw.replace(b"<John.Smith@Example.com>", b"<jsmith@corp.internal>", 1) \
+                      .replace(b"Resent-Cc: mary@example.com", b"Resent-Cc: mary@corp.internal", 1)
+        self.assertEqual(data[data.index(b"\r\nResent-From: ") + 2:], expected)
+        self.assertEqual([r["where"] for r in acc["rewritten"]], ["rcpt", "header:Resent-To", "header:Resent-Cc"])
+
+    def test_scan_rewrites_the_recipients_as_serve_does_at_rcpt(self):
+        raw = (b"From: Someone <someone@far.test>\r\nTo: John <john.smith@example.com>\r\n"
+               b"Subject: scanned\r\n\r\nx\r\n")
+        path = os.path.join(self.tmp, "scan.eml")
+        with open(path, "wb") as f:
+            f.write(raw)
+        # From the relay network to relay domains, as send() does: inbound, without SPF.
+        r = self.moat.cli("scan", "--client-ip", "127.0.0.1", "--mail-from", "someone@far.test",
+                          "--rcpt", "John.Smith@Example.com", "--rcpt", "x@lab.example.com", path)
+        out = json.loads(r.stdout)
+        # What serve takes at RCPT for the same message (the accept line's to and rewritten).
+        acc, msg = self.send("someone@far.test", ["John.Smith@Example.com", "x@lab.example.com"], raw)
+        self.assertEqual(out["to"], ["jsmith@corp.internal", "x@lab.example.com"])
+        self.assertEqual(out["to"], acc["to"])
+        self.assertEqual(out["to"], msg["rcpts"])
+        self.assertEqual(out["rewritten"], acc["rewritten"])
+        self.assertEqual(out["rewritten"][0], {"from": "John.Smith@Example.com", "to": "jsmith@corp.internal",
+                                               "where": "rcpt"})
+        self.assertEqual(out["verdict"], "continue")
+        self.assertEqual(out["filters"]["address_rewrite"]["detail"]["direction"], "inbound")
+        # Outbound (a relay client to a recipient outside relay.domains): nothing at RCPT.
+        r = self.moat.cli("scan", "--client-ip", "127.0.0.1", "--mail-from", "jsmith@corp.internal",
+                          "--rcpt", "friend@far.test", path)
+        out = json.loads(r.stdout)
+        self.assertEqual(out["to"], ["friend@far.test"])
+        self.assertEqual(out["from"], "john.smith@example.com")
+        self.assertEqual(out["rewritten"], [{"from": "jsmith@corp.internal", "to": "john.smith@example.com",
+                                             "where": "mail_from"}])
 
     def test_outbound_message_is_signed_for_the_rewritten_from_domain(self):
         raw = (b"From: John <jsmith@corp.internal>\r\nTo: friend@far.test\r\nSubject: signed after rewriting\r\n"

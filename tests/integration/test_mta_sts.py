@@ -138,7 +138,7 @@ class MtaStsTest(unittest.TestCase):
 
     def run_case(self, body, mx_cert, txt="v=STSv1; id=20261123", https=True, tls="may", zone_extra=None,
                  secure=False, chunked=False, policy_host=({"A": "127.0.0.1"},), fetch_timeout="5s",
-                 make_server=None):
+                 make_server=None, refresh_interval=None):
         """The zone, the policy server (unless not `https`; `make_server` makes another),
         a sink on 127.0.0.1:25 with `mx_cert` (None: no STARTTLS), a daemon with an mx route
         and mta_sts = true; one message sent. Returns (moat, sink, policy_server)."""
@@ -160,6 +160,7 @@ class MtaStsTest(unittest.TestCase):
         ca_file = self.ca[0]
         extra = (f'\n[dns]\nnameservers = ["{dns.nameserver}"]\ntimeout = "1s"\n'
                  f'\n[mta_sts]\nca_file = "{ca_file}"\nfetch_timeout = "{fetch_timeout}"\n'
+                 + (f'refresh_interval = "{refresh_interval}"\n' if refresh_interval else '') +
                  f'\n[[route]]\ndomains = ["{DOMAIN}"]\nto = ["mx"]\ntls = "{tls}"\nmta_sts = true\n')
         m = owned_moat(self, routes=[], extra=extra, retry='["1h"]')
         s = m.smtp()
@@ -318,6 +319,33 @@ class MtaStsTest(unittest.TestCase):
         self.assertEqual(len(os.listdir(os.path.join(m.dir, "spool", "queue"))), 1)  # not lost
         self.assertEqual(sink.messages, [])
 
+    def test_the_sweep_refreshes_a_policy_without_mail_and_drops_it_once_expired(self):
+        # RFC 8461 §5.1, §10.2: a domain mailed seldom still has a fresh policy when mail comes.
+        # max_age 8 s: under a quarter of it (2 s) is left 6 s after each fetch; the sweep
+        # looks every second.
+        m, sink, server = self.run_case(policy("enforce", max_age=8), self.mx_cert, refresh_interval="1s")
+        sink.wait_messages(1)
+        m.wait_log(event="deliver")
+        wait_for(lambda: len(server.requests) >= 3, 30, what="two refreshes with no mail")
+        self.assertEqual(server.requests[1:3], [("/.well-known/mta-sts.txt", POLICY_HOST)] * 2)
+        self.assertEqual(m.find_logs(event="mta_sts"), [])
+        self.assertEqual(len(m.find_logs(event="deliver")), 1)  # no delivery asked for them
+        # The policy host is gone: the next refresh fails (the policy stays in force until it
+        # expires), and then the expired policy leaves the cache, and its file.
+        server.stop()
+        warn = m.wait_log(event="mta_sts", timeout=20)
+        self.assertIn("policy refresh failed", warn["reason"])
+        self.assertEqual(warn["domain"], DOMAIN)
+        self.assertTrue(warn["cached"].startswith("enforce id="), warn)
+        cache = os.path.join(m.dir, "spool", "mta-sts.cache")
+
+        def dropped():
+            with open(cache) as f:
+                text = f.read()
+            return text.endswith("\nend 0\n") and f"\n{DOMAIN} " not in text
+
+        wait_for(dropped, 20, what="the expired policy to leave the cache file")
+
     def test_a_malformed_policy_is_a_failed_fetch(self):
         m, sink, _ = self.run_case("version: STSv1\r\nmode: enforce\r\n", self.other_cert)
         sink.wait_messages(1)
@@ -344,6 +372,16 @@ class MtaStsCheckTest(unittest.TestCase):
         self.assertNotEqual(rc, 0)
         self.assertIn(f"{path}:10:", out)  # the mta_sts line
         self.assertIn("mta_sts needs an mx route", out)
+
+    def test_a_refresh_interval_out_of_range_is_refused_at_its_line(self):
+        for value in ("0s", "2d"):
+            path, rc, out = self.check('[[route]]\nto = ["mx"]\nmta_sts = true\n\n'
+                                       f'[mta_sts]\nrefresh_interval = "{value}"\n')
+            self.assertNotEqual(rc, 0, value)
+            self.assertIn(f"{path}:13: ", out)  # the refresh_interval line
+            self.assertIn("refresh_interval", out)
+        _, rc, out = self.check('[[route]]\nto = ["mx"]\nmta_sts = true\n\n[mta_sts]\nrefresh_interval = "6h"\n')
+        self.assertEqual(rc, 0, out)
 
     def test_mta_sts_with_tls_require_is_refused(self):
         path, rc, out = self.check('[[route]]\nto = ["mx"]\ntls = "require"\nmta_sts = true\n')

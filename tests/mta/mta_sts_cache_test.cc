@@ -505,3 +505,145 @@ TEST_CASE("MTA-STS cache: stop() cancels a fetch at once, its callers are told")
   CHECK(wasStopped);
   CHECK(f.server->requests.size() == 1);
 }
+
+namespace {
+// A policy whose line in the cache file takes about 24 KiB: 100 mx patterns (the most
+// parsePolicy takes) of 240 octets.
+std::string bigPolicy() {
+  std::string body = "version: STSv1\r\nmode: testing\r\nmax_age: 86400\r\n";
+  for (int i = 0; i < 100; ++i) {
+    std::string label = "mx" + std::to_string(i) + ".";
+    body += "mx: " + label + std::string(240 - label.size() - 5, 'a') + ".test\r\n";
+  }
+  return body;
+}
+}  // namespace
+
+TEST_CASE("MTA-STS cache: bounded by the octets the file holds, the least recently used evicted") {
+  Fixture f;
+  f.server->reply = ok(bigPolicy());
+  // The certificate names mta-sts.example.test only: these domains' hosts go unverified.
+  std::string error;
+  auto noVerify = tls::TlsContext::client(false, "", error);
+  REQUIRE(noVerify);
+  auto domain = [](int i) { return "d" + std::to_string(i) + ".test"; };
+  constexpr int kDomains = 60;  // 60 x 24 KiB: well over the file's 1 MiB, far under 10,000 policies
+  for (int i = 0; i < kDomains; ++i) {
+    f.resolver.txt["_mta-sts." + domain(i)] = {"v=STSv1; id=one"};
+    f.resolver.a["mta-sts." + domain(i)] = "127.0.0.1";
+  }
+  auto get = [&](int i) {
+    std::shared_ptr<const sts::Policy> out;
+    bool answered = false;
+    f.cache->get(domain(i), noVerify, 3000, [&](std::shared_ptr<const sts::Policy> p, bool) {
+      out = std::move(p);
+      answered = true;
+    });
+    REQUIRE(f.loop.runUntil([&] { return answered; }, 5000));
+    return out;
+  };
+  // About 40 fit: half of them first, all kept.
+  constexpr int kHalf = kDomains / 2;
+  for (int i = 0; i < kHalf; ++i) REQUIRE(get(i));
+  REQUIRE(f.server->requests.size() == kHalf);
+  CHECK(f.cache->size() == kHalf);
+  REQUIRE(get(0));  // used again: from the cache, and now the most recently used
+  CHECK(f.server->requests.size() == kHalf);
+  for (int i = kHalf; i < kDomains; ++i) {
+    auto p = get(i);
+    REQUIRE(p);
+    CHECK(p->mx.size() == 100);
+  }
+  CHECK(f.server->requests.size() == kDomains);
+  // Fewer policies than were fetched, and what is left would fit the file.
+  CHECK(f.cache->size() < static_cast<size_t>(kDomains));
+  CHECK(f.cache->size() * sts::cacheLineBytes(domain(kDomains - 1), *get(kDomains - 1)) <=
+        sts::PolicyCache::kMaxFileBytes);
+  CHECK(f.server->requests.size() == kDomains);  // the last one is still cached
+  // d0 was used after d1..d29: d1 made room, d0 did not.
+  const size_t before = f.server->requests.size();
+  REQUIRE(get(0));
+  CHECK(f.server->requests.size() == before);
+  REQUIRE(get(1));
+  CHECK(f.server->requests.size() == before + 1);  // fetched again
+}
+
+TEST_CASE("MTA-STS cache: the sweep refreshes policies near their expiry and drops the expired") {
+  Fixture f;
+  bool answered = false;
+  auto first = f.get(answered);
+  REQUIRE(first);
+  REQUIRE(f.server->requests.size() == 1);
+  // More than a quarter of max_age (86400) left: the sweep leaves it alone.
+  f.cache->advanceClockForTest(std::chrono::seconds(60000));
+  CHECK(f.cache->sweep(f.clientTls, 3000, {}) == 0);
+  CHECK_FALSE(f.cache->sweeping());
+  // Less than a quarter left, and no mail to the domain: the sweep refreshes it.
+  f.cache->advanceClockForTest(std::chrono::seconds(20000));
+  f.server->reply = ok("version: STSv1\r\nmode: testing\r\nmx: *.example.test\r\nmax_age: 604800\r\n");
+  CHECK(f.cache->sweep(f.clientTls, 3000, {}) == 1);
+  REQUIRE(f.loop.runUntil([&] { return !f.cache->sweeping(); }, 5000));
+  CHECK(f.server->requests.size() == 2);
+  // The next delivery finds the fresh policy, under the same id, and fetches nothing.
+  auto second = f.get(answered);
+  REQUIRE(second);
+  CHECK(second->mode == sts::Mode::Testing);
+  CHECK(second->id == "one");
+  CHECK(f.server->requests.size() == 2);
+  SECTION("no record any more (RFC 8461 §8.3): not refreshed, dropped once expired") {
+    f.resolver.txt.clear();
+    f.cache->advanceClockForTest(std::chrono::seconds(604800 - 3600));
+    CHECK(f.cache->sweep(f.clientTls, 3000, {}) == 1);
+    REQUIRE(f.loop.runUntil([&] { return !f.cache->sweeping(); }, 5000));
+    CHECK(f.server->requests.size() == 2);
+    CHECK(f.cache->size() == 1);
+    f.cache->advanceClockForTest(std::chrono::seconds(3600));
+    CHECK(f.cache->sweep(f.clientTls, 3000, {}) == 0);
+    CHECK(f.cache->size() == 0);
+    CHECK(f.cache->bytes() == 0);
+  }
+  SECTION("a failed refresh keeps the policy in force until it expires") {
+    f.server->silent = true;
+    f.cache->advanceClockForTest(std::chrono::seconds(604800 - 3600));
+    CHECK(f.cache->sweep(f.clientTls, 300, {}) == 1);
+    REQUIRE(f.loop.runUntil([&] { return !f.cache->sweeping(); }, 5000));
+    CHECK(f.server->requests.size() == 3);
+    CHECK(f.cache->size() == 1);
+    f.server->silent = false;
+    f.resolver.a.clear();  // the delivery's own refresh fails too
+    auto third = f.get(answered);
+    CHECK(third == second);
+  }
+  SECTION("many due at once: a few at a time, all of them in the end") {
+    std::string error;
+    auto noVerify = tls::TlsContext::client(false, "", error);
+    REQUIRE(noVerify);
+    constexpr int kDomains = 20;  // over kMaxSweepFetches
+    for (int i = 0; i < kDomains; ++i) {
+      std::string d = "s" + std::to_string(i) + ".test";
+      f.resolver.txt["_mta-sts." + d] = {"v=STSv1; id=one"};
+      f.resolver.a["mta-sts." + d] = "127.0.0.1";
+      bool got = false;
+      f.cache->get(d, noVerify, 3000, [&](std::shared_ptr<const sts::Policy> p, bool) {
+        CHECK(p);
+        got = true;
+      });
+      REQUIRE(f.loop.runUntil([&] { return got; }, 5000));
+    }
+    REQUIRE(f.server->requests.size() == 2 + kDomains);
+    f.cache->advanceClockForTest(std::chrono::seconds(604800 - 3600));
+    CHECK(f.cache->sweep(noVerify, 3000, {}) == kDomains + 1);
+    size_t most = 0;  // fetches under way at once, as seen between loop turns
+    REQUIRE(f.loop.runUntil(
+        [&] {
+          size_t now = f.cache->fetching(kDomain);
+          for (int i = 0; i < kDomains; ++i) now += f.cache->fetching("s" + std::to_string(i) + ".test");
+          most = std::max(most, now);
+          return !f.cache->sweeping();
+        },
+        10000));
+    CHECK(most <= sts::PolicyCache::kMaxSweepFetches);
+    CHECK(f.server->requests.size() == 2 + 2 * kDomains + 1);
+    CHECK(f.cache->sweep(noVerify, 3000, {}) == 0);  // all fresh again
+  }
+}

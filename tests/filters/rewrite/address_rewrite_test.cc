@@ -1,11 +1,17 @@
 // Tests for filters/rewrite/address_rewrite.h: the address lists of header fields read as
-// RFC 5322 §3.4 writes them, and the edits that rewrite only their addresses.
+// RFC 5322 §3.4 writes them, the edits that rewrite only their addresses, and the fields the
+// filter rewrites each way.
 #include "filters/rewrite/address_rewrite.h"
+
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "tests/support/temp_file.h"
 
 using moat::filters::applyEdits;
 using moat::filters::rewrite::addressSpans;
@@ -115,4 +121,86 @@ TEST_CASE("header fields: only the named fields' matching addresses change, byte
   std::string lf = "From: jsmith@corp.internal\nTo: x@y\n";
   r = rewriteHeaderFields(lf, {"From"}, lower);
   CHECK(applyEdits(lf, r.edits) == "From: john.smith@example.com\nTo: x@y\n");
+}
+
+namespace {
+// The filter run on `message` with a map of two entries: its edits applied, and what it
+// says it rewrote.
+struct FilterRun {
+  std::string message;
+  std::vector<moat::filters::AddressRewrite> rewrites;
+};
+FilterRun runFilter(const std::string& message, bool outbound) {
+  const std::string path = moat::test::writeTempFile(
+      "rewrite-filter", "jsmith@corp.internal john.smith@example.com\n@corp.internal @example.com\n");
+  moat::policy::Errors errors;
+  auto map = moat::policy::RewriteMap::load(path, errors);
+  ::unlink(path.c_str());
+  REQUIRE(map);
+  auto filter = moat::filters::rewrite::makeRewriteFilter(map);
+  REQUIRE(filter);
+  auto ctx = std::make_shared<moat::filters::MessageContext>();
+  ctx->fromRelayNetwork = outbound;
+  ctx->relayed = outbound;
+  ctx->mailFrom = "someone@far.test";
+  ctx->message = message;
+  std::optional<moat::filters::Result> result;
+  // A small header section is read at once, without the loop.
+  filter->run(ctx, moat::filters::Env{}, [&](moat::filters::Result r) { result = std::move(r); });
+  REQUIRE(result);
+  return {applyEdits(message, result->edits), ctx->rewrites};
+}
+}  // namespace
+
+TEST_CASE("the filter rewrites the Resent- fields (RFC 5322 §3.6.6) as their counterparts") {
+  const std::string msg =
+      "Resent-From: John <jsmith@corp.internal>\r\n"
+      "Resent-Sender: mary@corp.internal\r\n"
+      "Resent-To: bob@corp.internal, friend@far.test\r\n"
+      "Resent-Cc: Team: ann@corp.internal;\r\n"
+      "Resent-Bcc: secret@corp.internal\r\n"
+      "Resent-Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+      "From: jsmith@corp.internal\r\n"
+      "To: Bob <bob@example.com>\r\n"
+      "Subject: fwd\r\n"
+      "\r\n"
+      "Resent-From: jsmith@corp.internal\r\n";
+  SECTION("outbound: INTERNAL to EXTERNAL in every address field") {
+    auto r = runFilter(msg, true);
+    CHECK(r.message ==
+          "Resent-From: John <john.smith@example.com>\r\n"
+          "Resent-Sender: mary@example.com\r\n"
+          "Resent-To: bob@example.com, friend@far.test\r\n"
+          "Resent-Cc: Team: ann@example.com;\r\n"
+          "Resent-Bcc: secret@corp.internal\r\n"  // removed by the sender's MTA, not shown to recipients
+          "Resent-Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+          "From: john.smith@example.com\r\n"
+          "To: Bob <bob@example.com>\r\n"
+          "Subject: fwd\r\n"
+          "\r\n"
+          "Resent-From: jsmith@corp.internal\r\n");
+    std::vector<std::string> where;
+    for (const auto& x : r.rewrites) where.push_back(x.where);
+    CHECK(where ==
+          V{"header:Resent-From", "header:Resent-Sender", "header:Resent-To", "header:Resent-Cc", "header:From"});
+  }
+  SECTION("inbound: EXTERNAL to INTERNAL in the recipient fields only") {
+    const std::string in =
+        "Resent-From: john.smith@example.com\r\n"
+        "Resent-To: john.smith@example.com\r\n"
+        "resent-cc: <mary@example.com>\r\n"
+        "To: Bob <bob@example.com>\r\n"
+        "\r\n"
+        "x\r\n";
+    auto r = runFilter(in, false);
+    CHECK(r.message ==
+          "Resent-From: john.smith@example.com\r\n"
+          "Resent-To: jsmith@corp.internal\r\n"
+          "resent-cc: <mary@corp.internal>\r\n"
+          "To: Bob <bob@corp.internal>\r\n"
+          "\r\n"
+          "x\r\n");
+    REQUIRE(r.rewrites.size() == 3);
+    CHECK(r.rewrites[1].where == "header:Resent-Cc");
+  }
 }
