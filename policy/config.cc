@@ -458,6 +458,31 @@ void readConnection(Config& c, Section s) {
   s.rejectUnknownKeys();
 }
 
+// "1h", "90m", "45s": a duration as the config writes it, for the replies and logs.
+std::string durationText(Millis d) {
+  int64_t ms = d.count();
+  if (ms % 86'400'000 == 0) return std::to_string(ms / 86'400'000) + "d";
+  if (ms % 3'600'000 == 0) return std::to_string(ms / 3'600'000) + "h";
+  if (ms % 60'000 == 0) return std::to_string(ms / 60'000) + "m";
+  if (ms % 1000 == 0) return std::to_string(ms / 1000) + "s";
+  return std::to_string(ms) + "ms";
+}
+
+void readRateLimits(Config& c, Section s) {
+  c.rateWindow = s.getDuration("window", c.rateWindow);
+  if (c.rateWindow < std::chrono::seconds(1) || c.rateWindow > std::chrono::hours(24 * 7)) {
+    s.error("window", "must be from 1s to 7d");
+    c.rateWindow = std::chrono::hours(1);
+  }
+  c.rateWindowText = durationText(c.rateWindow);
+  c.messagesPerClient = static_cast<unsigned>(s.getInt("messages_per_client", c.messagesPerClient, 0, 100'000'000));
+  c.recipientsPerClient =
+      static_cast<unsigned>(s.getInt("recipients_per_client", c.recipientsPerClient, 0, 100'000'000));
+  c.messagesPerSender = static_cast<unsigned>(s.getInt("messages_per_sender", c.messagesPerSender, 0, 100'000'000));
+  c.rateExempt = networks(s, "exempt_networks");
+  s.rejectUnknownKeys();
+}
+
 void readSenders(Config& c, Section s) {
   c.blockedSenders = s.getPath("block", "");
   c.blockedSendersLine = s.lineOf("block");
@@ -630,6 +655,12 @@ bool Listener::isProxy(const mta::IpAddress& ip) const {
   return false;
 }
 
+bool Config::isRateExempt(const mta::IpAddress& ip) const {
+  for (const auto& n : rateExempt)
+    if (n.contains(ip)) return true;
+  return false;
+}
+
 bool Config::isRelayClient(const mta::IpAddress& ip) const {
   for (const auto& n : relayNetworks)
     if (n.contains(ip)) return true;
@@ -661,8 +692,9 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
   }
   c->toml = std::make_shared<const toml::table>(std::move(table));
 
-  static const std::set<std::string> kCore = {"server", "listener",   "dns",        "relay",   "limits", "route",
-                                              "queue",  "quarantine", "connection", "senders", "mta_sts"};
+  static const std::set<std::string> kCore = {"server",     "listener", "dns",     "relay",
+                                              "limits",     "route",    "queue",   "quarantine",
+                                              "connection", "senders",  "mta_sts", "rate_limits"};
   for (const auto& [k, v] : *c->toml) {
     std::string key(k.str());
     if (!kCore.count(key) && !kOtherSections.count(key))
@@ -680,6 +712,7 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
   readQuarantine(*c, c->section("quarantine", errors));
   readConnection(*c, c->section("connection", errors));
   readSenders(*c, c->section("senders", errors));
+  readRateLimits(*c, c->section("rate_limits", errors));
 
   if (c->listeners.empty()) errors.error(c->path, 0, "no [[listener]]: Moat would accept no mail");
   checkSockets(*c, errors);

@@ -123,6 +123,22 @@ struct Config {
   Millis pregreetWait{0};
   bool pregreetReject = true;  // pregreet_action: "reject" (554, then 503 to all but QUIT) or "log"
 
+  // [rate_limits] (mta/server/rate_counter.h; Postfix's anvil, Exchange's per-sender rate
+  // limit): counts per process, kept across reloads. Over a limit: 450 4.7.1, never a 5xx.
+  Millis rateWindow{std::chrono::hours(1)};  // the sliding window the limits count over
+  std::string rateWindowText = "1h";         // the same for replies and logs ("1h", "10m")
+  // Clients outside relay.networks that have not authenticated, by client key (an IPv4
+  // address, an IPv6 /64): messages accepted (250 to the end of the data; checked at MAIL)
+  // and recipients taken (250 to RCPT; checked at RCPT). 0 = no limit.
+  unsigned messagesPerClient = 0;
+  unsigned recipientsPerClient = 0;
+  // relay.networks and authenticated clients: messages accepted per user name, else per
+  // envelope sender (lower-case; the null sender is not limited). 0 = no limit.
+  unsigned messagesPerSender = 0;
+  std::vector<mta::Network> rateExempt;  // clients never limited
+  bool rateLimitsOn() const { return messagesPerClient || recipientsPerClient || messagesPerSender; }
+  bool isRateExempt(const mta::IpAddress& ip) const;
+
   // [limits]
   uint64_t maxMessageSize = 35ull << 20;
   unsigned maxRecipients = 200;

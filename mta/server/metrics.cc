@@ -49,6 +49,12 @@ std::string Metrics::prometheus() const {
   out += "moat_verify_total{result=\"invalid\"} " + std::to_string(verifyInvalid) + "\n";
   out += "moat_verify_total{result=\"unknown\"} " + std::to_string(verifyUnknown) + "\n";
   out += "moat_verify_total{result=\"cached\"} " + std::to_string(verifyCached) + "\n";
+  out +=
+      "# HELP moat_rate_limited_total MAIL and RCPT commands refused with 450 4.7.1 for being over a "
+      "[rate_limits] limit, by limit.\n# TYPE moat_rate_limited_total counter\n";
+  for (size_t i = 0; i < rateLimited.size(); ++i)
+    out += std::string("moat_rate_limited_total{limit=\"") + kRateLimits[i] + "\"} " + std::to_string(rateLimited[i]) +
+           "\n";
   counter("moat_messages_accepted_total", "Messages queued (250 after DATA).", messagesAccepted);
   counter("moat_messages_rejected_total",
           "Mail transactions refused with a 5xx at MAIL FROM or at the end of DATA/BDAT (single recipients "

@@ -22,6 +22,11 @@ struct Metrics {
   // from the cache.
   uint64_t verifyValid = 0, verifyInvalid = 0, verifyUnknown = 0, verifyCached = 0;
   uint64_t messagesAccepted = 0;
+  // [rate_limits]: commands refused with 450 4.7.1, by limit (messages_per_client,
+  // recipients_per_client, messages_per_sender).
+  std::array<uint64_t, 3> rateLimited{};
+  static constexpr std::array<const char*, 3> kRateLimits = {"messages_per_client", "recipients_per_client",
+                                                             "messages_per_sender"};
   // Transactions refused as a whole (at MAIL FROM or at the end of DATA/BDAT), by class.
   uint64_t messagesRejected = 0;
   uint64_t messagesTempFailed = 0;

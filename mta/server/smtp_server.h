@@ -18,6 +18,7 @@
 #include "mta/net/proxy_header.h"
 #include "mta/runtime/uv.h"
 #include "mta/server/metrics.h"
+#include "mta/server/rate_counter.h"
 #include "mta/server/recipient_verifier.h"
 #include "mta/server/snapshot.h"
 #include "queue/spool.h"
@@ -61,6 +62,10 @@ struct ServerShared {
   void startCrypts();
   unsigned cryptRunning_ = 0;
   std::deque<std::function<bool()>> cryptWaiting_;
+
+  // [rate_limits]: what each limit has counted, for the whole process (every session, every
+  // snapshot: the counts outlive a reload, which applies its new limits to them).
+  RateCounter rateMessagesPerClient, rateRecipientsPerClient, rateMessagesPerSender;
 
   // Free disk space, refreshed at most once a second (statvfs is cheap but not free).
   uint64_t freeDisk();

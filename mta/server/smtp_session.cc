@@ -648,6 +648,9 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
     refuse("mail", 554, "5.7.1", "<" + c.address + ">: Sender address rejected: Access denied", nullptr, c.address);
     return;
   }
+  if (rateLimited(RateLimit::MessagesPerClient, "mail", c.address) ||
+      rateLimited(RateLimit::MessagesPerSender, "mail", c.address))
+    return;
   if (shared_.freeDisk() < cfg_.minFreeDisk) {
     refuse(
         "mail", 452, "4.3.1", "Insufficient system storage", [](log::Line& l) { l.add("reason", "low disk space"); },
@@ -763,6 +766,7 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
     protocolError();  // counted, as Postfix's error limit does: no endless probing per session
     return;
   }
+  if (rateLimited(RateLimit::RecipientsPerClient, "rcpt", ctx_->mailFrom)) return;
   // [relay] rewrite, inbound: the external address becomes the internal one before the
   // aliases and relay.recipients see it (they name the mailboxes as the internal servers
   // know them, as Exchange's recipient filter sees the rewritten address); relay control
@@ -823,6 +827,7 @@ void SmtpSession::takeRecipient(const std::string& address, RcptDsn dsn) {
 // A RCPT answered 250 (the address itself, or its alias targets): counted, and what it
 // means for the transaction kept.
 void SmtpSession::recipientTaken(const std::string& address) {
+  countRate(RateLimit::RecipientsPerClient, ctx_->mailFrom);
   if (!cfg_.isRelayDomain(rcptGivenDomain_)) ctx_->relayed = true;
   // Received: "for" the address the client gave, also when it was rewritten.
   if (txRcptsTaken_++ == 0) txFirstRcpt_ = rcptRewrite_ ? rcptRewrite_->from : address;
@@ -1090,6 +1095,74 @@ void SmtpSession::feedBdat() {
   endOfData();
 }
 
+namespace {
+
+struct RateLimitSpec {
+  unsigned limit;
+  RateCounter& counter;
+  const char* noun;
+};
+
+}  // namespace
+
+std::string SmtpSession::rateKey(RateLimit which, const std::string& sender) const {
+  if (cfg_.isRateExempt(ctx_->clientIp)) return "";
+  // relay.networks and authenticated clients send outbound mail: they are limited per
+  // sender, the others per client.
+  bool outbound = ctx_->fromRelayNetwork || ctx_->authenticated;
+  switch (which) {
+    case RateLimit::MessagesPerClient: return outbound || cfg_.messagesPerClient == 0 ? "" : clientKey(ctx_->clientIp);
+    case RateLimit::RecipientsPerClient:
+      return outbound || cfg_.recipientsPerClient == 0 ? "" : clientKey(ctx_->clientIp);
+    case RateLimit::MessagesPerSender:
+      if (!outbound || cfg_.messagesPerSender == 0) return "";
+      if (ctx_->authenticated) return ctx_->authUser;
+      return policy::lowerAscii(sender);  // the null sender: "", not limited
+  }
+  return "";
+}
+
+bool SmtpSession::rateLimited(RateLimit which, std::string_view stage, const std::string& sender) {
+  std::string key = rateKey(which, sender);
+  if (key.empty()) return false;
+  RateLimitSpec spec = which == RateLimit::MessagesPerClient
+                           ? RateLimitSpec{cfg_.messagesPerClient, shared_.rateMessagesPerClient, "messages"}
+                       : which == RateLimit::RecipientsPerClient
+                           ? RateLimitSpec{cfg_.recipientsPerClient, shared_.rateRecipientsPerClient, "recipients"}
+                           : RateLimitSpec{cfg_.messagesPerSender, shared_.rateMessagesPerSender, "messages"};
+  const auto now = static_cast<int64_t>(uv_now(shared_.loop));
+  const int64_t window = cfg_.rateWindow.count();
+  uint64_t count = spec.counter.count(key, now, window);
+  if (count < spec.limit) return false;
+  const char* name = Metrics::kRateLimits[static_cast<size_t>(which)];
+  ++metrics().rateLimited[static_cast<size_t>(which)];
+  if (spec.counter.shouldLog(key, now, window)) {
+    log::warn("rate_limited")
+        .add("session", id_)
+        .add("client_ip", ctx_->clientIp.str())
+        .add("key", key)
+        .add("limit", std::string(name))
+        .add("max", spec.limit)
+        .add("count", count)
+        .add("window", cfg_.rateWindowText);
+  }
+  std::string text = "Rate limit exceeded (" + std::to_string(spec.limit) + " " + spec.noun + " per " +
+                     cfg_.rateWindowText + " for " + key + "), try again later";
+  refuse(
+      stage, 450, "4.7.1", text, [&](log::Line& l) { l.add("reason", std::string(name)); },
+      stage == "mail" ? std::optional<std::string_view>(sender) : std::nullopt, log::Level::Debug);
+  return true;
+}
+
+void SmtpSession::countRate(RateLimit which, const std::string& sender) {
+  std::string key = rateKey(which, sender);
+  if (key.empty()) return;
+  RateCounter& counter = which == RateLimit::MessagesPerClient     ? shared_.rateMessagesPerClient
+                         : which == RateLimit::RecipientsPerClient ? shared_.rateRecipientsPerClient
+                                                                   : shared_.rateMessagesPerSender;
+  counter.add(key, static_cast<int64_t>(uv_now(shared_.loop)), cfg_.rateWindow.count());
+}
+
 void SmtpSession::rejectFields(log::Line& line, std::string_view stage, int code, std::string_view enhanced,
                                std::string_view text, std::optional<std::string_view> from) const {
   line.add("session", id_)
@@ -1352,6 +1425,8 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
         if (!self->ctx_->rewrites.empty()) line.addRaw("rewritten", rewritesJson(self->ctx_->rewrites));
       }
       ++metrics().messagesAccepted;
+      self->countRate(RateLimit::MessagesPerClient, env.mailFrom);
+      self->countRate(RateLimit::MessagesPerSender, env.mailFrom);
       if (quarantine) ++metrics().messagesQuarantined;
       ++self->messages_;
       // A client that delivers mail is no prober: its earlier slips are forgiven, as

@@ -24,10 +24,17 @@
 // greeting is complete. Relay networks, connection.allow and submission/smtps listeners get
 // the one-line greeting at once.
 //
+// [rate_limits] (rate_counter.h): messages are counted when accepted (the 250 to the end of
+// the data) and refused at MAIL once the count reaches the limit; recipients are counted at
+// each 250 to RCPT and refused at RCPT. So a client with several sessions at once may pass
+// a message limit by one message per open session (limits.max_connections_per_ip).
+//
 // Logs: connect, disconnect, pregreet, reject (with the reply sent), accept (queued, with queue_id),
 // filter (each filter's result at the data stage), auth (each AUTH's outcome; never the
-// password), verify (each RCPT answered by recipient verification, recipient_verifier.h).
-// accept, disconnect and a reject at the end of the data carry client_name.
+// password), verify (each RCPT answered by recipient verification, recipient_verifier.h),
+// rate_limited (a [rate_limits] limit reached: once per key and window; the refusals
+// themselves are `reject` lines at debug only, so a client that keeps trying cannot flood
+// the log). accept, disconnect and a reject at the end of the data carry client_name.
 #pragma once
 #include <chrono>
 #include <functional>
@@ -142,6 +149,15 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   void checkRecipient(const std::string& address, RcptDsn dsn);
   void recipientTaken(const std::string& address);  // counts a 250 to RCPT (rcptGivenDomain_, rcptRewrite_)
   void takeAliasedRecipient(const std::string& address, RcptDsn dsn, const policy::AliasTable::Expansion& e);
+  // [rate_limits]: the limits, in metrics().rateLimited's order.
+  enum class RateLimit { MessagesPerClient = 0, RecipientsPerClient = 1, MessagesPerSender = 2 };
+  // What `which` counts this session (and `sender`) by: "" when it does not apply (off, an
+  // exempt client, a client of the other kind, the null sender).
+  std::string rateKey(RateLimit which, const std::string& sender) const;
+  // Whether one more is over the limit: if so, 450 4.7.1 sent (the session goes on), a
+  // rate_limited line once per key and window, and true.
+  bool rateLimited(RateLimit which, std::string_view stage, const std::string& sender);
+  void countRate(RateLimit which, const std::string& sender);
   void authFields(log::Line& line) const;
   // One `filter` log line per filter result.
   void logFilters(const std::vector<filters::FilterReport>& reports, filters::Stage stage) const;

@@ -41,3 +41,16 @@ TEST_CASE("the spool gauges are there once the daemon sets them", "[metrics]") {
   CHECK(text.find("# TYPE moat_spool_min_free_bytes gauge\nmoat_spool_min_free_bytes 104857600\n") !=
         std::string::npos);
 }
+
+TEST_CASE("rate limit refusals are counted by limit", "[metrics]") {
+  Metrics m;
+  std::string text = m.prometheus();
+  CHECK(text.find("# TYPE moat_rate_limited_total counter\n") != std::string::npos);
+  CHECK(text.find("moat_rate_limited_total{limit=\"messages_per_sender\"} 0\n") != std::string::npos);
+  m.rateLimited[0] += 2;
+  ++m.rateLimited[1];
+  text = m.prometheus();
+  CHECK(text.find("moat_rate_limited_total{limit=\"messages_per_client\"} 2\n") != std::string::npos);
+  CHECK(text.find("moat_rate_limited_total{limit=\"recipients_per_client\"} 1\n") != std::string::npos);
+  CHECK(text.find("moat_rate_limited_total{limit=\"messages_per_sender\"} 0\n") != std::string::npos);
+}

@@ -263,6 +263,51 @@ TEST_CASE("[connection] takes allow and block networks and a rate, mistakes name
   unlink(path.c_str());
 }
 
+TEST_CASE("the rate_limits section: defaults, values, and mistakes as FILE:LINE") {
+  const std::string head = "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n";
+  auto path = writeTemp(head);
+  Errors errors;
+  auto c = loadConfig(path, errors);
+  REQUIRE(c);
+  CHECK(c->rateWindow == std::chrono::hours(1));
+  CHECK(c->rateWindowText == "1h");
+  CHECK_FALSE(c->rateLimitsOn());
+  unlink(path.c_str());
+
+  path = writeTemp(head +
+                   "[rate_limits]\nwindow = \"90m\"\nmessages_per_client = 100\nrecipients_per_client = 500\n"
+                   "messages_per_sender = 20\nexempt_networks = [\"192.0.2.0/24\", \"2001:db8::/32\"]\n");
+  Errors good;
+  c = loadConfig(path, good);
+  INFO(good.str());
+  REQUIRE(c);
+  CHECK(c->rateWindow == std::chrono::minutes(90));
+  CHECK(c->rateWindowText == "90m");
+  CHECK(c->messagesPerClient == 100);
+  CHECK(c->recipientsPerClient == 500);
+  CHECK(c->messagesPerSender == 20);
+  CHECK(c->rateLimitsOn());
+  CHECK(c->isRateExempt(*moat::mta::IpAddress::parse("192.0.2.9")));
+  CHECK(c->isRateExempt(*moat::mta::IpAddress::parse("2001:db8::1")));
+  CHECK_FALSE(c->isRateExempt(*moat::mta::IpAddress::parse("198.51.100.1")));
+  unlink(path.c_str());
+
+  path = writeTemp(head +
+                   "[rate_limits]\nwindow = \"500ms\"\nmessages_per_client = -1\nrecipients_per_client = \"x\"\n"
+                   "exempt_networks = [\"192.0.2.0/33\"]\nmessages_per_hour = 5\n");
+  Errors bad;
+  REQUIRE_FALSE(loadConfig(path, bad));
+  std::string all = bad.str();
+  INFO(all);
+  CHECK(all.find(path + ":8: rate_limits.window: must be from 1s to 7d") != std::string::npos);
+  CHECK(all.find(path + ":9: rate_limits.messages_per_client") != std::string::npos);
+  CHECK(all.find(path + ":10: rate_limits.recipients_per_client") != std::string::npos);
+  CHECK(all.find(path + ":11: rate_limits.exempt_networks: \"192.0.2.0/33\" is not an address or CIDR network") !=
+        std::string::npos);
+  CHECK(all.find(path + ":12: rate_limits.messages_per_hour: unknown key") != std::string::npos);
+  unlink(path.c_str());
+}
+
 TEST_CASE("readConfig keeps what it read despite errors, loadConfig refuses it") {
   auto path = writeTemp(
       "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n"

@@ -1,0 +1,207 @@
+"""[rate_limits]: messages and recipients per client for inbound clients, messages per sender
+for relay.networks clients (Postfix's anvil, Exchange's per-sender rate limit). Over a limit
+MAIL or RCPT gets 450 4.7.1 and the session goes on; the messages taken before are
+delivered; exempt_networks are never limited; one rate_limited line per key and window; a
+reload with a higher limit lets mail through again, the counts kept. The real daemon on
+loopback; clients are told apart by their source address in 127.0.0.0/8."""
+
+import os
+import smtplib
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import free_port, owned_moat, scrape, wait_for  # noqa: E402
+from test_submission import auth_plain, set_up_tls_auth_daemon, tls_context, write_users  # noqa: E402
+
+RELAY = "127.0.0.64/28"  # relay.networks: outbound clients; the rest of 127/8 is inbound
+LIMITS = """
+[rate_limits]
+window = "1h"
+messages_per_client = 2
+recipients_per_client = 5
+messages_per_sender = 2
+exempt_networks = ["127.0.0.9"]
+"""
+
+
+def body(n):
+    return f"Subject: rate {n}\r\n\r\nmessage {n}\r\n"
+
+
+class Client:
+    """An smtplib session from `source`; `send` returns the reply of the step that failed."""
+
+    def __init__(self, moat, source):
+        self.s = smtplib.SMTP("127.0.0.1", moat.port, timeout=15, source_address=(source, 0))
+        self.s.ehlo("client.test")
+
+    def send(self, sender, rcpts, n):
+        code, text = self.s.mail(sender)
+        if code != 250:
+            return "mail", code, text.decode()
+        for r in rcpts:
+            code, text = self.s.rcpt(r)
+            if code != 250:
+                self.s.rset()
+                return "rcpt", code, text.decode()
+        code, text = self.s.data(body(n))
+        return "data", code, text.decode()
+
+    def close(self):
+        self.s.quit()
+
+
+def delivered(moat, address, count):
+    wait_for(lambda: len(moat.maildir_files(address)) >= count, 30, what=f"{count} messages for {address}")
+    return len(moat.maildir_files(address))
+
+
+class RateLimitsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.metrics = free_port()
+        cls.moat = owned_moat(cls, networks=[RELAY], server_extra=f'metrics_listen = "127.0.0.1:{cls.metrics}"',
+                              extra=LIMITS)
+
+    def test_inbound_client_message_limit_at_mail_and_the_session_lives_on(self):
+        c = Client(self.moat, "127.0.0.10")
+        for n in range(2):
+            self.assertEqual(c.send("a@sender.test", ["in1@example.test"], n)[1], 250)
+        stage, code, text = c.send("a@sender.test", ["in1@example.test"], 3)
+        self.assertEqual((stage, code), ("mail", 450))
+        self.assertEqual(text, "4.7.1 Rate limit exceeded (2 messages per 1h for 127.0.0.10), try again later")
+        # The session goes on: RSET and NOOP work, MAIL is refused again (a transient 4xx).
+        self.assertEqual(c.s.rset()[0], 250)
+        self.assertEqual(c.s.noop()[0], 250)
+        self.assertEqual(c.s.mail("b@sender.test")[0], 450)
+        c.close()
+        c = Client(self.moat, "127.0.0.10")  # a new session counts for the same client
+        self.assertEqual(c.send("a@sender.test", ["in1@example.test"], 4)[:2], ("mail", 450))
+        c.close()
+        # Another client is not concerned.
+        c = Client(self.moat, "127.0.0.13")
+        self.assertEqual(c.send("a@sender.test", ["in1@example.test"], 5)[1], 250)
+        c.close()
+        self.assertEqual(delivered(self.moat, "in1@example.test", 3), 3)
+        # One line for three refusals, with what was refused and why.
+        ev = self.moat.wait_log(event="rate_limited", key="127.0.0.10")
+        self.assertEqual(ev["level"], "warn")
+        self.assertEqual((ev["client_ip"], ev["limit"], ev["max"], ev["count"], ev["window"]),
+                         ("127.0.0.10", "messages_per_client", 2, 2, "1h"))
+        self.assertEqual(len(self.moat.find_logs(event="rate_limited", key="127.0.0.10")), 1)
+        # Each refusal is still a reject line, at debug only, and counted.
+        rejects = self.moat.find_logs(event="reject", client_ip="127.0.0.10", reason="messages_per_client")
+        self.assertEqual(len(rejects), 3)
+        self.assertTrue(all(r["level"] == "debug" and r["stage"] == "mail" for r in rejects))
+        self.assertGreaterEqual(scrape(self.metrics)['moat_rate_limited_total{limit="messages_per_client"}'], 3)
+
+    def test_inbound_client_recipient_limit_at_rcpt(self):
+        c = Client(self.moat, "127.0.0.11")
+        self.assertEqual(c.s.mail("a@sender.test")[0], 250)
+        for i in range(5):
+            self.assertEqual(c.s.rcpt(f"r{i}@example.test")[0], 250, i)
+        code, text = c.s.rcpt("r5@example.test")
+        self.assertEqual(code, 450)
+        self.assertEqual(text.decode(),
+                         "4.7.1 Rate limit exceeded (5 recipients per 1h for 127.0.0.11), try again later")
+        # The transaction goes on with the recipients taken.
+        self.assertEqual(c.s.data(body(1))[0], 250)
+        self.assertEqual(delivered(self.moat, "r4@example.test", 1), 1)
+        self.assertEqual(self.moat.maildir_files("r5@example.test"), [])
+        # The next transaction: MAIL is taken (one message of two), its RCPT is not.
+        self.assertEqual(c.send("a@sender.test", ["r6@example.test"], 2)[:2], ("rcpt", 450))
+        c.close()
+        ev = self.moat.wait_log(event="rate_limited", key="127.0.0.11")
+        self.assertEqual((ev["limit"], ev["max"], ev["count"]), ("recipients_per_client", 5, 5))
+        self.assertEqual(len(self.moat.find_logs(event="rate_limited", key="127.0.0.11")), 1)
+
+    def test_outbound_limit_per_sender_not_per_client(self):
+        c = Client(self.moat, "127.0.0.65")  # relay.networks
+        for n in range(2):
+            self.assertEqual(c.send("Limited@Corp.Test", ["out1@example.test"], n)[1], 250)
+        stage, code, text = c.send("limited@corp.test", ["out1@example.test"], 2)
+        self.assertEqual((stage, code), ("mail", 450))
+        self.assertEqual(text, "4.7.1 Rate limit exceeded (2 messages per 1h for limited@corp.test), try again later")
+        # Another sender of the same client is not limited by it, nor is the client as a
+        # whole (messages_per_client is for inbound clients), nor the null sender.
+        for n in range(2):
+            self.assertEqual(c.send("other@corp.test", ["out2@example.test"], 10 + n)[1], 250, n)
+        for n in range(3):
+            self.assertEqual(c.send("", ["out3@example.test"], 20 + n)[1], 250, n)
+        # The limited sender from another relay client: the same count.
+        c2 = Client(self.moat, "127.0.0.66")
+        self.assertEqual(c2.send("LIMITED@corp.test", ["out1@example.test"], 30)[:2], ("mail", 450))
+        c2.close()
+        c.close()
+        self.assertEqual(delivered(self.moat, "out1@example.test", 2), 2)
+        self.assertEqual(delivered(self.moat, "out2@example.test", 2), 2)
+        self.assertEqual(delivered(self.moat, "out3@example.test", 3), 3)
+        ev = self.moat.wait_log(event="rate_limited", key="limited@corp.test")
+        self.assertEqual((ev["limit"], ev["client_ip"], ev["count"]), ("messages_per_sender", "127.0.0.65", 2))
+        self.assertEqual(len(self.moat.find_logs(event="rate_limited", key="limited@corp.test")), 1)
+        self.assertEqual(self.moat.find_logs(event="rate_limited", key="other@corp.test"), [])
+
+    def test_exempt_networks_are_never_limited(self):
+        c = Client(self.moat, "127.0.0.9")
+        for n in range(4):
+            self.assertEqual(c.send("a@sender.test", [f"ex{i}@example.test" for i in range(3)], n)[1], 250, n)
+        c.close()
+        self.assertEqual(delivered(self.moat, "ex2@example.test", 4), 4)
+        self.assertEqual(self.moat.find_logs(event="rate_limited", client_ip="127.0.0.9"), [])
+
+
+class RateLimitsAuthTest(unittest.TestCase):
+    """An authenticated client (SMTP AUTH on an smtp listener, outside relay.networks) is
+    outbound: counted per user, whatever its envelope senders, and not per client."""
+
+    @classmethod
+    def setUpClass(cls):
+        set_up_tls_auth_daemon(cls, "moat-rl-", networks=["10.255.255.0/24"], extra=LIMITS)
+        write_users(os.path.join(cls.moat.dir, "users"), {"alice": "correct horse"})
+        cls.moat.start()
+
+    def test_authenticated_user_is_limited_per_user_not_per_sender_or_client(self):
+        s = self.moat.smtp()
+        s.starttls(context=tls_context())
+        s.ehlo()
+        self.assertEqual(auth_plain(s, "alice", "correct horse")[0], 235)
+        for n, sender in enumerate(("a1@corp.test", "a2@corp.test")):
+            self.assertEqual(s.sendmail(sender, ["x@elsewhere.test"], body(n)), {})
+        code, text = s.mail("a3@corp.test")
+        self.assertEqual((code, text.decode()),
+                         (450, "4.7.1 Rate limit exceeded (2 messages per 1h for alice), try again later"))
+        s.quit()
+        self.sink.wait_messages(2)
+        ev = self.moat.wait_log(event="rate_limited", key="alice")
+        self.assertEqual((ev["limit"], ev["count"]), ("messages_per_sender", 2))
+        # Unauthenticated, the same address is an inbound client with its own, untouched count.
+        c = Client(self.moat, "127.0.0.1")
+        for n in range(2):
+            self.assertEqual(c.send("b@sender.test", ["in@example.test"], 10 + n)[1], 250, n)
+        c.close()
+
+
+class RateLimitsReloadTest(unittest.TestCase):
+    def test_a_reload_with_a_higher_limit_lets_mail_through_and_keeps_the_counts(self):
+        moat = owned_moat(self, networks=["10.255.255.0/24"], extra=LIMITS)
+        c = Client(moat, "127.0.0.12")
+        for n in range(2):
+            self.assertEqual(c.send("a@sender.test", ["rl@example.test"], n)[1], 250)
+        self.assertEqual(c.send("a@sender.test", ["rl@example.test"], 2)[:2], ("mail", 450))
+        c.close()
+        with open(moat.config_path) as f:
+            text = f.read()
+        moat.reload_with(moat.config_path, text.replace("messages_per_client = 2", "messages_per_client = 3"))
+        c = Client(moat, "127.0.0.12")
+        # The two messages before the reload still count: one more, then 450 again.
+        self.assertEqual(c.send("a@sender.test", ["rl@example.test"], 3)[1], 250)
+        stage, code, text = c.send("a@sender.test", ["rl@example.test"], 4)
+        self.assertEqual((stage, code), ("mail", 450))
+        self.assertIn("(3 messages per 1h for 127.0.0.12)", text)
+        c.close()
+        self.assertEqual(delivered(moat, "rl@example.test", 3), 3)
+
+
+if __name__ == "__main__":
+    unittest.main()
