@@ -406,6 +406,36 @@ void readMtaSts(Config& c, Section s) {
   s.rejectUnknownKeys();
 }
 
+// Printable ASCII without the characters that would end a header field or an address.
+bool tlsrptText(const std::string& v, size_t max) {
+  if (v.size() > max) return false;
+  for (unsigned char ch : v)
+    if (ch < 0x20 || ch >= 0x7f) return false;
+  return true;
+}
+
+void readTlsrpt(Config& c, Section s) {
+  c.tlsrptEnabled = s.getBool("enabled", false);
+  c.tlsrptOrganization = s.getString("organization_name", "");
+  c.tlsrptContact = s.getString("contact_info", "");
+  c.tlsrptFrom = s.getString("from", "");
+  c.tlsrptInterval = s.getDuration("interval", c.tlsrptInterval);
+  if (!tlsrptText(c.tlsrptOrganization, 256))
+    s.error("organization_name", "must be printable ASCII, at most 256 characters");
+  if (!tlsrptText(c.tlsrptContact, 256)) s.error("contact_info", "must be printable ASCII, at most 256 characters");
+  if (!c.tlsrptFrom.empty()) {
+    size_t at = c.tlsrptFrom.rfind('@');
+    if (!tlsrptText(c.tlsrptFrom, 254) || c.tlsrptFrom.find_first_of(" <>,;\"") != std::string::npos ||
+        at == std::string::npos || at == 0 || at + 1 == c.tlsrptFrom.size())
+      s.error("from", "must be an address, local-part@domain");
+  }
+  if (c.tlsrptInterval < std::chrono::seconds(1) || c.tlsrptInterval > std::chrono::hours(24 * 7))
+    s.error("interval", "must be between 1s and 7d");
+  else if (c.tlsrptInterval.count() % 1000 != 0)
+    s.error("interval", "must be a whole number of seconds");
+  s.rejectUnknownKeys();
+}
+
 void readQueue(Config& c, Section s) {
   std::vector<std::string> retry = s.getStringArray("retry", {"1m", "5m", "15m", "30m", "1h"});
   for (const auto& r : retry) {
@@ -692,9 +722,9 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
   }
   c->toml = std::make_shared<const toml::table>(std::move(table));
 
-  static const std::set<std::string> kCore = {"server",     "listener", "dns",     "relay",
-                                              "limits",     "route",    "queue",   "quarantine",
-                                              "connection", "senders",  "mta_sts", "rate_limits"};
+  static const std::set<std::string> kCore = {"server",  "listener",    "dns",        "relay",      "limits",
+                                              "route",   "queue",       "quarantine", "connection", "senders",
+                                              "mta_sts", "rate_limits", "tlsrpt"};
   for (const auto& [k, v] : *c->toml) {
     std::string key(k.str());
     if (!kCore.count(key) && !kOtherSections.count(key))
@@ -707,6 +737,7 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
   readRelay(*c, c->section("relay", errors));
   readLimits(*c, c->section("limits", errors));
   readMtaSts(*c, c->section("mta_sts", errors));
+  readTlsrpt(*c, c->section("tlsrpt", errors));
   readQueue(*c, c->section("queue", errors));  // before the routes: they are checked against ip_versions
   for (auto& s : c->sectionArray("route", errors)) readRoute(*c, std::move(s));
   readQuarantine(*c, c->section("quarantine", errors));

@@ -178,6 +178,16 @@ struct Config {
   // (RFC 8461 §5.1, §10.2), whether or not mail goes to their domains.
   Millis mtaStsRefreshInterval{std::chrono::hours(1)};
   Millis replyTimeout{std::chrono::minutes(5)};
+  // [tlsrpt] (RFC 8460): aggregate TLS reports for the domains Moat delivers to by MX.
+  bool tlsrptEnabled = false;
+  std::string tlsrptOrganization;                 // "" = server.hostname
+  std::string tlsrptContact;                      // "" = tlsrptFrom
+  std::string tlsrptFrom;                         // "" = "postmaster@" + server.hostname
+  Millis tlsrptInterval{std::chrono::hours(24)};  // aligned UTC periods of this length
+  // The values in effect, defaults filled in.
+  std::string tlsrptFromAddress() const { return tlsrptFrom.empty() ? "postmaster@" + hostname : tlsrptFrom; }
+  std::string tlsrptOrganizationName() const { return tlsrptOrganization.empty() ? hostname : tlsrptOrganization; }
+  std::string tlsrptContactInfo() const { return tlsrptContact.empty() ? tlsrptFromAddress() : tlsrptContact; }
   AddressPreference addressPreference = AddressPreference::Ipv6;
   bool useIpv4 = true;  // [queue] ip_versions: the families delivery looks up and connects to
   bool useIpv6 = true;

@@ -83,5 +83,8 @@ bool keygen(const std::string& type, const std::string& outFile, bool replace, s
 // [[dkim.sign]] domain, selector, key_file, algorithm ("rsa-sha256" default | "ed25519-sha256").
 std::shared_ptr<const Filter> makeDkimVerifyFilter(const policy::Config& config, policy::Errors& errors);
 std::shared_ptr<const Filter> makeDkimSignFilter(const policy::Config& config, policy::Errors& errors);
+// The [[dkim.sign]] keys, read and checked as makeDkimSignFilter reads them (the same
+// errors, at the same lines), for mail Moat makes itself (TLS reports).
+std::vector<SignKey> readSignKeys(const policy::Config& config, policy::Errors& errors);
 
 }  // namespace moat::filters::dkim

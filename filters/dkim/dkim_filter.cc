@@ -385,11 +385,15 @@ std::shared_ptr<const Filter> makeDkimVerifyFilter(const policy::Config& config,
   return std::make_shared<VerifyFilter>(enabled, options);
 }
 
-std::shared_ptr<const Filter> makeDkimSignFilter(const policy::Config& config, policy::Errors& errors) {
+std::vector<SignKey> readSignKeys(const policy::Config& config, policy::Errors& errors) {
   std::vector<SignKey> keys;
   for (auto& s : config.sectionArray("dkim.sign", errors))
     if (auto k = readSignEntry(s)) keys.push_back(std::move(*k));
-  return std::make_shared<SignFilter>(std::move(keys), config.maxMessageSize);
+  return keys;
+}
+
+std::shared_ptr<const Filter> makeDkimSignFilter(const policy::Config& config, policy::Errors& errors) {
+  return std::make_shared<SignFilter>(readSignKeys(config, errors), config.maxMessageSize);
 }
 
 }  // namespace moat::filters::dkim

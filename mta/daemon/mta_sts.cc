@@ -54,7 +54,7 @@ struct FetchState : std::enable_shared_from_this<FetchState> {
       return finish(nullptr, "HTTP status " + std::to_string(response.status()));
     auto p = std::make_shared<Policy>();
     std::string error;
-    if (!parsePolicy(response.body(), *p, error)) return finish(nullptr, error);
+    if (!parsePolicy(response.body(), *p, error)) return finish(nullptr, "invalid policy: " + error);
     finish(std::move(p), "");
   }
   // The current address failed with `error`. Before any HTTP reply (connect, TLS, a close
@@ -165,6 +165,10 @@ std::string writeAtomically(const std::string& path, const std::string& text) {
   return "";
 }
 }  // namespace
+
+std::string writeFileAtomically(const std::string& path, const std::string& text) {
+  return writeAtomically(path, text);
+}
 
 std::function<void()> fetchPolicy(uv_loop_t* loop, dns::Resolver& resolver, const std::string& domain,
                                   std::shared_ptr<tls::TlsContext> tls, uint64_t timeoutMs, uint16_t port,
@@ -358,7 +362,9 @@ void PolicyCache::finish(const std::string& domain, std::shared_ptr<const Policy
   auto waiters = std::move(it->second.waiters);
   auto ended = std::move(it->second.ended);
   fetches_.erase(it);
+  answeringFailure_ = fetched ? "" : error;
   for (auto& w : waiters) w(result, false);
+  answeringFailure_.clear();
   if (ended) ended();
 }
 

@@ -84,6 +84,10 @@ class PolicyCache {
   void stop();
 
   bool fetching(const std::string& domain) const { return fetches_.count(domain) != 0; }
+  // While a fetch's waiters are being answered: its error when it failed ("" otherwise, and
+  // outside those calls). For TLS reporting (RFC 8460 §4.3.2), which tells a failed fetch
+  // from a domain without a policy.
+  const std::string& answeringFailure() const { return answeringFailure_; }
   size_t size() const { return cache_.size(); }
   size_t bytes() const { return bytes_; }  // the cached policies' cacheLineBytes, summed
   bool sweeping() const { return sweepActive_ != 0 || !sweepQueue_.empty(); }
@@ -127,6 +131,7 @@ class PolicyCache {
   std::string file_;
   std::chrono::seconds skew_{0};
   bool stopped_ = false;
+  std::string answeringFailure_;
   bool writing_ = false;  // a write of the file is on the thread pool
   bool dirty_ = false;    // the cache changed since that write's contents were made
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
@@ -142,6 +147,11 @@ class PolicyCache {
   uint64_t sweepTimeoutMs_ = 0;
   dns::Families sweepFamilies_;
 };
+
+// Blocking (thread pool): `text` to `path` crash-atomically (a new file beside it, fsynced,
+// renamed over it, the directory fsynced). Returns "" or the error. The cache file's writer,
+// also used for the TLS reporting state (tlsrpt.h).
+std::string writeFileAtomically(const std::string& path, const std::string& text);
 
 // Fetches https://mta-sts.DOMAIN/.well-known/mta-sts.txt (§3.3) and parses it. The host's
 // addresses (of `families`, at most kMaxPolicyAddresses) are tried in order until one gives

@@ -2,12 +2,15 @@
 #include "mta/daemon/queue_manager.h"
 
 #include <fcntl.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <fstream>
+#include <optional>
 
 #include "filters/mime/downgrade.h"
 #include "mta/daemon/address_order.h"
@@ -267,6 +270,8 @@ struct QueueManager::Job {
   // that policy when it is enforce or testing (null: none applies, delivery as before).
   std::string stsDomain;
   std::shared_ptr<const sts::Policy> sts;
+  // Delivery by MX: the recipient domain, the policy domain of TLS reporting (RFC 8460).
+  std::string reportDomain;
   // [[route]] auth_file: SMTP AUTH after STARTTLS; null = no AUTH.
   std::shared_ptr<const client::Credentials> auth;
   bool chunking = true;  // [[route]] chunking: BDAT when the next hop offers CHUNKING
@@ -300,12 +305,14 @@ QueueManager::QueueManager(uv_loop_t* loop, std::shared_ptr<queue::Spool> spool,
       sched_(retryPolicy(*snap_->config)),
       timer_(loop),
       housekeeping_(loop),
-      stsSweep_(loop) {}
+      stsSweep_(loop),
+      tlsrptTimer_(loop) {}
 
 void QueueManager::reload(std::shared_ptr<const server::Snapshot> snapshot) {
   snap_ = std::move(snapshot);
   sched_.setPolicy(retryPolicy(*snap_->config));
   if (stsSweep_.active() && snap_->config->mtaStsRefreshInterval.count() != stsSweepEveryMs_) startStsSweep();
+  armTlsrpt();
 }
 
 QueueManager::~QueueManager() { *alive_ = false; }
@@ -326,6 +333,8 @@ void QueueManager::start(std::vector<queue::Envelope> recovered) {
   housekeeping_.startRepeat(static_cast<uint64_t>(every), [this] { expireQuarantine(); });
   expireQuarantine();
   startStsSweep();
+  loadTlsrpt();
+  armTlsrpt();
 }
 
 void QueueManager::expireQuarantine() {
@@ -1031,6 +1040,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
   job->destination = "mx:" + domain;
   // RFC 8461 applies to domain names; an address literal has no policy to look up.
   if (route.mtaSts && !domain.empty() && domain.front() != '[') job->stsDomain = domain;
+  if (!domain.empty() && domain.front() != '[' && job->tls != client::TlsMode::None) job->reportDomain = domain;
   // An address literal (RFC 5321 §4.1.3: user@[192.0.2.1], user@[IPv6:2001:db8::1]) names the
   // host itself: there are no MX records to look up (a query for "[ipv6:...]" would only
   // say it does not exist). The server accepted no other literals (general ones) at RCPT.
@@ -1150,8 +1160,12 @@ void QueueManager::submitHops(const std::string& key, std::shared_ptr<Job> job, 
   if (job->stsDomain.empty()) return withDane();
   const auto timeout = static_cast<uint64_t>(snap_->config->mtaStsFetchTimeout.count());
   stsCache_->get(job->stsDomain, snap_->mtaStsTls, timeout, familiesOf(*snap_->config),
-                 [alive, job, withDane](std::shared_ptr<const sts::Policy> p, bool stopped) {
+                 [this, alive, job, withDane](std::shared_ptr<const sts::Policy> p, bool stopped) {
                    if (!*alive) return;
+                   // RFC 8460 §4.3.2: a fetch that failed with no policy to fall back on.
+                   if (!stopped && !p && !stsCache_->answeringFailure().empty())
+                     tlsrptRecord(*job, tlsrpt::Policy{tlsrpt::PolicyType::Sts, {}, {}},
+                                  tlsrpt::classifyStsFetchError(stsCache_->answeringFailure()), "", "");
                    if (stopped) {
                      // drain() cut the fetch short: nothing was decided, so nothing is sent;
                      // the recipients wait for the next start.
@@ -1314,6 +1328,20 @@ void QueueManager::openConnection(Destination& d) {
       o.tls = client::TlsMode::Require;
       o.tlsCtx = snap_->clientTls;
     }
+    // What TLS reporting (RFC 8460 §4.3) says this session was held to.
+    tlsrpt::Policy reportPolicy;
+    if (daneLevel != dns::DaneLevel::May) {
+      reportPolicy.type = tlsrpt::PolicyType::Tlsa;
+      if (daneLevel == dns::DaneLevel::Dane)
+        for (const auto& r : hop.dane->records)
+          reportPolicy.policyString.push_back(tlsrpt::tlsaPresentation(r.usage, r.selector, r.mtype, r.data));
+    } else if (job->sts && !hop.name.empty()) {
+      reportPolicy.type = tlsrpt::PolicyType::Sts;
+      reportPolicy.policyString = tlsrpt::stsPolicyLines(sts::modeName(job->sts->mode), job->sts->mx, job->sts->maxAge);
+      reportPolicy.mxHost = job->sts->mx;
+    }
+    if (daneLevel == dns::DaneLevel::Defer)  // §4.3.2: no valid records from the resolver
+      tlsrptRecord(*job, reportPolicy, "dnssec-invalid", hop.name, hop.ip.str());
     if (daneLevel == dns::DaneLevel::Defer || (daneLevel == dns::DaneLevel::Dane && !o.tlsCtx)) {
       tr->lastError = relay + ": DANE: " +
                       (o.tlsCtx || daneLevel == dns::DaneLevel::Defer ? hop.dane->reason : "no TLS client context");
@@ -1341,14 +1369,18 @@ void QueueManager::openConnection(Destination& d) {
     }
     client::SmtpClient::connect(
         loop_, hop.ip, hop.port, o,
-        [this, alive, tr, job, key, self, relay, hop, daneLevel, daneRequired, stsPolicy, stsEnforce](
+        [this, alive, tr, job, key, self, relay, hop, daneLevel, daneRequired, stsPolicy, stsEnforce, reportPolicy](
             std::shared_ptr<client::SmtpClient> c, const std::string& error, const client::Reply& greeting) {
           if (!*alive) return;
           auto it2 = destinations_.find(key);
           if (it2 == destinations_.end()) return;
+          const bool dane = daneLevel == dns::DaneLevel::Dane;
           if (!c) {
             // The client's AUTH failures begin with their status (smtp_client.h, connect()).
             bool authFailed = error.rfind("4.7.0 ", 0) == 0;
+            // A failure before TLS was tried (a refused connection) is no TLS session to report.
+            if (std::string type = authFailed ? "" : tlsrpt::classifyTlsError(error, dane); !type.empty())
+              tlsrptRecord(*job, reportPolicy, type, hop.name, hop.ip.str());
             std::string why = error.empty() ? greeting.text : authFailed ? error.substr(6) : error;
             if (!error.empty() && greeting.code != 0) why += ": " + greeting.text;  // the server's own words
             // The client's TLS errors ("STARTTLS not offered ...", "TLS handshake failed: ...")
@@ -1373,6 +1405,20 @@ void QueueManager::openConnection(Destination& d) {
           }
           if (!c->tlsFallback().empty())  // tls = "may": the handshake failed, plain text instead
             log::warn("tls_fallback").add("relay", relay).add("error", c->tlsFallback());
+          if (c->tlsActive() && stsPolicy && !stsEnforce && !c->tlsVerified())
+            tlsrptRecord(*job, reportPolicy, "certificate-not-trusted", hop.name, hop.ip.str());
+          else if (c->tlsActive())
+            tlsrptRecord(*job, reportPolicy, "", hop.name, hop.ip.str());
+          else if (!c->tlsFallback().empty())
+            tlsrptRecord(
+                *job, reportPolicy,
+                [&] {
+                  std::string type = tlsrpt::classifyTlsError(c->tlsFallback(), dane);
+                  return type.empty() ? std::string("validation-failure") : type;
+                }(),
+                hop.name, hop.ip.str());
+          else
+            tlsrptRecord(*job, reportPolicy, "starttls-not-supported", hop.name, hop.ip.str());
           // MTA-STS testing (RFC 8461 §5): delivered as "may" would, and the failure reported.
           if (stsPolicy && !stsEnforce && !c->tlsVerified())
             log::warn("mta_sts")
@@ -1882,11 +1928,262 @@ void QueueManager::dsnWritten() {
   finishDrainIfDone();
 }
 
+void QueueManager::tlsrptRecord(const Job& job, const tlsrpt::Policy& policy, const std::string& resultType,
+                                const std::string& mxHost, const std::string& ip) {
+  if (job.reportDomain.empty() || !snap_->config->tlsrptEnabled) return;
+  if (resultType.empty())
+    tlsrpt_.success(job.reportDomain, policy);
+  else
+    tlsrpt_.failure(job.reportDomain, policy, resultType, mxHost, ip);
+}
+
+void QueueManager::armTlsrpt() {
+  const auto& cfg = *snap_->config;
+  if (!cfg.tlsrptEnabled || draining_) {
+    tlsrptTimer_.stop();
+    tlsrpt_.take();  // turned off: what was gathered is not reported
+    tlsrptPeriodMs_ = 0;
+    return;
+  }
+  const int64_t interval = cfg.tlsrptInterval.count();
+  const int64_t now = nowMs();
+  // A new interval (a reload) starts a period of its own; what was gathered so far stays in
+  // the aggregate and goes out with it.
+  if (tlsrptPeriodMs_ == 0 || interval != tlsrptIntervalMs_) tlsrptPeriodMs_ = tlsrpt::periodStart(now, interval);
+  tlsrptIntervalMs_ = interval;
+  const int64_t end = tlsrptPeriodMs_ + interval;
+  tlsrptTimer_.start(static_cast<uint64_t>(std::max<int64_t>(end - now, 0)) + 10, [this] { tlsrptPeriodEnd(); });
+}
+
+void QueueManager::saveTlsrpt() {
+  if (!snap_->config->tlsrptEnabled || tlsrptPeriodMs_ == 0 || tlsrpt_.results().empty()) return;
+  auto results = std::make_shared<tlsrpt::Results>(tlsrpt_.take());
+  auto error = std::make_shared<std::string>();
+  auto alive = alive_;
+  const std::string path = snap_->config->spoolDir + "/tlsrpt.state";
+  ++dsnWrites_;  // the drain waits for it (local disk only)
+  uv::queueWork(
+      loop_,
+      [path, results, error, start = tlsrptPeriodMs_, interval = tlsrptIntervalMs_] {
+        *error = sts::writeFileAtomically(path, tlsrpt::encodeState(start, interval, *results));
+      },
+      [this, alive, path, error] {
+        if (!*alive) return;
+        if (!error->empty())
+          log::warn("tlsrpt_error").add("file", path).add("reason", "aggregate not saved: " + *error);
+        dsnWritten();
+      });
+}
+
+void QueueManager::loadTlsrpt() {
+  const auto& cfg = *snap_->config;
+  const std::string path = cfg.spoolDir + "/tlsrpt.state";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return;  // none saved
+  std::string text(tlsrpt::kMaxStateBytes + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  in.close();
+  ::unlink(path.c_str());  // read once: a crash later must not count the period twice
+  if (!cfg.tlsrptEnabled) return;
+  int64_t start = 0, interval = 0;
+  tlsrpt::Aggregator saved;
+  if (!tlsrpt::decodeState(text, start, interval, saved)) {
+    log::warn("tlsrpt_error").add("file", path).add("reason", "saved aggregate ignored: not a file Moat wrote");
+    return;
+  }
+  // Another interval: those counts belong to no period of this one; they are dropped.
+  if (interval != cfg.tlsrptInterval.count()) {
+    log::warn("tlsrpt_error").add("file", path).add("reason", "saved aggregate ignored: tlsrpt.interval changed");
+    return;
+  }
+  // The saved period: still under way, it goes on; over (a stop across its end), it is
+  // reported at once, by the timer armTlsrpt() sets, and the next one begins.
+  for (const auto& [domain, d] : saved.results())
+    for (const auto& [policy, r] : d.policies) tlsrpt_.add(domain, policy, r);
+  tlsrptPeriodMs_ = start;
+  tlsrptIntervalMs_ = interval;
+}
+
+void QueueManager::tlsrptPeriodEnd() {
+  const int64_t now = nowMs();
+  const int64_t start = tlsrptPeriodMs_, end = tlsrptPeriodMs_ + tlsrptIntervalMs_;
+  if (now < end) return armTlsrpt();  // the wall clock went back: not over yet
+  const uint64_t dropped = tlsrpt_.dropped();
+  tlsrpt::Results results = tlsrpt_.take();
+  tlsrptPeriodMs_ = tlsrpt::periodStart(now, tlsrptIntervalMs_);
+  tlsrptSerial_ = 0;
+  armTlsrpt();
+  if (dropped) log::warn("tlsrpt_error").add("reason", "aggregate full: sessions not counted").add("sessions", dropped);
+  for (auto& [domain, r] : results)
+    tlsrptDomain(domain, std::make_shared<const tlsrpt::DomainResults>(std::move(r)), start / 1000, end / 1000);
+}
+
+void QueueManager::tlsrptDomain(const std::string& domain, std::shared_ptr<const tlsrpt::DomainResults> results,
+                                int64_t startSeconds, int64_t endSeconds) {
+  auto alive = alive_;
+  resolver_->query("_smtp._tls." + domain, dns::RrType::TXT,
+                   [this, alive, domain, results, startSeconds, endSeconds](const dns::Answer& a) {
+                     if (!*alive) return;
+                     if (a.status == dns::Status::NxDomain || a.status == dns::Status::NoData) {
+                       log::info("tlsrpt_skipped").add("domain", domain).add("reason", "no TLSRPT record");
+                       return;
+                     }
+                     if (a.status != dns::Status::Ok) {
+                       log::warn("tlsrpt_error")
+                           .add("domain", domain)
+                           .add("reason", "TLSRPT record lookup failed: " +
+                                              (a.error.empty() ? std::string(dns::statusName(a.status)) : a.error));
+                       return;
+                     }
+                     tlsrpt::Record rec = tlsrpt::parseRecord(a.txt);
+                     if (!rec.ok) {
+                       // RFC 8460 §3: not exactly one usable record, no report.
+                       if (rec.error == "no v=TLSRPTv1 record")
+                         log::info("tlsrpt_skipped").add("domain", domain).add("reason", "no TLSRPT record");
+                       else
+                         log::warn("tlsrpt_error").add("domain", domain).add("reason", "TLSRPT record: " + rec.error);
+                       return;
+                     }
+                     std::set<std::string> sent;
+                     for (const auto& rua : rec.rua) {
+                       std::string to = tlsrpt::mailtoAddress(rua);
+                       if (to.empty()) {
+                         log::info("tlsrpt_skipped")
+                             .add("domain", domain)
+                             .add("rua", rua)
+                             .add("reason", rua.rfind("https:", 0) == 0 ? "https reporting is not supported"
+                                                                        : "not a mailto: URI Moat can send to");
+                         continue;
+                       }
+                       if (!sent.insert(to).second) continue;
+                       tlsrptSend(domain, rua, to, results, startSeconds, endSeconds);
+                     }
+                   });
+}
+
+void QueueManager::tlsrptSend(const std::string& domain, const std::string& rua, const std::string& to,
+                              std::shared_ptr<const tlsrpt::DomainResults> results, int64_t startSeconds,
+                              int64_t endSeconds) {
+  const auto& cfg = *snap_->config;
+  struct Build {
+    tlsrpt::MessageInfo info;
+    std::shared_ptr<const tlsrpt::DomainResults> results;
+    std::string text, error, signError;
+    std::optional<filters::dkim::SignKey> key;  // [[dkim.sign]] for the From domain
+    uint64_t successes = 0, failures = 0;
+  };
+  auto b = std::make_shared<Build>();
+  b->results = std::move(results);
+  b->info.from = cfg.tlsrptFromAddress();
+  b->info.to = to;
+  b->info.submitter = cfg.hostname;
+  b->info.dateMs = nowMs();
+  b->info.report.organization = cfg.tlsrptOrganizationName();
+  b->info.report.contact = cfg.tlsrptContactInfo();
+  b->info.report.domain = domain;
+  b->info.report.startSeconds = startSeconds;
+  b->info.report.endSeconds = endSeconds;
+  static const char* kHex = "0123456789abcdef";
+  std::string rnd;
+  for (int i = 0; i < 16; ++i) rnd += kHex[rng_() & 15];
+  b->info.report.reportId =
+      std::to_string(startSeconds) + "." + std::to_string(++tlsrptSerial_) + "." + rnd + "@" + cfg.hostname;
+  b->info.messageId = "tlsrpt." + b->info.report.reportId;
+  for (const auto& [p, r] : b->results->policies) {
+    b->successes += r.successes;
+    b->failures += r.failures;
+  }
+  if (size_t at = b->info.from.rfind('@'); at != std::string::npos) {
+    std::string fromDomain = b->info.from.substr(at + 1);
+    for (const auto& k : snap_->reportSignKeys)
+      if (strcasecmp(k.domain.c_str(), fromDomain.c_str()) == 0) {
+        b->key = k;
+        break;
+      }
+  }
+  auto alive = alive_;
+  ++dsnWrites_;  // a drain waits for it, as for a DSN; every path below ends in dsnWritten()
+  uv::queueWork(
+      loop_,
+      [b] {
+        std::string json = tlsrpt::reportJson(b->info.report, *b->results);
+        auto gz = tlsrpt::gzip(json);
+        if (!gz) {
+          b->error = "gzip failed";
+          return;
+        }
+        b->text = tlsrpt::reportMessage(b->info, *gz);
+        // Signed as any outbound mail of the From domain is (the message is 7-bit, CRLF, its
+        // lines short: as the SMTP client sends it).
+        if (b->key) {
+          if (auto sig = filters::dkim::signMessage(*b->key, b->text, b->signError))
+            b->text = "DKIM-Signature: " + *sig + "\r\n" + b->text;
+        }
+      },
+      [this, alive, b, domain, rua] {
+        if (!*alive) return;
+        if (b->text.empty()) {
+          log::warn("tlsrpt_error").add("domain", domain).add("rua", rua).add("reason", b->error);
+          return dsnWritten();
+        }
+        if (!b->signError.empty())
+          log::warn("tlsrpt_error")
+              .add("domain", domain)
+              .add("rua", rua)
+              .add("reason", "not DKIM-signed: " + b->signError);
+        const auto& cfg2 = *snap_->config;
+        auto incoming = spool_->create();
+        queue::Envelope env;
+        env.id = incoming->id();
+        env.mailFrom = "";  // like a DSN: a report that cannot be delivered is not bounced
+        queue::Recipient rc;
+        rc.address = b->info.to;
+        env.rcpts.push_back(rc);
+        env.arrivalMs = nowMs();
+        env.nextAttemptMs = env.arrivalMs;
+        env.isBounce = true;
+        env.protocol = "local";
+        env.size = b->text.size();
+        env.messageId = "<" + b->info.messageId + ">";
+        env.headers.emplace_back("Received", "by " + cfg2.hostname + " (Moat) id " + env.id + " (TLS report for " +
+                                                 domain + "); " + queue::rfc5322Date(env.arrivalMs));
+        incoming->append(b->text);
+        incoming->finish([this, alive, incoming, env, b, domain, rua](bool ok, std::string error) mutable {
+          if (!*alive) return;
+          if (!ok) {
+            log::error("spool_error").add("queue_id", env.id).add("error", error);
+            return dsnWritten();
+          }
+          incoming->commit(env, [this, alive, incoming, env, b, domain, rua](bool ok2, std::string error2) {
+            if (!*alive) return;
+            if (!ok2) {
+              log::error("spool_error").add("queue_id", env.id).add("error", error2);
+              return dsnWritten();
+            }
+            ++server::metrics().tlsrptReports;
+            log::info("tlsrpt")
+                .add("queue_id", env.id)
+                .add("domain", domain)
+                .add("rua", rua)
+                .add("to", b->info.to)
+                .add("report_id", b->info.report.reportId)
+                .add("successful_sessions", b->successes)
+                .add("failed_sessions", b->failures);
+            enqueue(env);
+            dsnWritten();
+          });
+        });
+      });
+}
+
 void QueueManager::drain(std::function<void()> done) {
   draining_ = true;
   timer_.stop();
   housekeeping_.stop();
   stsSweep_.stop();
+  tlsrptTimer_.stop();
+  saveTlsrpt();  // the period under way goes on after the restart
   for (auto& [key, d] : destinations_) {
     for (auto& c : d->idle) sayQuit(c.client);
     d->active -= static_cast<unsigned>(d->idle.size());

@@ -9,8 +9,15 @@
 // permanent failures, expiry and one delay warning; never a DSN to the null sender, and a
 // DSN of Moat's own that cannot be delivered is dropped with a log line, not bounced.
 //
+// With [tlsrpt] enabled, every TLS session (or STARTTLS attempt) to an MX host feeds the
+// per-domain aggregate of RFC 8460 (tlsrpt.h); at the end of each aligned period the
+// domains' _smtp._tls records are looked up and each mailto: rua gets the report, queued
+// like a DSN (null sender, never bounced), DKIM-signed with the [[dkim.sign]] key of the
+// From domain when there is one. A graceful stop saves the period under way in the spool.
+//
 // Untrusted input: replies from remote servers (bounded by the SMTP client), DNS answers.
-// Logs: deliver, defer, bounce, expire, dsn, downgraded (each with queue_id).
+// Logs: deliver, defer, bounce, expire, dsn, downgraded (each with queue_id); tlsrpt,
+// tlsrpt_skipped, tlsrpt_error.
 #pragma once
 #include <uv.h>
 
@@ -26,6 +33,7 @@
 
 #include "mta/client/smtp_client.h"
 #include "mta/daemon/mta_sts.h"
+#include "mta/daemon/tlsrpt.h"
 #include "mta/dns/resolver.h"
 #include "mta/runtime/uv.h"
 #include "mta/server/snapshot.h"
@@ -200,6 +208,24 @@ class QueueManager {
   void sayQuit(const std::shared_ptr<client::SmtpClient>& c);
   void finishDrainIfDone();
 
+  // TLS reporting (RFC 8460, [tlsrpt]). A session's result for the aggregate: `resultType`
+  // "" for a success. Nothing is recorded unless [tlsrpt] is enabled and the job delivers by MX.
+  void tlsrptRecord(const Job& job, const tlsrpt::Policy& policy, const std::string& resultType,
+                    const std::string& mxHost, const std::string& ip);
+  // (Re)arms the timer for the end of the current period (or stops it when disabled).
+  void armTlsrpt();
+  // The period ended: its results go out, a domain at a time (TXT lookup, then reports).
+  void tlsrptPeriodEnd();
+  void tlsrptDomain(const std::string& domain, std::shared_ptr<const tlsrpt::DomainResults> results,
+                    int64_t startSeconds, int64_t endSeconds);
+  // Builds one report on the thread pool, then writes it to the spool and queues it.
+  void tlsrptSend(const std::string& domain, const std::string& rua, const std::string& to,
+                  std::shared_ptr<const tlsrpt::DomainResults> results, int64_t startSeconds, int64_t endSeconds);
+  // SPOOL_DIR/tlsrpt.state: the period under way, written at a graceful stop (on the pool;
+  // the drain waits for it) and read back, then removed, at start (before the loop runs).
+  void saveTlsrpt();
+  void loadTlsrpt();
+
   uv_loop_t* loop_;
   std::shared_ptr<queue::Spool> spool_;
   dns::Resolver* resolver_;
@@ -241,6 +267,11 @@ class QueueManager {
   uv::Timer stsSweep_;
   int64_t stsSweepEveryMs_ = 0;
   void startStsSweep();
+  tlsrpt::Aggregator tlsrpt_;
+  uv::Timer tlsrptTimer_;
+  int64_t tlsrptPeriodMs_ = 0;    // the start (Unix ms) of the period being gathered
+  int64_t tlsrptIntervalMs_ = 0;  // the interval that period was made with
+  uint64_t tlsrptSerial_ = 0;     // makes report ids unique within a period
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   std::mt19937_64 rng_{std::random_device{}()};  // MX order within a preference
 };

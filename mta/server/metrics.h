@@ -38,6 +38,7 @@ struct Metrics {
   uint64_t recipientsBounced = 0;
   uint64_t messagesExpired = 0;
   uint64_t dsnsGenerated = 0;
+  uint64_t tlsrptReports = 0;  // RFC 8460 reports queued
   uint64_t queueActive = 0, queueHold = 0, queueQuarantine = 0;
   // The spool's free space (the reading the MAIL-time floor check uses) and the floor
   // (server.min_free_disk); read when /metrics is rendered. Unset: the gauges are left out.

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "filters/dkim/dkim.h"
 #include "filters/pipeline.h"
 #include "mta/tls/tls.h"
 #include "policy/address_list.h"
@@ -47,6 +48,9 @@ struct Snapshot {
   std::shared_ptr<const policy::AliasTable> aliases;
   // [relay] rewrite: internal addresses and their external forms; null = none.
   std::shared_ptr<const policy::RewriteMap> rewrite;
+  // [tlsrpt] enabled: the [[dkim.sign]] keys, which sign the TLS reports Moat makes for the
+  // domain of tlsrpt.from (empty otherwise).
+  std::vector<filters::dkim::SignKey> reportSignKeys;
 
   // Builds and validates everything; nullptr with `errors` filled on failure.
   static std::shared_ptr<const Snapshot> load(const std::string& configPath, policy::Errors& errors);
