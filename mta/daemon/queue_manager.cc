@@ -2016,7 +2016,23 @@ void QueueManager::tlsrptPeriodEnd() {
   armTlsrpt();
   if (dropped) log::warn("tlsrpt_error").add("reason", "aggregate full: sessions not counted").add("sessions", dropped);
   for (auto& [domain, r] : results)
-    tlsrptDomain(domain, std::make_shared<const tlsrpt::DomainResults>(std::move(r)), start / 1000, end / 1000);
+    tlsrptDue_.push_back(
+        {domain, std::make_shared<const tlsrpt::DomainResults>(std::move(r)), start / 1000, end / 1000});
+  tlsrptPump();
+}
+
+void QueueManager::tlsrptPump() {
+  // An answer from the resolver's cache comes back at once, inside this loop, and pumps
+  // again: the loop below goes on with it instead of recursing a domain deeper each time.
+  if (tlsrptPumping_) return;
+  tlsrptPumping_ = true;
+  while (!draining_ && tlsrptLookups_ < kTlsrptLookups && !tlsrptDue_.empty()) {
+    TlsrptDue due = std::move(tlsrptDue_.front());
+    tlsrptDue_.pop_front();
+    ++tlsrptLookups_;
+    tlsrptDomain(due.domain, std::move(due.results), due.startSeconds, due.endSeconds);
+  }
+  tlsrptPumping_ = false;
 }
 
 void QueueManager::tlsrptDomain(const std::string& domain, std::shared_ptr<const tlsrpt::DomainResults> results,
@@ -2025,41 +2041,48 @@ void QueueManager::tlsrptDomain(const std::string& domain, std::shared_ptr<const
   resolver_->query("_smtp._tls." + domain, dns::RrType::TXT,
                    [this, alive, domain, results, startSeconds, endSeconds](const dns::Answer& a) {
                      if (!*alive) return;
-                     if (a.status == dns::Status::NxDomain || a.status == dns::Status::NoData) {
-                       log::info("tlsrpt_skipped").add("domain", domain).add("reason", "no TLSRPT record");
-                       return;
-                     }
-                     if (a.status != dns::Status::Ok) {
-                       log::warn("tlsrpt_error")
-                           .add("domain", domain)
-                           .add("reason", "TLSRPT record lookup failed: " +
-                                              (a.error.empty() ? std::string(dns::statusName(a.status)) : a.error));
-                       return;
-                     }
-                     tlsrpt::Record rec = tlsrpt::parseRecord(a.txt);
-                     if (!rec.ok) {
-                       // RFC 8460 §3: not exactly one usable record, no report.
-                       if (rec.error == "no v=TLSRPTv1 record")
-                         log::info("tlsrpt_skipped").add("domain", domain).add("reason", "no TLSRPT record");
-                       else
-                         log::warn("tlsrpt_error").add("domain", domain).add("reason", "TLSRPT record: " + rec.error);
-                       return;
-                     }
-                     std::set<std::string> sent;
-                     for (const auto& rua : rec.rua) {
-                       std::string to = tlsrpt::mailtoAddress(rua);
-                       if (to.empty()) {
-                         log::info("tlsrpt_skipped")
-                             .add("domain", domain)
-                             .add("rua", rua)
-                             .add("reason", rua.rfind("https:", 0) == 0 ? "https reporting is not supported"
-                                                                        : "not a mailto: URI Moat can send to");
-                         continue;
-                       }
-                       if (!sent.insert(to).second) continue;
-                       tlsrptSend(domain, rua, to, results, startSeconds, endSeconds);
-                     }
+                     --tlsrptLookups_;
+                     tlsrptRecordFound(domain, results, startSeconds, endSeconds, a);
+                     tlsrptPump();
                    });
+}
+
+void QueueManager::tlsrptRecordFound(const std::string& domain, std::shared_ptr<const tlsrpt::DomainResults> results,
+                                     int64_t startSeconds, int64_t endSeconds, const dns::Answer& a) {
+  if (a.status == dns::Status::NxDomain || a.status == dns::Status::NoData) {
+    log::info("tlsrpt_skipped").add("domain", domain).add("reason", "no TLSRPT record");
+    return;
+  }
+  if (a.status != dns::Status::Ok) {
+    log::warn("tlsrpt_error")
+        .add("domain", domain)
+        .add("reason",
+             "TLSRPT record lookup failed: " + (a.error.empty() ? std::string(dns::statusName(a.status)) : a.error));
+    return;
+  }
+  tlsrpt::Record rec = tlsrpt::parseRecord(a.txt);
+  if (!rec.ok) {
+    // RFC 8460 §3: not exactly one usable record, no report.
+    if (rec.error == "no v=TLSRPTv1 record")
+      log::info("tlsrpt_skipped").add("domain", domain).add("reason", "no TLSRPT record");
+    else
+      log::warn("tlsrpt_error").add("domain", domain).add("reason", "TLSRPT record: " + rec.error);
+    return;
+  }
+  std::set<std::string> sent;
+  for (const auto& rua : rec.rua) {
+    std::string to = tlsrpt::mailtoAddress(rua);
+    if (to.empty()) {
+      log::info("tlsrpt_skipped")
+          .add("domain", domain)
+          .add("rua", rua)
+          .add("reason",
+               rua.rfind("https:", 0) == 0 ? "https reporting is not supported" : "not a mailto: URI Moat can send to");
+      continue;
+    }
+    if (!sent.insert(to).second) continue;
+    tlsrptSend(domain, rua, to, results, startSeconds, endSeconds);
+  }
 }
 
 void QueueManager::tlsrptSend(const std::string& domain, const std::string& rua, const std::string& to,
@@ -2184,6 +2207,12 @@ void QueueManager::drain(std::function<void()> done) {
   stsSweep_.stop();
   tlsrptTimer_.stop();
   saveTlsrpt();  // the period under way goes on after the restart
+  if (!tlsrptDue_.empty()) {
+    log::warn("tlsrpt_error")
+        .add("reason", "Moat is stopping: the ended period's reports to these domains are not sent")
+        .add("domains", static_cast<uint64_t>(tlsrptDue_.size()));
+    tlsrptDue_.clear();
+  }
   for (auto& [key, d] : destinations_) {
     for (auto& c : d->idle) sayQuit(c.client);
     d->active -= static_cast<unsigned>(d->idle.size());

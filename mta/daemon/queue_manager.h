@@ -214,10 +214,15 @@ class QueueManager {
                     const std::string& mxHost, const std::string& ip);
   // (Re)arms the timer for the end of the current period (or stops it when disabled).
   void armTlsrpt();
-  // The period ended: its results go out, a domain at a time (TXT lookup, then reports).
+  // The period ended: its results go out, a domain at a time (TXT lookup, then reports), at
+  // most kTlsrptLookups lookups under way at once: 10,000 domains must not become 10,000
+  // queries at the same moment to the resolver (whose timeouts would lose their reports).
   void tlsrptPeriodEnd();
+  void tlsrptPump();
   void tlsrptDomain(const std::string& domain, std::shared_ptr<const tlsrpt::DomainResults> results,
                     int64_t startSeconds, int64_t endSeconds);
+  void tlsrptRecordFound(const std::string& domain, std::shared_ptr<const tlsrpt::DomainResults> results,
+                         int64_t startSeconds, int64_t endSeconds, const dns::Answer& a);
   // Builds one report on the thread pool, then writes it to the spool and queues it.
   void tlsrptSend(const std::string& domain, const std::string& rua, const std::string& to,
                   std::shared_ptr<const tlsrpt::DomainResults> results, int64_t startSeconds, int64_t endSeconds);
@@ -272,6 +277,16 @@ class QueueManager {
   int64_t tlsrptPeriodMs_ = 0;    // the start (Unix ms) of the period being gathered
   int64_t tlsrptIntervalMs_ = 0;  // the interval that period was made with
   uint64_t tlsrptSerial_ = 0;     // makes report ids unique within a period
+  // Ended periods' domains waiting for their TXT lookup, and the lookups under way.
+  struct TlsrptDue {
+    std::string domain;
+    std::shared_ptr<const tlsrpt::DomainResults> results;
+    int64_t startSeconds, endSeconds;
+  };
+  static constexpr size_t kTlsrptLookups = 16;
+  std::deque<TlsrptDue> tlsrptDue_;
+  size_t tlsrptLookups_ = 0;
+  bool tlsrptPumping_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   std::mt19937_64 rng_{std::random_device{}()};  // MX order within a preference
 };

@@ -192,6 +192,39 @@ class TlsRptTest(unittest.TestCase):
         self.assertEqual(m.find_logs(event="tlsrpt"), [])
         self.assertEqual(reports.messages, [])
 
+    def test_many_domains_each_get_their_report(self):
+        # More domains than Moat looks up at once at the end of a period (16): the lookups
+        # go a few at a time, and every domain still gets its report.
+        mx_sink = bind_or_skip(self, lambda: Sink(port=25), "127.0.0.1:25")
+        self.addCleanup(mx_sink.stop)
+        reports = Sink()
+        self.addCleanup(reports.stop)
+        domains = [f"d{i}.many.test" for i in range(40)]
+        zone = {MX: [{"A": "127.0.0.1"}]}
+        for d in domains:
+            zone[d] = [{"MX": [10, MX]}]
+            zone[f"_smtp._tls.{d}"] = [{"TXT": f"v=TLSRPTv1; rua=mailto:{d}@{REPORTS}"}]
+        dns = owned_dns(self, zone)
+        extra = (f'\n[dns]\nnameservers = ["{dns.nameserver}"]\ntimeout = "1s"\n'
+                 '\n[tlsrpt]\nenabled = true\ninterval = "5s"\nfrom = "tlsrpt@moat.test"\n'
+                 f'\n[[route]]\ndomains = ["{REPORTS}"]\nto = ["smtp:127.0.0.1:{reports.port}"]\n'
+                 '\n[[route]]\nto = ["mx"]\ntls = "may"\n')
+        m = owned_moat(self, routes=[], extra=extra, retry='["1h"]')
+        s = m.smtp()
+        s.sendmail("a@sender.test", [f"u@{d}" for d in domains], b"Subject: many\r\n\r\nbody\r\n")
+        s.quit()
+        mx_sink.wait_messages(len(domains))
+        wait_for(lambda: len(reports.messages) >= len(domains), 60, what="a TLS report for each of 40 domains")
+        time.sleep(1)  # and no more than one each
+        got = sorted(x["rcpts"][0] for x in reports.messages)
+        self.assertEqual(got, sorted(f"{d}@{REPORTS}" for d in domains))
+        for x in reports.messages:
+            msg, _, r = parse_report(x["data"])
+            self.assertEqual(f"{msg['TLS-Report-Domain']}@{REPORTS}", x["rcpts"][0])
+            self.assertEqual(r["policies"][0]["policy"]["policy-type"], "no-policy-found")
+            self.assertEqual(r["policies"][0]["summary"]["total-successful-session-count"], 0)
+            self.assertEqual(r["policies"][0]["summary"]["total-failure-session-count"], 1)
+
 
 class TlsRptCheckTest(unittest.TestCase):
     """`moat check` refuses bad [tlsrpt] values with FILE:LINE."""
