@@ -130,4 +130,11 @@ Result Result::quarantine(std::string reason, std::string summary) {
 
 mime::Depth Filter::mimeDepth() const { return mime::Depth::Structure; }
 
+std::string rewritesJson(const std::vector<AddressRewrite>& rewrites) {
+  mta::JsonArray a;
+  for (const auto& r : rewrites)
+    a.addRaw(mta::JsonObject().add("from", r.from).add("to", r.to).add("where", r.where).str());
+  return a.str();
+}
+
 }  // namespace moat::filters

@@ -100,6 +100,8 @@ struct AddressRewrite {
   std::string from, to;
   std::string where;  // "rcpt", "mail_from", "header:From", "header:To"...
 };
+// The `rewritten` field of the accept line and of `moat scan`: [{"from":..,"to":..,"where":..}, ...].
+std::string rewritesJson(const std::vector<AddressRewrite>& rewrites);
 
 // Everything known about one message (or, before MAIL, one session). Owned by a
 // shared_ptr so an in-flight filter keeps it alive if the client disconnects.

@@ -149,12 +149,7 @@ int runScan(const ScanOptions& opts) {
   JsonArray to;
   for (const auto& r : ctx->rcpts) to.add(r);
   out.addRaw("to", to.str());
-  if (!ctx->rewrites.empty()) {
-    JsonArray rw;
-    for (const auto& r : ctx->rewrites)
-      rw.addRaw(JsonObject().add("from", r.from).add("to", r.to).add("where", r.where).str());
-    out.addRaw("rewritten", rw.str());
-  }
+  if (!ctx->rewrites.empty()) out.addRaw("rewritten", filters::rewritesJson(ctx->rewrites));
   out.add("authentication_results", filters::authenticationResults(cfg.hostname, authResults));
   JsonArray hs;
   for (const auto& h : headers) hs.add(h.name + ": " + h.value);

@@ -1321,18 +1321,6 @@ std::vector<filters::Header> SmtpSession::gatewayHeaders(const filters::StageOut
   return h;
 }
 
-namespace {
-
-// The `rewritten` field of the accept line: [{"from":..,"to":..,"where":..}, ...].
-std::string rewritesJson(const std::vector<filters::AddressRewrite>& rewrites) {
-  mta::JsonArray a;
-  for (const auto& r : rewrites)
-    a.addRaw(mta::JsonObject().add("from", r.from).add("to", r.to).add("where", r.where).str());
-  return a.str();
-}
-
-}  // namespace
-
 void SmtpSession::commitMessage(filters::StageOutcome outcome) {
   for (auto& r : outcome.reports) txReports_.insert(txReports_.end(), std::move(r));
   outcome.reports.clear();
@@ -1422,7 +1410,7 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
             .add("verdict", std::string(filters::verdictName(verdict)))
             .addRaw("filters", filtersJson)
             .add("client_name", env.clientName.empty() ? std::string("unknown") : env.clientName);
-        if (!self->ctx_->rewrites.empty()) line.addRaw("rewritten", rewritesJson(self->ctx_->rewrites));
+        if (!self->ctx_->rewrites.empty()) line.addRaw("rewritten", filters::rewritesJson(self->ctx_->rewrites));
       }
       ++metrics().messagesAccepted;
       self->countRate(RateLimit::MessagesPerClient, env.mailFrom);
