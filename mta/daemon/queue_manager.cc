@@ -1040,7 +1040,8 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
   job->destination = "mx:" + domain;
   // RFC 8461 applies to domain names; an address literal has no policy to look up.
   if (route.mtaSts && !domain.empty() && domain.front() != '[') job->stsDomain = domain;
-  if (!domain.empty() && domain.front() != '[' && job->tls != client::TlsMode::None) job->reportDomain = domain;
+  if (snap_->config->tlsrptEnabled && !domain.empty() && domain.front() != '[' && job->tls != client::TlsMode::None)
+    job->reportDomain = domain;
   // An address literal (RFC 5321 §4.1.3: user@[192.0.2.1], user@[IPv6:2001:db8::1]) names the
   // host itself: there are no MX records to look up (a query for "[ipv6:...]" would only
   // say it does not exist). The server accepted no other literals (general ones) at RCPT.
@@ -1328,14 +1329,16 @@ void QueueManager::openConnection(Destination& d) {
       o.tls = client::TlsMode::Require;
       o.tlsCtx = snap_->clientTls;
     }
-    // What TLS reporting (RFC 8460 §4.3) says this session was held to.
+    // What TLS reporting (RFC 8460 §4.3) says this session was held to (only worked out for
+    // a job that reports: its policy lines are copies made per connection).
     tlsrpt::Policy reportPolicy;
-    if (daneLevel != dns::DaneLevel::May) {
+    const bool reports = !job->reportDomain.empty();
+    if (reports && daneLevel != dns::DaneLevel::May) {
       reportPolicy.type = tlsrpt::PolicyType::Tlsa;
       if (daneLevel == dns::DaneLevel::Dane)
         for (const auto& r : hop.dane->records)
           reportPolicy.policyString.push_back(tlsrpt::tlsaPresentation(r.usage, r.selector, r.mtype, r.data));
-    } else if (job->sts && !hop.name.empty()) {
+    } else if (reports && job->sts && !hop.name.empty()) {
       reportPolicy.type = tlsrpt::PolicyType::Sts;
       reportPolicy.policyString = tlsrpt::stsPolicyLines(sts::modeName(job->sts->mode), job->sts->mx, job->sts->maxAge);
       reportPolicy.mxHost = job->sts->mx;
