@@ -666,36 +666,23 @@ bool Config::isRelayDomain(const std::string& domain) const {
   return false;
 }
 
-bool Config::isAllowedClient(const mta::IpAddress& ip) const {
-  for (const auto& n : connectionAllow)
-    if (n.contains(ip)) return true;
-  return false;
+namespace {
+bool inAny(const std::vector<mta::Network>& networks, const mta::IpAddress& ip) {
+  return std::any_of(networks.begin(), networks.end(), [&](const mta::Network& n) { return n.contains(ip); });
 }
+}  // namespace
+
+bool Config::isAllowedClient(const mta::IpAddress& ip) const { return inAny(connectionAllow, ip); }
 
 bool Config::isBlockedClient(const mta::IpAddress& ip) const {
-  if (isAllowedClient(ip)) return false;
-  for (const auto& n : connectionBlock)
-    if (n.contains(ip)) return true;
-  return false;
+  return !isAllowedClient(ip) && inAny(connectionBlock, ip);
 }
 
-bool Listener::isProxy(const mta::IpAddress& ip) const {
-  for (const auto& n : proxyNetworks)
-    if (n.contains(ip)) return true;
-  return false;
-}
+bool Listener::isProxy(const mta::IpAddress& ip) const { return inAny(proxyNetworks, ip); }
 
-bool Config::isRateExempt(const mta::IpAddress& ip) const {
-  for (const auto& n : rateExempt)
-    if (n.contains(ip)) return true;
-  return false;
-}
+bool Config::isRateExempt(const mta::IpAddress& ip) const { return inAny(rateExempt, ip); }
 
-bool Config::isRelayClient(const mta::IpAddress& ip) const {
-  for (const auto& n : relayNetworks)
-    if (n.contains(ip)) return true;
-  return false;
-}
+bool Config::isRelayClient(const mta::IpAddress& ip) const { return inAny(relayNetworks, ip); }
 
 const Route* Config::routeFor(const std::string& domain) const {
   for (const auto& r : routes)
