@@ -425,13 +425,39 @@ std::string lockSpool(const std::string& dir, int& fd) {
 }
 }  // namespace
 
+namespace {
+// The parent of `path` ("." for a bare name), for syncing the directory an entry was made in.
+std::string parentOf(const std::string& path) {
+  size_t end = path.find_last_not_of('/');
+  if (end == std::string::npos) return "/";
+  size_t slash = path.rfind('/', end);
+  if (slash == std::string::npos) return ".";
+  size_t keep = path.find_last_not_of('/', slash);
+  return keep == std::string::npos ? "/" : path.substr(0, keep + 1);
+}
+
+// mkdir -p, and every directory made is made durable: its entry's directory is fsynced
+// before it is used, so a spool made at the first start (its subdirectories, and the spool
+// itself under parents that did not exist) survives a power cut with the first messages in it.
+// The spool's own directories are 0700, the parents made for it 0755 (less the umask).
+std::string makeDirs(const std::string& path, mode_t mode, mode_t parentMode) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0) return S_ISDIR(st.st_mode) ? "" : "mkdir " + path + ": not a directory";
+  if (errno != ENOENT) return errnoError(errno, "stat " + path);
+  std::string parent = parentOf(path);
+  if (parent != path)
+    if (std::string e = makeDirs(parent, parentMode, parentMode); !e.empty()) return e;
+  if (::mkdir(path.c_str(), mode) != 0) {
+    if (errno == EEXIST) return "";
+    return errnoError(errno, "mkdir " + path);
+  }
+  return syncDir(parent);
+}
+}  // namespace
+
 std::shared_ptr<Spool> Spool::open(uv_loop_t* loop, const std::string& dir, std::string& error) {
   for (const char* sub : {"", "/tmp", "/data", "/queue", "/hold", "/quarantine", "/spare", "/corrupt"}) {
-    std::string p = dir + sub;
-    if (::mkdir(p.c_str(), 0700) != 0 && errno != EEXIST) {
-      error = errnoError(errno, "mkdir " + p);
-      return nullptr;
-    }
+    if (error = makeDirs(dir + sub, 0700, 0755); !error.empty()) return nullptr;
   }
   if (::access((dir + "/tmp").c_str(), W_OK) != 0) {
     error = errnoError(errno, "access " + dir);

@@ -491,6 +491,32 @@ TEST_CASE("spool: one Spool per directory: a second is refused, naming the holde
   REQUIRE(error.empty());
 }
 
+TEST_CASE("spool: a spool under folders that do not exist yet is made, parents included, and a file is refused") {
+  TempDir base;
+  Loop loop;
+  std::string error;
+  const std::string dir = base.path + "/var/lib//moat/spool/";
+  auto spool = Spool::open(loop.get(), dir, error);
+  REQUIRE(error.empty());
+  REQUIRE(spool);
+  for (const char* sub : {"tmp", "data", "queue", "hold", "quarantine", "spare", "corrupt"})
+    CHECK(fs::is_directory(dir + sub));
+  struct stat st {};
+  REQUIRE(::stat((base.path + "/var/lib/moat/spool").c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0700);  // the spool itself: only Moat's user
+  REQUIRE(::stat((base.path + "/var/lib").c_str(), &st) == 0);
+  CHECK((st.st_mode & 0700) == 0700);
+  spool.reset();
+  error.clear();
+  REQUIRE(Spool::open(loop.get(), dir, error));  // what exists is taken as it is
+  REQUIRE(error.empty());
+
+  writeAll(base.path + "/file", "x");
+  error.clear();
+  REQUIRE_FALSE(Spool::open(loop.get(), base.path + "/file/spool", error));
+  CHECK(error.find("/file") != std::string::npos);
+}
+
 TEST_CASE("spool: group commit batches concurrent commits, all call back ok and recover") {
   Fixture f;
   const int n = 200;
