@@ -436,28 +436,27 @@ std::string parentOf(const std::string& path) {
   return keep == std::string::npos ? "/" : path.substr(0, keep + 1);
 }
 
-// mkdir -p, and every directory made is made durable: its entry's directory is fsynced
-// before it is used, so a spool made at the first start (its subdirectories, and the spool
-// itself under parents that did not exist) survives a power cut with the first messages in it.
-// The spool's own directories are 0700, the parents made for it 0755 (less the umask).
-std::string makeDirs(const std::string& path, mode_t mode, mode_t parentMode) {
+}  // namespace
+
+// A spool made at the first start (its subdirectories, and the spool itself under parents
+// that did not exist) survives a power cut with the first messages in it.
+std::string makeDirsDurably(const std::string& path, mode_t mode, mode_t parentMode) {
   struct stat st {};
   if (::stat(path.c_str(), &st) == 0) return S_ISDIR(st.st_mode) ? "" : "mkdir " + path + ": not a directory";
   if (errno != ENOENT) return errnoError(errno, "stat " + path);
   std::string parent = parentOf(path);
   if (parent != path)
-    if (std::string e = makeDirs(parent, parentMode, parentMode); !e.empty()) return e;
+    if (std::string e = makeDirsDurably(parent, parentMode, parentMode); !e.empty()) return e;
   if (::mkdir(path.c_str(), mode) != 0) {
     if (errno == EEXIST) return "";
     return errnoError(errno, "mkdir " + path);
   }
   return syncDir(parent);
 }
-}  // namespace
 
 std::shared_ptr<Spool> Spool::open(uv_loop_t* loop, const std::string& dir, std::string& error) {
   for (const char* sub : {"", "/tmp", "/data", "/queue", "/hold", "/quarantine", "/spare", "/corrupt"}) {
-    if (error = makeDirs(dir + sub, 0700, 0755); !error.empty()) return nullptr;
+    if (error = makeDirsDurably(dir + sub, 0700, 0755); !error.empty()) return nullptr;
   }
   if (::access((dir + "/tmp").c_str(), W_OK) != 0) {
     error = errnoError(errno, "access " + dir);

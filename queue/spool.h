@@ -70,6 +70,7 @@
 // spool_removed_partial, spool_error (warn/error level, with queue_id); recover()'s report
 // is the caller's to log (the daemon's spool_recovered).
 #pragma once
+#include <sys/types.h>
 #include <uv.h>
 
 #include <atomic>
@@ -95,6 +96,11 @@ enum class ErrorKind { None, NoSpace, Io, Corrupt, NotFound };
 ErrorKind errorKind(std::string_view error);
 // "disk full (ENOSPC): write tmp/ABC.data" and the like.
 std::string errnoError(int err, std::string_view what);
+// mkdir -p that makes each folder it makes durable (the folder its entry is in is fsynced
+// before the next step), so a file later synced in it cannot be lost with the folder in a
+// power cut. `mode` for `path` itself, `parentMode` for missing parents (less the umask).
+// "" or an errnoError naming the folder. Blocking: start-up and pool threads only.
+std::string makeDirsDurably(const std::string& path, mode_t mode, mode_t parentMode);
 
 // A read-only view of a spooled message's bytes (mmap). Thread-safe to read; the mapping
 // outlives a rename or an unlink of the file.

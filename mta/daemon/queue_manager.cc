@@ -111,17 +111,6 @@ std::string safeMailboxName(const std::string& local) {
   return out.substr(0, 200);
 }
 
-bool mkdirs(const std::string& path) {
-  std::string cur;
-  for (size_t i = 0; i <= path.size(); ++i) {
-    if (i == path.size() || path[i] == '/') {
-      if (!cur.empty() && ::mkdir(cur.c_str(), 0750) != 0 && errno != EEXIST) return false;
-    }
-    if (i < path.size()) cur.push_back(path[i]);
-  }
-  return true;
-}
-
 bool fsyncDir(const std::string& dir) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return false;
@@ -179,8 +168,10 @@ std::string writeMaildir(const std::string& dir, const std::string& rcpt, const 
   std::string local = at == std::string::npos ? rcpt : rcpt.substr(0, at);
   std::string domain = at == std::string::npos ? "localhost" : lower(rcpt.substr(at + 1));
   std::string box = dir + "/" + safeMailboxName(domain) + "/" + safeMailboxName(local);
+  // A new mailbox's folders are made durable before its first message is: the message leaves
+  // the spool once written, so the folders holding it must survive a power cut too.
   for (const char* sub : {"/tmp", "/new", "/cur"})
-    if (!mkdirs(box + sub)) return "cannot create " + box + sub + ": " + std::strerror(errno);
+    if (std::string e = queue::makeDirsDurably(box + sub, 0750, 0750); !e.empty()) return e;
   static std::atomic<uint64_t> counter{0};
   char host[256] = "localhost";
   gethostname(host, sizeof host - 1);
