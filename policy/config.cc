@@ -590,11 +590,10 @@ std::vector<std::string> restartOnlyChanges(const Config& running, const Config&
   if (running.metricsListen != next.metricsListen) out.push_back("server.metrics_listen");
   if (running.nameservers != next.nameservers) out.push_back("dns.nameservers");
   if (running.dnsTimeout != next.dnsTimeout) out.push_back("dns.timeout");
-  // A listener is its socket and what it speaks; STARTTLS certificates and auth_users are
-  // looked up by address in each snapshot, an smtps listener's certificate is its socket's.
+  // A listener is its socket and what it speaks; certificates (STARTTLS and smtps alike) and
+  // auth_users are looked up by address in each snapshot.
   auto same = [](const Listener& a, const Listener& b) {
-    return a.address == b.address && a.mode == b.mode && a.proxyProtocol == b.proxyProtocol &&
-           (a.mode != ListenerMode::Smtps || (a.tlsCert == b.tlsCert && a.tlsKey == b.tlsKey));
+    return a.address == b.address && a.mode == b.mode && a.proxyProtocol == b.proxyProtocol;
   };
   std::set<std::string> named;
   auto add = [&](const std::string& address) {

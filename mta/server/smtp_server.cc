@@ -58,19 +58,15 @@ bool SmtpServer::start(std::shared_ptr<const Snapshot> snapshot, std::string& er
   shared_.snapshot = std::move(snapshot);
   const auto& cfg = *shared_.snapshot->config;
   listenerConfigs_ = cfg.listeners;
+  implicitTls_.assign(listenerConfigs_.size(), nullptr);
+  updateImplicitTls();
   for (size_t i = 0; i < listenerConfigs_.size(); ++i) {
     const auto& l = listenerConfigs_[i];
-    std::shared_ptr<tls::TlsContext> implicit;
-    if (l.mode == policy::ListenerMode::Smtps) {
-      auto it = shared_.snapshot->serverTls.find(l.address);
-      if (it != shared_.snapshot->serverTls.end()) implicit = it->second;
-    }
-    // Behind a balancer the PROXY header comes first, in plaintext: TLS starts after it.
-    implicitAfterProxy_.push_back(l.proxyProtocol ? implicit : nullptr);
-    if (l.proxyProtocol) implicit = nullptr;
     std::string err;
+    // An smtps listener's TLS starts at accept (implicitTls_), not in the listener: each
+    // connection takes the certificate of the snapshot in force, as STARTTLS does.
     auto listener = net::listen(
-        shared_.loop, l.host, l.port, false, implicit,
+        shared_.loop, l.host, l.port, false, nullptr,
         [this, i](std::shared_ptr<net::Connection> conn) { accept(i, std::move(conn)); }, err);
     if (!listener) {
       error = "cannot listen on " + l.address + ": " + err;
@@ -82,7 +78,18 @@ bool SmtpServer::start(std::shared_ptr<const Snapshot> snapshot, std::string& er
   return true;
 }
 
-void SmtpServer::reload(std::shared_ptr<const Snapshot> snapshot) { shared_.snapshot = std::move(snapshot); }
+void SmtpServer::reload(std::shared_ptr<const Snapshot> snapshot) {
+  shared_.snapshot = std::move(snapshot);
+  updateImplicitTls();
+}
+
+void SmtpServer::updateImplicitTls() {
+  const auto& contexts = shared_.snapshot->serverTls;
+  for (size_t i = 0; i < listenerConfigs_.size(); ++i) {
+    if (listenerConfigs_[i].mode != policy::ListenerMode::Smtps) continue;
+    if (auto it = contexts.find(listenerConfigs_[i].address); it != contexts.end()) implicitTls_[i] = it->second;
+  }
+}
 
 uint64_t SmtpServer::freeDisk() { return shared_.freeDisk(); }
 
@@ -115,6 +122,7 @@ const policy::Listener& SmtpServer::currentListener(size_t i) const {
 
 void SmtpServer::accept(size_t i, std::shared_ptr<net::Connection> conn) {
   if (listenerConfigs_[i].proxyProtocol) return acceptFromProxy(i, std::move(conn));
+  if (implicitTls_[i]) conn->startTls(implicitTls_[i], "", nullptr);
   SessionPeer peer{conn->peerAddress(), conn->peerPort(), std::nullopt};
   admit(i, std::move(conn), peer);
 }
@@ -187,7 +195,8 @@ void SmtpServer::proxyHeaderRead(size_t i, net::ProxyHeaderReader* reader, std::
     peer.ip = header->source;
     peer.port = header->sourcePort;
   }
-  if (implicitAfterProxy_[i]) conn->startImplicitTls(implicitAfterProxy_[i]);
+  // Behind a balancer the PROXY header comes first, in plaintext: TLS starts after it.
+  if (implicitTls_[i]) conn->startImplicitTls(implicitTls_[i]);
   admit(i, std::move(conn), peer);
 }
 

@@ -119,8 +119,12 @@ class SmtpServer {
   std::vector<std::unique_ptr<net::Listener>> listeners_;
   std::vector<policy::Listener> listenerConfigs_;
   std::map<SmtpSession*, std::shared_ptr<SmtpSession>> sessions_;
-  // smtps listeners with proxy_protocol: TLS starts after the PROXY header, not at accept.
-  std::vector<std::shared_ptr<tls::TlsContext>> implicitAfterProxy_;
+  // smtps listeners' TLS contexts (null for other modes), by listener: set at start and by
+  // each reload from its snapshot, so a new connection takes the certificate in force. A
+  // reload whose config no longer has the listener keeps the last one (the listener runs until
+  // the restart the reload's note asks for).
+  std::vector<std::shared_ptr<tls::TlsContext>> implicitTls_;
+  void updateImplicitTls();
   // Connections whose PROXY header is awaited (they count towards limits.max_connections).
   std::map<net::ProxyHeaderReader*, std::unique_ptr<net::ProxyHeaderReader>> proxyReaders_;
   std::vector<std::unique_ptr<net::ProxyHeaderReader>> proxyGraveyard_;

@@ -7,6 +7,8 @@ import os
 import shutil
 import signal
 import socket
+import smtplib
+import ssl
 import statistics
 import subprocess
 import sys
@@ -17,8 +19,8 @@ import unittest
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import (MOAT_BIN, SOURCE_DIR, Moat, RawClient, Sink, free_port, http_get, owned_moat, scrape,  # noqa: E402
-                     wait_for)
+from harness import (MOAT_BIN, SOURCE_DIR, Moat, RawClient, Sink, free_port, http_get, make_cert, owned_moat,  # noqa: E402
+                     scrape, wait_for)
 
 
 def run(*args):
@@ -177,6 +179,62 @@ class OperationsTest(unittest.TestCase):
         # A refused reload names the file the same way.
         line = m.reload_with(config, original + '\n[limits]\nmax_recipients = "many"\n', ok=False)
         self.assertEqual(line["config"], config)
+
+    def test_sighup_after_a_certificate_renewal_serves_the_new_one_on_smtps_and_starttls(self):
+        """A renewal (certbot) rewrites the certificate files in place and reloads: the next
+        connection to an smtps listener, as to a STARTTLS one, gets the new certificate, with
+        no restart asked for. A config without the smtps listener any more keeps it serving
+        TLS with what it has until the restart the note asks for."""
+        d = tempfile.mkdtemp(prefix="moat-renew-")
+        self.addCleanup(shutil.rmtree, d, True)
+        old_dir, new_dir = os.path.join(d, "old"), os.path.join(d, "new")
+        os.mkdir(old_dir)
+        os.mkdir(new_dir)
+        old = make_cert(old_dir, cn="old.moat.test")
+        new = make_cert(new_dir, cn="new.moat.test")
+        cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+        shutil.copy(old[0], cert)
+        shutil.copy(old[1], key)
+        smtps_port = free_port()
+        tls = f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
+        smtps = f'\n[[listener]]\naddress = "127.0.0.1:{smtps_port}"\nmode = "smtps"\n{tls}'
+        m = owned_moat(self, listener_extra=tls, extra=smtps)
+        m.wait_log(event="listen", address=f"127.0.0.1:{smtps_port}")
+        smtp_port = m.wait_log(event="listen", address="127.0.0.1:0")["port"]
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+
+        def smtps_cert():
+            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", smtps_port), timeout=15)) as t:
+                der = t.getpeercert(binary_form=True)
+                self.assertTrue(t.recv(512).startswith(b"220 "))
+            return der
+
+        def starttls_cert():
+            with smtplib.SMTP("127.0.0.1", smtp_port, local_hostname="client.test", timeout=15) as s:
+                s.starttls(context=ctx)
+                return s.sock.getpeercert(binary_form=True)
+
+        def der(pem):
+            with open(pem) as f:
+                return ssl.PEM_cert_to_DER_cert(f.read())
+
+        self.assertEqual(smtps_cert(), der(old[0]))
+        self.assertEqual(starttls_cert(), der(old[0]))
+        shutil.copy(new[0], cert)
+        shutil.copy(new[1], key)
+        with open(m.config_path) as f:
+            config = f.read()
+        line = m.reload_with(m.config_path, config)
+        self.assertNotIn("note", line)
+        self.assertEqual(smtps_cert(), der(new[0]))
+        self.assertEqual(starttls_cert(), der(new[0]))
+        # The smtps listener left out of the config: a restart is asked for, and until then
+        # the listener still speaks TLS, with the certificate it had.
+        line = m.reload_with(m.config_path, config.replace(smtps, "\n"))
+        self.assertEqual(line.get("note"), f"take effect at the next restart: listener 127.0.0.1:{smtps_port}")
+        self.assertEqual(smtps_cert(), der(new[0]))
 
     def test_sighup_broken_config_keeps_running_config(self):
         sink = Sink()

@@ -589,6 +589,11 @@ TEST_CASE("restartOnlyChanges names the keys a reload cannot apply that differ f
   auto otherProxies = load("spool_dir = \"s1\"\n",
                            l1 + "proxy_protocol = true\nproxy_networks = [\"::1\"]\nproxy_timeout = \"1s\"\n", "");
   REQUIRE(restartOnlyChanges(*proxied, *otherProxies).empty());
+  // an smtps listener's certificate is reloaded (each connection takes the snapshot's), its mode is not
+  auto smtps = load("spool_dir = \"s1\"\n", l1 + "mode = \"smtps\"\ntls_cert = \"a.pem\"\ntls_key = \"a.key\"\n", "");
+  auto renewed = load("spool_dir = \"s1\"\n", l1 + "mode = \"smtps\"\ntls_cert = \"b.pem\"\ntls_key = \"b.key\"\n", "");
+  REQUIRE(restartOnlyChanges(*smtps, *renewed).empty());
+  REQUIRE(restartOnlyChanges(*smtps, *running) == std::vector<std::string>{"listener 127.0.0.1:2525"});
 }
 
 TEST_CASE("[queue] address_preference and ip_versions: defaults, values, mistakes as FILE:LINE") {
