@@ -93,6 +93,15 @@ std::string Metrics::prometheus() const {
   if (spoolMinFreeBytes)
     counter("moat_spool_min_free_bytes", "server.min_free_disk: under it MAIL FROM is refused with 452 4.3.1.",
             spoolMinFreeBytes(), "gauge");
+  if (!certificateNotAfter.empty()) {
+    out +=
+        "# HELP moat_tls_certificate_expiry_timestamp_seconds When the certificate each TLS listener serves "
+        "expires (its notAfter, Unix seconds), by listener address.\n"
+        "# TYPE moat_tls_certificate_expiry_timestamp_seconds gauge\n";
+    for (const auto& [listener, notAfter] : certificateNotAfter)
+      out += "moat_tls_certificate_expiry_timestamp_seconds{listener=\"" + listener + "\"} " +
+             std::to_string(notAfter) + "\n";
+  }
   out += "# HELP moat_delivery_latency_seconds From arrival to delivery, per recipient.\n"
          "# TYPE moat_delivery_latency_seconds histogram\n";
   for (size_t i = 0; i < kBuckets.size(); ++i) {

@@ -4,6 +4,7 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 
 namespace moat::mta::server {
@@ -40,6 +41,8 @@ struct Metrics {
   uint64_t dsnsGenerated = 0;
   uint64_t tlsrptReports = 0;  // RFC 8460 reports queued
   uint64_t queueActive = 0, queueHold = 0, queueQuarantine = 0;
+  // Each TLS listener's certificate in force: its address → notAfter (Unix seconds).
+  std::map<std::string, int64_t> certificateNotAfter;
   // The spool's free space (the reading the MAIL-time floor check uses) and the floor
   // (server.min_free_disk); read when /metrics is rendered. Unset: the gauges are left out.
   std::function<uint64_t()> spoolFreeBytes;

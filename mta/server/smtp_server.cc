@@ -59,7 +59,7 @@ bool SmtpServer::start(std::shared_ptr<const Snapshot> snapshot, std::string& er
   const auto& cfg = *shared_.snapshot->config;
   listenerConfigs_ = cfg.listeners;
   implicitTls_.assign(listenerConfigs_.size(), nullptr);
-  updateImplicitTls();
+  applyCertificates();
   for (size_t i = 0; i < listenerConfigs_.size(); ++i) {
     const auto& l = listenerConfigs_[i];
     std::string err;
@@ -80,14 +80,22 @@ bool SmtpServer::start(std::shared_ptr<const Snapshot> snapshot, std::string& er
 
 void SmtpServer::reload(std::shared_ptr<const Snapshot> snapshot) {
   shared_.snapshot = std::move(snapshot);
-  updateImplicitTls();
+  applyCertificates();
 }
 
-void SmtpServer::updateImplicitTls() {
+void SmtpServer::applyCertificates() {
   const auto& contexts = shared_.snapshot->serverTls;
+  auto& expiry = metrics().certificateNotAfter;
+  expiry.clear();
   for (size_t i = 0; i < listenerConfigs_.size(); ++i) {
-    if (listenerConfigs_[i].mode != policy::ListenerMode::Smtps) continue;
-    if (auto it = contexts.find(listenerConfigs_[i].address); it != contexts.end()) implicitTls_[i] = it->second;
+    const auto& address = listenerConfigs_[i].address;
+    auto it = contexts.find(address);
+    std::shared_ptr<tls::TlsContext> served = it == contexts.end() ? nullptr : it->second;
+    if (listenerConfigs_[i].mode == policy::ListenerMode::Smtps) {
+      if (served) implicitTls_[i] = served;
+      served = implicitTls_[i];
+    }
+    if (served) expiry[address] = served->notAfter();
   }
 }
 

@@ -124,7 +124,9 @@ class SmtpServer {
   // reload whose config no longer has the listener keeps the last one (the listener runs until
   // the restart the reload's note asks for).
   std::vector<std::shared_ptr<tls::TlsContext>> implicitTls_;
-  void updateImplicitTls();
+  // Takes the snapshot's certificates: implicitTls_, and each TLS listener's expiry for
+  // /metrics (moat_tls_certificate_expiry_timestamp_seconds).
+  void applyCertificates();
   // Connections whose PROXY header is awaited (they count towards limits.max_connections).
   std::map<net::ProxyHeaderReader*, std::unique_ptr<net::ProxyHeaderReader>> proxyReaders_;
   std::vector<std::unique_ptr<net::ProxyHeaderReader>> proxyGraveyard_;

@@ -2,11 +2,36 @@
 #include "mta/server/snapshot.h"
 
 #include <algorithm>
+#include <chrono>
+#include <ctime>
 
 #include "filters/antivirus/antivirus_filter.h"
 
 namespace moat::mta::server {
 namespace {
+
+// A listener certificate that has expired or expires within kCertificateWarningDays: a warning
+// (moat check, and serve's start), not an error. Serving it still gives opportunistic TLS to
+// the MTAs that do not check; refusing to start would take in no mail at all.
+constexpr int64_t kCertificateWarningDays = 14;
+void certificateExpiryWarning(const policy::Config& config, const policy::Listener& l, int64_t notAfter,
+                              policy::Errors& errors) {
+  const int64_t now =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  if (notAfter == 0 || notAfter - now >= kCertificateWarningDays * 86400) return;
+  char date[32] = "";
+  std::tm tm{};
+  const std::time_t t = static_cast<std::time_t>(notAfter);
+  if (::gmtime_r(&t, &tm)) std::strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S UTC", &tm);
+  const int64_t days = (notAfter - now) / 86400;
+  std::string when = notAfter <= now ? "expired on " + std::string(date)
+                     : days == 0     ? "expires on " + std::string(date) + " (within a day)"
+                                     : "expires on " + std::string(date) + " (in " + std::to_string(days) +
+                                       (days == 1 ? " day)" : " days)");
+  errors.warning(config.path, l.line,
+                 "[[listener]] " + l.address + ": the certificate in " + l.tlsCert + " " + when +
+                     ": renew it and reload (SIGHUP)");
+}
 
 // A policy file the config names (by `key` at `line`) that cannot be opened is reported
 // there, as [[dkim.sign]] key_file is, and not read further.
@@ -62,6 +87,7 @@ std::shared_ptr<Snapshot> build(std::shared_ptr<const policy::Config> config, po
       continue;
     }
     snap->serverTls[l.address] = ctx;
+    certificateExpiryWarning(*config, l, ctx->notAfter(), errors);
   }
   std::map<std::string, std::shared_ptr<const policy::UserDb>> usersByFile;  // listeners may share one
   for (const auto& l : config->listeners) {

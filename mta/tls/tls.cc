@@ -11,6 +11,8 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
+#include <ctime>
+
 namespace moat::mta::tls {
 
 namespace {
@@ -71,6 +73,10 @@ std::shared_ptr<TlsContext> TlsContext::server(const std::string& certFile, cons
     return nullptr;
   }
   auto out = std::make_shared<TlsContext>();
+  if (X509* cert = SSL_CTX_get0_certificate(ctx.get())) {
+    struct tm tm {};
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) == 1) out->notAfter_ = static_cast<int64_t>(::timegm(&tm));
+  }
   out->ctx_ = std::move(ctx);
   out->server_ = true;
   return out;

@@ -55,9 +55,12 @@ class TlsContext {
   bool isServer() const { return server_; }
   bool verifiesPeer() const { return verify_; }
   const DanePeer* dane() const { return dane_ ? dane_.get() : nullptr; }
+  // A server context's certificate's notAfter, Unix seconds (0 for a client context).
+  int64_t notAfter() const { return notAfter_; }
 
  private:
   SslCtxPtr ctx_;
+  int64_t notAfter_ = 0;
   std::shared_ptr<const DanePeer> dane_;
   bool server_ = false;
   bool verify_ = false;

@@ -8,6 +8,7 @@ import os
 import re
 import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -34,7 +35,7 @@ class PrometheusRulesTest(unittest.TestCase):
         d = os.path.join(MONITORING, "prometheus")
         r = run("promtool", "check", "rules", os.path.join(d, "moat-alerts.yml"))
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        self.assertIn("SUCCESS: 8 rules found", r.stdout)
+        self.assertIn("SUCCESS: 9 rules found", r.stdout)
         r = subprocess.run(["promtool", "test", "rules", "moat-alerts.test.yml"], cwd=d, capture_output=True,
                            text=True, timeout=120)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
@@ -95,6 +96,31 @@ class LiveDaemonTest(unittest.TestCase):
         r = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=60)
         self.assertEqual(r.returncode, 0, (r.stdout + r.stderr).decode())
         self.assertIn(b'moat_auth_total{result="fail"} 2', body)
+
+
+class CertificateExpiryTest(unittest.TestCase):
+    def test_expiry_of_the_certificate_served_is_a_metric_and_a_check_warning(self):
+        """A listener's certificate (made here, valid for 2 days) gives
+        moat_tls_certificate_expiry_timestamp_seconds its notAfter, and `moat check` warns that
+        it expires within 14 days, naming the listener's line; the config still loads."""
+        metrics_port = free_port()
+        set_up_tls_auth_daemon(self, "moat-cert-", server_extra=f'metrics_listen = "127.0.0.1:{metrics_port}"')
+        cert = self.cert[0]
+        r = run("openssl", "x509", "-enddate", "-noout", "-in", cert)
+        not_after = int(ssl.cert_time_to_seconds(r.stdout.strip().split("=", 1)[1]))
+        write_users(os.path.join(self.moat.dir, "users"), {"alice": "correct horse"})
+        self.moat.start()
+        body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        self.assertIn(f'moat_tls_certificate_expiry_timestamp_seconds{{listener="127.0.0.1:0"}} {not_after}\n', body)
+        r = self.moat.cli("check", check=False)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        with open(self.moat.config_path) as f:
+            line = f.read().split("\n").index('address = "127.0.0.1:0"') + 1
+        date = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(not_after))
+        # "in 1 day" or "in 2 days": whole days left, as the clock reads when moat check runs.
+        self.assertRegex(r.stdout + r.stderr, re.escape(
+            f"{self.moat.config_path}:{line}: warning: [[listener]] 127.0.0.1:0: the certificate in {cert} "
+            f"expires on {date} (in ") + r"(1 day|2 days)\): renew it and reload \(SIGHUP\)")
 
 
 class MetricsListenerLimitsTest(unittest.TestCase):
