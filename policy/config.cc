@@ -513,6 +513,32 @@ void readRateLimits(Config& c, Section s) {
   s.rejectUnknownKeys();
 }
 
+void readGreylist(Config& c, Section s) {
+  c.greylistEnabled = s.getBool("enabled", c.greylistEnabled);
+  // More than a day: mail whose sender retries for a shorter time is lost.
+  c.greylistDelay = s.getDuration("delay", c.greylistDelay);
+  if (c.greylistDelay < std::chrono::seconds(1) || c.greylistDelay > std::chrono::hours(24)) {
+    s.error("delay", "must be from 1s to 1d");
+    c.greylistDelay = std::chrono::minutes(5);
+  }
+  c.greylistRetryWindow = s.getDuration("retry_window", c.greylistRetryWindow);
+  if (c.greylistRetryWindow <= c.greylistDelay || c.greylistRetryWindow > std::chrono::hours(24 * 30)) {
+    s.error("retry_window", "must be longer than delay and at most 30d");
+    c.greylistRetryWindow = std::chrono::hours(48);
+  }
+  c.greylistLifetime = s.getDuration("lifetime", c.greylistLifetime);
+  if (c.greylistLifetime < std::chrono::seconds(1) || c.greylistLifetime > std::chrono::hours(24 * 366)) {
+    s.error("lifetime", "must be from 1s to 366d");
+    c.greylistLifetime = std::chrono::hours(24 * 35);
+  }
+  c.greylistAutoAllowAfter =
+      static_cast<unsigned>(s.getInt("auto_allow_after", c.greylistAutoAllowAfter, 0, 1'000'000));
+  c.greylistIpv4Prefix = static_cast<int>(s.getInt("ipv4_prefix", c.greylistIpv4Prefix, 8, 32));
+  c.greylistIpv6Prefix = static_cast<int>(s.getInt("ipv6_prefix", c.greylistIpv6Prefix, 16, 128));
+  c.greylistExempt = networks(s, "exempt_networks");
+  s.rejectUnknownKeys();
+}
+
 void readSenders(Config& c, Section s) {
   c.blockedSenders = s.getPath("block", "");
   c.blockedSendersLine = s.lineOf("block");
@@ -681,6 +707,8 @@ bool Listener::isProxy(const mta::IpAddress& ip) const { return inAny(proxyNetwo
 
 bool Config::isRateExempt(const mta::IpAddress& ip) const { return inAny(rateExempt, ip); }
 
+bool Config::isGreylistExempt(const mta::IpAddress& ip) const { return inAny(greylistExempt, ip); }
+
 bool Config::isRelayClient(const mta::IpAddress& ip) const { return inAny(relayNetworks, ip); }
 
 const Route* Config::routeFor(const std::string& domain) const {
@@ -710,7 +738,7 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
 
   static const std::set<std::string> kCore = {"server",  "listener",    "dns",        "relay",      "limits",
                                               "route",   "queue",       "quarantine", "connection", "senders",
-                                              "mta_sts", "rate_limits", "tlsrpt"};
+                                              "mta_sts", "rate_limits", "tlsrpt",     "greylist"};
   for (const auto& [k, v] : *c->toml) {
     std::string key(k.str());
     if (!kCore.count(key) && !kOtherSections.count(key))
@@ -730,6 +758,7 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
   readConnection(*c, c->section("connection", errors));
   readSenders(*c, c->section("senders", errors));
   readRateLimits(*c, c->section("rate_limits", errors));
+  readGreylist(*c, c->section("greylist", errors));
 
   if (c->listeners.empty()) errors.error(c->path, 0, "no [[listener]]: Moat would accept no mail");
   checkSockets(*c, errors);

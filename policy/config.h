@@ -139,6 +139,19 @@ struct Config {
   bool rateLimitsOn() const { return messagesPerClient || recipientsPerClient || messagesPerSender; }
   bool isRateExempt(const mta::IpAddress& ip) const;
 
+  // [greylist] (mta/server/greylist.h; RFC 6647, postgrey): inbound clients' first attempt
+  // of a (client network, sender, recipient) triplet gets 450 4.7.1 at RCPT; a retry after
+  // greylistDelay, within greylistRetryWindow of the first, passes. Off by default.
+  bool greylistEnabled = false;
+  Millis greylistDelay{std::chrono::minutes(5)};
+  Millis greylistRetryWindow{std::chrono::hours(48)};
+  Millis greylistLifetime{std::chrono::hours(24 * 35)};  // a passed triplet, an allowed client
+  unsigned greylistAutoAllowAfter = 5;                   // triplets passed by a client network; 0 = no auto-allow
+  int greylistIpv4Prefix = 24;
+  int greylistIpv6Prefix = 64;
+  std::vector<mta::Network> greylistExempt;  // clients never greylisted
+  bool isGreylistExempt(const mta::IpAddress& ip) const;
+
   // [limits]
   uint64_t maxMessageSize = 35ull << 20;
   unsigned maxRecipients = 200;

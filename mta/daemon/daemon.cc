@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "mta/daemon/control.h"
+#include "mta/daemon/greylist_store.h"
 #include "mta/daemon/metrics_http.h"
 #include "mta/daemon/queue_manager.h"
 #include "mta/dns/cares_resolver.h"
@@ -120,6 +121,10 @@ int serve(const std::string& configPath) {
   qm.start(std::move(recovered));
 
   server::SmtpServer smtp(loop.get(), spool, resolver.get(), [&qm](const queue::Envelope& env, std::shared_ptr<const queue::MessageData> data) { qm.enqueue(env, std::move(data)); });
+  // [greylist]: the table as the last run left it, before the first session.
+  GreylistStore greylist(loop.get(), smtp.greylist(), cfg.spoolDir + "/greylist.state");
+  if (cfg.greylistEnabled) greylist.load();
+  greylist.start();
   if (!smtp.start(snap, error)) {
     std::fprintf(stderr, "moat: %s\n", error.c_str());
     log::error("start_failed").add("error", error);
@@ -158,16 +163,18 @@ int serve(const std::string& configPath) {
     log::info("stopping").add("signal", why).add("sessions", static_cast<uint64_t>(smtp.sessionCount()))
         .add("deliveries", static_cast<uint64_t>(qm.inFlight()));
     smtp.drain([&] {
-      qm.drain([&] {
-        control.stop();
-        metrics.stop();
-        server::metrics().spoolFreeBytes = nullptr;  // they name objects of this scope
-        server::metrics().spoolMinFreeBytes = nullptr;
-        log::info("stop");
-        sigterm.reset();
-        sigint.reset();
-        sighup.reset();
-        uv_stop(loop.get());
+      greylist.stop([&] {
+        qm.drain([&] {
+          control.stop();
+          metrics.stop();
+          server::metrics().spoolFreeBytes = nullptr;  // they name objects of this scope
+          server::metrics().spoolMinFreeBytes = nullptr;
+          log::info("stop");
+          sigterm.reset();
+          sigint.reset();
+          sighup.reset();
+          uv_stop(loop.get());
+        });
       });
     });
   };

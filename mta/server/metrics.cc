@@ -50,6 +50,12 @@ std::string Metrics::prometheus() const {
   out += "moat_verify_total{result=\"unknown\"} " + std::to_string(verifyUnknown) + "\n";
   out += "moat_verify_total{result=\"cached\"} " + std::to_string(verifyCached) + "\n";
   out +=
+      "# HELP moat_greylist_total RCPTs greylisting decided: deferred (450 4.7.1), passed (a known triplet) or "
+      "allowed (an auto-allowed client network).\n# TYPE moat_greylist_total counter\n";
+  out += "moat_greylist_total{result=\"deferred\"} " + std::to_string(greylistDeferred) + "\n";
+  out += "moat_greylist_total{result=\"passed\"} " + std::to_string(greylistPassed) + "\n";
+  out += "moat_greylist_total{result=\"allowed\"} " + std::to_string(greylistAllowed) + "\n";
+  out +=
       "# HELP moat_rate_limited_total MAIL and RCPT commands refused with 450 4.7.1 for being over a "
       "[rate_limits] limit, by limit.\n# TYPE moat_rate_limited_total counter\n";
   for (size_t i = 0; i < rateLimited.size(); ++i)

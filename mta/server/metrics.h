@@ -28,6 +28,9 @@ struct Metrics {
   std::array<uint64_t, 3> rateLimited{};
   static constexpr std::array<const char*, 3> kRateLimits = {"messages_per_client", "recipients_per_client",
                                                              "messages_per_sender"};
+  // [greylist]: RCPTs deferred (450 4.7.1), passed (a known triplet), allowed (a client
+  // network auto-allowed).
+  uint64_t greylistDeferred = 0, greylistPassed = 0, greylistAllowed = 0;
   // Transactions refused as a whole (at MAIL FROM or at the end of DATA/BDAT), by class.
   uint64_t messagesRejected = 0;
   uint64_t messagesTempFailed = 0;

@@ -17,6 +17,7 @@
 #include "mta/net/connection.h"
 #include "mta/net/proxy_header.h"
 #include "mta/runtime/uv.h"
+#include "mta/server/greylist.h"
 #include "mta/server/metrics.h"
 #include "mta/server/rate_counter.h"
 #include "mta/server/recipient_verifier.h"
@@ -66,6 +67,9 @@ struct ServerShared {
   // [rate_limits]: what each limit has counted, for the whole process (every session, every
   // snapshot: the counts outlive a reload, which applies its new limits to them).
   RateCounter rateMessagesPerClient, rateRecipientsPerClient, rateMessagesPerSender;
+  // [greylist]: the triplets and client networks, for the whole process (kept across a
+  // reload; saved to SPOOL_DIR/greylist.state by the daemon).
+  Greylist greylist;
 
   // Free disk space, refreshed at most once a second (statvfs is cheap but not free).
   uint64_t freeDisk();
@@ -98,6 +102,8 @@ class SmtpServer {
   uint64_t minFreeDisk() const;
   // Why no mail can be taken now ("" when it can): draining, or the spool under the floor.
   std::string whyNoMail();
+  // [greylist]'s table, which the daemon saves and restores.
+  Greylist& greylist() { return shared_.greylist; }
 
  private:
   void accept(size_t listener, std::shared_ptr<net::Connection> conn);

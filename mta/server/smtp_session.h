@@ -32,9 +32,10 @@
 // Logs: connect, disconnect, pregreet, reject (with the reply sent), accept (queued, with queue_id),
 // filter (each filter's result at the data stage), auth (each AUTH's outcome; never the
 // password), verify (each RCPT answered by recipient verification, recipient_verifier.h),
-// rate_limited (a [rate_limits] limit reached: once per key and window; the refusals
-// themselves are `reject` lines at debug only, so a client that keeps trying cannot flood
-// the log). accept, disconnect and a reject at the end of the data carry client_name.
+// greylist (a triplet first deferred, and when it gets through: one line each; the
+// deferrals are `reject` lines at debug only), rate_limited (a [rate_limits] limit reached: once per key and window;
+// the refusals themselves are `reject` lines at debug only, so a client that keeps trying cannot flood the log).
+// accept, disconnect and a reject at the end of the data carry client_name.
 #pragma once
 #include <chrono>
 #include <functional>
@@ -158,6 +159,9 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   // rate_limited line once per key and window, and true.
   bool rateLimited(RateLimit which, std::string_view stage, const std::string& sender);
   void countRate(RateLimit which, const std::string& sender);
+  // [greylist]: whether the recipient is greylisted for this client and sender: if so, 450
+  // 4.7.1 sent (the session goes on) and true.
+  bool greylisted(const std::string& address);
   void authFields(log::Line& line) const;
   // One `filter` log line per filter result.
   void logFilters(const std::vector<filters::FilterReport>& reports, filters::Stage stage) const;

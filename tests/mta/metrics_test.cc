@@ -54,3 +54,16 @@ TEST_CASE("rate limit refusals are counted by limit", "[metrics]") {
   CHECK(text.find("moat_rate_limited_total{limit=\"recipients_per_client\"} 1\n") != std::string::npos);
   CHECK(text.find("moat_rate_limited_total{limit=\"messages_per_sender\"} 0\n") != std::string::npos);
 }
+
+TEST_CASE("greylisting is counted by result", "[metrics]") {
+  Metrics m;
+  std::string text = m.prometheus();
+  CHECK(text.find("# TYPE moat_greylist_total counter\n") != std::string::npos);
+  CHECK(text.find("moat_greylist_total{result=\"allowed\"} 0\n") != std::string::npos);
+  m.greylistDeferred += 3;
+  ++m.greylistPassed;
+  text = m.prometheus();
+  CHECK(text.find("moat_greylist_total{result=\"deferred\"} 3\n") != std::string::npos);
+  CHECK(text.find("moat_greylist_total{result=\"passed\"} 1\n") != std::string::npos);
+  CHECK(text.find("moat_greylist_total{result=\"allowed\"} 0\n") != std::string::npos);
+}

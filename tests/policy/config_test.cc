@@ -701,3 +701,66 @@ TEST_CASE("relay.verify_recipients and its keys: defaults, values, and bad value
   CHECK_FALSE(has(all, "relay domain example.test"));
   unlink(path.c_str());
 }
+
+TEST_CASE("the greylist section: defaults, values, and mistakes as FILE:LINE") {
+  const std::string head = "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n";
+  auto path = writeTemp(head);
+  Errors errors;
+  auto c = loadConfig(path, errors);
+  REQUIRE(c);
+  CHECK_FALSE(c->greylistEnabled);
+  CHECK(c->greylistDelay == std::chrono::minutes(5));
+  CHECK(c->greylistRetryWindow == std::chrono::hours(48));
+  CHECK(c->greylistLifetime == std::chrono::hours(24 * 35));
+  CHECK(c->greylistAutoAllowAfter == 5);
+  CHECK(c->greylistIpv4Prefix == 24);
+  CHECK(c->greylistIpv6Prefix == 64);
+  CHECK(c->greylistExempt.empty());
+  unlink(path.c_str());
+
+  path = writeTemp(head +
+                   "[greylist]\nenabled = true\ndelay = \"1s\"\nretry_window = \"1h\"\nlifetime = \"7d\"\n"
+                   "auto_allow_after = 0\nipv4_prefix = 32\nipv6_prefix = 48\n"
+                   "exempt_networks = [\"192.0.2.0/24\", \"2001:db8::/32\"]\n");
+  Errors good;
+  c = loadConfig(path, good);
+  INFO(good.str());
+  REQUIRE(c);
+  CHECK(c->greylistEnabled);
+  CHECK(c->greylistDelay == std::chrono::seconds(1));
+  CHECK(c->greylistRetryWindow == std::chrono::hours(1));
+  CHECK(c->greylistLifetime == std::chrono::hours(24 * 7));
+  CHECK(c->greylistAutoAllowAfter == 0);
+  CHECK(c->greylistIpv4Prefix == 32);
+  CHECK(c->greylistIpv6Prefix == 48);
+  CHECK(c->isGreylistExempt(*moat::mta::IpAddress::parse("192.0.2.9")));
+  CHECK(c->isGreylistExempt(*moat::mta::IpAddress::parse("2001:db8::1")));
+  CHECK_FALSE(c->isGreylistExempt(*moat::mta::IpAddress::parse("198.51.100.1")));
+  unlink(path.c_str());
+
+  path = writeTemp(head +
+                   "[greylist]\nenabled = \"yes\"\ndelay = \"500ms\"\nretry_window = \"31d\"\nlifetime = \"0s\"\n"
+                   "auto_allow_after = -1\nipv4_prefix = 33\nipv6_prefix = 8\nexempt_networks = [\"x\"]\n"
+                   "whitelist = []\n");
+  Errors bad;
+  REQUIRE_FALSE(loadConfig(path, bad));
+  std::string all = bad.str();
+  INFO(all);
+  CHECK(all.find(path + ":8: greylist.enabled") != std::string::npos);
+  CHECK(all.find(path + ":9: greylist.delay: must be from 1s to 1d") != std::string::npos);
+  CHECK(all.find(path + ":10: greylist.retry_window: must be longer than delay and at most 30d") != std::string::npos);
+  CHECK(all.find(path + ":11: greylist.lifetime: must be from 1s to 366d") != std::string::npos);
+  CHECK(all.find(path + ":12: greylist.auto_allow_after") != std::string::npos);
+  CHECK(all.find(path + ":13: greylist.ipv4_prefix") != std::string::npos);
+  CHECK(all.find(path + ":14: greylist.ipv6_prefix") != std::string::npos);
+  CHECK(all.find(path + ":15: greylist.exempt_networks") != std::string::npos);
+  CHECK(all.find(path + ":16: greylist.whitelist: unknown key") != std::string::npos);
+  unlink(path.c_str());
+
+  // A delay longer than the window it must fit in.
+  path = writeTemp(head + "[greylist]\ndelay = \"2h\"\nretry_window = \"1h\"\n");
+  Errors order;
+  REQUIRE_FALSE(loadConfig(path, order));
+  CHECK(order.str().find(path + ":9: greylist.retry_window: must be longer than delay") != std::string::npos);
+  unlink(path.c_str());
+}

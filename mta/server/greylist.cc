@@ -1,0 +1,267 @@
+// mta/server/greylist.cc — see greylist.h.
+#include "mta/server/greylist.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cstring>
+#include <iterator>
+
+namespace moat::mta::server {
+
+namespace {
+
+constexpr std::string_view kStateVersion = "moat-greylist 1";
+
+char asciiLower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
+
+void appendLower(std::string& out, std::string_view s) {
+  for (char c : s) out += asciiLower(c);
+}
+
+// Keys hold NULs (between their parts) and whatever a peer put in an address: bytes that
+// would end a field or a line are written as %XX.
+std::string escape(std::string_view s) {
+  static const char* kHex = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(s.size());
+  for (char ch : s) {
+    auto c = static_cast<unsigned char>(ch);
+    if (c <= 0x20 || c == 0x7F || c == '%') {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
+int hexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+bool unescape(std::string_view s, std::string& out) {
+  out.clear();
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '%') {
+      out += s[i];
+      continue;
+    }
+    if (i + 2 >= s.size()) return false;
+    int hi = hexValue(s[i + 1]), lo = hexValue(s[i + 2]);
+    if (hi < 0 || lo < 0) return false;
+    out += static_cast<char>(hi * 16 + lo);
+    i += 2;
+  }
+  return true;
+}
+
+template <typename T>
+bool number(std::string_view s, T& v) {
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  return ec == std::errc() && p == s.data() + s.size();
+}
+
+// The fields of one line, split at single spaces.
+std::vector<std::string_view> fields(std::string_view line) {
+  std::vector<std::string_view> out;
+  size_t start = 0;
+  while (start <= line.size() && out.size() < 8) {
+    size_t sp = line.find(' ', start);
+    if (sp == std::string_view::npos) sp = line.size();
+    out.push_back(line.substr(start, sp - start));
+    start = sp + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string Greylist::network(const IpAddress& ip, int ipv4Prefix, int ipv6Prefix) {
+  const int prefix = std::clamp(ip.isV4() ? ipv4Prefix : ipv6Prefix, 0, ip.isV4() ? 32 : 128);
+  uint8_t bytes[16] = {};
+  std::memcpy(bytes, ip.bytes(), ip.size());
+  for (int bit = prefix; bit < static_cast<int>(ip.size()) * 8; ++bit)
+    bytes[bit / 8] = static_cast<uint8_t>(bytes[bit / 8] & ~(0x80 >> (bit % 8)));
+  return Network(ip.isV4() ? IpAddress::v4(bytes) : IpAddress::v6(bytes), prefix).str();
+}
+
+void Greylist::prune(Table& t, int64_t nowMs) {
+  // Touched order is nearly expiry order (a pending triplet's window and a passed one's
+  // lifetime differ): one out of place waits for those before it, or for the cap.
+  while (!t.lru.empty() && t.lru.front().expiresMs <= nowMs) {
+    t.index.erase(t.lru.front().key);
+    t.lru.pop_front();
+  }
+}
+
+Greylist::Entry* Greylist::find(Table& t, std::string_view key, int64_t nowMs) {
+  auto it = t.index.find(key);
+  if (it == t.index.end()) return nullptr;
+  if (it->second->expiresMs <= nowMs) {
+    auto entry = it->second;
+    t.index.erase(it);
+    t.lru.erase(entry);
+    return nullptr;
+  }
+  return &*it->second;
+}
+
+Greylist::Entry& Greylist::add(Table& t, std::string key) {
+  if (t.index.size() >= maxEntries_ && !t.lru.empty()) {
+    t.index.erase(t.lru.front().key);
+    t.lru.pop_front();
+    ++evicted_;
+  }
+  t.lru.push_back(Entry{std::move(key), 0, 0, 0});
+  auto it = std::prev(t.lru.end());
+  t.index.emplace(std::string_view(it->key), it);
+  return *it;
+}
+
+void Greylist::touch(Table& t, Entry& e) {
+  auto it = t.index.find(e.key);
+  if (it != t.index.end()) t.lru.splice(t.lru.end(), t.lru, it->second);
+}
+
+Greylist::Verdict Greylist::check(std::string_view network, std::string_view sender, std::string_view recipient,
+                                  int64_t nowMs, const Settings& s) {
+  prune(triplets_, nowMs);
+  prune(clients_, nowMs);
+  Verdict v;
+  std::string_view clientKey = network.substr(0, kMaxKeyBytes);
+  if (s.autoAllowAfter > 0) {
+    if (Entry* c = find(clients_, clientKey, nowMs); c && c->passes >= s.autoAllowAfter) {
+      c->expiresMs = nowMs + s.lifetimeMs;  // allowed while it keeps sending
+      touch(clients_, *c);
+      dirty_ = true;
+      v.result = Result::Allowed;
+      return v;
+    }
+  }
+  std::string key(network);
+  key += '\0';
+  appendLower(key, sender);
+  key += '\0';
+  appendLower(key, recipient);
+  if (key.size() > kMaxKeyBytes) key.resize(kMaxKeyBytes);
+
+  Entry* t = find(triplets_, key, nowMs);
+  if (!t) {
+    Entry& e = add(triplets_, std::move(key));
+    e.firstMs = nowMs;
+    e.expiresMs = nowMs + std::max(s.retryWindowMs, s.delayMs + 1);
+    dirty_ = true;
+    v.waitMs = s.delayMs;
+    v.firstSeen = true;
+    return v;
+  }
+  if (t->passes > 0) {
+    t->expiresMs = nowMs + s.lifetimeMs;
+    touch(triplets_, *t);
+    dirty_ = true;
+    v.result = Result::Passed;
+    return v;
+  }
+  // A retry: neither touched nor extended (its window counts from the first attempt).
+  if (nowMs - t->firstMs < s.delayMs) {
+    v.waitMs = t->firstMs + s.delayMs - nowMs;
+    return v;
+  }
+  t->passes = 1;
+  t->expiresMs = nowMs + s.lifetimeMs;
+  touch(triplets_, *t);
+  dirty_ = true;
+  v.result = Result::Passed;
+  v.firstPass = true;
+  if (s.autoAllowAfter > 0) {
+    Entry* c = find(clients_, clientKey, nowMs);
+    if (!c) c = &add(clients_, std::string(clientKey));
+    ++c->passes;
+    c->expiresMs = nowMs + s.lifetimeMs;
+    touch(clients_, *c);
+  }
+  return v;
+}
+
+std::vector<Greylist::Record> Greylist::records(int64_t nowMs) {
+  prune(triplets_, nowMs);
+  prune(clients_, nowMs);
+  std::vector<Record> out;
+  out.reserve(triplets_.lru.size() + clients_.lru.size());
+  for (const auto& e : clients_.lru)
+    if (e.expiresMs > nowMs) out.push_back(Record{true, e.key, e.firstMs, e.expiresMs, e.passes});
+  for (const auto& e : triplets_.lru)
+    if (e.expiresMs > nowMs) out.push_back(Record{false, e.key, e.firstMs, e.expiresMs, e.passes});
+  dirty_ = false;
+  return out;
+}
+
+void Greylist::restore(const std::vector<Record>& records, int64_t nowMs) {
+  for (const auto& r : records) {
+    if (r.expiresMs <= nowMs || r.key.empty() || r.key.size() > kMaxKeyBytes) continue;
+    Table& t = r.client ? clients_ : triplets_;
+    if (find(t, r.key, nowMs)) continue;  // the table's own is newer
+    Entry& e = add(t, r.key);
+    e.firstMs = r.firstMs;
+    e.expiresMs = r.expiresMs;
+    e.passes = r.client ? r.passes : std::min<uint32_t>(r.passes, 1);
+  }
+}
+
+std::string Greylist::encode(const std::vector<Record>& records) {
+  std::vector<std::string> lines;
+  lines.reserve(records.size());
+  size_t total = kStateVersion.size() + 32;
+  for (const auto& r : records) {
+    lines.push_back(std::string(r.client ? "c " : "t ") + std::to_string(r.firstMs) + " " +
+                    std::to_string(r.expiresMs) + " " + std::to_string(r.passes) + " " + escape(r.key) + "\n");
+    total += lines.back().size();
+  }
+  // Over the bound: the entries touched least recently (the first ones) are left out.
+  size_t skip = 0;
+  while (total > kMaxStateBytes && skip < lines.size()) total -= lines[skip++].size();
+  std::string out;
+  out.reserve(total);
+  out += kStateVersion;
+  out += '\n';
+  for (size_t i = skip; i < lines.size(); ++i) out += lines[i];
+  out += "end " + std::to_string(lines.size() - skip) + "\n";
+  return out;
+}
+
+bool Greylist::decode(std::string_view text, std::vector<Record>& records) {
+  records.clear();
+  if (text.size() > kMaxStateBytes) return false;
+  size_t pos = 0;
+  auto nextLine = [&](std::string_view& line) {
+    if (pos >= text.size()) return false;
+    size_t nl = text.find('\n', pos);
+    if (nl == std::string_view::npos) return false;  // a last line without its end: cut short
+    line = text.substr(pos, nl - pos);
+    pos = nl + 1;
+    return true;
+  };
+  std::string_view line;
+  if (!nextLine(line) || line != kStateVersion) return false;
+  while (nextLine(line)) {
+    auto f = fields(line);
+    if (f.size() == 2 && f[0] == "end") {
+      size_t n = 0;
+      return number(f[1], n) && n == records.size() && pos == text.size();
+    }
+    if (f.size() != 5 || (f[0] != "t" && f[0] != "c")) return false;
+    Record r;
+    r.client = f[0] == "c";
+    if (!number(f[1], r.firstMs) || !number(f[2], r.expiresMs) || !number(f[3], r.passes)) return false;
+    if (!unescape(f[4], r.key) || r.key.empty() || r.key.size() > kMaxKeyBytes) return false;
+    if (records.size() >= 2 * kDefaultMaxEntries) return false;
+    records.push_back(std::move(r));
+  }
+  return false;  // no end line
+}
+
+}  // namespace moat::mta::server
