@@ -93,6 +93,14 @@ struct DmarcOutcome {
   std::string fromDomain;
   std::string policy;   // none quarantine reject (p= or sp= as applied)
   std::string applied;  // what Moat did: none, quarantine, reject, tag, override
+  // For aggregate reports (RFC 7489 §7.2), set when a DMARC record applied (policy not empty):
+  std::string recordDomain;            // where the record was found: the report's policy domain
+  std::string adkim, aspf, p, sp, fo;  // the record as published (policy_published)
+  int pct = 100;
+  bool spfAligned = false, dkimAligned = false;  // the DMARC-aligned results
+  std::string disposition;                       // none quarantine reject: what Moat did (Appendix C DispositionType)
+  std::string overrideReason;                    // "" or an Appendix C PolicyOverrideType: trusted_forwarder,
+                                                 // local_policy (the config acted more mildly), sampled_out (pct=)
 };
 
 // One address the address rewriting ([relay] rewrite) changed, for the `accept` line.

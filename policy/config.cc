@@ -436,6 +436,30 @@ void readTlsrpt(Config& c, Section s) {
   s.rejectUnknownKeys();
 }
 
+// [dmarc_reports]: the same rules as [tlsrpt]'s keys.
+void readDmarcReports(Config& c, Section s) {
+  c.dmarcReportsEnabled = s.getBool("enabled", false);
+  c.dmarcReportsOrganization = s.getString("organization_name", "");
+  c.dmarcReportsContact = s.getString("contact_info", "");
+  c.dmarcReportsFrom = s.getString("from", "");
+  c.dmarcReportsInterval = s.getDuration("interval", c.dmarcReportsInterval);
+  if (!tlsrptText(c.dmarcReportsOrganization, 256))
+    s.error("organization_name", "must be printable ASCII, at most 256 characters");
+  if (!tlsrptText(c.dmarcReportsContact, 256))
+    s.error("contact_info", "must be printable ASCII, at most 256 characters");
+  if (!c.dmarcReportsFrom.empty()) {
+    size_t at = c.dmarcReportsFrom.rfind('@');
+    if (!tlsrptText(c.dmarcReportsFrom, 254) || c.dmarcReportsFrom.find_first_of(" <>,;\"") != std::string::npos ||
+        at == std::string::npos || at == 0 || at + 1 == c.dmarcReportsFrom.size())
+      s.error("from", "must be an address, local-part@domain");
+  }
+  if (c.dmarcReportsInterval < std::chrono::seconds(1) || c.dmarcReportsInterval > std::chrono::hours(24 * 7))
+    s.error("interval", "must be between 1s and 7d");
+  else if (c.dmarcReportsInterval.count() % 1000 != 0)
+    s.error("interval", "must be a whole number of seconds");
+  s.rejectUnknownKeys();
+}
+
 void readQueue(Config& c, Section s) {
   std::vector<std::string> retry = s.getStringArray("retry", {"1m", "5m", "15m", "30m", "1h"});
   for (const auto& r : retry) {
@@ -736,9 +760,9 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
   }
   c->toml = std::make_shared<const toml::table>(std::move(table));
 
-  static const std::set<std::string> kCore = {"server",  "listener",    "dns",        "relay",      "limits",
-                                              "route",   "queue",       "quarantine", "connection", "senders",
-                                              "mta_sts", "rate_limits", "tlsrpt",     "greylist"};
+  static const std::set<std::string> kCore = {"server",  "listener",    "dns",        "relay",         "limits",
+                                              "route",   "queue",       "quarantine", "connection",    "senders",
+                                              "mta_sts", "rate_limits", "tlsrpt",     "dmarc_reports", "greylist"};
   for (const auto& [k, v] : *c->toml) {
     std::string key(k.str());
     if (!kCore.count(key) && !kOtherSections.count(key))
@@ -752,6 +776,7 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
   readLimits(*c, c->section("limits", errors));
   readMtaSts(*c, c->section("mta_sts", errors));
   readTlsrpt(*c, c->section("tlsrpt", errors));
+  readDmarcReports(*c, c->section("dmarc_reports", errors));
   readQueue(*c, c->section("queue", errors));  // before the routes: they are checked against ip_versions
   for (auto& s : c->sectionArray("route", errors)) readRoute(*c, std::move(s));
   readQuarantine(*c, c->section("quarantine", errors));

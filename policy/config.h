@@ -201,6 +201,18 @@ struct Config {
   std::string tlsrptFromAddress() const { return tlsrptFrom.empty() ? "postmaster@" + hostname : tlsrptFrom; }
   std::string tlsrptOrganizationName() const { return tlsrptOrganization.empty() ? hostname : tlsrptOrganization; }
   std::string tlsrptContactInfo() const { return tlsrptContact.empty() ? tlsrptFromAddress() : tlsrptContact; }
+  // [dmarc_reports] (RFC 7489 §7.2): aggregate DMARC reports on the inbound mail Moat checked.
+  bool dmarcReportsEnabled = false;
+  std::string dmarcReportsOrganization;                 // "" = server.hostname
+  std::string dmarcReportsContact;                      // "" = none (extra_contact_info)
+  std::string dmarcReportsFrom;                         // "" = "postmaster@" + server.hostname
+  Millis dmarcReportsInterval{std::chrono::hours(24)};  // aligned UTC periods of this length
+  std::string dmarcReportsFromAddress() const {
+    return dmarcReportsFrom.empty() ? "postmaster@" + hostname : dmarcReportsFrom;
+  }
+  std::string dmarcReportsOrganizationName() const {
+    return dmarcReportsOrganization.empty() ? hostname : dmarcReportsOrganization;
+  }
   AddressPreference addressPreference = AddressPreference::Ipv6;
   bool useIpv4 = true;  // [queue] ip_versions: the families delivery looks up and connects to
   bool useIpv6 = true;

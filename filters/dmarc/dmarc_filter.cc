@@ -209,6 +209,24 @@ Result act(const FilterConfig& config, MessageContext& ctx, const Evaluation& e)
   ctx.dmarc.fromDomain = e.fromDomain;
   ctx.dmarc.policy = e.policy;
   ctx.dmarc.applied = applied;
+  if (!e.policy.empty()) {
+    ctx.dmarc.recordDomain = e.recordDomain;
+    ctx.dmarc.adkim = e.record.adkim;
+    ctx.dmarc.aspf = e.record.aspf;
+    ctx.dmarc.p = e.record.p;
+    ctx.dmarc.sp = e.record.sp;
+    ctx.dmarc.fo = e.record.fo;
+    ctx.dmarc.pct = e.record.pct;
+    ctx.dmarc.spfAligned = e.spfAligned;
+    ctx.dmarc.dkimAligned = e.dkimAligned;
+    ctx.dmarc.disposition = dis;
+    if (!reason.empty())
+      ctx.dmarc.overrideReason = reason;
+    else if (e.result == "fail" && dis != e.disposition)
+      ctx.dmarc.overrideReason = "local_policy";  // reject_action / quarantine_action asked for less
+    else if (e.pctSampledOut)
+      ctx.dmarc.overrideReason = "sampled_out";
+  }
   return r;
 }
 

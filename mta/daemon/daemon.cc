@@ -125,6 +125,7 @@ int serve(const std::string& configPath) {
   GreylistStore greylist(loop.get(), smtp.greylist(), cfg.spoolDir + "/greylist.state");
   if (cfg.greylistEnabled) greylist.load();
   greylist.start();
+  smtp.onDmarcEvaluated([&qm](const filters::MessageContext& ctx) { qm.dmarcEvaluated(ctx); });
   if (!smtp.start(snap, error)) {
     std::fprintf(stderr, "moat: %s\n", error.c_str());
     log::error("start_failed").add("error", error);

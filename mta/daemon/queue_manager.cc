@@ -297,13 +297,15 @@ QueueManager::QueueManager(uv_loop_t* loop, std::shared_ptr<queue::Spool> spool,
       timer_(loop),
       housekeeping_(loop),
       stsSweep_(loop),
-      tlsrptTimer_(loop) {}
+      tlsrptTimer_(loop),
+      dmarcReports_(std::make_unique<DmarcReporter>(loop, resolver, *this)) {}
 
 void QueueManager::reload(std::shared_ptr<const server::Snapshot> snapshot) {
   snap_ = std::move(snapshot);
   sched_.setPolicy(retryPolicy(*snap_->config));
   if (stsSweep_.active() && snap_->config->mtaStsRefreshInterval.count() != stsSweepEveryMs_) startStsSweep();
   armTlsrpt();
+  dmarcReports_->reload(snap_);
 }
 
 QueueManager::~QueueManager() { *alive_ = false; }
@@ -326,6 +328,7 @@ void QueueManager::start(std::vector<queue::Envelope> recovered) {
   startStsSweep();
   loadTlsrpt();
   armTlsrpt();
+  dmarcReports_->start(snap_);
 }
 
 void QueueManager::expireQuarantine() {
@@ -2086,8 +2089,6 @@ void QueueManager::tlsrptSend(const std::string& domain, const std::string& rua,
   struct Build {
     tlsrpt::MessageInfo info;
     std::shared_ptr<const tlsrpt::DomainResults> results;
-    std::string text, error, signError;
-    std::optional<filters::dkim::SignKey> key;  // [[dkim.sign]] for the From domain
     uint64_t successes = 0, failures = 0;
   };
   auto b = std::make_shared<Build>();
@@ -2101,21 +2102,66 @@ void QueueManager::tlsrptSend(const std::string& domain, const std::string& rua,
   b->info.report.domain = domain;
   b->info.report.startSeconds = startSeconds;
   b->info.report.endSeconds = endSeconds;
-  static const char* kHex = "0123456789abcdef";
-  std::string rnd;
-  for (int i = 0; i < 16; ++i) rnd += kHex[rng_() & 15];
   b->info.report.reportId =
-      std::to_string(startSeconds) + "." + std::to_string(++tlsrptSerial_) + "." + rnd + "@" + cfg.hostname;
+      std::to_string(startSeconds) + "." + std::to_string(++tlsrptSerial_) + "." + randomHex() + "@" + cfg.hostname;
   b->info.messageId = "tlsrpt." + b->info.report.reportId;
   for (const auto& [p, r] : b->results->policies) {
     b->successes += r.successes;
     b->failures += r.failures;
   }
-  if (size_t at = b->info.from.rfind('@'); at != std::string::npos) {
-    std::string fromDomain = b->info.from.substr(at + 1);
+  auto mail = std::make_shared<report_mail::Mail>();
+  mail->from = b->info.from;
+  mail->to = b->info.to;
+  mail->messageId = b->info.messageId;
+  mail->what = "TLS report for " + domain;
+  queueReport(
+      mail,
+      [b](report_mail::Mail& m) {
+        std::string json = tlsrpt::reportJson(b->info.report, *b->results);
+        auto gz = tlsrpt::gzip(json);
+        if (!gz) {
+          m.error = "gzip failed";
+          return;
+        }
+        m.text = tlsrpt::reportMessage(b->info, *gz);
+      },
+      [b, domain, rua](const report_mail::Mail& m) {
+        if (!m.signError.empty())
+          log::warn("tlsrpt_error")
+              .add("domain", domain)
+              .add("rua", rua)
+              .add("reason", "not DKIM-signed: " + m.signError);
+        if (m.queueId.empty()) {
+          if (!m.error.empty()) log::warn("tlsrpt_error").add("domain", domain).add("rua", rua).add("reason", m.error);
+          return;
+        }
+        ++server::metrics().tlsrptReports;
+        log::info("tlsrpt")
+            .add("queue_id", m.queueId)
+            .add("domain", domain)
+            .add("rua", rua)
+            .add("to", b->info.to)
+            .add("report_id", b->info.report.reportId)
+            .add("successful_sessions", b->successes)
+            .add("failed_sessions", b->failures);
+      });
+}
+
+std::string QueueManager::randomHex() {
+  static const char* kHex = "0123456789abcdef";
+  std::string rnd;
+  for (int i = 0; i < 16; ++i) rnd += kHex[rng_() & 15];
+  return rnd;
+}
+
+void QueueManager::queueReport(std::shared_ptr<report_mail::Mail> mail, std::function<void(report_mail::Mail&)> build,
+                               std::function<void(const report_mail::Mail&)> done) {
+  std::optional<filters::dkim::SignKey> key;  // [[dkim.sign]] for the From domain
+  if (size_t at = mail->from.rfind('@'); at != std::string::npos) {
+    std::string fromDomain = mail->from.substr(at + 1);
     for (const auto& k : snap_->reportSignKeys)
       if (strcasecmp(k.domain.c_str(), fromDomain.c_str()) == 0) {
-        b->key = k;
+        key = k;
         break;
       }
   }
@@ -2123,75 +2169,75 @@ void QueueManager::tlsrptSend(const std::string& domain, const std::string& rua,
   ++dsnWrites_;  // a drain waits for it, as for a DSN; every path below ends in dsnWritten()
   uv::queueWork(
       loop_,
-      [b] {
-        std::string json = tlsrpt::reportJson(b->info.report, *b->results);
-        auto gz = tlsrpt::gzip(json);
-        if (!gz) {
-          b->error = "gzip failed";
+      [mail, build = std::move(build), key] {
+        build(*mail);
+        if (mail->text.empty()) {
+          if (mail->error.empty()) mail->error = "the report could not be made";
           return;
         }
-        b->text = tlsrpt::reportMessage(b->info, *gz);
         // Signed as any outbound mail of the From domain is (the message is 7-bit, CRLF, its
         // lines short: as the SMTP client sends it).
-        if (b->key) {
-          if (auto sig = filters::dkim::signMessage(*b->key, b->text, b->signError))
-            b->text = "DKIM-Signature: " + *sig + "\r\n" + b->text;
+        if (key) {
+          if (auto sig = filters::dkim::signMessage(*key, mail->text, mail->signError))
+            mail->text = "DKIM-Signature: " + *sig + "\r\n" + mail->text;
         }
       },
-      [this, alive, b, domain, rua] {
+      [this, alive, mail, done = std::move(done)] {
         if (!*alive) return;
-        if (b->text.empty()) {
-          log::warn("tlsrpt_error").add("domain", domain).add("rua", rua).add("reason", b->error);
+        if (mail->text.empty()) {
+          done(*mail);
           return dsnWritten();
         }
-        if (!b->signError.empty())
-          log::warn("tlsrpt_error")
-              .add("domain", domain)
-              .add("rua", rua)
-              .add("reason", "not DKIM-signed: " + b->signError);
-        const auto& cfg2 = *snap_->config;
+        const auto& cfg = *snap_->config;
         auto incoming = spool_->create();
         queue::Envelope env;
         env.id = incoming->id();
         env.mailFrom = "";  // like a DSN: a report that cannot be delivered is not bounced
         queue::Recipient rc;
-        rc.address = b->info.to;
+        rc.address = mail->to;
         env.rcpts.push_back(rc);
         env.arrivalMs = nowMs();
         env.nextAttemptMs = env.arrivalMs;
         env.isBounce = true;
         env.protocol = "local";
-        env.size = b->text.size();
-        env.messageId = "<" + b->info.messageId + ">";
-        env.headers.emplace_back("Received", "by " + cfg2.hostname + " (Moat) id " + env.id + " (TLS report for " +
-                                                 domain + "); " + queue::rfc5322Date(env.arrivalMs));
-        incoming->append(b->text);
-        incoming->finish([this, alive, incoming, env, b, domain, rua](bool ok, std::string error) mutable {
+        env.size = mail->text.size();
+        env.messageId = "<" + mail->messageId + ">";
+        env.headers.emplace_back("Received", "by " + cfg.hostname + " (Moat) id " + env.id + " (" + mail->what + "); " +
+                                                 queue::rfc5322Date(env.arrivalMs));
+        incoming->append(mail->text);
+        incoming->finish([this, alive, incoming, env, mail, done](bool ok, std::string error) mutable {
           if (!*alive) return;
           if (!ok) {
             log::error("spool_error").add("queue_id", env.id).add("error", error);
+            mail->error = "not written to the spool: " + error;
+            done(*mail);
             return dsnWritten();
           }
-          incoming->commit(env, [this, alive, incoming, env, b, domain, rua](bool ok2, std::string error2) {
+          incoming->commit(env, [this, alive, incoming, env, mail, done](bool ok2, std::string error2) {
             if (!*alive) return;
             if (!ok2) {
               log::error("spool_error").add("queue_id", env.id).add("error", error2);
+              mail->error = "not written to the spool: " + error2;
+              done(*mail);
               return dsnWritten();
             }
-            ++server::metrics().tlsrptReports;
-            log::info("tlsrpt")
-                .add("queue_id", env.id)
-                .add("domain", domain)
-                .add("rua", rua)
-                .add("to", b->info.to)
-                .add("report_id", b->info.report.reportId)
-                .add("successful_sessions", b->successes)
-                .add("failed_sessions", b->failures);
+            mail->queueId = env.id;
+            done(*mail);
             enqueue(env);
             dsnWritten();
           });
         });
       });
+}
+
+void QueueManager::workBeforeStop(std::function<void()> work, std::function<void()> done) {
+  auto alive = alive_;
+  ++dsnWrites_;  // local disk only, like a DSN write: a drain waits for it
+  uv::queueWork(loop_, std::move(work), [this, alive, done = std::move(done)] {
+    if (!*alive) return;
+    if (done) done();
+    dsnWritten();
+  });
 }
 
 void QueueManager::drain(std::function<void()> done) {
@@ -2201,6 +2247,7 @@ void QueueManager::drain(std::function<void()> done) {
   stsSweep_.stop();
   tlsrptTimer_.stop();
   saveTlsrpt();  // the period under way goes on after the restart
+  dmarcReports_->stop();  // so does the DMARC reports' period
   if (!tlsrptDue_.empty()) {
     log::warn("tlsrpt_error")
         .add("reason", "Moat is stopping: the ended period's reports to these domains are not sent")

@@ -17,7 +17,7 @@
 //
 // Untrusted input: replies from remote servers (bounded by the SMTP client), DNS answers.
 // Logs: deliver, defer, bounce, expire, dsn, downgraded (each with queue_id); tlsrpt,
-// tlsrpt_skipped, tlsrpt_error.
+// tlsrpt_skipped, tlsrpt_error; DMARC aggregate reports through dmarc_reporter.h.
 #pragma once
 #include <uv.h>
 
@@ -32,7 +32,9 @@
 #include <vector>
 
 #include "mta/client/smtp_client.h"
+#include "mta/daemon/dmarc_reporter.h"
 #include "mta/daemon/mta_sts.h"
+#include "mta/daemon/report_mail.h"
 #include "mta/daemon/tlsrpt.h"
 #include "mta/dns/resolver.h"
 #include "mta/runtime/uv.h"
@@ -87,6 +89,21 @@ class QueueManager {
   void bounce(const std::string& id, std::function<void(std::string)> reply);
 
   size_t inFlight() const { return busy_.size(); }
+
+  // A report mail of Moat's own (TLS and DMARC reports, report_mail.h): `build` runs on the
+  // pool and fills mail.text (or mail.error); the text is DKIM-signed with the [[dkim.sign]]
+  // key of the From domain when there is one, written to the spool and queued like a DSN
+  // (null sender, never bounced). `done` runs on the loop either way, with mail.queueId set
+  // once it is queued. A drain waits for it.
+  void queueReport(std::shared_ptr<report_mail::Mail> mail, std::function<void(report_mail::Mail&)> build,
+                   std::function<void(const report_mail::Mail&)> done);
+  // Local file work a drain waits for (a report aggregate saved at a stop): `work` on the
+  // pool, then `done` on the loop.
+  void workBeforeStop(std::function<void()> work, std::function<void()> done);
+  // An inbound message the DMARC filter evaluated: counted for [dmarc_reports].
+  void dmarcEvaluated(const filters::MessageContext& ctx) { dmarcReports_->record(ctx); }
+  // 16 random hex digits (report ids).
+  std::string randomHex();
 
  private:
   struct Entry {
@@ -287,6 +304,8 @@ class QueueManager {
   std::deque<TlsrptDue> tlsrptDue_;
   size_t tlsrptLookups_ = 0;
   bool tlsrptPumping_ = false;
+  // [dmarc_reports] (RFC 7489 §7.2): the aggregate of inbound DMARC results and its reports.
+  std::unique_ptr<DmarcReporter> dmarcReports_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   std::mt19937_64 rng_{std::random_device{}()};  // MX order within a preference
 };

@@ -18,6 +18,8 @@
 #include <tuple>
 #include <vector>
 
+#include "mta/daemon/report_mail.h"
+
 namespace moat::mta::daemon::tlsrpt {
 
 // §4.3.1-4.3.2's policy types.
@@ -96,10 +98,9 @@ constexpr size_t kMaxStateBytes = 64u << 20;
 std::string encodeState(int64_t startMs, int64_t intervalMs, const Results& results);
 bool decodeState(std::string_view text, int64_t& startMs, int64_t& intervalMs, Aggregator& into);
 
-// The start of the aligned UTC period of `intervalMs` that holds `nowMs` (both Unix ms).
-int64_t periodStart(int64_t nowMs, int64_t intervalMs);
-// "2026-11-24T00:00:00Z".
-std::string rfc3339(int64_t unixSeconds);
+// The period's start and the report's dates (report_mail.h, shared with DMARC reports).
+using report_mail::periodStart;
+using report_mail::rfc3339;
 
 // RFC 8460 §3: of the TXT records at _smtp._tls.DOMAIN, those that begin "v=TLSRPTv1" count;
 // exactly one must, or there is no reporting. Its rua= is a comma-separated list of URIs.
@@ -122,10 +123,9 @@ struct ReportInfo {
 };
 std::string reportJson(const ReportInfo& info, const DomainResults& results);
 
-// gzip (RFC 1952) of `data` with zlib; nullopt only if zlib fails.
-std::optional<std::string> gzip(std::string_view data);
-// The inverse, refusing more than `maxBytes` of output: for tests and checks.
-std::optional<std::string> gunzip(std::string_view data, size_t maxBytes = 16u << 20);
+// gzip (RFC 1952) and its inverse (report_mail.h).
+using report_mail::gunzip;
+using report_mail::gzip;
 
 // The report mail (§5.3): multipart/report; report-type="tlsrpt", a text/plain part and the
 // gzipped JSON as application/tlsrpt+gzip (base64), with TLS-Report-Domain,

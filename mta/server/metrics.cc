@@ -89,6 +89,7 @@ std::string Metrics::prometheus() const {
           "Messages that reached queue.max_lifetime (their pending recipients count as bounced).", messagesExpired);
   counter("moat_dsns_total", "Delivery status notifications generated.", dsnsGenerated);
   counter("moat_tlsrpt_reports_total", "SMTP TLS reports (RFC 8460) queued.", tlsrptReports);
+  counter("moat_dmarc_reports_total", "DMARC aggregate reports (RFC 7489) queued.", dmarcReports);
   out += "# HELP moat_queue_messages Messages in the queue by state.\n# TYPE moat_queue_messages gauge\n";
   out += "moat_queue_messages{state=\"active\"} " + std::to_string(queueActive) + "\n";
   out += "moat_queue_messages{state=\"hold\"} " + std::to_string(queueHold) + "\n";

@@ -43,6 +43,7 @@ struct Metrics {
   uint64_t messagesExpired = 0;
   uint64_t dsnsGenerated = 0;
   uint64_t tlsrptReports = 0;  // RFC 8460 reports queued
+  uint64_t dmarcReports = 0;   // RFC 7489 aggregate reports queued
   uint64_t queueActive = 0, queueHold = 0, queueQuarantine = 0;
   // Each TLS listener's certificate in force: its address → notAfter (Unix seconds).
   std::map<std::string, int64_t> certificateNotAfter;

@@ -13,6 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "filters/filter.h"
 #include "mta/dns/resolver.h"
 #include "mta/net/connection.h"
 #include "mta/net/proxy_header.h"
@@ -47,6 +48,8 @@ struct ServerShared {
   dns::Resolver* resolver = nullptr;
   // A message is durable: schedule it (with its bytes, which the delivery may reuse).
   std::function<void(const queue::Envelope&, std::shared_ptr<const queue::MessageData>)> onQueued;
+  // A message the DMARC filter evaluated was accepted or rejected ([dmarc_reports] counts it).
+  std::function<void(const filters::MessageContext&)> onDmarc;
   bool draining = false;
   // [relay] verify_recipients: the probes and their cache, shared by every session (and
   // every snapshot: an answer outlives a reload).
@@ -88,6 +91,9 @@ class SmtpServer {
   // New sessions use the new snapshot; listeners stay as they are (a changed listener list
   // needs a restart, which reload() reports).
   void reload(std::shared_ptr<const Snapshot> snapshot);
+  // Every message the DMARC filter evaluated, once it is accepted (queued or quarantined) or
+  // rejected at the end of its data: `fn` runs on the loop.
+  void onDmarcEvaluated(std::function<void(const filters::MessageContext&)> fn) { shared_.onDmarc = std::move(fn); }
   // Stops accepting; sessions finish their current transaction and close. `done` runs when
   // the last session is gone. A client must not hold the stop (and so the restart, while no
   // listener is open) for long: after kDrainGraceMs every session still open gets 421 and

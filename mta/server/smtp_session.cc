@@ -1388,6 +1388,9 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
   all.reports = txReports_;
   std::string filtersJson = all.logJson();
 
+  // DMARC aggregate reports count a message refused for good as one accepted; a temporary
+  // refusal is not counted (the client tries again, and that try counts).
+  if (ctx_->dmarc.checked && shared_.onDmarc && outcome.verdict != filters::Verdict::TempFail) shared_.onDmarc(*ctx_);
   if (outcome.verdict == filters::Verdict::Reject || outcome.verdict == filters::Verdict::TempFail ||
       outcome.verdict == filters::Verdict::Disconnect) {
     {

@@ -74,7 +74,7 @@ std::shared_ptr<Snapshot> build(std::shared_ptr<const policy::Config> config, po
                                "outbound-only)");
         });
   snap->pipeline = filters::Pipeline::build(*config, errors, snap->rewrite);
-  if (config->tlsrptEnabled) {
+  if (config->tlsrptEnabled || config->dmarcReportsEnabled) {
     policy::Errors again;  // the pipeline's signer has reported each key's errors already
     snap->reportSignKeys = filters::dkim::readSignKeys(*config, again);
   }

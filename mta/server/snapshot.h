@@ -48,8 +48,8 @@ struct Snapshot {
   std::shared_ptr<const policy::AliasTable> aliases;
   // [relay] rewrite: internal addresses and their external forms; null = none.
   std::shared_ptr<const policy::RewriteMap> rewrite;
-  // [tlsrpt] enabled: the [[dkim.sign]] keys, which sign the TLS reports Moat makes for the
-  // domain of tlsrpt.from (empty otherwise).
+  // [tlsrpt] or [dmarc_reports] enabled: the [[dkim.sign]] keys, which sign the reports Moat
+  // makes for the domain of their From address (empty otherwise).
   std::vector<filters::dkim::SignKey> reportSignKeys;
 
   // Builds and validates everything; nullptr with `errors` filled on failure.

@@ -430,6 +430,8 @@ TEST_CASE("trusted forwarders: reported, never enforced") {
   ctx->spfMailFrom = spf("pass", "bounces.lists.example.org");
   r = runFilter(*filter, dns, ctx);
   REQUIRE(ctx->dmarc.applied == "override");
+  REQUIRE(ctx->dmarc.disposition == "none");  // what an aggregate report shows (RFC 7489 §7.2)
+  REQUIRE(ctx->dmarc.overrideReason == "trusted_forwarder");
 
   // A HELO name alone is chosen by the client: no override.
   ctx = context(message("From: a@rej.example\r\n"));
@@ -438,6 +440,58 @@ TEST_CASE("trusted forwarders: reported, never enforced") {
   ctx->spfHelo.domain = "lists.example.org";
   r = runFilter(*filter, dns, ctx);
   REQUIRE(r.result.verdict == Verdict::Reject);
+}
+
+TEST_CASE("the outcome keeps the record, disposition and override reason aggregate reports need") {
+  MemoryResolver dns;
+  dns.addTxt("_dmarc.rej.example", "v=DMARC1; p=reject; sp=quarantine; adkim=s; fo=1; rua=mailto:a@rej.example");
+  dns.addTxt("_dmarc.pct.example", "v=DMARC1; p=reject; pct=10");
+  auto filter = makeDmarcFilter(FilterConfig{}, [] { return 99; });  // every pct= draw samples out
+
+  auto ctx = context(message("From: a@rej.example\r\n"));
+  ctx->spfMailFrom = spf("pass", "rej.example");
+  runFilter(*filter, dns, ctx);
+  REQUIRE(ctx->dmarc.result == "pass");
+  REQUIRE(ctx->dmarc.recordDomain == "rej.example");
+  REQUIRE(ctx->dmarc.p == "reject");
+  REQUIRE(ctx->dmarc.sp == "quarantine");
+  REQUIRE(ctx->dmarc.adkim == "s");
+  REQUIRE(ctx->dmarc.aspf == "r");
+  REQUIRE(ctx->dmarc.fo == "1");
+  REQUIRE(ctx->dmarc.pct == 100);
+  REQUIRE(ctx->dmarc.spfAligned);
+  REQUIRE_FALSE(ctx->dmarc.dkimAligned);
+  REQUIRE(ctx->dmarc.disposition == "none");
+  REQUIRE(ctx->dmarc.overrideReason.empty());
+
+  // A subdomain: the Organizational Domain's record is the policy domain.
+  ctx = context(message("From: a@sub.rej.example\r\n"));
+  runFilter(*filter, dns, ctx);
+  REQUIRE(ctx->dmarc.result == "fail");
+  REQUIRE(ctx->dmarc.recordDomain == "rej.example");
+  REQUIRE(ctx->dmarc.disposition == "quarantine");
+  REQUIRE(ctx->dmarc.overrideReason.empty());
+
+  // pct= left the message out: one step lower, "sampled_out".
+  ctx = context(message("From: a@pct.example\r\n"));
+  runFilter(*filter, dns, ctx);
+  REQUIRE(ctx->dmarc.disposition == "quarantine");
+  REQUIRE(ctx->dmarc.pct == 10);
+  REQUIRE(ctx->dmarc.overrideReason == "sampled_out");
+
+  // The config acts more mildly than the record asks: "local_policy".
+  FilterConfig mild;
+  mild.rejectAction = "tag";
+  ctx = context(message("From: a@rej.example\r\n"));
+  runFilter(*makeDmarcFilter(mild), dns, ctx);
+  REQUIRE(ctx->dmarc.disposition == "none");
+  REQUIRE(ctx->dmarc.overrideReason == "local_policy");
+
+  // No record: nothing for a report.
+  ctx = context(message("From: a@norecord.example\r\n"));
+  runFilter(*filter, dns, ctx);
+  REQUIRE(ctx->dmarc.result == "none");
+  REQUIRE(ctx->dmarc.recordDomain.empty());
 }
 
 TEST_CASE("[dmarc] config: defaults, disabled, and errors with FILE:LINE") {
