@@ -429,6 +429,12 @@ void readTlsrpt(Config& c, Section s) {
         at == std::string::npos || at == 0 || at + 1 == c.tlsrptFrom.size())
       s.error("from", "must be an address, local-part@domain");
   }
+  c.tlsrptCheckpointInterval = s.getDuration("checkpoint_interval", c.tlsrptCheckpointInterval);
+  if (c.tlsrptCheckpointInterval < std::chrono::seconds(1) || c.tlsrptCheckpointInterval > std::chrono::hours(1))
+    s.error("checkpoint_interval", "must be from 1s to 1h");
+  c.tlsrptHttpsTimeout = s.getDuration("https_timeout", c.tlsrptHttpsTimeout);
+  if (c.tlsrptHttpsTimeout < std::chrono::seconds(1) || c.tlsrptHttpsTimeout > std::chrono::minutes(10))
+    s.error("https_timeout", "must be from 1s to 10m");
   if (c.tlsrptInterval < std::chrono::seconds(1) || c.tlsrptInterval > std::chrono::hours(24 * 7))
     s.error("interval", "must be between 1s and 7d");
   else if (c.tlsrptInterval.count() % 1000 != 0)

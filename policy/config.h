@@ -197,6 +197,10 @@ struct Config {
   std::string tlsrptContact;                      // "" = tlsrptFrom
   std::string tlsrptFrom;                         // "" = "postmaster@" + server.hostname
   Millis tlsrptInterval{std::chrono::hours(24)};  // aligned UTC periods of this length
+  // How often the aggregate is checkpointed to SPOOL_DIR/tlsrpt.state when it changed: what
+  // a crash can lose at most.
+  Millis tlsrptCheckpointInterval{std::chrono::minutes(5)};
+  Millis tlsrptHttpsTimeout{std::chrono::seconds(60)};  // one whole https: rua upload
   // The values in effect, defaults filled in.
   std::string tlsrptFromAddress() const { return tlsrptFrom.empty() ? "postmaster@" + hostname : tlsrptFrom; }
   std::string tlsrptOrganizationName() const { return tlsrptOrganization.empty() ? hostname : tlsrptOrganization; }

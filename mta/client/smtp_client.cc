@@ -138,6 +138,7 @@ void SmtpClient::connect(uv_loop_t* loop, const IpAddress& ip, uint16_t port, Op
 
 void SmtpClient::start(std::shared_ptr<net::Connection> conn) {
   conn_ = std::move(conn);
+  if (opts_.notes) opts_.notes->localIp = conn_->localAddress().str();
   std::weak_ptr<SmtpClient> weak = shared_from_this();
   net::Connection::Callbacks cb;
   cb.onData = [weak](std::string_view d) {
@@ -240,6 +241,7 @@ void SmtpClient::onGreeting(const Reply& r) {
   first = first.substr(0, first.find('\n'));
   first.remove_prefix(std::min<size_t>(4, first.size()));
   peerName_ = std::string(first.substr(0, first.find(' ')));
+  if (opts_.notes) opts_.notes->serverName = peerName_;
   sendEhlo();
 }
 
@@ -253,6 +255,12 @@ void SmtpClient::onEhlo(const Reply& r) {
     return command("HELO " + opts_.heloName, opts_.commandTimeoutMs, [this](const Reply& h) { onHelo(h); });
   if (!isPositive(r)) return fail("EHLO refused", r);
   std::string_view rest(r.text);
+  if (opts_.notes) {  // "250-mx.example.test Hello ...": the server's own name
+    std::string_view first = rest.substr(0, rest.find('\n'));
+    first.remove_prefix(std::min<size_t>(4, first.size()));
+    if (std::string_view name = first.substr(0, first.find(' ')); !name.empty())
+      opts_.notes->serverName = std::string(name);
+  }
   size_t nl = rest.find('\n');
   while (nl != std::string_view::npos) {
     rest.remove_prefix(nl + 1);

@@ -44,6 +44,14 @@ struct Credentials {
 // base64("\0" username "\0" password).
 std::string saslPlainResponse(std::string_view username, std::string_view password);
 
+// What a connection learnt of itself, kept when connect() fails: TLS reporting (RFC 8460 §4.4)
+// names them in a failed session's row. `localIp`: the address the connection came from;
+// `serverName`: the name the server gave in its greeting, then in its EHLO reply's first line
+// (as the server sent it: untrusted, at most a reply line long).
+struct PeerNotes {
+  std::string localIp, serverName;
+};
+
 struct Options {
   std::string heloName;                      // our host name for EHLO/HELO
   TlsMode tls = TlsMode::May;
@@ -56,6 +64,8 @@ struct Options {
   // 354 round trip (a message of up to 64 KiB goes in the same write as its MAIL and RCPTs)
   // and no dot-stuffing. Route key `chunking`.
   bool chunking = true;
+  // Filled in as the connection goes (see PeerNotes); null: not wanted.
+  std::shared_ptr<PeerNotes> notes;
   uint64_t connectTimeoutMs = 30000, greetingTimeoutMs = 300000, commandTimeoutMs = 300000,
            dataBlockTimeoutMs = 180000, dataDoneTimeoutMs = 600000;  // RFC 5321 §4.5.3.2
 };

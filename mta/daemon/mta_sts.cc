@@ -9,112 +9,13 @@
 #include <cerrno>
 #include <cstring>
 
-#include "mta/net/connection.h"
+#include "mta/daemon/https_client.h"
 #include "mta/runtime/log.h"
 #include "mta/runtime/uv.h"
 
 namespace moat::mta::sts {
 
 namespace {
-// One policy fetch: the state every callback shares. `finish` runs `done` once and drops
-// the connection and the timer, which breaks the cycle through the connection's callbacks.
-// `gen` numbers the address being tried: callbacks of a connection given up on are ignored.
-struct FetchState : std::enable_shared_from_this<FetchState> {
-  uv_loop_t* loop = nullptr;
-  std::shared_ptr<tls::TlsContext> tls;
-  uint16_t port = 443;
-  std::function<void(std::shared_ptr<Policy>, const std::string&)> done;
-  std::shared_ptr<net::Connection> conn;
-  std::unique_ptr<uv::Timer> timer;
-  HttpResponse response;
-  std::string host;
-  std::vector<IpAddress> ips;
-  size_t next = 0;  // the address to try after the current one
-  unsigned gen = 0;
-  uint64_t deadline = 0;  // uv_now() at which the whole fetch has failed
-  std::string errors;     // each address's failure, for the log
-  bool finished = false;
-
-  void finish(std::shared_ptr<Policy> p, const std::string& error) {
-    if (finished) return;
-    finished = true;
-    if (timer) timer->stop();
-    dropConnection();
-    auto d = std::move(done);
-    d(std::move(p), error);
-  }
-  void dropConnection() {
-    if (conn) {
-      auto c = std::move(conn);
-      c->abort();
-    }
-  }
-  void complete() {
-    if (response.status() != 200)  // §3.3: only a 200; redirects are not followed
-      return finish(nullptr, "HTTP status " + std::to_string(response.status()));
-    auto p = std::make_shared<Policy>();
-    std::string error;
-    if (!parsePolicy(response.body(), *p, error)) return finish(nullptr, "invalid policy: " + error);
-    finish(std::move(p), "");
-  }
-  // The current address failed with `error`. Before any HTTP reply (connect, TLS, a close
-  // before the reply's head) the next address is tried; once the host has answered, its
-  // answer is the fetch's.
-  void addressFailed(const std::string& error) {
-    const IpAddress& ip = ips[next - 1];
-    std::string what = ip.withPort(port) + ": " + error;
-    if (response.headDone()) return finish(nullptr, what);
-    errors += (errors.empty() ? "" : "; ") + what;
-    ++gen;  // this connection's callbacks, from here on, are ignored
-    dropConnection();
-    tryNext();
-  }
-  void tryNext() {
-    if (next >= ips.size()) return finish(nullptr, errors);
-    uint64_t now = uv_now(loop);
-    if (now >= deadline) return finish(nullptr, "policy fetch timed out");
-    const IpAddress ip = ips[next++];
-    const unsigned g = ++gen;
-    response = HttpResponse();
-    auto st = shared_from_this();
-    // Each address within what is left of the fetch's time.
-    net::connect(loop, ip, port, deadline - now,
-                 [st, g](std::shared_ptr<net::Connection> conn, const std::string& error) {
-                   if (st->finished || g != st->gen) {
-                     if (conn) conn->abort();
-                     return;
-                   }
-                   if (!conn) return st->addressFailed(error);
-                   st->conn = conn;
-                   conn->setCallbacks({[st, g](std::string_view data) {
-                                         if (st->finished || g != st->gen) return;
-                                         auto s = st->response.feed(data);
-                                         if (s == HttpResponse::State::Error)
-                                           st->finish(nullptr, st->host + ": " + st->response.error());
-                                         else if (s == HttpResponse::State::Done)
-                                           st->complete();
-                                       },
-                                       [st, g](const std::string& error) {
-                                         if (st->finished || g != st->gen) return;
-                                         st->conn.reset();
-                                         if (!error.empty()) return st->addressFailed(error);
-                                         if (st->response.end() == HttpResponse::State::Error)
-                                           return st->addressFailed(st->response.error());
-                                         st->complete();
-                                       },
-                                       nullptr});
-                   conn->startReading();  // the handshake's records come through the read side
-                   // §3.3: the certificate must verify and name the policy host (SNI too).
-                   conn->startTls(st->tls, st->host, [st, g](bool ok, const std::string& error) {
-                     if (st->finished || g != st->gen) return;
-                     if (!ok) return st->addressFailed("TLS: " + error);
-                     st->conn->write("GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: " + st->host +
-                                     "\r\nUser-Agent: Moat\r\nAccept: text/plain\r\nConnection: close\r\n\r\n");
-                   });
-                 });
-  }
-};
-
 // An open file descriptor, closed when it goes.
 struct Fd {
   int fd = -1;
@@ -174,41 +75,25 @@ std::function<void()> fetchPolicy(uv_loop_t* loop, dns::Resolver& resolver, cons
                                   std::shared_ptr<tls::TlsContext> tls, uint64_t timeoutMs, uint16_t port,
                                   std::function<void(std::shared_ptr<Policy>, const std::string& error)> done,
                                   dns::Families families) {
-  auto st = std::make_shared<FetchState>();
-  st->loop = loop;
-  st->tls = std::move(tls);
-  st->port = port;
-  st->done = std::move(done);
-  st->host = "mta-sts." + domain;
-  std::weak_ptr<FetchState> weak = st;
-  auto cancel = [weak] {
-    if (auto s = weak.lock()) s->finish(nullptr, "cancelled");
-  };
-  if (!st->tls) {
-    st->finish(nullptr, "no TLS client context");
-    return cancel;
-  }
-  st->deadline = uv_now(loop) + timeoutMs;
-  st->timer = std::make_unique<uv::Timer>(loop);
-  // The timer holds the state only weakly: the pending lookup or connection holds it.
-  st->timer->start(timeoutMs, [weak] {
-    if (auto s = weak.lock())
-      s->finish(nullptr, "policy fetch timed out" + (s->errors.empty() ? "" : " (" + s->errors + ")"));
-  });
-  dns::resolveHost(
-      resolver, st->host,
-      [st](dns::Status status, std::vector<IpAddress> ips) {
-        if (st->finished) return;
-        if (ips.empty())
-          return st->finish(nullptr, st->host + ": no address (" + std::string(dns::statusName(status)) + ")");
-        // Every address, in the order resolveHost gives (IPv6 first), up to a bound: one dead
-        // address of the policy host must not cost the policy.
-        if (ips.size() > kMaxPolicyAddresses) ips.resize(kMaxPolicyAddresses);
-        st->ips = std::move(ips);
-        st->tryNext();
+  https::Request r;
+  r.host = "mta-sts." + domain;
+  r.port = port;
+  r.what = "policy fetch";
+  r.maxBody = 65536;
+  r.text = "GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: " + r.host +
+           "\r\nUser-Agent: Moat\r\nAccept: text/plain\r\nConnection: close\r\n\r\n";
+  return https::exchange(
+      loop, resolver, std::move(tls), timeoutMs, std::move(r),
+      [done = std::move(done)](const HttpResponse* response, const std::string& error) {
+        if (!response) return done(nullptr, error);
+        if (response->status() != 200)  // §3.3: only a 200; redirects are not followed
+          return done(nullptr, "HTTP status " + std::to_string(response->status()));
+        auto p = std::make_shared<Policy>();
+        std::string why;
+        if (!parsePolicy(response->body(), *p, why)) return done(nullptr, "invalid policy: " + why);
+        done(std::move(p), "");
       },
       families);
-  return cancel;
 }
 
 PolicyCache::PolicyCache(uv_loop_t* loop, dns::Resolver* resolver, uint16_t httpsPort, std::string file)

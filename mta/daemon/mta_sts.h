@@ -155,10 +155,11 @@ std::string writeFileAtomically(const std::string& path, const std::string& text
 
 // Fetches https://mta-sts.DOMAIN/.well-known/mta-sts.txt (§3.3) and parses it. The host's
 // addresses (of `families`, at most kMaxPolicyAddresses) are tried in order until one gives
-// an HTTP reply, each within what is left of `timeoutMs`. `done(policy, error)` runs once on
-// the loop; policy is null on failure. The returned function cancels the fetch (`done` then
-// runs at once with the error "cancelled"); it does nothing once `done` has run.
-constexpr size_t kMaxPolicyAddresses = 10;
+// an HTTP reply, each within what is left of `timeoutMs` (https::exchange, https_client.h).
+// `done(policy, error)` runs once on the loop; policy is null on failure. The returned
+// function cancels the fetch (`done` then runs at once with the error "cancelled"); it does
+// nothing once `done` has run.
+constexpr size_t kMaxPolicyAddresses = 10;  // https::kMaxAddresses
 std::function<void()> fetchPolicy(uv_loop_t* loop, dns::Resolver& resolver, const std::string& domain,
                                   std::shared_ptr<tls::TlsContext> tls, uint64_t timeoutMs, uint16_t port,
                                   std::function<void(std::shared_ptr<Policy>, const std::string& error)> done,

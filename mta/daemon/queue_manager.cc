@@ -14,6 +14,7 @@
 
 #include "filters/mime/downgrade.h"
 #include "mta/daemon/address_order.h"
+#include "mta/daemon/https_client.h"
 #include "mta/daemon/mx_self.h"
 #include "mta/dns/dane.h"
 #include "mta/dns/resolve_host.h"
@@ -298,6 +299,8 @@ QueueManager::QueueManager(uv_loop_t* loop, std::shared_ptr<queue::Spool> spool,
       housekeeping_(loop),
       stsSweep_(loop),
       tlsrptTimer_(loop),
+      tlsrptCheckpointTimer_(loop),
+      tlsrptRetryTimer_(loop),
       dmarcReports_(std::make_unique<DmarcReporter>(loop, resolver, *this)) {}
 
 void QueueManager::reload(std::shared_ptr<const server::Snapshot> snapshot) {
@@ -1337,6 +1340,9 @@ void QueueManager::openConnection(Destination& d) {
       reportPolicy.policyString = tlsrpt::stsPolicyLines(sts::modeName(job->sts->mode), job->sts->mx, job->sts->maxAge);
       reportPolicy.mxHost = job->sts->mx;
     }
+    // §4.4's sending-mta-ip and receiving-mx-helo, as far as the connection gets.
+    auto notes = reports ? std::make_shared<client::PeerNotes>() : nullptr;
+    o.notes = notes;
     if (daneLevel == dns::DaneLevel::Defer)  // §4.3.2: no valid records from the resolver
       tlsrptRecord(*job, reportPolicy, "dnssec-invalid", hop.name, hop.ip.str());
     if (daneLevel == dns::DaneLevel::Defer || (daneLevel == dns::DaneLevel::Dane && !o.tlsCtx)) {
@@ -1366,8 +1372,8 @@ void QueueManager::openConnection(Destination& d) {
     }
     client::SmtpClient::connect(
         loop_, hop.ip, hop.port, o,
-        [this, alive, tr, job, key, self, relay, hop, daneLevel, daneRequired, stsPolicy, stsEnforce, reportPolicy](
-            std::shared_ptr<client::SmtpClient> c, const std::string& error, const client::Reply& greeting) {
+        [this, alive, tr, job, key, self, relay, hop, daneLevel, daneRequired, stsPolicy, stsEnforce, reportPolicy,
+         notes](std::shared_ptr<client::SmtpClient> c, const std::string& error, const client::Reply& greeting) {
           if (!*alive) return;
           auto it2 = destinations_.find(key);
           if (it2 == destinations_.end()) return;
@@ -1377,7 +1383,7 @@ void QueueManager::openConnection(Destination& d) {
             bool authFailed = error.rfind("4.7.0 ", 0) == 0;
             // A failure before TLS was tried (a refused connection) is no TLS session to report.
             if (std::string type = authFailed ? "" : tlsrpt::classifyTlsError(error, dane); !type.empty())
-              tlsrptRecord(*job, reportPolicy, type, hop.name, hop.ip.str());
+              tlsrptRecord(*job, reportPolicy, type, hop.name, hop.ip.str(), notes.get());
             std::string why = error.empty() ? greeting.text : authFailed ? error.substr(6) : error;
             if (!error.empty() && greeting.code != 0) why += ": " + greeting.text;  // the server's own words
             // The client's TLS errors ("STARTTLS not offered ...", "TLS handshake failed: ...")
@@ -1403,9 +1409,9 @@ void QueueManager::openConnection(Destination& d) {
           if (!c->tlsFallback().empty())  // tls = "may": the handshake failed, plain text instead
             log::warn("tls_fallback").add("relay", relay).add("error", c->tlsFallback());
           if (c->tlsActive() && stsPolicy && !stsEnforce && !c->tlsVerified())
-            tlsrptRecord(*job, reportPolicy, "certificate-not-trusted", hop.name, hop.ip.str());
+            tlsrptRecord(*job, reportPolicy, "certificate-not-trusted", hop.name, hop.ip.str(), notes.get());
           else if (c->tlsActive())
-            tlsrptRecord(*job, reportPolicy, "", hop.name, hop.ip.str());
+            tlsrptRecord(*job, reportPolicy, "", hop.name, hop.ip.str(), notes.get());
           else if (!c->tlsFallback().empty())
             tlsrptRecord(
                 *job, reportPolicy,
@@ -1413,9 +1419,9 @@ void QueueManager::openConnection(Destination& d) {
                   std::string type = tlsrpt::classifyTlsError(c->tlsFallback(), dane);
                   return type.empty() ? std::string("validation-failure") : type;
                 }(),
-                hop.name, hop.ip.str());
+                hop.name, hop.ip.str(), notes.get());
           else
-            tlsrptRecord(*job, reportPolicy, "starttls-not-supported", hop.name, hop.ip.str());
+            tlsrptRecord(*job, reportPolicy, "starttls-not-supported", hop.name, hop.ip.str(), notes.get());
           // MTA-STS testing (RFC 8461 §5): delivered as "may" would, and the failure reported.
           if (stsPolicy && !stsEnforce && !c->tlsVerified())
             log::warn("mta_sts")
@@ -1926,21 +1932,32 @@ void QueueManager::dsnWritten() {
 }
 
 void QueueManager::tlsrptRecord(const Job& job, const tlsrpt::Policy& policy, const std::string& resultType,
-                                const std::string& mxHost, const std::string& ip) {
+                                const std::string& mxHost, const std::string& ip, const client::PeerNotes* notes) {
   if (job.reportDomain.empty() || !snap_->config->tlsrptEnabled) return;
+  tlsrptChanged_ = true;
   if (resultType.empty())
     tlsrpt_.success(job.reportDomain, policy);
   else
-    tlsrpt_.failure(job.reportDomain, policy, resultType, mxHost, ip);
+    tlsrpt_.failure(job.reportDomain, policy, resultType, mxHost, ip, notes ? notes->localIp : "",
+                    notes ? notes->serverName : "");
 }
 
 void QueueManager::armTlsrpt() {
   const auto& cfg = *snap_->config;
   if (!cfg.tlsrptEnabled || draining_) {
     tlsrptTimer_.stop();
+    tlsrptCheckpointTimer_.stop();
+    if (draining_) return;  // the drain saves the period under way
     tlsrpt_.take();  // turned off: what was gathered is not reported
     tlsrptPeriodMs_ = 0;
     return;
+  }
+  // A crash loses at most one checkpoint_interval of counts.
+  if (!tlsrptCheckpointTimer_.active() || tlsrptCheckpointEveryMs_ != cfg.tlsrptCheckpointInterval.count()) {
+    tlsrptCheckpointEveryMs_ = cfg.tlsrptCheckpointInterval.count();
+    tlsrptCheckpointTimer_.startRepeat(static_cast<uint64_t>(tlsrptCheckpointEveryMs_), [this] {
+      if (tlsrptChanged_ && !draining_ && tlsrptPeriodMs_ != 0) tlsrptCheckpoint();
+    });
   }
   const int64_t interval = cfg.tlsrptInterval.count();
   const int64_t now = nowMs();
@@ -1952,24 +1969,45 @@ void QueueManager::armTlsrpt() {
   tlsrptTimer_.start(static_cast<uint64_t>(std::max<int64_t>(end - now, 0)) + 10, [this] { tlsrptPeriodEnd(); });
 }
 
-void QueueManager::saveTlsrpt() {
-  if (!snap_->config->tlsrptEnabled || tlsrptPeriodMs_ == 0 || tlsrpt_.results().empty()) return;
-  auto results = std::make_shared<tlsrpt::Results>(tlsrpt_.take());
+void QueueManager::tlsrptCheckpoint(std::function<void()> then) {
+  if (then) tlsrptAfterWrite_.push_back(std::move(then));
+  if (tlsrptWriting_) {
+    tlsrptWriteAgain_ = true;  // begun when this one is done, with what there is then
+    return;
+  }
+  auto waiting = std::make_shared<std::vector<std::function<void()>>>(std::move(tlsrptAfterWrite_));
+  tlsrptAfterWrite_.clear();
+  tlsrptWriting_ = true;
+  tlsrptWriteAgain_ = false;
+  tlsrptChanged_ = false;
+  // A copy of the aggregate (on the loop: bounded by the Aggregator's caps); the JSON and the
+  // disk work go to the pool.
+  auto results = std::make_shared<tlsrpt::Results>(tlsrpt_.results());
+  tlsrptFileHolds_ = !results->empty();
   auto error = std::make_shared<std::string>();
   auto alive = alive_;
   const std::string path = snap_->config->spoolDir + "/tlsrpt.state";
-  ++dsnWrites_;  // the drain waits for it (local disk only)
+  ++dsnWrites_;  // a drain waits for it (local disk only)
   uv::queueWork(
       loop_,
       [path, results, error, start = tlsrptPeriodMs_, interval = tlsrptIntervalMs_] {
         *error = sts::writeFileAtomically(path, tlsrpt::encodeState(start, interval, *results));
       },
-      [this, alive, path, error] {
+      [this, alive, path, error, waiting] {
         if (!*alive) return;
+        tlsrptWriting_ = false;
         if (!error->empty())
           log::warn("tlsrpt_error").add("file", path).add("reason", "aggregate not saved: " + *error);
+        for (auto& w : *waiting) w();
+        if (tlsrptWriteAgain_) tlsrptCheckpoint();
         dsnWritten();
       });
+}
+
+void QueueManager::saveTlsrpt() {
+  // What the last checkpoint has not got yet (the drain waits for the write).
+  if (!snap_->config->tlsrptEnabled || tlsrptPeriodMs_ == 0 || !tlsrptChanged_) return;
+  tlsrptCheckpoint();
 }
 
 void QueueManager::loadTlsrpt() {
@@ -1981,25 +2019,29 @@ void QueueManager::loadTlsrpt() {
   in.read(text.data(), static_cast<std::streamsize>(text.size()));
   text.resize(static_cast<size_t>(in.gcount()));
   in.close();
-  ::unlink(path.c_str());  // read once: a crash later must not count the period twice
-  if (!cfg.tlsrptEnabled) return;
+  // Kept while it is the period's checkpoint: the aggregate starts from it, and the next
+  // checkpoint (or the period's end) replaces it. Another crash before then reads the same
+  // counts again, never twice.
+  auto drop = [&path] { ::unlink(path.c_str()); };
+  if (!cfg.tlsrptEnabled) return drop();
   int64_t start = 0, interval = 0;
   tlsrpt::Aggregator saved;
   if (!tlsrpt::decodeState(text, start, interval, saved)) {
     log::warn("tlsrpt_error").add("file", path).add("reason", "saved aggregate ignored: not a file Moat wrote");
-    return;
+    return drop();
   }
   // Another interval: those counts belong to no period of this one; they are dropped.
   if (interval != cfg.tlsrptInterval.count()) {
     log::warn("tlsrpt_error").add("file", path).add("reason", "saved aggregate ignored: tlsrpt.interval changed");
-    return;
+    return drop();
   }
-  // The saved period: still under way, it goes on; over (a stop across its end), it is
-  // reported at once, by the timer armTlsrpt() sets, and the next one begins.
+  // The saved period: still under way, it goes on; over (a stop or a crash across its end),
+  // it is reported at once, by the timer armTlsrpt() sets, and the next one begins.
   for (const auto& [domain, d] : saved.results())
     for (const auto& [policy, r] : d.policies) tlsrpt_.add(domain, policy, r);
   tlsrptPeriodMs_ = start;
   tlsrptIntervalMs_ = interval;
+  tlsrptFileHolds_ = !tlsrpt_.results().empty();
 }
 
 void QueueManager::tlsrptPeriodEnd() {
@@ -2012,10 +2054,26 @@ void QueueManager::tlsrptPeriodEnd() {
   tlsrptSerial_ = 0;
   armTlsrpt();
   if (dropped) log::warn("tlsrpt_error").add("reason", "aggregate full: sessions not counted").add("sessions", dropped);
+  auto due = std::make_shared<std::vector<TlsrptDue>>();
   for (auto& [domain, r] : results)
-    tlsrptDue_.push_back(
-        {domain, std::make_shared<const tlsrpt::DomainResults>(std::move(r)), start / 1000, end / 1000});
-  tlsrptPump();
+    due->push_back({domain, std::make_shared<const tlsrpt::DomainResults>(std::move(r)), start / 1000, end / 1000});
+  auto queueReports = [this, due] {
+    if (draining_) {
+      if (!due->empty())
+        log::warn("tlsrpt_error")
+            .add("reason", "Moat is stopping: the ended period's reports to these domains are not sent")
+            .add("domains", static_cast<uint64_t>(due->size()));
+      return;
+    }
+    for (auto& d : *due) tlsrptDue_.push_back(std::move(d));
+    tlsrptPump();
+  };
+  // At most once: the checkpoint that still holds the ended period's counts is replaced
+  // (by the new period's) before its reports are queued, so a crash after this point cannot
+  // report the period again at the next start; a crash before the reports are in the spool
+  // loses them instead.
+  if (tlsrptFileHolds_ || tlsrptWriting_) return tlsrptCheckpoint(std::move(queueReports));
+  queueReports();
 }
 
 void QueueManager::tlsrptPump() {
@@ -2068,18 +2126,149 @@ void QueueManager::tlsrptRecordFound(const std::string& domain, std::shared_ptr<
   }
   std::set<std::string> sent;
   for (const auto& rua : rec.rua) {
+    if (rua.size() >= 6 && strncasecmp(rua.c_str(), "https:", 6) == 0) {
+      auto uri = tlsrpt::httpsUri(rua);
+      if (!uri) {
+        log::info("tlsrpt_skipped")
+            .add("domain", domain)
+            .add("rua", rua)
+            .add("reason", "not an https: URI Moat can post to");
+        continue;
+      }
+      if (!sent.insert(rua).second) continue;
+      tlsrptPost(domain, rua, *uri, results, startSeconds, endSeconds);
+      continue;
+    }
     std::string to = tlsrpt::mailtoAddress(rua);
     if (to.empty()) {
       log::info("tlsrpt_skipped")
           .add("domain", domain)
           .add("rua", rua)
-          .add("reason",
-               rua.rfind("https:", 0) == 0 ? "https reporting is not supported" : "not a mailto: URI Moat can send to");
+          .add("reason", "not a mailto: URI Moat can send to");
       continue;
     }
     if (!sent.insert(to).second) continue;
     tlsrptSend(domain, rua, to, results, startSeconds, endSeconds);
   }
+}
+
+tlsrpt::ReportInfo QueueManager::tlsrptReportInfo(const std::string& domain, int64_t startSeconds, int64_t endSeconds) {
+  const auto& cfg = *snap_->config;
+  tlsrpt::ReportInfo info;
+  info.organization = cfg.tlsrptOrganizationName();
+  info.contact = cfg.tlsrptContactInfo();
+  info.domain = domain;
+  info.startSeconds = startSeconds;
+  info.endSeconds = endSeconds;
+  info.reportId =
+      std::to_string(startSeconds) + "." + std::to_string(++tlsrptSerial_) + "." + randomHex() + "@" + cfg.hostname;
+  return info;
+}
+
+struct QueueManager::TlsrptPost {
+  std::string domain, rua;
+  tlsrpt::HttpsUri uri;
+  tlsrpt::ReportInfo report;
+  std::shared_ptr<const tlsrpt::DomainResults> results;
+  std::string request, error;  // the whole POST (made on the pool), or why it could not be
+  uint64_t successes = 0, failures = 0;
+  unsigned attempt = 0;
+};
+
+void QueueManager::tlsrptPost(const std::string& domain, const std::string& rua, const tlsrpt::HttpsUri& uri,
+                              std::shared_ptr<const tlsrpt::DomainResults> results, int64_t startSeconds,
+                              int64_t endSeconds) {
+  auto p = std::make_shared<TlsrptPost>();
+  p->domain = domain;
+  p->rua = rua;
+  p->uri = uri;
+  p->report = tlsrptReportInfo(domain, startSeconds, endSeconds);
+  p->results = std::move(results);
+  for (const auto& [policy, r] : p->results->policies) {
+    p->successes += r.successes;
+    p->failures += r.failures;
+  }
+  auto alive = alive_;
+  uv::queueWork(
+      loop_,
+      [p] {
+        auto gz = tlsrpt::gzip(tlsrpt::reportJson(p->report, *p->results));
+        if (!gz) {
+          p->error = "gzip failed";
+          return;
+        }
+        p->request = tlsrpt::httpsReportRequest(p->uri, *gz);
+      },
+      [this, alive, p] {
+        if (!*alive) return;
+        if (p->request.empty())
+          return void(log::warn("tlsrpt_error").add("domain", p->domain).add("rua", p->rua).add("reason", p->error));
+        if (draining_)
+          return void(log::warn("tlsrpt_error")
+                          .add("domain", p->domain)
+                          .add("rua", p->rua)
+                          .add("reason", "report upload not made: Moat is stopping"));
+        tlsrptPostAttempt(p);
+      });
+}
+
+void QueueManager::tlsrptPostAttempt(std::shared_ptr<TlsrptPost> p) {
+  ++p->attempt;
+  const uint64_t id = ++tlsrptPostSerial_;
+  https::Request r;
+  r.host = p->uri.host;
+  r.port = p->uri.port;
+  r.text = p->request;
+  r.maxBody = 65536;  // the reply's body is not used, only bounded
+  r.what = "report upload";
+  auto alive = alive_;
+  auto ended = std::make_shared<bool>(false);
+  auto cancel = https::exchange(
+      loop_, *resolver_, snap_->tlsrptTls, static_cast<uint64_t>(snap_->config->tlsrptHttpsTimeout.count()),
+      std::move(r),
+      [this, alive, id, p, ended](const sts::HttpResponse* response, const std::string& error) {
+        if (!*alive) return;
+        *ended = true;
+        tlsrptPosts_.erase(id);
+        // RFC 8460 §5.2: any 2xx is success; no redirect is followed.
+        const int status = response ? response->status() : 0;
+        if (status >= 200 && status <= 299) {
+          ++server::metrics().tlsrptReports;
+          log::info("tlsrpt")
+              .add("domain", p->domain)
+              .add("rua", p->rua)
+              .add("http_status", static_cast<uint64_t>(status))
+              .add("report_id", p->report.reportId)
+              .add("attempt", static_cast<uint64_t>(p->attempt))
+              .add("successful_sessions", p->successes)
+              .add("failed_sessions", p->failures);
+          return;
+        }
+        const bool again = p->attempt < kTlsrptPostAttempts && !draining_ && error != "cancelled";
+        log::warn("tlsrpt_error")
+            .add("domain", p->domain)
+            .add("rua", p->rua)
+            .add("report_id", p->report.reportId)
+            .add("attempt", static_cast<uint64_t>(p->attempt))
+            .add("reason", "report upload failed: " + (response ? "HTTP status " + std::to_string(status) : error) +
+                               (again ? " (tried again in 1m)" : " (given up)"));
+        if (!again) return;
+        tlsrptRetries_.emplace_back(uv_now(loop_) + kTlsrptPostRetryMs, p);
+        if (!tlsrptRetryTimer_.active()) tlsrptRetryTimer_.start(kTlsrptPostRetryMs, [this] { tlsrptRetryDue(); });
+      },
+      familiesOf(*snap_->config));
+  if (!*ended) tlsrptPosts_[id] = std::move(cancel);
+}
+
+void QueueManager::tlsrptRetryDue() {
+  const uint64_t now = uv_now(loop_);
+  while (!draining_ && !tlsrptRetries_.empty() && tlsrptRetries_.front().first <= now) {
+    auto p = std::move(tlsrptRetries_.front().second);
+    tlsrptRetries_.pop_front();
+    tlsrptPostAttempt(std::move(p));
+  }
+  if (!draining_ && !tlsrptRetries_.empty())
+    tlsrptRetryTimer_.start(tlsrptRetries_.front().first - now, [this] { tlsrptRetryDue(); });
 }
 
 void QueueManager::tlsrptSend(const std::string& domain, const std::string& rua, const std::string& to,
@@ -2097,13 +2286,7 @@ void QueueManager::tlsrptSend(const std::string& domain, const std::string& rua,
   b->info.to = to;
   b->info.submitter = cfg.hostname;
   b->info.dateMs = nowMs();
-  b->info.report.organization = cfg.tlsrptOrganizationName();
-  b->info.report.contact = cfg.tlsrptContactInfo();
-  b->info.report.domain = domain;
-  b->info.report.startSeconds = startSeconds;
-  b->info.report.endSeconds = endSeconds;
-  b->info.report.reportId =
-      std::to_string(startSeconds) + "." + std::to_string(++tlsrptSerial_) + "." + randomHex() + "@" + cfg.hostname;
+  b->info.report = tlsrptReportInfo(domain, startSeconds, endSeconds);
   b->info.messageId = "tlsrpt." + b->info.report.reportId;
   for (const auto& [p, r] : b->results->policies) {
     b->successes += r.successes;
@@ -2246,8 +2429,20 @@ void QueueManager::drain(std::function<void()> done) {
   housekeeping_.stop();
   stsSweep_.stop();
   tlsrptTimer_.stop();
+  tlsrptCheckpointTimer_.stop();
   saveTlsrpt();  // the period under way goes on after the restart
   dmarcReports_->stop();  // so does the DMARC reports' period
+  // https: uploads: those under way are cut short (each logs its tlsrpt_error), those waiting
+  // for another attempt are dropped.
+  tlsrptRetryTimer_.stop();
+  if (!tlsrptRetries_.empty()) {
+    log::warn("tlsrpt_error")
+        .add("reason", "Moat is stopping: report uploads waiting for another attempt are not made")
+        .add("uploads", static_cast<uint64_t>(tlsrptRetries_.size()));
+    tlsrptRetries_.clear();
+  }
+  for (auto& [id, cancel] : std::map<uint64_t, std::function<void()>>(std::move(tlsrptPosts_))) cancel();
+  tlsrptPosts_.clear();
   if (!tlsrptDue_.empty()) {
     log::warn("tlsrpt_error")
         .add("reason", "Moat is stopping: the ended period's reports to these domains are not sent")

@@ -13,7 +13,10 @@
 // per-domain aggregate of RFC 8460 (tlsrpt.h); at the end of each aligned period the
 // domains' _smtp._tls records are looked up and each mailto: rua gets the report, queued
 // like a DSN (null sender, never bounced), DKIM-signed with the [[dkim.sign]] key of the
-// From domain when there is one. A graceful stop saves the period under way in the spool.
+// From domain when there is one; each https: rua gets it POSTed (RFC 8460 §5.2, https_client.h),
+// at most kTlsrptPostAttempts times. The period under way is checkpointed to the spool every
+// [tlsrpt] checkpoint_interval when it changed, at the end of a period before its reports go
+// (so a crash never reports a period twice: at most once), and at a graceful stop.
 //
 // Untrusted input: replies from remote servers (bounded by the SMTP client), DNS answers.
 // Logs: deliver, defer, bounce, expire, dsn, downgraded (each with queue_id); tlsrpt,
@@ -227,8 +230,9 @@ class QueueManager {
 
   // TLS reporting (RFC 8460, [tlsrpt]). A session's result for the aggregate: `resultType`
   // "" for a success. Nothing is recorded unless [tlsrpt] is enabled and the job delivers by MX.
+  // `notes`: what the connection learnt of itself (sending-mta-ip, receiving-mx-helo), if any.
   void tlsrptRecord(const Job& job, const tlsrpt::Policy& policy, const std::string& resultType,
-                    const std::string& mxHost, const std::string& ip);
+                    const std::string& mxHost, const std::string& ip, const client::PeerNotes* notes = nullptr);
   // (Re)arms the timer for the end of the current period (or stops it when disabled).
   void armTlsrpt();
   // The period ended: its results go out, a domain at a time (TXT lookup, then reports), at
@@ -243,8 +247,18 @@ class QueueManager {
   // Builds one report on the thread pool, then writes it to the spool and queues it.
   void tlsrptSend(const std::string& domain, const std::string& rua, const std::string& to,
                   std::shared_ptr<const tlsrpt::DomainResults> results, int64_t startSeconds, int64_t endSeconds);
-  // SPOOL_DIR/tlsrpt.state: the period under way, written at a graceful stop (on the pool;
-  // the drain waits for it) and read back, then removed, at start (before the loop runs).
+  // The report's id and dates, for either kind of rua.
+  tlsrpt::ReportInfo tlsrptReportInfo(const std::string& domain, int64_t startSeconds, int64_t endSeconds);
+  // An https: rua (§5.2): the report built and gzipped on the thread pool, then POSTed.
+  struct TlsrptPost;
+  void tlsrptPost(const std::string& domain, const std::string& rua, const tlsrpt::HttpsUri& uri,
+                  std::shared_ptr<const tlsrpt::DomainResults> results, int64_t startSeconds, int64_t endSeconds);
+  void tlsrptPostAttempt(std::shared_ptr<TlsrptPost> post);
+  void tlsrptRetryDue();
+  // SPOOL_DIR/tlsrpt.state, the checkpoint: the period under way and its counts, written on
+  // the pool (crash-atomically; one write at a time, a drain waits for it); `then` runs once a
+  // write begun after this call is done. Read back at start (before the loop runs).
+  void tlsrptCheckpoint(std::function<void()> then = nullptr);
   void saveTlsrpt();
   void loadTlsrpt();
 
@@ -306,6 +320,23 @@ class QueueManager {
   bool tlsrptPumping_ = false;
   // [dmarc_reports] (RFC 7489 §7.2): the aggregate of inbound DMARC results and its reports.
   std::unique_ptr<DmarcReporter> dmarcReports_;
+  // The checkpoint: its timer ([tlsrpt] checkpoint_interval), whether sessions were counted
+  // since the last write's contents were made, whether the file may hold counts, and the
+  // write on the pool (one at a time) with what waits for the next one.
+  uv::Timer tlsrptCheckpointTimer_;
+  int64_t tlsrptCheckpointEveryMs_ = 0;
+  bool tlsrptChanged_ = false;
+  bool tlsrptFileHolds_ = false;
+  bool tlsrptWriting_ = false, tlsrptWriteAgain_ = false;
+  std::vector<std::function<void()>> tlsrptAfterWrite_;
+  // https: uploads under way (their cancel functions, for a stop) and those waiting to be tried
+  // again, kTlsrptPostRetryMs after a failure (one delay for all: the queue is in due order).
+  static constexpr unsigned kTlsrptPostAttempts = 3;
+  static constexpr uint64_t kTlsrptPostRetryMs = 60'000;
+  uint64_t tlsrptPostSerial_ = 0;
+  std::map<uint64_t, std::function<void()>> tlsrptPosts_;
+  std::deque<std::pair<uint64_t, std::shared_ptr<TlsrptPost>>> tlsrptRetries_;  // (due, uv_now ms)
+  uv::Timer tlsrptRetryTimer_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   std::mt19937_64 rng_{std::random_device{}()};  // MX order within a preference
 };

@@ -58,6 +58,20 @@ void jsonStringArray(std::string& out, const std::vector<std::string>& items) {
   out += ']';
 }
 
+// The MX's greeting name, as far as a report may carry it: a host name or an address literal.
+bool plausibleHelo(std::string_view h) {
+  if (h.empty() || h.size() > 255) return false;
+  if (h.front() == '[') {
+    if (h.size() < 3 || h.back() != ']') return false;
+    for (unsigned char c : h.substr(1, h.size() - 2))
+      if (!std::isxdigit(c) && c != '.' && c != ':' && c != '-' && !std::isalpha(c)) return false;
+    return true;
+  }
+  for (unsigned char c : h)
+    if (!std::isalnum(c) && c != '-' && c != '.' && c != '_') return false;
+  return true;
+}
+
 }  // namespace
 
 std::string_view policyTypeName(PolicyType t) {
@@ -127,11 +141,12 @@ void Aggregator::success(const std::string& domain, const Policy& policy) {
 }
 
 void Aggregator::failure(const std::string& domain, const Policy& policy, const std::string& resultType,
-                         const std::string& mxHost, const std::string& ip) {
+                         const std::string& mxHost, const std::string& ip, const std::string& sendingIp,
+                         const std::string& helo) {
   PolicyResults* r = slot(lower(domain), policy);
   if (!r) return void(++dropped_);
   ++r->failures;
-  Failure f{resultType, lower(mxHost), ip};
+  Failure f{resultType, lower(mxHost), ip, sendingIp, plausibleHelo(helo) ? lower(helo) : std::string()};
   auto it = r->details.find(f);
   if (it != r->details.end())
     ++it->second;
@@ -240,6 +255,53 @@ std::string mailtoAddress(std::string_view uri) {
   return out;
 }
 
+std::optional<HttpsUri> httpsUri(std::string_view uri) {
+  if (uri.size() > kMaxUriBytes || uri.size() < 9 || lower(uri.substr(0, 8)) != "https://") return std::nullopt;
+  for (unsigned char c : uri)
+    if (c <= 0x20 || c >= 0x7f) return std::nullopt;
+  std::string_view rest = uri.substr(8);
+  rest = rest.substr(0, rest.find('#'));
+  size_t end = rest.find_first_of("/?");
+  std::string_view authority = rest.substr(0, end);
+  HttpsUri out;
+  out.target = end == std::string_view::npos ? "/" : std::string(rest.substr(end));
+  if (out.target.front() == '?') out.target.insert(0, "/");
+  if (authority.find('@') != std::string_view::npos || authority.empty() || authority.front() == '[')
+    return std::nullopt;
+  if (size_t colon = authority.find(':'); colon != std::string_view::npos) {
+    std::string_view port = authority.substr(colon + 1);
+    authority = authority.substr(0, colon);
+    if (port.empty() || port.size() > 5) return std::nullopt;
+    unsigned n = 0;
+    for (char c : port) {
+      if (!std::isdigit(static_cast<unsigned char>(c))) return std::nullopt;
+      n = n * 10 + static_cast<unsigned>(c - '0');
+    }
+    if (n == 0 || n > 65535) return std::nullopt;
+    out.port = static_cast<uint16_t>(n);
+  }
+  if (authority.empty() || authority.size() > 253) return std::nullopt;
+  bool allDigits = true;
+  for (unsigned char c : authority) {
+    if (!std::isalnum(c) && c != '-' && c != '.') return std::nullopt;
+    if (std::isalpha(c) || c == '-') allDigits = false;
+  }
+  if (allDigits) return std::nullopt;  // an IPv4 literal: not taken
+  out.host = lower(authority);
+  if (out.host.back() == '.') out.host.pop_back();
+  if (out.host.empty() || out.host.front() == '.' || out.host.find("..") != std::string::npos) return std::nullopt;
+  return out;
+}
+
+std::string httpsReportRequest(const HttpsUri& uri, std::string_view gzipped) {
+  std::string r = "POST " + uri.target + " HTTP/1.1\r\nHost: " + uri.host +
+                  (uri.port == 443 ? "" : ":" + std::to_string(uri.port)) +
+                  "\r\nUser-Agent: Moat\r\nContent-Type: application/tlsrpt+gzip\r\nContent-Length: " +
+                  std::to_string(gzipped.size()) + "\r\nConnection: close\r\n\r\n";
+  r.append(gzipped);
+  return r;
+}
+
 std::string reportJson(const ReportInfo& info, const DomainResults& results) {
   std::string j = "{\"organization-name\":";
   jsonString(j, info.organization);
@@ -279,6 +341,10 @@ std::string reportJson(const ReportInfo& info, const DomainResults& results) {
         firstRow = false;
         j += "{\"result-type\":";
         jsonString(j, f.resultType);
+        if (!f.sendingIp.empty()) {
+          j += ",\"sending-mta-ip\":";
+          jsonString(j, f.sendingIp);
+        }
         if (!f.ip.empty()) {
           j += ",\"receiving-ip\":";
           jsonString(j, f.ip);
@@ -286,6 +352,10 @@ std::string reportJson(const ReportInfo& info, const DomainResults& results) {
         if (!f.mxHost.empty()) {
           j += ",\"receiving-mx-hostname\":";
           jsonString(j, f.mxHost);
+        }
+        if (!f.helo.empty()) {
+          j += ",\"receiving-mx-helo\":";
+          jsonString(j, f.helo);
         }
         j += ",\"failed-session-count\":" + std::to_string(n) + "}";
       }
@@ -329,6 +399,10 @@ std::string encodeState(int64_t startMs, int64_t intervalMs, const Results& resu
         jsonString(j, f.mxHost);
         j += ",\"ip\":";
         jsonString(j, f.ip);
+        j += ",\"sip\":";
+        jsonString(j, f.sendingIp);
+        j += ",\"helo\":";
+        jsonString(j, f.helo);
         j += ",\"count\":" + std::to_string(n) + "}";
       }
       j += "]}";
@@ -395,6 +469,9 @@ bool decodeState(std::string_view input, int64_t& startMs, int64_t& intervalMs, 
         if (!text(row.get("type"), f.resultType) || !text(row.get("mx"), f.mxHost) || !text(row.get("ip"), f.ip) ||
             !count(row.get("count"), n))
           return false;
+        // Absent from a file an older Moat wrote.
+        if (const Value* sip = row.get("sip"); sip && !text(sip, f.sendingIp)) return false;
+        if (const Value* helo = row.get("helo"); helo && !text(helo, f.helo)) return false;
         r.details[f] += n;
       }
       into.add(domain, policy, r);

@@ -1,11 +1,13 @@
 // mta/daemon/tlsrpt.h — SMTP TLS Reporting (RFC 8460) for delivery by MX: the per-policy-domain
 // aggregate of the TLS sessions the queue manager opens (§4.3's result types), the
-// _smtp._tls TXT record (§3), the JSON report (§4.4), its gzip (§5.3: application/tlsrpt+gzip)
-// and the multipart/report message that carries it (§5.3). Pure: no I/O and no logs; the
-// queue manager feeds the aggregator on the loop, looks the record up through the resolver,
-// and builds and gzips the reports on the thread pool.
-// Untrusted input: the TXT records (from DNS), the MX host names and, through the aggregator,
-// nothing else a peer sends (result types are Moat's own words). Memory is bounded: at most
+// _smtp._tls TXT record (§3), the JSON report (§4.4), its gzip (§5.3: application/tlsrpt+gzip),
+// the multipart/report message that carries it (§5.3) and the HTTPS upload's URI and request
+// (§5.2). Pure: no I/O and no logs; the queue manager feeds the aggregator on the loop, looks
+// the record up through the resolver, builds and gzips the reports on the thread pool and
+// posts them with https_client.h.
+// Untrusted input: the TXT records (from DNS: rua URIs are bounded and checked), the MX host
+// names and the MX's greeting name (kept only when it looks like a host name) and, through
+// the aggregator, nothing else a peer sends (result types are Moat's own words). Memory is bounded: at most
 // kMaxDomains domains, kMaxPoliciesPerDomain policies per domain and kMaxDetailsPerPolicy
 // failure-detail rows per policy; what does not fit is counted in dropped() (a session of a
 // domain over the cap) or in the policy's totals only (a failure row over the cap).
@@ -54,8 +56,11 @@ std::string classifyTlsError(std::string_view error, bool dane);
 // anything else → sts-policy-fetch-error.
 std::string classifyStsFetchError(std::string_view error);
 
+// One failure-details row (§4.4): result-type, receiving-mx-hostname, receiving-ip and, when
+// the session got that far, sending-mta-ip (the local address of the outbound connection) and
+// receiving-mx-helo (the name the MX gave in its greeting, or in its EHLO reply when one came).
 struct Failure {
-  std::string resultType, mxHost, ip;
+  std::string resultType, mxHost, ip, sendingIp, helo;
   auto operator<=>(const Failure&) const = default;
 };
 struct PolicyResults {
@@ -73,9 +78,13 @@ class Aggregator {
   static constexpr size_t kMaxPoliciesPerDomain = 16;
   static constexpr size_t kMaxDetailsPerPolicy = 100;
   void success(const std::string& domain, const Policy& policy);
-  // `mxHost`, `ip`: the receiving MX's name and address ("" when not known, e.g. a policy fetch).
+  // `mxHost`, `ip`: the receiving MX's name and address ("" when not known, e.g. a policy fetch);
+  // `sendingIp`, `helo`: Failure's, "" when not known. The MX's helo is untrusted: it is kept
+  // only when it is a plausible host name (at most 255 octets of letters, digits, '-', '.',
+  // '_', or an address literal in brackets), else left out.
   void failure(const std::string& domain, const Policy& policy, const std::string& resultType,
-               const std::string& mxHost, const std::string& ip);
+               const std::string& mxHost, const std::string& ip, const std::string& sendingIp = "",
+               const std::string& helo = "");
   // Adds results gathered before (a restart's saved aggregate), within the same bounds.
   void add(const std::string& domain, const Policy& policy, const PolicyResults& r);
   // Hands over what was gathered (the period's results) and starts afresh.
@@ -89,8 +98,9 @@ class Aggregator {
   uint64_t dropped_ = 0;
 };
 
-// The aggregate as a file (SPOOL_DIR/tlsrpt.state, written at a graceful stop and read at the
-// next start), so a restart does not lose the period under way: one JSON object,
+// The aggregate as a file (SPOOL_DIR/tlsrpt.state, the checkpoint the queue manager writes
+// periodically, at a period's end and at a graceful stop, and reads at the next start), so a
+// restart or a crash does not lose the period under way: one JSON object,
 // {"moat-tlsrpt":1,"start":MS,"interval":MS,"domains":[...]}. decodeState is false for any
 // text encodeState did not write (the file is Moat's own, but read within bounds all the same:
 // the caller reads at most kMaxStateBytes, and `into` keeps its caps).
@@ -115,6 +125,20 @@ Record parseRecord(const std::vector<std::string>& txt);
 // the URI is not mailto: or its address is not one Moat could send to (no '@', a control
 // character, a space, a comma).
 std::string mailtoAddress(std::string_view uri);
+
+// An https: rua (§3, §5.2): the host (a DNS name, lower case; address literals are not
+// taken), the port (443 unless the URI names one) and the request target (path and query,
+// "/" when the URI has none; the fragment left out). nullopt for anything else: another
+// scheme, user information, a URI over kMaxUriBytes, a byte outside printable ASCII.
+struct HttpsUri {
+  std::string host;
+  uint16_t port = 443;
+  std::string target;
+};
+constexpr size_t kMaxUriBytes = 2048;
+std::optional<HttpsUri> httpsUri(std::string_view uri);
+// The §5.2 upload: POST of the gzipped report as application/tlsrpt+gzip, "Connection: close".
+std::string httpsReportRequest(const HttpsUri& uri, std::string_view gzipped);
 
 // One report (§4.4).
 struct ReportInfo {

@@ -159,6 +159,10 @@ std::shared_ptr<Snapshot> build(std::shared_ptr<const policy::Config> config, po
     }
     snap->verifyingClientTls[r.caFile] = ctx;
   }
+  if (config->tlsrptEnabled) {
+    snap->tlsrptTls = tls::TlsContext::client(true, config->mtaStsCaFile, error);
+    if (!snap->tlsrptTls) errors.error(config->path, config->mtaStsCaFileLine, "[mta_sts] ca_file: " + error);
+  }
   if (std::any_of(config->routes.begin(), config->routes.end(), [](const policy::Route& r) { return r.mtaSts; })) {
     snap->mtaStsTls = tls::TlsContext::client(true, config->mtaStsCaFile, error);
     snap->mtaStsCheckTls = snap->mtaStsTls ? tls::TlsContext::client(true, config->mtaStsCaFile, error) : nullptr;

@@ -34,6 +34,9 @@ struct Snapshot {
   // store and [mta_sts] ca_file (policy fetches, enforce), and one that checks the same way
   // but lets the handshake go on unverified (testing: deliver as "may", report the failure).
   std::shared_ptr<tls::TlsContext> mtaStsTls, mtaStsCheckTls;
+  // TLS reporting (RFC 8460 §5.2), built when [tlsrpt] is enabled: the verifying context
+  // https: rua uploads use (the system store and [mta_sts] ca_file).
+  std::shared_ptr<tls::TlsContext> tlsrptTls;
   // SMTP AUTH credentials by listener address; absent = no AUTH on that listener. Read at
   // load, so SIGHUP picks up a changed users file and a broken one keeps the old snapshot.
   std::map<std::string, std::shared_ptr<const policy::UserDb>> users;

@@ -6,8 +6,10 @@ domain's better MX, bad.example.test, points at the same sink: its certificate d
 it, so under the enforce policy that session fails (certificate-host-mismatch) and the next MX
 takes the mail. With [tlsrpt] interval = "5s", the report for example.test is mailed to
 reports@reports.test, routed to a second sink on a port of its own; other.test, delivered to
-the same MX without a TLSRPT record, gets none. Ports 25 and 443 as test_mta_sts.py binds them
-(a test is skipped when either is taken, after one retry).
+the same MX without a TLSRPT record, gets none. The record's https: rua is served by a loopback
+HTTPS server on a port of its own (a certificate from the same CA for tlsrpt.reports.test,
+which the zone points at 127.0.0.1), which records each POST. Ports 25 and 443 as
+test_mta_sts.py binds them (a test is skipped when either is taken, after one retry).
 
 Run: MOAT_BIN=build/moat MOAT_SOURCE_DIR=. /usr/bin/python3 tests/integration/test_tlsrpt.py -v
 """
@@ -15,11 +17,14 @@ Run: MOAT_BIN=build/moat MOAT_SOURCE_DIR=. /usr/bin/python3 tests/integration/te
 import email
 import email.policy
 import gzip
+import http.server
 import json
 import os
 import shutil
+import ssl
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -35,6 +40,62 @@ BAD_MX = "bad.example.test"
 OTHER = "other.test"
 REPORTS = "reports.test"
 POLICY_HOST = f"mta-sts.{DOMAIN}"
+UPLOAD_HOST = f"tlsrpt.{REPORTS}"
+
+
+class _UploadHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        srv = self.server.owner
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        with srv.lock:
+            srv.posts.append({"path": self.path, "headers": dict(self.headers), "body": body})
+        reply = b"thanks\n"
+        self.send_response(srv.status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(reply)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):
+        pass
+
+
+class UploadServer:
+    """HTTPS on 127.0.0.1 (a port of its own) with `cert`: records each POST, answers `status`."""
+
+    def __init__(self, cert, status=201):
+        self.status = status
+        self.posts = []
+        self.lock = threading.Lock()
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(*cert)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _UploadHandler)
+        self.server.owner = self
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def read_state(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def counts(reports):
+    """(successful, failed) sessions summed over JSON reports."""
+    ok = failed = 0
+    for r in reports:
+        for p in r["policies"]:
+            ok += p["summary"]["total-successful-session-count"]
+            failed += p["summary"]["total-failure-session-count"]
+    return ok, failed
 
 
 def parse_report(data):
@@ -53,10 +114,16 @@ class TlsRptTest(unittest.TestCase):
         cls.ca = make_ca(cls.tmp, cn="Moat TLSRPT test CA")
         cls.policy_cert = make_signed_cert(cls.tmp, cls.ca, "policy", f"DNS:{POLICY_HOST}")
         cls.mx_cert = make_signed_cert(cls.tmp, cls.ca, "mx", f"DNS:{MX}")
+        cls.upload_cert = make_signed_cert(cls.tmp, cls.ca, "upload", f"DNS:{UPLOAD_HOST}")
         cls.dkim_key = os.path.join(cls.tmp, "dkim.key")
         cls.dkim_txt = rsa_key(cls.dkim_key)
 
-    def start(self, tlsrpt_txt, interval="5s"):
+    def start(self, tlsrpt_txt, interval="5s", upload_status=201, checkpoint="5m"):
+        """`tlsrpt_txt`: the _smtp._tls records; "{upload}" in them is the upload server's URI."""
+        self.upload = UploadServer(self.upload_cert, upload_status)
+        self.addCleanup(self.upload.stop)
+        self.upload_uri = f"https://{UPLOAD_HOST}:{self.upload.port}/v1/tlsrpt"
+        tlsrpt_txt = [t.replace("{upload}", self.upload_uri) for t in tlsrpt_txt]
         mx_sink = bind_or_skip(self, lambda: Sink(port=25, tls_cert=self.mx_cert), "127.0.0.1:25")
         self.addCleanup(mx_sink.stop)
         server = bind_or_skip(self, lambda: PolicyServer(self.policy_cert, policy("enforce", mx=("*.example.test",))),
@@ -70,6 +137,7 @@ class TlsRptTest(unittest.TestCase):
             MX: [{"A": "127.0.0.1"}],
             BAD_MX: [{"A": "127.0.0.1"}],
             POLICY_HOST: [{"A": "127.0.0.1"}],
+            UPLOAD_HOST: [{"A": "127.0.0.1"}],
             f"_mta-sts.{DOMAIN}": [{"TXT": "v=STSv1; id=20261124"}],
         }
         if tlsrpt_txt:
@@ -77,7 +145,8 @@ class TlsRptTest(unittest.TestCase):
         dns = owned_dns(self, zone)
         extra = (f'\n[dns]\nnameservers = ["{dns.nameserver}"]\ntimeout = "1s"\n'
                  f'\n[mta_sts]\nca_file = "{self.ca[0]}"\nfetch_timeout = "5s"\n'
-                 f'\n[tlsrpt]\nenabled = true\ninterval = "{interval}"\norganization_name = "Moat Test Org"\n'
+                 f'\n[tlsrpt]\nenabled = true\ninterval = "{interval}"\ncheckpoint_interval = "{checkpoint}"\n'
+                 'organization_name = "Moat Test Org"\nhttps_timeout = "5s"\n'
                  'contact_info = "tls-ops@moat.test"\nfrom = "tlsrpt@moat.test"\n'
                  f'\n[[dkim.sign]]\ndomain = "moat.test"\nselector = "s1"\nkey_file = "{self.dkim_key}"\n'
                  f'\n[[route]]\ndomains = ["{REPORTS}"]\nto = ["smtp:127.0.0.1:{reports.port}"]\n'
@@ -96,24 +165,28 @@ class TlsRptTest(unittest.TestCase):
         sessions may fall on both sides of a period's end: the reports are added up)."""
         got = []
 
-        def counts():
-            ok = failed = 0
-            for _, _, r in got:
-                for p in r["policies"]:
-                    ok += p["summary"]["total-successful-session-count"]
-                    failed += p["summary"]["total-failure-session-count"]
-            return ok, failed
-
         def enough():
             while len(got) < len(reports.messages):
                 got.append(parse_report(reports.messages[len(got)]["data"]))
-            return counts() == (1, 1)
+            return counts(r for _, _, r in got) == (1, 1)
 
         wait_for(enough, timeout, what="TLS reports with one successful and one failed session")
         return got
 
+    def wait_uploads(self, timeout=40):
+        """The JSON reports POSTed to the upload server once they count one successful and one
+        failed session."""
+        def enough():
+            with self.upload.lock:
+                posts = list(self.upload.posts)
+            return counts(json.loads(gzip.decompress(p["body"])) for p in posts) == (1, 1)
+
+        wait_for(enough, timeout, what="uploaded TLS reports with one successful and one failed session")
+        with self.upload.lock:
+            return list(self.upload.posts)
+
     def test_report_for_a_domain_with_a_policy_and_none_without_a_record(self):
-        m, reports = self.start([f"v=TLSRPTv1; rua=mailto:reports@{REPORTS},https://tlsrpt.{REPORTS}/v1"])
+        m, reports = self.start([f"v=TLSRPTv1; rua=mailto:reports@{REPORTS},{{upload}}"])
         got = self.wait_reports(reports)
         for msg, part, r in got:
             self.assertEqual(msg["TLS-Report-Domain"], DOMAIN)
@@ -145,20 +218,38 @@ class TlsRptTest(unittest.TestCase):
         self.assertEqual(rows[0]["receiving-mx-hostname"], BAD_MX)
         self.assertEqual(rows[0]["receiving-ip"], "127.0.0.1")
         self.assertEqual(rows[0]["failed-session-count"], 1)
+        # RFC 8460 §4.4: the local address of Moat's connection, the name the MX gave in EHLO.
+        self.assertEqual(rows[0]["sending-mta-ip"], "127.0.0.1")
+        self.assertEqual(rows[0]["receiving-mx-helo"], "sink.test")
         # RFC 8460 §5.3: DKIM-signed by the domain of the From address.
         dnsfunc = txt_lookup({"s1._domainkey.moat.test": self.dkim_txt})
         for x in reports.messages:
             self.assertTrue(dkim.verify(x["data"], dnsfunc=dnsfunc), x["data"][:1500])
         # Reports go out like DSNs: null sender, through the reports route.
         self.assertTrue(all(x["from"] == "" and x["rcpts"] == [f"reports@{REPORTS}"] for x in reports.messages))
-        ev = m.wait_log(event="tlsrpt")
+        ev = m.wait_log(event="tlsrpt", rua=f"mailto:reports@{REPORTS}")
         self.assertEqual(ev["domain"], DOMAIN)
-        self.assertEqual(ev["rua"], f"mailto:reports@{REPORTS}")
+        self.assertEqual(ev["to"], f"reports@{REPORTS}")
         self.assertIn("report_id", ev)
         skipped = m.wait_log(event="tlsrpt_skipped", domain=OTHER)
         self.assertEqual(skipped["reason"], "no TLSRPT record")
-        https = m.wait_log(event="tlsrpt_skipped", domain=DOMAIN)
-        self.assertEqual(https["rua"], f"https://tlsrpt.{REPORTS}/v1")
+        # RFC 8460 §5.2: the same report POSTed to the https: rua, gzipped JSON.
+        posts = self.wait_uploads()
+        for p in posts:
+            self.assertEqual(p["path"], "/v1/tlsrpt")
+            self.assertEqual(p["headers"]["Content-Type"], "application/tlsrpt+gzip")
+            self.assertEqual(p["headers"]["Host"], f"{UPLOAD_HOST}:{self.upload.port}")
+            r = json.loads(gzip.decompress(p["body"]))
+            self.assertEqual(r["organization-name"], "Moat Test Org")
+            self.assertEqual({x["policy"]["policy-domain"] for x in r["policies"]}, {DOMAIN})
+        uploaded = [row for p in posts for x in json.loads(gzip.decompress(p["body"]))["policies"]
+                    for row in x.get("failure-details", [])]
+        self.assertEqual([(x["result-type"], x["sending-mta-ip"], x["receiving-mx-helo"]) for x in uploaded],
+                         [("certificate-host-mismatch", "127.0.0.1", "sink.test")])
+        up = m.wait_log(event="tlsrpt", rua=self.upload_uri)
+        self.assertEqual((up["domain"], up["http_status"], up["attempt"]), (DOMAIN, 201, 1))
+        self.assertEqual(m.find_logs(event="tlsrpt_skipped", domain=DOMAIN), [])
+        self.assertEqual(m.find_logs(event="tlsrpt_error"), [])
         self.assertEqual(m.find_logs(event="tlsrpt", domain=OTHER), [])
         self.assertTrue(all(msg["TLS-Report-Domain"] == DOMAIN for msg, _, _ in got))
         self.assertEqual(len(got), len(reports.messages))
@@ -178,9 +269,53 @@ class TlsRptTest(unittest.TestCase):
         self.assertEqual(m.find_logs(event="tlsrpt"), [])
         m.start()
         self.wait_reports(reports, timeout=60)  # the sessions before the restart are reported
-        self.assertFalse(os.path.exists(state))
+        wait_for(lambda: read_state(state)["domains"] == [], 10, what="the reported period out of the checkpoint")
         ev = m.wait_log(event="tlsrpt", since_start=True)
         self.assertEqual((ev["successful_sessions"], ev["failed_sessions"]), (1, 1))
+
+    def test_an_upload_answered_500_is_a_logged_failure(self):
+        m, reports = self.start(["v=TLSRPTv1; rua={upload}"], upload_status=500)
+        err = m.wait_log(event="tlsrpt_error", rua=self.upload_uri, timeout=40)
+        self.assertEqual(err["domain"], DOMAIN)
+        self.assertEqual(err["attempt"], 1)
+        self.assertEqual(err["reason"], "report upload failed: HTTP status 500 (tried again in 1m)")
+        self.assertTrue(self.upload.posts)
+        self.assertEqual(m.find_logs(event="tlsrpt", rua=self.upload_uri), [])
+        self.assertEqual(reports.messages, [])
+
+    def test_a_checkpoint_outlives_kill_9_and_a_period_is_reported_once(self):
+        # Far enough from the end of a 30 s period that the kill comes before it.
+        left = 30 - time.time() % 30
+        if left < 20:
+            time.sleep(left + 0.5)
+        m, reports = self.start([f"v=TLSRPTv1; rua=mailto:reports@{REPORTS}"], interval="30s", checkpoint="1s")
+        state = os.path.join(m.dir, "spool", "tlsrpt.state")
+
+        def checkpointed():
+            try:
+                saved = read_state(state)
+            except (OSError, ValueError):
+                return False
+            got = {d["domain"]: d for d in saved["domains"]}
+            return DOMAIN in got and OTHER in got and sum(
+                p["successes"] + p["failures"] for p in got[DOMAIN]["policies"]) == 2
+
+        wait_for(checkpointed, 10, what="a checkpoint with both domains' sessions")
+        m.kill9()
+        self.assertEqual(m.find_logs(event="tlsrpt"), [])
+        m.start()
+        self.wait_reports(reports, timeout=60)  # the sessions before the crash are reported
+        ev = m.wait_log(event="tlsrpt", since_start=True)
+        self.assertEqual((ev["successful_sessions"], ev["failed_sessions"]), (1, 1))
+        # The checkpoint no longer holds the reported period: another crash and restart do
+        # not report it again.
+        self.assertEqual(read_state(state)["domains"], [])
+        sent = len(reports.messages)
+        m.kill9()
+        m.start()
+        time.sleep(3)
+        self.assertEqual(len(reports.messages), sent)
+        self.assertEqual(m.find_logs(event="tlsrpt", since_start=True), [])
 
     def test_two_tlsrpt_records_mean_no_report(self):
         # RFC 8460 §3: exactly one v=TLSRPTv1 record, or no reporting.
@@ -235,12 +370,16 @@ class TlsRptCheckTest(unittest.TestCase):
         return path, r.returncode, r.stdout + r.stderr
 
     def test_good_values_are_accepted(self):
-        _, rc, out = self.check('interval = "1h"\nfrom = "tls@moat.test"\norganization_name = "Moat"\n')
+        _, rc, out = self.check('interval = "1h"\nfrom = "tls@moat.test"\norganization_name = "Moat"\n'
+                                'checkpoint_interval = "1s"\nhttps_timeout = "10m"\n')
         self.assertEqual(rc, 0, out)
 
     def test_bad_values_are_refused_at_their_line(self):
         for body, what in (('interval = "0s"\n', "interval"), ('interval = "8d"\n', "interval"),
-                           ('interval = "soon"\n', "interval"), ('from = "no address"\n', "from")):
+                           ('interval = "soon"\n', "interval"), ('from = "no address"\n', "from"),
+                           ('checkpoint_interval = "0s"\n', "checkpoint_interval"),
+                           ('checkpoint_interval = "2h"\n', "checkpoint_interval"),
+                           ('https_timeout = "0s"\n', "https_timeout"), ('https_timeout = "11m"\n', "https_timeout")):
             path, rc, out = self.check(body)
             self.assertNotEqual(rc, 0, body)
             self.assertIn(f"{path}:10:", out)  # the key's own line

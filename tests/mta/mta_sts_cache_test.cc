@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "mta/daemon/https_client.h"
 #include "mta/daemon/mta_sts.h"
 #include "mta/net/connection.h"
 #include "mta/runtime/uv.h"
@@ -80,7 +81,13 @@ struct PolicyServer {
           c->setCallbacks({[this, buf, weak](std::string_view d) {
                              buf->append(d);
                              auto conn = weak.lock();
-                             if (!conn || buf->find("\r\n\r\n") == std::string::npos) return;
+                             size_t head = buf->find("\r\n\r\n");
+                             if (!conn || head == std::string::npos) return;
+                             // A request with a body (a POST): wait for all of it.
+                             if (size_t cl = buf->find("\r\nContent-Length: ");
+                                 cl != std::string::npos && cl < head &&
+                                 buf->size() < head + 4 + std::stoul(buf->substr(cl + 18)))
+                               return;
                              requests.push_back(*buf);
                              buf->clear();
                              if (silent) return;
@@ -646,4 +653,58 @@ TEST_CASE("MTA-STS cache: the sweep refreshes policies near their expiry and dro
     CHECK(f.server->requests.size() == 2 + 2 * kDomains + 1);
     CHECK(f.cache->sweep(noVerify, 3000, {}) == 0);  // all fresh again
   }
+}
+
+TEST_CASE("HTTPS exchange: a POST with its body, the reply's status, TLS and time bounds") {
+  Fixture f;
+  f.resolver.a["reports.example.test"] = "127.0.0.1";
+  auto run = [&](const std::string& host, uint64_t timeoutMs, int& status, std::string& error) {
+    https::Request r;
+    r.host = host;
+    r.port = f.server->port();
+    r.what = "report upload";
+    r.text = "POST /v1 HTTP/1.1\r\nHost: " + host +
+             "\r\nContent-Type: application/tlsrpt+gzip\r\n"
+             "Content-Length: 5\r\nConnection: close\r\n\r\n" +
+             std::string("ab\0cd", 5);
+    bool done = false;
+    https::exchange(f.loop.get(), f.resolver, f.clientTls, timeoutMs, r,
+                    [&](const sts::HttpResponse* resp, const std::string& e) {
+                      status = resp ? resp->status() : 0;
+                      error = e;
+                      done = true;
+                    });
+    f.loop.runUntil([&] { return done; }, timeoutMs + 2000);
+    REQUIRE(done);
+  };
+  int status = 0;
+  std::string error;
+  f.server->reply = "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+  // The test certificate names mta-sts.example.test: that name verifies.
+  f.resolver.a["mta-sts.example.test"] = "127.0.0.1";
+  run("mta-sts.example.test", 3000, status, error);
+  CHECK(error.empty());
+  CHECK(status == 202);
+  REQUIRE(f.server->requests.size() == 1);
+  const std::string& got = f.server->requests[0];
+  CHECK(got.rfind("POST /v1 HTTP/1.1\r\n", 0) == 0);
+  CHECK(got.substr(got.size() - 5) == std::string("ab\0cd", 5));
+  // A 500 is a whole response too: the caller decides.
+  f.server->reply = "HTTP/1.1 500 Oops\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno";
+  run("mta-sts.example.test", 3000, status, error);
+  CHECK(status == 500);
+  // A certificate that does not name the host fails in TLS, before anything is sent.
+  const size_t before = f.server->requests.size();
+  run("reports.example.test", 3000, status, error);
+  CHECK(status == 0);
+  CHECK(error.find("TLS") != std::string::npos);
+  CHECK(f.server->requests.size() == before);
+  // A server that never answers: one bound for the whole exchange.
+  f.server->silent = true;
+  run("mta-sts.example.test", 300, status, error);
+  CHECK(status == 0);
+  CHECK(error.rfind("report upload timed out", 0) == 0);
+  // No address: said so.
+  run("nowhere.example.test", 3000, status, error);
+  CHECK(error.find("nowhere.example.test: no address") == 0);
 }

@@ -239,10 +239,105 @@ TEST_CASE("tlsrpt state survives a round trip through its file") {
   const auto& sts = b.results().at("example.test").policies.at(stsPolicy());
   CHECK(sts.successes == 2);
   CHECK(sts.failures == 1);
-  CHECK(sts.details.at({"certificate-expired", "mx.example.test", "::1"}) == 1);
+  CHECK(sts.details.at({"certificate-expired", "mx.example.test", "::1", "", ""}) == 1);
   CHECK(b.results().at("other.test").policies.at(Policy{}).details.begin()->first.mxHost == "mx \"odd\".other.test");
   tlsrpt::Aggregator c;
   CHECK_FALSE(tlsrpt::decodeState("", start, interval, c));
   CHECK_FALSE(tlsrpt::decodeState("{\"moat-tlsrpt\":2,\"start\":1,\"interval\":1,\"domains\":[]}", start, interval, c));
   CHECK_FALSE(tlsrpt::decodeState(text.substr(0, text.size() / 2), start, interval, c));
+}
+
+TEST_CASE("tlsrpt failure rows carry sending-mta-ip and receiving-mx-helo") {
+  tlsrpt::Aggregator a;
+  a.failure("example.test", stsPolicy(), "certificate-host-mismatch", "mx.example.test", "127.0.0.1", "127.0.0.2",
+            "MX1.Example.TEST");
+  // A greeting name that is no host name is left out (the row is still counted).
+  a.failure("example.test", stsPolicy(), "certificate-host-mismatch", "mx.example.test", "127.0.0.1", "127.0.0.2",
+            "evil\"name<script>");
+  a.failure("example.test", stsPolicy(), "starttls-not-supported", "mx.example.test", "::1", "::1", "[::1]");
+  const auto& details = a.results().at("example.test").policies.at(stsPolicy()).details;
+  REQUIRE(details.size() == 3);
+  CHECK(details.at({"certificate-host-mismatch", "mx.example.test", "127.0.0.1", "127.0.0.2", "mx1.example.test"}) ==
+        1);
+  CHECK(details.at({"certificate-host-mismatch", "mx.example.test", "127.0.0.1", "127.0.0.2", ""}) == 1);
+  CHECK(details.at({"starttls-not-supported", "mx.example.test", "::1", "::1", "[::1]"}) == 1);
+
+  tlsrpt::ReportInfo info{"Org", "c@example.test", "id1", "example.test", 0, 86400};
+  auto v = json::parse(tlsrpt::reportJson(info, a.results().at("example.test")));
+  REQUIRE(v);
+  const auto& rows = at(at(*v, "policies").array.at(0), "failure-details").array;
+  REQUIRE(rows.size() == 3);
+  int withHelo = 0;
+  for (const auto& row : rows) {
+    CHECK(at(row, "sending-mta-ip").str == (at(row, "receiving-ip").str == "::1" ? "::1" : "127.0.0.2"));
+    if (const json::Value* h = row.get("receiving-mx-helo")) {
+      ++withHelo;
+      CHECK((h->str == "mx1.example.test" || h->str == "[::1]"));
+    }
+  }
+  CHECK(withHelo == 2);
+
+  // The checkpoint keeps them; a row from a file without them (an older Moat's) reads as "".
+  std::string text = tlsrpt::encodeState(1000, 5000, a.results());
+  int64_t start = 0, interval = 0;
+  tlsrpt::Aggregator b;
+  REQUIRE(tlsrpt::decodeState(text, start, interval, b));
+  CHECK(b.results().at("example.test").policies.at(stsPolicy()).details == details);
+  const std::string old =
+      "{\"moat-tlsrpt\":1,\"start\":0,\"interval\":1000,\"domains\":[{\"domain\":\"a.test\",\"policies\":[{\"type\":"
+      "\"no-policy-found\",\"strings\":[],\"mx\":[],\"successes\":0,\"failures\":1,\"details\":[{\"type\":"
+      "\"starttls-not-supported\",\"mx\":\"mx.a.test\",\"ip\":\"::1\",\"count\":1}]}]}]}";
+  tlsrpt::Aggregator c;
+  REQUIRE(tlsrpt::decodeState(old, start, interval, c));
+  CHECK(c.results().at("a.test").policies.at(Policy{}).details.at(
+            {"starttls-not-supported", "mx.a.test", "::1", "", ""}) == 1);
+  // Failure rows stay capped with the new fields in the key.
+  tlsrpt::Aggregator d;
+  for (size_t i = 0; i < tlsrpt::Aggregator::kMaxDetailsPerPolicy + 20; ++i)
+    d.failure("example.test", Policy{}, "validation-failure", "mx.example.test", "::1", "::1",
+              "mx" + std::to_string(i) + ".example.test");
+  CHECK(d.results().at("example.test").policies.at(Policy{}).details.size() ==
+        tlsrpt::Aggregator::kMaxDetailsPerPolicy);
+  CHECK(d.results().at("example.test").policies.at(Policy{}).failures == tlsrpt::Aggregator::kMaxDetailsPerPolicy + 20);
+}
+
+TEST_CASE("tlsrpt https rua URIs are parsed within bounds") {
+  auto u = tlsrpt::httpsUri("https://Reports.Example.TEST/tlsrpt/v1?a=b#frag");
+  REQUIRE(u);
+  CHECK(u->host == "reports.example.test");
+  CHECK(u->port == 443);
+  CHECK(u->target == "/tlsrpt/v1?a=b");
+  u = tlsrpt::httpsUri("HTTPS://reports.example.test:8443");
+  REQUIRE(u);
+  CHECK(u->port == 8443);
+  CHECK(u->target == "/");
+  u = tlsrpt::httpsUri("https://reports.example.test.?x");
+  REQUIRE(u);
+  CHECK(u->host == "reports.example.test");
+  CHECK(u->target == "/?x");
+  for (const char* bad :
+       {"http://reports.example.test/", "mailto:a@example.test", "https://", "https:///path",
+        "https://user@reports.example.test/", "https://127.0.0.1/", "https://[::1]:443/", "https://a.test:0/",
+        "https://a.test:65536/", "https://a.test:/", "https://a.test:44x/", "https://a..test/", "https://a_b.test/",
+        "https://a.test/with space", "https://a.test/\x01", "https://a.test/caf\xc3\xa9"})
+    CHECK_FALSE(tlsrpt::httpsUri(bad));
+  CHECK(tlsrpt::httpsUri("https://a.test/" + std::string(tlsrpt::kMaxUriBytes - 15, 'x')));
+  CHECK_FALSE(tlsrpt::httpsUri("https://a.test/" + std::string(tlsrpt::kMaxUriBytes, 'x')));
+}
+
+TEST_CASE("tlsrpt https upload is a POST of application/tlsrpt+gzip") {
+  auto u = tlsrpt::httpsUri("https://reports.example.test:8443/v1?x=1");
+  REQUIRE(u);
+  const std::string gz("\x1f\x8b\x08\x00 binary\r\n\r\n", 16);
+  std::string r = tlsrpt::httpsReportRequest(*u, gz);
+  CHECK(r.rfind("POST /v1?x=1 HTTP/1.1\r\nHost: reports.example.test:8443\r\n", 0) == 0);
+  CHECK(r.find("\r\nContent-Type: application/tlsrpt+gzip\r\n") != std::string::npos);
+  CHECK(r.find("\r\nContent-Length: 16\r\n") != std::string::npos);
+  CHECK(r.find("\r\nConnection: close\r\n") != std::string::npos);
+  size_t head = r.find("\r\n\r\n");
+  REQUIRE(head != std::string::npos);
+  CHECK(r.substr(head + 4) == gz);
+  u = tlsrpt::httpsUri("https://reports.example.test/");
+  REQUIRE(u);
+  CHECK(tlsrpt::httpsReportRequest(*u, "x").find("\r\nHost: reports.example.test\r\n") != std::string::npos);
 }
