@@ -8,6 +8,7 @@
 #include "filters/dmarc/record.h"
 #include "mta/daemon/tiny_json.h"
 #include "mta/runtime/base64.h"
+#include "mta/runtime/json.h"
 #include "queue/dsn.h"
 
 namespace moat::mta::daemon::dmarc_report {
@@ -50,24 +51,6 @@ void element(std::string& out, std::string_view indent, std::string_view name, s
   out += "</";
   out += name;
   out += ">\n";
-}
-
-void jsonString(std::string& out, std::string_view s) {
-  static const char* kHex = "0123456789abcdef";
-  out += '"';
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20 || c == 0x7f) {
-      out += "\\u00";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  out += '"';
 }
 
 }  // namespace
@@ -145,7 +128,7 @@ std::string encodeState(int64_t startMs, int64_t intervalMs, const Results& resu
     const auto& p = d.policy;
     j += "{\"policy\":[";
     for (const auto* s : {&p.domain, &p.adkim, &p.aspf, &p.p, &p.sp, &p.fo}) {
-      jsonString(j, *s);
+      appendJsonString(j, *s);
       j += ',';
     }
     j += std::to_string(p.pct) + "],\"rows\":[";
@@ -156,30 +139,24 @@ std::string encodeState(int64_t startMs, int64_t intervalMs, const Results& resu
       j += "{\"row\":[";
       for (const auto* s : {&r.sourceIp, &r.disposition, &r.dkim, &r.spf, &r.reason, &r.headerFrom, &r.envelopeFrom}) {
         if (s != &r.sourceIp) j += ',';
-        jsonString(j, *s);
+        appendJsonString(j, *s);
       }
+      // Each DKIM and SPF result as an array of its three strings.
+      auto triples = [&j](const auto& items, auto first, auto second, auto third) {
+        for (size_t i = 0; i < items.size(); ++i) {
+          j += i ? ",[" : "[";
+          appendJsonString(j, items[i].*first);
+          j += ',';
+          appendJsonString(j, items[i].*second);
+          j += ',';
+          appendJsonString(j, items[i].*third);
+          j += ']';
+        }
+      };
       j += "],\"dkim\":[";
-      for (size_t i = 0; i < r.dkimResults.size(); ++i) {
-        if (i) j += ',';
-        j += '[';
-        jsonString(j, r.dkimResults[i].domain);
-        j += ',';
-        jsonString(j, r.dkimResults[i].selector);
-        j += ',';
-        jsonString(j, r.dkimResults[i].result);
-        j += ']';
-      }
+      triples(r.dkimResults, &DkimAuth::domain, &DkimAuth::selector, &DkimAuth::result);
       j += "],\"spf\":[";
-      for (size_t i = 0; i < r.spfResults.size(); ++i) {
-        if (i) j += ',';
-        j += '[';
-        jsonString(j, r.spfResults[i].domain);
-        j += ',';
-        jsonString(j, r.spfResults[i].scope);
-        j += ',';
-        jsonString(j, r.spfResults[i].result);
-        j += ']';
-      }
+      triples(r.spfResults, &SpfAuth::domain, &SpfAuth::scope, &SpfAuth::result);
       j += "],\"count\":" + std::to_string(n) + "}";
     }
     j += "]}";

@@ -6,6 +6,7 @@
 
 #include "mta/daemon/tiny_json.h"
 #include "mta/runtime/base64.h"
+#include "mta/runtime/json.h"
 #include "queue/dsn.h"
 
 namespace moat::mta::daemon::tlsrpt {
@@ -28,32 +29,11 @@ std::string trim(std::string_view s) {
   return std::string(s);
 }
 
-// RFC 8259 §7: a JSON string; control characters escaped, bytes over 0x7f kept (UTF-8 from
-// the config) but only where they form valid sequences is not checked: every input here is
-// Moat's own text, the config's or a DNS name the resolver has already bounded.
-void jsonString(std::string& out, std::string_view s) {
-  static const char* kHex = "0123456789abcdef";
-  out += '"';
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20 || c == 0x7f) {
-      out += "\\u00";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  out += '"';
-}
-
 void jsonStringArray(std::string& out, const std::vector<std::string>& items) {
   out += '[';
   for (size_t i = 0; i < items.size(); ++i) {
     if (i) out += ',';
-    jsonString(out, items[i]);
+    appendJsonString(out, items[i]);
   }
   out += ']';
 }
@@ -304,29 +284,29 @@ std::string httpsReportRequest(const HttpsUri& uri, std::string_view gzipped) {
 
 std::string reportJson(const ReportInfo& info, const DomainResults& results) {
   std::string j = "{\"organization-name\":";
-  jsonString(j, info.organization);
+  appendJsonString(j, info.organization);
   j += ",\"date-range\":{\"start-datetime\":";
-  jsonString(j, rfc3339(info.startSeconds));
+  appendJsonString(j, rfc3339(info.startSeconds));
   // The example in RFC 8460 §4.4 ends the day at 23:59:59Z: the last second it covers.
   j += ",\"end-datetime\":";
-  jsonString(j, rfc3339(info.endSeconds - 1));
+  appendJsonString(j, rfc3339(info.endSeconds - 1));
   j += "},\"contact-info\":";
-  jsonString(j, info.contact);
+  appendJsonString(j, info.contact);
   j += ",\"report-id\":";
-  jsonString(j, info.reportId);
+  appendJsonString(j, info.reportId);
   j += ",\"policies\":[";
   bool first = true;
   for (const auto& [policy, r] : results.policies) {
     if (!first) j += ',';
     first = false;
     j += "{\"policy\":{\"policy-type\":";
-    jsonString(j, policyTypeName(policy.type));
+    appendJsonString(j, policyTypeName(policy.type));
     if (!policy.policyString.empty()) {
       j += ",\"policy-string\":";
       jsonStringArray(j, policy.policyString);
     }
     j += ",\"policy-domain\":";
-    jsonString(j, info.domain);
+    appendJsonString(j, info.domain);
     if (!policy.mxHost.empty()) {
       j += ",\"mx-host\":";
       jsonStringArray(j, policy.mxHost);
@@ -340,22 +320,22 @@ std::string reportJson(const ReportInfo& info, const DomainResults& results) {
         if (!firstRow) j += ',';
         firstRow = false;
         j += "{\"result-type\":";
-        jsonString(j, f.resultType);
+        appendJsonString(j, f.resultType);
         if (!f.sendingIp.empty()) {
           j += ",\"sending-mta-ip\":";
-          jsonString(j, f.sendingIp);
+          appendJsonString(j, f.sendingIp);
         }
         if (!f.ip.empty()) {
           j += ",\"receiving-ip\":";
-          jsonString(j, f.ip);
+          appendJsonString(j, f.ip);
         }
         if (!f.mxHost.empty()) {
           j += ",\"receiving-mx-hostname\":";
-          jsonString(j, f.mxHost);
+          appendJsonString(j, f.mxHost);
         }
         if (!f.helo.empty()) {
           j += ",\"receiving-mx-helo\":";
-          jsonString(j, f.helo);
+          appendJsonString(j, f.helo);
         }
         j += ",\"failed-session-count\":" + std::to_string(n) + "}";
       }
@@ -375,14 +355,14 @@ std::string encodeState(int64_t startMs, int64_t intervalMs, const Results& resu
     if (!firstDomain) j += ',';
     firstDomain = false;
     j += "{\"domain\":";
-    jsonString(j, domain);
+    appendJsonString(j, domain);
     j += ",\"policies\":[";
     bool first = true;
     for (const auto& [p, r] : d.policies) {
       if (!first) j += ',';
       first = false;
       j += "{\"type\":";
-      jsonString(j, policyTypeName(p.type));
+      appendJsonString(j, policyTypeName(p.type));
       j += ",\"strings\":";
       jsonStringArray(j, p.policyString);
       j += ",\"mx\":";
@@ -394,15 +374,15 @@ std::string encodeState(int64_t startMs, int64_t intervalMs, const Results& resu
         if (!firstRow) j += ',';
         firstRow = false;
         j += "{\"type\":";
-        jsonString(j, f.resultType);
+        appendJsonString(j, f.resultType);
         j += ",\"mx\":";
-        jsonString(j, f.mxHost);
+        appendJsonString(j, f.mxHost);
         j += ",\"ip\":";
-        jsonString(j, f.ip);
+        appendJsonString(j, f.ip);
         j += ",\"sip\":";
-        jsonString(j, f.sendingIp);
+        appendJsonString(j, f.sendingIp);
         j += ",\"helo\":";
-        jsonString(j, f.helo);
+        appendJsonString(j, f.helo);
         j += ",\"count\":" + std::to_string(n) + "}";
       }
       j += "]}";

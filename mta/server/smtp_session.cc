@@ -1186,6 +1186,14 @@ bool SmtpSession::greylisted(const std::string& address) {
           .count();
   auto v = shared_.greylist.check(network, ctx_->mailFrom, address, now, settings);
   auto& m = metrics();
+  // The `greylist` line's fields (the Line lives to the end of the statement that makes it).
+  auto logged = [&](log::Line&& line) -> log::Line& {
+    return line.add("session", id_)
+        .add("client_ip", ctx_->clientIp.str())
+        .add("network", network)
+        .add("from", ctx_->mailFrom)
+        .add("to", address);
+  };
   if (v.result == Greylist::Result::Allowed) {
     ++m.greylistAllowed;
     return false;
@@ -1193,29 +1201,14 @@ bool SmtpSession::greylisted(const std::string& address) {
   if (v.result == Greylist::Result::Passed) {
     ++m.greylistPassed;
     // One line when a triplet gets through, none for its later mail.
-    if (v.firstPass)
-      log::info("greylist")
-          .add("session", id_)
-          .add("client_ip", ctx_->clientIp.str())
-          .add("network", network)
-          .add("from", ctx_->mailFrom)
-          .add("to", address)
-          .add("result", "passed");
+    if (v.firstPass) logged(log::info("greylist")).add("result", "passed");
     return false;
   }
   ++m.greylistDeferred;
   const int64_t seconds = (v.waitMs + 999) / 1000;
   // One line when a triplet is first deferred; its early retries are `reject` lines at
   // debug only, so a client hammering the gateway cannot flood the log.
-  if (v.firstSeen)
-    log::info("greylist")
-        .add("session", id_)
-        .add("client_ip", ctx_->clientIp.str())
-        .add("network", network)
-        .add("from", ctx_->mailFrom)
-        .add("to", address)
-        .add("result", "deferred")
-        .add("wait_s", seconds);
+  if (v.firstSeen) logged(log::info("greylist")).add("result", "deferred").add("wait_s", seconds);
   refuse(
       "rcpt", 450, "4.7.1",
       "<" + address + ">: Recipient address rejected: Greylisted, try again in " + std::to_string(seconds) + " seconds",
