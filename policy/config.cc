@@ -449,6 +449,7 @@ void readDmarcReports(Config& c, Section s) {
   c.dmarcReportsContact = s.getString("contact_info", "");
   c.dmarcReportsFrom = s.getString("from", "");
   c.dmarcReportsInterval = s.getDuration("interval", c.dmarcReportsInterval);
+  c.dmarcReportsCheckpointInterval = s.getDuration("checkpoint_interval", c.dmarcReportsCheckpointInterval);
   if (!tlsrptText(c.dmarcReportsOrganization, 256))
     s.error("organization_name", "must be printable ASCII, at most 256 characters");
   if (!tlsrptText(c.dmarcReportsContact, 256))
@@ -463,6 +464,9 @@ void readDmarcReports(Config& c, Section s) {
     s.error("interval", "must be between 1s and 7d");
   else if (c.dmarcReportsInterval.count() % 1000 != 0)
     s.error("interval", "must be a whole number of seconds");
+  if (c.dmarcReportsCheckpointInterval < std::chrono::seconds(1) ||
+      c.dmarcReportsCheckpointInterval > std::chrono::hours(1))
+    s.error("checkpoint_interval", "must be from 1s to 1h");
   s.rejectUnknownKeys();
 }
 

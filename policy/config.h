@@ -211,6 +211,9 @@ struct Config {
   std::string dmarcReportsContact;                      // "" = none (extra_contact_info)
   std::string dmarcReportsFrom;                         // "" = "postmaster@" + server.hostname
   Millis dmarcReportsInterval{std::chrono::hours(24)};  // aligned UTC periods of this length
+  // How often the aggregate is checkpointed to SPOOL_DIR/dmarc_report.state when it changed:
+  // what a crash can lose at most.
+  Millis dmarcReportsCheckpointInterval{std::chrono::minutes(5)};
   std::string dmarcReportsFromAddress() const {
     return dmarcReportsFrom.empty() ? "postmaster@" + hostname : dmarcReportsFrom;
   }

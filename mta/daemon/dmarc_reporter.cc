@@ -7,8 +7,8 @@
 #include <chrono>
 #include <fstream>
 #include <set>
+#include <vector>
 
-#include "mta/daemon/mta_sts.h"
 #include "mta/daemon/queue_manager.h"
 #include "mta/runtime/log.h"
 #include "mta/server/metrics.h"
@@ -20,11 +20,27 @@ int64_t wallMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
-std::string statePath(const policy::Config& cfg) { return cfg.spoolDir + "/dmarc_report.state"; }
 }  // namespace
 
-DmarcReporter::DmarcReporter(uv_loop_t* loop, dns::Resolver* resolver, QueueManager& queue)
-    : loop_(loop), resolver_(resolver), queue_(queue), timer_(loop) {}
+DmarcReporter::DmarcReporter(uv_loop_t* loop, dns::Resolver* resolver, QueueManager& queue, std::string statePath)
+    : loop_(loop),
+      resolver_(resolver),
+      queue_(queue),
+      timer_(loop),
+      file_(
+          loop, std::move(statePath),
+          [this]() -> std::function<std::string()> {
+            // A copy of the aggregate (on the loop: bounded by the Aggregator's caps); the JSON
+            // goes to the pool.
+            auto results = std::make_shared<dmarc_report::Results>(agg_.results());
+            fileHolds_ = !results->empty();
+            return [results, start = periodMs_, interval = intervalMs_] {
+              return dmarc_report::encodeState(start, interval, *results);
+            };
+          },
+          [this](const std::string& error) {
+            log::warn("dmarc_report_error").add("file", file_.path()).add("reason", "aggregate not saved: " + error);
+          }) {}
 
 DmarcReporter::~DmarcReporter() { *alive_ = false; }
 
@@ -41,17 +57,25 @@ void DmarcReporter::reload(std::shared_ptr<const server::Snapshot> snapshot) {
 
 void DmarcReporter::record(const filters::MessageContext& ctx) {
   if (stopped_ || !snap_ || !snap_->config->dmarcReportsEnabled || periodMs_ == 0) return;
-  if (auto e = dmarc_report::entryFor(ctx)) agg_.add(*e);
+  if (auto e = dmarc_report::entryFor(ctx)) {
+    agg_.add(*e);
+    file_.markDirty();
+  }
 }
 
 void DmarcReporter::arm() {
   const auto& cfg = *snap_->config;
   if (!cfg.dmarcReportsEnabled || stopped_) {
     timer_.stop();
+    file_.stop();
+    if (stopped_) return;  // the stop saves the period under way
     agg_.take();  // turned off: what was gathered is not reported
+    file_.markClean();
     periodMs_ = 0;
     return;
   }
+  // A crash loses at most one checkpoint_interval of counts.
+  file_.start(static_cast<uint64_t>(cfg.dmarcReportsCheckpointInterval.count()));
   const int64_t interval = cfg.dmarcReportsInterval.count();
   const int64_t now = wallMs();
   // A new interval (a reload) starts a period of its own; what was gathered so far goes out with it.
@@ -72,10 +96,27 @@ void DmarcReporter::periodEnd() {
   arm();
   if (dropped)
     log::warn("dmarc_report_error").add("reason", "aggregate full: messages not counted").add("messages", dropped);
+  auto due = std::make_shared<std::vector<Due>>();
   for (auto& [domain, rows] : results)
-    due_.push_back(
+    due->push_back(
         {domain, std::make_shared<const dmarc_report::DomainRows>(std::move(rows)), begin / 1000, end / 1000});
-  pump();
+  auto queueReports = [this, due] {
+    if (stopped_) {
+      if (!due->empty())
+        log::warn("dmarc_report_error")
+            .add("reason", "Moat is stopping: the ended period's reports to these domains are not sent")
+            .add("domains", static_cast<uint64_t>(due->size()));
+      return;
+    }
+    for (auto& d : *due) due_.push_back(std::move(d));
+    pump();
+  };
+  // At most once: the checkpoint that still holds the ended period's counts is replaced (by
+  // the new period's) before its reports are queued, so a crash after this point cannot report
+  // the period again at the next start; a crash before the reports are in the spool loses them
+  // instead.
+  if (fileHolds_ || file_.writing()) return file_.write(std::move(queueReports));
+  queueReports();
 }
 
 void DmarcReporter::pump() {
@@ -249,48 +290,43 @@ void DmarcReporter::stop() {
         .add("domains", static_cast<uint64_t>(due_.size()));
     due_.clear();
   }
-  if (!snap_ || !snap_->config->dmarcReportsEnabled || periodMs_ == 0 || agg_.results().empty()) return;
-  auto results = std::make_shared<dmarc_report::Results>(agg_.take());
-  auto error = std::make_shared<std::string>();
-  const std::string path = statePath(*snap_->config);
-  queue_.workBeforeStop(
-      [path, results, error, start = periodMs_, interval = intervalMs_] {
-        *error = sts::writeFileAtomically(path, dmarc_report::encodeState(start, interval, *results));
-      },
-      [path, error] {
-        if (!error->empty())
-          log::warn("dmarc_report_error").add("file", path).add("reason", "aggregate not saved: " + *error);
-      });
+  // The period under way goes on after the restart: what the last checkpoint has not got yet
+  // is written (a write under way is waited for).
+  file_.flush(queue_.holdDrain());
 }
 
 void DmarcReporter::load() {
   const auto& cfg = *snap_->config;
-  const std::string path = statePath(cfg);
+  const std::string& path = file_.path();
   std::ifstream in(path, std::ios::binary);
   if (!in) return;  // none saved
   std::string text(dmarc_report::kMaxStateBytes + 1, '\0');
   in.read(text.data(), static_cast<std::streamsize>(text.size()));
   text.resize(static_cast<size_t>(in.gcount()));
   in.close();
-  ::unlink(path.c_str());  // read once: a crash later must not count the period twice
-  if (!cfg.dmarcReportsEnabled) return;
+  // Kept while it is the period's checkpoint: the aggregate starts from it, and the next
+  // checkpoint (or the period's end) replaces it. Another crash before then reads the same
+  // counts again, never twice.
+  auto drop = [&path] { ::unlink(path.c_str()); };
+  if (!cfg.dmarcReportsEnabled) return drop();
   int64_t start = 0, interval = 0;
   dmarc_report::Aggregator saved;
   if (!dmarc_report::decodeState(text, start, interval, saved)) {
     log::warn("dmarc_report_error").add("file", path).add("reason", "saved aggregate ignored: not a file Moat wrote");
-    return;
+    return drop();
   }
   if (interval != cfg.dmarcReportsInterval.count()) {
     log::warn("dmarc_report_error")
         .add("file", path)
         .add("reason", "saved aggregate ignored: dmarc_reports.interval changed");
-    return;
+    return drop();
   }
   // Still under way, the saved period goes on; over, it is reported at once by the timer arm() sets.
   for (const auto& [domain, d] : saved.results())
     for (const auto& [row, n] : d.rows) agg_.add(d.policy, row, n);
   periodMs_ = start;
   intervalMs_ = interval;
+  fileHolds_ = !agg_.results().empty();
 }
 
 }  // namespace moat::mta::daemon

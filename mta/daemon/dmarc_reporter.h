@@ -6,8 +6,12 @@
 // Verification (POLICYDOMAIN._report._dmarc.RUADOMAIN) when its Organizational Domain is not
 // the policy domain's, and only when the report mail is within the URI's !size limit. The
 // report is built, gzipped and DKIM-signed on the pool and queued like a DSN by
-// QueueManager::queueReport (null sender, never bounced). A graceful stop saves the period
-// under way to SPOOL_DIR/dmarc_report.state (written on the pool), read back at the next start.
+// QueueManager::queueReport (null sender, never bounced). The period under way is checkpointed
+// to SPOOL_DIR/dmarc_report.state (a StateFile, state_file.h: crash-atomically, on the pool)
+// every [dmarc_reports] checkpoint_interval when messages were counted since the last write,
+// at the end of a period before its reports are queued (so a crash never reports a period
+// twice: at most once), and at a graceful stop; read back at the next start. A crash loses at
+// most one checkpoint_interval of counts.
 // Untrusted input: the messages' identifiers (bounded by dmarc_report.h), the DNS answers.
 // Logs: dmarc_report (a report queued), dmarc_report_skipped (a domain or rua that gets no
 // report, and why: no record, no rua, not a mailto: URI, not verified, over its size limit),
@@ -20,6 +24,7 @@
 #include <string>
 
 #include "mta/daemon/dmarc_report.h"
+#include "mta/daemon/state_file.h"
 #include "mta/dns/resolver.h"
 #include "mta/runtime/uv.h"
 #include "mta/server/snapshot.h"
@@ -30,7 +35,8 @@ class QueueManager;
 
 class DmarcReporter {
  public:
-  DmarcReporter(uv_loop_t* loop, dns::Resolver* resolver, QueueManager& queue);
+  // `statePath`: SPOOL_DIR/dmarc_report.state.
+  DmarcReporter(uv_loop_t* loop, dns::Resolver* resolver, QueueManager& queue, std::string statePath);
   ~DmarcReporter();
   DmarcReporter(const DmarcReporter&) = delete;
   DmarcReporter& operator=(const DmarcReporter&) = delete;
@@ -40,7 +46,8 @@ class DmarcReporter {
   void reload(std::shared_ptr<const server::Snapshot> snapshot);
   // One message the DMARC filter evaluated (loop thread).
   void record(const filters::MessageContext& ctx);
-  // A graceful stop: saves the period under way (the queue manager's drain waits for it);
+  // A graceful stop: saves what the last checkpoint has not got of the period under way (the
+  // queue manager's drain waits for it);
   // reports still waiting for their lookups are not sent.
   void stop();
 
@@ -75,6 +82,9 @@ class DmarcReporter {
   std::deque<Due> due_;
   size_t lookups_ = 0;
   bool pumping_ = false;
+  // The checkpoint, and whether the file may hold counts.
+  StateFile file_;
+  bool fileHolds_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 

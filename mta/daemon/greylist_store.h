@@ -5,8 +5,9 @@
 // The file is read once at start-up, on the loop before any session (at most
 // Greylist::kMaxStateBytes; a file Moat did not write, or cut short, is logged and ignored:
 // the table starts empty). It is written crash-atomically (sts::writeFileAtomically: a new
-// file, fsynced, renamed over the old) on the thread pool: every kSaveEveryMs when the table
-// changed, and at a graceful stop. A crash loses at most the changes since the last write.
+// file, fsynced, renamed over the old) on the thread pool by a StateFile (state_file.h): every
+// kSaveEveryMs when the table changed, and at a graceful stop. A crash loses at most the
+// changes since the last write.
 //
 // Untrusted input: the file (a damaged disk, another program). Logs: greylist_error (warn)
 // when the file cannot be read as Moat's or cannot be written.
@@ -14,10 +15,9 @@
 #include <uv.h>
 
 #include <functional>
-#include <memory>
 #include <string>
 
-#include "mta/runtime/uv.h"
+#include "mta/daemon/state_file.h"
 #include "mta/server/greylist.h"
 
 namespace moat::mta::daemon {
@@ -29,7 +29,6 @@ class GreylistStore {
   GreylistStore(uv_loop_t* loop, server::Greylist& table, std::string path);
   GreylistStore(const GreylistStore&) = delete;
   GreylistStore& operator=(const GreylistStore&) = delete;
-  ~GreylistStore();
 
   // The saved table into `table` (blocking: start-up only).
   void load();
@@ -40,15 +39,8 @@ class GreylistStore {
   void stop(std::function<void()> done);
 
  private:
-  void save(std::function<void()> done);
-
-  uv_loop_t* loop_;
   server::Greylist& table_;
-  std::string path_;
-  uv::Timer timer_;
-  bool writing_ = false;              // one write at a time; a change meanwhile waits for the next
-  std::function<void()> afterWrite_;  // stop() during a write: the final save, then done
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  StateFile file_;  // its "changed" is the table's own dirty flag, cleared by records()
 };
 
 }  // namespace moat::mta::daemon

@@ -299,9 +299,23 @@ QueueManager::QueueManager(uv_loop_t* loop, std::shared_ptr<queue::Spool> spool,
       housekeeping_(loop),
       stsSweep_(loop),
       tlsrptTimer_(loop),
-      tlsrptCheckpointTimer_(loop),
-      tlsrptRetryTimer_(loop),
-      dmarcReports_(std::make_unique<DmarcReporter>(loop, resolver, *this)) {}
+      dmarcReports_(
+          std::make_unique<DmarcReporter>(loop, resolver, *this, snap_->config->spoolDir + "/dmarc_report.state")),
+      tlsrptFile_(
+          loop, snap_->config->spoolDir + "/tlsrpt.state",
+          [this]() -> std::function<std::string()> {
+            // A copy of the aggregate (on the loop: bounded by the Aggregator's caps); the JSON
+            // goes to the pool.
+            auto results = std::make_shared<tlsrpt::Results>(tlsrpt_.results());
+            tlsrptFileHolds_ = !results->empty();
+            return [results, start = tlsrptPeriodMs_, interval = tlsrptIntervalMs_] {
+              return tlsrpt::encodeState(start, interval, *results);
+            };
+          },
+          [this](const std::string& error) {
+            log::warn("tlsrpt_error").add("file", tlsrptFile_.path()).add("reason", "aggregate not saved: " + error);
+          }),
+      tlsrptRetryTimer_(loop) {}
 
 void QueueManager::reload(std::shared_ptr<const server::Snapshot> snapshot) {
   snap_ = std::move(snapshot);
@@ -741,7 +755,7 @@ void resolveHops(dns::Resolver* resolver, std::vector<std::pair<std::string, uin
     const uint32_t group = i < groups.size() ? groups[i] : 0;
     if (auto ip = IpAddress::parse(host)) {
       if (families.allows(*ip))
-        st->found[i].hops.push_back({*ip, port, "", group, false, nullptr});
+        st->found[i].hops.push_back({*ip, port, "", group, false, nullptr, ""});
       else
         st->found[i].error = ipVersionLeftOut(*ip);
       --st->waiting;
@@ -1048,7 +1062,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
     if (MxSelf::fromConfig(*snap_->config).isSelfAddress(*ip)) return permFailAll(loopsBack(domain));
     // Not tried, and not bounced: enabling the family in the config delivers it.
     if (!familiesOf(*snap_->config).allows(*ip)) return failAll("451 4.4.4 " + ipVersionLeftOut(*ip));
-    job->hops = {Hop{*ip, 25, "", 0, false, nullptr}};
+    job->hops = {Hop{*ip, 25, "", 0, false, nullptr, ""}};
     return submit(key, job);
   }
   resolver_->query(domain, dns::RrType::MX, [this, alive, job, key, domain, failAll, permFailAll](const dns::Answer& a) {
@@ -1934,7 +1948,7 @@ void QueueManager::dsnWritten() {
 void QueueManager::tlsrptRecord(const Job& job, const tlsrpt::Policy& policy, const std::string& resultType,
                                 const std::string& mxHost, const std::string& ip, const client::PeerNotes* notes) {
   if (job.reportDomain.empty() || !snap_->config->tlsrptEnabled) return;
-  tlsrptChanged_ = true;
+  tlsrptFile_.markDirty();
   if (resultType.empty())
     tlsrpt_.success(job.reportDomain, policy);
   else
@@ -1946,19 +1960,15 @@ void QueueManager::armTlsrpt() {
   const auto& cfg = *snap_->config;
   if (!cfg.tlsrptEnabled || draining_) {
     tlsrptTimer_.stop();
-    tlsrptCheckpointTimer_.stop();
+    tlsrptFile_.stop();
     if (draining_) return;  // the drain saves the period under way
     tlsrpt_.take();  // turned off: what was gathered is not reported
+    tlsrptFile_.markClean();
     tlsrptPeriodMs_ = 0;
     return;
   }
   // A crash loses at most one checkpoint_interval of counts.
-  if (!tlsrptCheckpointTimer_.active() || tlsrptCheckpointEveryMs_ != cfg.tlsrptCheckpointInterval.count()) {
-    tlsrptCheckpointEveryMs_ = cfg.tlsrptCheckpointInterval.count();
-    tlsrptCheckpointTimer_.startRepeat(static_cast<uint64_t>(tlsrptCheckpointEveryMs_), [this] {
-      if (tlsrptChanged_ && !draining_ && tlsrptPeriodMs_ != 0) tlsrptCheckpoint();
-    });
-  }
+  tlsrptFile_.start(static_cast<uint64_t>(cfg.tlsrptCheckpointInterval.count()));
   const int64_t interval = cfg.tlsrptInterval.count();
   const int64_t now = nowMs();
   // A new interval (a reload) starts a period of its own; what was gathered so far stays in
@@ -1967,47 +1977,6 @@ void QueueManager::armTlsrpt() {
   tlsrptIntervalMs_ = interval;
   const int64_t end = tlsrptPeriodMs_ + interval;
   tlsrptTimer_.start(static_cast<uint64_t>(std::max<int64_t>(end - now, 0)) + 10, [this] { tlsrptPeriodEnd(); });
-}
-
-void QueueManager::tlsrptCheckpoint(std::function<void()> then) {
-  if (then) tlsrptAfterWrite_.push_back(std::move(then));
-  if (tlsrptWriting_) {
-    tlsrptWriteAgain_ = true;  // begun when this one is done, with what there is then
-    return;
-  }
-  auto waiting = std::make_shared<std::vector<std::function<void()>>>(std::move(tlsrptAfterWrite_));
-  tlsrptAfterWrite_.clear();
-  tlsrptWriting_ = true;
-  tlsrptWriteAgain_ = false;
-  tlsrptChanged_ = false;
-  // A copy of the aggregate (on the loop: bounded by the Aggregator's caps); the JSON and the
-  // disk work go to the pool.
-  auto results = std::make_shared<tlsrpt::Results>(tlsrpt_.results());
-  tlsrptFileHolds_ = !results->empty();
-  auto error = std::make_shared<std::string>();
-  auto alive = alive_;
-  const std::string path = snap_->config->spoolDir + "/tlsrpt.state";
-  ++dsnWrites_;  // a drain waits for it (local disk only)
-  uv::queueWork(
-      loop_,
-      [path, results, error, start = tlsrptPeriodMs_, interval = tlsrptIntervalMs_] {
-        *error = sts::writeFileAtomically(path, tlsrpt::encodeState(start, interval, *results));
-      },
-      [this, alive, path, error, waiting] {
-        if (!*alive) return;
-        tlsrptWriting_ = false;
-        if (!error->empty())
-          log::warn("tlsrpt_error").add("file", path).add("reason", "aggregate not saved: " + *error);
-        for (auto& w : *waiting) w();
-        if (tlsrptWriteAgain_) tlsrptCheckpoint();
-        dsnWritten();
-      });
-}
-
-void QueueManager::saveTlsrpt() {
-  // What the last checkpoint has not got yet (the drain waits for the write).
-  if (!snap_->config->tlsrptEnabled || tlsrptPeriodMs_ == 0 || !tlsrptChanged_) return;
-  tlsrptCheckpoint();
 }
 
 void QueueManager::loadTlsrpt() {
@@ -2072,7 +2041,7 @@ void QueueManager::tlsrptPeriodEnd() {
   // (by the new period's) before its reports are queued, so a crash after this point cannot
   // report the period again at the next start; a crash before the reports are in the spool
   // loses them instead.
-  if (tlsrptFileHolds_ || tlsrptWriting_) return tlsrptCheckpoint(std::move(queueReports));
+  if (tlsrptFileHolds_ || tlsrptFile_.writing()) return tlsrptFile_.write(std::move(queueReports));
   queueReports();
 }
 
@@ -2413,14 +2382,12 @@ void QueueManager::queueReport(std::shared_ptr<report_mail::Mail> mail, std::fun
       });
 }
 
-void QueueManager::workBeforeStop(std::function<void()> work, std::function<void()> done) {
-  auto alive = alive_;
+std::function<void()> QueueManager::holdDrain() {
   ++dsnWrites_;  // local disk only, like a DSN write: a drain waits for it
-  uv::queueWork(loop_, std::move(work), [this, alive, done = std::move(done)] {
-    if (!*alive) return;
-    if (done) done();
+  return [this, alive = alive_, once = std::make_shared<bool>(false)] {
+    if (!*alive || std::exchange(*once, true)) return;
     dsnWritten();
-  });
+  };
 }
 
 void QueueManager::drain(std::function<void()> done) {
@@ -2429,8 +2396,10 @@ void QueueManager::drain(std::function<void()> done) {
   housekeeping_.stop();
   stsSweep_.stop();
   tlsrptTimer_.stop();
-  tlsrptCheckpointTimer_.stop();
-  saveTlsrpt();  // the period under way goes on after the restart
+  // The period under way goes on after the restart: what the last checkpoint has not got yet
+  // is written (a write under way is waited for).
+  ++dsnWrites_;  // local disk only, like a DSN write: the drain waits for it
+  tlsrptFile_.flush([this] { dsnWritten(); });
   dmarcReports_->stop();  // so does the DMARC reports' period
   // https: uploads: those under way are cut short (each logs its tlsrpt_error), those waiting
   // for another attempt are dropped.

@@ -38,6 +38,7 @@
 #include "mta/daemon/dmarc_reporter.h"
 #include "mta/daemon/mta_sts.h"
 #include "mta/daemon/report_mail.h"
+#include "mta/daemon/state_file.h"
 #include "mta/daemon/tlsrpt.h"
 #include "mta/dns/resolver.h"
 #include "mta/runtime/uv.h"
@@ -100,9 +101,9 @@ class QueueManager {
   // once it is queued. A drain waits for it.
   void queueReport(std::shared_ptr<report_mail::Mail> mail, std::function<void(report_mail::Mail&)> build,
                    std::function<void(const report_mail::Mail&)> done);
-  // Local file work a drain waits for (a report aggregate saved at a stop): `work` on the
-  // pool, then `done` on the loop.
-  void workBeforeStop(std::function<void()> work, std::function<void()> done);
+  // Local file work a drain waits for (a report aggregate saved at a stop): the drain does not
+  // end before the returned function is called (once, on the loop).
+  std::function<void()> holdDrain();
   // An inbound message the DMARC filter evaluated: counted for [dmarc_reports].
   void dmarcEvaluated(const filters::MessageContext& ctx) { dmarcReports_->record(ctx); }
   // 16 random hex digits (report ids).
@@ -255,11 +256,8 @@ class QueueManager {
                   std::shared_ptr<const tlsrpt::DomainResults> results, int64_t startSeconds, int64_t endSeconds);
   void tlsrptPostAttempt(std::shared_ptr<TlsrptPost> post);
   void tlsrptRetryDue();
-  // SPOOL_DIR/tlsrpt.state, the checkpoint: the period under way and its counts, written on
-  // the pool (crash-atomically; one write at a time, a drain waits for it); `then` runs once a
-  // write begun after this call is done. Read back at start (before the loop runs).
-  void tlsrptCheckpoint(std::function<void()> then = nullptr);
-  void saveTlsrpt();
+  // SPOOL_DIR/tlsrpt.state, the checkpoint (tlsrptFile_): the period under way and its counts.
+  // Read back at start (before the loop runs).
   void loadTlsrpt();
 
   uv_loop_t* loop_;
@@ -320,15 +318,11 @@ class QueueManager {
   bool tlsrptPumping_ = false;
   // [dmarc_reports] (RFC 7489 §7.2): the aggregate of inbound DMARC results and its reports.
   std::unique_ptr<DmarcReporter> dmarcReports_;
-  // The checkpoint: its timer ([tlsrpt] checkpoint_interval), whether sessions were counted
-  // since the last write's contents were made, whether the file may hold counts, and the
-  // write on the pool (one at a time) with what waits for the next one.
-  uv::Timer tlsrptCheckpointTimer_;
-  int64_t tlsrptCheckpointEveryMs_ = 0;
-  bool tlsrptChanged_ = false;
+  // The checkpoint, written on the pool every [tlsrpt] checkpoint_interval when sessions were
+  // counted since the last write's contents were made (one write at a time, a drain waits for
+  // the last), and whether the file may hold counts.
+  StateFile tlsrptFile_;
   bool tlsrptFileHolds_ = false;
-  bool tlsrptWriting_ = false, tlsrptWriteAgain_ = false;
-  std::vector<std::function<void()>> tlsrptAfterWrite_;
   // https: uploads under way (their cancel functions, for a stop) and those waiting to be tried
   // again, kTlsrptPostRetryMs after a failure (one delay for all: the queue is in due order).
   static constexpr unsigned kTlsrptPostAttempts = 3;

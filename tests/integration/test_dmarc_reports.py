@@ -10,7 +10,9 @@ gzipped XML counting both messages with their dispositions, aligned results, ide
 auth_results, and the policy_published. norua.test has no rua (no report); ext.test's rua is
 at reports.test, which does not publish ext.test._report._dmarc.reports.test (none, logged);
 verified.test's is at reports.test too, which publishes it (a report); small.test's rua
-limits reports to 100 bytes (none, logged).
+limits reports to 100 bytes (none, logged). The period under way outlives a graceful restart
+and, checkpointed every second, a kill -9; a period is reported once, even across another
+kill -9 after its report was queued.
 
 Run: MOAT_BIN=build/moat MOAT_SOURCE_DIR=. /usr/bin/python3 tests/integration/test_dmarc_reports.py -v
 """
@@ -49,6 +51,11 @@ def parse_report(data):
     return msg, parts[0], ET.fromstring(gzip.decompress(parts[0].get_payload(decode=True)))
 
 
+def read_state(path):
+    with open(path) as f:
+        return json.load(f)
+
+
 def records(roots):
     """Every <record> of the reports, as dicts, counts added up over identical rows."""
     out = {}
@@ -76,7 +83,7 @@ class DmarcReportsTest(unittest.TestCase):
         cls.report_key = os.path.join(cls.tmp, "report.pem")
         cls.report_txt = rsa_key(cls.report_key)
 
-    def start(self, interval="5s"):
+    def start(self, interval="5s", checkpoint="5m"):
         self.reports = Sink()
         self.addCleanup(self.reports.stop)
         self.sink = Sink()
@@ -99,7 +106,8 @@ class DmarcReportsTest(unittest.TestCase):
         }
         dns = owned_dns(self, zone)
         extra = (f'\n[dns]\nnameservers = ["{dns.nameserver}"]\ntimeout = "1s"\n'
-                 f'\n[dmarc_reports]\nenabled = true\ninterval = "{interval}"\norganization_name = "Moat Test Org"\n'
+                 f'\n[dmarc_reports]\nenabled = true\ninterval = "{interval}"\ncheckpoint_interval = "{checkpoint}"\n'
+                 'organization_name = "Moat Test Org"\n'
                  'contact_info = "https://moat.test/dmarc"\nfrom = "dmarc-reports@moat.test"\n'
                  f'\n[[dkim.sign]]\ndomain = "moat.test"\nselector = "s1"\nkey_file = "{self.report_key}"\n'
                  f'\n[[route]]\ndomains = ["{REPORTS}", "sender.test", "small.test"]\n'
@@ -208,8 +216,43 @@ class DmarcReportsTest(unittest.TestCase):
         self.assertEqual(m.find_logs(event="dmarc_report"), [])
         m.start()
         got = self.wait_sender_reports(timeout=60)  # the messages before the restart are reported
-        self.assertFalse(os.path.exists(state))
+        # The checkpoint now holds the new period's counts: none.
+        self.assertEqual(read_state(state)["domains"], [])
         self.assertEqual(sum(records([r for _, _, r in got]).values()), 2)
+
+    def test_a_checkpoint_outlives_kill_9_and_a_period_is_reported_once(self):
+        # Far enough from the end of a 30 s period that the kill comes before it.
+        left = 30 - time.time() % 30
+        if left < 20:
+            time.sleep(left + 0.5)
+        m = self.start(interval="30s", checkpoint="1s")
+        state = os.path.join(m.dir, "spool", "dmarc_report.state")
+
+        def checkpointed():
+            try:
+                saved = read_state(state)
+            except (OSError, ValueError):
+                return False
+            got = {d["policy"][0]: d for d in saved["domains"]}
+            return "sender.test" in got and sum(r["count"] for r in got["sender.test"]["rows"]) == 2
+
+        wait_for(checkpointed, 10, what="a checkpoint with sender.test's two messages")
+        m.kill9()
+        self.assertEqual(m.find_logs(event="dmarc_report"), [])
+        m.start()
+        got = self.wait_sender_reports(timeout=60)  # the messages before the crash are reported
+        self.assertEqual(sum(records([r for _, _, r in got]).values()), 2)
+        ev = m.wait_log(event="dmarc_report", domain="sender.test", since_start=True)
+        self.assertEqual(ev["messages"], 2)
+        # The checkpoint no longer holds the reported period: another crash and restart do
+        # not report it again.
+        self.assertEqual(read_state(state)["domains"], [])
+        sent = len(self.reports.messages)
+        m.kill9()
+        m.start()
+        time.sleep(3)
+        self.assertEqual(len(self.reports.messages), sent)
+        self.assertEqual(m.find_logs(event="dmarc_report", since_start=True), [])
 
 
 class DmarcReportsCheckTest(unittest.TestCase):
@@ -222,11 +265,14 @@ class DmarcReportsCheckTest(unittest.TestCase):
         return path, r.returncode, r.stdout + r.stderr
 
     def test_good_values_are_accepted(self):
-        _, rc, out = self.check('interval = "1h"\nfrom = "dmarc@moat.test"\norganization_name = "Moat"\n')
+        _, rc, out = self.check('interval = "1h"\nfrom = "dmarc@moat.test"\norganization_name = "Moat"\n'
+                                'checkpoint_interval = "1s"\n')
         self.assertEqual(rc, 0, out)
 
     def test_bad_values_are_refused_at_their_line(self):
         for body, what in (('interval = "0s"\n', "interval"), ('interval = "8d"\n', "interval"),
+                           ('checkpoint_interval = "0s"\n', "checkpoint_interval"),
+                           ('checkpoint_interval = "2h"\n', "checkpoint_interval"),
                            ('from = "no address"\n', "from"), ('contact_info = "a\\u0001b"\n', "contact_info"),
                            ('colour = "red"\n', "colour")):
             path, rc, out = self.check(body)
