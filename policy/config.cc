@@ -414,59 +414,44 @@ bool tlsrptText(const std::string& v, size_t max) {
   return true;
 }
 
-void readTlsrpt(Config& c, Section s) {
-  c.tlsrptEnabled = s.getBool("enabled", false);
-  c.tlsrptOrganization = s.getString("organization_name", "");
-  c.tlsrptContact = s.getString("contact_info", "");
-  c.tlsrptFrom = s.getString("from", "");
-  c.tlsrptInterval = s.getDuration("interval", c.tlsrptInterval);
-  if (!tlsrptText(c.tlsrptOrganization, 256))
-    s.error("organization_name", "must be printable ASCII, at most 256 characters");
-  if (!tlsrptText(c.tlsrptContact, 256)) s.error("contact_info", "must be printable ASCII, at most 256 characters");
-  if (!c.tlsrptFrom.empty()) {
-    size_t at = c.tlsrptFrom.rfind('@');
-    if (!tlsrptText(c.tlsrptFrom, 254) || c.tlsrptFrom.find_first_of(" <>,;\"") != std::string::npos ||
-        at == std::string::npos || at == 0 || at + 1 == c.tlsrptFrom.size())
+// The keys [tlsrpt] and [dmarc_reports] share: whether they are on, whom the reports are
+// from, how long a period is, and how often its aggregate is checkpointed.
+void readReportKeys(Section& s, bool& enabled, std::string& organization, std::string& contact, std::string& from,
+                    Millis& interval, Millis& checkpoint) {
+  enabled = s.getBool("enabled", false);
+  organization = s.getString("organization_name", "");
+  contact = s.getString("contact_info", "");
+  from = s.getString("from", "");
+  interval = s.getDuration("interval", interval);
+  checkpoint = s.getDuration("checkpoint_interval", checkpoint);
+  if (!tlsrptText(organization, 256)) s.error("organization_name", "must be printable ASCII, at most 256 characters");
+  if (!tlsrptText(contact, 256)) s.error("contact_info", "must be printable ASCII, at most 256 characters");
+  if (!from.empty()) {
+    size_t at = from.rfind('@');
+    if (!tlsrptText(from, 254) || from.find_first_of(" <>,;\"") != std::string::npos || at == std::string::npos ||
+        at == 0 || at + 1 == from.size())
       s.error("from", "must be an address, local-part@domain");
   }
-  c.tlsrptCheckpointInterval = s.getDuration("checkpoint_interval", c.tlsrptCheckpointInterval);
-  if (c.tlsrptCheckpointInterval < std::chrono::seconds(1) || c.tlsrptCheckpointInterval > std::chrono::hours(1))
+  if (interval < std::chrono::seconds(1) || interval > std::chrono::hours(24 * 7))
+    s.error("interval", "must be between 1s and 7d");
+  else if (interval.count() % 1000 != 0)
+    s.error("interval", "must be a whole number of seconds");
+  if (checkpoint < std::chrono::seconds(1) || checkpoint > std::chrono::hours(1))
     s.error("checkpoint_interval", "must be from 1s to 1h");
+}
+
+void readTlsrpt(Config& c, Section s) {
+  readReportKeys(s, c.tlsrptEnabled, c.tlsrptOrganization, c.tlsrptContact, c.tlsrptFrom, c.tlsrptInterval,
+                 c.tlsrptCheckpointInterval);
   c.tlsrptHttpsTimeout = s.getDuration("https_timeout", c.tlsrptHttpsTimeout);
   if (c.tlsrptHttpsTimeout < std::chrono::seconds(1) || c.tlsrptHttpsTimeout > std::chrono::minutes(10))
     s.error("https_timeout", "must be from 1s to 10m");
-  if (c.tlsrptInterval < std::chrono::seconds(1) || c.tlsrptInterval > std::chrono::hours(24 * 7))
-    s.error("interval", "must be between 1s and 7d");
-  else if (c.tlsrptInterval.count() % 1000 != 0)
-    s.error("interval", "must be a whole number of seconds");
   s.rejectUnknownKeys();
 }
 
-// [dmarc_reports]: the same rules as [tlsrpt]'s keys.
 void readDmarcReports(Config& c, Section s) {
-  c.dmarcReportsEnabled = s.getBool("enabled", false);
-  c.dmarcReportsOrganization = s.getString("organization_name", "");
-  c.dmarcReportsContact = s.getString("contact_info", "");
-  c.dmarcReportsFrom = s.getString("from", "");
-  c.dmarcReportsInterval = s.getDuration("interval", c.dmarcReportsInterval);
-  c.dmarcReportsCheckpointInterval = s.getDuration("checkpoint_interval", c.dmarcReportsCheckpointInterval);
-  if (!tlsrptText(c.dmarcReportsOrganization, 256))
-    s.error("organization_name", "must be printable ASCII, at most 256 characters");
-  if (!tlsrptText(c.dmarcReportsContact, 256))
-    s.error("contact_info", "must be printable ASCII, at most 256 characters");
-  if (!c.dmarcReportsFrom.empty()) {
-    size_t at = c.dmarcReportsFrom.rfind('@');
-    if (!tlsrptText(c.dmarcReportsFrom, 254) || c.dmarcReportsFrom.find_first_of(" <>,;\"") != std::string::npos ||
-        at == std::string::npos || at == 0 || at + 1 == c.dmarcReportsFrom.size())
-      s.error("from", "must be an address, local-part@domain");
-  }
-  if (c.dmarcReportsInterval < std::chrono::seconds(1) || c.dmarcReportsInterval > std::chrono::hours(24 * 7))
-    s.error("interval", "must be between 1s and 7d");
-  else if (c.dmarcReportsInterval.count() % 1000 != 0)
-    s.error("interval", "must be a whole number of seconds");
-  if (c.dmarcReportsCheckpointInterval < std::chrono::seconds(1) ||
-      c.dmarcReportsCheckpointInterval > std::chrono::hours(1))
-    s.error("checkpoint_interval", "must be from 1s to 1h");
+  readReportKeys(s, c.dmarcReportsEnabled, c.dmarcReportsOrganization, c.dmarcReportsContact, c.dmarcReportsFrom,
+                 c.dmarcReportsInterval, c.dmarcReportsCheckpointInterval);
   s.rejectUnknownKeys();
 }
 
