@@ -119,8 +119,7 @@ Results Aggregator::take() {
 }
 
 std::string encodeState(int64_t startMs, int64_t intervalMs, const Results& results) {
-  std::string j = "{\"moat-dmarc-report\":1,\"start\":" + std::to_string(startMs) +
-                  ",\"interval\":" + std::to_string(intervalMs) + ",\"domains\":[";
+  std::string j = report_mail::stateHead("moat-dmarc-report", startMs, intervalMs);
   bool firstDomain = true;
   for (const auto& [domain, d] : results) {
     if (!firstDomain) j += ',';
@@ -167,11 +166,7 @@ std::string encodeState(int64_t startMs, int64_t intervalMs, const Results& resu
 
 namespace {
 using json::Value;
-bool count(const Value* v, uint64_t& out) {
-  if (!v || v->type != Value::Type::Number || v->number < 0 || v->number > 9e15) return false;
-  out = static_cast<uint64_t>(v->number);
-  return true;
-}
+bool count(const Value* v, uint64_t& out) { return report_mail::jsonCount(v, out); }
 // An array of exactly `n` strings (and, when `number` is given, one more: a count).
 bool strings(const Value* v, std::vector<std::string>& out, size_t n) {
   if (!v || v->type != Value::Type::Array || v->array.size() < n) return false;
@@ -186,12 +181,9 @@ bool strings(const Value* v, std::vector<std::string>& out, size_t n) {
 bool decodeState(std::string_view input, int64_t& startMs, int64_t& intervalMs, Aggregator& into) {
   if (input.size() > kMaxStateBytes) return false;
   auto v = json::parse(input);
-  uint64_t version = 0, start = 0, interval = 0;
-  if (!v || v->type != Value::Type::Object || !count(v->get("moat-dmarc-report"), version) || version != 1 ||
-      !count(v->get("start"), start) || !count(v->get("interval"), interval) || interval == 0)
-    return false;
-  const Value* domains = v->get("domains");
-  if (!domains || domains->type != Value::Type::Array) return false;
+  uint64_t start = 0, interval = 0;
+  const Value* domains = v ? report_mail::stateDomains(*v, "moat-dmarc-report", start, interval) : nullptr;
+  if (!domains) return false;
   Aggregator read;
   for (const auto& d : domains->array) {
     std::vector<std::string> p;

@@ -10,17 +10,11 @@
 #include <vector>
 
 #include "mta/daemon/queue_manager.h"
+#include "mta/runtime/clock.h"
 #include "mta/runtime/log.h"
 #include "mta/server/metrics.h"
 
 namespace moat::mta::daemon {
-
-namespace {
-int64_t wallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-}  // namespace
 
 DmarcReporter::DmarcReporter(uv_loop_t* loop, dns::Resolver* resolver, QueueManager& queue, std::string statePath)
     : loop_(loop),
@@ -77,7 +71,7 @@ void DmarcReporter::arm() {
   // A crash loses at most one checkpoint_interval of counts.
   file_.start(static_cast<uint64_t>(cfg.dmarcReportsCheckpointInterval.count()));
   const int64_t interval = cfg.dmarcReportsInterval.count();
-  const int64_t now = wallMs();
+  const int64_t now = wallClockMs();
   // A new interval (a reload) starts a period of its own; what was gathered so far goes out with it.
   if (periodMs_ == 0 || interval != intervalMs_) periodMs_ = report_mail::periodStart(now, interval);
   intervalMs_ = interval;
@@ -86,7 +80,7 @@ void DmarcReporter::arm() {
 }
 
 void DmarcReporter::periodEnd() {
-  const int64_t now = wallMs();
+  const int64_t now = wallClockMs();
   const int64_t begin = periodMs_, end = periodMs_ + intervalMs_;
   if (now < end) return arm();  // the wall clock went back: not over yet
   const uint64_t dropped = agg_.dropped();
@@ -221,7 +215,7 @@ void DmarcReporter::send(const Due& due, const dmarc_report::Destination& d) {
   b->info.from = cfg.dmarcReportsFromAddress();
   b->info.to = d.address;
   b->info.submitter = cfg.hostname;
-  b->info.dateMs = wallMs();
+  b->info.dateMs = wallClockMs();
   b->info.report.organization = cfg.dmarcReportsOrganizationName();
   b->info.report.email = cfg.dmarcReportsFromAddress();
   b->info.report.extraContact = cfg.dmarcReportsContact;

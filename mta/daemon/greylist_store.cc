@@ -7,18 +7,10 @@
 #include <utility>
 #include <vector>
 
+#include "mta/runtime/clock.h"
 #include "mta/runtime/log.h"
 
 namespace moat::mta::daemon {
-
-namespace {
-
-int64_t wallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-}  // namespace
 
 GreylistStore::GreylistStore(uv_loop_t* loop, server::Greylist& table, std::string path)
     : table_(table),
@@ -26,7 +18,7 @@ GreylistStore::GreylistStore(uv_loop_t* loop, server::Greylist& table, std::stri
           loop, std::move(path),
           [this]() -> std::function<std::string()> {
             // The records are copied on the loop (the table is the loop's); the text is built on the pool.
-            auto records = std::make_shared<std::vector<server::Greylist::Record>>(table_.records(wallMs()));
+            auto records = std::make_shared<std::vector<server::Greylist::Record>>(table_.records(wallClockMs()));
             return [records] { return server::Greylist::encode(*records); };
           },
           [this](const std::string& error) {
@@ -51,7 +43,7 @@ void GreylistStore::load() {
                            : "saved table ignored: not a file Moat wrote, or cut short");
     return;
   }
-  table_.restore(records, wallMs());
+  table_.restore(records, wallClockMs());
 }
 
 void GreylistStore::start() { file_.start(kSaveEveryMs); }

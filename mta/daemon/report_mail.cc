@@ -71,4 +71,24 @@ std::string headerSafe(std::string_view s) {
   return out;
 }
 
+std::string stateHead(std::string_view tag, int64_t startMs, int64_t intervalMs) {
+  return "{\"" + std::string(tag) + "\":1,\"start\":" + std::to_string(startMs) +
+         ",\"interval\":" + std::to_string(intervalMs) + ",\"domains\":[";
+}
+
+bool jsonCount(const json::Value* v, uint64_t& out) {
+  if (!v || v->type != json::Value::Type::Number || v->number < 0 || v->number > 9e15) return false;
+  out = static_cast<uint64_t>(v->number);
+  return true;
+}
+
+const json::Value* stateDomains(const json::Value& v, std::string_view tag, uint64_t& startMs, uint64_t& intervalMs) {
+  uint64_t version = 0;
+  if (v.type != json::Value::Type::Object || !jsonCount(v.get(tag), version) || version != 1 ||
+      !jsonCount(v.get("start"), startMs) || !jsonCount(v.get("interval"), intervalMs) || intervalMs == 0)
+    return nullptr;
+  const json::Value* domains = v.get("domains");
+  return domains && domains->type == json::Value::Type::Array ? domains : nullptr;
+}
+
 }  // namespace moat::mta::daemon::report_mail

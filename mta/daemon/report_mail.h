@@ -12,6 +12,8 @@
 #include <string>
 #include <string_view>
 
+#include "mta/daemon/tiny_json.h"
+
 namespace moat::mta::daemon::report_mail {
 
 // The start of the aligned UTC period of `intervalMs` that holds `nowMs` (both Unix ms).
@@ -27,6 +29,16 @@ std::optional<std::string> gunzip(std::string_view data, size_t maxBytes = 16u <
 // A header field value made safe: printable ASCII only (a domain or an address from DNS
 // cannot add header lines).
 std::string headerSafe(std::string_view s);
+
+// A report aggregate saved across a restart (tlsrpt.state, dmarc_report.state) is one JSON
+// object, {"TAG":1,"start":MS,"interval":MS,"domains":[...]}: stateHead() opens it (the
+// caller writes the domains and closes it with "]}\n"), stateDomains() reads its head back and
+// gives the domains array (null when `v` is no such object: another tag or version, a zero
+// interval, no domains array).
+std::string stateHead(std::string_view tag, int64_t startMs, int64_t intervalMs);
+const json::Value* stateDomains(const json::Value& v, std::string_view tag, uint64_t& startMs, uint64_t& intervalMs);
+// A JSON number that is a whole count (0 to 9e15) into `out`; false for anything else.
+bool jsonCount(const json::Value* v, uint64_t& out);
 
 // One report mail on its way to the spool. The caller fills the envelope part, the builder
 // (on the pool) `text` or `error`; the queue manager signs it and fills `queueId` or `error`.

@@ -348,8 +348,7 @@ std::string reportJson(const ReportInfo& info, const DomainResults& results) {
 }
 
 std::string encodeState(int64_t startMs, int64_t intervalMs, const Results& results) {
-  std::string j = "{\"moat-tlsrpt\":1,\"start\":" + std::to_string(startMs) +
-                  ",\"interval\":" + std::to_string(intervalMs) + ",\"domains\":[";
+  std::string j = report_mail::stateHead("moat-tlsrpt", startMs, intervalMs);
   bool firstDomain = true;
   for (const auto& [domain, d] : results) {
     if (!firstDomain) j += ',';
@@ -395,11 +394,7 @@ std::string encodeState(int64_t startMs, int64_t intervalMs, const Results& resu
 
 namespace {
 using json::Value;
-bool count(const Value* v, uint64_t& out) {
-  if (!v || v->type != Value::Type::Number || v->number < 0 || v->number > 9e15) return false;
-  out = static_cast<uint64_t>(v->number);
-  return true;
-}
+bool count(const Value* v, uint64_t& out) { return report_mail::jsonCount(v, out); }
 bool strings(const Value* v, std::vector<std::string>& out) {
   if (!v || v->type != Value::Type::Array) return false;
   for (const auto& x : v->array) {
@@ -418,12 +413,9 @@ bool text(const Value* v, std::string& out) {
 bool decodeState(std::string_view input, int64_t& startMs, int64_t& intervalMs, Aggregator& into) {
   if (input.size() > kMaxStateBytes) return false;
   auto v = json::parse(input);
-  uint64_t version = 0, start = 0, interval = 0;
-  if (!v || v->type != Value::Type::Object || !count(v->get("moat-tlsrpt"), version) || version != 1 ||
-      !count(v->get("start"), start) || !count(v->get("interval"), interval) || interval == 0)
-    return false;
-  const Value* domains = v->get("domains");
-  if (!domains || domains->type != Value::Type::Array) return false;
+  uint64_t start = 0, interval = 0;
+  const Value* domains = v ? report_mail::stateDomains(*v, "moat-tlsrpt", start, interval) : nullptr;
+  if (!domains) return false;
   for (const auto& d : domains->array) {
     std::string domain;
     const Value* policies = d.get("policies");

@@ -10,6 +10,7 @@
 #include <random>
 
 #include "mta/dns/client_name.h"
+#include "mta/runtime/clock.h"
 #include "mta/runtime/hex.h"
 #include "mta/runtime/log.h"
 #include "mta/runtime/scan.h"
@@ -1181,10 +1182,7 @@ bool SmtpSession::greylisted(const std::string& address) {
   Greylist::Settings settings{cfg_.greylistDelay.count(), cfg_.greylistRetryWindow.count(),
                               cfg_.greylistLifetime.count(), cfg_.greylistAutoAllowAfter};
   const std::string network = Greylist::network(ctx_->clientIp, cfg_.greylistIpv4Prefix, cfg_.greylistIpv6Prefix);
-  const auto now =
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count();
-  auto v = shared_.greylist.check(network, ctx_->mailFrom, address, now, settings);
+  auto v = shared_.greylist.check(network, ctx_->mailFrom, address, wallClockMs(), settings);
   auto& m = metrics();
   // The `greylist` line's fields (the Line lives to the end of the statement that makes it).
   auto logged = [&](log::Line&& line) -> log::Line& {

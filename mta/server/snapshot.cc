@@ -2,10 +2,10 @@
 #include "mta/server/snapshot.h"
 
 #include <algorithm>
-#include <chrono>
 #include <ctime>
 
 #include "filters/antivirus/antivirus_filter.h"
+#include "mta/runtime/clock.h"
 
 namespace moat::mta::server {
 namespace {
@@ -16,8 +16,7 @@ namespace {
 constexpr int64_t kCertificateWarningDays = 14;
 void certificateExpiryWarning(const policy::Config& config, const policy::Listener& l, int64_t notAfter,
                               policy::Errors& errors) {
-  const int64_t now =
-      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  const int64_t now = wallClockMs() / 1000;
   if (notAfter == 0 || notAfter - now >= kCertificateWarningDays * 86400) return;
   char date[32] = "";
   std::tm tm{};
