@@ -29,6 +29,13 @@ std::string Metrics::prometheus() const {
     out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " +
            std::to_string(v) + "\n";
   };
+  // A counter by one label: one line per value.
+  auto labelled = [&](const char* name, const char* help, const char* label,
+                      std::initializer_list<std::pair<const char*, uint64_t>> values) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n";
+    for (const auto& [value, n] : values)
+      out += std::string(name) + "{" + label + "=\"" + value + "\"} " + std::to_string(n) + "\n";
+  };
   counter("moat_sessions_total", "SMTP sessions accepted.", sessionsTotal);
   counter("moat_sessions_active", "SMTP sessions open now.", sessionsActive, "gauge");
   counter("moat_sessions_refused_total",
@@ -39,28 +46,20 @@ std::string Metrics::prometheus() const {
       "moat_proxy_health_checks_total",
       "Connections on proxy_protocol listeners that a balancer closed without sending anything (TCP health checks).",
       proxyHealthChecks);
-  out += "# HELP moat_auth_total SMTP AUTH attempts by outcome.\n# TYPE moat_auth_total counter\n";
-  out += "moat_auth_total{result=\"pass\"} " + std::to_string(authPassed) + "\n";
-  out += "moat_auth_total{result=\"fail\"} " + std::to_string(authFailed) + "\n";
-  out +=
-      "# HELP moat_verify_total RCPTs answered by recipient verification (relay.verify_recipients), by the "
-      "probe's result or from the cache.\n# TYPE moat_verify_total counter\n";
-  out += "moat_verify_total{result=\"valid\"} " + std::to_string(verifyValid) + "\n";
-  out += "moat_verify_total{result=\"invalid\"} " + std::to_string(verifyInvalid) + "\n";
-  out += "moat_verify_total{result=\"unknown\"} " + std::to_string(verifyUnknown) + "\n";
-  out += "moat_verify_total{result=\"cached\"} " + std::to_string(verifyCached) + "\n";
-  out +=
-      "# HELP moat_greylist_total RCPTs greylisting decided: deferred (450 4.7.1), passed (a known triplet) or "
-      "allowed (an auto-allowed client network).\n# TYPE moat_greylist_total counter\n";
-  out += "moat_greylist_total{result=\"deferred\"} " + std::to_string(greylistDeferred) + "\n";
-  out += "moat_greylist_total{result=\"passed\"} " + std::to_string(greylistPassed) + "\n";
-  out += "moat_greylist_total{result=\"allowed\"} " + std::to_string(greylistAllowed) + "\n";
-  out +=
-      "# HELP moat_rate_limited_total MAIL and RCPT commands refused with 450 4.7.1 for being over a "
-      "[rate_limits] limit, by limit.\n# TYPE moat_rate_limited_total counter\n";
-  for (size_t i = 0; i < rateLimited.size(); ++i)
-    out += std::string("moat_rate_limited_total{limit=\"") + kRateLimits[i] + "\"} " + std::to_string(rateLimited[i]) +
-           "\n";
+  labelled("moat_auth_total", "SMTP AUTH attempts by outcome.", "result", {{"pass", authPassed}, {"fail", authFailed}});
+  labelled("moat_verify_total",
+           "RCPTs answered by recipient verification (relay.verify_recipients), by the probe's result or from the "
+           "cache.",
+           "result",
+           {{"valid", verifyValid}, {"invalid", verifyInvalid}, {"unknown", verifyUnknown}, {"cached", verifyCached}});
+  labelled("moat_greylist_total",
+           "RCPTs greylisting decided: deferred (450 4.7.1), passed (a known triplet) or allowed (an auto-allowed "
+           "client network).",
+           "result", {{"deferred", greylistDeferred}, {"passed", greylistPassed}, {"allowed", greylistAllowed}});
+  static_assert(kRateLimits.size() == 3);
+  labelled("moat_rate_limited_total",
+           "MAIL and RCPT commands refused with 450 4.7.1 for being over a [rate_limits] limit, by limit.", "limit",
+           {{kRateLimits[0], rateLimited[0]}, {kRateLimits[1], rateLimited[1]}, {kRateLimits[2], rateLimited[2]}});
   counter("moat_messages_accepted_total", "Messages queued (250 after DATA).", messagesAccepted);
   counter("moat_messages_rejected_total",
           "Mail transactions refused with a 5xx at MAIL FROM or at the end of DATA/BDAT (single recipients "
