@@ -9,6 +9,7 @@
 #include "mta/daemon/tiny_json.h"
 #include "mta/runtime/base64.h"
 #include "mta/runtime/json.h"
+#include "policy/list_file.h"
 #include "queue/dsn.h"
 
 namespace moat::mta::daemon::dmarc_report {
@@ -16,12 +17,6 @@ namespace moat::mta::daemon::dmarc_report {
 namespace {
 
 using report_mail::headerSafe;
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
 
 // A peer's string as a row keeps it: at most kMaxField octets.
 std::string field(std::string_view s) { return std::string(s.substr(0, kMaxField)); }
@@ -66,7 +61,7 @@ std::optional<Entry> entryFor(const filters::MessageContext& ctx) {
   if (!d.checked || d.policy.empty() || d.recordDomain.empty() || (d.result != "pass" && d.result != "fail"))
     return std::nullopt;
   Entry e;
-  e.policy.domain = lower(field(d.recordDomain));
+  e.policy.domain = policy::lowerAscii(field(d.recordDomain));
   e.policy.adkim = d.adkim;
   e.policy.aspf = d.aspf;
   e.policy.p = d.p.empty() ? "none" : d.p;
@@ -79,17 +74,18 @@ std::optional<Entry> entryFor(const filters::MessageContext& ctx) {
   r.dkim = d.dkimAligned ? "pass" : "fail";
   r.spf = d.spfAligned ? "pass" : "fail";
   r.reason = d.overrideReason;
-  r.headerFrom = lower(field(d.fromDomain));
+  r.headerFrom = policy::lowerAscii(field(d.fromDomain));
   size_t at = ctx.mailFrom.rfind('@');
-  r.envelopeFrom = at == std::string::npos ? "" : lower(field(std::string_view(ctx.mailFrom).substr(at + 1)));
+  r.envelopeFrom =
+      at == std::string::npos ? "" : policy::lowerAscii(field(std::string_view(ctx.mailFrom).substr(at + 1)));
   for (const auto& k : ctx.dkim) {
     if (r.dkimResults.size() >= kMaxAuthResults) break;
-    r.dkimResults.push_back({lower(field(k.domain)), field(k.selector), k.result});
+    r.dkimResults.push_back({policy::lowerAscii(field(k.domain)), field(k.selector), k.result});
   }
   // The SPF result DMARC used (RFC 7489 §4.1): MAIL FROM's, or HELO's for the null sender.
   for (const auto* s : {&ctx.spfMailFrom, &ctx.spfHelo}) {
     if (!s->checked || s->domain.empty()) continue;
-    r.spfResults.push_back({lower(field(s->domain)), s->identity == "helo" ? "helo" : "mfrom", s->result});
+    r.spfResults.push_back({policy::lowerAscii(field(s->domain)), s->identity == "helo" ? "helo" : "mfrom", s->result});
     break;
   }
   return e;
@@ -276,12 +272,12 @@ Rua ruaOf(const std::vector<std::string>& txt) {
 }
 
 bool needsVerification(std::string_view policyDomain, std::string_view ruaDomain) {
-  return filters::dmarc::organizationalDomain(lower(ruaDomain)) !=
-         filters::dmarc::organizationalDomain(lower(policyDomain));
+  return filters::dmarc::organizationalDomain(policy::lowerAscii(ruaDomain)) !=
+         filters::dmarc::organizationalDomain(policy::lowerAscii(policyDomain));
 }
 
 std::string verificationName(std::string_view policyDomain, std::string_view ruaDomain) {
-  return lower(policyDomain) + "._report._dmarc." + lower(ruaDomain);
+  return policy::lowerAscii(policyDomain) + "._report._dmarc." + policy::lowerAscii(ruaDomain);
 }
 
 bool verified(const std::vector<std::string>& txt) {

@@ -7,6 +7,7 @@
 #include "mta/daemon/tiny_json.h"
 #include "mta/runtime/base64.h"
 #include "mta/runtime/json.h"
+#include "policy/list_file.h"
 #include "queue/dsn.h"
 
 namespace moat::mta::daemon::tlsrpt {
@@ -14,12 +15,6 @@ namespace moat::mta::daemon::tlsrpt {
 namespace {
 
 using report_mail::headerSafe;
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
 
 bool contains(std::string_view hay, std::string_view needle) { return hay.find(needle) != std::string_view::npos; }
 
@@ -115,7 +110,7 @@ PolicyResults* Aggregator::slot(const std::string& domain, const Policy& policy)
 }
 
 void Aggregator::success(const std::string& domain, const Policy& policy) {
-  PolicyResults* r = slot(lower(domain), policy);
+  PolicyResults* r = slot(policy::lowerAscii(domain), policy);
   if (!r) return void(++dropped_);
   ++r->successes;
 }
@@ -123,10 +118,11 @@ void Aggregator::success(const std::string& domain, const Policy& policy) {
 void Aggregator::failure(const std::string& domain, const Policy& policy, const std::string& resultType,
                          const std::string& mxHost, const std::string& ip, const std::string& sendingIp,
                          const std::string& helo) {
-  PolicyResults* r = slot(lower(domain), policy);
+  PolicyResults* r = slot(policy::lowerAscii(domain), policy);
   if (!r) return void(++dropped_);
   ++r->failures;
-  Failure f{resultType, lower(mxHost), ip, sendingIp, plausibleHelo(helo) ? lower(helo) : std::string()};
+  Failure f{resultType, policy::lowerAscii(mxHost), ip, sendingIp,
+            plausibleHelo(helo) ? policy::lowerAscii(helo) : std::string()};
   auto it = r->details.find(f);
   if (it != r->details.end())
     ++it->second;
@@ -135,7 +131,7 @@ void Aggregator::failure(const std::string& domain, const Policy& policy, const 
 }
 
 void Aggregator::add(const std::string& domain, const Policy& policy, const PolicyResults& r) {
-  PolicyResults* p = slot(lower(domain), policy);
+  PolicyResults* p = slot(policy::lowerAscii(domain), policy);
   if (!p) return void(dropped_ += r.successes + r.failures);
   p->successes += r.successes;
   p->failures += r.failures;
@@ -214,7 +210,7 @@ Record parseRecord(const std::vector<std::string>& txt) {
 }
 
 std::string mailtoAddress(std::string_view uri) {
-  if (uri.size() < 7 || lower(uri.substr(0, 7)) != "mailto:") return "";
+  if (uri.size() < 7 || policy::lowerAscii(uri.substr(0, 7)) != "mailto:") return "";
   std::string_view rest = uri.substr(7);
   rest = rest.substr(0, rest.find('?'));
   std::string out;
@@ -236,7 +232,8 @@ std::string mailtoAddress(std::string_view uri) {
 }
 
 std::optional<HttpsUri> httpsUri(std::string_view uri) {
-  if (uri.size() > kMaxUriBytes || uri.size() < 9 || lower(uri.substr(0, 8)) != "https://") return std::nullopt;
+  if (uri.size() > kMaxUriBytes || uri.size() < 9 || policy::lowerAscii(uri.substr(0, 8)) != "https://")
+    return std::nullopt;
   for (unsigned char c : uri)
     if (c <= 0x20 || c >= 0x7f) return std::nullopt;
   std::string_view rest = uri.substr(8);
@@ -267,7 +264,7 @@ std::optional<HttpsUri> httpsUri(std::string_view uri) {
     if (std::isalpha(c) || c == '-') allDigits = false;
   }
   if (allDigits) return std::nullopt;  // an IPv4 literal: not taken
-  out.host = lower(authority);
+  out.host = policy::lowerAscii(authority);
   if (out.host.back() == '.') out.host.pop_back();
   if (out.host.empty() || out.host.front() == '.' || out.host.find("..") != std::string::npos) return std::nullopt;
   return out;
