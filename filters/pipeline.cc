@@ -10,6 +10,7 @@
 #include "filters/rewrite/address_rewrite.h"
 #include "filters/rules/rules_filter.h"
 #include "filters/spf/spf.h"
+#include "filters/uribl/uribl.h"
 #include "mta/runtime/log.h"
 
 namespace moat::filters {
@@ -133,6 +134,7 @@ std::shared_ptr<const Pipeline> Pipeline::build(const policy::Config& config, po
   size_t mimeAt = filters.size();                       // data: first, the others read ctx->mime
   add(dkim::makeDkimVerifyFilter(config, errors));      // data
   add(dmarc::makeDmarcFilter(config, errors));          // data, reads the SPF and DKIM results
+  add(uribl::makeUriblFilter(config, errors));          // data, reads ctx->mime: links' domains, before the scans
   add(antivirus::makeAntivirusFilter(config, errors));  // data
   add(attachments::makeAttachmentsFilter(config, errors));  // data, reads ctx->mime
   add(rules::makeRulesFilter(config, errors));          // data: it scores what the others found

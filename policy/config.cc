@@ -38,7 +38,7 @@ std::string dirOf(const std::string& path) {
 }
 
 // Sections read by parts of Moat other than this file; anything else at the top is a typo.
-const std::set<std::string> kOtherSections = {"spf",       "dkim",  "dmarc", "dnsbl",
+const std::set<std::string> kOtherSections = {"spf",       "dkim",  "dmarc", "dnsbl",      "uribl",
                                               "antivirus", "rules", "mime",  "attachments"};
 
 std::string defaultHostname() {

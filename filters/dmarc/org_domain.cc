@@ -65,6 +65,11 @@ std::string organizationalDomain(std::string_view domain) {
   return reg ? std::string(reg) : name;
 }
 
+bool isPublicSuffix(std::string_view domain) {
+  const psl_ctx_t* ctx = psl();
+  return ctx && psl_is_public_suffix(ctx, std::string(domain).c_str());
+}
+
 bool aligned(std::string_view a, std::string_view b, bool strict) {
   auto na = normalizeDomain(a), nb = normalizeDomain(b);
   if (na.empty() || nb.empty()) return false;

@@ -26,6 +26,10 @@ std::string normalizeDomain(std::string_view domain);
 // there is found by the first lookup and never by an org-domain fallback.
 std::string organizationalDomain(std::string_view domain);
 
+// Whether a (normalized) name is itself a public suffix ("com", "co.uk"): nobody registers
+// it, so it names no organisation. false when no suffix list could be loaded.
+bool isPublicSuffix(std::string_view domain);
+
 // Identifier alignment: strict = the same name; relaxed = the same Organizational Domain.
 bool aligned(std::string_view a, std::string_view b, bool strict);
 

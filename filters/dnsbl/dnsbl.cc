@@ -26,6 +26,29 @@ Listing classify(const mta::dns::Answer& a) {
   return listed ? Listing::Listed : refused ? Listing::Refused : Listing::NotListed;
 }
 
+std::vector<std::string> readZones(policy::Section& sec) {
+  std::vector<std::string> zones;
+  for (auto& z : sec.getStringArray("zones")) {
+    std::string zone;
+    for (char c : z) zone.push_back(c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c);
+    while (!zone.empty() && zone.back() == '.') zone.pop_back();
+    bool ok = !zone.empty() && zone.size() <= 200 && zone.front() != '.' && zone.find("..") == std::string::npos &&
+              zone.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-.") == std::string::npos;
+    if (!ok)
+      sec.error("zones", "\"" + z + "\" is not a DNS zone name");
+    else
+      zones.push_back(zone);
+  }
+  return zones;
+}
+
+bool looksUp(const MessageContext& ctx, const std::vector<mta::Network>& allow) {
+  if (ctx.fromRelayNetwork || ctx.authenticated) return false;
+  for (const auto& n : allow)
+    if (n.contains(ctx.clientIp)) return false;
+  return true;
+}
+
 namespace {
 
 struct Settings {
@@ -48,9 +71,7 @@ class DnsblFilter : public Filter, public std::enable_shared_from_this<DnsblFilt
   Stage stage() const override { return Stage::Mail; }
 
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
-    if (ctx->fromRelayNetwork || ctx->authenticated) return done(Result::pass("skipped"));
-    for (const auto& n : s_.allow)
-      if (n.contains(ctx->clientIp)) return done(Result::pass("skipped"));
+    if (!looksUp(*ctx, s_.allow)) return done(Result::pass("skipped"));
     // Every zone at once; then, for a rejection, the first listing zone's TXT (its words for
     // the reply, RFC 5782 §2.1); then the result, zones named in the configured order.
     struct State {
@@ -116,17 +137,7 @@ class DnsblFilter : public Filter, public std::enable_shared_from_this<DnsblFilt
 std::shared_ptr<const Filter> makeDnsblFilter(const policy::Config& config, policy::Errors& errors) {
   policy::Section sec = config.section("dnsbl", errors);
   Settings s;
-  for (auto& z : sec.getStringArray("zones")) {
-    std::string zone;
-    for (char c : z) zone.push_back(c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c);
-    while (!zone.empty() && zone.back() == '.') zone.pop_back();
-    bool ok = !zone.empty() && zone.size() <= 200 && zone.front() != '.' && zone.find("..") == std::string::npos &&
-              zone.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-.") == std::string::npos;
-    if (!ok)
-      sec.error("zones", "\"" + z + "\" is not a DNS zone name");
-    else
-      s.zones.push_back(zone);
-  }
+  s.zones = readZones(sec);
   s.reject = sec.getEnum("action", "reject", {"reject", "tag"}) == "reject";
   sec.rejectUnknownKeys();
   if (s.zones.empty() || errors.hasErrors()) return nullptr;

@@ -14,12 +14,14 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "filters/filter.h"
 #include "mta/dns/resolver.h"
 #include "mta/runtime/ip.h"
 #include "policy/config.h"
 #include "policy/errors.h"
+#include "policy/section.h"
 
 namespace moat::filters::dnsbl {
 
@@ -31,6 +33,15 @@ enum class Listing { NotListed, Listed, Refused, TempFail };
 // 127.255.255.0/24 and 127.0.0.1, Refused for those, NotListed for NXDOMAIN/NODATA or addresses
 // outside 127/8 (a wildcarding resolver), TempFail for DNS failures.
 Listing classify(const mta::dns::Answer& a);
+
+// The section's `zones` (a list of DNS zones: RFC 5782 IP- or domain-based lists), lower-case,
+// without a trailing dot; a name that is not a zone is reported at its line and left out.
+// [dnsbl] and [uribl] read their lists the same way.
+std::vector<std::string> readZones(policy::Section& sec);
+
+// Whether a client's mail is looked up in blocklists: not outbound (relay.networks, an
+// authenticated client) and not in [connection] allow (`allow`). [dnsbl] and [uribl] agree.
+bool looksUp(const MessageContext& ctx, const std::vector<mta::Network>& allow);
 
 // nullptr when [dnsbl] names no zones (or has errors, reported in `errors`).
 std::shared_ptr<const Filter> makeDnsblFilter(const policy::Config& config, policy::Errors& errors);

@@ -45,3 +45,18 @@ TEST_CASE("a DNSBL answer lists only with an address in 127/8 that is not a refu
   REQUIRE(classify(answer(dns::Status::TempFail)) == Listing::TempFail);
   REQUIRE(classify(answer(dns::Status::Malformed)) == Listing::TempFail);
 }
+
+// The domain lists of [uribl] (RFC 5782 §2.2) answer with the same codes.
+TEST_CASE("domain list answers list only in 127/8 and their refusal codes never list") {
+  // Spamhaus DBL return codes: 127.0.1.x listings, 127.255.255.252-255 refusals.
+  REQUIRE(classify(answer(dns::Status::Ok, {"127.0.1.2"})) == Listing::Listed);
+  REQUIRE(classify(answer(dns::Status::Ok, {"127.255.255.254"})) == Listing::Refused);
+  REQUIRE(classify(answer(dns::Status::Ok, {"127.255.255.252"})) == Listing::Refused);
+  // URIBL and SURBL answer 127.0.0.1 to a resolver they block.
+  REQUIRE(classify(answer(dns::Status::Ok, {"127.0.0.1"})) == Listing::Refused);
+  // SURBL multi's bit mask.
+  REQUIRE(classify(answer(dns::Status::Ok, {"127.0.0.64"})) == Listing::Listed);
+  REQUIRE(classify(answer(dns::Status::NxDomain)) == Listing::NotListed);
+  REQUIRE(classify(answer(dns::Status::Ok, {"198.51.100.7"})) == Listing::NotListed);
+  REQUIRE(classify(answer(dns::Status::TempFail)) == Listing::TempFail);
+}
