@@ -2,6 +2,8 @@
 // going after the first error so `moat check` can list them all.
 #include "policy/config.h"
 
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -308,6 +310,33 @@ void warnIfShadowed(const Config& c, const Route& r, Section& s) {
   s.warning("domains", "this route never matches: earlier routes take every domain it lists (first match wins): " + by);
 }
 
+// source_ipv4 / source_ipv6: one IP address of that family (not a name, not a network).
+std::optional<mta::IpAddress> sourceAddress(Section& s, const std::string& key, bool v4) {
+  std::string v = s.getString(key, "");
+  if (!s.has(key)) return std::nullopt;
+  auto ip = mta::IpAddress::parse(v);
+  if (!ip) {
+    s.error(key, "\"" + v + "\" is not an " + (v4 ? "IPv4" : "IPv6") + " address");
+    return std::nullopt;
+  }
+  if (ip->isV4() != v4) {
+    s.error(key, "\"" + v + "\" is an " + (v4 ? "IPv6" : "IPv4") + " address; " + key + " takes an " +
+                     (v4 ? "IPv4" : "IPv6") + " one (" + (v4 ? "source_ipv6" : "source_ipv4") + " takes the other)");
+    return std::nullopt;
+  }
+  return ip;
+}
+
+// A host name for EHLO (RFC 5321 §4.1.1.1): letters, digits and hyphens in dot-separated labels.
+std::string heloNameProblem(const std::string& name) {
+  std::string quoted = "\"" + name + "\"";
+  if (name.empty()) return quoted + ": not a host name";
+  if (name.front() == '.') return quoted + ": a host name, without the leading dot";
+  for (unsigned char ch : name)
+    if (ch >= 0x80) return quoted + ": a host name in ASCII (the A-label form of an internationalized name)";
+  return domainProblem(name);
+}
+
 void readRoute(Config& c, Section s) {
   Route r;
   r.line = s.lineOf("to");
@@ -388,6 +417,15 @@ void readRoute(Config& c, Section s) {
   else if (r.mtaSts && r.tls != TlsPolicy::May && r.tls != TlsPolicy::Dane)
     s.error("mta_sts", "mta_sts needs tls = \"may\" or \"dane\"");
   r.chunking = s.getBool("chunking", true);
+  r.sourceIpv4 = sourceAddress(s, "source_ipv4", true);
+  r.sourceIpv4Line = r.sourceIpv4 ? s.lineOf("source_ipv4") : 0;
+  if (!s.has("source_ipv4")) r.sourceIpv4 = c.sourceIpv4;
+  r.sourceIpv6 = sourceAddress(s, "source_ipv6", false);
+  r.sourceIpv6Line = r.sourceIpv6 ? s.lineOf("source_ipv6") : 0;
+  if (!s.has("source_ipv6")) r.sourceIpv6 = c.sourceIpv6;
+  r.heloName = lower(s.getString("helo_name", ""));
+  if (std::string problem = heloNameProblem(r.heloName); s.has("helo_name") && !problem.empty())
+    s.error("helo_name", problem);
   s.rejectUnknownKeys();
   warnIfShadowed(c, r, s);
   c.routes.push_back(std::move(r));
@@ -489,6 +527,10 @@ void readQueue(Config& c, Section s) {
     if (versions.empty()) s.error("ip_versions", "needs at least one of: ipv4, ipv6");
     c.useIpv4 = c.useIpv6 = true;  // the file is refused anyway; keep the value sane
   }
+  c.sourceIpv4 = sourceAddress(s, "source_ipv4", true);
+  c.sourceIpv4Line = s.lineOf("source_ipv4");
+  c.sourceIpv6 = sourceAddress(s, "source_ipv6", false);
+  c.sourceIpv6Line = s.lineOf("source_ipv6");
   s.rejectUnknownKeys();
 }
 
@@ -625,6 +667,39 @@ void checkLogFile(const Config& c, Errors& errors) {
   if (::stat(dir.c_str(), &st) != 0) return fail("its folder " + dir + " does not exist");
   if (!S_ISDIR(st.st_mode)) return fail(dir + " is not a folder");
   if (::access(dir.c_str(), W_OK | X_OK) != 0) return fail("cannot be created in " + dir + ": " + std::strerror(errno));
+}
+
+void checkSourceAddresses(const Config& c, Errors& errors) {
+  auto check = [&](const std::optional<mta::IpAddress>& ip, int line, const std::string& key) {
+    if (!ip || line == 0) return;  // a route's inherited value is checked at [queue]
+    sockaddr_storage ss{};
+    socklen_t len = 0;
+    if (ip->isV4()) {
+      auto* in = reinterpret_cast<sockaddr_in*>(&ss);
+      in->sin_family = AF_INET;
+      std::memcpy(&in->sin_addr, ip->bytes(), 4);
+      len = sizeof *in;
+    } else {
+      auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
+      in6->sin6_family = AF_INET6;
+      std::memcpy(&in6->sin6_addr, ip->bytes(), 16);
+      len = sizeof *in6;
+    }
+    int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    std::string why;
+    if (fd < 0)
+      why = std::strerror(errno);
+    else if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0)
+      why = std::strerror(errno);
+    if (fd >= 0) ::close(fd);
+    if (!why.empty()) errors.error(c.path, line, key + ": cannot bind " + ip->str() + ": " + why);
+  };
+  check(c.sourceIpv4, c.sourceIpv4Line, "queue.source_ipv4");
+  check(c.sourceIpv6, c.sourceIpv6Line, "queue.source_ipv6");
+  for (const auto& r : c.routes) {
+    check(r.sourceIpv4, r.sourceIpv4Line, "[[route]].source_ipv4");
+    check(r.sourceIpv6, r.sourceIpv6Line, "[[route]].source_ipv6");
+  }
 }
 
 std::vector<std::string> restartOnlyChanges(const Config& running, const Config& next) {

@@ -5,13 +5,14 @@
 // Sections that belong to one part of Moat (a filter's [spf], [antivirus], [rules]...) are
 // read by that part through section(): the config keeps the parsed TOML for that.
 #pragma once
+#include <toml++/toml.h>
+
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
-
-#include <toml++/toml.h>
 
 #include "mta/runtime/ip.h"
 #include "policy/errors.h"
@@ -65,6 +66,12 @@ struct Route {
   bool mtaSts = false;
   // RFC 3030 BDAT to a next hop that offers CHUNKING (and PIPELINING); false: always DATA.
   bool chunking = true;
+  // The local addresses its outbound SMTP connections (deliveries, recipient verification)
+  // leave from, per destination family: the route's source_ipv4 / source_ipv6, else
+  // [queue]'s; none: the kernel picks. The lines are the route's own keys' (0: not set here).
+  std::optional<mta::IpAddress> sourceIpv4, sourceIpv6;
+  int sourceIpv4Line = 0, sourceIpv6Line = 0;
+  std::string heloName;  // [[route]] helo_name: the EHLO name; "" = server.hostname
   int line = 0;
   bool matches(const std::string& domain) const;
 };
@@ -223,6 +230,11 @@ struct Config {
   AddressPreference addressPreference = AddressPreference::Ipv6;
   bool useIpv4 = true;  // [queue] ip_versions: the families delivery looks up and connects to
   bool useIpv6 = true;
+  // [queue] source_ipv4, source_ipv6 (Postfix's smtp_bind_address, smtp_bind_address6): the
+  // local address outbound SMTP connects from, for routes without their own; none: the
+  // kernel picks. Each must be an address of this host (checkSourceAddresses).
+  std::optional<mta::IpAddress> sourceIpv4, sourceIpv6;
+  int sourceIpv4Line = 0, sourceIpv6Line = 0;
 
   // [quarantine]
   Millis quarantineRetention{std::chrono::hours(24 * 30)};  // then removed, with a log line
@@ -261,6 +273,13 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
 // loadConfig, so that `moat spf` and `moat queue` run without that right; every snapshot
 // load checks it (mta/server/snapshot.cc: `moat check`, `moat scan`, serve, a reload).
 void checkLogFile(const Config& c, Errors& errors);
+
+// Every source address the config names ([queue] and [[route]] source_ipv4, source_ipv6) can
+// be bound on this host: a socket of its family is bound to it (port 0) and closed. Else
+// "FILE:LINE: queue.source_ipv4: cannot bind 192.0.2.7: Cannot assign requested address".
+// Not part of loadConfig (the addresses are this host's, not the file's); every snapshot
+// load checks it (`moat check`, serve, a reload), as checkLogFile.
+void checkSourceAddresses(const Config& c, Errors& errors);
 
 // What `moat serve` reads only at start: the keys whose value in `next` differs from the
 // running one, as "server.spool_dir", "server.spool_sync", "server.control_socket",

@@ -129,11 +129,19 @@ void SmtpClient::connect(uv_loop_t* loop, const IpAddress& ip, uint16_t port, Op
   client->self_ = client;
   client->ip_ = ip;
   client->port_ = port;
-  net::connect(loop, ip, port, client->opts_.connectTimeoutMs,
-               [client](std::shared_ptr<net::Connection> conn, const std::string& error) {
-                 if (!conn) return client->fail(error);
-                 client->start(std::move(conn));
-               });
+  const auto& source = ip.isV4() ? client->opts_.sourceIpv4 : client->opts_.sourceIpv6;
+  net::connect(
+      loop, ip, port, client->opts_.connectTimeoutMs,
+      [client](std::shared_ptr<net::Connection> conn, const std::string& error) {
+        if (!conn) return client->fail(error);
+        client->start(std::move(conn));
+      },
+      source);
+}
+
+std::string SmtpClient::source() const {
+  const auto& s = ip_.isV4() ? opts_.sourceIpv4 : opts_.sourceIpv6;
+  return s ? s->str() : "";
 }
 
 void SmtpClient::start(std::shared_ptr<net::Connection> conn) {
@@ -332,16 +340,18 @@ void SmtpClient::reconnectPlain(const std::string& error) {
   conn_->abort();
   conn_.reset();
   std::weak_ptr<SmtpClient> weak = shared_from_this();
-  net::connect(loop_, ip_, port_, opts_.connectTimeoutMs,
-               [weak](std::shared_ptr<net::Connection> conn, const std::string& e) {
-                 auto self = weak.lock();
-                 if (!self || self->state_ == State::Closed) {
-                   if (conn) conn->abort();
-                   return;
-                 }
-                 if (!conn) return self->fail("plain-text retry after a failed TLS handshake: " + e);
-                 self->start(std::move(conn));
-               });
+  net::connect(
+      loop_, ip_, port_, opts_.connectTimeoutMs,
+      [weak](std::shared_ptr<net::Connection> conn, const std::string& e) {
+        auto self = weak.lock();
+        if (!self || self->state_ == State::Closed) {
+          if (conn) conn->abort();
+          return;
+        }
+        if (!conn) return self->fail("plain-text retry after a failed TLS handshake: " + e);
+        self->start(std::move(conn));
+      },
+      ip_.isV4() ? opts_.sourceIpv4 : opts_.sourceIpv6);
 }
 
 // RFC 4954 after the EHLO that follows STARTTLS. The AUTH exchange is never pipelined
@@ -412,6 +422,7 @@ bool SmtpClient::envelopeSafe(const Transaction& t) const {
 void SmtpClient::send(Transaction t, std::function<void(TransactionResult)> done) {
   TransactionResult res;
   res.rcpts.resize(t.rcpts.size());
+  res.source = source();
   if (!usable() || t.rcpts.empty()) {
     res.error = usable() ? "no recipients" : "connection not usable";
     return done(std::move(res));

@@ -17,6 +17,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -64,6 +65,10 @@ struct Options {
   // 354 round trip (a message of up to 64 KiB goes in the same write as its MAIL and RCPTs)
   // and no dot-stuffing. Route key `chunking`.
   bool chunking = true;
+  // The local address to connect from, per destination family ([queue] / [[route]]
+  // source_ipv4, source_ipv6); none: the kernel picks. A source that cannot be bound fails
+  // the connect ("cannot bind source address ...", net::connect).
+  std::optional<IpAddress> sourceIpv4, sourceIpv6;
   // Filled in as the connection goes (see PeerNotes); null: not wanted.
   std::shared_ptr<PeerNotes> notes;
   uint64_t connectTimeoutMs = 30000, greetingTimeoutMs = 300000, commandTimeoutMs = 300000,
@@ -137,6 +142,7 @@ struct TransactionResult {
   // success itself ("relayed", §5.2.2).
   bool dsnOffered = false;
   std::string authUser;  // the name the connection authenticated as (RFC 4954), "" = none
+  std::string source;    // the local address the connection was bound to, "" = the kernel's choice
   Reply mail;
   std::vector<Reply> rcpts;   // one per rcpt, same order
   Reply data;                 // final reply after the message (or to DATA if refused)
@@ -186,6 +192,8 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   bool tlsDane() const;            // the peer was authenticated by DANE TLSA records (RFC 7672)
   const std::string& peerName() const { return peerName_; }         // from the greeting
   const std::string& authenticatedAs() const { return authUser_; }  // "" = no AUTH
+  // The source address bound for this connection's family (Options), "" = none.
+  std::string source() const;
   // Non-empty (the handshake's error) when TlsMode::May fell back to plain text.
   const std::string& tlsFallback() const { return tlsFallback_; }
   bool supports(std::string_view ext) const;                 // EHLO keyword, upper-case

@@ -267,6 +267,10 @@ struct QueueManager::Job {
   // [[route]] auth_file: SMTP AUTH after STARTTLS; null = no AUTH.
   std::shared_ptr<const client::Credentials> auth;
   bool chunking = true;  // [[route]] chunking: BDAT when the next hop offers CHUNKING
+  // [[route]] (else [queue]) source_ipv4, source_ipv6 and [[route]] helo_name ("" =
+  // server.hostname): where its connections come from and what they say at EHLO.
+  std::optional<IpAddress> sourceIpv4, sourceIpv6;
+  std::string heloName;
   // For the log: the destination as the route names it ("smtp:HOST:PORT", several joined by
   // ",", or "mx:DOMAIN") and the route's tls mode; the destination key adds what pools.
   std::string destination, tlsName;
@@ -898,6 +902,17 @@ std::string tlsKey(client::TlsMode mode, const policy::Route& route) {
 // as one user never carries mail meant to go as another (after a reload that changed it).
 std::string authKey(const policy::Route& route) { return route.authFile.empty() ? "" : ",auth=" + route.authFile; }
 
+// The source part of a destination key: a connection bound to one source address, or that
+// greeted with one EHLO name, never carries mail of a route that wants another (the next
+// hop's view of the sender, SPF and reputation, are tied to them).
+std::string sourceKey(const policy::Route& route) {
+  std::string k;
+  if (route.sourceIpv4) k += ",src4=" + route.sourceIpv4->str();
+  if (route.sourceIpv6) k += ",src6=" + route.sourceIpv6->str();
+  if (!route.heloName.empty()) k += ",helo=" + route.heloName;
+  return k;
+}
+
 const char* tlsPolicyName(policy::TlsPolicy p) {
   switch (p) {
     case policy::TlsPolicy::None: return "none";
@@ -924,11 +939,11 @@ std::string QueueManager::destinationKey(const policy::Route* route, const std::
   const auto& first = route->to.front();
   if (first.kind == policy::RouteTarget::Kind::Maildir) return "";
   if (first.kind == policy::RouteTarget::Kind::Mx)
-    return "mx:" + domain + "," + tlsKey(clientTlsMode(*route), *route) + authKey(*route);
+    return "mx:" + domain + "," + tlsKey(clientTlsMode(*route), *route) + authKey(*route) + sourceKey(*route);
   std::string key;
   for (const auto& t : route->to)
     if (t.kind == policy::RouteTarget::Kind::Smtp) key += t.str() + ",";
-  return key + tlsKey(clientTlsMode(*route), *route) + authKey(*route);
+  return key + tlsKey(clientTlsMode(*route), *route) + authKey(*route) + sourceKey(*route);
 }
 
 void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::Route& route, const std::string& domain,
@@ -946,6 +961,9 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
   bool verifyMissing = route.tls == policy::TlsPolicy::Verify && !job->tlsCtx;
   job->dane = route.tls == policy::TlsPolicy::Dane;
   job->chunking = route.chunking;
+  job->sourceIpv4 = route.sourceIpv4;
+  job->sourceIpv6 = route.sourceIpv6;
+  job->heloName = route.heloName;
   std::string authPart = authKey(route);
   bool authMissing = false;
   if (!route.authFile.empty()) {
@@ -970,6 +988,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
       o.relay = relay;
       o.tls = tls;
       o.auth = r.authUser;
+      o.source = r.source;
       // Only a reply the server sent is its word (RFC 3464 §2.3.5-6); r.error is our text.
       if (r.error.empty() && !r.local) o.remoteMta = remoteMta;
       auto classify = [&o](int code, const std::string& text) {
@@ -1034,7 +1053,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
       key += t.str() + ",";
       job->destination += (job->destination.empty() ? "" : ",") + t.str();
     }
-    key += tlsKey(job->tls, route) + authPart;
+    key += tlsKey(job->tls, route) + authPart + sourceKey(route);
     // A configured next hop whose name does not resolve is the admin's to fix (a typo in a
     // route, an internal zone down): the mail waits for that, it is not bounced.
     resolveHops(resolver_, std::move(targets), std::move(groups), familiesOf(*snap_->config),
@@ -1047,7 +1066,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
     return;
   }
   // MX (RFC 5321 §5.1)
-  key = "mx:" + domain + "," + tlsKey(job->tls, route) + authPart;
+  key = "mx:" + domain + "," + tlsKey(job->tls, route) + authPart + sourceKey(route);
   job->destination = "mx:" + domain;
   // RFC 8461 applies to domain names; an address literal has no policy to look up.
   if (route.mtaSts && !domain.empty() && domain.front() != '[') job->stsDomain = domain;
@@ -1275,7 +1294,9 @@ void QueueManager::openConnection(Destination& d) {
   ++d.active;
   const auto& cfg = *snap_->config;
   client::Options opts;
-  opts.heloName = cfg.hostname;
+  opts.heloName = job->heloName.empty() ? cfg.hostname : job->heloName;
+  opts.sourceIpv4 = job->sourceIpv4;
+  opts.sourceIpv6 = job->sourceIpv6;
   opts.tls = job->tls;
   opts.tlsCtx = job->tls == client::TlsMode::None ? nullptr : job->tlsCtx ? job->tlsCtx : snap_->clientTls;
   opts.auth = job->auth;
@@ -1290,6 +1311,7 @@ void QueueManager::openConnection(Destination& d) {
     // AUTH (or offers none we speak), 4.7.5 when it failed what tls = "dane" required, so the
     // defer reason tells them from a network failure.
     std::string lastStatus = "4.4.1";
+    std::string lastSource;  // the source address the last connect was bound to, "" = none
   };
   auto tr = std::make_shared<Try>();
   auto alive = alive_;
@@ -1307,6 +1329,7 @@ void QueueManager::openConnection(Destination& d) {
       --it->second->active;
       client::TransactionResult r;
       r.error = "451 " + tr->lastStatus + " " + (tr->lastError.empty() ? "connection failed" : tr->lastError);
+      r.source = tr->lastSource;
       std::string relay = job->hops.empty() ? "" : job->hops.back().ip.str();
       job->done(r, relay, "", "");  // no server answered: no Remote-MTA
       if (auto again = destinations_.find(key); again != destinations_.end()) {
@@ -1318,6 +1341,8 @@ void QueueManager::openConnection(Destination& d) {
       return;
     }
     const Hop hop = job->hops[tr->next++];
+    const auto& source = hop.ip.isV4() ? job->sourceIpv4 : job->sourceIpv6;
+    tr->lastSource = source ? source->str() : "";
     client::Options o = opts;
     // The name the certificate must carry with tls = "verify" (and SNI): the route's host or
     // the MX name; an address when the route names one (checked against IP SANs, no SNI).
@@ -1404,7 +1429,10 @@ void QueueManager::openConnection(Destination& d) {
             // are what DANE required and did not get; a refused connection is not.
             const bool tlsFailed =
                 !authFailed && (daneRequired || stsEnforce) && error.find("TLS") != std::string::npos;
-            tr->lastStatus = authFailed ? "4.7.0" : tlsFailed ? "4.7.5" : "4.4.1";
+            // The source address is gone from this host (net::connect): a local routing problem,
+            // X.4.0 (RFC 3463), deferred like any network failure, never bounced.
+            const bool bindFailed = error.rfind("cannot bind source address ", 0) == 0;
+            tr->lastStatus = authFailed ? "4.7.0" : tlsFailed ? "4.7.5" : bindFailed ? "4.4.0" : "4.4.1";
             const char* what = !tlsFailed ? ""
                                : stsEnforce
                                    ? "MTA-STS (enforce) requires TLS with a valid certificate for the MX host: "
@@ -1609,6 +1637,7 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
             .add("relay", o.relay).add("reply", o.reply).add("attempt", env.attempts).add("delay_ms", now - env.arrivalMs);
         if (!o.tls.empty()) line.add("tls", o.tls);
         if (!o.auth.empty()) line.add("auth", o.auth);
+        if (!o.source.empty()) line.add("source", o.source);
         ++server::metrics().recipientsDelivered;
         server::metrics().observeLatency(static_cast<double>(now - env.arrivalMs) / 1000.0);
         // RFC 3461 §5.2.2-3: NOTIFY=SUCCESS is ours to answer unless the next hop took it on.
@@ -1622,12 +1651,20 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
             .add("delay_ms", now - env.arrivalMs);
         failed.push_back(i);  // counted in recipients_bounced once its report is settled
         break;
-      case RcptOutcome::Kind::Deferred:
-        log::info("defer").add("queue_id", env.id).add("message_id", env.messageId).add("from", env.mailFrom)
-            .add("to", r.address).add("relay", o.relay).add("reply", o.reply).add("attempt", env.attempts)
+      case RcptOutcome::Kind::Deferred: {
+        auto line = log::info("defer");
+        line.add("queue_id", env.id)
+            .add("message_id", env.messageId)
+            .add("from", env.mailFrom)
+            .add("to", r.address)
+            .add("relay", o.relay)
+            .add("reply", o.reply)
+            .add("attempt", env.attempts)
             .add("delay_ms", now - env.arrivalMs);
+        if (!o.source.empty()) line.add("source", o.source);
         ++server::metrics().recipientsDeferred;
         break;
+      }
     }
   }
   // Every DSN is durable before the original it reports on is updated or removed: a crash in

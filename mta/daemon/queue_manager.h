@@ -131,6 +131,7 @@ class QueueManager {
     bool notifyPassedOn = false;
     bool local = false;
     std::string auth{};  // the name the connection authenticated as (SMTP AUTH), "" = none
+    std::string source{};  // the local address the connection was bound to, "" = none
   };
   // What a DSN reports (RFC 3461 §5.2): each recipient's NOTIFY decides whether it is named.
   enum class DsnKind { Failure, Delay, Success };

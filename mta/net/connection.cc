@@ -588,10 +588,20 @@ std::unique_ptr<Listener> listen(uv_loop_t* loop, const std::string& host, uint1
 }
 
 void connect(uv_loop_t* loop, const IpAddress& ip, uint16_t port, uint64_t timeoutMs,
-             std::function<void(std::shared_ptr<Connection>, const std::string& error)> done) {
+             std::function<void(std::shared_ptr<Connection>, const std::string& error)> done,
+             const std::optional<IpAddress>& source) {
   std::string error;
   auto conn = TcpConnection::create(loop, error);
   if (!conn) return done(nullptr, error);
+  if (source && source->isV4() == ip.isV4()) {
+    sockaddr_storage local{};
+    toSockaddr(*source, 0, local);
+    // libuv makes the socket of the source's family here; connect then uses that socket.
+    if (int rc = uv_tcp_bind(conn->handle(), reinterpret_cast<sockaddr*>(&local), 0); rc < 0) {
+      conn->abort();
+      return done(nullptr, "cannot bind source address " + source->str() + ": " + uv_strerror(rc));
+    }
+  }
   sockaddr_storage ss{};
   toSockaddr(ip, port, ss);
   auto op = std::make_unique<ConnectOp>(loop);

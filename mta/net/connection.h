@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -103,7 +104,13 @@ std::unique_ptr<Listener> listen(uv_loop_t* loop, const std::string& host, uint1
                                  std::string& error);
 
 // Connects to ip:port with a timeout; `done(conn, error)` runs once: conn is null on failure.
+// With `source` of the destination's family, the socket is bound to it (port 0) first, so the
+// connection leaves from that address ([queue] / [[route]] source_ipv4, source_ipv6); a source
+// of the other family is ignored (the kernel picks). A bind that fails (the address is no
+// longer this host's) fails the connect with an error that begins "cannot bind source
+// address ADDRESS: ".
 void connect(uv_loop_t* loop, const IpAddress& ip, uint16_t port, uint64_t timeoutMs,
-             std::function<void(std::shared_ptr<Connection>, const std::string& error)> done);
+             std::function<void(std::shared_ptr<Connection>, const std::string& error)> done,
+             const std::optional<IpAddress>& source = std::nullopt);
 
 }  // namespace moat::mta::net

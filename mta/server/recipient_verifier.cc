@@ -24,6 +24,10 @@ std::string routeKey(const policy::Route& route) {
   k += "tls=" + std::to_string(static_cast<int>(route.tls));
   if (route.tls == policy::TlsPolicy::Verify) k += ",ca=" + route.caFile;
   if (!route.authFile.empty()) k += ",auth=" + route.authFile;
+  // What the next hop sees of the client can change its answer (an address it trusts).
+  if (route.sourceIpv4) k += ",src4=" + route.sourceIpv4->str();
+  if (route.sourceIpv6) k += ",src6=" + route.sourceIpv6->str();
+  if (!route.heloName.empty()) k += ",helo=" + route.heloName;
   return k;
 }
 
@@ -213,7 +217,11 @@ void RecipientVerifier::start(const std::shared_ptr<Probe>& p) {
   // The route's TLS as its deliveries have it (queue_manager.cc): "dane" asks for TLS
   // without the TLSA lookups a delivery makes, so a probe never goes in plain text there.
   auto& o = p->opts;
-  o.heloName = cfg.hostname;
+  // From the route's source address, with its EHLO name, as its deliveries go: a next hop
+  // that answers by client address or name answers the probe as it will the mail.
+  o.heloName = route.heloName.empty() ? cfg.hostname : route.heloName;
+  o.sourceIpv4 = route.sourceIpv4;
+  o.sourceIpv6 = route.sourceIpv6;
   o.tls = route.tls == policy::TlsPolicy::None  ? client::TlsMode::None
           : route.tls == policy::TlsPolicy::May ? client::TlsMode::May
                                                 : client::TlsMode::Require;

@@ -53,6 +53,7 @@ std::shared_ptr<Snapshot> build(std::shared_ptr<const policy::Config> config, po
   const bool coreValid = !errors.hasErrors();
   if (!coreValid && !whole) return nullptr;
   policy::checkLogFile(*config, errors);  // serve opens it before anything else
+  policy::checkSourceAddresses(*config, errors);  // delivery binds them
   if (!whole && errors.hasErrors()) return nullptr;
   auto snap = std::make_shared<Snapshot>();
   snap->config = config;

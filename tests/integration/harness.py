@@ -154,6 +154,10 @@ class _SinkHandler(socketserver.StreamRequestHandler):
     def handle(self):
         sink = self.server.sink
         sink.connections += 1
+        # Who connected (the source address a client bound) and the name it gave at EHLO/HELO.
+        session = {"peer": self.client_address[0], "helo": None, "commands": []}
+        with sink.lock:
+            sink.sessions.append(session)
         self.reply("220 sink.test ESMTP test sink")
         mail_from, rcpts, tls = None, [], False
         chunks = bytearray()  # BDAT (RFC 3030), with CHUNKING among the extensions
@@ -165,6 +169,9 @@ class _SinkHandler(socketserver.StreamRequestHandler):
             line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
             verb = line.split(" ", 1)[0].upper()
             sink.commands.append(line)
+            session["commands"].append(line)
+            if verb in ("EHLO", "HELO"):
+                session["helo"] = line.split(" ", 1)[1] if " " in line else ""
             if verb == "EHLO":
                 ext = list(sink.extensions)
                 if (sink.tls_context or sink.break_tls) and not tls:
@@ -226,7 +233,7 @@ class _SinkHandler(socketserver.StreamRequestHandler):
                 if code.startswith("2"):
                     with sink.lock:
                         sink.messages.append({"from": mail_from, "rcpts": list(rcpts), "data": bytes(data), "tls": tls,
-                                              "auth": authed})
+                                              "auth": authed, "session": session})
                 self.reply(code)
                 mail_from, rcpts = None, []
             elif verb == "BDAT" and "CHUNKING" in sink.extensions:
@@ -247,7 +254,7 @@ class _SinkHandler(socketserver.StreamRequestHandler):
                 if code.startswith("2"):
                     with sink.lock:
                         sink.messages.append({"from": mail_from, "rcpts": list(rcpts), "data": data, "tls": tls,
-                                              "auth": authed})
+                                              "auth": authed, "session": session})
                 self.reply(code)
                 mail_from, rcpts = None, []
             elif verb == "RSET":
@@ -294,6 +301,9 @@ class Sink:
         self.messages = []
         self.commands = []
         self.connections = 0
+        # One per connection: {"peer": the client's address, "helo": its EHLO/HELO argument,
+        # "commands": its command lines}; each message's "session" is the one it came on.
+        self.sessions = []
         self.tls_sessions = 0
         self.lock = threading.Lock()
         self.tls_context = None

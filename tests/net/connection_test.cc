@@ -501,3 +501,51 @@ TEST_CASE("net: dropping the last reference closes the socket") {
   REQUIRE(accepted == 1);
   REQUIRE(client.closeError.empty());
 }
+
+TEST_CASE("net: connect binds a source address of the destination's family, and a missing one fails the connect") {
+  uv::Loop loop;
+  std::vector<std::shared_ptr<net::Connection>> accepted;
+  std::string error;
+  auto l = net::listen(
+      loop.get(), "127.0.0.1", 0, false, nullptr, [&](std::shared_ptr<net::Connection> c) { accepted.push_back(c); },
+      error);
+  REQUIRE(l);
+  auto connectFrom = [&](const std::string& source, std::string& err) {
+    std::shared_ptr<net::Connection> out;
+    bool done = false;
+    net::connect(
+        loop.get(), loopback(), l->port(), 2000,
+        [&](std::shared_ptr<net::Connection> c, const std::string& e) {
+          out = std::move(c);
+          err = e;
+          done = true;
+        },
+        IpAddress::parse(source));
+    REQUIRE(loop.runUntil([&] { return done; }, 5000));
+    return out;
+  };
+  // 127.0.0.0/8 is all this host's on Linux: the server sees the bound source as the peer.
+  std::string err;
+  auto c = connectFrom("127.0.0.2", err);
+  REQUIRE(c);
+  CHECK(err.empty());
+  CHECK(c->localAddress().str() == "127.0.0.2");
+  REQUIRE(loop.runUntil([&] { return accepted.size() == 1; }, 3000));
+  CHECK(accepted[0]->peerAddress().str() == "127.0.0.2");
+  // A source of the other family is not used: the kernel picks.
+  auto other = connectFrom("::1", err);
+  REQUIRE(other);
+  CHECK(other->localAddress().str() == "127.0.0.1");
+  // An address this host does not have (TEST-NET-1): no connection, an error naming it.
+  auto none = connectFrom("192.0.2.7", err);
+  CHECK_FALSE(none);
+  CHECK(err.rfind("cannot bind source address 192.0.2.7: ", 0) == 0);
+  REQUIRE(loop.runUntil([&] { return accepted.size() == 2; }, 3000));
+  loop.runUntil([] { return false; }, 50);
+  CHECK(accepted.size() == 2);  // the failed one never connected
+  c->close();
+  other->close();
+  for (auto& a : accepted) a->close();
+  l->close();
+  loop.runUntil([] { return false; }, 50);
+}

@@ -764,3 +764,97 @@ TEST_CASE("the greylist section: defaults, values, and mistakes as FILE:LINE") {
   CHECK(order.str().find(path + ":9: greylist.retry_window: must be longer than delay") != std::string::npos);
   unlink(path.c_str());
 }
+
+TEST_CASE("source_ipv4, source_ipv6 and helo_name: defaults, inheritance, and mistakes as FILE:LINE") {
+  const std::string head = "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n";
+  auto load = [&head](const std::string& extra) {
+    auto path = writeTemp(head + extra);
+    Errors errors;
+    auto c = loadConfig(path, errors);
+    INFO(errors.str());
+    REQUIRE(c);
+    checkSourceAddresses(*c, errors);
+    CHECK(errors.str().empty());
+    unlink(path.c_str());
+    return c;
+  };
+  auto c = load("[[route]]\nto = [\"mx\"]\n");
+  CHECK_FALSE(c->sourceIpv4);
+  CHECK_FALSE(c->sourceIpv6);
+  CHECK_FALSE(c->routes[0].sourceIpv4);
+  CHECK(c->routes[0].heloName.empty());  // server.hostname
+
+  c = load(
+      "[queue]\nsource_ipv4 = \"127.0.0.2\"\nsource_ipv6 = \"::1\"\n\n"
+      "[[route]]\ndomains = [\"a.test\"]\nto = [\"mx\"]\nsource_ipv4 = \"127.0.0.3\"\nhelo_name = "
+      "\"Out2.Example.TEST\"\n\n"
+      "[[route]]\nto = [\"mx\"]\n");
+  REQUIRE(c->sourceIpv4);
+  CHECK(c->sourceIpv4->str() == "127.0.0.2");
+  REQUIRE(c->sourceIpv6);
+  CHECK(c->sourceIpv6->str() == "::1");
+  REQUIRE(c->routes[0].sourceIpv4);
+  CHECK(c->routes[0].sourceIpv4->str() == "127.0.0.3");  // the route's own wins
+  REQUIRE(c->routes[0].sourceIpv6);
+  CHECK(c->routes[0].sourceIpv6->str() == "::1");  // inherited from [queue]
+  CHECK(c->routes[0].heloName == "out2.example.test");
+  REQUIRE(c->routes[1].sourceIpv4);
+  CHECK(c->routes[1].sourceIpv4->str() == "127.0.0.2");
+  CHECK(c->routes[1].heloName.empty());
+
+  // The wrong family, a host name, a network, a bad EHLO name: each at its own line.
+  std::string path = writeTemp(head +
+                               "[queue]\n"                              // 7
+                               "source_ipv4 = \"::1\"\n"                // 8
+                               "source_ipv6 = \"127.0.0.1\"\n"          // 9
+                               "\n"                                     // 10
+                               "[[route]]\n"                            // 11
+                               "to = [\"mx\"]\n"                        // 12
+                               "source_ipv4 = \"mail.example.test\"\n"  // 13
+                               "source_ipv6 = \"::1/128\"\n"            // 14
+                               "helo_name = \"bad_name.test\"\n"        // 15
+                               "\n"                                     // 16
+                               "[[route]]\n"                            // 17
+                               "to = [\"mx\"]\n"                        // 18
+                               "source_ipv4 = \"10.0.0.0/8\"\n"         // 19
+                               "helo_name = \"\"\n");                   // 20
+  Errors bad;
+  REQUIRE_FALSE(loadConfig(path, bad));
+  std::string all = bad.str();
+  INFO(all);
+  CHECK(has(all, path + ":8: queue.source_ipv4: \"::1\" is an IPv6 address; source_ipv4 takes an IPv4 one"));
+  CHECK(has(all, path + ":9: queue.source_ipv6: \"127.0.0.1\" is an IPv4 address; source_ipv6 takes an IPv6 one"));
+  CHECK(has(all, path + ":13: [[route]].source_ipv4: \"mail.example.test\" is not an IPv4 address"));
+  CHECK(has(all, path + ":14: [[route]].source_ipv6: \"::1/128\" is not an IPv6 address"));
+  CHECK(has(all, path + ":15: [[route]].helo_name: \"bad_name.test\": \"_\" is not allowed"));
+  CHECK(has(all, path + ":19: [[route]].source_ipv4: \"10.0.0.0/8\" is not an IPv4 address"));
+  CHECK(has(all, path + ":20: [[route]].helo_name: \"\": not a host name"));
+  unlink(path.c_str());
+}
+
+TEST_CASE("a source address this host cannot bind is refused at its line by checkSourceAddresses") {
+  const std::string text =
+      "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n"
+      "[queue]\n"                        // 7
+      "source_ipv4 = \"192.0.2.7\"\n"    // 8
+      "\n"                               // 9
+      "[[route]]\n"                      // 10
+      "to = [\"mx\"]\n"                  // 11
+      "source_ipv4 = \"127.0.0.2\"\n"    // 12: loopback, this host's
+      "source_ipv6 = \"2001:db8::7\"\n"  // 13
+      "\n"                               // 14
+      "[[route]]\n"                      // 15
+      "to = [\"mx\"]\n";                 // 16: inherits 192.0.2.7, reported once, at [queue]
+  std::string path = writeTemp(text);
+  Errors errors;
+  auto c = loadConfig(path, errors);
+  REQUIRE(c);  // loadConfig alone does not bind: `moat spf` and `moat queue` need not
+  checkSourceAddresses(*c, errors);
+  std::string all = errors.str();
+  INFO(all);
+  CHECK(has(all, path + ":8: queue.source_ipv4: cannot bind 192.0.2.7: Cannot assign requested address"));
+  CHECK(has(all, path + ":13: [[route]].source_ipv6: cannot bind 2001:db8::7: Cannot assign requested address"));
+  CHECK_FALSE(has(all, "127.0.0.2"));
+  CHECK(all.find("192.0.2.7") == all.rfind("192.0.2.7"));  // once
+  unlink(path.c_str());
+}
