@@ -597,6 +597,21 @@ void readGreylist(Config& c, Section s) {
   c.greylistIpv4Prefix = static_cast<int>(s.getInt("ipv4_prefix", c.greylistIpv4Prefix, 8, 32));
   c.greylistIpv6Prefix = static_cast<int>(s.getInt("ipv6_prefix", c.greylistIpv6Prefix, 16, 128));
   c.greylistExempt = networks(s, "exempt_networks");
+  // Matched against the client's verified name (mta/dns/client_name.h), which is ASCII (IDNs
+  // as their A-labels) and exists only with [server] reverse_dns: otherwise no entry could
+  // ever match, and the list would only look like it works.
+  for (auto& item : s.getStringArrayItems("exempt_client_names")) {
+    std::string d = lower(item.value);
+    std::string problem = domainProblem(d);
+    if (problem.empty() && std::any_of(d.begin(), d.end(), [](char ch) { return (ch & 0x80) != 0; }))
+      problem = "\"" + d + "\": write a non-ASCII name as its A-label (\"xn--...\"), as reverse DNS names it";
+    if (problem.empty())
+      c.greylistExemptNames.push_back(std::move(d));
+    else
+      s.errorAt(item.line, "exempt_client_names", problem);
+  }
+  if (!c.greylistExemptNames.empty() && !c.reverseDns)
+    s.error("exempt_client_names", "needs [server] reverse_dns = true (the names are the clients' verified names)");
   s.rejectUnknownKeys();
 }
 

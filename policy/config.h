@@ -157,6 +157,9 @@ struct Config {
   int greylistIpv4Prefix = 24;
   int greylistIpv6Prefix = 64;
   std::vector<mta::Network> greylistExempt;  // clients never greylisted
+  // Clients whose verified name (FCrDNS) is one of these (".example.com": any subdomain)
+  // are never greylisted; lower-case, checked as domain names.
+  std::vector<std::string> greylistExemptNames;
   bool isGreylistExempt(const mta::IpAddress& ip) const;
 
   // [limits]

@@ -121,9 +121,12 @@ int serve(const std::string& configPath) {
   qm.start(std::move(recovered));
 
   server::SmtpServer smtp(loop.get(), spool, resolver.get(), [&qm](const queue::Envelope& env, std::shared_ptr<const queue::MessageData> data) { qm.enqueue(env, std::move(data)); });
-  // [greylist]: the table as the last run left it, before the first session.
+  // [greylist]: the table as the last run left it, before the first session. Read whatever
+  // `enabled` says: a reload may turn greylisting on, and the table must be there then (the
+  // file is read only here, where the loop may block); while off, the table does not change
+  // and so is never written, and the file stays as it was.
   GreylistStore greylist(loop.get(), smtp.greylist(), cfg.spoolDir + "/greylist.state");
-  if (cfg.greylistEnabled) greylist.load();
+  greylist.load();
   greylist.start();
   smtp.onDmarcEvaluated([&qm](const filters::MessageContext& ctx) { qm.dmarcEvaluated(ctx); });
   if (!smtp.start(snap, error)) {

@@ -2,7 +2,9 @@
 // SPOOL_DIR/greylist.state (else every restart would greylist every sender again, and
 // delay their mail once more).
 //
-// The file is read once at start-up, on the loop before any session (at most
+// The file is read once at start-up, on the loop before any session, also while
+// greylisting is off (a reload may turn it on: the senders the last run knew stay known;
+// entries whose time ran out meanwhile are dropped as they are read) (at most
 // Greylist::kMaxStateBytes; a file Moat did not write, or cut short, is logged and ignored:
 // the table starts empty). It is written crash-atomically (sts::writeFileAtomically: a new
 // file, fsynced, renamed over the old) on the thread pool by a StateFile (state_file.h): every

@@ -127,6 +127,37 @@ void Greylist::touch(Table& t, Entry& e) {
   if (it != t.index.end()) t.lru.splice(t.lru.end(), t.lru, it->second);
 }
 
+std::string Greylist::tripletKey(std::string_view network, std::string_view sender, std::string_view recipient) {
+  std::string key(network);
+  key += '\0';
+  appendLower(key, sender);
+  key += '\0';
+  appendLower(key, recipient);
+  if (key.size() > kMaxKeyBytes) key.resize(kMaxKeyBytes);
+  return key;
+}
+
+bool Greylist::wouldPass(std::string_view network, std::string_view sender, std::string_view recipient, int64_t nowMs,
+                         const Settings& s) const {
+  if (s.autoAllowAfter > 0) {
+    auto c = clients_.index.find(network.substr(0, kMaxKeyBytes));
+    if (c != clients_.index.end() && c->second->expiresMs > nowMs && c->second->passes >= s.autoAllowAfter) return true;
+  }
+  auto it = triplets_.index.find(tripletKey(network, sender, recipient));
+  if (it == triplets_.index.end() || it->second->expiresMs <= nowMs) return false;
+  return it->second->passes > 0 || nowMs - it->second->firstMs >= s.delayMs;
+}
+
+bool Greylist::exemptName(std::string_view name, const std::vector<std::string>& entries) {
+  if (name.empty()) return false;
+  for (const auto& e : entries) {
+    if (e.empty()) continue;
+    if (name == e) return true;
+    if (e[0] == '.' && name.size() > e.size() && name.substr(name.size() - e.size()) == e) return true;
+  }
+  return false;
+}
+
 Greylist::Verdict Greylist::check(std::string_view network, std::string_view sender, std::string_view recipient,
                                   int64_t nowMs, const Settings& s) {
   prune(triplets_, nowMs);
@@ -142,13 +173,7 @@ Greylist::Verdict Greylist::check(std::string_view network, std::string_view sen
       return v;
     }
   }
-  std::string key(network);
-  key += '\0';
-  appendLower(key, sender);
-  key += '\0';
-  appendLower(key, recipient);
-  if (key.size() > kMaxKeyBytes) key.resize(kMaxKeyBytes);
-
+  std::string key = tripletKey(network, sender, recipient);
   Entry* t = find(triplets_, key, nowMs);
   if (!t) {
     Entry& e = add(triplets_, std::move(key));

@@ -18,6 +18,11 @@
 // keys of at most kMaxKeyBytes (longer senders or recipients are cut, which only merges
 // triplets). Expired entries are dropped as the table is used.
 //
+// exempt_client_names (exemptName()): a client whose verified host name (FCrDNS,
+// mta/dns/client_name.h) equals an entry, or ends with an entry that begins with ".", is not
+// greylisted, as postgrey's whitelist_clients: the large providers retry from other
+// addresses in other networks, and greylisting would delay their mail by hours.
+//
 // Time is the caller's: milliseconds of the wall clock (the table outlives a restart, in
 // SPOOL_DIR/greylist.state: encode()/decode()), so the unit is pure and a test sets the
 // clock. Loop thread only; logs nothing.
@@ -73,6 +78,13 @@ class Greylist {
   // One attempt of the triplet at `nowMs`, and what it gets.
   Verdict check(std::string_view network, std::string_view sender, std::string_view recipient, int64_t nowMs,
                 const Settings& s);
+  // Whether check() would pass (or allow) the triplet at `nowMs`; records nothing, so a
+  // caller can wait for what may exempt the client before a first attempt is counted.
+  bool wouldPass(std::string_view network, std::string_view sender, std::string_view recipient, int64_t nowMs,
+                 const Settings& s) const;
+  // Whether the client's verified name (lower-case, no trailing dot; "" for none) is one of
+  // `entries` (lower-case): equal to one, or ending with one that begins with ".".
+  static bool exemptName(std::string_view name, const std::vector<std::string>& entries);
 
   size_t triplets() const { return triplets_.index.size(); }
   size_t clients() const { return clients_.index.size(); }
@@ -105,6 +117,7 @@ class Greylist {
     std::unordered_map<std::string_view, List::iterator> index;  // views of the entries' keys
   };
 
+  static std::string tripletKey(std::string_view network, std::string_view sender, std::string_view recipient);
   // The live entry of `key` (an expired one is dropped), or nullptr.
   Entry* find(Table& t, std::string_view key, int64_t nowMs);
   // A new entry (dropping the stalest at the cap), most recently touched.

@@ -279,10 +279,29 @@ void SmtpSession::nameKnown(std::string name) {
   if (!nameLookup_) return;
   nameLookup_ = false;
   clientName_ = std::move(name);
-  if (!nameWait_) return;
+  if (nameWait_) nameWaitOver();
+}
+
+// The caller made sure the lookup runs and its deadline is ahead.
+void SmtpSession::waitForName(std::function<void()> then) {
+  nameWait_ = true;
+  nameThen_ = std::move(then);
+  uint64_t now = uv_now(shared_.loop);
+  std::weak_ptr<SmtpSession> weak = weak_from_this();
+  nameTimer_.start(nameDeadline_ > now ? nameDeadline_ - now : 0, [weak] {
+    auto s = weak.lock();
+    if (!s || !s->nameWait_) return;
+    s->nameDeadline_ = 0;  // not waited for again: the next message or RCPT goes on at once
+    s->nameWaitOver();
+  });
+}
+
+void SmtpSession::nameWaitOver() {
   nameWait_ = false;
   nameTimer_.stop();
-  if (!closed_) runDataFilters();
+  auto then = std::move(nameThen_);
+  nameThen_ = nullptr;
+  if (!closed_ && then) then();
 }
 
 std::string SmtpSession::clientNameField() const { return clientName_.empty() ? "unknown" : clientName_; }
@@ -800,7 +819,7 @@ void SmtpSession::checkRecipient(const std::string& address, RcptDsn dsn) {
       return;
     }
     if (expansion.aliased) {
-      if (greylisted(address)) return;
+      if (greylisted(address, dsn)) return;
       takeAliasedRecipient(address, std::move(dsn), expansion);
       return;
     }
@@ -811,7 +830,7 @@ void SmtpSession::checkRecipient(const std::string& address, RcptDsn dsn) {
   }
   // [greylist] after the checks that refuse for good (an unknown recipient gets its 550 at
   // once), before the costly ones (a verification probe waits for the retry).
-  if (greylisted(address)) return;
+  if (greylisted(address, dsn)) return;
   // relay.verify_recipients, after relay.recipients: the next hop is asked, and the reply
   // waits for its answer (the session reads nothing meanwhile, so pipelined commands are
   // answered in order). Postmaster always exists (RFC 5321 §4.5.1).
@@ -1174,15 +1193,33 @@ void SmtpSession::countRate(RateLimit which, const std::string& sender) {
 // that do not retry well. Mail to postmaster and abuse (any of our domains) is never
 // greylisted: a report of a problem, perhaps with the greylisting itself, must get through
 // at once, also from a sender that does not retry (RFC 5321 §4.5.1, RFC 2142 §2).
-bool SmtpSession::greylisted(const std::string& address) {
+// exempt_client_names are matched against the client's verified name. Its lookup starts at
+// the connect and may still run: a triplet that would be deferred waits for it (the session
+// paused, its pipelined commands held in order, as for a verification probe), at most until
+// the lookup's deadline (dns.timeout after the connect), and then the RCPT is checked again;
+// a triplet that passes anyway does not wait. Exempt clients are neither logged nor counted
+// here, as relay networks and exempt_networks are not (their names are on the accept line).
+bool SmtpSession::greylisted(const std::string& address, const RcptDsn& dsn) {
   if (!cfg_.greylistEnabled || ctx_->fromRelayNetwork || ctx_->authenticated || cfg_.isGreylistExempt(ctx_->clientIp))
     return false;
   std::string_view local = std::string_view(address).substr(0, address.rfind('@'));
   if (isPostmaster(local) || (local.size() == 5 && iequalsPrefix(local, "abuse"))) return false;
+  if (Greylist::exemptName(clientName_, cfg_.greylistExemptNames)) return false;
   Greylist::Settings settings{cfg_.greylistDelay.count(), cfg_.greylistRetryWindow.count(),
                               cfg_.greylistLifetime.count(), cfg_.greylistAutoAllowAfter};
   const std::string network = Greylist::network(ctx_->clientIp, cfg_.greylistIpv4Prefix, cfg_.greylistIpv6Prefix);
-  auto v = shared_.greylist.check(network, ctx_->mailFrom, address, wallClockMs(), settings);
+  const int64_t now = wallClockMs();
+  if (!cfg_.greylistExemptNames.empty() && nameLookup_ && !nameWait_ && uv_now(shared_.loop) < nameDeadline_ &&
+      !shared_.greylist.wouldPass(network, ctx_->mailFrom, address, now, settings)) {
+    pause();
+    waitForName([this, address, dsn] {
+      paused_ = false;  // checkRecipient may pause again (a verification probe): then that resumes
+      checkRecipient(address, dsn);
+      if (!paused_) resume();
+    });
+    return true;
+  }
+  auto v = shared_.greylist.check(network, ctx_->mailFrom, address, now, settings);
   auto& m = metrics();
   // The `greylist` line's fields (the Line lives to the end of the statement that makes it).
   auto logged = [&](log::Line&& line) -> log::Line& {
@@ -1305,20 +1342,9 @@ void SmtpSession::logFilters(const std::vector<filters::FilterReport>& reports, 
 void SmtpSession::runDataFilters() {
   // The data filters (DMARC's trusted_forwarders) and the Received header want the client's
   // name: a lookup still running is waited for, until its deadline (then "unknown").
-  if (nameLookup_ && !nameWait_) {
-    uint64_t now = uv_now(shared_.loop);
-    if (now < nameDeadline_) {
-      nameWait_ = true;
-      std::weak_ptr<SmtpSession> weak = weak_from_this();
-      nameTimer_.start(nameDeadline_ - now, [weak] {
-        auto s = weak.lock();
-        if (!s || !s->nameWait_) return;
-        s->nameWait_ = false;
-        s->nameDeadline_ = 0;  // not waited for again: the next message goes on at once
-        if (!s->closed_) s->runDataFilters();
-      });
-      return;
-    }
+  if (nameLookup_ && !nameWait_ && uv_now(shared_.loop) < nameDeadline_) {
+    waitForName([this] { runDataFilters(); });
+    return;
   }
   if (nameWait_) return;  // runs when the name or the deadline comes
   ctx_->clientName = clientName_;

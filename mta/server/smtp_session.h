@@ -15,7 +15,8 @@
 // The client's verified name (FCrDNS, mta/dns/client_name.h; [server] reverse_dns) is
 // looked up from the connect on, without delaying the greeting or anything else; only the
 // end of a message's data waits for it, at most until dns.timeout after the connect, to give
-// the data filters (ctx_->clientName) and the Received header the name, else "unknown".
+// the data filters (ctx_->clientName) and the Received header the name, else "unknown"; and
+// a RCPT that greylisting would defer, when [greylist] exempt_client_names might exempt it.
 //
 // The pregreet test ([connection] pregreet_wait, as Postfix postscreen's): the greeting's
 // first line (220-) goes out at once and its last (220) after the wait, on a timer; a client
@@ -122,6 +123,10 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   // wait for it (bounded by nameDeadline_).
   void startNameLookup();
   void nameKnown(std::string name);
+  // `then` once the client's name is known or the lookup's deadline passed (nameThen_; not
+  // run if the session closed meanwhile), for a lookup in flight with its deadline ahead.
+  void waitForName(std::function<void()> then);
+  void nameWaitOver();
   std::string clientNameField() const;  // the verified name, or "unknown"
   // The fields every `reject` line starts with, in this order (deploy/monitoring's fail2ban
   // filters match on it): `reply` is replyLine(code, enhanced, text), the reply sent;
@@ -160,8 +165,10 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   bool rateLimited(RateLimit which, std::string_view stage, const std::string& sender);
   void countRate(RateLimit which, const std::string& sender);
   // [greylist]: whether the recipient is greylisted for this client and sender: if so, 450
-  // 4.7.1 sent (the session goes on) and true.
-  bool greylisted(const std::string& address);
+  // 4.7.1 sent (the session goes on) and true. Also true when the answer waits for the
+  // client's name (exempt_client_names): the session is paused, and checkRecipient runs
+  // again once the name or its deadline comes.
+  bool greylisted(const std::string& address, const RcptDsn& dsn);
   void authFields(log::Line& line) const;
   // One `filter` log line per filter result.
   void logFilters(const std::vector<filters::FilterReport>& reports, filters::Stage stage) const;
@@ -237,7 +244,8 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   // data filters), never from the lookup's callback.
   std::string clientName_;
   bool nameLookup_ = false;                       // the FCrDNS lookup is in flight
-  bool nameWait_ = false;                         // the end of the data waits for it (runDataFilters on arrival)
+  bool nameWait_ = false;                         // the end of the data or a RCPT waits for it (nameThen_)
+  std::function<void()> nameThen_;                // what runs when the name or the deadline comes
   uint64_t nameDeadline_ = 0;                     // loop time (uv_now) after which it is not waited for
   std::shared_ptr<filters::MessageContext> ctx_;  // session facts + current transaction
   std::vector<std::string> sessionAuthResults_;

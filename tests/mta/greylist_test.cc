@@ -234,3 +234,44 @@ TEST_CASE("greylist state file round trip, and broken files refused", "[greylist
   CHECK(Greylist::decode("moat-greylist 1\nend 0\n", back));
   CHECK(back.empty());
 }
+
+TEST_CASE("greylist exempt names match the verified name exactly or below a leading dot", "[greylist]") {
+  const std::vector<std::string> entries{".google.com", "mx1.example.test", ".big.example.test"};
+  CHECK(Greylist::exemptName("mail-wr1-f41.google.com", entries));
+  CHECK(Greylist::exemptName("a.b.google.com", entries));
+  CHECK(Greylist::exemptName("mx1.example.test", entries));
+  CHECK(Greylist::exemptName("mx1.big.example.test", entries));
+  // ".google.com" is the subdomains only; a name that merely ends in the same letters is not.
+  CHECK_FALSE(Greylist::exemptName("google.com", entries));
+  CHECK_FALSE(Greylist::exemptName("evilgoogle.com", entries));
+  CHECK_FALSE(Greylist::exemptName("google.com.evil.test", entries));
+  // An entry without the dot is the name itself, not its subdomains.
+  CHECK_FALSE(Greylist::exemptName("a.mx1.example.test", entries));
+  CHECK_FALSE(Greylist::exemptName("mx2.example.test", entries));
+  // No verified name, no list.
+  CHECK_FALSE(Greylist::exemptName("", entries));
+  CHECK_FALSE(Greylist::exemptName("", {""}));
+  CHECK_FALSE(Greylist::exemptName("mx1.example.test", {}));
+}
+
+TEST_CASE("greylist wouldPass says what check would, and records nothing", "[greylist]") {
+  Greylist g;
+  auto s = settings(1);
+  const std::string n = "192.0.2.0/24";
+  CHECK_FALSE(g.wouldPass(n, "a@sender.test", "b@example.test", kT0, s));
+  CHECK(g.triplets() == 0);
+  CHECK_FALSE(g.dirty());
+  CHECK(g.check(n, "a@sender.test", "b@example.test", kT0, s).result == R::Deferred);
+  CHECK_FALSE(g.wouldPass(n, "a@sender.test", "b@example.test", kT0 + kMin, s));
+  CHECK(g.wouldPass(n, "A@Sender.test", "b@EXAMPLE.test", kT0 + 5 * kMin, s));  // due: the retry passes
+  CHECK(g.triplets() == 1);
+  // Its window ran out: it would start over.
+  CHECK_FALSE(g.wouldPass(n, "a@sender.test", "b@example.test", kT0 + 3 * kDay, s));
+  CHECK(g.check(n, "a@sender.test", "b@example.test", kT0 + 5 * kMin, s).result == R::Passed);
+  CHECK(g.wouldPass(n, "a@sender.test", "b@example.test", kT0 + 6 * kMin, s));
+  CHECK_FALSE(g.wouldPass(n, "a@sender.test", "b@example.test", kT0 + 5 * kMin + 35 * kDay, s));
+  // auto_allow_after = 1: the network got a triplet through, so any triplet from it passes.
+  CHECK(g.wouldPass(n, "other@sender.test", "c@example.test", kT0 + 6 * kMin, s));
+  CHECK_FALSE(g.wouldPass("198.51.100.0/24", "other@sender.test", "c@example.test", kT0 + 6 * kMin, s));
+  CHECK(g.triplets() == 1);
+}

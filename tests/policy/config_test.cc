@@ -765,6 +765,51 @@ TEST_CASE("the greylist section: defaults, values, and mistakes as FILE:LINE") {
   unlink(path.c_str());
 }
 
+TEST_CASE("greylist exempt_client_names: lower-cased, checked as names, and refused without reverse_dns") {
+  const std::string head = "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n";
+  auto path = writeTemp(head);
+  Errors none;
+  auto c = loadConfig(path, none);
+  REQUIRE(c);
+  CHECK(c->greylistExemptNames.empty());
+  unlink(path.c_str());
+
+  path = writeTemp(head + "[greylist]\nexempt_client_names = [\".Google.COM\", \"mx1.Example.test\"]\n");
+  Errors good;
+  c = loadConfig(path, good);
+  INFO(good.str());
+  REQUIRE(c);
+  CHECK(c->greylistExemptNames == std::vector<std::string>{".google.com", "mx1.example.test"});
+  unlink(path.c_str());
+
+  path = writeTemp(head +
+                   "[greylist]\nexempt_client_names = [\n  \"ok.test\",\n  \"*.google.com\",\n  \"bad name.test\",\n"
+                   "  \"\",\n  \"b\u00fccher.test\",\n]\n");
+  Errors bad;
+  REQUIRE_FALSE(loadConfig(path, bad));
+  std::string all = bad.str();
+  INFO(all);
+  CHECK(all.find(path + ":10: greylist.exempt_client_names: \"*.google.com\": wildcards are not supported") !=
+        std::string::npos);
+  CHECK(all.find(path + ":11: greylist.exempt_client_names: \"bad name.test\"") != std::string::npos);
+  CHECK(all.find(path + ":12: greylist.exempt_client_names") != std::string::npos);
+  CHECK(all.find(path + ":13: greylist.exempt_client_names: \"b\xc3\xbc"
+                        "cher.test\": write a non-ASCII name as its A-label") != std::string::npos);
+  CHECK(all.find(":9:") == std::string::npos);  // ok.test is fine
+  unlink(path.c_str());
+
+  // Without reverse DNS there is no verified name to match.
+  path = writeTemp(
+      "[server]\nhostname = \"mx\"\nreverse_dns = false\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n"
+      "[greylist]\nexempt_client_names = [\".google.com\"]\n");
+  Errors off;
+  REQUIRE_FALSE(loadConfig(path, off));
+  INFO(off.str());
+  CHECK(off.str().find(path + ":9: greylist.exempt_client_names: needs [server] reverse_dns = true") !=
+        std::string::npos);
+  unlink(path.c_str());
+}
+
 TEST_CASE("source_ipv4, source_ipv6 and helo_name: defaults, inheritance, and mistakes as FILE:LINE") {
   const std::string head = "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n";
   auto load = [&head](const std::string& extra) {

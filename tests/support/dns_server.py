@@ -16,11 +16,13 @@ can count how often the server was asked), errors to stderr.
 """
 
 import argparse
+import heapq
 import os
 import selectors
 import signal
 import socket
 import sys
+import time
 
 try:
     import yaml
@@ -74,12 +76,14 @@ class Name:
            | ("SERVFAIL", None)
     secure: answers about this name say "DNSSEC-validated" (the AD bit) to a query that
             asked for it with AD or DO, as a validating resolver does (RFC 6840 5.7).
+    delay: seconds a UDP answer about this name is held back (a slow server), 0 for none.
     """
 
     def __init__(self):
         self.items = []
         self.ttl = None
         self.secure = False
+        self.delay = 0.0
 
 
 def parse_name_entries(owner, entries, default_ttl):
@@ -106,6 +110,11 @@ def parse_name_entries(owner, entries, default_ttl):
                 continue
             if rtype == "SECURE":
                 n.secure = bool(value)
+                continue
+            if rtype == "DELAY":
+                n.delay = float(value)
+                if not 0 <= n.delay <= 30:
+                    raise ZoneError("%s: DELAY must be from 0 to 30 seconds" % owner)
                 continue
             if rtype in ("TIMEOUT", "SERVFAIL"):
                 if value:
@@ -286,6 +295,8 @@ class Server:
         self.sel = selectors.DefaultSelector()
         self.tcp_buffers = {}
         self.stopping = False
+        self.delayed = []  # heap of (due, sequence, packet, address): DELAY answers
+        self.sequence = 0
 
     def bind(self, port):
         """UDP and TCP on the same port; with port 0 retry until both binds succeed."""
@@ -373,9 +384,33 @@ class Server:
         except (BlockingIOError, InterruptedError):
             return
         out = self.answer(data, self.udp_limit(data))
-        if out is not None:
+        if out is None:
+            return
+        delay = self.delay_of(data)
+        if delay > 0:
+            self.sequence += 1
+            heapq.heappush(self.delayed, (time.monotonic() + delay, self.sequence, out, addr))
+            return
+        try:
+            sock.sendto(out, addr)
+        except OSError:
+            pass
+
+    def delay_of(self, data):
+        """The DELAY of the queried name (a query answer() took, so it parses)."""
+        try:
+            q = DNSRecord.parse(data).questions[0]
+        except Exception:
+            return 0.0
+        entry = self.zone.get(norm_name(b".".join(q.qname.label)))
+        return entry.delay if entry is not None else 0.0
+
+    def send_due(self):
+        now = time.monotonic()
+        while self.delayed and self.delayed[0][0] <= now:
+            _, _, out, addr = heapq.heappop(self.delayed)
             try:
-                sock.sendto(out, addr)
+                self.udp.sendto(out, addr)
             except OSError:
                 pass
 
@@ -426,8 +461,12 @@ class Server:
 
     def serve(self):
         while not self.stopping:
-            for key, _ in self.sel.select(timeout=0.5):
+            timeout = 0.5
+            if self.delayed:
+                timeout = max(0.0, min(timeout, self.delayed[0][0] - time.monotonic()))
+            for key, _ in self.sel.select(timeout=timeout):
                 key.data(key.fileobj)
+            self.send_due()
 
 
 def write_portfile(path, port):
