@@ -6,8 +6,9 @@
 #      the integration tests driving the sanitized daemon, whose every graceful stop must
 #      exit 0 (a leak or an error found on the way out fails the test); MOAT_SKIP_ASAN=1
 #      skips it;
-#   3. the SMTP command and DATA parsers, the zip reader and the PROXY protocol header parser
-#      under libFuzzer for FUZZ_SECONDS
+#   3. the SMTP command and DATA parsers, the zip reader, the PROXY protocol header parser, the
+#      MIME parser and the DNS/policy record parsers (SPF, DMARC, TLS-RPT, MTA-STS) under
+#      libFuzzer for FUZZ_SECONDS
 #      each (default 60; 0 skips it), from the committed corpus.
 # Extra arguments go to the first ctest run (-R, -L ...).
 set -euo pipefail
@@ -30,6 +31,6 @@ if [ "${MOAT_SKIP_ASAN:-0}" != 1 ]; then
 fi
 
 if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
-  echo "== fuzzing the SMTP parsers, the zip reader and the PROXY header parser, ${FUZZ_SECONDS:-60}s each"
+  echo "== fuzzing the SMTP parsers, the zip reader, the PROXY header, MIME and record parsers, ${FUZZ_SECONDS:-60}s each"
   JOBS=$jobs "$root/tests/fuzz/run.sh" "${FUZZ_SECONDS:-60}"
 fi

@@ -224,7 +224,8 @@ bool parseReportUri(std::string_view text, ReportUri& out) {
     uint64_t n = 0;
     if (!allDigits(size) || size.size() > 9) return false;
     for (char c : size) n = n * 10 + static_cast<uint64_t>(c - '0');
-    out.maxSize = n * unit;
+    // Up to 999999999t does not fit in 64 bits: such a limit is no limit, not a wrapped one.
+    out.maxSize = n > UINT64_MAX / unit ? UINT64_MAX : n * unit;
     s = s.substr(0, bang);
   }
   // URI = scheme ":" hier-part (RFC 3986): scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )

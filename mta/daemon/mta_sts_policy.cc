@@ -140,10 +140,19 @@ bool parsePolicy(std::string_view body, Policy& out, std::string& error) {
     } else if (key == "mx") {
       std::string pat = lower(noDot(value));
       std::string_view name = pat.rfind("*.", 0) == 0 ? std::string_view(pat).substr(2) : std::string_view(pat);
+      // A host name: labels of letters, digits, '-' and '_', none empty ("..", a leading dot,
+      // two trailing dots) and none starting or ending with '-' (RFC 1123 §2.1). The cache file
+      // could not read back such a pattern (a trailing dot is dropped there, "-" is no mx).
       bool ok = !name.empty() && name.size() <= 253 && name.find('*') == std::string_view::npos &&
                 std::all_of(name.begin(), name.end(), [](char c) {
                   return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_';
                 });
+      for (size_t start = 0; ok && start <= name.size();) {
+        size_t dot = std::min(name.find('.', start), name.size());
+        std::string_view label = name.substr(start, dot - start);
+        ok = !label.empty() && label.front() != '-' && label.back() != '-';
+        start = dot + 1;
+      }
       if (!ok) {
         error = "policy: malformed mx \"" + std::string(value) + "\"";
         return false;
@@ -278,8 +287,8 @@ bool decodeCache(std::string_view text, int64_t now, size_t maxEntries, std::vec
     std::string policyError;
     if (!parsePolicy(body, e.policy, policyError)) return bad(policyError);
     e.policy.id = std::string(f[2]);
-    if (e.expires <= now) continue;  // expired: of no use any more
     e.expires = std::min<int64_t>(e.expires, now + e.policy.maxAge);
+    if (e.expires <= now) continue;  // expired (max_age 0 too): of no use any more
     got.push_back(std::move(e));
   }
   if (!ended) return bad("no end line (a file cut short)");

@@ -18,12 +18,24 @@ struct Value {
   std::vector<Value> array;
   std::vector<std::pair<std::string, Value>> object;
 
+  // The destructor is defined below, once Value is complete: left implicit, clang (14, with
+  // libstdc++ 12) instantiating pair<string, Value> for get() needs Value's destructor, which
+  // needs the pair complete, a cycle it refuses. The fuzz build compiles this with clang.
+  Value() = default;
+  Value(const Value&) = default;
+  Value(Value&&) noexcept = default;
+  Value& operator=(const Value&) = default;
+  Value& operator=(Value&&) noexcept = default;
+  ~Value();
+
   const Value* get(std::string_view key) const {
     for (const auto& [k, v] : object)
       if (k == key) return &v;
     return nullptr;
   }
 };
+
+inline Value::~Value() = default;
 
 std::optional<Value> parse(std::string_view text);
 

@@ -266,7 +266,9 @@ std::optional<HttpsUri> httpsUri(std::string_view uri) {
   if (allDigits) return std::nullopt;  // an IPv4 literal: not taken
   out.host = policy::lowerAscii(authority);
   if (out.host.back() == '.') out.host.pop_back();
-  if (out.host.empty() || out.host.front() == '.' || out.host.find("..") != std::string::npos) return std::nullopt;
+  // No empty label: "a..", whose one trailing dot is dropped, included.
+  if (out.host.empty() || out.host.front() == '.' || out.host.back() == '.' || out.host.find("..") != std::string::npos)
+    return std::nullopt;
   return out;
 }
 

@@ -64,6 +64,47 @@ TEST_CASE("MTA-STS policy: malformed ones are fetch failures") {
   CHECK(rejects("<html><body>Not Found</body></html>"));
 }
 
+TEST_CASE("MTA-STS policy: an mx the cache file cannot read back (an empty label, a hyphen at an end) is refused") {
+  // Found by fuzz_records: "mx: .." was taken as the pattern ".", and "mx: -" as "-", which
+  // the cache file (read back through parsePolicy, a trailing dot dropped, "-" meaning no mx)
+  // refused: the whole file, every domain's policy with it, was lost at the next start.
+  CHECK(rejects("version: STSv1\nmode: enforce\nmx: ..\nmax_age: 86400\n"));
+  CHECK(rejects("version: STSv1\nmode: enforce\nmx: mx.example.test..\nmax_age: 86400\n"));
+  CHECK(rejects("version: STSv1\nmode: enforce\nmx: .example.test\nmax_age: 86400\n"));
+  CHECK(rejects("version: STSv1\nmode: enforce\nmx: mx..example.test\nmax_age: 86400\n"));
+  CHECK(rejects("version: STSv1\nmode: enforce\nmx: *..example.test\nmax_age: 86400\n"));
+  // "-", the cache file's "no mx", and other labels that start or end with '-'.
+  CHECK(rejects("version: STSv1\nmode: enforce\nmx: -\nmax_age: 86400\n"));
+  CHECK(rejects("version: STSv1\nmode: enforce\nmx: -mx.example.test\nmax_age: 86400\n"));
+  CHECK(rejects("version: STSv1\nmode: enforce\nmx: mx-.example.test\nmax_age: 86400\n"));
+  CHECK(rejects("version: STSv1\nmode: enforce\nmx: *.-\nmax_age: 86400\n"));
+  Policy p;
+  REQUIRE(parses(
+      "version: STSv1\nmode: enforce\nmx: mx.example.test.\nmx: *.example.net\nmx: mx-2.a_b.test\nmax_age: 86400\n",
+      p));
+  p.id = "id1";
+  std::string file = encodeCache({{"example.test", p, 2000}}, 10, 1 << 20);
+  std::vector<CachedPolicy> back;
+  std::string error;
+  REQUIRE(decodeCache(file, 1000, 10, back, error));
+  REQUIRE(back.size() == 1);
+  CHECK(back[0].policy.mx == p.mx);
+}
+
+TEST_CASE("MTA-STS cache: a policy of max_age 0 read back is expired, so left out") {
+  // Found by fuzz_records: the expiry was brought back to now + max_age after the check for
+  // expired policies, so a max_age 0 policy came back already expired.
+  std::string file =
+      "moat-mta-sts-cache 1\nexample.test 2000 id1 enforce 0 mx.example.test\n"
+      "example.org 2000 id2 enforce 500 mx.example.org\nend 2\n";
+  std::vector<CachedPolicy> back;
+  std::string error;
+  REQUIRE(decodeCache(file, 1000, 10, back, error));
+  REQUIRE(back.size() == 1);
+  CHECK(back[0].domain == "example.org");
+  CHECK(back[0].expires == 1500);
+}
+
 TEST_CASE("MTA-STS mx patterns: a wildcard takes one leftmost label") {
   CHECK(mxMatches("mx.example.test", "mx.example.test"));
   CHECK(mxMatches("mx.example.test", "MX.Example.Test."));

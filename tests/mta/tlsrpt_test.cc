@@ -321,6 +321,9 @@ TEST_CASE("tlsrpt https rua URIs are parsed within bounds") {
         "https://a.test:65536/", "https://a.test:/", "https://a.test:44x/", "https://a..test/", "https://a_b.test/",
         "https://a.test/with space", "https://a.test/\x01", "https://a.test/caf\xc3\xa9"})
     CHECK_FALSE(tlsrpt::httpsUri(bad));
+  // Found by fuzz_records: two trailing dots left the host "a.test." (an empty label).
+  for (const char* bad : {"https://a.test../", "https://a.test..", "https://a..", "https://..:8443/"})
+    CHECK_FALSE(tlsrpt::httpsUri(bad));
   CHECK(tlsrpt::httpsUri("https://a.test/" + std::string(tlsrpt::kMaxUriBytes - 15, 'x')));
   CHECK_FALSE(tlsrpt::httpsUri("https://a.test/" + std::string(tlsrpt::kMaxUriBytes, 'x')));
 }

@@ -134,6 +134,20 @@ TEST_CASE("record parsing: tags, defaults and errors (RFC 7489 6.3)") {
   REQUIRE_FALSE(isDmarcRecord("v=spf1 -all"));
 }
 
+TEST_CASE("a report URI size limit too large for 64 bits is no limit, not a wrapped one") {
+  // Found by fuzz_records: 16777216t is 2^64 bytes, which wrapped to 0; 999999999t to
+  // another number than the one written.
+  ReportUri uri;
+  REQUIRE(parseReportUri("mailto:a@example.com!16777216t", uri));
+  CHECK(uri.maxSize == UINT64_MAX);
+  REQUIRE(parseReportUri("mailto:a@example.com!999999999t", uri));
+  CHECK(uri.maxSize == UINT64_MAX);
+  REQUIRE(parseReportUri("mailto:a@example.com!16777215t", uri));
+  CHECK(uri.maxSize == 16777215ull << 40);
+  REQUIRE(parseReportUri("mailto:a@example.com!999999999g", uri));
+  CHECK(uri.maxSize == 999999999ull << 30);
+}
+
 TEST_CASE("organizational domains come from the public suffix list") {
   REQUIRE(organizationalDomain("example.com") == "example.com");
   REQUIRE(organizationalDomain("sub.example.com") == "example.com");
