@@ -345,8 +345,8 @@ class Parser {
 
   void decodeLeaf(std::string_view body, Part& part) {
     uint64_t room = limits_.maxDecodedSize - std::min(msg_.decodedSize, limits_.maxDecodedSize);
-    // Decoded base64/qp is never longer than its source, so cutting the source first
-    // keeps memory bounded.
+    // Decoded base64/qp is at most twice as long as its source (quoted-printable writes a
+    // bare LF as CRLF), so cutting the source first keeps memory bounded.
     if (body.size() > room * 2 + 8) body = body.substr(0, room * 2 + 8);
     bool keep = depth_ != Depth::Structure;
     bool identity = part.transferEncoding != "base64" && part.transferEncoding != "quoted-printable";
