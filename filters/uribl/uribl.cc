@@ -7,19 +7,14 @@
 #include "filters/dnsbl/dnsbl.h"
 #include "filters/mime/mime.h"
 #include "mta/runtime/ip.h"
+#include "mta/runtime/scan.h"
 
 namespace moat::filters::uribl {
 
 namespace {
 
 bool startsWithNoCase(std::string_view s, std::string_view prefix) {
-  if (s.size() < prefix.size()) return false;
-  for (size_t i = 0; i < prefix.size(); ++i) {
-    char c = s[i];
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-    if (c != prefix[i]) return false;
-  }
-  return true;
+  return s.size() >= prefix.size() && mta::iequalsAscii(s.substr(0, prefix.size()), prefix);
 }
 
 bool allDigits(std::string_view s) { return !s.empty() && s.find_first_not_of("0123456789") == std::string_view::npos; }
