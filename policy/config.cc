@@ -621,6 +621,47 @@ void readSenders(Config& c, Section s) {
   s.rejectUnknownKeys();
 }
 
+// [headers] strip_inbound. Removing the fields a message is built on would break it, or
+// Moat's own checks after it: those names are refused, and so is a pattern that matches one.
+void readHeaders(Config& c, Section s) {
+  static constexpr std::string_view kKept[] = {"from",
+                                               "sender",
+                                               "to",
+                                               "cc",
+                                               "reply-to",
+                                               "subject",
+                                               "date",
+                                               "message-id",
+                                               "received",
+                                               "return-path",
+                                               "mime-version",
+                                               "content-type",
+                                               "content-transfer-encoding",
+                                               "dkim-signature"};
+  c.stripInbound.clear();
+  for (auto& item : s.getStringArrayItems("strip_inbound", {"X-Moat-*", "X-Spam-*"})) {
+    std::string p = lower(item.value);
+    const bool prefix = !p.empty() && p.back() == '*';
+    const std::string_view name = prefix ? std::string_view(p).substr(0, p.size() - 1) : std::string_view(p);
+    std::string problem;
+    if (name.empty())
+      problem = "\"" + item.value + "\": a field name, or the start of one followed by *";
+    else if (std::any_of(name.begin(), name.end(),
+                         [](char ch) { return ch <= ' ' || ch >= 0x7f || ch == ':' || ch == '*'; }))
+      problem = "\"" + item.value +
+                "\": not a header field name (RFC 5322 2.2: printable ASCII, no colon); '*' only at the end";
+    for (const auto& k : kKept)
+      if (problem.empty() && (prefix ? k.compare(0, name.size(), name) == 0 : k == name))
+        problem = "\"" + item.value + "\" would remove " + std::string(k) +
+                  ": fields the message is built on are never stripped";
+    if (problem.empty())
+      c.stripInbound.push_back(std::move(p));
+    else
+      s.errorAt(item.line, "strip_inbound", problem);
+  }
+  s.rejectUnknownKeys();
+}
+
 void readQuarantine(Config& c, Section s) {
   c.quarantineRetention = s.getDuration("retention", c.quarantineRetention);
   s.rejectUnknownKeys();
@@ -845,9 +886,9 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
   }
   c->toml = std::make_shared<const toml::table>(std::move(table));
 
-  static const std::set<std::string> kCore = {"server",  "listener",    "dns",        "relay",         "limits",
-                                              "route",   "queue",       "quarantine", "connection",    "senders",
-                                              "mta_sts", "rate_limits", "tlsrpt",     "dmarc_reports", "greylist"};
+  static const std::set<std::string> kCore = {
+      "server",     "listener", "dns",     "relay",       "limits", "route",         "queue",    "quarantine",
+      "connection", "senders",  "mta_sts", "rate_limits", "tlsrpt", "dmarc_reports", "greylist", "headers"};
   for (const auto& [k, v] : *c->toml) {
     std::string key(k.str());
     if (!kCore.count(key) && !kOtherSections.count(key))
@@ -867,6 +908,7 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
   readQuarantine(*c, c->section("quarantine", errors));
   readConnection(*c, c->section("connection", errors));
   readSenders(*c, c->section("senders", errors));
+  readHeaders(*c, c->section("headers", errors));
   readRateLimits(*c, c->section("rate_limits", errors));
   readGreylist(*c, c->section("greylist", errors));
 

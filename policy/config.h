@@ -106,6 +106,11 @@ struct Config {
   std::vector<mta::Network> relayNetworks;
   std::string relayRecipients;  // recipient validation file (policy/recipients.h); absolute, or empty
   int relayRecipientsLine = 0;
+  // [headers] strip_inbound: header fields removed from mail from the internet (a client
+  // neither in relay.networks nor authenticated) as it streams in, before any filter reads
+  // them: lower-case names, an entry ending in '*' a prefix. By default Moat's own verdict
+  // fields, which the internal servers' rules trust (mta/smtp/header_scrubber.h).
+  std::vector<std::string> stripInbound{"x-moat-*", "x-spam-*"};
   std::string blockedSenders;  // [senders] block: refused at MAIL (policy/address_list.h); absolute, or empty
   int blockedSendersLine = 0;
   std::string relayAliases;  // aliases and lists file (policy/aliases.h); absolute, or empty

@@ -155,10 +155,14 @@ std::vector<std::string> Section::getStringArray(const std::string& key, const s
   return out;
 }
 
-std::vector<Section::Item> Section::getStringArrayItems(const std::string& key) {
-  note(name_, key, "strings", "");
+std::vector<Section::Item> Section::getStringArrayItems(const std::string& key, const std::vector<std::string>& def) {
+  note(name_, key, "strings", "", def);
   auto* n = node(key);
-  if (!n) return {};
+  if (!n) {
+    std::vector<Item> out;
+    for (const auto& d : def) out.push_back({d, 0});
+    return out;
+  }
   auto* arr = n->as_array();
   if (!arr) {
     error(key, "expected an array of strings");

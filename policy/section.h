@@ -32,12 +32,12 @@ class Section {
   uint64_t getSize(const std::string& key, uint64_t def);
   std::vector<std::string> getStringArray(const std::string& key, const std::vector<std::string>& def = {});
   // The same, each string with its own line (an array may span lines), for FILE:LINE errors
-  // about one element.
+  // about one element; `def` (at line 0) when the key is absent.
   struct Item {
     std::string value;
     int line = 0;
   };
-  std::vector<Item> getStringArrayItems(const std::string& key);
+  std::vector<Item> getStringArrayItems(const std::string& key, const std::vector<std::string>& def = {});
   // A path; relative paths are made absolute against the config file's folder.
   std::string getPath(const std::string& key, const std::string& def = "");
   std::vector<std::string> getPathArray(const std::string& key);

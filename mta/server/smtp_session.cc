@@ -1006,7 +1006,10 @@ bool SmtpSession::startTransactionData() {
     reply(451, "4.3.0", "Error: queue file write error");
     return false;
   }
-  scrubber_.emplace(cfg_.hostname);
+  // Mail from the internet loses the copies of the gateway's own fields it brought
+  // ([headers] strip_inbound); the internal servers' and the relay clients' are kept.
+  const bool inbound = !ctx_->fromRelayNetwork && !ctx_->authenticated;
+  scrubber_.emplace(cfg_.hostname, inbound ? cfg_.stripInbound : std::vector<std::string>{});
   std::weak_ptr<SmtpSession> weak = weak_from_this();
   incoming_->setOnDrain([weak] {
     auto s = weak.lock();
@@ -1305,8 +1308,22 @@ void SmtpSession::endOfData() {
   if (!scrubbed_.empty()) incoming_->append(scrubbed_);
   dataEnded_ = true;
   if (scrubber_->removed() > 0)
-    log::info("header_removed").add("session", id_).add("header", "Authentication-Results")
-        .add("count", scrubber_->removed()).add("reason", "claims this gateway's authserv-id (RFC 8601 5)");
+    log::info("header_removed")
+        .add("session", id_)
+        .add("queue_id", incoming_->id())
+        .add("header", "Authentication-Results")
+        .add("count", scrubber_->removed())
+        .add("reason", "claims this gateway's authserv-id (RFC 8601 5)");
+  if (scrubber_->stripped() > 0) {
+    std::string names;
+    for (const auto& n : scrubber_->strippedNames()) names += (names.empty() ? "" : ",") + n;
+    log::info("header_removed")
+        .add("session", id_)
+        .add("queue_id", incoming_->id())
+        .add("header", names)
+        .add("count", scrubber_->stripped())
+        .add("reason", "inbound copy of a gateway field (headers.strip_inbound)");
+  }
 
   pause();
   auto self = shared_from_this();

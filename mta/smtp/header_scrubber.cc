@@ -26,6 +26,13 @@ std::optional<std::string_view> authResultsValue(std::string_view field) {
   return field.substr(i + 1);
 }
 
+// The field's name, without white space before the colon.
+std::string_view fieldName(std::string_view field) {
+  size_t k = 0;
+  while (k < field.size() && field[k] > ' ' && field[k] < 0x7f && field[k] != ':') ++k;
+  return field.substr(0, k);
+}
+
 // RFC 5322 §2.2 / §4.5: a field name (printable ASCII but ':'), optional white space, ':'.
 bool looksLikeField(std::string_view line) {
   size_t k = 0;
@@ -37,7 +44,27 @@ bool looksLikeField(std::string_view line) {
 
 }  // namespace
 
-HeaderScrubber::HeaderScrubber(std::string authservId) : authservId_(lower(authservId)) {}
+HeaderScrubber::HeaderScrubber(std::string authservId, std::vector<std::string> strip)
+    : authservId_(lower(authservId)), strip_(std::move(strip)) {}
+
+bool HeaderScrubber::toStrip(std::string_view field) const {
+  if (strip_.empty()) return false;
+  const std::string name = lower(fieldName(field));
+  if (name.empty()) return false;
+  for (const auto& s : strip_) {
+    if (!s.empty() && s.back() == '*' ? name.compare(0, s.size() - 1, s, 0, s.size() - 1) == 0 : name == s) return true;
+  }
+  return false;
+}
+
+void HeaderScrubber::noteStripped(std::string_view field) {
+  ++stripped_;
+  std::string_view name = fieldName(field);
+  if (strippedNames_.size() >= kMaxNames) return;
+  for (const auto& n : strippedNames_)
+    if (lower(n) == lower(name)) return;
+  strippedNames_.emplace_back(name);
+}
 
 // "Authentication-Results: host.example; spf=pass" -> true when host.example is ours.
 // The authserv-id may be preceded by CFWS and followed by a version number (RFC 8601 §2.2),
@@ -86,7 +113,9 @@ bool HeaderScrubber::claimsUs(std::string_view field) const {
 
 void HeaderScrubber::endField(std::string& out) {
   if (field_.empty()) return;
-  if (claimsUs(field_)) {
+  if (toStrip(field_)) {
+    noteStripped(field_);
+  } else if (claimsUs(field_)) {
     ++removed_;
   } else {
     out += field_;
@@ -138,7 +167,10 @@ void HeaderScrubber::feed(std::string_view in, std::string& out) {
         // Too long to hold. Any other field passes on as it is; an Authentication-Results
         // field this long is no honest one, and the authserv-id could hide past what we
         // hold (a long comment before it), so it is removed rather than judged.
-        if (authResultsValue(field_)) {
+        if (toStrip(field_)) {
+          noteStripped(field_);
+          dropping_ = true;
+        } else if (authResultsValue(field_)) {
           ++removed_;
           dropping_ = true;
         } else {

@@ -810,6 +810,49 @@ TEST_CASE("greylist exempt_client_names: lower-cased, checked as names, and refu
   unlink(path.c_str());
 }
 
+TEST_CASE(
+    "headers strip_inbound: Moat's verdict fields by default, lower-cased, and the fields a message is built on "
+    "refused") {
+  const std::string head = "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n";
+  auto path = writeTemp(head);
+  Errors none;
+  auto c = loadConfig(path, none);
+  REQUIRE(c);
+  CHECK(c->stripInbound == std::vector<std::string>{"x-moat-*", "x-spam-*"});
+  unlink(path.c_str());
+
+  path = writeTemp(head + "[headers]\nstrip_inbound = [\"X-Spamd-Result\", \"X-Barracuda-*\"]\n");
+  Errors good;
+  c = loadConfig(path, good);
+  INFO(good.str());
+  REQUIRE(c);
+  CHECK(c->stripInbound == std::vector<std::string>{"x-spamd-result", "x-barracuda-*"});
+  unlink(path.c_str());
+
+  path = writeTemp(head + "[headers]\nstrip_inbound = []\n");
+  Errors empty;
+  c = loadConfig(path, empty);
+  REQUIRE(c);
+  CHECK(c->stripInbound.empty());
+  unlink(path.c_str());
+
+  path = writeTemp(head +
+                   "[headers]\nstrip_inbound = [\n  \"X-Ok\",\n  \"*\",\n  \"Fr*\",\n  \"Received\",\n"
+                   "  \"X Bad\",\n  \"X-*-Mid\",\n  \"\",\n]\n");
+  Errors bad;
+  REQUIRE_FALSE(loadConfig(path, bad));
+  std::string all = bad.str();
+  INFO(all);
+  CHECK(all.find(path + ":10: headers.strip_inbound: \"*\": a field name") != std::string::npos);
+  CHECK(all.find(path + ":11: headers.strip_inbound: \"Fr*\" would remove from") != std::string::npos);
+  CHECK(all.find(path + ":12: headers.strip_inbound: \"Received\" would remove received") != std::string::npos);
+  CHECK(all.find(path + ":13: headers.strip_inbound: \"X Bad\": not a header field name") != std::string::npos);
+  CHECK(all.find(path + ":14: headers.strip_inbound: \"X-*-Mid\": not a header field name") != std::string::npos);
+  CHECK(all.find(path + ":15: headers.strip_inbound") != std::string::npos);
+  CHECK(all.find(":9:") == std::string::npos);  // X-Ok is fine
+  unlink(path.c_str());
+}
+
 TEST_CASE("source_ipv4, source_ipv6 and helo_name: defaults, inheritance, and mistakes as FILE:LINE") {
   const std::string head = "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n";
   auto load = [&head](const std::string& extra) {

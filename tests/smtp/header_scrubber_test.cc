@@ -151,3 +151,72 @@ TEST_CASE("a line that is no header field starts the body after an inserted empt
     }
   }
 }
+
+namespace {
+std::string strip(const std::string& msg, size_t chunk, HeaderScrubber& s) {
+  std::string out;
+  for (size_t i = 0; i < msg.size(); i += chunk) s.feed(std::string_view(msg).substr(i, chunk), out);
+  s.finish(out);
+  return out;
+}
+}  // namespace
+
+TEST_CASE("fields named by strip_inbound are removed by name or prefix, folded or not, any case") {
+  std::string msg =
+      "X-Spam-Status: No, score=-10\r\n"
+      "Subject: hello\r\n"
+      "x-spam-score:\r\n\t-10\r\n"
+      "X-Spamd-Result: kept, not under the x-spam- prefix\r\n"
+      "X-MOAT-URIBL : forged\r\n"
+      "X-Moat: exact name only\r\n"
+      "X-Other: kept\r\n"
+      "\r\n"
+      "X-Spam-Status: in the body stays\r\n";
+  std::string want =
+      "Subject: hello\r\n"
+      "X-Spamd-Result: kept, not under the x-spam- prefix\r\n"
+      "X-Other: kept\r\n"
+      "\r\n"
+      "X-Spam-Status: in the body stays\r\n";
+  for (size_t chunk : {1, 2, 5, 64, 4096}) {
+    INFO("chunk " << chunk);
+    HeaderScrubber s("mx.moat.test", {"x-spam-*", "x-moat-*", "x-moat"});
+    REQUIRE(strip(msg, chunk, s) == want);
+    CHECK(s.stripped() == 4);
+    CHECK(s.removed() == 0);
+    CHECK(s.strippedNames() == std::vector<std::string>{"X-Spam-Status", "x-spam-score", "X-MOAT-URIBL", "X-Moat"});
+  }
+}
+
+TEST_CASE("without strip patterns the same fields pass, and the forged Authentication-Results rule still holds") {
+  std::string msg =
+      "X-Spam-Status: No\r\n"
+      "Authentication-Results: mx.moat.test; dkim=pass\r\n"
+      "\r\nbody\r\n";
+  HeaderScrubber s("mx.moat.test");
+  CHECK(strip(msg, 3, s) == "X-Spam-Status: No\r\n\r\nbody\r\n");
+  CHECK(s.stripped() == 0);
+  CHECK(s.removed() == 1);
+}
+
+TEST_CASE("a stripped field too long to hold is removed whole, continuation lines too") {
+  std::string longValue(HeaderScrubber::kMaxField + 100, 'a');
+  std::string msg = "X-Spam-Report: " + longValue + "\r\n\t" + longValue + "\r\nSubject: s\r\n\r\nbody\r\n";
+  for (size_t chunk : {7, 4096, 1 << 20}) {
+    INFO("chunk " << chunk);
+    HeaderScrubber s("mx.moat.test", {"x-spam-*"});
+    CHECK(strip(msg, chunk, s) == "Subject: s\r\n\r\nbody\r\n");
+    CHECK(s.stripped() == 1);
+  }
+}
+
+TEST_CASE("the names logged are distinct and at most kMaxNames") {
+  std::string msg;
+  for (int i = 0; i < 20; ++i) msg += "X-Spam-F" + std::to_string(i) + ": v\r\nx-spam-f0: again\r\n";
+  msg += "\r\nbody\r\n";
+  HeaderScrubber s("mx.moat.test", {"x-spam-*"});
+  CHECK(strip(msg, 4096, s) == "\r\nbody\r\n");
+  CHECK(s.stripped() == 40);
+  CHECK(s.strippedNames().size() == HeaderScrubber::kMaxNames);
+  CHECK(s.strippedNames().front() == "X-Spam-F0");
+}
