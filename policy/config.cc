@@ -729,18 +729,7 @@ void checkSourceAddresses(const Config& c, Errors& errors) {
   auto check = [&](const std::optional<mta::IpAddress>& ip, int line, const std::string& key) {
     if (!ip || line == 0) return;  // a route's inherited value is checked at [queue]
     sockaddr_storage ss{};
-    socklen_t len = 0;
-    if (ip->isV4()) {
-      auto* in = reinterpret_cast<sockaddr_in*>(&ss);
-      in->sin_family = AF_INET;
-      std::memcpy(&in->sin_addr, ip->bytes(), 4);
-      len = sizeof *in;
-    } else {
-      auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
-      in6->sin6_family = AF_INET6;
-      std::memcpy(&in6->sin6_addr, ip->bytes(), 16);
-      len = sizeof *in6;
-    }
+    const socklen_t len = ip->toSockaddr(0, ss);
     int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     std::string why;
     if (fd < 0)

@@ -37,22 +37,6 @@ constexpr size_t kTlsWriteLimit = 2 * 1024 * 1024;
 
 std::string uvError(const char* what, int code) { return std::string(what) + ": " + uv_strerror(code); }
 
-bool toSockaddr(const IpAddress& ip, uint16_t port, sockaddr_storage& ss) {
-  std::memset(&ss, 0, sizeof ss);
-  if (ip.isV4()) {
-    auto* in = reinterpret_cast<sockaddr_in*>(&ss);
-    in->sin_family = AF_INET;
-    in->sin_port = htons(port);
-    std::memcpy(&in->sin_addr, ip.bytes(), 4);
-  } else {
-    auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
-    in6->sin6_family = AF_INET6;
-    in6->sin6_port = htons(port);
-    std::memcpy(&in6->sin6_addr, ip.bytes(), 16);
-  }
-  return true;
-}
-
 uint16_t portOf(const sockaddr_storage& ss) {
   if (ss.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&ss)->sin_port);
   if (ss.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_port);
@@ -595,7 +579,7 @@ void connect(uv_loop_t* loop, const IpAddress& ip, uint16_t port, uint64_t timeo
   if (!conn) return done(nullptr, error);
   if (source && source->isV4() == ip.isV4()) {
     sockaddr_storage local{};
-    toSockaddr(*source, 0, local);
+    source->toSockaddr(0, local);
     // libuv makes the socket of the source's family here; connect then uses that socket.
     if (int rc = uv_tcp_bind(conn->handle(), reinterpret_cast<sockaddr*>(&local), 0); rc < 0) {
       conn->abort();
@@ -603,7 +587,7 @@ void connect(uv_loop_t* loop, const IpAddress& ip, uint16_t port, uint64_t timeo
     }
   }
   sockaddr_storage ss{};
-  toSockaddr(ip, port, ss);
+  ip.toSockaddr(port, ss);
   auto op = std::make_unique<ConnectOp>(loop);
   op->conn = conn;
   op->done = std::move(done);

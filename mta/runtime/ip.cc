@@ -54,6 +54,22 @@ std::optional<IpAddress> IpAddress::fromSockaddr(const sockaddr* sa) {
   return std::nullopt;
 }
 
+socklen_t IpAddress::toSockaddr(uint16_t port, sockaddr_storage& ss) const {
+  std::memset(&ss, 0, sizeof ss);
+  if (v4_) {
+    auto* in = reinterpret_cast<sockaddr_in*>(&ss);
+    in->sin_family = AF_INET;
+    in->sin_port = htons(port);
+    std::memcpy(&in->sin_addr, bytes_.data(), 4);
+    return sizeof *in;
+  }
+  auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  in6->sin6_family = AF_INET6;
+  in6->sin6_port = htons(port);
+  std::memcpy(&in6->sin6_addr, bytes_.data(), 16);
+  return sizeof *in6;
+}
+
 std::string IpAddress::str() const {
   char buf[INET6_ADDRSTRLEN];
   inet_ntop(v4_ ? AF_INET : AF_INET6, bytes_.data(), buf, sizeof buf);

@@ -18,6 +18,8 @@ class IpAddress {
   IpAddress() = default;
   static std::optional<IpAddress> parse(std::string_view text);
   static std::optional<IpAddress> fromSockaddr(const sockaddr* sa);
+  // The reverse: `ss` set to this address and `port` (host order); returns its length.
+  socklen_t toSockaddr(uint16_t port, sockaddr_storage& ss) const;
   static IpAddress v4(const uint8_t bytes[4]);
   static IpAddress v6(const uint8_t bytes[16]);
 

@@ -1,7 +1,9 @@
 // Tests for mta/runtime/ip: address parsing, CIDR matching, host:port parsing.
-#include <catch2/catch.hpp>
-
 #include "mta/runtime/ip.h"
+
+#include <netinet/in.h>
+
+#include <catch2/catch.hpp>
 
 using namespace moat::mta;
 
@@ -93,4 +95,20 @@ TEST_CASE("address literals name an address only in RFC 5321 §4.1.3's two forms
   for (const char* bad : {"[::1]", "[IPv6:192.0.2.1]", "[IPv6:]", "[tag:content]", "[192.0.2.256]", "192.0.2.1",
                           "[192.0.2.1", "[]", "[ 192.0.2.1]", "[IPv6:2001:db8::1%lo]"})
     REQUIRE_FALSE(parseAddressLiteral(bad).has_value());
+}
+
+TEST_CASE("toSockaddr gives the address, port and length fromSockaddr reads back") {
+  sockaddr_storage ss{};
+  auto v4 = IpAddress::parse("192.0.2.25").value();
+  REQUIRE(v4.toSockaddr(2525, ss) == sizeof(sockaddr_in));
+  CHECK(ss.ss_family == AF_INET);
+  CHECK(ntohs(reinterpret_cast<const sockaddr_in*>(&ss)->sin_port) == 2525);
+  CHECK(IpAddress::fromSockaddr(reinterpret_cast<const sockaddr*>(&ss)).value() == v4);
+
+  auto v6 = IpAddress::parse("2001:db8::25").value();
+  REQUIRE(v6.toSockaddr(0, ss) == sizeof(sockaddr_in6));
+  CHECK(ss.ss_family == AF_INET6);
+  CHECK(reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_port == 0);
+  CHECK(reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_scope_id == 0);  // the rest is zeroed
+  CHECK(IpAddress::fromSockaddr(reinterpret_cast<const sockaddr*>(&ss)).value() == v6);
 }
