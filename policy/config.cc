@@ -787,6 +787,14 @@ std::string RouteTarget::str() const {
   return "";
 }
 
+std::string Route::sourceKey() const {
+  std::string k;
+  if (sourceIpv4) k += ",src4=" + sourceIpv4->str();
+  if (sourceIpv6) k += ",src6=" + sourceIpv6->str();
+  if (!heloName.empty()) k += ",helo=" + heloName;
+  return k;
+}
+
 bool Route::matches(const std::string& domain) const {
   if (domains.empty()) return true;
   std::string d = lower(domain);

@@ -74,6 +74,11 @@ struct Route {
   std::string heloName;  // [[route]] helo_name: the EHLO name; "" = server.hostname
   int line = 0;
   bool matches(const std::string& domain) const;
+  // The part of a connection-pool key that says how the next hop sees the client: the
+  // source address and EHLO name (",src4=...,src6=...,helo=..."; "" when none is set). A
+  // connection, or a probe's answer, made one way never serves a route that wants another:
+  // the next hop's view of the sender, SPF and reputation, are tied to them.
+  std::string sourceKey() const;
 };
 
 struct Config {

@@ -902,17 +902,6 @@ std::string tlsKey(client::TlsMode mode, const policy::Route& route) {
 // as one user never carries mail meant to go as another (after a reload that changed it).
 std::string authKey(const policy::Route& route) { return route.authFile.empty() ? "" : ",auth=" + route.authFile; }
 
-// The source part of a destination key: a connection bound to one source address, or that
-// greeted with one EHLO name, never carries mail of a route that wants another (the next
-// hop's view of the sender, SPF and reputation, are tied to them).
-std::string sourceKey(const policy::Route& route) {
-  std::string k;
-  if (route.sourceIpv4) k += ",src4=" + route.sourceIpv4->str();
-  if (route.sourceIpv6) k += ",src6=" + route.sourceIpv6->str();
-  if (!route.heloName.empty()) k += ",helo=" + route.heloName;
-  return k;
-}
-
 const char* tlsPolicyName(policy::TlsPolicy p) {
   switch (p) {
     case policy::TlsPolicy::None: return "none";
@@ -939,11 +928,11 @@ std::string QueueManager::destinationKey(const policy::Route* route, const std::
   const auto& first = route->to.front();
   if (first.kind == policy::RouteTarget::Kind::Maildir) return "";
   if (first.kind == policy::RouteTarget::Kind::Mx)
-    return "mx:" + domain + "," + tlsKey(clientTlsMode(*route), *route) + authKey(*route) + sourceKey(*route);
+    return "mx:" + domain + "," + tlsKey(clientTlsMode(*route), *route) + authKey(*route) + route->sourceKey();
   std::string key;
   for (const auto& t : route->to)
     if (t.kind == policy::RouteTarget::Kind::Smtp) key += t.str() + ",";
-  return key + tlsKey(clientTlsMode(*route), *route) + authKey(*route) + sourceKey(*route);
+  return key + tlsKey(clientTlsMode(*route), *route) + authKey(*route) + route->sourceKey();
 }
 
 void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::Route& route, const std::string& domain,
@@ -1053,7 +1042,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
       key += t.str() + ",";
       job->destination += (job->destination.empty() ? "" : ",") + t.str();
     }
-    key += tlsKey(job->tls, route) + authPart + sourceKey(route);
+    key += tlsKey(job->tls, route) + authPart + route.sourceKey();
     // A configured next hop whose name does not resolve is the admin's to fix (a typo in a
     // route, an internal zone down): the mail waits for that, it is not bounced.
     resolveHops(resolver_, std::move(targets), std::move(groups), familiesOf(*snap_->config),
@@ -1066,7 +1055,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
     return;
   }
   // MX (RFC 5321 §5.1)
-  key = "mx:" + domain + "," + tlsKey(job->tls, route) + authPart + sourceKey(route);
+  key = "mx:" + domain + "," + tlsKey(job->tls, route) + authPart + route.sourceKey();
   job->destination = "mx:" + domain;
   // RFC 8461 applies to domain names; an address literal has no policy to look up.
   if (route.mtaSts && !domain.empty() && domain.front() != '[') job->stsDomain = domain;

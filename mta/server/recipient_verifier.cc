@@ -25,10 +25,7 @@ std::string routeKey(const policy::Route& route) {
   if (route.tls == policy::TlsPolicy::Verify) k += ",ca=" + route.caFile;
   if (!route.authFile.empty()) k += ",auth=" + route.authFile;
   // What the next hop sees of the client can change its answer (an address it trusts).
-  if (route.sourceIpv4) k += ",src4=" + route.sourceIpv4->str();
-  if (route.sourceIpv6) k += ",src6=" + route.sourceIpv6->str();
-  if (!route.heloName.empty()) k += ",helo=" + route.heloName;
-  return k;
+  return k + route.sourceKey();
 }
 
 std::string seconds(std::chrono::milliseconds ms) {
