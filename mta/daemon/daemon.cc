@@ -156,6 +156,8 @@ int serve(const std::string& configPath) {
 
   server::metrics().spoolFreeBytes = [&smtp] { return smtp.freeDisk(); };
   server::metrics().spoolMinFreeBytes = [&smtp] { return smtp.minFreeDisk(); };
+  // The resolver lives as long as the daemon (a reload keeps it), so its counts carry on.
+  server::metrics().dnsStats = [r = resolver.get()] { return r->stats(); };
 
   log::info("start").add("version", MOAT_VERSION).add("config", cfg.path).add("hostname", cfg.hostname)
       .add("queued", static_cast<uint64_t>(report.recovered));
@@ -173,6 +175,7 @@ int serve(const std::string& configPath) {
           metrics.stop();
           server::metrics().spoolFreeBytes = nullptr;  // they name objects of this scope
           server::metrics().spoolMinFreeBytes = nullptr;
+          server::metrics().dnsStats = nullptr;
           log::info("stop");
           sigterm.reset();
           sigint.reset();

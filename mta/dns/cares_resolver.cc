@@ -175,7 +175,7 @@ void CaresResolver::query(std::string_view name, RrType type, Callback cb) {
   f.deadline->start(options_.timeoutMs, [this, key] {
     // c-ares may still answer later: finish() then finds no lookup (or a newer one for the
     // same question, which the answer serves as well).
-    finish(key, failed(Status::TempFail, "timeout after " + std::to_string(options_.timeoutMs) + " ms"));
+    finish(key, failed(Status::TempFail, "timeout after " + std::to_string(options_.timeoutMs) + " ms"), true);
     deliver();
   });
   send(key, *canonical, type, 0, UINT32_MAX, true);
@@ -246,16 +246,32 @@ void CaresResolver::onReply(const Call& call, int status, const unsigned char* a
     r.answer.ttl = std::min(r.answer.ttl, chainTtl);
   // After a follow-up the records are at the name asked last, unless its reply went on.
   if (r.answer.status == Status::Ok && call.depth > 0 && r.answer.canonical.empty()) r.answer.canonical = call.qname;
-  finish(call.key, std::move(r.answer));
+  finish(call.key, std::move(r.answer), status == ARES_ETIMEOUT);
 }
 
-void CaresResolver::finish(const std::string& key, Answer answer) {
+void CaresResolver::finish(const std::string& key, Answer answer, bool timedOut) {
   auto it = inflight_.find(key);
   if (it == inflight_.end()) return;
+  count(it->second.type, answer.status, timedOut);
   cache_.put(key, answer, uv_now(loop_));
   auto shared = std::make_shared<const Answer>(std::move(answer));
   for (auto& cb : it->second.waiters) completed_.push_back({shared, std::move(cb)});
   inflight_.erase(it);
+}
+
+void CaresResolver::count(RrType type, Status status, bool timedOut) {
+  auto t = std::find(kCountedTypes.begin(), kCountedTypes.end(), type);
+  if (t == kCountedTypes.end()) return;
+  size_t result = 3;  // error: SERVFAIL, REFUSED, a network error, a CNAME chain too long
+  if (timedOut)
+    result = 4;
+  else if (status == Status::Ok)
+    result = 0;
+  else if (status == Status::NxDomain)
+    result = 1;
+  else if (status == Status::NoData)
+    result = 2;
+  ++stats_.lookups[static_cast<size_t>(t - kCountedTypes.begin())][result];
 }
 
 void CaresResolver::deliver() {

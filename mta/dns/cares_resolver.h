@@ -9,6 +9,8 @@
 //
 // Untrusted input: query names (from peers, via SPF/DKIM/DMARC/MX) and every reply.
 // Logs: `dns_error` (warn) when c-ares cannot start or a nameserver is invalid.
+// Counts (stats(), read by /metrics): lookups sent to the nameservers by type and final
+// result, cache hits, coalesced calls.
 //
 // Threading: one resolver per loop; every call on the loop thread.
 // Lifetime: destroy the resolver before its loop. The destructor calls every callback
@@ -19,6 +21,7 @@
 #include <ares.h>
 #include <uv.h>
 
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -46,11 +49,19 @@ struct CaresOptions {
   TtlPolicy ttl;
 };
 
+// What the resolver counts, for /metrics (moat_dns_*). `lookups`: the lookups that went to
+// the nameservers (a cache miss; identical ones in flight together count once), by the type
+// asked (kCountedTypes; others are not counted) and the final result (kLookupResults).
+inline constexpr std::array<RrType, 6> kCountedTypes = {RrType::A,   RrType::AAAA, RrType::MX,
+                                                        RrType::TXT, RrType::PTR,  RrType::TLSA};
+inline constexpr std::array<const char*, 6> kCountedTypeNames = {"A", "AAAA", "MX", "TXT", "PTR", "TLSA"};
+inline constexpr std::array<const char*, 5> kLookupResults = {"answer", "nxdomain", "nodata", "error", "timeout"};
 struct ResolverStats {
-  uint64_t queries = 0;      // query() calls
+  uint64_t queries = 0;  // query() calls
   uint64_t cacheHits = 0;
-  uint64_t coalesced = 0;    // calls that joined a query already in flight
-  uint64_t sent = 0;         // queries handed to c-ares (incl. CNAME follow-ups)
+  uint64_t coalesced = 0;  // calls that joined a query already in flight
+  uint64_t sent = 0;       // queries handed to c-ares (incl. CNAME follow-ups)
+  std::array<std::array<uint64_t, kLookupResults.size()>, kCountedTypes.size()> lookups{};
 };
 
 class CaresResolver final : public Resolver {
@@ -92,7 +103,9 @@ class CaresResolver final : public Resolver {
   void send(const std::string& key, const std::string& qname, RrType type, int depth, uint32_t chainTtl,
             bool chainAuthenticated);
   void onReply(const Call& call, int status, const unsigned char* abuf, int alen);
-  void finish(const std::string& key, Answer answer);
+  // `timedOut`: the lookup's deadline passed or c-ares gave up waiting (counted apart).
+  void finish(const std::string& key, Answer answer, bool timedOut = false);
+  void count(RrType type, Status status, bool timedOut);  // stats_.lookups
   void process(ares_socket_t readFd, ares_socket_t writeFd);
   void rearmTimer();
   void deliver();

@@ -1,7 +1,10 @@
 // mta/server/metrics.cc — see metrics.h.
 #include "mta/server/metrics.h"
 
+#include <algorithm>
 #include <cstdio>
+
+#include "mta/dns/cares_resolver.h"
 
 namespace moat::mta::server {
 
@@ -10,11 +13,55 @@ Metrics& metrics() {
   return m;
 }
 
-void Metrics::observeLatency(double seconds) {
-  for (size_t i = 0; i < kBuckets.size(); ++i)
-    if (seconds <= kBuckets[i]) ++latencyBuckets[i];
-  ++latencyCount;
-  latencySum += seconds;
+void Histogram::observe(double value) {
+  auto at = std::lower_bound(bounds_.begin(), bounds_.end(), value);  // the first bound >= value
+  if (at != bounds_.end()) ++buckets_[static_cast<size_t>(at - bounds_.begin())];
+  ++count_;
+  sum_ += value;
+}
+
+void Histogram::render(std::string& out, std::string_view name, std::string_view labels) const {
+  std::string prefix = std::string(name) + "_bucket{" + std::string(labels) + (labels.empty() ? "" : ",") + "le=\"";
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < bounds_.size(); ++i) {
+    char le[32];
+    std::snprintf(le, sizeof le, "%g", bounds_[i]);
+    cumulative += buckets_[i];
+    out += prefix + le + "\"} " + std::to_string(cumulative) + "\n";
+  }
+  out += prefix + "+Inf\"} " + std::to_string(count_) + "\n";
+  std::string braces = labels.empty() ? "" : "{" + std::string(labels) + "}";
+  char sum[64];
+  std::snprintf(sum, sizeof sum, "%.6f", sum_);
+  out += std::string(name) + "_sum" + braces + " " + sum + "\n";
+  out += std::string(name) + "_count" + braces + " " + std::to_string(count_) + "\n";
+}
+
+namespace {
+
+// The index of `value` in `names`, whose last entry is "other" (for anything else).
+template <size_t N>
+size_t known(const std::array<const char*, N>& names, std::string_view value) {
+  for (size_t i = 0; i + 1 < N; ++i)
+    if (value == names[i]) return i;
+  return N - 1;
+}
+
+}  // namespace
+
+void Metrics::observeFilter(std::string_view filter, std::string_view verdict, double seconds) {
+  auto it = filters.find(filter);
+  if (it == filters.end()) it = filters.try_emplace(std::string(filters.size() < kMaxFilters ? filter : "other")).first;
+  auto v = std::find(kVerdicts.begin(), kVerdicts.end(), verdict);
+  if (v != kVerdicts.end()) ++it->second.verdicts[static_cast<size_t>(v - kVerdicts.begin())];
+  it->second.duration.observe(seconds);
+}
+
+void Metrics::countSpf(std::string_view result) { ++spfResults[known(kSpfResults, result)]; }
+void Metrics::countDkim(std::string_view result) { ++dkimResults[known(kDkimResults, result)]; }
+void Metrics::countDmarc(std::string_view result, std::string_view disposition) {
+  ++dmarcResults[known(kDmarcResults, result)];
+  if (!disposition.empty()) ++dmarcDispositions[known(kDmarcDispositions, disposition)];
 }
 
 void Metrics::countReject(RejectStage stage, int code) {
@@ -110,17 +157,49 @@ std::string Metrics::prometheus() const {
   }
   out += "# HELP moat_delivery_latency_seconds From arrival to delivery, per recipient.\n"
          "# TYPE moat_delivery_latency_seconds histogram\n";
-  for (size_t i = 0; i < kBuckets.size(); ++i) {
-    char le[32];
-    std::snprintf(le, sizeof le, "%g", kBuckets[i]);
-    out += std::string("moat_delivery_latency_seconds_bucket{le=\"") + le + "\"} " +
-           std::to_string(latencyBuckets[i]) + "\n";
+  deliveryLatency.render(out, "moat_delivery_latency_seconds");
+  if (!filters.empty()) {
+    out +=
+        "# HELP moat_filter_verdicts_total Filter runs by filter and verdict (every stage).\n"
+        "# TYPE moat_filter_verdicts_total counter\n";
+    for (const auto& [name, f] : filters)
+      for (size_t v = 0; v < kVerdicts.size(); ++v)
+        out += "moat_filter_verdicts_total{filter=\"" + name + "\",verdict=\"" + kVerdicts[v] + "\"} " +
+               std::to_string(f.verdicts[v]) + "\n";
+    out +=
+        "# HELP moat_filter_duration_seconds Wall time of each filter run, from its start to its result (DNS "
+        "and thread-pool waits included), by filter.\n"
+        "# TYPE moat_filter_duration_seconds histogram\n";
+    for (const auto& [name, f] : filters)
+      f.duration.render(out, "moat_filter_duration_seconds", "filter=\"" + name + "\"");
   }
-  out += "moat_delivery_latency_seconds_bucket{le=\"+Inf\"} " + std::to_string(latencyCount) + "\n";
-  char sum[64];
-  std::snprintf(sum, sizeof sum, "%.6f", latencySum);
-  out += std::string("moat_delivery_latency_seconds_sum ") + sum + "\n";
-  out += "moat_delivery_latency_seconds_count " + std::to_string(latencyCount) + "\n";
+  auto byResult = [&](const char* name, const char* help, const char* label, const auto& names, const auto& counts) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n";
+    for (size_t i = 0; i < names.size(); ++i)
+      out += std::string(name) + "{" + label + "=\"" + names[i] + "\"} " + std::to_string(counts[i]) + "\n";
+  };
+  byResult("moat_spf_results_total", "SPF results (RFC 7208) of the MAIL FROM identity, one per transaction checked.",
+           "result", kSpfResults, spfResults);
+  byResult("moat_dkim_results_total",
+           "DKIM verification results (RFC 8601 names), one per signature; none: a message without one.", "result",
+           kDkimResults, dkimResults);
+  byResult("moat_dmarc_results_total", "DMARC results (RFC 7489), one per message checked.", "result", kDmarcResults,
+           dmarcResults);
+  byResult("moat_dmarc_dispositions_total",
+           "What Moat did with each message a DMARC record applied to (RFC 7489 Appendix C disposition).",
+           "disposition", kDmarcDispositions, dmarcDispositions);
+  if (dnsStats) {
+    dns::ResolverStats st = dnsStats();
+    out +=
+        "# HELP moat_dns_queries_total DNS lookups sent to the nameservers (cache misses; identical lookups in "
+        "flight count once), by type and final result.\n"
+        "# TYPE moat_dns_queries_total counter\n";
+    for (size_t t = 0; t < dns::kCountedTypes.size(); ++t)
+      for (size_t r = 0; r < dns::kLookupResults.size(); ++r)
+        out += std::string("moat_dns_queries_total{type=\"") + dns::kCountedTypeNames[t] + "\",result=\"" +
+               dns::kLookupResults[r] + "\"} " + std::to_string(st.lookups[t][r]) + "\n";
+    counter("moat_dns_cache_hits_total", "DNS lookups answered from the resolver's cache.", st.cacheHits);
+  }
   return out;
 }
 

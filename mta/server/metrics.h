@@ -1,13 +1,43 @@
 // mta/server/metrics.h — process-wide counters for /metrics (Prometheus text format). Only
 // the loop thread writes them; the metrics endpoint runs on the same loop, so plain integers.
+// They live for the process: a SIGHUP reload swaps the policy, the counts carry on.
+//
+// Label values are never a peer's choice: filter names are the filters' own constants (and
+// at most kMaxFilters of them), results outside the known RFC 7208 / RFC 8601 sets are
+// counted as "other".
 #pragma once
 #include <array>
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <span>
 #include <string>
+#include <string_view>
+#include <vector>
+
+namespace moat::mta::dns {
+struct ResolverStats;  // mta/dns/cares_resolver.h
+}
 
 namespace moat::mta::server {
+
+// A Prometheus histogram over fixed upper bounds: per-bucket counts, rendered cumulative
+// with the +Inf bucket, _sum and _count as the text format wants.
+class Histogram {
+ public:
+  explicit Histogram(std::span<const double> bounds) : bounds_(bounds), buckets_(bounds.size()) {}
+  void observe(double value);
+  uint64_t count() const { return count_; }
+  double sum() const { return sum_; }
+  // The sample lines of `name` (no HELP/TYPE); `labels` (e.g. `filter="spf"`) go before le.
+  void render(std::string& out, std::string_view name, std::string_view labels = {}) const;
+
+ private:
+  std::span<const double> bounds_;  // static storage
+  std::vector<uint64_t> buckets_;   // not cumulative: one per bound
+  uint64_t count_ = 0;
+  double sum_ = 0;
+};
 
 // Where a refusal happened, for moat_rejects_total{stage}.
 enum class RejectStage { Connect, Mail, Rcpt, Data };
@@ -51,13 +81,48 @@ struct Metrics {
   // (server.min_free_disk); read when /metrics is rendered. Unset: the gauges are left out.
   std::function<uint64_t()> spoolFreeBytes;
   std::function<uint64_t()> spoolMinFreeBytes;
-  // Delivery latency (arrival to delivery), seconds; cumulative buckets as Prometheus wants.
+  // Delivery latency (arrival to delivery), seconds.
   static constexpr std::array<double, 10> kBuckets = {0.01, 0.05, 0.1, 0.5, 1, 5, 30, 300, 3600, 86400};
-  std::array<uint64_t, kBuckets.size()> latencyBuckets{};
-  uint64_t latencyCount = 0;
-  double latencySum = 0;
+  Histogram deliveryLatency{kBuckets};
 
-  void observeLatency(double seconds);
+  // Each filter run (every stage): its verdict and its wall time from run() to done(), DNS
+  // and thread-pool waits included.
+  static constexpr std::array<const char*, 6> kVerdicts = {"continue", "tag",      "quarantine",
+                                                           "reject",   "tempfail", "disconnect"};
+  static constexpr std::array<double, 14> kFilterBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                            0.25,  0.5,    1,     2.5,  5,     10,   30};
+  static constexpr size_t kMaxFilters = 32;  // more names than Moat has filters: the rest is "other"
+  struct FilterStats {
+    std::array<uint64_t, kVerdicts.size()> verdicts{};
+    Histogram duration{kFilterBuckets};
+  };
+  std::map<std::string, FilterStats, std::less<>> filters;
+  // `verdict`: filters::verdictName(); `seconds`: the filter's wall time.
+  void observeFilter(std::string_view filter, std::string_view verdict, double seconds);
+
+  // Authentication results. SPF: the MAIL FROM identity's result (RFC 7208 §2.6), once per
+  // transaction checked. DKIM: one per signature (RFC 8601 §2.7.1 names; "none" for a
+  // message without one). DMARC: the result, and what Moat did (the disposition) when a
+  // record applied (`disposition` empty: none did, not counted).
+  static constexpr std::array<const char*, 8> kSpfResults = {"none",     "neutral",   "pass",      "fail",
+                                                             "softfail", "temperror", "permerror", "other"};
+  static constexpr std::array<const char*, 8> kDkimResults = {"none",    "pass",      "fail",      "policy",
+                                                              "neutral", "temperror", "permerror", "other"};
+  static constexpr std::array<const char*, 6> kDmarcResults = {"none",      "pass",      "fail",
+                                                               "temperror", "permerror", "other"};
+  static constexpr std::array<const char*, 4> kDmarcDispositions = {"none", "quarantine", "reject", "other"};
+  std::array<uint64_t, kSpfResults.size()> spfResults{};
+  std::array<uint64_t, kDkimResults.size()> dkimResults{};
+  std::array<uint64_t, kDmarcResults.size()> dmarcResults{};
+  std::array<uint64_t, kDmarcDispositions.size()> dmarcDispositions{};
+  void countSpf(std::string_view result);
+  void countDkim(std::string_view result);
+  void countDmarc(std::string_view result, std::string_view disposition);
+
+  // The daemon's resolver's counts, read when /metrics is rendered. Unset: left out.
+  std::function<dns::ResolverStats()> dnsStats;
+
+  void observeLatency(double seconds) { deliveryLatency.observe(seconds); }
   // Messages waiting in the queue (active and held: what queue.max_messages counts).
   uint64_t queued() const { return queueActive + queueHold; }
   // A refusal with reply `code` (4xx or 5xx) at `stage`: moat_rejects_total, and at MAIL or

@@ -719,6 +719,7 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
   filters::Env env{shared_.loop, shared_.resolver, cfg_.hostname};
   snap_->pipeline->run(filters::Stage::Mail, ctx_, env, [self, w = work()](filters::StageOutcome out) {
     self->logFilters(out.reports, filters::Stage::Mail);
+    self->countFilters(out.reports, filters::Stage::Mail);
     if (self->closed_) return;
     for (auto& a : out.authResults) self->txAuthResults_.push_back(a);
     for (auto& h : out.headers) self->txHeaders_.push_back(h);
@@ -1356,6 +1357,23 @@ void SmtpSession::logFilters(const std::vector<filters::FilterReport>& reports, 
   }
 }
 
+void SmtpSession::countFilters(const std::vector<filters::FilterReport>& reports, filters::Stage stage) const {
+  auto& m = metrics();
+  bool noSignature = false;  // the DKIM verifier ran and found no signature (not: it is off)
+  for (const auto& r : reports) {
+    m.observeFilter(r.name, filters::verdictName(r.result.verdict), static_cast<double>(r.elapsedUs) / 1e6);
+    noSignature = noSignature || (r.name == "dkim" && r.result.summary == "none");
+  }
+  if (stage == filters::Stage::Mail) {
+    // Reset by this MAIL: set only when the SPF filter checked this transaction's sender.
+    if (ctx_->spfMailFrom.checked) m.countSpf(ctx_->spfMailFrom.result);
+  } else if (stage == filters::Stage::Data) {
+    for (const auto& d : ctx_->dkim) m.countDkim(d.result);
+    if (noSignature && ctx_->dkim.empty()) m.countDkim("none");
+    if (ctx_->dmarc.checked) m.countDmarc(ctx_->dmarc.result, ctx_->dmarc.disposition);
+  }
+}
+
 void SmtpSession::runDataFilters() {
   // The data filters (DMARC's trusted_forwarders) and the Received header want the client's
   // name: a lookup still running is waited for, until its deadline (then "unknown").
@@ -1373,6 +1391,7 @@ void SmtpSession::runDataFilters() {
   snap_->pipeline->run(filters::Stage::Data, ctx_, env, [self, data, w = work()](filters::StageOutcome out) {
     self->ctx_->message = {};
     self->logFilters(out.reports, filters::Stage::Data);
+    self->countFilters(out.reports, filters::Stage::Data);
     if (self->closed_) return;
     self->commitMessage(std::move(out));
   });

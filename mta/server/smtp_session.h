@@ -172,6 +172,8 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   void authFields(log::Line& line) const;
   // One `filter` log line per filter result.
   void logFilters(const std::vector<filters::FilterReport>& reports, filters::Stage stage) const;
+  // moat_filter_* for every filter that ran, and the authentication results the stage settled.
+  void countFilters(const std::vector<filters::FilterReport>& reports, filters::Stage stage) const;
   void commitMessage(filters::StageOutcome outcome);
   void resetTransaction();
   std::vector<filters::Header> gatewayHeaders(const filters::StageOutcome& outcome) const;

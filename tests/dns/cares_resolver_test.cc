@@ -1,8 +1,8 @@
 // Tests for mta/dns/cares_resolver and resolve_host against a real authoritative server
 // on loopback (tests/support/dns_server.py) and a real libuv loop: record types, the
 // three kinds of outcome, caching by TTL, coalescing, bad names, safe destruction.
+#include <algorithm>
 #include <catch2/catch.hpp>
-
 #include <chrono>
 #include <memory>
 
@@ -438,4 +438,35 @@ TEST_CASE("resolveHostSecure: the expanded name of an aliased host") {
   REQUIRE(host("mx.alias.test") == std::make_pair(true, std::string("mx.target.test")));
   REQUIRE(host("mx.v4.test") == std::make_pair(true, std::string("mx.v4target.test")));  // AAAA: no data
   REQUIRE(host("mx.target.test") == std::make_pair(true, std::string()));
+}
+
+TEST_CASE("resolver: lookups sent to the nameservers are counted by type and result") {
+  Fixture f(300, 1);
+  auto count = [&](RrType type, size_t result) {
+    size_t t = static_cast<size_t>(std::find(kCountedTypes.begin(), kCountedTypes.end(), type) - kCountedTypes.begin());
+    REQUIRE(t < kCountedTypes.size());
+    return f.r->stats().lookups[t][result];
+  };
+  enum { kAnswer, kNxDomain, kNoData, kError, kTimeout };
+  REQUIRE(std::string(kLookupResults[kTimeout]) == "timeout");
+  REQUIRE(f.ask("example.test", RrType::MX).status == Status::Ok);
+  REQUIRE(f.ask("example.test", RrType::MX).status == Status::Ok);  // cached: not a lookup again
+  REQUIRE(f.ask("nope.example.test", RrType::TXT).status == Status::NxDomain);
+  REQUIRE(f.ask("v4only.example.test", RrType::AAAA).status == Status::NoData);
+  REQUIRE(f.ask("broken.example.test", RrType::TXT).status == Status::TempFail);
+  REQUIRE(f.ask("slow.example.test", RrType::A).status == Status::TempFail);
+  REQUIRE(f.ask("1.2.0.192.in-addr.arpa", RrType::PTR).status == Status::Ok);
+  REQUIRE(f.ask("bad..name", RrType::A).status == Status::Malformed);  // never sent: not counted
+  CHECK(count(RrType::MX, kAnswer) == 1);
+  CHECK(count(RrType::TXT, kNxDomain) == 1);
+  CHECK(count(RrType::AAAA, kNoData) == 1);
+  CHECK(count(RrType::TXT, kError) == 1);
+  CHECK(count(RrType::A, kTimeout) == 1);
+  CHECK(count(RrType::A, kError) == 0);
+  CHECK(count(RrType::PTR, kAnswer) == 1);
+  CHECK(f.r->stats().cacheHits == 1);
+  uint64_t all = 0;
+  for (const auto& byType : f.r->stats().lookups)
+    for (uint64_t n : byType) all += n;
+  CHECK(all == 6);
 }

@@ -35,7 +35,7 @@ class PrometheusRulesTest(unittest.TestCase):
         d = os.path.join(MONITORING, "prometheus")
         r = run("promtool", "check", "rules", os.path.join(d, "moat-alerts.yml"))
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        self.assertIn("SUCCESS: 9 rules found", r.stdout)
+        self.assertIn("SUCCESS: 14 rules found", r.stdout)
         r = subprocess.run(["promtool", "test", "rules", "moat-alerts.test.yml"], cwd=d, capture_output=True,
                            text=True, timeout=120)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
