@@ -161,6 +161,8 @@ class Parser {
         return error = "unknown record type 'expanded' in a version " + std::to_string(version_) + " envelope", false;
       return f.size() == 3 && !f[0].empty() && (env_.expanded.push_back({f[0], f[1], f[2]}), true);
     }
+    if (type == "requiretls" && version_ < 4)
+      return error = "unknown record type 'requiretls' in a version " + std::to_string(version_) + " envelope", false;
     if (f.size() != 1) return false;
     const std::string& v = f[0];
     if (has(type)) return error = "duplicate record '" + std::string(type) + "'", false;
@@ -178,6 +180,7 @@ class Parser {
     if (type == "msgid") return env_.messageId = v, true;
     if (type == "8bit") return parseFlag(v, env_.eightBit);
     if (type == "utf8") return parseFlag(v, env_.smtputf8);
+    if (type == "requiretls") return parseFlag(v, env_.requireTls);
     if (type == "envid") return env_.envid = v, true;
     if (type == "ret") return env_.ret = v, true;
     if (type == "size") return parseInt(v, env_.size);
@@ -261,9 +264,10 @@ std::string_view areaName(Area a) {
 std::string serializeEnvelope(const Envelope& e) {
   Writer w;
   // The oldest version that holds what this envelope has, so older builds keep reading it.
-  w.num(kMagic, !e.expanded.empty() ? kEnvelopeVersion
-                : !e.edits.empty()  ? kEnvelopeVersionNoExpanded
-                                    : kEnvelopeVersionNoEdits);
+  w.num(kMagic, e.requireTls          ? kEnvelopeVersion
+                : !e.expanded.empty() ? kEnvelopeVersionNoRequireTls
+                : !e.edits.empty()    ? kEnvelopeVersionNoExpanded
+                                      : kEnvelopeVersionNoEdits);
   w.str("id", e.id);
   w.unum("gen", e.generation);
   w.str("area", areaName(e.area));
@@ -277,6 +281,7 @@ std::string serializeEnvelope(const Envelope& e) {
   w.str("msgid", e.messageId);
   w.flag("8bit", e.eightBit);
   w.flag("utf8", e.smtputf8);
+  if (e.requireTls) w.flag("requiretls", true);
   w.str("envid", e.envid);
   w.str("ret", e.ret);
   w.unum("size", e.size);

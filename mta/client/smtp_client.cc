@@ -432,6 +432,12 @@ void SmtpClient::send(Transaction t, std::function<void(TransactionResult)> done
     done(std::move(res));
   };
   if (!envelopeSafe(t)) return refuse(501, "501 5.5.4 Invalid character in envelope (not sent)");
+  // RFC 8689 §4.2.1: a REQUIRETLS message goes only over TLS to a server that offers
+  // REQUIRETLS (the caller has checked the certificate and how the host was found). A DSN
+  // (null sender) is never held back for it (§5): it carries REQUIRETLS where offered.
+  if (t.requireTls && !t.mailFrom.empty() && !(tlsActive() && supports("REQUIRETLS")))
+    return refuse(550,
+                  "550 5.7.30 REQUIRETLS support required: the next hop does not offer REQUIRETLS over TLS (not sent)");
   // RFC 6531 §3.4: UTF-8 in the envelope goes only to a server that offers SMTPUTF8; there is
   // no downgrade of an address, so the message is returned (RFC 6531 §3.6 status codes).
   if (!supports("SMTPUTF8") &&
@@ -575,6 +581,7 @@ std::string SmtpClient::mailCommand() const {
     if (!tx_.ret.empty()) cmd += " RET=" + tx_.ret;
     if (!tx_.envid.empty() && dsnValueFits(tx_.envid)) cmd += " ENVID=" + tx_.envid;
   }
+  if (tx_.requireTls && tlsActive() && supports("REQUIRETLS")) cmd += " REQUIRETLS";  // RFC 8689 §3
   return cmd;
 }
 

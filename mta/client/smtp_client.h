@@ -1,9 +1,10 @@
 // mta/client/smtp_client.h — one outbound SMTP connection that carries one transaction at a
 // time, several in a row (RFC 5321 client side; RFC 2920 PIPELINING; RFC 3207 STARTTLS;
-// RFC 6152 8BITMIME, RFC 1870 SIZE, RFC 6531 SMTPUTF8, RFC 3461 DSN parameters; RFC 4954
-// AUTH with PLAIN (RFC 4616) or LOGIN, over TLS only, when the caller gives credentials). 8-bit mail
-// for a next hop without 8BITMIME goes converted by the caller's Transaction::downgrade, and
-// UTF-8 mail for one without SMTPUTF8 by Transaction::utf8Downgrade when the caller has one.
+// RFC 6152 8BITMIME, RFC 1870 SIZE, RFC 6531 SMTPUTF8, RFC 3461 DSN parameters, RFC 8689
+// REQUIRETLS; RFC 4954 AUTH with PLAIN (RFC 4616) or LOGIN, over TLS only, when the caller
+// gives credentials). 8-bit mail for a next hop without 8BITMIME goes converted by the
+// caller's Transaction::downgrade, and UTF-8 mail for one without SMTPUTF8 by
+// Transaction::utf8Downgrade when the caller has one.
 //
 // Untrusted input: every reply from the server (bounded: 4096 bytes a line, 100 lines a
 // reply; more is a protocol error that ends the connection). Logs nothing: the queue manager
@@ -90,6 +91,10 @@ struct Transaction {
   bool eightBit = false, smtputf8 = false;   // BODY=8BITMIME / SMTPUTF8 when offered
   uint64_t size = 0;                         // SIZE= when offered (0: not sent)
   std::string envid, ret;                    // DSN ENVID= (xtext) and RET=FULL|HDRS when offered
+  // RFC 8689: REQUIRETLS on MAIL. Refused locally (550 5.7.30, not sent) unless the session
+  // is encrypted and the server offers REQUIRETLS; the caller checks the certificate. With the
+  // null sender (a DSN, §5) it is sent where offered and never stops the message.
+  bool requireTls = false;
   // RFC 3461 NOTIFY= and ORCPT= per recipient (parallel to rcpts; "" = none), sent when the
   // next hop offers DSN; a UTF-8 ORCPT or ENVID only with SMTPUTF8 in use.
   struct RcptDsn {

@@ -25,6 +25,7 @@
 #include "mta/server/metrics.h"
 #include "queue/dsn.h"
 #include "queue/edited.h"
+#include "queue/tls_required.h"
 
 namespace moat::mta::daemon {
 namespace {
@@ -267,6 +268,13 @@ struct QueueManager::Job {
   // [[route]] auth_file: SMTP AUTH after STARTTLS; null = no AUTH.
   std::shared_ptr<const client::Credentials> auth;
   bool chunking = true;  // [[route]] chunking: BDAT when the next hop offers CHUNKING
+  // RFC 8689 §4.2.1: the message carries REQUIRETLS (and has a sender to report to): only a
+  // host whose name was found securely (`nameSecure`: a DNSSEC-signed MX RRset, or the
+  // route's own host), over TLS that DANE, MTA-STS enforce or PKIX verified, and that offers
+  // REQUIRETLS. A host that fails this is not given the message; when every host failed so,
+  // the recipients fail (5.7.30, 5.7.10 for TLS that could not be set up).
+  bool requireTls = false;
+  bool nameSecure = false;
   // [[route]] (else [queue]) source_ipv4, source_ipv6 and [[route]] helo_name ("" =
   // server.hostname): where its connections come from and what they say at EHLO.
   std::optional<IpAddress> sourceIpv4, sourceIpv6;
@@ -967,6 +975,18 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
     }
   }
   job->tlsName = tlsPolicyName(route.tls);
+  const auto& env = attempt->env;
+  job->requireTls = env.requireTls && !env.mailFrom.empty();
+  // RFC 8689 §4.2.2: "TLS-Required: No" (without REQUIRETLS, which wins, §4.2.1) turns off
+  // the recipient domain's own TLS policies, MTA-STS and DANE: the message goes as with
+  // tls = "may". A route's tls = "require" or "verify" is the admin's policy and stays.
+  const bool tlsPoliciesOff = !env.requireTls && (route.mtaSts || route.tls == policy::TlsPolicy::Dane) &&
+                              attempt->data && queue::tlsRequiredNo(attempt->data->bytes());
+  if (tlsPoliciesOff) job->dane = false;
+  // Pooled apart: a connection set up for REQUIRETLS (or without the domain's policies)
+  // carries only mail that asked for the same.
+  const std::string requireKey =
+      std::string(job->requireTls ? ",requiretls" : "") + (tlsPoliciesOff ? ",tls-required-no" : "");
   auto alive = alive_;
   job->done = [this, alive, attempt, rcpts, loadKey](const client::TransactionResult& r, const std::string& relay,
                                                      const std::string& tls, const std::string& remoteMta) {
@@ -1031,6 +1051,13 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
 
   if (verifyMissing) return failAll("451 4.7.5 no verifying TLS context for this route (not sent)");
   if (authMissing) return failAll("451 4.7.0 no credentials loaded for this route's auth_file (not sent)");
+  // RFC 8689 §4.2.1: a route's own host is found securely (the config names it), but only
+  // tls = "verify" or "dane" authenticate it; by MX, every host is checked as it is tried.
+  if (job->requireTls && (route.tls == policy::TlsPolicy::None ||
+                          (route.to.front().kind == policy::RouteTarget::Kind::Smtp &&
+                           route.tls != policy::TlsPolicy::Verify && route.tls != policy::TlsPolicy::Dane)))
+    return permFailAll(std::string("550 5.7.30 REQUIRETLS support required: the route's tls = \"") +
+                       tlsPolicyName(route.tls) + "\" does not authenticate the next hop (not sent)");
   std::string key;
   if (route.to.front().kind == policy::RouteTarget::Kind::Smtp) {
     std::vector<std::pair<std::string, uint16_t>> targets;
@@ -1042,7 +1069,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
       key += t.str() + ",";
       job->destination += (job->destination.empty() ? "" : ",") + t.str();
     }
-    key += tlsKey(job->tls, route) + authPart + route.sourceKey();
+    key += tlsKey(job->tls, route) + authPart + route.sourceKey() + requireKey;
     // A configured next hop whose name does not resolve is the admin's to fix (a typo in a
     // route, an internal zone down): the mail waits for that, it is not bounced.
     resolveHops(resolver_, std::move(targets), std::move(groups), familiesOf(*snap_->config),
@@ -1055,10 +1082,10 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
     return;
   }
   // MX (RFC 5321 §5.1)
-  key = "mx:" + domain + "," + tlsKey(job->tls, route) + authPart + route.sourceKey();
+  key = "mx:" + domain + "," + tlsKey(job->tls, route) + authPart + route.sourceKey() + requireKey;
   job->destination = "mx:" + domain;
   // RFC 8461 applies to domain names; an address literal has no policy to look up.
-  if (route.mtaSts && !domain.empty() && domain.front() != '[') job->stsDomain = domain;
+  if (route.mtaSts && !tlsPoliciesOff && !domain.empty() && domain.front() != '[') job->stsDomain = domain;
   if (snap_->config->tlsrptEnabled && !domain.empty() && domain.front() != '[' && job->tls != client::TlsMode::None)
     job->reportDomain = domain;
   // An address literal (RFC 5321 §4.1.3: user@[192.0.2.1], user@[IPv6:2001:db8::1]) names the
@@ -1167,6 +1194,7 @@ void QueueManager::startStsSweep() {
 }
 
 void QueueManager::submitHops(const std::string& key, std::shared_ptr<Job> job, bool mxSecure) {
+  job->nameSecure = mxSecure;
   auto alive = alive_;
   auto withDane = [this, alive, key, job, mxSecure] {
     if (!job->dane) return submitSts(key, job);
@@ -1301,6 +1329,9 @@ void QueueManager::openConnection(Destination& d) {
     // defer reason tells them from a network failure.
     std::string lastStatus = "4.4.1";
     std::string lastSource;  // the source address the last connect was bound to, "" = none
+    // Hops left out or given up on for what REQUIRETLS asks (RFC 8689 §4.2.1); when that is
+    // every hop, the message fails for good rather than waiting.
+    size_t requireTlsFailures = 0;
   };
   auto tr = std::make_shared<Try>();
   auto alive = alive_;
@@ -1317,13 +1348,22 @@ void QueueManager::openConnection(Destination& d) {
     if (tr->next >= job->hops.size()) {
       --it->second->active;
       client::TransactionResult r;
-      r.error = "451 " + tr->lastStatus + " " + (tr->lastError.empty() ? "connection failed" : tr->lastError);
+      const bool requireTlsFailed = job->requireTls && !job->hops.empty() && tr->requireTlsFailures == job->hops.size();
+      std::string status = tr->lastStatus;
+      if (requireTlsFailed) {
+        // RFC 8689 §4.2.1: no host can take the message as its sender asked: it is returned.
+        r.local = true;
+        r.mail = {550, "550 " + status + " REQUIRETLS support required: " + tr->lastError};
+      } else {
+        if (status.front() == '5') status.front() = '4';  // some host failed otherwise: it waits
+        r.error = "451 " + status + " " + (tr->lastError.empty() ? "connection failed" : tr->lastError);
+      }
       r.source = tr->lastSource;
       std::string relay = job->hops.empty() ? "" : job->hops.back().ip.str();
       job->done(r, relay, "", "");  // no server answered: no Remote-MTA
       if (auto again = destinations_.find(key); again != destinations_.end()) {
         // The last way in failed: the jobs waiting for this next hop are deferred now.
-        if (again->second->active == 0) markUnreachable(*again->second, r.error);
+        if (again->second->active == 0 && !requireTlsFailed) markUnreachable(*again->second, r.error);
         pump(*again->second);
       }
       removeIfUnused(key);
@@ -1398,6 +1438,27 @@ void QueueManager::openConnection(Destination& d) {
       o.tlsCtx = snap_->mtaStsCheckTls;
       o.sni = hop.name;
     }
+    // RFC 8689 §4.2.1 (REQUIRETLS): DANE and MTA-STS enforce authenticate as above, and
+    // tls = "verify" with its context; otherwise a host whose name was found securely must
+    // show a certificate that PKIX verifies for that name, and any other host is no way in.
+    if (job->requireTls && daneLevel != dns::DaneLevel::Dane && !stsEnforce) {
+      const bool pkix = !job->tlsCtx;  // tls = "verify" brings its own verifying context
+      if (!job->nameSecure || (pkix && (hop.name.empty() || !snap_->requireTlsPkix))) {
+        tr->lastError = relay + ": " +
+                        (!job->nameSecure   ? std::string("the host was not found securely (no DNSSEC-signed MX, no "
+                                                            "MTA-STS policy in enforce mode that names it)")
+                         : hop.name.empty() ? "no host name to verify a certificate against"
+                                            : "no verifying TLS context ([mta_sts] ca_file)");
+        tr->lastStatus = "5.7.30";
+        ++tr->requireTlsFailures;
+        return (*self)();
+      }
+      if (pkix) {
+        o.tls = client::TlsMode::Require;
+        o.tlsCtx = snap_->requireTlsPkix;
+        o.sni = hop.name;
+      }
+    }
     client::SmtpClient::connect(
         loop_, hop.ip, hop.port, o,
         [this, alive, tr, job, key, self, relay, hop, daneLevel, daneRequired, stsPolicy, stsEnforce, reportPolicy,
@@ -1422,6 +1483,12 @@ void QueueManager::openConnection(Destination& d) {
             // X.4.0 (RFC 3463), deferred like any network failure, never bounced.
             const bool bindFailed = error.rfind("cannot bind source address ", 0) == 0;
             tr->lastStatus = authFailed ? "4.7.0" : tlsFailed ? "4.7.5" : bindFailed ? "4.4.0" : "4.4.1";
+            // RFC 8689 §4.2.1: no TLS session (or none with a certificate that verifies) for a
+            // REQUIRETLS message: "5.7.10 Encryption needed", unless another host takes it.
+            if (job->requireTls && !authFailed && error.find("TLS") != std::string::npos) {
+              tr->lastStatus = "5.7.10";
+              ++tr->requireTlsFailures;
+            }
             const char* what = !tlsFailed ? ""
                                : stsEnforce
                                    ? "MTA-STS (enforce) requires TLS with a valid certificate for the MX host: "
@@ -1461,6 +1528,20 @@ void QueueManager::openConnection(Destination& d) {
                 .add("mode", sts::modeName(stsPolicy->mode))
                 .add("reason", !c->tlsActive() ? "no TLS (STARTTLS not offered or failed)"
                                                : "the certificate does not verify or does not name the MX host");
+          if (job->requireTls) {
+            // RFC 8689 §4.2.1 steps 4 and 5, after the EHLO that followed STARTTLS.
+            const char* why = !c->tlsActive()                      ? "no TLS session"
+                              : !c->tlsDane() && !c->tlsVerified() ? "the certificate was not verified"
+                              : !c->supports("REQUIRETLS")         ? "the server does not offer REQUIRETLS"
+                                                                   : nullptr;
+            if (why) {
+              sayQuit(c);
+              tr->lastError = relay + ": " + why;
+              tr->lastStatus = "5.7.30";
+              ++tr->requireTlsFailures;
+              return (*self)();
+            }
+          }
           runJob(*it2->second, Pooled{c, relay, hop.name.empty() ? hop.ip.str() : hop.name}, job);
         });
   };
@@ -1483,6 +1564,7 @@ void QueueManager::runJob(Destination& d, Pooled c, std::shared_ptr<Job> job) {
   tx.ret = env.ret;
   tx.eightBit = env.eightBit;
   tx.smtputf8 = env.smtputf8;
+  tx.requireTls = env.requireTls;  // a DSN (null sender) carries it where offered (RFC 8689 §5)
   tx.prefix = job->attempt->prefix;
   tx.body = job->attempt->data->bytes();
   tx.keepAlive = job->attempt->data;
@@ -1513,6 +1595,8 @@ void QueueManager::runJob(Destination& d, Pooled c, std::shared_ptr<Job> job) {
       tls += " verified";  // tls = "verify"
     else if (!tls.empty() && job->sts && c.client->tlsVerified())
       tls += " mta-sts";  // [[route]] mta_sts: the certificate verified and named the MX host
+    else if (!tls.empty() && job->requireTls && c.client->tlsVerified())
+      tls += " verified";  // REQUIRETLS: PKIX for a host found by a DNSSEC-signed MX
     job->done(r, c.relay, tls, c.remoteMta);
     auto it = destinations_.find(key);
     if (it == destinations_.end()) return;
@@ -1627,19 +1711,28 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
         if (!o.tls.empty()) line.add("tls", o.tls);
         if (!o.auth.empty()) line.add("auth", o.auth);
         if (!o.source.empty()) line.add("source", o.source);
+        if (env.requireTls) line.add("requiretls", true);
         ++server::metrics().recipientsDelivered;
         server::metrics().observeLatency(static_cast<double>(now - env.arrivalMs) / 1000.0);
         // RFC 3461 §5.2.2-3: NOTIFY=SUCCESS is ours to answer unless the next hop took it on.
         if (!o.notifyPassedOn && queue::notifyWants(r.notify, "SUCCESS")) succeeded.push_back(i);
         break;
       }
-      case RcptOutcome::Kind::Failed:
+      case RcptOutcome::Kind::Failed: {
         r.status = queue::RcptStatus::Failed;
-        log::info("bounce").add("queue_id", env.id).add("message_id", env.messageId).add("from", env.mailFrom)
-            .add("to", r.address).add("relay", o.relay).add("reply", o.reply).add("attempt", env.attempts)
+        auto line = log::info("bounce");
+        line.add("queue_id", env.id)
+            .add("message_id", env.messageId)
+            .add("from", env.mailFrom)
+            .add("to", r.address)
+            .add("relay", o.relay)
+            .add("reply", o.reply)
+            .add("attempt", env.attempts)
             .add("delay_ms", now - env.arrivalMs);
+        if (env.requireTls) line.add("requiretls", true);
         failed.push_back(i);  // counted in recipients_bounced once its report is settled
         break;
+      }
       case RcptOutcome::Kind::Deferred: {
         auto line = log::info("defer");
         line.add("queue_id", env.id)
@@ -1651,6 +1744,7 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
             .add("attempt", env.attempts)
             .add("delay_ms", now - env.arrivalMs);
         if (!o.source.empty()) line.add("source", o.source);
+        if (env.requireTls) line.add("requiretls", true);
         ++server::metrics().recipientsDeferred;
         break;
       }
@@ -1833,6 +1927,9 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
   queue::DsnInput in = dsnInputFor(env);
   // RFC 3461 §4.3: RET applies to failure reports; the others return the headers only.
   in.headersOnly = env.ret == "HDRS" || kind != DsnKind::Failure;
+  // RFC 8689 §5: a REQUIRETLS message's report returns its headers only, as with RET=HDRS
+  // (RET=FULL disregarded), and goes with REQUIRETLS itself (writeDsn).
+  if (env.requireTls) in.headersOnly = true;
   for (size_t i : rcpts) {
     const auto& r = env.rcpts[i];
     in.international = in.international || hasEightBit(r.address) || hasEightBit(r.orcpt);
@@ -1925,6 +2022,7 @@ void QueueManager::writeDsn(const queue::Envelope& env, queue::DsnInput in,
   dsn.arrivalMs = nowMs();
   dsn.nextAttemptMs = dsn.arrivalMs;
   dsn.isBounce = true;
+  dsn.requireTls = env.requireTls;  // RFC 8689 §5
   dsn.protocol = "local";
   dsn.size = text.size();
   // RFC 5322 §3.6.7: the trace field ends in "; date-time".

@@ -9,6 +9,12 @@
 // permanent failures, expiry and one delay warning; never a DSN to the null sender, and a
 // DSN of Moat's own that cannot be delivered is dropped with a log line, not bounced.
 //
+// RFC 8689: a REQUIRETLS message goes only to next hops found securely (a route's host, a
+// DNSSEC-signed MX, an MTA-STS enforce policy), over TLS that DANE, MTA-STS, tls = "verify"
+// or PKIX authenticated, that offer REQUIRETLS (or to Maildir: final delivery); when no host
+// qualifies its recipients fail with 5.7.30 and the DSN (headers only) keeps REQUIRETLS.
+// "TLS-Required: No" (queue/tls_required.h) turns MTA-STS and DANE off for a message.
+//
 // With [tlsrpt] enabled, every TLS session (or STARTTLS attempt) to an MX host feeds the
 // per-domain aggregate of RFC 8460 (tlsrpt.h); at the end of each aligned period the
 // domains' _smtp._tls records are looked up and each mailto: rua gets the report, queued

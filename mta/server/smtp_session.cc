@@ -590,6 +590,9 @@ void SmtpSession::cmdHelo(const smtp::Command& c, bool extended) {
   text += "PIPELINING\nSIZE " + std::to_string(cfg_.maxMessageSize) + "\n";
   text += "8BITMIME\nENHANCEDSTATUSCODES\nSMTPUTF8\nCHUNKING\nDSN\n";
   if (!conn_->tlsActive() && snap_->serverTls.count(listener_.address)) text += "STARTTLS\n";
+  // RFC 8689 §3: the REQUIRETLS option may only be used on a TLS session, so it is offered
+  // only once the session is encrypted, as AUTH is here.
+  if (conn_->tlsActive()) text += "REQUIRETLS\n";
   if (authOffered()) text += "AUTH " + std::string(smtp::SaslServer::kMechanisms) + "\n";
   text += "HELP";
   // ENHANCEDSTATUSCODES is not in force for the EHLO reply itself (RFC 2034 §3).
@@ -631,10 +634,20 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
   // The parser has checked the syntax and values of every parameter; here: what this
   // server offers (RFC 5321 §4.1.1.11). AUTH= (RFC 4954 §5) is accepted where AUTH is
   // offered, and its value not trusted: the identity Moat knows is the session's own AUTH.
-  bool eightBit = false, utf8 = false;
+  bool eightBit = false, utf8 = false, requireTls = false;
   std::string ret, envid;
   for (const auto& p : c.params) {
     if (p.key == "SIZE" || (p.key == "AUTH" && authOffered())) continue;
+    if (p.key == "REQUIRETLS") {
+      // RFC 8689 §3, §4.1: only on a TLS session (where it is offered); the message is then
+      // tagged and relayed only over verified TLS to next hops that offer REQUIRETLS too.
+      if (!conn_->tlsActive()) {
+        refuse("mail", 530, "5.7.10", "REQUIRETLS needs a TLS session: issue STARTTLS first", nullptr, c.address);
+        return;
+      }
+      requireTls = true;
+      continue;
+    }
     if (p.key == "RET") {  // RFC 3461 §4.3, §4.4: kept for the DSNs and passed on
       ret = p.value;
     } else if (p.key == "ENVID") {
@@ -689,6 +702,7 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
   inTransaction_ = true;
   eightBit_ = eightBit;
   smtputf8_ = utf8;
+  requireTls_ = requireTls;
   declaredSize_ = size;
   txRet_ = ret;
   txEnvid_ = envid;
@@ -1497,6 +1511,7 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
   // BODY=8BITMIME, and never converted again at delivery.
   env.eightBit = eightBit_ && !outcome.convertedTo7Bit;
   env.smtputf8 = smtputf8_;
+  env.requireTls = requireTls_;
   env.size = incoming_->size();
   env.nextAttemptMs = env.arrivalMs;
   bool quarantine = outcome.verdict == filters::Verdict::Quarantine;
@@ -1527,6 +1542,7 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
             .addRaw("filters", filtersJson)
             .add("client_name", env.clientName.empty() ? std::string("unknown") : env.clientName);
         if (!self->ctx_->rewrites.empty()) line.addRaw("rewritten", filters::rewritesJson(self->ctx_->rewrites));
+        if (env.requireTls) line.add("requiretls", true);
       }
       ++metrics().messagesAccepted;
       self->countRate(RateLimit::MessagesPerClient, env.mailFrom);
@@ -1564,6 +1580,7 @@ void SmtpSession::resetTransaction() {
   bdatUsed_ = false;
   eightBit_ = false;
   smtputf8_ = false;
+  requireTls_ = false;
   ctx_->rcpts.clear();
   txRcptsTaken_ = 0;
   txFirstRcpt_.clear();

@@ -1,7 +1,8 @@
 // mta/server/smtp_session.h — one inbound SMTP session: the RFC 5321 state machine with
 // PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152), ENHANCEDSTATUSCODES
 // (RFC 2034/3463), SMTPUTF8 (RFC 6531), STARTTLS (RFC 3207), CHUNKING (RFC 3030), DSN
-// (RFC 3461: the requests are kept in the envelope for the queue manager), and AUTH
+// (RFC 3461: the requests are kept in the envelope for the queue manager), REQUIRETLS
+// (RFC 8689: offered and taken only over TLS, kept in the envelope), and AUTH
 // (RFC 4954: PLAIN and LOGIN, offered only over TLS, on listeners with auth_users; a
 // submission listener takes mail only after it, RFC 6409 §4.3).
 //
@@ -259,6 +260,7 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   // Transaction state
   bool inTransaction_ = false;
   bool eightBit_ = false, smtputf8_ = false, bdatUsed_ = false;
+  bool requireTls_ = false;  // MAIL carried REQUIRETLS (RFC 8689)
   uint64_t declaredSize_ = 0;
   std::vector<std::string> txAuthResults_;
   // DSN requests (RFC 3461): MAIL's RET and ENVID, each RCPT's NOTIFY and ORCPT (as

@@ -174,6 +174,9 @@ std::shared_ptr<Snapshot> build(std::shared_ptr<const policy::Config> config, po
       SSL_CTX_set_verify(snap->mtaStsCheckTls->get(), SSL_VERIFY_NONE, nullptr);
     }
   }
+  // The same trust as MTA-STS (its context when there is one). A bad [mta_sts] ca_file is
+  // reported where it is used; here it leaves none, and REQUIRETLS mail then fails closed.
+  snap->requireTlsPkix = snap->mtaStsTls ? snap->mtaStsTls : tls::TlsContext::client(true, config->mtaStsCaFile, error);
   return snap;
 }
 

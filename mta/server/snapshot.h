@@ -34,6 +34,10 @@ struct Snapshot {
   // store and [mta_sts] ca_file (policy fetches, enforce), and one that checks the same way
   // but lets the handshake go on unverified (testing: deliver as "may", report the failure).
   std::shared_ptr<tls::TlsContext> mtaStsTls, mtaStsCheckTls;
+  // REQUIRETLS (RFC 8689 §4.2.1) to a next hop whose name was found securely (a DNSSEC-signed
+  // MX) and that DANE does not authenticate: PKIX with the system store and [mta_sts] ca_file,
+  // the certificate naming the host. Null only when that ca_file cannot be read.
+  std::shared_ptr<tls::TlsContext> requireTlsPkix;
   // TLS reporting (RFC 8460 §5.2), built when [tlsrpt] is enabled: the verifying context
   // https: rua uploads use (the system store and [mta_sts] ca_file).
   std::shared_ptr<tls::TlsContext> tlsrptTls;

@@ -1,7 +1,8 @@
 // mta/smtp/protocol.cc — SMTP command parsing, mailbox/domain syntax, reply formatting and the
 // command-phase line reader. RFC 5321 §4.1 (commands), §4.1.2 (path syntax), §4.5.3.1 (size
 // limits); RFC 6531 (SMTPUTF8), RFC 1870 (SIZE), RFC 6152 (BODY), RFC 3461 (NOTIFY, ORCPT,
-// RET, ENVID), RFC 4954 §5 (AUTH=), RFC 3030 (BDAT), RFC 2034/3463 (enhanced codes).
+// RET, ENVID), RFC 4954 §5 (AUTH=), RFC 3030 (BDAT), RFC 8689 (REQUIRETLS), RFC 2034/3463
+// (enhanced codes).
 // Untrusted input: every byte of every line. Nothing here logs or throws.
 #include "mta/smtp/protocol.h"
 
@@ -217,7 +218,7 @@ std::optional<Reply> checkParamValue(Verb verb, Param& p) {
       if (p.value != "7BIT" && p.value != "8BITMIME" && p.value != "BINARYMIME") return bad();
       return std::nullopt;
     }
-    if (k == "SMTPUTF8") {
+    if (k == "SMTPUTF8" || k == "REQUIRETLS") {  // RFC 8689 §3: REQUIRETLS takes no value
       if (!p.value.empty()) return bad();
       return std::nullopt;
     }

@@ -1,6 +1,6 @@
 // mta/smtp/protocol.h — the SMTP command phase as pure functions: command-line parsing
 // (RFC 5321 §4.1, with the ESMTP parameters of RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 3030
-// BDAT, RFC 3461 DSN, RFC 4954 AUTH= and RFC 6531 SMTPUTF8), mailbox and domain syntax
+// BDAT, RFC 3461 DSN, RFC 4954 AUTH=, RFC 6531 SMTPUTF8 and RFC 8689 REQUIRETLS), mailbox and domain syntax
 // (RFC 5321 §4.1.2, §4.5.3.1), reply formatting with enhanced status codes (RFC 2034,
 // RFC 3463) and a line reader for the command phase (RFC 5321 §2.3.8, §4.5.3.1.4).
 //
@@ -56,7 +56,8 @@ struct Reply {
 //   501 5.1.3  RCPT: bad recipient mailbox syntax or length
 //   553 5.6.7  non-ASCII in a path without SMTPUTF8 (RFC 6531 §3.5)
 //   555 5.5.4  an ESMTP parameter this server does not know (RFC 5321 §4.1.1.11)
-// Known parameters: MAIL SIZE BODY SMTPUTF8 AUTH RET ENVID; RCPT NOTIFY ORCPT.
+// Known parameters: MAIL SIZE BODY SMTPUTF8 AUTH RET ENVID REQUIRETLS (RFC 8689, no value);
+// RCPT NOTIFY ORCPT.
 // Tolerated beyond RFC 5321: a space between "FROM:"/"TO:" and the path, several spaces
 // between parameters, trailing spaces. Not tolerated: a path without angle brackets.
 // `utf8` is true once the transaction's MAIL carried SMTPUTF8, for RCPT; MAIL ignores it

@@ -1042,6 +1042,53 @@ TEST_CASE("client: STARTTLS with tls=may and tls=require") {
   REQUIRE(v.error.find("verify") != std::string::npos);
 }
 
+TEST_CASE("client: REQUIRETLS (RFC 8689) goes on MAIL only over TLS to a server offering it, else not sent") {
+  moat::test::TestCert cert;
+  REQUIRE(cert.ok());
+  std::string error;
+  auto trusting = tls::TlsContext::client(true, cert.caFile(), error);
+  const std::string tlsJson =
+      "\"pipelining\": true, \"cert\": \"" + cert.certFile() + "\", \"key\": \"" + cert.keyFile() + "\"";
+  ScriptedServer offering(tlsJson + ", \"requiretls\": true");
+  ScriptedServer notOffering(tlsJson);
+  ScriptedServer plain("\"pipelining\": true, \"requiretls\": true");
+  uv::Loop loop;
+  auto o = plainOptions();
+  o.tls = TlsMode::Require;
+  o.tlsCtx = trusting;
+  o.sni = "localhost";
+
+  auto c = connectTo(loop, offering.port(), o);
+  REQUIRE(c.client);
+  REQUIRE(c.client->supports("REQUIRETLS"));
+  auto tx = simpleTx({"a@example.test"});
+  tx.requireTls = true;
+  REQUIRE(sendTx(loop, *c.client, tx).data.code == 250);
+  REQUIRE(offering.commands().find("MAIL FROM:<sender@example.org> REQUIRETLS") != std::string::npos);
+
+  auto n = connectTo(loop, notOffering.port(), o);
+  REQUIRE(n.client);
+  auto r = sendTx(loop, *n.client, tx);
+  REQUIRE(r.local);
+  REQUIRE(r.mail.code == 550);
+  REQUIRE(r.rcpts[0].text.find("5.7.30") != std::string::npos);
+  REQUIRE(notOffering.commands().find("MAIL") == std::string::npos);
+  // A DSN (null sender) is never held back: it goes, without the keyword it cannot use.
+  auto dsn = tx;
+  dsn.mailFrom = "";
+  REQUIRE(sendTx(loop, *n.client, dsn).data.code == 250);
+  REQUIRE(notOffering.commands().find("MAIL FROM:<>") != std::string::npos);
+  REQUIRE(notOffering.commands().find("REQUIRETLS") == std::string::npos);
+
+  auto p = plainOptions();  // plain text: never REQUIRETLS, whatever the server says
+  auto pc = connectTo(loop, plain.port(), p);
+  REQUIRE(pc.client);
+  REQUIRE(sendTx(loop, *pc.client, tx).mail.code == 550);
+  tx.requireTls = false;  // an ordinary message is unaffected
+  REQUIRE(sendTx(loop, *pc.client, tx).data.code == 250);
+  REQUIRE(plain.commands().find("REQUIRETLS") == std::string::npos);
+}
+
 TEST_CASE("client: tls=may goes on in plain text over a new connection when the handshake fails") {
   ScriptedServer server("\"pipelining\": true, \"starttls_break\": true");
   uv::Loop loop;

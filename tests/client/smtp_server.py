@@ -9,7 +9,8 @@ starttls_extra, no_8bitmime (8BITMIME not offered), no_dsn (DSN not offered), si
 parameter, "104857600" by default), data_cmd_reply (the reply to the DATA command instead of
 354: the message is then not read), starttls_hang (220 to STARTTLS, then silence), chunking
 (CHUNKING offered: BDAT, RFC 3030), bdat_reply {chunk number (from 1, as a string): reply}
-(that chunk's reply instead of 250; its octets are read all the same, as §2 requires).
+(that chunk's reply instead of 250; its octets are read all the same, as §2 requires),
+requiretls (REQUIRETLS offered after STARTTLS, RFC 8689).
 After any 421 reply the server closes the connection, as RFC 5321 §3.8 has it.
 For each message it writes OUT/msgN.eml (the un-stuffed body, byte-exact) and OUT/msgN.env;
 every command line received goes to OUT/commands.log as "CONN-ID LINE".
@@ -92,6 +93,8 @@ class Conn:
                     caps.append("SMTPUTF8")
                 if cfg.get("chunking"):
                     caps.append("CHUNKING")
+                if cfg.get("requiretls") and self.tls:
+                    caps.append("REQUIRETLS")
                 if (cfg.get("cert") or cfg.get("starttls_break") or cfg.get("starttls_hang")) and not self.tls:
                     caps.append("STARTTLS")
                 lines = ["test.example hello"] + caps

@@ -131,10 +131,10 @@ TEST_CASE("envelope: a newer version or an unknown record is an error, not dropp
   std::string error;
   REQUIRE(parseEnvelope(resign(body), error).has_value());
 
-  std::string v4 = body;
-  v4.replace(0, v4.find('\n'), "moat-envelope\t4");
-  REQUIRE_FALSE(parseEnvelope(resign(v4), error).has_value());
-  REQUIRE(error.find("version 4") != std::string::npos);
+  std::string v5 = body;
+  v5.replace(0, v5.find('\n'), "moat-envelope\t5");
+  REQUIRE_FALSE(parseEnvelope(resign(v5), error).has_value());
+  REQUIRE(error.find("version 5") != std::string::npos);
 
   REQUIRE_FALSE(parseEnvelope(resign(body + "dsn_state\tx\n"), error).has_value());
   REQUIRE(error.find("unknown record type 'dsn_state'") != std::string::npos);
@@ -238,4 +238,43 @@ TEST_CASE("an envelope owing expanded reports round-trips as version 3, older ve
   }
   REQUIRE_FALSE(parseEnvelope(resign(body + "expanded\tx@example.test\t\n"), error).has_value());  // two fields
   REQUIRE_FALSE(parseEnvelope(resign(body + "expanded\t\t\tSUCCESS\n"), error).has_value());       // no address
+}
+
+TEST_CASE("a REQUIRETLS envelope round-trips as version 4, older versions refuse the record") {
+  Envelope e = sample();
+  e.requireTls = true;
+  e.expanded = {{"sales@example.test", "", "SUCCESS"}};
+  std::string text = serializeEnvelope(e);
+  REQUIRE(text.rfind("moat-envelope\t4\n", 0) == 0);
+  REQUIRE(text.find("\nrequiretls\t1\n") != std::string::npos);
+  std::string error;
+  auto back = parseEnvelope(text, error);
+  INFO(error);
+  REQUIRE(back.has_value());
+  REQUIRE(back->requireTls);
+  REQUIRE(*back == e);
+  // Without REQUIRETLS, nothing changes: no record, and the version older builds read.
+  e.requireTls = false;
+  std::string plain = serializeEnvelope(e);
+  REQUIRE(plain.rfind("moat-envelope\t3\n", 0) == 0);
+  REQUIRE(plain.find("requiretls") == std::string::npos);
+  e.expanded.clear();
+  REQUIRE(serializeEnvelope(e).rfind("moat-envelope\t1\n", 0) == 0);
+  // A Moat before REQUIRETLS never wrote the record: its files load with requireTls false.
+  for (const char* older : {"moat-envelope\t1", "moat-envelope\t2", "moat-envelope\t3"}) {
+    std::string body = bodyOf(serializeEnvelope(sample()));
+    body.replace(0, body.find('\n'), older);
+    auto old = parseEnvelope(resign(body), error);
+    INFO(older << ": " << error);
+    REQUIRE(old.has_value());
+    REQUIRE_FALSE(old->requireTls);
+    // ...and a requiretls record in such a version is refused, not ignored.
+    REQUIRE_FALSE(parseEnvelope(resign(body + "requiretls\t1\n"), error).has_value());
+    REQUIRE(error.find("unknown record type 'requiretls'") != std::string::npos);
+  }
+  std::string body = bodyOf(text);
+  REQUIRE_FALSE(parseEnvelope(resign(body + "requiretls\t1\n"), error).has_value());  // duplicate
+  std::string bad = body;
+  bad.replace(bad.find("\nrequiretls\t1\n"), 14, "\nrequiretls\t2\n");
+  REQUIRE_FALSE(parseEnvelope(resign(bad), error).has_value());
 }

@@ -128,6 +128,22 @@ TEST_CASE("MAIL parameters: SIZE, BODY, SMTPUTF8, AUTH, RET, ENVID") {
   REQUIRE(bad(many).text == "Too many parameters");
 }
 
+TEST_CASE("MAIL parameter REQUIRETLS (RFC 8689 §3) takes no value and is MAIL's alone") {
+  Command c = ok("MAIL FROM:<a@example.test> requiretls SIZE=10");
+  REQUIRE(c.params.size() == 2);
+  REQUIRE(findParam(c, "REQUIRETLS") != nullptr);
+  REQUIRE(findParam(c, "REQUIRETLS")->value.empty());
+  REQUIRE(findParam(ok("MAIL FROM:<> REQUIRETLS"), "REQUIRETLS") != nullptr);
+  for (const char* line : {"MAIL FROM:<a@example.test> REQUIRETLS=yes", "MAIL FROM:<a@example.test> REQUIRETLS=",
+                           "MAIL FROM:<a@example.test> REQUIRETLS REQUIRETLS"}) {
+    INFO(line);
+    Reply r = bad(line);
+    REQUIRE(r.code == 501);
+    REQUIRE(r.enhanced == "5.5.4");
+  }
+  REQUIRE(bad("RCPT TO:<b@example.test> REQUIRETLS").code == 555);
+}
+
 TEST_CASE("RCPT parameters: NOTIFY and ORCPT") {
   Command c = ok("RCPT TO:<b@example.test> NOTIFY=success,Failure ORCPT=rfc822;b+40example.test");
   REQUIRE(c.address == "b@example.test");
