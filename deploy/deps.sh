@@ -7,7 +7,7 @@ moat_build_packages=(build-essential cmake ninja-build pkg-config ccache
 # fail2ban-regex and promtool, which check deploy/monitoring/ (their services are not run).
 moat_test_packages=(catch2 python3 python3-yaml python3-dnslib python3-dkim python3-spf
   swaks postfix openssl opendkim-tools clang libclang-rt-14-dev spamassassin clamav-daemon
-  fail2ban prometheus)
+  fail2ban prometheus python3-milter)
 
 moat_install_missing() {
   local missing=()

@@ -120,6 +120,7 @@ struct MessageContext {
   std::string clientName;   // verified reverse DNS, or empty
   std::string helo;
   bool tls = false;
+  std::string tlsVersion;  // Data stage: the TLS protocol ("TLSv1.3") when tls, else empty
   bool authenticated = false;
   std::string authUser;
   bool fromRelayNetwork = false;  // client is in relay.networks: outbound mail

@@ -6,6 +6,7 @@
 #include "filters/dkim/dkim.h"
 #include "filters/dmarc/dmarc.h"
 #include "filters/dnsbl/dnsbl.h"
+#include "filters/milter/milter.h"
 #include "filters/mime/mime_filter.h"
 #include "filters/rewrite/address_rewrite.h"
 #include "filters/rules/rules_filter.h"
@@ -138,6 +139,9 @@ std::shared_ptr<const Pipeline> Pipeline::build(const policy::Config& config, po
   add(antivirus::makeAntivirusFilter(config, errors));  // data
   add(attachments::makeAttachmentsFilter(config, errors));  // data, reads ctx->mime
   add(rules::makeRulesFilter(config, errors));          // data: it scores what the others found
+  // data: external milters see only the mail Moat's own checks still accept (the stage ends
+  // at the first reject or tempfail), and before the signer, which signs their changes.
+  add(milter::makeMilterFilter(config, errors));
   // data: after every check has read the message as received, before the signer, whose
   // signature must cover the rewritten From.
   add(rewrite::makeRewriteFilter(std::move(rewrite)));

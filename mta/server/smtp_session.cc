@@ -1398,6 +1398,7 @@ void SmtpSession::runDataFilters() {
   if (nameWait_) return;  // runs when the name or the deadline comes
   ctx_->clientName = clientName_;
   ctx_->queueId = incoming_->id();
+  if (ctx_->tls && conn_->tls()) ctx_->tlsVersion = conn_->tls()->protocol();  // milters' {tls_version}
   auto data = incoming_->data();
   ctx_->message = data ? data->bytes() : std::string_view();
   auto self = shared_from_this();

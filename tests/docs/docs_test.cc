@@ -92,7 +92,8 @@ const std::map<KeyName, KeyCatalog::Key>& catalog() {
     std::string dir = tmpl;
     {
       std::ofstream f(dir + "/moat.toml");
-      f << "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nto = [\"mx\"]\n[[dkim.sign]]\ndomain = \"x.test\"\n";
+      f << "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\nto = [\"mx\"]\n[[dkim.sign]]\ndomain = \"x.test\"\n"
+        << "[[milter]]\naddress = \"inet:127.0.0.1:1\"\n";
     }
     std::map<KeyName, KeyCatalog::Key> out;
     {

@@ -1,0 +1,106 @@
+// filters/milter/milter.h — a milter client ([[milter]]): each message Moat still accepts
+// after its own filters is shown to external milters (rspamd's proxy, opendkim,
+// clamav-milter, pymilter scripts) over the Sendmail milter protocol version 6
+// (protocol.h), as Postfix's smtpd_milters does, and their verdicts and changes are applied.
+//
+// When: at the Data stage, after Moat's own checks (rules included) and before address
+// rewriting and the DKIM signer. The pipeline stops at the first Reject or TempFail, so no
+// milter time is spent on mail Moat refuses anyway, and the signer signs the message with
+// the milters' changes. One conversation per milter per message, on a fresh connection,
+// replaying the session: OPTNEG, CONNECT, HELO, MAIL, each RCPT, DATA, the header fields,
+// EOH, the body in chunks of at most 65535 bytes, EOM — each with its SMFIC_MACRO (j, _,
+// {daemon_name}, {client_addr}, {client_name}, {auth_authen}, {tls_version}, i, {mail_addr},
+// {rcpt_addr}; CONNECT's port is 0, the session does not keep the client's), skipping the
+// steps the milter declines (SMFIP_NO*) and not waiting for replies it will not send
+// (SMFIP_NR_*). Milters run in config order; each sees the message as received.
+//
+// Replies: continue, accept (this milter is done), reject (550 5.7.1 Command rejected),
+// tempfail (451 4.7.1 Service unavailable - try again later), SMFIR_REPLYCODE (its own 4xx /
+// 5xx, checked; a malformed one is the default_action), discard (never silent: Moat's
+// quarantine, reason "milter NAME: discard"), quarantine (reason given), progress (the
+// timeout restarts), add / insert header (prepended at delivery like every header Moat adds:
+// an insert's position is not kept), change header (an edit of the Nth field of that name
+// in the message as received; an empty value deletes it; past the last, it is added),
+// replace body (an edit). Moat offers only those actions (ADDHDRS, CHGHDRS, CHGBODY,
+// QUARANTINE): a milter that needs recipient or sender changes fails its negotiation.
+// A reject or tempfail at RCPT is for the whole message (the recipients were accepted).
+//
+// default_action (tempfail | accept | reject, as Postfix's milter_default_action) applies
+// when a milter cannot be reached, times out, fails negotiation or breaks the protocol.
+// Network: non-blocking on the loop (TCP to an IP literal or "localhost", or a unix
+// socket), connect_timeout to connect, command_timeout for each reply up to DATA,
+// content_timeout for the header, body and end-of-message replies; every packet bounded
+// (protocol.h), the replacement body bounded by max_message_size; the connection closed on
+// every path. Untrusted input: everything the milter sends.
+// Logs: the pipeline's `filter` line (detail `milters`: each milter's outcome) and
+// `milter_error` (warn: the milter, the error, the action taken).
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "filters/filter.h"
+#include "policy/config.h"
+#include "policy/errors.h"
+
+namespace moat::filters::milter {
+
+struct Address {
+  enum class Kind { Inet, Unix } kind = Kind::Inet;
+  std::string host;  // Inet: an IP literal
+  uint16_t port = 0;
+  std::string path;  // Unix
+};
+// "inet:HOST:PORT" (HOST an IPv4 literal, [IPv6] or localhost), "inet6:[::1]:PORT" (or
+// inet6:::1:PORT), "unix:/path" (relative to `baseDir`). nullopt with `error` set.
+std::optional<Address> parseAddress(std::string_view text, const std::string& baseDir, std::string& error);
+
+enum class DefaultAction { TempFail, Accept, Reject };
+
+struct MilterConfig {
+  std::string name;     // for logs; the address as written by default
+  std::string address;  // as written
+  Address target;
+  std::chrono::milliseconds connectTimeout{5000};
+  std::chrono::milliseconds commandTimeout{30000};
+  std::chrono::milliseconds contentTimeout{120000};
+  DefaultAction defaultAction = DefaultAction::TempFail;
+  bool outbound = true;
+};
+
+// What one milter decided about one message.
+struct Outcome {
+  enum class Kind { Continue, Accept, Reject, TempFail, Quarantine, Error, Skipped } kind = Kind::Continue;
+  int code = 0;
+  std::string enhanced, text;  // Reject / TempFail
+  std::string quarantineReason;
+  std::vector<Header> headers;
+  std::vector<Edit> edits;
+  std::string error;  // Error: why
+};
+
+class MilterFilter final : public Filter {
+ public:
+  MilterFilter(std::vector<MilterConfig> milters, uint64_t maxMessageSize);
+  std::string_view name() const override { return "milter"; }
+  Stage stage() const override { return Stage::Data; }
+  void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override;
+  const std::vector<MilterConfig>& milters() const { return milters_; }
+
+ private:
+  std::vector<MilterConfig> milters_;
+  uint64_t maxMessageSize_;
+};
+
+// One conversation with one milter about one message; `done` runs once, on the loop.
+void converse(const MilterConfig& milter, std::shared_ptr<MessageContext> ctx, const Env& env, uint64_t maxBody,
+              std::function<void(Outcome)> done);
+
+// Null when no [[milter]] is configured.
+std::shared_ptr<const MilterFilter> makeMilterFilter(const policy::Config& config, policy::Errors& errors);
+
+}  // namespace moat::filters::milter

@@ -1,0 +1,202 @@
+// tests/filters/milter/conversation_test.cc — one milter conversation (filters/milter/
+// milter.h, converse) over a real loopback socket against a scripted peer that answers
+// each packet Moat sends: the steps skipped and the replies not waited for as the peer's
+// protocol flags say, the changes taken at end of message, and the broken peers that end
+// in an error (negotiation asking for an action Moat does not offer, a malformed reply code,
+// a packet over the bound, silence past command_timeout).
+#include <catch2/catch.hpp>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "filters/milter/milter.h"
+#include "filters/milter/protocol.h"
+#include "mta/net/connection.h"
+#include "mta/runtime/log.h"
+#include "mta/runtime/uv.h"
+
+using namespace moat;
+using namespace moat::filters::milter;
+using namespace std::string_literals;
+
+namespace {
+
+std::string optnegReply(uint32_t actions, uint32_t protocol) {
+  std::string d;
+  putU32(d, kVersion);
+  putU32(d, actions);
+  putU32(d, protocol);
+  return encode(reply::kOptneg, d);
+}
+
+// A milter that answers each packet with what `script` returns for it ("" = nothing), and
+// records the commands it got.
+struct ScriptedMilter {
+  mta::uv::Loop loop;
+  std::unique_ptr<mta::net::Listener> listener;
+  std::shared_ptr<mta::net::Connection> conn;
+  Decoder decoder;
+  std::vector<Packet> got;
+  std::function<std::string(const Packet&)> script;
+
+  explicit ScriptedMilter(std::function<std::string(const Packet&)> s) : script(std::move(s)) {
+    mta::log::disable();
+    std::string error;
+    listener = mta::net::listen(
+        loop.get(), "127.0.0.1", 0, false, nullptr,
+        [this](std::shared_ptr<mta::net::Connection> c) {
+          conn = c;
+          c->setCallbacks({[this](std::string_view d) {
+                             decoder.feed(d);
+                             while (auto p = decoder.next()) {
+                               got.push_back(*p);
+                               std::string out = script(*p);
+                               if (!out.empty()) conn->write(out);
+                             }
+                           },
+                           [](const std::string&) {}, nullptr});
+          c->startReading();
+        },
+        error);
+    REQUIRE(listener);
+  }
+
+  Outcome run(MilterConfig m = {}) {
+    m.name = "scripted";
+    m.target.host = "127.0.0.1";
+    m.target.port = listener->port();
+    m.commandTimeout = std::chrono::milliseconds(2000);
+    m.contentTimeout = std::chrono::milliseconds(2000);
+    auto ctx = std::make_shared<filters::MessageContext>();
+    ctx->clientIp = *mta::IpAddress::parse("192.0.2.7");
+    ctx->helo = "client.test";
+    ctx->mailFrom = "alice@sender.test";
+    ctx->rcpts = {"bob@example.test", "carol@example.test"};
+    ctx->queueId = "Q1";
+    static const std::string message = "Subject: hello\r\nX-Old: one\r\n\r\nbody line\r\n";
+    ctx->message = message;
+    filters::Env env;
+    env.loop = loop.get();
+    env.hostname = "mx.moat.test";
+    std::optional<Outcome> out;
+    converse(m, ctx, env, 1 << 20, [&](Outcome o) { out = std::move(o); });
+    REQUIRE(loop.runUntil([&] { return out.has_value(); }, 5000));
+    return *out;
+  }
+
+  std::string commands() const {
+    std::string s;
+    for (const auto& p : got) s += p.command;
+    return s;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("milter conversation: skipped steps and replies not waited for") {
+  // The milter wants no HELO, no headers, no EOH and no body, and sends no reply before EOM.
+  uint32_t flags = proto::kNoHelo | proto::kNoHeaders | proto::kNoEoh | proto::kNoBody | proto::kNrConnect |
+                   proto::kNrMail | proto::kNrRcpt | proto::kNrData;
+  ScriptedMilter peer([&](const Packet& p) -> std::string {
+    if (p.command == cmd::kOptneg) return optnegReply(action::kAddHeaders | action::kChgHeaders, flags);
+    if (p.command == cmd::kEom)
+      return encode(reply::kAddHeader, "X-Scripted\0yes\0"s) + encode(reply::kChgHeader, "\0\0\0\1X-Old\0two\0"s) +
+             encode(reply::kContinue, "");
+    return "";
+  });
+  Outcome o = peer.run();
+  CHECK(o.kind == Outcome::Kind::Continue);
+  CHECK(o.error.empty());
+  // OPTNEG, then macros + CONNECT, macros + MAIL, two RCPTs, DATA, macros + EOM (and QUIT).
+  CHECK(peer.commands().rfind("ODCDMDRDRDTDE", 0) == 0);
+  REQUIRE(o.headers.size() == 1);
+  CHECK(o.headers[0].name == "X-Scripted");
+  CHECK(o.headers[0].value == "yes");
+  REQUIRE(o.edits.size() == 1);
+  CHECK(o.edits[0].offset == 16);
+  CHECK(o.edits[0].length == 12);
+  CHECK(o.edits[0].replacement == "X-Old: two\r\n");
+  // The MAIL macros and the envelope.
+  bool sawMailMacros = false;
+  for (const auto& p : peer.got)
+    if (p.command == cmd::kMacro && p.data[0] == cmd::kMail)
+      sawMailMacros = p.data == "Mi\0Q1\0{mail_addr}\0alice@sender.test\0"s;
+  CHECK(sawMailMacros);
+}
+
+TEST_CASE("milter conversation: every step answered, headers and body sent") {
+  ScriptedMilter peer([&](const Packet& p) -> std::string {
+    if (p.command == cmd::kOptneg) return optnegReply(action::kChgBody, 0);
+    if (p.command == cmd::kMacro) return "";
+    if (p.command == cmd::kEom) return encode(reply::kReplBody, "new body\n") + encode(reply::kAccept, "");
+    if (p.command == cmd::kRcpt) return encode(reply::kProgress, "") + encode(reply::kContinue, "");
+    return encode(reply::kContinue, "");
+  });
+  Outcome o = peer.run();
+  CHECK(o.kind == Outcome::Kind::Continue);
+  CHECK(peer.commands().rfind("ODCHDMDRDRDTLLNBDE", 0) == 0);
+  for (const auto& p : peer.got) {
+    if (p.command == cmd::kHeader && p.data.rfind("X-Old", 0) == 0) CHECK(p.data == "X-Old\0one\0"s);
+    if (p.command == cmd::kBody) CHECK(p.data == "body line\r\n");
+  }
+  REQUIRE(o.edits.size() == 1);
+  CHECK(o.edits[0].replacement == "new body\r\n");
+}
+
+TEST_CASE("milter conversation: broken milters end in an error") {
+  SECTION("asks for an action Moat does not offer") {
+    ScriptedMilter peer([](const Packet& p) -> std::string {
+      return p.command == cmd::kOptneg ? optnegReply(action::kAddRcpt, 0) : "";
+    });
+    Outcome o = peer.run();
+    CHECK(o.kind == Outcome::Kind::Error);
+    CHECK(o.error.find("negotiation failed") != std::string::npos);
+  }
+  SECTION("a malformed reply code") {
+    ScriptedMilter peer([](const Packet& p) -> std::string {
+      if (p.command == cmd::kOptneg) return optnegReply(0, proto::kNoConnect | proto::kNoHelo);
+      if (p.command == cmd::kMail) return encode(reply::kReplyCode, "250 all fine\0"s);
+      return "";
+    });
+    Outcome o = peer.run();
+    CHECK(o.kind == Outcome::Kind::Error);
+    CHECK(o.error.find("malformed SMFIR_REPLYCODE") != std::string::npos);
+  }
+  SECTION("a reply code is taken") {
+    ScriptedMilter peer([](const Packet& p) -> std::string {
+      if (p.command == cmd::kOptneg) return optnegReply(0, proto::kNoConnect | proto::kNoHelo);
+      if (p.command == cmd::kMail) return encode(reply::kReplyCode, "452 4.3.1 Busy now\0"s);
+      return "";
+    });
+    Outcome o = peer.run();
+    CHECK(o.kind == Outcome::Kind::TempFail);
+    CHECK(o.code == 452);
+    CHECK(o.enhanced == "4.3.1");
+    CHECK(o.text == "Busy now");
+  }
+  SECTION("a packet over the bound") {
+    ScriptedMilter peer([](const Packet& p) -> std::string {
+      if (p.command == cmd::kOptneg) return "\x7f\0\0\0c"s;
+      return "";
+    });
+    Outcome o = peer.run();
+    CHECK(o.kind == Outcome::Kind::Error);
+    CHECK(o.error.find("protocol error") != std::string::npos);
+  }
+  SECTION("silence past command_timeout") {
+    ScriptedMilter peer(
+        [](const Packet& p) -> std::string { return p.command == cmd::kOptneg ? optnegReply(0, 0) : ""; });
+    MilterConfig m;
+    Outcome o = peer.run(m);  // 2 s per reply
+    CHECK(o.kind == Outcome::Kind::Error);
+    CHECK(o.error == "timed out waiting for the reply to CONNECT");
+  }
+  SECTION("nothing listening") {
+    ScriptedMilter peer([](const Packet&) { return std::string(); });
+    peer.listener->close();
+    peer.loop.runUntil([] { return false; }, 50);
+    Outcome o = peer.run();
+    CHECK(o.kind == Outcome::Kind::Error);
+    CHECK(o.error.find("connect") != std::string::npos);
+  }
+}

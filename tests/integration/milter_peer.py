@@ -1,0 +1,91 @@
+"""A real milter for test_milter.py: pymilter (Debian's python3-milter, on Sendmail's
+libmilter), run as a child process: milter_peer.py SOCKET TAG RECORD_FILE.
+
+SOCKET is libmilter's spec ("unix:/path" or "inet:PORT@127.0.0.1"). What it does depends
+on the message's Subject (see eom) and the envelope sender ("hang@..." sleeps at MAIL).
+Every message's macros and the headers it saw are appended to RECORD_FILE as one JSON
+line, with TAG, so a test can check what it was sent and in which order milters ran."""
+
+import json
+import sys
+import time
+
+import Milter
+
+SOCKET, TAG, RECORD = sys.argv[1], sys.argv[2], sys.argv[3]
+
+
+class Peer(Milter.Base):
+    def __init__(self):
+        self.macros = {}
+        self.headers = []
+        self.rcpts = []
+        self.sender = None
+        self.received = b""
+
+    @Milter.noreply
+    def connect(self, hostname, family, hostaddr):
+        self.macros["client_addr"] = self.getsymval("{client_addr}")
+        self.macros["j"] = self.getsymval("j")
+        self.macros["hostname"] = hostname
+        return Milter.CONTINUE
+
+    def envfrom(self, mailfrom, *args):
+        self.sender = mailfrom
+        self.macros["mail_addr"] = self.getsymval("{mail_addr}")
+        self.macros["i_at_mail"] = self.getsymval("i")
+        self.macros["tls_version"] = self.getsymval("{tls_version}")
+        self.args = list(args)
+        if mailfrom.startswith("<hang@"):
+            time.sleep(30)
+        return Milter.CONTINUE
+
+    def envrcpt(self, rcpt, *args):
+        self.rcpts.append(rcpt)
+        self.macros.setdefault("rcpt_addr", []).append(self.getsymval("{rcpt_addr}"))
+        return Milter.CONTINUE
+
+    def header(self, name, value):
+        self.headers.append([name, value])
+        return Milter.CONTINUE
+
+    def body(self, chunk):
+        self.received += chunk
+        return Milter.CONTINUE
+
+    def eom(self):
+        self.macros["i"] = self.getsymval("i")
+        subject = next((v for n, v in self.headers if n.lower() == "subject"), "")
+        with open(RECORD, "a") as f:
+            f.write(json.dumps({"tag": TAG, "sender": self.sender, "rcpts": self.rcpts, "macros": self.macros,
+                                "subject": subject, "headers": self.headers, "args": self.args,
+                                "body": self.received.decode("latin-1")}) + "\n")
+        if "reject me" in subject:
+            return Milter.REJECT
+        if "tempfail me" in subject:
+            return Milter.TEMPFAIL
+        if "custom code" in subject:
+            self.setreply("554", "5.7.0", "Refused by the test milter")
+            return Milter.REJECT
+        if "discard me" in subject:
+            return Milter.DISCARD
+        if "quarantine me" in subject:
+            self.quarantine("looks suspicious")
+            return Milter.CONTINUE
+        if "add header" in subject:
+            self.addheader("X-Milter-Added", "by " + TAG)
+            self.addheader("X-Milter-Inserted", "first", idx=1)
+        if "change header" in subject:
+            self.chgheader("X-Change-Me", 1, "changed by " + TAG)
+            self.chgheader("X-Delete-Me", 1, "")
+        if "replace body" in subject:
+            self.replacebody(b"The body the milter wrote.\r\nSecond line.\r\n")
+        if "tagged" in subject:
+            self.addheader("X-Seen-By-" + TAG, "yes")
+        return Milter.CONTINUE
+
+
+Milter.factory = Peer
+Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY | Milter.QUARANTINE)
+print("ready", flush=True)
+Milter.runmilter("moat-test-" + TAG, SOCKET, 60)

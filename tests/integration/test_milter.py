@@ -1,0 +1,318 @@
+"""The milter client ([[milter]]) through the real daemon, against real milters: pymilter
+on Sendmail's libmilter (milter_peer.py, a child process on a unix socket in the test's
+folder or on 127.0.0.1). Reject, tempfail and a custom reply code; headers added, a header
+changed and one deleted, the body replaced (all seen at the sink); quarantine, and discard
+held in the quarantine; the macros the milter read; a milter that is down (tempfail and
+accept as default_action) and one that hangs past command_timeout; two milters in config
+order; bad [[milter]] values refused at FILE:LINE."""
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import SinkTestCase, check_config, free_port, make_cert, owned_moat, owned_sink, wait_for  # noqa: E402
+
+PYTHON = "/usr/bin/python3"
+PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "milter_peer.py")
+
+
+def have_pymilter():
+    return subprocess.run([PYTHON, "-c", "import Milter"], capture_output=True).returncode == 0
+
+
+def start_peer(owner, spec, tag, record):
+    """Runs milter_peer.py on `spec` ("unix:PATH" or "inet:PORT@127.0.0.1") and waits until
+    it takes connections; `owner` (a test or a test class) stops it afterwards."""
+    proc = subprocess.Popen([PYTHON, PEER, spec, tag, record], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cleanup = owner.addClassCleanup if isinstance(owner, type) else owner.addCleanup
+
+    def stop():
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        proc.stderr.close()
+    cleanup(stop)
+
+    def ready():
+        if proc.poll() is not None:
+            raise AssertionError("the milter exited: " + proc.stderr.read().decode(errors="replace"))
+        if spec.startswith("unix:"):
+            target, family = spec[5:], socket.AF_UNIX
+        else:
+            port, host = spec[5:].split("@")
+            target, family = (host, int(port)), socket.AF_INET
+        s = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            s.settimeout(1)
+            s.connect(target)
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+    wait_for(ready, 20, what="the milter listening on " + spec)
+    return proc
+
+
+def records(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.endswith("\n")]
+
+
+def message(subject, body="Hello from the milter test.\r\n", extra=""):
+    return (f"From: alice@sender.test\r\nTo: bob@example.test\r\nSubject: {subject}\r\n{extra}"
+            f"Message-ID: <{subject.replace(' ', '.')}.{time.time()}@sender.test>\r\n\r\n{body}")
+
+
+def send(moat, subject, sender="alice@sender.test", rcpts=("bob@example.test",), tls=False, **kw):
+    """(code, reply text, queue id or None) for one message through `moat` (after STARTTLS
+    with `tls`)."""
+    s = moat.smtp()
+    try:
+        s.ehlo()
+        if tls:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            s.starttls(context=ctx)
+            s.ehlo()
+        code, reply = s.mail(sender)
+        assert code == 250, (code, reply)
+        for r in rcpts:
+            code, reply = s.rcpt(r)
+            assert code == 250, (code, reply)
+        code, reply = s.data(message(subject, **kw))
+        reply = reply.decode()
+        return code, reply, (reply.rsplit(" ", 1)[-1] if code == 250 else None)
+    finally:
+        try:
+            s.quit()
+        except Exception:
+            pass
+
+
+def milter_block(address, name=None, extra=""):
+    return f'\n[[milter]]\naddress = "{address}"\n' + (f'name = "{name}"\n' if name else "") + extra
+
+
+@unittest.skipUnless(have_pymilter(), "python3-milter (pymilter) is not installed")
+class MilterVerdicts(unittest.TestCase):
+    """One pymilter on a unix socket; each message's Subject picks what it does."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="moat-milter-")
+        cls.addClassCleanup(shutil.rmtree, cls.dir, True)
+        cls.record = os.path.join(cls.dir, "record.jsonl")
+        sock = os.path.join(cls.dir, "peer.sock")
+        start_peer(cls, "unix:" + sock, "one", cls.record)
+        cert, key = make_cert(cls.dir)
+        cls.sink = owned_sink(cls)
+        cls.moat = owned_moat(cls, routes=[("example.test", f"smtp:127.0.0.1:{cls.sink.port}")],
+                              listener_extra=f'tls_cert = "{cert}"\ntls_key = "{key}"\n',
+                              extra=milter_block("unix:" + sock, "peer"))
+
+    def delivered(self, subject):
+        msgs = self.sink.wait_messages(1, timeout=30)
+        found = wait_for(lambda: [m for m in self.sink.messages if f"Subject: {subject}".encode() in m["data"]], 30,
+                         what="the message at the sink")
+        self.assertTrue(msgs)
+        return found[0]["data"].decode("latin-1")
+
+    def record_for(self, subject):
+        return wait_for(lambda: [r for r in records(self.record) if r["subject"] == subject], 10,
+                        what="the milter's record")[-1]
+
+    def quarantined(self):
+        return json.loads(self.moat.cli("queue", "list", "--quarantine", "--json").stdout)["messages"]
+
+    def test_reject(self):
+        code, reply, _ = send(self.moat, "please reject me")
+        self.assertEqual((code, reply), (550, "5.7.1 Command rejected"))
+        line = self.moat.wait_log(event="reject", reply="550 5.7.1 Command rejected")
+        self.assertEqual(line["filters"]["milter"]["milters"], {"peer": "reject 550"})
+
+    def test_tempfail(self):
+        code, reply, _ = send(self.moat, "please tempfail me")
+        self.assertEqual(code, 451)
+        self.assertTrue(reply.startswith("4.7.1"), reply)
+
+    def test_custom_reply_code(self):
+        code, reply, _ = send(self.moat, "a custom code please")
+        self.assertEqual((code, reply), (554, "5.7.0 Refused by the test milter"))
+
+    def test_added_headers_at_the_sink(self):
+        code, _, qid = send(self.moat, "add header test")
+        self.assertEqual(code, 250)
+        data = self.delivered("add header test")
+        self.assertIn("X-Milter-Added: by one\r\n", data)
+        self.assertIn("X-Milter-Inserted: first\r\n", data)
+        acc = self.moat.wait_log(event="accept", queue_id=qid)
+        self.assertEqual(acc["filters"]["milter"]["milters"], {"peer": "continue"})
+
+    def test_changed_and_deleted_header(self):
+        code, _, _ = send(self.moat, "change header test", extra="X-Change-Me: original\r\nX-Delete-Me: gone\r\n")
+        self.assertEqual(code, 250)
+        data = self.delivered("change header test")
+        self.assertIn("X-Change-Me: changed by one\r\n", data)
+        self.assertNotIn("original", data)
+        self.assertNotIn("X-Delete-Me", data)
+
+    def test_replaced_body(self):
+        code, _, _ = send(self.moat, "replace body test", body="The original body.\r\n")
+        self.assertEqual(code, 250)
+        data = self.delivered("replace body test")
+        self.assertEqual(data.split("\r\n\r\n", 1)[1], "The body the milter wrote.\r\nSecond line.\r\n")
+        # The milter was sent the body as received.
+        self.assertEqual(self.record_for("replace body test")["body"], "The original body.\r\n")
+
+    def test_quarantine_and_discard(self):
+        for subject, reason in (("quarantine me now", "milter peer: looks suspicious"),
+                                ("discard me now", "milter peer: discard")):
+            code, _, qid = send(self.moat, subject)
+            self.assertEqual(code, 250, subject)
+            acc = self.moat.wait_log(event="accept", queue_id=qid)
+            self.assertEqual(acc["verdict"], "quarantine")
+            held = wait_for(lambda: [x for x in self.quarantined() if x["id"] == qid], 10,
+                            what="the message in the quarantine")
+            self.assertIn(reason, json.dumps(held[0]))
+            self.assertFalse([m for m in self.sink.messages if subject.encode() in m["data"]])
+
+    def test_macros_received(self):
+        code, _, qid = send(self.moat, "macro check", sender="carol@sender.test",
+                            rcpts=("bob@example.test", "dave@example.test"))
+        self.assertEqual(code, 250)
+        r = self.record_for("macro check")
+        self.assertEqual(r["macros"]["mail_addr"], "carol@sender.test")
+        self.assertEqual(r["macros"]["rcpt_addr"], ["bob@example.test", "dave@example.test"])
+        self.assertEqual(r["macros"]["i"], qid)
+        self.assertEqual(r["macros"]["j"], "mx.moat.test")
+        self.assertEqual(r["macros"]["client_addr"], "127.0.0.1")
+        self.assertEqual(r["sender"], "<carol@sender.test>")
+        self.assertIn(["Subject", "macro check"], r["headers"])
+        self.assertIsNone(r["macros"]["tls_version"])  # a milter reads it only over TLS
+        code, _, _ = send(self.moat, "macro check over tls", tls=True)
+        self.assertEqual(code, 250)
+        self.assertRegex(self.record_for("macro check over tls")["macros"]["tls_version"], r"^TLSv1\.[23]$")
+
+
+@unittest.skipUnless(have_pymilter(), "python3-milter (pymilter) is not installed")
+class MilterFailures(SinkTestCase):
+
+    def start(self, extra):
+        self.moat = owned_moat(self, routes=[("example.test", f"smtp:127.0.0.1:{self.sink.port}")],
+                               extra=extra)
+        return self.moat
+
+    def test_down_milter_tempfail_by_default(self):
+        port = free_port()  # nothing listens there
+        m = self.start(milter_block(f"inet:127.0.0.1:{port}", "down"))
+        code, reply, _ = send(m, "to a milter that is down")
+        self.assertEqual(code, 451)
+        self.assertTrue(reply.startswith("4.7.1"), reply)
+        err = m.wait_log(event="milter_error", milter="down")
+        self.assertEqual(err["action"], "tempfail")
+        self.assertIn("connect", err["error"])
+
+    def test_down_milter_with_accept_delivers(self):
+        d = tempfile.mkdtemp(prefix="moat-milter-")
+        self.addCleanup(shutil.rmtree, d, True)
+        m = self.start(milter_block("unix:" + os.path.join(d, "none.sock"), "absent",
+                                    'default_action = "accept"\n'))
+        code, _, qid = send(m, "accepted without the milter")
+        self.assertEqual(code, 250)
+        self.sink.wait_messages(1)
+        acc = m.wait_log(event="accept", queue_id=qid)
+        self.assertEqual(acc["filters"]["milter"]["milters"], {"absent": "error, accept"})
+
+    def test_outbound_false_skips_mail_from_relay_networks(self):
+        # The test client, 127.0.0.1, is in relay.networks: its mail is outbound. The milter
+        # is down, so were it asked, the message would get 451.
+        m = self.start(milter_block(f"inet:127.0.0.1:{free_port()}", "inbound-only", "outbound = false\n"))
+        code, _, qid = send(m, "outbound mail")
+        self.assertEqual(code, 250)
+        acc = m.wait_log(event="accept", queue_id=qid)
+        self.assertEqual(acc["filters"]["milter"]["milters"], {"inbound-only": "skipped (outbound)"})
+        self.assertFalse(m.find_logs(event="milter_error"))
+
+    def test_hanging_milter_is_bounded(self):
+        d = tempfile.mkdtemp(prefix="moat-milter-")
+        self.addCleanup(shutil.rmtree, d, True)
+        sock = os.path.join(d, "hang.sock")
+        start_peer(self, "unix:" + sock, "hang", os.path.join(d, "record.jsonl"))
+        m = self.start(milter_block("unix:" + sock, "slow", 'command_timeout = "1s"\n'))
+        started = time.monotonic()
+        code, _, _ = send(m, "held up", sender="hang@sender.test")
+        elapsed = time.monotonic() - started
+        self.assertEqual(code, 451)
+        self.assertLess(elapsed, 10)
+        err = m.wait_log(event="milter_error", milter="slow")
+        self.assertIn("timed out waiting for the reply to MAIL", err["error"])
+
+    def test_two_milters_in_order(self):
+        d = tempfile.mkdtemp(prefix="moat-milter-")
+        self.addCleanup(shutil.rmtree, d, True)
+        record = os.path.join(d, "record.jsonl")
+        port = free_port()
+        start_peer(self, f"inet:{port}@127.0.0.1", "a", record)
+        sock = os.path.join(d, "b.sock")
+        start_peer(self, "unix:" + sock, "b", record)
+        m = self.start(milter_block(f"inet:127.0.0.1:{port}", "first") + milter_block("unix:" + sock, "second"))
+        code, _, qid = send(m, "tagged twice")
+        self.assertEqual(code, 250)
+        data = self.sink.wait_messages(1)[0]["data"].decode()
+        self.assertIn("X-Seen-By-a: yes\r\n", data)
+        self.assertIn("X-Seen-By-b: yes\r\n", data)
+        self.assertEqual([r["tag"] for r in records(record)], ["a", "b"])
+        acc = m.wait_log(event="accept", queue_id=qid)
+        self.assertEqual(list(acc["filters"]["milter"]["milters"].items()), [("first", "continue"),
+                                                                             ("second", "continue")])
+        # The first milter's reject ends it: the second never sees the message.
+        code, _, _ = send(m, "reject me first")
+        self.assertEqual(code, 550)
+        self.assertEqual([r["tag"] for r in records(record) if r["subject"] == "reject me first"], ["a"])
+
+
+class MilterConfig(unittest.TestCase):
+
+    def test_bad_values_refused_at_file_line(self):
+        text = """[[listener]]
+address = "127.0.0.1:0"
+
+[[milter]]
+address = "inet:mail.example.test:8891"
+
+[[milter]]
+address = "unix:/run/m.sock"
+default_action = "drop"
+command_timeout = "soon"
+"""
+        path, r = check_config(self, text)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn(f"{path}:5:", r.stderr)
+        self.assertIn("host name", r.stderr)
+        self.assertIn(f"{path}:9:", r.stderr)
+        self.assertIn(f"{path}:10:", r.stderr)
+        path, r = check_config(self, '[[listener]]\naddress = "127.0.0.1:0"\n\n[[milter]]\nname = "x"\n')
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn(f"{path}:4:", r.stderr)
+        path, r = check_config(self, '[[listener]]\naddress = "127.0.0.1:0"\n[[milter]]\naddress = "unix:m.sock"\n'
+                               'outbound = false\ncontent_timeout = "10s"\n')
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
