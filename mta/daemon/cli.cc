@@ -3,6 +3,7 @@
 // or extra arguments are usage errors (exit 2) with the usage text on stderr.
 #include "mta/daemon/cli.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -15,10 +16,12 @@
 #include "mta/daemon/control.h"
 #include "mta/daemon/daemon.h"
 #include "mta/daemon/offline.h"
+#include "mta/daemon/queue_select.h"
 #include "mta/daemon/tiny_json.h"
 #include "mta/runtime/log.h"
 #include "mta/server/snapshot.h"
 #include "policy/config.h"
+#include "policy/values.h"
 
 namespace moat::mta::daemon {
 namespace {
@@ -28,6 +31,14 @@ const char* kUsage =
     "       moat check  -c FILE\n"
     "       moat queue  -c FILE list [--json] [--quarantine|--hold|--all]\n"
     "       moat queue  -c FILE show ID | flush [ID] | hold ID | release ID | delete ID | bounce ID\n"
+    "       moat queue  -c FILE list|summary [--json] [--quarantine|--hold|--all] [SELECTORS]\n"
+    "       moat queue  -c FILE flush|hold|release|delete|bounce [--json] [--dry-run] [--quarantine|--hold|--all]\n"
+    "                   SELECTORS | --all-messages\n"
+    "                   (SELECTORS, all of which must match: --from ADDR|@DOMAIN|'<>', --to ADDR|@DOMAIN (a\n"
+    "                   recipient not yet delivered), --older DURATION, --younger DURATION, --reason TEXT\n"
+    "                   (in the quarantine reason or a last reply); addresses match ignoring case. Without an\n"
+    "                   ID an action needs a selector, or --all-messages; --dry-run lists what it would act on.\n"
+    "                   summary counts by area, age and recipient domain, every area unless one is given)\n"
     "       moat scan   -c FILE [--client-ip IP] [--helo NAME] [--mail-from ADDR] [--rcpt ADDR]... MESSAGE.eml\n"
     "                   (the inbound path: --client-ip defaults to 192.0.2.1, an RFC 5737 documentation\n"
     "                   address outside any relay network, never contacted; --helo to localhost)\n"
@@ -127,24 +138,71 @@ std::string one(const Parsed& p, const std::string& opt) {
   return it == p.opts.end() || it->second.empty() ? "" : it->second.back();
 }
 
+// The selectors an operator gave (--from, --to, --older, --younger, --reason) into `sel`;
+// false with `error` for a bad value.
+bool selectorsFrom(const Parsed& p, QueueSelector& sel, std::string& error) {
+  if (auto v = one(p, "--from"); p.opts.count("--from") && !parseAddressSelector(v, true, sel.from, error))
+    return false;
+  if (auto v = one(p, "--to"); p.opts.count("--to") && !parseAddressSelector(v, false, sel.to, error)) return false;
+  for (const char* opt : {"--older", "--younger"}) {
+    if (!p.opts.count(opt)) continue;
+    auto d = policy::parseDuration(one(p, opt));
+    if (!d) {
+      error = std::string(opt) + ": not a duration (30s, 5m, 4h, 2d): " + one(p, opt);
+      return false;
+    }
+    (std::string_view(opt) == "--older" ? sel.olderMs : sel.youngerMs) = d->count();
+  }
+  if (p.opts.count("--reason")) {
+    sel.reason = one(p, "--reason");
+    if (sel.reason.empty()) {
+      error = "--reason needs some text";
+      return false;
+    }
+  }
+  return true;
+}
+
 int cmdQueue(const Parsed& p) {
   if (p.rest.empty()) return usage("queue needs a subcommand");
   const std::string& sub = p.rest[0];
-  static const std::map<std::string, int> kArgs = {{"list", 0}, {"show", 1}, {"flush", -1}, {"hold", 1},
-                                                   {"release", 1}, {"delete", 1}, {"bounce", 1}};
+  static const std::map<std::string, int> kArgs = {{"list", 0},     {"show", 1},    {"flush", -1},  {"hold", -1},
+                                                   {"release", -1}, {"delete", -1}, {"bounce", -1}, {"summary", 0}};
   auto it = kArgs.find(sub);
   if (it == kArgs.end()) return usage("unknown queue subcommand: " + sub);
   size_t nargs = p.rest.size() - 1;
   if ((it->second == 1 && nargs != 1) || (it->second == 0 && nargs != 0) || (it->second == -1 && nargs > 1))
     return usage("wrong number of arguments for queue " + sub);
-  // --json for any; which area to list, for list only.
+  QueueSelector sel;
+  std::string error;
+  if (!selectorsFrom(p, sel, error)) return usage(error);
+  const bool selectors = sel.narrows();
+  const bool everything = hasFlag(p, "--all-messages");
+  const bool action = sub != "list" && sub != "show" && sub != "summary";
+  // An action on the messages selectors pick (no ID); `flush` alone keeps its old meaning.
+  const bool bulk = action && nargs == 0 && (selectors || everything || sub != "flush");
+  if (selectors && !(sub == "list" || sub == "summary" || bulk))
+    return usage("queue " + sub + ": selectors take the place of an ID");
+  if (action && nargs == 0 && sub != "flush" && !selectors && !everything)
+    return usage("queue " + sub +
+                 " needs an ID, or selectors (--from, --to, --older, --younger, --reason), or "
+                 "--all-messages to act on every message");
+  if (everything && (!bulk || selectors)) return usage("--all-messages goes with an action and no ID nor selector");
+  if (hasFlag(p, "--dry-run") && !bulk) return usage("--dry-run goes with an action on selected messages");
+  // --json for any; which area, for list, summary and bulk actions.
   int areas = 0;
   for (const auto& f : p.flags) {
-    if (f == "--json") continue;
-    if (sub != "list") return usage("queue " + sub + ": unknown option " + f);
+    if (f != "--quarantine" && f != "--hold" && f != "--all") continue;
+    if (sub != "list" && sub != "summary" && !bulk) return usage("queue " + sub + ": unknown option " + f);
     ++areas;
   }
-  if (areas > 1) return usage("queue list: --quarantine, --hold and --all go alone");
+  if (areas > 1) return usage("queue " + sub + ": --quarantine, --hold and --all go alone");
+  if (hasFlag(p, "--quarantine"))
+    sel.area = "quarantine";
+  else if (hasFlag(p, "--hold"))
+    sel.area = "hold";
+  else if (hasFlag(p, "--all"))
+    sel.area = "all";
   // Only the control socket is needed: an admin halfway through editing the config (a
   // mistake elsewhere in it) can still look at the queue. Not a config that is no TOML.
   policy::Errors errors;
@@ -156,14 +214,24 @@ int cmdQueue(const Parsed& p) {
                  cfg->controlSocket.c_str());
   std::string request = sub;
   if (sub == "list") {
-    if (hasFlag(p, "--quarantine")) request += " quarantine";
-    else if (hasFlag(p, "--hold")) request += " hold";
-    else if (hasFlag(p, "--all")) request += " all";
+    // The old form ("list hold") when there is no selector, so an older daemon still understands.
+    if (!sel.area.empty()) request += " " + sel.area;
+    QueueSelector rest = sel;
+    rest.area.clear();
+    if (std::string t = rest.encode(); !t.empty()) request += " " + t;
+  } else if (sub == "summary") {
+    if (std::string t = sel.encode(); !t.empty()) request += " " + t;
+  } else if (bulk) {
+    request = "bulk " + sub;
+    if (hasFlag(p, "--dry-run")) request += " dry_run=1";
+    if (everything) request += " all_messages=1";
+    if (std::string t = sel.encode(); !t.empty()) request += " " + t;
   } else if (nargs == 1) {
     request += " " + p.rest[1];
   }
-  std::string reply, error;
-  if (!controlRequest(cfg->controlSocket, request, reply, error)) {
+  std::string reply;
+  // A bulk action on a long queue waits for every message's move or removal.
+  if (!controlRequest(cfg->controlSocket, request, reply, error, bulk ? 3600 : 30)) {
     std::fprintf(stderr, "moat: %s\n", error.c_str());
     return 1;
   }
@@ -184,6 +252,10 @@ int cmdQueue(const Parsed& p) {
     text = formatQueueTable(*parsed);
   } else if (sub == "show") {
     text = formatQueueShow(*parsed);
+  } else if (sub == "summary") {
+    text = formatQueueSummary(*parsed);
+  } else if (bulk) {
+    text = formatQueueBulk(*parsed);
   } else {
     text = formatQueueAction(sub, *parsed);
   }
@@ -192,7 +264,9 @@ int cmdQueue(const Parsed& p) {
     std::fprintf(stderr, "moat: cannot write the answer: %s\n", std::strerror(errno));
     return 1;
   }
-  return 0;
+  // A bulk action some of whose messages failed (busy, a full disk) did not all it was asked.
+  auto* failed = parsed->get("failed");
+  return bulk && failed && !failed->array.empty() ? 1 : 0;
 }
 
 std::string humanTime(int64_t ms) {
@@ -324,6 +398,82 @@ std::string formatQueueAction(const std::string& sub, const std::string& reply) 
   return text.empty() ? reply + "\n" : text;
 }
 
+std::string formatQueueBulk(const json::Value& root) {
+  const std::string& action = str(root, "action");
+  static const std::map<std::string, std::pair<const char*, const char*>> kWords = {
+      {"hold", {"hold", "Held"}},
+      {"release", {"release", "Released (to be tried now)"}},
+      {"delete", {"delete", "Deleted"}},
+      {"bounce", {"bounce", "Returned to their senders"}},
+      {"flush", {"flush", "Flushed (to be tried now)"}}};
+  auto w = kWords.count(action) ? kWords.at(action) : std::pair<const char*, const char*>{"act on", "Done"};
+  auto plural = [](size_t k) { return std::to_string(k) + " message" + (k == 1 ? "" : "s"); };
+  const json::Value* ids = root.get("ids");
+  const json::Value* failed = root.get("failed");
+  std::string out;
+  bool dry = root.get("dry_run") && root.get("dry_run")->boolean;
+  if (dry) {
+    out = std::string("Would ") + w.first + " " + plural(ids ? ids->array.size() : 0) +
+          (ids && !ids->array.empty() ? ":" : "") + "\n";
+  } else {
+    out = std::string(w.second) + ": " + plural(static_cast<size_t>(num(root, "acted")));
+    if (action == "bounce")
+      out += ", " + std::to_string(num(root, "bounced")) + " recipient" + (num(root, "bounced") == 1 ? "" : "s") +
+             " bounced";
+    if (failed && !failed->array.empty()) out += "; " + std::to_string(failed->array.size()) + " failed";
+    out += ids && !ids->array.empty() ? ":\n" : "\n";
+  }
+  if (ids)
+    for (const auto& id : ids->array) out += "  " + id.str + "\n";
+  if (failed && !failed->array.empty()) {
+    out += "Failed:\n";
+    for (const auto& f : failed->array) out += "  " + str(f, "id") + ": " + str(f, "error") + "\n";
+  }
+  return out;
+}
+
+std::string formatQueueSummary(const json::Value& root) {
+  std::string out;
+  char line[512];
+  if (auto* areas = root.get("areas")) {
+    std::snprintf(line, sizeof line, "%-12s %8s\n", "Area", "Messages");
+    out += line;
+    for (const auto& [k, v] : areas->object) {
+      std::snprintf(line, sizeof line, "%-12s %8lld\n", k.c_str(), static_cast<long long>(v.number));
+      out += line;
+    }
+    out += "\n";
+  }
+  const json::Value* domains = root.get("domains");
+  int width = 20;
+  if (domains)
+    for (const auto& d : domains->array)
+      width = std::max(width, std::min(64, static_cast<int>(str(d, "domain").size())));
+  auto row = [&](const std::string& name, int64_t total, const json::Value* ages) {
+    int n = std::snprintf(line, sizeof line, "%-*s %8lld", width, name.c_str(), static_cast<long long>(total));
+    std::string r(line, static_cast<size_t>(std::max(n, 0)));
+    if (ages)
+      for (const auto& a : ages->array) {
+        std::snprintf(line, sizeof line, " %7lld", static_cast<long long>(a.number));
+        r += line;
+      }
+    out += r + "\n";
+  };
+  std::snprintf(line, sizeof line, "%-*s %8s", width, "Domain", "Total");
+  out += line;
+  if (auto* b = root.get("buckets"))
+    for (const auto& x : b->array) {
+      std::snprintf(line, sizeof line, " %7s", x.str.c_str());
+      out += line;
+    }
+  out += "\n";
+  row("TOTAL", num(root, "messages"), root.get("ages"));
+  if (domains)
+    for (const auto& d : domains->array)
+      row(str(d, "domain").empty() ? "(none)" : str(d, "domain"), num(d, "messages"), d.get("ages"));
+  return out;
+}
+
 int runCli(const std::vector<std::string>& args) {
   if (args.empty()) return usage();
   const std::string& cmd = args[0];
@@ -341,7 +491,11 @@ int runCli(const std::vector<std::string>& args) {
   static const std::map<std::string, Spec> kSpecs = {
       {"serve", {true, {}, {}, {}}},
       {"check", {true, {}, {}, {}}},
-      {"queue", {true, {}, {}, {"--json", "--quarantine", "--hold", "--all"}}},
+      {"queue",
+       {true,
+        {"--from", "--to", "--older", "--younger", "--reason"},
+        {},
+        {"--json", "--quarantine", "--hold", "--all", "--dry-run", "--all-messages"}}},
       {"scan", {true, {"--client-ip", "--helo", "--mail-from"}, {"--rcpt"}, {}}},
       {"spf", {true, {"--ip", "--helo", "--mail-from"}, {}, {}}},
       {"dkim", {false, {"--domain", "--selector", "--type", "--out"}, {}, {"--force"}}},

@@ -19,5 +19,8 @@ std::string formatQueueShow(const json::Value& answer);
 std::string formatQueueShow(const std::string& json);
 std::string formatQueueAction(const std::string& sub, const json::Value& answer);
 std::string formatQueueAction(const std::string& sub, const std::string& json);
+// A bulk action's answer (`moat queue hold --from ...`) and `queue summary`, for people.
+std::string formatQueueBulk(const json::Value& answer);
+std::string formatQueueSummary(const json::Value& answer);
 
 }  // namespace moat::mta::daemon

@@ -10,6 +10,8 @@
 #include <map>
 
 #include "mta/daemon/queue_manager.h"
+#include "mta/daemon/queue_select.h"
+#include "mta/daemon/tiny_json.h"
 #include "mta/runtime/json.h"
 #include "mta/runtime/log.h"
 #include "mta/runtime/uv.h"
@@ -24,10 +26,57 @@ constexpr size_t kMaxRequest = 4096;
 constexpr size_t kSliceBytes = 64 * 1024;
 // Messages looked at per slice at most, however few of them the area asked for matches.
 constexpr size_t kSliceVisits = 2048;
+// A bulk action: at most this many messages' actions under way at once (each a move, a
+// removal or a DSN on the thread pool), and at most this many started per turn of the loop.
+constexpr size_t kBulkWindow = 64;
+constexpr size_t kBulkPerTurn = 512;
+
+// Splits "first rest" at the first space.
+std::pair<std::string, std::string> firstWord(const std::string& s) {
+  auto sp = s.find(' ');
+  if (sp == std::string::npos) return {s, ""};
+  return {s.substr(0, sp), s.substr(sp + 1)};
+}
+
+// Takes the flag token `name=1` out of `tokens`; true when it was there.
+bool takeFlag(std::string& tokens, const std::string& name) {
+  std::string out;
+  bool found = false;
+  size_t i = 0;
+  while (i <= tokens.size()) {
+    size_t end = tokens.find(' ', i);
+    if (end == std::string::npos) end = tokens.size();
+    std::string tok = tokens.substr(i, end - i);
+    i = end + 1;
+    if (tok == name + "=1") {
+      found = true;
+    } else if (!tok.empty()) {
+      if (!out.empty()) out.push_back(' ');
+      out += tok;
+    }
+  }
+  tokens = std::move(out);
+  return found;
+}
 
 }  // namespace
 
 struct ControlServer::Impl {
+  // `bulk ACTION SELECTORS`: the selection, a slice per turn, then the action on each message
+  // through the single-message call (the same checks, answers and log lines), kBulkWindow at
+  // a time; one answer at the end.
+  struct Bulk {
+    QueueManager::SelectCursor cursor;
+    bool dryRun = false;
+    std::vector<std::string> ids;
+    size_t next = 0;
+    size_t inFlight = 0;
+    bool pumping = false;
+    mta::JsonArray acted;
+    size_t actedCount = 0;
+    mta::JsonArray failed;
+    uint64_t bounced = 0;
+  };
   struct Client {
     Impl* owner = nullptr;
     uv::Handle<uv_pipe_t> pipe;
@@ -35,6 +84,9 @@ struct ControlServer::Impl {
     bool answered = false;
     std::unique_ptr<QueueManager::ListCursor> listing;  // a `list` being written
     std::unique_ptr<uv::Timer> resume;                  // the next slice after one that had nothing to write
+    std::shared_ptr<Bulk> bulk;                         // a bulk action under way
+    std::unique_ptr<QueueManager::SelectCursor> summaryCursor;  // a summary being counted
+    QueueSummary summary;
   };
 
   uv_loop_t* loop;
@@ -94,13 +146,156 @@ struct ControlServer::Impl {
 
   // `list`: its answer a slice at a time (QueueManager::listSlice), the next made when the
   // socket has taken the last, so the loop serves everything else in between.
-  void startList(Client* c, const std::string& area) {
+  // `list [AREA] [SELECTORS]`: a first word without '=' is the area, as it has always been.
+  void startList(Client* c, const std::string& arg) {
     if (c->answered) return;
+    auto [area, tokens] = firstWord(arg);
+    if (area.find('=') != std::string::npos) {
+      tokens = arg;
+      area.clear();
+    }
+    QueueSelector sel;
+    std::string error;
+    if (!QueueSelector::decode(tokens, sel, error))
+      return answer(c, JsonObject().add("ok", false).add("error", error).str());
+    if (!area.empty()) sel.area = area;
     c->answered = true;
     uv_read_stop(stream(c));
     c->listing = std::make_unique<QueueManager::ListCursor>();
-    c->listing->area = area;
+    c->listing->select = sel;
     nextSlice(c);
+  }
+
+  // The next slice in a later turn of the loop. Not a 0 ms timer: libuv before 1.45 runs a
+  // timer restarted from its own callback again in the same pass when it is due at once, so
+  // a chain of them walked a 20,000-message queue in one turn (20-30 ms with no greeting
+  // sent). 1 ms is due only once the loop has looked at its sockets again.
+  void later(Client* c, std::function<void()> fn) {
+    if (!c->resume) c->resume = std::make_unique<uv::Timer>(loop);
+    c->resume->start(1, std::move(fn));
+  }
+
+  // `summary [SELECTORS]`: every area unless one is given.
+  void startSummary(Client* c, const std::string& arg) {
+    QueueSelector sel;
+    std::string error;
+    if (!QueueSelector::decode(arg, sel, error))
+      return answer(c, JsonObject().add("ok", false).add("error", error).str());
+    if (sel.area.empty()) sel.area = "all";
+    c->summaryCursor = std::make_unique<QueueManager::SelectCursor>();
+    c->summaryCursor->select = sel;
+    nextSummary(c);
+  }
+
+  void nextSummary(Client* c) {
+    qm.summarySlice(*c->summaryCursor, c->summary, kSliceVisits);
+    if (c->summaryCursor->done) return answer(c, c->summary.json());
+    later(c, [this, c] { nextSummary(c); });
+  }
+
+  // `bulk ACTION [dry_run=1] [all_messages=1] SELECTORS`.
+  void startBulk(Client* c, const std::string& arg) {
+    auto [action, tokens] = firstWord(arg);
+    auto refuse = [&](const std::string& error) { answer(c, JsonObject().add("ok", false).add("error", error).str()); };
+    if (action != "hold" && action != "release" && action != "delete" && action != "bounce" && action != "flush")
+      return refuse("bulk: unknown action: " + action);
+    auto b = std::make_shared<Bulk>();
+    b->dryRun = takeFlag(tokens, "dry_run");
+    bool everything = takeFlag(tokens, "all_messages");
+    std::string error;
+    if (!QueueSelector::decode(tokens, b->cursor.select, error)) return refuse(error);
+    // No "delete everything" by a slip: a selector, or all_messages said outright.
+    if (!b->cursor.select.narrows() && !everything)
+      return refuse("bulk " + action + " without a selector acts on every message: give all_messages=1 to mean it");
+    b->cursor.action = action;
+    c->bulk = b;
+    nextSelection(c);
+  }
+
+  void nextSelection(Client* c) {
+    auto& b = *c->bulk;
+    qm.selectSlice(b.cursor, b.ids, kSliceVisits);
+    if (!b.cursor.done) return later(c, [this, c] { nextSelection(c); });
+    if (b.dryRun) {
+      for (const auto& id : b.ids) b.acted.add(id);
+      return finishBulk(c);
+    }
+    pumpBulk(c);
+  }
+
+  void pumpBulk(Client* c) {
+    auto bp = c->bulk;
+    if (!bp) return;  // finished meanwhile
+    auto& b = *bp;
+    if (b.pumping) return;
+    b.pumping = true;
+    size_t started = 0;
+    const std::string& action = b.cursor.action;
+    while (b.next < b.ids.size() && b.inFlight < kBulkWindow && started < kBulkPerTurn) {
+      std::string id = b.ids[b.next++];
+      ++started;
+      if (action == "flush") {
+        int r = qm.flushOne(id);
+        if (r > 0) {
+          b.acted.add(id);
+          ++b.actedCount;
+        } else {
+          b.failed.addRaw(
+              JsonObject()
+                  .add("id", id)
+                  .add("error", r < 0 ? "no such message: " + id : "message is busy: a delivery or a move is under way")
+                  .str());
+        }
+        continue;
+      }
+      ++b.inFlight;
+      auto stillAlive = alive;
+      auto done = [this, c, bp, id, stillAlive](std::string reply) {
+        if (!*stillAlive) return;
+        auto parsed = json::parse(reply);
+        bool ok = parsed && parsed->get("ok") && parsed->get("ok")->boolean;
+        if (ok) {
+          bp->acted.add(id);
+          ++bp->actedCount;
+          if (auto* n = parsed->get("bounced")) bp->bounced += static_cast<uint64_t>(n->number);
+        } else {
+          std::string error = parsed && parsed->get("error") ? parsed->get("error")->str : reply;
+          bp->failed.addRaw(JsonObject().add("id", id).add("error", error).str());
+        }
+        --bp->inFlight;
+        if (!clients.count(c) || c->bulk != bp) return;
+        if (!bp->pumping) pumpBulk(c);
+      };
+      if (action == "hold")
+        qm.hold(id, done);
+      else if (action == "release")
+        qm.release(id, done);
+      else if (action == "delete")
+        qm.remove(id, done);
+      else
+        qm.bounce(id, done);
+    }
+    b.pumping = false;
+    if (b.next < b.ids.size()) {
+      // The window is full (a callback goes on) or this turn's share is used up (the next turn does).
+      if (b.inFlight < kBulkWindow) later(c, [this, c] { pumpBulk(c); });
+      return;
+    }
+    if (b.inFlight == 0) finishBulk(c);
+  }
+
+  void finishBulk(Client* c) {
+    auto b = std::move(c->bulk);
+    JsonObject o;
+    o.add("ok", true)
+        .add("action", b->cursor.action)
+        .add("dry_run", b->dryRun)
+        .add("matched", static_cast<uint64_t>(b->ids.size()))
+        .add("acted", static_cast<uint64_t>(b->actedCount))
+        .addRaw("ids", b->acted.str())
+        .addRaw("failed", b->failed.str());
+    if (b->cursor.action == "bounce") o.add("bounced", b->bounced);
+    answer(c, o.str());
   }
 
   void nextSlice(Client* c) {
@@ -111,10 +306,9 @@ struct ControlServer::Impl {
       return send(c, std::move(out), true);
     }
     if (!out.empty()) return send(c, std::move(out), false);
-    // Every message looked at was of another area: nothing to write, so no write callback
-    // to go on from. The next turn of the loop goes on instead.
-    if (!c->resume) c->resume = std::make_unique<uv::Timer>(loop);
-    c->resume->start(0, [this, c] { nextSlice(c); });
+    // Every message looked at was of another area or not selected: nothing to write, so no
+    // write callback to go on from. A later turn of the loop goes on instead.
+    later(c, [this, c] { nextSlice(c); });
   }
 
   void handle(Client* c, const std::string& line) {
@@ -137,6 +331,10 @@ struct ControlServer::Impl {
     log::info("control").add("verb", verb).add("arg", arg);
     if (verb == "list")
       startList(c, arg);
+    else if (verb == "summary")
+      startSummary(c, arg);
+    else if (verb == "bulk")
+      startBulk(c, arg);
     else if (verb == "show") { if (needId()) reply(qm.show(arg)); }
     else if (verb == "flush") reply(qm.flush(arg));
     else if (verb == "hold") { if (needId()) qm.hold(arg, reply); }
@@ -216,7 +414,8 @@ void ControlServer::stop() {
   impl_->path.clear();
 }
 
-bool controlRequest(const std::string& path, const std::string& request, std::string& reply, std::string& error) {
+bool controlRequest(const std::string& path, const std::string& request, std::string& reply, std::string& error,
+                    int timeoutSeconds) {
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     error = std::strerror(errno);
@@ -235,7 +434,7 @@ bool controlRequest(const std::string& path, const std::string& request, std::st
     ::close(fd);
     return false;
   }
-  timeval tv{30, 0};
+  timeval tv{timeoutSeconds, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   std::string req = request + "\n";
   if (::write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {

@@ -1,7 +1,13 @@
 // mta/daemon/control.h — the control socket (a Unix-domain stream socket, mode 0660) that
 // `moat queue ...` talks to. Protocol: the client sends one line "VERB [ARG]\n"; the daemon
 // answers with one JSON object on one line and closes. Verbs: list [active|hold|quarantine|all],
-// show ID, flush [ID], hold ID, release ID, delete ID, bounce ID. Requests are bounded
+// show ID, flush [ID], hold ID, release ID, delete ID, bounce ID; and, for the messages
+// selectors pick (queue_select.h: `area=`, `from=`, `to=`, `older=MS`, `younger=MS`,
+// `reason=` tokens), `list [AREA] SELECTORS`, `summary [SELECTORS]` (every area unless
+// one is given) and `bulk ACTION [dry_run=1] [all_messages=1] SELECTORS` (ACTION: hold,
+// release, delete, bounce, flush; refused without a selector unless all_messages=1), whose
+// answer is {"ok":true,"action","dry_run","matched","acted","ids":[...],"failed":[{"id",
+// "error"}]} once every selected message has been acted on. Requests are bounded
 // (4 KiB); anything else gets {"ok":false,"error":...}. The answer to `list` (megabytes for
 // a long queue) is written in slices across turns of the loop, each made once the socket
 // has taken the one before (QueueManager::listSlice), so it never holds the loop up.
@@ -29,6 +35,8 @@ class ControlServer {
 
 // Client side, for the CLI: sends one request and returns the JSON reply (blocking; not for
 // the daemon). Returns false with `error` when the daemon cannot be reached.
-bool controlRequest(const std::string& path, const std::string& request, std::string& reply, std::string& error);
+// `timeoutSeconds` bounds each wait for the answer.
+bool controlRequest(const std::string& path, const std::string& request, std::string& reply, std::string& error,
+                    int timeoutSeconds = 30);
 
 }  // namespace moat::mta::daemon

@@ -2594,11 +2594,11 @@ void QueueManager::listSlice(ListCursor& cursor, std::string& out, size_t maxByt
   if (!cursor.begun) {
     cursor.begun = true;
     if (!entries_.empty()) cursor.last = entries_.rbegin()->first;
+    cursor.nowMs = nowMs();
     out += "{\"ok\":true,\"messages\":[";
   } else {
     it = entries_.upper_bound(cursor.after);  // the last one looked at may be gone since
   }
-  const std::string& area = cursor.area;
   const size_t start = out.size();
   mta::JsonObject o;
   std::vector<std::string> to;
@@ -2607,10 +2607,7 @@ void QueueManager::listSlice(ListCursor& cursor, std::string& out, size_t maxByt
     const auto& [id, e] = *it;
     cursor.after = id;
     const auto& env = e.env;
-    bool want = area == "all" || (area.empty() && env.area != queue::Area::Quarantine) ||
-                (area == "quarantine" && env.area == queue::Area::Quarantine) ||
-                (area == "hold" && env.area == queue::Area::Hold) || (area == "active" && env.area == queue::Area::Active);
-    if (!want) continue;
+    if (!cursor.select.matches(env, cursor.nowMs)) continue;
     o.clear();
     to.clear();
     std::string_view lastReply;
@@ -2673,17 +2670,64 @@ std::string QueueManager::show(const std::string& id) const {
 std::string QueueManager::flush(const std::string& id) {
   unreachable_.clear();  // the admin says: try now
   size_t n = 0;
-  for (auto& [mid, e] : entries_) {
-    if (!id.empty() && mid != id) continue;
-    if (e.env.area != queue::Area::Active || e.busy) continue;
-    e.atOnce.clear();  // every recipient now
-    schedule(mid, 0);
-    ++n;
+  if (!id.empty()) {
+    int r = flushOne(id);
+    if (r < 0) return mta::JsonObject().add("ok", false).add("error", "no such message: " + id).str();
+    n = static_cast<size_t>(r);
+  } else {
+    for (auto& [mid, e] : entries_) {
+      if (e.env.area != queue::Area::Active || e.busy) continue;
+      e.atOnce.clear();  // every recipient now
+      schedule(mid, 0);
+      ++n;
+    }
   }
-  if (!id.empty() && n == 0 && !entries_.count(id))
-    return mta::JsonObject().add("ok", false).add("error", "no such message: " + id).str();
   armTimer();
   return mta::JsonObject().add("ok", true).add("flushed", static_cast<uint64_t>(n)).str();
+}
+
+int QueueManager::flushOne(const std::string& id) {
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return -1;
+  auto& e = it->second;
+  if (e.env.area != queue::Area::Active || e.busy) return 0;
+  unreachable_.clear();
+  e.atOnce.clear();
+  schedule(id, 0);
+  armTimer();
+  return 1;
+}
+
+template <class F>
+void QueueManager::walk(SelectCursor& cursor, size_t maxVisits, F&& f) const {
+  if (cursor.done) return;
+  auto it = entries_.begin();
+  if (!cursor.begun) {
+    cursor.begun = true;
+    cursor.nowMs = nowMs();
+    if (!entries_.empty()) cursor.last = entries_.rbegin()->first;
+  } else {
+    it = entries_.upper_bound(cursor.after);  // the last one looked at may be gone since
+  }
+  const std::string& action = cursor.action;
+  for (size_t visits = 0; it != entries_.end() && it->first <= cursor.last && visits < maxVisits; ++it, ++visits) {
+    const auto& [id, e] = *it;
+    cursor.after = id;
+    auto area = e.env.area;
+    if ((action == "hold" && area == queue::Area::Hold) || (action == "release" && area == queue::Area::Active) ||
+        (action == "flush" && area != queue::Area::Active))
+      continue;
+    if (cursor.select.matches(e.env, cursor.nowMs)) f(id, e);
+  }
+  if (it == entries_.end() || it->first > cursor.last) cursor.done = true;
+}
+
+void QueueManager::selectSlice(SelectCursor& cursor, std::vector<std::string>& ids, size_t maxVisits) const {
+  walk(cursor, maxVisits, [&ids](const std::string& id, const Entry&) { ids.push_back(id); });
+}
+
+void QueueManager::summarySlice(SelectCursor& cursor, QueueSummary& summary, size_t maxVisits) const {
+  walk(cursor, maxVisits, [&](const std::string&, const Entry& e) { summary.add(e.env, cursor.nowMs); });
 }
 
 void QueueManager::hold(const std::string& id, std::function<void(std::string)> reply) {

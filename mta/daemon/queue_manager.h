@@ -43,6 +43,7 @@
 #include "mta/client/smtp_client.h"
 #include "mta/daemon/dmarc_reporter.h"
 #include "mta/daemon/mta_sts.h"
+#include "mta/daemon/queue_select.h"
 #include "mta/daemon/report_mail.h"
 #include "mta/daemon/state_file.h"
 #include "mta/daemon/tlsrpt.h"
@@ -81,7 +82,8 @@ class QueueManager {
   // moved or removed meanwhile is listed once or not at all, never torn. Messages queued
   // after the first slice are left out (ids above `last`), so a listing always ends.
   struct ListCursor {
-    std::string area;
+    QueueSelector select;  // the area and the selectors (queue_select.h)
+    int64_t nowMs = 0;     // the wall time ages are measured at, set by the first slice
     bool begun = false;
     bool any = false;   // a message was written (the next one takes a comma)
     bool done = false;  // "]}" written
@@ -91,8 +93,26 @@ class QueueManager {
   // Appends the next slice to `out`: stops once it has added `maxBytes` or looked at
   // `maxVisits` messages (an area's filter may skip many). Sets cursor.done with the end.
   void listSlice(ListCursor& cursor, std::string& out, size_t maxBytes, size_t maxVisits) const;
+  // Bulk actions and `summary`: the messages `select` picks, a slice at a time (as a list),
+  // the ids in queue order. `action` ("hold", "release", "flush", "delete", "bounce", or ""
+  // for all) leaves out the messages the action would not change: already held for hold,
+  // active for release, not active for flush. Messages queued after the first slice are
+  // left out, so a selection always ends.
+  struct SelectCursor {
+    QueueSelector select;
+    std::string action;
+    int64_t nowMs = 0;
+    bool begun = false;
+    bool done = false;
+    std::string after;
+    std::string last;
+  };
+  void selectSlice(SelectCursor& cursor, std::vector<std::string>& ids, size_t maxVisits) const;
+  void summarySlice(SelectCursor& cursor, QueueSummary& summary, size_t maxVisits) const;
   std::string show(const std::string& id) const;
   std::string flush(const std::string& id);  // "" = everything due now
+  // flush of one message: 1 = to be tried now, 0 = not active or busy, -1 = no such message.
+  int flushOne(const std::string& id);
   void hold(const std::string& id, std::function<void(std::string)> reply);
   void release(const std::string& id, std::function<void(std::string)> reply);
   void remove(const std::string& id, std::function<void(std::string)> reply);
@@ -116,6 +136,9 @@ class QueueManager {
   std::string randomHex();
 
  private:
+  // Calls `f(id, entry)` for the messages of cursor's selection, looking at `maxVisits` at most.
+  template <class F>
+  void walk(SelectCursor& cursor, size_t maxVisits, F&& f) const;
   struct Entry {
     queue::Envelope env;
     bool busy = false;

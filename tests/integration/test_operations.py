@@ -670,6 +670,27 @@ class LongQueueListTest(unittest.TestCase):
         bound = 25 if os.environ.get("MOAT_SANITIZED") == "1" else 10
         self.assertLess(statistics.median(delays), bound, f"greeting delays (ms) while listing: {delays}")
 
+    def test_a_selection_over_a_long_queue_holds_up_no_greeting(self):
+        # A bulk action (here its --dry-run, which changes nothing for the other tests) and a
+        # summary pick from every message in one request each, a slice at a time between the
+        # loop's other work: a client connecting meanwhile is greeted at once.
+        expected = len(json.loads(self.m.cli("queue", "list", "--json").stdout)["messages"])
+        self.assertGreaterEqual(expected, self.N - 5)
+        delays = []
+        for request in (b"bulk delete dry_run=1 all_messages=1\n", b"summary\n") * 3:
+            ctl = self.request(request)
+            time.sleep(0.001)
+            delays.append(self.greeting_ms())
+            answer = json.loads(self.read_all(ctl))
+            if request.startswith(b"bulk"):
+                self.assertEqual((answer["matched"], len(answer["ids"]), answer["acted"]), (expected, expected, 0))
+            else:
+                self.assertEqual((answer["messages"], answer["areas"]["active"]), (expected, expected))
+                self.assertEqual([(d["domain"], d["messages"]) for d in answer["domains"]], [("example.test", expected)])
+        bound = 25 if os.environ.get("MOAT_SANITIZED") == "1" else 10
+        self.assertLess(statistics.median(delays), bound, f"greeting delays (ms) while selecting: {delays}")
+        self.assertEqual(len(json.loads(self.m.cli("queue", "list", "--json").stdout)["messages"]), expected)
+
     def test_a_reader_that_goes_away_halfway_ends_only_its_own_listing(self):
         # A listing is written as the reader takes it; one that stops reading and goes away
         # (the write fails) is dropped, and the daemon goes on serving the others.
