@@ -5,17 +5,14 @@
 #include <cctype>
 #include <set>
 
+#include "mta/runtime/scan.h"
+
 namespace moat::filters::dmarc {
 
 namespace {
 
-bool isWsp(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && isWsp(s.front())) s.remove_prefix(1);
-  while (!s.empty() && isWsp(s.back())) s.remove_suffix(1);
-  return s;
-}
+using mta::isWhite;
+using mta::trimWhite;
 
 std::string lower(std::string_view s) {
   std::string out(s);
@@ -54,10 +51,10 @@ struct Tag {
 bool splitTag(std::string_view piece, Tag& tag) {
   auto eq = piece.find('=');
   if (eq == std::string_view::npos) return false;
-  auto name = trim(piece.substr(0, eq));
+  auto name = trimWhite(piece.substr(0, eq));
   if (!validTagName(name)) return false;
   tag.name = lower(name);
-  tag.value = trim(piece.substr(eq + 1));
+  tag.value = trimWhite(piece.substr(eq + 1));
   return true;
 }
 
@@ -79,7 +76,7 @@ bool parseMode(std::string_view v, std::string& out) {
 bool parseList(std::string_view v, const std::set<std::string>& allowed, std::string& out) {
   std::string joined;
   for (auto item : split(v, ':')) {
-    auto l = lower(trim(item));
+    auto l = lower(trimWhite(item));
     if (!allowed.count(l)) return false;
     if (!joined.empty()) joined += ':';
     joined += l;
@@ -92,7 +89,7 @@ bool parseUris(std::string_view v, std::vector<std::string>& out) {
   out.clear();
   for (auto item : split(v, ',')) {
     ReportUri uri;
-    if (parseReportUri(item, uri)) out.emplace_back(trim(item));
+    if (parseReportUri(item, uri)) out.emplace_back(trimWhite(item));
   }
   return true;  // invalid URIs are dropped, not fatal (§6.3: receivers ignore what they cannot use)
 }
@@ -156,14 +153,14 @@ ParseStatus parseRecord(std::string_view txt, Record& out, std::string& error) {
 ParseStatus parseRecord(std::string_view txt, Record& out, std::string& error, ParseDetail& detail) {
   detail = {};
   out = Record{};
-  auto body = trim(txt);
+  auto body = trimWhite(txt);
   if (body.empty()) {
     error = "empty record";
     return ParseStatus::Empty;
   }
   auto pieces = split(body, ';');
   Tag first;
-  if (!splitTag(trim(pieces[0]), first) || first.name != "v") {
+  if (!splitTag(trimWhite(pieces[0]), first) || first.name != "v") {
     error = "the first tag is not v=";
     return ParseStatus::NotDmarc;
   }
@@ -174,7 +171,7 @@ ParseStatus parseRecord(std::string_view txt, Record& out, std::string& error, P
   std::set<std::string> seen{"v"};
   std::string firstBad;
   for (size_t i = 1; i < pieces.size(); ++i) {
-    auto piece = trim(pieces[i]);
+    auto piece = trimWhite(pieces[i]);
     if (piece.empty()) continue;  // a trailing ";" (and, leniently, ";;")
     Tag tag;
     bool isTag = splitTag(piece, tag);
@@ -205,7 +202,7 @@ bool isDmarcRecord(std::string_view txt) {
 }
 
 bool parseReportUri(std::string_view text, ReportUri& out) {
-  auto s = trim(text);
+  auto s = trimWhite(text);
   out = {};
   auto bang = s.rfind('!');
   if (bang != std::string_view::npos) {
@@ -236,7 +233,7 @@ bool parseReportUri(std::string_view text, ReportUri& out) {
   for (char c : scheme)
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '+' && c != '-' && c != '.') return false;
   auto rest = s.substr(colon + 1);
-  if (std::any_of(rest.begin(), rest.end(), [](char c) { return isWsp(c) || static_cast<unsigned char>(c) < 0x20; }))
+  if (std::any_of(rest.begin(), rest.end(), [](char c) { return isWhite(c) || static_cast<unsigned char>(c) < 0x20; }))
     return false;
   out.uri = std::string(s);
   out.scheme = lower(scheme);

@@ -1702,16 +1702,26 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
     r.attempts++;
     r.lastReply = o.reply;
     r.relay = o.relay;
+    // The fields the recipient's deliver, bounce and defer lines share.
+    auto outcomeFields = [&](log::Line& line) {
+      line.add("queue_id", env.id)
+          .add("message_id", env.messageId)
+          .add("from", env.mailFrom)
+          .add("to", r.address)
+          .add("relay", o.relay)
+          .add("reply", o.reply)
+          .add("attempt", env.attempts)
+          .add("delay_ms", now - env.arrivalMs);
+      if (env.requireTls) line.add("requiretls", true);
+    };
     switch (o.kind) {
       case RcptOutcome::Kind::Delivered: {
         r.status = queue::RcptStatus::Delivered;
         auto line = log::info("deliver");
-        line.add("queue_id", env.id).add("message_id", env.messageId).add("from", env.mailFrom).add("to", r.address)
-            .add("relay", o.relay).add("reply", o.reply).add("attempt", env.attempts).add("delay_ms", now - env.arrivalMs);
+        outcomeFields(line);
         if (!o.tls.empty()) line.add("tls", o.tls);
         if (!o.auth.empty()) line.add("auth", o.auth);
         if (!o.source.empty()) line.add("source", o.source);
-        if (env.requireTls) line.add("requiretls", true);
         ++server::metrics().recipientsDelivered;
         server::metrics().observeLatency(static_cast<double>(now - env.arrivalMs) / 1000.0);
         // RFC 3461 §5.2.2-3: NOTIFY=SUCCESS is ours to answer unless the next hop took it on.
@@ -1721,30 +1731,14 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
       case RcptOutcome::Kind::Failed: {
         r.status = queue::RcptStatus::Failed;
         auto line = log::info("bounce");
-        line.add("queue_id", env.id)
-            .add("message_id", env.messageId)
-            .add("from", env.mailFrom)
-            .add("to", r.address)
-            .add("relay", o.relay)
-            .add("reply", o.reply)
-            .add("attempt", env.attempts)
-            .add("delay_ms", now - env.arrivalMs);
-        if (env.requireTls) line.add("requiretls", true);
+        outcomeFields(line);
         failed.push_back(i);  // counted in recipients_bounced once its report is settled
         break;
       }
       case RcptOutcome::Kind::Deferred: {
         auto line = log::info("defer");
-        line.add("queue_id", env.id)
-            .add("message_id", env.messageId)
-            .add("from", env.mailFrom)
-            .add("to", r.address)
-            .add("relay", o.relay)
-            .add("reply", o.reply)
-            .add("attempt", env.attempts)
-            .add("delay_ms", now - env.arrivalMs);
+        outcomeFields(line);
         if (!o.source.empty()) line.add("source", o.source);
-        if (env.requireTls) line.add("requiretls", true);
         ++server::metrics().recipientsDeferred;
         break;
       }

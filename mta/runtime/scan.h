@@ -89,6 +89,17 @@ inline bool iequalsAscii(std::string_view a, std::string_view b) {
          std::equal(a.begin(), a.end(), b.begin(), [&](char x, char y) { return lower(x) == lower(y); });
 }
 
+// White space as folded header values and DNS records hold it: SP, HTAB, CR, LF (wider than
+// RFC 5234's WSP, which is SP and HTAB alone).
+inline bool isWhite(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+
+// `s` without the white space (isWhite) at either end.
+inline std::string_view trimWhite(std::string_view s) {
+  while (!s.empty() && isWhite(s.front())) s.remove_prefix(1);
+  while (!s.empty() && isWhite(s.back())) s.remove_suffix(1);
+  return s;
+}
+
 // A message's header section (RFC 5322 §2.1): up to and including the line end before the
 // first empty line (CRLF or bare LF); all of it when there is no empty line, nothing when
 // it starts with one.

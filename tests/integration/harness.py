@@ -544,6 +544,29 @@ max_lifetime = "{max_lifetime}"
                 shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def transaction(moat, mail_from, rcpt, data):
+    """MAIL, RCPT, DATA one step at a time through `moat`: returns the (code, text) of each step
+    that ran, by step name ("mail", "rcpt", "data")."""
+    import smtplib
+    steps = {}
+    s = moat.smtp()
+    try:
+        s.ehlo()
+        steps["mail"] = s.mail(mail_from)
+        if steps["mail"][0] != 250:
+            return steps
+        steps["rcpt"] = s.rcpt(rcpt)
+        if steps["rcpt"][0] != 250:
+            return steps
+        steps["data"] = s.data(data)
+        return steps
+    finally:
+        try:
+            s.quit()
+        except smtplib.SMTPException:
+            s.close()
+
+
 def _cleanup_of(owner):
     """Where `owner` registers a cleanup: a test class (setUpClass) runs it after its last
     test, a test (setUp or the test itself) after that test; either way in reverse order of

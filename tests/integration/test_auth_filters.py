@@ -18,7 +18,8 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import DnsSinkTestCase, ed25519_key, header_values, owned_dns, rsa_key, txt_lookup  # noqa: E402
-from harness import MOAT_BIN, Moat, RawClient, class_temp_dir, free_port, owned_moat, owned_sink, wait_for  # noqa: E402
+from harness import (MOAT_BIN, Moat, RawClient, class_temp_dir, free_port, owned_moat, owned_sink,  # noqa: E402
+                     transaction, wait_for)
 
 import dkim  # noqa: E402  (python3-dkim, with python3-nacl for ed25519)
 
@@ -40,27 +41,6 @@ def message(from_addr, subject, extra_headers=b"", body=b"hello\r\n"):
 
 def dns_config(nameserver, extra=""):
     return f'\n[dns]\nnameservers = ["{nameserver}"]\ntimeout = "1s"\n' + extra
-
-
-def transaction(moat, mail_from, rcpt, data):
-    """MAIL, RCPT, DATA one step at a time: returns the (code, text) of each step that ran."""
-    steps = {}
-    s = moat.smtp()
-    try:
-        s.ehlo()
-        steps["mail"] = s.mail(mail_from)
-        if steps["mail"][0] != 250:
-            return steps
-        steps["rcpt"] = s.rcpt(rcpt)
-        if steps["rcpt"][0] != 250:
-            return steps
-        steps["data"] = s.data(data)
-        return steps
-    finally:
-        try:
-            s.quit()
-        except smtplib.SMTPException:
-            s.close()
 
 
 class DaemonTest(unittest.TestCase):

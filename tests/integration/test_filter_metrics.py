@@ -9,7 +9,6 @@ and cache hits match what the DNS server saw, and a SIGHUP reload keeps every co
 import os
 import re
 import shutil
-import smtplib
 import subprocess
 import sys
 import unittest
@@ -17,7 +16,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import owned_dns, rsa_key  # noqa: E402
-from harness import class_temp_dir, free_port, owned_moat  # noqa: E402
+from harness import class_temp_dir, free_port, owned_moat, transaction  # noqa: E402
 
 import dkim  # noqa: E402  (python3-dkim)
 
@@ -28,27 +27,6 @@ SAMPLE = re.compile(r"^([a-z_]+(?:\{[^}]*\})?) (\S+)$")
 def message(from_addr, subject):
     return (b"From: " + from_addr.encode() + b"\r\nTo: bob@example.test\r\nSubject: " + subject.encode() +
             b"\r\nMessage-ID: <" + subject.replace(" ", "-").encode() + b"@client.test>\r\n\r\nhello\r\n")
-
-
-def transaction(moat, mail_from, rcpt, data):
-    """MAIL, RCPT, DATA one step at a time: returns the (code, text) of each step that ran."""
-    steps = {}
-    s = moat.smtp()
-    try:
-        s.ehlo()
-        steps["mail"] = s.mail(mail_from)
-        if steps["mail"][0] != 250:
-            return steps
-        steps["rcpt"] = s.rcpt(rcpt)
-        if steps["rcpt"][0] != 250:
-            return steps
-        steps["data"] = s.data(data)
-        return steps
-    finally:
-        try:
-            s.quit()
-        except smtplib.SMTPException:
-            s.close()
 
 
 def verdict(filter_name, v):
