@@ -117,6 +117,7 @@ struct MessageContext {
   // Session
   std::string sessionId;
   mta::IpAddress clientIp;
+  uint16_t clientPort = 0;  // the client's TCP port (as the PROXY header gave it, behind a balancer)
   std::string clientName;   // verified reverse DNS, or empty
   std::string helo;
   bool tls = false;

@@ -245,8 +245,9 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
                       {"{daemon_name}", env_.hostname},
                       {"_", clientName + " [" + clientAddr + "]"},
                       {"{client_addr}", clientAddr},
+                      {"{client_port}", std::to_string(c.clientPort)},
                       {"{client_name}", clientName}};
-    add(cmd::kConnect, connect, connectPacket(clientName, c.clientIp.isV4() ? '4' : '6', 0, clientAddr),
+    add(cmd::kConnect, connect, connectPacket(clientName, c.clientIp.isV4() ? '4' : '6', c.clientPort, clientAddr),
         p & proto::kNoConnect, !(p & proto::kNrConnect), Phase::Command);
     Macros helo;
     if (c.tls) helo.push_back({"{tls_version}", c.tlsVersion.empty() ? "TLS" : c.tlsVersion});

@@ -9,8 +9,8 @@
 // the milters' changes. One conversation per milter per message, on a fresh connection,
 // replaying the session: OPTNEG, CONNECT, HELO, MAIL, each RCPT, DATA, the header fields,
 // EOH, the body in chunks of at most 65535 bytes, EOM — each with its SMFIC_MACRO (j, _,
-// {daemon_name}, {client_addr}, {client_name}, {auth_authen}, {tls_version}, i, {mail_addr},
-// {rcpt_addr}; CONNECT's port is 0, the session does not keep the client's), skipping the
+// {daemon_name}, {client_addr}, {client_port}, {client_name}, {auth_authen}, {tls_version},
+// i, {mail_addr}, {rcpt_addr}; CONNECT carries the client's address and port), skipping the
 // steps the milter declines (SMFIP_NO*) and not waiting for replies it will not send
 // (SMFIP_NR_*). Milters run in config order; each sees the message as received.
 //

@@ -165,6 +165,7 @@ SmtpSession::SmtpSession(ServerShared& shared, std::shared_ptr<const Snapshot> s
   ctx_ = std::make_shared<filters::MessageContext>();
   ctx_->sessionId = id_;
   ctx_->clientIp = peer_.ip;
+  ctx_->clientPort = peer_.port;
   ctx_->fromRelayNetwork = cfg_.isRelayClient(ctx_->clientIp);
   ctx_->tls = listener_.mode == policy::ListenerMode::Smtps;
   if (auto it = snap_->users.find(listener_.address); it != snap_->users.end()) users_ = it->second;

@@ -26,6 +26,8 @@ class Peer(Milter.Base):
     @Milter.noreply
     def connect(self, hostname, family, hostaddr):
         self.macros["client_addr"] = self.getsymval("{client_addr}")
+        self.macros["client_port"] = self.getsymval("{client_port}")
+        self.macros["hostaddr"] = list(hostaddr) if isinstance(hostaddr, tuple) else hostaddr
         self.macros["j"] = self.getsymval("j")
         self.macros["hostname"] = hostname
         return Milter.CONTINUE

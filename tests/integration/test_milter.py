@@ -201,6 +201,12 @@ class MilterVerdicts(unittest.TestCase):
         self.assertEqual(r["macros"]["i"], qid)
         self.assertEqual(r["macros"]["j"], "mx.moat.test")
         self.assertEqual(r["macros"]["client_addr"], "127.0.0.1")
+        # The client's own port, in the macro and in CONNECT's address, as the session logged it.
+        session = self.moat.wait_log(event="accept", queue_id=qid)["session"]
+        connect = self.moat.wait_log(event="connect", session=session)
+        self.assertEqual(r["macros"]["client_port"], str(connect["client_port"]))
+        self.assertEqual(r["macros"]["hostaddr"], ["127.0.0.1", connect["client_port"]])
+        self.assertNotEqual(connect["client_port"], 0)
         self.assertEqual(r["sender"], "<carol@sender.test>")
         self.assertIn(["Subject", "macro check"], r["headers"])
         self.assertIsNone(r["macros"]["tls_version"])  # a milter reads it only over TLS
