@@ -24,6 +24,12 @@
 namespace moat::mta::daemon {
 namespace {
 
+// The filters the config turns on, in /metrics at zero before their first run.
+void registerFilterMetrics(const server::Snapshot& snap) {
+  if (!snap.pipeline) return;
+  for (const auto& f : snap.pipeline->filters()) server::metrics().registerFilter(f->name());
+}
+
 // False when the log file cannot be opened (the log stays where it was, and the reason is on
 // stderr): fail2ban and operators read that file, so `serve` does not start without it.
 bool applyLogConfig(const policy::Config& cfg) {
@@ -75,6 +81,7 @@ int serve(const std::string& configPath) {
   auto snap = server::Snapshot::load(std::move(config), errors);
   for (const auto& e : errors.all()) std::fprintf(stderr, "%s\n", e.str().c_str());
   if (!snap) return 1;
+  registerFilterMetrics(*snap);
   const auto& cfg = *snap->config;
   // What this process runs with until it stops: what a reload cannot change is compared
   // with these, not with the last reload's.
@@ -199,6 +206,7 @@ int serve(const std::string& configPath) {
     }
     auto restartOnly = policy::restartOnlyChanges(*running, *next->config);
     snap = next;
+    registerFilterMetrics(*snap);
     applyLogConfig(*snap->config);
     smtp.reload(snap);
     qm.reload(snap);

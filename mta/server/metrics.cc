@@ -49,6 +49,10 @@ size_t known(const std::array<const char*, N>& names, std::string_view value) {
 
 }  // namespace
 
+void Metrics::registerFilter(std::string_view filter) {
+  if (filters.find(filter) == filters.end() && filters.size() < kMaxFilters) filters.try_emplace(std::string(filter));
+}
+
 void Metrics::observeFilter(std::string_view filter, std::string_view verdict, double seconds) {
   auto it = filters.find(filter);
   if (it == filters.end()) it = filters.try_emplace(std::string(filters.size() < kMaxFilters ? filter : "other")).first;

@@ -99,6 +99,9 @@ struct Metrics {
   std::map<std::string, FilterStats, std::less<>> filters;
   // `verdict`: filters::verdictName(); `seconds`: the filter's wall time.
   void observeFilter(std::string_view filter, std::string_view verdict, double seconds);
+  // Shows `filter`'s series at zero before its first run (at start and at each reload, for
+  // the filters the config turns on), so rate() and absent() work from the first scrape.
+  void registerFilter(std::string_view filter);
 
   // Authentication results. SPF: the MAIL FROM identity's result (RFC 7208 §2.6), once per
   // transaction checked. DKIM: one per signature (RFC 8601 §2.7.1 names; "none" for a

@@ -117,6 +117,14 @@ class FilterMetricsTest(unittest.TestCase):
     AUTH = ("moat_spf_results_total", "moat_dkim_results_total", "moat_dmarc_results_total",
             "moat_dmarc_dispositions_total")
 
+    def test_the_configured_filters_show_at_zero_before_any_mail(self):
+        port = free_port()
+        owned_moat(self, networks=INBOUND_NETS, server_extra=f'metrics_listen = "127.0.0.1:{port}"')
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        for f in ("spf", "dkim", "dmarc"):
+            self.assertIn(f'moat_filter_verdicts_total{{filter="{f}",verdict="continue"}} 0\n', body)
+            self.assertIn(f'moat_filter_duration_seconds_count{{filter="{f}"}} 0\n', body)
+
     def test_signed_aligned_message_counts_passes_and_one_run_per_filter(self):
         before, server_before = self.scrape(), self.txt_queries_at_server()
         steps = transaction(self.moat, "alice@signed.test", "bob@example.test",

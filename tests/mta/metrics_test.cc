@@ -121,6 +121,19 @@ TEST_CASE("filter verdicts and durations are counted per filter", "[metrics]") {
   CHECK(has(text, "moat_filter_duration_seconds_count{filter=\"dmarc\"} 1\n"));
 }
 
+TEST_CASE("a registered filter shows at zero before its first run, and its counts are kept", "[metrics]") {
+  Metrics m;
+  m.registerFilter("spf");
+  std::string text = m.prometheus();
+  CHECK(has(text, "moat_filter_verdicts_total{filter=\"spf\",verdict=\"continue\"} 0\n"));
+  CHECK(has(text, "moat_filter_duration_seconds_count{filter=\"spf\"} 0\n"));
+  m.observeFilter("spf", "reject", 0.01);
+  m.registerFilter("spf");  // a reload registers it again
+  CHECK(has(m.prometheus(), "moat_filter_verdicts_total{filter=\"spf\",verdict=\"reject\"} 1\n"));
+  for (size_t i = 0; i < Metrics::kMaxFilters + 5; ++i) m.registerFilter("f" + std::to_string(i));
+  CHECK(m.filters.size() == Metrics::kMaxFilters);  // never past the bound
+}
+
 TEST_CASE("filter names beyond the bound are counted as other", "[metrics]") {
   Metrics m;
   for (size_t i = 0; i < Metrics::kMaxFilters + 5; ++i) m.observeFilter("f" + std::to_string(i), "continue", 0.001);
