@@ -62,39 +62,41 @@ struct Exchange : std::enable_shared_from_this<Exchange> {
     response = sts::HttpResponse(request.maxBody);
     auto st = shared_from_this();
     // Each address within what is left of the exchange's time.
-    net::connect(loop, ip, request.port, deadline - now,
-                 [st, g](std::shared_ptr<net::Connection> conn, const std::string& error) {
-                   if (st->finished || g != st->gen) {
-                     if (conn) conn->abort();
-                     return;
-                   }
-                   if (!conn) return st->addressFailed(error);
-                   st->conn = conn;
-                   conn->setCallbacks({[st, g](std::string_view data) {
-                                         if (st->finished || g != st->gen) return;
-                                         auto s = st->response.feed(data);
-                                         if (s == sts::HttpResponse::State::Error)
-                                           st->finish(nullptr, st->request.host + ": " + st->response.error());
-                                         else if (s == sts::HttpResponse::State::Done)
-                                           st->finish(&st->response, "");
-                                       },
-                                       [st, g](const std::string& error) {
-                                         if (st->finished || g != st->gen) return;
-                                         st->conn.reset();
-                                         if (!error.empty()) return st->addressFailed(error);
-                                         if (st->response.end() == sts::HttpResponse::State::Error)
-                                           return st->addressFailed(st->response.error());
-                                         st->finish(&st->response, "");
-                                       },
-                                       nullptr});
-                   conn->startReading();  // the handshake's records come through the read side
-                   // RFC 2818 §3.1: the certificate must verify and name the host (SNI too).
-                   conn->startTls(st->tls, st->request.host, [st, g](bool ok, const std::string& error) {
-                     if (st->finished || g != st->gen) return;
-                     if (!ok) return st->addressFailed("TLS: " + error);
-                     st->conn->write(st->request.text);
-                   });
-                 });
+    net::connect(
+        loop, ip, request.port, deadline - now,
+        [st, g](std::shared_ptr<net::Connection> conn, const std::string& error) {
+          if (st->finished || g != st->gen) {
+            if (conn) conn->abort();
+            return;
+          }
+          if (!conn) return st->addressFailed(error);
+          st->conn = conn;
+          conn->setCallbacks({[st, g](std::string_view data) {
+                                if (st->finished || g != st->gen) return;
+                                auto s = st->response.feed(data);
+                                if (s == sts::HttpResponse::State::Error)
+                                  st->finish(nullptr, st->request.host + ": " + st->response.error());
+                                else if (s == sts::HttpResponse::State::Done)
+                                  st->finish(&st->response, "");
+                              },
+                              [st, g](const std::string& error) {
+                                if (st->finished || g != st->gen) return;
+                                st->conn.reset();
+                                if (!error.empty()) return st->addressFailed(error);
+                                if (st->response.end() == sts::HttpResponse::State::Error)
+                                  return st->addressFailed(st->response.error());
+                                st->finish(&st->response, "");
+                              },
+                              nullptr});
+          conn->startReading();  // the handshake's records come through the read side
+          // RFC 2818 §3.1: the certificate must verify and name the host (SNI too).
+          conn->startTls(st->tls, st->request.host, [st, g](bool ok, const std::string& error) {
+            if (st->finished || g != st->gen) return;
+            if (!ok) return st->addressFailed("TLS: " + error);
+            st->conn->write(st->request.text);
+          });
+        },
+        ip.isV4() ? request.source.ipv4 : request.source.ipv6);
   }
 };
 }  // namespace

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "mta/daemon/mta_sts_policy.h"
@@ -22,6 +23,13 @@
 
 namespace moat::mta::https {
 
+// The local address an exchange's connection leaves from, per family of the server's address
+// ([queue] source_ipv4 / source_ipv6: the address the organisation's reputation is tied to);
+// none: the kernel picks.
+struct Source {
+  std::optional<IpAddress> ipv4, ipv6;
+};
+
 struct Request {
   std::string host;  // a DNS name: looked up, sent as SNI and verified in the certificate
   uint16_t port = 443;
@@ -30,6 +38,7 @@ struct Request {
   // What the exchange is, for the timeout's error text: "policy fetch" gives "policy fetch
   // timed out".
   std::string what = "HTTPS request";
+  Source source;
 };
 
 // The host's addresses (of `families`, at most kMaxAddresses, in resolveHost's order) are

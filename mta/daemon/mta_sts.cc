@@ -74,8 +74,9 @@ std::string writeFileAtomically(const std::string& path, const std::string& text
 std::function<void()> fetchPolicy(uv_loop_t* loop, dns::Resolver& resolver, const std::string& domain,
                                   std::shared_ptr<tls::TlsContext> tls, uint64_t timeoutMs, uint16_t port,
                                   std::function<void(std::shared_ptr<Policy>, const std::string& error)> done,
-                                  dns::Families families) {
+                                  dns::Families families, https::Source source) {
   https::Request r;
+  r.source = std::move(source);
   r.host = "mta-sts." + domain;
   r.port = port;
   r.what = "policy fetch";
@@ -264,7 +265,7 @@ void PolicyCache::startFetch(const std::string& domain, const std::string& id, s
         if (p) p->id = id;
         finish(domain, std::move(p), err, refresh);
       },
-      families);
+      families, source_);
   // The fetch may have ended already (no TLS context): then its entry is gone.
   if (auto it = fetches_.find(domain); it != fetches_.end()) it->second.cancel = std::move(cancel);
 }

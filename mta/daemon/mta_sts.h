@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "mta/daemon/https_client.h"
 #include "mta/daemon/mta_sts_policy.h"
 #include "mta/dns/resolve_host.h"
 #include "mta/dns/resolver.h"
@@ -79,6 +80,10 @@ class PolicyCache {
   // the number of policies it found due.
   size_t sweep(std::shared_ptr<tls::TlsContext> tls, uint64_t timeoutMs, dns::Families families);
 
+  // The local address policy fetches leave from ([queue] source_ipv4 / source_ipv6), from
+  // the next fetch on.
+  void setSource(https::Source source) { source_ = std::move(source); }
+
   // Shutdown: cancels every fetch under way (their callers get `stopped`) and starts no
   // more; cached policies are still answered. A cache file write under way finishes.
   void stop();
@@ -128,6 +133,7 @@ class PolicyCache {
   uv_loop_t* loop_;
   dns::Resolver* resolver_;
   uint16_t httpsPort_;
+  https::Source source_;
   std::string file_;
   std::chrono::seconds skew_{0};
   bool stopped_ = false;
@@ -163,6 +169,6 @@ constexpr size_t kMaxPolicyAddresses = 10;  // https::kMaxAddresses
 std::function<void()> fetchPolicy(uv_loop_t* loop, dns::Resolver& resolver, const std::string& domain,
                                   std::shared_ptr<tls::TlsContext> tls, uint64_t timeoutMs, uint16_t port,
                                   std::function<void(std::shared_ptr<Policy>, const std::string& error)> done,
-                                  dns::Families families = {});
+                                  dns::Families families = {}, https::Source source = {});
 
 }  // namespace moat::mta::sts

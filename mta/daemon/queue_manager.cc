@@ -327,10 +327,13 @@ QueueManager::QueueManager(uv_loop_t* loop, std::shared_ptr<queue::Spool> spool,
           [this](const std::string& error) {
             log::warn("tlsrpt_error").add("file", tlsrptFile_.path()).add("reason", "aggregate not saved: " + error);
           }),
-      tlsrptRetryTimer_(loop) {}
+      tlsrptRetryTimer_(loop) {
+  stsCache_->setSource({snap_->config->sourceIpv4, snap_->config->sourceIpv6});
+}
 
 void QueueManager::reload(std::shared_ptr<const server::Snapshot> snapshot) {
   snap_ = std::move(snapshot);
+  stsCache_->setSource({snap_->config->sourceIpv4, snap_->config->sourceIpv6});
   sched_.setPolicy(retryPolicy(*snap_->config));
   if (stsSweep_.active() && snap_->config->mtaStsRefreshInterval.count() != stsSweepEveryMs_) startStsSweep();
   armTlsrpt();
@@ -2308,6 +2311,7 @@ void QueueManager::tlsrptPostAttempt(std::shared_ptr<TlsrptPost> p) {
   r.text = p->request;
   r.maxBody = 65536;  // the reply's body is not used, only bounded
   r.what = "report upload";
+  r.source = {snap_->config->sourceIpv4, snap_->config->sourceIpv6};
   auto alive = alive_;
   auto ended = std::make_shared<bool>(false);
   auto cancel = https::exchange(

@@ -40,6 +40,7 @@ class _PolicyHandler(http.server.BaseHTTPRequestHandler):
         srv = self.server.owner
         with srv.lock:
             srv.requests.append((self.path, self.headers.get("Host")))
+            srv.peers.append(self.client_address[0])
         body = srv.body.encode()
         if self.path != "/.well-known/mta-sts.txt":
             self.send_response(404)
@@ -101,6 +102,7 @@ class PolicyServer:
         self.body = body
         self.chunked = chunked
         self.requests = []
+        self.peers = []  # the client address of each request
         self.lock = threading.Lock()
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(*cert)

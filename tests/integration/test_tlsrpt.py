@@ -50,7 +50,8 @@ class _UploadHandler(http.server.BaseHTTPRequestHandler):
         srv = self.server.owner
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         with srv.lock:
-            srv.posts.append({"path": self.path, "headers": dict(self.headers), "body": body})
+            srv.posts.append({"path": self.path, "headers": dict(self.headers), "body": body,
+                              "peer": self.client_address[0]})
         reply = b"thanks\n"
         self.send_response(srv.status)
         self.send_header("Content-Type", "text/plain")
@@ -118,7 +119,7 @@ class TlsRptTest(unittest.TestCase):
         cls.dkim_key = os.path.join(cls.tmp, "dkim.key")
         cls.dkim_txt = rsa_key(cls.dkim_key)
 
-    def start(self, tlsrpt_txt, interval="5s", upload_status=201, checkpoint="5m"):
+    def start(self, tlsrpt_txt, interval="5s", upload_status=201, checkpoint="5m", queue_extra=""):
         """`tlsrpt_txt`: the _smtp._tls records; "{upload}" in them is the upload server's URI."""
         self.upload = UploadServer(self.upload_cert, upload_status)
         self.addCleanup(self.upload.stop)
@@ -129,6 +130,7 @@ class TlsRptTest(unittest.TestCase):
         server = bind_or_skip(self, lambda: PolicyServer(self.policy_cert, policy("enforce", mx=("*.example.test",))),
                               "127.0.0.1:443")
         self.addCleanup(server.stop)
+        self.policy_server = server
         reports = Sink()
         self.addCleanup(reports.stop)
         zone = {
@@ -152,7 +154,7 @@ class TlsRptTest(unittest.TestCase):
                  f'\n[[route]]\ndomains = ["{REPORTS}"]\nto = ["smtp:127.0.0.1:{reports.port}"]\n'
                  f'\n[[route]]\ndomains = ["{DOMAIN}"]\nto = ["mx"]\ntls = "may"\nmta_sts = true\n'
                  f'\n[[route]]\ndomains = ["{OTHER}"]\nto = ["mx"]\ntls = "may"\n')
-        m = owned_moat(self, routes=[], extra=extra, retry='["1h"]')
+        m = owned_moat(self, routes=[], extra=extra, retry='["1h"]', queue_extra=queue_extra)
         s = m.smtp()
         s.sendmail("a@sender.test", [f"u@{DOMAIN}"], b"Subject: tlsrpt\r\n\r\nbody\r\n")
         s.sendmail("a@sender.test", [f"u@{OTHER}"], b"Subject: tlsrpt other\r\n\r\nbody\r\n")
@@ -253,6 +255,19 @@ class TlsRptTest(unittest.TestCase):
         self.assertEqual(m.find_logs(event="tlsrpt", domain=OTHER), [])
         self.assertTrue(all(msg["TLS-Report-Domain"] == DOMAIN for msg, _, _ in got))
         self.assertEqual(len(got), len(reports.messages))
+
+    def test_https_requests_leave_from_the_queue_source_address(self):
+        # [queue] source_ipv4 binds the policy fetch and the report upload as it binds delivery.
+        self.start(["v=TLSRPTv1; rua={upload}"], queue_extra='source_ipv4 = "127.0.0.2"')
+        posts = self.wait_uploads()
+        self.assertEqual({p["peer"] for p in posts}, {"127.0.0.2"})
+        with self.policy_server.lock:
+            peers = list(self.policy_server.peers)
+        self.assertTrue(peers)
+        self.assertEqual(set(peers), {"127.0.0.2"})
+        rows = [row for p in posts for x in json.loads(gzip.decompress(p["body"]))["policies"]
+                for row in x.get("failure-details", [])]
+        self.assertEqual([x["sending-mta-ip"] for x in rows], ["127.0.0.2"])
 
     def test_the_period_under_way_outlives_a_graceful_restart(self):
         # Far enough from the end of a 30 s period that the stop comes before it.
