@@ -345,6 +345,8 @@ std::string formatQueueShow(const json::Value& root) {
   row("Reason:", s(m, "reason"));
   row("ENVID:", s(m, "envid"));
   row("RET:", s(m, "ret"));
+  if (m.get("requiretls") && m.get("requiretls")->boolean)
+    row("REQUIRETLS:", "yes: only over authenticated TLS to a next hop that offers it (RFC 8689)");
   if (auto* owed = m.get("expanded_report_owed")) {
     std::string who;
     for (const auto& a : owed->array) who += (who.empty() ? "" : ", ") + a.str;

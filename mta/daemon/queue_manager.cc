@@ -2657,6 +2657,7 @@ std::string QueueManager::show(const std::string& id) const {
   if (!edits.empty()) o.addRaw("edits", edits.str());
   if (!env.envid.empty()) o.add("envid", env.envid);
   if (!env.ret.empty()) o.add("ret", env.ret);
+  if (env.requireTls) o.add("requiretls", true);  // RFC 8689: as on its log lines, absent otherwise
   if (!env.expanded.empty()) {  // the "expanded" report NOTIFY=SUCCESS asked for, not yet sent
     mta::JsonArray owed;
     for (const auto& x : env.expanded) owed.add(x.address);

@@ -11,6 +11,7 @@ and Maildir delivery. No port below 1024 is bound.
     - a REQUIRETLS message to a DNSSEC-signed host without TLSA records goes only with a
       certificate PKIX verifies for the host's name;
     - an ordinary message is unaffected;
+    - `moat queue show` (and its --json) marks a waiting REQUIRETLS message;
     - "TLS-Required: No" mail goes to a next hop whose DNSSEC-signed TLSA records do not
       match its certificate (DANE failure), where other mail waits.
 
@@ -18,6 +19,7 @@ Run: MOAT_BIN=build/moat MOAT_SOURCE_DIR=. /usr/bin/python3 tests/integration/te
 """
 
 import hashlib
+import json
 import os
 import shutil
 import ssl
@@ -28,7 +30,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import owned_dns  # noqa: E402
-from harness import Sink, make_ca, make_cert, make_signed_cert, owned_moat, owned_sink, wait_for  # noqa: E402
+from harness import Sink, free_port, make_ca, make_cert, make_signed_cert, owned_moat, owned_sink, wait_for  # noqa: E402
 
 DANE_HOST = "mx.dane.test"
 PKIX_HOST = "rt.dane.test"  # DNSSEC-signed, no TLSA records: PKIX for REQUIRETLS
@@ -97,6 +99,7 @@ class RequireTlsTest(unittest.TestCase):
                  + route("dane.test", f"smtp:{DANE_HOST}:{cls.dane_sink.port}", "dane")
                  + route("pkix.test", f"smtp:{PKIX_HOST}:{cls.pkix_sink.port}", "dane")
                  + route("wrong.test", f"smtp:{WRONG_HOST}:{cls.wrong_sink.port}", "dane")
+                 + route("closed.test", f"smtp:127.0.0.1:{free_port()}", "verify", True)
                  + '\n[[route]]\ndomains = ["local.test"]\nto = ["maildir:mail"]\n')
         cls.moat = owned_moat(cls, routes=[], extra=extra, retry='["1h"]', relay_domains=("local.test",),
                               listener_extra=f'tls_cert = "{listener_cert[0]}"\ntls_key = "{listener_cert[1]}"\n')
@@ -222,6 +225,18 @@ class RequireTlsTest(unittest.TestCase):
         ev = self.moat.wait_log(event="deliver", queue_id=qid)
         self.assertIs(ev.get("requiretls"), True)
         self.assertEqual(len(self.moat.maildir_files("u4@local.test")), 1)
+
+    def test_queue_show_names_requiretls(self):
+        # A next hop that refuses connections: the message waits, and the queue says it asked.
+        qid = self.send("u12@closed.test", "waiting")
+        self.assertIn("4.4.1", self.moat.wait_log(event="defer", queue_id=qid)["reply"])
+        shown = json.loads(self.moat.cli("queue", "show", qid, "--json").stdout)
+        self.assertIs(shown.get("requiretls"), True)
+        self.assertIn("\nREQUIRETLS: yes: only over authenticated TLS", self.moat.cli("queue", "show", qid).stdout)
+        plain = self.send("u13@closed.test", "waiting too", requiretls=False)
+        self.moat.wait_log(event="defer", queue_id=plain)
+        self.assertNotIn("requiretls", json.loads(self.moat.cli("queue", "show", plain, "--json").stdout))
+        self.assertNotIn("REQUIRETLS", self.moat.cli("queue", "show", plain).stdout)
 
     def test_an_ordinary_message_is_unaffected(self):
         qid = self.send("u5@norequire.test", "ordinary", requiretls=False)
