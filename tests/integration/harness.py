@@ -55,6 +55,15 @@ def class_temp_dir(cls, prefix):
     return d
 
 
+def client_tls():
+    """A test client's TLS context that takes any certificate: the daemons' test certificates
+    are self-signed."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def make_cert(directory, cn="localhost"):
     """A self-signed certificate and key made at test time with openssl."""
     cert = os.path.join(directory, "cert.pem")

@@ -18,40 +18,23 @@ and Maildir delivery. No port below 1024 is bound.
 Run: MOAT_BIN=build/moat MOAT_SOURCE_DIR=. /usr/bin/python3 tests/integration/test_requiretls.py -v
 """
 
-import hashlib
 import json
 import os
 import shutil
-import ssl
-import subprocess
 import sys
 import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import owned_dns  # noqa: E402
-from harness import Sink, free_port, make_ca, make_cert, make_signed_cert, owned_moat, owned_sink, wait_for  # noqa: E402
+from harness import (Sink, client_tls, free_port, make_ca, make_cert, make_signed_cert, owned_moat,  # noqa: E402
+                     owned_sink, wait_for)
+from test_dane import spki_sha256  # noqa: E402
 
 DANE_HOST = "mx.dane.test"
 PKIX_HOST = "rt.dane.test"  # DNSSEC-signed, no TLSA records: PKIX for REQUIRETLS
 WRONG_HOST = "wrong.dane.test"  # the same, with a certificate for another name
 SENDER = "alice@local.test"  # delivered to Maildir: its DSNs can be read there
-
-
-def spki_sha256(cert):
-    """The hex SHA2-256 of a certificate's SubjectPublicKeyInfo (TLSA 3 1 1)."""
-    def openssl(*args, stdin=None):
-        return subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60, input=stdin).stdout
-    pub = openssl("x509", "-in", cert, "-pubkey", "-noout")
-    return hashlib.sha256(openssl("pkey", "-pubin", "-outform", "DER", stdin=pub)).hexdigest()
-
-
-def client_tls():
-    """The test client's context: the daemon's certificate is self-signed."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 class RequireTlsTest(unittest.TestCase):

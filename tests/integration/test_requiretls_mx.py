@@ -21,14 +21,13 @@ Run: MOAT_BIN=build/moat MOAT_SOURCE_DIR=. /usr/bin/python3 tests/integration/te
 
 import os
 import shutil
-import ssl
 import sys
 import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import owned_dns  # noqa: E402
-from harness import Sink, make_ca, make_cert, make_signed_cert, owned_moat, wait_for  # noqa: E402
+from harness import Sink, client_tls, make_ca, make_cert, make_signed_cert, owned_moat, wait_for  # noqa: E402
 from test_dane import spki_sha256  # noqa: E402
 from test_mta_sts import PolicyServer, bind_or_skip, policy  # noqa: E402
 
@@ -37,14 +36,6 @@ MX = "mx.rt.test"
 POLICY_HOST = f"mta-sts.{DOMAIN}"
 SENDER = "alice@local.test"  # delivered to Maildir: its DSNs can be read there
 WITH_REQUIRETLS = Sink.DEFAULT_EXTENSIONS + ("REQUIRETLS",)
-
-
-def client_tls():
-    """The test client's context: the daemon's certificate is self-signed."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 class RequireTlsMxTest(unittest.TestCase):

@@ -8,7 +8,6 @@ import re
 import signal
 import select
 import smtplib
-import ssl
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import unittest
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import class_temp_dir, free_port, make_cert, owned_moat, owned_sink  # noqa: E402
+from harness import class_temp_dir, client_tls, free_port, make_cert, owned_moat, owned_sink  # noqa: E402
 
 PASSWORDS = {"alice": "correct horse", "bob@example.test": "b0b's password", "jörg": "pässwörd"}
 
@@ -60,12 +59,6 @@ def set_up_tls_auth_daemon(cls, prefix, listener_mode="", second_listener=None, 
                           listener_extra=listener_mode + tls, start=False, **moat_kw)
 
 
-def tls_context():
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
 
 def b64(s):
     return base64.b64encode(s.encode() if isinstance(s, str) else s).decode()
@@ -90,7 +83,7 @@ class SubmissionTest(unittest.TestCase):
 
     def tls_session(self):
         s = self.moat.smtp()
-        s.starttls(context=tls_context())
+        s.starttls(context=client_tls())
         s.ehlo()
         return s
 
@@ -103,7 +96,7 @@ class SubmissionTest(unittest.TestCase):
         code, msg = auth_plain(s, "alice", PASSWORDS["alice"])
         self.assertEqual(code, 538, msg)
         self.assertIn(b"5.7.11", msg)
-        s.starttls(context=tls_context())
+        s.starttls(context=client_tls())
         s.ehlo()
         self.assertTrue(s.has_extn("auth"))
         self.assertEqual(s.esmtp_features["auth"].split(), ["PLAIN", "LOGIN"])
@@ -115,7 +108,7 @@ class SubmissionTest(unittest.TestCase):
         code, msg = s.mail("a@sender.test")
         self.assertEqual(code, 530, msg)
         self.assertIn(b"STARTTLS", msg)
-        s.starttls(context=tls_context())
+        s.starttls(context=client_tls())
         s.ehlo()
         code, msg = s.mail("a@sender.test")
         self.assertEqual((code, msg), (530, b"5.7.0 Authentication required"))
@@ -338,7 +331,7 @@ class OptionalAuthTest(unittest.TestCase):
 
     def test_relaying_needs_auth_local_mail_does_not(self):
         s = self.moat.smtp()
-        s.starttls(context=tls_context())
+        s.starttls(context=client_tls())
         s.ehlo()
         self.assertTrue(s.has_extn("auth"))
         s.mail("a@sender.test")
@@ -354,7 +347,7 @@ class OptionalAuthTest(unittest.TestCase):
     def test_smtps_offers_auth_at_once(self):
         before = len(self.sink.messages)
         s = smtplib.SMTP_SSL("127.0.0.1", self.smtps_port, local_hostname="client.test", timeout=30,
-                             context=tls_context())
+                             context=client_tls())
         s.ehlo()
         self.assertTrue(s.has_extn("auth"))
         self.assertEqual(s.login("alice", PASSWORDS["alice"])[0], 235)
@@ -392,7 +385,7 @@ class ThreadPoolTest(unittest.TestCase):
         guessers = []
         for _ in range(2):
             g = self.moat.smtp()
-            g.starttls(context=tls_context())
+            g.starttls(context=client_tls())
             g.ehlo()
             guessers.append(g)
         for g in guessers:  # a guess each: seconds of crypt(3)
