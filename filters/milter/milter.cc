@@ -62,12 +62,6 @@ std::optional<Address> parseAddress(std::string_view text, const std::string& ba
 
 namespace {
 
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
-
 // A header field value as a Result header: unfolded, leading whitespace dropped.
 std::string unfold(std::string_view v) {
   std::string out;
@@ -419,9 +413,8 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
   void changeHeader(const HeaderChange& h) {
     uint32_t index = std::max<uint32_t>(h.index, 1);
     uint32_t seen = 0;
-    std::string want = lower(h.name);
     for (const auto& f : headerFields(ctx_->message)) {
-      if (lower(f.name) != want || ++seen != index) continue;
+      if (!mta::iequalsAscii(f.name, h.name) || ++seen != index) continue;
       Edit e;
       e.offset = f.offset;
       e.length = f.length;

@@ -7,30 +7,22 @@
 #include <vector>
 
 #include "mta/runtime/json.h"
+#include "mta/runtime/scan.h"
+#include "policy/list_file.h"
 
 namespace moat::mta::daemon {
 namespace {
 
-std::string lower(std::string_view s) {
-  std::string out(s);
-  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return std::tolower(c); });
-  return out;
-}
-
-bool equalsNoCase(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
-  return true;
-}
+using mta::iequalsAscii;
+using policy::lowerAscii;
 
 // `pattern` lowercased ("user@domain" or "@domain"); `address` as stored.
 bool addressMatches(std::string_view pattern, std::string_view address) {
   if (pattern.front() == '@') {
     auto at = address.rfind('@');
-    return at != std::string_view::npos && equalsNoCase(pattern.substr(1), address.substr(at + 1));
+    return at != std::string_view::npos && iequalsAscii(pattern.substr(1), address.substr(at + 1));
   }
-  return equalsNoCase(pattern, address);
+  return iequalsAscii(pattern, address);
 }
 
 bool containsNoCase(std::string_view haystack, std::string_view lowerNeedle) {
@@ -104,7 +96,7 @@ void QueueSummary::add(const queue::Envelope& env, int64_t nowMs) {
     if (r.status != queue::RcptStatus::Pending) continue;
     ++recipients;
     auto at = r.address.rfind('@');
-    std::string domain = at == std::string::npos ? "" : lower(std::string_view(r.address).substr(at + 1));
+    std::string domain = at == std::string::npos ? "" : lowerAscii(std::string_view(r.address).substr(at + 1));
     if (std::find(seen.begin(), seen.end(), domain) != seen.end()) continue;
     seen.push_back(domain);
     ++domains[domain][b];
@@ -203,7 +195,7 @@ bool parseAddressSelector(std::string_view text, bool allowNull, std::string& ou
     error = "not an address or @domain: " + std::string(text);
     return false;
   }
-  out = lower(text);
+  out = lowerAscii(text);
   return true;
 }
 
@@ -253,7 +245,7 @@ bool QueueSelector::decode(std::string_view tokens, QueueSelector& out, std::str
       ok = parseMs(value, out.youngerMs);
     } else if (key == "reason") {
       ok = !value.empty();
-      out.reason = lower(value);
+      out.reason = lowerAscii(value);
     } else {
       error = "unknown selector: " + std::string(key);
       return false;

@@ -37,6 +37,28 @@ WRONG_HOST = "wrong.dane.test"  # the same, with a certificate for another name
 SENDER = "alice@local.test"  # delivered to Maildir: its DSNs can be read there
 
 
+def expect_250(reply):
+    code, text = reply
+    if code != 250:
+        raise AssertionError(f"{code} {text!r}")
+    return text
+
+
+def send(moat, rcpt, body, requiretls=True, headers=""):
+    """One message from SENDER to `rcpt` through `moat` over STARTTLS, with REQUIRETLS when
+    asked; returns its queue id."""
+    s = moat.smtp()
+    try:
+        s.starttls(context=client_tls())
+        s.ehlo()
+        expect_250(s.mail(SENDER, ["REQUIRETLS"] if requiretls else []))
+        expect_250(s.rcpt(rcpt))
+        text = expect_250(s.data(f"From: {SENDER}\r\nTo: {rcpt}\r\n{headers}Subject: rt\r\n\r\n{body}\r\n".encode()))
+        return text.decode().rsplit(" ", 1)[-1]
+    finally:
+        s.quit()
+
+
 class RequireTlsTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -88,21 +110,7 @@ class RequireTlsTest(unittest.TestCase):
                               listener_extra=f'tls_cert = "{listener_cert[0]}"\ntls_key = "{listener_cert[1]}"\n')
 
     def send(self, rcpt, body, requiretls=True, headers=""):
-        """One message from SENDER to `rcpt` over STARTTLS, with REQUIRETLS when asked;
-        returns its queue id."""
-        s = self.moat.smtp()
-        try:
-            s.starttls(context=client_tls())
-            s.ehlo()
-            code, reply = s.mail(SENDER, ["REQUIRETLS"] if requiretls else [])
-            self.assertEqual(code, 250, reply)
-            code, reply = s.rcpt(rcpt)
-            self.assertEqual(code, 250, reply)
-            code, reply = s.data(f"From: {SENDER}\r\nTo: {rcpt}\r\n{headers}Subject: rt\r\n\r\n{body}\r\n".encode())
-            self.assertEqual(code, 250, reply)
-            return reply.decode().rsplit(" ", 1)[-1]
-        finally:
-            s.quit()
+        return send(self.moat, rcpt, body, requiretls, headers)
 
     def dsn_for(self, queue_id):
         """The DSN reporting on `queue_id`, as delivered to SENDER's Maildir."""

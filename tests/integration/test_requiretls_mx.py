@@ -27,14 +27,14 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import owned_dns  # noqa: E402
-from harness import Sink, client_tls, make_ca, make_cert, make_signed_cert, owned_moat, wait_for  # noqa: E402
+from harness import Sink, make_ca, make_cert, make_signed_cert, owned_moat, wait_for  # noqa: E402
 from test_dane import spki_sha256  # noqa: E402
 from test_mta_sts import PolicyServer, bind_or_skip, policy  # noqa: E402
+from test_requiretls import SENDER, send  # noqa: E402
 
 DOMAIN = "rt.test"
 MX = "mx.rt.test"
 POLICY_HOST = f"mta-sts.{DOMAIN}"
-SENDER = "alice@local.test"  # delivered to Maildir: its DSNs can be read there
 WITH_REQUIRETLS = Sink.DEFAULT_EXTENSIONS + ("REQUIRETLS",)
 
 
@@ -83,23 +83,6 @@ class RequireTlsMxTest(unittest.TestCase):
                                       f'tls_key = "{self.listener_cert[1]}"\n')
         return m, sink, server
 
-    def send(self, m, rcpt, body, requiretls=True, headers=""):
-        """One message from SENDER to `rcpt` over STARTTLS, with REQUIRETLS when asked;
-        returns its queue id."""
-        s = m.smtp()
-        try:
-            s.starttls(context=client_tls())
-            s.ehlo()
-            code, reply = s.mail(SENDER, ["REQUIRETLS"] if requiretls else [])
-            self.assertEqual(code, 250, reply)
-            code, reply = s.rcpt(rcpt)
-            self.assertEqual(code, 250, reply)
-            code, reply = s.data(f"From: {SENDER}\r\nTo: {rcpt}\r\n{headers}Subject: rt\r\n\r\n{body}\r\n".encode())
-            self.assertEqual(code, 250, reply)
-            return reply.decode().rsplit(" ", 1)[-1]
-        finally:
-            s.quit()
-
     def dsn_for(self, m, queue_id):
         """The DSN reporting on `queue_id`, as delivered to SENDER's Maildir, and its log line."""
         ev = m.wait_log(event="dsn", original_queue_id=queue_id)
@@ -138,40 +121,40 @@ class RequireTlsMxTest(unittest.TestCase):
 
     def test_signed_mx_with_a_pkix_verified_certificate_is_delivered(self):
         m, sink, _ = self.run_case(self.mx_cert, secure=True)
-        qid = self.send(m, f"u1@{DOMAIN}", "signed pkix")
+        qid = send(m, f"u1@{DOMAIN}", "signed pkix")
         self.assert_delivered_with_requiretls(m, sink, qid, f"u1@{DOMAIN}", " verified")
         self.assertIn(MX, sink.sni)  # the certificate was checked for the MX name
 
     def test_signed_mx_with_a_dane_ee_record_is_delivered(self):
         m, sink, _ = self.run_case(self.self_signed, secure=True, tls="dane", tlsa=self.self_signed)
-        qid = self.send(m, f"u2@{DOMAIN}", "signed dane")
+        qid = send(m, f"u2@{DOMAIN}", "signed dane")
         self.assert_delivered_with_requiretls(m, sink, qid, f"u2@{DOMAIN}", " dane")
 
     def test_unsigned_mx_without_mta_sts_is_returned_with_5_7_30(self):
         m, sink, _ = self.run_case(self.mx_cert)
-        qid = self.send(m, f"u3@{DOMAIN}", "secret unsigned")
+        qid = send(m, f"u3@{DOMAIN}", "secret unsigned")
         self.assert_returned_with_5_7_30(m, sink, qid, f"u3@{DOMAIN}", "secret unsigned", "not found securely")
         self.assertEqual(sink.connections, 0)  # never tried
         # Without REQUIRETLS the same host takes mail as before.
-        plain = self.send(m, f"u4@{DOMAIN}", "plain", requiretls=False)
+        plain = send(m, f"u4@{DOMAIN}", "plain", requiretls=False)
         self.assertNotIn("requiretls", m.wait_log(event="deliver", queue_id=plain))
 
     def test_mta_sts_enforce_naming_the_mx_host_authenticates_an_unsigned_mx(self):
         m, sink, server = self.run_case(self.mx_cert, sts_mode="enforce")
-        qid = self.send(m, f"u5@{DOMAIN}", "sts enforce")
+        qid = send(m, f"u5@{DOMAIN}", "sts enforce")
         self.assert_delivered_with_requiretls(m, sink, qid, f"u5@{DOMAIN}", " mta-sts")
         self.assertEqual(server.requests, [("/.well-known/mta-sts.txt", POLICY_HOST)])
 
     def test_mta_sts_testing_does_not_authenticate_an_unsigned_mx(self):
         m, sink, server = self.run_case(self.mx_cert, sts_mode="testing")
-        qid = self.send(m, f"u6@{DOMAIN}", "secret testing")
+        qid = send(m, f"u6@{DOMAIN}", "secret testing")
         self.assert_returned_with_5_7_30(m, sink, qid, f"u6@{DOMAIN}", "secret testing", "not found securely")
         self.assertEqual(len(server.requests), 1)  # the policy was fetched, and is only "testing"
         self.assertEqual(sink.connections, 0)
 
     def test_signed_mx_that_does_not_offer_requiretls_is_returned_with_5_7_30(self):
         m, sink, _ = self.run_case(self.mx_cert, extensions=Sink.DEFAULT_EXTENSIONS, secure=True)
-        qid = self.send(m, f"u7@{DOMAIN}", "secret no offer")
+        qid = send(m, f"u7@{DOMAIN}", "secret no offer")
         self.assert_returned_with_5_7_30(m, sink, qid, f"u7@{DOMAIN}", "secret no offer",
                                          "the server does not offer REQUIRETLS")
         self.assertGreaterEqual(sink.tls_sessions, 1)  # it got as far as the EHLO after STARTTLS
@@ -180,12 +163,12 @@ class RequireTlsMxTest(unittest.TestCase):
         # The certificate chains to the trust anchors but names another host: MTA-STS enforce
         # keeps the message waiting ...
         m, sink, _ = self.run_case(self.other_cert, sts_mode="enforce")
-        held = self.send(m, f"u8@{DOMAIN}", "held", requiretls=False)
+        held = send(m, f"u8@{DOMAIN}", "held", requiretls=False)
         ev = m.wait_log(event="defer", queue_id=held)
         self.assertIn("4.7.5", ev["reply"])
         self.assertIn("MTA-STS (enforce) requires TLS with a valid certificate", ev["reply"])
         # ... and the same message with "TLS-Required: No" goes, over opportunistic TLS.
-        qid = self.send(m, f"u9@{DOMAIN}", "goes anyway", requiretls=False, headers="TLS-Required: No\r\n")
+        qid = send(m, f"u9@{DOMAIN}", "goes anyway", requiretls=False, headers="TLS-Required: No\r\n")
         ev = m.wait_log(event="deliver", queue_id=qid)
         self.assertNotIn("requiretls", ev)
         self.assertTrue(ev["tls"], ev)
