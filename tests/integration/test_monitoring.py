@@ -16,8 +16,8 @@ import unittest
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import SOURCE_DIR, Moat, Sink, free_port, http_get, scrape  # noqa: E402
-from test_submission import auth_plain, set_up_tls_auth_daemon, tls_context, write_users  # noqa: E402
+from harness import SOURCE_DIR, Moat, Sink, client_tls, free_port, http_get, scrape  # noqa: E402
+from test_submission import auth_plain, set_up_tls_auth_daemon, write_users  # noqa: E402
 
 MONITORING = os.path.join(SOURCE_DIR, "deploy", "monitoring")
 
@@ -55,7 +55,7 @@ class LiveDaemonTest(unittest.TestCase):
         # What the filters are for: two wrong passwords, then the right one; two addresses
         # that do not exist, one that does, and a relay refusal that is no harvest.
         s = cls.moat.smtp()
-        s.starttls(context=tls_context())
+        s.starttls(context=client_tls())
         s.ehlo()
         assert auth_plain(s, "alice", "guess one")[0] == 535
         assert auth_plain(s, "mallory", "guess two")[0] == 535

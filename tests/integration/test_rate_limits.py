@@ -11,8 +11,8 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import free_port, owned_moat, scrape, wait_for  # noqa: E402
-from test_submission import auth_plain, set_up_tls_auth_daemon, tls_context, write_users  # noqa: E402
+from harness import client_tls, free_port, owned_moat, scrape, wait_for  # noqa: E402
+from test_submission import auth_plain, set_up_tls_auth_daemon, write_users  # noqa: E402
 
 RELAY = "127.0.0.64/28"  # relay.networks: outbound clients; the rest of 127/8 is inbound
 LIMITS = """
@@ -163,7 +163,7 @@ class RateLimitsAuthTest(unittest.TestCase):
 
     def test_authenticated_user_is_limited_per_user_not_per_sender_or_client(self):
         s = self.moat.smtp()
-        s.starttls(context=tls_context())
+        s.starttls(context=client_tls())
         s.ehlo()
         self.assertEqual(auth_plain(s, "alice", "correct horse")[0], 235)
         for n, sender in enumerate(("a1@corp.test", "a2@corp.test")):
