@@ -20,15 +20,13 @@ Run: MOAT_BIN=build/moat MOAT_SOURCE_DIR=. /usr/bin/python3 tests/integration/te
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import owned_dns  # noqa: E402
-from harness import (Sink, client_tls, free_port, make_ca, make_cert, make_signed_cert, owned_moat,  # noqa: E402
-                     owned_sink, wait_for)
+from harness import (Sink, class_temp_dir, client_tls, free_port, make_ca, make_cert,  # noqa: E402
+                     make_signed_cert, owned_moat, owned_sink, wait_for)
 from test_dane import spki_sha256  # noqa: E402
 
 DANE_HOST = "mx.dane.test"
@@ -62,8 +60,7 @@ def send(moat, rcpt, body, requiretls=True, headers=""):
 class RequireTlsTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="moat-requiretls-")
-        cls.addClassCleanup(shutil.rmtree, cls.tmp, True)
+        cls.tmp = class_temp_dir(cls, "moat-requiretls-")
         listener_dir = os.path.join(cls.tmp, "listener")
         os.mkdir(listener_dir)
         listener_cert = make_cert(listener_dir, cn="mx.moat.test")

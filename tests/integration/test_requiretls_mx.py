@@ -20,14 +20,12 @@ Run: MOAT_BIN=build/moat MOAT_SOURCE_DIR=. /usr/bin/python3 tests/integration/te
 """
 
 import os
-import shutil
 import sys
-import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import owned_dns  # noqa: E402
-from harness import Sink, make_ca, make_cert, make_signed_cert, owned_moat, wait_for  # noqa: E402
+from harness import Sink, class_temp_dir, make_ca, make_cert, make_signed_cert, owned_moat, wait_for  # noqa: E402
 from test_dane import spki_sha256  # noqa: E402
 from test_mta_sts import PolicyServer, bind_or_skip, policy  # noqa: E402
 from test_requiretls import SENDER, send  # noqa: E402
@@ -41,8 +39,7 @@ WITH_REQUIRETLS = Sink.DEFAULT_EXTENSIONS + ("REQUIRETLS",)
 class RequireTlsMxTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="moat-requiretls-mx-")
-        cls.addClassCleanup(shutil.rmtree, cls.tmp, True)
+        cls.tmp = class_temp_dir(cls, "moat-requiretls-mx-")
         listener_dir = os.path.join(cls.tmp, "listener")
         os.mkdir(listener_dir)
         cls.listener_cert = make_cert(listener_dir, cn="mx.moat.test")
