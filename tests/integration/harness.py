@@ -9,6 +9,7 @@ bounded.
 """
 
 import base64
+import collections
 import json
 import os
 import shutil
@@ -537,6 +538,22 @@ max_lifetime = "{max_lifetime}"
     def kill9(self):
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
+
+    def wait_settled(self, messages, timeout=30, since_start=False):
+        """Waits for the deliver lines of `messages` (what a Sink got) and then for those
+        messages to leave the spool's queue/. A sink has a message as soon as it answers the
+        DATA, before Moat has heard that answer and removed the message: a kill -9 in between
+        sends it again at the restart, as it should (at least once). A test that counts what
+        reaches a sink across a kill -9 waits for this first."""
+        want = collections.Counter(r for x in messages for r in x["rcpts"])
+
+        def delivered():
+            lines = [x for x in self.find_logs(since_start, event="deliver") if x.get("to") in want]
+            got = collections.Counter(x["to"] for x in lines)
+            return lines if all(got[r] >= n for r, n in want.items()) else None
+        ids = {x["queue_id"] for x in wait_for(delivered, timeout, what=f"deliver lines for {dict(want)}")}
+        queue_dir = os.path.join(self.dir, "spool", "queue")
+        wait_for(lambda: not ids & set(os.listdir(queue_dir)), timeout, what=f"{sorted(ids)} to leave queue/")
 
     def maildir_files(self, address):
         local, domain = address.rsplit("@", 1)

@@ -247,7 +247,12 @@ class DmarcReportsTest(unittest.TestCase):
         # The checkpoint no longer holds the reported period: another crash and restart do
         # not report it again.
         self.assertEqual(read_state(state)["domains"], [])
+        # verified.test's report goes to the same sink: it is in, and every report has left the
+        # spool, before the kill (one still queued would be sent after the restart, rightly).
+        m.wait_log(event="dmarc_report", domain="verified.test", since_start=True)
+        wait_for(lambda: self.reports_to(f"agg@{REPORTS}"), 30, what="the report for verified.test")
         sent = len(self.reports.messages)
+        m.wait_settled(self.reports.messages[:sent], since_start=True)
         m.kill9()
         m.start()
         time.sleep(3)

@@ -326,6 +326,7 @@ class TlsRptTest(unittest.TestCase):
         # not report it again.
         self.assertEqual(read_state(state)["domains"], [])
         sent = len(reports.messages)
+        m.wait_settled(reports.messages[:sent], since_start=True)
         m.kill9()
         m.start()
         time.sleep(3)
