@@ -4,10 +4,11 @@ moat_build_packages=(build-essential cmake ninja-build pkg-config ccache
   libuv1-dev libssl-dev libc-ares-dev libtomlplusplus-dev libre2-dev libclamav-dev
   libopendkim-dev libpsl-dev libidn2-dev publicsuffix libpcre2-dev libcrypt-dev zlib1g-dev)
 # Real peers and servers the test suite talks to over loopback; fail2ban and prometheus for
-# fail2ban-regex and promtool, which check deploy/monitoring/ (their services are not run).
+# fail2ban-regex and promtool, which check deploy/monitoring/ (their services are not run);
+# dovecot-lmtpd for the LMTP peer tests/integration/test_lmtp.py runs on its own config.
 moat_test_packages=(catch2 python3 python3-yaml python3-dnslib python3-dkim python3-spf
   swaks postfix openssl opendkim-tools clang libclang-rt-14-dev spamassassin clamav-daemon
-  fail2ban prometheus python3-milter)
+  fail2ban prometheus python3-milter dovecot-core dovecot-lmtpd)
 
 moat_install_missing() {
   local missing=()

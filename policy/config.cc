@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -370,16 +371,52 @@ void readRoute(Config& c, Section s) {
                         " address, which queue.ip_versions leaves out: this target is never used");
         ++leftOut;
       }
+    } else if (t.rfind("lmtp:unix:", 0) == 0) {
+      // RFC 2033 §5: LMTP is for a local delivery agent, often on a Unix socket.
+      std::string path = t.substr(10);
+      if (path.empty()) {
+        s.error("to", "\"" + t + "\": expected lmtp:unix:/PATH/TO/SOCKET");
+        continue;
+      }
+      target.kind = RouteTarget::Kind::Lmtp;
+      target.socket = resolvePath(s.baseDir(), path);
+      target.port = 0;
+      if (target.socket.size() >= sizeof(sockaddr_un{}.sun_path)) {
+        s.error("to", "\"" + t + "\": the socket path is longer than a Unix socket address holds (" +
+                          std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) + " bytes)");
+        continue;
+      }
+    } else if (t.rfind("lmtp:", 0) == 0) {
+      // RFC 2033 §5: LMTP has no well-known port (and must not run on 25): the port is required.
+      auto hp = mta::parseHostPort(t.substr(5), 0);
+      if (!hp || hp->port == 0) {
+        s.error("to", "\"" + t +
+                          "\": expected lmtp:HOST:PORT (the port is required), lmtp:[IPv6]:PORT or "
+                          "lmtp:unix:/PATH/TO/SOCKET");
+        continue;
+      }
+      target.kind = RouteTarget::Kind::Lmtp;
+      target.host = hp->host;
+      target.port = hp->port;
+      ++smtpTargets;
+      auto ip = mta::IpAddress::parse(target.host);
+      if (ip && !(ip->isV4() ? c.useIpv4 : c.useIpv6)) {
+        s.warningAt(item.line, "to",
+                    "\"" + t + "\" is an " + (ip->isV4() ? "IPv4" : "IPv6") +
+                        " address, which queue.ip_versions leaves out: this target is never used");
+        ++leftOut;
+      }
     } else {
-      s.error("to", "\"" + t + "\": expected smtp:HOST:PORT, \"mx\" or maildir:DIR");
+      s.error("to", "\"" + t + "\": expected smtp:HOST:PORT, lmtp:HOST:PORT, lmtp:unix:PATH, \"mx\" or maildir:DIR");
       continue;
     }
     r.to.push_back(std::move(target));
   }
   if (r.to.empty() && s.present()) s.error("to", "a route needs at least one target");
-  // A route whose first target is smtp: delivers to its smtp: targets only (the others are
+  // A route whose first target is smtp: or lmtp: delivers to those targets only (the others are
   // not tried), so when each of those is left out, nothing is.
-  if (!r.to.empty() && r.to.front().kind == RouteTarget::Kind::Smtp && leftOut == smtpTargets)
+  if (!r.to.empty() && r.to.front().isHost() && smtpTargets > 0 && leftOut == smtpTargets &&
+      std::none_of(r.to.begin(), r.to.end(), [](const RouteTarget& t) { return !t.socket.empty(); }))
     s.warning("to",
               "this route can never deliver: queue.ip_versions leaves out the address family of each of its "
               "smtp: targets, so its mail waits in the queue until queue.max_lifetime");
@@ -783,6 +820,9 @@ std::string RouteTarget::str() const {
     case Kind::Maildir: return "maildir:" + dir;
     case Kind::Smtp: return "smtp:" + (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" +
                             std::to_string(port);
+    case Kind::Lmtp:
+      if (!socket.empty()) return "lmtp:unix:" + socket;
+      return "lmtp:" + (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
   }
   return "";
 }

@@ -46,10 +46,15 @@ struct Listener {
 };
 
 struct RouteTarget {
-  enum class Kind { Smtp, Mx, Maildir } kind = Kind::Smtp;
-  std::string host;  // Smtp
+  // Lmtp: RFC 2033 final delivery, to host:port (no default port) or to a Unix socket.
+  enum class Kind { Smtp, Mx, Maildir, Lmtp } kind = Kind::Smtp;
+  std::string host;  // Smtp, Lmtp over TCP
   uint16_t port = 25;
   std::string dir;   // Maildir: absolute path
+  std::string socket;  // Lmtp over a Unix socket: absolute path ("" = over TCP)
+  // smtp: and lmtp: targets name a next hop the client connects to; a route whose first
+  // target is one of them delivers to those only, in order.
+  bool isHost() const { return kind == Kind::Smtp || kind == Kind::Lmtp; }
   std::string str() const;
 };
 

@@ -1,6 +1,6 @@
 // mta/client/smtp_client.cc — see smtp_client.h. RFC 5321 §4.1 (commands), §4.2 (replies),
 // §4.5.2 (dot-stuffing), §4.5.3.2 (timeouts); RFC 2920 (pipelining); RFC 3207 (STARTTLS);
-// RFC 4954 (AUTH), RFC 4616 (PLAIN).
+// RFC 4954 (AUTH), RFC 4616 (PLAIN); RFC 2033 (LMTP: LHLO, one reply per recipient).
 //
 // Untrusted input: server replies, parsed line by line with hard limits. The body is sent
 // with bare CR and bare LF turned into CRLF, so a "\n.\n" in a stored message can never end
@@ -139,14 +139,27 @@ void SmtpClient::connect(uv_loop_t* loop, const IpAddress& ip, uint16_t port, Op
       source);
 }
 
+void SmtpClient::connectUnix(uv_loop_t* loop, const std::string& path, Options opts, ConnectDone done) {
+  auto client = std::make_shared<SmtpClient>(loop, std::move(opts));
+  client->connectDone_ = std::move(done);
+  client->self_ = client;
+  client->path_ = path;
+  net::connectUnix(loop, path, client->opts_.connectTimeoutMs,
+                   [client](std::shared_ptr<net::Connection> conn, const std::string& error) {
+                     if (!conn) return client->fail(error);
+                     client->start(std::move(conn));
+                   });
+}
+
 std::string SmtpClient::source() const {
+  if (!path_.empty()) return "";  // a Unix socket: no source address
   const auto& s = ip_.isV4() ? opts_.sourceIpv4 : opts_.sourceIpv6;
   return s ? s->str() : "";
 }
 
 void SmtpClient::start(std::shared_ptr<net::Connection> conn) {
   conn_ = std::move(conn);
-  if (opts_.notes) opts_.notes->localIp = conn_->localAddress().str();
+  if (opts_.notes && path_.empty()) opts_.notes->localIp = conn_->localAddress().str();
   std::weak_ptr<SmtpClient> weak = shared_from_this();
   net::Connection::Callbacks cb;
   cb.onData = [weak](std::string_view d) {
@@ -255,13 +268,15 @@ void SmtpClient::onGreeting(const Reply& r) {
 
 void SmtpClient::sendEhlo() {
   ext_.clear();
-  command("EHLO " + opts_.heloName, opts_.commandTimeoutMs, [this](const Reply& r) { onEhlo(r); });
+  // RFC 2033 §4.1: LHLO, with EHLO's syntax and reply; an LMTP server takes no EHLO or HELO.
+  command((opts_.lmtp ? "LHLO " : "EHLO ") + opts_.heloName, opts_.commandTimeoutMs,
+          [this](const Reply& r) { onEhlo(r); });
 }
 
 void SmtpClient::onEhlo(const Reply& r) {
-  if (r.code >= 500 && !tlsTried_)  // an old server: RFC 5321 §3.2 HELO fallback
+  if (r.code >= 500 && !tlsTried_ && !opts_.lmtp)  // an old server: RFC 5321 §3.2 HELO fallback
     return command("HELO " + opts_.heloName, opts_.commandTimeoutMs, [this](const Reply& h) { onHelo(h); });
-  if (!isPositive(r)) return fail("EHLO refused", r);
+  if (!isPositive(r)) return fail(opts_.lmtp ? "LHLO refused" : "EHLO refused", r);
   std::string_view rest(r.text);
   if (opts_.notes) {  // "250-mx.example.test Hello ...": the server's own name
     std::string_view first = rest.substr(0, rest.find('\n'));
@@ -340,18 +355,18 @@ void SmtpClient::reconnectPlain(const std::string& error) {
   conn_->abort();
   conn_.reset();
   std::weak_ptr<SmtpClient> weak = shared_from_this();
-  net::connect(
-      loop_, ip_, port_, opts_.connectTimeoutMs,
-      [weak](std::shared_ptr<net::Connection> conn, const std::string& e) {
-        auto self = weak.lock();
-        if (!self || self->state_ == State::Closed) {
-          if (conn) conn->abort();
-          return;
-        }
-        if (!conn) return self->fail("plain-text retry after a failed TLS handshake: " + e);
-        self->start(std::move(conn));
-      },
-      ip_.isV4() ? opts_.sourceIpv4 : opts_.sourceIpv6);
+  auto connected = [weak](std::shared_ptr<net::Connection> conn, const std::string& e) {
+    auto self = weak.lock();
+    if (!self || self->state_ == State::Closed) {
+      if (conn) conn->abort();
+      return;
+    }
+    if (!conn) return self->fail("plain-text retry after a failed TLS handshake: " + e);
+    self->start(std::move(conn));
+  };
+  if (!path_.empty()) return net::connectUnix(loop_, path_, opts_.connectTimeoutMs, std::move(connected));
+  net::connect(loop_, ip_, port_, opts_.connectTimeoutMs, std::move(connected),
+               ip_.isV4() ? opts_.sourceIpv4 : opts_.sourceIpv6);
 }
 
 // RFC 4954 after the EHLO that follows STARTTLS. The AUTH exchange is never pipelined
@@ -422,6 +437,8 @@ bool SmtpClient::envelopeSafe(const Transaction& t) const {
 void SmtpClient::send(Transaction t, std::function<void(TransactionResult)> done) {
   TransactionResult res;
   res.rcpts.resize(t.rcpts.size());
+  res.lmtp = opts_.lmtp;
+  if (opts_.lmtp) res.rcptData.resize(t.rcpts.size());
   res.source = source();
   if (!usable() || t.rcpts.empty()) {
     res.error = usable() ? "no recipients" : "connection not usable";
@@ -535,7 +552,9 @@ void SmtpClient::begin(Transaction t) {
   mailOk_ = false;
   accepted_ = 0;
   pipelining_ = supports("PIPELINING");
-  chunking_ = opts_.chunking && pipelining_ && supports("CHUNKING") && !tx_.probe;
+  // Not over LMTP: the per-recipient replies would follow BDAT LAST (RFC 2033 §4.3), and the
+  // message goes by DATA instead.
+  chunking_ = opts_.chunking && pipelining_ && supports("CHUNKING") && !tx_.probe && !opts_.lmtp;
   chunkFailed_ = chunksAfterRcpts_ = false;
   std::string batch = mailCommand() + "\r\n";
   expect(opts_.commandTimeoutMs, [this](const Reply& r) { onMail(r); });
@@ -679,6 +698,13 @@ void SmtpClient::pumpBody() {
     if (last) {
       body_.reset();
       timer_.stop();
+      if (opts_.lmtp) {
+        // RFC 2033 §4.2: one reply for each RCPT that got a 2xx, in the order of the RCPTs.
+        for (size_t i = 0; i < tx_.rcpts.size(); ++i)
+          if (isPositive(result_.rcpts[i]))
+            expect(opts_.dataDoneTimeoutMs, [this, i](const Reply& r) { onLmtpReply(i, r); });
+        return;
+      }
       return expect(opts_.dataDoneTimeoutMs, [this](const Reply& r) { onDataDone(r); });
     }
   }
@@ -752,6 +778,14 @@ void SmtpClient::onDataDone(const Reply& r) {
   finish();
 }
 
+void SmtpClient::onLmtpReply(size_t i, const Reply& r) {
+  result_.rcptData[i] = r;
+  result_.data = r;
+  result_.bodyAnswered = true;
+  if (closingReply(r)) return;  // RFC 2033 §4.2 allows a 421 here: the rest get it too
+  if (expects_.empty()) finish();
+}
+
 void SmtpClient::resetThenFinish() {
   command("RSET", opts_.commandTimeoutMs, [this](const Reply& r) {
     // Refused: no clean state to reuse, so the connection is closed before the result goes
@@ -768,6 +802,9 @@ bool SmtpClient::closingReply(const Reply& r) {
   for (auto& x : result_.rcpts)
     if (x.code == 0) x = r;
   if (result_.data.code == 0) result_.data = r;
+  if (!expects_.empty() && !result_.rcptData.empty() && !body_ && result_.bodyAnswered)
+    for (size_t i = 0; i < result_.rcptData.size(); ++i)  // LMTP: the recipients still waiting
+      if (isPositive(result_.rcpts[i]) && result_.rcptData[i].code == 0) result_.rcptData[i] = r;
   finish("server closing the connection: " + replyText(r.text));
   return true;
 }

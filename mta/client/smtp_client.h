@@ -6,6 +6,11 @@
 // caller's Transaction::downgrade, and UTF-8 mail for one without SMTPUTF8 by
 // Transaction::utf8Downgrade when the caller has one.
 //
+// With Options::lmtp the same client speaks LMTP (RFC 2033) to a final delivery agent, over
+// TCP or a Unix socket (connectUnix): LHLO instead of EHLO (no HELO fallback, §4.1), never
+// BDAT, and after the message's final dot one reply per recipient accepted at RCPT, in RCPT
+// order (§4.2), each that recipient's own outcome (TransactionResult::rcptData).
+//
 // Untrusted input: every reply from the server (bounded: 4096 bytes a line, 100 lines a
 // reply; more is a protocol error that ends the connection). Logs nothing: the queue manager
 // logs `deliver`/`defer` with the replies this returns; no error or reply it returns holds
@@ -70,6 +75,8 @@ struct Options {
   // source_ipv4, source_ipv6); none: the kernel picks. A source that cannot be bound fails
   // the connect ("cannot bind source address ...", net::connect).
   std::optional<IpAddress> sourceIpv4, sourceIpv6;
+  // LMTP (RFC 2033) instead of SMTP: see the top of this file.
+  bool lmtp = false;
   // Filled in as the connection goes (see PeerNotes); null: not wanted.
   std::shared_ptr<PeerNotes> notes;
   uint64_t connectTimeoutMs = 30000, greetingTimeoutMs = 300000, commandTimeoutMs = 300000,
@@ -151,6 +158,12 @@ struct TransactionResult {
   Reply mail;
   std::vector<Reply> rcpts;   // one per rcpt, same order
   Reply data;                 // final reply after the message (or to DATA if refused)
+  // LMTP (RFC 2033 §4.2): set for a transaction over LMTP, and then, parallel to rcpts, each
+  // recipient's own reply after the message's final dot (code 0: not accepted at RCPT, or no
+  // reply came: the connection ended first, and `error` or a 421 in `data` says why). A 2xx
+  // here is that recipient delivered; `data` holds the last of these replies.
+  bool lmtp = false;
+  std::vector<Reply> rcptData;
   // `data` is the server's reply to the final "." of the message: the only reply that can
   // accept it (RFC 5321 §4.3.2, §3.3). False for a refused DATA, a protocol error, a local
   // refusal or a failed connection.
@@ -175,6 +188,8 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   // begins with "4.7.0 " (the queue manager defers, never bounces: a wrong password in
   // Moat's config must not return everyone's mail).
   static void connect(uv_loop_t* loop, const IpAddress& ip, uint16_t port, Options opts, ConnectDone done);
+  // The same over a Unix-domain socket (an LMTP server's, Options::lmtp), on the loop.
+  static void connectUnix(uv_loop_t* loop, const std::string& path, Options opts, ConnectDone done);
 
   explicit SmtpClient(uv_loop_t* loop, Options opts);  // use connect()
   ~SmtpClient();
@@ -254,6 +269,7 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   void onDataReply(const Reply& r);
   void pumpBody();
   void onDataDone(const Reply& r);
+  void onLmtpReply(size_t i, const Reply& r);  // RFC 2033 §4.2: recipient i's reply after the dot
   // BDAT: the message in chunks of at most kBodyPiece octets, each "BDAT SIZE[ LAST]" with
   // its octets and a reply of its own (pipelined); appended to `batch` when given.
   void writeChunk(std::string piece, bool last, std::string* batch = nullptr);
@@ -281,6 +297,7 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   bool tlsTried_ = false;
   IpAddress ip_;
   uint16_t port_ = 0;
+  std::string path_;  // connectUnix(): the socket's path ("" over TCP)
   std::string tlsFallback_;
   std::string authUser_;
 

@@ -151,7 +151,7 @@ client::Downgrade offLoopConverter(uv_loop_t* loop, std::shared_ptr<bool> alive,
 const policy::Route& mxRoute() {
   static const policy::Route kMxRoute = [] {
     policy::Route r;
-    r.to.push_back(policy::RouteTarget{policy::RouteTarget::Kind::Mx, "", 25, ""});
+    r.to.push_back(policy::RouteTarget{policy::RouteTarget::Kind::Mx, "", 25, "", ""});
     return r;
   }();
   return kMxRoute;
@@ -250,7 +250,19 @@ struct Hop {
   bool secure = false;                        // the host's address records were DNSSEC-authenticated
   std::shared_ptr<const dns::DaneHost> dane;  // tls = "dane": what RFC 7672 asks of this host
   std::string canonical;                      // the name the addresses are at when `name` is an alias ("" if none)
+  bool lmtp = false;                          // an lmtp: route target: LMTP (RFC 2033), not SMTP
+  std::string socket;                         // lmtp:unix:PATH: the socket (then `ip` and `port` are unused)
 };
+
+// The next hop as logs name it (`relay`): "192.0.2.1:25", "[2001:db8::1]:25" or
+// "mx.example.test[2001:db8::1]:25" (Postfix's form); an LMTP one with "lmtp:" before it, or
+// "lmtp:unix:/run/dovecot/lmtp" for a Unix socket.
+std::string hopRelay(const Hop& hop) {
+  if (!hop.socket.empty()) return "lmtp:unix:" + hop.socket;
+  std::string at =
+      hop.name.empty() ? hop.ip.withPort(hop.port) : hop.name + "[" + hop.ip.str() + "]:" + std::to_string(hop.port);
+  return hop.lmtp ? "lmtp:" + at : at;
+}
 
 struct QueueManager::Job {
   std::shared_ptr<Attempt> attempt;
@@ -770,7 +782,7 @@ void resolveHops(dns::Resolver* resolver, std::vector<std::pair<std::string, uin
     const uint32_t group = i < groups.size() ? groups[i] : 0;
     if (auto ip = IpAddress::parse(host)) {
       if (families.allows(*ip))
-        st->found[i].hops.push_back({*ip, port, "", group, false, nullptr, ""});
+        st->found[i].hops.push_back({*ip, port, "", group, false, nullptr, "", false, ""});
       else
         st->found[i].error = ipVersionLeftOut(*ip);
       --st->waiting;
@@ -782,7 +794,8 @@ void resolveHops(dns::Resolver* resolver, std::vector<std::pair<std::string, uin
           const auto& [name, p] = st->targets[i];
           st->found[i].status = status;
           if (status == dns::Status::Ok)
-            for (const auto& ip : ips) st->found[i].hops.push_back({ip, p, name, group, secure, nullptr, canonical});
+            for (const auto& ip : ips)
+              st->found[i].hops.push_back({ip, p, name, group, secure, nullptr, canonical, false, ""});
           if (--st->waiting == 0) st->finish();
         },
         families);
@@ -889,6 +902,9 @@ std::string loopsBack(const std::string& domain) {
 
 // The message went to at least one recipient of the transaction.
 bool dataAccepted(const client::TransactionResult& r) {
+  if (r.lmtp)  // RFC 2033 §4.2: the message was taken for some recipient
+    return std::any_of(r.rcptData.begin(), r.rcptData.end(),
+                       [](const client::Reply& x) { return x.code >= 200 && x.code < 300; });
   return r.error.empty() && r.bodyAnswered && r.data.code >= 200 && r.data.code < 300 &&
          std::any_of(r.rcpts.begin(), r.rcpts.end(),
                      [](const client::Reply& x) { return x.code >= 200 && x.code < 300; });
@@ -942,7 +958,7 @@ std::string QueueManager::destinationKey(const policy::Route* route, const std::
     return "mx:" + domain + "," + tlsKey(clientTlsMode(*route), *route) + authKey(*route) + route->sourceKey();
   std::string key;
   for (const auto& t : route->to)
-    if (t.kind == policy::RouteTarget::Kind::Smtp) key += t.str() + ",";
+    if (t.isHost()) key += t.str() + ",";
   return key + tlsKey(clientTlsMode(*route), *route) + authKey(*route) + route->sourceKey();
 }
 
@@ -1002,7 +1018,11 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
       o.auth = r.authUser;
       o.source = r.source;
       // Only a reply the server sent is its word (RFC 3464 §2.3.5-6); r.error is our text.
-      if (r.error.empty() && !r.local) o.remoteMta = remoteMta;
+      // LMTP (RFC 2033 §4.2): the reply after the dot for this very recipient, when one came,
+      // is its outcome, also when the connection ended before the later recipients' replies.
+      const client::Reply* lmtpReply =
+          r.lmtp && k < r.rcptData.size() && r.rcptData[k].code != 0 ? &r.rcptData[k] : nullptr;
+      if ((r.error.empty() || lmtpReply) && !r.local) o.remoteMta = remoteMta;
       auto classify = [&o](int code, const std::string& text) {
         o.reply = text;
         o.kind = code >= 200 && code < 300   ? RcptOutcome::Kind::Delivered
@@ -1022,7 +1042,17 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
         classify(r.data.code, replyText(r.data));
         o.notifyPassedOn = success && r.dsnOffered;
       };
-      if (!r.error.empty()) {
+      if (lmtpReply && r.mail.code >= 200 && r.mail.code < 300 && k < r.rcpts.size() && r.rcpts[k].code >= 200 &&
+          r.rcpts[k].code < 300) {
+        classify(lmtpReply->code, replyText(*lmtpReply));
+        o.notifyPassedOn = lmtpReply->code >= 200 && lmtpReply->code < 300 && r.dsnOffered;
+      } else if (r.lmtp && r.bodyAnswered && k < r.rcpts.size() && r.rcpts[k].code >= 200 && r.rcpts[k].code < 300) {
+        // Accepted at RCPT, the message sent, and no reply of its own: never delivered, never
+        // bounced; it goes again.
+        o.kind = RcptOutcome::Kind::Deferred;
+        o.reply = !r.error.empty() ? "451 4.4.2 " + oneLine(r.error) + " (no LMTP reply for this recipient)"
+                                   : "451 4.4.2 no LMTP reply for this recipient";
+      } else if (!r.error.empty()) {
         o.kind = RcptOutcome::Kind::Deferred;
         o.reply = r.error.rfind("5", 0) == 0 || r.error.rfind("4", 0) == 0 ? oneLine(r.error) : "451 4.4.1 " + oneLine(r.error);
       } else if (r.mail.code < 200 || r.mail.code >= 300) {
@@ -1056,30 +1086,53 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
   if (authMissing) return failAll("451 4.7.0 no credentials loaded for this route's auth_file (not sent)");
   // RFC 8689 §4.2.1: a route's own host is found securely (the config names it), but only
   // tls = "verify" or "dane" authenticate it; by MX, every host is checked as it is tried.
-  if (job->requireTls && (route.tls == policy::TlsPolicy::None ||
-                          (route.to.front().kind == policy::RouteTarget::Kind::Smtp &&
-                           route.tls != policy::TlsPolicy::Verify && route.tls != policy::TlsPolicy::Dane)))
+  if (job->requireTls &&
+      (route.tls == policy::TlsPolicy::None ||
+       (route.to.front().isHost() && route.tls != policy::TlsPolicy::Verify && route.tls != policy::TlsPolicy::Dane)))
     return permFailAll(std::string("550 5.7.30 REQUIRETLS support required: the route's tls = \"") +
                        tlsPolicyName(route.tls) + "\" does not authenticate the next hop (not sent)");
   std::string key;
-  if (route.to.front().kind == policy::RouteTarget::Kind::Smtp) {
+  if (route.to.front().isHost()) {
     std::vector<std::pair<std::string, uint16_t>> targets;
     std::vector<uint32_t> groups;  // each target's own: tried in order, its addresses ordered
+    std::set<uint32_t> lmtpGroups;
+    std::vector<Hop> sockets;  // lmtp:unix: targets, in their groups: nothing to resolve
+    uint32_t group = 0;
     for (const auto& t : route.to) {
-      if (t.kind != policy::RouteTarget::Kind::Smtp) continue;
-      groups.push_back(static_cast<uint32_t>(targets.size()));
-      targets.emplace_back(t.host, t.port);
+      if (!t.isHost()) continue;
       key += t.str() + ",";
       job->destination += (job->destination.empty() ? "" : ",") + t.str();
+      const bool lmtp = t.kind == policy::RouteTarget::Kind::Lmtp;
+      if (lmtp && !t.socket.empty()) {
+        Hop h;
+        h.group = group++;
+        h.lmtp = true;
+        h.socket = t.socket;
+        sockets.push_back(std::move(h));
+        continue;
+      }
+      if (lmtp) lmtpGroups.insert(group);
+      groups.push_back(group++);
+      targets.emplace_back(t.host, t.port);
     }
     key += tlsKey(job->tls, route) + authPart + route.sourceKey() + requireKey;
     // A configured next hop whose name does not resolve is the admin's to fix (a typo in a
     // route, an internal zone down): the mail waits for that, it is not bounced.
     resolveHops(resolver_, std::move(targets), std::move(groups), familiesOf(*snap_->config),
-                [this, alive, job, key, failAll](std::vector<Hop> hops, bool, std::string error) {
+                [this, alive, job, key, failAll, lmtpGroups = std::move(lmtpGroups), sockets = std::move(sockets)](
+                    std::vector<Hop> hops, bool, std::string error) mutable {
                   if (!*alive) return;
-                  if (hops.empty()) return failAll("451 4.4.3 " + (error.empty() ? "no address for next hop" : error));
-                  job->hops = orderHops(std::move(hops), *snap_->config, SIZE_MAX, rng_);
+                  if (hops.empty() && sockets.empty())
+                    return failAll("451 4.4.3 " + (error.empty() ? "no address for next hop" : error));
+                  for (auto& h : hops) h.lmtp = lmtpGroups.count(h.group) > 0;
+                  hops = orderHops(std::move(hops), *snap_->config, SIZE_MAX, rng_);
+                  // Each Unix socket in its place among the targets (groups keep their order).
+                  for (auto& sock : sockets) {
+                    auto at =
+                        std::find_if(hops.begin(), hops.end(), [&](const Hop& h) { return h.group > sock.group; });
+                    hops.insert(at, std::move(sock));
+                  }
+                  job->hops = std::move(hops);
                   submitHops(key, job, true);
                 });
     return;
@@ -1100,7 +1153,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
     if (MxSelf::fromConfig(*snap_->config).isSelfAddress(*ip)) return permFailAll(loopsBack(domain));
     // Not tried, and not bounced: enabling the family in the config delivers it.
     if (!familiesOf(*snap_->config).allows(*ip)) return failAll("451 4.4.4 " + ipVersionLeftOut(*ip));
-    job->hops = {Hop{*ip, 25, "", 0, false, nullptr, ""}};
+    job->hops = {Hop{*ip, 25, "", 0, false, nullptr, "", false, ""}};
     return submit(key, job);
   }
   resolver_->query(domain, dns::RrType::MX, [this, alive, job, key, domain, failAll, permFailAll](const dns::Answer& a) {
@@ -1362,7 +1415,9 @@ void QueueManager::openConnection(Destination& d) {
         r.error = "451 " + status + " " + (tr->lastError.empty() ? "connection failed" : tr->lastError);
       }
       r.source = tr->lastSource;
-      std::string relay = job->hops.empty() ? "" : job->hops.back().ip.str();
+      std::string relay = job->hops.empty()       ? ""
+                          : job->hops.back().lmtp ? hopRelay(job->hops.back())
+                                                  : job->hops.back().ip.str();
       job->done(r, relay, "", "");  // no server answered: no Remote-MTA
       if (auto again = destinations_.find(key); again != destinations_.end()) {
         // The last way in failed: the jobs waiting for this next hop are deferred now.
@@ -1374,14 +1429,13 @@ void QueueManager::openConnection(Destination& d) {
     }
     const Hop hop = job->hops[tr->next++];
     const auto& source = hop.ip.isV4() ? job->sourceIpv4 : job->sourceIpv6;
-    tr->lastSource = source ? source->str() : "";
+    tr->lastSource = source && hop.socket.empty() ? source->str() : "";
     client::Options o = opts;
     // The name the certificate must carry with tls = "verify" (and SNI): the route's host or
     // the MX name; an address when the route names one (checked against IP SANs, no SNI).
-    o.sni = hop.name.empty() ? hop.ip.str() : hop.name;
-    // "192.0.2.1:25", "[2001:db8::1]:25" or "mx.example.test[2001:db8::1]:25" (Postfix's form).
-    std::string relay =
-        hop.name.empty() ? hop.ip.withPort(hop.port) : hop.name + "[" + hop.ip.str() + "]:" + std::to_string(hop.port);
+    o.sni = !hop.socket.empty() ? "" : hop.name.empty() ? hop.ip.str() : hop.name;
+    o.lmtp = hop.lmtp;
+    std::string relay = hopRelay(hop);
     // tls = "dane" (RFC 7672 §2.2): TLS the host's TLSA records authenticate, or TLS at least
     // (records all unusable); a host whose TLSA lookup failed is not tried (§2.2.1).
     const dns::DaneLevel daneLevel = hop.dane ? hop.dane->level : dns::DaneLevel::May;
@@ -1462,8 +1516,7 @@ void QueueManager::openConnection(Destination& d) {
         o.sni = hop.name;
       }
     }
-    client::SmtpClient::connect(
-        loop_, hop.ip, hop.port, o,
+    auto connected =
         [this, alive, tr, job, key, self, relay, hop, daneLevel, daneRequired, stsPolicy, stsEnforce, reportPolicy,
          notes](std::shared_ptr<client::SmtpClient> c, const std::string& error, const client::Reply& greeting) {
           if (!*alive) return;
@@ -1545,8 +1598,14 @@ void QueueManager::openConnection(Destination& d) {
               return (*self)();
             }
           }
-          runJob(*it2->second, Pooled{c, relay, hop.name.empty() ? hop.ip.str() : hop.name}, job);
-        });
+          // A Unix socket has no address: the DSN's Remote-MTA is the name the server gave.
+          std::string remote = !hop.socket.empty() ? (c->peerName().empty() ? std::string("localhost") : c->peerName())
+                               : hop.name.empty()  ? hop.ip.str()
+                                                   : hop.name;
+          runJob(*it2->second, Pooled{c, relay, remote}, job);
+        };
+    if (!hop.socket.empty()) return client::SmtpClient::connectUnix(loop_, hop.socket, o, std::move(connected));
+    client::SmtpClient::connect(loop_, hop.ip, hop.port, o, std::move(connected));
   };
   (*attemptHop)();
 }

@@ -2,12 +2,13 @@
 // schedule over the spool, rebuilt from it at start-up; per-destination queues with a
 // concurrency limit and connection reuse; next hop by [[route]] (smtp:HOST:PORT in order,
 // "mx" per RFC 5321 §5.1 with the implicit-MX fallback and RFC 7505 null MX, leaving out
-// this gateway and every MX at or below its preference (mx_self.h), maildir:DIR);
-// per-recipient results; retries from [queue] retry with jitter, waited out on the monotonic
-// clock (wall time only for the envelope's dates, expiry and the delay warning); a message
-// whose next hops are all at their limit waits without a delivery slot; DSNs (RFC 3464) for
-// permanent failures, expiry and one delay warning; never a DSN to the null sender, and a
-// DSN of Moat's own that cannot be delivered is dropped with a log line, not bounced.
+// this gateway and every MX at or below its preference (mx_self.h), maildir:DIR, and
+// lmtp:HOST:PORT / lmtp:unix:PATH in order with the smtp: ones: RFC 2033, each recipient's
+// outcome its own reply after the message); per-recipient results; retries from [queue] retry with jitter, waited out
+// on the monotonic clock (wall time only for the envelope's dates, expiry and the delay warning); a message whose next
+// hops are all at their limit waits without a delivery slot; DSNs (RFC 3464) for permanent failures, expiry and one
+// delay warning; never a DSN to the null sender, and a DSN of Moat's own that cannot be delivered is dropped with a log
+// line, not bounced.
 //
 // RFC 8689: a REQUIRETLS message goes only to next hops found securely (a route's host, a
 // DNSSEC-signed MX, an MTA-STS enforce policy), over TLS that DANE, MTA-STS, tls = "verify"

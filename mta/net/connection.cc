@@ -1,5 +1,6 @@
-// mta/net/connection.cc — TCP connections, listeners and outbound connects on libuv, with
-// STARTTLS (RFC 3207) and implicit TLS (RFC 8314) through mta/tls.
+// mta/net/connection.cc — TCP connections, listeners and outbound connects on libuv (and
+// outbound Unix-socket connects, for LMTP: RFC 2033), with STARTTLS (RFC 3207) and implicit
+// TLS (RFC 8314) through mta/tls.
 //
 // Untrusted input: every byte read from the socket. Memory per connection is bounded: one
 // 64 KiB read buffer, and undelivered input is at most kHoldLimit plus one read (plus one
@@ -48,43 +49,44 @@ class TcpConnection final : public Connection {
   explicit TcpConnection(uv_loop_t* loop) : loop_(loop) {}
 
   // Creates the uv handle; the connection then keeps itself alive until libuv closes it.
-  static std::shared_ptr<TcpConnection> create(uv_loop_t* loop, std::string& error) {
+  // A TCP socket, or with `pipe` a Unix-domain stream socket (uv_pipe_t): the same stream
+  // code serves both; only the address look-ups and TCP_NODELAY are TCP's.
+  static std::shared_ptr<TcpConnection> create(uv_loop_t* loop, std::string& error, bool pipe = false) {
     auto c = std::make_shared<TcpConnection>(loop);
-    auto tcp = std::make_unique<uv_tcp_t>();
-    int rc = uv_tcp_init(loop, tcp.get());
+    auto any = std::make_unique<uv_any_handle>();
+    int rc = pipe ? uv_pipe_init(loop, &any->pipe, 0) : uv_tcp_init(loop, &any->tcp);
     if (rc < 0) {
-      error = uvError("uv_tcp_init", rc);
+      error = uvError(pipe ? "uv_pipe_init" : "uv_tcp_init", rc);
       return nullptr;
     }
-    c->attach(std::move(tcp));
+    c->pipe_ = pipe;
+    c->handle_ = any.release();
+    c->handle_->handle.data = c.get();
     return c;
-  }
-
-  void attach(std::unique_ptr<uv_tcp_t> tcp) {
-    tcp_ = tcp.release();
-    tcp_->data = this;
   }
 
   // Dropping the last reference without close() aborts: the socket is closed, no callback
   // runs (the owner is gone), and libuv frees the handle later.
   ~TcpConnection() override {
-    if (!tcp_ || handleClosed_) return;
-    tcp_->data = nullptr;
-    uv_close(reinterpret_cast<uv_handle_t*>(tcp_), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+    if (!handle_ || handleClosed_) return;
+    handle_->handle.data = nullptr;
+    uv_close(&handle_->handle, [](uv_handle_t* h) { delete reinterpret_cast<uv_any_handle*>(h); });
   }
 
   std::shared_ptr<TcpConnection> ref() { return std::static_pointer_cast<TcpConnection>(shared_from_this()); }
 
-  uv_tcp_t* handle() { return tcp_; }
+  uv_tcp_t* handle() { return &handle_->tcp; }
+  uv_pipe_t* pipeHandle() { return &handle_->pipe; }
 
   // After accept or connect: the peer's address, Nagle off (unless inherited from the
   // listening socket). The local address is looked up when asked for (nothing on the path
   // of a relayed message needs it: one syscall less).
   void established(bool setNoDelay = true) {
-    if (setNoDelay) uv_tcp_nodelay(tcp_, 1);
+    if (pipe_) return;  // a Unix socket: no IP address, no Nagle
+    if (setNoDelay) uv_tcp_nodelay(&handle_->tcp, 1);
     sockaddr_storage ss{};
     int len = sizeof ss;
-    if (uv_tcp_getpeername(tcp_, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
+    if (uv_tcp_getpeername(&handle_->tcp, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
       if (auto ip = IpAddress::fromSockaddr(reinterpret_cast<sockaddr*>(&ss))) peer_ = *ip;
       peerPort_ = portOf(ss);
     }
@@ -94,15 +96,15 @@ class TcpConnection final : public Connection {
     uv_os_fd_t fd;
     int on = 0;
     socklen_t len = sizeof on;
-    return uv_fileno(reinterpret_cast<const uv_handle_t*>(tcp_), &fd) == 0 &&
-           ::getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &len) == 0 && on != 0;
+    return uv_fileno(&handle_->handle, &fd) == 0 && ::getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &len) == 0 &&
+           on != 0;
   }
 
   void lookUpLocal() const {
-    if (localKnown_ || !tcp_ || handleClosed_ || closing_) return;
+    if (localKnown_ || !handle_ || pipe_ || handleClosed_ || closing_) return;
     sockaddr_storage ss{};
     int len = sizeof ss;
-    if (uv_tcp_getsockname(tcp_, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return;
+    if (uv_tcp_getsockname(&handle_->tcp, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return;
     if (auto ip = IpAddress::fromSockaddr(reinterpret_cast<sockaddr*>(&ss))) local_ = *ip;
     localPort_ = portOf(ss);
     localKnown_ = true;
@@ -221,18 +223,18 @@ class TcpConnection final : public Connection {
   };
 
   void updateSocketReading() {
-    if (!tcp_ || handleClosed_) return;
+    if (!handle_ || handleClosed_) return;
     bool want =
         !closing_ && !eofPending_ && !(tls_ && pendingBytes_ > kTlsWriteLimit) &&
         (reading_ || inbuf_.size() < kHoldLimit || (tls_ && tls_->state() == tls::TlsSession::State::Handshaking));
     if (want == socketReading_) return;
     socketReading_ = want;
     if (!want) {
-      uv_read_stop(reinterpret_cast<uv_stream_t*>(tcp_));
+      uv_read_stop(&handle_->stream);
       return;
     }
     int rc = uv_read_start(
-        reinterpret_cast<uv_stream_t*>(tcp_),
+        &handle_->stream,
         [](uv_handle_t* h, size_t, uv_buf_t* buf) {
           auto* self = static_cast<TcpConnection*>(h->data);
           if (!self) {
@@ -382,7 +384,7 @@ class TcpConnection final : public Connection {
     // once still costs libuv an epoll_ctl when it drains, one per SMTP reply.
     if (pendingWrites_ == 0) {
       uv_buf_t b = uv_buf_init(data.data(), static_cast<unsigned>(data.size()));
-      int n = uv_try_write(reinterpret_cast<uv_stream_t*>(tcp_), &b, 1);
+      int n = uv_try_write(&handle_->stream, &b, 1);
       if (n == static_cast<int>(data.size())) return;
       if (n > 0)
         data.erase(0, static_cast<size_t>(n));
@@ -395,7 +397,7 @@ class TcpConnection final : public Connection {
     w->req.data = w.get();
     uv_buf_t b = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
     size_t size = w->data.size();
-    int rc = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(tcp_), &b, 1, [](uv_write_t* req, int status) {
+    int rc = uv_write(&w->req, &handle_->stream, &b, 1, [](uv_write_t* req, int status) {
       std::unique_ptr<WriteReq> owned(static_cast<WriteReq*>(req->data));
       owned->conn->onWritten(owned->data.size(), status);
     });
@@ -420,15 +422,15 @@ class TcpConnection final : public Connection {
   }
 
   void closeHandle(const std::string& error) {
-    if (handleClosed_ || !tcp_) return;
+    if (handleClosed_ || !handle_) return;
     handleClosed_ = true;
     closeError_ = error;
     self_ = ref();  // alive until libuv's close callback, whoever else lets go
     deliverTimer_.reset();  // closed with the socket, never after the loop
-    uv_close(reinterpret_cast<uv_handle_t*>(tcp_), [](uv_handle_t* h) {
+    uv_close(&handle_->handle, [](uv_handle_t* h) {
       auto* self = static_cast<TcpConnection*>(h->data);
-      delete reinterpret_cast<uv_tcp_t*>(h);
-      self->tcp_ = nullptr;
+      delete reinterpret_cast<uv_any_handle*>(h);
+      self->handle_ = nullptr;
       auto keep = std::move(self->self_);  // may be the last reference
       auto onClose = std::move(self->cb_.onClose);
       self->cb_ = Callbacks{};
@@ -437,7 +439,8 @@ class TcpConnection final : public Connection {
   }
 
   uv_loop_t* loop_;
-  uv_tcp_t* tcp_ = nullptr;  // owned by libuv from init until its close callback
+  uv_any_handle* handle_ = nullptr;      // owned by libuv from init until its close callback
+  bool pipe_ = false;                    // a uv_pipe_t (Unix socket), else a uv_tcp_t
   std::shared_ptr<TcpConnection> self_;  // set from close until the close callback
   Callbacks cb_;
   std::unique_ptr<char[]> readBuf_;  // kReadBufSize bytes, from the first read on
@@ -611,6 +614,35 @@ void connect(uv_loop_t* loop, const IpAddress& ip, uint16_t port, uint64_t timeo
   raw->timer.start(timeoutMs, [raw] {
     raw->finish(nullptr, "connect timeout");
     raw->conn->abort();  // the connect callback then frees `raw`
+  });
+}
+
+void connectUnix(uv_loop_t* loop, const std::string& path, uint64_t timeoutMs,
+                 std::function<void(std::shared_ptr<Connection>, const std::string& error)> done) {
+  std::string error;
+  auto conn = TcpConnection::create(loop, error, true);
+  if (!conn) return done(nullptr, error);
+  auto op = std::make_unique<ConnectOp>(loop);
+  op->conn = conn;
+  op->done = std::move(done);
+  op->req.data = op.get();
+  ConnectOp* raw = op.release();
+  // The connect callback always runs (from the loop, also for a path that cannot be
+  // reached), and frees `raw`.
+  uv_pipe_connect(&raw->req, conn->pipeHandle(), path.c_str(), [](uv_connect_t* req, int status) {
+    std::unique_ptr<ConnectOp> op(static_cast<ConnectOp*>(req->data));
+    if (op->finished) return;
+    if (status < 0) {
+      op->conn->abort();
+      return op->finish(nullptr, uvError("connect", status));
+    }
+    op->conn->established();
+    op->finish(op->conn, "");
+  });
+  uv_update_time(loop);
+  raw->timer.start(timeoutMs, [raw] {
+    raw->finish(nullptr, "connect timeout");
+    raw->conn->abort();
   });
 }
 

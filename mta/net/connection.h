@@ -1,4 +1,4 @@
-// mta/net/connection.h — a TCP stream on the libuv loop with optional TLS (STARTTLS or
+// mta/net/connection.h — a TCP (or Unix-socket) stream on the libuv loop with optional TLS (STARTTLS or
 // implicit), used by the SMTP server and client alike. Reading is flow-controlled: the
 // owner stops reading while it waits on the spool or a filter, so a fast peer cannot make
 // a session buffer without bound.
@@ -112,5 +112,11 @@ std::unique_ptr<Listener> listen(uv_loop_t* loop, const std::string& host, uint1
 void connect(uv_loop_t* loop, const IpAddress& ip, uint16_t port, uint64_t timeoutMs,
              std::function<void(std::shared_ptr<Connection>, const std::string& error)> done,
              const std::optional<IpAddress>& source = std::nullopt);
+
+// Connects to the Unix-domain stream socket at `path` (an LMTP server's, RFC 2033), on the
+// loop like connect(): `done(conn, error)` runs once, conn null on failure. The connection
+// has no IP peer or local address (peerAddress() and localAddress() stay unset).
+void connectUnix(uv_loop_t* loop, const std::string& path, uint64_t timeoutMs,
+                 std::function<void(std::shared_ptr<Connection>, const std::string& error)> done);
 
 }  // namespace moat::mta::net

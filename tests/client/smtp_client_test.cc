@@ -1300,3 +1300,119 @@ TEST_CASE("AUTH PLAIN's initial response is base64 of NUL, name, NUL, password (
   CHECK(client::saslPlainResponse("tim", "tanstaaftanstaaf") == "AHRpbQB0YW5zdGFhZnRhbnN0YWFm");
   CHECK(client::saslPlainResponse("u@example.test", "p:w") == "AHVAZXhhbXBsZS50ZXN0AHA6dw==");
 }
+
+// ---- LMTP (RFC 2033) -----------------------------------------------------------------------
+
+namespace {
+client::Options lmtpOptions() {
+  auto o = plainOptions();
+  o.lmtp = true;
+  return o;
+}
+
+Connected connectUnixTo(uv::Loop& loop, const std::string& path, client::Options opts) {
+  Connected c;
+  bool done = false;
+  SmtpClient::connectUnix(loop.get(), path, std::move(opts),
+                          [&](std::shared_ptr<SmtpClient> cl, const std::string& e, const Reply& r) {
+                            c.client = std::move(cl);
+                            c.error = e;
+                            c.reply = r;
+                            done = true;
+                          });
+  REQUIRE(loop.runUntil([&] { return done; }, 15000));
+  return c;
+}
+}  // namespace
+
+TEST_CASE("client: LMTP says LHLO, never BDAT, and reads one reply per accepted recipient in RCPT order") {
+  for (bool pipelining : {true, false}) {
+    ScriptedServer server(std::string("\"lmtp\": true, \"chunking\": true, \"pipelining\": ") +
+                          (pipelining ? "true" : "false") +
+                          ", \"reject_rcpt\": {\"bad@example.test\": \"550 5.1.1 No such user\"},"
+                          " \"lmtp_reply\": {\"full@example.test\": \"452 4.2.2 Mailbox full\","
+                          " \"gone@example.test\": \"550 5.2.1 Mailbox disabled\"}");
+    uv::Loop loop;
+    auto c = connectTo(loop, server.port(), lmtpOptions());
+    INFO(c.error);
+    REQUIRE(c.client);
+    REQUIRE(c.client->supports("ENHANCEDSTATUSCODES"));
+    REQUIRE(c.client->supports("CHUNKING"));
+    std::string body = "Subject: lmtp\r\n\r\n.dot\r\nbody\r\n";
+    auto r = sendTx(
+        loop, *c.client,
+        simpleTx({"ok@example.test", "bad@example.test", "full@example.test", "gone@example.test", "two@example.test"},
+                 body));
+    INFO(r.error);
+    REQUIRE(r.error.empty());
+    REQUIRE(r.lmtp);
+    REQUIRE(r.bodyAnswered);
+    REQUIRE(r.rcptData.size() == 5);
+    REQUIRE(r.rcpts[1].code == 550);
+    REQUIRE(r.rcptData[1].code == 0);  // refused at RCPT: no reply after the dot
+    REQUIRE(r.rcptData[0].code == 250);
+    REQUIRE(r.rcptData[0].text.find("<ok@example.test>") != std::string::npos);
+    REQUIRE(r.rcptData[2].text == "452 4.2.2 Mailbox full");
+    REQUIRE(r.rcptData[3].text == "550 5.2.1 Mailbox disabled");
+    REQUIRE(r.rcptData[4].code == 250);
+    REQUIRE(r.rcptData[4].text.find("<two@example.test>") != std::string::npos);
+    REQUIRE(server.file("msg1.eml") == body);
+    std::string cmds = server.commands();
+    REQUIRE(cmds.find("1 LHLO moat.test\n") != std::string::npos);
+    REQUIRE(cmds.find("EHLO") == std::string::npos);
+    REQUIRE(cmds.find("BDAT") == std::string::npos);
+    // Every reply was read: the connection carries the next message in step.
+    REQUIRE(c.client->usable());
+    auto again = sendTx(loop, *c.client, simpleTx({"two@example.test"}));
+    REQUIRE(again.rcptData.size() == 1);
+    REQUIRE(again.rcptData[0].code == 250);
+    REQUIRE(again.rcptData[0].text.find("M2 delivered") != std::string::npos);
+  }
+}
+
+TEST_CASE("client: an LMTP connection that ends among the per-recipient replies leaves the rest unanswered") {
+  ScriptedServer server("\"lmtp\": true, \"pipelining\": true, \"lmtp_drop_after\": 1");
+  uv::Loop loop;
+  auto c = connectTo(loop, server.port(), lmtpOptions());
+  REQUIRE(c.client);
+  auto r = sendTx(loop, *c.client, simpleTx({"a@example.test", "b@example.test", "c@example.test"}));
+  REQUIRE_FALSE(r.error.empty());
+  REQUIRE(r.rcptData.size() == 3);
+  REQUIRE(r.rcptData[0].code == 250);
+  REQUIRE(r.rcptData[1].code == 0);
+  REQUIRE(r.rcptData[2].code == 0);
+  REQUIRE_FALSE(c.client->usable());
+}
+
+TEST_CASE("client: over LMTP a refused LHLO fails the connection, with no HELO fallback") {
+  ScriptedServer server("\"pipelining\": true");  // an SMTP server: LHLO is an unknown command
+  uv::Loop loop;
+  auto c = connectTo(loop, server.port(), lmtpOptions());
+  REQUIRE_FALSE(c.client);
+  REQUIRE(c.error == "LHLO refused");
+  REQUIRE(server.commands().find("HELO") == std::string::npos);
+}
+
+TEST_CASE("client: LMTP over a Unix socket, on the loop") {
+  std::string dir = makeTempDir();
+  std::string path = dir + "/lmtp.sock";
+  {
+    ScriptedServer server("\"lmtp\": true, \"pipelining\": true, \"unix\": \"" + path + "\"");
+    uv::Loop loop;
+    auto c = connectUnixTo(loop, path, lmtpOptions());
+    INFO(c.error);
+    REQUIRE(c.client);
+    REQUIRE(c.client->source().empty());
+    std::string body = "Subject: unix\r\n\r\nover a socket\r\n";
+    auto r = sendTx(loop, *c.client, simpleTx({"u@example.test"}, body));
+    REQUIRE(r.rcptData.size() == 1);
+    REQUIRE(r.rcptData[0].code == 250);
+    REQUIRE(server.file("msg1.eml") == body);
+  }
+  uv::Loop loop;
+  auto missing = connectUnixTo(loop, dir + "/none.sock", lmtpOptions());
+  REQUIRE_FALSE(missing.client);
+  REQUIRE(missing.error.find("connect") != std::string::npos);
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}

@@ -10,7 +10,10 @@ parameter, "104857600" by default), data_cmd_reply (the reply to the DATA comman
 354: the message is then not read), starttls_hang (220 to STARTTLS, then silence), chunking
 (CHUNKING offered: BDAT, RFC 3030), bdat_reply {chunk number (from 1, as a string): reply}
 (that chunk's reply instead of 250; its octets are read all the same, as §2 requires),
-requiretls (REQUIRETLS offered after STARTTLS, RFC 8689).
+requiretls (REQUIRETLS offered after STARTTLS, RFC 8689), lmtp (LMTP, RFC 2033: LHLO, EHLO and
+HELO refused, and after the message one reply per accepted recipient, in RCPT order: the
+lmtp_reply {addr: reply} one, else 250; lmtp_drop_after N closes the connection after N of
+those), unix (listen on this Unix socket path instead of 127.0.0.1; OUT/port is then "0").
 After any 421 reply the server closes the connection, as RFC 5321 §3.8 has it.
 For each message it writes OUT/msgN.eml (the un-stuffed body, byte-exact) and OUT/msgN.env;
 every command line received goes to OUT/commands.log as "CONN-ID LINE".
@@ -78,6 +81,14 @@ class Conn:
             cmd = l.rstrip(b"\r\n")
             log(self.cid, cmd)
             verb = cmd[:4].upper()
+            if cfg.get("lmtp") and verb in (b"EHLO", b"HELO"):
+                self.send("500 5.5.1 this is LMTP: LHLO")
+                continue
+            if cfg.get("lmtp") and verb == b"LHLO":
+                verb = b"EHLO"
+            elif verb == b"LHLO":
+                self.send("502 5.5.2 unknown command")
+                continue
             if verb == b"EHLO":
                 if cfg.get("no_esmtp") or cfg.get("ehlo_reply"):
                     self.send(cfg.get("ehlo_reply", "502 5.5.2 no EHLO"))
@@ -155,7 +166,13 @@ class Conn:
                     parts.append(l[1:] if l.startswith(b".") else l)
                 n = self.store(b"".join(parts), mail, rcpts)
                 time.sleep(cfg.get("data_done_delay", 0))
-                self.send(cfg.get("data_reply", "250 2.0.0 Ok: queued as M%d" % n))
+                if cfg.get("lmtp"):
+                    for i, addr in enumerate(rcpts):
+                        if i == cfg.get("lmtp_drop_after", -1):
+                            return
+                        self.send(cfg.get("lmtp_reply", {}).get(addr, "250 2.0.0 <%s> M%d delivered" % (addr, n)))
+                else:
+                    self.send(cfg.get("data_reply", "250 2.0.0 Ok: queued as M%d" % n))
                 mail, rcpts = None, []
             elif verb == b"BDAT" and cfg.get("chunking"):
                 args = cmd.decode().split()
@@ -204,13 +221,17 @@ def serve(sock, cid):
 
 
 def main():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", 0))
+    if cfg.get("unix"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(cfg["unix"])
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", 0))
     s.listen(16)
     tmp = os.path.join(out, "port.tmp")
     with open(tmp, "w") as f:
-        f.write(str(s.getsockname()[1]))
+        f.write("0" if cfg.get("unix") else str(s.getsockname()[1]))
     os.rename(tmp, os.path.join(out, "port"))
     while True:
         c, _ = s.accept()

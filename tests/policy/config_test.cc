@@ -946,3 +946,67 @@ TEST_CASE("a source address this host cannot bind is refused at its line by chec
   CHECK(all.find("192.0.2.7") == all.rfind("192.0.2.7"));  // once
   unlink(path.c_str());
 }
+
+TEST_CASE("[[route]] lmtp: targets: HOST:PORT, [IPv6]:PORT and unix:PATH, in order, mistakes as FILE:LINE") {
+  const std::string head = "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n";
+  std::string path;
+  bool loaded = false;
+  std::string all = loadErrors(head +
+                                   "[[route]]\ndomains = [\"a.test\"]\nto = [\"lmtp:127.0.0.1:24\", "
+                                   "\"lmtp:[::1]:2424\", \"lmtp:unix:/run/dovecot/lmtp\", \"lmtp:unix:sock/lmtp\", "
+                                   "\"lmtp:mail.a.test:24\", \"smtp:127.0.0.1:2525\"]\n",
+                               path, loaded);
+  INFO(all);
+  REQUIRE(loaded);
+  REQUIRE(all.empty());
+  Errors errors;
+  auto c = loadConfig(path, errors);
+  REQUIRE(c);
+  const auto& to = c->routes.at(0).to;
+  REQUIRE(to.size() == 6);
+  using Kind = RouteTarget::Kind;
+  CHECK(to[0].kind == Kind::Lmtp);
+  CHECK(to[0].host == "127.0.0.1");
+  CHECK(to[0].port == 24);
+  CHECK(to[0].socket.empty());
+  CHECK(to[0].str() == "lmtp:127.0.0.1:24");
+  CHECK(to[1].kind == Kind::Lmtp);
+  CHECK(to[1].host == "::1");
+  CHECK(to[1].port == 2424);
+  CHECK(to[1].str() == "lmtp:[::1]:2424");
+  CHECK(to[2].kind == Kind::Lmtp);
+  CHECK(to[2].socket == "/run/dovecot/lmtp");
+  CHECK(to[2].str() == "lmtp:unix:/run/dovecot/lmtp");
+  // A relative socket path is relative to the config file's folder, as other paths are.
+  std::string dir = path.substr(0, path.rfind('/'));
+  CHECK(to[3].socket == dir + "/sock/lmtp");
+  CHECK(to[4].host == "mail.a.test");
+  CHECK(to[4].isHost());
+  CHECK(to[5].kind == Kind::Smtp);
+  CHECK(to[5].isHost());
+  unlink(path.c_str());
+
+  // LMTP has no default port (RFC 2033 §5): each mistake at its own line.
+  all = loadErrors(head +
+                       "[[route]]\ndomains = [\"a.test\"]\nto = [\"lmtp:127.0.0.1\"]\n\n"    // 7-9
+                       "[[route]]\ndomains = [\"b.test\"]\nto = [\"lmtp:127.0.0.1:0\"]\n\n"  // 11-13
+                       "[[route]]\ndomains = [\"c.test\"]\nto = [\"lmtp:[::1]\"]\n\n"        // 15-17
+                       "[[route]]\ndomains = [\"d.test\"]\nto = [\"lmtp:unix:\"]\n\n"        // 19-21
+                       "[[route]]\ndomains = [\"e.test\"]\nto = [\"lmtp:unix:/" +
+                       std::string(120, 'x') +
+                       "\"]\n\n"                                                            // 23-25
+                       "[[route]]\ndomains = [\"f.test\"]\nto = [\"lmtp:host:99999\"]\n\n"  // 27-29
+                       "[[route]]\ndomains = [\"g.test\"]\nto = [\"lmtp\"]\n",              // 31-33
+                   path, loaded);
+  INFO(all);
+  REQUIRE_FALSE(loaded);
+  REQUIRE(has(all, path + ":9: [[route]].to: \"lmtp:127.0.0.1\": expected lmtp:HOST:PORT (the port is required)"));
+  REQUIRE(has(all, path + ":13: [[route]].to: \"lmtp:127.0.0.1:0\": expected lmtp:HOST:PORT"));
+  REQUIRE(has(all, path + ":17: [[route]].to: \"lmtp:[::1]\": expected lmtp:HOST:PORT"));
+  REQUIRE(has(all, path + ":21: [[route]].to: \"lmtp:unix:\": expected lmtp:unix:/PATH/TO/SOCKET"));
+  REQUIRE(has(all, path + ":25: [[route]].to: \"lmtp:unix:/xxx"));
+  REQUIRE(has(all, "the socket path is longer than a Unix socket address holds (107 bytes)"));
+  REQUIRE(has(all, path + ":29: [[route]].to: \"lmtp:host:99999\": expected lmtp:HOST:PORT"));
+  REQUIRE(has(all, path + ":33: [[route]].to: \"lmtp\": expected smtp:HOST:PORT, lmtp:HOST:PORT"));
+  unlink(path.c_str());
+}
