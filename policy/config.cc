@@ -18,6 +18,7 @@
 #include <set>
 #include <string_view>
 
+#include "policy/batv.h"
 #include "policy/values.h"
 
 namespace moat::policy {
@@ -652,6 +653,40 @@ void readGreylist(Config& c, Section s) {
   s.rejectUnknownKeys();
 }
 
+void readBounceVerification(Config& c, Section s) {
+  c.batvEnabled = s.getBool("enabled", c.batvEnabled);
+  c.batvKeyFile = s.getPath("key_file", "");
+  c.batvKeyFileLine = s.lineOf("key_file");
+  if (c.batvEnabled && c.batvKeyFile.empty())
+    s.error("key_file", "is required with enabled = true: a file holding the secret the tags are made with");
+  c.batvDomains = domainList(s, "domains");
+  if (!s.has("domains")) c.batvDomains = c.relayDomains;
+  if (c.batvEnabled && c.batvDomains.empty())
+    s.error("domains", "is empty (and so is relay.domains): no sender would be tagged");
+  // Whole days (the tag names a day), and at most 30: the day is written modulo 1000, and a
+  // bounce that comes weeks later is of no use to anyone.
+  auto maxAge = s.getDuration("max_age", std::chrono::hours(24 * 7));
+  const auto day = std::chrono::hours(24);
+  if (maxAge < day || maxAge > day * batv::kMaxAgeDays || maxAge % day != std::chrono::milliseconds(0))
+    s.error("max_age", "must be a whole number of days from 1d to 30d");
+  else
+    c.batvMaxAgeDays = static_cast<int>(maxAge / day);
+  for (auto& item : s.getStringArrayItems("exempt_recipients")) {
+    std::string a = lower(item.value);
+    size_t at = a.rfind('@');
+    std::string problem = at == std::string::npos ? "\"" + item.value + "\" is not an address (user@domain) or @domain"
+                          : a.find_first_of(" \t<>,;\"") != std::string::npos
+                              ? "\"" + item.value + "\" is not an address (user@domain) or @domain"
+                              : domainProblem(a.substr(at + 1));
+    if (problem.empty())
+      c.batvExempt.push_back(std::move(a));
+    else
+      s.errorAt(item.line, "exempt_recipients", problem);
+  }
+  c.batvReject = s.getEnum("action", "reject", {"reject", "tag"}) == "reject";
+  s.rejectUnknownKeys();
+}
+
 void readSenders(Config& c, Section s) {
   c.blockedSenders = s.getPath("block", "");
   c.blockedSendersLine = s.lineOf("block");
@@ -868,14 +903,30 @@ std::vector<Section> Config::sectionArray(const std::string& name, Errors& error
   return out;
 }
 
-bool Config::isRelayDomain(const std::string& domain) const {
+namespace {
+// `domain` is one of `list` (lower-case; ".dom" names dom's subdomains).
+bool inDomainList(const std::vector<std::string>& list, const std::string& domain) {
   std::string d = lower(domain);
-  for (const auto& x : relayDomains) {
+  for (const auto& x : list) {
     if (x == d) return true;
     if (!x.empty() && x[0] == '.' && d.size() > x.size() && d.compare(d.size() - x.size(), x.size(), x) == 0)
       return true;
   }
   return false;
+}
+}  // namespace
+
+bool Config::isRelayDomain(const std::string& domain) const { return inDomainList(relayDomains, domain); }
+
+bool Config::isBatvDomain(const std::string& domain) const { return inDomainList(batvDomains, domain); }
+
+bool Config::isBatvExempt(const std::string& address) const {
+  std::string a = lower(address);
+  size_t at = a.rfind('@');
+  if (at == std::string::npos) return false;
+  std::string domainEntry = a.substr(at);
+  return std::any_of(batvExempt.begin(), batvExempt.end(),
+                     [&](const std::string& e) { return e == a || e == domainEntry; });
 }
 
 namespace {
@@ -924,8 +975,9 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
   c->toml = std::make_shared<const toml::table>(std::move(table));
 
   static const std::set<std::string> kCore = {
-      "server",     "listener", "dns",     "relay",       "limits", "route",         "queue",    "quarantine",
-      "connection", "senders",  "mta_sts", "rate_limits", "tlsrpt", "dmarc_reports", "greylist", "headers"};
+      "server",     "listener",   "dns",          "relay",   "limits",      "route",  "queue",
+      "quarantine", "connection", "senders",      "mta_sts", "rate_limits", "tlsrpt", "bounce_verification",
+      "greylist",   "headers",    "dmarc_reports"};
   for (const auto& [k, v] : *c->toml) {
     std::string key(k.str());
     if (!kCore.count(key) && !kOtherSections.count(key))
@@ -948,6 +1000,7 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
   readHeaders(*c, c->section("headers", errors));
   readRateLimits(*c, c->section("rate_limits", errors));
   readGreylist(*c, c->section("greylist", errors));
+  readBounceVerification(*c, c->section("bounce_verification", errors));  // after [relay]: its default domains
 
   if (c->listeners.empty()) errors.error(c->path, 0, "no [[listener]]: Moat would accept no mail");
   checkSockets(*c, errors);

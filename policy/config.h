@@ -177,6 +177,21 @@ struct Config {
   std::vector<std::string> greylistExemptNames;
   bool isGreylistExempt(const mta::IpAddress& ip) const;
 
+  // [bounce_verification] (policy/batv.h; draft-levine-smtp-batv-01 "prvs", Cisco's bounce
+  // verification): outbound mail's envelope sender in batvDomains leaves tagged; a null-sender
+  // message from the internet to an untagged (or badly tagged) address in them, not exempt,
+  // is refused at RCPT (batvReject) or marked with "X-Moat-BATV: fail".
+  bool batvEnabled = false;
+  std::string batvKeyFile;               // absolute; required when enabled
+  int batvKeyFileLine = 0;               // of key_file (or of the section)
+  std::vector<std::string> batvDomains;  // lower-case, as relay.domains ("." = subdomains); default: relay.domains
+  int batvMaxAgeDays = 7;                // a tag is valid this many days after it is made
+  // Addresses that take any null-sender mail: lower-case "user@domain", or "@domain".
+  std::vector<std::string> batvExempt;
+  bool batvReject = true;  // action: "reject" (550 5.7.1 at RCPT) or "tag" (the header only)
+  bool isBatvDomain(const std::string& domain) const;
+  bool isBatvExempt(const std::string& address) const;
+
   // [limits]
   uint64_t maxMessageSize = 35ull << 20;
   unsigned maxRecipients = 200;

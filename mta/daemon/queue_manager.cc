@@ -11,6 +11,7 @@
 #include <chrono>
 #include <fstream>
 #include <optional>
+#include <tuple>
 
 #include "filters/mime/downgrade.h"
 #include "mta/daemon/address_order.h"
@@ -23,6 +24,7 @@
 #include "mta/runtime/log.h"
 #include "mta/runtime/scan.h"
 #include "mta/server/metrics.h"
+#include "policy/batv.h"
 #include "queue/dsn.h"
 #include "queue/edited.h"
 #include "queue/tls_required.h"
@@ -291,6 +293,9 @@ struct QueueManager::Job {
   // server.hostname): where its connections come from and what they say at EHLO.
   std::optional<IpAddress> sourceIpv4, sourceIpv6;
   std::string heloName;
+  // [bounce_verification]: the envelope sender this transaction gives instead of the
+  // spooled one (its BATV-tagged form); "" = the spooled one.
+  std::string batvFrom;
   // For the log: the destination as the route names it ("smtp:HOST:PORT", several joined by
   // ",", or "mx:DOMAIN") and the route's tls mode; the destination key adds what pools.
   std::string destination, tlsName;
@@ -560,8 +565,11 @@ void QueueManager::route(std::shared_ptr<Attempt> attempt, const std::string& er
   }
   attempt->prefix = serializeHeaders(attempt->env.headers);
   const auto& cfg = *snap_->config;
-  // Group the pending recipients by route, and by domain for MX routes.
-  std::map<std::pair<int, std::string>, std::vector<size_t>> groups;
+  // Group the pending recipients by route, and by domain for MX routes; apart, on an smtp:
+  // route, those whose mail leaves with a BATV-tagged sender (outside relay.domains) and
+  // those it does not (inside).
+  const bool batvSender = batvTags(attempt->env);
+  std::map<std::tuple<int, std::string, bool>, std::vector<size_t>> groups;
   for (size_t i = 0; i < attempt->env.rcpts.size(); ++i) {
     const auto& r = attempt->env.rcpts[i];
     if (r.status != queue::RcptStatus::Pending) continue;
@@ -571,7 +579,7 @@ void QueueManager::route(std::shared_ptr<Attempt> attempt, const std::string& er
     const policy::Route* route = cfg.routeFor(domain);
     int idx = route ? static_cast<int>(route - cfg.routes.data()) : -1;
     bool byDomain = !route || route->to.empty() || route->to.front().kind == policy::RouteTarget::Kind::Mx;
-    groups[{idx, byDomain ? domain : ""}].push_back(i);
+    groups[{idx, byDomain ? domain : "", batvSender && !cfg.isRelayDomain(domain)}].push_back(i);
   }
   if (groups.empty()) {
     releaseReserved();
@@ -580,20 +588,21 @@ void QueueManager::route(std::shared_ptr<Attempt> attempt, const std::string& er
   }
   // One SMTP transaction carries at most queue.max_recipients_per_transaction of a group:
   // a server only has to take 100 (RFC 5321 §4.5.3.1.8), and a message may have more.
-  std::vector<std::tuple<const policy::Route*, std::string, std::vector<size_t>>> parts;
+  std::vector<std::tuple<const policy::Route*, std::string, std::vector<size_t>, bool>> parts;
   for (auto& [key, rcpts] : groups) {
-    const policy::Route* route = key.first >= 0 ? &cfg.routes[static_cast<size_t>(key.first)] : nullptr;
-    std::string domain = key.second.empty() ? domainOf(attempt->env.rcpts[rcpts.front()].address) : key.second;
+    const auto& [routeIndex, groupDomain, tagged] = key;
+    const policy::Route* route = routeIndex >= 0 ? &cfg.routes[static_cast<size_t>(routeIndex)] : nullptr;
+    std::string domain = groupDomain.empty() ? domainOf(attempt->env.rcpts[rcpts.front()].address) : groupDomain;
     bool maildir = route && !route->to.empty() && route->to.front().kind == policy::RouteTarget::Kind::Maildir;
     size_t per = maildir ? rcpts.size() : cfg.maxRecipientsPerTransaction;
     for (size_t from = 0; from < rcpts.size(); from += per) {
       size_t to = std::min(rcpts.size(), from + per);
-      parts.emplace_back(route, domain, std::vector<size_t>(rcpts.begin() + from, rcpts.begin() + to));
+      parts.emplace_back(route, domain, std::vector<size_t>(rcpts.begin() + from, rcpts.begin() + to), tagged);
     }
   }
   attempt->pendingGroups = static_cast<int>(parts.size());
   std::vector<std::string> keys;
-  for (auto& [route, domain, rcpts] : parts) {
+  for (auto& [route, domain, rcpts, tagged] : parts) {
     std::string key = destinationKey(route, domain);
     if (!key.empty()) {
       auto held = std::find(attempt->reserved.begin(), attempt->reserved.end(), key);
@@ -606,8 +615,8 @@ void QueueManager::route(std::shared_ptr<Attempt> attempt, const std::string& er
   }
   releaseReserved();  // a reload may have changed the routes meanwhile
   for (size_t k = 0; k < parts.size(); ++k) {
-    auto& [route, domain, rcpts] = parts[k];
-    deliverGroup(attempt, route, domain, std::move(rcpts), std::move(keys[k]));
+    auto& [route, domain, rcpts, tagged] = parts[k];
+    deliverGroup(attempt, route, domain, std::move(rcpts), std::move(keys[k]), tagged);
   }
 }
 
@@ -660,13 +669,26 @@ void QueueManager::releaseLoad(const std::string& key) {
 }
 
 void QueueManager::deliverGroup(std::shared_ptr<Attempt> attempt, const policy::Route* route, const std::string& domain,
-                                std::vector<size_t> rcpts, std::string loadKey) {
+                                std::vector<size_t> rcpts, std::string loadKey, bool batvTag) {
   if (!route || route->to.empty()) route = &mxRoute();
   if (route->to.front().kind == policy::RouteTarget::Kind::Maildir) {
     deliverMaildir(attempt, route->to.front().dir, std::move(rcpts));
   } else {
-    deliverSmtp(attempt, *route, domain, std::move(rcpts), std::move(loadKey));
+    deliverSmtp(attempt, *route, domain, std::move(rcpts), std::move(loadKey), batvTag);
   }
+}
+
+// [bounce_verification], outbound: a message from relay.networks or an authenticated client
+// (as it was received: the envelope's client address and protocol, "...A" per RFC 3848)
+// whose envelope sender is in its domains, not null and not tagged already. Whether a
+// recipient's transaction carries the tag is route()'s decision (outside relay.domains only).
+bool QueueManager::batvTags(const queue::Envelope& env) const {
+  const auto& cfg = *snap_->config;
+  if (!snap_->batvKey || env.mailFrom.empty() || env.isBounce || policy::batv::looksTagged(env.mailFrom)) return false;
+  if (!cfg.isBatvDomain(domainOf(env.mailFrom))) return false;
+  if (!env.protocol.empty() && env.protocol.back() == 'A') return true;
+  auto ip = IpAddress::parse(env.clientIp);
+  return ip && cfg.isRelayClient(*ip);
 }
 
 void QueueManager::deliverMaildir(std::shared_ptr<Attempt> attempt, const std::string& dir,
@@ -963,10 +985,14 @@ std::string QueueManager::destinationKey(const policy::Route* route, const std::
 }
 
 void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::Route& route, const std::string& domain,
-                               std::vector<size_t> rcpts, std::string loadKey) {
+                               std::vector<size_t> rcpts, std::string loadKey, bool batvTag) {
   auto job = std::make_shared<Job>();
   job->attempt = attempt;
   job->rcpts = rcpts;
+  // Tagged at each attempt: a retry days later carries a tag that is still good for max_age.
+  if (batvTag && snap_->batvKey)
+    job->batvFrom = policy::batv::tag(attempt->env.mailFrom, *snap_->batvKey, policy::batv::dayNumber(nowMs() / 1000),
+                                      snap_->config->batvMaxAgeDays);
   job->tls = clientTlsMode(route);
   if (route.tls == policy::TlsPolicy::Verify) {
     // Built by the snapshot for every verify route; a route from an older snapshot that
@@ -1007,12 +1033,14 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
   const std::string requireKey =
       std::string(job->requireTls ? ",requiretls" : "") + (tlsPoliciesOff ? ",tls-required-no" : "");
   auto alive = alive_;
-  job->done = [this, alive, attempt, rcpts, loadKey](const client::TransactionResult& r, const std::string& relay,
-                                                     const std::string& tls, const std::string& remoteMta) {
+  job->done = [this, alive, attempt, rcpts, loadKey, batv = !job->batvFrom.empty()](
+                  const client::TransactionResult& r, const std::string& relay, const std::string& tls,
+                  const std::string& remoteMta) {
     if (!*alive) return;
     releaseLoad(loadKey);
     for (size_t k = 0; k < rcpts.size(); ++k) {
       RcptOutcome o;
+      o.batv = batv;
       o.relay = relay;
       o.tls = tls;
       o.auth = r.authUser;
@@ -1614,7 +1642,7 @@ void QueueManager::runJob(Destination& d, Pooled c, std::shared_ptr<Job> job) {
   log::debug("transaction").add("queue_id", job->attempt->id).add("relay", c.relay);
   client::Transaction tx;
   const auto& env = job->attempt->env;
-  tx.mailFrom = env.mailFrom;
+  tx.mailFrom = job->batvFrom.empty() ? env.mailFrom : job->batvFrom;
   for (size_t i : job->rcpts) {
     tx.rcpts.push_back(env.rcpts[i].address);
     // RFC 3461 §5.2.1: passed on; §4.2: without an ORCPT, the address as received, so the
@@ -1784,6 +1812,7 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
         if (!o.tls.empty()) line.add("tls", o.tls);
         if (!o.auth.empty()) line.add("auth", o.auth);
         if (!o.source.empty()) line.add("source", o.source);
+        if (o.batv) line.add("batv", true);  // the next hop saw the BATV-tagged sender
         ++server::metrics().recipientsDelivered;
         server::metrics().observeLatency(static_cast<double>(now - env.arrivalMs) / 1000.0);
         // RFC 3461 §5.2.2-3: NOTIFY=SUCCESS is ours to answer unless the next hop took it on.

@@ -162,6 +162,7 @@ class QueueManager {
     bool local = false;
     std::string auth{};  // the name the connection authenticated as (SMTP AUTH), "" = none
     std::string source{};  // the local address the connection was bound to, "" = none
+    bool batv = false;     // sent with the BATV-tagged envelope sender ([bounce_verification])
   };
   // What a DSN reports (RFC 3461 §5.2): each recipient's NOTIFY decides whether it is named.
   enum class DsnKind { Failure, Delay, Success };
@@ -179,12 +180,14 @@ class QueueManager {
   void loadData(const std::string& id, DataLoaded done);
   // Groups the pending recipients by route and starts each group (data loaded, or `error`).
   void route(std::shared_ptr<Attempt> attempt, const std::string& error);
+  // `batvTag`: the transaction's envelope sender is the BATV-tagged form of the spooled one.
   void deliverGroup(std::shared_ptr<Attempt> attempt, const policy::Route* route, const std::string& domain,
-                    std::vector<size_t> rcpts, std::string loadKey);
+                    std::vector<size_t> rcpts, std::string loadKey, bool batvTag);
+  bool batvTags(const queue::Envelope& env) const;
   void deliverMaildir(std::shared_ptr<Attempt> attempt, const std::string& dir, std::vector<size_t> rcpts);
   // `loadKey`: the destination's key in load_, released when the group is done.
   void deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::Route& route, const std::string& domain,
-                   std::vector<size_t> rcpts, std::string loadKey);
+                   std::vector<size_t> rcpts, std::string loadKey, bool batvTag);
   void groupDone(std::shared_ptr<Attempt> attempt);
   void finishAttempt(std::shared_ptr<Attempt> attempt);
   // By value: callers pass the id of the entry it erases. `removed`, if given, is called

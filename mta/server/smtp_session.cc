@@ -15,6 +15,7 @@
 #include "mta/runtime/log.h"
 #include "mta/runtime/scan.h"
 #include "mta/server/metrics.h"
+#include "policy/batv.h"
 #include "policy/list_file.h"
 #include "queue/dsn.h"
 
@@ -722,6 +723,7 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
   ctx_->spamScore = 0;
   txAuthResults_.clear();
   txHeaders_.clear();
+  txBatvFailed_ = false;
   txReports_.clear();
   txScore_ = 0;
 
@@ -804,15 +806,53 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
     return;
   }
   if (rateLimited(RateLimit::RecipientsPerClient, "rcpt", ctx_->mailFrom)) return;
+  // [bounce_verification] (policy/batv.h): a validly tagged address is the user's, whoever
+  // the sender (replies to the return path come there too); a bounce from the internet to an
+  // address of the tagged domains that is not validly tagged was not caused by our mail.
+  std::optional<filters::AddressRewrite> untagged;
+  if (snap_->batvKey && cfg_.isBatvDomain(domain)) {
+    auto checked = policy::batv::verify(address, *snap_->batvKey, policy::batv::dayNumber(wallClockMs() / 1000),
+                                        cfg_.batvMaxAgeDays);
+    bool valid = checked.result == policy::batv::Result::Valid;
+    if (valid) {
+      untagged = filters::AddressRewrite{address, checked.address, "batv"};
+      if (dsn.orcpt.empty()) dsn.orcpt = queue::defaultOrcpt(address);
+      address = checked.address;
+    }
+    if (!valid && ctx_->mailFrom.empty() && !ctx_->fromRelayNetwork && !ctx_->authenticated &&
+        !cfg_.isBatvExempt(checked.address)) {
+      const char* result = policy::batv::resultName(checked.result);
+      if (cfg_.batvReject) {
+        refuse("rcpt", 550, "5.7.1",
+               "<" + address +
+                   ">: Recipient address rejected: bounce verification failed (no message of ours "
+                   "went out with this return path)",
+               [&](log::Line& l) { l.add("to", address).add("reason", "bounce verification").add("batv", result); });
+        protocolError();  // counted, as other refused recipients are
+        return;
+      }
+      if (!txBatvFailed_) {
+        txBatvFailed_ = true;
+        txHeaders_.push_back({"X-Moat-BATV", "fail"});
+      }
+      log::info("batv_fail")
+          .add("session", id_)
+          .add("client_ip", ctx_->clientIp.str())
+          .add("from", ctx_->mailFrom)
+          .add("to", address)
+          .add("batv", result);
+    }
+  }
   // [relay] rewrite, inbound: the external address becomes the internal one before the
   // aliases and relay.recipients see it (they name the mailboxes as the internal servers
   // know them, as Exchange's recipient filter sees the rewritten address); relay control
   // above took the address as given. DSNs keep naming the address the sender used (ORCPT).
-  std::optional<filters::AddressRewrite> rewritten;
+  std::optional<filters::AddressRewrite> rewritten = std::move(untagged);
   if (snap_->rewrite && cfg_.isRelayDomain(domain)) {
     std::string internal = snap_->rewrite->inbound(address);
     if (!internal.empty() && internal != address) {
-      rewritten = filters::AddressRewrite{address, internal, "rcpt"};
+      // After an untagging, the address the client gave (the tagged one) is the one named.
+      rewritten = filters::AddressRewrite{rewritten ? rewritten->from : address, internal, "rcpt"};
       if (dsn.orcpt.empty()) dsn.orcpt = queue::defaultOrcpt(address);
       address = std::move(internal);
     }
@@ -1594,6 +1634,7 @@ void SmtpSession::resetTransaction() {
   ctx_->queueId.clear();
   txAuthResults_.clear();
   txHeaders_.clear();
+  txBatvFailed_ = false;
   txReports_.clear();
   txRet_.clear();
   txEnvid_.clear();

@@ -279,6 +279,7 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   std::vector<queue::ExpandedRecipient>
       txExpanded_;  // aliases owing an "expanded" report  // ctx_->rcpts in lower case: each address once
   std::vector<filters::Header> txHeaders_;
+  bool txBatvFailed_ = false;  // "X-Moat-BATV: fail" is among txHeaders_ ([bounce_verification] action = "tag")
   double txScore_ = 0;
   std::vector<filters::FilterReport> txReports_;
   std::shared_ptr<queue::IncomingMessage> incoming_;

@@ -6,6 +6,7 @@
 
 #include "filters/antivirus/antivirus_filter.h"
 #include "mta/runtime/clock.h"
+#include "policy/batv.h"
 
 namespace moat::mta::server {
 namespace {
@@ -73,6 +74,8 @@ std::shared_ptr<Snapshot> build(std::shared_ptr<const policy::Config> config, po
                                "rewritten inbound (add \"" + domain + "\" to relay.domains, or mark the line " +
                                "outbound-only)");
         });
+  if (config->batvEnabled && !config->batvKeyFile.empty())
+    snap->batvKey = policy::batv::loadKey(config->batvKeyFile, config->path, config->batvKeyFileLine, errors);
   snap->pipeline = filters::Pipeline::build(*config, errors, snap->rewrite);
   if (config->tlsrptEnabled || config->dmarcReportsEnabled) {
     policy::Errors again;  // the pipeline's signer has reported each key's errors already

@@ -55,6 +55,9 @@ struct Snapshot {
   std::shared_ptr<const policy::AliasTable> aliases;
   // [relay] rewrite: internal addresses and their external forms; null = none.
   std::shared_ptr<const policy::RewriteMap> rewrite;
+  // [bounce_verification] enabled: the secret of key_file, read at load (so SIGHUP picks up
+  // a new one and a missing or short file keeps the old snapshot); null when off.
+  std::shared_ptr<const std::string> batvKey;
   // [tlsrpt] or [dmarc_reports] enabled: the [[dkim.sign]] keys, which sign the reports Moat
   // makes for the domain of their From address (empty otherwise).
   std::vector<filters::dkim::SignKey> reportSignKeys;
