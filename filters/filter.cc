@@ -96,6 +96,15 @@ std::string_view verdictName(Verdict v) {
   return "?";
 }
 
+std::string_view envelopeChangeName(EnvelopeChange::Kind kind) {
+  switch (kind) {
+    case EnvelopeChange::Kind::AddRcpt: return "add_rcpt";
+    case EnvelopeChange::Kind::DelRcpt: return "del_rcpt";
+    case EnvelopeChange::Kind::ChgFrom: return "chg_from";
+  }
+  return "?";
+}
+
 Result Result::pass(std::string summary) {
   Result r;
   r.summary = std::move(summary);

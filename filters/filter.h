@@ -42,7 +42,24 @@ std::string_view verdictName(Verdict verdict);
 struct Header {
   std::string name;
   std::string value;  // unfolded; the writer folds long values
+  // Placed above the gateway's own Received field rather than below it (a milter's insert at
+  // index 0: the top of the header as the milter saw it).
+  bool aboveReceived = false;
 };
+
+// Data stage: a change of the envelope a filter asks for (a milter's SMFIR_ADDRCPT,
+// SMFIR_ADDRCPT_PAR, SMFIR_DELRCPT, SMFIR_CHGFROM). The filter has checked the address (as
+// the SMTP server checks MAIL and RCPT) and the parameters; the session applies the changes,
+// in order, to the envelope it queues. Routed like any recipient, without relay control.
+struct EnvelopeChange {
+  enum class Kind { AddRcpt, DelRcpt, ChgFrom } kind = Kind::AddRcpt;
+  std::string address;               // without <>; "" is the null sender (ChgFrom only)
+  std::string notify, orcpt;         // AddRcpt: RFC 3461 NOTIFY and ORCPT, checked, or empty
+  std::string ret, envid;            // ChgFrom: RFC 3461 RET and ENVID, checked, or empty
+  std::vector<std::string> ignored;  // ESMTP parameters not applied (unknown here), as sent
+  std::string source;                // who asked, for the log: the milter's name
+};
+std::string_view envelopeChangeName(EnvelopeChange::Kind kind);  // "add_rcpt", "del_rcpt", "chg_from"
 
 struct Result {
   Verdict verdict = Verdict::Continue;
@@ -58,6 +75,7 @@ struct Result {
   // Data stage: with `edits` the message is 7-bit MIME (the DKIM signer converts an 8-bit
   // body before it signs, RFC 6376 §5.3): it is stored and delivered without BODY=8BITMIME.
   bool convertedTo7Bit = false;
+  std::vector<EnvelopeChange> envelope;  // Data stage: envelope changes, applied before queueing
   std::vector<std::string> authResults;  // RFC 8601 resinfo, e.g. "spf=pass smtp.mailfrom=example.test"
   std::string summary;           // short result for the log: "pass", "clean", "FOUND Eicar" ...
   std::string quarantineReason;  // Quarantine: why, kept with the message
@@ -129,6 +147,7 @@ struct MessageContext {
   std::string mailFrom;  // without <>; empty for the null sender
   std::vector<std::string> rcpts;
   std::string currentRcpt;  // during the Rcpt stage
+  bool smtputf8 = false;    // Data stage: MAIL carried SMTPUTF8 (RFC 6531)
   // A recipient outside relay.domains (as the client gave it, before any rewriting or
   // alias) was taken: the message leaves for the internet.
   bool relayed = false;
@@ -137,6 +156,9 @@ struct MessageContext {
   // headers. Valid during the Data stage; backed by memory the caller owns.
   std::string_view message;
   std::shared_ptr<const mime::Message> mime;  // set by the MIME filter, first at Data
+  // Data stage: the value of the gateway's own Received field (CRLF-folded), prepended at
+  // delivery; milters are sent it first in the header. Empty when there is none (moat scan).
+  std::string received;
   // The edits accepted so far in this Data stage, sorted (the pipeline keeps it): a filter
   // that must see the message as delivered (the DKIM signer) applies them to `message`.
   std::vector<Edit> edits;

@@ -80,6 +80,8 @@ struct Run : std::enable_shared_from_this<Run> {
     auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count();
     for (auto& h : r.headers) out.headers.push_back(h);
     takeEdits(name, r);
+    for (auto& c : r.envelope) out.envelope.push_back(std::move(c));
+    r.envelope.clear();
     for (auto& a : r.authResults) out.authResults.push_back(a);
     out.score += r.score;
     bool decisive = false;

@@ -3,7 +3,8 @@
 // a Quarantine is remembered and lets later filters still reject. Every filter's result is
 // kept for the `filter` log event and Authentication-Results. Data-stage edits (edit.h) are
 // collected in filter order; one that collides with an earlier one is dropped and logged
-// (`edit_dropped`, warn); the rest, sorted, are in the outcome and in ctx->edits.
+// (`edit_dropped`, warn); the rest, sorted, are in the outcome and in ctx->edits. Envelope
+// changes (a milter's) are collected in filter order for the session to apply.
 #pragma once
 #include <chrono>
 #include <functional>
@@ -34,6 +35,7 @@ struct StageOutcome {
   // A filter's edits (all of them kept) made the message 7-bit MIME (Result::convertedTo7Bit):
   // the envelope's 8-bit flag is cleared.
   bool convertedTo7Bit = false;
+  std::vector<EnvelopeChange> envelope;  // in filter order; dropped with a rejected message
   std::vector<std::string> authResults;
   std::vector<FilterReport> reports;
   // The `filters` field of log events: {"spf":"pass","dkim":"pass",...}

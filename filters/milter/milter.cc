@@ -11,6 +11,7 @@
 #include "mta/runtime/log.h"
 #include "mta/runtime/scan.h"
 #include "mta/runtime/uv.h"
+#include "mta/smtp/protocol.h"
 
 namespace moat::filters::milter {
 
@@ -60,6 +61,68 @@ std::optional<Address> parseAddress(std::string_view text, const std::string& ba
   return a;
 }
 
+std::optional<EnvelopeChange> envelopeChange(char command, std::string_view data, bool utf8, std::string& error) {
+  using Kind = EnvelopeChange::Kind;
+  bool withArgs = command == reply::kAddRcptPar || command == reply::kChgFrom;
+  Kind kind = command == reply::kDelRcpt ? Kind::DelRcpt : command == reply::kChgFrom ? Kind::ChgFrom : Kind::AddRcpt;
+  auto r = parseEnvelopeRequest(data, withArgs);
+  if (!r) {
+    error = "malformed " + std::string(envelopeChangeName(kind)) + " request";
+    return std::nullopt;
+  }
+  EnvelopeChange c;
+  c.kind = kind;
+  // The parameters the SMTP server takes with this command and keeps: checked with the
+  // address below; the others are ignored (as Postfix's cleanup ignores them).
+  std::string_view address = r->address;
+  while (!address.empty() && address.front() == ' ') address.remove_prefix(1);
+  while (!address.empty() && address.back() == ' ') address.remove_suffix(1);
+  std::string line = kind == Kind::ChgFrom ? "MAIL FROM:" : "RCPT TO:";
+  if (address.size() >= 2 && address.front() == '<' && address.back() == '>')
+    line += address;
+  else
+    line += "<" + std::string(address) + ">";
+  if (kind == Kind::ChgFrom && utf8) line += " SMTPUTF8";
+  std::string_view args = r->args;
+  while (!args.empty()) {
+    size_t sp = args.find(' ');
+    std::string_view tok = args.substr(0, sp);
+    args = sp == std::string_view::npos ? std::string_view() : args.substr(sp + 1);
+    if (tok.empty()) continue;
+    std::string key(tok.substr(0, tok.find('=')));
+    for (auto& ch : key) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    bool kept = kind == Kind::ChgFrom ? key == "RET" || key == "ENVID" : key == "NOTIFY" || key == "ORCPT";
+    if (kept) {
+      line += " ";
+      line += tok;
+    } else if (c.ignored.size() < 20) {
+      std::string shown;
+      for (unsigned char ch : tok.substr(0, 100))
+        shown.push_back(ch >= 0x20 && ch < 0x7f ? static_cast<char>(ch) : '?');
+      c.ignored.push_back(std::move(shown));
+    }
+  }
+  auto parsed = mta::smtp::parseCommand(line, utf8);
+  if (const auto* reply = std::get_if<mta::smtp::Reply>(&parsed)) {
+    error = std::string(envelopeChangeName(kind)) + " <" + std::string(address.substr(0, 200)) + ">: " + reply->text;
+    return std::nullopt;
+  }
+  auto& cmd = std::get<mta::smtp::Command>(parsed);
+  // RCPT takes "Postmaster" alone; a milter's recipient is a mailbox with a domain.
+  if (kind != Kind::ChgFrom && !mta::smtp::isValidMailbox(cmd.address, utf8)) {
+    error = std::string(envelopeChangeName(kind)) + " <" + cmd.address + ">: not a mailbox";
+    return std::nullopt;
+  }
+  c.address = cmd.address;
+  for (const auto& p : cmd.params) {
+    if (p.key == "NOTIFY") c.notify = p.value;
+    if (p.key == "ORCPT") c.orcpt = p.value;
+    if (p.key == "RET") c.ret = p.value;
+    if (p.key == "ENVID") c.envid = p.value;
+  }
+  return c;
+}
+
 namespace {
 
 // A header field value as a Result header: unfolded, leading whitespace dropped.
@@ -93,6 +156,8 @@ std::string fieldText(const std::string& name, std::string_view value, bool lead
 }
 
 enum class Phase { Command, Content, Eom };
+
+constexpr size_t kMaxEnvelopeChanges = 1000;  // per milter and message
 
 struct Step {
   char command = 0;
@@ -261,6 +326,11 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
         Phase::Command);
     bool lead = p & proto::kHeaderLeadSpace;
     leadingSpace_ = lead;
+    // Moat's own Received field first, as it will be delivered (opendkim and rspamd read it).
+    receivedSent_ = !(p & proto::kNoHeaders) && !c.received.empty();
+    if (receivedSent_)
+      add(cmd::kHeader, {}, headerPacket("Received", milterHeaderValue(" " + c.received, lead)), false,
+          !(p & proto::kNrHeader), Phase::Content);
     if (!(p & proto::kNoHeaders))
       for (const auto& f : headerFields(c.message))
         add(cmd::kHeader, {}, headerPacket(f.name, milterHeaderValue(f.rawValue, lead)), false, !(p & proto::kNrHeader),
@@ -381,8 +451,28 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
         if (!(actions_ & action::kAddHeaders)) return fail("protocol error: add header without ADDHDRS");
         auto h = parseHeaderChange(p.data, p.command == reply::kInsHeader);
         if (!h) return fail("protocol error: malformed add header");
-        if (out_.headers.size() >= 1000) return fail("protocol error: over 1000 header changes");
+        if (out_.headers.size() + out_.edits.size() >= 1000) return fail("protocol error: over 1000 header changes");
+        if (p.command == reply::kInsHeader) return insertHeader(*h);
         out_.headers.push_back({h->name, unfold(h->value)});
+        return;
+      }
+      case reply::kAddRcpt:
+      case reply::kAddRcptPar:
+      case reply::kDelRcpt:
+      case reply::kChgFrom: {
+        uint32_t needed = p.command == reply::kAddRcpt      ? action::kAddRcpt
+                          : p.command == reply::kAddRcptPar ? action::kAddRcptPar
+                          : p.command == reply::kDelRcpt    ? action::kDelRcpt
+                                                            : action::kChgFrom;
+        if (!(actions_ & needed))
+          return fail(std::string("protocol error: reply '") + printable(p.command) + "' without its SMFIF flag");
+        if (out_.envelope.size() >= kMaxEnvelopeChanges)
+          return fail("protocol error: over " + std::to_string(kMaxEnvelopeChanges) + " envelope changes");
+        std::string error;
+        auto c = envelopeChange(p.command, p.data, ctx_->smtputf8, error);
+        if (!c) return fail("protocol error: " + error);
+        c->source = m_.name;
+        out_.envelope.push_back(std::move(*c));
         return;
       }
       case reply::kChgHeader: {
@@ -412,6 +502,18 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
 
   void changeHeader(const HeaderChange& h) {
     uint32_t index = std::max<uint32_t>(h.index, 1);
+    // The first Received field the milter saw is Moat's own, which is not in the message.
+    if (receivedSent_ && mta::iequalsAscii(h.name, "Received")) {
+      if (index == 1) {
+        mlog::warn("milter_error")
+            .add("milter", m_.name)
+            .add("session", ctx_->sessionId)
+            .add("queue_id", ctx_->queueId)
+            .add("error", "change of Moat's own Received field: not made");
+        return;
+      }
+      --index;
+    }
     uint32_t seen = 0;
     for (const auto& f : headerFields(ctx_->message)) {
       if (!mta::iequalsAscii(f.name, h.name) || ++seen != index) continue;
@@ -429,6 +531,35 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
       return;
     }
     if (!h.value.empty()) out_.headers.push_back({h.name, unfold(h.value)});  // no such field: added
+  }
+
+  // SMFIR_INSHEADER: before the index-th field of the header as the milter was sent it
+  // (0: the first), counted without the milter's own earlier inserts. Above Moat's Received
+  // it is a prepended field; in the message, an insert edit at that field's start (past the
+  // last field: at the end of the header).
+  void insertHeader(const HeaderChange& h) {
+    uint64_t index = h.index;
+    if (receivedSent_) {
+      if (index == 0) {
+        out_.headers.push_back({h.name, unfold(h.value), true});
+        return;
+      }
+      --index;
+    }
+    auto fields = headerFields(ctx_->message);
+    uint64_t at = index < fields.size() ? fields[index].offset
+                  : fields.empty()      ? 0
+                                        : fields.back().offset + fields.back().length;
+    Edit e;
+    e.offset = at;
+    e.replacement = fieldText(h.name, h.value, leadingSpace_);
+    e.why = "milter " + m_.name + ": inserted " + h.name;
+    if (!addEdit(out_.edits, std::move(e), ctx_->message.size()))
+      mlog::warn("milter_error")
+          .add("milter", m_.name)
+          .add("session", ctx_->sessionId)
+          .add("queue_id", ctx_->queueId)
+          .add("error", "insert of " + h.name + " collides with an earlier change: dropped");
   }
 
   bool awaiting() const { return timer_.active(); }
@@ -516,7 +647,7 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
   std::shared_ptr<Conversation> self_;  // alive until finish()
   char readBuf_[16 * 1024];
   Decoder decoder_;
-  bool negotiated_ = false, finished_ = false, leadingSpace_ = false, replacedBody_ = false;
+  bool negotiated_ = false, finished_ = false, leadingSpace_ = false, replacedBody_ = false, receivedSent_ = false;
   uint32_t actions_ = 0, protocol_ = 0;
   std::vector<Step> steps_;
   size_t next_ = 0;
@@ -604,6 +735,7 @@ struct Run : std::enable_shared_from_this<Run> {
     outcomes.add(m.name, shown);
     for (auto& h : o.headers) result.headers.push_back(std::move(h));
     for (auto& e : o.edits) result.edits.push_back(std::move(e));  // the pipeline drops collisions
+    for (auto& c : o.envelope) result.envelope.push_back(std::move(c));
     switch (o.kind) {
       case Outcome::Kind::Reject:
       case Outcome::Kind::TempFail:
@@ -614,6 +746,7 @@ struct Run : std::enable_shared_from_this<Run> {
         result.summary = o.kind == Outcome::Kind::Reject ? "reject" : "tempfail";
         result.headers.clear();
         result.edits.clear();
+        result.envelope.clear();
         return end();
       case Outcome::Kind::Quarantine:
         if (!quarantined) result.quarantineReason = o.quarantineReason;

@@ -7,22 +7,29 @@
 // rewriting and the DKIM signer. The pipeline stops at the first Reject or TempFail, so no
 // milter time is spent on mail Moat refuses anyway, and the signer signs the message with
 // the milters' changes. One conversation per milter per message, on a fresh connection,
-// replaying the session: OPTNEG, CONNECT, HELO, MAIL, each RCPT, DATA, the header fields,
-// EOH, the body in chunks of at most 65535 bytes, EOM — each with its SMFIC_MACRO (j, _,
-// {daemon_name}, {client_addr}, {client_port}, {client_name}, {auth_authen}, {tls_version},
-// i, {mail_addr}, {rcpt_addr}; CONNECT carries the client's address and port), skipping the
-// steps the milter declines (SMFIP_NO*) and not waiting for replies it will not send
-// (SMFIP_NR_*). Milters run in config order; each sees the message as received.
+// replaying the session: OPTNEG, CONNECT, HELO, MAIL, each RCPT, DATA, the header fields
+// (Moat's own Received field first, as Postfix sends its own), EOH, the body in chunks of at most 65535 bytes, EOM —
+// each with its SMFIC_MACRO (j, _, {daemon_name}, {client_addr}, {client_port}, {client_name}, {auth_authen},
+// {tls_version}, i, {mail_addr}, {rcpt_addr}; CONNECT carries the client's address and port), skipping the steps the
+// milter declines (SMFIP_NO*) and not waiting for replies it will not send (SMFIP_NR_*). Milters run in config order;
+// each sees the message as received.
 //
 // Replies: continue, accept (this milter is done), reject (550 5.7.1 Command rejected),
 // tempfail (451 4.7.1 Service unavailable - try again later), SMFIR_REPLYCODE (its own 4xx /
 // 5xx, checked; a malformed one is the default_action), discard (never silent: Moat's
 // quarantine, reason "milter NAME: discard"), quarantine (reason given), progress (the
-// timeout restarts), add / insert header (prepended at delivery like every header Moat adds:
-// an insert's position is not kept), change header (an edit of the Nth field of that name
-// in the message as received; an empty value deletes it; past the last, it is added),
-// replace body (an edit). Moat offers only those actions (ADDHDRS, CHGHDRS, CHGBODY,
-// QUARANTINE): a milter that needs recipient or sender changes fails its negotiation.
+// timeout restarts), add header (prepended at delivery like every header Moat adds), insert
+// header at its index (libmilter's: 0 is above the first field the milter was sent, Moat's
+// own Received; 1 below it, above the message's first field; N below the Nth field sent; past
+// the last, at the end of the header), change header (an edit of the Nth field of that name
+// as sent; Moat's own Received is not changed: refused and logged; an empty value deletes
+// it; past the last, it is added), replace body (an edit), add recipient (SMFIR_ADDRCPT, and
+// SMFIR_ADDRCPT_PAR with NOTIFY and ORCPT), delete recipient, change sender (SMFIR_CHGFROM,
+// with RET and ENVID): envelope changes (filter.h EnvelopeChange) the session applies before
+// it queues the message. Their addresses and parameters pass the SMTP server's own checks
+// (a malformed one is a protocol error: the default_action); other ESMTP parameters are
+// ignored, as Postfix does, and named in the log. Moat offers ADDHDRS, CHGHDRS, CHGBODY,
+// QUARANTINE, ADDRCPT, ADDRCPT_PAR, DELRCPT and CHGFROM (not SETSYMLIST).
 // A reject or tempfail at RCPT is for the whole message (the recipients were accepted).
 //
 // default_action (tempfail | accept | reject, as Postfix's milter_default_action) applies
@@ -33,7 +40,8 @@
 // (protocol.h), the replacement body bounded by max_message_size; the connection closed on
 // every path. Untrusted input: everything the milter sends.
 // Logs: the pipeline's `filter` line (detail `milters`: each milter's outcome) and
-// `milter_error` (warn: the milter, the error, the action taken).
+// `milter_error` (warn: the milter, the error, the action taken; or a change not made). The
+// session logs each envelope change it applies (`milter_envelope`).
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -80,8 +88,16 @@ struct Outcome {
   std::string quarantineReason;
   std::vector<Header> headers;
   std::vector<Edit> edits;
+  std::vector<EnvelopeChange> envelope;
   std::string error;  // Error: why
 };
+
+// A milter's envelope change (`command`: reply::kAddRcpt, kAddRcptPar, kDelRcpt or kChgFrom)
+// checked as the SMTP server checks MAIL and RCPT (`utf8`: the transaction is SMTPUTF8):
+// the address a mailbox (or <> for the sender), NOTIFY / ORCPT (recipients) and RET / ENVID
+// (the sender) valid. Other ESMTP parameters go to `ignored`. nullopt with `error` set when
+// the packet or its address or a parameter is malformed.
+std::optional<EnvelopeChange> envelopeChange(char command, std::string_view data, bool utf8, std::string& error);
 
 class MilterFilter final : public Filter {
  public:

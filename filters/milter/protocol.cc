@@ -141,6 +141,20 @@ std::optional<HeaderChange> parseHeaderChange(std::string_view data, bool withIn
   return h;
 }
 
+std::optional<EnvelopeRequest> parseEnvelopeRequest(std::string_view data, bool withArgs) {
+  EnvelopeRequest r;
+  size_t nul = data.find('\0');
+  if (nul == std::string_view::npos) return std::nullopt;
+  r.address = std::string(data.substr(0, nul));
+  data.remove_prefix(nul + 1);
+  if (data.empty()) return r;
+  if (!withArgs) return std::nullopt;
+  size_t end = data.find('\0');
+  if (end == std::string_view::npos || end + 1 != data.size()) return std::nullopt;
+  r.args = std::string(data.substr(0, end));
+  return r;
+}
+
 std::optional<ReplyCode> parseReplyCode(std::string_view data) {
   if (data.empty() || data.back() != '\0') return std::nullopt;
   data.remove_suffix(1);

@@ -5,7 +5,7 @@
 // Moat sends (OPTNEG, MACRO, CONNECT, HELO, MAIL, RCPT, DATA, HEADER, EOH, BODY, EOM, QUIT),
 // splitting the milter's bytes into packets (bounded: a packet longer than kMaxPacket is a
 // protocol error, so a peer cannot make Moat buffer without limit), and reading the milter's
-// replies (OPTNEG, header changes, SMFIR_REPLYCODE). The conversation is in milter.cc.
+// replies (OPTNEG, header and envelope changes, SMFIR_REPLYCODE). The conversation is in milter.cc.
 //
 // Untrusted input: every byte the milter sends (Decoder, parse*). Logs nothing.
 #pragma once
@@ -29,9 +29,10 @@ constexpr char kAbort = 'A', kBody = 'B', kConnect = 'C', kMacro = 'D', kEom = '
 }
 // Replies (milter to MTA).
 namespace reply {
-constexpr char kAddRcpt = '+', kDelRcpt = '-', kAccept = 'a', kReplBody = 'b', kContinue = 'c', kDiscard = 'd',
-               kChgFrom = 'e', kConnFail = 'f', kAddHeader = 'h', kInsHeader = 'i', kChgHeader = 'm', kProgress = 'p',
-               kQuarantine = 'q', kReject = 'r', kSkip = 's', kTempFail = 't', kReplyCode = 'y', kOptneg = 'O';
+constexpr char kAddRcpt = '+', kDelRcpt = '-', kAddRcptPar = '2', kAccept = 'a', kReplBody = 'b', kContinue = 'c',
+               kDiscard = 'd', kChgFrom = 'e', kConnFail = 'f', kAddHeader = 'h', kInsHeader = 'i', kChgHeader = 'm',
+               kProgress = 'p', kQuarantine = 'q', kReject = 'r', kSkip = 's', kTempFail = 't', kReplyCode = 'y',
+               kOptneg = 'O';
 }
 // Actions the MTA allows (SMFIF_*).
 namespace action {
@@ -49,9 +50,12 @@ constexpr uint32_t kNoConnect = 0x1, kNoHelo = 0x2, kNoMail = 0x4, kNoRcpt = 0x8
 constexpr uint32_t kAll = 0x1FFFFF;  // every flag of version 6
 }  // namespace proto
 
-// What Moat offers in OPTNEG: the actions it carries out (no recipient or sender changes),
-// and every protocol flag (it can skip any step and do without any reply but EOM's).
-constexpr uint32_t kOfferedActions = action::kAddHeaders | action::kChgBody | action::kChgHeaders | action::kQuarantine;
+// What Moat offers in OPTNEG: the actions it carries out (header, body and envelope changes,
+// quarantine; not SETSYMLIST), and every protocol flag (it can skip any step and do without
+// any reply but EOM's).
+constexpr uint32_t kOfferedActions = action::kAddHeaders | action::kChgBody | action::kChgHeaders |
+                                     action::kQuarantine | action::kAddRcpt | action::kDelRcpt | action::kChgFrom |
+                                     action::kAddRcptPar;
 constexpr uint32_t kOfferedProtocol = proto::kAll;
 
 struct Packet {
@@ -107,6 +111,14 @@ struct HeaderChange {
 std::optional<HeaderChange> parseHeaderChange(std::string_view data, bool withIndex);
 // A header field name a milter may add: printable ASCII without ':' or space, 1-255 bytes.
 bool validFieldName(std::string_view name);
+
+// SMFIR_ADDRCPT and SMFIR_DELRCPT "address\0"; SMFIR_ADDRCPT_PAR and SMFIR_CHGFROM
+// "address\0" and optionally "args\0" (ESMTP parameters separated by spaces). The address
+// as sent, with or without its <>; nullopt when a string is not NUL-terminated or more follows.
+struct EnvelopeRequest {
+  std::string address, args;
+};
+std::optional<EnvelopeRequest> parseEnvelopeRequest(std::string_view data, bool withArgs);
 
 // SMFIR_REPLYCODE's "550 5.7.1 text" (NUL-terminated): the first line, checked to be a 4xx
 // or 5xx code with, optionally, an enhanced status code of the same class, and printable

@@ -957,15 +957,19 @@ void SmtpSession::recipientVerified(const std::string& address, RcptDsn dsn, con
   }
 }
 
+// What makes two recipients one: the local part as given, the domain folded.
+static std::string recipientKey(const std::string& address) {
+  size_t at = address.rfind('@');
+  return at == std::string::npos ? address : address.substr(0, at) + policy::lowerAscii(address.substr(at));
+}
+
 // Into the envelope once: a second RCPT for an address (or an alias target met again) is
 // taken, but the first one's DSN parameters stand.
 // The same address twice in one transaction is taken once. Only the domain is folded:
 // the local part is case-sensitive (RFC 5321 §2.4), so John@ and john@ are two recipients
 // a 250 was given for, and both go on (the mailbox server may know them as one).
 void SmtpSession::addRecipient(const std::string& address, RcptDsn dsn) {
-  size_t at = address.rfind('@');
-  std::string key = at == std::string::npos ? address : address.substr(0, at) + policy::lowerAscii(address.substr(at));
-  if (!txRcptKeys_.insert(std::move(key)).second) return;
+  if (!txRcptKeys_.insert(recipientKey(address)).second) return;
   ctx_->rcpts.push_back(address);
   txRcptDsn_.push_back(std::move(dsn));
 }
@@ -1440,6 +1444,8 @@ void SmtpSession::runDataFilters() {
   ctx_->clientName = clientName_;
   ctx_->queueId = incoming_->id();
   if (ctx_->tls && conn_->tls()) ctx_->tlsVersion = conn_->tls()->protocol();  // milters' {tls_version}
+  ctx_->smtputf8 = smtputf8_;
+  ctx_->received = receivedValue();  // made once: milters see the field that is delivered
   auto data = incoming_->data();
   ctx_->message = data ? data->bytes() : std::string_view();
   auto self = shared_from_this();
@@ -1453,8 +1459,7 @@ void SmtpSession::runDataFilters() {
   });
 }
 
-std::vector<filters::Header> SmtpSession::gatewayHeaders(const filters::StageOutcome& outcome) const {
-  std::vector<filters::Header> h;
+std::string SmtpSession::receivedValue() const {
   std::string proto = protocolName();
   // RFC 5321 §4.4: "from" names a Domain or an address literal. A HELO argument that is
   // neither (8-bit bytes, ';', parentheses) is not written there as it is: it would make
@@ -1473,7 +1478,15 @@ std::vector<filters::Header> SmtpSession::gatewayHeaders(const filters::StageOut
   received += "\r\n\tby " + cfg_.hostname + " (Moat) with " + proto + " id " + ctx_->queueId;
   if (txRcptsTaken_ == 1) received += "\r\n\tfor <" + txFirstRcpt_ + ">";
   received += "; " + rfc5322Date();
-  h.push_back({"Received", received});
+  return received;
+}
+
+std::vector<filters::Header> SmtpSession::gatewayHeaders(const filters::StageOutcome& outcome) const {
+  std::vector<filters::Header> h;
+  // A milter's insert at index 0 goes above the Received field, the first it was sent.
+  for (const auto& x : outcome.headers)
+    if (x.aboveReceived) h.push_back(x);
+  h.push_back({"Received", ctx_->received.empty() ? receivedValue() : ctx_->received});
   std::vector<std::string> res = sessionAuthResults_;
   for (const auto& a : txAuthResults_) res.push_back(a);
   for (const auto& a : outcome.authResults) res.push_back(a);
@@ -1486,7 +1499,8 @@ std::vector<filters::Header> SmtpSession::gatewayHeaders(const filters::StageOut
       res.push_back(std::string(method) + "none " + why);
   h.push_back({"Authentication-Results", filters::authenticationResults(cfg_.hostname, res)});
   for (const auto& x : txHeaders_) h.push_back(x);
-  for (const auto& x : outcome.headers) h.push_back(x);
+  for (const auto& x : outcome.headers)
+    if (!x.aboveReceived) h.push_back(x);
   return h;
 }
 
@@ -1522,6 +1536,7 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
     return;
   }
 
+  applyEnvelopeChanges(outcome);
   queue::Envelope env;
   env.id = incoming_->id();
   ctx_->queueId = env.id;
@@ -1609,6 +1624,87 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
   });
 }
 
+void SmtpSession::applyEnvelopeChanges(filters::StageOutcome& outcome) {
+  if (outcome.envelope.empty()) return;
+  using Kind = filters::EnvelopeChange::Kind;
+  std::vector<std::string> rcpts = ctx_->rcpts;
+  std::vector<RcptDsn> dsns = txRcptDsn_;
+  dsns.resize(rcpts.size());
+  std::unordered_set<std::string> keys = txRcptKeys_;
+  std::string from = ctx_->mailFrom, ret = txRet_, envid = txEnvid_;
+  std::string emptiedBy;  // the milter whose deletion left no recipient
+  for (const auto& c : outcome.envelope) {
+    const char* result = "applied";
+    switch (c.kind) {
+      case Kind::AddRcpt:
+        // Routed like any recipient; relay control is for clients, not for the milters
+        // the administrator runs (as Postfix).
+        if (rcpts.size() >= kMaxEnvelopeRecipients) {
+          result = "too many recipients";
+        } else if (!keys.insert(recipientKey(c.address)).second) {
+          result = "already a recipient";
+        } else {
+          rcpts.push_back(c.address);
+          dsns.push_back({c.notify, c.orcpt});
+        }
+        break;
+      case Kind::DelRcpt: {
+        std::string key = recipientKey(c.address);
+        size_t before = rcpts.size();
+        for (size_t i = rcpts.size(); i-- > 0;) {
+          if (recipientKey(rcpts[i]) != key) continue;
+          rcpts.erase(rcpts.begin() + static_cast<std::ptrdiff_t>(i));
+          dsns.erase(dsns.begin() + static_cast<std::ptrdiff_t>(i));
+        }
+        keys.erase(key);
+        if (rcpts.size() == before) result = "not a recipient";
+        if (rcpts.empty() && before > 0) emptiedBy = c.source;
+        break;
+      }
+      case Kind::ChgFrom:
+        from = c.address;
+        if (!c.ret.empty()) ret = c.ret;
+        if (!c.envid.empty()) envid = c.envid;
+        break;
+    }
+    auto line = log::info("milter_envelope");
+    line.add("session", id_)
+        .add("queue_id", incoming_->id())
+        .add("milter", c.source)
+        .add("action", std::string(filters::envelopeChangeName(c.kind)))
+        .add("address", c.address);
+    if (!c.notify.empty()) line.add("notify", c.notify);
+    if (!c.orcpt.empty()) line.add("orcpt", c.orcpt);
+    if (!c.ret.empty()) line.add("ret", c.ret);
+    if (!c.envid.empty()) line.add("envid", c.envid);
+    if (!c.ignored.empty()) line.add("ignored", c.ignored);
+    line.add("result", result);
+  }
+  outcome.envelope.clear();
+  if (rcpts.empty()) {
+    // Postfix discards such a message; Moat drops no mail unseen: it is kept in the
+    // quarantine with the envelope as received, and the client gets its 250.
+    std::string reason = "milter " + (emptiedBy.empty() ? std::string("?") : emptiedBy) + ": deleted every recipient";
+    log::warn("milter_envelope")
+        .add("session", id_)
+        .add("queue_id", incoming_->id())
+        .add("milter", emptiedBy)
+        .add("action", "quarantine")
+        .add("result", reason);
+    if (outcome.verdict != filters::Verdict::Quarantine) {
+      outcome.verdict = filters::Verdict::Quarantine;
+      outcome.quarantineReason = reason;
+    }
+    return;
+  }
+  ctx_->rcpts = std::move(rcpts);
+  txRcptDsn_ = std::move(dsns);
+  txRcptKeys_ = std::move(keys);
+  ctx_->mailFrom = std::move(from);
+  txRet_ = std::move(ret);
+  txEnvid_ = std::move(envid);
+}
+
 void SmtpSession::resetTransaction() {
   if (incoming_) {
     incoming_->abort();
@@ -1632,6 +1728,8 @@ void SmtpSession::resetTransaction() {
   ctx_->relayed = false;
   ctx_->mailFrom.clear();
   ctx_->queueId.clear();
+  ctx_->received.clear();
+  ctx_->smtputf8 = false;
   txAuthResults_.clear();
   txHeaders_.clear();
   txBatvFailed_ = false;

@@ -176,7 +176,14 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   // moat_filter_* for every filter that ran, and the authentication results the stage settled.
   void countFilters(const std::vector<filters::FilterReport>& reports, filters::Stage stage) const;
   void commitMessage(filters::StageOutcome outcome);
+  // The milters' envelope changes (outcome.envelope), in order, to the envelope about to be
+  // queued, each logged (`milter_envelope`). Changes that would leave no recipient are not
+  // made: the message is quarantined instead, with its envelope as received.
+  void applyEnvelopeChanges(filters::StageOutcome& outcome);
   void resetTransaction();
+  // The value of this message's Received field (RFC 5321 §4.4), made once, before the data
+  // filters (milters are sent it), kept in ctx_->received.
+  std::string receivedValue() const;
   std::vector<filters::Header> gatewayHeaders(const filters::StageOutcome& outcome) const;
 
   // Output and flow

@@ -2,7 +2,7 @@
 libmilter), run as a child process: milter_peer.py SOCKET TAG RECORD_FILE.
 
 SOCKET is libmilter's spec ("unix:/path" or "inet:PORT@127.0.0.1"). What it does depends
-on the message's Subject (see eom) and the envelope sender ("hang@..." sleeps at MAIL).
+on the message's Subject (see eom: verdicts, header, body and envelope changes) and the envelope sender ("hang@..." sleeps at MAIL).
 Every message's macros and the headers it saw are appended to RECORD_FILE as one JSON
 line, with TAG, so a test can check what it was sent and in which order milters ran."""
 
@@ -84,10 +84,27 @@ class Peer(Milter.Base):
             self.replacebody(b"The body the milter wrote.\r\nSecond line.\r\n")
         if "tagged" in subject:
             self.addheader("X-Seen-By-" + TAG, "yes")
+        if "insert at index" in subject:
+            self.addheader("X-At-Zero", "top", idx=0)
+            self.addheader("X-At-One", "below the first", idx=1)
+            self.addheader("X-At-Two", "below the second", idx=2)
+        if "add rcpt" in subject:
+            self.addrcpt("<carol@example.test>")
+            self.addrcpt("<dave@example.test>", "NOTIFY=NEVER XFOO=1")
+        if "del rcpt" in subject:
+            self.delrcpt("<dave@example.test>")
+        if "change sender" in subject:
+            self.chgfrom("<bounces@sender.test>", "RET=HDRS")
+        if "delete every rcpt" in subject:
+            for r in self.rcpts:
+                self.delrcpt(r)
+        if "bad rcpt" in subject:
+            self.addrcpt("<not an address>")
         return Milter.CONTINUE
 
 
 Milter.factory = Peer
-Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY | Milter.QUARANTINE)
+Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY | Milter.QUARANTINE | Milter.ADDRCPT
+                 | Milter.ADDRCPT_PAR | Milter.DELRCPT | Milter.CHGFROM)
 print("ready", flush=True)
 Milter.runmilter("moat-test-" + TAG, SOCKET, 60)

@@ -1,7 +1,9 @@
 """The milter client ([[milter]]) through the real daemon, against real milters: pymilter
 on Sendmail's libmilter (milter_peer.py, a child process on a unix socket in the test's
 folder or on 127.0.0.1). Reject, tempfail and a custom reply code; headers added, a header
-changed and one deleted, the body replaced (all seen at the sink); quarantine, and discard
+changed and one deleted, the body replaced, headers inserted at their index, recipients added
+and deleted and the sender changed (all seen at the sink); every recipient deleted (held in the
+quarantine); a malformed recipient (default_action); Moat's Received field sent first; quarantine, and discard
 held in the quarantine; the macros the milter read; a milter that is down (tempfail and
 accept as default_action) and one that hangs past command_timeout; two milters in config
 order; bad [[milter]] values refused at FILE:LINE."""
@@ -190,6 +192,102 @@ class MilterVerdicts(unittest.TestCase):
                             what="the message in the quarantine")
             self.assertIn(reason, json.dumps(held[0]))
             self.assertFalse([m for m in self.sink.messages if subject.encode() in m["data"]])
+
+    def delivered_all(self, subject, n):
+        """The sink's transactions of the message with this Subject, once there are `n` of them
+        (Moat sends one per recipient domain and route, so normally one)."""
+        return wait_for(lambda: (lambda f: f if len(f) >= n else None)(
+            [m for m in self.sink.messages if f"Subject: {subject}".encode() in m["data"]]), 30,
+            what="the message at the sink")
+
+    def envelope_lines(self, qid):
+        return wait_for(lambda: self.moat.find_logs(event="milter_envelope", queue_id=qid), 10,
+                        what="the milter_envelope lines")
+
+    def test_added_recipients_reach_the_sink(self):
+        code, _, qid = send(self.moat, "add rcpt test")
+        self.assertEqual(code, 250)
+        acc = self.moat.wait_log(event="accept", queue_id=qid)
+        self.assertEqual(sorted(acc["to"]), ["bob@example.test", "carol@example.test", "dave@example.test"])
+        got = self.delivered_all("add rcpt test", 1)
+        rcpts = wait_for(lambda: (lambda r: r if len(r) == 3 else None)(
+            sorted(r for m in self.sink.messages if b"Subject: add rcpt test" in m["data"] for r in m["rcpts"])),
+            30, what="three recipients at the sink")
+        self.assertEqual(rcpts, ["bob@example.test", "carol@example.test", "dave@example.test"])
+        self.assertTrue(got)
+        lines = self.envelope_lines(qid)
+        self.assertEqual([(x["action"], x["address"], x["milter"]) for x in lines],
+                         [("add_rcpt", "carol@example.test", "peer"), ("add_rcpt", "dave@example.test", "peer")])
+        self.assertEqual(lines[1]["notify"], "NEVER")
+        self.assertEqual(lines[1]["ignored"], ["XFOO=1"])
+
+    def test_deleted_recipient_not_at_the_sink(self):
+        code, _, qid = send(self.moat, "del rcpt test", rcpts=("bob@example.test", "dave@example.test"))
+        self.assertEqual(code, 250)
+        acc = self.moat.wait_log(event="accept", queue_id=qid)
+        self.assertEqual(acc["to"], ["bob@example.test"])
+        got = self.delivered_all("del rcpt test", 1)
+        self.assertEqual([r for m in got for r in m["rcpts"]], ["bob@example.test"])
+        self.moat.wait_log(event="deliver", queue_id=qid)
+        self.assertEqual([(x["action"], x["address"], x["result"]) for x in self.envelope_lines(qid)],
+                         [("del_rcpt", "dave@example.test", "applied")])
+
+    def test_changed_sender_at_the_sink(self):
+        code, _, qid = send(self.moat, "change sender test")
+        self.assertEqual(code, 250)
+        got = self.delivered_all("change sender test", 1)
+        self.assertEqual(got[0]["from"], "bounces@sender.test")
+        self.assertEqual(self.moat.wait_log(event="accept", queue_id=qid)["from"], "bounces@sender.test")
+        line = self.envelope_lines(qid)[0]
+        self.assertEqual((line["action"], line["address"], line["ret"]), ("chg_from", "bounces@sender.test", "HDRS"))
+        # The milter saw the sender as the client gave it.
+        self.assertEqual(self.record_for("change sender test")["sender"], "<alice@sender.test>")
+
+    def test_every_recipient_deleted_is_quarantined(self):
+        code, _, qid = send(self.moat, "delete every rcpt test", rcpts=("bob@example.test", "dave@example.test"))
+        self.assertEqual(code, 250)  # kept, not dropped: the client is told it is queued
+        acc = self.moat.wait_log(event="accept", queue_id=qid)
+        self.assertEqual(acc["verdict"], "quarantine")
+        self.assertEqual(acc["to"], ["bob@example.test", "dave@example.test"])  # as received
+        held = wait_for(lambda: [x for x in self.quarantined() if x["id"] == qid], 10,
+                        what="the message in the quarantine")
+        self.assertIn("milter peer: deleted every recipient", json.dumps(held[0]))
+        last = self.moat.wait_log(event="milter_envelope", queue_id=qid, action="quarantine")
+        self.assertEqual(last["level"], "warn")
+        self.assertFalse([m for m in self.sink.messages if b"delete every rcpt test" in m["data"]])
+
+    def test_malformed_recipient_is_the_default_action(self):
+        code, reply, _ = send(self.moat, "bad rcpt test")
+        self.assertEqual(code, 451)  # default_action tempfail
+        err = self.moat.wait_log(event="milter_error", milter="peer")
+        self.assertIn("add_rcpt", err["error"])
+
+    def test_inserted_headers_at_their_index(self):
+        code, _, qid = send(self.moat, "insert at index test")
+        self.assertEqual(code, 250)
+        data = self.delivered("insert at index test")
+        names = [line.split(":", 1)[0] for line in data.split("\r\n\r\n", 1)[0].split("\r\n")
+                 if line and line[0] not in " \t"]
+        # Sent to the milter: Received (Moat's), From, To, Subject... Index 0 is above the
+        # Received field, 1 below it (above From), 2 below From.
+        self.assertEqual(names[0], "X-At-Zero")
+        self.assertEqual(names[1], "Received")
+        self.assertEqual(names[names.index("From") - 1], "X-At-One")
+        self.assertEqual(names[names.index("From") + 1], "X-At-Two")
+        self.assertLess(names.index("Authentication-Results"), names.index("X-At-One"))
+
+    def test_milter_sees_moats_received_first(self):
+        code, _, qid = send(self.moat, "received check")
+        self.assertEqual(code, 250)
+        first = self.record_for("received check")["headers"][0]
+        self.assertEqual(first[0], "Received")
+        self.assertIn("by mx.moat.test (Moat) with ESMTP id " + qid, first[1])
+        data = self.delivered("received check")
+        head = data.split("\r\n\r\n", 1)[0]
+        self.assertEqual(head.count("\r\nReceived:") + head.startswith("Received:"), 1)
+        # The same field: the milter read the one delivered.
+        delivered = head.split("Received: ", 1)[1].split("\r\nAuthentication-Results:", 1)[0]
+        self.assertEqual(delivered.replace("\r\n", "\n"), first[1])
 
     def test_macros_received(self):
         code, _, qid = send(self.moat, "macro check", sender="carol@sender.test",

@@ -38,6 +38,7 @@ struct ScriptedMilter {
   Decoder decoder;
   std::vector<Packet> got;
   std::function<std::string(const Packet&)> script;
+  std::string received;  // the gateway's Received value for the context, if any
 
   explicit ScriptedMilter(std::function<std::string(const Packet&)> s) : script(std::move(s)) {
     mta::log::disable();
@@ -73,6 +74,7 @@ struct ScriptedMilter {
     ctx->mailFrom = "alice@sender.test";
     ctx->rcpts = {"bob@example.test", "carol@example.test"};
     ctx->queueId = "Q1";
+    ctx->received = received;
     static const std::string message = "Subject: hello\r\nX-Old: one\r\n\r\nbody line\r\n";
     ctx->message = message;
     filters::Env env;
@@ -146,7 +148,7 @@ TEST_CASE("milter conversation: every step answered, headers and body sent") {
 TEST_CASE("milter conversation: broken milters end in an error") {
   SECTION("asks for an action Moat does not offer") {
     ScriptedMilter peer([](const Packet& p) -> std::string {
-      return p.command == cmd::kOptneg ? optnegReply(action::kAddRcpt, 0) : "";
+      return p.command == cmd::kOptneg ? optnegReply(action::kSetSymList, 0) : "";
     });
     Outcome o = peer.run();
     CHECK(o.kind == Outcome::Kind::Error);
@@ -199,4 +201,88 @@ TEST_CASE("milter conversation: broken milters end in an error") {
     CHECK(o.kind == Outcome::Kind::Error);
     CHECK(o.error.find("connect") != std::string::npos);
   }
+}
+
+TEST_CASE("milter conversation: envelope changes are taken at end of message") {
+  using Kind = filters::EnvelopeChange::Kind;
+  uint32_t all = action::kAddRcpt | action::kAddRcptPar | action::kDelRcpt | action::kChgFrom;
+  SECTION("each change, in order") {
+    ScriptedMilter peer([&](const Packet& p) -> std::string {
+      if (p.command == cmd::kOptneg) return optnegReply(all, proto::kNoHelo);
+      if (p.command == cmd::kMacro) return "";
+      if (p.command == cmd::kEom)
+        return encode(reply::kAddRcpt, "<dave@example.test>\0"s) +
+               encode(reply::kAddRcptPar, "<erin@example.test>\0NOTIFY=NEVER\0"s) +
+               encode(reply::kDelRcpt, "<bob@example.test>\0"s) + encode(reply::kChgFrom, "<bounces@sender.test>\0"s) +
+               encode(reply::kContinue, "");
+      return encode(reply::kContinue, "");
+    });
+    Outcome o = peer.run();
+    CHECK(o.kind == Outcome::Kind::Continue);
+    REQUIRE(o.envelope.size() == 4);
+    CHECK(o.envelope[0].kind == Kind::AddRcpt);
+    CHECK(o.envelope[0].address == "dave@example.test");
+    CHECK(o.envelope[0].source == "scripted");
+    CHECK(o.envelope[1].notify == "NEVER");
+    CHECK(o.envelope[2].kind == Kind::DelRcpt);
+    CHECK(o.envelope[3].kind == Kind::ChgFrom);
+    CHECK(o.envelope[3].address == "bounces@sender.test");
+  }
+  SECTION("a change the milter did not negotiate is a protocol error") {
+    ScriptedMilter peer([&](const Packet& p) -> std::string {
+      if (p.command == cmd::kOptneg) return optnegReply(action::kAddRcpt, proto::kNoHelo);
+      if (p.command == cmd::kMacro) return "";
+      if (p.command == cmd::kEom) return encode(reply::kDelRcpt, "<bob@example.test>\0"s);
+      return encode(reply::kContinue, "");
+    });
+    Outcome o = peer.run();
+    CHECK(o.kind == Outcome::Kind::Error);
+    CHECK(o.envelope.empty());
+  }
+  SECTION("a malformed address is a protocol error") {
+    ScriptedMilter peer([&](const Packet& p) -> std::string {
+      if (p.command == cmd::kOptneg) return optnegReply(all, proto::kNoHelo);
+      if (p.command == cmd::kMacro) return "";
+      if (p.command == cmd::kEom) return encode(reply::kAddRcpt, "<not an address>\0"s);
+      return encode(reply::kContinue, "");
+    });
+    Outcome o = peer.run();
+    CHECK(o.kind == Outcome::Kind::Error);
+    CHECK(o.error.find("add_rcpt") != std::string::npos);
+  }
+}
+
+TEST_CASE("milter conversation: Moat's Received is sent first and inserts land at their index") {
+  ScriptedMilter peer([&](const Packet& p) -> std::string {
+    if (p.command == cmd::kOptneg) return optnegReply(action::kAddHeaders | action::kChgHeaders, proto::kNoHelo);
+    if (p.command == cmd::kMacro) return "";
+    if (p.command == cmd::kEom)
+      return encode(reply::kInsHeader, "\0\0\0\0X-Top\0zero\0"s) + encode(reply::kInsHeader, "\0\0\0\1X-One\0one\0"s) +
+             encode(reply::kInsHeader, "\0\0\0\2X-Two\0two\0"s) + encode(reply::kInsHeader, "\0\0\0\x63X-End\0end\0"s) +
+             encode(reply::kChgHeader, "\0\0\0\1Received\0forged\0"s) + encode(reply::kContinue, "");
+    return encode(reply::kContinue, "");
+  });
+  peer.received = "from client.test (unknown [192.0.2.7])\r\n\tby mx.moat.test (Moat) with ESMTP id Q1";
+  Outcome o = peer.run();
+  CHECK(o.kind == Outcome::Kind::Continue);
+  std::vector<std::string> headers;
+  for (const auto& p : peer.got)
+    if (p.command == cmd::kHeader) headers.push_back(p.data);
+  REQUIRE(headers.size() == 3);
+  CHECK(headers[0] == "Received\0from client.test (unknown [192.0.2.7])\n\tby mx.moat.test (Moat) with ESMTP id Q1\0"s);
+  CHECK(headers[1] == "Subject\0hello\0"s);
+  // Index 0: above the Received field, a prepended header.
+  REQUIRE(o.headers.size() == 1);
+  CHECK(o.headers[0].name == "X-Top");
+  CHECK(o.headers[0].aboveReceived);
+  // Index 1: above the message's first field; 2: below it; past the end: after the last.
+  // Moat's own Received is not changed.
+  REQUIRE(o.edits.size() == 3);
+  CHECK(o.edits[0].offset == 0);
+  CHECK(o.edits[0].length == 0);
+  CHECK(o.edits[0].replacement == "X-One: one\r\n");
+  CHECK(o.edits[1].offset == 16);  // "Subject: hello\r\n"
+  CHECK(o.edits[1].replacement == "X-Two: two\r\n");
+  CHECK(o.edits[2].offset == 28);  // after "X-Old: one\r\n"
+  CHECK(o.edits[2].replacement == "X-End: end\r\n");
 }

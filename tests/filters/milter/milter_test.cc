@@ -71,9 +71,10 @@ TEST_CASE("the milter's OPTNEG reply is read") {
   CHECK(o->actions == 1);
   CHECK(o->protocol == 0x30);
   CHECK_FALSE(parseOptneg("\0\0\0\6\0\0"s));
-  // What Moat offers: no recipient or sender changes.
-  CHECK((kOfferedActions & (action::kAddRcpt | action::kDelRcpt | action::kChgFrom | action::kAddRcptPar)) == 0);
-  CHECK((kOfferedActions & action::kQuarantine) != 0);
+  // What Moat offers: header, body and envelope changes, quarantine; not SETSYMLIST.
+  CHECK(kOfferedActions == (action::kAddHeaders | action::kChgBody | action::kChgHeaders | action::kQuarantine |
+                            action::kAddRcpt | action::kDelRcpt | action::kChgFrom | action::kAddRcptPar));
+  CHECK((kOfferedActions & action::kSetSymList) == 0);
 }
 
 TEST_CASE("SMFIR_REPLYCODE is checked to be a 4xx or 5xx reply") {
@@ -116,6 +117,64 @@ TEST_CASE("header changes from a milter are parsed and checked") {
   CHECK_FALSE(parseHeaderChange("X-A\0v"s, false));  // no NUL
   CHECK_FALSE(parseHeaderChange("X-A\0v\x01\0"s, false));
   CHECK_FALSE(parseHeaderChange("\0\0"s, true));
+}
+
+TEST_CASE("envelope change requests from a milter are split into address and arguments") {
+  auto r = parseEnvelopeRequest("<a@example.test>\0"s, false);
+  REQUIRE(r);
+  CHECK(r->address == "<a@example.test>");
+  CHECK(r->args.empty());
+  r = parseEnvelopeRequest("<a@example.test>\0NOTIFY=NEVER\0"s, true);
+  REQUIRE(r);
+  CHECK(r->args == "NOTIFY=NEVER");
+  CHECK_FALSE(parseEnvelopeRequest("<a@example.test>\0NOTIFY=NEVER\0"s, false));  // ADDRCPT takes no args
+  CHECK_FALSE(parseEnvelopeRequest("<a@example.test>"s, false));                  // no NUL
+  CHECK_FALSE(parseEnvelopeRequest("<a@example.test>\0x"s, true));
+}
+
+TEST_CASE("envelope changes pass the SMTP server's address and parameter checks") {
+  using Kind = moat::filters::EnvelopeChange::Kind;
+  std::string error;
+  auto c = envelopeChange(reply::kAddRcpt, "new@example.test\0"s, false, error);  // <> optional
+  REQUIRE(c);
+  CHECK(c->kind == Kind::AddRcpt);
+  CHECK(c->address == "new@example.test");
+
+  c = envelopeChange(reply::kAddRcptPar, "<n@example.test>\0NOTIFY=failure,delay ORCPT=rfc822;x+2By@e.test XFOO=1\0"s,
+                     false, error);
+  REQUIRE(c);
+  CHECK(c->notify == "FAILURE,DELAY");
+  CHECK(c->orcpt == "rfc822;x+2By@e.test");
+  CHECK(c->ignored == std::vector<std::string>{"XFOO=1"});
+
+  c = envelopeChange(reply::kDelRcpt, "<Bob@Example.test>\0"s, false, error);
+  REQUIRE(c);
+  CHECK(c->kind == Kind::DelRcpt);
+  CHECK(c->address == "Bob@Example.test");
+
+  c = envelopeChange(reply::kChgFrom, "<>\0"s, false, error);  // the null sender
+  REQUIRE(c);
+  CHECK(c->kind == Kind::ChgFrom);
+  CHECK(c->address.empty());
+  c = envelopeChange(reply::kChgFrom, "<s@example.test>\0RET=hdrs ENVID=abc SIZE=10 BODY=8BITMIME\0"s, false, error);
+  REQUIRE(c);
+  CHECK(c->address == "s@example.test");
+  CHECK(c->ret == "HDRS");
+  CHECK(c->envid == "abc");
+  CHECK(c->ignored == std::vector<std::string>{"SIZE=10", "BODY=8BITMIME"});
+
+  // Malformed: the default_action.
+  CHECK_FALSE(envelopeChange(reply::kAddRcpt, "<no-domain>\0"s, false, error));
+  CHECK_FALSE(envelopeChange(reply::kAddRcpt, "<Postmaster>\0"s, false, error));
+  CHECK_FALSE(envelopeChange(reply::kAddRcpt, "<a b@example.test>\0"s, false, error));
+  CHECK_FALSE(envelopeChange(reply::kAddRcpt, "<>\0"s, false, error));
+  CHECK_FALSE(envelopeChange(reply::kAddRcpt, "<j\xc3\xb6@example.test>\0"s, false, error));
+  CHECK(envelopeChange(reply::kAddRcpt, "<j\xc3\xb6@example.test>\0"s, true, error));  // SMTPUTF8
+  CHECK_FALSE(envelopeChange(reply::kAddRcptPar, "<a@example.test>\0NOTIFY=SOMETIMES\0"s, false, error));
+  CHECK(error.find("NOTIFY") != std::string::npos);
+  CHECK_FALSE(envelopeChange(reply::kChgFrom, "<s@example.test>\0RET=ALL\0"s, false, error));
+  CHECK_FALSE(envelopeChange(reply::kChgFrom, "s@example.test\r\nRSET\0"s, false, error));
+  CHECK_FALSE(envelopeChange(reply::kDelRcpt, "<a@example.test>\0NOTIFY=NEVER\0"s, false, error));
 }
 
 TEST_CASE("header fields and the body offset of a message") {
