@@ -562,6 +562,28 @@ struct ConnectOp {
     auto d = std::move(done);
     d(std::move(c), error);
   }
+
+  // The connect callback, TCP's and a Unix socket's: it always runs (also after the timeout
+  // answered, or for a path that cannot be reached) and frees the operation.
+  static void connected(uv_connect_t* req, int status) {
+    std::unique_ptr<ConnectOp> op(static_cast<ConnectOp*>(req->data));
+    if (op->finished) return;
+    if (status < 0) {
+      op->conn->abort();
+      return op->finish(nullptr, uvError("connect", status));
+    }
+    op->conn->established();
+    op->finish(op->conn, "");
+  }
+
+  // Started once the connect is under way; the operation is the connect callback's to free.
+  void armTimeout(uv_loop_t* loop, uint64_t timeoutMs) {
+    uv_update_time(loop);  // the caller may have been busy since the loop last woke
+    timer.start(timeoutMs, [this] {
+      finish(nullptr, "connect timeout");
+      conn->abort();  // the connect callback then frees the operation
+    });
+  }
 };
 
 }  // namespace
@@ -595,26 +617,12 @@ void connect(uv_loop_t* loop, const IpAddress& ip, uint16_t port, uint64_t timeo
   op->conn = conn;
   op->done = std::move(done);
   op->req.data = op.get();
-  int rc = uv_tcp_connect(&op->req, conn->handle(), reinterpret_cast<sockaddr*>(&ss), [](uv_connect_t* req, int status) {
-    std::unique_ptr<ConnectOp> op(static_cast<ConnectOp*>(req->data));
-    if (op->finished) return;
-    if (status < 0) {
-      op->conn->abort();
-      return op->finish(nullptr, uvError("connect", status));
-    }
-    op->conn->established();
-    op->finish(op->conn, "");
-  });
+  int rc = uv_tcp_connect(&op->req, conn->handle(), reinterpret_cast<sockaddr*>(&ss), ConnectOp::connected);
   if (rc < 0) {
     conn->abort();
     return op->done(nullptr, uvError("connect", rc));
   }
-  ConnectOp* raw = op.release();
-  uv_update_time(loop);  // the caller may have been busy since the loop last woke
-  raw->timer.start(timeoutMs, [raw] {
-    raw->finish(nullptr, "connect timeout");
-    raw->conn->abort();  // the connect callback then frees `raw`
-  });
+  op.release()->armTimeout(loop, timeoutMs);
 }
 
 void connectUnix(uv_loop_t* loop, const std::string& path, uint64_t timeoutMs,
@@ -627,23 +635,8 @@ void connectUnix(uv_loop_t* loop, const std::string& path, uint64_t timeoutMs,
   op->done = std::move(done);
   op->req.data = op.get();
   ConnectOp* raw = op.release();
-  // The connect callback always runs (from the loop, also for a path that cannot be
-  // reached), and frees `raw`.
-  uv_pipe_connect(&raw->req, conn->pipeHandle(), path.c_str(), [](uv_connect_t* req, int status) {
-    std::unique_ptr<ConnectOp> op(static_cast<ConnectOp*>(req->data));
-    if (op->finished) return;
-    if (status < 0) {
-      op->conn->abort();
-      return op->finish(nullptr, uvError("connect", status));
-    }
-    op->conn->established();
-    op->finish(op->conn, "");
-  });
-  uv_update_time(loop);
-  raw->timer.start(timeoutMs, [raw] {
-    raw->finish(nullptr, "connect timeout");
-    raw->conn->abort();
-  });
+  uv_pipe_connect(&raw->req, conn->pipeHandle(), path.c_str(), ConnectOp::connected);
+  raw->armTimeout(loop, timeoutMs);
 }
 
 }  // namespace moat::mta::net
