@@ -352,26 +352,6 @@ void readRoute(Config& c, Section s) {
     } else if (t.rfind("maildir:", 0) == 0 && t.size() > 8) {
       target.kind = RouteTarget::Kind::Maildir;
       target.dir = resolvePath(s.baseDir(), t.substr(8));
-    } else if (t.rfind("smtp:", 0) == 0) {
-      auto hp = mta::parseHostPort(t.substr(5), 25);
-      if (!hp) {
-        s.error("to", "\"" + t + "\": expected smtp:HOST:PORT");
-        continue;
-      }
-      target.kind = RouteTarget::Kind::Smtp;
-      target.host = hp->host;
-      target.port = hp->port;
-      ++smtpTargets;
-      // Delivery never connects to such an address (the mail waits, as for a recipient at
-      // an address literal): say so now rather than when mail defers. A host name is not
-      // looked up here; its addresses are the DNS's at delivery time.
-      auto ip = mta::IpAddress::parse(target.host);
-      if (ip && !(ip->isV4() ? c.useIpv4 : c.useIpv6)) {
-        s.warningAt(item.line, "to",
-                    "\"" + t + "\" is an " + (ip->isV4() ? "IPv4" : "IPv6") +
-                        " address, which queue.ip_versions leaves out: this target is never used");
-        ++leftOut;
-      }
     } else if (t.rfind("lmtp:unix:", 0) == 0) {
       // RFC 2033 §5: LMTP is for a local delivery agent, often on a Unix socket.
       std::string path = t.substr(10);
@@ -387,19 +367,24 @@ void readRoute(Config& c, Section s) {
                           std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) + " bytes)");
         continue;
       }
-    } else if (t.rfind("lmtp:", 0) == 0) {
+    } else if (t.rfind("smtp:", 0) == 0 || t.rfind("lmtp:", 0) == 0) {
+      const bool lmtp = t[0] == 'l';
       // RFC 2033 §5: LMTP has no well-known port (and must not run on 25): the port is required.
-      auto hp = mta::parseHostPort(t.substr(5), 0);
-      if (!hp || hp->port == 0) {
-        s.error("to", "\"" + t +
-                          "\": expected lmtp:HOST:PORT (the port is required), lmtp:[IPv6]:PORT or "
-                          "lmtp:unix:/PATH/TO/SOCKET");
+      auto hp = mta::parseHostPort(t.substr(5), lmtp ? 0 : 25);
+      if (!hp || (lmtp && hp->port == 0)) {
+        s.error("to", "\"" + t + "\": " +
+                          (lmtp ? "expected lmtp:HOST:PORT (the port is required), lmtp:[IPv6]:PORT or "
+                                  "lmtp:unix:/PATH/TO/SOCKET"
+                                : "expected smtp:HOST:PORT"));
         continue;
       }
-      target.kind = RouteTarget::Kind::Lmtp;
+      target.kind = lmtp ? RouteTarget::Kind::Lmtp : RouteTarget::Kind::Smtp;
       target.host = hp->host;
       target.port = hp->port;
       ++smtpTargets;
+      // Delivery never connects to such an address (the mail waits, as for a recipient at
+      // an address literal): say so now rather than when mail defers. A host name is not
+      // looked up here; its addresses are the DNS's at delivery time.
       auto ip = mta::IpAddress::parse(target.host);
       if (ip && !(ip->isV4() ? c.useIpv4 : c.useIpv6)) {
         s.warningAt(item.line, "to",
