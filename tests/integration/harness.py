@@ -593,6 +593,23 @@ def transaction(moat, mail_from, rcpt, data):
             s.close()
 
 
+def sendmail(moat, sender, rcpts, body):
+    """One message through `moat` after an EHLO; smtplib raises on a refusal."""
+    s = moat.smtp()
+    s.ehlo()
+    s.sendmail(sender, rcpts, body)
+    s.quit()
+
+
+def maildir_texts(moat, address):
+    """The messages in `address`'s Maildir under `moat` (its DSNs, say), as text."""
+    out = []
+    for path in moat.maildir_files(address):
+        with open(path, "rb") as f:
+            out.append(f.read().decode("utf-8", "replace"))
+    return out
+
+
 def _cleanup_of(owner):
     """Where `owner` registers a cleanup: a test class (setUpClass) runs it after its last
     test, a test (setUp or the test itself) after that test; either way in reverse order of

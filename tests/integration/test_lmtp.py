@@ -23,7 +23,7 @@ import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Moat, _Server, check_config, free_port, wait_for  # noqa: E402
+from harness import _Server, check_config, free_port, maildir_texts, Moat, sendmail, wait_for  # noqa: E402
 
 SENDER = "alice@sender.test"
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
@@ -140,18 +140,11 @@ service anvil {{
 
 
 def send(moat, rcpts, body=MESSAGE, sender=SENDER):
-    s = moat.smtp()
-    s.ehlo()
-    s.sendmail(sender, rcpts, body)
-    s.quit()
+    sendmail(moat, sender, rcpts, body)
 
 
 def dsn_texts(moat, addr=SENDER):
-    out = []
-    for path in moat.maildir_files(addr):
-        with open(path, "rb") as f:
-            out.append(f.read().decode("utf-8", "replace"))
-    return out
+    return maildir_texts(moat, addr)
 
 
 class ScriptedLmtp:

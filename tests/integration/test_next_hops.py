@@ -17,7 +17,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Moat, Sink, _Server, _SinkHandler, wait_for  # noqa: E402
+from harness import _Server, _SinkHandler, maildir_texts, Moat, sendmail, Sink, wait_for  # noqa: E402
 from authzone import DnsServer  # noqa: E402
 
 SENDER = "alice@sender.test"
@@ -112,18 +112,11 @@ def serve_commands(conn, data_cmd=None, body_reply="250 2.0.0 queued", rcpt=None
 
 
 def send(moat, rcpts, body=b"Subject: t\r\n\r\nbody\r\n", sender=SENDER):
-    s = moat.smtp()
-    s.ehlo()
-    s.sendmail(sender, rcpts, body)
-    s.quit()
+    sendmail(moat, sender, rcpts, body)
 
 
 def dsn_texts(moat, addr=SENDER):
-    out = []
-    for path in moat.maildir_files(addr):
-        with open(path, "rb") as f:
-            out.append(f.read().decode("utf-8", "replace"))
-    return out
+    return maildir_texts(moat, addr)
 
 
 class NextHopTest(unittest.TestCase):
