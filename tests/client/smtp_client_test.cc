@@ -102,18 +102,25 @@ client::Options plainOptions() {
   return o;
 }
 
-Connected connectTo(uv::Loop& loop, uint16_t port, client::Options opts) {
+// `start(callback)` begins a connect; what it gives once the loop has run it.
+template <typename Start>
+Connected awaitConnected(uv::Loop& loop, Start start) {
   Connected c;
   bool done = false;
-  SmtpClient::connect(loop.get(), *IpAddress::parse("127.0.0.1"), port, std::move(opts),
-                      [&](std::shared_ptr<SmtpClient> cl, const std::string& e, const Reply& r) {
-                        c.client = std::move(cl);
-                        c.error = e;
-                        c.reply = r;
-                        done = true;
-                      });
+  start([&](std::shared_ptr<SmtpClient> cl, const std::string& e, const Reply& r) {
+    c.client = std::move(cl);
+    c.error = e;
+    c.reply = r;
+    done = true;
+  });
   REQUIRE(loop.runUntil([&] { return done; }, 15000));
   return c;
+}
+
+Connected connectTo(uv::Loop& loop, uint16_t port, client::Options opts) {
+  return awaitConnected(loop, [&](SmtpClient::ConnectDone cb) {
+    SmtpClient::connect(loop.get(), *IpAddress::parse("127.0.0.1"), port, std::move(opts), std::move(cb));
+  });
 }
 
 TransactionResult sendTx(uv::Loop& loop, SmtpClient& cl, Transaction t) {
@@ -1311,17 +1318,9 @@ client::Options lmtpOptions() {
 }
 
 Connected connectUnixTo(uv::Loop& loop, const std::string& path, client::Options opts) {
-  Connected c;
-  bool done = false;
-  SmtpClient::connectUnix(loop.get(), path, std::move(opts),
-                          [&](std::shared_ptr<SmtpClient> cl, const std::string& e, const Reply& r) {
-                            c.client = std::move(cl);
-                            c.error = e;
-                            c.reply = r;
-                            done = true;
-                          });
-  REQUIRE(loop.runUntil([&] { return done; }, 15000));
-  return c;
+  return awaitConnected(loop, [&](SmtpClient::ConnectDone cb) {
+    SmtpClient::connectUnix(loop.get(), path, std::move(opts), std::move(cb));
+  });
 }
 }  // namespace
 
