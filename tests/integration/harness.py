@@ -289,6 +289,20 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
+class ScriptedServer:
+    """A TCP server on 127.0.0.1, port 0, running the request handler class `handler` in a
+    thread of its own, for the tests' scripted peers; `port`, and `stop()`."""
+
+    def __init__(self, handler):
+        self.server = _Server(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class Sink:
     """A real SMTP server on 127.0.0.1 (or `host`, "::1" for IPv6) that records what it is
     sent. The reply hooks can be replaced to refuse particular recipients or to fail

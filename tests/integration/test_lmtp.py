@@ -19,11 +19,10 @@ import socketserver
 import subprocess
 import sys
 import tempfile
-import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import _Server, check_config, free_port, maildir_texts, Moat, sendmail, wait_for  # noqa: E402
+from harness import ScriptedServer, check_config, free_port, maildir_texts, Moat, sendmail, wait_for  # noqa: E402
 
 SENDER = "alice@sender.test"
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
@@ -147,7 +146,7 @@ def dsn_texts(moat, addr=SENDER):
     return maildir_texts(moat, addr)
 
 
-class ScriptedLmtp:
+class ScriptedLmtp(ScriptedServer):
     """An LMTP server on 127.0.0.1 that answers its n-th transaction (0, 1..., whichever
     connection carries it) as `after_data(n, rcpts)` says: the replies to give after the
     message, one per accepted recipient (fewer: the connection is closed after them). Keeps
@@ -207,13 +206,7 @@ class ScriptedLmtp:
                 except OSError:
                     pass
 
-        self.server = _Server(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 class DovecotTest(unittest.TestCase):

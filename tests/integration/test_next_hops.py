@@ -17,7 +17,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import _Server, _SinkHandler, maildir_texts, Moat, sendmail, Sink, wait_for  # noqa: E402
+from harness import ScriptedServer, _Server, _SinkHandler, maildir_texts, Moat, sendmail, Sink, wait_for  # noqa: E402
 from authzone import DnsServer  # noqa: E402
 
 SENDER = "alice@sender.test"
@@ -62,7 +62,7 @@ class Conn:
             self.reply(("250 " if i == len(lines) - 1 else "250-") + e)
 
 
-class ScriptedHop:
+class ScriptedHop(ScriptedServer):
     """A TCP server on 127.0.0.1 that runs handler(conn, n) for its n-th connection (0, 1...)
     and keeps every connection's command lines in `transcripts`."""
 
@@ -80,13 +80,7 @@ class ScriptedHop:
                 except (EOFError, OSError):
                     pass
 
-        self.server = _Server(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def serve_commands(conn, data_cmd=None, body_reply="250 2.0.0 queued", rcpt=None):
