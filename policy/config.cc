@@ -258,17 +258,17 @@ void readRelay(Config& c, Section s) {
   s.rejectUnknownKeys();
 }
 
-// relay.verify_recipients asks only smtp: next hops: a relay domain delivered by MX or to a
-// Maildir is not verified, which the admin who turned it on should hear of.
+// relay.verify_recipients asks only smtp: and lmtp: next hops: a relay domain delivered by MX
+// or to a Maildir is not verified, which the admin who turned it on should hear of.
 void checkVerify(const Config& c, Errors& errors) {
   if (!c.verifyRecipients) return;
   for (const auto& d : c.relayDomains) {
     if (d.empty() || d[0] == '.') continue;
     const Route* r = c.routeFor(d);
-    if (!r || r->to.empty() || r->to.front().kind != RouteTarget::Kind::Smtp)
+    if (!r || r->to.empty() || !r->to.front().isHost())
       errors.warning(c.path, c.verifyRecipientsLine,
                      "relay.verify_recipients: relay domain " + d +
-                         " is not routed to smtp: next hops, so its recipients are not verified");
+                         " is not routed to smtp: or lmtp: next hops, so its recipients are not verified");
   }
 }
 

@@ -20,7 +20,7 @@ bool permanent(int code) { return code >= 500 && code < 600; }
 std::string routeKey(const policy::Route& route) {
   std::string k;
   for (const auto& t : route.to)
-    if (t.kind == policy::RouteTarget::Kind::Smtp) k += t.str() + ",";
+    if (t.isHost()) k += t.str() + ",";
   k += "tls=" + std::to_string(static_cast<int>(route.tls));
   if (route.tls == policy::TlsPolicy::Verify) k += ",ca=" + route.caFile;
   if (!route.authFile.empty()) k += ",auth=" + route.authFile;
@@ -118,12 +118,14 @@ struct RecipientVerifier::Probe {
   std::unique_ptr<uv::Timer> timer;  // verify_timeout
   std::unique_ptr<uv::Timer> kick;   // the start, on the loop's next turn
   client::Options opts;
-  std::vector<std::pair<std::string, uint16_t>> targets;  // the route's smtp: next hops, in order
+  std::vector<policy::RouteTarget> targets;  // the route's smtp: and lmtp: next hops, in order
   size_t nextTarget = 0;
   struct Address {
     IpAddress ip;
-    uint16_t port;
+    uint16_t port = 0;
     std::string name;
+    bool lmtp = false;   // an lmtp: target: LHLO (RFC 2033)
+    std::string socket;  // lmtp:unix:PATH: the socket (`ip` and `port` unused)
   };
   std::deque<Address> addresses;  // of the target being tried
   std::string lastError;
@@ -145,7 +147,7 @@ const policy::Route* RecipientVerifier::routeToVerify(const policy::Config& c, c
                                                       const std::string& routeDomain) {
   if (!c.verifyRecipients || !c.isRelayDomain(domain)) return nullptr;
   const policy::Route* r = c.routeFor(policy::lowerAscii(routeDomain.empty() ? domain : routeDomain));
-  if (!r || r->to.empty() || r->to.front().kind != policy::RouteTarget::Kind::Smtp) return nullptr;
+  if (!r || r->to.empty() || !r->to.front().isHost()) return nullptr;
   return r;
 }
 
@@ -241,7 +243,7 @@ void RecipientVerifier::start(const std::shared_ptr<Probe>& p) {
   o.connectTimeoutMs = std::min<uint64_t>(limit, static_cast<uint64_t>(cfg.connectTimeout.count()));
   o.greetingTimeoutMs = o.commandTimeoutMs = limit;
   for (const auto& t : route.to)
-    if (t.kind == policy::RouteTarget::Kind::Smtp) p->targets.emplace_back(t.host, t.port);
+    if (t.isHost()) p->targets.push_back(t);
   tryAddress(p);
 }
 
@@ -254,22 +256,30 @@ void RecipientVerifier::tryAddress(const std::shared_ptr<Probe>& p) {
       return finish(
           p, {VerifyResult::Unknown,
               quoteReply(p->lastError.empty() ? "no next hop reachable" : p->lastError, kQuotedReply), "", false});
-    const auto [host, port] = p->targets[p->nextTarget++];
+    const policy::RouteTarget t = p->targets[p->nextTarget++];
+    const bool lmtp = t.kind == policy::RouteTarget::Kind::Lmtp;
+    if (!t.socket.empty()) {  // lmtp:unix:PATH: nothing to look up
+      Probe::Address a;
+      a.lmtp = true;
+      a.socket = t.socket;
+      p->addresses.push_back(std::move(a));
+      return tryAddress(p);
+    }
     const auto& cfg = *p->snap->config;
     dns::Families families{cfg.useIpv4, cfg.useIpv6};
-    if (auto ip = IpAddress::parse(host)) {
-      if (families.allows(*ip)) p->addresses.push_back({*ip, port, ""});
+    if (auto ip = IpAddress::parse(t.host)) {
+      if (families.allows(*ip)) p->addresses.push_back({*ip, t.port, "", lmtp, ""});
       return tryAddress(p);
     }
     auto alive = alive_;
     dns::resolveHost(
-        *resolver_, host,
-        [this, alive, p, host, port](dns::Status status, std::vector<IpAddress> ips) {
+        *resolver_, t.host,
+        [this, alive, p, host = t.host, port = t.port, lmtp](dns::Status status, std::vector<IpAddress> ips) {
           if (!*alive || p->done) return;
           if (status != dns::Status::Ok)
             p->lastError = status == dns::Status::TempFail ? "DNS lookup of " + host + " failed temporarily"
                                                            : "host " + host + " not found";
-          for (const auto& ip : ips) p->addresses.push_back({ip, port, host});
+          for (const auto& ip : ips) p->addresses.push_back({ip, port, host, lmtp, ""});
           tryAddress(p);
         },
         families);
@@ -278,25 +288,34 @@ void RecipientVerifier::tryAddress(const std::shared_ptr<Probe>& p) {
   Probe::Address a = p->addresses.front();
   p->addresses.pop_front();
   client::Options o = p->opts;
-  o.sni = a.name.empty() ? a.ip.str() : a.name;
-  std::string relay =
-      a.name.empty() ? a.ip.withPort(a.port) : a.name + "[" + a.ip.str() + "]:" + std::to_string(a.port);
+  o.lmtp = a.lmtp;
+  // Named as the queue manager's `deliver` line names the next hop.
+  std::string relay;
+  if (!a.socket.empty()) {
+    relay = "lmtp:unix:" + a.socket;
+  } else {
+    o.sni = a.name.empty() ? a.ip.str() : a.name;
+    relay = a.name.empty() ? a.ip.withPort(a.port) : a.name + "[" + a.ip.str() + "]:" + std::to_string(a.port);
+    if (a.lmtp) relay = "lmtp:" + relay;
+  }
   auto alive = alive_;
-  client::SmtpClient::connect(loop_, a.ip, a.port, std::move(o),
-                              [this, alive, p, relay](std::shared_ptr<client::SmtpClient> c, const std::string& error,
-                                                      const client::Reply& greeting) {
-                                if (!*alive || p->done) {
-                                  if (c) c->abort();
-                                  return;
-                                }
-                                if (!c) {
-                                  std::string why = error.empty() ? greeting.text : error;
-                                  if (!error.empty() && greeting.code != 0) why += ": " + greeting.text;
-                                  p->lastError = relay + ": " + why;
-                                  return tryAddress(p);
-                                }
-                                asked(p, std::move(c), relay);
-                              });
+  auto connected = [this, alive, p, relay](std::shared_ptr<client::SmtpClient> c, const std::string& error,
+                                           const client::Reply& greeting) {
+    if (!*alive || p->done) {
+      if (c) c->abort();
+      return;
+    }
+    if (!c) {
+      std::string why = error.empty() ? greeting.text : error;
+      if (!error.empty() && greeting.code != 0) why += ": " + greeting.text;
+      p->lastError = relay + ": " + why;
+      return tryAddress(p);
+    }
+    asked(p, std::move(c), relay);
+  };
+  // An LMTP server's Unix socket is connected on the loop too (uv_pipe), never blocking.
+  if (!a.socket.empty()) return client::SmtpClient::connectUnix(loop_, a.socket, std::move(o), std::move(connected));
+  client::SmtpClient::connect(loop_, a.ip, a.port, std::move(o), std::move(connected));
 }
 
 void RecipientVerifier::asked(const std::shared_ptr<Probe>& p, std::shared_ptr<client::SmtpClient> c,

@@ -1,8 +1,9 @@
 // mta/server/recipient_verifier.h — recipient verification by asking the next hop
 // ([relay] verify_recipients; Postfix's reject_unverified_recipient with verify(8)). For a
-// RCPT whose domain is a relay domain routed to smtp: next hops, Moat connects to the
-// route's first next hop that answers (the route's TLS and AUTH, as a delivery would), sends
-// EHLO, MAIL FROM:<>, RCPT TO:<address>, RSET and QUIT (mta/client/smtp_client.h, probe),
+// RCPT whose domain is a relay domain routed to smtp: or lmtp: next hops, Moat connects to the
+// route's first next hop that answers, in the route's order (the route's TLS and AUTH, as a
+// delivery would), sends EHLO (LHLO to an lmtp: one, RFC 2033 §4.1; over TCP or its Unix
+// socket), MAIL FROM:<>, RCPT TO:<address>, RSET and QUIT (mta/client/smtp_client.h, probe),
 // and answers the client's RCPT with what it learnt: a 2xx makes the address valid, a 5xx
 // invalid (550 5.1.1 at RCPT: no bounce is owed later, so no backscatter), anything else
 // (4xx, no connection, verify_timeout) unknown (450 4.1.1, or taken with verify_unknown =
@@ -48,7 +49,9 @@ struct VerifyOutcome {
   // The next hop's reply to the probe's RCPT (or MAIL), one printable line ("550 5.1.1 no
   // such user"), or why it could not be asked ("connect to 127.0.0.1:2626 failed: ...").
   std::string reply;
-  std::string relay;    // the next hop asked ("127.0.0.1:2626"), "" when none answered
+  // The next hop asked ("127.0.0.1:2626"; "lmtp:127.0.0.1:24", "lmtp:unix:/run/dovecot/lmtp"
+  // for an LMTP one, as the `deliver` line names it), "" when none answered.
+  std::string relay;
   bool cached = false;  // from the cache, not a probe of this RCPT's own
 };
 
@@ -99,7 +102,7 @@ class RecipientVerifier {
   RecipientVerifier& operator=(const RecipientVerifier&) = delete;
 
   // The route whose next hops verify recipients of `domain` under `c`: verify_recipients on,
-  // a relay domain, routed to smtp: next hops; else null (not verified). `routeDomain`, when
+  // a relay domain, routed to smtp: or lmtp: next hops; else null (not verified). `routeDomain`, when
   // not empty, is the domain the address has after [relay] rewrite (its route is asked).
   static const policy::Route* routeToVerify(const policy::Config& c, const std::string& domain,
                                             const std::string& routeDomain = "");

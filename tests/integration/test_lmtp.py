@@ -4,12 +4,15 @@ Unix socket in its temp dir (messages compared byte for byte with the Maildir fi
 wrote), a server down then up (the retry delivers), per-recipient replies after DATA from a
 scripted LMTP peer (250 delivered, 452 deferred and retried, 550 bounced with a DSN; a
 connection that ends among those replies leaves the rest deferred), and bad targets refused
-by `moat check` at FILE:LINE.
+by `moat check` at FILE:LINE. Recipient verification (relay.verify_recipients) against the
+same Dovecot, its users then a fixed list: a known user taken at RCPT and delivered, an unknown
+one refused with 550 5.1.1 at RCPT, Dovecot down answered per verify_unknown.
 
 Dovecot runs as the test's user, or as its `dovecot` user when the test runs as root; it is
 stopped by PID. Every wait is bounded."""
 
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -33,9 +36,11 @@ MESSAGE = (b"From: alice@sender.test\r\nTo: bob@example.test\r\nSubject: over LM
 
 class Dovecot:
     """Dovecot's LMTP service on 127.0.0.1:`port` and on `socket` (base_dir/lmtp), storing
-    each user's mail in Maildir `mail/<local part>` of its own temp dir."""
+    each user's mail in Maildir `mail/<local part>` of its own temp dir. With `users` (local
+    parts), its userdb is a passwd-file of those users only: any other gets Dovecot's own
+    550 5.1.1 at RCPT; without, every user exists."""
 
-    def __init__(self, port):
+    def __init__(self, port, users=None):
         self.port = port
         self.dir = tempfile.mkdtemp(prefix="moat-dovecot-")
         os.chmod(self.dir, 0o755)  # Dovecot's own processes run as its user
@@ -50,6 +55,14 @@ class Dovecot:
         else:
             user = pwd.getpwuid(os.getuid())
             internal = login = user.pw_name
+        userdb = f"driver = static\n  args = uid={user.pw_uid} gid={user.pw_gid} home={self.dir}/home/%n"
+        if users is not None:
+            passwd = os.path.join(self.dir, "users")
+            with open(passwd, "w") as f:
+                for u in users:
+                    f.write(f"{u}::{user.pw_uid}:{user.pw_gid}::{self.dir}/home/{u}::\n")
+            os.chmod(passwd, 0o644)  # read by Dovecot's auth process, under its own user
+            userdb = f"driver = passwd-file\n  args = username_format=%n {passwd}"
         conf = f"""
 base_dir = {self.base}
 state_dir = {self.dir}/state
@@ -67,8 +80,7 @@ passdb {{
   args = nopassword=y
 }}
 userdb {{
-  driver = static
-  args = uid={user.pw_uid} gid={user.pw_gid} home={self.dir}/home/%n
+  {userdb}
 }}
 service lmtp {{
   inet_listener lmtp {{
@@ -259,6 +271,106 @@ class DovecotTest(unittest.TestCase):
         self.assertEqual(line["relay"], f"lmtp:127.0.0.1:{port}")
         files = wait_for(lambda: d.stored("dave"), 20, what="dave's mail")
         self.assertTrue(files[0].endswith(b"\n" + MESSAGE.replace(b"\r\n", b"\n")))
+
+
+class VerifyOverLmtpTest(unittest.TestCase):
+    """relay.verify_recipients with the route to a real Dovecot's LMTP service, over TCP and
+    over its Unix socket: Moat asks it (LHLO, MAIL FROM:<>, RCPT TO, RSET) at the client's
+    RCPT; a user it knows is taken and delivered, one it refuses gets 550 5.1.1 at RCPT and
+    nothing is queued for it; Dovecot down gives verify_unknown's 450 4.1.1."""
+
+    VERIFY = 'verify_recipients = true\nverify_timeout = "10s"'
+
+    def moat(self, routes):
+        m = Moat(routes=routes + [("sender.test", "maildir:mail")],
+                 relay_domains=("example.test", "unix.test", "sender.test"), relay_extra=self.VERIFY)
+        self.addCleanup(m.cleanup)
+        return m
+
+    def rcpts(self, m, rcpts):
+        """One session: each RCPT's (code, text); then the message if any was taken."""
+        s = m.smtp()
+        try:
+            s.ehlo()
+            self.assertEqual(s.mail(SENDER)[0], 250)
+            out = {}
+            for r in rcpts:
+                code, text = s.rcpt(r)
+                out[r] = (code, text.decode())
+            if any(code == 250 for code, _ in out.values()):
+                self.assertEqual(s.data(MESSAGE)[0], 250)
+            else:
+                s.rset()
+            s.quit()
+        finally:
+            s.close()
+        return out
+
+    def test_known_users_taken_and_delivered_unknown_refused_at_rcpt(self):
+        d = Dovecot(free_port(), users=["bob", "carol"])
+        self.addCleanup(d.cleanup)
+        d.start()
+        inet = f"lmtp:127.0.0.1:{d.port}"
+        unix = f"lmtp:unix:{d.socket}"
+        m = self.moat([("example.test", inet), ("unix.test", unix)])
+        for known, unknown, relay in (("bob@example.test", "nobody@example.test", inet),
+                                      ("carol@unix.test", "ghost@unix.test", unix)):
+            with self.subTest(relay=relay):
+                got = self.rcpts(m, [unknown, known])
+                self.assertEqual(got[known][0], 250, got)
+                code, text = got[unknown]
+                self.assertEqual(code, 550, got)
+                # Dovecot's own refusal, quoted after Moat's.
+                self.assertTrue(text.startswith(f"5.1.1 <{unknown}>: Recipient address rejected: undeliverable "
+                                                f"address: 550 5.1.1 <{unknown}> User doesn't exist"), text)
+                ev = m.wait_log(event="verify", rcpt=known)
+                self.assertEqual(ev["result"], "valid")
+                self.assertEqual(ev["relay"], relay)
+                ev = m.wait_log(event="verify", rcpt=unknown)
+                self.assertEqual(ev["result"], "invalid")
+                self.assertEqual(ev["relay"], relay)
+                rej = m.wait_log(event="reject", to=unknown)
+                self.assertEqual(rej["stage"], "rcpt")
+                self.assertEqual(rej["reason"], "verify")
+                # Only the known user was queued, and delivered by Dovecot.
+                acc = m.wait_log(event="accept", to=[known])
+                line = m.wait_log(event="deliver", to=known, queue_id=acc["queue_id"])
+                self.assertEqual(line["relay"], relay)
+                files = wait_for(lambda: d.stored(known.split("@")[0]), 20, what=f"{known}'s mail")
+                self.assertEqual(len(files), 1)
+                self.assertTrue(files[0].endswith(b"\n" + MESSAGE.replace(b"\r\n", b"\n")), files[0])
+                self.assertEqual(d.stored(unknown.split("@")[0]), [])
+        # The answers are cached: asked again, Dovecot is not.
+        got = self.rcpts(m, ["nobody@example.test"])
+        self.assertEqual(got["nobody@example.test"][0], 550)
+        ev = m.wait_log(event="verify", rcpt="nobody@example.test", result="cached")
+        self.assertEqual(ev["cached_result"], "invalid")
+        self.assertEqual(len(m.find_logs(event="verify", rcpt="nobody@example.test", result="invalid")), 1)
+        # Nothing for the unknown users anywhere: never queued, delivered, deferred or bounced.
+        for unknown in ("nobody@example.test", "ghost@unix.test"):
+            for event in ("deliver", "defer", "bounce"):
+                self.assertEqual(m.find_logs(event=event, to=unknown), [])
+        wait_for(lambda: json.loads(m.cli("queue", "list", "--json").stdout)["messages"] == [], 20,
+                 what="an empty queue")
+        self.assertIn("Connect from local", d.log())  # the probe and delivery over the Unix socket
+
+    def test_dovecot_down_gives_verify_unknowns_450(self):
+        d = Dovecot(free_port(), users=["bob"])  # never started: nothing on its port or socket
+        self.addCleanup(d.cleanup)
+        inet = f"lmtp:127.0.0.1:{d.port}"
+        unix = f"lmtp:unix:{d.socket}"
+        m = self.moat([("example.test", inet), ("unix.test", unix)])
+        for rcpt, relay in (("bob@example.test", inet), ("bob@unix.test", unix)):
+            with self.subTest(relay=relay):
+                code, text = self.rcpts(m, [rcpt])[rcpt]
+                self.assertEqual(code, 450)
+                self.assertTrue(text.startswith(f"4.1.1 <{rcpt}>: Recipient address rejected: unverified address: "
+                                                f"{relay}: "), text)
+                ev = m.wait_log(event="verify", rcpt=rcpt)
+                self.assertEqual(ev["result"], "unknown")
+                self.assertIn(relay, ev["reply"])
+                self.assertEqual(m.wait_log(event="reject", to=rcpt)["reason"], "verify")
+        self.assertEqual(m.find_logs(event="accept"), [])
 
 
 class ScriptedLmtpTest(unittest.TestCase):

@@ -1,6 +1,7 @@
 // Tests for mta/server/recipient_verifier: the decision on a probe's replies, the quoting of
 // the next hop's words, the bounded cache, which recipients are verified at all, and probes
-// against a scripted SMTP server on loopback (tests/client/smtp_server.py).
+// against a scripted SMTP or LMTP server on loopback or a Unix socket
+// (tests/client/smtp_server.py).
 #include "mta/server/recipient_verifier.h"
 
 #include <fcntl.h>
@@ -111,6 +112,30 @@ TEST_CASE("only relay domains routed to smtp: next hops are verified, and only w
   CHECK(RecipientVerifier::routeToVerify(c, "outside.test") == nullptr);
 }
 
+TEST_CASE("relay domains routed to lmtp: next hops are verified too, over TCP and a Unix socket") {
+  using Kind = moat::policy::RouteTarget::Kind;
+  moat::policy::Config c;
+  c.verifyRecipients = true;
+  c.relayDomains = {"tcp.test", "sock.test", "mixed.test", "box.test"};
+  moat::policy::Route tcp;
+  tcp.domains = {"tcp.test"};
+  tcp.to = {{Kind::Lmtp, "127.0.0.1", 24, ""}};
+  moat::policy::Route sock;
+  sock.domains = {"sock.test"};
+  sock.to = {{Kind::Lmtp, "", 0, "", "/run/dovecot/lmtp"}};
+  moat::policy::Route mixed;
+  mixed.domains = {"mixed.test"};
+  mixed.to = {{Kind::Smtp, "127.0.0.1", 2626, ""}, {Kind::Lmtp, "127.0.0.1", 24, ""}};
+  moat::policy::Route box;
+  box.domains = {"box.test"};
+  box.to = {{Kind::Maildir, "", 25, "/var/mail"}};
+  c.routes = {tcp, sock, mixed, box};
+  CHECK(RecipientVerifier::routeToVerify(c, "tcp.test") == &c.routes[0]);
+  CHECK(RecipientVerifier::routeToVerify(c, "sock.test") == &c.routes[1]);
+  CHECK(RecipientVerifier::routeToVerify(c, "mixed.test") == &c.routes[2]);
+  CHECK(RecipientVerifier::routeToVerify(c, "box.test") == nullptr);
+}
+
 namespace {
 
 using moat::test::readFile;
@@ -118,10 +143,14 @@ using moat::test::readFile;
 // tests/client/smtp_server.py in a child process of its own, stopped by its PID.
 class ScriptedServer {
  public:
-  explicit ScriptedServer(const std::string& extraJson) {
+  // `unixName`: listen on a Unix socket of that name in the server's own temp dir (socket()),
+  // not on 127.0.0.1.
+  explicit ScriptedServer(const std::string& extraJson, const std::string& unixName = "") {
     dir_ = (std::filesystem::temp_directory_path() / "moat-verify-XXXXXX").string();
     REQUIRE(mkdtemp(dir_.data()));
-    std::string cfg = "{\"out\": \"" + dir_ + "\", " + extraJson + "}";
+    if (!unixName.empty()) socket_ = dir_ + "/" + unixName;
+    std::string cfg =
+        "{\"out\": \"" + dir_ + "\", " + extraJson + (socket_.empty() ? "" : ", \"unix\": \"" + socket_ + "\"") + "}";
     pid_ = fork();
     if (pid_ == 0) {
       execlp("python3", "python3", MOAT_SOURCE_DIR "/tests/client/smtp_server.py", cfg.c_str(), nullptr);
@@ -129,7 +158,7 @@ class ScriptedServer {
     }
     for (int i = 0; i < 500 && !std::filesystem::exists(dir_ + "/port"); ++i) usleep(10000);
     port_ = static_cast<uint16_t>(std::stoi("0" + readFile(dir_ + "/port")));
-    REQUIRE(port_ != 0);
+    REQUIRE((port_ != 0 || (!socket_.empty() && std::filesystem::exists(socket_))));
   }
   ~ScriptedServer() {
     kill(pid_, SIGTERM);
@@ -140,10 +169,11 @@ class ScriptedServer {
   ScriptedServer(const ScriptedServer&) = delete;
   ScriptedServer& operator=(const ScriptedServer&) = delete;
   uint16_t port() const { return port_; }
+  const std::string& socket() const { return socket_; }
   std::string commands() const { return readFile(dir_ + "/commands.log"); }
 
  private:
-  std::string dir_;
+  std::string dir_, socket_;
   pid_t pid_ = -1;
   uint16_t port_ = 0;
 };
@@ -159,7 +189,7 @@ struct NoResolver : moat::mta::dns::Resolver {
   void query(std::string_view, moat::mta::dns::RrType, Callback cb) override { cb({}); }
 };
 
-std::shared_ptr<const Snapshot> snapshotFor(uint16_t port) {
+std::shared_ptr<const Snapshot> snapshotFor(std::vector<moat::policy::RouteTarget> to) {
   auto c = std::make_shared<moat::policy::Config>();
   c->hostname = "mx.moat.test";
   c->relayDomains = {"example.test"};
@@ -167,12 +197,32 @@ std::shared_ptr<const Snapshot> snapshotFor(uint16_t port) {
   c->verifyTimeout = std::chrono::seconds(10);
   moat::policy::Route r;
   r.domains = {"example.test"};
-  r.to = {{moat::policy::RouteTarget::Kind::Smtp, "127.0.0.1", port, ""}};
+  r.to = std::move(to);
   r.tls = moat::policy::TlsPolicy::None;
   c->routes = {r};
   auto snap = std::make_shared<Snapshot>();
   snap->config = c;
   return snap;
+}
+
+std::shared_ptr<const Snapshot> snapshotFor(uint16_t port) {
+  return snapshotFor({{moat::policy::RouteTarget::Kind::Smtp, "127.0.0.1", port, ""}});
+}
+
+// Asks `v` about each address in turn, one probe at a time: the outcomes, in order.
+std::vector<VerifyOutcome> askEach(uv::Loop& loop, RecipientVerifier& v, const std::shared_ptr<const Snapshot>& snap,
+                                   const std::vector<std::string>& addresses) {
+  std::vector<VerifyOutcome> got;
+  for (const auto& a : addresses) {
+    size_t before = got.size();
+    auto cached = v.verify(snap, snap->config->routes[0], a, [&got](const VerifyOutcome& o) { got.push_back(o); });
+    if (cached) {
+      got.push_back(*cached);
+      continue;
+    }
+    REQUIRE(loop.runUntil([&] { return got.size() == before + 1; }, 15000));
+  }
+  return got;
 }
 
 }  // namespace
@@ -299,5 +349,97 @@ TEST_CASE("at most kMaxProbesPerHop probes run at once per next hop, the others 
   }
   for (int fd : accepted) close(fd);
   close(listener);
+  loop.run();
+}
+
+TEST_CASE("an lmtp: next hop is asked with LHLO, over TCP") {
+  ScriptedServer server(
+      "\"lmtp\": true, \"pipelining\": true, "
+      "\"reject_rcpt\": {\"bad@example.test\": \"550 5.1.1 <bad@example.test> User doesn't exist\"}");
+  uv::Loop loop;
+  NoResolver resolver;
+  auto snap = snapshotFor({{moat::policy::RouteTarget::Kind::Lmtp, "127.0.0.1", server.port(), ""}});
+  {
+    RecipientVerifier v(loop.get(), &resolver);
+    auto got = askEach(loop, v, snap, {"good@example.test", "bad@example.test"});
+    REQUIRE(got.size() == 2);
+    const std::string relay = "lmtp:127.0.0.1:" + std::to_string(server.port());
+    CHECK(got[0].result == VerifyResult::Valid);
+    CHECK(got[0].relay == relay);
+    CHECK(got[1].result == VerifyResult::Invalid);
+    CHECK(got[1].reply == "550 5.1.1 <bad@example.test> User doesn't exist");
+    CHECK(got[1].relay == relay);
+    auto cmds = server.commands();
+    INFO(cmds);
+    CHECK(count(cmds, "LHLO mx.moat.test") == 2);
+    CHECK(count(cmds, "EHLO") == 0);
+    CHECK(count(cmds, "HELO") == 0);
+    CHECK(count(cmds, "MAIL FROM:<>") == 2);
+    CHECK(count(cmds, "RCPT TO:<good@example.test>") == 1);
+    CHECK(count(cmds, "RCPT TO:<bad@example.test>") == 1);
+    CHECK(count(cmds, "RSET") == 2);
+    CHECK(count(cmds, "DATA") == 0);
+  }
+  loop.run();
+}
+
+TEST_CASE("an lmtp:unix: next hop is asked over its socket, after the targets before it fail") {
+  ScriptedServer server(
+      "\"lmtp\": true, \"pipelining\": true, "
+      "\"reject_rcpt\": {\"bad@example.test\": \"550 5.1.1 no such user\"}",
+      "lmtp.sock");
+  uint16_t deadPort = 0;
+  {
+    ScriptedServer gone("\"pipelining\": true");  // bound, then closed: nobody listens there
+    deadPort = gone.port();
+  }
+  using Kind = moat::policy::RouteTarget::Kind;
+  uv::Loop loop;
+  NoResolver resolver;
+  // A dead TCP LMTP target, a socket that is not there, then the server's socket: tried in order.
+  auto snap = snapshotFor({{Kind::Lmtp, "127.0.0.1", deadPort, ""},
+                           {Kind::Lmtp, "", 0, "", server.socket() + ".missing"},
+                           {Kind::Lmtp, "", 0, "", server.socket()}});
+  {
+    RecipientVerifier v(loop.get(), &resolver);
+    auto got = askEach(loop, v, snap, {"good@example.test", "bad@example.test", "Good@Example.test"});
+    REQUIRE(got.size() == 3);
+    CHECK(got[0].result == VerifyResult::Valid);
+    CHECK(got[0].relay == "lmtp:unix:" + server.socket());
+    CHECK(got[1].result == VerifyResult::Invalid);
+    CHECK(got[1].reply == "550 5.1.1 no such user");
+    CHECK(got[2].cached);  // the same address: the cache answers
+    CHECK(got[2].result == VerifyResult::Valid);
+    auto cmds = server.commands();
+    INFO(cmds);
+    CHECK(count(cmds, "LHLO mx.moat.test") == 2);
+    CHECK(count(cmds, "MAIL FROM:<>") == 2);
+    CHECK(count(cmds, "RSET") == 2);
+    CHECK(count(cmds, "DATA") == 0);
+  }
+  loop.run();
+}
+
+TEST_CASE("lmtp: next hops that cannot be reached give unknown, naming them") {
+  ScriptedServer gone("\"lmtp\": true", "gone.sock");
+  std::string missing = gone.socket() + ".missing";
+  uint16_t deadPort = 0;
+  {
+    ScriptedServer closed("\"pipelining\": true");
+    deadPort = closed.port();
+  }
+  using Kind = moat::policy::RouteTarget::Kind;
+  uv::Loop loop;
+  NoResolver resolver;
+  auto snap = snapshotFor({{Kind::Lmtp, "127.0.0.1", deadPort, ""}, {Kind::Lmtp, "", 0, "", missing}});
+  {
+    RecipientVerifier v(loop.get(), &resolver);
+    auto got = askEach(loop, v, snap, {"a@example.test"});
+    REQUIRE(got.size() == 1);
+    CHECK(got[0].result == VerifyResult::Unknown);
+    CHECK(got[0].relay.empty());
+    // The last one tried says why.
+    CHECK(got[0].reply.find("lmtp:unix:" + missing) != std::string::npos);
+  }
   loop.run();
 }

@@ -689,16 +689,22 @@ TEST_CASE("relay.verify_recipients and its keys: defaults, values, and bad value
   unlink(path.c_str());
 
   // A relay domain delivered to a Maildir (or by MX) cannot be verified: a warning, not an error.
+  // One routed to lmtp: next hops (over TCP or a Unix socket) can.
   all = loadErrors(base +
-                       "[relay]\ndomains = [\"example.test\", \"other.test\"]\nverify_recipients = true\n\n"
+                       "[relay]\ndomains = [\"example.test\", \"other.test\", \"box.test\", \"sock.test\"]\n"
+                       "verify_recipients = true\n\n"
                        "[[route]]\ndomains = [\"example.test\"]\nto = [\"smtp:127.0.0.1:2626\"]\n\n"
-                       "[[route]]\ndomains = [\"other.test\"]\nto = [\"maildir:mail\"]\n",
+                       "[[route]]\ndomains = [\"other.test\"]\nto = [\"maildir:mail\"]\n\n"
+                       "[[route]]\ndomains = [\"box.test\"]\nto = [\"lmtp:127.0.0.1:24\"]\n\n"
+                       "[[route]]\ndomains = [\"sock.test\"]\nto = [\"lmtp:unix:/run/dovecot/lmtp\"]\n",
                    path, loaded);
   INFO(all);
   CHECK(loaded);
-  CHECK(has(all,
-            path + ":9: warning: relay.verify_recipients: relay domain other.test is not routed to smtp: next hops"));
+  CHECK(has(all, path + ":9: warning: relay.verify_recipients: relay domain other.test is not routed to smtp: or lmtp: "
+                        "next hops"));
   CHECK_FALSE(has(all, "relay domain example.test"));
+  CHECK_FALSE(has(all, "relay domain box.test"));
+  CHECK_FALSE(has(all, "relay domain sock.test"));
   unlink(path.c_str());
 }
 
