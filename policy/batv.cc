@@ -74,6 +74,13 @@ const char* resultName(Result r) {
 }
 
 Checked verify(std::string_view address, std::string_view key, int64_t today, int maxAgeDays) {
+  Keys keys;
+  keys.current = std::string(key);
+  keys.number = -1;  // whatever K the tag names
+  return verify(address, keys, today, maxAgeDays);
+}
+
+Checked verify(std::string_view address, const Keys& keys, int64_t today, int maxAgeDays) {
   Checked out;
   out.address = std::string(address);
   if (!startsWithPrefix(address)) return out;
@@ -94,9 +101,18 @@ Checked verify(std::string_view address, std::string_view key, int64_t today, in
     return out;
   }
   out.address = std::string(mailbox);
-  std::string want = signature(key, tagVal.substr(0, 4), mailbox);
-  std::string got = lower(tagVal.substr(4));
-  if (want.size() != got.size() || CRYPTO_memcmp(want.data(), got.data(), want.size()) != 0) {
+  const std::string got = lower(tagVal.substr(4));
+  auto signedWith = [&](std::string_view key) {
+    std::string want = signature(key, tagVal.substr(0, 4), mailbox);
+    return want.size() == got.size() && CRYPTO_memcmp(want.data(), got.data(), want.size()) == 0;
+  };
+  // The key the tag's K names first: the current one when K is its number, else the previous
+  // ones (K is a hint, not a selector: a rotation that kept the number leaves tags of both).
+  const bool currentFirst = keys.number < 0 || tagVal[0] - '0' == keys.number;
+  bool verified = currentFirst && signedWith(keys.current);
+  for (size_t i = 0; !verified && i < keys.previous.size(); ++i) verified = signedWith(keys.previous[i]);
+  if (!verified && !currentFirst) verified = signedWith(keys.current);
+  if (!verified) {
     out.result = Result::Invalid;
     return out;
   }
@@ -107,9 +123,15 @@ Checked verify(std::string_view address, std::string_view key, int64_t today, in
   return out;
 }
 
+std::string refusalText(std::string_view address) {
+  return "<" + std::string(address) +
+         ">: Recipient address rejected: bounce verification failed (no message of ours went out with this return "
+         "path)";
+}
+
 std::shared_ptr<const std::string> loadKey(const std::string& path, const std::string& configPath, int line,
-                                           Errors& errors) {
-  const std::string key = "bounce_verification.key_file";
+                                           Errors& errors, const std::string& keyName) {
+  const std::string& key = keyName;
   if (std::string reason = unreadableReason(path); !reason.empty()) {
     reportUnreadable(errors, configPath, line, key, path, reason);
     return nullptr;

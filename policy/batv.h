@@ -4,7 +4,7 @@
 //
 //     prvs=KDDDSSSSSS=local@domain
 //
-// K: the key number (one decimal digit; Moat signs with 0). DDD: the day the tag expires,
+// K: the key number (one decimal digit: bounce_verification.key_number, 0 by default). DDD: the day the tag expires,
 // as days since 1970-01-01 (UTC) modulo 1000, three digits. SSSSSS: the first three octets
 // of HMAC-SHA1 (RFC 2104; OpenSSL's) under the secret over "K" "DDD" and the mailbox
 // local@domain, in lower-case hex. The mailbox is lower-cased for the HMAC: nearly every
@@ -12,13 +12,19 @@
 // A bounce (null sender) is genuine only when it comes back to such an address whose tag
 // verifies and has not expired.
 //
+// Key rotation: tags are made with the current key only; a tag verifies under the current
+// key or any previous one (Keys). K names the key a tag was made with, so the verifier tries
+// the current key first when K is its number and the previous keys first otherwise; every
+// key is tried either way (a rotation need not change the number), at most 1 + 9 HMACs.
+//
 // Untrusted input: the addresses of RCPT commands (verify()). The secret comes from a file
-// of at least kMinKeyBytes octets (loadKey). Logs nothing.
+// of at least kMinKeyBytes octets (loadKey), as each previous one. Logs nothing.
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "policy/errors.h"
 
@@ -27,6 +33,15 @@ namespace moat::policy::batv {
 inline constexpr size_t kMinKeyBytes = 16;
 inline constexpr size_t kMaxKeyBytes = 4096;
 inline constexpr int kMaxAgeDays = 30;  // the longest bounce_verification.max_age
+inline constexpr size_t kMaxPreviousKeys = 9;  // bounce_verification.previous_key_files
+
+// The secrets in use: tags are made with `current` and number `number`; a tag made with any
+// of `previous` (the keys of before a rotation) still verifies until it expires.
+struct Keys {
+  std::string current;
+  int number = 0;  // 0-9, the K of the tags made
+  std::vector<std::string> previous;
+};
 
 // Whole days since 1970-01-01 UTC of `unixSeconds`.
 int64_t dayNumber(int64_t unixSeconds);
@@ -49,11 +64,18 @@ struct Checked {
 // makes (compared in constant time) and its expiry day is today or within `maxAgeDays`
 // after it (modulo 1000, as the day is written).
 Checked verify(std::string_view address, std::string_view key, int64_t today, int maxAgeDays);
+// The same under several keys: valid when the signature is the one any of `keys` makes (the
+// current key first when the tag's K is keys.number, else the previous ones first), expired
+// when one of them made it and it has expired.
+Checked verify(std::string_view address, const Keys& keys, int64_t today, int maxAgeDays);
+
+// The text of the 550 5.7.1 a refused bounce gets at RCPT (`moat serve` and `moat scan`).
+std::string refusalText(std::string_view address);
 
 // The secret in `path` (trailing CR, LF, space and tab dropped): at least kMinKeyBytes,
-// at most kMaxKeyBytes. Else nullptr, with "FILE:LINE: bounce_verification.key_file: ..."
-// reported at `configPath`:`line`.
+// at most kMaxKeyBytes. Else nullptr, with "FILE:LINE: KEYNAME: ..." reported at
+// `configPath`:`line` (`keyName`: bounce_verification.key_file or .previous_key_files).
 std::shared_ptr<const std::string> loadKey(const std::string& path, const std::string& configPath, int line,
-                                           Errors& errors);
+                                           Errors& errors, const std::string& keyName = "bounce_verification.key_file");
 
 }  // namespace moat::policy::batv

@@ -644,6 +644,19 @@ void readBounceVerification(Config& c, Section s) {
   c.batvKeyFileLine = s.lineOf("key_file");
   if (c.batvEnabled && c.batvKeyFile.empty())
     s.error("key_file", "is required with enabled = true: a file holding the secret the tags are made with");
+  // Key rotation: the keys of before, whose tags still verify (until they expire).
+  auto previous = s.getStringArrayItems("previous_key_files");
+  if (previous.size() > batv::kMaxPreviousKeys)
+    s.error("previous_key_files", "names " + std::to_string(previous.size()) + " files; at most " +
+                                      std::to_string(batv::kMaxPreviousKeys) + " (drop those older than max_age)");
+  else
+    for (auto& item : previous) {
+      if (item.value.empty())
+        s.errorAt(item.line, "previous_key_files", "an empty file name");
+      else
+        c.batvPreviousKeyFiles.push_back({resolvePath(s.baseDir(), item.value), item.line});
+    }
+  c.batvKeyNumber = static_cast<int>(s.getInt("key_number", c.batvKeyNumber, 0, 9));
   c.batvDomains = domainList(s, "domains");
   if (!s.has("domains")) c.batvDomains = c.relayDomains;
   if (c.batvEnabled && c.batvDomains.empty())

@@ -184,6 +184,12 @@ struct Config {
   bool batvEnabled = false;
   std::string batvKeyFile;               // absolute; required when enabled
   int batvKeyFileLine = 0;               // of key_file (or of the section)
+  struct BatvKeyFile {
+    std::string path;  // absolute
+    int line = 0;      // of the array element
+  };
+  std::vector<BatvKeyFile> batvPreviousKeyFiles;  // the keys of before a rotation: their tags still verify
+  int batvKeyNumber = 0;                          // key_number: the K written into tags (0-9)
   std::vector<std::string> batvDomains;  // lower-case, as relay.domains ("." = subdomains); default: relay.domains
   int batvMaxAgeDays = 7;                // a tag is valid this many days after it is made
   // Addresses that take any null-sender mail: lower-case "user@domain", or "@domain".

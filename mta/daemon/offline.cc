@@ -3,14 +3,17 @@
 
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "filters/dkim/dkim.h"
 #include "filters/spf/spf.h"
 #include "mta/dns/cares_resolver.h"
+#include "mta/runtime/clock.h"
 #include "mta/runtime/json.h"
 #include "mta/runtime/uv.h"
 #include "mta/server/snapshot.h"
+#include "policy/batv.h"
 
 namespace moat::mta::daemon {
 namespace {
@@ -80,19 +83,65 @@ int runScan(const ScanOptions& opts) {
   ctx->helo = opts.helo;
   ctx->mailFrom = opts.mailFrom;
   ctx->fromRelayNetwork = cfg.isRelayClient(*ip);
-  for (const auto& r : opts.rcpts) {
+  const int64_t today = policy::batv::dayNumber(wallClockMs() / 1000);
+  JsonArray refused;  // recipients serve would refuse at RCPT (bounce verification)
+  std::string refusedReply;
+  bool batvFailed = false;
+  for (const auto& given : opts.rcpts) {
+    std::string r = given;
     size_t at = r.rfind('@');
-    const bool relayDomain = at != std::string::npos && cfg.isRelayDomain(r.substr(at + 1));
+    const std::string domain = at != std::string::npos ? r.substr(at + 1) : "";
+    const bool relayDomain = at != std::string::npos && cfg.isRelayDomain(domain);
     if (!relayDomain) ctx->relayed = true;  // as the session notes it at RCPT: outbound mail
+    // [bounce_verification], as the session does at RCPT: a validly tagged recipient is taken
+    // as its plain address; a null-sender message from outside to one that is not (and not
+    // exempt) is refused, or marked with X-Moat-BATV: fail.
+    std::optional<filters::AddressRewrite> rewritten;
+    if (snap->batvKeys && at != std::string::npos && cfg.isBatvDomain(domain)) {
+      auto checked = policy::batv::verify(r, *snap->batvKeys, today, cfg.batvMaxAgeDays);
+      const bool valid = checked.result == policy::batv::Result::Valid;
+      if (valid) {
+        rewritten = filters::AddressRewrite{r, checked.address, "batv"};
+        r = checked.address;
+      }
+      if (!valid && ctx->mailFrom.empty() && !ctx->fromRelayNetwork && !cfg.isBatvExempt(checked.address)) {
+        if (cfg.batvReject) {
+          std::string reply = "550 5.7.1 " + policy::batv::refusalText(r);
+          if (refusedReply.empty()) refusedReply = reply;
+          refused.addRaw(JsonObject()
+                             .add("to", r)
+                             .add("reply", reply)
+                             .add("reason", "bounce verification")
+                             .add("batv", policy::batv::resultName(checked.result))
+                             .str());
+          continue;
+        }
+        batvFailed = true;
+      }
+    }
     // [relay] rewrite, inbound, as the session does at RCPT: a recipient in relay.domains
     // is the filters' (and the output's) in its internal form.
     std::string internal = relayDomain && snap->rewrite ? snap->rewrite->inbound(r) : "";
     if (!internal.empty() && internal != r) {
-      ctx->rewrites.push_back({r, internal, "rcpt"});
-      ctx->rcpts.push_back(std::move(internal));
-    } else {
-      ctx->rcpts.push_back(r);
+      // After an untagging, the address given (the tagged one) is the one named.
+      rewritten = filters::AddressRewrite{rewritten ? rewritten->from : r, internal, "rcpt"};
+      r = std::move(internal);
     }
+    if (rewritten) ctx->rewrites.push_back(std::move(*rewritten));
+    ctx->rcpts.push_back(std::move(r));
+  }
+  // Every recipient refused at RCPT: serve would never see the message.
+  if (!opts.rcpts.empty() && ctx->rcpts.empty() && !refusedReply.empty()) {
+    JsonObject out;
+    out.add("verdict", std::string(filters::verdictName(filters::Verdict::Reject)));
+    out.add("reply", refusedReply);
+    out.add("score", 0.0);
+    out.add("from", ctx->mailFrom);
+    out.addRaw("to", JsonArray().str());
+    out.addRaw("refused", refused.str());
+    out.addRaw("filters", JsonObject().str());
+    std::printf("%s\n", out.str().c_str());
+    return 0;
   }
   ctx->message = message;
   filters::Env env{loop.get(), &resolver, cfg.hostname};
@@ -151,7 +200,9 @@ int runScan(const ScanOptions& opts) {
   out.addRaw("to", to.str());
   if (!ctx->rewrites.empty()) out.addRaw("rewritten", filters::rewritesJson(ctx->rewrites));
   out.add("authentication_results", filters::authenticationResults(cfg.hostname, authResults));
+  if (!refused.empty()) out.addRaw("refused", refused.str());
   JsonArray hs;
+  if (batvFailed) hs.add("X-Moat-BATV: fail");  // added at RCPT, before the filters' fields
   for (const auto& h : headers) hs.add(h.name + ": " + h.value);
   out.addRaw("headers", hs.str());
   if (!final.edits.empty()) {  // what delivery would rewrite (strip, Subject prefix)

@@ -1,6 +1,7 @@
 // mta/daemon/offline.h — the CLI commands that run parts of the gateway without the daemon:
 // `moat scan` (the inbound filter pipeline on one message file, its --rcpt addresses
-// rewritten first as the session does at RCPT, [relay] rewrite), `moat spf` (one SPF check
+// checked and rewritten first as the session does at RCPT: [bounce_verification]'s untagging
+// and its verdict on a null sender, [relay] rewrite), `moat spf` (one SPF check
 // with the configured resolver) and `moat dkim keygen`. Untrusted input: the message file.
 #pragma once
 #include <string>

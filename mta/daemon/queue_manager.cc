@@ -684,7 +684,7 @@ void QueueManager::deliverGroup(std::shared_ptr<Attempt> attempt, const policy::
 // recipient's transaction carries the tag is route()'s decision (outside relay.domains only).
 bool QueueManager::batvTags(const queue::Envelope& env) const {
   const auto& cfg = *snap_->config;
-  if (!snap_->batvKey || env.mailFrom.empty() || env.isBounce || policy::batv::looksTagged(env.mailFrom)) return false;
+  if (!snap_->batvKeys || env.mailFrom.empty() || env.isBounce || policy::batv::looksTagged(env.mailFrom)) return false;
   if (!cfg.isBatvDomain(domainOf(env.mailFrom))) return false;
   if (!env.protocol.empty() && env.protocol.back() == 'A') return true;
   auto ip = IpAddress::parse(env.clientIp);
@@ -990,9 +990,11 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
   job->attempt = attempt;
   job->rcpts = rcpts;
   // Tagged at each attempt: a retry days later carries a tag that is still good for max_age.
-  if (batvTag && snap_->batvKey)
-    job->batvFrom = policy::batv::tag(attempt->env.mailFrom, *snap_->batvKey, policy::batv::dayNumber(nowMs() / 1000),
-                                      snap_->config->batvMaxAgeDays);
+  // Made with the current key (key_file) only; previous_key_files only verify.
+  if (batvTag && snap_->batvKeys)
+    job->batvFrom =
+        policy::batv::tag(attempt->env.mailFrom, snap_->batvKeys->current, policy::batv::dayNumber(nowMs() / 1000),
+                          snap_->config->batvMaxAgeDays, snap_->batvKeys->number);
   job->tls = clientTlsMode(route);
   if (route.tls == policy::TlsPolicy::Verify) {
     // Built by the snapshot for every verify route; a route from an older snapshot that

@@ -810,8 +810,8 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
   // the sender (replies to the return path come there too); a bounce from the internet to an
   // address of the tagged domains that is not validly tagged was not caused by our mail.
   std::optional<filters::AddressRewrite> untagged;
-  if (snap_->batvKey && cfg_.isBatvDomain(domain)) {
-    auto checked = policy::batv::verify(address, *snap_->batvKey, policy::batv::dayNumber(wallClockMs() / 1000),
+  if (snap_->batvKeys && cfg_.isBatvDomain(domain)) {
+    auto checked = policy::batv::verify(address, *snap_->batvKeys, policy::batv::dayNumber(wallClockMs() / 1000),
                                         cfg_.batvMaxAgeDays);
     bool valid = checked.result == policy::batv::Result::Valid;
     if (valid) {
@@ -823,10 +823,7 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
         !cfg_.isBatvExempt(checked.address)) {
       const char* result = policy::batv::resultName(checked.result);
       if (cfg_.batvReject) {
-        refuse("rcpt", 550, "5.7.1",
-               "<" + address +
-                   ">: Recipient address rejected: bounce verification failed (no message of ours "
-                   "went out with this return path)",
+        refuse("rcpt", 550, "5.7.1", policy::batv::refusalText(address),
                [&](log::Line& l) { l.add("to", address).add("reason", "bounce verification").add("batv", result); });
         protocolError();  // counted, as other refused recipients are
         return;

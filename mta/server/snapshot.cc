@@ -74,8 +74,25 @@ std::shared_ptr<Snapshot> build(std::shared_ptr<const policy::Config> config, po
                                "rewritten inbound (add \"" + domain + "\" to relay.domains, or mark the line " +
                                "outbound-only)");
         });
-  if (config->batvEnabled && !config->batvKeyFile.empty())
-    snap->batvKey = policy::batv::loadKey(config->batvKeyFile, config->path, config->batvKeyFileLine, errors);
+  if (config->batvEnabled && !config->batvKeyFile.empty()) {
+    // Every key file is read (and each bad one reported) before any is used: a reload with
+    // one of them broken keeps the running keys, all of them.
+    auto keys = std::make_shared<policy::batv::Keys>();
+    keys->number = config->batvKeyNumber;
+    bool complete = true;
+    if (auto current = policy::batv::loadKey(config->batvKeyFile, config->path, config->batvKeyFileLine, errors))
+      keys->current = *current;
+    else
+      complete = false;
+    for (const auto& f : config->batvPreviousKeyFiles) {
+      if (auto previous =
+              policy::batv::loadKey(f.path, config->path, f.line, errors, "bounce_verification.previous_key_files"))
+        keys->previous.push_back(*previous);
+      else
+        complete = false;
+    }
+    if (complete) snap->batvKeys = std::move(keys);
+  }
   snap->pipeline = filters::Pipeline::build(*config, errors, snap->rewrite);
   if (config->tlsrptEnabled || config->dmarcReportsEnabled) {
     policy::Errors again;  // the pipeline's signer has reported each key's errors already

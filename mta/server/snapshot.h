@@ -11,6 +11,7 @@
 #include "mta/tls/tls.h"
 #include "policy/address_list.h"
 #include "policy/aliases.h"
+#include "policy/batv.h"
 #include "policy/client_credentials.h"
 #include "policy/config.h"
 #include "policy/recipients.h"
@@ -55,9 +56,10 @@ struct Snapshot {
   std::shared_ptr<const policy::AliasTable> aliases;
   // [relay] rewrite: internal addresses and their external forms; null = none.
   std::shared_ptr<const policy::RewriteMap> rewrite;
-  // [bounce_verification] enabled: the secret of key_file, read at load (so SIGHUP picks up
-  // a new one and a missing or short file keeps the old snapshot); null when off.
-  std::shared_ptr<const std::string> batvKey;
+  // [bounce_verification] enabled: the secrets of key_file and previous_key_files and the
+  // key_number, read at load (so SIGHUP picks up a rotation, and a missing or short file
+  // keeps the old snapshot); null when off.
+  std::shared_ptr<const policy::batv::Keys> batvKeys;
   // [tlsrpt] or [dmarc_reports] enabled: the [[dkim.sign]] keys, which sign the reports Moat
   // makes for the domain of their From address (empty otherwise).
   std::vector<filters::dkim::SignKey> reportSignKeys;

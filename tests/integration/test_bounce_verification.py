@@ -6,11 +6,15 @@ bounce (MAIL FROM:<>) from the internet to a validly tagged address is taken and
 the plain one; one to the plain address, to an expired or a forged tag is refused 550 5.7.1
 at RCPT (or, with action = "tag", taken with X-Moat-BATV: fail); mail with a sender is never
 refused by it; exempt recipients take bounces; a missing or short key file and bad values are
-refused at FILE:LINE by `moat check` and by a reload, which keeps the running config. The real
-daemon on loopback; 127.0.0.1 is the relay network, 127.0.0.2 a client from the internet."""
+refused at FILE:LINE by `moat check` and by a reload, which keeps the running config. The key
+rotates by a reload: tags made with a key listed in previous_key_files still verify, new tags
+are made with key_file and key_number; `moat scan --rcpt` untags and refuses as serve does at
+RCPT. The real daemon on loopback; 127.0.0.1 is the relay network, 127.0.0.2 a client from the
+internet."""
 
 import hashlib
 import hmac
+import json
 import os
 import smtplib
 import subprocess
@@ -22,6 +26,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from harness import MOAT_BIN, check_config, owned_moat, owned_sink, wait_for  # noqa: E402
 
 SECRET = b"moat-test-secret-0123456789abcdef"
+NEW_SECRET = b"the-secret-after-the-rotation-42"
 INBOUND = "127.0.0.2"
 
 
@@ -198,6 +203,44 @@ class BounceVerificationTest(unittest.TestCase):
         replies, _ = self.send(INBOUND, "", [tagged], "after reload")
         self.assertEqual(replies[tagged][0], 250)
 
+    def scan(self, sender, rcpts):
+        path = os.path.join(self.moat.dir, "scan.eml")
+        with open(path, "wb") as f:
+            f.write(message("scanned"))
+        args = ["scan", "--client-ip", INBOUND, "--mail-from", sender]
+        for r in rcpts:
+            args += ["--rcpt", r]
+        return json.loads(self.moat.cli(*args, path).stdout)
+
+    def test_scan_untags_and_refuses_as_serve_does_at_rcpt(self):
+        tagged = prvs("jsmith@example.test")
+        out = self.scan("", [tagged])
+        self.assertEqual(out["to"], ["jsmith@example.test"])
+        self.assertEqual(out["rewritten"], [{"from": tagged, "to": "jsmith@example.test", "where": "batv"}])
+        self.assertNotIn("refused", out)
+        self.assertNotIn("X-Moat-BATV: fail", out["headers"])
+        self.assertNotEqual(out["verdict"], "reject", out)
+        # The null sender to the plain address: what serve answers at RCPT.
+        out = self.scan("", ["jsmith@example.test"])
+        if self.action == "reject":
+            self.assertEqual(out["verdict"], "reject", out)
+            self.assertEqual(out["reply"], "550 5.7.1 <jsmith@example.test>: Recipient address rejected: bounce "
+                             "verification failed (no message of ours went out with this return path)")
+            self.assertEqual(out["to"], [])
+            self.assertEqual(out["refused"], [{"to": "jsmith@example.test", "reply": out["reply"],
+                                               "reason": "bounce verification", "batv": "none"}])
+        else:
+            self.assertEqual(out["to"], ["jsmith@example.test"])
+            self.assertIn("X-Moat-BATV: fail", out["headers"])
+            self.assertNotIn("refused", out)
+        # Beside a good tag, an exempt recipient and a sender: only the plain bounce is refused.
+        out = self.scan("", [tagged, "postmaster@example.test"])
+        self.assertEqual(out["to"], ["jsmith@example.test", "postmaster@example.test"])
+        self.assertNotIn("refused", out)
+        out = self.scan("friend@far.test", ["jsmith@example.test"])
+        self.assertEqual(out["to"], ["jsmith@example.test"])
+        self.assertNotIn("refused", out)
+
 
 class TagActionTest(BounceVerificationTest):
     """The same with action = "tag": untagged bounces are taken, marked X-Moat-BATV: fail."""
@@ -222,6 +265,95 @@ class TagActionTest(BounceVerificationTest):
             s.quit()
         m = self.at(self.internal, "jsmith@example.test", "forged header")
         self.assertNotIn(b"X-Moat-BATV", m["data"])
+
+
+class KeyRotationTest(unittest.TestCase):
+    """The key changed by a reload: mail sent before it keeps its bounces while the old key is
+    listed in previous_key_files, and loses them when it is dropped."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.internal = owned_sink(cls)
+        cls.external = owned_sink(cls)
+        cls.moat = owned_moat(cls, networks=["127.0.0.1/32"], relay_domains=("example.test",),
+                              routes=[(["example.test"], f"smtp:127.0.0.1:{cls.internal.port}"),
+                                      (None, f"smtp:127.0.0.1:{cls.external.port}")],
+                              start=False, extra=config_extra("batv.key"))
+        for name, secret in (("batv.key", SECRET), ("new.key", NEW_SECRET), ("short.key", b"too short")):
+            with open(os.path.join(cls.moat.dir, name), "wb") as f:
+                f.write(secret + b"\n")
+        with open(cls.moat.config_path) as f:
+            cls.config = f.read()
+        cls.moat.start()
+
+    send = BounceVerificationTest.send
+    client = BounceVerificationTest.client
+    at = BounceVerificationTest.at
+
+    def keys(self, lines, ok=True):
+        """Reloads with `lines` in place of key_file's line; returns the reload line and the
+        number of the config line that names previous_key_files."""
+        text = self.config.replace('key_file = "batv.key"\n', lines)
+        number = next((i + 1 for i, l in enumerate(text.split("\n")) if l.startswith("previous_key_files")), None)
+        return self.moat.reload_with(self.moat.config_path, text, ok=ok), number
+
+    def bounce(self, rcpt, subject):
+        replies, _ = self.send(INBOUND, "", [rcpt], subject)
+        return replies[rcpt][0]
+
+    def test_rotation_by_reload(self):
+        self.send("127.0.0.1", "jsmith@example.test", ["friend@far.test"], "before rotation")
+        old_tag = self.at(self.external, "friend@far.test", "before rotation")["from"]
+        self.assertIn(old_tag, {prvs("jsmith@example.test", made=d) for d in (today(), today() - 1)})
+
+        self.keys('key_file = "new.key"\nprevious_key_files = ["batv.key"]\nkey_number = 1\n')
+        # New mail leaves tagged with the new key and its number.
+        self.send("127.0.0.1", "jsmith@example.test", ["friend@far.test"], "after rotation")
+        new_tag = self.at(self.external, "friend@far.test", "after rotation")["from"]
+        self.assertIn(new_tag, {prvs("jsmith@example.test", secret=NEW_SECRET, made=d, key_number=1)
+                                for d in (today(), today() - 1)})
+        # The bounce of the mail sent before the reload is taken, as is the new one's.
+        self.assertEqual(self.bounce(old_tag, "old bounce kept"), 250)
+        self.at(self.internal, "jsmith@example.test", "old bounce kept")
+        self.assertEqual(self.moat.wait_log(event="accept", to=["jsmith@example.test"],
+                                            rewritten=[{"from": old_tag, "to": "jsmith@example.test",
+                                                        "where": "batv"}])["from"], "")
+        self.assertEqual(self.bounce(new_tag, "new bounce"), 250)
+        # Made with the old key and the new number: K is tried first, not alone.
+        self.assertEqual(self.bounce(prvs("mary@example.test", key_number=1), "old key new number"), 250)
+        # A key nobody listed still fails.
+        self.assertEqual(self.bounce(prvs("jsmith@example.test", secret=b"a-key-never-listed-anywhere-000"),
+                                     "unlisted key"), 550)
+        # moat scan reads the same keys.
+        path = os.path.join(self.moat.dir, "scan.eml")
+        with open(path, "wb") as f:
+            f.write(message("scanned"))
+        out = json.loads(self.moat.cli("scan", "--client-ip", INBOUND, "--mail-from", "", "--rcpt", old_tag,
+                                       path).stdout)
+        self.assertEqual(out["to"], ["jsmith@example.test"])
+        self.assertEqual(out["rewritten"], [{"from": old_tag, "to": "jsmith@example.test", "where": "batv"}])
+
+        # A short previous key is refused at its line; the running keys (old ones too) stay.
+        line, number = self.keys('key_file = "new.key"\nprevious_key_files = ["batv.key", "short.key"]\n',
+                                 ok=False)
+        self.assertTrue(any(e.startswith(f"{self.moat.config_path}:{number}: bounce_verification.previous_key_files:")
+                            and "holds 9 bytes" in e for e in line["errors"]), line)
+        line, number = self.keys('key_file = "new.key"\nprevious_key_files = ["missing.key"]\n', ok=False)
+        self.assertTrue(any(e.startswith(f"{self.moat.config_path}:{number}: bounce_verification.previous_key_files:")
+                            and "cannot read" in e for e in line["errors"]), line)
+        self.assertEqual(self.bounce(old_tag, "old bounce after refused reload"), 250)
+        self.assertEqual(self.bounce(new_tag, "new bounce after refused reload"), 250)
+
+        # The old key dropped: its tags are refused, the new ones still taken.
+        self.keys('key_file = "new.key"\nkey_number = 1\n')
+        self.assertEqual(self.bounce(old_tag, "old bounce dropped"), 550)
+        self.assertEqual(self.moat.wait_log(event="reject", stage="rcpt", reason="bounce verification",
+                                            to=old_tag)["batv"], "invalid")
+        self.assertEqual(self.bounce(new_tag, "new bounce still"), 250)
+        out = json.loads(self.moat.cli("scan", "--client-ip", INBOUND, "--mail-from", "", "--rcpt", old_tag,
+                                       path).stdout)
+        self.assertEqual(out["verdict"], "reject", out)
+        self.assertEqual(out["refused"][0]["batv"], "invalid")
 
 
 class BadConfigTest(unittest.TestCase):
@@ -263,6 +395,28 @@ class BadConfigTest(unittest.TestCase):
         path, rc, out = self.check('action = "reject"\n')
         self.assertEqual(rc, 1, out)
         self.assertIn("bounce_verification.key_file: is required", out)
+
+    def test_bad_previous_key_files_are_refused_at_their_line(self):
+        body = 'key_file = "batv.key"\nprevious_key_files = [\n  "batv.key",\n  "gone.key",\n]\n'
+        path, rc, out = self.check(body, key=SECRET)
+        self.assertEqual(rc, 1, out)
+        self.assertIn(f"{path}:16: bounce_verification.previous_key_files: cannot read", out)
+        with open(os.path.join(os.path.dirname(path), "gone.key"), "wb") as f:
+            f.write(b"0123456789abcde\n")
+        r = subprocess.run([MOAT_BIN, "check", "-c", path], capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn(f"{path}:16: bounce_verification.previous_key_files:", r.stdout + r.stderr)
+        self.assertIn("holds 15 bytes", r.stdout + r.stderr)
+        with open(os.path.join(os.path.dirname(path), "gone.key"), "wb") as f:
+            f.write(NEW_SECRET)
+        r = subprocess.run([MOAT_BIN, "check", "-c", path], capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        files = ", ".join(['"batv.key"'] * 10)
+        path, rc, out = self.check(f'key_file = "batv.key"\nprevious_key_files = [{files}]\nkey_number = 10\n',
+                                   key=SECRET)
+        self.assertEqual(rc, 1, out)
+        self.assertIn(f"{path}:14: bounce_verification.previous_key_files: names 10 files; at most 9", out)
+        self.assertIn(f"{path}:15: bounce_verification.key_number: must be between 0 and 9", out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 // Tests for policy/batv.h: BATV "prvs" tags (draft-levine-smtp-batv-01 §4) made and checked,
 // their expiry, the key file. The expected tags were computed apart from Moat, with Python:
-//   hmac.new(KEY, ("0" + DDD + mailbox.lower()).encode(), hashlib.sha1).hexdigest()[:6]
+//   hmac.new(KEY, (K + DDD + mailbox.lower()).encode(), hashlib.sha1).hexdigest()[:6]
 #include "policy/batv.h"
 
 #include <unistd.h>
@@ -15,6 +15,7 @@ using moat::policy::Errors;
 
 namespace {
 const std::string kKey = "0123456789abcdef-moat-test-secret";
+const std::string kOldKey = "old-secret-of-the-year-before-0123";  // before a rotation
 }  // namespace
 
 TEST_CASE("batv: the day number counts whole UTC days since 1970") {
@@ -102,4 +103,53 @@ TEST_CASE("batv: the key file must hold at least 16 bytes") {
   CHECK_FALSE(batv::loadKey(path, "/etc/moat.toml", 12, missing));
   REQUIRE(missing.all().size() == 1);
   CHECK(missing.str().rfind("/etc/moat.toml:12: bounce_verification.key_file: cannot read " + path, 0) == 0);
+}
+
+TEST_CASE("batv: a tag made under a previous key verifies only while that key is listed") {
+  const std::string old = "prvs=00075ffe56=jsmith@example.com";  // kOldKey, K 0, made on day 20000
+  batv::Keys rotated;
+  rotated.current = kKey;
+  rotated.previous = {"a-third-secret-retired-long-ago-00", kOldKey};
+  auto c = batv::verify(old, rotated, 20003, 7);
+  CHECK(c.result == batv::Result::Valid);
+  CHECK(c.address == "jsmith@example.com");
+  // Still within its expiry only: the old key does not lengthen a tag's life.
+  CHECK(batv::verify(old, rotated, 20008, 7).result == batv::Result::Expired);
+  CHECK(batv::verify("prvs=09973db4c6=jsmith@example.com", rotated, 20000, 7).result == batv::Result::Expired);
+  // The current key's tags verify beside it.
+  CHECK(batv::verify(batv::tag("jsmith@example.com", kKey, 20000, 7), rotated, 20001, 7).result == batv::Result::Valid);
+
+  batv::Keys dropped;
+  dropped.current = kKey;
+  auto gone = batv::verify(old, dropped, 20003, 7);
+  CHECK(gone.result == batv::Result::Invalid);
+  CHECK(batv::verify(old, kKey, 20003, 7).result == batv::Result::Invalid);
+}
+
+TEST_CASE("batv: the key number is written into tags and signed with them") {
+  CHECK(batv::tag("jsmith@example.com", kKey, 20000, 7, 4) == "prvs=400701715b=jsmith@example.com");
+  CHECK(batv::tag("jsmith@example.com", kOldKey, 20000, 7, 3) == "prvs=300782d794=jsmith@example.com");
+  batv::Keys keys;
+  keys.current = kKey;
+  keys.number = 4;
+  keys.previous = {kOldKey};
+  // A tag of the current number, one of an old number under the old key, and one of the old
+  // number under the current key (K is tried first, never the only one): all valid.
+  CHECK(batv::verify("prvs=400701715b=jsmith@example.com", keys, 20001, 7).result == batv::Result::Valid);
+  CHECK(batv::verify("prvs=300782d794=jsmith@example.com", keys, 20001, 7).result == batv::Result::Valid);
+  CHECK(batv::verify("prvs=00079276b6=jsmith@example.com", keys, 20001, 7).result == batv::Result::Valid);
+  CHECK(batv::verify("prvs=00075ffe56=jsmith@example.com", keys, 20001, 7).result == batv::Result::Valid);
+  // K is part of what is signed: another digit in front of the same signature is invalid.
+  CHECK(batv::verify("prvs=000701715b=jsmith@example.com", keys, 20001, 7).result == batv::Result::Invalid);
+  CHECK(batv::verify("prvs=400782d794=jsmith@example.com", keys, 20001, 7).result == batv::Result::Invalid);
+}
+
+TEST_CASE("batv: a short previous key file is named as previous_key_files") {
+  Errors errors;
+  std::string path = moat::test::writeTempFile("batv-key", "0123456789abcde\n");
+  CHECK_FALSE(batv::loadKey(path, "/etc/moat.toml", 14, errors, "bounce_verification.previous_key_files"));
+  INFO(errors.str());
+  CHECK(errors.str().rfind("/etc/moat.toml:14: bounce_verification.previous_key_files: " + path + " holds 15 bytes",
+                           0) == 0);
+  unlink(path.c_str());
 }

@@ -1016,3 +1016,48 @@ TEST_CASE("[[route]] lmtp: targets: HOST:PORT, [IPv6]:PORT and unix:PATH, in ord
   REQUIRE(has(all, path + ":33: [[route]].to: \"lmtp\": expected smtp:HOST:PORT, lmtp:HOST:PORT"));
   unlink(path.c_str());
 }
+
+TEST_CASE("bounce_verification.previous_key_files holds at most 9 files and key_number is 0 to 9") {
+  const std::string head =
+      "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n[relay]\n"
+      "domains = [\"example.test\"]\n\n[bounce_verification]\nenabled = true\nkey_file = \"k0\"\n";
+  auto files = [](int n) {
+    std::string list = "previous_key_files = [";
+    for (int i = 1; i <= n; ++i) list += std::string(i > 1 ? ", " : "") + "\"k" + std::to_string(i) + "\"";
+    return list + "]\n";
+  };
+  auto path = writeTemp(head);
+  Errors defaults;
+  auto c = loadConfig(path, defaults);
+  INFO(defaults.str());
+  REQUIRE(c);
+  CHECK(c->batvPreviousKeyFiles.empty());
+  CHECK(c->batvKeyNumber == 0);
+  unlink(path.c_str());
+
+  path = writeTemp(head + files(9) + "key_number = 9\n");
+  Errors nine;
+  c = loadConfig(path, nine);
+  INFO(nine.str());
+  REQUIRE(c);
+  REQUIRE(c->batvPreviousKeyFiles.size() == 9);
+  CHECK(c->batvPreviousKeyFiles[8].path.front() == '/');  // relative to the config's folder
+  CHECK(c->batvPreviousKeyFiles[8].line == 13);
+  CHECK(c->batvKeyNumber == 9);
+  unlink(path.c_str());
+
+  path = writeTemp(head + files(10));
+  Errors ten;
+  REQUIRE_FALSE(loadConfig(path, ten));
+  INFO(ten.str());
+  CHECK(ten.str().find(path + ":13: bounce_verification.previous_key_files: names 10 files; at most 9") !=
+        std::string::npos);
+  unlink(path.c_str());
+
+  path = writeTemp(head + "key_number = 10\n");
+  Errors number;
+  REQUIRE_FALSE(loadConfig(path, number));
+  INFO(number.str());
+  CHECK(number.str().find(path + ":13: bounce_verification.key_number: must be between 0 and 9") != std::string::npos);
+  unlink(path.c_str());
+}
