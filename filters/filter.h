@@ -105,6 +105,16 @@ struct DkimOutcome {
   std::string reason;     // for fail/permerror
 };
 
+// ARC (RFC 8617), read by DMARC: a passing chain whose latest sealer is trusted
+// ([arc] trusted_sealers) overrides a DMARC reject or quarantine.
+struct ArcOutcome {
+  bool checked = false;
+  std::string result;    // none pass fail
+  std::string sealer;    // d= of the latest ARC-Seal (lower-case), when it could be read
+  int instances = 0;     // N, the latest instance
+  bool trusted = false;  // pass, and `sealer` is one of [arc] trusted_sealers
+};
+
 struct DmarcOutcome {
   bool checked = false;
   std::string result;   // none pass fail temperror permerror
@@ -119,6 +129,7 @@ struct DmarcOutcome {
   std::string disposition;                       // none quarantine reject: what Moat did (Appendix C DispositionType)
   std::string overrideReason;                    // "" or an Appendix C PolicyOverrideType: trusted_forwarder,
                                                  // local_policy (the config acted more mildly), sampled_out (pct=)
+  std::string overrideComment;                   // with trusted_forwarder by ARC: "arc=pass sealer=D"
 };
 
 // One address the address rewriting ([relay] rewrite) changed, for the `accept` line.
@@ -166,6 +177,7 @@ struct MessageContext {
   SpfOutcome spfMailFrom;
   SpfOutcome spfHelo;
   std::vector<DkimOutcome> dkim;
+  ArcOutcome arc;
   DmarcOutcome dmarc;
   double spamScore = 0;
   // What [relay] rewrite changed: recipients at RCPT (the session), the envelope sender and

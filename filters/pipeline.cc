@@ -2,6 +2,7 @@
 #include "filters/pipeline.h"
 
 #include "filters/antivirus/antivirus_filter.h"
+#include "filters/arc/arc.h"
 #include "filters/attachments/attachments.h"
 #include "filters/dkim/dkim.h"
 #include "filters/dmarc/dmarc.h"
@@ -136,6 +137,7 @@ std::shared_ptr<const Pipeline> Pipeline::build(const policy::Config& config, po
   add(spf::makeSpfFilter(config, errors));              // mail
   size_t mimeAt = filters.size();                       // data: first, the others read ctx->mime
   add(dkim::makeDkimVerifyFilter(config, errors));      // data
+  add(arc::makeArcFilter(config, errors));              // data, before DMARC, which reads a trusted sealer
   add(dmarc::makeDmarcFilter(config, errors));          // data, reads the SPF and DKIM results
   add(uribl::makeUriblFilter(config, errors));          // data, reads ctx->mime: links' domains, before the scans
   add(antivirus::makeAntivirusFilter(config, errors));  // data

@@ -42,8 +42,8 @@ std::string dirOf(const std::string& path) {
 }
 
 // Sections read by parts of Moat other than this file; anything else at the top is a typo.
-const std::set<std::string> kOtherSections = {"spf",       "dkim",  "dmarc", "dnsbl",       "uribl",
-                                              "antivirus", "rules", "mime",  "attachments", "milter"};
+const std::set<std::string> kOtherSections = {"spf",       "dkim",  "arc",  "dmarc",       "dnsbl", "uribl",
+                                              "antivirus", "rules", "mime", "attachments", "milter"};
 
 std::string defaultHostname() {
   char buf[256] = {0};

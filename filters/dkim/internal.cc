@@ -5,6 +5,7 @@
 
 #include <openssl/bio.h>
 #include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include <algorithm>
 #include <cctype>
@@ -225,6 +226,74 @@ std::string stripWhitespace(std::string_view s) {
 
 bool validDomain(std::string_view d) { return validDotted(d, 2, false); }
 bool validSelector(std::string_view s) { return validDotted(s, 1, true); }
+
+void fetchKeys(const filters::Env& env, const std::vector<std::string>& names, std::function<void(KeyMap)> done) {
+  struct Pending {
+    KeyMap keys;
+    size_t outstanding = 0;
+    std::function<void(KeyMap)> done;
+  };
+  auto p = std::make_shared<Pending>();
+  p->done = std::move(done);
+  if (names.empty()) return p->done({});
+  p->outstanding = names.size();
+  for (const auto& n : names) p->keys.push_back({n, KeyAnswer{mta::dns::Status::TempFail, {}}});
+  for (size_t i = 0; i < names.size(); ++i) {
+    env.resolver->query(names[i], mta::dns::RrType::TXT, [p, i](const mta::dns::Answer& a) {
+      p->keys[i].second.status = a.status;
+      p->keys[i].second.txt = a.txt;
+      if (--p->outstanding == 0) p->done(std::move(p->keys));
+    });
+  }
+}
+
+const std::string& keyRecord(const KeyAnswer& answer) {
+  for (const auto& t : answer.txt) {
+    auto tags = parseTagList(t);
+    if (tags && findTag(*tags, "p")) return t;
+  }
+  return answer.txt.front();
+}
+
+PkeyPtr rsaPublicKey(const std::string& record, int minBits, std::string& error) {
+  auto tags = parseTagList(record);
+  if (!tags) {
+    error = "key record is not a tag-list";
+    return nullptr;
+  }
+  const std::string* v = findTag(*tags, "v");
+  const std::string* k = findTag(*tags, "k");
+  const std::string* p = findTag(*tags, "p");
+  if (v && stripWhitespace(*v) != "DKIM1")
+    error = "key record v= is not DKIM1";
+  else if (k && lower(stripWhitespace(*k)) != "rsa")
+    error = "key record k= is not rsa";
+  else if (!p)
+    error = "key record without p=";
+  else if (stripWhitespace(*p).empty())
+    error = "key revoked (empty p=)";
+  if (!error.empty()) return nullptr;
+  auto der = base64Decode(*p);
+  if (!der || der->empty()) {
+    error = "key record p= is not base64";
+    return nullptr;
+  }
+  auto* d = reinterpret_cast<const unsigned char*>(der->data());
+  PkeyPtr key(d2i_PUBKEY(nullptr, &d, static_cast<long>(der->size())));
+  if (!key) {
+    d = reinterpret_cast<const unsigned char*>(der->data());
+    key.reset(d2i_PublicKey(EVP_PKEY_RSA, nullptr, &d, static_cast<long>(der->size())));
+  }
+  if (!key || EVP_PKEY_get_base_id(key.get()) != EVP_PKEY_RSA) {
+    error = "key record p= is not an RSA public key";
+    return nullptr;
+  }
+  if (int bits = EVP_PKEY_get_bits(key.get()); bits < minBits) {
+    error = "RSA key of " + std::to_string(bits) + " bits is under " + std::to_string(minBits) + " (RFC 8301)";
+    return nullptr;
+  }
+  return key;
+}
 
 PkeyPtr loadPrivateKey(std::string_view text, std::string& error) {
   if (text.find("-----BEGIN") != std::string_view::npos) {

@@ -17,6 +17,7 @@
 #include <string_view>
 #include <vector>
 
+#include "filters/dkim/dkim.h"
 #include "mta/runtime/base64.h"
 
 namespace moat::filters::dkim::detail {
@@ -81,6 +82,19 @@ bool validSelector(std::string_view s);
 
 using mta::base64Decode;  // whitespace ignored, as in key records and key files
 using mta::base64Encode;
+
+// Key records (RFC 6376 3.6), for the DKIM verifier and the ARC verifier (RFC 8617 uses
+// DKIM's keys). fetchKeys looks up each name's TXT record through env.resolver on the loop
+// and calls `done` on the loop with every answer (TempFail for one not answered), in the
+// order of `names`. env.resolver must be set.
+void fetchKeys(const filters::Env& env, const std::vector<std::string>& names, std::function<void(KeyMap)> done);
+// Several TXT records at one name: the first that carries a key (RFC 6376 3.6.2.2).
+// `answer.txt` must not be empty.
+const std::string& keyRecord(const KeyAnswer& answer);
+// The RSA public key of a key record (p= as SubjectPublicKeyInfo or, as commonly published,
+// a bare PKCS#1 RSAPublicKey), refused with `error` set when the record is not a DKIM1 RSA
+// key (v=, k=), is revoked (empty p=), or is under `minBits` (RFC 8301 3.2).
+PkeyPtr rsaPublicKey(const std::string& record, int minBits, std::string& error);
 
 // Parses a private key: PEM (any OpenSSL form), base64 DER, or base64 of a 32-byte ed25519
 // seed. Returns nullptr with `error` set.

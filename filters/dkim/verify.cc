@@ -165,15 +165,6 @@ std::string normalizeKeyRecord(const std::string& record) {
   return rebuilt;
 }
 
-// Several TXT records at one name: the first that carries a key (RFC 6376 3.6.2.2).
-const std::string& keyRecord(const KeyAnswer& answer) {
-  for (const auto& t : answer.txt) {
-    auto tags = parseTagList(t);
-    if (tags && findTag(*tags, "p")) return t;
-  }
-  return answer.txt.front();
-}
-
 // RFC 6376 6.1.2: a key whose k= (default rsa, 3.6.1) is not the a= algorithm's key type is
 // PERMFAIL "inappropriate key algorithm". libopendkim reads the p= data by a= alone, so an
 // RSA key published as k=ed25519 would verify an rsa-sha256 signature. Empty when suitable.
@@ -377,7 +368,6 @@ namespace {
 
 struct Pending {
   KeyMap keys;
-  size_t outstanding = 0;
   std::string_view message;
   VerifyOptions options;
   std::shared_ptr<const void> keepAlive;
@@ -407,17 +397,12 @@ void fetchKeysThenVerify(const filters::Env& env, std::shared_ptr<Pending> p, st
     runCrypto(env, p);
     return;
   }
-  p->outstanding = names.size();
-  for (const auto& n : names) p->keys.push_back({n, KeyAnswer{mta::dns::Status::TempFail, {}}});
-  // Env is copied into the callbacks: the caller's Env need not outlive the lookups.
+  // Env is copied into the callback: the caller's Env need not outlive the lookups.
   filters::Env envCopy = env;
-  for (size_t i = 0; i < names.size(); ++i) {
-    env.resolver->query(names[i], mta::dns::RrType::TXT, [p, i, envCopy](const mta::dns::Answer& a) {
-      p->keys[i].second.status = a.status;
-      p->keys[i].second.txt = a.txt;
-      if (--p->outstanding == 0) runCrypto(envCopy, p);
-    });
-  }
+  fetchKeys(env, names, [p, envCopy](KeyMap keys) {
+    p->keys = std::move(keys);
+    runCrypto(envCopy, p);
+  });
 }
 
 }  // namespace

@@ -160,11 +160,18 @@ std::string authResult(const Evaluation& e, const std::string& dis, const std::s
 Result act(const FilterConfig& config, MessageContext& ctx, const Evaluation& e) {
   std::string applied = "none";
   std::string reason;
+  std::string arcSealer;  // the trusted ARC sealer that overrode the policy
   bool malformed = e.malformedFrom && config.malformedFrom != "tag";
   bool enforce = (e.result == "fail" && e.disposition != "none") || malformed;
   if (enforce && isTrustedForwarder(config, ctx)) {
     applied = "override";
     reason = "trusted_forwarder";
+  } else if (enforce && !malformed && ctx.arc.result == "pass" && ctx.arc.trusted) {
+    // A forwarder whose ARC seal is trusted ([arc] trusted_sealers) vouches for the
+    // authentication it saw before it changed the message (RFC 8617).
+    applied = "override";
+    reason = "trusted_forwarder";
+    arcSealer = ctx.arc.sealer;
   } else if (malformed) {
     applied = config.malformedFrom;
   } else if (enforce) {
@@ -203,6 +210,7 @@ Result act(const FilterConfig& config, MessageContext& ctx, const Evaluation& e)
   if (!e.problem.empty()) r.detail.add("problem", e.problem);
   if (e.malformedFrom) r.detail.add("malformed_from", true);
   if (e.pctSampledOut) r.detail.add("pct_sampled_out", true);
+  if (!arcSealer.empty()) r.detail.add("override", "arc").add("arc_sealer", arcSealer);
 
   ctx.dmarc.checked = true;
   ctx.dmarc.result = e.result;
@@ -220,6 +228,8 @@ Result act(const FilterConfig& config, MessageContext& ctx, const Evaluation& e)
     ctx.dmarc.spfAligned = e.spfAligned;
     ctx.dmarc.dkimAligned = e.dkimAligned;
     ctx.dmarc.disposition = dis;
+    ctx.dmarc.overrideComment.clear();
+    if (!arcSealer.empty()) ctx.dmarc.overrideComment = "arc=pass sealer=" + arcSealer;
     if (!reason.empty())
       ctx.dmarc.overrideReason = reason;
     else if (e.result == "fail" && dis != e.disposition)

@@ -23,6 +23,10 @@
 // where the session has one: with [server] reverse_dns on (the default) and the name
 // verified by the end of the data (the session waits for it until dns.timeout after the
 // connect). A bare HELO never matches: the client picks it freely.
+// A DMARC fail under p=reject or p=quarantine is also overridden when the ARC filter found a
+// passing chain whose latest ARC-Seal is from one of [arc] trusted_sealers (ctx.arc.trusted;
+// filters/arc/arc.h): the `filter` line says override "arc" and arc_sealer, an aggregate
+// report row carries the comment "arc=pass sealer=D".
 // An override is reported as "reason=trusted_forwarder" (the RFC 7489 §7.2 override name).
 // Malformed From (evaluate.h): RFC 7489 §6.6.1 lets a receiver reject a From it cannot
 // use as malformed. Treating addresses whose domains cannot be checked (a domain that is

@@ -74,6 +74,7 @@ std::optional<Entry> entryFor(const filters::MessageContext& ctx) {
   r.dkim = d.dkimAligned ? "pass" : "fail";
   r.spf = d.spfAligned ? "pass" : "fail";
   r.reason = d.overrideReason;
+  r.comment = field(d.overrideComment);
   r.headerFrom = policy::lowerAscii(field(d.fromDomain));
   size_t at = ctx.mailFrom.rfind('@');
   r.envelopeFrom =
@@ -132,7 +133,9 @@ std::string encodeState(int64_t startMs, int64_t intervalMs, const Results& resu
       if (!first) j += ',';
       first = false;
       j += "{\"row\":[";
-      for (const auto* s : {&r.sourceIp, &r.disposition, &r.dkim, &r.spf, &r.reason, &r.headerFrom, &r.envelopeFrom}) {
+      // The comment goes last: a state file written before it existed has seven strings.
+      for (const auto* s :
+           {&r.sourceIp, &r.disposition, &r.dkim, &r.spf, &r.reason, &r.headerFrom, &r.envelopeFrom, &r.comment}) {
         if (s != &r.sourceIp) j += ',';
         appendJsonString(j, *s);
       }
@@ -198,7 +201,9 @@ bool decodeState(std::string_view input, int64_t& startMs, int64_t& intervalMs, 
       if (!strings(rv.get("row"), f, 7) || !count(rv.get("count"), n) || !dkim || dkim->type != Value::Type::Array ||
           !spf || spf->type != Value::Type::Array)
         return false;
-      Row r{f[0], f[1], f[2], f[3], f[4], f[5], f[6], {}, {}};
+      Row r{f[0], f[1], f[2], f[3], f[4], {}, f[5], f[6], {}, {}};
+      if (const Value* row = rv.get("row"); row->array.size() > 7 && row->array[7].type == Value::Type::String)
+        r.comment = field(row->array[7].str);
       for (const auto& k : dkim->array) {
         std::vector<std::string> x;
         if (!strings(&k, x, 3)) return false;
@@ -317,6 +322,7 @@ std::string reportXml(const ReportInfo& info, const DomainRows& d) {
     if (!r.reason.empty()) {
       x += "        <reason>\n";
       element(x, "          ", "type", r.reason);
+      if (!r.comment.empty()) element(x, "          ", "comment", r.comment);
       x += "        </reason>\n";
     }
     x += "      </policy_evaluated>\n    </row>\n    <identifiers>\n";

@@ -47,6 +47,7 @@ struct Row {
   std::string disposition;  // none quarantine reject
   std::string dkim, spf;    // the DMARC-aligned results: pass | fail
   std::string reason;       // "" or a PolicyOverrideType
+  std::string comment;      // the reason's comment: the trusted ARC sealer ("arc=pass sealer=D"), or ""
   std::string headerFrom, envelopeFrom;
   std::vector<DkimAuth> dkimResults;
   std::vector<SpfAuth> spfResults;

@@ -273,3 +273,40 @@ TEST_CASE("the rua size limit is read with its unit", "[dmarc_report]") {
   CHECK(r.mailto[0].maxSize == 100);
   CHECK(r.mailto[1].maxSize == 2u * 1024 * 1024);
 }
+
+TEST_CASE("an override by a trusted ARC sealer is a trusted_forwarder row with a comment naming it", "[dmarc_report]") {
+  auto ctx = evaluated("fail");
+  ctx.dmarc.disposition = "none";
+  ctx.dmarc.applied = "override";
+  ctx.dmarc.overrideReason = "trusted_forwarder";
+  ctx.dmarc.overrideComment = "arc=pass sealer=lists.example.org";
+  auto e = entryFor(ctx);
+  REQUIRE(e);
+  CHECK(e->row.reason == "trusted_forwarder");
+  CHECK(e->row.comment == "arc=pass sealer=lists.example.org");
+  Aggregator agg;
+  agg.add(*e);
+  agg.add(*entryFor(evaluated("fail")));  // the same row without the override stays apart
+  ReportInfo info{"Moat Org",     "dmarc@moat.test", "",        "1700000000.1.ab@mx.moat.test",
+                  "example.test", 1700000000,        1700086400};
+  std::string x = reportXml(info, agg.results().at("example.test"));
+  CHECK(occurrences(x, "<record>") == 2);
+  CHECK(occurrences(x, "<reason>") == 1);
+  CHECK(between(x, "type") == "trusted_forwarder");
+  CHECK(between(x, "comment") == "arc=pass sealer=lists.example.org");
+  // The checkpoint keeps the comment, and a state file written before it existed still reads.
+  std::string text = encodeState(1000, 60000, agg.results());
+  Aggregator back;
+  int64_t start = 0, interval = 0;
+  REQUIRE(decodeState(text, start, interval, back));
+  CHECK(back.results().at("example.test").rows == agg.results().at("example.test").rows);
+  std::string old = text;
+  for (size_t at = old.find(",\"arc=pass sealer=lists.example.org\"]"); at != std::string::npos;
+       at = old.find(",\"arc=pass sealer=lists.example.org\"]"))
+    old.replace(at, std::string(",\"arc=pass sealer=lists.example.org\"]").size(), "]");
+  for (size_t at = old.find(",\"\"],\"dkim\""); at != std::string::npos; at = old.find(",\"\"],\"dkim\""))
+    old.replace(at, std::string(",\"\"],\"dkim\"").size(), "],\"dkim\"");
+  Aggregator older;
+  REQUIRE(decodeState(old, start, interval, older));
+  CHECK(older.results().at("example.test").messages() == 2);
+}

@@ -456,6 +456,52 @@ TEST_CASE("trusted forwarders: reported, never enforced") {
   REQUIRE(r.result.verdict == Verdict::Reject);
 }
 
+TEST_CASE("a passing ARC chain from a trusted sealer overrides reject and quarantine, nothing else does") {
+  MemoryResolver dns;
+  dns.addTxt("_dmarc.rej.example", "v=DMARC1; p=reject");
+  dns.addTxt("_dmarc.quar.example", "v=DMARC1; p=quarantine");
+  policy::Errors errors;
+  auto config = loadWith("", errors);
+  REQUIRE(config);
+  auto filter = makeDmarcFilter(*config, errors);
+  REQUIRE(filter);
+  auto arc = [](const std::string& result, bool trusted) {
+    ArcOutcome a;
+    a.checked = true;
+    a.result = result;
+    a.sealer = "lists.example.org";
+    a.instances = 2;
+    a.trusted = trusted;
+    return a;
+  };
+  for (const char* domain : {"rej.example", "quar.example"}) {
+    auto ctx = context(message(std::string("From: a@") + domain + "\r\n"));
+    ctx->arc = arc("pass", true);
+    auto r = runFilter(*filter, dns, ctx);
+    INFO(domain);
+    REQUIRE(r.result.verdict == Verdict::Continue);
+    REQUIRE(r.result.summary == "fail");  // the A-R still says dmarc=fail
+    REQUIRE(r.result.authResults[0].find("dmarc=fail (p=") == 0);
+    REQUIRE(r.result.authResults[0].find("dis=none reason=trusted_forwarder") != std::string::npos);
+    REQUIRE(ctx->dmarc.applied == "override");
+    REQUIRE(ctx->dmarc.disposition == "none");
+    REQUIRE(ctx->dmarc.overrideReason == "trusted_forwarder");
+    REQUIRE(ctx->dmarc.overrideComment == "arc=pass sealer=lists.example.org");
+    std::string detail = r.result.detail.str();
+    REQUIRE(detail.find("\"override\":\"arc\"") != std::string::npos);
+    REQUIRE(detail.find("\"arc_sealer\":\"lists.example.org\"") != std::string::npos);
+  }
+  // A sealer not trusted, or a chain that did not pass: the policy applies as before.
+  for (auto a : {arc("pass", false), arc("fail", true), arc("none", false)}) {
+    auto ctx = context(message("From: a@rej.example\r\n"));
+    ctx->arc = a;
+    auto r = runFilter(*filter, dns, ctx);
+    REQUIRE(r.result.verdict == Verdict::Reject);
+    REQUIRE(r.result.code == 550);
+    REQUIRE(ctx->dmarc.overrideComment.empty());
+  }
+}
+
 TEST_CASE("the outcome keeps the record, disposition and override reason aggregate reports need") {
   MemoryResolver dns;
   dns.addTxt("_dmarc.rej.example", "v=DMARC1; p=reject; sp=quarantine; adkim=s; fo=1; rua=mailto:a@rej.example");
