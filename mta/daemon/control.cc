@@ -6,6 +6,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <map>
 
@@ -30,6 +32,11 @@ constexpr size_t kSliceVisits = 2048;
 // removal or a DSN on the thread pool), and at most this many started per turn of the loop.
 constexpr size_t kBulkWindow = 64;
 constexpr size_t kBulkPerTurn = 512;
+// `message ID`: the message goes out in slices of this much, each copied on the thread pool
+// (where a mapped file's pages are read from disk) once the socket has taken the one before,
+// so a 35 MB message is never one string in the daemon, and a reader that stops reading
+// holds one slice here, not the message.
+constexpr size_t kMessageSliceBytes = 256 * 1024;
 
 // Splits "first rest" at the first space.
 std::pair<std::string, std::string> firstWord(const std::string& s) {
@@ -77,6 +84,13 @@ struct ControlServer::Impl {
     mta::JsonArray failed;
     uint64_t bounced = 0;
   };
+  // `message ID [headers=1]`: the message read (QueueManager::readMessage), then written a
+  // slice at a time. Only the Client owns it: pool work holds a weak_ptr, so a client gone
+  // meanwhile (its reader vanished, the server stopped) is seen, and no callback touches it.
+  struct MessageStream {
+    std::shared_ptr<const QueueManager::MessageCopy> copy;
+    uint64_t sent = 0;  // bytes of copy->length handed to the socket
+  };
   struct Client {
     Impl* owner = nullptr;
     uv::Handle<uv_pipe_t> pipe;
@@ -87,6 +101,7 @@ struct ControlServer::Impl {
     std::shared_ptr<Bulk> bulk;                         // a bulk action under way
     std::unique_ptr<QueueManager::SelectCursor> summaryCursor;  // a summary being counted
     QueueSummary summary;
+    std::shared_ptr<MessageStream> message;  // a `message` being read or written
   };
 
   uv_loop_t* loop;
@@ -298,7 +313,64 @@ struct ControlServer::Impl {
     answer(c, o.str());
   }
 
+  // `message ID [headers=1]`: one JSON line ({"ok":true,"id","area","size"}: size is how
+  // many bytes follow), then the message's bytes, then the connection closes; or the usual
+  // {"ok":false,"error"} line alone.
+  void startMessage(Client* c, const std::string& arg) {
+    std::string tokens = arg;
+    bool headersOnly = takeFlag(tokens, "headers");
+    auto [id, rest] = firstWord(tokens);
+    if (id.empty() || !rest.empty())
+      return answer(c, JsonObject().add("ok", false).add("error", "message needs one queue id").str());
+    c->message = std::make_shared<MessageStream>();
+    std::weak_ptr<MessageStream> ws = c->message;
+    auto stillAlive = alive;
+    qm.readMessage(
+        id, headersOnly,
+        [this, c, ws, id, stillAlive](std::string error, std::shared_ptr<const QueueManager::MessageCopy> copy) {
+          if (!*stillAlive || ws.expired()) return;
+          if (!copy) {
+            c->message.reset();
+            return answer(c, JsonObject().add("ok", false).add("error", error).str());
+          }
+          c->answered = true;
+          c->message->copy = copy;
+          std::string head =
+              JsonObject().add("ok", true).add("id", id).add("area", copy->area).add("size", copy->length).str();
+          send(c, head + "\n", copy->length == 0);
+        });
+  }
+
+  // The next slice of a message, copied off the loop, written when the copy is made.
+  void nextMessageSlice(Client* c) {
+    auto& m = *c->message;
+    uint64_t from = m.sent;
+    size_t n = static_cast<size_t>(std::min<uint64_t>(kMessageSliceBytes, m.copy->length - from));
+    auto piece = std::make_shared<std::string>();
+    std::weak_ptr<MessageStream> ws = c->message;
+    auto stillAlive = alive;
+    uv::queueWork(
+        loop,
+        [copy = m.copy, from, n, piece] {
+          // Bytes [from, from + n) of the gateway's header lines followed by the stored message.
+          const std::string& prefix = copy->prefix;
+          std::string_view body = copy->body->bytes();
+          piece->reserve(n);
+          if (from < prefix.size()) piece->append(prefix, static_cast<size_t>(from), n);
+          size_t inBody = from > prefix.size() ? static_cast<size_t>(from - prefix.size()) : 0;
+          piece->append(body.substr(inBody, n - piece->size()));
+        },
+        [this, c, ws, stillAlive, piece, n] {
+          if (!*stillAlive) return;
+          auto s = ws.lock();
+          if (!s) return;  // the client went meanwhile
+          s->sent += n;
+          send(c, std::move(*piece), s->sent >= s->copy->length);
+        });
+  }
+
   void nextSlice(Client* c) {
+    if (c->message) return nextMessageSlice(c);
     std::string out;
     qm.listSlice(*c->listing, out, kSliceBytes, kSliceVisits);
     if (c->listing->done) {
@@ -329,6 +401,10 @@ struct ControlServer::Impl {
       return false;
     };
     log::info("control").add("verb", verb).add("arg", arg);
+    if (verb == "message") {  // `show ID --message`: an answer that streams
+      if (needId()) startMessage(c, arg);
+      return;
+    }
     if (verb == "list")
       startList(c, arg);
     else if (verb == "summary")
@@ -414,25 +490,27 @@ void ControlServer::stop() {
   impl_->path.clear();
 }
 
-bool controlRequest(const std::string& path, const std::string& request, std::string& reply, std::string& error,
-                    int timeoutSeconds) {
+namespace {
+
+// A connected control socket with the request sent, or -1 with `error`.
+int sendRequest(const std::string& path, const std::string& request, std::string& error, int timeoutSeconds) {
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     error = std::strerror(errno);
-    return false;
+    return -1;
   }
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.size() >= sizeof addr.sun_path) {
     ::close(fd);
     error = "socket path too long: " + path;
-    return false;
+    return -1;
   }
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
     error = "cannot reach the daemon at " + path + ": " + std::strerror(errno) + " (is `moat serve` running?)";
     ::close(fd);
-    return false;
+    return -1;
   }
   timeval tv{timeoutSeconds, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -440,8 +518,17 @@ bool controlRequest(const std::string& path, const std::string& request, std::st
   if (::write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
     error = std::strerror(errno);
     ::close(fd);
-    return false;
+    return -1;
   }
+  return fd;
+}
+
+}  // namespace
+
+bool controlRequest(const std::string& path, const std::string& request, std::string& reply, std::string& error,
+                    int timeoutSeconds) {
+  int fd = sendRequest(path, request, error, timeoutSeconds);
+  if (fd < 0) return false;
   char buf[65536];
   ssize_t n;
   while ((n = ::read(fd, buf, sizeof buf)) > 0) reply.append(buf, static_cast<size_t>(n));
@@ -449,6 +536,43 @@ bool controlRequest(const std::string& path, const std::string& request, std::st
   while (!reply.empty() && (reply.back() == '\n' || reply.back() == '\r')) reply.pop_back();
   if (reply.empty()) {
     error = "no answer from the daemon";
+    return false;
+  }
+  return true;
+}
+
+bool controlStream(const std::string& path, const std::string& request, std::string& head,
+                   const std::function<bool(std::string_view)>& sink, std::string& error, int timeoutSeconds) {
+  int fd = sendRequest(path, request, error, timeoutSeconds);
+  if (fd < 0) return false;
+  char buf[65536];
+  ssize_t n = 0;
+  bool haveHead = false;
+  bool ok = true;
+  while (ok && (n = ::read(fd, buf, sizeof buf)) > 0) {
+    std::string_view got(buf, static_cast<size_t>(n));
+    if (!haveHead) {
+      auto nl = got.find('\n');
+      head.append(got.substr(0, nl));
+      if (nl == std::string_view::npos) {
+        if (head.size() > kMaxRequest) break;  // no head line: not an answer to this request
+        continue;
+      }
+      haveHead = true;
+      got.remove_prefix(nl + 1);
+    }
+    if (!got.empty()) ok = sink(got);
+  }
+  int readErr = n < 0 ? errno : 0;
+  ::close(fd);
+  if (!haveHead && n == 0 && !head.empty() && head.size() <= kMaxRequest) haveHead = true;  // a last line without LF
+  if (!haveHead) {
+    error = head.empty() ? "no answer from the daemon" : "a malformed answer from the daemon";
+    return false;
+  }
+  if (ok && readErr != 0) {
+    error = readErr == EAGAIN || readErr == EWOULDBLOCK ? "the daemon stopped answering"
+                                                        : std::string("reading the answer: ") + std::strerror(readErr);
     return false;
   }
   return true;

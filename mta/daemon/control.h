@@ -11,11 +11,17 @@
 // (4 KiB); anything else gets {"ok":false,"error":...}. The answer to `list` (megabytes for
 // a long queue) is written in slices across turns of the loop, each made once the socket
 // has taken the one before (QueueManager::listSlice), so it never holds the loop up.
+// `message ID [headers=1]` (`moat queue show ID --message|--headers`) is the one answer
+// that is not all JSON: a line {"ok":true,"id","area","size"}, then exactly `size` bytes of
+// the message as delivery would send it (or of its header section), in slices read on the
+// thread pool, each once the socket has taken the one before; an error is the usual line alone.
 #pragma once
 #include <uv.h>
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 namespace moat::mta::daemon {
 
@@ -38,5 +44,12 @@ class ControlServer {
 // `timeoutSeconds` bounds each wait for the answer.
 bool controlRequest(const std::string& path, const std::string& request, std::string& reply, std::string& error,
                     int timeoutSeconds = 30);
+
+// Client side of an answer that streams (`message`): its first line (the JSON head) in
+// `head`, then every byte after it given to `sink` as it arrives, never held whole; `sink`
+// returns false to stop (a write error). False with `error` when the daemon cannot be
+// reached, the head is missing or the answer stops coming for `timeoutSeconds`.
+bool controlStream(const std::string& path, const std::string& request, std::string& head,
+                   const std::function<bool(std::string_view)>& sink, std::string& error, int timeoutSeconds = 30);
 
 }  // namespace moat::mta::daemon

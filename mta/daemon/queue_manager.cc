@@ -2756,6 +2756,41 @@ std::string QueueManager::show(const std::string& id) const {
   return o.str();
 }
 
+void QueueManager::readMessage(const std::string& id, bool headersOnly,
+                               std::function<void(std::string, std::shared_ptr<const MessageCopy>)> done) {
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return done("no such message: " + id, nullptr);
+  auto copy = std::make_shared<MessageCopy>();
+  copy->area = areaLabel(it->second.env.area);
+  copy->prefix = serializeHeaders(it->second.env.headers);  // as route() makes it for delivery
+  auto error = std::make_shared<std::string>();
+  auto spool = spool_;
+  auto alive = alive_;
+  uv::queueWork(
+      loop_,
+      [spool, id, copy, error, headersOnly, edits = it->second.env.edits] {
+        // The bytes delivery reads (loadData): the stored file with the filters' edits.
+        copy->body = queue::deliveredData(spool->openData(id, *error), edits);
+        if (!copy->body) return;
+        std::string_view body = copy->body->bytes();
+        copy->length = copy->prefix.size() + body.size();
+        if (!headersOnly) return;
+        // The header section of prefix + body: the gateway's lines are all header lines.
+        size_t end = mta::headerBlock(body).size();
+        if (end < body.size()) end += body.compare(end, 2, "\r\n") == 0 ? 2 : 1;  // the empty line
+        copy->length = copy->prefix.size() + end;
+      },
+      [alive, id, copy, error, done = std::move(done)] {
+        if (!*alive) return;
+        if (!copy->body) {
+          // Deleted or delivered between the request and the read: as for an unknown id.
+          bool gone = queue::errorKind(*error) == queue::ErrorKind::NotFound;
+          return done(gone ? "no such message: " + id : "cannot read message " + id + ": " + *error, nullptr);
+        }
+        done("", copy);
+      });
+}
+
 std::string QueueManager::flush(const std::string& id) {
   unreachable_.clear();  // the admin says: try now
   size_t n = 0;

@@ -111,6 +111,21 @@ class QueueManager {
   void selectSlice(SelectCursor& cursor, std::vector<std::string>& ids, size_t maxVisits) const;
   void summarySlice(SelectCursor& cursor, QueueSummary& summary, size_t maxVisits) const;
   std::string show(const std::string& id) const;
+  // `show ID --message` / `--headers`: the message as delivery would send it, its gateway
+  // header lines (`prefix`) then the stored bytes with the filters' edits (`body`, one
+  // mapping or copy made on the thread pool by the code delivery reads through), and how
+  // many of those bytes to send (`length`: all, or the header section up to and including
+  // the empty line). Any area. `done` runs on the loop with `error` set ("no such message:
+  // ID", or the spool's error when the files went meanwhile) or with the message; the bytes
+  // stay readable for as long as `body` is held, whatever happens to the message meanwhile.
+  struct MessageCopy {
+    std::string area;
+    std::string prefix;
+    std::shared_ptr<const queue::MessageData> body;
+    uint64_t length = 0;
+  };
+  void readMessage(const std::string& id, bool headersOnly,
+                   std::function<void(std::string error, std::shared_ptr<const MessageCopy>)> done);
   std::string flush(const std::string& id);  // "" = everything due now
   // flush of one message: 1 = to be tried now, 0 = not active or busy, -1 = no such message.
   int flushOne(const std::string& id);
