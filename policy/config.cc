@@ -432,6 +432,15 @@ void readRoute(Config& c, Section s) {
   // when STARTTLS is not offered or fails, so only the levels that never do qualify.
   if (!r.authFile.empty() && (r.tls == TlsPolicy::None || r.tls == TlsPolicy::May))
     s.error("auth_file", "auth_file needs a tls that never falls back to plain text: tls = \"require\" or \"verify\"");
+  // A client certificate (mutual TLS): presented on every TLS connection of the route when
+  // the next hop asks for one. Loaded (and checked against its key) with the snapshot.
+  r.tlsCert = s.getPath("tls_cert", "");
+  r.tlsKey = s.getPath("tls_key", "");
+  r.tlsCertLine = s.lineOf(r.tlsCert.empty() && !r.tlsKey.empty() ? "tls_key" : "tls_cert");
+  if (r.tlsCert.empty() != r.tlsKey.empty())
+    s.error(r.tlsCert.empty() ? "tls_key" : "tls_cert", "tls_cert and tls_key go together: set both or neither");
+  else if (!r.tlsCert.empty() && r.tls == TlsPolicy::None)
+    s.error("tls_cert", "tls_cert needs a tls that uses TLS: \"may\", \"require\", \"verify\" or \"dane\"");
   // RFC 8461 §4: a policy names MX hosts, so it applies only to delivery by MX; it raises
   // "may" (and DANE's hosts without TLSA stay DANE's), never weakens another level.
   r.mtaSts = s.getBool("mta_sts", false);

@@ -67,6 +67,10 @@ struct Route {
   // Only with a tls that never sends them in plain text.
   std::string authFile;
   int authFileLine = 0;
+  // The client certificate chain and key (PEM; absolute, or both empty) its TLS connections
+  // present when the next hop asks for one (mutual TLS). Line: of tls_cert.
+  std::string tlsCert, tlsKey;
+  int tlsCertLine = 0;
   // RFC 8461: honour the destination's MTA-STS policy (mx routes with tls "may" or "dane").
   bool mtaSts = false;
   // RFC 3030 BDAT to a next hop that offers CHUNKING (and PIPELINING); false: always DATA.

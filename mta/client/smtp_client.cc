@@ -166,7 +166,16 @@ void SmtpClient::start(std::shared_ptr<net::Connection> conn) {
     if (auto self = weak.lock()) self->onData(d);
   };
   cb.onClose = [weak](const std::string& error) {
-    if (auto self = weak.lock()) self->fail(error.empty() ? "connection closed by peer" : error);
+    auto self = weak.lock();
+    if (!self) return;
+    std::string why = error.empty() ? "connection closed by peer" : error;
+    // A server that refuses the client certificate (TLS 1.3: after the client's handshake is
+    // done) may only close the connection, before any reply to the EHLO that follows: the
+    // error says the server had asked for one, and whether it was presented.
+    if (const tls::TlsSession* t = self->conn_ ? self->conn_->tls() : nullptr;
+        t && self->ext_.empty() && why.find("client certificate") == std::string::npos)
+      why += t->clientCertificateNote();
+    self->fail(why);
   };
   cb.onDrain = [weak] {
     if (auto self = weak.lock(); self && self->body_ && !self->body_->done)
@@ -467,6 +476,7 @@ void SmtpClient::send(Transaction t, std::function<void(TransactionResult)> done
   state_ = State::Busy;
   self_ = shared_from_this();
   res.authUser = authUser_;
+  res.clientCertificate = tlsClientCertificate();
   result_ = std::move(res);
   txDone_ = std::move(done);
   prepare(std::move(t));
@@ -868,6 +878,8 @@ std::string SmtpClient::tlsSummary() const {
 bool SmtpClient::tlsVerified() const { return tlsActive() && conn_->tls()->peerVerified(); }
 
 bool SmtpClient::tlsDane() const { return tlsActive() && conn_->tls()->daneAuthenticated(); }
+
+bool SmtpClient::tlsClientCertificate() const { return tlsActive() && conn_->tls()->clientCertificatePresented(); }
 
 bool SmtpClient::supports(std::string_view ext) const { return ext_.find(ext) != ext_.end(); }
 

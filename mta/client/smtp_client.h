@@ -154,6 +154,9 @@ struct TransactionResult {
   // success itself ("relayed", §5.2.2).
   bool dsnOffered = false;
   std::string authUser;  // the name the connection authenticated as (RFC 4954), "" = none
+  // The server asked for a client certificate and the connection presented the route's
+  // (TlsContext::withClientCertificate, mutual TLS).
+  bool clientCertificate = false;
   std::string source;    // the local address the connection was bound to, "" = the kernel's choice
   Reply mail;
   std::vector<Reply> rcpts;   // one per rcpt, same order
@@ -210,6 +213,7 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   std::string tlsSummary() const;  // "TLSv1.3 TLS_AES_256_GCM_SHA384", "" without TLS
   bool tlsVerified() const;        // the peer's certificate verified (client context verifying)
   bool tlsDane() const;            // the peer was authenticated by DANE TLSA records (RFC 7672)
+  bool tlsClientCertificate() const;  // the server asked for a client certificate and got ours
   const std::string& peerName() const { return peerName_; }         // from the greeting
   const std::string& authenticatedAs() const { return authUser_; }  // "" = no AUTH
   // The source address bound for this connection's family (Options), "" = none.

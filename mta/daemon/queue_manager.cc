@@ -281,6 +281,8 @@ struct QueueManager::Job {
   std::string reportDomain;
   // [[route]] auth_file: SMTP AUTH after STARTTLS; null = no AUTH.
   std::shared_ptr<const client::Credentials> auth;
+  // [[route]] tls_cert: presented on every TLS connection when the next hop asks; null = none.
+  std::shared_ptr<const tls::ClientCertificate> clientCert;
   bool chunking = true;  // [[route]] chunking: BDAT when the next hop offers CHUNKING
   // RFC 8689 §4.2.1: the message carries REQUIRETLS (and has a sender to report to): only a
   // host whose name was found securely (`nameSecure`: a DNSSEC-signed MX RRset, or the
@@ -943,6 +945,7 @@ std::string tlsKey(client::TlsMode mode, const policy::Route& route) {
   if (route.tls == policy::TlsPolicy::Dane) k += ",dane";  // deliverSmtp adds each host's TLSA
   if (route.mtaSts) k += ",sts";                           // submitSts adds the policy's mode and id
   if (!route.chunking) k += ",nochunking";
+  if (!route.tlsCert.empty()) k += ",cert=" + route.tlsCert;  // deliverSmtp adds its fingerprint
   return k;
 }
 
@@ -1021,6 +1024,12 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
       authMissing = true;
     }
   }
+  // Loaded by the snapshot for every route that names one; a route without its certificate
+  // fails closed (deferred), it never connects without it. Pooled by the certificate itself,
+  // so a connection made before a reload that renewed it never carries later mail.
+  bool certMissing = false;
+  job->clientCert = snap_->clientCertificate(route, certMissing);
+  if (job->clientCert) authPart += ",certfp=" + job->clientCert->fingerprint();
   job->tlsName = tlsPolicyName(route.tls);
   const auto& env = attempt->env;
   job->requireTls = env.requireTls && !env.mailFrom.empty();
@@ -1047,6 +1056,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
       o.tls = tls;
       o.auth = r.authUser;
       o.source = r.source;
+      o.clientCert = r.clientCertificate;
       // Only a reply the server sent is its word (RFC 3464 §2.3.5-6); r.error is our text.
       // LMTP (RFC 2033 §4.2): the reply after the dot for this very recipient, when one came,
       // is its outcome, also when the connection ended before the later recipients' replies.
@@ -1114,6 +1124,7 @@ void QueueManager::deliverSmtp(std::shared_ptr<Attempt> attempt, const policy::R
 
   if (verifyMissing) return failAll("451 4.7.5 no verifying TLS context for this route (not sent)");
   if (authMissing) return failAll("451 4.7.0 no credentials loaded for this route's auth_file (not sent)");
+  if (certMissing) return failAll("451 4.7.5 no client certificate loaded for this route's tls_cert (not sent)");
   // RFC 8689 §4.2.1: a route's own host is found securely (the config names it), but only
   // tls = "verify" or "dane" authenticate it; by MX, every host is checked as it is tried.
   if (job->requireTls &&
@@ -1546,6 +1557,9 @@ void QueueManager::openConnection(Destination& d) {
         o.sni = hop.name;
       }
     }
+    // [[route]] tls_cert: whichever context the hop got, its sessions present the route's
+    // certificate when the server asks for one (mutual TLS).
+    if (job->clientCert && o.tlsCtx) o.tlsCtx = tls::TlsContext::withClientCertificate(o.tlsCtx, job->clientCert);
     auto connected =
         [this, alive, tr, job, key, self, relay, hop, daneLevel, daneRequired, stsPolicy, stsEnforce, reportPolicy,
          notes](std::shared_ptr<client::SmtpClient> c, const std::string& error, const client::Reply& greeting) {
@@ -1813,6 +1827,7 @@ void QueueManager::finishAttempt(std::shared_ptr<Attempt> attempt) {
         outcomeFields(line);
         if (!o.tls.empty()) line.add("tls", o.tls);
         if (!o.auth.empty()) line.add("auth", o.auth);
+        if (o.clientCert) line.add("client_cert", true);  // mutual TLS: the next hop asked, got it
         if (!o.source.empty()) line.add("source", o.source);
         if (o.batv) line.add("batv", true);  // the next hop saw the BATV-tagged sender
         ++server::metrics().recipientsDelivered;

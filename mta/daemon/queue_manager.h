@@ -177,6 +177,7 @@ class QueueManager {
     bool local = false;
     std::string auth{};  // the name the connection authenticated as (SMTP AUTH), "" = none
     std::string source{};  // the local address the connection was bound to, "" = none
+    bool clientCert = false;  // the next hop asked for a client certificate and got the route's
     bool batv = false;     // sent with the BATV-tagged envelope sender ([bounce_verification])
   };
   // What a DSN reports (RFC 3461 §5.2): each recipient's NOTIFY decides whether it is named.

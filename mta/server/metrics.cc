@@ -47,6 +47,19 @@ size_t known(const std::array<const char*, N>& names, std::string_view value) {
   return N - 1;
 }
 
+// A label value in the text exposition format: backslash, double quote and line feed escaped.
+std::string labelValue(std::string_view v) {
+  std::string out;
+  for (char ch : v) {
+    if (ch == '\\' || ch == '"') out += '\\';
+    if (ch == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += ch;
+  }
+  return out;
+}
 }  // namespace
 
 void Metrics::registerFilter(std::string_view filter) {
@@ -150,13 +163,17 @@ std::string Metrics::prometheus() const {
   if (spoolMinFreeBytes)
     counter("moat_spool_min_free_bytes", "server.min_free_disk: under it MAIL FROM is refused with 452 4.3.1.",
             spoolMinFreeBytes(), "gauge");
-  if (!certificateNotAfter.empty()) {
+  if (!certificateNotAfter.empty() || !clientCertificateNotAfter.empty()) {
     out +=
         "# HELP moat_tls_certificate_expiry_timestamp_seconds When the certificate each TLS listener serves "
-        "expires (its notAfter, Unix seconds), by listener address.\n"
+        "(by listener address), or each route presents as its client certificate (by client_cert file), "
+        "expires (its notAfter, Unix seconds).\n"
         "# TYPE moat_tls_certificate_expiry_timestamp_seconds gauge\n";
     for (const auto& [listener, notAfter] : certificateNotAfter)
       out += "moat_tls_certificate_expiry_timestamp_seconds{listener=\"" + listener + "\"} " +
+             std::to_string(notAfter) + "\n";
+    for (const auto& [file, notAfter] : clientCertificateNotAfter)
+      out += "moat_tls_certificate_expiry_timestamp_seconds{client_cert=\"" + labelValue(file) + "\"} " +
              std::to_string(notAfter) + "\n";
   }
   out += "# HELP moat_delivery_latency_seconds From arrival to delivery, per recipient.\n"

@@ -77,6 +77,8 @@ struct Metrics {
   uint64_t queueActive = 0, queueHold = 0, queueQuarantine = 0;
   // Each TLS listener's certificate in force: its address → notAfter (Unix seconds).
   std::map<std::string, int64_t> certificateNotAfter;
+  // Each [[route]] tls_cert in force (client certificates): its path → notAfter.
+  std::map<std::string, int64_t> clientCertificateNotAfter;
   // The spool's free space (the reading the MAIL-time floor check uses) and the floor
   // (server.min_free_disk); read when /metrics is rendered. Unset: the gauges are left out.
   std::function<uint64_t()> spoolFreeBytes;

@@ -24,6 +24,7 @@ std::string routeKey(const policy::Route& route) {
   k += "tls=" + std::to_string(static_cast<int>(route.tls));
   if (route.tls == policy::TlsPolicy::Verify) k += ",ca=" + route.caFile;
   if (!route.authFile.empty()) k += ",auth=" + route.authFile;
+  if (!route.tlsCert.empty()) k += ",cert=" + route.tlsCert;
   // What the next hop sees of the client can change its answer (an address it trusts).
   return k + route.sourceKey();
 }
@@ -236,6 +237,13 @@ void RecipientVerifier::start(const std::shared_ptr<Probe>& p) {
     if (it == snap.routeCredentials.end())
       return finish(p, {VerifyResult::Unknown, "no credentials loaded for the route's auth_file", "", false});
     o.auth = std::make_shared<const client::Credentials>(it->second->username(), it->second->password());
+  }
+  // [[route]] tls_cert: presented as the route's deliveries present it; never left out.
+  bool certMissing = false;
+  if (auto cert = snap.clientCertificate(route, certMissing); cert && o.tlsCtx) {
+    o.tlsCtx = tls::TlsContext::withClientCertificate(o.tlsCtx, std::move(cert));
+  } else if (certMissing) {
+    return finish(p, {VerifyResult::Unknown, "no client certificate loaded for the route's tls_cert", "", false});
   }
   // verify_timeout bounds the probe as a whole (the timer); these only make each step give up
   // no later than that.

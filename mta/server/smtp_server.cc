@@ -97,6 +97,10 @@ void SmtpServer::applyCertificates() {
     }
     if (served) expiry[address] = served->notAfter();
   }
+  auto& clientExpiry = metrics().clientCertificateNotAfter;
+  clientExpiry.clear();
+  for (const auto& [key, cert] : shared_.snapshot->clientCertificates)
+    clientExpiry[cert->certFile()] = cert->notAfter();
 }
 
 uint64_t SmtpServer::freeDisk() { return shared_.freeDisk(); }

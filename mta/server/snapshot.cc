@@ -11,12 +11,13 @@
 namespace moat::mta::server {
 namespace {
 
-// A listener certificate that has expired or expires within kCertificateWarningDays: a warning
-// (moat check, and serve's start), not an error. Serving it still gives opportunistic TLS to
-// the MTAs that do not check; refusing to start would take in no mail at all.
+// A certificate (a listener's, or a route's client certificate) that has expired or expires
+// within kCertificateWarningDays: a warning (moat check, and serve's start), not an error.
+// Serving it still gives opportunistic TLS to the MTAs that do not check; refusing to start
+// would take in no mail at all. `what`: "[[listener]] ADDRESS" or "[[route]] tls_cert".
 constexpr int64_t kCertificateWarningDays = 14;
-void certificateExpiryWarning(const policy::Config& config, const policy::Listener& l, int64_t notAfter,
-                              policy::Errors& errors) {
+void certificateExpiryWarning(const policy::Config& config, int line, const std::string& what, const std::string& file,
+                              int64_t notAfter, policy::Errors& errors) {
   const int64_t now = wallClockMs() / 1000;
   if (notAfter == 0 || notAfter - now >= kCertificateWarningDays * 86400) return;
   char date[32] = "";
@@ -28,9 +29,8 @@ void certificateExpiryWarning(const policy::Config& config, const policy::Listen
                      : days == 0     ? "expires on " + std::string(date) + " (within a day)"
                                      : "expires on " + std::string(date) + " (in " + std::to_string(days) +
                                        (days == 1 ? " day)" : " days)");
-  errors.warning(config.path, l.line,
-                 "[[listener]] " + l.address + ": the certificate in " + l.tlsCert + " " + when +
-                     ": renew it and reload (SIGHUP)");
+  errors.warning(config.path, line,
+                 what + ": the certificate in " + file + " " + when + ": renew it and reload (SIGHUP)");
 }
 
 // A policy file the config names (by `key` at `line`) that cannot be opened is reported
@@ -107,7 +107,7 @@ std::shared_ptr<Snapshot> build(std::shared_ptr<const policy::Config> config, po
       continue;
     }
     snap->serverTls[l.address] = ctx;
-    certificateExpiryWarning(*config, l, ctx->notAfter(), errors);
+    certificateExpiryWarning(*config, l.line, "[[listener]] " + l.address, l.tlsCert, ctx->notAfter(), errors);
   }
   std::map<std::string, std::shared_ptr<const policy::UserDb>> usersByFile;  // listeners may share one
   for (const auto& l : config->listeners) {
@@ -179,6 +179,18 @@ std::shared_ptr<Snapshot> build(std::shared_ptr<const policy::Config> config, po
     }
     snap->verifyingClientTls[r.caFile] = ctx;
   }
+  for (const auto& r : config->routes) {
+    if (r.tlsCert.empty() || r.tlsKey.empty()) continue;
+    const std::string key = Snapshot::clientCertificateKey(r);
+    if (snap->clientCertificates.count(key)) continue;
+    auto cert = tls::ClientCertificate::load(r.tlsCert, r.tlsKey, error);
+    if (!cert) {
+      errors.error(config->path, r.tlsCertLine, "[[route]] tls_cert: " + error);
+      continue;
+    }
+    snap->clientCertificates[key] = cert;
+    certificateExpiryWarning(*config, r.tlsCertLine, "[[route]] tls_cert", r.tlsCert, cert->notAfter(), errors);
+  }
   if (config->tlsrptEnabled) {
     snap->tlsrptTls = tls::TlsContext::client(true, config->mtaStsCaFile, error);
     if (!snap->tlsrptTls) errors.error(config->path, config->mtaStsCaFileLine, "[mta_sts] ca_file: " + error);
@@ -201,6 +213,15 @@ std::shared_ptr<Snapshot> build(std::shared_ptr<const policy::Config> config, po
 }
 
 }  // namespace
+
+std::shared_ptr<const tls::ClientCertificate> Snapshot::clientCertificate(const policy::Route& route,
+                                                                          bool& missing) const {
+  missing = false;
+  if (route.tlsCert.empty()) return nullptr;
+  auto it = clientCertificates.find(clientCertificateKey(route));
+  missing = it == clientCertificates.end();
+  return missing ? nullptr : it->second;
+}
 
 std::shared_ptr<const Snapshot> Snapshot::load(const std::string& configPath, policy::Errors& errors) {
   return load(policy::readConfig(configPath, errors), errors);

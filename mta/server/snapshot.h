@@ -31,6 +31,15 @@ struct Snapshot {
   // tls = "verify" (Postfix's "secure"): one verifying context per route ca_file ("" = the
   // system store alone), built at load so a bad file is refused with its FILE:LINE.
   std::map<std::string, std::shared_ptr<tls::TlsContext>> verifyingClientTls;
+  // [[route]] tls_cert and tls_key: the client certificates routes present (mutual TLS), by
+  // clientCertificateKey(route); routes naming the same files share one. Read at load, so
+  // SIGHUP picks up a renewed certificate and a broken one keeps the old snapshot. A route
+  // whose entry is missing (an older snapshot's route) fails closed: it is deferred.
+  std::map<std::string, std::shared_ptr<const tls::ClientCertificate>> clientCertificates;
+  static std::string clientCertificateKey(const policy::Route& route) { return route.tlsCert + '\n' + route.tlsKey; }
+  // `route`'s client certificate: null when it names none (`missing` false) or when it names
+  // one this snapshot does not hold (`missing` true: the caller defers, never goes without).
+  std::shared_ptr<const tls::ClientCertificate> clientCertificate(const policy::Route& route, bool& missing) const;
   // MTA-STS (RFC 8461), built when a route has mta_sts: a verifying context with the system
   // store and [mta_sts] ca_file (policy fetches, enforce), and one that checks the same way
   // but lets the handshake go on unverified (testing: deliver as "may", report the failure).

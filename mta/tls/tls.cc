@@ -54,7 +54,74 @@ SslCtxPtr baseContext(bool server, std::string& error) {
   return ctx;
 }
 
+int64_t notAfterOf(X509* cert) {
+  struct tm tm {};
+  if (!cert || ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) != 1) return 0;
+  return static_cast<int64_t>(::timegm(&tm));
+}
+
 }  // namespace
+
+std::shared_ptr<const ClientCertificate> ClientCertificate::load(const std::string& certFile,
+                                                                 const std::string& keyFile, std::string& error) {
+  // An SSL_CTX is OpenSSL's own loader for a PEM chain and key (the same checks as a
+  // listener's); sessions take the loaded objects from it (applyTo), never the files.
+  auto ctx = baseContext(false, error);
+  if (!ctx) return nullptr;
+  if (SSL_CTX_use_certificate_chain_file(ctx.get(), certFile.c_str()) != 1) {
+    error = "cannot load certificate " + certFile + ": " + drainErrors();
+    return nullptr;
+  }
+  if (SSL_CTX_use_PrivateKey_file(ctx.get(), keyFile.c_str(), SSL_FILETYPE_PEM) != 1) {
+    // OpenSSL checks the key against the certificate as it loads it: say which it was.
+    const unsigned long e = ERR_peek_last_error();
+    const bool mismatch = ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH;
+    error = (mismatch ? "private key " + keyFile + " does not match certificate " + certFile + ": "
+                      : "cannot load private key " + keyFile + ": ") +
+            drainErrors();
+    return nullptr;
+  }
+  if (SSL_CTX_check_private_key(ctx.get()) != 1) {
+    error = "private key " + keyFile + " does not match certificate " + certFile + ": " + drainErrors();
+    return nullptr;
+  }
+  X509* cert = SSL_CTX_get0_certificate(ctx.get());
+  if (!cert) {
+    error = "no certificate in " + certFile;
+    return nullptr;
+  }
+  auto out = std::make_shared<ClientCertificate>();
+  out->notAfter_ = notAfterOf(cert);
+  if (BIO* b = BIO_new(BIO_s_mem())) {
+    if (X509_NAME_print_ex(b, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253) >= 0) {
+      char* data = nullptr;
+      long n = BIO_get_mem_data(b, &data);
+      if (n > 0) out->subject_.assign(data, static_cast<size_t>(n));
+    }
+    BIO_free(b);
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int mdLen = 0;
+  if (X509_digest(cert, EVP_sha256(), md, &mdLen) == 1) {
+    static const char* kHex = "0123456789abcdef";
+    for (unsigned int i = 0; i < mdLen; ++i) {
+      out->fingerprint_ += kHex[md[i] >> 4];
+      out->fingerprint_ += kHex[md[i] & 15];
+    }
+  }
+  out->certFile_ = certFile;
+  out->holder_ = std::move(ctx);
+  return out;
+}
+
+bool ClientCertificate::applyTo(SSL* ssl) const {
+  X509* cert = SSL_CTX_get0_certificate(holder_.get());
+  EVP_PKEY* key = SSL_CTX_get0_privatekey(holder_.get());
+  STACK_OF(X509)* chain = nullptr;
+  SSL_CTX_get0_chain_certs(holder_.get(), &chain);
+  // Takes its own references (the chain is copied with each certificate's count raised).
+  return cert && key && SSL_use_cert_and_key(ssl, cert, key, chain, 1) == 1;
+}
 
 std::shared_ptr<TlsContext> TlsContext::server(const std::string& certFile, const std::string& keyFile,
                                                std::string& error) {
@@ -73,10 +140,7 @@ std::shared_ptr<TlsContext> TlsContext::server(const std::string& certFile, cons
     return nullptr;
   }
   auto out = std::make_shared<TlsContext>();
-  if (X509* cert = SSL_CTX_get0_certificate(ctx.get())) {
-    struct tm tm {};
-    if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) == 1) out->notAfter_ = static_cast<int64_t>(::timegm(&tm));
-  }
+  out->notAfter_ = notAfterOf(SSL_CTX_get0_certificate(ctx.get()));
   out->ctx_ = std::move(ctx);
   out->server_ = true;
   return out;
@@ -117,6 +181,19 @@ std::shared_ptr<TlsContext> TlsContext::withDane(const std::shared_ptr<TlsContex
   out->ctx_.reset(base->get());
   out->verify_ = true;
   out->dane_ = std::make_shared<const DanePeer>(std::move(peer));
+  out->clientCert_ = base->clientCert_;
+  return out;
+}
+
+std::shared_ptr<TlsContext> TlsContext::withClientCertificate(const std::shared_ptr<TlsContext>& base,
+                                                              std::shared_ptr<const ClientCertificate> cert) {
+  if (!base || !base->get() || base->isServer() || !cert) return nullptr;
+  SSL_CTX_up_ref(base->get());  // released by this context's SslCtxPtr
+  auto out = std::make_shared<TlsContext>();
+  out->ctx_.reset(base->get());
+  out->verify_ = base->verify_;
+  out->dane_ = base->dane_;
+  out->clientCert_ = std::move(cert);
   return out;
 }
 
@@ -147,6 +224,15 @@ TlsSession::TlsSession(std::shared_ptr<TlsContext> ctx, const std::string& sni) 
     return;
   }
   SSL_set_connect_state(ssl_.get());
+  if (const ClientCertificate* cert = ctx_->clientCertificate()) {
+    if (!cert->applyTo(ssl_.get())) {
+      state_ = State::Failed;
+      error_ = "cannot use client certificate " + cert->certFile() + ": " + drainErrors();
+      return;
+    }
+  }
+  // Called on the client only when the server sends a CertificateRequest.
+  SSL_set_cert_cb(ssl_.get(), &TlsSession::onCertificateRequest, this);
   if (const DanePeer* dane = ctx_->dane()) {
     if (!enableDane(*dane)) {
       state_ = State::Failed;
@@ -211,6 +297,24 @@ bool TlsSession::enableDane(const DanePeer& dane) {
   return true;
 }
 
+int TlsSession::onCertificateRequest(SSL*, void* arg) {
+  static_cast<TlsSession*>(arg)->certRequested_ = true;
+  return 1;  // go on with the certificate already set
+}
+
+bool TlsSession::clientCertificatePresented() const {
+  return certRequested_ && ssl_ && ctx_->clientCertificate() && SSL_get_certificate(ssl_.get()) != nullptr;
+}
+
+// For a failure after the server asked for a client certificate (a server that requires one
+// and refuses ours, or got none, ends the handshake, or with TLS 1.3 the first read).
+std::string TlsSession::clientCertificateNote() const {
+  if (!certRequested_) return "";
+  if (clientCertificatePresented())
+    return " (client certificate presented: " + ctx_->clientCertificate()->subject() + ")";
+  return " (the server asked for a client certificate: none presented)";
+}
+
 bool TlsSession::advance() {
   if (state_ != State::Handshaking) return state_ != State::Failed;
   int rc = SSL_do_handshake(ssl_.get());
@@ -232,7 +336,7 @@ bool TlsSession::advance() {
     reason = std::string("certificate not authenticated by the TLSA records: ") + X509_verify_cert_error_string(vr);
   else if (vr != X509_V_OK && ctx_->verifiesPeer())
     reason = std::string("certificate verify failed: ") + X509_verify_cert_error_string(vr);
-  error_ = "TLS handshake failed: " + reason;
+  error_ = "TLS handshake failed: " + reason + clientCertificateNote();
   return false;
 }
 
@@ -285,7 +389,7 @@ bool TlsSession::readPlaintext(std::string& out) {
       return true;
     }
     state_ = State::Failed;
-    error_ = "TLS read failed: " + drainErrors();
+    error_ = "TLS read failed: " + drainErrors() + clientCertificateNote();
     return false;
   }
 }

@@ -201,7 +201,13 @@ class _SinkHandler(socketserver.StreamRequestHandler):
                 return
             elif verb == "STARTTLS" and sink.tls_context and not tls:
                 self.reply("220 2.0.0 go ahead")
-                self.request = sink.tls_context.wrap_socket(self.request, server_side=True)
+                try:
+                    self.request = sink.tls_context.wrap_socket(self.request, server_side=True)
+                except (ssl.SSLError, OSError) as e:  # e.g. no client certificate where one is required
+                    sink.tls_failures.append(str(e))
+                    return
+                # The client's certificate, when the context asked for one and it verified.
+                session["peer_cert"] = self.request.getpeercert()
                 self.rfile = self.request.makefile("rb")
                 self.wfile = self.request.makefile("wb")
                 tls = True
@@ -329,6 +335,7 @@ class Sink:
         # "commands": its command lines}; each message's "session" is the one it came on.
         self.sessions = []
         self.tls_sessions = 0
+        self.tls_failures = []  # the reason of each handshake that failed on the sink's side
         self.lock = threading.Lock()
         self.tls_context = None
         self.sni = []  # the server name each TLS client sent (None: none)

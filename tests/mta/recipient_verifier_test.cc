@@ -443,3 +443,26 @@ TEST_CASE("lmtp: next hops that cannot be reached give unknown, naming them") {
   }
   loop.run();
 }
+
+TEST_CASE("a route whose client certificate the snapshot did not load is not asked without it") {
+  ScriptedServer server("\"pipelining\": true");
+  uv::Loop loop;
+  NoResolver resolver;
+  auto base = snapshotFor(server.port());
+  auto c = std::make_shared<moat::policy::Config>(*base->config);
+  c->routes[0].tls = moat::policy::TlsPolicy::Require;
+  c->routes[0].tlsCert = "/nonexistent/client.pem";
+  c->routes[0].tlsKey = "/nonexistent/client.key";
+  auto snap = std::make_shared<Snapshot>();
+  snap->config = c;
+  std::vector<VerifyOutcome> got;
+  {
+    RecipientVerifier v(loop.get(), &resolver);
+    REQUIRE_FALSE(v.verify(snap, c->routes[0], "a@example.test", [&got](const VerifyOutcome& o) { got.push_back(o); }));
+    REQUIRE(loop.runUntil([&] { return got.size() == 1; }, 15000));
+    CHECK(got[0].result == VerifyResult::Unknown);
+    CHECK(got[0].reply == "no client certificate loaded for the route's tls_cert");
+  }
+  loop.run();
+  CHECK(server.commands().empty());  // never connected: no EHLO, no MAIL
+}

@@ -1061,3 +1061,55 @@ TEST_CASE("bounce_verification.previous_key_files holds at most 9 files and key_
   CHECK(number.str().find(path + ":13: bounce_verification.key_number: must be between 0 and 9") != std::string::npos);
   unlink(path.c_str());
 }
+
+TEST_CASE("[[route]] tls_cert and tls_key: paths beside the config, both or neither, not with tls none") {
+  const std::string head =
+      "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n[[route]]\n"
+      "to = [\"smtp:127.0.0.1:2626\"]\n";
+  auto path = writeTemp(head + "tls = \"require\"\ntls_cert = \"certs/gw.pem\"\ntls_key = \"/etc/moat/gw.key\"\n");
+  Errors errors;
+  auto c = loadConfig(path, errors);
+  INFO(errors.str());
+  REQUIRE(c);
+  const auto& r = c->routes.at(0);
+  CHECK(r.tlsCert == c->dir + "/certs/gw.pem");
+  CHECK(r.tlsKey == "/etc/moat/gw.key");
+  CHECK(r.tlsCertLine == 10);
+  unlink(path.c_str());
+
+  path = writeTemp(head);  // default: none
+  Errors none;
+  c = loadConfig(path, none);
+  REQUIRE(c);
+  CHECK(c->routes.at(0).tlsCert.empty());
+  CHECK(c->routes.at(0).tlsKey.empty());
+  unlink(path.c_str());
+
+  for (const char* tls : {"may", "verify", "dane"}) {
+    path = writeTemp(head + "tls = \"" + tls + "\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n");
+    Errors ok;
+    INFO(tls);
+    CHECK(loadConfig(path, ok));
+    CHECK_FALSE(ok.hasErrors());
+    unlink(path.c_str());
+  }
+
+  path = writeTemp(head + "tls_cert = \"c.pem\"\n");
+  Errors onlyCert;
+  REQUIRE_FALSE(loadConfig(path, onlyCert));
+  CHECK(onlyCert.str().find(path + ":9: [[route]].tls_cert: tls_cert and tls_key go together") != std::string::npos);
+  unlink(path.c_str());
+
+  path = writeTemp(head + "\ntls_key = \"k.pem\"\n");
+  Errors onlyKey;
+  REQUIRE_FALSE(loadConfig(path, onlyKey));
+  CHECK(onlyKey.str().find(path + ":10: [[route]].tls_key: tls_cert and tls_key go together") != std::string::npos);
+  unlink(path.c_str());
+
+  path = writeTemp(head + "tls = \"none\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n");
+  Errors plain;
+  REQUIRE_FALSE(loadConfig(path, plain));
+  INFO(plain.str());
+  CHECK(plain.str().find(path + ":10: [[route]].tls_cert: tls_cert needs a tls that uses TLS") != std::string::npos);
+  unlink(path.c_str());
+}
