@@ -93,13 +93,13 @@ TEST_CASE("only relay domains routed to smtp: next hops are verified, and only w
   c.relayDomains = {"example.test", "mx.test", "box.test", ".sub.test"};
   moat::policy::Route smtp;
   smtp.domains = {"example.test", ".sub.test", "outside.test"};
-  smtp.to = {{moat::policy::RouteTarget::Kind::Smtp, "127.0.0.1", 2626, ""}};
+  smtp.to = {{moat::policy::RouteTarget::Kind::Smtp, "127.0.0.1", 2626, "", ""}};
   moat::policy::Route mx;
   mx.domains = {"mx.test"};
-  mx.to = {{moat::policy::RouteTarget::Kind::Mx, "", 25, ""}};
+  mx.to = {{moat::policy::RouteTarget::Kind::Mx, "", 25, "", ""}};
   moat::policy::Route box;
   box.domains = {"box.test"};
-  box.to = {{moat::policy::RouteTarget::Kind::Maildir, "", 25, "/var/mail"}};
+  box.to = {{moat::policy::RouteTarget::Kind::Maildir, "", 25, "/var/mail", ""}};
   c.routes = {smtp, mx, box};
   CHECK(RecipientVerifier::routeToVerify(c, "example.test") == nullptr);  // off by default
   c.verifyRecipients = true;
@@ -119,16 +119,16 @@ TEST_CASE("relay domains routed to lmtp: next hops are verified too, over TCP an
   c.relayDomains = {"tcp.test", "sock.test", "mixed.test", "box.test"};
   moat::policy::Route tcp;
   tcp.domains = {"tcp.test"};
-  tcp.to = {{Kind::Lmtp, "127.0.0.1", 24, ""}};
+  tcp.to = {{Kind::Lmtp, "127.0.0.1", 24, "", ""}};
   moat::policy::Route sock;
   sock.domains = {"sock.test"};
   sock.to = {{Kind::Lmtp, "", 0, "", "/run/dovecot/lmtp"}};
   moat::policy::Route mixed;
   mixed.domains = {"mixed.test"};
-  mixed.to = {{Kind::Smtp, "127.0.0.1", 2626, ""}, {Kind::Lmtp, "127.0.0.1", 24, ""}};
+  mixed.to = {{Kind::Smtp, "127.0.0.1", 2626, "", ""}, {Kind::Lmtp, "127.0.0.1", 24, "", ""}};
   moat::policy::Route box;
   box.domains = {"box.test"};
-  box.to = {{Kind::Maildir, "", 25, "/var/mail"}};
+  box.to = {{Kind::Maildir, "", 25, "/var/mail", ""}};
   c.routes = {tcp, sock, mixed, box};
   CHECK(RecipientVerifier::routeToVerify(c, "tcp.test") == &c.routes[0]);
   CHECK(RecipientVerifier::routeToVerify(c, "sock.test") == &c.routes[1]);
@@ -206,7 +206,7 @@ std::shared_ptr<const Snapshot> snapshotFor(std::vector<moat::policy::RouteTarge
 }
 
 std::shared_ptr<const Snapshot> snapshotFor(uint16_t port) {
-  return snapshotFor({{moat::policy::RouteTarget::Kind::Smtp, "127.0.0.1", port, ""}});
+  return snapshotFor({{moat::policy::RouteTarget::Kind::Smtp, "127.0.0.1", port, "", ""}});
 }
 
 // Asks `v` about each address in turn, one probe at a time: the outcomes, in order.
@@ -358,7 +358,7 @@ TEST_CASE("an lmtp: next hop is asked with LHLO, over TCP") {
       "\"reject_rcpt\": {\"bad@example.test\": \"550 5.1.1 <bad@example.test> User doesn't exist\"}");
   uv::Loop loop;
   NoResolver resolver;
-  auto snap = snapshotFor({{moat::policy::RouteTarget::Kind::Lmtp, "127.0.0.1", server.port(), ""}});
+  auto snap = snapshotFor({{moat::policy::RouteTarget::Kind::Lmtp, "127.0.0.1", server.port(), "", ""}});
   {
     RecipientVerifier v(loop.get(), &resolver);
     auto got = askEach(loop, v, snap, {"good@example.test", "bad@example.test"});
@@ -397,7 +397,7 @@ TEST_CASE("an lmtp:unix: next hop is asked over its socket, after the targets be
   uv::Loop loop;
   NoResolver resolver;
   // A dead TCP LMTP target, a socket that is not there, then the server's socket: tried in order.
-  auto snap = snapshotFor({{Kind::Lmtp, "127.0.0.1", deadPort, ""},
+  auto snap = snapshotFor({{Kind::Lmtp, "127.0.0.1", deadPort, "", ""},
                            {Kind::Lmtp, "", 0, "", server.socket() + ".missing"},
                            {Kind::Lmtp, "", 0, "", server.socket()}});
   {
@@ -431,7 +431,7 @@ TEST_CASE("lmtp: next hops that cannot be reached give unknown, naming them") {
   using Kind = moat::policy::RouteTarget::Kind;
   uv::Loop loop;
   NoResolver resolver;
-  auto snap = snapshotFor({{Kind::Lmtp, "127.0.0.1", deadPort, ""}, {Kind::Lmtp, "", 0, "", missing}});
+  auto snap = snapshotFor({{Kind::Lmtp, "127.0.0.1", deadPort, "", ""}, {Kind::Lmtp, "", 0, "", missing}});
   {
     RecipientVerifier v(loop.get(), &resolver);
     auto got = askEach(loop, v, snap, {"a@example.test"});
