@@ -373,6 +373,14 @@ class Sink:
         wait_for(lambda: len(self.messages) >= n, timeout, what=f"{n} messages at the sink (have {len(self.messages)})")
         return self.messages
 
+    def wait_subject(self, subject, timeout=30):
+        """The bytes of the first message received whose Subject is `subject`."""
+        field = ("Subject: " + subject + "\r\n").encode()
+
+        def find():
+            return next((m for m in list(self.messages) if field in m["data"]), None)
+        return wait_for(find, timeout, what=f"message {subject!r} at the sink")["data"]
+
 
 def http_get(port, path):
     """(status, body) of GET `path` on 127.0.0.1:`port` (the metrics listener), errors included."""
@@ -589,6 +597,13 @@ max_lifetime = "{max_lifetime}"
         finally:
             if os.environ.get("MOAT_KEEP_TEST_DIRS") is None:
                 shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def simple_message(from_addr, subject, extra_headers=b"", body=b"hello\r\n", msgid_host="client.test"):
+    """A small message From `from_addr` to bob@example.test, its Message-ID made from the Subject."""
+    return (b"From: " + from_addr.encode() + b"\r\nTo: bob@example.test\r\nSubject: " + subject.encode() +
+            b"\r\nMessage-ID: <" + subject.replace(" ", "-").encode() + b"@" + msgid_host.encode() + b">\r\n" +
+            extra_headers + b"\r\n" + body)
 
 
 def transaction(moat, mail_from, rcpt, data):

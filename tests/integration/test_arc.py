@@ -16,7 +16,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import header_values, owned_dns, rsa_key, txt_lookup  # noqa: E402
-from harness import class_temp_dir, owned_moat, owned_sink, transaction, wait_for  # noqa: E402
+from harness import class_temp_dir, owned_moat, owned_sink, simple_message, transaction  # noqa: E402
 
 import dkim  # noqa: E402  (python3-dkim)
 
@@ -31,8 +31,7 @@ def own_auth_results(data):
 
 
 def message(from_addr, subject, body=b"hello from the list\r\n"):
-    return (b"From: " + from_addr.encode() + b"\r\nTo: bob@example.test\r\nSubject: " + subject.encode() +
-            b"\r\nMessage-ID: <" + subject.replace(" ", "-").encode() + b"@origin.test>\r\n\r\n" + body)
+    return simple_message(from_addr, subject, body=body, msgid_host="origin.test")
 
 
 class ArcTest(unittest.TestCase):
@@ -78,12 +77,7 @@ class ArcTest(unittest.TestCase):
         return transaction(self.moat, mail_from, "bob@example.test", msg)
 
     def delivered(self, subject):
-        def find():
-            for m in list(self.sink.messages):
-                if ("Subject: " + subject + "\r\n").encode() in m["data"]:
-                    return m
-            return None
-        return wait_for(find, 30, what=f"message {subject!r} at the sink")["data"]
+        return self.sink.wait_subject(subject)
 
     def arc_result(self, msg, subject, mail_from="bounce@list.test"):
         steps = self.send(msg, mail_from)

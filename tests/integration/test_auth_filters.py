@@ -19,7 +19,7 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import DnsSinkTestCase, ed25519_key, header_values, owned_dns, rsa_key, txt_lookup  # noqa: E402
 from harness import (MOAT_BIN, Moat, RawClient, class_temp_dir, free_port, owned_moat, owned_sink,  # noqa: E402
-                     transaction, wait_for)
+                     simple_message, transaction)
 
 import dkim  # noqa: E402  (python3-dkim, with python3-nacl for ed25519)
 
@@ -33,10 +33,7 @@ def own_auth_results(data):
             if re.match(re.escape(HOST) + r"\s*(;|$)", v)]
 
 
-def message(from_addr, subject, extra_headers=b"", body=b"hello\r\n"):
-    return (b"From: " + from_addr.encode() + b"\r\nTo: bob@example.test\r\nSubject: " + subject.encode() +
-            b"\r\nMessage-ID: <" + subject.replace(" ", "-").encode() + b"@client.test>\r\n" +
-            extra_headers + b"\r\n" + body)
+message = simple_message
 
 
 def dns_config(nameserver, extra=""):
@@ -49,12 +46,7 @@ class DaemonTest(unittest.TestCase):
 
     def delivered(self, subject):
         """The bytes the sink received for the message with this Subject."""
-        def find():
-            for m in list(self.sink.messages):
-                if ("Subject: " + subject + "\r\n").encode() in m["data"]:
-                    return m
-            return None
-        return wait_for(find, 30, what=f"message {subject!r} at the sink")["data"]
+        return self.sink.wait_subject(subject)
 
 
 class InboundAuthTest(DaemonTest):

@@ -32,15 +32,13 @@ import xml.etree.ElementTree as ET
 sys.path.insert(0, os.path.dirname(__file__))
 import dkim  # noqa: E402  (python3-dkim)
 from authzone import owned_dns, rsa_key, txt_lookup  # noqa: E402
-from harness import Sink, check_config, owned_moat, wait_for  # noqa: E402
+from harness import Sink, check_config, owned_moat, simple_message, wait_for  # noqa: E402
 
 REPORTS = "reports.test"
 INBOUND_NETS = ["10.255.255.0/24"]  # loopback is NOT a relay client: SPF and DMARC apply
 
 
-def message(from_addr, subject):
-    return (b"From: " + from_addr.encode() + b"\r\nTo: bob@example.test\r\nSubject: " + subject.encode() +
-            b"\r\nMessage-ID: <" + subject.replace(" ", "-").encode() + b"@client.test>\r\n\r\nhello\r\n")
+message = simple_message
 
 
 def parse_report(data):

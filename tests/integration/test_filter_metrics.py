@@ -16,7 +16,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import owned_dns, rsa_key  # noqa: E402
-from harness import class_temp_dir, free_port, owned_moat, transaction  # noqa: E402
+from harness import class_temp_dir, free_port, owned_moat, simple_message, transaction  # noqa: E402
 
 import dkim  # noqa: E402  (python3-dkim)
 
@@ -24,9 +24,7 @@ INBOUND_NETS = ["10.255.255.0/24"]  # loopback is NOT a relay client: SPF and DM
 SAMPLE = re.compile(r"^([a-z_]+(?:\{[^}]*\})?) (\S+)$")
 
 
-def message(from_addr, subject):
-    return (b"From: " + from_addr.encode() + b"\r\nTo: bob@example.test\r\nSubject: " + subject.encode() +
-            b"\r\nMessage-ID: <" + subject.replace(" ", "-").encode() + b"@client.test>\r\n\r\nhello\r\n")
+message = simple_message
 
 
 def verdict(filter_name, v):
