@@ -25,18 +25,7 @@ using moat::mta::daemon::StateFile;
 namespace {
 
 // A directory of its own under /tmp, removed with what the test wrote in it.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/moat-statefile-XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::string cmd = "rm -rf '" + path + "'";
-    (void)std::system(cmd.c_str());
-  }
-};
+using moat::test::TempDir;
 
 // The owner: its contents, how many snapshots were taken, the failures it was told of, and a
 // gate each write's encoding waits at (bounded) until the test opens it.

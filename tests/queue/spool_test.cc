@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "mta/runtime/uv.h"
+#include "tests/support/temp_file.h"
 
 using namespace moat::queue;
 namespace fs = std::filesystem;
@@ -24,17 +25,7 @@ using moat::mta::uv::Loop;
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/moat-spool-test-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using moat::test::TempDir;
 
 std::string readAll(const std::string& p) {
   std::ifstream f(p, std::ios::binary);

@@ -1,11 +1,13 @@
-// tests/support/temp_file.h — the files unit tests write under /tmp (configs, list files)
-// for the loaders to read, and the files they read back. Header-only. Untrusted input: none.
+// tests/support/temp_file.h — the files and folders unit tests make under /tmp (configs, list
+// files, key files, databases) for the code under test to read, and the files they read back.
+// Header-only. Untrusted input: none.
 #pragma once
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -42,5 +44,33 @@ inline std::string readFile(const std::string& path) {
   out << in.rdbuf();
   return out.str();
 }
+
+// A new folder "/tmp/moat-test-XXXXXX", removed with everything in it when the test case
+// ends. Throws (failing the test case) when it cannot be made.
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = "/tmp/moat-test-XXXXXX";
+    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp " + tmpl + ": " + std::strerror(errno));
+    path = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  // The path of `name` in the folder.
+  std::string file(const std::string& name) const { return path + "/" + name; }
+  // The same, written with `content` first (bytes as they are).
+  std::string file(const std::string& name, std::string_view content) const {
+    std::string p = file(name);
+    std::ofstream(p, std::ios::binary).write(content.data(), static_cast<std::streamsize>(content.size()));
+    return p;
+  }
+
+  std::string path;
+};
 
 }  // namespace moat::test

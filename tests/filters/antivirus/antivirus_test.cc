@@ -45,7 +45,7 @@ std::shared_ptr<const Engine> loadEngine(const TempDir& db) {
 
 TEST_CASE("EICAR is found as plain, base64, zipped and nested attachment, clean is clean") {
   TempDir db;
-  db.write("moat-test.ndb", signatureDb());
+  db.file("moat-test.ndb", signatureDb());
   auto engine = loadEngine(db);
   REQUIRE(engine->signatures() == 1);
 
@@ -92,7 +92,7 @@ TEST_CASE("EICAR is found as plain, base64, zipped and nested attachment, clean 
 TEST_CASE("a hash (.hdb) signature matches the attachment as a file") {
   TempDir db;
   // md5 of the EICAR string, computed by python3's hashlib.
-  db.write("payload.txt", eicar());
+  db.file("payload.txt", eicar());
   FILE* p = popen(("python3 -c \"import hashlib,sys; print(hashlib.md5(open(sys.argv[1],'rb').read()).hexdigest())\" '" +
                    db.path + "/payload.txt'").c_str(), "r");
   REQUIRE(p);
@@ -101,7 +101,7 @@ TEST_CASE("a hash (.hdb) signature matches the attachment as a file") {
   pclose(p);
   unlink((db.path + "/payload.txt").c_str());
   std::string sum(md5, 32);
-  db.write("moat-test.hdb", sum + ":" + std::to_string(eicar().size()) + ":Eicar-Hash-Moat\n");
+  db.file("moat-test.hdb", sum + ":" + std::to_string(eicar().size()) + ":Eicar-Hash-Moat\n");
   auto engine = loadEngine(db);
   std::string b64 = withAttachment("Content-Type: application/octet-stream; name=eicar.com\nContent-Transfer-Encoding: base64\n",
                                    base64(eicar()));
@@ -112,7 +112,7 @@ TEST_CASE("a hash (.hdb) signature matches the attachment as a file") {
 
 TEST_CASE("reload: unchanged, a good new database, a corrupt one keeps the old engine") {
   TempDir db;
-  db.write("moat-test.ndb", signatureDb());
+  db.file("moat-test.ndb", signatureDb());
   Scanner scanner(db.path, ScanLimits{});
   REQUIRE(scanner.reloadIfChanged() == Scanner::Reload::Reloaded);
   auto first = scanner.engine();
@@ -120,14 +120,14 @@ TEST_CASE("reload: unchanged, a good new database, a corrupt one keeps the old e
   REQUIRE(scanner.reloadIfChanged() == Scanner::Reload::Unchanged);
   REQUIRE(scanner.engine() == first);
 
-  db.write("more.ndb", "Moat-Other-Sig:0:*:" + hex("moat-other-test-signature") + "\n");
+  db.file("more.ndb", "Moat-Other-Sig:0:*:" + hex("moat-other-test-signature") + "\n");
   REQUIRE(scanner.reloadIfChanged() == Scanner::Reload::Reloaded);
   auto second = scanner.engine();
   REQUIRE(second != first);
   REQUIRE(second->signatures() == 2);
   REQUIRE(scanner.scan("xx moat-other-test-signature xx", nullptr).status == ScanResult::Status::Found);
 
-  db.write("broken.ndb", "this is : not a valid signature line\n");
+  db.file("broken.ndb", "this is : not a valid signature line\n");
   std::string err;
   REQUIRE(scanner.reloadIfChanged(&err) == Scanner::Reload::Failed);
   REQUIRE_FALSE(err.empty());
@@ -162,7 +162,7 @@ TEST_CASE("no engine is a scan error, never a clean pass") {
 TEST_CASE("the antivirus filter: reject, quarantine, clean, no database turns it off") {
   TempDir dir;
   mkdir((dir.path + "/clamav").c_str(), 0700);
-  dir.write("clamav/moat-test.ndb", signatureDb());
+  dir.file("clamav/moat-test.ndb", signatureDb());
   std::string infected = withAttachment(
       "Content-Type: application/octet-stream; name=eicar.com\nContent-Transfer-Encoding: base64\n", base64(eicar()));
 
@@ -197,9 +197,9 @@ TEST_CASE("the antivirus filter: reject, quarantine, clean, no database turns it
 TEST_CASE("checkReady: a database that does not load is an error at database_dir, none a warning") {
   TempDir dir;
   mkdir((dir.path + "/broken").c_str(), 0700);
-  dir.write("broken/moat-test.ndb", "this is : not a valid signature line\n");
+  dir.file("broken/moat-test.ndb", "this is : not a valid signature line\n");
   mkdir((dir.path + "/good").c_str(), 0700);
-  dir.write("good/moat-test.ndb", signatureDb());
+  dir.file("good/moat-test.ndb", signatureDb());
   moat::policy::Errors errors;
 
   // Broken: an error at the database_dir line (4), with libclamav's message.
@@ -217,7 +217,7 @@ TEST_CASE("checkReady: a database that does not load is an error at database_dir
 
   // Without the key: at the [antivirus] line.
   mkdir((dir.path + "/clamav").c_str(), 0700);
-  dir.write("clamav/moat-test.ndb", "this is : not a valid signature line\n");
+  dir.file("clamav/moat-test.ndb", "this is : not a valid signature line\n");
   moat::policy::Errors noKey;
   config = writeConfig(dir, "[antivirus]\naction = \"reject\"\n");
   filter = makeAntivirusFilter(*config, noKey);
@@ -253,7 +253,7 @@ TEST_CASE("checkReady: a database that does not load is an error at database_dir
 TEST_CASE("a config reload with the same antivirus settings keeps the loaded engine") {
   TempDir dir;
   mkdir((dir.path + "/clamav").c_str(), 0700);
-  dir.write("clamav/moat-test.ndb", signatureDb());
+  dir.file("clamav/moat-test.ndb", signatureDb());
   moat::policy::Errors errors;
   auto first = makeAntivirusFilter(*writeConfig(dir, "[antivirus]\ndatabase_dir = \"clamav\"\n"), errors);
   REQUIRE(first);
@@ -278,7 +278,7 @@ namespace {
 // `payload` as eicar.com (or clean.txt) in a zip inside `depth` more zips, deflated by
 // python3's zipfile; `files` extra small files beside it in the innermost one.
 std::string nestedZip(const TempDir& dir, int depth, bool infected, int files = 0) {
-  dir.write("payload.bin", infected ? eicar() : std::string("nothing to see"));
+  dir.file("payload.bin", infected ? eicar() : std::string("nothing to see"));
   std::string zip = dir.path + "/nested.zip";
   std::string cmd =
       "python3 -c \"import zipfile,io,sys\n"
@@ -307,7 +307,7 @@ std::string zipMessage(const std::string& zip) {
 
 TEST_CASE("a scan limit hit is a Limit, never clean: nesting, file count, size, and a virus elsewhere still wins") {
   TempDir db;
-  db.write("moat-test.ndb", signatureDb());
+  db.file("moat-test.ndb", signatureDb());
   ScanLimits limits;
   limits.maxRecursion = 8;
   limits.maxFiles = 50;
@@ -358,7 +358,7 @@ TEST_CASE("a scan limit hit is a Limit, never clean: nesting, file count, size, 
 TEST_CASE("limits_exceeded decides: as action by default, reject, quarantine, tempfail, pass, never clean") {
   TempDir dir;
   mkdir((dir.path + "/clamav").c_str(), 0700);
-  dir.write("clamav/moat-test.ndb", signatureDb());
+  dir.file("clamav/moat-test.ndb", signatureDb());
   std::string bomb = zipMessage(nestedZip(dir, 20, true));
   auto verdict = [&](const std::string& keys) {
     moat::policy::Errors errors;

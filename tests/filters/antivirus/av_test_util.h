@@ -23,6 +23,7 @@
 #include "policy/config.h"
 #include "tests/support/crlf.h"
 #include "tests/support/filter_run.h"
+#include "tests/support/temp_file.h"
 
 namespace moat::filters::antivirus::test {
 
@@ -63,24 +64,13 @@ inline std::string base64(std::string_view in) {
 
 using moat::test::crlf;
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char p[] = "/tmp/moat-av-XXXXXX";
-    REQUIRE(mkdtemp(p));
-    path = p;
-  }
-  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
-  void write(const std::string& name, const std::string& text) const {
-    std::ofstream(path + "/" + name, std::ios::binary) << text;
-  }
-};
+using moat::test::TempDir;
 
 inline std::string signatureDb() { return "Eicar-Test-Moat:0:*:" + hex("EICAR-STANDARD-ANTIVIRUS-TEST-FILE") + "\n"; }
 
 // A deflated zip holding eicar.com, made by python3's zipfile.
 inline std::string zipWithEicar(const TempDir& dir) {
-  dir.write("payload.bin", eicar());
+  dir.file("payload.bin", eicar());
   std::string zip = dir.path + "/payload.zip";
   std::string cmd =
       "python3 -c \"import zipfile,sys; z=zipfile.ZipFile(sys.argv[2],'w',zipfile.ZIP_DEFLATED); "
@@ -106,7 +96,7 @@ inline const std::string kClean =
     crlf("From: a@example.test\nTo: b@example.test\nSubject: hi\n\nNothing to see here.\n");
 
 inline std::shared_ptr<const moat::policy::Config> writeConfig(const TempDir& dir, const std::string& section) {
-  dir.write("moat.toml", "[[listener]]\naddress = \"127.0.0.1:2525\"\n" + section);
+  dir.file("moat.toml", "[[listener]]\naddress = \"127.0.0.1:2525\"\n" + section);
   moat::policy::Errors errors;
   auto config = moat::policy::loadConfig(dir.path + "/moat.toml", errors);
   INFO(errors.str());

@@ -65,7 +65,7 @@ class ClamdProcess {
     if (access(kClamd, X_OK) != 0)
       FAIL(std::string(kClamd) + " is missing: install clamav-daemon (deploy/deps.sh installs it for the tests)");
     mkdir((dir_.path + "/db").c_str(), 0700);
-    dir_.write("db/moat-test.ndb", signatureDb());
+    dir_.file("db/moat-test.ndb", signatureDb());
     std::string conf = "Foreground yes\nLocalSocket " + socket() + "\nDatabaseDirectory " + dir_.path +
                        "/db\nLogFile " + dir_.path + "/clamd.log\nPidFile " + dir_.path +
                        "/clamd.pid\nStreamMaxLength 1M\nMaxThreads 4\n";
@@ -73,7 +73,7 @@ class ClamdProcess {
       port_ = freeTcpPort();
       conf += "TCPSocket " + std::to_string(port_) + "\nTCPAddr 127.0.0.1\n";
     }
-    dir_.write("clamd.conf", conf);
+    dir_.file("clamd.conf", conf);
     spawn();
     waitReady();
   }

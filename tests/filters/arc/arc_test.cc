@@ -36,21 +36,7 @@ std::string set(int i, const std::string& cv) { return seal(i, cv) + ams(i) + aa
 
 Chain read(const std::string& headers) { return readChain(headers + kHeader + kBody); }
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/moat-arc-XXXXXX";
-    REQUIRE(mkdtemp(tmpl) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
-  std::string file(const std::string& name) const { return path + "/" + name; }
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+using moat::test::TempDir;
 
 // dkimpy seals `hops` times (each hop with its own A-R saying the chain so far passed) and
 // checks its own chain with arc_verify; writes the message and the key record.
@@ -92,7 +78,7 @@ Sealed dkimpySealed(const TempDir& dir, int hops, int bits = 2048, const std::st
   pclose(p);
   INFO("dkimpy: " << out);
   REQUIRE(out == dkimpySays + "\n");  // dkimpy's own verdict on the chain it made
-  return {slurp(base + ".eml"), slurp(base + ".txt")};
+  return {moat::test::readFile(base + ".eml"), moat::test::readFile(base + ".txt")};
 }
 
 filters::dkim::KeyMap keysFor(const std::string& txt, int hops) {

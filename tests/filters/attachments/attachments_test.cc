@@ -24,6 +24,7 @@
 #include "mta/runtime/uv.h"
 #include "tests/support/crlf.h"
 #include "tests/support/filter_run.h"
+#include "tests/support/temp_file.h"
 
 using namespace moat::filters;
 using namespace moat::filters::attachments;
@@ -121,15 +122,7 @@ std::string zipped(const std::string& zipName, const std::string& zip) {
                         base64(zip));
 }
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char p[] = "/tmp/moat-attach-XXXXXX";
-    REQUIRE(mkdtemp(p));
-    path = p;
-  }
-  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
-};
+using moat::test::TempDir;
 
 std::shared_ptr<const moat::policy::Config> loadConfig(const TempDir& dir, const std::string& section,
                                                         moat::policy::Errors& errors) {
