@@ -3,11 +3,12 @@
 // zipped (deflated by python3's zipfile) and nested attachments are found; clean mail is
 // clean; a corrupt database at reload keeps the old engine; no database turns the filter
 // off; the filter's verdicts (554 5.7.1, quarantine, 451 4.7.1) on a real loop.
-#include <catch2/catch.hpp>
+#include "filters/antivirus/antivirus.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <cstdio>
 #include <fstream>
 #include <optional>
@@ -15,11 +16,11 @@
 #include <string>
 #include <thread>
 
-#include "filters/antivirus/antivirus.h"
 #include "filters/antivirus/antivirus_filter.h"
 #include "filters/mime/mime.h"
 #include "mta/runtime/uv.h"
 #include "tests/filters/antivirus/av_test_util.h"
+#include "tests/support/command_output.h"
 
 using namespace moat::filters;
 using namespace moat::filters::antivirus;
@@ -93,14 +94,12 @@ TEST_CASE("a hash (.hdb) signature matches the attachment as a file") {
   TempDir db;
   // md5 of the EICAR string, computed by python3's hashlib.
   db.file("payload.txt", eicar());
-  FILE* p = popen(("python3 -c \"import hashlib,sys; print(hashlib.md5(open(sys.argv[1],'rb').read()).hexdigest())\" '" +
-                   db.path + "/payload.txt'").c_str(), "r");
-  REQUIRE(p);
-  char md5[64] = {0};
-  REQUIRE(fgets(md5, sizeof md5, p));
-  pclose(p);
+  std::string sum = moat::test::commandOutput(
+      "python3 -c \"import hashlib,sys; print(hashlib.md5(open(sys.argv[1],'rb').read()).hexdigest())\" '" + db.path +
+      "/payload.txt'");
+  REQUIRE(sum.size() >= 32);
+  sum.resize(32);
   unlink((db.path + "/payload.txt").c_str());
-  std::string sum(md5, 32);
   db.file("moat-test.hdb", sum + ":" + std::to_string(eicar().size()) + ":Eicar-Hash-Moat\n");
   auto engine = loadEngine(db);
   std::string b64 = withAttachment("Content-Type: application/octet-stream; name=eicar.com\nContent-Transfer-Encoding: base64\n",

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "policy/config.h"
+#include "tests/support/command_output.h"
 #include "tests/support/temp_file.h"
 
 using namespace moat;
@@ -69,13 +70,7 @@ Sealed dkimpySealed(const TempDir& dir, int hops, int bits = 2048, const std::st
   std::string base = dir.file("m" + std::to_string(hops) + "_" + std::to_string(bits));
   std::string cmd = "timeout 60 /usr/bin/python3 '" + script + "' '" + base + "' " + std::to_string(hops) + " " +
                     std::to_string(bits) + " 2>&1";
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  pclose(p);
+  std::string out = moat::test::commandOutput(cmd);
   INFO("dkimpy: " << out);
   REQUIRE(out == dkimpySays + "\n");  // dkimpy's own verdict on the chain it made
   return {moat::test::readFile(base + ".eml"), moat::test::readFile(base + ".txt")};

@@ -27,6 +27,7 @@
 #include "mta/runtime/uv.h"
 #include "policy/config.h"
 #include "tests/filters/dkim/memory_resolver.h"
+#include "tests/support/command_output.h"
 #include "tests/support/temp_file.h"
 
 using namespace moat;
@@ -89,14 +90,7 @@ else:
 std::string runPython(const TempDir& dir, const std::string& args) {
   std::string script = dir.file("dkimpy_helper.py", kScript);
   std::string cmd = "timeout 60 /usr/bin/python3 '" + script + "' " + args + " 2>&1";
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  pclose(p);
-  return out;
+  return moat::test::commandOutput(cmd);
 }
 
 struct Dns {
