@@ -18,6 +18,7 @@
 #include <set>
 #include <string_view>
 
+#include "mta/runtime/fd.h"
 #include "policy/batv.h"
 #include "policy/values.h"
 
@@ -809,13 +810,12 @@ void checkSourceAddresses(const Config& c, Errors& errors) {
     if (!ip || line == 0) return;  // a route's inherited value is checked at [queue]
     sockaddr_storage ss{};
     const socklen_t len = ip->toSockaddr(0, ss);
-    int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    mta::UniqueFd fd(::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
     std::string why;
-    if (fd < 0)
+    if (!fd.valid())
       why = std::strerror(errno);
-    else if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0)
+    else if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0)
       why = std::strerror(errno);
-    if (fd >= 0) ::close(fd);
     if (!why.empty()) errors.error(c.path, line, key + ": cannot bind " + ip->str() + ": " + why);
   };
   check(c.sourceIpv4, c.sourceIpv4Line, "queue.source_ipv4");

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "mta/runtime/fd.h"
 #include "policy/key_catalog.h"
 #include "policy/values.h"
 
@@ -205,11 +206,10 @@ std::string Section::getEnum(const std::string& key, const std::string& def, con
 }
 
 std::string unreadableReason(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) return std::strerror(errno);
+  mta::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  if (!fd.valid()) return std::strerror(errno);
   struct stat st {};
-  int err = ::fstat(fd, &st) != 0 ? errno : S_ISDIR(st.st_mode) ? EISDIR : 0;
-  ::close(fd);
+  int err = ::fstat(fd.get(), &st) != 0 ? errno : S_ISDIR(st.st_mode) ? EISDIR : 0;
   return err ? std::strerror(err) : "";
 }
 

@@ -7,8 +7,8 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/sysmacros.h>
@@ -23,6 +23,7 @@
 #include <set>
 #include <sstream>
 
+#include "mta/runtime/fd.h"
 #include "mta/runtime/log.h"
 #include "mta/runtime/uv.h"
 
@@ -46,12 +47,9 @@ bool validId(std::string_view s) {
 
 // Blocking helpers: pool threads and recovery only.
 std::string syncDir(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return errnoError(errno, "open " + path);
-  int rc = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  return rc == 0 ? std::string() : errnoError(err, "fsync " + path);
+  mta::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return errnoError(errno, "open " + path);
+  return ::fsync(fd.get()) == 0 ? std::string() : errnoError(errno, "fsync " + path);
 }
 
 }  // namespace
@@ -138,11 +136,11 @@ bool overwriteNeedsOnlyFlush(const std::string& dir) {
 
 // Writes `content` to a new file and fsyncs it.
 std::string writeDurable(const std::string& path, std::string_view content) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return errnoError(errno, "create " + path);
-  int err = writeAll(fd, content, 0);
-  if (err == 0 && ::fsync(fd) != 0) err = errno;
-  ::close(fd);
+  mta::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!fd.valid()) return errnoError(errno, "create " + path);
+  int err = writeAll(fd.get(), content, 0);
+  if (err == 0 && ::fsync(fd.get()) != 0) err = errno;
+  fd.reset();
   if (err != 0) {
     ::unlink(path.c_str());
     return errnoError(err, "write " + path);
@@ -263,21 +261,20 @@ bool preadAll(int fd, char* buf, size_t len, uint64_t offset, int& err) {
 // A spool file opened for reading at recovery: only a regular file is one. Anything else
 // under a message's name (a FIFO, a device, a symlink, a directory) is set aside as
 // corrupt, never opened for real: a blocking open of a FIFO would wait for a writer, and
-// the daemon would never get past recovery. -1 with `err` set otherwise (kNotRegular for
+// the daemon would never get past recovery. None held, with `err` set, otherwise (kNotRegular for
 // the wrong kind of file).
 constexpr int kNotRegular = -1;
 
-int openRegular(const std::string& path, int& err) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
-  if (fd < 0) {
+mta::UniqueFd openRegular(const std::string& path, int& err) {
+  mta::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW));
+  if (!fd.valid()) {
     err = errno == ELOOP ? kNotRegular : errno;
-    return -1;
+    return fd;
   }
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
     err = kNotRegular;
-    ::close(fd);
-    return -1;
+    fd.reset();
   }
   return fd;
 }
@@ -289,20 +286,19 @@ std::string openError(int err, const std::string& what) {
 // An area file's envelope text: the tail of a message file, or the whole of an
 // envelope-only file (written by update/move).
 bool readEnvelopeFile(const std::string& path, std::string& out, int& err) {
-  int fd = openRegular(path, err);
-  if (fd < 0) return false;
+  mta::UniqueFd fd = openRegular(path, err);
+  if (!fd.valid()) return false;
   FileLayout l;
   bool ok = true;
-  if ((err = probeLayout(fd, l)) != 0) {
+  if ((err = probeLayout(fd.get(), l)) != 0) {
     ok = false;
   } else if (l.envLen == 0 && l.fileSize > (64u << 20)) {  // no sane envelope is this big
     err = EFBIG, ok = false;
   } else {
     uint64_t len = l.envLen ? l.envLen : l.fileSize;
     out.assign(len, '\0');
-    ok = preadAll(fd, out.data(), out.size(), l.envLen ? l.dataLen : 0, err);
+    ok = preadAll(fd.get(), out.data(), out.size(), l.envLen ? l.dataLen : 0, err);
   }
-  ::close(fd);
   return ok;
 }
 
@@ -338,19 +334,17 @@ ErrorKind errorKind(std::string_view error) {
 
 std::shared_ptr<const MessageData> MessageData::map(const std::string& path, std::string& error, bool messageFile,
                                                     std::optional<uint64_t> length) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return error = errnoError(errno, "open " + path), nullptr;
+  mta::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return error = errnoError(errno, "open " + path), nullptr;
   FileLayout layout;
   if (length) {
     layout.dataLen = *length;
-  } else if (int err = probeLayout(fd, layout)) {
+  } else if (int err = probeLayout(fd.get(), layout)) {
     error = errnoError(err, "stat " + path);
-    ::close(fd);
     return nullptr;
   }
   if (messageFile && layout.envLen == 0) {
     error = "not found: " + path + " holds an envelope only and data/ has no bytes for it";
-    ::close(fd);
     return nullptr;
   }
   std::shared_ptr<MessageData> m(new MessageData());
@@ -358,21 +352,18 @@ std::shared_ptr<const MessageData> MessageData::map(const std::string& path, std
   if (m->size_ > 0 && m->size_ <= kReadLimit) {
     m->read_ = std::make_unique_for_overwrite<char[]>(m->size_);
     int err = 0;
-    if (!preadAll(fd, m->read_.get(), m->size_, 0, err)) {
+    if (!preadAll(fd.get(), m->read_.get(), m->size_, 0, err)) {
       error = err == EIO ? "read " + path + ": file shrank" : errnoError(err, "read " + path);
-      ::close(fd);
       return nullptr;
     }
   } else if (m->size_ > 0) {
-    void* a = ::mmap(nullptr, m->size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    void* a = ::mmap(nullptr, m->size_, PROT_READ, MAP_PRIVATE, fd.get(), 0);
     if (a == MAP_FAILED) {
       error = errnoError(errno, "mmap " + path);
-      ::close(fd);
       return nullptr;
     }
     m->addr_ = a;
   }
-  ::close(fd);
   return m;
 }
 
@@ -1065,11 +1056,7 @@ std::vector<Envelope> Spool::recover(RecoveryReport& report) {
     std::string dataPath = dataExists ? path("data", it->first) : path(areaName(it->second.area), it->first);
     FileLayout layout;
     int err = 0;
-    int fd = openRegular(dataPath, err);
-    if (fd >= 0) {
-      err = probeLayout(fd, layout);
-      ::close(fd);
-    }
+    if (mta::UniqueFd fd = openRegular(dataPath, err); fd.valid()) err = probeLayout(fd.get(), layout);
     if (err != 0)
       why = openError(err, "read " + dataPath);
     else if (!dataExists && layout.envLen == 0)

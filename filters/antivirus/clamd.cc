@@ -13,6 +13,7 @@
 #include <cstring>
 #include <memory>
 
+#include "mta/runtime/fd.h"
 #include "mta/runtime/log.h"
 
 namespace moat::filters::antivirus {
@@ -26,24 +27,7 @@ constexpr size_t kChunk = 64 * 1024;   // clamd reads INSTREAM chunks of any siz
 constexpr size_t kMaxReply = 4096;     // clamd's replies are one short line
 constexpr size_t kMaxSignature = 200;  // it goes into the SMTP reply text
 
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  Fd& operator=(Fd&& o) noexcept {
-    std::swap(fd_, o.fd_);
-    return *this;
-  }
-  int get() const { return fd_; }
-
- private:
-  int fd_ = -1;
-};
+using Fd = mta::UniqueFd;
 
 int msLeft(Clock::time_point deadline) {
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();

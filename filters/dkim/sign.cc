@@ -17,6 +17,7 @@
 
 #include "filters/dkim/dkim.h"
 #include "filters/dkim/internal.h"
+#include "mta/runtime/fd.h"
 
 namespace moat::filters::dkim {
 
@@ -128,11 +129,11 @@ bool writeKeyFile(const std::string& path, const std::string& pem, bool replace,
     return false;
   };
   std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return fail("cannot create " + tmp);
-  ::fchmod(fd, 0600);  // an existing file keeps its mode through O_TRUNC
-  bool ok = ::write(fd, pem.data(), pem.size()) == static_cast<ssize_t>(pem.size()) && ::fsync(fd) == 0;
-  ok = ::close(fd) == 0 && ok;
+  mta::UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!fd.valid()) return fail("cannot create " + tmp);
+  ::fchmod(fd.get(), 0600);  // an existing file keeps its mode through O_TRUNC
+  bool ok = ::write(fd.get(), pem.data(), pem.size()) == static_cast<ssize_t>(pem.size()) && ::fsync(fd.get()) == 0;
+  ok = fd.close() == 0 && ok;
   if (!ok) {
     int e = errno;
     ::unlink(tmp.c_str());

@@ -14,6 +14,7 @@
 #include "mta/daemon/queue_manager.h"
 #include "mta/daemon/queue_select.h"
 #include "mta/daemon/tiny_json.h"
+#include "mta/runtime/fd.h"
 #include "mta/runtime/json.h"
 #include "mta/runtime/log.h"
 #include "mta/runtime/uv.h"
@@ -492,33 +493,30 @@ void ControlServer::stop() {
 
 namespace {
 
-// A connected control socket with the request sent, or -1 with `error`.
-int sendRequest(const std::string& path, const std::string& request, std::string& error, int timeoutSeconds) {
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
+// A connected control socket with the request sent, or none held, with `error`.
+UniqueFd sendRequest(const std::string& path, const std::string& request, std::string& error, int timeoutSeconds) {
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) {
     error = std::strerror(errno);
-    return -1;
+    return fd;
   }
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.size() >= sizeof addr.sun_path) {
-    ::close(fd);
     error = "socket path too long: " + path;
-    return -1;
+    return UniqueFd();
   }
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
     error = "cannot reach the daemon at " + path + ": " + std::strerror(errno) + " (is `moat serve` running?)";
-    ::close(fd);
-    return -1;
+    return UniqueFd();
   }
   timeval tv{timeoutSeconds, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   std::string req = request + "\n";
-  if (::write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
+  if (::write(fd.get(), req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
     error = std::strerror(errno);
-    ::close(fd);
-    return -1;
+    return UniqueFd();
   }
   return fd;
 }
@@ -527,12 +525,12 @@ int sendRequest(const std::string& path, const std::string& request, std::string
 
 bool controlRequest(const std::string& path, const std::string& request, std::string& reply, std::string& error,
                     int timeoutSeconds) {
-  int fd = sendRequest(path, request, error, timeoutSeconds);
-  if (fd < 0) return false;
+  UniqueFd fd = sendRequest(path, request, error, timeoutSeconds);
+  if (!fd.valid()) return false;
   char buf[65536];
   ssize_t n;
-  while ((n = ::read(fd, buf, sizeof buf)) > 0) reply.append(buf, static_cast<size_t>(n));
-  ::close(fd);
+  while ((n = ::read(fd.get(), buf, sizeof buf)) > 0) reply.append(buf, static_cast<size_t>(n));
+  fd.reset();
   while (!reply.empty() && (reply.back() == '\n' || reply.back() == '\r')) reply.pop_back();
   if (reply.empty()) {
     error = "no answer from the daemon";
@@ -543,13 +541,13 @@ bool controlRequest(const std::string& path, const std::string& request, std::st
 
 bool controlStream(const std::string& path, const std::string& request, std::string& head,
                    const std::function<bool(std::string_view)>& sink, std::string& error, int timeoutSeconds) {
-  int fd = sendRequest(path, request, error, timeoutSeconds);
-  if (fd < 0) return false;
+  UniqueFd fd = sendRequest(path, request, error, timeoutSeconds);
+  if (!fd.valid()) return false;
   char buf[65536];
   ssize_t n = 0;
   bool haveHead = false;
   bool ok = true;
-  while (ok && (n = ::read(fd, buf, sizeof buf)) > 0) {
+  while (ok && (n = ::read(fd.get(), buf, sizeof buf)) > 0) {
     std::string_view got(buf, static_cast<size_t>(n));
     if (!haveHead) {
       auto nl = got.find('\n');
@@ -564,7 +562,7 @@ bool controlStream(const std::string& path, const std::string& request, std::str
     if (!got.empty()) ok = sink(got);
   }
   int readErr = n < 0 ? errno : 0;
-  ::close(fd);
+  fd.reset();
   if (!haveHead && n == 0 && !head.empty() && head.size() <= kMaxRequest) haveHead = true;  // a last line without LF
   if (!haveHead) {
     error = head.empty() ? "no answer from the daemon" : "a malformed answer from the daemon";

@@ -10,23 +10,13 @@
 #include <cstring>
 
 #include "mta/daemon/https_client.h"
+#include "mta/runtime/fd.h"
 #include "mta/runtime/log.h"
 #include "mta/runtime/uv.h"
 
 namespace moat::mta::sts {
 
 namespace {
-// An open file descriptor, closed when it goes.
-struct Fd {
-  int fd = -1;
-  explicit Fd(int f) : fd(f) {}
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-};
-
 std::string errnoText(int err, const std::string& what) { return what + ": " + std::strerror(err); }
 
 // Thread pool: `text` to `path` crash-atomically, as the spool writes its files: a new file
@@ -34,11 +24,11 @@ std::string errnoText(int err, const std::string& what) { return what + ": " + s
 std::string writeAtomically(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
   {
-    Fd f(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (f.fd < 0) return errnoText(errno, "create " + tmp);
+    UniqueFd f(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (f.get() < 0) return errnoText(errno, "create " + tmp);
     std::string_view rest = text;
     while (!rest.empty()) {
-      ssize_t n = ::write(f.fd, rest.data(), rest.size());
+      ssize_t n = ::write(f.get(), rest.data(), rest.size());
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) {
         int err = errno;
@@ -47,7 +37,7 @@ std::string writeAtomically(const std::string& path, const std::string& text) {
       }
       rest.remove_prefix(static_cast<size_t>(n));
     }
-    if (::fsync(f.fd) != 0) {
+    if (::fsync(f.get()) != 0) {
       int err = errno;
       ::unlink(tmp.c_str());
       return errnoText(err, "fsync " + tmp);
@@ -60,9 +50,9 @@ std::string writeAtomically(const std::string& path, const std::string& text) {
   }
   size_t slash = path.rfind('/');
   const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
-  Fd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (d.fd < 0) return errnoText(errno, "open " + dir);
-  if (::fsync(d.fd) != 0) return errnoText(errno, "fsync " + dir);
+  UniqueFd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (d.get() < 0) return errnoText(errno, "open " + dir);
+  if (::fsync(d.get()) != 0) return errnoText(errno, "fsync " + dir);
   return "";
 }
 }  // namespace
@@ -113,20 +103,20 @@ size_t PolicyCache::load() {
     log::warn("mta_sts").add("file", file_).add("reason", "cache file ignored: " + why);
     return size_t{0};
   };
-  Fd f(::open(file_.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
-  if (f.fd < 0) {
+  UniqueFd f(::open(file_.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+  if (f.get() < 0) {
     if (errno == ENOENT) return 0;  // the first start, or no policy was ever fetched
     return broken(errnoText(errno, "open"));
   }
   struct stat st {};
-  if (::fstat(f.fd, &st) != 0) return broken(errnoText(errno, "stat"));
+  if (::fstat(f.get(), &st) != 0) return broken(errnoText(errno, "stat"));
   if (!S_ISREG(st.st_mode)) return broken("not a regular file");
   if (static_cast<uint64_t>(st.st_size) > kMaxFileBytes)
     return broken("over " + std::to_string(kMaxFileBytes) + " octets");
   std::string text;
   char buf[16384];
   for (;;) {
-    ssize_t n = ::read(f.fd, buf, sizeof buf);
+    ssize_t n = ::read(f.get(), buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return broken(errnoText(errno, "read"));
     if (n == 0) break;
