@@ -146,4 +146,24 @@ std::string rewritesJson(const std::vector<AddressRewrite>& rewrites) {
   return a.str();
 }
 
+std::string authenticationResults(const std::string& authservId, const std::vector<std::string>& resinfo) {
+  std::string out = authservId;
+  if (resinfo.empty()) return out + "; none";
+  for (const auto& r : resinfo) out += ";\r\n\t" + r;
+  return out;
+}
+
+std::vector<std::string> gatewayAuthResults(std::vector<std::string> res, bool outbound) {
+  // A check that did not run for this message (mail from relay.networks or a logged-in user,
+  // a filter that is off) is "none", with a comment saying why.
+  std::string why = outbound ? "(not checked: outbound mail)" : "(not checked)";
+  for (std::string_view method : {"spf=", "dkim=", "dmarc="}) {
+    bool found = false;
+    for (const auto& r : res)
+      if (r.starts_with(method)) found = true;
+    if (!found) res.push_back(std::string(method) + "none " + why);
+  }
+  return res;
+}
+
 }  // namespace moat::filters

@@ -140,6 +140,13 @@ struct AddressRewrite {
 // The `rewritten` field of the accept line and of `moat scan`: [{"from":..,"to":..,"where":..}, ...].
 std::string rewritesJson(const std::vector<AddressRewrite>& rewrites);
 
+// "Authentication-Results" value per RFC 8601: "host; spf=pass ...; dkim=..." or
+// "host; none" when nothing was checked.
+std::string authenticationResults(const std::string& authservId, const std::vector<std::string>& resinfo);
+// The resinfo of the gateway's Authentication-Results field: `resinfo` with "METHOD=none
+// (not checked...)" added for each of spf, dkim and dmarc no check reported (CONTRACT.md).
+std::vector<std::string> gatewayAuthResults(std::vector<std::string> resinfo, bool outbound);
+
 // Everything known about one message (or, before MAIL, one session). Owned by a
 // shared_ptr so an in-flight filter keeps it alive if the client disconnects.
 struct MessageContext {
@@ -174,6 +181,9 @@ struct MessageContext {
   // that must see the message as delivered (the DKIM signer) applies them to `message`.
   std::vector<Edit> edits;
   // Results so far
+  // The Authentication-Results resinfo so far: the session's and the earlier stages' (the
+  // session sets them before the Data stage), then each filter's as the pipeline takes it.
+  std::vector<std::string> authResults;
   SpfOutcome spfMailFrom;
   SpfOutcome spfHelo;
   std::vector<DkimOutcome> dkim;

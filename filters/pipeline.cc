@@ -83,7 +83,10 @@ struct Run : std::enable_shared_from_this<Run> {
     takeEdits(name, r);
     for (auto& c : r.envelope) out.envelope.push_back(std::move(c));
     r.envelope.clear();
-    for (auto& a : r.authResults) out.authResults.push_back(a);
+    for (auto& a : r.authResults) {
+      out.authResults.push_back(a);
+      ctx->authResults.push_back(a);
+    }
     out.score += r.score;
     bool decisive = false;
     switch (r.verdict) {
@@ -137,7 +140,8 @@ std::shared_ptr<const Pipeline> Pipeline::build(const policy::Config& config, po
   add(spf::makeSpfFilter(config, errors));              // mail
   size_t mimeAt = filters.size();                       // data: first, the others read ctx->mime
   add(dkim::makeDkimVerifyFilter(config, errors));      // data
-  add(arc::makeArcFilter(config, errors));              // data, before DMARC, which reads a trusted sealer
+  auto arcFilters = arc::makeArcFilters(config, errors);
+  add(arcFilters.verify);                               // data, before DMARC, which reads a trusted sealer
   add(dmarc::makeDmarcFilter(config, errors));          // data, reads the SPF and DKIM results
   add(uribl::makeUriblFilter(config, errors));          // data, reads ctx->mime: links' domains, before the scans
   add(antivirus::makeAntivirusFilter(config, errors));  // data
@@ -150,18 +154,12 @@ std::shared_ptr<const Pipeline> Pipeline::build(const policy::Config& config, po
   // signature must cover the rewritten From.
   add(rewrite::makeRewriteFilter(std::move(rewrite)));
   add(dkim::makeDkimSignFilter(config, errors));        // data: last, signs the message as delivered
+  add(arcFilters.seal);  // data: with the signer (outbound) last, seals inbound mail as delivered
   // Made last, once it is known how deep the others read the tree.
   mime::Depth depth = mime::Depth::Structure;
   for (const auto& f : filters) depth = std::max(depth, f->mimeDepth());
   filters.insert(filters.begin() + static_cast<std::ptrdiff_t>(mimeAt), mime::makeMimeFilter(config, errors, depth));
   return std::make_shared<Pipeline>(std::move(filters));
-}
-
-std::string authenticationResults(const std::string& authservId, const std::vector<std::string>& resinfo) {
-  std::string out = authservId;
-  if (resinfo.empty()) return out + "; none";
-  for (const auto& r : resinfo) out += ";\r\n\t" + r;
-  return out;
 }
 
 }  // namespace moat::filters

@@ -59,8 +59,4 @@ class Pipeline {
   std::vector<std::shared_ptr<const Filter>> filters_;
 };
 
-// "Authentication-Results" value per RFC 8601: "host; spf=pass ...; dkim=..." or
-// "host; none" when nothing was checked.
-std::string authenticationResults(const std::string& authservId, const std::vector<std::string>& resinfo);
-
 }  // namespace moat::filters

@@ -6,7 +6,8 @@
 // it left) and ARC-Seal (a signature over the ARC sets so far), instance i=1..N. Moat checks
 // the chain and reports arc=pass|fail|none (RFC 8617 section 10.2); a passing chain whose
 // latest ARC-Seal is from one of [arc] trusted_sealers overrides a DMARC reject or quarantine
-// (the DMARC filter reads ctx.arc). Moat does not add ARC sets of its own.
+// (the DMARC filter reads ctx.arc). With [arc] seal_domain, seal_selector and seal_key_file
+// set, the `arc_seal` filter (seal.cc) adds Moat's own ARC set to the inbound mail it accepts.
 //
 // Checked: instances 1..N contiguous with N <= 50 and exactly one field of each kind per
 // instance (at most kMaxArcFields ARC fields, kMaxArcBytes of them); the latest seal's cv=
@@ -24,6 +25,7 @@
 #pragma once
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -84,5 +86,20 @@ void verifyMessage(const filters::Env& env, std::string_view message, std::share
 // The filter (Stage::Data, between DKIM and DMARC). Config [arc]: verify = true,
 // trusted_sealers = [] (domain names). Null when verify = false.
 std::shared_ptr<const Filter> makeArcFilter(const policy::Config& config, policy::Errors& errors);
+
+// Sealing (seal.cc): [arc] seal_domain, seal_selector, seal_key_file (RSA PEM, checked as the
+// DKIM signer's keys are). nullopt when none is set or on an error (reported at FILE:LINE).
+struct SealConfig {
+  std::string domain, selector, keyPem;
+};
+std::optional<SealConfig> readSealConfig(policy::Section& section, bool verify);
+std::shared_ptr<const Filter> makeSealFilter(SealConfig config);
+
+// Both [arc] filters from one reading of the section: the checker (null when verify =
+// false) and the sealer (null when sealing is not configured), which runs last.
+struct ArcFilters {
+  std::shared_ptr<const Filter> verify, seal;
+};
+ArcFilters makeArcFilters(const policy::Config& config, policy::Errors& errors);
 
 }  // namespace moat::filters::arc

@@ -74,7 +74,7 @@ class ArcFilter : public Filter {
 
 }  // namespace
 
-std::shared_ptr<const Filter> makeArcFilter(const policy::Config& config, policy::Errors& errors) {
+ArcFilters makeArcFilters(const policy::Config& config, policy::Errors& errors) {
   auto s = config.section("arc", errors);
   bool enabled = s.getBool("verify", true);
   std::vector<std::string> trusted;
@@ -86,9 +86,16 @@ std::shared_ptr<const Filter> makeArcFilter(const policy::Config& config, policy
     else
       s.error("trusted_sealers", "\"" + entry + "\" is not a domain name");
   }
+  auto sealing = readSealConfig(s, enabled);
   s.rejectUnknownKeys();
-  if (!enabled) return nullptr;
-  return std::make_shared<ArcFilter>(std::move(trusted));
+  ArcFilters out;
+  if (enabled) out.verify = std::make_shared<ArcFilter>(std::move(trusted));
+  if (sealing) out.seal = makeSealFilter(std::move(*sealing));
+  return out;
+}
+
+std::shared_ptr<const Filter> makeArcFilter(const policy::Config& config, policy::Errors& errors) {
+  return makeArcFilters(config, errors).verify;
 }
 
 }  // namespace moat::filters::arc

@@ -1,6 +1,7 @@
 // filters/dkim/ed25519_sign.cc — ed25519-sha256 DKIM signing (RFC 8463) done by Moat with
 // OpenSSL, with RFC 6376 relaxed/relaxed canonicalization (sections 3.4.2, 3.4.4) and the
-// header selection of section 5.4.2.
+// header selection of section 5.4.2; those pieces (relaxedHeader, selectHeaders,
+// bodyHashRelaxed) and an rsa-sha256 signer also serve the ARC sealer (filters/arc/seal.cc).
 //
 // Why not libopendkim: its 2.11.0~beta2 build verifies ed25519 correctly but leaks the
 // private key (dkim_privkey_load) on every ed25519 signing handle, which a gateway signing
@@ -19,8 +20,15 @@ namespace {
 
 bool isWsp(char c) { return c == ' ' || c == '\t'; }
 
-// RFC 6376 3.4.2: lower-case name, unfolded value with WSP runs as one SP, no WSP at the
-// ends of the value or around the colon.
+std::string sha256(std::string_view data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
+  return std::string(reinterpret_cast<char*>(md), len);
+}
+
+}  // namespace
+
 std::string relaxedHeader(std::string_view raw) {
   size_t colon = raw.find(':');
   std::string name = lower(raw.substr(0, colon));
@@ -40,15 +48,6 @@ std::string relaxedHeader(std::string_view raw) {
   return name + ":" + value;
 }
 
-std::string sha256(std::string_view data) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
-  return std::string(reinterpret_cast<char*>(md), len);
-}
-
-// h= in message order, and the canonical header block it covers. Each name takes its
-// instances from the bottom up (5.4.2); oversigned names get one more, empty, entry.
 std::pair<std::string, std::string> selectHeaders(const SplitMessage& m, const std::vector<std::string>& sign,
                                                   const std::vector<std::string>& oversign) {
   std::vector<std::string> names;
@@ -71,12 +70,31 @@ std::pair<std::string, std::string> selectHeaders(const SplitMessage& m, const s
   return {hList, block};
 }
 
-}  // namespace
+std::string bodyHashRelaxed(std::string_view body) { return base64Encode(sha256(canonicalBody(body, true))); }
+
+std::optional<std::string> rsaSha256Sign(EVP_PKEY* key, std::string_view data, std::string& error) {
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  size_t len = 0;
+  if (!ctx || EVP_PKEY_get_base_id(key) != EVP_PKEY_RSA ||
+      EVP_DigestSignInit(ctx.get(), nullptr, EVP_sha256(), nullptr, key) != 1 ||
+      EVP_DigestSign(ctx.get(), nullptr, &len, reinterpret_cast<const unsigned char*>(data.data()), data.size()) != 1) {
+    error = "rsa-sha256 signing failed";
+    return std::nullopt;
+  }
+  std::string sig(len, '\0');
+  if (EVP_DigestSign(ctx.get(), reinterpret_cast<unsigned char*>(sig.data()), &len,
+                     reinterpret_cast<const unsigned char*>(data.data()), data.size()) != 1) {
+    error = "rsa-sha256 signing failed";
+    return std::nullopt;
+  }
+  sig.resize(len);
+  return base64Encode(sig);
+}
 
 std::optional<std::string> signEd25519(EVP_PKEY* key, const std::string& domain, const std::string& selector,
                                        const SplitMessage& m, const std::vector<std::string>& sign,
                                        const std::vector<std::string>& oversign, std::string& error) {
-  std::string bh = base64Encode(sha256(canonicalBody(m.body, true)));
+  std::string bh = bodyHashRelaxed(m.body);
   auto [hList, block] = selectHeaders(m, sign, oversign);
   // Folded before signing (RFC 6376 5.3): relaxed canonicalization keeps the folding's
   // spaces, so the header the hash covers must be the one that goes out.

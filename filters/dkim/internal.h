@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "filters/dkim/dkim.h"
@@ -106,5 +107,21 @@ std::string privateKeyPem(EVP_PKEY* key);
 std::optional<std::string> signEd25519(EVP_PKEY* key, const std::string& domain, const std::string& selector,
                                        const SplitMessage& message, const std::vector<std::string>& sign,
                                        const std::vector<std::string>& oversign, std::string& error);
+
+// RFC 6376 3.4.2: a raw field (folded, without CRLF) in relaxed form: lower-case name,
+// unfolded value with WSP runs as one SP, no WSP at the ends of the value or around the
+// colon; without CRLF.
+std::string relaxedHeader(std::string_view raw);
+// RFC 6376 5.4.2: h= (the `sign` names present, in message order, then each `oversign` name
+// once more) and the relaxed header block it covers, each name's fields from the bottom up.
+std::pair<std::string, std::string> selectHeaders(const SplitMessage& m, const std::vector<std::string>& sign,
+                                                  const std::vector<std::string>& oversign);
+// bh= of a body, relaxed canonicalization, sha256, base64.
+std::string bodyHashRelaxed(std::string_view body);
+// The rsa-sha256 signature (RFC 8017 PKCS#1 v1.5 over SHA-256) of `data`, base64; nullopt
+// with `error` set when `key` is not RSA or signing fails.
+std::optional<std::string> rsaSha256Sign(EVP_PKEY* key, std::string_view data, std::string& error);
+// The header names the DKIM signer signs (kSignHeaders of sign.cc), lower-case.
+std::vector<std::string> signHeaderNames();
 
 }  // namespace moat::filters::dkim::detail

@@ -58,6 +58,12 @@ bool hasFrom(const SplitMessage& split) {
 
 }  // namespace
 
+std::vector<std::string> detail::signHeaderNames() {
+  std::vector<std::string> out;
+  for (const char* const* h = kSignHeaders; *h; ++h) out.emplace_back(*h);
+  return out;
+}
+
 bool checkSignKey(const SignKey& key, std::string& error) {
   if (!validDomain(key.domain)) return error = "invalid domain \"" + key.domain + "\"", false;
   if (!validSelector(key.selector)) return error = "invalid selector \"" + key.selector + "\"", false;

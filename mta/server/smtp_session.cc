@@ -1445,6 +1445,10 @@ void SmtpSession::runDataFilters() {
   ctx_->received = receivedValue();  // made once: milters see the field that is delivered
   auto data = incoming_->data();
   ctx_->message = data ? data->bytes() : std::string_view();
+  // What the Authentication-Results field will say before the Data filters add theirs (the
+  // ARC sealer copies the whole field).
+  ctx_->authResults = sessionAuthResults_;
+  for (const auto& a : txAuthResults_) ctx_->authResults.push_back(a);
   auto self = shared_from_this();
   filters::Env env{shared_.loop, shared_.resolver, cfg_.hostname};
   snap_->pipeline->run(filters::Stage::Data, ctx_, env, [self, data, w = work()](filters::StageOutcome out) {
@@ -1487,13 +1491,8 @@ std::vector<filters::Header> SmtpSession::gatewayHeaders(const filters::StageOut
   std::vector<std::string> res = sessionAuthResults_;
   for (const auto& a : txAuthResults_) res.push_back(a);
   for (const auto& a : outcome.authResults) res.push_back(a);
-  // The header names an spf, a dkim and a dmarc result (CONTRACT.md): a check that did not
-  // run for this message (mail from relay.networks or a logged-in user, a filter that is
-  // off) is "none", with a comment saying why.
-  std::string why = ctx_->fromRelayNetwork || ctx_->authenticated ? "(not checked: outbound mail)" : "(not checked)";
-  for (std::string_view method : {"spf=", "dkim=", "dmarc="})
-    if (std::none_of(res.begin(), res.end(), [&](const std::string& r) { return r.starts_with(method); }))
-      res.push_back(std::string(method) + "none " + why);
+  // The header names an spf, a dkim and a dmarc result (CONTRACT.md).
+  res = filters::gatewayAuthResults(std::move(res), ctx_->fromRelayNetwork || ctx_->authenticated);
   h.push_back({"Authentication-Results", filters::authenticationResults(cfg_.hostname, res)});
   for (const auto& x : txHeaders_) h.push_back(x);
   for (const auto& x : outcome.headers)

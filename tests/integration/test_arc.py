@@ -7,7 +7,13 @@ no chain (arc=none), one and two sealed hops (pass), the body changed after seal
 altered ARC-Seal, a latest seal saying cv=fail, a missing instance (fail), and [arc]
 trusted_sealers: a From domain with p=reject failing DMARC is delivered when a trusted
 sealer's chain passes (dmarc=fail, arc=pass, the override in the `filter` line), refused
-with 550 when the sealer is not trusted."""
+with 550 when the sealer is not trusted.
+
+Sealing ([arc] seal_domain, seal_selector, seal_key_file, ArcSealTest): Moat's own ARC set,
+checked by dkimpy with Moat's key published in the loopback zone: i=1 cv=none on a message
+without a chain, i=2 cv=pass after a valid hop (the whole chain passes), a Subject Moat tags
+(the seal covers the delivered bytes), no set on outbound mail, and a half or bad seal
+config refused at FILE:LINE."""
 
 import os
 import re
@@ -16,7 +22,8 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authzone import header_values, owned_dns, rsa_key, txt_lookup  # noqa: E402
-from harness import class_temp_dir, owned_moat, owned_sink, simple_message, transaction  # noqa: E402
+from harness import (check_config, class_temp_dir, owned_moat, owned_sink, simple_message,  # noqa: E402
+                     transaction)
 
 import dkim  # noqa: E402  (python3-dkim)
 
@@ -168,6 +175,118 @@ class ArcTest(unittest.TestCase):
         line = self.moat.wait_log(event="filter", filter="arc", result="pass",
                                   detail={"instances": 1, "sealer": "untrusted.test"})
         self.assertNotIn("trusted_sealer", line["detail"])
+
+
+TAG_RULES = "header SUBJ_TAGME Subject =~ /tag me/i\nscore SUBJ_TAGME 6\n"
+
+
+class ArcSealTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = class_temp_dir(cls, "moat-arcseal-")
+        cls.hop_key = os.path.join(cls.tmp, "hop.pem")
+        hop_txt = rsa_key(cls.hop_key)
+        with open(cls.hop_key, "rb") as f:
+            cls.hop_private = f.read()
+        # Moat's sealing key as `moat dkim keygen` makes it, its TXT record as it prints it.
+        cls.seal_key = os.path.join(cls.tmp, "seal.pem")
+        cls.seal_txt = rsa_key(cls.seal_key)
+        cls.records = {"sel._domainkey.hop1.test": hop_txt, "arc._domainkey.gw.moat.test": cls.seal_txt}
+        zone = {name: [{"TXT": txt}] for name, txt in cls.records.items()}
+        zone.update({"list.test": [{"TXT": "v=spf1 ip4:127.0.0.1 -all"}],
+                     "open.test": [{"TXT": "v=spf1 ip4:127.0.0.1 -all"}]})
+        cls.dns = owned_dns(cls, zone, directory=cls.tmp)
+        cls.sink = owned_sink(cls)
+        cls.sealing = (f'\n[arc]\nseal_domain = "gw.moat.test"\nseal_selector = "arc"\n'
+                       f'seal_key_file = "{cls.seal_key}"\n')
+        dns = f'\n[dns]\nnameservers = ["{cls.dns.nameserver}"]\ntimeout = "1s"\n'
+        workdir = os.path.join(cls.tmp, "inbound")
+        os.mkdir(workdir)
+        with open(os.path.join(workdir, "tag.cf"), "w") as f:
+            f.write(TAG_RULES)
+        rules = '\n[rules]\nfiles = ["tag.cf"]\ntag = 5\nquarantine = 10\nreject = 15\nsubject_prefix = "[SPAM]"\n'
+        cls.moat = owned_moat(cls, routes=[("example.test", f"smtp:127.0.0.1:{cls.sink.port}")],
+                              networks=INBOUND_NETS, workdir=workdir, extra=dns + cls.sealing + rules)
+
+    def seal_hop(self, msg, domain):
+        msg = b"Authentication-Results: " + domain.encode() + b"; spf=pass smtp.mailfrom=origin.test\r\n" + msg
+        arc_set = dkim.arc_sign(msg, b"sel", domain.encode(), self.hop_private, domain.encode(),
+                                include_headers=[b"from", b"to", b"subject", b"message-id"])
+        self.assertEqual(len(arc_set), 3, arc_set)
+        return b"".join(arc_set) + msg
+
+    def arc_verify(self, data):
+        return dkim.arc_verify(data, dnsfunc=txt_lookup(self.records))
+
+    def moat_seal(self, data, instance):
+        seals = [v for v in header_values(data, "ARC-Seal") if re.match(rf"i={instance};", v)]
+        self.assertEqual(len(seals), 1, data[:3000])
+        return re.sub(r"\s+", " ", seals[0])
+
+    def deliver(self, msg, subject, mail_from="bounce@list.test"):
+        steps = transaction(self.moat, mail_from, "bob@example.test", msg)
+        self.assertEqual(steps["data"][0], 250, steps)
+        return self.sink.wait_subject(subject)
+
+    def seal_filter_line(self, subject):
+        accept = self.moat.wait_log(event="accept", message_id=f"<{subject.replace(' ', '-')}@origin.test>")
+        return self.moat.wait_log(event="filter", filter="arc_seal", queue_id=accept["queue_id"])
+
+    def test_plain_inbound_gets_a_valid_first_set(self):
+        data = self.deliver(message("a@open.test", "seal plain"), "seal plain", mail_from="a@open.test")
+        seal = self.moat_seal(data, 1)
+        self.assertIn("cv=none", seal)
+        self.assertIn("d=gw.moat.test", seal)
+        aar = header_values(data, "ARC-Authentication-Results")
+        self.assertEqual(len(aar), 1, aar)
+        self.assertRegex(re.sub(r"\s+", " ", aar[0]), r"^i=1; mx\.moat\.test; spf=pass .*arc=none")
+        cv, results, why = self.arc_verify(data)
+        self.assertEqual(cv, b"pass", (results, why))
+        line = self.seal_filter_line("seal plain")
+        self.assertEqual((line["result"], line["detail"]["sealed"], line["detail"]["instance"],
+                          line["detail"]["cv"]), ("sealed", True, 1, "none"), line)
+
+    def test_valid_chain_gets_instance_two_with_cv_pass(self):
+        msg = self.seal_hop(message("a@open.test", "seal second hop"), "hop1.test")
+        self.assertEqual(self.arc_verify(msg)[0], b"pass")
+        data = self.deliver(msg, "seal second hop")
+        self.assertIn("cv=pass", self.moat_seal(data, 2))
+        cv, results, why = self.arc_verify(data)
+        self.assertEqual(cv, b"pass", (results, why))
+        self.assertEqual([r["instance"] for r in results], [2, 1], results)
+        self.assertEqual(self.seal_filter_line("seal second hop")["detail"]["instance"], 2)
+
+    def test_tagged_subject_still_verifies(self):
+        data = self.deliver(message("a@open.test", "seal tag me"), "[SPAM] seal tag me", mail_from="a@open.test")
+        self.assertIn(b"Subject: [SPAM] seal tag me", data)
+        self.moat_seal(data, 1)
+        cv, results, why = self.arc_verify(data)
+        self.assertEqual(cv, b"pass", (results, why))
+
+    def test_outbound_mail_is_not_sealed(self):
+        sink = owned_sink(self)
+        out = owned_moat(self, routes=[("example.test", f"smtp:127.0.0.1:{sink.port}")],
+                         extra=f'\n[dns]\nnameservers = ["{self.dns.nameserver}"]\ntimeout = "1s"\n' + self.sealing)
+        steps = transaction(out, "a@open.test", "bob@example.test", message("a@open.test", "seal outbound"))
+        self.assertEqual(steps["data"][0], 250, steps)
+        data = sink.wait_subject("seal outbound")
+        self.assertEqual(header_values(data, "ARC-Seal"), [])
+        self.assertEqual(out.wait_log(event="filter", filter="arc_seal")["result"], "outbound")
+
+    def test_bad_seal_config_is_refused_at_its_line(self):
+        base = '[[listener]]\naddress = "127.0.0.1:0"\n[relay]\ndomains = ["example.test"]\n'
+        half = base + '[arc]\nseal_domain = "gw.moat.test"\nseal_selector = "arc"\n'
+        path, r = check_config(self, half)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertRegex(r.stderr + r.stdout, re.escape(path) + r":5: arc\.seal_key_file: missing")
+        small = os.path.join(self.tmp, "small.pem")
+        rsa_key(small, bits=512)
+        for key, why in ((small, "RSA key under 1024 bits"), (os.path.join(self.tmp, "none.pem"), "cannot read")):
+            text = base + f'[arc]\nseal_domain = "gw.moat.test"\nseal_selector = "arc"\nseal_key_file = "{key}"\n'
+            path, r = check_config(self, text)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertRegex(r.stderr + r.stdout, re.escape(path) + r":8: arc\.seal_key_file: .*" + why)
 
 
 if __name__ == "__main__":
