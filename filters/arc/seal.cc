@@ -17,8 +17,6 @@
 // Untrusted: the message. Logs: the pipeline's `filter` event (summary sealed, skipped,
 // outbound, error; detail: sealed, instance, cv, reason).
 #include <ctime>
-#include <fstream>
-#include <sstream>
 
 #include "filters/arc/arc.h"
 #include "filters/dkim/internal.h"
@@ -178,15 +176,9 @@ std::optional<SealConfig> readSealConfig(policy::Section& s, bool verify) {
     s.error("seal_selector", "\"" + c.selector + "\" is not a selector");
     return std::nullopt;
   }
-  if (!s.readable("seal_key_file", file)) return std::nullopt;
-  std::ifstream in(file, std::ios::binary);
-  std::stringstream buf;
-  if (in) buf << in.rdbuf();
-  if (!in || buf.str().empty()) {
-    s.error("seal_key_file", "cannot read " + file + (in ? ": the file is empty" : ""));
-    return std::nullopt;
-  }
-  c.keyPem = buf.str();
+  auto text = dkim::readKeyFile(s, "seal_key_file", file);
+  if (!text) return std::nullopt;
+  c.keyPem = std::move(*text);
   // The DKIM signer's checks: RSA (RFC 8617 defines rsa-sha256 only), at least 1024 bits.
   std::string error;
   if (!dkim::checkSignKey({c.domain, c.selector, "rsa-sha256", c.keyPem}, error)) {

@@ -86,5 +86,8 @@ std::shared_ptr<const Filter> makeDkimSignFilter(const policy::Config& config, p
 // The [[dkim.sign]] keys, read and checked as makeDkimSignFilter reads them (the same
 // errors, at the same lines), for mail Moat makes itself (TLS reports).
 std::vector<SignKey> readSignKeys(const policy::Config& config, policy::Errors& errors);
+// The text of a private key file named by config key `key` of `s` (readable, not empty);
+// else nullopt with the error reported at that key's line. [[dkim.sign]] and [arc] use it.
+std::optional<std::string> readKeyFile(policy::Section& s, const std::string& key, const std::string& file);
 
 }  // namespace moat::filters::dkim

@@ -352,15 +352,9 @@ std::optional<SignKey> readSignEntry(policy::Section& s) {
   if (key.selector.empty()) s.error("selector", "missing");
   if (file.empty()) s.error("key_file", "missing");
   if (key.domain.empty() || key.selector.empty() || file.empty()) return std::nullopt;
-  if (!s.readable("key_file", file)) return std::nullopt;
-  std::ifstream in(file, std::ios::binary);
-  std::stringstream buf;
-  if (in) buf << in.rdbuf();
-  if (!in || buf.str().empty()) {
-    s.error("key_file", "cannot read " + file + (in ? ": the file is empty" : ""));
-    return std::nullopt;
-  }
-  key.privateKeyPem_or_seed = buf.str();
+  auto text = readKeyFile(s, "key_file", file);
+  if (!text) return std::nullopt;
+  key.privateKeyPem_or_seed = std::move(*text);
   std::string error;
   if (key.algorithm.empty()) {
     PkeyPtr pkey = loadPrivateKey(key.privateKeyPem_or_seed, error);
@@ -375,6 +369,18 @@ std::optional<SignKey> readSignEntry(policy::Section& s) {
 }
 
 }  // namespace
+
+std::optional<std::string> readKeyFile(policy::Section& s, const std::string& key, const std::string& file) {
+  if (!s.readable(key, file)) return std::nullopt;
+  std::ifstream in(file, std::ios::binary);
+  std::stringstream buf;
+  if (in) buf << in.rdbuf();
+  if (!in || buf.str().empty()) {
+    s.error(key, "cannot read " + file + (in ? ": the file is empty" : ""));
+    return std::nullopt;
+  }
+  return buf.str();
+}
 
 std::shared_ptr<const Filter> makeDkimVerifyFilter(const policy::Config& config, policy::Errors& errors) {
   auto s = config.section("dkim", errors);
