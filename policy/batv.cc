@@ -109,10 +109,11 @@ Checked verify(std::string_view address, const Keys& keys, int64_t today, int ma
   // The key the tag's K names first: the current one when K is its number, else the previous
   // ones (K is a hint, not a selector: a rotation that kept the number leaves tags of both).
   const bool currentFirst = keys.number < 0 || tagVal[0] - '0' == keys.number;
-  bool verified = currentFirst && signedWith(keys.current);
-  for (size_t i = 0; !verified && i < keys.previous.size(); ++i) verified = signedWith(keys.previous[i]);
-  if (!verified && !currentFirst) verified = signedWith(keys.current);
-  if (!verified) {
+  if (currentFirst && signedWith(keys.current)) out.key = 0;
+  for (size_t i = 0; out.key < 0 && i < keys.previous.size(); ++i)
+    if (signedWith(keys.previous[i])) out.key = static_cast<int>(i) + 1;
+  if (out.key < 0 && !currentFirst && signedWith(keys.current)) out.key = 0;
+  if (out.key < 0) {
     out.result = Result::Invalid;
     return out;
   }

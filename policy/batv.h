@@ -18,7 +18,8 @@
 // key is tried either way (a rotation need not change the number), at most 1 + 9 HMACs.
 //
 // Untrusted input: the addresses of RCPT commands (verify()). The secret comes from a file
-// of at least kMinKeyBytes octets (loadKey), as each previous one. Logs nothing.
+// of at least kMinKeyBytes octets (loadKey), as each previous one. Logs nothing: Checked::key
+// says which key made a tag, and the session logs a tag of a previous key (batv_previous_key).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -59,6 +60,9 @@ const char* resultName(Result r);  // "none", "valid", "expired", "invalid"
 struct Checked {
   Result result = Result::NotTagged;
   std::string address;  // Valid, Expired, Invalid: the address without its tag; else as given
+  // Valid, Expired: the key that made the tag: 0 the current one, N previous[N - 1] (the Nth
+  // of bounce_verification.previous_key_files). Else -1.
+  int key = -1;
 };
 // `address` checked on day `today`: a tag is valid when its signature is the one `key`
 // makes (compared in constant time) and its expiry day is today or within `maxAgeDays`

@@ -814,6 +814,16 @@ void SmtpSession::cmdRcpt(const smtp::Command& c) {
     auto checked = policy::batv::verify(address, *snap_->batvKeys, policy::batv::dayNumber(wallClockMs() / 1000),
                                         cfg_.batvMaxAgeDays);
     bool valid = checked.result == policy::batv::Result::Valid;
+    if (valid && checked.key > 0) {
+      // Made with a key of before a rotation: once these stop coming for max_age, the old
+      // key can be dropped from previous_key_files.
+      log::info("batv_previous_key")
+          .add("session", id_)
+          .add("client_ip", ctx_->clientIp.str())
+          .add("from", ctx_->mailFrom)
+          .add("to", address)
+          .add("previous_key", checked.key);
+    }
     if (valid) {
       untagged = filters::AddressRewrite{address, checked.address, "batv"};
       if (dsn.orcpt.empty()) dsn.orcpt = queue::defaultOrcpt(address);

@@ -318,7 +318,13 @@ class KeyRotationTest(unittest.TestCase):
         self.assertEqual(self.moat.wait_log(event="accept", to=["jsmith@example.test"],
                                             rewritten=[{"from": old_tag, "to": "jsmith@example.test",
                                                         "where": "batv"}])["from"], "")
+        # Named as a tag of the first previous key, so an admin sees when old tags stop coming.
+        self.assertEqual(self.moat.wait_log(event="batv_previous_key", to=old_tag)["previous_key"], 1)
         self.assertEqual(self.bounce(new_tag, "new bounce"), 250)
+        self.moat.wait_log(event="accept", to=["jsmith@example.test"], rewritten=[{"from": new_tag,
+                                                                                    "to": "jsmith@example.test",
+                                                                                    "where": "batv"}])
+        self.assertEqual(self.moat.find_logs(event="batv_previous_key", to=new_tag), [])
         # Made with the old key and the new number: K is tried first, not alone.
         self.assertEqual(self.bounce(prvs("mary@example.test", key_number=1), "old key new number"), 250)
         # A key nobody listed still fails.

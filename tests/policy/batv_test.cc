@@ -113,16 +113,21 @@ TEST_CASE("batv: a tag made under a previous key verifies only while that key is
   auto c = batv::verify(old, rotated, 20003, 7);
   CHECK(c.result == batv::Result::Valid);
   CHECK(c.address == "jsmith@example.com");
+  CHECK(c.key == 2);                                     // the second of previous_key_files
+  CHECK(batv::verify(old, rotated, 20008, 7).key == 2);  // expired, but made with it
   // Still within its expiry only: the old key does not lengthen a tag's life.
   CHECK(batv::verify(old, rotated, 20008, 7).result == batv::Result::Expired);
   CHECK(batv::verify("prvs=09973db4c6=jsmith@example.com", rotated, 20000, 7).result == batv::Result::Expired);
   // The current key's tags verify beside it.
-  CHECK(batv::verify(batv::tag("jsmith@example.com", kKey, 20000, 7), rotated, 20001, 7).result == batv::Result::Valid);
+  auto current = batv::verify(batv::tag("jsmith@example.com", kKey, 20000, 7), rotated, 20001, 7);
+  CHECK(current.result == batv::Result::Valid);
+  CHECK(current.key == 0);
 
   batv::Keys dropped;
   dropped.current = kKey;
   auto gone = batv::verify(old, dropped, 20003, 7);
   CHECK(gone.result == batv::Result::Invalid);
+  CHECK(gone.key == -1);
   CHECK(batv::verify(old, kKey, 20003, 7).result == batv::Result::Invalid);
 }
 
@@ -139,6 +144,12 @@ TEST_CASE("batv: the key number is written into tags and signed with them") {
   CHECK(batv::verify("prvs=300782d794=jsmith@example.com", keys, 20001, 7).result == batv::Result::Valid);
   CHECK(batv::verify("prvs=00079276b6=jsmith@example.com", keys, 20001, 7).result == batv::Result::Valid);
   CHECK(batv::verify("prvs=00075ffe56=jsmith@example.com", keys, 20001, 7).result == batv::Result::Valid);
+  // Which key made each, whatever its K says.
+  CHECK(batv::verify("prvs=400701715b=jsmith@example.com", keys, 20001, 7).key == 0);
+  CHECK(batv::verify("prvs=300782d794=jsmith@example.com", keys, 20001, 7).key == 1);
+  CHECK(batv::verify("prvs=00079276b6=jsmith@example.com", keys, 20001, 7).key == 0);
+  CHECK(batv::verify("prvs=00075ffe56=jsmith@example.com", keys, 20001, 7).key == 1);
+  CHECK(batv::verify("prvs=000701715b=jsmith@example.com", keys, 20001, 7).key == -1);
   // K is part of what is signed: another digit in front of the same signature is invalid.
   CHECK(batv::verify("prvs=000701715b=jsmith@example.com", keys, 20001, 7).result == batv::Result::Invalid);
   CHECK(batv::verify("prvs=400782d794=jsmith@example.com", keys, 20001, 7).result == batv::Result::Invalid);
