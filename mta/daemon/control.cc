@@ -38,6 +38,15 @@ constexpr size_t kBulkPerTurn = 512;
 // so a 35 MB message is never one string in the daemon, and a reader that stops reading
 // holds one slice here, not the message.
 constexpr size_t kMessageSliceBytes = 256 * 1024;
+// A connection that sends no whole request line within this long after its connect (the CLI
+// sends its line at once), or whose reader takes nothing of an answer for this long, is
+// closed (a `control_timeout` line), so a stuck reader never holds its answer's slice, a
+// mapped message (the disk space of one deleted meanwhile) or a connection for good. The
+// reader's limit is long because a person may be reading a large message in a pager
+// (`show --message | less`), which reads only as far as the screen shows. The daemon's own
+// work between slices (a bulk action, a summary, a copy on the pool) is not timed.
+constexpr uint64_t kRequestTimeoutMs = 10'000;
+constexpr uint64_t kWriteStallMs = 600'000;
 
 // Splits "first rest" at the first space.
 std::pair<std::string, std::string> firstWord(const std::string& s) {
@@ -103,6 +112,11 @@ struct ControlServer::Impl {
     std::unique_ptr<QueueManager::SelectCursor> summaryCursor;  // a summary being counted
     QueueSummary summary;
     std::shared_ptr<MessageStream> message;  // a `message` being read or written
+    std::unique_ptr<uv::Timer> stall;        // kRequestTimeoutMs, then kWriteStallMs per write
+    std::string verb;                        // the request's, for the log
+    // Dies with the Client: a write cancelled by its close sees that it is gone, even when a
+    // new Client has been made at the same address meanwhile.
+    std::shared_ptr<bool> token = std::make_shared<bool>(true);
   };
 
   uv_loop_t* loop;
@@ -124,9 +138,22 @@ struct ControlServer::Impl {
     std::string data;
     Impl* owner = nullptr;
     Client* client = nullptr;
+    std::weak_ptr<bool> clientToken;
     bool last = true;  // the answer's end: the connection closes once it is written
     std::shared_ptr<bool> alive;
   };
+
+  // Closes `c` when `ms` pass before stopStall(): it waited for `what` (`request`, `reader`).
+  void armStall(Client* c, uint64_t ms, const char* what) {
+    if (!c->stall) c->stall = std::make_unique<uv::Timer>(loop);
+    c->stall->start(ms, [this, c, ms, what] {
+      log::warn("control_timeout").add("waiting_for", what).add("verb", c->verb).add("after_ms", ms);
+      clients.erase(c);  // closes the socket; a write under way is cancelled (WriteReq)
+    });
+  }
+  static void stopStall(Client* c) {
+    if (c->stall) c->stall->stop();
+  }
 
   // The whole answer at once (every verb but `list`). By value, moved along, never copied.
   void answer(Client* c, std::string json) {
@@ -143,21 +170,23 @@ struct ControlServer::Impl {
     w->req.data = w.get();
     w->owner = this;
     w->client = c;
+    w->clientToken = c->token;
     w->last = last;
     w->alive = alive;
     uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
     int rc = uv_write(&w->req, stream(c), &buf, 1, [](uv_write_t* req, int status) {
       std::unique_ptr<WriteReq> done(static_cast<WriteReq*>(req->data));
-      if (!*done->alive) return;  // stop() closed the connection already
-      if (done->last || status < 0)
-        done->owner->clients.erase(done->client);
-      else
-        done->owner->nextSlice(done->client);
+      if (!*done->alive || done->clientToken.expired()) return;  // closed already: by stop(), a timeout
+      if (done->last || status < 0) return void(done->owner->clients.erase(done->client));
+      stopStall(done->client);
+      done->owner->nextSlice(done->client);
     });
-    if (rc == 0)
+    if (rc == 0) {
       w.release();  // libuv owns it until the write callback
-    else
+      armStall(c, kWriteStallMs, "reader");
+    } else {
       clients.erase(c);
+    }
   }
 
   // `list`: its answer a slice at a time (QueueManager::listSlice), the next made when the
@@ -435,6 +464,8 @@ struct ControlServer::Impl {
     std::string line = c->in.substr(0, nl);
     if (!line.empty() && line.back() == '\r') line.pop_back();
     uv_read_stop(stream(c));
+    stopStall(c);
+    c->verb = firstWord(line).first;
     handle(c, line);
   }
 
@@ -447,6 +478,7 @@ struct ControlServer::Impl {
     Client* raw = c.get();
     raw->pipe.get()->data = raw;  // cleared by uv::Handle when the client goes away
     clients[raw] = std::move(c);
+    armStall(raw, kRequestTimeoutMs, "request");
     uv_read_start(
         stream(raw),
         [](uv_handle_t*, size_t, uv_buf_t* b) {

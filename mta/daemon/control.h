@@ -15,6 +15,8 @@
 // that is not all JSON: a line {"ok":true,"id","area","size"}, then exactly `size` bytes of
 // the message as delivery would send it (or of its header section), in slices read on the
 // thread pool, each once the socket has taken the one before; an error is the usual line alone.
+// A connection with no request line within 10 s, or whose reader takes nothing for 10 minutes, is
+// closed (`control_timeout`).
 #pragma once
 #include <uv.h>
 

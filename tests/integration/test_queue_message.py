@@ -132,6 +132,32 @@ class QueueMessageTest(unittest.TestCase):
         self.assertEqual((r.returncode, r.stdout), (1, b""))
         self.assertEqual(r.stderr.decode(), f"moat: no such message: {held}\n")
 
+    def test_silent_connection_is_closed_and_a_pausing_reader_is_not(self):
+        """A connection that never sends its request is closed after 10 s with a control_timeout
+        line; a reader that asked for a 5 MB message and read nothing for those 10 s is not
+        (its limit is 10 minutes, for a person in a pager), and then gets the whole message."""
+        m = self.moat
+        line = "".join(chr(33 + i % 90) for i in range(76)) + "\r\n"
+        data = message("big", line * (5 * 1024 * 1024 // len(line)), "paused")
+        qid = self.send(data)
+        m.wait_log(event="defer", queue_id=qid)
+        digest = hashlib.sha256(self.show(qid, "--message").stdout).hexdigest()
+        silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        silent.settimeout(60)
+        silent.connect(os.path.join(m.dir, "moat.sock"))
+        paused = self.raw(f"message {qid}")
+        started = time.monotonic()
+        line = m.wait_log(event="control_timeout", timeout=40)
+        self.assertEqual((line["waiting_for"], line["verb"], line["after_ms"]), ("request", "", 10000))
+        self.assertGreaterEqual(time.monotonic() - started, 9)
+        self.assertEqual(silent.recv(100), b"")  # closed by the daemon
+        silent.close()
+        time.sleep(1)
+        head, rest = self.read_answer(paused)
+        self.assertEqual((head["ok"], head["size"]), (True, len(rest)))
+        self.assertEqual(hashlib.sha256(rest).hexdigest(), digest)
+        self.assertEqual(len(m.find_logs(event="control_timeout")), 1)
+
     def test_refusals(self):
         m = self.moat
         plain = m.cli("queue", "show", "NOSUCHID", check=False)
