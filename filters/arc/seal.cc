@@ -6,11 +6,16 @@
 // One ARC set i=N+1 (N the latest instance of the chain the `arc` filter checked, 0 without
 // one): ARC-Authentication-Results with the payload of Moat's Authentication-Results;
 // ARC-Message-Signature (rsa-sha256, relaxed/relaxed, the DKIM signer's header list plus
-// DKIM-Signature, From oversigned) over the message as delivered: the pipeline's edits
-// applied and in the lines the SMTP client sends, as the DKIM signer signs it (it runs last,
-// after it); ARC-Seal with cv= the chain's result (none for i=1) over the sets 1..N+1 (only
-// its own set with cv=fail, as RFC 8617 5.1.2 and dkimpy do). No set when N is already
-// kMaxInstances or when the chain could not be read at all (a fail without an instance).
+// DKIM-Signature, From oversigned) over the message as delivered, prepared by the DKIM
+// signer's code (dkim::prepareForSigning; the sealer runs last): the pipeline's edits
+// applied and in the lines the SMTP client sends, the line breaks stored as the filter's
+// edits (a Maildir copy is what was sealed). An 8-bit body is sealed as it came, not
+// converted as the DKIM signer converts outbound mail: converting would break the author's
+// own DKIM signature at every mailbox, to keep the seal only at a next hop without 8BITMIME
+// (rare behind a gateway); ARC-Seal with cv= the chain's result (none for i=1)
+// over the sets 1..N+1 (only its own set with cv=fail, as RFC 8617 5.1.2 and dkimpy do).
+// No set when N is already kMaxInstances or when the chain could not be read at all (a fail
+// without an instance).
 // DKIM's canonicalization, header selection, folding and signing (filters/dkim) are used.
 // Config [arc]: seal_domain, seal_selector, seal_key_file (all three or none; an RSA key of
 // at least 1024 bits, checked at load time); it needs verify = true.
@@ -20,7 +25,6 @@
 
 #include "filters/arc/arc.h"
 #include "filters/dkim/internal.h"
-#include "mta/runtime/data_lines.h"
 
 namespace moat::filters::arc {
 
@@ -59,6 +63,7 @@ struct SealJob {
   std::string aarValue;  // "i=N; " + the Authentication-Results payload
   int instance = 1;
   std::string cv;
+  dkim::Prepared prepared;      // the message as delivered and the edits that make it so
   std::vector<Header> headers;  // out: AS, AMS, AAR in that order
   std::string error;
 };
@@ -131,10 +136,11 @@ class SealFilter : public Filter {
                     authenticationResults(env.hostname, gatewayAuthResults(ctx->authResults, false));
     env.offload(
         [ctx, job] {
-          // The message as delivered: the edits of every filter before, in the SMTP client's
-          // lines (over-long lines broken, bare line ends completed), as the DKIM signer signs.
-          std::string edited = ctx->edits.empty() ? std::string(ctx->message) : applyEdits(ctx->message, ctx->edits);
-          seal(mta::asDelivered(edited), *job);
+          // The message as delivered, prepared as the DKIM signer prepares what it signs: the
+          // edits of every filter before, in the SMTP client's lines (over-long lines broken,
+          // bare line ends completed), 8-bit as it came. Kept as edits only when sealed.
+          job->prepared = dkim::prepareForSigning(*ctx, 0, false);
+          seal(job->prepared.message, *job);
         },
         [job, done = std::move(done)] {
           if (!job->error.empty()) return done(notSealed("error", job->error));
@@ -143,6 +149,7 @@ class SealFilter : public Filter {
           r.detail.add("sealed", true);
           r.detail.add("instance", static_cast<int64_t>(job->instance));
           r.detail.add("cv", job->cv);
+          dkim::takePrepared(std::move(job->prepared), r);
           done(std::move(r));
         },
         ctx->message.size());

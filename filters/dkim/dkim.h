@@ -73,6 +73,28 @@ bool checkSignKey(const SignKey& key, std::string& error);
 // first gives it the SMTP client's line form (mta/runtime/data_lines.h).
 std::optional<std::string> signMessage(const SignKey& key, std::string_view message, std::string& error);
 
+// What a signer signs (the DKIM signer, the ARC sealer): the message as every next hop will
+// get it. The edits of the filters before it (ctx.edits) applied; with `convert8Bit` (the
+// DKIM signer), an 8-bit body converted to 7-bit MIME by delivery's converter first (RFC 6376
+// section 5.3: otherwise a next hop without 8BITMIME, RFC 6152 section 3, converts it after
+// signing), unless it cannot be (`conversionWhy`: 8-bit header fields, a refused structure,
+// an earlier rewrite holding the 8-bit bytes, converted parts over 128 KiB, over
+// `maxMessageSize` converted); and in the lines the SMTP client sends (over-long lines broken,
+// mta/runtime/data_lines.h). `edits` (the conversion's, then the line breaks, as edits of
+// ctx.message) make the stored message `message`: a signer that signed returns them in its
+// Result with `convertedTo7Bit`; one that did not leaves the message as received. CPU work:
+// the thread pool side.
+struct Prepared {
+  std::string message;
+  std::vector<Edit> edits;
+  bool convertedTo7Bit = false;
+  std::string conversionWhy;
+};
+Prepared prepareForSigning(const MessageContext& ctx, uint64_t maxMessageSize, bool convert8Bit);
+// A signer's Result: the edits and the 7-bit flag of `prepared`, and the `conversion` detail
+// of its `filter` line ("7bit", or "none: WHY" for an 8-bit message left as it is).
+void takePrepared(Prepared&& prepared, Result& out);
+
 // `moat dkim keygen`: writes the private key (PEM, mode 0600) and returns the TXT record
 // text "v=DKIM1; k=rsa; p=...". type: "rsa" (2048 bits) or "ed25519". An existing
 // outFile is an error unless `replace`.

@@ -282,31 +282,11 @@ class SignFilter : public Filter {
 
  private:
   static void signAll(const MessageContext& ctx, const std::vector<SignKey>& keys, uint64_t maxSize, Result& out) {
-    // Sign what will be delivered: the message with the earlier filters' edits (attachment
-    // strip, Subject prefix), the same bytes every delivery reads (queue/edited.h)...
-    std::string edited;
-    std::string_view message = ctx.message;
-    if (!ctx.edits.empty()) message = edited = applyEdits(ctx.message, ctx.edits);
-    // ...in 7-bit MIME when it is 8-bit (RFC 6376 5.3), so no hop converts it after signing...
-    Conversion conversion = convertBeforeSigning(ctx, message, maxSize);
-    std::vector<Edit> stored = ctx.edits;
-    if (!conversion.edits.empty()) {
-      for (const auto& e : conversion.edits) addEdit(stored, e, ctx.message.size());  // proven to fit
-      message = conversion.message;
-    }
-    // ...and in the lines the SMTP client sends (RFC 6376 5.3): a line over 998 octets is
-    // broken with CRLF SP at delivery (mta/runtime/data_lines.h), which would break a
-    // signature over the unbroken line. Signed broken, and stored broken (edits).
-    std::string delivered = mta::asDelivered(message);
-    std::vector<Edit> breaks;
-    if (delivered != message) {
-      breaks = lineEdits(ctx.message, stored, message, delivered);
-      message = delivered;
-    }
+    Prepared prepared = prepareForSigning(ctx, maxSize, true);
     std::vector<std::string> signedWith;
     for (const auto& k : keys) {
       std::string error;
-      auto value = signMessage(k, message, error);
+      auto value = signMessage(k, prepared.message, error);
       if (!value) {
         mta::log::warn("dkim_sign_error").add("queue_id", ctx.queueId).add("domain", k.domain).add("error", error);
         continue;
@@ -319,14 +299,7 @@ class SignFilter : public Filter {
       return;
     }
     out.detail.add("signatures", signedWith);
-    // The pipeline adds these after ctx.edits in this order, the order proven above.
-    out.edits = std::move(conversion.edits);
-    for (auto& e : breaks) out.edits.push_back(std::move(e));
-    out.convertedTo7Bit = !conversion.message.empty();
-    if (out.convertedTo7Bit)
-      out.detail.add("conversion", "7bit");
-    else if (!conversion.why.empty())
-      out.detail.add("conversion", "none: " + conversion.why);
+    takePrepared(std::move(prepared), out);
   }
 
   std::vector<SignKey> keys_;
@@ -369,6 +342,44 @@ std::optional<SignKey> readSignEntry(policy::Section& s) {
 }
 
 }  // namespace
+
+Prepared prepareForSigning(const MessageContext& ctx, uint64_t maxMessageSize, bool convert8Bit) {
+  Prepared out;
+  // What will be delivered: the message with the earlier filters' edits (attachment strip,
+  // Subject prefix), the same bytes every delivery reads (queue/edited.h)...
+  std::string_view message = ctx.message;
+  std::string edited;
+  if (!ctx.edits.empty()) message = edited = applyEdits(ctx.message, ctx.edits);
+  // ...in 7-bit MIME when it is 8-bit (RFC 6376 5.3), so no hop converts it after signing...
+  Conversion conversion = convert8Bit ? convertBeforeSigning(ctx, message, maxMessageSize) : Conversion{};
+  std::vector<Edit> stored = ctx.edits;
+  if (!conversion.edits.empty()) {
+    for (const auto& e : conversion.edits) addEdit(stored, e, ctx.message.size());  // proven to fit
+    message = conversion.message;
+  }
+  // ...and in the lines the SMTP client sends (RFC 6376 5.3): a line over 998 octets is
+  // broken with CRLF SP at delivery (mta/runtime/data_lines.h), which would break a
+  // signature over the unbroken line. Signed broken, and stored broken (edits).
+  std::string delivered = mta::asDelivered(message);
+  std::vector<Edit> breaks;
+  if (delivered != message) breaks = lineEdits(ctx.message, stored, message, delivered);
+  out.message = std::move(delivered);
+  // The pipeline adds these after ctx.edits in this order, the order proven above.
+  out.edits = std::move(conversion.edits);
+  for (auto& e : breaks) out.edits.push_back(std::move(e));
+  out.convertedTo7Bit = !conversion.message.empty();
+  out.conversionWhy = std::move(conversion.why);
+  return out;
+}
+
+void takePrepared(Prepared&& prepared, Result& out) {
+  out.edits = std::move(prepared.edits);
+  out.convertedTo7Bit = prepared.convertedTo7Bit;
+  if (prepared.convertedTo7Bit)
+    out.detail.add("conversion", "7bit");
+  else if (!prepared.conversionWhy.empty())
+    out.detail.add("conversion", "none: " + prepared.conversionWhy);
+}
 
 std::optional<std::string> readKeyFile(policy::Section& s, const std::string& key, const std::string& file) {
   if (!s.readable(key, file)) return std::nullopt;

@@ -12,9 +12,14 @@ with 550 when the sealer is not trusted.
 Sealing ([arc] seal_domain, seal_selector, seal_key_file, ArcSealTest): Moat's own ARC set,
 checked by dkimpy with Moat's key published in the loopback zone: i=1 cv=none on a message
 without a chain, i=2 cv=pass after a valid hop (the whole chain passes), a Subject Moat tags
-(the seal covers the delivered bytes), no set on outbound mail, and a half or bad seal
-config refused at FILE:LINE."""
+(the seal covers the delivered bytes), an 8-bit body sealed as it came (the author's DKIM
+signature still verifies), a line over 998 octets sealed and stored broken so a Maildir copy verifies, a broken chain getting
+i=N+1 with cv=fail whose ARC-Seal signs only its own set (RFC 8617 §5.1.2; checked over the
+relaxed set with dkimpy's RSA code), no set on a chain of 50 instances, no set on outbound
+mail, and a half or bad seal config refused at FILE:LINE."""
 
+import base64
+import hashlib
 import os
 import re
 import sys
@@ -26,6 +31,8 @@ from harness import (check_config, class_temp_dir, owned_moat, owned_sink, simpl
                      transaction)
 
 import dkim  # noqa: E402  (python3-dkim)
+import dkim.crypto  # noqa: E402
+import dkim.util  # noqa: E402
 
 HOST = "mx.moat.test"
 INBOUND_NETS = ["10.255.255.0/24"]  # loopback is NOT a relay client: SPF, ARC and DMARC apply
@@ -178,6 +185,46 @@ class ArcTest(unittest.TestCase):
 
 
 TAG_RULES = "header SUBJ_TAGME Subject =~ /tag me/i\nscore SUBJ_TAGME 6\n"
+TEXT = ("Gr\u00fc\u00dfe aus K\u00f6ln \u2014 caf\u00e9, na\u00efve, \u65e5\u672c\u8a9e\r\n"
+        "a trailing blank \r\n" + "\u00e9" * 200 + "\r\n")
+
+
+def raw_fields(data):
+    """The header fields of a raw message as (name, raw field without its final CRLF)."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    return [(f.split(b":", 1)[0].decode(), f) for f in re.split(rb"\r\n(?![ \t])", head)]
+
+
+def relaxed(field):
+    """RFC 6376 3.4.2 relaxed header canonicalization, without the CRLF."""
+    name, value = field.split(b":", 1)
+    value = re.sub(rb"[ \t]+", b" ", value.replace(b"\r\n", b"")).strip(b" ")
+    return name.strip().lower() + b":" + value
+
+
+def arc_set(data, instance):
+    """The raw AAR, AMS and AS of one instance, each the only one."""
+    out = []
+    for name in ("ARC-Authentication-Results", "ARC-Message-Signature", "ARC-Seal"):
+        found = [f for n, f in raw_fields(data) if n.lower() == name.lower() and
+                 re.match(rb"[^:]*:\s*i=%d;" % instance, f)]
+        assert len(found) == 1, (name, instance, found)
+        out.append(found[0])
+    return out
+
+
+def seal_verifies(txt, sets):
+    """Whether the last ARC-Seal of `sets` (AAR, AMS, AS triples, oldest first) verifies over
+    exactly those sets (RFC 8617 5.1.1), with the key of TXT record `txt`."""
+    seal = sets[-1][2]
+    b = dkim.util.parse_tag_value(seal.split(b":", 1)[1])[b"b"]
+    signed = b"".join(relaxed(aar) + b"\r\n" + relaxed(ams) + b"\r\n" + relaxed(s) + b"\r\n"
+                      for aar, ams, s in sets[:-1])
+    aar, ams, _ = sets[-1]
+    unsigned = re.sub(rb"(\bb=)[^;]*", rb"\1", seal)
+    signed += relaxed(aar) + b"\r\n" + relaxed(ams) + b"\r\n" + relaxed(unsigned)
+    key = dkim.crypto.parse_public_key(base64.b64decode(dkim.util.parse_tag_value(txt.encode())[b"p"]))
+    return dkim.crypto.RSASSA_PKCS1_v1_5_verify(hashlib.sha256(signed), base64.b64decode(re.sub(rb"\s", b"", b)), key)
 
 
 class ArcSealTest(unittest.TestCase):
@@ -206,7 +253,9 @@ class ArcSealTest(unittest.TestCase):
         with open(os.path.join(workdir, "tag.cf"), "w") as f:
             f.write(TAG_RULES)
         rules = '\n[rules]\nfiles = ["tag.cf"]\ntag = 5\nquarantine = 10\nreject = 15\nsubject_prefix = "[SPAM]"\n'
-        cls.moat = owned_moat(cls, routes=[("example.test", f"smtp:127.0.0.1:{cls.sink.port}")],
+        cls.moat = owned_moat(cls, routes=[("example.test", f"smtp:127.0.0.1:{cls.sink.port}"),
+                                           ("box.test", "maildir:mail")],
+                              relay_domains=("example.test", "box.test"),
                               networks=INBOUND_NETS, workdir=workdir, extra=dns + cls.sealing + rules)
 
     def seal_hop(self, msg, domain):
@@ -263,6 +312,93 @@ class ArcSealTest(unittest.TestCase):
         self.moat_seal(data, 1)
         cv, results, why = self.arc_verify(data)
         self.assertEqual(cv, b"pass", (results, why))
+
+    def send_8bit(self, msg, rcpt):
+        s = self.moat.smtp()
+        s.ehlo()
+        s.mail("a@open.test", ["BODY=8BITMIME"])
+        s.rcpt(rcpt)
+        code, reply = s.data(msg)
+        s.quit()
+        self.assertEqual(code, 250, reply)
+        return reply.decode().rsplit(" ", 1)[-1]
+
+    def test_8bit_body_is_sealed_as_it_came(self):
+        """Not converted to 7-bit MIME (as outbound mail Moat DKIM-signs is): the author's own
+        DKIM signature still verifies at the next hop, and so does Moat's seal."""
+        msg = simple_message("a@open.test", "seal eight bit",
+                             extra_headers=b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                                           b"Content-Transfer-Encoding: 8bit\r\n",
+                             body=TEXT.encode(), msgid_host="origin.test")
+        signed = dkim.sign(msg, b"sel", b"hop1.test", self.hop_private,
+                           include_headers=[b"from", b"to", b"subject", b"message-id"]) + msg
+        qid = self.send_8bit(signed, "bob@example.test")
+        data = self.sink.wait_subject("seal eight bit")
+        self.assertTrue(data.endswith(signed), data[-500:])  # the sender's bytes
+        self.assertTrue(dkim.verify(data, dnsfunc=txt_lookup(self.records)))
+        self.moat_seal(data, 1)
+        cv, results, why = self.arc_verify(data)
+        self.assertEqual(cv, b"pass", (results, why))
+        line = self.moat.wait_log(event="filter", filter="arc_seal", queue_id=qid)
+        self.assertEqual(line["result"], "sealed", line)
+        self.assertNotIn("conversion", line["detail"])
+
+    def test_long_line_is_sealed_and_stored_broken_for_a_maildir_copy(self):
+        long_line = b"<p>" + b"generated html " * 100 + b"</p>"
+        self.assertGreater(len(long_line), 998)
+        msg = simple_message("a@open.test", "seal long line", body=b"short\r\n" + long_line + b"\r\nend\r\n",
+                             msgid_host="origin.test").replace(b"To: bob@example.test", b"To: bob@box.test")
+        steps = transaction(self.moat, "a@open.test", "bob@box.test", msg)
+        self.assertEqual(steps["data"][0], 250, steps)
+        qid = steps["data"][1].decode().rsplit(" ", 1)[-1]
+        self.moat.wait_log(event="deliver", queue_id=qid)
+        files = self.moat.maildir_files("bob@box.test")
+        self.assertEqual(len(files), 1, files)
+        with open(files[0], "rb") as f:
+            data = f.read()
+        if b"\r\n" not in data:  # a Maildir holds LF lines: back to the wire form
+            data = data.replace(b"\n", b"\r\n")
+        self.assertLessEqual(max(len(line) for line in data.split(b"\r\n")), 998)
+        self.moat_seal(data, 1)
+        cv, results, why = self.arc_verify(data)
+        self.assertEqual(cv, b"pass", (results, why))
+
+    def test_broken_chain_gets_a_cv_fail_seal_over_its_own_set_only(self):
+        msg = self.seal_hop(message("a@open.test", "seal broken chain"), "hop1.test")
+        # The seal's t= changes: instance 1's ARC-Seal no longer verifies.
+        broken = re.sub(rb"(ARC-Seal: i=1;[^\r]*? t=)", rb"\g<1>1", msg, count=1)
+        self.assertNotEqual(broken, msg)
+        self.assertEqual(self.arc_verify(broken)[0], b"fail")
+        data = self.deliver(broken, "seal broken chain")
+        self.assertIn("cv=fail", self.moat_seal(data, 2))
+        own = arc_set(data, 2)
+        txt = self.records["arc._domainkey.gw.moat.test"]
+        self.assertTrue(seal_verifies(txt, [own]), own)
+        self.assertFalse(seal_verifies(txt, [arc_set(data, 1), own]))
+        self.assertEqual(self.arc_verify(data)[0], b"fail")
+        line = self.seal_filter_line("seal broken chain")
+        self.assertEqual((line["result"], line["detail"]["instance"], line["detail"]["cv"]), ("sealed", 2, "fail"), line)
+
+    def test_chain_of_fifty_instances_gets_no_set(self):
+        msg = message("a@open.test", "seal fifty")
+        for i in range(50):  # each hop's own Authentication-Results gives dkimpy the cv=
+            srv = b"hop%d.test" % i
+            msg = b"Authentication-Results: " + srv + (b"; arc=pass" if i else b"; none") + b"\r\n" + msg
+            fields = dkim.arc_sign(msg, b"sel", b"hop1.test", self.hop_private, srv,
+                                   include_headers=[b"from", b"to", b"subject", b"message-id"])
+            self.assertEqual(len(fields), 3, (i, fields))
+            msg = b"".join(fields) + msg
+        self.assertEqual(self.arc_verify(msg)[0], b"pass")
+        data = self.deliver(msg, "seal fifty")
+        self.assertEqual(len(header_values(data, "ARC-Seal")), 50)
+        self.assertNotIn(b"gw.moat.test", data.split(b"\r\n\r\n", 1)[0])
+        self.assertEqual(self.arc_verify(data)[0], b"pass")
+        line = self.seal_filter_line("seal fifty")
+        self.assertEqual((line["result"], line["detail"]["sealed"], line["detail"]["reason"]),
+                         ("skipped", False, "the chain has 50 instances already"), line)
+        accept = self.moat.wait_log(event="accept", message_id="<seal-fifty@origin.test>")
+        arc = self.moat.wait_log(event="filter", filter="arc", queue_id=accept["queue_id"])
+        self.assertEqual((arc["result"], arc["detail"]["instances"]), ("pass", 50), arc)
 
     def test_outbound_mail_is_not_sealed(self):
         sink = owned_sink(self)
