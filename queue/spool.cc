@@ -23,6 +23,7 @@
 #include <set>
 #include <sstream>
 
+#include "mta/runtime/durable_file.h"
 #include "mta/runtime/fd.h"
 #include "mta/runtime/log.h"
 #include "mta/runtime/uv.h"
@@ -45,12 +46,11 @@ bool validId(std::string_view s) {
   return true;
 }
 
+// A failed file step worded as the spool's errors are (errnoError: a prefix per kind).
+std::string spoolError(const mta::FileError& e) { return e ? errnoError(e.code, e.what) : std::string(); }
+
 // Blocking helpers: pool threads and recovery only.
-std::string syncDir(const std::string& path) {
-  mta::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!fd.valid()) return errnoError(errno, "open " + path);
-  return ::fsync(fd.get()) == 0 ? std::string() : errnoError(errno, "fsync " + path);
-}
+std::string syncDir(const std::string& path) { return spoolError(mta::syncDirectory(path)); }
 
 }  // namespace
 
@@ -132,20 +132,6 @@ bool overwriteNeedsOnlyFlush(const std::string& dir) {
            options.find("dax") == std::string::npos;
   }
   return false;
-}
-
-// Writes `content` to a new file and fsyncs it.
-std::string writeDurable(const std::string& path, std::string_view content) {
-  mta::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-  if (!fd.valid()) return errnoError(errno, "create " + path);
-  int err = writeAll(fd.get(), content, 0);
-  if (err == 0 && ::fsync(fd.get()) != 0) err = errno;
-  fd.reset();
-  if (err != 0) {
-    ::unlink(path.c_str());
-    return errnoError(err, "write " + path);
-  }
-  return {};
 }
 
 std::string renameFile(const std::string& from, const std::string& to) {
@@ -416,26 +402,13 @@ std::string lockSpool(const std::string& dir, int& fd) {
 }
 }  // namespace
 
-namespace {
-// The parent of `path` ("." for a bare name), for syncing the directory an entry was made in.
-std::string parentOf(const std::string& path) {
-  size_t end = path.find_last_not_of('/');
-  if (end == std::string::npos) return "/";
-  size_t slash = path.rfind('/', end);
-  if (slash == std::string::npos) return ".";
-  size_t keep = path.find_last_not_of('/', slash);
-  return keep == std::string::npos ? "/" : path.substr(0, keep + 1);
-}
-
-}  // namespace
-
 // A spool made at the first start (its subdirectories, and the spool itself under parents
 // that did not exist) survives a power cut with the first messages in it.
 std::string makeDirsDurably(const std::string& path, mode_t mode, mode_t parentMode) {
   struct stat st {};
   if (::stat(path.c_str(), &st) == 0) return S_ISDIR(st.st_mode) ? "" : "mkdir " + path + ": not a directory";
   if (errno != ENOENT) return errnoError(errno, "stat " + path);
-  std::string parent = parentOf(path);
+  std::string parent = mta::parentDirectory(path);
   if (parent != path)
     if (std::string e = makeDirsDurably(parent, parentMode, parentMode); !e.empty()) return e;
   if (::mkdir(path.c_str(), mode) != 0) {
@@ -805,7 +778,7 @@ void Spool::move(const Envelope& envIn, Area to, Done cb) {
       if (::link(current.c_str(), dataFile.c_str()) != 0) return errnoError(errno, "link " + current + " " + dataFile);
       e = dirs->sync(dataDir);
     }
-    if (e.empty()) e = writeDurable(tmp, text);
+    if (e.empty()) e = spoolError(mta::writeFileSynced(tmp, text, 0600, false));
     if (e.empty()) e = renameFile(tmp, target);
     if (e.empty()) e = dirs->sync(targetDir);
     if (!e.empty()) {

@@ -6,18 +6,14 @@
 // keys come from the config (checked at load time). The signature is returned folded (CRLF
 // TAB) to lines of at most 78 octets, the folding part of what is signed. Nothing is
 // logged here.
-#include <fcntl.h>
 #include <openssl/x509.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
-#include <cstring>
 
 #include "filters/dkim/dkim.h"
 #include "filters/dkim/internal.h"
-#include "mta/runtime/fd.h"
+#include "mta/runtime/durable_file.h"
 
 namespace moat::filters::dkim {
 
@@ -127,33 +123,18 @@ std::optional<std::string> signMessage(const SignKey& key, std::string_view mess
 
 namespace {
 
-// Written whole beside `path`, then put in place: by link(2) when an existing key must
-// not be replaced (it fails on an existing name, atomically), else by rename(2).
+// Written whole beside `path`, then put in place (mta::writeFileDurably): by link(2) when an
+// existing key must not be replaced (it fails on an existing name, atomically), else by
+// rename(2).
 bool writeKeyFile(const std::string& path, const std::string& pem, bool replace, std::string& error) {
-  auto fail = [&](const std::string& what) {
-    error = what + ": " + std::strerror(errno);
-    return false;
-  };
-  std::string tmp = path + ".tmp";
-  mta::UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-  if (!fd.valid()) return fail("cannot create " + tmp);
-  ::fchmod(fd.get(), 0600);  // an existing file keeps its mode through O_TRUNC
-  bool ok = ::write(fd.get(), pem.data(), pem.size()) == static_cast<ssize_t>(pem.size()) && ::fsync(fd.get()) == 0;
-  ok = fd.close() == 0 && ok;
-  if (!ok) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    errno = e;
-    return fail("cannot write " + tmp);
-  }
-  bool placed = replace ? ::rename(tmp.c_str(), path.c_str()) == 0 : ::link(tmp.c_str(), path.c_str()) == 0;
-  int e = errno;
-  ::unlink(tmp.c_str());  // after a rename: gone already
-  errno = e;
-  if (!placed && e == EEXIST)
+  mta::DurableWrite how;
+  how.replace = replace;
+  how.mode = 0600;
+  mta::FileError e = mta::writeFileDurably(path, pem, how);
+  if (!e) return true;
+  if (!replace && e.code == EEXIST && e.what.starts_with("link "))
     return error = path + " exists: a published key would stop matching (--force replaces it)", false;
-  if (!placed) return fail("cannot write " + path);
-  return true;
+  return error = "cannot " + e.text(), false;
 }
 
 std::string publicKeyRecord(EVP_PKEY* key, bool ed25519) {

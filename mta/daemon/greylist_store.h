@@ -6,7 +6,7 @@
 // greylisting is off (a reload may turn it on: the senders the last run knew stay known;
 // entries whose time ran out meanwhile are dropped as they are read) (at most
 // Greylist::kMaxStateBytes; a file Moat did not write, or cut short, is logged and ignored:
-// the table starts empty). It is written crash-atomically (sts::writeFileAtomically: a new
+// the table starts empty). It is written crash-atomically (mta::writeFileDurably: a new
 // file, fsynced, renamed over the old) on the thread pool by a StateFile (state_file.h): every
 // kSaveEveryMs when the table changed, and at a graceful stop. A crash loses at most the
 // changes since the last write.

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "mta/daemon/https_client.h"
+#include "mta/runtime/durable_file.h"
 #include "mta/runtime/fd.h"
 #include "mta/runtime/log.h"
 #include "mta/runtime/uv.h"
@@ -18,48 +19,7 @@ namespace moat::mta::sts {
 
 namespace {
 std::string errnoText(int err, const std::string& what) { return what + ": " + std::strerror(err); }
-
-// Thread pool: `text` to `path` crash-atomically, as the spool writes its files: a new file
-// beside it, fsynced, renamed over it, and the directory fsynced so the rename lasts.
-std::string writeAtomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    UniqueFd f(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (f.get() < 0) return errnoText(errno, "create " + tmp);
-    std::string_view rest = text;
-    while (!rest.empty()) {
-      ssize_t n = ::write(f.get(), rest.data(), rest.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) {
-        int err = errno;
-        ::unlink(tmp.c_str());
-        return errnoText(err, "write " + tmp);
-      }
-      rest.remove_prefix(static_cast<size_t>(n));
-    }
-    if (::fsync(f.get()) != 0) {
-      int err = errno;
-      ::unlink(tmp.c_str());
-      return errnoText(err, "fsync " + tmp);
-    }
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    return errnoText(err, "rename " + tmp);
-  }
-  size_t slash = path.rfind('/');
-  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
-  UniqueFd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (d.get() < 0) return errnoText(errno, "open " + dir);
-  if (::fsync(d.get()) != 0) return errnoText(errno, "fsync " + dir);
-  return "";
-}
 }  // namespace
-
-std::string writeFileAtomically(const std::string& path, const std::string& text) {
-  return writeAtomically(path, text);
-}
 
 std::function<void()> fetchPolicy(uv_loop_t* loop, dns::Resolver& resolver, const std::string& domain,
                                   std::shared_ptr<tls::TlsContext> tls, uint64_t timeoutMs, uint16_t port,
@@ -210,7 +170,7 @@ void PolicyCache::save() {
   dirty_ = false;
   auto alive = alive_;
   uv::queueWork(
-      loop_, [path = file_, text, error] { *error = writeAtomically(path, *text); },
+      loop_, [path = file_, text, error] { *error = writeFileDurably(path, *text).text(); },
       [this, alive, error] {
         if (!*alive) return;
         writing_ = false;

@@ -154,11 +154,6 @@ class PolicyCache {
   dns::Families sweepFamilies_;
 };
 
-// Blocking (thread pool): `text` to `path` crash-atomically (a new file beside it, fsynced,
-// renamed over it, the directory fsynced). Returns "" or the error. The cache file's writer,
-// also used for the TLS reporting state (tlsrpt.h).
-std::string writeFileAtomically(const std::string& path, const std::string& text);
-
 // Fetches https://mta-sts.DOMAIN/.well-known/mta-sts.txt (§3.3) and parses it. The host's
 // addresses (of `families`, at most kMaxPolicyAddresses) are tried in order until one gives
 // an HTTP reply, each within what is left of `timeoutMs` (https::exchange, https_client.h).

@@ -1,9 +1,7 @@
 // mta/daemon/queue_manager.cc — see queue_manager.h.
 #include "mta/daemon/queue_manager.h"
 
-#include <fcntl.h>
 #include <strings.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,7 +17,7 @@
 #include "mta/daemon/mx_self.h"
 #include "mta/dns/dane.h"
 #include "mta/dns/resolve_host.h"
-#include "mta/runtime/fd.h"
+#include "mta/runtime/durable_file.h"
 #include "mta/runtime/hex.h"
 #include "mta/runtime/json.h"
 #include "mta/runtime/log.h"
@@ -116,11 +114,6 @@ std::string safeMailboxName(const std::string& local) {
   return out.substr(0, 200);
 }
 
-bool fsyncDir(const std::string& dir) {
-  UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  return fd.valid() && ::fsync(fd.get()) == 0;
-}
-
 // Converting to 7-bit MIME costs about 6 ms per MB: above this, on the thread pool.
 constexpr size_t kDowngradeOnLoop = 256 * 1024;
 
@@ -193,34 +186,11 @@ std::string writeMaildir(const std::string& dir, const std::string& rcpt, const 
   };
   appendLf(prefix);
   appendLf(body);
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640));
-  if (!fd.valid()) return "cannot create " + tmp + ": " + std::strerror(errno);
-  size_t off = 0;
-  while (off < content.size()) {
-    ssize_t n = ::write(fd.get(), content.data() + off, content.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      std::string err = std::strerror(errno);
-      fd.reset();
-      ::unlink(tmp.c_str());
-      return "write " + tmp + ": " + err;
-    }
-    off += static_cast<size_t>(n);
-  }
-  if (::fsync(fd.get()) != 0) {
-    std::string err = std::strerror(errno);
-    fd.reset();
-    ::unlink(tmp.c_str());
-    return "fsync " + tmp + ": " + err;
-  }
-  fd.reset();
-  if (::rename(tmp.c_str(), fin.c_str()) != 0) {
-    std::string err = std::strerror(errno);
-    ::unlink(tmp.c_str());
-    return "rename " + fin + ": " + err;
-  }
-  if (!fsyncDir(box + "/new")) return "fsync " + box + "/new: " + std::strerror(errno);
-  return "";
+  // Written in tmp/ under its unique name, then renamed into new/ (and new/ fsynced).
+  mta::DurableWrite how;
+  how.mode = 0640;
+  how.temp = tmp;
+  return mta::writeFileDurably(fin, content, how).text();
 }
 
 struct QueueManager::Attempt {

@@ -3,7 +3,7 @@
 
 #include <utility>
 
-#include "mta/daemon/mta_sts.h"
+#include "mta/runtime/durable_file.h"
 
 namespace moat::mta::daemon {
 
@@ -55,7 +55,7 @@ void StateFile::begin() {
   auto encode = snapshot_();
   auto error = std::make_shared<std::string>();
   uv::queueWork(
-      loop_, [path = path_, encode = std::move(encode), error] { *error = sts::writeFileAtomically(path, encode()); },
+      loop_, [path = path_, encode = std::move(encode), error] { *error = writeFileDurably(path, encode()).text(); },
       [this, alive = alive_, error, thens = std::move(thens)]() mutable {
         if (!*alive) return;
         written(*error, std::move(thens));

@@ -5,7 +5,7 @@
 // The owner supplies two functions: `snapshot`, on the loop, copies the contents (bounded by
 // the owner's own caps) and returns the encoder, which runs on the thread pool and gives the
 // file's text; and `failed`, on the loop, told the error of a write that failed, so that each
-// owner logs its own event. The file is written crash-atomically (sts::writeFileAtomically:
+// owner logs its own event. The file is written crash-atomically (mta::writeFileDurably:
 // a new file, fsynced, renamed over the old) on the pool, never on the loop; one write at a
 // time: a write asked for while one is under way begins when it is done, with the contents
 // as they are then (any number of asks meanwhile give exactly one more write). A periodic
