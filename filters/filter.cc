@@ -105,38 +105,6 @@ std::string_view envelopeChangeName(EnvelopeChange::Kind kind) {
   return "?";
 }
 
-Result Result::pass(std::string summary) {
-  Result r;
-  r.summary = std::move(summary);
-  return r;
-}
-
-static Result withReply(Verdict verdict, int code, std::string enhanced, std::string text, std::string summary) {
-  Result r;
-  r.verdict = verdict;
-  r.code = code;
-  r.enhanced = std::move(enhanced);
-  r.text = std::move(text);
-  r.summary = std::move(summary);
-  return r;
-}
-
-Result Result::reject(int code, std::string enhanced, std::string text, std::string summary) {
-  return withReply(Verdict::Reject, code, std::move(enhanced), std::move(text), std::move(summary));
-}
-
-Result Result::tempFail(int code, std::string enhanced, std::string text, std::string summary) {
-  return withReply(Verdict::TempFail, code, std::move(enhanced), std::move(text), std::move(summary));
-}
-
-Result Result::quarantine(std::string reason, std::string summary) {
-  Result r;
-  r.verdict = Verdict::Quarantine;
-  r.quarantineReason = std::move(reason);
-  r.summary = std::move(summary);
-  return r;
-}
-
 mime::Depth Filter::mimeDepth() const { return mime::Depth::Structure; }
 
 std::string rewritesJson(const std::vector<AddressRewrite>& rewrites) {

@@ -81,10 +81,29 @@ struct Result {
   std::string quarantineReason;  // Quarantine: why, kept with the message
   mta::JsonObject detail;        // more log fields for the `filter` event
 
-  static Result pass(std::string summary = "pass");
-  static Result reject(int code, std::string enhanced, std::string text, std::string summary = "reject");
-  static Result tempFail(int code, std::string enhanced, std::string text, std::string summary = "temperror");
-  static Result quarantine(std::string reason, std::string summary = "quarantine");
+  // Inline, so the filter libraries that moat_filters links (SPF, DKIM, ARC) use them too.
+  static Result pass(std::string summary = "pass") { return make(Verdict::Continue, 0, "", "", std::move(summary)); }
+  static Result reject(int code, std::string enhanced, std::string text, std::string summary = "reject") {
+    return make(Verdict::Reject, code, std::move(enhanced), std::move(text), std::move(summary));
+  }
+  static Result tempFail(int code, std::string enhanced, std::string text, std::string summary = "temperror") {
+    return make(Verdict::TempFail, code, std::move(enhanced), std::move(text), std::move(summary));
+  }
+  static Result quarantine(std::string reason, std::string summary = "quarantine") {
+    Result r = make(Verdict::Quarantine, 0, "", "", std::move(summary));
+    r.quarantineReason = std::move(reason);
+    return r;
+  }
+  // Any verdict with its reply (code 0 and empty texts for none).
+  static Result make(Verdict verdict, int code, std::string enhanced, std::string text, std::string summary) {
+    Result r;
+    r.verdict = verdict;
+    r.code = code;
+    r.enhanced = std::move(enhanced);
+    r.text = std::move(text);
+    r.summary = std::move(summary);
+    return r;
+  }
 };
 
 // What the authentication filters found; later filters (DMARC) read earlier ones.

@@ -15,12 +15,6 @@ namespace moat::filters::arc {
 
 namespace {
 
-Result continueWith(std::string summary) {
-  Result r;
-  r.summary = std::move(summary);
-  return r;
-}
-
 // An A-R comment: fixed wording, numbers and checked names; nothing that could end it.
 std::string commentText(const std::string& text) {
   std::string out;
@@ -41,7 +35,7 @@ class ArcFilter : public Filter {
 
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
     ctx->arc = {};
-    if (ctx->authenticated || ctx->fromRelayNetwork) return done(continueWith("skipped"));
+    if (ctx->authenticated || ctx->fromRelayNetwork) return done(Result::pass("skipped"));
     verifyMessage(env, ctx->message, ctx, [ctx, trusted = trusted_, done = std::move(done)](ChainResult r) {
       done(toResult(*ctx, *trusted, r));
     });
@@ -55,7 +49,7 @@ class ArcFilter : public Filter {
     ctx.arc.instances = c.instances;
     ctx.arc.trusted =
         c.result == "pass" && !c.sealer.empty() && std::find(trusted.begin(), trusted.end(), c.sealer) != trusted.end();
-    Result r = continueWith(c.result);
+    Result r = Result::pass(c.result);
     std::string resinfo = "arc=" + c.result;
     if (c.result == "pass")
       resinfo += " (i=" + std::to_string(c.instances) + " sealer=" + c.sealer + ")";

@@ -33,13 +33,6 @@ using namespace detail;
 
 namespace {
 
-// Result::pass lives in moat_filters, which links this library; build the value here.
-Result continueWith(std::string summary) {
-  Result r;
-  r.summary = std::move(summary);
-  return r;
-}
-
 // RFC 8601 values are tokens or quoted-strings; base64 and free text need quoting.
 std::string ptypeValue(const std::string& v) {
   bool token = !v.empty();
@@ -71,7 +64,7 @@ class VerifyFilter : public Filter {
   Stage stage() const override { return Stage::Data; }
 
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
-    if (!enabled_) return done(continueWith("off"));
+    if (!enabled_) return done(Result::pass("off"));
     std::string_view message = ctx->message;
     verifyMessage(env, message, ctx, options_, [ctx, done = std::move(done)](std::vector<SigResult> sigs) {
       done(toResult(*ctx, sigs));
@@ -80,7 +73,7 @@ class VerifyFilter : public Filter {
 
  private:
   static Result toResult(MessageContext& ctx, const std::vector<SigResult>& sigs) {
-    Result r = continueWith("none");
+    Result r = Result::pass("none");
     if (sigs.empty()) r.authResults.push_back("dkim=none");
     std::vector<std::string> lines;
     for (const auto& s : sigs) {
@@ -267,14 +260,14 @@ class SignFilter : public Filter {
   Stage stage() const override { return Stage::Data; }
 
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
-    if (!(ctx->fromRelayNetwork || ctx->authenticated)) return done(continueWith("inbound"));
+    if (!(ctx->fromRelayNetwork || ctx->authenticated)) return done(Result::pass("inbound"));
     auto domains = signingDomains(*ctx);
     std::vector<SignKey> mine;
     for (const auto& d : domains)
       for (const auto& k : keys_)
         if (lower(k.domain) == d) mine.push_back(k);
-    if (mine.empty()) return done(continueWith("none"));
-    auto result = std::make_shared<Result>(continueWith("signed"));
+    if (mine.empty()) return done(Result::pass("none"));
+    auto result = std::make_shared<Result>(Result::pass("signed"));
     // The conversion and the crypto both run here, on the thread pool.
     env.offload([ctx, mine = std::move(mine), result, max = maxMessageSize_] { signAll(*ctx, mine, max, *result); },
                 [result, done = std::move(done)] { done(std::move(*result)); });

@@ -80,18 +80,6 @@ Header receivedSpf(const SpfAnswer& a, const MessageContext& ctx, const std::str
   return Header{"Received-SPF", v};
 }
 
-// Built here rather than with Result::reject() & co. (filters/pipeline.cc), so this
-// library needs only moat_policy, moat_dns and moat_runtime.
-Result reply(Verdict verdict, int code, std::string enhanced, std::string text, std::string summary) {
-  Result r;
-  r.verdict = verdict;
-  r.code = code;
-  r.enhanced = std::move(enhanced);
-  r.text = std::move(text);
-  r.summary = std::move(summary);
-  return r;
-}
-
 class SpfFilter : public Filter, public std::enable_shared_from_this<SpfFilter> {
  public:
   explicit SpfFilter(Settings s, std::vector<mta::Network> relayNets)
@@ -100,7 +88,7 @@ class SpfFilter : public Filter, public std::enable_shared_from_this<SpfFilter> 
   Stage stage() const override { return Stage::Mail; }
 
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
-    if (skip(*ctx) || !env.resolver) return done(reply(Verdict::Continue, 0, "", "", "skipped"));
+    if (skip(*ctx) || !env.resolver) return done(Result::pass("skipped"));
     CheckParams p;
     p.ip = ctx->clientIp;
     p.helo = ctx->helo;
@@ -148,13 +136,13 @@ class SpfFilter : public Filter, public std::enable_shared_from_this<SpfFilter> 
     const std::string& action = actionFor(a.result);
     if (action == "reject" && a.result == SpfResult::Fail) {
       std::string text = a.explanation.empty() ? "SPF check failed for " + a.domain : a.explanation;
-      r = reply(Verdict::Reject, 550, "5.7.23", text, name);
+      r = Result::reject(550, "5.7.23", text, name);
     } else if (action == "reject") {
-      r = reply(Verdict::Reject, 550, "5.7.24", "SPF record of " + a.domain + " is invalid", name);
+      r = Result::reject(550, "5.7.24", "SPF record of " + a.domain + " is invalid", name);
     } else if (action == "tempfail") {
-      r = reply(Verdict::TempFail, 451, "4.7.24", "Temporary error evaluating the SPF record of " + a.domain, name);
+      r = Result::tempFail(451, "4.7.24", "Temporary error evaluating the SPF record of " + a.domain, name);
     } else {
-      r = reply(action == "tag" ? Verdict::Tag : Verdict::Continue, 0, "", "", name);
+      r = Result::make(action == "tag" ? Verdict::Tag : Verdict::Continue, 0, "", "", name);
     }
     r.summary = name;
     // RFC 8601 §2.7.2 pvalues: a domain is a dot-atom as it is; an address literal
