@@ -61,4 +61,69 @@ std::string applyEdits(std::string_view message, const std::vector<Edit>& edits)
   return out;
 }
 
+std::vector<Edit> composeEdits(const std::vector<Edit>& applied, std::string_view edited,
+                               const std::vector<Edit>& over) {
+  // Where each applied edit's replacement sits in `edited`: [start[i], stop[i]).
+  std::vector<uint64_t> start(applied.size()), stop(applied.size());
+  uint64_t mPos = 0, ePos = 0;
+  for (size_t i = 0; i < applied.size(); ++i) {
+    ePos += applied[i].offset - mPos;
+    start[i] = ePos;
+    ePos += applied[i].replacement.size();
+    stop[i] = ePos;
+    mPos = applied[i].end();
+  }
+  // Over edit `b` touches applied edit `i`: shares a byte of its replacement or an edge.
+  auto touches = [&](const Edit& b, size_t i) { return b.offset <= stop[i] && b.end() >= start[i]; };
+  // The message offset of edited offset `e`, in text no applied edit wrote, before applied[i]
+  // (or after the last one when i == applied.size()).
+  auto toMessage = [&](uint64_t e, size_t i) -> uint64_t {
+    if (i < applied.size()) return applied[i].offset - (start[i] - e);
+    if (applied.empty()) return e;
+    return applied.back().end() + (e - stop.back());
+  };
+  auto join = [](std::string& why, const std::string& more) {
+    if (more.empty()) return;
+    if (!why.empty()) why += "; ";
+    why += more;
+  };
+  std::vector<Edit> out;
+  out.reserve(applied.size() + over.size());
+  size_t i = 0, j = 0;
+  while (i < applied.size() || j < over.size()) {
+    if (j == over.size() || (i < applied.size() && over[j].offset > stop[i])) {
+      out.push_back(applied[i++]);  // untouched by the later edits
+      continue;
+    }
+    if (i == applied.size() || over[j].end() < start[i]) {
+      Edit m = over[j];  // in text as received: moved to the message's offsets
+      m.offset = toMessage(over[j].offset, i);
+      out.push_back(std::move(m));
+      ++j;
+      continue;
+    }
+    // over[j] touches applied[i]: one edit for them and every edit chained to them.
+    size_t i0 = i++, j0 = j++;
+    for (bool grew = true; grew;) {
+      grew = false;
+      for (; j < over.size() && touches(over[j], i - 1); ++j) grew = true;
+      for (; i < applied.size() && touches(over[j - 1], i); ++i) grew = true;
+    }
+    uint64_t gStart = std::min(start[i0], over[j0].offset);
+    uint64_t gEnd = std::max(stop[i - 1], over[j - 1].end());
+    Edit g;
+    g.offset = toMessage(gStart, i0);
+    g.length = applied[i - 1].end() + (gEnd - stop[i - 1]) - g.offset;
+    std::vector<Edit> local(over.begin() + static_cast<std::ptrdiff_t>(j0),
+                            over.begin() + static_cast<std::ptrdiff_t>(j));
+    for (auto& b : local) b.offset -= gStart;
+    g.replacement = applyEdits(edited.substr(gStart, gEnd - gStart), local);
+    // The reasons in the order the changes were made: the earlier ones first.
+    for (size_t k = i0; k < i; ++k) join(g.why, applied[k].why);
+    for (size_t k = j0; k < j; ++k) join(g.why, over[k].why);
+    out.push_back(std::move(g));
+  }
+  return out;
+}
+
 }  // namespace moat::filters

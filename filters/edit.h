@@ -48,4 +48,16 @@ uint64_t editedSize(uint64_t messageSize, const std::vector<Edit>& edits);
 // (out of order or out of range) is skipped rather than read out of bounds.
 std::string applyEdits(std::string_view message, const std::vector<Edit>& edits);
 
+// Edits made over an edited message, as edits of the message as received: `applied` are
+// valid edits of the message, `edited` is the message with them
+// applied, `over` are valid edits of `edited` (a later filter's, made on what it was shown:
+// a chained milter). Returns valid edits of the message such that
+//   applyEdits(message, result) == applyEdits(edited, over).
+// An edit of `over` in text no edit of `applied` touched is moved to the message's offsets;
+// one that reaches into, or touches the edge of, an earlier replacement or insert is merged
+// with it into one edit (the earlier replacement rewritten; `why` joined with "; "). The
+// untouched edits of `applied` stay as they are.
+std::vector<Edit> composeEdits(const std::vector<Edit>& applied, std::string_view edited,
+                               const std::vector<Edit>& over);
+
 }  // namespace moat::filters

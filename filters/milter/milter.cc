@@ -171,9 +171,18 @@ struct Step {
 
 class Conversation : public std::enable_shared_from_this<Conversation> {
  public:
-  Conversation(const MilterConfig& m, std::shared_ptr<MessageContext> ctx, const Env& env, uint64_t maxBody,
+  Conversation(const MilterConfig& m, std::shared_ptr<MessageContext> ctx, View view, const Env& env, uint64_t maxBody,
                std::function<void(Outcome)> done)
-      : m_(m), ctx_(std::move(ctx)), env_(env), maxBody_(maxBody), done_(std::move(done)), timer_(env.loop) {}
+      : m_(m),
+        ctx_(std::move(ctx)),
+        view_(std::move(view)),
+        msg_(view_.message),
+        env_(env),
+        maxBody_(maxBody),
+        done_(std::move(done)),
+        timer_(env.loop) {
+    for (const auto& h : view_.headers) (h.aboveReceived ? above_ : below_).push_back({h, false, {}});
+  }
 
   void start() {
     self_ = shared_from_this();
@@ -311,39 +320,51 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
     Macros helo;
     if (c.tls) helo.push_back({"{tls_version}", c.tlsVersion.empty() ? "TLS" : c.tlsVersion});
     add(cmd::kHelo, helo, heloPacket(c.helo), p & proto::kNoHelo, !(p & proto::kNrHelo), Phase::Command);
-    Macros mail = {{"i", c.queueId}, {"{mail_addr}", c.mailFrom}};
+    Macros mail = {{"i", c.queueId}, {"{mail_addr}", view_.mailFrom}};
     if (c.authenticated) mail.push_back({"{auth_authen}", c.authUser});
     // Again with MAIL: a milter that declines HELO (SMFIP_NOHELO) gets no HELO macros.
     if (c.tls) mail.push_back(helo.front());
     std::vector<std::string> mailArgs;
-    if (!c.message.empty()) mailArgs.push_back("SIZE=" + std::to_string(c.message.size()));
-    add(cmd::kMail, mail, envelopePacket(cmd::kMail, c.mailFrom, mailArgs), p & proto::kNoMail, !(p & proto::kNrMail),
-        Phase::Command);
-    for (const auto& r : c.rcpts)
-      add(cmd::kRcpt, {{"{rcpt_addr}", r}}, envelopePacket(cmd::kRcpt, r), p & proto::kNoRcpt, !(p & proto::kNrRcpt),
-          Phase::Command);
+    if (!msg_.empty()) mailArgs.push_back("SIZE=" + std::to_string(msg_.size()));
+    for (const auto& a : view_.mailArgs) mailArgs.push_back(a);
+    add(cmd::kMail, mail, envelopePacket(cmd::kMail, view_.mailFrom, mailArgs), p & proto::kNoMail,
+        !(p & proto::kNrMail), Phase::Command);
+    for (size_t i = 0; i < view_.rcpts.size(); ++i) {
+      const auto& r = view_.rcpts[i];
+      auto args = i < view_.rcptArgs.size() ? view_.rcptArgs[i] : std::vector<std::string>{};
+      add(cmd::kRcpt, {{"{rcpt_addr}", r}}, envelopePacket(cmd::kRcpt, r, args), p & proto::kNoRcpt,
+          !(p & proto::kNrRcpt), Phase::Command);
+    }
     add(cmd::kData, {{"i", c.queueId}}, encode(cmd::kData, ""), p & proto::kNoData, !(p & proto::kNrData),
         Phase::Command);
     bool lead = p & proto::kHeaderLeadSpace;
     leadingSpace_ = lead;
-    // Moat's own Received field first, as it will be delivered (opendkim and rspamd read it).
+    // Moat's own Received field first, as it will be delivered (opendkim and rspamd read it),
+    // with the fields earlier milters added where they are delivered: around it.
     receivedSent_ = !(p & proto::kNoHeaders) && !c.received.empty();
+    auto prepended = [&](const std::vector<Slot>& slots) {
+      for (const auto& slot : slots)
+        add(cmd::kHeader, {}, headerPacket(slot.h.name, milterHeaderValue(" " + slot.h.value, lead)),
+            p & proto::kNoHeaders, !(p & proto::kNrHeader), Phase::Content);
+    };
+    prepended(above_);
     if (receivedSent_)
       add(cmd::kHeader, {}, headerPacket("Received", milterHeaderValue(" " + c.received, lead)), false,
           !(p & proto::kNrHeader), Phase::Content);
+    prepended(below_);
     if (!(p & proto::kNoHeaders))
-      for (const auto& f : headerFields(c.message))
+      for (const auto& f : headerFields(msg_))
         add(cmd::kHeader, {}, headerPacket(f.name, milterHeaderValue(f.rawValue, lead)), false, !(p & proto::kNrHeader),
             Phase::Content);
     add(cmd::kEoh, {}, encode(cmd::kEoh, ""), p & proto::kNoEoh, !(p & proto::kNrEoh), Phase::Content);
     if (!(p & proto::kNoBody)) {
-      uint64_t at = bodyOffset(c.message);
-      for (; at < c.message.size(); at += kBodyChunk) {
+      uint64_t at = bodyOffset(msg_);
+      for (; at < msg_.size(); at += kBodyChunk) {
         Step s;
         s.command = cmd::kBody;
         s.body = true;
         s.bodyOffset = at;
-        s.bodyLength = std::min<uint64_t>(kBodyChunk, c.message.size() - at);
+        s.bodyLength = std::min<uint64_t>(kBodyChunk, msg_.size() - at);
         s.reply = !(p & proto::kNrBody);
         s.phase = Phase::Content;
         steps_.push_back(std::move(s));
@@ -358,7 +379,7 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
       Step& s = steps_[next_++];
       current_ = s.command;
       if (s.body)
-        send(encode(cmd::kBody, ctx_->message.substr(s.bodyOffset, s.bodyLength)));
+        send(encode(cmd::kBody, msg_.substr(s.bodyOffset, s.bodyLength)));
       else
         send(std::move(s.packet));
       if (s.reply) {
@@ -407,18 +428,18 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
                      [this] { fail(std::string("timed out waiting for the reply to ") + waiting_); });
         return;
       case reply::kContinue:
-        if (current_ == cmd::kEom) return finish(std::move(out_));
+        if (current_ == cmd::kEom) return finish(std::move(out_), true);
         return advance();
       case reply::kSkip:
         if (current_ != cmd::kBody || !(protocol_ & proto::kSkip)) return fail("protocol error: SKIP outside the body");
         while (next_ < steps_.size() && steps_[next_].body) ++next_;
         return advance();
       case reply::kAccept:
-        if (current_ == cmd::kEom) return finish(std::move(out_));
+        if (current_ == cmd::kEom) return finish(std::move(out_), true);
         {
           Outcome accepted;
           accepted.kind = Outcome::Kind::Accept;
-          return finish(std::move(accepted));
+          return finish(std::move(accepted), false);
         }
       case reply::kReject: return decide(Outcome::Kind::Reject, 550, "5.7.1", "Command rejected");
       case reply::kTempFail:
@@ -434,7 +455,7 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
         Outcome o;
         o.kind = Outcome::Kind::Quarantine;
         o.quarantineReason = "milter " + m_.name + ": discard";
-        return finish(std::move(o));
+        return finish(std::move(o), false);
       }
       default: break;
     }
@@ -451,9 +472,9 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
         if (!(actions_ & action::kAddHeaders)) return fail("protocol error: add header without ADDHDRS");
         auto h = parseHeaderChange(p.data, p.command == reply::kInsHeader);
         if (!h) return fail("protocol error: malformed add header");
-        if (out_.headers.size() + out_.edits.size() >= 1000) return fail("protocol error: over 1000 header changes");
+        if (++headerChanges_ > 1000) return fail("protocol error: over 1000 header changes");
         if (p.command == reply::kInsHeader) return insertHeader(*h);
-        out_.headers.push_back({h->name, unfold(h->value)});
+        added_.push_back({h->name, unfold(h->value)});
         return;
       }
       case reply::kAddRcpt:
@@ -479,6 +500,7 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
         if (!(actions_ & action::kChgHeaders)) return fail("protocol error: change header without CHGHDRS");
         auto h = parseHeaderChange(p.data, true);
         if (!h) return fail("protocol error: malformed change header");
+        if (++headerChanges_ > 1000) return fail("protocol error: over 1000 header changes");
         return changeHeader(*h);
       }
       case reply::kReplBody: {
@@ -500,53 +522,66 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
     }
   }
 
+  void refused(const std::string& error) {
+    mlog::warn("milter_error")
+        .add("milter", m_.name)
+        .add("session", ctx_->sessionId)
+        .add("queue_id", ctx_->queueId)
+        .add("error", error);
+  }
+
+  // SMFIR_CHGHEADER: the index-th field named h.name in the header as the milter was sent
+  // it: the fields earlier milters put above Moat's Received, Moat's Received (not changed),
+  // the ones below it, the message's. An earlier milter's field is changed in place; a
+  // message field by an edit of the message it was sent.
   void changeHeader(const HeaderChange& h) {
     uint32_t index = std::max<uint32_t>(h.index, 1);
-    // The first Received field the milter saw is Moat's own, which is not in the message.
-    if (receivedSent_ && mta::iequalsAscii(h.name, "Received")) {
-      if (index == 1) {
-        mlog::warn("milter_error")
-            .add("milter", m_.name)
-            .add("session", ctx_->sessionId)
-            .add("queue_id", ctx_->queueId)
-            .add("error", "change of Moat's own Received field: not made");
-        return;
-      }
-      --index;
-    }
     uint32_t seen = 0;
-    for (const auto& f : headerFields(ctx_->message)) {
+    auto inSlots = [&](std::vector<Slot>& slots) {
+      for (auto& slot : slots) {
+        if (!mta::iequalsAscii(slot.h.name, h.name) || ++seen != index) continue;
+        if (h.value.empty())
+          slot.removed = true;
+        else
+          slot.h.value = unfold(h.value);
+        return true;
+      }
+      return false;
+    };
+    if (inSlots(above_)) return;
+    // The first Received field after those is Moat's own, which is not in the message.
+    if (receivedSent_ && mta::iequalsAscii(h.name, "Received") && ++seen == index)
+      return refused("change of Moat's own Received field: not made");
+    if (inSlots(below_)) return;
+    for (const auto& f : headerFields(msg_)) {
       if (!mta::iequalsAscii(f.name, h.name) || ++seen != index) continue;
       Edit e;
       e.offset = f.offset;
       e.length = f.length;
       e.replacement = h.value.empty() ? "" : fieldText(std::string(f.name), h.value, leadingSpace_);
       e.why = "milter " + m_.name + ": " + (h.value.empty() ? "deleted " : "changed ") + std::string(f.name);
-      if (!addEdit(out_.edits, std::move(e), ctx_->message.size()))
-        mlog::warn("milter_error")
-            .add("milter", m_.name)
-            .add("session", ctx_->sessionId)
-            .add("queue_id", ctx_->queueId)
-            .add("error", "change of " + h.name + " collides with an earlier change: dropped");
+      if (!addEdit(out_.edits, std::move(e), msg_.size()))
+        refused("change of " + h.name + " collides with an earlier change: dropped");
       return;
     }
-    if (!h.value.empty()) out_.headers.push_back({h.name, unfold(h.value)});  // no such field: added
+    if (!h.value.empty()) added_.push_back({h.name, unfold(h.value)});  // no such field: added
   }
 
   // SMFIR_INSHEADER: before the index-th field of the header as the milter was sent it
   // (0: the first), counted without the milter's own earlier inserts. Above Moat's Received
-  // it is a prepended field; in the message, an insert edit at that field's start (past the
-  // last field: at the end of the header).
+  // (or before a field an earlier milter added) it is a prepended field; in the message, an
+  // insert edit at that field's start (past the last field: at the end of the header).
   void insertHeader(const HeaderChange& h) {
     uint64_t index = h.index;
+    if (index < above_.size()) return above_[index].before.push_back({h.name, unfold(h.value), true});
+    index -= above_.size();
     if (receivedSent_) {
-      if (index == 0) {
-        out_.headers.push_back({h.name, unfold(h.value), true});
-        return;
-      }
+      if (index == 0) return aboveEnd_.push_back({h.name, unfold(h.value), true});
       --index;
     }
-    auto fields = headerFields(ctx_->message);
+    if (index < below_.size()) return below_[index].before.push_back({h.name, unfold(h.value)});
+    index -= below_.size();
+    auto fields = headerFields(msg_);
     uint64_t at = index < fields.size() ? fields[index].offset
                   : fields.empty()      ? 0
                                         : fields.back().offset + fields.back().length;
@@ -554,12 +589,27 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
     e.offset = at;
     e.replacement = fieldText(h.name, h.value, leadingSpace_);
     e.why = "milter " + m_.name + ": inserted " + h.name;
-    if (!addEdit(out_.edits, std::move(e), ctx_->message.size()))
-      mlog::warn("milter_error")
-          .add("milter", m_.name)
-          .add("session", ctx_->sessionId)
-          .add("queue_id", ctx_->queueId)
-          .add("error", "insert of " + h.name + " collides with an earlier change: dropped");
+    if (!addEdit(out_.edits, std::move(e), msg_.size()))
+      refused("insert of " + h.name + " collides with an earlier change: dropped");
+  }
+
+  // The milter-added fields after this milter's changes, in delivery order.
+  std::vector<Header> prependedFields() const {
+    std::vector<Header> out;
+    auto put = [&](const std::vector<Slot>& slots, bool above) {
+      for (const auto& slot : slots) {
+        for (auto h : slot.before) {
+          h.aboveReceived = above;
+          out.push_back(std::move(h));
+        }
+        if (!slot.removed) out.push_back(slot.h);
+      }
+    };
+    put(above_, true);
+    for (const auto& h : aboveEnd_) out.push_back(h);
+    put(below_, false);
+    for (const auto& h : added_) out.push_back(h);
+    return out;
   }
 
   bool awaiting() const { return timer_.active(); }
@@ -570,24 +620,27 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
     o.code = code;
     o.enhanced = std::move(enhanced);
     o.text = std::move(text);
-    finish(std::move(o));
+    finish(std::move(o), false);
   }
 
   void fail(std::string why) {
     Outcome o;
     o.kind = Outcome::Kind::Error;
     o.error = std::move(why);
-    finish(std::move(o));
+    finish(std::move(o), false);
   }
 
-  void finish(Outcome o) {
+  // `changes`: `o` is the milter's reply at end of message, with the changes it sent.
+  void finish(Outcome o, bool changes = false) {
     if (finished_) return;
     finished_ = true;
     auto keep = std::move(self_);
     timer_.stop();
-    if (o.kind == Outcome::Kind::Continue || o.kind == Outcome::Kind::Quarantine) {
-      if (replacedBody_ && o.kind != Outcome::Kind::Error) {
-        std::string_view msg = ctx_->message;
+    if (o.kind == Outcome::Kind::Continue || o.kind == Outcome::Kind::Quarantine || o.kind == Outcome::Kind::Accept)
+      o.headers = changes ? prependedFields() : view_.headers;
+    if (changes && (o.kind == Outcome::Kind::Continue || o.kind == Outcome::Kind::Quarantine)) {
+      if (replacedBody_) {
+        std::string_view msg = msg_;
         uint64_t at = bodyOffset(msg);
         Edit e;
         e.offset = at;
@@ -597,11 +650,7 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
             (at == msg.size() && mta::headerBlock(msg).size() == msg.size() ? "\r\n" : "") + toCrlf(newBody_);
         e.why = "milter " + m_.name + ": replaced body";
         if (!addEdit(o.edits, std::move(e), msg.size()))
-          mlog::warn("milter_error")
-              .add("milter", m_.name)
-              .add("session", ctx_->sessionId)
-              .add("queue_id", ctx_->queueId)
-              .add("error", "body replacement collides with a header change: dropped");
+          refused("body replacement collides with a header change: dropped");
       }
     }
     if (stream_) {
@@ -635,8 +684,22 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
     return out;
   }
 
+  // A header field an earlier milter added, as this milter was sent it: changed or deleted
+  // in place, with this milter's inserts before it.
+  struct Slot {
+    Header h;
+    bool removed = false;
+    std::vector<Header> before;
+  };
+
   MilterConfig m_;  // a copy: a reload may replace the filter while this runs
   std::shared_ptr<MessageContext> ctx_;
+  View view_;
+  std::string_view msg_;             // the message it is sent: view_.message
+  std::vector<Slot> above_, below_;  // the view's fields above and below Moat's Received
+  std::vector<Header> aboveEnd_;     // inserted just above Moat's Received
+  std::vector<Header> added_;        // added (SMFIR_ADDHEADER): below the earlier milters' fields
+  size_t headerChanges_ = 0;
   Env env_;
   uint64_t maxBody_;
   std::function<void(Outcome)> done_;
@@ -691,6 +754,11 @@ struct Run : std::enable_shared_from_this<Run> {
   Result result;
   mta::JsonObject outcomes;
   bool quarantined = false;
+  // What the next milter is sent: the earlier milters' changes applied. `edits`: theirs,
+  // composed, as edits of ctx->message; `view.message` is stale while `rerender` is set.
+  View view;
+  std::vector<Edit> edits;
+  bool rerender = false;
 
   void step() {
     const auto& ms = milters;
@@ -700,8 +768,40 @@ struct Run : std::enable_shared_from_this<Run> {
       outcomes.add(m.name, "skipped (outbound)");
       return step();
     }
+    if (rerender) return render(m);
+    converse(m);
+  }
+
+  // The message with the earlier milters' edits, for milter `m`: one copy, bounded as a
+  // replaced body is, made with the renderer delivery uses (on the pool when large).
+  void render(const MilterConfig& m) {
+    uint64_t size = editedSize(ctx->message.size(), edits);
+    if (size > maxBody) {
+      Outcome o;
+      o.kind = Outcome::Kind::Error;
+      o.error =
+          "the message with the earlier milters' changes is " + std::to_string(size) + " bytes, over the size limit";
+      return take(m, std::move(o));  // and so for every later milter: none is sent a stale message
+    }
     auto self = shared_from_this();
-    converse(m, ctx, env, maxBody, [self, &m](Outcome o) { self->take(m, std::move(o)); });
+    auto storage = std::make_shared<std::string>();
+    auto work = [self, storage] { *storage = applyEdits(self->ctx->message, self->edits); };
+    auto after = [self, storage, &m] {
+      self->rerender = false;
+      self->view.storage = storage;
+      self->view.message = *storage;
+      self->converse(m);
+    };
+    if (size <= kLightWorkBytes) {
+      work();
+      return after();
+    }
+    env.offload(work, after, size);
+  }
+
+  void converse(const MilterConfig& m) {
+    auto self = shared_from_this();
+    milter::converse(m, ctx, view, env, maxBody, [self, &m](Outcome o) { self->take(m, std::move(o)); });
   }
 
   void take(const MilterConfig& m, Outcome o) {
@@ -733,8 +833,15 @@ struct Run : std::enable_shared_from_this<Run> {
       shown += " " + std::to_string(o.code);
     }
     outcomes.add(m.name, shown);
-    for (auto& h : o.headers) result.headers.push_back(std::move(h));
-    for (auto& e : o.edits) result.edits.push_back(std::move(e));  // the pipeline drops collisions
+    bool changes = o.kind == Outcome::Kind::Continue || o.kind == Outcome::Kind::Quarantine;
+    if (changes || o.kind == Outcome::Kind::Accept) view.headers = o.headers;
+    if (changes && !o.edits.empty()) {
+      // As edits of the message as received (the pipeline drops those colliding with Moat's
+      // own filters' edits); the next milter is sent the message with them.
+      edits = edits.empty() ? std::move(o.edits) : composeEdits(edits, view.message, o.edits);
+      rerender = true;
+    }
+    if (changes && !o.envelope.empty()) applyEnvelope(view, o.envelope);
     for (auto& c : o.envelope) result.envelope.push_back(std::move(c));
     switch (o.kind) {
       case Outcome::Kind::Reject:
@@ -759,6 +866,8 @@ struct Run : std::enable_shared_from_this<Run> {
 
   void end() {
     if (result.verdict == Verdict::Continue) {
+      result.headers = std::move(view.headers);
+      result.edits = std::move(edits);
       if (quarantined) {
         result.verdict = Verdict::Quarantine;
         result.summary = "quarantine";
@@ -776,8 +885,63 @@ struct Run : std::enable_shared_from_this<Run> {
 
 void converse(const MilterConfig& milter, std::shared_ptr<MessageContext> ctx, const Env& env, uint64_t maxBody,
               std::function<void(Outcome)> done) {
-  auto c = std::make_shared<Conversation>(milter, std::move(ctx), env, maxBody, std::move(done));
+  View view = viewOf(*ctx);
+  converse(milter, std::move(ctx), std::move(view), env, maxBody, std::move(done));
+}
+
+void converse(const MilterConfig& milter, std::shared_ptr<MessageContext> ctx, View view, const Env& env,
+              uint64_t maxBody, std::function<void(Outcome)> done) {
+  auto c = std::make_shared<Conversation>(milter, std::move(ctx), std::move(view), env, maxBody, std::move(done));
   c->start();
+}
+
+View viewOf(const MessageContext& ctx) {
+  View v;
+  v.message = ctx.message;
+  v.mailFrom = ctx.mailFrom;
+  v.rcpts = ctx.rcpts;
+  v.rcptArgs.resize(v.rcpts.size());
+  return v;
+}
+
+void applyEnvelope(View& view, const std::vector<EnvelopeChange>& changes) {
+  // The session's recipient key: the domain folded, the local part as it is.
+  auto key = [](const std::string& a) {
+    size_t at = a.rfind('@');
+    std::string k = a;
+    if (at != std::string::npos)
+      for (size_t i = at; i < k.size(); ++i) k[i] = static_cast<char>(std::tolower(static_cast<unsigned char>(k[i])));
+    return k;
+  };
+  view.rcptArgs.resize(view.rcpts.size());
+  for (const auto& c : changes) {
+    switch (c.kind) {
+      case EnvelopeChange::Kind::AddRcpt: {
+        bool known = std::any_of(view.rcpts.begin(), view.rcpts.end(),
+                                 [&](const std::string& r) { return key(r) == key(c.address); });
+        if (known) break;
+        view.rcpts.push_back(c.address);
+        std::vector<std::string> args;
+        if (!c.notify.empty()) args.push_back("NOTIFY=" + c.notify);
+        if (!c.orcpt.empty()) args.push_back("ORCPT=" + c.orcpt);
+        view.rcptArgs.push_back(std::move(args));
+        break;
+      }
+      case EnvelopeChange::Kind::DelRcpt:
+        for (size_t i = view.rcpts.size(); i-- > 0;) {
+          if (key(view.rcpts[i]) != key(c.address)) continue;
+          view.rcpts.erase(view.rcpts.begin() + static_cast<std::ptrdiff_t>(i));
+          view.rcptArgs.erase(view.rcptArgs.begin() + static_cast<std::ptrdiff_t>(i));
+        }
+        break;
+      case EnvelopeChange::Kind::ChgFrom:
+        view.mailFrom = c.address;
+        view.mailArgs.clear();
+        if (!c.ret.empty()) view.mailArgs.push_back("RET=" + c.ret);
+        if (!c.envid.empty()) view.mailArgs.push_back("ENVID=" + c.envid);
+        break;
+    }
+  }
 }
 
 MilterFilter::MilterFilter(std::vector<MilterConfig> milters, uint64_t maxMessageSize)
@@ -790,6 +954,7 @@ void MilterFilter::run(std::shared_ptr<MessageContext> ctx, const Env& env, Done
   r->env = env;
   r->done = std::move(done);
   r->maxBody = maxMessageSize_ + kMaxPacket;
+  r->view = viewOf(*r->ctx);
   r->step();
 }
 

@@ -12,7 +12,13 @@
 // each with its SMFIC_MACRO (j, _, {daemon_name}, {client_addr}, {client_port}, {client_name}, {auth_authen},
 // {tls_version}, i, {mail_addr}, {rcpt_addr}; CONNECT carries the client's address and port), skipping the steps the
 // milter declines (SMFIP_NO*) and not waiting for replies it will not send (SMFIP_NR_*). Milters run in config order;
-// each sees the message as received.
+// each is sent the message and envelope with the earlier milters' changes applied, as Sendmail and Postfix do (View):
+// the header fields they added (where they are delivered: around Moat's Received field), the message with their
+// edits (applyEdits, the renderer delivery uses; the next milter's edits are composed with them, composeEdits), the
+// sender they set (with its RET and ENVID) and the recipients after their adds and deletes. A milter that changed
+// nothing costs nothing: the next one is sent the same bytes (the message as received, not copied, while no milter
+// changed it). A changed message is one in-memory copy, made on the thread pool when large, and bounded like a replaced
+// body (max_message_size): past it the next milter is not asked (its default_action applies).
 //
 // Replies: continue, accept (this milter is done), reject (550 5.7.1 Command rejected),
 // tempfail (451 4.7.1 Service unavailable - try again later), SMFIR_REPLYCODE (its own 4xx /
@@ -20,10 +26,11 @@
 // quarantine, reason "milter NAME: discard"), quarantine (reason given), progress (the
 // timeout restarts), add header (prepended at delivery like every header Moat adds), insert
 // header at its index (libmilter's: 0 is above the first field the milter was sent, Moat's
-// own Received; 1 below it, above the message's first field; N below the Nth field sent; past
-// the last, at the end of the header), change header (an edit of the Nth field of that name
-// as sent; Moat's own Received is not changed: refused and logged; an empty value deletes
-// it; past the last, it is added), replace body (an edit), add recipient (SMFIR_ADDRCPT, and
+// own Received or a field an earlier milter put above it; N below the Nth field sent, an
+// earlier milter's field or the message's; past the last, at the end of the header), change
+// header (the Nth field of that name as sent: an earlier milter's added field is changed in
+// place, a message field by an edit; Moat's own Received is not changed: refused and logged;
+// an empty value deletes it; past the last, it is added), replace body (an edit), add recipient (SMFIR_ADDRCPT, and
 // SMFIR_ADDRCPT_PAR with NOTIFY and ORCPT), delete recipient, change sender (SMFIR_CHGFROM,
 // with RET and ENVID): envelope changes (filter.h EnvelopeChange) the session applies before
 // it queues the message. Their addresses and parameters pass the SMTP server's own checks
@@ -80,14 +87,34 @@ struct MilterConfig {
   bool outbound = true;
 };
 
+// What one milter of the chain is sent: the message and envelope with the earlier milters'
+// changes applied. The first milter's is the message and envelope as received (viewOf).
+struct View {
+  std::string_view message;                    // ctx->message, or `storage`
+  std::shared_ptr<const std::string> storage;  // the message with the earlier milters' edits
+  // The header fields earlier milters added or inserted, as delivered: the aboveReceived
+  // ones above Moat's Received field, the others below it, each in list order.
+  std::vector<Header> headers;
+  std::string mailFrom;                            // without <>
+  std::vector<std::string> mailArgs;               // RET= and ENVID= an earlier milter set
+  std::vector<std::string> rcpts;                  // without <>
+  std::vector<std::vector<std::string>> rcptArgs;  // per recipient: NOTIFY= and ORCPT= an earlier milter set
+};
+View viewOf(const MessageContext& ctx);
+// `view` with a milter's envelope changes applied, as the session applies them to the
+// envelope it queues (a recipient once, the domain folded; deleting one deletes every copy).
+void applyEnvelope(View& view, const std::vector<EnvelopeChange>& changes);
+
 // What one milter decided about one message.
 struct Outcome {
   enum class Kind { Continue, Accept, Reject, TempFail, Quarantine, Error, Skipped } kind = Kind::Continue;
   int code = 0;
   std::string enhanced, text;  // Reject / TempFail
   std::string quarantineReason;
+  // Continue / Quarantine: the milter-added header fields after this milter, the view's with
+  // its changes (the first milter's: the ones it added).
   std::vector<Header> headers;
-  std::vector<Edit> edits;
+  std::vector<Edit> edits;  // of the message it was sent (View::message)
   std::vector<EnvelopeChange> envelope;
   std::string error;  // Error: why
 };
@@ -112,9 +139,12 @@ class MilterFilter final : public Filter {
   uint64_t maxMessageSize_;
 };
 
-// One conversation with one milter about one message; `done` runs once, on the loop.
+// One conversation with one milter about one message (as `view` shows it; without one, as
+// received); `done` runs once, on the loop.
 void converse(const MilterConfig& milter, std::shared_ptr<MessageContext> ctx, const Env& env, uint64_t maxBody,
               std::function<void(Outcome)> done);
+void converse(const MilterConfig& milter, std::shared_ptr<MessageContext> ctx, View view, const Env& env,
+              uint64_t maxBody, std::function<void(Outcome)> done);
 
 // Null when no [[milter]] is configured.
 std::shared_ptr<const MilterFilter> makeMilterFilter(const policy::Config& config, policy::Errors& errors);

@@ -2,7 +2,8 @@
 libmilter), run as a child process: milter_peer.py SOCKET TAG RECORD_FILE.
 
 SOCKET is libmilter's spec ("unix:/path" or "inet:PORT@127.0.0.1"). What it does depends
-on the message's Subject (see eom: verdicts, header, body and envelope changes) and the envelope sender ("hang@..." sleeps at MAIL).
+on the message's Subject (see eom: verdicts, header, body and envelope changes; "chain ..." by TAG) and the envelope
+sender ("hang@..." sleeps at MAIL).
 Every message's macros and the headers it saw are appended to RECORD_FILE as one JSON
 line, with TAG, so a test can check what it was sent and in which order milters ran."""
 
@@ -100,6 +101,22 @@ class Peer(Milter.Base):
                 self.delrcpt(r)
         if "bad rcpt" in subject:
             self.addrcpt("<not an address>")
+        # Two chained milters, tagged a and b: a changes the message and the envelope, b is
+        # sent them (its record says what it saw) and changes them again.
+        if "chain content" in subject and TAG == "a":
+            self.addheader("X-Chain", "from a")
+            self.replacebody(b"Body from a.\r\n")
+        if "chain content" in subject and TAG == "b":
+            # Sent: Received (0), a's X-Chain (1), From (2)...
+            self.addheader("X-B-Above-Chain", "1", idx=1)
+            self.addheader("X-B-Above-From", "2", idx=2)
+            self.chgheader("X-Chain", 1, "changed by b after " + dict(self.headers).get("X-Chain", "nothing"))
+            self.replacebody(b"Body from b, after: " + self.received.strip() + b"\r\n")
+        if "chain envelope" in subject and TAG == "a":
+            self.chgfrom("<bounces@sender.test>", "RET=HDRS")
+            self.addrcpt("<dave@example.test>")
+        if "chain envelope" in subject and TAG == "b" and "<dave@example.test>" in self.rcpts:
+            self.delrcpt("<dave@example.test>")
         return Milter.CONTINUE
 
 

@@ -6,7 +6,9 @@ and deleted and the sender changed (all seen at the sink); every recipient delet
 quarantine); a malformed recipient (default_action); Moat's Received field sent first; quarantine, and discard
 held in the quarantine; the macros the milter read; a milter that is down (tempfail and
 accept as default_action) and one that hangs past command_timeout; two milters in config
-order; bad [[milter]] values refused at FILE:LINE."""
+order; two chained milters, the second sent the first one's header, body, sender and
+recipient and changing them again (what it left is delivered); bad [[milter]] values refused
+at FILE:LINE."""
 
 import json
 import os
@@ -388,6 +390,76 @@ class MilterFailures(SinkTestCase):
         code, _, _ = send(m, "reject me first")
         self.assertEqual(code, 550)
         self.assertEqual([r["tag"] for r in records(record) if r["subject"] == "reject me first"], ["a"])
+
+
+@unittest.skipUnless(have_pymilter(), "python3-milter (pymilter) is not installed")
+class MilterChain(SinkTestCase):
+    """Two milters, a then b: b is sent the message and envelope with a's changes applied."""
+
+    def setUp(self):
+        super().setUp()
+        d = tempfile.mkdtemp(prefix="moat-milter-")
+        self.addCleanup(shutil.rmtree, d, True)
+        self.record = os.path.join(d, "record.jsonl")
+        port = free_port()
+        start_peer(self, f"inet:{port}@127.0.0.1", "a", self.record)
+        sock = os.path.join(d, "b.sock")
+        start_peer(self, "unix:" + sock, "b", self.record)
+        self.moat = owned_moat(self, routes=[("example.test", f"smtp:127.0.0.1:{self.sink.port}")],
+                               extra=milter_block(f"inet:127.0.0.1:{port}", "first") + milter_block("unix:" + sock,
+                                                                                                    "second"))
+
+    def seen_by(self, tag, subject):
+        return wait_for(lambda: [r for r in records(self.record) if r["tag"] == tag and r["subject"] == subject], 10,
+                        what="milter " + tag + "'s record")[-1]
+
+    def test_second_milter_sees_and_changes_the_first_ones_content(self):
+        subject = "chain content test"
+        code, _, qid = send(self.moat, subject, body="The original body.\r\n")
+        self.assertEqual(code, 250)
+        a, b = self.seen_by("a", subject), self.seen_by("b", subject)
+        # a was sent the message as received; b with a's header and body.
+        self.assertEqual(a["body"], "The original body.\r\n")
+        self.assertNotIn("X-Chain", [n for n, _ in a["headers"]])
+        self.assertEqual([n for n, _ in b["headers"]][:3], ["Received", "X-Chain", "From"])
+        self.assertEqual(b["headers"][1][1], "from a")
+        self.assertEqual(b["body"], "Body from a.\r\n")
+        # Delivered: what b left, its indexes counted in the header it was sent.
+        data = self.sink.wait_messages(1)[0]["data"].decode("latin-1")
+        head, body = data.split("\r\n\r\n", 1)
+        self.assertEqual(body, "Body from b, after: Body from a.\r\n")
+        self.assertIn("X-Chain: changed by b after from a\r\n", head)
+        self.assertNotIn("X-Chain: from a", head)
+        names = [line.split(":", 1)[0] for line in head.split("\r\n") if line and line[0] not in " \t"]
+        self.assertEqual(names[names.index("X-Chain") - 1], "X-B-Above-Chain")
+        self.assertEqual(names[names.index("From") - 1], "X-B-Above-From")
+        self.assertEqual(names.count("X-Chain"), 1)
+        acc = self.moat.wait_log(event="accept", queue_id=qid)
+        self.assertEqual(acc["filters"]["milter"]["milters"], {"first": "continue", "second": "continue"})
+
+    def test_second_milter_sees_the_first_ones_sender_and_recipient(self):
+        subject = "chain envelope test"
+        code, _, qid = send(self.moat, subject)
+        self.assertEqual(code, 250)
+        a, b = self.seen_by("a", subject), self.seen_by("b", subject)
+        self.assertEqual((a["sender"], a["rcpts"]), ("<alice@sender.test>", ["<bob@example.test>"]))
+        self.assertEqual(b["sender"], "<bounces@sender.test>")
+        self.assertIn("RET=HDRS", b["args"])
+        self.assertEqual(b["macros"]["mail_addr"], "bounces@sender.test")
+        self.assertEqual(b["rcpts"], ["<bob@example.test>", "<dave@example.test>"])
+        self.assertEqual(b["macros"]["rcpt_addr"], ["bob@example.test", "dave@example.test"])
+        # b deleted the recipient a added: the sink gets the message from a's sender, to bob.
+        got = self.sink.wait_messages(1)
+        self.assertEqual(got[0]["from"], "bounces@sender.test")
+        self.assertEqual(got[0]["rcpts"], ["bob@example.test"])
+        acc = self.moat.wait_log(event="accept", queue_id=qid)
+        self.assertEqual(acc["to"], ["bob@example.test"])
+        lines = wait_for(lambda: (lambda x: x if len(x) == 3 else None)(
+            self.moat.find_logs(event="milter_envelope", queue_id=qid)), 10, what="the milter_envelope lines")
+        self.assertEqual([(x["milter"], x["action"], x["address"], x["result"]) for x in lines],
+                         [("first", "chg_from", "bounces@sender.test", "applied"),
+                          ("first", "add_rcpt", "dave@example.test", "applied"),
+                          ("second", "del_rcpt", "dave@example.test", "applied")])
 
 
 class MilterConfig(unittest.TestCase):

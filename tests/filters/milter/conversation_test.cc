@@ -3,7 +3,8 @@
 // each packet Moat sends: the steps skipped and the replies not waited for as the peer's
 // protocol flags say, the changes taken at end of message, and the broken peers that end
 // in an error (negotiation asking for an action Moat does not offer, a malformed reply code,
-// a packet over the bound, silence past command_timeout).
+// a packet over the bound, silence past command_timeout); a milter after others sent what
+// they left, its changes counted in the header it was sent.
 #include <catch2/catch.hpp>
 #include <functional>
 #include <string>
@@ -39,6 +40,8 @@ struct ScriptedMilter {
   std::vector<Packet> got;
   std::function<std::string(const Packet&)> script;
   std::string received;  // the gateway's Received value for the context, if any
+  // What earlier milters left (applied to the context's message and envelope), if any.
+  std::function<void(View&)> chained;
 
   explicit ScriptedMilter(std::function<std::string(const Packet&)> s) : script(std::move(s)) {
     mta::log::disable();
@@ -81,7 +84,13 @@ struct ScriptedMilter {
     env.loop = loop.get();
     env.hostname = "mx.moat.test";
     std::optional<Outcome> out;
-    converse(m, ctx, env, 1 << 20, [&](Outcome o) { out = std::move(o); });
+    if (chained) {
+      View view = viewOf(*ctx);
+      chained(view);
+      converse(m, ctx, std::move(view), env, 1 << 20, [&](Outcome o) { out = std::move(o); });
+    } else {
+      converse(m, ctx, env, 1 << 20, [&](Outcome o) { out = std::move(o); });
+    }
     REQUIRE(loop.runUntil([&] { return out.has_value(); }, 5000));
     return *out;
   }
@@ -285,4 +294,84 @@ TEST_CASE("milter conversation: Moat's Received is sent first and inserts land a
   CHECK(o.edits[1].replacement == "X-Two: two\r\n");
   CHECK(o.edits[2].offset == 28);  // after "X-Old: one\r\n"
   CHECK(o.edits[2].replacement == "X-End: end\r\n");
+}
+
+TEST_CASE("milter conversation: a chained milter is sent what the earlier ones left") {
+  std::vector<std::string> sent;
+  ScriptedMilter peer([&](const Packet& p) -> std::string {
+    if (p.command == cmd::kOptneg)
+      return optnegReply(action::kAddHeaders | action::kChgHeaders | action::kChgBody | action::kDelRcpt,
+                         proto::kNoHelo);
+    if (p.command == cmd::kMacro) return "";
+    if (p.command == cmd::kEom)
+      // Sent: X-Top (0), Received (1), X-Prev (2), Subject (3).
+      return encode(reply::kInsHeader, "\0\0\0\2X-Ins\0before prev\0"s) +
+             encode(reply::kInsHeader, "\0\0\0\3X-Ins2\0before subject\0"s) +
+             encode(reply::kChgHeader, "\0\0\0\1X-Prev\0\0"s) + encode(reply::kChgHeader, "\0\0\0\1X-Top\0new\0"s) +
+             encode(reply::kChgHeader, "\0\0\0\1Subject\0changed\0"s) +
+             encode(reply::kDelRcpt, "<dave@example.test>\0"s) + encode(reply::kContinue, "");
+    return encode(reply::kContinue, "");
+  });
+  peer.received = "from client.test\r\n\tby mx.moat.test (Moat) with ESMTP id Q1";
+  static const std::string edited = "Subject: rewritten\r\n\r\nnew body\r\n";
+  peer.chained = [&](View& v) {
+    v.message = edited;
+    v.headers = {{"X-Top", "top", true}, {"X-Prev", "added", false}};
+    v.mailFrom = "bounces@sender.test";
+    v.mailArgs = {"RET=HDRS"};
+    v.rcpts.push_back("dave@example.test");
+    v.rcptArgs.push_back({"NOTIFY=NEVER"});
+  };
+  Outcome o = peer.run();
+  CHECK(o.kind == Outcome::Kind::Continue);
+  std::vector<std::string> headers, envelope;
+  std::string body;
+  for (const auto& p : peer.got) {
+    if (p.command == cmd::kHeader) headers.push_back(p.data.substr(0, p.data.find('\0')));
+    if (p.command == cmd::kMail || p.command == cmd::kRcpt) envelope.push_back(p.data);
+    if (p.command == cmd::kBody) body += p.data;
+  }
+  // The fields as delivered: above Moat's Received, Received, below it, the message's.
+  CHECK(headers == std::vector<std::string>{"X-Top", "Received", "X-Prev", "Subject"});
+  CHECK(body == "new body\r\n");
+  REQUIRE(envelope.size() == 4);
+  CHECK(envelope[0] == "<bounces@sender.test>\0SIZE=32\0RET=HDRS\0"s);
+  CHECK(envelope[3] == "<dave@example.test>\0NOTIFY=NEVER\0"s);
+  // Index 2 is X-Prev (an earlier milter's field): X-Ins goes before it. Index 3 is the
+  // message's Subject: an edit of the message it was sent. X-Prev deleted, X-Top changed in place.
+  REQUIRE(o.headers.size() == 2);
+  CHECK(o.headers[0].name == "X-Top");
+  CHECK(o.headers[0].value == "new");
+  CHECK(o.headers[0].aboveReceived);
+  CHECK(o.headers[1].name == "X-Ins");
+  CHECK_FALSE(o.headers[1].aboveReceived);
+  REQUIRE(o.edits.size() == 2);
+  CHECK(o.edits[0].offset == 0);
+  CHECK(o.edits[0].length == 0);
+  CHECK(o.edits[0].replacement == "X-Ins2: before subject\r\n");
+  CHECK(o.edits[1].offset == 0);
+  CHECK(o.edits[1].length == 20);  // "Subject: rewritten\r\n" of the message it was sent
+  CHECK(o.edits[1].replacement == "Subject: changed\r\n");
+  REQUIRE(o.envelope.size() == 1);
+  CHECK(o.envelope[0].address == "dave@example.test");
+}
+
+TEST_CASE("milter chain view: envelope changes as the session applies them") {
+  View v;
+  v.mailFrom = "alice@sender.test";
+  v.rcpts = {"bob@example.test"};
+  using Kind = filters::EnvelopeChange::Kind;
+  filters::EnvelopeChange add{Kind::AddRcpt, "dave@Example.TEST", "NEVER", "", "", "", {}, "a"};
+  filters::EnvelopeChange again{Kind::AddRcpt, "dave@example.test", "", "", "", "", {}, "a"};
+  filters::EnvelopeChange from{Kind::ChgFrom, "bounces@sender.test", "", "", "HDRS", "e1", {}, "a"};
+  applyEnvelope(v, {add, again, from});
+  CHECK(v.rcpts == std::vector<std::string>{"bob@example.test", "dave@Example.TEST"});
+  REQUIRE(v.rcptArgs.size() == 2);
+  CHECK(v.rcptArgs[1] == std::vector<std::string>{"NOTIFY=NEVER"});
+  CHECK(v.mailFrom == "bounces@sender.test");
+  CHECK(v.mailArgs == std::vector<std::string>{"RET=HDRS", "ENVID=e1"});
+  filters::EnvelopeChange del{Kind::DelRcpt, "dave@example.test", "", "", "", "", {}, "b"};
+  applyEnvelope(v, {del});
+  CHECK(v.rcpts == std::vector<std::string>{"bob@example.test"});
+  CHECK(v.rcptArgs.size() == 1);
 }
