@@ -205,8 +205,9 @@ bool verifyAms(const SplitMessage& split, std::string_view ams, int i, const dki
 std::string canonicalHeader(std::string_view raw, bool relaxed) {
   if (!relaxed) return std::string(raw) + "\r\n";
   size_t colon = raw.find(':');
-  std::string_view name = raw.substr(0, colon);
-  while (!name.empty() && isWsp(name.back())) name.remove_suffix(1);
+  // WSP before the colon goes, and so does a fold there (obs-optional, RFC 5322 4.5.3); the
+  // name is the one splitMessage() matched, without white space at either end.
+  std::string_view name = trimView(raw.substr(0, colon));
   std::string out = lower(name) + ":";
   if (colon == std::string_view::npos) return out + "\r\n";
   // Unfold, runs of WSP to one SP, none at either end of the value.

@@ -10,6 +10,7 @@
 // message size limit). Nothing is logged here.
 #include <openssl/evp.h>
 
+#include <cctype>
 #include <ctime>
 
 #include "filters/dkim/internal.h"
@@ -31,8 +32,13 @@ std::string sha256(std::string_view data) {
 
 std::string relaxedHeader(std::string_view raw) {
   size_t colon = raw.find(':');
+  // WSP before the colon goes, and so does a fold there (obs-optional, RFC 5322 4.5.3); the
+  // name is the one splitMessage() matched, without white space at either end.
   std::string name = lower(raw.substr(0, colon));
-  while (!name.empty() && isWsp(name.back())) name.pop_back();
+  while (!name.empty() && std::isspace(static_cast<unsigned char>(name.back()))) name.pop_back();
+  size_t first = 0;
+  while (first < name.size() && std::isspace(static_cast<unsigned char>(name[first]))) ++first;
+  name.erase(0, first);
   std::string value;
   bool space = false;
   for (char c : raw.substr(colon + 1)) {

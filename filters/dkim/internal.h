@@ -97,6 +97,17 @@ const std::string& keyRecord(const KeyAnswer& answer);
 // key (v=, k=), is revoked (empty p=), or is under `minBits` (RFC 8301 3.2).
 PkeyPtr rsaPublicKey(const std::string& record, int minBits, std::string& error);
 
+// RFC 6376 3.6.1 allows only SubjectPublicKeyInfo in p=, but keys published as a bare
+// PKCS#1 RSAPublicKey are common: such a record comes back with p= re-encoded as
+// SubjectPublicKeyInfo (its tags written out again) so libopendkim can read it; any other
+// record comes back as it is.
+std::string normalizeKeyRecord(const std::string& record);
+// RFC 6376 6.1.2: a key whose k= (default rsa, 3.6.1) is not the a= algorithm's key type is
+// PERMFAIL "inappropriate key algorithm". libopendkim reads the p= data by a= alone, so an
+// RSA key published as k=ed25519 would verify an rsa-sha256 signature. Empty when suitable
+// (or when the record is no tag-list: libopendkim reports that).
+std::string keyTypeMismatch(const std::string& algorithm, const std::string& record);
+
 // Parses a private key: PEM (any OpenSSL form), base64 DER, or base64 of a 32-byte ed25519
 // seed. Returns nullptr with `error` set.
 PkeyPtr loadPrivateKey(std::string_view text, std::string& error);

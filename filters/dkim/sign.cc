@@ -105,6 +105,7 @@ std::optional<std::string> signMessage(const SignKey& key, std::string_view mess
   // client's line break (mta/runtime/data_lines.h) would then break it in transit.
   dkim_set_margin(dkim.get(), kSignatureWidth);
   for (const auto& h : split.headers) {
+    if (h.raw.empty()) continue;  // a lone CR at the end: libopendkim asserts on length 0
     std::string raw(h.raw);
     if (dkim_header(dkim.get(), reinterpret_cast<u_char*>(raw.data()), raw.size()) != DKIM_STAT_OK)
       return error = "a header could not be processed", std::nullopt;

@@ -23,6 +23,44 @@ namespace moat::filters::dkim {
 
 using namespace detail;
 
+namespace detail {
+
+std::string normalizeKeyRecord(const std::string& record) {
+  auto tags = parseTagList(record);
+  if (!tags) return record;
+  const std::string* k = findTag(*tags, "k");
+  const std::string* p = findTag(*tags, "p");
+  if (!p || (k && lower(*k) != "rsa")) return record;
+  auto der = base64Decode(*p);
+  if (!der || der->empty()) return record;
+  auto* d = reinterpret_cast<const unsigned char*>(der->data());
+  PkeyPtr spki(d2i_PUBKEY(nullptr, &d, static_cast<long>(der->size())));
+  if (spki) return record;
+  d = reinterpret_cast<const unsigned char*>(der->data());
+  PkeyPtr rsa(d2i_PublicKey(EVP_PKEY_RSA, nullptr, &d, static_cast<long>(der->size())));
+  if (!rsa) return record;
+  unsigned char* outDer = nullptr;
+  int len = i2d_PUBKEY(rsa.get(), &outDer);
+  if (len <= 0) return record;
+  std::string encoded = base64Encode(std::string_view(reinterpret_cast<char*>(outDer), static_cast<size_t>(len)));
+  OPENSSL_free(outDer);
+  std::string rebuilt;
+  for (const auto& [name, value] : *tags) rebuilt += name + "=" + (name == "p" ? encoded : value) + "; ";
+  return rebuilt;
+}
+
+std::string keyTypeMismatch(const std::string& algorithm, const std::string& record) {
+  auto tags = parseTagList(record);
+  if (!tags) return {};  // libopendkim reports the syntax error
+  const std::string* k = findTag(*tags, "k");
+  std::string type = k ? lower(stripWhitespace(*k)) : "rsa";
+  std::string wanted = algorithm.substr(0, algorithm.find('-'));  // rsa-sha256 -> rsa
+  if (type == wanted) return {};
+  return "inappropriate key algorithm: key k=" + type + " for a=" + algorithm + " (RFC 6376 6.1.2)";
+}
+
+}  // namespace detail
+
 namespace {
 
 // One DKIM-Signature header as Moat reads it before libopendkim does.
@@ -137,45 +175,6 @@ const KeyAnswer* findKey(const KeyMap& keys, const std::string& name) {
   for (const auto& [k, v] : keys)
     if (k == name) return &v;
   return nullptr;
-}
-
-// RFC 6376 3.6.1 allows only SubjectPublicKeyInfo in p=, but keys published as a bare
-// PKCS#1 RSAPublicKey are common; re-encode those so libopendkim can read them.
-std::string normalizeKeyRecord(const std::string& record) {
-  auto tags = parseTagList(record);
-  if (!tags) return record;
-  const std::string* k = findTag(*tags, "k");
-  const std::string* p = findTag(*tags, "p");
-  if (!p || (k && lower(*k) != "rsa")) return record;
-  auto der = base64Decode(*p);
-  if (!der || der->empty()) return record;
-  auto* d = reinterpret_cast<const unsigned char*>(der->data());
-  PkeyPtr spki(d2i_PUBKEY(nullptr, &d, static_cast<long>(der->size())));
-  if (spki) return record;
-  d = reinterpret_cast<const unsigned char*>(der->data());
-  PkeyPtr rsa(d2i_PublicKey(EVP_PKEY_RSA, nullptr, &d, static_cast<long>(der->size())));
-  if (!rsa) return record;
-  unsigned char* outDer = nullptr;
-  int len = i2d_PUBKEY(rsa.get(), &outDer);
-  if (len <= 0) return record;
-  std::string encoded = base64Encode(std::string_view(reinterpret_cast<char*>(outDer), static_cast<size_t>(len)));
-  OPENSSL_free(outDer);
-  std::string rebuilt;
-  for (const auto& [name, value] : *tags) rebuilt += name + "=" + (name == "p" ? encoded : value) + "; ";
-  return rebuilt;
-}
-
-// RFC 6376 6.1.2: a key whose k= (default rsa, 3.6.1) is not the a= algorithm's key type is
-// PERMFAIL "inappropriate key algorithm". libopendkim reads the p= data by a= alone, so an
-// RSA key published as k=ed25519 would verify an rsa-sha256 signature. Empty when suitable.
-std::string keyTypeMismatch(const std::string& algorithm, const std::string& record) {
-  auto tags = parseTagList(record);
-  if (!tags) return {};  // libopendkim reports the syntax error
-  const std::string* k = findTag(*tags, "k");
-  std::string type = k ? lower(stripWhitespace(*k)) : "rsa";
-  std::string wanted = algorithm.substr(0, algorithm.find('-'));  // rsa-sha256 -> rsa
-  if (type == wanted) return {};
-  return "inappropriate key algorithm: key k=" + type + " for a=" + algorithm + " (RFC 6376 6.1.2)";
 }
 
 struct Job {
@@ -311,6 +310,9 @@ void runLibrary(DKIM_LIB* lib, std::string_view message, Job& job) {
   dkim_set_user_context(dkim.get(), &job);
   auto split = splitMessage(message);
   for (const auto& h : split.headers) {
+    // An empty "field" (a lone CR ending a message without a body) is nothing to sign or
+    // check, and libopendkim asserts (aborts the process) on a header of length 0.
+    if (h.raw.empty()) continue;
     std::string raw(h.raw);  // libopendkim takes a mutable buffer
     dkim_header(dkim.get(), reinterpret_cast<u_char*>(raw.data()), raw.size());
   }

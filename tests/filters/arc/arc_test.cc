@@ -167,6 +167,19 @@ TEST_CASE("seal input: sets 1 to i in order AAR AMS AS, relaxed, the last seal w
   CHECK(canonicalHeader("Subject: a  b", false) == "Subject: a  b\r\n");
 }
 
+TEST_CASE("relaxed ARC fields: a fold or white space around the name goes, as around the colon") {
+  // RFC 6376 3.4.2 unfolds before it drops the WSP before the colon: "subject\r\n:hi" was
+  // what the checker hashed, which no signer makes.
+  CHECK(canonicalHeader("Subject\r\n :  hi", true) == "subject:hi\r\n");
+  CHECK(canonicalHeader("\rFrom: a", true) == "from:a\r\n");
+  std::vector<ArcSet> sets = {{"ARC-Authentication-Results\r\n : i=1; a.test", "ARC-Message-Signature\t: i=1; b=X",
+                               "\rARC-Seal: i=1; cv=none; b=S1"}};
+  CHECK(sealInput(sets, 1) ==
+        "arc-authentication-results:i=1; a.test\r\n"
+        "arc-message-signature:i=1; b=X\r\n"
+        "arc-seal:i=1; cv=none; b=");
+}
+
 TEST_CASE("chains sealed by dkimpy pass, and break when the body or a seal changes") {
   TempDir dir;
   for (int hops : {1, 2}) {

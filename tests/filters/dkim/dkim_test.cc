@@ -986,3 +986,32 @@ TEST_CASE("conversion before signing: multipart with mixed parts, 8-bit headers,
     CHECK(run(*sign, small).convertedTo7Bit);
   }
 }
+
+TEST_CASE("relaxed header names lose white space and a fold around them, as the name splitMessage matched") {
+  using filters::dkim::detail::relaxedHeader;
+  // A fold before the colon (RFC 5322 obs-optional) is unfolded and dropped (RFC 6376 3.4.2),
+  // as libopendkim and dkimpy do; it was kept as "subject\r\n:hi".
+  CHECK(relaxedHeader("Subject\r\n :  hi") == "subject:hi");
+  CHECK(relaxedHeader("Subject \t\r\n\t: hi") == "subject:hi");
+  // A bare CR at the start of a line is no blank line: splitMessage() takes this field as
+  // From, so its relaxed form is a From field, not "\rfrom:a".
+  std::string message = "To: b@example.test\r\n\rFrom: a@example.test\r\n\r\nbody\r\n";
+  auto split = filters::dkim::detail::splitMessage(message);
+  REQUIRE(split.headers.size() == 2);
+  CHECK(split.headers[1].name == "From");
+  auto [h, block] = filters::dkim::detail::selectHeaders(split, {"from", "to"}, {});
+  CHECK(h == "to:from");
+  CHECK(block == "to:b@example.test\r\nfrom:a@example.test\r\n");
+}
+
+TEST_CASE("a message ending in a lone CR after its header fields signs and verifies") {
+  // splitMessage() takes the CR as an empty field; libopendkim aborted the process on it
+  // (assertion len != 0 in dkim_header), signing and verifying.
+  TempDir dir;
+  auto k = makeKey(dir, "rsa", "cr");
+  const std::string message = "From: a@example.test\r\nTo: b@example.test\r\nSubject: cr\r\n\r";
+  std::string msg = signedWith(k.key, message);
+  auto r = verifyMoat(msg, {{{"cr._domainkey.example.test", k.txt}}, {}});
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].result == "pass");
+}
