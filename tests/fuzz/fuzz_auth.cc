@@ -92,17 +92,6 @@ std::string tag(const detail::TagList& tags, const char* name) {
   return v ? detail::stripWhitespace(*v) : std::string();
 }
 
-std::vector<std::string> lines(std::string_view s) {
-  std::vector<std::string> out;
-  while (true) {
-    size_t nl = s.find('\n');
-    out.emplace_back(s.substr(0, nl));
-    if (nl == std::string_view::npos) break;
-    s.remove_prefix(nl + 1);
-  }
-  return out;
-}
-
 void checkSplit(std::string_view m) {
   auto split = detail::splitMessage(m);
   const char* at = m.data();
@@ -256,7 +245,7 @@ void checkSelect(uint8_t param, std::string_view m) {
 }
 
 void checkKeyRecords(std::string_view text) {
-  dk::KeyAnswer answer{Status::Ok, lines(text)};
+  dk::KeyAnswer answer{Status::Ok, fuzz::lines(text)};
   if (answer.txt.size() > 8) answer.txt.resize(8);
   const std::string& record = detail::keyRecord(answer);
   FUZZ_CHECK(std::find(answer.txt.begin(), answer.txt.end(), record) != answer.txt.end());

@@ -43,17 +43,6 @@ bool printableNoSpace(std::string_view s) {
   return true;
 }
 
-std::vector<std::string> lines(std::string_view s) {
-  std::vector<std::string> out;
-  while (true) {
-    size_t nl = s.find('\n');
-    out.emplace_back(s.substr(0, nl));
-    if (nl == std::string_view::npos) break;
-    s.remove_prefix(nl + 1);
-  }
-  return out;
-}
-
 spf::MacroContext macroContext(bool v6) {
   spf::MacroContext ctx;
   ctx.sender = "strong-bad@email.example.com";
@@ -228,7 +217,7 @@ void checkRua(std::string_view uri) {
 }
 
 void fuzzTlsrpt(std::string_view txt) {
-  auto records = lines(txt);
+  auto records = fuzz::lines(txt);
   auto r = tlsrpt::parseRecord(records);
   FUZZ_CHECK(r.ok == r.error.empty());
   if (r.ok) {
@@ -244,7 +233,7 @@ void fuzzTlsrpt(std::string_view txt) {
 
 void fuzzStsTxt(std::string_view txt) {
   std::string error;
-  std::string id = sts::parseTxt(lines(txt), error);
+  std::string id = sts::parseTxt(fuzz::lines(txt), error);
   FUZZ_CHECK(id.empty() != error.empty());
   FUZZ_CHECK(id.size() <= 32);
   for (char c : id) FUZZ_CHECK((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'));
