@@ -18,8 +18,6 @@ using namespace dkim::detail;
 
 namespace {
 
-bool isWsp(char c) { return c == ' ' || c == '\t'; }
-
 std::string_view trimView(std::string_view s) {
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
@@ -203,27 +201,7 @@ bool verifyAms(const SplitMessage& split, std::string_view ams, int i, const dki
 }  // namespace
 
 std::string canonicalHeader(std::string_view raw, bool relaxed) {
-  if (!relaxed) return std::string(raw) + "\r\n";
-  size_t colon = raw.find(':');
-  // WSP before the colon goes, and so does a fold there (obs-optional, RFC 5322 4.5.3); the
-  // name is the one splitMessage() matched, without white space at either end.
-  std::string_view name = trimView(raw.substr(0, colon));
-  std::string out = lower(name) + ":";
-  if (colon == std::string_view::npos) return out + "\r\n";
-  // Unfold, runs of WSP to one SP, none at either end of the value.
-  bool space = false;
-  size_t valueStart = out.size();
-  for (char ch : raw.substr(colon + 1)) {
-    if (ch == '\r' || ch == '\n') continue;
-    if (isWsp(ch)) {
-      space = true;
-      continue;
-    }
-    if (space && out.size() > valueStart) out.push_back(' ');
-    space = false;
-    out.push_back(ch);
-  }
-  return out + "\r\n";
+  return (relaxed ? dkim::detail::relaxedHeader(raw) : std::string(raw)) + "\r\n";
 }
 
 std::string withoutSignature(std::string_view raw) {

@@ -39,6 +39,7 @@ std::string relaxedHeader(std::string_view raw) {
   size_t first = 0;
   while (first < name.size() && std::isspace(static_cast<unsigned char>(name[first]))) ++first;
   name.erase(0, first);
+  if (colon == std::string_view::npos) return name + ":";  // no value: nothing after the name
   std::string value;
   bool space = false;
   for (char c : raw.substr(colon + 1)) {
