@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "filters/milter/protocol.h"
+#include "filters/recipient_key.h"
 #include "mta/runtime/log.h"
 #include "mta/runtime/scan.h"
 #include "mta/runtime/uv.h"
@@ -905,14 +906,7 @@ View viewOf(const MessageContext& ctx) {
 }
 
 void applyEnvelope(View& view, const std::vector<EnvelopeChange>& changes) {
-  // The session's recipient key: the domain folded, the local part as it is.
-  auto key = [](const std::string& a) {
-    size_t at = a.rfind('@');
-    std::string k = a;
-    if (at != std::string::npos)
-      for (size_t i = at; i < k.size(); ++i) k[i] = static_cast<char>(std::tolower(static_cast<unsigned char>(k[i])));
-    return k;
-  };
+  const auto& key = recipientKey;  // as the session keys its recipients
   view.rcptArgs.resize(view.rcpts.size());
   for (const auto& c : changes) {
     switch (c.kind) {

@@ -9,6 +9,7 @@
 #include <optional>
 #include <random>
 
+#include "filters/recipient_key.h"
 #include "mta/dns/client_name.h"
 #include "mta/runtime/clock.h"
 #include "mta/runtime/hex.h"
@@ -964,19 +965,13 @@ void SmtpSession::recipientVerified(const std::string& address, RcptDsn dsn, con
   }
 }
 
-// What makes two recipients one: the local part as given, the domain folded.
-static std::string recipientKey(const std::string& address) {
-  size_t at = address.rfind('@');
-  return at == std::string::npos ? address : address.substr(0, at) + policy::lowerAscii(address.substr(at));
-}
-
 // Into the envelope once: a second RCPT for an address (or an alias target met again) is
 // taken, but the first one's DSN parameters stand.
 // The same address twice in one transaction is taken once. Only the domain is folded:
 // the local part is case-sensitive (RFC 5321 §2.4), so John@ and john@ are two recipients
 // a 250 was given for, and both go on (the mailbox server may know them as one).
 void SmtpSession::addRecipient(const std::string& address, RcptDsn dsn) {
-  if (!txRcptKeys_.insert(recipientKey(address)).second) return;
+  if (!txRcptKeys_.insert(filters::recipientKey(address)).second) return;
   ctx_->rcpts.push_back(address);
   txRcptDsn_.push_back(std::move(dsn));
 }
@@ -1647,7 +1642,7 @@ void SmtpSession::applyEnvelopeChanges(filters::StageOutcome& outcome) {
         // the administrator runs (as Postfix).
         if (rcpts.size() >= kMaxEnvelopeRecipients) {
           result = "too many recipients";
-        } else if (!keys.insert(recipientKey(c.address)).second) {
+        } else if (!keys.insert(filters::recipientKey(c.address)).second) {
           result = "already a recipient";
         } else {
           rcpts.push_back(c.address);
@@ -1655,10 +1650,10 @@ void SmtpSession::applyEnvelopeChanges(filters::StageOutcome& outcome) {
         }
         break;
       case Kind::DelRcpt: {
-        std::string key = recipientKey(c.address);
+        std::string key = filters::recipientKey(c.address);
         size_t before = rcpts.size();
         for (size_t i = rcpts.size(); i-- > 0;) {
-          if (recipientKey(rcpts[i]) != key) continue;
+          if (filters::recipientKey(rcpts[i]) != key) continue;
           rcpts.erase(rcpts.begin() + static_cast<std::ptrdiff_t>(i));
           dsns.erase(dsns.begin() + static_cast<std::ptrdiff_t>(i));
         }
