@@ -5,24 +5,41 @@
 
 namespace moat::policy {
 
+std::string AddressList::entryProblem(std::string_view entry) {
+  if (!isAddressOrDomain(entry) || entry == "@.")
+    return "\"" + std::string(entry) + "\" is not an address, @domain or @.domain";
+  return "";
+}
+
+void AddressList::insert(std::string_view entry) {
+  std::string lower = lowerAscii(entry);
+  if (lower.front() != '@')
+    addresses_.insert(std::move(lower));
+  else if (lower[1] == '.')
+    subdomainsOf_.insert(lower.substr(2));
+  else
+    domains_.insert(lower.substr(1));
+}
+
 std::shared_ptr<const AddressList> AddressList::load(const std::string& path, std::string_view what, Errors& errors) {
   auto list = std::make_shared<AddressList>();
   list->path_ = path;
   bool ok = readListFile(path, what, 256ull << 20, errors, [&](int line, std::string_view entry) {
-    if (!isAddressOrDomain(entry) || entry == "@.") {
-      errors.error(path, line, "\"" + std::string(entry) + "\" is not an address, @domain or @.domain");
+    if (std::string problem = entryProblem(entry); !problem.empty()) {
+      errors.error(path, line, problem);
       return false;
     }
-    std::string lower = lowerAscii(entry);
-    if (lower.front() != '@')
-      list->addresses_.insert(std::move(lower));
-    else if (lower[1] == '.')
-      list->subdomainsOf_.insert(lower.substr(2));
-    else
-      list->domains_.insert(lower.substr(1));
+    list->insert(entry);
     return true;
   });
   return ok ? list : nullptr;
+}
+
+std::shared_ptr<const AddressList> AddressList::fromEntries(const std::vector<std::string>& entries) {
+  auto list = std::make_shared<AddressList>();
+  for (const auto& e : entries)
+    if (entryProblem(e).empty()) list->insert(e);
+  return list;
 }
 
 bool AddressList::contains(std::string_view address) const {

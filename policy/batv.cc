@@ -63,6 +63,16 @@ std::string tag(std::string_view address, std::string_view key, int64_t today, i
 
 bool looksTagged(std::string_view address) { return startsWithPrefix(address); }
 
+std::string untagged(std::string_view address) {
+  if (!startsWithPrefix(address)) return std::string(address);
+  std::string_view rest = address.substr(kPrefix.size());
+  if (address.rfind('@') == std::string_view::npos || rest.size() < kTagLength + 1 || rest[kTagLength] != '=')
+    return std::string(address);
+  std::string_view mailbox = rest.substr(kTagLength + 1);
+  if (mailbox.empty() || mailbox.front() == '@') return std::string(address);
+  return std::string(mailbox);
+}
+
 const char* resultName(Result r) {
   switch (r) {
     case Result::NotTagged: return "none";

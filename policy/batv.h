@@ -54,6 +54,11 @@ std::string tag(std::string_view address, std::string_view key, int64_t today, i
 // Whether the local part of `address` begins with "prvs=" (any case): a tag, valid or not.
 bool looksTagged(std::string_view address);
 
+// `address` without a tag of the form prvs=KDDDSSSSSS= (whether or not it verifies: no key
+// is asked), else as given. What a sender is matched by where the tag says nothing
+// ([[route]] senders).
+std::string untagged(std::string_view address);
+
 enum class Result { NotTagged, Valid, Expired, Invalid };
 const char* resultName(Result r);  // "none", "valid", "expired", "invalid"
 

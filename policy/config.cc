@@ -265,7 +265,8 @@ void checkVerify(const Config& c, Errors& errors) {
   if (!c.verifyRecipients) return;
   for (const auto& d : c.relayDomains) {
     if (d.empty() || d[0] == '.') continue;
-    const Route* r = c.routeFor(d);
+    // The route of the senders no [[route]] senders lists (and of the null sender).
+    const Route* r = c.routeFor(d, "");
     if (!r || r->to.empty() || !r->to.front().isHost())
       errors.warning(c.path, c.verifyRecipientsLine,
                      "relay.verify_recipients: relay domain " + d +
@@ -289,11 +290,14 @@ void readLimits(Config& c, Section s) {
 
 // First match wins: a route after a match-all one, or whose every domain an earlier route
 // already takes, never gets a message. Not an error (the file is still consistent), but
-// almost certainly not what the operator meant.
+// almost certainly not what the operator meant. An earlier route with senders takes only
+// their mail, so it leaves the rest (and the null sender's) to later routes: it shadows none.
 void warnIfShadowed(const Config& c, const Route& r, Section& s) {
   for (const auto& prev : c.routes) {
-    if (!prev.domains.empty()) continue;
-    s.warning(s.has("domains") ? "domains" : "to",
+    if (!prev.domains.empty() || prev.senders) continue;
+    s.warning(s.has("domains")   ? "domains"
+              : s.has("senders") ? "senders"
+                                 : "to",
               "this route never matches: the [[route]] at line " + std::to_string(prev.line) +
                   " has no domains, so it takes every domain first (first match wins)");
     return;
@@ -303,7 +307,7 @@ void warnIfShadowed(const Config& c, const Route& r, Section& s) {
   for (const auto& d : r.domains) {
     const Route* first = nullptr;
     for (const auto& prev : c.routes)
-      if (prev.matches(d)) {
+      if (!prev.senders && prev.matches(d)) {
         first = &prev;
         break;
       }
@@ -311,6 +315,34 @@ void warnIfShadowed(const Config& c, const Route& r, Section& s) {
     by += (by.empty() ? "" : ", ") + ("\"" + d + "\" by line " + std::to_string(first->line));
   }
   s.warning("domains", "this route never matches: earlier routes take every domain it lists (first match wins): " + by);
+}
+
+// [[route]] senders: envelope senders written as the address lists' lines are; each bad one
+// refused at its own line. The null sender cannot be listed (it never matches).
+std::shared_ptr<const AddressList> routeSenders(Section& s) {
+  const size_t reported = s.errors().all().size();
+  auto items = s.getStringArrayItems("senders");
+  if (!s.has("senders")) return nullptr;
+  bool bad = s.errors().all().size() != reported;  // not an array, or not of strings
+  std::vector<std::string> entries;
+  for (const auto& item : items) {
+    std::string problem =
+        item.value.empty() || item.value == "<>"
+            ? "the null sender (\"" + item.value +
+                  "\") cannot be listed: it never matches, and bounces take the routes without senders"
+            : AddressList::entryProblem(item.value);
+    if (!problem.empty()) {
+      s.errorAt(item.line, "senders", problem);
+      bad = true;
+      continue;
+    }
+    entries.push_back(item.value);
+  }
+  if (entries.empty() && !bad) {
+    s.error("senders", "an empty list matches no sender: leave senders out for a route of every sender");
+    return nullptr;
+  }
+  return AddressList::fromEntries(entries);
 }
 
 // source_ipv4 / source_ipv6: one IP address of that family (not a name, not a network).
@@ -344,6 +376,7 @@ void readRoute(Config& c, Section s) {
   Route r;
   r.line = s.lineOf("to");
   r.domains = domainList(s, "domains");
+  r.senders = routeSenders(s);
   size_t smtpTargets = 0, leftOut = 0;  // leftOut: at an address of a family ip_versions leaves out
   for (const auto& item : s.getStringArrayItems("to")) {
     const std::string& t = item.value;
@@ -889,6 +922,13 @@ bool Route::matches(const std::string& domain) const {
   return false;
 }
 
+bool Route::matchesSender(std::string_view sender) const {
+  if (!senders) return true;
+  // A tag made at delivery is not there yet when the route is chosen; one the message came
+  // with (an inside server that tags) says nothing of who sent it.
+  return !sender.empty() && senders->contains(batv::untagged(sender));
+}
+
 Section Config::section(const std::string& name, Errors& errors) const {
   const toml::table* t = toml ? toml->at_path(name).as_table() : nullptr;
   return Section(t, name, path, dir, errors);
@@ -956,9 +996,9 @@ bool Config::isGreylistExempt(const mta::IpAddress& ip) const { return inAny(gre
 
 bool Config::isRelayClient(const mta::IpAddress& ip) const { return inAny(relayNetworks, ip); }
 
-const Route* Config::routeFor(const std::string& domain) const {
+const Route* Config::routeFor(const std::string& domain, std::string_view sender) const {
   for (const auto& r : routes)
-    if (r.matches(domain)) return &r;
+    if (r.matches(domain) && r.matchesSender(sender)) return &r;
   return nullptr;
 }
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "mta/runtime/ip.h"
+#include "policy/address_list.h"
 #include "policy/errors.h"
 #include "policy/section.h"
 
@@ -60,6 +61,9 @@ struct RouteTarget {
 
 struct Route {
   std::vector<std::string> domains;  // lower-case; empty = every domain; ".example.test" = its subdomains
+  // [[route]] senders: the envelope senders the route is for (user@domain, @domain,
+  // @.domain, as policy/address_list.h matches them); null = every sender, the null one too.
+  std::shared_ptr<const AddressList> senders;
   std::vector<RouteTarget> to;
   TlsPolicy tls = TlsPolicy::May;
   std::string caFile;  // tls = "verify": trust anchors (PEM) beside the system store; absolute
@@ -83,6 +87,10 @@ struct Route {
   std::string heloName;  // [[route]] helo_name: the EHLO name; "" = server.hostname
   int line = 0;
   bool matches(const std::string& domain) const;
+  // Whether the route is for mail from `sender`, the envelope sender as it leaves (after
+  // relay.rewrite; a BATV tag, prvs=...=, is matched without it): always when it has no
+  // senders; never for the null sender ("") when it has.
+  bool matchesSender(std::string_view sender) const;
   // The part of a connection-pool key that says how the next hop sees the client: the
   // source address and EHLO name (",src4=...,src6=...,helo=..."; "" when none is set). A
   // connection, or a probe's answer, made one way never serves a route that wants another:
@@ -296,8 +304,9 @@ struct Config {
   bool isAllowedClient(const mta::IpAddress& ip) const;
   bool isBlockedClient(const mta::IpAddress& ip) const;
   bool isRelayClient(const mta::IpAddress& ip) const;
-  // The first route that matches, or nullptr.
-  const Route* routeFor(const std::string& domain) const;
+  // The first route whose domains take `domain` and whose senders take `sender` (the
+  // envelope sender, "" for the null one), or nullptr.
+  const Route* routeFor(const std::string& domain, std::string_view sender) const;
 };
 
 // Parses and validates `path`. Listener and metrics addresses must be IP literals with a

@@ -537,7 +537,8 @@ void QueueManager::route(std::shared_ptr<Attempt> attempt, const std::string& er
   const auto& cfg = *snap_->config;
   // Group the pending recipients by route, and by domain for MX routes; apart, on an smtp:
   // route, those whose mail leaves with a BATV-tagged sender (outside relay.domains) and
-  // those it does not (inside).
+  // those it does not (inside). A route's senders are matched against the envelope sender
+  // as spooled: already rewritten by relay.rewrite, and not yet tagged.
   const bool batvSender = batvTags(attempt->env);
   std::map<std::tuple<int, std::string, bool>, std::vector<size_t>> groups;
   for (size_t i = 0; i < attempt->env.rcpts.size(); ++i) {
@@ -546,7 +547,7 @@ void QueueManager::route(std::shared_ptr<Attempt> attempt, const std::string& er
     if (!attempt->only.empty() && std::find(attempt->only.begin(), attempt->only.end(), i) == attempt->only.end())
       continue;
     std::string domain = domainOf(r.address);
-    const policy::Route* route = cfg.routeFor(domain);
+    const policy::Route* route = cfg.routeFor(domain, attempt->env.mailFrom);
     int idx = route ? static_cast<int>(route - cfg.routes.data()) : -1;
     bool byDomain = !route || route->to.empty() || route->to.front().kind == policy::RouteTarget::Kind::Mx;
     groups[{idx, byDomain ? domain : "", batvSender && !cfg.isRelayDomain(domain)}].push_back(i);
@@ -596,7 +597,7 @@ std::vector<std::string> QueueManager::destinationKeys(const queue::Envelope& en
   for (const auto& r : env.rcpts) {
     if (r.status != queue::RcptStatus::Pending) continue;
     std::string domain = domainOf(r.address);
-    std::string key = destinationKey(cfg.routeFor(domain), domain);
+    std::string key = destinationKey(cfg.routeFor(domain, env.mailFrom), domain);
     if (std::find(keys.begin(), keys.end(), key) == keys.end()) keys.push_back(std::move(key));
   }
   return keys;

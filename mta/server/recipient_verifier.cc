@@ -145,9 +145,9 @@ RecipientVerifier::~RecipientVerifier() {
 }
 
 const policy::Route* RecipientVerifier::routeToVerify(const policy::Config& c, const std::string& domain,
-                                                      const std::string& routeDomain) {
+                                                      const std::string& routeDomain, std::string_view sender) {
   if (!c.verifyRecipients || !c.isRelayDomain(domain)) return nullptr;
-  const policy::Route* r = c.routeFor(policy::lowerAscii(routeDomain.empty() ? domain : routeDomain));
+  const policy::Route* r = c.routeFor(policy::lowerAscii(routeDomain.empty() ? domain : routeDomain), sender);
   if (!r || r->to.empty() || !r->to.front().isHost()) return nullptr;
   return r;
 }

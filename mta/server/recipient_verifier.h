@@ -104,8 +104,10 @@ class RecipientVerifier {
   // The route whose next hops verify recipients of `domain` under `c`: verify_recipients on,
   // a relay domain, routed to smtp: or lmtp: next hops; else null (not verified). `routeDomain`, when
   // not empty, is the domain the address has after [relay] rewrite (its route is asked).
+  // `sender`: the transaction's MAIL FROM ("" for the null sender), which the routes'
+  // senders are matched against, so the probe asks the next hop the mail would go to.
   static const policy::Route* routeToVerify(const policy::Config& c, const std::string& domain,
-                                            const std::string& routeDomain = "");
+                                            const std::string& routeDomain = "", std::string_view sender = "");
 
   using Done = std::function<void(const VerifyOutcome&)>;
   // A cached answer at once (cached = true, `done` not called); else nullopt, and `done`

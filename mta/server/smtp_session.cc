@@ -899,7 +899,8 @@ void SmtpSession::checkRecipient(const std::string& address, RcptDsn dsn) {
   // waits for its answer (the session reads nothing meanwhile, so pipelined commands are
   // answered in order). Postmaster always exists (RFC 5321 §4.5.1).
   if (!isPostmaster(address.substr(0, address.rfind('@')))) {
-    if (const auto* route = RecipientVerifier::routeToVerify(cfg_, rcptGivenDomain_, smtp::domainOf(address))) {
+    if (const auto* route =
+            RecipientVerifier::routeToVerify(cfg_, rcptGivenDomain_, smtp::domainOf(address), ctx_->mailFrom)) {
       verifyRecipient(address, std::move(dsn), *route);
       return;
     }

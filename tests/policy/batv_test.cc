@@ -84,6 +84,15 @@ TEST_CASE("batv: PRVS= and the hex digits are read without case") {
   CHECK(none.address == "jsmith@example.com");
 }
 
+TEST_CASE("batv: untagged gives the address a tag is in front of, without asking a key") {
+  CHECK(batv::untagged("prvs=00079276b6=jsmith@example.com") == "jsmith@example.com");
+  CHECK(batv::untagged("PRVS=1999ffffff=JSmith@Example.com") == "JSmith@Example.com");  // need not verify
+  CHECK(batv::untagged("jsmith@example.com") == "jsmith@example.com");
+  CHECK(batv::untagged("prvs=short=jsmith@example.com") == "prvs=short=jsmith@example.com");  // not a tag's form
+  CHECK(batv::untagged("prvs=00079276b6=@example.com") == "prvs=00079276b6=@example.com");
+  CHECK(batv::untagged("") == "");
+}
+
 TEST_CASE("batv: the key file must hold at least 16 bytes") {
   Errors errors;
   std::string path = moat::test::writeTempFile("batv-key", kKey + "\n");

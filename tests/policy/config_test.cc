@@ -78,9 +78,9 @@ delay_warning = "4h"
   REQUIRE(c->isRelayDomain("EXAMPLE.test"));
   REQUIRE_FALSE(c->isRelayDomain("other.test"));
   REQUIRE(c->isRelayClient(*moat::mta::IpAddress::parse("10.9.8.7")));
-  REQUIRE(c->routeFor("example.test")->to.size() == 2);
-  REQUIRE(c->routeFor("example.test")->to[1].dir.front() == '/');
-  REQUIRE(c->routeFor("elsewhere.test")->to[0].kind == RouteTarget::Kind::Mx);
+  REQUIRE(c->routeFor("example.test", "")->to.size() == 2);
+  REQUIRE(c->routeFor("example.test", "")->to[1].dir.front() == '/');
+  REQUIRE(c->routeFor("elsewhere.test", "")->to[0].kind == RouteTarget::Kind::Mx);
   REQUIRE(c->retry.size() == 5);
   REQUIRE(c->maxLifetime.count() == 48LL * 3600 * 1000);
   REQUIRE(c->maxDataTime == std::chrono::hours(1));  // a 35 MB message at 10 KB/s
@@ -445,8 +445,8 @@ TEST_CASE("relay.domains and [[route]] domains take domain names, or .domain for
   auto c = loadConfig(path, errors);
   REQUIRE(c->isRelayDomain("example.test"));
   REQUIRE(c->isRelayDomain("sub.example.test"));
-  REQUIRE(c->routeFor("sub.example.test"));
-  REQUIRE_FALSE(c->routeFor("example.test"));
+  REQUIRE(c->routeFor("sub.example.test", ""));
+  REQUIRE_FALSE(c->routeFor("example.test", ""));
   unlink(path.c_str());
 }
 
@@ -473,6 +473,91 @@ TEST_CASE("a [[route]] that can never match is a warning with FILE:LINE") {
   REQUIRE(has(all, path + ":27: warning: [[route]].domains: this route never matches: the [[route]] at line 24 has "
                           "no domains"));
   REQUIRE(has(all, path + ":31: warning: [[route]].to: this route never matches: the [[route]] at line 24"));
+  unlink(path.c_str());
+}
+
+TEST_CASE("[[route]] senders picks a route by envelope sender as well as by recipient domain") {
+  std::string path;
+  bool loaded = false;
+  std::string all = loadErrors(
+      "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n"
+      "[[route]]\ndomains = [\"partner.test\"]\nsenders = [\"ceo@Example.TEST\"]\nto = [\"smtp:127.0.0.1:2601\"]\n\n"
+      "[[route]]\nsenders = [\"@brand-b.test\", \"@.brand-c.test\"]\nto = [\"smtp:127.0.0.1:2602\"]\n\n"
+      "[[route]]\ndomains = [\"partner.test\"]\nto = [\"smtp:127.0.0.1:2603\"]\n\n"
+      "[[route]]\nto = [\"mx\"]\n",
+      path, loaded);
+  INFO(all);
+  REQUIRE(loaded);
+  // A route with senders takes only their mail: the later routes are reachable, no warning.
+  REQUIRE_FALSE(has(all, "never matches"));
+  Errors errors;
+  auto c = loadConfig(path, errors);
+  REQUIRE(c);
+  const auto& r = c->routes;
+  REQUIRE(r.size() == 4);
+  // Domain and sender: both must match; first match wins.
+  CHECK(c->routeFor("partner.test", "ceo@example.test") == &r[0]);
+  CHECK(c->routeFor("PARTNER.test", "CEO@EXAMPLE.test") == &r[0]);        // ASCII case ignored
+  CHECK(c->routeFor("partner.test", "ceo+board@example.test") == &r[0]);  // +tag matches user@
+  CHECK(c->routeFor("partner.test", "cfo@example.test") == &r[2]);        // other sender: the domain route
+  CHECK(c->routeFor("elsewhere.test", "ceo@example.test") == &r[3]);      // other domain
+  // A sender-only route: every domain, its senders only (the domain, and subdomains of @.).
+  CHECK(c->routeFor("elsewhere.test", "sales@brand-b.test") == &r[1]);
+  CHECK(c->routeFor("partner.test", "sales@Brand-B.test") == &r[1]);
+  CHECK(c->routeFor("elsewhere.test", "x@eu.brand-c.test") == &r[1]);
+  CHECK(c->routeFor("elsewhere.test", "x@brand-c.test") == &r[3]);      // @.domain: subdomains only
+  CHECK(c->routeFor("elsewhere.test", "x@sub.brand-b.test") == &r[3]);  // @domain: not its subdomains
+  // A BATV-tagged sender is matched by its address without the tag.
+  CHECK(c->routeFor("elsewhere.test", "prvs=0123abcdef=sales@brand-b.test") == &r[1]);
+  CHECK(c->routeFor("partner.test", "PRVS=1999abcdef=ceo@example.test") == &r[0]);
+  // The null sender (DSNs, Moat's own reports) never matches a senders list.
+  CHECK(c->routeFor("partner.test", "") == &r[2]);
+  CHECK(c->routeFor("elsewhere.test", "") == &r[3]);
+  unlink(path.c_str());
+}
+
+TEST_CASE("[[route]] senders: bad entries are refused with FILE:LINE") {
+  std::string path;
+  bool loaded = true;
+  std::string all = loadErrors(
+      "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n"
+      "[[route]]\nsenders = [\n  \"ok@example.test\",\n  \"example.test\",\n  \"a b@example.test\",\n"  // 7-11
+      "  \"<>\",\n  \"\",\n  \"@.\",\n  \"@\",\n]\nto = [\"mx\"]\n\n"                                   // 12-17
+      "[[route]]\nsenders = []\nto = [\"mx\"]\n\n"                                                      // 19-21
+      "[[route]]\nsenders = \"@example.test\"\nto = [\"mx\"]\n",                                        // 23-25
+      path, loaded);
+  INFO(all);
+  REQUIRE_FALSE(loaded);
+  REQUIRE_FALSE(has(all, path + ":9:"));
+  REQUIRE(has(all, path + ":10: [[route]].senders: \"example.test\" is not an address, @domain or @.domain"));
+  REQUIRE(has(all, path + ":11: [[route]].senders: \"a b@example.test\" is not an address, @domain or @.domain"));
+  REQUIRE(has(all, path + ":12: [[route]].senders: the null sender (\"<>\") cannot be listed"));
+  REQUIRE(has(all, path + ":13: [[route]].senders: the null sender (\"\") cannot be listed"));
+  REQUIRE(has(all, path + ":14: [[route]].senders: \"@.\" is not an address"));
+  REQUIRE(has(all, path + ":15: [[route]].senders: \"@\" is not an address"));
+  REQUIRE(has(all, path + ":20: [[route]].senders: an empty list matches no sender"));
+  REQUIRE(has(all, path + ":24: [[route]].senders: expected an array of strings"));
+  unlink(path.c_str());
+}
+
+TEST_CASE("[[route]] senders: shadowing warnings count only the routes without senders") {
+  std::string path;
+  bool loaded = false;
+  std::string all = loadErrors(
+      "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n"
+      "[[route]]\ndomains = [\"a.test\"]\nsenders = [\"@b.test\"]\nto = [\"mx\"]\n\n"  // 7-10
+      "[[route]]\ndomains = [\"a.test\"]\nto = [\"mx\"]\n\n"                           // 12-14
+      "[[route]]\ndomains = [\"a.test\"]\nsenders = [\"@c.test\"]\nto = [\"mx\"]\n\n"  // 16-19
+      "[[route]]\nto = [\"mx\"]\n\n"                                                   // 21-22
+      "[[route]]\nsenders = [\"@d.test\"]\nto = [\"mx\"]\n",                           // 24-26
+      path, loaded);
+  INFO(all);
+  REQUIRE(loaded);
+  REQUIRE_FALSE(has(all, path + ":13:"));  // the route at 7 takes only @b.test's mail for a.test
+  REQUIRE(has(all, path + ":17: warning: [[route]].domains: this route never matches: earlier routes take every "
+                          "domain it lists (first match wins): \"a.test\" by line 14"));
+  REQUIRE(has(all, path + ":25: warning: [[route]].senders: this route never matches: the [[route]] at line 22 has "
+                          "no domains"));
   unlink(path.c_str());
 }
 
