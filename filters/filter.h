@@ -209,6 +209,9 @@ struct MessageContext {
   ArcOutcome arc;
   DmarcOutcome dmarc;
   double spamScore = 0;
+  // Mail stage: the [dnsbl] score is at most dnsbl.allowlist_threshold (a DNS allowlist such
+  // as list.dnswl.org lists the client): it is not greylisted. Reset by each MAIL.
+  bool dnsblAllowlisted = false;
   // What [relay] rewrite changed: recipients at RCPT (the session), the envelope sender and
   // header fields at Data (the address_rewrite filter, which alone changes mailFrom here).
   std::vector<AddressRewrite> rewrites;

@@ -722,6 +722,7 @@ void SmtpSession::cmdMail(const smtp::Command& c) {
   ctx_->dkim.clear();
   ctx_->dmarc = {};
   ctx_->spamScore = 0;
+  ctx_->dnsblAllowlisted = false;
   txAuthResults_.clear();
   txHeaders_.clear();
   txBatvFailed_ = false;
@@ -1259,6 +1260,8 @@ void SmtpSession::countRate(RateLimit which, const std::string& sender) {
 // that do not retry well. Mail to postmaster and abuse (any of our domains) is never
 // greylisted: a report of a problem, perhaps with the greylisting itself, must get through
 // at once, also from a sender that does not retry (RFC 5321 §4.5.1, RFC 2142 §2).
+// A client that [dnsbl] allowlisted (dnsbl.allowlist_threshold: a DNS allowlist such as
+// list.dnswl.org) is not greylisted either, as postscreen and postgrey admins do with DNSWL.
 // exempt_client_names are matched against the client's verified name. Its lookup starts at
 // the connect and may still run: a triplet that would be deferred waits for it (the session
 // paused, its pipelined commands held in order, as for a verification probe), at most until
@@ -1268,6 +1271,8 @@ void SmtpSession::countRate(RateLimit which, const std::string& sender) {
 bool SmtpSession::greylisted(const std::string& address, const RcptDsn& dsn) {
   if (!cfg_.greylistEnabled || ctx_->fromRelayNetwork || ctx_->authenticated || cfg_.isGreylistExempt(ctx_->clientIp))
     return false;
+  // Set by the Mail stage, which the session waits for before it reads a pipelined RCPT.
+  if (ctx_->dnsblAllowlisted) return false;
   std::string_view local = std::string_view(address).substr(0, address.rfind('@'));
   if (isPostmaster(local) || (local.size() == 5 && iequalsPrefix(local, "abuse"))) return false;
   if (Greylist::exemptName(clientName_, cfg_.greylistExemptNames)) return false;
