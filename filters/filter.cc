@@ -134,4 +134,18 @@ std::vector<std::string> gatewayAuthResults(std::vector<std::string> res, bool o
   return res;
 }
 
+std::vector<Header> gatewayHeaders(const std::string& received, const std::string& authResults,
+                                   const std::vector<Header>& sessionHeaders, const std::vector<Header>& added) {
+  std::vector<Header> h;
+  // A milter's insert at index 0 goes above the Received field, the first it was sent.
+  for (const auto& x : added)
+    if (x.aboveReceived) h.push_back(x);
+  if (!received.empty()) h.push_back({"Received", received});
+  h.push_back({"Authentication-Results", authResults});
+  for (const auto& x : sessionHeaders) h.push_back(x);
+  for (const auto& x : added)
+    if (!x.aboveReceived) h.push_back(x);
+  return h;
+}
+
 }  // namespace moat::filters

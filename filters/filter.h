@@ -76,6 +76,10 @@ struct Result {
   // body before it signs, RFC 6376 §5.3): it is stored and delivered without BODY=8BITMIME.
   bool convertedTo7Bit = false;
   std::vector<EnvelopeChange> envelope;  // Data stage: envelope changes, applied before queueing
+  // Data stage: `edits` are the whole set of edits of ctx->message, replacing the ones
+  // accepted so far (ctx->edits) rather than added to them: a filter that was shown the
+  // message with those applied (a milter) composed its edits with them (composeEdits).
+  bool replacesEdits = false;
   std::vector<std::string> authResults;  // RFC 8601 resinfo, e.g. "spf=pass smtp.mailfrom=example.test"
   std::string summary;           // short result for the log: "pass", "clean", "FOUND Eicar" ...
   std::string quarantineReason;  // Quarantine: why, kept with the message
@@ -166,6 +170,15 @@ std::string authenticationResults(const std::string& authservId, const std::vect
 // (not checked...)" added for each of spf, dkim and dmarc no check reported (CONTRACT.md).
 std::vector<std::string> gatewayAuthResults(std::vector<std::string> resinfo, bool outbound);
 
+// The header fields Moat prepends to a message at delivery, in delivery order (DESIGN.md
+// decision 6): the `added` fields placed aboveReceived, the Received field (`received`; none
+// when empty), Authentication-Results (`authResults`, the value), the session's fields
+// (`sessionHeaders`: the earlier stages' and X-Moat-BATV), the other `added` fields (the Data
+// filters', in filter order). The session stores them with the message; a milter is sent
+// them as delivery will place them.
+std::vector<Header> gatewayHeaders(const std::string& received, const std::string& authResults,
+                                   const std::vector<Header>& sessionHeaders, const std::vector<Header>& added);
+
 // Everything known about one message (or, before MAIL, one session). Owned by a
 // shared_ptr so an in-flight filter keeps it alive if the client disconnects.
 struct MessageContext {
@@ -185,6 +198,7 @@ struct MessageContext {
   std::vector<std::string> rcpts;
   std::string currentRcpt;  // during the Rcpt stage
   bool smtputf8 = false;    // Data stage: MAIL carried SMTPUTF8 (RFC 6531)
+  std::string ret, envid;   // Data stage: MAIL's RFC 3461 RET and ENVID (as given), or empty
   // A recipient outside relay.domains (as the client gave it, before any rewriting or
   // alias) was taken: the message leaves for the internet.
   bool relayed = false;
@@ -199,6 +213,16 @@ struct MessageContext {
   // The edits accepted so far in this Data stage, sorted (the pipeline keeps it): a filter
   // that must see the message as delivered (the DKIM signer) applies them to `message`.
   std::vector<Edit> edits;
+  // Data stage: the header fields the session prepends below Authentication-Results (the
+  // earlier stages' and X-Moat-BATV), set before the Data filters run, and the ones the Data
+  // filters added so far (Result::headers, in filter order; the pipeline keeps it): a milter
+  // is sent them where delivery places them (gatewayHeaders).
+  std::vector<Header> sessionHeaders;
+  std::vector<Header> headers;
+  // Data stage: the envelope changes asked for so far (Result::envelope, in filter order; the
+  // pipeline keeps it), which the session applies after the stage: the address rewriting
+  // rewrites a sender a milter set.
+  std::vector<EnvelopeChange> envelope;
   // Results so far
   // The Authentication-Results resinfo so far: the session's and the earlier stages' (the
   // session sets them before the Data stage), then each filter's as the pipeline takes it.

@@ -61,6 +61,13 @@ struct Run : std::enable_shared_from_this<Run> {
   }
 
   void takeEdits(const std::string& name, Result& r) {
+    // Composed with the ones accepted so far (a milter's): the whole set, when it is one.
+    if (r.replacesEdits && editsValid(r.edits, ctx->message.size())) {
+      out.edits = std::move(r.edits);
+      r.edits.clear();
+      ctx->edits = out.edits;
+      return;
+    }
     bool allKept = true;
     for (auto& e : r.edits) {
       uint64_t offset = e.offset, length = e.length;
@@ -80,9 +87,11 @@ struct Run : std::enable_shared_from_this<Run> {
   void finish(const std::string& name, Result r) {
     auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count();
     for (auto& h : r.headers) out.headers.push_back(h);
+    ctx->headers = out.headers;
     takeEdits(name, r);
     for (auto& c : r.envelope) out.envelope.push_back(std::move(c));
     r.envelope.clear();
+    ctx->envelope = out.envelope;
     for (auto& a : r.authResults) {
       out.authResults.push_back(a);
       ctx->authResults.push_back(a);
@@ -121,7 +130,11 @@ void Pipeline::run(Stage stage, std::shared_ptr<MessageContext> ctx, const Env& 
   auto run = std::make_shared<Run>();
   for (const auto& f : filters_)
     if (f->stage() == stage) run->filters.push_back(f);
-  if (stage == Stage::Data) ctx->edits.clear();  // a new message: nothing accepted yet
+  if (stage == Stage::Data) {  // a new message: nothing accepted yet
+    ctx->edits.clear();
+    ctx->headers.clear();
+    ctx->envelope.clear();
+  }
   run->ctx = std::move(ctx);
   run->env = env;
   run->done = std::move(done);

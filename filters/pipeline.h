@@ -3,8 +3,10 @@
 // a Quarantine is remembered and lets later filters still reject. Every filter's result is
 // kept for the `filter` log event and Authentication-Results. Data-stage edits (edit.h) are
 // collected in filter order; one that collides with an earlier one is dropped and logged
-// (`edit_dropped`, warn); the rest, sorted, are in the outcome and in ctx->edits. Envelope
-// changes (a milter's) are collected in filter order for the session to apply.
+// (`edit_dropped`, warn); the rest, sorted, are in the outcome and in ctx->edits. A filter
+// that edited the message with those applied (the milters) returns the whole set, composed
+// (Result::replacesEdits). Header fields and envelope changes (a milter's) are collected in
+// filter order (and kept in ctx->headers, ctx->envelope) for the session to apply.
 #pragma once
 #include <chrono>
 #include <functional>

@@ -183,6 +183,12 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
         done_(std::move(done)),
         timer_(env.loop) {
     for (const auto& h : view_.headers) (h.aboveReceived ? above_ : below_).push_back({h, false, {}});
+    // Moat's own fields as delivery will prepend them: its Received, Authentication-Results
+    // (the checks are done: the filters after the milters add no result), the session's and the
+    // earlier Data filters' fields (X-Spam-*, X-Moat-*).
+    const auto& c = *ctx_;
+    auto res = gatewayAuthResults(c.authResults, c.fromRelayNetwork || c.authenticated);
+    moat_ = gatewayHeaders(c.received, authenticationResults(env.hostname, res), c.sessionHeaders, c.headers);
   }
 
   void start() {
@@ -340,17 +346,18 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
         Phase::Command);
     bool lead = p & proto::kHeaderLeadSpace;
     leadingSpace_ = lead;
-    // Moat's own Received field first, as it will be delivered (opendkim and rspamd read it),
-    // with the fields earlier milters added where they are delivered: around it.
-    receivedSent_ = !(p & proto::kNoHeaders) && !c.received.empty();
+    // Moat's own fields first, as they will be delivered (opendkim and rspamd read the
+    // Received field, opendmarc and policy scripts Authentication-Results), with the fields
+    // earlier milters added where they are delivered: around them.
+    moatSent_ = !(p & proto::kNoHeaders);
     auto prepended = [&](const std::vector<Slot>& slots) {
       for (const auto& slot : slots)
         add(cmd::kHeader, {}, headerPacket(slot.h.name, milterHeaderValue(" " + slot.h.value, lead)),
             p & proto::kNoHeaders, !(p & proto::kNrHeader), Phase::Content);
     };
     prepended(above_);
-    if (receivedSent_)
-      add(cmd::kHeader, {}, headerPacket("Received", milterHeaderValue(" " + c.received, lead)), false,
+    for (const auto& h : moat_)
+      add(cmd::kHeader, {}, headerPacket(h.name, milterHeaderValue(" " + h.value, lead)), p & proto::kNoHeaders,
           !(p & proto::kNrHeader), Phase::Content);
     prepended(below_);
     if (!(p & proto::kNoHeaders))
@@ -532,9 +539,10 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
   }
 
   // SMFIR_CHGHEADER: the index-th field named h.name in the header as the milter was sent
-  // it: the fields earlier milters put above Moat's Received, Moat's Received (not changed),
-  // the ones below it, the message's. An earlier milter's field is changed in place; a
-  // message field by an edit of the message it was sent.
+  // it: the fields earlier milters put above Moat's Received, Moat's own fields (Received,
+  // Authentication-Results, its filters': not changed), the earlier milters' below them, the
+  // message's. An earlier milter's field is changed in place; a message field by an edit of
+  // the message it was sent (Moat's filters' edits applied).
   void changeHeader(const HeaderChange& h) {
     uint32_t index = std::max<uint32_t>(h.index, 1);
     uint32_t seen = 0;
@@ -550,9 +558,11 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
       return false;
     };
     if (inSlots(above_)) return;
-    // The first Received field after those is Moat's own, which is not in the message.
-    if (receivedSent_ && mta::iequalsAscii(h.name, "Received") && ++seen == index)
-      return refused("change of Moat's own Received field: not made");
+    // Moat's own fields are not in the message: they are prepended at delivery.
+    if (moatSent_)
+      for (const auto& f : moat_)
+        if (mta::iequalsAscii(f.name, h.name) && ++seen == index)
+          return refused("change of Moat's own " + f.name + " field: not made");
     if (inSlots(below_)) return;
     for (const auto& f : headerFields(msg_)) {
       if (!mta::iequalsAscii(f.name, h.name) || ++seen != index) continue;
@@ -569,16 +579,18 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
   }
 
   // SMFIR_INSHEADER: before the index-th field of the header as the milter was sent it
-  // (0: the first), counted without the milter's own earlier inserts. Above Moat's Received
-  // (or before a field an earlier milter added) it is a prepended field; in the message, an
-  // insert edit at that field's start (past the last field: at the end of the header).
+  // (0: the first), counted without the milter's own earlier inserts. Above Moat's fields
+  // (or before a field an earlier milter added) it is a prepended field; among Moat's own
+  // fields, which stay together, just below them; in the message, an insert edit at that
+  // field's start (past the last field: at the end of the header).
   void insertHeader(const HeaderChange& h) {
     uint64_t index = h.index;
     if (index < above_.size()) return above_[index].before.push_back({h.name, unfold(h.value), true});
     index -= above_.size();
-    if (receivedSent_) {
+    if (moatSent_ && !moat_.empty()) {
       if (index == 0) return aboveEnd_.push_back({h.name, unfold(h.value), true});
-      --index;
+      if (index < moat_.size()) return belowMoat_.push_back({h.name, unfold(h.value)});
+      index -= moat_.size();
     }
     if (index < below_.size()) return below_[index].before.push_back({h.name, unfold(h.value)});
     index -= below_.size();
@@ -608,6 +620,7 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
     };
     put(above_, true);
     for (const auto& h : aboveEnd_) out.push_back(h);
+    for (const auto& h : belowMoat_) out.push_back(h);
     put(below_, false);
     for (const auto& h : added_) out.push_back(h);
     return out;
@@ -697,8 +710,10 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
   std::shared_ptr<MessageContext> ctx_;
   View view_;
   std::string_view msg_;             // the message it is sent: view_.message
-  std::vector<Slot> above_, below_;  // the view's fields above and below Moat's Received
+  std::vector<Slot> above_, below_;  // the view's fields above and below Moat's own
+  std::vector<Header> moat_;         // Moat's own fields, as delivered (gatewayHeaders)
   std::vector<Header> aboveEnd_;     // inserted just above Moat's Received
+  std::vector<Header> belowMoat_;    // inserted among Moat's own fields: just below them
   std::vector<Header> added_;        // added (SMFIR_ADDHEADER): below the earlier milters' fields
   size_t headerChanges_ = 0;
   Env env_;
@@ -711,7 +726,7 @@ class Conversation : public std::enable_shared_from_this<Conversation> {
   std::shared_ptr<Conversation> self_;  // alive until finish()
   char readBuf_[16 * 1024];
   Decoder decoder_;
-  bool negotiated_ = false, finished_ = false, leadingSpace_ = false, replacedBody_ = false, receivedSent_ = false;
+  bool negotiated_ = false, finished_ = false, leadingSpace_ = false, replacedBody_ = false, moatSent_ = false;
   uint32_t actions_ = 0, protocol_ = 0;
   std::vector<Step> steps_;
   size_t next_ = 0;
@@ -755,11 +770,14 @@ struct Run : std::enable_shared_from_this<Run> {
   Result result;
   mta::JsonObject outcomes;
   bool quarantined = false;
-  // What the next milter is sent: the earlier milters' changes applied. `edits`: theirs,
-  // composed, as edits of ctx->message; `view.message` is stale while `rerender` is set.
+  // What the next milter is sent: Moat's own filters' edits and the earlier milters' changes
+  // applied. `edits`: all of them, composed, as edits of ctx->message (Moat's first, as a
+  // milter 0's); `view.message` is stale while `rerender` is set. `milterEdits`: a milter
+  // changed the message (`edits` then replace the pipeline's).
   View view;
   std::vector<Edit> edits;
   bool rerender = false;
+  bool milterEdits = false;
 
   void step() {
     const auto& ms = milters;
@@ -773,15 +791,15 @@ struct Run : std::enable_shared_from_this<Run> {
     converse(m);
   }
 
-  // The message with the earlier milters' edits, for milter `m`: one copy, bounded as a
-  // replaced body is, made with the renderer delivery uses (on the pool when large).
+  // The message with the earlier edits (Moat's filters', the earlier milters'), for milter
+  // `m`: one copy, bounded as a replaced body is, made with the renderer delivery uses
+  // (applyEdits, on the pool when large).
   void render(const MilterConfig& m) {
     uint64_t size = editedSize(ctx->message.size(), edits);
     if (size > maxBody) {
       Outcome o;
       o.kind = Outcome::Kind::Error;
-      o.error =
-          "the message with the earlier milters' changes is " + std::to_string(size) + " bytes, over the size limit";
+      o.error = "the message with the earlier changes is " + std::to_string(size) + " bytes, over the size limit";
       return take(m, std::move(o));  // and so for every later milter: none is sent a stale message
     }
     auto self = shared_from_this();
@@ -837,10 +855,12 @@ struct Run : std::enable_shared_from_this<Run> {
     bool changes = o.kind == Outcome::Kind::Continue || o.kind == Outcome::Kind::Quarantine;
     if (changes || o.kind == Outcome::Kind::Accept) view.headers = o.headers;
     if (changes && !o.edits.empty()) {
-      // As edits of the message as received (the pipeline drops those colliding with Moat's
-      // own filters' edits); the next milter is sent the message with them.
+      // As edits of the message as received, composed with Moat's own filters' edits and the
+      // earlier milters' (the pipeline takes the whole set); the next milter is sent the
+      // message with them.
       edits = edits.empty() ? std::move(o.edits) : composeEdits(edits, view.message, o.edits);
       rerender = true;
+      milterEdits = true;
     }
     if (changes && !o.envelope.empty()) applyEnvelope(view, o.envelope);
     for (auto& c : o.envelope) result.envelope.push_back(std::move(c));
@@ -868,7 +888,10 @@ struct Run : std::enable_shared_from_this<Run> {
   void end() {
     if (result.verdict == Verdict::Continue) {
       result.headers = std::move(view.headers);
-      result.edits = std::move(edits);
+      if (milterEdits) {
+        result.edits = std::move(edits);
+        result.replacesEdits = true;
+      }
       if (quarantined) {
         result.verdict = Verdict::Quarantine;
         result.summary = "quarantine";
@@ -902,8 +925,23 @@ View viewOf(const MessageContext& ctx) {
   v.mailFrom = ctx.mailFrom;
   v.rcpts = ctx.rcpts;
   v.rcptArgs.resize(v.rcpts.size());
+  if (!ctx.ret.empty()) v.mailArgs.push_back("RET=" + ctx.ret);
+  if (!ctx.envid.empty()) v.mailArgs.push_back("ENVID=" + ctx.envid);
   return v;
 }
+
+namespace {
+// Sets KEY=value among MAIL's parameters, in place; an empty value leaves them as they are.
+void setMailArg(std::vector<std::string>& args, const std::string& key, const std::string& value) {
+  if (value.empty()) return;
+  for (auto& a : args)
+    if (a.size() > key.size() && a[key.size()] == '=' && mta::iequalsAscii(a.substr(0, key.size()), key)) {
+      a = key + "=" + value;
+      return;
+    }
+  args.push_back(key + "=" + value);
+}
+}  // namespace
 
 void applyEnvelope(View& view, const std::vector<EnvelopeChange>& changes) {
   const auto& key = recipientKey;  // as the session keys its recipients
@@ -929,10 +967,10 @@ void applyEnvelope(View& view, const std::vector<EnvelopeChange>& changes) {
         }
         break;
       case EnvelopeChange::Kind::ChgFrom:
+        // As Sendmail (and the session): a parameter the change does not give keeps its value.
         view.mailFrom = c.address;
-        view.mailArgs.clear();
-        if (!c.ret.empty()) view.mailArgs.push_back("RET=" + c.ret);
-        if (!c.envid.empty()) view.mailArgs.push_back("ENVID=" + c.envid);
+        setMailArg(view.mailArgs, "RET", c.ret);
+        setMailArg(view.mailArgs, "ENVID", c.envid);
         break;
     }
   }
@@ -949,6 +987,10 @@ void MilterFilter::run(std::shared_ptr<MessageContext> ctx, const Env& env, Done
   r->done = std::move(done);
   r->maxBody = maxMessageSize_ + kMaxPacket;
   r->view = viewOf(*r->ctx);
+  // Every milter, the first too, is sent the message with Moat's own filters' edits (a
+  // stripped attachment, a prefixed Subject); none: the message as received, not copied.
+  r->edits = r->ctx->edits;
+  r->rerender = !r->edits.empty();
   r->step();
 }
 

@@ -8,17 +8,22 @@
 // milter time is spent on mail Moat refuses anyway, and the signer signs the message with
 // the milters' changes. One conversation per milter per message, on a fresh connection,
 // replaying the session: OPTNEG, CONNECT, HELO, MAIL, each RCPT, DATA, the header fields
-// (Moat's own Received field first, as Postfix sends its own), EOH, the body in chunks of at most 65535 bytes, EOM —
+// (the ones Moat prepends at delivery first, in delivery order: its Received field, as Postfix
+// sends its own, Authentication-Results, the session's and its filters' fields:
+// gatewayHeaders), EOH, the body in chunks of at most 65535 bytes, EOM —
 // each with its SMFIC_MACRO (j, _, {daemon_name}, {client_addr}, {client_port}, {client_name}, {auth_authen},
 // {tls_version}, i, {mail_addr}, {rcpt_addr}; CONNECT carries the client's address and port), skipping the steps the
-// milter declines (SMFIP_NO*) and not waiting for replies it will not send (SMFIP_NR_*). Milters run in config order;
-// each is sent the message and envelope with the earlier milters' changes applied, as Sendmail and Postfix do (View):
-// the header fields they added (where they are delivered: around Moat's Received field), the message with their
-// edits (applyEdits, the renderer delivery uses; the next milter's edits are composed with them, composeEdits), the
-// sender they set (with its RET and ENVID) and the recipients after their adds and deletes. A milter that changed
-// nothing costs nothing: the next one is sent the same bytes (the message as received, not copied, while no milter
-// changed it). A changed message is one in-memory copy, made on the thread pool when large, and bounded like a replaced
-// body (max_message_size): past it the next milter is not asked (its default_action applies).
+// milter declines (SMFIP_NO*) and not waiting for replies it will not send (SMFIP_NR_*). The message is sent as
+// delivery will render it so far: with Moat's own filters' edits applied (ctx->edits: a stripped part, a Subject
+// prefix; they compose with the milters' as a milter 0's). Milters run in config order; each is sent the message and
+// envelope with the earlier milters' changes applied, as Sendmail and Postfix do (View): the header fields they added
+// (where they are delivered: around Moat's Received field), the message with their edits (applyEdits, the renderer
+// delivery uses; the next milter's edits are composed with them, composeEdits), the sender they set (with its RET and
+// ENVID; one not given keeps its value, as in the session) and the recipients after their adds and deletes. A milter
+// that changed nothing costs nothing: the next one is sent the same bytes (the message as received, not copied, while
+// neither Moat's filters nor a milter changed it). A changed message is one in-memory copy, made on the thread pool
+// when large, and bounded like a replaced body (max_message_size): past it the next milter is not asked (its
+// default_action applies).
 //
 // Replies: continue, accept (this milter is done), reject (550 5.7.1 Command rejected),
 // tempfail (451 4.7.1 Service unavailable - try again later), SMFIR_REPLYCODE (its own 4xx /
@@ -26,10 +31,11 @@
 // quarantine, reason "milter NAME: discard"), quarantine (reason given), progress (the
 // timeout restarts), add header (prepended at delivery like every header Moat adds), insert
 // header at its index (libmilter's: 0 is above the first field the milter was sent, Moat's
-// own Received or a field an earlier milter put above it; N below the Nth field sent, an
-// earlier milter's field or the message's; past the last, at the end of the header), change
-// header (the Nth field of that name as sent: an earlier milter's added field is changed in
-// place, a message field by an edit; Moat's own Received is not changed: refused and logged;
+// own Received or a field an earlier milter put above it; among Moat's own fields, just below
+// them; N below the Nth field sent, an earlier milter's field or the message's; past the
+// last, at the end of the header), change header (the Nth field of that name as sent: an
+// earlier milter's added field is changed in place, a message field by an edit; Moat's own
+// fields are not changed: refused and logged;
 // an empty value deletes it; past the last, it is added), replace body (an edit), add recipient (SMFIR_ADDRCPT, and
 // SMFIR_ADDRCPT_PAR with NOTIFY and ORCPT), delete recipient, change sender (SMFIR_CHGFROM,
 // with RET and ENVID): envelope changes (filter.h EnvelopeChange) the session applies before
@@ -88,21 +94,23 @@ struct MilterConfig {
 };
 
 // What one milter of the chain is sent: the message and envelope with the earlier milters'
-// changes applied. The first milter's is the message and envelope as received (viewOf).
+// changes applied. viewOf: the envelope as received, the message as received (the filter
+// renders Moat's own filters' edits into `storage` before the first milter).
 struct View {
   std::string_view message;                    // ctx->message, or `storage`
-  std::shared_ptr<const std::string> storage;  // the message with the earlier milters' edits
+  std::shared_ptr<const std::string> storage;  // the message with the earlier edits
   // The header fields earlier milters added or inserted, as delivered: the aboveReceived
   // ones above Moat's Received field, the others below it, each in list order.
   std::vector<Header> headers;
   std::string mailFrom;                            // without <>
-  std::vector<std::string> mailArgs;               // RET= and ENVID= an earlier milter set
+  std::vector<std::string> mailArgs;               // RET= and ENVID=: the client's, or as an earlier milter set
   std::vector<std::string> rcpts;                  // without <>
   std::vector<std::vector<std::string>> rcptArgs;  // per recipient: NOTIFY= and ORCPT= an earlier milter set
 };
 View viewOf(const MessageContext& ctx);
 // `view` with a milter's envelope changes applied, as the session applies them to the
-// envelope it queues (a recipient once, the domain folded; deleting one deletes every copy).
+// envelope it queues (a recipient once, the domain folded; deleting one deletes every copy;
+// a changed sender's RET or ENVID not given keeps its value).
 void applyEnvelope(View& view, const std::vector<EnvelopeChange>& changes);
 
 // What one milter decided about one message.

@@ -214,7 +214,24 @@ class RewriteFilter : public Filter {
     auto after = [ctx, outbound, found, map = map_, done = std::move(done)] {
       Result r = Result::pass("none");
       r.detail.add("direction", outbound ? "outbound" : "inbound");
-      if (outbound && !ctx->mailFrom.empty()) {
+      // A sender a milter set (the session applies it after this stage, ctx->envelope) is the
+      // one that leaves: the milters run before the rewriting, so it is rewritten with a change
+      // of its own, applied after the milter's (its RET and ENVID kept).
+      std::optional<std::string> milterSender;
+      for (const auto& c : ctx->envelope)
+        if (c.kind == EnvelopeChange::Kind::ChgFrom) milterSender = c.address;
+      if (outbound && milterSender && !milterSender->empty()) {
+        std::string to = map->outbound(*milterSender);
+        if (!to.empty() && to != *milterSender) {
+          ctx->rewrites.push_back({*milterSender, to, "mail_from"});
+          EnvelopeChange c;
+          c.kind = EnvelopeChange::Kind::ChgFrom;
+          c.address = std::move(to);
+          c.source = "address_rewrite";
+          r.envelope.push_back(std::move(c));
+          r.summary = "rewritten";
+        }
+      } else if (outbound && !milterSender && !ctx->mailFrom.empty()) {
         std::string to = map->outbound(ctx->mailFrom);
         if (!to.empty() && to != ctx->mailFrom) {
           ctx->rewrites.push_back({ctx->mailFrom, to, "mail_from"});

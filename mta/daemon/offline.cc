@@ -159,6 +159,11 @@ int runScan(const ScanOptions& opts) {
       done = true;
       return;
     }
+    if ((*stages)[i] == filters::Stage::Data) {  // as the session: the fields a milter is sent before its filters'
+      ctx->sessionHeaders.clear();
+      if (batvFailed) ctx->sessionHeaders.push_back({"X-Moat-BATV", "fail"});
+      for (const auto& h : headers) ctx->sessionHeaders.push_back(h);
+    }
     snap->pipeline->run((*stages)[i], ctx, env, [&, i](filters::StageOutcome out) {
       for (auto& r : out.reports) reports.push_back(r);
       for (auto& a : out.authResults) authResults.push_back(a);

@@ -1453,6 +1453,9 @@ void SmtpSession::runDataFilters() {
   ctx_->queueId = incoming_->id();
   if (ctx_->tls && conn_->tls()) ctx_->tlsVersion = conn_->tls()->protocol();  // milters' {tls_version}
   ctx_->smtputf8 = smtputf8_;
+  ctx_->ret = txRet_;  // milters are sent MAIL's DSN parameters
+  ctx_->envid = txEnvid_;
+  ctx_->sessionHeaders = txHeaders_;  // milters are sent them where delivery places them
   ctx_->received = receivedValue();  // made once: milters see the field that is delivered
   auto data = incoming_->data();
   ctx_->message = data ? data->bytes() : std::string_view();
@@ -1494,21 +1497,14 @@ std::string SmtpSession::receivedValue() const {
 }
 
 std::vector<filters::Header> SmtpSession::gatewayHeaders(const filters::StageOutcome& outcome) const {
-  std::vector<filters::Header> h;
-  // A milter's insert at index 0 goes above the Received field, the first it was sent.
-  for (const auto& x : outcome.headers)
-    if (x.aboveReceived) h.push_back(x);
-  h.push_back({"Received", ctx_->received.empty() ? receivedValue() : ctx_->received});
   std::vector<std::string> res = sessionAuthResults_;
   for (const auto& a : txAuthResults_) res.push_back(a);
   for (const auto& a : outcome.authResults) res.push_back(a);
   // The header names an spf, a dkim and a dmarc result (CONTRACT.md).
   res = filters::gatewayAuthResults(std::move(res), ctx_->fromRelayNetwork || ctx_->authenticated);
-  h.push_back({"Authentication-Results", filters::authenticationResults(cfg_.hostname, res)});
-  for (const auto& x : txHeaders_) h.push_back(x);
-  for (const auto& x : outcome.headers)
-    if (!x.aboveReceived) h.push_back(x);
-  return h;
+  // The order milters were sent them in (filters::gatewayHeaders, shared with the milter client).
+  return filters::gatewayHeaders(ctx_->received.empty() ? receivedValue() : ctx_->received,
+                                 filters::authenticationResults(cfg_.hostname, res), txHeaders_, outcome.headers);
 }
 
 void SmtpSession::commitMessage(filters::StageOutcome outcome) {

@@ -86,9 +86,12 @@ class Peer(Milter.Base):
         if "tagged" in subject:
             self.addheader("X-Seen-By-" + TAG, "yes")
         if "insert at index" in subject:
+            # Sent: Moat's fields (Received, Authentication-Results...), then the message's.
+            at = [n for n, _ in self.headers].index("From")
             self.addheader("X-At-Zero", "top", idx=0)
             self.addheader("X-At-One", "below the first", idx=1)
-            self.addheader("X-At-Two", "below the second", idx=2)
+            self.addheader("X-Above-From", "above From", idx=at)
+            self.addheader("X-Below-From", "below From", idx=at + 1)
         if "add rcpt" in subject:
             self.addrcpt("<carol@example.test>")
             self.addrcpt("<dave@example.test>", "NOTIFY=NEVER XFOO=1")
@@ -107,9 +110,10 @@ class Peer(Milter.Base):
             self.addheader("X-Chain", "from a")
             self.replacebody(b"Body from a.\r\n")
         if "chain content" in subject and TAG == "b":
-            # Sent: Received (0), a's X-Chain (1), From (2)...
-            self.addheader("X-B-Above-Chain", "1", idx=1)
-            self.addheader("X-B-Above-From", "2", idx=2)
+            # Sent: Moat's fields (Received, Authentication-Results), a's X-Chain, From...
+            names = [n for n, _ in self.headers]
+            self.addheader("X-B-Above-Chain", "1", idx=names.index("X-Chain"))
+            self.addheader("X-B-Above-From", "2", idx=names.index("From"))
             self.chgheader("X-Chain", 1, "changed by b after " + dict(self.headers).get("X-Chain", "nothing"))
             self.replacebody(b"Body from b, after: " + self.received.strip() + b"\r\n")
         if "chain envelope" in subject and TAG == "a":
@@ -117,6 +121,17 @@ class Peer(Milter.Base):
             self.addrcpt("<dave@example.test>")
         if "chain envelope" in subject and TAG == "b" and "<dave@example.test>" in self.rcpts:
             self.delrcpt("<dave@example.test>")
+        # Moat's own filters changed the message first (a Subject prefix, a stripped part):
+        # inserts around the Subject as sent, and a change of it.
+        if "view test" in subject and TAG == "a":
+            at = [n for n, _ in self.headers].index("Subject")
+            self.addheader("X-Above-Subject", "1", idx=at)
+            self.addheader("X-Below-Subject", "2", idx=at + 1)
+            self.chgheader("Subject", 1, subject + " (seen by a)")
+        if "bare sender" in subject and TAG == "a":
+            self.chgfrom("<bounces@sender.test>")  # no RET= or ENVID=
+        if "internal sender" in subject and TAG == "a":
+            self.chgfrom("<bounces@corp.internal>")
         return Milter.CONTINUE
 
 

@@ -7,11 +7,15 @@ quarantine); a malformed recipient (default_action); Moat's Received field sent 
 held in the quarantine; the macros the milter read; a milter that is down (tempfail and
 accept as default_action) and one that hangs past command_timeout; two milters in config
 order; two chained milters, the second sent the first one's header, body, sender and
-recipient and changing them again (what it left is delivered); bad [[milter]] values refused
-at FILE:LINE."""
+recipient and changing them again (what it left is delivered); milters behind Moat's own
+filters sent the message as delivery will render it (Moat's Received, Authentication-Results and
+X-Spam-* fields, the Subject prefix, the stripped part), their inserts and changes landing right
+at the sink, a bare sender change keeping RET/ENVID, an outbound sender a milter set rewritten by
+relay.rewrite; bad [[milter]] values refused at FILE:LINE."""
 
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -270,19 +274,23 @@ class MilterVerdicts(unittest.TestCase):
         data = self.delivered("insert at index test")
         names = [line.split(":", 1)[0] for line in data.split("\r\n\r\n", 1)[0].split("\r\n")
                  if line and line[0] not in " \t"]
-        # Sent to the milter: Received (Moat's), From, To, Subject... Index 0 is above the
-        # Received field, 1 below it (above From), 2 below From.
+        # Sent to the milter: Moat's Received and Authentication-Results, From, To, Subject...
+        # Index 0 is above the Received field, 1 (among Moat's own fields) just below them;
+        # the index of From above it, the next one below it.
         self.assertEqual(names[0], "X-At-Zero")
         self.assertEqual(names[1], "Received")
-        self.assertEqual(names[names.index("From") - 1], "X-At-One")
-        self.assertEqual(names[names.index("From") + 1], "X-At-Two")
-        self.assertLess(names.index("Authentication-Results"), names.index("X-At-One"))
+        self.assertEqual(names[names.index("Authentication-Results") + 1], "X-At-One")
+        self.assertEqual(names[names.index("From") - 1], "X-Above-From")
+        self.assertEqual(names[names.index("From") + 1], "X-Below-From")
 
     def test_milter_sees_moats_received_first(self):
         code, _, qid = send(self.moat, "received check")
         self.assertEqual(code, 250)
-        first = self.record_for("received check")["headers"][0]
+        seen = self.record_for("received check")["headers"]
+        first = seen[0]
         self.assertEqual(first[0], "Received")
+        # Then the Authentication-Results field Moat adds, the one delivered.
+        self.assertEqual(seen[1][0], "Authentication-Results")
         self.assertIn("by mx.moat.test (Moat) with ESMTP id " + qid, first[1])
         data = self.delivered("received check")
         head = data.split("\r\n\r\n", 1)[0]
@@ -290,6 +298,9 @@ class MilterVerdicts(unittest.TestCase):
         # The same field: the milter read the one delivered.
         delivered = head.split("Received: ", 1)[1].split("\r\nAuthentication-Results:", 1)[0]
         self.assertEqual(delivered.replace("\r\n", "\n"), first[1])
+        ar = re.search(r"\r\nAuthentication-Results: (.*?)\r\n(?![ \t])", head, re.S).group(1)
+        self.assertEqual(ar.replace("\r\n", "\n"), seen[1][1])
+        self.assertIn("spf=", seen[1][1])
 
     def test_macros_received(self):
         code, _, qid = send(self.moat, "macro check", sender="carol@sender.test",
@@ -421,8 +432,8 @@ class MilterChain(SinkTestCase):
         # a was sent the message as received; b with a's header and body.
         self.assertEqual(a["body"], "The original body.\r\n")
         self.assertNotIn("X-Chain", [n for n, _ in a["headers"]])
-        self.assertEqual([n for n, _ in b["headers"]][:3], ["Received", "X-Chain", "From"])
-        self.assertEqual(b["headers"][1][1], "from a")
+        self.assertEqual([n for n, _ in b["headers"]][:4], ["Received", "Authentication-Results", "X-Chain", "From"])
+        self.assertEqual(b["headers"][2][1], "from a")
         self.assertEqual(b["body"], "Body from a.\r\n")
         # Delivered: what b left, its indexes counted in the header it was sent.
         data = self.sink.wait_messages(1)[0]["data"].decode("latin-1")
@@ -460,6 +471,126 @@ class MilterChain(SinkTestCase):
                          [("first", "chg_from", "bounces@sender.test", "applied"),
                           ("first", "add_rcpt", "dave@example.test", "applied"),
                           ("second", "del_rcpt", "dave@example.test", "applied")])
+
+
+VIEW_RULES = """header SUBJ_VIEW Subject =~ /view test/
+score SUBJ_VIEW 6
+"""
+
+
+def with_exe(subject):
+    """A message with a text part and an .exe attachment `[attachments]` strips."""
+    return (f"From: alice@sender.test\r\nTo: bob@example.test\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{time.time()}.view@sender.test>\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: multipart/mixed; boundary=\"BOUNDARY\"\r\n\r\n"
+            "--BOUNDARY\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+            "--BOUNDARY\r\nContent-Type: application/octet-stream; name=\"tool.exe\"\r\n"
+            "Content-Disposition: attachment; filename=\"tool.exe\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            "TVqQAG5vdCByZWFsbHk=\r\n--BOUNDARY--\r\n")
+
+
+@unittest.skipUnless(have_pymilter(), "python3-milter (pymilter) is not installed")
+class MilterSeesMoat(SinkTestCase):
+    """Two milters, a then b, behind Moat's own filters that change the message ([rules]
+    subject_prefix and X-Spam-* fields, [attachments] action = "strip") and relay.rewrite:
+    each milter is sent the message as Moat will deliver it so far."""
+
+    def setUp(self):
+        super().setUp()
+        d = tempfile.mkdtemp(prefix="moat-milter-")
+        self.addCleanup(shutil.rmtree, d, True)
+        self.record = os.path.join(d, "record.jsonl")
+        port = free_port()
+        start_peer(self, f"inet:{port}@127.0.0.1", "a", self.record)
+        sock = os.path.join(d, "b.sock")
+        start_peer(self, "unix:" + sock, "b", self.record)
+        extra = ('\n[rules]\nfiles = ["view.cf"]\ntag = 5\nquarantine = 10\nreject = 15\nsubject_prefix = "[SPAM]"\n'
+                 '\n[attachments]\nblock_extensions = ["exe"]\naction = "strip"\n'
+                 + milter_block(f"inet:127.0.0.1:{port}", "first") + milter_block("unix:" + sock, "second"))
+        self.moat = owned_moat(self, routes=[(["example.test", "remote.test"], f"smtp:127.0.0.1:{self.sink.port}")],
+                               relay_extra='rewrite = "rewrite"\n', extra=extra, start=False)
+        with open(os.path.join(self.moat.dir, "view.cf"), "w") as f:
+            f.write(VIEW_RULES)
+        with open(os.path.join(self.moat.dir, "rewrite"), "w") as f:
+            f.write("bounces@corp.internal  bounces@example.test  outbound-only\n")
+        self.moat.start()
+
+    def seen_by(self, tag, subject):
+        return wait_for(lambda: [r for r in records(self.record) if r["tag"] == tag and subject in r["subject"]], 10,
+                        what="milter " + tag + "'s record")[-1]
+
+    def send_raw(self, data, sender="alice@sender.test", rcpts=("bob@example.test",), options=()):
+        s = self.moat.smtp()
+        try:
+            s.ehlo()
+            code, reply = s.mail(sender, list(options))
+            self.assertEqual(code, 250, reply)
+            for r in rcpts:
+                code, reply = s.rcpt(r)
+                self.assertEqual(code, 250, reply)
+            code, reply = s.data(data)
+            reply = reply.decode()
+            self.assertEqual(code, 250, reply)
+            return reply.rsplit(" ", 1)[-1]
+        finally:
+            try:
+                s.quit()
+            except Exception:
+                pass
+
+    def test_milters_see_the_prefixed_subject_stripped_part_and_moats_fields(self):
+        qid = self.send_raw(with_exe("view test"))
+        a, b = self.seen_by("a", "view test"), self.seen_by("b", "view test")
+        names = [n for n, _ in a["headers"]]
+        # Moat's own fields first, as delivered: Received, Authentication-Results, the rules'.
+        self.assertEqual(names[:2], ["Received", "Authentication-Results"])
+        self.assertIn("mx.moat.test;", a["headers"][1][1])
+        self.assertIn("spf=", a["headers"][1][1])
+        self.assertLess(names.index("X-Spam-Status"), names.index("From"))
+        self.assertTrue(dict(a["headers"])["X-Spam-Status"].startswith("Yes, score=6.0"))
+        # The message with Moat's edits: the Subject prefixed, the .exe replaced by a notice.
+        self.assertEqual(a["subject"], "[SPAM] view test")
+        self.assertIn("Moat removed the attachment", a["body"])
+        self.assertNotIn("TVqQAG5vdCByZWFsbHk=", a["body"])
+        # b after a: a's change of the Subject composed with Moat's prefix.
+        self.assertEqual(b["subject"], "[SPAM] view test (seen by a)")
+        self.assertIn("Moat removed the attachment", b["body"])
+        # Delivered: a's inserts where it put them in the header it was sent, its Subject
+        # (prefixed once), the part stripped; the Authentication-Results it was sent.
+        data = self.sink.wait_messages(1)[0]["data"].decode("latin-1")
+        head, body = data.split("\r\n\r\n", 1)
+        names = [line.split(":", 1)[0] for line in head.split("\r\n") if line and line[0] not in " \t"]
+        self.assertEqual(names.count("Subject"), 1)
+        self.assertIn("\r\nSubject: [SPAM] view test (seen by a)\r\n", head)
+        self.assertEqual(names[names.index("Subject") - 1], "X-Above-Subject")
+        self.assertEqual(names[names.index("Subject") + 1], "X-Below-Subject")
+        self.assertIn("Moat removed the attachment", body)
+        ar = re.search(r"\r\nAuthentication-Results: (.*?)\r\n(?![ \t])", head, re.S).group(1)
+        self.assertEqual(ar.replace("\r\n", "\n"), a["headers"][1][1])
+        self.assertFalse(self.moat.find_logs(event="edit_dropped", queue_id=qid))
+
+    def test_a_bare_sender_change_keeps_ret_and_envid(self):
+        self.send_raw(message("bare sender test"), options=("RET=HDRS", "ENVID=client-envid"))
+        a, b = self.seen_by("a", "bare sender test"), self.seen_by("b", "bare sender test")
+        # The client's DSN parameters, to the first milter and, after a's change of the
+        # sender without them, to the second: as the session queues the message.
+        self.assertIn("RET=HDRS", a["args"])
+        self.assertIn("ENVID=client-envid", a["args"])
+        self.assertEqual(b["sender"], "<bounces@sender.test>")
+        self.assertIn("RET=HDRS", b["args"])
+        self.assertIn("ENVID=client-envid", b["args"])
+        self.assertEqual(self.sink.wait_messages(1)[0]["from"], "bounces@sender.test")
+
+    def test_outbound_sender_set_by_a_milter_is_rewritten(self):
+        # 127.0.0.1 is in relay.networks and carol@remote.test outside relay.domains: outbound.
+        qid = self.send_raw(message("internal sender test"), rcpts=("carol@remote.test",))
+        self.assertEqual(self.seen_by("b", "internal sender test")["sender"], "<bounces@corp.internal>")
+        got = self.sink.wait_messages(1)
+        self.assertEqual(got[0]["from"], "bounces@example.test")
+        acc = self.moat.wait_log(event="accept", queue_id=qid)
+        self.assertEqual(acc["from"], "bounces@example.test")
+        self.assertIn({"from": "bounces@corp.internal", "to": "bounces@example.test", "where": "mail_from"},
+                      acc["rewritten"])
 
 
 class MilterConfig(unittest.TestCase):

@@ -95,6 +95,33 @@ struct ScriptedMilter {
     return *out;
   }
 
+  // The whole filter (MilterFilter::run, as the pipeline runs it) on a context `setup` fills
+  // in as Moat's own filters left it.
+  filters::Result runFilter(const std::function<void(filters::MessageContext&)>& setup) {
+    MilterConfig m;
+    m.name = "scripted";
+    m.target.host = "127.0.0.1";
+    m.target.port = listener->port();
+    m.commandTimeout = std::chrono::milliseconds(2000);
+    m.contentTimeout = std::chrono::milliseconds(2000);
+    auto ctx = std::make_shared<filters::MessageContext>();
+    ctx->clientIp = *mta::IpAddress::parse("192.0.2.7");
+    ctx->helo = "client.test";
+    ctx->mailFrom = "alice@sender.test";
+    ctx->rcpts = {"bob@example.test"};
+    ctx->queueId = "Q1";
+    ctx->received = received;
+    setup(*ctx);
+    filters::Env env;
+    env.loop = loop.get();
+    env.hostname = "mx.moat.test";
+    MilterFilter filter({m}, 1 << 20);
+    std::optional<filters::Result> out;
+    filter.run(ctx, env, [&](filters::Result r) { out = std::move(r); });
+    REQUIRE(loop.runUntil([&] { return out.has_value(); }, 5000));
+    return *out;
+  }
+
   std::string commands() const {
     std::string s;
     for (const auto& p : got) s += p.command;
@@ -145,7 +172,8 @@ TEST_CASE("milter conversation: every step answered, headers and body sent") {
   });
   Outcome o = peer.run();
   CHECK(o.kind == Outcome::Kind::Continue);
-  CHECK(peer.commands().rfind("ODCHDMDRDRDTLLNBDE", 0) == 0);
+  // Three header fields: Moat's Authentication-Results, then the message's two.
+  CHECK(peer.commands().rfind("ODCHDMDRDRDTLLLNBDE", 0) == 0);
   for (const auto& p : peer.got) {
     if (p.command == cmd::kHeader && p.data.rfind("X-Old", 0) == 0) CHECK(p.data == "X-Old\0one\0"s);
     if (p.command == cmd::kBody) CHECK(p.data == "body line\r\n");
@@ -267,8 +295,9 @@ TEST_CASE("milter conversation: Moat's Received is sent first and inserts land a
     if (p.command == cmd::kMacro) return "";
     if (p.command == cmd::kEom)
       return encode(reply::kInsHeader, "\0\0\0\0X-Top\0zero\0"s) + encode(reply::kInsHeader, "\0\0\0\1X-One\0one\0"s) +
-             encode(reply::kInsHeader, "\0\0\0\2X-Two\0two\0"s) + encode(reply::kInsHeader, "\0\0\0\x63X-End\0end\0"s) +
-             encode(reply::kChgHeader, "\0\0\0\1Received\0forged\0"s) + encode(reply::kContinue, "");
+             encode(reply::kInsHeader, "\0\0\0\3X-Two\0two\0"s) + encode(reply::kInsHeader, "\0\0\0\x63X-End\0end\0"s) +
+             encode(reply::kChgHeader, "\0\0\0\1Received\0forged\0"s) +
+             encode(reply::kChgHeader, "\0\0\0\1Authentication-Results\0forged\0"s) + encode(reply::kContinue, "");
     return encode(reply::kContinue, "");
   });
   peer.received = "from client.test (unknown [192.0.2.7])\r\n\tby mx.moat.test (Moat) with ESMTP id Q1";
@@ -277,23 +306,24 @@ TEST_CASE("milter conversation: Moat's Received is sent first and inserts land a
   std::vector<std::string> headers;
   for (const auto& p : peer.got)
     if (p.command == cmd::kHeader) headers.push_back(p.data);
-  REQUIRE(headers.size() == 3);
+  REQUIRE(headers.size() == 4);
   CHECK(headers[0] == "Received\0from client.test (unknown [192.0.2.7])\n\tby mx.moat.test (Moat) with ESMTP id Q1\0"s);
-  CHECK(headers[1] == "Subject\0hello\0"s);
-  // Index 0: above the Received field, a prepended header.
-  REQUIRE(o.headers.size() == 1);
+  CHECK(headers[1].rfind("Authentication-Results\0mx.moat.test;\n\tspf=none", 0) == 0);
+  CHECK(headers[2] == "Subject\0hello\0"s);
+  // Index 0: above the Received field, a prepended header; 1 (among Moat's own fields): a
+  // prepended header just below them.
+  REQUIRE(o.headers.size() == 2);
   CHECK(o.headers[0].name == "X-Top");
   CHECK(o.headers[0].aboveReceived);
-  // Index 1: above the message's first field; 2: below it; past the end: after the last.
-  // Moat's own Received is not changed.
-  REQUIRE(o.edits.size() == 3);
-  CHECK(o.edits[0].offset == 0);
-  CHECK(o.edits[0].length == 0);
-  CHECK(o.edits[0].replacement == "X-One: one\r\n");
-  CHECK(o.edits[1].offset == 16);  // "Subject: hello\r\n"
-  CHECK(o.edits[1].replacement == "X-Two: two\r\n");
-  CHECK(o.edits[2].offset == 28);  // after "X-Old: one\r\n"
-  CHECK(o.edits[2].replacement == "X-End: end\r\n");
+  CHECK(o.headers[1].name == "X-One");
+  CHECK_FALSE(o.headers[1].aboveReceived);
+  // 3: below the message's first field; past the end: after the last. Moat's own fields are
+  // not changed.
+  REQUIRE(o.edits.size() == 2);
+  CHECK(o.edits[0].offset == 16);  // "Subject: hello\r\n"
+  CHECK(o.edits[0].replacement == "X-Two: two\r\n");
+  CHECK(o.edits[1].offset == 28);  // after "X-Old: one\r\n"
+  CHECK(o.edits[1].replacement == "X-End: end\r\n");
 }
 
 TEST_CASE("milter conversation: a chained milter is sent what the earlier ones left") {
@@ -304,9 +334,9 @@ TEST_CASE("milter conversation: a chained milter is sent what the earlier ones l
                          proto::kNoHelo);
     if (p.command == cmd::kMacro) return "";
     if (p.command == cmd::kEom)
-      // Sent: X-Top (0), Received (1), X-Prev (2), Subject (3).
-      return encode(reply::kInsHeader, "\0\0\0\2X-Ins\0before prev\0"s) +
-             encode(reply::kInsHeader, "\0\0\0\3X-Ins2\0before subject\0"s) +
+      // Sent: X-Top (0), Received (1), Authentication-Results (2), X-Prev (3), Subject (4).
+      return encode(reply::kInsHeader, "\0\0\0\3X-Ins\0before prev\0"s) +
+             encode(reply::kInsHeader, "\0\0\0\4X-Ins2\0before subject\0"s) +
              encode(reply::kChgHeader, "\0\0\0\1X-Prev\0\0"s) + encode(reply::kChgHeader, "\0\0\0\1X-Top\0new\0"s) +
              encode(reply::kChgHeader, "\0\0\0\1Subject\0changed\0"s) +
              encode(reply::kDelRcpt, "<dave@example.test>\0"s) + encode(reply::kContinue, "");
@@ -332,12 +362,12 @@ TEST_CASE("milter conversation: a chained milter is sent what the earlier ones l
     if (p.command == cmd::kBody) body += p.data;
   }
   // The fields as delivered: above Moat's Received, Received, below it, the message's.
-  CHECK(headers == std::vector<std::string>{"X-Top", "Received", "X-Prev", "Subject"});
+  CHECK(headers == std::vector<std::string>{"X-Top", "Received", "Authentication-Results", "X-Prev", "Subject"});
   CHECK(body == "new body\r\n");
   REQUIRE(envelope.size() == 4);
   CHECK(envelope[0] == "<bounces@sender.test>\0SIZE=32\0RET=HDRS\0"s);
   CHECK(envelope[3] == "<dave@example.test>\0NOTIFY=NEVER\0"s);
-  // Index 2 is X-Prev (an earlier milter's field): X-Ins goes before it. Index 3 is the
+  // Index 3 is X-Prev (an earlier milter's field): X-Ins goes before it. Index 4 is the
   // message's Subject: an edit of the message it was sent. X-Prev deleted, X-Top changed in place.
   REQUIRE(o.headers.size() == 2);
   CHECK(o.headers[0].name == "X-Top");
@@ -374,4 +404,97 @@ TEST_CASE("milter chain view: envelope changes as the session applies them") {
   applyEnvelope(v, {del});
   CHECK(v.rcpts == std::vector<std::string>{"bob@example.test"});
   CHECK(v.rcptArgs.size() == 1);
+}
+
+TEST_CASE("milter filter: the first milter is sent Moat's own fields and edits, its changes compose with them") {
+  ScriptedMilter peer([&](const Packet& p) -> std::string {
+    if (p.command == cmd::kOptneg) return optnegReply(action::kAddHeaders | action::kChgHeaders, proto::kNoHelo);
+    if (p.command == cmd::kMacro) return "";
+    if (p.command == cmd::kEom)
+      // Sent: Received (0), Authentication-Results (1), X-Moat-BATV (2), X-Spam-Status (3),
+      // Subject (4), X-Old (5).
+      return encode(reply::kInsHeader, "\0\0\0\4X-Before-Subject\0s\0"s) +
+             encode(reply::kInsHeader, "\0\0\0\2X-Among-Moat\0m\0"s) +
+             encode(reply::kChgHeader, "\0\0\0\1X-Old\0two\0"s) +
+             encode(reply::kChgHeader, "\0\0\0\1X-Spam-Status\0No\0"s) + encode(reply::kContinue, "");
+    return encode(reply::kContinue, "");
+  });
+  peer.received = "from client.test\r\n\tby mx.moat.test (Moat) with ESMTP id Q1";
+  static const std::string message = "Subject: hello\r\nX-Old: one\r\n\r\nbody with part\r\n";
+  filters::Result r = peer.runFilter([&](filters::MessageContext& c) {
+    c.message = message;
+    // Moat's filters: a Subject prefix and a stripped part (edits), a tag-mode field, the
+    // checks' results; the session's field of an earlier stage.
+    c.edits = {{9, 0, "[SPAM] ", "subject prefix"}, {40, 4, "removed", "stripped part"}};
+    c.headers = {{"X-Spam-Status", "Yes, score=6.0"}};
+    c.sessionHeaders = {{"X-Moat-BATV", "fail"}};
+    c.authResults = {"spf=pass smtp.mailfrom=sender.test"};
+  });
+  CHECK(r.verdict == filters::Verdict::Continue);
+  std::vector<std::string> headers;
+  std::string body;
+  for (const auto& p : peer.got) {
+    if (p.command == cmd::kHeader) headers.push_back(p.data);
+    if (p.command == cmd::kBody) body += p.data;
+  }
+  REQUIRE(headers.size() == 6);
+  CHECK(headers[0].rfind("Received\0"s, 0) == 0);
+  CHECK(headers[1] ==
+        "Authentication-Results\0mx.moat.test;\n\tspf=pass smtp.mailfrom=sender.test;\n\tdkim=none (not checked);\n\t"
+        "dmarc=none (not checked)\0"s);
+  CHECK(headers[2] == "X-Moat-BATV\0fail\0"s);
+  CHECK(headers[3] == "X-Spam-Status\0Yes, score=6.0\0"s);
+  CHECK(headers[4] == "Subject\0[SPAM] hello\0"s);
+  CHECK(headers[5] == "X-Old\0one\0"s);
+  CHECK(body == "body with removed\r\n");
+  // The whole set of edits, Moat's and the milter's composed, as edits of the message as
+  // received: delivered, the milter's changes land where it meant them.
+  CHECK(r.replacesEdits);
+  CHECK(filters::editsValid(r.edits, message.size()));
+  CHECK(filters::applyEdits(message, r.edits) ==
+        "X-Before-Subject: s\r\nSubject: [SPAM] hello\r\nX-Old: two\r\n\r\nbody with removed\r\n");
+  // Inserted among Moat's own fields: prepended just below them. Moat's own fields are not
+  // the milter's to change (X-Spam-Status stays).
+  REQUIRE(r.headers.size() == 1);
+  CHECK(r.headers[0].name == "X-Among-Moat");
+  CHECK_FALSE(r.headers[0].aboveReceived);
+}
+
+TEST_CASE("milter filter: without edits by Moat's filters the message is sent as received and no edits are returned") {
+  ScriptedMilter peer([&](const Packet& p) -> std::string {
+    if (p.command == cmd::kOptneg) return optnegReply(action::kAddHeaders, proto::kNoHelo);
+    if (p.command == cmd::kMacro) return "";
+    if (p.command == cmd::kEom) return encode(reply::kAddHeader, "X-Added\0yes\0"s) + encode(reply::kContinue, "");
+    return encode(reply::kContinue, "");
+  });
+  static const std::string message = "Subject: hello\r\n\r\nbody\r\n";
+  filters::Result r = peer.runFilter([&](filters::MessageContext& c) {
+    c.message = message;
+    c.headers = {{"X-Spam-Score", "1.0"}};
+  });
+  std::vector<std::string> names;
+  for (const auto& p : peer.got)
+    if (p.command == cmd::kHeader) names.push_back(p.data.substr(0, p.data.find('\0')));
+  CHECK(names == std::vector<std::string>{"Authentication-Results", "X-Spam-Score", "Subject"});
+  CHECK_FALSE(r.replacesEdits);
+  CHECK(r.edits.empty());
+  REQUIRE(r.headers.size() == 1);
+  CHECK(r.headers[0].name == "X-Added");
+}
+
+TEST_CASE("milter chain view: a changed sender without RET or ENVID keeps the ones before") {
+  filters::MessageContext ctx;
+  ctx.mailFrom = "alice@sender.test";
+  ctx.ret = "FULL";
+  ctx.envid = "client-id";
+  View v = viewOf(ctx);
+  CHECK(v.mailArgs == std::vector<std::string>{"RET=FULL", "ENVID=client-id"});
+  using Kind = filters::EnvelopeChange::Kind;
+  filters::EnvelopeChange bare{Kind::ChgFrom, "bounces@sender.test", "", "", "", "", {}, "a"};
+  applyEnvelope(v, {bare});
+  CHECK(v.mailFrom == "bounces@sender.test");
+  CHECK(v.mailArgs == std::vector<std::string>{"RET=FULL", "ENVID=client-id"});
+  filters::EnvelopeChange ret{Kind::ChgFrom, "other@sender.test", "", "", "HDRS", "", {}, "b"};
+  applyEnvelope(v, {ret, bare});
+  CHECK(v.mailArgs == std::vector<std::string>{"RET=HDRS", "ENVID=client-id"});
 }

@@ -204,3 +204,49 @@ TEST_CASE("the filter rewrites the Resent- fields (RFC 5322 §3.6.6) as their co
     CHECK(r.rewrites[1].where == "header:Resent-Cc");
   }
 }
+
+TEST_CASE("outbound, a sender a milter set is rewritten after it, with a change of its own") {
+  const std::string path = moat::test::writeTempFile("rewrite-filter", "jsmith@corp.internal john.smith@example.com\n");
+  moat::policy::Errors errors;
+  auto map = moat::policy::RewriteMap::load(path, errors);
+  ::unlink(path.c_str());
+  REQUIRE(map);
+  auto filter = moat::filters::rewrite::makeRewriteFilter(map);
+  REQUIRE(filter);
+  using Kind = moat::filters::EnvelopeChange::Kind;
+  auto run = [&](bool outbound) {
+    auto ctx = std::make_shared<moat::filters::MessageContext>();
+    ctx->fromRelayNetwork = outbound;
+    ctx->relayed = outbound;
+    ctx->mailFrom = "jsmith@corp.internal";
+    static const std::string message = "Subject: x\r\n\r\nbody\r\n";
+    ctx->message = message;
+    // What the pipeline keeps of the milters' results: one changed the sender (with RET).
+    moat::filters::EnvelopeChange chg;
+    chg.kind = Kind::ChgFrom;
+    chg.address = "jsmith@corp.internal";
+    chg.ret = "HDRS";
+    chg.source = "m";
+    ctx->envelope = {chg};
+    std::optional<moat::filters::Result> result;
+    filter->run(ctx, moat::filters::Env{}, [&](moat::filters::Result r) { result = std::move(r); });
+    REQUIRE(result);
+    return std::make_pair(*result, ctx);
+  };
+  SECTION("outbound") {
+    auto [r, ctx] = run(true);
+    REQUIRE(r.envelope.size() == 1);
+    CHECK(r.envelope[0].kind == Kind::ChgFrom);
+    CHECK(r.envelope[0].address == "john.smith@example.com");
+    CHECK(r.envelope[0].ret.empty());  // the milter's RET stays (the session keeps it)
+    CHECK(r.envelope[0].source == "address_rewrite");
+    REQUIRE(ctx->rewrites.size() == 1);
+    CHECK(ctx->rewrites[0].where == "mail_from");
+    CHECK(ctx->rewrites[0].to == "john.smith@example.com");
+  }
+  SECTION("inbound: left alone") {
+    auto [r, ctx] = run(false);
+    CHECK(r.envelope.empty());
+    CHECK(ctx->rewrites.empty());
+  }
+}
