@@ -31,6 +31,6 @@ if [ "${MOAT_SKIP_ASAN:-0}" != 1 ]; then
 fi
 
 if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
-  echo "== fuzzing the SMTP parsers, the zip reader, the PROXY header, MIME, record and DKIM/ARC parsers, ${FUZZ_SECONDS:-60}s each"
+  echo "== fuzzing the SMTP parsers, the zip reader, the PROXY header, MIME, record, DKIM/ARC and peer reply parsers, ${FUZZ_SECONDS:-60}s each"
   JOBS=$jobs "$root/tests/fuzz/run.sh" "${FUZZ_SECONDS:-60}"
 fi

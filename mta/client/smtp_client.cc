@@ -2,17 +2,15 @@
 // §4.5.2 (dot-stuffing), §4.5.3.2 (timeouts); RFC 2920 (pipelining); RFC 3207 (STARTTLS);
 // RFC 4954 (AUTH), RFC 4616 (PLAIN); RFC 2033 (LMTP: LHLO, one reply per recipient).
 //
-// Untrusted input: server replies, parsed line by line with hard limits. The body is sent
-// with bare CR and bare LF turned into CRLF, so a "\n.\n" in a stored message can never end
-// DATA early on a lenient next hop (SMTP smuggling), and it is streamed in 64 KiB pieces
+// Untrusted input: server replies, read line by line with hard limits (reply.h). The body is
+// sent with bare CR and bare LF turned into CRLF, so a "\n.\n" in a stored message can never
+// end DATA early on a lenient next hop (SMTP smuggling), and it is streamed in 64 KiB pieces
 // with at most ~1 MiB queued to the socket.
 #include "mta/client/smtp_client.h"
 
 #include <openssl/crypto.h>
 
 #include <algorithm>
-#include <cctype>
-#include <charconv>
 #include <cstring>
 #include <utility>
 
@@ -24,18 +22,10 @@ namespace moat::mta::client {
 
 namespace {
 
-constexpr size_t kMaxReplyLine = 4096;
-constexpr size_t kMaxReplyLines = 100;
 constexpr size_t kBodyPiece = 64 * 1024;
 constexpr size_t kBodyHighWater = 1024 * 1024;
 
 bool isPositive(const Reply& r) { return r.code >= 200 && r.code < 300; }
-
-std::string upper(std::string_view s) {
-  std::string out(s);
-  for (auto& c : out) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  return out;
-}
 
 bool hasControl(std::string_view s) {
   return std::any_of(s.begin(), s.end(), [](char c) { return c == '\r' || c == '\n' || c == '\0'; });
@@ -68,27 +58,6 @@ std::string replyText(std::string_view s) {
   std::string out(s.substr(0, 200));
   for (auto& c : out)
     if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e) c = ' ';
-  return out;
-}
-
-// The SASL mechanisms an EHLO reply offers, upper-case: "AUTH PLAIN LOGIN", and the
-// "AUTH=PLAIN LOGIN" form some older servers send as well.
-std::vector<std::string> authMechanisms(const std::map<std::string, std::string, std::less<>>& ext) {
-  std::vector<std::string> out;
-  auto add = [&out](std::string_view list) {
-    while (!list.empty()) {
-      size_t sp = list.find(' ');
-      if (sp != 0) out.push_back(upper(list.substr(0, sp)));
-      list = sp == std::string_view::npos ? std::string_view() : list.substr(sp + 1);
-    }
-  };
-  for (const auto& [key, value] : ext) {
-    if (key == "AUTH") add(value);
-    if (key.rfind("AUTH=", 0) == 0) {
-      add(std::string_view(key).substr(5));
-      add(value);
-    }
-  }
   return out;
 }
 
@@ -190,34 +159,15 @@ void SmtpClient::start(std::shared_ptr<net::Connection> conn) {
 // ---- replies -------------------------------------------------------------------------
 
 void SmtpClient::onData(std::string_view piece) {
-  if (partial_.size() + piece.size() > kMaxReplyLine + 2) return fail("reply line too long");
-  partial_.append(piece);
-  if (partial_.back() != '\n') return;  // the connection caps pieces; wait for the LF
-  std::string line;
-  line.swap(partial_);
-  line.pop_back();
-  if (!line.empty() && line.back() == '\r') line.pop_back();
-  onLine(line);
+  // Line mode: one line a piece, so at most one reply ends in it.
+  while (!piece.empty() && state_ != State::Closed) {
+    std::optional<Reply> r = reader_.feed(piece);
+    if (!reader_.error().empty()) return fail(reader_.error());
+    if (r) onReply(*r);
+  }
 }
 
-void SmtpClient::onLine(std::string_view line) {
-  bool wellFormed = line.size() >= 3 && std::isdigit(static_cast<unsigned char>(line[0])) &&
-                    std::isdigit(static_cast<unsigned char>(line[1])) &&
-                    std::isdigit(static_cast<unsigned char>(line[2])) &&
-                    (line.size() == 3 || line[3] == ' ' || line[3] == '-');
-  if (!wellFormed) return fail("malformed reply line: " + std::string(line.substr(0, 80)));
-  if (!replyLines_.empty() && line.substr(0, 3) != std::string_view(replyLines_.front()).substr(0, 3))
-    return fail("reply code changed within a multi-line reply");
-  if (replyLines_.size() >= kMaxReplyLines) return fail("reply has too many lines");
-  replyLines_.emplace_back(line);
-  if (line.size() > 3 && line[3] == '-') return;
-  Reply r;
-  r.code = std::stoi(std::string(line.substr(0, 3)));
-  for (auto& l : replyLines_) {
-    if (!r.text.empty()) r.text += '\n';
-    r.text += l;
-  }
-  replyLines_.clear();
+void SmtpClient::onReply(const Reply& r) {
   if (expects_.empty()) return fail("unexpected reply: " + r.text.substr(0, 200), r);
   auto fn = std::move(expects_.front().fn);
   expects_.pop_front();
@@ -293,16 +243,7 @@ void SmtpClient::onEhlo(const Reply& r) {
     if (std::string_view name = first.substr(0, first.find(' ')); !name.empty())
       opts_.notes->serverName = std::string(name);
   }
-  size_t nl = rest.find('\n');
-  while (nl != std::string_view::npos) {
-    rest.remove_prefix(nl + 1);
-    nl = rest.find('\n');
-    std::string_view line = rest.substr(0, nl);
-    if (line.size() <= 4) continue;
-    line.remove_prefix(4);
-    size_t sp = line.find(' ');
-    ext_[upper(line.substr(0, sp))] = sp == std::string_view::npos ? "" : std::string(line.substr(sp + 1));
-  }
+  ext_ = parseEhlo(r);
   afterHello();
 }
 
@@ -328,7 +269,7 @@ void SmtpClient::onStartTls(const Reply& r) {
     return authenticate();  // RFC 3207 §4: go on without TLS when opportunistic
   }
   // Anything the server sent after its 220 is discarded by the connection (RFC 3207 §4.2).
-  partial_.clear();
+  reader_.clear();
   // A handshake that never finishes (a server that says 220 and then nothing) is a failed
   // one: with "may" it falls back to plain text like any other, or the message would wait
   // for it at every retry until it expires.
@@ -356,8 +297,7 @@ void SmtpClient::reconnectPlain(const std::string& error) {
   opts_.tls = TlsMode::None;
   timer_.stop();
   expects_.clear();
-  partial_.clear();
-  replyLines_.clear();
+  reader_ = ReplyReader{};
   ext_.clear();
   tlsTried_ = false;
   conn_->setCallbacks({});  // its close must not end this client
@@ -614,14 +554,7 @@ std::string SmtpClient::mailCommand() const {
   return cmd;
 }
 
-uint64_t SmtpClient::fixedMaxSize() const {
-  std::string param = extensionParam("SIZE");
-  uint64_t limit = 0;
-  auto [end, ec] = std::from_chars(param.data(), param.data() + param.size(), limit);
-  // "SIZE" alone or "SIZE 0": no fixed maximum (RFC 1870 §4); anything else odd: none known.
-  if (ec != std::errc() || end != param.data() + param.size()) return 0;
-  return limit;
-}
+uint64_t SmtpClient::fixedMaxSize() const { return client::fixedMaxSize(ext_); }
 
 void SmtpClient::onMail(const Reply& r) {
   result_.mail = r;

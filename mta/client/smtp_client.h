@@ -11,8 +11,8 @@
 // BDAT, and after the message's final dot one reply per recipient accepted at RCPT, in RCPT
 // order (§4.2), each that recipient's own outcome (TransactionResult::rcptData).
 //
-// Untrusted input: every reply from the server (bounded: 4096 bytes a line, 100 lines a
-// reply; more is a protocol error that ends the connection). Logs nothing: the queue manager
+// Untrusted input: every reply from the server, read by reply.h (bounded: 4096 bytes a line,
+// 100 lines a reply; more is a protocol error that ends the connection). Logs nothing: the queue manager
 // logs `deliver`/`defer` with the replies this returns; no error or reply it returns holds
 // the password or its base64.
 #pragma once
@@ -28,6 +28,7 @@
 #include <string_view>
 #include <vector>
 
+#include "mta/client/reply.h"
 #include "mta/net/connection.h"
 #include "mta/runtime/ip.h"
 #include "mta/runtime/uv.h"
@@ -124,11 +125,6 @@ struct Transaction {
   // Recipient verification (Postfix's verify(8)): MAIL and RCPT only, then RSET; no DATA and
   // no message. The result's `data` stays empty (code 0) and bodyAnswered false.
   bool probe = false;
-};
-
-struct Reply {
-  int code = 0;       // 0: no reply (command not sent)
-  std::string text;   // every reply line without CRLF, joined with "\n": "250 2.0.0 Ok"
 };
 
 // Outcome per recipient i: if mail.code is not 2xx → mail; else if rcpts[i] is not 2xx →
@@ -234,7 +230,7 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
 
   void start(std::shared_ptr<net::Connection> conn);
   void onData(std::string_view piece);
-  void onLine(std::string_view line);
+  void onReply(const Reply& r);
   void expect(uint64_t timeoutMs, std::function<void(const Reply&)> fn);
   void armTimer();
   void command(const std::string& line, uint64_t timeoutMs, std::function<void(const Reply&)> fn);
@@ -297,7 +293,7 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   ConnectDone connectDone_;
   Reply greeting_;
   std::string peerName_;
-  std::map<std::string, std::string, std::less<>> ext_;
+  Extensions ext_;
   bool tlsTried_ = false;
   IpAddress ip_;
   uint16_t port_ = 0;
@@ -306,8 +302,7 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   std::string authUser_;
 
   // Reply parsing.
-  std::string partial_;
-  std::vector<std::string> replyLines_;
+  ReplyReader reader_;
   std::deque<Expect> expects_;  // in order; front is answered next
 
   // The running transaction.

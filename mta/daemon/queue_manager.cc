@@ -56,21 +56,6 @@ std::string domainOf(const std::string& address) {
   return at == std::string::npos ? "" : lower(address.substr(at + 1));
 }
 
-// "550 5.1.1 text" -> "5.1.1"; without an enhanced code, the class of the basic code.
-std::string statusOf(const std::string& reply) {
-  if (reply.size() >= 9 && std::isdigit(static_cast<unsigned char>(reply[4])) && reply[5] == '.') {
-    auto sp = reply.find(' ', 4);
-    return reply.substr(4, sp == std::string::npos ? std::string::npos : sp - 4);
-  }
-  if (reply.size() >= 5 && std::isdigit(static_cast<unsigned char>(reply[0])) && reply[1] == '.') {
-    auto sp = reply.find(' ');
-    return reply.substr(0, sp);
-  }
-  if (!reply.empty() && (reply[0] == '5' || reply[0] == '4' || reply[0] == '2'))
-    return std::string(1, reply[0]) + ".0.0";
-  return "4.0.0";
-}
-
 std::string oneLine(const std::string& s) {
   std::string out = s;
   std::replace(out.begin(), out.end(), '\n', ' ');
@@ -2014,7 +1999,7 @@ void QueueManager::sendDsn(const queue::Envelope& env, const std::vector<size_t>
                : kind == DsnKind::Delay ? "delayed"
                : out && out->local      ? "delivered"  // §5.2.3
                                         : "relayed";        // §5.2.2: to a next hop without DSN
-    d.status = statusOf(r.lastReply);
+    d.status = client::replyStatus(r.lastReply);
     if (kind == DsnKind::Success && d.status.front() != '2') d.status = "2.0.0";
     // A delayed recipient's 5.x.y (a 552 to RCPT is retried, RFC 5321 §4.5.3.1.10) is
     // reported as 4.x.y by queue::buildDsn; the Diagnostic-Code keeps the server's words.

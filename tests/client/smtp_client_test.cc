@@ -1415,3 +1415,22 @@ TEST_CASE("client: LMTP over a Unix socket, on the loop") {
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
 }
+
+TEST_CASE("client: a reply code outside 2xx to 5xx is a protocol error, never a reply (RFC 5321 4.2)") {
+  uv::Loop loop;
+  {
+    ScriptedServer server("\"greeting\": \"000 mx.example.test\"");
+    auto c = connectTo(loop, server.port(), plainOptions());
+    REQUIRE_FALSE(c.client);
+    REQUIRE(c.error.find("malformed reply line: 000") != std::string::npos);
+  }
+  ScriptedServer server("\"reject_rcpt\": {\"odd@example.test\": \"099 what\"}");
+  auto c = connectTo(loop, server.port(), plainOptions());
+  REQUIRE(c.client);
+  auto r = sendTx(loop, *c.client, simpleTx({"odd@example.test"}));
+  // Code 0 would read as "no reply": the connection fails instead, and the message is retried.
+  REQUIRE(r.error.find("malformed reply line: 099") != std::string::npos);
+  REQUIRE(r.rcpts[0].code != 99);
+  REQUIRE_FALSE(r.bodyAnswered);
+  REQUIRE_FALSE(c.client->usable());
+}

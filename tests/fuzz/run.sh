@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# tests/fuzz/run.sh [SECONDS] — builds the SMTP, zip, PROXY header, MIME, DNS/policy record and
-# DKIM/ARC libFuzzer targets with clang in build-fuzz/ (-DMOAT_FUZZ=ON, ASan+UBSan) and runs
-# each for SECONDS (default 60) from the committed seed corpus. New interesting inputs go to a
-# scratch folder, not into the corpus; a crash leaves build-fuzz/<target>-crash-* and makes the
-# script fail.
+# tests/fuzz/run.sh [SECONDS] — builds the SMTP, zip, PROXY header, MIME, DNS/policy record,
+# DKIM/ARC and peer (SMTP client replies, milter packets, spool envelopes) libFuzzer targets
+# with clang in build-fuzz/ (-DMOAT_FUZZ=ON, ASan+UBSan) and runs each for SECONDS (default 60)
+# from the committed seed corpus. New interesting inputs go to a scratch folder, not into the
+# corpus; a crash leaves build-fuzz/<target>-crash-* and makes the script fail.
 # Env: JOBS (build parallelism, default 1), MOAT_SHARED_DIR (passed on to CMake when set).
 set -euo pipefail
 
 secs="${1:-60}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 build="$root/build-fuzz"
-targets=(fuzz_smtp_command fuzz_smtp_data fuzz_zip fuzz_proxy_header fuzz_mime fuzz_records fuzz_auth)
+targets=(fuzz_smtp_command fuzz_smtp_data fuzz_zip fuzz_proxy_header fuzz_mime fuzz_records fuzz_auth fuzz_peer)
 
 cmake_args=(-S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOAT_TESTS=ON -DMOAT_FUZZ=ON)
 command -v ninja >/dev/null && cmake_args+=(-G Ninja)

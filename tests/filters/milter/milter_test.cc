@@ -102,6 +102,15 @@ TEST_CASE("SMFIR_REPLYCODE is checked to be a 4xx or 5xx reply") {
   REQUIRE(r);
   CHECK(r->enhanced.empty());
   CHECK(r->text == "4.7.1 mixed");
+  // So is one that is not RFC 3463's class.subject.detail of 1 to 3 digits each: Moat would
+  // pass it on in its own reply to the client.
+  for (std::string word :
+       std::vector<std::string>{"5." + std::string(60, '9') + ".1", "5.7.1234", "5.1.1.1", "5.x.1"}) {
+    r = parseReplyCode("550 " + word + " odd" + '\0');
+    REQUIRE(r);
+    CHECK(r->enhanced.empty());
+    CHECK(r->text == word + " odd");
+  }
 }
 
 TEST_CASE("header changes from a milter are parsed and checked") {
