@@ -4,6 +4,7 @@
 #include <cctype>
 
 #include "mta/runtime/scan.h"
+#include "mta/smtp/protocol.h"
 
 namespace moat::filters::milter {
 
@@ -25,20 +26,6 @@ namespace {
 uint32_t getU32(std::string_view d, size_t at) {
   auto b = [&](size_t i) { return static_cast<uint32_t>(static_cast<unsigned char>(d[at + i])); };
   return b(0) << 24 | b(1) << 16 | b(2) << 8 | b(3);
-}
-
-// RFC 3463 §2: class "." subject "." detail, the class `cls`, subject and detail 1 to 3
-// digits each (the code goes into Moat's own reply to the client).
-bool enhancedCode(std::string_view word, char cls) {
-  if (word.size() < 5 || word[0] != cls || word[1] != '.') return false;
-  word.remove_prefix(2);
-  for (int part = 0; part < 2; ++part) {
-    size_t n = 0;
-    while (n < word.size() && std::isdigit(static_cast<unsigned char>(word[n]))) ++n;
-    if (n < 1 || n > 3 || (part == 0 && (n == word.size() || word[n] != '.'))) return false;
-    word.remove_prefix(part == 0 ? n + 1 : n);
-  }
-  return word.empty();
 }
 
 }  // namespace
@@ -194,7 +181,7 @@ std::optional<ReplyCode> parseReplyCode(std::string_view data) {
     // An enhanced code: class.subject.detail, the class that of the reply (RFC 3463).
     size_t sp = rest.find(' ');
     std::string_view word = rest.substr(0, sp);
-    if (enhancedCode(word, line[0])) {
+    if (mta::smtp::isEnhancedCode(word, line[0])) {
       if (first) r.enhanced = std::string(word);
       rest = sp == std::string_view::npos ? std::string_view() : rest.substr(sp + 1);
     }

@@ -5,6 +5,8 @@
 #include <cctype>
 #include <charconv>
 
+#include "mta/smtp/protocol.h"
+
 namespace moat::mta::client {
 
 namespace {
@@ -16,19 +18,6 @@ std::string upper(std::string_view s) {
 }
 
 bool digit(char c) { return std::isdigit(static_cast<unsigned char>(c)); }
-
-// RFC 3463 §2: class "." subject "." detail; class 2, 4 or 5, then 1 to 3 digits each.
-bool enhancedCode(std::string_view s) {
-  if (s.size() < 5 || (s[0] != '2' && s[0] != '4' && s[0] != '5') || s[1] != '.') return false;
-  s.remove_prefix(2);
-  for (int part = 0; part < 2; ++part) {
-    size_t n = 0;
-    while (n < s.size() && digit(s[n])) ++n;
-    if (n < 1 || n > 3 || (part == 0 && (n == s.size() || s[n] != '.'))) return false;
-    s.remove_prefix(part == 0 ? n + 1 : n);
-  }
-  return s.empty();
-}
 
 }  // namespace
 
@@ -139,7 +128,7 @@ std::string replyStatus(std::string_view reply) {
   word = word.substr(0, word.find(' '));
   // A code the reply's class does not have ("550 4.1.1") or that is not one ("550 5.1.x")
   // would put a status in the DSN that contradicts the action or breaks its syntax.
-  if (enhancedCode(word) && (!coded || word[0] == reply[0])) return std::string(word);
+  if (smtp::isEnhancedCode(word, coded ? reply[0] : 0)) return std::string(word);
   if (!reply.empty() && (reply[0] == '5' || reply[0] == '4' || reply[0] == '2'))
     return std::string(1, reply[0]) + ".0.0";
   return "4.0.0";

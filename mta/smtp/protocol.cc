@@ -512,6 +512,19 @@ bool isValidDomain(std::string_view domain, bool utf8) {
   }
 }
 
+bool isEnhancedCode(std::string_view word, char cls) {
+  if (word.size() < 5 || (cls ? word[0] != cls : word[0] != '2' && word[0] != '4' && word[0] != '5') || word[1] != '.')
+    return false;
+  word.remove_prefix(2);
+  for (int part = 0; part < 2; ++part) {
+    size_t n = 0;
+    while (n < word.size() && word[n] >= '0' && word[n] <= '9') ++n;
+    if (n < 1 || n > 3 || (part == 0 && (n == word.size() || word[n] != '.'))) return false;
+    word.remove_prefix(part == 0 ? n + 1 : n);
+  }
+  return word.empty();
+}
+
 std::string formatReply(int code, std::string_view enhanced, std::string_view text) {
   std::vector<std::string_view> lines;
   size_t start = 0;

@@ -85,6 +85,11 @@ std::string domainOf(std::string_view address);
 // total <= 255; with utf8 also U-labels in UTF-8) or an address literal [IPv4] / [IPv6:...].
 bool isValidDomain(std::string_view domain, bool utf8);
 
+// Whether `word` is an RFC 3463 §2 enhanced status code: class "." subject "." detail, the
+// class 2, 4 or 5 (`cls` when given), subject and detail 1 to 3 digits each. Replies Moat
+// passes on or keeps (a next hop's, a milter's) carry a code only when it is one.
+bool isEnhancedCode(std::string_view word, char cls = 0);
+
 // "250-first\r\n250 last\r\n": text is split on '\n' (a trailing '\n' adds no line); each
 // line carries the enhanced code when it is non-empty ("250-2.0.0 first"). Control
 // characters in the text are replaced by '?' so peer-supplied text cannot inject lines.
