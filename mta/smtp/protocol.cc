@@ -513,7 +513,8 @@ bool isValidDomain(std::string_view domain, bool utf8) {
 }
 
 bool isEnhancedCode(std::string_view word, char cls) {
-  if (word.size() < 5 || (cls ? word[0] != cls : word[0] != '2' && word[0] != '4' && word[0] != '5') || word[1] != '.')
+  if (word.size() < 5 || (word[0] != '2' && word[0] != '4' && word[0] != '5') || (cls && word[0] != cls) ||
+      word[1] != '.')
     return false;
   word.remove_prefix(2);
   for (int part = 0; part < 2; ++part) {

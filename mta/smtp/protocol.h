@@ -86,7 +86,7 @@ std::string domainOf(std::string_view address);
 bool isValidDomain(std::string_view domain, bool utf8);
 
 // Whether `word` is an RFC 3463 §2 enhanced status code: class "." subject "." detail, the
-// class 2, 4 or 5 (`cls` when given), subject and detail 1 to 3 digits each. Replies Moat
+// class 2, 4 or 5 (and `cls` when given), subject and detail 1 to 3 digits each. Replies Moat
 // passes on or keeps (a next hop's, a milter's) carry a code only when it is one.
 bool isEnhancedCode(std::string_view word, char cls = 0);
 

@@ -87,4 +87,7 @@ TEST_CASE("reply status: the enhanced code when well formed and of the reply's c
   REQUIRE(replyStatus("550 5.1234.1 odd") == "5.0.0");
   REQUIRE(replyStatus("550 5.1.1.1 odd") == "5.0.0");
   REQUIRE(replyStatus("550 5.1. odd") == "5.0.0");
+  // Classes 2, 4 and 5 only (RFC 3463 §3.1), also when the reply's own code is another.
+  REQUIRE(replyStatus("330 3.7.1 greylisted") == "4.0.0");
+  REQUIRE(replyStatus("3.7.1 greylisted") == "4.0.0");
 }

@@ -314,3 +314,21 @@ TEST_CASE("reply formatting") {
   REQUIRE(formatReply(Reply{501, "5.1.3", "bad <a\rb\x01>"}) == "501 5.1.3 bad <a?b?>\r\n");
   REQUIRE(formatReply(250, "", "a\r\nb") == "250-a\r\n250 b\r\n");
 }
+
+TEST_CASE("enhanced status codes (RFC 3463)") {
+  REQUIRE(isEnhancedCode("5.7.1"));
+  REQUIRE(isEnhancedCode("2.0.0"));
+  REQUIRE(isEnhancedCode("4.123.999"));
+  REQUIRE(isEnhancedCode("5.7.1", '5'));
+  REQUIRE_FALSE(isEnhancedCode("5.7.1", '4'));
+  // Only classes 2, 4 and 5 exist, whatever class is asked for.
+  REQUIRE_FALSE(isEnhancedCode("3.7.1"));
+  REQUIRE_FALSE(isEnhancedCode("3.7.1", '3'));
+  REQUIRE_FALSE(isEnhancedCode("5.1234.1"));
+  REQUIRE_FALSE(isEnhancedCode("5.1.1234"));
+  REQUIRE_FALSE(isEnhancedCode("5.1.1.1"));
+  REQUIRE_FALSE(isEnhancedCode("5.1."));
+  REQUIRE_FALSE(isEnhancedCode("5..1"));
+  REQUIRE_FALSE(isEnhancedCode("5.7n.1"));
+  REQUIRE_FALSE(isEnhancedCode(""));
+}
