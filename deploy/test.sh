@@ -7,9 +7,10 @@
 #      exit 0 (a leak or an error found on the way out fails the test); MOAT_SKIP_ASAN=1
 #      skips it;
 #   3. the SMTP command and DATA parsers, the zip reader, the PROXY protocol header parser, the
-#      MIME parser and the DNS/policy record parsers (SPF, DMARC, TLS-RPT, MTA-STS) under
-#      libFuzzer for FUZZ_SECONDS
-#      each (default 60; 0 skips it), from the committed corpus.
+#      MIME parser, the DNS/policy record parsers (SPF, DMARC, TLS-RPT, MTA-STS), the DKIM/ARC
+#      parsers and what peers send back (SMTP replies, milter packets, spool envelopes) under
+#      libFuzzer for FUZZ_SECONDS each (default 60; 0 skips it), from the committed corpus, as
+#      many at once as there are cores.
 # Extra arguments go to the first ctest run (-R, -L ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
