@@ -973,10 +973,10 @@ void SmtpSession::recipientVerified(const std::string& address, RcptDsn dsn, con
 // the local part is case-sensitive (RFC 5321 §2.4), so John@ and john@ are two recipients
 // a 250 was given for, and both go on (the mailbox server may know them as one).
 void SmtpSession::addRecipient(const std::string& address, RcptDsn dsn) {
-  if (!txRcptKeys_.insert(filters::recipientKey(address)).second) return;
-  ctx_->rcpts.push_back(address);
-  txRcptDsn_.push_back(std::move(dsn));
+  addRecipientOnce(txRecipients(), address, std::move(dsn));
 }
+
+RecipientList SmtpSession::txRecipients() { return {ctx_->rcpts, txRcptDsn_, txRcptKeys_, txExpanded_}; }
 
 // Recipient validation ([relay] recipients): an address of ours that does not exist is
 // refused now, not bounced later. Postmaster always exists (RFC 5321 §4.5.1).
@@ -993,8 +993,8 @@ void SmtpSession::rejectUnknownRecipient(const std::string& address) {
 
 // An address of the aliases file: its targets take its place in the envelope. Targets the
 // recipient table refuses are dropped (`moat check` names them); with none left the address
-// is unknown. Each target keeps the recipient's NOTIFY, and its ORCPT names the address the
-// client gave (RFC 3461 §4.2), so DSNs speak of the address the sender knows.
+// is unknown. Each target keeps the recipient's NOTIFY (but SUCCESS, answered by Moat), and
+// its ORCPT names the address the client gave (addAliasTargets).
 void SmtpSession::takeAliasedRecipient(const std::string& address, RcptDsn dsn,
                                        const policy::AliasTable::Expansion& e) {
   std::vector<std::string> taken, dropped;
@@ -1004,20 +1004,12 @@ void SmtpSession::takeAliasedRecipient(const std::string& address, RcptDsn dsn,
     rejectUnknownRecipient(address);
     return;
   }
-  if (ctx_->rcpts.size() + taken.size() > kMaxEnvelopeRecipients) {
+  if (!addAliasTargets(txRecipients(), address, std::move(dsn), taken, kMaxEnvelopeRecipients)) {
     refuse("rcpt", 452, "4.5.3", "Error: too many recipients", [&](log::Line& l) {
       l.add("to", address).add("targets", taken).add("reason", "too many addresses after alias expansion");
     });
     return;
   }
-  if (dsn.orcpt.empty()) dsn.orcpt = queue::defaultOrcpt(address);
-  // RFC 3461 §5.2.7.3: NOTIFY=SUCCESS is answered here, by one "expanded" report for the
-  // address the sender gave, and the targets go on without SUCCESS (Postfix does the same).
-  if (queue::notifyWants(dsn.notify, "SUCCESS")) {
-    txExpanded_.push_back({address, dsn.orcpt, dsn.notify});
-    dsn.notify = queue::notifyWithout(dsn.notify, "SUCCESS");
-  }
-  for (const auto& t : taken) addRecipient(t, dsn);
   auto line = dropped.empty() ? log::info("expand") : log::warn("expand");
   line.add("session", id_).add("to", address).add("targets", taken);
   if (!dropped.empty()) line.add("dropped", dropped);
@@ -1627,6 +1619,53 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
   });
 }
 
+// A recipient a milter added gets what a RCPT gets after relay control, as Postfix's cleanup
+// applies canonical_maps and virtual_alias_maps to milter-added recipients: the inbound
+// rewriting of [relay] rewrite, then [relay] aliases. Not relay control nor relay.recipients
+// nor verification: the milters are the administrator's (as Postfix). Into `list`, with
+// `shown` (parallel to list.addresses) getting the address as the milter gave it for each
+// address added.
+SmtpSession::MilterRcpt SmtpSession::addMilterRecipient(const filters::EnvelopeChange& c, RecipientList list,
+                                                        std::vector<std::string>& shown) {
+  MilterRcpt out;
+  std::string address = c.address;
+  RcptDsn dsn{c.notify, c.orcpt};
+  if (snap_->rewrite && cfg_.isRelayDomain(smtp::domainOf(address))) {
+    std::string internal = snap_->rewrite->inbound(address);
+    if (!internal.empty() && internal != address) {
+      // DSNs name the address the milter gave, as the client's at RCPT (ORCPT).
+      out.rewrite = filters::AddressRewrite{address, internal, "milter_rcpt"};
+      if (dsn.orcpt.empty()) dsn.orcpt = queue::defaultOrcpt(address);
+      address = std::move(internal);
+    }
+  }
+  size_t before = list.addresses.size(), reportsBefore = list.expanded.size();
+  std::optional<size_t> added;
+  policy::AliasTable::Expansion expansion;
+  if (snap_->aliases) expansion = snap_->aliases->expand(address);
+  if (!expansion.error.empty()) {
+    // Deeper or wider than the table allows: a RCPT would get a 4xx, but the message is
+    // taken by now, so the address goes on unexpanded (and the log says so).
+    out.aliasError = expansion.error;
+    out.result = "applied without alias expansion";
+  }
+  if (expansion.error.empty() && expansion.aliased) {
+    out.targets = expansion.targets;
+    added = addAliasTargets(list, address, std::move(dsn), expansion.targets, kMaxEnvelopeRecipients);
+    out.expandedReport = list.expanded.size() > reportsBefore;
+  } else if (list.addresses.size() < kMaxEnvelopeRecipients) {
+    added = addRecipientOnce(list, address, std::move(dsn)) ? size_t{1} : size_t{0};
+  }
+  if (!added) {
+    out.result = "too many recipients";
+    out.rewrite.reset();
+  } else if (*added == 0) {
+    out.result = "already a recipient";
+  }
+  shown.resize(before + added.value_or(0), c.address);
+  return out;
+}
+
 void SmtpSession::applyEnvelopeChanges(filters::StageOutcome& outcome) {
   if (outcome.envelope.empty()) return;
   using Kind = filters::EnvelopeChange::Kind;
@@ -1634,34 +1673,50 @@ void SmtpSession::applyEnvelopeChanges(filters::StageOutcome& outcome) {
   std::vector<RcptDsn> dsns = txRcptDsn_;
   dsns.resize(rcpts.size());
   std::unordered_set<std::string> keys = txRcptKeys_;
+  std::vector<queue::ExpandedRecipient> expanded = txExpanded_;
+  RecipientList list{rcpts, dsns, keys, expanded};
+  // Each recipient as the milters were sent it (parallel to rcpts): a recipient a milter
+  // added is shown to the next milters as it was given, whatever relay.rewrite and
+  // relay.aliases made of it, and a later milter deletes it by that address. The milters'
+  // rewrites and "expanded" reports, with the address that made them, go with it.
+  std::vector<std::string> shown = rcpts;
+  std::vector<filters::AddressRewrite> rewrites;
+  std::vector<std::pair<std::string, queue::ExpandedRecipient>> reports;
   std::string from = ctx_->mailFrom, ret = txRet_, envid = txEnvid_;
   std::string emptiedBy;  // the milter whose deletion left no recipient
   for (const auto& c : outcome.envelope) {
     const char* result = "applied";
+    MilterRcpt added;  // AddRcpt: what the address became
     switch (c.kind) {
       case Kind::AddRcpt:
-        // Routed like any recipient; relay control is for clients, not for the milters
-        // the administrator runs (as Postfix).
-        if (rcpts.size() >= kMaxEnvelopeRecipients) {
-          result = "too many recipients";
-        } else if (!keys.insert(filters::recipientKey(c.address)).second) {
-          result = "already a recipient";
-        } else {
-          rcpts.push_back(c.address);
-          dsns.push_back({c.notify, c.orcpt});
+        added = addMilterRecipient(c, list, shown);
+        result = added.result;
+        if (added.rewrite) rewrites.push_back(*added.rewrite);
+        if (added.expandedReport) {  // held apart, for a later deletion of the address to take back
+          reports.emplace_back(c.address, std::move(expanded.back()));
+          expanded.pop_back();
         }
         break;
       case Kind::DelRcpt: {
         std::string key = filters::recipientKey(c.address);
         size_t before = rcpts.size();
         for (size_t i = rcpts.size(); i-- > 0;) {
-          if (filters::recipientKey(rcpts[i]) != key) continue;
-          rcpts.erase(rcpts.begin() + static_cast<std::ptrdiff_t>(i));
-          dsns.erase(dsns.begin() + static_cast<std::ptrdiff_t>(i));
+          std::string k = filters::recipientKey(rcpts[i]);
+          if (k != key && filters::recipientKey(shown[i]) != key) continue;
+          keys.erase(k);
+          auto at = static_cast<std::ptrdiff_t>(i);
+          rcpts.erase(rcpts.begin() + at);
+          dsns.erase(dsns.begin() + at);
+          shown.erase(shown.begin() + at);
         }
-        keys.erase(key);
-        if (rcpts.size() == before) result = "not a recipient";
-        if (rcpts.empty() && before > 0) emptiedBy = c.source;
+        if (rcpts.size() == before) {
+          result = "not a recipient";
+          break;
+        }
+        auto gone = [&](const std::string& a) { return filters::recipientKey(a) == key; };
+        std::erase_if(rewrites, [&](const auto& r) { return gone(r.from); });
+        std::erase_if(reports, [&](const auto& r) { return gone(r.first); });
+        if (rcpts.empty()) emptiedBy = c.source;
         break;
       }
       case Kind::ChgFrom:
@@ -1670,7 +1725,7 @@ void SmtpSession::applyEnvelopeChanges(filters::StageOutcome& outcome) {
         if (!c.envid.empty()) envid = c.envid;
         break;
     }
-    auto line = log::info("milter_envelope");
+    auto line = added.aliasError.empty() ? log::info("milter_envelope") : log::warn("milter_envelope");
     line.add("session", id_)
         .add("queue_id", incoming_->id())
         .add("milter", c.source)
@@ -1682,6 +1737,9 @@ void SmtpSession::applyEnvelopeChanges(filters::StageOutcome& outcome) {
     if (!c.envid.empty()) line.add("envid", c.envid);
     if (!c.ignored.empty()) line.add("ignored", c.ignored);
     line.add("result", result);
+    if (added.rewrite) line.add("rewritten_to", added.rewrite->to);
+    if (!added.targets.empty()) line.add("targets", added.targets);
+    if (!added.aliasError.empty()) line.add("error", added.aliasError);
   }
   outcome.envelope.clear();
   if (rcpts.empty()) {
@@ -1703,6 +1761,9 @@ void SmtpSession::applyEnvelopeChanges(filters::StageOutcome& outcome) {
   ctx_->rcpts = std::move(rcpts);
   txRcptDsn_ = std::move(dsns);
   txRcptKeys_ = std::move(keys);
+  for (auto& r : reports) expanded.push_back(std::move(r.second));
+  txExpanded_ = std::move(expanded);
+  for (auto& r : rewrites) ctx_->rewrites.push_back(std::move(r));
   ctx_->mailFrom = std::move(from);
   txRet_ = std::move(ret);
   txEnvid_ = std::move(envid);

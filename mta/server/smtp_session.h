@@ -52,6 +52,7 @@
 #include "mta/net/connection.h"
 #include "mta/runtime/log.h"
 #include "mta/runtime/uv.h"
+#include "mta/server/envelope_recipients.h"
 #include "mta/server/smtp_server.h"
 #include "mta/smtp/data_decoder.h"
 #include "mta/smtp/header_scrubber.h"
@@ -141,9 +142,8 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
               const std::function<void(log::Line&)>& more = nullptr,
               std::optional<std::string_view> from = std::nullopt, log::Level level = log::Level::Info);
   void refuseData(int code, std::string_view enhanced, std::string_view text);
-  struct RcptDsn {  // a recipient's NOTIFY and ORCPT (RFC 3461), as received
-    std::string notify, orcpt;
-  };
+  // The transaction's recipients (ctx_->rcpts, txRcptDsn_, txRcptKeys_, txExpanded_).
+  RecipientList txRecipients();
   void addRecipient(const std::string& address, RcptDsn dsn);
   void takeRecipient(const std::string& address, RcptDsn dsn);  // into the envelope, and 250
   // relay.verify_recipients: the RCPT is answered once the next hop has been asked (or the
@@ -180,6 +180,16 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   // queued, each logged (`milter_envelope`). Changes that would leave no recipient are not
   // made: the message is quarantined instead, with its envelope as received.
   void applyEnvelopeChanges(filters::StageOutcome& outcome);
+  // What a recipient a milter added became: [relay] rewrite's inbound rewriting and [relay]
+  // aliases applied, as to a RCPT's address after relay control.
+  struct MilterRcpt {
+    const char* result = "applied";                  // the milter_envelope line's
+    std::optional<filters::AddressRewrite> rewrite;  // relay.rewrite's change of it (where "milter_rcpt")
+    std::vector<std::string> targets;                // relay.aliases replaced it by these
+    std::string aliasError;                          // the expansion failed: it went on unexpanded
+    bool expandedReport = false;                     // an "expanded" report was added (NOTIFY=SUCCESS)
+  };
+  MilterRcpt addMilterRecipient(const filters::EnvelopeChange& c, RecipientList list, std::vector<std::string>& shown);
   void resetTransaction();
   // The value of this message's Received field (RFC 5321 §4.4), made once, before the data
   // filters (milters are sent it), kept in ctx_->received.
@@ -282,9 +292,8 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   // the client gave it, and its inbound rewrite, kept for the accept line once it is taken.
   std::string rcptGivenDomain_;
   std::optional<filters::AddressRewrite> rcptRewrite_;
-  std::unordered_set<std::string> txRcptKeys_;
-  std::vector<queue::ExpandedRecipient>
-      txExpanded_;  // aliases owing an "expanded" report  // ctx_->rcpts in lower case: each address once
+  std::unordered_set<std::string> txRcptKeys_;        // ctx_->rcpts' recipientKeys: each address once
+  std::vector<queue::ExpandedRecipient> txExpanded_;  // aliases owing an "expanded" report
   std::vector<filters::Header> txHeaders_;
   bool txBatvFailed_ = false;  // "X-Moat-BATV: fail" is among txHeaders_ ([bounce_verification] action = "tag")
   double txScore_ = 0;

@@ -2,12 +2,14 @@
 libmilter), run as a child process: milter_peer.py SOCKET TAG RECORD_FILE.
 
 SOCKET is libmilter's spec ("unix:/path" or "inet:PORT@127.0.0.1"). What it does depends
-on the message's Subject (see eom: verdicts, header, body and envelope changes; "chain ..." by TAG) and the envelope
+on the message's Subject (see eom: verdicts, header, body and envelope changes; "chain ..." and
+"TAG:addrcpt=..." by TAG) and the envelope
 sender ("hang@..." sleeps at MAIL).
 Every message's macros and the headers it saw are appended to RECORD_FILE as one JSON
 line, with TAG, so a test can check what it was sent and in which order milters ran."""
 
 import json
+import re
 import sys
 import time
 
@@ -104,6 +106,11 @@ class Peer(Milter.Base):
                 self.delrcpt(r)
         if "bad rcpt" in subject:
             self.addrcpt("<not an address>")
+        # "TAG:addrcpt=ADDRESS" and "TAG:delrcpt=ADDRESS": the milter of that TAG adds or
+        # deletes that recipient (several may be given, done in order).
+        for tag, action, address in re.findall(r"(\w+):(addrcpt|delrcpt)=(\S+)", subject):
+            if tag == TAG:
+                (self.addrcpt if action == "addrcpt" else self.delrcpt)("<" + address + ">")
         # Two chained milters, tagged a and b: a changes the message and the envelope, b is
         # sent them (its record says what it saw) and changes them again.
         if "chain content" in subject and TAG == "a":

@@ -11,7 +11,9 @@ recipient and changing them again (what it left is delivered); milters behind Mo
 filters sent the message as delivery will render it (Moat's Received, Authentication-Results and
 X-Spam-* fields, the Subject prefix, the stripped part), their inserts and changes landing right
 at the sink, a bare sender change keeping RET/ENVID, an outbound sender a milter set rewritten by
-relay.rewrite; bad [[milter]] values refused at FILE:LINE."""
+relay.rewrite; recipients milters add rewritten by relay.rewrite (in relay.domains only) and
+expanded by relay.aliases, and one a later milter deletes by the address it was sent; bad
+[[milter]] values refused at FILE:LINE."""
 
 import json
 import os
@@ -26,7 +28,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import SinkTestCase, check_config, free_port, make_cert, owned_moat, owned_sink, wait_for  # noqa: E402
+from harness import Sink, SinkTestCase, check_config, free_port, make_cert, owned_moat, owned_sink, wait_for  # noqa: E402
 
 PYTHON = "/usr/bin/python3"
 PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "milter_peer.py")
@@ -591,6 +593,145 @@ class MilterSeesMoat(SinkTestCase):
         self.assertEqual(acc["from"], "bounces@example.test")
         self.assertIn({"from": "bounces@corp.internal", "to": "bounces@example.test", "where": "mail_from"},
                       acc["rewritten"])
+
+
+@unittest.skipUnless(have_pymilter(), "python3-milter (pymilter) is not installed")
+class MilterAddedRecipients(unittest.TestCase):
+    """Two milters, a then b, adding and deleting recipients ("a:addrcpt=X", "b:delrcpt=X" in
+    the Subject) behind relay.rewrite and relay.aliases: an added recipient gets what a RCPT's
+    address gets after relay control (Postfix's cleanup: canonical_maps, virtual_alias_maps)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="moat-milter-")
+        cls.addClassCleanup(shutil.rmtree, cls.dir, True)
+        cls.record = os.path.join(cls.dir, "record.jsonl")
+        port = free_port()
+        start_peer(cls, f"inet:{port}@127.0.0.1", "a", cls.record)
+        sock = os.path.join(cls.dir, "b.sock")
+        start_peer(cls, "unix:" + sock, "b", cls.record)
+        # DSN offered: the sink's RCPT lines show each recipient's ORCPT.
+        cls.sink = owned_sink(cls, extensions=Sink.DEFAULT_EXTENSIONS + ("DSN",))
+        domains = ["example.test", "example.com", "corp.internal", "remote.test", "lab.internal"]
+        cls.moat = owned_moat(cls, routes=[(domains, f"smtp:127.0.0.1:{cls.sink.port}")],
+                              relay_domains=("example.test", "example.com"),
+                              relay_extra='rewrite = "rewrite"\naliases = "aliases"\n',
+                              extra=milter_block(f"inet:127.0.0.1:{port}", "first") + milter_block("unix:" + sock, "second"),
+                              start=False)
+        with open(os.path.join(cls.moat.dir, "rewrite"), "w") as f:
+            # remote.test is not a relay domain: its entry is never applied inbound.
+            f.write("@corp.internal  @example.com\n@lab.internal  @remote.test\n")
+        with open(os.path.join(cls.moat.dir, "aliases"), "w") as f:
+            f.write("sales@example.test: bob@example.test, carol@example.test\n"
+                    "team@corp.internal: erin@example.test\n")
+        cls.moat.start()
+
+    def send(self, subject, rcpts=("bob@example.test",)):
+        """The queue id of one message from alice@sender.test to `rcpts`."""
+        data = (f"From: alice@sender.test\r\nTo: bob@example.test\r\nSubject: {subject}\r\n"
+                f"Message-ID: <{time.time()}.added@sender.test>\r\n\r\nHello.\r\n")
+        s = self.moat.smtp()
+        try:
+            s.ehlo()
+            code, reply = s.mail("alice@sender.test")
+            self.assertEqual(code, 250, reply)
+            for r in rcpts:
+                code, reply = s.rcpt(r)
+                self.assertEqual(code, 250, reply)
+            code, reply = s.data(data)
+            reply = reply.decode()
+            self.assertEqual(code, 250, reply)
+            return reply.rsplit(" ", 1)[-1]
+        finally:
+            try:
+                s.quit()
+            except Exception:
+                pass
+
+    def at_sink(self, subject, n):
+        """{recipient: its RCPT line at the sink} once `n` recipients of the message are there."""
+        def found():
+            lines = {}
+            for m in self.sink.messages:
+                if f"Subject: {subject}".encode() not in m["data"]:
+                    continue
+                for r in m["rcpts"]:
+                    lines[r] = next(c for c in m["session"]["commands"] if c.upper().startswith("RCPT")
+                                    and f"<{r}>" in c)
+            return lines if len(lines) >= n else None
+        return wait_for(found, 30, what=f"{n} recipients at the sink")
+
+    def added_lines(self, qid):
+        return [x for x in wait_for(lambda: self.moat.find_logs(event="milter_envelope", queue_id=qid), 10,
+                                    what="the milter_envelope lines")]
+
+    def test_added_recipient_in_a_rewritten_domain_arrives_at_the_internal_address(self):
+        subject = "rewritten add a:addrcpt=jsmith@example.com"
+        qid = self.send(subject)
+        got = self.at_sink(subject, 2)
+        self.assertEqual(sorted(got), ["bob@example.test", "jsmith@corp.internal"])
+        # DSNs name the address the milter gave.
+        self.assertIn("ORCPT=rfc822;jsmith@example.com", got["jsmith@corp.internal"])
+        acc = self.moat.wait_log(event="accept", queue_id=qid)
+        self.assertEqual(acc["to"], ["bob@example.test", "jsmith@corp.internal"])
+        self.assertEqual(acc["rewritten"],
+                         [{"from": "jsmith@example.com", "to": "jsmith@corp.internal", "where": "milter_rcpt"}])
+        line = self.added_lines(qid)[0]
+        self.assertEqual((line["action"], line["address"], line["result"], line["rewritten_to"]),
+                         ("add_rcpt", "jsmith@example.com", "applied", "jsmith@corp.internal"))
+        self.assertNotIn("targets", line)
+        # The second milter was sent it as the first gave it.
+        rec = wait_for(lambda: [r for r in records(self.record) if r["tag"] == "b" and r["subject"] == subject], 10,
+                       what="b's record")[-1]
+        self.assertIn("<jsmith@example.com>", rec["rcpts"])
+
+    def test_added_alias_expands_to_its_targets(self):
+        # sales@ expands to bob (already a recipient: once) and carol; team@example.com is
+        # rewritten first, and team@corp.internal is the alias (to erin).
+        subject = "alias add a:addrcpt=sales@example.test a:addrcpt=team@example.com"
+        qid = self.send(subject)
+        got = self.at_sink(subject, 3)
+        self.assertEqual(sorted(got), ["bob@example.test", "carol@example.test", "erin@example.test"])
+        # The client's own recipient stands (the delivery names it as it is).
+        self.assertIn("ORCPT=rfc822;bob@example.test", got["bob@example.test"])
+        self.assertIn("ORCPT=rfc822;sales@example.test", got["carol@example.test"])
+        self.assertIn("ORCPT=rfc822;team@example.com", got["erin@example.test"])
+        acc = self.moat.wait_log(event="accept", queue_id=qid)
+        self.assertEqual(acc["to"], ["bob@example.test", "carol@example.test", "erin@example.test"])
+        self.assertEqual(acc["rewritten"],
+                         [{"from": "team@example.com", "to": "team@corp.internal", "where": "milter_rcpt"}])
+        sales, team = self.added_lines(qid)
+        self.assertEqual((sales["address"], sales["result"], sales["targets"]),
+                         ("sales@example.test", "applied", ["bob@example.test", "carol@example.test"]))
+        self.assertNotIn("rewritten_to", sales)
+        self.assertEqual((team["address"], team["rewritten_to"], team["targets"]),
+                         ("team@example.com", "team@corp.internal", ["erin@example.test"]))
+
+    def test_added_recipient_outside_the_relay_domains_is_untouched(self):
+        # The rewrite map would make carol@lab.internal of it, were remote.test ours.
+        subject = "outside add a:addrcpt=carol@remote.test"
+        qid = self.send(subject)
+        got = self.at_sink(subject, 2)
+        self.assertEqual(sorted(got), ["bob@example.test", "carol@remote.test"])
+        self.assertIn("ORCPT=rfc822;carol@remote.test", got["carol@remote.test"])
+        acc = self.moat.wait_log(event="accept", queue_id=qid)
+        self.assertEqual(acc["to"], ["bob@example.test", "carol@remote.test"])
+        self.assertNotIn("rewritten", acc)
+        line = self.added_lines(qid)[0]
+        self.assertEqual((line["address"], line["result"]), ("carol@remote.test", "applied"))
+        self.assertNotIn("rewritten_to", line)
+        self.assertNotIn("targets", line)
+
+    def test_a_later_milter_deletes_an_added_recipient_by_the_address_it_was_sent(self):
+        subject = "chain delete a:addrcpt=jsmith@example.com b:delrcpt=jsmith@example.com"
+        qid = self.send(subject)
+        acc = self.moat.wait_log(event="accept", queue_id=qid)
+        self.assertEqual(acc["to"], ["bob@example.test"])
+        self.assertNotIn("rewritten", acc)  # the change went with the recipient
+        self.assertEqual([(x["milter"], x["action"], x["result"]) for x in self.added_lines(qid)],
+                         [("first", "add_rcpt", "applied"), ("second", "del_rcpt", "applied")])
+        self.moat.wait_log(event="deliver", queue_id=qid)
+        self.assertEqual(sorted(self.at_sink(subject, 1)), ["bob@example.test"])
 
 
 class MilterConfig(unittest.TestCase):
