@@ -90,6 +90,12 @@ def message(subject, body="Hello from the milter test.\r\n", extra=""):
 def send(moat, subject, sender="alice@sender.test", rcpts=("bob@example.test",), tls=False, **kw):
     """(code, reply text, queue id or None) for one message through `moat` (after STARTTLS
     with `tls`)."""
+    return send_data(moat, message(subject, **kw), sender, rcpts, tls=tls)
+
+
+def send_data(moat, data, sender="alice@sender.test", rcpts=("bob@example.test",), options=(), tls=False):
+    """(code, reply text, queue id or None) for the message `data` through `moat`, MAIL FROM
+    with `options` (after STARTTLS with `tls`)."""
     s = moat.smtp()
     try:
         s.ehlo()
@@ -99,12 +105,12 @@ def send(moat, subject, sender="alice@sender.test", rcpts=("bob@example.test",),
             ctx.verify_mode = ssl.CERT_NONE
             s.starttls(context=ctx)
             s.ehlo()
-        code, reply = s.mail(sender)
+        code, reply = s.mail(sender, list(options))
         assert code == 250, (code, reply)
         for r in rcpts:
             code, reply = s.rcpt(r)
             assert code == 250, (code, reply)
-        code, reply = s.data(message(subject, **kw))
+        code, reply = s.data(data)
         reply = reply.decode()
         return code, reply, (reply.rsplit(" ", 1)[-1] if code == 250 else None)
     finally:
@@ -522,23 +528,9 @@ class MilterSeesMoat(SinkTestCase):
                         what="milter " + tag + "'s record")[-1]
 
     def send_raw(self, data, sender="alice@sender.test", rcpts=("bob@example.test",), options=()):
-        s = self.moat.smtp()
-        try:
-            s.ehlo()
-            code, reply = s.mail(sender, list(options))
-            self.assertEqual(code, 250, reply)
-            for r in rcpts:
-                code, reply = s.rcpt(r)
-                self.assertEqual(code, 250, reply)
-            code, reply = s.data(data)
-            reply = reply.decode()
-            self.assertEqual(code, 250, reply)
-            return reply.rsplit(" ", 1)[-1]
-        finally:
-            try:
-                s.quit()
-            except Exception:
-                pass
+        code, reply, qid = send_data(self.moat, data, sender, rcpts, options)
+        self.assertEqual(code, 250, reply)
+        return qid
 
     def test_milters_see_the_prefixed_subject_stripped_part_and_moats_fields(self):
         qid = self.send_raw(with_exe("view test"))
@@ -630,23 +622,9 @@ class MilterAddedRecipients(unittest.TestCase):
         """The queue id of one message from alice@sender.test to `rcpts`."""
         data = (f"From: alice@sender.test\r\nTo: bob@example.test\r\nSubject: {subject}\r\n"
                 f"Message-ID: <{time.time()}.added@sender.test>\r\n\r\nHello.\r\n")
-        s = self.moat.smtp()
-        try:
-            s.ehlo()
-            code, reply = s.mail("alice@sender.test")
-            self.assertEqual(code, 250, reply)
-            for r in rcpts:
-                code, reply = s.rcpt(r)
-                self.assertEqual(code, 250, reply)
-            code, reply = s.data(data)
-            reply = reply.decode()
-            self.assertEqual(code, 250, reply)
-            return reply.rsplit(" ", 1)[-1]
-        finally:
-            try:
-                s.quit()
-            except Exception:
-                pass
+        code, reply, qid = send_data(self.moat, data, rcpts=rcpts)
+        self.assertEqual(code, 250, reply)
+        return qid
 
     def at_sink(self, subject, n):
         """{recipient: its RCPT line at the sink} once `n` recipients of the message are there."""
