@@ -12,6 +12,7 @@
 #include <cctype>
 #include <cerrno>
 #include <climits>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -274,6 +275,33 @@ void checkVerify(const Config& c, Errors& errors) {
   }
 }
 
+// A route with senders and no domains takes its senders' mail to every domain, the
+// organisation's own too: before the route a relay domain takes (or, with none, before
+// delivery by MX), a brand's mail to colleagues leaves through the brand's next hop. Not an
+// error (it may be meant), but rarely what the operator wanted (README, [[route]] senders).
+void warnSenderRoutesBeforeRelayDomains(const Config& c, Errors& errors) {
+  for (size_t i = 0; i < c.routes.size(); ++i) {
+    const Route& r = c.routes[i];
+    if (!r.senders || !r.domains.empty()) continue;
+    std::set<std::string> seen;
+    std::string taken;
+    for (const auto& d : c.relayDomains) {
+      if (d.empty() || d[0] == '.' || !seen.insert(d).second) continue;
+      // The route of the senders no [[route]] senders lists (and of the null sender).
+      const Route* own = c.routeFor(d, "");
+      if (own && own - c.routes.data() < static_cast<std::ptrdiff_t>(i)) continue;
+      taken += (taken.empty() ? "" : ", ") + d +
+               (own ? " (else the [[route]] at line " + std::to_string(own->line) + ")"
+                    : " (else delivered by MX: no [[route]] takes it)");
+    }
+    if (taken.empty()) continue;
+    errors.warning(c.path, r.sendersLine,
+                   "[[route]].senders: this route has no domains, so it also takes its senders' mail to "
+                   "relay.domains (first match wins): " +
+                       taken + "; add domains, or move this route after the routes of the relay domains");
+  }
+}
+
 void readLimits(Config& c, Section s) {
   c.maxMessageSize = s.getSize("max_message_size", c.maxMessageSize);
   c.maxRecipients = static_cast<unsigned>(s.getInt("max_recipients", c.maxRecipients, 1, 100000));
@@ -377,6 +405,7 @@ void readRoute(Config& c, Section s) {
   r.line = s.lineOf("to");
   r.domains = domainList(s, "domains");
   r.senders = routeSenders(s);
+  r.sendersLine = r.senders ? s.lineOf("senders") : 0;
   size_t smtpTargets = 0, leftOut = 0;  // leftOut: at an address of a family ip_versions leaves out
   for (const auto& item : s.getStringArrayItems("to")) {
     const std::string& t = item.value;
@@ -1052,6 +1081,7 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
   if (c->listeners.empty()) errors.error(c->path, 0, "no [[listener]]: Moat would accept no mail");
   checkSockets(*c, errors);
   checkVerify(*c, errors);
+  warnSenderRoutesBeforeRelayDomains(*c, errors);
   return c;
 }
 

@@ -86,6 +86,7 @@ struct Route {
   int sourceIpv4Line = 0, sourceIpv6Line = 0;
   std::string heloName;  // [[route]] helo_name: the EHLO name; "" = server.hostname
   int line = 0;
+  int sendersLine = 0;  // of senders, for `moat check`'s warnings (0: none)
   bool matches(const std::string& domain) const;
   // Whether the route is for mail from `sender`, the envelope sender as it leaves (after
   // relay.rewrite; a BATV tag, prvs=...=, is matched without it): always when it has no

@@ -182,6 +182,32 @@ class CliTest(unittest.TestCase):
                              ('database_dir', "antivirus.database_dir: ")):
             self.assertIn(f"{path}:{line_of(text, needle)}: {what}", r.stderr)
 
+    def test_check_warns_about_a_sender_route_before_the_relay_domains_route(self):
+        # A route by sender without domains before the route of example.test would send that
+        # sender's mail to colleagues out through its smarthost: a warning, exit 0; after it,
+        # none.
+        sender_route = '[[route]]\nsenders = ["@brand-b.test"]\nto = ["smtp:127.0.0.1:2627"]\n\n'
+        default_route = '[[route]]\nto = ["maildir:mail"]\n'
+        base = BASE.format(relay_extra="")
+        self.assertIn(default_route, base)
+        path = os.path.join(self.dir, "moat.toml")
+        for before in (True, False):
+            inbound_route = "" if before else '[[route]]\ndomains = ["example.test"]\nto = ["maildir:mail"]\n\n'
+            text = base.replace(default_route, inbound_route + sender_route + default_route)
+            with open(path, "w") as f:
+                f.write(text)
+            r = self.check(path, 0)
+            self.assertIn(f"{path}: ok", r.stdout)
+            warning = (f"{path}:{line_of(text, 'senders =')}: warning: [[route]].senders: this route has no domains, "
+                       "so it also takes its senders' mail to relay.domains (first match wins): example.test (else "
+                       f"the [[route]] at line {line_of(text, 'maildir:mail')})")
+            if before:
+                self.assertIn(warning, r.stderr)
+                self.assertIn("add domains, or move this route after the routes of the relay domains", r.stderr)
+            else:  # after the route of example.test, as README's example: nothing to say
+                self.assertNotIn("[[route]]", r.stderr)
+            self.assertNoJsonLines(r.stderr)
+
     # 4. The commands that are not serve write no JSON log lines on stderr.
 
     def test_scan_shows_warnings_as_plain_text(self):

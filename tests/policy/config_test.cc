@@ -561,6 +561,77 @@ TEST_CASE("[[route]] senders: shadowing warnings count only the routes without s
   unlink(path.c_str());
 }
 
+TEST_CASE("[[route]] senders without domains before a relay domain's route is a warning with FILE:LINE") {
+  const std::string head =
+      "[server]\nhostname = \"mx\"\n\n[[listener]]\naddress = \"127.0.0.1:25\"\n\n"  // 1-5
+      "[relay]\ndomains = [\"example.test\", \"other.test\", \"Example.test\", \".sub.test\", \"nowhere.test\"]\n\n";
+  const std::string inbound = "[[route]]\ndomains = [\"example.test\"]\nto = [\"smtp:127.0.0.1:2626\"]\n\n";
+  const std::string brand =
+      "[[route]]\nsenders = [\"@brand-b.test\"]\nto = [\"smtp:127.0.0.1:2627\"]\nhelo_name = \"out.brand-b.test\"\n\n";
+  const std::string fallback = "[[route]]\nto = [\"mx\"]\n";
+  std::string path;
+  bool loaded = false;
+
+  // Before the routes of the relay domains: each is named with the line of the route it would
+  // otherwise take (other.test and nowhere.test: the match-all one), once; the subdomain
+  // entry is left out (it names no one domain). A warning: the config loads.
+  std::string all = loadErrors(head + brand + inbound + fallback, path, loaded);  // brand 10-13, inbound 15-17, 19-20
+  INFO(all);
+  CHECK(loaded);
+  CHECK(has(all, path + ":11: warning: [[route]].senders: this route has no domains, so it also takes its senders' "
+                        "mail to relay.domains (first match wins): example.test (else the [[route]] at line 17), "
+                        "other.test (else the [[route]] at line 20), nowhere.test (else the [[route]] at line 20); "
+                        "add domains, or move this route after the routes of the relay domains"));
+  CHECK_FALSE(has(all, "sub.test"));
+  CHECK(all.find("example.test (else") == all.rfind("example.test (else"));  // listed once
+  unlink(path.c_str());
+
+  // No route at all for a relay domain: delivery by MX is what the sender route comes before.
+  all = loadErrors(head + brand + inbound, path, loaded);
+  CHECK(loaded);
+  CHECK(has(all, path + ":11: warning: [[route]].senders: this route has no domains, so it also takes its senders' "
+                        "mail to relay.domains (first match wins): example.test (else the [[route]] at line 17), "
+                        "other.test (else delivered by MX: no [[route]] takes it), nowhere.test (else delivered by "
+                        "MX: no [[route]] takes it); "));
+  unlink(path.c_str());
+
+  // After the routes of the relay domains (README's example): no warning about it.
+  all = loadErrors(
+      head + inbound + "[[route]]\ndomains = [\"other.test\", \"nowhere.test\"]\nto = [\"mx\"]\n\n" + brand + fallback,
+      path, loaded);
+  CHECK(loaded);
+  CHECK_FALSE(has(all, "warning"));
+  unlink(path.c_str());
+
+  // Only the relay domains whose route comes after it are named.
+  all = loadErrors(head + inbound + brand + fallback, path, loaded);  // inbound 10-12, brand 14-17, 19-20
+  CHECK(loaded);
+  CHECK(has(all, path + ":15: warning: [[route]].senders: this route has no domains, so it also takes its senders' "
+                        "mail to relay.domains (first match wins): other.test (else the [[route]] at line 20), "
+                        "nowhere.test (else the [[route]] at line 20); add domains"));
+  CHECK_FALSE(has(all, "example.test (else"));
+  unlink(path.c_str());
+
+  // With domains it takes only the mail to them: no warning, wherever it is.
+  all = loadErrors(head + "[[route]]\ndomains = [\"partner.test\"]\nsenders = [\"@brand-b.test\"]\nto = [\"mx\"]\n\n" +
+                       inbound + fallback,
+                   path, loaded);
+  CHECK(loaded);
+  CHECK_FALSE(has(all, "warning"));
+  unlink(path.c_str());
+
+  // A sender route with the relay domains' own route before it among other sender routes:
+  // only the one before is named.
+  all = loadErrors(head + brand + inbound +
+                       "[[route]]\nsenders = [\"@brand-c.test\"]\nto = [\"smtp:127.0.0.1:2628\"]\n\n" + fallback,
+                   path, loaded);  // brand 10-13, inbound 15-17, brand-c 19-21, 23-24
+  CHECK(loaded);
+  CHECK(has(all, path + ":11: warning: [[route]].senders: this route has no domains"));
+  CHECK(has(all, path + ":20: warning: [[route]].senders: this route has no domains, so it also takes its senders' "
+                        "mail to relay.domains (first match wins): other.test (else the [[route]] at line 24)"));
+  unlink(path.c_str());
+}
+
 TEST_CASE("a [[route]] target of a family queue.ip_versions leaves out is a warning with FILE:LINE") {
   std::string path;
   bool loaded = false;
