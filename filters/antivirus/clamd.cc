@@ -169,6 +169,8 @@ ScanResult errorResult(std::string text) {
   return r;
 }
 
+}  // namespace
+
 ScanResult parseInstreamReply(std::string_view reply, size_t sent) {
   ScanResult r;
   std::string_view rest = reply;
@@ -183,8 +185,6 @@ ScanResult parseInstreamReply(std::string_view reply, size_t sent) {
   if (endsWith(reply, "ERROR")) return errorResult("clamd: " + shown);
   return errorResult("unexpected clamd reply: " + shown);
 }
-
-}  // namespace
 
 std::string ClamdAddress::text() const {
   if (!path.empty()) return path;

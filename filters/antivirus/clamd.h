@@ -43,6 +43,15 @@ struct ClamdAddress {
 // paths are left as they are (the config reader resolves them). nullopt with `error` set.
 std::optional<ClamdAddress> parseClamdAddress(std::string_view text, std::string& error);
 
+// clamd's reply to INSTREAM (untrusted: what came back, up to its NUL, at most 4 KB, with
+// trailing CR/LF removed) as a result; `sent` is the number of bytes sent, for the message.
+// Clean only for "stream: OK" (or a bare "OK"); "stream: <Sig> FOUND" is Found, or a Limit
+// for "Heuristics.Limits.Exceeded.*" (foundResult), with the signature printable ASCII
+// without spaces and at most 200 bytes (it goes into the SMTP reply); "INSTREAM size limit
+// exceeded. ERROR" is an Error naming StreamMaxLength; anything else is an Error quoting
+// the reply's first 200 bytes (for the log).
+ScanResult parseInstreamReply(std::string_view reply, size_t sent);
+
 struct ClamdTimeouts {
   std::chrono::milliseconds connect{std::chrono::seconds(5)};
   std::chrono::milliseconds exchange{std::chrono::minutes(2)};  // send + clamd's scan + reply

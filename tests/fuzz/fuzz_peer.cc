@@ -2,9 +2,12 @@
 // connects to and from its own spool: the SMTP/LMTP client's reply reader, EHLO keywords and
 // reply status (mta/client/reply.h), the milter protocol decoder and reply parsers
 // (filters/milter/protocol.h), and the spool's envelope records with their edits
-// (queue/envelope.h, filters/edit.h) as start-up recovery reads them from disk.
-// Input layout: byte 0 picks the parser (modulo 6), byte 1 is a parameter (how the bytes are
-// split into reads, which milter reply), the rest is what the peer or the disk holds.
+// (queue/envelope.h, filters/edit.h) as start-up recovery reads them from disk, and clamd's
+// reply to INSTREAM (filters/antivirus/clamd.h).
+// Input layout: byte 0 picks the parser (modulo 7; 0-5 kept their meaning when clamd's
+// reply came as 6, so the committed corpus still means what it did), byte 1 is a parameter
+// (how the bytes are split into reads, which milter reply, how many bytes were sent to
+// clamd), the rest is what the peer or the disk holds.
 // Checked:
 //   - replies: the same replies and the same error whether the bytes come in one read or
 //     split anywhere; every reply's code is 200..599 (RFC 5321 §4.2), each of its lines
@@ -21,7 +24,12 @@
 //   - envelopes (raw bytes, and the same bytes behind a correct END checksum so the fuzzer
 //     reaches the records): one that parses writes back to one that parses to the same
 //     value and to the same bytes again; its edits apply to a message of its size giving
-//     editedSize bytes.
+//     editedSize bytes;
+//   - clamd replies: Clean only for "stream: OK" (or "OK"), never for anything else; a
+//     Found or Limit signature non-empty, printable ASCII without spaces, at most 200 bytes
+//     (it goes into the SMTP reply), only for a reply ending in " FOUND"; an Error with a
+//     non-empty, bounded text naming StreamMaxLength when the reply says the size limit was
+//     exceeded; the same result for the same reply.
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -29,12 +37,14 @@
 #include <string_view>
 #include <vector>
 
+#include "filters/antivirus/clamd.h"
 #include "filters/edit.h"
 #include "filters/milter/protocol.h"
 #include "mta/client/reply.h"
 #include "queue/envelope.h"
 #include "tests/fuzz/fuzz_check.h"
 
+namespace antivirus = moat::filters::antivirus;
 namespace client = moat::mta::client;
 namespace milter = moat::filters::milter;
 namespace queue = moat::queue;
@@ -290,19 +300,49 @@ void fuzzEnvelope(std::string_view text, bool addEnd) {
   checkEnvelope(withEnd + end);
 }
 
+bool endsWith(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+void fuzzClamdReply(std::string_view reply, uint8_t param) {
+  using Status = antivirus::ScanResult::Status;
+  const size_t sent = static_cast<size_t>(param) * 65536;
+  auto r = antivirus::parseInstreamReply(reply, sent);
+  FUZZ_CHECK(r.scans == 0);
+  // Never a pass for what is not clamd's "clean".
+  FUZZ_CHECK((r.status == Status::Clean) == (reply == "stream: OK" || reply == "OK"));
+  if (r.status == Status::Clean) FUZZ_CHECK(r.signature.empty() && r.error.empty());
+  if (r.status == Status::Found || r.status == Status::Limit) {
+    FUZZ_CHECK(endsWith(reply, " FOUND"));
+    FUZZ_CHECK(r.error.empty());
+    FUZZ_CHECK(!r.signature.empty() && r.signature.size() <= 200);
+    for (unsigned char c : r.signature) FUZZ_CHECK(c > 0x20 && c < 0x7f);
+    if (r.status == Status::Limit) FUZZ_CHECK(reply.find("Heuristics.Limits.Exceeded.") != std::string_view::npos);
+  }
+  if (r.status == Status::Error) {
+    FUZZ_CHECK(!r.error.empty() && r.error.size() <= 300);
+    if (reply.find("size limit exceeded") != std::string_view::npos)
+      FUZZ_CHECK(r.error.find("StreamMaxLength") != std::string::npos &&
+                 r.error.find(std::to_string(sent)) != std::string::npos);
+  }
+  auto again = antivirus::parseInstreamReply(reply, sent);
+  FUZZ_CHECK(again.status == r.status && again.signature == r.signature && again.error == r.error);
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 2) return 0;
   uint8_t param = data[1];
   std::string_view rest(reinterpret_cast<const char*>(data) + 2, size - 2);
-  switch (data[0] % 6) {
+  switch (data[0] % 7) {
     case 0: fuzzReplies(rest, param); break;
     case 1: fuzzReplyStatus(rest); break;
     case 2: fuzzMilterStream(rest, param); break;
     case 3: fuzzMilterData(rest, param); break;
     case 4: fuzzEnvelope(rest, false); break;
     case 5: fuzzEnvelope(rest, true); break;
+    case 6: fuzzClamdReply(rest, param); break;
   }
   return 0;
 }

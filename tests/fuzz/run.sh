@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # tests/fuzz/run.sh [SECONDS] — builds the SMTP, zip, PROXY header, MIME, DNS/policy record,
-# DKIM/ARC and peer (SMTP client replies, milter packets, spool envelopes) libFuzzer targets
-# with clang in build-fuzz/ (-DMOAT_FUZZ=ON, ASan+UBSan) and runs each for SECONDS (default 60)
-# from the committed seed corpus, JOBS targets at once. New interesting inputs go to a scratch
-# folder, not into the corpus; a crash leaves build-fuzz/<target>-crash-* and makes the script
-# fail.
+# DKIM/ARC and peer (SMTP client replies, milter packets, spool envelopes, clamd replies)
+# libFuzzer targets with clang in build-fuzz/ (-DMOAT_FUZZ=ON, ASan+UBSan) and runs each for
+# SECONDS (default 60) from the committed seed corpus, JOBS targets at once. New interesting
+# inputs go to a scratch folder, not into the corpus; a crash leaves build-fuzz/<target>-crash-*
+# and makes the script fail.
 # Env: JOBS (build parallelism, and how many fuzzers run at once; default 1), MOAT_SHARED_DIR
 # (passed on to CMake when set).
 set -euo pipefail

@@ -156,6 +156,48 @@ std::string b64Attachment(const std::string& name, const std::string& payload, c
 
 }  // namespace
 
+TEST_CASE("clamd's INSTREAM reply: only OK is clean, FOUND is found or a limit, anything else an error") {
+  using Status = ScanResult::Status;
+  CHECK(parseInstreamReply("stream: OK", 10).status == Status::Clean);
+  CHECK(parseInstreamReply("OK", 10).status == Status::Clean);
+
+  ScanResult found = parseInstreamReply("stream: Eicar-Test-Signature FOUND", 10);
+  CHECK(found.status == Status::Found);
+  CHECK(found.signature == "Eicar-Test-Signature");
+  CHECK(found.error.empty());
+  // The signature goes into the SMTP reply: printable ASCII without spaces, at most 200 bytes.
+  found = parseInstreamReply("stream: Bad Name\r\x01\xff FOUND", 10);
+  CHECK(found.status == Status::Found);
+  CHECK(found.signature == "Bad_Name___");
+  found = parseInstreamReply("stream: " + std::string(300, 'S') + " FOUND", 10);
+  CHECK(found.signature == std::string(200, 'S'));
+  CHECK(parseInstreamReply("stream:  FOUND", 10).signature == "unknown");
+
+  // What clamd could not fully scan (AlertExceedsMax) is a Limit; a scan timeout an Error.
+  ScanResult limit = parseInstreamReply("stream: Heuristics.Limits.Exceeded.MaxRecursion FOUND", 10);
+  CHECK(limit.status == Status::Limit);
+  CHECK(limit.signature == "MaxRecursion");
+  CHECK(parseInstreamReply("stream: Heuristics.Limits.Exceeded.MaxScanTime FOUND", 10).status == Status::Error);
+
+  ScanResult size = parseInstreamReply("INSTREAM size limit exceeded. ERROR", 1048576);
+  CHECK(size.status == Status::Error);
+  CHECK(size.error.find("StreamMaxLength exceeded after 1048576 bytes") != std::string::npos);
+  ScanResult error = parseInstreamReply("stream: Can't allocate memory ERROR", 10);
+  CHECK(error.status == Status::Error);
+  CHECK(error.error == "clamd: stream: Can't allocate memory ERROR");
+
+  // Never a pass for anything but OK, however near.
+  for (const char* reply : {"", "stream: ", "stream: ok", "stream: OK ", " stream: OK", "stream:OK", "stream: OKAY",
+                            "stream: stream: OK", "OK FOUND", "FOUND", "stream: FOUND", "PONG"}) {
+    ScanResult r = parseInstreamReply(reply, 10);
+    INFO(reply);
+    CHECK(r.status != Status::Clean);
+  }
+  ScanResult odd = parseInstreamReply("stream: OK" + std::string(400, 'x'), 10);
+  CHECK(odd.status == Status::Error);
+  CHECK(odd.error == "unexpected clamd reply: stream: OK" + std::string(190, 'x'));
+}
+
 TEST_CASE("clamd INSTREAM: EICAR whole, base64 and zipped is found, clean is clean (unix socket)") {
   ClamdProcess clamd;
   auto client = clientFor(clamd.socket());
