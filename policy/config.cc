@@ -21,6 +21,7 @@
 
 #include "mta/runtime/fd.h"
 #include "policy/batv.h"
+#include "policy/list_file.h"
 #include "policy/values.h"
 
 namespace moat::policy {
@@ -763,6 +764,18 @@ void readSenders(Config& c, Section s) {
   s.rejectUnknownKeys();
 }
 
+// [bcc]: the files are read with the snapshot (mta/server/snapshot.cc).
+void readBcc(Config& c, Section s) {
+  c.bccAlways = s.getString("always", "");
+  if (s.has("always") && entryKind(c.bccAlways) != EntryKind::Address)
+    s.error("always", "\"" + c.bccAlways + "\" is not an address (user@domain)");
+  c.bccSenders = s.getPath("senders", "");
+  c.bccSendersLine = s.lineOf("senders");
+  c.bccRecipients = s.getPath("recipients", "");
+  c.bccRecipientsLine = s.lineOf("recipients");
+  s.rejectUnknownKeys();
+}
+
 // [headers] strip_inbound. Removing the fields a message is built on would break it, or
 // Moat's own checks after it: those names are refused, and so is a pattern that matches one.
 void readHeaders(Config& c, Section s) {
@@ -1051,9 +1064,9 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
   c->toml = std::make_shared<const toml::table>(std::move(table));
 
   static const std::set<std::string> kCore = {
-      "server",     "listener",   "dns",          "relay",   "limits",      "route",  "queue",
-      "quarantine", "connection", "senders",      "mta_sts", "rate_limits", "tlsrpt", "bounce_verification",
-      "greylist",   "headers",    "dmarc_reports"};
+      "server",     "listener",   "dns",           "relay",   "limits",      "route",  "queue",
+      "quarantine", "connection", "senders",       "mta_sts", "rate_limits", "tlsrpt", "bounce_verification",
+      "greylist",   "headers",    "dmarc_reports", "bcc"};
   for (const auto& [k, v] : *c->toml) {
     std::string key(k.str());
     if (!kCore.count(key) && !kOtherSections.count(key))
@@ -1073,6 +1086,7 @@ std::shared_ptr<const Config> readConfig(const std::string& path, Errors& errors
   readQuarantine(*c, c->section("quarantine", errors));
   readConnection(*c, c->section("connection", errors));
   readSenders(*c, c->section("senders", errors));
+  readBcc(*c, c->section("bcc", errors));
   readHeaders(*c, c->section("headers", errors));
   readRateLimits(*c, c->section("rate_limits", errors));
   readGreylist(*c, c->section("greylist", errors));

@@ -150,6 +150,14 @@ struct Config {
   std::string relayRewrite;  // address rewriting file (policy/rewrite_map.h); absolute, or empty
   int relayRewriteLine = 0;
 
+  // [bcc] (Postfix's always_bcc, sender_bcc_maps, recipient_bcc_maps): recipients added,
+  // NOTIFY=NEVER, to each message taken over SMTP as it is queued (mta/server/smtp_session.cc).
+  std::string bccAlways;   // an address, or empty
+  std::string bccSenders;  // BCC by envelope sender file (policy/bcc_map.h); absolute, or empty
+  int bccSendersLine = 0;
+  std::string bccRecipients;  // BCC by envelope recipient file (policy/bcc_map.h); absolute, or empty
+  int bccRecipientsLine = 0;
+
   // [connection] (policy at connect: DESIGN.md, "The flow of one message")
   std::vector<mta::Network> connectionAllow, connectionBlock;
   unsigned maxConnectionRatePerIp = 0;  // new connections a minute from one address; 0 = no limit

@@ -6,6 +6,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "policy/errors.h"
 
@@ -23,6 +24,16 @@ bool readListFile(const std::string& path, std::string_view what, size_t maxByte
 bool isAddressOrDomain(std::string_view s);
 
 std::string lowerAscii(std::string_view s);
+
+// The blank-separated fields of a map file's line (relay.rewrite, bcc.senders), up to a '#'
+// that begins one.
+std::vector<std::string_view> lineFields(std::string_view text);
+
+// What a map file's field is: "user@domain" (a dot-atom local part of at most 64 octets, RFC
+// 5322 §3.2.3, UTF-8 allowed, RFC 6531), "@domain" or "@.domain" (its subdomains), the domain
+// a host name as relay.domains takes it; at most 254 octets. Bad for anything else.
+enum class EntryKind { Bad, Address, Domain, Subdomains };
+EntryKind entryKind(std::string_view s);
 
 // RFC 5233 subaddress: "user+tag@domain" is user@domain's. The address without its tag, or
 // "" when it has none (nor a user before the '+').

@@ -1,70 +1,9 @@
 // policy/rewrite_map.cc — see rewrite_map.h.
 #include "policy/rewrite_map.h"
 
-#include <cctype>
-#include <vector>
-
 #include "policy/list_file.h"
 
 namespace moat::policy {
-
-namespace {
-
-// The fields of a line, up to a '#' that begins one.
-std::vector<std::string_view> fields(std::string_view s) {
-  std::vector<std::string_view> out;
-  size_t i = 0;
-  while (i < s.size()) {
-    while (i < s.size() && (s[i] == ' ' || s[i] == '\t')) ++i;
-    size_t start = i;
-    while (i < s.size() && s[i] != ' ' && s[i] != '\t') ++i;
-    if (i == start) break;
-    if (s[start] == '#') break;  // a comment at the end of the line
-    out.push_back(s.substr(start, i - start));
-  }
-  return out;
-}
-
-// A host name as relay.domains takes it: labels of letters, digits and hyphens (8-bit
-// octets for internationalized names), not beginning or ending with a hyphen.
-bool domainOk(std::string_view d) {
-  if (d.empty() || d.size() > 253) return false;
-  size_t start = 0;
-  while (start <= d.size()) {
-    size_t end = d.find('.', start);
-    if (end == std::string_view::npos) end = d.size();
-    std::string_view label = d.substr(start, end - start);
-    if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-') return false;
-    for (unsigned char c : label)
-      if (!(std::isalnum(c) || c == '-' || c >= 0x80)) return false;
-    start = end + 1;
-  }
-  return true;
-}
-
-// A dot-atom local part (RFC 5322 §3.2.3; UTF-8 allowed, RFC 6531), at most 64 octets.
-bool localOk(std::string_view l) {
-  if (l.empty() || l.size() > 64 || l.front() == '.' || l.back() == '.' || l.find("..") != std::string_view::npos)
-    return false;
-  for (unsigned char c : l)
-    if (c <= 0x20 || c == 0x7f ||
-        std::string_view("()<>[]:;@\\,\"").find(static_cast<char>(c)) != std::string_view::npos)
-      return false;
-  return true;
-}
-
-enum class Kind { Bad, Address, Domain, Subdomains };
-
-Kind kindOf(std::string_view s) {
-  if (s.size() > 254) return Kind::Bad;
-  if (s.starts_with("@.")) return domainOk(s.substr(2)) ? Kind::Subdomains : Kind::Bad;
-  if (s.starts_with("@")) return domainOk(s.substr(1)) ? Kind::Domain : Kind::Bad;
-  size_t at = s.find('@');
-  if (at == std::string_view::npos) return Kind::Bad;
-  return localOk(s.substr(0, at)) && domainOk(s.substr(at + 1)) ? Kind::Address : Kind::Bad;
-}
-
-}  // namespace
 
 std::shared_ptr<const RewriteMap> RewriteMap::load(const std::string& path, Errors& errors, const Inspect& inspect) {
   auto m = std::make_shared<RewriteMap>();
@@ -76,23 +15,23 @@ std::shared_ptr<const RewriteMap> RewriteMap::load(const std::string& path, Erro
       errors.error(path, line, why);
       return false;
     };
-    auto f = fields(text);
+    auto f = lineFields(text);
     if (f.size() < 2 || f.size() > 3) return bad("expected \"INTERNAL EXTERNAL [outbound-only]\"");
     bool outboundOnly = f.size() == 3;
     if (outboundOnly && lowerAscii(f[2]) != "outbound-only")
       return bad("\"" + std::string(f[2]) + "\": the third field can only be outbound-only");
     std::string_view internal = f[0], external = f[1];
-    Kind ki = kindOf(internal), ke = kindOf(external);
-    if (ki == Kind::Bad) return bad("\"" + std::string(internal) + "\" is not an address, @domain or @.domain");
-    if (ke == Kind::Bad) return bad("\"" + std::string(external) + "\" is not an address or @domain");
-    if (ke == Kind::Subdomains)
+    EntryKind ki = entryKind(internal), ke = entryKind(external);
+    if (ki == EntryKind::Bad) return bad("\"" + std::string(internal) + "\" is not an address, @domain or @.domain");
+    if (ke == EntryKind::Bad) return bad("\"" + std::string(external) + "\" is not an address or @domain");
+    if (ke == EntryKind::Subdomains)
       return bad("\"" + std::string(external) + "\": the external side is one address or one @domain");
-    if ((ki == Kind::Address) != (ke == Kind::Address))
+    if ((ki == EntryKind::Address) != (ke == EntryKind::Address))
       return bad("\"" + std::string(internal) + "\" and \"" + std::string(external) +
                  "\": both sides must be addresses, or both @domains");
     // A reply to john@example.com cannot tell which subdomain of corp.internal it came from
     // (Exchange allows its *.domain wildcard only with -OutboundOnly, for the same reason).
-    if (ki == Kind::Subdomains && !outboundOnly)
+    if (ki == EntryKind::Subdomains && !outboundOnly)
       return bad("\"" + std::string(internal) +
                  "\" stands for every subdomain: mail to its external side cannot be mapped back; mark the line "
                  "outbound-only");
@@ -106,10 +45,10 @@ std::shared_ptr<const RewriteMap> RewriteMap::load(const std::string& path, Erro
                    std::to_string(it->second) + ": mark all but one of its lines outbound-only");
     outLines.emplace(keyIn, line);
     if (!outboundOnly) inLines.emplace(keyEx, line);
-    auto put = [](Side& side, Kind kind, const std::string& key, std::string_view value) {
-      if (kind == Kind::Address)
+    auto put = [](Side& side, EntryKind kind, const std::string& key, std::string_view value) {
+      if (kind == EntryKind::Address)
         side.addresses.emplace(key, value);
-      else if (kind == Kind::Domain)
+      else if (kind == EntryKind::Domain)
         side.domains.emplace(key.substr(1), value.substr(1));
       else
         side.subdomainsOf.emplace(key.substr(2), value.substr(1));

@@ -1531,7 +1531,9 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
     return;
   }
 
+  std::string senderAsReceived = ctx_->mailFrom;  // before a milter's change
   applyEnvelopeChanges(outcome);
+  std::vector<std::string> bcc = addBccRecipients(senderAsReceived);
   queue::Envelope env;
   env.id = incoming_->id();
   ctx_->queueId = env.id;
@@ -1574,8 +1576,8 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
 
   auto self = shared_from_this();
   auto incoming = incoming_;
-  incoming->commit(env, [self, w = work(), env, filtersJson, quarantine, verdict = outcome.verdict](bool ok,
-                                                                                                    std::string error) {
+  incoming->commit(env, [self, w = work(), env, filtersJson, quarantine, verdict = outcome.verdict,
+                         bcc = std::move(bcc)](bool ok, std::string error) {
     if (!ok) {
       log::error("spool_error").add("session", self->id_).add("queue_id", env.id).add("error", error);
       if (!self->closed_) self->replySpoolError(error, env.id);
@@ -1595,6 +1597,7 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
             .add("client_name", env.clientName.empty() ? std::string("unknown") : env.clientName);
         if (!self->ctx_->rewrites.empty()) line.addRaw("rewritten", filters::rewritesJson(self->ctx_->rewrites));
         if (env.requireTls) line.add("requiretls", true);
+        if (!bcc.empty()) line.add("bcc", bcc);
       }
       ++metrics().messagesAccepted;
       self->countRate(RateLimit::MessagesPerClient, env.mailFrom);
@@ -1617,6 +1620,32 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
     }
     self->resume();
   });
+}
+
+// [bcc], as Postfix's always_bcc, sender_bcc_maps and recipient_bcc_maps: the copies an
+// archive takes, added as the message is queued: after the filters, so a refused message gets
+// none, and into the envelope of a quarantined one, so a release delivers them too. NOTIFY=NEVER
+// (RFC 3461 §4.1.1): the sender never hears of a copy and no DSN is sent for it; no ORCPT of
+// its own, no relay control, validation or verification (the addresses are the
+// administrator's). The recipients looked up are the envelope's as queued (after
+// relay.rewrite, relay.aliases and the milters); a copy is not looked up again. Moat's own
+// DSNs and reports never come here.
+std::vector<std::string> SmtpSession::addBccRecipients(const std::string& sender) {
+  std::vector<std::string> wanted;
+  if (!cfg_.bccAlways.empty()) wanted.push_back(cfg_.bccAlways);
+  if (snap_->bccSenders)
+    if (std::string a = snap_->bccSenders->find(sender); !a.empty()) wanted.push_back(std::move(a));
+  if (snap_->bccRecipients)
+    for (const auto& r : ctx_->rcpts)
+      if (std::string a = snap_->bccRecipients->find(r); !a.empty()) wanted.push_back(std::move(a));
+  std::vector<std::string> added;
+  if (wanted.empty()) return added;
+  txRcptDsn_.resize(ctx_->rcpts.size());  // parallel to the recipients before any is added
+  for (const auto& a : wanted) {
+    if (ctx_->rcpts.size() >= kMaxEnvelopeRecipients) break;
+    if (addRecipientOnce(txRecipients(), a, RcptDsn{"NEVER", ""})) added.push_back(a);
+  }
+  return added;
 }
 
 // A recipient a milter added gets what a RCPT gets after relay control, as Postfix's cleanup

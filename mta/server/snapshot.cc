@@ -136,6 +136,12 @@ std::shared_ptr<Snapshot> build(std::shared_ptr<const policy::Config> config, po
   if (!config->blockedSenders.empty() &&
       readable(*config, config->blockedSendersLine, "senders.block", config->blockedSenders, errors))
     snap->blockedSenders = policy::AddressList::load(config->blockedSenders, "blocked senders", errors);
+  if (!config->bccSenders.empty() &&
+      readable(*config, config->bccSendersLine, "bcc.senders", config->bccSenders, errors))
+    snap->bccSenders = policy::BccMap::load(config->bccSenders, "sender BCC", errors);
+  if (!config->bccRecipients.empty() &&
+      readable(*config, config->bccRecipientsLine, "bcc.recipients", config->bccRecipients, errors))
+    snap->bccRecipients = policy::BccMap::load(config->bccRecipients, "recipient BCC", errors);
   if (!config->relayRecipients.empty() &&
       readable(*config, config->relayRecipientsLine, "relay.recipients", config->relayRecipients, errors))
     snap->recipients = policy::RecipientTable::load(config->relayRecipients, errors);

@@ -12,6 +12,7 @@
 #include "policy/address_list.h"
 #include "policy/aliases.h"
 #include "policy/batv.h"
+#include "policy/bcc_map.h"
 #include "policy/client_credentials.h"
 #include "policy/config.h"
 #include "policy/recipients.h"
@@ -65,6 +66,9 @@ struct Snapshot {
   std::shared_ptr<const policy::AliasTable> aliases;
   // [relay] rewrite: internal addresses and their external forms; null = none.
   std::shared_ptr<const policy::RewriteMap> rewrite;
+  // [bcc] senders and recipients: the blind copies by envelope sender and by recipient;
+  // null = none.
+  std::shared_ptr<const policy::BccMap> bccSenders, bccRecipients;
   // [bounce_verification] enabled: the secrets of key_file and previous_key_files and the
   // key_number, read at load (so SIGHUP picks up a rotation, and a missing or short file
   // keeps the old snapshot); null when off.

@@ -1,0 +1,223 @@
+"""Blind copies for an archive ([bcc] always, senders, recipients; Postfix's always_bcc,
+sender_bcc_maps, recipient_bcc_maps): the real daemon on loopback adds the copies as it queues
+a message, with NOTIFY=NEVER on their RCPT to a next hop that offers DSN, by the envelope
+sender (+tag and case ignored, the most specific entry, never the null sender) and by each
+recipient, each address once and never beside itself as a recipient; a message the filters
+refuse gets none, a quarantined one keeps them for its release; the `accept` line names them
+in `bcc`; `moat check` refuses a bad file with FILE:LINE, and SIGHUP keeps the running one."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import MOAT_BIN, Moat, Sink, wait_for  # noqa: E402
+
+SENDERS = """# archive copies by sender
+ceo@sender.test      ceo-archive@archive.test
+@sender.test         sender-journal@archive.test
+@.corp.test          corp-sub@archive.test
+@.lab.corp.test      lab@archive.test
+"""
+RECIPIENTS = """legal@example.test   legal-archive@archive.test
+@partner.test        partner-archive@archive.test   # the whole domain
+"""
+RULES = "body BCC_QUARANTINE /QUARANTINE-ME/\nscore BCC_QUARANTINE 12\nbody BCC_REJECT /REJECT-ME/\nscore BCC_REJECT 20\n"
+JOURNAL = "journal@archive.test"
+
+
+class BccTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.sink = Sink(extensions=Sink.DEFAULT_EXTENSIONS + ("DSN",))
+        cls.moat = Moat(routes=[(None, f"smtp:127.0.0.1:{cls.sink.port}")],
+                        relay_domains=("example.test", "partner.test"),
+                        extra=f'\n[bcc]\nalways = "{JOURNAL}"\nsenders = "bcc-senders"\nrecipients = "bcc-recipients"\n'
+                              '\n[rules]\nfiles = ["bcc.cf"]\ntag = 5\nquarantine = 10\nreject = 15\n',
+                        start=False)
+        cls.senders = os.path.join(cls.moat.dir, "bcc-senders")
+        for name, text in (("bcc-senders", SENDERS), ("bcc-recipients", RECIPIENTS), ("bcc.cf", RULES)):
+            with open(os.path.join(cls.moat.dir, name), "w") as f:
+                f.write(text)
+        cls.moat.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.moat.cleanup()
+        cls.sink.stop()
+
+    def send(self, sender, rcpts, subject, body="body", rcpt_options=()):
+        """Sends one message: (code of DATA, queue id)."""
+        s = self.moat.smtp()
+        s.ehlo()
+        code, _ = s.mail(sender)
+        self.assertEqual(code, 250)
+        for r in rcpts:
+            code, _ = s.rcpt(r, list(rcpt_options))
+            self.assertEqual(code, 250)
+        code, reply = s.data(f"Subject: {subject}\r\nMessage-ID: <{subject}@client.test>\r\n\r\n{body}\r\n".encode())
+        s.quit()
+        return code, reply.decode().rsplit(" ", 1)[-1]
+
+    def delivered(self, subject, count):
+        """The addresses the sink took the message `subject` for, once it took `count` of them."""
+        def rcpts():
+            with self.sink.lock:
+                got = [r for m in self.sink.messages if f"Subject: {subject}\r\n".encode() in m["data"]
+                       for r in m["rcpts"]]
+            return got if len(got) >= count else None
+        return sorted(wait_for(rcpts, 30, what=f"{count} deliveries of {subject}"))
+
+    def rcpt_line(self, address):
+        return [c for c in self.sink.commands if c.startswith(f"RCPT TO:<{address}>")]
+
+    def test_always_bcc_copy_arrives_with_notify_never(self):
+        code, qid = self.send("someone@other.test", ["bob@example.test"], "always-bcc")
+        self.assertEqual(code, 250)
+        self.assertEqual(self.delivered("always-bcc", 2), ["bob@example.test", JOURNAL])
+        accept = self.moat.wait_log(event="accept", queue_id=qid)
+        self.assertEqual(accept["bcc"], [JOURNAL])
+        self.assertEqual(accept["to"], ["bob@example.test", JOURNAL])
+        # The copy's RCPT says NOTIFY=NEVER; it has no ORCPT of its own, so the next hop is
+        # given the address itself, as for every recipient without one (RFC 3461 §4.2).
+        self.assertIn(f"RCPT TO:<{JOURNAL}> NOTIFY=NEVER ORCPT=rfc822;{JOURNAL}", self.sink.commands)
+        # The recipient the client gave is not touched.
+        self.assertNotIn("NOTIFY", " ".join(self.rcpt_line("bob@example.test")))
+
+    def test_sender_map_most_specific_entry_with_tag_and_case(self):
+        code, qid = self.send("CEO+News@Sender.TEST", ["bob@example.test"], "sender-ceo")
+        self.assertEqual(code, 250)
+        self.assertEqual(self.delivered("sender-ceo", 3), ["bob@example.test", "ceo-archive@archive.test", JOURNAL])
+        self.assertEqual(self.moat.wait_log(event="accept", queue_id=qid)["bcc"], [JOURNAL, "ceo-archive@archive.test"])
+        self.assertEqual(set(self.rcpt_line("ceo-archive@archive.test")),
+                         {"RCPT TO:<ceo-archive@archive.test> NOTIFY=NEVER ORCPT=rfc822;ceo-archive@archive.test"})
+
+        code, qid = self.send("anyone@sender.test", ["bob@example.test"], "sender-domain")
+        self.assertEqual(self.moat.wait_log(event="accept", queue_id=qid)["bcc"], [JOURNAL, "sender-journal@archive.test"])
+        code, qid = self.send("x@pc1.lab.corp.test", ["bob@example.test"], "sender-longest")
+        self.assertEqual(self.moat.wait_log(event="accept", queue_id=qid)["bcc"], [JOURNAL, "lab@archive.test"])
+        code, qid = self.send("x@mail.corp.test", ["bob@example.test"], "sender-sub")
+        self.assertEqual(self.moat.wait_log(event="accept", queue_id=qid)["bcc"], [JOURNAL, "corp-sub@archive.test"])
+        code, qid = self.send("x@corp.test", ["bob@example.test"], "sender-parent")  # @.corp.test: subdomains only
+        self.assertEqual(self.moat.wait_log(event="accept", queue_id=qid)["bcc"], [JOURNAL])
+        self.assertEqual(self.delivered("sender-parent", 2), ["bob@example.test", JOURNAL])
+
+    def test_the_null_sender_matches_no_entry_but_gets_the_always_copy(self):
+        code, qid = self.send("", ["bob@example.test"], "null-sender")
+        self.assertEqual(code, 250)
+        self.assertEqual(self.moat.wait_log(event="accept", queue_id=qid)["bcc"], [JOURNAL])
+        self.assertEqual(self.delivered("null-sender", 2), ["bob@example.test", JOURNAL])
+
+    def test_recipient_map_adds_each_matching_recipients_copy_once(self):
+        code, qid = self.send("someone@other.test", ["Legal@example.test", "carol@partner.test", "dave@PARTNER.test"],
+                              "recipients-map")
+        self.assertEqual(code, 250)
+        accept = self.moat.wait_log(event="accept", queue_id=qid)
+        self.assertEqual(accept["bcc"], [JOURNAL, "legal-archive@archive.test", "partner-archive@archive.test"])
+        got = self.delivered("recipients-map", 6)
+        self.assertEqual(got, sorted(["Legal@example.test", "carol@partner.test", "dave@PARTNER.test", JOURNAL,
+                                      "legal-archive@archive.test", "partner-archive@archive.test"]))
+        self.assertEqual(set(self.rcpt_line("partner-archive@archive.test")),
+                         {"RCPT TO:<partner-archive@archive.test> NOTIFY=NEVER ORCPT=rfc822;partner-archive@archive.test"})
+
+    def test_no_duplicate_when_the_bcc_address_is_already_a_recipient(self):
+        # The same address by filters::recipientKey: the domain's case is folded (the local
+        # part's is not, RFC 5321 §2.4, so Journal@ would be another recipient).
+        code, qid = self.send("someone@other.test", ["bob@example.test", "journal@ARCHIVE.test"], "already-rcpt",
+                              rcpt_options=["NOTIFY=SUCCESS"])
+        self.assertEqual(code, 250)
+        accept = self.moat.wait_log(event="accept", queue_id=qid)
+        self.assertNotIn("bcc", accept)
+        self.assertEqual(accept["to"], ["bob@example.test", "journal@ARCHIVE.test"])
+        self.assertEqual(self.delivered("already-rcpt", 2), ["bob@example.test", "journal@ARCHIVE.test"])
+        # The recipient the client gave keeps its own NOTIFY.
+        self.assertIn("RCPT TO:<journal@ARCHIVE.test> NOTIFY=SUCCESS ORCPT=rfc822;journal@ARCHIVE.test",
+                      self.sink.commands)
+
+    def test_a_rejected_message_gets_no_copy_and_a_quarantined_one_keeps_them(self):
+        before = len(self.sink.messages)
+        s = self.moat.smtp()
+        s.ehlo()
+        s.mail("ceo@sender.test")
+        s.rcpt("bob@example.test")
+        code, _ = s.data(b"Subject: rejected-bcc\r\n\r\nREJECT-ME\r\n")
+        s.quit()
+        self.assertEqual(code, 550)
+        rej = self.moat.wait_log(event="reject", stage="data", verdict="reject")
+        self.assertNotIn("bcc", rej)
+        self.assertNotIn(JOURNAL, rej["to"])
+
+        code, qid = self.send("ceo@sender.test", ["bob@example.test"], "quarantined-bcc", body="QUARANTINE-ME")
+        self.assertEqual(code, 250)
+        accept = self.moat.wait_log(event="accept", queue_id=qid)
+        self.assertEqual(accept["verdict"], "quarantine")
+        self.assertEqual(accept["bcc"], [JOURNAL, "ceo-archive@archive.test"])
+        self.moat.cli("queue", "release", qid)
+        self.assertEqual(self.delivered("quarantined-bcc", 3),
+                         ["bob@example.test", "ceo-archive@archive.test", JOURNAL])
+        with self.sink.lock:
+            self.assertFalse([m for m in self.sink.messages[before:] if b"Subject: rejected-bcc" in m["data"]])
+
+    def test_sighup_rereads_the_file_and_keeps_the_running_one_when_broken(self):
+        try:
+            ev = self.moat.reload_with(self.senders, SENDERS + "bad-key archive@archive.test\n"
+                                       "ceo@sender.test twice@archive.test\n", ok=False)
+            errors = "\n".join(ev["errors"])
+            self.assertIn(self.senders + ":6:", errors)
+            self.assertIn(self.senders + ":7:", errors)
+            code, qid = self.send("ceo@sender.test", ["bob@example.test"], "after-bad-reload")
+            self.assertEqual(self.moat.wait_log(event="accept", queue_id=qid)["bcc"],
+                             [JOURNAL, "ceo-archive@archive.test"])
+            self.moat.reload_with(self.senders, "ceo@sender.test new-ceo-archive@archive.test\n")
+            code, qid = self.send("ceo@sender.test", ["bob@example.test"], "after-good-reload")
+            self.assertEqual(self.moat.wait_log(event="accept", queue_id=qid)["bcc"],
+                             [JOURNAL, "new-ceo-archive@archive.test"])
+        finally:
+            self.moat.reload_with(self.senders, SENDERS)
+
+
+class BccCheckTest(unittest.TestCase):
+    def check(self, bcc, files):
+        d = tempfile.mkdtemp(prefix="moat-bcc-check-")
+        self.addCleanup(shutil.rmtree, d, True)
+        for name, text in files.items():
+            with open(os.path.join(d, name), "w") as f:
+                f.write(text)
+        path = os.path.join(d, "moat.toml")
+        with open(path, "w") as f:
+            f.write('[server]\nhostname = "mx.test"\nspool_dir = "spool"\nlog_file = "moat.log"\n'
+                    '[[listener]]\naddress = "127.0.0.1:0"\n[relay]\ndomains = ["example.test"]\n'
+                    '[[route]]\nto = ["maildir:mail"]\n' + bcc)
+        return d, subprocess.run([MOAT_BIN, "check", "-c", path], capture_output=True, text=True, timeout=60)
+
+    def test_check_accepts_good_files(self):
+        _, r = self.check('[bcc]\nalways = "j@archive.test"\nsenders = "s"\nrecipients = "r"\n',
+                          {"s": SENDERS, "r": RECIPIENTS})
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_check_refuses_bad_lines_with_file_and_line(self):
+        d, r = self.check('[bcc]\nsenders = "s"\nrecipients = "r"\n',
+                          {"s": "ok@sender.test a@archive.test\nnot-a-key a@archive.test\n",
+                           "r": "@example.test\n@partner.test x@archive.test\n@PARTNER.test y@archive.test\n"
+                                "u@example.test @archive.test\n"})
+        self.assertEqual(r.returncode, 1)
+        s, rc = os.path.join(d, "s"), os.path.join(d, "r")
+        self.assertIn(f'{s}:2: "not-a-key" is not an address, @domain or @.domain', r.stderr)
+        self.assertIn(f'{rc}:1: expected "KEY BCC-ADDRESS"', r.stderr)
+        self.assertIn(f'{rc}:3: "@PARTNER.test" is already given at line 2', r.stderr)
+        self.assertIn(f'{rc}:4: "@archive.test" is not an address', r.stderr)
+        self.assertNotIn(f"{s}:1:", r.stderr)
+
+    def test_check_refuses_an_always_that_is_not_an_address_and_a_missing_file(self):
+        d, r = self.check('[bcc]\nalways = "@archive.test"\nsenders = "missing"\n', {})
+        self.assertEqual(r.returncode, 1)
+        toml = os.path.join(d, "moat.toml")
+        self.assertIn(f'{toml}:12: bcc.always: "@archive.test" is not an address', r.stderr)
+        self.assertIn("bcc.senders", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
