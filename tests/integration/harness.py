@@ -521,6 +521,12 @@ max_lifetime = "{max_lifetime}"
         return wait_for(check, timeout, what=f"log {match} x{count}")[-1] if count == 1 else \
             wait_for(check, timeout, what=f"log {match} x{count}")
 
+    def write_files(self, files):
+        """Writes each {name: text} into the instance's directory (policy files the config names)."""
+        for name, text in files.items():
+            with open(os.path.join(self.dir, name), "w") as f:
+                f.write(text)
+
     def smtp(self, **kw):
         import smtplib
         return smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test", timeout=30, **kw)

@@ -36,9 +36,7 @@ class AliasTest(unittest.TestCase):
                         relay_extra='recipients = "recipients"\naliases = "aliases"',
                         extra="\n[limits]\nmax_recipients = 3\n", start=False)
         cls.table = os.path.join(cls.moat.dir, "aliases")
-        for name, text in (("recipients", RECIPIENTS), ("aliases", ALIASES)):
-            with open(os.path.join(cls.moat.dir, name), "w") as f:
-                f.write(text)
+        cls.moat.write_files({"recipients": RECIPIENTS, "aliases": ALIASES})
         cls.moat.start()
 
     @classmethod

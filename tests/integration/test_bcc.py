@@ -39,9 +39,7 @@ class BccTest(unittest.TestCase):
                               '\n[rules]\nfiles = ["bcc.cf"]\ntag = 5\nquarantine = 10\nreject = 15\n',
                         start=False)
         cls.senders = os.path.join(cls.moat.dir, "bcc-senders")
-        for name, text in (("bcc-senders", SENDERS), ("bcc-recipients", RECIPIENTS), ("bcc.cf", RULES)):
-            with open(os.path.join(cls.moat.dir, name), "w") as f:
-                f.write(text)
+        cls.moat.write_files({"bcc-senders": SENDERS, "bcc-recipients": RECIPIENTS, "bcc.cf": RULES})
         cls.moat.start()
 
     @classmethod
