@@ -12,13 +12,10 @@ std::string AddressList::entryProblem(std::string_view entry) {
 }
 
 void AddressList::insert(std::string_view entry) {
-  std::string lower = lowerAscii(entry);
-  if (lower.front() != '@')
-    addresses_.insert(std::move(lower));
-  else if (lower[1] == '.')
-    subdomainsOf_.insert(lower.substr(2));
-  else
-    domains_.insert(lower.substr(1));
+  EntryKind kind = entry.front() != '@' ? EntryKind::Address
+                   : entry[1] == '.'    ? EntryKind::Subdomains
+                                        : EntryKind::Domain;
+  table_.insert(entry, kind, true);
 }
 
 std::shared_ptr<const AddressList> AddressList::load(const std::string& path, std::string_view what, Errors& errors) {
@@ -42,18 +39,6 @@ std::shared_ptr<const AddressList> AddressList::fromEntries(const std::vector<st
   return list;
 }
 
-bool AddressList::contains(std::string_view address) const {
-  size_t at = address.rfind('@');
-  if (at == std::string_view::npos || at == 0) return false;
-  std::string lower = lowerAscii(address);
-  if (addresses_.count(lower)) return true;
-  std::string user = withoutSubaddress(lower);
-  if (!user.empty() && addresses_.count(user)) return true;
-  std::string_view domain = std::string_view(lower).substr(at + 1);
-  if (domains_.count(std::string(domain))) return true;
-  for (size_t dot = domain.find('.'); dot != std::string_view::npos; dot = domain.find('.', dot + 1))
-    if (subdomainsOf_.count(std::string(domain.substr(dot + 1)))) return true;
-  return false;
-}
+bool AddressList::contains(std::string_view address) const { return static_cast<bool>(table_.find(address)); }
 
 }  // namespace moat::policy

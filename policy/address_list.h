@@ -11,9 +11,9 @@
 #include <memory>
 #include <string>
 #include <string_view>
-#include <unordered_set>
 #include <vector>
 
+#include "policy/address_table.h"
 #include "policy/errors.h"
 
 namespace moat::policy {
@@ -32,16 +32,14 @@ class AddressList {
   // Whether `address` is listed, by itself, its user without "+tag", or its domain. The
   // null sender ("") never is.
   bool contains(std::string_view address) const;
-  size_t size() const { return addresses_.size() + domains_.size() + subdomainsOf_.size(); }
+  size_t size() const { return table_.size(); }
   const std::string& path() const { return path_; }
 
  private:
   void insert(std::string_view entry);
 
   std::string path_;
-  std::unordered_set<std::string> addresses_;     // lower-case "user@domain"
-  std::unordered_set<std::string> domains_;       // "domain": every address of it
-  std::unordered_set<std::string> subdomainsOf_;  // "domain": every address of its subdomains
+  AddressTable<bool> table_;
 };
 
 }  // namespace moat::policy

@@ -1,6 +1,8 @@
 // policy/bcc_map.cc — see bcc_map.h.
 #include "policy/bcc_map.h"
 
+#include <unordered_map>
+
 #include "policy/list_file.h"
 
 namespace moat::policy {
@@ -22,32 +24,16 @@ std::shared_ptr<const BccMap> BccMap::load(const std::string& path, std::string_
     std::string key = lowerAscii(f[0]);
     if (auto it = lines.find(key); it != lines.end())
       return bad("\"" + std::string(f[0]) + "\" is already given at line " + std::to_string(it->second));
-    lines.emplace(key, line);
-    std::string bcc(f[1]);
-    if (kind == EntryKind::Address)
-      m->addresses_.emplace(std::move(key), std::move(bcc));
-    else if (kind == EntryKind::Domain)
-      m->domains_.emplace(key.substr(1), std::move(bcc));
-    else
-      m->subdomainsOf_.emplace(key.substr(2), std::move(bcc));
+    lines.emplace(std::move(key), line);
+    m->table_.insert(f[0], kind, std::string(f[1]));
     return true;
   });
   return ok ? m : nullptr;
 }
 
 std::string BccMap::find(std::string_view address) const {
-  size_t at = address.rfind('@');
-  if (at == std::string_view::npos || at == 0 || at + 1 == address.size()) return "";
-  std::string lower = lowerAscii(address);
-  if (auto it = addresses_.find(lower); it != addresses_.end()) return it->second;
-  if (std::string user = withoutSubaddress(lower); !user.empty())
-    if (auto it = addresses_.find(user); it != addresses_.end()) return it->second;
-  std::string_view domain = std::string_view(lower).substr(at + 1);
-  if (auto it = domains_.find(std::string(domain)); it != domains_.end()) return it->second;
-  // The longest suffix first: @.lab.example.test before @.example.test.
-  for (size_t dot = domain.find('.'); dot != std::string_view::npos; dot = domain.find('.', dot + 1))
-    if (auto it = subdomainsOf_.find(std::string(domain.substr(dot + 1))); it != subdomainsOf_.end()) return it->second;
-  return "";
+  auto m = table_.find(address);
+  return m ? *m.value : std::string();
 }
 
 }  // namespace moat::policy

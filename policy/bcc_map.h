@@ -18,8 +18,8 @@
 #include <memory>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 
+#include "policy/address_table.h"
 #include "policy/errors.h"
 
 namespace moat::policy {
@@ -33,14 +33,12 @@ class BccMap {
   // The BCC address for `address` as the file writes it, or "" when no entry matches.
   std::string find(std::string_view address) const;
 
-  size_t size() const { return addresses_.size() + domains_.size() + subdomainsOf_.size(); }
+  size_t size() const { return table_.size(); }
   const std::string& path() const { return path_; }
 
  private:
   std::string path_;
-  std::unordered_map<std::string, std::string> addresses_;     // lower-case "user@domain"
-  std::unordered_map<std::string, std::string> domains_;       // "domain": every address of it
-  std::unordered_map<std::string, std::string> subdomainsOf_;  // "domain": every address of its subdomains
+  AddressTable<std::string> table_;  // KEY -> BCC-ADDRESS as written
 };
 
 }  // namespace moat::policy

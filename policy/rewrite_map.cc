@@ -1,6 +1,8 @@
 // policy/rewrite_map.cc — see rewrite_map.h.
 #include "policy/rewrite_map.h"
 
+#include <unordered_map>
+
 #include "policy/list_file.h"
 
 namespace moat::policy {
@@ -45,16 +47,11 @@ std::shared_ptr<const RewriteMap> RewriteMap::load(const std::string& path, Erro
                    std::to_string(it->second) + ": mark all but one of its lines outbound-only");
     outLines.emplace(keyIn, line);
     if (!outboundOnly) inLines.emplace(keyEx, line);
-    auto put = [](Side& side, EntryKind kind, const std::string& key, std::string_view value) {
-      if (kind == EntryKind::Address)
-        side.addresses.emplace(key, value);
-      else if (kind == EntryKind::Domain)
-        side.domains.emplace(key.substr(1), value.substr(1));
-      else
-        side.subdomainsOf.emplace(key.substr(2), value.substr(1));
+    auto put = [](Side& side, EntryKind kind, std::string_view key, std::string_view value) {
+      side.insert(key, kind, std::string(kind == EntryKind::Address ? value : value.substr(1)));
     };
-    put(m->out_, ki, keyIn, external);
-    if (!outboundOnly) put(m->in_, ke, keyEx, internal);
+    put(m->out_, ki, internal, external);
+    if (!outboundOnly) put(m->in_, ke, external, internal);
     ++m->entries_;
     if (inspect) inspect(line, internal, external, outboundOnly);
     return true;
@@ -63,25 +60,21 @@ std::shared_ptr<const RewriteMap> RewriteMap::load(const std::string& path, Erro
 }
 
 std::string RewriteMap::rewrite(const Side& side, std::string_view address) {
+  auto m = side.find(address);
+  if (!m) return "";
+  const std::string& to = *m.value;
   size_t at = address.rfind('@');
-  if (at == std::string_view::npos || at == 0 || at + 1 == address.size()) return "";
-  std::string lower = lowerAscii(address);
-  if (auto it = side.addresses.find(lower); it != side.addresses.end()) return it->second;
-  // "user+tag@": user@'s entry, the tag kept after the new local part.
-  if (std::string user = withoutSubaddress(lower); !user.empty())
-    if (auto it = side.addresses.find(user); it != side.addresses.end()) {
+  switch (m.by) {
+    case Side::By::Address: return to;
+    case Side::By::User: {  // "user+tag@": user@'s entry, the tag kept after the new local part
       size_t plus = address.find('+');
-      size_t newAt = it->second.rfind('@');
-      return it->second.substr(0, newAt) + std::string(address.substr(plus, at - plus)) + it->second.substr(newAt);
+      size_t newAt = to.rfind('@');
+      return to.substr(0, newAt) + std::string(address.substr(plus, at - plus)) + to.substr(newAt);
     }
-  std::string_view domain = std::string_view(lower).substr(at + 1);
-  std::string keep(address.substr(0, at + 1));  // the local part as written, and the '@'
-  if (auto it = side.domains.find(std::string(domain)); it != side.domains.end()) return keep + it->second;
-  // The longest suffix first: @.lab.corp.internal before @.corp.internal.
-  for (size_t dot = domain.find('.'); dot != std::string_view::npos; dot = domain.find('.', dot + 1))
-    if (auto it = side.subdomainsOf.find(std::string(domain.substr(dot + 1))); it != side.subdomainsOf.end())
-      return keep + it->second;
-  return "";
+    case Side::By::Domain:
+    case Side::By::Subdomain: break;
+  }
+  return std::string(address.substr(0, at + 1)) + to;  // the local part as written, and the '@'
 }
 
 std::string RewriteMap::outbound(std::string_view address) const { return rewrite(out_, address); }

@@ -22,8 +22,8 @@
 #include <memory>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 
+#include "policy/address_table.h"
 #include "policy/errors.h"
 
 namespace moat::policy {
@@ -47,12 +47,9 @@ class RewriteMap {
   const std::string& path() const { return path_; }
 
  private:
-  struct Side {
-    // Lower-case keys; the values as the file writes them: an address, or a domain.
-    std::unordered_map<std::string, std::string> addresses;     // "user@domain" -> "new@domain"
-    std::unordered_map<std::string, std::string> domains;       // "domain" -> "new.domain"
-    std::unordered_map<std::string, std::string> subdomainsOf;  // "domain" -> "new.domain"
-  };
+  // The values as the file writes them: an address for an address, a domain (without its
+  // '@') for @domain and @.domain.
+  using Side = AddressTable<std::string>;
   static std::string rewrite(const Side& side, std::string_view address);
 
   std::string path_;
