@@ -7,10 +7,12 @@
 #include "filters/dkim/dkim.h"
 #include "filters/dmarc/dmarc.h"
 #include "filters/dnsbl/dnsbl.h"
+#include "filters/helo/helo.h"
 #include "filters/milter/milter.h"
 #include "filters/mime/mime_filter.h"
 #include "filters/rewrite/address_rewrite.h"
 #include "filters/rules/rules_filter.h"
+#include "filters/sender_domain/sender_domain.h"
 #include "filters/spf/spf.h"
 #include "filters/uribl/uribl.h"
 #include "mta/runtime/log.h"
@@ -150,6 +152,8 @@ std::shared_ptr<const Pipeline> Pipeline::build(const policy::Config& config, po
     if (f) filters.push_back(std::move(f));
   };
   add(dnsbl::makeDnsblFilter(config, errors));          // mail: a listed client goes first
+  add(helo::makeHeloFilter(config, errors));            // mail
+  add(sender_domain::makeSenderDomainFilter(config, errors));  // mail
   add(spf::makeSpfFilter(config, errors));              // mail
   size_t mimeAt = filters.size();                       // data: first, the others read ctx->mime
   add(dkim::makeDkimVerifyFilter(config, errors));      // data

@@ -45,8 +45,8 @@ std::string dirOf(const std::string& path) {
 }
 
 // Sections read by parts of Moat other than this file; anything else at the top is a typo.
-const std::set<std::string> kOtherSections = {"spf",       "dkim",  "arc",  "dmarc",       "dnsbl", "uribl",
-                                              "antivirus", "rules", "mime", "attachments", "milter"};
+const std::set<std::string> kOtherSections = {"spf",  "dkim",      "arc",   "dmarc", "dnsbl",       "uribl",
+                                              "helo", "antivirus", "rules", "mime",  "attachments", "milter"};
 
 std::string defaultHostname() {
   char buf[256] = {0};
@@ -761,6 +761,7 @@ void readBounceVerification(Config& c, Section s) {
 void readSenders(Config& c, Section s) {
   c.blockedSenders = s.getPath("block", "");
   c.blockedSendersLine = s.lineOf("block");
+  c.rejectUnknownSenderDomain = s.getBool("reject_unknown_domain", false);
   s.rejectUnknownKeys();
 }
 

@@ -136,6 +136,9 @@ struct Config {
   std::vector<std::string> stripInbound{"x-moat-*", "x-spam-*"};
   std::string blockedSenders;  // [senders] block: refused at MAIL (policy/address_list.h); absolute, or empty
   int blockedSendersLine = 0;
+  // [senders] reject_unknown_domain: a sender domain without MX, A or AAAA records is refused at
+  // MAIL (filters/sender_domain).
+  bool rejectUnknownSenderDomain = false;
   std::string relayAliases;  // aliases and lists file (policy/aliases.h); absolute, or empty
   int relayAliasesLine = 0;
   // Recipient verification (mta/server/recipient_verifier.h, Postfix's

@@ -80,7 +80,7 @@ int runScan(const ScanOptions& opts) {
   auto ctx = std::make_shared<filters::MessageContext>();
   ctx->sessionId = "scan";
   ctx->clientIp = *ip;
-  ctx->helo = opts.helo;
+  ctx->helo = opts.helo.empty() ? ip->literal() : opts.helo;
   ctx->mailFrom = opts.mailFrom;
   ctx->fromRelayNetwork = cfg.isRelayClient(*ip);
   const int64_t today = policy::batv::dayNumber(wallClockMs() / 1000);

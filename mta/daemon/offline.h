@@ -12,7 +12,9 @@ namespace moat::mta::daemon {
 struct ScanOptions {
   std::string config;
   std::string clientIp = "192.0.2.1";  // RFC 5737, outside any relay network: the inbound path
-  std::string helo = "localhost";
+  // "": the client address's literal ("[192.0.2.1]"), as a client without a name says (RFC 5321
+  // §4.1.4): it passes [helo]'s checks, which a name like "localhost" would not.
+  std::string helo;
   std::string mailFrom;
   std::vector<std::string> rcpts;
   std::string messageFile;
