@@ -14,6 +14,7 @@
 #include "mta/daemon/greylist_store.h"
 #include "mta/daemon/metrics_http.h"
 #include "mta/daemon/queue_manager.h"
+#include "mta/daemon/rate_limit_store.h"
 #include "mta/dns/cares_resolver.h"
 #include "mta/runtime/log.h"
 #include "mta/runtime/uv.h"
@@ -135,6 +136,11 @@ int serve(const std::string& configPath) {
   GreylistStore greylist(loop.get(), smtp.greylist(), cfg.spoolDir + "/greylist.state");
   greylist.load();
   greylist.start();
+  // [rate_limits]: the counts as the last run left them, the same way (while every limit is
+  // off nothing is counted, so nothing is written).
+  RateLimitStore rateLimits(loop.get(), smtp.rateCounters(), cfg.spoolDir + "/rate_limit.state");
+  rateLimits.load(cfg.rateWindow.count());
+  rateLimits.start();
   smtp.onDmarcEvaluated([&qm](const filters::MessageContext& ctx) { qm.dmarcEvaluated(ctx); });
   if (!smtp.start(snap, error)) {
     std::fprintf(stderr, "moat: %s\n", error.c_str());
@@ -177,17 +183,19 @@ int serve(const std::string& configPath) {
         .add("deliveries", static_cast<uint64_t>(qm.inFlight()));
     smtp.drain([&] {
       greylist.stop([&] {
-        qm.drain([&] {
-          control.stop();
-          metrics.stop();
-          server::metrics().spoolFreeBytes = nullptr;  // they name objects of this scope
-          server::metrics().spoolMinFreeBytes = nullptr;
-          server::metrics().dnsStats = nullptr;
-          log::info("stop");
-          sigterm.reset();
-          sigint.reset();
-          sighup.reset();
-          uv_stop(loop.get());
+        rateLimits.stop([&] {
+          qm.drain([&] {
+            control.stop();
+            metrics.stop();
+            server::metrics().spoolFreeBytes = nullptr;  // they name objects of this scope
+            server::metrics().spoolMinFreeBytes = nullptr;
+            server::metrics().dnsStats = nullptr;
+            log::info("stop");
+            sigterm.reset();
+            sigint.reset();
+            sighup.reset();
+            uv_stop(loop.get());
+          });
         });
       });
     });

@@ -1,8 +1,6 @@
 // mta/daemon/greylist_store.cc — see greylist_store.h.
 #include "mta/daemon/greylist_store.h"
 
-#include <chrono>
-#include <fstream>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -28,19 +26,14 @@ GreylistStore::GreylistStore(uv_loop_t* loop, server::Greylist& table, std::stri
 }
 
 void GreylistStore::load() {
-  const std::string& path = file_.path();
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return;  // none saved
-  std::string text(server::Greylist::kMaxStateBytes + 1, '\0');
-  in.read(text.data(), static_cast<std::streamsize>(text.size()));
-  text.resize(static_cast<size_t>(in.gcount()));
+  std::string text;
+  if (!file_.read(server::Greylist::kMaxStateBytes, text)) return;  // none saved
   std::vector<server::Greylist::Record> records;
   if (!server::Greylist::decode(text, records)) {
     log::warn("greylist_error")
-        .add("file", path)
-        .add("reason", text.size() > server::Greylist::kMaxStateBytes
-                           ? "saved table ignored: file too big"
-                           : "saved table ignored: not a file Moat wrote, or cut short");
+        .add("file", file_.path())
+        .add("reason",
+             std::string("saved table ignored: ") + StateFile::unreadable(text, server::Greylist::kMaxStateBytes));
     return;
   }
   table_.restore(records, wallClockMs());

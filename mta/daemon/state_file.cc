@@ -1,6 +1,7 @@
 // mta/daemon/state_file.cc — see state_file.h.
 #include "mta/daemon/state_file.h"
 
+#include <fstream>
 #include <utility>
 
 #include "mta/runtime/durable_file.h"
@@ -11,6 +12,19 @@ StateFile::StateFile(uv_loop_t* loop, std::string path, Snapshot snapshot, Faile
     : loop_(loop), path_(std::move(path)), snapshot_(std::move(snapshot)), failed_(std::move(failed)), timer_(loop) {}
 
 StateFile::~StateFile() { *alive_ = false; }
+
+bool StateFile::read(size_t maxBytes, std::string& text) const {
+  std::ifstream in(path_, std::ios::binary);
+  if (!in) return false;  // none saved
+  text.assign(maxBytes + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  return true;
+}
+
+const char* StateFile::unreadable(const std::string& text, size_t maxBytes) {
+  return text.size() > maxBytes ? "file too big" : "not a file Moat wrote, or cut short";
+}
 
 void StateFile::start(uint64_t everyMs) {
   if (timer_.active() && everyMs == everyMs_) return;

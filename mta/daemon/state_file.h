@@ -1,6 +1,6 @@
 // mta/daemon/state_file.h — one small file under SPOOL_DIR that keeps an in-memory table
-// across restarts (greylist.state, tlsrpt.state, dmarc_report.state), written the same way
-// for each of them.
+// across restarts (greylist.state, rate_limit.state, tlsrpt.state, dmarc_report.state),
+// written the same way for each of them.
 //
 // The owner supplies two functions: `snapshot`, on the loop, copies the contents (bounded by
 // the owner's own caps) and returns the encoder, which runs on the thread pool and gives the
@@ -14,8 +14,9 @@
 // dirty: the next checkpoint tries again. A crash loses at most the changes since the last
 // write that succeeded.
 //
-// Untrusted input: none (the owner reads the file back and checks it). Logs: nothing itself;
-// the owner's `failed` logs (greylist_error, tlsrpt_error, dmarc_report_error).
+// Untrusted input: none (the owner reads the file back, through read(), bounded, and checks
+// it). Logs: nothing itself; the owner's `failed` logs (greylist_error, rate_limit_error,
+// tlsrpt_error, dmarc_report_error).
 #pragma once
 #include <uv.h>
 
@@ -43,8 +44,14 @@ class StateFile {
 
   const std::string& path() const { return path_; }
 
-  // The owner's own "changed" flag, when it keeps one (the greylist table does, cleared by
-  // its snapshot): the contents are dirty when it says so too.
+  // The file as saved, at most `maxBytes` + 1 bytes of it (so that a bigger one is told
+  // apart); blocking: start-up only. False when there is none.
+  bool read(size_t maxBytes, std::string& text) const;
+  // Why `text`, which read() gave, is not the owner's: too big, or anything else.
+  static const char* unreadable(const std::string& text, size_t maxBytes);
+
+  // The owner's own "changed" flag, when it keeps one (the greylist table and the rate
+  // counters do, cleared by their snapshot): the contents are dirty when it says so too.
   void setChanged(std::function<bool()> changed) { changed_ = std::move(changed); }
   void markDirty() { dirty_ = true; }
   // What changed is not to be written (the table was dropped).

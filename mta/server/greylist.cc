@@ -2,9 +2,10 @@
 #include "mta/server/greylist.h"
 
 #include <algorithm>
-#include <charconv>
 #include <cstring>
 #include <iterator>
+
+#include "mta/runtime/state_text.h"
 
 namespace moat::mta::server {
 
@@ -16,66 +17,6 @@ char asciiLower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A
 
 void appendLower(std::string& out, std::string_view s) {
   for (char c : s) out += asciiLower(c);
-}
-
-// Keys hold NULs (between their parts) and whatever a peer put in an address: bytes that
-// would end a field or a line are written as %XX.
-std::string escape(std::string_view s) {
-  static const char* kHex = "0123456789ABCDEF";
-  std::string out;
-  out.reserve(s.size());
-  for (char ch : s) {
-    auto c = static_cast<unsigned char>(ch);
-    if (c <= 0x20 || c == 0x7F || c == '%') {
-      out += '%';
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    } else {
-      out += ch;
-    }
-  }
-  return out;
-}
-
-int hexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-bool unescape(std::string_view s, std::string& out) {
-  out.clear();
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] != '%') {
-      out += s[i];
-      continue;
-    }
-    if (i + 2 >= s.size()) return false;
-    int hi = hexValue(s[i + 1]), lo = hexValue(s[i + 2]);
-    if (hi < 0 || lo < 0) return false;
-    out += static_cast<char>(hi * 16 + lo);
-    i += 2;
-  }
-  return true;
-}
-
-template <typename T>
-bool number(std::string_view s, T& v) {
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  return ec == std::errc() && p == s.data() + s.size();
-}
-
-// The fields of one line, split at single spaces.
-std::vector<std::string_view> fields(std::string_view line) {
-  std::vector<std::string_view> out;
-  size_t start = 0;
-  while (start <= line.size() && out.size() < 8) {
-    size_t sp = line.find(' ', start);
-    if (sp == std::string_view::npos) sp = line.size();
-    out.push_back(line.substr(start, sp - start));
-    start = sp + 1;
-  }
-  return out;
 }
 
 }  // namespace
@@ -238,55 +179,30 @@ void Greylist::restore(const std::vector<Record>& records, int64_t nowMs) {
 }
 
 std::string Greylist::encode(const std::vector<Record>& records) {
+  // Over the bound the entries touched least recently (the first ones) are left out.
   std::vector<std::string> lines;
   lines.reserve(records.size());
-  size_t total = kStateVersion.size() + 32;
-  for (const auto& r : records) {
+  for (const auto& r : records)
     lines.push_back(std::string(r.client ? "c " : "t ") + std::to_string(r.firstMs) + " " +
-                    std::to_string(r.expiresMs) + " " + std::to_string(r.passes) + " " + escape(r.key) + "\n");
-    total += lines.back().size();
-  }
-  // Over the bound: the entries touched least recently (the first ones) are left out.
-  size_t skip = 0;
-  while (total > kMaxStateBytes && skip < lines.size()) total -= lines[skip++].size();
-  std::string out;
-  out.reserve(total);
-  out += kStateVersion;
-  out += '\n';
-  for (size_t i = skip; i < lines.size(); ++i) out += lines[i];
-  out += "end " + std::to_string(lines.size() - skip) + "\n";
-  return out;
+                    std::to_string(r.expiresMs) + " " + std::to_string(r.passes) + " " + state_text::escape(r.key) +
+                    "\n");
+  return state_text::frame(kStateVersion, lines, kMaxStateBytes);
 }
 
 bool Greylist::decode(std::string_view text, std::vector<Record>& records) {
+  using state_text::number;
   records.clear();
-  if (text.size() > kMaxStateBytes) return false;
-  size_t pos = 0;
-  auto nextLine = [&](std::string_view& line) {
-    if (pos >= text.size()) return false;
-    size_t nl = text.find('\n', pos);
-    if (nl == std::string_view::npos) return false;  // a last line without its end: cut short
-    line = text.substr(pos, nl - pos);
-    pos = nl + 1;
-    return true;
-  };
-  std::string_view line;
-  if (!nextLine(line) || line != kStateVersion) return false;
-  while (nextLine(line)) {
-    auto f = fields(line);
-    if (f.size() == 2 && f[0] == "end") {
-      size_t n = 0;
-      return number(f[1], n) && n == records.size() && pos == text.size();
-    }
+  return state_text::unframe(text, kStateVersion, kMaxStateBytes, [&](std::string_view line) {
+    auto f = state_text::fields(line);
     if (f.size() != 5 || (f[0] != "t" && f[0] != "c")) return false;
     Record r;
     r.client = f[0] == "c";
     if (!number(f[1], r.firstMs) || !number(f[2], r.expiresMs) || !number(f[3], r.passes)) return false;
-    if (!unescape(f[4], r.key) || r.key.empty() || r.key.size() > kMaxKeyBytes) return false;
+    if (!state_text::unescape(f[4], r.key) || r.key.empty() || r.key.size() > kMaxKeyBytes) return false;
     if (records.size() >= 2 * kDefaultMaxEntries) return false;
     records.push_back(std::move(r));
-  }
-  return false;  // no end line
+    return true;
+  });
 }
 
 }  // namespace moat::mta::server

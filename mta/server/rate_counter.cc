@@ -3,10 +3,18 @@
 
 #include <algorithm>
 #include <iterator>
+#include <utility>
+
+#include "mta/runtime/state_text.h"
 
 namespace moat::mta::server {
 
 namespace {
+
+constexpr std::string_view kStateVersion = "moat-ratelimit 1";
+// Any limit is below it (limits are `unsigned`): a bigger count from the file counts as
+// this, so the sums cannot overflow.
+constexpr uint64_t kMaxRestoredCount = uint64_t{1} << 32;
 
 int64_t bucketMs(int64_t windowMs) { return std::max<int64_t>(1, windowMs / RateCounter::kBuckets); }
 
@@ -71,18 +79,22 @@ void RateCounter::add(std::string_view key, int64_t nowMs, int64_t windowMs, uin
   prune(nowMs);
   Entry& e = *find(key, true);
   dropExpired(e, nowMs, windowMs);
-  int64_t end = bucketEnd(nowMs, windowMs);
-  if (!e.buckets.empty() && e.buckets.back().endMs >= end) {
-    e.buckets.back().count += n;  // the current bucket (or a longer one from before a reload)
-  } else {
-    e.buckets.push_back({end, n});
-    if (e.buckets.size() > kMaxBuckets) {
-      // Merged into the next: its events count a little longer, never shorter.
-      e.buckets[1].count += e.buckets[0].count;
-      e.buckets.erase(e.buckets.begin());
-    }
-  }
+  append(e.buckets, bucketEnd(nowMs, windowMs), n);
   touch(e, windowMs);
+  dirty_ = true;
+}
+
+void RateCounter::append(std::vector<Bucket>& buckets, int64_t endMs, uint64_t n) {
+  if (!buckets.empty() && buckets.back().endMs >= endMs) {
+    buckets.back().count += n;  // the current bucket (or a longer one from before a reload)
+    return;
+  }
+  buckets.push_back({endMs, n});
+  if (buckets.size() > kMaxBuckets) {
+    // Merged into the next: its events count a little longer, never shorter.
+    buckets[1].count += buckets[0].count;
+    buckets.erase(buckets.begin());
+  }
 }
 
 bool RateCounter::shouldLog(std::string_view key, int64_t nowMs, int64_t windowMs) {
@@ -92,6 +104,78 @@ bool RateCounter::shouldLog(std::string_view key, int64_t nowMs, int64_t windowM
   e.loggedUntilMs = nowMs + windowMs;
   touch(e, windowMs);
   return true;
+}
+
+std::vector<RateCounter::Record> RateCounter::records(int64_t nowMs, int64_t wallNowMs) {
+  prune(nowMs);
+  std::vector<Record> out;
+  out.reserve(lru_.size());
+  for (const auto& e : lru_) {
+    if (e.buckets.empty() || e.key.size() > kMaxKeyBytes) continue;  // a log mark only, or a key not saved
+    Record r{e.key, e.buckets};
+    for (auto& b : r.buckets) b.endMs = b.endMs - nowMs + wallNowMs;
+    out.push_back(std::move(r));
+  }
+  dirty_ = false;
+  return out;
+}
+
+void RateCounter::restore(const std::vector<Record>& records, int64_t nowMs, int64_t wallNowMs, int64_t windowMs) {
+  prune(nowMs);
+  const int64_t latest = bucketEnd(nowMs, windowMs);
+  // The most recent records first, as many as there is room for beside the counter's own.
+  std::vector<std::pair<const std::string*, std::vector<Bucket>>> kept;
+  for (auto r = records.rbegin(); r != records.rend() && index_.size() + kept.size() < maxKeys_; ++r) {
+    if (r->key.empty() || r->key.size() > kMaxKeyBytes || index_.count(r->key)) continue;
+    std::vector<Bucket> buckets;
+    for (const auto& b : r->buckets) {
+      if (b.count == 0 || b.endMs <= wallNowMs - windowMs) continue;  // expired meanwhile
+      // Bounded in the wall clock first, so no time from the file overflows the conversion.
+      const int64_t end = std::min(std::min(b.endMs, wallNowMs + windowMs) - wallNowMs + nowMs, latest);
+      append(buckets, end, std::min(b.count, kMaxRestoredCount));
+    }
+    if (!buckets.empty()) kept.emplace_back(&r->key, std::move(buckets));
+  }
+  for (auto k = kept.rbegin(); k != kept.rend(); ++k) {  // in the file's order: the stalest first
+    Entry& e = *find(*k->first, true);
+    e.buckets = std::move(k->second);
+    touch(e, windowMs);
+  }
+}
+
+std::string RateCounter::encode(const std::vector<std::vector<Record>>& counters) {
+  // Over the bound the first lines (the first counter's stalest keys) are left out.
+  std::vector<std::string> lines;
+  for (size_t i = 0; i < counters.size(); ++i) {
+    for (const auto& r : counters[i]) {
+      std::string line = std::to_string(i) + " " + state_text::escape(r.key);
+      for (const auto& b : r.buckets) line += " " + std::to_string(b.endMs) + " " + std::to_string(b.count);
+      lines.push_back(std::move(line) + "\n");
+    }
+  }
+  return state_text::frame(kStateVersion, lines, kMaxStateBytes);
+}
+
+bool RateCounter::decode(std::string_view text, size_t counters, std::vector<std::vector<Record>>& out) {
+  using state_text::number;
+  out.assign(counters, {});
+  return state_text::unframe(text, kStateVersion, kMaxStateBytes, [&](std::string_view line) {
+    // The counter, the key, then an end and a count per bucket: a line with more buckets
+    // than a key holds has an odd number of fields here, and is refused.
+    auto f = state_text::fields(line, 3 + 2 * kMaxBuckets);
+    size_t counter = 0;
+    if (f.size() < 4 || f.size() % 2 != 0 || !number(f[0], counter) || counter >= counters) return false;
+    if (out[counter].size() >= kDefaultMaxKeys) return false;
+    Record r;
+    if (!state_text::unescape(f[1], r.key) || r.key.empty() || r.key.size() > kMaxKeyBytes) return false;
+    for (size_t i = 2; i < f.size(); i += 2) {
+      Bucket b{};
+      if (!number(f[i], b.endMs) || !number(f[i + 1], b.count)) return false;
+      r.buckets.push_back(b);
+    }
+    out[counter].push_back(std::move(r));
+    return true;
+  });
 }
 
 }  // namespace moat::mta::server

@@ -68,7 +68,8 @@ struct ServerShared {
   std::deque<std::function<bool()>> cryptWaiting_;
 
   // [rate_limits]: what each limit has counted, for the whole process (every session, every
-  // snapshot: the counts outlive a reload, which applies its new limits to them).
+  // snapshot: the counts outlive a reload, which applies its new limits to them; saved to
+  // SPOOL_DIR/rate_limit.state by the daemon).
   RateCounter rateMessagesPerClient, rateRecipientsPerClient, rateMessagesPerSender;
   // [greylist]: the triplets and client networks, for the whole process (kept across a
   // reload; saved to SPOOL_DIR/greylist.state by the daemon).
@@ -110,6 +111,11 @@ class SmtpServer {
   std::string whyNoMail();
   // [greylist]'s table, which the daemon saves and restores.
   Greylist& greylist() { return shared_.greylist; }
+  // [rate_limits]' counters, in RateLimit's order (Metrics::kRateLimits), which the daemon
+  // saves and restores.
+  std::vector<RateCounter*> rateCounters() {
+    return {&shared_.rateMessagesPerClient, &shared_.rateRecipientsPerClient, &shared_.rateMessagesPerSender};
+  }
 
  private:
   void accept(size_t listener, std::shared_ptr<net::Connection> conn);

@@ -2,12 +2,16 @@
 for relay.networks clients (Postfix's anvil, Exchange's per-sender rate limit). Over a limit
 MAIL or RCPT gets 450 4.7.1 and the session goes on; the messages taken before are
 delivered; exempt_networks are never limited; one rate_limited line per key and window; a
-reload with a higher limit lets mail through again, the counts kept. The real daemon on
-loopback; clients are told apart by their source address in 127.0.0.0/8."""
+reload with a higher limit lets mail through again, the counts kept; the counts survive a
+graceful restart (SPOOL_DIR/rate_limit.state, wall-clock times), also one with every limit
+off and a reload that turns one on, but not past their window; a broken state file is logged
+and ignored. The real daemon on loopback; clients are told apart by their source address in
+127.0.0.0/8."""
 
 import os
 import smtplib
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -201,6 +205,131 @@ class RateLimitsReloadTest(unittest.TestCase):
         self.assertIn("(3 messages per 1h for 127.0.0.12)", text)
         c.close()
         self.assertEqual(delivered(moat, "rl@example.test", 3), 3)
+
+
+def state_lines(moat):
+    """The state file's record lines, as [counter, key, [(end_ms, count), ...]]."""
+    with open(os.path.join(moat.dir, "spool", "rate_limit.state")) as f:
+        lines = f.read().splitlines()
+    assert lines[0] == "moat-ratelimit 1" and lines[-1] == f"end {len(lines) - 2}", lines
+    out = []
+    for line in lines[1:-1]:
+        f = line.split(" ")
+        out.append([int(f[0]), f[1], [(int(f[i]), int(f[i + 1])) for i in range(2, len(f), 2)]])
+    return out
+
+
+class RateLimitsRestartTest(unittest.TestCase):
+    def test_the_counts_survive_a_graceful_restart(self):
+        moat = owned_moat(self, networks=[RELAY], extra=LIMITS)
+        c = Client(moat, "127.0.0.14")
+        for n in range(2):
+            self.assertEqual(c.send("a@sender.test", ["restart@example.test"], n)[1], 250)
+        self.assertEqual(c.send("a@sender.test", ["restart@example.test"], 2)[:2], ("mail", 450))
+        c.close()
+        c = Client(moat, "127.0.0.67")  # relay.networks: per sender
+        for n in range(2):
+            self.assertEqual(c.send("kept@corp.test", ["restart@example.test"], 10 + n)[1], 250)
+        c.close()
+        self.assertEqual(delivered(moat, "restart@example.test", 4), 4)
+        before = time.time() * 1000
+        moat.stop()
+        # Wall-clock times (ms since the epoch): each bucket ended at most a window ago and
+        # ends at most a bucket (1h/32) from now.
+        lines = state_lines(moat)
+        by_key = {(counter, key): buckets for counter, key, buckets in lines}
+        self.assertEqual(sum(n for _, n in by_key[(0, "127.0.0.14")]), 2)  # messages_per_client
+        self.assertEqual(sum(n for _, n in by_key[(2, "kept@corp.test")]), 2)  # messages_per_sender
+        for buckets in by_key.values():
+            for end, _ in buckets:
+                self.assertTrue(before - 3600_000 < end <= before + 3600_000 / 32 + 60_000, end)
+
+        moat.start()
+        # The limits still hold: the first MAIL of the new run is refused.
+        c = Client(moat, "127.0.0.14")
+        stage, code, text = c.send("a@sender.test", ["restart@example.test"], 3)
+        self.assertEqual((stage, code), ("mail", 450))
+        self.assertIn("(2 messages per 1h for 127.0.0.14)", text)
+        c.close()
+        c = Client(moat, "127.0.0.68")
+        self.assertEqual(c.send("Kept@corp.test", ["restart@example.test"], 12)[:2], ("mail", 450))
+        self.assertEqual(c.send("new@corp.test", ["restart@example.test"], 13)[1], 250)
+        c.close()
+        ev = moat.wait_log(event="rate_limited", key="127.0.0.14", since_start=True)
+        self.assertEqual(ev["count"], 2)
+        self.assertEqual(moat.find_logs(event="rate_limit_error"), [])
+
+    def test_the_counts_survive_a_start_with_the_limits_off_and_a_reload_that_turns_them_on(self):
+        moat = owned_moat(self, networks=[RELAY], extra=LIMITS)
+        c = Client(moat, "127.0.0.15")
+        for n in range(2):
+            self.assertEqual(c.send("a@sender.test", ["off@example.test"], n)[1], 250)
+        c.close()
+        moat.stop()
+        state = os.path.join(moat.dir, "spool", "rate_limit.state")
+        with open(state, "rb") as f:
+            saved = f.read()
+        with open(moat.config_path) as f:
+            on = f.read()
+        off = on
+        for key in ("messages_per_client", "recipients_per_client", "messages_per_sender"):
+            off = off.replace(f"\n{key} = ", f"\n{key} = 0\n# {key} = ")
+        self.assertNotEqual(off, on)
+        with open(moat.config_path, "w") as f:
+            f.write(off)
+        moat.start()
+        c = Client(moat, "127.0.0.16")  # off: nothing counted, nothing refused
+        for n in range(3):
+            self.assertEqual(c.send("a@sender.test", ["off@example.test"], 10 + n)[1], 250)
+        c.close()
+        moat.reload_with(moat.config_path, on)
+        c = Client(moat, "127.0.0.15")
+        self.assertEqual(c.send("a@sender.test", ["off@example.test"], 20)[:2], ("mail", 450))
+        c.close()
+        self.assertEqual(delivered(moat, "off@example.test", 5), 5)
+        moat.stop()
+        # Nothing was counted while off: the file the first run left was not rewritten then;
+        # the refusal after the reload counts nothing either.
+        with open(state, "rb") as f:
+            self.assertEqual(f.read(), saved)
+        self.assertEqual(moat.find_logs(event="rate_limit_error"), [])
+
+    def test_counts_whose_window_ended_while_stopped_are_not_carried_over(self):
+        window_s = 2
+        moat = owned_moat(self, networks=[RELAY], extra=LIMITS.replace('window = "1h"', f'window = "{window_s}s"'))
+        c = Client(moat, "127.0.0.17")
+        for n in range(2):
+            self.assertEqual(c.send("a@sender.test", ["expired@example.test"], n)[1], 250)
+        last = time.monotonic()
+        self.assertEqual(c.send("a@sender.test", ["expired@example.test"], 2)[:2], ("mail", 450))
+        c.close()
+        moat.stop()
+        # They were saved...
+        self.assertIn((0, "127.0.0.17"), [(counter, key) for counter, key, _ in state_lines(moat)])
+        # ...and are dropped as they are read once their window (and a bucket) is over.
+        time.sleep(max(0.0, last + window_s * (1 + 1 / 32) + 0.3 - time.monotonic()))
+        moat.start()
+        c = Client(moat, "127.0.0.17")
+        for n in range(2):
+            self.assertEqual(c.send("a@sender.test", ["expired@example.test"], 3 + n)[1], 250, n)
+        c.close()
+        self.assertEqual(delivered(moat, "expired@example.test", 4), 4)
+
+    def test_a_broken_state_file_is_logged_and_ignored(self):
+        moat = owned_moat(self, networks=[RELAY], extra=LIMITS, start=False)
+        os.makedirs(os.path.join(moat.dir, "spool"), exist_ok=True)
+        with open(os.path.join(moat.dir, "spool", "rate_limit.state"), "w") as f:
+            f.write("moat-ratelimit 1\n0 127.0.0.18 garbage\n")
+        moat.start()
+        ev = moat.wait_log(event="rate_limit_error")
+        self.assertEqual(ev["level"], "warn")
+        self.assertEqual(ev["reason"], "saved counts ignored: not a file Moat wrote, or cut short")
+        self.assertTrue(ev["file"].endswith("rate_limit.state"))
+        c = Client(moat, "127.0.0.18")  # the counts start empty
+        for n in range(2):
+            self.assertEqual(c.send("a@sender.test", ["broken@example.test"], n)[1], 250)
+        self.assertEqual(c.send("a@sender.test", ["broken@example.test"], 2)[:2], ("mail", 450))
+        c.close()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 // tests/mta/rate_counter_test.cc — mta/server/rate_counter ([rate_limits]): the sliding
 // window's edges (an event counts for at least the window and at most a bucket more), the
 // cap on keys (the stalest dropped), expired keys forgotten, one log mark per window, a
-// window changed by a reload, and client keys folding an IPv6 /64 into one. The clock is
-// the test's own.
+// window changed by a reload, client keys folding an IPv6 /64 into one, and the state file
+// (rate_limit.state): a round trip that keeps each count's age across clocks, what expired
+// meanwhile dropped, a wall clock gone back bounded by the window, damaged, truncated and
+// foreign text refused. The clocks are the test's own.
 #include "mta/server/rate_counter.h"
 
 #include <catch2/catch.hpp>
@@ -19,6 +21,9 @@ constexpr int64_t kHour = 3'600'000;
 constexpr int64_t kBucket = kHour / RateCounter::kBuckets;
 
 std::string key(const char* ip) { return moat::mta::clientKey(*IpAddress::parse(ip)); }
+
+// The end of the bucket an event at `t` (>= 0) is counted in.
+int64_t bucketEndOf(int64_t t) { return (t / kBucket + 1) * kBucket; }
 
 }  // namespace
 
@@ -140,4 +145,162 @@ TEST_CASE("rate counter client keys fold IPv6 to its /64", "[rate_counter]") {
   c.add(key("192.0.2.1"), 3, kHour);
   CHECK(c.count(key("::ffff:192.0.2.1"), 4, kHour) == 1);
   CHECK(c.count(key("192.0.2.2"), 4, kHour) == 0);
+}
+
+namespace {
+
+constexpr int64_t kWall = 1'760'000'000'000;  // the wall clock at the save (ms since the epoch)
+
+// Three counters' records as the state file holds them, saved at monotonic `now`.
+std::vector<std::vector<RateCounter::Record>> saved(RateCounter& a, RateCounter& b, RateCounter& c, int64_t now) {
+  return {a.records(now, kWall), b.records(now, kWall), c.records(now, kWall)};
+}
+
+}  // namespace
+
+TEST_CASE("rate counter state file round trip keeps the counts and their age", "[rate_counter]") {
+  // The first run's monotonic clock is far from the next one's, and from the wall clock:
+  // only the age of each count crosses the restart.
+  RateCounter a, b, c;
+  const int64_t t0 = 5 * kHour;
+  a.add("192.0.2.1", t0, kHour, 3);
+  a.add("a b%\n@odd", t0 + 10 * 60'000, kHour);  // bytes that must be escaped
+  c.add("alice", t0 + 20 * 60'000, kHour, 2);
+  b.shouldLog("only-logged", t0, kHour);  // a log mark without counts is not saved
+  CHECK(a.dirty());
+  CHECK_FALSE(b.dirty());
+  const int64_t save = t0 + 30 * 60'000;
+  auto recs = saved(a, b, c, save);
+  CHECK_FALSE(a.dirty());
+  CHECK_FALSE(c.dirty());
+  REQUIRE(recs[0].size() == 2);
+  CHECK(recs[1].empty());
+  REQUIRE(recs[2].size() == 1);
+  CHECK(recs[0][0].buckets.front().endMs == bucketEndOf(t0) - save + kWall);  // wall-clock times
+  std::string text = RateCounter::encode(recs);
+
+  std::vector<std::vector<RateCounter::Record>> back;
+  REQUIRE(RateCounter::decode(text, 3, back));
+  REQUIRE(back.size() == 3);
+  CHECK(back[0].size() == 2);
+  CHECK(back[0][1].key == "a b%\n@odd");
+  // Restarted 5 minutes later (wall clock), with a monotonic clock that starts near 0.
+  const int64_t now = 1000, wallNow = kWall + 5 * 60'000;
+  RateCounter a2, c2;
+  a2.restore(back[0], now, wallNow, kHour);
+  c2.restore(back[2], now, wallNow, kHour);
+  CHECK_FALSE(a2.dirty());
+  CHECK(a2.count("192.0.2.1", now, kHour) == 3);
+  CHECK(a2.count("a b%\n@odd", now, kHour) == 1);
+  CHECK(c2.count("alice", now, kHour) == 2);
+  // The 3 events from t0 (35 minutes before the restart) expire 25 minutes after it, to
+  // within a bucket, as they would have without the restart.
+  const int64_t left = kHour - 35 * 60'000;
+  CHECK(a2.count("192.0.2.1", now + left - kBucket - 1, kHour) == 3);
+  CHECK(a2.count("192.0.2.1", now + left + kBucket, kHour) == 0);
+  CHECK(c2.count("alice", now + left + kBucket, kHour) == 2);  // 20 minutes younger
+}
+
+TEST_CASE("rate counter restore drops what expired while stopped", "[rate_counter]") {
+  RateCounter a;
+  a.add("old", 0, kHour);
+  a.add("young", 50 * 60'000, kHour);
+  auto recs = a.records(55 * 60'000, kWall);
+  RateCounter r;
+  // Restarted 30 minutes later: "old" (from 85 minutes before) is gone, "young" is not.
+  r.restore(recs, 7, kWall + 30 * 60'000, kHour);
+  CHECK(r.keys() == 1);
+  CHECK(r.count("old", 7, kHour) == 0);
+  CHECK(r.count("young", 7, kHour) == 1);
+  // A day later nothing is left; a shorter window in the new config drops more.
+  RateCounter later;
+  later.restore(recs, 7, kWall + 24 * kHour, kHour);
+  CHECK(later.keys() == 0);
+  RateCounter shorter;
+  shorter.restore(recs, 7, kWall, 4 * 60'000);
+  CHECK(shorter.count("young", 7, 4 * 60'000) == 0);
+}
+
+TEST_CASE("rate counter restore bounds counts from a wall clock that went back", "[rate_counter]") {
+  // Saved with the wall clock a day ahead (then set right), or a file from the future: the
+  // counts count as of the restart, never longer than a window and a bucket from it.
+  RateCounter a;
+  a.add("k", 0, kHour, 4);
+  auto recs = a.records(0, kWall + 24 * kHour);
+  RateCounter r;
+  r.restore(recs, 0, kWall, kHour);
+  CHECK(r.count("k", kHour - 1, kHour) == 4);
+  CHECK(r.count("k", kHour + kBucket, kHour) == 0);
+  CHECK(r.keys() == 0);
+  // Times at the ends of int64 neither overflow nor live on.
+  std::vector<RateCounter::Record> wild{{"max", {{INT64_MAX, 2}}}, {"min", {{INT64_MIN, 2}}}};
+  RateCounter w;
+  w.restore(wild, 100, kWall, kHour);
+  CHECK(w.count("max", 100, kHour) == 2);
+  CHECK(w.count("min", 100, kHour) == 0);
+  CHECK(w.count("max", 100 + kHour + kBucket, kHour) == 0);
+}
+
+TEST_CASE("rate counter restore keeps the counter's own keys and its cap", "[rate_counter]") {
+  RateCounter a;
+  for (int i = 0; i < 5; ++i) a.add("k" + std::to_string(i), i, kHour, 10);
+  auto recs = a.records(10, kWall);
+  RateCounter r(3);
+  r.add("k4", 10, kHour);  // counted since the start: its own count stands
+  r.restore(recs, 10, kWall, kHour);
+  CHECK(r.keys() == 3);
+  CHECK(r.count("k4", 10, kHour) == 1);
+  CHECK(r.count("k3", 10, kHour) == 10);  // the most recent of the file's
+  CHECK(r.count("k0", 10, kHour) == 0);   // the stalest dropped at the cap
+  // A count bigger than any limit stays over it, without overflowing the sum.
+  std::vector<RateCounter::Record> huge{{"h", {{kWall + 1, UINT64_MAX}, {kWall + 2 * kBucket, UINT64_MAX}}}};
+  RateCounter h;
+  h.restore(huge, 0, kWall, kHour);
+  CHECK(h.count("h", 0, kHour) > UINT32_MAX);
+}
+
+TEST_CASE("rate counter state file refuses damaged, truncated and foreign input", "[rate_counter]") {
+  RateCounter a, b, c;
+  a.add("192.0.2.1", 0, kHour, 2);
+  a.add("192.0.2.2", kBucket, kHour);
+  c.add("alice", 0, kHour);
+  std::string text = RateCounter::encode(saved(a, b, c, kBucket));
+  std::vector<std::vector<RateCounter::Record>> back;
+  REQUIRE(RateCounter::decode(text, 3, back));
+
+  CHECK_FALSE(RateCounter::decode("", 3, back));
+  CHECK_FALSE(RateCounter::decode("moat-greylist 1\nend 0\n", 3, back));            // another file
+  CHECK_FALSE(RateCounter::decode(text.substr(0, text.size() - 8), 3, back));       // cut short
+  CHECK_FALSE(RateCounter::decode(text.substr(0, text.size() - 1), 3, back));       // the end line cut
+  CHECK_FALSE(RateCounter::decode(text.substr(0, text.find('\n') + 10), 3, back));  // mid-record
+  CHECK_FALSE(RateCounter::decode(text + "0 k 1 1\n", 3, back));                    // after the end line
+  CHECK_FALSE(RateCounter::decode(text, 2, back));                                  // a counter it has not
+  std::string wrongCount = text;
+  wrongCount.replace(wrongCount.rfind("end 3"), 5, "end 2");
+  CHECK_FALSE(RateCounter::decode(wrongCount, 3, back));
+  const std::string v = "moat-ratelimit 1\n";
+  CHECK(RateCounter::decode(v + "end 0\n", 3, back));
+  CHECK(back.size() == 3);
+  REQUIRE(RateCounter::decode(v + "2 k 1 1 5 2\nend 1\n", 3, back));
+  CHECK((back[0].empty() && back[1].empty() && back[2].size() == 1));
+  CHECK(back[2][0].buckets.size() == 2);
+  CHECK((back[2][0].buckets[1].endMs == 5 && back[2][0].buckets[1].count == 2));
+  CHECK_FALSE(RateCounter::decode(v + "3 k 1 1\nend 1\n", 3, back));  // counter out of range
+  CHECK_FALSE(RateCounter::decode(v + "x k 1 1\nend 1\n", 3, back));
+  CHECK_FALSE(RateCounter::decode(v + "0 k\nend 1\n", 3, back));       // no bucket
+  CHECK_FALSE(RateCounter::decode(v + "0 k 1\nend 1\n", 3, back));     // an end without its count
+  CHECK_FALSE(RateCounter::decode(v + "0 k 1 -1\nend 1\n", 3, back));  // a negative count
+  CHECK_FALSE(RateCounter::decode(v + "0 k 1x 1\nend 1\n", 3, back));
+  CHECK_FALSE(RateCounter::decode(v + "0  1 1\nend 1\n", 3, back));        // an empty key
+  CHECK_FALSE(RateCounter::decode(v + "0 bad%zz 1 1\nend 1\n", 3, back));  // a bad escape
+  CHECK_FALSE(
+      RateCounter::decode(v + "0 " + std::string(RateCounter::kMaxKeyBytes + 1, 'k') + " 1 1\nend 1\n", 3, back));
+  std::string many = "0 k";
+  for (size_t i = 0; i <= RateCounter::kMaxBuckets; ++i) many += " " + std::to_string(i) + " 1";
+  CHECK_FALSE(RateCounter::decode(v + many + "\nend 1\n", 3, back));  // more buckets than a key holds
+  CHECK_FALSE(RateCounter::decode(std::string(RateCounter::kMaxStateBytes + 1, 'x'), 3, back));
+  // At most a counter's cap of keys per counter.
+  std::string full = v;
+  for (size_t i = 0; i <= RateCounter::kDefaultMaxKeys; ++i) full += "1 k" + std::to_string(i) + " 1 1\n";
+  CHECK_FALSE(RateCounter::decode(full + "end " + std::to_string(RateCounter::kDefaultMaxKeys + 1) + "\n", 3, back));
 }

@@ -207,3 +207,23 @@ TEST_CASE("state file: the owner's own changed flag makes the contents dirty") {
   CHECK(moat::test::readFile(path) == "changed");
   file.stop();
 }
+
+TEST_CASE("state file: read gives none, the file, or one byte more than the bound") {
+  TempDir dir;
+  uv::Loop loop;
+  Owner owner;
+  const std::string path = dir.path + "/table.state";
+  StateFile file(loop.get(), path, owner.snapshot(), owner.failed());
+  std::string text = "left over";
+  CHECK_FALSE(file.read(16, text));  // none saved
+  owner.contents = "0123456789";
+  bool done = false;
+  file.write([&] { done = true; });
+  REQUIRE(loop.runUntil([&] { return done; }, 5000));
+  REQUIRE(file.read(16, text));
+  CHECK(text == "0123456789");
+  REQUIRE(file.read(4, text));
+  CHECK(text == "01234");  // so the owner tells a file too big from one cut short
+  CHECK(std::string(StateFile::unreadable(text, 4)) == "file too big");
+  CHECK(std::string(StateFile::unreadable("0123", 4)) == "not a file Moat wrote, or cut short");
+}
