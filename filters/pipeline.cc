@@ -10,6 +10,7 @@
 #include "filters/helo/helo.h"
 #include "filters/milter/milter.h"
 #include "filters/mime/mime_filter.h"
+#include "filters/reverse_dns/reverse_dns.h"
 #include "filters/rewrite/address_rewrite.h"
 #include "filters/rules/rules_filter.h"
 #include "filters/sender_domain/sender_domain.h"
@@ -152,6 +153,7 @@ std::shared_ptr<const Pipeline> Pipeline::build(const policy::Config& config, po
     if (f) filters.push_back(std::move(f));
   };
   add(dnsbl::makeDnsblFilter(config, errors));          // mail: a listed client goes first
+  add(reverse_dns::makeReverseDnsFilter(config, errors));  // mail: the client, then its words
   add(helo::makeHeloFilter(config, errors));            // mail
   add(sender_domain::makeSenderDomainFilter(config, errors));  // mail
   add(spf::makeSpfFilter(config, errors));              // mail

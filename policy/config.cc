@@ -642,6 +642,10 @@ void readConnection(Config& c, Section s) {
     c.pregreetWait = Millis{0};
   }
   c.pregreetReject = s.getEnum("pregreet_action", "reject", {"reject", "log"}) == "reject";
+  const std::string unknown = s.getEnum("reject_unknown_client", "off", {"off", "reverse", "confirmed"});
+  c.rejectUnknownClient = unknown == "reverse"     ? Config::ClientNameCheck::Reverse
+                          : unknown == "confirmed" ? Config::ClientNameCheck::Confirmed
+                                                   : Config::ClientNameCheck::Off;
   s.rejectUnknownKeys();
 }
 

@@ -163,6 +163,10 @@ struct Config {
 
   // [connection] (policy at connect: DESIGN.md, "The flow of one message")
   std::vector<mta::Network> connectionAllow, connectionBlock;
+  // [connection] reject_unknown_client: a client from the internet needs a PTR name
+  // (Reverse) or one that resolves back to it (Confirmed), else 450 4.7.25 at MAIL
+  // (filters/reverse_dns).
+  enum class ClientNameCheck { Off, Reverse, Confirmed } rejectUnknownClient = ClientNameCheck::Off;
   unsigned maxConnectionRatePerIp = 0;  // new connections a minute from one address; 0 = no limit
   // The pregreet test (Postfix postscreen's): the greeting's first line at once, its last
   // after pregreet_wait; a client that talks before then is a pregreeter. 0 = off.

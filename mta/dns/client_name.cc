@@ -13,19 +13,21 @@ struct Check {
   IpAddress client;
   std::vector<std::string> names;  // valid, distinct, in the PTR answer's order
   std::vector<bool> confirmed;     // parallel to names
+  bool forwardFailed = false;      // a forward lookup failed temporarily
   size_t left = 0;
-  std::function<void(std::string)> cb;
+  std::function<void(ClientName)> cb;
 };
 
-void finish(const std::shared_ptr<Check>& c) {
-  std::string name;
+void finish(const std::shared_ptr<Check>& c, ClientName::Status none) {
+  ClientName out;
+  out.status = c->forwardFailed ? ClientName::Status::TempFail : none;
   for (size_t i = 0; i < c->names.size(); ++i)
     if (c->confirmed[i]) {
-      name = c->names[i];
+      out = {ClientName::Status::Confirmed, c->names[i]};
       break;
     }
   auto cb = std::move(c->cb);
-  cb(std::move(name));
+  cb(std::move(out));
 }
 
 }  // namespace
@@ -60,12 +62,27 @@ std::optional<std::string> normalizeHostname(std::string_view name) {
   return out;
 }
 
+std::string_view clientNameStatusName(ClientName::Status s) {
+  switch (s) {
+    case ClientName::Status::Confirmed: return "confirmed";
+    case ClientName::Status::NotConfirmed: return "not_confirmed";
+    case ClientName::Status::NoPtr: return "no_ptr";
+    case ClientName::Status::TempFail: return "tempfail";
+  }
+  return "tempfail";
+}
+
 void verifyClientName(Resolver& resolver, const IpAddress& client, std::function<void(std::string)> cb) {
+  lookUpClientName(resolver, client, [cb = std::move(cb)](ClientName n) { cb(std::move(n.name)); });
+}
+
+void lookUpClientName(Resolver& resolver, const IpAddress& client, std::function<void(ClientName)> cb) {
   auto c = std::make_shared<Check>();
   c->client = client;
   c->cb = std::move(cb);
   Resolver* r = &resolver;
   resolver.query(client.reverseName(), RrType::PTR, [c, r](const Answer& ptr) {
+    if (ptr.status == Status::TempFail) return finish(c, ClientName::Status::TempFail);
     if (ptr.status == Status::Ok) {
       for (size_t i = 0; i < ptr.names.size() && i < kMaxClientNames; ++i) {
         auto name = normalizeHostname(ptr.names[i]);
@@ -73,7 +90,7 @@ void verifyClientName(Resolver& resolver, const IpAddress& client, std::function
           c->names.push_back(std::move(*name));
       }
     }
-    if (c->names.empty()) return finish(c);
+    if (c->names.empty()) return finish(c, ClientName::Status::NoPtr);
     c->confirmed.assign(c->names.size(), false);
     c->left = c->names.size();
     const RrType type = c->client.isV4() ? RrType::A : RrType::AAAA;
@@ -83,7 +100,8 @@ void verifyClientName(Resolver& resolver, const IpAddress& client, std::function
       r->query(names[i], type, [c, i](const Answer& a) {
         c->confirmed[i] =
             a.status == Status::Ok && std::find(a.addresses.begin(), a.addresses.end(), c->client) != a.addresses.end();
-        if (--c->left == 0) finish(c);
+        if (a.status == Status::TempFail) c->forwardFailed = true;
+        if (--c->left == 0) finish(c, ClientName::Status::NotConfirmed);
       });
     }
   });

@@ -35,4 +35,20 @@ std::optional<std::string> normalizeHostname(std::string_view name);
 // forward lookups run together, so the whole takes at most two of them.
 void verifyClientName(Resolver& resolver, const IpAddress& client, std::function<void(std::string)> cb);
 
+// What the lookups found, for the checks that refuse a client without a name
+// ([connection] reject_unknown_client: Postfix's reject_unknown_reverse_client_hostname and
+// reject_unknown_client_hostname).
+struct ClientName {
+  enum class Status {
+    Confirmed,     // `name` resolves back to the client
+    NotConfirmed,  // PTR names, none of which resolves back to the client
+    NoPtr,         // no PTR record (NXDOMAIN, no data), or none that is a valid host name
+    TempFail       // the PTR lookup failed, or no name was confirmed and a forward lookup failed
+  } status = Status::TempFail;
+  std::string name;  // Confirmed: the first confirmed name in the answer's order; else ""
+};
+std::string_view clientNameStatusName(ClientName::Status s);  // "confirmed", "not_confirmed", "no_ptr", "tempfail"
+// As verifyClientName, with what was found.
+void lookUpClientName(Resolver& resolver, const IpAddress& client, std::function<void(ClientName)> cb);
+
 }  // namespace moat::mta::dns

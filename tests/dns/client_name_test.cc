@@ -53,6 +53,10 @@ const std::string kZone = R"(zonedata:
     - A: 192.0.2.6
   1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa:
     - PTR: mail.example.test
+  7.2.0.192.in-addr.arpa:
+    - PTR: slow.example.test
+  slow.example.test:
+    - TIMEOUT
 )";
 
 struct Fixture {
@@ -72,6 +76,15 @@ struct Fixture {
       got = std::move(name);
     });
     REQUIRE(loop.runUntil([&] { return got.has_value(); }, waitMs));
+    return *got;
+  }
+  ClientName lookUp(const std::string& ip) {
+    std::optional<ClientName> got;
+    lookUpClientName(*r, *IpAddress::parse(ip), [&](ClientName n) {
+      REQUIRE_FALSE(got.has_value());  // exactly once
+      got = std::move(n);
+    });
+    REQUIRE(loop.runUntil([&] { return got.has_value(); }, 8000));
     return *got;
   }
 };
@@ -153,4 +166,21 @@ TEST_CASE("client name: the resolver going away calls back once, with no name") 
   f.r.reset();
   REQUIRE(got.has_value());
   CHECK(*got == "");
+}
+
+TEST_CASE("client name: the lookup says why there is no name, a DNS failure apart") {
+  Fixture f(500);
+  using S = ClientName::Status;
+  auto n = f.lookUp("192.0.2.1");
+  CHECK(n.status == S::Confirmed);
+  CHECK(n.name == "mail.example.test");
+  CHECK(f.lookUp("192.0.2.2").status == S::NotConfirmed);  // a name elsewhere
+  CHECK(f.lookUp("192.0.2.77").status == S::NoPtr);        // NXDOMAIN
+  CHECK(f.lookUp("192.0.2.4").status == S::NoPtr);         // only an invalid name
+  CHECK(f.lookUp("192.0.2.5").status == S::TempFail);      // the PTR lookup times out
+  CHECK(f.lookUp("192.0.2.7").status == S::TempFail);      // the name's lookup times out
+  // A name that points back wins over one that does not exist.
+  CHECK(f.lookUp("192.0.2.3").status == S::Confirmed);
+  CHECK(f.lookUp("192.0.2.2").name.empty());
+  CHECK(clientNameStatusName(S::NotConfirmed) == "not_confirmed");
 }

@@ -1,7 +1,8 @@
-"""The client's HELO/EHLO name ([helo]) and its envelope sender's domain ([senders]
-reject_unknown_domain), as Postfix's reject_invalid_helo_hostname,
-reject_non_fqdn_helo_hostname, reject_unknown_helo_hostname, check_helo_access for the
-gateway's own name, and reject_unknown_sender_domain, end to end: the real daemon asks a real
+"""The client's reverse DNS ([connection] reject_unknown_client), its HELO/EHLO name ([helo])
+and its envelope sender's domain ([senders] reject_unknown_domain), as Postfix's
+reject_unknown_reverse_client_hostname, reject_unknown_client_hostname,
+reject_invalid_helo_hostname, reject_non_fqdn_helo_hostname, reject_unknown_helo_hostname,
+check_helo_access for the gateway's own name, and reject_unknown_sender_domain, end to end: the real daemon asks a real
 DNS server on loopback (tests/support/dns_server.py) at MAIL FROM, and answers MAIL.
 
 Clients are told apart by their loopback source address: 127.0.0.8 is in relay.networks and
@@ -24,6 +25,16 @@ ZONE = {
     "txtonly.sender.test": [{"TXT": "v=spf1 -all"}],
     "slow.sender.test": ["TIMEOUT"],
     "xn--bcher-kva.sender.test": [{"A": "127.0.0.1"}],
+    # Reverse DNS: .20 points back, .21 names a host elsewhere, .22 an invalid name, .23
+    # times out, .24 has none; .25's name times out forward.
+    "20.0.0.127.in-addr.arpa": [{"PTR": "Relay.Sender.Test"}],
+    "relay.sender.test": [{"A": "127.0.0.20"}],
+    "21.0.0.127.in-addr.arpa": [{"PTR": "liar.sender.test"}],
+    "liar.sender.test": [{"A": "127.0.0.99"}],
+    "22.0.0.127.in-addr.arpa": [{"PTR": "bad_name.sender.test"}],
+    "23.0.0.127.in-addr.arpa": ["TIMEOUT"],
+    "25.0.0.127.in-addr.arpa": [{"PTR": "slowname.sender.test"}],
+    "slowname.sender.test": ["TIMEOUT"],
 }
 
 COMMON = """
@@ -201,6 +212,50 @@ reject_unknown_domain = true
         self.assertEqual(s.data(b"Subject: after a refusal\r\n\r\nx\r\n")[0], 250)
         s.quit()
         self.moat.wait_log(event="accept", client_ip="127.0.0.5", **{"from": "a@mail.sender.test"})
+
+
+class ReverseDnsTest(ChecksTestCase):
+    EXTRA = 'reject_unknown_client = "confirmed"\n'  # continues COMMON's [connection]
+
+    def result(self, client_ip, code):
+        got = self.mail(client_ip, "host.sender.test", f"a@{client_ip}.test")
+        self.assertEqual(got[0], code, got)
+        ev = self.moat.wait_log(event="accept" if code == 250 else "reject", client_ip=client_ip)
+        return got[1], ev["filters"]["reverse_dns"]
+
+    def test_a_name_that_resolves_back_passes(self):
+        self.assertEqual(self.result("127.0.0.20", 250)[1],
+                         {"result": "pass", "dns": "confirmed", "name": "relay.sender.test"})
+
+    def test_a_name_that_does_not_resolve_back_gets_450(self):
+        text, got = self.result("127.0.0.21", 450)
+        self.assertEqual(text, b"4.7.25 Client host rejected: cannot find your hostname, [127.0.0.21]")
+        self.assertEqual(got, {"result": "not_confirmed", "dns": "not_confirmed"})
+
+    def test_no_ptr_an_invalid_name_or_dns_trouble_gets_450(self):
+        for client_ip, dns in (("127.0.0.24", "no_ptr"), ("127.0.0.22", "no_ptr"), ("127.0.0.23", "tempfail"),
+                               ("127.0.0.25", "tempfail")):
+            with self.subTest(client_ip=client_ip):
+                text, got = self.result(client_ip, 450)
+                self.assertEqual(text, f"4.7.25 Client host rejected: cannot find your hostname, [{client_ip}]".encode())
+                self.assertEqual(got, {"result": dns, "dns": dns})
+
+    def test_relay_networks_and_connection_allow_are_not_checked(self):
+        for client_ip in ("127.0.0.8", "127.0.0.9"):
+            with self.subTest(client_ip=client_ip):
+                self.assertEqual(self.result(client_ip, 250)[1], "skipped")
+
+
+class ReverseOnlyTest(ChecksTestCase):
+    EXTRA = 'reject_unknown_client = "reverse"\n'  # continues COMMON's [connection]
+
+    def test_reverse_asks_only_for_a_ptr_name(self):
+        # A PTR name that does not resolve back is enough.
+        self.assertEqual(self.mail("127.0.0.21", "host.sender.test", "a@host.sender.test")[0], 250)
+        ev = self.moat.wait_log(event="accept", client_ip="127.0.0.21")
+        self.assertEqual(ev["filters"]["reverse_dns"], {"result": "pass", "dns": "not_confirmed"})
+        self.assertEqual(self.mail("127.0.0.24", "host.sender.test", "a@host.sender.test"),
+                         (450, b"4.7.25 Client host rejected: cannot find your reverse hostname, [127.0.0.24]"))
 
 
 if __name__ == "__main__":
