@@ -211,6 +211,11 @@ bool looksUp(const MessageContext& ctx, const std::vector<mta::Network>& allow) 
   return true;
 }
 
+std::string_view sparedBy(const MessageContext& ctx, const std::vector<mta::Network>& allow) {
+  if (!looksUp(ctx, allow)) return "skipped";
+  return ctx.dnsblAllowlisted ? "allowlisted" : "";
+}
+
 namespace {
 
 struct Settings {

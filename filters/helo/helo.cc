@@ -55,7 +55,7 @@ class HeloFilter : public Filter {
   Stage stage() const override { return Stage::Mail; }
 
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
-    if (!dnsbl::looksUp(*ctx, s_.allow)) return done(Result::pass("skipped"));
+    if (auto why = dnsbl::sparedBy(*ctx, s_.allow); !why.empty()) return done(Result::pass(std::string(why)));
     const std::string& helo = ctx->helo;
     const Form form = classify(helo);
     if (s_.rejectInvalid && form == Form::Invalid) return done(refuse(501, "5.5.2", helo, "Invalid name", "invalid"));

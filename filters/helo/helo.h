@@ -10,7 +10,8 @@
 // not match the client's address: nothing here compares the two.
 //
 // Run at MAIL FROM, not at HELO, so that clients in relay.networks, authenticated clients
-// (AUTH comes after EHLO) and [connection] allow are never checked, as [dnsbl] does;
+// (AUTH comes after EHLO), [connection] allow and a client [dnsbl] allowlisted are never
+// checked (dnsbl::sparedBy);
 // refused with the reply to MAIL (Postfix, with smtpd_delay_reject, refuses at RCPT):
 //   invalid      501 5.5.2 <NAME>: Helo command rejected: Invalid name
 //   not a FQDN   504 5.5.2 <NAME>: Helo command rejected: need fully-qualified hostname

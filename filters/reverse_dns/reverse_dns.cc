@@ -22,7 +22,7 @@ class ReverseDnsFilter : public Filter {
   Stage stage() const override { return Stage::Mail; }
 
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
-    if (!dnsbl::looksUp(*ctx, allow_)) return done(Result::pass("skipped"));
+    if (auto why = dnsbl::sparedBy(*ctx, allow_); !why.empty()) return done(Result::pass(std::string(why)));
     mta::dns::lookUpClientName(*env.resolver, ctx->clientIp,
                                [required = required_, ip = ctx->clientIp, done = std::move(done)](ClientName n) {
                                  done(verdict(required, ip, n));

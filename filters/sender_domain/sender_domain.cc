@@ -41,7 +41,8 @@ class SenderDomainFilter : public Filter {
 
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
     const std::string& sender = ctx->mailFrom;
-    if (sender.empty() || !dnsbl::looksUp(*ctx, allow_)) return done(Result::pass("skipped"));
+    if (sender.empty()) return done(Result::pass("skipped"));
+    if (auto why = dnsbl::sparedBy(*ctx, allow_); !why.empty()) return done(Result::pass(std::string(why)));
     auto at = sender.rfind('@');
     std::string_view domain = at == std::string::npos ? std::string_view() : std::string_view(sender).substr(at + 1);
     if (domain.empty() || domain.front() == '[') return done(Result::pass("skipped"));

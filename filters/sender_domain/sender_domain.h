@@ -6,8 +6,8 @@
 //
 // At MAIL FROM, for mail from the internet only: the null sender, address literals
 // (user@[192.0.2.1]), clients in relay.networks, authenticated clients and [connection]
-// allow are never checked (as [dnsbl]). Internationalized domains are looked up as their
-// A-labels. Replies:
+// allow are never checked, nor a client [dnsbl] allowlisted (dnsbl::sparedBy). Internationalized domains are looked up
+// as their A-labels. Replies:
 //   no MX, A or AAAA (NXDOMAIN or no records)  550 5.1.8 <ADDR>: Sender address rejected: Domain not found
 //   DNS failure                                450 4.1.8 <ADDR>: Sender address rejected: Domain not found (DNS lookup
 //   failed) RFC 7505 null MX                           550 5.7.27 <ADDR>: Sender address rejected: Domain has a null MX

@@ -35,6 +35,8 @@ ZONE = {
     "23.0.0.127.in-addr.arpa": ["TIMEOUT"],
     "25.0.0.127.in-addr.arpa": [{"PTR": "slowname.sender.test"}],
     "slowname.sender.test": ["TIMEOUT"],
+    # A DNS allowlist: 127.0.0.30 is on it.
+    "30.0.0.127.wl.test": [{"A": "127.0.10.2"}],
 }
 
 COMMON = """
@@ -256,6 +258,33 @@ class ReverseOnlyTest(ChecksTestCase):
         self.assertEqual(ev["filters"]["reverse_dns"], {"result": "pass", "dns": "not_confirmed"})
         self.assertEqual(self.mail("127.0.0.24", "host.sender.test", "a@host.sender.test"),
                          (450, b"4.7.25 Client host rejected: cannot find your reverse hostname, [127.0.0.24]"))
+
+
+class DnsblAllowlistTest(ChecksTestCase):
+    # postscreen: a client on a DNS allowlist skips the tests left.
+    EXTRA = """reject_unknown_client = "confirmed"
+
+[dnsbl]
+zones = ["wl.test=127.0.[0..255].[1..3]*-5"]
+allowlist_threshold = -3
+
+[helo]
+require_fqdn = true
+
+[senders]
+reject_unknown_domain = true
+"""
+
+    def test_an_allowlisted_client_skips_the_dns_and_helo_checks(self):
+        self.assertEqual(self.mail("127.0.0.30", "user-pc", "a@nowhere.sender.test")[0], 250)
+        filters = self.moat.wait_log(event="accept", client_ip="127.0.0.30")["filters"]
+        self.assertEqual(filters["dnsbl"]["result"], "allowlisted")
+        for name in ("reverse_dns", "helo", "sender_domain"):
+            self.assertEqual(filters[name], "allowlisted", name)
+
+    def test_a_client_not_on_the_allowlist_is_checked(self):
+        self.assertEqual(self.mail("127.0.0.31", "user-pc", "a@nowhere.sender.test"),
+                         (450, b"4.7.25 Client host rejected: cannot find your hostname, [127.0.0.31]"))
 
 
 if __name__ == "__main__":
