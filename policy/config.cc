@@ -604,6 +604,7 @@ void readQueue(Config& c, Section s) {
       static_cast<unsigned>(s.getInt("max_recipients_per_transaction", c.maxRecipientsPerTransaction, 1, 100000));
   c.connectTimeout = s.getDuration("connect_timeout", c.connectTimeout);
   c.replyTimeout = s.getDuration("reply_timeout", c.replyTimeout);
+  c.deliveryDataTimeout = s.getDuration("data_timeout", c.deliveryDataTimeout);
   c.maxQueued = static_cast<uint64_t>(s.getInt("max_messages", 0, 0, 100'000'000));
   std::string pref = s.getEnum("address_preference", "ipv6", {"ipv6", "ipv4", "any"});
   c.addressPreference = pref == "ipv4"  ? AddressPreference::Ipv4

@@ -265,6 +265,9 @@ struct Config {
   // (RFC 8461 §5.1, §10.2), whether or not mail goes to their domains.
   Millis mtaStsRefreshInterval{std::chrono::hours(1)};
   Millis replyTimeout{std::chrono::minutes(5)};
+  // [queue] data_timeout: for each block of a message to go out to a next hop (RFC 5321
+  // §4.5.3.2.5, Postfix's smtp_data_xfer_timeout): one that stops reading is given up on then.
+  Millis deliveryDataTimeout{std::chrono::minutes(3)};
   // [tlsrpt] (RFC 8460): aggregate TLS reports for the domains Moat delivers to by MX.
   bool tlsrptEnabled = false;
   std::string tlsrptOrganization;                 // "" = server.hostname

@@ -216,7 +216,7 @@ void SmtpClient::fail(const std::string& error, const Reply& reply) {
 
 void SmtpClient::onGreeting(const Reply& r) {
   greeting_ = r;
-  if (r.code != 220) return fail("greeting refused", r);
+  if (r.code != 220) return quitThenFail("greeting refused", r);
   std::string_view first(r.text);
   first = first.substr(0, first.find('\n'));
   first.remove_prefix(std::min<size_t>(4, first.size()));
@@ -235,7 +235,7 @@ void SmtpClient::sendEhlo() {
 void SmtpClient::onEhlo(const Reply& r) {
   if (r.code >= 500 && !tlsTried_ && !opts_.lmtp)  // an old server: RFC 5321 §3.2 HELO fallback
     return command("HELO " + opts_.heloName, opts_.commandTimeoutMs, [this](const Reply& h) { onHelo(h); });
-  if (!isPositive(r)) return fail(opts_.lmtp ? "LHLO refused" : "EHLO refused", r);
+  if (!isPositive(r)) return quitThenFail(opts_.lmtp ? "LHLO refused" : "EHLO refused", r);
   std::string_view rest(r.text);
   if (opts_.notes) {  // "250-mx.example.test Hello ...": the server's own name
     std::string_view first = rest.substr(0, rest.find('\n'));
@@ -248,8 +248,19 @@ void SmtpClient::onEhlo(const Reply& r) {
 }
 
 void SmtpClient::onHelo(const Reply& r) {
-  if (!isPositive(r)) return fail("HELO refused", r);
+  if (!isPositive(r)) return quitThenFail("HELO refused", r);
   afterHello();
+}
+
+void SmtpClient::quitThenFail(const std::string& error, const Reply& r) {
+  if (r.code == 421) return fail(error, r);  // RFC 5321 §3.8: the server closes the channel itself
+  // However the QUIT ends (its reply, the server closing, the timeout), the connection failed
+  // for the refusal, and that is what the caller hears.
+  auto done = std::exchange(connectDone_, nullptr);
+  connectDone_ = [done = std::move(done), error, r](std::shared_ptr<SmtpClient>, const std::string&, const Reply&) {
+    if (done) done(nullptr, error, r);
+  };
+  command("QUIT", opts_.commandTimeoutMs, [this](const Reply&) { fail(""); });
 }
 
 void SmtpClient::afterHello() {

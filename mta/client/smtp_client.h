@@ -179,7 +179,8 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   // plain-text connection, RFC 7435, also when the handshake does not finish within the
   // command timeout; EHLO again after TLS). done(client, error, reply)
   // runs once: client is null on failure, and `reply` is the greeting on success or the
-  // reply that made it fail (code 0 for network/TLS/timeouts).
+  // reply that made it fail (code 0 for network/TLS/timeouts). A refused greeting, EHLO or
+  // HELO (but a 421) fails once the QUIT that follows it is answered (RFC 5321 §4.1.1.10).
   //
   // With Options::auth, AUTH follows that last EHLO: PLAIN (initial response) when offered,
   // else LOGIN. It fails (client null) when the connection is not encrypted, the server
@@ -240,6 +241,11 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   void sendEhlo();
   void onEhlo(const Reply& r);
   void onHelo(const Reply& r);
+  // RFC 5321 §4.1.1.10: the channel is closed only after a QUIT, also when the server refused
+  // the session (§3.1: one that greets with 554 waits for the QUIT). The connection then fails
+  // with `error` and `r` once the QUIT is answered, the server closes or the command timeout
+  // passes. After a 421 it fails at once.
+  void quitThenFail(const std::string& error, const Reply& r);
   void afterHello();
   void onStartTls(const Reply& r);
   void reconnectPlain(const std::string& error);

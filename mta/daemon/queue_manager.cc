@@ -1371,6 +1371,7 @@ void QueueManager::openConnection(Destination& d) {
   opts.chunking = job->chunking;
   opts.connectTimeoutMs = static_cast<uint64_t>(cfg.connectTimeout.count());
   opts.greetingTimeoutMs = opts.commandTimeoutMs = static_cast<uint64_t>(cfg.replyTimeout.count());
+  opts.dataBlockTimeoutMs = static_cast<uint64_t>(cfg.deliveryDataTimeout.count());
 
   struct Try {
     size_t next = 0;

@@ -1174,6 +1174,26 @@ TEST_CASE("client: a reply injected in plaintext behind the STARTTLS 220 is igno
   REQUIRE(r.data.code == 250);
 }
 
+// RFC 5321 §4.1.1.10: the client closes the channel only after QUIT; §3.1: a server that
+// greets with 554 waits for it. A 421 needs none: the server closes the channel itself.
+TEST_CASE("client: a refused greeting or EHLO is followed by QUIT, a 421 greeting is not") {
+  uv::Loop loop;
+  for (std::string config :
+       {"\"greeting\": \"554 5.3.2 no SMTP service here\"", "\"lmtp\": true, \"ehlo_reply\": \"554 5.7.1 go away\"",
+        "\"greeting\": \"421 4.3.2 busy\""}) {
+    INFO(config);
+    ScriptedServer server(config);
+    auto o = plainOptions();
+    o.lmtp = config.find("lmtp") != std::string::npos;
+    auto c = connectTo(loop, server.port(), o);
+    REQUIRE_FALSE(c.client);
+    bool busy = config.find("421") != std::string::npos;
+    REQUIRE(c.reply.code == (busy ? 421 : 554));
+    REQUIRE(c.error == (busy || !o.lmtp ? "greeting refused" : "LHLO refused"));
+    REQUIRE((server.commands().find("QUIT") != std::string::npos) == !busy);
+  }
+}
+
 TEST_CASE("client: greeting and end-of-data timeouts, overlong replies, refused connects") {
   uv::Loop loop;
   {

@@ -309,6 +309,88 @@ class ScriptedServer:
         self.server.server_close()
 
 
+class Conn:
+    """One connection to the scripted next hop, line by line."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+        self.lines = []
+
+    def reply(self, text):
+        self.sock.sendall(text.encode() + b"\r\n")
+
+    def line(self, timeout=30):
+        self.sock.settimeout(timeout)
+        while b"\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        text = line.rstrip(b"\r").decode("utf-8", "replace")
+        self.lines.append(text)
+        return text
+
+    def data(self):
+        body = []
+        while True:
+            line = self.line()
+            if line == ".":
+                return body
+            body.append(line)
+
+    def greet(self, ext=("PIPELINING", "8BITMIME", "SIZE 100000000")):
+        self.reply("220 hop.test ESMTP")
+        self.line()  # EHLO
+        lines = ["hop.test"] + list(ext)
+        for i, e in enumerate(lines):
+            self.reply(("250 " if i == len(lines) - 1 else "250-") + e)
+
+
+class ScriptedHop(ScriptedServer):
+    """A TCP server on 127.0.0.1 that runs handler(conn, n) for its n-th connection (0, 1...)
+    and keeps every connection's command lines in `transcripts`."""
+
+    def __init__(self, handler):
+        self.transcripts = []
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                conn = Conn(self.request)
+                n = len(outer.transcripts)
+                outer.transcripts.append(conn.lines)
+                try:
+                    handler(conn, n)
+                except (EOFError, OSError):
+                    pass
+
+        super().__init__(Handler)
+
+
+def serve_commands(conn, data_cmd=None, body_reply="250 2.0.0 queued", rcpt=None):
+    """The rest of a session after the greeting: DATA answered `data_cmd` (instead of 354 and
+    the message) when given, each RCPT by rcpt(line) when given."""
+    while True:
+        line = conn.line()
+        verb = line.split(" ")[0].upper()
+        if verb == "DATA":
+            if data_cmd:
+                conn.reply(data_cmd)
+                continue
+            conn.reply("354 go ahead")
+            conn.data()
+            conn.reply(body_reply)
+        elif verb == "RCPT" and rcpt:
+            conn.reply(rcpt(line))
+        elif verb == "QUIT":
+            conn.reply("221 bye")
+            return
+        else:
+            conn.reply("250 ok")
+
+
 class Sink:
     """A real SMTP server on 127.0.0.1 (or `host`, "::1" for IPv6) that records what it is
     sent. The reply hooks can be replaced to refuse particular recipients or to fail
