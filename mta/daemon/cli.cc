@@ -44,7 +44,8 @@ const char* kUsage =
     "                   summary counts by area, age and recipient domain, every area unless one is given)\n"
     "       moat scan   -c FILE [--client-ip IP] [--helo NAME] [--mail-from ADDR] [--rcpt ADDR]... MESSAGE.eml\n"
     "                   (the inbound path: --client-ip defaults to 192.0.2.1, an RFC 5737 documentation\n"
-    "                   address outside any relay network, never contacted; --helo to its literal, [IP])\n"
+    "                   address outside any relay network, never contacted; --helo to its literal, [IP]);\n"
+    "                   prints the verdict as JSON, with the [bcc] copies serve would add in `bcc`)\n"
     "       moat spf    -c FILE --ip IP --helo NAME --mail-from ADDR\n"
     "       moat dkim   keygen --domain D --selector S [--type rsa|ed25519] --out KEYFILE [--force]\n"
     "       moat version\n";

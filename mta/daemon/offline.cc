@@ -5,13 +5,16 @@
 #include <fstream>
 #include <optional>
 #include <sstream>
+#include <unordered_set>
 
 #include "filters/dkim/dkim.h"
+#include "filters/recipient_key.h"
 #include "filters/spf/spf.h"
 #include "mta/dns/cares_resolver.h"
 #include "mta/runtime/clock.h"
 #include "mta/runtime/json.h"
 #include "mta/runtime/uv.h"
+#include "mta/server/envelope_recipients.h"
 #include "mta/server/snapshot.h"
 #include "policy/batv.h"
 
@@ -49,6 +52,19 @@ std::string reportsJson(const std::vector<filters::FilterReport>& reports) {
     o.addRaw(r.name, f.str());
   }
   return o.str();
+}
+
+// [bcc]: the copies serve adds to `rcpts` as it queues a message whose filters let it through
+// (a quarantined one keeps them), by the same lookups (server::addBccRecipients).
+std::vector<std::string> addBccCopies(const server::Snapshot& snap, const std::string& sender,
+                                      std::vector<std::string>& rcpts) {
+  std::vector<server::RcptDsn> dsns;
+  std::unordered_set<std::string> keys;
+  for (const auto& r : rcpts) keys.insert(filters::recipientKey(r));
+  std::vector<queue::ExpandedRecipient> expanded;
+  return server::addBccRecipients({rcpts, dsns, keys, expanded},
+                                  {snap.config->bccAlways, snap.bccSenders.get(), snap.bccRecipients.get()}, sender,
+                                  server::kMaxEnvelopeRecipients);
 }
 
 }  // namespace
@@ -139,6 +155,7 @@ int runScan(const ScanOptions& opts) {
     out.add("from", ctx->mailFrom);
     out.addRaw("to", JsonArray().str());
     out.addRaw("refused", refused.str());
+    out.addRaw("bcc", JsonArray().str());  // a refused message gets no copy
     out.addRaw("filters", JsonObject().str());
     std::printf("%s\n", out.str().c_str());
     return 0;
@@ -197,13 +214,19 @@ int runScan(const ScanOptions& opts) {
   if (final.code) out.add("reply", std::to_string(final.code) + " " + final.enhanced + " " + final.text);
   if (!final.quarantineReason.empty()) out.add("quarantine_reason", final.quarantineReason);
   out.add("score", final.score);
-  // The envelope as serve's accept line gives it: the recipients after rewriting, and what
-  // [relay] rewrite changed (at RCPT, and in the header fields).
+  // The envelope as serve's accept line gives it: the recipients after rewriting with the
+  // [bcc] copies, what [relay] rewrite changed (at RCPT, and in the header fields), and the
+  // copies again; none when the verdict refuses the message. The sender looked up is the one
+  // serve looks up: after the filters, before a milter's change (scan applies none).
+  std::vector<std::string> queued = ctx->rcpts;
+  std::vector<std::string> bcc;
+  if (final.verdict != filters::Verdict::Reject && final.verdict != filters::Verdict::TempFail &&
+      final.verdict != filters::Verdict::Disconnect)
+    bcc = addBccCopies(*snap, ctx->mailFrom, queued);
   out.add("from", ctx->mailFrom);
-  JsonArray to;
-  for (const auto& r : ctx->rcpts) to.add(r);
-  out.addRaw("to", to.str());
+  out.add("to", queued);
   if (!ctx->rewrites.empty()) out.addRaw("rewritten", filters::rewritesJson(ctx->rewrites));
+  out.add("bcc", bcc);
   out.add("authentication_results", filters::authenticationResults(cfg.hostname, authResults));
   if (!refused.empty()) out.addRaw("refused", refused.str());
   JsonArray hs;

@@ -1,8 +1,9 @@
 // mta/daemon/offline.h — the CLI commands that run parts of the gateway without the daemon:
 // `moat scan` (the inbound filter pipeline on one message file, its --rcpt addresses
 // checked and rewritten first as the session does at RCPT: [bounce_verification]'s untagging
-// and its verdict on a null sender, [relay] rewrite), `moat spf` (one SPF check
-// with the configured resolver) and `moat dkim keygen`. Untrusted input: the message file.
+// and its verdict on a null sender, [relay] rewrite; and the [bcc] copies serve would add when
+// the verdict lets the message be queued), `moat spf` (one SPF check with the configured
+// resolver) and `moat dkim keygen`. Untrusted input: the message file.
 #pragma once
 #include <string>
 #include <vector>

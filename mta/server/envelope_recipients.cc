@@ -30,4 +30,23 @@ std::optional<size_t> addAliasTargets(RecipientList list, const std::string& add
   return added;
 }
 
+std::vector<std::string> addBccRecipients(RecipientList list, const BccSources& bcc, const std::string& sender,
+                                          size_t maxRecipients) {
+  std::vector<std::string> wanted;
+  if (!bcc.always.empty()) wanted.emplace_back(bcc.always);
+  if (bcc.senders)
+    if (std::string a = bcc.senders->find(sender); !a.empty()) wanted.push_back(std::move(a));
+  if (bcc.recipients)
+    for (const auto& r : list.addresses)
+      if (std::string a = bcc.recipients->find(r); !a.empty()) wanted.push_back(std::move(a));
+  std::vector<std::string> added;
+  if (wanted.empty()) return added;
+  list.dsns.resize(list.addresses.size());  // parallel to the addresses before any is added
+  for (const auto& a : wanted) {
+    if (list.addresses.size() >= maxRecipients) break;
+    if (addRecipientOnce(list, a, RcptDsn{"NEVER", ""})) added.push_back(a);
+  }
+  return added;
+}
+
 }  // namespace moat::mta::server

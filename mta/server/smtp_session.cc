@@ -44,9 +44,6 @@ constexpr unsigned kMaxAuthFailures = 3;
 // the command limit (smtplib does not). Every other command line keeps the 2048 octets.
 constexpr size_t kMaxSaslLine = 12288 + 2;
 constexpr size_t kMaxAuthLine = kMaxSaslLine + 26;
-// Recipients in one envelope after aliases and lists are expanded (limits.max_recipients
-// counts RCPT commands): beyond this, 452 4.5.3 as for too many RCPTs.
-constexpr size_t kMaxEnvelopeRecipients = 10000;
 
 std::string newSessionId() {
   static std::mt19937_64 rng{std::random_device{}()};
@@ -1531,9 +1528,13 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
     return;
   }
 
-  std::string senderAsReceived = ctx_->mailFrom;  // before a milter's change
+  std::string bccSender = ctx_->mailFrom;  // after relay.rewrite, before a milter's change
   applyEnvelopeChanges(outcome);
-  std::vector<std::string> bcc = addBccRecipients(senderAsReceived);
+  // [bcc]: after the filters, so a refused message gets no copy, and into the envelope of a
+  // quarantined one, so a release delivers them too. Moat's own DSNs and reports never come here.
+  std::vector<std::string> bcc =
+      addBccRecipients(txRecipients(), {cfg_.bccAlways, snap_->bccSenders.get(), snap_->bccRecipients.get()}, bccSender,
+                       kMaxEnvelopeRecipients);
   queue::Envelope env;
   env.id = incoming_->id();
   ctx_->queueId = env.id;
@@ -1620,32 +1621,6 @@ void SmtpSession::commitMessage(filters::StageOutcome outcome) {
     }
     self->resume();
   });
-}
-
-// [bcc], as Postfix's always_bcc, sender_bcc_maps and recipient_bcc_maps: the copies an
-// archive takes, added as the message is queued: after the filters, so a refused message gets
-// none, and into the envelope of a quarantined one, so a release delivers them too. NOTIFY=NEVER
-// (RFC 3461 §4.1.1): the sender never hears of a copy and no DSN is sent for it; no ORCPT of
-// its own, no relay control, validation or verification (the addresses are the
-// administrator's). The recipients looked up are the envelope's as queued (after
-// relay.rewrite, relay.aliases and the milters); a copy is not looked up again. Moat's own
-// DSNs and reports never come here.
-std::vector<std::string> SmtpSession::addBccRecipients(const std::string& sender) {
-  std::vector<std::string> wanted;
-  if (!cfg_.bccAlways.empty()) wanted.push_back(cfg_.bccAlways);
-  if (snap_->bccSenders)
-    if (std::string a = snap_->bccSenders->find(sender); !a.empty()) wanted.push_back(std::move(a));
-  if (snap_->bccRecipients)
-    for (const auto& r : ctx_->rcpts)
-      if (std::string a = snap_->bccRecipients->find(r); !a.empty()) wanted.push_back(std::move(a));
-  std::vector<std::string> added;
-  if (wanted.empty()) return added;
-  txRcptDsn_.resize(ctx_->rcpts.size());  // parallel to the recipients before any is added
-  for (const auto& a : wanted) {
-    if (ctx_->rcpts.size() >= kMaxEnvelopeRecipients) break;
-    if (addRecipientOnce(txRecipients(), a, RcptDsn{"NEVER", ""})) added.push_back(a);
-  }
-  return added;
 }
 
 // A recipient a milter added gets what a RCPT gets after relay control, as Postfix's cleanup

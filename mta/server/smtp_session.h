@@ -180,9 +180,6 @@ class SmtpSession : public std::enable_shared_from_this<SmtpSession> {
   // queued, each logged (`milter_envelope`). Changes that would leave no recipient are not
   // made: the message is quarantined instead, with its envelope as received.
   void applyEnvelopeChanges(filters::StageOutcome& outcome);
-  // [bcc]: the blind copies for `sender` (MAIL FROM as received) and the recipients about
-  // to be queued, added to them with NOTIFY=NEVER, each once: the addresses added.
-  std::vector<std::string> addBccRecipients(const std::string& sender);
   // What a recipient a milter added became: [relay] rewrite's inbound rewriting and [relay]
   // aliases applied, as to a RCPT's address after relay control.
   struct MilterRcpt {

@@ -4,8 +4,11 @@ a message, with NOTIFY=NEVER on their RCPT to a next hop that offers DSN, by the
 sender (+tag and case ignored, the most specific entry, never the null sender) and by each
 recipient, each address once and never beside itself as a recipient; a message the filters
 refuse gets none, a quarantined one keeps them for its release; the `accept` line names them
-in `bcc`; `moat check` refuses a bad file with FILE:LINE, and SIGHUP keeps the running one."""
+in `bcc`; `moat check` refuses a bad file with FILE:LINE, and SIGHUP keeps the running one.
+`moat scan` shows the copies serve would add (`bcc`, also in `to`), by the same lookups: none
+for a refused message, kept for a quarantined one, each recipient looked up after rewriting."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -159,6 +162,48 @@ class BccTest(unittest.TestCase):
         with self.sink.lock:
             self.assertFalse([m for m in self.sink.messages[before:] if b"Subject: rejected-bcc" in m["data"]])
 
+    def scan(self, sender, rcpts, body="body"):
+        """`moat scan` from the client the tests send from (127.0.0.1): its JSON."""
+        path = os.path.join(self.moat.dir, "scan.eml")
+        with open(path, "w") as f:
+            f.write(f"From: {sender or 'x@other.test'}\nSubject: scanned\n\n{body}\n")
+        args = ["scan", "--client-ip", "127.0.0.1", "--mail-from", sender]
+        for r in rcpts:
+            args += ["--rcpt", r]
+        return json.loads(self.moat.cli(*args, path).stdout)
+
+    def test_scan_shows_the_copies_serve_adds(self):
+        cases = [  # (sender, recipients, the copies)
+            ("someone@other.test", ["bob@example.test"], [JOURNAL]),  # bcc.always
+            ("CEO+News@Sender.TEST", ["bob@example.test"], [JOURNAL, "ceo-archive@archive.test"]),  # sender map
+            ("x@pc1.lab.corp.test", ["bob@example.test"], [JOURNAL, "lab@archive.test"]),
+            ("someone@other.test", ["Legal@example.test", "carol@partner.test", "dave@PARTNER.test"],  # recipient map
+             [JOURNAL, "legal-archive@archive.test", "partner-archive@archive.test"]),
+            ("", ["bob@example.test"], [JOURNAL]),  # the null sender matches no entry
+            ("someone@other.test", ["bob@example.test", "journal@ARCHIVE.test"], []),  # none: already a recipient
+        ]
+        for i, (sender, rcpts, copies) in enumerate(cases):
+            with self.subTest(sender=sender, rcpts=rcpts):
+                out = self.scan(sender, rcpts)
+                self.assertEqual(out["verdict"], "continue", out)
+                self.assertEqual(out["bcc"], copies)
+                self.assertEqual(out["to"], rcpts + copies)
+                # What serve queues for the same envelope: the accept line's `to` and `bcc`.
+                code, qid = self.send(sender, rcpts, f"scan-parity-{i}")
+                self.assertEqual(code, 250)
+                accept = self.moat.wait_log(event="accept", queue_id=qid)
+                self.assertEqual(accept.get("bcc", []), out["bcc"])
+                self.assertEqual(accept["to"], out["to"])
+
+    def test_scan_shows_no_copy_for_a_rejected_message_and_keeps_them_for_a_quarantined_one(self):
+        out = self.scan("ceo@sender.test", ["legal@example.test"], body="REJECT-ME")
+        self.assertEqual(out["verdict"], "reject", out)
+        self.assertEqual(out["bcc"], [])
+        self.assertEqual(out["to"], ["legal@example.test"])
+        out = self.scan("ceo@sender.test", ["legal@example.test"], body="QUARANTINE-ME")
+        self.assertEqual(out["verdict"], "quarantine", out)
+        self.assertEqual(out["bcc"], [JOURNAL, "ceo-archive@archive.test", "legal-archive@archive.test"])
+
     def test_sighup_rereads_the_file_and_keeps_the_running_one_when_broken(self):
         try:
             ev = self.moat.reload_with(self.senders, SENDERS + "bad-key archive@archive.test\n"
@@ -215,6 +260,66 @@ class BccCheckTest(unittest.TestCase):
         toml = os.path.join(d, "moat.toml")
         self.assertIn(f'{toml}:12: bcc.always: "@archive.test" is not an address', r.stderr)
         self.assertIn("bcc.senders", r.stderr)
+
+
+class BccScanTest(unittest.TestCase):
+    """`moat scan` on configs of its own, no daemon: `bcc` is always there."""
+
+    def scan(self, config, files, sender, rcpts):
+        d = tempfile.mkdtemp(prefix="moat-bcc-scan-")
+        self.addCleanup(shutil.rmtree, d, True)
+        for name, text in files.items():
+            with open(os.path.join(d, name), "w") as f:
+                f.write(text)
+        path = os.path.join(d, "moat.toml")
+        with open(path, "w") as f:
+            f.write('[server]\nhostname = "mx.test"\nspool_dir = "spool"\nlog_file = "moat.log"\n'
+                    '[[listener]]\naddress = "127.0.0.1:0"\n[relay]\ndomains = ["example.test"]\n'
+                    'networks = ["127.0.0.0/8"]\n' + config + '[[route]]\nto = ["maildir:mail"]\n')
+        msg = os.path.join(d, "m.eml")
+        with open(msg, "w") as f:
+            f.write("From: a@sender.test\nSubject: hi\n\nhello\n")
+        args = ["scan", "-c", path, "--client-ip", "127.0.0.1", "--mail-from", sender]
+        for r in rcpts:
+            args += ["--rcpt", r]
+        r = subprocess.run([MOAT_BIN, *args, msg], capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return json.loads(r.stdout)
+
+    def test_without_bcc_the_field_is_an_empty_list(self):
+        out = self.scan("", {}, "ceo@sender.test", ["bob@example.test"])
+        self.assertEqual(out["bcc"], [])
+        self.assertEqual(out["to"], ["bob@example.test"])
+
+    def test_maps_without_a_matching_entry_give_none(self):
+        out = self.scan('[bcc]\nsenders = "s"\nrecipients = "r"\n', {"s": SENDERS, "r": RECIPIENTS},
+                        "someone@other.test", ["bob@example.test"])
+        self.assertEqual(out["bcc"], [])
+        self.assertEqual(out["to"], ["bob@example.test"])
+
+    def test_the_recipient_map_is_looked_up_after_rewriting(self):
+        # relay.rewrite takes legal@example.test in as legal@corp.internal at RCPT: the entry for
+        # the queued address counts, not the one for the address given.
+        out = self.scan('rewrite = "rewrite"\n[bcc]\nrecipients = "r"\n',
+                        {"rewrite": "legal@corp.internal legal@example.test\n",
+                         "r": "legal@corp.internal internal-archive@archive.test\n"
+                              "legal@example.test external-archive@archive.test\n"},
+                        "someone@other.test", ["legal@example.test"])
+        self.assertEqual(out["to"], ["legal@corp.internal", "internal-archive@archive.test"])
+        self.assertEqual(out["rewritten"], [{"from": "legal@example.test", "to": "legal@corp.internal",
+                                             "where": "rcpt"}])
+        self.assertEqual(out["bcc"], ["internal-archive@archive.test"])
+
+    def test_the_sender_map_is_looked_up_after_outbound_rewriting(self):
+        # Outbound mail leaves as john.smith@example.test: that is the key that counts, as Postfix
+        # looks sender_bcc_maps up after canonical_maps.
+        out = self.scan('rewrite = "rewrite"\n[bcc]\nsenders = "s"\n',
+                        {"rewrite": "jsmith@corp.internal john.smith@example.test\n",
+                         "s": "jsmith@corp.internal internal-archive@archive.test\n"
+                              "john.smith@example.test sent-archive@archive.test\n"},
+                        "jsmith@corp.internal", ["bob@outside.test"])
+        self.assertEqual(out["from"], "john.smith@example.test")
+        self.assertEqual(out["bcc"], ["sent-archive@archive.test"])
 
 
 if __name__ == "__main__":
