@@ -222,18 +222,24 @@ class BccTest(unittest.TestCase):
             self.moat.reload_with(self.senders, SENDERS)
 
 
+def config_dir(test, rest, files):
+    """A folder (removed after `test`) with `files` and a moat.toml that ends its [relay] with
+    `rest`: (folder, config path)."""
+    d = tempfile.mkdtemp(prefix="moat-bcc-")
+    test.addCleanup(shutil.rmtree, d, True)
+    for name, text in files.items():
+        with open(os.path.join(d, name), "w") as f:
+            f.write(text)
+    path = os.path.join(d, "moat.toml")
+    with open(path, "w") as f:
+        f.write('[server]\nhostname = "mx.test"\nspool_dir = "spool"\nlog_file = "moat.log"\n'
+                '[[listener]]\naddress = "127.0.0.1:0"\n[relay]\ndomains = ["example.test"]\n' + rest)
+    return d, path
+
+
 class BccCheckTest(unittest.TestCase):
     def check(self, bcc, files):
-        d = tempfile.mkdtemp(prefix="moat-bcc-check-")
-        self.addCleanup(shutil.rmtree, d, True)
-        for name, text in files.items():
-            with open(os.path.join(d, name), "w") as f:
-                f.write(text)
-        path = os.path.join(d, "moat.toml")
-        with open(path, "w") as f:
-            f.write('[server]\nhostname = "mx.test"\nspool_dir = "spool"\nlog_file = "moat.log"\n'
-                    '[[listener]]\naddress = "127.0.0.1:0"\n[relay]\ndomains = ["example.test"]\n'
-                    '[[route]]\nto = ["maildir:mail"]\n' + bcc)
+        d, path = config_dir(self, '[[route]]\nto = ["maildir:mail"]\n' + bcc, files)
         return d, subprocess.run([MOAT_BIN, "check", "-c", path], capture_output=True, text=True, timeout=60)
 
     def test_check_accepts_good_files(self):
@@ -266,16 +272,8 @@ class BccScanTest(unittest.TestCase):
     """`moat scan` on configs of its own, no daemon: `bcc` is always there."""
 
     def scan(self, config, files, sender, rcpts):
-        d = tempfile.mkdtemp(prefix="moat-bcc-scan-")
-        self.addCleanup(shutil.rmtree, d, True)
-        for name, text in files.items():
-            with open(os.path.join(d, name), "w") as f:
-                f.write(text)
-        path = os.path.join(d, "moat.toml")
-        with open(path, "w") as f:
-            f.write('[server]\nhostname = "mx.test"\nspool_dir = "spool"\nlog_file = "moat.log"\n'
-                    '[[listener]]\naddress = "127.0.0.1:0"\n[relay]\ndomains = ["example.test"]\n'
-                    'networks = ["127.0.0.0/8"]\n' + config + '[[route]]\nto = ["maildir:mail"]\n')
+        d, path = config_dir(self, 'networks = ["127.0.0.0/8"]\n' + config + '[[route]]\nto = ["maildir:mail"]\n',
+                             files)
         msg = os.path.join(d, "m.eml")
         with open(msg, "w") as f:
             f.write("From: a@sender.test\nSubject: hi\n\nhello\n")
