@@ -266,17 +266,17 @@ void SmtpClient::quitThenFail(const std::string& error, const Reply& r) {
 void SmtpClient::afterHello() {
   if (opts_.tls == TlsMode::None || tlsTried_) return authenticate();
   if (!supports("STARTTLS")) {
-    if (opts_.tls == TlsMode::Require) return fail("STARTTLS not offered by the server");
+    if (opts_.tls == TlsMode::Require) return quitThenFail("STARTTLS not offered by the server");
     return authenticate();
   }
-  if (!opts_.tlsCtx) return fail("no TLS client context configured");
+  if (!opts_.tlsCtx) return quitThenFail("no TLS client context configured");
   tlsTried_ = true;
   command("STARTTLS", opts_.commandTimeoutMs, [this](const Reply& r) { onStartTls(r); });
 }
 
 void SmtpClient::onStartTls(const Reply& r) {
   if (r.code != 220) {
-    if (opts_.tls == TlsMode::Require) return fail("STARTTLS refused", r);
+    if (opts_.tls == TlsMode::Require) return quitThenFail("STARTTLS refused", r);
     return authenticate();  // RFC 3207 §4: go on without TLS when opportunistic
   }
   // Anything the server sent after its 220 is discarded by the connection (RFC 3207 §4.2).
@@ -335,7 +335,8 @@ void SmtpClient::authenticate() {
   if (!opts_.auth) return connected();
   // RFC 4954 §4: never in clear. The config allows AUTH only with tls = "require" or
   // stricter; this holds whatever a caller passes.
-  if (!tlsActive()) return fail("4.7.0 credentials are sent only over TLS, and this connection is not encrypted");
+  if (!tlsActive())
+    return quitThenFail("4.7.0 credentials are sent only over TLS, and this connection is not encrypted");
   auto mechs = authMechanisms(ext_);
   auto offered = [&mechs](std::string_view m) { return std::find(mechs.begin(), mechs.end(), m) != mechs.end(); };
   if (offered("PLAIN")) {
@@ -348,8 +349,8 @@ void SmtpClient::authenticate() {
     return command("AUTH LOGIN", opts_.commandTimeoutMs, [this](const Reply& r) { onAuthLoginStep(r, 0); });
   std::string offers;  // what it offers instead, for the admin (the server's words: made printable)
   for (const auto& m : mechs) offers += (offers.empty() ? "" : " ") + m;
-  fail("4.7.0 next hop offers no AUTH mechanism Moat supports (PLAIN, LOGIN); it offers " +
-       (offers.empty() ? std::string("no AUTH") : "AUTH " + replyText(offers)));
+  quitThenFail("4.7.0 next hop offers no AUTH mechanism Moat supports (PLAIN, LOGIN); it offers " +
+               (offers.empty() ? std::string("no AUTH") : "AUTH " + replyText(offers)));
 }
 
 // LOGIN (draft-murchison-sasl-login): the server asks for the name, then the password,
@@ -369,9 +370,12 @@ void SmtpClient::onAuthDone(const Reply& r) {
     authUser_ = opts_.auth->username;
     return connected();
   }
-  // A 334 here (a challenge after the last step) ends the exchange too: the connection is
-  // closed, so nothing of it is left half-done.
-  fail("4.7.0 SASL authentication as \"" + opts_.auth->username + "\" failed", r);
+  // A refusal leaves the session in its command state: QUIT ends it politely. A 334 here (a
+  // challenge after the last step) would take a QUIT for its answer: the connection is closed,
+  // so nothing of the exchange is left half-done.
+  const std::string error = "4.7.0 SASL authentication as \"" + opts_.auth->username + "\" failed";
+  if (r.code == 334) return fail(error, r);
+  quitThenFail(error, r);
 }
 
 void SmtpClient::connected() {

@@ -242,10 +242,11 @@ class SmtpClient : public std::enable_shared_from_this<SmtpClient> {
   void onEhlo(const Reply& r);
   void onHelo(const Reply& r);
   // RFC 5321 §4.1.1.10: the channel is closed only after a QUIT, also when the server refused
-  // the session (§3.1: one that greets with 554 waits for the QUIT). The connection then fails
+  // the session (§3.1: one that greets with 554 waits for the QUIT) or Moat gives it up before
+  // a transaction (no STARTTLS under tls = "require", AUTH refused). The connection then fails
   // with `error` and `r` once the QUIT is answered, the server closes or the command timeout
   // passes. After a 421 it fails at once.
-  void quitThenFail(const std::string& error, const Reply& r);
+  void quitThenFail(const std::string& error, const Reply& r = {});
   void afterHello();
   void onStartTls(const Reply& r);
   void reconnectPlain(const std::string& error);

@@ -1454,3 +1454,27 @@ TEST_CASE("client: a reply code outside 2xx to 5xx is a protocol error, never a 
   REQUIRE_FALSE(r.bodyAnswered);
   REQUIRE_FALSE(c.client->usable());
 }
+
+TEST_CASE("client: a server given up on before a transaction (no STARTTLS under require) hears QUIT") {
+  moat::test::TestCert cert;
+  REQUIRE(cert.ok());
+  std::string error;
+  auto trusting = tls::TlsContext::client(true, cert.caFile(), error);
+  uv::Loop loop;
+  auto o = plainOptions();
+  o.tls = TlsMode::Require;
+  o.tlsCtx = trusting;
+  o.sni = "localhost";
+  for (std::string config : {"\"pipelining\": true", "\"starttls_reply\": \"454 4.7.0 TLS not available\"",
+                             "\"starttls_reply\": \"421 4.3.2 going down\""}) {
+    INFO(config);
+    ScriptedServer server(config);
+    auto c = connectTo(loop, server.port(), o);
+    REQUIRE_FALSE(c.client);
+    const bool offered = config.find("starttls_reply") != std::string::npos;
+    REQUIRE(c.error == (offered ? "STARTTLS refused" : "STARTTLS not offered by the server"));
+    const bool busy = config.find("421") != std::string::npos;  // the server closes itself
+    if (offered) REQUIRE(c.reply.code == (busy ? 421 : 454));
+    REQUIRE((server.commands().find("QUIT") != std::string::npos) == !busy);
+  }
+}

@@ -10,7 +10,8 @@ parameter, "104857600" by default), data_cmd_reply (the reply to the DATA comman
 354: the message is then not read), starttls_hang (220 to STARTTLS, then silence), chunking
 (CHUNKING offered: BDAT, RFC 3030), bdat_reply {chunk number (from 1, as a string): reply}
 (that chunk's reply instead of 250; its octets are read all the same, as §2 requires),
-requiretls (REQUIRETLS offered after STARTTLS, RFC 8689), lmtp (LMTP, RFC 2033: LHLO, EHLO and
+requiretls (REQUIRETLS offered after STARTTLS, RFC 8689), starttls_reply (STARTTLS offered,
+and answered with this reply instead of 220), lmtp (LMTP, RFC 2033: LHLO, EHLO and
 HELO refused, and after the message one reply per accepted recipient, in RCPT order: the
 lmtp_reply {addr: reply} one, else 250; lmtp_drop_after N closes the connection after N of
 those), unix (listen on this Unix socket path instead of 127.0.0.1; OUT/port is then "0").
@@ -106,13 +107,16 @@ class Conn:
                     caps.append("CHUNKING")
                 if cfg.get("requiretls") and self.tls:
                     caps.append("REQUIRETLS")
-                if (cfg.get("cert") or cfg.get("starttls_break") or cfg.get("starttls_hang")) and not self.tls:
+                if (cfg.get("cert") or cfg.get("starttls_break") or cfg.get("starttls_hang")
+                        or cfg.get("starttls_reply")) and not self.tls:
                     caps.append("STARTTLS")
                 lines = ["test.example hello"] + caps
                 for i, c in enumerate(lines):
                     self.send("250%s%s" % ("-" if i < len(lines) - 1 else " ", c))
             elif verb == b"HELO":
                 self.send("250 test.example")
+            elif verb == b"STAR" and cfg.get("starttls_reply"):
+                self.send(cfg["starttls_reply"])
             elif verb == b"STAR" and cfg.get("starttls_hang"):
                 # agrees, then never takes part in the handshake: waits for the client to go
                 self.send("220 2.0.0 Ready to start TLS")
