@@ -767,6 +767,7 @@ void readSenders(Config& c, Section s) {
   c.blockedSenders = s.getPath("block", "");
   c.blockedSendersLine = s.lineOf("block");
   c.rejectUnknownSenderDomain = s.getBool("reject_unknown_domain", false);
+  c.requireFqdnSender = s.getBool("require_fqdn", false);
   s.rejectUnknownKeys();
 }
 

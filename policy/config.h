@@ -139,6 +139,8 @@ struct Config {
   // [senders] reject_unknown_domain: a sender domain without MX, A or AAAA records is refused at
   // MAIL (filters/sender_domain).
   bool rejectUnknownSenderDomain = false;
+  // [senders] require_fqdn: a sender domain of one label is refused at MAIL (filters/sender_domain).
+  bool requireFqdnSender = false;
   std::string relayAliases;  // aliases and lists file (policy/aliases.h); absolute, or empty
   int relayAliasesLine = 0;
   // Recipient verification (mta/server/recipient_verifier.h, Postfix's

@@ -33,34 +33,44 @@ Result verdict(MailDomain d, const std::string& sender) {
   return r;
 }
 
+struct Settings {
+  bool requireFqdn = false;         // [senders] require_fqdn
+  bool rejectUnknown = false;       // [senders] reject_unknown_domain
+  std::vector<mta::Network> allow;  // [connection] allow: never checked
+};
+
 class SenderDomainFilter : public Filter {
  public:
-  explicit SenderDomainFilter(std::vector<mta::Network> allow) : allow_(std::move(allow)) {}
+  explicit SenderDomainFilter(Settings s) : s_(std::move(s)) {}
   std::string_view name() const override { return "sender_domain"; }
   Stage stage() const override { return Stage::Mail; }
 
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
     const std::string& sender = ctx->mailFrom;
     if (sender.empty()) return done(Result::pass("skipped"));
-    if (auto why = dnsbl::sparedBy(*ctx, allow_); !why.empty()) return done(Result::pass(std::string(why)));
+    if (auto why = dnsbl::sparedBy(*ctx, s_.allow); !why.empty()) return done(Result::pass(std::string(why)));
     auto at = sender.rfind('@');
     std::string_view domain = at == std::string::npos ? std::string_view() : std::string_view(sender).substr(at + 1);
     if (domain.empty() || domain.front() == '[') return done(Result::pass("skipped"));
     std::string name = dmarc::normalizeDomain(domain);  // A-labels, lower-case
+    if (s_.requireFqdn && name.find('.') == std::string::npos)
+      return done(refuse(504, "5.5.2", sender, "need fully-qualified address", "not_fqdn"));
+    if (!s_.rejectUnknown) return done(Result::pass());
     if (name.empty() || !dmarc::validDomain(name)) return done(verdict(MailDomain::NotFound, sender));
     mta::dns::findMailDomain(*env.resolver, name,
                              [sender, done = std::move(done)](MailDomain d) { done(verdict(d, sender)); });
   }
 
  private:
-  std::vector<mta::Network> allow_;  // [connection] allow: never checked
+  Settings s_;
 };
 
 }  // namespace
 
 std::shared_ptr<const Filter> makeSenderDomainFilter(const policy::Config& config, policy::Errors&) {
-  if (!config.rejectUnknownSenderDomain) return nullptr;
-  return std::make_shared<SenderDomainFilter>(config.connectionAllow);
+  Settings s{config.requireFqdnSender, config.rejectUnknownSenderDomain, config.connectionAllow};
+  if (!s.requireFqdn && !s.rejectUnknown) return nullptr;
+  return std::make_shared<SenderDomainFilter>(std::move(s));
 }
 
 }  // namespace moat::filters::sender_domain

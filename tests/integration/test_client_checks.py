@@ -1,8 +1,9 @@
 """The client's reverse DNS ([connection] reject_unknown_client), its HELO/EHLO name ([helo])
-and its envelope sender's domain ([senders] reject_unknown_domain), as Postfix's
+and its envelope sender's domain ([senders] require_fqdn, reject_unknown_domain), as Postfix's
 reject_unknown_reverse_client_hostname, reject_unknown_client_hostname,
 reject_invalid_helo_hostname, reject_non_fqdn_helo_hostname, reject_unknown_helo_hostname,
-check_helo_access for the gateway's own name, and reject_unknown_sender_domain, end to end: the real daemon asks a real
+check_helo_access for the gateway's own name, reject_non_fqdn_sender and
+reject_unknown_sender_domain, end to end: the real daemon asks a real
 DNS server on loopback (tests/support/dns_server.py) at MAIL FROM, and answers MAIL.
 
 Clients are told apart by their loopback source address: 127.0.0.8 is in relay.networks and
@@ -214,6 +215,30 @@ reject_unknown_domain = true
         self.assertEqual(s.data(b"Subject: after a refusal\r\n\r\nx\r\n")[0], 250)
         s.quit()
         self.moat.wait_log(event="accept", client_ip="127.0.0.5", **{"from": "a@mail.sender.test"})
+
+
+class SenderFqdnTest(ChecksTestCase):
+    EXTRA = """
+[senders]
+require_fqdn = true
+"""
+
+    def test_a_sender_domain_of_one_label_gets_504_without_a_lookup(self):
+        for sender in ("root@localhost", "user@server"):
+            with self.subTest(sender=sender):
+                self.assertEqual(self.mail("127.0.0.2", "host.sender.test", sender),
+                                 (504, f"5.5.2 <{sender}>: Sender address rejected: need fully-qualified address"
+                                       .encode()))
+                ev = self.moat.wait_log(event="reject", client_ip="127.0.0.2", **{"from": sender})
+                self.assertEqual(ev["filters"]["sender_domain"], "not_fqdn")
+        # A fully-qualified domain passes without DNS (reject_unknown_domain is off).
+        self.assertEqual(self.mail("127.0.0.3", "host.sender.test", "a@nowhere.sender.test")[0], 250)
+        self.assertFalse([q for q in self.dns.queries() if "nowhere.sender.test" in q or "localhost" in q])
+
+    def test_relay_networks_the_null_sender_and_literals_are_not_checked(self):
+        self.assertEqual(self.mail("127.0.0.8", "host.sender.test", "root@localhost")[0], 250)
+        self.assertEqual(self.mail("127.0.0.3", "host.sender.test", "")[0], 250)
+        self.assertEqual(self.mail("127.0.0.3", "host.sender.test", "a@[127.0.0.1]")[0], 250)
 
 
 class ReverseDnsTest(ChecksTestCase):
