@@ -148,4 +148,16 @@ std::vector<Header> gatewayHeaders(const std::string& received, const std::strin
   return h;
 }
 
+bool looksUp(const MessageContext& ctx, const std::vector<mta::Network>& allow) {
+  if (ctx.fromRelayNetwork || ctx.authenticated) return false;
+  for (const auto& n : allow)
+    if (n.contains(ctx.clientIp)) return false;
+  return true;
+}
+
+std::string_view sparedBy(const MessageContext& ctx, const std::vector<mta::Network>& allow) {
+  if (!looksUp(ctx, allow)) return "skipped";
+  return ctx.dnsblAllowlisted ? "allowlisted" : "";
+}
+
 }  // namespace moat::filters

@@ -281,6 +281,16 @@ struct Env {
   }
 };
 
+// Whether a client's mail is looked up in blocklists: not outbound (relay.networks, an
+// authenticated client) and not in [connection] allow (`allow`). [dnsbl], [uribl] and the MAIL checks agree.
+bool looksUp(const MessageContext& ctx, const std::vector<mta::Network>& allow);
+// Whether the checks of a client's DNS and its words at MAIL ([connection]
+// reject_unknown_client, [helo], [senders] reject_unknown_domain) pass it over, and why:
+// "skipped" when it is not looked up (looksUp), "allowlisted" when [dnsbl] allowlisted it (as
+// postscreen's allowlist threshold spares a client the tests left); "" when it is checked.
+// They run after [dnsbl], which sets MessageContext::dnsblAllowlisted.
+std::string_view sparedBy(const MessageContext& ctx, const std::vector<mta::Network>& allow);
+
 class Filter {
  public:
   using Done = std::function<void(Result)>;

@@ -204,18 +204,6 @@ std::vector<ZoneEntry> readZoneEntries(policy::Section& sec) {
   return entries;
 }
 
-bool looksUp(const MessageContext& ctx, const std::vector<mta::Network>& allow) {
-  if (ctx.fromRelayNetwork || ctx.authenticated) return false;
-  for (const auto& n : allow)
-    if (n.contains(ctx.clientIp)) return false;
-  return true;
-}
-
-std::string_view sparedBy(const MessageContext& ctx, const std::vector<mta::Network>& allow) {
-  if (!looksUp(ctx, allow)) return "skipped";
-  return ctx.dnsblAllowlisted ? "allowlisted" : "";
-}
-
 namespace {
 
 struct Settings {

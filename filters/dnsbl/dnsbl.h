@@ -12,7 +12,8 @@
 // (action "reject"; ZONE the matching entry of the largest weight), or a header
 // X-Moat-DNSBL naming the zones (action "tag"). A score of at most `allowlist_threshold`
 // (negative; 0 = off) allowlists the client: MessageContext::dnsblAllowlisted, which spares
-// it greylisting at RCPT and the checks of its DNS and words at MAIL (sparedBy). Each distinct zone is queried once.
+// it greylisting at RCPT and the checks of its DNS and words at MAIL (filters::sparedBy). Each distinct zone is queried
+// once.
 //
 // Checked at MAIL rather than at connect so that the relay networks and clients that have
 // authenticated (a user on a dynamic address that a policy list names) are never looked up.
@@ -75,16 +76,6 @@ struct ZoneEntry {
 };
 // The entry `text` means, or nullopt with the reason in `error`.
 std::optional<ZoneEntry> parseZoneEntry(std::string_view text, std::string& error);
-
-// Whether a client's mail is looked up in blocklists: not outbound (relay.networks, an
-// authenticated client) and not in [connection] allow (`allow`). [dnsbl] and [uribl] agree.
-bool looksUp(const MessageContext& ctx, const std::vector<mta::Network>& allow);
-// Whether the checks of a client's DNS and its words at MAIL ([connection]
-// reject_unknown_client, [helo], [senders] reject_unknown_domain) pass it over, and why:
-// "skipped" when it is not looked up (looksUp), "allowlisted" when [dnsbl] allowlisted it (as
-// postscreen's allowlist threshold spares a client the tests left); "" when it is checked.
-// They run after [dnsbl], which sets MessageContext::dnsblAllowlisted.
-std::string_view sparedBy(const MessageContext& ctx, const std::vector<mta::Network>& allow);
 
 // [dnsbl]'s `zones` as entries; a bad one is reported at its line (FILE:LINE) and left out.
 std::vector<ZoneEntry> readZoneEntries(policy::Section& sec);

@@ -5,7 +5,6 @@
 #include <utility>
 
 #include "filters/dmarc/org_domain.h"
-#include "filters/dnsbl/dnsbl.h"
 #include "mta/dns/mail_domain.h"
 #include "policy/section.h"
 
@@ -55,7 +54,7 @@ class HeloFilter : public Filter {
   Stage stage() const override { return Stage::Mail; }
 
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
-    if (auto why = dnsbl::sparedBy(*ctx, s_.allow); !why.empty()) return done(Result::pass(std::string(why)));
+    if (auto why = sparedBy(*ctx, s_.allow); !why.empty()) return done(Result::pass(std::string(why)));
     const std::string& helo = ctx->helo;
     const Form form = classify(helo);
     if (s_.rejectInvalid && form == Form::Invalid) return done(refuse(501, "5.5.2", helo, "Invalid name", "invalid"));

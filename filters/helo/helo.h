@@ -11,7 +11,7 @@
 //
 // Run at MAIL FROM, not at HELO, so that clients in relay.networks, authenticated clients
 // (AUTH comes after EHLO), [connection] allow and a client [dnsbl] allowlisted are never
-// checked (dnsbl::sparedBy);
+// checked (filters::sparedBy);
 // refused with the reply to MAIL (Postfix, with smtpd_delay_reject, refuses at RCPT):
 //   invalid      501 5.5.2 <NAME>: Helo command rejected: Invalid name
 //   not a FQDN   504 5.5.2 <NAME>: Helo command rejected: need fully-qualified hostname

@@ -5,7 +5,6 @@
 #include <utility>
 #include <vector>
 
-#include "filters/dnsbl/dnsbl.h"
 #include "mta/dns/client_name.h"
 
 namespace moat::filters::reverse_dns {
@@ -22,7 +21,7 @@ class ReverseDnsFilter : public Filter {
   Stage stage() const override { return Stage::Mail; }
 
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
-    if (auto why = dnsbl::sparedBy(*ctx, allow_); !why.empty()) return done(Result::pass(std::string(why)));
+    if (auto why = sparedBy(*ctx, allow_); !why.empty()) return done(Result::pass(std::string(why)));
     mta::dns::lookUpClientName(*env.resolver, ctx->clientIp,
                                [required = required_, ip = ctx->clientIp, done = std::move(done)](ClientName n) {
                                  done(verdict(required, ip, n));

@@ -7,7 +7,7 @@
 //
 // At MAIL FROM, for mail from the internet only: clients in relay.networks, authenticated
 // clients, [connection] allow and a client [dnsbl] allowlisted are never checked
-// (dnsbl::sparedBy). The lookups are the ones the
+// (filters::sparedBy). The lookups are the ones the
 // session makes for the Received header ([server] reverse_dns), shared through the resolver's
 // cache. The reply is a 450 whatever was found, DNS trouble included, so that a sender whose
 // DNS is fixed gets through on its next try (RFC 7372 §3.3, 4.7.25):

@@ -6,7 +6,6 @@
 #include <vector>
 
 #include "filters/dmarc/org_domain.h"
-#include "filters/dnsbl/dnsbl.h"
 #include "mta/dns/mail_domain.h"
 
 namespace moat::filters::sender_domain {
@@ -48,7 +47,7 @@ class SenderDomainFilter : public Filter {
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
     const std::string& sender = ctx->mailFrom;
     if (sender.empty()) return done(Result::pass("skipped"));
-    if (auto why = dnsbl::sparedBy(*ctx, s_.allow); !why.empty()) return done(Result::pass(std::string(why)));
+    if (auto why = sparedBy(*ctx, s_.allow); !why.empty()) return done(Result::pass(std::string(why)));
     auto at = sender.rfind('@');
     std::string_view domain = at == std::string::npos ? std::string_view() : std::string_view(sender).substr(at + 1);
     if (domain.empty() || domain.front() == '[') return done(Result::pass("skipped"));

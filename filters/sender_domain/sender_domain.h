@@ -8,7 +8,7 @@
 //
 // For mail from the internet only: the null sender, address literals (user@[192.0.2.1]),
 // clients in relay.networks, authenticated clients and [connection] allow are never checked,
-// nor a client [dnsbl] allowlisted (dnsbl::sparedBy). Internationalized domains are looked
+// nor a client [dnsbl] allowlisted (filters::sparedBy). Internationalized domains are looked
 // up as their A-labels. Replies, the session going on:
 //   one label           504 5.5.2 <ADDR>: Sender address rejected: need fully-qualified address
 //   no MX, A or AAAA    550 5.1.8 <ADDR>: Sender address rejected: Domain not found

@@ -143,7 +143,7 @@ class UriblFilter : public Filter, public std::enable_shared_from_this<UriblFilt
   mime::Depth mimeDepth() const override { return mime::Depth::Text; }  // Message::uris
 
   void run(std::shared_ptr<MessageContext> ctx, const Env& env, Done done) const override {
-    if (!dnsbl::looksUp(*ctx, s_.allow)) return done(Result::pass("skipped"));
+    if (!looksUp(*ctx, s_.allow)) return done(Result::pass("skipped"));
     auto mime = ctx->mime;
     if (!mime || mime->uris.empty()) return lookUp({}, env.resolver, std::move(done));
     if (mime->uris.size() <= kInlineUris)
